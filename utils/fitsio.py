@@ -1,0 +1,351 @@
+"""FITS input/output: atomic writes, product layout, and row-block reads.
+
+* :func:`atomic_path` / :func:`write_hdul` write to a temporary file in the
+  target folder and rename it into place, so a crash never leaves a
+  half-written product and "the file exists" means "the file is complete".
+* :func:`write_product` writes a master-like product that
+  ``astropy.nddata.CCDData.read`` opens: primary = data (with ``BUNIT``),
+  ``UNCERT`` (standard deviation), ``MASK``, and further named image or table
+  extensions (noise map, accepted-sample counts, list of inputs).
+* :class:`FitsLayout` and :func:`read_rows` read a block of rows of an image
+  straight from the file's data section, without loading the whole frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+from astropy.io import fits
+
+from . import SOFTWARE_NAME, __version__
+from . import headers as kw
+from .errors import UnreadableFrameError
+
+logger = logging.getLogger(__name__)
+
+BLOCK = 2880  # bytes of a FITS block
+
+
+def software_version() -> str:
+    """Name and version written into ``PIPEVER``."""
+    return f"{SOFTWARE_NAME} {__version__}"
+
+
+def utc_now() -> str:
+    """Current UTC time as an ISO string (seconds), for ``DATE``."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_hdul(hdul: fits.HDUList, path: str | os.PathLike) -> Path:
+    """Write ``hdul`` atomically to ``path`` (replacing any existing file)."""
+    with atomic_path(path) as tmp:
+        hdul.writeto(tmp, overwrite=True, output_verify="exception")
+    return Path(path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_csv(frame, path: str | os.PathLike, **kwargs) -> Path:
+    """Write a pandas DataFrame as CSV atomically (no index column)."""
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, **kwargs)
+    return Path(path)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
+    """Set a header card, shortening string values that cannot fit one card.
+
+    Long strings go through astropy's CONTINUE convention for normal keywords;
+    HIERARCH cards cannot use it, so their values are cut to fit.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        value = bool(value)
+    elif isinstance(value, np.integer):
+        value = int(value)
+    elif isinstance(value, np.floating):
+        value = float(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        value = str(value).upper()  # FITS has no NaN/inf: keep the information as text
+    if key.startswith("HIERARCH "):
+        room = 80 - len(key) - 6
+        if isinstance(value, str) and len(value) > room:
+            value = value[: max(room, 0)]
+        if len(key) + 4 + len(str(value)) + len(comment) > 76:
+            comment = ""
+    header[key] = (value, comment)
+
+
+def provenance_cards(product: str) -> list[tuple[str, object, str]]:
+    """Cards stating what made this file and when."""
+    return [
+        (kw.PRODUCT, product, "kind of product"),
+        (kw.PIPEVER, software_version(), "software that wrote this file"),
+        (kw.DATE, utc_now(), "UTC time this file was written"),
+    ]
+
+
+def write_product(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None, *,
+                  unit: str, uncertainty: np.ndarray | None = None,
+                  mask: np.ndarray | None = None,
+                  images: Mapping[str, tuple[np.ndarray, str]] | None = None,
+                  tables: Mapping[str, "object"] | None = None) -> Path:
+    """Write an image product that ``CCDData.read`` understands, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.fits`` file.
+    data : numpy.ndarray
+        Primary image (written as float32 unless it is an integer type).
+    header : astropy.io.fits.Header, optional
+        Primary header cards (provenance, statistics...).
+    unit : str
+        Physical unit of ``data`` and ``uncertainty`` (``BUNIT``), e.g. ``"adu"``.
+    uncertainty : numpy.ndarray, optional
+        One-sigma standard uncertainty of ``data`` (``UNCERT`` extension,
+        ``UTYPE = 'StdDevUncertainty'``).
+    mask : numpy.ndarray, optional
+        Non-zero where ``data`` is not valid (``MASK`` extension, uint8).
+    images : mapping, optional
+        Extra image extensions, ``{EXTNAME: (array, bunit)}``.
+    tables : mapping, optional
+        Extra binary tables, ``{EXTNAME: astropy.table.Table or DataFrame}``.
+    """
+    header = fits.Header() if header is None else header.copy()
+    data = np.asarray(data)
+    if data.dtype.kind == "f":
+        data = data.astype(np.float32, copy=False)
+    primary = fits.PrimaryHDU(data=data, header=header)
+    primary.header[kw.BUNIT] = (unit, "physical unit of the data")
+    hdus = [primary]
+    if uncertainty is not None:
+        hdu = fits.ImageHDU(np.asarray(uncertainty, dtype=np.float32), name="UNCERT")
+        hdu.header["UTYPE"] = ("StdDevUncertainty", "astropy.nddata uncertainty class")
+        hdu.header[kw.BUNIT] = (unit, "one-sigma uncertainty of the primary data")
+        hdus.append(hdu)
+    if mask is not None:
+        hdu = fits.ImageHDU(np.asarray(mask).astype(np.uint8), name="MASK")
+        hdu.header["COMMENT"] = "non-zero = pixel not valid in the primary data"
+        hdus.append(hdu)
+    for name, (array, bunit) in (images or {}).items():
+        array = np.asarray(array)
+        if array.dtype.kind == "f":
+            array = array.astype(np.float32, copy=False)
+        elif array.dtype.kind == "b":
+            array = array.astype(np.uint8)
+        hdu = fits.ImageHDU(array, name=name)
+        if bunit:
+            hdu.header[kw.BUNIT] = bunit
+        hdus.append(hdu)
+    for name, table in (tables or {}).items():
+        from astropy.table import Table
+
+        if not isinstance(table, Table):
+            table = Table.from_pandas(table)
+        hdus.append(fits.BinTableHDU(table, name=name))
+    return write_hdul(fits.HDUList(hdus), path)
+
+
+@dataclass(frozen=True)
+class FitsLayout:
+    """Where and how an image's pixels sit inside a FITS file.
+
+    Attributes
+    ----------
+    path : str
+        File path.
+    offset : int
+        Byte offset of the first pixel of the image HDU.
+    shape : tuple of int
+        ``(rows, columns)``.
+    dtype : numpy.dtype
+        On-disk (big-endian) sample type.
+    bscale, bzero : float
+        Linear scaling from stored to physical values.
+    """
+
+    path: str
+    offset: int
+    shape: tuple[int, int]
+    dtype: np.dtype
+    bscale: float = 1.0
+    bzero: float = 0.0
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one image row on disk."""
+        return self.shape[1] * self.dtype.itemsize
+
+
+_BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+def fits_layout(path: str | os.PathLike, hdu: int = 0) -> FitsLayout:
+    """Locate the image data of HDU ``hdu`` of ``path`` for direct row reads.
+
+    Raises
+    ------
+    UnreadableFrameError
+        When the file is not a FITS image of two dimensions, or is shorter than
+        its header says (truncated).
+    """
+    path = str(path)
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            info = hdul.fileinfo(hdu)
+            header = hdul[hdu].header
+            if header.get("NAXIS") != 2:
+                raise UnreadableFrameError(path, f"HDU {hdu} is not a 2-D image "
+                                                 f"(NAXIS={header.get('NAXIS')})")
+            bitpix = int(header["BITPIX"])
+            shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+            offset = int(info["datLoc"])
+            bscale = float(header.get("BSCALE", 1.0))
+            bzero = float(header.get("BZERO", 0.0))
+    except (OSError, KeyError, IndexError, ValueError) as err:
+        raise UnreadableFrameError(path, f"cannot read FITS header ({err}); "
+                                         "re-convert or remove the file") from err
+    dtype = np.dtype(_BITPIX[bitpix])
+    needed = offset + shape[0] * shape[1] * dtype.itemsize
+    size = os.path.getsize(path)
+    if size < needed:
+        raise UnreadableFrameError(path, f"truncated: {size} bytes, header needs {needed}; "
+                                         "re-convert the frame")
+    return FitsLayout(path, offset, shape, dtype, bscale, bzero)
+
+
+def read_rows(layout: FitsLayout, start: int, stop: int, *, fd: int | None = None,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Read rows ``start:stop`` of an image as float32 physical values.
+
+    Uses ``os.pread`` on the data section only, so memory is proportional to
+    the rows asked for, and threads can share a file descriptor.
+
+    Parameters
+    ----------
+    layout : FitsLayout
+        From :func:`fits_layout`.
+    start, stop : int
+        Row range (0-based, ``stop`` exclusive).
+    fd : int, optional
+        An open file descriptor of ``layout.path``; opened and closed here if absent.
+    out : numpy.ndarray, optional
+        float32 array of shape ``(stop - start, columns)`` to fill.
+    """
+    nrows = stop - start
+    nbytes = nrows * layout.row_bytes
+    own = fd is None
+    if own:
+        fd = os.open(layout.path, os.O_RDONLY)
+    try:
+        buf = os.pread(fd, nbytes, layout.offset + start * layout.row_bytes)
+    finally:
+        if own:
+            os.close(fd)
+    if len(buf) != nbytes:
+        raise UnreadableFrameError(layout.path, f"short read of rows {start}:{stop}")
+    raw = np.frombuffer(buf, dtype=layout.dtype).reshape(nrows, layout.shape[1])
+    if out is None:
+        out = np.empty((nrows, layout.shape[1]), dtype=np.float32)
+    if layout.dtype == np.dtype(">i2") and layout.bscale == 1.0 and layout.bzero == 32768.0:
+        # unsigned 16-bit convention: flipping the sign bit is exact and fast
+        np.copyto(out, (raw.view(">u2") ^ np.uint16(0x8000)), casting="unsafe")
+    else:
+        np.copyto(out, raw, casting="unsafe")
+        if layout.bscale != 1.0:
+            out *= np.float32(layout.bscale)
+        if layout.bzero != 0.0:
+            out += np.float32(layout.bzero)
+    return out
+
+
+def read_image(path: str | os.PathLike, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:
+    """Read a whole image (physical values, float32 unless integer) and its header.
+
+    Raises
+    ------
+    UnreadableFrameError
+        When the file cannot be opened or holds no image.
+    """
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            data = hdul[hdu].data
+            header = hdul[hdu].header.copy()
+    except (OSError, IndexError, ValueError, TypeError) as err:
+        raise UnreadableFrameError(path, f"cannot read FITS ({err})") from err
+    if data is None:
+        raise UnreadableFrameError(path, f"HDU {hdu} holds no image")
+    return data, header
+
+
+def read_header(path: str | os.PathLike, hdu: int = 0) -> fits.Header:
+    """Read one header only.
+
+    Raises
+    ------
+    UnreadableFrameError
+        When the file cannot be opened.
+    """
+    try:
+        return fits.getheader(path, hdu)
+    except (OSError, IndexError, ValueError, TypeError) as err:
+        raise UnreadableFrameError(path, f"cannot read FITS header ({err})") from err
+
+
+def is_complete_fits(path: str | os.PathLike) -> bool:
+    """True when ``path`` exists and is at least as long as its headers say.
+
+    Products are written atomically, so this mainly guards against files
+    copied in by hand or by an older tool.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size < BLOCK or path.stat().st_size % BLOCK:
+        return False
+    try:
+        fits_layout(path)
+    except UnreadableFrameError:
+        return False
+    return True

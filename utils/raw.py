@@ -1,0 +1,204 @@
+"""Raw camera frames and the per-attempt camera configuration.
+
+A raw frame is a headerless, row-major array of ``HEIGHT x WIDTH`` samples:
+unsigned 16-bit (unsigned 8-bit when ``BIT_DEPTH <= 8``), little-endian unless
+the configuration says otherwise.  A file whose size does not match is never
+padded or truncated: :func:`read_raw` raises :class:`~utils.errors.RawSizeError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RawSizeError, UnreadableFrameError
+
+logger = logging.getLogger(__name__)
+
+#: Config file names, in order of preference.
+CONFIG_NAMES = ("configFile.txt", "config.txt")
+#: Geometry assumed when an attempt has no config file (the old camera default).
+DEFAULT_WIDTH = 2048
+DEFAULT_HEIGHT = 2048
+DEFAULT_BIT_DEPTH = 16
+
+_BYTEORDER_WORDS = {"little": "<", "le": "<", "<": "<", "big": ">", "be": ">", ">": ">"}
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """Geometry and every entry of an attempt's ``configFile.txt``.
+
+    Attributes
+    ----------
+    width, height : int
+        Frame size in pixels.
+    bit_depth : int
+        Bits per stored sample word (16 -> uint16; <= 8 -> uint8).
+    byteorder : str
+        ``'<'`` little-endian (default) or ``'>'`` big-endian.
+    entries : dict
+        Every ``key -> value`` (strings, original key spelling).
+    path : Path or None
+        The file read, None when defaults were used.
+    problems : tuple of str
+        Lines that could not be used, and defaults applied.
+    """
+
+    width: int = DEFAULT_WIDTH
+    height: int = DEFAULT_HEIGHT
+    bit_depth: int = DEFAULT_BIT_DEPTH
+    byteorder: str = "<"
+    entries: dict = field(default_factory=dict)
+    path: Path | None = None
+    problems: tuple = ()
+
+    @property
+    def dtype(self) -> np.dtype:
+        """On-disk sample type."""
+        return np.dtype(f"{self.byteorder}u2") if self.bit_depth > 8 else np.dtype("u1")
+
+    @property
+    def frame_bytes(self) -> int:
+        """Expected size of one raw frame in bytes."""
+        return self.width * self.height * self.dtype.itemsize
+
+    @property
+    def dtype_name(self) -> str:
+        """Human-readable sample type, e.g. ``uint16le``."""
+        if self.dtype.itemsize == 1:
+            return "uint8"
+        return "uint16le" if self.byteorder == "<" else "uint16be"
+
+
+def parse_config_text(text: str) -> tuple[dict[str, str], list[str]]:
+    """Parse ``key=value`` / ``key: value`` lines; ``#`` comments and blanks ignored.
+
+    Returns
+    -------
+    entries : dict
+        Keys and values, stripped, in file order.
+    problems : list of str
+        ``"line N: ..."`` for lines with no separator.
+
+    Examples
+    --------
+    >>> parse_config_text("# camera\\nWIDTH: 64\\nheight = 48\\n")[0]
+    {'WIDTH': '64', 'height': '48'}
+    """
+    entries: dict[str, str] = {}
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "//")):
+            continue
+        positions = [p for p in (line.find("="), line.find(":")) if p > 0]
+        if not positions:
+            problems.append(f"line {number}: no '=' or ':' in {line[:40]!r}")
+            continue
+        cut = min(positions)
+        key, value = line[:cut].strip(), line[cut + 1:].strip()
+        if key:
+            entries[key] = value
+    return entries, problems
+
+
+def _lookup(entries: dict[str, str], *names: str) -> str | None:
+    lowered = {re.sub(r"[\s_-]", "", k.lower()): v for k, v in entries.items()}
+    for name in names:
+        if name in lowered:
+            return lowered[name]
+    return None
+
+
+def read_camera_config(folder: str | os.PathLike, *, byteorder: str = "<") -> CameraConfig:
+    """Read the camera config of an attempt folder (``configFile.txt``, else ``config.txt``).
+
+    Missing file or missing geometry keys fall back to 2048 x 2048, 16 bit,
+    and the fact is recorded in ``problems`` (the caller logs it once).
+
+    Parameters
+    ----------
+    folder : path-like
+        Attempt folder.
+    byteorder : str, optional
+        Default byte order when the config has no ``BYTE_ORDER``/``ENDIANNESS`` key.
+    """
+    folder = Path(folder)
+    path = next((folder / n for n in CONFIG_NAMES if (folder / n).is_file()), None)
+    problems: list[str] = []
+    entries: dict[str, str] = {}
+    if path is None:
+        problems.append(f"no {' or '.join(CONFIG_NAMES)}; assuming {DEFAULT_WIDTH}x"
+                        f"{DEFAULT_HEIGHT}, {DEFAULT_BIT_DEPTH}-bit")
+    else:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as err:
+            problems.append(f"cannot read ({err}); using defaults")
+            text = ""
+        entries, bad = parse_config_text(text)
+        problems.extend(bad)
+
+    def integer(names, default):
+        raw = _lookup(entries, *names)
+        if raw is None:
+            if path is not None:
+                problems.append(f"no {names[0].upper()} key; assuming {default}")
+            return default
+        try:
+            value = int(float(raw))
+        except ValueError:
+            problems.append(f"{names[0].upper()}={raw!r} is not a number; assuming {default}")
+            return default
+        if value <= 0:
+            problems.append(f"{names[0].upper()}={value} is not positive; assuming {default}")
+            return default
+        return value
+
+    width = integer(("width", "imagewidth", "sizex"), DEFAULT_WIDTH)
+    height = integer(("height", "imageheight", "sizey"), DEFAULT_HEIGHT)
+    bit_depth = integer(("bitdepth", "bits", "bitsperpixel"), DEFAULT_BIT_DEPTH)
+    order_text = _lookup(entries, "byteorder", "endianness", "endian")
+    order = byteorder
+    if order_text is not None:
+        order = _BYTEORDER_WORDS.get(order_text.strip().lower(), None)
+        if order is None:
+            problems.append(f"BYTE_ORDER={order_text!r} not understood; assuming little-endian")
+            order = "<"
+    return CameraConfig(width, height, bit_depth, order, entries, path, tuple(problems))
+
+
+def read_raw(path: str | os.PathLike, config: CameraConfig) -> np.ndarray:
+    """Read one raw frame as a native-endian ``(height, width)`` array.
+
+    Raises
+    ------
+    RawSizeError
+        The file size is not ``width * height * bytes_per_sample``.
+    UnreadableFrameError
+        The file cannot be read.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise UnreadableFrameError(path, f"cannot stat ({err})") from err
+    if size != config.frame_bytes:
+        raise RawSizeError(
+            path, f"size {size} bytes, expected {config.frame_bytes} "
+                  f"({config.width}x{config.height} {config.dtype_name}); "
+                  "check WIDTH/HEIGHT/BIT_DEPTH in the config or re-copy the file")
+    try:
+        data = np.fromfile(path, dtype=config.dtype)
+    except OSError as err:
+        raise UnreadableFrameError(path, f"cannot read ({err})") from err
+    if data.size * data.itemsize != size:
+        raise UnreadableFrameError(path, "short read")
+    data = data.reshape(config.height, config.width)
+    return data.astype(data.dtype.newbyteorder("="), copy=False) if not data.dtype.isnative else data

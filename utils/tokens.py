@@ -1,0 +1,130 @@
+"""Values encoded in file and folder names: temperature, exposure time, dose, frame number.
+
+The old toolkit ran its regular expressions over the whole absolute path, so
+an ``attempt0`` folder read as 0 degC and a temp-dir ``data9s...`` as a 9 s
+exposure.  The rules here are narrower:
+
+* folder names count only **below the section root** and only when the
+  *whole* component is a token (``T-5``, ``0.5s``, ``10kRads``), so
+  ``attempt0`` or ``pytest-3`` never match;
+* the **innermost** folder wins (``T20/T0/`` means 0 degC);
+* inside file names, tokens are searched with explicit prefixes
+  (``T<num>``, ``exp<num>s``, ``f<num>``/``frame<num>``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_UNUM = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_NUM = rf"[-+]?{_UNUM}"
+
+_FOLDER_TEMP = re.compile(rf"^[Tt]({_NUM})(?:C|degC)?$")
+_FOLDER_EXP = re.compile(rf"^(?:exp_?)?({_NUM})\s*(?:s|sec|secs)$", re.IGNORECASE)
+_DOSE = re.compile(rf"^({_NUM})\s*kR(?:ad|ads)?$", re.IGNORECASE)
+
+_FILE_TEMP = re.compile(rf"T(-?{_UNUM})(?![\d.])")
+_FILE_EXP = re.compile(rf"exp_?({_UNUM})s", re.IGNORECASE)
+_FILE_FRAME = re.compile(r"(?<![A-Za-z])(?:frame|f)_?(\d+)", re.IGNORECASE)
+
+
+def _to_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def folder_temperature(name: str) -> float:
+    """Temperature [degC] of a folder named like ``T-5`` or ``T12.5``, else NaN.
+
+    Examples
+    --------
+    >>> folder_temperature("T-5"), folder_temperature("attempt0")
+    (-5.0, nan)
+    """
+    m = _FOLDER_TEMP.match(name)
+    return _to_float(m.group(1)) if m else math.nan
+
+
+def folder_exposure(name: str) -> float:
+    """Exposure [s] of a folder named like ``0.5s`` or ``exp_1e-3s``, else NaN.
+
+    Examples
+    --------
+    >>> folder_exposure("0.5s"), folder_exposure("data9s")
+    (0.5, nan)
+    """
+    m = _FOLDER_EXP.match(name)
+    value = _to_float(m.group(1)) if m else math.nan
+    return value if value >= 0 else math.nan
+
+
+def folder_dose(name: str) -> float:
+    """Dose [krad] of a folder named like ``10kRads``, ``2.5kR`` or ``1kRad``, else NaN.
+
+    Examples
+    --------
+    >>> folder_dose("10kRads"), folder_dose("10Rads")
+    (10.0, nan)
+    """
+    m = _DOSE.match(name)
+    return _to_float(m.group(1)) if m else math.nan
+
+
+def file_temperature(name: str) -> float:
+    """Temperature [degC] in a raw file name (``BiasT-10_exp...``), else NaN."""
+    m = _FILE_TEMP.search(Path(name).stem)
+    return _to_float(m.group(1)) if m else math.nan
+
+
+def file_exposure(name: str) -> float:
+    """Exposure [s] in a file name (``exp0.5s``, ``exp_1.2e-05s``), else NaN."""
+    m = _FILE_EXP.search(Path(name).stem)
+    return _to_float(m.group(1)) if m else math.nan
+
+
+def file_frame_number(name: str) -> int | None:
+    """Frame number in a file name (``...f12.raw``, ``frame0``), else None."""
+    m = _FILE_FRAME.search(Path(name).stem)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class PathValues:
+    """Values read from folder names below a root (innermost folder wins); NaN when absent."""
+
+    temperature: float = math.nan
+    exposure: float = math.nan
+    dose: float = math.nan
+
+
+def path_values(path: str | Path, root: str | Path) -> PathValues:
+    """Parse temperature, exposure and dose from the folders between ``root`` and ``path``.
+
+    Only components strictly below ``root`` are read; the file name itself is
+    not (use the ``file_*`` functions for it).
+
+    Examples
+    --------
+    >>> path_values("/data/T5/TS2/20Frames/T20/T0/0.5s/attempt0/f.raw", "/data/T5/TS2")
+    PathValues(temperature=0.0, exposure=0.5, dose=nan)
+    """
+    path, root = Path(path), Path(root)
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return PathValues()
+    folders = parts[:-1] if path.suffix else parts
+    temperature = exposure = dose = math.nan
+    for name in reversed(folders):
+        if math.isnan(temperature):
+            temperature = folder_temperature(name)
+        if math.isnan(exposure):
+            exposure = folder_exposure(name)
+        if math.isnan(dose):
+            dose = folder_dose(name)
+    return PathValues(temperature, exposure, dose)
