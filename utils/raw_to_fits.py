@@ -265,24 +265,26 @@ def write_frame_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Hea
 def _convert_one(task: _FrameTask) -> dict:
     """Convert one frame (runs in a worker process); returns ADU/provenance fields."""
     raw_path = Path(task.raw_path)
+    if not task.write:
+        # already converted: a size check keeps the listing honest without reading pixels
+        size = raw_path.stat().st_size
+        if size != task.config.frame_bytes:
+            return {"STATUS": STATUS_REJECTED,
+                    "REASON": f"size {size} bytes, expected {task.config.frame_bytes}"}
+        return {"STATUS": STATUS_EXISTING, "REASON": ""}
     try:
         data = read_raw(raw_path, task.config)
     except FrameError as err:
         return {"STATUS": STATUS_REJECTED, "REASON": err.reason}
     adc_bits = adu.detect_adc_bits(data, task.default_adc_bits)
-    if task.write:
-        cards = list(task.cards)
-        cards += [(kw.RAWFILE, raw_path.name[:60], "raw file converted"),
-                  (kw.RAWSIZE, raw_path.stat().st_size, "[byte] size of the raw file"),
-                  (kw.RAWDTYPE, task.config.dtype_name, "sample type of the raw file")]
-        cards += adu.scaling_cards(adc_bits)
-        cards += provenance_cards("FRAME")
-        header = _primary_header(data.shape, cards)
-        write_frame_fits(task.fits_path, data, header)
-        status = STATUS_CONVERTED
-    else:
-        status = STATUS_EXISTING
-    return {"STATUS": status, "REASON": "", "ADCBITS": adc_bits}
+    cards = list(task.cards)
+    cards += [(kw.RAWFILE, raw_path.name[:60], "raw file converted"),
+              (kw.RAWSIZE, raw_path.stat().st_size, "[byte] size of the raw file"),
+              (kw.RAWDTYPE, task.config.dtype_name, "sample type of the raw file")]
+    cards += adu.scaling_cards(adc_bits)
+    cards += provenance_cards("FRAME")
+    write_frame_fits(task.fits_path, data, _primary_header(data.shape, cards))
+    return {"STATUS": STATUS_CONVERTED, "REASON": "", "ADCBITS": adc_bits}
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
