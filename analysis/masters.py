@@ -1,0 +1,329 @@
+"""Masters from a dataset index: bias per temperature bin, dark and flat per (temperature, exposure).
+
+Order matters and is fixed: bias masters first, then darks (each minus the
+bias master nearest in temperature, within a tolerance), then flats (minus
+bias and the matching dark, normalised).  Stages and dose steps are never
+mixed.  A master whose inputs and settings are unchanged since it was written
+(same ``INHASH``) is not rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from utils import adu
+from utils import headers as kw
+from utils.fitsio import is_complete_fits, read_header, read_image
+from utils.grouping import GroupKey, calibration_groups
+from utils.settings import field
+from utils.stacking import combine
+
+logger = logging.getLogger(__name__)
+
+INHASH = "INHASH"  # hash of inputs + settings, to skip unchanged masters on re-runs
+
+
+@dataclass(frozen=True)
+class MasterSettings:
+    """How masters are grouped and combined."""
+
+    temp_bin: float = field(1.0, "[degC] largest temperature span of one master")
+    exp_tolerance: float = field(0.01, "largest relative exposure-time span of one master")
+    bias_temp_tolerance: float = field(2.0, "[degC] largest |T_dark - T_bias| for bias subtraction")
+    dark_temp_tolerance: float = field(2.0, "[degC] largest |T_flat - T_dark| for dark subtraction")
+    method: str = field("sigclip", "combination: sigclip, median or mean")
+    sigma_low: float = field(3.0, "[sigma] lower clipping threshold")
+    sigma_high: float = field(3.0, "[sigma] upper clipping threshold")
+    maxiters: int = field(5, "largest number of clipping iterations")
+    min_accepted: int = field(3, "pixels with fewer accepted samples are masked")
+    per_attempt: bool = field(True, "also write one master per attempt (stability check)")
+    memory_limit: float = field(1e9, "[byte] working-memory budget of one combination")
+    workers: int = field(2, "threads of one combination")
+
+    def __post_init__(self):
+        if self.method not in ("sigclip", "median", "mean"):
+            raise ValueError(f"method must be sigclip, median or mean, not {self.method!r}")
+        if self.temp_bin <= 0 or self.exp_tolerance < 0:
+            raise ValueError("temp_bin must be > 0 and exp_tolerance >= 0")
+        if min(self.bias_temp_tolerance, self.dark_temp_tolerance) < 0:
+            raise ValueError("temperature tolerances must be >= 0")
+        if self.sigma_low <= 0 or self.sigma_high <= 0 or self.min_accepted < 1:
+            raise ValueError("sigma thresholds must be > 0 and min_accepted >= 1")
+
+
+@dataclass
+class MasterRecord:
+    """One master: where it is, what went in, and its headline numbers."""
+
+    key: GroupKey
+    path: Path | None
+    status: str                 # written, existing, refused
+    reason: str = ""
+    ncombine: int = 0
+    nbad: int = 0               # frames of the set excluded as BADFITS
+    mean: float = math.nan      # [unit] of the master over valid pixels
+    median: float = math.nan
+    std: float = math.nan
+    noise: float = math.nan     # median per-pixel noise of the inputs [unit]
+    tavg: float = math.nan
+    bias_file: str = ""
+    dark_file: str = ""
+    level: float = math.nan     # flats: normalisation level [adu]
+    worst_frame: str = ""
+
+    def row(self) -> dict:
+        """Row of ``masters_summary.csv``."""
+        return {"PATH": str(self.path or ""), "CALTYPE": self.key.caltype,
+                "STAGE": self.key.stage, "DOSE": self.key.dose, "TBIN": self.key.temperature,
+                "EXPTIME": self.key.exptime, "ATTEMPT": self.key.attempt, "STATUS": self.status,
+                "REASON": self.reason, "NCOMBINE": self.ncombine, "NBADFITS": self.nbad,
+                "TAVG": self.tavg, "MEAN": self.mean, "MEDIAN": self.median, "STD": self.std,
+                "NOISE": self.noise, "LEVEL": self.level, "BIASFILE": self.bias_file,
+                "DARKFILE": self.dark_file, "WORST": self.worst_frame}
+
+
+def master_path(out_dir: Path, key: GroupKey) -> Path:
+    """``masters/[<stage>/]<type>/[attempts/]master_<type>_<tag>.fits``."""
+    folder = Path(out_dir) / "masters"
+    if key.stage_dir:
+        folder /= key.stage_dir
+    folder /= key.caltype.lower()
+    if key.attempt:
+        folder /= "attempts"
+    return folder / f"master_{key.caltype.lower()}_{key.tag}.fits"
+
+
+def _inputs_hash(paths: Sequence[str], settings: MasterSettings, *refs: str) -> str:
+    digest = hashlib.sha1()
+    for p in sorted(paths):
+        digest.update(p.encode())
+        digest.update(b"\0")
+    digest.update(repr((settings.method, settings.sigma_low, settings.sigma_high,
+                        settings.maxiters, settings.min_accepted, refs)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _existing(path: Path, digest: str) -> fits.Header | None:
+    if not is_complete_fits(path):
+        return None
+    header = read_header(path)
+    return header if header.get(INHASH) == digest else None
+
+
+def _fill_from_header(record: MasterRecord, header: fits.Header) -> None:
+    record.ncombine = int(header.get(kw.NCOMBINE, 0))
+    record.mean = kw.get_float(header, kw.MEAN)
+    record.median = kw.get_float(header, kw.MEDIAN)
+    record.std = kw.get_float(header, kw.STD)
+    record.tavg = kw.get_float(header, kw.TAVG)
+    record.noise = kw.get_float(header, "NOISEMED")
+    record.level = kw.get_float(header, kw.FLATNORM)
+
+
+def _nearest(records: list[MasterRecord], key: GroupKey, caltype: str, tolerance: float,
+             exptime: float | None = None, exp_tolerance: float = 0.0) -> MasterRecord | None:
+    best, best_dt = None, math.inf
+    for rec in records:
+        k = rec.key
+        if (k.caltype != caltype or k.attempt or rec.path is None or k.stage != key.stage
+                or not (k.dose == key.dose or (math.isnan(k.dose) and math.isnan(key.dose)))):
+            continue
+        if exptime is not None and abs(k.exptime - exptime) > exp_tolerance * exptime + 1e-9:
+            continue
+        dt = abs(k.temperature - key.temperature)
+        if dt < best_dt:
+            best, best_dt = rec, dt
+    return best if best is not None and best_dt <= tolerance else None
+
+
+def _metadata(rows: pd.DataFrame) -> list[dict]:
+    return [{"TEMP": t, "EXPTIME": e} for t, e in zip(rows["TEMP"], rows["EXPTIME"])]
+
+
+def _adc_bits(rows: pd.DataFrame) -> int:
+    scale = pd.to_numeric(rows["ADUSCALE"], errors="coerce").dropna() if "ADUSCALE" in rows \
+        else pd.Series(dtype=float)
+    if scale.empty:
+        return adu.DEFAULT_ADC_BITS
+    return adu.STORED_BITS - int(round(math.log2(float(scale.iloc[0]))))
+
+
+def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings: MasterSettings,
+           *, unit: str, subtract=None, sub_stderr=None, scale=None, extra: dict | None = None,
+           refs: tuple = (), normalise: bool = False, progress_bar: bool = False) -> MasterRecord:
+    path = master_path(out_dir, key)
+    paths = rows["PATH"].tolist()
+    digest = _inputs_hash(paths, settings, *refs)
+    record = MasterRecord(key, path, "existing", nbad=nbad)
+    worst = rows["STD"].idxmax() if "STD" in rows and rows["STD"].notna().any() else rows.index[0]
+    record.worst_frame = str(rows.loc[worst, "PATH"])
+    header = _existing(path, digest)
+    if header is not None:
+        _fill_from_header(record, header)
+        record.bias_file = str(header.get(kw.BIASFILE, ""))
+        record.dark_file = str(header.get(kw.DARKFILE, ""))
+        return record
+    result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
+                     sigma_high=settings.sigma_high, maxiters=settings.maxiters,
+                     min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
+                     saturation=adu.saturation_level(_adc_bits(rows)), memory_limit=settings.memory_limit,
+                     workers=settings.workers, metadata=_metadata(rows),
+                     product=f"MASTER_{key.caltype}", progress_bar=progress_bar)
+    cards = dict(extra or {})
+    if sub_stderr is not None:
+        # the subtracted master's own uncertainty is common to every frame: add it once
+        result.stderr = np.sqrt(result.stderr.astype(np.float64) ** 2 + sub_stderr ** 2
+                                ).astype(np.float32)
+    if normalise:
+        valid = ~result.mask & np.isfinite(result.data)
+        level = float(np.median(result.data[valid])) if valid.any() else math.nan
+        if not level > 0:
+            record.status, record.reason, record.path = "refused", "flat level <= 0", None
+            return record
+        result.data = (result.data / level).astype(np.float32)
+        result.stderr = (result.stderr / level).astype(np.float32)
+        result.noise = (result.noise / level).astype(np.float32)
+        cards[kw.FLATNORM] = (level * float(np.median(1.0 / np.asarray(scale))) if scale is not None
+                              else level, "[adu] median level divided out")
+        good = result.data[valid] if valid.any() else np.array([math.nan])
+        for name, value in ((kw.MEAN, np.mean(good)), (kw.MEDIAN, np.median(good)),
+                            (kw.STD, np.std(good))):
+            cards[name] = (float(value), "of the normalised master, valid pixels")
+    noise_med = float(np.nanmedian(result.noise)) if np.isfinite(result.noise).any() else math.nan
+    cards.update({
+        INHASH: (digest, "hash of inputs and settings"),
+        "NOISEMED": (noise_med, f"[{unit or '1'}] median per-pixel noise of the inputs"),
+        kw.TBIN: (key.temperature, "[degC] temperature bin label"),
+        kw.TBINW: (settings.temp_bin, "[degC] temperature bin width"),
+        kw.STAGE: (key.stage or "none", "irradiation stage"),
+        kw.CALTYPE: (key.caltype, "calibration type"),
+        kw.IMAGETYP: (f"MASTER {key.caltype}", "frame type"),
+        "NBADFITS": (nbad, "frames of the set excluded as BADFITS"),
+    })
+    if not math.isnan(key.exptime):
+        cards[kw.EXPTIME] = (key.exptime, "[s] exposure time of the set")
+    if not math.isnan(key.dose):
+        cards[kw.DOSE] = (key.dose, "[krad] dose step")
+    if key.attempt:
+        cards[kw.ATTEMPT] = (key.attempt[:60], "attempt")
+    for name, value, comment in adu.scaling_cards(_adc_bits(rows)):
+        cards.setdefault(name, (value, comment))
+    written = result.write(path, unit=unit, extra_header=cards)
+    record.status = "written"
+    header = read_header(written)
+    _fill_from_header(record, header)
+    record.bias_file = str(header.get(kw.BIASFILE, ""))
+    record.dark_file = str(header.get(kw.DARKFILE, ""))
+    return record
+
+
+def _load(record: MasterRecord) -> tuple[np.ndarray, np.ndarray]:
+    data, _ = read_image(record.path)
+    with fits.open(record.path, memmap=False) as hdul:
+        stderr = np.asarray(hdul["UNCERT"].data, dtype=np.float64)
+    return np.asarray(data, dtype=np.float32), stderr
+
+
+def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSettings, *,
+                  progress_bar: bool = False) -> list[MasterRecord]:
+    """Build every master of an index: bias, then dark, then flat.
+
+    Parameters
+    ----------
+    index : pandas.DataFrame
+        Index rows with absolute ``PATH`` (see :class:`utils.index.DatasetIndex`).
+    out_dir : path-like
+        Output folder; masters go to ``out_dir/masters/...``.
+    settings : MasterSettings
+        Grouping and combination settings.
+
+    Returns
+    -------
+    list of MasterRecord
+        One per calibration set (and per attempt when enabled), including the
+        refused ones with their reason.
+    """
+    out_dir = Path(out_dir)
+    bad = index["BADFITS"].astype(bool)
+    groups = list(calibration_groups(index, temp_width=settings.temp_bin,
+                                     exp_tolerance=settings.exp_tolerance,
+                                     by_attempt=settings.per_attempt))
+    records: list[MasterRecord] = []
+    for caltype in ("BIAS", "DARK", "FLAT"):
+        for key, rows in groups:
+            if key.caltype != caltype:
+                continue
+            good = rows[~bad.loc[rows.index]]
+            nbad = len(rows) - len(good)
+            if good.empty:
+                records.append(MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS",
+                                            nbad=nbad))
+                continue
+            records.append(_build_one(key, good, nbad, records, out_dir, settings, progress_bar))
+            rec = records[-1]
+            if rec.status == "refused":
+                logger.warning("%s master %s not built: %s", caltype.lower(), key.tag, rec.reason)
+            else:
+                logger.info("%s %s master %s (%d frames)", rec.status, caltype.lower(), rec.path,
+                            rec.ncombine)
+    return records
+
+
+def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],
+               out_dir: Path, settings: MasterSettings, progress_bar: bool) -> MasterRecord:
+    if key.caltype == "BIAS":
+        return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT, progress_bar=progress_bar)
+    bias = _nearest(records, key, "BIAS", settings.bias_temp_tolerance)
+    if bias is None:
+        return MasterRecord(key, None, "refused", nbad=nbad,
+                            reason=f"no bias master within {settings.bias_temp_tolerance:g} degC "
+                                   f"of {key.temperature:g} degC in stage "
+                                   f"'{key.stage or 'none'}'")
+    bias_data, bias_err = _load(bias)
+    extra = {kw.BIASFILE: (bias.path.name, "master bias subtracted"),
+             kw.BIASTEMP: (bias.key.temperature, "[degC] temperature of that master bias"),
+             kw.SUBTRACT: ("bias", "subtracted per frame")}
+    if key.caltype == "DARK":
+        return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT, subtract=bias_data,
+                      sub_stderr=bias_err, extra=extra, refs=(str(bias.path),),
+                      progress_bar=progress_bar)
+    dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance, key.exptime,
+                    settings.exp_tolerance)
+    reference, ref_err = bias_data, bias_err
+    refs = (str(bias.path),)
+    if dark is not None:
+        dark_data, dark_err = _load(dark)
+        reference = bias_data + dark_data
+        ref_err = np.sqrt(bias_err ** 2 + dark_err ** 2)
+        refs += (str(dark.path),)
+        extra[kw.DARKFILE] = (dark.path.name, "master dark subtracted")
+        extra[kw.DARKTEMP] = (dark.key.temperature, "[degC] temperature of that master dark")
+        extra[kw.DARKEXP] = (dark.key.exptime, "[s] exposure of that master dark")
+        extra[kw.SUBTRACT] = ("bias+dark", "subtracted per frame")
+    else:
+        extra[kw.DARKFILE] = ("none", "no dark within tolerance: dark current not removed")
+        logger.warning("flat %s: no dark master at %g s within %g degC; only bias subtracted",
+                       key.tag, key.exptime, settings.dark_temp_tolerance)
+    ref_level = float(np.nanmedian(reference))
+    medians = pd.to_numeric(rows["MEDIAN"], errors="coerce") if "MEDIAN" in rows else None
+    if medians is None or medians.isna().any():
+        from utils.stats import frame_statistics
+        medians = pd.Series([frame_statistics(p).median for p in rows["PATH"]], index=rows.index)
+    levels = medians.to_numpy(float) - ref_level
+    if np.any(levels <= 0):
+        return MasterRecord(key, None, "refused", nbad=nbad,
+                            reason="a flat frame has no signal above bias+dark")
+    # each frame normalised by its own level so lamp drifts do not bias the clipping
+    scale = 1.0 / levels
+    return _build(key, rows, nbad, out_dir, settings, unit="", subtract=reference,
+                  sub_stderr=ref_err * float(np.median(scale)), scale=scale, extra=extra, refs=refs, normalise=True,
+                  progress_bar=progress_bar)

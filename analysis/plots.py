@@ -1,0 +1,162 @@
+"""Figures of index processing.  Each ``plot_*`` takes computed results and an
+optional ``ax``; it draws and returns the axes, and never saves (the pipeline does)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def _axes(ax, ncols: int = 1, figsize=(6.4, 4.2)):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax
+    _, ax = plt.subplots(1, ncols, figsize=figsize, layout="constrained")
+    return ax
+
+
+def _stage_label(stage, dose) -> str:
+    if not stage:
+        return "all frames"
+    return f"{stage} {dose:g} krad" if isinstance(dose, float) and not math.isnan(dose) else stage
+
+
+def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, caltype: str,
+                               metric: str, *, ax=None):
+    """Per-frame ``metric`` [adu] vs sensor temperature, with master values per bin.
+
+    Parameters
+    ----------
+    stats : pandas.DataFrame
+        ``frame_stats.csv`` rows (``TEMP``, ``MEAN``, ``STD``...).
+    masters : pandas.DataFrame
+        ``masters_summary.csv`` rows (``TAVG``, ``MEAN``, ``NOISE``...).
+    caltype : str
+        ``BIAS``, ``DARK`` or ``FLAT``.
+    metric : {"MEAN", "MEDIAN", "STD"}
+        Frame statistic to draw; masters show ``MEAN`` (level) or ``NOISE``
+        (median per-pixel temporal noise) alongside.
+    """
+    ax = _axes(ax)
+    rows = stats[(stats["CALTYPE"] == caltype) & ~stats["BADFITS"].astype(bool)]
+    for (stage, dose), part in rows.groupby([rows["STAGE"].fillna(""), rows["DOSE"]],
+                                            dropna=False):
+        ax.plot(part["TEMP"], part[metric], ".", alpha=0.5,
+                label=f"frames, {_stage_label(stage, dose)}")
+    mrows = masters[(masters["CALTYPE"] == caltype) & (masters["ATTEMPT"].fillna("") == "")
+                    & masters["STATUS"].isin(["written", "existing"])]
+    column = "NOISE" if metric == "STD" else "MEAN"
+    if caltype == "BIAS" and len(mrows):
+        ax.plot(mrows["TAVG"], mrows[column], "ks", mfc="none",
+                label="masters (" + ("median pixel noise" if column == "NOISE" else "mean") + ")")
+    ax.set_xlabel("sensor temperature [degC]")
+    names = {"MEAN": "frame mean", "MEDIAN": "frame median", "STD": "frame std (spatial)"}
+    ax.set_ylabel(f"{caltype.lower()} {names.get(metric, metric)} [adu]")
+    ax.set_title(f"{caltype.lower()} {names.get(metric, metric)} vs temperature")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_dark_vs_exposure(masters: pd.DataFrame, *, ax=None):
+    """Bias-subtracted dark master mean [adu] vs exposure [s], one line per temperature bin."""
+    ax = _axes(ax)
+    rows = masters[(masters["CALTYPE"] == "DARK") & (masters["ATTEMPT"].fillna("") == "")
+                   & masters["STATUS"].isin(["written", "existing"])]
+    for (stage, dose, tbin), part in rows.groupby(
+            [rows["STAGE"].fillna(""), rows["DOSE"], "TBIN"], dropna=False):
+        part = part.sort_values("EXPTIME")
+        ax.errorbar(part["EXPTIME"], part["MEAN"], yerr=part["NOISE"] / np.sqrt(part["NCOMBINE"]),
+                    marker="o", capsize=3, label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
+    ax.set_xlabel("exposure time [s]")
+    ax.set_ylabel("dark signal, master mean [adu]")
+    ax.set_title("dark signal vs exposure time (bias subtracted)")
+    ax.grid(alpha=0.3)
+    if len(rows):
+        ax.legend(fontsize="small")
+    return ax
+
+
+def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
+    """Mean dark rate (master mean / exposure) [adu/s] vs temperature, log scale."""
+    ax = _axes(ax)
+    rows = masters[(masters["CALTYPE"] == "DARK") & (masters["ATTEMPT"].fillna("") == "")
+                   & masters["STATUS"].isin(["written", "existing"])].copy()
+    rows["RATE"] = rows["MEAN"] / rows["EXPTIME"]
+    for (stage, dose, exptime), part in rows.groupby(
+            [rows["STAGE"].fillna(""), rows["DOSE"], "EXPTIME"], dropna=False):
+        part = part.sort_values("TBIN")
+        ax.plot(part["TAVG"], part["RATE"], "o-",
+                label=f"{exptime:g} s, {_stage_label(stage, dose)}")
+    if len(rows) and (rows["RATE"] > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("sensor temperature [degC]")
+    ax.set_ylabel("mean dark rate [adu/s]")
+    ax.set_title("dark rate vs temperature")
+    ax.grid(alpha=0.3, which="both")
+    if len(rows):
+        ax.legend(fontsize="small")
+    return ax
+
+
+def plot_flat_level_vs_exposure(masters: pd.DataFrame, *, ax=None):
+    """Flat normalisation level [adu] vs exposure [s] (lamp linearity at a glance)."""
+    ax = _axes(ax)
+    rows = masters[(masters["CALTYPE"] == "FLAT") & (masters["ATTEMPT"].fillna("") == "")
+                   & masters["STATUS"].isin(["written", "existing"])]
+    for (stage, dose, tbin), part in rows.groupby(
+            [rows["STAGE"].fillna(""), rows["DOSE"], "TBIN"], dropna=False):
+        part = part.sort_values("EXPTIME")
+        ax.plot(part["EXPTIME"], part["LEVEL"], "o-",
+                label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
+    ax.set_xlabel("exposure time [s]")
+    ax.set_ylabel("flat level (bias and dark removed) [adu]")
+    ax.set_title("flat level vs exposure time")
+    ax.grid(alpha=0.3)
+    if len(rows):
+        ax.legend(fontsize="small")
+    return ax
+
+
+def plot_master_comparison(master: np.ndarray, frame: np.ndarray, *, unit: str, title: str,
+                           axes=None):
+    """Master, the noisiest input frame, and their difference, side by side.
+
+    Parameters
+    ----------
+    master, frame : numpy.ndarray
+        Images in the same unit (the frame already reduced like the master's inputs).
+    unit : str
+        Unit label of the colour bars, e.g. ``adu``.
+    title : str
+        Figure title.
+    """
+    if axes is None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
+        fig.suptitle(title)
+    finite = master[np.isfinite(master)]
+    lo, hi = (np.percentile(finite, [5, 95]) if finite.size else (0.0, 1.0))
+    diff = frame - master
+    dfin = diff[np.isfinite(diff)]
+    span = float(np.percentile(np.abs(dfin), 99)) if dfin.size else 1.0
+    for ax, image, name, kwargs in (
+            (axes[0], master, "master", {"vmin": lo, "vmax": hi, "cmap": "gray"}),
+            (axes[1], frame, "noisiest frame", {"vmin": lo, "vmax": hi, "cmap": "gray"}),
+            (axes[2], diff, "frame - master", {"vmin": -span, "vmax": span, "cmap": "RdBu_r"})):
+        im = ax.imshow(image, origin="lower", interpolation="nearest", **kwargs)
+        ax.set_title(name)
+        ax.set_xlabel("column [px]")
+        ax.set_ylabel("row [px]")
+        ax.figure.colorbar(im, ax=ax, label=f"[{unit or 'relative'}]", shrink=0.8)
+    return axes

@@ -1,0 +1,220 @@
+"""Build master frames, per-frame statistics and trend plots from a dataset index.
+
+Bias masters per temperature bin; dark masters per (temperature, exposure),
+each minus the bias master nearest in temperature within a tolerance (refused
+and reported beyond it); flat masters per (temperature, exposure), minus bias
+and the matching dark, normalised.  Irradiation stages and dose steps are
+never mixed.  BADFITS frames are excluded and counted.  Masters are
+sigma-clipped stacks with uncertainty, noise, count and mask extensions.
+
+Outputs in OUTPUT_DIR: ``masters/`` (FITS), ``masters_summary.csv``,
+``frame_stats.csv``, ``plots/`` (trends vs temperature and exposure time),
+``comparisons/`` (each master vs its noisiest input), ``config_used.json``.
+A re-run rebuilds only masters whose inputs or settings changed.
+
+Example
+-------
+  python -m analysis.process_index data/index.csv results/
+  python -m analysis.process_index data/index.csv results/ --temp-bin 0.5 --method median
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from utils import cli
+from utils.errors import ConfigError, FrameError
+from utils.fitsio import read_image, save_figure, write_csv
+from utils.index import DatasetIndex
+from utils.progress import progress
+from utils.settings import dump_settings
+
+from . import plots
+from .masters import MasterRecord, MasterSettings, build_masters
+
+logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.process_index")
+
+STATS_COLUMNS = ["PATH", "CALTYPE", "STAGE", "DOSE", "TEMP", "EXPTIME", "MEAN", "MEDIAN", "STD",
+                 "P16", "P84", "ZEROFRACTION", "SATFRACTION", "BADFITS", "REASON"]
+
+
+@dataclass
+class ProcessResult:
+    """What a run produced."""
+
+    out_dir: Path
+    records: list[MasterRecord]
+    stats: pd.DataFrame
+    figures: list[Path]
+
+    def count(self, status: str) -> int:
+        """Masters with this status (written, existing, refused)."""
+        return sum(1 for r in self.records if r.status == status)
+
+    def summary_line(self) -> str:
+        """One line saying what was written where."""
+        bad = int(self.stats["BADFITS"].astype(bool).sum())
+        return (f"{self.count('written')} masters written, {self.count('existing')} up to date, "
+                f"{self.count('refused')} refused; {len(self.stats)} frames ({bad} BADFITS "
+                f"excluded); {len(self.figures)} figures; outputs in {self.out_dir}")
+
+
+def frame_stats_table(index: pd.DataFrame, *, progress_bar: bool = False) -> pd.DataFrame:
+    """Per-frame statistics, reusing the index's when present (one read per frame otherwise)."""
+    table = index.copy()
+    missing = table["MEAN"].isna() & ~table["BADFITS"].astype(bool)
+    if missing.any():
+        from utils.stats import frame_statistics
+
+        for i in progress(list(table.index[missing]), desc="frame stats", enabled=progress_bar):
+            try:
+                st = frame_statistics(table.at[i, "PATH"])
+            except FrameError as err:
+                logger.warning("%s: %s; flagged BADFITS", table.at[i, "PATH"], err.reason)
+                table.loc[i, ["BADFITS", "REASON"]] = [True, err.reason]
+                continue
+            for column, value in (("MEAN", st.mean), ("MEDIAN", st.median), ("STD", st.std),
+                                  ("P16", st.p16), ("P84", st.p84),
+                                  ("ZEROFRACTION", st.zero_fraction),
+                                  ("SATFRACTION", st.saturated_fraction)):
+                table.at[i, column] = value
+    return table[[c for c in STATS_COLUMNS if c in table.columns]]
+
+
+def write_trend_plots(stats: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Draw and save the trend figures into ``out_dir/plots``."""
+    figures = []
+    plot_dir = out_dir / "plots"
+    for caltype in ("BIAS", "DARK", "FLAT"):
+        if not (stats["CALTYPE"] == caltype).any():
+            continue
+        for metric in ("MEAN", "STD"):
+            ax = plots.plot_metric_vs_temperature(stats, summary, caltype, metric)
+            figures.append(save_figure(ax.figure, plot_dir /
+                                       f"{caltype.lower()}_{metric.lower()}_vs_temperature.png"))
+    if (summary["CALTYPE"] == "DARK").any():
+        ax = plots.plot_dark_vs_exposure(summary)
+        figures.append(save_figure(ax.figure, plot_dir / "dark_signal_vs_exposure.png"))
+        ax = plots.plot_dark_rate_vs_temperature(summary)
+        figures.append(save_figure(ax.figure, plot_dir / "dark_rate_vs_temperature.png"))
+    if (summary["CALTYPE"] == "FLAT").any():
+        ax = plots.plot_flat_level_vs_exposure(summary)
+        figures.append(save_figure(ax.figure, plot_dir / "flat_level_vs_exposure.png"))
+    return figures
+
+
+def write_comparisons(records: list[MasterRecord], out_dir: Path) -> list[Path]:
+    """For each all-attempts master, save master vs its noisiest input frame."""
+    figures = []
+    by_name = {r.path.name: r for r in records if r.path is not None}
+    for rec in records:
+        if rec.path is None or rec.key.attempt or not rec.worst_frame:
+            continue
+        target = out_dir / "comparisons" / (rec.path.stem + ".png")
+        if rec.status == "existing" and target.is_file():
+            figures.append(target)
+            continue
+        master, header = read_image(rec.path)
+        frame, _ = read_image(rec.worst_frame)
+        frame = frame.astype(np.float32)
+        # reduce the frame like the master's inputs so the difference shows only noise/defects
+        for key in ("BIASFILE", "DARKFILE"):
+            ref = by_name.get(str(header.get(key, "")))
+            if ref is not None:
+                frame = frame - read_image(ref.path)[0]
+        if rec.key.caltype == "FLAT":
+            level = float(np.nanmedian(frame))
+            frame = frame / level if level > 0 else frame
+        axes = plots.plot_master_comparison(
+            np.asarray(master, dtype=np.float32), frame, unit=str(header.get("BUNIT", "")),
+            title=f"{rec.path.stem} vs {Path(rec.worst_frame).name}")
+        figures.append(save_figure(axes[0].figure, target))
+    return figures
+
+
+def run(index_csv: str | Path, out_dir: str | Path, settings: MasterSettings = MasterSettings(),
+        *, progress_bar: bool = False) -> ProcessResult:
+    """Process an index: statistics, masters (bias, dark, flat), summary, plots, comparisons.
+
+    This function states the order of the whole step; everything it calls is
+    defined in :mod:`analysis.masters` and :mod:`analysis.plots`.
+    """
+    out_dir = Path(out_dir)
+    index = DatasetIndex.from_csv(index_csv).table
+    if index.empty:
+        raise ConfigError(f"{index_csv}: the index has no rows; nothing to process")
+    dump_settings(out_dir, masters=settings, index=str(Path(index_csv).resolve()))
+    stats = frame_stats_table(index, progress_bar=progress_bar)
+    write_csv(stats, out_dir / "frame_stats.csv")
+    index["BADFITS"] = stats["BADFITS"].astype(bool)
+    records = build_masters(index, out_dir, settings, progress_bar=progress_bar)
+    summary = pd.DataFrame([r.row() for r in records])
+    write_csv(summary, out_dir / "masters_summary.csv")
+    figures = write_trend_plots(stats, summary, out_dir)
+    figures += write_comparisons(records, out_dir)
+    return ProcessResult(out_dir, records, stats, figures)
+
+
+def add_master_options(parser) -> None:
+    """Options of :class:`MasterSettings` (shared with ``run_calibration.py``)."""
+    d = MasterSettings()
+    parser.add_argument("--temp-bin", type=float, default=d.temp_bin,
+                        help="[degC] largest temperature span of one master")
+    parser.add_argument("--exp-tolerance", type=float, default=d.exp_tolerance,
+                        help="largest relative exposure span of one master")
+    parser.add_argument("--bias-temp-tolerance", type=float, default=d.bias_temp_tolerance,
+                        help="[degC] largest dark-bias temperature difference")
+    parser.add_argument("--method", choices=["sigclip", "median", "mean"], default=d.method,
+                        help="combination method")
+    parser.add_argument("--sigma", type=float, default=d.sigma_high,
+                        help="[sigma] clipping threshold (both sides)")
+    parser.add_argument("--no-per-attempt", action="store_true",
+                        help="skip the per-attempt masters")
+    parser.add_argument("--memory-limit", type=float, default=d.memory_limit,
+                        help="[byte] working-memory budget of one combination")
+    parser.add_argument("--workers", type=int, default=d.workers, help="threads per combination")
+
+
+def master_settings(args) -> MasterSettings:
+    """Build validated settings from parsed options."""
+    try:
+        return MasterSettings(temp_bin=args.temp_bin, exp_tolerance=args.exp_tolerance,
+                              bias_temp_tolerance=args.bias_temp_tolerance, method=args.method,
+                              sigma_low=args.sigma, sigma_high=args.sigma,
+                              per_attempt=not args.no_per_attempt,
+                              memory_limit=args.memory_limit, workers=args.workers)
+    except ValueError as err:
+        raise ConfigError(f"invalid option: {err}") from err
+
+
+def build_parser() -> cli.ArgumentParser:
+    """Command-line interface."""
+    parser = cli.make_parser("python -m analysis.process_index", __doc__)
+    parser.add_argument("index_csv", metavar="INDEX_CSV", help="index built by utils.index_dataset")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for the products")
+    add_master_options(parser)
+    return parser
+
+
+def _main(args) -> int:
+    result = run(args.index_csv, args.output_dir, master_settings(args),
+                 progress_bar=not args.no_progress)
+    logger.info("%s", result.summary_line())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``python -m analysis.process_index INDEX_CSV OUTPUT_DIR``."""
+    return cli.run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
