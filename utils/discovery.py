@@ -137,3 +137,77 @@ def find_fits(root: str | os.PathLike, max_depth: int = 8) -> list[Path]:
             elif entry.name.lower().endswith((".fits", ".fit")):
                 found.append(Path(entry.path))
     return sorted(found)
+
+
+#: Section folders of the standard campaign.
+STANDARD_SECTIONS = {"BIAS": "TestSection1", "DARK": "TestSection2", "FLAT": "TestSection3"}
+#: Section folders inside each irradiation stage.
+STAGE_SECTIONS = {"BIAS": "Bias", "DARK": "Darks", "FLAT": "Flats"}
+#: Stage folders of an irradiation campaign.
+STAGE_FOLDERS = {"pre": "Preirradiation", "radiating": "Irradiation", "post": "Postirradiation"}
+
+
+@dataclass(frozen=True)
+class StageSections:
+    """The calibration sections of one stage (or dose step) of a campaign."""
+
+    stage: str               # '' for a standard campaign
+    root: Path               # folder holding the sections
+    sections: dict           # caltype -> Path (only those that exist)
+
+
+def _child(folder: Path, name: str) -> Path | None:
+    """``folder/name``, matching the name case-insensitively."""
+    exact = folder / name
+    if exact.is_dir():
+        return exact
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if child.is_dir() and child.name.lower() == name.lower():
+                return child
+    return None
+
+
+def campaign_sections(root: str | os.PathLike, layout: str) -> list[StageSections]:
+    """List the sections of a ``standard`` or ``irradiation`` campaign.
+
+    Standard: ``TestSection1/2/3``.  Irradiation: ``Preirradiation``, every
+    sub-folder of ``Irradiation`` (one per dose step) and ``Postirradiation``,
+    each with ``Bias``, ``Darks``, ``Flats``.  Missing sections are left out.
+
+    Raises
+    ------
+    InputPathError
+        ``root`` is missing or holds none of the expected folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputPathError(f"{root}: dataset folder does not exist; check the path")
+    found: list[StageSections] = []
+    if layout == "standard":
+        sections = {cal: p for cal, name in STANDARD_SECTIONS.items()
+                    if (p := _child(root, name)) is not None}
+        if sections:
+            found.append(StageSections("", root, sections))
+        expected = ", ".join(STANDARD_SECTIONS.values())
+    elif layout == "irradiation":
+        stage_roots: list[tuple[str, Path]] = []
+        for stage, name in STAGE_FOLDERS.items():
+            folder = _child(root, name)
+            if folder is None:
+                continue
+            if stage == "radiating":
+                stage_roots += [(stage, step) for step in sorted(folder.iterdir()) if step.is_dir()]
+            else:
+                stage_roots.append((stage, folder))
+        for stage, folder in stage_roots:
+            sections = {cal: p for cal, name in STAGE_SECTIONS.items()
+                        if (p := _child(folder, name)) is not None}
+            if sections:
+                found.append(StageSections(stage, folder, sections))
+        expected = ", ".join(STAGE_FOLDERS.values()) + " (each with Bias, Darks, Flats)"
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    if not found:
+        raise InputPathError(f"{root}: none of {expected} found; is this a {layout} campaign?")
+    return found

@@ -216,6 +216,7 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
 def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
                 discover: Iterable[str | os.PathLike] = (), *, stage: str | None = None,
                 vacuum: str | None = None, settings: IndexSettings = IndexSettings(),
+                previous: str | os.PathLike | None = None,
                 progress_bar: bool = False) -> pd.DataFrame:
     """Index every FITS frame of the given sections.
 
@@ -233,6 +234,9 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
         Force these values instead of inferring them from folder words.
     settings : IndexSettings
         Thresholds and parallelism.
+    previous : path-like, optional
+        An earlier index CSV: rows of frames not modified since it was written
+        are reused instead of re-reading the pixels (makes re-runs cheap).
     progress_bar : bool
         Show a progress bar.
 
@@ -278,7 +282,24 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
         raise InputPathError("no FITS frames found in " + ", ".join(str(r) for _, r in jobs)
                              + "; convert the raw frames first or check the paths")
 
+    reuse: dict[Path, dict] = {}
+    if previous is not None and Path(previous).is_file():
+        since = Path(previous).stat().st_mtime
+        try:
+            old = DatasetIndex.from_csv(previous).table
+        except TableError as err:
+            logger.warning("%s; rebuilding the index from scratch", err)
+            old = pd.DataFrame(columns=INDEX_COLUMNS)
+        for row in old.to_dict("records"):
+            path = Path(row["PATH"])
+            if path.is_file() and path.stat().st_mtime < since:
+                reuse[path.resolve()] = row
+
     def one(item):
+        cached = reuse.get(item[0].resolve())
+        if cached is not None and (not item[1] or cached["CALTYPE"] == item[1]) \
+                and (stage is None or cached["STAGE"] == stage):
+            return dict(cached, PATH=str(item[0]))
         return _frame_row(item[0], item[1], stage, vacuum, settings)
 
     with ThreadPoolExecutor(max_workers=settings.workers) as pool:

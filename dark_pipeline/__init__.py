@@ -1,0 +1,6 @@
+"""Dark calibration pipeline (roadmap: see README "Roadmap").
+
+Will hold only what is specific to dark calibration and a single ``pipeline.run()``
+stating the step order; everything shared (FITS I/O, index, stacking, fitting,
+masks) comes from :mod:`utils`.
+"""

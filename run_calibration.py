@@ -1,0 +1,123 @@
+"""Convert, index and process a calibration campaign in one command.
+
+Layouts:
+  standard     DATASET holds TestSection1 (bias), TestSection2 (darks), TestSection3 (flats)
+  irradiation  DATASET holds Preirradiation/, Irradiation/<dose>kRads/ and Postirradiation/,
+               each with Bias/, Darks/, Flats/; stages and dose steps are never mixed
+  demo         simulate the built-in synthetic campaign into OUTPUT_DIR/campaign first,
+               then run it (standard layout unless --demo-layout irradiation)
+
+Steps: raw frames -> FITS (frames already converted are skipped), the index
+DATASET/index.csv, then masters, per-frame statistics and plots in OUTPUT_DIR
+(see python -m analysis.process_index --help).  Re-running finishes what is
+missing and leaves complete products alone.
+
+Example
+-------
+  python run_calibration.py demo demo_output
+  python run_calibration.py standard /data/campaign results/
+  python run_calibration.py irradiation /data/irrad_campaign results/ --workers 2
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from analysis import process_index
+from utils import cli, simulate
+from utils.discovery import campaign_sections
+from utils.errors import ConfigError
+from utils.index import IndexSettings, build_index, write_index
+from utils.raw_to_fits import (STATUS_CONVERTED, STATUS_EXISTING, STATUS_REJECTED,
+                               ConversionSettings, convert_sections)
+
+logger = logging.getLogger("run_calibration")
+
+
+def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, workers: int = 1,
+        masters=None, progress_bar: bool = False) -> dict:
+    """Conversion, indexing and index processing, in this order.
+
+    Returns
+    -------
+    dict
+        Counts and paths for the final summary.
+    """
+    conversion = ConversionSettings(search_depth=search_depth, workers=workers)
+    converted = existing = rejected = 0
+    for stage in campaign_sections(dataset, layout):
+        report = convert_sections({c: p for c, p in stage.sections.items()}, conversion,
+                                  index_dir=stage.root, progress_bar=progress_bar)
+        converted += report.count(STATUS_CONVERTED)
+        existing += report.count(STATUS_EXISTING)
+        rejected += report.count(STATUS_REJECTED)
+        logger.info("%s: %d converted, %d already there, %d rejected",
+                    stage.root, report.count(STATUS_CONVERTED), report.count(STATUS_EXISTING),
+                    report.count(STATUS_REJECTED))
+    index_path = dataset / "index.csv"
+    table = build_index(discover=[dataset], settings=IndexSettings(search_depth=search_depth + 2),
+                        previous=index_path, progress_bar=progress_bar)
+    write_index(table, index_path)
+    result = process_index.run(index_path, out_dir, masters or process_index.MasterSettings(),
+                               progress_bar=progress_bar)
+    return {"converted": converted, "existing": existing, "rejected": rejected,
+            "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
+            "index": index_path, "result": result}
+
+
+def build_parser() -> cli.ArgumentParser:
+    """Command-line interface."""
+    parser = cli.make_parser("python run_calibration.py", __doc__)
+    parser.add_argument("layout", choices=["standard", "irradiation", "demo"],
+                        help="dataset layout, or demo for the built-in synthetic campaign")
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="DATASET OUTPUT_DIR (demo: OUTPUT_DIR, default demo_output)")
+    parser.add_argument("--search-depth", type=int, default=6,
+                        help="folder levels below each section to look for attempts")
+    parser.add_argument("--convert-workers", type=int, default=1,
+                        help="processes converting raw frames")
+    parser.add_argument("--demo-layout", choices=["standard", "irradiation"], default="standard",
+                        help="campaign simulated by the demo")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the demo campaign")
+    process_index.add_master_options(parser)
+    return parser
+
+
+def _main(args) -> int:
+    if args.layout == "demo":
+        if len(args.paths) > 1:
+            raise ConfigError("demo takes one OUTPUT_DIR (the campaign is simulated inside it)")
+        out = Path(args.paths[0] if args.paths else "demo_output")
+        dataset, layout = out / "campaign", args.demo_layout
+        if (dataset / "truth" / "truth.json").is_file():
+            logger.info("demo campaign already simulated in %s", dataset)
+        elif layout == "standard":
+            simulate.simulate_standard(dataset, seed=args.seed)
+        else:
+            simulate.simulate_irradiation(dataset, seed=args.seed)
+        out_dir = out / "products"
+    else:
+        if len(args.paths) != 2:
+            raise ConfigError(f"{args.layout} needs DATASET and OUTPUT_DIR")
+        dataset, out_dir, layout = Path(args.paths[0]), Path(args.paths[1]), args.layout
+    summary = run(layout, dataset, out_dir, search_depth=args.search_depth,
+                  workers=args.convert_workers, masters=process_index.master_settings(args),
+                  progress_bar=not args.no_progress)
+    result = summary["result"]
+    logger.info("done: %d frames converted (%d already there, %d rejected); %d indexed in %s "
+                "(%d BADFITS); %s", summary["converted"], summary["existing"],
+                summary["rejected"], summary["indexed"], summary["index"], summary["badfits"],
+                result.summary_line())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``python run_calibration.py {standard,irradiation,demo} ...``."""
+    return cli.run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
