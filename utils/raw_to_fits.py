@@ -252,13 +252,15 @@ def write_frame_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Hea
     """
     if data.dtype.itemsize == 1:
         data = data.astype(np.uint16)
-    payload = (data ^ np.uint16(0x8000)).astype(">u2").tobytes()
+    payload = np.bitwise_xor(data, np.uint16(0x8000), dtype=np.uint16)  # one new array
+    if sys.byteorder == "little":
+        payload.byteswap(inplace=True)  # FITS is big-endian
     head = header.tostring(endcard=True, padding=True).encode("ascii")
-    pad = (-len(payload)) % BLOCK
+    pad = (-payload.nbytes) % BLOCK
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(head)
-            handle.write(payload)
+            handle.write(memoryview(payload).cast("B"))
             handle.write(b"\0" * pad)
 
 

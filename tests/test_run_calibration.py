@@ -1,0 +1,75 @@
+"""The end-to-end calibration command on the built-in campaigns."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import run_calibration
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_rerun_is_noop(tmp_path, caplog):
+    out = tmp_path / "demo"
+    caplog.set_level("INFO")
+    assert run_calibration.main(["demo", str(out), "--no-progress"]) == 0
+    products = out / "products"
+    summary = pd.read_csv(products / "masters_summary.csv")
+    assert {"BIAS", "DARK", "FLAT"} <= set(summary["CALTYPE"])
+    assert (out / "campaign" / "index.csv").is_file()
+    assert any("done:" in r.getMessage() and str(products) in r.getMessage()
+               for r in caplog.records)
+    # the truncated raw file is rejected, the zero frames are excluded as BADFITS
+    index = pd.read_csv(out / "campaign" / "index.csv")
+    assert index["BADFITS"].sum() >= 2
+    before = {p: p.stat().st_mtime_ns for p in products.rglob("*.fits")}
+    caplog.clear()
+    assert run_calibration.main(["demo", str(out), "--no-progress"]) == 0
+    after = {p: p.stat().st_mtime_ns for p in products.rglob("*.fits")}
+    assert before == after
+    assert any("0 frames converted" in r.getMessage() and "0 masters written" in r.getMessage()
+               for r in caplog.records)
+    if shutil.which("fitsverify"):
+        files = [str(p) for p in products.rglob("*.fits")]
+        run = subprocess.run(["fitsverify", "-q", "-e", *files], capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_irradiation_stages_never_mixed(tmp_path):
+    out = tmp_path / "irr"
+    assert run_calibration.main(["demo", str(out), "--demo-layout", "irradiation",
+                                 "--no-progress", "--no-per-attempt"]) == 0
+    summary = pd.read_csv(out / "products" / "masters_summary.csv")
+    written = summary[summary["STATUS"].isin(["written", "existing"])]
+    assert {"pre", "radiating", "post"} <= set(written["STAGE"])
+    radiating = written[written["STAGE"] == "radiating"]
+    assert radiating["DOSE"].nunique() >= 2
+    from astropy.io import fits
+
+    for path, stage in zip(written["PATH"], written["STAGE"]):
+        with fits.open(path) as hdul:
+            inputs = hdul["INPUTS"].data["PATH"]
+        folder = {"pre": "Preirradiation", "radiating": "Irradiation",
+                  "post": "Postirradiation"}[stage]
+        assert all(f"/{folder}/" in str(p) for p in inputs), (path, inputs[:2])
+        # a dark master's bias comes from the same stage
+        header = fits.getheader(path)
+        if header.get("BIASFILE"):
+            assert (Path(path).parent.parent / "bias" / header["BIASFILE"]).is_file()
+
+
+def test_runs_as_file_and_help(tmp_path):
+    run = subprocess.run([sys.executable, "run_calibration.py", "--help"], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0 and "Example" in run.stdout
+    bad = subprocess.run([sys.executable, "run_calibration.py", "standard", str(tmp_path / "none"),
+                          str(tmp_path / "out")], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and "does not exist" in bad.stderr
