@@ -32,6 +32,8 @@ from .errors import UnreadableFrameError
 logger = logging.getLogger(__name__)
 
 BLOCK = 2880  # bytes of a FITS block
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def software_version() -> str:
@@ -54,6 +56,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; products are shared
     tmp = Path(tmp)
     try:
         yield tmp
