@@ -131,7 +131,7 @@ def _fill_from_header(record: MasterRecord, header: fits.Header) -> None:
 
 def _nearest(records: list[MasterRecord], key: GroupKey, caltype: str, tolerance: float,
              exptime: float | None = None, exp_tolerance: float = 0.0) -> MasterRecord | None:
-    best, best_dt = None, math.inf
+    best, best_dt = None, (math.inf, 0.0)
     for rec in records:
         k = rec.key
         if (k.caltype != caltype or k.attempt or rec.path is None or k.stage != key.stage
@@ -139,10 +139,12 @@ def _nearest(records: list[MasterRecord], key: GroupKey, caltype: str, tolerance
             continue
         if exptime is not None and abs(k.exptime - exptime) > exp_tolerance * exptime + 1e-9:
             continue
-        dt = abs(k.temperature - key.temperature)
-        if dt < best_dt:
+        # nearest temperature first; among equals the longest exposure (best signal to noise)
+        dt = (abs(k.temperature - key.temperature),
+              -k.exptime if exptime is None and not math.isnan(k.exptime) else 0.0)
+        if best is None or dt < best_dt:
             best, best_dt = rec, dt
-    return best if best is not None and best_dt <= tolerance else None
+    return best if best is not None and best_dt[0] <= tolerance else None
 
 
 def _metadata(rows: pd.DataFrame) -> list[dict]:
@@ -298,21 +300,29 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
                       progress_bar=progress_bar)
     dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance, key.exptime,
                     settings.exp_tolerance)
+    dark_scale = 1.0
+    if dark is None:
+        # no dark at this exposure: the dark signal is proportional to exposure time, so the
+        # longest dark at the nearest temperature, scaled, is the best estimate
+        dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance)
+        if dark is not None:
+            dark_scale = key.exptime / dark.key.exptime
     reference, ref_err = bias_data, bias_err
     refs = (str(bias.path),)
     if dark is not None:
         dark_data, dark_err = _load(dark)
-        reference = bias_data + dark_data
-        ref_err = np.sqrt(bias_err ** 2 + dark_err ** 2)
-        refs += (str(dark.path),)
+        reference = bias_data + dark_scale * dark_data
+        ref_err = np.sqrt(bias_err ** 2 + (dark_scale * dark_err) ** 2)
+        refs += (str(dark.path), dark_scale)
         extra[kw.DARKFILE] = (dark.path.name, "master dark subtracted")
         extra[kw.DARKTEMP] = (dark.key.temperature, "[degC] temperature of that master dark")
         extra[kw.DARKEXP] = (dark.key.exptime, "[s] exposure of that master dark")
+        extra["DARKSCL"] = (dark_scale, "dark master scaled by EXPTIME / DARKEXP")
         extra[kw.SUBTRACT] = ("bias+dark", "subtracted per frame")
     else:
         extra[kw.DARKFILE] = ("none", "no dark within tolerance: dark current not removed")
-        logger.warning("flat %s: no dark master at %g s within %g degC; only bias subtracted",
-                       key.tag, key.exptime, settings.dark_temp_tolerance)
+        logger.warning("flat %s: no dark master within %g degC; only bias subtracted",
+                       key.tag, settings.dark_temp_tolerance)
     ref_level = float(np.nanmedian(reference))
     medians = pd.to_numeric(rows["MEDIAN"], errors="coerce") if "MEDIAN" in rows else None
     if medians is None or medians.isna().any():

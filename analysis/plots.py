@@ -21,6 +21,11 @@ def _axes(ax, ncols: int = 1, figsize=(6.4, 4.2)):
     return ax
 
 
+def _text(series: pd.Series) -> pd.Series:
+    """A column as strings with '' for missing (CSV round trips turn empty text into NaN)."""
+    return series.astype(object).where(series.notna(), "").astype(str)
+
+
 def _stage_label(stage, dose) -> str:
     if not stage:
         return "all frames"
@@ -45,11 +50,11 @@ def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, calty
     """
     ax = _axes(ax)
     rows = stats[(stats["CALTYPE"] == caltype) & ~stats["BADFITS"].astype(bool)]
-    for (stage, dose), part in rows.groupby([rows["STAGE"].fillna(""), rows["DOSE"]],
+    for (stage, dose), part in rows.groupby([_text(rows["STAGE"]), rows["DOSE"]],
                                             dropna=False):
         ax.plot(part["TEMP"], part[metric], ".", alpha=0.5,
                 label=f"frames, {_stage_label(stage, dose)}")
-    mrows = masters[(masters["CALTYPE"] == caltype) & (masters["ATTEMPT"].fillna("") == "")
+    mrows = masters[(masters["CALTYPE"] == caltype) & (_text(masters["ATTEMPT"]) == "")
                     & masters["STATUS"].isin(["written", "existing"])]
     column = "NOISE" if metric == "STD" else "MEAN"
     if caltype == "BIAS" and len(mrows):
@@ -67,10 +72,10 @@ def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, calty
 def plot_dark_vs_exposure(masters: pd.DataFrame, *, ax=None):
     """Bias-subtracted dark master mean [adu] vs exposure [s], one line per temperature bin."""
     ax = _axes(ax)
-    rows = masters[(masters["CALTYPE"] == "DARK") & (masters["ATTEMPT"].fillna("") == "")
+    rows = masters[(masters["CALTYPE"] == "DARK") & (_text(masters["ATTEMPT"]) == "")
                    & masters["STATUS"].isin(["written", "existing"])]
     for (stage, dose, tbin), part in rows.groupby(
-            [rows["STAGE"].fillna(""), rows["DOSE"], "TBIN"], dropna=False):
+            [_text(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
         part = part.sort_values("EXPTIME")
         ax.errorbar(part["EXPTIME"], part["MEAN"], yerr=part["NOISE"] / np.sqrt(part["NCOMBINE"]),
                     marker="o", capsize=3, label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
@@ -86,11 +91,11 @@ def plot_dark_vs_exposure(masters: pd.DataFrame, *, ax=None):
 def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
     """Mean dark rate (master mean / exposure) [adu/s] vs temperature, log scale."""
     ax = _axes(ax)
-    rows = masters[(masters["CALTYPE"] == "DARK") & (masters["ATTEMPT"].fillna("") == "")
+    rows = masters[(masters["CALTYPE"] == "DARK") & (_text(masters["ATTEMPT"]) == "")
                    & masters["STATUS"].isin(["written", "existing"])].copy()
     rows["RATE"] = rows["MEAN"] / rows["EXPTIME"]
     for (stage, dose, exptime), part in rows.groupby(
-            [rows["STAGE"].fillna(""), rows["DOSE"], "EXPTIME"], dropna=False):
+            [_text(rows["STAGE"]), rows["DOSE"], "EXPTIME"], dropna=False):
         part = part.sort_values("TBIN")
         ax.plot(part["TAVG"], part["RATE"], "o-",
                 label=f"{exptime:g} s, {_stage_label(stage, dose)}")
@@ -108,10 +113,10 @@ def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
 def plot_flat_level_vs_exposure(masters: pd.DataFrame, *, ax=None):
     """Flat normalisation level [adu] vs exposure [s] (lamp linearity at a glance)."""
     ax = _axes(ax)
-    rows = masters[(masters["CALTYPE"] == "FLAT") & (masters["ATTEMPT"].fillna("") == "")
+    rows = masters[(masters["CALTYPE"] == "FLAT") & (_text(masters["ATTEMPT"]) == "")
                    & masters["STATUS"].isin(["written", "existing"])]
     for (stage, dose, tbin), part in rows.groupby(
-            [rows["STAGE"].fillna(""), rows["DOSE"], "TBIN"], dropna=False):
+            [_text(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
         part = part.sort_values("EXPTIME")
         ax.plot(part["EXPTIME"], part["LEVEL"], "o-",
                 label=f"{tbin:g} degC, {_stage_label(stage, dose)}")

@@ -118,6 +118,12 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
             value = value[: max(room, 0)]
         if len(key) + 4 + len(str(value)) + len(comment) > 76:
             comment = ""
+    elif isinstance(value, str):
+        width = max(len(value.replace("'", "''")) + 2, 10)
+        if width <= 70:  # one card: keep the comment only where it fits
+            comment = comment[: max(0, 80 - 10 - width - 3)]
+    else:
+        comment = comment[:47]  # numbers and logicals take 20 columns
     header[key] = (value, comment)
 
 
