@@ -107,9 +107,12 @@ def find_attempts(section_root: str | os.PathLike, max_depth: int = 6) -> list[A
         return sorted(attempts, key=lambda a: str(a.path))
     deeper = [depth for folder, depth in _walk(root, _PROBE_DEPTH) if _is_attempt(folder)]
     if deeper:
+        # suggest the depth that reaches every attempt, not just the shallowest one
+        low, high = min(deeper), max(deeper)
+        levels = f"{low}" if low == high else f"{low} to {high}"
         raise InputPathError(f"{root}: no attempts found within --search-depth {max_depth}; "
-                             f"attempts exist {min(deeper)} levels down: re-run with "
-                             f"--search-depth {min(deeper)}")
+                             f"attempts exist {levels} levels down: re-run with "
+                             f"--search-depth {high}")
     raise InputPathError(f"{root}: no attempts found (no folder with a '{FRAMES_DIR}/' "
                          "sub-folder of raw files); check the path or try a larger --search-depth")
 

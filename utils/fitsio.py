@@ -18,6 +18,7 @@ import datetime as _dt
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -232,6 +233,20 @@ class FitsLayout:
 _BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
+@contextlib.contextmanager
+def _astropy_warnings_as_errors(path: str):
+    """Turn astropy's 'file may have been truncated' style warnings into a frame error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for item in caught:
+        if issubclass(item.category, (UserWarning,)) and "truncated" in str(item.message):
+            raise UnreadableFrameError(path, f"truncated ({item.message}); re-convert or "
+                                             "remove the file")
+    for item in caught:  # anything else keeps its normal route
+        warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
 def fits_layout(path: str | os.PathLike, hdu: int = 0) -> FitsLayout:
     """Locate the image data of HDU ``hdu`` of ``path`` for direct row reads.
 
@@ -243,7 +258,8 @@ def fits_layout(path: str | os.PathLike, hdu: int = 0) -> FitsLayout:
     """
     path = str(path)
     try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        with _astropy_warnings_as_errors(path), \
+                fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             info = hdul.fileinfo(hdu)
             header = hdul[hdu].header
             if header.get("NAXIS") != 2:
@@ -320,7 +336,7 @@ def read_image(path: str | os.PathLike, hdu: int = 0) -> tuple[np.ndarray, fits.
         When the file cannot be opened or holds no image.
     """
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with _astropy_warnings_as_errors(str(path)), fits.open(path, memmap=False) as hdul:
             data = hdul[hdu].data
             header = hdul[hdu].header.copy()
     except (OSError, IndexError, ValueError, TypeError) as err:
@@ -339,7 +355,8 @@ def read_header(path: str | os.PathLike, hdu: int = 0) -> fits.Header:
         When the file cannot be opened.
     """
     try:
-        return fits.getheader(path, hdu)
+        with _astropy_warnings_as_errors(str(path)):
+            return fits.getheader(path, hdu)
     except (OSError, IndexError, ValueError, TypeError) as err:
         raise UnreadableFrameError(path, f"cannot read FITS header ({err})") from err
 

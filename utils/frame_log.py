@@ -104,7 +104,13 @@ def read_frame_log(path: str | os.PathLike) -> FrameLog:
     lowered = [n.lower() for n in names]
     key_index = next((lowered.index(k) for k in ("framenum", "frame_num", "frame")
                       if k in lowered), 0)
-    mapping = [kw.log_column_keyword(n) if n else (None, 1.0) for n in names]
+    mapping = []
+    for n in names:
+        try:
+            mapping.append(kw.log_column_keyword(n) if n else (None, 1.0))
+        except ValueError:  # e.g. a '#' column: no character usable in a FITS keyword
+            log.problems.append(f"line 1: column {n!r} cannot be a FITS keyword; ignored")
+            mapping.append((None, 1.0))
     # two columns may claim the same keyword (e.g. Temperature and CCDTemp): first one wins
     seen: set[str] = set()
     for i, (key, _) in enumerate(mapping):

@@ -361,8 +361,9 @@ class DatasetIndex:
         base = path.parent
         table["PATH"] = [str(p if Path(p).is_absolute() else (base / p))
                          for p in table["PATH"].astype(str)]
-        table["CALTYPE"] = table["CALTYPE"].fillna("").astype(str).str.upper()
-        table["STAGE"] = table["STAGE"].fillna("").astype(str)
+        # an all-empty column reads as float64: fill as object (no str fill of a float column)
+        table["CALTYPE"] = table["CALTYPE"].astype(object).fillna("").astype(str).str.upper()
+        table["STAGE"] = table["STAGE"].astype(object).fillna("").astype(str)
         table["BADFITS"] = table["BADFITS"].map(_truthy)
         for column in ("TEMP", "EXPTIME", "DOSE", "TIMESTAMP", "FRAMENUM"):
             table[column] = pd.to_numeric(table[column], errors="coerce")

@@ -282,7 +282,8 @@ def _convert_one(task: _FrameTask) -> dict:
     cards = list(task.cards)
     cards += [(kw.RAWFILE, raw_path.name[:60], "raw file converted"),
               (kw.RAWSIZE, raw_path.stat().st_size, "[byte] size of the raw file"),
-              (kw.RAWDTYPE, task.config.dtype_name, "sample type of the raw file")]
+              (kw.RAWDTYPE, task.config.dtype_name, "sample type of the raw file"),
+              (kw.BUNIT, adu.UNIT, "stored 16-bit ADU")]
     cards += adu.scaling_cards(adc_bits)
     cards += provenance_cards("FRAME")
     write_frame_fits(task.fits_path, data, _primary_header(data.shape, cards))

@@ -1,0 +1,146 @@
+"""Shared fixtures: small seeded synthetic campaigns, simulated once per session.
+
+Session-scoped campaigns (``standard_campaign``, ``irradiation_campaign``,
+``dosedirs_campaign``) must never be modified by a test; tests that write into a
+campaign (converting, editing logs, planting defects) take the function-scoped
+``*_copy`` fixtures, which copy the session campaign into ``tmp_path``.
+``converted_standard`` / ``converted_irradiation`` are session-scoped copies that
+have been converted to FITS once (read-only too).
+
+Helpers are exposed as fixtures (``checksums``, ``fitsverify``) so test modules
+need not import this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from utils.discovery import campaign_sections
+from utils.raw_to_fits import ConversionSettings, convert_sections
+from utils.simulate import (Campaign, load_campaign, simulate_dosedirs, simulate_irradiation,
+                            simulate_standard)
+
+#: Seed of every simulated campaign of the suite.
+SEED = 11
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def sha256_tree(root: str | os.PathLike) -> dict[str, str]:
+    """``{relative POSIX path: sha256}`` of every file below ``root`` (recursively)."""
+    root = Path(root)
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        out[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def run_fitsverify(path: str | os.PathLike) -> tuple[int, str]:
+    """Run ``fitsverify -q -e`` on one file; return ``(number of errors, output)``.
+
+    Skips the calling test when the ``fitsverify`` binary is not installed.
+    """
+    exe = shutil.which("fitsverify")
+    if exe is None:
+        pytest.skip("fitsverify is not installed (apt-get install fitsverify)")
+    proc = subprocess.run([exe, "-q", "-e", str(path)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    if "verification OK" in output:
+        return 0, output
+    match = re.search(r"(\d+)\s+error", output)
+    return (int(match.group(1)) if match else max(proc.returncode, 1)), output
+
+
+def convert_campaign(campaign: Campaign, **settings) -> list:
+    """Convert every stage of a standard or irradiation campaign; return the reports."""
+    reports = []
+    for stage in campaign_sections(campaign.root, campaign.layout):
+        sections = {cal: str(path) for cal, path in stage.sections.items()}
+        reports.append(convert_sections(sections, ConversionSettings(**settings)))
+    return reports
+
+
+def _copy(campaign: Campaign, dest: Path) -> Campaign:
+    shutil.copytree(campaign.root, dest)
+    return load_campaign(dest)
+
+
+@pytest.fixture(scope="session")
+def checksums():
+    """The ``sha256_tree(root)`` helper: ``{relative path: sha256}`` of every file under root."""
+    return sha256_tree
+
+
+@pytest.fixture(scope="session")
+def fitsverify():
+    """The ``run_fitsverify(path) -> (errors, output)`` helper; skips without the binary."""
+    return run_fitsverify
+
+
+# --- session campaigns (read-only) ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def standard_campaign(tmp_path_factory) -> Campaign:
+    """Standard campaign, default (small) simulator sizes, with its three planted defects."""
+    return simulate_standard(tmp_path_factory.mktemp("sim") / "standard", seed=SEED)
+
+
+@pytest.fixture(scope="session")
+def irradiation_campaign(tmp_path_factory) -> Campaign:
+    """Irradiation campaign: pre, 10 and 20 kRads steps, post (no defects)."""
+    return simulate_irradiation(tmp_path_factory.mktemp("sim") / "irradiation", seed=SEED)
+
+
+@pytest.fixture(scope="session")
+def dosedirs_campaign(tmp_path_factory) -> Campaign:
+    """Dose directories of already-converted FITS frames (5 and 10 kRads)."""
+    return simulate_dosedirs(tmp_path_factory.mktemp("sim") / "dosedirs", seed=SEED)
+
+
+@pytest.fixture(scope="session")
+def converted_standard(standard_campaign, tmp_path_factory):
+    """``(campaign, report)``: a copy of the standard campaign converted once (read-only)."""
+    campaign = _copy(standard_campaign, tmp_path_factory.mktemp("conv") / "standard")
+    (report,) = convert_campaign(campaign)
+    return campaign, report
+
+
+@pytest.fixture(scope="session")
+def converted_irradiation(irradiation_campaign, tmp_path_factory):
+    """``(campaign, reports)``: a copy of the irradiation campaign, every stage converted once."""
+    campaign = _copy(irradiation_campaign, tmp_path_factory.mktemp("conv") / "irradiation")
+    return campaign, convert_campaign(campaign)
+
+
+# --- function-scoped copies (modifiable) ---------------------------------------------------------
+
+@pytest.fixture
+def standard_copy(standard_campaign, tmp_path) -> Campaign:
+    """A private copy of the standard campaign (raw only) in ``tmp_path``."""
+    return _copy(standard_campaign, tmp_path / "standard")
+
+
+@pytest.fixture
+def irradiation_copy(irradiation_campaign, tmp_path) -> Campaign:
+    """A private copy of the irradiation campaign (raw only) in ``tmp_path``."""
+    return _copy(irradiation_campaign, tmp_path / "irradiation")
+
+
+@pytest.fixture
+def dosedirs_copy(dosedirs_campaign, tmp_path) -> Campaign:
+    """A private copy of the dose-directory campaign in ``tmp_path``."""
+    return _copy(dosedirs_campaign, tmp_path / "dosedirs")
+
+
+@pytest.fixture
+def converted_standard_copy(converted_standard, tmp_path) -> Campaign:
+    """A private copy of the converted standard campaign (FITS and fits_index.csv included)."""
+    return _copy(converted_standard[0], tmp_path / "converted")
