@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import logging
 import os
 import tempfile
@@ -126,6 +127,26 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
     else:
         comment = comment[:47]  # numbers and logicals take 20 columns
     header[key] = (value, comment)
+
+
+@functools.lru_cache(maxsize=4096)
+def card_image(key: str, value, comment: str = "") -> str:
+    """The 80-column image(s) of one card, as :func:`set_card` would write it (cached).
+
+    Building a whole :class:`astropy.io.fits.Header` per frame costs more than
+    reading the frame; most cards repeat from frame to frame, so their images
+    are formatted once.
+    """
+    header = fits.Header()
+    set_card(header, key, value, comment)
+    return header.tostring(endcard=False, padding=False)
+
+
+def header_bytes(cards) -> bytes:
+    """A complete primary header (END card and padding) from ``(key, value, comment)`` cards."""
+    text = "".join(card_image(k, v, c) for k, v, c in cards) + f"{'END':80}"
+    text += " " * ((-len(text)) % BLOCK)
+    return text.encode("ascii")
 
 
 def provenance_cards(product: str) -> list[tuple[str, object, str]]:

@@ -34,13 +34,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from astropy.io import fits
 
 from . import adu, cli
 from . import headers as kw
 from .discovery import Attempt, find_attempts
 from .errors import ConfigError, FrameError, InputPathError
-from .fitsio import BLOCK, atomic_path, is_complete_fits, provenance_cards, set_card, write_csv
+from .fitsio import (BLOCK, atomic_path, header_bytes, is_complete_fits, provenance_cards,
+                     write_csv)
 from .frame_log import FrameLog, find_frame_log, read_frame_log
 from .progress import progress
 from .raw import CameraConfig, read_camera_config, read_raw
@@ -229,22 +229,21 @@ def frame_metadata(raw_path: Path, attempt: Attempt, caltype: str, log: FrameLog
     return cards, row
 
 
-def _primary_header(shape: tuple[int, int], cards: Iterable) -> fits.Header:
-    header = fits.Header()
-    header["SIMPLE"] = (True, "conforms to FITS standard")
-    header["BITPIX"] = (16, "16-bit integers (unsigned via BZERO)")
-    header["NAXIS"] = 2
-    header["NAXIS1"] = (shape[1], "columns")
-    header["NAXIS2"] = (shape[0], "rows")
-    header["EXTEND"] = True
-    header["BZERO"] = (32768, "unsigned 16-bit convention")
-    header["BSCALE"] = 1
-    for key, value, comment in cards:
-        set_card(header, key, value, comment)
-    return header
+_STRUCTURE = (("SIMPLE", True, "conforms to FITS standard"),
+              ("BITPIX", 16, "16-bit integers (unsigned via BZERO)"),
+              ("NAXIS", 2, ""))
+_UNSIGNED = (("EXTEND", True, ""), ("BZERO", 32768, "unsigned 16-bit convention"),
+             ("BSCALE", 1, ""))
 
 
-def write_frame_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Header) -> None:
+def frame_header_bytes(shape: tuple[int, int], cards: Iterable) -> bytes:
+    """Primary header of a converted uint16 frame, structural cards first."""
+    structure = _STRUCTURE + (("NAXIS1", shape[1], "columns"), ("NAXIS2", shape[0], "rows")) \
+        + _UNSIGNED
+    return header_bytes(list(structure) + list(cards))
+
+
+def write_frame_fits(path: str | os.PathLike, data: np.ndarray, header: bytes) -> None:
     """Write a uint16 frame as FITS atomically, without astropy's data copies.
 
     The data section is the big-endian int16 ``value - 32768`` (BZERO
@@ -255,7 +254,7 @@ def write_frame_fits(path: str | os.PathLike, data: np.ndarray, header: fits.Hea
     payload = np.bitwise_xor(data, np.uint16(0x8000), dtype=np.uint16)  # one new array
     if sys.byteorder == "little":
         payload.byteswap(inplace=True)  # FITS is big-endian
-    head = header.tostring(endcard=True, padding=True).encode("ascii")
+    head = header
     pad = (-payload.nbytes) % BLOCK
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
@@ -286,7 +285,7 @@ def _convert_one(task: _FrameTask) -> dict:
               (kw.BUNIT, adu.UNIT, "stored 16-bit ADU")]
     cards += adu.scaling_cards(adc_bits)
     cards += provenance_cards("FRAME")
-    write_frame_fits(task.fits_path, data, _primary_header(data.shape, cards))
+    write_frame_fits(task.fits_path, data, frame_header_bytes(data.shape, cards))
     return {"STATUS": STATUS_CONVERTED, "REASON": "", "ADCBITS": adc_bits}
 
 

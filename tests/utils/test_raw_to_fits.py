@@ -291,7 +291,7 @@ def test_interrupted_run_then_rerun_is_complete(standard_copy, monkeypatch, fits
             # the process dies in the middle of a write: a partial temporary file stays behind
             path = Path(path)
             partial = path.parent / f".{path.name}.crash1.tmp"
-            partial.write_bytes(header.tostring().encode("ascii")[:1000])
+            partial.write_bytes(header[:1000])
             raise RuntimeError("simulated crash")
         real(path, data, header)
         done.append(path)
