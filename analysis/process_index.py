@@ -21,7 +21,6 @@ Example
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -83,7 +83,18 @@ def detect_adc_bits(data: np.ndarray, default: int = DEFAULT_ADC_BITS) -> int:
     data = np.asarray(data)
     if data.dtype.itemsize == 1:
         return 8
-    combined = int(np.bitwise_or.reduce(data.ravel().astype(np.uint16, copy=False)))
+    return adc_bits_from_bits(int(np.bitwise_or.reduce(data.ravel().astype(np.uint16, copy=False))),
+                              default)
+
+
+def adc_bits_from_bits(combined: int, default: int = DEFAULT_ADC_BITS) -> int:
+    """Converter depth from the bitwise OR of all 16-bit samples of a frame (see :func:`detect_adc_bits`).
+
+    Examples
+    --------
+    >>> adc_bits_from_bits(0xFFF0), adc_bits_from_bits(0)
+    (12, 12)
+    """
     if combined == 0:
         return int(default)
     low_zero_bits = (combined & -combined).bit_length() - 1

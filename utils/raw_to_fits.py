@@ -243,23 +243,49 @@ def frame_header_bytes(shape: tuple[int, int], cards: Iterable) -> bytes:
     return header_bytes(list(structure) + list(cards))
 
 
-def write_frame_fits(path: str | os.PathLike, data: np.ndarray, header: bytes) -> None:
-    """Write a uint16 frame as FITS atomically, without astropy's data copies.
+def _encode_numpy(data: np.ndarray) -> tuple[np.ndarray, int]:
+    payload = data.astype(">u2")            # one copy, byte-swapped on little-endian hosts
+    view = payload.view(np.uint16)
+    np.bitwise_xor(view, np.frombuffer(b"\x80\x00", np.uint16)[0], out=view)
+    return payload, int(np.bitwise_or.reduce(data, axis=None))
 
-    The data section is the big-endian int16 ``value - 32768`` (BZERO
-    convention), computed in one pass as ``value XOR 0x8000``.
-    """
-    if data.dtype.itemsize == 1:
-        data = data.astype(np.uint16)
-    payload = np.bitwise_xor(data, np.uint16(0x8000), dtype=np.uint16)  # one new array
-    if sys.byteorder == "little":
-        payload.byteswap(inplace=True)  # FITS is big-endian
-    head = header
+
+try:
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def _encode_kernel(src, dst):  # pragma: no cover - compiled
+        acc = np.uint16(0)
+        s = src.ravel()
+        o = dst.ravel()
+        for i in range(s.size):
+            v = s[i]
+            acc |= v
+            w = v ^ np.uint16(0x8000)
+            o[i] = np.uint16(((w >> 8) | (w << 8)) & 0xFFFF)
+        return acc
+
+    def encode_frame(data: np.ndarray) -> tuple[np.ndarray, int]:
+        """FITS data bytes (big-endian ``value - 32768``) and the OR of all samples, one pass."""
+        data = np.ascontiguousarray(data, dtype=np.uint16)
+        if sys.byteorder != "little":
+            return _encode_numpy(data)
+        out = np.empty_like(data)
+        acc = _encode_kernel(data, out)
+        return out.view(">u2"), int(acc)
+except ImportError:  # numba is optional: same bytes, three passes instead of one
+    def encode_frame(data: np.ndarray) -> tuple[np.ndarray, int]:
+        """FITS data bytes (big-endian ``value - 32768``) and the OR of all samples."""
+        return _encode_numpy(np.asarray(data, dtype=np.uint16))
+
+
+def write_frame_fits(path: str | os.PathLike, payload: np.ndarray, header: bytes) -> None:
+    """Write an encoded frame (see :func:`encode_frame`) and its header as FITS, atomically."""
     pad = (-payload.nbytes) % BLOCK
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            handle.write(head)
-            handle.write(memoryview(payload).cast("B"))
+            handle.write(header)
+            handle.write(payload.view(np.uint8))
             handle.write(b"\0" * pad)
 
 
@@ -277,7 +303,9 @@ def _convert_one(task: _FrameTask) -> dict:
         data = read_raw(raw_path, task.config)
     except FrameError as err:
         return {"STATUS": STATUS_REJECTED, "REASON": err.reason}
-    adc_bits = adu.detect_adc_bits(data, task.default_adc_bits)
+    payload, bits = encode_frame(data)
+    adc_bits = 8 if data.dtype.itemsize == 1 else adu.adc_bits_from_bits(bits,
+                                                                         task.default_adc_bits)
     cards = list(task.cards)
     cards += [(kw.RAWFILE, raw_path.name[:60], "raw file converted"),
               (kw.RAWSIZE, raw_path.stat().st_size, "[byte] size of the raw file"),
@@ -285,7 +313,7 @@ def _convert_one(task: _FrameTask) -> dict:
               (kw.BUNIT, adu.UNIT, "stored 16-bit ADU")]
     cards += adu.scaling_cards(adc_bits)
     cards += provenance_cards("FRAME")
-    write_frame_fits(task.fits_path, data, frame_header_bytes(data.shape, cards))
+    write_frame_fits(task.fits_path, payload, frame_header_bytes(data.shape, cards))
     return {"STATUS": STATUS_CONVERTED, "REASON": "", "ADCBITS": adc_bits}
 
 
