@@ -58,11 +58,14 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
                     stage.root, report.count(STATUS_CONVERTED), report.count(STATUS_EXISTING),
                     report.count(STATUS_REJECTED))
     index_path = dataset / "index.csv"
-    table = build_index(discover=[dataset], settings=IndexSettings(search_depth=search_depth + 2),
-                        previous=index_path, progress_bar=progress_bar)
+    indexing = IndexSettings(search_depth=search_depth + 2)
+    table = build_index(discover=[dataset], settings=indexing, previous=index_path,
+                        progress_bar=progress_bar)
     write_index(table, index_path)
     result = process_index.run(index_path, out_dir, masters or process_index.MasterSettings(),
-                               progress_bar=progress_bar)
+                               progress_bar=progress_bar,
+                               upstream_settings={"layout": layout, "dataset": str(dataset),
+                                                  "conversion": conversion, "indexing": indexing})
     return {"converted": converted, "existing": existing, "rejected": rejected,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
             "index": index_path, "result": result}

@@ -140,17 +140,20 @@ def write_comparisons(records: list[MasterRecord], out_dir: Path) -> list[Path]:
 
 
 def run(index_csv: str | Path, out_dir: str | Path, settings: MasterSettings = MasterSettings(),
-        *, progress_bar: bool = False) -> ProcessResult:
+        *, progress_bar: bool = False, upstream_settings: dict | None = None) -> ProcessResult:
     """Process an index: statistics, masters (bias, dark, flat), summary, plots, comparisons.
 
     This function states the order of the whole step; everything it calls is
     defined in :mod:`analysis.masters` and :mod:`analysis.plots`.
+    ``upstream_settings`` (e.g. the conversion and index settings of
+    ``run_calibration.py``) are recorded in ``config_used.json`` too.
     """
     out_dir = Path(out_dir)
     index = DatasetIndex.from_csv(index_csv).table
     if index.empty:
         raise ConfigError(f"{index_csv}: the index has no rows; nothing to process")
-    dump_settings(out_dir, masters=settings, index=str(Path(index_csv).resolve()))
+    dump_settings(out_dir, masters=settings, index_csv=str(Path(index_csv).resolve()),
+                  **(upstream_settings or {}))
     stats = frame_stats_table(index, progress_bar=progress_bar)
     write_csv(stats, out_dir / "frame_stats.csv")
     index["BADFITS"] = stats["BADFITS"].astype(bool)
