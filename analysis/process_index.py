@@ -36,8 +36,8 @@ from utils.index import DatasetIndex
 from utils.progress import progress
 from utils.settings import dump_settings
 
-from . import plots
-from .masters import MasterRecord, MasterSettings, build_masters
+from analysis import plots
+from analysis.masters import MasterRecord, MasterSettings, build_masters
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.process_index")
 
