@@ -1,0 +1,129 @@
+"""Tests of utils.stats: robust helpers and one-pass frame statistics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from utils import stats
+
+
+def test_mad_std_known_values_and_nan_handling():
+    assert stats.mad_std([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(1.482602218505602)
+    with_bad = [1.0, np.nan, 2.0, 3.0, 4.0, np.inf, 100.0]
+    assert stats.mad_std(with_bad) == pytest.approx(1.482602218505602)
+    assert math.isnan(stats.mad_std([np.nan, np.nan]))
+    assert math.isnan(stats.mad_std([]))
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 3.0, (4, 20000))
+    x[0, :10] = np.nan
+    per_row = stats.mad_std(x, axis=1)
+    assert per_row.shape == (4,)
+    np.testing.assert_allclose(per_row, 3.0, rtol=0.03)
+    from astropy.stats import mad_std as astropy_mad_std
+
+    y = rng.normal(5, 2, (7, 9))
+    np.testing.assert_allclose(stats.mad_std(y, axis=0), astropy_mad_std(y, axis=0))
+    assert stats.mad_std(y) == pytest.approx(astropy_mad_std(y))
+
+
+def test_mad_std_all_nan_column_gives_nan_without_warning():
+    x = np.ones((5, 3))
+    x[:, 1] = np.nan
+    out = stats.mad_std(x, axis=0)
+    assert out[0] == 0.0 and math.isnan(out[1])
+
+
+def test_sigma_clipped_stats_rejects_outliers():
+    rng = np.random.default_rng(1)
+    x = rng.normal(100.0, 2.0, 5000)
+    x[:20] = 1e4
+    x[20:25] = np.nan
+    mean, median, std = stats.sigma_clipped_stats(x, sigma=3, maxiters=None)
+    assert mean == pytest.approx(100.0, abs=0.1)
+    assert median == pytest.approx(100.0, abs=0.1)
+    assert std == pytest.approx(2.0, rel=0.05)
+    assert all(math.isnan(v) for v in stats.sigma_clipped_stats([np.nan]))
+    assert stats.sigma_clipped_stats([3.0, 3.0, 3.0]) == (3.0, 3.0, 0.0)
+    # zero MAD on quantised values: the std takes over, the +-16 spread is kept
+    quantised = [1600.0] * 11 + [1584.0] * 4 + [1616.0] * 4 + [9000.0]
+    mean, median, std = stats.sigma_clipped_stats(quantised)
+    assert (mean, median) == (1600.0, 1600.0)
+    assert std == pytest.approx(np.std(quantised[:-1]))
+
+
+def test_sigma_clipped_stats_matches_astropy_cumulative():
+    from astropy.stats import sigma_clip
+
+    rng = np.random.default_rng(2)
+    x = np.round(rng.normal(50, 4, 301))
+    x[::37] += 40
+    ref = sigma_clip(x, sigma=3, maxiters=5, cenfunc=np.median,
+                     stdfunc=lambda d, axis=None: stats.mad_std(d), axis=0)
+    mean, median, std = stats.sigma_clipped_stats(x, sigma=3, maxiters=5)
+    assert mean == pytest.approx(ref.mean())
+    assert median == pytest.approx(np.ma.median(ref))
+    assert std == pytest.approx(ref.std())
+
+
+def reference(values, saturation=None):
+    v = np.asarray(values, dtype=np.float64).ravel()
+    good = v[np.isfinite(v)]
+    return dict(n_pixels=v.size, n_finite=good.size, mean=good.mean(), median=np.median(good),
+                std=good.std(), p16=np.percentile(good, 16), p84=np.percentile(good, 84),
+                min=good.min(), max=good.max(), zero_fraction=np.mean(v == 0),
+                saturated_fraction=np.mean(v >= saturation) if saturation else math.nan)
+
+
+def assert_stats(got: stats.FrameStats, expected: dict, rel=1e-9):
+    for key, value in expected.items():
+        g = getattr(got, key)
+        if isinstance(value, float) and math.isnan(value):
+            assert math.isnan(g), key
+        else:
+            assert g == pytest.approx(value, rel=rel, abs=1e-9), key
+
+
+@pytest.mark.parametrize("shape", [(301, 257), (64, 1000), (1, 17)])
+def test_frame_statistics_uint16_fits_exact(tmp_path, shape):
+    rng = np.random.default_rng(shape[0])
+    data = (np.round(rng.normal(1000, 30, shape)) * 16).clip(0, 65520).astype(np.uint16)
+    data.flat[::97] = 0
+    data.flat[5::211] = 65520
+    path = tmp_path / "f.fits"
+    fits.PrimaryHDU(data).writeto(path)
+    got = stats.frame_statistics(path, saturation=65520, block_rows=7)
+    assert_stats(got, reference(data, 65520))
+    # same answer from the array, and independent of the block height
+    assert got == stats.frame_statistics(data, saturation=65520, block_rows=1000)
+    assert got.as_dict()["n_pixels"] == data.size
+
+
+def test_frame_statistics_float_and_int16_data(tmp_path):
+    rng = np.random.default_rng(3)
+    data = rng.normal(0.0, 1.0, (120, 90)).astype(np.float32)
+    data[0, :5] = np.nan
+    data[1, :3] = 0.0
+    path = tmp_path / "f.fits"
+    fits.PrimaryHDU(data).writeto(path)
+    got = stats.frame_statistics(path, block_rows=13)
+    assert_stats(got, reference(data), rel=1e-6)
+    assert got.n_finite == data.size - 5
+    assert math.isnan(got.saturated_fraction)
+
+    signed = rng.integers(-500, 500, (50, 60)).astype(np.int16)
+    assert_stats(stats.frame_statistics(signed, saturation=400), reference(signed, 400))
+    wide = rng.integers(0, 2**20, (40, 30)).astype(np.int32)
+    assert_stats(stats.frame_statistics(wide), reference(wide))
+
+
+def test_frame_statistics_zero_frame_fraction():
+    empty = np.zeros((100, 100), np.uint16)
+    got = stats.frame_statistics(empty)
+    assert got.zero_fraction == 1.0 and got.std == 0.0 and got.median == 0.0
+    nan_frame = np.full((10, 10), np.nan, np.float32)
+    got = stats.frame_statistics(nan_frame)
+    assert got.n_finite == 0 and math.isnan(got.mean) and got.zero_fraction == 0.0

@@ -1,0 +1,290 @@
+"""Robust statistics helpers and one-pass per-frame statistics.
+
+* :func:`mad_std` and :func:`sigma_clipped_stats`: small NaN-ignoring helpers
+  using the same estimators as :func:`utils.stacking.combine` (median centre,
+  ``1.482602 x MAD`` scale, cumulative clipping).
+* :func:`frame_statistics`: mean, exact median, percentiles, extremes and the
+  fractions of zero and saturated pixels of one frame, in a single streaming
+  pass over row blocks (used by the dataset index, where a large zero
+  fraction marks a bad file, and by per-frame statistics tables).
+
+None of these emit warnings on empty or all-NaN input: they return NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import fitsio
+
+logger = logging.getLogger(__name__)
+
+#: Factor from median absolute deviation to Gaussian sigma, ``1/Phi^-1(3/4)``.
+MAD_TO_STD = 1.482602218505602
+
+
+def _nanmedian_last(a: np.ndarray) -> np.ndarray:
+    """Median over the last axis ignoring NaN, NaN where nothing is left (no warning)."""
+    if a.shape[-1] == 0:
+        return np.full(a.shape[:-1], np.nan)
+    s = np.sort(a, axis=-1)  # NaN sorts last
+    m = np.sum(~np.isnan(s), axis=-1)
+    ok = m > 0
+    i_lo = np.where(ok, (m - 1) // 2, 0)[..., None]
+    i_hi = np.where(ok, m // 2, 0)[..., None]
+    lo = np.take_along_axis(s, i_lo, axis=-1)[..., 0]
+    hi = np.take_along_axis(s, i_hi, axis=-1)[..., 0]
+    return np.where(ok, 0.5 * (lo + hi), np.nan)
+
+
+def mad_std(x, axis: int | None = None):
+    """Robust standard deviation, ``1.482602218505602 x median(|x - median(x)|)``.
+
+    Non-finite values are ignored (unlike ``astropy.stats.mad_std``, which
+    needs ``ignore_nan=True`` for that).
+
+    Parameters
+    ----------
+    x : array_like
+        Data, any unit; the result has the same unit.
+    axis : int, optional
+        Axis to reduce; ``None`` = all values.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        NaN where no finite value exists.
+
+    Examples
+    --------
+    >>> round(float(mad_std([1.0, 2.0, 3.0, 4.0, 100.0])), 4)
+    1.4826
+    """
+    a = np.asarray(x, dtype=np.float64)
+    a = np.where(np.isfinite(a), a, np.nan)
+    if axis is None:
+        a = a.reshape(1, -1)
+    else:
+        a = np.moveaxis(a, axis, -1)
+    med = _nanmedian_last(a)
+    out = _nanmedian_last(np.abs(a - med[..., None])) * MAD_TO_STD
+    return float(out[0]) if axis is None else out
+
+
+def sigma_clipped_stats(x, sigma: float = 3.0,
+                        maxiters: int | None = 5) -> tuple[float, float, float]:
+    """Mean, median and standard deviation of ``x`` after iterative sigma clipping.
+
+    Same clipping as :func:`utils.stacking.combine`: centre = median, scale =
+    :func:`mad_std` of the accepted values (their standard deviation when
+    that is 0 but they differ), values strictly beyond
+    ``sigma`` x scale are rejected for good; repeat until nothing changes or
+    ``maxiters`` (``None`` = until convergence).  Non-finite values are ignored.
+
+    Parameters
+    ----------
+    x : array_like
+        Data (flattened).
+    sigma : float, optional
+        Symmetric clipping threshold [sigma].
+    maxiters : int or None, optional
+        Maximum iterations.
+
+    Returns
+    -------
+    mean, median, std : float
+        Of the accepted values; ``std`` is the population standard deviation
+        (``ddof=0``, like ``astropy.stats.sigma_clipped_stats``).  NaN when
+        there is no finite value.
+    """
+    s = np.asarray(x, dtype=np.float64).ravel()
+    s = np.sort(s[np.isfinite(s)])
+    lo, hi = 0, s.size
+    it = 0
+    while hi > lo and (maxiters is None or maxiters <= 0 or it < maxiters):
+        part = s[lo:hi]
+        k = hi - lo
+        c = 0.5 * (part[(k - 1) // 2] + part[k // 2])
+        dev = np.abs(part - c)
+        dev.partition([(k - 1) // 2, k // 2])
+        std = 0.5 * (dev[(k - 1) // 2] + dev[k // 2]) * MAD_TO_STD
+        if std == 0.0 and part[0] != part[-1]:
+            std = float(part.std())  # zero MAD of quantised values: see utils.stacking
+        # sorted values: the accepted set is a contiguous range
+        nlo = lo + int(np.searchsorted(part, c - std * sigma, side="left"))
+        nhi = lo + int(np.searchsorted(part, c + std * sigma, side="right"))
+        it += 1
+        if (nlo, nhi) == (lo, hi):
+            break
+        lo, hi = nlo, nhi
+    if hi <= lo:
+        return math.nan, math.nan, math.nan
+    part = s[lo:hi]
+    k = hi - lo
+    return float(part.mean()), float(0.5 * (part[(k - 1) // 2] + part[k // 2])), float(part.std())
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """Statistics of one frame, in the frame's physical unit (stored ADU for raw frames).
+
+    Attributes
+    ----------
+    n_pixels : int
+        Pixels in the frame (finite or not).
+    n_finite : int
+        Finite pixels; every statistic below except the fractions uses only these.
+    mean, median, std : float
+        Mean, exact median and population standard deviation (``ddof=0``).
+    p16, p84 : float
+        16th and 84th percentiles (numpy's linear interpolation); ``(p84 - p16)/2``
+        is a robust sigma.
+    min, max : float
+        Extremes.
+    zero_fraction : float
+        Fraction of all pixels exactly 0 (a large value means a broken file).
+    saturated_fraction : float
+        Fraction of all pixels ``>= saturation``; NaN when no level was given.
+    """
+
+    n_pixels: int
+    n_finite: int
+    mean: float
+    median: float
+    std: float
+    p16: float
+    p84: float
+    min: float
+    max: float
+    zero_fraction: float
+    saturated_fraction: float
+
+    def as_dict(self) -> dict:
+        """Plain dict (e.g. a row of a per-frame statistics table)."""
+        return asdict(self)
+
+
+_PERCENTILES = (16.0, 50.0, 84.0)
+
+
+def _hist_percentile(cum: np.ndarray, values: np.ndarray, q: float) -> float:
+    """Percentile ``q`` (linear interpolation, like numpy) from a cumulative histogram."""
+    n = int(cum[-1])
+    pos = (n - 1) * q / 100.0
+    k = math.floor(pos)
+    frac = pos - k
+    lo = values[np.searchsorted(cum, k, side="right")]
+    if frac == 0.0:
+        return float(lo)
+    hi = values[np.searchsorted(cum, k + 1, side="right")]
+    return float(lo + frac * (hi - lo))
+
+
+def _integer_offset(dtype: np.dtype, bscale: float, bzero: float) -> int | None:
+    """Smallest physical value of 8/16-bit integer data, or None when not histogrammable."""
+    if dtype.kind not in "iu" or dtype.itemsize > 2 or bscale != 1.0 or bzero != int(bzero):
+        return None
+    return int(np.iinfo(dtype).min) + int(bzero)
+
+
+def frame_statistics(path_or_array, *, saturation: float | None = None,
+                     block_rows: int = 256) -> FrameStats:
+    """Statistics of one frame in a single streaming pass over row blocks.
+
+    Parameters
+    ----------
+    path_or_array : path-like or numpy.ndarray
+        FITS file (primary HDU, read by row blocks with
+        :func:`utils.fitsio.read_rows`) or an array (2-D; other shapes are
+        treated as rows of their last axis).
+    saturation : float, optional
+        Saturation level in the frame's physical unit (stored ADU, e.g. 65520).
+    block_rows : int, optional
+        Rows read at a time.
+
+    Returns
+    -------
+    FrameStats
+
+    Notes
+    -----
+    The median and percentiles are exact.  8/16-bit integer data (the camera's
+    uint16 frames) go through a 65536-bin histogram, so memory stays O(1) in
+    the frame size.  Other data (float, 32-bit) are collected into one
+    float32/float64 copy of the frame and partitioned; frames are at most a few
+    million pixels, so that copy (~16 MB) is acceptable.
+    """
+    if isinstance(path_or_array, np.ndarray) or not isinstance(path_or_array, (str, os.PathLike)):
+        arr = np.asarray(path_or_array)
+        arr = arr.reshape(1, -1) if arr.ndim < 2 else arr.reshape(-1, arr.shape[-1])
+        offset = _integer_offset(arr.dtype, 1.0, 0.0)
+        nrows, width = arr.shape
+        wide = arr.dtype.itemsize > 4 or arr.dtype.kind in "iu"  # float32 would round them
+        collect_dtype = np.float64 if wide else np.float32
+
+        def blocks():
+            for start in range(0, nrows, block_rows):
+                yield arr[start:start + block_rows]
+        fd = None
+    else:
+        layout = fitsio.fits_layout(path_or_array)
+        offset = _integer_offset(layout.dtype.newbyteorder("="), layout.bscale, layout.bzero)
+        nrows, width = layout.shape
+        collect_dtype = np.float32  # read_rows returns float32
+        fd = os.open(layout.path, os.O_RDONLY)
+
+        def blocks():
+            for start in range(0, nrows, block_rows):
+                yield fitsio.read_rows(layout, start, min(start + block_rows, nrows), fd=fd)
+    n_pixels = nrows * width
+    hist = np.zeros(65536, dtype=np.int64) if offset is not None else None
+    values = None if offset is not None else np.empty(n_pixels, dtype=collect_dtype)
+    n_zero = n_sat = n_fill = 0
+    try:
+        for block in blocks():
+            n_zero += int(np.count_nonzero(block == 0))
+            if saturation is not None:
+                n_sat += int(np.count_nonzero(block >= saturation))
+            if hist is not None:
+                hist += np.bincount((block.astype(np.int64) - offset).ravel(), minlength=65536)
+            else:
+                flat = block.ravel()
+                flat = flat[np.isfinite(flat)]
+                values[n_fill:n_fill + flat.size] = flat
+                n_fill += flat.size
+    finally:
+        if fd is not None:
+            os.close(fd)
+    sat_frac = n_sat / n_pixels if saturation is not None else math.nan
+    nan = math.nan
+    if hist is not None:
+        n_finite = int(hist.sum())
+        levels = np.arange(65536, dtype=np.float64) + offset
+        if n_finite:
+            cum = np.cumsum(hist)
+            mean = float((hist * levels).sum() / n_finite)
+            std = float(math.sqrt((hist * (levels - mean) ** 2).sum() / n_finite))
+            nz = np.flatnonzero(hist)
+            p16, med, p84 = (_hist_percentile(cum, levels, q) for q in _PERCENTILES)
+            vmin, vmax = float(levels[nz[0]]), float(levels[nz[-1]])
+        else:  # pragma: no cover - an integer frame of zero pixels
+            mean = std = p16 = med = p84 = vmin = vmax = nan
+    else:
+        n_finite = n_fill
+        good = values[:n_fill]
+        if n_finite:
+            mean = float(good.mean(dtype=np.float64))
+            std = float(good.std(dtype=np.float64))
+            p16, med, p84 = (float(v) for v in np.percentile(good, _PERCENTILES))
+            vmin, vmax = float(good.min()), float(good.max())
+        else:
+            mean = std = p16 = med = p84 = vmin = vmax = nan
+    return FrameStats(n_pixels=n_pixels, n_finite=n_finite, mean=mean, median=med, std=std,
+                      p16=p16, p84=p84, min=vmin, max=vmax,
+                      zero_fraction=n_zero / n_pixels if n_pixels else nan,
+                      saturated_fraction=sat_frac)
