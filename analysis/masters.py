@@ -22,7 +22,9 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.fitsio import is_complete_fits, read_header, read_image
+from utils.fitsio import (is_complete_fits, provenance_cards, read_header, read_image,
+                          write_product)
+from utils.fitting import LinearFit, fit_line_per_pixel
 from utils.grouping import GroupKey, calibration_groups
 from utils.settings import field
 from utils.stacking import combine
@@ -39,6 +41,9 @@ class MasterSettings:
     temp_bin: float = field(1.0, "[degC] largest temperature span of one master")
     exp_tolerance: float = field(0.01, "largest relative exposure-time span of one master")
     bias_temp_tolerance: float = field(2.0, "[degC] largest |T_dark - T_bias| for bias subtraction")
+    bias_model: bool = field(True, "subtract a per-pixel bias(T) line fitted to the bias masters, "
+                                   "evaluated at each frame's temperature, when the set lies "
+                                   "within their temperature range (else the nearest master)")
     dark_temp_tolerance: float = field(2.0, "[degC] largest |T_flat - T_dark| for dark subtraction")
     method: str = field("sigclip", "combination: sigclip, median or mean")
     sigma_low: float = field(3.0, "[sigma] lower clipping threshold")
@@ -260,6 +265,7 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
                                      exp_tolerance=settings.exp_tolerance,
                                      by_attempt=settings.per_attempt))
     records: list[MasterRecord] = []
+    cache: dict = {}  # bias models, fitted once per stage
     for caltype in ("BIAS", "DARK", "FLAT"):
         for key, rows in groups:
             if key.caltype != caltype:
@@ -270,7 +276,8 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
                 records.append(MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS",
                                             nbad=nbad))
                 continue
-            records.append(_build_one(key, good, nbad, records, out_dir, settings, progress_bar))
+            records.append(_build_one(key, good, nbad, records, out_dir, settings, progress_bar,
+                                      cache))
             rec = records[-1]
             if rec.status == "refused":
                 logger.warning("%s master %s not built: %s", caltype.lower(), key.tag, rec.reason)
@@ -280,24 +287,124 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
     return records
 
 
+@dataclass
+class _BiasReference:
+    """The bias to subtract from each frame of a set: a master, or a per-pixel model of T."""
+
+    image: np.ndarray | None            # constant master bias [adu]
+    fit: LinearFit | None               # bias(T) = a + b (T - x_ref) per pixel
+    stderr: np.ndarray                  # [adu] error of the subtracted bias
+    cards: dict
+    refs: tuple
+
+    def at(self, temperature: float) -> np.ndarray:
+        """Bias image at ``temperature`` [degC]."""
+        return self.image if self.fit is None else self.fit.predict(temperature)
+
+    def subtractor(self, temperatures: np.ndarray, extra: np.ndarray | None = None):
+        """Argument ``subtract`` of :func:`utils.stacking.combine` for these frames."""
+        if self.fit is None:
+            return self.image if extra is None else self.image + extra
+        fit, x_ref = self.fit, self.fit.x_ref
+
+        def rows(i: int, start: int, stop: int) -> np.ndarray:
+            out = fit.intercept[start:stop] + fit.slope[start:stop] * np.float32(
+                temperatures[i] - x_ref)
+            return out if extra is None else out + extra[start:stop]
+        return rows
+
+
+def _bias_model(masters: list[MasterRecord], out_dir: Path, cache: dict) -> tuple:
+    """Fit (once per stage) and write the per-pixel bias-vs-temperature model."""
+    key = tuple(str(m.path) for m in masters)
+    if key in cache:
+        return cache[key]
+    temps = np.array([m.tavg if math.isfinite(m.tavg) else m.key.temperature for m in masters])
+    loaded = [_load(m) for m in masters]
+    fit = fit_line_per_pixel(temps, np.stack([d for d, _ in loaded]),
+                             np.stack([e for _, e in loaded]))
+    first = masters[0].key
+    path = master_path(out_dir, GroupKey(first.stage, first.dose, "BIAS", 0.0)).with_name(
+        "bias_model.fits")
+    digest = hashlib.sha1("".join(str(read_header(m.path).get(INHASH, m.path))
+                                  for m in masters).encode()).hexdigest()[:16]
+    if _existing(path, digest) is None:
+        header = fits.Header()
+        for k, v, c in provenance_cards("BIAS_MODEL"):
+            header[k] = (v, c)
+        for k, v, c in (
+                ("XREF", fit.x_ref, "[degC] reference temperature of the intercept"),
+                ("NPOINTS", fit.npoints, "bias masters fitted"),
+                (kw.TMIN, float(temps.min()), "[degC] coolest master"),
+                (kw.TMAX, float(temps.max()), "[degC] warmest master"),
+                ("MODEL", "bias = A + B (T - XREF)", "per pixel, weighted least squares"),
+                (INHASH, digest, "hash of the input masters"),
+                ("CHI2MED", float(np.nanmedian(fit.chi2)) if np.isfinite(fit.chi2).any()
+                 else "NAN", "median reduced chi-square")):
+            header[k] = (v, c)
+        for name, value, comment in adu.scaling_cards(adu.DEFAULT_ADC_BITS):
+            header[name] = (value, comment)
+        write_product(path, fit.intercept, header, unit=adu.UNIT, uncertainty=fit.intercept_err,
+                      mask=~np.isfinite(fit.intercept),
+                      images={"SLOPE": (fit.slope, "adu / deg_C"),
+                              "SLOPEERR": (fit.slope_err, "adu / deg_C"),
+                              "COVAB": (fit.covariance, "adu2 / deg_C"),
+                              "CHI2": (fit.chi2, "")},
+                      tables={"INPUTS": pd.DataFrame({"PATH": [m.path.name for m in masters],
+                                                      "TEMP": temps})})
+        logger.info("bias model of %d masters (%.1f..%.1f degC) written to %s", len(masters),
+                    temps.min(), temps.max(), path)
+    cache[key] = (fit, path, temps)
+    return cache[key]
+
+
+def _bias_reference(records: list[MasterRecord], key: GroupKey, rows: pd.DataFrame,
+                    out_dir: Path, settings: MasterSettings, cache: dict) -> _BiasReference | None:
+    """The per-pixel bias model when the set lies within the bias temperatures, else the
+    nearest bias master within the tolerance, else None."""
+    tol = settings.bias_temp_tolerance
+    masters = sorted((r for r in records if r.key.caltype == "BIAS" and not r.key.attempt
+                      and r.path is not None and r.key.stage == key.stage
+                      and (r.key.dose == key.dose or (math.isnan(r.key.dose)
+                                                      and math.isnan(key.dose)))),
+                     key=lambda r: r.key.temperature)
+    temps = [m.key.temperature for m in masters]
+    if settings.bias_model and len(set(temps)) >= 2 and \
+            min(temps) - tol <= key.temperature <= max(temps) + tol:
+        fit, path, _ = _bias_model(masters, out_dir, cache)
+        mean_t = float(np.nanmean(rows["TEMP"]))
+        cards = {kw.BIASFILE: (path.name, "bias model a+b*T subtracted"),
+                 kw.BIASTEMP: (mean_t, "[degC] mean temperature the model was evaluated at"),
+                 kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
+        return _BiasReference(None, fit, fit.predict_err(mean_t), cards,
+                              tuple(str(m.path) for m in masters))
+    bias = _nearest(records, key, "BIAS", tol)
+    if bias is None:
+        return None
+    data, err = _load(bias)
+    cards = {kw.BIASFILE: (bias.path.name, "master bias subtracted"),
+             kw.BIASTEMP: (bias.key.temperature, "[degC] temperature of that master bias"),
+             kw.SUBTRACT: ("bias", "subtracted per frame")}
+    return _BiasReference(data, None, err, cards, (str(bias.path),))
+
+
 def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],
-               out_dir: Path, settings: MasterSettings, progress_bar: bool) -> MasterRecord:
+               out_dir: Path, settings: MasterSettings, progress_bar: bool,
+               cache: dict) -> MasterRecord:
     if key.caltype == "BIAS":
         return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT, progress_bar=progress_bar)
-    bias = _nearest(records, key, "BIAS", settings.bias_temp_tolerance)
+    bias = _bias_reference(records, key, rows, out_dir, settings, cache)
     if bias is None:
         return MasterRecord(key, None, "refused", nbad=nbad,
                             reason=f"no bias master within {settings.bias_temp_tolerance:g} degC "
                                    f"of {key.temperature:g} degC in stage "
                                    f"'{key.stage or 'none'}'")
-    bias_data, bias_err = _load(bias)
-    extra = {kw.BIASFILE: (bias.path.name, "master bias subtracted"),
-             kw.BIASTEMP: (bias.key.temperature, "[degC] temperature of that master bias"),
-             kw.SUBTRACT: ("bias", "subtracted per frame")}
+    temps = rows["TEMP"].to_numpy(float)
+    extra = dict(bias.cards)
     if key.caltype == "DARK":
-        return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT, subtract=bias_data,
-                      sub_stderr=bias_err, extra=extra, refs=(str(bias.path),),
-                      progress_bar=progress_bar)
+        return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT,
+                      subtract=bias.subtractor(temps), sub_stderr=bias.stderr, extra=extra,
+                      refs=bias.refs, progress_bar=progress_bar)
     dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance, key.exptime,
                     settings.exp_tolerance)
     dark_scale = 1.0
@@ -307,22 +414,23 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
         dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance)
         if dark is not None:
             dark_scale = key.exptime / dark.key.exptime
-    reference, ref_err = bias_data, bias_err
-    refs = (str(bias.path),)
+    mean_t = float(np.nanmean(temps))
+    dark_image, ref_err, refs = None, bias.stderr, bias.refs
     if dark is not None:
         dark_data, dark_err = _load(dark)
-        reference = bias_data + dark_scale * dark_data
-        ref_err = np.sqrt(bias_err ** 2 + (dark_scale * dark_err) ** 2)
+        dark_image = (dark_scale * dark_data).astype(np.float32)
+        ref_err = np.sqrt(bias.stderr ** 2 + (dark_scale * dark_err) ** 2)
         refs += (str(dark.path), dark_scale)
         extra[kw.DARKFILE] = (dark.path.name, "master dark subtracted")
         extra[kw.DARKTEMP] = (dark.key.temperature, "[degC] temperature of that master dark")
         extra[kw.DARKEXP] = (dark.key.exptime, "[s] exposure of that master dark")
         extra["DARKSCL"] = (dark_scale, "dark master scaled by EXPTIME / DARKEXP")
-        extra[kw.SUBTRACT] = ("bias+dark", "subtracted per frame")
+        extra[kw.SUBTRACT] = (extra[kw.SUBTRACT][0] + "+dark", "subtracted per frame")
     else:
         extra[kw.DARKFILE] = ("none", "no dark within tolerance: dark current not removed")
         logger.warning("flat %s: no dark master within %g degC; only bias subtracted",
                        key.tag, settings.dark_temp_tolerance)
+    reference = bias.at(mean_t) if dark_image is None else bias.at(mean_t) + dark_image
     ref_level = float(np.nanmedian(reference))
     medians = pd.to_numeric(rows["MEDIAN"], errors="coerce") if "MEDIAN" in rows else None
     if medians is None or medians.isna().any():
@@ -334,6 +442,7 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
                             reason="a flat frame has no signal above bias+dark")
     # each frame normalised by its own level so lamp drifts do not bias the clipping
     scale = 1.0 / levels
-    return _build(key, rows, nbad, out_dir, settings, unit="", subtract=reference,
-                  sub_stderr=ref_err * float(np.median(scale)), scale=scale, extra=extra, refs=refs, normalise=True,
-                  progress_bar=progress_bar)
+    return _build(key, rows, nbad, out_dir, settings, unit="",
+                  subtract=bias.subtractor(temps, dark_image),
+                  sub_stderr=ref_err * float(np.median(scale)), scale=scale, extra=extra,
+                  refs=refs, normalise=True, progress_bar=progress_bar)

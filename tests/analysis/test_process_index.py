@@ -90,7 +90,8 @@ def test_dark_master_recovers_dark_signal(processed):
     row = summary[(summary.CALTYPE == "DARK") & summary.ATTEMPT.isna()
                   & (summary.EXPTIME == 2.0)].iloc[0]
     ccd = CCDData.read(row["PATH"])
-    assert ccd.header["BIASFILE"].startswith("master_bias_T25")
+    # two bias temperatures bracket the darks: the per-pixel bias(T) model is subtracted
+    assert ccd.header["BIASFILE"] == "bias_model.fits" and ccd.header["SUBTRACT"] == "bias(T)"
     t_ref, t_d = phys["t_ref"], phys["doubling_temperature"]
     exposure = 2.0 + phys["real_exposure_offset"] * 1e-6
     expected = truth["dark_ref_adu"] * 2.0 ** ((ccd.header["TAVG"] - t_ref) / t_d) * exposure
@@ -100,6 +101,19 @@ def test_dark_master_recovers_dark_signal(processed):
     err = ccd.uncertainty.array[good]
     assert abs(diff.mean()) < 3 * np.sqrt(np.mean(err ** 2) / diff.size) + 2.0
     assert 0.7 < np.std(diff / err) < 1.4
+
+
+def test_bias_model_recovers_truth(processed):
+    _, out, _, truth, _ = processed
+    path = out / "masters" / "bias" / "bias_model.fits"
+    with fits.open(path) as hdul:
+        x_ref = hdul[0].header["XREF"]
+        a, a_err = hdul[0].data, hdul["UNCERT"].data
+        b, b_err = hdul["SLOPE"].data, hdul["SLOPEERR"].data
+    z_b = (b - truth["bias_b"]) / b_err
+    z_a = (a - (truth["bias_a"] + truth["bias_b"] * x_ref)) / a_err
+    assert 0.7 < np.std(z_b) < 1.4 and abs(np.median(z_b)) < 0.3
+    assert 0.7 < np.std(z_a) < 1.4
 
 
 def test_flat_master_normalised_and_shows_prnu_vignetting(processed):
