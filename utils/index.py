@@ -8,8 +8,10 @@ validates it, resolves paths and filters it.
 Columns, in order: ``PATH, CALTYPE, STAGE, VACUUM, TEMP, ZEROFRACTION,
 BADFITS`` (the user's original seven), then ``EXPTIME, FRAMENUM, TIMESTAMP,
 DOSE, ATTEMPT, NAXIS1, NAXIS2, SATFRACTION, MEAN, MEDIAN, STD, P16, P84,
-ADUSCALE, REASON``.  ``PATH`` is relative to the CSV's folder.  Indexing never
-writes to the frames.
+ADUSCALE, FRAMEDOSE, REASON``.  ``PATH`` is relative to the CSV's folder.
+``DOSE`` is the dose step (``<dose>kRads`` folder) frames are grouped by;
+``FRAMEDOSE`` the accumulated dose of the frame's log.  Indexing never writes
+to the frames.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["PATH", "CALTYPE", "STAGE", "VACUUM", "TEMP", "ZEROFRACTION", "BADFITS",
                  "EXPTIME", "FRAMENUM", "TIMESTAMP", "DOSE", "ATTEMPT", "NAXIS1", "NAXIS2",
-                 "SATFRACTION", "MEAN", "MEDIAN", "STD", "P16", "P84", "ADUSCALE", "REASON"]
+                 "SATFRACTION", "MEAN", "MEDIAN", "STD", "P16", "P84", "ADUSCALE", "FRAMEDOSE",
+                 "REASON"]
 CALTYPES = ("BIAS", "DARK", "FLAT")
 STAGES = ("pre", "radiating", "post")
 
@@ -181,16 +184,21 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
             exposure = kw.exptime(header)
             caltype = ("BIAS" if exposure <= settings.bias_max_exptime else "DARK") \
                 if not math.isnan(exposure) else ""
-    dose = kw.dose(header)
-    if math.isnan(dose):
-        dose = infer_dose(path)
+    # DOSE is the dose *step* a frame belongs to (its <dose>kRads folder), the key of every
+    # grouping; the accumulated dose the log gives each frame ramps within a step, and
+    # grouping by it would make one group per frame (the old toolkit's mistake)
+    frame_dose = kw.dose(header)
+    dose = infer_dose(path)
     stage = stage or infer_stage(path)
     if stage == "pre" and math.isnan(dose):
         dose = 0.0  # nothing has irradiated the sensor yet
+    if math.isnan(dose) and stage != "post":
+        dose = frame_dose
     adc_bits = int(kw.get_float(header, kw.ADCBITS, adu.DEFAULT_ADC_BITS))
     row.update(CALTYPE=caltype, STAGE=stage, VACUUM=vacuum or infer_vacuum(path),
                TEMP=kw.sensor_temperature(header), EXPTIME=kw.exptime(header),
                FRAMENUM=kw.frame_number(header), TIMESTAMP=kw.timestamp(header), DOSE=dose,
+               FRAMEDOSE=frame_dose,
                ATTEMPT=str(header.get(kw.ATTEMPT, path.parent.parent.name)),
                NAXIS1=header.get("NAXIS1"), NAXIS2=header.get("NAXIS2"),
                ADUSCALE=adu.adu_scale(adc_bits))
@@ -365,7 +373,7 @@ class DatasetIndex:
         table["CALTYPE"] = table["CALTYPE"].astype(object).fillna("").astype(str).str.upper()
         table["STAGE"] = table["STAGE"].astype(object).fillna("").astype(str)
         table["BADFITS"] = table["BADFITS"].map(_truthy)
-        for column in ("TEMP", "EXPTIME", "DOSE", "TIMESTAMP", "FRAMENUM"):
+        for column in ("TEMP", "EXPTIME", "DOSE", "TIMESTAMP", "FRAMENUM", "FRAMEDOSE"):
             table[column] = pd.to_numeric(table[column], errors="coerce")
         return cls(table)
 

@@ -195,11 +195,12 @@ def test_irradiation_stage_and_dose(irradiation_table):
         assert row["CALTYPE"] == record.kind.upper()
         if record.stage == "pre":
             assert row["DOSE"] == 0.0
-        elif record.stage == "radiating" and record.kind == "bias":
-            # no dose in the bias log: the <dose>kRads folder gives it
-            assert row["DOSE"] == float(record.step.replace("kRads", ""))
         elif record.stage == "radiating":
-            assert row["DOSE"] == pytest.approx(record.dose, abs=1e-4)   # from the header
+            # DOSE is the dose step (the <dose>kRads folder), the grouping key ...
+            assert row["DOSE"] == float(record.step.replace("kRads", ""))
+            if record.kind != "bias":
+                # ... and FRAMEDOSE the accumulated dose the log gives each frame
+                assert row["FRAMEDOSE"] == pytest.approx(record.dose, abs=1e-4)
     assert set(table["STAGE"]) == {"pre", "radiating", "post"}
     assert not table["BADFITS"].any()
 
