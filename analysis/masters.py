@@ -282,8 +282,8 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
             if rec.status == "refused":
                 logger.warning("%s master %s not built: %s", caltype.lower(), key.tag, rec.reason)
             else:
-                logger.info("%s %s master %s (%d frames)", rec.status, caltype.lower(), rec.path,
-                            rec.ncombine)
+                logger.debug("%s %s master %s (%d frames)", rec.status, caltype.lower(),
+                             rec.path, rec.ncombine)
     return records
 
 
