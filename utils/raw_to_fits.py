@@ -420,6 +420,11 @@ def convert_sections(sections: dict[str, str | os.PathLike], settings: Conversio
             if row["STATUS"] == STATUS_REJECTED:
                 logger.warning("%s: %s; no FITS written", row["RAWPATH"], row["REASON"])
                 row["PATH"] = ""
+        noted = [r for r in rows if r.get("NOTES")]
+        if noted:
+            logger.warning("%s section: %d frames have notes (e.g. %s: %s); see the NOTES column "
+                           "of %s", cal.lower(), len(noted), Path(noted[0]["RAWPATH"]).name,
+                           noted[0]["NOTES"], FITS_INDEX_NAME)
         all_rows += rows
     index_path = None
     if all_rows:
