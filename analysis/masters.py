@@ -22,8 +22,7 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.fitsio import (is_complete_fits, provenance_cards, read_header, read_image,
-                          write_product)
+from utils.fitsio import (is_complete_fits, provenance_cards, read_header, write_product)
 from utils.fitting import LinearFit, fit_line_per_pixel
 from utils.grouping import GroupKey, calibration_groups
 from utils.settings import field
@@ -234,10 +233,10 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
 
 
 def _load(record: MasterRecord) -> tuple[np.ndarray, np.ndarray]:
-    data, _ = read_image(record.path)
-    with fits.open(record.path, memmap=False) as hdul:
+    with fits.open(record.path, memmap=False) as hdul:  # one open for both images
+        data = np.asarray(hdul[0].data, dtype=np.float32)
         stderr = np.asarray(hdul["UNCERT"].data, dtype=np.float64)
-    return np.asarray(data, dtype=np.float32), stderr
+    return data, stderr
 
 
 def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSettings, *,

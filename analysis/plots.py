@@ -26,6 +26,22 @@ def _text(series: pd.Series) -> pd.Series:
     return series.astype(object).where(series.notna(), "").astype(str)
 
 
+def _built(masters: pd.DataFrame, caltype: str) -> pd.DataFrame:
+    """All-attempts masters of one type that exist on disk."""
+    return masters[(masters["CALTYPE"] == caltype) & (_text(masters["ATTEMPT"]) == "")
+                   & masters["STATUS"].isin(["written", "existing"])]
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize="small")
+    return ax
+
+
 def _stage_label(stage, dose) -> str:
     if not stage:
         return "all frames"
@@ -54,45 +70,33 @@ def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, calty
                                             dropna=False):
         ax.plot(part["TEMP"], part[metric], ".", alpha=0.5,
                 label=f"frames, {_stage_label(stage, dose)}")
-    mrows = masters[(masters["CALTYPE"] == caltype) & (_text(masters["ATTEMPT"]) == "")
-                    & masters["STATUS"].isin(["written", "existing"])]
+    mrows = _built(masters, caltype)
     column = "NOISE" if metric == "STD" else "MEAN"
     if caltype == "BIAS" and len(mrows):
         ax.plot(mrows["TAVG"], mrows[column], "ks", mfc="none",
                 label="masters (" + ("median pixel noise" if column == "NOISE" else "mean") + ")")
-    ax.set_xlabel("sensor temperature [degC]")
     names = {"MEAN": "frame mean", "MEDIAN": "frame median", "STD": "frame std (spatial)"}
-    ax.set_ylabel(f"{caltype.lower()} {names.get(metric, metric)} [adu]")
-    ax.set_title(f"{caltype.lower()} {names.get(metric, metric)} vs temperature")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return ax
+    name = f"{caltype.lower()} {names.get(metric, metric)}"
+    return _finish(ax, "sensor temperature [degC]", f"{name} [adu]", f"{name} vs temperature")
 
 
 def plot_dark_vs_exposure(masters: pd.DataFrame, *, ax=None):
     """Bias-subtracted dark master mean [adu] vs exposure [s], one line per temperature bin."""
     ax = _axes(ax)
-    rows = masters[(masters["CALTYPE"] == "DARK") & (_text(masters["ATTEMPT"]) == "")
-                   & masters["STATUS"].isin(["written", "existing"])]
+    rows = _built(masters, "DARK")
     for (stage, dose, tbin), part in rows.groupby(
             [_text(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
         part = part.sort_values("EXPTIME")
         ax.errorbar(part["EXPTIME"], part["MEAN"], yerr=part["NOISE"] / np.sqrt(part["NCOMBINE"]),
                     marker="o", capsize=3, label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
-    ax.set_xlabel("exposure time [s]")
-    ax.set_ylabel("dark signal, master mean [adu]")
-    ax.set_title("dark signal vs exposure time (bias subtracted)")
-    ax.grid(alpha=0.3)
-    if len(rows):
-        ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, "exposure time [s]", "dark signal, master mean [adu]",
+                   "dark signal vs exposure time (bias subtracted)", bool(len(rows)))
 
 
 def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
     """Mean dark rate (master mean / exposure) [adu/s] vs temperature, log scale."""
     ax = _axes(ax)
-    rows = masters[(masters["CALTYPE"] == "DARK") & (_text(masters["ATTEMPT"]) == "")
-                   & masters["STATUS"].isin(["written", "existing"])].copy()
+    rows = _built(masters, "DARK").copy()
     rows["RATE"] = rows["MEAN"] / rows["EXPTIME"]
     for (stage, dose, exptime), part in rows.groupby(
             [_text(rows["STAGE"]), rows["DOSE"], "EXPTIME"], dropna=False):
@@ -101,32 +105,21 @@ def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
                 label=f"{exptime:g} s, {_stage_label(stage, dose)}")
     if len(rows) and (rows["RATE"] > 0).all():
         ax.set_yscale("log")
-    ax.set_xlabel("sensor temperature [degC]")
-    ax.set_ylabel("mean dark rate [adu/s]")
-    ax.set_title("dark rate vs temperature")
-    ax.grid(alpha=0.3, which="both")
-    if len(rows):
-        ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, "sensor temperature [degC]", "mean dark rate [adu/s]",
+                   "dark rate vs temperature", bool(len(rows)))
 
 
 def plot_flat_level_vs_exposure(masters: pd.DataFrame, *, ax=None):
     """Flat normalisation level [adu] vs exposure [s] (lamp linearity at a glance)."""
     ax = _axes(ax)
-    rows = masters[(masters["CALTYPE"] == "FLAT") & (_text(masters["ATTEMPT"]) == "")
-                   & masters["STATUS"].isin(["written", "existing"])]
+    rows = _built(masters, "FLAT")
     for (stage, dose, tbin), part in rows.groupby(
             [_text(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
         part = part.sort_values("EXPTIME")
         ax.plot(part["EXPTIME"], part["LEVEL"], "o-",
                 label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
-    ax.set_xlabel("exposure time [s]")
-    ax.set_ylabel("flat level (bias and dark removed) [adu]")
-    ax.set_title("flat level vs exposure time")
-    ax.grid(alpha=0.3)
-    if len(rows):
-        ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, "exposure time [s]", "flat level (bias and dark removed) [adu]",
+                   "flat level vs exposure time", bool(len(rows)))
 
 
 def plot_master_comparison(master: np.ndarray, frame: np.ndarray, *, unit: str, title: str,
