@@ -87,8 +87,9 @@ def plot_dark_vs_exposure(masters: pd.DataFrame, *, ax=None):
     for (stage, dose, tbin), part in rows.groupby(
             [_text(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
         part = part.sort_values("EXPTIME")
-        ax.errorbar(part["EXPTIME"], part["MEAN"], yerr=part["NOISE"] / np.sqrt(part["NCOMBINE"]),
-                    marker="o", capsize=3, label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
+        # no error bars: the per-pixel noise would overstate the error of a frame-wide mean
+        ax.plot(part["EXPTIME"], part["MEAN"], "o-",
+                label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
     return _finish(ax, "exposure time [s]", "dark signal, master mean [adu]",
                    "dark signal vs exposure time (bias subtracted)", bool(len(rows)))
 
