@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from utils.grouping import text_column
+
 
 def _axes(ax, ncols: int = 1, figsize=(6.4, 4.2)):
     import matplotlib
@@ -21,14 +23,9 @@ def _axes(ax, ncols: int = 1, figsize=(6.4, 4.2)):
     return ax
 
 
-def _text(series: pd.Series) -> pd.Series:
-    """A column as strings with '' for missing (CSV round trips turn empty text into NaN)."""
-    return series.astype(object).where(series.notna(), "").astype(str)
-
-
 def _built(masters: pd.DataFrame, caltype: str) -> pd.DataFrame:
     """All-attempts masters of one type that exist on disk."""
-    return masters[(masters["CALTYPE"] == caltype) & (_text(masters["ATTEMPT"]) == "")
+    return masters[(masters["CALTYPE"] == caltype) & (text_column(masters["ATTEMPT"]) == "")
                    & masters["STATUS"].isin(["written", "existing"])]
 
 
@@ -66,7 +63,7 @@ def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, calty
     """
     ax = _axes(ax)
     rows = stats[(stats["CALTYPE"] == caltype) & ~stats["BADFITS"].astype(bool)]
-    for (stage, dose), part in rows.groupby([_text(rows["STAGE"]), rows["DOSE"]],
+    for (stage, dose), part in rows.groupby([text_column(rows["STAGE"]), rows["DOSE"]],
                                             dropna=False):
         ax.plot(part["TEMP"], part[metric], ".", alpha=0.5,
                 label=f"frames, {_stage_label(stage, dose)}")
@@ -80,18 +77,26 @@ def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, calty
     return _finish(ax, "sensor temperature [degC]", f"{name} [adu]", f"{name} vs temperature")
 
 
-def plot_dark_vs_exposure(masters: pd.DataFrame, *, ax=None):
-    """Bias-subtracted dark master mean [adu] vs exposure [s], one line per temperature bin."""
-    ax = _axes(ax)
-    rows = _built(masters, "DARK")
+def _plot_vs_exposure(masters: pd.DataFrame, caltype: str, column: str, ax):
+    """One line per (stage, dose, temperature bin) of a master column vs exposure time."""
+    rows = _built(masters, caltype)
     for (stage, dose, tbin), part in rows.groupby(
-            [_text(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
+            [text_column(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
         part = part.sort_values("EXPTIME")
-        # no error bars: the per-pixel noise would overstate the error of a frame-wide mean
-        ax.plot(part["EXPTIME"], part["MEAN"], "o-",
+        ax.plot(part["EXPTIME"], part[column], "o-",
                 label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
+    return bool(len(rows))
+
+
+def plot_dark_vs_exposure(masters: pd.DataFrame, *, ax=None):
+    """Bias-subtracted dark master mean [adu] vs exposure [s], one line per temperature bin.
+
+    No error bars: the per-pixel noise would overstate the error of a frame-wide mean.
+    """
+    ax = _axes(ax)
+    drawn = _plot_vs_exposure(masters, "DARK", "MEAN", ax)
     return _finish(ax, "exposure time [s]", "dark signal, master mean [adu]",
-                   "dark signal vs exposure time (bias subtracted)", bool(len(rows)))
+                   "dark signal vs exposure time (bias subtracted)", drawn)
 
 
 def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
@@ -100,7 +105,7 @@ def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
     rows = _built(masters, "DARK").copy()
     rows["RATE"] = rows["MEAN"] / rows["EXPTIME"]
     for (stage, dose, exptime), part in rows.groupby(
-            [_text(rows["STAGE"]), rows["DOSE"], "EXPTIME"], dropna=False):
+            [text_column(rows["STAGE"]), rows["DOSE"], "EXPTIME"], dropna=False):
         part = part.sort_values("TBIN")
         ax.plot(part["TAVG"], part["RATE"], "o-",
                 label=f"{exptime:g} s, {_stage_label(stage, dose)}")
@@ -113,14 +118,9 @@ def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
 def plot_flat_level_vs_exposure(masters: pd.DataFrame, *, ax=None):
     """Flat normalisation level [adu] vs exposure [s] (lamp linearity at a glance)."""
     ax = _axes(ax)
-    rows = _built(masters, "FLAT")
-    for (stage, dose, tbin), part in rows.groupby(
-            [_text(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
-        part = part.sort_values("EXPTIME")
-        ax.plot(part["EXPTIME"], part["LEVEL"], "o-",
-                label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
+    drawn = _plot_vs_exposure(masters, "FLAT", "LEVEL", ax)
     return _finish(ax, "exposure time [s]", "flat level (bias and dark removed) [adu]",
-                   "flat level vs exposure time", bool(len(rows)))
+                   "flat level vs exposure time", drawn)
 
 
 def plot_master_comparison(master: np.ndarray, frame: np.ndarray, *, unit: str, title: str,

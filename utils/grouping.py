@@ -109,7 +109,7 @@ class GroupKey:
         return GroupKey(self.stage, self.dose, self.caltype, self.temperature, self.exptime)
 
 
-def _text(series: pd.Series) -> pd.Series:
+def text_column(series: pd.Series) -> pd.Series:
     """Strings with '' for missing values (empty CSV cells come back as NaN)."""
     return series.astype(object).where(series.notna(), "").astype(str)
 
@@ -145,7 +145,7 @@ def calibration_groups(table: pd.DataFrame, *, temp_width: float = 1.0,
         belong to no set; callers report them.
     """
     table = table.copy()
-    table["STAGE"] = _text(table["STAGE"])
+    table["STAGE"] = text_column(table["STAGE"])
     dose = pd.to_numeric(table["DOSE"], errors="coerce")
     table["_DOSE"] = np.where(table["STAGE"] == "radiating", dose, np.nan)
     out: list[tuple[GroupKey, pd.DataFrame]] = []
@@ -165,7 +165,7 @@ def calibration_groups(table: pd.DataFrame, *, temp_width: float = 1.0,
                 base = GroupKey(stage, float(dose_value), caltype, temperature, exptime)
                 out.append((base, e_part))
                 if by_attempt:
-                    for attempt, a_part in e_part.groupby(_text(e_part["ATTEMPT"])):
+                    for attempt, a_part in e_part.groupby(text_column(e_part["ATTEMPT"])):
                         out.append((GroupKey(stage, float(dose_value), caltype, temperature,
                                              exptime, attempt), a_part))
     yield from out
