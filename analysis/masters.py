@@ -14,7 +14,6 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,15 +21,16 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.fitsio import (is_complete_fits, provenance_cards, read_header, write_product)
-from utils.fitting import LinearFit, fit_line_per_pixel
+from utils.fitsio import read_header
+from utils.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.grouping import GroupKey, calibration_groups
+from utils.master import adc_bits_of, existing_product, frame_metadata, inputs_hash
 from utils.settings import field
 from utils.stacking import combine
 
 logger = logging.getLogger(__name__)
 
-INHASH = "INHASH"  # hash of inputs + settings, to skip unchanged masters on re-runs
+INHASH = kw.INHASH
 
 
 @dataclass(frozen=True)
@@ -106,23 +106,6 @@ def master_path(out_dir: Path, key: GroupKey) -> Path:
     return folder / f"master_{key.caltype.lower()}_{key.tag}.fits"
 
 
-def _inputs_hash(paths: Sequence[str], settings: MasterSettings, *refs: str) -> str:
-    digest = hashlib.sha1()
-    for p in sorted(paths):
-        digest.update(p.encode())
-        digest.update(b"\0")
-    digest.update(repr((settings.method, settings.sigma_low, settings.sigma_high,
-                        settings.maxiters, settings.min_accepted, refs)).encode())
-    return digest.hexdigest()[:16]
-
-
-def _existing(path: Path, digest: str) -> fits.Header | None:
-    if not is_complete_fits(path):
-        return None
-    header = read_header(path)
-    return header if header.get(INHASH) == digest else None
-
-
 def _fill_from_header(record: MasterRecord, header: fits.Header) -> None:
     record.ncombine = int(header.get(kw.NCOMBINE, 0))
     record.mean = kw.get_float(header, kw.MEAN)
@@ -151,28 +134,16 @@ def _nearest(records: list[MasterRecord], key: GroupKey, caltype: str, tolerance
     return best if best is not None and best_dt[0] <= tolerance else None
 
 
-def _metadata(rows: pd.DataFrame) -> list[dict]:
-    return [{"TEMP": t, "EXPTIME": e} for t, e in zip(rows["TEMP"], rows["EXPTIME"])]
-
-
-def _adc_bits(rows: pd.DataFrame) -> int:
-    scale = pd.to_numeric(rows["ADUSCALE"], errors="coerce").dropna() if "ADUSCALE" in rows \
-        else pd.Series(dtype=float)
-    if scale.empty:
-        return adu.DEFAULT_ADC_BITS
-    return adu.STORED_BITS - int(round(math.log2(float(scale.iloc[0]))))
-
-
 def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings: MasterSettings,
            *, unit: str, subtract=None, sub_stderr=None, scale=None, extra: dict | None = None,
            refs: tuple = (), normalise: bool = False, progress_bar: bool = False) -> MasterRecord:
     path = master_path(out_dir, key)
     paths = rows["PATH"].tolist()
-    digest = _inputs_hash(paths, settings, *refs)
+    digest = inputs_hash(paths, settings, *refs)
     record = MasterRecord(key, path, "existing", nbad=nbad)
     worst = rows["STD"].idxmax() if "STD" in rows and rows["STD"].notna().any() else rows.index[0]
     record.worst_frame = str(rows.loc[worst, "PATH"])
-    header = _existing(path, digest)
+    header = existing_product(path, digest)
     if header is not None:
         _fill_from_header(record, header)
         record.bias_file = str(header.get(kw.BIASFILE, ""))
@@ -181,8 +152,9 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
     result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
                      sigma_high=settings.sigma_high, maxiters=settings.maxiters,
                      min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
-                     saturation=adu.saturation_level(_adc_bits(rows)), memory_limit=settings.memory_limit,
-                     workers=settings.workers, metadata=_metadata(rows),
+                     saturation=adu.saturation_level(adc_bits_of(rows)),
+                     memory_limit=settings.memory_limit,
+                     workers=settings.workers, metadata=frame_metadata(rows),
                      product=f"MASTER_{key.caltype}", progress_bar=progress_bar)
     cards = dict(extra or {})
     if sub_stderr is not None:
@@ -221,7 +193,7 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         cards[kw.DOSE] = (key.dose, "[krad] dose step")
     if key.attempt:
         cards[kw.ATTEMPT] = (key.attempt[:60], "attempt")
-    for name, value, comment in adu.scaling_cards(_adc_bits(rows)):
+    for name, value, comment in adu.scaling_cards(adc_bits_of(rows)):
         cards.setdefault(name, (value, comment))
     written = result.write(path, unit=unit, extra_header=cards)
     record.status = "written"
@@ -288,29 +260,26 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
 
 @dataclass
 class _BiasReference:
-    """The bias to subtract from each frame of a set: a master, or a per-pixel model of T."""
+    """The bias to subtract from each frame of a set: a master, or the per-pixel model of T."""
 
     image: np.ndarray | None            # constant master bias [adu]
-    fit: LinearFit | None               # bias(T) = a + b (T - x_ref) per pixel
+    model: BiasModel | None             # bias(T) = A + B (T - TREF) per pixel
     stderr: np.ndarray                  # [adu] error of the subtracted bias
     cards: dict
     refs: tuple
 
     def at(self, temperature: float) -> np.ndarray:
         """Bias image at ``temperature`` [degC]."""
-        return self.image if self.fit is None else self.fit.predict(temperature)
+        return self.image if self.model is None else self.model.predict(temperature)
 
     def subtractor(self, temperatures: np.ndarray, extra: np.ndarray | None = None):
         """Argument ``subtract`` of :func:`utils.stacking.combine` for these frames."""
-        if self.fit is None:
+        if self.model is None:
             return self.image if extra is None else self.image + extra
-        fit, x_ref = self.fit, self.fit.x_ref
-
-        def rows(i: int, start: int, stop: int) -> np.ndarray:
-            out = fit.intercept[start:stop] + fit.slope[start:stop] * np.float32(
-                temperatures[i] - x_ref)
-            return out if extra is None else out + extra[start:stop]
-        return rows
+        rows = self.model.subtractor(temperatures)
+        if extra is None:
+            return rows
+        return lambda i, start, stop: rows(i, start, stop) + extra[start:stop]
 
 
 def _bias_model(masters: list[MasterRecord], out_dir: Path, cache: dict) -> tuple:
@@ -319,41 +288,22 @@ def _bias_model(masters: list[MasterRecord], out_dir: Path, cache: dict) -> tupl
     if key in cache:
         return cache[key]
     temps = np.array([m.tavg if math.isfinite(m.tavg) else m.key.temperature for m in masters])
-    loaded = [_load(m) for m in masters]
-    fit = fit_line_per_pixel(temps, np.stack([d for d, _ in loaded]),
-                             np.stack([e for _, e in loaded]))
     first = masters[0].key
     path = master_path(out_dir, GroupKey(first.stage, first.dose, "BIAS", 0.0)).with_name(
         "bias_model.fits")
     digest = hashlib.sha1("".join(str(read_header(m.path).get(INHASH, m.path))
                                   for m in masters).encode()).hexdigest()[:16]
-    if _existing(path, digest) is None:
-        header = fits.Header()
-        for k, v, c in provenance_cards("BIAS_MODEL"):
-            header[k] = (v, c)
-        for k, v, c in (
-                ("XREF", fit.x_ref, "[degC] reference temperature of the intercept"),
-                ("NPOINTS", fit.npoints, "bias masters fitted"),
-                (kw.TMIN, float(temps.min()), "[degC] coolest master"),
-                (kw.TMAX, float(temps.max()), "[degC] warmest master"),
-                ("MODEL", "bias = A + B (T - XREF)", "per pixel, weighted least squares"),
-                (INHASH, digest, "hash of the input masters"),
-                ("CHI2MED", float(np.nanmedian(fit.chi2)) if np.isfinite(fit.chi2).any()
-                 else "NAN", "median reduced chi-square")):
-            header[k] = (v, c)
-        for name, value, comment in adu.scaling_cards(adu.DEFAULT_ADC_BITS):
-            header[name] = (value, comment)
-        write_product(path, fit.intercept, header, unit=adu.UNIT, uncertainty=fit.intercept_err,
-                      mask=~np.isfinite(fit.intercept),
-                      images={"SLOPE": (fit.slope, "adu / deg_C"),
-                              "SLOPEERR": (fit.slope_err, "adu / deg_C"),
-                              "COVAB": (fit.covariance, "adu2 / deg_C"),
-                              "CHI2": (fit.chi2, "")},
-                      tables={"INPUTS": pd.DataFrame({"PATH": [m.path.name for m in masters],
-                                                      "TEMP": temps})})
+    if existing_product(path, digest) is None:
+        inputs = pd.DataFrame({"PATH": [m.path.name for m in masters], "TEMP": temps,
+                               "NCOMBINE": [m.ncombine for m in masters]})
+        model, _ = fit_bias_model(MasterStack([m.path for m in masters], temps),
+                                  cross_validate=False, inputs=inputs)
+        model.write(path, {INHASH: (digest, "hash of the input masters")})
         logger.info("bias model of %d masters (%.1f..%.1f degC) written to %s", len(masters),
                     temps.min(), temps.max(), path)
-    cache[key] = (fit, path, temps)
+    else:
+        model = BiasModel.read(path)
+    cache[key] = (model, path, temps)
     return cache[key]
 
 
@@ -370,12 +320,12 @@ def _bias_reference(records: list[MasterRecord], key: GroupKey, rows: pd.DataFra
     temps = [m.key.temperature for m in masters]
     if settings.bias_model and len(set(temps)) >= 2 and \
             min(temps) - tol <= key.temperature <= max(temps) + tol:
-        fit, path, _ = _bias_model(masters, out_dir, cache)
+        model, path, _ = _bias_model(masters, out_dir, cache)
         mean_t = float(np.nanmean(rows["TEMP"]))
-        cards = {kw.BIASFILE: (path.name, "bias model a+b*T subtracted"),
+        cards = {kw.BIASFILE: (path.name, "bias model A+B*(T-TREF) subtracted"),
                  kw.BIASTEMP: (mean_t, "[degC] mean temperature the model was evaluated at"),
                  kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
-        return _BiasReference(None, fit, fit.predict_err(mean_t), cards,
+        return _BiasReference(None, model, model.predict_err(mean_t), cards,
                               tuple(str(m.path) for m in masters))
     bias = _nearest(records, key, "BIAS", tol)
     if bias is None:

@@ -101,6 +101,23 @@ def adc_bits_from_bits(combined: int, default: int = DEFAULT_ADC_BITS) -> int:
     return STORED_BITS - min(low_zero_bits, STORED_BITS - 1)
 
 
+def electrons_per_adu(gain: float, adc_bits: int) -> float:
+    """Electrons per *stored* ADU for a gain quoted per ADC count (the datasheet convention).
+
+    ``--gain`` options of every command take e-/ADC count, the number a camera
+    datasheet or a photon-transfer curve of 12-bit data gives; products are in
+    stored ADU, so the factor divides by :func:`adu_scale`.
+
+    Examples
+    --------
+    >>> electrons_per_adu(2.0, 12)
+    0.125
+    """
+    if not gain > 0:
+        raise ValueError(f"gain must be > 0 e-/ADC count, got {gain}")
+    return float(gain) / adu_scale(adc_bits)
+
+
 def scaling_cards(adc_bits: int) -> list[tuple[str, object, str]]:
     """Header cards recording the ADU convention of a product."""
     return [

@@ -75,6 +75,10 @@ DARKEXP = "DARKEXP"      # [s] exposure of that master dark
 FLATNORM = "FLATNORM"    # [adu] normalisation level divided out of a flat
 TBIN = "TBIN"            # [degC] centre of the temperature bin of a master
 TBINW = "TBINW"          # [degC] width of that bin
+INHASH = "INHASH"        # hash of a product's inputs and settings (skip unchanged on re-runs)
+TREF = "TREF"            # [degC] reference temperature of a model
+ERRSCALE = "ERRSCALE"    # global factor applied to noise-map errors of a fit
+GAINUSED = "GAINUSED"    # [e-/ADC count] gain used for electron units
 
 # --- per-frame log columns -> (keyword, factor) ---------------------------------------------
 # Keys are lower-case column names.  ExpTime/RealExpTime are microseconds in the logs.

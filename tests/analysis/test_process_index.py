@@ -107,11 +107,12 @@ def test_bias_model_recovers_truth(processed):
     _, out, _, truth, _ = processed
     path = out / "masters" / "bias" / "bias_model.fits"
     with fits.open(path) as hdul:
-        x_ref = hdul[0].header["XREF"]
+        t_ref = hdul[0].header["TREF"]
         a, a_err = hdul[0].data, hdul["UNCERT"].data
-        b, b_err = hdul["SLOPE"].data, hdul["SLOPEERR"].data
+        b, b_err = hdul["B"].data, hdul["SIGMA_B"].data
+        assert np.array_equal(a_err, hdul["SIGMA_A"].data)
     z_b = (b - truth["bias_b"]) / b_err
-    z_a = (a - (truth["bias_a"] + truth["bias_b"] * x_ref)) / a_err
+    z_a = (a - (truth["bias_a"] + truth["bias_b"] * t_ref)) / a_err
     assert 0.7 < np.std(z_b) < 1.4 and abs(np.median(z_b)) < 0.3
     assert 0.7 < np.std(z_a) < 1.4
 

@@ -1,0 +1,499 @@
+"""The per-pixel bias model ``bias(T) = A + B (T - TREF)``: fit, product file and evaluation.
+
+Fitted from bias masters at several temperatures, one weighted straight line
+per pixel (closed form, vectorised, streamed by row blocks so a 2048 x 2048
+model never holds more than a few blocks of the masters in memory).
+
+Uncertainties
+-------------
+Each master ``k`` gets the per-pixel error ``sigma_k = s * noise_pool / sqrt(n_k)``:
+
+* ``noise_pool`` is the pixel's temporal noise pooled over all masters
+  (``sum (n_k - 1) noise_k**2 / sum (n_k - 1)``).  A per-master noise from
+  ~10-20 frames is itself uncertain by 15-25 %; weighting with it would make the
+  errors of the fit Student-t-like rather than Gaussian.
+* ``s`` (``ERRSCALE``) is one number for the whole frame: the square root of the
+  median reduced chi-square of the fit over its expected median for a
+  chi-square variable with that many degrees of freedom.  It absorbs what the
+  noise map of a sigma-clipped master does not show (the clipped mean is
+  5-15 % noisier than sigma/sqrt(n) at 10-40 frames, the clipped noise
+  slightly low) and any common temporal noise; a value far above 1 means the
+  line does not describe most pixels and is logged as a warning.  With only
+  two temperatures there is no chi-square and ``s = 1``.
+
+The product (``bias_model.fits``) has the A map as primary image with its
+uncertainty (``UNCERT``) and ``MASK``, so ``CCDData.read`` opens it, and the
+extensions ``B, SIGMA_A, SIGMA_B, COV_AB, CHI2DOF, NPTS`` plus the table of
+input masters.  The ADU convention is that of :mod:`utils.adu`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+from scipy import stats as sps
+
+from . import adu
+from . import headers as kw
+from .errors import InputPathError, UserError
+from .fitsio import provenance_cards, read_image, set_card, write_product
+from .fitting import fit_line_per_pixel
+
+logger = logging.getLogger(__name__)
+
+#: Bits of the model's MASK plane.
+MASK_NONLINEAR = 1     # chi-square too high for a straight line (p < chi2_pvalue)
+MASK_SLOPE = 2         # slope far from the population (robust z > slope_nsigma)
+MASK_NOFIT = 4         # fewer than two valid masters, or excluded by the user's mask
+
+#: Extension names of the model product, in order.
+EXTENSIONS = ("B", "SIGMA_A", "SIGMA_B", "COV_AB", "CHI2DOF", "NPTS")
+
+#: Rows per block of the streamed fit (x 6 masters x 3 images x 4 byte x width).
+_BLOCK_ROWS = 256
+
+
+def chi2_median_ratio(dof: float) -> float:
+    """Median of ``chi2_dof / dof`` (Wilson-Hilferty), the expected median reduced chi-square."""
+    return float(sps.chi2.median(dof) / dof)
+
+
+@dataclass
+class BiasModel:
+    """Per-pixel bias line and its uncertainties (float32 maps of shape ``(H, W)``).
+
+    Attributes
+    ----------
+    a : numpy.ndarray
+        Bias at ``t_ref`` [adu].
+    b : numpy.ndarray
+        Temperature coefficient [adu/degC].
+    sigma_a, sigma_b : numpy.ndarray
+        One-sigma errors of ``a`` [adu] and ``b`` [adu/degC] (scaled by ``err_scale``).
+    cov_ab : numpy.ndarray
+        Covariance of ``a`` and ``b`` [adu^2/degC].
+    chi2dof : numpy.ndarray
+        Reduced chi-square with the scaled errors (NaN with two points).
+    npts : numpy.ndarray
+        Masters used per pixel (int16).
+    mask : numpy.ndarray
+        uint8 bit plane: :data:`MASK_NONLINEAR`, :data:`MASK_SLOPE`, :data:`MASK_NOFIT`.
+    t_ref : float
+        [degC] reference temperature of ``a``.
+    t_min, t_max : float
+        [degC] coolest and warmest master (the model is an interpolation there).
+    err_scale : float
+        Global factor applied to the noise-map errors (see module notes).
+    adc_bits : int
+        Converter bits of the inputs (``ADCBITS``).
+    inputs : pandas.DataFrame
+        The masters fitted: ``PATH, TEMP, NCOMBINE``.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    sigma_a: np.ndarray
+    sigma_b: np.ndarray
+    cov_ab: np.ndarray
+    chi2dof: np.ndarray
+    npts: np.ndarray
+    mask: np.ndarray
+    t_ref: float = 0.0
+    t_min: float = math.nan
+    t_max: float = math.nan
+    err_scale: float = 1.0
+    adc_bits: int = adu.DEFAULT_ADC_BITS
+    inputs: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` [pixel]."""
+        return self.a.shape
+
+    def predict(self, temperature: float) -> np.ndarray:
+        """Bias image at ``temperature`` [degC], float32 [adu]."""
+        return (self.a + self.b * np.float32(temperature - self.t_ref)).astype(np.float32)
+
+    def predict_err(self, temperature: float) -> np.ndarray:
+        """One-sigma error of :meth:`predict` [adu], with the a-b covariance."""
+        d = np.float64(temperature - self.t_ref)
+        var = (self.sigma_a.astype(np.float64) ** 2 + d * d * self.sigma_b.astype(np.float64) ** 2
+               + 2 * d * self.cov_ab)
+        return np.sqrt(np.maximum(var, 0)).astype(np.float32)
+
+    def subtractor(self, temperatures: Sequence[float]):
+        """``subtract(i, start, stop)`` for :func:`utils.stacking.combine`: the bias rows of
+        frame ``i`` at its own temperature (thread-safe, no full-frame copy)."""
+        temps = np.asarray(temperatures, dtype=np.float64)
+        if not np.all(np.isfinite(temps)):
+            raise ValueError("every frame needs a finite temperature to evaluate the bias model")
+
+        def rows(i: int, start: int, stop: int) -> np.ndarray:
+            return self.a[start:stop] + self.b[start:stop] * np.float32(temps[i] - self.t_ref)
+        return rows
+
+    def covers(self, temperature: float, margin: float = 0.0) -> bool:
+        """True when ``temperature`` lies within the fitted range (+- ``margin`` degC)."""
+        return self.t_min - margin <= temperature <= self.t_max + margin
+
+    # --- product file ------------------------------------------------------------------------
+    def header(self) -> fits.Header:
+        """Primary header: model, reference temperature, range, error scale, ADU convention."""
+        header = fits.Header()
+        for key, value, comment in provenance_cards("BIAS_MODEL"):
+            set_card(header, key, value, comment)
+        finite = np.isfinite(self.chi2dof) & (self.mask == 0)
+        for key, value, comment in (
+                ("MODEL", "bias = A + B (T - TREF)", "per pixel, weighted least squares"),
+                ("TREF", float(self.t_ref), "[degC] reference temperature of A"),
+                (kw.TMIN, float(self.t_min), "[degC] coolest master fitted"),
+                (kw.TMAX, float(self.t_max), "[degC] warmest master fitted"),
+                ("NMASTERS", int(len(self.inputs)), "bias masters fitted"),
+                ("ERRSCALE", float(self.err_scale), "noise-map errors multiplied by this"),
+                ("CHI2MED", float(np.median(self.chi2dof[finite])) if finite.any() else "NAN",
+                 "median reduced chi-square, unmasked pixels"),
+                ("BMEDIAN", float(np.nanmedian(self.b)) if np.isfinite(self.b).any() else "NAN",
+                 "[adu/degC] median temperature coefficient"),
+                (kw.NMASKED, int((self.mask != 0).sum()), "pixels with MASK != 0"),
+                ("MASKBITS", "1 nonlinear, 2 slope outlier, 4 no fit", "MASK bit meanings")):
+            set_card(header, key, value, comment)
+        for key, value, comment in adu.scaling_cards(self.adc_bits):
+            set_card(header, key, value, comment)
+        return header
+
+    def write(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
+        """Write ``bias_model.fits`` atomically (see module notes for the layout)."""
+        header = self.header()
+        for key, value in (extra or {}).items():
+            value, comment = value if isinstance(value, tuple) else (value, "")
+            set_card(header, key, value, comment)
+        rate = f"{adu.UNIT} / deg_C"
+        images = {"B": (self.b, rate), "SIGMA_A": (self.sigma_a, adu.UNIT),
+                  "SIGMA_B": (self.sigma_b, rate), "COV_AB": (self.cov_ab, f"{adu.UNIT}2 / deg_C"),
+                  "CHI2DOF": (self.chi2dof, ""), "NPTS": (self.npts.astype(np.int16), "")}
+        tables = {"INPUTS": self.inputs} if len(self.inputs.columns) else None
+        return write_product(path, self.a, header, unit=adu.UNIT, uncertainty=self.sigma_a,
+                             mask=self.mask, images=images, tables=tables)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "BiasModel":
+        """Load a model written by :meth:`write`.
+
+        Raises
+        ------
+        InputPathError
+            Missing file, or a FITS file that is not a bias model.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InputPathError(f"{path}: bias model not found; make it with "
+                                 "python bias_pipeline/run_pipeline.py")
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                names = {h.name for h in hdul}
+                missing = [n for n in EXTENSIONS if n not in names]
+                if missing:
+                    raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} "
+                                         "extension); give the bias_model.fits of the bias "
+                                         "pipeline")
+                head = hdul[0].header
+                maps = {n: np.asarray(hdul[n].data) for n in EXTENSIONS}
+                mask = np.asarray(hdul["MASK"].data) if "MASK" in names else \
+                    np.zeros(maps["B"].shape, np.uint8)
+                inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in names \
+                    else pd.DataFrame()
+                a = np.asarray(hdul[0].data, dtype=np.float32)
+        except OSError as err:
+            raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
+                from err
+        for column in inputs.columns:
+            if inputs[column].dtype.kind == "S":
+                inputs[column] = inputs[column].str.decode("ascii")
+        return cls(a=a, b=maps["B"].astype(np.float32), sigma_a=maps["SIGMA_A"].astype(np.float32),
+                   sigma_b=maps["SIGMA_B"].astype(np.float32),
+                   cov_ab=maps["COV_AB"].astype(np.float32),
+                   chi2dof=maps["CHI2DOF"].astype(np.float32), npts=maps["NPTS"].astype(np.int16),
+                   mask=mask.astype(np.uint8), t_ref=kw.get_float(head, "TREF", 0.0),
+                   t_min=kw.get_float(head, kw.TMIN), t_max=kw.get_float(head, kw.TMAX),
+                   err_scale=kw.get_float(head, "ERRSCALE", 1.0),
+                   adc_bits=int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)),
+                   inputs=inputs)
+
+    @classmethod
+    def from_maps(cls, a_path: str | os.PathLike, b_path: str | os.PathLike) -> "BiasModel":
+        """A model from the old ``bias_a_map.fits``/``bias_b_map.fits`` pair (bias = a + b T).
+
+        Their ``UNCERT`` extensions are used when present; the a-b covariance is
+        not in those files, so it is taken as 0 (the error away from 0 degC is
+        then only approximate).
+        """
+        a, a_head = read_image(a_path)
+        b, _ = read_image(b_path)
+        if a.shape != b.shape:
+            raise UserError(f"{a_path} is {a.shape[1]}x{a.shape[0]} but {b_path} is "
+                            f"{b.shape[1]}x{b.shape[0]}; give maps of the same model")
+
+        def err(path, like):
+            with fits.open(path, memmap=False) as hdul:
+                if "UNCERT" in hdul:
+                    return np.asarray(hdul["UNCERT"].data, dtype=np.float32)
+            return np.zeros_like(like, dtype=np.float32)
+        zeros = np.zeros(a.shape, np.float32)
+        return cls(a=a.astype(np.float32), b=b.astype(np.float32), sigma_a=err(a_path, a),
+                   sigma_b=err(b_path, b), cov_ab=zeros, chi2dof=zeros + np.nan,
+                   npts=np.zeros(a.shape, np.int16), mask=np.zeros(a.shape, np.uint8),
+                   t_ref=kw.get_float(a_head, "TREF", 0.0),
+                   adc_bits=int(kw.get_float(a_head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
+
+
+@dataclass
+class MasterStack:
+    """Bias masters to fit, read lazily by row blocks.
+
+    Attributes
+    ----------
+    paths : list of Path
+        Master files (primary = master [adu], ``NOISE``, ``NCOMB``, ``MASK``).
+    temperatures : numpy.ndarray
+        [degC] mean temperature of each master's frames.
+    """
+
+    paths: list[Path]
+    temperatures: np.ndarray
+
+    def __post_init__(self):
+        self.paths = [Path(p) for p in self.paths]
+        self.temperatures = np.asarray(self.temperatures, dtype=np.float64)
+        if len(self.paths) != self.temperatures.size:
+            raise ValueError("one temperature per master is needed")
+        shapes = {}
+        for p in self.paths:
+            with fits.open(p, memmap=False, lazy_load_hdus=True) as hdul:
+                head = hdul[0].header
+                shapes[p] = (head.get("NAXIS2"), head.get("NAXIS1"))
+        if len(set(shapes.values())) > 1:
+            detail = ", ".join(f"{p.name} {s[1]}x{s[0]}" for p, s in shapes.items())
+            raise UserError(f"bias masters differ in shape ({detail}); "
+                            "fit frames of one sensor mode only")
+        self.shape = next(iter(shapes.values()))
+
+    def read_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(data, noise, count)`` of rows ``start:stop`` of every master, shape ``(M, rows, W)``;
+        masked pixels are NaN in ``data``."""
+        data, noise, count = [], [], []
+        for p in self.paths:
+            with fits.open(p, memmap=False, lazy_load_hdus=True) as hdul:
+                d = np.array(hdul[0].section[start:stop], dtype=np.float32)
+                names = [h.name for h in hdul]
+                if "MASK" in names:
+                    d[np.asarray(hdul["MASK"].section[start:stop]) != 0] = np.nan
+                n = np.array(hdul["NOISE"].section[start:stop], dtype=np.float32) \
+                    if "NOISE" in names else np.full(d.shape, np.nan, np.float32)
+                c = np.array(hdul["NCOMB"].section[start:stop], dtype=np.float32) \
+                    if "NCOMB" in names else np.ones(d.shape, np.float32)
+            data.append(d)
+            noise.append(n)
+            count.append(c)
+        return np.stack(data), np.stack(noise), np.stack(count)
+
+
+def pooled_errors(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per-master standard errors from the pixel's noise pooled over all masters.
+
+    Parameters
+    ----------
+    noise : numpy.ndarray, shape (M, ...)
+        Per-pixel sample standard deviation of each master's inputs [adu].
+    count : numpy.ndarray, shape (M, ...)
+        Samples combined per pixel.
+
+    Returns
+    -------
+    numpy.ndarray, shape (M, ...)
+        ``noise_pool / sqrt(count)`` (NaN where no master has two samples).
+    """
+    dof = np.where(np.isfinite(noise) & (count > 1), count - 1.0, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = np.sqrt(np.nansum(dof * np.where(dof > 0, noise, 0.0) ** 2, axis=0)
+                         / dof.sum(axis=0))
+        return pooled[None] / np.sqrt(np.where(count > 0, count, np.nan))
+
+
+@dataclass
+class CrossValidation:
+    """Leave-one-temperature-out prediction of each master from the others.
+
+    Attributes
+    ----------
+    temperatures : numpy.ndarray
+        [degC] of each held-out master.
+    residual : numpy.ndarray, shape (M, H, W)
+        Held-out master minus its prediction [adu] (NaN where not predictable).
+    sigma : numpy.ndarray, shape (M, H, W)
+        Predicted one-sigma error of that residual (master error and prediction
+        error in quadrature, scaled by ``err_scale``) [adu].
+    master : numpy.ndarray, shape (M, H, W)
+        The held-out masters [adu].
+    """
+
+    temperatures: np.ndarray
+    residual: np.ndarray
+    sigma: np.ndarray
+    master: np.ndarray
+
+    def summary(self, valid: np.ndarray | None = None) -> pd.DataFrame:
+        """One row per held-out temperature: MAE, MAPE, pull mean and std, over ``valid`` pixels."""
+        rows = []
+        for k, t in enumerate(self.temperatures):
+            ok = np.isfinite(self.residual[k]) & np.isfinite(self.sigma[k])
+            if valid is not None:
+                ok &= valid
+            r, s, m = self.residual[k][ok], self.sigma[k][ok], self.master[k][ok]
+            pull = r / s
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ape = 100 * np.abs(r / m)
+            rows.append({"TEMP": float(t), "NPIX": int(ok.sum()),
+                         "MAE_MEAN": float(np.mean(np.abs(r))) if r.size else math.nan,
+                         "MAE_STD": float(np.std(np.abs(r))) if r.size else math.nan,
+                         "MAPE_MEAN": float(np.nanmean(ape)) if r.size else math.nan,
+                         "MAPE_STD": float(np.nanstd(ape)) if r.size else math.nan,
+                         "PULL_MEAN": float(np.mean(pull)) if r.size else math.nan,
+                         "PULL_STD": float(np.std(pull)) if r.size else math.nan,
+                         "SIGMA_MEDIAN": float(np.median(s)) if r.size else math.nan})
+        return pd.DataFrame(rows)
+
+
+def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float = 1e-3,
+                   slope_nsigma: float = 5.0, exclude: np.ndarray | None = None,
+                   cross_validate: bool = True, adc_bits: int = adu.DEFAULT_ADC_BITS,
+                   inputs: pd.DataFrame | None = None
+                   ) -> tuple[BiasModel, CrossValidation | None]:
+    """Fit ``bias = A + B (T - t_ref)`` per pixel and (optionally) cross-validate it.
+
+    Parameters
+    ----------
+    stack : MasterStack
+        Bias masters and their temperatures; at least two distinct temperatures.
+    t_ref : float, optional
+        [degC] reference temperature of A. Default 0 (A is the bias at 0 degC,
+        as in the old ``bias_a_map``).
+    chi2_pvalue : float, optional
+        Pixels whose chi-square has a smaller p-value are flagged non-linear.
+    slope_nsigma : float, optional
+        Pixels whose slope is further than this many robust sigma from the
+        median slope, and significantly so, are flagged.
+    exclude : numpy.ndarray of bool, optional
+        User mask (e.g. hot pixels): True pixels get NaN A and B and :data:`MASK_NOFIT`.
+    cross_validate : bool, optional
+        Also predict every master from the others (needs three temperatures).
+
+    Returns
+    -------
+    (BiasModel, CrossValidation or None)
+
+    Raises
+    ------
+    UserError
+        Fewer than two distinct temperatures, or an ``exclude`` mask of the wrong shape.
+    """
+    temps = stack.temperatures
+    distinct = np.unique(np.round(temps, 3))
+    if distinct.size < 2:
+        raise UserError(f"bias frames at a single temperature ({distinct[0]:g} degC): a bias(T) "
+                        "model needs at least two; add bias frames at other temperatures")
+    height, width = stack.shape
+    if exclude is not None and exclude.shape != (height, width):
+        raise UserError(f"hot-pixel mask is {exclude.shape[1]}x{exclude.shape[0]} but the bias "
+                        f"frames are {width}x{height}; give a mask of this sensor")
+    m = temps.size
+    out = {name: np.full((height, width), np.nan, np.float32)
+           for name in ("a", "b", "sa", "sb", "cov", "chi2")}
+    npts = np.zeros((height, width), np.int16)
+    do_cv = cross_validate and m >= 3
+    if do_cv:
+        cv_res = np.full((m, height, width), np.nan, np.float32)
+        cv_var = np.full((m, height, width), np.nan, np.float32)
+        cv_master = np.full((m, height, width), np.nan, np.float32)
+    for start in range(0, height, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, height)
+        data, noise, count = stack.read_block(start, stop)
+        sigma = pooled_errors(noise, count)
+        sigma = np.where(np.isfinite(data), sigma, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fit = fit_line_per_pixel(temps, data, sigma, x_ref=t_ref)
+        rows = slice(start, stop)
+        out["a"][rows], out["b"][rows] = fit.intercept, fit.slope
+        out["sa"][rows], out["sb"][rows] = fit.intercept_err, fit.slope_err
+        out["cov"][rows], out["chi2"][rows] = fit.covariance, fit.chi2
+        npts[rows] = (np.isfinite(data) & np.isfinite(sigma) & (sigma > 0)).sum(0)
+        if do_cv:
+            cv_master[:, rows] = data
+            for k in range(m):
+                keep = np.arange(m) != k
+                if np.unique(np.round(temps[keep], 3)).size < 2:
+                    continue
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    part = fit_line_per_pixel(temps[keep], data[keep], sigma[keep], x_ref=t_ref)
+                cv_res[k, rows] = data[k] - part.predict(temps[k])
+                cv_var[k, rows] = sigma[k] ** 2 + part.predict_err(temps[k]) ** 2
+
+    # one error scale for the frame: median reduced chi-square over its expected median
+    dof = npts.astype(float) - 2
+    good = np.isfinite(out["chi2"]) & (dof > 0)
+    err_scale = 1.0
+    if good.sum() >= 10:
+        common = int(np.median(dof[good]))
+        sel = good & (dof == common)
+        err_scale = math.sqrt(float(np.median(out["chi2"][sel])) / chi2_median_ratio(common))
+        if err_scale > 1.5:
+            logger.warning("bias model: median reduced chi-square is %.2f times its expected "
+                           "value; a straight line does not describe most pixels (errors scaled "
+                           "by %.2f)", err_scale ** 2, err_scale)
+    s = np.float32(err_scale)
+    sigma_a, sigma_b, cov = out["sa"] * s, out["sb"] * s, out["cov"] * s * s
+    chi2 = out["chi2"] / (s * s)
+
+    mask = np.zeros((height, width), np.uint8)
+    mask[npts < 2] |= MASK_NOFIT
+    with np.errstate(invalid="ignore"):
+        pvalue = np.where(good, sps.chi2.sf(chi2 * dof, np.maximum(dof, 1)), 1.0)
+    mask[pvalue < chi2_pvalue] |= MASK_NONLINEAR
+    b = out["b"]
+    finite_b = np.isfinite(b) & (mask == 0)
+    if finite_b.sum() >= 10:
+        centre = float(np.median(b[finite_b]))
+        spread = 1.482602218505602 * float(np.median(np.abs(b[finite_b] - centre)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            far = np.abs(b - centre) > slope_nsigma * max(spread, 1e-12)
+            significant = np.abs(b - centre) > slope_nsigma * sigma_b
+        mask[far & significant] |= MASK_SLOPE
+    a = out["a"]
+    if exclude is not None:
+        exclude = exclude.astype(bool)
+        a, b = a.copy(), b.copy()
+        a[exclude] = np.nan
+        b[exclude] = np.nan
+        mask[exclude] |= MASK_NOFIT
+    table = inputs if inputs is not None else pd.DataFrame(
+        {"PATH": [p.name for p in stack.paths], "TEMP": temps})
+    model = BiasModel(a=a, b=b, sigma_a=sigma_a, sigma_b=sigma_b, cov_ab=cov, chi2dof=chi2,
+                      npts=npts, mask=mask, t_ref=float(t_ref), t_min=float(temps.min()),
+                      t_max=float(temps.max()), err_scale=err_scale, adc_bits=adc_bits,
+                      inputs=table)
+    cv = None
+    if do_cv:
+        cv = CrossValidation(temperatures=temps.copy(), residual=cv_res,
+                             sigma=np.sqrt(cv_var) * s, master=cv_master)
+    return model, cv
+
+
+__all__ = ["BiasModel", "MasterStack", "CrossValidation", "fit_bias_model", "pooled_errors",
+           "chi2_median_ratio", "MASK_NONLINEAR", "MASK_SLOPE", "MASK_NOFIT", "EXTENSIONS"]

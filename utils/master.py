@@ -1,0 +1,134 @@
+"""One master file from one calibration set: combine, write, and skip it when unchanged.
+
+A master records in ``INHASH`` a hash of its input paths, the combination
+settings and whatever was subtracted; a re-run whose inputs and settings are
+the same finds a complete file with the same hash and does not rebuild it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+from astropy.io import fits
+
+from . import adu
+from . import headers as kw
+from .fitsio import is_complete_fits, read_header
+from .settings import field
+from .stacking import METHODS, combine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CombineSettings:
+    """How the frames of one set are combined (see :func:`utils.stacking.combine`)."""
+
+    method: str = field("sigclip", "combination: sigclip, median or mean")
+    sigma_low: float = field(3.0, "[sigma] lower clipping threshold")
+    sigma_high: float = field(3.0, "[sigma] upper clipping threshold")
+    maxiters: int = field(5, "largest number of clipping iterations")
+    min_accepted: int = field(3, "pixels with fewer accepted samples are masked")
+    memory_limit: float = field(1e9, "[byte] working-memory budget of one combination")
+    workers: int = field(2, "threads of one combination")
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.sigma_low <= 0 or self.sigma_high <= 0 or self.min_accepted < 1:
+            raise ValueError("sigma thresholds must be > 0 and min_accepted >= 1")
+        if self.memory_limit < 1e6 or self.workers < 1:
+            raise ValueError("memory_limit must be >= 1e6 byte and workers >= 1")
+
+
+def inputs_hash(paths: Sequence[str | os.PathLike], settings, *refs) -> str:
+    """Short hash of the input paths, the combination settings and extra references."""
+    digest = hashlib.sha1()
+    for p in sorted(str(p) for p in paths):
+        digest.update(p.encode())
+        digest.update(b"\0")
+    digest.update(repr((settings.method, settings.sigma_low, settings.sigma_high,
+                        settings.maxiters, settings.min_accepted, refs)).encode())
+    return digest.hexdigest()[:16]
+
+
+def existing_product(path: str | os.PathLike, digest: str) -> fits.Header | None:
+    """Header of a complete product at ``path`` made from the same inputs, else None."""
+    if not is_complete_fits(path):
+        return None
+    header = read_header(path)
+    return header if header.get(kw.INHASH) == digest else None
+
+
+def adc_bits_of(rows: pd.DataFrame) -> int:
+    """Converter bits of a set of index rows (from their ``ADUSCALE``)."""
+    scale = pd.to_numeric(rows["ADUSCALE"], errors="coerce").dropna() if "ADUSCALE" in rows \
+        else pd.Series(dtype=float)
+    if scale.empty:
+        return adu.DEFAULT_ADC_BITS
+    return adu.STORED_BITS - int(round(math.log2(float(scale.iloc[0]))))
+
+
+def frame_metadata(rows: pd.DataFrame) -> list[dict]:
+    """Per-frame ``TEMP``/``EXPTIME`` for the master's header statistics and INPUTS table."""
+    return [{kw.TEMP: t, kw.EXPTIME: e} for t, e in zip(rows["TEMP"], rows["EXPTIME"])]
+
+
+def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSettings, *,
+                unit: str = adu.UNIT, product: str = "MASTER", subtract=None, scale=None,
+                extra: dict | None = None, refs: tuple = (),
+                progress_bar: bool = False) -> tuple[fits.Header, bool]:
+    """Combine the frames of ``rows`` into ``path`` unless an identical master exists.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        Index rows of the set (``PATH, TEMP, EXPTIME``, optionally ``ADUSCALE``).
+    path : path-like
+        Destination file.
+    settings : CombineSettings
+        Combination settings.
+    unit : str, optional
+        ``BUNIT`` of the master.
+    product : str, optional
+        ``PRODUCT`` card, e.g. ``MASTER_BIAS``.
+    subtract, scale : optional
+        Passed to :func:`utils.stacking.combine`.
+    extra : dict, optional
+        Header cards ``{key: value or (value, comment)}``.
+    refs : tuple, optional
+        Identities of what was subtracted (part of the hash).
+
+    Returns
+    -------
+    (astropy.io.fits.Header, bool)
+        The master's primary header, and whether it was (re)written.
+    """
+    paths = rows["PATH"].astype(str).tolist()
+    digest = inputs_hash(paths, settings, *refs)
+    header = existing_product(path, digest)
+    if header is not None:
+        return header, False
+    bits = adc_bits_of(rows)
+    result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
+                     sigma_high=settings.sigma_high, maxiters=settings.maxiters,
+                     min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
+                     saturation=adu.saturation_level(bits), memory_limit=settings.memory_limit,
+                     workers=settings.workers, metadata=frame_metadata(rows), product=product,
+                     progress_bar=progress_bar)
+    cards = dict(extra or {})
+    cards[kw.INHASH] = (digest, "hash of inputs and settings")
+    for name, value, comment in adu.scaling_cards(bits):
+        cards.setdefault(name, (value, comment))
+    written = result.write(path, unit=unit, extra_header=cards)
+    return read_header(written), True
+
+
+__all__ = ["CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
+           "make_master"]

@@ -1,0 +1,187 @@
+"""Read noise from differences of consecutive frames, free of fixed pattern.
+
+Two bias frames taken one after the other share the fixed pattern (pixel
+offsets, row and column structure) and almost the same temperature; their
+difference holds only temporal noise, ``sqrt(2)`` times the read noise.
+Frames are paired without overlap, ``(0, 1), (2, 3), ...`` in frame order
+within an attempt, so pairs are independent.  The difference's frame-wide
+median is removed first: it is a common offset (a small temperature drift),
+not noise.
+
+Per pixel the variance is ``sum(d**2) / (2 n)`` over its ``n`` pairs, a
+chi-square estimate with ``n`` degrees of freedom.  The sensor's read noise
+is reported as the *typical* pixel's: the median of those variances divided
+by the median of ``chi2_n / n`` (so the estimator is unbiased for a Gaussian
+pixel), square-rooted; its standard error is that of a median,
+``1.2533 x robust spread / sqrt(pixels)``.  The root-mean-square over pixels
+(noisy pixels included) is reported next to it.
+
+Frames are read two at a time: memory does not grow with their number.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import FrameError
+from .fitsio import read_image
+from .progress import progress
+from .stats import MAD_TO_STD
+
+logger = logging.getLogger(__name__)
+
+
+def frame_pairs(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """Non-overlapping consecutive pairs ``(0, 1), (2, 3)...`` of frames, within each attempt.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        Index rows with ``PATH`` and, when known, ``ATTEMPT``, ``FRAMENUM``, ``TIMESTAMP``.
+
+    Returns
+    -------
+    list of (str, str)
+    """
+    table = rows.copy()
+    for column in ("ATTEMPT", "FRAMENUM", "TIMESTAMP"):
+        if column not in table:
+            table[column] = np.nan
+    table["ATTEMPT"] = table["ATTEMPT"].astype(object).where(table["ATTEMPT"].notna(), "")
+    pairs = []
+    for _, part in table.groupby("ATTEMPT", sort=True):
+        part = part.sort_values(["FRAMENUM", "TIMESTAMP", "PATH"], na_position="last")
+        paths = part["PATH"].astype(str).tolist()
+        pairs.extend(zip(paths[0::2], paths[1::2]))
+    return pairs
+
+
+@dataclass
+class ReadNoise:
+    """Per-pixel read noise and its summary.
+
+    Attributes
+    ----------
+    variance : numpy.ndarray
+        Per-pixel variance estimate [adu^2] (NaN where no pair was usable).
+    npairs : int
+        Frame pairs used.
+    median : float
+        Read noise of the typical pixel [adu] (see module notes).
+    median_err : float
+        Standard error of ``median`` [adu].
+    rms : float
+        Root of the mean variance over pixels (noisy pixels included) [adu].
+    """
+
+    variance: np.ndarray
+    npairs: int
+    median: float
+    median_err: float
+    rms: float
+
+    @property
+    def map(self) -> np.ndarray:
+        """Per-pixel read noise [adu], float32."""
+        return np.sqrt(self.variance).astype(np.float32)
+
+    @property
+    def map_err(self) -> np.ndarray:
+        """One-sigma error of :attr:`map` [adu]: ``sigma / sqrt(2 n)`` for n pairs."""
+        return (self.map / math.sqrt(2 * max(self.npairs, 1))).astype(np.float32)
+
+
+class ReadNoiseAccumulator:
+    """Streams frame pairs into per-pixel sums of squared differences."""
+
+    def __init__(self):
+        self.sum_sq: np.ndarray | None = None
+        self.npairs = 0
+        self.skipped: list[str] = []
+
+    def add(self, first: np.ndarray, second: np.ndarray) -> None:
+        """Add one pair of frames (any numeric dtype) [adu]."""
+        diff = first.astype(np.float64) - second.astype(np.float64)
+        diff -= np.median(diff)
+        if self.sum_sq is None:
+            self.sum_sq = np.zeros(diff.shape, np.float64)
+        self.sum_sq += diff * diff
+        self.npairs += 1
+
+    def merge(self, other: "ReadNoiseAccumulator") -> None:
+        """Add another accumulator's pairs (e.g. pool temperature bins)."""
+        if other.sum_sq is None:
+            return
+        if self.sum_sq is None:
+            self.sum_sq = np.zeros_like(other.sum_sq)
+        self.sum_sq += other.sum_sq
+        self.npairs += other.npairs
+        self.skipped += other.skipped
+
+    def result(self) -> ReadNoise | None:
+        """The read noise of the pairs added, or None without any pair."""
+        if self.sum_sq is None or self.npairs == 0:
+            return None
+        from .bias_model import chi2_median_ratio
+
+        variance = (self.sum_sq / (2 * self.npairs)).astype(np.float32)
+        finite = variance[np.isfinite(variance)]
+        centre = float(np.median(finite)) / chi2_median_ratio(self.npairs)
+        median = math.sqrt(centre)
+        spread = MAD_TO_STD * float(np.median(np.abs(finite - np.median(finite))))
+        var_err = 1.2533 * spread / math.sqrt(finite.size) / chi2_median_ratio(self.npairs)
+        return ReadNoise(variance=variance, npairs=self.npairs, median=median,
+                         median_err=var_err / (2 * median) if median > 0 else math.nan,
+                         rms=math.sqrt(float(np.mean(finite))))
+
+
+def read_noise(pairs: Iterable[tuple[str, str]], *, progress_bar: bool = False,
+               desc: str = "read noise") -> ReadNoiseAccumulator:
+    """Accumulate frame pairs from files, two frames in memory at a time.
+
+    A pair with an unreadable frame or a shape different from the first pair's
+    is skipped with a warning naming the file (listed in ``skipped``).
+    """
+    acc = ReadNoiseAccumulator()
+    pairs = list(pairs)
+    for first, second in progress(pairs, desc=desc, enabled=progress_bar):
+        try:
+            a, _ = read_image(first)
+            b, _ = read_image(second)
+        except FrameError as err:
+            logger.warning("%s; pair skipped from the read noise", err)
+            acc.skipped.append(str(err.path))
+            continue
+        if a.shape != b.shape or (acc.sum_sq is not None and a.shape != acc.sum_sq.shape):
+            logger.warning("%s and %s: shapes differ; pair skipped from the read noise",
+                           first, second)
+            acc.skipped.append(str(second))
+            continue
+        acc.add(a, b)
+    return acc
+
+
+def read_noise_table(results: Sequence[tuple[float, ReadNoise | None]],
+                     to_electrons: float | None = None) -> pd.DataFrame:
+    """One row per temperature bin: ``TBIN, NPAIRS, RN_MEDIAN, RN_MEDIAN_ERR, RN_RMS`` [adu]
+    (and ``*_E`` [e-] when ``to_electrons`` e-/adu is given)."""
+    rows = []
+    for temperature, rn in results:
+        if rn is None:
+            continue
+        row = {"TBIN": temperature, "NPAIRS": rn.npairs, "RN_MEDIAN": rn.median,
+               "RN_MEDIAN_ERR": rn.median_err, "RN_RMS": rn.rms}
+        if to_electrons:
+            row.update(RN_MEDIAN_E=rn.median * to_electrons,
+                       RN_MEDIAN_ERR_E=rn.median_err * to_electrons, RN_RMS_E=rn.rms * to_electrons)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+__all__ = ["ReadNoise", "ReadNoiseAccumulator", "frame_pairs", "read_noise", "read_noise_table"]
