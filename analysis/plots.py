@@ -9,18 +9,11 @@ import numpy as np
 import pandas as pd
 
 from utils.grouping import text_column
+from utils.plotting import finish_axes, new_axes
 
 
 def _axes(ax, ncols: int = 1, figsize=(6.4, 4.2)):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if ax is not None:
-        return ax
-    _, ax = plt.subplots(1, ncols, figsize=figsize, layout="constrained")
-    return ax
+    return new_axes(ax, ncols=ncols, figsize=figsize)
 
 
 def _built(masters: pd.DataFrame, caltype: str) -> pd.DataFrame:
@@ -29,14 +22,7 @@ def _built(masters: pd.DataFrame, caltype: str) -> pd.DataFrame:
                    & masters["STATUS"].isin(["written", "existing"])]
 
 
-def _finish(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    if legend:
-        ax.legend(fontsize="small")
-    return ax
+_finish = finish_axes
 
 
 def _stage_label(stage, dose) -> str:

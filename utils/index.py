@@ -396,6 +396,50 @@ class DatasetIndex:
         return DatasetIndex(self.table[~self.table["BADFITS"].to_numpy(dtype=bool)])
 
 
+def load_frames(basepath: str | os.PathLike, cache: str | os.PathLike | None = None, *,
+                settings: IndexSettings = IndexSettings(),
+                progress_bar: bool = False) -> DatasetIndex:
+    """The frames a pipeline works on: an index CSV, or every FITS frame below a folder.
+
+    Frame types of a folder come from each header (``CALTYPE``, else
+    ``IMAGETYP``, else ``EXPTIME``), never from folder names.  Products of this
+    toolkit found below the folder (masters, models) are not frames and are
+    left out.
+
+    Parameters
+    ----------
+    basepath : path-like
+        An index CSV (from ``python -m utils.index_dataset``) or a folder of
+        converted FITS frames.
+    cache : path-like, optional
+        Where to keep the index of a folder (e.g. ``OUT/index.csv``); a re-run
+        reuses the rows of unchanged frames instead of reading them again.
+    settings : IndexSettings, optional
+        Index thresholds.
+    progress_bar : bool, optional
+        Show a progress bar while indexing.
+
+    Raises
+    ------
+    InputPathError
+        ``basepath`` does not exist or holds no FITS frame.
+    TableError
+        The CSV is not an index.
+    """
+    basepath = Path(basepath)
+    if basepath.is_file():
+        return DatasetIndex.from_csv(basepath)
+    if not basepath.is_dir():
+        raise InputPathError(f"{basepath}: no such folder or index CSV; give the folder of "
+                             "converted FITS frames or an index from utils.index_dataset")
+    table = build_index([("", basepath)], settings=settings, previous=cache,
+                        progress_bar=progress_bar)
+    if cache is not None:
+        write_index(table, cache)
+        return DatasetIndex.from_csv(cache)
+    return DatasetIndex(table)
+
+
 def _truthy(value) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -419,4 +463,4 @@ def parse_stage(text: str) -> str:
 
 __all__ = ["DatasetIndex", "IndexSettings", "build_index", "write_index", "infer_stage",
            "infer_vacuum", "infer_dose", "discover_sections", "section_type", "INDEX_COLUMNS",
-           "STAGES", "CALTYPES", "stage_order", "parse_stage"]
+           "STAGES", "CALTYPES", "stage_order", "parse_stage", "load_frames"]

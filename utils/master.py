@@ -47,6 +47,30 @@ class CombineSettings:
             raise ValueError("memory_limit must be >= 1e6 byte and workers >= 1")
 
 
+def add_combine_options(parser, defaults: CombineSettings = CombineSettings()) -> None:
+    """Command-line options of :class:`CombineSettings` (``--method --sigma --memory-limit
+    --workers``)."""
+    parser.add_argument("--method", choices=list(METHODS), default=defaults.method,
+                        help="combination of the frames of one set")
+    parser.add_argument("--sigma", type=float, default=defaults.sigma_high,
+                        help="[sigma] clipping threshold (both sides)")
+    parser.add_argument("--memory-limit", type=float, default=defaults.memory_limit,
+                        help="[byte] working-memory budget of one combination")
+    parser.add_argument("--workers", type=int, default=defaults.workers,
+                        help="threads per combination")
+
+
+def combine_settings(args) -> CombineSettings:
+    """Validated :class:`CombineSettings` from parsed options (ConfigError when invalid)."""
+    from .errors import ConfigError
+
+    try:
+        return CombineSettings(method=args.method, sigma_low=args.sigma, sigma_high=args.sigma,
+                               memory_limit=args.memory_limit, workers=args.workers)
+    except ValueError as err:
+        raise ConfigError(f"invalid option: {err}") from err
+
+
 def inputs_hash(paths: Sequence[str | os.PathLike], settings, *refs) -> str:
     """Short hash of the input paths, the combination settings and extra references."""
     digest = hashlib.sha1()
@@ -130,5 +154,7 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     return read_header(written), True
 
 
-__all__ = ["CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
+__all__ = [
+    "add_combine_options",
+    "combine_settings","CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
            "make_master"]

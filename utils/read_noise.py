@@ -10,10 +10,11 @@ not noise.
 
 Per pixel the variance is ``sum(d**2) / (2 n)`` over its ``n`` pairs, a
 chi-square estimate with ``n`` degrees of freedom.  The sensor's read noise
-is reported as the *typical* pixel's: the median of those variances divided
-by the median of ``chi2_n / n`` (so the estimator is unbiased for a Gaussian
-pixel), square-rooted; its standard error is that of a median,
-``1.2533 x robust spread / sqrt(pixels)``.  The root-mean-square over pixels
+is reported as the *typical* pixel's: the mean variance of the pixels below
+the 99.9 % point of the chi-square scatter about the median variance (pixels
+with excess noise are left out; the truncation of the chi-square tail is
+corrected), square-rooted; its standard error comes from the scatter of
+those variances, ``std / sqrt(pixels)``.  The root-mean-square over pixels
 (noisy pixels included) is reported next to it.
 
 Frames are read two at a time: memory does not grow with their number.
@@ -28,11 +29,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from .errors import FrameError
 from .fitsio import read_image
 from .progress import progress
-from .stats import MAD_TO_STD
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +132,18 @@ class ReadNoiseAccumulator:
         from .bias_model import chi2_median_ratio
 
         variance = (self.sum_sq / (2 * self.npairs)).astype(np.float32)
-        finite = variance[np.isfinite(variance)]
-        centre = float(np.median(finite)) / chi2_median_ratio(self.npairs)
+        finite = variance[np.isfinite(variance)].astype(np.float64)
+        # typical pixel: mean variance of the pixels below the 99.9 % point of a chi-square
+        # scatter about the median (excess-noise pixels out; a mean, unlike a median, does not
+        # snap to the lattice of values that 12-bit steps leave in the variances)
+        n = self.npairs
+        cut = float(np.median(finite)) / chi2_median_ratio(n) * sps.chi2.ppf(0.999, n) / n
+        core = finite[finite <= cut]
+        # E[X | X < a] = sigma^2 P(chi2_{n+2} < a) / P(chi2_n < a) for X = sigma^2 chi2_n / n
+        a = sps.chi2.ppf(0.999, n)
+        centre = float(np.mean(core)) * 0.999 / sps.chi2.cdf(a, n + 2) if core.size else math.nan
         median = math.sqrt(centre)
-        spread = MAD_TO_STD * float(np.median(np.abs(finite - np.median(finite))))
-        var_err = 1.2533 * spread / math.sqrt(finite.size) / chi2_median_ratio(self.npairs)
+        var_err = float(np.std(core)) / math.sqrt(core.size) if core.size > 1 else math.nan
         return ReadNoise(variance=variance, npairs=self.npairs, median=median,
                          median_err=var_err / (2 * median) if median > 0 else math.nan,
                          rms=math.sqrt(float(np.mean(finite))))

@@ -1,0 +1,475 @@
+"""The bias pipeline: masters per temperature, per-pixel bias(T) model, read noise, evaluation.
+
+:func:`run` states the order once.  Every product is written atomically;
+masters whose inputs are unchanged are not rebuilt on a re-run.
+
+Products (``OUT``)::
+
+    bias_model.fits                        A (primary, UNCERT, MASK), B, SIGMA_A, SIGMA_B,
+                                           COV_AB, CHI2DOF, NPTS, INPUTS
+    bias_model/bias_a_map.fits, bias_b_map.fits   the old names: A and B with their errors
+    bias_grouped_by_temp/master_bias_<T>C.fits    sigma-clipped masters per temperature bin
+    bias_masks_by_temp/synthetic_bias_<T>C.fits   with --generate-set
+    read_noise.fits, read_noise.csv        per-pixel read noise and per-bin summary
+    evaluation/evaluation_summary.csv|png  leave-one-temperature-out MAE, MAPE, pulls
+    evaluation/{real_bias,synthetic_bias,mae,mape}_<T>C.png (+ .fits with --save-eval-fits)
+    plots/*.png                            maps of A and B, histogram of B, pixel fits,
+                                           read-noise map
+    masters.csv, excluded_frames.csv, summary.json, config_used.json, index.csv
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from utils import adu
+from utils import headers as kw
+from utils.bias_model import (BiasModel, CrossValidation, MasterStack, fit_bias_model,
+                              pooled_errors)
+from utils.errors import InputPathError, UserError
+from utils.fitsio import (provenance_cards, read_image, save_figure, set_card, write_csv,
+                          write_product, write_text)
+from utils.grouping import GroupKey, calibration_groups
+from utils.index import DatasetIndex, load_frames
+from utils.master import CombineSettings, adc_bits_of, existing_product, inputs_hash, make_master
+from utils.read_noise import ReadNoiseAccumulator, frame_pairs, read_noise, read_noise_table
+from utils.settings import dump_settings, field
+
+from . import plots
+from .generate_bias import synthetic_bias_path, write_synthetic_bias
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BiasSettings:
+    """Settings of one bias-pipeline run (written to ``config_used.json``)."""
+
+    temp_bin: float = field(1.0, "[degC] largest temperature span of one master")
+    t_ref: float = field(0.0, "[degC] reference temperature of the A map")
+    chi2_pvalue: float = field(1e-3, "pixels whose straight-line fit has a smaller chi-square "
+                                     "p-value are flagged non-linear")
+    slope_nsigma: float = field(5.0, "[sigma] slope outliers flagged beyond this robust z")
+    gain: float | None = field(None, "[e-/ADC count] gain for electron units (none: ADU only)")
+    stage: str = field("", "irradiation stage to use when the frames hold several")
+    hot_pixel_mask: str = field("", "boolean FITS; True pixels get no model (NaN A and B)")
+    generate_set: bool = field(False, "write a synthetic bias at every master temperature")
+    save_eval_fits: bool = field(False, "also write the evaluation maps as FITS")
+    pixels_to_plot: int = field(4, "pixels shown in the bias-vs-temperature figure")
+    combine: CombineSettings = field(CombineSettings(), "combination of each master",
+                                     )
+
+    def __post_init__(self):
+        if not self.temp_bin > 0:
+            raise ValueError(f"temp_bin must be > 0 degC, got {self.temp_bin}")
+        if not 0 < self.chi2_pvalue < 1 or not self.slope_nsigma > 0:
+            raise ValueError("chi2_pvalue must be within (0, 1) and slope_nsigma > 0")
+        if self.gain is not None and not self.gain > 0:
+            raise ValueError(f"gain must be > 0 e-/ADC count, got {self.gain}")
+
+
+@dataclass
+class BiasMaster:
+    """One master of the run."""
+
+    temperature: float      # [degC] bin label
+    tavg: float             # [degC] mean temperature of its frames
+    path: Path
+    ncombine: int
+    written: bool
+    rows: pd.DataFrame = dc_field(repr=False, default_factory=pd.DataFrame)
+
+
+@dataclass
+class BiasResult:
+    """What a run produced."""
+
+    out_dir: Path
+    masters: list[BiasMaster]
+    model: BiasModel | None
+    summary: dict
+    files: list[Path]
+
+    def summary_line(self) -> str:
+        """One line: what was written where."""
+        s = self.summary
+        rn = s.get("read_noise_adu")
+        text = (f"bias pipeline: {s['n_frames']} frames -> {len(self.masters)} masters "
+                f"({s['temperatures_degC'][0]:.1f}..{s['temperatures_degC'][-1]:.1f} degC)")
+        if self.model is not None:
+            text += (f", model median B {s['b_median_adu_per_degC']:.3f} adu/degC "
+                     f"(ERRSCALE {s['err_scale']:.2f})")
+        if rn is not None:
+            text += f", read noise {rn:.2f} adu"
+        return text + f"; {len(self.files)} files in {self.out_dir}"
+
+
+# --- frames ---------------------------------------------------------------------------------------
+
+def select_bias_frames(index: DatasetIndex, stage: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Usable bias frames of one stage, and the bias frames left out with their reason.
+
+    Raises
+    ------
+    UserError
+        No bias frame, several stages without ``stage``, or frames of different shapes.
+    """
+    table = index.table
+    bias = table[table["CALTYPE"] == "BIAS"].copy()
+    if bias.empty:
+        types = ", ".join(f"{c or '?'}: {n}" for c, n in table["CALTYPE"].value_counts().items())
+        raise InputPathError(f"no bias frames among {len(table)} frames ({types}); bias frames "
+                             "are recognised from CALTYPE/IMAGETYP or EXPTIME in their headers")
+    stages = sorted(set(bias["STAGE"].astype(str)) - {""})
+    if stage:
+        bias = bias[bias["STAGE"] == stage]
+        if bias.empty:
+            raise UserError(f"no bias frames of stage '{stage}' (stages present: "
+                            f"{', '.join(stages) or 'none'})")
+    elif len(stages) > 1:
+        raise UserError(f"bias frames of several stages ({', '.join(stages)}); choose one "
+                        "with --stage")
+    reasons = pd.Series("", index=bias.index, dtype=object)
+    reasons[bias["BADFITS"].astype(bool)] = ("BADFITS: " + bias["REASON"].astype(object)
+                                             .fillna("").astype(str))
+    reasons[(reasons == "") & bias["TEMP"].isna()] = \
+        "no sensor temperature (TEMP); fix the temperature log and re-convert"
+    excluded = bias[reasons != ""].assign(REASON=reasons[reasons != ""])
+    for _, row in excluded.iterrows():
+        logger.warning("%s: left out of the bias pipeline (%s)", row["PATH"], row["REASON"])
+    good = bias[reasons == ""]
+    if good.empty:
+        raise UserError(f"all {len(bias)} bias frames are unusable (see excluded_frames.csv); "
+                        "first reason: " + str(excluded["REASON"].iloc[0]))
+    shapes = good.groupby(["NAXIS1", "NAXIS2"]).size()
+    if len(shapes) > 1:
+        detail = ", ".join(f"{int(w)}x{int(h)}: {n} frames" for (w, h), n in shapes.items())
+        raise UserError(f"bias frames of different shapes ({detail}); give frames of one "
+                        "sensor mode (an index filtered to one shape, or one folder)")
+    return good, excluded[["PATH", "CALTYPE", "TEMP", "REASON"]]
+
+
+def temperature_sets(rows: pd.DataFrame, temp_bin: float) -> list[tuple[GroupKey, pd.DataFrame]]:
+    """Bias frames split into temperature bins (one master each)."""
+    return [(k, part) for k, part in calibration_groups(rows, temp_width=temp_bin)
+            if k.caltype == "BIAS"]
+
+
+#: Folder of the masters below the output folder (the old layout's name).
+MASTER_FOLDER = "bias_grouped_by_temp"
+
+
+def master_file(folder: Path, temperature: float) -> Path:
+    """``<folder>/master_bias_<T:.1f>C.fits``."""
+    return Path(folder) / f"master_bias_{temperature:.1f}C.fits"
+
+
+def build_masters(sets, folder: Path, settings: CombineSettings, *,
+                  progress_bar: bool = False) -> list[BiasMaster]:
+    """One sigma-clipped master per temperature bin in ``folder`` (skipped when unchanged)."""
+    masters = []
+    for key, rows in sets:
+        path = master_file(folder, key.temperature)
+        header, written = make_master(
+            rows, path, settings, product="MASTER_BIAS", progress_bar=progress_bar,
+            extra={kw.CALTYPE: ("BIAS", "calibration type"),
+                   kw.IMAGETYP: ("MASTER BIAS", "frame type"),
+                   kw.TBIN: (key.temperature, "[degC] temperature bin label")})
+        tavg = kw.get_float(header, kw.TAVG, key.temperature)
+        masters.append(BiasMaster(key.temperature, tavg, path, int(header.get(kw.NCOMBINE, 0)),
+                                  written, rows))
+        logger.info("%s master bias %.1f degC (%d frames): %s",
+                    "wrote" if written else "kept", key.temperature, len(rows), path.name)
+    return masters
+
+
+# --- read noise -----------------------------------------------------------------------------------
+
+def measure_read_noise(masters: list[BiasMaster], out_dir: Path, gain: float | None,
+                       adc_bits: int, *, progress_bar: bool = False):
+    """Read noise per temperature bin and pooled, from consecutive frame pairs.
+
+    Returns ``(pooled ReadNoise or None, table, path or None)``; the map is
+    written to ``read_noise.fits`` (skipped when its pairs are unchanged).
+    """
+    path = out_dir / "read_noise.fits"
+    per_bin, pooled = [], ReadNoiseAccumulator()
+    all_pairs = {m.temperature: frame_pairs(m.rows) for m in masters}
+    digest = inputs_hash([p for pairs in all_pairs.values() for pair in pairs for p in pair],
+                         CombineSettings(), "read-noise pairs")
+    e_per_adu = adu.electrons_per_adu(gain, adc_bits) if gain else None
+    cached = existing_product(path, digest)
+    if cached is not None and (out_dir / "read_noise.csv").is_file():
+        table = pd.read_csv(out_dir / "read_noise.csv")
+        data, _ = read_image(path)
+        from utils.read_noise import ReadNoise
+
+        pooled_rn = ReadNoise(variance=np.asarray(data, np.float32) ** 2,
+                              npairs=int(cached.get("NPAIRS", 0)),
+                              median=kw.get_float(cached, "RNMEDIAN"),
+                              median_err=kw.get_float(cached, "RNMEDERR"),
+                              rms=kw.get_float(cached, "RNRMS"))
+        return pooled_rn, table, path
+    for m in masters:
+        pairs = all_pairs[m.temperature]
+        acc = read_noise(pairs, progress_bar=progress_bar,
+                         desc=f"read noise {m.temperature:.1f} degC")
+        per_bin.append((m.temperature, acc.result()))
+        pooled.merge(acc)
+    rn = pooled.result()
+    table = read_noise_table(per_bin + [(math.nan, rn)], e_per_adu)
+    if rn is None:
+        logger.warning("no pair of consecutive bias frames: read noise not measured")
+        return None, table, None
+    header = fits.Header()
+    for key, value, comment in provenance_cards("READ_NOISE"):
+        set_card(header, key, value, comment)
+    for key, value, comment in (
+            ("METHOD", "pairs", "consecutive-frame differences / sqrt(2)"),
+            ("NPAIRS", rn.npairs, "frame pairs used"),
+            ("RNMEDIAN", rn.median, "[adu] read noise of the typical pixel"),
+            ("RNMEDERR", rn.median_err, "[adu] standard error of RNMEDIAN"),
+            ("RNRMS", rn.rms, "[adu] rms read noise over pixels"),
+            (kw.INHASH, digest, "hash of the frame pairs")):
+        set_card(header, key, value, comment)
+    if e_per_adu:
+        set_card(header, kw.GAINUSED, float(gain), "[e-/ADC count] gain")
+        set_card(header, "RNMEDE", rn.median * e_per_adu, "[electron] RNMEDIAN in electrons")
+    for key, value, comment in adu.scaling_cards(adc_bits):
+        set_card(header, key, value, comment)
+    write_product(path, rn.map, header, unit=adu.UNIT, uncertainty=rn.map_err,
+                  mask=~np.isfinite(rn.map))
+    return rn, table, path
+
+
+# --- model products -------------------------------------------------------------------------------
+
+def write_model_maps(model: BiasModel, folder: Path, model_file: Path) -> list[Path]:
+    """The old ``bias_a_map.fits`` and ``bias_b_map.fits``, each with its uncertainty."""
+    written = []
+    rate = f"{adu.UNIT} / deg_C"
+    for name, data, err, unit, what in (
+            ("bias_a_map.fits", model.a, model.sigma_a, adu.UNIT, f"bias at {model.t_ref:g} degC"),
+            ("bias_b_map.fits", model.b, model.sigma_b, rate, "bias temperature coefficient")):
+        header = fits.Header()
+        for key, value, comment in provenance_cards("BIAS_MODEL_MAP"):
+            set_card(header, key, value, comment)
+        set_card(header, "CONTENT", what, "bias = A + B (T - TREF)")
+        set_card(header, kw.TREF, float(model.t_ref), "[degC] reference temperature of A")
+        set_card(header, "BIASMODL", model_file.name, "full model with covariance")
+        for key, value, comment in adu.scaling_cards(model.adc_bits):
+            set_card(header, key, value, comment)
+        written.append(write_product(folder / name, data, header, unit=unit, uncertainty=err,
+                                     mask=model.mask != 0))
+    return written
+
+
+def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, save_fits: bool,
+                        labels: list[float]) -> tuple[pd.DataFrame, list[Path]]:
+    """Leave-one-temperature-out summary table, figures and (optionally) FITS maps
+    (file names use the masters' temperature-bin ``labels``)."""
+    folder = out_dir / "evaluation"
+    valid = model.mask == 0
+    table = cv.summary(valid)
+    table.insert(0, "TBIN", labels)
+    files = [write_csv(table, folder / "evaluation_summary.csv")]
+    files.append(save_figure(plots.plot_evaluation_summary(table)[0].figure,
+                             folder / "evaluation_summary.png"))
+    for k, t in enumerate(cv.temperatures):
+        real = cv.master[k]
+        synth = real - cv.residual[k]
+        mae = np.abs(cv.residual[k])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mape = 100 * np.abs(cv.residual[k] / real)
+        tag = f"{labels[k]:.1f}C"
+        for name, image, unit, label, symmetric in (
+                ("real_bias", real, adu.UNIT, "measured master", False),
+                ("synthetic_bias", synth, adu.UNIT, "predicted from the other masters", False),
+                ("mae", mae, adu.UNIT, "|measured - predicted|", False),
+                ("mape", mape, "%", "|measured - predicted| / measured", False)):
+            ax = plots.show_image(image, unit=unit, label=label, symmetric=symmetric,
+                                  title=f"{name.replace('_', ' ')} at {t:.1f} degC")
+            files.append(save_figure(ax.figure, folder / f"{name}_{tag}.png"))
+            if save_fits:
+                header = fits.Header()
+                for key, value, comment in provenance_cards("BIAS_EVALUATION"):
+                    set_card(header, key, value, comment)
+                set_card(header, kw.TEMP, float(t), "[degC] held-out master temperature")
+                set_card(header, "CONTENT", label, "leave-one-temperature-out")
+                files.append(write_product(folder / f"{name}_{tag}.fits", image, header,
+                                           unit=unit))
+    return table, files
+
+
+def _pixel_series(model: BiasModel, stack: MasterStack, count: int):
+    """Master values and errors at a few pixels: median and extreme slopes, worst fit."""
+    valid = (model.mask == 0) & np.isfinite(model.b)
+    picks: list[tuple[int, int]] = []
+    if valid.any():
+        flat = np.where(valid.ravel())[0]
+        b = model.b.ravel()[flat]
+        order = np.argsort(b)
+        for i in (order[len(order) // 2], order[0], order[-1]):
+            picks.append(np.unravel_index(flat[i], model.shape))
+    flagged = (model.mask & 1) != 0
+    if flagged.any():
+        chi = np.where(flagged, model.chi2dof, -np.inf)
+        picks.append(np.unravel_index(int(np.nanargmax(chi)), model.shape))
+    series = []
+    for row, col in dict.fromkeys(picks[:count]):
+        data, noise, ncomb = stack.read_block(row, row + 1)
+        err = pooled_errors(noise, ncomb) * model.err_scale
+        series.append(((int(row), int(col)), data[:, 0, col], err[:, 0, col]))
+    return series
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+def _load_mask(path: str) -> np.ndarray:
+    if not Path(path).is_file():
+        raise InputPathError(f"{path}: hot-pixel mask not found")
+    data, _ = read_image(path)
+    return np.asarray(data) != 0
+
+
+def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
+        settings: BiasSettings = BiasSettings(), *, progress_bar: bool = False) -> BiasResult:
+    """Run the bias pipeline on a folder of converted FITS frames or an index CSV.
+
+    Order: frames -> masters per temperature -> model fit (+ cross-validation)
+    -> model products -> read noise -> evaluation -> synthetic set -> plots ->
+    summary.
+
+    Raises
+    ------
+    UserError
+        No bias frames, one temperature only (masters are still written),
+        mismatched shapes, or a hot-pixel mask of the wrong shape.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_settings(out_dir, bias=settings, basepath=str(Path(basepath).resolve()))
+    exclude = _load_mask(settings.hot_pixel_mask) if settings.hot_pixel_mask else None
+
+    index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
+    rows, excluded = select_bias_frames(index, settings.stage)
+    files = [out_dir / "index.csv"]
+    if len(excluded):
+        files.append(write_csv(excluded, out_dir / "excluded_frames.csv"))
+    adc_bits = adc_bits_of(rows)
+    sets = temperature_sets(rows, settings.temp_bin)
+    if exclude is not None:
+        width, height = int(rows["NAXIS1"].iloc[0]), int(rows["NAXIS2"].iloc[0])
+        if exclude.shape != (height, width):
+            raise UserError(f"{settings.hot_pixel_mask}: hot-pixel mask is {exclude.shape[1]}x"
+                            f"{exclude.shape[0]} but the bias frames are {width}x{height}")
+
+    masters = build_masters(sets, out_dir / MASTER_FOLDER, settings.combine,
+                            progress_bar=progress_bar)
+    files += [m.path for m in masters]
+    table = pd.DataFrame([{"TBIN": m.temperature, "TAVG": m.tavg, "NCOMBINE": m.ncombine,
+                           "NFRAMES": len(m.rows), "PATH": m.path.relative_to(out_dir).as_posix()}
+                          for m in masters])
+    files.append(write_csv(table, out_dir / "masters.csv"))
+    temps = np.array([m.tavg for m in masters])
+    if np.unique(np.round(temps, 3)).size < 2:
+        raise UserError(f"bias frames at a single temperature ({temps[0]:.1f} degC): masters "
+                        f"written to {out_dir / MASTER_FOLDER}, but a bias(T) model "
+                        "needs at least two temperatures")
+
+    stack = MasterStack([m.path for m in masters], temps)
+    inputs = pd.DataFrame({"PATH": [m.path.name for m in masters], "TEMP": temps,
+                           "NCOMBINE": [m.ncombine for m in masters]})
+    model, cv = fit_bias_model(stack, t_ref=settings.t_ref, chi2_pvalue=settings.chi2_pvalue,
+                               slope_nsigma=settings.slope_nsigma, exclude=exclude,
+                               adc_bits=adc_bits, inputs=inputs)
+    model_file = model.write(out_dir / "bias_model.fits",
+                             {"HOTMASK": (Path(settings.hot_pixel_mask).name or "none",
+                                          "user mask of pixels without model")})
+    files.append(model_file)
+    files += write_model_maps(model, out_dir / "bias_model", model_file)
+
+    rn, rn_table, rn_path = measure_read_noise(masters, out_dir, settings.gain, adc_bits,
+                                               progress_bar=progress_bar)
+    files.append(write_csv(rn_table, out_dir / "read_noise.csv"))
+    if rn_path is not None:
+        files.append(rn_path)
+
+    cv_table = None
+    if cv is not None:
+        cv_table, eval_files = evaluation_products(cv, model, out_dir, settings.save_eval_fits,
+                                                    [m.temperature for m in masters])
+        files += eval_files
+    else:
+        logger.warning("two temperatures only: no leave-one-out evaluation (needs three)")
+
+    if settings.generate_set:
+        for m in masters:
+            files.append(write_synthetic_bias(model, m.temperature, synthetic_bias_path(
+                out_dir / "bias_masks_by_temp", m.temperature), str(model_file)))
+
+    figures = {
+        "bias_a_map.png": plots.plot_model_map(model, "a"),
+        "bias_b_map.png": plots.plot_model_map(model, "b"),
+        "bias_b_histogram.png": plots.plot_slope_histogram(model),
+        "bias_vs_temperature_pixels.png": plots.plot_pixel_fits(
+            model, temps, _pixel_series(model, stack, settings.pixels_to_plot)),
+    }
+    if rn is not None:
+        figures["read_noise_map.png"] = plots.plot_read_noise(rn)
+    for name, ax in figures.items():
+        ax = ax[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
+        files.append(save_figure(ax.figure, out_dir / "plots" / name))
+
+    summary = _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir)
+    files.append(write_text(json.dumps(summary, indent=2) + "\n", out_dir / "summary.json"))
+    files.append(out_dir / "config_used.json")
+    return BiasResult(out_dir, masters, model, summary, files)
+
+
+def _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir) -> dict:
+    valid = (model.mask == 0) & np.isfinite(model.b)
+    b = model.b[valid]
+    e_per_adu = adu.electrons_per_adu(settings.gain, adc_bits) if settings.gain else None
+    summary = {
+        "n_frames": int(len(rows)),
+        "n_masters": len(masters),
+        "temperatures_degC": [float(m.tavg) for m in masters],
+        "t_ref_degC": float(model.t_ref),
+        "a_median_adu": float(np.median(model.a[valid])) if valid.any() else None,
+        "b_median_adu_per_degC": float(np.median(b)) if b.size else None,
+        "b_spread_adu_per_degC": float(1.4826 * np.median(np.abs(b - np.median(b))))
+        if b.size else None,
+        "sigma_b_median_adu_per_degC": float(np.median(model.sigma_b[valid])) if b.size else None,
+        "err_scale": float(model.err_scale),
+        "chi2dof_median": float(np.nanmedian(model.chi2dof[valid])) if valid.any() else None,
+        "masked_pixels": {"nonlinear": int(((model.mask & 1) != 0).sum()),
+                          "slope_outlier": int(((model.mask & 2) != 0).sum()),
+                          "no_fit": int(((model.mask & 4) != 0).sum())},
+        "adc_bits": int(adc_bits), "adu_scale": adu.adu_scale(adc_bits),
+        "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
+        "read_noise_adu": float(rn.median) if rn is not None else None,
+        "read_noise_err_adu": float(rn.median_err) if rn is not None else None,
+        "read_noise_rms_adu": float(rn.rms) if rn is not None else None,
+        "read_noise_e": float(rn.median * e_per_adu) if rn is not None and e_per_adu else None,
+        "gain_e_per_adc_count": settings.gain,
+        "output_dir": str(out_dir),
+    }
+    if cv_table is not None and len(cv_table):
+        summary.update(loo_mae_mean_adu=float(cv_table["MAE_MEAN"].mean()),
+                       loo_mape_mean_percent=float(cv_table["MAPE_MEAN"].mean()),
+                       loo_pull_std=[float(v) for v in cv_table["PULL_STD"]])
+    return summary
+
+
+__all__ = ["BiasSettings", "BiasResult", "BiasMaster", "run", "select_bias_frames",
+           "temperature_sets", "build_masters", "measure_read_noise", "master_file"]

@@ -1,0 +1,114 @@
+"""Figures of the bias pipeline.  Each ``plot_*`` takes computed results and an optional
+``ax``; it draws and returns the axes, and never saves (the pipeline does)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from utils.bias_model import BiasModel
+from utils.plotting import finish_axes, new_axes, show_histogram, show_image
+from utils.read_noise import ReadNoise
+
+__all__ = ["plot_model_map", "plot_slope_histogram", "plot_pixel_fits", "plot_read_noise",
+           "plot_frame_means", "plot_mean_vs_temperature",
+           "plot_evaluation_summary", "show_image"]
+
+
+def plot_model_map(model: BiasModel, which: str, *, ax=None):
+    """Map of A (bias at TREF) [adu] or B (temperature coefficient) [adu/degC]."""
+    if which == "a":
+        return show_image(model.a, ax=ax, unit="adu", label="A",
+                          title=f"bias at {model.t_ref:g} degC (A)")
+    return show_image(model.b, ax=ax, unit="adu/degC", label="B",
+                      title="bias temperature coefficient (B)")
+
+
+def plot_slope_histogram(model: BiasModel, *, ax=None):
+    """Histogram of B over unmasked pixels, with its median and the flagged outliers' range."""
+    valid = (model.mask == 0) & np.isfinite(model.b)
+    b = model.b[valid]
+    markers = {f"median {np.median(b):.3f}": float(np.median(b))} if b.size else {}
+    return show_histogram(b, ax=ax, xlabel="B [adu/degC]", markers=markers,
+                          title=f"bias temperature coefficient ({valid.sum()} pixels)")
+
+
+def plot_pixel_fits(model: BiasModel, temperatures: np.ndarray, series, *, ax=None):
+    """Master bias vs temperature at a few pixels, with error bars, the fit and its 1-sigma band.
+
+    Parameters
+    ----------
+    model : BiasModel
+        The fitted model.
+    temperatures : numpy.ndarray
+        [degC] of the masters.
+    series : list of ((row, col), values, errors)
+        Master values [adu] and their errors at each pixel.
+    """
+    ax = new_axes(ax, figsize=(7.2, 4.8))
+    grid = np.linspace(float(np.min(temperatures)) - 2, float(np.max(temperatures)) + 2, 50)
+    for n, ((row, col), values, errors) in enumerate(series):
+        colour = f"C{n}"
+        d = grid - model.t_ref
+        a, b = float(model.a[row, col]), float(model.b[row, col])
+        sa, sb, cov = (float(model.sigma_a[row, col]), float(model.sigma_b[row, col]),
+                       float(model.cov_ab[row, col]))
+        line = a + b * d
+        band = np.sqrt(np.maximum(sa ** 2 + d * d * sb ** 2 + 2 * d * cov, 0))
+        offset = float(np.nanmedian(values))  # pixels differ by hundreds of adu
+        ax.errorbar(temperatures, values - offset, yerr=errors, fmt="o", color=colour, ms=4,
+                    capsize=2, label=f"pixel ({col}, {row}): B = {b:.3f} +- {sb:.3f} adu/degC, "
+                                     f"chi2/dof {float(model.chi2dof[row, col]):.2f}")
+        ax.plot(grid, line - offset, color=colour, lw=1)
+        ax.fill_between(grid, line - offset - band, line - offset + band, color=colour, alpha=0.2)
+    return finish_axes(ax, "sensor temperature [degC]",
+                       "master bias minus its median over T [adu]",
+                       "bias vs temperature at representative pixels")
+
+
+def plot_read_noise(rn: ReadNoise, *, ax=None):
+    """Per-pixel read-noise map [adu]."""
+    return show_image(rn.map, ax=ax, unit="adu", label="read noise",
+                      title=f"read noise from {rn.npairs} frame pairs: typical pixel "
+                            f"{rn.median:.2f} +- {rn.median_err:.2f} adu")
+
+
+def plot_evaluation_summary(table: pd.DataFrame, *, axes=None):
+    """Leave-one-temperature-out MAE [adu], MAPE [%] and pull std vs the held-out temperature."""
+    axes = new_axes(axes, ncols=3, figsize=(13, 4))
+    t = table["TEMP"]
+    axes[0].errorbar(t, table["MAE_MEAN"], yerr=table["MAE_STD"], fmt="o-", capsize=3,
+                     label="mean +- std over pixels")
+    finish_axes(axes[0], "held-out temperature [degC]", "MAE [adu]", "absolute error")
+    axes[1].errorbar(t, table["MAPE_MEAN"], yerr=table["MAPE_STD"], fmt="o-", capsize=3,
+                     label="mean +- std over pixels")
+    finish_axes(axes[1], "held-out temperature [degC]", "MAPE [%]", "relative error")
+    axes[2].plot(t, table["PULL_STD"], "o-", label="std of residual / predicted error")
+    axes[2].axhline(1.0, color="k", ls="--", lw=1, label="ideal")
+    top = float(np.nanmax(table["PULL_STD"])) if len(table) else 1.0
+    axes[2].set_ylim(0, max(1.5, 1.1 * top))
+    finish_axes(axes[2], "held-out temperature [degC]", "pull std [1]",
+                "error consistency")
+    return axes
+
+
+def plot_frame_means(values, temperature: float, *, ax=None):
+    """Frame means [adu] of one temperature bin in acquisition order, with mean +- std band."""
+    ax = new_axes(ax)
+    values = np.asarray(values, dtype=float)
+    mean, std = float(np.nanmean(values)), float(np.nanstd(values, ddof=1)) if values.size > 1 \
+        else 0.0
+    ax.plot(np.arange(values.size), values, "o-", ms=3, label="frame mean")
+    ax.axhline(mean, color="k", lw=1, label=f"mean {mean:.2f} adu")
+    ax.axhspan(mean - std, mean + std, color="C1", alpha=0.2, label=f"+- std {std:.2f} adu")
+    return finish_axes(ax, "frame (acquisition order)", "frame mean [adu]",
+                       f"bias frame means at {temperature:.1f} degC")
+
+
+def plot_mean_vs_temperature(table: pd.DataFrame, *, ax=None):
+    """Mean of the frame means [adu] vs mean temperature [degC], error bars = std of both."""
+    ax = new_axes(ax)
+    ax.errorbar(table["TEMP_MEAN"], table["MEAN_ADU"], xerr=table["TEMP_STD"],
+                yerr=table["STD_ADU"], fmt="o", capsize=3, label="bin: mean +- std of frames")
+    return finish_axes(ax, "sensor temperature [degC]", "bias frame mean [adu]",
+                       "bias level vs temperature")
