@@ -14,6 +14,7 @@ need not import this file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -24,8 +25,13 @@ import pytest
 
 from utils.discovery import campaign_sections
 from utils.raw_to_fits import ConversionSettings, convert_sections
-from utils.simulate import (Campaign, load_campaign, simulate_dosedirs, simulate_irradiation,
-                            simulate_standard)
+from utils.simulate import (
+    Campaign,
+    load_campaign,
+    simulate_dosedirs,
+    simulate_irradiation,
+    simulate_standard,
+)
 
 #: Seed of every simulated campaign of the suite.
 SEED = 11
@@ -77,6 +83,29 @@ def _copy(campaign: Campaign, dest: Path) -> Campaign:
 def checksums():
     """The ``sha256_tree(root)`` helper: ``{relative path: sha256}`` of every file under root."""
     return sha256_tree
+
+
+def assert_one_line_error(caplog, capsys, *names) -> str:
+    """Exactly one ERROR record, on one line, naming every ``names``; no traceback anywhere."""
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    record = errors[0]
+    message = record.getMessage()
+    assert "\n" not in message
+    assert record.exc_info is None
+    for name in names:
+        assert str(name) in message, message
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    assert [line for line in captured.err.splitlines() if line.startswith("ERROR")] == \
+        [f"ERROR utils.cli: {message}"]
+    return message
+
+
+@pytest.fixture(scope="session")
+def one_line_error():
+    """The ``assert_one_line_error(caplog, capsys, *names) -> message`` helper."""
+    return assert_one_line_error
 
 
 @pytest.fixture(scope="session")

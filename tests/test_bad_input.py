@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from astropy.io import fits
+from conftest import assert_one_line_error
 
 from analysis import process_index
 from utils import index_dataset, raw_to_fits
@@ -25,23 +26,6 @@ def sections_of(root) -> list[str]:
 def read_table(path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""],
                        dtype={"NOTES": str, "REASON": str, "PATH": str})
-
-
-def assert_one_line_error(caplog, capsys, *names) -> str:
-    """Exactly one ERROR record, on one line, naming every ``names``; no traceback anywhere."""
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1, [r.getMessage() for r in errors]
-    record = errors[0]
-    message = record.getMessage()
-    assert "\n" not in message
-    assert record.exc_info is None
-    for name in names:
-        assert str(name) in message, message
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and "Traceback" not in captured.out
-    assert [line for line in captured.err.splitlines() if line.startswith("ERROR")] == \
-        [f"ERROR utils.cli: {message}"]
-    return message
 
 
 def warnings_about(caplog, text) -> list[str]:
