@@ -9,8 +9,10 @@ Layouts:
 
 Steps: raw frames -> FITS (frames already converted are skipped), the index
 DATASET/index.csv, then masters, per-frame statistics and plots in OUTPUT_DIR
-(see python -m analysis.process_index --help).  Re-running finishes what is
-missing and leaves complete products alone.
+(see python -m analysis.process_index --help), then the bias pipeline
+(OUTPUT_DIR/bias, see bias_pipeline/run_pipeline.py --help; per stage pre and
+post for an irradiation campaign).  Re-running finishes what is missing and
+leaves complete products alone.
 
 Example
 -------
@@ -27,9 +29,10 @@ from pathlib import Path
 from typing import Sequence
 
 from analysis import process_index
+from bias_pipeline import pipeline as bias_pipeline
 from utils import cli, simulate
 from utils.discovery import campaign_sections
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError
 from utils.index import IndexSettings, build_index, write_index
 from utils.raw_to_fits import (STATUS_CONVERTED, STATUS_EXISTING, STATUS_REJECTED,
                                ConversionSettings, convert_sections)
@@ -66,9 +69,31 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
                                progress_bar=progress_bar,
                                upstream_settings={"layout": layout, "dataset": str(dataset),
                                                   "conversion": conversion, "indexing": indexing})
+    bias = run_bias_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
     return {"converted": converted, "existing": existing, "rejected": rejected,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
-            "index": index_path, "result": result}
+            "index": index_path, "result": result, "bias": bias}
+
+
+def run_bias_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
+                      progress_bar: bool = False) -> list:
+    """The bias pipeline on the whole campaign (standard) or on each of the pre- and
+    post-irradiation stages; a stage it cannot model (e.g. one temperature) is reported
+    and skipped, the rest of the run goes on."""
+    stages = [""] if layout == "standard" else [
+        s for s in ("pre", "post") if ((table["CALTYPE"] == "BIAS") & (table["STAGE"] == s)).any()]
+    results = []
+    for stage in stages:
+        target = out_dir / "bias" / stage if stage else out_dir / "bias"
+        try:
+            result = bias_pipeline.run(index_path, target, bias_pipeline.BiasSettings(stage=stage),
+                                       progress_bar=progress_bar)
+        except UserError as err:
+            logger.warning("bias pipeline%s skipped: %s", f" ({stage})" if stage else "", err)
+            continue
+        logger.info("%s", result.summary_line())
+        results.append(result)
+    return results
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -110,10 +135,11 @@ def _main(args) -> int:
                   workers=args.convert_workers, masters=process_index.master_settings(args),
                   progress_bar=not args.no_progress)
     result = summary["result"]
+    models = ", ".join(str(r.out_dir / "bias_model.fits") for r in summary["bias"]) or "none"
     logger.info("done: %d frames converted (%d already there, %d rejected); %d indexed in %s "
-                "(%d BADFITS); %s", summary["converted"], summary["existing"],
+                "(%d BADFITS); %s; bias models: %s", summary["converted"], summary["existing"],
                 summary["rejected"], summary["indexed"], summary["index"], summary["badfits"],
-                result.summary_line())
+                result.summary_line(), models)
     return 0
 
 
