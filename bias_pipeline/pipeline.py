@@ -362,7 +362,7 @@ def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
 
     index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
     rows, excluded = select_bias_frames(index, settings.stage)
-    files = [out_dir / "index.csv"]
+    files = [out_dir / "index.csv"] if Path(basepath).is_dir() else []
     if len(excluded):
         files.append(write_csv(excluded, out_dir / "excluded_frames.csv"))
     adc_bits = adc_bits_of(rows)
@@ -385,6 +385,14 @@ def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
         raise UserError(f"bias frames at a single temperature ({temps[0]:.1f} degC): masters "
                         f"written to {out_dir / MASTER_FOLDER}, but a bias(T) model "
                         "needs at least two temperatures")
+
+    digest = _run_digest(masters, settings)
+    done = _completed(out_dir, digest)
+    if done is not None:
+        logger.info("bias model products in %s are up to date (same masters and settings)",
+                    out_dir)
+        return BiasResult(out_dir, masters, BiasModel.read(out_dir / "bias_model.fits"), done,
+                          [out_dir / f for f in done["files"]])
 
     stack = MasterStack([m.path for m in masters], temps)
     inputs = pd.DataFrame({"PATH": [m.path.name for m in masters], "TEMP": temps,
@@ -431,9 +439,40 @@ def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
         files.append(save_figure(ax.figure, out_dir / "plots" / name))
 
     summary = _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir)
-    files.append(write_text(json.dumps(summary, indent=2) + "\n", out_dir / "summary.json"))
-    files.append(out_dir / "config_used.json")
+    files += [out_dir / "config_used.json", out_dir / "summary.json"]
+    # written last: its hash and file list mark the run complete for the next re-run
+    summary["inputs_hash"] = digest
+    summary["files"] = sorted({p.relative_to(out_dir).as_posix() for p in files})
+    write_text(json.dumps(summary, indent=2) + "\n", out_dir / "summary.json")
     return BiasResult(out_dir, masters, model, summary, files)
+
+
+def _run_digest(masters: list[BiasMaster], settings: BiasSettings) -> str:
+    """Hash of the masters' inputs and of every setting: equal hashes give equal products."""
+    import hashlib
+
+    from utils.fitsio import read_header
+
+    digest = hashlib.sha1(repr(settings).encode())
+    for m in masters:
+        digest.update(str(read_header(m.path).get(kw.INHASH, m.path)).encode())
+    if settings.hot_pixel_mask:
+        digest.update(str(Path(settings.hot_pixel_mask).stat().st_mtime_ns).encode())
+    return digest.hexdigest()[:16]
+
+
+def _completed(out_dir: Path, digest: str) -> dict | None:
+    """The previous run's summary when it had the same hash and all its files still exist."""
+    path = out_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("inputs_hash") != digest:
+        return None
+    if not all((out_dir / f).is_file() for f in summary.get("files", [])):
+        return None
+    return summary
 
 
 def _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir) -> dict:
