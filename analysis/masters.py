@@ -153,6 +153,8 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
                      sigma_high=settings.sigma_high, maxiters=settings.maxiters,
                      min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
                      saturation=adu.saturation_level(adc_bits_of(rows)),
+                     min_scale=adu.clip_floor(adc_bits_of(rows), float(np.median(scale))
+                                              if scale is not None else 1.0),
                      memory_limit=settings.memory_limit,
                      workers=settings.workers, metadata=frame_metadata(rows),
                      product=f"MASTER_{key.caltype}", progress_bar=progress_bar)

@@ -118,6 +118,23 @@ def electrons_per_adu(gain: float, adc_bits: int) -> float:
     return float(gain) / adu_scale(adc_bits)
 
 
+def clip_floor(adc_bits: int, scale: float = 1.0) -> float:
+    """Smallest meaningful clipping scale of stacked samples: two ADC steps [stored ADU x scale].
+
+    Quantised samples cannot resolve a spread below about one step; when over
+    half of a pixel's samples share one value (or nearly: a per-frame bias
+    subtraction shifts them by a fraction of a step), their MAD collapses and
+    a clip on it would reject good samples.  Two steps keep a 3-sigma clip at
+    least six steps wide, far below any cosmic ray or RTS jump.
+
+    Examples
+    --------
+    >>> clip_floor(12)
+    32.0
+    """
+    return 2.0 * adu_scale(adc_bits) * abs(float(scale))
+
+
 def scaling_cards(adc_bits: int) -> list[tuple[str, object, str]]:
     """Header cards recording the ADU convention of a product."""
     return [

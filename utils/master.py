@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from astropy.io import fits
 
@@ -106,7 +107,7 @@ def frame_metadata(rows: pd.DataFrame) -> list[dict]:
 
 def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSettings, *,
                 unit: str = adu.UNIT, product: str = "MASTER", subtract=None, scale=None,
-                extra: dict | None = None, refs: tuple = (),
+                extra: dict | None = None, refs: tuple = (), sub_stderr=None,
                 progress_bar: bool = False) -> tuple[fits.Header, bool]:
     """Combine the frames of ``rows`` into ``path`` unless an identical master exists.
 
@@ -128,6 +129,9 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
         Header cards ``{key: value or (value, comment)}``.
     refs : tuple, optional
         Identities of what was subtracted (part of the hash).
+    sub_stderr : numpy.ndarray, optional
+        One-sigma error of what was subtracted [unit]: common to every frame, it
+        is added once in quadrature to ``UNCERT`` and kept alone in ``SUBERR``.
 
     Returns
     -------
@@ -143,18 +147,57 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
                      sigma_high=settings.sigma_high, maxiters=settings.maxiters,
                      min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
-                     saturation=adu.saturation_level(bits), memory_limit=settings.memory_limit,
+                     saturation=adu.saturation_level(bits),
+                     min_scale=adu.clip_floor(bits, float(np.median(scale)) if scale is not None
+                                              else 1.0),
+                     memory_limit=settings.memory_limit,
                      workers=settings.workers, metadata=frame_metadata(rows), product=product,
                      progress_bar=progress_bar)
     cards = dict(extra or {})
     cards[kw.INHASH] = (digest, "hash of inputs and settings")
     for name, value, comment in adu.scaling_cards(bits):
         cards.setdefault(name, (value, comment))
-    written = result.write(path, unit=unit, extra_header=cards)
+    images = None
+    if sub_stderr is not None:
+        sub_stderr = np.asarray(sub_stderr, dtype=np.float32)
+        result.stderr = np.sqrt(result.stderr.astype(np.float64) ** 2
+                                + sub_stderr.astype(np.float64) ** 2).astype(np.float32)
+        images = {"SUBERR": (sub_stderr, unit)}
+        cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")
+    written = result.write(path, unit=unit, extra_header=cards, extra_images=images)
     return read_header(written), True
 
 
+@dataclass
+class MasterImages:
+    """A master's images (float32, masked pixels NaN in ``data``)."""
+
+    data: np.ndarray      # master [unit]
+    noise: np.ndarray     # per-pixel sample std of the accepted inputs [unit]
+    count: np.ndarray     # accepted inputs per pixel
+    stderr: np.ndarray    # UNCERT [unit]
+    suberr: np.ndarray    # error of what was subtracted [unit] (0 when nothing)
+    header: fits.Header
+
+
+def read_master(path: str | os.PathLike) -> MasterImages:
+    """Load a master written by :func:`make_master` (all its images at once)."""
+    with fits.open(path, memmap=False) as hdul:
+        names = {h.name for h in hdul}
+        data = np.array(hdul[0].data, dtype=np.float32)
+        if "MASK" in names:
+            data[np.asarray(hdul["MASK"].data) != 0] = np.nan
+
+        def image(name, fill):
+            return np.asarray(hdul[name].data, dtype=np.float32) if name in names else \
+                np.full(data.shape, fill, np.float32)
+        return MasterImages(data, image("NOISE", np.nan), image("NCOMB", 1.0),
+                            image("UNCERT", np.nan), image("SUBERR", 0.0), hdul[0].header.copy())
+
+
 __all__ = [
+    "MasterImages",
+    "read_master",
     "add_combine_options",
     "combine_settings","CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
            "make_master"]

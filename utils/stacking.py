@@ -149,7 +149,8 @@ class MasterResult:
         return self.flags != 0
 
     def write(self, path: str | os.PathLike, *, unit: str = "adu",
-              extra_header: fits.Header | Mapping | None = None) -> Path:
+              extra_header: fits.Header | Mapping | None = None,
+              extra_images: Mapping[str, tuple[np.ndarray, str]] | None = None) -> Path:
         """Write the master as a ``CCDData``-readable FITS product, atomically.
 
         Layout: primary = master (``BUNIT = unit``), ``UNCERT`` = ``stderr``,
@@ -165,6 +166,8 @@ class MasterResult:
         extra_header : Header or mapping, optional
             Cards added to (or overriding) :attr:`header`; mapping values may be
             ``value`` or ``(value, comment)``.
+        extra_images : mapping, optional
+            More image extensions, ``{EXTNAME: (array, bunit)}``.
         """
         header = self.header.copy()
         if isinstance(extra_header, fits.Header):
@@ -175,7 +178,7 @@ class MasterResult:
         return fitsio.write_product(
             path, self.data, header, unit=unit, uncertainty=self.stderr, mask=self.mask,
             images={"NOISE": (self.noise, unit), "NCOMB": (self.count, ""),
-                    "FLAGS": (self.flags, "")},
+                    "FLAGS": (self.flags, ""), **(extra_images or {})},
             tables={"INPUTS": self.inputs} if len(self.inputs.columns) else None)
 
 
@@ -398,11 +401,12 @@ def _range_std_py(x, p, lo, hi):
     return math.sqrt(ss / (hi - lo))
 
 
-def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters):
+def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale):
     """Iterative sigma clipping of the sorted samples ``x[lo:hi, p]``.
 
     Centre = median, scale = MAD_TO_STD x MAD of the accepted range (its
-    standard deviation when the MAD is 0 but the samples differ), in float64;
+    standard deviation when the MAD is 0 but the samples differ, and never
+    below ``min_scale``), in float64;
     samples strictly outside ``[c - sig_lo*std, c + sig_hi*std]`` are
     rejected (cumulatively).  The accepted set always stays a contiguous range
     of the sorted samples, so only its ends move.  Returns ``(lo, hi)``.
@@ -423,6 +427,10 @@ def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters):
             # over half the samples equal the median (quantised data): a zero MAD says
             # nothing about the spread and would reject every other sample
             std = _range_std(x, p, lo, hi)
+        if std < min_scale:
+            # quantised samples cannot resolve a smaller spread: a MAD that collapses onto
+            # (near-)tied values would reject good samples
+            std = min_scale
         lower = c - std * sig_lo
         upper = c + std * sig_hi
         nlo = lo
@@ -439,8 +447,8 @@ def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters):
     return lo, hi
 
 
-def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters, chunk,
-                       out_data, out_noise, out_count):
+def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters, min_scale,
+                       chunk, out_data, out_noise, out_count):
     """Combine the block ``x[:, :npix]`` (n_frames rows of samples, +inf = missing).
 
     Writes ``out_data``, ``out_noise`` (float32) and ``out_count`` (int16),
@@ -477,7 +485,8 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
             for q in range(size):
                 m = hi_a[q]
                 if m > 0:
-                    lo, hi = _clip_range(x, p0 + q, 0, m, sig_lo, sig_hi, maxiters)
+                    lo, hi = _clip_range(x, p0 + q, 0, m, sig_lo, sig_hi, maxiters,
+                                          min_scale)
                     nrej += m - (hi - lo)
                     lo_a[q] = lo
                     hi_a[q] = hi
@@ -563,7 +572,7 @@ def warmup() -> float:
     _prepare(x[0], np.zeros(4), 1.0, np.inf, nsat)
     _prepare(x[1], np.empty(0), 1.0, np.inf, nsat)
     for method in (0, 1, 2):
-        _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 4,
+        _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 0.0, 4,
                         np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, np.int16))
     return time.perf_counter() - t0
 
@@ -595,7 +604,8 @@ def _take_median(s, lo, cnt):
     return np.where(ok, 0.5 * (a + b), np.nan)
 
 
-def _combine_numpy(x, method, sig_lo, sig_hi, maxiters, out_data, out_noise, out_count):
+def _combine_numpy(x, method, sig_lo, sig_hi, maxiters, out_data, out_noise, out_count,
+                   min_scale=0.0):
     """Vectorised equivalent of the numba kernel (numpy sorts instead of a network)."""
     n, npix = x.shape
     if method != 0:
@@ -628,6 +638,7 @@ def _combine_numpy(x, method, sig_lo, sig_hi, maxiters, out_data, out_noise, out
                     d = np.where(inside, vals - mean, 0.0)
                     range_std = np.sqrt((d * d).sum(axis=0) / cnt)
                 std = np.where(degenerate, range_std, std)
+            std = np.maximum(std, min_scale)
             lower = c - std * sig_lo
             upper = c + std * sig_hi
             with np.errstate(invalid="ignore"):
@@ -741,7 +752,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
             sigma_high: float = 3.0, maxiters: int | None = 5, min_accepted: int = 3,
             scale: Sequence[float] | None = None,
             subtract: np.ndarray | Callable[[int, int, int], np.ndarray] | None = None,
-            saturation: float | None = None, memory_limit: float = 1e9,
+            saturation: float | None = None, min_scale: float = 0.0,
+            memory_limit: float = 1e9,
             workers: int | None = None, progress_bar: bool = False,
             metadata: Sequence[Mapping] | None = None, product: str = "MASTER") -> MasterResult:
     """Combine frames into a master, streaming row blocks from every input.
@@ -778,6 +790,11 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
         Saturation level in raw input units (stored ADU, e.g. 65520).  Raw
         samples ``>=`` it (before subtraction) are excluded and counted; pixels
         saturated in more than half of the inputs get ``FLAG_SATURATED``.
+    min_scale : float, optional
+        Smallest clipping scale, in the units of the prepared samples (e.g. two
+        quantisation steps of the ADC, :func:`utils.adu.clip_floor`): a MAD
+        collapsed onto tied quantised values says nothing about the spread.
+        Default 0.
     memory_limit : float, optional
         Budget for the working blocks [byte] (see :func:`plan_blocks`); the
         full-frame outputs (~15 byte/pixel) come on top.
@@ -898,10 +915,11 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
         out_c = count[start:stop].reshape(-1)
         if use_numba:
             nrej = _combine_kernel(x, npix, net_lo, net_hi, code, float(sigma_low),
-                                   float(sigma_high), maxiters, chunk, out_d, out_n, out_c)
+                                   float(sigma_high), maxiters, float(min_scale), chunk, out_d,
+                                   out_n, out_c)
         else:
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
-                                  maxiters, out_d, out_n, out_c)
+                                  maxiters, out_d, out_n, out_c, float(min_scale))
         # per-block post-processing runs in the workers too (numpy releases the GIL)
         blk = slice(start, stop)
         flags[blk] = np.where(count[blk] < min_accepted, FLAG_FEW, 0)
@@ -937,7 +955,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
     header = _build_header(n=n, method=method, sigma_low=sigma_low, sigma_high=sigma_high,
                            maxiters=maxiters, min_accepted=min_accepted, scale=scale,
                            subtract=subtract, saturation=saturation, metadata=metadata,
-                           data=data, flags=flags, nreject=nreject, product=product)
+                           data=data, flags=flags, nreject=nreject, product=product,
+                           min_scale=min_scale)
     table = _inputs_table(source.paths, metadata, scale,
                           sat_per_frame if saturation is not None else None)
     return MasterResult(data=data, noise=noise, stderr=stderr, count=count, flags=flags,
@@ -945,7 +964,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
 
 
 def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, scale,
-                  subtract, saturation, metadata, data, flags, nreject, product) -> fits.Header:
+                  subtract, saturation, metadata, data, flags, nreject, product,
+                  min_scale=0.0) -> fits.Header:
     header = fits.Header()
     for key, value, comment in fitsio.provenance_cards(product):
         fitsio.set_card(header, key, value, comment)
@@ -958,6 +978,8 @@ def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, s
         card(kw.CLIPITER, int(maxiters), "max clipping iterations (0 = to convergence)")
         card(kw.CLIPCEN, "median", "clipping centre estimator")
         card(kw.CLIPDEV, "mad_std", "1.482602 x MAD (std where MAD = 0)")
+        if min_scale > 0:
+            card("CLIPMIN", float(min_scale), "smallest clipping scale (2 ADC steps)")
     card(kw.MINACC, int(min_accepted), "min accepted samples of a valid pixel")
     if scale is not None:
         card(kw.SCALEMTH, "per-frame factor", "frames multiplied by INPUTS.SCALE")

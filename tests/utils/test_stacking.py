@@ -449,3 +449,21 @@ def test_reported_stderr_matches_actual_scatter_of_master(method, n, tolerance):
     actual = np.std(res.data - 100.0)
     reported = np.sqrt(np.mean(res.stderr.astype(np.float64) ** 2))
     assert reported == pytest.approx(actual, rel=tolerance)
+
+
+def test_min_scale_stops_clipping_collapse_on_quantised_near_ties():
+    # 12-bit-like samples (steps of 16 adu, noise ~1.2 steps) minus a per-frame offset of a
+    # fraction of a step: over half of a pixel's samples can nearly tie, the MAD collapses
+    rng = np.random.default_rng(3)
+    n, shape = 8, (100, 200)
+    frames = [np.round(rng.normal(0, 1.2, shape)).astype(np.float32) * 16 for _ in range(n)]
+    shift = rng.uniform(-0.3, 0.3, n)
+
+    def sub(i, start, stop):
+        return np.full((stop - start, shape[1]), shift[i], np.float32)
+    bare = stacking.combine(frames, subtract=sub, workers=1)
+    floored = stacking.combine(frames, subtract=sub, workers=1, min_scale=32.0)
+    assert (bare.noise < 1).mean() > 0.005          # collapsed noise without the floor
+    assert (floored.noise < 1).mean() < (bare.noise < 1).mean() / 5  # left: truly tied samples
+    assert floored.count.mean() > bare.count.mean()
+    assert floored.header["CLIPMIN"] == 32.0 and "CLIPMIN" not in bare.header

@@ -1,0 +1,181 @@
+"""Dark-current rate per pixel and temperature bin: the slope of dark signal vs exposure time.
+
+At each temperature the bias-subtracted masters ``S_k`` at exposures ``t_k``
+are fitted per pixel with ``S = offset + rate * t`` (weighted least squares,
+closed form), so whatever does not grow with exposure -- residual bias, an
+exposure-independent glow -- ends in the offset and never in the rate.
+
+Errors.  A master's per-pixel error is ``sqrt(v(t_k) / n_k)``, where ``v(t)``
+is the pixel's temporal variance modelled as ``v0 + v1 t`` (read noise plus
+shot noise, which grows with exposure) by a least-squares line through the
+masters' noise maps (weights ``n_k - 1``): pooling the exposures makes the
+weights far less noisy than each master's own noise.  With three or more
+exposures, one frame-wide factor ``ERRSCALE`` = sqrt(median chi2/dof / its
+expected median) then calibrates the rate errors (as in the bias model).
+With a single exposure the rate is the bias-subtracted signal divided by the
+exposure (``RATEMETH = 'single exposure'``, offset assumed 0): flagged,
+because residual bias then counts as dark current.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from utils import adu
+from utils import headers as kw
+from utils.bias_model import chi2_median_ratio
+from utils.fitsio import provenance_cards, set_card, write_product
+from utils.fitting import fit_line_per_pixel
+from utils.master import read_master
+
+from .masters import DarkMaster
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the rate maps below the output folder.
+RATE_FOLDER = "dark_rates"
+METHOD_SLOPE = "slope vs exposure"
+METHOD_SINGLE = "single exposure"
+
+
+@dataclass
+class RateMap:
+    """Dark rate of every pixel at one temperature bin.
+
+    Attributes
+    ----------
+    temperature : float
+        [degC] bin label.
+    tavg : float
+        [degC] mean temperature of the masters' frames.
+    rate, rate_err : numpy.ndarray
+        [adu/s] rate and its one-sigma error.
+    offset, offset_err : numpy.ndarray
+        [adu] signal at zero exposure and its error (0 with one exposure).
+    chi2dof : numpy.ndarray
+        Reduced chi-square of the line (NaN with fewer than three exposures).
+    exptimes : tuple of float
+        [s] exposures fitted.
+    method : str
+        :data:`METHOD_SLOPE` or :data:`METHOD_SINGLE`.
+    err_scale : float
+        Frame-wide factor applied to the noise-model errors.
+    """
+
+    temperature: float
+    tavg: float
+    rate: np.ndarray
+    rate_err: np.ndarray
+    offset: np.ndarray
+    offset_err: np.ndarray
+    chi2dof: np.ndarray
+    exptimes: tuple
+    method: str
+    err_scale: float = 1.0
+
+
+def noise_model_errors(exptimes: np.ndarray, noise: np.ndarray,
+                       count: np.ndarray) -> np.ndarray:
+    """Per-master errors ``sqrt(v(t_k) / n_k)`` from the pooled variance line ``v0 + v1 t``.
+
+    Parameters
+    ----------
+    exptimes : numpy.ndarray, shape (K,)
+        [s] exposure of each master.
+    noise, count : numpy.ndarray, shape (K, H, W)
+        Per-pixel sample std of each master's inputs [adu] and inputs accepted.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K, H, W)
+        [adu] one-sigma error of each master.
+    """
+    if np.unique(exptimes).size < 2:
+        return noise / np.sqrt(np.maximum(count, 1))
+    weights = np.where(np.isfinite(noise) & (count > 1), count - 1.0, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        line = fit_line_per_pixel(exptimes, noise.astype(np.float64) ** 2,
+                                  np.where(weights > 0, 1 / np.sqrt(weights), np.inf), x_ref=0.0)
+    var = np.stack([line.predict(t) for t in exptimes]).astype(np.float64)
+    # a variance line can dip below zero where the pixel is quiet: floor at the smallest measured
+    floor = np.nanmin(np.where(weights > 0, noise.astype(np.float64) ** 2, np.inf), axis=0)
+    var = np.maximum(var, np.where(np.isfinite(floor), floor, np.nan))
+    return np.sqrt(var / np.maximum(count, 1)).astype(np.float32)
+
+
+def measure_rate(masters: list[DarkMaster]) -> RateMap:
+    """Rate map of the masters of one temperature bin (see module notes)."""
+    masters = sorted(masters, key=lambda m: m.exptime)
+    images = [read_master(m.path) for m in masters]
+    exptimes = np.array([m.exptime for m in masters])
+    data = np.stack([im.data for im in images])
+    sigma = noise_model_errors(exptimes, np.stack([im.noise for im in images]),
+                               np.stack([im.count for im in images]))
+    tavg = float(np.average([m.tavg for m in masters], weights=[m.ncombine for m in masters]))
+    shape = data.shape[1:]
+    if np.unique(exptimes).size < 2:
+        t = float(exptimes[-1])
+        logger.warning("dark %.1f degC: one exposure time (%gs); rate = signal / exposure, "
+                       "residual bias would count as dark current", masters[0].temperature, t)
+        zeros = np.zeros(shape, np.float32)
+        return RateMap(masters[0].temperature, tavg, (data[-1] / t).astype(np.float32),
+                       (sigma[-1] / t).astype(np.float32), zeros, zeros,
+                       np.full(shape, np.nan, np.float32), (t,), METHOD_SINGLE)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fit = fit_line_per_pixel(exptimes, data, sigma, x_ref=0.0)
+    scale = 1.0
+    npts = (np.isfinite(data) & np.isfinite(sigma)).sum(0)
+    good = np.isfinite(fit.chi2) & (npts == exptimes.size)
+    if exptimes.size >= 3 and good.sum() >= 10:
+        scale = math.sqrt(float(np.median(fit.chi2[good])) / chi2_median_ratio(exptimes.size - 2))
+    s = np.float32(scale)
+    return RateMap(masters[0].temperature, tavg, fit.slope, fit.slope_err * s, fit.intercept,
+                   fit.intercept_err * s, fit.chi2 / (s * s), tuple(float(t) for t in exptimes),
+                   METHOD_SLOPE, scale)
+
+
+def measure_rates(masters: list[DarkMaster]) -> list[RateMap]:
+    """One :class:`RateMap` per temperature bin, in increasing temperature."""
+    by_t: dict[float, list[DarkMaster]] = {}
+    for m in masters:
+        by_t.setdefault(m.temperature, []).append(m)
+    return [measure_rate(by_t[t]) for t in sorted(by_t)]
+
+
+def rate_file(folder: Path, temperature: float) -> Path:
+    """``<folder>/dark_rate_T<T:.1f>C.fits``."""
+    return Path(folder) / f"dark_rate_T{temperature:.1f}C.fits"
+
+
+def write_rate(rate: RateMap, path: Path, adc_bits: int = adu.DEFAULT_ADC_BITS) -> Path:
+    """Rate map [adu/s] with ``UNCERT``, ``MASK`` and the ``OFFSET``, ``OFFSETERR``, ``CHI2DOF``
+    extensions."""
+    header = fits.Header()
+    for key, value, comment in provenance_cards("DARK_RATE"):
+        set_card(header, key, value, comment)
+    for key, value, comment in (
+            (kw.TBIN, rate.temperature, "[degC] temperature bin label"),
+            (kw.TAVG, rate.tavg, "[degC] mean temperature of the frames"),
+            ("RATEMETH", rate.method, "how the rate was measured"),
+            ("NEXP", len(rate.exptimes), "exposure times fitted"),
+            ("EXPTIMES", " ".join(f"{t:g}" for t in rate.exptimes), "[s] exposure times"),
+            (kw.ERRSCALE, rate.err_scale, "noise-model errors multiplied by this"),
+            ("MODEL", "S = OFFSET + RATE * t", "per pixel, weighted least squares")):
+        set_card(header, key, value, comment)
+    for key, value, comment in adu.scaling_cards(adc_bits):
+        set_card(header, key, value, comment)
+    return write_product(path, rate.rate, header, unit=adu.RATE_UNIT, uncertainty=rate.rate_err,
+                         mask=~np.isfinite(rate.rate),
+                         images={"OFFSET": (rate.offset, adu.UNIT),
+                                 "OFFSETERR": (rate.offset_err, adu.UNIT),
+                                 "CHI2DOF": (rate.chi2dof, "")})
+
+
+__all__ = ["RateMap", "measure_rate", "measure_rates", "noise_model_errors", "rate_file",
+           "write_rate", "RATE_FOLDER", "METHOD_SLOPE", "METHOD_SINGLE"]
