@@ -1,6 +1,7 @@
-"""Dark calibration pipeline (roadmap: see README "Roadmap").
+"""Dark calibration: bias-subtracted masters, dark rates, per-pixel dark-current models in
+temperature (1-D) and temperature x exposure (2-D), hot pixels, synthetic darks, evaluation.
 
-Will hold only what is specific to dark calibration and a single ``pipeline.run()``
-stating the step order; everything shared (FITS I/O, index, stacking, fitting,
-masks) comes from :mod:`utils`.
+Command: ``dark_pipeline/run_pipeline.py`` (its modes' order is stated once in
+:func:`dark_pipeline.pipeline.run`).  Everything shared (FITS I/O, index,
+stacking, fitting, the bias model) comes from :mod:`utils`.
 """

@@ -223,27 +223,11 @@ def masters_table(masters: list[DarkMaster], out_dir: Path) -> pd.DataFrame:
                          for m in masters])
 
 
-def existing_masters(out_dir: Path) -> list[DarkMaster]:
-    """Dark masters of an earlier run (``masters.csv``), for modes that only evaluate."""
-    path = out_dir / "masters.csv"
-    if not path.is_file():
-        return []
-    table = pd.read_csv(path)
-    out = []
-    for row in table.itertuples():
-        p = Path(row.PATH)
-        p = p if p.is_absolute() else out_dir / p
-        if p.is_file():
-            out.append(DarkMaster(float(row.TBIN), float(row.TAVG), float(row.EXPTIME), p,
-                                  int(row.NCOMBINE), False))
-    return out
-
-
 def temperatures_of(masters: list[DarkMaster]) -> list[float]:
     """Distinct temperature-bin labels, sorted."""
     return sorted({m.temperature for m in masters if math.isfinite(m.temperature)})
 
 
 __all__ = ["DarkMaster", "BiasReference", "bias_reference", "dark_frames", "dark_sets",
-           "build_dark_masters", "masters_table", "existing_masters", "master_file",
+           "build_dark_masters", "masters_table", "master_file",
            "select_frames", "temperatures_of", "MASTER_FOLDER"]

@@ -53,7 +53,8 @@ class RateMap:
     temperature : float
         [degC] bin label.
     tavg : float
-        [degC] mean temperature of the masters' frames.
+        [degC] temperature the rate refers to: the masters' mean temperatures weighted as
+        the slope weights them (the plain mean with a single exposure).
     rate, rate_err : numpy.ndarray
         [adu/s] rate and its one-sigma error.
     offset, offset_err : numpy.ndarray
@@ -117,7 +118,8 @@ def measure_rate(masters: list[DarkMaster]) -> RateMap:
     data = np.stack([im.data for im in images])
     sigma = noise_model_errors(exptimes, np.stack([im.noise for im in images]),
                                np.stack([im.count for im in images]))
-    tavg = float(np.average([m.tavg for m in masters], weights=[m.ncombine for m in masters]))
+    temps = np.array([m.tavg for m in masters])
+    tavg = float(np.average(temps, weights=[m.ncombine for m in masters]))
     shape = data.shape[1:]
     if np.unique(exptimes).size < 2:
         t = float(exptimes[-1])
@@ -135,6 +137,12 @@ def measure_rate(masters: list[DarkMaster]) -> RateMap:
     if exptimes.size >= 3 and good.sum() >= 10:
         scale = math.sqrt(float(np.median(fit.chi2[good])) / chi2_median_ratio(exptimes.size - 2))
     s = np.float32(scale)
+    # the slope is sum_k c_k S_k with sum_k c_k t_k = 1: it measures the rate at the temperature
+    # sum_k c_k t_k T_k, which can differ from the plain mean by a few 0.01 degC
+    w = 1.0 / np.nanmedian(sigma.reshape(sigma.shape[0], -1), axis=1) ** 2
+    t_w = np.sum(w * exptimes) / np.sum(w)
+    c = w * (exptimes - t_w) / np.sum(w * (exptimes - t_w) ** 2)
+    tavg = float(np.sum(c * exptimes * temps))
     return RateMap(masters[0].temperature, tavg, fit.slope, fit.slope_err * s, fit.intercept,
                    fit.intercept_err * s, fit.chi2 / (s * s), tuple(float(t) for t in exptimes),
                    METHOD_SLOPE, scale)

@@ -1,0 +1,129 @@
+"""Model against measurement: every dark master vs the model's prediction at its (T, t).
+
+For each master: MAE = mean |measured - predicted| [adu]; MAPE = mean
+|measured - predicted| / |measured| x 100 over the pixels whose measured
+signal is at least 3 sigma (a percentage of a signal compatible with zero
+means nothing); pull = (measured - predicted) / sqrt(sigma_measured^2 +
+sigma_predicted^2), whose mean should be ~0 and standard deviation ~1.  The
+measured error is the master's noise-model error and its subtracted bias's
+error in quadrature (as in the fits).  Hot pixels and pixels without a fit are
+left out of the statistics.
+
+Also the dark current vs temperature summary: per temperature bin, the median
+rate with its standard error (1.2533 x robust spread / sqrt(N)) and the 95th
+percentile, in adu/s and, with a gain, e-/s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from utils.master import read_master
+from utils.stats import MAD_TO_STD
+
+from .masters import DarkMaster
+from .rates import noise_model_errors
+
+COLUMNS = ["Temperature (°C)", "Exposure (s)", "MAE [ADU]", "MAPE [%]", "PULL_MEAN", "PULL_STD",
+           "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE"]
+
+
+@dataclass
+class Evaluation:
+    """Summary table and, per master, a pixel sample for scatter plots."""
+
+    table: pd.DataFrame
+    samples: dict          # (T, t) -> (measured, predicted) arrays of up to 5000 pixels
+
+
+def evaluate(masters: list[DarkMaster], predict, predict_err, *,
+             exclude: np.ndarray | None = None, seed: int = 0) -> Evaluation:
+    """Compare each master with ``predict(T, t)`` [adu] and its error ``predict_err(T, t)``.
+
+    Parameters
+    ----------
+    masters : list of DarkMaster
+        Measured bias-subtracted dark masters.
+    predict, predict_err : callable
+        ``f(temperature [degC], exptime [s]) -> image [adu]``.
+    exclude : numpy.ndarray of bool, optional
+        Pixels left out (hot pixels, no fit).
+    """
+    rng = np.random.default_rng(seed)
+    by_t: dict[float, list[DarkMaster]] = {}
+    for m in masters:
+        by_t.setdefault(m.temperature, []).append(m)
+    rows, samples = [], {}
+    for group in by_t.values():
+        group = sorted(group, key=lambda m: m.exptime)
+        images = [read_master(m.path) for m in group]
+        errs = noise_model_errors(np.array([m.exptime for m in group]),
+                                  np.stack([im.noise for im in images]),
+                                  np.stack([im.count for im in images]))
+        for m, im, err in zip(group, images, errs):
+            real = im.data.astype(np.float64)
+            synth = predict(m.tavg, m.exptime).astype(np.float64)
+            sigma = np.sqrt(err.astype(np.float64) ** 2 + im.suberr.astype(np.float64) ** 2
+                            + predict_err(m.tavg, m.exptime).astype(np.float64) ** 2)
+            ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(sigma) & (sigma > 0)
+            if exclude is not None:
+                ok &= ~exclude
+            diff = (real - synth)[ok]
+            pull = diff / sigma[ok]
+            strong = ok & (np.abs(real) >= 3 * np.sqrt(err.astype(np.float64) ** 2
+                                                       + im.suberr.astype(np.float64) ** 2))
+            ape = 100 * np.abs((real - synth)[strong] / real[strong])
+            rows.append({"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
+                         "MAE [ADU]": float(np.mean(np.abs(diff))) if diff.size else math.nan,
+                         "MAPE [%]": float(np.mean(ape)) if ape.size else math.nan,
+                         "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
+                         "PULL_STD": float(np.std(pull)) if pull.size else math.nan,
+                         "REAL_MEDIAN [ADU]": float(np.median(real[ok])) if ok.any() else math.nan,
+                         "SYNTH_MEDIAN [ADU]": float(np.median(synth[ok])) if ok.any()
+                         else math.nan,
+                         "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum())})
+            idx = np.flatnonzero(ok)
+            if idx.size > 5000:
+                idx = rng.choice(idx, 5000, replace=False)
+            samples[(m.temperature, m.exptime)] = (real.ravel()[idx], synth.ravel()[idx])
+    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["Temperature (°C)",
+                                                             "Exposure (s)"])
+    return Evaluation(table.reset_index(drop=True), samples)
+
+
+def dark_current_table(rates, model=None, e_per_adu: float | None = None,
+                       exclude: np.ndarray | None = None) -> pd.DataFrame:
+    """Dark current per temperature bin: median (and its error) and 95th percentile.
+
+    Columns ``TBIN, TAVG`` [degC], ``NPIX``, ``DC_MEDIAN``, ``DC_MEDIAN_ERR``, ``DC_P95``
+    [adu/s], ``MODEL_MEDIAN`` [adu/s] (1-D model at TAVG, when given) and the same in
+    e-/s (``*_E``) with a gain.
+    """
+    rows = []
+    for r in rates:
+        ok = np.isfinite(r.rate)
+        if exclude is not None:
+            ok &= ~exclude
+        v = r.rate[ok].astype(np.float64)
+        if v.size == 0:
+            continue
+        med = float(np.median(v))
+        spread = MAD_TO_STD * float(np.median(np.abs(v - med)))
+        row = {"TBIN": r.temperature, "TAVG": r.tavg, "NPIX": int(v.size), "DC_MEDIAN": med,
+               "DC_MEDIAN_ERR": 1.2533 * spread / math.sqrt(v.size),
+               "DC_P95": float(np.percentile(v, 95))}
+        if model is not None:
+            pred = model.rate(r.tavg)[ok]
+            row["MODEL_MEDIAN"] = float(np.nanmedian(pred))
+        if e_per_adu:
+            for key in [k for k in row if k.startswith(("DC_", "MODEL_"))]:
+                row[key + "_E"] = row[key] * e_per_adu
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+__all__ = ["Evaluation", "evaluate", "dark_current_table", "COLUMNS"]

@@ -1,0 +1,473 @@
+"""The dark pipeline: bias-subtracted masters, rates, dark-current models, hot pixels, evaluation.
+
+:func:`run` states the order of every mode once.  Products (``OUT``)::
+
+    dark_masters/master_dark_T<T>C_E<t>s.fits   bias-subtracted dark signal [adu] per (T, t)
+    dark_rates/dark_rate_T<T>C.fits             rate [adu/s] = slope of signal vs exposure
+    dark_model/dark_model.fits                  1-D model: A (primary, UNCERT, MASK), B, SIGMA_A,
+                                                SIGMA_B, COV_AB, CHI2DOF, NPTS, FALLBACK, TDOUBLE,
+                                                EA, HOT; old names A_map.fits, B_map.fits,
+                                                hot_pixels.fits
+    dark_model_2d/dark_model_2d.fits            2-D model: A, GAMMA, B, errors, covariances;
+                                                old names A_map_2D, B_map_2D, GAMMA_map_2D.fits
+    hot_pixels.fits, hot_pixels.csv             mask at TREF and counts per temperature bin
+    evaluation_model_{1d,2d}_summary.csv, heatmap_{mae,mape,pull,dark_real,dark_synthetic}_
+    {1d,2d}.png, plots_2d_comparison/scatter_T<T>_E<t>.png
+    dark_current_vs_temperature.csv|png
+    synthetic/ (synthetic_only), synthetic_2d_exp_<E>/ (synthetic_2d),
+    synthetic_2d_dark_T<T>_E<E>.fits (synthetic_2d_single)
+    plots/*.png, masters.csv, summary.json, config_used.json, index.csv, bias_model.fits and
+    bias_masters/ (when the bias comes from the tree's own bias frames)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from utils import adu
+from utils.bias_model import BiasModel
+from utils.errors import ConfigError, UserError
+from utils.fitsio import (provenance_cards, save_figure, set_card, write_csv, write_product,
+                          write_text)
+from utils.index import load_frames
+from utils.master import CombineSettings, adc_bits_of
+from utils.settings import dump_settings, field
+
+from . import plots
+from .evaluation import dark_current_table, evaluate
+from .hot_pixels import find_hot_pixels, hot_pixel_counts
+from .masters import (MASTER_FOLDER, bias_reference, build_dark_masters, dark_frames, dark_sets,
+                      masters_table)
+from .rates import RATE_FOLDER, measure_rates, rate_file, write_rate
+from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
+from .temperature_model import (DarkModel1D, DarkModel2D, fit_model_2d, fit_temperature_model)
+
+logger = logging.getLogger(__name__)
+
+MODES = ("full", "synthetic_only", "evaluation_only", "evaluate_dark_current", "fit_2d_model",
+         "evaluate_2d_model", "synthetic_2d", "synthetic_2d_single")
+#: Modes that read dark frames.
+FRAME_MODES = ("full", "evaluation_only", "evaluate_dark_current", "fit_2d_model",
+               "evaluate_2d_model")
+MODEL_1D = Path("dark_model") / "dark_model.fits"
+MODEL_2D = Path("dark_model_2d") / "dark_model_2d.fits"
+
+
+@dataclass(frozen=True)
+class DarkSettings:
+    """Settings of one dark-pipeline run (written to ``config_used.json``)."""
+
+    mode: str = field("full", "what to run: " + ", ".join(MODES))
+    temp_bin: float = field(1.0, "[degC] largest temperature span of one master")
+    exp_tolerance: float = field(0.01, "largest relative exposure-time span of one master")
+    t_ref: float = field(20.0, "[degC] reference temperature of the models and hot pixels")
+    bias_model: str = field("", "bias_model.fits of the bias pipeline (else fitted from the "
+                                "tree's bias frames)")
+    bias_temp_tolerance: float = field(2.0, "[degC] largest distance to the bias model's range "
+                                            "or to a bias master")
+    model_dir: str = field("", "folder holding dark_model/ and dark_model_2d/ (default: the "
+                               "output folder)")
+    gain: float | None = field(None, "[e-/ADC count] gain for electron units")
+    hot_threshold: float = field(5.0, "[sigma] hot-pixel threshold on ln(rate)")
+    hot_min_rate: float = field(5.0, "[e-/s] hot pixels must also exceed this (with --gain)")
+    min_snr: float = field(3.0, "smallest rate/error of a point counted as signal")
+    stage: str = field("", "irradiation stage when the frames hold several")
+    temps: tuple = field((20.0,), "[degC] temperatures of the synthetic_only and synthetic_2d "
+                                  "modes")
+    exptimes: tuple = field((1.0, 5.0, 10.0, 20.0, 25.0), "[s] exposures of the synthetic modes")
+    temp_single: float = field(20.0, "[degC] temperature of synthetic_2d_single")
+    exptime_single: float = field(10.0, "[s] exposure of synthetic_2d_single")
+    combine: CombineSettings = field(CombineSettings(), "combination of each master")
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if not self.temp_bin > 0 or self.exp_tolerance < 0 or self.bias_temp_tolerance < 0:
+            raise ValueError("temp_bin must be > 0, exp_tolerance and bias_temp_tolerance >= 0")
+        if self.gain is not None and not self.gain > 0:
+            raise ValueError(f"gain must be > 0 e-/ADC count, got {self.gain}")
+        if not self.hot_threshold > 0 or not self.min_snr > 0:
+            raise ValueError("hot_threshold and min_snr must be > 0")
+        if not all(e > 0 for e in self.exptimes) or not self.exptime_single > 0:
+            raise ValueError("exposure times must be > 0 s")
+
+
+@dataclass
+class DarkResult:
+    """What a run produced."""
+
+    out_dir: Path
+    summary: dict
+    files: list[Path]
+
+    def summary_line(self) -> str:
+        """One line: what was written where."""
+        s = self.summary
+        parts = [f"dark pipeline ({s['mode']})"]
+        if "n_masters" in s:
+            parts.append(f"{s['n_masters']} masters at {len(s.get('temperatures_degC', []))} "
+                         f"temperatures")
+        if s.get("doubling_temperature_degC") is not None:
+            parts.append(f"median T_d {s['doubling_temperature_degC']:.2f} degC, E_a "
+                         f"{s['activation_energy_eV']:.3f} eV")
+        if s.get("hot_pixels") is not None:
+            parts.append(f"{s['hot_pixels']} hot pixels")
+        if s.get("gamma_median") is not None:
+            parts.append(f"median gamma {s['gamma_median']:.3f}")
+        return ", ".join(parts) + f"; {len(self.files)} files in {self.out_dir}"
+
+
+def _save(ax, path: Path, files: list) -> None:
+    ax = ax[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
+    files.append(save_figure(ax.figure, path))
+
+
+def _e_per_adu(settings: DarkSettings, adc_bits: int) -> float | None:
+    return adu.electrons_per_adu(settings.gain, adc_bits) if settings.gain else None
+
+
+# --- measured products -------------------------------------------------------------------------
+
+def measure(basepath, out_dir: Path, settings: DarkSettings, files: list, *,
+            progress_bar: bool = False):
+    """Masters and rate maps (written); returns ``(masters, rates, bias, adc_bits)``."""
+    index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
+    if Path(basepath).is_dir():
+        files.append(out_dir / "index.csv")
+    rows = dark_frames(index, settings.stage)
+    adc_bits = adc_bits_of(rows)
+    bias = bias_reference(index, out_dir, model_path=settings.bias_model, stage=settings.stage,
+                          temp_bin=settings.temp_bin, tolerance=settings.bias_temp_tolerance,
+                          combine=settings.combine, progress_bar=progress_bar)
+    bias.check_shape((int(rows["NAXIS2"].iloc[0]), int(rows["NAXIS1"].iloc[0])))
+    masters, refused = build_dark_masters(
+        dark_sets(rows, settings.temp_bin, settings.exp_tolerance), bias,
+        out_dir / MASTER_FOLDER, settings.combine, progress_bar=progress_bar)
+    if not masters:
+        raise UserError("no dark master could be made: " + "; ".join(refused[:2]))
+    files += [m.path for m in masters]
+    files.append(write_csv(masters_table(masters, out_dir), out_dir / "masters.csv"))
+    rates = measure_rates(masters)
+    for r in rates:
+        files.append(write_rate(r, rate_file(out_dir / RATE_FOLDER, r.temperature), adc_bits))
+    return masters, rates, bias, adc_bits
+
+
+def write_hot_pixels(rate: np.ndarray, out_dir: Path, settings: DarkSettings, adc_bits: int,
+                     what: str, files: list):
+    """Hot-pixel mask of ``rate`` [adu/s] (at TREF) to ``hot_pixels.fits``; returns it."""
+    e = _e_per_adu(settings, adc_bits)
+    hot = find_hot_pixels(rate, n_sigma=settings.hot_threshold, e_per_adu=e,
+                          min_rate_e=settings.hot_min_rate)
+    header = fits.Header()
+    for key, value, comment in provenance_cards("HOT_PIXELS"):
+        set_card(header, key, value, comment)
+    for key, value, comment in (
+            ("RATESRC", what, "rate map the test was made on"),
+            ("NSIGMA", hot.n_sigma, "[sigma] threshold on ln(rate), robust sigma"),
+            ("MEDRATE", hot.median_rate, "[adu/s] population median rate"),
+            ("SPREADLN", hot.spread_ln, "robust sigma of ln(rate)"),
+            ("THRESH", hot.threshold, "[adu/s] rate threshold"),
+            ("MINRATE", hot.min_rate_adu, "[adu/s] electron floor (0 without gain)"),
+            ("NHOT", hot.count, "hot pixels")):
+        set_card(header, key, value, comment)
+    if e:
+        set_card(header, "THRESHE", hot.threshold * e, "[electron/s] rate threshold")
+    files.append(write_product(out_dir / "hot_pixels.fits", hot.mask.astype(np.uint8), header,
+                               unit=""))
+    return hot
+
+
+def _model_aliases(model_file: Path, maps: dict, unit_of: dict) -> list[Path]:
+    """The old per-map file names next to a model product."""
+    out = []
+    for name, data in maps.items():
+        header = fits.Header()
+        for key, value, comment in provenance_cards("DARK_MODEL_MAP"):
+            set_card(header, key, value, comment)
+        set_card(header, "MODELFIL", model_file.name, "full model with errors")
+        out.append(write_product(model_file.parent / name, data, header, unit=unit_of[name]))
+    return out
+
+
+def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
+    files.append(write_csv(ev.table, out_dir / f"evaluation_model_{kind}_summary.csv"))
+    for column, name, title in (("MAE [ADU]", "mae", "mean absolute error [adu]"),
+                                ("MAPE [%]", "mape", "mean absolute percentage error [%]"),
+                                ("PULL_STD", "pull", "pull standard deviation [1]"),
+                                ("REAL_MEDIAN [ADU]", "dark_real", "measured median signal [adu]"),
+                                ("SYNTH_MEDIAN [ADU]", "dark_synthetic",
+                                 "model median signal [adu]")):
+        _save(plots.plot_heatmap(ev.table, column, title=f"{kind.upper()} model: {title}"),
+              out_dir / f"heatmap_{name}_{kind}.png", files)
+
+
+def _pixels(model: DarkModel1D, count: int = 4) -> list[tuple[int, int]]:
+    good = ~model.fit.fallback & np.isfinite(model.fit.amplitude)
+    if model.hot is not None and (model.hot & good).any():
+        hot = [tuple(int(v) for v in np.unravel_index(np.flatnonzero(model.hot & good)[0],
+                                                    model.hot.shape))]
+    else:
+        hot = []
+    flat = np.flatnonzero(good & ~(model.hot if model.hot is not None else False))
+    if flat.size == 0:
+        return hot
+    order = flat[np.argsort(model.fit.amplitude.ravel()[flat])]
+    picks = [order[len(order) // 2], order[len(order) // 10], order[-len(order) // 10]]
+    return (hot + [tuple(int(v) for v in np.unravel_index(i, model.fit.amplitude.shape))
+                   for i in picks])[:count]
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
+        settings: DarkSettings = DarkSettings(), *, progress_bar: bool = False) -> DarkResult:
+    """Run one mode of the dark pipeline.
+
+    Order of ``full``: frames -> bias reference -> masters per (T, t) -> rate maps -> 1-D
+    model -> hot pixels -> 2-D model -> evaluation of both models -> dark current vs T ->
+    plots -> summary.  The other modes run the named part, reading models from
+    ``model_dir`` and (for evaluations) masters from the frames.
+
+    Raises
+    ------
+    UserError
+        No dark frames, missing bias, missing model for a model-reading mode, or a single
+        temperature in ``full`` (masters, rates and hot pixels are still written).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mode = settings.mode
+    dump_settings(out_dir, dark=settings, basepath=str(basepath or ""))
+    model_dir = Path(settings.model_dir) if settings.model_dir else out_dir
+    files: list[Path] = []
+    summary: dict = {"mode": mode, "output_dir": str(out_dir), "t_ref_degC": settings.t_ref,
+                     "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
+                     "gain_e_per_adc_count": settings.gain}
+    masters = rates = bias = None
+    adc_bits = adu.DEFAULT_ADC_BITS
+    if mode in FRAME_MODES:
+        if not basepath:
+            raise ConfigError(f"mode {mode} needs --basepath (converted dark frames or an index)")
+        masters, rates, bias, adc_bits = measure(basepath, out_dir, settings, files,
+                                                 progress_bar=progress_bar)
+        summary.update(n_masters=len(masters),
+                       temperatures_degC=[float(r.tavg) for r in rates],
+                       exposures_s=sorted({float(m.exptime) for m in masters}),
+                       rate_method=sorted({r.method for r in rates}),
+                       adc_bits=adc_bits, adu_scale=adu.adu_scale(adc_bits))
+    e = _e_per_adu(settings, adc_bits)
+
+    if mode == "full":
+        _full(masters, rates, out_dir, settings, adc_bits, summary, files)
+    elif mode == "evaluate_dark_current":
+        model = DarkModel1D.read(model_dir / MODEL_1D) if (model_dir / MODEL_1D).is_file() \
+            else None
+        _dark_current(rates, model, e, out_dir, summary, files)
+    elif mode == "evaluation_only":
+        model = DarkModel1D.read(model_dir / MODEL_1D)
+        _check_model_shape(model.fit.amplitude.shape, masters)
+        ev = evaluate(masters, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
+                      exclude=_exclusion(model.mask()))
+        _evaluation_products(ev, "1d", out_dir, files)
+        summary["evaluation_1d"] = _eval_summary(ev)
+    elif mode == "fit_2d_model":
+        hot = DarkModel1D.read(model_dir / MODEL_1D).hot if (model_dir / MODEL_1D).is_file() \
+            else None
+        model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot, summary, files)
+        del model2
+    elif mode == "evaluate_2d_model":
+        model2 = DarkModel2D.read(model_dir / MODEL_2D)
+        _check_model_shape(model2.fit.amplitude.shape, masters)
+        ev = evaluate(masters, model2.signal, model2.signal_err,
+                      exclude=_exclusion(model2.hot, model2.fit.amplitude))
+        _evaluation_products(ev, "2d", out_dir, files)
+        _scatter_plots(ev, out_dir, files)
+        summary["evaluation_2d"] = _eval_summary(ev)
+    else:
+        _synthetic(mode, model_dir, out_dir, settings, summary, files)
+
+    files += [out_dir / "config_used.json", out_dir / "summary.json"]
+    write_text(json.dumps(summary, indent=2, default=_json) + "\n", out_dir / "summary.json")
+    return DarkResult(out_dir, summary, files)
+
+
+def _json(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def _exclusion(mask, amplitude=None) -> np.ndarray | None:
+    out = None if mask is None else np.asarray(mask) != 0
+    if amplitude is not None:
+        nofit = ~np.isfinite(amplitude)
+        out = nofit if out is None else out | nofit
+    return out
+
+
+def _check_model_shape(shape, masters) -> None:
+    from utils.fitsio import read_header
+
+    head = read_header(masters[0].path)
+    frames = (head["NAXIS2"], head["NAXIS1"])
+    if tuple(shape) != frames:
+        raise UserError(f"the dark model is {shape[1]}x{shape[0]} but the dark frames are "
+                        f"{frames[1]}x{frames[0]}")
+
+
+def _eval_summary(ev) -> dict:
+    t = ev.table
+    return {"mae_mean_adu": float(t["MAE [ADU]"].mean()),
+            "mape_mean_percent": float(t["MAPE [%]"].mean()),
+            "pull_std_median": float(t["PULL_STD"].median()),
+            "pull_std_max": float(t["PULL_STD"].max())}
+
+
+def _dark_current(rates, model, e, out_dir: Path, summary: dict, files: list,
+                  exclude=None) -> pd.DataFrame:
+    table = dark_current_table(rates, model, e, exclude)
+    files.append(write_csv(table, out_dir / "dark_current_vs_temperature.csv"))
+    _save(plots.plot_dark_current(table, electrons=bool(e)),
+          out_dir / "dark_current_vs_temperature.png", files)
+    summary["dark_current"] = table.to_dict("records")
+    return table
+
+
+def _fit_2d(masters, out_dir: Path, settings: DarkSettings, adc_bits: int, hot, summary: dict,
+            files: list) -> DarkModel2D:
+    model2 = fit_model_2d(masters, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits)
+    model2.hot = hot
+    path = model2.write(out_dir / MODEL_2D)
+    files.append(path)
+    files += _model_aliases(path, {"A_map_2D.fits": model2.fit.amplitude,
+                                   "B_map_2D.fits": model2.fit.rate,
+                                   "GAMMA_map_2D.fits": model2.fit.gamma},
+                            {"A_map_2D.fits": adu.UNIT, "B_map_2D.fits": "1 / deg_C",
+                             "GAMMA_map_2D.fits": ""})
+    _save(plots.plot_gamma_histogram(model2), out_dir / "plots" / "gamma_histogram_2d.png", files)
+    summary.update({k: v for k, v in model2.headline().items() if k.startswith("gamma")})
+    summary["model_2d"] = model2.headline()
+    return model2
+
+
+def _scatter_plots(ev, out_dir: Path, files: list) -> None:
+    for (t, x), (real, synth) in ev.samples.items():
+        tag = f"T{t:g}_E{x:g}".replace(".", "p")
+        _save(plots.plot_scatter(real, synth, title=f"2-D model at {t:g} degC, {x:g} s"),
+              out_dir / "plots_2d_comparison" / f"scatter_{tag}.png", files)
+
+
+def _full(masters, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, summary: dict,
+          files: list) -> None:
+    e = _e_per_adu(settings, adc_bits)
+    counts = hot_pixel_counts(rates, n_sigma=settings.hot_threshold, e_per_adu=e,
+                              min_rate_e=settings.hot_min_rate)
+    files.append(write_csv(counts, out_dir / "hot_pixels.csv"))
+    if len(rates) < 2:
+        # no temperature model: hot pixels and dark current at the one temperature measured
+        hot = write_hot_pixels(rates[0].rate, out_dir, settings, adc_bits,
+                               f"measured rate at {rates[0].tavg:.1f} degC", files)
+        summary["hot_pixels"] = hot.count
+        _dark_current(rates, None, e, out_dir, summary, files, hot.mask)
+        write_text(json.dumps(summary, indent=2, default=_json) + "\n", out_dir / "summary.json")
+        raise UserError(f"dark frames at a single temperature ({rates[0].tavg:.1f} degC): "
+                        f"masters, rate map and hot pixels written to {out_dir}, but the "
+                        "dark-current model in temperature needs at least two")
+    model = fit_temperature_model(rates, settings.t_ref, min_snr=settings.min_snr,
+                                  adc_bits=adc_bits)
+    hot = write_hot_pixels(model.fit.amplitude, out_dir, settings, adc_bits,
+                           f"1-D model A at TREF {settings.t_ref:g} degC", files)
+    model.hot = hot.mask
+    path = model.write(out_dir / MODEL_1D)
+    files.append(path)
+    files += _model_aliases(path, {"A_map.fits": model.fit.amplitude, "B_map.fits": model.fit.rate,
+                                   "hot_pixels.fits": hot.mask.astype(np.uint8)},
+                            {"A_map.fits": adu.RATE_UNIT, "B_map.fits": "1 / deg_C",
+                             "hot_pixels.fits": ""})
+    head = model.headline()
+    summary.update(doubling_temperature_degC=head["doubling_temperature_degC"],
+                   activation_energy_eV=head["activation_energy_eV"],
+                   b_median_per_degC=head["b_median_per_degC"],
+                   fallback_pixels=head["fallback_pixels"], err_scale_1d=model.err_scale,
+                   hot_pixels=hot.count, hot_threshold_adu_s=hot.threshold)
+    good = ~model.fit.fallback & ~hot.mask & np.isfinite(model.fit.amplitude)
+    a = model.fit.amplitude[good]
+    summary["dark_rate_at_t_ref_adu_s"] = {"median": float(np.median(a)),
+                                           "p95": float(np.percentile(a, 95))}
+    if e:
+        summary["dark_rate_at_t_ref_e_s"] = {k: v * e for k, v in
+                                             summary["dark_rate_at_t_ref_adu_s"].items()}
+
+    exclude = hot.mask | ~np.isfinite(model.fit.amplitude)
+    ev1 = evaluate(masters, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
+                   exclude=exclude)
+    _evaluation_products(ev1, "1d", out_dir, files)
+    summary["evaluation_1d"] = _eval_summary(ev1)
+    exposures = {m.exptime for m in masters}
+    if len(exposures) >= 2:
+        model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot.mask, summary, files)
+        ev2 = evaluate(masters, model2.signal, model2.signal_err,
+                       exclude=exclude | ~np.isfinite(model2.fit.amplitude))
+        _evaluation_products(ev2, "2d", out_dir, files)
+        _scatter_plots(ev2, out_dir, files)
+        summary["evaluation_2d"] = _eval_summary(ev2)
+    else:
+        logger.warning("one exposure time: no 2-D (temperature x exposure) model")
+    _dark_current(rates, model, e, out_dir, summary, files, hot.mask)
+    _save(plots.plot_hot_pixel_counts(counts), out_dir / "plots" / "hot_pixels_vs_temperature.png",
+          files)
+    for which, name in (("a", "dark_A_map.png"), ("b", "dark_B_map.png"),
+                        ("td", "doubling_temperature_map.png"),
+                        ("ea", "activation_energy_map.png")):
+        _save(plots.plot_model_map(model, which), out_dir / "plots" / name, files)
+    _save(plots.plot_doubling_histogram(model), out_dir / "plots" / "doubling_temperature_hist.png",
+          files)
+    _save(plots.plot_pixel_rates(rates, model, _pixels(model)),
+          out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
+
+
+def _bias_for_synthetic(settings: DarkSettings, model_dir: Path) -> BiasModel | None:
+    for candidate in (settings.bias_model, model_dir / "bias_model.fits"):
+        if candidate and Path(candidate).is_file():
+            return BiasModel.read(candidate)
+    return None
+
+
+def _synthetic(mode: str, model_dir: Path, out_dir: Path, settings: DarkSettings, summary: dict,
+               files: list) -> None:
+    bias = _bias_for_synthetic(settings, model_dir)
+    summary["bias_included"] = bias is not None
+    if mode == "synthetic_only":
+        model = DarkModel1D.read(model_dir / MODEL_1D)
+        for t in settings.temps:
+            files.append(write_rate_map(model, t, out_dir / "synthetic"))
+            for x in settings.exptimes:
+                files.append(write_synthetic_frame(model, bias, t, x, grid_path(
+                    out_dir / "synthetic", t, x, "1d")))
+    elif mode == "synthetic_2d":
+        model2 = DarkModel2D.read(model_dir / MODEL_2D)
+        for t in settings.temps:
+            for x in settings.exptimes:
+                files.append(write_synthetic_frame(model2, bias, t, x, grid_path(out_dir, t, x)))
+    else:
+        model2 = DarkModel2D.read(model_dir / MODEL_2D)
+        files.append(write_synthetic_frame(model2, bias, settings.temp_single,
+                                           settings.exptime_single,
+                                           single_path(out_dir, settings.temp_single,
+                                                       settings.exptime_single)))
+    summary["synthetic_files"] = [p.relative_to(out_dir).as_posix() for p in files]
+    if not math.isfinite(settings.temp_single):
+        raise ConfigError("temp_single must be finite")
+
+
+__all__ = ["DarkSettings", "DarkResult", "run", "measure", "MODES"]

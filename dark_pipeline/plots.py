@@ -1,0 +1,119 @@
+"""Figures of the dark pipeline.  Each ``plot_*`` takes computed results and an optional
+``ax``; it draws and returns the axes, and never saves (the pipeline does)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from utils.plotting import finish_axes, new_axes, show_histogram, show_image
+
+from .temperature_model import DarkModel1D, DarkModel2D
+
+__all__ = ["plot_model_map", "plot_doubling_histogram", "plot_gamma_histogram", "plot_heatmap",
+           "plot_scatter", "plot_dark_current", "plot_hot_pixel_counts", "plot_pixel_rates"]
+
+
+def plot_model_map(model: DarkModel1D, which: str, *, ax=None):
+    """Map of A [adu/s at TREF], B [1/degC], T_d [degC] or E_a [eV] of the 1-D model."""
+    if which == "a":
+        return show_image(model.fit.amplitude, ax=ax, unit="adu/s", label="A",
+                          title=f"dark rate at {model.t_ref:g} degC (A)")
+    if which == "b":
+        return show_image(model.fit.rate, ax=ax, unit="1/degC", label="B",
+                          title="dark-current temperature coefficient (B)")
+    if which == "td":
+        return show_image(model.doubling_temperature(), ax=ax, unit="degC", label="T_d",
+                          title="doubling temperature ln2/B")
+    return show_image(model.activation_energy(), ax=ax, unit="eV", label="E_a",
+                      title="activation energy k_B B T^2")
+
+
+def plot_doubling_histogram(model: DarkModel1D, *, ax=None):
+    """Histogram of the doubling temperature [degC] of well-measured pixels."""
+    good = ~model.fit.fallback & np.isfinite(model.fit.rate) & (model.fit.rate > 0)
+    td = model.doubling_temperature()[good]
+    med = model.headline()["doubling_temperature_degC"]
+    return show_histogram(td[(td > 0) & (td < 10 * med)] if np.isfinite(med) else td, ax=ax,
+                          xlabel="doubling temperature [degC]",
+                          markers={f"median {med:.2f} degC": med},
+                          title=f"doubling temperature ({good.sum()} pixels with own B)")
+
+
+def plot_gamma_histogram(model: DarkModel2D, *, ax=None):
+    """Histogram of gamma (exposure power) of well-measured pixels."""
+    good = ~model.fit.fallback & np.isfinite(model.fit.gamma)
+    g = model.fit.gamma[good]
+    med = float(np.median(g)) if g.size else float("nan")
+    return show_histogram(g, ax=ax, xlabel="gamma [1]", markers={f"median {med:.3f}": med},
+                          title="exposure-time power of the dark signal")
+
+
+def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, ax=None):
+    """Heatmap of one evaluation column over the grid: exposures (rows) x temperatures."""
+    ax = new_axes(ax, figsize=(7, 4.6))
+    grid = table.assign(T=table["Temperature (°C)"].round(1)).pivot_table(
+        index="Exposure (s)", columns="T", values=column, aggfunc="mean")
+    im = ax.imshow(grid.to_numpy(float), origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(grid.shape[1]), [f"{t:g}" for t in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [f"{e:g}" for e in grid.index])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = grid.iat[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+    ax.figure.colorbar(im, ax=ax, label=column)
+    ax.set_xlabel("temperature [degC]")
+    ax.set_ylabel("exposure time [s]")
+    ax.set_title(title)
+    return ax
+
+
+def plot_scatter(real: np.ndarray, synth: np.ndarray, *, title: str, ax=None):
+    """Predicted vs measured dark signal [adu] of a pixel sample, with the identity line."""
+    ax = new_axes(ax, figsize=(5.2, 5))
+    ax.plot(real, synth, ".", ms=2, alpha=0.4, label="pixels")
+    lo = float(np.nanmin([real.min(), synth.min()])) if real.size else 0.0
+    hi = float(np.nanmax([real.max(), synth.max()])) if real.size else 1.0
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
+    return finish_axes(ax, "measured dark signal [adu]", "model dark signal [adu]", title)
+
+
+def plot_dark_current(table: pd.DataFrame, *, electrons: bool = False, ax=None):
+    """Median (with error bars) and 95th-percentile dark current vs temperature, and the model."""
+    ax = new_axes(ax)
+    suffix, unit = ("_E", "e-/s") if electrons else ("", "adu/s")
+    ax.errorbar(table["TAVG"], table["DC_MEDIAN" + suffix], yerr=table["DC_MEDIAN_ERR" + suffix],
+                fmt="o", capsize=3, label="median of pixels (measured)")
+    ax.plot(table["TAVG"], table["DC_P95" + suffix], "s", label="95th percentile (measured)")
+    if "MODEL_MEDIAN" + suffix in table:
+        ax.plot(table["TAVG"], table["MODEL_MEDIAN" + suffix], "-", label="1-D model, median")
+    ax.set_yscale("log")
+    return finish_axes(ax, "sensor temperature [degC]", f"dark current [{unit}]",
+                       "dark current vs temperature")
+
+
+def plot_hot_pixel_counts(table: pd.DataFrame, *, ax=None):
+    """Hot pixels found at each temperature bin."""
+    ax = new_axes(ax)
+    ax.plot(table["TAVG"], table["N_HOT"], "o-", label="hot pixels")
+    return finish_axes(ax, "sensor temperature [degC]", "hot pixels [count]",
+                       "hot pixels vs temperature")
+
+
+def plot_pixel_rates(rates, model: DarkModel1D, pixels, *, ax=None):
+    """Measured rate vs temperature at a few pixels with error bars, and the 1-D model curve."""
+    ax = new_axes(ax, figsize=(7.2, 4.8))
+    temps = np.array([r.tavg for r in rates])
+    grid = np.linspace(temps.min() - 2, temps.max() + 2, 60)
+    for n, (row, col) in enumerate(pixels):
+        values = np.array([r.rate[row, col] for r in rates])
+        errors = np.array([r.rate_err[row, col] for r in rates])
+        a, b = float(model.fit.amplitude[row, col]), float(model.fit.rate[row, col])
+        ax.errorbar(temps, values, yerr=errors, fmt="o", ms=4, capsize=2, color=f"C{n}",
+                    label=f"pixel ({col}, {row}): T_d = {np.log(2) / b:.2f} degC"
+                    if b > 0 else f"pixel ({col}, {row})")
+        ax.plot(grid, a * np.exp(b * (grid - model.t_ref)), color=f"C{n}", lw=1)
+    ax.set_yscale("symlog", linthresh=1.0)
+    return finish_axes(ax, "sensor temperature [degC]", "dark rate [adu/s]",
+                       "dark rate vs temperature at representative pixels")

@@ -1,0 +1,110 @@
+"""Dark pipeline: per-pixel dark-current model in temperature and exposure time, hot pixels.
+
+Modes: full (masters, rates, 1-D and 2-D models, hot pixels, evaluation, dark
+current vs temperature), synthetic_only (1-D rate maps and synthetic darks at
+--temps x --exptimes), evaluation_only (1-D model vs the masters),
+evaluate_dark_current, fit_2d_model, evaluate_2d_model, synthetic_2d (2-D
+synthetic darks at --temps x --exptimes) and synthetic_2d_single (one at
+--temp-single, --exptime-single).  Bias is removed with --bias-model (the
+bias pipeline's bias_model.fits) evaluated at each frame's temperature, else
+with a model fitted from the bias frames of the same tree.  Products are
+listed in dark_pipeline/pipeline.py and the README.
+
+Example
+-------
+::
+
+    python dark_pipeline/run_pipeline.py --basepath campaign_fits --output-dir out/dark \\
+        --bias-model out/bias/bias_model.fits --gain 2.0
+    python dark_pipeline/run_pipeline.py --mode synthetic_2d_single --output-dir out/dark \\
+        --temp-single 12.5 --exptime-single 3
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dark_pipeline.pipeline import MODES, DarkSettings, run  # noqa: E402
+from utils import cli  # noqa: E402
+from utils.errors import ConfigError  # noqa: E402
+from utils.master import add_combine_options, combine_settings  # noqa: E402
+
+logger = logging.getLogger("dark_pipeline.run_pipeline")
+
+
+def build_parser() -> cli.ArgumentParser:
+    """Command-line interface."""
+    d = DarkSettings()
+    parser = cli.make_parser("python dark_pipeline/run_pipeline.py", __doc__)
+    parser.add_argument("--mode", choices=MODES, default=d.mode, help="what to run")
+    parser.add_argument("--basepath", default="",
+                        help="folder of converted FITS frames, or an index CSV")
+    parser.add_argument("--output-dir", required=True, help="folder for the products")
+    parser.add_argument("--model-dir", default="",
+                        help="folder with dark_model/ and dark_model_2d/ (default: output dir)")
+    parser.add_argument("--bias-model", default="", help="bias_model.fits of the bias pipeline")
+    parser.add_argument("--temps", type=float, nargs="+", default=list(d.temps),
+                        help="[degC] temperatures of the synthetic modes")
+    parser.add_argument("--exptimes", type=float, nargs="+", default=list(d.exptimes),
+                        help="[s] exposure times of the synthetic modes")
+    parser.add_argument("--temp-single", type=float, default=d.temp_single,
+                        help="[degC] temperature of synthetic_2d_single")
+    parser.add_argument("--exptime-single", type=float, default=d.exptime_single,
+                        help="[s] exposure of synthetic_2d_single")
+    parser.add_argument("--gain", type=float, default=None,
+                        help="[e-/ADC count] gain, for electron units and the hot-pixel floor")
+    parser.add_argument("--hot-threshold", type=float, default=d.hot_threshold,
+                        help="[sigma] hot-pixel threshold on ln(dark rate)")
+    parser.add_argument("--hot-min-rate", type=float, default=d.hot_min_rate,
+                        help="[e-/s] hot pixels must also exceed this (needs --gain)")
+    parser.add_argument("--temp-bin", type=float, default=d.temp_bin,
+                        help="[degC] largest temperature span of one master")
+    parser.add_argument("--exp-tolerance", type=float, default=d.exp_tolerance,
+                        help="largest relative exposure span of one master")
+    parser.add_argument("--bias-temp-tolerance", type=float, default=d.bias_temp_tolerance,
+                        help="[degC] largest distance to the bias model's range or a master")
+    parser.add_argument("--t-ref", type=float, default=d.t_ref,
+                        help="[degC] reference temperature of the models")
+    parser.add_argument("--min-snr", type=float, default=d.min_snr,
+                        help="smallest rate/error counted as signal in the fits")
+    parser.add_argument("--stage", default="", help="irradiation stage when several")
+    add_combine_options(parser)
+    return parser
+
+
+def settings_from(args) -> DarkSettings:
+    """Validated settings from parsed options."""
+    try:
+        return DarkSettings(mode=args.mode, temp_bin=args.temp_bin,
+                            exp_tolerance=args.exp_tolerance, t_ref=args.t_ref,
+                            bias_model=args.bias_model,
+                            bias_temp_tolerance=args.bias_temp_tolerance,
+                            model_dir=args.model_dir, gain=args.gain,
+                            hot_threshold=args.hot_threshold, hot_min_rate=args.hot_min_rate,
+                            min_snr=args.min_snr, stage=args.stage, temps=tuple(args.temps),
+                            exptimes=tuple(args.exptimes), temp_single=args.temp_single,
+                            exptime_single=args.exptime_single, combine=combine_settings(args))
+    except ValueError as err:
+        raise ConfigError(f"invalid option: {err}") from err
+
+
+def _main(args) -> int:
+    result = run(args.basepath or None, args.output_dir, settings_from(args),
+                 progress_bar=not args.no_progress)
+    logger.info("%s", result.summary_line())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    return cli.run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

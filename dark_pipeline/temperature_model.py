@@ -1,0 +1,398 @@
+"""Per-pixel dark-current models in temperature (1-D) and in temperature and exposure (2-D).
+
+1-D: ``DC(T) = A exp(B (T - TREF))`` [adu/s], fitted to the rate maps of every
+temperature bin (:mod:`dark_pipeline.rates`) by weighted nonlinear least
+squares, vectorised over pixels (:func:`utils.fitting.fit_exponential_per_pixel`).
+No logarithm of a measured value is taken, so quiet pixels with rates near
+zero or negative are fitted as they are; pixels without two temperatures of
+signal (rate/error >= ``min_snr``) take the population B with their own A and
+are flagged (``FALLBACK``).  Derived maps: doubling temperature
+``T_d = ln 2 / B`` [degC] and activation energy ``E_a = k_B B T_K^2`` [eV]
+(the Arrhenius law ``exp(-E_a / (k_B T_K))`` has this local slope at
+``T_K = TREF + 273.15`` K).
+
+2-D: ``S(T, t) = A t^gamma exp(B (T - TREF))`` [adu], fitted jointly to the
+bias-subtracted dark *signal* masters of every (temperature, exposure); gamma
+near 1 means the signal integrates linearly.
+
+Both fits' errors are calibrated like the bias model's: one frame-wide factor
+``ERRSCALE`` = sqrt(median reduced chi-square of the well-measured pixels /
+its expected median) multiplies the weight-based errors, so residual
+underestimates of the masters' noise do not pass into the model errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from utils import adu
+from utils import headers as kw
+from utils.bias_model import chi2_median_ratio
+from utils.errors import InputPathError, UserError
+from utils.fitsio import provenance_cards, set_card, write_product
+from utils.fitting import (ExponentialFit, PowerExponentialFit, fit_exponential_per_pixel,
+                           fit_power_exponential_per_pixel)
+
+logger = logging.getLogger(__name__)
+
+#: Boltzmann constant [eV/K].
+K_BOLTZMANN_EV = 8.617333262e-5
+#: 0 degC in kelvin.
+ZERO_CELSIUS_K = 273.15
+
+#: MASK bits of the model products.
+MASK_FALLBACK = 1   # population B (and gamma) used: too little signal for the pixel's own
+MASK_HOT = 2        # hot pixel (see dark_pipeline.hot_pixels)
+MASK_NOFIT = 4      # no usable point at all
+
+
+def _err_scale(chi2: np.ndarray, npoints: np.ndarray, fallback: np.ndarray, nparams: int) -> float:
+    """sqrt(median reduced chi-square / its expected median) over well-measured pixels."""
+    dof = npoints.astype(int) - nparams
+    good = ~fallback & np.isfinite(chi2) & (dof > 0)
+    if good.sum() < 10:
+        return 1.0
+    common = int(np.median(dof[good]))
+    sel = good & (dof == common)
+    return math.sqrt(float(np.median(chi2[sel])) / chi2_median_ratio(common))
+
+
+def _scaled(fit, s: float, error_fields: tuple[str, ...]):
+    changes = {name: getattr(fit, name) * np.float32(s) for name in error_fields}
+    changes["covariance"] = fit.covariance * np.float32(s * s)
+    changes["chi2"] = fit.chi2 / np.float32(s * s)
+    return dataclasses.replace(fit, **changes)
+
+
+def _mask(fit, hot: np.ndarray | None) -> np.ndarray:
+    mask = np.zeros(fit.amplitude.shape, np.uint8)
+    mask[fit.fallback] |= MASK_FALLBACK
+    mask[~np.isfinite(fit.amplitude)] |= MASK_NOFIT
+    if hot is not None:
+        mask[hot] |= MASK_HOT
+    return mask
+
+
+def _header(product: str, model: str, t_ref: float, err_scale: float, adc_bits: int,
+            cards: list) -> fits.Header:
+    header = fits.Header()
+    for key, value, comment in provenance_cards(product):
+        set_card(header, key, value, comment)
+    set_card(header, "MODEL", model, "per pixel, weighted nonlinear least squares")
+    set_card(header, kw.TREF, float(t_ref), "[degC] reference temperature")
+    set_card(header, kw.ERRSCALE, float(err_scale), "weight-based errors multiplied by this")
+    for key, value, comment in cards:
+        set_card(header, key, value if np.isfinite(value) else "NAN", comment)
+    set_card(header, "MASKBITS", "1 population B, 2 hot, 4 no fit", "MASK bit meanings")
+    for key, value, comment in adu.scaling_cards(adc_bits):
+        set_card(header, key, value, comment)
+    return header
+
+
+def _read(path: Path, names: tuple[str, ...]) -> tuple[dict, fits.Header]:
+    if not Path(path).is_file():
+        raise InputPathError(f"{path}: dark model not found; run the dark pipeline (mode full "
+                             "or fit_2d_model) first, or give --model-dir")
+    with fits.open(path, memmap=False) as hdul:
+        present = {h.name for h in hdul}
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise InputPathError(f"{path}: not a dark model of this kind (no "
+                                 f"{', '.join(missing)} extension)")
+        maps = {n: np.asarray(hdul[n].data) for n in names}
+        maps["PRIMARY"] = np.asarray(hdul[0].data, np.float32)
+        maps["MASK"] = np.asarray(hdul["MASK"].data)
+        inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in present \
+            else pd.DataFrame()
+        return maps | {"INPUTS": inputs}, hdul[0].header.copy()
+
+
+# --- 1-D ----------------------------------------------------------------------------------------
+
+@dataclass
+class DarkModel1D:
+    """Per-pixel ``DC(T) = A exp(B (T - t_ref))`` [adu/s] with calibrated errors.
+
+    Attributes
+    ----------
+    fit : ExponentialFit
+        Maps of A [adu/s], B [1/degC], their errors and covariance (scaled).
+    err_scale : float
+        Factor applied to the weight-based errors.
+    hot : numpy.ndarray or None
+        Hot-pixel mask, once found.
+    inputs : pandas.DataFrame
+        Rate maps fitted: ``TBIN, TAVG, RATEMETH``.
+    adc_bits : int
+        Converter bits of the data.
+    """
+
+    fit: ExponentialFit
+    err_scale: float = 1.0
+    hot: np.ndarray | None = None
+    inputs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    adc_bits: int = adu.DEFAULT_ADC_BITS
+
+    @property
+    def t_ref(self) -> float:
+        """[degC] reference temperature of A."""
+        return self.fit.x_ref
+
+    def rate(self, temperature: float) -> np.ndarray:
+        """Dark rate [adu/s] at ``temperature`` [degC]."""
+        return self.fit.predict(temperature)
+
+    def rate_err(self, temperature: float) -> np.ndarray:
+        """One-sigma error of :meth:`rate` [adu/s]."""
+        return self.fit.predict_err(temperature)
+
+    def doubling_temperature(self) -> np.ndarray:
+        """``ln 2 / B`` [degC] (inf where B <= 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.fit.rate > 0, math.log(2) / self.fit.rate, np.inf
+                            ).astype(np.float32)
+
+    def activation_energy(self) -> np.ndarray:
+        """``k_B B T_K^2`` at the reference temperature [eV]."""
+        t_k = self.t_ref + ZERO_CELSIUS_K
+        return (K_BOLTZMANN_EV * self.fit.rate * t_k * t_k).astype(np.float32)
+
+    def mask(self) -> np.ndarray:
+        """uint8 bits :data:`MASK_FALLBACK`, :data:`MASK_HOT`, :data:`MASK_NOFIT`."""
+        return _mask(self.fit, self.hot)
+
+    def headline(self) -> dict:
+        """Median B, T_d and E_a over well-measured, not-hot pixels; counts."""
+        good = ~self.fit.fallback & np.isfinite(self.fit.rate)
+        if self.hot is not None:
+            good &= ~self.hot
+        b = float(np.median(self.fit.rate[good])) if good.any() else math.nan
+        t_k = self.t_ref + ZERO_CELSIUS_K
+        return {"b_median_per_degC": b,
+                "doubling_temperature_degC": math.log(2) / b if b > 0 else math.nan,
+                "activation_energy_eV": K_BOLTZMANN_EV * b * t_k * t_k,
+                "well_measured_pixels": int(good.sum()),
+                "fallback_pixels": int(self.fit.fallback.sum())}
+
+    def write(self, path: Path) -> Path:
+        """``dark_model.fits``: A (primary, UNCERT, MASK) and B, SIGMA_A, SIGMA_B, COV_AB,
+        CHI2DOF, NPTS, FALLBACK, TDOUBLE, EA, HOT."""
+        f = self.fit
+        head = self.headline()
+        header = _header("DARK_MODEL_1D", "DC = A exp(B (T - TREF))", self.t_ref,
+                         self.err_scale, self.adc_bits, [
+                             ("BMEDIAN", head["b_median_per_degC"], "[1/degC] median B"),
+                             ("TDMEDIAN", head["doubling_temperature_degC"],
+                              "[degC] ln 2 / BMEDIAN"),
+                             ("EAMEDIAN", head["activation_energy_eV"], "[eV] k_B BMEDIAN T_K^2"),
+                             ("POPB", f.population_rate, "[1/degC] B of fallback pixels"),
+                             ("NFALLBCK", float(f.fallback.sum()), "pixels with population B"),
+                             ("NHOT", float(self.hot.sum()) if self.hot is not None else 0.0,
+                              "hot pixels")])
+        images = {"B": (f.rate, "1 / deg_C"), "SIGMA_A": (f.amplitude_err, adu.RATE_UNIT),
+                  "SIGMA_B": (f.rate_err, "1 / deg_C"),
+                  "COV_AB": (f.covariance, f"{adu.RATE_UNIT} / deg_C"),
+                  "CHI2DOF": (f.chi2, ""), "NPTS": (f.npoints.astype(np.int16), ""),
+                  "FALLBACK": (f.fallback.astype(np.uint8), ""),
+                  "TDOUBLE": (self.doubling_temperature(), "deg_C"),
+                  "EA": (self.activation_energy(), "eV"),
+                  "HOT": ((self.hot if self.hot is not None
+                           else np.zeros(f.rate.shape, bool)).astype(np.uint8), "")}
+        return write_product(path, f.amplitude, header, unit=adu.RATE_UNIT,
+                             uncertainty=f.amplitude_err, mask=self.mask(), images=images,
+                             tables={"INPUTS": self.inputs} if len(self.inputs.columns) else None)
+
+    @classmethod
+    def read(cls, path: Path) -> DarkModel1D:
+        """Load :meth:`write`'s product."""
+        names = ("B", "SIGMA_A", "SIGMA_B", "COV_AB", "CHI2DOF", "NPTS", "FALLBACK", "HOT")
+        maps, head = _read(path, names)
+        fit = ExponentialFit(maps["PRIMARY"], maps["B"].astype(np.float32),
+                             maps["SIGMA_A"].astype(np.float32), maps["SIGMA_B"].astype(np.float32),
+                             maps["COV_AB"].astype(np.float32), maps["CHI2DOF"].astype(np.float32),
+                             maps["NPTS"].astype(np.int16), maps["FALLBACK"] != 0,
+                             kw.get_float(head, kw.TREF, 20.0), kw.get_float(head, "POPB"),
+                             math.nan)
+        return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), maps["HOT"] != 0, maps["INPUTS"],
+                   int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
+
+
+def fit_temperature_model(rates, t_ref: float, *, min_snr: float = 3.0,
+                          adc_bits: int = adu.DEFAULT_ADC_BITS) -> DarkModel1D:
+    """Fit the 1-D model to rate maps (:class:`dark_pipeline.rates.RateMap`) of several bins.
+
+    Raises
+    ------
+    UserError
+        Fewer than two temperature bins, or no pixel with signal at two temperatures.
+    """
+    temps = np.array([r.tavg for r in rates])
+    if np.unique(np.round(temps, 3)).size < 2:
+        raise UserError(f"dark frames at a single temperature ({temps[0]:.1f} degC): a dark-"
+                        "current model in temperature needs at least two")
+    y = np.stack([r.rate for r in rates])
+    s = np.stack([r.rate_err for r in rates])
+    try:
+        fit = fit_exponential_per_pixel(temps, y, s, x_ref=t_ref, min_snr=min_snr)
+    except ValueError as err:
+        raise UserError(f"dark-current model: {err}") from err
+    scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 2)
+    fit = _scaled(fit, scale, ("amplitude_err", "rate_err"))
+    inputs = pd.DataFrame({"TBIN": [r.temperature for r in rates], "TAVG": temps,
+                           "RATEMETH": [r.method for r in rates]})
+    model = DarkModel1D(fit, scale, None, inputs, adc_bits)
+    head = model.headline()
+    logger.info("1-D dark model: median T_d %.2f degC, E_a %.3f eV, %d pixels with population "
+                "B (ERRSCALE %.2f)", head["doubling_temperature_degC"],
+                head["activation_energy_eV"], head["fallback_pixels"], scale)
+    return model
+
+
+# --- 2-D ----------------------------------------------------------------------------------------
+
+@dataclass
+class DarkModel2D:
+    """Per-pixel ``S(T, t) = A t^gamma exp(B (T - t_ref))`` [adu] with calibrated errors."""
+
+    fit: PowerExponentialFit
+    err_scale: float = 1.0
+    hot: np.ndarray | None = None
+    inputs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    adc_bits: int = adu.DEFAULT_ADC_BITS
+
+    @property
+    def t_ref(self) -> float:
+        """[degC] reference temperature."""
+        return self.fit.t_ref
+
+    def signal(self, temperature: float, exptime: float) -> np.ndarray:
+        """Dark signal [adu] after ``exptime`` [s] at ``temperature`` [degC]."""
+        return self.fit.predict(temperature, exptime)
+
+    def signal_err(self, temperature: float, exptime: float) -> np.ndarray:
+        """One-sigma error of :meth:`signal` [adu]."""
+        return self.fit.predict_err(temperature, exptime)
+
+    def headline(self) -> dict:
+        """Median gamma and B over well-measured, not-hot pixels; counts."""
+        good = ~self.fit.fallback & np.isfinite(self.fit.gamma)
+        if self.hot is not None:
+            good &= ~self.hot
+        g = self.fit.gamma[good]
+        b = float(np.median(self.fit.rate[good])) if good.any() else math.nan
+        return {"gamma_median": float(np.median(g)) if g.size else math.nan,
+                "gamma_p16": float(np.percentile(g, 16)) if g.size else math.nan,
+                "gamma_p84": float(np.percentile(g, 84)) if g.size else math.nan,
+                "b_median_per_degC": b,
+                "doubling_temperature_degC": math.log(2) / b if b > 0 else math.nan,
+                "well_measured_pixels": int(good.sum()),
+                "fallback_pixels": int(self.fit.fallback.sum())}
+
+    def write(self, path: Path) -> Path:
+        """``dark_model_2d.fits``: A (primary, UNCERT, MASK), GAMMA, B, their errors, the
+        covariances, CHI2DOF, NPTS, FALLBACK."""
+        f = self.fit
+        head = self.headline()
+        header = _header("DARK_MODEL_2D", "S = A t^GAMMA exp(B (T - TREF))", self.t_ref,
+                         self.err_scale, self.adc_bits, [
+                             ("GAMMAMED", head["gamma_median"], "median gamma"),
+                             ("BMEDIAN", head["b_median_per_degC"], "[1/degC] median B"),
+                             ("TDMEDIAN", head["doubling_temperature_degC"],
+                              "[degC] ln 2 / BMEDIAN"),
+                             ("NFALLBCK", float(f.fallback.sum()), "pixels with population "
+                                                                   "gamma and B")])
+        c = f.covariance
+        images = {"GAMMA": (f.gamma, ""), "B": (f.rate, "1 / deg_C"),
+                  "SIGMA_A": (f.amplitude_err, adu.UNIT), "SIGMA_GAMMA": (f.gamma_err, ""),
+                  "SIGMA_B": (f.rate_err, "1 / deg_C"), "COV_AG": (c[0, 1], adu.UNIT),
+                  "COV_AB": (c[0, 2], f"{adu.UNIT} / deg_C"), "COV_GB": (c[1, 2], "1 / deg_C"),
+                  "CHI2DOF": (f.chi2, ""), "NPTS": (f.npoints.astype(np.int16), ""),
+                  "FALLBACK": (f.fallback.astype(np.uint8), "")}
+        return write_product(path, f.amplitude, header, unit=adu.UNIT,
+                             uncertainty=f.amplitude_err, mask=_mask(f, self.hot), images=images,
+                             tables={"INPUTS": self.inputs} if len(self.inputs.columns) else None)
+
+    @classmethod
+    def read(cls, path: Path) -> DarkModel2D:
+        """Load :meth:`write`'s product."""
+        names = ("GAMMA", "B", "SIGMA_A", "SIGMA_GAMMA", "SIGMA_B", "COV_AG", "COV_AB", "COV_GB",
+                 "CHI2DOF", "NPTS", "FALLBACK")
+        m, head = _read(path, names)
+        f32 = {k: v.astype(np.float32) for k, v in m.items() if k not in ("INPUTS",)}
+        cov = np.zeros((3, 3) + f32["B"].shape, np.float32)
+        cov[0, 0], cov[1, 1], cov[2, 2] = (f32["SIGMA_A"] ** 2, f32["SIGMA_GAMMA"] ** 2,
+                                           f32["SIGMA_B"] ** 2)
+        cov[0, 1] = cov[1, 0] = f32["COV_AG"]
+        cov[0, 2] = cov[2, 0] = f32["COV_AB"]
+        cov[1, 2] = cov[2, 1] = f32["COV_GB"]
+        fit = PowerExponentialFit(f32["PRIMARY"], f32["GAMMA"], f32["B"], f32["SIGMA_A"],
+                                  f32["SIGMA_GAMMA"], f32["SIGMA_B"], cov, f32["CHI2DOF"],
+                                  m["NPTS"].astype(np.int16), m["FALLBACK"] != 0,
+                                  kw.get_float(head, kw.TREF, 20.0), math.nan, math.nan,
+                                  math.nan, math.nan)
+        hot = (m["MASK"] & MASK_HOT) != 0
+        return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), hot, m["INPUTS"],
+                   int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
+
+
+def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
+                 adc_bits: int = adu.DEFAULT_ADC_BITS) -> DarkModel2D:
+    """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.masters.DarkMaster`).
+
+    Each master's error is its noise-model error (see :mod:`dark_pipeline.rates`) and the
+    subtracted bias's error in quadrature.
+
+    Raises
+    ------
+    UserError
+        Fewer than two temperatures or exposure times, or no pixel with enough signal.
+    """
+    from utils.master import read_master
+
+    from .rates import noise_model_errors
+
+    temps = np.array([m.tavg for m in masters])
+    exps = np.array([m.exptime for m in masters])
+    if np.unique(np.round(temps, 3)).size < 2 or np.unique(exps).size < 2:
+        raise UserError("a 2-D dark model needs dark masters at two temperatures and two "
+                        "exposure times at least")
+    data, sigma = [], []
+    by_t: dict[float, list[int]] = {}
+    for i, m in enumerate(masters):
+        by_t.setdefault(m.temperature, []).append(i)
+    sigma = [None] * len(masters)
+    data = [None] * len(masters)
+    for idx in by_t.values():
+        images = [read_master(masters[i].path) for i in idx]
+        errs = noise_model_errors(exps[idx], np.stack([im.noise for im in images]),
+                                  np.stack([im.count for im in images]))
+        for j, i in enumerate(idx):
+            data[i] = images[j].data
+            sigma[i] = np.sqrt(errs[j].astype(np.float64) ** 2
+                               + images[j].suberr.astype(np.float64) ** 2).astype(np.float32)
+    try:
+        fit = fit_power_exponential_per_pixel(temps, exps, np.stack(data), np.stack(sigma),
+                                              t_ref=t_ref, min_snr=min_snr)
+    except ValueError as err:
+        raise UserError(f"2-D dark model: {err}") from err
+    scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
+    fit = _scaled(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
+    inputs = pd.DataFrame({"TBIN": [m.temperature for m in masters], "TAVG": temps,
+                           "EXPTIME": exps, "PATH": [m.path.name for m in masters]})
+    model = DarkModel2D(fit, scale, None, inputs, adc_bits)
+    head = model.headline()
+    logger.info("2-D dark model: median gamma %.3f, median T_d %.2f degC (ERRSCALE %.2f)",
+                head["gamma_median"], head["doubling_temperature_degC"], scale)
+    return model
+
+
+__all__ = ["DarkModel1D", "DarkModel2D", "fit_temperature_model", "fit_model_2d",
+           "K_BOLTZMANN_EV", "MASK_FALLBACK", "MASK_HOT", "MASK_NOFIT"]
