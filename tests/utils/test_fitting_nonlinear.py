@@ -1,0 +1,204 @@
+"""Per-pixel exponential and power-exponential fits: recovery, honest errors, fallback."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from utils.fitting import (
+    fit_exponential_per_pixel,
+    fit_power_exponential_per_pixel,
+    population_value,
+)
+
+LN2 = np.log(2.0)
+TEMPS = np.linspace(-10.0, 25.0, 5)  # degC
+
+
+def dark_stack(rng, shape=(64, 64), *, quiet_fraction=0.1, x_ref=0.0, read=0.5):
+    """Dark-current-like maps: log-normal amplitudes (median 5), a few hot pixels,
+    a fraction of quiet ones, rate ln2/6 per degC with 2 % spread; known sigma."""
+    amp = 5.0 * np.exp(rng.normal(0.0, 0.3, shape))
+    amp[rng.random(shape) < 0.01] *= rng.uniform(30, 100)
+    quiet = rng.random(shape) < quiet_fraction
+    amp[quiet] *= 0.02
+    rate = LN2 / 6.0 * (1.0 + rng.normal(0.0, 0.02, shape))
+    truth = amp * np.exp(rate * (TEMPS[:, None, None] - x_ref))
+    sigma = np.sqrt(read ** 2 + 0.01 * truth)
+    y = truth + rng.normal(0.0, 1.0, truth.shape) * sigma
+    return amp, rate, quiet, y.astype(np.float32), sigma.astype(np.float32)
+
+
+def pulls(est, err, truth, mask):
+    z = ((est - truth) / err)[mask]
+    return float(np.mean(z)), float(np.std(z))
+
+
+def test_exponential_recovers_truth_with_honest_errors():
+    rng = np.random.default_rng(11)
+    amp, rate, quiet, y, sigma = dark_stack(rng)
+    fit = fit_exponential_per_pixel(TEMPS, y, sigma, x_ref=0.0)
+    well = ~fit.fallback
+    assert well.sum() > 0.85 * well.size
+    for est, err, truth in ((fit.rate, fit.rate_err, rate),
+                            (fit.amplitude, fit.amplitude_err, amp)):
+        mean, std = pulls(est, err, truth, well)
+        assert abs(mean) < 0.1
+        assert 0.9 < std < 1.1
+    assert LN2 / np.median(fit.rate[well]) == pytest.approx(6.0, abs=0.1)
+    assert fit.population_rate == pytest.approx(np.median(fit.rate[well]))
+    assert 0.01 * LN2 / 6 < fit.population_rate_spread < 0.05 * LN2 / 6
+    # Reduced chi-square with 3 degrees of freedom: mean 1, median 0.79 (not 1).
+    assert np.mean(fit.chi2[well]) == pytest.approx(1.0, abs=0.1)
+    assert np.median(fit.chi2[well]) == pytest.approx(stats.chi2.ppf(0.5, 3) / 3, abs=0.06)
+    assert fit.npoints.dtype == np.int16 and np.all(fit.npoints == 5)
+    for name in ("amplitude", "rate", "amplitude_err", "rate_err", "covariance", "chi2"):
+        assert getattr(fit, name).dtype == np.float32
+    # Quiet pixels fall back to the population rate, with a finite linear amplitude.
+    fb = fit.fallback
+    assert fb.sum() > 0.5 * quiet.sum() and np.all(quiet[fb])
+    assert np.all(fit.rate[fb] == np.float32(fit.population_rate))
+    assert np.all(fit.rate_err[fb] == np.float32(fit.population_rate_spread))
+    assert np.all(fit.covariance[fb] == 0)
+    assert np.all(np.isfinite(fit.amplitude[fb])) and np.all(fit.amplitude_err[fb] > 0)
+    mean, std = pulls(fit.amplitude, fit.amplitude_err, amp, fb)
+    assert abs(mean) < 0.2 and 0.8 < std < 1.2  # rate spread is only 2 %: still honest
+
+
+def test_fallback_amplitude_is_the_closed_form():
+    rng = np.random.default_rng(3)
+    _, _, _, y, sigma = dark_stack(rng, (16, 16))
+    y[:, 0, 0] = [0.3, -0.2, 0.1, 0.6, 0.4]      # no point at 3 sigma
+    sigma[2, 0, 0] = np.nan                      # and one unusable point
+    fit = fit_exponential_per_pixel(TEMPS, y, sigma, x_ref=5.0)
+    assert fit.fallback[0, 0] and fit.npoints[0, 0] == 4
+    keep = np.arange(5) != 2
+    w = 1.0 / sigma[keep, 0, 0].astype(np.float64) ** 2
+    e = np.exp(fit.population_rate * (TEMPS[keep] - 5.0))
+    expected = np.sum(w * y[keep, 0, 0] * e) / np.sum(w * e * e)
+    assert fit.amplitude[0, 0] == pytest.approx(expected, rel=1e-5)
+    assert fit.amplitude_err[0, 0] == pytest.approx(1 / np.sqrt(np.sum(w * e * e)), rel=1e-5)
+    r = y[keep, 0, 0] - expected * e
+    assert fit.chi2[0, 0] == pytest.approx(np.sum(w * r * r) / 3, rel=1e-4)
+
+
+def test_exact_exponential_and_prediction():
+    x = np.array([-5.0, 0.0, 10.0, 20.0])
+    amp = np.linspace(1.0, 50.0, 12).reshape(3, 4)
+    rate = np.linspace(-0.05, 0.2, 12).reshape(3, 4)  # decreasing ones too
+    y = amp * np.exp(rate * (x[:, None, None] - 10.0))
+    fit = fit_exponential_per_pixel(x, y, np.full_like(y, 1e-3), x_ref=10.0)
+    assert not fit.fallback.any()
+    np.testing.assert_allclose(fit.amplitude, amp, rtol=1e-5)
+    np.testing.assert_allclose(fit.rate, rate, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fit.predict(20.0), y[-1], rtol=1e-5)
+
+
+def test_negative_and_zero_values_do_not_give_nan():
+    rng = np.random.default_rng(7)
+    _, _, _, y, sigma = dark_stack(rng, (32, 32), quiet_fraction=0.5, read=1.0)
+    assert (y < 0).mean() > 0.05
+    y[0, :4, :] = 0.0                       # exact zeros too
+    y[:, 5, 5] = [-3.0, -1.0, 0.0, 4.0, 9.0]  # a well-measured pixel with negative points
+    y[:, 6, 6] = np.nan                       # a pixel without any usable point
+    fit = fit_exponential_per_pixel(TEMPS, y, sigma, x_ref=0.0)
+    well = ~fit.fallback
+    assert well[5, 5]
+    for name in ("amplitude", "rate", "amplitude_err", "rate_err", "covariance", "chi2"):
+        assert np.all(np.isfinite(getattr(fit, name)[well])), name
+    usable = fit.npoints > 0
+    assert np.all(np.isfinite(fit.amplitude[usable])) and fit.npoints[6, 6] == 0
+    assert fit.fallback[6, 6] and np.isnan(fit.amplitude[6, 6])
+
+
+def test_fit_resting_on_one_point_falls_back():
+    rng = np.random.default_rng(5)
+    _, _, _, y, sigma = dark_stack(rng, (16, 16), quiet_fraction=0.0)
+    # Two points above 3 sigma, but no exponential through both fits the zeros
+    # between them: the least-squares optimum is a spike on the last point
+    # (rate -> infinity, amplitude -> 0), not a measurement.
+    y[:, 0, 0] = [0.0, 0.0, 3.5, 0.0, 50.0]
+    sigma[:, 0, 0] = 1.0
+    # A loose tol lets the iteration "converge" on the runaway: the support
+    # check rejects it.  With the default tol it runs out of iterations.
+    for tol in (1e-2, 1e-6):
+        fit = fit_exponential_per_pixel(TEMPS, y, sigma, x_ref=0.0, tol=tol, max_iter=100)
+        assert fit.fallback[0, 0] and fit.fallback.sum() == 1
+        assert np.isfinite(fit.amplitude[0, 0]) and fit.amplitude_err[0, 0] > 0
+
+
+def test_predict_err_matches_monte_carlo_scatter():
+    # Every pixel is one noise realisation of the same truth.
+    rng = np.random.default_rng(21)
+    shape = (60, 60)
+    truth = 4.0 * np.exp(LN2 / 6.0 * (TEMPS - 10.0))[:, None, None] * np.ones(shape)
+    sigma = np.sqrt(0.5 ** 2 + 0.05 * truth)
+    y = truth + rng.normal(0.0, 1.0, truth.shape) * sigma
+    fit = fit_exponential_per_pixel(TEMPS, y, sigma, x_ref=10.0)
+    assert not fit.fallback.any()
+    for x in (-15.0, 35.0):  # extrapolated, far from x_ref
+        scatter = np.std(fit.predict(x))
+        assert np.median(fit.predict_err(x)) == pytest.approx(scatter, rel=0.15)
+    assert np.median(fit.predict_err(10.0)) == pytest.approx(np.median(fit.amplitude_err))
+
+
+def power_stack(rng, shape=(48, 48), t_ref=10.0):
+    temps = np.repeat(TEMPS, 4)
+    times = np.tile([0.5, 1.0, 2.0, 4.0], 5)  # s
+    amp = 5.0 * np.exp(rng.normal(0.0, 0.3, shape))
+    amp[rng.random(shape) < 0.1] *= 0.01      # quiet pixels
+    rate = LN2 / 6.0 * (1.0 + rng.normal(0.0, 0.02, shape))
+    truth = amp * times[:, None, None] * np.exp(rate * (temps[:, None, None] - t_ref))
+    sigma = np.sqrt(2.0 ** 2 + truth)
+    y = truth + rng.normal(0.0, 1.0, truth.shape) * sigma
+    return temps, times, amp, rate, y.astype(np.float32), sigma.astype(np.float32)
+
+
+def test_power_exponential_recovers_gamma_and_rate():
+    rng = np.random.default_rng(13)
+    temps, times, amp, rate, y, sigma = power_stack(rng)
+    fit = fit_power_exponential_per_pixel(temps, times, y, sigma, t_ref=10.0)
+    well = ~fit.fallback
+    assert 0.8 * well.size < well.sum() < well.size
+    assert np.median(fit.gamma[well]) == pytest.approx(1.0, abs=0.02)
+    assert fit.population_gamma == pytest.approx(1.0, abs=0.02)
+    assert fit.population_rate == pytest.approx(LN2 / 6.0, rel=0.02)
+    for est, err, truth in ((fit.gamma, fit.gamma_err, 1.0), (fit.rate, fit.rate_err, rate),
+                            (fit.amplitude, fit.amplitude_err, amp)):
+        mean, std = pulls(est, err, truth, well)
+        assert abs(mean) < 0.15
+        assert 0.85 < std < 1.15
+    assert fit.covariance.shape == (3, 3) + y.shape[1:] and fit.covariance.dtype == np.float32
+    np.testing.assert_allclose(fit.covariance[1, 1], fit.gamma_err ** 2, rtol=1e-5)
+    fb = fit.fallback
+    assert np.all(fit.gamma[fb] == np.float32(fit.population_gamma))
+    assert np.all(np.isfinite(fit.amplitude[fb]))
+    # Prediction at an unmeasured (T, t) has honest errors for the well-measured pixels.
+    truth = amp * 8.0 * np.exp(rate * 20.0)
+    mean, std = pulls(fit.predict(30.0, 8.0), fit.predict_err(30.0, 8.0), truth, well)
+    assert abs(mean) < 0.15 and 0.85 < std < 1.15
+
+
+def test_errors():
+    rng = np.random.default_rng(1)
+    sigma = np.ones((5, 4, 4))
+    with pytest.raises(ValueError, match="no pixel is well measured"):
+        fit_exponential_per_pixel(TEMPS, rng.normal(0, 1, (5, 4, 4)), sigma, x_ref=0.0)
+    with pytest.raises(ValueError, match="two distinct"):
+        fit_exponential_per_pixel([5.0] * 5, np.full((5, 4, 4), 10.0), sigma, x_ref=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        fit_exponential_per_pixel(TEMPS, np.ones((4, 4, 4)), np.ones((4, 4, 4)), x_ref=0.0)
+    with pytest.raises(ValueError, match="two distinct"):
+        fit_power_exponential_per_pixel(TEMPS, [1.0] * 5, np.ones((5, 2, 2)),
+                                        np.ones((5, 2, 2)), t_ref=0.0)
+    with pytest.raises(ValueError, match="cannot be separated"):
+        fit_power_exponential_per_pixel(TEMPS, np.exp(TEMPS / 10), np.ones((5, 2, 2)),
+                                        np.ones((5, 2, 2)), t_ref=0.0)
+    with pytest.raises(ValueError, match="> 0"):
+        fit_power_exponential_per_pixel(TEMPS, [0.0, 1, 2, 3, 4], np.ones((5, 2, 2)),
+                                        np.ones((5, 2, 2)), t_ref=0.0)
+
+
+def test_population_value():
+    values = np.array([1.0, 2.0, 3.0, 100.0, np.nan])
+    assert population_value(values, values < 50) == (2.0, pytest.approx(1.4826))
+    assert np.isnan(population_value(values, np.zeros(5, bool))[0])
