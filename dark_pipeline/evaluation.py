@@ -4,7 +4,12 @@ For each master: MAE = mean |measured - predicted| [adu]; MAPE = mean
 |measured - predicted| / |measured| x 100 over the pixels whose measured
 signal is at least 3 sigma (a percentage of a signal compatible with zero
 means nothing); pull = (measured - predicted) / sqrt(sigma_measured^2 +
-sigma_predicted^2), whose mean should be ~0 and standard deviation ~1.  The
+sigma_predicted^2), whose mean should be ~0 and standard deviation ~1.  MAE
+and MAPE describe the model as delivered (fitted to all masters); the pull
+uses, when given, a model fitted *without* the master's temperature
+(leave-one-temperature-out), because an in-sample prediction is not
+independent of the master it is compared with (its residual is smaller than
+the two errors in quadrature, the more so at the edge of the grid).  The
 measured error is the master's noise-model error and its subtracted bias's
 error in quadrature (as in the fits).  Hot pixels and pixels without a fit are
 left out of the statistics.
@@ -29,7 +34,7 @@ from .masters import DarkMaster
 from .rates import noise_model_errors
 
 COLUMNS = ["Temperature (°C)", "Exposure (s)", "MAE [ADU]", "MAPE [%]", "PULL_MEAN", "PULL_STD",
-           "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE"]
+           "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE", "PULL_MODEL"]
 
 
 @dataclass
@@ -41,7 +46,7 @@ class Evaluation:
 
 
 def evaluate(masters: list[DarkMaster], predict, predict_err, *,
-             exclude: np.ndarray | None = None, seed: int = 0) -> Evaluation:
+             exclude: np.ndarray | None = None, holdout=None, seed: int = 0) -> Evaluation:
     """Compare each master with ``predict(T, t)`` [adu] and its error ``predict_err(T, t)``.
 
     Parameters
@@ -52,14 +57,19 @@ def evaluate(masters: list[DarkMaster], predict, predict_err, *,
         ``f(temperature [degC], exptime [s]) -> image [adu]``.
     exclude : numpy.ndarray of bool, optional
         Pixels left out (hot pixels, no fit).
+    holdout : callable, optional
+        ``holdout(temperature_label) -> (predict, predict_err) or None``: the
+        model fitted without that temperature bin, for the pulls.
     """
     rng = np.random.default_rng(seed)
     by_t: dict[float, list[DarkMaster]] = {}
     for m in masters:
         by_t.setdefault(m.temperature, []).append(m)
     rows, samples = [], {}
-    for group in by_t.values():
+    for label, group in by_t.items():
         group = sorted(group, key=lambda m: m.exptime)
+        held = holdout(label) if holdout is not None else None
+        p_pull, e_pull = held if held is not None else (predict, predict_err)
         images = [read_master(m.path) for m in group]
         errs = noise_model_errors(np.array([m.exptime for m in group]),
                                   np.stack([im.noise for im in images]),
@@ -67,13 +77,15 @@ def evaluate(masters: list[DarkMaster], predict, predict_err, *,
         for m, im, err in zip(group, images, errs):
             real = im.data.astype(np.float64)
             synth = predict(m.tavg, m.exptime).astype(np.float64)
+            held_pred = p_pull(m.tavg, m.exptime).astype(np.float64)
             sigma = np.sqrt(err.astype(np.float64) ** 2 + im.suberr.astype(np.float64) ** 2
-                            + predict_err(m.tavg, m.exptime).astype(np.float64) ** 2)
-            ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(sigma) & (sigma > 0)
+                            + e_pull(m.tavg, m.exptime).astype(np.float64) ** 2)
+            ok = (np.isfinite(real) & np.isfinite(synth) & np.isfinite(sigma) & (sigma > 0)
+                  & np.isfinite(held_pred))
             if exclude is not None:
                 ok &= ~exclude
             diff = (real - synth)[ok]
-            pull = diff / sigma[ok]
+            pull = (real - held_pred)[ok] / sigma[ok]
             strong = ok & (np.abs(real) >= 3 * np.sqrt(err.astype(np.float64) ** 2
                                                        + im.suberr.astype(np.float64) ** 2))
             ape = 100 * np.abs((real - synth)[strong] / real[strong])
@@ -85,7 +97,9 @@ def evaluate(masters: list[DarkMaster], predict, predict_err, *,
                          "REAL_MEDIAN [ADU]": float(np.median(real[ok])) if ok.any() else math.nan,
                          "SYNTH_MEDIAN [ADU]": float(np.median(synth[ok])) if ok.any()
                          else math.nan,
-                         "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum())})
+                         "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()),
+                         "PULL_MODEL": "leave-one-temperature-out" if held is not None
+                         else "in-sample"})
             idx = np.flatnonzero(ok)
             if idx.size > 5000:
                 idx = rng.choice(idx, 5000, replace=False)

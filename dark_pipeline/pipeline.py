@@ -289,7 +289,8 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
         model2 = DarkModel2D.read(model_dir / MODEL_2D)
         _check_model_shape(model2.fit.amplitude.shape, masters)
         ev = evaluate(masters, model2.signal, model2.signal_err,
-                      exclude=_exclusion(model2.hot, model2.fit.amplitude))
+                      exclude=_exclusion(model2.hot, model2.fit.amplitude),
+                      holdout=_holdout_2d(masters, settings, adc_bits))
         _evaluation_products(ev, "2d", out_dir, files)
         _scatter_plots(ev, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev)
@@ -367,6 +368,34 @@ def _scatter_plots(ev, out_dir: Path, files: list) -> None:
               out_dir / "plots_2d_comparison" / f"scatter_{tag}.png", files)
 
 
+def _holdout_1d(rates, settings: DarkSettings, adc_bits: int):
+    """``holdout(T)``: the 1-D model fitted without temperature bin T (None if impossible)."""
+    def fit_without(label):
+        rest = [r for r in rates if r.temperature != label]
+        if len({round(r.tavg, 3) for r in rest}) < 2:
+            return None
+        try:
+            m = fit_temperature_model(rest, settings.t_ref, min_snr=settings.min_snr,
+                                      adc_bits=adc_bits, quiet=True)
+        except UserError:
+            return None
+        return (lambda t, x: m.rate(t) * x), (lambda t, x: m.rate_err(t) * x)
+    return fit_without
+
+
+def _holdout_2d(masters, settings: DarkSettings, adc_bits: int):
+    """``holdout(T)``: the 2-D model fitted without the masters of temperature bin T."""
+    def fit_without(label):
+        rest = [m for m in masters if m.temperature != label]
+        try:
+            m2 = fit_model_2d(rest, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
+                              quiet=True)
+        except UserError:
+            return None
+        return m2.signal, m2.signal_err
+    return fit_without
+
+
 def _full(masters, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, summary: dict,
           files: list) -> None:
     e = _e_per_adu(settings, adc_bits)
@@ -410,14 +439,15 @@ def _full(masters, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, 
 
     exclude = hot.mask | ~np.isfinite(model.fit.amplitude)
     ev1 = evaluate(masters, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
-                   exclude=exclude)
+                   exclude=exclude, holdout=_holdout_1d(rates, settings, adc_bits))
     _evaluation_products(ev1, "1d", out_dir, files)
     summary["evaluation_1d"] = _eval_summary(ev1)
     exposures = {m.exptime for m in masters}
     if len(exposures) >= 2:
         model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot.mask, summary, files)
         ev2 = evaluate(masters, model2.signal, model2.signal_err,
-                       exclude=exclude | ~np.isfinite(model2.fit.amplitude))
+                       exclude=exclude | ~np.isfinite(model2.fit.amplitude),
+                       holdout=_holdout_2d(masters, settings, adc_bits))
         _evaluation_products(ev2, "2d", out_dir, files)
         _scatter_plots(ev2, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev2)

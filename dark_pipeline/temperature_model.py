@@ -226,7 +226,8 @@ class DarkModel1D:
 
 
 def fit_temperature_model(rates, t_ref: float, *, min_snr: float = 3.0,
-                          adc_bits: int = adu.DEFAULT_ADC_BITS) -> DarkModel1D:
+                          adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False
+                          ) -> DarkModel1D:
     """Fit the 1-D model to rate maps (:class:`dark_pipeline.rates.RateMap`) of several bins.
 
     Raises
@@ -250,7 +251,7 @@ def fit_temperature_model(rates, t_ref: float, *, min_snr: float = 3.0,
                            "RATEMETH": [r.method for r in rates]})
     model = DarkModel1D(fit, scale, None, inputs, adc_bits)
     head = model.headline()
-    logger.info("1-D dark model: median T_d %.2f degC, E_a %.3f eV, %d pixels with population "
+    (logger.debug if quiet else logger.info)("1-D dark model: median T_d %.2f degC, E_a %.3f eV, %d pixels with population "
                 "B (ERRSCALE %.2f)", head["doubling_temperature_degC"],
                 head["activation_energy_eV"], head["fallback_pixels"], scale)
     return model
@@ -344,7 +345,7 @@ class DarkModel2D:
 
 
 def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
-                 adc_bits: int = adu.DEFAULT_ADC_BITS) -> DarkModel2D:
+                 adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False) -> DarkModel2D:
     """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.masters.DarkMaster`).
 
     Each master's error is its noise-model error (see :mod:`dark_pipeline.rates`) and the
@@ -389,7 +390,7 @@ def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
                            "EXPTIME": exps, "PATH": [m.path.name for m in masters]})
     model = DarkModel2D(fit, scale, None, inputs, adc_bits)
     head = model.headline()
-    logger.info("2-D dark model: median gamma %.3f, median T_d %.2f degC (ERRSCALE %.2f)",
+    (logger.debug if quiet else logger.info)("2-D dark model: median gamma %.3f, median T_d %.2f degC (ERRSCALE %.2f)",
                 head["gamma_median"], head["doubling_temperature_degC"], scale)
     return model
 

@@ -38,7 +38,8 @@ def test_pipelines_do_not_import_each_other(package):
 @pytest.mark.parametrize("module", ["utils.raw_to_fits", "utils.index_dataset", "utils.simulate",
                                     "analysis.process_index", "run_calibration",
                                     "bias_pipeline.run_pipeline", "bias_pipeline.generate_bias",
-                                    "bias_pipeline.bias_temp_analysis"])
+                                    "bias_pipeline.bias_temp_analysis",
+                                    "dark_pipeline.run_pipeline"])
 def test_every_command_has_help_with_example(module, capsys):
     main = importlib.import_module(module).main
     with pytest.raises(SystemExit) as info:

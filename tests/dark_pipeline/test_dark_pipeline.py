@@ -1,0 +1,225 @@
+"""Dark pipeline on a small simulated campaign with known truth: 5 temperatures x 4 exposures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from astropy.nddata import CCDData
+
+from dark_pipeline import run_pipeline
+from utils.index import build_index, write_index
+from utils.simulate import simulate_standard
+
+TEMPS = (0.0, 7.5, 15.0, 22.5, 30.0)
+EXPOSURES = (0.5, 1.0, 2.0, 4.0)
+
+
+@pytest.fixture(scope="module")
+def dark_campaign(tmp_path_factory):
+    """Converted campaign: bias at 5 temperatures, darks on the 5 x 4 grid, 8 frames each."""
+    from conftest import convert_campaign
+
+    campaign = simulate_standard(tmp_path_factory.mktemp("dark") / "campaign", seed=4, width=96,
+                                 height=64, frames=8, attempts=1,
+                                 bias_temperatures=(-5.0, 5.0, 15.0, 25.0, 35.0),
+                                 dark_temperatures=TEMPS, dark_exposures=EXPOSURES,
+                                 flat_temperatures=(25.0,), flat_exposures=(0.1,), defects=False)
+    convert_campaign(campaign)
+    return campaign
+
+
+@pytest.fixture(scope="module")
+def dark_run(dark_campaign, tmp_path_factory):
+    """``(campaign, out, status)`` of one full CLI run (bias fitted from the tree)."""
+    out = tmp_path_factory.mktemp("dark_out") / "out"
+    status = run_pipeline.main(["--basepath", str(dark_campaign.root), "--output_dir", str(out),
+                                "--gain", "2.0", "--no-progress"])
+    return dark_campaign, out, status
+
+
+def _maps(path):
+    with fits.open(path) as hdul:
+        return {h.name: np.asarray(h.data) for h in hdul if h.is_image}, hdul[0].header.copy()
+
+
+def test_full_run_writes_products_that_verify(dark_run, fitsverify):
+    _, out, status = dark_run
+    assert status == 0
+    for name in ("dark_model/dark_model.fits", "dark_model/A_map.fits", "dark_model/B_map.fits",
+                 "dark_model/hot_pixels.fits", "dark_model_2d/dark_model_2d.fits",
+                 "dark_model_2d/GAMMA_map_2D.fits", "hot_pixels.fits", "hot_pixels.csv",
+                 "evaluation_model_2d_summary.csv", "evaluation_model_1d_summary.csv",
+                 "heatmap_mae_2d.png", "heatmap_mape_2d.png", "heatmap_dark_real_2d.png",
+                 "heatmap_dark_synthetic_2d.png", "dark_current_vs_temperature.png",
+                 "dark_current_vs_temperature.csv", "summary.json", "config_used.json",
+                 "plots/doubling_temperature_hist.png", "plots/gamma_histogram_2d.png"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "dark_masters").glob("*.fits"))) == len(TEMPS) * len(EXPOSURES)
+    assert len(list((out / "dark_rates").glob("*.fits"))) == len(TEMPS)
+    assert len(list((out / "plots_2d_comparison").glob("scatter_*.png"))) == 20
+    for path in sorted(out.rglob("*.fits")):
+        errors, report = fitsverify(path)
+        assert errors == 0, f"{path}: {report}"
+    ccd = CCDData.read(out / "dark_model" / "dark_model.fits")
+    assert ccd.unit == "adu / s" and ccd.uncertainty is not None
+    head = fits.getheader(next((out / "dark_masters").glob("master_dark_T15*C_E2s.fits")))
+    assert head["BIASFILE"] == "bias_model.fits" and head["SUBTRACT"] == "bias(T)"
+
+
+def test_doubling_temperature_and_slope_pulls(dark_run):
+    campaign, out, _ = dark_run
+    truth, physics = campaign.maps(), campaign.physics
+    maps, head = _maps(out / "dark_model" / "dark_model.fits")
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["doubling_temperature_degC"] - physics.doubling_temperature) < 0.2
+    b_true = math.log(2) / physics.doubling_temperature
+    good = (maps["FALLBACK"] == 0) & ~truth["hot_mask"] & np.isfinite(maps["B"])
+    assert good.mean() > 0.9
+    pull = ((maps["B"] - b_true) / maps["SIGMA_B"])[good]
+    assert abs(pull.mean()) < 0.2 and 0.8 < pull.std() < 1.25
+    ea = maps["EA"][good]  # k_B B T^2 at 293.15 K: 0.857 eV for T_d = 6 degC
+    assert abs(np.median(ea) - 8.617333e-5 * b_true * 293.15 ** 2) < 0.02
+
+
+def test_rate_at_reference_temperature_within_3_percent(dark_run):
+    campaign, out, _ = dark_run
+    truth = campaign.maps()
+    maps, head = _maps(out / "dark_model" / "dark_model.fits")
+    assert head["TREF"] == campaign.physics.t_ref
+    normal = ~truth["hot_mask"]
+    ratio = np.median(maps["PRIMARY"][normal] / truth["dark_ref_adu"][normal])
+    assert abs(ratio - 1) < 0.03
+    pull = ((maps["PRIMARY"] - truth["dark_ref_adu"]) / maps["SIGMA_A"])[normal]
+    assert 0.8 < pull.std() < 1.25
+
+
+def test_hot_pixels_found(dark_run):
+    campaign, out, _ = dark_run
+    planted = campaign.maps()["hot_mask"]
+    found = fits.getdata(out / "hot_pixels.fits").astype(bool)
+    assert planted.sum() >= 20
+    hits = (found & planted).sum()
+    assert hits / planted.sum() >= 0.98 and hits / found.sum() >= 0.98
+    counts = pd.read_csv(out / "hot_pixels.csv")
+    assert len(counts) == len(TEMPS) and "THRESHOLD_E" in counts
+
+
+def test_gamma_and_two_d_evaluation(dark_run):
+    _, out, _ = dark_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["gamma_median"] - 1) < 0.02
+    for kind in ("1d", "2d"):
+        # pulls against the model fitted without the master's temperature (out of sample)
+        table = pd.read_csv(out / f"evaluation_model_{kind}_summary.csv")
+        assert len(table) == len(TEMPS) * len(EXPOSURES)
+        assert table["PULL_STD"].between(0.8, 1.25).all(), table["PULL_STD"].tolist()
+        assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
+        assert table["PULL_MEAN"].abs().max() < 0.3  # edge bins are extrapolations
+    dc = pd.read_csv(out / "dark_current_vs_temperature.csv")
+    assert np.all(np.diff(dc["DC_MEDIAN"]) > 0) and (dc["DC_P95"] > dc["DC_MEDIAN"]).all()
+    assert "DC_MEDIAN_E" in dc
+
+
+def test_synthetic_modes(dark_run, tmp_path):
+    _, out, _ = dark_run
+    args = ["--output-dir", str(out), "--no-progress"]
+    assert run_pipeline.main(["--mode", "synthetic_2d_single", "--temp_single", "12.5",
+                              "--exptime_single", "3", *args]) == 0
+    ccd = CCDData.read(out / "synthetic_2d_dark_T12.50_E3.00.fits")
+    assert ccd.header["TEMP"] == 12.5 and ccd.header["EXPTIME"] == 3.0 and ccd.header["BIASINCL"]
+    m2, h2 = _maps(out / "dark_model_2d" / "dark_model_2d.fits")
+    bias, hb = _maps(out / "bias_model.fits")
+    expected = (bias["PRIMARY"] + bias["B"] * (12.5 - hb["TREF"])
+                + m2["PRIMARY"] * 3.0 ** m2["GAMMA"] * np.exp(m2["B"] * (12.5 - h2["TREF"])))
+    assert np.allclose(ccd.data, expected, rtol=1e-4, atol=0.05)
+    assert np.all(ccd.uncertainty.array[np.isfinite(ccd.data)] > 0)
+    assert run_pipeline.main(["--mode", "synthetic_2d", "--temps", "5", "25", "--exptimes", "1",
+                              "2", *args]) == 0
+    assert len(list(out.glob("synthetic_2d_exp_*/synthetic_2d_dark_t*_e*.fits"))) == 4
+    assert run_pipeline.main(["--mode", "synthetic_only", "--temps", "10", "--exptimes", "2",
+                              *args]) == 0
+    rate = CCDData.read(out / "synthetic" / "synthetic_dark_rate_T10.00.fits")
+    frame = CCDData.read(out / "synthetic" / "synthetic_1d_exp_2.00" /
+                         "synthetic_1d_dark_t10.00_e2.00.fits")
+    # a synthetic dark frame is bias(T) + DC(T) t: scaled by the exposure, unlike the old tool
+    expected = bias["PRIMARY"] + bias["B"] * (10 - hb["TREF"]) + rate.data * 2
+    assert np.allclose(frame.data, expected, rtol=1e-4, atol=0.05)
+
+
+def test_evaluation_modes_reuse_masters(dark_run, dark_campaign):
+    _, out, _ = dark_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "dark_masters").glob("*.fits")}
+    for mode in ("evaluation_only", "evaluate_dark_current", "evaluate_2d_model"):
+        assert run_pipeline.main(["--mode", mode, "--basepath", str(dark_campaign.root),
+                                  "--output-dir", str(out), "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "dark_masters").glob("*.fits")} == before
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def _index(campaign, tmp_path, keep) -> str:
+    table = build_index([("", campaign.root)])
+    write_index(table[keep(table)], tmp_path / "subset.csv")
+    return str(tmp_path / "subset.csv")
+
+
+def test_no_darks(dark_campaign, tmp_path, caplog, capsys, one_line_error):
+    status = run_pipeline.main(["--basepath", str(dark_campaign.root / "TestSection1"),
+                                "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    assert status == 2
+    one_line_error(caplog, capsys, "no usable dark frames")
+
+
+def test_missing_bias(dark_campaign, tmp_path, caplog, capsys, one_line_error):
+    status = run_pipeline.main(["--basepath", str(dark_campaign.root / "TestSection2"),
+                                "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    assert status == 2
+    one_line_error(caplog, capsys, "missing bias", "--bias-model")
+    assert not list((tmp_path / "o").rglob("*.tmp*"))
+
+
+def test_one_temperature_writes_masters_then_says_so(dark_campaign, tmp_path, caplog, capsys,
+                                                     one_line_error):
+    csv = _index(dark_campaign, tmp_path, lambda t: (t["CALTYPE"] == "BIAS")
+                 | (t["TEMP"].sub(15).abs() < 1))
+    out = tmp_path / "o"
+    status = run_pipeline.main(["--basepath", csv, "--output-dir", str(out), "--no-progress"])
+    assert status == 2
+    one_line_error(caplog, capsys, "single temperature", "at least two")
+    assert len(list((out / "dark_masters").glob("*.fits"))) == len(EXPOSURES)
+    assert (out / "hot_pixels.fits").is_file() and (out / "dark_rates").is_dir()
+
+
+def test_one_exposure_rate_is_flagged(dark_campaign, tmp_path):
+    csv = _index(dark_campaign, tmp_path, lambda t: (t["CALTYPE"] == "BIAS")
+                 | ((t["CALTYPE"] == "DARK") & (t["EXPTIME"].sub(4).abs() < 0.01)))
+    out = tmp_path / "o"
+    assert run_pipeline.main(["--basepath", csv, "--output-dir", str(out), "--no-progress"]) == 0
+    head = fits.getheader(next((out / "dark_rates").glob("dark_rate_T15*C.fits")))
+    assert head["RATEMETH"] == "single exposure" and head["NEXP"] == 1
+    assert (out / "dark_model" / "dark_model.fits").is_file()
+    assert not (out / "dark_model_2d").exists()
+
+
+def test_model_mode_without_model(tmp_path, caplog, capsys, one_line_error):
+    status = run_pipeline.main(["--mode", "synthetic_2d_single", "--output-dir",
+                                str(tmp_path / "o"), "--no-progress"])
+    assert status == 2
+    one_line_error(caplog, capsys, "dark_model_2d.fits", "not found")
+
+
+def test_bias_model_option_is_used(dark_run, dark_campaign, tmp_path):
+    _, out, _ = dark_run
+    status = run_pipeline.main(["--mode", "fit_2d_model", "--basepath",
+                                str(dark_campaign.root / "TestSection2"), "--bias-model",
+                                str(out / "bias_model.fits"), "--output-dir",
+                                str(tmp_path / "o"), "--no-progress"])
+    assert status == 0
+    head = fits.getheader(next((tmp_path / "o" / "dark_masters").glob("master_dark_T30*_E4s.fits")))
+    assert head["BIASFILE"] == "bias_model.fits"
+    assert not (tmp_path / "o" / "bias_masters").exists()
