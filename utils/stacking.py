@@ -401,12 +401,14 @@ def _range_std_py(x, p, lo, hi):
     return math.sqrt(ss / (hi - lo))
 
 
-def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale):
+def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale, guard):
     """Iterative sigma clipping of the sorted samples ``x[lo:hi, p]``.
 
     Centre = median, scale = MAD_TO_STD x MAD of the accepted range (its
     standard deviation when the MAD is 0 but the samples differ, and never
-    below ``min_scale``), in float64;
+    below ``min_scale``), in float64; with ``guard``, samples flagged by that
+    scale are rejected only if they also lie outside the thresholds set by the
+    standard deviation of the unflagged samples (when it is larger);
     samples strictly outside ``[c - sig_lo*std, c + sig_hi*std]`` are
     rejected (cumulatively).  The accepted set always stays a contiguous range
     of the sorted samples, so only its ends move.  Returns ``(lo, hi)``.
@@ -439,6 +441,22 @@ def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale):
         nhi = hi
         while nhi > nlo and x[nhi - 1, p] > upper:
             nhi -= 1
+        if guard and (nlo > lo or nhi < hi) and nhi - nlo >= 2:
+            # confirm: with few samples the MAD often underestimates the spread and flags good
+            # samples; reject only beyond the thresholds of the unflagged samples' own std
+            k_in = nhi - nlo
+            s_in = _range_std(x, p, nlo, nhi) * math.sqrt(k_in / (k_in - 1.0))
+            if s_in < min_scale:
+                s_in = min_scale
+            if s_in > std:
+                lower = c - s_in * sig_lo
+                upper = c + s_in * sig_hi
+                nlo = lo
+                while nlo < hi and x[nlo, p] < lower:
+                    nlo += 1
+                nhi = hi
+                while nhi > nlo and x[nhi - 1, p] > upper:
+                    nhi -= 1
         it += 1
         if nlo == lo and nhi == hi:
             break
@@ -448,7 +466,7 @@ def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale):
 
 
 def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters, min_scale,
-                       chunk, out_data, out_noise, out_count):
+                       guard, chunk, out_data, out_noise, out_count):
     """Combine the block ``x[:, :npix]`` (n_frames rows of samples, +inf = missing).
 
     Writes ``out_data``, ``out_noise`` (float32) and ``out_count`` (int16),
@@ -486,7 +504,7 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
                 m = hi_a[q]
                 if m > 0:
                     lo, hi = _clip_range(x, p0 + q, 0, m, sig_lo, sig_hi, maxiters,
-                                          min_scale)
+                                          min_scale, guard)
                     nrej += m - (hi - lo)
                     lo_a[q] = lo
                     hi_a[q] = hi
@@ -572,7 +590,7 @@ def warmup() -> float:
     _prepare(x[0], np.zeros(4), 1.0, np.inf, nsat)
     _prepare(x[1], np.empty(0), 1.0, np.inf, nsat)
     for method in (0, 1, 2):
-        _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 0.0, 4,
+        _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 0.0, True, 4,
                         np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, np.int16))
     return time.perf_counter() - t0
 
@@ -605,7 +623,7 @@ def _take_median(s, lo, cnt):
 
 
 def _combine_numpy(x, method, sig_lo, sig_hi, maxiters, out_data, out_noise, out_count,
-                   min_scale=0.0):
+                   min_scale=0.0, guard=False):
     """Vectorised equivalent of the numba kernel (numpy sorts instead of a network)."""
     n, npix = x.shape
     if method != 0:
@@ -643,6 +661,18 @@ def _combine_numpy(x, method, sig_lo, sig_hi, maxiters, out_data, out_noise, out
             upper = c + std * sig_hi
             with np.errstate(invalid="ignore"):
                 keep = inside & (x >= lower) & (x <= upper)
+            if guard:  # confirm flags against the unflagged samples' std (see the kernel)
+                k_in = keep.sum(axis=0)
+                vals = np.where(keep, x, 0).astype(np.float64)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean_in = vals.sum(axis=0) / k_in
+                    d = np.where(keep, vals - mean_in, 0.0)
+                    s_in = np.sqrt((d * d).sum(axis=0) / (k_in - 1))
+                s_in = np.maximum(np.where(k_in >= 2, s_in, 0.0), min_scale)
+                flagged = (k_in < cnt) & (k_in >= 2) & (s_in > std)
+                wide = np.where(flagged, s_in, std)
+                with np.errstate(invalid="ignore"):
+                    keep = inside & (x >= c - wide * sig_lo) & (x <= c + wide * sig_hi)
             new_cnt = keep.sum(axis=0)
             changed = (new_cnt != cnt) & active
             # keep is a contiguous range of sorted samples: its first index is lo
@@ -752,7 +782,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
             sigma_high: float = 3.0, maxiters: int | None = 5, min_accepted: int = 3,
             scale: Sequence[float] | None = None,
             subtract: np.ndarray | Callable[[int, int, int], np.ndarray] | None = None,
-            saturation: float | None = None, min_scale: float = 0.0,
+            saturation: float | None = None, min_scale: float = 0.0, guard: bool = True,
             memory_limit: float = 1e9,
             workers: int | None = None, progress_bar: bool = False,
             metadata: Sequence[Mapping] | None = None, product: str = "MASTER") -> MasterResult:
@@ -795,6 +825,15 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
         quantisation steps of the ADC, :func:`utils.adu.clip_floor`): a MAD
         collapsed onto tied quantised values says nothing about the spread.
         Default 0.
+    guard : bool, optional
+        Confirm each clipping decision: a sample flagged by the MAD scale is
+        rejected only if it also lies outside the thresholds set by the
+        standard deviation of the unflagged samples (when that is larger).
+        With few frames the MAD underestimates the spread often enough to clip
+        good samples (the clipped mean then scatters 10-20 % more than its
+        reported error at 8-10 frames); outliers are still rejected, since
+        they are not among the unflagged samples.  False reproduces the plain
+        median/MAD clipping of astropy's ``sigma_clip``.  Default True.
     memory_limit : float, optional
         Budget for the working blocks [byte] (see :func:`plan_blocks`); the
         full-frame outputs (~15 byte/pixel) come on top.
@@ -915,11 +954,11 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
         out_c = count[start:stop].reshape(-1)
         if use_numba:
             nrej = _combine_kernel(x, npix, net_lo, net_hi, code, float(sigma_low),
-                                   float(sigma_high), maxiters, float(min_scale), chunk, out_d,
-                                   out_n, out_c)
+                                   float(sigma_high), maxiters, float(min_scale), bool(guard),
+                                   chunk, out_d, out_n, out_c)
         else:
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
-                                  maxiters, out_d, out_n, out_c, float(min_scale))
+                                  maxiters, out_d, out_n, out_c, float(min_scale), bool(guard))
         # per-block post-processing runs in the workers too (numpy releases the GIL)
         blk = slice(start, stop)
         flags[blk] = np.where(count[blk] < min_accepted, FLAG_FEW, 0)
@@ -956,7 +995,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
                            maxiters=maxiters, min_accepted=min_accepted, scale=scale,
                            subtract=subtract, saturation=saturation, metadata=metadata,
                            data=data, flags=flags, nreject=nreject, product=product,
-                           min_scale=min_scale)
+                           min_scale=min_scale, guard=guard)
     table = _inputs_table(source.paths, metadata, scale,
                           sat_per_frame if saturation is not None else None)
     return MasterResult(data=data, noise=noise, stderr=stderr, count=count, flags=flags,
@@ -965,7 +1004,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
 
 def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, scale,
                   subtract, saturation, metadata, data, flags, nreject, product,
-                  min_scale=0.0) -> fits.Header:
+                  min_scale=0.0, guard=False) -> fits.Header:
     header = fits.Header()
     for key, value, comment in fitsio.provenance_cards(product):
         fitsio.set_card(header, key, value, comment)
@@ -980,6 +1019,7 @@ def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, s
         card(kw.CLIPDEV, "mad_std", "1.482602 x MAD (std where MAD = 0)")
         if min_scale > 0:
             card("CLIPMIN", float(min_scale), "smallest clipping scale (2 ADC steps)")
+        card("CLIPGRD", bool(guard), "flags confirmed by the unflagged samples' std")
     card(kw.MINACC, int(min_accepted), "min accepted samples of a valid pixel")
     if scale is not None:
         card(kw.SCALEMTH, "per-frame factor", "frames multiplied by INPUTS.SCALE")

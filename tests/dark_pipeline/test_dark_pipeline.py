@@ -21,11 +21,11 @@ EXPOSURES = (0.5, 1.0, 2.0, 4.0)
 
 @pytest.fixture(scope="module")
 def dark_campaign(tmp_path_factory):
-    """Converted campaign: bias at 5 temperatures, darks on the 5 x 4 grid, 8 frames each."""
+    """Converted campaign: bias at 5 temperatures, darks on the 5 x 4 grid, 16 frames each."""
     from conftest import convert_campaign
 
     campaign = simulate_standard(tmp_path_factory.mktemp("dark") / "campaign", seed=4, width=96,
-                                 height=64, frames=8, attempts=1,
+                                 height=64, frames=16, attempts=1,
                                  bias_temperatures=(-5.0, 5.0, 15.0, 25.0, 35.0),
                                  dark_temperatures=TEMPS, dark_exposures=EXPOSURES,
                                  flat_temperatures=(25.0,), flat_exposures=(0.1,), defects=False)
