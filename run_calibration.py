@@ -10,8 +10,9 @@ Layouts:
 Steps: raw frames -> FITS (frames already converted are skipped), the index
 DATASET/index.csv, then masters, per-frame statistics and plots in OUTPUT_DIR
 (see python -m analysis.process_index --help), then the bias pipeline
-(OUTPUT_DIR/bias, see bias_pipeline/run_pipeline.py --help; per stage pre and
-post for an irradiation campaign).  Re-running finishes what is missing and
+(OUTPUT_DIR/bias, see bias_pipeline/run_pipeline.py --help) and the dark
+pipeline with that bias model (OUTPUT_DIR/dark); per stage pre and post for an
+irradiation campaign.  Re-running finishes what is missing and
 leaves complete products alone.
 
 Example
@@ -30,6 +31,7 @@ from typing import Sequence
 
 from analysis import process_index
 from bias_pipeline import pipeline as bias_pipeline
+from dark_pipeline import pipeline as dark_pipeline
 from utils import cli, simulate
 from utils.discovery import campaign_sections
 from utils.errors import ConfigError, UserError
@@ -70,9 +72,40 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
                                upstream_settings={"layout": layout, "dataset": str(dataset),
                                                   "conversion": conversion, "indexing": indexing})
     bias = run_bias_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
+    dark = run_dark_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
     return {"converted": converted, "existing": existing, "rejected": rejected,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
-            "index": index_path, "result": result, "bias": bias}
+            "index": index_path, "result": result, "bias": bias, "dark": dark}
+
+
+def _model_stages(layout: str, table, caltype: str) -> list[str]:
+    """'' for a standard campaign; the pre and post stages holding ``caltype`` frames otherwise
+    (the radiating stage's dose steps are the radiation analyses' business)."""
+    if layout == "standard":
+        return [""]
+    return [s for s in ("pre", "post")
+            if ((table["CALTYPE"] == caltype) & (table["STAGE"] == s)).any()]
+
+
+def run_dark_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
+                      progress_bar: bool = False) -> list:
+    """The dark pipeline (mode full) per stage, with the bias pipeline's model of that stage
+    when there is one; a stage it cannot model is reported and skipped."""
+    results = []
+    for stage in _model_stages(layout, table, "DARK"):
+        bias_model = out_dir / "bias" / stage / "bias_model.fits" if stage else \
+            out_dir / "bias" / "bias_model.fits"
+        target = out_dir / "dark" / stage if stage else out_dir / "dark"
+        settings = dark_pipeline.DarkSettings(
+            stage=stage, bias_model=str(bias_model) if bias_model.is_file() else "")
+        try:
+            result = dark_pipeline.run(index_path, target, settings, progress_bar=progress_bar)
+        except UserError as err:
+            logger.warning("dark pipeline%s skipped: %s", f" ({stage})" if stage else "", err)
+            continue
+        logger.info("%s", result.summary_line())
+        results.append(result)
+    return results
 
 
 def run_bias_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
@@ -80,10 +113,8 @@ def run_bias_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
     """The bias pipeline on the whole campaign (standard) or on each of the pre- and
     post-irradiation stages; a stage it cannot model (e.g. one temperature) is reported
     and skipped, the rest of the run goes on."""
-    stages = [""] if layout == "standard" else [
-        s for s in ("pre", "post") if ((table["CALTYPE"] == "BIAS") & (table["STAGE"] == s)).any()]
     results = []
-    for stage in stages:
+    for stage in _model_stages(layout, table, "BIAS"):
         target = out_dir / "bias" / stage if stage else out_dir / "bias"
         try:
             result = bias_pipeline.run(index_path, target, bias_pipeline.BiasSettings(stage=stage),
@@ -123,7 +154,9 @@ def _main(args) -> int:
         if (dataset / "truth" / "truth.json").is_file():
             logger.info("demo campaign already simulated in %s", dataset)
         elif layout == "standard":
-            simulate.simulate_standard(dataset, seed=args.seed)
+            # darks at three temperatures and two exposures: enough signal for the dark model
+            simulate.simulate_standard(dataset, seed=args.seed, dark_temperatures=(5.0, 15.0, 25.0),
+                                       dark_exposures=(1.0, 4.0))
         else:
             simulate.simulate_irradiation(dataset, seed=args.seed)
         out_dir = out / "products"
@@ -135,9 +168,11 @@ def _main(args) -> int:
                   workers=args.convert_workers, masters=process_index.master_settings(args),
                   progress_bar=not args.no_progress)
     result = summary["result"]
-    models = ", ".join(str(r.out_dir / "bias_model.fits") for r in summary["bias"]) or "none"
+    models = ", ".join([str(r.out_dir / "bias_model.fits") for r in summary["bias"]]
+                       + [str(r.out_dir / "dark_model") for r in summary["dark"]
+                          if (r.out_dir / "dark_model").is_dir()]) or "none"
     logger.info("done: %d frames converted (%d already there, %d rejected); %d indexed in %s "
-                "(%d BADFITS); %s; bias models: %s", summary["converted"], summary["existing"],
+                "(%d BADFITS); %s; models: %s", summary["converted"], summary["existing"],
                 summary["rejected"], summary["indexed"], summary["index"], summary["badfits"],
                 result.summary_line(), models)
     return 0

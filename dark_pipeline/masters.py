@@ -12,6 +12,7 @@ here from the bias frames of the same tree.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -100,6 +101,12 @@ class BiasReference:
     def __init__(self, model: BiasModel | None, masters: list[tuple[float, Path]],
                  tolerance: float, source: str):
         self.model, self.masters, self.tolerance, self.source = model, masters, tolerance, source
+        # what was subtracted, by content: a refitted model at the same path changes the masters
+        digest = hashlib.sha1(source.encode())
+        if model is not None:
+            digest.update(np.ascontiguousarray(model.a).tobytes())
+            digest.update(np.ascontiguousarray(model.b).tobytes())
+        self.fingerprint = digest.hexdigest()[:16]
 
     def check_shape(self, shape: tuple[int, int]) -> None:
         """One-line error when the bias does not match the dark frames' shape."""
@@ -116,7 +123,7 @@ class BiasReference:
                      kw.BIASTEMP: (mean_t, "[degC] mean frame temperature of the evaluation"),
                      kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
             return (self.model.subtractor(temps), self.model.predict_err(mean_t), cards,
-                    (self.source, "model"))
+                    (self.fingerprint, "model"))
         if self.masters:
             t_bias, path = min(self.masters, key=lambda m: abs(m[0] - temperature))
             if abs(t_bias - temperature) <= self.tolerance:

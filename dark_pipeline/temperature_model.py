@@ -251,8 +251,9 @@ def fit_temperature_model(rates, t_ref: float, *, min_snr: float = 3.0,
                            "RATEMETH": [r.method for r in rates]})
     model = DarkModel1D(fit, scale, None, inputs, adc_bits)
     head = model.headline()
-    (logger.debug if quiet else logger.info)("1-D dark model: median T_d %.2f degC, E_a %.3f eV, %d pixels with population "
-                "B (ERRSCALE %.2f)", head["doubling_temperature_degC"],
+    (logger.debug if quiet else logger.info)(
+        "1-D dark model: median T_d %.2f degC, E_a %.3f eV, %d pixels with population B "
+        "(ERRSCALE %.2f)", head["doubling_temperature_degC"],
                 head["activation_energy_eV"], head["fallback_pixels"], scale)
     return model
 
@@ -390,7 +391,8 @@ def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
                            "EXPTIME": exps, "PATH": [m.path.name for m in masters]})
     model = DarkModel2D(fit, scale, None, inputs, adc_bits)
     head = model.headline()
-    (logger.debug if quiet else logger.info)("2-D dark model: median gamma %.3f, median T_d %.2f degC (ERRSCALE %.2f)",
+    (logger.debug if quiet else logger.info)(
+        "2-D dark model: median gamma %.3f, median T_d %.2f degC (ERRSCALE %.2f)",
                 head["gamma_median"], head["doubling_temperature_degC"], scale)
     return model
 
