@@ -285,7 +285,7 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     summary: dict = {"mode": mode, "output_dir": str(out_dir), "t_ref_degC": settings.t_ref,
                      "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
                      "gain_e_per_adc_count": settings.gain}
-    masters = rates = None
+    masters = rates = bias = None
     adc_bits = adu.DEFAULT_ADC_BITS
     if mode in FRAME_MODES:
         if not basepath:
@@ -308,7 +308,7 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     e = _e_per_adu(settings, adc_bits)
 
     if mode == "full":
-        _full(masters, rates, out_dir, settings, adc_bits, summary, files)
+        _full(masters, rates, out_dir, settings, adc_bits, summary, files, bias.model)
     elif mode == "evaluate_dark_current":
         model = DarkModel1D.read(model_dir / MODEL_1D) if (model_dir / MODEL_1D).is_file() \
             else None
@@ -323,14 +323,14 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     elif mode == "fit_2d_model":
         hot = DarkModel1D.read(model_dir / MODEL_1D).hot if (model_dir / MODEL_1D).is_file() \
             else None
-        model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot, summary, files)
+        model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot, summary, files, bias.model)
         del model2
     elif mode == "evaluate_2d_model":
         model2 = DarkModel2D.read(model_dir / MODEL_2D)
         _check_model_shape(model2.fit.amplitude.shape, masters)
         ev = evaluate(masters, model2.signal, model2.signal_err,
                       exclude=_exclusion(model2.hot, model2.fit.amplitude),
-                      holdout=_holdout_2d(masters, settings, adc_bits))
+                      holdout=_holdout_2d(masters, settings, adc_bits, bias.model))
         _evaluation_products(ev, "2d", out_dir, files)
         _scatter_plots(ev, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev)
@@ -388,8 +388,9 @@ def _dark_current(rates, model, e, out_dir: Path, summary: dict, files: list,
 
 
 def _fit_2d(masters, out_dir: Path, settings: DarkSettings, adc_bits: int, hot, summary: dict,
-            files: list) -> DarkModel2D:
-    model2 = fit_model_2d(masters, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits)
+            files: list, bias_model=None) -> DarkModel2D:
+    model2 = fit_model_2d(masters, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
+                          bias_model=bias_model)
     model2.hot = hot
     path = model2.write(out_dir / MODEL_2D)
     files.append(path)
@@ -426,13 +427,13 @@ def _holdout_1d(rates, settings: DarkSettings, adc_bits: int):
     return fit_without
 
 
-def _holdout_2d(masters, settings: DarkSettings, adc_bits: int):
+def _holdout_2d(masters, settings: DarkSettings, adc_bits: int, bias_model=None):
     """``holdout(T)``: the 2-D model fitted without the masters of temperature bin T."""
     def fit_without(label):
         rest = [m for m in masters if m.temperature != label]
         try:
             m2 = fit_model_2d(rest, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
-                              quiet=True)
+                              quiet=True, bias_model=bias_model)
         except UserError:
             return None
         return m2.signal, m2.signal_err
@@ -440,7 +441,7 @@ def _holdout_2d(masters, settings: DarkSettings, adc_bits: int):
 
 
 def _full(masters, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, summary: dict,
-          files: list) -> None:
+          files: list, bias_model=None) -> None:
     e = _e_per_adu(settings, adc_bits)
     counts = hot_pixel_counts(rates, n_sigma=settings.hot_threshold, e_per_adu=e,
                               min_rate_e=settings.hot_min_rate)
@@ -487,10 +488,11 @@ def _full(masters, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, 
     summary["evaluation_1d"] = _eval_summary(ev1)
     exposures = {m.exptime for m in masters}
     if len(exposures) >= 2:
-        model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot.mask, summary, files)
+        model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot.mask, summary, files,
+                         bias_model)
         ev2 = evaluate(masters, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
-                       holdout=_holdout_2d(masters, settings, adc_bits))
+                       holdout=_holdout_2d(masters, settings, adc_bits, bias_model))
         _evaluation_products(ev2, "2d", out_dir, files)
         _scatter_plots(ev2, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev2)

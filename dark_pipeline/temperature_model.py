@@ -345,12 +345,159 @@ class DarkModel2D:
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
 
 
+def _bias_error_structure(keys, temps, suberr, bias_model):
+    """How the subtracted bias's errors are shared between masters: ``(V, C)`` with
+    ``cov(bias error of k, of l) = V_k C V_l^T`` per pixel, or ``(None, None)``.
+
+    With the bias model, V_k = (1, T_k - TREF_bias) and C the covariance of (A, B); with bias
+    masters, V is the indicator of the master used and C the diagonal of their variances.
+    """
+    if bias_model is not None and all(k.endswith("|bias(T)") for k in keys):
+        design = np.stack([np.ones_like(temps), temps - bias_model.t_ref], axis=1)
+        cd = np.stack([np.stack([bias_model.sigma_a ** 2, bias_model.cov_ab]),
+                       np.stack([bias_model.cov_ab, bias_model.sigma_b ** 2])]).astype(np.float64)
+        return design, cd
+    if not all(k.endswith("|bias") for k in keys):
+        return None, None
+    names = sorted(set(keys))
+    design = np.array([[1.0 if k == n else 0.0 for n in names] for k in keys])
+    cd = np.zeros((len(names), len(names)) + suberr[0].shape)
+    for d, n in enumerate(names):
+        first = keys.index(n)
+        cd[d, d] = suberr[first].astype(np.float64) ** 2
+    return design, cd
+
+
+def _correlated_kernel_py(a, g, b, lnt, dT, sig, design, cd, ok_in, out):
+    """Per-pixel loop of :func:`correlated_error_covariance` (compiled with numba)."""
+    k_n = lnt.shape[0]
+    n_d = design.shape[1]
+    jac = np.empty((3, k_n))
+    wj = np.empty((3, k_n))
+    gain = np.empty((3, k_n))
+    gv = np.empty((3, n_d))
+    var_k = np.empty(k_n)
+    nrm = np.empty((3, 3))
+    inv = np.empty((3, 3))
+    for p in range(a.shape[0]):
+        if not ok_in[p]:
+            continue
+        for k in range(k_n):
+            f = a[p] * np.exp(g[p] * lnt[k] + b[p] * dT[k])
+            s = sig[k, p]
+            w = 1.0 / (s * s) if s > 0 and np.isfinite(s) else 0.0
+            jac[0, k] = f / a[p]
+            jac[1, k] = f * lnt[k]
+            jac[2, k] = f * dT[k]
+            for i in range(3):
+                wj[i, k] = w * jac[i, k]
+        for i in range(3):
+            for j in range(3):
+                acc = 0.0
+                for k in range(k_n):
+                    acc += wj[i, k] * jac[j, k]
+                nrm[i, j] = acc
+        c00 = nrm[1, 1] * nrm[2, 2] - nrm[1, 2] * nrm[2, 1]
+        c01 = nrm[1, 2] * nrm[2, 0] - nrm[1, 0] * nrm[2, 2]
+        c02 = nrm[1, 0] * nrm[2, 1] - nrm[1, 1] * nrm[2, 0]
+        det = nrm[0, 0] * c00 + nrm[0, 1] * c01 + nrm[0, 2] * c02
+        if not (det != 0 and np.isfinite(det)):
+            continue
+        inv[0, 0] = c00 / det
+        inv[0, 1] = (nrm[0, 2] * nrm[2, 1] - nrm[0, 1] * nrm[2, 2]) / det
+        inv[0, 2] = (nrm[0, 1] * nrm[1, 2] - nrm[0, 2] * nrm[1, 1]) / det
+        inv[1, 0] = c01 / det
+        inv[1, 1] = (nrm[0, 0] * nrm[2, 2] - nrm[0, 2] * nrm[2, 0]) / det
+        inv[1, 2] = (nrm[0, 2] * nrm[1, 0] - nrm[0, 0] * nrm[1, 2]) / det
+        inv[2, 0] = c02 / det
+        inv[2, 1] = (nrm[0, 1] * nrm[2, 0] - nrm[0, 0] * nrm[2, 1]) / det
+        inv[2, 2] = (nrm[0, 0] * nrm[1, 1] - nrm[0, 1] * nrm[1, 0]) / det
+        for i in range(3):
+            for k in range(k_n):
+                acc = 0.0
+                for j in range(3):
+                    acc += inv[i, j] * wj[j, k]
+                gain[i, k] = acc
+            for d in range(n_d):
+                acc = 0.0
+                for k in range(k_n):
+                    acc += gain[i, k] * design[k, d]
+                gv[i, d] = acc
+        for k in range(k_n):
+            acc = 0.0
+            for d in range(n_d):
+                for e in range(n_d):
+                    acc += design[k, d] * cd[d, e, p] * design[k, e]
+            var_k[k] = acc
+        for i in range(3):
+            for j in range(i, 3):
+                full = 0.0
+                for d in range(n_d):
+                    for e in range(n_d):
+                        full += gv[i, d] * cd[d, e, p] * gv[j, e]
+                diag = 0.0
+                for k in range(k_n):
+                    diag += gain[i, k] * gain[j, k] * var_k[k]
+                out[i, j, p] = full - diag
+                out[j, i, p] = full - diag
+
+
+try:
+    from numba import njit, prange  # noqa: F401
+
+    _correlated_kernel = njit(nogil=True, cache=True)(_correlated_kernel_py)
+except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
+    _correlated_kernel = _correlated_kernel_py
+
+
+def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exps: np.ndarray,
+                                sigma: np.ndarray, design: np.ndarray, cd: np.ndarray,
+                                block: int = 65536) -> np.ndarray:
+    """Extra parameter covariance from an error shared between the points of the fit.
+
+    The fit weighs each point with ``1/sigma_k^2``, treating the points as independent; a
+    subtracted bias whose error ``V_k delta`` (``cov(delta) = C``) is common to several
+    points moves the parameters by ``G V delta`` with ``G = N^-1 J^T W`` (``N = J^T W J`` at
+    the solution).  The part the weights already hold (the diagonal ``V_k C V_k^T``) is
+    removed.  Returns ``(3, 3, H, W)``; 0 for fallback pixels.
+    """
+    shape = fit.amplitude.shape
+    npix = int(np.prod(shape))
+    k = temps.size
+    out = np.zeros((3, 3, npix))
+    a_all = fit.amplitude.reshape(-1).astype(np.float64)
+    g_all = fit.gamma.reshape(-1).astype(np.float64)
+    b_all = fit.rate.reshape(-1).astype(np.float64)
+    ok_all = (~fit.fallback).reshape(-1) & np.isfinite(a_all) & (a_all != 0)
+    s_all = sigma.reshape(k, -1).astype(np.float64)
+    c_all = cd.reshape(cd.shape[0], cd.shape[1], -1)
+    from concurrent.futures import ThreadPoolExecutor
+
+    lnt1, dT1 = np.log(exps).astype(np.float64), (temps - fit.t_ref).astype(np.float64)
+    design = np.ascontiguousarray(design, dtype=np.float64)
+
+    def one(start):
+        sl = slice(start, min(start + block, npix))
+        res = np.zeros((3, 3, sl.stop - sl.start))
+        _correlated_kernel(a_all[sl], g_all[sl], b_all[sl], lnt1, dT1,
+                           np.ascontiguousarray(s_all[:, sl]), design,
+                           np.ascontiguousarray(c_all[:, :, sl]), ok_all[sl], res)
+        out[:, :, sl] = res
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the kernel releases the GIL
+        list(pool.map(one, range(0, npix, block)))
+    return out.reshape((3, 3) + shape)
+
+
 def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
-                 adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False) -> DarkModel2D:
+                 adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False,
+                 bias_model=None) -> DarkModel2D:
     """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.masters.DarkMaster`).
 
     Each master's error is its noise-model error (see :mod:`dark_pipeline.rates`) and the
-    subtracted bias's error in quadrature.
+    subtracted bias's error in quadrature.  One bias model (or bias master) serves several
+    masters, so its error is shared between them; the parameter covariance adds that
+    correlated part (:func:`correlated_error_covariance`), given ``bias_model`` (else the
+    bias masters named in the masters' ``BIASFILE``).
 
     Raises
     ------
@@ -372,21 +519,36 @@ def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
         by_t.setdefault(m.temperature, []).append(i)
     sigma = [None] * len(masters)
     data = [None] * len(masters)
+    suberr = [None] * len(masters)
+    biasfile = [""] * len(masters)
     for idx in by_t.values():
         images = [read_master(masters[i].path) for i in idx]
         errs = noise_model_errors(exps[idx], np.stack([im.noise for im in images]),
                                   np.stack([im.count for im in images]))
         for j, i in enumerate(idx):
             data[i] = images[j].data
+            suberr[i] = images[j].suberr
+            biasfile[i] = str(images[j].header.get(kw.BIASFILE, "")) + "|" + \
+                str(images[j].header.get(kw.SUBTRACT, ""))
             sigma[i] = np.sqrt(errs[j].astype(np.float64) ** 2
                                + images[j].suberr.astype(np.float64) ** 2).astype(np.float32)
+    sigma = np.stack(sigma)
     try:
-        fit = fit_power_exponential_per_pixel(temps, exps, np.stack(data), np.stack(sigma),
+        fit = fit_power_exponential_per_pixel(temps, exps, np.stack(data), sigma,
                                               t_ref=t_ref, min_snr=min_snr)
     except ValueError as err:
         raise UserError(f"2-D dark model: {err}") from err
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
     fit = _scaled(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
+    design, cd = _bias_error_structure(biasfile, temps, suberr, bias_model)
+    if design is not None:
+        extra = correlated_error_covariance(fit, temps, exps, sigma, design, cd)
+        cov = fit.covariance + extra.astype(np.float32)
+        fit = dataclasses.replace(
+            fit, covariance=cov,
+            amplitude_err=np.sqrt(np.maximum(cov[0, 0], 0)).astype(np.float32),
+            gamma_err=np.sqrt(np.maximum(cov[1, 1], 0)).astype(np.float32),
+            rate_err=np.sqrt(np.maximum(cov[2, 2], 0)).astype(np.float32))
     inputs = pd.DataFrame({"TBIN": [m.temperature for m in masters], "TAVG": temps,
                            "EXPTIME": exps, "PATH": [m.path.name for m in masters]})
     model = DarkModel2D(fit, scale, None, inputs, adc_bits)

@@ -223,3 +223,18 @@ def test_bias_model_option_is_used(dark_run, dark_campaign, tmp_path):
     head = fits.getheader(next((tmp_path / "o" / "dark_masters").glob("master_dark_T30*_E4s.fits")))
     assert head["BIASFILE"] == "bias_model.fits"
     assert not (tmp_path / "o" / "bias_masters").exists()
+
+
+def test_two_d_errors_include_the_shared_bias_error(dark_run):
+    # one bias model serves every master: its error is correlated between them and the 2-D
+    # parameter errors must include it, or the pulls of A, gamma and B come out ~1.4-1.6
+    campaign, out, _ = dark_run
+    truth, physics = campaign.maps(), campaign.physics
+    maps, _ = _maps(out / "dark_model_2d" / "dark_model_2d.fits")
+    good = (maps["FALLBACK"] == 0) & ~truth["hot_mask"]
+    b_true = math.log(2) / physics.doubling_temperature
+    for value, err, true in ((maps["B"], maps["SIGMA_B"], b_true),
+                             (maps["GAMMA"], maps["SIGMA_GAMMA"], 1.0),
+                             (maps["PRIMARY"], maps["SIGMA_A"], truth["dark_ref_adu"])):
+        pull = ((value - true) / err)[good]
+        assert abs(pull.mean()) < 0.15 and 0.85 < pull.std() < 1.2
