@@ -87,44 +87,43 @@ def _model_stages(layout: str, table, caltype: str) -> list[str]:
             if ((table["CALTYPE"] == caltype) & (table["STAGE"] == s)).any()]
 
 
-def run_dark_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
-                      progress_bar: bool = False) -> list:
-    """The dark pipeline (mode full) per stage, with the bias pipeline's model of that stage
-    when there is one; a stage it cannot model is reported and skipped."""
+def _per_stage(name: str, caltype: str, layout: str, table, make) -> list:
+    """Run ``make(stage)`` for each stage to model; a stage it cannot model (one-line
+    :class:`UserError`, e.g. frames at one temperature) is reported and skipped."""
     results = []
-    for stage in _model_stages(layout, table, "DARK"):
-        bias_model = out_dir / "bias" / stage / "bias_model.fits" if stage else \
-            out_dir / "bias" / "bias_model.fits"
-        target = out_dir / "dark" / stage if stage else out_dir / "dark"
-        settings = dark_pipeline.DarkSettings(
-            stage=stage, bias_model=str(bias_model) if bias_model.is_file() else "")
+    for stage in _model_stages(layout, table, caltype):
         try:
-            result = dark_pipeline.run(index_path, target, settings, progress_bar=progress_bar)
+            result = make(stage)
         except UserError as err:
-            logger.warning("dark pipeline%s skipped: %s", f" ({stage})" if stage else "", err)
+            logger.warning("%s pipeline%s skipped: %s", name, f" ({stage})" if stage else "", err)
             continue
         logger.info("%s", result.summary_line())
         results.append(result)
     return results
+
+
+def run_dark_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
+                      progress_bar: bool = False) -> list:
+    """The dark pipeline (mode full) per stage, with the bias pipeline's model of that stage
+    when there is one."""
+    def make(stage):
+        bias_model = out_dir / "bias" / stage / "bias_model.fits"
+        settings = dark_pipeline.DarkSettings(
+            stage=stage, bias_model=str(bias_model) if bias_model.is_file() else "")
+        return dark_pipeline.run(index_path, out_dir / "dark" / stage, settings,
+                                 progress_bar=progress_bar)
+    return _per_stage("dark", "DARK", layout, table, make)
 
 
 def run_bias_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
                       progress_bar: bool = False) -> list:
     """The bias pipeline on the whole campaign (standard) or on each of the pre- and
-    post-irradiation stages; a stage it cannot model (e.g. one temperature) is reported
-    and skipped, the rest of the run goes on."""
-    results = []
-    for stage in _model_stages(layout, table, "BIAS"):
-        target = out_dir / "bias" / stage if stage else out_dir / "bias"
-        try:
-            result = bias_pipeline.run(index_path, target, bias_pipeline.BiasSettings(stage=stage),
-                                       progress_bar=progress_bar)
-        except UserError as err:
-            logger.warning("bias pipeline%s skipped: %s", f" ({stage})" if stage else "", err)
-            continue
-        logger.info("%s", result.summary_line())
-        results.append(result)
-    return results
+    post-irradiation stages."""
+    def make(stage):
+        return bias_pipeline.run(index_path, out_dir / "bias" / stage,
+                                 bias_pipeline.BiasSettings(stage=stage),
+                                 progress_bar=progress_bar)
+    return _per_stage("bias", "BIAS", layout, table, make)
 
 
 def build_parser() -> cli.ArgumentParser:

@@ -20,7 +20,6 @@ Products (``OUT``)::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,11 +36,12 @@ from utils.bias_model import (BiasModel, CrossValidation, MasterStack, fit_bias_
                               pooled_errors)
 from utils.errors import InputPathError, UserError
 from utils.fitsio import (provenance_cards, read_image, save_figure, set_card, write_csv,
-                          write_product, write_text)
+                          write_product)
 from utils.grouping import GroupKey, calibration_groups
 from utils.index import DatasetIndex, load_frames
 from utils.master import CombineSettings, adc_bits_of, existing_product, inputs_hash, make_master
 from utils.read_noise import ReadNoiseAccumulator, frame_pairs, read_noise, read_noise_table
+from utils.run_record import completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
 
 from . import plots
@@ -386,8 +386,10 @@ def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
                         f"written to {out_dir / MASTER_FOLDER}, but a bias(T) model "
                         "needs at least two temperatures")
 
-    digest = _run_digest(masters, settings)
-    done = _completed(out_dir, digest)
+    digest = run_digest(settings, [m.path for m in masters],
+                        Path(settings.hot_pixel_mask).stat().st_mtime_ns
+                        if settings.hot_pixel_mask else "")
+    done = completed_run(out_dir, digest)
     if done is not None:
         logger.info("bias model products in %s are up to date (same masters and settings)",
                     out_dir)
@@ -441,38 +443,8 @@ def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
     summary = _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir)
     files += [out_dir / "config_used.json", out_dir / "summary.json"]
     # written last: its hash and file list mark the run complete for the next re-run
-    summary["inputs_hash"] = digest
-    summary["files"] = sorted({p.relative_to(out_dir).as_posix() for p in files})
-    write_text(json.dumps(summary, indent=2) + "\n", out_dir / "summary.json")
+    write_run_summary(out_dir, summary, files, digest)
     return BiasResult(out_dir, masters, model, summary, files)
-
-
-def _run_digest(masters: list[BiasMaster], settings: BiasSettings) -> str:
-    """Hash of the masters' inputs and of every setting: equal hashes give equal products."""
-    import hashlib
-
-    from utils.fitsio import read_header
-
-    digest = hashlib.sha1(repr(settings).encode())
-    for m in masters:
-        digest.update(str(read_header(m.path).get(kw.INHASH, m.path)).encode())
-    if settings.hot_pixel_mask:
-        digest.update(str(Path(settings.hot_pixel_mask).stat().st_mtime_ns).encode())
-    return digest.hexdigest()[:16]
-
-
-def _completed(out_dir: Path, digest: str) -> dict | None:
-    """The previous run's summary when it had the same hash and all its files still exist."""
-    path = out_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if summary.get("inputs_hash") != digest:
-        return None
-    if not all((out_dir / f).is_file() for f in summary.get("files", [])):
-        return None
-    return summary
 
 
 def _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir) -> dict:

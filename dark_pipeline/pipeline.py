@@ -40,6 +40,7 @@ from utils.fitsio import (provenance_cards, save_figure, set_card, write_csv, wr
                           write_text)
 from utils.index import load_frames
 from utils.master import CombineSettings, adc_bits_of
+from utils.run_record import completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
 
 from . import plots
@@ -167,33 +168,6 @@ def rate_maps(masters, out_dir: Path, adc_bits: int, files: list):
     return rates
 
 
-def _run_digest(masters, settings: DarkSettings, bias) -> str:
-    """Hash of the masters' inputs, the bias used and every setting."""
-    import hashlib
-
-    from utils import headers as kw
-    from utils.fitsio import read_header
-
-    digest = hashlib.sha1(repr(settings).encode())
-    for m in masters:
-        digest.update(str(read_header(m.path).get(kw.INHASH, m.path)).encode())
-    digest.update(bias.fingerprint.encode())
-    return digest.hexdigest()[:16]
-
-
-def _completed(out_dir: Path, digest: str) -> dict | None:
-    """The previous run's summary when it had the same hash and all its files exist."""
-    try:
-        summary = json.loads((out_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if summary.get("inputs_hash") != digest:
-        return None
-    if not all((out_dir / f).is_file() for f in summary.get("files", [])):
-        return None
-    return summary
-
-
 def write_hot_pixels(rate: np.ndarray, out_dir: Path, settings: DarkSettings, adc_bits: int,
                      what: str, files: list):
     """Hot-pixel mask of ``rate`` [adu/s] (at TREF) to ``hot_pixels.fits``; returns it."""
@@ -285,20 +259,19 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     summary: dict = {"mode": mode, "output_dir": str(out_dir), "t_ref_degC": settings.t_ref,
                      "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
                      "gain_e_per_adc_count": settings.gain}
-    masters = rates = bias = None
+    masters = rates = bias = digest = None
     adc_bits = adu.DEFAULT_ADC_BITS
     if mode in FRAME_MODES:
         if not basepath:
             raise ConfigError(f"mode {mode} needs --basepath (converted dark frames or an index)")
         masters, bias, adc_bits = measure(basepath, out_dir, settings, files,
                                           progress_bar=progress_bar)
-        digest = _run_digest(masters, settings, bias)
-        done = _completed(out_dir, digest)
+        digest = run_digest(settings, [m.path for m in masters], bias.fingerprint)
+        done = completed_run(out_dir, digest)
         if done is not None:
             logger.info("dark products in %s are up to date (same masters and settings)",
                         out_dir)
             return DarkResult(out_dir, done, [out_dir / f for f in done["files"]])
-        summary["inputs_hash"] = digest
         rates = rate_maps(masters, out_dir, adc_bits, files)
         summary.update(n_masters=len(masters),
                        temperatures_degC=[float(r.tavg) for r in rates],
@@ -339,9 +312,7 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
 
     files += [out_dir / "config_used.json", out_dir / "summary.json"]
     # written last: with its hash and file list it marks the run complete for a re-run
-    summary["files"] = sorted({p.resolve().relative_to(out_dir.resolve()).as_posix()
-                               for p in files if p.resolve().is_relative_to(out_dir.resolve())})
-    write_text(json.dumps(summary, indent=2, default=_json) + "\n", out_dir / "summary.json")
+    write_run_summary(out_dir, summary, files, digest, default=_json)
     return DarkResult(out_dir, summary, files)
 
 
