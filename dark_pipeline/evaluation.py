@@ -37,12 +37,29 @@ COLUMNS = ["Temperature (°C)", "Exposure (s)", "MAE [ADU]", "MAPE [%]", "PULL_M
            "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE", "PULL_MODEL"]
 
 
+#: Longest side of the residual maps kept for figures [pixel] (block-averaged down to it).
+MAP_SIDE = 512
+
+
 @dataclass
 class Evaluation:
-    """Summary table and, per master, a pixel sample for scatter plots."""
+    """Summary table; per master a pixel sample for scatter plots and MAE / APE maps."""
 
     table: pd.DataFrame
     samples: dict          # (T, t) -> (measured, predicted) arrays of up to 5000 pixels
+    maps: dict             # (T, t) -> (|measured - predicted| [adu], APE [%]) reduced maps
+
+
+def _reduce(image: np.ndarray, side: int = MAP_SIDE) -> np.ndarray:
+    """Block mean (NaN-aware) so the longest side is at most ``side`` pixels."""
+    f = max(1, int(np.ceil(max(image.shape) / side)))
+    if f == 1:
+        return image.astype(np.float32)
+    h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
+    blocks = image[:h, :w].reshape(h // f, f, w // f, f)
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
 
 
 def evaluate(masters: list[DarkMaster], predict, predict_err, *,
@@ -65,7 +82,7 @@ def evaluate(masters: list[DarkMaster], predict, predict_err, *,
     by_t: dict[float, list[DarkMaster]] = {}
     for m in masters:
         by_t.setdefault(m.temperature, []).append(m)
-    rows, samples = [], {}
+    rows, samples, maps = [], {}, {}
     for label, group in by_t.items():
         group = sorted(group, key=lambda m: m.exptime)
         held = holdout(label) if holdout is not None else None
@@ -104,9 +121,13 @@ def evaluate(masters: list[DarkMaster], predict, predict_err, *,
             if idx.size > 5000:
                 idx = rng.choice(idx, 5000, replace=False)
             samples[(m.temperature, m.exptime)] = (real.ravel()[idx], synth.ravel()[idx])
+            abs_err = np.where(ok, np.abs(real - synth), np.nan)
+            ape_map = np.where(strong, 100 * np.abs((real - synth) / np.where(strong, real, 1)),
+                               np.nan)
+            maps[(m.temperature, m.exptime)] = (_reduce(abs_err), _reduce(ape_map))
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["Temperature (°C)",
                                                              "Exposure (s)"])
-    return Evaluation(table.reset_index(drop=True), samples)
+    return Evaluation(table.reset_index(drop=True), samples, maps)
 
 
 def dark_current_table(rates, model=None, e_per_adu: float | None = None,

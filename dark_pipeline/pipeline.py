@@ -128,7 +128,7 @@ class DarkResult:
 
 
 def _save(ax, path: Path, files: list) -> None:
-    ax = ax[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
+    ax = np.ravel(ax)[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
     files.append(save_figure(ax.figure, path))
 
 
@@ -215,6 +215,10 @@ def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
                                  "model median signal [adu]")):
         _save(plots.plot_heatmap(ev.table, column, title=f"{kind.upper()} model: {title}"),
               out_dir / f"heatmap_{name}_{kind}.png", files)
+    for which, name, unit in ((0, "mae", "adu"), (1, "mape", "%")):
+        _save(plots.plot_error_maps(ev.maps, which, unit=unit,
+                                    title=f"{kind.upper()} model {name.upper()} per pixel"),
+              out_dir / f"{name}_maps_{kind}.png", files)
 
 
 def _pixels(model: DarkModel1D, count: int = 4) -> list[tuple[int, int]]:

@@ -10,8 +10,9 @@ from utils.plotting import finish_axes, new_axes, show_histogram, show_image
 
 from .temperature_model import DarkModel1D, DarkModel2D
 
-__all__ = ["plot_model_map", "plot_doubling_histogram", "plot_gamma_histogram", "plot_heatmap",
-           "plot_scatter", "plot_dark_current", "plot_hot_pixel_counts", "plot_pixel_rates"]
+__all__ = ["plot_error_maps", "plot_model_map", "plot_doubling_histogram", "plot_gamma_histogram",
+           "plot_heatmap", "plot_scatter", "plot_dark_current", "plot_hot_pixel_counts",
+           "plot_pixel_rates"]
 
 
 def plot_model_map(model: DarkModel1D, which: str, *, ax=None):
@@ -67,6 +68,42 @@ def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, ax=None):
     ax.set_ylabel("exposure time [s]")
     ax.set_title(title)
     return ax
+
+
+def plot_error_maps(maps: dict, which: int, *, title: str, unit: str, axes=None):
+    """Grid of per-master error maps: exposures (rows) x temperatures (columns).
+
+    ``maps[(T, t)] = (abs_error, ape)``; ``which`` 0 shows the absolute error, 1 the APE.
+    """
+    temps = sorted({t for t, _ in maps})
+    exps = sorted({x for _, x in maps})
+    if axes is None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(len(exps), len(temps), figsize=(2.6 * len(temps) + 1,
+                                                               2.3 * len(exps) + 0.6),
+                               layout="constrained", squeeze=False)
+    values = np.concatenate([v[which][np.isfinite(v[which])].ravel() for v in maps.values()]
+                            or [np.zeros(1)])
+    top = float(np.percentile(values, 99)) if values.size else 1.0
+    im = None
+    for i, x in enumerate(exps):
+        for j, t in enumerate(temps):
+            ax = axes[i][j]
+            if (t, x) in maps:
+                im = ax.imshow(maps[(t, x)][which], origin="lower", vmin=0, vmax=top or 1.0,
+                               interpolation="nearest", cmap="magma")
+            ax.set_title(f"{t + 0.0:.1f} degC, {x:g} s", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if im is not None:
+        axes[0][0].figure.colorbar(im, ax=axes, label=f"{title} [{unit}]", shrink=0.8)
+    blank = " (white: signal below 3 sigma)" if which == 1 else ""
+    axes[0][0].figure.suptitle(f"{title}: rows exposure time, columns temperature{blank}")
+    return axes
 
 
 def plot_scatter(real: np.ndarray, synth: np.ndarray, *, title: str, ax=None):

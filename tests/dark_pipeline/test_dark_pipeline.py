@@ -56,6 +56,7 @@ def test_full_run_writes_products_that_verify(dark_run, fitsverify):
                  "evaluation_model_2d_summary.csv", "evaluation_model_1d_summary.csv",
                  "heatmap_mae_2d.png", "heatmap_mape_2d.png", "heatmap_dark_real_2d.png",
                  "heatmap_dark_synthetic_2d.png", "dark_current_vs_temperature.png",
+                 "mae_maps_2d.png", "mape_maps_1d.png",
                  "dark_current_vs_temperature.csv", "summary.json", "config_used.json",
                  "plots/doubling_temperature_hist.png", "plots/gamma_histogram_2d.png"):
         assert (out / name).is_file(), name
