@@ -1,9 +1,12 @@
 """Per-pixel exponential and power-exponential fits: recovery, honest errors, fallback."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from scipy import stats
 
+from utils import fitting
 from utils.fitting import (
     fit_exponential_per_pixel,
     fit_power_exponential_per_pixel,
@@ -202,3 +205,70 @@ def test_population_value():
     values = np.array([1.0, 2.0, 3.0, 100.0, np.nan])
     assert population_value(values, values < 50) == (2.0, pytest.approx(1.4826))
     assert np.isnan(population_value(values, np.zeros(5, bool))[0])
+
+
+def assert_same_fit(fast, slow):
+    """numba kernel and numpy fallback agree: maps to ~1e-5, identical flags and counts."""
+    for name, a in vars(fast).items():
+        b = getattr(slow, name)
+        if isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            if a.dtype.kind in "bi":
+                np.testing.assert_array_equal(a, b, err_msg=name)
+            else:
+                finite = np.abs(b[np.isfinite(b)])
+                scale = float(finite.max()) if finite.size else 1.0
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7 * scale, equal_nan=True,
+                                           err_msg=name)
+        else:
+            assert a == pytest.approx(b, rel=1e-9), name
+
+
+@pytest.mark.skipif(not fitting.HAVE_NUMBA, reason="numba not importable")
+def test_numba_kernels_match_numpy_fallback():
+    rng = np.random.default_rng(17)
+    _, _, _, y, sigma = dark_stack(rng, (40, 50), quiet_fraction=0.2)
+    y[1, 0, :6] = np.nan                      # missing points
+    y[:, 1, 1] = np.nan                       # no usable point
+    y[:, 2, 2] = [0.0, 0.0, 3.5, 0.0, 50.0]   # a spike on one point
+    sigma[:, 2, 2] = 1.0
+    sigma[3, 3, :4] = [0.0, -1.0, np.inf, np.nan]
+    y[0, 4, :] = -2.0                         # negative values
+    for x_ref in (0.0, TEMPS[2]):             # a point at x_ref: a zero design value
+        fast = fit_exponential_per_pixel(TEMPS, y, sigma, x_ref=x_ref)
+        with mock.patch.object(fitting, "HAVE_NUMBA", False):
+            slow = fit_exponential_per_pixel(TEMPS, y, sigma, x_ref=x_ref)
+        assert 0 < fast.fallback.sum() < fast.fallback.size
+        assert_same_fit(fast, slow)
+    temps, times, _, _, y, sigma = power_stack(rng, (30, 40))
+    y[5, 0, :3] = np.nan
+    y[:, 1, 1] = np.nan
+    fast = fit_power_exponential_per_pixel(temps, times, y, sigma, t_ref=10.0)
+    with mock.patch.object(fitting, "HAVE_NUMBA", False):
+        slow = fit_power_exponential_per_pixel(temps, times, y, sigma, t_ref=10.0)
+    assert 0 < fast.fallback.sum() < fast.fallback.size
+    assert_same_fit(fast, slow)
+    # without a factorisable design (every point at its own temperature and time)
+    temps2 = temps + rng.uniform(-0.3, 0.3, temps.size)
+    times2 = times * rng.uniform(0.9, 1.1, times.size)
+    fast = fit_power_exponential_per_pixel(temps2, times2, y, sigma, t_ref=10.0, workers=1)
+    with mock.patch.object(fitting, "HAVE_NUMBA", False):
+        slow = fit_power_exponential_per_pixel(temps2, times2, y, sigma, t_ref=10.0, workers=1)
+    assert_same_fit(fast, slow)
+
+
+@pytest.mark.skipif(not fitting.HAVE_NUMBA, reason="numba not importable")
+def test_population_value_numba_matches_numpy():
+    rng = np.random.default_rng(2)
+    cases = [rng.normal(0.1, 0.01, 1001), rng.normal(0.0, 1.0, 1000).astype(np.float32),
+             np.array([3.0, -0.0, 0.0, 3.0, 3.0, -5.0, np.nan, np.inf]),
+             rng.integers(-3, 4, 999).astype(np.float64), np.array([7.5])]
+    for values in cases:
+        mask = rng.random(values.size) < 0.8
+        mask[0] = True
+        for m in (None, mask):
+            fast = population_value(values, m)
+            with mock.patch.object(fitting, "HAVE_NUMBA", False):
+                slow = population_value(values, m)
+            assert fast == slow
+    assert np.isnan(population_value(np.array([np.nan, 1.0]), np.array([True, False]))[0])
