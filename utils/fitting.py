@@ -665,14 +665,17 @@ def _log_mantissa_py(m, e):
 
 def _sym_inv_py(p, a, b, c, d, e, f):
     """Inverse (upper triangle 00 01 02 11 12 22) and determinant of a symmetric 2x2
-    ((a b) (b d); c, e, f ignored) or 3x3 matrix, by cofactors as :func:`_sym_inverse`."""
+    ((a b) (b d); c, e, f ignored) or 3x3 matrix, by cofactors as :func:`_sym_inverse`
+    (times the reciprocal determinant: divisions dominated the Newton step)."""
     if p == 2:
         det = a * d - b * b
-        return d / det, -b / det, 0.0, a / det, 0.0, 0.0, det
+        r = 1.0 / det
+        return d * r, -b * r, 0.0, a * r, 0.0, 0.0, det
     c00, c01, c02 = d * f - e * e, c * e - b * f, b * e - c * d
     c11, c12, c22 = a * f - c * c, b * c - a * e, a * d - b * b
     det = a * c00 + b * c01 + c * c02
-    return c00 / det, c01 / det, c02 / det, c11 / det, c12 / det, c22 / det, det
+    r = 1.0 / det
+    return c00 * r, c01 * r, c02 * r, c11 * r, c12 * r, c22 * r, det
 
 
 def _matvec_py(p, i00, i01, i02, i11, i12, i22, g0, g1, g2):
@@ -1126,29 +1129,88 @@ def _radix_select_py(keys, m, k, hist):
     return keys[0]
 
 
-def _median_py(v, keys, work, hist, fbuf):
-    """np.median of the finite float64 ``v`` (not empty), exactly, by radix selection."""
-    m = v.size
-    bits = v.view(np.int64)
+def _radix_median_py(values, mask, center, absdev):
+    """:func:`_masked_median_py` by radix selection on all the values (any data)."""
+    m = 0
+    for i in range(values.size):
+        m += mask[i] & math.isfinite(values[i])
+    keys = np.empty(m, np.int64)
+    work = np.empty(m, np.int64)
+    fbuf = np.empty(m)
+    j = 0
+    for i in range(values.size):
+        if mask[i] & math.isfinite(values[i]):
+            x = np.float64(values[i])
+            fbuf[j] = abs(x - center) if absdev else x
+            j += 1
+    bits = fbuf.view(np.int64)
     for i in range(m):  # order-preserving integer keys of the floats
         keys[i] = bits[i] ^ ((bits[i] >> 63) & 0x7FFFFFFFFFFFFFFF)
         work[i] = keys[i]
-    lo = _nb_radix_select(work, m, (m - 1) // 2, hist)
-    hi = lo
-    if m % 2 == 0:  # the next order statistic: lo again, or the smallest key above it
+    k = (m - 1) // 2
+    a = _nb_radix_select(work, m, k, np.empty(65536, np.int64))
+    b = a
+    if m % 2 == 0:  # the next order statistic: a again, or the smallest key above it
         n_le = 0
         above = np.iinfo(np.int64).max
         for i in range(m):
-            n_le += keys[i] <= lo
-            if keys[i] > lo and keys[i] < above:
+            n_le += keys[i] <= a
+            if keys[i] > a and keys[i] < above:
                 above = keys[i]
-        hi = lo if n_le >= m // 2 + 1 else above
+        b = a if n_le >= k + 2 else above
     ibuf = fbuf.view(np.int64)
-    ibuf[0] = lo ^ ((lo >> 63) & 0x7FFFFFFFFFFFFFFF)
-    ibuf[1] = hi ^ ((hi >> 63) & 0x7FFFFFFFFFFFFFFF)
-    if m % 2:
-        return fbuf[0]
-    return (fbuf[0] + fbuf[1]) / 2
+    ibuf[0] = a ^ ((a >> 63) & 0x7FFFFFFFFFFFFFFF)
+    ibuf[1] = b ^ ((b >> 63) & 0x7FFFFFFFFFFFFFFF)
+    return fbuf[0] if m % 2 else (fbuf[0] + fbuf[1]) / 2
+
+
+def _masked_median_py(values, mask, m, center, absdev):
+    """np.median of x = values[i] (or |values[i] - center| with ``absdev``) over the
+    ``m`` finite values where ``mask``, exactly, in linear time, without copying them.
+
+    A sorted sample brackets the middle order statistics; one pass counts the
+    values below the bracket and inside it, a second collects those inside (a
+    few thousand), which are sorted.  Should the bracket miss (an unlucky
+    sample), radix selection on all of them.  The passes are branch-free: a
+    test of x against the median is a coin flip for the branch predictor.
+    """
+    size = values.size
+    k = (m - 1) // 2
+    k1 = k + 1 if m % 2 == 0 else k
+    step = max(1, size // 32768)
+    sample = np.empty(size // step + 1)
+    ns = 0
+    for i in range(0, size, step):
+        x = np.float64(values[i])
+        sample[ns] = abs(x - center) if absdev else x
+        ns += mask[i] & math.isfinite(values[i])
+    if ns == 0:
+        return _nb_radix_median(values, mask, center, absdev)
+    sample = np.sort(sample[:ns])
+    pos = (k * ns) // m
+    margin = 2 * int(math.sqrt(ns)) + 16  # > 4 sigma of the sample rank of the k-th value
+    lo = sample[max(pos - margin, 0)]
+    hi = sample[min(pos + margin, ns - 1)]
+    below = 0
+    inside = 0
+    for i in range(size):
+        x = np.float64(values[i])
+        x = abs(x - center) if absdev else x
+        ok = mask[i] & math.isfinite(values[i])
+        below += ok & (x < lo)
+        inside += ok & (x >= lo) & (x <= hi)
+    if not (below <= k and k1 < below + inside):
+        return _nb_radix_median(values, mask, center, absdev)
+    bracket = np.empty(inside + 1)
+    j = 0
+    for i in range(size):
+        x = np.float64(values[i])
+        x = abs(x - center) if absdev else x
+        bracket[j] = x
+        j += mask[i] & math.isfinite(values[i]) & (x >= lo) & (x <= hi)
+    bracket = np.sort(bracket[:inside])
+    a, b = bracket[k - below], bracket[k1 - below]
+    return a if m % 2 else (a + b) / 2
 
 
 def _population_py(values, mask):
@@ -1156,23 +1218,11 @@ def _population_py(values, mask):
     in linear time; NaN, NaN when there is none."""
     m = 0
     for i in range(values.size):
-        m += mask[i] and math.isfinite(values[i])
+        m += mask[i] & math.isfinite(values[i])
     if m == 0:
         return np.nan, np.nan
-    v = np.empty(m)
-    j = 0
-    for i in range(values.size):
-        if mask[i] and math.isfinite(values[i]):
-            v[j] = values[i]
-            j += 1
-    keys = np.empty(m, np.int64)
-    work = np.empty(m, np.int64)
-    hist = np.empty(65536, np.int64)
-    fbuf = np.empty(2)
-    med = _nb_median(v, keys, work, hist, fbuf)
-    for i in range(m):
-        v[i] = abs(v[i] - med)
-    return med, _nb_median(v, keys, work, hist, fbuf)
+    med = _nb_masked_median(values, mask, m, 0.0, False)
+    return med, _nb_masked_median(values, mask, m, med, True)
 
 
 def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what):
@@ -1212,7 +1262,11 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what):
         _first_pass_numba(design, y2, s2, min_snr, max_iter, tol, workers,
                           (A, theta, cov, chi, npts, status, chi2, errs))
         well = status == _CONVERGED
-        pop = [population_value(theta[j], well) for j in range(q)]
+        if q > 1 and workers > 1:  # the kernels release the GIL
+            with ThreadPoolExecutor(max_workers=q) as pool:
+                pop = list(pool.map(lambda j: population_value(theta[j], well), range(q)))
+        else:
+            pop = [population_value(theta[j], well) for j in range(q)]
         if not np.isfinite(pop[0][0]):
             raise fail
         pop_theta = np.array([m for m, _ in pop])
@@ -1612,7 +1666,8 @@ if HAVE_NUMBA:
     _nb_nl_kernel = _jit(_nl_kernel_py)
     _nb_fallback = _jit(_fallback_kernel_py)
     _nb_radix_select = _jit(_radix_select_py)
-    _nb_median = _jit(_median_py)
+    _nb_radix_median = _jit(_radix_median_py)
+    _nb_masked_median = _jit(_masked_median_py)
     _nb_population = _jit(_population_py)
     _line_kernel = _jit(_line_kernel_py)
 else:  # pragma: no cover
