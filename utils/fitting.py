@@ -1494,7 +1494,7 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
 
     Notes
     -----
-    Cost (numba): ~0.1 us per pixel and thread for five points; memory: the
+    Cost (numba): ~0.15 us per pixel and thread for five points; memory: the
     inputs plus ~50 bytes per pixel of results (and ~1 MB per thread).
 
     Examples
