@@ -692,28 +692,32 @@ def _posdef_py(p, a, b, c, d, e, f):
     return (a > 0) & (a * d - b * b > 0) & ((p == 2) | third)
 
 
-def _spans_py(mask, gid, p):
-    """:func:`_spans` for one pixel: ``mask`` (n,) has >= p points and, in every design
-    column, points at two distinct values (``gid`` (q, n): index of the point's value)."""
-    n = mask.size
+def _support_py(a, W, F, i, gid, p):
+    """:func:`_spans` of the points where the model of lane ``i`` reaches 1 sigma,
+    ``a sqrt(w f^2) >= 1`` (as ``a > 0`` and ``a^2 w f^2 >= 1``): at least p of them and
+    two distinct values in every design column (``gid`` (q, n): value index per point).
+    One scalar pass: it runs once per pixel, on convergence."""
+    q, n = gid.shape
+    a2 = a * a
     cnt = 0
+    first0 = first1 = -1
+    two0 = False
+    two1 = q == 1
     for k in range(n):
-        cnt += mask[k]
-    if cnt < p:
-        return False
-    for j in range(gid.shape[0]):
-        first = -1
-        two = False
-        for k in range(n):
-            if mask[k]:
-                if first < 0:
-                    first = gid[j, k]
-                elif gid[j, k] != first:
-                    two = True
-                    break
-        if not two:
-            return False
-    return True
+        if (a > 0) & (a2 * W[k, i] * F[k, i] * F[k, i] >= 1.0):
+            cnt += 1
+            g = gid[0, k]
+            if first0 < 0:
+                first0 = g
+            elif g != first0:
+                two0 = True
+            if q == 2:
+                g = gid[1, k]
+                if first1 < 0:
+                    first1 = g
+                elif g != first1:
+                    two1 = True
+    return (cnt >= p) & two0 & two1
 
 
 def _shape_py(na, act, q, z, gid, uz, ngrp, umax, fact, X, F, EF, sbits, scale):
@@ -804,11 +808,15 @@ def _sums_py(na, feats, phi, Y, W, F, S, U, X):
 
 
 def _newton_py(na, p, q, L, V, tol, it):
-    """Newton decrement, stop / leave flags (``V[0]``) and the damped step (trial theta in
-    ``V[1]``, ``V[2]``) of lanes ``:na`` at iteration ``it``, as :func:`_lm`.
+    """Newton decrement, stop / leave flags and the damped step of lanes ``:na`` at
+    iteration ``it``, as :func:`_lm`.
 
-    One array read, one written, compiled on its own: the loop vectorises.
+    Writes rows of the flat ``V`` (row r of lane i at ``r * _NL_TILE + i``): 0 the
+    flag (0 stays, 1 leaves, 3 stops), 1-2 the trial theta, 3-8 the inverse normal
+    matrix (upper triangle).  Compiled on its own and with compile-time row offsets
+    (no run-time alias checks between them), the loop vectorises.
     """
+    T = _NL_TILE
     for i in range(na):
         a = L[_AMP, i]
         a2 = a * a
@@ -826,7 +834,13 @@ def _newton_py(na, p, q, L, V, tol, it):
         lam = L[_LAM, i]
         leave = st | (not usable) | (lam > _LAMBDA_MAX) | \
             (not math.isfinite(L[_CHI, i])) | (it >= L[_LIM, i])
-        V[0, i] = 2.0 * st + leave  # 0 stays, 1 leaves, 3 stops
+        V[i] = 2.0 * st + leave
+        V[3 * T + i] = i00
+        V[4 * T + i] = i01
+        V[5 * T + i] = i02
+        V[6 * T + i] = i11
+        V[7 * T + i] = i12
+        V[8 * T + i] = i22
         H01, H02 = n01 - g1, n02 - g2
         H11 = n11 - a * L[_MOM + 9, i]
         H12 = n12 - a * L[_MOM + 10, i]
@@ -840,8 +854,8 @@ def _newton_py(na, p, q, L, V, tol, it):
         M00 = n00 + lam * n00
         j00, j01, j02, j11, j12, j22, _ = _nb_sym_inv(p, M00, M01, M02, M11, M12, M22)
         _, d1, d2 = _nb_matvec(p, j00, j01, j02, j11, j12, j22, G0, G1, G2)
-        V[1, i] = L[_TH0, i] + d1
-        V[2, i] = L[_TH1, i] + d2 if q == 2 else L[_TH1, i]
+        V[T + i] = L[_TH0, i] + d1
+        V[2 * T + i] = L[_TH1, i] + d2 if q == 2 else L[_TH1, i]
 
 
 def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max_iter, tol,
@@ -867,14 +881,14 @@ def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max
     EF = np.ones((2, uz.shape[1], T))
     L = np.zeros((_NROW, T))   # state of the tile's lanes
     Lt = np.zeros((_NROW, T))  # trial state
-    V = np.empty((10, T))      # work rows: counts, start moments, Newton flags and step
+    V = np.empty((10, T))      # work rows: counts, start moments
+    VN = np.empty(9 * T)       # Newton flags, step, inverse (flat: see _newton_py)
     H = np.empty((uz.shape[1], T))
     ebuf = np.empty(T)
     mbuf = np.empty(T, np.int64)
     mant = mbuf.view(np.float64)
     pix = np.empty(T, np.int64)
     act = np.empty(T, np.bool_)
-    mask = np.empty(n, np.bool_)
     min_snr2 = min_snr * min_snr
     phi = np.zeros((6, n))     # point features 1, z0, z1, z0 z0, z0 z1, z1 z1
     for k in range(n):
@@ -982,23 +996,17 @@ def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max
         _nb_sums(na, feats, phi, Y, W, F, S, U, L)
         it = 0
         while True:
-            _nb_newton(na, p, q, L, V, tol, it)
+            _nb_newton(na, p, q, L, VN, tol, it)
             for i in range(na):
-                if not (act[i] and V[0, i] != 0):
+                if not (act[i] and VN[i] != 0):
                     continue
                 act[i] = False
                 nact -= 1
-                if V[0, i] != 3:
+                if VN[i] != 3:
                     continue
                 a = L[_AMP, i]
-                for k in range(n):
-                    mask[k] = a * math.sqrt(W[k, i] * F[k, i] * F[k, i]) >= 1.0
-                if not _nb_spans(mask, gid, p):
+                if not _nb_support(a, W, F, i, gid, p):
                     continue
-                a2 = a * a
-                i00, i01, i02, i11, i12, i22, _ = _nb_sym_inv(
-                    p, L[_MOM, i], a * L[_MOM + 1, i], a * L[_MOM + 2, i], a2 * L[_MOM + 3, i],
-                    a2 * L[_MOM + 4, i], a2 * L[_MOM + 5, i])
                 j = pix[i]
                 A_out[j] = a
                 chi_out[j] = L[_CHI, i]
@@ -1006,13 +1014,13 @@ def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max
                 th_out[0, j] = L[_TH0, i]
                 if q == 2:
                     th_out[1, j] = L[_TH1, i]
-                cov_out[0, 0, j] = i00
-                cov_out[0, 1, j] = cov_out[1, 0, j] = i01
-                cov_out[1, 1, j] = i11
+                cov_out[0, 0, j] = VN[3 * T + i]
+                cov_out[0, 1, j] = cov_out[1, 0, j] = VN[4 * T + i]
+                cov_out[1, 1, j] = VN[6 * T + i]
                 if p == 3:
-                    cov_out[0, 2, j] = cov_out[2, 0, j] = i02
-                    cov_out[1, 2, j] = cov_out[2, 1, j] = i12
-                    cov_out[2, 2, j] = i22
+                    cov_out[0, 2, j] = cov_out[2, 0, j] = VN[5 * T + i]
+                    cov_out[1, 2, j] = cov_out[2, 1, j] = VN[7 * T + i]
+                    cov_out[2, 2, j] = VN[8 * T + i]
                 # reduced chi^2 and errors as the numpy path computes them from float32 maps
                 if npts_out[j] > p:
                     chi2_out[j] = np.float32(chi_out[j]) / np.float32(npts_out[j] - p)
@@ -1031,17 +1039,16 @@ def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max
                         row = rows[r]
                         for jj in range(nact):
                             row[jj] = row[mbuf[jj]]
-                for r in range(1, 3):
-                    row = V[r]
-                    for jj in range(nact):
-                        row[jj] = row[mbuf[jj]]
+                for jj in range(nact):
+                    VN[T + jj] = VN[T + mbuf[jj]]
+                    VN[2 * T + jj] = VN[2 * T + mbuf[jj]]
                 for jj in range(nact):
                     pix[jj] = pix[mbuf[jj]]
                     act[jj] = True
                 na = nact
             for i in range(na):
-                Lt[_TH0, i] = V[1, i]
-                Lt[_TH1, i] = V[2, i]
+                Lt[_TH0, i] = VN[T + i]
+                Lt[_TH1, i] = VN[2 * T + i]
             _nb_shape(na, act, q, z, gid, uz, ngrp, umax, fact, Lt, Ft, EF, mbuf, mant)
             _nb_sums(na, feats, phi, Y, W, Ft, S, U, Lt)
             # adopt the trial points (swap the buffers), put back the refused ones
@@ -1164,19 +1171,17 @@ def _radix_median_py(values, mask, center, absdev):
     return fbuf[0] if m % 2 else (fbuf[0] + fbuf[1]) / 2
 
 
-def _masked_median_py(values, mask, m, center, absdev):
-    """np.median of x = values[i] (or |values[i] - center| with ``absdev``) over the
-    ``m`` finite values where ``mask``, exactly, in linear time, without copying them.
+def _masked_median_py(values, mask, center, absdev):
+    """np.median of x = values[i] (or |values[i] - center| with ``absdev``) over the finite
+    values where ``mask`` (at least one), exactly, in linear time, without copying them.
 
-    A sorted sample brackets the middle order statistics; one pass counts the
-    values below the bracket and inside it, a second collects those inside (a
-    few thousand), which are sorted.  Should the bracket miss (an unlucky
-    sample), radix selection on all of them.  The passes are branch-free: a
-    test of x against the median is a coin flip for the branch predictor.
+    A sorted sample brackets the median; one pass counts the values, those
+    below the bracket, and collects those inside it (a few thousand), which
+    are sorted.  Should the bracket miss (an unlucky sample), radix selection
+    on all of them.  The pass is branch-free: a test of x against the median
+    is a coin flip for the branch predictor.
     """
     size = values.size
-    k = (m - 1) // 2
-    k1 = k + 1 if m % 2 == 0 else k
     step = max(1, size // 32768)
     sample = np.empty(size // step + 1)
     ns = 0
@@ -1187,42 +1192,42 @@ def _masked_median_py(values, mask, m, center, absdev):
     if ns == 0:
         return _nb_radix_median(values, mask, center, absdev)
     sample = np.sort(sample[:ns])
-    pos = (k * ns) // m
-    margin = 2 * int(math.sqrt(ns)) + 16  # > 4 sigma of the sample rank of the k-th value
-    lo = sample[max(pos - margin, 0)]
-    hi = sample[min(pos + margin, ns - 1)]
+    margin = 2 * int(math.sqrt(ns)) + 16  # > 4 sigma of the sample rank of the median
+    lo = sample[max(ns // 2 - margin, 0)]
+    hi = sample[min(ns // 2 + margin, ns - 1)]
+    bracket = np.empty(size + 1)  # only its first entries are written (and paged in)
+    m = 0
     below = 0
     inside = 0
     for i in range(size):
         x = np.float64(values[i])
         x = abs(x - center) if absdev else x
         ok = mask[i] & math.isfinite(values[i])
+        m += ok
         below += ok & (x < lo)
+        bracket[inside] = x
         inside += ok & (x >= lo) & (x <= hi)
+    k = (m - 1) // 2
+    k1 = k + 1 if m % 2 == 0 else k
     if not (below <= k and k1 < below + inside):
         return _nb_radix_median(values, mask, center, absdev)
-    bracket = np.empty(inside + 1)
-    j = 0
-    for i in range(size):
-        x = np.float64(values[i])
-        x = abs(x - center) if absdev else x
-        bracket[j] = x
-        j += mask[i] & math.isfinite(values[i]) & (x >= lo) & (x <= hi)
-    bracket = np.sort(bracket[:inside])
-    a, b = bracket[k - below], bracket[k1 - below]
+    inner = np.sort(bracket[:inside])
+    a, b = inner[k - below], inner[k1 - below]
     return a if m % 2 else (a + b) / 2
 
 
 def _population_py(values, mask):
     """:func:`population_value` (median and MAD of the finite ``values[mask]``) exactly,
     in linear time; NaN, NaN when there is none."""
-    m = 0
+    found = False
     for i in range(values.size):
-        m += mask[i] & math.isfinite(values[i])
-    if m == 0:
+        if mask[i] and math.isfinite(values[i]):
+            found = True
+            break
+    if not found:
         return np.nan, np.nan
-    med = _nb_masked_median(values, mask, m, 0.0, False)
-    return med, _nb_masked_median(values, mask, m, med, True)
+    med = _nb_masked_median(values, mask, 0.0, False)
+    return med, _nb_masked_median(values, mask, med, True)
 
 
 def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what):
@@ -1658,7 +1663,7 @@ if HAVE_NUMBA:
     _nb_sym_inv = _inline(_sym_inv_py)
     _nb_matvec = _inline(_matvec_py)
     _nb_posdef = _inline(_posdef_py)
-    _nb_spans = _inline(_spans_py)
+    _nb_support = _inline(_support_py)
     _nb_shape = _jit(_shape_py)
     _nb_newton = _jit(_newton_py)
     _nb_moment = _inline(_moment_py)
