@@ -99,15 +99,31 @@ def noise_model_errors(exptimes: np.ndarray, noise: np.ndarray,
     """
     if np.unique(exptimes).size < 2:
         return noise / np.sqrt(np.maximum(count, 1))
-    weights = np.where(np.isfinite(noise) & (count > 1), count - 1.0, 0.0)
+    # closed-form weighted line v = v0 + v1 t through (t_k, noise_k^2), weights n_k - 1,
+    # accumulated master by master in float32 (no (K, H, W) float64 temporaries)
+    s0 = np.zeros(noise.shape[1:], np.float32)
+    s1, s2, sy, sty = (np.zeros_like(s0) for _ in range(4))
+    floor = np.full(s0.shape, np.inf, np.float32)
+    for t, n, c in zip(exptimes.astype(np.float32), noise, count):
+        w = np.where(np.isfinite(n) & (c > 1), c - np.float32(1), np.float32(0))
+        y = np.where(w > 0, n * n, np.float32(0))
+        s0 += w
+        s1 += w * t
+        s2 += w * t * t
+        sy += w * y
+        sty += w * t * y
+        # a variance line can dip below zero where the pixel is quiet: floor at the smallest
+        np.minimum(floor, np.where(w > 0, y, np.inf), out=floor)
     with np.errstate(divide="ignore", invalid="ignore"):
-        line = fit_line_per_pixel(exptimes, noise.astype(np.float64) ** 2,
-                                  np.where(weights > 0, 1 / np.sqrt(weights), np.inf), x_ref=0.0)
-    var = np.stack([line.predict(t) for t in exptimes]).astype(np.float64)
-    # a variance line can dip below zero where the pixel is quiet: floor at the smallest measured
-    floor = np.nanmin(np.where(weights > 0, noise.astype(np.float64) ** 2, np.inf), axis=0)
-    var = np.maximum(var, np.where(np.isfinite(floor), floor, np.nan))
-    return np.sqrt(var / np.maximum(count, 1)).astype(np.float32)
+        det = s0 * s2 - s1 * s1
+        v1 = (s0 * sty - s1 * sy) / det
+        v0 = (s2 * sy - s1 * sty) / det
+    floor[~np.isfinite(floor)] = np.nan
+    out = np.empty(noise.shape, np.float32)
+    for k, (t, c) in enumerate(zip(exptimes.astype(np.float32), count)):
+        var = np.maximum(v0 + v1 * t, floor)
+        np.sqrt(var / np.maximum(c, 1), out=out[k])
+    return out
 
 
 def measure_rate(masters: list[DarkMaster]) -> RateMap:
