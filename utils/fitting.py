@@ -864,8 +864,9 @@ def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max
 
     The steps of :func:`_fit_block` and :func:`_lm` on tiles of pixels:
     weights, candidates, weighted log-linear start, damped Newton.  Writes
-    amplitude, theta, inverse normal matrix, chi^2 (NaN unless converged),
-    points used and status.
+    points used and status of every pixel and, of the converged ones,
+    amplitude, theta, inverse normal matrix, chi^2, reduced chi^2 and errors
+    (the other pixels' are left for the fallback pass).
     """
     n, q = z.shape
     p = q + 1
@@ -925,21 +926,14 @@ def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max
                 tiny |= good & (Y[k, i] < _TINY)
             for i in range(m):
                 V[1, i] += G[k, i]
+        # Only the converged pixels' maps are written here: the fallback pass writes
+        # every other pixel's.
         for i in range(m):
             j = t0 + i
             pix[i] = j
             npts_out[j] = V[0, i]
-            A_out[j] = np.nan
-            chi_out[j] = np.nan
             st_out[j] = _FAILED
             act[i] = V[1, i] >= p
-        chi2_out[t0:t0 + m] = np.nan
-        for r in range(q):
-            th_out[r, t0:t0 + m] = np.nan
-        for r in range(p):
-            err_out[r, t0:t0 + m] = np.nan
-            for c in range(p):
-                cov_out[r, c, t0:t0 + m] = np.nan
         for j in range(q):  # candidates (_spans): good points at two values of every column
             for v in range(ngrp[j]):
                 for i in range(m):
