@@ -294,7 +294,8 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
         model = DarkModel1D.read(model_dir / MODEL_1D)
         _check_model_shape(model.fit.amplitude.shape, masters)
         ev = evaluate(masters, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
-                      exclude=_exclusion(model.mask()))
+                      exclude=_exclusion(model.mask()),
+                      holdout=_holdout_1d(rates, settings, adc_bits))
         _evaluation_products(ev, "1d", out_dir, files)
         summary["evaluation_1d"] = _eval_summary(ev)
     elif mode == "fit_2d_model":

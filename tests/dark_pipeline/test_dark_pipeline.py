@@ -159,6 +159,9 @@ def test_evaluation_modes_reuse_masters(dark_run, dark_campaign):
         assert run_pipeline.main(["--mode", mode, "--basepath", str(dark_campaign.root),
                                   "--output-dir", str(out), "--no-progress"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "dark_masters").glob("*.fits")} == before
+    table = pd.read_csv(out / "evaluation_model_1d_summary.csv")  # from evaluation_only
+    assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
+    assert table["PULL_STD"].between(0.8, 1.25).all()
 
 
 # --- bad input ----------------------------------------------------------------------------------
