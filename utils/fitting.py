@@ -917,7 +917,7 @@ def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max
             V[0, i] = 0.0  # points used
             V[1, i] = 0.0  # good points
         tiny = False
-        for k in range(n):  # good: y / sigma >= min_snr (as y sqrt(w) >= min_snr)
+        for k in range(n):  # good: y / sigma >= min_snr, as y > 0 and y^2 w >= min_snr^2
             for i in range(m):
                 V[0, i] += W[k, i] != 0
             for i in range(m):
