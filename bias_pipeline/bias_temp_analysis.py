@@ -25,19 +25,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a file: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from bias_pipeline import plots  # noqa: E402
-from bias_pipeline.pipeline import (build_masters, select_bias_frames,  # noqa: E402
-                                    temperature_sets)
-from utils import cli  # noqa: E402
-from utils.fitsio import save_figure, write_csv, write_text  # noqa: E402
-from utils.index import load_frames  # noqa: E402
-from utils.master import CombineSettings, add_combine_options, combine_settings  # noqa: E402
+from bias_pipeline import plots
+from bias_pipeline.pipeline import build_masters, select_bias_frames, temperature_sets
+from utils import cli
+from utils.fitsio import save_figure, write_csv, write_text
+from utils.index import load_frames
+from utils.master import CombineSettings, add_combine_options, combine_settings
 
 logger = logging.getLogger("bias_pipeline.bias_temp_analysis")
 

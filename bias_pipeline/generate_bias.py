@@ -24,16 +24,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a file: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from utils import adu, cli  # noqa: E402
-from utils import headers as kw  # noqa: E402
-from utils.bias_model import BiasModel  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.fitsio import provenance_cards, set_card, write_product  # noqa: E402
+from utils import adu, cli
+from utils import headers as kw
+from utils.bias_model import BiasModel
+from utils.errors import UserError
+from utils.fitsio import provenance_cards, set_card, write_product
 
 logger = logging.getLogger("bias_pipeline.generate_bias")
 

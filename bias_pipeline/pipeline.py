@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,16 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.bias_model import (BiasModel, CrossValidation, MasterStack, fit_bias_model,
-                              pooled_errors)
+from utils.bias_model import BiasModel, CrossValidation, MasterStack, fit_bias_model, pooled_errors
 from utils.errors import InputPathError, UserError
-from utils.fitsio import (provenance_cards, read_image, save_figure, set_card, write_csv,
-                          write_product)
+from utils.fitsio import (
+    provenance_cards,
+    read_image,
+    save_figure,
+    set_card,
+    write_csv,
+    write_product,
+)
 from utils.grouping import GroupKey, calibration_groups
 from utils.index import DatasetIndex, load_frames
 from utils.master import CombineSettings, adc_bits_of, existing_product, inputs_hash, make_master

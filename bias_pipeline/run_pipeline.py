@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a file: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bias_pipeline.pipeline import BiasSettings, run  # noqa: E402
-from utils import cli  # noqa: E402
-from utils.errors import ConfigError  # noqa: E402
-from utils.master import add_combine_options, combine_settings  # noqa: E402
+from bias_pipeline.pipeline import BiasSettings, run
+from utils import cli
+from utils.errors import ConfigError
+from utils.master import add_combine_options, combine_settings
 
 logger = logging.getLogger("bias_pipeline.run_pipeline")
 

@@ -36,8 +36,14 @@ from astropy.io import fits
 from utils import adu
 from utils.bias_model import BiasModel
 from utils.errors import ConfigError, UserError
-from utils.fitsio import (provenance_cards, save_figure, set_card, write_csv, write_product,
-                          write_text)
+from utils.fitsio import (
+    provenance_cards,
+    save_figure,
+    set_card,
+    write_csv,
+    write_product,
+    write_text,
+)
 from utils.index import load_frames
 from utils.master import CombineSettings, adc_bits_of
 from utils.run_record import completed_run, run_digest, write_run_summary
@@ -46,11 +52,17 @@ from utils.settings import dump_settings, field
 from . import plots
 from .evaluation import dark_current_table, evaluate
 from .hot_pixels import find_hot_pixels, hot_pixel_counts
-from .masters import (MASTER_FOLDER, bias_reference, build_dark_masters, dark_frames, dark_sets,
-                      masters_table)
+from .masters import (
+    MASTER_FOLDER,
+    bias_reference,
+    build_dark_masters,
+    dark_frames,
+    dark_sets,
+    masters_table,
+)
 from .rates import RATE_FOLDER, measure_rates, rate_file, write_rate
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
-from .temperature_model import (DarkModel1D, DarkModel2D, fit_model_2d, fit_temperature_model)
+from .temperature_model import DarkModel1D, DarkModel2D, fit_model_2d, fit_temperature_model
 
 logger = logging.getLogger(__name__)
 

@@ -24,16 +24,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a file: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dark_pipeline.pipeline import MODES, DarkSettings, run  # noqa: E402
-from utils import cli  # noqa: E402
-from utils.errors import ConfigError  # noqa: E402
-from utils.master import add_combine_options, combine_settings  # noqa: E402
+from dark_pipeline.pipeline import MODES, DarkSettings, run
+from utils import cli
+from utils.errors import ConfigError
+from utils.master import add_combine_options, combine_settings
 
 logger = logging.getLogger("dark_pipeline.run_pipeline")
 

@@ -38,8 +38,12 @@ from utils import headers as kw
 from utils.bias_model import chi2_median_ratio
 from utils.errors import InputPathError, UserError
 from utils.fitsio import provenance_cards, set_card, write_product
-from utils.fitting import (ExponentialFit, PowerExponentialFit, fit_exponential_per_pixel,
-                           fit_power_exponential_per_pixel)
+from utils.fitting import (
+    ExponentialFit,
+    PowerExponentialFit,
+    fit_exponential_per_pixel,
+    fit_power_exponential_per_pixel,
+)
 
 logger = logging.getLogger(__name__)
 
