@@ -22,16 +22,15 @@ percentile, in adu/s and, with a gain, e-/s.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from utils.master import read_master
 from utils.stats import MAD_TO_STD
 
-from .masters import DarkMaster
-from .rates import noise_model_errors
+from .rates import SignalStack
 
 COLUMNS = ["Temperature (°C)", "Exposure (s)", "MAE [ADU]", "MAPE [%]", "PULL_MEAN", "PULL_STD",
            "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE", "PULL_MODEL"]
@@ -57,19 +56,19 @@ def _reduce(image: np.ndarray, side: int = MAP_SIDE) -> np.ndarray:
         return image.astype(np.float32)
     h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
     blocks = image[:h, :w].reshape(h // f, f, w // f, f)
-    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
         return np.nanmean(blocks, axis=(1, 3)).astype(np.float32)
 
 
-def evaluate(masters: list[DarkMaster], predict, predict_err, *,
+def evaluate(stack: SignalStack, predict, predict_err, *,
              exclude: np.ndarray | None = None, holdout=None, seed: int = 0) -> Evaluation:
     """Compare each master with ``predict(T, t)`` [adu] and its error ``predict_err(T, t)``.
 
     Parameters
     ----------
-    masters : list of DarkMaster
-        Measured bias-subtracted dark masters.
+    stack : SignalStack
+        Measured bias-subtracted dark masters, loaded once.
     predict, predict_err : callable
         ``f(temperature [degC], exptime [s]) -> image [adu]``.
     exclude : numpy.ndarray of bool, optional
@@ -79,32 +78,25 @@ def evaluate(masters: list[DarkMaster], predict, predict_err, *,
         model fitted without that temperature bin, for the pulls.
     """
     rng = np.random.default_rng(seed)
-    by_t: dict[float, list[DarkMaster]] = {}
-    for m in masters:
-        by_t.setdefault(m.temperature, []).append(m)
     rows, samples, maps = [], {}, {}
-    for label, group in by_t.items():
-        group = sorted(group, key=lambda m: m.exptime)
+    for label, idx_t in stack.groups().items():
         held = holdout(label) if holdout is not None else None
         p_pull, e_pull = held if held is not None else (predict, predict_err)
-        images = [read_master(m.path) for m in group]
-        errs = noise_model_errors(np.array([m.exptime for m in group]),
-                                  np.stack([im.noise for im in images]),
-                                  np.stack([im.count for im in images]))
-        for m, im, err in zip(group, images, errs):
-            real = im.data.astype(np.float64)
+        for i in idx_t:
+            m = stack.masters[i]
+            real = stack.data[i].astype(np.float64)
+            meas_err = np.sqrt(stack.noise_err[i].astype(np.float64) ** 2
+                               + stack.suberr[i].astype(np.float64) ** 2)
             synth = predict(m.tavg, m.exptime).astype(np.float64)
             held_pred = p_pull(m.tavg, m.exptime).astype(np.float64)
-            sigma = np.sqrt(err.astype(np.float64) ** 2 + im.suberr.astype(np.float64) ** 2
-                            + e_pull(m.tavg, m.exptime).astype(np.float64) ** 2)
+            sigma = np.sqrt(meas_err ** 2 + e_pull(m.tavg, m.exptime).astype(np.float64) ** 2)
             ok = (np.isfinite(real) & np.isfinite(synth) & np.isfinite(sigma) & (sigma > 0)
                   & np.isfinite(held_pred))
             if exclude is not None:
                 ok &= ~exclude
             diff = (real - synth)[ok]
             pull = (real - held_pred)[ok] / sigma[ok]
-            strong = ok & (np.abs(real) >= 3 * np.sqrt(err.astype(np.float64) ** 2
-                                                       + im.suberr.astype(np.float64) ** 2))
+            strong = ok & (np.abs(real) >= 3 * meas_err)
             ape = 100 * np.abs((real - synth)[strong] / real[strong])
             rows.append({"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
                          "MAE [ADU]": float(np.mean(np.abs(diff))) if diff.size else math.nan,

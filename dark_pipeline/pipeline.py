@@ -60,7 +60,7 @@ from .masters import (
     dark_sets,
     masters_table,
 )
-from .rates import RATE_FOLDER, measure_rates, rate_file, write_rate
+from .rates import RATE_FOLDER, load_stack, measure_rates, rate_file, write_rate
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
 from .temperature_model import DarkModel1D, DarkModel2D, fit_model_2d, fit_temperature_model
 
@@ -152,7 +152,7 @@ def _e_per_adu(settings: DarkSettings, adc_bits: int) -> float | None:
 
 def measure(basepath, out_dir: Path, settings: DarkSettings, files: list, *,
             progress_bar: bool = False):
-    """Masters and rate maps (written); returns ``(masters, rates, bias, adc_bits)``."""
+    """Dark masters (written, or kept when unchanged); returns ``(masters, bias, adc_bits)``."""
     index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
     if Path(basepath).is_dir():
         files.append(out_dir / "index.csv")
@@ -172,9 +172,9 @@ def measure(basepath, out_dir: Path, settings: DarkSettings, files: list, *,
     return masters, bias, adc_bits
 
 
-def rate_maps(masters, out_dir: Path, adc_bits: int, files: list):
+def rate_maps(stack, out_dir: Path, adc_bits: int, files: list):
     """Rate map of every temperature bin (written to ``dark_rates/``)."""
-    rates = measure_rates(masters)
+    rates = measure_rates(stack)
     for r in rates:
         files.append(write_rate(r, rate_file(out_dir / RATE_FOLDER, r.temperature), adc_bits))
     return rates
@@ -275,7 +275,7 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     summary: dict = {"mode": mode, "output_dir": str(out_dir), "t_ref_degC": settings.t_ref,
                      "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
                      "gain_e_per_adc_count": settings.gain}
-    masters = rates = bias = digest = None
+    masters = stack = rates = bias = digest = None
     adc_bits = adu.DEFAULT_ADC_BITS
     if mode in FRAME_MODES:
         if not basepath:
@@ -288,7 +288,8 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
             logger.info("dark products in %s are up to date (same masters and settings)",
                         out_dir)
             return DarkResult(out_dir, done, [out_dir / f for f in done["files"]])
-        rates = rate_maps(masters, out_dir, adc_bits, files)
+        stack = load_stack(masters)  # every later step works on these, nothing is re-read
+        rates = rate_maps(stack, out_dir, adc_bits, files)
         summary.update(n_masters=len(masters),
                        temperatures_degC=[float(r.tavg) for r in rates],
                        exposures_s=sorted({float(m.exptime) for m in masters}),
@@ -297,15 +298,15 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     e = _e_per_adu(settings, adc_bits)
 
     if mode == "full":
-        _full(masters, rates, out_dir, settings, adc_bits, summary, files, bias.model)
+        _full(stack, rates, out_dir, settings, adc_bits, summary, files, bias.model)
     elif mode == "evaluate_dark_current":
         model = DarkModel1D.read(model_dir / MODEL_1D) if (model_dir / MODEL_1D).is_file() \
             else None
         _dark_current(rates, model, e, out_dir, summary, files)
     elif mode == "evaluation_only":
         model = DarkModel1D.read(model_dir / MODEL_1D)
-        _check_model_shape(model.fit.amplitude.shape, masters)
-        ev = evaluate(masters, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
+        _check_model_shape(model.fit.amplitude.shape, stack)
+        ev = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                       exclude=_exclusion(model.mask()),
                       holdout=_holdout_1d(rates, settings, adc_bits))
         _evaluation_products(ev, "1d", out_dir, files)
@@ -313,14 +314,14 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     elif mode == "fit_2d_model":
         hot = DarkModel1D.read(model_dir / MODEL_1D).hot if (model_dir / MODEL_1D).is_file() \
             else None
-        model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot, summary, files, bias.model)
+        model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot, summary, files, bias.model)
         del model2
     elif mode == "evaluate_2d_model":
         model2 = DarkModel2D.read(model_dir / MODEL_2D)
-        _check_model_shape(model2.fit.amplitude.shape, masters)
-        ev = evaluate(masters, model2.signal, model2.signal_err,
+        _check_model_shape(model2.fit.amplitude.shape, stack)
+        ev = evaluate(stack, model2.signal, model2.signal_err,
                       exclude=_exclusion(model2.hot, model2.fit.amplitude),
-                      holdout=_holdout_2d(masters, settings, adc_bits, bias.model))
+                      holdout=_holdout_2d(stack, settings, adc_bits, bias.model))
         _evaluation_products(ev, "2d", out_dir, files)
         _scatter_plots(ev, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev)
@@ -347,11 +348,8 @@ def _exclusion(mask, amplitude=None) -> np.ndarray | None:
     return out
 
 
-def _check_model_shape(shape, masters) -> None:
-    from utils.fitsio import read_header
-
-    head = read_header(masters[0].path)
-    frames = (head["NAXIS2"], head["NAXIS1"])
+def _check_model_shape(shape, stack) -> None:
+    frames = stack.data.shape[1:]
     if tuple(shape) != frames:
         raise UserError(f"the dark model is {shape[1]}x{shape[0]} but the dark frames are "
                         f"{frames[1]}x{frames[0]}")
@@ -375,9 +373,9 @@ def _dark_current(rates, model, e, out_dir: Path, summary: dict, files: list,
     return table
 
 
-def _fit_2d(masters, out_dir: Path, settings: DarkSettings, adc_bits: int, hot, summary: dict,
+def _fit_2d(stack, out_dir: Path, settings: DarkSettings, adc_bits: int, hot, summary: dict,
             files: list, bias_model=None) -> DarkModel2D:
-    model2 = fit_model_2d(masters, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
+    model2 = fit_model_2d(stack, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
                           bias_model=bias_model)
     model2.hot = hot
     path = model2.write(out_dir / MODEL_2D)
@@ -415,10 +413,10 @@ def _holdout_1d(rates, settings: DarkSettings, adc_bits: int):
     return fit_without
 
 
-def _holdout_2d(masters, settings: DarkSettings, adc_bits: int, bias_model=None):
+def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None):
     """``holdout(T)``: the 2-D model fitted without the masters of temperature bin T."""
     def fit_without(label):
-        rest = [m for m in masters if m.temperature != label]
+        rest = stack.select(i for i, m in enumerate(stack.masters) if m.temperature != label)
         try:
             m2 = fit_model_2d(rest, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
                               quiet=True, bias_model=bias_model)
@@ -428,7 +426,7 @@ def _holdout_2d(masters, settings: DarkSettings, adc_bits: int, bias_model=None)
     return fit_without
 
 
-def _full(masters, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, summary: dict,
+def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, summary: dict,
           files: list, bias_model=None) -> None:
     e = _e_per_adu(settings, adc_bits)
     counts = hot_pixel_counts(rates, n_sigma=settings.hot_threshold, e_per_adu=e,
@@ -470,17 +468,17 @@ def _full(masters, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, 
                                              summary["dark_rate_at_t_ref_adu_s"].items()}
 
     exclude = hot.mask | ~np.isfinite(model.fit.amplitude)
-    ev1 = evaluate(masters, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
+    ev1 = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                    exclude=exclude, holdout=_holdout_1d(rates, settings, adc_bits))
     _evaluation_products(ev1, "1d", out_dir, files)
     summary["evaluation_1d"] = _eval_summary(ev1)
-    exposures = {m.exptime for m in masters}
+    exposures = {m.exptime for m in stack.masters}
     if len(exposures) >= 2:
-        model2 = _fit_2d(masters, out_dir, settings, adc_bits, hot.mask, summary, files,
+        model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot.mask, summary, files,
                          bias_model)
-        ev2 = evaluate(masters, model2.signal, model2.signal_err,
+        ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
-                       holdout=_holdout_2d(masters, settings, adc_bits, bias_model))
+                       holdout=_holdout_2d(stack, settings, adc_bits, bias_model))
         _evaluation_products(ev2, "2d", out_dir, files)
         _scatter_plots(ev2, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev2)

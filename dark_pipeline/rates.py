@@ -144,14 +144,88 @@ except ImportError:  # pragma: no cover - numba is a dependency; plain Python st
     _variance_line = _variance_line_py
 
 
-def measure_rate(masters: list[DarkMaster]) -> RateMap:
-    """Rate map of the masters of one temperature bin (see module notes)."""
-    masters = sorted(masters, key=lambda m: m.exptime)
-    images = [read_master(m.path) for m in masters]
+@dataclass
+class SignalStack:
+    """The dark masters loaded once for every step that needs their pixels.
+
+    Attributes
+    ----------
+    masters : list of DarkMaster
+        The masters, in the order of the arrays.
+    data : numpy.ndarray, shape (K, H, W)
+        Bias-subtracted dark signal [adu], NaN where a master is masked.
+    noise_err : numpy.ndarray, shape (K, H, W)
+        Noise-model error of each master [adu] (see :func:`noise_model_errors`).
+    suberr : numpy.ndarray, shape (K, H, W)
+        Error of the subtracted bias [adu].
+    bias_keys : list of str
+        ``BIASFILE|SUBTRACT`` of each master: which bias it shares with others.
+    """
+
+    masters: list[DarkMaster]
+    data: np.ndarray
+    noise_err: np.ndarray
+    suberr: np.ndarray
+    bias_keys: list[str]
+
+    @property
+    def temps(self) -> np.ndarray:
+        """[degC] mean frame temperature of each master."""
+        return np.array([m.tavg for m in self.masters])
+
+    @property
+    def exptimes(self) -> np.ndarray:
+        """[s] exposure time of each master."""
+        return np.array([m.exptime for m in self.masters])
+
+    def total_err(self) -> np.ndarray:
+        """Noise-model and subtracted-bias errors in quadrature [adu], float32."""
+        return np.sqrt(self.noise_err * self.noise_err + self.suberr * self.suberr)
+
+    def groups(self) -> dict[float, list[int]]:
+        """Indices of the masters of each temperature bin, in increasing exposure time."""
+        out: dict[float, list[int]] = {}
+        for i in np.argsort(self.exptimes, kind="stable"):
+            out.setdefault(self.masters[i].temperature, []).append(int(i))
+        return dict(sorted(out.items()))
+
+    def select(self, keep) -> SignalStack:
+        """The masters ``keep`` (indices) only."""
+        keep = list(keep)
+        return SignalStack([self.masters[i] for i in keep], self.data[keep],
+                           self.noise_err[keep], self.suberr[keep],
+                           [self.bias_keys[i] for i in keep])
+
+
+def load_stack(masters: list[DarkMaster]) -> SignalStack:
+    """Read every master once (one temperature bin at a time) with its noise-model errors."""
+    n = len(masters)
+    data = noise_err = suberr = None
+    keys = [""] * n
+    by_t: dict[float, list[int]] = {}
+    for i, m in enumerate(masters):
+        by_t.setdefault(m.temperature, []).append(i)
+    for idx in by_t.values():
+        images = [read_master(masters[i].path) for i in idx]
+        if data is None:
+            shape = (n,) + images[0].data.shape
+            data, noise_err, suberr = (np.empty(shape, np.float32) for _ in range(3))
+        errs = noise_model_errors(np.array([masters[i].exptime for i in idx]),
+                                  np.stack([im.noise for im in images]),
+                                  np.stack([im.count for im in images]))
+        for j, i in enumerate(idx):
+            data[i], noise_err[i], suberr[i] = images[j].data, errs[j], images[j].suberr
+            keys[i] = (str(images[j].header.get(kw.BIASFILE, "")) + "|"
+                       + str(images[j].header.get(kw.SUBTRACT, "")))
+    return SignalStack(list(masters), data, noise_err, suberr, keys)
+
+
+def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
+    """Rate map of the masters ``idx`` of one temperature bin (see module notes)."""
+    masters = [stack.masters[i] for i in idx]
     exptimes = np.array([m.exptime for m in masters])
-    data = np.stack([im.data for im in images])
-    sigma = noise_model_errors(exptimes, np.stack([im.noise for im in images]),
-                               np.stack([im.count for im in images]))
+    data = stack.data[idx]
+    sigma = stack.noise_err[idx]
     temps = np.array([m.tavg for m in masters])
     tavg = float(np.average(temps, weights=[m.ncombine for m in masters]))
     shape = data.shape[1:]
@@ -183,12 +257,9 @@ def measure_rate(masters: list[DarkMaster]) -> RateMap:
                    METHOD_SLOPE, scale)
 
 
-def measure_rates(masters: list[DarkMaster]) -> list[RateMap]:
+def measure_rates(stack: SignalStack) -> list[RateMap]:
     """One :class:`RateMap` per temperature bin, in increasing temperature."""
-    by_t: dict[float, list[DarkMaster]] = {}
-    for m in masters:
-        by_t.setdefault(m.temperature, []).append(m)
-    return [measure_rate(by_t[t]) for t in sorted(by_t)]
+    return [measure_rate(stack, idx) for idx in stack.groups().values()]
 
 
 def rate_file(folder: Path, temperature: float) -> Path:
@@ -220,5 +291,6 @@ def write_rate(rate: RateMap, path: Path, adc_bits: int = adu.DEFAULT_ADC_BITS) 
                                  "CHI2DOF": (rate.chi2dof, "")})
 
 
-__all__ = ["RateMap", "measure_rate", "measure_rates", "noise_model_errors", "rate_file",
-           "write_rate", "RATE_FOLDER", "METHOD_SLOPE", "METHOD_SINGLE"]
+__all__ = ["RateMap", "SignalStack", "load_stack", "measure_rate", "measure_rates",
+           "noise_model_errors", "rate_file", "write_rate", "RATE_FOLDER", "METHOD_SLOPE",
+           "METHOD_SINGLE"]

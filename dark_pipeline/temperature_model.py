@@ -492,10 +492,10 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
     return out.reshape((3, 3) + shape)
 
 
-def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
+def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
                  adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False,
                  bias_model=None) -> DarkModel2D:
-    """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.masters.DarkMaster`).
+    """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.rates.SignalStack`).
 
     Each master's error is its noise-model error (see :mod:`dark_pipeline.rates`) and the
     subtracted bias's error in quadrature.  One bias model (or bias master) serves several
@@ -508,43 +508,19 @@ def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
     UserError
         Fewer than two temperatures or exposure times, or no pixel with enough signal.
     """
-    from utils.master import read_master
-
-    from .rates import noise_model_errors
-
-    temps = np.array([m.tavg for m in masters])
-    exps = np.array([m.exptime for m in masters])
+    temps, exps = stack.temps, stack.exptimes
     if np.unique(np.round(temps, 3)).size < 2 or np.unique(exps).size < 2:
         raise UserError("a 2-D dark model needs dark masters at two temperatures and two "
                         "exposure times at least")
-    data, sigma = [], []
-    by_t: dict[float, list[int]] = {}
-    for i, m in enumerate(masters):
-        by_t.setdefault(m.temperature, []).append(i)
-    sigma = [None] * len(masters)
-    data = [None] * len(masters)
-    suberr = [None] * len(masters)
-    biasfile = [""] * len(masters)
-    for idx in by_t.values():
-        images = [read_master(masters[i].path) for i in idx]
-        errs = noise_model_errors(exps[idx], np.stack([im.noise for im in images]),
-                                  np.stack([im.count for im in images]))
-        for j, i in enumerate(idx):
-            data[i] = images[j].data
-            suberr[i] = images[j].suberr
-            biasfile[i] = str(images[j].header.get(kw.BIASFILE, "")) + "|" + \
-                str(images[j].header.get(kw.SUBTRACT, ""))
-            sigma[i] = np.sqrt(errs[j].astype(np.float64) ** 2
-                               + images[j].suberr.astype(np.float64) ** 2).astype(np.float32)
-    sigma = np.stack(sigma)
+    sigma = stack.total_err()
     try:
-        fit = fit_power_exponential_per_pixel(temps, exps, np.stack(data), sigma,
+        fit = fit_power_exponential_per_pixel(temps, exps, stack.data, sigma,
                                               t_ref=t_ref, min_snr=min_snr)
     except ValueError as err:
         raise UserError(f"2-D dark model: {err}") from err
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
     fit = _scaled(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
-    design, cd = _bias_error_structure(biasfile, temps, suberr, bias_model)
+    design, cd = _bias_error_structure(stack.bias_keys, temps, stack.suberr, bias_model)
     if design is not None:
         extra = correlated_error_covariance(fit, temps, exps, sigma, design, cd)
         cov = fit.covariance + extra.astype(np.float32)
@@ -553,8 +529,8 @@ def fit_model_2d(masters, t_ref: float, *, min_snr: float = 3.0,
             amplitude_err=np.sqrt(np.maximum(cov[0, 0], 0)).astype(np.float32),
             gamma_err=np.sqrt(np.maximum(cov[1, 1], 0)).astype(np.float32),
             rate_err=np.sqrt(np.maximum(cov[2, 2], 0)).astype(np.float32))
-    inputs = pd.DataFrame({"TBIN": [m.temperature for m in masters], "TAVG": temps,
-                           "EXPTIME": exps, "PATH": [m.path.name for m in masters]})
+    inputs = pd.DataFrame({"TBIN": [m.temperature for m in stack.masters], "TAVG": temps,
+                           "EXPTIME": exps, "PATH": [m.path.name for m in stack.masters]})
     model = DarkModel2D(fit, scale, None, inputs, adc_bits)
     head = model.headline()
     (logger.debug if quiet else logger.info)(
