@@ -32,12 +32,17 @@ from typing import Sequence
 from analysis import process_index
 from bias_pipeline import pipeline as bias_pipeline
 from dark_pipeline import pipeline as dark_pipeline
-from utils import cli, simulate
-from utils.discovery import campaign_sections
+from utils import cli, sim
 from utils.errors import ConfigError, UserError
-from utils.index import IndexSettings, build_index, write_index
-from utils.raw_to_fits import (STATUS_CONVERTED, STATUS_EXISTING, STATUS_REJECTED,
-                               ConversionSettings, convert_sections)
+from utils.io.conversion import (
+    STATUS_CONVERTED,
+    STATUS_EXISTING,
+    STATUS_REJECTED,
+    ConversionSettings,
+    convert_sections,
+)
+from utils.io.discovery import campaign_sections
+from utils.io.index import IndexSettings, build_index, write_index
 
 logger = logging.getLogger("run_calibration")
 
@@ -154,10 +159,10 @@ def _main(args) -> int:
             logger.info("demo campaign already simulated in %s", dataset)
         elif layout == "standard":
             # darks at three temperatures and two exposures: enough signal for the dark model
-            simulate.simulate_standard(dataset, seed=args.seed, dark_temperatures=(5.0, 15.0, 25.0),
+            sim.simulate_standard(dataset, seed=args.seed, dark_temperatures=(5.0, 15.0, 25.0),
                                        dark_exposures=(1.0, 4.0))
         else:
-            simulate.simulate_irradiation(dataset, seed=args.seed)
+            sim.simulate_irradiation(dataset, seed=args.seed)
         out_dir = out / "products"
     else:
         if len(args.paths) != 2:

@@ -21,12 +21,12 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.fitsio import read_header
-from utils.bias_model import BiasModel, MasterStack, fit_bias_model
-from utils.grouping import GroupKey, calibration_groups
-from utils.master import adc_bits_of, existing_product, frame_metadata, inputs_hash
+from utils.io.fitsio import read_header
+from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.settings import field
-from utils.stacking import combine
+from utils.stack.combine import combine
+from utils.stack.grouping import GroupKey, calibration_groups
+from utils.stack.master import adc_bits_of, existing_product, frame_metadata, inputs_hash
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
     Parameters
     ----------
     index : pandas.DataFrame
-        Index rows with absolute ``PATH`` (see :class:`utils.index.DatasetIndex`).
+        Index rows with absolute ``PATH`` (see :class:`utils.io.index.DatasetIndex`).
     out_dir : path-like
         Output folder; masters go to ``out_dir/masters/...``.
     settings : MasterSettings
@@ -275,7 +275,7 @@ class _BiasReference:
         return self.image if self.model is None else self.model.predict(temperature)
 
     def subtractor(self, temperatures: np.ndarray, extra: np.ndarray | None = None):
-        """Argument ``subtract`` of :func:`utils.stacking.combine` for these frames."""
+        """Argument ``subtract`` of :func:`utils.stack.combine.combine` for these frames."""
         if self.model is None:
             return self.image if extra is None else self.image + extra
         rows = self.model.subtractor(temperatures)
@@ -385,7 +385,7 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
     ref_level = float(np.nanmedian(reference))
     medians = pd.to_numeric(rows["MEDIAN"], errors="coerce") if "MEDIAN" in rows else None
     if medians is None or medians.isna().any():
-        from utils.stats import frame_statistics
+        from utils.stack.stats import frame_statistics
         medians = pd.Series([frame_statistics(p).median for p in rows["PATH"]], index=rows.index)
     levels = medians.to_numpy(float) - ref_level
     if np.any(levels <= 0):

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from utils.grouping import text_column
 from utils.plotting import finish_axes, new_axes
+from utils.stack.grouping import text_column
 
 
 def _axes(ax, ncols: int = 1, figsize=(6.4, 4.2)):

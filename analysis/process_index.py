@@ -29,15 +29,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from utils import cli
-from utils.errors import ConfigError, FrameError
-from utils.fitsio import read_image, save_figure, write_csv
-from utils.index import DatasetIndex
-from utils.progress import progress
-from utils.settings import dump_settings
-
 from analysis import plots
 from analysis.masters import MasterRecord, MasterSettings, build_masters
+from utils import cli
+from utils.errors import ConfigError, FrameError
+from utils.io.fitsio import read_image, save_figure, write_csv
+from utils.io.index import DatasetIndex
+from utils.progress import progress
+from utils.settings import dump_settings
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.process_index")
 
@@ -71,7 +70,7 @@ def frame_stats_table(index: pd.DataFrame, *, progress_bar: bool = False) -> pd.
     table = index.copy()
     missing = table["MEAN"].isna() & ~table["BADFITS"].astype(bool)
     if missing.any():
-        from utils.stats import frame_statistics
+        from utils.stack.stats import frame_statistics
 
         for i in progress(list(table.index[missing]), desc="frame stats", enabled=progress_bar):
             try:

@@ -10,7 +10,7 @@ each case in its own Python subprocess so its peak RSS is its own:
 * ``ccdproc_fast``: the same with the ``'median'``/``'mad_std'`` strings (astropy's
   C fast path);
 * ``ours_sigclip_w1`` / ``ours_sigclip_w2`` / ``ours_median_w2``:
-  :func:`utils.stacking.combine` with 1 or 2 worker threads.
+  :func:`utils.stack.combine.combine` with 1 or 2 worker threads.
 
 Run from the repository root::
 
@@ -121,7 +121,7 @@ def run_case(case: str, paths: list[str], repeat: int = 1) -> dict:
         out["wall_s"] = time.perf_counter() - t0
         out["master_mean"] = float(np.mean(master.data))
     else:
-        from utils import stacking
+        from utils.stack import combine as stacking
 
         method = case.split("_")[1]
         workers = int(case.rsplit("_w", 1)[1])

@@ -2,21 +2,21 @@
 """Benchmark the per-pixel model fits against the cost of reading their input masters.
 
 Writes synthetic float32 masters (primary + ``UNCERT``, via
-:func:`utils.fitsio.write_product`) and times, each case in its own Python
+:func:`utils.io.fitsio.write_product`) and times, each case in its own Python
 subprocess so its peak RSS is its own, with the files in the page cache:
 
 * ``raw_bias``, ``raw_dark``: read the files' bytes once (the I/O floor);
 * ``read_bias``, ``read_dark``: astropy reads data + uncertainty of every
   master into native float32 arrays (what a fit needs in memory);
-* ``line_bias``: :func:`utils.fitting.fit_line_per_pixel` on the bias masters
+* ``line_bias``: :func:`utils.linear.fit_line_per_pixel` on the bias masters
   vs temperature;
-* ``exp_dark``: :func:`utils.fitting.fit_exponential_per_pixel` on one
+* ``exp_dark``: :func:`utils.nonlinear.fit_exponential_per_pixel` on one
   dark-current map [adu/s] per temperature (weighted slope through the
   origin over the exposures, built before the clock starts);
-* ``powexp_dark``: :func:`utils.fitting.fit_power_exponential_per_pixel` on
+* ``powexp_dark``: :func:`utils.nonlinear.fit_power_exponential_per_pixel` on
   all dark masters.
 
-The fit cases first call :func:`utils.fitting.warmup` (numba compilation, or
+The fit cases first call :func:`utils.models.nonlinear.warmup` (numba compilation, or
 loading it from numba's on-disk cache) outside the clock and report its time
 as ``warmup_s``; every fit case keeps the fastest of ``--repeat`` runs.
 
@@ -68,7 +68,7 @@ def make_masters(workdir: Path, size: int) -> None:
     inherited by every process it starts)."""
     import numpy as np
 
-    from utils.fitsio import write_product
+    from utils.io.fitsio import write_product
 
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2025)
@@ -149,7 +149,7 @@ def run_case(case: str, paths: list[str], repeat: int) -> dict:
     """Run one case in this (child) process; best of ``repeat`` wall times."""
     import numpy as np
 
-    from utils import fitting
+    from utils.models import linear, nonlinear
 
     out: dict = {"case": case, "files": len(paths)}
     read_all(paths)  # warm the page cache
@@ -167,7 +167,7 @@ def run_case(case: str, paths: list[str], repeat: int) -> dict:
             walls.append(time.perf_counter() - t0)
         out["input_mb"] = (data.nbytes + uncert.nbytes) / 1e6
     else:
-        out["warmup_s"] = fitting.warmup()
+        out["warmup_s"] = nonlinear.warmup()
         if case == "exp_dark":
             t0 = time.perf_counter()
             data, uncert = dark_rate_maps(paths)
@@ -180,14 +180,14 @@ def run_case(case: str, paths: list[str], repeat: int) -> dict:
             fit = None  # never hold two results
             t0 = time.perf_counter()
             if case == "line_bias":
-                fit = fitting.fit_line_per_pixel(BIAS_TEMPS, data, uncert, x_ref=T_REF)
+                fit = linear.fit_line_per_pixel(BIAS_TEMPS, data, uncert, x_ref=T_REF)
                 out["median_slope"] = float(np.median(fit.slope))
             elif case == "exp_dark":
-                fit = fitting.fit_exponential_per_pixel(DARK_TEMPS, data, uncert, x_ref=T_REF)
+                fit = nonlinear.fit_exponential_per_pixel(DARK_TEMPS, data, uncert, x_ref=T_REF)
             else:
                 temps = np.repeat(DARK_TEMPS, len(DARK_TIMES))
                 times = np.tile(DARK_TIMES, len(DARK_TEMPS))
-                fit = fitting.fit_power_exponential_per_pixel(temps, times, data, uncert,
+                fit = nonlinear.fit_power_exponential_per_pixel(temps, times, data, uncert,
                                                               t_ref=T_REF)
                 out["population_gamma"] = fit.population_gamma
             walls.append(time.perf_counter() - t0)

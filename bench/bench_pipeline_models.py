@@ -2,13 +2,13 @@
 """Benchmark the pipelines' model steps on 2048 x 2048 masters against reading those masters.
 
 Writes master files the way the pipelines do (primary, ``UNCERT``, ``MASK``,
-``NOISE``, ``NCOMB``, ``FLAGS``, ``SUBERR`` via :func:`utils.master`'s
+``NOISE``, ``NCOMB``, ``FLAGS``, ``SUBERR`` via :func:`utils.stack.master`'s
 writer), from a simulated sensor (bias a + b T per pixel; dark rate doubling
 every 6 degC), then times with a warm page cache, each case in its own
 subprocess so its peak RSS is its own:
 
 * ``read_bias``: astropy reads data, NOISE, NCOMB and MASK of the 6 bias masters;
-* ``fit_bias``: :func:`utils.bias_model.fit_bias_model` (reads the same by row
+* ``fit_bias``: :func:`utils.models.bias_model.fit_bias_model` (reads the same by row
   blocks and fits; no cross-validation);
 * ``read_dark``: the same images of the 20 dark masters (5 temperatures x 4 exposures);
 * ``rates_1d``: loading the masters once, rate maps of every temperature and the 1-D model;
@@ -54,8 +54,8 @@ def make(workdir: Path, size: int) -> None:
     import numpy as np
     from astropy.io import fits
 
-    from utils.bias_model import MasterStack, fit_bias_model
-    from utils.fitsio import write_product
+    from utils.io.fitsio import write_product
+    from utils.models.bias_model import MasterStack, fit_bias_model
 
     workdir.mkdir(parents=True, exist_ok=True)
     if (workdir / "done").is_file():
@@ -113,7 +113,7 @@ def run_case(case: str, workdir: Path) -> dict:
     from dark_pipeline.masters import DarkMaster
     from dark_pipeline.rates import load_stack, measure_rates
     from dark_pipeline.temperature_model import fit_model_2d, fit_temperature_model
-    from utils.bias_model import BiasModel, MasterStack, fit_bias_model
+    from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 
     bias = sorted(workdir.glob("bias_+*.fits")) + sorted(workdir.glob("bias_-*.fits"))
     darks = sorted(workdir.glob("dark_*.fits"))

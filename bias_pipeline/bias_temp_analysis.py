@@ -31,9 +31,9 @@ import pandas as pd
 from bias_pipeline import plots
 from bias_pipeline.pipeline import build_masters, select_bias_frames, temperature_sets
 from utils import cli
-from utils.fitsio import save_figure, write_csv, write_text
-from utils.index import load_frames
-from utils.master import CombineSettings, add_combine_options, combine_settings
+from utils.io.fitsio import save_figure, write_csv, write_text
+from utils.io.index import load_frames
+from utils.stack.master import CombineSettings, add_combine_options, combine_settings
 
 logger = logging.getLogger("bias_pipeline.bias_temp_analysis")
 

@@ -28,9 +28,9 @@ import numpy as np
 
 from utils import adu, cli
 from utils import headers as kw
-from utils.bias_model import BiasModel
 from utils.errors import UserError
-from utils.fitsio import provenance_cards, set_card, write_product
+from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.models.bias_model import BiasModel
 
 logger = logging.getLogger("bias_pipeline.generate_bias")
 

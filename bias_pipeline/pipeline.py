@@ -33,9 +33,8 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.bias_model import BiasModel, CrossValidation, MasterStack, fit_bias_model, pooled_errors
 from utils.errors import InputPathError, UserError
-from utils.fitsio import (
+from utils.io.fitsio import (
     provenance_cards,
     read_image,
     save_figure,
@@ -43,12 +42,25 @@ from utils.fitsio import (
     write_csv,
     write_product,
 )
-from utils.grouping import GroupKey, calibration_groups
-from utils.index import DatasetIndex, load_frames
-from utils.master import CombineSettings, adc_bits_of, existing_product, inputs_hash, make_master
-from utils.read_noise import ReadNoiseAccumulator, frame_pairs, read_noise, read_noise_table
+from utils.io.index import DatasetIndex, load_frames
+from utils.models.bias_model import (
+    BiasModel,
+    CrossValidation,
+    MasterStack,
+    fit_bias_model,
+    pooled_errors,
+)
+from utils.models.read_noise import ReadNoiseAccumulator, frame_pairs, read_noise, read_noise_table
 from utils.run_record import completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
+from utils.stack.grouping import GroupKey, calibration_groups
+from utils.stack.master import (
+    CombineSettings,
+    adc_bits_of,
+    existing_product,
+    inputs_hash,
+    make_master,
+)
 
 from . import plots
 from .generate_bias import synthetic_bias_path, write_synthetic_bias
@@ -217,7 +229,7 @@ def measure_read_noise(masters: list[BiasMaster], out_dir: Path, gain: float | N
     if cached is not None and (out_dir / "read_noise.csv").is_file():
         table = pd.read_csv(out_dir / "read_noise.csv")
         data, _ = read_image(path)
-        from utils.read_noise import ReadNoise
+        from utils.models.read_noise import ReadNoise
 
         pooled_rn = ReadNoise(variance=np.asarray(data, np.float32) ** 2,
                               npairs=int(cached.get("NPAIRS", 0)),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from utils.bias_model import BiasModel
+from utils.models.bias_model import BiasModel
+from utils.models.read_noise import ReadNoise
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
-from utils.read_noise import ReadNoise
 
 __all__ = ["plot_model_map", "plot_slope_histogram", "plot_pixel_fits", "plot_read_noise",
            "plot_frame_means", "plot_mean_vs_temperature",

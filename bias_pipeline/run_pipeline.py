@@ -25,7 +25,7 @@ from typing import Sequence
 from bias_pipeline.pipeline import BiasSettings, run
 from utils import cli
 from utils.errors import ConfigError
-from utils.master import add_combine_options, combine_settings
+from utils.stack.master import add_combine_options, combine_settings
 
 logger = logging.getLogger("bias_pipeline.run_pipeline")
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from utils.stats import MAD_TO_STD
+from utils.stack.stats import MAD_TO_STD
 
 from .rates import SignalStack
 

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 
 from utils import headers as kw
-from utils.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.errors import InputPathError, UserError
-from utils.fitsio import read_image
-from utils.grouping import GroupKey, calibration_groups
-from utils.index import DatasetIndex
-from utils.master import CombineSettings, make_master
+from utils.io.fitsio import read_image
+from utils.io.index import DatasetIndex
+from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
+from utils.stack.grouping import GroupKey, calibration_groups
+from utils.stack.master import CombineSettings, make_master
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class BiasReference:
                             f"{self.model.shape[0]} but the dark frames are {shape[1]}x{shape[0]}")
 
     def for_set(self, rows: pd.DataFrame, temperature: float):
-        """``(subtract, stderr, cards, refs)`` for :func:`utils.master.make_master`, or None."""
+        """``(subtract, stderr, cards, refs)`` for :func:`utils.stack.master.make_master`, or None."""
         temps = rows["TEMP"].to_numpy(float)
         mean_t = float(np.mean(temps))
         if self.model is not None and self.model.covers(temperature, self.tolerance):

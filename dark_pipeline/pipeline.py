@@ -34,9 +34,8 @@ import pandas as pd
 from astropy.io import fits
 
 from utils import adu
-from utils.bias_model import BiasModel
 from utils.errors import ConfigError, UserError
-from utils.fitsio import (
+from utils.io.fitsio import (
     provenance_cards,
     save_figure,
     set_card,
@@ -44,10 +43,11 @@ from utils.fitsio import (
     write_product,
     write_text,
 )
-from utils.index import load_frames
-from utils.master import CombineSettings, adc_bits_of
+from utils.io.index import load_frames
+from utils.models.bias_model import BiasModel
 from utils.run_record import completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
+from utils.stack.master import CombineSettings, adc_bits_of
 
 from . import plots
 from .evaluation import dark_current_table, evaluate

@@ -29,10 +29,10 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.bias_model import chi2_median_ratio
-from utils.fitsio import provenance_cards, set_card, write_product
-from utils.fitting import fit_line_per_pixel
-from utils.master import read_master
+from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.models.bias_model import chi2_median_ratio
+from utils.models.linear import fit_line_per_pixel
+from utils.stack.master import read_master
 
 from .masters import DarkMaster
 

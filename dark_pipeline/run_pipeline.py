@@ -29,7 +29,7 @@ from typing import Sequence
 from dark_pipeline.pipeline import MODES, DarkSettings, run
 from utils import cli
 from utils.errors import ConfigError
-from utils.master import add_combine_options, combine_settings
+from utils.stack.master import add_combine_options, combine_settings
 
 logger = logging.getLogger("dark_pipeline.run_pipeline")
 

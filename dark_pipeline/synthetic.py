@@ -20,9 +20,9 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.bias_model import BiasModel
 from utils.errors import UserError
-from utils.fitsio import provenance_cards, set_card, write_product
+from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.models.bias_model import BiasModel
 
 from .temperature_model import DarkModel1D, DarkModel2D
 

@@ -2,7 +2,7 @@
 
 1-D: ``DC(T) = A exp(B (T - TREF))`` [adu/s], fitted to the rate maps of every
 temperature bin (:mod:`dark_pipeline.rates`) by weighted nonlinear least
-squares, vectorised over pixels (:func:`utils.fitting.fit_exponential_per_pixel`).
+squares, vectorised over pixels (:func:`utils.models.nonlinear.fit_exponential_per_pixel`).
 No logarithm of a measured value is taken, so quiet pixels with rates near
 zero or negative are fitted as they are; pixels without two temperatures of
 signal (rate/error >= ``min_snr``) take the population B with their own A and
@@ -35,10 +35,10 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.bias_model import chi2_median_ratio
 from utils.errors import InputPathError, UserError
-from utils.fitsio import provenance_cards, set_card, write_product
-from utils.fitting import (
+from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.models.bias_model import chi2_median_ratio
+from utils.models.nonlinear import (
     ExponentialFit,
     PowerExponentialFit,
     fit_exponential_per_pixel,

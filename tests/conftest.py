@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.discovery import campaign_sections
-from utils.raw_to_fits import ConversionSettings, convert_sections
-from utils.simulate import (
+from utils.io.conversion import ConversionSettings, convert_sections
+from utils.io.discovery import campaign_sections
+from utils.sim import (
     Campaign,
     load_campaign,
     simulate_dosedirs,

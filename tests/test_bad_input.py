@@ -16,7 +16,7 @@ from conftest import assert_one_line_error
 
 from analysis import process_index
 from utils import index_dataset, raw_to_fits
-from utils.discovery import find_fits
+from utils.io.discovery import find_fits
 
 
 def sections_of(root) -> list[str]:

@@ -51,7 +51,7 @@ PIPEVER = "PIPEVER"      # software name and version
 DATE = "DATE"            # creation time of the file (UTC, ISO)
 PRODUCT = "PRODUCT"      # what the file is: FRAME, MASTER_BIAS, ...
 
-# --- masters (utils.stacking) ---------------------------------------------------------------
+# --- masters (utils.stack.combine) ---------------------------------------------------------------
 NCOMBINE = "NCOMBINE"    # frames combined
 COMBMETH = "COMBMETH"    # mean, median, sigclip
 CLIPLO = "CLIPLO"        # lower clipping threshold [sigma]

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from . import cli
 from .errors import ConfigError
-from .index import STAGES, IndexSettings, build_index, parse_stage, write_index
+from .io.index import STAGES, IndexSettings, build_index, parse_stage, write_index
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "utils.index_dataset")
 

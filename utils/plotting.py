@@ -1,7 +1,7 @@
 """Small drawing helpers shared by every ``plot_*`` function.
 
 Plot functions take computed results and an optional ``ax``, draw, and return
-the axes; they never save (pipelines do, with :func:`utils.fitsio.save_figure`).
+the axes; they never save (pipelines do, with :func:`utils.io.fitsio.save_figure`).
 matplotlib is imported lazily with the non-interactive Agg backend.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import headers as kw
-from .fitsio import read_header, write_text
+from .io.fitsio import read_header, write_text
 
 SUMMARY = "summary.json"
 

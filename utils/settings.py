@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .fitsio import software_version, utc_now, write_text
+from .io.fitsio import software_version, utc_now, write_text
 
 
 def field(default: Any, doc: str, **kwargs):

@@ -16,17 +16,17 @@ from astropy.nddata import CCDData
 
 from analysis import process_index
 from analysis.masters import MasterSettings
-from utils import simulate
-from utils.grouping import GroupKey, calibration_groups, cluster
-from utils.index import IndexSettings, build_index, write_index
-from utils.raw_to_fits import ConversionSettings, convert_sections
+from utils import sim
+from utils.io.conversion import ConversionSettings, convert_sections
+from utils.io.index import IndexSettings, build_index, write_index
+from utils.stack.grouping import GroupKey, calibration_groups, cluster
 
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
     """Simulate (10 frames x 2 attempts per set), convert, index and process once."""
     root = tmp_path_factory.mktemp("campaign")
-    campaign = simulate.simulate_standard(root / "ds", seed=11, frames=10, attempts=2,
+    campaign = sim.simulate_standard(root / "ds", seed=11, frames=10, attempts=2,
                                           bias_temperatures=(0.0, 25.0),
                                           dark_temperatures=(25.0,), dark_exposures=(0.5, 2.0),
                                           flat_temperatures=(25.0,), flat_exposures=(0.1,))
@@ -177,7 +177,7 @@ def test_exposure_names_never_collide():
 
 
 def test_dark_refused_without_bias_in_tolerance(tmp_path):
-    campaign = simulate.simulate_standard(tmp_path / "ds", seed=3, frames=3, attempts=1,
+    campaign = sim.simulate_standard(tmp_path / "ds", seed=3, frames=3, attempts=1,
                                           bias_temperatures=(0.0,), dark_temperatures=(25.0,),
                                           dark_exposures=(0.5,), flat_temperatures=(25.0,),
                                           flat_exposures=(0.1,), defects=False)

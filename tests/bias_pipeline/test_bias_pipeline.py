@@ -12,8 +12,8 @@ from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
 
 from bias_pipeline import bias_temp_analysis, generate_bias, run_pipeline
-from utils.index import build_index, write_index
-from utils.simulate import simulate_standard
+from utils.io.index import build_index, write_index
+from utils.sim import simulate_standard
 
 TEMPERATURES = (-10.0, -2.0, 5.0, 12.5, 20.0, 28.0)
 

@@ -12,8 +12,8 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 
 from dark_pipeline import run_pipeline
-from utils.index import build_index, write_index
-from utils.simulate import simulate_standard
+from utils.io.index import build_index, write_index
+from utils.sim import simulate_standard
 
 TEMPS = (0.0, 7.5, 15.0, 22.5, 30.0)
 EXPOSURES = (0.5, 1.0, 2.0, 4.0)

@@ -5,8 +5,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from utils import fitting
-from utils.fitting import fit_line_per_pixel
+from utils.models import linear as fitting
+from utils.models.linear import fit_line_per_pixel
 
 
 def test_exact_line_recovered():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from utils import fitting
-from utils.fitting import (
+from utils.models import nonlinear as fitting
+from utils.models.nonlinear import (
     fit_exponential_per_pixel,
     fit_power_exponential_per_pixel,
     population_value,

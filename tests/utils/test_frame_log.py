@@ -1,11 +1,11 @@
-"""Per-frame acquisition logs (utils.frame_log)."""
+"""Per-frame acquisition logs (utils.io.frame_log)."""
 
 from __future__ import annotations
 
 import pytest
 
 from utils import headers as kw
-from utils.frame_log import LOG_NAMES, find_frame_log, read_frame_log, sniff_delimiter
+from utils.io.frame_log import LOG_NAMES, find_frame_log, read_frame_log, sniff_delimiter
 
 HEADER = "FrameNum,TimeStamp,ExtTemperature,ExpTime,RealExpTime,ExpGain,Temperature"
 

@@ -1,4 +1,4 @@
-"""The dataset index (utils.index, utils.index_dataset) on converted simulated campaigns."""
+"""The dataset index (utils.io.index, utils.index_dataset) on converted simulated campaigns."""
 
 from __future__ import annotations
 
@@ -11,11 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import utils.index as index_module
-from utils.index import (INDEX_COLUMNS, DatasetIndex, IndexSettings, build_index,
-                         discover_sections, infer_dose, infer_stage, infer_vacuum, parse_stage,
-                         section_type, write_index)
+import utils.io.index as index_module
 from utils.index_dataset import main
+from utils.io.index import (
+    INDEX_COLUMNS,
+    DatasetIndex,
+    IndexSettings,
+    build_index,
+    discover_sections,
+    infer_dose,
+    infer_stage,
+    infer_vacuum,
+    parse_stage,
+    section_type,
+    write_index,
+)
 
 FIRST_SEVEN = ["PATH", "CALTYPE", "STAGE", "VACUUM", "TEMP", "ZEROFRACTION", "BADFITS"]
 NEXT_FIVE = ["EXPTIME", "FRAMENUM", "TIMESTAMP", "DOSE", "ATTEMPT"]

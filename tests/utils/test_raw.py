@@ -1,4 +1,4 @@
-"""Raw frames and camera configuration (utils.raw)."""
+"""Raw frames and camera configuration (utils.io.raw)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from utils.errors import FrameError, RawSizeError, UnreadableFrameError
-from utils.raw import (DEFAULT_BIT_DEPTH, DEFAULT_HEIGHT, DEFAULT_WIDTH, CameraConfig,
-                       parse_config_text, read_camera_config, read_raw)
+from utils.io.raw import (
+    DEFAULT_BIT_DEPTH,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    CameraConfig,
+    parse_config_text,
+    read_camera_config,
+    read_raw,
+)
 
 
 def test_parse_config_both_separators_comments_and_blanks():

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-import utils.raw_to_fits as r2f
-from utils.discovery import STANDARD_SECTIONS, campaign_sections, find_fits
-from utils.fitsio import is_complete_fits
-from utils.raw_to_fits import ConversionSettings, convert_sections, main
-from utils.simulate import load_campaign, simulate_standard
+import utils.io.conversion as r2f
+from utils.io.conversion import ConversionSettings, convert_sections
+from utils.io.discovery import STANDARD_SECTIONS, campaign_sections, find_fits
+from utils.io.fitsio import is_complete_fits
+from utils.raw_to_fits import main
+from utils.sim import load_campaign, simulate_standard
 
 REPO = Path(__file__).resolve().parents[2]
 

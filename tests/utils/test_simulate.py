@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from utils import adu
+from utils import adu, sim, simulate
 from utils import headers as kw
-from utils import simulate as sim
 from utils.errors import ConfigError, UserError
 
 W, H = 40, 24  # default size: width != height so a transposed reader fails
@@ -372,23 +371,23 @@ def test_dosedirs_constant_log_by_default(tmp_path):
 
 def test_main_help_exits_zero(capsys):
     with pytest.raises(SystemExit) as info:
-        sim.main(["--help"])
+        simulate.main(["--help"])
     assert info.value.code == 0
     assert "Example" in capsys.readouterr().out
 
 
 def test_main_writes_a_campaign(tmp_path):
-    assert sim.main(["standard", str(tmp_path)]) == 0
+    assert simulate.main(["standard", str(tmp_path)]) == 0
     assert len(list(tmp_path.rglob("*.raw"))) == 80
     assert (tmp_path / "truth" / "truth.json").is_file()
 
 
 def test_main_options_and_user_errors(tmp_path):
     out = tmp_path / "irr"
-    assert sim.main(["irradiation", str(out), "--doses", "5", "--frames", "2", "--width", "8",
+    assert simulate.main(["irradiation", str(out), "--doses", "5", "--frames", "2", "--width", "8",
                      "--height", "6", "--set", "gain=1.5", "--no-progress"]) == 0
     campaign = sim.load_campaign(out)
     assert campaign.physics.gain == 1.5 and campaign.width == 8
-    assert sim.main(["irradiation", str(tmp_path / "x"), "--attempts", "3"]) == 2
-    assert sim.main(["standard", str(tmp_path / "y"), "--set", "nonsense=1"]) == 2
-    assert sim.main(["standard", str(out)]) == 2  # not empty
+    assert simulate.main(["irradiation", str(tmp_path / "x"), "--attempts", "3"]) == 2
+    assert simulate.main(["standard", str(tmp_path / "y"), "--set", "nonsense=1"]) == 2
+    assert simulate.main(["standard", str(out)]) == 2  # not empty

@@ -1,4 +1,4 @@
-"""Tests of the streaming master-frame engine (utils.stacking)."""
+"""Tests of the streaming master-frame engine (utils.stack)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import pytest
 from astropy.io import fits
 
 from utils import headers as kw
-from utils import stacking
 from utils.errors import FrameError, InsufficientFramesError
+from utils.stack import combine as stacking
+from utils.stack import kernels
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -236,16 +237,16 @@ def test_median_matches_numpy_for_even_and_odd_counts():
 # ------------------------------------------------------------------ implementation checks
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 33, 64, 65])
 def test_pruned_batcher_network_sorts(n):
-    lo, hi = stacking.batcher_network(n)
+    lo, hi = kernels.batcher_network(n)
     assert np.all(lo < hi) and (n < 2 or hi.max() < n)
     rng = np.random.default_rng(n)
     x = rng.integers(0, 4, size=(n, 500)).astype(np.float32)   # many ties
     x[:, :3] = np.inf
     ref = np.sort(x, axis=0)
     if stacking.HAVE_NUMBA:
-        stacking._sort_columns(x, lo, hi, 0, x.shape[1])
+        kernels._sort_columns(x, lo, hi, 0, x.shape[1])
     else:  # pragma: no cover
-        stacking._sort_columns_py(x, lo, hi, 0, x.shape[1])
+        kernels._sort_columns_py(x, lo, hi, 0, x.shape[1])
     np.testing.assert_array_equal(x, ref)
 
 
@@ -269,7 +270,7 @@ def test_numba_kernel_equals_numpy_fallback(method, n, monkeypatch):
 def test_block_size_independence(caplog):
     frames = bias_like(9, shape=(37, 29), seed=9)
     ref = stacking.combine(frames)
-    with caplog.at_level(logging.WARNING, logger="utils.stacking"):
+    with caplog.at_level(logging.WARNING, logger="utils.stack.combine"):
         tiny = stacking.combine(frames, memory_limit=1, workers=2)
     assert "1-row blocks" in caplog.text
     assert_same_result(ref, tiny, rtol=0)
@@ -409,7 +410,7 @@ def test_equivalent_to_ccdproc_combine(tmp_path, method):
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     sys.path.insert(0, sys.argv[1])
-    from utils import stacking
+    from utils.stack import combine as stacking
     stacking.warmup()
     res = stacking.combine(sys.argv[2:], method="sigclip", memory_limit=8e6, workers=2)
     print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -441,7 +442,7 @@ def test_reported_stderr_matches_actual_scatter_of_master(method, n, tolerance):
 
     The sigma-clipped mean is checked at 60 frames: with few frames the MAD scale is
     noisy, good samples get clipped and noise/sqrt(count) underestimates the true error
-    (by about 14 % at 10 frames, 8 % at 20, 4 % at 40: documented in utils.stacking).
+    (by about 14 % at 10 frames, 8 % at 20, 4 % at 40: documented in utils.stack.combine).
     """
     rng = np.random.default_rng(42)
     frames = [rng.normal(100.0, 5.0, (160, 150)).astype(np.float32) for _ in range(n)]

@@ -1,4 +1,4 @@
-"""Tests of utils.stats: robust helpers and one-pass frame statistics."""
+"""Tests of utils.stack.stats: robust helpers and one-pass frame statistics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from utils import stats
+from utils.stack import stats
 
 
 def test_mad_std_known_values_and_nan_handling():

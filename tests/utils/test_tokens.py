@@ -1,4 +1,4 @@
-"""Values parsed from file and folder names (utils.tokens)."""
+"""Values parsed from file and folder names (utils.io.tokens)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ import math
 
 import pytest
 
-from utils.tokens import (file_exposure, file_frame_number, file_temperature, folder_dose,
-                          folder_exposure, folder_temperature, path_values)
+from utils.io.tokens import (
+    file_exposure,
+    file_frame_number,
+    file_temperature,
+    folder_dose,
+    folder_exposure,
+    folder_temperature,
+    path_values,
+)
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputPathError
+from ..errors import InputPathError
 
 FRAMES_DIR = "frames"
 FITS_DIR = "fits"

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import headers as kw
+from .. import headers as kw
 
 #: Per-frame log names, in order of preference.
 LOG_NAMES = ("temperatureLog.csv", "radiationLog.csv", "radiationLogCompleto.csv")

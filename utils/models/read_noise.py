@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .errors import FrameError
-from .fitsio import read_image
-from .progress import progress
+from ..errors import FrameError
+from ..io.fitsio import read_image
+from ..progress import progress
 
 logger = logging.getLogger(__name__)
 

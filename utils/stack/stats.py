@@ -1,7 +1,7 @@
 """Robust statistics helpers and one-pass per-frame statistics.
 
 * :func:`mad_std` and :func:`sigma_clipped_stats`: small NaN-ignoring helpers
-  using the same estimators as :func:`utils.stacking.combine` (median centre,
+  using the same estimators as :func:`utils.stack.combine.combine` (median centre,
   ``1.482602 x MAD`` scale, cumulative clipping).
 * :func:`frame_statistics`: mean, exact median, percentiles, extremes and the
   fractions of zero and saturated pixels of one frame, in a single streaming
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import fitsio
+from ..io import fitsio
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def sigma_clipped_stats(x, sigma: float = 3.0,
                         maxiters: int | None = 5) -> tuple[float, float, float]:
     """Mean, median and standard deviation of ``x`` after iterative sigma clipping.
 
-    Same clipping as :func:`utils.stacking.combine`: centre = median, scale =
+    Same clipping as :func:`utils.stack.combine.combine`: centre = median, scale =
     :func:`mad_std` of the accepted values (their standard deviation when
     that is 0 but they differ), values strictly beyond
     ``sigma`` x scale are rejected for good; repeat until nothing changes or
@@ -114,7 +114,7 @@ def sigma_clipped_stats(x, sigma: float = 3.0,
         dev.partition([(k - 1) // 2, k // 2])
         std = 0.5 * (dev[(k - 1) // 2] + dev[k // 2]) * MAD_TO_STD
         if std == 0.0 and part[0] != part[-1]:
-            std = float(part.std())  # zero MAD of quantised values: see utils.stacking
+            std = float(part.std())  # zero MAD of quantised values: see utils.stack.combine
         # sorted values: the accepted set is a contiguous range
         nlo = lo + int(np.searchsorted(part, c - std * sigma, side="left"))
         nhi = lo + int(np.searchsorted(part, c + std * sigma, side="right"))
@@ -200,7 +200,7 @@ def frame_statistics(path_or_array, *, saturation: float | None = None,
     ----------
     path_or_array : path-like or numpy.ndarray
         FITS file (primary HDU, read by row blocks with
-        :func:`utils.fitsio.read_rows`) or an array (2-D; other shapes are
+        :func:`utils.io.fitsio.read_rows`) or an array (2-D; other shapes are
         treated as rows of their last axis).
     saturation : float, optional
         Saturation level in the frame's physical unit (stored ADU, e.g. 65520).

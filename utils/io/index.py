@@ -28,13 +28,13 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from . import adu
-from . import headers as kw
+from .. import adu
+from .. import headers as kw
+from ..errors import FrameError, InputPathError, TableError
+from ..progress import progress
+from ..settings import field
 from .discovery import find_fits
-from .errors import FrameError, InputPathError, TableError
 from .fitsio import read_header, write_csv
-from .progress import progress
-from .settings import field
 from .tokens import folder_dose
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def discover_sections(root: str | os.PathLike, max_depth: int = 6) -> list[tuple
 
 def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
                settings: IndexSettings) -> dict:
-    from .stats import frame_statistics
+    from ..stack.stats import frame_statistics
 
     row: dict[str, object] = {"PATH": str(path)}
     try:

@@ -7,17 +7,12 @@ without ever holding whole input frames in memory:
 * the frame is cut into blocks of rows whose height is planned from
   ``memory_limit`` (see :func:`plan_blocks`); every input contributes the same
   rows to a block, read with ``os.pread`` straight from the FITS data section
-  (:func:`utils.fitsio.read_rows`);
+  (:func:`utils.io.fitsio.read_rows`);
 * blocks are processed by a :class:`concurrent.futures.ThreadPoolExecutor`;
   the hot loop is a numba kernel compiled with ``nogil=True`` so threads run
   truly in parallel, and results land in preallocated full-frame arrays;
-* per pixel, the kernel sorts the samples with a Batcher odd-even merge
-  network vectorised across pixels (SIMD min/max, no branches).  Sigma
-  clipping then only ever keeps a contiguous range of the sorted samples, so
-  the median is O(1), the MAD is a binary search over the two sorted distance
-  sequences either side of the median (O(log n)) and each clipping iteration
-  only moves the range ends.  Counts, means and variances are then loops over
-  pixels again (SIMD).
+* per pixel, the samples are combined by the kernels of :mod:`utils.stack.kernels`
+  (sorting network, sigma clipping on a contiguous range of sorted samples).
 
 A pure-numpy implementation of the same maths is used when numba cannot be
 imported; the tests use it to cross-check the kernel.
@@ -61,7 +56,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -69,23 +63,23 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from . import fitsio
-from . import headers as kw
-from .errors import FrameError, InsufficientFramesError
-from .progress import progress
+from .. import headers as kw
+from ..errors import FrameError, InsufficientFramesError
+from ..io import fitsio
+from ..progress import progress
+from .kernels import (
+    HAVE_NUMBA,
+    MAD_TO_STD,  # noqa: F401 - re-exported with the engine's constants
+    _combine_kernel,
+    _combine_numpy,
+    _prepare,
+    _prepare_numpy,
+    batcher_network,
+    warmup,
+)
 
 logger = logging.getLogger(__name__)
 
-try:  # numba is a hard dependency, but keep a working (slower) path without it
-    from numba import njit
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_NUMBA
-    HAVE_NUMBA = False
-
-#: Factor from median absolute deviation to Gaussian sigma, ``1/Phi^-1(3/4)``
-#: (astropy's constant, so clipping bounds agree with ``astropy.stats``).
-MAD_TO_STD = 1.482602218505602
 #: Standard error of a median relative to sigma/sqrt(N), Gaussian samples: sqrt(pi/2).
 MEDIAN_ERROR_FACTOR = math.sqrt(math.pi / 2)
 
@@ -271,435 +265,6 @@ def _padded_stride(npix: int) -> int:
     whose caches hash set indices).
     """
     return -(-npix // 16) * 16 + 16
-
-
-# --------------------------------------------------------------------------------------
-# sorting network
-# --------------------------------------------------------------------------------------
-@lru_cache(maxsize=64)
-def batcher_network(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Comparators of Batcher's odd-even merge sort for ``n`` elements.
-
-    Built for the next power of two and pruned of comparators touching an
-    index ``>= n``: those would only compare with virtual ``+inf`` padding,
-    which never moves, so the pruned network still sorts ``n`` elements.
-
-    Returns
-    -------
-    lo, hi : numpy.ndarray
-        int64 index pairs, ``lo[c] < hi[c]``; apply in order, min goes to ``lo``.
-    """
-    size = 1 << max(0, (n - 1).bit_length())
-    pairs = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    a, b = i + j, i + j + k
-                    if a // (2 * p) == b // (2 * p) and b < n:
-                        pairs.append((a, b))
-            k //= 2
-        p *= 2
-    arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-    return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
-
-
-# --------------------------------------------------------------------------------------
-# numba kernels
-# --------------------------------------------------------------------------------------
-def _prepare_py(row, sub, scale, saturation, nsat):
-    """Raw rows -> samples: saturation count, subtract, scale, missing -> +inf.
-
-    ``row`` (float32, 1-D) is modified in place; ``sub`` is float64 (empty when
-    nothing is subtracted); where ``row >= saturation`` the sample becomes
-    missing and ``nsat`` (int16) is incremented (``saturation = inf``: no
-    check, ``nsat`` untouched).  Returns the number of saturated samples.
-
-    Branch-free on purpose: a conditional ``nsat`` update compiles to AVX-512
-    masked stores, which take a microcode assist on not-yet-written
-    (copy-on-write zero) pages and ran 10x slower.
-    """
-    n = row.shape[0]
-    inf = np.float32(np.inf)
-    has_sub = sub.shape[0] == n
-    count = 0
-    if saturation < np.inf:
-        for p in range(n):
-            raw = row[p]
-            sat = raw >= saturation
-            v = np.float64(raw) - sub[p] if has_sub else np.float64(raw)
-            v32 = np.float32(v * scale)
-            # NaN/inf (and overflow) become missing samples, sorted to the end
-            row[p] = v32 if (abs(v32) < inf and not sat) else inf
-            nsat[p] += sat
-            count += sat
-    else:
-        for p in range(n):
-            v = np.float64(row[p]) - sub[p] if has_sub else np.float64(row[p])
-            v32 = np.float32(v * scale)
-            row[p] = v32 if abs(v32) < inf else inf
-    return count
-
-
-def _sort_columns_py(x, lo, hi, p0, p1):
-    """Apply the sorting network to the columns ``p0:p1`` of ``x`` (n, npix).
-
-    The pixel loop is innermost, over 0-based slices, so LLVM turns the
-    compare-exchange into SIMD min/max (3-4x faster than indexing ``x[i, p]``).
-    """
-    for c in range(lo.shape[0]):
-        a_row = x[lo[c], p0:p1]
-        b_row = x[hi[c], p0:p1]
-        for p in range(p1 - p0):
-            a = a_row[p]
-            b = b_row[p]
-            a_row[p] = a if a < b else b
-            b_row[p] = b if a < b else a
-
-
-def _kth_distance_py(x, p, half, lo, hi, c, r):
-    """``r``-th and ``r+1``-th smallest (0-based) of ``|x[lo:hi, p] - c|``.
-
-    Column ``p`` is sorted and ``c`` is its median.  Distances grow outward
-    from the median: ``left[t] = c - x[half-1-t]`` and ``right[t] = x[half+t] - c``
-    are two sorted sequences, so this is the k-th element of the union of two
-    sorted arrays: a binary search on how many of the ``r + 1`` smallest come
-    from the left, O(log n); the next one is the smaller of the two heads.
-    Written with selects instead of branches (the comparisons are unpredictable).
-    """
-    take = r + 1
-    a_min = max(0, take - (hi - half))
-    a_max = min(half - lo, take)
-    while a_min < a_max:
-        a = (a_min + a_max) >> 1  # candidate count from the left
-        # too few from the left if the next left distance is below the last right one
-        more = c - x[half - 1 - a, p] < x[half + take - a - 1, p] - c
-        a_min = a + 1 if more else a_min
-        a_max = a_max if more else a
-    a = a_min
-    b = take - a
-    d_left = c - x[half - a, p] if a > 0 else -1.0
-    d_right = x[half + b - 1, p] - c if b > 0 else -1.0
-    kth = d_left if d_left > d_right else d_right
-    n_left = c - x[half - 1 - a, p] if half - 1 - a >= lo else np.inf
-    n_right = x[half + b, p] - c if half + b < hi else np.inf
-    return kth, (n_left if n_left < n_right else n_right)
-
-
-def _range_std_py(x, p, lo, hi):
-    """Population standard deviation of ``x[lo:hi, p]`` (two-pass, float64)."""
-    total = 0.0
-    for k in range(lo, hi):
-        total += x[k, p]
-    mean = total / (hi - lo)
-    ss = 0.0
-    for k in range(lo, hi):
-        d = x[k, p] - mean
-        ss += d * d
-    return math.sqrt(ss / (hi - lo))
-
-
-def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale, guard):
-    """Iterative sigma clipping of the sorted samples ``x[lo:hi, p]``.
-
-    Centre = median, scale = MAD_TO_STD x MAD of the accepted range (its
-    standard deviation when the MAD is 0 but the samples differ, and never
-    below ``min_scale``), in float64; with ``guard``, samples flagged by that
-    scale are rejected only if they also lie outside the thresholds set by the
-    standard deviation of the unflagged samples (when it is larger);
-    samples strictly outside ``[c - sig_lo*std, c + sig_hi*std]`` are
-    rejected (cumulatively).  The accepted set always stays a contiguous range
-    of the sorted samples, so only its ends move.  Returns ``(lo, hi)``.
-
-    Columns are read in place, strided: the chunk is cache-resident, and this
-    measured faster than transposing each chunk first.
-    """
-    it = 0
-    while hi > lo and (maxiters <= 0 or it < maxiters):
-        k = hi - lo
-        half = lo + k // 2
-        c = 0.5 * (np.float64(x[lo + (k - 1) // 2, p]) + np.float64(x[half, p]))
-        mad, after = _kth_distance(x, p, half, lo, hi, c, (k - 1) // 2)
-        if k % 2 == 0:  # even count: numpy's median averages the two middle distances
-            mad = 0.5 * (mad + after)
-        std = mad * MAD_TO_STD
-        if std == 0.0 and x[lo, p] != x[hi - 1, p]:
-            # over half the samples equal the median (quantised data): a zero MAD says
-            # nothing about the spread and would reject every other sample
-            std = _range_std(x, p, lo, hi)
-        if std < min_scale:
-            # quantised samples cannot resolve a smaller spread: a MAD that collapses onto
-            # (near-)tied values would reject good samples
-            std = min_scale
-        lower = c - std * sig_lo
-        upper = c + std * sig_hi
-        nlo = lo
-        while nlo < hi and x[nlo, p] < lower:
-            nlo += 1
-        nhi = hi
-        while nhi > nlo and x[nhi - 1, p] > upper:
-            nhi -= 1
-        if guard and (nlo > lo or nhi < hi) and nhi - nlo >= 2:
-            # confirm: with few samples the MAD often underestimates the spread and flags good
-            # samples; reject only beyond the thresholds of the unflagged samples' own std
-            k_in = nhi - nlo
-            s_in = _range_std(x, p, nlo, nhi) * math.sqrt(k_in / (k_in - 1.0))
-            if s_in < min_scale:
-                s_in = min_scale
-            if s_in > std:
-                lower = c - s_in * sig_lo
-                upper = c + s_in * sig_hi
-                nlo = lo
-                while nlo < hi and x[nlo, p] < lower:
-                    nlo += 1
-                nhi = hi
-                while nhi > nlo and x[nhi - 1, p] > upper:
-                    nhi -= 1
-        it += 1
-        if nlo == lo and nhi == hi:
-            break
-        lo = nlo
-        hi = nhi
-    return lo, hi
-
-
-def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters, min_scale,
-                       guard, chunk, out_data, out_noise, out_count):
-    """Combine the block ``x[:, :npix]`` (n_frames rows of samples, +inf = missing).
-
-    Writes ``out_data``, ``out_noise`` (float32) and ``out_count`` (int16),
-    each of length ``npix``, and returns the number of samples rejected by
-    clipping.  ``x`` is sorted in place per column (except for the mean).
-    The rows of ``x`` may be longer than ``npix`` (padded stride).
-
-    Work goes chunk by chunk of ``chunk`` pixels (sized to stay in L2):
-    sorting network, valid counts, sums and squared deviations are loops over
-    pixels (SIMD); only the clipping walks each pixel's column.
-    """
-    n = x.shape[0]
-    lo_a = np.zeros(chunk, dtype=np.int64)
-    hi_a = np.zeros(chunk, dtype=np.int64)
-    tot = np.zeros(chunk, dtype=np.float64)
-    ss = np.zeros(chunk, dtype=np.float64)
-    shift = np.zeros(chunk, dtype=np.float64)
-    nrej = 0
-    for p0 in range(0, npix, chunk):
-        p1 = min(p0 + chunk, npix)
-        size = p1 - p0
-        if method != 0:
-            _sort_columns(x, net_lo, net_hi, p0, p1)
-        for q in range(size):
-            lo_a[q] = 0
-            hi_a[q] = 0
-            tot[q] = 0.0
-            ss[q] = 0.0
-        for k in range(n):  # valid (finite) samples per pixel
-            row = x[k, p0:p1]
-            for q in range(size):
-                hi_a[q] += 1 if row[q] < np.inf else 0
-        if method == 2:
-            for q in range(size):
-                m = hi_a[q]
-                if m > 0:
-                    lo, hi = _clip_range(x, p0 + q, 0, m, sig_lo, sig_hi, maxiters,
-                                          min_scale, guard)
-                    nrej += m - (hi - lo)
-                    lo_a[q] = lo
-                    hi_a[q] = hi
-        # mean and variance of the accepted samples, vectorised over pixels
-        if method == 0:  # unsorted: select by value, classic two passes
-            for k in range(n):
-                row = x[k, p0:p1]
-                for q in range(size):
-                    v = row[q]
-                    tot[q] += np.float64(v) if v < np.inf else 0.0
-            for q in range(size):
-                cnt = hi_a[q] - lo_a[q]
-                tot[q] = tot[q] / cnt if cnt > 0 else np.nan  # now the mean
-            for k in range(n):
-                row = x[k, p0:p1]
-                for q in range(size):
-                    d = np.float64(row[q]) - tot[q]
-                    ss[q] += d * d if row[q] < np.inf else 0.0
-        else:
-            # sorted: select by rank range, one pass of sums shifted by the range's
-            # median sample, which keeps sum(d^2) - sum(d)^2/n free of cancellation
-            for q in range(size):
-                cnt = hi_a[q] - lo_a[q]
-                shift[q] = np.float64(x[lo_a[q] + (cnt - 1) // 2, p0 + q]) if cnt > 0 else 0.0
-            for k in range(n):
-                row = x[k, p0:p1]
-                for q in range(size):
-                    d = np.float64(row[q]) - shift[q] if lo_a[q] <= k < hi_a[q] else 0.0
-                    tot[q] += d
-                    ss[q] += d * d
-            for q in range(size):
-                cnt = hi_a[q] - lo_a[q]
-                if cnt > 0:
-                    dev = ss[q] - tot[q] * tot[q] / cnt
-                    ss[q] = dev if dev > 0.0 else 0.0
-                    tot[q] = shift[q] + tot[q] / cnt  # now the mean
-                else:
-                    tot[q] = np.nan
-        for q in range(size):
-            p = p0 + q
-            lo = lo_a[q]
-            cnt = hi_a[q] - lo
-            out_count[p] = cnt
-            std = math.sqrt(ss[q] / (cnt - 1)) if cnt > 1 else np.nan
-            out_noise[p] = np.float32(std)
-            if cnt == 0:
-                out_data[p] = np.float32(np.nan)
-            elif method == 1:
-                out_data[p] = np.float32(0.5 * (np.float64(x[lo + (cnt - 1) // 2, p])
-                                                + np.float64(x[lo + cnt // 2, p])))
-            else:
-                out_data[p] = np.float32(tot[q])
-    return nrej
-
-
-if HAVE_NUMBA:
-    _jit = njit(nogil=True, cache=True)
-    # the per-pixel helpers are inlined at numba-IR level: as separate calls
-    # (tuple returns) the clipping ran 1.6x slower
-    _inline = njit(nogil=True, cache=True, inline="always")
-    _prepare = _jit(_prepare_py)
-    _sort_columns = _jit(_sort_columns_py)
-    _kth_distance = _inline(_kth_distance_py)
-    _range_std = _jit(_range_std_py)  # rare path: not worth inlining
-    _clip_range = _inline(_clip_range_py)
-    _combine_kernel = _jit(_combine_kernel_py)
-else:  # pragma: no cover
-    _prepare = _sort_columns = _kth_distance = _range_std = _clip_range = _combine_kernel = None
-
-
-def warmup() -> float:
-    """Compile (or load from numba's cache) the kernels; return the seconds taken.
-
-    :func:`combine` calls this itself; benchmarks call it first to time the
-    one-off compilation separately.  Returns 0 when numba is not available.
-    """
-    if not HAVE_NUMBA:
-        return 0.0
-    t0 = time.perf_counter()
-    x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    lo, hi = batcher_network(3)
-    nsat = np.zeros(4, np.int16)
-    _prepare(x[0], np.zeros(4), 1.0, np.inf, nsat)
-    _prepare(x[1], np.empty(0), 1.0, np.inf, nsat)
-    for method in (0, 1, 2):
-        _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 0.0, True, 4,
-                        np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, np.int16))
-    return time.perf_counter() - t0
-
-
-# --------------------------------------------------------------------------------------
-# numpy fallback (same maths, vectorised over pixels; also the kernel's test oracle)
-# --------------------------------------------------------------------------------------
-def _prepare_numpy(row, sub, scale, saturation, nsat):
-    sat = row >= saturation
-    if nsat.shape[0] == row.shape[0]:
-        nsat += sat
-    v = row.astype(np.float64)
-    if sub.shape[0] == row.shape[0]:
-        v -= sub
-    v *= scale
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = v.astype(np.float32)
-    out[sat | ~np.isfinite(out)] = np.inf
-    row[:] = out
-    return int(sat.sum())
-
-
-def _take_median(s, lo, cnt):
-    """Median of the sorted columns ``s[lo:lo+cnt, p]`` (float64; NaN where cnt == 0)."""
-    cols = np.arange(s.shape[1])
-    ok = cnt > 0
-    a = s[np.where(ok, lo + (cnt - 1) // 2, 0), cols].astype(np.float64)
-    b = s[np.where(ok, lo + cnt // 2, 0), cols].astype(np.float64)
-    return np.where(ok, 0.5 * (a + b), np.nan)
-
-
-def _combine_numpy(x, method, sig_lo, sig_hi, maxiters, out_data, out_noise, out_count,
-                   min_scale=0.0, guard=False):
-    """Vectorised equivalent of the numba kernel (numpy sorts instead of a network)."""
-    n, npix = x.shape
-    if method != 0:
-        x.sort(axis=0)  # +inf (missing) sorts last
-    finite = x < np.inf
-    m = finite.sum(axis=0)
-    lo = np.zeros(npix, dtype=np.int64)
-    hi = m.astype(np.int64)
-    nrej = 0
-    if method == 2:
-        rank = np.arange(n)[:, None]
-        it = 0
-        active = hi > lo
-        while active.any() and (maxiters <= 0 or it < maxiters):
-            cnt = hi - lo
-            c = _take_median(x, lo, cnt)
-            inside = (rank >= lo) & (rank < hi)
-            with np.errstate(invalid="ignore"):
-                dev = np.where(inside, np.abs(x - c), np.inf)
-            dev.sort(axis=0)
-            std = _take_median(dev, np.zeros_like(lo), cnt) * MAD_TO_STD
-            cols = np.arange(npix)
-            first = x[np.minimum(lo, n - 1), cols]
-            last = x[np.maximum(hi - 1, 0), cols]
-            degenerate = (std == 0) & (cnt > 0) & (first != last)
-            if degenerate.any():  # zero MAD on differing samples: use their std
-                vals = np.where(inside, x, 0).astype(np.float64)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = vals.sum(axis=0) / cnt
-                    d = np.where(inside, vals - mean, 0.0)
-                    range_std = np.sqrt((d * d).sum(axis=0) / cnt)
-                std = np.where(degenerate, range_std, std)
-            std = np.maximum(std, min_scale)
-            lower = c - std * sig_lo
-            upper = c + std * sig_hi
-            with np.errstate(invalid="ignore"):
-                keep = inside & (x >= lower) & (x <= upper)
-            if guard:  # confirm flags against the unflagged samples' std (see the kernel)
-                k_in = keep.sum(axis=0)
-                vals = np.where(keep, x, 0).astype(np.float64)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean_in = vals.sum(axis=0) / k_in
-                    d = np.where(keep, vals - mean_in, 0.0)
-                    s_in = np.sqrt((d * d).sum(axis=0) / (k_in - 1))
-                s_in = np.maximum(np.where(k_in >= 2, s_in, 0.0), min_scale)
-                flagged = (k_in < cnt) & (k_in >= 2) & (s_in > std)
-                wide = np.where(flagged, s_in, std)
-                with np.errstate(invalid="ignore"):
-                    keep = inside & (x >= c - wide * sig_lo) & (x <= c + wide * sig_hi)
-            new_cnt = keep.sum(axis=0)
-            changed = (new_cnt != cnt) & active
-            # keep is a contiguous range of sorted samples: its first index is lo
-            new_lo = np.where(new_cnt > 0, np.argmax(keep, axis=0), lo)
-            lo = np.where(changed, new_lo, lo)
-            hi = np.where(changed, new_lo + new_cnt, hi)
-            active = changed
-            it += 1
-        nrej = int((m - (hi - lo)).sum())
-    rank = np.arange(n)[:, None]
-    # unsorted (mean) blocks select by value, sorted ones by rank range
-    inside = finite if method == 0 else (rank >= lo) & (rank < hi)
-    cnt = hi - lo
-    vals = np.where(inside, x, 0).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = vals.sum(axis=0) / cnt
-        dev = np.where(inside, vals - mean, 0.0)
-        noise = np.sqrt((dev * dev).sum(axis=0) / (cnt - 1))
-    noise[cnt < 2] = np.nan
-    if method == 1:
-        data = _take_median(x, lo, cnt)
-    else:
-        data = mean
-    out_data[:] = data
-    out_noise[:] = noise
-    out_count[:] = cnt
-    return nrej
 
 
 # --------------------------------------------------------------------------------------

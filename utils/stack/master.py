@@ -18,18 +18,18 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from . import adu
-from . import headers as kw
-from .fitsio import is_complete_fits, read_header
-from .settings import field
-from .stacking import METHODS, combine
+from .. import adu
+from .. import headers as kw
+from ..io.fitsio import is_complete_fits, read_header
+from ..settings import field
+from .combine import METHODS, combine
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CombineSettings:
-    """How the frames of one set are combined (see :func:`utils.stacking.combine`)."""
+    """How the frames of one set are combined (see :func:`utils.stack.combine.combine`)."""
 
     method: str = field("sigclip", "combination: sigclip, median or mean")
     sigma_low: float = field(3.0, "[sigma] lower clipping threshold")
@@ -63,7 +63,7 @@ def add_combine_options(parser, defaults: CombineSettings = CombineSettings()) -
 
 def combine_settings(args) -> CombineSettings:
     """Validated :class:`CombineSettings` from parsed options (ConfigError when invalid)."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     try:
         return CombineSettings(method=args.method, sigma_low=args.sigma, sigma_high=args.sigma,
@@ -124,7 +124,7 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     product : str, optional
         ``PRODUCT`` card, e.g. ``MASTER_BIAS``.
     subtract, scale : optional
-        Passed to :func:`utils.stacking.combine`.
+        Passed to :func:`utils.stack.combine.combine`.
     extra : dict, optional
         Header cards ``{key: value or (value, comment)}``.
     refs : tuple, optional

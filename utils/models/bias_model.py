@@ -41,11 +41,11 @@ import pandas as pd
 from astropy.io import fits
 from scipy import stats as sps
 
-from . import adu
-from . import headers as kw
-from .errors import InputPathError, UserError
-from .fitsio import provenance_cards, read_image, set_card, write_product
-from .fitting import fit_line_per_pixel
+from .. import adu
+from .. import headers as kw
+from ..errors import InputPathError, UserError
+from ..io.fitsio import provenance_cards, read_image, set_card, write_product
+from .linear import fit_line_per_pixel
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class BiasModel:
         return np.sqrt(np.maximum(var, 0)).astype(np.float32)
 
     def subtractor(self, temperatures: Sequence[float]):
-        """``subtract(i, start, stop)`` for :func:`utils.stacking.combine`: the bias rows of
+        """``subtract(i, start, stop)`` for :func:`utils.stack.combine.combine`: the bias rows of
         frame ``i`` at its own temperature (thread-safe, no full-frame copy)."""
         temps = np.asarray(temperatures, dtype=np.float64)
         if not np.all(np.isfinite(temps)):

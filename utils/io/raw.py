@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RawSizeError, UnreadableFrameError
+from ..errors import RawSizeError, UnreadableFrameError
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Iterator, Mapping
 import numpy as np
 from astropy.io import fits
 
-from . import SOFTWARE_NAME, __version__
-from . import headers as kw
-from .errors import UnreadableFrameError
+from .. import SOFTWARE_NAME, __version__
+from .. import headers as kw
+from ..errors import UnreadableFrameError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,454 @@
+"""Raw frames to FITS, one file per frame, and the per-frame listing ``fits_index.csv``.
+
+For every attempt of the bias, dark and flat sections (``TestSection1/2/3``,
+or ``Bias/Darks/Flats`` of an irradiation stage) each raw file in
+``frames/`` becomes ``fits/<name>.fits`` beside it: unsigned 16-bit data
+(BZERO convention), every config entry and per-frame log column as header
+keywords, exposure in seconds, sensor temperature as ``TEMP``, the values
+parsed from the file and folder names, the ADU convention and the raw file's
+provenance.  ``fits_index.csv`` in the common parent of the sections lists
+every raw frame with its status: converted, already there, or rejected with
+the reason (a wrong-size file is never padded: it gets no FITS).
+
+Re-running skips frames whose FITS is complete and finishes the rest; every
+file is written atomically, and raw files are only ever read.  The command
+line is :mod:`utils.raw_to_fits`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import adu
+from .. import headers as kw
+from ..errors import FrameError, InputPathError
+from ..progress import progress
+from ..settings import field
+from .discovery import Attempt, find_attempts
+from .fitsio import BLOCK, atomic_path, header_bytes, is_complete_fits, provenance_cards, write_csv
+from .frame_log import FrameLog, find_frame_log, read_frame_log
+from .raw import CameraConfig, read_camera_config, read_raw
+from .tokens import file_exposure, file_frame_number, file_temperature, path_values
+
+logger = logging.getLogger(__name__)
+
+#: Name of the per-frame listing written by the converter.
+FITS_INDEX_NAME = "fits_index.csv"
+#: Structural keywords a config entry may not overwrite.
+_RESERVED = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
+             "BLANK", "END", "COMMENT", "HISTORY", "PCOUNT", "GCOUNT", "XTENSION", "BUNIT"}
+#: Unix times after this are treated as absolute (DATE-OBS is written); smaller ones are relative.
+_UNIX_EPOCH_MIN = 1e8
+
+STATUS_CONVERTED = "converted"
+STATUS_EXISTING = "existing"
+STATUS_REJECTED = "rejected"
+
+INDEX_COLUMNS = ["PATH", "CALTYPE", "STATUS", "REASON", "RAWPATH", "ATTEMPT", "FRAMENUM",
+                 "EXPTIME", "REXPTIME", "TEMP", "TEMP_0", "EQTEMP", "FILETEMP", "PATHTEMP",
+                 "GAIN", "TIMESTAMP", "DOSE", "TEMPSRC", "EXPSRC", "ADCBITS", "NOTES"]
+
+
+@dataclass(frozen=True)
+class ConversionSettings:
+    """Settings of a raw-to-FITS conversion."""
+
+    search_depth: int = field(6, "how many folder levels below a section root to look for attempts")
+    byteorder: str = field("<", "byte order of raw samples when the config does not say: < or >")
+    default_adc_bits: int = field(adu.DEFAULT_ADC_BITS,
+                                  "ADC bits assumed for a frame whose samples carry no hint (all 0)")
+    temp_tolerance: float = field(2.0, "[degC] log vs file/folder temperature difference reported")
+    exp_tolerance: float = field(0.02, "relative log vs file/folder exposure difference reported")
+    overwrite: bool = field(False, "re-convert frames whose FITS already exists")
+    workers: int = field(1, "processes converting frames in parallel")
+
+    def __post_init__(self):
+        if self.search_depth < 0:
+            raise ValueError("search_depth must be >= 0")
+        if self.byteorder not in "<>" or len(self.byteorder) != 1:
+            raise ValueError("byteorder must be '<' or '>'")
+        if not 1 <= self.default_adc_bits <= 16:
+            raise ValueError("default_adc_bits must be within 1..16")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if self.temp_tolerance < 0 or self.exp_tolerance < 0:
+            raise ValueError("tolerances must be >= 0")
+
+
+@dataclass
+class _FrameTask:
+    """Everything a worker process needs to convert one frame (picklable)."""
+
+    raw_path: str
+    fits_path: str
+    caltype: str
+    config: CameraConfig
+    cards: list            # (key, value, comment) in write order
+    default_adc_bits: int
+    write: bool
+
+
+def _config_cards(config: CameraConfig) -> list[tuple[str, object, str]]:
+    cards = []
+    for key, value in config.entries.items():
+        try:
+            name = kw.fits_keyword(key)
+        except ValueError:
+            continue
+        if name in _RESERVED:
+            name = f"HIERARCH CONFIG {name}"
+        number = _as_number(value)
+        cards.append((name, number if number is not None else value, f"config {key}"[:40]))
+    return cards
+
+
+def _as_number(text: str):
+    """Config values that are numbers become numbers (int when written as one)."""
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            continue
+        return value if math.isfinite(value) else None
+    return None
+
+
+def _iso_time(seconds: float) -> str:
+    moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+def frame_metadata(raw_path: Path, attempt: Attempt, caltype: str, log: FrameLog | None,
+                   position: int, settings: ConversionSettings) -> tuple[list, dict]:
+    """Resolve one frame's header cards and its ``fits_index.csv`` row.
+
+    Priority: per-frame log, then file name, then folder names below the
+    section root (innermost wins).  Disagreements beyond the tolerances are
+    noted, not silently resolved.
+
+    Returns
+    -------
+    cards : list of (key, value, comment)
+        Frame-specific header cards (config cards are added by the caller).
+    row : dict
+        Values for ``fits_index.csv``.
+    """
+    notes: list[str] = []
+    name = raw_path.name
+    number = file_frame_number(name)
+    if number is None:
+        number = position
+        notes.append(f"no frame number in the file name; using position {position}")
+    values: dict[str, object] = {}
+    if log is not None:
+        row = log.rows.get(number)
+        if row is None:
+            notes.append(f"frame {number} has no row in {log.path.name}")
+        else:
+            values = dict(row)
+        notes.extend(log.bad_values.get(number, []))
+    file_t, file_e = file_temperature(name), file_exposure(name)
+    folder = path_values(raw_path.parent, attempt.section_root)
+    cards: list[tuple[str, object, str]] = [
+        (kw.CALTYPE, caltype, "calibration type (campaign section)"),
+        (kw.IMAGETYP, caltype, "frame type"),
+        (kw.FRAMENUM, int(number), "frame number within the attempt"),
+    ]
+
+    def pick(log_key, candidates, tolerance, relative, unit):
+        from_log = values.pop(log_key, None)
+        chosen, source = None, ""
+        if isinstance(from_log, float):
+            chosen, source = from_log, "log"
+        for label, value in candidates:
+            if math.isnan(value):
+                continue
+            if chosen is None:
+                chosen, source = value, label
+            else:
+                limit = tolerance * max(abs(chosen), 1e-12) if relative else tolerance
+                if abs(value - chosen) > limit:
+                    notes.append(f"{log_key} from {source} {chosen:g} {unit} disagrees with "
+                                 f"{label} {value:g} {unit}")
+        return chosen, source
+
+    temp, temp_src = pick(kw.TEMP, [("filename", file_t), ("folder", folder.temperature)],
+                          settings.temp_tolerance, False, "degC")
+    exptime, exp_src = pick(kw.EXPTIME, [("filename", file_e), ("folder", folder.exposure)],
+                            settings.exp_tolerance, True, "s")
+    if temp is None:
+        notes.append("no sensor temperature (log, file name or folder)")
+    else:
+        cards.append((kw.TEMP, float(temp), f"[degC] sensor temperature ({temp_src})"))
+        cards.append((kw.TEMPSRC, temp_src, "source of TEMP"))
+    if exptime is None:
+        notes.append("no exposure time (log, file name or folder)")
+    else:
+        cards.append((kw.EXPTIME, float(exptime), f"[s] exposure time ({exp_src})"))
+        cards.append((kw.EXPSRC, exp_src, "source of EXPTIME"))
+    if not math.isnan(file_t):
+        cards.append((kw.FILETEMP, file_t, "[degC] temperature in the raw file name"))
+    if not math.isnan(folder.temperature):
+        cards.append((kw.PATHTEMP, folder.temperature, "[degC] temperature in the folder names"))
+    if not math.isnan(folder.exposure):
+        cards.append((kw.PATHEXP, folder.exposure, "[s] exposure in the folder names"))
+    values.pop(kw.FRAMENUM, None)
+    units = {kw.REXPTIME: "[s] ", kw.TEMP_0: "[degC] ", kw.EQTEMP: "[degC] ",
+             kw.DELTMP: "[degC] ", kw.TIMESTAMP: "[s] ", kw.DOSE: "[krad] "}
+    for key, value in values.items():
+        cards.append((key, value, f"{units.get(key, '')}per-frame log"))
+    stamp = values.get(kw.TIMESTAMP)
+    if isinstance(stamp, float) and stamp > _UNIX_EPOCH_MIN:
+        cards.append((kw.DATE_OBS, _iso_time(stamp), "UTC start of exposure (from TIMESTMP)"))
+    cards.append((kw.ATTEMPT, attempt.name[:60], "attempt folder"))
+    row = {"CALTYPE": caltype, "ATTEMPT": attempt.name, "FRAMENUM": int(number),
+           "EXPTIME": exptime, "TEMP": temp, "TEMPSRC": temp_src, "EXPSRC": exp_src,
+           "FILETEMP": None if math.isnan(file_t) else file_t,
+           "PATHTEMP": None if math.isnan(folder.temperature) else folder.temperature,
+           "REXPTIME": values.get(kw.REXPTIME), "TEMP_0": values.get(kw.TEMP_0),
+           "EQTEMP": values.get(kw.EQTEMP), "GAIN": values.get(kw.GAIN),
+           "TIMESTAMP": values.get(kw.TIMESTAMP), "DOSE": values.get(kw.DOSE),
+           "NOTES": "; ".join(notes)}
+    return cards, row
+
+
+_STRUCTURE = (("SIMPLE", True, "conforms to FITS standard"),
+              ("BITPIX", 16, "16-bit integers (unsigned via BZERO)"),
+              ("NAXIS", 2, ""))
+_UNSIGNED = (("EXTEND", True, ""), ("BZERO", 32768, "unsigned 16-bit convention"),
+             ("BSCALE", 1, ""))
+
+
+def frame_header_bytes(shape: tuple[int, int], cards: Iterable) -> bytes:
+    """Primary header of a converted uint16 frame, structural cards first."""
+    structure = _STRUCTURE + (("NAXIS1", shape[1], "columns"), ("NAXIS2", shape[0], "rows")) \
+        + _UNSIGNED
+    return header_bytes(list(structure) + list(cards))
+
+
+def _encode_numpy(data: np.ndarray) -> tuple[np.ndarray, int]:
+    payload = data.astype(">u2")            # one copy, byte-swapped on little-endian hosts
+    view = payload.view(np.uint16)
+    np.bitwise_xor(view, np.frombuffer(b"\x80\x00", np.uint16)[0], out=view)
+    return payload, int(np.bitwise_or.reduce(data, axis=None))
+
+
+try:
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def _encode_kernel(src, dst):  # pragma: no cover - compiled
+        acc = np.uint16(0)
+        s = src.ravel()
+        o = dst.ravel()
+        for i in range(s.size):
+            v = s[i]
+            acc |= v
+            w = v ^ np.uint16(0x8000)
+            o[i] = np.uint16(((w >> 8) | (w << 8)) & 0xFFFF)
+        return acc
+
+    def encode_frame(data: np.ndarray) -> tuple[np.ndarray, int]:
+        """FITS data bytes (big-endian ``value - 32768``) and the OR of all samples, one pass."""
+        data = np.ascontiguousarray(data, dtype=np.uint16)
+        if sys.byteorder != "little":
+            return _encode_numpy(data)
+        out = np.empty_like(data)
+        acc = _encode_kernel(data, out)
+        return out.view(">u2"), int(acc)
+except ImportError:  # numba is optional: same bytes, three passes instead of one
+    def encode_frame(data: np.ndarray) -> tuple[np.ndarray, int]:
+        """FITS data bytes (big-endian ``value - 32768``) and the OR of all samples."""
+        return _encode_numpy(np.asarray(data, dtype=np.uint16))
+
+
+def write_frame_fits(path: str | os.PathLike, payload: np.ndarray, header: bytes) -> None:
+    """Write an encoded frame (see :func:`encode_frame`) and its header as FITS, atomically."""
+    pad = (-payload.nbytes) % BLOCK
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(header)
+            handle.write(payload.view(np.uint8))
+            handle.write(b"\0" * pad)
+
+
+def _convert_one(task: _FrameTask) -> dict:
+    """Convert one frame (runs in a worker process); returns ADU/provenance fields."""
+    raw_path = Path(task.raw_path)
+    if not task.write:
+        # already converted: a size check keeps the listing honest without reading pixels
+        size = raw_path.stat().st_size
+        if size != task.config.frame_bytes:
+            return {"STATUS": STATUS_REJECTED,
+                    "REASON": f"size {size} bytes, expected {task.config.frame_bytes}"}
+        return {"STATUS": STATUS_EXISTING, "REASON": ""}
+    try:
+        data = read_raw(raw_path, task.config)
+    except FrameError as err:
+        return {"STATUS": STATUS_REJECTED, "REASON": err.reason}
+    payload, bits = encode_frame(data)
+    adc_bits = 8 if data.dtype.itemsize == 1 else adu.adc_bits_from_bits(bits,
+                                                                         task.default_adc_bits)
+    cards = list(task.cards)
+    cards += [(kw.RAWFILE, raw_path.name[:60], "raw file converted"),
+              (kw.RAWSIZE, raw_path.stat().st_size, "[byte] size of the raw file"),
+              (kw.RAWDTYPE, task.config.dtype_name, "sample type of the raw file"),
+              (kw.BUNIT, adu.UNIT, "stored 16-bit ADU")]
+    cards += adu.scaling_cards(adc_bits)
+    cards += provenance_cards("FRAME")
+    write_frame_fits(task.fits_path, payload, frame_header_bytes(data.shape, cards))
+    return {"STATUS": STATUS_CONVERTED, "REASON": "", "ADCBITS": adc_bits}
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    if folder.is_dir():
+        for leftover in folder.glob(".*.tmp"):
+            logger.debug("removing leftover of an interrupted write: %s", leftover)
+            leftover.unlink(missing_ok=True)
+
+
+def plan_attempt(attempt: Attempt, caltype: str, settings: ConversionSettings):
+    """Prepare the conversion tasks and index rows of one attempt (no pixel I/O)."""
+    config = read_camera_config(attempt.path, byteorder=settings.byteorder)
+    for problem in config.problems:
+        logger.warning("%s: %s", config.path or attempt.path, problem)
+    log_path = find_frame_log(attempt.path)
+    log = read_frame_log(log_path) if log_path else None
+    if log is None:
+        logger.warning("%s: no per-frame log (temperatureLog.csv/radiationLog.csv); temperatures "
+                       "and exposures come from file and folder names", attempt.path)
+    else:
+        for problem in log.problems:
+            logger.warning("%s: %s", log.path, problem)
+    raws = attempt.raw_files()
+    if not raws:
+        logger.warning("%s: frames/ holds no raw files", attempt.path)
+    _remove_stale_temporaries(attempt.fits_dir)
+    base_cards = _config_cards(config)
+    tasks, rows = [], []
+    for position, raw in enumerate(raws):
+        cards, row = frame_metadata(raw, attempt, caltype, log, position, settings)
+        out = attempt.fits_dir / (raw.stem + ".fits")
+        write = settings.overwrite or not is_complete_fits(out)
+        merged = {}
+        for key, value, comment in base_cards + cards:   # log/frame cards override config cards
+            merged[key] = (key, value, comment)
+        tasks.append(_FrameTask(str(raw), str(out), caltype, config, list(merged.values()),
+                                settings.default_adc_bits, write))
+        row.update(PATH=str(out), RAWPATH=str(raw))
+        rows.append(row)
+    return tasks, rows
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: one index row per raw frame, and where the index went."""
+
+    rows: list
+    index_path: Path | None
+
+    def count(self, status: str) -> int:
+        """Number of frames with this status."""
+        return sum(1 for r in self.rows if r["STATUS"] == status)
+
+
+def _run_tasks(tasks: list[_FrameTask], workers: int, desc: str, show: bool) -> list[dict]:
+    if workers <= 1 or len(tasks) < 2:
+        return [_convert_one(t) for t in progress(tasks, desc=desc, enabled=show)]
+    chunk = max(1, min(16, len(tasks) // (workers * 4)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(progress(pool.map(_convert_one, tasks, chunksize=chunk), desc=desc,
+                             total=len(tasks), enabled=show))
+
+
+def convert_sections(sections: dict[str, str | os.PathLike], settings: ConversionSettings,
+                     *, index_dir: str | os.PathLike | None = None,
+                     progress_bar: bool = False) -> ConversionReport:
+    """Convert every attempt of the given sections and write ``fits_index.csv``.
+
+    Parameters
+    ----------
+    sections : dict
+        ``{"BIAS": path, "DARK": path, "FLAT": path}`` (any subset).
+    settings : ConversionSettings
+        Conversion settings.
+    index_dir : path-like, optional
+        Folder of ``fits_index.csv``; default is the common parent of the sections.
+    progress_bar : bool
+        Show one progress bar per section.
+
+    Raises
+    ------
+    InputPathError
+        A section folder is missing or holds no attempts.
+    """
+    roots = {cal: Path(p) for cal, p in sections.items()}
+    for cal, root in roots.items():
+        if not root.is_dir():
+            raise InputPathError(f"{root}: {cal.lower()} section folder does not exist; "
+                                 "check the path or pass --skip-" + cal.lower())
+    # find every attempt first: a bad section stops the run before anything is written
+    found = {cal: find_attempts(root, settings.search_depth) for cal, root in roots.items()}
+    all_rows: list[dict] = []
+    for cal, attempts in found.items():
+        logger.info("%s section %s: %d attempts", cal.lower(), roots[cal], len(attempts))
+        tasks, rows = [], []
+        for attempt in attempts:
+            t, r = plan_attempt(attempt, cal, settings)
+            tasks += t
+            rows += r
+        results = _run_tasks(tasks, settings.workers, f"convert {cal.lower()}", progress_bar)
+        for row, result in zip(rows, results):
+            row.update(result)
+            if row["STATUS"] == STATUS_REJECTED:
+                logger.warning("%s: %s; no FITS written", row["RAWPATH"], row["REASON"])
+                row["PATH"] = ""
+        noted = [r for r in rows if r.get("NOTES")]
+        if noted:
+            logger.warning("%s section: %d frames have notes (e.g. %s: %s); see the NOTES column "
+                           "of %s", cal.lower(), len(noted), Path(noted[0]["RAWPATH"]).name,
+                           noted[0]["NOTES"], FITS_INDEX_NAME)
+        all_rows += rows
+    index_path = None
+    if all_rows:
+        if index_dir is None:
+            index_dir = common_parent(list(roots.values()))
+        index_path = Path(index_dir) / FITS_INDEX_NAME
+        write_fits_index(all_rows, index_path)
+    return ConversionReport(all_rows, index_path)
+
+
+def common_parent(roots: Sequence[Path]) -> Path:
+    """The folder holding all section roots (the parent of a single root)."""
+    resolved = [Path(r).resolve() for r in roots]
+    parent = Path(os.path.commonpath(resolved))
+    return parent.parent if parent in resolved else parent
+
+
+def write_fits_index(rows: list[dict], path: Path) -> Path:
+    """Write ``fits_index.csv``: paths relative to its folder, one row per raw frame."""
+    table = pd.DataFrame(rows)
+    for column in INDEX_COLUMNS:
+        if column not in table:
+            table[column] = None
+    base = path.parent.resolve()
+
+    def relative(p):
+        if not p:
+            return ""
+        return os.path.relpath(Path(p).resolve(), base)
+
+    table["PATH"] = table["PATH"].map(relative)
+    table["RAWPATH"] = table["RAWPATH"].map(relative)
+    return write_csv(table[INDEX_COLUMNS], path)

@@ -1,0 +1,370 @@
+"""Physics of the simulated camera: parameters, per-pixel sensor maps, and frames drawn from them.
+
+Pure computation (no files): :class:`Physics` holds every parameter with its
+unit, :func:`make_sensor` draws the per-pixel properties of one sensor, and
+:func:`render_frame` draws one stored frame (12-bit ADC counts x 16) from
+them.  :func:`truth_maps` and :func:`damage_maps` give the per-pixel truth in
+the units of converted frames, for tests to check recovery against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import adu
+from ..errors import ConfigError
+
+#: Bits of each stored sample (``BIT_DEPTH`` of the configuration).
+SAMPLE_BITS = adu.STORED_BITS
+_KIND_NAMES = {"bias": "Bias", "dark": "Dark", "flat": "Flat"}
+
+
+# ================================================================================================
+# Parameters
+# ================================================================================================
+
+def _param(default: Any, unit: str, doc: str):
+    """A Physics field carrying its unit and one-line description."""
+    return field(default=default, metadata={"unit": unit, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Physics:
+    """Every physical parameter of the simulated camera and test bench.
+
+    Defaults are small but realistic.  Each field's unit and one-line
+    description are in its metadata (listed below and in ``truth.json``).
+    ADC counts are 12-bit counts (the stored 16-bit value is 16 times larger).
+    """
+
+    adc_bits: int = _param(12, "bit", "resolution of the camera ADC")
+    gain: float = _param(2.0, "e-/ADC count", "system gain: electrons per ADC count")
+    bias_level: float = _param(200.0, "ADC count", "mean bias offset at 0 degC")
+    bias_row_sigma: float = _param(2.0, "ADC count", "rms of the per-row bias pattern")
+    bias_col_sigma: float = _param(3.0, "ADC count", "rms of the per-column bias pattern")
+    bias_pixel_sigma: float = _param(1.5, "ADC count", "rms of the per-pixel bias offset")
+    bias_slope: float = _param(0.5, "ADC count/degC", "mean temperature coefficient of the bias")
+    bias_slope_sigma: float = _param(0.03, "ADC count/degC", "per-pixel rms of that coefficient")
+    read_noise: float = _param(2.0, "ADC count", "Gaussian read noise of a normal pixel")
+    noisy_fraction: float = _param(0.01, "1", "fraction of pixels with excess read noise")
+    noisy_factor: float = _param(4.0, "1", "read-noise multiplier of those noisy pixels")
+    dark_median: float = _param(5.0, "e-/s", "median dark current at t_ref")
+    dark_sigma_ln: float = _param(0.3, "1", "rms of ln(dark current) across pixels")
+    t_ref: float = _param(20.0, "degC", "reference temperature of the dark current")
+    doubling_temperature: float = _param(6.0, "degC", "warming that doubles the dark current")
+    hot_fraction: float = _param(0.005, "1", "fraction of hot pixels")
+    hot_factor_min: float = _param(30.0, "1", "smallest dark-current multiplier of a hot pixel")
+    hot_factor_max: float = _param(100.0, "1", "largest dark-current multiplier of a hot pixel")
+    flat_flux: float = _param(8000.0, "e-/s", "flat-field illumination at the optical centre")
+    prnu_sigma: float = _param(0.01, "1", "rms photo-response non-uniformity")
+    vignetting: float = _param(0.15, "1", "illumination loss at the corners: 1 - v (r/rmax)^2")
+    temperature_jitter: float = _param(0.15, "degC", "rms of sensor temperature about set point")
+    enclosure_temperature: float = _param(22.0, "degC", "mean enclosure (external) temperature")
+    real_exposure_offset: float = _param(3.0, "us", "real minus requested exposure time")
+    power_base: float = _param(2.5, "W", "power consumption at the enclosure temperature")
+    power_per_degc: float = _param(0.08, "W/degC", "extra power per degC of sensor-enclosure gap")
+    dark_damage: float = _param(0.05, "1/krad", "k of the dark-current multiplier 1 + k D")
+    rad_hot_rate: float = _param(3e-4, "1/krad", "probability per krad that a pixel turns hot")
+    rad_hot_min: float = _param(50.0, "e-/s", "least extra dark current of a radiation hot pixel")
+    rad_hot_max: float = _param(500.0, "e-/s", "most extra dark current of a radiation hot pixel")
+    bias_shift: float = _param(0.2, "ADC count/krad", "bias shift alpha per krad of damage")
+    annealing_fraction: float = _param(0.3, "1", "fraction of the damage recovered afterwards")
+    dose_rate_noise: float = _param(0.05, "1", "relative rms noise of the measured dose rate")
+    radiation_background: float = _param(1e-4, "krad/s", "rms background of the dose-rate monitor")
+
+    def __post_init__(self):
+        if not 1 <= self.adc_bits <= SAMPLE_BITS:
+            raise ConfigError(f"adc_bits must be within 1..{SAMPLE_BITS}, got {self.adc_bits}")
+        positive = ("gain", "doubling_temperature", "read_noise", "noisy_factor", "dark_median")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"Physics.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("noisy_fraction", "hot_fraction", "annealing_fraction", "vignetting"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"Physics.{name} must be within 0..1, got {getattr(self, name)}")
+        for low, high in (("hot_factor_min", "hot_factor_max"), ("rad_hot_min", "rad_hot_max")):
+            if getattr(self, low) > getattr(self, high):
+                raise ConfigError(f"Physics.{low} must not exceed Physics.{high}")
+        for name, value in dataclasses.asdict(self).items():
+            if not math.isfinite(value) or (value < 0 and name not in ("t_ref",
+                                                                          "enclosure_temperature",
+                                                                          "real_exposure_offset",
+                                                                          "bias_shift",
+                                                                          "bias_slope")):
+                raise ConfigError(f"Physics.{name} must be finite and non-negative, got {value}")
+
+    @property
+    def adu_scale(self) -> int:
+        """Stored ADU per ADC count (16 for 12 bits)."""
+        return adu.adu_scale(self.adc_bits)
+
+    @classmethod
+    def units(cls) -> dict[str, str]:
+        """Unit of every parameter, ``{name: unit}``."""
+        return {f.name: f.metadata["unit"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """One-line description of every parameter, ``{name: doc}``."""
+        return {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
+
+
+Physics.__doc__ += "\n    Attributes\n    ----------\n" + "".join(
+    f"    {f.name} : {type(f.default).__name__}\n        {f.metadata['doc'].capitalize()}"
+    f" [{f.metadata['unit']}]. Default is {f.default!r}.\n" for f in dataclasses.fields(Physics))
+
+
+# ================================================================================================
+# Sensor model: the per-pixel truth and the frames drawn from it (pure computation)
+# ================================================================================================
+
+@dataclass(frozen=True, eq=False)
+class Sensor:
+    """Per-pixel properties of one simulated sensor (float32 maps, shape ``(height, width)``).
+
+    Attributes
+    ----------
+    bias_a : numpy.ndarray
+        Bias at 0 degC [ADC count], row and column pattern included.
+    bias_b : numpy.ndarray
+        Temperature coefficient of the bias [ADC count/degC].
+    read_noise : numpy.ndarray
+        Gaussian read-noise sigma [ADC count].
+    dark_ref : numpy.ndarray
+        Dark current at ``Physics.t_ref`` before irradiation [e-/s], hot pixels included.
+    hot_mask, noisy_mask : numpy.ndarray
+        Boolean maps of the hot pixels and of the pixels with excess read noise.
+    prnu : numpy.ndarray
+        Relative photo-response (mean 1) [1].
+    vignetting : numpy.ndarray
+        Relative illumination, 1 at the centre [1].
+    rad_hot_threshold : numpy.ndarray
+        Damage dose at which the pixel turns hot [krad].
+    rad_hot_amplitude : numpy.ndarray
+        Extra dark current at ``t_ref`` once it has turned hot [e-/s].
+    """
+
+    bias_a: np.ndarray
+    bias_b: np.ndarray
+    read_noise: np.ndarray
+    dark_ref: np.ndarray
+    hot_mask: np.ndarray
+    noisy_mask: np.ndarray
+    prnu: np.ndarray
+    vignetting: np.ndarray
+    rad_hot_threshold: np.ndarray
+    rad_hot_amplitude: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels."""
+        return self.bias_a.shape
+
+
+def make_sensor(rng: np.random.Generator, width: int, height: int, physics: Physics) -> Sensor:
+    """Draw the per-pixel properties of a sensor.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness (consumed; pass a seeded generator).
+    width, height : int
+        Frame size [pixel].
+    physics : Physics
+        Distribution parameters.
+
+    Returns
+    -------
+    Sensor
+        float32 maps of shape ``(height, width)``.
+
+    Examples
+    --------
+    >>> s = make_sensor(np.random.default_rng(1), 8, 6, Physics())
+    >>> s.shape, bool(abs(s.bias_a.mean() - 200) < 10)
+    ((6, 8), True)
+    """
+    shape = (height, width)
+    f32 = np.float32
+    bias_a = (physics.bias_level
+              + physics.bias_row_sigma * rng.standard_normal((height, 1))
+              + physics.bias_col_sigma * rng.standard_normal((1, width))
+              + physics.bias_pixel_sigma * rng.standard_normal(shape)).astype(f32)
+    bias_b = (physics.bias_slope
+              + physics.bias_slope_sigma * rng.standard_normal(shape)).astype(f32)
+    noisy = rng.random(shape) < physics.noisy_fraction
+    read_noise = np.where(noisy, physics.read_noise * physics.noisy_factor,
+                          physics.read_noise).astype(f32)
+    dark = physics.dark_median * np.exp(physics.dark_sigma_ln * rng.standard_normal(shape))
+    hot = rng.random(shape) < physics.hot_fraction
+    dark[hot] *= rng.uniform(physics.hot_factor_min, physics.hot_factor_max, int(hot.sum()))
+    prnu = (1.0 + physics.prnu_sigma * rng.standard_normal(shape)).astype(f32)
+    # radial fall-off about the optical centre, normalised to the corner distance
+    y, x = np.indices(shape, dtype=np.float64)
+    yc, xc = (height - 1) / 2.0, (width - 1) / 2.0
+    r2 = ((y - yc) ** 2 + (x - xc) ** 2) / max(yc ** 2 + xc ** 2, 1e-12)
+    vignetting = (1.0 - physics.vignetting * r2).astype(f32)
+    # a pixel turns hot once the damage dose passes its threshold: the hot set only grows with dose
+    if physics.rad_hot_rate > 0:
+        threshold = rng.exponential(1.0 / physics.rad_hot_rate, shape)
+    else:
+        threshold = np.full(shape, np.inf)
+    amplitude = rng.uniform(physics.rad_hot_min, physics.rad_hot_max, shape)
+    return Sensor(bias_a=bias_a, bias_b=bias_b, read_noise=read_noise, dark_ref=dark.astype(f32),
+                  hot_mask=hot, noisy_mask=noisy, prnu=prnu, vignetting=vignetting,
+                  rad_hot_threshold=threshold.astype(f32), rad_hot_amplitude=amplitude.astype(f32))
+
+
+def bias_level(sensor: Sensor, physics: Physics, temperature: float,
+               damage_dose: float = 0.0) -> np.ndarray:
+    """Bias ``a + b T + alpha D`` [ADC count] at ``temperature`` [degC], damage dose D [krad]."""
+    return sensor.bias_a + sensor.bias_b * temperature + physics.bias_shift * damage_dose
+
+
+def dark_current(sensor: Sensor, physics: Physics, temperature: float,
+                 damage_dose: float = 0.0) -> np.ndarray:
+    """Dark current [e-/s] at ``temperature`` [degC] after ``damage_dose`` [krad].
+
+    ``I = (I_ref (1 + k D) + I_hot,rad [D >= D_i]) * 2**((T - T_ref) / T_d)``.
+    """
+    rate_ref = sensor.dark_ref * (1.0 + physics.dark_damage * damage_dose)
+    if damage_dose > 0:
+        rate_ref = rate_ref + np.where(sensor.rad_hot_threshold <= damage_dose,
+                                       sensor.rad_hot_amplitude, np.float32(0))
+    return rate_ref * 2.0 ** ((temperature - physics.t_ref) / physics.doubling_temperature)
+
+
+def flat_illumination(sensor: Sensor, physics: Physics) -> np.ndarray:
+    """Photo-electron rate of a flat field [e-/s]: flux x PRNU x vignetting."""
+    return physics.flat_flux * sensor.prnu * sensor.vignetting
+
+
+def digitise(counts: np.ndarray, adc_bits: int) -> np.ndarray:
+    """Round ADC counts, clip them to the ADC range and return stored uint16 samples.
+
+    Examples
+    --------
+    >>> digitise(np.array([-3.0, 1.4, 5000.0]), 12).tolist()
+    [0, 16, 65520]
+    """
+    top = 2 ** int(adc_bits) - 1
+    clipped = np.clip(np.rint(counts), 0, top).astype(np.uint16)
+    return clipped * np.uint16(adu.adu_scale(adc_bits))
+
+
+def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, kind: str,
+                 temperature: float, exposure: float, damage_dose: float = 0.0) -> np.ndarray:
+    """Draw one frame as stored by the camera (uint16, ADC count x 16).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of the shot and read noise.
+    sensor : Sensor
+        Per-pixel properties.
+    physics : Physics
+        Camera parameters.
+    kind : {'bias', 'dark', 'flat'}
+        Flats add the illumination; bias and dark differ only by ``exposure``.
+    temperature : float
+        Sensor temperature during the frame [degC].
+    exposure : float
+        Integration time [s].
+    damage_dose : float, optional
+        Radiation damage [krad]. Default is 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint16 array of shape ``sensor.shape``.
+    """
+    if kind not in _KIND_NAMES:
+        raise ValueError(f"kind must be one of {sorted(_KIND_NAMES)}, got {kind!r}")
+    electrons = dark_current(sensor, physics, temperature, damage_dose) * exposure
+    if kind == "flat":
+        electrons = electrons + flat_illumination(sensor, physics) * exposure
+    counts = bias_level(sensor, physics, temperature, damage_dose).astype(np.float64)
+    counts += rng.poisson(electrons) / physics.gain
+    counts += rng.standard_normal(sensor.shape) * sensor.read_noise
+    return digitise(counts, physics.adc_bits)
+
+
+def truth_maps(sensor: Sensor, physics: Physics) -> dict[str, np.ndarray]:
+    """Per-pixel truth in the units of converted frames (stored 16-bit ADU unless stated).
+
+    Returns
+    -------
+    dict
+        ``bias_a`` [adu, bias at 0 degC], ``bias_b`` [adu/degC], ``read_noise``
+        [adu], ``dark_ref`` [e-/s at t_ref], ``dark_ref_adu`` [adu/s at t_ref],
+        ``hot_mask``, ``noisy_mask`` (bool), ``prnu`` [1], ``vignetting`` [1],
+        ``flat_rate`` [adu/s, flat signal per second of exposure].
+    """
+    scale = np.float32(physics.adu_scale)
+    per_electron = np.float32(physics.adu_scale / physics.gain)
+    return {
+        "bias_a": sensor.bias_a * scale,
+        "bias_b": sensor.bias_b * scale,
+        "read_noise": sensor.read_noise * scale,
+        "dark_ref": sensor.dark_ref,
+        "dark_ref_adu": sensor.dark_ref * per_electron,
+        "hot_mask": sensor.hot_mask,
+        "noisy_mask": sensor.noisy_mask,
+        "prnu": sensor.prnu,
+        "vignetting": sensor.vignetting,
+        "flat_rate": (flat_illumination(sensor, physics) * per_electron).astype(np.float32),
+    }
+
+
+def damage_maps(sensor: Sensor, physics: Physics, labels: Sequence[str],
+                doses: Sequence[float]) -> dict[str, np.ndarray]:
+    """Radiation-damage truth for a list of damage states.
+
+    Parameters
+    ----------
+    sensor : Sensor
+        Per-pixel properties.
+    physics : Physics
+        Damage parameters.
+    labels : sequence of str
+        Name of each state, e.g. ``"10kRads"`` or ``"post"``.
+    doses : sequence of float
+        Damage dose of each state [krad] (after annealing for ``post``).
+
+    Returns
+    -------
+    dict
+        ``rad_hot_threshold`` [krad], ``rad_hot_amplitude`` [e-/s at t_ref],
+        ``damage_label`` (str, n), ``damage_dose`` [krad] (n), ``damage_bias_shift``
+        [adu] (n), ``damage_dark_ref`` [e-/s at t_ref] (n, H, W) and
+        ``damage_hot_mask`` (bool, n, H, W, radiation-induced hot pixels).
+    """
+    doses = [float(d) for d in doses]
+    dark = np.stack([dark_current(sensor, physics, physics.t_ref, d).astype(np.float32)
+                     for d in doses]) if doses else np.zeros((0,) + sensor.shape, np.float32)
+    hot = np.stack([sensor.rad_hot_threshold <= d for d in doses]) if doses else \
+        np.zeros((0,) + sensor.shape, bool)
+    return {
+        "rad_hot_threshold": sensor.rad_hot_threshold,
+        "rad_hot_amplitude": sensor.rad_hot_amplitude,
+        "damage_label": np.array(list(labels), dtype=str),
+        "damage_dose": np.array(doses, dtype=np.float64),
+        "damage_bias_shift": np.array([physics.bias_shift * d * physics.adu_scale for d in doses]),
+        "damage_dark_ref": dark,
+        "damage_hot_mask": hot,
+    }
+
+
+_MAP_UNITS = {
+    "bias_a": "adu (stored 16-bit, bias at 0 degC)", "bias_b": "adu/degC", "read_noise": "adu",
+    "dark_ref": "e-/s at t_ref", "dark_ref_adu": "adu/s at t_ref", "hot_mask": "bool",
+    "noisy_mask": "bool", "prnu": "1", "vignetting": "1", "flat_rate": "adu/s",
+    "rad_hot_threshold": "krad", "rad_hot_amplitude": "e-/s at t_ref", "damage_label": "str",
+    "damage_dose": "krad", "damage_bias_shift": "adu", "damage_dark_ref": "e-/s at t_ref",
+    "damage_hot_mask": "bool",
+}
