@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from astropy.io import fits
+from statcheck import assert_pulls
 
 import run_calibration
 
@@ -27,6 +31,7 @@ def test_demo_end_to_end_and_rerun_is_noop(tmp_path, caplog):
     # the truncated raw file is rejected, the zero frames are excluded as BADFITS
     index = pd.read_csv(out / "campaign" / "index.csv")
     assert index["BADFITS"].sum() >= 2
+    check_models_against_truth(out)
     before = {p: p.stat().st_mtime_ns for p in products.rglob("*.fits")}
     caplog.clear()
     assert run_calibration.main(["demo", str(out), "--no-progress"]) == 0
@@ -38,6 +43,24 @@ def test_demo_end_to_end_and_rerun_is_noop(tmp_path, caplog):
         files = [str(p) for p in products.rglob("*.fits")]
         run = subprocess.run(["fitsverify", "-q", "-e", *files], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout[-2000:]
+
+
+def check_models_against_truth(out: Path) -> None:
+    """The bias and dark pipelines ran inside the demo and recovered the simulated truth."""
+    truth = np.load(out / "campaign" / "truth" / "truth.npz")
+    with fits.open(out / "products" / "bias" / "bias_model.fits") as hdul:
+        tref = hdul[0].header["TREF"]
+        normal = (hdul["MASK"].data == 0) & ~truth["noisy_mask"]
+        z_b = (hdul["B"].data - truth["bias_b"]) / hdul["SIGMA_B"].data
+        z_a = (hdul[0].data - truth["bias_a"] - truth["bias_b"] * tref) / hdul["UNCERT"].data
+    assert_pulls(z_b[normal], what="demo bias slope")
+    assert_pulls(z_a[normal], what="demo bias at TREF")
+    dark = out / "products" / "dark"
+    with fits.open(dark / "dark_model" / "dark_model.fits") as hdul:
+        hot = hdul["HOT"].data.astype(bool)
+    assert np.array_equal(hot, truth["hot_mask"])  # every hot pixel found, none invented
+    summary = json.loads((dark / "summary.json").read_text())
+    assert summary["n_masters"] == 6 and summary["hot_pixels"] == int(truth["hot_mask"].sum())
 
 
 @pytest.mark.slow
