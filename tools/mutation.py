@@ -1,0 +1,341 @@
+"""Mutation testing of the science modules: plant one fault at a time, see if the tests catch it.
+
+Each mutant changes one thing in one function of a science module -- an
+arithmetic operator (``+`` <-> ``-``, ``*`` <-> ``/``), a comparison (``<`` <->
+``<=``, ``>`` <-> ``>=``, ``==`` <-> ``!=``), a number (x 1.05, or +1 for small
+integers), ``and`` <-> ``or``, ``True`` <-> ``False``, a dropped unary minus, or
+a whole function body replaced by ``return None`` -- then runs the tests that
+cover that module in a scratch copy of the repository.  A mutant is *killed*
+when the tests fail (or time out), *survives* when they pass.  The report lists
+every survivor with its location, so each one gets a test that kills it or a
+written reason it is equivalent (``tools/mutation_equivalent.json``).
+
+Logging, messages, docstrings, header-card text and plotting functions are
+not mutated: a fault there does not change a number a user sees.  Mutants are
+sampled deterministically (``--per-module``, ``--seed``) from all candidates.
+
+This is slow (one test run per mutant, numba kernels recompiled when touched)
+and is not part of CI; run it on demand, e.g. on a quiet machine::
+
+    python tools/mutation.py --per-module 25 --jobs 2
+    python tools/mutation.py --modules utils/stack/combine.py --per-module 40
+
+It prints one line per mutant, a table per module and a final JSON line, and
+writes ``bench/results/mutation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Science modules and the tests that cover them (fast subsets where possible).
+TARGETS: dict[str, list[str]] = {
+    "utils/stack/combine.py": ["tests/utils/test_stacking.py"],
+    "utils/stack/kernels.py": ["tests/utils/test_stacking.py"],
+    "utils/stack/stats.py": ["tests/utils/test_stats.py", "tests/utils/test_index.py"],
+    "utils/models/linear.py": ["tests/utils/test_fitting.py"],
+    "utils/models/nonlinear.py": ["tests/utils/test_fitting_nonlinear.py"],
+    "utils/models/exp_kernels.py": ["tests/utils/test_fitting_nonlinear.py"],
+    "utils/models/bias_model.py": ["tests/bias_pipeline/test_bias_pipeline.py"],
+    "utils/models/read_noise.py": ["tests/bias_pipeline/test_bias_pipeline.py"],
+    "dark_pipeline/rates.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
+    "dark_pipeline/temperature_model.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
+    "dark_pipeline/hot_pixels.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
+    "dark_pipeline/evaluation.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
+    "dark_pipeline/masters.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
+    "dark_pipeline/pipeline.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
+    "analysis/masters.py": ["tests/analysis/test_process_index.py"],
+}
+#: Functions never mutated (no number a user sees depends on them).
+SKIP_FUNCTIONS = {"warmup", "main", "build_parser", "settings_from", "summary_line",
+                  "_build_header", "_inputs_table", "header", "headline", "__repr__"}
+SKIP_PREFIXES = ("plot_", "_plot", "_save", "describe")
+SKIP_CALLS = {"debug", "info", "warning", "error", "exception", "set_card", "card",
+              "append", "_card"}
+
+
+@dataclass
+class Mutant:
+    module: str
+    index: int
+    function: str
+    line: int
+    kind: str
+    detail: str
+    status: str = "pending"
+    seconds: float = 0.0
+
+
+_BINOPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
+           ast.FloorDiv: ast.Mult, ast.Pow: ast.Mult}
+_CMPOPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+           ast.NotEq: ast.Eq}
+
+
+def _skipped_function(name: str) -> bool:
+    return name in SKIP_FUNCTIONS or name.startswith(SKIP_PREFIXES)
+
+
+class _Finder(ast.NodeVisitor):
+    """Collect ``(path of node ids, kind, detail, line, function)`` mutation points."""
+
+    def __init__(self):
+        self.points = []
+        self.func: list[str] = []
+        self.quiet = 0  # inside a call whose arguments are messages (logging, header cards)
+
+    def visit_FunctionDef(self, node):
+        if _skipped_function(node.name):
+            return
+        self.func.append(node.name)
+        body = node.body[1:] if ast.get_docstring(node) else node.body
+        if body and not (len(body) == 1 and isinstance(body[0], (ast.Pass, ast.Raise))):
+            self.points.append((node, "body", f"{node.name}: body -> return None", node.lineno))
+        for child in body:
+            self.visit(child)
+        self.func.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node):
+        for child in node.body:
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.visit(child)
+
+    def visit_Call(self, node):
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else \
+            node.func.id if isinstance(node.func, ast.Name) else ""
+        if name in SKIP_CALLS:
+            return
+        self.generic_visit(node)
+
+    def visit_Raise(self, node):
+        return  # the message of an error is not science
+
+    def visit_JoinedStr(self, node):
+        return
+
+    def _add(self, node, kind, detail):
+        if self.func:
+            self.points.append((node, kind, f"{self.func[-1]}: {detail}", node.lineno))
+
+    def visit_BinOp(self, node):
+        if type(node.op) in _BINOPS:
+            self._add(node, "binop", f"{type(node.op).__name__} -> "
+                                     f"{_BINOPS[type(node.op)].__name__}")
+        self.generic_visit(node)
+
+    def visit_Compare(self, node):
+        if len(node.ops) == 1 and type(node.ops[0]) in _CMPOPS:
+            self._add(node, "compare", f"{type(node.ops[0]).__name__} -> "
+                                       f"{_CMPOPS[type(node.ops[0])].__name__}")
+        self.generic_visit(node)
+
+    def visit_BoolOp(self, node):
+        self._add(node, "boolop", f"{type(node.op).__name__} -> "
+                                  f"{'Or' if isinstance(node.op, ast.And) else 'And'}")
+        self.generic_visit(node)
+
+    def visit_UnaryOp(self, node):
+        if isinstance(node.op, ast.USub) and not isinstance(node.operand, ast.Constant):
+            self._add(node, "unary", "drop unary minus")
+        self.generic_visit(node)
+
+    def visit_Constant(self, node):
+        v = node.value
+        if isinstance(v, bool):
+            self._add(node, "const", f"{v} -> {not v}")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            self._add(node, "const", f"{v!r} -> {_mutate_number(v)!r}")
+
+
+def _mutate_number(v):
+    if isinstance(v, int):
+        return v + 1
+    return v * 1.05 if v != 0 else 1e-3
+
+
+class _Apply(ast.NodeTransformer):
+    def __init__(self, target, kind):
+        self.target, self.kind = target, kind
+
+    def visit(self, node):
+        if node is not self.target:
+            return super().visit(node)
+        if self.kind == "body":
+            doc = node.body[:1] if ast.get_docstring(node) else []
+            node.body = doc + [ast.Return(value=ast.Constant(value=None))]
+            return node
+        if self.kind == "binop":
+            node.op = _BINOPS[type(node.op)]()
+        elif self.kind == "compare":
+            node.ops = [_CMPOPS[type(node.ops[0])]()]
+        elif self.kind == "boolop":
+            node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        elif self.kind == "unary":
+            return node.operand
+        elif self.kind == "const":
+            v = node.value
+            node.value = (not v) if isinstance(v, bool) else _mutate_number(v)
+        return node
+
+
+def candidates(module: str) -> tuple[ast.Module, list]:
+    tree = ast.parse((ROOT / module).read_text(encoding="utf-8"))
+    finder = _Finder()
+    for node in tree.body:
+        finder.visit(node)
+    return tree, finder.points
+
+
+def mutated_source(tree: ast.Module, point) -> str:
+    # mutate a deep copy: locate the same node by walking both trees in parallel
+    clone = copy.deepcopy(tree)
+    originals = list(ast.walk(tree))
+    clones = list(ast.walk(clone))
+    target = clones[originals.index(point[0])]
+    _Apply(target, point[1]).visit(clone)
+    ast.fix_missing_locations(clone)
+    return ast.unparse(clone) + "\n"
+
+
+def _scratch_copy(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".pytest_cache",
+                                    "bench", "demo_output", "demo_campaign")
+    shutil.copytree(ROOT, dest, ignore=ignore)
+
+
+def _run_tests(repo: Path, tests: list[str], timeout: float) -> tuple[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(repo), NUMBA_CACHE_DIR=str(repo / ".numba"))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                               "-m", "not slow", *tests], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return "killed (timeout)", time.perf_counter() - t0
+    status = "survived" if proc.returncode == 0 else "killed"
+    if proc.returncode not in (0, 1):  # collection error, crash: counts as killed, say so
+        status = f"killed (exit {proc.returncode})"
+    return status, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Example: python tools/mutation.py --per-module 25")
+    parser.add_argument("--modules", nargs="+", default=list(TARGETS),
+                        help="science modules to mutate (default: all of TARGETS)")
+    parser.add_argument("--per-module", type=int, default=25, help="mutants sampled per module")
+    parser.add_argument("--seed", type=int, default=1, help="sampling seed")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
+    parser.add_argument("--list", action="store_true", help="list the sampled mutants only")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mutation.json"))
+    args = parser.parse_args(argv)
+    equivalent = {}
+    eq_path = ROOT / "tools" / "mutation_equivalent.json"
+    if eq_path.is_file():
+        equivalent = json.loads(eq_path.read_text())
+
+    plan = []
+    for module in args.modules:
+        tree, points = candidates(module)
+        rng = random.Random(f"{args.seed}:{module}")
+        chosen = sorted(rng.sample(range(len(points)), min(args.per_module, len(points))))
+        for i in chosen:
+            node, kind, detail, line = points[i]
+            plan.append((module, tree, points[i],
+                         Mutant(module, i, detail.split(":")[0], line, kind, detail)))
+        print(f"{module}: {len(points)} candidate mutants, {len(chosen)} sampled", flush=True)
+    if args.list:
+        for _, _, _, m in plan:
+            print(f"  {m.module}:{m.line} [{m.kind}] {m.detail}")
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="mutation-"))
+    slots = []
+    for k in range(max(1, args.jobs)):
+        repo = work / f"repo{k}"
+        _scratch_copy(repo)
+        slots.append(repo)
+    # baseline: unparsed originals must pass, and give the time budget per module
+    budget = {}
+    for module in sorted({m for m, *_ in plan}):
+        repo = slots[0]
+        original = (ROOT / module).read_text(encoding="utf-8")
+        tree, _ = candidates(module)
+        (repo / module).write_text(ast.unparse(tree) + "\n", encoding="utf-8")
+        status, seconds = _run_tests(repo, TARGETS[module], timeout=1800)
+        (repo / module).write_text(original, encoding="utf-8")
+        if status != "survived":
+            print(f"baseline FAILED for {module}: fix the tests first", flush=True)
+            return 1
+        budget[module] = max(60.0, 3 * seconds)
+        print(f"baseline {module}: tests pass in {seconds:.1f} s", flush=True)
+
+    free = list(slots)
+    from threading import Lock
+    lock = Lock()
+
+    def run(item):
+        module, tree, point, mutant = item
+        with lock:
+            repo = free.pop()
+        try:
+            original = (repo / module).read_text(encoding="utf-8")
+            (repo / module).write_text(mutated_source(tree, point), encoding="utf-8")
+            mutant.status, mutant.seconds = _run_tests(repo, TARGETS[module], budget[module])
+            (repo / module).write_text(original, encoding="utf-8")
+        finally:
+            with lock:
+                free.append(repo)
+        key = f"{mutant.module}:{mutant.detail}"
+        if mutant.status == "survived" and key in equivalent:
+            mutant.status = "equivalent"
+        print(f"{mutant.status:>16}  {mutant.module}:{mutant.line} [{mutant.kind}] "
+              f"{mutant.detail} ({mutant.seconds:.0f} s)", flush=True)
+        return mutant
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        results = list(pool.map(run, plan))
+    shutil.rmtree(work, ignore_errors=True)
+
+    print("\nmodule                                   mutants  killed  equivalent  survived  rate")
+    total = killed = eq = 0
+    for module in args.modules:
+        rows = [m for m in results if m.module == module]
+        k = sum(m.status.startswith("killed") for m in rows)
+        e = sum(m.status == "equivalent" for m in rows)
+        s = sum(m.status == "survived" for m in rows)
+        rate = (k / (len(rows) - e)) if len(rows) > e else float("nan")
+        print(f"{module:40s} {len(rows):7d} {k:7d} {e:11d} {s:9d}  {100 * rate:5.1f} %")
+        total, killed, eq = total + len(rows), killed + k, eq + e
+    rate = killed / (total - eq) if total > eq else float("nan")
+    summary = {"mutants": total, "killed": killed, "equivalent": eq,
+               "survived": total - killed - eq, "kill_rate": rate,
+               "survivors": [asdict(m) for m in results if m.status == "survived"]}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "mutants": [asdict(m) for m in results]},
+                              indent=1) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "survivors"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
