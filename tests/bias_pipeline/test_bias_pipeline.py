@@ -158,6 +158,11 @@ def test_generate_bias_from_model_and_from_old_maps(bias_run, tmp_path):
                                "--b_map", str(out / "bias_model" / "bias_b_map.fits"),
                                "--temperature", "7", "--output", str(old)]) == 0
     assert np.allclose(fits.getdata(old), ccd.data, atol=1e-3)
+    kebab = tmp_path / "kebab.fits"  # the kebab-case spellings of the same options
+    assert generate_bias.main(["--a-map", str(out / "bias_model" / "bias_a_map.fits"),
+                               "--b-map", str(out / "bias_model" / "bias_b_map.fits"),
+                               "--temperature", "7", "--output", str(kebab)]) == 0
+    assert np.array_equal(fits.getdata(kebab), fits.getdata(old))
 
 
 def test_rerun_keeps_unchanged_masters(bias_run, bias_campaign):

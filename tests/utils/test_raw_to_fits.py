@@ -467,3 +467,43 @@ def test_dosedirs_are_not_raw_campaigns(dosedirs_copy, checksums, caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "no attempts found" in errors[0].getMessage()
     assert checksums(root) == before
+
+
+# --- command-line options checked by their effect ------------------------------------------------
+
+def test_cli_byte_order_big_reads_swapped_samples(standard_copy):
+    root = standard_copy.root
+    reference = load_campaign(root)
+    bias_raw = sorted((root / "TestSection1").rglob("*.raw"))
+    originals = {p: np.fromfile(p, "<u2") for p in bias_raw}
+    for p, data in originals.items():  # the same samples, written big-endian
+        data.astype(">u2").tofile(p)
+    assert main([*sections_of(root), "--skip-dark", "--skip-flat", "--byte-order", "big",
+                 "--no-progress"]) == 0
+    record = reference.select(kind="bias")[0]
+    raw = raw_of(reference, record)
+    with fits.open(fits_path(raw)) as hdul:
+        assert hdul[0].header["RAWDTYPE"] == "uint16be"
+        np.testing.assert_array_equal(hdul[0].data.ravel(), originals[raw])
+
+
+def test_cli_skip_flags_leave_those_sections_alone(standard_copy):
+    root = standard_copy.root
+    assert main([*sections_of(root), "--skip-bias", "--skip-flat", "--no-progress"]) == 0
+    assert not list((root / "TestSection1").rglob("*.fits"))
+    assert not list((root / "TestSection3").rglob("*.fits"))
+    assert list((root / "TestSection2").rglob("*.fits"))
+    index = read_index(root / "fits_index.csv")
+    assert set(index["CALTYPE"]) == {"DARK"}
+
+
+def test_cli_overwrite_rewrites_every_frame(standard_copy):
+    root = standard_copy.root
+    assert main([*sections_of(root), "--skip-dark", "--skip-flat", "--no-progress"]) == 0
+    outputs = sorted((root / "TestSection1").rglob("*.fits"))
+    inodes = {p: p.stat().st_ino for p in outputs}
+    assert main([*sections_of(root), "--skip-dark", "--skip-flat", "--no-progress"]) == 0
+    assert {p: p.stat().st_ino for p in outputs} == inodes          # kept
+    assert main([*sections_of(root), "--skip-dark", "--skip-flat", "--overwrite",
+                 "--no-progress"]) == 0
+    assert all(p.stat().st_ino != inodes[p] for p in outputs)      # rewritten

@@ -391,3 +391,20 @@ def test_main_options_and_user_errors(tmp_path):
     assert simulate.main(["irradiation", str(tmp_path / "x"), "--attempts", "3"]) == 2
     assert simulate.main(["standard", str(tmp_path / "y"), "--set", "nonsense=1"]) == 2
     assert simulate.main(["standard", str(out)]) == 2  # not empty
+
+
+def test_cli_dosedirs_layout(tmp_path):
+    out = tmp_path / "dd"
+    assert simulate.main(["dosedirs", str(out), "--doses", "5", "10", "--frames", "2",
+                          "--width", "8", "--height", "6", "--with-log", "no", "yes",
+                          "--constant-dose-log", "no", "--no-progress"]) == 0
+    campaign = sim.load_campaign(out)
+    assert campaign.layout == "dosedirs" and (campaign.width, campaign.height) == (8, 6)
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith("kRads")) == \
+        ["10kRads", "5kRads"]
+    assert len(list((out / "5kRads" / "fits").glob("*.fits"))) == 4   # 2 bias + 2 darks
+    assert not (out / "5kRads" / sim.DOSEDIR_LOG).exists()
+    log = (out / "10kRads" / sim.DOSEDIR_LOG).read_text().splitlines()
+    doses = [float(line.split(",")[2]) for line in log[1:]]
+    # --constant-dose-log no: the log carries the true dose, ramping from 5 to 10 krad
+    assert np.all(np.diff(doses) > 0) and doses[0] == 5.0 and doses[-1] == 10.0
