@@ -102,7 +102,8 @@ class BiasReference:
                  tolerance: float, source: str):
         self.model, self.masters, self.tolerance, self.source = model, masters, tolerance, source
         # what was subtracted, by content: a refitted model at the same path changes the masters
-        digest = hashlib.sha1(source.encode())
+        # (the file name only, so that two output folders give the same masters' INHASH)
+        digest = hashlib.sha1(Path(source).name.encode())
         if model is not None:
             digest.update(np.ascontiguousarray(model.a).tobytes())
             digest.update(np.ascontiguousarray(model.b).tobytes())
