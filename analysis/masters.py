@@ -62,11 +62,12 @@ class MasterSettings:
     def __post_init__(self):
         if self.method not in ("sigclip", "median", "mean"):
             raise ValueError(f"method must be sigclip, median or mean, not {self.method!r}")
-        if self.temp_bin <= 0 or self.exp_tolerance < 0:
+        # written as 'not x > 0' so that NaN is refused too
+        if not (self.temp_bin > 0 and self.exp_tolerance >= 0):
             raise ValueError("temp_bin must be > 0 and exp_tolerance >= 0")
-        if min(self.bias_temp_tolerance, self.dark_temp_tolerance) < 0:
+        if not (self.bias_temp_tolerance >= 0 and self.dark_temp_tolerance >= 0):
             raise ValueError("temperature tolerances must be >= 0")
-        if self.sigma_low <= 0 or self.sigma_high <= 0 or self.min_accepted < 1:
+        if not (self.sigma_low > 0 and self.sigma_high > 0) or self.min_accepted < 1:
             raise ValueError("sigma thresholds must be > 0 and min_accepted >= 1")
         if self.maxiters < 0:
             raise ValueError("maxiters must be >= 0")

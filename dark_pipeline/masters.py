@@ -116,7 +116,8 @@ class BiasReference:
                             f"{self.model.shape[0]} but the dark frames are {shape[1]}x{shape[0]}")
 
     def for_set(self, rows: pd.DataFrame, temperature: float):
-        """``(subtract, stderr, cards, refs)`` for :func:`utils.stack.master.make_master`, or None."""
+        """``(subtract, stderr, cards, refs)`` for :func:`utils.stack.master.make_master`, or
+        None."""
         temps = rows["TEMP"].to_numpy(float)
         mean_t = float(np.mean(temps))
         if self.model is not None and self.model.covers(temperature, self.tolerance):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -71,7 +72,20 @@ class ArgumentParser(argparse.ArgumentParser):
     def add_argument(self, *names, **kwargs):  # noqa: D102 - same contract as argparse
         extra = [n.replace("-", "_").replace("__", "--", 1) for n in names
                  if n.startswith("--") and "-" in n[2:]]
+        if kwargs.get("type") is float:
+            kwargs["type"] = finite_float  # 'nan' or 'inf' is never a meaningful setting
         return super().add_argument(*names, *extra, **kwargs)
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan``/``inf`` rejected with a usage error)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+finite_float.__name__ = "finite number"  # argparse shows it: "invalid finite number value"
 
 
 def make_parser(prog: str, doc: str | None) -> ArgumentParser:

@@ -571,7 +571,7 @@ def _validated(table: pd.DataFrame, cells: pd.DataFrame, base: Path
             note(i, "empty PATH")
             paths.append("")
             continue
-        paths.append(str(Path(cell) if Path(cell).is_absolute() else base / cell))
+        paths.append(os.path.abspath(base / cell))  # documented: absolute paths
     table["PATH"] = paths
     table["CALTYPE"] = text["CALTYPE"].str.upper().to_numpy()
     table["STAGE"] = text["STAGE"].to_numpy()

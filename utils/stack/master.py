@@ -43,10 +43,13 @@ class CombineSettings:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.sigma_low <= 0 or self.sigma_high <= 0 or self.min_accepted < 1:
+        # 'not x > 0' also refuses NaN
+        if not (self.sigma_low > 0 and self.sigma_high > 0) or self.min_accepted < 1:
             raise ValueError("sigma thresholds must be > 0 and min_accepted >= 1")
-        if self.memory_limit < 1e6 or self.workers < 1:
-            raise ValueError("memory_limit must be >= 1e6 byte and workers >= 1")
+        if not self.memory_limit >= 1e6:
+            raise ValueError(f"memory_limit must be >= 1e6 byte, not {self.memory_limit:g}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, not {self.workers}")
 
 
 def add_combine_options(parser, defaults: CombineSettings = CombineSettings()) -> None:
