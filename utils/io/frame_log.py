@@ -188,7 +188,7 @@ def read_frame_log(path: str | os.PathLike) -> FrameLog:
     except csv.Error as err:
         log.problems.append(f"line 1: not a readable header ({err})")
         return log
-    names = [h.strip() for h in header]
+    names = [" ".join(h.split()) for h in header]  # a quoted name may hold a line break
     normalised = [_normalised(n) for n in names]
     key_index = next((normalised.index(k) for k in FRAME_COLUMN_NAMES if k in normalised), None)
     if key_index is None:
@@ -252,8 +252,8 @@ def read_frame_log(path: str | os.PathLike) -> FrameLog:
             if key is None or key == kw.FRAMENUM or cell == "":
                 continue
             value = parse_number(cell, decimal_comma=decimal_comma)
-            if value is None and key not in _NUMERIC:
-                values[key] = cell
+            if key not in _NUMERIC and (value is None or not math.isfinite(value)):
+                values[key] = cell  # text ('nan' included) of a column that need not be a number
                 continue
             if value is None or not math.isfinite(value):
                 what = "not a number" if value is None else "not a finite number"

@@ -405,7 +405,7 @@ class DatasetIndex:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise TableError(f"{path}: not a readable CSV ({first}); {hint}") from err
-        names = [str(c).strip().upper() for c in table.columns]
+        names = [" ".join(str(c).split()).upper() for c in table.columns]
         repeated = sorted({n for n in names if names.count(n) > 1 and n in INDEX_COLUMNS})
         if repeated:
             raise TableError(f"{path}: column(s) {', '.join(repeated)} appear twice; {hint}")

@@ -81,7 +81,7 @@ def _read_table(path: Path, what: str):
         header = next(reader, [])
     except csv.Error as err:
         raise TableError(f"{path}: the {what} has no readable header row ({err})") from err
-    names = [h.strip() for h in header]
+    names = [" ".join(h.split()) for h in header]  # a quoted name may hold a line break
     if not any(names):
         raise TableError(f"{path}: the {what} has no header row")
     rows, lines = [], []
