@@ -35,7 +35,7 @@ from ..errors import FrameError, InputPathError, TableError
 from ..progress import progress
 from ..settings import field
 from .discovery import check_distinct_sections, find_fits, subfolders
-from .fitsio import fits_layout, read_header, write_csv
+from .fitsio import fits_layout, read_header, unescape_text, write_csv
 from .frame_log import decode_text, parse_number, sniff_delimiter
 from .tokens import folder_dose
 
@@ -201,7 +201,7 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
                TEMP=kw.sensor_temperature(header), EXPTIME=kw.exptime(header),
                FRAMENUM=kw.frame_number(header), TIMESTAMP=kw.timestamp(header), DOSE=dose,
                FRAMEDOSE=frame_dose,
-               ATTEMPT=str(header.get(kw.ATTEMPT, path.parent.parent.name)),
+               ATTEMPT=unescape_text(str(header.get(kw.ATTEMPT, path.parent.parent.name))),
                NAXIS1=header.get("NAXIS1"), NAXIS2=header.get("NAXIS2"),
                ADUSCALE=adu.adu_scale(adc_bits))
     try:
