@@ -30,9 +30,10 @@ from conftest import assert_one_line_error, sha256_tree
 
 import run_calibration
 from analysis import process_index
+from bias_pipeline import bias_temp_analysis, generate_bias
 from bias_pipeline import run_pipeline as bias_run
 from dark_pipeline import run_pipeline as dark_run
-from utils import index_dataset, raw_to_fits
+from utils import index_dataset, raw_to_fits, simulate
 from utils.io.discovery import find_fits
 from utils.io.index import build_index, write_index
 
@@ -277,6 +278,9 @@ COMMANDS: dict[str, Callable] = {
     "run_calibration": run_calibration.main,
     "bias_pipeline": bias_run.main,
     "dark_pipeline": dark_run.main,
+    "bias_temp_analysis": bias_temp_analysis.main,
+    "generate_bias": generate_bias.main,
+    "simulate": simulate.main,
 }
 #: Files no command may modify (raw inputs, logs, configs, converted frames).
 _INPUT_SUFFIXES = (".raw", ".txt", ".fits")
@@ -662,6 +666,15 @@ CASES: list[Case] = [
     Case("dark pipeline: a model mode without the model leaves no config_used.json",
          "dark_pipeline", lambda e: ["--mode", "synthetic_2d", "--output-dir", e.out], 2,
          "dark model not found"),
+    Case("bias temperature analysis: output folder is a file", "bias_temp_analysis",
+         lambda e: [e.small_index(), "--output-dir", _file_at(e.out)], 2,
+         "the output folder is a file"),
+    Case("synthetic bias: no model", "generate_bias",
+         lambda e: ["--model", e.tmp / "none.fits", "--temperature", "5", "--output",
+                    e.out / "b.fits"], 2, "bias model not found"),
+    Case("simulator: campaign folder below a file", "simulate",
+         lambda e: ["standard", _file_at(e.tmp / "f") / "campaign"], 2,
+         "the campaign folder cannot be created"),
     # --- run_calibration ------------------------------------------------------------------------
     Case("run_calibration: output folder is a file", "run_calibration",
          lambda e: ["standard", e.raw, _file_at(e.out)], 2, "the output folder is a file",
