@@ -33,7 +33,7 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.errors import InputPathError, UserError
+from utils.errors import FrameError, InputPathError, UserError
 from utils.io.fitsio import (
     check_output_dir,
     provenance_cards,
@@ -356,7 +356,11 @@ def _pixel_series(model: BiasModel, stack: MasterStack, count: int):
 def _load_mask(path: str) -> np.ndarray:
     if not Path(path).is_file():
         raise InputPathError(f"{path}: hot-pixel mask not found")
-    data, _ = read_image(path)
+    try:
+        data, _ = read_image(path)
+    except FrameError as err:
+        raise InputPathError(f"{path}: hot-pixel mask cannot be read ({err.reason}); give a FITS "
+                             "image whose non-zero pixels are to be left out") from err
     return np.asarray(data) != 0
 
 

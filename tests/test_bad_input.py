@@ -654,6 +654,9 @@ CASES: list[Case] = [
     Case("bias pipeline: --workers 0", "bias_pipeline",
          lambda e: ["--basepath", e.small_index(), "--output-dir", e.out, "--workers", "0"], 2,
          "workers must be >= 1"),
+    Case("bias pipeline: a hot-pixel mask that is not FITS", "bias_pipeline",
+         lambda e: ["--basepath", e.small_index(), "--output-dir", e.out, "--hot-pixel-mask",
+                    _file_at(e.tmp / "mask.fits")], 2, "mask.fits: hot-pixel mask cannot be read"),
     Case("bias pipeline: no bias frame leaves no config_used.json", "bias_pipeline",
          lambda e: ["--basepath", e.write_index(e.index_table().query("CALTYPE == 'DARK'")),
                     "--output-dir", e.out], 2, "no bias frames"),
@@ -937,3 +940,15 @@ def test_fits_text_is_printable_ascii_and_round_trips(text, tmp_path, fitsverify
         assert unescape_text(hdul[0].header["PATHNAME"]) == text
         assert [unescape_text(p) for p in hdul["INPUTS"].data["PATH"]] == [text, "plain"]
     assert fitsverify(path)[0] == 0
+
+
+def test_a_frame_error_reaching_the_top_is_one_line(caplog, capsys):
+    """A FrameError is raised on purpose (file and reason): never a traceback."""
+    from utils import cli
+    from utils.errors import UnreadableFrameError
+
+    def main(args):
+        raise UnreadableFrameError("/data/f0.fits", "truncated: 2880 bytes, header needs 5760")
+
+    assert cli.run_cli(main, cli.make_parser("python -m x", "x"), []) == 2
+    assert "truncated" in assert_one_line_error(caplog, capsys, "/data/f0.fits")

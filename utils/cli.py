@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from .errors import UserError
+from .errors import FrameError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +173,9 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
             argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, configure logging and run ``main(args)``.
 
-    Returns the exit status: 0 on success, 2 on a :class:`UserError` (logged as
-    one line, no traceback), 130 on Ctrl-C.  An operating-system error the user
+    Returns the exit status: 0 on success, 2 on a :class:`UserError` or a
+    :class:`~utils.errors.FrameError` that reached the top (logged as one line
+    naming the file, no traceback), 130 on Ctrl-C.  An operating-system error the user
     must fix (no permission, read-only file system, disk full) is a user error
     too.  Other exceptions propagate with their traceback: they are bugs.
     """
@@ -184,6 +185,11 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
         status = main(args)
     except UserError as err:
         logger.error("%s", " ".join(str(err).split("\n")))
+        return EXIT_USER_ERROR
+    except FrameError as err:
+        # a bad frame given directly (a mask, a model) or one no batch loop could set aside:
+        # raised on purpose with the file and the reason, so a user error, not a crash
+        logger.error("%s: %s", err.path, " ".join(err.reason.split("\n")))
         return EXIT_USER_ERROR
     except OSError as err:
         if err.errno not in _USER_ERRNOS:
