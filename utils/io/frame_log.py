@@ -153,6 +153,31 @@ def read_table_text(path: Path) -> tuple[str, str]:
     return text, sniff_delimiter(text[:4096])
 
 
+def table_rows(reader, width: int, problems: list):
+    """``(line number, cells)`` of the non-blank rows of a ``csv.reader`` after its header.
+
+    A row with another number of fields than ``width`` is skipped with a
+    ``"line N: ..."`` problem; a row the csv module cannot parse (an unterminated
+    quote) ends the table, said too.
+    """
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            problems.append(f"line {reader.line_num}: unreadable row ({err}); rest of the file "
+                            "ignored")
+            return
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != width:
+            problems.append(f"line {reader.line_num}: {len(row)} fields, header has {width}; "
+                            "row ignored")
+            continue
+        yield reader.line_num, row
+
+
 def _normalised(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
@@ -223,22 +248,7 @@ def read_frame_log(path: str | os.PathLike) -> FrameLog:
     log.columns = {n: m[0] for n, m in zip(names, mapping) if m[0]}
     decimal_comma = delimiter != ","
     first_line: dict[int, int] = {}
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            log.problems.append(f"line {reader.line_num}: unreadable row ({err}); rest of the "
-                                "file ignored")
-            break
-        line_number = reader.line_num
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) != len(names):
-            log.problems.append(f"line {line_number}: {len(row)} fields, header has {len(names)}; "
-                                "row ignored")
-            continue
+    for line_number, row in table_rows(reader, len(names), log.problems):
         number = parse_number(row[key_index], decimal_comma=decimal_comma)
         if number is None or not math.isfinite(number) or not float(number).is_integer():
             log.problems.append(f"line {line_number}: {names[key_index]}={row[key_index].strip()!r}"

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TableError
-from .frame_log import decode_text, parse_number, sniff_delimiter
+from .frame_log import decode_text, parse_number, sniff_delimiter, table_rows
 
 #: Radiation-log names, in the order a dataset folder is searched.
 RADIATION_LOG_NAMES = ("radiationLogCompleto.csv", "radiationLog.csv", "radiationLogDef.csv")
@@ -85,23 +85,9 @@ def _read_table(path: Path, what: str):
     if not any(names):
         raise TableError(f"{path}: the {what} has no header row")
     rows, lines = [], []
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            problems.append(f"line {reader.line_num}: unreadable row ({err}); rest of the file "
-                            "ignored")
-            break
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) != len(names):
-            problems.append(f"line {reader.line_num}: {len(row)} fields, header has "
-                            f"{len(names)}; row ignored")
-            continue
+    for line, row in table_rows(reader, len(names), problems):
         rows.append([c.strip() for c in row])
-        lines.append(reader.line_num)
+        lines.append(line)
     return names, rows, lines, problems, delimiter
 
 
