@@ -38,6 +38,7 @@ from utils.io.fitsio import (
     check_output_dir,
     provenance_cards,
     read_image,
+    remove_stale_temporaries,
     save_figure,
     set_card,
     write_csv,
@@ -386,6 +387,7 @@ def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
     rows, excluded = select_bias_frames(index, settings.stage)
     # written once the inputs are checked: a command that fails on its input leaves none
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir, recursive=True)  # of a killed run
     dump_settings(out_dir, bias=settings, basepath=str(Path(basepath).resolve()))
     files = [out_dir / "index.csv"] if Path(basepath).is_dir() else []
     if len(excluded):

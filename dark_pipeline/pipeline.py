@@ -38,6 +38,7 @@ from utils.errors import ConfigError, InputPathError, UserError
 from utils.io.fitsio import (
     check_output_dir,
     provenance_cards,
+    remove_stale_temporaries,
     save_figure,
     set_card,
     write_csv,
@@ -301,6 +302,7 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
                        adc_bits=adc_bits, adu_scale=adu.adu_scale(adc_bits))
     # written once the inputs are checked: a command that fails on its input leaves none
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir, recursive=True)  # of a killed run
     dump_settings(out_dir, dark=settings, basepath=str(basepath or ""))
     e = _e_per_adu(settings, adc_bits)
 

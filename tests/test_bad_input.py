@@ -849,12 +849,14 @@ def test_rerun_after_a_kill_finishes_without_rewriting(env, caplog):
     proc.wait()
     # whatever the kill left, plant the worst case too: a half-written temporary master
     (out / "masters" / "bias").mkdir(parents=True, exist_ok=True)
-    (out / "masters" / "bias" / ".master_bias_T0.0C.fits.k1ll3d.tmp").write_bytes(b"SIMPLE" * 9)
+    (out / "masters" / "bias" / ".master_bias_T0.0C.fits.k1ll3d_x.tmp").write_bytes(b"SIMPLE" * 9)
+    foreign = out / ".my_notes.tmp"                        # not ours: never deleted
+    foreign.write_text("keep me")
     complete = {p: (p.stat().st_mtime_ns, sha256_tree(p.parent)[p.name])
                 for p in out.rglob("*.fits")}
     caplog.set_level(logging.INFO)
     assert process_index.main([str(index.resolve()), str(out.resolve()), "--no-progress"]) == 0
-    assert not list(out.rglob("*.tmp"))
+    assert list(out.rglob("*.tmp")) == [foreign]
     for path, (mtime, digest) in complete.items():
         assert path.stat().st_mtime_ns == mtime and sha256_tree(path.parent)[path.name] == digest
     summary = _summary(env)

@@ -91,7 +91,8 @@ def test_config_values_never_silently_wrong(tmp_path, text, problem):
 
 @pytest.mark.parametrize("word, order", [("big", ">"), ("BE", ">"), ("little", "<"), ("LE", "<")])
 def test_byte_order_key(tmp_path, word, order):
-    (tmp_path / "configFile.txt").write_text(f"WIDTH=4\nHEIGHT=2\nBIT_DEPTH=16\nBYTE_ORDER={word}\n")
+    (tmp_path / "configFile.txt").write_text(
+        f"WIDTH=4\nHEIGHT=2\nBIT_DEPTH=16\nBYTE_ORDER={word}\n")
     assert read_camera_config(tmp_path).byteorder == order
 
 

@@ -136,6 +136,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+#: Name of an :func:`atomic_path` temporary file: ``.<name>.<random characters>.tmp``
+#: (mkstemp writes 8; a user's ``.notes.tmp`` or ``.notes.txt.tmp`` does not match).
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{6,}\.tmp")
+
+
 def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = False) -> int:
     """Delete ``.<name>.<random>.tmp`` files an interrupted :func:`atomic_path` left behind.
 
@@ -146,6 +151,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = Fal
         return 0
     removed = 0
     for leftover in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        # only the names atomic_path makes: other files stay
+        if not _TEMPORARY.fullmatch(leftover.name):
+            continue
         if leftover.is_file() and not leftover.is_symlink():
             logger.debug("removing leftover of an interrupted write: %s", leftover)
             try:
