@@ -71,16 +71,17 @@ class ProcessResult:
 
     def summary_line(self) -> str:
         """One line saying what was written where, and what was left out and why."""
-        used = self.stats["USED"].astype(bool)
-        excluded = ", ".join(f"{n} {what}" for what, n in self.exclusions().items() if n)
+        masters = (f"{self.count('written')} masters written, {self.count('existing')} up to "
+                   f"date, {self.count('refused')} refused")
         few = sum(1 for r in self.records if r.status != "refused" and FEW_FRAMES in r.reason)
-        return (f"{self.count('written')} masters written, {self.count('existing')} up to date, "
-                f"{self.count('refused')} refused"
-                + (f" ({few} from too few frames, NOISE undefined or poor)" if few else "")
-                + f"; {len(self.stats)} frames, {int(used.sum())} used, "
-                f"{int((~used).sum())} excluded" + (f" ({excluded}; REASON in "
-                                                     "frame_stats.csv)" if excluded else "")
-                + f"; {len(self.figures)} figures; outputs in {self.out_dir}")
+        if few:
+            masters += f" ({few} from too few frames, NOISE undefined or poor)"
+        used = self.stats["USED"].astype(bool)
+        frames = f"{len(self.stats)} frames, {int(used.sum())} used, {int((~used).sum())} excluded"
+        why = ", ".join(f"{n} {what}" for what, n in self.exclusions().items() if n)
+        if why:
+            frames += f" ({why}; REASON in frame_stats.csv)"
+        return f"{masters}; {frames}; {len(self.figures)} figures; outputs in {self.out_dir}"
 
     def exclusions(self) -> dict[str, int]:
         """Number of frames left out, by kind of reason."""

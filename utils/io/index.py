@@ -303,6 +303,8 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
             old = pd.DataFrame(columns=INDEX_COLUMNS)
         for row in old.to_dict("records"):
             path = Path(row["PATH"])
+            if str(row["REASON"]).startswith("index:"):
+                continue  # a row flagged for its cells is measured again, not copied
             if path.is_file() and path.stat().st_mtime < since:
                 reuse[path.resolve()] = row
 
