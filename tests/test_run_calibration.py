@@ -19,7 +19,8 @@ import run_calibration
 
 @pytest.mark.slow
 def test_demo_end_to_end_and_rerun_is_noop(tmp_path, caplog):
-    out = tmp_path / "demo"
+    # a non-ASCII folder, as these users' campaigns are named: every product must handle it
+    out = tmp_path / "cämp ü space" / "Irradiación"
     caplog.set_level("INFO")
     assert run_calibration.main(["demo", str(out), "--no-progress"]) == 0
     products = out / "products"
