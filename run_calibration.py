@@ -45,6 +45,7 @@ from utils.io.conversion import (
     convert_sections,
 )
 from utils.io.discovery import campaign_sections
+from utils.io.fitsio import check_output_dir, check_output_file
 from utils.io.index import IndexSettings, build_index, write_index
 
 logger = logging.getLogger("run_calibration")
@@ -59,9 +60,18 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
     dict
         Counts and paths for the final summary.
     """
-    conversion = ConversionSettings(search_depth=search_depth, workers=workers)
+    try:
+        conversion = ConversionSettings(search_depth=search_depth, workers=workers)
+        indexing = IndexSettings(search_depth=search_depth + 2)
+    except ValueError as err:
+        raise ConfigError(f"invalid option: {err}") from err
+    # every output place is checked before the first frame is converted
+    check_output_dir(out_dir)
+    stages = campaign_sections(dataset, layout)
+    index_path = dataset / "index.csv"
+    check_output_file(index_path, "dataset index")
     converted = existing = rejected = 0
-    for stage in campaign_sections(dataset, layout):
+    for stage in stages:
         report = convert_sections({c: p for c, p in stage.sections.items()}, conversion,
                                   index_dir=stage.root, progress_bar=progress_bar)
         converted += report.count(STATUS_CONVERTED)
@@ -70,8 +80,6 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
         logger.info("%s: %d converted, %d already there, %d rejected",
                     stage.root, report.count(STATUS_CONVERTED), report.count(STATUS_EXISTING),
                     report.count(STATUS_REJECTED))
-    index_path = dataset / "index.csv"
-    indexing = IndexSettings(search_depth=search_depth + 2)
     table = build_index(discover=[dataset], settings=indexing, previous=index_path,
                         progress_bar=progress_bar)
     write_index(table, index_path)
@@ -154,11 +162,18 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def _main(args) -> int:
+    masters = process_index.master_settings(args)  # a bad option stops before anything is done
+    if args.search_depth < 0:
+        raise ConfigError(f"invalid option: --search-depth must be >= 0, not {args.search_depth}")
+    if args.convert_workers < 1:
+        raise ConfigError(f"invalid option: --convert-workers must be >= 1, not "
+                          f"{args.convert_workers}")
     if args.layout == "demo":
         if len(args.paths) > 1:
             raise ConfigError("demo takes one OUTPUT_DIR (the campaign is simulated inside it)")
         out = Path(args.paths[0] if args.paths else "demo_output")
         dataset, layout = out / "campaign", args.demo_layout
+        check_output_dir(out)
         if (dataset / "truth" / "truth.json").is_file():
             logger.info("demo campaign already simulated in %s", dataset)
         elif layout == "standard":
@@ -174,7 +189,7 @@ def _main(args) -> int:
         dataset, out_dir, layout = Path(args.paths[0]), Path(args.paths[1]), args.layout
     with cli.WarningCollector() as warnings:
         summary = run(layout, dataset, out_dir, search_depth=args.search_depth,
-                      workers=args.convert_workers, masters=process_index.master_settings(args),
+                      workers=args.convert_workers, masters=masters,
                       progress_bar=not args.no_progress)
         warnings.write(out_dir / "warnings.log")
     result = summary["result"]

@@ -1,10 +1,15 @@
-"""Masters from a dataset index: bias per temperature bin, dark and flat per (temperature, exposure).
+"""Masters from a dataset index: bias per temperature bin, dark and flat per (temperature,
+exposure).
 
-Order matters and is fixed: bias masters first, then darks (each minus the
-bias master nearest in temperature, within a tolerance), then flats (minus
-bias and the matching dark, normalised).  Stages and dose steps are never
-mixed.  A master whose inputs and settings are unchanged since it was written
-(same ``INHASH``) is not rebuilt.
+Order matters and is fixed: bias masters first, then darks (each frame minus
+the bias at its own temperature: the per-pixel bias model when the set lies
+within the bias temperatures, else the nearest bias master within a
+tolerance), then flats (minus bias and the matching dark, normalised).  Stages
+and dose steps are never mixed.  A master whose inputs and settings are
+unchanged since it was written (same ``INHASH``) is not rebuilt.  A set that
+cannot be combined (frames of different shapes, a frame that turns out
+unreadable, a reference of another shape) is refused with the reason and the
+other sets are built, as BANZAI isolates a bad frame.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
+from utils.errors import FrameError
 from utils.io.fitsio import read_header
 from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.settings import field
@@ -56,12 +62,19 @@ class MasterSettings:
     def __post_init__(self):
         if self.method not in ("sigclip", "median", "mean"):
             raise ValueError(f"method must be sigclip, median or mean, not {self.method!r}")
-        if self.temp_bin <= 0 or self.exp_tolerance < 0:
+        # written as 'not x > 0' so that NaN is refused too
+        if not (self.temp_bin > 0 and self.exp_tolerance >= 0):
             raise ValueError("temp_bin must be > 0 and exp_tolerance >= 0")
-        if min(self.bias_temp_tolerance, self.dark_temp_tolerance) < 0:
+        if not (self.bias_temp_tolerance >= 0 and self.dark_temp_tolerance >= 0):
             raise ValueError("temperature tolerances must be >= 0")
-        if self.sigma_low <= 0 or self.sigma_high <= 0 or self.min_accepted < 1:
+        if not (self.sigma_low > 0 and self.sigma_high > 0) or self.min_accepted < 1:
             raise ValueError("sigma thresholds must be > 0 and min_accepted >= 1")
+        if self.maxiters < 0:
+            raise ValueError("maxiters must be >= 0")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, not {self.workers}")
+        if not self.memory_limit >= 1e6:
+            raise ValueError(f"memory_limit must be >= 1e6 byte, not {self.memory_limit:g}")
 
 
 @dataclass
@@ -249,15 +262,61 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
                 records.append(MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS",
                                             nbad=nbad))
                 continue
-            records.append(_build_one(key, good, nbad, records, out_dir, settings, progress_bar,
-                                      cache))
+            records.append(_isolated(key, good, nbad, records, out_dir, settings, progress_bar,
+                                     cache))
             rec = records[-1]
             if rec.status == "refused":
                 logger.warning("%s master %s not built: %s", caltype.lower(), key.tag, rec.reason)
-            else:
-                logger.debug("%s %s master %s (%d frames)", rec.status, caltype.lower(),
-                             rec.path, rec.ncombine)
+                continue
+            logger.debug("%s %s master %s (%d frames)", rec.status, caltype.lower(),
+                         rec.path, rec.ncombine)
+            if len(good) < settings.min_accepted:
+                rec.reason = _few_frames_note(len(good), settings.min_accepted)
+                logger.warning("%s master %s: %s", caltype.lower(), rec.path, rec.reason)
     return records
+
+
+#: Marker of the note on a master made from fewer frames than ``min_accepted``.
+FEW_FRAMES = "too few frames"
+
+
+def _few_frames_note(n: int, min_accepted: int) -> str:
+    """What a master of fewer than ``min_accepted`` frames is worth."""
+    noise = "NOISE and UNCERT undefined (one frame)" if n == 1 else \
+        f"NOISE from {n} frames only"
+    return (f"{FEW_FRAMES}: {n} (< {min_accepted}); {noise}; every pixel flagged "
+            "'too few samples' in FLAGS/MASK")
+
+
+def frame_shapes(rows: pd.DataFrame) -> dict[tuple[int, int], int]:
+    """``{(width, height): number of frames}`` of index rows (from ``NAXIS1``/``NAXIS2``)."""
+    if "NAXIS1" not in rows or "NAXIS2" not in rows:
+        return {}
+    sizes = rows[["NAXIS1", "NAXIS2"]].apply(pd.to_numeric, errors="coerce").dropna()
+    counts = sizes.value_counts()
+    return {(int(w), int(h)): int(n) for (w, h), n in counts.items()}
+
+
+def _shape_text(shapes: dict) -> str:
+    return ", ".join(f"{w}x{h}: {n} frame{'s' if n > 1 else ''}"
+                     for (w, h), n in sorted(shapes.items(), key=lambda item: -item[1]))
+
+
+def _isolated(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],
+              out_dir: Path, settings: MasterSettings, progress_bar: bool,
+              cache: dict) -> MasterRecord:
+    """Build one master; a set that cannot be combined is refused with the reason, so the
+    other sets are still built."""
+    shapes = frame_shapes(rows)
+    if len(shapes) > 1:
+        return MasterRecord(key, None, "refused", nbad=nbad,
+                            reason=f"frames of different shapes ({_shape_text(shapes)}); "
+                                   "remove the odd frames from the index or flag them BADFITS")
+    try:
+        return _build_one(key, rows, nbad, records, out_dir, settings, progress_bar, cache)
+    except FrameError as err:  # a frame unreadable although the index said it was fine
+        return MasterRecord(key, None, "refused", nbad=nbad,
+                            reason=f"{err.path}: {err.reason}")
 
 
 @dataclass
@@ -339,6 +398,18 @@ def _bias_reference(records: list[MasterRecord], key: GroupKey, rows: pd.DataFra
     return _BiasReference(data, None, err, cards, (str(bias.path),))
 
 
+def _reference_mismatch(rows: pd.DataFrame, shape: tuple, what: str) -> str:
+    """Reason to refuse a set whose frames differ in shape from the reference subtracted."""
+    shapes = frame_shapes(rows)
+    if len(shape) != 2 or not shapes:
+        return ""
+    (width, height), = shapes
+    if (height, width) == tuple(shape):
+        return ""
+    return (f"the {what} to subtract is {shape[1]}x{shape[0]} but the frames are "
+            f"{width}x{height}")
+
+
 def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],
                out_dir: Path, settings: MasterSettings, progress_bar: bool,
                cache: dict) -> MasterRecord:
@@ -350,6 +421,9 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
                             reason=f"no bias master within {settings.bias_temp_tolerance:g} degC "
                                    f"of {key.temperature:g} degC in stage "
                                    f"'{key.stage or 'none'}'")
+    mismatch = _reference_mismatch(rows, np.shape(bias.stderr), "bias")
+    if mismatch:
+        return MasterRecord(key, None, "refused", nbad=nbad, reason=mismatch)
     temps = rows["TEMP"].to_numpy(float)
     extra = dict(bias.cards)
     if key.caltype == "DARK":
@@ -369,6 +443,9 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
     dark_image, ref_err, refs = None, bias.stderr, bias.refs
     if dark is not None:
         dark_data, dark_err = _load(dark)
+        mismatch = _reference_mismatch(rows, dark_data.shape, "dark")
+        if mismatch:
+            return MasterRecord(key, None, "refused", nbad=nbad, reason=mismatch)
         dark_image = (dark_scale * dark_data).astype(np.float32)
         ref_err = np.sqrt(bias.stderr ** 2 + (dark_scale * dark_err) ** 2)
         refs += (str(dark.path), dark_scale)

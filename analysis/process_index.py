@@ -1,11 +1,17 @@
 """Build master frames, per-frame statistics and trend plots from a dataset index.
 
 Bias masters per temperature bin; dark masters per (temperature, exposure),
-each minus the bias master nearest in temperature within a tolerance (refused
-and reported beyond it); flat masters per (temperature, exposure), minus bias
-and the matching dark, normalised.  Irradiation stages and dose steps are
-never mixed.  BADFITS frames are excluded and counted.  Masters are
-sigma-clipped stacks with uncertainty, noise, count and mask extensions.
+each frame minus the bias at its own temperature (the per-pixel bias(T) model
+of the bias masters when the set lies within their temperatures, else the
+bias master nearest in temperature within --bias-temp-tolerance; refused and
+reported beyond it); flat masters per (temperature, exposure), minus bias and
+the matching dark, normalised.  Irradiation stages and dose steps are never
+mixed.  Frames flagged BADFITS, missing or unreadable, with an unusable index
+value, or without a temperature (exposure time for darks and flats) are
+excluded and counted, each with its REASON in frame_stats.csv; a set that
+cannot be combined is refused with the reason and the others are built.
+Masters are sigma-clipped stacks with uncertainty, noise, count and mask
+extensions.
 
 Outputs in OUTPUT_DIR: ``masters/`` (FITS), ``masters_summary.csv``,
 ``frame_stats.csv``, ``plots/`` (trends vs temperature and exposure time),
@@ -30,10 +36,16 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.masters import MasterRecord, MasterSettings, build_masters
+from analysis.masters import FEW_FRAMES, MasterRecord, MasterSettings, build_masters
 from utils import cli
 from utils.errors import ConfigError, FrameError
-from utils.io.fitsio import read_image, save_figure, write_csv
+from utils.io.fitsio import (
+    check_output_dir,
+    read_image,
+    remove_stale_temporaries,
+    save_figure,
+    write_csv,
+)
 from utils.io.index import DatasetIndex
 from utils.progress import progress
 from utils.settings import dump_settings
@@ -41,7 +53,7 @@ from utils.settings import dump_settings
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.process_index")
 
 STATS_COLUMNS = ["PATH", "CALTYPE", "STAGE", "DOSE", "TEMP", "EXPTIME", "MEAN", "MEDIAN", "STD",
-                 "P16", "P84", "ZEROFRACTION", "SATFRACTION", "BADFITS", "REASON"]
+                 "P16", "P84", "ZEROFRACTION", "SATFRACTION", "BADFITS", "REASON", "USED"]
 
 
 @dataclass
@@ -58,11 +70,22 @@ class ProcessResult:
         return sum(1 for r in self.records if r.status == status)
 
     def summary_line(self) -> str:
-        """One line saying what was written where."""
-        bad = int(self.stats["BADFITS"].astype(bool).sum())
-        return (f"{self.count('written')} masters written, {self.count('existing')} up to date, "
-                f"{self.count('refused')} refused; {len(self.stats)} frames ({bad} BADFITS "
-                f"excluded); {len(self.figures)} figures; outputs in {self.out_dir}")
+        """One line saying what was written where, and what was left out and why."""
+        masters = (f"{self.count('written')} masters written, {self.count('existing')} up to "
+                   f"date, {self.count('refused')} refused")
+        few = sum(1 for r in self.records if r.status != "refused" and FEW_FRAMES in r.reason)
+        if few:
+            masters += f" ({few} from too few frames, NOISE undefined or poor)"
+        used = self.stats["USED"].astype(bool)
+        frames = f"{len(self.stats)} frames, {int(used.sum())} used, {int((~used).sum())} excluded"
+        why = ", ".join(f"{n} {what}" for what, n in self.exclusions().items() if n)
+        if why:
+            frames += f" ({why}; REASON in frame_stats.csv)"
+        return f"{masters}; {frames}; {len(self.figures)} figures; outputs in {self.out_dir}"
+
+    def exclusions(self) -> dict[str, int]:
+        """Number of frames left out, by kind of reason."""
+        return exclusion_counts(self.stats)
 
 
 def frame_stats_table(index: pd.DataFrame, *, progress_bar: bool = False) -> pd.DataFrame:
@@ -85,6 +108,62 @@ def frame_stats_table(index: pd.DataFrame, *, progress_bar: bool = False) -> pd.
                                   ("SATFRACTION", st.saturated_fraction)):
                 table.at[i, column] = value
     return table[[c for c in STATS_COLUMNS if c in table.columns]]
+
+
+#: Kinds of exclusion, in the order the summary lists them.
+_EXCLUSIONS = ("BADFITS", "bad index value", "missing or unreadable", "without TEMP",
+               "without EXPTIME", "not bias/dark/flat")
+
+
+def _kind(reason: str, badfits: bool) -> str:
+    if not badfits:
+        for kind in _EXCLUSIONS[3:]:
+            if reason.startswith(kind):
+                return kind
+        return ""
+    if reason.startswith("index:"):
+        return "bad index value"
+    if reason.startswith(("file not found", "cannot read", "truncated", "HDU", "short read")):
+        return "missing or unreadable"
+    return "BADFITS"
+
+
+def exclusion_counts(stats: pd.DataFrame) -> dict[str, int]:
+    """``{kind: frames}`` of the frames not used (see :func:`mark_unusable`)."""
+    counts = dict.fromkeys(_EXCLUSIONS, 0)
+    for reason, bad, used in zip(stats["REASON"], stats["BADFITS"], stats["USED"]):
+        if not used:
+            kind = _kind(reason if isinstance(reason, str) else "", bool(bad)) or "BADFITS"
+            counts[kind] += 1
+    return counts
+
+
+def mark_unusable(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``USED`` and, for good frames that belong to no master, the REASON.
+
+    A frame without a temperature belongs to no temperature bin, a dark or flat
+    without an exposure time to no set, a frame of another type to no master:
+    each is said, never silently left out.
+    """
+    table = table.copy()
+    table["REASON"] = table["REASON"].astype(object).where(table["REASON"].notna(), "")
+    bad = table["BADFITS"].astype(bool)
+    caltype = table["CALTYPE"].astype(str)
+    reasons = []
+    for i, row in table.iterrows():
+        if bad.loc[i]:
+            reasons.append(row["REASON"])
+        elif caltype.loc[i] not in ("BIAS", "DARK", "FLAT"):
+            reasons.append(f"not bias/dark/flat (CALTYPE={caltype.loc[i] or 'empty'!r})")
+        elif not np.isfinite(row["TEMP"]):
+            reasons.append("without TEMP: belongs to no temperature bin")
+        elif caltype.loc[i] != "BIAS" and not np.isfinite(row["EXPTIME"]):
+            reasons.append("without EXPTIME: belongs to no exposure set")
+        else:
+            reasons.append("")
+    table["REASON"] = reasons
+    table["USED"] = ~bad & (table["REASON"] == "")
+    return table
 
 
 def write_trend_plots(stats: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -148,14 +227,23 @@ def run(index_csv: str | Path, out_dir: str | Path, settings: MasterSettings = M
     ``run_calibration.py``) are recorded in ``config_used.json`` too.
     """
     out_dir = Path(out_dir)
-    index = DatasetIndex.from_csv(index_csv).table
+    check_output_dir(out_dir)
+    loaded = DatasetIndex.from_csv(index_csv)
+    index = loaded.table
     if index.empty:
         raise ConfigError(f"{index_csv}: the index has no rows; nothing to process")
+    for message in loaded.check_files():
+        logger.warning("%s; flagged BADFITS", message)
+    # inputs checked: only now does the output folder get anything
+    removed = remove_stale_temporaries(out_dir, recursive=True)
+    if removed:
+        logger.info("removed %d temporary files of an interrupted run in %s", removed, out_dir)
     dump_settings(out_dir, masters=settings, index_csv=str(Path(index_csv).resolve()),
                   **(upstream_settings or {}))
-    stats = frame_stats_table(index, progress_bar=progress_bar)
+    stats = mark_unusable(frame_stats_table(index, progress_bar=progress_bar))
     write_csv(stats, out_dir / "frame_stats.csv")
     index["BADFITS"] = stats["BADFITS"].astype(bool)
+    index["REASON"] = stats["REASON"]
     records = build_masters(index, out_dir, settings, progress_bar=progress_bar)
     summary = pd.DataFrame([r.row() for r in records])
     write_csv(summary, out_dir / "masters_summary.csv")

@@ -31,7 +31,7 @@ import pandas as pd
 from bias_pipeline import plots
 from bias_pipeline.pipeline import build_masters, select_bias_frames, temperature_sets
 from utils import cli
-from utils.io.fitsio import save_figure, write_csv, write_text
+from utils.io.fitsio import check_output_dir, save_figure, write_csv, write_text
 from utils.io.index import load_frames
 from utils.stack.master import CombineSettings, add_combine_options, combine_settings
 
@@ -66,6 +66,7 @@ def run(basepath, out_dir, combine: CombineSettings = CombineSettings(), *, temp
         stage: str = "", progress_bar: bool = False) -> tuple[pd.DataFrame, list[Path]]:
     """Statistics, masters and plots of every temperature bin; returns the table and files."""
     out_dir = Path(out_dir)
+    check_output_dir(out_dir)
     index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
     rows, _ = select_bias_frames(index, stage)
     sets = temperature_sets(rows, temp_bin)

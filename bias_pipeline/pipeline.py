@@ -33,10 +33,12 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.errors import InputPathError, UserError
+from utils.errors import FrameError, InputPathError, UserError
 from utils.io.fitsio import (
+    check_output_dir,
     provenance_cards,
     read_image,
+    remove_stale_temporaries,
     save_figure,
     set_card,
     write_csv,
@@ -355,7 +357,11 @@ def _pixel_series(model: BiasModel, stack: MasterStack, count: int):
 def _load_mask(path: str) -> np.ndarray:
     if not Path(path).is_file():
         raise InputPathError(f"{path}: hot-pixel mask not found")
-    data, _ = read_image(path)
+    try:
+        data, _ = read_image(path)
+    except FrameError as err:
+        raise InputPathError(f"{path}: hot-pixel mask cannot be read ({err.reason}); give a FITS "
+                             "image whose non-zero pixels are to be left out") from err
     return np.asarray(data) != 0
 
 
@@ -374,12 +380,15 @@ def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
         mismatched shapes, or a hot-pixel mask of the wrong shape.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dump_settings(out_dir, bias=settings, basepath=str(Path(basepath).resolve()))
+    check_output_dir(out_dir)
     exclude = _load_mask(settings.hot_pixel_mask) if settings.hot_pixel_mask else None
 
     index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
     rows, excluded = select_bias_frames(index, settings.stage)
+    # written once the inputs are checked: a command that fails on its input leaves none
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir, recursive=True)  # of a killed run
+    dump_settings(out_dir, bias=settings, basepath=str(Path(basepath).resolve()))
     files = [out_dir / "index.csv"] if Path(basepath).is_dir() else []
     if len(excluded):
         files.append(write_csv(excluded, out_dir / "excluded_frames.csv"))

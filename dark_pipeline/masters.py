@@ -102,7 +102,8 @@ class BiasReference:
                  tolerance: float, source: str):
         self.model, self.masters, self.tolerance, self.source = model, masters, tolerance, source
         # what was subtracted, by content: a refitted model at the same path changes the masters
-        digest = hashlib.sha1(source.encode())
+        # (the file name only, so that two output folders give the same masters' INHASH)
+        digest = hashlib.sha1(Path(source).name.encode())
         if model is not None:
             digest.update(np.ascontiguousarray(model.a).tobytes())
             digest.update(np.ascontiguousarray(model.b).tobytes())
@@ -115,7 +116,8 @@ class BiasReference:
                             f"{self.model.shape[0]} but the dark frames are {shape[1]}x{shape[0]}")
 
     def for_set(self, rows: pd.DataFrame, temperature: float):
-        """``(subtract, stderr, cards, refs)`` for :func:`utils.stack.master.make_master`, or None."""
+        """``(subtract, stderr, cards, refs)`` for :func:`utils.stack.master.make_master`, or
+        None."""
         temps = rows["TEMP"].to_numpy(float)
         mean_t = float(np.mean(temps))
         if self.model is not None and self.model.covers(temperature, self.tolerance):

@@ -34,9 +34,11 @@ import pandas as pd
 from astropy.io import fits
 
 from utils import adu
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, InputPathError, UserError
 from utils.io.fitsio import (
+    check_output_dir,
     provenance_cards,
+    remove_stale_temporaries,
     save_figure,
     set_card,
     write_csv,
@@ -267,10 +269,13 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
         temperature in ``full`` (masters, rates and hot pixels are still written).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir)
     mode = settings.mode
-    dump_settings(out_dir, dark=settings, basepath=str(basepath or ""))
     model_dir = Path(settings.model_dir) if settings.model_dir else out_dir
+    needed = _MODEL_OF_MODE.get(mode)
+    if needed and not (model_dir / needed).is_file():
+        raise InputPathError(f"{model_dir / needed}: dark model not found; run the dark pipeline "
+                             "(mode full or fit_2d_model) first, or give --model-dir")
     files: list[Path] = []
     summary: dict = {"mode": mode, "output_dir": str(out_dir), "t_ref_degC": settings.t_ref,
                      "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
@@ -295,6 +300,10 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
                        exposures_s=sorted({float(m.exptime) for m in masters}),
                        rate_method=sorted({r.method for r in rates}),
                        adc_bits=adc_bits, adu_scale=adu.adu_scale(adc_bits))
+    # written once the inputs are checked: a command that fails on its input leaves none
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir, recursive=True)  # of a killed run
+    dump_settings(out_dir, dark=settings, basepath=str(basepath or ""))
     e = _e_per_adu(settings, adc_bits)
 
     if mode == "full":
@@ -332,6 +341,12 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     # written last: with its hash and file list it marks the run complete for a re-run
     write_run_summary(out_dir, summary, files, digest, default=_json)
     return DarkResult(out_dir, summary, files)
+
+
+#: Model file a mode reads (checked before anything is written).
+_MODEL_OF_MODE = {"evaluation_only": MODEL_1D, "synthetic_only": MODEL_1D,
+                  "evaluate_2d_model": MODEL_2D, "synthetic_2d": MODEL_2D,
+                  "synthetic_2d_single": MODEL_2D}
 
 
 def _json(value):

@@ -167,7 +167,8 @@ def converted_irradiation(irradiation_campaign, tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_output(tmp_path_factory):
     """``(out, messages)``: one run of ``run_calibration.py demo`` shared by the end-to-end and
-    report tests (read-only), with the log messages of that run."""
+    report tests (read-only), with the log messages of that run.  It runs in a non-ASCII
+    folder, as these users' campaigns are named: every product must handle it."""
     import run_calibration
 
     class Keep(logging.Handler):
@@ -178,7 +179,7 @@ def demo_output(tmp_path_factory):
         def emit(self, record):
             self.messages.append(record.getMessage())
 
-    out = tmp_path_factory.mktemp("demo") / "demo"
+    out = tmp_path_factory.mktemp("demo") / "cämp ü space" / "Irradiación"
     keep = Keep()
     root = logging.getLogger()
     root.addHandler(keep)

@@ -11,13 +11,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from .errors import UserError
+from .errors import FrameError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +28,15 @@ logger = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
 #: Exit status after Ctrl-C.
 EXIT_INTERRUPTED = 130
+#: Operating-system errors that are the user's to fix, and what to do about them.
+_USER_ERRNOS = {
+    errno.EACCES: "check the permissions of that file or folder",
+    errno.EPERM: "check the permissions of that file or folder",
+    errno.EROFS: "the file system is read-only: choose a writable output folder",
+    errno.ENOSPC: "the disk is full: free space or choose another output folder; re-run to "
+                  "finish (complete products are kept)",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another output folder",
+}
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -36,6 +48,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
             action = argparse.Action(shown or action.option_strings, action.dest,
                                      nargs=action.nargs, metavar=action.metavar)
         return super()._format_action_invocation(action)
+
+    def _get_help_string(self, action):
+        # no "(default: None)" after a help text that already says what the default is, and
+        # none for flags and unset options
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _is_alias(option: str) -> bool:
@@ -52,7 +72,20 @@ class ArgumentParser(argparse.ArgumentParser):
     def add_argument(self, *names, **kwargs):  # noqa: D102 - same contract as argparse
         extra = [n.replace("-", "_").replace("__", "--", 1) for n in names
                  if n.startswith("--") and "-" in n[2:]]
+        if kwargs.get("type") is float:
+            kwargs["type"] = finite_float  # 'nan' or 'inf' is never a meaningful setting
         return super().add_argument(*names, *extra, **kwargs)
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan``/``inf`` rejected with a usage error)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+finite_float.__name__ = "finite number"  # argparse shows it: "invalid finite number value"
 
 
 def make_parser(prog: str, doc: str | None) -> ArgumentParser:
@@ -65,7 +98,7 @@ def make_parser(prog: str, doc: str | None) -> ArgumentParser:
     doc : str
         Module docstring; its first paragraph and ``Example`` block are shown by ``--help``.
     """
-    parser = ArgumentParser(prog=prog, description=doc)
+    parser = ArgumentParser(prog=invoked_as(prog), description=doc)
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-v: info, -vv: debug)")
     parser.add_argument("--log-level", default=None,
@@ -74,6 +107,32 @@ def make_parser(prog: str, doc: str | None) -> ArgumentParser:
     parser.add_argument("--no-progress", action="store_true",
                         help="hide progress bars")
     return parser
+
+
+def _module_of(prog: str) -> str:
+    """Module name of a documented command (``python utils/raw_to_fits.py`` -> dotted name)."""
+    target = prog.split()[-1]
+    return target[:-3].replace("/", ".") if target.endswith(".py") else target
+
+
+def invoked_as(prog: str) -> str:
+    """The usage name of a command as the user started it.
+
+    ``prog`` is the documented form (``python run_calibration.py`` or ``python -m
+    utils.raw_to_fits``); when this very command is the running ``__main__``, the form
+    actually used is shown instead (``python -m run_calibration``,
+    ``python utils/raw_to_fits.py``).
+    """
+    module = _module_of(prog)
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        return f"python -m {module}" if spec.name == module else prog
+    main_file = getattr(main, "__file__", None)
+    if main_file and sys.argv and sys.argv[0]:
+        if Path(main_file).resolve().as_posix().endswith("/" + module.replace(".", "/") + ".py"):
+            return f"python {sys.argv[0]}"
+    return prog
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -114,16 +173,29 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
             argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, configure logging and run ``main(args)``.
 
-    Returns the exit status: 0 on success, 2 on a :class:`UserError` (logged as
-    one line, no traceback), 130 on Ctrl-C.  Unexpected exceptions propagate
-    with their traceback: they are bugs, not user errors.
+    Returns the exit status: 0 on success, 2 on a :class:`UserError` or a
+    :class:`~utils.errors.FrameError` that reached the top (logged as one line
+    naming the file, no traceback), 130 on Ctrl-C.  An operating-system error the user
+    must fix (no permission, read-only file system, disk full) is a user error
+    too.  Other exceptions propagate with their traceback: they are bugs.
     """
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "verbose", 0), getattr(args, "log_level", None))
     try:
         status = main(args)
     except UserError as err:
-        logger.error("%s", err)
+        logger.error("%s", " ".join(str(err).split("\n")))
+        return EXIT_USER_ERROR
+    except FrameError as err:
+        # a bad frame given directly (a mask, a model) or one no batch loop could set aside:
+        # raised on purpose with the file and the reason, so a user error, not a crash
+        logger.error("%s: %s", err.path, " ".join(err.reason.split("\n")))
+        return EXIT_USER_ERROR
+    except OSError as err:
+        if err.errno not in _USER_ERRNOS:
+            raise
+        where = err.filename if err.filename is not None else "a file"
+        logger.error("%s: %s; %s", where, err.strerror or err, _USER_ERRNOS[err.errno])
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         logger.error("interrupted; completed products are kept, re-run to finish the rest")

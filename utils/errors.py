@@ -32,6 +32,10 @@ class TableError(UserError):
     """A CSV table (log, index) is missing required columns or unreadable."""
 
 
+class OutputPathError(UserError):
+    """An output file or folder cannot be written (it is a file, a folder, or not writable)."""
+
+
 class FrameError(CalibError):
     """A single frame cannot be used; it is flagged, not dropped."""
 

@@ -23,6 +23,7 @@ from typing import Sequence
 
 from . import cli
 from .errors import ConfigError
+from .io.fitsio import check_output_file
 from .io.index import STAGES, IndexSettings, build_index, parse_stage, write_index
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "utils.index_dataset")
@@ -54,10 +55,11 @@ def _main(args) -> int:
     elif len(args.paths) == 4:
         *legacy, output = args.paths
     else:
-        raise ConfigError(f"expected OUTPUT_CSV or BIAS DARK FLAT OUTPUT_CSV, got {len(args.paths)} "
-                          "paths; use --bias/--dark/--flat for sections")
+        raise ConfigError(f"expected OUTPUT_CSV or BIAS DARK FLAT OUTPUT_CSV, got "
+                          f"{len(args.paths)} paths; use --bias/--dark/--flat for sections")
     if not output.lower().endswith(".csv"):
         raise ConfigError(f"{output}: the output must be a .csv file (it is the last positional)")
+    check_output_file(output, "output CSV")
     sections = [("BIAS", p) for p in args.bias] + [("DARK", p) for p in args.dark] + \
                [("FLAT", p) for p in args.flat]
     sections += list(zip(("BIAS", "DARK", "FLAT"), legacy))
@@ -75,7 +77,8 @@ def _main(args) -> int:
     bad = int(table["BADFITS"].sum())
     counts = ", ".join(f"{n} {c.lower() or 'unknown'}" for c, n in
                        table["CALTYPE"].value_counts().sort_index().items())
-    logger.info("indexed %d frames (%s), %d flagged BADFITS; wrote %s", len(table), counts, bad, path)
+    logger.info("indexed %d frames (%s), %d flagged BADFITS (reason in the REASON column); "
+                "wrote %s", len(table), counts, bad, path)
     return 0
 
 

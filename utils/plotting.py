@@ -29,7 +29,7 @@ def finish_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    if legend:
+    if legend and ax.get_legend_handles_labels()[0]:  # nothing labelled (e.g. no usable frame)
         ax.legend(fontsize="small")
     return ax
 

@@ -76,7 +76,8 @@ def _main(args) -> int:
     except ValueError as err:
         raise ConfigError(f"invalid option: {err}") from err
     sections = {}
-    for cal, path, skip in (("BIAS", args.bias, args.skip_bias), ("DARK", args.dark, args.skip_dark),
+    for cal, path, skip in (("BIAS", args.bias, args.skip_bias),
+                            ("DARK", args.dark, args.skip_dark),
                             ("FLAT", args.flat, args.skip_flat)):
         if not skip:
             sections[cal] = path

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 from utils.cli import make_parser, run_cli
 from utils.errors import ConfigError
+from utils.io.fitsio import check_output_dir
 from utils.sim import Physics, simulate_dosedirs, simulate_irradiation, simulate_standard
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "utils.simulate")
@@ -140,6 +141,7 @@ def physics_from_assignments(assignments: Sequence[str]) -> Physics:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "campaign folder")
     func = _LAYOUTS[args.layout]
     options = {name: getattr(args, name) for name in _LAYOUT_OPTIONS if hasattr(args, name)}
     accepted = inspect.signature(func).parameters

@@ -85,8 +85,9 @@ def test_bad_frame_numbers_and_duplicates(tmp_path):
     assert log.rows[0][kw.TEMP] == 20.0               # first occurrence kept
     joined = "\n".join(log.problems)
     assert "line 3" in joined and "line 4" in joined and "line 5" in joined
-    assert "appears twice" in joined
+    assert "frame 0 appears again (first on line 2)" in joined
     assert len(log.problems) == 3
+    assert log.bad_values[0] == [log.problems[-1]]    # and the frame's NOTES say so
 
 
 def test_unusable_column_name_is_a_problem_not_a_crash(tmp_path):
@@ -95,10 +96,12 @@ def test_unusable_column_name_is_a_problem_not_a_crash(tmp_path):
     assert any("'#'" in p for p in log.problems)
 
 
-def test_non_finite_numbers_kept_as_text(tmp_path):
-    log = read_frame_log(write(tmp_path, "FrameNum,PowerCons\n0,inf\n1,nan\n"))
-    assert log.rows[0][kw.POWCONS] == "INF"
-    assert log.rows[1][kw.POWCONS] == "NAN"
+def test_non_finite_numbers_are_bad_values_named_by_their_column(tmp_path):
+    log = read_frame_log(write(tmp_path, "FrameNum,PowerCons,CCDTemp\n0,inf,20\n1,3,nan\n"))
+    assert kw.POWCONS not in log.rows[0] and log.rows[0][kw.TEMP] == 20.0
+    assert kw.TEMP not in log.rows[1] and log.rows[1][kw.POWCONS] == 3.0
+    assert log.bad_values[0] == ["line 2: PowerCons='inf' is not a finite number; ignored"]
+    assert log.bad_values[1] == ["line 3: CCDTemp='nan' is not a finite number; ignored"]
 
 
 def test_empty_log(tmp_path):

@@ -70,14 +70,29 @@ def test_bad_geometry_values_fall_back_with_problems(tmp_path):
     config = read_camera_config(tmp_path)
     assert (config.width, config.height, config.bit_depth) == (2048, 2048, 16)
     joined = " | ".join(config.problems)
-    assert "WIDTH='forty' is not a number" in joined
-    assert "HEIGHT=-3 is not positive" in joined
-    assert "no BITDEPTH key" in joined
+    assert "WIDTH='forty' is not a whole number" in joined
+    assert "HEIGHT='-3' is out of range" in joined
+    assert "no BIT_DEPTH key" in joined
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("WIDTH=64.7\nHEIGHT=2\nBIT_DEPTH=16\n", "WIDTH='64.7' is not a whole number"),
+    ("WIDTH=inf\nHEIGHT=2\nBIT_DEPTH=16\n", "WIDTH='inf' is not a whole number"),
+    ("WIDTH=4\nHEIGHT=2\nbit_depth=32\n", "bit_depth='32' is out of range (1..16)"),
+    ("Width=4\nHEIGHT=2\nBIT_DEPTH=16\nWidth=8\n", "Width given again ('4' on line 1, now '8')"),
+])
+def test_config_values_never_silently_wrong(tmp_path, text, problem):
+    """A fractional, infinite or out-of-range value is said (by the file's own key), not
+    truncated; a key given twice is said."""
+    (tmp_path / "configFile.txt").write_text(text)
+    config = read_camera_config(tmp_path)
+    assert any(problem in p for p in config.problems), config.problems
 
 
 @pytest.mark.parametrize("word, order", [("big", ">"), ("BE", ">"), ("little", "<"), ("LE", "<")])
 def test_byte_order_key(tmp_path, word, order):
-    (tmp_path / "configFile.txt").write_text(f"WIDTH=4\nHEIGHT=2\nBIT_DEPTH=16\nBYTE_ORDER={word}\n")
+    (tmp_path / "configFile.txt").write_text(
+        f"WIDTH=4\nHEIGHT=2\nBIT_DEPTH=16\nBYTE_ORDER={word}\n")
     assert read_camera_config(tmp_path).byteorder == order
 
 
@@ -86,8 +101,8 @@ def test_byte_order_default_passed_through_and_unknown_word(tmp_path):
     assert read_camera_config(tmp_path, byteorder=">").byteorder == ">"
     (tmp_path / "configFile.txt").write_text("WIDTH=4\nHEIGHT=2\nBIT_DEPTH=16\nENDIANNESS=middle\n")
     config = read_camera_config(tmp_path, byteorder=">")
-    assert config.byteorder == "<"
-    assert any("not understood" in p for p in config.problems)
+    assert config.byteorder == ">"                  # the user's default, not a silent '<'
+    assert any("ENDIANNESS='middle' not understood" in p for p in config.problems)
 
 
 def test_read_raw_little_endian_values_and_shape(tmp_path):

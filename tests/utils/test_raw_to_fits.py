@@ -463,7 +463,7 @@ def test_dosedirs_are_not_raw_campaigns(dosedirs_copy, checksums, caplog):
     root = dosedirs_copy.root
     before = checksums(root)
     folders = sorted(str(p) for p in root.glob("*kRads"))
-    assert main([folders[0], folders[1], folders[1], "--no-progress"]) == 2
+    assert main([folders[0], folders[1], folders[1], "--skip-flat", "--no-progress"]) == 2
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "no attempts found" in errors[0].getMessage()
     assert checksums(root) == before

@@ -32,11 +32,21 @@ import pandas as pd
 
 from .. import adu
 from .. import headers as kw
-from ..errors import FrameError, InputPathError
+from ..errors import FrameError, InputPathError, OutputPathError
 from ..progress import progress
 from ..settings import field
-from .discovery import Attempt, find_attempts
-from .fitsio import BLOCK, atomic_path, header_bytes, is_complete_fits, provenance_cards, write_csv
+from .discovery import Attempt, check_distinct_sections, find_attempts
+from .fitsio import (
+    BLOCK,
+    atomic_path,
+    check_output_dir,
+    header_bytes,
+    is_complete_fits,
+    provenance_cards,
+    read_header,
+    remove_stale_temporaries,
+    write_csv,
+)
 from .frame_log import FrameLog, find_frame_log, read_frame_log
 from .raw import CameraConfig, read_camera_config, read_raw
 from .tokens import file_exposure, file_frame_number, file_temperature, path_values
@@ -66,8 +76,8 @@ class ConversionSettings:
 
     search_depth: int = field(6, "how many folder levels below a section root to look for attempts")
     byteorder: str = field("<", "byte order of raw samples when the config does not say: < or >")
-    default_adc_bits: int = field(adu.DEFAULT_ADC_BITS,
-                                  "ADC bits assumed for a frame whose samples carry no hint (all 0)")
+    default_adc_bits: int = field(
+        adu.DEFAULT_ADC_BITS, "ADC bits assumed for a frame whose samples carry no hint (all 0)")
     temp_tolerance: float = field(2.0, "[degC] log vs file/folder temperature difference reported")
     exp_tolerance: float = field(0.02, "relative log vs file/folder exposure difference reported")
     overwrite: bool = field(False, "re-convert frames whose FITS already exists")
@@ -292,7 +302,12 @@ def _convert_one(task: _FrameTask) -> dict:
         if size != task.config.frame_bytes:
             return {"STATUS": STATUS_REJECTED,
                     "REASON": f"size {size} bytes, expected {task.config.frame_bytes}"}
-        return {"STATUS": STATUS_EXISTING, "REASON": ""}
+        # the listing keeps what the first conversion measured (ADCBITS), read from the header
+        try:
+            bits = read_header(task.fits_path).get(kw.ADCBITS)
+        except FrameError:
+            bits = None
+        return {"STATUS": STATUS_EXISTING, "REASON": "", "ADCBITS": bits}
     try:
         data = read_raw(raw_path, task.config)
     except FrameError as err:
@@ -311,13 +326,6 @@ def _convert_one(task: _FrameTask) -> dict:
     return {"STATUS": STATUS_CONVERTED, "REASON": "", "ADCBITS": adc_bits}
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    if folder.is_dir():
-        for leftover in folder.glob(".*.tmp"):
-            logger.debug("removing leftover of an interrupted write: %s", leftover)
-            leftover.unlink(missing_ok=True)
-
-
 def plan_attempt(attempt: Attempt, caltype: str, settings: ConversionSettings):
     """Prepare the conversion tasks and index rows of one attempt (no pixel I/O)."""
     config = read_camera_config(attempt.path, byteorder=settings.byteorder)
@@ -334,7 +342,7 @@ def plan_attempt(attempt: Attempt, caltype: str, settings: ConversionSettings):
     raws = attempt.raw_files()
     if not raws:
         logger.warning("%s: frames/ holds no raw files", attempt.path)
-    _remove_stale_temporaries(attempt.fits_dir)
+    remove_stale_temporaries(attempt.fits_dir)
     base_cards = _config_cards(config)
     tasks, rows = [], []
     for position, raw in enumerate(raws):
@@ -398,16 +406,24 @@ def convert_sections(sections: dict[str, str | os.PathLike], settings: Conversio
         if not root.is_dir():
             raise InputPathError(f"{root}: {cal.lower()} section folder does not exist; "
                                  "check the path or pass --skip-" + cal.lower())
+    check_distinct_sections(list(roots.items()))
+    if index_dir is None:
+        index_dir = common_parent(list(roots.values()))
+    check_output_dir(index_dir, f"folder of {FITS_INDEX_NAME} (--index-dir)")
     # find every attempt first: a bad section stops the run before anything is written
     found = {cal: find_attempts(root, settings.search_depth) for cal, root in roots.items()}
-    all_rows: list[dict] = []
+    planned = {}
     for cal, attempts in found.items():
-        logger.info("%s section %s: %d attempts", cal.lower(), roots[cal], len(attempts))
         tasks, rows = [], []
         for attempt in attempts:
             t, r = plan_attempt(attempt, cal, settings)
             tasks += t
             rows += r
+        planned[cal] = (tasks, rows)
+    check_writable_attempts([t for tasks, _ in planned.values() for t in tasks])
+    all_rows: list[dict] = []
+    for cal, (tasks, rows) in planned.items():
+        logger.info("%s section %s: %d attempts", cal.lower(), roots[cal], len(found[cal]))
         results = _run_tasks(tasks, settings.workers, f"convert {cal.lower()}", progress_bar)
         for row, result in zip(rows, results):
             row.update(result)
@@ -422,11 +438,28 @@ def convert_sections(sections: dict[str, str | os.PathLike], settings: Conversio
         all_rows += rows
     index_path = None
     if all_rows:
-        if index_dir is None:
-            index_dir = common_parent(list(roots.values()))
         index_path = Path(index_dir) / FITS_INDEX_NAME
         write_fits_index(all_rows, index_path)
     return ConversionReport(all_rows, index_path)
+
+
+def check_writable_attempts(tasks: list[_FrameTask]) -> None:
+    """One-line error, before anything is converted, when an attempt's ``fits/`` folder
+    cannot be written (a file in its place, or no permission)."""
+    bad: list[tuple[Path, OutputPathError]] = []
+    checked: set[str] = set()
+    for task in tasks:
+        folder = str(Path(task.fits_path).parent)
+        if not task.write or folder in checked:
+            continue
+        checked.add(folder)
+        try:
+            check_output_dir(folder, "FITS folder of the attempt")
+        except OutputPathError as err:
+            bad.append((Path(folder), err))
+    if bad:
+        more = f" (and {len(bad) - 1} more attempt folders)" if len(bad) > 1 else ""
+        raise OutputPathError(f"{bad[0][1]}{more}; nothing was converted")
 
 
 def common_parent(roots: Sequence[Path]) -> Path:
@@ -451,4 +484,5 @@ def write_fits_index(rows: list[dict], path: Path) -> Path:
 
     table["PATH"] = table["PATH"].map(relative)
     table["RAWPATH"] = table["RAWPATH"].map(relative)
+    table["ADCBITS"] = pd.to_numeric(table["ADCBITS"], errors="coerce").astype("Int64")
     return write_csv(table[INDEX_COLUMNS], path)

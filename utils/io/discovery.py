@@ -9,11 +9,16 @@ it has been recorded (the old code recorded many attempts twice).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputPathError
+from ..errors import ConfigError, InputPathError
+
+logger = logging.getLogger(__name__)
+#: Links already reported as unfollowable (one warning per link per process).
+_WARNED: set = set()
 
 FRAMES_DIR = "frames"
 FITS_DIR = "fits"
@@ -68,22 +73,70 @@ def _is_attempt(path: Path) -> bool:
     return (path / FRAMES_DIR).is_dir()
 
 
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(device, inode)`` of the real folder behind ``path`` (None when it cannot be reached)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def subfolders(folder: str | os.PathLike, seen: set | None = None) -> list[os.DirEntry]:
+    """Sub-folders of ``folder`` (symbolic links followed), sorted by name.
+
+    With ``seen`` (a set of ``(device, inode)``), a folder already reached by
+    another path (a symbolic link back up the tree, a second link to the same
+    place) is left out and its identity added otherwise, so a walk visits each
+    real folder once and symlink loops end.  Links that cannot be followed
+    (dangling, or a loop of links) are logged and skipped; they never hide
+    their siblings.  An unreadable folder gives an empty list.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as err:
+        logger.warning("%s: cannot list this folder (%s); skipped", folder,
+                       err.strerror or err)
+        return []
+    out = []
+    for entry in sorted(entries, key=lambda e: e.name):
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError as err:  # ELOOP: a link that points (through links) to itself
+            if entry.path not in _WARNED:
+                _WARNED.add(entry.path)
+                logger.warning("%s: symbolic link cannot be followed (%s); skipped", entry.path,
+                               err.strerror or err)
+            continue
+        if not is_dir:
+            if entry.is_symlink() and not os.path.exists(entry.path):
+                logger.debug("%s: dangling symbolic link; skipped", entry.path)
+            continue
+        if seen is not None:
+            identity = _identity(entry.path)
+            if identity is None or identity in seen:
+                if entry.is_symlink():
+                    logger.debug("%s: symbolic link to a folder already visited; skipped",
+                                 entry.path)
+                continue
+            seen.add(identity)
+        out.append(entry)
+    return out
+
+
 def _walk(root: Path, max_depth: int):
-    """Yield (dir, depth) breadth-first, pruning at max_depth and inside attempts."""
+    """Yield (dir, depth) depth-first in name order, pruning at max_depth and inside attempts;
+    each real folder once (symbolic links followed, loops cut)."""
+    seen = {_identity(root)}
     stack = [(root, 0)]
     while stack:
         folder, depth = stack.pop()
         yield folder, depth
         if depth >= max_depth or (folder != root and _is_attempt(folder)):
             continue
-        try:
-            children = sorted((e for e in os.scandir(folder) if e.is_dir(follow_symlinks=True)),
-                              key=lambda e: e.name, reverse=True)
-        except OSError:
-            continue
-        for entry in children:
-            if entry.name in (FRAMES_DIR, FITS_DIR) or entry.name.startswith("."):
-                continue
+        children = [e for e in subfolders(folder, seen)
+                    if e.name not in (FRAMES_DIR, FITS_DIR) and not e.name.startswith(".")]
+        for entry in reversed(children):
             stack.append((Path(entry.path), depth + 1))
 
 
@@ -124,22 +177,68 @@ def find_fits(root: str | os.PathLike, max_depth: int = 8) -> list[Path]:
     """
     root = Path(root)
     found: list[Path] = []
+    seen = {_identity(root)}
+    files_seen: set = set()
     stack = [(root, 0)]
     while stack:
         folder, depth = stack.pop()
+        if depth < max_depth:
+            for entry in subfolders(folder, seen):
+                if entry.name != FRAMES_DIR and not entry.name.startswith("."):
+                    stack.append((Path(entry.path), depth + 1))
         try:
             entries = list(os.scandir(folder))
         except OSError:
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or not entry.name.lower().endswith((".fits", ".fit")):
                 continue
-            if entry.is_dir(follow_symlinks=True):
-                if depth < max_depth and entry.name != FRAMES_DIR:
-                    stack.append((Path(entry.path), depth + 1))
-            elif entry.name.lower().endswith((".fits", ".fit")):
-                found.append(Path(entry.path))
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    continue
+            except OSError:
+                pass  # a link loop named *.fits: listed, so the index flags it unreadable
+            identity = _identity(entry.path)
+            if identity is not None:
+                if identity in files_seen:
+                    continue  # the same file through a second link
+                files_seen.add(identity)
+            found.append(Path(entry.path))
     return sorted(found)
+
+
+def check_distinct_sections(sections: list[tuple[str, str | os.PathLike]]) -> None:
+    """One-line error when two sections are the same folder or one lies inside another.
+
+    Every frame would otherwise be converted or indexed twice, possibly under two
+    calibration types.
+
+    Parameters
+    ----------
+    sections : list of (caltype, path)
+        The sections as the user gave them.
+
+    Raises
+    ------
+    ConfigError
+        Two sections overlap.
+    """
+    resolved = [(cal.lower() or "mixed", Path(path), Path(path).resolve())
+                for cal, path in sections]
+    for i, (a, pa, ra) in enumerate(resolved):
+        for b, pb, rb in resolved[i + 1:]:
+            if ra == rb:
+                raise ConfigError(f"{pb}: the same folder is given twice (as the {a} and the {b} "
+                                  "section); give each section once")
+            if ra in rb.parents:
+                inner, inner_path, outer, outer_path = b, pb, a, pa
+            elif rb in ra.parents:
+                inner, inner_path, outer, outer_path = a, pa, b, pb
+            else:
+                continue
+            raise ConfigError(f"{inner_path}: the {inner} section lies inside the {outer} section "
+                              f"{outer_path}; its frames would be listed twice: give separate "
+                              "folders")
 
 
 #: Section folders of the standard campaign.

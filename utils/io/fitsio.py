@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import functools
 import logging
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from astropy.io import fits
 
 from .. import SOFTWARE_NAME, __version__
 from .. import headers as kw
-from ..errors import UnreadableFrameError
+from ..errors import OutputPathError, UnreadableFrameError
 
 logger = logging.getLogger(__name__)
 
@@ -48,24 +50,158 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+#: errno values of a folder the user must fix (a file in the way, no permission, read-only).
+_FOLDER_ERRNOS = {errno.EEXIST, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (``path`` itself may not exist yet)."""
+    probe = path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check, without creating anything, that ``path`` is (or can become) a writable folder.
+
+    Commands call it before any work, so a bad output folder fails in one line
+    before a single product is written.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` (or one of its parents) is a file, or the folder that would hold
+        the products is not writable.
+    """
+    path = Path(path)
+    probe = _first_existing(path)
+    if probe == path and not probe.is_dir():
+        raise OutputPathError(f"{path}: the {what} is a file, not a folder; give another "
+                              "folder or move the file away")
+    if not probe.is_dir():
+        raise OutputPathError(f"{path}: the {what} cannot be created, {probe} is a file; give "
+                              "another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{path}: the {what} is not writable ({probe} denies writing); "
+                              "give a folder you may write to or fix its permissions")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Like :func:`check_output_dir` for a file: not a folder, its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path}: the {what} is a folder; give a file name")
+    check_output_dir(path.parent, f"folder of the {what}")
+    return path
+
+
+def _folder_error(path: Path, err: OSError) -> OutputPathError:
+    reason = {errno.EEXIST: "a file is in the way of the folder",
+              errno.ENOTDIR: "a file is in the way of the folder",
+              errno.EROFS: "the file system is read-only"}.get(err.errno, "permission denied")
+    return OutputPathError(f"{path.parent}: cannot write {path.name} ({reason}); give another "
+                           "output folder or fix its permissions")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is untouched.
+    A folder that cannot hold ``path`` (a file in its place, no permission)
+    raises :class:`~utils.errors.OutputPathError`, a one-line user error.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if err.errno in _FOLDER_ERRNOS:
+            raise _folder_error(path, err) from err
+        raise
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; products are shared
     tmp = Path(tmp)
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except IsADirectoryError as err:
+            raise OutputPathError(f"{path}: is a folder, cannot be replaced by a file; move it "
+                                  "away or choose another output") from err
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+#: Name of an :func:`atomic_path` temporary file: ``.<name>.<random characters>.tmp``
+#: (mkstemp writes 8; a user's ``.notes.tmp`` or ``.notes.txt.tmp`` does not match).
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{6,}\.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = False) -> int:
+    """Delete ``.<name>.<random>.tmp`` files an interrupted :func:`atomic_path` left behind.
+
+    Returns the number of files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for leftover in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        # only the names atomic_path makes: other files stay
+        if not _TEMPORARY.fullmatch(leftover.name):
+            continue
+        if leftover.is_file() and not leftover.is_symlink():
+            logger.debug("removing leftover of an interrupted write: %s", leftover)
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError as err:  # a read-only folder is reported where it is written to
+                logger.debug("cannot remove %s (%s)", leftover, err.strerror or err)
+                continue
+            removed += 1
+    return removed
+
+
+# --- text in FITS headers and tables ------------------------------------------------------------
+# FITS strings are printable ASCII.  Paths, attempt names and config values may not be
+# (``Irradiación``, ``cämp ü``): such text is written with every character outside printable
+# ASCII as %XX escapes of its UTF-8 bytes (RFC 3986 percent-encoding).  A '%' that is followed
+# by two hex digits is escaped too, so :func:`unescape_text` inverts :func:`fits_text` exactly
+# while plain ASCII text (including '50% done') is written unchanged.
+_NEEDS_ESCAPE = re.compile(r"[^\x20-\x7e]|%(?=[0-9A-Fa-f]{2})")
+_ESCAPED = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+def fits_text(text: str) -> str:
+    """``text`` as printable ASCII for a FITS header or table (see :func:`unescape_text`).
+
+    Examples
+    --------
+    >>> fits_text("cämp ü space/f0.fits")
+    'c%C3%A4mp %C3%BC space/f0.fits'
+    >>> fits_text("50% done")
+    '50% done'
+    """
+    def escape(match):
+        return "".join(f"%{b:02X}" for b in match.group().encode("utf-8", "surrogatepass"))
+    return _NEEDS_ESCAPE.sub(escape, text)
+
+
+def unescape_text(text: str) -> str:
+    """Inverse of :func:`fits_text`: the original (UTF-8) text.
+
+    Examples
+    --------
+    >>> unescape_text("c%C3%A4mp %C3%BC space/f0.fits")
+    'cämp ü space/f0.fits'
+    """
+    def decode(match):
+        raw = bytes.fromhex(match.group().replace("%", ""))
+        return raw.decode("utf-8", "surrogatepass")
+    return _ESCAPED.sub(decode, text)
 
 
 def write_hdul(hdul: fits.HDUList, path: str | os.PathLike) -> Path:
@@ -114,6 +250,9 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
         value = float(value)
     if isinstance(value, float) and not np.isfinite(value):
         value = str(value).upper()  # FITS has no NaN/inf: keep the information as text
+    if isinstance(value, str):
+        value = fits_text(value)  # printable ASCII only (non-ASCII paths are escaped)
+    comment = fits_text(comment)
     if key.startswith("HIERARCH "):
         room = 80 - len(key) - 6
         if isinstance(value, str) and len(value) > room:
@@ -216,8 +355,19 @@ def write_product(path: str | os.PathLike, data: np.ndarray, header: fits.Header
 
         if not isinstance(table, Table):
             table = Table.from_pandas(table)
-        hdus.append(fits.BinTableHDU(table, name=name))
+        hdus.append(fits.BinTableHDU(_ascii_table(table), name=name))
     return write_hdul(fits.HDUList(hdus), path)
+
+
+def _ascii_table(table):
+    """A copy of an astropy table whose text columns are :func:`fits_text`-escaped."""
+    out = table.copy(copy_data=False)
+    for name in out.colnames:
+        column = out[name]
+        if column.dtype.kind in "UO":
+            values = [fits_text(str(v)) for v in column]
+            out.replace_column(name, np.array(values, dtype=str) if values else column)
+    return out
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ to the frames.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -33,8 +34,9 @@ from .. import headers as kw
 from ..errors import FrameError, InputPathError, TableError
 from ..progress import progress
 from ..settings import field
-from .discovery import find_fits
-from .fitsio import read_header, write_csv
+from .discovery import check_distinct_sections, find_fits, subfolders
+from .fitsio import fits_layout, read_header, unescape_text, write_csv
+from .frame_log import decode_text, parse_number, sniff_delimiter
 from .tokens import folder_dose
 
 logger = logging.getLogger(__name__)
@@ -126,7 +128,8 @@ def infer_dose(path: str | os.PathLike) -> float:
 
 
 def section_type(name: str) -> str:
-    """CALTYPE a section folder name stands for (``Bias``, ``Darks``, ``TestSection2``...), or ''."""
+    """CALTYPE a section folder name stands for (``Bias``, ``Darks``, ``TestSection2``...)
+    or ''."""
     lowered = name.lower()
     if lowered in _SECTION_NAMES:
         return _SECTION_NAMES[lowered]
@@ -144,15 +147,13 @@ def discover_sections(root: str | os.PathLike, max_depth: int = 6) -> list[tuple
     """
     root = Path(root)
     found: list[tuple[str, Path]] = []
+    seen: set = set()
     stack = [(root, 0)]
     while stack:
         folder, depth = stack.pop()
         if depth >= max_depth:
             continue
-        try:
-            children = sorted(p for p in folder.iterdir() if p.is_dir())
-        except OSError:
-            continue
+        children = [Path(e.path) for e in subfolders(folder, seen)]  # each real folder once
         for child in children:
             if child.name in ("frames", "fits") or child.name.startswith("."):
                 continue
@@ -195,11 +196,12 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
     if math.isnan(dose) and stage != "post":
         dose = frame_dose
     adc_bits = int(kw.get_float(header, kw.ADCBITS, adu.DEFAULT_ADC_BITS))
+    row["_BITPIX"] = header.get("BITPIX")
     row.update(CALTYPE=caltype, STAGE=stage, VACUUM=vacuum or infer_vacuum(path),
                TEMP=kw.sensor_temperature(header), EXPTIME=kw.exptime(header),
                FRAMENUM=kw.frame_number(header), TIMESTAMP=kw.timestamp(header), DOSE=dose,
                FRAMEDOSE=frame_dose,
-               ATTEMPT=str(header.get(kw.ATTEMPT, path.parent.parent.name)),
+               ATTEMPT=unescape_text(str(header.get(kw.ATTEMPT, path.parent.parent.name))),
                NAXIS1=header.get("NAXIS1"), NAXIS2=header.get("NAXIS2"),
                ADUSCALE=adu.adu_scale(adc_bits))
     try:
@@ -264,6 +266,7 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
         if not root.is_dir():
             raise InputPathError(f"{root}: {cal.lower()} section folder does not exist")
         jobs.append((cal.upper(), root))
+    check_distinct_sections(jobs)
     for root in discover:
         root = Path(root)
         if not root.is_dir():
@@ -300,6 +303,8 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
             old = pd.DataFrame(columns=INDEX_COLUMNS)
         for row in old.to_dict("records"):
             path = Path(row["PATH"])
+            if str(row["REASON"]).startswith("index:"):
+                continue  # a row flagged for its cells is measured again, not copied
             if path.is_file() and path.stat().st_mtime < since:
                 reuse[path.resolve()] = row
 
@@ -313,9 +318,30 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
     with ThreadPoolExecutor(max_workers=settings.workers) as pool:
         rows = list(progress(pool.map(one, files), desc="index", total=len(files),
                              enabled=progress_bar))
-    table = pd.DataFrame([r for r in rows if r], columns=INDEX_COLUMNS)
+    rows = [r for r in rows if r]
+    _note_pixel_types(rows)
+    table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     table["BADFITS"] = table["BADFITS"].fillna(True).astype(bool)
     return table
+
+
+#: FITS sample types by BITPIX, for the log.
+_BITPIX_NAMES = {8: "uint8", 16: "int16/uint16", 32: "int32", 64: "int64", -32: "float32",
+                 -64: "float64"}
+
+
+def _note_pixel_types(rows: list[dict]) -> None:
+    """Say (once) when frames are not the converter's 16-bit integers: they are supported."""
+    other: dict[str, list[str]] = {}
+    for row in rows:
+        bitpix = row.pop("_BITPIX", 16)
+        if bitpix not in (16, None):
+            other.setdefault(_BITPIX_NAMES.get(bitpix, f"BITPIX {bitpix}"), []).append(row["PATH"])
+    for kind, paths in other.items():
+        logger.info("%d frames are %s rather than the converter's unsigned 16-bit (e.g. %s): "
+                    "supported, read as physical values in adu; their ADU convention is the "
+                    "header's ADCBITS, else %d-bit", len(paths), kind, paths[0],
+                    adu.DEFAULT_ADC_BITS)
 
 
 def write_index(table: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -340,10 +366,19 @@ class DatasetIndex:
 
     def __init__(self, table: pd.DataFrame):
         self.table = table.reset_index(drop=True)
+        self.problems: list[str] = []
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "DatasetIndex":
         """Load and validate an index CSV; relative paths are resolved against its folder.
+
+        The delimiter is sniffed (``,``, ``;``, tab, ``|``), the encoding is UTF-8
+        (BOM or not), UTF-16 with a BOM, else Latin-1.  Rows that cannot be used
+        as they are become BADFITS with the reason (never silently dropped or
+        mis-read): a key value that is not a number (``TEMP='warm'``), not finite
+        or negative where it cannot be, an empty ``PATH``, a ``BADFITS`` cell
+        that is not a truth value, a second row of the same file.  One warning
+        says how many.
 
         Raises
         ------
@@ -351,31 +386,44 @@ class DatasetIndex:
             Missing file, unreadable CSV, or missing required columns.
         """
         path = Path(path)
+        if path.is_dir():
+            raise TableError(f"{path}: is a folder, not an index CSV; give the index file (build "
+                             "it with python -m utils.index_dataset)")
         if not path.is_file():
             raise TableError(f"{path}: index file does not exist; build it with "
                              "python -m utils.index_dataset")
         try:
-            table = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise TableError(f"{path}: not a readable CSV ({str(err).splitlines()[0]}); "
-                             "rebuild it with python -m utils.index_dataset") from err
+            text, _ = decode_text(path.read_bytes())
+        except OSError as err:
+            raise TableError(f"{path}: cannot read the index ({err.strerror or err})") from err
+        hint = "rebuild it with python -m utils.index_dataset"
+        if not text.strip():
+            raise TableError(f"{path}: the index is empty; {hint}")
+        delimiter = sniff_delimiter(text[:4096])
+        try:
+            table = pd.read_csv(io.StringIO(text), sep=delimiter, low_memory=False)
+            cells = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str,
+                                keep_default_na=False, na_filter=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise TableError(f"{path}: not a readable CSV ({first}); {hint}") from err
+        names = [" ".join(str(c).split()).upper() for c in table.columns]
+        repeated = sorted({n for n in names if names.count(n) > 1 and n in INDEX_COLUMNS})
+        if repeated:
+            raise TableError(f"{path}: column(s) {', '.join(repeated)} appear twice; {hint}")
+        table.columns = cells.columns = names
         missing = [c for c in cls.REQUIRED if c not in table.columns]
         if missing:
-            raise TableError(f"{path}: missing column(s) {', '.join(missing)}; rebuild it with "
-                             "python -m utils.index_dataset")
-        for column in INDEX_COLUMNS:
-            if column not in table.columns:
-                table[column] = np.nan
-        base = path.parent
-        table["PATH"] = [str(p if Path(p).is_absolute() else (base / p))
-                         for p in table["PATH"].astype(str)]
-        # an all-empty column reads as float64: fill as object (no str fill of a float column)
-        table["CALTYPE"] = table["CALTYPE"].astype(object).fillna("").astype(str).str.upper()
-        table["STAGE"] = table["STAGE"].astype(object).fillna("").astype(str)
-        table["BADFITS"] = table["BADFITS"].map(_truthy)
-        for column in ("TEMP", "EXPTIME", "DOSE", "TIMESTAMP", "FRAMENUM", "FRAMEDOSE"):
-            table[column] = pd.to_numeric(table[column], errors="coerce")
-        return cls(table)
+            shown = ", ".join(n for n in names[:8]) or "none"
+            raise TableError(f"{path}: missing column(s) {', '.join(missing)} (columns: "
+                             f"{shown}); {hint}")
+        table, problems = _validated(table, cells, path.parent)
+        index = cls(table)
+        index.problems = problems
+        if problems:
+            logger.warning("%s: %d rows cannot be used as they are and are flagged BADFITS (e.g. "
+                           "%s); see their REASON", path, len(problems), problems[0])
+        return index
 
     def __len__(self) -> int:
         return len(self.table)
@@ -394,6 +442,26 @@ class DatasetIndex:
     def usable(self) -> "DatasetIndex":
         """Rows not flagged BADFITS."""
         return DatasetIndex(self.table[~self.table["BADFITS"].to_numpy(dtype=bool)])
+
+    def check_files(self) -> list[str]:
+        """Flag (BADFITS, with the reason) rows whose file is missing, unreadable or truncated.
+
+        Reads each usable frame's header only; ``NAXIS1``/``NAXIS2`` are taken from
+        the file.  Returns one message per newly flagged row.
+        """
+        table = self.table
+        flagged = []
+        for i in table.index[~table["BADFITS"].to_numpy(dtype=bool)]:
+            try:
+                layout = fits_layout(table.at[i, "PATH"])
+            except FrameError as err:
+                reason = ("file not found" if not Path(table.at[i, "PATH"]).is_file()
+                          else err.reason)
+                _flag(table, i, reason)
+                flagged.append(f"{table.at[i, 'PATH']}: {reason}")
+                continue
+            table.at[i, "NAXIS2"], table.at[i, "NAXIS1"] = layout.shape
+        return flagged
 
 
 def load_frames(basepath: str | os.PathLike, cache: str | os.PathLike | None = None, *,
@@ -428,7 +496,10 @@ def load_frames(basepath: str | os.PathLike, cache: str | os.PathLike | None = N
     """
     basepath = Path(basepath)
     if basepath.is_file():
-        return DatasetIndex.from_csv(basepath)
+        index = DatasetIndex.from_csv(basepath)
+        for message in index.check_files():
+            logger.warning("%s; flagged BADFITS", message)
+        return index
     if not basepath.is_dir():
         raise InputPathError(f"{basepath}: no such folder or index CSV; give the folder of "
                              "converted FITS frames or an index from utils.index_dataset")
@@ -440,12 +511,96 @@ def load_frames(basepath: str | os.PathLike, cache: str | os.PathLike | None = N
     return DatasetIndex(table)
 
 
-def _truthy(value) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, float, np.number)):
-        return bool(value) and not (isinstance(value, float) and math.isnan(value))
-    return str(value).strip().lower() in ("true", "1", "yes", "t", "y")
+#: Truth values of a BADFITS cell (lower case); an empty cell is False.
+_TRUE = {"true", "1", "1.0", "yes", "t", "y"}
+_FALSE = {"false", "0", "0.0", "no", "f", "n", ""}
+#: Numeric columns whose value decides grouping or reading: a bad cell flags the row.
+_KEY_NUMBERS = ("TEMP", "EXPTIME", "DOSE", "NAXIS1", "NAXIS2", "ADUSCALE")
+#: Other numeric columns: a bad cell is left empty (the value is measured again when needed).
+_OTHER_NUMBERS = ("ZEROFRACTION", "FRAMENUM", "TIMESTAMP", "SATFRACTION", "MEAN", "MEDIAN",
+                  "STD", "P16", "P84", "FRAMEDOSE")
+#: Columns that cannot be negative.
+_NON_NEGATIVE = ("EXPTIME", "DOSE", "NAXIS1", "NAXIS2", "ADUSCALE")
+
+
+def _flag(table: pd.DataFrame, i, reason: str) -> None:
+    """Mark row ``i`` BADFITS and append ``reason`` to its REASON."""
+    before = table.at[i, "REASON"]
+    before = before if isinstance(before, str) and before else ""
+    table.at[i, "BADFITS"] = True
+    table.at[i, "REASON"] = f"{before}; {reason}" if before else reason
+
+
+def _validated(table: pd.DataFrame, cells: pd.DataFrame, base: Path
+               ) -> tuple[pd.DataFrame, list[str]]:
+    """Typed index columns from the raw text ``cells``; unusable rows flagged, not dropped."""
+    problems: list[str] = []
+    reasons: dict[int, list[str]] = {}
+
+    def note(i, text):
+        reasons.setdefault(i, []).append(text)
+
+    for column in INDEX_COLUMNS:
+        if column not in table.columns:
+            table[column] = np.nan
+    text = {c: cells[c].astype(str).str.strip() if c in cells.columns
+            else pd.Series("", index=table.index) for c in INDEX_COLUMNS}
+    for column in _KEY_NUMBERS + _OTHER_NUMBERS:
+        values = np.full(len(table), np.nan)
+        for i, cell in enumerate(text[column]):
+            if cell == "" or cell.lower() in ("nan", "none", "null", "n/a", "na"):
+                continue
+            value = parse_number(cell)
+            if value is None or not math.isfinite(value):
+                if column in _KEY_NUMBERS:
+                    what = "not a number" if value is None else "not finite"
+                    note(i, f"{column}={cell!r} is {what}")
+                continue
+            if column in _NON_NEGATIVE and value < 0:
+                note(i, f"{column}={cell!r} is negative")
+                continue
+            values[i] = value
+        table[column] = values
+    for column in ("NAXIS1", "NAXIS2"):
+        values = table[column].to_numpy()
+        for i in np.flatnonzero(np.isfinite(values) & (values % 1 != 0)):
+            note(i, f"{column}={text[column].iloc[i]!r} is not a whole number")
+            table.loc[i, column] = np.nan
+    # paths: relative to the CSV's folder; an empty one is no frame at all
+    paths = []
+    for i, cell in enumerate(text["PATH"]):
+        if cell == "":
+            note(i, "empty PATH")
+            paths.append("")
+            continue
+        paths.append(os.path.abspath(base / cell))  # documented: absolute paths
+    table["PATH"] = paths
+    table["CALTYPE"] = text["CALTYPE"].str.upper().to_numpy()
+    table["STAGE"] = text["STAGE"].to_numpy()
+    table["REASON"] = text["REASON"].to_numpy()
+    badfits = []
+    for i, cell in enumerate(text["BADFITS"]):
+        word = cell.lower()
+        if word not in _TRUE | _FALSE:
+            note(i, f"BADFITS={cell!r} is not true or false")
+        badfits.append(word in _TRUE)
+    table["BADFITS"] = np.array(badfits, dtype=bool)
+    # the same file twice would count twice in its master
+    first: dict[str, int] = {}
+    for i, p in enumerate(paths):
+        if not p:
+            continue
+        key = os.path.normcase(os.path.abspath(p))
+        if key in first:
+            note(i, f"repeats the file of line {first[key] + 2}")
+        else:
+            first[key] = i
+    table = table.reset_index(drop=True)
+    for i, texts in sorted(reasons.items()):
+        reason = "index: " + ", ".join(texts)
+        _flag(table, i, reason)
+        problems.append(f"line {i + 2}: {', '.join(texts)}")
+    return table, problems
 
 
 def stage_order(stage: str) -> int:

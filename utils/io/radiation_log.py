@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TableError
-from .frame_log import sniff_delimiter
+from .frame_log import decode_text, parse_number, sniff_delimiter, table_rows
 
 #: Radiation-log names, in the order a dataset folder is searched.
 RADIATION_LOG_NAMES = ("radiationLogCompleto.csv", "radiationLog.csv", "radiationLogDef.csv")
@@ -64,6 +64,33 @@ def _find(columns: list[str], candidates: tuple[str, ...], *, contains: bool = F
     return None
 
 
+def _read_table(path: Path, what: str):
+    """``(names, rows, line numbers, problems, delimiter)`` of a delimited text table."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise TableError(f"{path}: cannot read the {what} ({err.strerror or err}); check the "
+                         "path") from err
+    text, _ = decode_text(raw)
+    if not text.strip():
+        raise TableError(f"{path}: the {what} is empty; give a log with a header row")
+    delimiter = sniff_delimiter(text[:4096])
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    problems: list[str] = []
+    try:
+        header = next(reader, [])
+    except csv.Error as err:
+        raise TableError(f"{path}: the {what} has no readable header row ({err})") from err
+    names = [" ".join(h.split()) for h in header]  # a quoted name may hold a line break
+    if not any(names):
+        raise TableError(f"{path}: the {what} has no header row")
+    rows, lines = [], []
+    for line, row in table_rows(reader, len(names), problems):
+        rows.append([c.strip() for c in row])
+        lines.append(line)
+    return names, rows, lines, problems, delimiter
+
+
 def read_text_table(path: str | os.PathLike, what: str) -> tuple[list[str], list[list[str]], list]:
     """Header and rows of a delimited text table (delimiter sniffed, UTF-8 or Latin-1, BOM ok).
 
@@ -78,37 +105,11 @@ def read_text_table(path: str | os.PathLike, what: str) -> tuple[list[str], list
     TableError
         Missing, unreadable or empty file, or no header.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise TableError(f"{path}: cannot read the {what} ({err.strerror or err}); check the "
-                         "path") from err
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # every byte is a Latin-1 character: never fails
-    text = text.replace("\x00", "")
-    if not text.strip():
-        raise TableError(f"{path}: the {what} is empty; give a log with a header row")
-    reader = csv.reader(io.StringIO(text), delimiter=sniff_delimiter(text[:4096]))
-    header = next(reader, [])
-    names = [h.strip() for h in header]
-    if not any(names):
-        raise TableError(f"{path}: the {what} has no header row")
-    rows, problems = [], []
-    for line, row in enumerate(reader, start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) != len(names):
-            problems.append(f"line {line}: {len(row)} fields, header has {len(names)}; row "
-                            "ignored")
-            continue
-        rows.append([c.strip() for c in row])
+    names, rows, _, problems, _ = _read_table(Path(path), what)
     return names, rows, problems
 
 
-def _numbers(names, rows, column, problems) -> np.ndarray:
+def _numbers(names, rows, column, problems, lines=None, decimal_comma=True) -> np.ndarray:
     """A column as float64, NaN (with a problem line) where a cell is not a finite number."""
     i = names.index(column)
     out = np.full(len(rows), np.nan)
@@ -116,17 +117,37 @@ def _numbers(names, rows, column, problems) -> np.ndarray:
         cell = row[i]
         if cell == "":
             continue
-        try:
-            value = float(cell.replace(",", ".")) if cell.count(",") == 1 and "." not in cell \
-                else float(cell)
-        except ValueError:
-            problems.append(f"row {k + 1}: {column}={cell!r} is not a number; taken as missing")
+        where = f"line {lines[k]}" if lines is not None else f"row {k + 1}"
+        value = parse_number(cell, decimal_comma=decimal_comma)
+        if value is None:
+            problems.append(f"{where}: {column}={cell!r} is not a number; taken as missing")
             continue
         if not math.isfinite(value):
-            problems.append(f"row {k + 1}: {column}={cell!r} is not finite; taken as missing")
+            problems.append(f"{where}: {column}={cell!r} is not finite; taken as missing")
             continue
         out[k] = value
     return out
+
+
+def _repeated_times(table: pd.DataFrame, lines: list[int], column: str | None) -> list[str]:
+    """Problems for times logged twice with different values (which one is right is unknown)."""
+    if column is None or table.empty:
+        return []
+    problems = []
+    first: dict[float, int] = {}
+    for k, t in enumerate(table["TIME"].to_numpy()):
+        if not math.isfinite(t):
+            continue
+        if t in first:
+            j = first[t]
+            a, b = table.iloc[j], table.iloc[k]
+            if not all((a[c] == b[c]) or (math.isnan(a[c]) and math.isnan(b[c]))
+                       for c in table.columns):
+                problems.append(f"line {lines[k]}: {column}={t:g} again (line {lines[j]}) with "
+                                "other values")
+        else:
+            first[t] = k
+    return problems
 
 
 @dataclass
@@ -229,7 +250,7 @@ def read_radiation_log(path: str | os.PathLike, *, need: str = "dose") -> Radiat
     [1.5, nan]
     """
     path = Path(path)
-    names, rows, problems = read_text_table(path, "radiation log")
+    names, rows, lines, problems, delimiter = _read_table(path, "radiation log")
     cols = {
         "TIME": _find(names, _TIME_NAMES) or _find(names, ("timestamp", "time"), contains=True),
         "DOSE": _find(names, _DOSE_NAMES),
@@ -244,8 +265,9 @@ def read_radiation_log(path: str | os.PathLike, *, need: str = "dose") -> Radiat
     if need == "time" and not cols["TIME"]:
         raise TableError(f"{path}: no time column (TimeStamp, Timestamp or Time) among "
                          f"{', '.join(n for n in names if n) or 'none'}")
-    table = pd.DataFrame({key: _numbers(names, rows, col, problems) if col else
-                          np.full(len(rows), np.nan) for key, col in cols.items()})
+    table = pd.DataFrame({key: _numbers(names, rows, col, problems, lines, delimiter != ",")
+                          if col else np.full(len(rows), np.nan) for key, col in cols.items()})
+    problems += _repeated_times(table, lines, cols["TIME"])
     return RadiationLog(path, table, cols["TIME"], cols["DOSE"], cols["LEVEL"], cols["FRAMENUM"],
                         cols["TEMP"], problems)
 
@@ -262,7 +284,7 @@ def read_power_log(path: str | os.PathLike) -> pd.DataFrame:
         Unreadable file, or no time column.
     """
     path = Path(path)
-    names, rows, problems = read_text_table(path, "power log")
+    names, rows, lines, problems, delimiter = _read_table(path, "power log")
     time_col = _find(names, _TIME_NAMES) or _find(names, ("time",), contains=True)
     if time_col is None:
         raise TableError(f"{path}: no time column in the power log (columns: "
@@ -273,8 +295,9 @@ def read_power_log(path: str | os.PathLike) -> pd.DataFrame:
             or _find(names, ("amper", "current"), contains=True, **others),
             "VOLTAGE": _find(names, _VOLTAGE_NAMES, **others)
             or _find(names, ("volt",), contains=True, **others)}
-    table = pd.DataFrame({key: _numbers(names, rows, col, problems) if col else
-                          np.full(len(rows), np.nan) for key, col in cols.items()})
+    table = pd.DataFrame({key: _numbers(names, rows, col, problems, lines, delimiter != ",")
+                          if col else np.full(len(rows), np.nan) for key, col in cols.items()})
+    problems += _repeated_times(table, lines, time_col)
     table.attrs["problems"] = problems
     return table
 

@@ -9,6 +9,7 @@ padded or truncated: :func:`read_raw` raises :class:`~utils.errors.RawSizeError`
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RawSizeError, UnreadableFrameError
+from .frame_log import decode_text, parse_number
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ def parse_config_text(text: str) -> tuple[dict[str, str], list[str]]:
     """
     entries: dict[str, str] = {}
     problems: list[str] = []
+    lines: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith(("#", ";", "//")):
@@ -103,16 +106,26 @@ def parse_config_text(text: str) -> tuple[dict[str, str], list[str]]:
             continue
         cut = min(positions)
         key, value = line[:cut].strip(), line[cut + 1:].strip()
-        if key:
-            entries[key] = value
+        if not key:
+            continue
+        if key in entries and entries[key] != value:
+            problems.append(f"line {number}: {key} given again ({entries[key]!r} on line "
+                            f"{lines[key]}, now {value!r}); the last one is used")
+        entries[key] = value
+        lines[key] = number
     return entries, problems
 
 
-def _lookup(entries: dict[str, str], *names: str) -> str | None:
-    lowered = {re.sub(r"[\s_-]", "", k.lower()): v for k, v in entries.items()}
+def _lookup(entries: dict[str, str], *names: str) -> tuple[str, str] | None:
+    """``(key as written in the file, value)`` of the first of ``names`` present.
+
+    Keys match whatever their case and separators (``BIT_DEPTH``, ``bit depth``, ``BitDepth``).
+    """
+    lowered = {re.sub(r"[\s_-]", "", k.lower()): k for k in entries}
     for name in names:
         if name in lowered:
-            return lowered[name]
+            key = lowered[name]
+            return key, entries[key]
     return None
 
 
@@ -138,39 +151,42 @@ def read_camera_config(folder: str | os.PathLike, *, byteorder: str = "<") -> Ca
                         f"{DEFAULT_HEIGHT}, {DEFAULT_BIT_DEPTH}-bit")
     else:
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text, _ = decode_text(path.read_bytes())
         except OSError as err:
-            problems.append(f"cannot read ({err}); using defaults")
+            problems.append(f"cannot read ({err.strerror or err}); using defaults")
             text = ""
         entries, bad = parse_config_text(text)
         problems.extend(bad)
 
-    def integer(names, default):
-        raw = _lookup(entries, *names)
-        if raw is None:
+    def integer(names, default, label, largest=1 << 20):
+        found = _lookup(entries, *names)
+        if found is None:
             if path is not None:
-                problems.append(f"no {names[0].upper()} key; assuming {default}")
+                problems.append(f"no {label} key; assuming {default}")
             return default
-        try:
-            value = int(float(raw))
-        except ValueError:
-            problems.append(f"{names[0].upper()}={raw!r} is not a number; assuming {default}")
+        key, raw = found
+        value = parse_number(raw)
+        if value is None or not math.isfinite(value) or not value.is_integer():
+            problems.append(f"{key}={raw!r} is not a whole number; assuming {default}")
             return default
-        if value <= 0:
-            problems.append(f"{names[0].upper()}={value} is not positive; assuming {default}")
+        if not 0 < value <= largest:
+            problems.append(f"{key}={raw!r} is out of range (1..{largest}); assuming {default}")
             return default
-        return value
+        return int(value)
 
-    width = integer(("width", "imagewidth", "sizex"), DEFAULT_WIDTH)
-    height = integer(("height", "imageheight", "sizey"), DEFAULT_HEIGHT)
-    bit_depth = integer(("bitdepth", "bits", "bitsperpixel"), DEFAULT_BIT_DEPTH)
-    order_text = _lookup(entries, "byteorder", "endianness", "endian")
+    width = integer(("width", "imagewidth", "sizex"), DEFAULT_WIDTH, "WIDTH")
+    height = integer(("height", "imageheight", "sizey"), DEFAULT_HEIGHT, "HEIGHT")
+    bit_depth = integer(("bitdepth", "bits", "bitsperpixel"), DEFAULT_BIT_DEPTH, "BIT_DEPTH",
+                        largest=16)
+    found = _lookup(entries, "byteorder", "endianness", "endian")
     order = byteorder
-    if order_text is not None:
+    if found is not None:
+        key, order_text = found
         order = _BYTEORDER_WORDS.get(order_text.strip().lower(), None)
         if order is None:
-            problems.append(f"BYTE_ORDER={order_text!r} not understood; assuming little-endian")
-            order = "<"
+            order = byteorder
+            problems.append(f"{key}={order_text!r} not understood (little or big); assuming "
+                            f"{'little' if byteorder == '<' else 'big'}-endian")
     return CameraConfig(width, height, bit_depth, order, entries, path, tuple(problems))
 
 
@@ -201,4 +217,6 @@ def read_raw(path: str | os.PathLike, config: CameraConfig) -> np.ndarray:
     if data.size * data.itemsize != size:
         raise UnreadableFrameError(path, "short read")
     data = data.reshape(config.height, config.width)
-    return data.astype(data.dtype.newbyteorder("="), copy=False) if not data.dtype.isnative else data
+    if not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="), copy=False)
+    return data

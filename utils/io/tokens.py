@@ -22,20 +22,25 @@ from pathlib import Path
 _UNUM = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _NUM = rf"[-+]?{_UNUM}"
 
-_FOLDER_TEMP = re.compile(rf"^[Tt]({_NUM})(?:C|degC)?$")
-_FOLDER_EXP = re.compile(rf"^(?:exp_?)?({_NUM})\s*(?:s|sec|secs)$", re.IGNORECASE)
-_DOSE = re.compile(rf"^({_NUM})\s*kR(?:ad|ads)?$", re.IGNORECASE)
+# re.ASCII: digits are 0-9 only (Python's \d would also take Arabic-Indic or full-width digits)
+_FOLDER_TEMP = re.compile(rf"^[Tt]({_NUM})(?:C|degC)?$", re.ASCII)
+_FOLDER_EXP = re.compile(rf"^(?:exp_?)?({_NUM})\s*(?:s|sec|secs)$", re.IGNORECASE | re.ASCII)
+_DOSE = re.compile(rf"^({_NUM})\s*kR(?:ad|ads)?$", re.IGNORECASE | re.ASCII)
 
-_FILE_TEMP = re.compile(rf"T(-?{_UNUM})(?![\d.])")
-_FILE_EXP = re.compile(rf"exp_?({_UNUM})s", re.IGNORECASE)
-_FILE_FRAME = re.compile(r"(?<![A-Za-z])(?:frame|f)_?(\d+)", re.IGNORECASE)
+_FILE_TEMP = re.compile(rf"T(-?{_UNUM})(?![\d.])", re.ASCII)
+_FILE_EXP = re.compile(rf"exp_?({_UNUM})s", re.IGNORECASE | re.ASCII)
+_FILE_FRAME = re.compile(r"(?<![A-Za-z])(?:frame|f)_?(\d+)", re.IGNORECASE | re.ASCII)
+#: Longest frame number taken from a file name (more digits are not a frame counter).
+_FRAME_DIGITS = 9
 
 
 def _to_float(text: str) -> float:
+    """A finite float, else NaN (``T1e999`` is no temperature)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return math.nan
+    return value if math.isfinite(value) else math.nan
 
 
 def folder_temperature(name: str) -> float:
@@ -72,7 +77,8 @@ def folder_dose(name: str) -> float:
     (10.0, nan)
     """
     m = _DOSE.match(name)
-    return _to_float(m.group(1)) if m else math.nan
+    value = _to_float(m.group(1)) if m else math.nan
+    return value if value >= 0 else math.nan
 
 
 def file_temperature(name: str) -> float:
@@ -90,7 +96,9 @@ def file_exposure(name: str) -> float:
 def file_frame_number(name: str) -> int | None:
     """Frame number in a file name (``...f12.raw``, ``frame0``), else None."""
     m = _FILE_FRAME.search(Path(name).stem)
-    return int(m.group(1)) if m else None
+    if m is None or len(m.group(1).lstrip("0")) > _FRAME_DIGITS:
+        return None
+    return int(m.group(1))
 
 
 @dataclass(frozen=True)

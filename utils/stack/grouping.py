@@ -101,7 +101,8 @@ class GroupKey:
         if not math.isnan(self.exptime):
             text += f"_E{self.exptime:.6g}s"
         if self.attempt:
-            text += "_" + re.sub(r"[^A-Za-z0-9.+-]+", "-", self.attempt).strip("-")
+            # letters of any script are kept (attempt_ñ and attempt_ü must not collide)
+            text += "_" + re.sub(r"(?:[^\w.+-]|_)+", "-", self.attempt).strip("-")
         return text
 
     def without_attempt(self) -> "GroupKey":

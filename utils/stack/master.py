@@ -20,6 +20,7 @@ from astropy.io import fits
 
 from .. import adu
 from .. import headers as kw
+from ..errors import FrameError
 from ..io.fitsio import is_complete_fits, read_header
 from ..settings import field
 from .combine import METHODS, combine
@@ -42,10 +43,13 @@ class CombineSettings:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.sigma_low <= 0 or self.sigma_high <= 0 or self.min_accepted < 1:
+        # 'not x > 0' also refuses NaN
+        if not (self.sigma_low > 0 and self.sigma_high > 0) or self.min_accepted < 1:
             raise ValueError("sigma thresholds must be > 0 and min_accepted >= 1")
-        if self.memory_limit < 1e6 or self.workers < 1:
-            raise ValueError("memory_limit must be >= 1e6 byte and workers >= 1")
+        if not self.memory_limit >= 1e6:
+            raise ValueError(f"memory_limit must be >= 1e6 byte, not {self.memory_limit:g}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, not {self.workers}")
 
 
 def add_combine_options(parser, defaults: CombineSettings = CombineSettings()) -> None:
@@ -72,14 +76,44 @@ def combine_settings(args) -> CombineSettings:
         raise ConfigError(f"invalid option: {err}") from err
 
 
+def _identity(ref) -> str:
+    """What a reference stands for in a hash, never where the output folder is.
+
+    A FITS file (a master or model that was subtracted) counts by its own
+    ``INHASH`` (which depends only on its inputs and settings), else by a hash of
+    its bytes; anything else (a scale factor, a fingerprint) by its ``repr``.
+    """
+    if isinstance(ref, (str, os.PathLike)) and str(ref).lower().endswith((".fits", ".fit")) \
+            and os.path.isfile(ref):
+        try:
+            inhash = read_header(ref).get(kw.INHASH)
+        except FrameError:
+            inhash = None
+        if inhash:
+            return f"INHASH {inhash}"
+        content = hashlib.sha1()
+        with open(ref, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                content.update(chunk)
+        return f"SHA1 {content.hexdigest()}"
+    return repr(ref)
+
+
 def inputs_hash(paths: Sequence[str | os.PathLike], settings, *refs) -> str:
-    """Short hash of the input paths, the combination settings and extra references."""
+    """Short hash of the inputs, the combination settings and what was subtracted.
+
+    Inputs count by their real path (``data/f.fits`` and ``/abs/data/f.fits`` are
+    the same frame); references (``refs``) by :func:`_identity`, so two output
+    folders built from the same inputs get the same hash and a re-run from another
+    working folder or with an absolute index path rebuilds nothing.
+    """
     digest = hashlib.sha1()
-    for p in sorted(str(p) for p in paths):
-        digest.update(p.encode())
+    for p in sorted(os.path.realpath(p) for p in paths):
+        digest.update(p.encode("utf-8", "surrogateescape"))
         digest.update(b"\0")
     digest.update(repr((settings.method, settings.sigma_low, settings.sigma_high,
-                        settings.maxiters, settings.min_accepted, refs)).encode())
+                        settings.maxiters, settings.min_accepted,
+                        tuple(_identity(r) for r in refs))).encode())
     return digest.hexdigest()[:16]
 
 
@@ -195,9 +229,6 @@ def read_master(path: str | os.PathLike) -> MasterImages:
                             image("UNCERT", np.nan), image("SUBERR", 0.0), hdul[0].header.copy())
 
 
-__all__ = [
-    "MasterImages",
-    "read_master",
-    "add_combine_options",
-    "combine_settings","CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
+__all__ = ["MasterImages", "read_master", "add_combine_options", "combine_settings",
+           "CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
            "make_master"]
