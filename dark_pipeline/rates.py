@@ -67,6 +67,9 @@ class RateMap:
         :data:`METHOD_SLOPE` or :data:`METHOD_SINGLE`.
     err_scale : float
         Frame-wide factor applied to the noise-model errors.
+    nexp : numpy.ndarray or None
+        Exposures used per pixel (int8).  Where only one is valid (the longer ones
+        saturated or masked) the rate is that master's signal / exposure, offset 0.
     """
 
     temperature: float
@@ -79,6 +82,7 @@ class RateMap:
     exptimes: tuple
     method: str
     err_scale: float = 1.0
+    nexp: np.ndarray | None = None
 
 
 def noise_model_errors(exptimes: np.ndarray, noise: np.ndarray,
@@ -131,8 +135,14 @@ def _variance_line_py(t, noise, count, out):
         v1 = (s0 * sty - s1 * sy) / det if ok else np.nan
         v0 = (s2 * sy - s1 * sty) / det if ok else np.nan
         for k in range(k_n):
-            # a variance line can dip below zero where the pixel is quiet: floor it
-            v = max(v0 + v1 * t[k], floor) if ok else np.nan
+            # a variance line can dip below zero where the pixel is quiet: floor it; with one
+            # valid master (the others saturated or masked) its own variance is all there is
+            if ok:
+                v = max(v0 + v1 * t[k], floor)
+            elif count[k, p] > 1 and np.isfinite(noise[k, p]):
+                v = noise[k, p] * noise[k, p]
+            else:
+                v = np.nan
             out[k, p] = np.sqrt(v / max(count[k, p], 1.0))
 
 
@@ -252,9 +262,23 @@ def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
     t_w = np.sum(w * exptimes) / np.sum(w)
     c = w * (exptimes - t_w) / np.sum(w * (exptimes - t_w) ** 2)
     tavg = float(np.sum(c * exptimes * temps))
-    return RateMap(masters[0].temperature, tavg, fit.slope, fit.slope_err * s, fit.intercept,
+    rate, rate_err = fit.slope, fit.slope_err * s
+    valid = np.isfinite(data) & np.isfinite(sigma)
+    nexp = valid.sum(0).astype(np.int8)
+    single = nexp == 1   # a line through one point is not a measurement
+    if single.any():
+        # the longer exposures saturated (a hot pixel) or were masked: the one valid master
+        # still measures the rate, with the offset taken as 0
+        k = np.argmax(valid, axis=0)
+        pick = np.take_along_axis(data, k[None], 0)[0] / exptimes[k]
+        pick_err = np.take_along_axis(sigma, k[None], 0)[0] / exptimes[k]
+        rate = np.where(single, pick, rate).astype(np.float32)
+        rate_err = np.where(single, pick_err, rate_err).astype(np.float32)
+        logger.info("dark %.1f degC: %d pixels measured from one exposure only (the others "
+                    "saturated or masked)", masters[0].temperature, int(single.sum()))
+    return RateMap(masters[0].temperature, tavg, rate, rate_err, fit.intercept,
                    fit.intercept_err * s, fit.chi2 / (s * s), tuple(float(t) for t in exptimes),
-                   METHOD_SLOPE, scale)
+                   METHOD_SLOPE, scale, nexp)
 
 
 def measure_rates(stack: SignalStack) -> list[RateMap]:
@@ -288,7 +312,9 @@ def write_rate(rate: RateMap, path: Path, adc_bits: int = adu.DEFAULT_ADC_BITS) 
                          mask=~np.isfinite(rate.rate),
                          images={"OFFSET": (rate.offset, adu.UNIT),
                                  "OFFSETERR": (rate.offset_err, adu.UNIT),
-                                 "CHI2DOF": (rate.chi2dof, "")})
+                                 "CHI2DOF": (rate.chi2dof, ""),
+                                 **({"NEXP": (rate.nexp, "")} if rate.nexp is not None
+                                    else {})})
 
 
 __all__ = ["RateMap", "SignalStack", "load_stack", "measure_rate", "measure_rates",
