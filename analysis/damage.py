@@ -262,7 +262,7 @@ def damage_slope(steps: list[StepCurrent], normal: np.ndarray) -> DamageSlope:
     pts = dose_points(steps)
     table = step_means(pts, normal)
     fit = fit_line(table["FRAMEDOSE"], table["DC_MEAN"], table["DC_MEAN_ERR"],
-                   what="damage slope (mean dark current vs dose)")
+                   what="damage slope (mean dark current vs dose)", xname="dose")
     shape = steps[0].current.shape
     nan = np.full(shape, np.nan, np.float32)
     if len({round(p.framedose, 9) for p in pts}) < 2:
@@ -358,7 +358,7 @@ def annealing(steps: list[StepCurrent], normal: np.ndarray, min_significance: fl
 def level_trend(table: pd.DataFrame, value: str, error: str, what: str) -> Regression:
     """Weighted line of a per-step quantity vs the accumulated dose (pre and radiating rows)."""
     rows = table[table["STAGE"].isin(["pre", "radiating"])]
-    return fit_line(rows["FRAMEDOSE"], rows[value], rows[error], what=what)
+    return fit_line(rows["FRAMEDOSE"], rows[value], rows[error], what=what, xname="dose")
 
 
 __all__ = ["DamageSettings", "StepCurrent", "HotPixels", "DamageSlope", "Annealing",

@@ -98,7 +98,8 @@ def _skipped(names, n, reason, size) -> Regression:
                       math.nan, math.nan, reason, np.full(size, np.nan))
 
 
-def fit_linear(y, columns: dict, sigma=None, *, what: str = "fit") -> Regression:
+def fit_linear(y, columns: dict, sigma=None, *, what: str = "fit",
+               labels: dict | None = None) -> Regression:
     """Weighted least squares ``y = c0 + sum_j c_j x_j``.
 
     Parameters
@@ -111,6 +112,8 @@ def fit_linear(y, columns: dict, sigma=None, *, what: str = "fit") -> Regression
         One-sigma errors of ``y``; non-finite or non-positive ones drop the point.
     what : str, optional
         Name of the fit for the status message.
+    labels : dict, optional
+        ``{name: label}`` of the regressors in messages (default: their names).
 
     Returns
     -------
@@ -138,7 +141,8 @@ def fit_linear(y, columns: dict, sigma=None, *, what: str = "fit") -> Regression
         return _skipped(names, n, f"{what} skipped: {n} usable point(s), {p} needed", y.size)
     for name, col in zip(names[1:], X[ok, 1:].T):
         if np.ptp(col) == 0:
-            return _skipped(names, n, f"{what} skipped: every {name} is {col[0]:g} (a constant "
+            label = (labels or {}).get(name, name)
+            return _skipped(names, n, f"{what} skipped: every {label} is {col[0]:g} (a constant "
                                       "cannot be a regressor)", y.size)
     Xo, yo = X[ok], y[ok]
     w = 1.0 / s[ok] ** 2 if sigma is not None else np.ones(n)
@@ -165,7 +169,8 @@ def fit_linear(y, columns: dict, sigma=None, *, what: str = "fit") -> Regression
                       chi2dof, r2, "ok", residuals)
 
 
-def fit_line(x, y, sigma=None, *, what: str = "line", name: str = "slope") -> Regression:
+def fit_line(x, y, sigma=None, *, what: str = "line", name: str = "slope",
+             xname: str = "x") -> Regression:
     """Straight line ``y = intercept + slope x`` (see :func:`fit_linear`).
 
     Examples
@@ -174,7 +179,7 @@ def fit_line(x, y, sigma=None, *, what: str = "line", name: str = "slope") -> Re
     >>> round(r.value("slope"), 6), round(r.error("slope"), 6)
     (2.0, 0.0)
     """
-    return fit_linear(y, {name: x}, sigma, what=what)
+    return fit_linear(y, {name: x}, sigma, what=what, labels={name: xname})
 
 
 __all__ = ["Regression", "fit_linear", "fit_line"]
