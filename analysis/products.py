@@ -30,7 +30,8 @@ def _array(value):
 
 def write_npz(path: str | os.PathLike, **arrays) -> Path:
     """Write ``arrays`` to ``path`` (``.npz``) atomically; None becomes NaN."""
-    path = Path(path).with_suffix(".npz")
+    path = Path(path)
+    path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **{k: _array(v) for k, v in arrays.items()})
     return path
@@ -40,8 +41,9 @@ def save_plot(ax, path: str | os.PathLike, data: dict, dpi: int = 110) -> list[P
     """Save the figure of ``ax`` as ``path`` (PNG) and ``data`` as its ``.npz`` twin."""
     ax = np.ravel(ax)[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
     path = Path(path)
-    png = save_figure(ax.figure, path.with_suffix(".png"), dpi=dpi)   # closes the figure
-    return [png, write_npz(path, **data)]
+    stem = path.name[:-4] if path.suffix == ".png" else path.name   # names may hold dots
+    png = save_figure(ax.figure, path.with_name(stem + ".png"), dpi=dpi)  # closes the figure
+    return [png, write_npz(path.with_name(stem + ".npz"), **data)]
 
 
 def p_form(value: float) -> str:

@@ -382,7 +382,8 @@ def _stage_differences(w: _Writer, rows, out, ref_exp) -> None:
             t = _pick(rows, target[0], target[1], cal, ref_exp)
             r = _pick(rows, reference[0], reference[1], cal, ref_exp)
             if t.empty or r.empty:
-                why = f"{cal.lower()} {cmp} skipped: no {'pre' if cmp == 'first_vs_pre' else 'post'} rows"
+                missing = "pre" if cmp == "first_vs_pre" else "post"
+                why = f"{cal.lower()} {cmp} skipped: no {missing} rows"
                 w.notes.append(why)
                 records.append({"CALTYPE": cal, "CMP": cmp, "DIFF": math.nan,
                                 "DIFF_ERR": math.nan, "STATUS": why})

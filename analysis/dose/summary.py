@@ -198,7 +198,8 @@ def build_summary(groups, out_dir: Path, combine: CombineSettings, *, temp_bin: 
             refs: tuple = ()
             if caltype != "BIAS":
                 cands = [(t, p) for (s, d, t), p in bias_masters.items()
-                         if s == k.stage and d == k.dose and abs(t - k.temperature) <= bias_tolerance]
+                         if s == k.stage and d == k.dose
+                         and abs(t - k.temperature) <= bias_tolerance]
                 if not cands:
                     logger.warning("%s %s: no bias master of %s %g krad within %g degC; group "
                                    "skipped", caltype.lower(), path.name, k.stage, k.dose,
