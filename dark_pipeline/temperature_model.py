@@ -73,9 +73,10 @@ def _err_scale(chi2: np.ndarray, npoints: np.ndarray, fallback: np.ndarray, npar
 
 
 def _scaled(fit, s: float, error_fields: tuple[str, ...]):
-    changes = {name: getattr(fit, name) * np.float32(s) for name in error_fields}
-    changes["covariance"] = fit.covariance * np.float32(s * s)
-    changes["chi2"] = fit.chi2 / np.float32(s * s)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf maps of unfitted pixels
+        changes = {name: getattr(fit, name) * np.float32(s) for name in error_fields}
+        changes["covariance"] = fit.covariance * np.float32(s * s)
+        changes["chi2"] = fit.chi2 / np.float32(s * s)
     return dataclasses.replace(fit, **changes)
 
 

@@ -17,10 +17,11 @@ with its own (linear) amplitude: it minimises the profile chi-square
 ``(n_p - 1) + A_p^2 |(1 - P_f(theta)) f(theta_0)|^2_w`` -- the noise part does not
 depend on theta (a rank-one projection) -- so the minimum is at the true theta
 however faint the pixels are: no selection, no bias.  Pixels whose chi-square
-rejects the common shape (p-value below ``clip_pvalue``: hot pixels following a
-law of their own, whose signal would outweigh the rest) are left out -- a cut
-on the fit's residuals, not on the signal level, which would again select by
-noise; a pixel sample keeps the cost bounded on large sensors.
+rejects the common shape (p-value below ``clip_pvalue``) and bright outliers
+(amplitude beyond ``BRIGHT_Z`` robust sigma of the population: hot pixels, which
+may follow a law of their own and would outweigh the rest) are left out -- cuts
+far outside the bulk, never inside it, where they would again select by noise;
+a pixel sample keeps the cost bounded on large sensors.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import numpy as np
 
 #: Pixels of the sample the joint fit uses at most (a deterministic stride).
 MAX_PIXELS = 100_000
+#: Robust z of the amplitude beyond which a pixel is a bright outlier (hot), left out.
+BRIGHT_Z = 20.0
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,20 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
         else np.full(q, np.nan)
     if theta.size != q or not np.all(np.isfinite(theta)):
         theta = _start(z, y, w)
+    # bright outliers (hot pixels, ~30x the typical signal) may follow a law of their own and
+    # would outweigh all the rest: left out by a robust z of their amplitude far beyond any
+    # ordinary pixel's (a cut inside the bulk would select by noise and bias theta)
+    f0 = np.exp(np.clip(z @ theta, -700, 700))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        amp = (f0 @ (w * y)) / ((f0 * f0) @ w)
+    ok = np.isfinite(amp)
+    centre = float(np.median(amp[ok])) if ok.any() else 0.0
+    spread = 1.4826 * float(np.median(np.abs(amp[ok] - centre))) if ok.any() else 0.0
+    if spread > 0:
+        keep = ok & ((amp - centre) / spread <= BRIGHT_Z)
+        y, w = y[:, keep], w[:, keep]
+        if shared is not None:
+            shared = (shared[0], shared[1][:, :, keep], shared[2][:, keep])
     for _ in range(3):
         wy = w * y
         theta = _minimise(z, wy, w, theta, shared)
