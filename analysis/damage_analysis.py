@@ -317,9 +317,10 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         files.append(write_product(out_dir / f"hot_pixels_{s.tag}.fits", bits, header, unit=""))
     header = _image_header("DAMAGE_SLOPE", [
         ("MODEL", "I(D) = I0 + SLOPE D", "per pixel, weighted, pre and radiating steps"),
+        ("PERDOSE", "krad", "values are per krad of dose (krad is no FITS unit)"),
         (kw.TREF, settings.t_ref, "[degC] reference temperature")])
     files.append(write_product(out_dir / "damage_slope_map.fits", slope.slope_map, header,
-                               unit=f"{funit} / krad", uncertainty=slope.slope_err,
+                               unit=funit, uncertainty=slope.slope_err,
                                mask=~np.isfinite(slope.slope_map),
                                images={"INTERCEPT": (slope.intercept_map, funit),
                                        "CHI2DOF": (slope.chi2, "")}))
