@@ -69,7 +69,7 @@ def per_dose(rows: pd.DataFrame, dark_exposure: float, stages=("radiating", "dur
     bias = part[part["CALTYPE"] == "BIAS"].groupby("DOSE")[["MEAN", "STD"]].mean()
     dark = part[(part["CALTYPE"] == "DARK") & np.isclose(part["EXPTIME"], dark_exposure)]
     dark = dark.groupby("DOSE")[["MEAN", "STD"]].mean()
-    both = bias.join(dark, lsuffix="_B", rsuffix="_D", how="inner").reset_index()
+    both = bias.reset_index().merge(dark.reset_index(), on="DOSE", suffixes=("_B", "_D"))
     return both.sort_values("DOSE")
 
 

@@ -84,7 +84,8 @@ class DoseResult:
 
     def summary_line(self) -> str:
         """One line: what was written where."""
-        skipped = int((self.fits["STATUS"] != "ok").sum()) if len(self.fits) else 0
+        skipped = int((~self.fits["STATUS"].str.startswith("ok")).sum()) if len(self.fits) \
+            else 0
         gain = f"gain {self.gain.gain:g} e-/ADC count ({self.gain.source})" if self.gain \
             else "gain assumed 1 e-/adu"
         text = (f"dose analysis: {len(self.summary)} groups, {len(self.fits)} fits "
@@ -114,7 +115,7 @@ class _Writer:
                "QUANTITY": quantity}
         rec.update(r.record())
         self.fits.append(rec)
-        if not r.ok:
+        if r.status != "ok":
             logger.warning("%s", r.status)
             self.notes.append(r.status)
 

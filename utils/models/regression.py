@@ -43,7 +43,8 @@ class Regression:
     r2 : float
         Coefficient of determination (0 when y is constant).
     status : str
-        ``ok`` or why the fit was skipped.
+        ``ok``, ``ok (... errors unknown)`` for an unweighted exact fit, or why the fit was
+        skipped.
     residuals : numpy.ndarray
         ``y - prediction`` of every input point (NaN where not used or not ok).
     """
@@ -61,8 +62,9 @@ class Regression:
 
     @property
     def ok(self) -> bool:
-        """True when the coefficients were determined."""
-        return self.status == "ok"
+        """True when the coefficients were determined (their errors may still be unknown:
+        an exact fit without weights and without a degree of freedom says so)."""
+        return self.status.startswith("ok")
 
     def value(self, name: str) -> float:
         """Coefficient ``name``."""
@@ -165,8 +167,10 @@ def fit_linear(y, columns: dict, sigma=None, *, what: str = "fit",
     r2 = 1.0 - ss / tot if tot > 0 else 0.0
     residuals = np.full(y.size, np.nan)
     residuals[ok] = resid
+    status = "ok" if dof > 0 or sigma is not None else \
+        f"ok ({what}: {n} points for {p} coefficients, no degree of freedom: errors unknown)"
     return Regression(tuple(names), coef, np.sqrt(np.maximum(np.diag(cov), 0)), cov, n, dof,
-                      chi2dof, r2, "ok", residuals)
+                      chi2dof, r2, status, residuals)
 
 
 def fit_line(x, y, sigma=None, *, what: str = "line", name: str = "slope",
