@@ -14,8 +14,7 @@ Example
 -------
   python -m utils.index_dataset --bias data/Bias --dark data/Darks --flat data/Flats index.csv
   python -m utils.index_dataset --discover data/irradiation_campaign index.csv
-  python -m utils.index_dataset --discover data/irr --radiation-log data/irr/radiationLogCompleto.csv \
-      index.csv
+  python -m utils.index_dataset --discover data/irr --radiation-log data/irr/radLog.csv index.csv
   python -m utils.index_dataset data/TestSection1 data/TestSection2 data/TestSection3 index.csv
 """
 

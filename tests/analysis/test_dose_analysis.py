@@ -258,3 +258,12 @@ def test_bad_index_is_one_line(tmp_path, caplog, capsys, one_line_error):
     assert status == 2
     one_line_error(caplog, capsys, "nope.csv", "does not exist")
     assert not (tmp_path / "o").exists()
+
+
+def test_dose_fits_products_verify(rad_dose, fitsverify):
+    _, out, _ = rad_dose
+    paths = [out / "pixel_precision" / "mag_err_10kR.fits", out / "analysis" /
+             "dark_post_vs_last.fits", sorted((out / "masters").glob("master_dark_*.fits"))[0]]
+    for path in paths:
+        errors, report = fitsverify(path)
+        assert errors == 0, f"{path}: {report}"
