@@ -56,3 +56,26 @@ def test_population_gamma_unbiased(low_signal):
     # 2-D population error ~0.003: 3 sigma plus the ~0.003 shift measured over seeds
     assert abs(head["gamma_population"] - 1.0) < 3 * head["gamma_population_err"] + 0.003
     assert abs(head["doubling_temperature_degC"] - T_D) < 0.3
+
+
+def test_amplitude_pulls_on_nine_temperatures(tmp_path):
+    # the per-bin variance lines gave A pulls of std 1.15 here (weights from two
+    # parameters per pixel and bin): the pooled photon-transfer noise model gives ~1.03
+    import numpy as np
+    from conftest import convert_campaign
+
+    temps = tuple(float(t) for t in range(0, 41, 5))
+    campaign = simulate_standard(tmp_path / "c", seed=100, width=64, height=48, frames=8,
+                                 attempts=1, bias_temperatures=temps, dark_temperatures=temps,
+                                 dark_exposures=(1.0, 2.0), flat_temperatures=(20.0,),
+                                 flat_exposures=(0.1,), defects=False,
+                                 physics=Physics(doubling_temperature=T_D))
+    convert_campaign(campaign)
+    index = DatasetIndex(build_index([("", campaign.root)]))
+    masters, _, _ = measure(index, tmp_path / "o", DarkSettings(), [])
+    model = fit_temperature_model(measure_rates(load_stack(masters)), 20.0, quiet=True)
+    truth = campaign.maps()
+    normal = ~truth["hot_mask"]
+    pull = ((model.fit.amplitude - truth["dark_ref_adu"]) / model.fit.amplitude_err)[normal]
+    # 3000 pixels: the std is known to ~2 %
+    assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1

@@ -548,19 +548,22 @@ class ExponentialFit:
     population_rate_median: float = float("nan")
 
     def predict(self, x: float) -> np.ndarray:
-        """Model value at ``x`` (float32 image)."""
-        e = np.exp(self.rate.astype(np.float64) * (x - self.x_ref))
-        return (self.amplitude * e).astype(np.float32)
+        """Model value at ``x`` (float32 image; inf where a pixel's own law runs beyond float32
+        far from its data)."""
+        with np.errstate(over="ignore"):
+            e = np.exp(self.rate.astype(np.float64) * (x - self.x_ref))
+            return (self.amplitude * e).astype(np.float32)
 
     def predict_err(self, x: float) -> np.ndarray:
         """One-sigma error of :meth:`predict` at ``x``, with the amplitude-rate covariance."""
         d = x - self.x_ref
         a = self.amplitude.astype(np.float64)
-        e = np.exp(self.rate.astype(np.float64) * d)
         # gradient (e, a d e): var = e^2 (s_a^2 + (a d s_r)^2 + 2 a d cov)
-        var = self.amplitude_err.astype(np.float64) ** 2 + (a * d * self.rate_err) ** 2 \
-            + 2 * a * d * self.covariance
-        return (e * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(self.rate.astype(np.float64) * d)
+            var = self.amplitude_err.astype(np.float64) ** 2 + (a * d * self.rate_err) ** 2 \
+                + 2 * a * d * self.covariance
+            return (e * np.sqrt(np.maximum(var, 0))).astype(np.float32)
 
 
 def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0,
@@ -705,12 +708,15 @@ class PowerExponentialFit:
 
     def _shape(self, temperature: float, exptime: float) -> np.ndarray:
         """t^gamma exp(rate (T - t_ref)) per pixel, float64."""
-        return np.exp(self.gamma.astype(np.float64) * np.log(exptime)
-                      + self.rate.astype(np.float64) * (temperature - self.t_ref))
+        with np.errstate(over="ignore"):
+            return np.exp(self.gamma.astype(np.float64) * np.log(exptime)
+                          + self.rate.astype(np.float64) * (temperature - self.t_ref))
 
     def predict(self, temperature: float, exptime: float) -> np.ndarray:
-        """Model value at ``temperature`` [degC] and ``exptime`` [s] (float32 image)."""
-        return (self.amplitude * self._shape(temperature, exptime)).astype(np.float32)
+        """Model value at ``temperature`` [degC] and ``exptime`` [s] (float32 image; inf where a
+        pixel's own law runs beyond float32 far from its data)."""
+        with np.errstate(over="ignore"):
+            return (self.amplitude * self._shape(temperature, exptime)).astype(np.float32)
 
     def predict_err(self, temperature: float, exptime: float) -> np.ndarray:
         """One-sigma error of :meth:`predict`, with the full parameter covariance."""
@@ -719,8 +725,10 @@ class PowerExponentialFit:
         # gradient f * (1, a ln t, a dT); var = f^2 * u^T C u
         u = (1.0, a * np.log(exptime), a * (temperature - self.t_ref))
         c = self.covariance
-        var = sum(u[i] * u[j] * c[i, j].astype(np.float64) for i in range(3) for j in range(3))
-        return (f * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            var = sum(u[i] * u[j] * c[i, j].astype(np.float64) for i in range(3)
+                      for j in range(3))
+            return (f * np.sqrt(np.maximum(var, 0))).astype(np.float32)
 
 
 def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: float,
