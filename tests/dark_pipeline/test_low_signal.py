@@ -61,7 +61,6 @@ def test_population_gamma_unbiased(low_signal):
 def test_amplitude_pulls_on_nine_temperatures(tmp_path):
     # the per-bin variance lines gave A pulls of std 1.15 here (weights from two
     # parameters per pixel and bin): the pooled photon-transfer noise model gives ~1.03
-    import numpy as np
     from conftest import convert_campaign
 
     temps = tuple(float(t) for t in range(0, 41, 5))
