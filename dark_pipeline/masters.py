@@ -26,7 +26,14 @@ from utils.errors import InputPathError, UserError
 from utils.io.fitsio import read_image
 from utils.io.index import DatasetIndex
 from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
-from utils.stack.grouping import GroupKey, calibration_groups
+from utils.stack.grouping import (
+    GroupKey,
+    calibration_groups,
+    check_one_dose_step,
+    select_stage,
+    stage_groups,
+    stage_tag,
+)
 from utils.stack.master import CombineSettings, make_master
 
 logger = logging.getLogger(__name__)
@@ -49,16 +56,25 @@ class DarkMaster:
     written: bool
 
 
-def select_frames(index: DatasetIndex, caltype: str, stage: str = "") -> pd.DataFrame:
-    """Usable frames of one type (and stage) with a temperature; the others are logged."""
+def select_frames(index: DatasetIndex, caltype: str, stage: str = "",
+                  dose: float | None = None) -> pd.DataFrame:
+    """Usable frames of one type and (stage, dose step) with a temperature; the others are
+    logged.
+
+    Raises
+    ------
+    UserError
+        Frames of several (stage, dose step) groups remain (choose one), or of several
+        dose steps (a fit across them is refused).
+    """
     table = index.table
-    rows = table[table["CALTYPE"] == caltype]
-    stages = sorted(set(rows["STAGE"].astype(str)) - {""})
-    if stage:
-        rows = rows[rows["STAGE"] == stage]
-    elif len(stages) > 1:
-        raise UserError(f"{caltype.lower()} frames of several stages ({', '.join(stages)}); "
-                        "choose one with --stage")
+    rows = select_stage(table[table["CALTYPE"] == caltype], stage, dose)
+    groups = stage_groups(rows)
+    if len(groups) > 1:
+        raise UserError(f"{caltype.lower()} frames of several stages or dose steps ("
+                        + ", ".join(stage_tag(s, d) for s, d in groups)
+                        + "); choose one with --stage and --dose")
+    check_one_dose_step(rows, f"{caltype.lower()} frames")
     bad = rows["BADFITS"].astype(bool) | rows["TEMP"].isna()
     for _, row in rows[bad].iterrows():
         why = row["REASON"] if isinstance(row["REASON"], str) and row["REASON"] else \
@@ -67,9 +83,18 @@ def select_frames(index: DatasetIndex, caltype: str, stage: str = "") -> pd.Data
     return rows[~bad]
 
 
-def dark_frames(index: DatasetIndex, stage: str = "") -> pd.DataFrame:
-    """Usable dark frames; a one-line error when there are none or their shapes differ."""
-    rows = select_frames(index, "DARK", stage)
+def dark_groups(index: DatasetIndex, stage: str = "",
+                dose: float | None = None) -> list[tuple[str, float]]:
+    """(stage, dose step) groups of the dark frames selected by ``stage`` and ``dose``
+    (empty when there is no dark frame at all: :func:`dark_frames` says so)."""
+    table = index.table
+    return stage_groups(select_stage(table[table["CALTYPE"] == "DARK"], stage, dose))
+
+
+def dark_frames(index: DatasetIndex, stage: str = "", dose: float | None = None) -> pd.DataFrame:
+    """Usable dark frames of one (stage, dose step); a one-line error when there are none or
+    their shapes differ."""
+    rows = select_frames(index, "DARK", stage, dose)
     if rows.empty:
         counts = ", ".join(f"{c or '?'}: {n}" for c, n in
                            index.table["CALTYPE"].value_counts().items())
@@ -142,7 +167,8 @@ class BiasReference:
 
 
 def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
-                   stage: str = "", temp_bin: float = 1.0, tolerance: float = 2.0,
+                   stage: str = "", dose: float | None = None, temp_bin: float = 1.0,
+                   tolerance: float = 2.0,
                    combine: CombineSettings = CombineSettings(),
                    progress_bar: bool = False) -> BiasReference:
     """The bias model given by the user, else one fitted from the tree's bias frames.
@@ -153,10 +179,12 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
         No ``model_path`` and no usable bias frame in the tree.
     """
     if model_path:
+        model_path = resolve_bias_model(model_path, stage_tag(stage, math.nan if dose is None
+                                                              else dose))
         model = BiasModel.read(model_path)
         logger.info("bias: model %s (%.1f..%.1f degC)", model_path, model.t_min, model.t_max)
         return BiasReference(model, [], tolerance, str(model_path))
-    rows = select_frames(index, "BIAS", stage)
+    rows = select_frames(index, "BIAS", stage, dose)
     if rows.empty:
         raise UserError("missing bias: no usable bias frames next to the darks and no "
                         "--bias-model; give --bias-model OUT/bias_model.fits from the bias "
@@ -179,6 +207,20 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
     logger.info("bias: model fitted from %d bias masters (%.1f..%.1f degC): %s", len(masters),
                 temps.min(), temps.max(), path)
     return BiasReference(model, masters, tolerance, str(path))
+
+
+def resolve_bias_model(path: str | Path, tag: str) -> Path:
+    """The bias model file to use for the stage tag ``tag``: ``path`` itself when it is a
+    file, else (a bias-pipeline output folder) ``path/<tag>/bias_model.fits`` when it
+    exists, else ``path/bias_model.fits``."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / tag / "bias_model.fits", path / "bias_model.fits"):
+            if candidate.is_file():
+                return candidate
+        raise InputPathError(f"{path}: no bias_model.fits for {tag or 'these frames'} in this "
+                             "folder; run the bias pipeline first or give the model file")
+    return path
 
 
 def dark_sets(rows: pd.DataFrame, temp_bin: float,
@@ -238,5 +280,6 @@ def temperatures_of(masters: list[DarkMaster]) -> list[float]:
 
 
 __all__ = ["DarkMaster", "BiasReference", "bias_reference", "dark_frames", "dark_sets",
+           "dark_groups", "resolve_bias_model",
            "build_dark_masters", "masters_table", "master_file",
            "select_frames", "temperatures_of", "MASTER_FOLDER"]
