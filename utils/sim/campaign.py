@@ -56,7 +56,9 @@ class FrameTruth:
     timestamp : float
         Acquisition time, Unix time [s].
     defect : str or None
-        ``truncated``, ``all_zero``, ``dead_region`` or None.
+        ``truncated``, ``all_zero``, ``dead_region``, ``zero_band``, ``lamp_drift`` or None.
+    illumination : float
+        Flat lamp flux relative to ``Physics.flat_flux`` [1] (1 for bias and darks).
     """
 
     path: str
@@ -73,6 +75,7 @@ class FrameTruth:
     frame: int
     timestamp: float
     defect: str | None = None
+    illumination: float = 1.0
 
 
 @dataclass(frozen=True)
