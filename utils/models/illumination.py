@@ -16,9 +16,15 @@ Estimator.  The image (a normalised master flat) is reduced to at most
 rays; the pixel scatter about a smooth model is the PRNU, uncorrelated from pixel
 to pixel), then fitted by nonlinear least squares (``scipy.optimize.least_squares``,
 analytic Jacobian), equal weights; points further than ``clip`` robust sigma from the
-model are dropped and the fit repeated (at most ``maxiter`` times).  The parameter
-covariance is ``s^2 (J^T J)^-1`` with ``s^2`` the residual variance of the points
-kept: the PRNU scatter is the noise of this fit, whatever the frames' temporal noise.
+model are dropped and the fit repeated (at most ``maxiter`` times).  The PRNU scatter is
+the noise of this fit, whatever the frames' temporal noise, and it is not independent
+from point to point: a sensor's response has row and column patterns, which pull the
+whole profile along one axis.  The parameter covariance is therefore the two-way
+cluster-robust sandwich (Cameron, Gelbach & Miller 2011) with the binned rows and
+columns as clusters, ``B (M_col + M_row - M_pix) B`` with ``B = (J^T J)^-1`` and ``M``
+the sums of ``(J^T r)(J^T r)^T`` over each row, each column and each point, each with
+its ``G / (G - 1)`` correction; it falls back to ``s^2 (J^T J)^-1`` (``s^2`` the residual
+variance) where that is larger or the sandwich is not positive.
 The model's error at each pixel is ``sqrt(g^T C g)`` with ``g`` its gradient in the
 parameters.
 """
@@ -178,6 +184,29 @@ def _terms(p: np.ndarray, x: np.ndarray, y: np.ndarray, r_norm: float, tilt: boo
     return model, grads
 
 
+def _clustered_covariance(jac: np.ndarray, res: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                          bread: np.ndarray, s2: float) -> np.ndarray:
+    """Two-way (row, column) cluster-robust covariance, never below the i.i.d. one (module
+    notes)."""
+    score = jac * res[:, None]
+
+    def meat(labels):
+        _, inverse = np.unique(labels, return_inverse=True)
+        g = np.zeros((inverse.max() + 1, jac.shape[1]))
+        np.add.at(g, inverse, score)
+        n_g = g.shape[0]
+        return g.T @ g * (n_g / max(n_g - 1, 1))
+    n = res.size
+    middle = meat(np.round(xs, 3)) + meat(np.round(ys, 3)) - score.T @ score * (n / (n - 1))
+    clustered = bread @ middle @ bread
+    iid = s2 * bread
+    if np.any(np.linalg.eigvalsh(0.5 * (clustered + clustered.T)) < 0):
+        return iid
+    # never claim more precision than independent points would give
+    scale = np.sqrt(np.maximum(np.diag(clustered), np.diag(iid)) / np.diag(clustered))
+    return clustered * np.outer(scale, scale)
+
+
 def bin_image(image: np.ndarray, factor: int, mask: np.ndarray | None = None):
     """Block medians of ``factor`` x ``factor`` pixels (NaN and masked pixels ignored).
 
@@ -297,9 +326,10 @@ def fit_illumination(image: np.ndarray, mask: np.ndarray | None = None, *, tilt:
     dof = max(int(keep.sum()) - k, 1)
     s2 = float(res_k @ res_k) / dof
     try:
-        cov = s2 * np.linalg.inv(jac_k.T @ jac_k)
+        bread = np.linalg.inv(jac_k.T @ jac_k)
     except np.linalg.LinAlgError as err:
         raise ValueError(f"illumination model: singular normal matrix ({err})") from err
+    cov = _clustered_covariance(jac_k, res_k, xs[keep], ys[keep], bread, s2)
     rel_k = values[keep] / (values[keep] - res_k) - 1.0
     rms = MAD_TO_STD * float(np.median(np.abs(rel_k - np.median(rel_k))))
     return IlluminationModel((h, w), p0.copy(), cov, names, r_norm, residual_rms=rms,

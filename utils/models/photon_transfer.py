@@ -49,7 +49,7 @@ METHOD = "photon transfer (EMVA 1288)"
 
 
 def pair_statistics(a: np.ndarray, b: np.ndarray, *, clip: float = 5.0,
-                    valid: np.ndarray | None = None) -> dict:
+                    valid: np.ndarray | None = None, match_levels: bool = True) -> dict:
     """Mean, level-matched temporal variance and pixels used of one pair (see module notes).
 
     Parameters
@@ -60,6 +60,9 @@ def pair_statistics(a: np.ndarray, b: np.ndarray, *, clip: float = 5.0,
         Differences further than this many robust sigma from their median are dropped.
     valid : numpy.ndarray of bool, optional
         Pixels that may be used (e.g. not saturated in either frame).
+    match_levels : bool, optional
+        Scale ``b`` to the mean of ``a`` before differencing (flats); False for frames
+        without signal (bias pairs), whose means are near 0.
 
     Returns
     -------
@@ -84,7 +87,7 @@ def pair_statistics(a: np.ndarray, b: np.ndarray, *, clip: float = 5.0,
         return {"MEAN": math.nan, "VAR": math.nan, "NPIX": int(a.size), "RATIO": math.nan,
                 "NCLIP": 0}
     ma, mb = float(a.mean()), float(b.mean())
-    ratio = ma / mb if mb != 0 else 1.0
+    ratio = ma / mb if match_levels and mb != 0 else 1.0
     d = a - ratio * b
     centre = float(np.median(d))
     spread = MAD_TO_STD * float(np.median(np.abs(d - centre)))
@@ -122,6 +125,9 @@ class PhotonTransfer:
         Factor applied to the level errors (``max(1, sqrt(chi2dof))``).
     saturation_adu : float
         [adu] mean signal of largest variance (NaN when the curve does not turn over).
+    saturation_next_adu : float
+        [adu] mean signal of the next level up: with levels far apart the onset lies
+        between the two (NaN when there is none).
     read_noise_adu, read_noise_adu_err : float
         [adu] temporal noise at zero signal: from bias pairs when given, else
         ``sqrt(intercept)``.
@@ -145,6 +151,7 @@ class PhotonTransfer:
     chi2dof: float = math.nan
     err_scale: float = 1.0
     saturation_adu: float = math.nan
+    saturation_next_adu: float = math.nan
     read_noise_adu: float = math.nan
     read_noise_adu_err: float = math.nan
     read_noise_source: str = ""
@@ -192,6 +199,7 @@ class PhotonTransfer:
                "read_noise_source": self.read_noise_source, "read_noise_e": self.read_noise_e,
                "read_noise_e_err": self.read_noise_e_err,
                "saturation_onset_adu": self.saturation_adu, "saturation_onset_e": self.saturation_e,
+               "saturation_next_level_adu": self.saturation_next_adu,
                "linearity_error_percent": self.linearity_error,
                "levels": int(len(self.levels)),
                "levels_fitted": int(self.levels["USED"].sum()) if len(self.levels) else 0,
@@ -286,6 +294,7 @@ def fit_photon_transfer(pairs: pd.DataFrame, *, adc_bits: int = adu.DEFAULT_ADC_
     top = int(order[np.argmax(var[order])])
     if top != order[-1]:  # the curve turns over: saturation onset at its largest variance
         result.saturation_adu = float(mean[top])
+        result.saturation_next_adu = float(mean[order[list(order).index(top) + 1]])
     limit = fit_fraction * result.saturation_adu if math.isfinite(result.saturation_adu) \
         else math.inf
     used = (mean <= limit) & (levels["SATFRACTION"].to_numpy(float) <= max_sat_fraction) \
