@@ -217,6 +217,12 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     t_ref = float(np.mean(temps)) if t_ref is None else float(t_ref)
     exp_ref = float(np.mean(exps)) if exp_ref is None else float(exp_ref)
     design = np.stack([np.ones_like(temps), temps - t_ref, exps - exp_ref], axis=1)
+    # one temperature bin (or one exposure): the few 0.01 degC between the masters' mean
+    # temperatures constrain nothing physical; drop the term rather than fit noise
+    if len({m.key.temperature for m in masters}) < 2:
+        design[:, 1] = 0.0
+    if len({m.key.exptime for m in masters}) < 2:
+        design[:, 2] = 0.0
     h, w = shape
     coef = np.full((3, h, w), np.nan, np.float32)
     sigma = np.full((3, h, w), np.nan, np.float32)

@@ -6,8 +6,12 @@ the streaming engine (:func:`utils.stack.combine.combine`): ``subtract(i, start,
 gives the bias at frame ``i``'s own temperature plus its dark, and the per-frame
 ``scale`` is ``1 / level_i`` (the frame's own level, :mod:`flat_pipeline.quality`), so a
 drifting lamp does not bias the clipping.  The stack (sigma-clipped mean by default) is
-then normalised to 1 by the same statistic over the central region; ``FLATNORM`` keeps
-the level [adu] (the median of the frames' levels times that factor).
+then normalised to 1 over the central region; ``FLATNORM`` keeps the level [adu] (the
+median of the frames' levels times that factor).  With ``--norm-method`` median or mean
+that last factor is the 5-sigma-clipped mean of the central region (``MASTNORM``): the
+median of a noisy, skewed distribution of pixel values (vignetting) moves with the
+noise, i.e. with the level, and would put a spurious exposure-time dependence of a few
+0.01 % into every flat normalised with it; a clipped mean does not.
 
 Noise model.  A pixel's ``NOISE`` (sample standard deviation of its accepted frames) is
 itself uncertain by ``1 / sqrt(2 (N - 1))`` (20 % at 12 frames); weighting a fit with it
@@ -131,7 +135,7 @@ def stack_normalised(paths: list[str], rows: pd.DataFrame, subtract, scale: np.n
                      progress_bar=progress_bar)
     rows_sl, cols_sl = central_region(result.data.shape, central_fraction)
     centre = np.where(result.mask, np.nan, result.data)[rows_sl, cols_sl]
-    norm = level_of(centre, norm_method)
+    norm = level_of(centre, norm_method) if norm_method == "max" else clipped_mean(centre)
     if not norm > 0:
         raise ValueError("the stacked flat has no positive level in its central region")
     inv = np.float32(1.0 / norm)
@@ -141,6 +145,18 @@ def stack_normalised(paths: list[str], rows: pd.DataFrame, subtract, scale: np.n
     result.stderr = np.sqrt((result.stderr.astype(np.float64) * inv) ** 2
                             + suberr.astype(np.float64) ** 2).astype(np.float32)
     return result, norm, suberr
+
+
+def clipped_mean(values: np.ndarray, sigma: float = 5.0) -> float:
+    """Mean of the finite values within ``sigma`` robust sigma of their median (unbiased by
+    symmetric noise, unlike the median of a skewed distribution)."""
+    v = values[np.isfinite(values)].astype(np.float64)
+    if v.size == 0:
+        return math.nan
+    centre = float(np.median(v))
+    spread = 1.482602218505602 * float(np.median(np.abs(v - centre)))
+    keep = np.abs(v - centre) <= sigma * spread if spread > 0 else np.ones(v.size, bool)
+    return float(v[keep].mean())
 
 
 def noise_line(data: np.ndarray, noise: np.ndarray, count: np.ndarray) -> tuple[float, float]:
@@ -215,7 +231,9 @@ def build_master(key: GroupKey, rows: pd.DataFrame, levels: np.ndarray, referenc
         "NOISEB": (noise_b, "[1] slope of the noise line"),
         kw.INHASH: (digest, "hash of inputs and settings"),
         kw.FLATNORM: (level, "[adu] level divided out (median frame level)"),
-        "NORMMETH": (norm_method, "statistic of the central region = 1"),
+        "NORMMETH": (norm_method, "frame level: statistic of the central region"),
+        "MASTNORM": ("max" if norm_method == "max" else "clipped mean",
+                     "statistic of the master's central region = 1"),
         "NORMREG": (float(central_fraction), "side fraction of the central region"),
         "FLATPIPE": ("master_flat", "old name of this step"),
         "N_FILES": (len(paths), "frames stacked (old keyword)"),
@@ -278,7 +296,9 @@ def build_sky_median(entries: list[tuple[pd.Series, object, int, float]], folder
     extra.update({kw.INHASH: (digest, "hash of inputs and settings"),
                   kw.FLATNORM: (level, "[adu] median level of the frames"),
                   "SKYPIPE": ("median", "median of the reduced, normalised frames"),
-                  "NORMMETH": (norm_method, "statistic of the central region = 1"),
+                  "NORMMETH": (norm_method, "frame level: statistic of the central region"),
+                  "MASTNORM": ("max" if norm_method == "max" else "clipped mean",
+                               "statistic of the master's central region = 1"),
                   kw.CALTYPE: ("FLAT", "calibration type"),
                   kw.IMAGETYP: ("MASTER FLAT", "sky median flat"),
                   kw.STAGE: (key.stage or "none", "irradiation stage")})

@@ -511,8 +511,13 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
                    excluded=[{"file": Path(p).name, "reason": r} for p, r in
                              zip(qc.loc[qc["STATUS"] != USED, "PATH"],
                                  qc.loc[qc["STATUS"] != USED, "REASON"])])
-    for _, row in qc[qc["STATUS"] != USED].iterrows():
-        logger.warning("%s: left out of the masters (%s)", Path(row["PATH"]).name, row["REASON"])
+    excluded = qc[qc["STATUS"] != USED]
+    for (_, _, _), part in excluded.groupby(
+            [excluded["TBIN"].fillna(-999), excluded["EXPTIME"],
+             excluded["REASON"].str.split(":").str[0]], sort=False):
+        logger.warning("%s%s: left out of the masters (%s)", Path(part["PATH"].iloc[0]).name,
+                       f" and {len(part) - 1} more of its set" if len(part) > 1 else "",
+                       part["REASON"].iloc[0])
     out.figure(lambda: plots.plot_frame_levels(qc), "frame_levels.png")
 
     # 2. photon transfer (gain.json) -- bias and flat pairs only

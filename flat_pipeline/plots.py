@@ -129,10 +129,12 @@ def plot_prnu_map(prnu, *, ax=None):
 def plot_prnu_histogram(prnu, stats: dict, *, ax=None):
     """Histogram of the response deviations [%], with the EMVA PRNU."""
     values = 100.0 * (prnu.data - 1.0)
-    return show_histogram(values[np.isfinite(values)], ax=ax, xlabel="response - 1 [%]",
-                          title=f"PRNU {stats.get('PRNU_PCT', np.nan):.3f} +- "
-                                f"{stats.get('PRNU_ERR_PCT', np.nan):.3f} % (EMVA 1288)",
-                          markers={"median": float(np.nanmedian(values))})
+    ax = show_histogram(values[np.isfinite(values)], ax=ax, xlabel="response - 1 [%]",
+                        title=f"PRNU {stats.get('PRNU_PCT', np.nan):.3f} +- "
+                              f"{stats.get('PRNU_ERR_PCT', np.nan):.3f} % (EMVA 1288)",
+                        markers={"median": float(np.nanmedian(values))})
+    ax.set_ylabel("pixels [count]")
+    return ax
 
 
 def plot_defects(bits: np.ndarray, *, ax=None):

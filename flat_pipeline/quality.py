@@ -161,8 +161,12 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
 
 
 def bias_pair_statistics(pairs: list[tuple[str, str]], shape: tuple[int, int], *,
-                         central_fraction: float) -> pd.DataFrame:
-    """``VAR`` [adu^2] and ``NPIX`` of bias pairs over the same central region (read noise)."""
+                         central_fraction: float, clip: float = 10.0) -> pd.DataFrame:
+    """``VAR`` [adu^2] and ``NPIX`` of bias pairs over the same central region (read noise).
+
+    Clipped at ``clip`` = 10 robust sigma only: the read noise is the rms over the pixels
+    (as the flats' variance at zero signal), and the few pixels with a several times larger
+    read noise must stay in it; only cosmic-ray hits go."""
     rows_sl, cols_sl = central_region(shape, central_fraction)
     out = []
     for a, b in pairs:
@@ -172,7 +176,7 @@ def bias_pair_statistics(pairs: list[tuple[str, str]], shape: tuple[int, int], *
         except FrameError as err:
             logger.warning("%s; bias pair left out of the read noise", err)
             continue
-        stats = pair_statistics(fa, fb, match_levels=False)
+        stats = pair_statistics(fa, fb, match_levels=False, clip=clip)
         out.append({"PATH_A": a, "PATH_B": b, **stats})
     return pd.DataFrame(out, columns=["PATH_A", "PATH_B", "MEAN", "VAR", "NPIX", "RATIO",
                                       "NCLIP"])

@@ -399,9 +399,17 @@ def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
 # --- frames written one by one ------------------------------------------------------------------
 
 def _frame_cards(header: fits.Header) -> list[tuple[str, object, str]]:
-    """The input frame's own cards worth keeping on a product made from it."""
-    return [(c.keyword, c.value, c.comment) for c in header.cards
-            if c.keyword not in _STRUCTURAL and not c.keyword.startswith("NAXIS")]
+    """The input frame's own cards worth keeping on a product made from it (long names as
+    ``HIERARCH`` cards, as in the frame)."""
+    out = []
+    for c in header.cards:
+        key = c.keyword
+        if key in _STRUCTURAL or key.startswith("NAXIS"):
+            continue
+        if len(key) > 8 or not all(ch.isalnum() or ch in "_-" for ch in key):
+            key = "HIERARCH " + key
+        out.append((key, c.value, c.comment))
+    return out
 
 
 def output_names(paths: list[str], suffix: str) -> dict[str, str]:

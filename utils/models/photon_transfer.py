@@ -126,8 +126,8 @@ class PhotonTransfer:
     saturation_adu : float
         [adu] mean signal of largest variance (NaN when the curve does not turn over).
     saturation_next_adu : float
-        [adu] mean signal of the next level up: with levels far apart the onset lies
-        between the two (NaN when there is none).
+        [adu] mean signal of the lowest level above it with saturated pixels: with levels
+        far apart, saturation sets in between the two (NaN when there is none).
     read_noise_adu, read_noise_adu_err : float
         [adu] temporal noise at zero signal: from bias pairs when given, else
         ``sqrt(intercept)``.
@@ -294,7 +294,9 @@ def fit_photon_transfer(pairs: pd.DataFrame, *, adc_bits: int = adu.DEFAULT_ADC_
     top = int(order[np.argmax(var[order])])
     if top != order[-1]:  # the curve turns over: saturation onset at its largest variance
         result.saturation_adu = float(mean[top])
-        result.saturation_next_adu = float(mean[order[list(order).index(top) + 1]])
+        above = (mean > mean[top]) & (levels["SATFRACTION"].to_numpy(float) > 0)
+        if above.any():
+            result.saturation_next_adu = float(mean[above].min())
     limit = fit_fraction * result.saturation_adu if math.isfinite(result.saturation_adu) \
         else math.inf
     used = (mean <= limit) & (levels["SATFRACTION"].to_numpy(float) <= max_sat_fraction) \

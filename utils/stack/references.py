@@ -28,11 +28,11 @@ import pandas as pd
 
 from .. import headers as kw
 from ..errors import UserError
-from ..io.fitsio import read_image
+from ..io.fitsio import read_header, read_image
 from ..io.index import DatasetIndex
 from ..models.bias_model import BiasModel, MasterStack, fit_bias_model
 from .grouping import calibration_groups
-from .master import CombineSettings, make_master
+from .master import CombineSettings, existing_product, make_master
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +196,15 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
         logger.info("bias: one temperature (%.1f degC): nearest-master subtraction only",
                     temps[0])
         return BiasReference(None, masters, tolerance, str(masters[0][1]))
+    path = Path(out_dir) / "bias_model.fits"
+    digest = hashlib.sha1("".join(str(read_header(p).get(kw.INHASH, p))
+                                  for _, p in masters).encode()).hexdigest()[:16]
+    if existing_product(path, digest) is not None:  # same masters: the same model, kept
+        model = BiasModel.read(path)
+        logger.info("bias: model of the same %d masters kept: %s", len(masters), path)
+        return BiasReference(model, masters, tolerance, str(path))
     model, _ = fit_bias_model(MasterStack([p for _, p in masters], temps), cross_validate=False)
-    path = model.write(Path(out_dir) / "bias_model.fits")
+    path = model.write(path, {kw.INHASH: (digest, "hash of the input masters")})
     logger.info("bias: model fitted from %d bias masters (%.1f..%.1f degC): %s", len(masters),
                 temps.min(), temps.max(), path)
     return BiasReference(model, masters, tolerance, str(path))
