@@ -544,3 +544,28 @@ def test_bias_only_is_flagged_and_one_level_gives_no_gain(subset, tmp_path, capl
     assert (out / "prnu" / "prnu_map.fits").is_file()
     assert _summary(out)["prnu"]["combined"]["METHOD"].startswith("single master")
     assert "needs two masters" in summary["flat_model"]["note"]
+
+
+def test_dark_pipeline_reads_the_measured_gain(flat_run, subset, tmp_path, caplog, capsys,
+                                               one_line_error):
+    from dark_pipeline import run_pipeline as dark_cli
+
+    _, out, _, _ = flat_run
+    gain = json.loads((out / "gain.json").read_text())["gain"]
+    index = subset(lambda t: t["CALTYPE"].isin(["BIAS", "DARK"]))
+    dark_out = tmp_path / "dark"
+    assert dark_cli.main(["--basepath", index, "--output-dir", str(dark_out), "--gain",
+                          str(out / "gain.json"), "--no-progress"]) == 0
+    head = fits.getheader(dark_out / "hot_pixels.fits")
+    assert head["GAINUSED"] == pytest.approx(gain) and head["GAINERR"] > 0
+    assert head["GAINSRC"].startswith("photon transfer (EMVA 1288)")
+    summary = json.loads((dark_out / "summary.json").read_text())
+    assert summary["gain_e_per_adc_count"] == pytest.approx(gain)
+    assert "DC_MEDIAN_E" in pd.read_csv(dark_out / "dark_current_vs_temperature.csv")
+    caplog.clear()
+    capsys.readouterr()
+    missing = tmp_path / "none" / "gain.json"
+    assert dark_cli.main(["--basepath", index, "--output-dir", str(tmp_path / "d2"), "--gain",
+                          str(missing), "--no-progress"]) == 2
+    one_line_error(caplog, capsys, "gain.json", "cannot read the gain product")
+    assert not (tmp_path / "d2" / "config_used.json").exists()
