@@ -89,6 +89,7 @@ from .quality import (
     measure_frames,
 )
 from .reduction import (
+    DarkSource,
     FlatGroup,
     dark_source,
     flat_groups,
@@ -284,7 +285,7 @@ class _Inputs:
 
 
 def check_inputs(basepath, out_dir: Path, settings: FlatSettings, *,
-                 progress_bar: bool = False) -> _Inputs:
+                 progress_bar: bool = False, need_dark: bool = True) -> _Inputs:
     """Load the frames and check every input a run needs (one-line errors), writing nothing
     but the index cache.
 
@@ -323,7 +324,8 @@ def check_inputs(basepath, out_dir: Path, settings: FlatSettings, *,
                 raise UserError(f"missing bias for the flats of {group.label}: no usable bias "
                                 "frames next to them and no --bias-model; give --bias-model "
                                 "OUT/bias_model.fits from the bias pipeline")
-        if not (settings.dark_model or settings.dark_files_json or settings.allow_bias_only):
+        if need_dark and not (settings.dark_model or settings.dark_files_json
+                              or settings.allow_bias_only):
             dose = group.key.dose if group.key.stage == "radiating" else None
             darks = index.table[(index.table["CALTYPE"] == "DARK")
                                 & ~index.table["BADFITS"].astype(bool)]
@@ -395,7 +397,8 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     for group in inputs.groups:
         result.groups.append(run_group(inputs.index, group, out_dir, settings,
                                        inputs.shapes[group.label], inputs.adc_bits[group.label],
-                                       progress_bar=progress_bar))
+                                       progress_bar=progress_bar,
+                                       subfolder=len(inputs.groups) > 1))
     if any(g.out_dir != out_dir for g in result.groups):
         write_text(json.dumps(_clean({"mode": settings.mode, "groups": [
             {"group": g.summary.get("group"), "folder": g.out_dir.name,
@@ -414,11 +417,13 @@ def measure_gain_only(basepath, out_dir, settings: FlatSettings = FlatSettings()
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = check_inputs(basepath, out_dir, settings, progress_bar=progress_bar)
+    inputs = check_inputs(basepath, out_dir, settings, progress_bar=progress_bar,
+                          need_dark=False)
     gains = []
     for group in inputs.groups:
         res = run_group(inputs.index, group, out_dir, settings, inputs.shapes[group.label],
-                        inputs.adc_bits[group.label], progress_bar=progress_bar, gain_only=True)
+                        inputs.adc_bits[group.label], progress_bar=progress_bar, gain_only=True,
+                        subfolder=len(inputs.groups) > 1)
         path = res.out_dir / "gain.json"
         if path.is_file():
             from utils.models.gain import read_gain
@@ -427,13 +432,15 @@ def measure_gain_only(basepath, out_dir, settings: FlatSettings = FlatSettings()
     return gains
 
 
-def _references(index, group, group_dir, settings, shape, progress_bar):
+def _references(index, group, group_dir, settings, shape, progress_bar, need_dark=True):
     dose = group.key.dose if group.key.stage == "radiating" else None
     bias = bias_reference(index, group_dir, model_path=settings.bias_model,
                           stage=group.key.stage, temp_bin=settings.temp_bin,
                           tolerance=settings.bias_temp_tolerance, combine=settings.combine,
                           progress_bar=progress_bar, dose=dose, what="flats")
     bias.check_shape(shape, "flat frames")
+    if not need_dark:
+        return bias, DarkSource("none", "not needed (photon transfer only)")
     darks = dark_source(index, group, group_dir, bias, dark_model=settings.dark_model,
                         dark_files_json=settings.dark_files_json, temp_bin=settings.temp_bin,
                         exp_tolerance=settings.exp_tolerance,
@@ -458,16 +465,20 @@ def _bias_pairs(index, group, shape, settings) -> pd.DataFrame | None:
 
 def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
               shape: tuple[int, int], adc_bits: int, *, progress_bar: bool = False,
-              gain_only: bool = False) -> GroupResult:
-    """Every step of :func:`run` for one (stage, dose step)."""
+              gain_only: bool = False, subfolder: bool = True) -> GroupResult:
+    """Every step of :func:`run` for one (stage, dose step), into ``out_dir/<stage_dir>``
+    (``out_dir`` itself when ``subfolder`` is False: a run of a single group).  With
+    ``gain_only``, the frame QC and the photon transfer only, bias-subtracted (the gain
+    needs no dark)."""
     mode = settings.mode
-    group_dir = out_dir / group.key.stage_dir
+    group_dir = out_dir / group.key.stage_dir if subfolder else out_dir
     group_dir.mkdir(parents=True, exist_ok=True)
     out = _Outputs(group_dir, settings.save_plots and not gain_only)
     rows = group.rows
     usable = rows[~rows["BADFITS"].astype(bool) & rows["TEMP"].notna()
                   & (pd.to_numeric(rows["EXPTIME"], errors="coerce") > 0)]
-    bias, darks = _references(index, group, group_dir, settings, shape, progress_bar)
+    bias, darks = _references(index, group, group_dir, settings, shape, progress_bar,
+                              need_dark=not gain_only)
     sets = flat_sets(usable, settings.temp_bin, settings.exp_tolerance)
     digest = run_digest(settings, [], *sorted(f"{p}:{os.path.getmtime(p)}"
                                               for p in usable["PATH"].astype(str)),
@@ -500,7 +511,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
     frames, pairs = measure_frames(to_measure, shape, norm_method=settings.norm_method,
                                    central_fraction=settings.central_fraction, adc_bits=adc_bits,
                                    progress_bar=progress_bar)
-    qc = assess(frames, rows, dark_missing, allow_bias_only=settings.allow_bias_only,
+    qc = assess(frames, rows, dark_missing, allow_bias_only=settings.allow_bias_only or gain_only,
                 max_zero_fraction=settings.max_zero_fraction,
                 max_saturated_fraction=settings.max_saturated_fraction,
                 level_nsigma=settings.level_nsigma, level_min_dev=settings.level_min_dev)

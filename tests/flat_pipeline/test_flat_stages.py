@@ -65,5 +65,8 @@ def test_one_stage_and_one_dose_step(converted_irradiation, tmp_path):
     assert run_pipeline.main(["--basepath", str(campaign.root), "--output-dir", str(out),
                               "--stage", "during", "--dose", "20", "--mode", "make_master",
                               "--no-progress"]) == 0
-    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert folders == [_folder("radiating", 20.0)]
+    # a single group: its products directly in the output folder
+    (master,) = (out / "master_flat").glob("master_flat_*.fits")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["group"] == _folder("radiating", 20.0) and summary["dose_krad"] == 20.0
+    assert fits.getheader(master)["DOSE"] == 20.0
