@@ -33,6 +33,7 @@ from astropy.io import fits
 
 from utils import headers as kw
 from utils.errors import InputPathError, UserError
+from utils.io import fitsio
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_model_maps
@@ -181,23 +182,47 @@ class FlatModel:
                    kw.get_float(head, kw.ERRSCALE, 1.0), dropped, maps["INPUTS"])
 
 
+class MasterReader:
+    """Rows of a master and of its noise-model error, read straight from the file.
+
+    The extensions' data sections are located once (:func:`utils.io.fitsio.fits_layout`)
+    and then read by row ranges with ``os.pread``: the masters are streamed block by
+    block many times (flat model, PRNU), and re-parsing their headers each time would cost
+    more than the pixels.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+            names = [h.name for h in hdul]
+            self.header = hdul[0].header.copy()
+        self.layouts = {name: fitsio.fits_layout(self.path, names.index(name))
+                        for name in ("PRIMARY", "MASK", "NCOMB", "SUBERR", "UNCERT")
+                        if name in names}
+        self.shape = self.layouts["PRIMARY"].shape
+
+    def _rows(self, name, start, stop, fill):
+        if name not in self.layouts:
+            return np.full((stop - start, self.shape[1]), fill, np.float32)
+        return fitsio.read_rows(self.layouts[name], start, stop)
+
+    def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``start:stop`` of the master (NaN where masked) and their noise-model error
+        (:func:`flat_pipeline.master.model_error`)."""
+        stop = self.shape[0] if stop is None else stop
+        data = self._rows("PRIMARY", start, stop, np.nan)
+        data[self._rows("MASK", start, stop, 0.0) != 0] = np.nan
+        err = model_error(data, self._rows("NCOMB", start, stop, 1.0),
+                          self._rows("SUBERR", start, stop, 0.0), self.header,
+                          self._rows("UNCERT", start, stop, np.nan))
+        return data, err
+
+
 def read_rows(path: Path, start: int = 0, stop: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a master (NaN where masked) and their noise-model error
-    (:func:`flat_pipeline.master.model_error`)."""
-    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-        names = {h.name for h in hdul}
-        stop = hdul[0].header["NAXIS2"] if stop is None else stop
-        data = np.array(hdul[0].section[start:stop], dtype=np.float32)
-        if "MASK" in names:
-            data[np.asarray(hdul["MASK"].section[start:stop]) != 0] = np.nan
-
-        def image(name, fill):
-            return np.array(hdul[name].section[start:stop], dtype=np.float32) \
-                if name in names else np.full(data.shape, fill, np.float32)
-        err = model_error(data, image("NCOMB", 1.0), image("SUBERR", 0.0), hdul[0].header,
-                          image("UNCERT", np.nan))
-    return data, err
+    """Rows of a master (NaN where masked) and their noise-model error (one-off reads; see
+    :class:`MasterReader` for repeated ones)."""
+    return MasterReader(path).read(start, stop)
 
 
 def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None = None,
@@ -230,9 +255,10 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     chi2 = np.full((h, w), np.nan, np.float32)
     npts = np.zeros((h, w), np.int16)
     dropped: dict = {}
+    readers = [MasterReader(m.path) for m in masters]
     for start in range(0, h, _BLOCK_ROWS):
         stop = min(h, start + _BLOCK_ROWS)
-        blocks = [read_rows(m.path, start, stop) for m in masters]
+        blocks = [r.read(start, stop) for r in readers]
         y = np.stack([b[0] for b in blocks])
         s = np.stack([b[1] for b in blocks])
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -270,4 +296,5 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     return model
 
 
-__all__ = ["FlatModel", "fit_flat_model", "read_rows", "MODEL_FOLDER", "MODEL_FILE", "NAMES"]
+__all__ = ["FlatModel", "fit_flat_model", "read_rows", "MasterReader", "MODEL_FOLDER",
+           "MODEL_FILE", "NAMES"]

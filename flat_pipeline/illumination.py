@@ -165,8 +165,7 @@ def write_corrected(master_path: Path, ill: Illumination, path: Path) -> Path:
     set_card(header, "FLATVIGN", "fitted model", "divided by the relative illumination")
     set_card(header, "ILLUMFIL", f"illumination_{ill.tag}.fits", "model divided out")
     return write_product(path, data, header, unit="", uncertainty=err,
-                         mask=~np.isfinite(data) | ~np.isfinite(m.data),
-                         images={"NCOMB": (m.count, "")})
+                         mask=~np.isfinite(data) | ~np.isfinite(m.data))
 
 
 def illumination_table(items: list[Illumination]) -> pd.DataFrame:

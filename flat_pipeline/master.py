@@ -167,10 +167,12 @@ def noise_line(data: np.ndarray, noise: np.ndarray, count: np.ndarray) -> tuple[
         return math.nan, math.nan
     x = data[ok].astype(np.float64)
     y = noise[ok].astype(np.float64) ** 2
-    if np.ptp(x) <= 0:
-        return float(y.mean()), 0.0
-    b, a = np.polyfit(x, y, 1)
-    return float(a), float(b)
+    xm, ym = float(x.mean()), float(y.mean())
+    sxx = float(np.dot(x - xm, x - xm))
+    if sxx <= 0:
+        return ym, 0.0
+    b = float(np.dot(x - xm, y - ym)) / sxx
+    return ym - b * xm, b
 
 
 def model_error(data: np.ndarray, count: np.ndarray, suberr: np.ndarray, header,

@@ -48,7 +48,7 @@ from utils.stack.references import bias_reference, select_frames
 
 from . import plots
 from .evaluation import EVAL_FOLDER, evaluate
-from .flat_model import MODEL_FILE, MODEL_FOLDER, FlatModel, fit_flat_model
+from .flat_model import MODEL_FILE, MODEL_FOLDER, FlatModel, MasterReader, fit_flat_model
 from .flat_model import read_rows as read_flat_rows
 from .illumination import (
     CORRECTED_FOLDER,
@@ -712,9 +712,10 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
                         column_min_dev=settings.column_min_dev)
     exclude = bits != 0
     cross = CrossAccumulator([m.tag for m in masters], shape)
+    readers = [MasterReader(m.path) for m in masters]
     for start in range(0, shape[0], 256):
         stop = min(shape[0], start + 256)
-        blocks = [read_flat_rows(m.path, start, stop) for m in masters]
+        blocks = [r.read(start, stop) for r in readers]
         models = [ill.model.evaluate(slice(start, stop)) for ill in fitted]
         data = np.stack([b[0] / mod / n for b, mod, n in zip(blocks, models, norms)])
         err = np.stack([b[1] / mod / n for b, mod, n in zip(blocks, models, norms)])

@@ -8,6 +8,33 @@ import pandas as pd
 
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
 
+#: Longest side of an image drawn [px]: larger frames are block-averaged first (a figure
+#: shows no more, and resampling a 2048 x 2048 image costs more than the rest of it).
+DISPLAY_SIDE = 512
+
+
+def _image(image: np.ndarray, *, reduce=np.nanmean, **kwargs):
+    """:func:`utils.plotting.show_image` of ``image`` block-reduced to ``DISPLAY_SIDE``, with
+    the axes still in the frame's pixel coordinates."""
+    image = np.asarray(image, dtype=np.float32)
+    h, w = image.shape
+    f = max(1, int(np.ceil(max(h, w) / DISPLAY_SIDE)))
+    small = image
+    if f > 1:
+        import warnings
+
+        hh, ww = (h // f) * f, (w // f) * f
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+            small = reduce(image[:hh, :ww].reshape(hh // f, f, ww // f, f), axis=(1, 3))
+    ax = show_image(small, **kwargs)
+    if f > 1:
+        ax.images[-1].set_extent((-0.5, ww - 0.5, -0.5, hh - 0.5))
+        ax.set_xlim(-0.5, ww - 0.5)
+        ax.set_ylim(-0.5, hh - 0.5)
+    return ax
+
+
 __all__ = ["plot_frame_levels", "plot_ptc", "plot_linearity", "plot_illumination_profile",
            "plot_illumination_map", "plot_prnu_map", "plot_prnu_histogram", "plot_defects",
            "plot_model_map", "plot_evaluation", "plot_error_maps", "plot_master"]
@@ -112,8 +139,8 @@ def plot_illumination_profile(master: np.ndarray, ill, *, ax=None, sample: int =
 
 def plot_illumination_map(ill, *, ax=None):
     """The relative illumination V with the optical centre."""
-    ax = show_image(ill.relative, ax=ax, unit="1", label="V",
-                    title=f"illumination relative to the optical centre ({ill.tag})")
+    ax = _image(ill.relative, ax=ax, unit="1", label="V",
+                title=f"illumination relative to the optical centre ({ill.tag})")
     x0, y0 = ill.model.centre
     ax.plot([x0], [y0], "r+", ms=12, label="optical centre")
     ax.legend(fontsize="small")
@@ -122,8 +149,8 @@ def plot_illumination_map(ill, *, ax=None):
 
 def plot_prnu_map(prnu, *, ax=None):
     """Combined PRNU map (response relative to the smooth illumination)."""
-    return show_image(prnu.data, ax=ax, unit="1", label="response",
-                      title="photo-response non-uniformity (master / illumination model)")
+    return _image(prnu.data, ax=ax, unit="1", label="response",
+                  title="photo-response non-uniformity (master / illumination model)")
 
 
 def plot_prnu_histogram(prnu, stats: dict, *, ax=None):
@@ -139,10 +166,10 @@ def plot_prnu_histogram(prnu, stats: dict, *, ax=None):
 
 def plot_defects(bits: np.ndarray, *, ax=None):
     """Defect map: dead, cold, column defect bits."""
-    ax = show_image(bits.astype(float), ax=ax, unit="bits 1 dead, 2 cold, 4 column",
-                    label="defect", title=f"response defects ({int((bits != 0).sum())} pixels)",
-                    percentiles=(0.0, 100.0), cmap="magma")
-    return ax
+    return _image(bits.astype(float), reduce=np.nanmax, ax=ax,
+                  unit="bits 1 dead, 2 cold, 4 column", label="defect",
+                  title=f"response defects ({int((bits != 0).sum())} pixels)",
+                  percentiles=(0.0, 100.0), cmap="magma")
 
 
 def plot_model_map(model, j: int, *, ax=None):
@@ -151,8 +178,8 @@ def plot_model_map(model, j: int, *, ax=None):
     unit = ("1", "1/degC", "1/s")[j]
     what = ("flat at TREF, EXPREF", "temperature coefficient", "exposure-time coefficient")[j]
     dropped = f" (not fitted: {model.dropped[name]})" if name in model.dropped else ""
-    return show_image(model.coef[j], ax=ax, unit=unit, label=name,
-                      title=f"flat model {name}: {what}{dropped}", symmetric=j > 0)
+    return _image(model.coef[j], ax=ax, unit=unit, label=name,
+                  title=f"flat model {name}: {what}{dropped}", symmetric=j > 0)
 
 
 def plot_evaluation(table: pd.DataFrame, *, axes=None):
@@ -210,4 +237,4 @@ def plot_error_maps(maps: dict, which: int, *, title: str, unit: str, axes=None)
 
 def plot_master(data: np.ndarray, tag: str, *, ax=None):
     """A normalised master flat."""
-    return show_image(data, ax=ax, unit="1", label="flat", title=f"master flat {tag}")
+    return _image(data, ax=ax, unit="1", label="flat", title=f"master flat {tag}")

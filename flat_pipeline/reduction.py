@@ -204,7 +204,10 @@ class DarkSource:
             cards = {kw.DARKFILE: (model.path.name, f"dark model ({model.kind}) at each "
                                                    "frame's T and t"),
                      "DARKSRC": ("model", "dark subtracted from the dark model")}
-            err = model.signal_err(float(np.mean(temps)), float(np.mean(exps)))
+            key = ("model", round(float(np.mean(temps)), 3), round(float(np.mean(exps)), 9))
+            if key not in self._cache:  # a set is reduced twice (levels, then stacking)
+                self._cache[key] = model.signal_err(key[1], key[2])
+            err = self._cache[key]
             return DarkForSet(dark_rows, err, cards, f"model:{self.fingerprint}"), ""
         if self.kind == "masters":
             near = [m for m in self.masters if abs(m[0] - temperature) <= self.tolerance]

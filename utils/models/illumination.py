@@ -32,7 +32,6 @@ parameters.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,22 +115,41 @@ class IlluminationModel:
         rows = rows or slice(0, h)
         start, stop, _ = rows.indices(h)
         out = np.empty((stop - start, w), np.float32)
-        err = np.empty((stop - start, w), np.float32) if with_error else None
         c0 = self.value("c0") if relative else 1.0
         xs = np.arange(w, dtype=np.float64)[None, :]
         for a in range(start, stop, _EVAL_ROWS):
             b = min(stop, a + _EVAL_ROWS)
             ys = np.arange(a, b, dtype=np.float64)[:, None]
-            model, grads = self._terms(xs, ys)
-            out[a - start:b - start] = model / c0
-            if with_error:
-                var = np.zeros(model.shape)
-                for i, gi in enumerate(grads):
-                    for j, gj in enumerate(grads):
-                        if self.covariance[i, j] != 0:
-                            var += gi * gj * self.covariance[i, j]
-                err[a - start:b - start] = np.sqrt(np.maximum(var, 0)) / abs(c0)
-        return (out, err) if with_error else out
+            out[a - start:b - start] = self._terms(xs, ys)[0] / c0
+        if not with_error:
+            return out
+        return out, self._error_map(start, stop) / np.float32(abs(c0))
+
+    def _error_map(self, start: int, stop: int) -> np.ndarray:
+        """``sqrt(g^T C g)`` over rows ``start:stop``: exact on a grid of at most 129 x 129
+        nodes, bilinear between them (the error varies on the scale of the frame)."""
+        from scipy.interpolate import RegularGridInterpolator
+
+        h, w = self.shape
+        ny, nx = min(stop - start, 129), min(w, 129)
+        gy = np.unique(np.linspace(start, stop - 1, ny))
+        gx = np.unique(np.linspace(0, w - 1, nx))
+        grads = np.stack(self._terms(gx[None, :], gy[:, None])[1])   # (k, ny, nx)
+        var = np.einsum("iyx,ij,jyx->yx", grads, self.covariance, grads)
+        err = np.sqrt(np.maximum(var, 0))
+        if gy.size == stop - start and gx.size == w:
+            return err.astype(np.float32)
+        if gy.size == 1:
+            return np.repeat(np.interp(np.arange(w), gx, err[0])[None, :], stop - start,
+                             0).astype(np.float32)
+        interp = RegularGridInterpolator((gy, gx), err)
+        out = np.empty((stop - start, w), np.float32)
+        xs = np.arange(w, dtype=np.float64)
+        for a in range(start, stop, _EVAL_ROWS):
+            b = min(stop, a + _EVAL_ROWS)
+            yy, xx = np.meshgrid(np.arange(a, b, dtype=np.float64), xs, indexing="ij")
+            out[a - start:b - start] = interp((yy, xx))
+        return out
 
     def corner_falloff(self) -> tuple[float, float]:
         """Mean illumination loss at the four frame corners relative to the optical centre
@@ -226,9 +244,15 @@ def bin_image(image: np.ndarray, factor: int, mask: np.ndarray | None = None):
     blocks = image[:hb * f, :wb * f].reshape(hb, f, wb, f).transpose(0, 2, 1, 3)
     blocks = blocks.reshape(hb, wb, f * f)
     counts = np.isfinite(blocks).sum(-1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks are dropped below
-        values = np.nanmedian(blocks, axis=-1) if f > 1 else blocks[..., 0]
+    if f > 1:
+        # NaN-aware median by sorting each block (NaN sort last): vectorised, unlike
+        # np.nanmedian, which falls back to a loop when there are NaNs
+        ordered = np.sort(blocks, axis=-1)
+        lo = np.take_along_axis(ordered, np.maximum((counts - 1) // 2, 0)[..., None], -1)
+        hi = np.take_along_axis(ordered, np.maximum(counts // 2, 0)[..., None], -1)
+        values = np.where(counts > 0, 0.5 * (lo[..., 0] + hi[..., 0]), np.nan)
+    else:
+        values = blocks[..., 0]
     yc = (np.arange(hb) * f + (f - 1) / 2.0)[:, None] * np.ones((1, wb))
     xc = (np.arange(wb) * f + (f - 1) / 2.0)[None, :] * np.ones((hb, 1))
     keep = counts > 0
