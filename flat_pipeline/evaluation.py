@@ -11,7 +11,7 @@ coefficient covariance from the weights), the held-out residual is ``r / (1 - h)
 its variance ``sigma_k^2 / (1 - h)``, so ``pull = r sqrt(w) / sqrt(1 - h) / ERRSCALE``
 -- exactly the refit's, without refitting (the tests check the identity).  Pixels
 where the held-out fit is not determined (``h = 1``: as many masters as terms) have no
-pull.  One master is in memory at a time.
+pull.  Masters are read by row blocks, one at a time.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from astropy.io import fits
 
 from utils.io.fitsio import provenance_cards, set_card, write_product
 
-from .flat_model import FlatModel, read_rows
+from .flat_model import FlatModel, reader
 
 EVAL_FOLDER = "flat_evaluation"
 COLUMNS = ["TAG", "TAVG", "EXPTIME", "NPIX", "MAE", "MAPE_PCT", "PULL_MEAN", "PULL_STD",
-           "NPIX_PULL", "PULL_MODEL", "RESIDUAL_MEDIAN"]
+           "NPIX_PULL", "PULL_MODEL", "RESIDUAL_MEAN"]
 #: Longest side of the residual maps kept for figures [px] (block means).
 MAP_SIDE = 256
 
@@ -42,17 +42,6 @@ class Evaluation:
 
     table: pd.DataFrame
     maps: dict      # tag -> (|r| [1], APE [%]) reduced maps
-
-
-def _reduce(image: np.ndarray, side: int = MAP_SIDE) -> np.ndarray:
-    f = max(1, int(np.ceil(max(image.shape) / side)))
-    if f == 1:
-        return image.astype(np.float32)
-    h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(image[:h, :w].reshape(h // f, f, w // f, f), axis=(1, 3)
-                          ).astype(np.float32)
 
 
 def _eval_header(tag: str, what: str) -> fits.Header:
@@ -66,7 +55,7 @@ def _eval_header(tag: str, what: str) -> fits.Header:
 
 def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
              fits_dir: Path | None = None) -> tuple[Evaluation, list[Path]]:
-    """Compare the model with every master (see module notes).
+    """Compare the model with every master (see module notes), row block by row block.
 
     Parameters
     ----------
@@ -77,52 +66,91 @@ def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
     exclude : numpy.ndarray of bool, optional
         Pixels left out of the statistics (defects).
     fits_dir : pathlib.Path, optional
-        Also write ``<master>_diff.fits`` (residual with ``UNCERT``), ``_mae.fits`` and
-        ``_mape.fits`` per master there (``--save-eval-fits``).
+        Also write ``<master>_diff.fits`` (residual with ``UNCERT`` and the ``PULL``
+        image), ``_mae.fits`` and ``_mape.fits`` per master there (``--save-eval-fits``).
     """
     rows, maps, files = [], {}, []
     s = model.err_scale if model.err_scale > 0 else 1.0
+    h, w = model.coef.shape[1:]
+    f = max(1, int(np.ceil(max(h, w) / MAP_SIDE)))
+    step = f * max(1, 256 // f)          # row blocks aligned with the figure's blocks
     for m in masters:
-        data, err = read_rows(m.path)                       # the errors the fit weighed
-        pred = model.predict(m.tavg, m.exptime)
-        quad = model.quadratic(m.tavg, m.exptime)          # x^T C x with the scaled errors
-        real = data.astype(np.float64)
-        err = err.astype(np.float64)
-        resid = real - pred
-        ok = np.isfinite(resid) & np.isfinite(err) & (err > 0)
-        if exclude is not None:
-            ok &= ~exclude
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = 1.0 / err ** 2
-            lev = w * quad / (s * s)                       # leverage with the weights' C
-            pull = np.where(lev < 1 - 1e-6, resid * np.sqrt(w) / np.sqrt(1 - lev) / s, np.nan)
-            ape = 100.0 * np.abs(resid / real)
-        p_ok = ok & np.isfinite(pull)
-        rows.append({"TAG": m.tag, "TAVG": m.tavg, "EXPTIME": m.exptime, "NPIX": int(ok.sum()),
-                     "MAE": float(np.mean(np.abs(resid[ok]))) if ok.any() else math.nan,
-                     "MAPE_PCT": float(np.mean(ape[ok])) if ok.any() else math.nan,
-                     "PULL_MEAN": float(np.mean(pull[p_ok])) if p_ok.any() else math.nan,
-                     "PULL_STD": float(np.std(pull[p_ok])) if p_ok.any() else math.nan,
-                     "NPIX_PULL": int(p_ok.sum()),
-                     "PULL_MODEL": "leave-one-master-out" if p_ok.any() else "not available",
-                     "RESIDUAL_MEDIAN": float(np.median(resid[ok])) if ok.any() else math.nan})
-        abs_r = np.where(ok, np.abs(resid), np.nan)
-        ape_map = np.where(ok, ape, np.nan)
-        maps[m.tag] = (_reduce(abs_r), _reduce(ape_map))
-        if fits_dir is not None:
+        rd = reader(m.path)
+        acc = dict.fromkeys(("n", "abs", "ape", "res", "np", "p", "p2"), 0.0)
+        reduced = ([], [])
+        full = ([], [], [], []) if fits_dir is not None else None
+        for start in range(0, h, step):
+            stop = min(h, start + step)
+            rs = slice(start, stop)
+            real, err = rd.read(start, stop)
+            pred = model.predict(m.tavg, m.exptime, rs)
+            quad = model.quadratic(m.tavg, m.exptime, rs).astype(np.float32)
+            resid = real - pred
+            ok = np.isfinite(resid) & np.isfinite(err) & (err > 0)
+            if exclude is not None:
+                ok &= ~exclude[rs]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w_pt = np.float32(1.0) / (err * err)
+                lev = w_pt * quad / np.float32(s * s)    # leverage with the weights' C
+                pull = np.where(lev < 1 - 1e-6, resid * np.sqrt(w_pt) / np.sqrt(1 - lev)
+                                / np.float32(s), np.float32(np.nan))
+                ape = np.float32(100) * np.abs(resid / real)
+            p_ok = ok & np.isfinite(pull)
+            acc["n"] += ok.sum()
+            acc["abs"] += float(np.abs(resid[ok]).sum(dtype=np.float64))
+            acc["ape"] += float(ape[ok].sum(dtype=np.float64))
+            acc["res"] += float(resid[ok].sum(dtype=np.float64))
+            acc["np"] += p_ok.sum()
+            acc["p"] += float(pull[p_ok].sum(dtype=np.float64))
+            acc["p2"] += float((pull[p_ok].astype(np.float64) ** 2).sum())
+            abs_r = np.where(ok, np.abs(resid), np.float32(np.nan))
+            ape_map = np.where(ok, ape, np.float32(np.nan))
+            reduced[0].append(_reduce_rows(abs_r, f))
+            reduced[1].append(_reduce_rows(ape_map, f))
+            if full is not None:
+                total = np.sqrt(err * err + quad)
+                for store, value in zip(full, (np.where(ok, resid, np.nan), total, ape_map,
+                                               pull)):
+                    store.append(value.astype(np.float32))
+        n, n_p = acc["n"], acc["np"]
+        mean_p = acc["p"] / n_p if n_p else math.nan
+        rows.append({"TAG": m.tag, "TAVG": m.tavg, "EXPTIME": m.exptime, "NPIX": int(n),
+                     "MAE": acc["abs"] / n if n else math.nan,
+                     "MAPE_PCT": acc["ape"] / n if n else math.nan,
+                     "PULL_MEAN": mean_p,
+                     "PULL_STD": math.sqrt(max(acc["p2"] / n_p - mean_p ** 2, 0)) if n_p
+                     else math.nan,
+                     "NPIX_PULL": int(n_p),
+                     "PULL_MODEL": "leave-one-master-out" if n_p else "not available",
+                     "RESIDUAL_MEAN": acc["res"] / n if n else math.nan})
+        maps[m.tag] = (np.concatenate(reduced[0]), np.concatenate(reduced[1]))
+        if full is not None:
+            resid, total, ape_map, pull = (np.concatenate(v) for v in full)
+            ok = np.isfinite(resid)
             stem = Path(m.path).stem
-            total = np.sqrt(err ** 2 + quad).astype(np.float32)
             for suffix, data, unit, what, unc in (
                     ("diff", resid, "", "master - model", total),
-                    ("mae", abs_r, "", "|master - model|", None),
+                    ("mae", np.abs(resid), "", "|master - model|", None),
                     ("mape", ape_map, "%", "100 |master - model| / master", None)):
                 header = _eval_header(m.tag, what)
-                images = {"PULL": (pull.astype(np.float32), "")} if suffix == "diff" else None
-                files.append(write_product(fits_dir / f"{stem}_{suffix}.fits",
-                                           np.asarray(data, np.float32), header, unit=unit,
-                                           uncertainty=unc, mask=~ok, images=images))
+                images = {"PULL": (pull, "")} if suffix == "diff" else None
+                files.append(write_product(fits_dir / f"{stem}_{suffix}.fits", data, header,
+                                           unit=unit, uncertainty=unc, mask=~ok, images=images))
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["TAVG", "EXPTIME"])
     return Evaluation(table.reset_index(drop=True), maps), files
+
+
+def _reduce_rows(image: np.ndarray, f: int) -> np.ndarray:
+    """Block means of ``f`` x ``f`` pixels of a block of rows (partial blocks dropped)."""
+    if f == 1:
+        return image.astype(np.float32)
+    h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
+    if h == 0:
+        return np.empty((0, image.shape[1] // f), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(image[:h, :w].reshape(h // f, f, w // f, f), axis=(1, 3)
+                          ).astype(np.float32)
 
 
 __all__ = ["Evaluation", "evaluate", "EVAL_FOLDER", "COLUMNS"]

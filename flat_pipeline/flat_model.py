@@ -218,11 +218,24 @@ class MasterReader:
         return data, err
 
 
+_READERS: dict = {}
+
+
+def reader(path: str | Path) -> MasterReader:
+    """The :class:`MasterReader` of a master file (one per file and version, kept)."""
+    path = Path(path)
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _READERS:
+        if len(_READERS) > 256:
+            _READERS.clear()
+        _READERS[key] = MasterReader(path)
+    return _READERS[key]
+
+
 def read_rows(path: Path, start: int = 0, stop: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a master (NaN where masked) and their noise-model error (one-off reads; see
-    :class:`MasterReader` for repeated ones)."""
-    return MasterReader(path).read(start, stop)
+    """Rows of a master (NaN where masked) and their noise-model error."""
+    return reader(path).read(start, stop)
 
 
 def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None = None,
@@ -255,7 +268,7 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     chi2 = np.full((h, w), np.nan, np.float32)
     npts = np.zeros((h, w), np.int16)
     dropped: dict = {}
-    readers = [MasterReader(m.path) for m in masters]
+    readers = [reader(m.path) for m in masters]
     for start in range(0, h, _BLOCK_ROWS):
         stop = min(h, start + _BLOCK_ROWS)
         blocks = [r.read(start, stop) for r in readers]
@@ -296,5 +309,5 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     return model
 
 
-__all__ = ["FlatModel", "fit_flat_model", "read_rows", "MasterReader", "MODEL_FOLDER",
+__all__ = ["FlatModel", "fit_flat_model", "read_rows", "reader", "MasterReader", "MODEL_FOLDER",
            "MODEL_FILE", "NAMES"]

@@ -48,8 +48,9 @@ from utils.stack.references import bias_reference, select_frames
 
 from . import plots
 from .evaluation import EVAL_FOLDER, evaluate
-from .flat_model import MODEL_FILE, MODEL_FOLDER, FlatModel, MasterReader, fit_flat_model
+from .flat_model import MODEL_FILE, MODEL_FOLDER, FlatModel, fit_flat_model
 from .flat_model import read_rows as read_flat_rows
+from .flat_model import reader as flat_reader
 from .illumination import (
     CORRECTED_FOLDER,
     ILLUMINATION_FOLDER,
@@ -337,21 +338,21 @@ def check_inputs(basepath, out_dir: Path, settings: FlatSettings, *,
                                 "frames next to them and no --dark-model; give --dark-model "
                                 "OUT/dark_model_2d/dark_model_2d.fits, --dark-files-json, or "
                                 "--allow-bias-only")
-    # model files: read once here so a missing or mismatched one stops the run before any write
-    from utils.models.bias_model import BiasModel
+    # model files: checked here (headers) so a missing or mismatched one stops the run
+    # before any write
     from utils.models.dark_model import DarkSignalModel
 
     shape = next(iter(shapes.values()))
     if settings.bias_model:
-        model = BiasModel.read(settings.bias_model)
-        if model.shape != shape:
-            raise UserError(f"bias model {settings.bias_model} is {model.shape[1]}x"
-                            f"{model.shape[0]} but the flat frames are {shape[1]}x{shape[0]}")
+        bias_shape = _bias_model_shape(settings.bias_model)
+        if bias_shape != shape:
+            raise UserError(f"bias model {settings.bias_model} is {bias_shape[1]}x"
+                            f"{bias_shape[0]} but the flat frames are {shape[1]}x{shape[0]}")
     if settings.dark_model:
-        model = DarkSignalModel.read(settings.dark_model)
-        if model.shape != shape:
-            raise UserError(f"dark model {settings.dark_model} is {model.shape[1]}x"
-                            f"{model.shape[0]} but the flat frames are {shape[1]}x{shape[0]}")
+        _, dark_shape = DarkSignalModel.check(settings.dark_model)
+        if dark_shape != shape:
+            raise UserError(f"dark model {settings.dark_model} is {dark_shape[1]}x"
+                            f"{dark_shape[0]} but the flat frames are {shape[1]}x{shape[0]}")
     if settings.illumination_model:
         read_relative_illumination(settings.illumination_model, shape)
     if settings.mode == "evaluate_model":
@@ -363,6 +364,33 @@ def check_inputs(basepath, out_dir: Path, settings: FlatSettings, *,
     if settings.gain is not None:
         resolve_gain(settings.gain)
     return _Inputs(index, groups, shapes, bits)
+
+
+def _bias_model_shape(path: str) -> tuple[int, int]:
+    """``(height, width)`` of a bias model file, from its headers (a one-line error when it
+    is missing or not a bias model)."""
+    from astropy.io import fits
+
+    from utils.errors import InputPathError
+    from utils.models.bias_model import EXTENSIONS
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputPathError(f"{path}: bias model not found; make it with "
+                             "python bias_pipeline/run_pipeline.py")
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            names = {h.name for h in hdul}
+            head = hdul[0].header
+            shape = (int(head.get("NAXIS2", 0)), int(head.get("NAXIS1", 0)))
+    except OSError as err:
+        raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
+            from err
+    missing = [n for n in EXTENSIONS if n not in names]
+    if missing:
+        raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} extension); "
+                             "give the bias_model.fits of the bias pipeline")
+    return shape
 
 
 def _model_path(out_dir: Path, settings: FlatSettings, group: FlatGroup) -> Path:
@@ -697,7 +725,8 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
                                 f"{m.path.stem}_vigncorr.fits"))
         p = prnu_map(m.tag, data, err, ill.relative * np.float32(ill.model.value("c0")))
         norms.append(p.norm)
-        for key in ("all", m.key.temperature):
+        several_t = len({x.key.temperature for x in masters}) > 1
+        for key in ("all", m.key.temperature) if several_t else ("all",):
             acc, wsum = sums.setdefault(key, (np.zeros(shape), np.zeros(shape)))
             accumulate(acc, wsum, p)
         if m is reference:
@@ -712,7 +741,7 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
                         column_min_dev=settings.column_min_dev)
     exclude = bits != 0
     cross = CrossAccumulator([m.tag for m in masters], shape)
-    readers = [MasterReader(m.path) for m in masters]
+    readers = [flat_reader(m.path) for m in masters]
     for start in range(0, shape[0], 256):
         stop = min(shape[0], start + 256)
         blocks = [r.read(start, stop) for r in readers]

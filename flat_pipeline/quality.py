@@ -64,9 +64,17 @@ def central_region(shape: tuple[int, int], fraction: float) -> tuple[slice, slic
     return slice(r0, r0 + rh), slice(c0, c0 + rw)
 
 
-def level_of(values: np.ndarray, method: str) -> float:
-    """Normalisation level of a region's finite values: median, mean or max."""
-    v = values[np.isfinite(values)]
+def level_of(values: np.ndarray, method: str, *, max_samples: int = 1 << 19) -> float:
+    """Normalisation level of a region's finite values: median, mean or max.
+
+    A median of more than ``max_samples`` values is taken on a regular subsample (every
+    k-th value): its statistical error, ``1.25 sigma / sqrt(n)``, stays below 2e-5 of the
+    level for a flat of 1 % noise, and the full sort would cost more than reading the
+    frame."""
+    v = values.ravel()
+    if method == "median" and v.size > max_samples:
+        v = v[::-(-v.size // max_samples)]
+    v = v[np.isfinite(v)]
     if v.size == 0:
         return math.nan
     if method == "median":
@@ -131,15 +139,15 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
                 continue
             sat = raw >= sat_level
             biassub = raw - np.asarray(s.reference.bias_rows(i, rows_sl.start, rows_sl.stop),
-                                       dtype=np.float64)[:, cols_sl]
+                                       dtype=np.float32)[:, cols_sl]
             reduced = biassub
             if s.reference.dark is not None:
-                reduced = biassub - s.reference.dark.rows(i, rows_sl.start, rows_sl.stop)[
-                    :, cols_sl]
-            level = level_of(np.where(sat, np.nan, reduced), norm_method)
+                reduced = biassub - np.asarray(s.reference.dark.rows(
+                    i, rows_sl.start, rows_sl.stop), dtype=np.float32)[:, cols_sl]
+            level = level_of(np.where(sat, np.float32(np.nan), reduced), norm_method)
             exptime = float(row["EXPTIME"])
             record.update(LEVEL=level, LEVEL_RATE=level / exptime if exptime > 0 else math.nan,
-                          MEAN_BIASSUB=float(np.mean(biassub)),
+                          MEAN_BIASSUB=float(np.mean(biassub, dtype=np.float64)),
                           CENTRAL_SATFRACTION=float(sat.mean()))
             frames.append(record)
             central_sat = float(sat.mean())

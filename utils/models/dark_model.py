@@ -104,28 +104,36 @@ def read_power_exponential_fit(path: str | os.PathLike
 
 @dataclass
 class DarkSignalModel:
-    """Dark signal [adu] of a dark-pipeline model at any (T, t).
+    """Dark signal [adu] of a dark-pipeline model at any (T, t), lean in memory.
+
+    Only what the signal and its error need is kept, as float32 maps: ``amplitude``,
+    ``gamma`` (2-D; None for the 1-D rate model, whose signal is the rate times ``t``),
+    ``rate`` [1/degC], and the parameter errors and covariances in ``errors``
+    (``SIGMA_A, SIGMA_GAMMA, SIGMA_B, COV_AG, COV_AB, COV_GB``; the gamma terms absent in
+    1-D).  Pixels without a fit take the population values (median amplitude and
+    exponents), counted in ``n_filled``.
 
     Attributes
     ----------
     path : pathlib.Path
         The model file.
     kind : str
-        ``"2d"`` (signal model) or ``"1d"`` (rate model, times the exposure).
-    fit : PowerExponentialFit or ExponentialFit
-        The per-pixel model; pixels without a fit take the population values (median
-        amplitude and exponents), counted in ``n_filled``.
+        ``"2d"`` (signal model) or ``"1d"`` (rate model).
+    t_ref : float
+        [degC] reference temperature.
     t_min, t_max : float
         [degC] range of the masters it was fitted to (NaN when unknown).
     adc_bits : int
         Converter bits of its data.
-    n_filled : int
-        Pixels whose parameters were missing and were filled with the population's.
     """
 
     path: Path
     kind: str
-    fit: object
+    amplitude: np.ndarray
+    gamma: np.ndarray | None
+    rate: np.ndarray
+    errors: dict
+    t_ref: float
     t_min: float = math.nan
     t_max: float = math.nan
     adc_bits: int = adu.DEFAULT_ADC_BITS
@@ -134,11 +142,11 @@ class DarkSignalModel:
     @property
     def shape(self) -> tuple[int, int]:
         """``(height, width)`` [px]."""
-        return self.fit.amplitude.shape
+        return self.amplitude.shape
 
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> DarkSignalModel:
-        """Load a 2-D (``GAMMA`` extension present) or 1-D dark model product.
+    @staticmethod
+    def check(path: str | os.PathLike) -> tuple[str, tuple[int, int]]:
+        """``(kind, (height, width))`` of a dark model file, from its headers only.
 
         Raises
         ------
@@ -154,30 +162,64 @@ class DarkSignalModel:
         try:
             with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
                 names = {h.name for h in hdul}
+                head = hdul[0].header
+                shape = (int(head.get("NAXIS2", 0)), int(head.get("NAXIS1", 0)))
         except OSError as err:
             raise InputPathError(f"{path}: unreadable FITS ({err})") from err
-        if "GAMMA" in names:
-            fit, head, maps = read_power_exponential_fit(path)
-            kind = "2d"
-            shape_fields = ("gamma", "rate")
-        else:
-            fit, head, maps = read_exponential_fit(path)
-            kind = "1d"
-            shape_fields = ("rate",)
-        bad = ~np.isfinite(fit.amplitude)
-        for name in shape_fields:
-            bad |= ~np.isfinite(getattr(fit, name))
+        kind = "2d" if "GAMMA" in names else "1d"
+        needed = EXTENSIONS_2D if kind == "2d" else EXTENSIONS_1D
+        missing = [n for n in needed if n not in names]
+        if missing:
+            raise InputPathError(f"{path}: not a dark model (no {', '.join(missing)} "
+                                 "extension); give the dark pipeline's dark_model_2d.fits")
+        return kind, shape
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> DarkSignalModel:
+        """Load a 2-D (``GAMMA`` extension present) or 1-D dark model product.
+
+        Raises
+        ------
+        InputPathError
+            Missing or unreadable file, or not a dark model.
+        """
+        path = Path(path)
+        kind, _ = cls.check(path)
+        err_names = ("SIGMA_A", "SIGMA_GAMMA", "SIGMA_B", "COV_AG", "COV_AB", "COV_GB") \
+            if kind == "2d" else ("SIGMA_A", "SIGMA_B", "COV_AB")
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            head = hdul[0].header.copy()
+
+            def image(name):
+                return np.asarray(hdul[name].data, dtype=np.float32)
+            amp = image(0)
+            gamma = image("GAMMA") if kind == "2d" else None
+            rate = image("B")
+            errors = {n: image(n) for n in err_names}
+            inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in hdul \
+                else pd.DataFrame()
+        bad = ~np.isfinite(amp) | ~np.isfinite(rate)
+        if gamma is not None:
+            bad |= ~np.isfinite(gamma)
         if bad.all():
             raise InputPathError(f"{path}: the dark model has no fitted pixel")
         if bad.any():  # population values where a pixel has no fit: never NaN in a subtraction
-            fit.amplitude[bad] = np.median(fit.amplitude[~bad])
-            for name in shape_fields:
-                getattr(fit, name)[bad] = np.median(getattr(fit, name)[~bad])
-        temps = pd.to_numeric(maps["INPUTS"].get("TAVG", pd.Series(dtype=float)),
+            for arr in (amp, gamma, rate):
+                if arr is not None:
+                    arr[bad] = np.median(arr[~bad])
+            for arr in errors.values():
+                arr[bad & ~np.isfinite(arr)] = 0.0
+        temps = pd.to_numeric(inputs.get("TAVG", pd.Series(dtype=float)),
                               errors="coerce").dropna()
-        return cls(path, kind, fit, float(temps.min()) if len(temps) else math.nan,
+        return cls(path, kind, amp, gamma, rate, errors, kw.get_float(head, kw.TREF, 20.0),
+                   float(temps.min()) if len(temps) else math.nan,
                    float(temps.max()) if len(temps) else math.nan,
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)), int(bad.sum()))
+
+    @property
+    def fingerprint(self) -> bytes:
+        """Bytes identifying the model's content."""
+        return np.ascontiguousarray(self.amplitude).tobytes()
 
     def covers(self, temperature: float, margin: float = 0.0) -> bool:
         """True when ``temperature`` lies within the fitted range (+- ``margin`` degC), or the
@@ -189,24 +231,44 @@ class DarkSignalModel:
     def rows(self, temperature: float, exptime: float, start: int = 0,
              stop: int | None = None) -> np.ndarray:
         """Dark signal [adu] of rows ``start:stop`` after ``exptime`` [s] at ``temperature``
-        [degC], float64."""
-        f = self.fit
+        [degC], float32."""
         sl = slice(start, stop)
-        amp = f.amplitude[sl].astype(np.float64)
+        dt = np.float32(temperature - self.t_ref)
         if self.kind == "2d":
-            return amp * np.exp(f.gamma[sl].astype(np.float64) * math.log(exptime)
-                                + f.rate[sl].astype(np.float64) * (temperature - f.t_ref))
-        return amp * np.exp(f.rate[sl].astype(np.float64) * (temperature - f.x_ref)) * exptime
+            expo = self.gamma[sl] * np.float32(math.log(exptime)) + self.rate[sl] * dt
+            return self.amplitude[sl] * np.exp(expo)
+        return self.amplitude[sl] * np.exp(self.rate[sl] * dt) * np.float32(exptime)
 
     def signal(self, temperature: float, exptime: float) -> np.ndarray:
         """Dark signal image [adu] at (``temperature`` [degC], ``exptime`` [s]), float32."""
-        return self.rows(temperature, exptime).astype(np.float32)
+        return self.rows(temperature, exptime)
+
+    def linearised(self, temperature: float, exptime: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(S, dS/dT, dS/dt)`` at (``temperature``, ``exptime``) [adu, adu/degC, adu/s]:
+        the signal of nearby (T, t) to first order, two multiply-adds per pixel instead of an
+        exponential (the frames of one set differ by ~0.1 degC and a few us)."""
+        signal = self.signal(temperature, exptime)
+        d_temp = signal * self.rate
+        d_time = signal * (self.gamma if self.gamma is not None else np.float32(1.0)) \
+            / np.float32(exptime)
+        return signal, d_temp, d_time
 
     def signal_err(self, temperature: float, exptime: float) -> np.ndarray:
-        """One-sigma error of :meth:`signal` [adu], float32."""
+        """One-sigma error of :meth:`signal` [adu], float32: ``S sqrt(u^T C u)`` with
+        ``u = (1/A, ln t, T - TREF)`` (``(1/A, T - TREF)`` for 1-D)."""
+        e = self.errors
+        signal = self.signal(temperature, exptime)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_a = np.where(self.amplitude != 0, 1.0 / self.amplitude, 0.0).astype(np.float32)
+        dt = np.float32(temperature - self.t_ref)
+        var = (inv_a * e["SIGMA_A"]) ** 2 + (dt * e["SIGMA_B"]) ** 2 \
+            + 2 * inv_a * dt * e["COV_AB"]
         if self.kind == "2d":
-            return self.fit.predict_err(temperature, exptime)
-        return (self.fit.predict_err(temperature) * exptime).astype(np.float32)
+            lnt = np.float32(math.log(exptime))
+            var += (lnt * e["SIGMA_GAMMA"]) ** 2 + 2 * inv_a * lnt * e["COV_AG"] \
+                + 2 * lnt * dt * e["COV_GB"]
+        return (np.abs(signal) * np.sqrt(np.maximum(var, 0))).astype(np.float32)
 
 
 __all__ = ["DarkSignalModel", "read_model_maps", "read_exponential_fit",
