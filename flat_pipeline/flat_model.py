@@ -97,17 +97,19 @@ class FlatModel:
 
     def headline(self) -> dict:
         """Median coefficients and errors, dropped terms, error scale."""
-        good = np.isfinite(self.coef[0])
+        step = max(1, self.coef[0].size // 250000)   # medians of a regular subsample
+        coef = self.coef.reshape(3, -1)[:, ::step]
+        sigma = self.sigma.reshape(3, -1)[:, ::step]
+        chi2 = self.chi2dof.ravel()[::step]
+        good = np.isfinite(coef[0])
         out = {"t_ref_degC": self.t_ref, "exp_ref_s": self.exp_ref, "err_scale": self.err_scale,
                "dropped": dict(self.dropped), "masters": int(len(self.inputs))}
         for j, name in enumerate(NAMES):
-            out[f"{name}_median"] = float(np.median(self.coef[j][good])) if good.any() \
+            out[f"{name}_median"] = float(np.median(coef[j][good])) if good.any() else math.nan
+            out[f"{name}_sigma_median"] = float(np.median(sigma[j][good])) if good.any() \
                 else math.nan
-            out[f"{name}_sigma_median"] = float(np.median(self.sigma[j][good])) if good.any() \
-                else math.nan
-        finite = np.isfinite(self.chi2dof)
-        out["chi2dof_median"] = float(np.median(self.chi2dof[finite])) if finite.any() \
-            else math.nan
+        finite = np.isfinite(chi2)
+        out["chi2dof_median"] = float(np.median(chi2[finite])) if finite.any() else math.nan
         return out
 
     def write(self, folder: Path) -> list[Path]:
@@ -201,7 +203,8 @@ class MasterReader:
                         if name in names}
         self.shape = self.layouts["PRIMARY"].shape
 
-    def _rows(self, name, start, stop, fill):
+    def image(self, name: str, start: int, stop: int, fill: float) -> np.ndarray:
+        """Rows ``start:stop`` of extension ``name`` (``fill`` when the master has none)."""
         if name not in self.layouts:
             return np.full((stop - start, self.shape[1]), fill, np.float32)
         return fitsio.read_rows(self.layouts[name], start, stop)
@@ -210,11 +213,11 @@ class MasterReader:
         """Rows ``start:stop`` of the master (NaN where masked) and their noise-model error
         (:func:`flat_pipeline.master.model_error`)."""
         stop = self.shape[0] if stop is None else stop
-        data = self._rows("PRIMARY", start, stop, np.nan)
-        data[self._rows("MASK", start, stop, 0.0) != 0] = np.nan
-        err = model_error(data, self._rows("NCOMB", start, stop, 1.0),
-                          self._rows("SUBERR", start, stop, 0.0), self.header,
-                          self._rows("UNCERT", start, stop, np.nan))
+        data = self.image("PRIMARY", start, stop, np.nan)
+        data[self.image("MASK", start, stop, 0.0) != 0] = np.nan
+        err = model_error(data, self.image("NCOMB", start, stop, 1.0),
+                          self.image("SUBERR", start, stop, 0.0), self.header,
+                          self.image("UNCERT", start, stop, np.nan))
         return data, err
 
 

@@ -34,8 +34,9 @@ from utils import headers as kw
 from utils.errors import InputPathError
 from utils.io.fitsio import provenance_cards, read_image, set_card, write_product
 from utils.models.illumination import IlluminationModel, fit_illumination
-from utils.stack.master import read_master
 from utils.stack.stats import MAD_TO_STD
+
+from .flat_model import reader
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def fit_master(tag: str, data: np.ndarray, exclude: np.ndarray | None = None, *,
     model = fit_illumination(data, bad, tilt=tilt)
     relative, err = model.evaluate(relative=True, with_error=True)
     ratio = data / (relative * np.float32(model.value("c0"))) - 1.0
-    good = ratio[~bad & np.isfinite(ratio)]
+    good = ratio[~bad & np.isfinite(ratio)][::max(1, data.size // 500000)]
     rms = MAD_TO_STD * float(np.median(np.abs(good - np.median(good)))) if good.size else math.nan
     x0, y0 = model.centre
     logger.info("illumination %s: optical centre (%.2f +- %.2f, %.2f +- %.2f) px, corner "
@@ -152,12 +153,14 @@ def read_relative_illumination(path: str | Path, shape: tuple[int, int]) -> np.n
 
 
 def write_corrected(master_path: Path, ill: Illumination, path: Path) -> Path:
-    """``master / V`` with both errors in quadrature (the master's other images kept)."""
-    m = read_master(master_path)
+    """``master / V`` with both errors in quadrature."""
+    rd = reader(master_path)
+    master, _ = rd.read()
+    stderr = rd.image("UNCERT", 0, rd.shape[0], np.nan)
     v = ill.relative
-    data = m.data / v
-    err = np.abs(data) * np.sqrt((m.stderr / m.data) ** 2 + (ill.relative_err / v) ** 2)
-    header = m.header.copy()
+    data = master / v
+    err = np.abs(data) * np.sqrt((stderr / master) ** 2 + (ill.relative_err / v) ** 2)
+    header = rd.header.copy()
     for key in ("BUNIT",):
         header.remove(key, ignore_missing=True)
     set_card(header, kw.PRODUCT, "MASTER_FLAT_VIGNCORR", "kind of product")
@@ -165,7 +168,7 @@ def write_corrected(master_path: Path, ill: Illumination, path: Path) -> Path:
     set_card(header, "FLATVIGN", "fitted model", "divided by the relative illumination")
     set_card(header, "ILLUMFIL", f"illumination_{ill.tag}.fits", "model divided out")
     return write_product(path, data, header, unit="", uncertainty=err,
-                         mask=~np.isfinite(data) | ~np.isfinite(m.data))
+                         mask=~np.isfinite(data))
 
 
 def illumination_table(items: list[Illumination]) -> pd.DataFrame:

@@ -39,6 +39,7 @@ from utils.io.fitsio import save_figure, write_csv, write_text
 from utils.io.index import DatasetIndex, load_frames
 from utils.models.gain import Gain, resolve_gain, write_gain
 from utils.models.read_noise import frame_pairs
+from utils.progress import progress
 from utils.run_record import completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings
 from utils.settings import field as sfield
@@ -526,19 +527,26 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         out.add(write_text(json.dumps(darks.files, indent=2) + "\n",
                            group_dir / "auto_dark_files.json"))
 
-    # 1. references per set, one pass over the central regions, frame QC
-    to_measure, dark_missing = [], {}
-    for key, part in sets:
+    # 1. references per set, one pass over the central regions, frame QC; one set's
+    # reference (bias and dark images) in memory at a time
+    measured, dark_missing = [], {}
+    for key, part in progress(sets, desc="flat levels", enabled=progress_bar, unit="set"):
         ref, why = reference_for_set(part, key, bias, darks)
         if ref is None or ref.no_dark:
             for p in part["PATH"].astype(str):
                 dark_missing[p] = why if ref is None else \
                     f"no dark correction ({ref.no_dark}); give --dark-model or --allow-bias-only"
         if ref is not None:
-            to_measure.append(SetToMeasure(key, part, ref))
-    frames, pairs = measure_frames(to_measure, shape, norm_method=settings.norm_method,
-                                   central_fraction=settings.central_fraction, adc_bits=adc_bits,
-                                   progress_bar=progress_bar)
+            measured.append(measure_frames([SetToMeasure(key, part, ref)], shape,
+                                           norm_method=settings.norm_method,
+                                           central_fraction=settings.central_fraction,
+                                           adc_bits=adc_bits))
+        del ref
+    frames = pd.concat([m[0] for m in measured], ignore_index=True) if measured \
+        else pd.DataFrame(columns=["PATH", "TBIN", "EXPTIME", "TEMP", "READERR"])
+    pairs = pd.concat([m[1] for m in measured], ignore_index=True) if measured \
+        else measure_frames([], shape, norm_method=settings.norm_method,
+                            central_fraction=settings.central_fraction, adc_bits=adc_bits)[1]
     qc = assess(frames, rows, dark_missing, allow_bias_only=settings.allow_bias_only or gain_only,
                 max_zero_fraction=settings.max_zero_fraction,
                 max_saturated_fraction=settings.max_saturated_fraction,
@@ -588,7 +596,8 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
                         + "; ".join(f"{n} x {r}" for r, n in reasons.items())[:300]
                         + f"); see {group_dir / 'frame_qc.csv'}")
 
-    # the sets again, with their used frames only (references index frames by position)
+    # the sets again, with their used frames only (references index frames by position);
+    # each set's reference is made when the set is used, and dropped after
     levels = qc.set_index("PATH")["LEVEL"]
     used_paths = set(used_qc["PATH"].astype(str))
     used_sets = []
@@ -596,15 +605,19 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         part = part[part["PATH"].astype(str).isin(used_paths)]
         if part.empty:
             continue
-        ref, _ = reference_for_set(part, key, bias, darks)
-        used_sets.append((key, part, ref, levels.loc[part["PATH"].astype(str)].to_numpy(float)))
+
+        def make_ref(part=part, key=key):
+            return reference_for_set(part, key, bias, darks)[0]
+        used_sets.append((key, part, make_ref,
+                          levels.loc[part["PATH"].astype(str)].to_numpy(float)))
     common = {"FLATTYPE": (settings.flat_type, "lab, sky or satellite")} | gain_cards
 
     # 3. reduced / normalised frames (written only when asked)
     if mode in ("reduce_only", "normalize_only") or settings.save_reduced:
         names = output_names(list(usable["PATH"].astype(str)), "reduced")
         norm_names = {p: n.replace("_reduced.fits", "_normalized.fits") for p, n in names.items()}
-        for key, part, ref, lv in used_sets:
+        for key, part, make_ref, lv in used_sets:
+            ref = make_ref()
             if mode != "normalize_only" or settings.save_reduced:
                 out.add(write_frames(part, ref, group_dir / "flat_reduced", step="raw_reduced",
                                      names=names, adc_bits=adc_bits, extra=common))
@@ -617,11 +630,11 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
     # 4. masters per flat level (and the sky median)
     masters: list[FlatMaster] = []
     if mode in MASTER_MODES and not (mode == "vignetting_only" and settings.illumination_model):
-        for key, part, ref, lv in used_sets:
+        for key, part, make_ref, lv in used_sets:
             if len(part) < 2:
                 logger.warning("flat set %s: one usable frame; no master", key.tag)
                 continue
-            masters.append(build_master(key, part, lv, ref,
+            masters.append(build_master(key, part, lv, make_ref(),
                                         master_path(group_dir / MASTER_FOLDER, key),
                                         settings.combine, norm_method=settings.norm_method,
                                         central_fraction=settings.central_fraction,
@@ -637,8 +650,11 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         out.add(write_csv(table, group_dir / "masters.csv"))
         summary["masters"] = table.to_dict("records")
         if settings.flat_type == "sky" and mode in ("full", "full_no_vignetting", "make_master"):
-            entries = [(row, ref, i, float(lv[i])) for key, part, ref, lv in used_sets
-                       for i, (_, row) in enumerate(part.iterrows())]
+            entries = []  # every set's reference at once: the sky median stacks them all
+            for key, part, make_ref, lv in used_sets:
+                ref = make_ref()
+                entries += [(row, ref, i, float(lv[i])) for i, (_, row) in
+                            enumerate(part.iterrows())]
             out.add(build_sky_median(entries, group_dir / SKY_FOLDER, settings.combine,
                                      norm_method=settings.norm_method,
                                      central_fraction=settings.central_fraction,
@@ -785,7 +801,7 @@ def _vignetting_only(used_sets, masters, group_dir, settings, shape, summary, ou
     fitted = []
     names = output_names([p for _, part, _, _ in used_sets for p in part["PATH"].astype(str)],
                          "vigncorr")
-    for key, part, ref, lv in used_sets:
+    for key, part, make_ref, lv in used_sets:
         if given is not None:
             relative = given
         elif key.tag in by_tag:
@@ -799,7 +815,7 @@ def _vignetting_only(used_sets, masters, group_dir, settings, shape, summary, ou
             logger.warning("flat set %s: no master to fit an illumination model to; its "
                            "frames are not corrected", key.tag)
             continue
-        out.add(write_frames(part, ref, group_dir / CORRECTED_FOLDER,
+        out.add(write_frames(part, make_ref(), group_dir / CORRECTED_FOLDER,
                              step="vignetting_corrected", names=names, levels=lv,
                              illumination=relative, adc_bits=adc_bits, extra=cards))
     if fitted:

@@ -200,7 +200,8 @@ class DarkSource:
                               f"not {temperature:g} degC (+- {self.tolerance:g})")
             t_mean, x_mean = float(np.mean(temps)), float(np.mean(exps))
             key = ("model", round(t_mean, 3), round(x_mean, 9))
-            if key not in self._cache:  # a set is reduced twice (levels, then stacking)
+            if key not in self._cache:
+                self._cache.clear()  # one set's maps at a time: memory must not grow with sets
                 self._cache[key] = (model.linearised(t_mean, x_mean),
                                     model.signal_err(t_mean, x_mean))
             (signal, d_temp, d_time), err = self._cache[key]
@@ -226,6 +227,7 @@ class DarkSource:
             same_t = [m for m in near if m[0] == t_bin]
             key = (t_bin, round(float(exptime), 9))
             if key not in self._cache:
+                self._cache.clear()
                 self._cache[key] = scaled_dark([(m[2], *read_master_error(m[3])) for m in same_t],
                                                exptime)
             sd = self._cache[key]

@@ -98,6 +98,7 @@ class BiasReference:
     def __init__(self, model: BiasModel | None, masters: list[tuple[float, Path]],
                  tolerance: float, source: str):
         self.model, self.masters, self.tolerance, self.source = model, masters, tolerance, source
+        self._errors: dict = {}   # model error maps by temperature (0.25 degC steps)
         # what was subtracted, by content: a refitted model at the same path changes the masters
         digest = hashlib.sha1(source.encode())
         if model is not None:
@@ -128,7 +129,11 @@ class BiasReference:
             cards = {kw.BIASFILE: (Path(self.source).name, "bias model A+B*(T-TREF) subtracted"),
                      kw.BIASTEMP: (mean_t, "[degC] mean frame temperature of the evaluation"),
                      kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
-            return (self.model.subtractor(temps), self.model.predict_err(mean_t), cards,
+            # the error at the set's mean temperature; within 0.25 degC it does not change
+            key = round(mean_t * 4) / 4
+            if key not in self._errors:
+                self._errors[key] = self.model.predict_err(mean_t)
+            return (self.model.subtractor(temps), self._errors[key], cards,
                     (self.fingerprint, "model"))
         nearest = self.nearest_master(temperature)
         if nearest is not None:
