@@ -659,6 +659,8 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
                                      norm_method=settings.norm_method,
                                      central_fraction=settings.central_fraction,
                                      key=group.key, cards=common, progress_bar=progress_bar))
+        if mode != "vignetting_only":  # the bias and dark images are not needed any more
+            used_sets, bias, darks = [], None, None
         reference = _reference_master(masters, summary, adc_bits)
         summary["reference_master"] = reference.tag
         out.figure(lambda: plots.plot_master(read_master(reference.path).data, reference.tag),
@@ -743,7 +745,8 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
         norms.append(p.norm)
         several_t = len({x.key.temperature for x in masters}) > 1
         for key in ("all", m.key.temperature) if several_t else ("all",):
-            acc, wsum = sums.setdefault(key, (np.zeros(shape), np.zeros(shape)))
+            acc, wsum = sums.setdefault(key, (np.zeros(shape, np.float32),
+                                              np.zeros(shape, np.float32)))
             accumulate(acc, wsum, p)
         if m is reference:
             ref_data, ref_ill = data, ill

@@ -76,8 +76,9 @@ def prnu_map(tag: str, master: np.ndarray, master_err: np.ndarray, model: np.nda
 def accumulate(acc: np.ndarray, wsum: np.ndarray, p: PrnuMap) -> None:
     """Add a map to the inverse-variance sums ``acc`` and ``wsum`` (in place)."""
     ok = np.isfinite(p.data) & np.isfinite(p.err) & (p.err > 0)
-    w = np.where(ok, 1.0 / np.where(ok, p.err, 1.0).astype(np.float64) ** 2, 0.0)
-    acc += w * np.where(ok, p.data, 0.0)
+    err = np.where(ok, p.err, np.float32(1.0))
+    w = np.where(ok, np.float32(1.0) / (err * err), np.float32(0.0))
+    acc += w * np.where(ok, p.data, np.float32(0.0))
     wsum += w
 
 

@@ -26,6 +26,7 @@ from astropy.io import fits
 from .. import adu
 from .. import headers as kw
 from ..errors import InputPathError
+from ..io import fitsio
 from .nonlinear import ExponentialFit, PowerExponentialFit
 
 #: Extensions of the 1-D and 2-D model products.
@@ -189,15 +190,18 @@ class DarkSignalModel:
             if kind == "2d" else ("SIGMA_A", "SIGMA_B", "COV_AB")
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             head = hdul[0].header.copy()
-
-            def image(name):
-                return np.asarray(hdul[name].data, dtype=np.float32)
-            amp = image(0)
-            gamma = image("GAMMA") if kind == "2d" else None
-            rate = image("B")
-            errors = {n: image(n) for n in err_names}
-            inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in hdul \
+            index = {h.name: i for i, h in enumerate(hdul)}
+            inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in index \
                 else pd.DataFrame()
+
+        def image(name):
+            # straight from the data section into native float32: no second copy in memory
+            lay = fitsio.fits_layout(path, index[name])
+            return fitsio.read_rows(lay, 0, lay.shape[0])
+        amp = image("PRIMARY")
+        gamma = image("GAMMA") if kind == "2d" else None
+        rate = image("B")
+        errors = {n: image(n) for n in err_names}
         bad = ~np.isfinite(amp) | ~np.isfinite(rate)
         if gamma is not None:
             bad |= ~np.isfinite(gamma)
