@@ -101,8 +101,8 @@ class IlluminationModel:
         """``(x0, y0)`` [px]: column and row of the optical centre."""
         return self.value("x0"), self.value("y0")
 
-    def _terms(self, x: np.ndarray, y: np.ndarray):
-        return _terms(self.params, x, y, self.r_norm, self.tilt)
+    def _terms(self, x: np.ndarray, y: np.ndarray, gradients: bool = True):
+        return _terms(self.params, x, y, self.r_norm, self.tilt, gradients)
 
     def evaluate(self, rows: slice | None = None, *, relative: bool = False,
                  with_error: bool = False):
@@ -120,7 +120,7 @@ class IlluminationModel:
         for a in range(start, stop, _EVAL_ROWS):
             b = min(stop, a + _EVAL_ROWS)
             ys = np.arange(a, b, dtype=np.float64)[:, None]
-            out[a - start:b - start] = self._terms(xs, ys)[0] / c0
+            out[a - start:b - start] = self._terms(xs, ys, gradients=False)[0] / c0
         if not with_error:
             return out
         return out, self._error_map(start, stop) / np.float32(abs(c0))
@@ -173,8 +173,10 @@ class IlluminationModel:
                 for n, v in zip(self.names, self.params)]
 
 
-def _terms(p: np.ndarray, x: np.ndarray, y: np.ndarray, r_norm: float, tilt: bool):
-    """Model values and their gradients in the parameters at ``(x, y)`` (broadcast)."""
+def _terms(p: np.ndarray, x: np.ndarray, y: np.ndarray, r_norm: float, tilt: bool,
+           gradients: bool = True):
+    """Model values and (unless ``gradients`` is False) their gradients in the parameters
+    at ``(x, y)`` (broadcast)."""
     x0, y0, c0, c2, c4, c6 = (float(v) for v in p[:6])
     dx = (x - x0) / r_norm
     dy = (y - y0) / r_norm
@@ -189,6 +191,8 @@ def _terms(p: np.ndarray, x: np.ndarray, y: np.ndarray, r_norm: float, tilt: boo
     else:
         lamp = 1.0
     model = radial * lamp
+    if not gradients:
+        return model, None
     g_x0 = lamp * slope * (-2.0 * dx / r_norm)
     g_y0 = lamp * slope * (-2.0 * dy / r_norm)
     if tilt:
