@@ -23,8 +23,13 @@ from utils import headers as kw
 from utils.errors import InputPathError, UserError
 from utils.io.index import DatasetIndex
 from utils.stack.grouping import GroupKey, calibration_groups
-from utils.stack.master import CombineSettings, make_master
-from utils.stack.references import BiasReference, bias_reference, select_frames
+from utils.stack.master import CombineSettings
+from utils.stack.references import (
+    BiasReference,
+    bias_reference,
+    build_dark_master,
+    select_frames,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,22 +83,15 @@ def build_dark_masters(sets, bias: BiasReference, folder: Path, combine: Combine
     """Bias-subtracted masters of every set; returns them and the reasons of refused sets."""
     masters, refused = [], []
     for key, rows in sets:
-        ref = bias.for_set(rows, key.temperature)
-        if ref is None:
+        path = master_file(folder, key.temperature, key.exptime)
+        made = build_dark_master(key, rows, bias, path, combine, progress_bar=progress_bar)
+        if made is None:
             reason = (f"dark set {key.tag}: no bias within {bias.tolerance:g} degC of "
                       f"{key.temperature:g} degC; set skipped")
             logger.warning("%s", reason)
             refused.append(reason)
             continue
-        subtract, stderr, cards, refs = ref
-        cards.update({kw.CALTYPE: ("DARK", "calibration type"),
-                      kw.IMAGETYP: ("MASTER DARK", "bias-subtracted dark signal"),
-                      kw.TBIN: (key.temperature, "[degC] temperature bin label"),
-                      kw.EXPTIME: (key.exptime, "[s] exposure time of the set")})
-        path = master_file(folder, key.temperature, key.exptime)
-        header, written = make_master(rows, path, combine, product="MASTER_DARK",
-                                      subtract=subtract, sub_stderr=stderr, extra=cards,
-                                      refs=refs, progress_bar=progress_bar)
+        header, written = made
         masters.append(DarkMaster(key.temperature, kw.get_float(header, kw.TAVG, key.temperature),
                                   key.exptime, path, int(header.get(kw.NCOMBINE, 0)), written))
         logger.info("%s dark master %.1f degC %gs (%d frames): %s",

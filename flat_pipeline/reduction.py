@@ -43,8 +43,14 @@ from utils.io.fitsio import provenance_cards, read_image, set_card, write_produc
 from utils.io.index import DatasetIndex
 from utils.models.dark_model import DarkSignalModel
 from utils.stack.grouping import GroupKey, calibration_groups, text_column
-from utils.stack.master import CombineSettings, make_master
-from utils.stack.references import BiasReference, read_master_error, scaled_dark, select_frames
+from utils.stack.master import CombineSettings
+from utils.stack.references import (
+    BiasReference,
+    build_dark_master,
+    read_master_error,
+    scaled_dark,
+    select_frames,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -306,20 +312,13 @@ def dark_source(index: DatasetIndex, group: FlatGroup, out_dir: Path, bias: Bias
     for key, part in calibration_groups(rows, temp_width=temp_bin, exp_tolerance=exp_tolerance):
         if key.caltype != "DARK":
             continue
-        ref = bias.for_set(part, key.temperature)
-        if ref is None:
+        path = out_dir / DARK_FOLDER / f"master_dark_{key.tag}.fits"
+        made = build_dark_master(key, part, bias, path, combine, progress_bar=progress_bar)
+        if made is None:
             logger.warning("dark set %s: no bias within %g degC; not used under the flats",
                            key.tag, bias.tolerance)
             continue
-        subtract, stderr, cards, refs = ref
-        cards.update({kw.CALTYPE: ("DARK", "calibration type"),
-                      kw.IMAGETYP: ("MASTER DARK", "bias-subtracted dark signal"),
-                      kw.TBIN: (key.temperature, "[degC] temperature bin label"),
-                      kw.EXPTIME: (key.exptime, "[s] exposure time of the set")})
-        path = out_dir / DARK_FOLDER / f"master_dark_{key.tag}.fits"
-        header, _ = make_master(part, path, combine, product="MASTER_DARK", subtract=subtract,
-                                sub_stderr=stderr, extra=cards, refs=refs,
-                                progress_bar=progress_bar)
+        header, _ = made
         masters.append((key.temperature, kw.get_float(header, kw.TAVG, key.temperature),
                         key.exptime, path))
     files = [{"original_path": str(p), "temperature": float(t), "exposure": float(e)}

@@ -215,6 +215,29 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
     return BiasReference(model, masters, tolerance, str(path))
 
 
+def build_dark_master(key, rows: pd.DataFrame, bias: BiasReference, path: Path,
+                      combine: CombineSettings, *, progress_bar: bool = False):
+    """The bias-subtracted master of one dark set (``key``: its temperature bin and
+    exposure), bias removed frame by frame at each frame's temperature, kept when unchanged.
+
+    Returns
+    -------
+    (astropy.io.fits.Header, bool) or None
+        The master's header and whether it was (re)written; None without a bias within
+        the tolerance.
+    """
+    ref = bias.for_set(rows, key.temperature)
+    if ref is None:
+        return None
+    subtract, stderr, cards, refs = ref
+    cards.update({kw.CALTYPE: ("DARK", "calibration type"),
+                  kw.IMAGETYP: ("MASTER DARK", "bias-subtracted dark signal"),
+                  kw.TBIN: (key.temperature, "[degC] temperature bin label"),
+                  kw.EXPTIME: (key.exptime, "[s] exposure time of the set")})
+    return make_master(rows, path, combine, product="MASTER_DARK", subtract=subtract,
+                       sub_stderr=stderr, extra=cards, refs=refs, progress_bar=progress_bar)
+
+
 @dataclass
 class ScaledDark:
     """A dark image at the wanted exposure, and how it was made.
@@ -293,5 +316,6 @@ def scaled_dark(candidates: list[tuple[float, np.ndarray, np.ndarray]],
                       n_other, n_pop)
 
 
-__all__ = ["select_frames", "BiasReference", "bias_reference", "read_master_error",
+__all__ = ["select_frames", "BiasReference", "bias_reference", "build_dark_master",
+           "read_master_error",
            "ScaledDark", "scaled_dark", "BIAS_FOLDER"]
