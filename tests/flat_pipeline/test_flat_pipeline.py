@@ -322,7 +322,7 @@ def _run(*args) -> int:
     return run_pipeline.main([*args, "--no-progress", "--no-save-plots"])
 
 
-def test_reduce_and_normalize_only(flat_campaign, subset, tmp_path):
+def test_reduce_and_normalize_only(flat_campaign, subset, tmp_path, fitsverify):
     campaign, _ = flat_campaign
     index = subset(small)
     out = tmp_path / "r"
@@ -345,6 +345,9 @@ def test_reduce_and_normalize_only(flat_campaign, subset, tmp_path):
     ccd = CCDData.read(normalized[0])
     centre = ccd.data[16:48, 24:72]
     assert np.median(centre) == pytest.approx(1.0, abs=1e-6) and ccd.header["FLATNORM"] > 1000
+    for path in (reduced[0], normalized[0]):  # the frame's own cards copied: still valid FITS
+        errors, report = fitsverify(path)
+        assert errors == 0, report
 
 
 def test_vignetting_only_fitted_and_given(flat_campaign, subset, tmp_path):
@@ -370,7 +373,7 @@ def test_vignetting_only_fitted_and_given(flat_campaign, subset, tmp_path):
     assert np.allclose(again, data, rtol=1e-6, equal_nan=True)  # the same model, given
 
 
-def test_make_master_with_sky_median(flat_campaign, subset, tmp_path):
+def test_make_master_with_sky_median(flat_campaign, subset, tmp_path, fitsverify):
     index = subset(small)
     out = tmp_path / "m"
     assert _run("--mode", "make_master", "--flat-type", "sky", "--basepath", index,
@@ -386,6 +389,9 @@ def test_make_master_with_sky_median(flat_campaign, subset, tmp_path):
     assert np.nanmedian(adu_sky.data) == pytest.approx(sky.header["FLATNORM"] *
                                                        np.nanmedian(sky.data), rel=1e-4)
     assert sky.header["NCOMBINE"] == 3 * FRAMES
+    for path in (out / "sky_median").glob("*.fits"):
+        errors, report = fitsverify(path)
+        assert errors == 0, report
     for absent in ("illumination_model", "prnu", "flat_model_fits", "gain.json"):
         assert not (out / absent).exists(), absent
 
