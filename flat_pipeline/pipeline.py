@@ -12,7 +12,8 @@ Products of one group::
     sky_median/master_flat_sky_median[_normalized].fits   (--flat-type sky)
     illumination_model/illumination_<tag>.fits, illumination.csv
     flat_vignetting_corrected/master_flat_<tag>_vigncorr.fits (frames: <name>_vigncorr.fits)
-    prnu/prnu_map_<tag>.fits, prnu_map.fits (combined), prnu_summary.csv, defects.fits|csv
+    prnu/prnu_map.fits (combined), prnu_map_T<T>C.fits (per temperature, with several),
+         prnu_summary.csv (per master, per temperature, combined), defects.fits|csv
     flat_model_fits/flat_model.fits, flat_A_map.fits, flat_B_map.fits, flat_C_map.fits
     flat_evaluation/evaluation_summary.csv (+ <master>_diff|_mae|_mape.fits, --save-eval-fits)
     flat_reduced/<name>_reduced.fits, flat_normalized/<name>_normalized.fits (when asked)
