@@ -357,6 +357,10 @@ def check_inputs(basepath, out_dir: Path, settings: FlatSettings, *,
                             f"{dark_shape[0]} but the flat frames are {shape[1]}x{shape[0]}")
     if settings.illumination_model:
         read_relative_illumination(settings.illumination_model, shape)
+    if settings.dark_files_json:
+        from .reduction import darks_from_json
+
+        darks_from_json(settings.dark_files_json)  # every listed frame exists
     if settings.mode == "evaluate_model":
         for group in groups:
             path = _model_path(out_dir, settings, group)

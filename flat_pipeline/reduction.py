@@ -254,7 +254,7 @@ class DarkSource:
         return None, self.description
 
 
-def _darks_from_json(path: str | os.PathLike) -> pd.DataFrame:
+def darks_from_json(path: str | os.PathLike) -> pd.DataFrame:
     """Index-like rows of the darks listed in the old ``--dark-files-json`` format."""
     path = Path(path)
     try:
@@ -298,7 +298,7 @@ def dark_source(index: DatasetIndex, group: FlatGroup, out_dir: Path, bias: Bias
                     model.n_filled)
         return DarkSource("model", f"dark model {dark_model}", model=model, tolerance=tolerance)
     if dark_files_json:
-        rows = _darks_from_json(dark_files_json)
+        rows = darks_from_json(dark_files_json)
         origin = str(dark_files_json)
     else:
         dose = group.key.dose if group.key.stage == "radiating" else None
@@ -483,4 +483,5 @@ def write_frames(rows: pd.DataFrame, reference: Reference, folder: Path, *, step
 
 __all__ = ["FlatGroup", "flat_groups", "frame_shape", "flat_sets", "DarkSource", "dark_source",
            "DarkForSet", "Reference", "reference_for_set", "write_frames", "output_names",
+           "darks_from_json",
            "DARK_FOLDER"]

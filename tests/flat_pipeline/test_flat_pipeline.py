@@ -575,3 +575,30 @@ def test_dark_pipeline_reads_the_measured_gain(flat_run, subset, tmp_path, caplo
                           str(missing), "--no-progress"]) == 2
     one_line_error(caplog, capsys, "gain.json", "cannot read the gain product")
     assert not (tmp_path / "d2" / "config_used.json").exists()
+
+
+def test_dark_files_json_and_norm_method(flat_campaign, subset, tmp_path):
+    """The old ``--dark-files-json`` list is used (no dark frame in the index), and the
+    frame levels follow ``--norm-method``."""
+    campaign, index = flat_campaign
+    table = DatasetIndex.from_csv(index).table
+    darks = table[(table["CALTYPE"] == "DARK") & (table["TEMP"].sub(25).abs() < 1)]
+    listing = [{"original_path": p, "temperature": t, "exposure": e}
+               for p, t, e in zip(darks["PATH"], darks["TEMP"], darks["EXPTIME"])]
+    (tmp_path / "darks.json").write_text(json.dumps(listing))
+    flats_only = subset(lambda t: (t["CALTYPE"] == "BIAS") | (small(t) & (t["CALTYPE"] == "FLAT")))
+    out = tmp_path / "j"
+    assert _run("--mode", "make_master", "--basepath", flats_only, "--output-dir", str(out),
+                "--dark-files-json", str(tmp_path / "darks.json"), "--norm-method",
+                "mean") == 0
+    head = fits.getheader(_master(out, "0.25"))
+    assert head["DARKSRC"] == "masters" and head["DARKEXP"] == 0.5 and head["NORMMETH"] == "mean"
+    assert len(list((out / "dark_masters").glob("*.fits"))) == 2
+    qc = pd.read_csv(out / "frame_qc.csv")
+    assert (qc["STATUS"] == "used").all() and (qc["LEVEL"] > 0).all()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"original_path": "nowhere.fits", "temperature": 25,
+                                "exposure": 1}]))
+    assert _run("--mode", "make_master", "--basepath", flats_only, "--output-dir",
+                str(tmp_path / "k"), "--dark-files-json", str(bad)) == 2
+    _nothing_written(tmp_path / "k")
