@@ -35,22 +35,20 @@ import numpy as np
 import pandas as pd
 
 from utils import adu
-from utils.errors import ConfigError, UserError
+from utils.errors import UserError
 from utils.io.fitsio import save_figure, write_csv, write_text
-from utils.io.index import DatasetIndex, load_frames
 from utils.models.gain import Gain, resolve_gain, write_gain
 from utils.models.read_noise import frame_pairs
 from utils.progress import progress
 from utils.run_record import completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings
-from utils.settings import field as sfield
 from utils.stack.grouping import calibration_groups
-from utils.stack.master import CombineSettings, adc_bits_of, read_master
+from utils.stack.master import read_master
 from utils.stack.references import bias_reference, select_frames
 
 from . import plots
 from .evaluation import EVAL_FOLDER, evaluate
-from .flat_model import MODEL_FILE, MODEL_FOLDER, FlatModel, fit_flat_model
+from .flat_model import MODEL_FOLDER, FlatModel, fit_flat_model
 from .flat_model import read_rows as read_flat_rows
 from .flat_model import reader as flat_reader
 from .illumination import (
@@ -62,6 +60,7 @@ from .illumination import (
     write_corrected,
     write_illumination,
 )
+from .inputs import check_inputs, model_path
 from .master import (
     MASTER_FOLDER,
     SKY_FOLDER,
@@ -84,7 +83,6 @@ from .prnu import (
     write_prnu,
 )
 from .quality import (
-    NORM_METHODS,
     USED,
     SetToMeasure,
     assess,
@@ -95,102 +93,14 @@ from .reduction import (
     DarkSource,
     FlatGroup,
     dark_source,
-    flat_groups,
     flat_sets,
-    frame_shape,
     output_names,
     reference_for_set,
     write_frames,
 )
+from .settings import FLAT_TYPES, MASTER_MODES, MODES, FlatSettings
 
 logger = logging.getLogger(__name__)
-
-MODES = ("full", "full_no_vignetting", "reduce_only", "normalize_only", "vignetting_only",
-         "make_master", "fit_model", "evaluate_model")
-FLAT_TYPES = ("lab", "sky", "satellite")
-#: Modes that stack masters.
-MASTER_MODES = ("full", "full_no_vignetting", "make_master", "fit_model", "evaluate_model",
-                "vignetting_only")
-
-
-@dataclass(frozen=True)
-class FlatSettings:
-    """Settings of one flat-pipeline run (written to ``config_used.json``)."""
-
-    mode: str = sfield("full", "what to run: " + ", ".join(MODES))
-    flat_type: str = sfield("lab", "lab (lamp), sky (also the sky median) or satellite")
-    bias_model: str = sfield("", "bias_model.fits of the bias pipeline (else fitted from the "
-                                 "tree's bias frames)")
-    dark_model: str = sfield("", "dark_model_2d.fits (or dark_model.fits) of the dark pipeline "
-                                 "(else dark masters from the tree's dark frames)")
-    dark_files_json: str = sfield("", "old list of {original_path, temperature, exposure} darks")
-    allow_bias_only: bool = sfield(False, "reduce flats without a dark with the bias alone "
-                                          "(flagged)")
-    norm_method: str = sfield("median", "frame level: median, mean or max of the central "
-                                        "region")
-    central_fraction: float = sfield(0.5, "side fraction of the central region (levels, "
-                                          "photon transfer)")
-    t_ref: float | None = sfield(None, "[degC] TREF of the flat model (default: masters' mean)")
-    exp_ref: float | None = sfield(None, "[s] EXPREF of the flat model (default: masters' "
-                                         "mean)")
-    gain: str | None = sfield(None, "[e-/ADC count] gain, or a gain.json, overriding the "
-                                    "measured one in the products")
-    save_reduced: bool = sfield(False, "also write the reduced and normalised frames")
-    save_eval_fits: bool = sfield(False, "also write the evaluation maps as FITS")
-    save_plots: bool = sfield(True, "write the PNG figures")
-    stage: str = sfield("", "only this irradiation stage (default: every stage, apart)")
-    dose: float | None = sfield(None, "[krad] only this dose step of the radiating stage")
-    temp_bin: float = sfield(1.0, "[degC] largest temperature span of one master")
-    exp_tolerance: float = sfield(0.01, "largest relative exposure-time span of one master")
-    bias_temp_tolerance: float = sfield(2.0, "[degC] largest distance to the bias model's range "
-                                             "or to a bias master")
-    dark_temp_tolerance: float = sfield(2.0, "[degC] largest distance to the dark model's "
-                                             "range or to a dark master")
-    max_zero_fraction: float = sfield(1e-4, "flats with more zero pixels are excluded")
-    max_saturated_fraction: float = sfield(0.01, "flats with more saturated pixels are left "
-                                                 "out of the masters")
-    level_nsigma: float = sfield(5.0, "[sigma] lamp-drift test on the level per second")
-    level_min_dev: float = sfield(0.02, "smallest relative level departure called drift")
-    tilt: bool = sfield(False, "illumination model times a tilted-lamp plane")
-    illumination_model: str = sfield("", "illumination_<tag>.fits applied by vignetting_only")
-    cold_threshold: float = sfield(0.8, "cold pixel: response below this of the smooth one")
-    dead_threshold: float = sfield(0.1, "dead pixel: response below this of the smooth one")
-    column_nsigma: float = sfield(5.0, "[sigma] column-defect test on column medians")
-    column_min_dev: float = sfield(0.02, "smallest relative column departure called a defect")
-    ptc_fit_fraction: float = sfield(0.7, "photon-transfer fit up to this fraction of the "
-                                          "saturation onset")
-    model_dir: str = sfield("", "folder holding flat_model_fits/ for evaluate_model (default: "
-                                "the output folder)")
-    combine: CombineSettings = sfield(CombineSettings(), "combination of each master")
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.flat_type not in FLAT_TYPES:
-            raise ValueError(f"flat type must be one of {', '.join(FLAT_TYPES)}")
-        if self.norm_method not in NORM_METHODS:
-            raise ValueError(f"norm method must be one of {', '.join(NORM_METHODS)}")
-        if not 0 < self.central_fraction <= 1:
-            raise ValueError("central_fraction must be within (0, 1]")
-        if not self.temp_bin > 0 or self.exp_tolerance < 0:
-            raise ValueError("temp_bin must be > 0 and exp_tolerance >= 0")
-        if min(self.bias_temp_tolerance, self.dark_temp_tolerance) < 0:
-            raise ValueError("temperature tolerances must be >= 0")
-        for name in ("max_zero_fraction", "max_saturated_fraction", "cold_threshold",
-                     "dead_threshold", "level_min_dev", "column_min_dev"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be within 0..1")
-        if not self.dead_threshold < self.cold_threshold:
-            raise ValueError("dead_threshold must be below cold_threshold")
-        if not (self.level_nsigma > 0 and self.column_nsigma > 0):
-            raise ValueError("level_nsigma and column_nsigma must be > 0")
-        if not 0 < self.ptc_fit_fraction <= 1:
-            raise ValueError("ptc_fit_fraction must be within (0, 1]")
-        for name in ("t_ref", "exp_ref", "dose"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be finite")
-
 
 @dataclass
 class GroupResult:
@@ -275,133 +185,6 @@ class _Outputs:
         ax = draw()
         ax = np.ravel(ax)[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
         self.files.append(save_figure(ax.figure, self.dir / "plots" / name))
-
-
-# --- inputs, checked before anything is written -------------------------------------------------
-
-@dataclass
-class _Inputs:
-    index: DatasetIndex
-    groups: list[FlatGroup]
-    shapes: dict
-    adc_bits: dict
-
-
-def check_inputs(basepath, out_dir: Path, settings: FlatSettings, *,
-                 progress_bar: bool = False, need_dark: bool = True) -> _Inputs:
-    """Load the frames and check every input a run needs (one-line errors), writing nothing
-    but the index cache.
-
-    Raises
-    ------
-    UserError
-        No flats; flats of several shapes; every flat saturated; a missing or mismatched
-        bias/dark model; no bias; no dark without ``--allow-bias-only``.
-    """
-    if not basepath:
-        raise ConfigError(f"mode {settings.mode} needs --basepath (converted flat frames or an "
-                          "index)")
-    cache = out_dir / "index.csv" if Path(basepath).is_dir() else None
-    index = load_frames(basepath, cache, progress_bar=progress_bar)
-    groups = flat_groups(index, settings.stage, settings.dose)
-    shapes, bits = {}, {}
-    for group in groups:
-        rows = group.rows
-        usable = rows[~rows["BADFITS"].astype(bool)]
-        if usable.empty:
-            raise UserError(f"all {len(rows)} flat frames of {group.label} are flagged BADFITS "
-                            f"(e.g. {Path(rows['PATH'].iloc[0]).name}: {rows['REASON'].iloc[0]})")
-        shapes[group.label] = frame_shape(usable)
-        bits[group.label] = adc_bits_of(usable)
-        sat = pd.to_numeric(usable["SATFRACTION"], errors="coerce")
-        if sat.notna().all() and (sat > settings.max_saturated_fraction).all() and \
-                settings.mode in MASTER_MODES:
-            raise UserError(f"all {len(usable)} flat frames of {group.label} are saturated "
-                            f"(at least {100 * sat.min():.1f}% of their pixels at full scale, "
-                            f"e.g. {Path(usable['PATH'].iloc[0]).name}); take flats at a lower "
-                            "level or exposure")
-        if not settings.bias_model:
-            dose = group.key.dose if group.key.stage == "radiating" else None
-            if select_frames(index, "BIAS", group.key.stage, dose=dose, purpose="the bias "
-                             "under the flats").empty:
-                raise UserError(f"missing bias for the flats of {group.label}: no usable bias "
-                                "frames next to them and no --bias-model; give --bias-model "
-                                "OUT/bias_model.fits from the bias pipeline")
-        if need_dark and not (settings.dark_model or settings.dark_files_json
-                              or settings.allow_bias_only):
-            dose = group.key.dose if group.key.stage == "radiating" else None
-            darks = index.table[(index.table["CALTYPE"] == "DARK")
-                                & ~index.table["BADFITS"].astype(bool)]
-            darks = darks[darks["STAGE"].astype(str) == group.key.stage]
-            if dose is not None:
-                darks = darks[np.isclose(pd.to_numeric(darks["DOSE"], errors="coerce"), dose)]
-            if darks.empty:
-                raise UserError(f"no dark correction for the flats of {group.label}: no dark "
-                                "frames next to them and no --dark-model; give --dark-model "
-                                "OUT/dark_model_2d/dark_model_2d.fits, --dark-files-json, or "
-                                "--allow-bias-only")
-    # model files: checked here (headers) so a missing or mismatched one stops the run
-    # before any write
-    from utils.models.dark_model import DarkSignalModel
-
-    shape = next(iter(shapes.values()))
-    if settings.bias_model:
-        bias_shape = _bias_model_shape(settings.bias_model)
-        if bias_shape != shape:
-            raise UserError(f"bias model {settings.bias_model} is {bias_shape[1]}x"
-                            f"{bias_shape[0]} but the flat frames are {shape[1]}x{shape[0]}")
-    if settings.dark_model:
-        _, dark_shape = DarkSignalModel.check(settings.dark_model)
-        if dark_shape != shape:
-            raise UserError(f"dark model {settings.dark_model} is {dark_shape[1]}x"
-                            f"{dark_shape[0]} but the flat frames are {shape[1]}x{shape[0]}")
-    if settings.illumination_model:
-        read_relative_illumination(settings.illumination_model, shape)
-    if settings.dark_files_json:
-        from .reduction import darks_from_json
-
-        darks_from_json(settings.dark_files_json)  # every listed frame exists
-    if settings.mode == "evaluate_model":
-        for group in groups:
-            path = _model_path(out_dir, settings, group)
-            if not path.is_file():
-                raise UserError(f"{path}: flat model not found; run the flat pipeline in mode "
-                                "full or fit_model first, or give --model-dir")
-    if settings.gain is not None:
-        resolve_gain(settings.gain)
-    return _Inputs(index, groups, shapes, bits)
-
-
-def _bias_model_shape(path: str) -> tuple[int, int]:
-    """``(height, width)`` of a bias model file, from its headers (a one-line error when it
-    is missing or not a bias model)."""
-    from astropy.io import fits
-
-    from utils.errors import InputPathError
-    from utils.models.bias_model import EXTENSIONS
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputPathError(f"{path}: bias model not found; make it with "
-                             "python bias_pipeline/run_pipeline.py")
-    try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            names = {h.name for h in hdul}
-            head = hdul[0].header
-            shape = (int(head.get("NAXIS2", 0)), int(head.get("NAXIS1", 0)))
-    except OSError as err:
-        raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
-            from err
-    missing = [n for n in EXTENSIONS if n not in names]
-    if missing:
-        raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} extension); "
-                             "give the bias_model.fits of the bias pipeline")
-    return shape
-
-
-def _model_path(out_dir: Path, settings: FlatSettings, group: FlatGroup) -> Path:
-    base = Path(settings.model_dir) if settings.model_dir else out_dir
-    return base / group.key.stage_dir / MODEL_FOLDER / MODEL_FILE
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -697,7 +480,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
                 out.figure(lambda j=j: plots.plot_model_map(model, j),
                            f"flat_model_{name}.png")
     if mode == "evaluate_model":
-        model = FlatModel.read(_model_path(out_dir, settings, group))
+        model = FlatModel.read(model_path(out_dir, settings, group))
     if model is not None and mode in ("full", "full_no_vignetting", "evaluate_model"):
         defects = summary.get("_defect_mask")
         ev, files = evaluate(model, masters, exclude=defects,
