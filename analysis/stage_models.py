@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dark_pipeline.masters import BIAS_FOLDER, select_frames
 from dark_pipeline.pipeline import DarkSettings, measure
 from dark_pipeline.rates import RateMap, load_stack, measure_rates
 from dark_pipeline.temperature_model import DarkModel1D, fit_temperature_model
@@ -29,6 +28,7 @@ from utils.io.index import DatasetIndex
 from utils.models.read_noise import ReadNoise, frame_pairs, read_noise
 from utils.stack.grouping import select_stage, stage_groups, stage_tag
 from utils.stack.master import read_master
+from utils.stack.references import BIAS_FOLDER, select_frames
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +146,9 @@ def measure_stage(index: DatasetIndex, stage: str, dose: float, out_dir: Path,
     if len({round(r.tavg, 3) for r in rates}) >= 2:
         out.model = fit_temperature_model(rates, settings.t_ref, min_snr=settings.min_snr,
                                           adc_bits=adc_bits, quiet=True)
-    darks = select_frames(index, "DARK", stage, dose_opt)
+    darks = select_frames(index, "DARK", stage, dose=dose_opt)
     try:
-        bias_rows = select_frames(index, "BIAS", stage, dose_opt)
+        bias_rows = select_frames(index, "BIAS", stage, dose=dose_opt)
     except UserError:
         bias_rows = darks.iloc[0:0]
     out.framedose = _mean_of(darks, "FRAMEDOSE")

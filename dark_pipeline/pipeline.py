@@ -47,6 +47,7 @@ from utils.io.fitsio import (
 )
 from utils.io.index import DatasetIndex, load_frames
 from utils.models.bias_model import BiasModel
+from utils.models.gain import resolve_gain
 from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
@@ -93,7 +94,8 @@ class DarkSettings:
                                             "or to a bias master")
     model_dir: str = field("", "folder holding dark_model/ and dark_model_2d/ (default: the "
                                "output folder)")
-    gain: float | None = field(None, "[e-/ADC count] gain for electron units")
+    gain: float | str | None = field(None, "[e-/ADC count] gain for electron units, or a "
+                                           "gain.json (the flat pipeline's measured gain)")
     hot_threshold: float = field(5.0, "[sigma] hot-pixel threshold on ln(rate)")
     hot_min_rate: float = field(5.0, "[e-/s] hot pixels must also exceed this (with --gain)")
     min_snr: float = field(3.0, "smallest rate/error of a point counted as signal")
@@ -113,7 +115,7 @@ class DarkSettings:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if not self.temp_bin > 0 or self.exp_tolerance < 0 or self.bias_temp_tolerance < 0:
             raise ValueError("temp_bin must be > 0, exp_tolerance and bias_temp_tolerance >= 0")
-        if self.gain is not None and not self.gain > 0:
+        if self.gain is not None and not isinstance(self.gain, str) and not self.gain > 0:
             raise ValueError(f"gain must be > 0 e-/ADC count, got {self.gain}")
         if not self.hot_threshold > 0 or not self.min_snr > 0:
             raise ValueError("hot_threshold and min_snr must be > 0")
@@ -154,7 +156,8 @@ def _save(ax, path: Path, files: list) -> None:
 
 
 def _e_per_adu(settings: DarkSettings, adc_bits: int) -> float | None:
-    return adu.electrons_per_adu(settings.gain, adc_bits) if settings.gain else None
+    gain = resolve_gain(settings.gain, adc_bits)
+    return gain.e_per_adu if gain else None
 
 
 # --- measured products -------------------------------------------------------------------------
@@ -210,6 +213,8 @@ def write_hot_pixels(rate: np.ndarray, out_dir: Path, settings: DarkSettings, ad
         set_card(header, key, value, comment)
     if e:
         set_card(header, "THRESHE", hot.threshold * e, "[electron/s] rate threshold")
+        for key, value, comment in resolve_gain(settings.gain, adc_bits).cards():
+            set_card(header, key, value, comment)
     files.append(write_product(out_dir / "hot_pixels.fits", hot.mask.astype(np.uint8), header,
                                unit=""))
     return hot
@@ -289,6 +294,7 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
+    resolve_gain(settings.gain)  # an unreadable gain.json is refused before any work
     index = None
     if settings.mode in FRAME_MODES:
         if not basepath:
@@ -327,6 +333,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
              progress_bar: bool) -> DarkResult:
     """One (stage, dose step), one mode: see :func:`run`."""
     mode = settings.mode
+    gain = resolve_gain(settings.gain)  # a number or a gain.json: checked before anything
     model_dir = Path(settings.model_dir) if settings.model_dir else out_dir
     needed = _MODEL_OF_MODE.get(mode)
     if needed and not (model_dir / needed).is_file():
@@ -338,13 +345,15 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
                      "stage_tag": stage_tag(settings.stage, math.nan if settings.dose is None
                                             else settings.dose),
                      "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
-                     "gain_e_per_adc_count": settings.gain}
+                     "gain_e_per_adc_count": gain.gain if gain else None,
+                     "gain_source": f"{gain.method}: {gain.source}" if gain else None}
     masters = stack = rates = bias = digest = None
     adc_bits = adu.DEFAULT_ADC_BITS
     if mode in FRAME_MODES:
         masters, bias, adc_bits = measure(index, out_dir, settings, files,
                                           progress_bar=progress_bar)
-        digest = run_digest(settings, [m.path for m in masters], bias.fingerprint)
+        digest = run_digest(settings, [m.path for m in masters], bias.fingerprint,
+                            repr(gain))
         done = completed_run(out_dir, digest)
         if done is not None:
             logger.info("dark products in %s are up to date (same masters and settings)",

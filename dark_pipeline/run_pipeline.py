@@ -61,8 +61,9 @@ def build_parser() -> cli.ArgumentParser:
                         help="[degC] temperature of synthetic_2d_single")
     parser.add_argument("--exptime-single", type=float, default=d.exptime_single,
                         help="[s] exposure of synthetic_2d_single")
-    parser.add_argument("--gain", type=float, default=None,
-                        help="[e-/ADC count] gain, for electron units and the hot-pixel floor")
+    parser.add_argument("--gain", default=None,
+                        help="[e-/ADC count] gain, or the flat pipeline's gain.json, for "
+                             "electron units and the hot-pixel floor")
     parser.add_argument("--hot-threshold", type=float, default=d.hot_threshold,
                         help="[sigma] hot-pixel threshold on ln(dark rate)")
     parser.add_argument("--hot-min-rate", type=float, default=d.hot_min_rate,

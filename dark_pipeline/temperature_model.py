@@ -38,9 +38,10 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.errors import InputPathError, UserError
+from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
+from utils.models.dark_model import read_exponential_fit, read_power_exponential_fit
 from utils.models.nonlinear import (
     ExponentialFit,
     PowerExponentialFit,
@@ -103,24 +104,6 @@ def _header(product: str, model: str, t_ref: float, err_scale: float, adc_bits: 
     for key, value, comment in adu.scaling_cards(adc_bits):
         set_card(header, key, value, comment)
     return header
-
-
-def _read(path: Path, names: tuple[str, ...]) -> tuple[dict, fits.Header]:
-    if not Path(path).is_file():
-        raise InputPathError(f"{path}: dark model not found; run the dark pipeline (mode full "
-                             "or fit_2d_model) first, or give --model-dir")
-    with fits.open(path, memmap=False) as hdul:
-        present = {h.name for h in hdul}
-        missing = [n for n in names if n not in present]
-        if missing:
-            raise InputPathError(f"{path}: not a dark model of this kind (no "
-                                 f"{', '.join(missing)} extension)")
-        maps = {n: np.asarray(hdul[n].data) for n in names}
-        maps["PRIMARY"] = np.asarray(hdul[0].data, np.float32)
-        maps["MASK"] = np.asarray(hdul["MASK"].data)
-        inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in present \
-            else pd.DataFrame()
-        return maps | {"INPUTS": inputs}, hdul[0].header.copy()
 
 
 # --- 1-D ----------------------------------------------------------------------------------------
@@ -231,15 +214,8 @@ class DarkModel1D:
 
     @classmethod
     def read(cls, path: Path) -> DarkModel1D:
-        """Load :meth:`write`'s product."""
-        names = ("B", "SIGMA_A", "SIGMA_B", "COV_AB", "CHI2DOF", "NPTS", "FALLBACK", "HOT")
-        maps, head = _read(path, names)
-        fit = ExponentialFit(maps["PRIMARY"], maps["B"].astype(np.float32),
-                             maps["SIGMA_A"].astype(np.float32), maps["SIGMA_B"].astype(np.float32),
-                             maps["COV_AB"].astype(np.float32), maps["CHI2DOF"].astype(np.float32),
-                             maps["NPTS"].astype(np.int16), maps["FALLBACK"] != 0,
-                             kw.get_float(head, kw.TREF, 20.0), kw.get_float(head, "POPB"),
-                             math.nan, kw.get_float(head, "POPBERR"))
+        """Load :meth:`write`'s product (:func:`utils.models.dark_model.read_exponential_fit`)."""
+        fit, head, maps = read_exponential_fit(path)
         return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), maps["HOT"] != 0, maps["INPUTS"],
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
 
@@ -407,23 +383,9 @@ class DarkModel2D:
 
     @classmethod
     def read(cls, path: Path) -> DarkModel2D:
-        """Load :meth:`write`'s product."""
-        names = ("GAMMA", "B", "SIGMA_A", "SIGMA_GAMMA", "SIGMA_B", "COV_AG", "COV_AB", "COV_GB",
-                 "CHI2DOF", "NPTS", "FALLBACK")
-        m, head = _read(path, names)
-        f32 = {k: v.astype(np.float32) for k, v in m.items() if k not in ("INPUTS",)}
-        cov = np.zeros((3, 3) + f32["B"].shape, np.float32)
-        cov[0, 0], cov[1, 1], cov[2, 2] = (f32["SIGMA_A"] ** 2, f32["SIGMA_GAMMA"] ** 2,
-                                           f32["SIGMA_B"] ** 2)
-        cov[0, 1] = cov[1, 0] = f32["COV_AG"]
-        cov[0, 2] = cov[2, 0] = f32["COV_AB"]
-        cov[1, 2] = cov[2, 1] = f32["COV_GB"]
-        fit = PowerExponentialFit(f32["PRIMARY"], f32["GAMMA"], f32["B"], f32["SIGMA_A"],
-                                  f32["SIGMA_GAMMA"], f32["SIGMA_B"], cov, f32["CHI2DOF"],
-                                  m["NPTS"].astype(np.int16), m["FALLBACK"] != 0,
-                                  kw.get_float(head, kw.TREF, 20.0), kw.get_float(head, "POPGAMMA"),
-                                  kw.get_float(head, "POPB"), math.nan, math.nan,
-                                  kw.get_float(head, "POPGERR"), kw.get_float(head, "POPBERR"))
+        """Load :meth:`write`'s product
+        (:func:`utils.models.dark_model.read_power_exponential_fit`)."""
+        fit, head, m = read_power_exponential_fit(path)
         hot = (m["MASK"] & MASK_HOT) != 0
         return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), hot, m["INPUTS"],
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))

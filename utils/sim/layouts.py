@@ -35,6 +35,7 @@ from .. import headers as kw
 from ..errors import ConfigError, UserError
 from ..io.fitsio import atomic_path, write_hdul, write_text
 from ..progress import progress
+from . import flats
 from .campaign import TRUTH_DIR, TRUTH_JSON, TRUTH_NPZ, AttemptTruth, Campaign, FrameTruth
 from .physics import (
     _KIND_NAMES,
@@ -395,12 +396,13 @@ def _assign_doses(rng: np.random.Generator, plan: list[_Attempt], scheduled: lis
             "beam_on_intervals": [list(iv) for iv in intervals]}
 
 
-def _place_defects(plan: list[_Attempt],
-                   scheduled: list[list[_Frame]]) -> dict[tuple[int, int], str]:
+def _place_defects(plan: list[_Attempt], scheduled: list[list[_Frame]], *,
+                   standard: bool = True, flat: bool = False) -> dict[tuple[int, int], str]:
     """Choose ``(attempt index, frame index)`` of each defect so that no group loses its frames.
 
     A slot is accepted only if its group (same kind, stage, step, set point and
-    exposure) keeps at least two clean frames.
+    exposure) keeps at least two clean frames.  ``standard``: the truncated, all-zero
+    and dead-region defects; ``flat``: also the flat defects of :mod:`utils.sim.flats`.
     """
     def group(i: int) -> tuple:
         a = plan[i]
@@ -413,7 +415,9 @@ def _place_defects(plan: list[_Attempt],
     flats = [i for i, a in enumerate(plan) if a.kind == "flat"]
     wanted = (("truncated", darks[1:] + darks[:1]),
               ("all_zero", darks[::-1]),
-              ("dead_region", flats + darks))
+              ("dead_region", flats + darks)) if standard else ()
+    if flat:
+        wanted += (("zero_band", flats), ("lamp_drift", flats[1:] + flats[:1]))
     placed: dict[tuple[int, int], str] = {}
     for name, candidates in wanted:
         slot = next(((i, k) for i in candidates for k in reversed(range(len(scheduled[i])))
@@ -586,15 +590,19 @@ def _write_frames(root: Path, rng: np.random.Generator, sensor: Sensor, physics:
             write_text(_log_text(att, frames), folder / att.log_name)
         for k, f in enumerate(frames):
             t = f.truth
-            data = render_frame(rng, sensor, physics, kind=t.kind, temperature=t.temperature,
-                                exposure=t.real_exposure, damage_dose=t.damage_dose)
             defect = defects.get((i, k))
+            lamp = flats.lamp_factor(rng, physics, defect) if t.kind == "flat" else 1.0
+            data = render_frame(rng, sensor, physics, kind=t.kind, temperature=t.temperature,
+                                exposure=t.real_exposure, damage_dose=t.damage_dose,
+                                illumination=lamp)
             if defect == "all_zero":
                 data[:] = 0
             elif defect == "dead_region":
                 data[_dead_region(data.shape)] = 0
-            if defect:
-                f.truth = dataclasses.replace(t, defect=defect)
+            elif defect == "zero_band":
+                data[flats.zero_band(data.shape)] = 0
+            if defect or lamp != 1.0:
+                f.truth = dataclasses.replace(t, defect=defect, illumination=lamp)
             if att.fits:
                 write_hdul(fits.HDUList([fits.PrimaryHDU(data, _fits_header(t, physics))]),
                            root / t.path)
@@ -618,7 +626,7 @@ def _write_truth(root: Path, document: dict[str, Any],
 def _simulate(out, layout: str, seed: int, width: int, height: int, physics: Physics | None,
               plan: list[_Attempt], *, defects: bool, parameters: dict[str, Any],
               progress_bar: bool, write_extra=None, damage_states=None,
-              dose_profile: str = "ramp") -> Campaign:
+              dose_profile: str = "ramp", flat_defects: bool = False) -> Campaign:
     """Common driver: sensor -> schedule -> doses -> defects -> frames -> logs -> truth.
 
     ``write_extra(root, plan, scheduled, irradiation)`` writes layout-specific files
@@ -634,7 +642,8 @@ def _simulate(out, layout: str, seed: int, width: int, height: int, physics: Phy
     sensor = make_sensor(rng, width, height, physics)
     scheduled = _schedule(rng, plan, physics)
     irradiation = _assign_doses(rng, plan, scheduled, physics, dose_profile)
-    placed = _place_defects(plan, scheduled) if defects else {}
+    placed = _place_defects(plan, scheduled, standard=defects, flat=flat_defects) \
+        if defects or flat_defects else {}
     _write_frames(root, rng, sensor, physics, plan, scheduled, width, height, seed, placed,
                   progress_bar)
     if write_extra is not None:
@@ -665,6 +674,11 @@ def _defect_details(scheduled: list[list[_Frame]], placed: dict[tuple[int, int],
         elif name == "dead_region":
             rows, cols = _dead_region(shape)
             item["rows"], item["columns"] = [rows.start, rows.stop], [cols.start, cols.stop]
+        elif name == "zero_band":
+            rows, _ = flats.zero_band(shape)
+            item["rows"], item["columns"] = [rows.start, rows.stop], [0, shape[1]]
+        elif name == "lamp_drift":
+            item["illumination"] = scheduled[i][k].truth.illumination
         details.append(item)
     return details
 
@@ -681,7 +695,7 @@ def simulate_standard(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
                       flat_temperatures: Sequence[float] = (25.0,),
                       flat_exposures: Sequence[float] = (0.1, 0.4),
                       attempts: int = 2, defects: bool = True, physics: Physics | None = None,
-                      progress_bar: bool = False) -> Campaign:
+                      progress_bar: bool = False, flat_defects: bool = False) -> Campaign:
     """Write a standard calibration campaign (bias, dark and flat test sections).
 
     Layout under ``out``: ``TestSection1/T<t>/attempt<n>/`` (bias, 12 us);
@@ -719,6 +733,9 @@ def simulate_standard(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
         Camera parameters. Default is ``Physics()``.
     progress_bar : bool, optional
         Show a progress bar. Default is False.
+    flat_defects : bool, optional
+        Also plant a flat whose middle rows read 0 (``zero_band``) and a flat lit 10 %
+        low (``lamp_drift``), see :mod:`utils.sim.flats`. Default is False.
 
     Returns
     -------
@@ -747,8 +764,11 @@ def simulate_standard(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
                   flat_exposures=_check_levels("flat_exposures", flat_exposures, positive=True))
     plan = _plan_standard(int(frames), int(attempts), **levels)
     parameters = {**levels, "frames": int(frames), "attempts": int(attempts), "defects": defects}
+    if flat_defects:
+        parameters["flat_defects"] = True
     return _simulate(out, "standard", seed, width, height, physics, plan, defects=defects,
-                     parameters=parameters, progress_bar=progress_bar)
+                     parameters=parameters, progress_bar=progress_bar,
+                     flat_defects=flat_defects)
 
 
 def _check_doses(doses: Sequence[float]) -> tuple[float, ...]:
