@@ -10,12 +10,14 @@ Layouts:
 Steps: raw frames -> FITS (frames already converted are skipped), the index
 DATASET/index.csv, then masters, per-frame statistics and plots in OUTPUT_DIR
 (see python -m analysis.process_index --help), then the bias pipeline
-(OUTPUT_DIR/bias, see bias_pipeline/run_pipeline.py --help) and the dark
-pipeline with that bias model (OUTPUT_DIR/dark); per stage pre and post for an
-irradiation campaign; finally the campaign report OUTPUT_DIR/report/index.html
-(see python -m analysis.report --help) and the run's warnings in
-OUTPUT_DIR/warnings.log.  Re-running finishes what is missing and leaves
-complete products alone.
+(OUTPUT_DIR/bias, see bias_pipeline/run_pipeline.py --help), the photon-transfer
+gain from the flats (OUTPUT_DIR/flat/gain.json: it needs only the bias and flat
+pairs), the dark pipeline with that bias model and that gain (OUTPUT_DIR/dark),
+and the flat pipeline with the bias and dark models (OUTPUT_DIR/flat, see
+flat_pipeline/run_pipeline.py --help); per stage pre and post for an
+irradiation campaign; finally the campaign report OUTPUT_DIR/report/index.html (see
+python -m analysis.report --help) and the run's warnings in OUTPUT_DIR/warnings.log.
+Re-running finishes what is missing and leaves complete products alone.
 
 Example
 -------
@@ -35,6 +37,7 @@ from analysis import process_index
 from analysis import report as campaign_report
 from bias_pipeline import pipeline as bias_pipeline
 from dark_pipeline import pipeline as dark_pipeline
+from flat_pipeline import pipeline as flat_pipeline
 from utils import cli, sim
 from utils.errors import ConfigError, UserError
 from utils.io.conversion import (
@@ -88,11 +91,13 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
                                upstream_settings={"layout": layout, "dataset": str(dataset),
                                                   "conversion": conversion, "indexing": indexing})
     bias = run_bias_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
+    run_flat_gain(layout, table, index_path, out_dir, progress_bar=progress_bar)
     dark = run_dark_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
+    flat = run_flat_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
     page, _ = campaign_report.run(out_dir, out_dir / "report")
     return {"converted": converted, "existing": existing, "rejected": rejected, "report": page,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
-            "index": index_path, "result": result, "bias": bias, "dark": dark}
+            "index": index_path, "result": result, "bias": bias, "dark": dark, "flat": flat}
 
 
 def _model_stages(layout: str, table, caltype: str) -> list[str]:
@@ -119,14 +124,52 @@ def _per_stage(name: str, caltype: str, layout: str, table, make) -> list:
     return results
 
 
+def _if_file(path: Path) -> str:
+    return str(path) if path.is_file() else ""
+
+
+def run_flat_gain(layout: str, table, index_path: Path, out_dir: Path, *,
+                  progress_bar: bool = False) -> None:
+    """The photon-transfer gain of each stage's flats (``flat/<stage>/gain.json``), before the
+    dark pipeline reads it; a stage without two flat levels is reported and has none."""
+    for stage in _model_stages(layout, table, "FLAT"):
+        settings = flat_pipeline.FlatSettings(
+            stage=stage, bias_model=_if_file(out_dir / "bias" / stage / "bias_model.fits"))
+        try:
+            gains = flat_pipeline.measure_gain_only(index_path, out_dir / "flat" / stage,
+                                                    settings, progress_bar=progress_bar)
+        except UserError as err:
+            logger.warning("photon-transfer gain%s skipped: %s", f" ({stage})" if stage else "",
+                           err)
+            continue
+        for gain in gains:
+            logger.info("measured gain%s: %.4f +- %.4f e-/ADC count", f" ({stage})" if stage
+                        else "", gain.gain, gain.gain_err)
+
+
+def run_flat_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
+                      progress_bar: bool = False) -> list:
+    """The flat pipeline (mode full) per stage, with that stage's bias and dark models."""
+    def make(stage):
+        dark_2d = out_dir / "dark" / stage / "dark_model_2d" / "dark_model_2d.fits"
+        settings = flat_pipeline.FlatSettings(
+            stage=stage, bias_model=_if_file(out_dir / "bias" / stage / "bias_model.fits"),
+            dark_model=_if_file(dark_2d))
+        return flat_pipeline.run(index_path, out_dir / "flat" / stage, settings,
+                                 progress_bar=progress_bar)
+    return _per_stage("flat", "FLAT", layout, table, make)
+
+
 def run_dark_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
                       progress_bar: bool = False) -> list:
     """The dark pipeline (mode full) per stage, with the bias pipeline's model of that stage
-    when there is one."""
+    when there is one, and the gain measured from that stage's flats."""
     def make(stage):
         bias_model = out_dir / "bias" / stage / "bias_model.fits"
+        gain = out_dir / "flat" / stage / "gain.json"
         settings = dark_pipeline.DarkSettings(
-            stage=stage, bias_model=str(bias_model) if bias_model.is_file() else "")
+            stage=stage, bias_model=str(bias_model) if bias_model.is_file() else "",
+            gain=str(gain) if gain.is_file() else None)
         return dark_pipeline.run(index_path, out_dir / "dark" / stage, settings,
                                  progress_bar=progress_bar)
     return _per_stage("dark", "DARK", layout, table, make)
@@ -177,9 +220,12 @@ def _main(args) -> int:
         if (dataset / "truth" / "truth.json").is_file():
             logger.info("demo campaign already simulated in %s", dataset)
         elif layout == "standard":
-            # darks at three temperatures and two exposures: enough signal for the dark model
+            # darks at three temperatures and two exposures: enough signal for the dark model;
+            # flats at four levels below 70 % of saturation, one near it and one saturated:
+            # the photon-transfer gain
             sim.simulate_standard(dataset, seed=args.seed, dark_temperatures=(5.0, 15.0, 25.0),
-                                       dark_exposures=(1.0, 4.0))
+                                  dark_exposures=(1.0, 4.0),
+                                  flat_exposures=(0.05, 0.15, 0.25, 0.35, 0.7, 1.3))
         else:
             sim.simulate_irradiation(dataset, seed=args.seed)
         out_dir = out / "products"
@@ -195,7 +241,8 @@ def _main(args) -> int:
     result = summary["result"]
     models = ", ".join([str(r.out_dir / "bias_model.fits") for r in summary["bias"]]
                        + [str(r.out_dir / "dark_model") for r in summary["dark"]
-                          if (r.out_dir / "dark_model").is_dir()]) or "none"
+                          if (r.out_dir / "dark_model").is_dir()]
+                       + [str(g.out_dir) for r in summary["flat"] for g in r.groups]) or "none"
     logger.info("done: %d frames converted (%d already there, %d rejected); %d indexed in %s "
                 "(%d BADFITS); %s; models: %s; report: %s", summary["converted"],
                 summary["existing"], summary["rejected"], summary["indexed"], summary["index"],

@@ -33,6 +33,7 @@ from utils.settings import field
 from utils.stack.combine import combine
 from utils.stack.grouping import GroupKey, calibration_groups
 from utils.stack.master import adc_bits_of, existing_product, frame_metadata, inputs_hash
+from utils.stack.references import read_master_error, scaled_dark
 
 logger = logging.getLogger(__name__)
 
@@ -430,29 +431,34 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
         return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT,
                       subtract=bias.subtractor(temps), sub_stderr=bias.stderr, extra=extra,
                       refs=bias.refs, progress_bar=progress_bar)
-    dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance, key.exptime,
-                    settings.exp_tolerance)
-    dark_scale = 1.0
-    if dark is None:
-        # no dark at this exposure: the dark signal is proportional to exposure time, so the
-        # longest dark at the nearest temperature, scaled, is the best estimate
-        dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance)
-        if dark is not None:
-            dark_scale = key.exptime / dark.key.exptime
+    dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance)
     mean_t = float(np.nanmean(temps))
     dark_image, ref_err, refs = None, bias.stderr, bias.refs
     if dark is not None:
-        dark_data, dark_err = _load(dark)
-        mismatch = _reference_mismatch(rows, dark_data.shape, "dark")
+        # the dark signal is proportional to exposure time: the master of the nearest
+        # exposure (at the nearest temperature), scaled; where it is masked (a hot pixel
+        # saturated in a long dark) the next-nearest exposure's, else the median rate x t,
+        # never a NaN that would blank the flat master there
+        same = [r for r in records if r.key.caltype == "DARK" and not r.key.attempt
+                and r.path is not None and r.key.stage == dark.key.stage
+                and r.key.temperature == dark.key.temperature
+                and (r.key.dose == dark.key.dose
+                     or (math.isnan(r.key.dose) and math.isnan(dark.key.dose)))]
+        scaled = scaled_dark([(r.key.exptime, *read_master_error(r.path)) for r in same],
+                             key.exptime)
+        dark = next(r for r in same if r.key.exptime == scaled.source)
+        mismatch = _reference_mismatch(rows, scaled.data.shape, "dark")
         if mismatch:
             return MasterRecord(key, None, "refused", nbad=nbad, reason=mismatch)
-        dark_image = (dark_scale * dark_data).astype(np.float32)
-        ref_err = np.sqrt(bias.stderr ** 2 + (dark_scale * dark_err) ** 2)
-        refs += (str(dark.path), dark_scale)
+        dark_image = scaled.data
+        ref_err = np.sqrt(bias.stderr ** 2 + scaled.err.astype(np.float64) ** 2)
+        refs += tuple(str(r.path) for r in same) + (key.exptime,)
         extra[kw.DARKFILE] = (dark.path.name, "master dark subtracted")
         extra[kw.DARKTEMP] = (dark.key.temperature, "[degC] temperature of that master dark")
         extra[kw.DARKEXP] = (dark.key.exptime, "[s] exposure of that master dark")
-        extra["DARKSCL"] = (dark_scale, "dark master scaled by EXPTIME / DARKEXP")
+        extra["DARKSCL"] = (scaled.scale, "dark master scaled by EXPTIME / DARKEXP")
+        extra["DARKFILL"] = (scaled.n_other + scaled.n_population,
+                             "pixels masked in it: other exposure or median rate")
         extra[kw.SUBTRACT] = (extra[kw.SUBTRACT][0] + "+dark", "subtracted per frame")
     else:
         extra[kw.DARKFILE] = ("none", "no dark within tolerance: dark current not removed")

@@ -195,7 +195,13 @@ def write_comparisons(records: list[MasterRecord], out_dir: Path) -> list[Path]:
     for rec in records:
         if rec.path is None or rec.key.attempt or not rec.worst_frame:
             continue
-        target = out_dir / "comparisons" / (rec.path.stem + ".png")
+        # mirror the master's place below masters/ (stage and dose step folders), so the
+        # comparisons of different stages never share a name
+        try:
+            relative = rec.path.relative_to(out_dir / "masters")
+        except ValueError:
+            relative = Path(rec.path.name)
+        target = (out_dir / "comparisons" / relative).with_suffix(".png")
         if rec.status == "existing" and target.is_file():
             figures.append(target)
             continue

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from pathlib import Path
 
@@ -53,9 +53,16 @@ from utils.models.bias_model import (
     pooled_errors,
 )
 from utils.models.read_noise import ReadNoiseAccumulator, frame_pairs, read_noise, read_noise_table
-from utils.run_record import completed_run, run_digest, write_run_summary
+from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
-from utils.stack.grouping import GroupKey, calibration_groups
+from utils.stack.grouping import (
+    GroupKey,
+    calibration_groups,
+    check_one_dose_step,
+    select_stage,
+    stage_groups,
+    stage_tag,
+)
 from utils.stack.master import (
     CombineSettings,
     adc_bits_of,
@@ -80,7 +87,10 @@ class BiasSettings:
                                      "p-value are flagged non-linear")
     slope_nsigma: float = field(5.0, "[sigma] slope outliers flagged beyond this robust z")
     gain: float | None = field(None, "[e-/ADC count] gain for electron units (none: ADU only)")
-    stage: str = field("", "irradiation stage to use when the frames hold several")
+    stage: str = field("", "irradiation stage to use (default: each stage found, in "
+                           "sub-folders)")
+    dose: float | None = field(None, "[krad] dose step of the radiating stage to use (default: "
+                                     "each step found, in sub-folders)")
     hot_pixel_mask: str = field("", "boolean FITS; True pixels get no model (NaN A and B)")
     generate_set: bool = field(False, "write a synthetic bias at every master temperature")
     save_eval_fits: bool = field(False, "also write the evaluation maps as FITS")
@@ -95,6 +105,8 @@ class BiasSettings:
             raise ValueError("chi2_pvalue must be within (0, 1) and slope_nsigma > 0")
         if self.gain is not None and not self.gain > 0:
             raise ValueError(f"gain must be > 0 e-/ADC count, got {self.gain}")
+        if self.dose is not None and not math.isfinite(self.dose):
+            raise ValueError(f"dose must be a finite number of krad, got {self.dose}")
 
 
 @dataclass
@@ -135,29 +147,51 @@ class BiasResult:
 
 # --- frames ---------------------------------------------------------------------------------------
 
-def select_bias_frames(index: DatasetIndex, stage: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Usable bias frames of one stage, and the bias frames left out with their reason.
-
-    Raises
-    ------
-    UserError
-        No bias frame, several stages without ``stage``, or frames of different shapes.
-    """
+def _bias_rows(index: DatasetIndex) -> pd.DataFrame:
     table = index.table
     bias = table[table["CALTYPE"] == "BIAS"].copy()
     if bias.empty:
         types = ", ".join(f"{c or '?'}: {n}" for c, n in table["CALTYPE"].value_counts().items())
         raise InputPathError(f"no bias frames among {len(table)} frames ({types}); bias frames "
                              "are recognised from CALTYPE/IMAGETYP or EXPTIME in their headers")
-    stages = sorted(set(bias["STAGE"].astype(str)) - {""})
-    if stage:
-        bias = bias[bias["STAGE"] == stage]
-        if bias.empty:
-            raise UserError(f"no bias frames of stage '{stage}' (stages present: "
-                            f"{', '.join(stages) or 'none'})")
-    elif len(stages) > 1:
-        raise UserError(f"bias frames of several stages ({', '.join(stages)}); choose one "
-                        "with --stage")
+    return bias
+
+
+def bias_groups(index: DatasetIndex, stage: str = "",
+                dose: float | None = None) -> list[tuple[str, float]]:
+    """(stage, dose step) groups of the bias frames selected by ``stage`` and ``dose``.
+
+    Raises
+    ------
+    UserError
+        No bias frame, or none of that stage and dose step.
+    """
+    bias = _bias_rows(index)
+    chosen = select_stage(bias, stage, dose)
+    if chosen.empty:
+        present = ", ".join(stage_tag(s, d) or "none" for s, d in stage_groups(bias))
+        wanted = stage_tag(stage or "radiating", dose if dose is not None else math.nan)
+        raise UserError(f"no bias frames of {wanted} (present: {present})")
+    return stage_groups(chosen)
+
+
+def select_bias_frames(index: DatasetIndex, stage: str = "",
+                       dose: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Usable bias frames of one (stage, dose step), and those left out with their reason.
+
+    Raises
+    ------
+    UserError
+        No bias frame, several (stage, dose step) groups without a choice, frames of
+        several dose steps, or frames of different shapes.
+    """
+    groups = bias_groups(index, stage, dose)
+    if len(groups) > 1:
+        raise UserError("bias frames of several stages or dose steps ("
+                        + ", ".join(stage_tag(s, d) for s, d in groups)
+                        + "); choose one with --stage and --dose")
+    bias = select_stage(_bias_rows(index), stage, dose)
+    check_one_dose_step(bias, "bias(T) model")
     reasons = pd.Series("", index=bias.index, dtype=object)
     reasons[bias["BADFITS"].astype(bool)] = ("BADFITS: " + bias["REASON"].astype(object)
                                              .fillna("").astype(str))
@@ -366,30 +400,52 @@ def _load_mask(path: str) -> np.ndarray:
 
 
 def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,
-        settings: BiasSettings = BiasSettings(), *, progress_bar: bool = False) -> BiasResult:
+        settings: BiasSettings = BiasSettings(), *,
+        progress_bar: bool = False) -> BiasResult | StageRuns:
     """Run the bias pipeline on a folder of converted FITS frames or an index CSV.
 
-    Order: frames -> masters per temperature -> model fit (+ cross-validation)
-    -> model products -> read noise -> evaluation -> synthetic set -> plots ->
-    summary.
+    An irradiation campaign is modelled per (stage, dose step): frames of several
+    groups (and no ``stage``/``dose`` choosing one) give one run per group in
+    ``out_dir/<stage tag>/`` (``pre``, ``radiating_D10kR``, ``post``), returned as a
+    :class:`~utils.run_record.StageRuns`; groups that cannot be modelled are reported.
+
+    Order of one run: frames -> masters per temperature -> model fit (+ cross-validation)
+    -> model products -> read noise -> evaluation -> synthetic set -> plots -> summary.
 
     Raises
     ------
     UserError
-        No bias frames, one temperature only (masters are still written),
-        mismatched shapes, or a hot-pixel mask of the wrong shape.
+        No bias frames, one temperature only (masters are still written), frames of
+        several dose steps in one fit, mismatched shapes, a hot-pixel mask of the wrong
+        shape; with several groups, only when none could be modelled.
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
+    # an unreadable or wrong mask is refused before anything is written
     exclude = _load_mask(settings.hot_pixel_mask) if settings.hot_pixel_mask else None
-
     index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
-    rows, excluded = select_bias_frames(index, settings.stage)
+    groups = bias_groups(index, settings.stage, settings.dose)
+    if len(groups) == 1:
+        return _run_one(index, basepath, out_dir, settings, exclude, progress_bar)
+    runs = StageRuns(out_dir, "bias pipeline")
+    for stage, dose in groups:
+        tag = stage_tag(stage, dose)
+        one = replace(settings, stage=stage, dose=None if math.isnan(dose) else dose)
+        runs.run(tag, lambda: _run_one(index, basepath, out_dir / tag, one, exclude,
+                                       progress_bar))
+    return runs.check()
+
+
+def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSettings,
+             exclude, progress_bar: bool) -> BiasResult:
+    """One (stage, dose step): see :func:`run`."""
+    rows, excluded = select_bias_frames(index, settings.stage, settings.dose)
     # written once the inputs are checked: a command that fails on its input leaves none
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir, recursive=True)  # of a killed run
     dump_settings(out_dir, bias=settings, basepath=str(Path(basepath).resolve()))
-    files = [out_dir / "index.csv"] if Path(basepath).is_dir() else []
+    files = [out_dir / "index.csv"] if Path(basepath).is_dir() and \
+        (out_dir / "index.csv").is_file() else []
     if len(excluded):
         files.append(write_csv(excluded, out_dir / "excluded_frames.csv"))
     adc_bits = adc_bits_of(rows)
@@ -479,6 +535,9 @@ def _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir) ->
     b = model.b[valid]
     e_per_adu = adu.electrons_per_adu(settings.gain, adc_bits) if settings.gain else None
     summary = {
+        "stage": settings.stage, "dose_krad": settings.dose,
+        "stage_tag": stage_tag(settings.stage, math.nan if settings.dose is None
+                               else settings.dose),
         "n_frames": int(len(rows)),
         "n_masters": len(masters),
         "temperatures_degC": [float(m.tavg) for m in masters],
@@ -509,5 +568,5 @@ def _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir) ->
     return summary
 
 
-__all__ = ["BiasSettings", "BiasResult", "BiasMaster", "run", "select_bias_frames",
+__all__ = ["BiasSettings", "BiasResult", "BiasMaster", "run", "select_bias_frames", "bias_groups",
            "temperature_sets", "build_masters", "measure_read_noise", "master_file"]

@@ -4,7 +4,10 @@ Reads converted FITS frames (a folder, whose bias frames are recognised from
 their headers, or an index CSV), combines one sigma-clipped master per
 temperature bin, fits bias = A + B (T - TREF) per pixel with standard errors,
 measures the read noise from consecutive frame pairs and cross-validates the
-model by predicting each master from the others.  Products are listed in
+model by predicting each master from the others.  An irradiation campaign is
+modelled per (stage, dose step), never across dose steps: --stage/--dose choose
+one, else each group found goes to its own sub-folder (pre, radiating_D10kR,
+post).  Products are listed in
 ``bias_pipeline/pipeline.py`` and the README.
 
 Example
@@ -14,6 +17,9 @@ Example
     python bias_pipeline/run_pipeline.py --basepath campaign_fits/TestSection1 --output-dir out/bias
     python bias_pipeline/run_pipeline.py --basepath index.csv --output-dir out/bias \\
         --generate-set --save-eval-fits --gain 2.0 --hot-pixel-mask hot.fits
+    python bias_pipeline/run_pipeline.py --basepath irr/index.csv --output-dir out/bias
+        (an irradiation index: one model per stage and dose step, out/bias/pre/,
+        out/bias/radiating_D10kR/, ..., out/bias/post/)
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Sequence
 from bias_pipeline.pipeline import BiasSettings, run
 from utils import cli
 from utils.errors import ConfigError
+from utils.io.index import parse_stage
 from utils.stack.master import add_combine_options, combine_settings
 
 logger = logging.getLogger("bias_pipeline.run_pipeline")
@@ -50,7 +57,10 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--gain", type=float, default=None,
                         help="[e-/ADC count] gain, for read noise in electrons")
     parser.add_argument("--stage", default="",
-                        help="irradiation stage to use (pre, radiating, post) when several")
+                        help="irradiation stage to use (pre, radiating, post); default: each "
+                             "(stage, dose step) found, in sub-folders of the output folder")
+    parser.add_argument("--dose", type=float, default=None,
+                        help="[krad] dose step of the radiating stage to use (default: each)")
     add_combine_options(parser)
     return parser
 
@@ -59,7 +69,8 @@ def settings_from(args) -> BiasSettings:
     """Validated settings from parsed options."""
     try:
         return BiasSettings(temp_bin=args.temp_bin, t_ref=args.t_ref, gain=args.gain,
-                            stage=args.stage, hot_pixel_mask=args.hot_pixel_mask,
+                            stage=parse_stage(args.stage) if args.stage else "",
+                            dose=args.dose, hot_pixel_mask=args.hot_pixel_mask,
                             generate_set=args.generate_set, save_eval_fits=args.save_eval_fits,
                             combine=combine_settings(args))
     except ValueError as err:

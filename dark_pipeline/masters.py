@@ -12,29 +12,30 @@ here from the bias frames of the same tree.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from utils import headers as kw
 from utils.errors import InputPathError, UserError
-from utils.io.fitsio import read_image
 from utils.io.index import DatasetIndex
-from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
-from utils.stack.grouping import GroupKey, calibration_groups
-from utils.stack.master import CombineSettings, make_master
+from utils.stack.grouping import GroupKey, calibration_groups, select_stage, stage_groups
+from utils.stack.master import CombineSettings
+from utils.stack.references import (
+    BiasReference,
+    bias_reference,
+    build_dark_master,
+    resolve_bias_model,
+    select_frames,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Folder of the dark masters below the output folder.
 MASTER_FOLDER = "dark_masters"
-#: Folder of the bias masters made from the tree's own bias frames.
-BIAS_FOLDER = "bias_masters"
 
 
 @dataclass
@@ -49,27 +50,18 @@ class DarkMaster:
     written: bool
 
 
-def select_frames(index: DatasetIndex, caltype: str, stage: str = "") -> pd.DataFrame:
-    """Usable frames of one type (and stage) with a temperature; the others are logged."""
+def dark_groups(index: DatasetIndex, stage: str = "",
+                dose: float | None = None) -> list[tuple[str, float]]:
+    """(stage, dose step) groups of the dark frames selected by ``stage`` and ``dose``
+    (empty when there is no dark frame at all: :func:`dark_frames` says so)."""
     table = index.table
-    rows = table[table["CALTYPE"] == caltype]
-    stages = sorted(set(rows["STAGE"].astype(str)) - {""})
-    if stage:
-        rows = rows[rows["STAGE"] == stage]
-    elif len(stages) > 1:
-        raise UserError(f"{caltype.lower()} frames of several stages ({', '.join(stages)}); "
-                        "choose one with --stage")
-    bad = rows["BADFITS"].astype(bool) | rows["TEMP"].isna()
-    for _, row in rows[bad].iterrows():
-        why = row["REASON"] if isinstance(row["REASON"], str) and row["REASON"] else \
-            "no sensor temperature (TEMP)"
-        logger.warning("%s: left out of the dark pipeline (%s)", row["PATH"], why)
-    return rows[~bad]
+    return stage_groups(select_stage(table[table["CALTYPE"] == "DARK"], stage, dose))
 
 
-def dark_frames(index: DatasetIndex, stage: str = "") -> pd.DataFrame:
-    """Usable dark frames; a one-line error when there are none or their shapes differ."""
-    rows = select_frames(index, "DARK", stage)
+def dark_frames(index: DatasetIndex, stage: str = "", dose: float | None = None) -> pd.DataFrame:
+    """Usable dark frames of one (stage, dose step); a one-line error when there are none or
+    their shapes differ."""
+    rows = select_frames(index, "DARK", stage, dose=dose)
     if rows.empty:
         counts = ", ".join(f"{c or '?'}: {n}" for c, n in
                            index.table["CALTYPE"].value_counts().items())
@@ -81,104 +73,6 @@ def dark_frames(index: DatasetIndex, stage: str = "") -> pd.DataFrame:
         raise UserError(f"dark frames of different shapes ({detail}); give frames of one "
                         "sensor mode")
     return rows
-
-
-class BiasReference:
-    """The bias removed from the dark frames: a per-pixel model, and/or masters by temperature.
-
-    Parameters
-    ----------
-    model : BiasModel or None
-        Per-pixel bias(T) model.
-    masters : list of (temperature [degC], path)
-        Bias masters usable when the model does not cover a temperature.
-    tolerance : float
-        [degC] largest distance to the model's range or to a master.
-    source : str
-        What the model came from (for headers and logs).
-    """
-
-    def __init__(self, model: BiasModel | None, masters: list[tuple[float, Path]],
-                 tolerance: float, source: str):
-        self.model, self.masters, self.tolerance, self.source = model, masters, tolerance, source
-        # what was subtracted, by content: a refitted model at the same path changes the masters
-        # (the file name only, so that two output folders give the same masters' INHASH)
-        digest = hashlib.sha1(Path(source).name.encode())
-        if model is not None:
-            digest.update(np.ascontiguousarray(model.a).tobytes())
-            digest.update(np.ascontiguousarray(model.b).tobytes())
-        self.fingerprint = digest.hexdigest()[:16]
-
-    def check_shape(self, shape: tuple[int, int]) -> None:
-        """One-line error when the bias does not match the dark frames' shape."""
-        if self.model is not None and self.model.shape != shape:
-            raise UserError(f"bias model {self.source} is {self.model.shape[1]}x"
-                            f"{self.model.shape[0]} but the dark frames are {shape[1]}x{shape[0]}")
-
-    def for_set(self, rows: pd.DataFrame, temperature: float):
-        """``(subtract, stderr, cards, refs)`` for :func:`utils.stack.master.make_master`, or
-        None."""
-        temps = rows["TEMP"].to_numpy(float)
-        mean_t = float(np.mean(temps))
-        if self.model is not None and self.model.covers(temperature, self.tolerance):
-            cards = {kw.BIASFILE: (Path(self.source).name, "bias model A+B*(T-TREF) subtracted"),
-                     kw.BIASTEMP: (mean_t, "[degC] mean frame temperature of the evaluation"),
-                     kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
-            return (self.model.subtractor(temps), self.model.predict_err(mean_t), cards,
-                    (self.fingerprint, "model"))
-        if self.masters:
-            t_bias, path = min(self.masters, key=lambda m: abs(m[0] - temperature))
-            if abs(t_bias - temperature) <= self.tolerance:
-                data, _ = read_image(path)
-                from astropy.io import fits
-
-                with fits.open(path, memmap=False) as hdul:
-                    err = np.asarray(hdul["UNCERT"].data, dtype=np.float32)
-                cards = {kw.BIASFILE: (path.name, "master bias subtracted"),
-                         kw.BIASTEMP: (t_bias, "[degC] temperature of that master bias"),
-                         kw.SUBTRACT: ("bias", "master bias, same for every frame")}
-                return np.asarray(data, np.float32), err, cards, (str(path),)
-        return None
-
-
-def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
-                   stage: str = "", temp_bin: float = 1.0, tolerance: float = 2.0,
-                   combine: CombineSettings = CombineSettings(),
-                   progress_bar: bool = False) -> BiasReference:
-    """The bias model given by the user, else one fitted from the tree's bias frames.
-
-    Raises
-    ------
-    UserError
-        No ``model_path`` and no usable bias frame in the tree.
-    """
-    if model_path:
-        model = BiasModel.read(model_path)
-        logger.info("bias: model %s (%.1f..%.1f degC)", model_path, model.t_min, model.t_max)
-        return BiasReference(model, [], tolerance, str(model_path))
-    rows = select_frames(index, "BIAS", stage)
-    if rows.empty:
-        raise UserError("missing bias: no usable bias frames next to the darks and no "
-                        "--bias-model; give --bias-model OUT/bias_model.fits from the bias "
-                        "pipeline (python bias_pipeline/run_pipeline.py)")
-    masters = []
-    for key, part in calibration_groups(rows, temp_width=temp_bin):
-        path = out_dir / BIAS_FOLDER / f"master_bias_{key.temperature:.1f}C.fits"
-        header, _ = make_master(part, path, combine, product="MASTER_BIAS",
-                                progress_bar=progress_bar,
-                                extra={kw.CALTYPE: ("BIAS", "calibration type"),
-                                       kw.IMAGETYP: ("MASTER BIAS", "frame type")})
-        masters.append((kw.get_float(header, kw.TAVG, key.temperature), path))
-    temps = np.array([t for t, _ in masters])
-    if np.unique(np.round(temps, 3)).size < 2:
-        logger.info("bias: one temperature (%.1f degC): nearest-master subtraction only",
-                    temps[0])
-        return BiasReference(None, masters, tolerance, str(masters[0][1]))
-    model, _ = fit_bias_model(MasterStack([p for _, p in masters], temps), cross_validate=False)
-    path = model.write(out_dir / "bias_model.fits")
-    logger.info("bias: model fitted from %d bias masters (%.1f..%.1f degC): %s", len(masters),
-                temps.min(), temps.max(), path)
-    return BiasReference(model, masters, tolerance, str(path))
 
 
 def dark_sets(rows: pd.DataFrame, temp_bin: float,
@@ -199,22 +93,15 @@ def build_dark_masters(sets, bias: BiasReference, folder: Path, combine: Combine
     """Bias-subtracted masters of every set; returns them and the reasons of refused sets."""
     masters, refused = [], []
     for key, rows in sets:
-        ref = bias.for_set(rows, key.temperature)
-        if ref is None:
+        path = master_file(folder, key.temperature, key.exptime)
+        made = build_dark_master(key, rows, bias, path, combine, progress_bar=progress_bar)
+        if made is None:
             reason = (f"dark set {key.tag}: no bias within {bias.tolerance:g} degC of "
                       f"{key.temperature:g} degC; set skipped")
             logger.warning("%s", reason)
             refused.append(reason)
             continue
-        subtract, stderr, cards, refs = ref
-        cards.update({kw.CALTYPE: ("DARK", "calibration type"),
-                      kw.IMAGETYP: ("MASTER DARK", "bias-subtracted dark signal"),
-                      kw.TBIN: (key.temperature, "[degC] temperature bin label"),
-                      kw.EXPTIME: (key.exptime, "[s] exposure time of the set")})
-        path = master_file(folder, key.temperature, key.exptime)
-        header, written = make_master(rows, path, combine, product="MASTER_DARK",
-                                      subtract=subtract, sub_stderr=stderr, extra=cards,
-                                      refs=refs, progress_bar=progress_bar)
+        header, written = made
         masters.append(DarkMaster(key.temperature, kw.get_float(header, kw.TAVG, key.temperature),
                                   key.exptime, path, int(header.get(kw.NCOMBINE, 0)), written))
         logger.info("%s dark master %.1f degC %gs (%d frames): %s",
@@ -238,5 +125,6 @@ def temperatures_of(masters: list[DarkMaster]) -> list[float]:
 
 
 __all__ = ["DarkMaster", "BiasReference", "bias_reference", "dark_frames", "dark_sets",
+           "dark_groups", "resolve_bias_model",
            "build_dark_masters", "masters_table", "master_file",
            "select_frames", "temperatures_of", "MASTER_FOLDER"]

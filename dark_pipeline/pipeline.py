@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +45,12 @@ from utils.io.fitsio import (
     write_product,
     write_text,
 )
-from utils.io.index import load_frames
+from utils.io.index import DatasetIndex, load_frames
 from utils.models.bias_model import BiasModel
-from utils.run_record import completed_run, run_digest, write_run_summary
+from utils.models.gain import resolve_gain
+from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
+from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of
 
 from . import plots
@@ -59,6 +61,7 @@ from .masters import (
     bias_reference,
     build_dark_masters,
     dark_frames,
+    dark_groups,
     dark_sets,
     masters_table,
 )
@@ -91,11 +94,15 @@ class DarkSettings:
                                             "or to a bias master")
     model_dir: str = field("", "folder holding dark_model/ and dark_model_2d/ (default: the "
                                "output folder)")
-    gain: float | None = field(None, "[e-/ADC count] gain for electron units")
+    gain: float | str | None = field(None, "[e-/ADC count] gain for electron units, or a "
+                                           "gain.json (the flat pipeline's measured gain)")
     hot_threshold: float = field(5.0, "[sigma] hot-pixel threshold on ln(rate)")
     hot_min_rate: float = field(5.0, "[e-/s] hot pixels must also exceed this (with --gain)")
     min_snr: float = field(3.0, "smallest rate/error of a point counted as signal")
-    stage: str = field("", "irradiation stage when the frames hold several")
+    stage: str = field("", "irradiation stage to use (default: each stage found, in "
+                           "sub-folders)")
+    dose: float | None = field(None, "[krad] dose step of the radiating stage to use (default: "
+                                     "each step found, in sub-folders)")
     temps: tuple = field((20.0,), "[degC] temperatures of the synthetic_only and synthetic_2d "
                                   "modes")
     exptimes: tuple = field((1.0, 5.0, 10.0, 20.0, 25.0), "[s] exposures of the synthetic modes")
@@ -108,12 +115,14 @@ class DarkSettings:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if not self.temp_bin > 0 or self.exp_tolerance < 0 or self.bias_temp_tolerance < 0:
             raise ValueError("temp_bin must be > 0, exp_tolerance and bias_temp_tolerance >= 0")
-        if self.gain is not None and not self.gain > 0:
+        if self.gain is not None and not isinstance(self.gain, str) and not self.gain > 0:
             raise ValueError(f"gain must be > 0 e-/ADC count, got {self.gain}")
         if not self.hot_threshold > 0 or not self.min_snr > 0:
             raise ValueError("hot_threshold and min_snr must be > 0")
         if not all(e > 0 for e in self.exptimes) or not self.exptime_single > 0:
             raise ValueError("exposure times must be > 0 s")
+        if self.dose is not None and not math.isfinite(self.dose):
+            raise ValueError(f"dose must be a finite number of krad, got {self.dose}")
 
 
 @dataclass
@@ -132,12 +141,12 @@ class DarkResult:
             parts.append(f"{s['n_masters']} masters at {len(s.get('temperatures_degC', []))} "
                          f"temperatures")
         if s.get("doubling_temperature_degC") is not None:
-            parts.append(f"median T_d {s['doubling_temperature_degC']:.2f} degC, E_a "
+            parts.append(f"population T_d {s['doubling_temperature_degC']:.2f} degC, E_a "
                          f"{s['activation_energy_eV']:.3f} eV")
         if s.get("hot_pixels") is not None:
             parts.append(f"{s['hot_pixels']} hot pixels")
-        if s.get("gamma_median") is not None:
-            parts.append(f"median gamma {s['gamma_median']:.3f}")
+        if s.get("gamma_population") is not None:
+            parts.append(f"population gamma {s['gamma_population']:.3f}")
         return ", ".join(parts) + f"; {len(self.files)} files in {self.out_dir}"
 
 
@@ -147,21 +156,23 @@ def _save(ax, path: Path, files: list) -> None:
 
 
 def _e_per_adu(settings: DarkSettings, adc_bits: int) -> float | None:
-    return adu.electrons_per_adu(settings.gain, adc_bits) if settings.gain else None
+    gain = resolve_gain(settings.gain, adc_bits)
+    return gain.e_per_adu if gain else None
 
 
 # --- measured products -------------------------------------------------------------------------
 
-def measure(basepath, out_dir: Path, settings: DarkSettings, files: list, *,
+def measure(index: DatasetIndex, out_dir: Path, settings: DarkSettings, files: list, *,
             progress_bar: bool = False):
-    """Dark masters (written, or kept when unchanged); returns ``(masters, bias, adc_bits)``."""
-    index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
-    if Path(basepath).is_dir():
+    """Dark masters of one (stage, dose step) (written, or kept when unchanged); returns
+    ``(masters, bias, adc_bits)``."""
+    if (out_dir / "index.csv").is_file():
         files.append(out_dir / "index.csv")
-    rows = dark_frames(index, settings.stage)
+    rows = dark_frames(index, settings.stage, settings.dose)
     adc_bits = adc_bits_of(rows)
     bias = bias_reference(index, out_dir, model_path=settings.bias_model, stage=settings.stage,
-                          temp_bin=settings.temp_bin, tolerance=settings.bias_temp_tolerance,
+                          dose=settings.dose, temp_bin=settings.temp_bin,
+                          tolerance=settings.bias_temp_tolerance,
                           combine=settings.combine, progress_bar=progress_bar)
     bias.check_shape((int(rows["NAXIS2"].iloc[0]), int(rows["NAXIS1"].iloc[0])))
     masters, refused = build_dark_masters(
@@ -202,6 +213,8 @@ def write_hot_pixels(rate: np.ndarray, out_dir: Path, settings: DarkSettings, ad
         set_card(header, key, value, comment)
     if e:
         set_card(header, "THRESHE", hot.threshold * e, "[electron/s] rate threshold")
+        for key, value, comment in resolve_gain(settings.gain, adc_bits).cards():
+            set_card(header, key, value, comment)
     files.append(write_product(out_dir / "hot_pixels.fits", hot.mask.astype(np.uint8), header,
                                unit=""))
     return hot
@@ -254,8 +267,17 @@ def _pixels(model: DarkModel1D, count: int = 4) -> list[tuple[int, int]]:
 # --- the pipeline ------------------------------------------------------------------------------
 
 def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
-        settings: DarkSettings = DarkSettings(), *, progress_bar: bool = False) -> DarkResult:
+        settings: DarkSettings = DarkSettings(), *,
+        progress_bar: bool = False) -> DarkResult | StageRuns:
     """Run one mode of the dark pipeline.
+
+    An irradiation campaign is modelled per (stage, dose step): dark frames of several
+    groups (and no ``stage``/``dose`` choosing one) give one run per group in
+    ``out_dir/<stage tag>/`` (``pre``, ``radiating_D10kR``, ``post``), returned as a
+    :class:`~utils.run_record.StageRuns`; groups that cannot be modelled (e.g. one
+    temperature) are reported.  Each group's bias comes from its own bias frames, or
+    from ``bias_model`` (a file, or the bias pipeline's output folder holding one
+    ``<stage tag>/bias_model.fits`` per group).
 
     Order of ``full``: frames -> bias reference -> masters per (T, t) -> rate maps -> 1-D
     model -> hot pixels -> 2-D model -> evaluation of both models -> dark current vs T ->
@@ -265,12 +287,53 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
     Raises
     ------
     UserError
-        No dark frames, missing bias, missing model for a model-reading mode, or a single
-        temperature in ``full`` (masters, rates and hot pixels are still written).
+        No dark frames, missing bias, missing model for a model-reading mode, frames of
+        several dose steps in one fit, or a single temperature in ``full`` (masters, rates
+        and hot pixels are still written); with several groups, only when none could be
+        modelled.
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
+    resolve_gain(settings.gain)  # an unreadable gain.json is refused before any work
+    index = None
+    if settings.mode in FRAME_MODES:
+        if not basepath:
+            raise ConfigError(f"mode {settings.mode} needs --basepath (converted dark frames or "
+                              "an index)")
+        index = load_frames(basepath, out_dir / "index.csv", progress_bar=progress_bar)
+        groups = dark_groups(index, settings.stage, settings.dose)
+        if len(groups) > 1:
+            runs = StageRuns(out_dir, f"dark pipeline ({settings.mode})")
+            for stage, dose in groups:
+                tag = stage_tag(stage, dose)
+                runs.run(tag, lambda: _run_one(index, basepath, out_dir / tag,
+                                               _group_settings(settings, stage, dose, tag),
+                                               progress_bar))
+            return runs.check()
+        if groups:
+            settings = replace(settings, stage=groups[0][0],
+                               dose=None if math.isnan(groups[0][1]) else groups[0][1])
+    return _run_one(index, basepath, out_dir, settings, progress_bar)
+
+
+def _group_settings(settings: DarkSettings, stage: str, dose: float, tag: str) -> DarkSettings:
+    """Settings of one group's run: its stage and dose, its own model folder."""
+    model_dir = settings.model_dir
+    if model_dir and (Path(model_dir) / tag).is_dir():
+        model_dir = str(Path(model_dir) / tag)
+    if settings.bias_model and Path(settings.bias_model).is_file():
+        logger.warning("%s: one bias model for every dose step (%s); the bias shifts with dose, "
+                       "give the bias pipeline's output folder to use each step's own",
+                       tag, settings.bias_model)
+    return replace(settings, stage=stage, dose=None if math.isnan(dose) else dose,
+                   model_dir=model_dir)
+
+
+def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
+             progress_bar: bool) -> DarkResult:
+    """One (stage, dose step), one mode: see :func:`run`."""
     mode = settings.mode
+    gain = resolve_gain(settings.gain)  # a number or a gain.json: checked before anything
     model_dir = Path(settings.model_dir) if settings.model_dir else out_dir
     needed = _MODEL_OF_MODE.get(mode)
     if needed and not (model_dir / needed).is_file():
@@ -278,16 +341,19 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
                              "(mode full or fit_2d_model) first, or give --model-dir")
     files: list[Path] = []
     summary: dict = {"mode": mode, "output_dir": str(out_dir), "t_ref_degC": settings.t_ref,
+                     "stage": settings.stage, "dose_krad": settings.dose,
+                     "stage_tag": stage_tag(settings.stage, math.nan if settings.dose is None
+                                            else settings.dose),
                      "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
-                     "gain_e_per_adc_count": settings.gain}
+                     "gain_e_per_adc_count": gain.gain if gain else None,
+                     "gain_source": f"{gain.method}: {gain.source}" if gain else None}
     masters = stack = rates = bias = digest = None
     adc_bits = adu.DEFAULT_ADC_BITS
     if mode in FRAME_MODES:
-        if not basepath:
-            raise ConfigError(f"mode {mode} needs --basepath (converted dark frames or an index)")
-        masters, bias, adc_bits = measure(basepath, out_dir, settings, files,
+        masters, bias, adc_bits = measure(index, out_dir, settings, files,
                                           progress_bar=progress_bar)
-        digest = run_digest(settings, [m.path for m in masters], bias.fingerprint)
+        digest = run_digest(settings, [m.path for m in masters], bias.fingerprint,
+                            repr(gain))
         done = completed_run(out_dir, digest)
         if done is not None:
             logger.info("dark products in %s are up to date (same masters and settings)",
@@ -470,11 +536,17 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
                              "hot_pixels.fits": ""})
     head = model.headline()
     summary.update(doubling_temperature_degC=head["doubling_temperature_degC"],
+                   doubling_temperature_err_degC=head["doubling_temperature_err_degC"],
                    activation_energy_eV=head["activation_energy_eV"],
+                   activation_energy_err_eV=head["activation_energy_err_eV"],
+                   b_population_per_degC=head["b_population_per_degC"],
+                   b_population_err_per_degC=head["b_population_err_per_degC"],
                    b_median_per_degC=head["b_median_per_degC"],
                    fallback_pixels=head["fallback_pixels"], err_scale_1d=model.err_scale,
                    hot_pixels=hot.count, hot_threshold_adu_s=hot.threshold)
-    good = ~model.fit.fallback & ~hot.mask & np.isfinite(model.fit.amplitude)
+    # every not-hot pixel: fallback pixels have their own A too (at the population B), and
+    # keeping only the individually fitted ones would select the brighter half
+    good = ~hot.mask & np.isfinite(model.fit.amplitude)
     a = model.fit.amplitude[good]
     summary["dark_rate_at_t_ref_adu_s"] = {"median": float(np.median(a)),
                                            "p95": float(np.percentile(a, 95))}

@@ -37,7 +37,7 @@ def plot_doubling_histogram(model: DarkModel1D, *, ax=None):
     med = model.headline()["doubling_temperature_degC"]
     return show_histogram(td[(td > 0) & (td < 10 * med)] if np.isfinite(med) else td, ax=ax,
                           xlabel="doubling temperature [degC]",
-                          markers={f"median {med:.2f} degC": med},
+                          markers={f"population {med:.2f} degC": med},
                           title=f"doubling temperature ({good.sum()} pixels with own B)")
 
 

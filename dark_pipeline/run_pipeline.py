@@ -8,7 +8,10 @@ synthetic darks at --temps x --exptimes) and synthetic_2d_single (one at
 --temp-single, --exptime-single).  Bias is removed with --bias-model (the
 bias pipeline's bias_model.fits) evaluated at each frame's temperature, else
 with a model fitted from the bias frames of the same tree.  Products are
-listed in dark_pipeline/pipeline.py and the README.
+listed in dark_pipeline/pipeline.py and the README.  An irradiation campaign is
+modelled per (stage, dose step), never across dose steps: --stage/--dose choose
+one, else each group found goes to its own sub-folder (pre, radiating_D10kR,
+post).
 
 Example
 -------
@@ -18,6 +21,8 @@ Example
         --bias-model out/bias/bias_model.fits --gain 2.0
     python dark_pipeline/run_pipeline.py --mode synthetic_2d_single --output-dir out/dark \\
         --temp-single 12.5 --exptime-single 3
+    python dark_pipeline/run_pipeline.py --basepath irr/index.csv --output-dir out/dark \\
+        --bias-model out/bias --gain 2.0      (one model per stage and dose step)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Sequence
 from dark_pipeline.pipeline import MODES, DarkSettings, run
 from utils import cli
 from utils.errors import ConfigError
+from utils.io.index import parse_stage
 from utils.stack.master import add_combine_options, combine_settings
 
 logger = logging.getLogger("dark_pipeline.run_pipeline")
@@ -44,7 +50,9 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--output-dir", required=True, help="folder for the products")
     parser.add_argument("--model-dir", default="",
                         help="folder with dark_model/ and dark_model_2d/ (default: output dir)")
-    parser.add_argument("--bias-model", default="", help="bias_model.fits of the bias pipeline")
+    parser.add_argument("--bias-model", default="",
+                        help="bias_model.fits of the bias pipeline, or its output folder (one "
+                             "<stage tag>/bias_model.fits per stage and dose step)")
     parser.add_argument("--temps", type=float, nargs="+", default=list(d.temps),
                         help="[degC] temperatures of the synthetic modes")
     parser.add_argument("--exptimes", type=float, nargs="+", default=list(d.exptimes),
@@ -53,8 +61,9 @@ def build_parser() -> cli.ArgumentParser:
                         help="[degC] temperature of synthetic_2d_single")
     parser.add_argument("--exptime-single", type=float, default=d.exptime_single,
                         help="[s] exposure of synthetic_2d_single")
-    parser.add_argument("--gain", type=float, default=None,
-                        help="[e-/ADC count] gain, for electron units and the hot-pixel floor")
+    parser.add_argument("--gain", default=None,
+                        help="[e-/ADC count] gain, or the flat pipeline's gain.json, for "
+                             "electron units and the hot-pixel floor")
     parser.add_argument("--hot-threshold", type=float, default=d.hot_threshold,
                         help="[sigma] hot-pixel threshold on ln(dark rate)")
     parser.add_argument("--hot-min-rate", type=float, default=d.hot_min_rate,
@@ -69,7 +78,11 @@ def build_parser() -> cli.ArgumentParser:
                         help="[degC] reference temperature of the models")
     parser.add_argument("--min-snr", type=float, default=d.min_snr,
                         help="smallest rate/error counted as signal in the fits")
-    parser.add_argument("--stage", default="", help="irradiation stage when several")
+    parser.add_argument("--stage", default="",
+                        help="irradiation stage to use (pre, radiating, post); default: each "
+                             "(stage, dose step) found, in sub-folders of the output folder")
+    parser.add_argument("--dose", type=float, default=None,
+                        help="[krad] dose step of the radiating stage to use (default: each)")
     add_combine_options(parser)
     return parser
 
@@ -83,7 +96,9 @@ def settings_from(args) -> DarkSettings:
                             bias_temp_tolerance=args.bias_temp_tolerance,
                             model_dir=args.model_dir, gain=args.gain,
                             hot_threshold=args.hot_threshold, hot_min_rate=args.hot_min_rate,
-                            min_snr=args.min_snr, stage=args.stage, temps=tuple(args.temps),
+                            min_snr=args.min_snr,
+                            stage=parse_stage(args.stage) if args.stage else "",
+                            dose=args.dose, temps=tuple(args.temps),
                             exptimes=tuple(args.exptimes), temp_single=args.temp_single,
                             exptime_single=args.exptime_single, combine=combine_settings(args))
     except ValueError as err:

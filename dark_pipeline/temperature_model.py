@@ -6,7 +6,10 @@ squares, vectorised over pixels (:func:`utils.models.nonlinear.fit_exponential_p
 No logarithm of a measured value is taken, so quiet pixels with rates near
 zero or negative are fitted as they are; pixels without two temperatures of
 signal (rate/error >= ``min_snr``) take the population B with their own A and
-are flagged (``FALLBACK``).  Derived maps: doubling temperature
+are flagged (``FALLBACK``).  The population B (and gamma) is the joint fit of
+every pixel with its own amplitude (:mod:`utils.models.population`), not the
+median of the individually fitted pixels, which is biased at low signal (they
+were selected by their noise; the median is only reported).  Derived maps: doubling temperature
 ``T_d = ln 2 / B`` [degC] and activation energy ``E_a = k_B B T_K^2`` [eV]
 (the Arrhenius law ``exp(-E_a / (k_B T_K))`` has this local slope at
 ``T_K = TREF + 273.15`` K).
@@ -35,9 +38,10 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.errors import InputPathError, UserError
+from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
+from utils.models.dark_model import read_exponential_fit, read_power_exponential_fit
 from utils.models.nonlinear import (
     ExponentialFit,
     PowerExponentialFit,
@@ -70,9 +74,10 @@ def _err_scale(chi2: np.ndarray, npoints: np.ndarray, fallback: np.ndarray, npar
 
 
 def _scaled(fit, s: float, error_fields: tuple[str, ...]):
-    changes = {name: getattr(fit, name) * np.float32(s) for name in error_fields}
-    changes["covariance"] = fit.covariance * np.float32(s * s)
-    changes["chi2"] = fit.chi2 / np.float32(s * s)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf maps of unfitted pixels
+        changes = {name: getattr(fit, name) * np.float32(s) for name in error_fields}
+        changes["covariance"] = fit.covariance * np.float32(s * s)
+        changes["chi2"] = fit.chi2 / np.float32(s * s)
     return dataclasses.replace(fit, **changes)
 
 
@@ -99,24 +104,6 @@ def _header(product: str, model: str, t_ref: float, err_scale: float, adc_bits: 
     for key, value, comment in adu.scaling_cards(adc_bits):
         set_card(header, key, value, comment)
     return header
-
-
-def _read(path: Path, names: tuple[str, ...]) -> tuple[dict, fits.Header]:
-    if not Path(path).is_file():
-        raise InputPathError(f"{path}: dark model not found; run the dark pipeline (mode full "
-                             "or fit_2d_model) first, or give --model-dir")
-    with fits.open(path, memmap=False) as hdul:
-        present = {h.name for h in hdul}
-        missing = [n for n in names if n not in present]
-        if missing:
-            raise InputPathError(f"{path}: not a dark model of this kind (no "
-                                 f"{', '.join(missing)} extension)")
-        maps = {n: np.asarray(hdul[n].data) for n in names}
-        maps["PRIMARY"] = np.asarray(hdul[0].data, np.float32)
-        maps["MASK"] = np.asarray(hdul["MASK"].data)
-        inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in present \
-            else pd.DataFrame()
-        return maps | {"INPUTS": inputs}, hdul[0].header.copy()
 
 
 # --- 1-D ----------------------------------------------------------------------------------------
@@ -174,15 +161,22 @@ class DarkModel1D:
         return _mask(self.fit, self.hot)
 
     def headline(self) -> dict:
-        """Median B, T_d and E_a over well-measured, not-hot pixels; counts."""
+        """Population B (joint fit of every pixel, unbiased at low signal), T_d and E_a with
+        their errors; the median B of the individually fitted, not-hot pixels (selected by
+        signal, hence biased at low signal); counts."""
         good = ~self.fit.fallback & np.isfinite(self.fit.rate)
         if self.hot is not None:
             good &= ~self.hot
-        b = float(np.median(self.fit.rate[good])) if good.any() else math.nan
+        med = float(np.median(self.fit.rate[good])) if good.any() else math.nan
+        b, b_err = float(self.fit.population_rate), float(self.fit.population_rate_err)
         t_k = self.t_ref + ZERO_CELSIUS_K
-        return {"b_median_per_degC": b,
+        return {"b_population_per_degC": b, "b_population_err_per_degC": b_err,
+                "b_median_per_degC": med,
                 "doubling_temperature_degC": math.log(2) / b if b > 0 else math.nan,
+                "doubling_temperature_err_degC": math.log(2) * b_err / b ** 2 if b > 0
+                else math.nan,
                 "activation_energy_eV": K_BOLTZMANN_EV * b * t_k * t_k,
+                "activation_energy_err_eV": K_BOLTZMANN_EV * b_err * t_k * t_k,
                 "well_measured_pixels": int(good.sum()),
                 "fallback_pixels": int(self.fit.fallback.sum())}
 
@@ -193,11 +187,15 @@ class DarkModel1D:
         head = self.headline()
         header = _header("DARK_MODEL_1D", "DC = A exp(B (T - TREF))", self.t_ref,
                          self.err_scale, self.adc_bits, [
-                             ("BMEDIAN", head["b_median_per_degC"], "[1/degC] median B"),
-                             ("TDMEDIAN", head["doubling_temperature_degC"],
-                              "[degC] ln 2 / BMEDIAN"),
-                             ("EAMEDIAN", head["activation_energy_eV"], "[eV] k_B BMEDIAN T_K^2"),
-                             ("POPB", f.population_rate, "[1/degC] B of fallback pixels"),
+                             ("BMEDIAN", head["b_median_per_degC"],
+                              "[1/degC] median B of the fitted pixels"),
+                             ("TDPOP", head["doubling_temperature_degC"], "[degC] ln 2 / POPB"),
+                             ("TDPOPERR", head["doubling_temperature_err_degC"],
+                              "[degC] error of TDPOP"),
+                             ("EAPOP", head["activation_energy_eV"], "[eV] k_B POPB T_K^2"),
+                             ("POPB", f.population_rate, "[1/degC] population B (joint fit), "
+                                                         "also of fallback pixels"),
+                             ("POPBERR", f.population_rate_err, "[1/degC] error of POPB"),
                              ("NFALLBCK", float(f.fallback.sum()), "pixels with population B"),
                              ("NHOT", float(self.hot.sum()) if self.hot is not None else 0.0,
                               "hot pixels")])
@@ -216,17 +214,42 @@ class DarkModel1D:
 
     @classmethod
     def read(cls, path: Path) -> DarkModel1D:
-        """Load :meth:`write`'s product."""
-        names = ("B", "SIGMA_A", "SIGMA_B", "COV_AB", "CHI2DOF", "NPTS", "FALLBACK", "HOT")
-        maps, head = _read(path, names)
-        fit = ExponentialFit(maps["PRIMARY"], maps["B"].astype(np.float32),
-                             maps["SIGMA_A"].astype(np.float32), maps["SIGMA_B"].astype(np.float32),
-                             maps["COV_AB"].astype(np.float32), maps["CHI2DOF"].astype(np.float32),
-                             maps["NPTS"].astype(np.int16), maps["FALLBACK"] != 0,
-                             kw.get_float(head, kw.TREF, 20.0), kw.get_float(head, "POPB"),
-                             math.nan)
+        """Load :meth:`write`'s product (:func:`utils.models.dark_model.read_exponential_fit`)."""
+        fit, head, maps = read_exponential_fit(path)
         return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), maps["HOT"] != 0, maps["INPUTS"],
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
+
+
+#: Temperature bins from which each bin's rate errors are calibrated on its own (with fewer,
+#: the residual of one bin is too tied to the others': one frame-wide factor only).
+MIN_POINTS_PER_T_SCALE = 5
+
+
+def _point_scales(fit: ExponentialFit, temps: np.ndarray, y: np.ndarray, s: np.ndarray,
+                  t_ref: float) -> np.ndarray:
+    """Factor per point (temperature) by which its errors are too small: sqrt(median of
+    r^2 / (sigma^2 (1 - h)) over the individually fitted pixels / median of chi2(1)),
+    with r the residual and h the point's leverage in the pixel's fit."""
+    good = ~fit.fallback & np.isfinite(fit.amplitude) & np.isfinite(fit.rate)
+    a = fit.amplitude[good].astype(np.float64)
+    b = fit.rate[good].astype(np.float64)
+    va = fit.amplitude_err[good].astype(np.float64) ** 2
+    vb = fit.rate_err[good].astype(np.float64) ** 2
+    cab = fit.covariance[good].astype(np.float64)
+    out = np.ones(len(temps))
+    if good.sum() < 50:
+        return out
+    for k, t in enumerate(temps):
+        d = t - t_ref
+        f = np.exp(b * d)
+        yk, sk = y[k][good].astype(np.float64), s[k][good].astype(np.float64)
+        # leverage: w J C J^T with J = (f, a f d)
+        h = (f * f * va + (a * f * d) ** 2 * vb + 2 * a * f * f * d * cab) / (sk * sk)
+        u = (yk - a * f) ** 2 / (sk * sk * np.clip(1 - h, 0.05, 1))
+        u = u[np.isfinite(u)]
+        if u.size >= 50:
+            out[k] = math.sqrt(float(np.median(u)) / chi2_median_ratio(1))
+    return out
 
 
 def fit_temperature_model(rates, t_ref: float, *, min_snr: float = 3.0,
@@ -245,20 +268,36 @@ def fit_temperature_model(rates, t_ref: float, *, min_snr: float = 3.0,
                         "current model in temperature needs at least two")
     y = np.stack([r.rate for r in rates])
     s = np.stack([r.rate_err for r in rates])
-    try:
-        fit = fit_exponential_per_pixel(temps, y, s, x_ref=t_ref, min_snr=min_snr)
-    except ValueError as err:
-        raise UserError(f"dark-current model: {err}") from err
+    point_scale = np.ones(len(rates))
+    for attempt in range(3):
+        try:
+            fit = fit_exponential_per_pixel(temps, y, s * point_scale[:, None, None],
+                                            x_ref=t_ref, min_snr=min_snr)
+        except ValueError as err:
+            raise UserError(f"dark-current model: {err}") from err
+        if len(rates) < MIN_POINTS_PER_T_SCALE or attempt == 2:
+            break
+        # the rate maps' errors come from few frames and are underestimated by an amount
+        # that grows with the signal (the clipped mean's small-N bias, shot noise): one
+        # factor per temperature, from the fit's own residuals, calibrates them point by
+        # point where a single frame-wide factor would leave the errors of A (at TREF)
+        # and B wrong
+        factors = _point_scales(fit, temps, y, s * point_scale[:, None, None], t_ref)
+        if np.all(np.abs(factors - 1) < 0.02):
+            break
+        point_scale *= factors
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 2)
     fit = _scaled(fit, scale, ("amplitude_err", "rate_err"))
     inputs = pd.DataFrame({"TBIN": [r.temperature for r in rates], "TAVG": temps,
-                           "RATEMETH": [r.method for r in rates]})
+                           "RATEMETH": [r.method for r in rates],
+                           "ERRSCALE": point_scale * scale})
     model = DarkModel1D(fit, scale, None, inputs, adc_bits)
     head = model.headline()
     (logger.debug if quiet else logger.info)(
-        "1-D dark model: median T_d %.2f degC, E_a %.3f eV, %d pixels with population B "
-        "(ERRSCALE %.2f)", head["doubling_temperature_degC"],
-                head["activation_energy_eV"], head["fallback_pixels"], scale)
+        "1-D dark model: population T_d %.2f +- %.2f degC, E_a %.3f eV, %d pixels with "
+        "population B (ERRSCALE %.2f)", head["doubling_temperature_degC"],
+        head["doubling_temperature_err_degC"], head["activation_energy_eV"],
+        head["fallback_pixels"], scale)
     return model
 
 
@@ -288,17 +327,25 @@ class DarkModel2D:
         return self.fit.predict_err(temperature, exptime)
 
     def headline(self) -> dict:
-        """Median gamma and B over well-measured, not-hot pixels; counts."""
+        """Population gamma and B (joint fit of every pixel, unbiased at low signal) with
+        errors; median and percentiles of gamma over the individually fitted, not-hot pixels
+        (selected by signal, hence biased at low signal); counts."""
         good = ~self.fit.fallback & np.isfinite(self.fit.gamma)
         if self.hot is not None:
             good &= ~self.hot
         g = self.fit.gamma[good]
-        b = float(np.median(self.fit.rate[good])) if good.any() else math.nan
-        return {"gamma_median": float(np.median(g)) if g.size else math.nan,
+        f = self.fit
+        b, b_err = float(f.population_rate), float(f.population_rate_err)
+        return {"gamma_population": float(f.population_gamma),
+                "gamma_population_err": float(f.population_gamma_err),
+                "gamma_median": float(np.median(g)) if g.size else math.nan,
                 "gamma_p16": float(np.percentile(g, 16)) if g.size else math.nan,
                 "gamma_p84": float(np.percentile(g, 84)) if g.size else math.nan,
-                "b_median_per_degC": b,
+                "b_population_per_degC": b, "b_population_err_per_degC": b_err,
+                "b_median_per_degC": float(np.median(f.rate[good])) if good.any() else math.nan,
                 "doubling_temperature_degC": math.log(2) / b if b > 0 else math.nan,
+                "doubling_temperature_err_degC": math.log(2) * b_err / b ** 2 if b > 0
+                else math.nan,
                 "well_measured_pixels": int(good.sum()),
                 "fallback_pixels": int(self.fit.fallback.sum())}
 
@@ -309,10 +356,18 @@ class DarkModel2D:
         head = self.headline()
         header = _header("DARK_MODEL_2D", "S = A t^GAMMA exp(B (T - TREF))", self.t_ref,
                          self.err_scale, self.adc_bits, [
-                             ("GAMMAMED", head["gamma_median"], "median gamma"),
-                             ("BMEDIAN", head["b_median_per_degC"], "[1/degC] median B"),
-                             ("TDMEDIAN", head["doubling_temperature_degC"],
-                              "[degC] ln 2 / BMEDIAN"),
+                             ("GAMMAMED", head["gamma_median"],
+                              "median gamma of the fitted pixels"),
+                             ("POPGAMMA", head["gamma_population"],
+                              "population gamma (joint fit)"),
+                             ("POPGERR", head["gamma_population_err"], "error of POPGAMMA"),
+                             ("BMEDIAN", head["b_median_per_degC"],
+                              "[1/degC] median B of the fitted pixels"),
+                             ("POPB", head["b_population_per_degC"],
+                              "[1/degC] population B (joint fit)"),
+                             ("POPBERR", head["b_population_err_per_degC"],
+                              "[1/degC] error of POPB"),
+                             ("TDPOP", head["doubling_temperature_degC"], "[degC] ln 2 / POPB"),
                              ("NFALLBCK", float(f.fallback.sum()), "pixels with population "
                                                                    "gamma and B")])
         c = f.covariance
@@ -328,22 +383,9 @@ class DarkModel2D:
 
     @classmethod
     def read(cls, path: Path) -> DarkModel2D:
-        """Load :meth:`write`'s product."""
-        names = ("GAMMA", "B", "SIGMA_A", "SIGMA_GAMMA", "SIGMA_B", "COV_AG", "COV_AB", "COV_GB",
-                 "CHI2DOF", "NPTS", "FALLBACK")
-        m, head = _read(path, names)
-        f32 = {k: v.astype(np.float32) for k, v in m.items() if k not in ("INPUTS",)}
-        cov = np.zeros((3, 3) + f32["B"].shape, np.float32)
-        cov[0, 0], cov[1, 1], cov[2, 2] = (f32["SIGMA_A"] ** 2, f32["SIGMA_GAMMA"] ** 2,
-                                           f32["SIGMA_B"] ** 2)
-        cov[0, 1] = cov[1, 0] = f32["COV_AG"]
-        cov[0, 2] = cov[2, 0] = f32["COV_AB"]
-        cov[1, 2] = cov[2, 1] = f32["COV_GB"]
-        fit = PowerExponentialFit(f32["PRIMARY"], f32["GAMMA"], f32["B"], f32["SIGMA_A"],
-                                  f32["SIGMA_GAMMA"], f32["SIGMA_B"], cov, f32["CHI2DOF"],
-                                  m["NPTS"].astype(np.int16), m["FALLBACK"] != 0,
-                                  kw.get_float(head, kw.TREF, 20.0), math.nan, math.nan,
-                                  math.nan, math.nan)
+        """Load :meth:`write`'s product
+        (:func:`utils.models.dark_model.read_power_exponential_fit`)."""
+        fit, head, m = read_power_exponential_fit(path)
         hot = (m["MASK"] & MASK_HOT) != 0
         return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), hot, m["INPUTS"],
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
@@ -513,14 +555,15 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
         raise UserError("a 2-D dark model needs dark masters at two temperatures and two "
                         "exposure times at least")
     sigma = stack.total_err()
+    design, cd = _bias_error_structure(stack.bias_keys, temps, stack.suberr, bias_model)
     try:
-        fit = fit_power_exponential_per_pixel(temps, exps, stack.data, sigma,
-                                              t_ref=t_ref, min_snr=min_snr)
+        fit = fit_power_exponential_per_pixel(
+            temps, exps, stack.data, sigma, t_ref=t_ref, min_snr=min_snr,
+            shared_errors=None if design is None else (design, cd))
     except ValueError as err:
         raise UserError(f"2-D dark model: {err}") from err
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
     fit = _scaled(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
-    design, cd = _bias_error_structure(stack.bias_keys, temps, stack.suberr, bias_model)
     if design is not None:
         extra = correlated_error_covariance(fit, temps, exps, sigma, design, cd)
         cov = fit.covariance + extra.astype(np.float32)
@@ -534,8 +577,9 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     model = DarkModel2D(fit, scale, None, inputs, adc_bits)
     head = model.headline()
     (logger.debug if quiet else logger.info)(
-        "2-D dark model: median gamma %.3f, median T_d %.2f degC (ERRSCALE %.2f)",
-                head["gamma_median"], head["doubling_temperature_degC"], scale)
+        "2-D dark model: population gamma %.3f +- %.3f, T_d %.2f degC (ERRSCALE %.2f)",
+        head["gamma_population"], head["gamma_population_err"],
+        head["doubling_temperature_degC"], scale)
     return model
 
 

@@ -215,3 +215,42 @@ def dosedirs_copy(dosedirs_campaign, tmp_path) -> Campaign:
 def converted_standard_copy(converted_standard, tmp_path) -> Campaign:
     """A private copy of the converted standard campaign (FITS and fits_index.csv included)."""
     return _copy(converted_standard[0], tmp_path / "converted")
+
+
+# --- irradiation campaign of the radiation and dose analyses (read-only) -------------------------
+#: Seed, physics and gain [e-/ADC count] of ``rad_campaign``.
+RAD_SEED = 21
+RAD_GAIN = "2.0"
+
+
+@pytest.fixture(scope="session")
+def rad_campaign(tmp_path_factory):
+    """``(campaign, index_csv)``, converted and indexed: pre and post stages with bias and darks
+    at 10, 20 and 30 degC (their dark models can be fitted), four dose steps (10-40 krad) at
+    20 degC, darks of 5 and 20 s, 8 frames per set, the beam off while measuring (each step's
+    dose delivered before its frames), T_d 6.5 degC and a low dark current (0.5 e-/s at 20
+    degC) so that a 5 e-/s threshold separates hot pixels cleanly."""
+    from utils.io.index import build_index, write_index
+    from utils.sim import Physics
+
+    campaign = simulate_irradiation(tmp_path_factory.mktemp("rad") / "campaign", seed=RAD_SEED,
+                                    width=64, height=48, frames=8, doses=(10, 20, 30, 40),
+                                    model_temperatures=(10, 20, 30), dark_exposures=(5.0, 20.0),
+                                    flat_exposures=(0.2,), dose_profile="before",
+                                    physics=Physics(doubling_temperature=6.5, dark_median=0.5))
+    convert_campaign(campaign)
+    index = campaign.root / "index.csv"
+    write_index(build_index(discover=[campaign.root]), index)
+    return campaign, index
+
+
+@pytest.fixture(scope="session")
+def rad_dose(rad_campaign, tmp_path_factory):
+    """``(campaign, out, status)`` of one dose_analysis run on ``rad_campaign`` (with its damage
+    analysis in ``out/damage``)."""
+    from analysis import dose_analysis
+
+    campaign, index = rad_campaign
+    out = tmp_path_factory.mktemp("rad_dose") / "out"
+    status = dose_analysis.main([str(index), str(out), "--gain", RAD_GAIN, "--no-progress"])
+    return campaign, out, status

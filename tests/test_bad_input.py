@@ -821,7 +821,8 @@ def test_inhash_does_not_depend_on_the_output_folder(env, monkeypatch):
     # the bias model (fitted into each output folder) is identified by content, not by path
     dark = []
     for name in ("dark_a", "dark_b"):
-        masters, _, _ = measure(env.conv / "index.csv", env.tmp / name, DarkSettings(), [])
+        index = DatasetIndex.from_csv(env.conv / "index.csv")
+        masters, _, _ = measure(index, env.tmp / name, DarkSettings(), [])
         dark.append(sorted(fits.getheader(m.path)["INHASH"] for m in masters))
     assert dark[0] == dark[1] and len(dark[0]) == 4
 

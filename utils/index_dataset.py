@@ -6,12 +6,15 @@ folders below ROOT instead (case-insensitive).  A root without such folders
 (e.g. ``<dose>kRads/fits/`` directories) is indexed with frame types read from
 the headers.  STAGE and VACUUM are inferred from folder words unless given;
 frames with more than 1 % zero pixels, or unreadable, are flagged BADFITS
-with the reason.  Input files are only read, never modified.
+with the reason.  Irradiation campaigns get their dose bookkeeping (DOSE step, FRAMEDOSE,
+DOSERATE [rad(Si)/s], BEAM, TANNEAL) from the radiation logs joined by time stamp.
+Input files are only read, never modified.
 
 Example
 -------
   python -m utils.index_dataset --bias data/Bias --dark data/Darks --flat data/Flats index.csv
   python -m utils.index_dataset --discover data/irradiation_campaign index.csv
+  python -m utils.index_dataset --discover data/irr --radiation-log data/irr/radLog.csv index.csv
   python -m utils.index_dataset data/TestSection1 data/TestSection2 data/TestSection3 index.csv
 """
 
@@ -46,6 +49,9 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--zero-fraction", type=float, default=0.01,
                         help="flag frames with more zero pixels than this fraction")
     parser.add_argument("--workers", type=int, default=2, help="reader threads")
+    parser.add_argument("--radiation-log", default=None,
+                        help="campaign radiation log joined to the frames by time stamp "
+                             "(default: radiationLogCompleto.csv found in the --discover root)")
     return parser
 
 
@@ -72,7 +78,8 @@ def _main(args) -> int:
     except ValueError as err:
         raise ConfigError(str(err)) from err
     table = build_index(sections, args.discover, stage=stage, vacuum=args.vacuum,
-                        settings=settings, progress_bar=not args.no_progress)
+                        settings=settings, radiation_log=args.radiation_log,
+                        progress_bar=not args.no_progress)
     path = write_index(table, output)
     bad = int(table["BADFITS"].sum())
     counts = ", ".join(f"{n} {c.lower() or 'unknown'}" for c, n in

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterable
@@ -57,4 +58,49 @@ def write_run_summary(out_dir: str | os.PathLike, summary: dict, files: Iterable
     return write_text(json.dumps(record, indent=2, default=default) + "\n", out_dir / SUMMARY)
 
 
-__all__ = ["run_digest", "completed_run", "write_run_summary", "SUMMARY"]
+class StageRuns:
+    """Results of one pipeline run per (stage, dose step), each in its own sub-folder.
+
+    Attributes
+    ----------
+    out_dir : pathlib.Path
+        Parent output folder.
+    results : dict
+        ``{stage tag: result}`` of the groups that completed.
+    failures : dict
+        ``{stage tag: one-line reason}`` of the groups that could not be modelled.
+    """
+
+    def __init__(self, out_dir: Path, what: str):
+        self.out_dir, self.what = Path(out_dir), what
+        self.results: dict = {}
+        self.failures: dict = {}
+
+    def run(self, tag: str, make) -> None:
+        """Run ``make()``; a :class:`~utils.errors.UserError` is recorded, not raised."""
+        from .errors import UserError
+
+        try:
+            self.results[tag] = make()
+        except UserError as err:
+            logging.getLogger(__name__).warning("%s %s: %s", self.what, tag, err)
+            self.failures[tag] = str(err)
+
+    def check(self) -> "StageRuns":
+        """Raise one :class:`~utils.errors.UserError` when no group completed."""
+        from .errors import UserError
+
+        if not self.results:
+            reasons = "; ".join(f"{tag}: {why}" for tag, why in self.failures.items())
+            raise UserError(f"{self.what}: none of the {len(self.failures)} (stage, dose step) "
+                            f"groups could be modelled ({reasons})")
+        return self
+
+    def summary_line(self) -> str:
+        """One line: per group, its result's line or why it failed."""
+        parts = [f"{tag}: {r.summary_line()}" for tag, r in self.results.items()]
+        parts += [f"{tag}: not modelled ({why})" for tag, why in self.failures.items()]
+        return f"{self.what} per (stage, dose step) in {self.out_dir}: " + " | ".join(parts)
+
+
+__all__ = ["run_digest", "completed_run", "write_run_summary", "StageRuns", "SUMMARY"]

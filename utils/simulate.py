@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--constant-dose-log", type=_yes_no, default=unset, metavar="YES|NO",
                         help="dosedirs: write the nominal dose in every log row instead of the "
                              "true ramping dose (default yes)")
+    parser.add_argument("--model-temperatures", type=float, nargs="+", default=unset,
+                        metavar="T", help="irradiation: set points [degC] of the bias and darks "
+                                          "of the pre and post stages (default --temperature)")
+    parser.add_argument("--dose-profile", default=unset,
+                        choices=["ramp", "before", "increments"],
+                        help="irradiation (ramp, before), dosedirs (ramp, increments): how each "
+                             "step's dose is delivered (default ramp)")
     parser.add_argument("--defects", action=argparse.BooleanOptionalAction, default=unset,
                         help="plant a truncated file, an all-zero frame and a dead region "
                              "(default on for standard, off for irradiation)")
@@ -109,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 _LAYOUT_OPTIONS = ("seed", "width", "height", "frames", "attempts", "bias_temperatures",
                    "dark_temperatures", "dark_exposures", "flat_temperatures", "flat_exposures",
                    "doses", "temperature", "dark_exposure", "with_log", "constant_dose_log",
-                   "defects")
+                   "defects", "model_temperatures", "dose_profile")
 
 
 def physics_from_assignments(assignments: Sequence[str]) -> Physics:

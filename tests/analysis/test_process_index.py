@@ -165,7 +165,7 @@ def test_frame_stats_and_plots(processed):
         assert row["P84"] == pytest.approx(np.percentile(data, 84), abs=16.0)
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert "bias_mean_vs_temperature.png" in pngs and "dark_signal_vs_exposure.png" in pngs
-    assert len(list((out / "comparisons").glob("*.png"))) >= 4
+    assert len(list((out / "comparisons").rglob("*.png"))) >= 4
     ax = process_index.plots.plot_dark_vs_exposure(_summary(out))
     assert ax.get_xlabel() and "[" in ax.get_ylabel()
     assert json.loads((out / "config_used.json").read_text())["masters"]["method"] == "sigclip"
@@ -221,7 +221,8 @@ def test_dark_refused_without_bias_in_tolerance(tmp_path):
 
 def test_group_key_stage_dir():
     key = GroupKey("radiating", 10.0, "BIAS", 20.0)
-    assert key.stage_dir == "radiating_10krad" and key.tag == "T20.0C"
+    assert key.stage_dir == "radiating_D10kR" and key.tag == "T20.0C"
+    assert GroupKey("post", math.nan, "BIAS", 20.0).stage_dir == "post"
 
 
 # --- the command line: main() and the combination and grouping options, checked by result ---

@@ -77,12 +77,16 @@ def test_doubling_temperature_and_slope_pulls(dark_run):
     truth, physics = campaign.maps(), campaign.physics
     maps, head = _maps(out / "dark_model" / "dark_model.fits")
     summary = json.loads((out / "summary.json").read_text())
-    assert abs(summary["doubling_temperature_degC"] - physics.doubling_temperature) < 0.2
+    # the population T_d (joint fit of every pixel), error ~0.005 degC; a 0.2-0.4 % systematic
+    # was measured at this precision (2.8 sigma on this seed), hence 0.05 degC
+    assert abs(summary["doubling_temperature_degC"] - physics.doubling_temperature) < 0.05
+    assert 0 < summary["doubling_temperature_err_degC"] < 0.02
     b_true = math.log(2) / physics.doubling_temperature
     good = (maps["FALLBACK"] == 0) & ~truth["hot_mask"] & np.isfinite(maps["B"])
     assert good.mean() > 0.9
     pull = ((maps["B"] - b_true) / maps["SIGMA_B"])[good]
-    assert abs(pull.mean()) < 0.2 and 0.8 < pull.std() < 1.25
+    # 5000 pixels: the pull std is known to ~1 %; the pooled noise model made it 1.00
+    assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1
     ea = maps["EA"][good]  # k_B B T^2 at 293.15 K: 0.857 eV for T_d = 6 degC
     assert abs(np.median(ea) - 8.617333e-5 * b_true * 293.15 ** 2) < 0.02
 
@@ -96,7 +100,7 @@ def test_rate_at_reference_temperature_within_3_percent(dark_run):
     ratio = np.median(maps["PRIMARY"][normal] / truth["dark_ref_adu"][normal])
     assert abs(ratio - 1) < 0.03
     pull = ((maps["PRIMARY"] - truth["dark_ref_adu"]) / maps["SIGMA_A"])[normal]
-    assert 0.8 < pull.std() < 1.25
+    assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1
 
 
 def test_hot_pixels_found(dark_run):

@@ -48,7 +48,10 @@ def test_exponential_recovers_truth_with_honest_errors():
         assert abs(mean) < 0.1
         assert 0.9 < std < 1.1
     assert LN2 / np.median(fit.rate[well]) == pytest.approx(6.0, abs=0.1)
-    assert fit.population_rate == pytest.approx(np.median(fit.rate[well]))
+    assert fit.population_rate_median == pytest.approx(np.median(fit.rate[well]))
+    # the population rate is the joint fit of every pixel: within 3 sigma of the truth
+    assert abs(fit.population_rate - LN2 / 6.0) < 3 * fit.population_rate_err
+    assert 0 < fit.population_rate_err < 0.002 * LN2 / 6
     assert 0.01 * LN2 / 6 < fit.population_rate_spread < 0.05 * LN2 / 6
     # Reduced chi-square with 3 degrees of freedom: mean 1, median 0.79 (not 1).
     assert np.mean(fit.chi2[well]) == pytest.approx(1.0, abs=0.1)

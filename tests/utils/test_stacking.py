@@ -133,12 +133,13 @@ def test_saturation_excluded_counted_and_flagged():
     for f in frames[:6]:
         f[2, 3] = 65520.0                     # saturated in most inputs -> flagged
     for f in frames[:3]:
-        f[4, 5] = 65535.0                     # saturated in a few -> only excluded
+        f[4, 5] = 65535.0                     # saturated in a few -> excluded, flagged partial
     master_bias = np.full(frames[0].shape, 1000.0)
     res = stacking.combine(frames, method="mean", saturation=65520, subtract=master_bias)
     assert res.flags[2, 3] & stacking.FLAG_SATURATED
     assert res.count[2, 3] == 4
-    assert res.flags[4, 5] == 0 and res.count[4, 5] == 7
+    # the mean of the unsaturated rest is biased low (the bright tail was cut): flagged
+    assert res.flags[4, 5] == stacking.FLAG_PARTSAT and res.count[4, 5] == 7
     expected = np.mean([f[4, 5] for f in frames[3:]]) - 1000.0
     assert res.data[4, 5] == pytest.approx(expected, rel=1e-6)
     np.testing.assert_array_equal(res.inputs["NSAT"], [2, 2, 2, 1, 1, 1, 0, 0, 0, 0])

@@ -8,10 +8,12 @@ validates it, resolves paths and filters it.
 Columns, in order: ``PATH, CALTYPE, STAGE, VACUUM, TEMP, ZEROFRACTION,
 BADFITS`` (the user's original seven), then ``EXPTIME, FRAMENUM, TIMESTAMP,
 DOSE, ATTEMPT, NAXIS1, NAXIS2, SATFRACTION, MEAN, MEDIAN, STD, P16, P84,
-ADUSCALE, FRAMEDOSE, REASON``.  ``PATH`` is relative to the CSV's folder.
-``DOSE`` is the dose step (``<dose>kRads`` folder) frames are grouped by;
-``FRAMEDOSE`` the accumulated dose of the frame's log.  Indexing never writes
-to the frames.
+ADUSCALE, FRAMEDOSE, REASON, DOSERATE, BEAM, TANNEAL, DOSESRC, DOSEFLAG``.
+``PATH`` is relative to the CSV's folder.  ``DOSE`` [krad] is the dose step frames
+are grouped by (``<dose>kRads`` folder, 0 for pre-irradiation, the final step for
+post-irradiation); ``FRAMEDOSE`` [krad] the accumulated dose at the frame's time,
+``DOSERATE`` [rad(Si)/s], ``BEAM`` and ``TANNEAL`` [s] come from the radiation logs
+joined by time stamp (:mod:`utils.io.dose`).  Indexing never writes to the frames.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 INDEX_COLUMNS = ["PATH", "CALTYPE", "STAGE", "VACUUM", "TEMP", "ZEROFRACTION", "BADFITS",
                  "EXPTIME", "FRAMENUM", "TIMESTAMP", "DOSE", "ATTEMPT", "NAXIS1", "NAXIS2",
                  "SATFRACTION", "MEAN", "MEDIAN", "STD", "P16", "P84", "ADUSCALE", "FRAMEDOSE",
-                 "REASON"]
+                 "REASON", "DOSERATE", "BEAM", "TANNEAL", "DOSESRC", "DOSEFLAG"]
 CALTYPES = ("BIAS", "DARK", "FLAT")
 STAGES = ("pre", "radiating", "post")
 
@@ -227,6 +229,7 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
                 discover: Iterable[str | os.PathLike] = (), *, stage: str | None = None,
                 vacuum: str | None = None, settings: IndexSettings = IndexSettings(),
                 previous: str | os.PathLike | None = None,
+                radiation_log: str | os.PathLike | None = None,
                 progress_bar: bool = False) -> pd.DataFrame:
     """Index every FITS frame of the given sections.
 
@@ -247,6 +250,10 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
     previous : path-like, optional
         An earlier index CSV: rows of frames not modified since it was written
         are reused instead of re-reading the pixels (makes re-runs cheap).
+    radiation_log : path-like, optional
+        The campaign radiation log joined to the frames by time stamp; by default
+        ``radiationLogCompleto.csv`` (or ``radiationLog.csv``) found in the first
+        discover root (see :func:`utils.io.dose.assign_doses`).
     progress_bar : bool
         Show a progress bar.
 
@@ -259,7 +266,10 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
     ------
     InputPathError
         A section or root does not exist, or no FITS frame was found at all.
+    TableError
+        The given radiation log is unusable or covers none of the frames.
     """
+    discover = list(discover)
     jobs: list[tuple[str, Path]] = []
     for cal, root in sections:
         root = Path(root)
@@ -322,7 +332,20 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
     _note_pixel_types(rows)
     table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     table["BADFITS"] = table["BADFITS"].fillna(True).astype(bool)
-    return table
+    from .dose import assign_doses
+
+    root = Path(discover[0]) if discover else _common_parent([r for _, r in jobs])
+    table, report = assign_doses(table, radiation_log=radiation_log, root=root)
+    if report.campaign_log or report.local_logs or report.spread_folders:
+        logger.info("%s", report.summary())
+    return table[INDEX_COLUMNS]
+
+
+def _common_parent(paths) -> Path | None:
+    try:
+        return Path(os.path.commonpath([str(Path(p).resolve()) for p in paths]))
+    except ValueError:
+        return None
 
 
 #: FITS sample types by BITPIX, for the log.
@@ -518,7 +541,7 @@ _FALSE = {"false", "0", "0.0", "no", "f", "n", ""}
 _KEY_NUMBERS = ("TEMP", "EXPTIME", "DOSE", "NAXIS1", "NAXIS2", "ADUSCALE")
 #: Other numeric columns: a bad cell is left empty (the value is measured again when needed).
 _OTHER_NUMBERS = ("ZEROFRACTION", "FRAMENUM", "TIMESTAMP", "SATFRACTION", "MEAN", "MEDIAN",
-                  "STD", "P16", "P84", "FRAMEDOSE")
+                  "STD", "P16", "P84", "FRAMEDOSE", "DOSERATE", "TANNEAL")
 #: Columns that cannot be negative.
 _NON_NEGATIVE = ("EXPTIME", "DOSE", "NAXIS1", "NAXIS2", "ADUSCALE")
 
@@ -578,6 +601,8 @@ def _validated(table: pd.DataFrame, cells: pd.DataFrame, base: Path
     table["CALTYPE"] = text["CALTYPE"].str.upper().to_numpy()
     table["STAGE"] = text["STAGE"].to_numpy()
     table["REASON"] = text["REASON"].to_numpy()
+    for column in ("BEAM", "DOSESRC", "DOSEFLAG"):  # dose bookkeeping, text
+        table[column] = text[column].to_numpy()
     badfits = []
     for i, cell in enumerate(text["BADFITS"]):
         word = cell.lower()

@@ -438,6 +438,8 @@ def _nl_kernel_py(y2, s2, a0, a1, z, zz, gid, uz, ngrp, umax, fact, min_snr, max
                 # reduced chi^2 and errors as the numpy path computes them from float32 maps
                 if npts_out[j] > p:
                     chi2_out[j] = np.float32(chi_out[j]) / np.float32(npts_out[j] - p)
+                else:  # no degree of freedom (the output is np.empty: never leave it unset)
+                    chi2_out[j] = np.nan
                 for r in range(p):
                     err_out[r, j] = np.sqrt(cov_out[r, r, j])
             if nact == 0:

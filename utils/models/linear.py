@@ -7,6 +7,11 @@ coefficients, their standard errors and covariance, and the reduced
 chi-square as a fit-quality map.  A numba kernel (``nogil``, thread pool over
 pixel chunks, cache-sized tiles) does the work without full-frame float64
 temporaries; the numpy path gives the same results without numba.
+
+:func:`fit_linear_per_pixel` fits several regressors at once,
+``y = sum_j c_j x_j`` (e.g. a flat field ``A + B (T - T_ref) + C (t - t_ref)``),
+with coefficient covariances and the reduced chi-square, dropping the terms
+the points cannot constrain (one temperature, one exposure time...).
 """
 
 from __future__ import annotations
@@ -257,4 +262,354 @@ def warmup() -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["LinearFit", "fit_line_per_pixel", "warmup"]
+# ---------------------------------------------------------------------------
+# Several regressors: y = sum_j c_j x_j per pixel
+# ---------------------------------------------------------------------------
+
+@dataclass
+class MultiLinearFit:
+    """Per-pixel linear model ``y = sum_j coef_j * x_j`` in several regressors.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Name of every term asked for (e.g. ``("A", "B", "C")``).
+    fitted : tuple of bool
+        Which terms were fitted; the others could not be constrained by the points
+        (their column was a combination of the kept ones, e.g. one temperature only)
+        and are fixed at 0 with error 0.
+    coef, err : numpy.ndarray, shape (p, ...)
+        Coefficients and their one-sigma standard errors (float32).
+    covariance : numpy.ndarray, shape (p, p, ...)
+        Covariance of the coefficients per pixel (float32).
+    chi2 : numpy.ndarray
+        Reduced chi-square per pixel, ``sum w r^2 / (npoints - fitted terms)`` (NaN when
+        no degree of freedom is left).
+    npoints : numpy.ndarray
+        Points with a positive weight per pixel (int16).
+    dropped : dict
+        ``{name: reason}`` of the terms not fitted.
+    """
+
+    names: tuple
+    fitted: tuple
+    coef: np.ndarray
+    err: np.ndarray
+    covariance: np.ndarray
+    chi2: np.ndarray
+    npoints: np.ndarray
+    dropped: dict
+
+    def term(self, name: str) -> int:
+        """Index of the term ``name``."""
+        return self.names.index(name)
+
+    def predict(self, x) -> np.ndarray:
+        """Model value for the regressor values ``x`` (length p, one per term), float32."""
+        x = np.asarray(x, dtype=np.float64)
+        out = np.zeros(self.coef.shape[1:], np.float64)
+        for j, xj in enumerate(x):
+            if xj != 0:
+                out += xj * self.coef[j]
+        return out.astype(np.float32)
+
+    def predict_err(self, x) -> np.ndarray:
+        """One-sigma error of :meth:`predict`, ``sqrt(x^T C x)`` with the covariance."""
+        x = np.asarray(x, dtype=np.float64)
+        var = np.zeros(self.coef.shape[1:], np.float64)
+        for i, xi in enumerate(x):
+            for j, xj in enumerate(x):
+                if xi != 0 and xj != 0:
+                    var += xi * xj * self.covariance[i, j]
+        return np.sqrt(np.maximum(var, 0)).astype(np.float32)
+
+
+def constrained_terms(design, names=None, rtol: float = 1e-9) -> tuple[list[int], dict]:
+    """Columns of ``design`` (n, p) that the points constrain, in order, and the others.
+
+    A column is kept when it raises the rank of the columns kept before it.
+
+    Returns
+    -------
+    (list of int, dict)
+        Kept column indices and ``{name: reason}`` of the dropped ones.
+
+    Examples
+    --------
+    >>> constrained_terms(np.array([[1.0, 5.0, 0.1], [1.0, 5.0, 0.4]]), ["A", "B", "C"])
+    ([0, 2], {'B': 'not constrained: its values are a combination of the other terms'})
+    """
+    design = np.asarray(design, dtype=np.float64)
+    names = list(names) if names is not None else [f"x{j}" for j in range(design.shape[1])]
+    scale = np.abs(design).max(axis=0)
+    scaled = design / np.where(scale > 0, scale, 1.0)
+    kept: list[int] = []
+    dropped = {}
+    for j in range(design.shape[1]):
+        trial = scaled[:, kept + [j]]
+        if scale[j] > 0 and np.linalg.matrix_rank(trial, tol=rtol * max(trial.shape)) \
+                == len(kept) + 1:
+            kept.append(j)
+        else:
+            dropped[names[j]] = "not constrained: its values are a combination of the other terms"
+    return kept, dropped
+
+
+def fit_linear_per_pixel(design, y, sigma=None, *, names=None,
+                         workers: int | None = None) -> MultiLinearFit:
+    """Weighted least squares ``y = sum_j c_j x_j`` for every pixel of an image stack.
+
+    Closed form per pixel (normal equations solved by Cholesky), vectorised: a numba
+    kernel on a thread pool over chunks of pixels, or numpy on blocks of pixels.  Terms
+    the points cannot constrain (:func:`constrained_terms`) are dropped and reported.
+
+    Parameters
+    ----------
+    design : array-like, shape (n, p)
+        Regressor values of every point, e.g. columns ``[1, T - T_ref, t - t_ref]``.
+    y : array-like, shape (n, ...)
+        Images to fit; NaN gives the point weight 0 at that pixel.
+    sigma : array-like, shape (n, ...), optional
+        One-sigma errors of ``y``; non-finite or non-positive give weight 0.  Without
+        it every point weighs 1 and the errors are scaled by the residual scatter.
+    names : sequence of str, optional
+        Term names (default ``x0, x1, ...``).
+    workers : int, optional
+        Threads of the numba kernel (default: the usable CPUs, at most 8).
+
+    Returns
+    -------
+    MultiLinearFit
+        Pixels with fewer weighted points than fitted terms (or a singular system)
+        get NaN coefficients.
+
+    Examples
+    --------
+    >>> X = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0]])
+    >>> fit = fit_linear_per_pixel(X, np.array([[[1.0]], [[3.0]], [[5.0]]]), names=["a", "b"])
+    >>> [round(float(c), 6) for c in fit.coef[:, 0, 0]]
+    [1.0, 2.0]
+    """
+    design = np.asarray(design, dtype=np.float64)
+    y = _float_array(y)
+    if design.ndim != 2 or y.shape[0] != design.shape[0]:
+        raise ValueError(f"design has {design.shape[:1]} points but y has {y.shape[:1]} images")
+    n, p = design.shape
+    names = tuple(names) if names is not None else tuple(f"x{j}" for j in range(p))
+    if len(names) != p:
+        raise ValueError(f"{len(names)} names for {p} terms")
+    kept, dropped = constrained_terms(design, names)
+    if not kept:
+        raise ValueError("no term is constrained by the points")
+    s = None if sigma is None else _float_array(sigma)
+    if s is not None and s.shape != y.shape:
+        s = np.broadcast_to(s, y.shape)
+    shape = y.shape[1:]
+    y2 = y.reshape(n, -1)
+    s2 = y2 if s is None else np.ascontiguousarray(s.reshape(n, -1))
+    q = len(kept)
+    x = np.ascontiguousarray(design[:, kept])
+    npix = y2.shape[1]
+    # the kernel writes straight into the outputs when every term is fitted
+    coef = np.zeros((p, npix), np.float32)
+    cov = np.zeros((p, p, npix), np.float32)
+    sub_coef = coef if q == p else np.empty((q, npix), np.float32)
+    sub_cov = cov if q == p else np.empty((q, q, npix), np.float32)
+    chi2 = np.empty(npix, np.float32)
+    npts = np.empty(npix, np.int16)
+    if HAVE_NUMBA:
+        _run_chunks(lambda a, b: _multi_kernel(x, y2, s2, s is not None, a, b, sub_coef, sub_cov,
+                                               chi2, npts),
+                    npix, _LINE_CHUNK, workers or _default_workers())
+    else:
+        for a in range(0, npix, _LINE_CHUNK):
+            b = min(npix, a + _LINE_CHUNK)
+            _multi_numpy(x, y2[:, a:b], None if s is None else s2[:, a:b], sub_coef[:, a:b],
+                         sub_cov[:, :, a:b], chi2[a:b], npts[a:b])
+    if q != p:
+        for i, ki in enumerate(kept):
+            coef[ki] = sub_coef[i]
+            for j, kj in enumerate(kept):
+                cov[ki, kj] = sub_cov[i, j]
+    err = np.empty((p, npix), np.float32)
+    for j in range(p):
+        np.sqrt(np.maximum(cov[j, j], 0), out=err[j])
+        if j not in kept:
+            err[j] = np.where(np.isfinite(sub_coef[0]), 0.0, np.nan)
+    return MultiLinearFit(names, tuple(j in kept for j in range(p)),
+                          coef.reshape((p,) + shape), err.reshape((p,) + shape),
+                          cov.reshape((p, p) + shape), chi2.reshape(shape),
+                          npts.reshape(shape), dropped)
+
+
+def _multi_kernel_py(x, y, s, weighted, a0, a1, coef, cov, chi2, npts):
+    """Pixels ``a0:a1``: normal equations, Cholesky solve and inverse, chi-square.
+
+    Works a tile of pixels at a time (as :func:`_line_kernel_py`): the weighted sums are
+    moments over the points, and the small solves run with the pixel loop innermost so
+    that they vectorise.  ``coef`` (q, P), ``cov`` (q, q, P), ``chi2`` (P,) float32 and
+    ``npts`` (P,) int16 receive the results.
+    """
+    n, q = x.shape
+    T = _LINE_TILE
+    npair = q * (q + 1) // 2
+    W = np.empty((n, T))
+    Y = np.empty((n, T))
+    WY = np.empty((n, T))
+    mom = np.empty((npair + q + 1, T))
+    low = np.empty((npair, T))
+    linv = np.empty((npair, T))
+    beta = np.empty((q, T))
+    acc = np.empty(T)
+    ok = np.empty(T)
+    phi = np.empty((npair, n))
+    xc = np.empty((q, n))
+    for i in range(q):
+        for k in range(n):
+            xc[i, k] = x[k, i]
+        for j in range(i + 1):
+            for k in range(n):
+                phi[i * (i + 1) // 2 + j, k] = x[k, i] * x[k, j]
+    for t0 in range(a0, a1, T):
+        m = min(a1, t0 + T) - t0
+        for k in range(n):
+            yrow = y[k, t0:t0 + m]
+            srow = s[k, t0:t0 + m]
+            for t in range(m):
+                yv = np.float64(yrow[t])
+                w = 1.0
+                if weighted:
+                    sv = np.float64(srow[t])
+                    w = 1.0 / (sv * sv) if (math.isfinite(sv) and sv > 0) else 0.0
+                good = math.isfinite(yv)
+                W[k, t] = w if good else 0.0
+                Y[k, t] = yv if good else 0.0
+            for t in range(m):
+                WY[k, t] = W[k, t] * Y[k, t]
+        for r in range(npair):
+            _nb_moment(mom, r, W, phi[r], n, m)
+        for i in range(q):
+            _nb_moment(mom, npair + i, WY, xc[i], n, m)
+        cnt = npair + q
+        for t in range(m):
+            mom[cnt, t] = 0.0
+        for k in range(n):
+            for t in range(m):
+                mom[cnt, t] += W[k, t] > 0
+        for t in range(m):
+            ok[t] = 1.0 if mom[cnt, t] >= q else 0.0
+        # Cholesky N = L L^T, packed lower triangle (row i, column j at i(i+1)/2 + j)
+        for i in range(q):
+            ii = i * (i + 1) // 2
+            for j in range(i + 1):
+                jj = j * (j + 1) // 2
+                for t in range(m):
+                    acc[t] = mom[ii + j, t]
+                for c in range(j):
+                    for t in range(m):
+                        acc[t] -= low[ii + c, t] * low[jj + c, t]
+                if i == j:
+                    for t in range(m):
+                        good = acc[t] > 1e-12 * mom[ii + i, t] and acc[t] > 0
+                        ok[t] = ok[t] if good else 0.0
+                        low[ii + i, t] = math.sqrt(acc[t]) if good else 1.0
+                else:
+                    for t in range(m):
+                        low[ii + j, t] = acc[t] / low[jj + j, t]
+        # L^-1 (lower triangular), column by column
+        for i in range(q):
+            ii = i * (i + 1) // 2
+            for j in range(i + 1):
+                for t in range(m):
+                    acc[t] = 1.0 if i == j else 0.0
+                for c in range(j, i):
+                    for t in range(m):
+                        acc[t] -= low[ii + c, t] * linv[c * (c + 1) // 2 + j, t]
+                for t in range(m):
+                    linv[ii + j, t] = acc[t] / low[ii + i, t]
+        # covariance N^-1 = L^-T L^-1, coefficients N^-1 rhs
+        for i in range(q):
+            for j in range(i + 1):
+                for t in range(m):
+                    acc[t] = 0.0
+                for c in range(i, q):
+                    cc = c * (c + 1) // 2
+                    for t in range(m):
+                        acc[t] += linv[cc + i, t] * linv[cc + j, t]
+                ci = cov[i, j, t0:t0 + m]
+                cj = cov[j, i, t0:t0 + m]
+                for t in range(m):
+                    ci[t] = acc[t]
+                    cj[t] = acc[t]
+        for i in range(q):
+            for t in range(m):
+                beta[i, t] = 0.0
+            for j in range(q):
+                cr = cov[i, j, t0:t0 + m]
+                for t in range(m):
+                    beta[i, t] += np.float64(cr[t]) * mom[npair + j, t]
+        for t in range(m):
+            acc[t] = 0.0
+        for k in range(n):
+            for t in range(m):
+                r = Y[k, t]
+                for i in range(q):
+                    r -= x[k, i] * beta[i, t]
+                acc[t] += W[k, t] * r * r
+        for t in range(m):
+            npt = mom[cnt, t]
+            c2 = acc[t] / (npt - q) if npt > q else np.nan
+            scale = 1.0
+            if not weighted:
+                scale = c2 if math.isfinite(c2) else np.nan
+            good = ok[t] > 0
+            chi2[t0 + t] = c2 if good else np.nan
+            npts[t0 + t] = np.int16(npt)
+            for i in range(q):
+                coef[i, t0 + t] = beta[i, t] if good else np.nan
+                for j in range(q):
+                    cov[i, j, t0 + t] = cov[i, j, t0 + t] * scale if good else np.nan
+
+
+if HAVE_NUMBA:
+    _multi_kernel = njit(nogil=True, cache=True, error_model="numpy",
+                         fastmath={"contract"})(_multi_kernel_py)
+else:  # pragma: no cover
+    _multi_kernel = None
+
+
+def _multi_numpy(x, y, s, coef, cov, chi2, npts):
+    """numpy path of :func:`fit_linear_per_pixel` on one block of pixels."""
+    y = np.asarray(y, dtype=np.float64)
+    if s is None:
+        w = np.ones_like(y)
+    else:
+        sv = np.asarray(s, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            w = np.where(np.isfinite(sv) & (sv > 0), 1.0 / sv ** 2, 0.0)
+    w = np.where(np.isfinite(y), w, 0.0)
+    y0 = np.where(w > 0, y, 0.0)
+    q = x.shape[1]
+    nrm = np.einsum("ki,kj,kp->pij", x, x, w)
+    rhs = np.einsum("ki,kp->pi", x, w * y0)
+    cnt = (w > 0).sum(0)
+    ok = (cnt >= q) & (np.linalg.det(nrm) > 0)
+    safe = np.where(ok[:, None, None], nrm, np.eye(q))
+    inv = np.linalg.inv(safe)
+    beta = np.einsum("pij,pj->pi", inv, rhs)
+    resid = y0 - np.einsum("ki,pi->kp", x, beta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c2 = np.where(cnt > q, (w * resid * resid).sum(0) / (cnt - q), np.nan)
+    scale = np.ones_like(c2) if s is not None else c2
+    beta[~ok] = np.nan
+    inv = inv * scale[:, None, None]
+    inv[~ok] = np.nan
+    c2 = np.where(ok, c2, np.nan)
+    coef[...] = beta.T
+    cov[...] = np.moveaxis(inv, 0, -1)
+    chi2[...] = c2
+    npts[...] = cnt
+
+
+__all__ = ["LinearFit", "fit_line_per_pixel", "warmup", "MultiLinearFit",
+           "fit_linear_per_pixel", "constrained_terms"]

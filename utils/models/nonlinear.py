@@ -38,6 +38,7 @@ from .exp_kernels import (
     _nb_population,
 )
 from .linear import warmup as _warmup_line
+from .population import joint_shape
 
 # ---------------------------------------------------------------------------
 # Nonlinear fits: y = amplitude * exp(theta . z), z = per-point design columns
@@ -331,7 +332,7 @@ def _fallback_block(design, y, s, theta):
     return A, 1.0 / np.sqrt(swff), (w * r * r).sum(0)
 
 
-def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what):
+def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None):
     """Shared driver: first pass (numba kernel, or numpy blocks), population, fallback pass.
 
     Returns a dict of maps (float32 / bool / int16) and the population
@@ -373,9 +374,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what):
                 pop = list(pool.map(lambda j: population_value(theta[j], well), range(q)))
         else:
             pop = [population_value(theta[j], well) for j in range(q)]
-        if not np.isfinite(pop[0][0]):
-            raise fail
-        pop_theta = np.array([m for m, _ in pop])
+        pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared)
         f = design.exp(pop_theta[:, None])[:, 0]
         with np.errstate(all="ignore"):  # only for the float32 casts of overflowing values
             args = (status, npts, f, pop_theta.astype(np.float32),
@@ -387,10 +386,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what):
         well = status == _CONVERGED
         with np.errstate(invalid="ignore", divide="ignore"):
             chi2 = np.where(npts > p, chi / (npts - p), np.nan).astype(np.float32)
-        if not well.any():
-            raise fail
         pop = [population_value(theta[j], well) for j in range(q)]
-        pop_theta = np.array([m for m, _ in pop])
+        pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared)
         fb = np.flatnonzero(~well)
         theta[:, fb] = pop_theta[:, None]
         cov[:, :, fb] = 0.0
@@ -409,8 +406,25 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what):
         "theta": theta.reshape((q,) + shape), "theta_err": errs[1:].reshape((q,) + shape),
         "covariance": cov.reshape((p, p) + shape), "chi2": chi2.reshape(shape),
         "npoints": npts.reshape(shape), "fallback": ~well.reshape(shape),
-        "population": pop,
+        "population": [(float(v), spread) for v, (_, spread) in zip(pop_theta, pop)],
+        "population_err": joint.errors if joint is not None else np.full(q, np.nan),
+        "population_median": [m for m, _ in pop],
     }
+
+
+def _joint_population(z, y2, s2, pop, fail, shared=None):
+    """Population shape: the joint fit of every pixel (:mod:`utils.models.population`), which
+    the faint pixels do not bias; the median of the individually fitted pixels only when the
+    joint fit cannot be made.  Returns ``(theta, JointShape or None)``."""
+    medians = np.array([m for m, _ in pop])
+    try:
+        joint = joint_shape(z, y2, s2, medians if np.all(np.isfinite(medians)) else None,
+                            shared=shared)
+    except ValueError:
+        if not np.all(np.isfinite(medians)):
+            raise fail from None
+        return medians, None
+    return joint.theta, joint
 
 
 def _first_pass_numpy(design, y2, s2, min_snr, max_iter, tol, workers, outputs):
@@ -507,9 +521,16 @@ class ExponentialFit:
         is then fitted linearly at that rate (NaN without any usable point).
     x_ref : float
         Reference abscissa of the amplitude.
-    population_rate, population_rate_spread : float
-        Median and robust spread (1.4826 MAD) of the rates of the
-        well-measured (non-fallback) pixels.
+    population_rate : float
+        Rate of the population: the joint fit of every pixel with its own amplitude
+        (:func:`utils.models.population.joint_shape`), unbiased at low signal.
+    population_rate_spread : float
+        Robust spread (1.4826 MAD) of the rates of the well-measured (non-fallback) pixels.
+    population_rate_err : float
+        One-sigma error of ``population_rate``.
+    population_rate_median : float
+        Median rate of the well-measured pixels (biased low at low signal: they are selected
+        by their noise).
     """
 
     amplitude: np.ndarray
@@ -523,21 +544,26 @@ class ExponentialFit:
     x_ref: float
     population_rate: float
     population_rate_spread: float
+    population_rate_err: float = float("nan")
+    population_rate_median: float = float("nan")
 
     def predict(self, x: float) -> np.ndarray:
-        """Model value at ``x`` (float32 image)."""
-        e = np.exp(self.rate.astype(np.float64) * (x - self.x_ref))
-        return (self.amplitude * e).astype(np.float32)
+        """Model value at ``x`` (float32 image; inf where a pixel's own law runs beyond float32
+        far from its data)."""
+        with np.errstate(over="ignore"):
+            e = np.exp(self.rate.astype(np.float64) * (x - self.x_ref))
+            return (self.amplitude * e).astype(np.float32)
 
     def predict_err(self, x: float) -> np.ndarray:
         """One-sigma error of :meth:`predict` at ``x``, with the amplitude-rate covariance."""
         d = x - self.x_ref
         a = self.amplitude.astype(np.float64)
-        e = np.exp(self.rate.astype(np.float64) * d)
         # gradient (e, a d e): var = e^2 (s_a^2 + (a d s_r)^2 + 2 a d cov)
-        var = self.amplitude_err.astype(np.float64) ** 2 + (a * d * self.rate_err) ** 2 \
-            + 2 * a * d * self.covariance
-        return (e * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(self.rate.astype(np.float64) * d)
+            var = self.amplitude_err.astype(np.float64) ** 2 + (a * d * self.rate_err) ** 2 \
+                + 2 * a * d * self.covariance
+            return (e * np.sqrt(np.maximum(var, 0))).astype(np.float32)
 
 
 def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0,
@@ -618,10 +644,11 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
         raise ValueError("an exponential fit needs finite x with at least two distinct values")
     res = _fit_exp_model((x - x_ref)[:, None], y, sigma, min_snr=min_snr, max_iter=max_iter,
                          tol=tol, workers=workers, what="two distinct x")
-    (rate_med, rate_spread), = res["population"]
+    (rate_pop, rate_spread), = res["population"]
     return ExponentialFit(res["amplitude"], res["theta"][0], res["amplitude_err"],
                           res["theta_err"][0], res["covariance"][0, 1].copy(), res["chi2"],
-                          res["npoints"], res["fallback"], float(x_ref), rate_med, rate_spread)
+                          res["npoints"], res["fallback"], float(x_ref), rate_pop, rate_spread,
+                          float(res["population_err"][0]), float(res["population_median"][0]))
 
 
 @dataclass
@@ -649,9 +676,14 @@ class PowerExponentialFit:
     t_ref : float
         Reference temperature of the amplitude [degC].
     population_gamma, population_rate : float
-        Medians of gamma and rate over the well-measured pixels.
+        Gamma and rate of the population: the joint fit of every pixel with its own
+        amplitude (:func:`utils.models.population.joint_shape`), unbiased at low signal.
     population_gamma_spread, population_rate_spread : float
-        Their robust spreads (1.4826 MAD).
+        Robust spreads (1.4826 MAD) of gamma and rate over the well-measured pixels.
+    population_gamma_err, population_rate_err : float
+        One-sigma errors of the population values.
+    population_gamma_median, population_rate_median : float
+        Medians over the well-measured pixels (biased at low signal).
     """
 
     amplitude: np.ndarray
@@ -669,15 +701,22 @@ class PowerExponentialFit:
     population_rate: float
     population_gamma_spread: float
     population_rate_spread: float
+    population_gamma_err: float = float("nan")
+    population_rate_err: float = float("nan")
+    population_gamma_median: float = float("nan")
+    population_rate_median: float = float("nan")
 
     def _shape(self, temperature: float, exptime: float) -> np.ndarray:
         """t^gamma exp(rate (T - t_ref)) per pixel, float64."""
-        return np.exp(self.gamma.astype(np.float64) * np.log(exptime)
-                      + self.rate.astype(np.float64) * (temperature - self.t_ref))
+        with np.errstate(over="ignore"):
+            return np.exp(self.gamma.astype(np.float64) * np.log(exptime)
+                          + self.rate.astype(np.float64) * (temperature - self.t_ref))
 
     def predict(self, temperature: float, exptime: float) -> np.ndarray:
-        """Model value at ``temperature`` [degC] and ``exptime`` [s] (float32 image)."""
-        return (self.amplitude * self._shape(temperature, exptime)).astype(np.float32)
+        """Model value at ``temperature`` [degC] and ``exptime`` [s] (float32 image; inf where a
+        pixel's own law runs beyond float32 far from its data)."""
+        with np.errstate(over="ignore"):
+            return (self.amplitude * self._shape(temperature, exptime)).astype(np.float32)
 
     def predict_err(self, temperature: float, exptime: float) -> np.ndarray:
         """One-sigma error of :meth:`predict`, with the full parameter covariance."""
@@ -686,13 +725,16 @@ class PowerExponentialFit:
         # gradient f * (1, a ln t, a dT); var = f^2 * u^T C u
         u = (1.0, a * np.log(exptime), a * (temperature - self.t_ref))
         c = self.covariance
-        var = sum(u[i] * u[j] * c[i, j].astype(np.float64) for i in range(3) for j in range(3))
-        return (f * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            var = sum(u[i] * u[j] * c[i, j].astype(np.float64) for i in range(3)
+                      for j in range(3))
+            return (f * np.sqrt(np.maximum(var, 0))).astype(np.float32)
 
 
 def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: float,
                                     min_snr: float = 3.0, max_iter: int = 30,
-                                    tol: float = 1e-6, workers: int = 2) -> PowerExponentialFit:
+                                    tol: float = 1e-6, workers: int = 2,
+                                    shared_errors=None) -> PowerExponentialFit:
     """Weighted nonlinear fit of ``y = A t**gamma exp(rate (T - t_ref))`` for every pixel.
 
     Same scheme as :func:`fit_exponential_per_pixel` with three parameters:
@@ -719,6 +761,11 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
         Reference temperature of the amplitude [degC].
     min_snr, max_iter, tol, workers :
         As in :func:`fit_exponential_per_pixel`.
+    shared_errors : tuple (V, C), optional
+        Error shared between the points (e.g. one subtracted bias serving several
+        masters): ``cov = V_k C V_l^T`` with V (n, D) and C (D, D, ...); used by the
+        population fit (:func:`utils.models.population.joint_shape`), whose expectation
+        it would otherwise bias.
 
     Returns
     -------
@@ -746,12 +793,16 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
                          "cannot be separated")
     res = _fit_exp_model(z, y, sigma, min_snr=min_snr, max_iter=max_iter, tol=tol,
                          workers=workers,
-                         what="three points spanning two temperatures and two exposure times")
-    (g_med, g_spread), (r_med, r_spread) = res["population"]
+                         what="three points spanning two temperatures and two exposure times",
+                         shared=shared_errors)
+    (g_pop, g_spread), (r_pop, r_spread) = res["population"]
+    g_err, r_err = (float(v) for v in res["population_err"])
+    g_med, r_med = (float(v) for v in res["population_median"])
     return PowerExponentialFit(res["amplitude"], res["theta"][0], res["theta"][1],
                                res["amplitude_err"], res["theta_err"][0], res["theta_err"][1],
                                res["covariance"], res["chi2"], res["npoints"], res["fallback"],
-                               float(t_ref), g_med, r_med, g_spread, r_spread)
+                               float(t_ref), g_pop, r_pop, g_spread, r_spread, g_err, r_err,
+                               g_med, r_med)
 
 
 def warmup() -> float:

@@ -56,7 +56,15 @@ class FrameTruth:
     timestamp : float
         Acquisition time, Unix time [s].
     defect : str or None
-        ``truncated``, ``all_zero``, ``dead_region`` or None.
+        ``truncated``, ``all_zero``, ``dead_region``, ``zero_band``, ``lamp_drift`` or None.
+    dose_rate : float
+        True dose rate during the frame's exposure [krad/s] (0 with the beam off).
+    beam : bool
+        True when the beam was on during the frame.
+    since_beam_off : float or None
+        Time since the beam last went off [s]; None while it is on or before any irradiation.
+    illumination : float
+        Flat lamp flux relative to ``Physics.flat_flux`` [1] (1 for bias and darks).
     """
 
     path: str
@@ -73,6 +81,10 @@ class FrameTruth:
     frame: int
     timestamp: float
     defect: str | None = None
+    dose_rate: float = 0.0
+    beam: bool = False
+    since_beam_off: float | None = None
+    illumination: float = 1.0
 
 
 @dataclass(frozen=True)

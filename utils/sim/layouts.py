@@ -35,6 +35,7 @@ from .. import headers as kw
 from ..errors import ConfigError, UserError
 from ..io.fitsio import atomic_path, write_hdul, write_text
 from ..progress import progress
+from . import flats
 from .campaign import TRUTH_DIR, TRUTH_JSON, TRUTH_NPZ, AttemptTruth, Campaign, FrameTruth
 from .physics import (
     _KIND_NAMES,
@@ -206,25 +207,36 @@ def _flat_dir(g: int, groups: int, n: int, t: float, e: float) -> PurePosixPath:
     return PurePosixPath("TestSection3", "20Frames", T, E, f"attempt{n}")
 
 
-def _plan_irradiation(frames, doses, temperature, dark_exposures,
-                      flat_exposures) -> list[_Attempt]:
-    """Folders of the irradiation campaign: pre, one stage per dose step, post."""
+def _plan_irradiation(frames, doses, temperature, dark_exposures, flat_exposures,
+                      model_temperatures=None) -> list[_Attempt]:
+    """Folders of the irradiation campaign: pre, one stage per dose step, post.
+
+    With ``model_temperatures`` the pre and post stages take bias and darks at each of
+    those set points (enough for a dark-current model in temperature); flats and the dose
+    steps stay at ``temperature``.
+    """
     stages = [("pre", PurePosixPath(_STAGE_DIRS["pre"]), None, 0.0)]
     stages += [("radiating", PurePosixPath(_STAGE_DIRS["radiating"], f"{_g(d)}kRads"),
                 f"{_g(d)}kRads", d) for d in doses]
     stages.append(("post", PurePosixPath(_STAGE_DIRS["post"]), None, doses[-1]))
-    T = f"T{_g(temperature)}"
     plan: list[_Attempt] = []
     for stage, base, step, nominal in stages:
-        groups = [("bias", BIAS_EXPOSURE, base / _IRRADIATION_SECTIONS["bias"] / T / "attempt0")]
-        groups += [("dark", e, base / _IRRADIATION_SECTIONS["dark"] / T / f"{_g(e)}s" / "attempt0")
-                   for e in dark_exposures]
-        groups += [("flat", e, base / _IRRADIATION_SECTIONS["flat"] / T / f"{_g(e)}s" / "attempt0")
-                   for e in flat_exposures]
-        for kind, exposure, rel in groups:
+        setpoints = (tuple(model_temperatures) if model_temperatures and stage != "radiating"
+                     else (temperature,))
+        groups = []
+        for t in setpoints:
+            T = f"T{_g(t)}"
+            groups.append(("bias", t, BIAS_EXPOSURE,
+                           base / _IRRADIATION_SECTIONS["bias"] / T / "attempt0"))
+            groups += [("dark", t, e, base / _IRRADIATION_SECTIONS["dark"] / T / f"{_g(e)}s"
+                        / "attempt0") for e in dark_exposures]
+        T = f"T{_g(temperature)}"
+        groups += [("flat", temperature, e, base / _IRRADIATION_SECTIONS["flat"] / T / f"{_g(e)}s"
+                    / "attempt0") for e in flat_exposures]
+        for kind, setpoint, exposure, rel in groups:
             # while the beam is on, darks and flats carry the per-attempt radiation log
             log = RADIATION_LOG if stage == "radiating" and kind != "bias" else TEMPERATURE_LOG
-            plan.append(_Attempt(rel, kind, temperature, exposure, frames, 0, stage, step,
+            plan.append(_Attempt(rel, kind, setpoint, exposure, frames, 0, stage, step,
                                  nominal, log_name=log))
     for i, att in enumerate(plan):
         att.config_index = i % len(_CONFIG_STYLES)
@@ -288,15 +300,37 @@ def _schedule(rng: np.random.Generator, plan: list[_Attempt], physics: Physics,
     return out
 
 
-def _assign_doses(rng: np.random.Generator, plan: list[_Attempt], scheduled: list[list[_Frame]],
-                  physics: Physics) -> None:
-    """Dose of every frame: a constant-rate ramp over each dose step, annealed damage after.
+#: How the dose of a step is delivered (see :func:`_assign_doses`).
+DOSE_PROFILES = ("ramp", "before", "increments")
+#: Beam-on window of the ``before`` profile, as fractions of the settling pause before a step.
+_BEFORE_WINDOW = (0.75, 0.25)
+#: Beam-on window of each ``increments`` dose, seconds before the frame it precedes (it lies in
+#: the readout pause after the previous frame).
+_INCREMENT_WINDOW = (0.5, 0.1)
 
-    During a step the accumulated dose rises linearly in time from the previous
-    step's nominal dose (at its first frame) to its own (at its last frame);
-    each frame's damage is the dose at its time stamp.  Post-irradiation frames
-    log the final dose but carry only ``1 - annealing_fraction`` of its damage.
+
+def _assign_doses(rng: np.random.Generator, plan: list[_Attempt], scheduled: list[list[_Frame]],
+                  physics: Physics, profile: str = "ramp") -> dict[str, Any]:
+    """Dose, dose rate and beam state of every frame; annealed damage after irradiation.
+
+    ``profile`` says how each dose step is delivered:
+
+    * ``ramp`` (default): the accumulated dose rises linearly in time from the previous
+      step's nominal dose (at the step's first frame) to its own (at its last frame), the
+      beam being on during the step's frames; each frame's damage is the dose at its time;
+    * ``before``: the step's dose is delivered in the settling pause before its first frame
+      (beam off while measuring, the usual test method): every frame of the step carries
+      the nominal dose;
+    * ``increments``: the beam is off during every frame; before frame k (of n) of a step an
+      equal increment is delivered, so the frame carries ``previous + (k+1) (nominal -
+      previous) / n`` (the acquisition the old dose-spreading rule assumes).
+
+    Post-irradiation frames log the final dose but carry only ``1 - annealing_fraction`` of
+    its damage.  Returns the beam-on intervals and per-step rates for the truth file.
     """
+    if profile not in DOSE_PROFILES:
+        raise ConfigError(f"dose profile must be one of {', '.join(DOSE_PROFILES)}, "
+                          f"got {profile!r}")
     steps: dict[str, list[_Frame]] = {}
     nominal: dict[str, float] = {}
     for att, frames in zip(plan, scheduled):
@@ -304,35 +338,71 @@ def _assign_doses(rng: np.random.Generator, plan: list[_Attempt], scheduled: lis
             steps.setdefault(att.step, []).extend(frames)
             nominal[att.step] = att.nominal_dose
     rates: dict[str, float] = {}
+    frame_rate: dict[int, float] = {}           # id(frame) -> true rate during it [krad/s]
+    intervals: list[tuple[float, float, float]] = []   # (on, off, rate) [s, s, krad/s]
     previous = 0.0
     for step, frames in steps.items():
-        t0 = min(f.truth.timestamp for f in frames)
-        t1 = max(f.truth.timestamp for f in frames)
-        rates[step] = (nominal[step] - previous) / (t1 - t0) if t1 > t0 else 0.0
-        for f in frames:
-            dose = nominal[step] if t1 <= t0 else previous + rates[step] * (f.truth.timestamp - t0)
-            dose = round(dose, 4)
-            f.truth = dataclasses.replace(f.truth, dose=dose, damage_dose=dose)
+        frames = sorted(frames, key=lambda f: f.truth.timestamp)
+        t0, t1 = frames[0].truth.timestamp, frames[-1].truth.timestamp
+        delta = nominal[step] - previous
+        if profile == "ramp":
+            rates[step] = delta / (t1 - t0) if t1 > t0 else 0.0
+            for f in frames:
+                t = f.truth.timestamp
+                dose = nominal[step] if t1 <= t0 else previous + rates[step] * (t - t0)
+                f.truth = dataclasses.replace(f.truth, dose=round(dose, 4),
+                                              damage_dose=round(dose, 4))
+                frame_rate[id(f)] = rates[step] if t < t1 else 0.0
+            intervals.append((t0, t1, rates[step]))
+        elif profile == "before":
+            on, off = (t0 - SETTLE_GAP * _BEFORE_WINDOW[0], t0 - SETTLE_GAP * _BEFORE_WINDOW[1])
+            rates[step] = delta / (off - on)
+            for f in frames:
+                f.truth = dataclasses.replace(f.truth, dose=round(nominal[step], 4),
+                                              damage_dose=round(nominal[step], 4))
+                frame_rate[id(f)] = 0.0
+            intervals.append((on, off, rates[step]))
+        else:
+            width = _INCREMENT_WINDOW[0] - _INCREMENT_WINDOW[1]
+            rates[step] = delta / len(frames) / width
+            for k, f in enumerate(frames):
+                dose = round(previous + (k + 1) * delta / len(frames), 4)
+                f.truth = dataclasses.replace(f.truth, dose=dose, damage_dose=dose)
+                frame_rate[id(f)] = 0.0
+                t = f.truth.timestamp
+                intervals.append((t - _INCREMENT_WINDOW[0], t - _INCREMENT_WINDOW[1],
+                                  rates[step]))
         previous = nominal[step]
     final = previous
     for att, frames in zip(plan, scheduled):
-        true_rate = rates.get(att.step, 0.0) if att.stage == "radiating" else 0.0
+        step_rate = rates.get(att.step, 0.0) if att.stage == "radiating" else 0.0
         for f in frames:
             if att.stage == "post":
                 f.truth = dataclasses.replace(
                     f.truth, dose=final,
                     damage_dose=round(final * (1.0 - physics.annealing_fraction), 4))
+            rate = frame_rate.get(id(f), 0.0)
+            t = f.truth.timestamp
+            ended = [off for on, off, _ in intervals if off <= t]
+            since = round(t - max(ended), 3) if rate == 0.0 and ended else None
+            f.truth = dataclasses.replace(f.truth, dose_rate=rate, beam=rate > 0,
+                                          since_beam_off=since)
+            # the monitor reads the step's rate (the default ramp) or the rate during the frame
+            true_rate = step_rate if profile == "ramp" else rate
             measured = (true_rate * (1.0 + physics.dose_rate_noise * rng.standard_normal())
                         + physics.radiation_background * abs(rng.standard_normal()))
             f.radiation_level = float(f"{max(measured, 0.0):.6g}")
+    return {"dose_profile": profile, "step_dose_rates_krad_s": rates,
+            "beam_on_intervals": [list(iv) for iv in intervals]}
 
 
-def _place_defects(plan: list[_Attempt],
-                   scheduled: list[list[_Frame]]) -> dict[tuple[int, int], str]:
+def _place_defects(plan: list[_Attempt], scheduled: list[list[_Frame]], *,
+                   standard: bool = True, flat: bool = False) -> dict[tuple[int, int], str]:
     """Choose ``(attempt index, frame index)`` of each defect so that no group loses its frames.
 
     A slot is accepted only if its group (same kind, stage, step, set point and
-    exposure) keeps at least two clean frames.
+    exposure) keeps at least two clean frames.  ``standard``: the truncated, all-zero
+    and dead-region defects; ``flat``: also the flat defects of :mod:`utils.sim.flats`.
     """
     def group(i: int) -> tuple:
         a = plan[i]
@@ -345,7 +415,9 @@ def _place_defects(plan: list[_Attempt],
     flats = [i for i, a in enumerate(plan) if a.kind == "flat"]
     wanted = (("truncated", darks[1:] + darks[:1]),
               ("all_zero", darks[::-1]),
-              ("dead_region", flats + darks))
+              ("dead_region", flats + darks)) if standard else ()
+    if flat:
+        wanted += (("zero_band", flats), ("lamp_drift", flats[1:] + flats[:1]))
     placed: dict[tuple[int, int], str] = {}
     for name, candidates in wanted:
         slot = next(((i, k) for i in candidates for k in reversed(range(len(scheduled[i])))
@@ -406,13 +478,30 @@ def _log_text(att: _Attempt, frames: list[_Frame]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _campaign_radiation_log_text(frames: Iterable[_Frame]) -> str:
+def _campaign_radiation_log_text(frames: Iterable[_Frame],
+                                 beam_rows: Sequence[tuple[float, float, float]] = ()) -> str:
+    """The campaign log: one row per frame, plus rows without a frame (empty FrameNum and
+    Temperature) at ``beam_rows`` ``(time [s], dose [krad], level [krad/s])``."""
+    rows = [(f.truth.timestamp, f"{f.truth.frame},{_num(f.truth.timestamp, 3)},"
+             f"{_num(f.truth.dose, 4)},{_num(f.radiation_level, 8)},"
+             f"{_num(f.truth.temperature, 3)}") for f in frames]
+    rows += [(t, f",{_num(t, 3)},{_num(d, 4)},{_num(level, 8)},") for t, d, level in beam_rows]
     lines = ["FrameNum,TimeStamp,Dose,RadiationLevel,Temperature"]
-    for f in sorted(frames, key=lambda f: f.truth.timestamp):
-        t = f.truth
-        lines.append(f"{t.frame},{_num(t.timestamp, 3)},{_num(t.dose, 4)},"
-                     f"{_num(f.radiation_level, 8)},{_num(t.temperature, 3)}")
+    lines += [text for _, text in sorted(rows, key=lambda r: r[0])]
     return "\n".join(lines) + "\n"
+
+
+def _beam_rows(info: dict[str, Any], physics: Physics) -> list[tuple[float, float, float]]:
+    """Log rows at the beam switching times of the ``before`` profile (the frames alone would
+    not show when the dose was delivered)."""
+    if info.get("dose_profile") != "before":
+        return []
+    rows, dose = [], 0.0
+    for on, off, rate in info["beam_on_intervals"]:
+        rows.append((round(on, 3), round(dose, 4), 0.0))
+        dose += rate * (off - on)
+        rows.append((round(off, 3), round(dose, 4), float(f"{rate:.6g}")))
+    return rows
 
 
 def _dosedir_log_text(frames: Iterable[_Frame], constant_dose: float | None) -> str:
@@ -501,15 +590,19 @@ def _write_frames(root: Path, rng: np.random.Generator, sensor: Sensor, physics:
             write_text(_log_text(att, frames), folder / att.log_name)
         for k, f in enumerate(frames):
             t = f.truth
-            data = render_frame(rng, sensor, physics, kind=t.kind, temperature=t.temperature,
-                                exposure=t.real_exposure, damage_dose=t.damage_dose)
             defect = defects.get((i, k))
+            lamp = flats.lamp_factor(rng, physics, defect) if t.kind == "flat" else 1.0
+            data = render_frame(rng, sensor, physics, kind=t.kind, temperature=t.temperature,
+                                exposure=t.real_exposure, damage_dose=t.damage_dose,
+                                illumination=lamp)
             if defect == "all_zero":
                 data[:] = 0
             elif defect == "dead_region":
                 data[_dead_region(data.shape)] = 0
-            if defect:
-                f.truth = dataclasses.replace(t, defect=defect)
+            elif defect == "zero_band":
+                data[flats.zero_band(data.shape)] = 0
+            if defect or lamp != 1.0:
+                f.truth = dataclasses.replace(t, defect=defect, illumination=lamp)
             if att.fits:
                 write_hdul(fits.HDUList([fits.PrimaryHDU(data, _fits_header(t, physics))]),
                            root / t.path)
@@ -532,12 +625,14 @@ def _write_truth(root: Path, document: dict[str, Any],
 
 def _simulate(out, layout: str, seed: int, width: int, height: int, physics: Physics | None,
               plan: list[_Attempt], *, defects: bool, parameters: dict[str, Any],
-              progress_bar: bool, write_extra=None, damage_states=None) -> Campaign:
+              progress_bar: bool, write_extra=None, damage_states=None,
+              dose_profile: str = "ramp", flat_defects: bool = False) -> Campaign:
     """Common driver: sensor -> schedule -> doses -> defects -> frames -> logs -> truth.
 
-    ``write_extra(root, plan, scheduled)`` writes layout-specific files (campaign
-    logs); ``damage_states(plan, scheduled)`` returns ``(labels, doses)`` of the
-    damage maps to record, for layouts with radiation.
+    ``write_extra(root, plan, scheduled, irradiation)`` writes layout-specific files
+    (campaign logs; ``irradiation`` is what :func:`_assign_doses` returned);
+    ``damage_states(plan, scheduled)`` returns ``(labels, doses)`` of the damage maps to
+    record, for layouts with radiation.
     """
     physics = Physics() if physics is None else physics
     width, height = int(width), int(height)
@@ -546,17 +641,20 @@ def _simulate(out, layout: str, seed: int, width: int, height: int, physics: Phy
     rng = np.random.default_rng(seed)
     sensor = make_sensor(rng, width, height, physics)
     scheduled = _schedule(rng, plan, physics)
-    _assign_doses(rng, plan, scheduled, physics)
-    placed = _place_defects(plan, scheduled) if defects else {}
+    irradiation = _assign_doses(rng, plan, scheduled, physics, dose_profile)
+    placed = _place_defects(plan, scheduled, standard=defects, flat=flat_defects) \
+        if defects or flat_defects else {}
     _write_frames(root, rng, sensor, physics, plan, scheduled, width, height, seed, placed,
                   progress_bar)
     if write_extra is not None:
-        write_extra(root, plan, scheduled)
+        write_extra(root, plan, scheduled, irradiation)
     maps = truth_maps(sensor, physics)
     if damage_states is not None:
         maps.update(damage_maps(sensor, physics, *damage_states(plan, scheduled)))
     extra = {"parameters": parameters,
              "defects": _defect_details(scheduled, placed, (height, width))}
+    if damage_states is not None:
+        extra["irradiation"] = irradiation
     document = _truth_document(layout, seed, width, height, physics, plan, scheduled, extra, maps)
     json_path, npz_path = _write_truth(root, document, maps)
     return Campaign(root=root, layout=layout, seed=seed, width=width, height=height,
@@ -576,6 +674,11 @@ def _defect_details(scheduled: list[list[_Frame]], placed: dict[tuple[int, int],
         elif name == "dead_region":
             rows, cols = _dead_region(shape)
             item["rows"], item["columns"] = [rows.start, rows.stop], [cols.start, cols.stop]
+        elif name == "zero_band":
+            rows, _ = flats.zero_band(shape)
+            item["rows"], item["columns"] = [rows.start, rows.stop], [0, shape[1]]
+        elif name == "lamp_drift":
+            item["illumination"] = scheduled[i][k].truth.illumination
         details.append(item)
     return details
 
@@ -592,7 +695,7 @@ def simulate_standard(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
                       flat_temperatures: Sequence[float] = (25.0,),
                       flat_exposures: Sequence[float] = (0.1, 0.4),
                       attempts: int = 2, defects: bool = True, physics: Physics | None = None,
-                      progress_bar: bool = False) -> Campaign:
+                      progress_bar: bool = False, flat_defects: bool = False) -> Campaign:
     """Write a standard calibration campaign (bias, dark and flat test sections).
 
     Layout under ``out``: ``TestSection1/T<t>/attempt<n>/`` (bias, 12 us);
@@ -630,6 +733,9 @@ def simulate_standard(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
         Camera parameters. Default is ``Physics()``.
     progress_bar : bool, optional
         Show a progress bar. Default is False.
+    flat_defects : bool, optional
+        Also plant a flat whose middle rows read 0 (``zero_band``) and a flat lit 10 %
+        low (``lamp_drift``), see :mod:`utils.sim.flats`. Default is False.
 
     Returns
     -------
@@ -658,8 +764,11 @@ def simulate_standard(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
                   flat_exposures=_check_levels("flat_exposures", flat_exposures, positive=True))
     plan = _plan_standard(int(frames), int(attempts), **levels)
     parameters = {**levels, "frames": int(frames), "attempts": int(attempts), "defects": defects}
+    if flat_defects:
+        parameters["flat_defects"] = True
     return _simulate(out, "standard", seed, width, height, physics, plan, defects=defects,
-                     parameters=parameters, progress_bar=progress_bar)
+                     parameters=parameters, progress_bar=progress_bar,
+                     flat_defects=flat_defects)
 
 
 def _check_doses(doses: Sequence[float]) -> tuple[float, ...]:
@@ -674,7 +783,9 @@ def simulate_irradiation(out: str | os.PathLike, *, seed: int = 1, width: int = 
                          doses: Sequence[float] = (10.0, 20.0), temperature: float = 20.0,
                          dark_exposures: Sequence[float] = (1.0,),
                          flat_exposures: Sequence[float] = (0.2,), defects: bool = False,
-                         physics: Physics | None = None, progress_bar: bool = False) -> Campaign:
+                         physics: Physics | None = None, progress_bar: bool = False,
+                         model_temperatures: Sequence[float] | None = None,
+                         dose_profile: str = "ramp") -> Campaign:
     """Write an irradiation campaign: pre-irradiation, one stage per dose step, post-irradiation.
 
     Layout under ``out``: ``Preirradiation/``, ``Irradiation/<dose>kRads/`` and
@@ -713,12 +824,23 @@ def simulate_irradiation(out: str | os.PathLike, *, seed: int = 1, width: int = 
         Camera parameters. Default is ``Physics()``.
     progress_bar : bool, optional
         Show a progress bar. Default is False.
+    model_temperatures : sequence of float, optional
+        Set points [degC] of the bias and darks of the pre and post stages (every
+        exposure at each), so that their dark-current model in temperature can be
+        fitted; flats and dose steps stay at ``temperature``. Default: ``temperature``
+        only.
+    dose_profile : {"ramp", "before"}, optional
+        How each step's dose is delivered: ``ramp`` (default) while the step's frames
+        are taken, ``before`` in the pause before them (beam off while measuring; the
+        campaign log then has rows at the beam switching times). Per-frame dose rate,
+        beam state and time since beam-off are in the frame records.
 
     Returns
     -------
     Campaign
         Paths and per-frame truth; ``truth.npz`` adds the damage maps of every
-        dose step and of the post stage (labels ``<dose>kRads`` and ``post``).
+        dose step and of the post stage (labels ``<dose>kRads`` and ``post``);
+        ``truth.json`` adds ``irradiation`` (beam-on intervals, per-step dose rates).
 
     Raises
     ------
@@ -731,11 +853,17 @@ def simulate_irradiation(out: str | os.PathLike, *, seed: int = 1, width: int = 
     temperature = _check_levels("temperature", [temperature])[0]
     dark_exposures = _check_levels("dark_exposures", dark_exposures, positive=True)
     flat_exposures = _check_levels("flat_exposures", flat_exposures, positive=True)
-    plan = _plan_irradiation(int(frames), doses, temperature, dark_exposures, flat_exposures)
+    if model_temperatures is not None:
+        model_temperatures = _check_levels("model_temperatures", model_temperatures)
+    if dose_profile not in ("ramp", "before"):
+        raise ConfigError(f"dose_profile must be ramp or before, got {dose_profile!r}")
+    plan = _plan_irradiation(int(frames), doses, temperature, dark_exposures, flat_exposures,
+                             model_temperatures)
     post_damage = round(doses[-1] * (1.0 - physics.annealing_fraction), 4)
 
-    def write_extra(root, plan, scheduled):
-        write_text(_campaign_radiation_log_text(f for fr in scheduled for f in fr),
+    def write_extra(root, plan, scheduled, irradiation):
+        write_text(_campaign_radiation_log_text((f for fr in scheduled for f in fr),
+                                                _beam_rows(irradiation, physics)),
                    root / CAMPAIGN_RADIATION_LOG)
 
     def damage_states(plan, scheduled):
@@ -744,17 +872,19 @@ def simulate_irradiation(out: str | os.PathLike, *, seed: int = 1, width: int = 
     parameters = {"frames": int(frames), "doses": doses, "temperature": temperature,
                   "dark_exposures": dark_exposures, "flat_exposures": flat_exposures,
                   "defects": defects, "post_damage_dose": post_damage,
-                  "radiation_log": CAMPAIGN_RADIATION_LOG}
+                  "radiation_log": CAMPAIGN_RADIATION_LOG,
+                  "model_temperatures": model_temperatures, "dose_profile": dose_profile}
     return _simulate(out, "irradiation", seed, width, height, physics, plan, defects=defects,
                      parameters=parameters, progress_bar=progress_bar, write_extra=write_extra,
-                     damage_states=damage_states)
+                     damage_states=damage_states, dose_profile=dose_profile)
 
 
 def simulate_dosedirs(out: str | os.PathLike, *, seed: int = 1, width: int = 40, height: int = 24,
                       frames: int = 4, doses: Sequence[float] = (5.0, 10.0),
                       with_log: Sequence[bool] = (False, True), constant_dose_log: bool = True,
                       physics: Physics | None = None, temperature: float = 20.0,
-                      dark_exposure: float = 1.0, progress_bar: bool = False) -> Campaign:
+                      dark_exposure: float = 1.0, progress_bar: bool = False,
+                      dose_profile: str = "ramp") -> Campaign:
     """Write dose directories of already-converted FITS frames.
 
     Layout under ``out``: ``<dose>kRads/fits/`` holding ``frames`` bias frames
@@ -795,6 +925,12 @@ def simulate_dosedirs(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
         Exposure of the darks [s]. Default is 1.
     progress_bar : bool, optional
         Show a progress bar. Default is False.
+    dose_profile : {"ramp", "increments"}, optional
+        ``ramp`` (default): the dose rises at a constant rate over the folder's frames;
+        ``increments``: the beam is off during every frame and an equal increment
+        precedes each, so frame k (of n, in time order) of a folder carries
+        ``previous + (k+1) (nominal - previous) / n`` (what the old dose-spreading rule
+        assumes when a folder has no usable log).
 
     Returns
     -------
@@ -813,9 +949,11 @@ def simulate_dosedirs(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
     dark_exposure = _check_levels("dark_exposure", [dark_exposure], positive=True)[0]
     logged = [bool(with_log[i % len(with_log)]) if len(with_log) else False
               for i in range(len(doses))]
+    if dose_profile not in ("ramp", "increments"):
+        raise ConfigError(f"dose_profile must be ramp or increments, got {dose_profile!r}")
     plan = _plan_dosedirs(int(frames), doses, temperature, dark_exposure)
 
-    def write_extra(root, plan, scheduled):
+    def write_extra(root, plan, scheduled, irradiation):
         for dose, has_log in zip(doses, logged):
             if not has_log:
                 continue
@@ -829,7 +967,7 @@ def simulate_dosedirs(out: str | os.PathLike, *, seed: int = 1, width: int = 40,
 
     parameters = {"frames": int(frames), "doses": doses, "with_log": logged,
                   "constant_dose_log": bool(constant_dose_log), "temperature": temperature,
-                  "dark_exposure": dark_exposure}
+                  "dark_exposure": dark_exposure, "dose_profile": dose_profile}
     return _simulate(out, "dosedirs", seed, width, height, physics, plan, defects=False,
                      parameters=parameters, progress_bar=progress_bar, write_extra=write_extra,
-                     damage_states=damage_states)
+                     damage_states=damage_states, dose_profile=dose_profile)

@@ -21,6 +21,10 @@ from ..errors import ConfigError
 
 #: Bits of each stored sample (``BIT_DEPTH`` of the configuration).
 SAMPLE_BITS = adu.STORED_BITS
+#: Relative photo-response of a column defect (``Physics.defect_columns``).
+COLUMN_DEFECT_RESPONSE = 0.85
+#: Range of the relative photo-response of a cold pixel (``Physics.cold_fraction``).
+COLD_RESPONSE = (0.3, 0.7)
 _KIND_NAMES = {"bias": "Bias", "dark": "Dark", "flat": "Flat"}
 
 
@@ -76,6 +80,16 @@ class Physics:
     annealing_fraction: float = _param(0.3, "1", "fraction of the damage recovered afterwards")
     dose_rate_noise: float = _param(0.05, "1", "relative rms noise of the measured dose rate")
     radiation_background: float = _param(1e-4, "krad/s", "rms background of the dose-rate monitor")
+    # flat-field truth (defaults leave every earlier campaign unchanged, byte for byte)
+    optical_centre_x: float = _param(0.5, "1", "optical-centre column / (width - 1)")
+    optical_centre_y: float = _param(0.5, "1", "optical-centre row / (height - 1)")
+    vignetting_r4: float = _param(0.0, "1", "quartic fall-off: 1 - v (r/rmax)^2 - v4 (r/rmax)^4")
+    prnu_row_sigma: float = _param(0.0, "1", "rms of the per-row photo-response pattern")
+    prnu_col_sigma: float = _param(0.0, "1", "rms of the per-column photo-response pattern")
+    cold_fraction: float = _param(0.0, "1", "fraction of cold pixels (response 30-70 %)")
+    dead_fraction: float = _param(0.0, "1", "fraction of dead pixels (no photo-response)")
+    defect_columns: int = _param(0, "1", "columns whose response is COLUMN_DEFECT_RESPONSE")
+    lamp_stability: float = _param(0.0, "1", "relative rms of the flat lamp flux, frame to frame")
 
     def __post_init__(self):
         if not 1 <= self.adc_bits <= SAMPLE_BITS:
@@ -84,7 +98,9 @@ class Physics:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"Physics.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("noisy_fraction", "hot_fraction", "annealing_fraction", "vignetting"):
+        for name in ("noisy_fraction", "hot_fraction", "annealing_fraction", "vignetting",
+                     "optical_centre_x", "optical_centre_y", "vignetting_r4", "cold_fraction",
+                     "dead_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"Physics.{name} must be within 0..1, got {getattr(self, name)}")
         for low, high in (("hot_factor_min", "hot_factor_max"), ("rad_hot_min", "rad_hot_max")):
@@ -147,6 +163,13 @@ class Sensor:
         Damage dose at which the pixel turns hot [krad].
     rad_hot_amplitude : numpy.ndarray
         Extra dark current at ``t_ref`` once it has turned hot [e-/s].
+    response_defect : numpy.ndarray or None
+        Relative photo-response of defects (cold, dead pixels, column defects), 1 elsewhere
+        [1]; None when the sensor has none.
+    cold_mask, dead_mask, column_defect_mask : numpy.ndarray or None
+        Boolean maps of those defects (None when the sensor has none).
+    prnu_row, prnu_col : numpy.ndarray or None
+        Row (height,) and column (width,) parts of ``prnu`` [1] (None when absent).
     """
 
     bias_a: np.ndarray
@@ -159,6 +182,12 @@ class Sensor:
     vignetting: np.ndarray
     rad_hot_threshold: np.ndarray
     rad_hot_amplitude: np.ndarray
+    response_defect: np.ndarray | None = None
+    cold_mask: np.ndarray | None = None
+    dead_mask: np.ndarray | None = None
+    column_defect_mask: np.ndarray | None = None
+    prnu_row: np.ndarray | None = None
+    prnu_col: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -204,20 +233,61 @@ def make_sensor(rng: np.random.Generator, width: int, height: int, physics: Phys
     hot = rng.random(shape) < physics.hot_fraction
     dark[hot] *= rng.uniform(physics.hot_factor_min, physics.hot_factor_max, int(hot.sum()))
     prnu = (1.0 + physics.prnu_sigma * rng.standard_normal(shape)).astype(f32)
-    # radial fall-off about the optical centre, normalised to the corner distance
+    # radial fall-off about the optical centre, normalised to the frame's half-diagonal
     y, x = np.indices(shape, dtype=np.float64)
     yc, xc = (height - 1) / 2.0, (width - 1) / 2.0
-    r2 = ((y - yc) ** 2 + (x - xc) ** 2) / max(yc ** 2 + xc ** 2, 1e-12)
-    vignetting = (1.0 - physics.vignetting * r2).astype(f32)
+    y0, x0 = physics.optical_centre_y * (height - 1), physics.optical_centre_x * (width - 1)
+    r2 = ((y - y0) ** 2 + (x - x0) ** 2) / max(yc ** 2 + xc ** 2, 1e-12)
+    fall = physics.vignetting * r2
+    if physics.vignetting_r4:
+        fall = fall + physics.vignetting_r4 * r2 * r2
+    vignetting = (1.0 - fall).astype(f32)
+    if vignetting.min() <= 0:
+        raise ConfigError("Physics.vignetting and vignetting_r4 leave no light in a corner; "
+                          "lower them or move the optical centre")
     # a pixel turns hot once the damage dose passes its threshold: the hot set only grows with dose
     if physics.rad_hot_rate > 0:
         threshold = rng.exponential(1.0 / physics.rad_hot_rate, shape)
     else:
         threshold = np.full(shape, np.inf)
     amplitude = rng.uniform(physics.rad_hot_min, physics.rad_hot_max, shape)
+    # flat-field structure: drawn only when asked for, after everything above, so campaigns
+    # without it keep their random stream
+    flat = _flat_structure(rng, shape, physics)
+    if flat.get("prnu_row") is not None:
+        prnu = (prnu + flat["prnu_row"][:, None] + flat["prnu_col"][None, :]).astype(f32)
     return Sensor(bias_a=bias_a, bias_b=bias_b, read_noise=read_noise, dark_ref=dark.astype(f32),
                   hot_mask=hot, noisy_mask=noisy, prnu=prnu, vignetting=vignetting,
-                  rad_hot_threshold=threshold.astype(f32), rad_hot_amplitude=amplitude.astype(f32))
+                  rad_hot_threshold=threshold.astype(f32), rad_hot_amplitude=amplitude.astype(f32),
+                  **flat)
+
+
+def _flat_structure(rng: np.random.Generator, shape: tuple[int, int], physics: Physics) -> dict:
+    """Row/column response patterns and defects (cold, dead pixels, column defects).
+
+    Returns the optional :class:`Sensor` fields; empty when the physics asks for none.
+    """
+    out: dict = {}
+    height, width = shape
+    if physics.prnu_row_sigma > 0 or physics.prnu_col_sigma > 0:
+        out["prnu_row"] = (physics.prnu_row_sigma * rng.standard_normal(height)).astype(np.float32)
+        out["prnu_col"] = (physics.prnu_col_sigma * rng.standard_normal(width)).astype(np.float32)
+    if physics.cold_fraction > 0 or physics.dead_fraction > 0 or physics.defect_columns > 0:
+        response = np.ones(shape, np.float32)
+        cold = rng.random(shape) < physics.cold_fraction
+        response[cold] = rng.uniform(*COLD_RESPONSE, int(cold.sum()))
+        dead = (rng.random(shape) < physics.dead_fraction) & ~cold
+        response[dead] = 0.0
+        columns = np.zeros(shape, bool)
+        n_col = min(int(physics.defect_columns), max(width - 4, 0))
+        if n_col:
+            # away from the edges, where a column is hard to tell from vignetting
+            picks = rng.choice(np.arange(2, width - 2), n_col, replace=False)
+            columns[:, picks] = True
+            response[:, picks] *= np.float32(COLUMN_DEFECT_RESPONSE)
+        out.update(response_defect=response, cold_mask=cold, dead_mask=dead,
+                   column_defect_mask=columns)
+    return out
 
 
 def bias_level(sensor: Sensor, physics: Physics, temperature: float,
@@ -240,8 +310,11 @@ def dark_current(sensor: Sensor, physics: Physics, temperature: float,
 
 
 def flat_illumination(sensor: Sensor, physics: Physics) -> np.ndarray:
-    """Photo-electron rate of a flat field [e-/s]: flux x PRNU x vignetting."""
-    return physics.flat_flux * sensor.prnu * sensor.vignetting
+    """Photo-electron rate of a flat field [e-/s]: flux x PRNU x vignetting (x defects)."""
+    rate = physics.flat_flux * sensor.prnu * sensor.vignetting
+    if sensor.response_defect is not None:
+        rate = rate * sensor.response_defect
+    return rate
 
 
 def digitise(counts: np.ndarray, adc_bits: int) -> np.ndarray:
@@ -258,7 +331,8 @@ def digitise(counts: np.ndarray, adc_bits: int) -> np.ndarray:
 
 
 def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, kind: str,
-                 temperature: float, exposure: float, damage_dose: float = 0.0) -> np.ndarray:
+                 temperature: float, exposure: float, damage_dose: float = 0.0,
+                 illumination: float = 1.0) -> np.ndarray:
     """Draw one frame as stored by the camera (uint16, ADC count x 16).
 
     Parameters
@@ -277,6 +351,8 @@ def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, 
         Integration time [s].
     damage_dose : float, optional
         Radiation damage [krad]. Default is 0.
+    illumination : float, optional
+        Flat lamp flux relative to ``Physics.flat_flux`` [1] (lamp drift). Default is 1.
 
     Returns
     -------
@@ -287,7 +363,8 @@ def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, 
         raise ValueError(f"kind must be one of {sorted(_KIND_NAMES)}, got {kind!r}")
     electrons = dark_current(sensor, physics, temperature, damage_dose) * exposure
     if kind == "flat":
-        electrons = electrons + flat_illumination(sensor, physics) * exposure
+        light = flat_illumination(sensor, physics) * exposure
+        electrons = electrons + (light if illumination == 1.0 else light * illumination)
     counts = bias_level(sensor, physics, temperature, damage_dose).astype(np.float64)
     counts += rng.poisson(electrons) / physics.gain
     counts += rng.standard_normal(sensor.shape) * sensor.read_noise
@@ -303,7 +380,8 @@ def truth_maps(sensor: Sensor, physics: Physics) -> dict[str, np.ndarray]:
         ``bias_a`` [adu, bias at 0 degC], ``bias_b`` [adu/degC], ``read_noise``
         [adu], ``dark_ref`` [e-/s at t_ref], ``dark_ref_adu`` [adu/s at t_ref],
         ``hot_mask``, ``noisy_mask`` (bool), ``prnu`` [1], ``vignetting`` [1],
-        ``flat_rate`` [adu/s, flat signal per second of exposure].
+        ``flat_rate`` [adu/s, flat signal per second of exposure], and the flat-field
+        truth of :func:`flat_truth`.
     """
     scale = np.float32(physics.adu_scale)
     per_electron = np.float32(physics.adu_scale / physics.gain)
@@ -318,6 +396,27 @@ def truth_maps(sensor: Sensor, physics: Physics) -> dict[str, np.ndarray]:
         "prnu": sensor.prnu,
         "vignetting": sensor.vignetting,
         "flat_rate": (flat_illumination(sensor, physics) * per_electron).astype(np.float32),
+        **flat_truth(sensor),
+    }
+
+
+def flat_truth(sensor: Sensor) -> dict[str, np.ndarray]:
+    """Flat-field truth: ``response`` [1, ``prnu`` times the defects' response],
+    ``cold_mask``, ``dead_mask``, ``column_defect_mask`` (bool), ``prnu_row`` [1, (height,)]
+    and ``prnu_col`` [1, (width,)] (zeros / False when the sensor has none)."""
+    shape = sensor.shape
+    none = np.zeros(shape, bool)
+    defect = sensor.response_defect
+    return {
+        "response": (sensor.prnu if defect is None else sensor.prnu * defect).astype(np.float32),
+        "cold_mask": none if sensor.cold_mask is None else sensor.cold_mask,
+        "dead_mask": none if sensor.dead_mask is None else sensor.dead_mask,
+        "column_defect_mask": none if sensor.column_defect_mask is None
+        else sensor.column_defect_mask,
+        "prnu_row": np.zeros(shape[0], np.float32) if sensor.prnu_row is None
+        else sensor.prnu_row,
+        "prnu_col": np.zeros(shape[1], np.float32) if sensor.prnu_col is None
+        else sensor.prnu_col,
     }
 
 
@@ -364,6 +463,8 @@ _MAP_UNITS = {
     "bias_a": "adu (stored 16-bit, bias at 0 degC)", "bias_b": "adu/degC", "read_noise": "adu",
     "dark_ref": "e-/s at t_ref", "dark_ref_adu": "adu/s at t_ref", "hot_mask": "bool",
     "noisy_mask": "bool", "prnu": "1", "vignetting": "1", "flat_rate": "adu/s",
+    "response": "1 (prnu x defect response)", "cold_mask": "bool", "dead_mask": "bool",
+    "column_defect_mask": "bool", "prnu_row": "1 (per row)", "prnu_col": "1 (per column)",
     "rad_hot_threshold": "krad", "rad_hot_amplitude": "e-/s at t_ref", "damage_label": "str",
     "damage_dose": "krad", "damage_bias_shift": "adu", "damage_dark_ref": "e-/s at t_ref",
     "damage_hot_mask": "bool",

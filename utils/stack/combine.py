@@ -87,6 +87,8 @@ MEDIAN_ERROR_FACTOR = math.sqrt(math.pi / 2)
 FLAG_FEW = 1         # fewer than ``min_accepted`` samples accepted
 FLAG_SATURATED = 2   # saturated in more than half of the inputs
 FLAG_NONFINITE = 4   # master value is not finite (e.g. no sample at all)
+FLAG_PARTSAT = 8     # saturated in some (at most half) of the inputs: the mean of the others is
+#                      biased low (the bright tail was cut), so the value is not valid either
 
 METHODS = ("mean", "median", "sigclip")
 _METHOD_CODE = {"mean": 0, "median": 1, "sigclip": 2}
@@ -121,7 +123,8 @@ class MasterResult:
     count : numpy.ndarray
         int16 number of accepted samples per pixel.
     flags : numpy.ndarray
-        uint8 bit plane: ``FLAG_FEW`` (1), ``FLAG_SATURATED`` (2), ``FLAG_NONFINITE`` (4).
+        uint8 bit plane: ``FLAG_FEW`` (1), ``FLAG_SATURATED`` (2), ``FLAG_NONFINITE`` (4),
+        ``FLAG_PARTSAT`` (8: saturated in some inputs, the mean of the rest biased low).
     header : astropy.io.fits.Header
         Combination keywords, master statistics and provenance.
     inputs : pandas.DataFrame
@@ -530,6 +533,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
         if nsat is not None:
             most = 2 * nsat[blk].astype(np.int32) > n
             flags[blk] |= np.where(most, FLAG_SATURATED, 0).astype(np.uint8)
+            flags[blk] |= np.where(~most & (nsat[blk] > 0), FLAG_PARTSAT, 0).astype(np.uint8)
         flags[blk] |= np.where(np.isfinite(data[blk]), 0, FLAG_NONFINITE).astype(np.uint8)
         with np.errstate(invalid="ignore", divide="ignore"):
             np.divide(noise[blk], np.sqrt(count[blk].astype(np.float32)), out=stderr[blk])

@@ -58,6 +58,41 @@ def cluster(values: np.ndarray, width: float, *, relative: bool = False) -> np.n
     return labels
 
 
+def stage_tag(stage: str, dose: float = math.nan) -> str:
+    """Name fragment of one (stage, dose step): ``pre``, ``radiating_D10kR``, ``post`` or ''.
+
+    Every product made per irradiation stage carries it (folder or file name), so products
+    of different stages and dose steps never collide.  Only the radiating stage has several
+    dose steps; a radiating stage without a known step is plain ``radiating``.
+
+    Examples
+    --------
+    >>> stage_tag("radiating", 10.0), stage_tag("radiating", 2.5), stage_tag("post", 40.0)
+    ('radiating_D10kR', 'radiating_D2.5kR', 'post')
+    >>> stage_tag("", math.nan)
+    ''
+    """
+    if not stage:
+        return ""
+    if stage != "radiating" or dose is None or math.isnan(dose):
+        return stage
+    return f"{stage}_D{float(dose) + 0.0:g}kR"
+
+
+def parse_stage_tag(tag: str) -> tuple[str, float]:
+    """Inverse of :func:`stage_tag`: ``(stage, dose)`` (NaN dose for pre/post).
+
+    Examples
+    --------
+    >>> parse_stage_tag("radiating_D10kR"), parse_stage_tag("pre")
+    (('radiating', 10.0), ('pre', nan))
+    """
+    m = re.fullmatch(r"(.+)_D([-+0-9.eE]+)kR", tag)
+    if m:
+        return m.group(1), float(m.group(2))
+    return tag, math.nan
+
+
 @dataclass(frozen=True, order=True)
 class GroupKey:
     """Identity of one calibration set.
@@ -87,12 +122,9 @@ class GroupKey:
 
     @property
     def stage_dir(self) -> str:
-        """Folder of this stage's products: ``pre``, ``radiating_10krad``, ``post`` or ''."""
-        if not self.stage:
-            return ""
-        if math.isnan(self.dose) or self.stage != "radiating":
-            return self.stage
-        return f"{self.stage}_{self.dose:g}krad"
+        """Folder of this stage's products: :func:`stage_tag` (``pre``, ``radiating_D10kR``,
+        ``post`` or '')."""
+        return stage_tag(self.stage, self.dose)
 
     @property
     def tag(self) -> str:
@@ -170,3 +202,64 @@ def calibration_groups(table: pd.DataFrame, *, temp_width: float = 1.0,
                         out.append((GroupKey(stage, float(dose_value), caltype, temperature,
                                              exptime, attempt), a_part))
     yield from out
+
+
+def _step_dose(table: pd.DataFrame) -> np.ndarray:
+    """Dose step of each row as the grouping sees it: ``DOSE`` for radiating rows, else NaN."""
+    stage = text_column(table["STAGE"]) if "STAGE" in table else pd.Series("", index=table.index)
+    dose = pd.to_numeric(table["DOSE"], errors="coerce") if "DOSE" in table \
+        else pd.Series(np.nan, index=table.index)
+    return np.where(stage == "radiating", dose, np.nan)
+
+
+def stage_groups(table: pd.DataFrame) -> list[tuple[str, float]]:
+    """The distinct (stage, dose step) of index rows, in campaign order.
+
+    Only the radiating stage is split by dose step (pre and post have one each).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"STAGE": ["post", "radiating", "pre", "radiating"],
+    ...                   "DOSE": [20.0, 20.0, 0.0, 10.0]})
+    >>> stage_groups(t)
+    [('pre', nan), ('radiating', 10.0), ('radiating', 20.0), ('post', nan)]
+    """
+    order = {"pre": 0, "radiating": 1, "post": 2}
+    stage = text_column(table["STAGE"]) if "STAGE" in table else pd.Series("", index=table.index)
+    pairs = {(s, float(d)) if not math.isnan(d) else (s, math.nan)
+             for s, d in zip(stage, _step_dose(table))}
+    # NaN keys are not equal to each other: deduplicate on their text form
+    unique = {stage_tag(s, d) or "": (s, d) for s, d in pairs}
+    return sorted(unique.values(), key=lambda sd: (order.get(sd[0], 3), sd[0],
+                                                   -math.inf if math.isnan(sd[1]) else sd[1]))
+
+
+def select_stage(table: pd.DataFrame, stage: str | None, dose: float | None) -> pd.DataFrame:
+    """Rows of one stage (``None``: any) and dose step (``None``: any; only radiating rows
+    have a step, so a dose selects radiating rows)."""
+    keep = np.ones(len(table), bool)
+    if stage:
+        keep &= (text_column(table["STAGE"]) == stage).to_numpy()
+    if dose is not None:
+        step = _step_dose(table)
+        keep &= np.isclose(step, float(dose), rtol=0, atol=1e-9)
+    return table[keep]
+
+
+def check_one_dose_step(rows: pd.DataFrame, what: str) -> None:
+    """Refuse a fit across dose steps: raise :class:`utils.errors.UserError` when ``rows``
+    hold frames of several dose steps (a dose shift would be read as a temperature effect)."""
+    from ..errors import UserError
+
+    dose = pd.to_numeric(rows["DOSE"], errors="coerce") if "DOSE" in rows \
+        else pd.Series(dtype=float)
+    steps = sorted(set(np.round(dose.dropna().to_numpy(float), 9)))
+    if len(steps) > 1:
+        raise UserError(f"{what}: the frames come from {len(steps)} dose steps "
+                        f"({', '.join(f'{d:g}' for d in steps)} krad); a fit across dose steps "
+                        "would read the radiation shift as a temperature effect; choose one "
+                        "with --stage and --dose, or give neither to model each step apart")
+
+
+__all__ = ["cluster", "GroupKey", "calibration_groups", "text_column", "stage_tag",
+           "parse_stage_tag", "stage_groups", "select_stage", "check_one_dose_step"]

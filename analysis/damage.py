@@ -1,0 +1,367 @@
+"""Radiation damage from per-(stage, dose step) measurements: what radiation practitioners report.
+
+Pure computations on :class:`analysis.stage_models.StageMeasurement` results (no
+files, no plots; :mod:`analysis.damage_plots` draws, :mod:`analysis.damage_analysis`
+writes).  Nothing is stacked or fitted across dose steps except the
+dose-response fits, which take one point per step:
+
+* dark current at ``T_ref`` per step, per pixel, temperature-corrected with the
+  per-pixel temperature rate of the pre-irradiation dark model (else post), in
+  e-/s with a gain (and nA/cm^2 with a pixel pitch), else adu/s;
+* the **damage slope** (increase per krad): a weighted line through the step means
+  of the normal pixels (not hot at any step) vs the accumulated dose of each
+  step's dark frames, and per pixel (slope map with errors);
+* the dark-current distribution per step (histogram, pixels above x, 50/95/99.9th
+  percentiles);
+* hot pixels per step above a fixed threshold (e-/s at T_ref, 5 e-/s as LSST) and
+  above a threshold relative to the pre-irradiation distribution (robust sigma of
+  ln(rate)); new vs pre-existing; recovered after annealing;
+* **annealing**: recovered fraction ``f = (I_last - I_post) / (I_last - I_pre)``
+  globally and per pixel with errors, and the time since beam-off of the post
+  measurements;
+* bias shift per krad and read-noise change vs dose (one point per step).
+
+Which steps enter a dose fit: pre-irradiation and the radiating steps (their
+accumulated dose); post-irradiation measurements carry the same dose as the last
+step but annealed damage, so they are compared, not fitted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from utils.models.linear import fit_line_per_pixel
+from utils.models.regression import Regression, fit_line
+
+#: Elementary charge [C].
+ELEMENTARY_CHARGE = 1.602176634e-19
+
+
+@dataclass(frozen=True)
+class DamageSettings:
+    """Thresholds and references of the damage analysis."""
+
+    t_ref: float = 20.0               # [degC] temperature every dark current is referred to
+    hot_threshold_e: float = 5.0      # [e-/s] fixed hot-pixel threshold at t_ref (as LSST)
+    hot_nsigma: float = 5.0           # [sigma] relative threshold on ln(rate) vs pre
+    pixel_pitch_um: float | None = None   # [um] pixel pitch for nA/cm^2
+    min_significance: float = 3.0     # per-pixel annealing only where the increase is this many
+    #                                   sigma
+    percentiles: tuple = (50.0, 95.0, 99.9)   # [%] of the dark-current distribution
+
+
+@dataclass
+class StepCurrent:
+    """Dark current at ``t_ref`` of one (stage, dose step).
+
+    Attributes
+    ----------
+    stage, tag : str
+        Stage and stage tag.
+    dose : float
+        [krad] dose step (NaN for pre/post).
+    framedose : float
+        [krad] mean accumulated dose of the step's dark frames.
+    tanneal : float
+        [s] median time since beam-off of its dark frames.
+    temperature : float
+        [degC] temperature of the measured rate before correction.
+    current, error : numpy.ndarray
+        Dark current and one-sigma error per pixel [``unit``].
+    unit : str
+        ``e-/s`` (with a gain) or ``adu/s``.
+    """
+
+    stage: str
+    tag: str
+    dose: float
+    framedose: float
+    tanneal: float
+    temperature: float
+    current: np.ndarray
+    error: np.ndarray
+    unit: str
+
+
+def temperature_slope(measurements) -> tuple[np.ndarray, np.ndarray, str]:
+    """Per-pixel temperature rate B [1/degC] and its error, from the pre model, else post.
+
+    Raises
+    ------
+    ValueError
+        Neither the pre nor the post stage has a dark model (darks at two temperatures).
+    """
+    for stage in ("pre", "post"):
+        for m in measurements:
+            if m.stage == stage and m.model is not None:
+                fit = m.model.fit
+                return (fit.rate.astype(np.float64), fit.rate_err.astype(np.float64),
+                        f"{m.tag} dark model")
+    models = [m for m in measurements if m.model is not None]
+    if models:
+        fit = models[0].model.fit
+        return fit.rate.astype(np.float64), fit.rate_err.astype(np.float64), \
+            f"{models[0].tag} dark model"
+    raise ValueError("no dark model in temperature in any stage (pre or post darks at two "
+                     "temperatures at least are needed to refer dark currents to T_ref)")
+
+
+def step_currents(measurements, t_ref: float, e_per_adu: float | None) -> list[StepCurrent]:
+    """Dark current at ``t_ref`` of every measured group (see module notes)."""
+    slope, slope_err, _ = temperature_slope(measurements)
+    unit = "e-/s" if e_per_adu else "adu/s"
+    k = e_per_adu or 1.0
+    out = []
+    for m in measurements:
+        rate, err = m.rate_at(t_ref, slope, slope_err)
+        out.append(StepCurrent(m.stage, m.tag, m.dose, m.framedose, m.tanneal, m.temperature,
+                               rate * k, err * k, unit))
+    return out
+
+
+def to_na_per_cm2(current_e_s, pitch_um: float):
+    """[e-/s per pixel] -> [nA/cm^2] for square pixels of ``pitch_um`` [um].
+
+    Examples
+    --------
+    >>> round(float(to_na_per_cm2(1.0, 10.0)), 9)   # 1 e-/s on a 10 um pixel
+    1.6e-10
+    """
+    area_cm2 = (pitch_um * 1e-4) ** 2
+    return np.asarray(current_e_s) * ELEMENTARY_CHARGE / area_cm2 * 1e9
+
+
+# --- hot pixels -------------------------------------------------------------------------------
+
+@dataclass
+class HotPixels:
+    """Hot pixels of every step.
+
+    Attributes
+    ----------
+    fixed, relative : dict
+        ``{tag: bool mask}`` above the fixed threshold and above the relative threshold.
+    threshold_fixed, threshold_relative : float
+        Thresholds [unit of the currents].
+    table : pandas.DataFrame
+        One row per step: counts, new vs pre-existing, recovered (post).
+    """
+
+    fixed: dict
+    relative: dict
+    threshold_fixed: float
+    threshold_relative: float
+    table: pd.DataFrame
+
+
+def relative_threshold(current: np.ndarray, n_sigma: float) -> float:
+    """``exp(median + n_sigma robust-sigma)`` of ln(current) over positive pixels."""
+    v = current[np.isfinite(current) & (current > 0)]
+    if v.size < 10:
+        return math.nan
+    logs = np.log(v)
+    centre = float(np.median(logs))
+    spread = 1.4826 * float(np.median(np.abs(logs - centre)))
+    return math.exp(centre + n_sigma * max(spread, 1e-6))
+
+
+def find_hot_pixels(steps: list[StepCurrent], threshold_fixed: float,
+                    n_sigma: float) -> HotPixels:
+    """Hot pixels per step: above ``threshold_fixed`` and above the pre-relative threshold.
+
+    A pixel is new at a step when it is hot there but was not at pre; post-irradiation
+    rows count the pixels hot at the last radiating step that are not hot any more
+    (recovered by annealing).
+    """
+    pre = next((s for s in steps if s.stage == "pre"), None)
+    rel = relative_threshold(pre.current, n_sigma) if pre is not None else math.nan
+    fixed, relative, rows = {}, {}, []
+    base = pre.current > threshold_fixed if pre is not None else None
+    last = [s for s in steps if s.stage == "radiating"]
+    last = last[-1] if last else None
+    for s in steps:
+        finite = np.isfinite(s.current)
+        fixed[s.tag] = finite & (s.current > threshold_fixed)
+        relative[s.tag] = finite & (s.current > rel) if math.isfinite(rel) else \
+            np.zeros(s.current.shape, bool)
+        row = {"STAGE": s.stage, "TAG": s.tag, "DOSE": s.dose, "FRAMEDOSE": s.framedose,
+               "N_HOT": int(fixed[s.tag].sum()), "N_HOT_RELATIVE": int(relative[s.tag].sum()),
+               "N_PIXELS": int(finite.sum())}
+        if base is not None:
+            row["N_NEW"] = int((fixed[s.tag] & ~base).sum())
+            row["N_PREEXISTING"] = int((fixed[s.tag] & base).sum())
+        if s.stage == "post" and last is not None:
+            was = fixed[last.tag]
+            row["N_RECOVERED"] = int((was & ~fixed[s.tag]).sum())
+            row["RECOVERED_OF"] = int(was.sum())
+        rows.append(row)
+    return HotPixels(fixed, relative, float(threshold_fixed), float(rel), pd.DataFrame(rows))
+
+
+# --- dose response ------------------------------------------------------------------------------
+
+def dose_points(steps: list[StepCurrent]) -> list[StepCurrent]:
+    """Pre and radiating steps with a known accumulated dose, in dose order."""
+    pts = [s for s in steps if s.stage in ("pre", "radiating") and math.isfinite(s.framedose)]
+    return sorted(pts, key=lambda s: s.framedose)
+
+
+def normal_pixels(steps: list[StepCurrent], hot: HotPixels) -> np.ndarray:
+    """Pixels finite at every step and hot (fixed threshold) at none."""
+    ok = np.ones(steps[0].current.shape, bool)
+    for s in steps:
+        ok &= np.isfinite(s.current) & np.isfinite(s.error) & ~hot.fixed[s.tag]
+    return ok
+
+
+def step_means(steps: list[StepCurrent], mask: np.ndarray) -> pd.DataFrame:
+    """Mean, its error, median and percentiles of the current over ``mask``, per step."""
+    rows = []
+    for s in steps:
+        v, e = s.current[mask], s.error[mask]
+        rows.append({"STAGE": s.stage, "TAG": s.tag, "DOSE": s.dose, "FRAMEDOSE": s.framedose,
+                     "TANNEAL": s.tanneal, "TEMP": s.temperature, "DC_MEAN": float(v.mean()),
+                     "DC_MEAN_ERR": float(np.sqrt(np.sum(e * e)) / v.size),
+                     "DC_MEDIAN": float(np.median(v)), "N_PIXELS": int(v.size),
+                     "UNIT": s.unit})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class DamageSlope:
+    """Increase of the dark current per krad.
+
+    Attributes
+    ----------
+    fit : Regression
+        Weighted line of the step means (normal pixels) vs accumulated dose.
+    slope_map, slope_err, intercept_map, chi2 : numpy.ndarray
+        Per-pixel weighted lines through the steps (NaN where fewer than two points).
+    median_slope, median_slope_err : float
+        Median of the per-pixel slopes (normal pixels) and its robust standard error.
+    points : pandas.DataFrame
+        The step means used.
+    """
+
+    fit: Regression
+    slope_map: np.ndarray
+    slope_err: np.ndarray
+    intercept_map: np.ndarray
+    chi2: np.ndarray
+    median_slope: float
+    median_slope_err: float
+    points: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def damage_slope(steps: list[StepCurrent], normal: np.ndarray) -> DamageSlope:
+    """Dark-current increase per krad, globally and per pixel (pre and radiating steps)."""
+    pts = dose_points(steps)
+    table = step_means(pts, normal)
+    fit = fit_line(table["FRAMEDOSE"], table["DC_MEAN"], table["DC_MEAN_ERR"],
+                   what="damage slope (mean dark current vs dose)", xname="dose")
+    shape = steps[0].current.shape
+    nan = np.full(shape, np.nan, np.float32)
+    if len({round(p.framedose, 9) for p in pts}) < 2:
+        return DamageSlope(fit, nan, nan.copy(), nan.copy(), nan.copy(), math.nan, math.nan,
+                           table)
+    x = np.array([p.framedose for p in pts])
+    y = np.stack([p.current for p in pts]).astype(np.float32)
+    s = np.stack([p.error for p in pts]).astype(np.float32)
+    line = fit_line_per_pixel(x, y, s, x_ref=0.0)
+    good = normal & np.isfinite(line.slope)
+    slopes = line.slope[good]
+    med = float(np.median(slopes)) if slopes.size else math.nan
+    mad = 1.4826 * float(np.median(np.abs(slopes - med))) if slopes.size else math.nan
+    # standard error of a median: sqrt(pi/2) sigma / sqrt(n)
+    med_err = math.sqrt(math.pi / 2) * mad / math.sqrt(slopes.size) if slopes.size else math.nan
+    return DamageSlope(fit, line.slope, line.slope_err, line.intercept, line.chi2, med, med_err,
+                       table)
+
+
+@dataclass
+class Annealing:
+    """Recovery after irradiation.
+
+    Attributes
+    ----------
+    fraction, fraction_err : float
+        ``(I_last - I_post) / (I_last - I_pre)`` of the normal pixels' mean currents.
+    fraction_map, fraction_map_err : numpy.ndarray
+        Per pixel (NaN where the increase I_last - I_pre is below ``min_significance``
+        sigma).
+    tanneal : float
+        [s] median time since beam-off of the post measurements.
+    last_tag : str
+        Step taken as "last".
+    """
+
+    fraction: float
+    fraction_err: float
+    fraction_map: np.ndarray
+    fraction_map_err: np.ndarray
+    tanneal: float
+    last_tag: str
+    status: str = "ok"
+
+
+def recovered_fraction(pre, last, post, err_pre=0.0, err_last=0.0, err_post=0.0):
+    """``f = (last - post) / (last - pre)`` and its propagated error (independent inputs).
+
+    Examples
+    --------
+    >>> f, e = recovered_fraction(1.0, 3.0, 2.4)
+    >>> round(float(f), 6), float(e)
+    (0.3, 0.0)
+    """
+    pre, last, post = (np.asarray(v, dtype=np.float64) for v in (pre, last, post))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = last - pre
+        f = (last - post) / d
+        # df/dlast = (post - pre)/d^2, df/dpost = -1/d, df/dpre = (last - post)/d^2
+        var = (((post - pre) / d ** 2) * err_last) ** 2 + (err_post / d) ** 2 \
+            + (((last - post) / d ** 2) * err_pre) ** 2
+    return f, np.sqrt(var)
+
+
+def annealing(steps: list[StepCurrent], normal: np.ndarray, min_significance: float = 3.0
+              ) -> Annealing:
+    """Recovered fraction globally and per pixel (needs pre, a radiating step and post)."""
+    pre = next((s for s in steps if s.stage == "pre"), None)
+    post = next((s for s in steps if s.stage == "post"), None)
+    rad = [s for s in steps if s.stage == "radiating"]
+    shape = steps[0].current.shape
+    nan = np.full(shape, np.nan, np.float32)
+    if pre is None or post is None or not rad:
+        missing = ", ".join(n for n, v in (("pre", pre), ("post", post), ("radiating", rad))
+                            if not v)
+        return Annealing(math.nan, math.nan, nan, nan.copy(), math.nan, "",
+                         f"skipped: no {missing} measurement")
+    last = max(rad, key=lambda s: s.framedose if math.isfinite(s.framedose) else s.dose)
+    table = step_means([pre, last, post], normal)
+    m, e = table["DC_MEAN"].to_numpy(), table["DC_MEAN_ERR"].to_numpy()
+    f, f_err = recovered_fraction(m[0], m[1], m[2], e[0], e[1], e[2])
+    fmap, ferr = recovered_fraction(pre.current, last.current, post.current, pre.error,
+                                    last.error, post.error)
+    increase_err = np.sqrt(pre.error ** 2 + last.error ** 2)
+    weak = ~((last.current - pre.current) >= min_significance * increase_err)
+    fmap = np.where(weak, np.nan, fmap).astype(np.float32)
+    ferr = np.where(weak, np.nan, ferr).astype(np.float32)
+    return Annealing(float(f), float(f_err), fmap, ferr, post.tanneal, last.tag)
+
+
+# --- bias and read noise ----------------------------------------------------------------------
+
+def level_trend(table: pd.DataFrame, value: str, error: str, what: str) -> Regression:
+    """Weighted line of a per-step quantity vs the accumulated dose (pre and radiating rows)."""
+    rows = table[table["STAGE"].isin(["pre", "radiating"])]
+    return fit_line(rows["FRAMEDOSE"], rows[value], rows[error], what=what, xname="dose")
+
+
+__all__ = ["DamageSettings", "StepCurrent", "HotPixels", "DamageSlope", "Annealing",
+           "temperature_slope", "step_currents", "to_na_per_cm2", "relative_threshold",
+           "find_hot_pixels", "dose_points", "normal_pixels", "step_means", "damage_slope",
+           "recovered_fraction", "annealing", "level_trend", "ELEMENTARY_CHARGE"]

@@ -1,0 +1,151 @@
+"""Figures of the dose analysis.  Each ``plot_*`` draws computed results on an optional
+``ax`` (or creates its figure) and returns the axes; :mod:`analysis.dose.pipeline` saves
+them with their data twins.  Axes carry units."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from utils.models.regression import Regression
+from utils.plotting import finish_axes, new_axes
+
+DOSE = "dose [krad]"
+
+
+def _line(ax, fit: Regression, x, label: str, **kw) -> None:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if fit.ok and x.size:
+        xs = np.linspace(x.min(), x.max(), 50)
+        ax.plot(xs, fit.predict(xs), label=f"{label}: slope {fit.coef[1]:.4g} +- "
+                                           f"{fit.err[1]:.2g}", **kw)
+
+
+def plot_series(points: dict, *, xlabel: str, ylabel: str, title: str, ax=None):
+    """``points = {label: (x, y, yerr or None)}`` as error-bar lines."""
+    ax = new_axes(ax)
+    for label, (x, y, e) in points.items():
+        if len(np.atleast_1d(x)):
+            ax.errorbar(x, y, e, fmt="o-", capsize=3, label=label)
+    return finish_axes(ax, xlabel, ylabel, title)
+
+
+def plot_mean_std_vs_dose(dose, mean, std, fit_ir: Regression, fit_no: Regression, *,
+                          title: str, ax=None):
+    """MEAN and STD vs dose on twin axes; the two STD = a MEAN + b lines as STD predictions."""
+    ax = new_axes(ax)
+    dose, mean, std = (np.asarray(v, dtype=float) for v in (dose, mean, std))
+    order = np.argsort(dose)
+    ax.plot(dose[order], mean[order], "o-", color="C0", label="MEAN")
+    ax.set_ylabel("mean [adu]", color="C0")
+    twin = ax.twinx()
+    twin.plot(dose[order], std[order], "s-", color="C1", label="STD")
+    for fit, name, style in ((fit_ir, "irradiating", "--"), (fit_no, "not irradiating", ":")):
+        if fit.ok:
+            twin.plot(dose[order], fit.predict(mean[order]), style, color="C3",
+                      label=f"STD = {fit.coef[1]:.3g} MEAN + {fit.coef[0]:.3g} ({name})")
+    twin.set_ylabel("std [adu]", color="C1")
+    twin.legend(fontsize="small", loc="lower right")
+    return finish_axes(ax, DOSE, "mean [adu]", title)
+
+
+def plot_std_model(mean, std, fit_ir: Regression, fit_no: Regression, irr, *, title: str):
+    """STD vs MEAN with both lines, and the residuals below."""
+    axes = new_axes(None, nrows=2, figsize=(6.4, 6.0))
+    mean, std, irr = np.asarray(mean, float), np.asarray(std, float), np.asarray(irr, bool)
+    top, bottom = axes
+    top.plot(mean[irr], std[irr], "o", label="irradiating")
+    top.plot(mean[~irr], std[~irr], "s", label="not irradiating")
+    for fit, name, m in ((fit_ir, "irradiating", irr), (fit_no, "not irradiating", ~irr)):
+        _line(top, fit, mean, name, ls="--")
+        if fit.ok and m.any():
+            bottom.plot(mean[m], std[m] - fit.predict(mean[m]), "o", label=name)
+    finish_axes(top, "mean [adu]", "std [adu]", title)
+    bottom.axhline(0, color="k", lw=0.8)
+    finish_axes(bottom, "mean [adu]", "std - fit [adu]", "residuals",
+                legend=bool(bottom.get_legend_handles_labels()[0]))
+    return axes
+
+
+def plot_dose_rate_effect(data: dict, fits: dict, *, title: str):
+    """MEAN and STD vs dose rate, irradiating and not, with their lines."""
+    axes = new_axes(None, ncols=2, figsize=(10.0, 4.2))
+    for ax, q in zip(axes, ("mean", "std")):
+        for subset, name in (("ir", "irradiating"), ("no", "not irradiating")):
+            x, y = data[f"rate_{subset}"], data[f"{q}_{subset}"]
+            ax.plot(x, y, "o", label=name)
+            _line(ax, fits[(q, subset)], x, name, ls="--")
+        finish_axes(ax, "dose rate [krad/s]", f"{q} [adu]", f"{title}: {q} vs dose rate")
+    return axes
+
+
+def plot_predicted(measured: dict, predicted: dict, *, title: str):
+    """Measured vs predicted MEAN and STD (dose-rate model)."""
+    axes = new_axes(None, ncols=2, figsize=(10.0, 4.2))
+    for ax, q in zip(axes, ("mean", "std")):
+        m, p = np.asarray(measured[q], float), np.asarray(predicted[q], float)
+        ax.plot(m, p, "o", label=q.upper())
+        finite = np.concatenate([m[np.isfinite(m)], p[np.isfinite(p)]])
+        if finite.size:
+            ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], "k:",
+                    label="1:1")
+        finish_axes(ax, f"measured {q} [adu]", f"predicted {q} [adu]", f"{title}: {q}")
+    return axes
+
+
+def plot_fit_with_residuals(x, y, yerr, fit: Regression, *, xlabel: str, ylabel: str,
+                            title: str):
+    """Data with the fitted line, and the residuals below."""
+    axes = new_axes(None, nrows=2, figsize=(6.4, 6.0))
+    top, bottom = axes
+    top.errorbar(x, y, yerr, fmt="o", capsize=3, label="data")
+    _line(top, fit, x, "fit", ls="--", color="k")
+    finish_axes(top, xlabel, ylabel, title if fit.ok else f"{title} ({fit.status})")
+    if fit.ok:
+        bottom.errorbar(x, np.asarray(y, float) - fit.predict(np.asarray(x, float)), yerr,
+                        fmt="o", capsize=3)
+    bottom.axhline(0, color="k", lw=0.8)
+    finish_axes(bottom, xlabel, f"residual [{ylabel.split('[')[-1].rstrip(']')}]",
+                "residuals", legend=False)
+    return axes
+
+
+def plot_dynamic_range(dose, dr, noise, reduction, *, bits: int, full_scale: float):
+    """Dynamic range with a +-noise band, and its percentage reduction."""
+    axes = new_axes(None, nrows=2, figsize=(6.4, 6.0))
+    top, bottom = axes
+    dose, dr, noise = (np.asarray(v, float) for v in (dose, dr, noise))
+    top.plot(dose, dr, "o-", label=f"dynamic range (full scale {full_scale:g} adu)")
+    top.fill_between(dose, dr - noise, dr + noise, alpha=0.3, label="+- noise")
+    finish_axes(top, DOSE, f"dynamic range [{bits}-bit adu]", f"dynamic range vs dose ({bits} bit)")
+    bottom.plot(dose, reduction, "s-", color="C3", label="reduction")
+    finish_axes(bottom, DOSE, "reduction [%]", "loss of dynamic range")
+    return axes
+
+
+def plot_map_relative(image: np.ndarray, *, title: str, ax=None):
+    """(map - mean) / mean of a precision map, the old PNG view [1]."""
+    from utils.plotting import show_image
+
+    v = np.asarray(image, dtype=float)
+    finite = v[np.isfinite(v)]
+    mean = float(finite.mean()) if finite.size else math.nan
+    rel = (v - mean) / mean if mean else v
+    return show_image(rel, unit="1", label="relative deviation from the map mean", title=title,
+                      symmetric=True, ax=ax)
+
+
+def plot_bars(values: dict, *, ylabel: str, title: str, ax=None):
+    """Bar chart ``{label: value}``."""
+    ax = new_axes(ax)
+    labels = list(values)
+    ax.bar(range(len(labels)), [values[k] for k in labels])
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize="small")
+    return finish_axes(ax, "metric", ylabel, title, legend=False)
+
+
+__all__ = ["plot_series", "plot_mean_std_vs_dose", "plot_std_model", "plot_dose_rate_effect",
+           "plot_predicted", "plot_fit_with_residuals", "plot_dynamic_range",
+           "plot_map_relative", "plot_bars"]
