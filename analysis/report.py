@@ -58,11 +58,21 @@ def _fmt(value) -> str:
     return f"{value:.4g}"
 
 
+def _fmt_pair(value, error) -> tuple[str, str]:
+    """Value and uncertainty as a physicist writes them: the error to two significant
+    digits, the value to the same decimal place (``2.06``, ``0.076``)."""
+    if value is None or error is None or not math.isfinite(float(error)) or float(error) <= 0:
+        return _fmt(value), _fmt(error)
+    digits = max(0, 1 - int(math.floor(math.log10(abs(float(error))))))
+    return f"{float(value):.{digits}f}", f"{float(error):.{digits}f}"
+
+
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
                       lstrip_blocks=True)
     env.filters["fmt"] = _fmt
+    env.globals["pair"] = _fmt_pair
     return env
 
 

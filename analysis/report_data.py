@@ -201,14 +201,21 @@ def _reference(products: list[Product], kind: str) -> Product | None:
 
 # --- datasheet -----------------------------------------------------------------------------------
 
-def _bias_entries(p: Product | None, base: Path, e_per_adc: float | None) -> list[Entry]:
+def _bias_entries(p: Product | None, base: Path, gain: dict) -> list[Entry]:
     s = p.summary if p else {}
     src = _rel(p.folder / "summary.json", base) if p else ""
     scale = s.get("adu_scale", 16)
     rn, rn_err = _number(s.get("read_noise_adu")), _number(s.get("read_noise_err_adu"))
+    k, k_err = _number(gain.get("gain")), _number(gain.get("gain_err"))
+    extra = gain.get("extra") or {}
     rows = [
-        Entry("read_noise_adu", "Read noise (temporal, typical pixel)", rn, rn_err, "adu",
-              "frame-pair differences, pooled over pixels", src),
+        Entry("read_noise_adu", "Read noise, typical pixel", rn, rn_err, "adu",
+              "frame-pair differences, pixels within the chi-square core", src),
+        Entry("read_noise_e", "Read noise, typical pixel", unit="e-",
+              method="needs the system gain", source=src),
+        Entry("dark_noise_emva_e", "Temporal dark noise, rms over all pixels (EMVA 1288)",
+              _number(extra.get("read_noise_e")), _number(extra.get("read_noise_e_err")), "e-",
+              "bias-pair variance averaged over every pixel, times K", gain.get("_source", "")),
         Entry("bias_level_adu", f"Bias level at {s.get('t_ref_degC', 0):g} degC (median pixel)",
               _number(s.get("a_median_adu")), _number(s.get("a_median_err_adu")), "adu",
               "per-pixel WLS line bias(T), median over pixels", src),
@@ -217,14 +224,12 @@ def _bias_entries(p: Product | None, base: Path, e_per_adc: float | None) -> lis
               _number(s.get("b_median_err_adu_per_degC")), "adu/degC",
               "per-pixel WLS line bias(T), median over pixels", src),
     ]
-    if e_per_adc and rn is not None:
-        per_adu = e_per_adc / scale
-        rows.insert(1, Entry("read_noise_e", "Read noise (temporal, typical pixel)",
-                             rn * per_adu, rn_err * per_adu if rn_err is not None else None,
-                             "e-", "read noise [adu] x measured gain / ADUSCALE", src))
-    else:
-        rows.insert(1, Entry("read_noise_e", "Read noise (temporal, typical pixel)", unit="e-",
-                             method="needs the system gain", source=src))
+    if k is not None and rn is not None:
+        per_adu = k / scale
+        err = math.hypot((rn_err or 0.0) * per_adu, rn * (k_err or 0.0) / scale) \
+            if rn_err is not None and k_err is not None else None
+        rows[1] = Entry("read_noise_e", "Read noise, typical pixel", rn * per_adu, err, "e-",
+                        "read noise [adu] x K / ADUSCALE, errors in quadrature", src)
     return rows
 
 
@@ -251,8 +256,9 @@ def _dark_entries(p: Product | None, base: Path) -> list[Entry]:
         Entry("activation_energy_eV", "Activation energy", _number(s.get("activation_energy_eV")),
               _number(s.get("activation_energy_err_eV")), "eV",
               "k_B B T_K^2 at T_ref", src),
-        Entry("hot_pixels", "Hot pixels", _number(s.get("hot_pixels")), None, "pixels",
-              "robust z of ln(rate at T_ref) > threshold", src),
+        Entry("hot_pixels", "Hot pixels", _number(s.get("hot_pixels")),
+              _number(s.get("hot_pixels_ambiguous")), "pixels",
+              "robust z of ln(rate at T_ref) > threshold; +- pixels within 1 sigma of it", src),
     ]
 
 
@@ -261,26 +267,35 @@ def _flat_entries(p: Product | None, base: Path) -> list[Entry]:
     src = _rel(p.folder / "summary.json", base) if p else ""
     gain = _json(p.folder / "gain.json") if p and (p.folder / "gain.json").is_file() else {}
     gsrc = _rel(p.folder / "gain.json", base) if gain else src
-    prnu = s.get("prnu") or {}
+    extra = gain.get("extra") or {}
+    prnu = (s.get("prnu") or {}).get("combined") or {}
+    defects = s.get("defects") or {}
+    method = str(prnu.get("METHOD") or "cross-covariance of masters")
     return [
         Entry("gain_e_per_adc", "System gain K", _number(gain.get("gain")),
               _number(gain.get("gain_err")), "e-/ADC count",
               str(gain.get("method") or "photon transfer (EMVA 1288)"), gsrc),
-        Entry("prnu_percent", "PRNU (pixel, EMVA 1288)", _number(prnu.get("pixel_percent")),
-              _number(prnu.get("pixel_percent_err")), "%",
-              "spatial std of master/illumination minus temporal noise", src),
-        Entry("prnu_row_percent", "PRNU, row component", _number(prnu.get("row_percent")),
-              _number(prnu.get("row_percent_err")), "%", "std of row means", src),
+        Entry("prnu_percent", "PRNU (EMVA 1288)", _number(prnu.get("PRNU_PCT")),
+              _number(prnu.get("PRNU_ERR_PCT")), "%",
+              f"spatial std of master / illumination model, temporal noise removed ({method})",
+              src),
+        Entry("prnu_pixel_percent", "PRNU, pixel component", _number(prnu.get("PRNU_PIXEL_PCT")),
+              _number(prnu.get("PRNU_PIXEL_ERR_PCT")), "%", "after row and column means", src),
+        Entry("prnu_row_percent", "PRNU, row component", _number(prnu.get("PRNU_ROW_PCT")),
+              _number(prnu.get("PRNU_ROW_ERR_PCT")), "%", "std of row means", src),
         Entry("prnu_column_percent", "PRNU, column component",
-              _number(prnu.get("column_percent")), _number(prnu.get("column_percent_err")), "%",
+              _number(prnu.get("PRNU_COLUMN_PCT")), _number(prnu.get("PRNU_COLUMN_ERR_PCT")), "%",
               "std of column means", src),
-        Entry("cold_pixels", "Cold/dead pixels", _number(s.get("cold_pixels")), None, "pixels",
-              "response < 80 % of the local smooth response", src),
-        Entry("saturation_adu", "Saturation onset", _number(gain.get("extra", {}).get(
-            "saturation_adu")), None, "adu", "photon transfer: variance turnover", gsrc),
-        Entry("linearity_error_percent", "Linearity error",
-              _number(gain.get("extra", {}).get("linearity_error_percent")), None, "%",
-              "EMVA 1288 linearity error of the mean signal", gsrc),
+        Entry("cold_pixels", "Cold and dead pixels",
+              None if not defects else _number(defects.get("cold", 0) + defects.get("dead", 0)),
+              None, "pixels", "response < 80 % of the local smooth response", src),
+        Entry("saturation_adu", "Saturation onset", _number(extra.get("saturation_onset_adu")),
+              _number(extra.get("saturation_onset_err_adu")), "adu",
+              "photon transfer: level of largest variance, between it and the next level", gsrc),
+        Entry("linearity_error_percent", "Linearity error (EMVA 1288)",
+              _number(extra.get("linearity_error_percent")),
+              _number(extra.get("linearity_error_err_percent")), "%",
+              "half the spread of the mean signal's deviations from a line in exposure", gsrc),
     ]
 
 
@@ -289,9 +304,10 @@ def datasheet(products: list[Product], base: Path) -> list[Entry]:
     flat = _reference(products, "flat")
     gain = _json(flat.folder / "gain.json") if flat and (flat.folder / "gain.json").is_file() \
         else {}
-    e_per_adc = _number(gain.get("gain"))
+    if gain:
+        gain["_source"] = _rel(flat.folder / "gain.json", base)
     rows = (_flat_entries(flat, base)[:1] + _bias_entries(_reference(products, "bias"), base,
-                                                          e_per_adc)
+                                                          gain)
             + _dark_entries(_reference(products, "dark"), base) + _flat_entries(flat, base)[1:])
     sat = _saturation_level(products)
     if sat is not None:
