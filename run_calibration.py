@@ -15,8 +15,9 @@ gain from the flats (OUTPUT_DIR/flat/gain.json: it needs only the bias and flat
 pairs), the dark pipeline with that bias model and that gain (OUTPUT_DIR/dark),
 and the flat pipeline with the bias and dark models (OUTPUT_DIR/flat, see
 flat_pipeline/run_pipeline.py --help); per stage pre and post for an
-irradiation campaign.  Re-running finishes what is missing and
-leaves complete products alone.
+irradiation campaign; finally the campaign report OUTPUT_DIR/report/index.html (see
+python -m analysis.report --help) and the run's warnings in OUTPUT_DIR/warnings.log.
+Re-running finishes what is missing and leaves complete products alone.
 
 Example
 -------
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from analysis import process_index
+from analysis import report as campaign_report
 from bias_pipeline import pipeline as bias_pipeline
 from dark_pipeline import pipeline as dark_pipeline
 from flat_pipeline import pipeline as flat_pipeline
@@ -92,7 +94,8 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
     run_flat_gain(layout, table, index_path, out_dir, progress_bar=progress_bar)
     dark = run_dark_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
     flat = run_flat_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
-    return {"converted": converted, "existing": existing, "rejected": rejected,
+    page, _ = campaign_report.run(out_dir, out_dir / "report")
+    return {"converted": converted, "existing": existing, "rejected": rejected, "report": page,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
             "index": index_path, "result": result, "bias": bias, "dark": dark, "flat": flat}
 
@@ -230,18 +233,20 @@ def _main(args) -> int:
         if len(args.paths) != 2:
             raise ConfigError(f"{args.layout} needs DATASET and OUTPUT_DIR")
         dataset, out_dir, layout = Path(args.paths[0]), Path(args.paths[1]), args.layout
-    summary = run(layout, dataset, out_dir, search_depth=args.search_depth,
-                  workers=args.convert_workers, masters=masters,
-                  progress_bar=not args.no_progress)
+    with cli.WarningCollector() as warnings:
+        summary = run(layout, dataset, out_dir, search_depth=args.search_depth,
+                      workers=args.convert_workers, masters=masters,
+                      progress_bar=not args.no_progress)
+        warnings.write(out_dir / "warnings.log")
     result = summary["result"]
     models = ", ".join([str(r.out_dir / "bias_model.fits") for r in summary["bias"]]
                        + [str(r.out_dir / "dark_model") for r in summary["dark"]
                           if (r.out_dir / "dark_model").is_dir()]
                        + [str(g.out_dir) for r in summary["flat"] for g in r.groups]) or "none"
     logger.info("done: %d frames converted (%d already there, %d rejected); %d indexed in %s "
-                "(%d BADFITS); %s; models: %s", summary["converted"], summary["existing"],
-                summary["rejected"], summary["indexed"], summary["index"], summary["badfits"],
-                result.summary_line(), models)
+                "(%d BADFITS); %s; models: %s; report: %s", summary["converted"],
+                summary["existing"], summary["rejected"], summary["indexed"], summary["index"],
+                summary["badfits"], result.summary_line(), models, summary["report"])
     return 0
 
 

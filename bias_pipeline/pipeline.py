@@ -70,6 +70,7 @@ from utils.stack.master import (
     inputs_hash,
     make_master,
 )
+from utils.stack.stats import median_with_error
 
 from . import plots
 from .generate_bias import synthetic_bias_path, write_synthetic_bias
@@ -534,6 +535,9 @@ def _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir) ->
     valid = (model.mask == 0) & np.isfinite(model.b)
     b = model.b[valid]
     e_per_adu = adu.electrons_per_adu(settings.gain, adc_bits) if settings.gain else None
+    # the typical pixel of the sensor: medians over pixels with their standard errors
+    a_med, a_med_err = median_with_error(model.a[valid])
+    b_med, b_med_err = median_with_error(b)
     summary = {
         "stage": settings.stage, "dose_krad": settings.dose,
         "stage_tag": stage_tag(settings.stage, math.nan if settings.dose is None
@@ -542,8 +546,10 @@ def _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir) ->
         "n_masters": len(masters),
         "temperatures_degC": [float(m.tavg) for m in masters],
         "t_ref_degC": float(model.t_ref),
-        "a_median_adu": float(np.median(model.a[valid])) if valid.any() else None,
-        "b_median_adu_per_degC": float(np.median(b)) if b.size else None,
+        "a_median_adu": a_med if valid.any() else None,
+        "a_median_err_adu": a_med_err if valid.any() else None,
+        "b_median_adu_per_degC": b_med if b.size else None,
+        "b_median_err_adu_per_degC": b_med_err if b.size else None,
         "b_spread_adu_per_degC": float(1.4826 * np.median(np.abs(b - np.median(b))))
         if b.size else None,
         "sigma_b_median_adu_per_degC": float(np.median(model.sigma_b[valid])) if b.size else None,

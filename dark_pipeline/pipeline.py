@@ -52,6 +52,7 @@ from utils.run_record import StageRuns, completed_run, run_digest, write_run_sum
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of
+from utils.stack.stats import median_with_error, spread_with_error
 
 from . import plots
 from .evaluation import dark_current_table, evaluate
@@ -246,6 +247,16 @@ def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
         _save(plots.plot_error_maps(ev.maps, which, unit=unit,
                                     title=f"{kind.upper()} model {name.upper()} per pixel"),
               out_dir / f"{name}_maps_{kind}.png", files)
+
+
+def _ambiguous_hot(model: DarkModel1D, hot) -> int:
+    """Pixels whose rate at TREF lies within one standard error of the hot-pixel threshold:
+    the count of hot pixels is uncertain by about this many."""
+    a = model.fit.amplitude.astype(np.float64)
+    err = model.fit.amplitude_err.astype(np.float64) * model.err_scale
+    with np.errstate(invalid="ignore"):
+        near = np.abs(a - hot.threshold) < err
+    return int(np.count_nonzero(near & np.isfinite(a)))
 
 
 def _pixels(model: DarkModel1D, count: int = 4) -> list[tuple[int, int]]:
@@ -548,11 +559,22 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     # keeping only the individually fitted ones would select the brighter half
     good = ~hot.mask & np.isfinite(model.fit.amplitude)
     a = model.fit.amplitude[good]
-    summary["dark_rate_at_t_ref_adu_s"] = {"median": float(np.median(a)),
+    # the typical pixel (median over pixels, hot ones excluded) with its standard error, and
+    # the dark-signal non-uniformity (spatial std with the fit errors removed, EMVA 1288)
+    median, median_err = median_with_error(a)
+    dsnu, dsnu_err = spread_with_error(a, model.fit.amplitude_err[good] * model.err_scale)
+    summary["dark_rate_at_t_ref_adu_s"] = {"median": median, "median_err": median_err,
+                                           "dsnu": dsnu, "dsnu_err": dsnu_err,
                                            "p95": float(np.percentile(a, 95))}
+    summary["hot_pixels_ambiguous"] = _ambiguous_hot(model, hot)
     if e:
-        summary["dark_rate_at_t_ref_e_s"] = {k: v * e for k, v in
-                                             summary["dark_rate_at_t_ref_adu_s"].items()}
+        # electrons: the values scale by e-/adu; their errors gain the gain's relative error
+        gain = resolve_gain(settings.gain)
+        rel = gain.gain_err / gain.gain if math.isfinite(gain.gain_err) else 0.0
+        in_adu = summary["dark_rate_at_t_ref_adu_s"]
+        summary["dark_rate_at_t_ref_e_s"] = {
+            k: (math.hypot(v, in_adu[k[:-4]] * rel) if k.endswith("_err") else v) * e
+            for k, v in in_adu.items()}
 
     exclude = hot.mask | ~np.isfinite(model.fit.amplitude)
     ev1 = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,

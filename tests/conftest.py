@@ -164,6 +164,33 @@ def converted_irradiation(irradiation_campaign, tmp_path_factory):
     return campaign, convert_campaign(campaign)
 
 
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory):
+    """``(out, messages)``: one run of ``run_calibration.py demo`` shared by the end-to-end and
+    report tests (read-only), with the log messages of that run.  It runs in a non-ASCII
+    folder, as these users' campaigns are named: every product must handle it."""
+    import run_calibration
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    out = tmp_path_factory.mktemp("demo") / "cämp ü space" / "Irradiación"
+    keep = Keep()
+    root = logging.getLogger()
+    root.addHandler(keep)
+    try:
+        status = run_calibration.main(["demo", str(out), "--no-progress"])
+    finally:
+        root.removeHandler(keep)
+    assert status == 0, keep.messages[-5:]
+    return out, keep.messages
+
+
 # --- function-scoped copies (modifiable) ---------------------------------------------------------
 
 @pytest.fixture

@@ -18,17 +18,16 @@ import run_calibration
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_and_rerun_is_noop(tmp_path, caplog):
-    # a non-ASCII folder, as these users' campaigns are named: every product must handle it
-    out = tmp_path / "cämp ü space" / "Irradiación"
+def test_demo_end_to_end_and_rerun_is_noop(demo_output, caplog):
+    out, messages = demo_output
     caplog.set_level("INFO")
-    assert run_calibration.main(["demo", str(out), "--no-progress"]) == 0
     products = out / "products"
     summary = pd.read_csv(products / "masters_summary.csv")
     assert {"BIAS", "DARK", "FLAT"} <= set(summary["CALTYPE"])
     assert (out / "campaign" / "index.csv").is_file()
-    assert any("done:" in r.getMessage() and str(products) in r.getMessage()
-               for r in caplog.records)
+    assert any("done:" in m and str(products) in m and "report" in m for m in messages)
+    assert (products / "report" / "index.html").is_file()
+    assert (products / "warnings.log").is_file()
     # the truncated raw file is rejected, the zero frames are excluded as BADFITS
     index = pd.read_csv(out / "campaign" / "index.csv")
     assert index["BADFITS"].sum() >= 2

@@ -201,3 +201,34 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
         logger.error("interrupted; completed products are kept, re-run to finish the rest")
         return EXIT_INTERRUPTED
     return int(status or 0)
+
+
+class WarningCollector(logging.Handler):
+    """Keeps every WARNING (and worse) record of a run, to write them next to its products.
+
+    Orchestrators attach one for the length of a run and write ``warnings.log`` (one line per
+    record) with :meth:`write`; the campaign report lists them under data quality.
+    """
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        try:
+            self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+    def __enter__(self):
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger().removeHandler(self)
+
+    def write(self, path) -> None:
+        """Write the collected lines atomically to ``path`` (an empty file when none)."""
+        from .io.fitsio import write_text
+
+        write_text("".join(line.replace("\n", " ") + "\n" for line in self.lines), path)

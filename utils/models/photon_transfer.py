@@ -138,6 +138,10 @@ class PhotonTransfer:
         ``"bias pairs"`` or ``"intercept"``.
     linearity_error : float
         [%] EMVA 1288 linearity error (NaN with fewer than three levels in range).
+    linearity_error_err : float
+        [%] its standard error from the scatter of the levels about the line: the
+        deviations of a linear sensor are noise of rms ``s``, and half the spread of the
+        largest and smallest of them has an error of about ``s / sqrt(2)``.
     linearity : pandas.DataFrame
         ``TBIN, EXPTIME, MEAN, FIT, DEVIATION`` [%] of the levels used for it.
     adc_bits : int
@@ -159,6 +163,7 @@ class PhotonTransfer:
     read_noise_adu_err: float = math.nan
     read_noise_source: str = ""
     linearity_error: float = math.nan
+    linearity_error_err: float = math.nan
     linearity: pd.DataFrame = field(default_factory=pd.DataFrame)
     adc_bits: int = adu.DEFAULT_ADC_BITS
     note: str = ""
@@ -187,6 +192,14 @@ class PhotonTransfer:
         return abs(self.read_noise_e) * rel
 
     @property
+    def saturation_err(self) -> float:
+        """[adu] error of :attr:`saturation_adu`: the onset lies between the last unsaturated
+        level and the next one, uniformly as far as the data tell (``gap / sqrt(12)``)."""
+        if math.isfinite(self.saturation_adu) and math.isfinite(self.saturation_next_adu):
+            return (self.saturation_next_adu - self.saturation_adu) / math.sqrt(12)
+        return math.nan
+
+    @property
     def saturation_e(self) -> float:
         """[e-] saturation capacity ``mu_sat K`` (NaN when not reached)."""
         return self.saturation_adu / self.scale * self.gain
@@ -201,9 +214,12 @@ class PhotonTransfer:
                "read_noise_adu_err": self.read_noise_adu_err,
                "read_noise_source": self.read_noise_source, "read_noise_e": self.read_noise_e,
                "read_noise_e_err": self.read_noise_e_err,
-               "saturation_onset_adu": self.saturation_adu, "saturation_onset_e": self.saturation_e,
+               "saturation_onset_adu": self.saturation_adu,
+               "saturation_onset_err_adu": self.saturation_err,
+               "saturation_onset_e": self.saturation_e,
                "saturation_next_level_adu": self.saturation_next_adu,
                "linearity_error_percent": self.linearity_error,
+               "linearity_error_err_percent": self.linearity_error_err,
                "levels": int(len(self.levels)),
                "levels_fitted": int(self.levels["USED"].sum()) if len(self.levels) else 0,
                "note": self.note}
@@ -357,6 +373,9 @@ def _linearity(result: PhotonTransfer) -> None:
     fit = icept + slope * x
     dev = 100.0 * (y - fit) / fit
     result.linearity_error = float((dev.max() - dev.min()) / 2)
+    if len(dev) > 2:
+        rms = float(np.sqrt(np.sum(dev ** 2) / (len(dev) - 2)))
+        result.linearity_error_err = rms / math.sqrt(2)
     result.linearity = pd.DataFrame({"TBIN": part["TBIN"].to_numpy(float), "EXPTIME": x,
                                      "MEAN": y, "FIT": fit, "DEVIATION": dev})
 

@@ -1,0 +1,178 @@
+"""Write one HTML datasheet of the sensor (and its radiation response) from a results folder.
+
+Reads the products that the pipelines wrote below RESULTS_DIR (``summary.json``
+files, FITS headers, CSV tables, PNG figures) and writes ``index.html``: the
+datasheet (every characteristic number with its uncertainty, unit, method and
+the product it comes from), the key calibration figures with captions, the
+radiation response when present, data quality (frames rejected or flagged,
+masters refused, warnings, with reasons) and provenance (software version,
+settings of every step, input hashes).  ``report.json`` holds the same numbers
+for scripts.  Figures are copied next to the page, so the folder can be zipped
+and mailed; nothing is fetched from the network to view it.  Parts that were
+not measured are marked so, never an error.  The report computes nothing the
+pipelines did not compute.
+
+Example
+-------
+::
+
+    python -m analysis.report demo_output/products
+    python -m analysis.report results/ --output results/report --title "SIM-CMOS-12 TVAC"
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from analysis.report_data import ReportData, collect
+from utils import cli
+from utils.errors import InputPathError
+from utils.io.fitsio import atomic_path, software_version, write_text
+
+logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.report")
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: Rows shown per data-quality table (the CSV products hold all of them).
+MAX_ROWS = 200
+
+
+def _fmt(value) -> str:
+    """A number with 4 significant digits (integers as they are)."""
+    if value is None:
+        return ""
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == int(value) and abs(value) < 1e9:
+        return f"{int(value)}"
+    return f"{value:.4g}"
+
+
+def _fmt_pair(value, error) -> tuple[str, str]:
+    """Value and uncertainty as a physicist writes them: the error to two significant
+    digits, the value to the same decimal place (``2.06``, ``0.076``)."""
+    if value is None or error is None or not math.isfinite(float(error)) or float(error) <= 0:
+        return _fmt(value), _fmt(error)
+    digits = max(0, 1 - int(math.floor(math.log10(abs(float(error))))))
+    return f"{float(value):.{digits}f}", f"{float(error):.{digits}f}"
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
+                      lstrip_blocks=True)
+    env.filters["fmt"] = _fmt
+    env.globals["pair"] = _fmt_pair
+    return env
+
+
+def _copy_figure(src: Path, folder: Path, taken: set[str]) -> str:
+    """Copy a figure next to the report (unique name); return its relative path."""
+    stem = "_".join(src.parts[-3:]).replace("/", "_")
+    name = stem
+    k = 1
+    while name in taken:
+        name, k = f"{k}_{stem}", k + 1
+    taken.add(name)
+    with atomic_path(folder / name) as tmp:
+        shutil.copyfile(src, tmp)
+    return f"figures/{name}"
+
+
+def render(data: ReportData, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``index.html``, ``report.json`` and ``figures/`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    figs = [{"src": _copy_figure(f.path, out_dir / "figures", taken), "caption": f.caption}
+            for f in data.figures if f.section == "calibration"]
+    radiation_blocks = []
+    for block in (data.radiation or {}).get("blocks", []):
+        radiation_blocks.append({
+            "title": block["title"], "columns": block.get("columns", []),
+            "rows": block.get("rows", []),
+            "figures": [{"src": _copy_figure(Path(f["path"]), out_dir / "figures", taken),
+                         "caption": f["caption"]} for f in block.get("figures", [])]})
+    quality = data.quality
+    counts = [(name, quality[key]) for key, name in (
+        ("frames_converted", "Raw frames converted"), ("frames_rejected", "Raw frames rejected"),
+        ("frames_indexed", "Frames indexed"), ("frames_flagged", "Frames flagged BADFITS"),
+        ("masters_built", "Masters built"), ("masters_refused", "Masters refused"),
+        ("warnings", "Warnings logged")) if key in quality]
+    tables = [(name, {"columns": list(t.columns),
+                      "rows": [[_fmt(v) if isinstance(v, float) else v for v in row]
+                               for row in t.head(MAX_ROWS).itertuples(index=False)]})
+              for name, t in quality.get("tables", {}).items()]
+    generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    html = _environment().get_template("report.html.j2").render(
+        title=data.title, generated=generated, software=software_version(),
+        results_dir=str(data.results_dir), sections=data.sections(), datasheet=data.datasheet,
+        calibration_figures=figs, radiation_blocks=radiation_blocks, quality_counts=counts,
+        quality_tables=tables, provenance=data.provenance,
+        nav=[("datasheet", "Datasheet"), ("calibration", "Calibration"),
+             ("radiation", "Radiation"), ("quality", "Data quality"),
+             ("provenance", "Provenance")])
+    page = write_text(html, out_dir / "index.html")
+    record = dict(data.as_json(), generated=generated, software=software_version())
+    numbers = write_text(json.dumps(record, indent=1, default=str) + "\n",
+                         out_dir / "report.json")
+    return page, numbers
+
+
+def run(results_dir: str | Path, out_dir: str | Path | None = None,
+        title: str = "") -> tuple[Path, ReportData]:
+    """Collect the products below ``results_dir`` and write the report.
+
+    Raises
+    ------
+    InputPathError
+        ``results_dir`` is not a folder.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise InputPathError(f"{results_dir}: no such results folder; give the output folder "
+                             "of run_calibration.py (its products/) or of "
+                             "run_full_radiation_pipeline.py")
+    out_dir = Path(out_dir) if out_dir else results_dir / "report"
+    t0 = time.perf_counter()
+    data = collect(results_dir, title)
+    page, _ = render(data, out_dir)
+    measured = sum(e.measured for e in data.datasheet)
+    logger.info("report: %d of %d datasheet numbers measured, %d figures, written to %s "
+                "(%.1f s)", measured, len(data.datasheet), len(data.figures), page,
+                time.perf_counter() - t0)
+    return page, data
+
+
+def build_parser() -> cli.ArgumentParser:
+    """Command-line interface."""
+    parser = cli.make_parser("python -m analysis.report", __doc__)
+    parser.add_argument("results_dir", metavar="RESULTS_DIR",
+                        help="output folder of the pipelines (e.g. demo_output/products)")
+    parser.add_argument("--output", default=None,
+                        help="folder of the report (default: RESULTS_DIR/report)")
+    parser.add_argument("--title", default="", help="title of the report")
+    return parser
+
+
+def _main(args) -> int:
+    run(args.results_dir, args.output, args.title)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    return cli.run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

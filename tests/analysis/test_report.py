@@ -1,0 +1,131 @@
+"""The campaign report: what a person sees in a real browser, and numbers traced to products."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from analysis import report
+from statcheck import assert_close
+
+
+def _browser():
+    """``(chromium path, sync_playwright)`` or skip: the system browser, no download."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if not chromium or sync_playwright is None:
+        pytest.skip("headless browser check needs Debian chromium and the playwright package "
+                    "(.ci/run installs both)")
+    return chromium, sync_playwright
+
+
+@pytest.mark.slow
+def test_demo_report_as_a_person_sees_it(demo_output, tmp_path):
+    out, _ = demo_output
+    page_path = out / "products" / "report" / "index.html"
+    html = page_path.read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)=["']https?://""", html)  # nothing from the network
+    chromium, sync_playwright = _browser()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            problems = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda err: problems.append(str(err)))
+            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            page.goto(page_path.as_uri())
+            page.wait_for_load_state("load")
+            assert problems == []
+            images = page.evaluate("Array.from(document.images).map("
+                                   "i => [i.getAttribute('src'), i.complete ? i.naturalWidth : 0])")
+            assert len(images) >= 5 and all(width > 0 for _, width in images), images
+            rows = page.evaluate(
+                "Array.from(document.querySelectorAll('#datasheet-table tbody tr')).map("
+                "r => [r.className, r.dataset.key, Array.from(r.cells).map(c => c.innerText)])")
+            measured = [r for r in rows if r[0] == "measured"]
+            assert len(measured) >= 8
+            for _, key, cells in measured:     # a number, an uncertainty (or count), a unit
+                assert math.isfinite(float(cells[1])), (key, cells)
+                assert cells[2].startswith("±") or cells[2] == "(count)", (key, cells)
+                assert cells[3].strip(), (key, cells)
+            for _, key, cells in (r for r in rows if r[0] != "measured"):
+                assert cells[1].strip() == "not measured", (key, cells)
+            assert "not measured" in page.inner_text("#radiation ~ p").lower()
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 20_000
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_report_numbers_come_from_the_products(demo_output):
+    out, _ = demo_output
+    products = out / "products"
+    record = json.loads((products / "report" / "report.json").read_text())
+    rows = {r["key"]: r for r in record["datasheet"]}
+    bias = json.loads((products / "bias" / "summary.json").read_text())
+    dark = json.loads((products / "dark" / "summary.json").read_text())
+    assert rows["read_noise_adu"]["value"] == bias["read_noise_adu"]
+    assert rows["read_noise_adu"]["error"] == bias["read_noise_err_adu"]
+    assert rows["read_noise_adu"]["source"] == "bias/summary.json"
+    assert rows["bias_tempco_adu_per_degC"]["value"] == bias["b_median_adu_per_degC"]
+    assert rows["doubling_temperature_degC"]["value"] == dark["doubling_temperature_degC"]
+    assert rows["hot_pixels"]["value"] == dark["hot_pixels"]
+    assert rows["adc_full_scale_adu"]["value"] == 65520.0
+    assert record["sections"]["radiation"] is False
+    quality = record["quality"]
+    assert quality["frames_rejected"] == 1 and quality["frames_flagged"] >= 2
+    assert record["provenance"]["software"] and record["provenance"]["input_hashes"]
+    # the report's numbers are the simulated sensor's, within their stated errors
+    truth = np.load(out / "campaign" / "truth" / "truth.npz")
+    physics = json.loads((out / "campaign" / "truth" / "truth.json").read_text())["physics"]
+    quant = 16 / np.sqrt(12)   # a measurement sees the ADC's quantisation noise too
+    normal = ~truth["hot_mask"]
+    expected = {
+        "gain_e_per_adc": physics["gain"],
+        "read_noise_adu": float(np.hypot(np.median(truth["read_noise"]), quant)),
+        "read_noise_e": float(np.hypot(np.median(truth["read_noise"]), quant))
+        * physics["gain"] / 16,
+        "dark_noise_emva_e": float(np.sqrt(np.mean(truth["read_noise"] ** 2 + quant ** 2)))
+        * physics["gain"] / 16,
+        "dark_current_e_s": float(np.median(truth["dark_ref"][normal])),
+        "dark_current_adu_s": float(np.median(truth["dark_ref_adu"][normal])),
+        "dsnu_e_s": float(np.std(truth["dark_ref"][normal])),
+        "doubling_temperature_degC": physics["doubling_temperature"],
+        "prnu_percent": float(100 * np.std(truth["prnu"])),
+        "bias_tempco_adu_per_degC": float(np.median(truth["bias_b"])),
+    }
+    for key, value in expected.items():
+        assert_close(rows[key]["value"], value, rows[key]["error"], what=f"report {key}")
+    assert rows["hot_pixels"]["value"] == truth["hot_mask"].sum()  # a count: exact here
+    assert rows["hot_pixels"]["error"] is not None
+
+
+def test_partial_results_mark_sections_not_measured(demo_output, tmp_path, caplog):
+    out, _ = demo_output
+    partial = tmp_path / "partial"
+    shutil.copytree(out / "products" / "bias", partial / "bias")
+    caplog.set_level("INFO")
+    assert report.main([str(partial), "--no-progress", "--title", "Only bias"]) == 0
+    record = json.loads((partial / "report" / "report.json").read_text())
+    rows = {r["key"]: r for r in record["datasheet"]}
+    assert rows["read_noise_adu"]["measured"] and not rows["gain_e_per_adc"]["measured"]
+    assert not rows["dark_current_adu_s"]["measured"]
+    assert record["sections"]["radiation"] is False and record["title"] == "Only bias"
+    html = (partial / "report" / "index.html").read_text()
+    assert html.count("not measured") >= 10
+
+
+def test_missing_results_folder_is_one_line(tmp_path, caplog, capsys, one_line_error):
+    assert report.main([str(tmp_path / "nothing"), "--no-progress"]) == 2
+    one_line_error(caplog, capsys, "nothing", "no such results folder")
