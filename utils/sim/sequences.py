@@ -137,7 +137,7 @@ def _pick_pixels(rng: np.random.Generator, shape, taken: np.ndarray, n: int,
 
 def simulate_flat_sequence(out: str | os.PathLike, *, seed: int = 1, width: int = 48,
                            height: int = 40, temperatures: Sequence[float] = (0.0, 20.0),
-                           visits: int = 6, flats: int = 2, exposure: float = 0.8,
+                           visits: int = 6, flats: int = 2, exposure: float = 0.5,
                            bias_frames: int = 3, dark_frames: int = 3,
                            structure: FlatStructure | None = None,
                            pixel_classes: bool = False, damage_visit: int | None = None,
@@ -160,8 +160,8 @@ def simulate_flat_sequence(out: str | os.PathLike, *, seed: int = 1, width: int 
     flats : int, optional
         Flats per visit. Default is 2.
     exposure : float, optional
-        Exposure of the flats and darks [s]. Default is 0.8 (about 80 % of full scale
-        at the centre with the default physics).
+        Exposure of the flats and darks [s]. Default is 0.5 (about half of full scale
+        at the centre with the default physics, room for the planted brighter pixels).
     bias_frames, dark_frames : int, optional
         Bias frames and darks per visit. Defaults are 3 and 3.
     structure : FlatStructure, optional
@@ -216,7 +216,11 @@ def simulate_flat_sequence(out: str | os.PathLike, *, seed: int = 1, width: int 
         dark_ref.flat[planted["temperature"]] = needed
         sensor = replace(sensor, dark_ref=dark_ref)
     struct_mask = structure.mask(shape) if structure is not None else np.zeros(shape, bool)
-    glitch_visit = {int(p): int(rng.integers(1, visits)) for p in planted.get("glitch", [])}
+    # a glitch sits in the last flat of a visit after every set point was visited once, so it
+    # is never in a reference flat (the earliest of its temperature bin, or of all flats)
+    first_glitch = min(len(temperatures), visits - 1)
+    glitch_visit = {int(p): int(rng.integers(first_glitch, visits))
+                    for p in planted.get("glitch", [])}
 
     def sensor_for(visit: int, temperature: float) -> Sensor:
         prnu = sensor.prnu
@@ -267,7 +271,7 @@ def simulate_flat_sequence(out: str | os.PathLike, *, seed: int = 1, width: int 
             extra = None
             if t.kind == "flat":
                 for p, gv in glitch_visit.items():
-                    if gv == visit and t.frame == 0:
+                    if gv == visit and t.frame == flats - 1:
                         extra = np.zeros(shape) if extra is None else extra
                         extra.flat[p] += GLITCH_LEVEL * physics.flat_flux * t.real_exposure / \
                             physics.gain
