@@ -5,7 +5,8 @@ For every ``<x>kRads`` sub-folder of INPUT_DIR (or those given with
 converted with the shared converter, CALTYPE OPER), ordered and timed since
 the first frame; per-pixel temporal mean and sigma streamed in two passes
 (robust against the hits); outlier pixels (|x - mean| > --threshold sigma,
-default 5) and events (touching outlier pixels) per frame; the radiation
+default 5), events (touching outlier pixels) and transients (events new in
+their frame: hits, not pixels that stay hot) per frame; the radiation
 series of ``radiationLog*.csv`` interpolated at the frame times on one zero
 point; Pearson r (with its error, 95 % interval and p-value) and a line fit
 with standard errors of the counts vs the dose rate; power-log current and

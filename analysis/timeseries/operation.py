@@ -72,7 +72,8 @@ logger = logging.getLogger(__name__)
 #: Calibration type written on converted operation frames.
 CALTYPE = "OPER"
 SUMMARY_CSV = "operation_summary.csv"
-COUNT_COLUMNS = {"outlier pixels": "N_OUTLIERS", "events": "N_EVENTS"}
+COUNT_COLUMNS = {"outlier pixels": "N_OUTLIERS", "events": "N_EVENTS",
+                 "transients": "N_TRANSIENTS"}
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,10 @@ class OperationResult:
         failed = [d for d in self.datasets if d.status == "failed"]
         parts = []
         for d in done:
-            r = d.row.get("R_EVENTS", math.nan)
-            parts.append(f"{d.name}: {d.row.get('N_FRAMES', 0)} frames, r(events, "
+            r = d.row.get("R_TRANSIENTS", math.nan)
+            parts.append(f"{d.name}: {d.row.get('N_FRAMES', 0)} frames, r(transients, "
                          f"{d.row.get('RADIATION') or 'radiation'}) = "
-                         + (f"{r:.3f} ± {d.row.get('R_EVENTS_ERR', math.nan):.3f}"
+                         + (f"{r:.3f} ± {d.row.get('R_TRANSIENTS_ERR', math.nan):.3f}"
                             if isinstance(r, float) and math.isfinite(r) else "n/a"))
         text = f"operation analysis: {len(done)} sequence(s) analysed"
         if failed:
@@ -270,7 +271,7 @@ def _captions(seq: FrameSequence, table: pd.DataFrame, idx: np.ndarray, values: 
         rad = f", {name} {values[i]:.3g} {unit}" if math.isfinite(values[i]) else ""
         frames.append(f"{dataset}  {t}{rad}")
         outl.append(f"{dataset}  {t}: {int(table['N_OUTLIERS'].iloc[i])} outlier pixels, "
-                    f"{int(table['N_EVENTS'].iloc[i])} events")
+                    f"{int(table['N_TRANSIENTS'].iloc[i])} transients")
     return frames, outl
 
 
@@ -368,7 +369,7 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
                               unit="sigma", label="|x - mean| / sigma of outliers",
                               title=f"{ds.name} outlier pixels", vmin=0.0, vmax=top,
                               cmap="inferno", **common)
-    c_ev, f_ev = corrs["events"], fits_["events"]
+    c_ev, f_ev = corrs["transients"], fits_["transients"]
     c_px = corrs["outlier pixels"]
     row = {"DATASET": ds.name, "STATUS": "analysed",
            "REASON": radiation.problem or "", "N_FRAMES": len(seq),
@@ -379,9 +380,11 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
            "N_OUTLIER_PIXELS": int(result.cumulative.sum()),
            "MEAN_OUTLIERS_PER_FRAME": float(table["N_OUTLIERS"].mean()),
            "MEAN_EVENTS_PER_FRAME": float(table["N_EVENTS"].mean()),
-           "R_EVENTS": c_ev.r, "R_EVENTS_ERR": c_ev.stderr, "P_EVENTS": c_ev.p_value,
-           "SLOPE_EVENTS": f_ev.slope, "SLOPE_EVENTS_ERR": f_ev.slope_err,
-           "INTERCEPT_EVENTS": f_ev.intercept, "INTERCEPT_EVENTS_ERR": f_ev.intercept_err,
+           "MEAN_TRANSIENTS_PER_FRAME": float(table["N_TRANSIENTS"].mean()),
+           "R_TRANSIENTS": c_ev.r, "R_TRANSIENTS_ERR": c_ev.stderr,
+           "P_TRANSIENTS": c_ev.p_value, "SLOPE_TRANSIENTS": f_ev.slope,
+           "SLOPE_TRANSIENTS_ERR": f_ev.slope_err, "INTERCEPT_TRANSIENTS": f_ev.intercept,
+           "INTERCEPT_TRANSIENTS_ERR": f_ev.intercept_err,
            "FIT_METHOD": f_ev.method, "R_PIXELS": c_px.r, "R_PIXELS_ERR": c_px.stderr,
            "P_PIXELS": c_px.p_value}
     write_run_summary(target, {"dataset": ds.name, "row": row}, files, digest)

@@ -68,6 +68,7 @@ def plot_metrics(frames: pd.DataFrame, radiation: RadiationSeries, power: pd.Dat
     ax = axes[5]
     ax.plot(t, frames["N_OUTLIERS"], ".-", ms=3, lw=0.8, label="outlier pixels")
     ax.plot(t, frames["N_EVENTS"], ".-", ms=3, lw=0.8, label="events (connected groups)")
+    ax.plot(t, frames["N_TRANSIENTS"], ".-", ms=3, lw=0.8, label="transients (new events)")
     ax.set_xlabel("time since first frame [s]")
     ax.set_ylabel("count per frame")
     ax.legend(fontsize="small", loc="upper left")
@@ -85,7 +86,7 @@ def plot_rad_vs_outliers(x: np.ndarray, counts: dict, correlations: dict, fits: 
     x : numpy.ndarray
         Radiation value at each frame (NaN where not covered).
     counts : dict
-        ``{"outlier pixels": array, "events": array}`` per frame.
+        ``{"outlier pixels": array, "events": array, "transients": array}`` per frame.
     correlations, fits : dict
         :class:`~utils.models.correlation.Correlation` and
         :class:`~utils.models.correlation.LineFit` per key of ``counts``.

@@ -14,8 +14,11 @@ Estimators (one frame in memory at a time):
    ``|x - offset - mean| > threshold x sigma``, sigma floored at the
    quantisation noise ``ADUSCALE / sqrt(12)``; outlier pixels that touch
    (8-connectivity) form one *event* (one particle hit spreads over a few
-   pixels).  Also: the cumulative outlier map, outliers per pixel, and a
-   decimated display-resolution copy of the sequence for the animations.
+   pixels); an event whose strongest pixel was not an outlier in the previous
+   frame is a *transient* (a hit lasts one frame; a pixel that turned hot, or
+   a slow RTS pixel, stays an outlier from frame to frame and is counted once).  Also:
+   the cumulative outlier map, outliers per pixel, and a decimated
+   display-resolution copy of the sequence for the animations.
 
 Threshold: 5 sigma by default.  With Gaussian noise a pixel passes it by
 chance with probability 5.7e-7 per frame (2.4 pixels of a 2048 x 2048 frame);
@@ -83,7 +86,9 @@ class TransientResult:
     table : pandas.DataFrame
         One row per frame: ``MEAN, MEDIAN, STD, MIN, MAX`` [adu] (all pixels),
         ``SATFRACTION``, ``OFFSET`` [adu] (common mode), ``N_OUTLIERS``,
-        ``N_POSITIVE``, ``N_NEGATIVE`` (pixels) and ``N_EVENTS`` (connected groups).
+        ``N_POSITIVE``, ``N_NEGATIVE`` (pixels), ``N_EVENTS`` (connected groups) and
+        ``N_TRANSIENTS`` (events whose strongest pixel was not an outlier in the
+        previous frame).
     cumulative : numpy.ndarray
         True where a pixel was an outlier in at least one frame.
     outlier_frames : numpy.ndarray
@@ -144,18 +149,32 @@ def _subsample(shape) -> tuple[slice, slice]:
     return slice(0, None, stride), slice(0, None, stride)
 
 
-def count_events(mask: np.ndarray) -> int:
-    """Number of 8-connected groups of True pixels.
+def count_events(mask: np.ndarray, previous: np.ndarray | None = None,
+                 strength: np.ndarray | None = None) -> tuple[int, int]:
+    """Number of 8-connected groups of True pixels, and of those new in this frame.
+
+    A group whose strongest pixel (largest ``strength``, e.g. ``|z|``) was already
+    an outlier in ``previous`` (the last frame's outliers) is not new: a pixel that
+    turned hot, or a slow RTS pixel, stays an outlier from frame to frame, while a
+    particle hit lasts one frame.  (Testing the strongest pixel only, not every
+    pixel of the group, keeps a hit that lands next to an older outlier new.)
 
     Examples
     --------
     >>> m = np.zeros((5, 5), bool); m[0, 0] = m[1, 1] = m[4, 4] = True
-    >>> count_events(m)
-    2
+    >>> prev = np.zeros((5, 5), bool); prev[4, 4] = True
+    >>> count_events(m), count_events(m, prev)
+    ((2, 2), (2, 1))
     """
     if not mask.any():
-        return 0
-    return int(ndimage.label(mask, structure=_EIGHT)[1])
+        return 0, 0
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if previous is None or not previous.any():
+        return int(n), int(n)
+    weight = np.ones(mask.shape, np.float32) if strength is None else strength
+    peaks = ndimage.maximum_position(weight, labels, np.arange(1, n + 1))
+    old = sum(bool(previous[p]) for p in peaks)
+    return int(n), int(n - old)
 
 
 def find_transients(seq: FrameSequence, settings: TransientSettings = TransientSettings(), *,
@@ -217,6 +236,7 @@ def find_transients(seq: FrameSequence, settings: TransientSettings = TransientS
     factor = max(1, math.ceil(max(shape) / settings.display_size))
     disp_frames, disp_outliers, disp_index = [], [], []
     threshold = np.float32(settings.threshold)
+    previous = None
     for i, path in enumerate(progress(seq.paths, desc="outliers", enabled=progress_bar)):
         x = _read(path).astype(np.float32)
         z = (x - np.float32(offsets[i]) - mean) / sigma
@@ -225,8 +245,10 @@ def find_transients(seq: FrameSequence, settings: TransientSettings = TransientS
         counts += outlier
         positive = int(np.count_nonzero(outlier & (z > 0)))
         total = int(np.count_nonzero(outlier))
+        events, transients = count_events(outlier, previous, np.abs(z))
+        previous = outlier
         rows[i].update(N_OUTLIERS=total, N_POSITIVE=positive, N_NEGATIVE=total - positive,
-                       N_EVENTS=count_events(outlier))
+                       N_EVENTS=events, N_TRANSIENTS=transients)
         if i in show:
             disp_index.append(i)
             disp_frames.append(block_reduce(x, factor))
