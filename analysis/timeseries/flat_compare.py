@@ -8,10 +8,10 @@ cancels.  What is left is noise and what changed.
 The noise of D comes from the flats themselves, not from a bare standard
 deviation of D: the variance of a pixel grows linearly with its signal
 (read noise plus shot noise, the photon-transfer relation), so the robust
-variance of D (1.4826 x MAD, squared) is measured in bins of the normalised
-signal and a line ``var(D) = alpha + beta u`` is fitted through the bins (each
-weighted by ``n / var^2``, the inverse variance of a variance estimate).  A
-structure covering a small part of the frame does not move a median.
+variance of D (3-sigma clipped, corrected for the clip) is measured in
+equal-count bins of the normalised signal and a line ``var(D) = alpha + beta u``
+is fitted through the bins.  A structure covering a small part of the frame
+is clipped away.
 ``z = D / sigma(u)`` is then a per-pixel significance in units of the flats'
 own noise.  Optionally a smooth surface (quadratic in row and column, fitted
 with 3-sigma clipping) is removed from D first, so a slow drift of the lamp's
@@ -20,7 +20,7 @@ illumination pattern is not taken for a structure.
 The seed threshold of a detection is set by a false-alarm probability per
 comparison: ``max(seed_threshold, Phi^-1(1 - p / (2 N)))`` for N pixels, so
 that pure noise gives a detection in a fraction ``p`` of comparisons whatever
-the frame size (5 sigma for 40 x 48 pixels, 6.3 sigma for 2048 x 2048 at p = 0.01).
+the frame size (5 sigma for 40 x 48 pixels, 6.0 sigma for 2048 x 2048 at p = 0.01).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.settings import field
-from utils.stack.stats import MAD_TO_STD
+from utils.stack.stats import sigma_clipped_stats
 
 #: Pixels sampled for the background fit.
 BACKGROUND_SAMPLE = 40000
@@ -97,9 +97,18 @@ class FlatDifference:
     threshold: float
 
 
+#: Standard deviation of a unit normal truncated at +-3 sigma (what a 3-sigma clip keeps).
+_CLIPPED_STD = 0.9866
+
+
 def _robust_var(values: np.ndarray) -> float:
-    med = np.median(values)
-    return float((MAD_TO_STD * np.median(np.abs(values - med))) ** 2)
+    """Variance from a 3-sigma clipped standard deviation, corrected for the truncation.
+
+    More efficient than the MAD (a bin of ~100 pixels gives the variance to ~15 %
+    instead of ~20 %), and as immune to a few changed pixels.
+    """
+    _, _, std = sigma_clipped_stats(values, sigma=3.0, maxiters=5)
+    return float((std / _CLIPPED_STD) ** 2) if math.isfinite(std) else math.nan
 
 
 def noise_model(diff: np.ndarray, signal: np.ndarray, bins: int = 16) -> tuple[float, float]:
@@ -134,10 +143,12 @@ def noise_model(diff: np.ndarray, signal: np.ndarray, bins: int = 16) -> tuple[f
     u = np.array([signal[p].mean() for p in parts])
     v = np.array([_robust_var(diff[p]) for p in parts])
     n = np.array([p.size for p in parts], dtype=float)
-    positive = v > 0
+    positive = np.isfinite(v) & (v > 0)
     if positive.sum() < 3 or np.ptp(u) <= 1e-6 * max(abs(u).max(), 1e-12):
         return float(np.median(v)), 0.0
-    w = n[positive] / v[positive] ** 2
+    # weights from the bin sizes only: weights from the measured variances themselves
+    # (n / v^2) favour the bins that scattered low and bias the model low by ~5 %
+    w = n[positive]
     uu, vv = u[positive], v[positive]
     sw = w.sum()
     um = (w * uu).sum() / sw
