@@ -50,7 +50,8 @@ class RTSRunSettings:
 
     rts: RTSSettings = field(RTSSettings(), "per-pixel RTS search")
     caltype: str = field("DARK", "frame type searched: DARK or BIAS")
-    temp_bin: float = field(1.0, "[degC] largest temperature span of one sequence")
+    temp_bin: float = field(2.0, "[degC] largest temperature span of one sequence (wider than "
+                                 "for masters: the jitter of a long run spans more)")
     exp_tolerance: float = field(0.01, "largest relative exposure span of one sequence")
     min_frames: int = field(50, "sequences with fewer frames are flagged, not searched")
 

@@ -298,10 +298,13 @@ def test_time_zero_is_a_time_and_clocks_must_match(tmp_path):
     np.testing.assert_allclose(series.dose, [0.5, 1.25, 2.0])
 
 
+@pytest.mark.parametrize("command", ["operation_analysis", "structure_analysis",
+                                     "outgassing_analysis", "rts_analysis"])
 @pytest.mark.parametrize("how", ["file", "module"])
-def test_runs_as_file_and_as_module(how):
-    cmd = [sys.executable, "analysis/operation_analysis.py", "--help"] if how == "file" else \
-        [sys.executable, "-m", "analysis.operation_analysis", "--help"]
+def test_commands_run_as_file_and_as_module(command, how):
+    cmd = [sys.executable, f"analysis/{command}.py", "--help"] if how == "file" else \
+        [sys.executable, "-m", f"analysis.{command}", "--help"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0 and "Example" in proc.stdout and "--threshold" in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    assert "Example" in proc.stdout and "--verbose" in proc.stdout
