@@ -10,6 +10,7 @@ from utils.models.correlation import Correlation, LineFit
 from utils.plotting import finish_axes, new_axes, show_image
 
 from .radiation import RadiationSeries
+from .transients import block_reduce
 
 __all__ = ["plot_metrics", "plot_rad_vs_outliers", "plot_intensity_stats", "plot_first_mean_last",
            "plot_cumulative_outliers"]
@@ -136,13 +137,14 @@ def plot_first_mean_last(first: np.ndarray, mean: np.ndarray, last: np.ndarray, 
     """First frame, temporal mean frame and last frame [adu], on one colour scale."""
     if axes is None:
         axes = new_axes(ncols=3, figsize=(15, 4.6))
+    factor = _display_factor(mean.shape)
     finite = mean[np.isfinite(mean)]
     lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
     for ax, image, title in ((axes[0], first, f"first frame (t = {times[0]:.1f} s)"),
                              (axes[1], mean, "temporal mean (clipped)"),
                              (axes[2], last, f"last frame (t = {times[1]:.1f} s)")):
-        im = ax.imshow(image, origin="lower", interpolation="nearest", vmin=lo, vmax=hi,
-                       cmap="gray")
+        im = ax.imshow(block_reduce(image, factor), origin="lower", interpolation="nearest",
+                       vmin=lo, vmax=hi, cmap="gray", extent=_extent(image.shape, factor))
         ax.set_title(title)
         ax.set_xlabel("column [px]")
         ax.set_ylabel("row [px]")
@@ -152,8 +154,26 @@ def plot_first_mean_last(first: np.ndarray, mean: np.ndarray, last: np.ndarray, 
 
 def plot_cumulative_outliers(outlier_frames: np.ndarray, n_frames: int, *, ax=None):
     """Frames in which each pixel was an outlier (0 = never)."""
-    ax = show_image(outlier_frames.astype(float), ax=ax, unit="frames",
-                    label="outlier in", percentiles=(0, 100), cmap="magma",
-                    title=f"cumulative outliers: {int((outlier_frames > 0).sum())} pixels in "
-                          f"{n_frames} frames")
+    factor = _display_factor(outlier_frames.shape)
+    shown = block_reduce(outlier_frames.astype(np.float32), factor, np.max)
+    title = (f"cumulative outliers: {int((outlier_frames > 0).sum())} pixels in {n_frames} "
+             f"frames" + (f" (max over {factor}x{factor} blocks)" if factor > 1 else ""))
+    ax = show_image(shown, ax=ax, unit="frames", label="outlier in", percentiles=(0, 100),
+                    cmap="magma", title=title)
+    if factor > 1:
+        ax.images[0].set_extent(_extent(outlier_frames.shape, factor))
     return ax
+
+
+#: Largest side of a full-frame image drawn in a figure [pixel].
+DISPLAY_MAX = 1024
+
+
+def _display_factor(shape) -> int:
+    return max(1, -(-max(shape) // DISPLAY_MAX))
+
+
+def _extent(shape, factor):
+    """Image extent in sensor pixels of a block-reduced image."""
+    h, w = (shape[0] // factor) * factor, (shape[1] // factor) * factor
+    return (-0.5, w - 0.5, -0.5, h - 0.5)

@@ -14,9 +14,12 @@ Estimators (one frame in memory at a time):
    ``|x - offset - mean| > threshold x sigma``, sigma floored at the
    quantisation noise ``ADUSCALE / sqrt(12)``; outlier pixels that touch
    (8-connectivity) form one *event* (one particle hit spreads over a few
-   pixels); an event whose strongest pixel was not an outlier in the previous
-   frame is a *transient* (a hit lasts one frame; a pixel that turned hot, or
-   a slow RTS pixel, stays an outlier from frame to frame and is counted once).  Also:
+   pixels); an event whose strongest pixel is an outlier neither in the
+   previous nor in the next frame is a *transient* (a hit lasts one frame; a
+   pixel that turned hot during the run, or a slow RTS pixel, is an outlier in
+   consecutive frames: against the clipped temporal statistics every frame on
+   the minority side of its step is an outlier, which the outlier and event
+   counts include and the transient count does not).  Also:
    the cumulative outlier map, outliers per pixel, and a decimated
    display-resolution copy of the sequence for the animations.
 
@@ -87,8 +90,8 @@ class TransientResult:
         One row per frame: ``MEAN, MEDIAN, STD, MIN, MAX`` [adu] (all pixels),
         ``SATFRACTION``, ``OFFSET`` [adu] (common mode), ``N_OUTLIERS``,
         ``N_POSITIVE``, ``N_NEGATIVE`` (pixels), ``N_EVENTS`` (connected groups) and
-        ``N_TRANSIENTS`` (events whose strongest pixel was not an outlier in the
-        previous frame).
+        ``N_TRANSIENTS`` (events whose strongest pixel is an outlier in neither
+        neighbouring frame).
     cumulative : numpy.ndarray
         True where a pixel was an outlier in at least one frame.
     outlier_frames : numpy.ndarray
@@ -149,32 +152,102 @@ def _subsample(shape) -> tuple[slice, slice]:
     return slice(0, None, stride), slice(0, None, stride)
 
 
-def count_events(mask: np.ndarray, previous: np.ndarray | None = None,
-                 strength: np.ndarray | None = None) -> tuple[int, int]:
-    """Number of 8-connected groups of True pixels, and of those new in this frame.
+def common_mode(x: np.ndarray, ref: np.ndarray, sigma: np.ndarray, clip: float) -> float:
+    """Mean of ``x - ref`` over the samples within ``clip`` sigma (hits left out) [adu].
 
-    A group whose strongest pixel (largest ``strength``, e.g. ``|z|``) was already
-    an outlier in ``previous`` (the last frame's outliers) is not new: a pixel that
-    turned hot, or a slow RTS pixel, stays an outlier from frame to frame, while a
-    particle hit lasts one frame.  (Testing the strongest pixel only, not every
-    pixel of the group, keeps a hit that lands next to an older outlier new.)
+    A mean, not a median: the differences of quantised frames take a few discrete
+    values, and their median jumps by whole ADC steps from frame to frame.
+
+    Examples
+    --------
+    >>> common_mode(np.array([1.0, 2.0, 3.0, 500.0]), np.zeros(4), np.ones(4), 5.0)
+    2.0
+    """
+    d = x.astype(np.float64) - ref
+    inside = np.abs(d) <= clip * sigma
+    return float(d[inside].mean()) if inside.any() else 0.0
+
+
+def event_peaks(mask: np.ndarray, strength: np.ndarray | None = None) -> np.ndarray:
+    """Strongest pixel (largest ``strength``, e.g. ``|z|``) of each 8-connected group of True
+    pixels, as an ``(n, 2)`` array of (row, column).
 
     Examples
     --------
     >>> m = np.zeros((5, 5), bool); m[0, 0] = m[1, 1] = m[4, 4] = True
-    >>> prev = np.zeros((5, 5), bool); prev[4, 4] = True
-    >>> count_events(m), count_events(m, prev)
-    ((2, 2), (2, 1))
+    >>> strength = np.zeros((5, 5)); strength[1, 1] = 9.0
+    >>> event_peaks(m, strength).tolist()
+    [[1, 1], [4, 4]]
     """
-    if not mask.any():
-        return 0, 0
-    labels, n = ndimage.label(mask, structure=_EIGHT)
-    if previous is None or not previous.any():
-        return int(n), int(n)
-    weight = np.ones(mask.shape, np.float32) if strength is None else strength
-    peaks = ndimage.maximum_position(weight, labels, np.arange(1, n + 1))
-    old = sum(bool(previous[p]) for p in peaks)
-    return int(n), int(n - old)
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return np.zeros((0, 2), dtype=np.intp)
+    labels, _ = ndimage.label(mask, structure=_EIGHT)
+    lab = labels.ravel()[idx]
+    weight = np.zeros(idx.size) if strength is None else np.asarray(strength).ravel()[idx]
+    # only the (few) outlier pixels are sorted: by label, strongest first
+    order = np.lexsort((-weight, lab))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = lab[order][1:] != lab[order][:-1]
+    return np.column_stack(np.unravel_index(idx[order[first]], mask.shape)).astype(np.intp)
+
+
+def count_transients(peaks: np.ndarray, *neighbours: np.ndarray | None) -> int:
+    """Events whose strongest pixel is not an outlier in any of the neighbouring frames.
+
+    A particle hit lasts one frame; a pixel that turned hot (or a slow RTS pixel)
+    is an outlier in consecutive frames.  Testing the strongest pixel only keeps
+    a hit that lands next to an older outlier a transient.
+
+    Examples
+    --------
+    >>> prev = np.zeros((5, 5), bool); prev[4, 4] = True
+    >>> count_transients(np.array([[0, 0], [4, 4]]), prev, None)
+    1
+    """
+    keep = np.ones(len(peaks), dtype=bool)
+    for other in neighbours:
+        if other is not None and len(peaks):
+            keep &= ~other[peaks[:, 0], peaks[:, 1]]
+    return int(keep.sum())
+
+
+def _flag_py(data, offset, mean, sigma, threshold, outlier, absz, cumulative, counts):
+    """One pass: ``|z|``, the outlier flags and the cumulative maps; returns (total, positive)."""
+    x = data.ravel()
+    m, s = mean.ravel(), sigma.ravel()
+    out, az = outlier.ravel(), absz.ravel()
+    cum, cnt = cumulative.ravel(), counts.ravel()
+    total = 0
+    positive = 0
+    for i in range(x.size):
+        z = (np.float32(x[i]) - offset - m[i]) / s[i]
+        a = abs(z)
+        az[i] = a
+        flag = a > threshold
+        out[i] = flag
+        if flag:
+            total += 1
+            if z > 0:
+                positive += 1
+            cum[i] = True
+            cnt[i] += 1
+    return total, positive
+
+
+try:  # numba is a dependency; numpy does the same in several passes without it
+    from numba import njit
+
+    _flag = njit(nogil=True, cache=True)(_flag_py)
+except ImportError:  # pragma: no cover
+    def _flag(data, offset, mean, sigma, threshold, outlier, absz, cumulative, counts):
+        """Numpy version of :func:`_flag_py`."""
+        z = (data.astype(np.float32) - offset - mean) / sigma
+        np.abs(z, out=absz)
+        np.greater(absz, threshold, out=outlier)
+        cumulative |= outlier
+        counts += outlier
+        return int(outlier.sum()), int((outlier & (z > 0)).sum())
 
 
 def find_transients(seq: FrameSequence, settings: TransientSettings = TransientSettings(), *,
@@ -217,7 +290,7 @@ def find_transients(seq: FrameSequence, settings: TransientSettings = TransientS
         st = frame_statistics(data, saturation=seq.saturation)
         x = data.astype(np.float32)
         if settings.common_mode:
-            offsets[i] = float(np.median(x[sub] - ref[sub]))
+            offsets[i] = common_mode(x[sub], ref[sub], ref_sigma[sub], settings.pilot_clip)
         if i == 0:
             first = x.copy()
         if i == n - 1:
@@ -228,32 +301,35 @@ def find_transients(seq: FrameSequence, settings: TransientSettings = TransientS
                      "MAX": st.max, "SATFRACTION": st.saturated_fraction, "OFFSET": offsets[i]})
     stats = acc.result()
     sigma_floor = seq.adu_scale / math.sqrt(12.0)
-    sigma = np.maximum(np.nan_to_num(stats.std, nan=np.inf), np.float32(sigma_floor))
-    mean = np.nan_to_num(stats.mean, nan=0.0)
+    sigma = np.maximum(np.nan_to_num(stats.std, nan=np.inf), np.float32(sigma_floor)).astype(
+        np.float32)
+    mean = np.nan_to_num(stats.mean, nan=0.0).astype(np.float32)
     cumulative = np.zeros(shape, dtype=bool)
     counts = np.zeros(shape, dtype=np.int32)
     show = set(evenly_spaced(n, settings.animation_frames).tolist())
     factor = max(1, math.ceil(max(shape) / settings.display_size))
     disp_frames, disp_outliers, disp_index = [], [], []
     threshold = np.float32(settings.threshold)
-    previous = None
+    # a frame's transients are known once the next frame's outliers are: keep two frames
+    before = previous = None          # outlier masks of frames i-2 and i-1
+    pending = None                    # event peaks of frame i-1
     for i, path in enumerate(progress(seq.paths, desc="outliers", enabled=progress_bar)):
-        x = _read(path).astype(np.float32)
-        z = (x - np.float32(offsets[i]) - mean) / sigma
-        outlier = np.abs(z) > threshold
-        cumulative |= outlier
-        counts += outlier
-        positive = int(np.count_nonzero(outlier & (z > 0)))
-        total = int(np.count_nonzero(outlier))
-        events, transients = count_events(outlier, previous, np.abs(z))
-        previous = outlier
+        data = _read(path)
+        outlier = np.empty(shape, dtype=bool)
+        absz = np.empty(shape, dtype=np.float32)
+        total, positive = _flag(data, np.float32(offsets[i]), mean, sigma, threshold, outlier,
+                                absz, cumulative, counts)
+        peaks = event_peaks(outlier, absz)
+        if pending is not None:
+            rows[i - 1]["N_TRANSIENTS"] = count_transients(pending, before, outlier)
+        before, previous, pending = previous, outlier, peaks
         rows[i].update(N_OUTLIERS=total, N_POSITIVE=positive, N_NEGATIVE=total - positive,
-                       N_EVENTS=events, N_TRANSIENTS=transients)
+                       N_EVENTS=len(peaks))
         if i in show:
             disp_index.append(i)
-            disp_frames.append(block_reduce(x, factor))
-            disp_outliers.append(block_reduce(np.where(outlier, np.abs(z), 0.0), factor,
-                                              np.max))
+            disp_frames.append(block_reduce(data.astype(np.float32), factor))
+            disp_outliers.append(block_reduce(np.where(outlier, absz, 0.0), factor, np.max))
+    rows[n - 1]["N_TRANSIENTS"] = count_transients(pending, before, None)
     table = pd.DataFrame(rows)
     return TransientResult(stats=stats, table=table, cumulative=cumulative,
                            outlier_frames=counts, first=first, last=last,
@@ -264,5 +340,5 @@ def find_transients(seq: FrameSequence, settings: TransientSettings = TransientS
                            threshold=settings.threshold)
 
 
-__all__ = ["TransientSettings", "TransientResult", "find_transients", "count_events",
-           "block_reduce", "FrameError"]
+__all__ = ["TransientSettings", "TransientResult", "find_transients", "event_peaks",
+           "count_transients", "common_mode", "block_reduce", "FrameError"]

@@ -145,7 +145,7 @@ class TemporalStats:
     --------
     >>> acc = TemporalStats((2, 2))
     >>> for value in (1.0, 2.0, 3.0):
-    ...     _ = acc.add(np.full((2, 2), value))
+    ...     acc.add(np.full((2, 2), value))
     >>> res = acc.result()
     >>> float(res.mean[0, 0]), float(res.std[0, 0]), int(res.count[0, 0])
     (2.0, 1.0, 3)
@@ -169,33 +169,28 @@ class TemporalStats:
             self._hi = np.asarray(reference, dtype=np.float64) + half
         self.frames = 0
 
-    def add(self, frame: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """Accumulate one frame; returns the boolean map of accepted samples.
+    def add(self, frame: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Accumulate one frame.
 
         Parameters
         ----------
         frame : numpy.ndarray
-            The frame, in the unit of the reference.
+            The frame, in the unit of the reference (float32 or float64).
         valid : numpy.ndarray, optional
             False where the sample must not be used at all (e.g. saturated).
         """
-        x = np.asarray(frame, dtype=np.float64)
+        x = np.asarray(frame)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
         if x.shape != self.shape:
             raise ValueError(f"frame shape {x.shape} differs from {self.shape}")
-        ok = np.isfinite(x)
-        if valid is not None:
-            ok &= valid
-        if self._lo is not None:
-            inside = (x >= self._lo) & (x <= self._hi)
-            self._rejected += ok & ~inside
-            ok &= inside
-        self._n += ok
-        delta = np.where(ok, x - self._mean, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self._mean += np.where(ok, delta / np.maximum(self._n, 1), 0.0)
-        self._m2 += delta * np.where(ok, x - self._mean, 0.0)
+        ok = np.ones(self.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        clip = self._lo is not None
+        lo = self._lo if clip else self._mean   # placeholders when not clipping (unused)
+        hi = self._hi if clip else self._mean
+        _welford(x.ravel(), ok.ravel(), clip, lo.ravel(), hi.ravel(), self._mean.ravel(),
+                 self._m2.ravel(), self._n.ravel(), self._rejected.ravel())
         self.frames += 1
-        return ok
 
     def result(self) -> TemporalResult:
         """The statistics so far (copies; the accumulator can go on)."""
@@ -205,6 +200,39 @@ class TemporalStats:
             std = np.where(n > 1, np.sqrt(self._m2 / np.maximum(n - 1, 1)), np.nan)
         return TemporalResult(mean=mean, std=std.astype(np.float32), count=n.copy(),
                               rejected=self._rejected.copy())
+
+
+def _welford_py(x, ok, clip, lo, hi, mean, m2, n, rejected):
+    """One frame into the running sums, in place, one pass without temporaries."""
+    for i in range(x.size):
+        v = x[i]
+        if not ok[i] or not (v == v) or v in (np.inf, -np.inf):
+            continue
+        if clip and (v < lo[i] or v > hi[i]):
+            rejected[i] += 1
+            continue
+        n[i] += 1
+        delta = v - mean[i]
+        mean[i] += delta / n[i]
+        m2[i] += delta * (v - mean[i])
+
+
+try:  # numba is a dependency; the same loop runs (slowly) without it
+    from numba import njit
+
+    _welford = njit(nogil=True, cache=True)(_welford_py)
+except ImportError:  # pragma: no cover
+    def _welford(x, ok, clip, lo, hi, mean, m2, n, rejected):
+        """Vectorised numpy version of :func:`_welford_py`."""
+        good = ok & np.isfinite(x)
+        if clip:
+            inside = (x >= lo) & (x <= hi)
+            rejected += good & ~inside
+            good &= inside
+        n += good
+        delta = np.where(good, x - mean, 0.0)
+        mean += np.where(good, delta / np.maximum(n, 1), 0.0)
+        m2 += delta * np.where(good, x - mean, 0.0)
 
 
 __all__ = ["robust_reference", "TemporalStats", "TemporalResult"]
