@@ -46,7 +46,18 @@ DATASET = "5kRads"
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process [MB] (Linux reports KiB)."""
+    """Peak resident set size of this process [MB].
+
+    ``VmHWM`` of ``/proc/self/status`` belongs to this program alone;
+    ``getrusage``'s ``ru_maxrss`` survives ``exec`` and would report the parent's
+    peak when the parent (which may have simulated the frames) was larger.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
