@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from astropy.io import fits
+from astropy.table import Table
 
 from utils import adu
 from utils import headers as kw
@@ -250,6 +251,8 @@ def write_cumulative_fits(result: TransientResult, seq: FrameSequence, path: Pat
     primary = fits.PrimaryHDU(result.cumulative.astype(np.uint8), header)
     primary.header[kw.BUNIT] = ("", "0/1 flag")
     hdus = [primary]
+    set_card(header, "PILOTN", int(min(len(seq), TransientSettings().pilot_frames)),
+             "frames of the robust pilot (median, MAD)")
     for name, data, unit, comment in (
             ("NOUTLIER", result.outlier_frames.astype(np.int32), "", "frames with this pixel "
              "an outlier"),
@@ -259,6 +262,10 @@ def write_cumulative_fits(result: TransientResult, seq: FrameSequence, path: Pat
         hdu = fits.ImageHDU(data, name=name)
         hdu.header[kw.BUNIT] = (unit, comment)
         hdus.append(hdu)
+    inputs = Table({"FILE": [p.name for p in seq.paths], "FRAME": seq.frame_numbers,
+                    "TIME": seq.times, "N_OUTLIERS": result.table["N_OUTLIERS"].to_numpy()})
+    inputs["TIME"].unit = "s"
+    hdus.append(fits.BinTableHDU(inputs, name="INPUTS"))
     return write_hdul(fits.HDUList(hdus), path)
 
 

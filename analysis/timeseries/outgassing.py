@@ -53,7 +53,6 @@ from utils.io.fitsio import (
     write_product,
     write_text,
 )
-from utils.io.index import load_frames
 from utils.progress import progress
 from utils.run_record import write_run_summary
 from utils.settings import dump_settings, field
@@ -62,7 +61,7 @@ from utils.stack.master import CombineSettings
 from . import plots_flats as plots
 from .classification import IGNORE_TEMP, classify
 from .flat_compare import CompareSettings, FlatDifference, compare_flats
-from .reduction import build_reducer, load_flat, select_flats
+from .reduction import flats_of, load_flat, reducer_for
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +179,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
         No frames, no valid flat, or fewer than two valid flats.
     """
     out_dir = Path(output_dir)
-    cache = out_dir / "index.csv" if Path(basepath).is_dir() else None
-    index = load_frames(basepath, cache, progress_bar=progress_bar).table
-    flats = select_flats(index, temp_bin=settings.temp_bin, exp_tolerance=settings.exp_tolerance,
-                         max_saturated=settings.max_saturated)
+    index, flats = flats_of(basepath, out_dir, settings, progress_bar=progress_bar)
     valid = flats[flats["STATUS"] == "valid"]
     if len(valid) < 2:
         why = "; ".join(sorted(set(flats["STATUS"]))) if len(flats) else "no FLAT frames"
@@ -198,11 +194,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
                             out_dir / "suspicious_darks.log"))
     reducer = None
     if settings.calibrate:
-        reducer = build_reducer(index, out_dir, temp_bin=settings.temp_bin,
-                                exp_tolerance=settings.exp_tolerance,
-                                temp_tolerance=settings.temp_tolerance,
-                                dark_exp_tolerance=settings.dark_exp_tolerance,
-                                combine=settings.combine, progress_bar=progress_bar)
+        reducer = reducer_for(settings, index, out_dir, progress_bar=progress_bar)
     norm_dir = out_dir / ("flats_norm_reduced" if settings.calibrate else "flats_norm")
     multi_exp = valid.groupby("TBIN")["EXPGROUP"].nunique().max() > 1
     outliers = _Outliers()

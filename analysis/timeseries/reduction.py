@@ -196,5 +196,32 @@ def select_flats(index: pd.DataFrame, *, temp_bin: float, exp_tolerance: float,
     return flats[cols].reset_index(drop=True)
 
 
+def flats_of(basepath, out_dir: Path, settings, *,
+             progress_bar: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The index of ``basepath`` (a folder of FITS, indexed into ``out_dir/index.csv``, or an
+    index CSV) and its flats with their bins and validity (:func:`select_flats`).
+
+    ``settings`` provides ``temp_bin``, ``exp_tolerance`` and ``max_saturated``.
+    """
+    from utils.io.index import load_frames
+
+    cache = Path(out_dir) / "index.csv" if Path(basepath).is_dir() else None
+    index = load_frames(basepath, cache, progress_bar=progress_bar).table
+    return index, select_flats(index, temp_bin=settings.temp_bin,
+                               exp_tolerance=settings.exp_tolerance,
+                               max_saturated=settings.max_saturated)
+
+
+def reducer_for(settings, index: pd.DataFrame, out_dir: Path, *,
+                progress_bar: bool = False) -> Reducer:
+    """:func:`build_reducer` with the tolerances of a settings object (``temp_bin``,
+    ``exp_tolerance``, ``temp_tolerance``, ``dark_exp_tolerance``, ``combine``)."""
+    return build_reducer(index, Path(out_dir), temp_bin=settings.temp_bin,
+                         exp_tolerance=settings.exp_tolerance,
+                         temp_tolerance=settings.temp_tolerance,
+                         dark_exp_tolerance=settings.dark_exp_tolerance,
+                         combine=settings.combine, progress_bar=progress_bar)
+
+
 __all__ = ["Reducer", "MasterEntry", "build_reducer", "load_flat", "select_flats",
-           "saturation_of"]
+           "saturation_of", "flats_of", "reducer_for"]

@@ -46,7 +46,6 @@ from astropy.io import fits
 from utils import headers as kw
 from utils.errors import FrameError, InputPathError
 from utils.io.fitsio import provenance_cards, save_figure, set_card, write_csv, write_hdul
-from utils.io.index import load_frames
 from utils.progress import progress
 from utils.run_record import write_run_summary
 from utils.settings import dump_settings, field
@@ -54,7 +53,7 @@ from utils.stack.master import CombineSettings
 
 from . import plots_flats as plots
 from .flat_compare import CompareSettings, compare_flats
-from .reduction import build_reducer, load_flat, select_flats
+from .reduction import flats_of, load_flat, reducer_for
 from .regions import find_regions
 
 logger = logging.getLogger(__name__)
@@ -154,10 +153,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
         No frames, no valid flat, or no temperature bin with two valid flats.
     """
     out_dir = Path(output_dir)
-    cache = out_dir / "index.csv" if Path(basepath).is_dir() else None
-    index = load_frames(basepath, cache, progress_bar=progress_bar).table
-    flats = select_flats(index, temp_bin=settings.temp_bin, exp_tolerance=settings.exp_tolerance,
-                         max_saturated=settings.max_saturated)
+    index, flats = flats_of(basepath, out_dir, settings, progress_bar=progress_bar)
     valid = flats[flats["STATUS"] == "valid"]
     if valid.empty:
         why = "; ".join(sorted(set(flats["STATUS"]))) if len(flats) else "no FLAT frames"
@@ -176,11 +172,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
                        len(suspicious), out_dir / "suspicious_frames.csv")
     reducer = None
     if settings.reduce:
-        reducer = build_reducer(index, out_dir, temp_bin=settings.temp_bin,
-                                exp_tolerance=settings.exp_tolerance,
-                                temp_tolerance=settings.temp_tolerance,
-                                dark_exp_tolerance=settings.dark_exp_tolerance,
-                                combine=settings.combine, progress_bar=progress_bar)
+        reducer = reducer_for(settings, index, out_dir, progress_bar=progress_bar)
     comparisons: list[dict] = []
     detections: list[dict] = []
     counts = None

@@ -142,7 +142,9 @@ def test_products_have_the_old_names_and_verify(raw_run, fitsverify):
     with fits.open(folder / "cumulative_outliers.fits") as hdul:
         union = hdul[0].data
         assert union.dtype == np.uint8 and set(np.unique(union)) <= {0, 1}
-        assert [h.name for h in hdul[1:]] == ["NOUTLIER", "TMEAN", "TSIGMA", "NACCEPT"]
+        assert [h.name for h in hdul[1:]] == ["NOUTLIER", "TMEAN", "TSIGMA", "NACCEPT",
+                                              "INPUTS"]
+        assert len(hdul["INPUTS"].data) == 70 and hdul["INPUTS"].data["TIME"][0] == 0.0
         assert np.array_equal(union == 1, hdul["NOUTLIER"].data > 0)
         assert hdul[0].header["THRESH"] == 5.0
     with Image.open(folder / "frames.gif") as gif:

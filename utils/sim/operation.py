@@ -32,6 +32,7 @@ of the hit counts with the true dose rate (``truth_pearson_r``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -49,7 +50,6 @@ from .campaign import Campaign, FrameTruth
 from .layouts import (
     _MAP_UNITS,
     CAMPAIGN_START,
-    FRAME_JITTER,
     FRAME_OVERHEAD,
     RADIATION_LOG,
     SETTLE_GAP,
@@ -64,6 +64,7 @@ from .layouts import (
     _log_text,
     _num,
     _prepare_root,
+    _schedule,
     _truth_document,
     _write_raw,
     _write_truth,
@@ -244,10 +245,13 @@ def simulate_operation(out: str | os.PathLike, *, seed: int = 1, width: int = 64
                        else None, fits=not raw)
         if s:
             clock += SETTLE_GAP
-        steps = exposure + FRAME_OVERHEAD + rng.uniform(0.0, FRAME_JITTER, frames)
-        times = np.round(clock + np.concatenate([[0.0], np.cumsum(steps[:-1])]), 3)
-        t0, t1 = float(times[0]), float(times[-1] + steps[-1])
-        clock = t1
+        # times, temperatures and log values as for any attempt; the frames are then named,
+        # typed and dosed as operation frames
+        (recs,) = _schedule(rng, [_Attempt(folder, "dark", temperature, exposure, frames)],
+                            physics, start=clock)
+        times = np.array([f.truth.timestamp for f in recs])
+        t0 = float(times[0])
+        t1 = clock = float(times[-1] + exposure + FRAME_OVERHEAD)
         span = t1 - t0
         total = beam_integral(np.array([1.0]))[0]
         peak = (dose - previous) / (span * total)
@@ -259,27 +263,19 @@ def simulate_operation(out: str | os.PathLike, *, seed: int = 1, width: int = 64
         def dose_at(t, t0=t0, span=span, peak=peak, start=previous):
             return start + peak * span * beam_integral((np.asarray(t, float) - t0) / span)
 
-        temps = np.round(temperature + physics.temperature_jitter * rng.standard_normal(frames), 3)
-        ext = np.round(physics.enclosure_temperature + 0.05 * rng.standard_normal(frames), 2)
-        real_us = np.round(exposure * 1e6 + physics.real_exposure_offset
-                           + 0.1 * rng.standard_normal(frames), 1)
-        power = np.round(physics.power_base + physics.power_per_degc * np.abs(ext - temps), 3)
         rates = rate_at(times)
         doses_at = np.round(dose_at(times), 5)
-        recs: list[_Frame] = []
         counts = []
-        for i in range(frames):
+        for i, f in enumerate(recs):
             name = f"oper_exp{_g(exposure)}s_f{i:04d}"
             rel = folder / ("frames" if raw else "fits") / (name + (".raw" if raw else ".fits"))
-            truth = FrameTruth(path=str(rel), attempt=str(folder), kind="oper", stage="radiating",
-                               step=label, setpoint=temperature, temperature=float(temps[i]),
-                               exposure=exposure, real_exposure=float(real_us[i]) * 1e-6,
-                               dose=float(doses_at[i]), damage_dose=float(doses_at[i]), frame=i,
-                               timestamp=float(times[i]))
+            f.truth = dataclasses.replace(f.truth, path=str(rel), attempt=str(folder),
+                                          kind="oper", stage="radiating", step=label,
+                                          dose=float(doses_at[i]),
+                                          damage_dose=float(doses_at[i]))
             measured = rates[i] * (1 + physics.dose_rate_noise * rng.standard_normal()) \
                 + physics.radiation_background * abs(rng.standard_normal())
-            recs.append(_Frame(truth, float(ext[i]), float(temps[0]), float(power[i]),
-                               float(f"{max(measured, 0.0):.6g}")))
+            f.radiation_level = float(f"{max(measured, 0.0):.6g}")
         plan.append(att)
         scheduled.append(recs)
         if raw:
