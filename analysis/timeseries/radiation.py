@@ -2,11 +2,13 @@
 
 Log times and frame times are compared on one zero point: both must be on the
 same clock (both Unix times, or both the same relative clock), the log is
-interpolated at the frames' own time stamps, and only then are times
-expressed relative to the first frame.  (The old operation analysis made each
-series relative to its own first row, so a log that started earlier or later
-than the frames was shifted by that difference.)  Frames outside the logged
-span get no value and are flagged, never extrapolated.
+interpolated at the frames' own time stamps -- averaged over each frame's
+exposure ``[TIMESTMP, TIMESTMP + EXPTIME]``, which is what the frame received --
+and only then are times expressed relative to the first frame.  (The old
+operation analysis made each series relative to its own first row, so a log
+that started earlier or later than the frames was shifted by that difference.)
+Frames whose exposure is not inside the logged span get no value and are
+flagged, never extrapolated.
 
 The radiation series correlated with transients is the dose *rate*: the
 monitor's ``RadiationLevel`` column when the log has one, else the rate
@@ -86,6 +88,34 @@ def _rate_from_dose(t: np.ndarray, dose: np.ndarray) -> tuple[np.ndarray, np.nda
     return mid, np.diff(dose)[keep] / dt[keep]
 
 
+def window_mean(t: np.ndarray, v: np.ndarray, starts: np.ndarray, widths: np.ndarray,
+                samples: int = 17) -> np.ndarray:
+    """Mean of the linear interpolant of ``v(t)`` over each window ``[start, start + width]``.
+
+    A width of 0 gives the value at ``start``.  (Simpson-like sampling of a piecewise-linear
+    function: exact up to the log's own sampling.)
+
+    Examples
+    --------
+    >>> window_mean(np.array([0.0, 1.0, 2.0]), np.array([0.0, 0.0, 2.0]),
+    ...             np.array([0.5, 1.0]), np.array([1.0, 0.0])).round(3).tolist()
+    [0.25, 0.0]
+    """
+    good = np.isfinite(t) & np.isfinite(v)
+    t, v = t[good], v[good]
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    out = np.full(np.shape(starts), np.nan)
+    if t.size == 0:
+        return out
+    frac = np.linspace(0.0, 1.0, samples)
+    points = np.asarray(starts, float)[:, None] + np.asarray(widths, float)[:, None] * frac
+    values = np.interp(points, t, v)
+    weights = np.ones(samples)
+    weights[[0, -1]] = 0.5                       # trapezoid rule
+    return (values * weights).sum(axis=1) / weights.sum()
+
+
 def radiation_at_frames(log: RadiationLog | None, seq: FrameSequence,
                         choice: str = "auto") -> RadiationSeries:
     """The radiation series at each frame's time, with the log on the frames' time axis.
@@ -133,15 +163,18 @@ def radiation_at_frames(log: RadiationLog | None, seq: FrameSequence,
     if choice == "auto":
         choice = "level" if has_level else "dose-rate"
     t_frames = seq.timestamps
+    widths = np.where(np.isfinite(seq.exptimes) & (seq.exptimes > 0), seq.exptimes, 0.0)
     lo, hi = log.span()
-    covered = np.isfinite(t_frames) & (t_frames >= lo) & (t_frames <= hi)
+    covered = np.isfinite(t_frames) & (t_frames >= lo) & (t_frames + widths <= hi)
     dose = log.dose_at(t_frames) if has_dose else empty.copy()
     if choice == "level":
         if not has_level:
             return RadiationSeries(values=empty, dose=dose, covered=covered,
                                    problem=f"{log.path.name} has no RadiationLevel column",
                                    **base)
-        values = log.level_at(t_frames)
+        values = window_mean(table["TIME"].to_numpy(float), table["LEVEL"].to_numpy(float),
+                             t_frames, widths)
+        values = np.where(covered, values, np.nan)
         name, unit, log_values = "RadiationLevel", "krad/s", table["LEVEL"].to_numpy(float)
     elif choice == "dose":
         if not has_dose:
@@ -159,7 +192,11 @@ def radiation_at_frames(log: RadiationLog | None, seq: FrameSequence,
             return RadiationSeries(values=empty, dose=dose, covered=covered,
                                    problem=f"{log.path.name}: too few timed Dose rows for a "
                                            "rate", **base)
-        values = np.interp(t_frames, mid, rate) if mid.size > 1 else np.full(n, rate[0])
+        point = np.interp(t_frames, mid, rate) if mid.size > 1 else np.full(n, rate[0])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # the dose received during the exposure, over the exposure: the frame's own rate
+            received = (log.dose_at(t_frames + widths) - log.dose_at(t_frames)) / widths
+        values = np.where(widths > 0, received, point)
         values = np.where(covered, values, np.nan)
         name, unit = "dose rate from Dose", "krad/s"
         log_values = np.interp(t_log, mid, rate) if mid.size > 1 else np.full(t_log.size,
@@ -188,5 +225,5 @@ def power_on_frame_axis(power: pd.DataFrame | None, seq: FrameSequence) -> pd.Da
     return out
 
 
-__all__ = ["RadiationSeries", "radiation_at_frames", "power_on_frame_axis",
+__all__ = ["RadiationSeries", "radiation_at_frames", "power_on_frame_axis", "window_mean",
            "RADIATION_CHOICES"]

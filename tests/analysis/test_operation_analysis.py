@@ -53,10 +53,10 @@ def raw_run(tmp_path_factory, checksums):
 
 @pytest.fixture(scope="module")
 def fits_run(tmp_path_factory):
-    """FITS frames, radiation log sampled every 2 s from 10 s before the first frame."""
+    """FITS frames, radiation log sampled every 1 s from 10 s before the first frame."""
     root = tmp_path_factory.mktemp("oper_fits")
     campaign = simulate_operation(root / "Operation", seed=8, frames=70, doses=(4.0,),
-                                  raw=False, log_interval=2.0, log_margin=10.0)
+                                  raw=False, log_interval=1.0, log_margin=10.0)
     out = root / "out"
     assert _run(campaign.root, out) == 0
     return campaign, out
@@ -82,10 +82,10 @@ def test_transient_counts_correlate_with_the_dose_rate_like_the_truth(which, req
     # switch on during the sequence are events in every later frame, transients once)
     frames = _frames(out, truth["folder"])
     hits = np.asarray(truth["hits"])
-    # losses on these small, busy frames (up to 15 hits on 3072 px): touching hits make one
-    # event (~5 %), and a hit whose peak pixel is an outlier in a neighbouring frame is
-    # taken for a persistent pixel (~2 x the 3 % outlier occupancy at full beam)
-    assert 0.85 * hits.sum() <= frames["N_TRANSIENTS"].sum() <= 1.01 * hits.sum()
+    # losses on these small, busy frames (up to 20 hits on 6144 px): touching hits make one
+    # event (~2 %), and a hit whose peak pixel is an outlier in a neighbouring frame is
+    # taken for a persistent pixel (~2 x the 1.5 % outlier occupancy at full beam)
+    assert 0.9 * hits.sum() <= frames["N_TRANSIENTS"].sum() <= 1.01 * hits.sum()
     assert np.corrcoef(frames["N_TRANSIENTS"], hits)[0, 1] > 0.97
     assert np.all(frames["N_TRANSIENTS"] <= hits + 1)    # touching hits merge, never split
     assert (frames.loc[hits == 0, "N_TRANSIENTS"] == 0).mean() > 0.9  # no beam, no transient
@@ -126,7 +126,7 @@ def test_sampled_log_is_interpolated_on_the_frames_zero_point(fits_run):
     true_rate = np.asarray(truth["dose_rate"])
     peak = truth["peak_dose_rate"]
     bad = np.abs(frames["RADIATION"] - true_rate) > 0.25 * peak
-    # only frames within one log interval (2 s, ~1.3 frames) of the 5 beam steps may differ;
+    # only frames within one log interval (1 s, < 1 frame) of the 5 beam steps may differ;
     # with the log on its own zero point (10 s earlier) ~7 frames per step would
     assert bad.sum() <= 2 * 5, frames.loc[bad, ["TIME", "RADIATION"]]
     assert frames["RAD_COVERED"].all()
@@ -236,8 +236,8 @@ def test_one_frame_only(tmp_path, caplog, capsys, one_line_error, checksums):
 def flagged_run(tmp_path_factory):
     """Three FITS sequences: one without its log, one whose log misses every frame, one fine."""
     root = tmp_path_factory.mktemp("oper_bad")
-    campaign = simulate_operation(root / "Operation", seed=4, frames=12, width=20, height=16,
-                                  doses=(1.0, 2.0, 3.0), raw=False)
+    campaign = simulate_operation(root / "Operation", seed=4, frames=12, width=24, height=16,
+                                  doses=(1.0, 2.0, 3.0), raw=False, hit_density=0.3)
     (campaign.root / "1kRads" / "radiationLog.csv").unlink()
     log = campaign.root / "2kRads" / "radiationLog.csv"
     table = pd.read_csv(log)

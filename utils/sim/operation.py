@@ -13,7 +13,8 @@ a fixed on/off profile (off, full, 30 %, 70 %, full, off).  The accumulated
 dose rises from the previous sequence's nominal dose to this one's over the
 sequence.  Particle hits (transients) land at random positions; their number
 per frame is Poisson with mean ``hit_density x pixels x dose rate x exposure``,
-so it follows the dose rate; each deposits a log-normal charge spread over a
+so it follows the dose received during the exposure; each deposits a log-normal
+charge spread over a
 3 x 3 neighbourhood by a Gaussian spot.  The damage physics of
 :mod:`utils.sim.physics` (dark current, radiation hot pixels) uses the dose at
 each frame.
@@ -25,9 +26,10 @@ each frame.
 radiation log is sampled at its own cadence (``log_interval`` [s]), as an
 independent instrument would be, so the analysis must interpolate it.
 
-Truth: per frame the true dose rate, the number of hits and, in ``truth.npz``,
-every hit (frame, row, column, electrons); per sequence the Pearson correlation
-of the hit counts with the true dose rate (``truth_pearson_r``).
+Truth: per frame the true dose rate (its mean over the frame's exposure), the
+number of hits and, in ``truth.npz``, every hit (frame, row, column,
+electrons); per sequence the Pearson correlation of the hit counts with the
+true dose rate (``truth_pearson_r``).
 """
 
 from __future__ import annotations
@@ -156,12 +158,12 @@ def _sampled_log_text(start: float, stop: float, interval: float, dose_at, rate_
     return "\n".join(lines) + "\n"
 
 
-def simulate_operation(out: str | os.PathLike, *, seed: int = 1, width: int = 64,
-                       height: int = 48, frames: int = 60, doses: Sequence[float] = (5.0,),
+def simulate_operation(out: str | os.PathLike, *, seed: int = 1, width: int = 96,
+                       height: int = 64, frames: int = 60, doses: Sequence[float] = (5.0,),
                        temperature: float = 20.0, exposure: float = 0.5,
-                       hit_density: float = 0.08, hit_electrons: float = 1500.0,
+                       hit_density: float = 0.04, hit_electrons: float = 1500.0,
                        hit_sigma_ln: float = 0.6, raw: bool = True,
-                       log_interval: float = 2.0, log_margin: float = 10.0,
+                       log_interval: float = 1.0, log_margin: float = 10.0,
                        power_log: bool = True, physics: Physics | None = None,
                        progress_bar: bool = False) -> Campaign:
     """Write operation sequences under a beam, with their transients and truth.
@@ -173,7 +175,7 @@ def simulate_operation(out: str | os.PathLike, *, seed: int = 1, width: int = 64
     seed : int, optional
         Seed of the one random generator. Default is 1.
     width, height : int, optional
-        Frame size [pixel]. Defaults are 64 and 48.
+        Frame size [pixel]. Defaults are 96 and 64.
     frames : int, optional
         Frames per sequence. Default is 60.
     doses : sequence of float, optional
@@ -184,14 +186,18 @@ def simulate_operation(out: str | os.PathLike, *, seed: int = 1, width: int = 64
     exposure : float, optional
         Exposure of every frame [s]. Default is 0.5.
     hit_density : float, optional
-        Expected hits per pixel per krad received during an exposure [1/krad]. Default 0.08.
+        Expected hits per pixel per krad received during an exposure [1/krad]. Default 0.04
+        (about 15 hits per frame at full beam with the other defaults: 1.5 % of the pixels
+        touched, so hits rarely touch each other).
     hit_electrons, hit_sigma_ln : float, optional
         Median charge of a hit [e-] and rms of its logarithm. Defaults are 1500 and 0.6.
     raw : bool, optional
         Raw frames with a per-frame ``radiationLog.csv`` (converted by the analysis), else
         FITS frames and a radiation log sampled every ``log_interval``. Default is True.
     log_interval : float, optional
-        Cadence of the sampled radiation log (``raw=False``) [s]. Default is 2.
+        Cadence of the sampled radiation log (``raw=False``) [s]. Default is 1 (a 1 Hz
+        monitor; a log much slower than the frames smears the beam's steps over several
+        frames when interpolated).
     log_margin : float, optional
         How long the sampled log starts before the first frame and ends after the last [s].
         Negative values make a log that does not cover the sequence. Default is 10.
@@ -263,7 +269,11 @@ def simulate_operation(out: str | os.PathLike, *, seed: int = 1, width: int = 64
         def dose_at(t, t0=t0, span=span, peak=peak, start=previous):
             return start + peak * span * beam_integral((np.asarray(t, float) - t0) / span)
 
-        rates = rate_at(times)
+        # what a frame receives is the dose during its exposure: the hits follow it, and the
+        # true rate of a frame is its mean over the exposure (a step of the beam may fall
+        # inside one)
+        exposures = np.array([f.truth.real_exposure for f in recs])
+        rates = (dose_at(times + exposures) - dose_at(times)) / exposures
         doses_at = np.round(dose_at(times), 5)
         counts = []
         for i, f in enumerate(recs):
@@ -290,7 +300,7 @@ def simulate_operation(out: str | os.PathLike, *, seed: int = 1, width: int = 64
                        root / folder / POWER_LOG)
         for i, f in enumerate(progress(recs, desc=f"simulating {label}", enabled=progress_bar)):
             t = f.truth
-            expected = hit_density * width * height * rates[i] * t.real_exposure
+            expected = hit_density * width * height * rates[i] * exposures[i]
             extra, rows, cols, charge = _hits(rng, shape, expected, physics, hit_electrons,
                                               hit_sigma_ln)
             counts.append(int(rows.size))
