@@ -234,10 +234,10 @@ def test_one_frame_only(tmp_path, caplog, capsys, one_line_error, checksums):
 
 @pytest.fixture(scope="module")
 def flagged_run(tmp_path_factory):
-    """Three FITS sequences: one without its log, one whose log misses every frame, one fine."""
+    """Two FITS sequences: one without its log, one whose log misses every frame."""
     root = tmp_path_factory.mktemp("oper_bad")
     campaign = simulate_operation(root / "Operation", seed=4, frames=12, width=24, height=16,
-                                  doses=(1.0, 2.0, 3.0), raw=False, hit_density=0.3)
+                                  doses=(1.0, 2.0), raw=False, hit_density=0.3)
     (campaign.root / "1kRads" / "radiationLog.csv").unlink()
     log = campaign.root / "2kRads" / "radiationLog.csv"
     table = pd.read_csv(log)
@@ -262,7 +262,7 @@ def test_missing_or_non_covering_log_is_a_flagged_row(flagged_run):
         assert corr["FIT_METHOD"].str.startswith("fallback").all()
         assert corr["NOTE"].notna().all()
         assert (out / name / "cumulative_outliers.fits").is_file()   # outliers still analysed
-    assert math.isfinite(summary.loc["3kRads", "R_TRANSIENTS"])
+    assert (summary["STATUS"] == "analysed").all()
 
 
 # --- units ---------------------------------------------------------------------------------------
