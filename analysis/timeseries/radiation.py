@@ -7,8 +7,8 @@ exposure ``[TIMESTMP, TIMESTMP + EXPTIME]``, which is what the frame received --
 and only then are times expressed relative to the first frame.  (The old
 operation analysis made each series relative to its own first row, so a log
 that started earlier or later than the frames was shifted by that difference.)
-Frames whose exposure is not inside the logged span get no value and are
-flagged, never extrapolated.
+Frames that start outside the logged span get no value and are flagged, never
+extrapolated.
 
 The radiation series correlated with transients is the dose *rate*: the
 monitor's ``RadiationLevel`` column when the log has one, else the rate
@@ -163,9 +163,13 @@ def radiation_at_frames(log: RadiationLog | None, seq: FrameSequence,
     if choice == "auto":
         choice = "level" if has_level else "dose-rate"
     t_frames = seq.timestamps
-    widths = np.where(np.isfinite(seq.exptimes) & (seq.exptimes > 0), seq.exptimes, 0.0)
     lo, hi = log.span()
-    covered = np.isfinite(t_frames) & (t_frames >= lo) & (t_frames + widths <= hi)
+    covered = np.isfinite(t_frames) & (t_frames >= lo) & (t_frames <= hi)
+    # the exposure window, cut at the end of the log (a per-frame log ends at the last
+    # frame's start: that frame keeps its own row's value)
+    widths = np.where(np.isfinite(seq.exptimes) & (seq.exptimes > 0), seq.exptimes, 0.0)
+    widths = np.where(covered, np.clip(np.minimum(t_frames + widths, hi) - t_frames, 0, None),
+                      0.0)
     dose = log.dose_at(t_frames) if has_dose else empty.copy()
     if choice == "level":
         if not has_level:

@@ -116,6 +116,7 @@ def test_frame_times_are_relative_to_the_first_frame(raw_run):
     assert frames["TIME"].iloc[0] == 0.0
     np.testing.assert_allclose(frames["TIME"], stamps - stamps[0], atol=2e-3)
     assert frames["TIME"].max() < 1e4                      # not the absolute clock (old bug)
+    assert frames["RAD_COVERED"].all()                     # the per-frame log covers them all
     assert frames["INDEX"].tolist() == list(range(len(frames)))
 
 
