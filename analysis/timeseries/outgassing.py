@@ -179,12 +179,13 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
         No frames, no valid flat, or fewer than two valid flats.
     """
     out_dir = Path(output_dir)
-    index, flats = flats_of(basepath, out_dir, settings, progress_bar=progress_bar)
+    index, flats, save_index = flats_of(basepath, out_dir, settings, progress_bar=progress_bar)
     valid = flats[flats["STATUS"] == "valid"]
     if len(valid) < 2:
         why = "; ".join(sorted(set(flats["STATUS"]))) if len(flats) else "no FLAT frames"
         raise InputPathError(f"{basepath}: {len(valid)} valid flat(s); the analysis compares "
                              f"flats over time and needs at least two ({why})")
+    save_index()
     dump_settings(out_dir, outgassing=settings, basepath=str(Path(basepath).resolve()))
     files: list[Path] = []
     bad = index[index["BADFITS"].astype(bool)]

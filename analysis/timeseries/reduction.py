@@ -196,20 +196,19 @@ def select_flats(index: pd.DataFrame, *, temp_bin: float, exp_tolerance: float,
     return flats[cols].reset_index(drop=True)
 
 
-def flats_of(basepath, out_dir: Path, settings, *,
-             progress_bar: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The index of ``basepath`` (a folder of FITS, indexed into ``out_dir/index.csv``, or an
-    index CSV) and its flats with their bins and validity (:func:`select_flats`).
+def flats_of(basepath, out_dir: Path, settings, *, progress_bar: bool = False):
+    """The index of ``basepath`` (a folder of FITS or an index CSV), its flats with their
+    bins and validity (:func:`select_flats`), and the function that saves a folder's index
+    (:func:`.inputs.frame_index`; call it once the inputs are checked).
 
     ``settings`` provides ``temp_bin``, ``exp_tolerance`` and ``max_saturated``.
     """
-    from utils.io.index import load_frames
+    from .inputs import frame_index
 
-    cache = Path(out_dir) / "index.csv" if Path(basepath).is_dir() else None
-    index = load_frames(basepath, cache, progress_bar=progress_bar).table
+    index, save_index = frame_index(basepath, out_dir, progress_bar=progress_bar)
     return index, select_flats(index, temp_bin=settings.temp_bin,
                                exp_tolerance=settings.exp_tolerance,
-                               max_saturated=settings.max_saturated)
+                               max_saturated=settings.max_saturated), save_index
 
 
 def reducer_for(settings, index: pd.DataFrame, out_dir: Path, *,

@@ -32,13 +32,14 @@ from utils import adu
 from utils import headers as kw
 from utils.errors import FrameError, InputPathError
 from utils.io.fitsio import provenance_cards, save_figure, set_card, write_csv, write_hdul
-from utils.io.index import load_frames
+from utils.io.index import DatasetIndex
 from utils.run_record import write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import calibration_groups
 from utils.stack.master import adc_bits_of
 
 from . import plots_rts as plots
+from .inputs import frame_index
 from .rts import CLASS_RTS, CLASS_STEP, RTSResult, RTSSettings, find_rts
 
 logger = logging.getLogger(__name__)
@@ -132,9 +133,8 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
         No frames, none of the type searched, or no sequence long enough.
     """
     out_dir = Path(output_dir)
-    cache = out_dir / "index.csv" if Path(basepath).is_dir() else None
-    index = load_frames(basepath, cache, progress_bar=progress_bar)
-    rows = index.filter(caltype=settings.caltype).usable().table
+    table, save_index = frame_index(basepath, out_dir, progress_bar=progress_bar)
+    rows = DatasetIndex(table).filter(caltype=settings.caltype).usable().table
     if rows.empty:
         raise InputPathError(f"{basepath}: no usable {settings.caltype} frames for an RTS "
                              "search")
@@ -145,6 +145,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
         raise InputPathError(f"{basepath}: the longest {settings.caltype.lower()} sequence has "
                              f"{longest} frame(s); an RTS search needs at least "
                              f"{settings.min_frames} (--min-frames)")
+    save_index()
     dump_settings(out_dir, rts=settings, basepath=str(Path(basepath).resolve()))
     files: list[Path] = []
     tables, counts = [], []

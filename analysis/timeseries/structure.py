@@ -153,7 +153,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
         No frames, no valid flat, or no temperature bin with two valid flats.
     """
     out_dir = Path(output_dir)
-    index, flats = flats_of(basepath, out_dir, settings, progress_bar=progress_bar)
+    index, flats, save_index = flats_of(basepath, out_dir, settings, progress_bar=progress_bar)
     valid = flats[flats["STATUS"] == "valid"]
     if valid.empty:
         why = "; ".join(sorted(set(flats["STATUS"]))) if len(flats) else "no FLAT frames"
@@ -162,6 +162,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
     if sizes.max() < 2:
         raise InputPathError(f"{basepath}: every temperature bin (and exposure) has a single "
                              "valid flat; a structure search needs at least two")
+    save_index()
     dump_settings(out_dir, structure=settings, basepath=str(Path(basepath).resolve()))
     files: list[Path] = []
     suspicious = index[index["BADFITS"].astype(bool)][["PATH", "CALTYPE", "ZEROFRACTION",

@@ -164,4 +164,4 @@ def test_empty_and_single_flat(tmp_path, caplog, capsys, one_line_error):
     assert outgassing_analysis.main([str(one.root), "--output-dir", str(tmp_path / "o"),
                                      "--no-progress"]) == 2
     one_line_error(caplog, capsys, "1 valid flat(s)", "at least two")
-    assert not (tmp_path / "o" / "config_used.json").exists()
+    assert not (tmp_path / "o").exists()                # nothing written, not even the index

@@ -143,7 +143,7 @@ def test_too_few_frames_is_one_line(tmp_path, caplog, capsys, one_line_error):
     assert rts_analysis.main([str(campaign.root), "--output-dir", str(tmp_path / "out"),
                               "--no-progress"]) == 2
     one_line_error(caplog, capsys, "20 frame(s)", "--min-frames")
-    assert not (tmp_path / "out" / "config_used.json").exists()
+    assert not (tmp_path / "out").exists()              # nothing written, not even the index
 
 
 def test_empty_folder(tmp_path, caplog, capsys, one_line_error):

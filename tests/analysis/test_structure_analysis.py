@@ -153,7 +153,7 @@ def test_empty_folder(tmp_path, caplog, capsys, one_line_error):
     assert structure_analysis.main([str(empty), "--output-dir", str(tmp_path / "out"),
                                     "--no-progress"]) == 2
     one_line_error(caplog, capsys, empty, "no FITS frames")
-    assert not (tmp_path / "out" / "config_used.json").exists()
+    assert not (tmp_path / "out").exists()              # nothing written, not even the index
 
 
 def test_single_flat_per_bin(tmp_path, caplog, capsys, one_line_error):
@@ -162,4 +162,4 @@ def test_single_flat_per_bin(tmp_path, caplog, capsys, one_line_error):
     assert structure_analysis.main([str(campaign.root), "--output-dir", str(tmp_path / "out"),
                                     "--no-progress"]) == 2
     one_line_error(caplog, capsys, "single valid flat", "at least two")
-    assert not (tmp_path / "out" / "config_used.json").exists()
+    assert not (tmp_path / "out").exists()              # nothing written, not even the index
