@@ -39,4 +39,33 @@ def frame_index(basepath: str | os.PathLike, out_dir: str | os.PathLike, *,
     return DatasetIndex(table).table, lambda: write_index(table, cache)
 
 
-__all__ = ["frame_index"]
+
+
+def inputs_digest(table: pd.DataFrame, settings) -> str:
+    """Hash of the settings and of every indexed frame's path, size and modification time."""
+    import hashlib
+
+    digest = hashlib.sha1(repr(settings).encode())
+    for path in sorted(table["PATH"].astype(str)):
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(f"{path}:missing".encode())
+    return digest.hexdigest()[:16]
+
+
+def previous_run(out_dir: str | os.PathLike, digest: str) -> dict | None:
+    """The summary of a complete earlier run with the same inputs and settings, else None."""
+    import logging
+
+    from utils.run_record import completed_run
+
+    summary = completed_run(out_dir, digest)
+    if summary is not None:
+        logging.getLogger(__name__).info("%s: inputs and settings unchanged since the last run; "
+                                         "products kept", out_dir)
+    return summary
+
+
+__all__ = ["frame_index", "inputs_digest", "previous_run"]

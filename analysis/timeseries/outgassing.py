@@ -61,6 +61,7 @@ from utils.stack.master import CombineSettings
 from . import plots_flats as plots
 from .classification import IGNORE_TEMP, classify
 from .flat_compare import CompareSettings, FlatDifference, compare_flats
+from .inputs import inputs_digest, previous_run
 from .reduction import flats_of, load_flat, reducer_for
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,11 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
         raise InputPathError(f"{basepath}: {len(valid)} valid flat(s); the analysis compares "
                              f"flats over time and needs at least two ({why})")
     save_index()
+    digest = inputs_digest(index, settings)
+    if (previous := previous_run(out_dir, digest)) is not None:
+        return OutgassingResult(out_dir, pd.read_csv(out_dir / "analysis_flats.csv"),
+                                pd.read_csv(out_dir / "analysis_outliers.csv"),
+                                [out_dir / f for f in previous["files"]])
     dump_settings(out_dir, outgassing=settings, basepath=str(Path(basepath).resolve()))
     files: list[Path] = []
     bad = index[index["BADFITS"].astype(bool)]
@@ -300,7 +306,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
                "suspicious_bias": int((bad["CALTYPE"] == "BIAS").sum()),
                "suspicious_darks": int((bad["CALTYPE"] == "DARK").sum()),
                "invalid_flats": int((flats["STATUS"] != "valid").sum())}
-    files.append(write_run_summary(out_dir, summary, files, None))
+    files.append(write_run_summary(out_dir, summary, files, digest))
     return OutgassingResult(out_dir, flats_table, outlier_table, files)
 
 

@@ -39,7 +39,7 @@ from utils.stack.grouping import calibration_groups
 from utils.stack.master import adc_bits_of
 
 from . import plots_rts as plots
-from .inputs import frame_index
+from .inputs import frame_index, inputs_digest, previous_run
 from .rts import CLASS_RTS, CLASS_STEP, RTSResult, RTSSettings, find_rts
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,14 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
                              f"{longest} frame(s); an RTS search needs at least "
                              f"{settings.min_frames} (--min-frames)")
     save_index()
+    digest = inputs_digest(rows, settings)
+    if (previous := previous_run(out_dir, digest)) is not None:
+        try:
+            pixels = pd.read_csv(out_dir / "rts_pixels.csv")
+        except pd.errors.EmptyDataError:  # no RTS pixel at all
+            pixels = pd.DataFrame()
+        return RTSRunResult(out_dir, pixels, pd.read_csv(out_dir / "rts_counts.csv"),
+                            [out_dir / f for f in previous["files"]])
     dump_settings(out_dir, rts=settings, basepath=str(Path(basepath).resolve()))
     files: list[Path] = []
     tables, counts = [], []
@@ -206,7 +214,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
     summary = {"sequences": int((count_table["STATUS"] == "analysed").sum()),
                "flagged": int((count_table["STATUS"] != "analysed").sum()),
                "rts_pixels": int((pixels["CLASS"] == "rts").sum()) if len(pixels) else 0}
-    files.append(write_run_summary(out_dir, summary, files, None))
+    files.append(write_run_summary(out_dir, summary, files, digest))
     return RTSRunResult(out_dir, pixels, count_table, files)
 
 

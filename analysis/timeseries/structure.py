@@ -53,6 +53,7 @@ from utils.stack.master import CombineSettings
 
 from . import plots_flats as plots
 from .flat_compare import CompareSettings, compare_flats
+from .inputs import inputs_digest, previous_run
 from .reduction import flats_of, load_flat, reducer_for
 from .regions import find_regions
 
@@ -163,6 +164,11 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
         raise InputPathError(f"{basepath}: every temperature bin (and exposure) has a single "
                              "valid flat; a structure search needs at least two")
     save_index()
+    digest = inputs_digest(index, settings)
+    if (previous := previous_run(out_dir, digest)) is not None:
+        return StructureResult(out_dir, pd.read_csv(out_dir / "structures.csv"),
+                               pd.read_csv(out_dir / "comparisons.csv"),
+                               [out_dir / f for f in previous["files"]])
     dump_settings(out_dir, structure=settings, basepath=str(Path(basepath).resolve()))
     files: list[Path] = []
     suspicious = index[index["BADFITS"].astype(bool)][["PATH", "CALTYPE", "ZEROFRACTION",
@@ -257,7 +263,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
                "persistent": int(structures["PERSISTENT"].eq(True).sum()),
                "suspicious_frames": len(suspicious), "invalid_flats":
                int((flats["STATUS"] != "valid").sum())}
-    files.append(write_run_summary(out_dir, summary, files, None))
+    files.append(write_run_summary(out_dir, summary, files, digest))
     return StructureResult(out_dir, structures, comp, files)
 
 

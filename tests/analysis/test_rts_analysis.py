@@ -138,6 +138,15 @@ def test_counts_per_stage_and_dose_step(irradiated):
     assert len(list(out.glob("rts_*_T20.0C_E0.1s.fits"))) == 3
 
 
+def test_rerun_keeps_the_products(irradiated, caplog):
+    campaign, out = irradiated
+    stamp = (out / "rts_counts.csv").stat().st_mtime_ns
+    assert rts_analysis.main([str(campaign.root), "--output-dir", str(out), "--no-progress",
+                              "--min-frames", "100"]) == 0
+    assert (out / "rts_counts.csv").stat().st_mtime_ns == stamp
+    assert any("unchanged since the last run" in r.getMessage() for r in caplog.records)
+
+
 def test_too_few_frames_is_one_line(tmp_path, caplog, capsys, one_line_error):
     campaign = simulate_dark_sequence(tmp_path / "seq", seed=2, frames=20, width=8, height=8)
     assert rts_analysis.main([str(campaign.root), "--output-dir", str(tmp_path / "out"),

@@ -103,6 +103,15 @@ def test_stable_sequence_gives_no_detection(stable):
     assert (comps.loc[comps["STATUS"] == "compared", "N_REGIONS"] == 0).all()
 
 
+def test_rerun_keeps_the_products(stable, caplog):
+    campaign, out = stable
+    stamp = (out / "timeline.png").stat().st_mtime_ns
+    assert structure_analysis.main([str(campaign.root), "--output-dir", str(out),
+                                    "--no-progress"]) == 0
+    assert (out / "timeline.png").stat().st_mtime_ns == stamp
+    assert any("unchanged since the last run" in r.getMessage() for r in caplog.records)
+
+
 def test_significance_is_in_units_of_the_flats_noise(stable):
     campaign, _ = stable
     flats = [campaign.path(r) for r in campaign.records if r.kind == "flat"
