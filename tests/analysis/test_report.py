@@ -9,9 +9,9 @@ import shutil
 
 import numpy as np
 import pytest
+from statcheck import assert_close
 
 from analysis import report
-from statcheck import assert_close
 
 
 def _browser():

@@ -35,7 +35,7 @@ from .. import headers as kw
 from ..errors import FrameError, InputPathError, OutputPathError
 from ..progress import progress
 from ..settings import field
-from .discovery import Attempt, check_distinct_sections, find_attempts
+from .discovery import FRAMES_DIR, RAW_SUFFIXES, Attempt, check_distinct_sections, find_attempts
 from .fitsio import (
     BLOCK,
     atomic_path,
@@ -486,3 +486,44 @@ def write_fits_index(rows: list[dict], path: Path) -> Path:
     table["RAWPATH"] = table["RAWPATH"].map(relative)
     table["ADCBITS"] = pd.to_numeric(table["ADCBITS"], errors="coerce").astype("Int64")
     return write_csv(table[INDEX_COLUMNS], path)
+
+
+class _LooseAttempt(Attempt):
+    """An attempt whose raw files lie in the folder itself, without a ``frames/`` sub-folder."""
+
+    @property
+    def frames_dir(self) -> Path:
+        """The folder itself."""
+        return self.path
+
+
+def convert_folder(folder: str | os.PathLike, caltype: str, settings: ConversionSettings, *,
+                   progress_bar: bool = False) -> ConversionReport:
+    """Convert one folder of raw frames outside the campaign sections (e.g. an operation
+    sequence ``<x>kRads/`` with ``CALTYPE`` ``OPER``).
+
+    The raw files are in ``folder/frames/`` or, failing that, in ``folder`` itself; the
+    config and per-frame log are in ``folder``.  FITS go to ``folder/fits/`` and the
+    listing to ``folder/fits_index.csv``, as for any attempt.
+
+    Raises
+    ------
+    InputPathError
+        ``folder`` is missing or holds no raw frame.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputPathError(f"{folder}: folder does not exist; check the path")
+    frames = folder / FRAMES_DIR
+    attempt = Attempt(folder, folder) if frames.is_dir() else _LooseAttempt(folder, folder)
+    tasks, rows = plan_attempt(attempt, caltype, settings)
+    if not tasks:
+        raise InputPathError(f"{attempt.frames_dir}: no raw frames ({', '.join(RAW_SUFFIXES)}) "
+                             "to convert; check the folder")
+    results = _run_tasks(tasks, settings.workers, f"convert {folder.name}", progress_bar)
+    for row, result in zip(rows, results):
+        row.update(result)
+        if row["STATUS"] == STATUS_REJECTED:
+            logger.warning("%s: %s; no FITS written", row["RAWPATH"], row["REASON"])
+            row["PATH"] = ""
+    return ConversionReport(rows, write_fits_index(rows, folder / FITS_INDEX_NAME))

@@ -106,17 +106,20 @@ def _folder_error(path: Path, err: OSError) -> OutputPathError:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is untouched.
+    ``keep_suffix`` ends the temporary name with ``path``'s own suffix (``.tmp.gif``),
+    for writers that choose the format from the file name (matplotlib's animation writers).
     A folder that cannot hold ``path`` (a file in its place, no permission)
     raises :class:`~utils.errors.OutputPathError`, a one-line user error.
     """
     path = Path(path)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as err:
         if err.errno in _FOLDER_ERRNOS:
             raise _folder_error(path, err) from err
@@ -138,11 +141,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 #: Name of an :func:`atomic_path` temporary file: ``.<name>.<random characters>.tmp``
 #: (mkstemp writes 8; a user's ``.notes.tmp`` or ``.notes.txt.tmp`` does not match).
-_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{6,}\.tmp")
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{6,}\.tmp(\.[A-Za-z0-9]{1,5})?")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = False) -> int:
-    """Delete ``.<name>.<random>.tmp`` files an interrupted :func:`atomic_path` left behind.
+    """Delete ``.<name>.<random>.tmp[.ext]`` files an interrupted :func:`atomic_path` left behind.
 
     Returns the number of files removed.
     """
@@ -150,7 +153,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = Fal
     if not folder.is_dir():
         return 0
     removed = 0
-    for leftover in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+    for leftover in (folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")):
         # only the names atomic_path makes: other files stay
         if not _TEMPORARY.fullmatch(leftover.name):
             continue

@@ -332,7 +332,8 @@ def digitise(counts: np.ndarray, adc_bits: int) -> np.ndarray:
 
 def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, kind: str,
                  temperature: float, exposure: float, damage_dose: float = 0.0,
-                 illumination: float = 1.0) -> np.ndarray:
+                 illumination: float = 1.0,
+                 extra_counts: np.ndarray | None = None) -> np.ndarray:
     """Draw one frame as stored by the camera (uint16, ADC count x 16).
 
     Parameters
@@ -353,6 +354,10 @@ def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, 
         Radiation damage [krad]. Default is 0.
     illumination : float, optional
         Flat lamp flux relative to ``Physics.flat_flux`` [1] (lamp drift). Default is 1.
+    extra_counts : numpy.ndarray, optional
+        Signal added before the read noise and the ADC [ADC count], e.g. the
+        charge of particle hits or the offset of a random-telegraph pixel.
+        Default is None (nothing added; draws and output unchanged).
 
     Returns
     -------
@@ -368,6 +373,8 @@ def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, 
     counts = bias_level(sensor, physics, temperature, damage_dose).astype(np.float64)
     counts += rng.poisson(electrons) / physics.gain
     counts += rng.standard_normal(sensor.shape) * sensor.read_noise
+    if extra_counts is not None:
+        counts += extra_counts
     return digitise(counts, physics.adc_bits)
 
 
