@@ -64,7 +64,19 @@ def _fmt_pair(value, error) -> tuple[str, str]:
     if value is None or error is None or not math.isfinite(float(error)) or float(error) <= 0:
         return _fmt(value), _fmt(error)
     digits = max(0, 1 - int(math.floor(math.log10(abs(float(error))))))
-    return f"{float(value):.{digits}f}", f"{float(error):.{digits}f}"
+    shown = f"{float(value):.{digits}f}"
+    return (shown.lstrip("-") if float(shown) == 0 else shown), f"{float(error):.{digits}f}"
+
+
+def _cell(value) -> str:
+    """A table cell as text: ``(value, error)`` pairs as ``value +- error``."""
+    if isinstance(value, tuple):
+        shown = _fmt_pair(*value)
+        # a count's error of 0 (no pixel near the threshold) is no uncertainty to show
+        return f"{shown[0]} \u00b1 {shown[1]}" if shown[1] and float(shown[1]) else shown[0]
+    if isinstance(value, float):
+        return _fmt(value)
+    return "\u2013" if value is None else str(value)
 
 
 def _environment() -> Environment:
@@ -95,13 +107,15 @@ def render(data: ReportData, out_dir: Path) -> tuple[Path, Path]:
     taken: set[str] = set()
     figs = [{"src": _copy_figure(f.path, out_dir / "figures", taken), "caption": f.caption}
             for f in data.figures if f.section == "calibration"]
-    radiation_blocks = []
-    for block in (data.radiation or {}).get("blocks", []):
-        radiation_blocks.append({
-            "title": block["title"], "columns": block.get("columns", []),
-            "rows": block.get("rows", []),
-            "figures": [{"src": _copy_figure(Path(f["path"]), out_dir / "figures", taken),
-                         "caption": f["caption"]} for f in block.get("figures", [])]})
+    radiation_blocks = [{
+        "key": block.key, "title": block.title, "entries": block.entries,
+        "measured": block.measured, "missing": block.missing,
+        "tables": [{"caption": t.caption, "columns": t.columns,
+                    "rows": [[_cell(c) for c in row] for row in t.rows],
+                    "classes": t.row_classes or [""] * len(t.rows)} for t in block.tables],
+        "figures": [{"src": _copy_figure(f.path, out_dir / "figures", taken),
+                     "caption": f.caption} for f in block.figures]}
+        for block in data.radiation or []]
     quality = data.quality
     counts = [(name, quality[key]) for key, name in (
         ("frames_converted", "Raw frames converted"), ("frames_rejected", "Raw frames rejected"),
@@ -122,6 +136,9 @@ def render(data: ReportData, out_dir: Path) -> tuple[Path, Path]:
              ("radiation", "Radiation"), ("quality", "Data quality"),
              ("provenance", "Provenance")])
     page = write_text(html, out_dir / "index.html")
+    for stale in (out_dir / "figures").glob("*.png"):   # figures of an earlier report
+        if stale.name not in taken:
+            stale.unlink()
     record = dict(data.as_json(), generated=generated, software=software_version())
     numbers = write_text(json.dumps(record, indent=1, default=str) + "\n",
                          out_dir / "report.json")

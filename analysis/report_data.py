@@ -51,6 +51,9 @@ class Entry:
         The estimator, in a few words.
     source : str
         Product file it was read from, relative to the results folder.
+    missing : str
+        What the page says instead of a value when there is none (``not measured``, or
+        ``not constrained`` for a model parameter the data cannot fix).
     """
 
     key: str
@@ -60,6 +63,7 @@ class Entry:
     unit: str = ""
     method: str = ""
     source: str = ""
+    missing: str = "not measured"
 
     @property
     def measured(self) -> bool:
@@ -80,7 +84,7 @@ class Figure:
 class Product:
     """One product folder found below the results folder."""
 
-    kind: str            # bias, dark, flat, gain, processing, radiation, dose
+    kind: str            # bias, dark, flat, processing, dose, damage, radiation, fullrad
     folder: Path
     stage: str = ""      # '', pre, radiating_D10kR, post ...
     summary: dict = field(default_factory=dict)
@@ -97,14 +101,15 @@ class ReportData:
     figures: list[Figure]
     quality: dict
     provenance: dict
-    radiation: dict | None = None
+    radiation: list | None = None   # report_radiation.Block per topic; None: no irradiation
 
     def sections(self) -> dict[str, bool]:
         """Which sections hold measured content (``False`` = "not measured")."""
         kinds = {p.kind for p in self.products}
         return {"datasheet": any(e.measured for e in self.datasheet),
                 "calibration": any(f.section == "calibration" for f in self.figures),
-                "radiation": self.radiation is not None,
+                "radiation": self.radiation is not None
+                and any(b.measured for b in self.radiation),
                 "quality": bool(self.quality.get("tables")),
                 "provenance": bool(self.provenance.get("configs")) or bool(kinds)}
 
@@ -121,7 +126,7 @@ class ReportData:
             "figures": [{"file": _rel(f.path, rel), "caption": f.caption, "section": f.section}
                         for f in self.figures],
             "quality": {k: v for k, v in self.quality.items() if k != "tables"},
-            "radiation": self.radiation,
+            "radiation": radiation_json(self.radiation, rel),
             "provenance": {k: v for k, v in self.provenance.items() if k != "configs"},
         }
 
@@ -151,18 +156,38 @@ def _number(value) -> float | None:
 
 # --- finding the products ---------------------------------------------------------------------
 
-def _kind_of(folder: Path) -> str | None:
-    if (folder / "bias_model.fits").is_file() and (folder / "summary.json").is_file():
-        return "bias"
-    if (folder / "dark_model").is_dir() and (folder / "summary.json").is_file():
-        return "dark"
-    if (folder / "gain.json").is_file() or (folder / "flat_model_fits").is_dir():
-        return "flat"
+#: Keys of the full radiation pipeline's ``summary.json`` (its contract with the report).
+FULLRAD_KEYS = ("damage_slope", "recovered_fraction", "hot_pixel_growth", "model_parameters")
+
+
+def _kinds_of(folder: Path) -> tuple[list[str], dict]:
+    """The products a folder holds, recognised by their files (a folder can hold several:
+    the full radiation pipeline's summary next to the index processing's masters), and its
+    ``summary.json`` (``{}`` when it has none)."""
+    kinds = []
+    summary = (folder / "summary.json").is_file()
+    record = _json(folder / "summary.json") if summary else {}
+    if (folder / "bias_model.fits").is_file() and summary:
+        kinds.append("bias")
+    if (folder / "dark_model").is_dir() and summary:
+        kinds.append("dark")
+    if (folder / "gain.json").is_file() or (folder / "flat_model_fits").is_dir() \
+            or ((folder / "prnu").is_dir() and summary):
+        kinds.append("flat")
     if (folder / "masters_summary.csv").is_file():
-        return "processing"
+        kinds.append("processing")
     if (folder / "dose_summary.csv").is_file():
-        return "dose"
-    return None
+        kinds.append("dose")
+    if (folder / "damage_summary.json").is_file():
+        kinds.append("damage")
+    if (folder / "config_used.json").is_file() and next(folder.glob("*/group_summary.csv"),
+                                                        None) is not None:
+        kinds.append("radiation")
+    if (folder / "procedure_checks.csv").is_file() \
+            or (folder / "radiation_model" / "fit_results.json").is_file() \
+            or any(k in record for k in FULLRAD_KEYS):
+        kinds.append("fullrad")
+    return kinds, record
 
 
 def find_products(results_dir: Path, depth: int = SEARCH_DEPTH) -> list[Product]:
@@ -171,13 +196,11 @@ def find_products(results_dir: Path, depth: int = SEARCH_DEPTH) -> list[Product]
     stack = [(Path(results_dir), 0)]
     while stack:
         folder, level = stack.pop()
-        kind = _kind_of(folder)
-        if kind is not None:
+        kinds, summary = _kinds_of(folder)
+        if kinds:
             rel = folder.relative_to(results_dir).parts
             stage = next((p for p in rel if p.split("_")[0] in ("pre", "radiating", "post")), "")
-            summary = _json(folder / "summary.json") if (folder / "summary.json").is_file() \
-                else {}
-            found.append(Product(kind, folder, stage, summary))
+            found.extend(Product(kind, folder, stage, summary) for kind in kinds)
         if level >= depth:
             continue
         try:
@@ -441,13 +464,23 @@ def provenance(products: list[Product], base: Path) -> dict:
 
 def collect(results_dir: str | os.PathLike, title: str = "") -> ReportData:
     """Everything the report shows, from the products below ``results_dir``."""
+    from analysis.report_radiation import radiation_section  # it builds on this module
+
     base = Path(results_dir)
     products = find_products(base)
     logger.debug("report: %d products found below %s", len(products), base)
     return ReportData(title=title or f"Sensor calibration report: {base.resolve().name}",
                       results_dir=base, products=products, datasheet=datasheet(products, base),
                       figures=figures(products), quality=quality(products, base),
-                      provenance=provenance(products, base), radiation=None)
+                      provenance=provenance(products, base),
+                      radiation=radiation_section(products, base))
+
+
+def radiation_json(blocks, base: Path) -> dict | None:
+    """``report.json``'s radiation part (see :func:`analysis.report_radiation.as_json`)."""
+    from analysis.report_radiation import as_json
+
+    return as_json(blocks, base)
 
 
 __all__ = ["Entry", "Figure", "Product", "ReportData", "collect", "find_products", "datasheet"]
