@@ -13,6 +13,7 @@ need not import this file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -127,6 +128,41 @@ def pytest_terminal_summary(terminalreporter):
 def fitsverify():
     """The ``run_fitsverify(path) -> (errors, output)`` helper (0 errors without the binary)."""
     return run_fitsverify
+
+
+@contextlib.contextmanager
+def open_page(path: str | os.PathLike, width: int = 1280, height: int = 900):
+    """Open a local HTML file in headless Chromium; yield ``(page, problems)``, ``problems``
+    collecting console errors, page errors and failed requests.  Skips the calling test
+    without Debian's ``chromium`` or the ``playwright`` package (``.ci/run`` installs both;
+    the system browser is driven through ``executable_path``, nothing is downloaded)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if not chromium or sync_playwright is None:
+        pytest.skip("headless browser check needs Debian chromium and the playwright package "
+                    "(.ci/run installs both)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda err: problems.append(str(err)))
+            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            page.goto(Path(path).as_uri())
+            page.wait_for_load_state("load")
+            yield page, problems
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def browser_page():
+    """The ``open_page(html_path)`` context manager: ``(page, problems)`` in headless Chromium."""
+    return open_page
 
 
 # --- session campaigns (read-only) ---------------------------------------------------------------
@@ -254,3 +290,33 @@ def rad_dose(rad_campaign, tmp_path_factory):
     out = tmp_path_factory.mktemp("rad_dose") / "out"
     status = dose_analysis.main([str(index), str(out), "--gain", RAD_GAIN, "--no-progress"])
     return campaign, out, status
+
+
+@pytest.fixture(scope="session")
+def rad_analysis(rad_campaign, tmp_path_factory):
+    """``(campaign, out, status)`` of one radiation_analysis run on ``rad_campaign`` (per-group
+    masters and the difference maps between groups), shared by its tests and the report's."""
+    from analysis import radiation_analysis
+
+    campaign, index = rad_campaign
+    out = tmp_path_factory.mktemp("rad_analysis") / "out"
+    status = radiation_analysis.main([str(index), str(campaign.root / "radiationLogCompleto.csv"),
+                                      str(out), "--no-progress"])
+    return campaign, out, status
+
+
+def truth_currents(campaign) -> dict:
+    """``{stage tag: true dark current at 20 degC per pixel [e-/s]}`` of an irradiation
+    campaign: the pre-irradiation map and the damaged map of every step and of post."""
+    maps = campaign.maps()
+    out = {"pre": maps["dark_ref"]}
+    for label, current in zip(maps["damage_label"], maps["damage_dark_ref"]):
+        tag = "post" if label == "post" else f"radiating_D{float(label[:-5]):g}kR"
+        out[tag] = current
+    return out
+
+
+@pytest.fixture(scope="session")
+def rad_truth():
+    """The ``truth_currents(campaign) -> {tag: map}`` helper."""
+    return truth_currents

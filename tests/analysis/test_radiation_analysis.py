@@ -18,12 +18,8 @@ GROUPS = ["pre", "radiating_D10kR", "radiating_D20kR", "radiating_D30kR", "radia
 
 
 @pytest.fixture(scope="module")
-def rad_run(rad_campaign, tmp_path_factory):
-    campaign, index = rad_campaign
-    out = tmp_path_factory.mktemp("rad_analysis") / "out"
-    status = radiation_analysis.main([str(index), str(campaign.root / "radiationLogCompleto.csv"),
-                                      str(out), "--no-progress"])
-    return campaign, out, status
+def rad_run(rad_analysis):
+    return rad_analysis
 
 
 def test_products_per_stage_and_dose_step(rad_run):

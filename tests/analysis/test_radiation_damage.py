@@ -17,15 +17,6 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 
 
-def _truth_currents(campaign) -> dict:
-    maps = campaign.maps()
-    out = {"pre": maps["dark_ref"]}
-    for label, current in zip(maps["damage_label"], maps["damage_dark_ref"]):
-        tag = "post" if label == "post" else f"radiating_D{float(label[:-5]):g}kR"
-        out[tag] = current
-    return out
-
-
 @pytest.fixture(scope="module")
 def damage(rad_dose):
     campaign, out, status = rad_dose
@@ -59,9 +50,9 @@ def test_damage_slope_map(damage):
     assert abs(pull.mean()) < 0.1 and 0.85 < pull.std() < 1.3
 
 
-def test_step_means_and_hot_pixel_counts_against_truth(damage):
+def test_step_means_and_hot_pixel_counts_against_truth(damage, rad_truth):
     campaign, _, _, table, normal = damage
-    truth = _truth_currents(campaign)
+    truth = rad_truth(campaign)
     for _, row in table.iterrows():
         t = truth[row["TAG"]]
         assert row["DC_MEAN"] == pytest.approx(float(t[normal].mean()), rel=0.02), row["TAG"]

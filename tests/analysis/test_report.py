@@ -14,57 +14,32 @@ from statcheck import assert_close
 from analysis import report
 
 
-def _browser():
-    """``(chromium path, sync_playwright)`` or skip: the system browser, no download."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if not chromium or sync_playwright is None:
-        pytest.skip("headless browser check needs Debian chromium and the playwright package "
-                    "(.ci/run installs both)")
-    return chromium, sync_playwright
-
-
 @pytest.mark.slow
-def test_demo_report_as_a_person_sees_it(demo_output, tmp_path):
+def test_demo_report_as_a_person_sees_it(demo_output, browser_page, tmp_path):
     out, _ = demo_output
     page_path = out / "products" / "report" / "index.html"
     html = page_path.read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)=["']https?://""", html)  # nothing from the network
-    chromium, sync_playwright = _browser()
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            problems = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda err: problems.append(str(err)))
-            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
-            page.goto(page_path.as_uri())
-            page.wait_for_load_state("load")
-            assert problems == []
-            images = page.evaluate("Array.from(document.images).map("
-                                   "i => [i.getAttribute('src'), i.complete ? i.naturalWidth : 0])")
-            assert len(images) >= 5 and all(width > 0 for _, width in images), images
-            rows = page.evaluate(
-                "Array.from(document.querySelectorAll('#datasheet-table tbody tr')).map("
-                "r => [r.className, r.dataset.key, Array.from(r.cells).map(c => c.innerText)])")
-            measured = [r for r in rows if r[0] == "measured"]
-            assert len(measured) >= 8
-            for _, key, cells in measured:     # a number, an uncertainty (or count), a unit
-                assert math.isfinite(float(cells[1])), (key, cells)
-                assert cells[2].startswith("±") or cells[2] == "(count)", (key, cells)
-                assert cells[3].strip(), (key, cells)
-            for _, key, cells in (r for r in rows if r[0] != "measured"):
-                assert cells[1].strip() == "not measured", (key, cells)
-            assert "not measured" in page.inner_text("#radiation ~ p").lower()
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 20_000
-        finally:
-            browser.close()
+    with browser_page(page_path) as (page, problems):
+        assert problems == []
+        images = page.evaluate("Array.from(document.images).map("
+                               "i => [i.getAttribute('src'), i.complete ? i.naturalWidth : 0])")
+        assert len(images) >= 5 and all(width > 0 for _, width in images), images
+        rows = page.evaluate(
+            "Array.from(document.querySelectorAll('#datasheet-table tbody tr')).map("
+            "r => [r.className, r.dataset.key, Array.from(r.cells).map(c => c.innerText)])")
+        measured = [r for r in rows if r[0] == "measured"]
+        assert len(measured) >= 8
+        for _, key, cells in measured:     # a number, an uncertainty (or count), a unit
+            assert math.isfinite(float(cells[1])), (key, cells)
+            assert cells[2].startswith("±") or cells[2] == "(count)", (key, cells)
+            assert cells[3].strip(), (key, cells)
+        for _, key, cells in (r for r in rows if r[0] != "measured"):
+            assert cells[1].strip() == "not measured", (key, cells)
+        assert "not measured" in page.inner_text("#radiation ~ p").lower()
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 20_000
 
 
 @pytest.mark.slow
