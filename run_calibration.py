@@ -16,7 +16,10 @@ pairs), the dark pipeline with that bias model and that gain (OUTPUT_DIR/dark),
 and the flat pipeline with the bias and dark models (OUTPUT_DIR/flat, see
 flat_pipeline/run_pipeline.py --help); per stage pre and post for an
 irradiation campaign; finally the campaign report OUTPUT_DIR/report/index.html (see
-python -m analysis.report --help) and the run's warnings in OUTPUT_DIR/warnings.log.
+python -m analysis.report --help; for an irradiation campaign its radiation section
+compares the pre and post stages, and shows the damage, precision and model results
+once python -m analysis.dose_analysis has written them below OUTPUT_DIR) and the run's
+warnings in OUTPUT_DIR/warnings.log.
 Re-running finishes what is missing and leaves complete products alone.
 
 Example

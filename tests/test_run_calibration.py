@@ -71,6 +71,15 @@ def test_irradiation_stages_never_mixed(tmp_path):
     summary = pd.read_csv(out / "products" / "masters_summary.csv")
     written = summary[summary["STATUS"].isin(["written", "existing"])]
     assert {"pre", "radiating", "post"} <= set(written["STAGE"])
+    # the report's radiation section shows what the calibration products allow: the pre and
+    # post stages' numbers side by side; the dose analyses' topics say what makes them
+    record = json.loads((out / "products" / "report" / "report.json").read_text())
+    blocks = {b["key"]: b for b in record["radiation"]["blocks"]}
+    assert record["sections"]["radiation"] and blocks["stage_differences"]["measured"]
+    prnu = next(r for r in blocks["stage_differences"]["tables"][0]["rows"]
+                if r[0] == "PRNU (EMVA 1288)")
+    assert prnu[4] == "%" and prnu[3][1] > 0
+    assert not blocks["damage_slope"]["measured"] and blocks["damage_slope"]["missing"]
     assert (summary["STATUS"] != "refused").all(), summary[["PATH", "REASON"]]
     radiating = written[written["STAGE"] == "radiating"]
     # one master per type and dose step: frames are grouped by their <dose>kRads step, not by
