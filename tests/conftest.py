@@ -320,3 +320,19 @@ def truth_currents(campaign) -> dict:
 def rad_truth():
     """The ``truth_currents(campaign) -> {tag: map}`` helper."""
     return truth_currents
+
+
+@pytest.fixture(scope="session")
+def rad_dark_models(rad_campaign, tmp_path_factory):
+    """``(out, {stage: status})``: the dark pipeline on the pre and post stages of
+    ``rad_campaign`` (gain 2 e-/ADC count), in ``out/pre`` and ``out/post``."""
+    from dark_pipeline import run_pipeline as dark_cli
+
+    _, index = rad_campaign
+    out = tmp_path_factory.mktemp("dark_pp") / "out"
+    runs = {}
+    for stage in ("pre", "post"):
+        runs[stage] = dark_cli.main(["--basepath", str(index), "--output-dir",
+                                     str(out / stage), "--stage", stage, "--gain", RAD_GAIN,
+                                     "--no-progress"])
+    return out, runs

@@ -85,15 +85,8 @@ def test_process_index_comparisons_do_not_collide(converted_irradiation, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def dark_pre_post(rad_campaign, tmp_path_factory):
-    _, index = rad_campaign
-    out = tmp_path_factory.mktemp("dark_pp") / "out"
-    runs = {}
-    for stage in ("pre", "post"):
-        runs[stage] = dark_cli.main(["--basepath", str(index), "--output-dir",
-                                     str(out / stage), "--stage", stage, "--gain", "2.0",
-                                     "--no-progress"])
-    return out, runs
+def dark_pre_post(rad_dark_models):
+    return rad_dark_models
 
 
 @pytest.mark.parametrize("stage", ["pre", "post"])

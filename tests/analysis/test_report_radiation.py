@@ -18,12 +18,15 @@ from analysis.report_data import collect
 
 
 @pytest.fixture(scope="module")
-def rad_report(rad_dose, rad_analysis, tmp_path_factory):
-    """``(campaign, results, record)``: the dose analysis (with its damage analysis) and the
-    radiation analysis of the shared irradiation campaign in one results folder, reported."""
+def rad_report(rad_dose, rad_analysis, rad_dark_models, tmp_path_factory):
+    """``(campaign, results, record)``: the pre and post dark models, the dose analysis (with
+    its damage analysis) and the radiation analysis of the shared irradiation campaign in one
+    results folder, as run_calibration.py and the radiation commands lay them out, reported."""
     campaign, dose_out, status = rad_dose
-    assert status == 0 and rad_analysis[2] == 0
+    dark_out, runs = rad_dark_models
+    assert status == 0 and rad_analysis[2] == 0 and set(runs.values()) == {0}
     results = tmp_path_factory.mktemp("rad_report") / "results"
+    shutil.copytree(dark_out, results / "dark")
     shutil.copytree(dose_out, results / "dose")
     shutil.copytree(rad_analysis[1], results / "radiation")
     assert report.main([str(results), "--no-progress", "--title", "Irradiation"]) == 0
@@ -62,7 +65,7 @@ def test_irradiation_report_as_a_person_sees_it(rad_report, browser_page, tmp_pa
             "c.innerText))])")
         assert len(tables) >= 4
         for head, body in tables:          # per-step tables: every row a number and unit
-            assert head[-1] == "Unit" or head[-1] == "Product", head
+            assert "Unit" in head, head
             unit = head.index("Unit")
             assert body, head
             for cells in body:
@@ -105,6 +108,13 @@ def test_radiation_numbers_come_from_the_products(rad_report):
     precision = pd.read_csv(results / "dose" / "photometric_precision.csv")
     rows = blocks["precision"]["tables"][0]["rows"]
     assert [r[1][0] for r in rows] == precision["MAG_ERR"].tolist()
+    comparison = {r[0]: r for r in blocks["stage_differences"]["tables"][0]["rows"]}
+    pre = json.loads((results / "dark" / "pre" / "summary.json").read_text())
+    post = json.loads((results / "dark" / "post" / "summary.json").read_text())
+    td = comparison["Dark-current doubling temperature"]
+    assert td[1][0] == pre["doubling_temperature_degC"]
+    assert td[3][0] == post["doubling_temperature_degC"] - pre["doubling_temperature_degC"]
+    assert td[-1] == "dark/pre/summary.json, dark/post/summary.json"
     differences = blocks["stage_differences"]["tables"][-1]["rows"]
     path = results / differences[-1][-1]
     assert differences[-1][2] == [fits.getheader(path)["MEANDIFF"], fits.getheader(path)[
@@ -134,6 +144,18 @@ def test_radiation_numbers_agree_with_the_simulator(rad_report, rad_truth):
     for key, value in truth.items():
         pull = (numbers[key]["value"] - value) / numbers[key]["error"]
         assert abs(pull) < 3, (key, numbers[key], value)
+    # the datasheet: the sensor before irradiation (the pre stage's dark model)
+    maps = campaign.maps()
+    rows = {r["key"]: r for r in record["datasheet"]}
+    td = rows["doubling_temperature_degC"]
+    assert abs(td["value"] - physics.doubling_temperature) < 3 * td["error"], td
+    assert rows["hot_pixels"]["value"] == maps["hot_mask"].sum()
+    # At 0.5 e-/s the dark pipeline's 1-D model A is 3 % high (its mean over the normal pixels
+    # is 8 standard errors above the truth's; the damage analysis's pre-step current is not):
+    # a systematic of that pipeline, allowed for here on top of the 3 sigma, not the report's.
+    dc = rows["dark_current_e_s"]
+    truth_dc = float(np.median(maps["dark_ref"][~maps["hot_mask"]]))
+    assert abs(dc["value"] - truth_dc) < 3 * dc["error"] + 0.03 * truth_dc, (dc, truth_dc)
     currents = rad_truth(campaign)
     (table,) = _blocks(record)["hot_pixel_growth"]["tables"]
     for tag, row in zip(tags, table["rows"]):
