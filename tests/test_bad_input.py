@@ -946,6 +946,22 @@ def test_fits_text_is_printable_ascii_and_round_trips(text, tmp_path, fitsverify
     assert fitsverify(path)[0] == 0
 
 
+@pytest.mark.parametrize("value", ["krad", "", "x" * 18, "it's"])
+def test_short_string_cards_keep_what_fits_of_their_comment(value):
+    # a short string's field is 20 columns wide: a 51-character comment used to overflow
+    # the card (astropy's "Card is too long" warning, an error in the tests)
+    import warnings
+
+    from utils.io.fitsio import set_card
+
+    header = fits.Header()
+    set_card(header, "PERDOSE", value, "values are per krad of dose (krad is no FITS unit)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = str(header.cards["PERDOSE"])
+    assert len(image) == 80 and header.comments["PERDOSE"].startswith("values are per krad")
+
+
 def test_a_frame_error_reaching_the_top_is_one_line(caplog, capsys):
     """A FrameError is raised on purpose (file and reason): never a traceback."""
     from utils import cli

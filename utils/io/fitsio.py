@@ -263,7 +263,9 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
         if len(key) + 4 + len(str(value)) + len(comment) > 76:
             comment = ""
     elif isinstance(value, str):
-        width = max(len(value.replace("'", "''")) + 2, 10)
+        # a string is padded to 8 characters in quotes and its field to 20 columns (fixed
+        # format): 'krad' takes 20 columns, not 6
+        width = max(len(value.replace("'", "''")) + 2, 20)
         if width <= 70:  # one card: keep the comment only where it fits
             comment = comment[: max(0, 80 - 10 - width - 3)]
     else:
