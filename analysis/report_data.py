@@ -167,13 +167,15 @@ def _kinds_of(folder: Path) -> tuple[list[str], dict]:
     kinds = []
     summary = (folder / "summary.json").is_file()
     record = _json(folder / "summary.json") if summary else {}
-    if (folder / "bias_model.fits").is_file() and summary:
-        kinds.append("bias")
     if (folder / "dark_model").is_dir() and summary:
         kinds.append("dark")
     if (folder / "gain.json").is_file() or (folder / "flat_model_fits").is_dir() \
             or ((folder / "prnu").is_dir() and summary):
         kinds.append("flat")
+    # the dark and flat pipelines keep the bias model they fitted from the tree next to their
+    # products: only the bias pipeline's folder is a bias product
+    if (folder / "bias_model.fits").is_file() and summary and not kinds:
+        kinds.insert(0, "bias")
     if (folder / "masters_summary.csv").is_file():
         kinds.append("processing")
     if (folder / "dose_summary.csv").is_file():
