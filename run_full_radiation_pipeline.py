@@ -1,0 +1,297 @@
+"""The whole irradiation campaign in one command: conversion, dose bookkeeping, per-stage
+calibration products, precision analyses, the radiation response model, reconstruction and
+procedure checks.
+
+DATASET_ROOT is either an irradiation campaign with stage folders (Preirradiation/,
+Irradiation/<dose>kRads/, Postirradiation/, each with Bias/, Darks/, Flats/ of raw frames)
+or dose directories (<dose>kRads/ holding fits/*.fits, or raw frames in frames/, with an
+optional radiationLogDef.csv).  RADIATION_LOG is the campaign log; without it the one
+beside the data (radiationLogCompleto.csv) is used, else one is synthesised from the dose
+bookkeeping into OUTPUT_DIR (never over the user's files).
+
+Steps (run() states the order): recognise the layout -> convert the raw frames not yet
+converted -> index with the dose bookkeeping (OUTPUT_DIR/index.csv) -> per (stage, dose
+step) the bias, dark and flat pipelines into OUTPUT_DIR/<stage>/ (pre/, radiating/<step>/,
+post/) -> the radiation analysis and the dose analysis (with the damage analysis) into
+OUTPUT_DIR/precision/ -> per-stage intensity time series (<stage>/plots/) -> the
+radiation response model (OUTPUT_DIR/radiation_model/) -> reconstruction of every master
+(<stage>/reconstruction/) -> procedure checks (procedure_checks.csv) -> summary.json ->
+the campaign report (OUTPUT_DIR/report/).  Input files are never modified: FITS are
+added beside raw frames that have none, every listing goes to OUTPUT_DIR.  A re-run with
+the same inputs and settings keeps the complete products.
+
+Example
+-------
+::
+
+    python run_full_radiation_pipeline.py /data/irr out/irr --gain 2.0
+    python run_full_radiation_pipeline.py /data/irr /data/irr/radiationLogCompleto.csv out/irr
+    python run_full_radiation_pipeline.py /data/dosedirs out/dd --ignore-temp --verbose
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from analysis import fit_radiation_model, procedure_checks, radiation_reconstruction
+from analysis import report as campaign_report
+from analysis.campaign_runs import (
+    campaign_log,
+    convert_campaign,
+    detect_layout,
+    index_campaign,
+    intensity_series,
+    stage_folder,
+)
+from analysis.dose.pipeline import DoseSettings
+from analysis.dose.pipeline import run as dose_run
+from analysis.radiation_analysis import RadiationSettings
+from analysis.radiation_analysis import run as radiation_run
+from analysis.stage_pipelines import run_stage_pipelines
+from utils import cli
+from utils.errors import ConfigError
+from utils.io.fitsio import check_output_dir, write_text
+from utils.io.index import STAGES
+from utils.run_record import completed_run, write_run_summary
+from utils.stack.grouping import stage_groups
+
+logger = logging.getLogger("run_full_radiation_pipeline")
+
+
+def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
+        settings: RadiationSettings = RadiationSettings(), gain: float | str | None = None,
+        search_depth: int = 6, workers: int = 1, progress_bar: bool = False) -> dict:
+    """Every step of the campaign's analysis, in order (see the module notes).
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``OUTPUT_DIR/summary.json``).
+
+    Raises
+    ------
+    UserError
+        No stage folders and no ``<dose>kRads`` folders, an empty stage, a given log that is
+        missing or covers none of the frames, an output folder that cannot be written.
+    """
+    dataset, out_dir = Path(dataset), Path(out_dir)
+    check_output_dir(out_dir)
+    layout = detect_layout(dataset, search_depth=search_depth)
+    logger.info("%s", layout.describe())
+    conversion = convert_campaign(layout, out_dir, search_depth=search_depth, workers=workers,
+                                  progress_bar=progress_bar)
+    index_path, table, dose_report = index_campaign(layout, out_dir, radiation_log,
+                                                    search_depth=search_depth,
+                                                    progress_bar=progress_bar)
+    log_path, log_note = campaign_log(layout, out_dir, radiation_log, table)
+    digest = _digest(table, log_path, settings, gain)
+    previous = completed_run(out_dir, digest)
+    if previous is not None:
+        logger.info("nothing changed since the last complete run (%s): products kept",
+                    out_dir / "summary.json")
+        previous["skipped"] = True
+        return previous
+    groups = [g for g in stage_groups(table[~table["BADFITS"].astype(bool)])
+              if g[0] in settings.stages]
+    pipes = run_stage_pipelines(
+        index_path, table, groups,
+        lambda kind, stage, dose: stage_folder(out_dir, stage, dose) / kind,
+        gain=gain, progress_bar=progress_bar)
+    gain_used = gain if gain is not None else _measured_gain(out_dir, pipes)
+    precision = out_dir / "precision"
+    rad = radiation_run(index_path, log_path, precision / "radiation_analysis", settings,
+                        progress_bar=progress_bar)
+    dose = dose_run(index_path, precision, DoseSettings(), gain=gain_used,
+                    progress_bar=progress_bar)
+    files = intensity_series(rad, out_dir)
+    damage = dose.damage.summary if dose.damage is not None else {}
+    model = fit_radiation_model.run(
+        index_path, out_dir / "radiation_model",
+        fit_radiation_model.FitSettings(gain=gain_used,
+                                        doubling_temperature=_doubling_temperature(damage),
+                                        bias_slope=_bias_slope(out_dir)),
+        progress_bar=progress_bar)
+    recon = radiation_reconstruction.run(model, lambda tag: stage_folder(
+        out_dir, *_stage_of(tag)) / "reconstruction")
+    checks = procedure_checks.run(table, log_path, out_dir / "procedure_checks.csv")
+    summary = _summary(layout, conversion, table, dose_report, log_path, log_note, pipes,
+                       damage, model, recon, checks, out_dir)
+    files += model.files + recon.files + [checks.path, index_path]
+    write_text(json.dumps(summary, indent=2, default=str) + "\n", out_dir / "summary.json")
+    page, _ = campaign_report.run(out_dir, out_dir / "report")
+    summary["report"] = str(page)
+    write_run_summary(out_dir, summary, files, digest)
+    return summary
+
+
+def _digest(table, log_path, settings, gain) -> str:
+    from utils.run_record import run_digest
+
+    stamp = sorted(f"{p}:{s}" for p, s in zip(table["PATH"], table.get("MEAN", table["PATH"])))
+    log_text = Path(log_path).read_bytes() if log_path else b""
+    return run_digest((settings, gain), [], *stamp, log_text.hex()[:4096], str(len(log_text)))
+
+
+def _stage_of(tag: str) -> tuple[str, float]:
+    from utils.stack.grouping import parse_stage_tag
+
+    return parse_stage_tag(tag)
+
+
+def _measured_gain(out_dir: Path, pipes) -> str | None:
+    """The pre-irradiation photon-transfer gain (else any stage's), as a gain.json path."""
+    for label in ["pre"] + sorted(pipes.gains):
+        path = stage_folder(out_dir, *_stage_of(label)) / "flat" / "gain.json" if label else None
+        if path is not None and path.is_file():
+            return str(path)
+    return None
+
+
+def _doubling_temperature(damage: dict) -> float | None:
+    """The damage analysis's population T_d, pre-irradiation first."""
+    values = damage.get("doubling_temperature_degC") or {}
+    for stage in ("pre", "post"):
+        value = values.get(stage)
+        if value is not None and math.isfinite(value) and value > 0:
+            return float(value)
+    return None
+
+
+def _bias_slope(out_dir: Path) -> tuple | None:
+    """Mean per-pixel bias temperature coefficient of the pre-irradiation bias model
+    ``(value, standard error)`` [adu/degC], for a model whose masters cannot fit it."""
+    import numpy as np
+    from astropy.io import fits
+
+    path = stage_folder(out_dir, "pre", math.nan) / "bias" / "bias_model.fits"
+    if not path.is_file():
+        return None
+    with fits.open(path) as hdul:
+        b = np.asarray(hdul["B"].data, float)
+    b = b[np.isfinite(b)]
+    return (float(b.mean()), float(b.std(ddof=1) / math.sqrt(b.size))) if b.size > 1 else None
+
+
+def _param(model, name: str) -> dict | None:
+    if not model.fit.constrained(name):
+        return None
+    row = model.fit.parameters[model.fit.parameters["param"] == name].iloc[0]
+    return {"value": float(row["value"]), "err": float(row["err"]), "unit": row["unit"]}
+
+
+def _summary(layout, conversion, table, dose_report, log_path, log_note, pipes, damage, model,
+             recon, checks, out_dir: Path) -> dict:
+    hot = damage.get("hot_pixels") or {}
+    growth = None
+    if "pre" in hot and len(hot) > 1:
+        last = [k for k in hot if k.startswith("radiating")]
+        if last:
+            growth = {"value": hot[last[-1]] - hot["pre"], "err": None, "unit": "pixels",
+                      "from": "pre", "to": last[-1], "counts": hot}
+
+    def with_err(key, unit):
+        value = damage.get(key)
+        if value is None:
+            return None
+        return {"value": value, "err": damage.get(f"{key}_err"), "unit": unit}
+
+    unit = damage.get("unit", "e-/s")
+    return {
+        "layout": layout.kind, "dataset": str(layout.root),
+        "converted": conversion.get("converted", 0), "existing": conversion.get("existing", 0),
+        "rejected": conversion.get("rejected", 0), "indexed": int(len(table)),
+        "badfits": int(table["BADFITS"].astype(bool).sum()),
+        "uncovered": int(dose_report.uncovered), "index": str(out_dir / "index.csv"),
+        "radiation_log": str(log_path), "radiation_log_source": log_note,
+        "damage_slope": with_err("damage_slope", f"{unit}/krad"),
+        "recovered_fraction": with_err("recovered_fraction", "1"),
+        "hot_pixel_growth": growth,
+        "model_parameters": {name: _param(model, name)
+                             for name in model.fit.parameters["param"]},
+        "model_unconstrained": {r["param"]: r["reason"] for _, r in
+                                model.fit.parameters.iterrows() if not r["constrained"]},
+        "pipelines_skipped": pipes.skipped,
+        "reconstruction": str(recon.table_path) if recon.table_path else None,
+        "procedure_checks": {"path": str(checks.path), **checks.counts()},
+        "folders": {s: str(stage_folder(out_dir, s, math.nan)) for s in STAGES}
+        | {"precision": str(out_dir / "precision"),
+           "radiation_model": str(out_dir / "radiation_model")},
+    }
+
+
+def summary_line(summary: dict) -> str:
+    """The final log line: key results and where everything is."""
+    def fmt(item, digits=3):
+        if not item:
+            return "n/a"
+        err = item.get("err")
+        text = f"{item['value']:.{digits}g}"
+        return text + (f" +- {err:.2g}" if err is not None else "") + f" {item['unit']}"
+    params = summary.get("model_parameters") or {}
+    model = ", ".join(f"{k} {fmt(v)}" if v else f"{k} not constrained"
+                      for k, v in params.items())
+    return (f"done: {summary['indexed']} frames indexed ({summary['converted']} converted, "
+            f"{summary['rejected']} rejected, {summary['uncovered']} without a dose); damage "
+            f"slope {fmt(summary.get('damage_slope'))}; recovered fraction "
+            f"{fmt(summary.get('recovered_fraction'))}; hot-pixel growth "
+            f"{fmt(summary.get('hot_pixel_growth'))}; model: {model}; procedure checks "
+            f"{summary['procedure_checks']}; everything in {Path(summary['index']).parent} "
+            f"(summary.json, report/index.html)")
+
+
+def build_parser() -> cli.ArgumentParser:
+    """Command-line interface."""
+    parser = cli.make_parser("python run_full_radiation_pipeline.py", __doc__)
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="DATASET_ROOT [RADIATION_LOG] OUTPUT_DIR")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES),
+                        help="stages to analyse, in order")
+    parser.add_argument("--ignore-temp", action="store_true",
+                        help="radiation analysis: one master per group and exposure, all "
+                             "temperatures together")
+    parser.add_argument("--group-by-dose", action="store_true",
+                        help="old option: same as --ignore-temp (groups are always per dose "
+                             "step)")
+    parser.add_argument("--gain", default=None,
+                        help="[e-/ADC count] gain, or a gain.json (default: measured from the "
+                             "pre-irradiation flats when they allow it)")
+    parser.add_argument("--search-depth", type=int, default=6,
+                        help="folder levels below each section to look for attempts")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes converting raw frames")
+    return parser
+
+
+def _main(args) -> int:
+    if len(args.paths) not in (2, 3):
+        raise ConfigError("give DATASET_ROOT [RADIATION_LOG] OUTPUT_DIR")
+    if args.workers < 1 or args.search_depth < 0:
+        raise ConfigError("invalid option: --workers must be >= 1 and --search-depth >= 0")
+    dataset, out = Path(args.paths[0]), Path(args.paths[-1])
+    log = Path(args.paths[1]) if len(args.paths) == 3 else None
+    try:
+        settings = RadiationSettings(stages=tuple(args.stages), ignore_temp=args.ignore_temp,
+                                     group_by_dose=args.group_by_dose)
+    except ValueError as err:
+        raise ConfigError(f"invalid option: {err}") from err
+    with cli.WarningCollector() as warnings:
+        summary = run(dataset, log, out, settings=settings, gain=args.gain,
+                      search_depth=args.search_depth, workers=args.workers,
+                      progress_bar=not args.no_progress)
+        warnings.write(out / "warnings.log")
+    logger.info("%s", summary_line(summary))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``python run_full_radiation_pipeline.py DATASET_ROOT [LOG] OUTPUT_DIR``."""
+    return cli.run_cli(_main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
