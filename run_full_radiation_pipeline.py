@@ -195,10 +195,11 @@ def _summary(layout, conversion, table, dose_report, log_path, log_note, pipes, 
                       "from": "pre", "to": last[-1], "counts": hot}
 
     def with_err(key, unit):
-        value = damage.get(key)
-        if value is None:
+        value, err = damage.get(key), damage.get(f"{key}_err")
+        if value is None or not math.isfinite(value):
             return None
-        return {"value": value, "err": damage.get(f"{key}_err"), "unit": unit}
+        return {"value": value, "err": err if err is not None and math.isfinite(err) else None,
+                "unit": unit}
 
     unit = damage.get("unit", "e-/s")
     return {

@@ -168,12 +168,16 @@ def _frames(source, radiation_log, out: Path, progress_bar: bool) -> pd.DataFram
     return rows
 
 
-def _rate_krad_s(rows: pd.DataFrame) -> float:
-    """Mean dose rate while exposing [krad/s]; 0 for frames without a log before irradiation."""
+def _rate_krad_s(rows: pd.DataFrame) -> tuple[float, str]:
+    """Mean dose rate while exposing [krad/s] and where it comes from.  Frames no log gives a
+    rate (pre-irradiation frames, dose folders whose dose was spread) count as 0: the model
+    then cannot see a beam term, which the identifiability check reports."""
     rate = pd.to_numeric(rows["DOSERATE"], errors="coerce").to_numpy(float) / RAD_PER_KRAD
-    pre = text_column(rows["STAGE"]).eq("pre").to_numpy()
-    rate = np.where(np.isnan(rate) & pre, 0.0, rate)
-    return float(np.mean(rate)) if np.isfinite(rate).all() else math.nan
+    if np.isfinite(rate).all():
+        return float(np.mean(rate)), "log"
+    known = np.isfinite(rate)
+    return float(np.mean(np.where(known, rate, 0.0))), \
+        f"{int((~known).sum())} of {rate.size} frames without a logged rate: taken as 0"
 
 
 def build_model_masters(rows: pd.DataFrame, out: Path, settings: FitSettings, *,
@@ -196,9 +200,10 @@ def build_model_masters(rows: pd.DataFrame, out: Path, settings: FitSettings, *,
         point = {"TAG": key.stage_dir, "STAGE": key.stage, "CALTYPE": key.caltype,
                  "MASTER": path.name, "NFRAMES": len(part),
                  "DOSE": float(np.mean(dose)) if np.isfinite(dose).all() else math.nan,
-                 "RATE": _rate_krad_s(part),
+                 "RATE": math.nan, "RATE_SOURCE": "",
                  "EXPTIME": float(np.mean(pd.to_numeric(part["EXPTIME"], errors="coerce"))),
                  "TEMP": float(np.mean(part["TEMP"]))}
+        point["RATE"], point["RATE_SOURCE"] = _rate_krad_s(part)
         if point["CALTYPE"] == "BIAS" and not math.isfinite(point["EXPTIME"]):
             point["EXPTIME"] = 0.0
         masters.append(ModelMaster(key, path, part, point))
@@ -497,8 +502,8 @@ def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points:
     for key, value, comment in provenance_cards("RADIATION_DARK_MAPS"):
         header[key] = (value, comment)
     header["TREF"] = (settings.t_ref, "[degC] reference temperature")
-    header["TDOUBLE"] = (fit.settings.t_d if fit.settings.t_d else math.nan,
-                         "[degC] doubling temperature used")
+    header["TDOUBLE"] = (fit.settings.t_d if fit.settings.t_d else "none",
+                         "[degC] doubling temperature used (none: no T term)")
     header["NMASTERS"] = (len(darks), "dark masters fitted per pixel")
     header["BETAFIT"] = (bool(maps.fitted[i1]), "beta_D fitted (dark masters at >1 dose)")
     if not maps.fitted[i1]:

@@ -122,92 +122,97 @@ def _windowed(check: str, stage: str, dose: float, value: float, detail: str) ->
     return rows
 
 
+def _step_spans(table: pd.DataFrame) -> list[tuple[str, float, float, float]]:
+    """``(stage, dose, first frame, last frame)`` of every dose step in time order, then post."""
+    stage = table["STAGE"].astype(object).fillna("").astype(str)
+    times = pd.to_numeric(table["TIMESTAMP"], errors="coerce")
+    dose = pd.to_numeric(table["DOSE"], errors="coerce")
+    spans = []
+    for d in sorted(dose[stage == "radiating"].dropna().unique()):
+        t = times[(stage == "radiating") & np.isclose(dose, d)].dropna()
+        if len(t):
+            spans.append(("radiating", float(d), float(t.min()), float(t.max())))
+    spans.sort(key=lambda s: s[2])
+    t = times[stage == "post"].dropna()
+    if len(t):
+        spans.append(("post", math.nan, float(t.min()), float(t.max())))
+    return spans
+
+
+def _anneal(rows: list[dict], first: float, off: float, temps: pd.DataFrame | None) -> None:
+    rows += _windowed("anneal_duration", "post", math.nan, first - off,
+                      "last beam-off to the first post-irradiation frame")
+    limit = _limit_text(*LIMITS["anneal_temperature"][0][1:])
+    if temps is None or not temps["TEMP"].notna().any():
+        rows.append(_row("anneal_temperature", "post", math.nan, math.nan, "degC", limit,
+                         "not_logged", "the radiation log has no temperature column"))
+        return
+    sel = (temps["TIME"] >= off) & (temps["TIME"] <= first) & temps["TEMP"].notna()
+    if sel.any():
+        rows += _windowed("anneal_temperature", "post", math.nan,
+                          float(temps.loc[sel, "TEMP"].mean()),
+                          f"mean of {int(sel.sum())} temperatures logged during the anneal")
+    else:
+        rows.append(_row("anneal_temperature", "post", math.nan, math.nan, "degC", limit,
+                         "not_logged", "no temperature logged during the anneal"))
+
+
 def compute_checks(table: pd.DataFrame, t: np.ndarray, d: np.ndarray,
                    temps: pd.DataFrame | None) -> list[dict]:
     """Every check (see the module notes) from the index rows and the log's time [s], dose
-    [krad] and, when logged, temperature (``TIME``, ``TEMP``)."""
+    [krad] and, when logged, temperature (``TIME``, ``TEMP``).
+
+    The irradiation of a dose step is every beam-on interval that starts after the previous
+    step's last frame and at or before its own last frame (before its frames, or during
+    them when the beam stays on while measuring)."""
     rows: list[dict] = []
-    stage = table["STAGE"].astype(object).fillna("").astype(str)
-    times = pd.to_numeric(table["TIMESTAMP"], errors="coerce")
     intervals = beam_intervals(t, d)
-    steps = sorted(pd.to_numeric(table.loc[stage == "radiating", "DOSE"],
-                                 errors="coerce").dropna().unique())
-    starts = {}
-    for dose in steps:
-        sel = (stage == "radiating") & np.isclose(pd.to_numeric(table["DOSE"], errors="coerce"),
-                                                  dose)
-        starts[("radiating", dose)] = float(times[sel].min())
-    if (stage == "post").any():
-        starts[("post", math.nan)] = float(times[stage == "post"].min())
-    previous_end = -math.inf
-    step_ends = []
-    for (name, dose), first in starts.items():
+    previous_last = -math.inf
+    ends: list[tuple[float, float, float]] = []   # (dose, end of irradiation, next start)
+    for name, dose, first, last in _step_spans(table):
         label = f"{dose:g} krad" if name == "radiating" else "post"
-        before = [iv for iv in intervals if previous_end <= iv[0] < first or
-                  (iv[0] < first <= iv[1])]
+        mine = [iv for iv in intervals if previous_last < iv[0] <= last]
         under_beam = any(on <= first < off for on, off, _ in intervals)
         if name == "radiating":
-            if not before:
-                rows.append(_row("dose_rate", name, dose, math.nan, "rad(Si)/s", "", "fail",
-                                 f"no irradiation logged before or during the {label} step"))
+            if not mine:
+                rows.append(_row("dose_rate", name, dose, math.nan, "rad(Si)/s", "",
+                                 "not_logged" if not intervals else "fail",
+                                 f"no irradiation logged for the {label} step"))
             else:
-                delivered = sum(iv[2] for iv in before)
-                duration = sum(iv[1] - iv[0] for iv in before)
-                rate = delivered * RAD_PER_KRAD / duration if duration > 0 else math.nan
-                rows += _windowed("dose_rate", name, dose, rate,
+                delivered = sum(iv[2] for iv in mine)
+                duration = sum(iv[1] - iv[0] for iv in mine)
+                rows += _windowed("dose_rate", name, dose,
+                                  delivered * RAD_PER_KRAD / duration,
                                   f"{delivered:g} krad in {duration:.0f} s of beam")
+                if ends:
+                    ends[-1] = (ends[-1][0], ends[-1][1], min(iv[0] for iv in mine))
+                ends.append((dose, max(iv[1] for iv in mine), math.nan))
+        ended = [off for _, off, _ in intervals if off <= first]
         if under_beam:
             rows.append(_row("time_to_measurement", name, dose, 0.0, "s", "<= 3600 s", "warn",
                              "measured while the beam was on (in-situ): the window applies to "
                              "measurements after irradiation"))
+        elif ended:
+            rows += _windowed("time_to_measurement", name, dose, first - max(ended),
+                              "end of irradiation to the first frame")
         else:
-            ended = [off for _, off, _ in intervals if off <= first]
+            rows.append(_row("time_to_measurement", name, dose, math.nan, "s", "<= 3600 s",
+                             "not_logged", f"no beam-off logged before the {label} frames"))
+        if name == "post":
             if ended:
-                wait = first - max(ended)
-                rows += _windowed("time_to_measurement", name, dose, wait,
-                                  "end of irradiation to the first frame")
-                step_ends.append((name, dose, max(ended)))
-            elif name == "radiating":
-                rows.append(_row("time_to_measurement", name, dose, math.nan, "s", "<= 3600 s",
-                                 "not_logged", "no beam-off logged before the step's frames"))
-        if name == "radiating" and under_beam:
-            step_ends.append((name, dose, max((off for on, off, _ in intervals if on <= first),
-                                              default=math.nan)))
-        previous_end = first
-    for (name, dose, end), nxt in zip(step_ends, step_ends[1:]):
-        if name != "radiating" or nxt[0] != "radiating":
-            continue
-        later = [on for on, _, _ in intervals if on >= end]
-        if later and math.isfinite(end):
-            rows += _windowed("time_to_next_step", name, dose, min(later) - end,
-                              f"end of the {dose:g} krad irradiation to the next one")
-    if ("post", math.nan) in starts or (stage == "post").any():
-        first = float(times[stage == "post"].min())
-        ended = [off for _, off, _ in intervals if off <= first]
-        if ended:
-            off = max(ended)
-            rows += _windowed("anneal_duration", "post", math.nan, first - off,
-                              "last beam-off to the first post-irradiation frame")
-            if temps is not None and temps["TEMP"].notna().any():
-                sel = (temps["TIME"] >= off) & (temps["TIME"] <= first) & temps["TEMP"].notna()
-                if sel.any():
-                    rows += _windowed("anneal_temperature", "post", math.nan,
-                                      float(temps.loc[sel, "TEMP"].mean()),
-                                      f"mean of {int(sel.sum())} logged temperatures")
-                else:
-                    rows.append(_row("anneal_temperature", "post", math.nan, math.nan, "degC",
-                                     "18..30 degC", "not_logged",
-                                     "no temperature logged during the anneal"))
+                _anneal(rows, first, max(ended), temps)
             else:
-                rows.append(_row("anneal_temperature", "post", math.nan, math.nan, "degC",
-                                 "18..30 degC", "not_logged",
-                                 "the radiation log has no temperature column"))
-        else:
-            rows.append(_row("anneal_duration", "post", math.nan, math.nan, "s", ">= 86400 s",
-                             "not_logged", "no beam-off logged before the post frames"))
+                rows.append(_row("anneal_duration", "post", math.nan, math.nan, "s",
+                                 ">= 86400 s", "not_logged",
+                                 "no beam-off logged before the post frames"))
+        previous_last = last
+    for dose, end, nxt in ends:
+        if math.isfinite(nxt):
+            rows += _windowed("time_to_next_step", "radiating", dose, nxt - end,
+                              f"end of the {dose:g} krad irradiation to the next one")
     for r in rows:
-        r["stage"] = stage_tag(r["stage"], r["dose_krad"]) if r["stage"] == "radiating" \
-            else r["stage"]
+        if r["stage"] == "radiating":
+            r["stage"] = stage_tag("radiating", r["dose_krad"])
     return rows
 
 

@@ -93,8 +93,9 @@ def predict_master(point: dict, b0: np.ndarray, dc0, beta, fit: rr.ResponseFit) 
         else _coef(fit, "DC0")
     slope = np.where(np.isfinite(beta), beta, _coef(fit, "beta_D")) if beta is not None \
         else _coef(fit, "beta_D")
-    return (b0 + _coef(fit, "alpha_D") * d + _coef(fit, "b_T") * (point["TEMP"] - fit.settings.t_ref)
-            + (dark0 + slope * d) * f * t + _coef(fit, "q_mean") * point["RATE"] * t)
+    bias = b0 + _coef(fit, "alpha_D") * d \
+        + _coef(fit, "b_T") * (point["TEMP"] - fit.settings.t_ref)
+    return bias + (dark0 + slope * d) * f * t + _coef(fit, "q_mean") * point["RATE"] * t
 
 
 def residual_statistics(diff: np.ndarray, error: np.ndarray, pixels: np.ndarray) -> dict:

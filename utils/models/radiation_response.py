@@ -187,10 +187,13 @@ def identify(points: pd.DataFrame, settings: ModelSettings) -> dict:
         for name in ("beta_D", "shot_beta_D"):
             why.setdefault(name, why["alpha_D"])
     if not np.any(np.abs(beam) > 0):
-        reason = ("the beam was off during every master (dose rate 0 while exposing): <q> and "
-                  "sigma_q need frames taken under the beam")
+        reason = ("no master was exposed under the beam (dose rate 0, or not logged, while "
+                  "exposing): <q> and sigma_q need frames taken under the beam")
         why["q_mean"] = why["kappa"] = reason
-    if np.ptp(temps) < settings.min_temp_span:
+    if np.ptp(temps) == 0:
+        why["b_T"] = "every master at one temperature"
+    elif np.ptp(temps) < settings.min_temp_span and settings.b_t is not None:
+        # a measured coefficient beats one fitted on the set points' jitter
         why["b_T"] = (f"the masters' temperatures span {np.ptp(temps):.2g} degC "
                       f"(< {settings.min_temp_span:g})")
     if settings.adu_per_e is not None:
@@ -282,6 +285,9 @@ def fit_response(points: pd.DataFrame, settings: ModelSettings = ModelSettings()
         if np.any(dt != 0):
             notes.append("b_T not constrained and no measured value: the masters' temperature "
                          "offsets from T_ref are not corrected for the bias")
+    elif np.ptp(points["TEMP"]) < settings.min_temp_span:
+        notes.append(f"b_T fitted on a temperature span of {np.ptp(points['TEMP']):.2g} degC "
+                     "(set-point jitter): large error, correlated with B0")
     if settings.t_d is None:
         notes.append("no doubling temperature: the dark current has no temperature term")
     fit_idx = [j for j, name in enumerate(COEFFICIENTS) if name not in why]
