@@ -42,6 +42,8 @@ from analysis import fit_radiation_model, procedure_checks, radiation_reconstruc
 from analysis import report as campaign_report
 from analysis.campaign_runs import (
     campaign_log,
+    check_frame_sizes,
+    check_log,
     convert_campaign,
     detect_layout,
     index_campaign,
@@ -83,11 +85,14 @@ def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
     check_output_dir(out_dir)
     layout = detect_layout(dataset, search_depth=search_depth)
     logger.info("%s", layout.describe())
+    if radiation_log is not None:
+        check_log(radiation_log)   # before anything is converted
     conversion = convert_campaign(layout, out_dir, search_depth=search_depth, workers=workers,
                                   progress_bar=progress_bar)
     index_path, table, dose_report = index_campaign(layout, out_dir, radiation_log,
                                                     search_depth=search_depth,
                                                     progress_bar=progress_bar)
+    check_frame_sizes(table, index_path)
     log_path, log_note = campaign_log(layout, out_dir, radiation_log, table)
     digest = _digest(table, log_path, settings, gain)
     previous = completed_run(out_dir, digest)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.products import save_plot
-from utils.errors import InputPathError
+from utils.errors import InputPathError, TableError
 from utils.io.conversion import (
     STATUS_CONVERTED,
     STATUS_EXISTING,
@@ -41,9 +41,10 @@ from utils.io.discovery import (
     campaign_sections,
     find_fits,
 )
-from utils.io.dose import DoseReport, assign_doses, find_campaign_log
+from utils.io.dose import DoseReport, assign_doses, check_time_order, find_campaign_log
 from utils.io.fitsio import write_csv, write_text
 from utils.io.index import IndexSettings, build_index, discover_sections, write_index
+from utils.io.radiation_log import read_radiation_log
 from utils.io.tokens import folder_dose
 from utils.plotting import finish_axes, new_axes
 from utils.stack.grouping import parse_stage_tag, stage_tag
@@ -197,6 +198,27 @@ def campaign_log(layout: Layout, out_dir: Path, given: Path | None,
     return path, "synthesised from the index (dose folders and their logs)"
 
 
+def check_log(path: Path) -> None:
+    """A given campaign log must exist, be readable and go forward in time (one-line errors,
+    before anything is converted); whether it covers the frames is checked at indexing."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputPathError(f"{path}: radiation log not found; give the campaign's "
+                             "radiationLogCompleto.csv, or none to use the one beside the data")
+    check_time_order(read_radiation_log(path))
+
+
+def check_frame_sizes(table: pd.DataFrame, index_path: Path) -> None:
+    """One sensor format per campaign: frames of several sizes end the run in one line,
+    before any product is made (their masters would be refused one by one)."""
+    usable = table[~table["BADFITS"].astype(bool)]
+    sizes = usable.groupby(["NAXIS1", "NAXIS2"]).size()
+    if len(sizes) > 1:
+        text = ", ".join(f"{int(a)}x{int(b)} px ({n} frames)" for (a, b), n in sizes.items())
+        raise TableError(f"{index_path}: frames of {len(sizes)} sizes ({text}); a campaign "
+                         "holds one sensor format: remove the frames of the other camera")
+
+
 def stage_folder(out_dir: Path, stage: str, dose: float) -> Path:
     """``OUTPUT_DIR/pre``, ``OUTPUT_DIR/radiating/radiating_D10kR``, ``OUTPUT_DIR/post``."""
     if stage == "radiating":
@@ -254,5 +276,6 @@ def intensity_series(radiation, out_dir: Path) -> list[Path]:
     return files
 
 
-__all__ = ["Layout", "detect_layout", "convert_campaign", "index_campaign", "campaign_log",
-           "stage_folder", "intensity_series", "plot_intensity", "SYNTHESISED_LOG"]
+__all__ = ["Layout", "detect_layout", "check_log", "check_frame_sizes", "convert_campaign",
+           "index_campaign", "campaign_log", "stage_folder", "intensity_series", "plot_intensity",
+           "SYNTHESISED_LOG"]

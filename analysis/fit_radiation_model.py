@@ -32,7 +32,8 @@ reason), fit_results.json (the same records as "parameters", "correlation",
 master's point, prediction, residual and pull), bias_residuals.png,
 dark_current_residuals.png, variance_residuals.png, qq_plot.png (each with its
 .npz), dark_maps.fits (per-pixel DC0 and beta_D with errors, where the dark masters
-allow) with dc0_map.png and beta_d_map.png, masters/, config_used.json, summary.json.
+allow) with dc0_map.png and beta_d_map.png, pixels.fits (the pixel set), masters/,
+reconstruction_stats.csv (with the full pipeline), config_used.json, summary.json.
 
 Example
 -------
@@ -370,6 +371,11 @@ def run(source: str | os.PathLike, out_dir: str | os.PathLike,
     points["MEAN_PULL"] = points["MEAN_RESID"] / points["MEAN_ERR"]
     points["VAR_PULL"] = points["VAR_RESID"] / points["VAR_ERR"]
     files = write_results(out, fit, points, pixels, info, settings)
+    header = fits.Header()
+    for key, value, comment in provenance_cards("RADIATION_MODEL_PIXELS"):
+        header[key] = (value, comment)
+    header["COMMENT"] = "1 = pixel of the model's population (measured everywhere, never hot)"
+    files.append(write_product(out / "pixels.fits", pixels.astype(np.uint8), header, unit=""))
     files += write_dark_maps(out, masters, images, points, fit, settings)
     files.append(out / "config_used.json")
     write_run_summary(out, {"n_masters": int(use.sum()), "pixels": int(pixels.sum())}, files,
