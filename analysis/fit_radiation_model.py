@@ -64,7 +64,7 @@ from utils import adu, cli
 from utils import headers as kw
 from utils.errors import ConfigError, UserError
 from utils.io.dose import RAD_PER_KRAD, assign_doses
-from utils.io.fitsio import provenance_cards, write_csv, write_product, write_text
+from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
 from utils.io.index import STAGES, DatasetIndex, load_frames
 from utils.models import radiation_response as rr
 from utils.models.gain import resolve_gain
@@ -373,7 +373,7 @@ def run(source: str | os.PathLike, out_dir: str | os.PathLike,
     files = write_results(out, fit, points, pixels, info, settings)
     header = fits.Header()
     for key, value, comment in provenance_cards("RADIATION_MODEL_PIXELS"):
-        header[key] = (value, comment)
+        set_card(header, key, value, comment)
     header["COMMENT"] = "1 = pixel of the model's population (measured everywhere, never hot)"
     files.append(write_product(out / "pixels.fits", pixels.astype(np.uint8), header, unit=""))
     files += write_dark_maps(out, masters, images, points, fit, settings)
@@ -491,8 +491,15 @@ def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points:
         b_t = fit.coef.get("b_T", math.nan)
         shift = (b_t if math.isfinite(b_t) else 0.0) * (m.point["TEMP"] - bias.point["TEMP"])
         darks.append(d.data - b.data - shift)
-        errs.append(np.hypot(d.stderr, b.stderr))
-        rows.append(points[points["MASTER"] == m.path.name].iloc[0])
+        # a pixel's mean under the beam scatters by the hits it happened to get, which its
+        # own few samples do not show: the population's beam variance over the frames
+        kappa = fit.coef.get("kappa", math.nan)
+        beam = (kappa if math.isfinite(kappa) and kappa > 0 else 0.0) * m.point["RATE"] \
+            * m.point["EXPTIME"] / m.point["NFRAMES"]
+        errs.append(np.sqrt(d.stderr.astype(np.float64) ** 2
+                            + b.stderr.astype(np.float64) ** 2 + beam))
+        rows.append(points[(points["MASTER"] == m.path.name)
+                           & (points["TAG"] == m.key.stage_dir)].iloc[0])
     if len(darks) < 1:
         return []
     table = pd.DataFrame(rows)
@@ -506,14 +513,14 @@ def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points:
     i0, i1 = maps.term("DC0"), maps.term("beta_D")
     header = fits.Header()
     for key, value, comment in provenance_cards("RADIATION_DARK_MAPS"):
-        header[key] = (value, comment)
-    header["TREF"] = (settings.t_ref, "[degC] reference temperature")
-    header["TDOUBLE"] = (fit.settings.t_d if fit.settings.t_d else "none",
-                         "[degC] doubling temperature used (none: no T term)")
-    header["NMASTERS"] = (len(darks), "dark masters fitted per pixel")
-    header["BETAFIT"] = (bool(maps.fitted[i1]), "beta_D fitted (dark masters at >1 dose)")
+        set_card(header, key, value, comment)
+    set_card(header, "TREF", settings.t_ref, "[degC] reference temperature")
+    set_card(header, "TDOUBLE", fit.settings.t_d if fit.settings.t_d else "none",
+             "[degC] doubling temperature used (none: no T term)")
+    set_card(header, "NMASTERS", len(darks), "dark masters fitted per pixel")
+    set_card(header, "BETAFIT", bool(maps.fitted[i1]), "beta_D fitted (dark masters at >1 dose)")
     if not maps.fitted[i1]:
-        header["BETAWHY"] = (maps.dropped.get("beta_D", "")[:60], "why beta_D is not fitted")
+        set_card(header, "BETAWHY", maps.dropped.get("beta_D", ""), "why beta_D is not fitted")
     files = [write_product(out / "dark_maps.fits", maps.coef[i0], header, unit="adu/s",
                            uncertainty=maps.err[i0], mask=~np.isfinite(maps.coef[i0]),
                            images={"BETA_D": (maps.coef[i1] if maps.fitted[i1] else

@@ -32,7 +32,7 @@ import pandas as pd
 from astropy.io import fits
 
 from analysis.products import save_plot
-from utils.io.fitsio import provenance_cards, write_csv, write_product
+from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product
 from utils.models import radiation_response as rr
 from utils.plotting import show_image
 from utils.stack.master import read_master
@@ -75,20 +75,34 @@ def _reference_bias(model) -> tuple[np.ndarray, np.ndarray, dict] | None:
     return b0, img.stderr, p
 
 
-def _dark_maps(model) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _dark_maps(model) -> dict:
+    """The model's per-pixel DC0 and beta_D with their errors (empty without the maps)."""
     path = model.out_dir / "dark_maps.fits"
     if not path.is_file():
-        return None, None
+        return {}
     with fits.open(path) as hdul:
-        dc0 = np.asarray(hdul[0].data, float)
-        beta = np.asarray(hdul["BETA_D"].data, float)
-    return dc0, beta
+        return {"dc0": np.asarray(hdul[0].data, float),
+                "dc0_err": np.asarray(hdul["UNCERT"].data, float),
+                "beta": np.asarray(hdul["BETA_D"].data, float),
+                "beta_err": np.asarray(hdul["BETA_ERR"].data, float)}
 
 
-def predict_master(point: dict, b0: np.ndarray, dc0, beta, fit: rr.ResponseFit) -> np.ndarray:
+def prediction_error(point: dict, maps: dict, fit: rr.ResponseFit) -> np.ndarray | float:
+    """Error of the per-pixel dark prediction [adu] from the maps' errors (their covariance
+    left out: it is negative for a line through dose 0, so this errs on the safe side)."""
+    if not maps:
+        return 0.0
+    ft = float(rr.temperature_factor(point["TEMP"], fit.settings)) * point["EXPTIME"]
+    dc0 = np.where(np.isfinite(maps["dc0_err"]), maps["dc0_err"], 0.0)
+    beta = np.where(np.isfinite(maps["beta_err"]), maps["beta_err"], 0.0)
+    return np.hypot(ft * dc0, ft * point["DOSE"] * beta)
+
+
+def predict_master(point: dict, b0: np.ndarray, maps: dict, fit: rr.ResponseFit) -> np.ndarray:
     """Per-pixel prediction [adu] of a master (see the module notes)."""
     f = float(rr.temperature_factor(point["TEMP"], fit.settings))
     t, d = point["EXPTIME"], point["DOSE"]
+    dc0, beta = maps.get("dc0"), maps.get("beta")
     dark0 = np.where(np.isfinite(dc0), dc0, _coef(fit, "DC0")) if dc0 is not None \
         else _coef(fit, "DC0")
     slope = np.where(np.isfinite(beta), beta, _coef(fit, "beta_D")) if beta is not None \
@@ -131,26 +145,35 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
         logger.warning("reconstruction skipped: the model has no bias master")
         return Reconstruction(pd.DataFrame())
     b0, b0_err, ref_point = ref
-    dc0, beta = _dark_maps(model)
+    maps = _dark_maps(model)
     fit = model.fit
     rows, files, per_folder = [], [], {}
     for m in model.masters:
         img = read_master(m.path)
-        pred = predict_master(m.point, b0, dc0, beta, fit)
+        pred = predict_master(m.point, b0, maps, fit)
         diff = img.data - pred
         same = m.point["MASTER"] == ref_point["MASTER"] and m.point["TAG"] == ref_point["TAG"]
-        error = img.stderr if same else np.hypot(img.stderr, b0_err)
+        # under the beam a pixel's mean scatters by the hits it happened to get, which its own
+        # few samples do not show (a pixel the beam missed has a small sample noise): the
+        # model's beam variance over the frames is added
+        beam_var = max(_coef(fit, "kappa"), 0.0) * m.point["RATE"] * m.point["EXPTIME"] \
+            / m.point["NFRAMES"]
+        error = np.sqrt(img.stderr.astype(np.float64) ** 2 + beam_var
+                        + (0.0 if same else b0_err.astype(np.float64) ** 2)
+                        + prediction_error(m.point, maps, fit) ** 2)
         folder = folder_of(m.key.stage_dir)
         stem = m.path.stem + "_diff"
         header = fits.Header()
         for key, value, comment in provenance_cards("RECONSTRUCTION_RESIDUAL"):
-            header[key] = (value, comment)
-        header["MASTER"] = (m.path.name, "master reconstructed")
-        header["STAGETAG"] = (m.key.stage_dir, "stage and dose step")
-        header["DOSE"] = (m.point["DOSE"], "[krad] mean accumulated dose of its frames")
-        header["DOSERATE"] = (m.point["RATE"], "[krad/s] mean dose rate while exposing")
-        header["BIASREF"] = (ref_point["MASTER"][:60], "pixel bias taken from this master")
-        header["COMMENT"] = "data = master - model prediction; UNCERT = master (+) bias ref"
+            set_card(header, key, value, comment)
+        set_card(header, "MASTER", m.path.name, "master reconstructed")
+        set_card(header, "STAGETAG", m.key.stage_dir, "stage and dose step")
+        set_card(header, "DOSE", m.point["DOSE"], "[krad] mean accumulated dose of its frames")
+        set_card(header, "DOSERATE", m.point["RATE"], "[krad/s] mean dose rate while exposing")
+        set_card(header, "BIASREF", f"{ref_point['TAG']}/{ref_point['MASTER']}",
+                 "pixel bias taken from this master")
+        header["COMMENT"] = ("data = master - model prediction; UNCERT = master, bias "
+                             "reference and beam variance in quadrature")
         files.append(write_product(folder / f"{stem}.fits", diff, header, unit="adu",
                                    uncertainty=error, mask=~np.isfinite(diff),
                                    images={"PREDICT": (pred, "adu")}))
@@ -173,4 +196,5 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
     return Reconstruction(table, files, path)
 
 
-__all__ = ["Reconstruction", "run", "predict_master", "residual_statistics", "PULL_LIMIT"]
+__all__ = ["Reconstruction", "run", "predict_master", "prediction_error",
+           "residual_statistics", "PULL_LIMIT"]
