@@ -239,15 +239,18 @@ def summary_line(summary: dict) -> str:
         text = f"{item['value']:.{digits}g}"
         return text + (f" +- {err:.2g}" if err is not None else "") + f" {item['unit']}"
     params = summary.get("model_parameters") or {}
+    checks = summary.get("procedure_checks") or {}
+    counts = ", ".join(f"{checks[k]} {k}" for k in ("pass", "warn", "fail", "not_logged")
+                       if checks.get(k))
     model = ", ".join(f"{k} {fmt(v)}" if v else f"{k} not constrained"
                       for k, v in params.items())
     return (f"done: {summary['indexed']} frames indexed ({summary['converted']} converted, "
             f"{summary['rejected']} rejected, {summary['uncovered']} without a dose); damage "
             f"slope {fmt(summary.get('damage_slope'))}; recovered fraction "
             f"{fmt(summary.get('recovered_fraction'))}; hot-pixel growth "
-            f"{fmt(summary.get('hot_pixel_growth'))}; model: {model}; procedure checks "
-            f"{summary['procedure_checks']}; everything in {Path(summary['index']).parent} "
-            f"(summary.json, report/index.html)")
+            f"{fmt(summary.get('hot_pixel_growth'))}; model: {model}; procedure checks: "
+            f"{counts or 'none'}; everything in {Path(summary['index']).parent} "
+            f"(summary.json, procedure_checks.csv, report/index.html)")
 
 
 def build_parser() -> cli.ArgumentParser:
