@@ -384,3 +384,13 @@ def test_model_pulls_over_seeds(seed, tmp_path):
     pulls = {r["param"]: (r["value"] - truth[r["param"]]) / r["err"]
              for _, r in result.fit.parameters.iterrows()}
     assert all(abs(z) < 3 for z in pulls.values()), pulls
+
+
+def test_fit_radiation_model_command_on_a_folder_of_frames(dd_run, tmp_path):
+    campaign, _, _ = dd_run
+    before = sha256_tree(campaign.root)
+    assert frm.main([str(campaign.root), str(tmp_path / "m"), "--no-progress"]) == 0
+    table = pd.read_csv(tmp_path / "m" / "fit_results.csv").set_index("param")
+    assert table.loc["beta_D", "constrained"] and not table.loc["q_mean", "constrained"]
+    assert (tmp_path / "m" / "dark_maps.fits").is_file()
+    assert sha256_tree(campaign.root) == before
