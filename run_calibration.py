@@ -32,17 +32,16 @@ Example
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from analysis import process_index
 from analysis import report as campaign_report
-from bias_pipeline import pipeline as bias_pipeline
-from dark_pipeline import pipeline as dark_pipeline
-from flat_pipeline import pipeline as flat_pipeline
+from analysis.stage_pipelines import run_stage_pipelines
 from utils import cli, sim
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError
 from utils.io.conversion import (
     STATUS_CONVERTED,
     STATUS_EXISTING,
@@ -93,100 +92,29 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
                                progress_bar=progress_bar,
                                upstream_settings={"layout": layout, "dataset": str(dataset),
                                                   "conversion": conversion, "indexing": indexing})
-    bias = run_bias_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
-    run_flat_gain(layout, table, index_path, out_dir, progress_bar=progress_bar)
-    dark = run_dark_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
-    flat = run_flat_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
+    pipes = run_pipelines(layout, table, index_path, out_dir, progress_bar=progress_bar)
     page, _ = campaign_report.run(out_dir, out_dir / "report")
     return {"converted": converted, "existing": existing, "rejected": rejected, "report": page,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
-            "index": index_path, "result": result, "bias": bias, "dark": dark, "flat": flat}
+            "index": index_path, "result": result, "bias": pipes.bias, "dark": pipes.dark,
+            "flat": pipes.flat}
 
 
-def _model_stages(layout: str, table, caltype: str) -> list[str]:
-    """'' for a standard campaign; the pre and post stages holding ``caltype`` frames otherwise
-    (the radiating stage's dose steps are the radiation analyses' business)."""
+def model_groups(layout: str) -> list[tuple[str, float]]:
+    """('', nan) for a standard campaign; the pre and post stages otherwise (the radiating
+    stage's dose steps are the radiation analyses' business)."""
     if layout == "standard":
-        return [""]
-    return [s for s in ("pre", "post")
-            if ((table["CALTYPE"] == caltype) & (table["STAGE"] == s)).any()]
+        return [("", math.nan)]
+    return [("pre", math.nan), ("post", math.nan)]
 
 
-def _per_stage(name: str, caltype: str, layout: str, table, make) -> list:
-    """Run ``make(stage)`` for each stage to model; a stage it cannot model (one-line
-    :class:`UserError`, e.g. frames at one temperature) is reported and skipped."""
-    results = []
-    for stage in _model_stages(layout, table, caltype):
-        try:
-            result = make(stage)
-        except UserError as err:
-            logger.warning("%s pipeline%s skipped: %s", name, f" ({stage})" if stage else "", err)
-            continue
-        logger.info("%s", result.summary_line())
-        results.append(result)
-    return results
-
-
-def _if_file(path: Path) -> str:
-    return str(path) if path.is_file() else ""
-
-
-def run_flat_gain(layout: str, table, index_path: Path, out_dir: Path, *,
-                  progress_bar: bool = False) -> None:
-    """The photon-transfer gain of each stage's flats (``flat/<stage>/gain.json``), before the
-    dark pipeline reads it; a stage without two flat levels is reported and has none."""
-    for stage in _model_stages(layout, table, "FLAT"):
-        settings = flat_pipeline.FlatSettings(
-            stage=stage, bias_model=_if_file(out_dir / "bias" / stage / "bias_model.fits"))
-        try:
-            gains = flat_pipeline.measure_gain_only(index_path, out_dir / "flat" / stage,
-                                                    settings, progress_bar=progress_bar)
-        except UserError as err:
-            logger.warning("photon-transfer gain%s skipped: %s", f" ({stage})" if stage else "",
-                           err)
-            continue
-        for gain in gains:
-            logger.info("measured gain%s: %.4f +- %.4f e-/ADC count", f" ({stage})" if stage
-                        else "", gain.gain, gain.gain_err)
-
-
-def run_flat_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
-                      progress_bar: bool = False) -> list:
-    """The flat pipeline (mode full) per stage, with that stage's bias and dark models."""
-    def make(stage):
-        dark_2d = out_dir / "dark" / stage / "dark_model_2d" / "dark_model_2d.fits"
-        settings = flat_pipeline.FlatSettings(
-            stage=stage, bias_model=_if_file(out_dir / "bias" / stage / "bias_model.fits"),
-            dark_model=_if_file(dark_2d))
-        return flat_pipeline.run(index_path, out_dir / "flat" / stage, settings,
-                                 progress_bar=progress_bar)
-    return _per_stage("flat", "FLAT", layout, table, make)
-
-
-def run_dark_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
-                      progress_bar: bool = False) -> list:
-    """The dark pipeline (mode full) per stage, with the bias pipeline's model of that stage
-    when there is one, and the gain measured from that stage's flats."""
-    def make(stage):
-        bias_model = out_dir / "bias" / stage / "bias_model.fits"
-        gain = out_dir / "flat" / stage / "gain.json"
-        settings = dark_pipeline.DarkSettings(
-            stage=stage, bias_model=str(bias_model) if bias_model.is_file() else "",
-            gain=str(gain) if gain.is_file() else None)
-        return dark_pipeline.run(index_path, out_dir / "dark" / stage, settings,
-                                 progress_bar=progress_bar)
-    return _per_stage("dark", "DARK", layout, table, make)
-
-
-def run_bias_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
-                      progress_bar: bool = False) -> list:
-    """The bias pipeline on the whole campaign (standard) or on each of the pre- and
-    post-irradiation stages."""
-    def make(stage):
-        return bias_pipeline.run(index_path, out_dir / "bias" / stage,
-                                 bias_pipeline.BiasSettings(stage=stage),
-                                 progress_bar=progress_bar)
-    return _per_stage("bias", "BIAS", layout, table, make)
+def run_pipelines(layout: str, table, index_path: Path, out_dir: Path, *,
+                  progress_bar: bool = False):
+    """The bias, photon-transfer gain, dark and flat pipelines (``analysis.stage_pipelines``)
+    into ``OUTPUT_DIR/<kind>/<stage>``."""
+    return run_stage_pipelines(index_path, table, model_groups(layout),
+                               lambda kind, stage, dose: out_dir / kind / stage,
+                               progress_bar=progress_bar)
 
 
 def build_parser() -> cli.ArgumentParser:

@@ -39,7 +39,8 @@ def test_pipelines_do_not_import_each_other(package):
                                     "analysis.process_index", "run_calibration",
                                     "bias_pipeline.run_pipeline", "bias_pipeline.generate_bias",
                                     "bias_pipeline.bias_temp_analysis",
-                                    "dark_pipeline.run_pipeline"])
+                                    "dark_pipeline.run_pipeline", "run_full_radiation_pipeline",
+                                    "analysis.fit_radiation_model"])
 def test_every_command_has_help_with_example(module, capsys):
     main = importlib.import_module(module).main
     with pytest.raises(SystemExit) as info:

@@ -29,6 +29,7 @@ from astropy.io import fits
 from conftest import assert_one_line_error, sha256_tree
 
 import run_calibration
+import run_full_radiation_pipeline
 from analysis import process_index
 from bias_pipeline import bias_temp_analysis, generate_bias
 from bias_pipeline import run_pipeline as bias_run
@@ -281,6 +282,7 @@ COMMANDS: dict[str, Callable] = {
     "bias_temp_analysis": bias_temp_analysis.main,
     "generate_bias": generate_bias.main,
     "simulate": simulate.main,
+    "full_radiation": run_full_radiation_pipeline.main,
 }
 #: Files no command may modify (raw inputs, logs, configs, converted frames).
 _INPUT_SUFFIXES = (".raw", ".txt", ".fits")
@@ -333,8 +335,19 @@ class Env:
                       & table["PATH"].str.contains("/T0/|/T25/")].reset_index(drop=True)
         return self.write_index(edit(table) if edit else table, "small.csv")
 
+    @cached_property
+    def irr(self) -> Path:
+        """A raw irradiation campaign (stage folders)."""
+        return self.request.getfixturevalue("irradiation_copy").root
+
+    @cached_property
+    def dd(self) -> Path:
+        """Dose directories of FITS frames."""
+        return self.request.getfixturevalue("dosedirs_copy").root
+
     def roots(self) -> list[Path]:
-        return [p for p in (self.__dict__.get("raw"), self.__dict__.get("conv")) if p]
+        return [p for p in (self.__dict__.get(name) for name in ("raw", "conv", "irr", "dd"))
+                if p]
 
     def snapshot(self) -> dict[str, str]:
         """sha256 of every file of the copies in use."""
@@ -406,6 +419,29 @@ def _set_log_cell(path: Path, frame: int, column: str, value: str) -> None:
 
 def _fits_rows(env: Env) -> pd.DataFrame:
     return read_table(env.raw / "fits_index.csv")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def _shifted_log(env: Env) -> Path:
+    """A dose-folder log whose times lie a year after every frame."""
+    frames = sorted((env.dd / "10kRads").rglob("*.fits"))
+    t0 = max(fits.getheader(f)["TIMESTMP"] for f in frames) + 3.2e7
+    path = env.tmp / "late_log.csv"
+    path.write_text("TimeStamp,Dose\n" + "".join(f"{t0 + k},{k}\n" for k in range(5)))
+    return path
+
+
+def _odd_sized_frame(env: Env) -> Path:
+    """One frame of the first dose folder replaced by a 10 x 10 one (another camera)."""
+    frame = sorted((env.dd / "5kRads" / "fits").glob("dark*.fits"))[0]
+    with fits.open(frame) as hdul:
+        data, header = hdul[0].data[:10, :10].copy(), hdul[0].header.copy()
+    fits.PrimaryHDU(data, header).writeto(frame, overwrite=True)
+    return frame
 
 
 def _each_raw_once(env: Env) -> None:
@@ -698,6 +734,23 @@ CASES: list[Case] = [
     Case("run_calibration: --convert-workers 0", "run_calibration",
          lambda e: ["standard", e.raw, e.out, "--convert-workers", "0"], 2,
          "--convert-workers must be >= 1", _no_fits_converted),
+    # --- run_full_radiation_pipeline ------------------------------------------------------------
+    Case("full radiation: neither stage folders nor <dose>kRads folders", "full_radiation",
+         lambda e: [e.raw, e.out], 2, "no stage folders", _no_fits_converted),
+    Case("full radiation: an empty dose step", "full_radiation",
+         lambda e: _after(_mkdir(e.irr / "Irradiation" / "30kRads"), [e.irr, e.out]), 2,
+         "30kRads: empty stage"),
+    Case("full radiation: an empty dose folder", "full_radiation",
+         lambda e: _after(_mkdir(e.dd / "40kRads"), [e.dd, e.out]), 2,
+         "40kRads: empty dose folder"),
+    Case("full radiation: the given radiation log is missing", "full_radiation",
+         lambda e: [e.irr, e.tmp / "no_log.csv", e.out], 2, "radiation log not found"),
+    Case("full radiation: the log covers none of the frames", "full_radiation",
+         lambda e: [e.dd, _shifted_log(e), e.out], 2, "covers none of them"),
+    Case("full radiation: frames of two sizes", "full_radiation",
+         lambda e: _after(_odd_sized_frame(e), [e.dd, e.out]), 2, "frames of 2 sizes"),
+    Case("full radiation: --workers 0", "full_radiation",
+         lambda e: [e.irr, e.out, "--workers", "0"], 2, "--workers must be >= 1"),
 ]
 
 

@@ -498,13 +498,16 @@ class _LooseAttempt(Attempt):
 
 
 def convert_folder(folder: str | os.PathLike, caltype: str, settings: ConversionSettings, *,
-                   progress_bar: bool = False) -> ConversionReport:
+                   progress_bar: bool = False,
+                   index_dir: str | os.PathLike | None = None) -> ConversionReport:
     """Convert one folder of raw frames outside the campaign sections (e.g. an operation
     sequence ``<x>kRads/`` with ``CALTYPE`` ``OPER``).
 
     The raw files are in ``folder/frames/`` or, failing that, in ``folder`` itself; the
     config and per-frame log are in ``folder``.  FITS go to ``folder/fits/`` and the
-    listing to ``folder/fits_index.csv``, as for any attempt.
+    listing to ``folder/fits_index.csv``, as for any attempt.  ``caltype`` '' leaves the frame
+    type to the index (from each header's ``EXPTIME``); ``index_dir`` puts ``fits_index.csv``
+    elsewhere (e.g. an output folder, so that a re-run leaves the input folder untouched).
 
     Raises
     ------
@@ -526,4 +529,5 @@ def convert_folder(folder: str | os.PathLike, caltype: str, settings: Conversion
         if row["STATUS"] == STATUS_REJECTED:
             logger.warning("%s: %s; no FITS written", row["RAWPATH"], row["REASON"])
             row["PATH"] = ""
-    return ConversionReport(rows, write_fits_index(rows, folder / FITS_INDEX_NAME))
+    listing = Path(index_dir) if index_dir is not None else folder
+    return ConversionReport(rows, write_fits_index(rows, listing / FITS_INDEX_NAME))

@@ -22,6 +22,7 @@ from .physics import (
                       digitise,
                       flat_illumination,
                       make_sensor,
+                      radiation_model_truth,
                       render_frame,
                       truth_maps,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "Physics", "Sensor", "FrameTruth", "AttemptTruth", "Campaign",
     "simulate_standard", "simulate_irradiation", "simulate_dosedirs", "load_campaign",
     "make_sensor", "bias_level", "dark_current", "flat_illumination", "render_frame",
-    "digitise", "truth_maps", "damage_maps", "CAMPAIGN_START", "CAMPAIGN_RADIATION_LOG",
+    "digitise", "truth_maps", "radiation_model_truth", "damage_maps", "CAMPAIGN_START",
+    "CAMPAIGN_RADIATION_LOG",
     "DOSEDIR_LOG", "RADIATION_LOG", "TEMPERATURE_LOG", "TRUNCATE_BYTES",
 ]

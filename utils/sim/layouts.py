@@ -594,7 +594,8 @@ def _write_frames(root: Path, rng: np.random.Generator, sensor: Sensor, physics:
             lamp = flats.lamp_factor(rng, physics, defect) if t.kind == "flat" else 1.0
             data = render_frame(rng, sensor, physics, kind=t.kind, temperature=t.temperature,
                                 exposure=t.real_exposure, damage_dose=t.damage_dose,
-                                illumination=lamp)
+                                illumination=lamp,
+                                beam_dose=t.dose_rate * t.real_exposure)
             if defect == "all_zero":
                 data[:] = 0
             elif defect == "dead_region":

@@ -80,6 +80,12 @@ class Physics:
     annealing_fraction: float = _param(0.3, "1", "fraction of the damage recovered afterwards")
     dose_rate_noise: float = _param(0.05, "1", "relative rms noise of the measured dose rate")
     radiation_background: float = _param(1e-4, "krad/s", "rms background of the dose-rate monitor")
+    # charge the beam deposits during an exposure (0: none, every earlier campaign unchanged):
+    # one hit per pixel per krad on average (Poisson), each of a Gaussian charge, so that the
+    # radiation response model's <q> and sigma_q are exactly these (see beam_charge_counts)
+    beam_charge: float = _param(0.0, "ADC count", "mean charge of one beam hit (one hit per "
+                                                  "pixel per krad received while exposing)")
+    beam_charge_sigma: float = _param(0.0, "ADC count", "rms spread of the charge of one hit")
     # flat-field truth (defaults leave every earlier campaign unchanged, byte for byte)
     optical_centre_x: float = _param(0.5, "1", "optical-centre column / (width - 1)")
     optical_centre_y: float = _param(0.5, "1", "optical-centre row / (height - 1)")
@@ -333,7 +339,8 @@ def digitise(counts: np.ndarray, adc_bits: int) -> np.ndarray:
 def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, kind: str,
                  temperature: float, exposure: float, damage_dose: float = 0.0,
                  illumination: float = 1.0,
-                 extra_counts: np.ndarray | None = None) -> np.ndarray:
+                 extra_counts: np.ndarray | None = None,
+                 beam_dose: float = 0.0) -> np.ndarray:
     """Draw one frame as stored by the camera (uint16, ADC count x 16).
 
     Parameters
@@ -358,6 +365,9 @@ def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, 
         Signal added before the read noise and the ADC [ADC count], e.g. the
         charge of particle hits or the offset of a random-telegraph pixel.
         Default is None (nothing added; draws and output unchanged).
+    beam_dose : float, optional
+        Dose received while exposing [krad] (dose rate x exposure): the beam's charge
+        (:func:`beam_charge_counts`) is added. Default is 0 (nothing drawn).
 
     Returns
     -------
@@ -375,7 +385,80 @@ def render_frame(rng: np.random.Generator, sensor: Sensor, physics: Physics, *, 
     counts += rng.standard_normal(sensor.shape) * sensor.read_noise
     if extra_counts is not None:
         counts += extra_counts
+    beam = beam_charge_counts(rng, sensor.shape, physics, beam_dose)
+    if beam is not None:
+        counts += beam
     return digitise(counts, physics.adc_bits)
+
+
+def beam_charge_counts(rng: np.random.Generator, shape: tuple[int, int], physics: Physics,
+                       dose: float) -> np.ndarray | None:
+    """Charge the beam deposits in each pixel during one exposure [ADC count].
+
+    Each pixel receives ``N ~ Poisson(dose)`` hits (one per krad on average) of charge
+    ``N(beam_charge, beam_charge_sigma)`` each, so the signal has mean ``<q> D`` and
+    variance ``(<q>^2 + sigma_q^2) D`` with ``D = dose_rate x exposure`` [krad]: the
+    radiation response model's beam terms.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        None when there is no beam charge (nothing is drawn: campaigns without it keep
+        their random stream).
+    """
+    if physics.beam_charge <= 0 and physics.beam_charge_sigma <= 0 or not dose > 0:
+        return None
+    hits = rng.poisson(dose, shape)
+    return (hits * physics.beam_charge
+            + np.sqrt(hits) * physics.beam_charge_sigma * rng.standard_normal(shape))
+
+
+def radiation_model_truth(maps: dict[str, np.ndarray], physics: Physics,
+                          pixels: np.ndarray | None = None,
+                          t_ref: float | None = None) -> dict[str, float]:
+    """The radiation response model's parameters of a simulated sensor, over a pixel set.
+
+    The model (``analysis.fit_radiation_model``) describes the mean over a fixed set of
+    pixels: ``B0 + alpha_D D + b_T (T - t_ref) + (DC0 + beta_D D) 2^((T - t_ref)/T_d) t +
+    <q> Ddot t`` and the mean temporal variance ``sigma_read^2 + (DC0 + beta_D D) 2^(...) t
+    / K + (<q>^2 + sigma_q^2) Ddot t`` (stored adu; ``K`` = gain in e- per stored adu).
+
+    Parameters
+    ----------
+    maps : dict
+        :func:`truth_maps` of the sensor.
+    physics : Physics
+        Its parameters.
+    pixels : numpy.ndarray, optional
+        Boolean map of the pixels averaged (default: all).
+    t_ref : float, optional
+        Reference temperature [degC] (default ``physics.t_ref``).
+
+    Returns
+    -------
+    dict
+        ``B0`` [adu at t_ref], ``alpha_D`` [adu/krad], ``b_T`` [adu/degC], ``DC0``
+        [adu/s at t_ref], ``beta_D`` [adu/s/krad], ``q_mean`` [adu/krad], ``sigma_q``
+        [adu/krad], ``sigma_read`` [adu, quantisation included], ``T_d`` [degC].
+    """
+    t_ref = physics.t_ref if t_ref is None else float(t_ref)
+    sel = np.ones(maps["bias_a"].shape, bool) if pixels is None else np.asarray(pixels, bool)
+    scale = physics.adu_scale
+    dark = float(np.mean(maps["dark_ref_adu"][sel], dtype=np.float64)) \
+        * 2.0 ** ((t_ref - physics.t_ref) / physics.doubling_temperature)
+    read2 = float(np.mean(np.asarray(maps["read_noise"][sel], np.float64) ** 2))
+    return {
+        "B0": float(np.mean(maps["bias_a"][sel] + maps["bias_b"][sel] * t_ref,
+                            dtype=np.float64)),
+        "alpha_D": physics.bias_shift * scale,
+        "b_T": float(np.mean(maps["bias_b"][sel], dtype=np.float64)),
+        "DC0": dark,
+        "beta_D": physics.dark_damage * dark,
+        "q_mean": physics.beam_charge * scale,
+        "sigma_q": physics.beam_charge_sigma * scale,
+        "sigma_read": math.sqrt(read2 + scale ** 2 / 12.0),
+        "T_d": physics.doubling_temperature,
+    }
 
 
 def truth_maps(sensor: Sensor, physics: Physics) -> dict[str, np.ndarray]:

@@ -1,0 +1,200 @@
+"""Reconstruction: every master of the radiation response model predicted pixel by pixel,
+and what the model leaves over.
+
+Prediction of a master at dose D, dose rate Ddot, exposure t and temperature T::
+
+    B0_i + alpha_D D + b_T (T - T_ref) + (DC0_i + beta_i D) 2^((T - T_ref)/T_d) t + <q> Ddot t
+
+with ``B0_i`` the pixel's own bias: the bias master of the earliest group (pre-irradiation,
+else the first dose step) nearest T_ref, brought to T_ref and dose 0 with the model's
+``b_T`` and ``alpha_D``; ``DC0_i`` and ``beta_i`` the per-pixel dark maps of the model
+where they were fitted, else the population's values.  Coefficients the masters could not
+constrain count as 0.  Residual = master - prediction, with the master's standard error
+and the reference bias master's in quadrature.  Post-irradiation masters are predicted from
+the final dose: their residuals show the recovery (annealing) the model does not describe.
+
+Per master, in the folder the caller gives for its (stage, dose step):
+``<master>_diff.fits`` (residual, ``UNCERT``, ``MASK``, ``PREDICT``), ``.png`` and ``.npz``
+(keys ``diff``, ``error``, ``pull``); per folder ``residual_stats.csv``, and all masters in
+``radiation_model/reconstruction_stats.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from analysis.products import save_plot
+from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product
+from utils.models import radiation_response as rr
+from utils.plotting import show_image
+from utils.stack.master import read_master
+from utils.stack.stats import mad_std
+
+logger = logging.getLogger(__name__)
+
+#: |pull| above which a pixel counts as badly predicted in the statistics.
+PULL_LIMIT = 5.0
+
+
+@dataclass
+class Reconstruction:
+    """What :func:`run` wrote."""
+
+    stats: pd.DataFrame
+    files: list = field(default_factory=list)
+    table_path: Path | None = None
+
+
+def _coef(fit: rr.ResponseFit, name: str) -> float:
+    value = fit.coef.get(name, math.nan)
+    return value if math.isfinite(value) else 0.0
+
+
+def _reference_bias(model) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """The pixel bias at T_ref and dose 0, from the earliest group's bias master nearest
+    T_ref, with its error."""
+    fit = model.fit
+    biases = [m for m in model.masters if m.key.caltype == "BIAS"]
+    if not biases:
+        return None
+    order = {"pre": 0, "radiating": 1, "post": 2}
+    first = min(biases, key=lambda m: (order.get(m.key.stage, 3), m.point["DOSE"],
+                                       abs(m.point["TEMP"] - fit.settings.t_ref)))
+    img = read_master(first.path)
+    p = first.point
+    b0 = img.data - _coef(fit, "alpha_D") * p["DOSE"] \
+        - _coef(fit, "b_T") * (p["TEMP"] - fit.settings.t_ref)
+    return b0, img.stderr, p
+
+
+def _dark_maps(model) -> dict:
+    """The model's per-pixel DC0 and beta_D with their errors (empty without the maps)."""
+    path = model.out_dir / "dark_maps.fits"
+    if not path.is_file():
+        return {}
+    with fits.open(path) as hdul:
+        return {"dc0": np.asarray(hdul[0].data, float),
+                "dc0_err": np.asarray(hdul["UNCERT"].data, float),
+                "beta": np.asarray(hdul["BETA_D"].data, float),
+                "beta_err": np.asarray(hdul["BETA_ERR"].data, float)}
+
+
+def prediction_error(point: dict, maps: dict, fit: rr.ResponseFit) -> np.ndarray | float:
+    """Error of the per-pixel dark prediction [adu] from the maps' errors (their covariance
+    left out: it is negative for a line through dose 0, so this errs on the safe side)."""
+    if not maps:
+        return 0.0
+    ft = float(rr.temperature_factor(point["TEMP"], fit.settings)) * point["EXPTIME"]
+    dc0 = np.where(np.isfinite(maps["dc0_err"]), maps["dc0_err"], 0.0)
+    beta = np.where(np.isfinite(maps["beta_err"]), maps["beta_err"], 0.0)
+    return np.hypot(ft * dc0, ft * point["DOSE"] * beta)
+
+
+def predict_master(point: dict, b0: np.ndarray, maps: dict, fit: rr.ResponseFit) -> np.ndarray:
+    """Per-pixel prediction [adu] of a master (see the module notes)."""
+    f = float(rr.temperature_factor(point["TEMP"], fit.settings))
+    t, d = point["EXPTIME"], point["DOSE"]
+    dc0, beta = maps.get("dc0"), maps.get("beta")
+    dark0 = np.where(np.isfinite(dc0), dc0, _coef(fit, "DC0")) if dc0 is not None \
+        else _coef(fit, "DC0")
+    slope = np.where(np.isfinite(beta), beta, _coef(fit, "beta_D")) if beta is not None \
+        else _coef(fit, "beta_D")
+    bias = b0 + _coef(fit, "alpha_D") * d \
+        + _coef(fit, "b_T") * (point["TEMP"] - fit.settings.t_ref)
+    return bias + (dark0 + slope * d) * f * t + _coef(fit, "q_mean") * point["RATE"] * t
+
+
+def residual_statistics(diff: np.ndarray, error: np.ndarray, pixels: np.ndarray) -> dict:
+    """Mean, median, standard deviation and robust sigma of the residual [adu], and the pulls'
+    mean, standard deviation and fraction beyond :data:`PULL_LIMIT`, over the model's pixel
+    set and over all pixels."""
+    out = {}
+    for label, sel in (("", pixels & np.isfinite(diff)), ("_ALL", np.isfinite(diff))):
+        r = diff[sel]
+        pull = r / error[sel]
+        pull = pull[np.isfinite(pull)]
+        out.update({f"NPIX{label}": int(r.size),
+                    f"MEAN_RESID{label}": float(np.mean(r)) if r.size else math.nan,
+                    f"MEAN_RESID_ERR{label}": float(np.std(r, ddof=1) / math.sqrt(r.size))
+                    if r.size > 1 else math.nan,
+                    f"MEDIAN_RESID{label}": float(np.median(r)) if r.size else math.nan,
+                    f"STD_RESID{label}": float(np.std(r, ddof=1)) if r.size > 1 else math.nan,
+                    f"ROBUST_STD{label}": float(mad_std(r)) if r.size else math.nan,
+                    f"PULL_MEAN{label}": float(np.mean(pull)) if pull.size else math.nan,
+                    f"PULL_STD{label}": float(np.std(pull, ddof=1)) if pull.size > 1
+                    else math.nan,
+                    f"FRAC_PULL_GT{PULL_LIMIT:g}{label}": float(np.mean(np.abs(pull) >
+                                                                        PULL_LIMIT))
+                    if pull.size else math.nan})
+    return out
+
+
+def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
+    """Predict every master of ``model`` (a ``fit_radiation_model`` result) and write the
+    residual maps and statistics; ``folder_of(stage tag)`` gives each group's folder."""
+    ref = _reference_bias(model)
+    if ref is None:
+        logger.warning("reconstruction skipped: the model has no bias master")
+        return Reconstruction(pd.DataFrame())
+    b0, b0_err, ref_point = ref
+    maps = _dark_maps(model)
+    fit = model.fit
+    rows, files, per_folder = [], [], {}
+    for m in model.masters:
+        img = read_master(m.path)
+        pred = predict_master(m.point, b0, maps, fit)
+        diff = img.data - pred
+        same = m.point["MASTER"] == ref_point["MASTER"] and m.point["TAG"] == ref_point["TAG"]
+        # under the beam a pixel's mean scatters by the hits it happened to get, which its own
+        # few samples do not show (a pixel the beam missed has a small sample noise): the
+        # model's beam variance over the frames is added
+        beam_var = max(_coef(fit, "kappa"), 0.0) * m.point["RATE"] * m.point["EXPTIME"] \
+            / m.point["NFRAMES"]
+        error = np.sqrt(img.stderr.astype(np.float64) ** 2 + beam_var
+                        + (0.0 if same else b0_err.astype(np.float64) ** 2)
+                        + prediction_error(m.point, maps, fit) ** 2)
+        folder = folder_of(m.key.stage_dir)
+        stem = m.path.stem + "_diff"
+        header = fits.Header()
+        for key, value, comment in provenance_cards("RECONSTRUCTION_RESIDUAL"):
+            set_card(header, key, value, comment)
+        set_card(header, "MASTER", m.path.name, "master reconstructed")
+        set_card(header, "STAGETAG", m.key.stage_dir, "stage and dose step")
+        set_card(header, "DOSE", m.point["DOSE"], "[krad] mean accumulated dose of its frames")
+        set_card(header, "DOSERATE", m.point["RATE"], "[krad/s] mean dose rate while exposing")
+        set_card(header, "BIASREF", f"{ref_point['TAG']}/{ref_point['MASTER']}",
+                 "pixel bias taken from this master")
+        header["COMMENT"] = ("data = master - model prediction; UNCERT = master, bias "
+                             "reference and beam variance in quadrature")
+        files.append(write_product(folder / f"{stem}.fits", diff, header, unit="adu",
+                                   uncertainty=error, mask=~np.isfinite(diff),
+                                   images={"PREDICT": (pred, "adu")}))
+        files += save_plot(show_image(diff, unit="adu", label="master - model",
+                                      title=f"{m.key.stage_dir} {m.path.stem}: residual"),
+                           folder / f"{stem}.png",
+                           {"diff": diff, "error": error, "pull": diff / error})
+        stats = {"TAG": m.key.stage_dir, "STAGE": m.key.stage, "MASTER": m.path.name,
+                 "CALTYPE": m.key.caltype, "TEMP": m.point["TEMP"],
+                 "EXPTIME": m.point["EXPTIME"], "DOSE": m.point["DOSE"], "RATE": m.point["RATE"],
+                 "FITTED": m.key.stage in model.points.loc[model.points["FITTED"], "STAGE"].values,
+                 **residual_statistics(diff, error, model.pixels)}
+        rows.append(stats)
+        per_folder.setdefault(folder, []).append(stats)
+    for folder, part in per_folder.items():
+        files.append(write_csv(pd.DataFrame(part), folder / "residual_stats.csv"))
+    table = pd.DataFrame(rows)
+    path = write_csv(table, model.out_dir / "reconstruction_stats.csv")
+    files.append(path)
+    return Reconstruction(table, files, path)
+
+
+__all__ = ["Reconstruction", "run", "predict_master", "prediction_error",
+           "residual_statistics", "PULL_LIMIT"]

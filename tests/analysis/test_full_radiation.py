@@ -1,0 +1,396 @@
+"""run_full_radiation_pipeline.py end to end on both layouts, and the radiation response model.
+
+One small campaign per layout is simulated and run once per module (twice: the second run
+must keep everything); the tests read its products.  The model's parameters are compared
+with the simulator's truth over the model's own pixel set (``pixels.fits``): pulls within
+3 of each reported error (one seed here, more seeds in the slow test).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from conftest import convert_campaign, sha256_tree
+
+import run_full_radiation_pipeline as full
+from analysis import fit_radiation_model as frm
+from analysis import procedure_checks
+from analysis.campaign_runs import convert_campaign as convert_layout
+from analysis.campaign_runs import detect_layout
+from utils.errors import TableError
+from utils.io.index import build_index, write_index
+from utils.models import radiation_response as rr
+from utils.sim import Physics, radiation_model_truth, simulate_dosedirs, simulate_irradiation
+
+#: The beam leaves charge while the dose-step darks expose (one hit per pixel per krad of
+#: 100 +- 50 ADC counts); a low dark current (the damage analysis's hot threshold); T_d so
+#: large that the dark current does not depend on the set-point jitter (one temperature,
+#: no T_d to measure in this fast campaign).
+FAST_PHYSICS = Physics(beam_charge=100.0, beam_charge_sigma=50.0, dark_median=0.5,
+                       doubling_temperature=1000.0)
+PARAMS = ("B0", "alpha_D", "b_T", "DC0", "beta_D", "q_mean", "sigma_q", "sigma_read")
+
+
+def _run_twice(root, out, argv_extra=()):
+    before = sha256_tree(root)
+    argv = [str(root), str(out), "--no-progress", *argv_extra]
+    t0 = time.perf_counter()
+    status = full.main(argv)
+    first = time.perf_counter() - t0
+    after = sha256_tree(root)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    status2 = full.main(argv)
+    second = time.perf_counter() - t0
+    return {"status": (status, status2), "before": before, "after": after,
+            "after2": sha256_tree(root), "mtimes": mtimes, "times": (first, second)}
+
+
+@pytest.fixture(scope="module")
+def irr_run(tmp_path_factory):
+    """Stage folders of raw frames: pre, 20 and 40 krad (the beam on while measuring), post."""
+    base = tmp_path_factory.mktemp("full_irr")
+    campaign = simulate_irradiation(base / "campaign", seed=11, width=32, height=24, frames=4,
+                                    doses=(20, 40), dark_exposures=(20.0,), physics=FAST_PHYSICS)
+    out = base / "out"
+    return campaign, out, _run_twice(campaign.root, out, ["--gain", "2.0"])
+
+
+@pytest.fixture(scope="module")
+def dd_run(tmp_path_factory):
+    """Dose folders of FITS: 5kRads without a log, 10kRads with a constant-dose log, 20kRads
+    without; the beam off while measuring (an equal dose before each frame)."""
+    base = tmp_path_factory.mktemp("full_dd")
+    campaign = simulate_dosedirs(base / "campaign", seed=12, width=32, height=24, frames=4,
+                                 doses=(5, 10, 20), with_log=(False, True),
+                                 constant_dose_log=True, dose_profile="increments")
+    out = base / "out"
+    return campaign, out, _run_twice(campaign.root, out)
+
+
+# --- both layouts --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["irr_run", "dd_run"])
+def test_runs_and_keeps_inputs(name, request):
+    campaign, out, run = request.getfixturevalue(name)
+    assert run["status"] == (0, 0)
+    before, after = run["before"], run["after"]
+    # every input file byte-identical; the only new files are FITS beside raw frames
+    assert {k: after[k] for k in before} == before
+    assert all("/fits/" in "/" + k for k in set(after) - set(before))
+    assert run["after2"] == after
+    assert not (campaign.root / "index.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["irr_run", "dd_run"])
+def test_rerun_keeps_every_product(name, request):
+    _, out, run = request.getfixturevalue(name)
+    kept = {p: p.stat().st_mtime_ns for p in run["mtimes"] if p.name != "warnings.log"}
+    assert kept and all(p.stat().st_mtime_ns == m for p, m in kept.items())
+    assert run["times"][1] < run["times"][0] / 3
+
+
+@pytest.mark.parametrize("name", ["irr_run", "dd_run"])
+def test_contract_files(name, request):
+    _, out, _ = request.getfixturevalue(name)
+    table = pd.read_csv(out / "radiation_model" / "fit_results.csv")
+    assert list(table.columns) == ["param", "value", "err", "R2", "unit", "constrained",
+                                   "reason"]
+    assert list(table["param"]) == list(PARAMS)
+    record = json.loads((out / "radiation_model" / "fit_results.json").read_text())
+    assert {"parameters", "correlation", "n_masters"} <= set(record)
+    assert [p["param"] for p in record["parameters"]] == list(PARAMS)
+    for p in record["parameters"]:
+        assert set(p) == {"param", "value", "err", "R2", "unit", "constrained", "reason"}
+        # never a silent NaN: a missing value has constrained = false and a reason
+        assert (p["value"] is not None and p["err"] is not None) or \
+            (not p["constrained"] and p["reason"])
+    checks = pd.read_csv(out / "procedure_checks.csv")
+    assert list(checks.columns) == ["check", "stage", "dose_krad", "value", "unit", "limit",
+                                    "status", "detail"]
+    assert set(checks["status"]) <= {"pass", "warn", "fail", "not_logged"}
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("damage_slope", "recovered_fraction", "hot_pixel_growth", "model_parameters"):
+        assert key in summary
+    for value in summary["model_parameters"].values():
+        assert value is None or set(value) == {"value", "err", "unit"}
+    assert (out / "report" / "index.html").is_file()
+    for name_ in ("bias_residuals", "dark_current_residuals", "variance_residuals", "qq_plot"):
+        assert (out / "radiation_model" / f"{name_}.png").is_file()
+        assert (out / "radiation_model" / f"{name_}.npz").is_file()
+
+
+@pytest.mark.parametrize("name", ["irr_run", "dd_run"])
+def test_every_master_is_reconstructed(name, request):
+    _, out, _ = request.getfixturevalue(name)
+    points = pd.read_csv(out / "radiation_model" / "masters.csv")
+    stats = pd.read_csv(out / "radiation_model" / "reconstruction_stats.csv")
+    assert sorted(stats["MASTER"] + stats["TAG"]) == sorted(points["MASTER"] + points["TAG"])
+    for _, row in stats.iterrows():
+        folder = out / (row["TAG"] if row["STAGE"] != "radiating" else f"radiating/{row['TAG']}")
+        stem = row["MASTER"].removesuffix(".fits") + "_diff"
+        for suffix in (".fits", ".png", ".npz"):
+            assert (folder / "reconstruction" / (stem + suffix)).is_file()
+        assert (folder / "reconstruction" / "residual_stats.csv").is_file()
+    fitted = stats[stats["FITTED"]]
+    # the fitted masters are predicted within their noise (pulls of order 1, not tens)
+    assert (fitted["PULL_STD"] < 3).all(), fitted[["MASTER", "PULL_STD"]]
+
+
+# --- irradiation layout --------------------------------------------------------------------------
+
+def test_products_per_stage(irr_run):
+    _, out, _ = irr_run
+    for folder in ("pre", "radiating/radiating_D20kR", "radiating/radiating_D40kR", "post"):
+        assert (out / folder / "bias").is_dir() and (out / folder / "dark").is_dir()
+        assert (out / folder / "flat").is_dir()
+    for stage in ("pre", "radiating", "post"):
+        plots = out / stage / "plots"
+        for name in ("bias_intensity", "dark_intensity", "dark_intensity_20s"):
+            for suffix in (".png", ".csv", ".npz"):
+                assert (plots / (name + suffix)).is_file(), plots / (name + suffix)
+        series = pd.read_csv(plots / "dark_intensity.csv")
+        assert list(series.columns[:3]) == ["TIME", "MEAN", "STD"] and len(series) == 4 * (
+            2 if stage == "radiating" else 1)
+    assert (out / "precision" / "dose_summary.csv").is_file()
+    assert (out / "precision" / "radiation_analysis" / "pre" / "stats_dark.csv").is_file()
+    assert (out / "conversion" / "Preirradiation" / "fits_index.csv").is_file()
+
+
+def test_model_recovers_the_truth(irr_run):
+    campaign, out, _ = irr_run
+    record = json.loads((out / "radiation_model" / "fit_results.json").read_text())
+    pixels = fits.getdata(out / "radiation_model" / "pixels.fits").astype(bool)
+    truth = radiation_model_truth(campaign.maps(), campaign.physics, pixels, t_ref=20.0)
+    pulls = {}
+    for p in record["parameters"]:
+        assert p["constrained"], p
+        pulls[p["param"]] = (p["value"] - truth[p["param"]]) / p["err"]
+    assert all(abs(z) < 3 for z in pulls.values()), pulls
+
+
+def test_procedure_checks_of_a_ramp_campaign(irr_run):
+    _, out, _ = irr_run
+    checks = pd.read_csv(out / "procedure_checks.csv")
+    rate = checks[(checks["check"] == "dose_rate") & (checks["stage"] == "radiating_D20kR")]
+    # 20 krad over the step's ~2600 s of beam: ~7.6 rad(Si)/s, inside ESCC 22900's standard
+    # window only
+    assert np.allclose(rate["value"], rate["value"].iloc[0]) and 5 < rate["value"].iloc[0] < 10
+    assert dict(zip(rate["detail"].str.split(";").str[0], rate["status"])) == {
+        "MIL-STD-883 TM1019 condition A": "warn", "ESCC 22900 standard rate": "pass",
+        "ESCC 22900 low rate": "warn"}
+    during = checks[checks["check"] == "time_to_measurement"].set_index("stage")
+    assert during.loc["radiating_D20kR", "status"] == "warn"          # in-situ
+    assert during.loc["post", "status"] == "pass"                       # 20 min after
+    anneal = checks[checks["check"] == "anneal_duration"].iloc[0]
+    assert anneal["status"] == "warn" and anneal["value"] < 86400
+
+
+def test_summary_line_names_the_results(irr_run):
+    _, out, _ = irr_run
+    line = full.summary_line(json.loads((out / "summary.json").read_text()))
+    assert line.startswith("done: ") and "q_mean" in line and "recovered fraction" in line
+    assert "\n" not in line
+
+
+# --- dose directories ----------------------------------------------------------------------------
+
+def test_dose_folders_spread_and_synthesised_log(dd_run):
+    campaign, out, _ = dd_run
+    table = pd.read_csv(out / "index.csv")
+    five = table[table["PATH"].str.contains("5kRads/")].sort_values("TIMESTAMP")
+    assert five["FRAMEDOSE"].tolist() == pytest.approx([5 * (k + 1) / 8 for k in range(8)])
+    log = pd.read_csv(out / "radiationLogCompleto.csv")
+    assert log["Dose"].tolist() == pytest.approx(sorted(table["FRAMEDOSE"]))
+    assert not (campaign.root / "radiationLogCompleto.csv").exists()
+    for rec in campaign.records:                    # increments: the rule is exact here
+        row = table[table["PATH"].str.endswith(rec.path)].iloc[0]
+        assert abs(row["FRAMEDOSE"] - rec.dose) < 1e-3
+
+
+def test_old_dose_folder_example(tmp_path):
+    from analysis.campaign_runs import campaign_log, index_campaign
+
+    # the old example: 5kRads, 4 frames, no log, previous 0 -> 1.25, 2.5, 3.75, 5.0
+    campaign = simulate_dosedirs(tmp_path / "c", frames=2, doses=(5.0,), with_log=(False,))
+    layout = detect_layout(campaign.root)
+    _, table, _ = index_campaign(layout, tmp_path / "out", None)
+    assert table.sort_values("TIMESTAMP")["FRAMEDOSE"].tolist() == [1.25, 2.5, 3.75, 5.0]
+    path, note = campaign_log(layout, tmp_path / "out", None, table)
+    assert path == tmp_path / "out" / "radiationLogCompleto.csv" and "synthesised" in note
+    assert pd.read_csv(path)["Dose"].tolist() == [1.25, 2.5, 3.75, 5.0]
+    assert sorted(p.name for p in campaign.root.iterdir()) == ["5kRads", "truth"]
+
+
+def test_beam_off_campaign_reports_q_unconstrained(dd_run):
+    _, out, _ = dd_run
+    table = pd.read_csv(out / "radiation_model" / "fit_results.csv").set_index("param")
+    for name in ("q_mean", "sigma_q"):
+        assert not table.loc[name, "constrained"] and math.isnan(table.loc[name, "value"])
+        assert "beam" in table.loc[name, "reason"]
+    assert table.loc[["B0", "alpha_D", "DC0", "beta_D", "sigma_read"], "constrained"].all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_parameters"]["q_mean"] is None
+    assert "beam" in summary["model_unconstrained"]["q_mean"]
+
+
+def test_raw_dose_folders_are_converted(irr_run, tmp_path):
+    campaign, _, _ = irr_run
+    attempt = campaign.root / "Irradiation" / "20kRads" / "Darks" / "T20" / "20s" / "attempt0"
+    shutil.copytree(attempt, tmp_path / "ds" / "20kRads", ignore=shutil.ignore_patterns("fits"))
+    layout = detect_layout(tmp_path / "ds")
+    assert layout.kind == "dosedirs"
+    counts = convert_layout(layout, tmp_path / "out")
+    assert counts["converted"] == 4
+    assert (tmp_path / "out" / "conversion" / "20kRads" / "fits_index.csv").is_file()
+    assert not (tmp_path / "ds" / "20kRads" / "fits_index.csv").exists()
+    table = build_index(discover=[tmp_path / "ds"])
+    assert (table["CALTYPE"] == "DARK").all() and (table["DOSE"] == 20).all()
+
+
+def test_log_not_covering_a_stage_flags_its_rows(irr_run, tmp_path, caplog):
+    from analysis.campaign_runs import index_campaign
+
+    campaign, _, _ = irr_run
+    log = pd.read_csv(campaign.root / "radiationLogCompleto.csv")
+    part = tmp_path / "partial.csv"
+    cut = log["TimeStamp"].quantile(0.5)
+    log[log["TimeStamp"] <= cut].to_csv(part, index=False)
+    caplog.set_level(logging.WARNING)
+    _, table, report = index_campaign(detect_layout(campaign.root), tmp_path / "o", part)
+    bare = table["FRAMEDOSE"].isna()
+    assert report.uncovered == bare.sum() > 0
+    assert table.loc[bare, "DOSEFLAG"].str.contains("no radiation log covers").all()
+    said = [r.getMessage() for r in caplog.records if "have no dose" in r.getMessage()]
+    assert len(said) == 1 and "radiating_D40kR" in said[0] and "DOSEFLAG" in said[0]
+    log.assign(TimeStamp=log["TimeStamp"] + 1e7).to_csv(part, index=False)
+    with pytest.raises(TableError, match="covers none"):
+        index_campaign(detect_layout(campaign.root), tmp_path / "o2", part)
+
+
+# --- the model's numerics ------------------------------------------------------------------------
+
+def _points(**truth):
+    """Exact model points: bias and darks (5, 20 s) at 0, 10, 20 krad, the beam on (0.01
+    krad/s) while the 10 and 20 krad masters expose, temperatures 10/20/30 at dose 0."""
+    s = rr.ModelSettings(t_ref=20.0, t_d=6.0, adu_per_e=8.0)
+    rows = []
+    for dose, rate, temps in ((0, 0.0, (10, 20, 30)), (10, 0.01, (20,)), (20, 0.01, (20,))):
+        for temp in temps:
+            for cal, t in (("BIAS", 0.0), ("DARK", 5.0), ("DARK", 20.0)):
+                rows.append({"CALTYPE": cal, "DOSE": dose, "RATE": rate, "EXPTIME": t,
+                             "TEMP": float(temp), "MEAN_ERR": 0.5, "VAR_ERR": 20.0})
+    pts = pd.DataFrame(rows)
+    c = np.array([truth.get(n, 0.0) for n in rr.COEFFICIENTS])
+    mean, var = rr.design_rows(pts, s)
+    return pts.assign(MEAN=mean @ c, VAR=var @ c), s
+
+
+def test_joint_fit_recovers_exact_points():
+    truth = {"B0": 3200.0, "alpha_D": 3.2, "b_T": 8.0, "DC0": 4.0, "beta_D": 0.2,
+             "q_mean": 1600.0, "sigma_read2": 1100.0, "kappa": 1600.0 ** 2 + 800.0 ** 2}
+    pts, s = _points(**truth)
+    fit = rr.fit_response(pts, s)
+    for name in ("B0", "alpha_D", "b_T", "DC0", "beta_D", "q_mean"):
+        assert fit.value(name) == pytest.approx(truth[name], rel=1e-6)
+    assert fit.value("sigma_q") == pytest.approx(800.0, rel=1e-6)
+    assert fit.value("sigma_read") == pytest.approx(math.sqrt(1100.0), rel=1e-6)
+    assert fit.correlation["q_mean"]["q_mean"] == pytest.approx(1.0)
+
+
+def test_identifiability_reasons():
+    pts, s = _points(B0=3200.0, DC0=4.0, sigma_read2=1100.0)
+    off = pts.assign(RATE=0.0)
+    fit = rr.fit_response(off, s)
+    assert not fit.constrained("q_mean") and not fit.constrained("sigma_q")
+    assert "beam" in fit.parameters.set_index("param").loc["q_mean", "reason"]
+    one = off[off["DOSE"] == 0]
+    fit = rr.fit_response(one, s)
+    reasons = fit.parameters.set_index("param")["reason"]
+    assert "one dose" in reasons["alpha_D"] and "one dose" in reasons["beta_D"]
+    bias_only = one[one["CALTYPE"] == "BIAS"]
+    fit = rr.fit_response(bias_only, s)
+    assert "no dark master" in fit.parameters.set_index("param").loc["DC0", "reason"]
+    assert math.isfinite(fit.value("B0"))
+    with pytest.raises(ValueError, match="no master"):
+        rr.fit_response(off.assign(MEAN_ERR=0.0), s)
+
+
+def test_measured_bias_slope_replaces_a_jitter_fit():
+    pts, _ = _points(B0=3200.0, b_T=8.0, DC0=4.0, sigma_read2=1100.0)
+    pts = pts[pts["TEMP"] == 20.0].assign(TEMP=20.0 + 0.05 * np.arange(9))
+    s = rr.ModelSettings(t_ref=20.0, t_d=6.0, adu_per_e=8.0, b_t=(8.0, 0.1))
+    fit = rr.fit_response(pts, s)
+    row = fit.parameters.set_index("param").loc["b_T"]
+    assert not row["constrained"] and row["value"] == 8.0 and "measured" in row["reason"]
+
+
+def test_old_linear_fit_helper_degenerate_cases():
+    one = rr.linear_fit([1.0], [2.0])
+    assert math.isnan(one.slope) and math.isnan(one.r2) and one.residuals.shape == (1,)
+    flat = rr.linear_fit([3.0, 3.0, 3.0, np.nan], [1.0, 2.0, 3.0, 4.0])
+    assert math.isnan(flat.intercept) and math.isnan(flat.slope_err)
+    assert flat.residuals.shape == (3,) and np.isnan(flat.residuals).all()
+    two = rr.linear_fit([0.0, 1.0], [1.0, 3.0])
+    assert (two.slope, two.slope_err, two.r2) == pytest.approx((2.0, 0.0, 1.0))
+    const = rr.linear_fit([0.0, 1.0, 2.0], [5.0, 5.0, 5.0])
+    assert const.r2 == 0.0 and const.slope == pytest.approx(0.0)
+    noisy = rr.linear_fit([0, 1, 2, 3], [0.1, 0.9, 2.1, 2.9])
+    assert noisy.slope_err > 0 and 0 < noisy.r2 < 1
+
+
+def test_beam_intervals_and_windows():
+    t = np.array([0.0, 100.0, 200.0, 4000.0, 4100.0, 200000.0])
+    d = np.array([0.0, 10.0, 10.0, 10.0, 20.0, 20.0])       # 100 rad/s twice
+    assert procedure_checks.beam_intervals(t, d) == [(0.0, 100.0, 10.0), (4000.0, 4100.0, 10.0)]
+    table = pd.DataFrame({"STAGE": ["radiating", "radiating", "post"], "DOSE": [10, 20, 20],
+                          "TIMESTAMP": [150.0, 4200.0, 190000.0]})
+    rows = pd.DataFrame(procedure_checks.compute_checks(table, t, d, None))
+    rate = rows[(rows["check"] == "dose_rate") & rows["detail"].str.startswith("MIL")]
+    assert rate["value"].tolist() == [100.0, 100.0] and (rate["status"] == "pass").all()
+    wait = rows[rows["check"] == "time_to_measurement"].set_index("stage")["value"]
+    assert wait["radiating_D10kR"] == 50.0 and wait["radiating_D20kR"] == 100.0
+    nxt = rows[rows["check"] == "time_to_next_step"].iloc[0]
+    assert nxt["value"] == 3900.0 and nxt["status"] == "pass"
+    anneal = rows.set_index("check").loc["anneal_duration"]
+    assert anneal["value"] == 190000.0 - 4100.0 and anneal["status"] == "pass"
+    assert rows.set_index("check").loc["anneal_temperature", "status"] == "not_logged"
+
+
+# --- several seeds (slow) ------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [31, 32, 33])
+def test_model_pulls_over_seeds(seed, tmp_path):
+    """Pre/post at 10, 20, 30 degC (T_d measured from the pre darks), darks of 5 and 20 s,
+    the beam on while the dose steps are measured: every parameter within 3 errors."""
+    physics = Physics(beam_charge=100.0, beam_charge_sigma=50.0, doubling_temperature=6.5)
+    campaign = simulate_irradiation(tmp_path / "c", seed=seed, width=32, height=24, frames=4,
+                                    doses=(20, 40), model_temperatures=(10, 20, 30),
+                                    dark_exposures=(5.0, 20.0), physics=physics)
+    convert_campaign(campaign)
+    index = tmp_path / "index.csv"
+    write_index(build_index(discover=[campaign.root]), index)
+    result = frm.run(index, tmp_path / "model", frm.FitSettings(gain=2.0))
+    truth = radiation_model_truth(campaign.maps(), physics, result.pixels, 20.0)
+    pulls = {r["param"]: (r["value"] - truth[r["param"]]) / r["err"]
+             for _, r in result.fit.parameters.iterrows()}
+    assert all(abs(z) < 3 for z in pulls.values()), pulls
+
+
+def test_fit_radiation_model_command_on_a_folder_of_frames(dd_run, tmp_path):
+    campaign, _, _ = dd_run
+    before = sha256_tree(campaign.root)
+    assert frm.main([str(campaign.root), str(tmp_path / "m"), "--no-progress"]) == 0
+    table = pd.read_csv(tmp_path / "m" / "fit_results.csv").set_index("param")
+    assert table.loc["beta_D", "constrained"] and not table.loc["q_mean", "constrained"]
+    assert (tmp_path / "m" / "dark_maps.fits").is_file()
+    assert sha256_tree(campaign.root) == before
