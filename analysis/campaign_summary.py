@@ -78,7 +78,8 @@ def campaign_summary(layout, conversion, table, dose_report, log_path, log_note,
         last = [k for k in hot if k.startswith("radiating")]
         if last:
             growth = {"value": hot[last[-1]] - hot["pre"], "err": None, "unit": "pixels",
-                      "from": "pre", "to": last[-1], "counts": hot}
+                      "from": "pre", "to": last[-1], "counts": hot,
+                      "criterion": damage.get("hot_pixels_criterion")}
 
     def with_err(key, unit):
         value, err = damage.get(key), damage.get(f"{key}_err")

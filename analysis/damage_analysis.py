@@ -411,7 +411,13 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         "annealing_status": anneal.status, "tanneal_s": anneal.tanneal,
         "hot_threshold": threshold if math.isfinite(threshold) else None,
         "hot_threshold_relative": hot.threshold_relative,
-        "hot_pixels": dict(zip(hot.table["TAG"], hot.table["N_HOT"].astype(int).tolist())),
+        # Without a gain there is no fixed e-/s threshold: the counts are the pre-relative ones
+        # (the same masks that define the normal pixels), and the summary says which.
+        "hot_pixels": dict(zip(hot.table["TAG"], hot.table[
+            "N_HOT" if e_per_adu else "N_HOT_RELATIVE"].astype(int).tolist())),
+        "hot_pixels_criterion": (f"> {settings.hot_threshold_e:g} e-/s at t_ref" if e_per_adu
+                                 else f"> {settings.hot_nsigma:g} robust sigma of ln(rate) "
+                                 "above the pre distribution (no gain)"),
         "bias_shift_adu_per_krad": bias_fit.value("slope") if bias_fit.ok else None,
         "bias_shift_err_adu_per_krad": bias_fit.error("slope") if bias_fit.ok else None,
         "bias_shift_status": bias_fit.status,

@@ -68,6 +68,10 @@ def test_step_means_and_hot_pixel_counts_against_truth(damage, rad_truth):
     recovered = int(((truth["radiating_D40kR"] > 5) & (truth["post"] <= 5)).sum())
     assert post["N_RECOVERED"] == recovered and recovered > 0
     assert maps["damage_hot_mask"][-2].sum() > maps["damage_hot_mask"][-1].sum()
+    # the summary's counts are the fixed-threshold ones (a gain is known) and say so
+    _, _, summary, _, _ = damage
+    assert summary["hot_pixels"] == dict(zip(table["TAG"], table["N_HOT"]))
+    assert "e-/s" in summary["hot_pixels_criterion"]
 
 
 def test_recovered_fraction_and_time_since_beam_off(damage):
