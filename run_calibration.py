@@ -24,6 +24,7 @@ Example
   python run_calibration.py demo demo_output
   python run_calibration.py standard /data/campaign results/
   python run_calibration.py irradiation /data/irrad_campaign results/ --workers 2
+  python run_calibration.py standard /data/campaign results/ --plots all   # every figure
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from analysis import report as campaign_report
 from bias_pipeline import pipeline as bias_pipeline
 from dark_pipeline import pipeline as dark_pipeline
 from flat_pipeline import pipeline as flat_pipeline
-from utils import cli, sim
+from utils import cli, plotting, sim
 from utils.errors import ConfigError, UserError
 from utils.io.conversion import (
     STATUS_CONVERTED,
@@ -94,6 +95,7 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
     run_flat_gain(layout, table, index_path, out_dir, progress_bar=progress_bar)
     dark = run_dark_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
     flat = run_flat_pipeline(layout, table, index_path, out_dir, progress_bar=progress_bar)
+    plotting.figures().wait()  # the report shows the figures: every one written first
     page, _ = campaign_report.run(out_dir, out_dir / "report")
     return {"converted": converted, "existing": existing, "rejected": rejected, "report": page,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
@@ -201,6 +203,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="campaign simulated by the demo")
     parser.add_argument("--seed", type=int, default=1, help="seed of the demo campaign")
     process_index.add_master_options(parser)
+    plotting.add_plots_option(parser)
     return parser
 
 

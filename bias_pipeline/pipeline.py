@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from utils import adu
+from utils import adu, plotting
 from utils import headers as kw
 from utils.errors import FrameError, InputPathError, UserError
 from utils.io.fitsio import (
@@ -39,7 +39,6 @@ from utils.io.fitsio import (
     provenance_cards,
     read_image,
     remove_stale_temporaries,
-    save_figure,
     set_card,
     write_csv,
     write_product,
@@ -337,9 +336,11 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
     table = cv.summary(valid)
     table.insert(0, "TBIN", labels)
     files = [write_csv(table, folder / "evaluation_summary.csv")]
-    files.append(save_figure(plots.plot_evaluation_summary(table)[0].figure,
-                             folder / "evaluation_summary.png"))
+    files.append(plotting.save(lambda: plots.plot_evaluation_summary(table),
+                               folder / "evaluation_summary.png"))
     for k, t in enumerate(cv.temperatures):
+        if not (save_fits or plotting.wants("all")):
+            break  # per-temperature maps: figures at level 'all', FITS when asked
         real = cv.master[k]
         synth = real - cv.residual[k]
         mae = np.abs(cv.residual[k])
@@ -351,9 +352,11 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
                 ("synthetic_bias", synth, adu.UNIT, "predicted from the other masters", False),
                 ("mae", mae, adu.UNIT, "|measured - predicted|", False),
                 ("mape", mape, "%", "|measured - predicted| / measured", False)):
-            ax = plots.show_image(image, unit=unit, label=label, symmetric=symmetric,
-                                  title=f"{name.replace('_', ' ')} at {t:.1f} degC")
-            files.append(save_figure(ax.figure, folder / f"{name}_{tag}.png"))
+            files.append(plotting.save(
+                lambda image=image, unit=unit, label=label, symmetric=symmetric, name=name, t=t:
+                plots.show_image(image, unit=unit, label=label, symmetric=symmetric,
+                                 title=f"{name.replace('_', ' ')} at {t:.1f} degC"),
+                folder / f"{name}_{tag}.png", level="all"))
             if save_fits:
                 header = fits.Header()
                 for key, value, comment in provenance_cards("BIAS_EVALUATION"):
@@ -512,17 +515,17 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
                 out_dir / "bias_masks_by_temp", m.temperature), str(model_file)))
 
     figures = {
-        "bias_a_map.png": plots.plot_model_map(model, "a"),
-        "bias_b_map.png": plots.plot_model_map(model, "b"),
-        "bias_b_histogram.png": plots.plot_slope_histogram(model),
-        "bias_vs_temperature_pixels.png": plots.plot_pixel_fits(
+        "bias_a_map.png": lambda: plots.plot_model_map(model, "a"),
+        "bias_b_map.png": lambda: plots.plot_model_map(model, "b"),
+        "bias_b_histogram.png": lambda: plots.plot_slope_histogram(model),
+        "bias_vs_temperature_pixels.png": lambda: plots.plot_pixel_fits(
             model, temps, _pixel_series(model, stack, settings.pixels_to_plot)),
     }
     if rn is not None:
-        figures["read_noise_map.png"] = plots.plot_read_noise(rn)
-    for name, ax in figures.items():
-        ax = ax[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
-        files.append(save_figure(ax.figure, out_dir / "plots" / name))
+        figures["read_noise_map.png"] = lambda: plots.plot_read_noise(rn)
+    for name, draw in figures.items():
+        files.append(plotting.save(draw, out_dir / "plots" / name))
+    files = [f for f in files if f is not None]  # figures not drawn (level, failure)
 
     summary = _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir)
     files += [out_dir / "config_used.json", out_dir / "summary.json"]
