@@ -171,7 +171,7 @@ def run_dark_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
         gain = out_dir / "flat" / stage / "gain.json"
         settings = dark_pipeline.DarkSettings(
             stage=stage, bias_model=str(bias_model) if bias_model.is_file() else "",
-            gain=str(gain) if gain.is_file() else None)
+            gain=str(gain) if gain.is_file() else None, masters_from=str(out_dir / "masters"))
         return dark_pipeline.run(index_path, out_dir / "dark" / stage, settings,
                                  progress_bar=progress_bar)
     return _per_stage("dark", "DARK", layout, table, make)
@@ -183,7 +183,8 @@ def run_bias_pipeline(layout: str, table, index_path: Path, out_dir: Path, *,
     post-irradiation stages."""
     def make(stage):
         return bias_pipeline.run(index_path, out_dir / "bias" / stage,
-                                 bias_pipeline.BiasSettings(stage=stage),
+                                 bias_pipeline.BiasSettings(stage=stage,
+                                                            masters_from=str(out_dir / "masters")),
                                  progress_bar=progress_bar)
     return _per_stage("bias", "BIAS", layout, table, make)
 

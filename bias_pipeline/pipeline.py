@@ -66,6 +66,7 @@ from utils.stack.master import (
     CombineSettings,
     adc_bits_of,
     existing_product,
+    find_masters,
     inputs_hash,
     make_master,
 )
@@ -95,8 +96,10 @@ class BiasSettings:
     generate_set: bool = field(False, "write a synthetic bias at every master temperature")
     save_eval_fits: bool = field(False, "also write the evaluation maps as FITS")
     pixels_to_plot: int = field(4, "pixels shown in the bias-vs-temperature figure")
-    combine: CombineSettings = field(CombineSettings(), "combination of each master",
-                                     )
+    combine: CombineSettings = field(CombineSettings(), "combination of each master")
+    masters_from: str = field("", "folder of masters already built from these frames (index "
+                                  "processing's OUT/masters): one with the same inputs and "
+                                  "settings (same INHASH) is taken, not stacked again")
 
     def __post_init__(self):
         if not self.temp_bin > 0:
@@ -227,14 +230,15 @@ def master_file(folder: Path, temperature: float) -> Path:
     return Path(folder) / f"master_bias_{temperature:.1f}C.fits"
 
 
-def build_masters(sets, folder: Path, settings: CombineSettings, *,
+def build_masters(sets, folder: Path, settings: CombineSettings, *, reuse=None,
                   progress_bar: bool = False) -> list[BiasMaster]:
-    """One sigma-clipped master per temperature bin in ``folder`` (skipped when unchanged)."""
+    """One sigma-clipped master per temperature bin in ``folder`` (skipped when unchanged;
+    taken from ``reuse``, ``{INHASH: path}``, when already built from the same frames)."""
     masters = []
     for key, rows in sets:
         path = master_file(folder, key.temperature)
         header, written = make_master(
-            rows, path, settings, product="MASTER_BIAS", progress_bar=progress_bar,
+            rows, path, settings, product="MASTER_BIAS", progress_bar=progress_bar, reuse=reuse,
             extra={kw.CALTYPE: ("BIAS", "calibration type"),
                    kw.IMAGETYP: ("MASTER BIAS", "frame type"),
                    kw.TBIN: (key.temperature, "[degC] temperature bin label")})
@@ -461,7 +465,7 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
                             f"{exclude.shape[0]} but the bias frames are {width}x{height}")
 
     masters = build_masters(sets, out_dir / MASTER_FOLDER, settings.combine,
-                            progress_bar=progress_bar)
+                            reuse=find_masters(settings.masters_from), progress_bar=progress_bar)
     files += [m.path for m in masters]
     table = pd.DataFrame([{"TBIN": m.temperature, "TAVG": m.tavg, "NCOMBINE": m.ncombine,
                            "NFRAMES": len(m.rows), "PATH": m.path.relative_to(out_dir).as_posix()}

@@ -50,7 +50,7 @@ from utils.models.gain import resolve_gain
 from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
-from utils.stack.master import CombineSettings, adc_bits_of
+from utils.stack.master import CombineSettings, adc_bits_of, find_masters
 from utils.stack.stats import median_with_error, spread_with_error
 
 from . import plots
@@ -109,6 +109,9 @@ class DarkSettings:
     temp_single: float = field(20.0, "[degC] temperature of synthetic_2d_single")
     exptime_single: float = field(10.0, "[s] exposure of synthetic_2d_single")
     combine: CombineSettings = field(CombineSettings(), "combination of each master")
+    masters_from: str = field("", "folder of masters already built from these frames (index "
+                                  "processing's OUT/masters): one with the same inputs, "
+                                  "settings and bias (same INHASH) is taken, not stacked again")
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -172,14 +175,15 @@ def measure(index: DatasetIndex, out_dir: Path, settings: DarkSettings, files: l
         files.append(out_dir / "index.csv")
     rows = dark_frames(index, settings.stage, settings.dose)
     adc_bits = adc_bits_of(rows)
+    reuse = find_masters(settings.masters_from)
     bias = bias_reference(index, out_dir, model_path=settings.bias_model, stage=settings.stage,
                           dose=settings.dose, temp_bin=settings.temp_bin,
                           tolerance=settings.bias_temp_tolerance,
-                          combine=settings.combine, progress_bar=progress_bar)
+                          combine=settings.combine, progress_bar=progress_bar, reuse=reuse)
     bias.check_shape((int(rows["NAXIS2"].iloc[0]), int(rows["NAXIS1"].iloc[0])))
     masters, refused = build_dark_masters(
         dark_sets(rows, settings.temp_bin, settings.exp_tolerance), bias,
-        out_dir / MASTER_FOLDER, settings.combine, progress_bar=progress_bar)
+        out_dir / MASTER_FOLDER, settings.combine, reuse=reuse, progress_bar=progress_bar)
     if not masters:
         raise UserError("no dark master could be made: " + "; ".join(refused[:2]))
     files += [m.path for m in masters]
