@@ -137,7 +137,7 @@ def simulate(workdir: Path, params: dict) -> Path:
     """The campaign of ``params`` in ``workdir/campaign`` (written once, reused after)."""
     dataset = workdir / "campaign"
     stamp = workdir / "parameters.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+    if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(params)):
         return dataset
     sys.path.insert(0, str(ROOT))
     from utils.sim import simulate_standard
