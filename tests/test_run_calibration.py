@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 import subprocess
@@ -43,6 +44,21 @@ def test_demo_end_to_end_and_rerun_is_noop(demo_output, caplog):
         files = [str(p) for p in products.rglob("*.fits")]
         run = subprocess.run(["fitsverify", "-q", "-e", *files], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout[-2000:]
+
+
+def test_pipelines_take_the_masters_index_processing_built(demo_output):
+    """Every bias and dark master of the pipelines is index processing's file of the same
+    INHASH (linked, not stacked again): the frames are stacked once per campaign run."""
+    out, messages = demo_output
+    products = out / "products"
+    built = {fits.getheader(p).get("INHASH"): p for p in (products / "masters").rglob("*.fits")}
+    for folder in ("bias/bias_grouped_by_temp", "dark/dark_masters"):
+        masters = sorted((products / folder).glob("master_*.fits"))
+        assert masters, folder
+        for path in masters:
+            twin = built.get(fits.getheader(path)["INHASH"])
+            assert twin is not None and filecmp.cmp(twin, path, shallow=False), path
+    assert sum("reused, not stacked again" in m for m in messages) >= 2 * len(masters)
 
 
 def check_models_against_truth(out: Path) -> None:
