@@ -268,6 +268,11 @@ def _references(index, group, group_dir, settings, shape, progress_bar, need_dar
     return bias, darks
 
 
+#: Bias-pair statistics already measured in this process, by pairs, shape, region and file
+#: times: the gain (before the dark pipeline) and the full run of a campaign read them once.
+_BIAS_PAIRS: dict = {}
+
+
 def _bias_pairs(index, group, shape, settings) -> pd.DataFrame | None:
     dose = group.key.dose if group.key.stage == "radiating" else None
     rows = select_frames(index, "BIAS", group.key.stage, dose=dose,
@@ -277,8 +282,15 @@ def _bias_pairs(index, group, shape, settings) -> pd.DataFrame | None:
     pairs = []
     for _, part in calibration_groups(rows, temp_width=settings.temp_bin):
         pairs += frame_pairs(part)
-    return bias_pair_statistics(pairs, shape, central_fraction=settings.central_fraction) \
-        if pairs else None
+    if not pairs:
+        return None
+    key = (tuple(pairs), tuple(shape), settings.central_fraction,
+           tuple(os.stat(p).st_mtime_ns for pair in pairs for p in pair if os.path.exists(p)))
+    if key not in _BIAS_PAIRS:
+        _BIAS_PAIRS.clear()  # one campaign's pairs at a time
+        _BIAS_PAIRS[key] = bias_pair_statistics(pairs, shape,
+                                                central_fraction=settings.central_fraction)
+    return _BIAS_PAIRS[key].copy()
 
 
 def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
