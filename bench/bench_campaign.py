@@ -129,7 +129,8 @@ def campaign_parameters(args) -> dict:
                 dark_temperatures=dark_temps,
                 dark_exposures=[1.0 * 2 ** i for i in range(args.dark_exposures)],
                 flat_temperatures=(20.0,),
-                flat_exposures=[round(0.05 + 0.1 * i, 3) for i in range(args.flat_sets - 2)] + [0.7, 1.3],
+                flat_exposures=[round(0.05 + 0.1 * i, 3) for i in range(args.flat_sets - 2)]
+                + [0.7, 1.3],
                 defects=False)
 
 
