@@ -277,8 +277,15 @@ class FigureWriter:
         except Exception as err:  # noqa: BLE001 - an unpicklable artist: render it here
             logger.debug("figure %s rendered in the main process: %s", path, err)
             return self._render_here(fig, path, dpi)
+        try:
+            future = self._executor().submit(_render, payload, str(path), dpi)
+        except Exception as err:  # noqa: BLE001 - a dead renderer: draw here from now on
+            logger.warning("figure renderer unavailable (%s: %s); figures are rendered in the "
+                           "main process", type(err).__name__, err)
+            self.workers = 0
+            return self._render_here(fig, path, dpi)
         _close(fig)
-        self._pending.append((path, self._executor().submit(_render, payload, str(path), dpi)))
+        self._pending.append((path, future))
         while len(self._pending) > MAX_PENDING:
             self._collect(self._pending.pop(0))
         return path
