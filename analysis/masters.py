@@ -388,9 +388,13 @@ def _bias_reference(records: list[MasterRecord], key: GroupKey, rows: pd.DataFra
             min(temps) - tol <= key.temperature <= max(temps) + tol:
         model, path, _ = _bias_model(masters, out_dir, cache)
         # the same terms (and INHASH) as the dark pipeline's with this model: a campaign run
-        # hands these masters to it instead of stacking the frames again
-        reference = cache.setdefault(("reference", path), BiasReference(model, [], tol, str(path)))
-        _, stderr, cards, refs = reference.model_terms(rows)
+        # hands these masters to it instead of stacking the frames again.  The per-attempt
+        # sets get their own reference: its error maps are cached by temperature in the order
+        # sets come, and the all-attempt sets must come in the dark pipeline's order
+        slot = ("reference", path, bool(key.attempt))
+        if slot not in cache:
+            cache[slot] = BiasReference(model, [], tol, str(path))
+        _, stderr, cards, refs = cache[slot].model_terms(rows)
         return _BiasReference(None, model, stderr, cards, refs)
     bias = _nearest(records, key, "BIAS", tol)
     if bias is None:
