@@ -63,6 +63,28 @@ def test_pipelines_take_the_masters_index_processing_built(demo_output):
     assert sum("reused, not stacked again" in m for m in messages) == taken
 
 
+def test_taken_masters_are_those_the_pipelines_make_alone(demo_output, tmp_path):
+    """The bias and dark pipelines alone (no masters to take) stack masters identical, image
+    for image, to index processing's that the campaign run handed them."""
+    from dark_pipeline import pipeline as dark_pipeline
+    from utils.io.index import load_frames
+
+    out, _ = demo_output
+    products = out / "products"
+    index = load_frames(out / "campaign" / "index.csv")
+    settings = dark_pipeline.DarkSettings(bias_model=str(products / "bias" / "bias_model.fits"))
+    masters, _, _ = dark_pipeline.measure(index, tmp_path, settings, [])
+    assert len(masters) == len(list((products / "dark" / "dark_masters").glob("*.fits")))
+    for master in masters:
+        taken = products / "dark" / "dark_masters" / master.path.name
+        with fits.open(master.path) as alone, fits.open(taken) as shared:
+            assert [h.name for h in alone] == [h.name for h in shared]
+            assert alone[0].header["INHASH"] == shared[0].header["INHASH"]
+            for a, b in zip(alone, shared):
+                if a.is_image and a.data is not None:
+                    np.testing.assert_array_equal(a.data, b.data, err_msg=f"{taken} {a.name}")
+
+
 def check_models_against_truth(out: Path) -> None:
     """The bias and dark pipelines ran inside the demo and recovered the simulated truth."""
     truth = np.load(out / "campaign" / "truth" / "truth.npz")
