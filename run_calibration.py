@@ -27,6 +27,7 @@ Example
   python run_calibration.py demo demo_output
   python run_calibration.py standard /data/campaign results/
   python run_calibration.py irradiation /data/irrad_campaign results/ --workers 2
+  python run_calibration.py standard /data/campaign results/ --plots all   # every figure
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Sequence
 from analysis import process_index
 from analysis import report as campaign_report
 from analysis.stage_pipelines import run_stage_pipelines
-from utils import cli, sim
+from utils import cli, plotting, sim
 from utils.errors import ConfigError
 from utils.io.conversion import (
     STATUS_CONVERTED,
@@ -93,6 +94,7 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
                                upstream_settings={"layout": layout, "dataset": str(dataset),
                                                   "conversion": conversion, "indexing": indexing})
     pipes = run_pipelines(layout, table, index_path, out_dir, progress_bar=progress_bar)
+    plotting.figures().wait()  # the report shows the figures: every one written first
     page, _ = campaign_report.run(out_dir, out_dir / "report")
     return {"converted": converted, "existing": existing, "rejected": rejected, "report": page,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
@@ -111,10 +113,11 @@ def model_groups(layout: str) -> list[tuple[str, float]]:
 def run_pipelines(layout: str, table, index_path: Path, out_dir: Path, *,
                   progress_bar: bool = False):
     """The bias, photon-transfer gain, dark and flat pipelines (``analysis.stage_pipelines``)
-    into ``OUTPUT_DIR/<kind>/<stage>``."""
+    into ``OUTPUT_DIR/<kind>/<stage>``; the bias and dark pipelines take index processing's
+    masters (``OUTPUT_DIR/masters``) instead of stacking the frames again."""
     return run_stage_pipelines(index_path, table, model_groups(layout),
                                lambda kind, stage, dose: out_dir / kind / stage,
-                               progress_bar=progress_bar)
+                               masters_from=out_dir / "masters", progress_bar=progress_bar)
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -132,6 +135,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="campaign simulated by the demo")
     parser.add_argument("--seed", type=int, default=1, help="seed of the demo campaign")
     process_index.add_master_options(parser)
+    plotting.add_plots_option(parser)
     return parser
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from analysis import radiation_analysis
-from utils import cli
+from utils import cli, plotting
 from utils.errors import InputPathError
 from utils.io.conversion import (
     STATUS_CONVERTED,
@@ -92,6 +92,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--convert-workers", type=int, default=1,
                         help="processes converting raw frames")
     add_combine_options(parser)
+    plotting.add_plots_option(parser)
     return parser
 
 

@@ -50,7 +50,7 @@ from analysis import damage_plots as plots
 from analysis.products import save_plot
 from analysis.stage_models import bias_level_at, measure_campaign
 from dark_pipeline.pipeline import DarkSettings
-from utils import adu, cli
+from utils import adu, cli, plotting
 from utils import headers as kw
 from utils.errors import ConfigError, UserError
 from utils.io.dose import assign_doses
@@ -463,6 +463,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="[um] pixel pitch, for the dark current in nA/cm^2")
     parser.add_argument("--temp-bin", type=float, default=d.temp_bin,
                         help="[degC] largest temperature span of one master")
+    plotting.add_plots_option(parser)
     return parser
 
 

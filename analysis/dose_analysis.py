@@ -31,7 +31,7 @@ import sys
 from typing import Sequence
 
 from analysis.dose.pipeline import DoseSettings, run
-from utils import cli
+from utils import cli, plotting
 from utils.errors import ConfigError
 from utils.stack.master import add_combine_options, combine_settings
 
@@ -57,6 +57,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--no-damage", action="store_true",
                         help="skip the damage analysis (damage/)")
     add_combine_options(parser)
+    plotting.add_plots_option(parser)
     return parser
 
 

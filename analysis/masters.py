@@ -33,7 +33,7 @@ from utils.settings import field
 from utils.stack.combine import combine
 from utils.stack.grouping import GroupKey, calibration_groups
 from utils.stack.master import adc_bits_of, existing_product, frame_metadata, inputs_hash
-from utils.stack.references import read_master_error, scaled_dark
+from utils.stack.references import BiasReference, read_master_error, scaled_dark
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +173,14 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
                      workers=settings.workers, metadata=frame_metadata(rows),
                      product=f"MASTER_{key.caltype}", progress_bar=progress_bar)
     cards = dict(extra or {})
+    images = None
     if sub_stderr is not None:
         # the subtracted master's own uncertainty is common to every frame: add it once
-        result.stderr = np.sqrt(result.stderr.astype(np.float64) ** 2 + sub_stderr ** 2
-                                ).astype(np.float32)
+        result.stderr = np.sqrt(result.stderr.astype(np.float64) ** 2
+                                + np.asarray(sub_stderr, np.float64) ** 2).astype(np.float32)
+        if not normalise:  # kept alone too, as utils.stack.master.make_master does
+            images = {"SUBERR": (np.asarray(sub_stderr, np.float32), unit)}
+            cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")
     if normalise:
         valid = ~result.mask & np.isfinite(result.data)
         level = float(np.median(result.data[valid])) if valid.any() else math.nan
@@ -211,7 +215,7 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         cards[kw.ATTEMPT] = (key.attempt[:60], "attempt")
     for name, value, comment in adu.scaling_cards(adc_bits_of(rows)):
         cards.setdefault(name, (value, comment))
-    written = result.write(path, unit=unit, extra_header=cards)
+    written = result.write(path, unit=unit, extra_header=cards, extra_images=images)
     record.status = "written"
     header = read_header(written)
     _fill_from_header(record, header)
@@ -383,12 +387,15 @@ def _bias_reference(records: list[MasterRecord], key: GroupKey, rows: pd.DataFra
     if settings.bias_model and len(set(temps)) >= 2 and \
             min(temps) - tol <= key.temperature <= max(temps) + tol:
         model, path, _ = _bias_model(masters, out_dir, cache)
-        mean_t = float(np.nanmean(rows["TEMP"]))
-        cards = {kw.BIASFILE: (path.name, "bias model A+B*(T-TREF) subtracted"),
-                 kw.BIASTEMP: (mean_t, "[degC] mean temperature the model was evaluated at"),
-                 kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
-        return _BiasReference(None, model, model.predict_err(mean_t), cards,
-                              tuple(str(m.path) for m in masters))
+        # the same terms (and INHASH) as the dark pipeline's with this model: a campaign run
+        # hands these masters to it instead of stacking the frames again.  The per-attempt
+        # sets get their own reference: its error maps are cached by temperature in the order
+        # sets come, and the all-attempt sets must come in the dark pipeline's order
+        slot = ("reference", path, bool(key.attempt))
+        if slot not in cache:
+            cache[slot] = BiasReference(model, [], tol, str(path))
+        _, stderr, cards, refs = cache[slot].model_terms(rows)
+        return _BiasReference(None, model, stderr, cards, refs)
     bias = _nearest(records, key, "BIAS", tol)
     if bias is None:
         return None

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from utils.plotting import finish_axes, new_axes
+from utils.plotting import draw_image, finish_axes, new_axes
 from utils.stack.grouping import text_column
 
 
@@ -139,7 +139,7 @@ def plot_master_comparison(master: np.ndarray, frame: np.ndarray, *, unit: str, 
             (axes[0], master, "master", {"vmin": lo, "vmax": hi, "cmap": "gray"}),
             (axes[1], frame, "noisiest frame", {"vmin": lo, "vmax": hi, "cmap": "gray"}),
             (axes[2], diff, "frame - master", {"vmin": -span, "vmax": span, "cmap": "RdBu_r"})):
-        im = ax.imshow(image, origin="lower", interpolation="nearest", **kwargs)
+        im = draw_image(ax, image, **kwargs)  # limits above from the full images
         ax.set_title(name)
         ax.set_xlabel("column [px]")
         ax.set_ylabel("row [px]")

@@ -15,7 +15,8 @@ extensions.
 
 Outputs in OUTPUT_DIR: ``masters/`` (FITS), ``masters_summary.csv``,
 ``frame_stats.csv``, ``plots/`` (trends vs temperature and exposure time),
-``comparisons/`` (each master vs its noisiest input), ``config_used.json``.
+``comparisons/`` (each master vs its noisiest input, with ``--plots all``),
+``config_used.json``.
 A re-run rebuilds only masters whose inputs or settings changed.
 
 Example
@@ -37,13 +38,12 @@ import pandas as pd
 
 from analysis import plots
 from analysis.masters import FEW_FRAMES, MasterRecord, MasterSettings, build_masters
-from utils import cli
+from utils import cli, plotting
 from utils.errors import ConfigError, FrameError
 from utils.io.fitsio import (
     check_output_dir,
     read_image,
     remove_stale_temporaries,
-    save_figure,
     write_csv,
 )
 from utils.io.index import DatasetIndex
@@ -167,30 +167,33 @@ def mark_unusable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_trend_plots(stats: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Draw and save the trend figures into ``out_dir/plots``."""
-    figures = []
+    """Draw and save the trend figures into ``out_dir/plots`` (level ``summary``)."""
+    drawings = []
     plot_dir = out_dir / "plots"
     for caltype in ("BIAS", "DARK", "FLAT"):
         if not (stats["CALTYPE"] == caltype).any():
             continue
         for metric in ("MEAN", "STD"):
-            ax = plots.plot_metric_vs_temperature(stats, summary, caltype, metric)
-            figures.append(save_figure(ax.figure, plot_dir /
-                                       f"{caltype.lower()}_{metric.lower()}_vs_temperature.png"))
+            drawings.append((lambda c=caltype, m=metric: plots.plot_metric_vs_temperature(
+                stats, summary, c, m), f"{caltype.lower()}_{metric.lower()}_vs_temperature.png"))
     if (summary["CALTYPE"] == "DARK").any():
-        ax = plots.plot_dark_vs_exposure(summary)
-        figures.append(save_figure(ax.figure, plot_dir / "dark_signal_vs_exposure.png"))
-        ax = plots.plot_dark_rate_vs_temperature(summary)
-        figures.append(save_figure(ax.figure, plot_dir / "dark_rate_vs_temperature.png"))
+        drawings.append((lambda: plots.plot_dark_vs_exposure(summary),
+                         "dark_signal_vs_exposure.png"))
+        drawings.append((lambda: plots.plot_dark_rate_vs_temperature(summary),
+                         "dark_rate_vs_temperature.png"))
     if (summary["CALTYPE"] == "FLAT").any():
-        ax = plots.plot_flat_level_vs_exposure(summary)
-        figures.append(save_figure(ax.figure, plot_dir / "flat_level_vs_exposure.png"))
-    return figures
+        drawings.append((lambda: plots.plot_flat_level_vs_exposure(summary),
+                         "flat_level_vs_exposure.png"))
+    saved = [plotting.save(draw, plot_dir / name) for draw, name in drawings]
+    return [p for p in saved if p is not None]
 
 
 def write_comparisons(records: list[MasterRecord], out_dir: Path) -> list[Path]:
-    """For each all-attempts master, save master vs its noisiest input frame."""
+    """For each all-attempts master, save master vs its noisiest input frame (level ``all``:
+    one figure per master)."""
     figures = []
+    if not plotting.wants("all"):
+        return figures
     by_name = {r.path.name: r for r in records if r.path is not None}
     for rec in records:
         if rec.path is None or rec.key.attempt or not rec.worst_frame:
@@ -205,22 +208,29 @@ def write_comparisons(records: list[MasterRecord], out_dir: Path) -> list[Path]:
         if rec.status == "existing" and target.is_file():
             figures.append(target)
             continue
-        master, header = read_image(rec.path)
-        frame, _ = read_image(rec.worst_frame)
-        frame = frame.astype(np.float32)
-        # reduce the frame like the master's inputs so the difference shows only noise/defects
-        for key in ("BIASFILE", "DARKFILE"):
-            ref = by_name.get(str(header.get(key, "")))
-            if ref is not None:
-                frame = frame - read_image(ref.path)[0]
-        if rec.key.caltype == "FLAT":
-            level = float(np.nanmedian(frame))
-            frame = frame / level if level > 0 else frame
-        axes = plots.plot_master_comparison(
-            np.asarray(master, dtype=np.float32), frame, unit=str(header.get("BUNIT", "")),
-            title=f"{rec.path.stem} vs {Path(rec.worst_frame).name}")
-        figures.append(save_figure(axes[0].figure, target))
+        saved = plotting.save(lambda r=rec, t=target: _draw_comparison(r, by_name), target,
+                              level="all")
+        if saved is not None:
+            figures.append(saved)
     return figures
+
+
+def _draw_comparison(rec: MasterRecord, by_name: dict):
+    """Master vs its noisiest input frame, the frame reduced like the master's inputs."""
+    master, header = read_image(rec.path)
+    frame, _ = read_image(rec.worst_frame)
+    frame = frame.astype(np.float32)
+    # reduce the frame like the master's inputs so the difference shows only noise/defects
+    for key in ("BIASFILE", "DARKFILE"):
+        ref = by_name.get(str(header.get(key, "")))
+        if ref is not None:
+            frame = frame - read_image(ref.path)[0]
+    if rec.key.caltype == "FLAT":
+        level = float(np.nanmedian(frame))
+        frame = frame / level if level > 0 else frame
+    return plots.plot_master_comparison(
+        np.asarray(master, dtype=np.float32), frame, unit=str(header.get("BUNIT", "")),
+        title=f"{rec.path.stem} vs {Path(rec.worst_frame).name}")
 
 
 def run(index_csv: str | Path, out_dir: str | Path, settings: MasterSettings = MasterSettings(),
@@ -296,6 +306,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("index_csv", metavar="INDEX_CSV", help="index built by utils.index_dataset")
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for the products")
     add_master_options(parser)
+    plotting.add_plots_option(parser)
     return parser
 
 

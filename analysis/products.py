@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.io.fitsio import atomic_path, save_figure
+from utils import plotting
+from utils.io.fitsio import atomic_path
 
 
 def _array(value):
@@ -38,12 +39,15 @@ def write_npz(path: str | os.PathLike, **arrays) -> Path:
 
 
 def save_plot(ax, path: str | os.PathLike, data: dict, dpi: int = 110) -> list[Path]:
-    """Save the figure of ``ax`` as ``path`` (PNG) and ``data`` as its ``.npz`` twin."""
-    ax = np.ravel(ax)[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
+    """Save the figure of ``ax`` as ``path`` (PNG) and ``data`` as its ``.npz`` twin.
+
+    The figure goes through :func:`utils.plotting.save` (rendered beside the run in a
+    command, not written with ``--plots none``); the data twin is always written.
+    """
     path = Path(path)
     stem = path.name[:-4] if path.suffix == ".png" else path.name   # names may hold dots
-    png = save_figure(ax.figure, path.with_name(stem + ".png"), dpi=dpi)  # closes the figure
-    return [png, write_npz(path.with_name(stem + ".npz"), **data)]
+    png = plotting.save(ax, path.with_name(stem + ".png"), dpi=dpi)
+    return [p for p in (png, write_npz(path.with_name(stem + ".npz"), **data)) if p is not None]
 
 
 def p_form(value: float) -> str:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from analysis.products import save_plot
 from analysis.stage_differences import difference, plot_difference, write_difference
-from utils import cli
+from utils import cli, plotting
 from utils import headers as kw
 from utils.errors import ConfigError, FrameError, UserError
 from utils.io.dose import assign_doses
@@ -307,6 +307,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--group-by-dose", action="store_true",
                         help="old option, same as --ignore-temp (groups are per dose step)")
     add_combine_options(parser)
+    plotting.add_plots_option(parser)
     return parser
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from astropy.io import fits
 
 from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.plotting import draw_image
 from utils.stack.master import read_master
 
 
@@ -99,10 +100,9 @@ def plot_difference(image: np.ndarray, *, title: str, unit: str, log: bool = Fal
         from matplotlib.colors import SymLogNorm
 
         norm = SymLogNorm(linthresh=0.01 * top + 1e-9, vmin=-top, vmax=top)
-        im = ax.imshow(v, origin="lower", interpolation="nearest", cmap="RdBu_r", norm=norm)
+        im = draw_image(ax, v, cmap="RdBu_r", norm=norm)  # limits above from every pixel
     else:
-        im = ax.imshow(v, origin="lower", interpolation="nearest", cmap="RdBu_r", vmin=-top,
-                       vmax=top)
+        im = draw_image(ax, v, cmap="RdBu_r", vmin=-top, vmax=top)
     ax.set_title(title)
     ax.set_xlabel("column [px]")
     ax.set_ylabel("row [px]")

@@ -86,6 +86,7 @@ def _attempt(result: StagePipelines, name: str, stage: str, dose: float, make):
 
 def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tuple[str, float]],
                         place: Place, *, gain: float | str | None = None,
+                        masters_from: Path | None = None,
                         progress_bar: bool = False) -> StagePipelines:
     """Bias, photon-transfer gain, dark and flat pipelines for every group, in that order.
 
@@ -102,6 +103,9 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
     gain : float or str, optional
         Gain [e-/ADC count] or a ``gain.json`` for the dark pipeline; default: the gain
         measured from the group's own flats, when they allow it.
+    masters_from : pathlib.Path, optional
+        Folder of masters already built by index processing: the bias and dark pipelines take
+        a master of the same INHASH from there instead of stacking its frames again.
     progress_bar : bool
         Show progress bars.
 
@@ -111,10 +115,12 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
         The results, the measured gains and the skipped groups with their reasons.
     """
     result = StagePipelines()
+    reuse = str(masters_from) if masters_from is not None else ""
     for stage, dose in groups_with(table, "BIAS", groups):
         run = _attempt(result, "bias", stage, dose, lambda: bias_pipeline.run(
             index_path, place("bias", stage, dose),
-            bias_pipeline.BiasSettings(stage=stage, dose=_dose(stage, dose)),
+            bias_pipeline.BiasSettings(stage=stage, dose=_dose(stage, dose),
+                                       masters_from=reuse),
             progress_bar=progress_bar))
         if run is not None:
             logger.info("%s", run.summary_line())
@@ -136,7 +142,8 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
         settings = dark_pipeline.DarkSettings(
             stage=stage, dose=_dose(stage, dose),
             bias_model=_if_file(place("bias", stage, dose) / "bias_model.fits"),
-            gain=gain if gain is not None else (str(measured) if measured.is_file() else None))
+            gain=gain if gain is not None else (str(measured) if measured.is_file() else None),
+            masters_from=reuse)
         run = _attempt(result, "dark", stage, dose, lambda: dark_pipeline.run(
             index_path, place("dark", stage, dose), settings, progress_bar=progress_bar))
         if run is not None:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from utils import adu
+from utils import adu, plotting
 from utils import headers as kw
 from utils.errors import FrameError, InputPathError, UserError
 from utils.io.fitsio import (
@@ -39,7 +39,6 @@ from utils.io.fitsio import (
     provenance_cards,
     read_image,
     remove_stale_temporaries,
-    save_figure,
     set_card,
     write_csv,
     write_product,
@@ -67,6 +66,7 @@ from utils.stack.master import (
     CombineSettings,
     adc_bits_of,
     existing_product,
+    find_masters,
     inputs_hash,
     make_master,
 )
@@ -96,8 +96,10 @@ class BiasSettings:
     generate_set: bool = field(False, "write a synthetic bias at every master temperature")
     save_eval_fits: bool = field(False, "also write the evaluation maps as FITS")
     pixels_to_plot: int = field(4, "pixels shown in the bias-vs-temperature figure")
-    combine: CombineSettings = field(CombineSettings(), "combination of each master",
-                                     )
+    combine: CombineSettings = field(CombineSettings(), "combination of each master")
+    masters_from: str = field("", "folder of masters already built from these frames (index "
+                                  "processing's OUT/masters): one with the same inputs and "
+                                  "settings (same INHASH) is taken, not stacked again")
 
     def __post_init__(self):
         if not self.temp_bin > 0:
@@ -228,14 +230,15 @@ def master_file(folder: Path, temperature: float) -> Path:
     return Path(folder) / f"master_bias_{temperature:.1f}C.fits"
 
 
-def build_masters(sets, folder: Path, settings: CombineSettings, *,
+def build_masters(sets, folder: Path, settings: CombineSettings, *, reuse=None,
                   progress_bar: bool = False) -> list[BiasMaster]:
-    """One sigma-clipped master per temperature bin in ``folder`` (skipped when unchanged)."""
+    """One sigma-clipped master per temperature bin in ``folder`` (skipped when unchanged;
+    taken from ``reuse``, ``{INHASH: path}``, when already built from the same frames)."""
     masters = []
     for key, rows in sets:
         path = master_file(folder, key.temperature)
         header, written = make_master(
-            rows, path, settings, product="MASTER_BIAS", progress_bar=progress_bar,
+            rows, path, settings, product="MASTER_BIAS", progress_bar=progress_bar, reuse=reuse,
             extra={kw.CALTYPE: ("BIAS", "calibration type"),
                    kw.IMAGETYP: ("MASTER BIAS", "frame type"),
                    kw.TBIN: (key.temperature, "[degC] temperature bin label")})
@@ -337,9 +340,11 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
     table = cv.summary(valid)
     table.insert(0, "TBIN", labels)
     files = [write_csv(table, folder / "evaluation_summary.csv")]
-    files.append(save_figure(plots.plot_evaluation_summary(table)[0].figure,
-                             folder / "evaluation_summary.png"))
+    files.append(plotting.save(lambda: plots.plot_evaluation_summary(table),
+                               folder / "evaluation_summary.png"))
     for k, t in enumerate(cv.temperatures):
+        if not (save_fits or plotting.wants("all")):
+            break  # per-temperature maps: figures at level 'all', FITS when asked
         real = cv.master[k]
         synth = real - cv.residual[k]
         mae = np.abs(cv.residual[k])
@@ -351,9 +356,11 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
                 ("synthetic_bias", synth, adu.UNIT, "predicted from the other masters", False),
                 ("mae", mae, adu.UNIT, "|measured - predicted|", False),
                 ("mape", mape, "%", "|measured - predicted| / measured", False)):
-            ax = plots.show_image(image, unit=unit, label=label, symmetric=symmetric,
-                                  title=f"{name.replace('_', ' ')} at {t:.1f} degC")
-            files.append(save_figure(ax.figure, folder / f"{name}_{tag}.png"))
+            files.append(plotting.save(
+                lambda image=image, unit=unit, label=label, symmetric=symmetric, name=name, t=t:
+                plots.show_image(image, unit=unit, label=label, symmetric=symmetric,
+                                 title=f"{name.replace('_', ' ')} at {t:.1f} degC"),
+                folder / f"{name}_{tag}.png", level="all"))
             if save_fits:
                 header = fits.Header()
                 for key, value, comment in provenance_cards("BIAS_EVALUATION"):
@@ -458,7 +465,7 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
                             f"{exclude.shape[0]} but the bias frames are {width}x{height}")
 
     masters = build_masters(sets, out_dir / MASTER_FOLDER, settings.combine,
-                            progress_bar=progress_bar)
+                            reuse=find_masters(settings.masters_from), progress_bar=progress_bar)
     files += [m.path for m in masters]
     table = pd.DataFrame([{"TBIN": m.temperature, "TAVG": m.tavg, "NCOMBINE": m.ncombine,
                            "NFRAMES": len(m.rows), "PATH": m.path.relative_to(out_dir).as_posix()}
@@ -512,17 +519,17 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
                 out_dir / "bias_masks_by_temp", m.temperature), str(model_file)))
 
     figures = {
-        "bias_a_map.png": plots.plot_model_map(model, "a"),
-        "bias_b_map.png": plots.plot_model_map(model, "b"),
-        "bias_b_histogram.png": plots.plot_slope_histogram(model),
-        "bias_vs_temperature_pixels.png": plots.plot_pixel_fits(
+        "bias_a_map.png": lambda: plots.plot_model_map(model, "a"),
+        "bias_b_map.png": lambda: plots.plot_model_map(model, "b"),
+        "bias_b_histogram.png": lambda: plots.plot_slope_histogram(model),
+        "bias_vs_temperature_pixels.png": lambda: plots.plot_pixel_fits(
             model, temps, _pixel_series(model, stack, settings.pixels_to_plot)),
     }
     if rn is not None:
-        figures["read_noise_map.png"] = plots.plot_read_noise(rn)
-    for name, ax in figures.items():
-        ax = ax[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
-        files.append(save_figure(ax.figure, out_dir / "plots" / name))
+        figures["read_noise_map.png"] = lambda: plots.plot_read_noise(rn)
+    for name, draw in figures.items():
+        files.append(plotting.save(draw, out_dir / "plots" / name))
+    files = [f for f in files if f is not None]  # figures not drawn (level, failure)
 
     summary = _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir)
     files += [out_dir / "config_used.json", out_dir / "summary.json"]

@@ -89,12 +89,19 @@ def master_file(folder: Path, temperature: float, exptime: float) -> Path:
 
 
 def build_dark_masters(sets, bias: BiasReference, folder: Path, combine: CombineSettings, *,
-                       progress_bar: bool = False) -> tuple[list[DarkMaster], list[str]]:
-    """Bias-subtracted masters of every set; returns them and the reasons of refused sets."""
+                       reuse=None, progress_bar: bool = False
+                       ) -> tuple[list[DarkMaster], list[str]]:
+    """Bias-subtracted masters of every set; returns them and the reasons of refused sets.
+
+    ``reuse`` (``{INHASH: path}``, :func:`utils.stack.master.find_masters`): masters already
+    built from the same frames with the same bias (index processing in a campaign run),
+    linked instead of stacked again.
+    """
     masters, refused = [], []
     for key, rows in sets:
         path = master_file(folder, key.temperature, key.exptime)
-        made = build_dark_master(key, rows, bias, path, combine, progress_bar=progress_bar)
+        made = build_dark_master(key, rows, bias, path, combine, reuse=reuse,
+                                 progress_bar=progress_bar)
         if made is None:
             reason = (f"dark set {key.tag}: no bias within {bias.tolerance:g} degC of "
                       f"{key.temperature:g} degC; set skipped")

@@ -33,13 +33,12 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from utils import adu
+from utils import adu, plotting
 from utils.errors import ConfigError, InputPathError, UserError
 from utils.io.fitsio import (
     check_output_dir,
     provenance_cards,
     remove_stale_temporaries,
-    save_figure,
     set_card,
     write_csv,
     write_product,
@@ -51,7 +50,7 @@ from utils.models.gain import resolve_gain
 from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
-from utils.stack.master import CombineSettings, adc_bits_of
+from utils.stack.master import CombineSettings, adc_bits_of, find_masters
 from utils.stack.stats import median_with_error, spread_with_error
 
 from . import plots
@@ -110,6 +109,9 @@ class DarkSettings:
     temp_single: float = field(20.0, "[degC] temperature of synthetic_2d_single")
     exptime_single: float = field(10.0, "[s] exposure of synthetic_2d_single")
     combine: CombineSettings = field(CombineSettings(), "combination of each master")
+    masters_from: str = field("", "folder of masters already built from these frames (index "
+                                  "processing's OUT/masters): one with the same inputs, "
+                                  "settings and bias (same INHASH) is taken, not stacked again")
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -151,9 +153,11 @@ class DarkResult:
         return ", ".join(parts) + f"; {len(self.files)} files in {self.out_dir}"
 
 
-def _save(ax, path: Path, files: list) -> None:
-    ax = np.ravel(ax)[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
-    files.append(save_figure(ax.figure, path))
+def _save(draw, path: Path, files: list, level: str = "summary") -> None:
+    """Draw (``draw()``) and save a figure of ``level``; listed in ``files`` when saved."""
+    saved = plotting.save(draw, path, level=level)
+    if saved is not None:
+        files.append(saved)
 
 
 def _e_per_adu(settings: DarkSettings, adc_bits: int) -> float | None:
@@ -171,14 +175,15 @@ def measure(index: DatasetIndex, out_dir: Path, settings: DarkSettings, files: l
         files.append(out_dir / "index.csv")
     rows = dark_frames(index, settings.stage, settings.dose)
     adc_bits = adc_bits_of(rows)
+    reuse = find_masters(settings.masters_from)
     bias = bias_reference(index, out_dir, model_path=settings.bias_model, stage=settings.stage,
                           dose=settings.dose, temp_bin=settings.temp_bin,
                           tolerance=settings.bias_temp_tolerance,
-                          combine=settings.combine, progress_bar=progress_bar)
+                          combine=settings.combine, progress_bar=progress_bar, reuse=reuse)
     bias.check_shape((int(rows["NAXIS2"].iloc[0]), int(rows["NAXIS1"].iloc[0])))
     masters, refused = build_dark_masters(
         dark_sets(rows, settings.temp_bin, settings.exp_tolerance), bias,
-        out_dir / MASTER_FOLDER, settings.combine, progress_bar=progress_bar)
+        out_dir / MASTER_FOLDER, settings.combine, reuse=reuse, progress_bar=progress_bar)
     if not masters:
         raise UserError("no dark master could be made: " + "; ".join(refused[:2]))
     files += [m.path for m in masters]
@@ -241,12 +246,14 @@ def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
                                 ("REAL_MEDIAN [ADU]", "dark_real", "measured median signal [adu]"),
                                 ("SYNTH_MEDIAN [ADU]", "dark_synthetic",
                                  "model median signal [adu]")):
-        _save(plots.plot_heatmap(ev.table, column, title=f"{kind.upper()} model: {title}"),
+        _save(lambda: plots.plot_heatmap(ev.table, column,
+                                         title=f"{kind.upper()} model: {title}"),
               out_dir / f"heatmap_{name}_{kind}.png", files)
     for which, name, unit in ((0, "mae", "adu"), (1, "mape", "%")):
-        _save(plots.plot_error_maps(ev.maps, which, unit=unit,
-                                    title=f"{kind.upper()} model {name.upper()} per pixel"),
-              out_dir / f"{name}_maps_{kind}.png", files)
+        _save(lambda: plots.plot_error_maps(ev.maps, which, unit=unit,
+                                            title=f"{kind.upper()} model {name.upper()} per "
+                                                  "pixel"),
+              out_dir / f"{name}_maps_{kind}.png", files, level="all")
 
 
 def _ambiguous_hot(model: DarkModel1D, hot) -> int:
@@ -459,7 +466,7 @@ def _dark_current(rates, model, e, out_dir: Path, summary: dict, files: list,
                   exclude=None) -> pd.DataFrame:
     table = dark_current_table(rates, model, e, exclude)
     files.append(write_csv(table, out_dir / "dark_current_vs_temperature.csv"))
-    _save(plots.plot_dark_current(table, electrons=bool(e)),
+    _save(lambda: plots.plot_dark_current(table, electrons=bool(e)),
           out_dir / "dark_current_vs_temperature.png", files)
     summary["dark_current"] = table.to_dict("records")
     return table
@@ -477,7 +484,8 @@ def _fit_2d(stack, out_dir: Path, settings: DarkSettings, adc_bits: int, hot, su
                                    "GAMMA_map_2D.fits": model2.fit.gamma},
                             {"A_map_2D.fits": adu.UNIT, "B_map_2D.fits": "1 / deg_C",
                              "GAMMA_map_2D.fits": ""})
-    _save(plots.plot_gamma_histogram(model2), out_dir / "plots" / "gamma_histogram_2d.png", files)
+    _save(lambda: plots.plot_gamma_histogram(model2),
+          out_dir / "plots" / "gamma_histogram_2d.png", files)
     summary.update({k: v for k, v in model2.headline().items() if k.startswith("gamma")})
     summary["model_2d"] = model2.headline()
     return model2
@@ -486,8 +494,9 @@ def _fit_2d(stack, out_dir: Path, settings: DarkSettings, adc_bits: int, hot, su
 def _scatter_plots(ev, out_dir: Path, files: list) -> None:
     for (t, x), (real, synth) in ev.samples.items():
         tag = f"T{t:g}_E{x:g}".replace(".", "p")
-        _save(plots.plot_scatter(real, synth, title=f"2-D model at {t:g} degC, {x:g} s"),
-              out_dir / "plots_2d_comparison" / f"scatter_{tag}.png", files)
+        _save(lambda: plots.plot_scatter(real, synth,
+                                         title=f"2-D model at {t:g} degC, {x:g} s"),
+              out_dir / "plots_2d_comparison" / f"scatter_{tag}.png", files, level="all")
 
 
 def _holdout_1d(rates, settings: DarkSettings, adc_bits: int):
@@ -594,15 +603,15 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     else:
         logger.warning("one exposure time: no 2-D (temperature x exposure) model")
     _dark_current(rates, model, e, out_dir, summary, files, hot.mask)
-    _save(plots.plot_hot_pixel_counts(counts), out_dir / "plots" / "hot_pixels_vs_temperature.png",
-          files)
+    _save(lambda: plots.plot_hot_pixel_counts(counts),
+          out_dir / "plots" / "hot_pixels_vs_temperature.png", files)
     for which, name in (("a", "dark_A_map.png"), ("b", "dark_B_map.png"),
                         ("td", "doubling_temperature_map.png"),
                         ("ea", "activation_energy_map.png")):
-        _save(plots.plot_model_map(model, which), out_dir / "plots" / name, files)
-    _save(plots.plot_doubling_histogram(model), out_dir / "plots" / "doubling_temperature_hist.png",
-          files)
-    _save(plots.plot_pixel_rates(rates, model, _pixels(model)),
+        _save(lambda: plots.plot_model_map(model, which), out_dir / "plots" / name, files)
+    _save(lambda: plots.plot_doubling_histogram(model),
+          out_dir / "plots" / "doubling_temperature_hist.png", files)
+    _save(lambda: plots.plot_pixel_rates(rates, model, _pixels(model)),
           out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
 
 

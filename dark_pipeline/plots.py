@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from utils.plotting import finish_axes, new_axes, show_histogram, show_image
+from utils.plotting import draw_image, finish_axes, new_axes, show_histogram, show_image
 
 from .temperature_model import DarkModel1D, DarkModel2D
 
@@ -94,8 +94,9 @@ def plot_error_maps(maps: dict, which: int, *, title: str, unit: str, axes=None)
         for j, t in enumerate(temps):
             ax = axes[i][j]
             if (t, x) in maps:
-                im = ax.imshow(maps[(t, x)][which], origin="lower", vmin=0, vmax=top or 1.0,
-                               interpolation="nearest", cmap="magma")
+                # a panel is ~200 pixels wide: 256-pixel display copies (limits from all)
+                im = draw_image(ax, maps[(t, x)][which], 256, vmin=0, vmax=top or 1.0,
+                                cmap="magma")
             ax.set_title(f"{t + 0.0:.1f} degC, {x:g} s", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils import adu
+from utils import adu, plotting
 from utils.errors import UserError
-from utils.io.fitsio import save_figure, write_csv, write_text
+from utils.io.fitsio import write_csv, write_text
 from utils.models.gain import Gain, resolve_gain, write_gain
 from utils.models.read_noise import frame_pairs
 from utils.progress import progress
@@ -179,12 +179,13 @@ class _Outputs:
     def add(self, paths) -> None:
         self.files += [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
 
-    def figure(self, draw, name: str) -> None:
+    def figure(self, draw, name: str, level: str = "summary") -> None:
+        """Draw and save ``plots/<name>`` when plots are on and ``level`` is wanted."""
         if not self.save_plots:
             return
-        ax = draw()
-        ax = np.ravel(ax)[0] if isinstance(ax, (list, tuple, np.ndarray)) else ax
-        self.files.append(save_figure(ax.figure, self.dir / "plots" / name))
+        saved = plotting.save(draw, self.dir / "plots" / name, level=level)
+        if saved is not None:
+            self.files.append(saved)
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -267,6 +268,11 @@ def _references(index, group, group_dir, settings, shape, progress_bar, need_dar
     return bias, darks
 
 
+#: Bias-pair statistics already measured in this process, by pairs, shape, region and file
+#: times: the gain (before the dark pipeline) and the full run of a campaign read them once.
+_BIAS_PAIRS: dict = {}
+
+
 def _bias_pairs(index, group, shape, settings) -> pd.DataFrame | None:
     dose = group.key.dose if group.key.stage == "radiating" else None
     rows = select_frames(index, "BIAS", group.key.stage, dose=dose,
@@ -276,8 +282,15 @@ def _bias_pairs(index, group, shape, settings) -> pd.DataFrame | None:
     pairs = []
     for _, part in calibration_groups(rows, temp_width=settings.temp_bin):
         pairs += frame_pairs(part)
-    return bias_pair_statistics(pairs, shape, central_fraction=settings.central_fraction) \
-        if pairs else None
+    if not pairs:
+        return None
+    key = (tuple(pairs), tuple(shape), settings.central_fraction,
+           tuple(os.stat(p).st_mtime_ns for pair in pairs for p in pair if os.path.exists(p)))
+    if key not in _BIAS_PAIRS:
+        _BIAS_PAIRS.clear()  # one campaign's pairs at a time
+        _BIAS_PAIRS[key] = bias_pair_statistics(pairs, shape,
+                                                central_fraction=settings.central_fraction)
+    return _BIAS_PAIRS[key].copy()
 
 
 def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
@@ -491,9 +504,9 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         summary["evaluation"] = ev.table.to_dict("records")
         out.figure(lambda: plots.plot_evaluation(ev.table), "flat_model_evaluation.png")
         out.figure(lambda: plots.plot_error_maps(ev.maps, 0, title="|master - model|",
-                                                 unit="1"), "mae_maps.png")
+                                                 unit="1"), "mae_maps.png", level="all")
         out.figure(lambda: plots.plot_error_maps(ev.maps, 1, title="absolute percentage error",
-                                                 unit="%"), "mape_maps.png")
+                                                 unit="%"), "mape_maps.png", level="all")
     summary.pop("_defect_mask", None)
     out.add(write_run_summary(group_dir, _clean(summary), out.files, digest, default=_json))
     return GroupResult(group_dir, _clean(summary), out.files)

@@ -36,7 +36,7 @@ from typing import Sequence
 
 from flat_pipeline.pipeline import FLAT_TYPES, MODES, FlatSettings, run
 from flat_pipeline.quality import NORM_METHODS
-from utils import cli
+from utils import cli, plotting
 from utils.errors import ConfigError
 from utils.io.index import parse_stage
 from utils.stack.combine import METHODS
@@ -83,7 +83,6 @@ def build_parser() -> cli.ArgumentParser:
     add("--save-reduced", action="store_true",
         help="also write the reduced and normalised frames")
     add("--save-eval-fits", action="store_true", help="also write the evaluation maps as FITS")
-    add("--no-save-plots", action="store_true", help="write no PNG figure")
     add("--stage", default="", help="only this irradiation stage (pre, radiating, post)")
     add("--dose", type=float, default=None, help="[krad] only this dose step")
     add("--temp-bin", type=float, default=d.temp_bin,
@@ -114,6 +113,7 @@ def build_parser() -> cli.ArgumentParser:
     # the old tool's vignetting options: parsed, never used (its vignetting copied the data)
     for old in ("--lensfun-json", "--radial-json", "--empirical-json"):
         add(old, default="", help="ignored (old tool); the illumination model is fitted")
+    plotting.add_plots_option(parser)
     return parser
 
 
@@ -130,7 +130,7 @@ def settings_from(args) -> FlatSettings:
             allow_bias_only=args.allow_bias_only, norm_method=args.norm_method,
             central_fraction=args.central_fraction, t_ref=args.t_ref, exp_ref=args.exp_ref,
             gain=args.gain, save_reduced=args.save_reduced, save_eval_fits=args.save_eval_fits,
-            save_plots=not args.no_save_plots, stage=stage, dose=args.dose,
+            save_plots=args.plots != "none", stage=stage, dose=args.dose,
             temp_bin=args.temp_bin, exp_tolerance=args.exp_tolerance,
             bias_temp_tolerance=args.bias_temp_tolerance,
             dark_temp_tolerance=args.dark_temp_tolerance,

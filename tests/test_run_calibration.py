@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 import subprocess
@@ -43,6 +44,45 @@ def test_demo_end_to_end_and_rerun_is_noop(demo_output, caplog):
         files = [str(p) for p in products.rglob("*.fits")]
         run = subprocess.run(["fitsverify", "-q", "-e", *files], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout[-2000:]
+
+
+def test_pipelines_take_the_masters_index_processing_built(demo_output):
+    """Every bias and dark master of the pipelines is index processing's file of the same
+    INHASH (linked, not stacked again): the frames are stacked once per campaign run."""
+    out, messages = demo_output
+    products = out / "products"
+    built = {fits.getheader(p).get("INHASH"): p for p in (products / "masters").rglob("*.fits")}
+    taken = 0
+    for folder in ("bias/bias_grouped_by_temp", "dark/dark_masters"):
+        masters = sorted((products / folder).glob("master_*.fits"))
+        assert masters, folder
+        for path in masters:
+            twin = built.get(fits.getheader(path)["INHASH"])
+            assert twin is not None and filecmp.cmp(twin, path, shallow=False), path
+        taken += len(masters)
+    assert sum("reused, not stacked again" in m for m in messages) == taken
+
+
+def test_taken_masters_are_those_the_pipelines_make_alone(demo_output, tmp_path):
+    """The bias and dark pipelines alone (no masters to take) stack masters identical, image
+    for image, to index processing's that the campaign run handed them."""
+    from dark_pipeline import pipeline as dark_pipeline
+    from utils.io.index import load_frames
+
+    out, _ = demo_output
+    products = out / "products"
+    index = load_frames(out / "campaign" / "index.csv")
+    settings = dark_pipeline.DarkSettings(bias_model=str(products / "bias" / "bias_model.fits"))
+    masters, _, _ = dark_pipeline.measure(index, tmp_path, settings, [])
+    assert len(masters) == len(list((products / "dark" / "dark_masters").glob("*.fits")))
+    for master in masters:
+        taken = products / "dark" / "dark_masters" / master.path.name
+        with fits.open(master.path) as alone, fits.open(taken) as shared:
+            assert [h.name for h in alone] == [h.name for h in shared]
+            assert alone[0].header["INHASH"] == shared[0].header["INHASH"]
+            for a, b in zip(alone, shared):
+                if a.is_image and a.data is not None:
+                    np.testing.assert_array_equal(a.data, b.data, err_msg=f"{taken} {a.name}")
 
 
 def check_models_against_truth(out: Path) -> None:

@@ -182,7 +182,14 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "verbose", 0), getattr(args, "log_level", None))
     try:
-        status = main(args)
+        if getattr(args, "plots", None) is not None:
+            from .plotting import figure_output
+
+            # figures of the whole command rendered beside it, all written before it returns
+            with figure_output(args.plots):
+                status = main(args)
+        else:
+            status = main(args)
     except UserError as err:
         logger.error("%s", " ".join(str(err).split("\n")))
         return EXIT_USER_ERROR

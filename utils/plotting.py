@@ -1,13 +1,100 @@
-"""Small drawing helpers shared by every ``plot_*`` function.
+"""Drawing helpers shared by every ``plot_*`` function, and where figures are rendered.
 
 Plot functions take computed results and an optional ``ax``, draw, and return
-the axes; they never save (pipelines do, with :func:`utils.io.fitsio.save_figure`).
-matplotlib is imported lazily with the non-interactive Agg backend.
+the axes; they never save (pipelines do, through :func:`save` or
+:func:`utils.io.fitsio.save_figure`).  matplotlib is imported lazily with the
+non-interactive Agg backend.
+
+Figures are off the critical path of a run:
+
+* images are drawn from a display copy (:func:`display_copy`: block averages, at most
+  :data:`DISPLAY_PIXELS` a side) while their colour limits come from the full data;
+* inside :func:`figure_output` (the commands open one from their ``--plots`` option) a
+  drawn figure is pickled -- small: its images are display copies -- and rendered to PNG
+  by a separate process while the run goes on; the pool is drained when the block ends;
+* ``--plots`` chooses how many are drawn (:data:`LEVELS`): ``summary`` (the default) the
+  figures a report needs, ``all`` also one figure per master or per (T, t) set, ``none``
+  nothing;
+* a figure that fails to draw or to render is logged as a warning and never stops the
+  run or loses a product.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+
 import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Figure levels of ``--plots``, from fewest to most.
+LEVELS = ("none", "summary", "all")
+#: Largest side of an image as drawn [pixel]: a 2048 x 2048 master shows as 1024 x 1024
+#: blocks of 2 x 2 (a figure is ~700 pixels wide anyway).
+DISPLAY_PIXELS = 1024
+#: Figures waiting for the renderer before :meth:`FigureWriter.save` waits for the oldest
+#: (bounds the memory the pickled figures hold).
+MAX_PENDING = 8
+
+
+def display_copy(image: np.ndarray, max_pixels: int = DISPLAY_PIXELS
+                 ) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+    """Block-averaged copy of ``image`` with at most ``max_pixels`` a side, and its extent.
+
+    Blocks of ``f x f`` pixels (``f`` the smallest integer that fits) are averaged over
+    their finite pixels (NaN when none is finite); partial blocks at the edges count
+    the pixels they have.  The extent keeps the axes in pixels of the full image.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image.
+    max_pixels : int, optional
+        Largest side of the copy [pixel]. Default is :data:`DISPLAY_PIXELS`.
+
+    Returns
+    -------
+    (numpy.ndarray, tuple or None)
+        The copy (float32; ``image`` itself, as float32, when small enough) and the
+        ``extent`` for ``imshow`` (None when not reduced).
+
+    Examples
+    --------
+    >>> small, extent = display_copy(np.arange(16.0).reshape(4, 4), max_pixels=2)
+    >>> small.tolist(), extent
+    ([[2.5, 4.5], [10.5, 12.5]], (-0.5, 3.5, -0.5, 3.5))
+    """
+    image = np.asarray(image)
+    height, width = image.shape
+    factor = -(-max(height, width) // max_pixels)
+    if factor <= 1:
+        return image.astype(np.float32, copy=False), None
+    rows, cols = -(-height // factor), -(-width // factor)
+    padded = np.full((rows * factor, cols * factor), np.nan, np.float32)
+    padded[:height, :width] = image
+    blocks = padded.reshape(rows, factor, cols, factor)
+    finite = np.isfinite(blocks)
+    count = finite.sum(axis=(1, 3))
+    total = np.where(finite, blocks, 0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+    return mean, (-0.5, width - 0.5, -0.5, height - 0.5)
+
+
+def draw_image(ax, image: np.ndarray, max_pixels: int = DISPLAY_PIXELS, **kwargs):
+    """``ax.imshow`` of the display copy of ``image`` (axes in full-image pixels)."""
+    shown, extent = display_copy(image, max_pixels)
+    kwargs.setdefault("origin", "lower")
+    kwargs.setdefault("interpolation", "nearest")
+    if extent is not None:
+        kwargs["extent"] = extent
+    return ax.imshow(shown, **kwargs)
 
 
 def new_axes(ax=None, ncols: int = 1, nrows: int = 1, figsize=(6.4, 4.2)):
@@ -65,8 +152,9 @@ def show_image(image: np.ndarray, *, ax=None, unit: str, title: str, label: str 
         lo, hi = (float(v) for v in np.percentile(finite, percentiles))
         if hi <= lo:
             hi = lo + 1.0
-    im = ax.imshow(image, origin="lower", interpolation="nearest", vmin=lo, vmax=hi,
-                   cmap=cmap or ("RdBu_r" if symmetric else "viridis"))
+    # colour limits from every pixel, the picture from the display copy
+    im = draw_image(ax, image, vmin=lo, vmax=hi,
+                    cmap=cmap or ("RdBu_r" if symmetric else "viridis"))
     ax.set_title(title)
     ax.set_xlabel("column [px]")
     ax.set_ylabel("row [px]")
@@ -84,3 +172,232 @@ def show_histogram(values: np.ndarray, *, ax=None, xlabel: str, title: str, bins
     for name, x in (markers or {}).items():
         ax.axvline(x, ls="--", lw=1, label=name, color="k" if "median" in name else "C3")
     return finish_axes(ax, xlabel, "pixels", title)
+
+
+# --- where figures are rendered -------------------------------------------------------------
+
+def _figure_of(drawn):
+    """The figure of what a ``plot_*`` function returned (axes, array of axes, figure)."""
+    if hasattr(drawn, "savefig"):
+        return drawn
+    first = np.ravel(np.asarray(drawn, dtype=object))[0] if isinstance(
+        drawn, (list, tuple, np.ndarray)) else drawn
+    return first.figure
+
+
+def _render(payload: bytes, path: str, dpi: int) -> str:
+    """Worker side: unpickle a figure and save it as PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .io.fitsio import save_figure
+
+    return str(save_figure(pickle.loads(payload), path, dpi=dpi))
+
+
+def _warm() -> int:
+    """Worker start-up: import matplotlib once, before the first figure arrives."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+    return os.getpid()
+
+
+@contextlib.contextmanager
+def _bare_main():
+    """Hide the ``__main__`` module while a spawned worker starts.
+
+    A spawned process re-imports the parent's main module (``run_calibration.py``
+    imports every pipeline: numba, astropy, pandas, ~250 MB); the renderer needs
+    none of it.  Swapped only for the start of the pool's process.
+    """
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
+class FigureWriter:
+    """Draws figures of a level and saves them, rendered in a process pool or here.
+
+    Parameters
+    ----------
+    level : str, optional
+        One of :data:`LEVELS`. Default is ``summary``.
+    workers : int, optional
+        Rendering processes; 0 renders in this process (synchronously). Default is 0.
+
+    Examples
+    --------
+    >>> writer = FigureWriter("none")
+    >>> writer.wants("summary"), writer.save(lambda: None, "x.png") is None
+    (False, True)
+    """
+
+    def __init__(self, level: str = "summary", workers: int = 0):
+        if level not in LEVELS:
+            raise ValueError(f"plots must be one of {', '.join(LEVELS)}, not {level!r}")
+        self.level, self.workers = level, int(workers)
+        self._pool = None
+        self._pending: list = []
+        self.failed: list[Path] = []
+
+    def wants(self, level: str = "summary") -> bool:
+        """Whether figures of ``level`` (``summary`` or ``all``) are drawn."""
+        return self.level != "none" and LEVELS.index(self.level) >= LEVELS.index(level)
+
+    def save(self, draw, path: str | os.PathLike, *, level: str = "summary",
+             dpi: int = 110) -> Path | None:
+        """Draw (``draw()``, or already drawn axes / figure) and save ``path`` as PNG.
+
+        Returns the path, or None when the level is not wanted or drawing failed (logged
+        as a warning: a figure never stops a run).  In a pool the PNG is written a little
+        later; :meth:`close` waits for it.
+        """
+        if not self.wants(level):
+            if not callable(draw):
+                _close(draw)
+            return None
+        path = Path(path)
+        try:
+            fig = _figure_of(draw() if callable(draw) else draw)
+        except Exception as err:  # noqa: BLE001 - a figure must never lose a product
+            logger.warning("figure %s not drawn: %s: %s", path, type(err).__name__, err)
+            self.failed.append(path)
+            return None
+        if not self.workers:
+            return self._render_here(fig, path, dpi)
+        try:
+            payload = pickle.dumps(fig, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as err:  # noqa: BLE001 - an unpicklable artist: render it here
+            logger.debug("figure %s rendered in the main process: %s", path, err)
+            return self._render_here(fig, path, dpi)
+        try:
+            future = self._executor().submit(_render, payload, str(path), dpi)
+        except Exception as err:  # noqa: BLE001 - a dead renderer: draw here from now on
+            logger.warning("figure renderer unavailable (%s: %s); figures are rendered in the "
+                           "main process", type(err).__name__, err)
+            self.workers = 0
+            return self._render_here(fig, path, dpi)
+        _close(fig)
+        self._pending.append((path, future))
+        while len(self._pending) > MAX_PENDING:
+            self._collect(self._pending.pop(0))
+        return path
+
+    def _render_here(self, fig, path: Path, dpi: int) -> Path | None:
+        from .io.fitsio import save_figure
+
+        try:
+            return save_figure(fig, path, dpi=dpi)
+        except Exception as err:  # noqa: BLE001
+            _close(fig)
+            logger.warning("figure %s not rendered: %s: %s", path, type(err).__name__, err)
+            self.failed.append(path)
+            return None
+
+    def _executor(self):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+            with _bare_main():  # the workers start now, without the parent's main module
+                for future in [self._pool.submit(_warm) for _ in range(self.workers)]:
+                    future.result()
+        return self._pool
+
+    def _collect(self, item) -> None:
+        path, future = item
+        try:
+            future.result()
+        except Exception as err:  # noqa: BLE001
+            logger.warning("figure %s not rendered: %s: %s", path, type(err).__name__, err)
+            self.failed.append(path)
+
+    def wait(self) -> None:
+        """Wait until every figure submitted so far is written (or has failed)."""
+        while self._pending:
+            self._collect(self._pending.pop(0))
+
+    def close(self) -> None:
+        """Wait for the pending figures and stop the pool."""
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+def _close(drawn) -> None:
+    if drawn is None:
+        return
+    import matplotlib.pyplot as plt
+
+    try:
+        plt.close(_figure_of(drawn))
+    except (AttributeError, IndexError, TypeError):
+        pass
+
+
+_ACTIVE: list[FigureWriter] = []
+_DEFAULT = FigureWriter("summary")
+
+
+def figures() -> FigureWriter:
+    """The writer of the innermost :func:`figure_output` block, else a synchronous one at
+    level ``summary`` (library calls, tests)."""
+    return _ACTIVE[-1] if _ACTIVE else _DEFAULT
+
+
+def save(draw, path: str | os.PathLike, *, level: str = "summary", dpi: int = 110
+         ) -> Path | None:
+    """:meth:`FigureWriter.save` of the current writer (see :func:`figures`)."""
+    return figures().save(draw, path, level=level, dpi=dpi)
+
+
+def wants(level: str = "summary") -> bool:
+    """Whether the current writer draws figures of ``level``."""
+    return figures().wants(level)
+
+
+@contextlib.contextmanager
+def figure_output(level: str = "summary", workers: int | None = None):
+    """Figures of the block drawn at ``level`` and rendered by ``workers`` processes.
+
+    Parameters
+    ----------
+    level : str, optional
+        One of :data:`LEVELS`. Default is ``summary``.
+    workers : int, optional
+        Rendering processes (0: in this process). Default: 1 when more than one CPU is
+        available, else 0.
+
+    Yields
+    ------
+    FigureWriter
+        The block's writer; every figure is written when the block ends.
+    """
+    if workers is None:
+        workers = 1 if (os.cpu_count() or 1) > 1 and level != "none" else 0
+    writer = FigureWriter(level, workers)
+    _ACTIVE.append(writer)
+    try:
+        yield writer
+    finally:
+        _ACTIVE.remove(writer)
+        writer.close()
+
+
+def add_plots_option(parser) -> None:
+    """``--plots {none,summary,all}`` and the old ``--no-save-plots`` (= ``--plots none``)."""
+    parser.add_argument("--plots", choices=list(LEVELS), default="summary",
+                        help="figures drawn: none, summary (those a report needs) or all "
+                             "(also one per master and per (T, t) set)")
+    parser.add_argument("--no-save-plots", dest="plots", action="store_const", const="none",
+                        help="same as --plots none")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from utils.plotting import finish_axes, new_axes
+from utils.plotting import draw_image, finish_axes, new_axes
 
 from .flat_compare import FlatDifference
 
@@ -36,8 +36,7 @@ def plot_difference(fd: FlatDifference, *, title: str, labels: np.ndarray | None
     """
     ax = new_axes(ax, figsize=(6.4, 5.0))
     span = 3.0 * fd.robust_std if math.isfinite(fd.robust_std) and fd.robust_std > 0 else 1.0
-    im = ax.imshow(fd.diff, origin="lower", interpolation="nearest", cmap="RdBu_r",
-                   vmin=-span, vmax=span)
+    im = draw_image(ax, fd.diff, cmap="RdBu_r", vmin=-span, vmax=span)
     ax.figure.colorbar(im, ax=ax, shrink=0.85,
                        label="relative difference F/med(F) - R/med(R) [1]")
     if labels is not None and labels.any():

@@ -17,7 +17,7 @@ from statcheck import assert_close, assert_pulls, clipped_factor
 
 from analysis import process_index
 from analysis.masters import MasterSettings
-from utils import sim
+from utils import plotting, sim
 from utils.io.conversion import ConversionSettings, convert_sections
 from utils.io.index import IndexSettings, build_index, write_index
 from utils.stack.grouping import GroupKey, calibration_groups, cluster
@@ -37,7 +37,8 @@ def processed(tmp_path_factory):
     table = build_index(discover=[ds], settings=IndexSettings())
     write_index(table, ds / "index.csv")
     out = root / "out"
-    result = process_index.run(ds / "index.csv", out, MasterSettings(workers=1))
+    with plotting.figure_output("all", workers=0):  # comparisons too
+        result = process_index.run(ds / "index.csv", out, MasterSettings(workers=1))
     truth = np.load(ds / "truth" / "truth.npz")
     physics = json.loads((ds / "truth" / "truth.json").read_text())
     return ds, out, result, truth, physics

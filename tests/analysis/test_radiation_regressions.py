@@ -22,6 +22,7 @@ from analysis import process_index
 from analysis.masters import MasterSettings
 from bias_pipeline import run_pipeline as bias_cli
 from dark_pipeline import run_pipeline as dark_cli
+from utils import plotting
 from utils.io.index import DatasetIndex, build_index, write_index
 
 
@@ -75,8 +76,9 @@ def test_dark_pipeline_keeps_dose_steps_apart(dark_radiating):
 def test_process_index_comparisons_do_not_collide(converted_irradiation, tmp_path):
     campaign, _ = converted_irradiation
     write_index(build_index(discover=[campaign.root]), tmp_path / "index.csv")
-    result = process_index.run(tmp_path / "index.csv", tmp_path / "out",
-                               MasterSettings(workers=1, per_attempt=False))
+    with plotting.figure_output("all", workers=0):  # the comparisons are per master
+        result = process_index.run(tmp_path / "index.csv", tmp_path / "out",
+                                   MasterSettings(workers=1, per_attempt=False))
     built = [r for r in result.records if r.path is not None and r.worst_frame]
     pngs = list((tmp_path / "out" / "comparisons").rglob("*.png"))
     assert len(built) > 10 and len(pngs) == len(built)

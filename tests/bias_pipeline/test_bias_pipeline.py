@@ -39,7 +39,7 @@ def bias_run(bias_campaign, tmp_path_factory):
     out = tmp_path_factory.mktemp("bias_out") / "out"
     status = run_pipeline.main(["--basepath", str(bias_campaign.root / "TestSection1"),
                                 "--output_dir", str(out), "--generate-set", "--save-eval-fits",
-                                "--gain", "2.0", "--no-progress"])
+                                "--gain", "2.0", "--no-progress", "--plots", "all"])
     return bias_campaign, out, status
 
 

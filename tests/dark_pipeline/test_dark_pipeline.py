@@ -38,7 +38,7 @@ def dark_run(dark_campaign, tmp_path_factory):
     """``(campaign, out, status)`` of one full CLI run (bias fitted from the tree)."""
     out = tmp_path_factory.mktemp("dark_out") / "out"
     status = run_pipeline.main(["--basepath", str(dark_campaign.root), "--output_dir", str(out),
-                                "--gain", "2.0", "--no-progress"])
+                                "--gain", "2.0", "--no-progress", "--plots", "all"])
     return dark_campaign, out, status
 
 

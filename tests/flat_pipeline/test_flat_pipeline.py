@@ -101,13 +101,14 @@ def flat_run(flat_campaign, tmp_path_factory):
     campaign, _ = flat_campaign
     out = tmp_path_factory.mktemp("flat_out") / "out"
     figures = {}
-    original = pipeline_module.save_figure
+    original = pipeline_module.plotting.save
 
-    def recording(fig, path, *args, **kwargs):
-        figures[Path(path).name] = _axes_labels(fig)
-        return original(fig, path, *args, **kwargs)
+    def recording(draw, path, *args, **kwargs):
+        drawn = draw() if callable(draw) else draw
+        figures[Path(path).name] = _axes_labels(np.ravel(drawn)[0].figure)
+        return original(drawn, path, *args, **kwargs)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline_module, "save_figure", recording)
+        mp.setattr(pipeline_module.plotting, "save", recording)
         status = run_pipeline.main(["--mode", "full", "--basepath", str(campaign.root),
                                     "--output-dir", str(out), "--no-progress"])
     return campaign, out, status, figures

@@ -11,8 +11,10 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,7 +23,7 @@ from astropy.io import fits
 from .. import adu
 from .. import headers as kw
 from ..errors import FrameError
-from ..io.fitsio import is_complete_fits, read_header
+from ..io.fitsio import atomic_path, is_complete_fits, read_header
 from ..settings import field
 from .combine import METHODS, combine
 
@@ -125,6 +127,53 @@ def existing_product(path: str | os.PathLike, digest: str) -> fits.Header | None
     return header if header.get(kw.INHASH) == digest else None
 
 
+def find_masters(folder: str | os.PathLike | None) -> dict[str, Path]:
+    """``{INHASH: path}`` of the complete FITS products below ``folder`` (headers only).
+
+    The masters index processing built (``OUT/masters``), so that a pipeline run by the
+    same campaign run (``run_calibration.py``) takes them instead of stacking the same
+    frames again: see ``reuse`` in :func:`make_master`.  Empty without a folder.
+    """
+    found: dict[str, Path] = {}
+    if not folder or not Path(folder).is_dir():
+        return found
+    for path in sorted(Path(folder).rglob("*.fits")):
+        if not is_complete_fits(path):
+            continue
+        try:
+            digest = read_header(path).get(kw.INHASH)
+        except FrameError:
+            continue
+        if digest:
+            found.setdefault(str(digest), path)
+    return found
+
+
+def reuse_product(digest: str, path: str | os.PathLike,
+                  known: Mapping[str, Path] | None) -> fits.Header | None:
+    """Put the known product of ``digest`` at ``path`` (a hard link, else a copy); its header.
+
+    Same ``INHASH`` means same input frames, same combination settings and the same
+    subtracted references (by content), so the file is the one :func:`make_master`
+    would write.  None when no complete product of that hash is known.
+    """
+    source = (known or {}).get(digest)
+    if source is None or existing_product(source, digest) is None:
+        return None
+    path = Path(path)
+    if path.exists() and os.path.samefile(source, path):
+        return read_header(path)
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or no hard links
+            shutil.copyfile(source, tmp)
+    logger.info("%s: same inputs and settings as %s (INHASH %s): reused, not stacked again",
+                path.name, source, digest)
+    return read_header(path)
+
+
 def adc_bits_of(rows: pd.DataFrame) -> int:
     """Converter bits of a set of index rows (from their ``ADUSCALE``)."""
     scale = pd.to_numeric(rows["ADUSCALE"], errors="coerce").dropna() if "ADUSCALE" in rows \
@@ -142,6 +191,7 @@ def frame_metadata(rows: pd.DataFrame) -> list[dict]:
 def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSettings, *,
                 unit: str = adu.UNIT, product: str = "MASTER", subtract=None, scale=None,
                 extra: dict | None = None, refs: tuple = (), sub_stderr=None,
+                reuse: Mapping[str, Path] | None = None,
                 progress_bar: bool = False) -> tuple[fits.Header, bool]:
     """Combine the frames of ``rows`` into ``path`` unless an identical master exists.
 
@@ -166,6 +216,10 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     sub_stderr : numpy.ndarray, optional
         One-sigma error of what was subtracted [unit]: common to every frame, it
         is added once in quadrature to ``UNCERT`` and kept alone in ``SUBERR``.
+    reuse : mapping, optional
+        ``{INHASH: path}`` of masters already built from the same frames (see
+        :func:`find_masters`): one of the same hash is linked to ``path`` instead of
+        stacking the frames again.
 
     Returns
     -------
@@ -177,6 +231,9 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     header = existing_product(path, digest)
     if header is not None:
         return header, False
+    header = reuse_product(digest, path, reuse)
+    if header is not None:
+        return header, True
     bits = adc_bits_of(rows)
     result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
                      sigma_high=settings.sigma_high, maxiters=settings.maxiters,
@@ -230,5 +287,6 @@ def read_master(path: str | os.PathLike) -> MasterImages:
 
 
 __all__ = ["MasterImages", "read_master", "add_combine_options", "combine_settings",
+           "find_masters", "reuse_product",
            "CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
            "make_master"]

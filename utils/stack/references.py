@@ -134,21 +134,29 @@ class BiasReference:
         t_bias, path = min(self.masters, key=lambda m: abs(m[0] - temperature))
         return (t_bias, path) if abs(t_bias - temperature) <= self.tolerance else None
 
+    def model_terms(self, rows: pd.DataFrame):
+        """``(subtract, stderr, cards, refs)`` of the model for the frames of ``rows``.
+
+        ``refs`` names the model by content (:attr:`fingerprint`), so masters made with
+        the same model by index processing and by the dark pipeline share their ``INHASH``.
+        """
+        temps = rows["TEMP"].to_numpy(float)
+        mean_t = float(np.mean(temps))
+        cards = {kw.BIASFILE: (Path(self.source).name, "bias model A+B*(T-TREF) subtracted"),
+                 kw.BIASTEMP: (mean_t, "[degC] mean frame temperature of the evaluation"),
+                 kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
+        # the error at the set's mean temperature; within 0.25 degC it does not change
+        key = round(mean_t * 4) / 4
+        if key not in self._errors:
+            self._errors[key] = self.model.predict_err(mean_t)
+        return (self.model.subtractor(temps), self._errors[key], cards,
+                (self.fingerprint, "model"))
+
     def for_set(self, rows: pd.DataFrame, temperature: float):
         """``(subtract, stderr, cards, refs)`` for :func:`utils.stack.master.make_master`,
         or None."""
-        temps = rows["TEMP"].to_numpy(float)
-        mean_t = float(np.mean(temps))
         if self.model is not None and self.model.covers(temperature, self.tolerance):
-            cards = {kw.BIASFILE: (Path(self.source).name, "bias model A+B*(T-TREF) subtracted"),
-                     kw.BIASTEMP: (mean_t, "[degC] mean frame temperature of the evaluation"),
-                     kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
-            # the error at the set's mean temperature; within 0.25 degC it does not change
-            key = round(mean_t * 4) / 4
-            if key not in self._errors:
-                self._errors[key] = self.model.predict_err(mean_t)
-            return (self.model.subtractor(temps), self._errors[key], cards,
-                    (self.fingerprint, "model"))
+            return self.model_terms(rows)
         nearest = self.nearest_master(temperature)
         if nearest is not None:
             t_bias, path = nearest
@@ -181,11 +189,12 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
                    stage: str = "", temp_bin: float = 1.0, tolerance: float = 2.0,
                    combine: CombineSettings = CombineSettings(),
                    progress_bar: bool = False, dose: float | None = None,
-                   what: str = "darks") -> BiasReference:
+                   what: str = "darks", reuse=None) -> BiasReference:
     """The bias model given by the user, else one fitted from the tree's bias frames.
 
     Bias masters made from the tree go to ``out_dir/bias_masters/`` and a fitted model
-    to ``out_dir/bias_model.fits``.
+    to ``out_dir/bias_model.fits``; ``reuse`` (``{INHASH: path}``, see
+    :func:`utils.stack.master.find_masters`) gives masters already built from the same frames.
 
     Raises
     ------
@@ -208,7 +217,7 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
     for key, part in calibration_groups(rows, temp_width=temp_bin):
         path = Path(out_dir) / BIAS_FOLDER / f"master_bias_{key.temperature:.1f}C.fits"
         header, _ = make_master(part, path, combine, product="MASTER_BIAS",
-                                progress_bar=progress_bar,
+                                progress_bar=progress_bar, reuse=reuse,
                                 extra={kw.CALTYPE: ("BIAS", "calibration type"),
                                        kw.IMAGETYP: ("MASTER BIAS", "frame type")})
         masters.append((kw.get_float(header, kw.TAVG, key.temperature), path))
@@ -232,7 +241,7 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
 
 
 def build_dark_master(key, rows: pd.DataFrame, bias: BiasReference, path: Path,
-                      combine: CombineSettings, *, progress_bar: bool = False):
+                      combine: CombineSettings, *, reuse=None, progress_bar: bool = False):
     """The bias-subtracted master of one dark set (``key``: its temperature bin and
     exposure), bias removed frame by frame at each frame's temperature, kept when unchanged.
 
@@ -251,7 +260,8 @@ def build_dark_master(key, rows: pd.DataFrame, bias: BiasReference, path: Path,
                   kw.TBIN: (key.temperature, "[degC] temperature bin label"),
                   kw.EXPTIME: (key.exptime, "[s] exposure time of the set")})
     return make_master(rows, path, combine, product="MASTER_DARK", subtract=subtract,
-                       sub_stderr=stderr, extra=cards, refs=refs, progress_bar=progress_bar)
+                       sub_stderr=stderr, extra=cards, refs=refs, reuse=reuse,
+                       progress_bar=progress_bar)
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""Figures off the critical path: display copies, levels, the rendering pool, failures."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from utils import plotting
+
+
+def test_display_copy_block_means_with_nan_and_partial_blocks():
+    image = np.arange(5 * 7, dtype=np.float32).reshape(5, 7)
+    image[0, 0] = np.nan
+    shown, extent = plotting.display_copy(image, max_pixels=4)   # factor 2: 3 x 4 blocks
+    assert shown.shape == (3, 4) and extent == (-0.5, 6.5, -0.5, 4.5)
+    assert shown[0, 0] == pytest.approx(np.nanmean(image[0:2, 0:2]))   # NaN left out
+    assert shown[2, 3] == image[4, 6]                                  # a 1-pixel corner block
+    assert shown[1, 2] == pytest.approx(image[2:4, 4:6].mean())
+    all_nan = np.full((4, 4), np.nan)
+    assert np.isnan(plotting.display_copy(all_nan, 2)[0]).all()
+    small = np.ones((3, 3))
+    assert plotting.display_copy(small, 4)[1] is None
+
+
+def test_show_image_limits_from_the_full_data_picture_from_the_copy():
+    rng = np.random.default_rng(3)
+    image = rng.normal(100.0, 5.0, (2100, 300)).astype(np.float32)
+    ax = plotting.show_image(image, unit="adu", title="t")
+    shown = ax.images[0].get_array()
+    assert max(shown.shape) <= plotting.DISPLAY_PIXELS
+    lo, hi = ax.images[0].get_clim()
+    assert lo == pytest.approx(np.percentile(image, 1)) and hi == pytest.approx(
+        np.percentile(image, 99))
+    assert ax.images[0].get_extent() == [-0.5, 299.5, -0.5, 2099.5]
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
+
+
+def _line():
+    ax = plotting.new_axes()
+    ax.plot([0, 1], [0, 1], label="a")
+    return plotting.finish_axes(ax, "x [s]", "y [adu]", "line")
+
+
+def test_levels_choose_which_figures_are_written(tmp_path):
+    with plotting.figure_output("summary", workers=0) as writer:
+        assert plotting.save(_line, tmp_path / "s.png") == tmp_path / "s.png"
+        assert plotting.save(_line, tmp_path / "a.png", level="all") is None
+        assert writer.wants("summary") and not writer.wants("all")
+    with plotting.figure_output("none", workers=0):
+        assert plotting.save(_line, tmp_path / "n.png") is None
+    assert (tmp_path / "s.png").is_file()
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "n.png").exists()
+    with pytest.raises(ValueError):
+        plotting.FigureWriter("some")
+
+
+def test_a_figure_that_fails_is_logged_and_the_run_goes_on(tmp_path, caplog):
+    def broken():
+        raise ValueError("no data")
+
+    caplog.set_level(logging.WARNING)
+    with plotting.figure_output("all", workers=0) as writer:
+        assert plotting.save(broken, tmp_path / "b.png") is None
+        assert plotting.save(_line, tmp_path / "ok.png") is not None
+    assert writer.failed == [tmp_path / "b.png"]
+    assert any("b.png not drawn" in r.getMessage() and "no data" in r.getMessage()
+               for r in caplog.records)
+    assert (tmp_path / "ok.png").is_file()
+
+
+def test_figures_rendered_by_a_process_pool(tmp_path):
+    with plotting.figure_output("summary", workers=1) as writer:
+        paths = [plotting.save(_line, tmp_path / f"f{i}.png") for i in range(3)]
+        image = np.random.default_rng(1).normal(size=(1500, 1500))
+        paths.append(plotting.save(lambda: plotting.show_image(image, unit="adu", title="i"),
+                                   tmp_path / "image.png"))
+    assert writer.failed == []
+    for path in paths:
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_option_and_old_alias():
+    from utils import cli
+
+    parser = cli.make_parser("x", "doc")
+    plotting.add_plots_option(parser)
+    assert parser.parse_args([]).plots == "summary"
+    assert parser.parse_args(["--plots", "all"]).plots == "all"
+    assert parser.parse_args(["--no-save-plots"]).plots == "none"
+    assert parser.parse_args(["--no_save_plots"]).plots == "none"
