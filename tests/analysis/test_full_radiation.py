@@ -123,6 +123,13 @@ def test_contract_files(name, request):
     for value in summary["model_parameters"].values():
         assert value is None or set(value) == {"value", "err", "unit"}
     assert (out / "report" / "index.html").is_file()
+    # the report shows the model (every parameter, constrained or said not to be) and the checks
+    report = json.loads((out / "report" / "report.json").read_text())
+    blocks = {b["key"]: b for b in report["radiation"]["blocks"]}
+    assert blocks["model_parameters"]["measured"] and blocks["procedure_checks"]["measured"]
+    assert [e["key"] for e in blocks["model_parameters"]["entries"]] == \
+        [f"model_{p}" for p in PARAMS]
+    assert len(blocks["procedure_checks"]["tables"][0]["rows"]) == len(checks)
     for name_ in ("bias_residuals", "dark_current_residuals", "variance_residuals", "qq_plot"):
         assert (out / "radiation_model" / f"{name_}.png").is_file()
         assert (out / "radiation_model" / f"{name_}.npz").is_file()
