@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
+from statcheck import assert_close
 
 from dark_pipeline import run_pipeline
 from utils.io.index import build_index, write_index
@@ -114,17 +115,22 @@ def test_hot_pixels_found(dark_run):
     assert len(counts) == len(TEMPS) and "THRESHOLD_E" in counts
 
 
+def _check_evaluation(out, kind: str) -> None:
+    """Out-of-sample pulls of every master against the model of ``kind`` ('1d' or '2d')."""
+    # pulls against the model fitted without the master's temperature (out of sample)
+    table = pd.read_csv(out / f"evaluation_model_{kind}_summary.csv")
+    assert len(table) == len(TEMPS) * len(EXPOSURES)
+    assert table["PULL_STD"].between(0.8, 1.25).all(), table["PULL_STD"].tolist()
+    assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
+    assert table["PULL_MEAN"].abs().max() < 0.3  # edge bins are extrapolations
+
+
 def test_gamma_and_two_d_evaluation(dark_run):
     _, out, _ = dark_run
     summary = json.loads((out / "summary.json").read_text())
     assert abs(summary["gamma_median"] - 1) < 0.02
     for kind in ("1d", "2d"):
-        # pulls against the model fitted without the master's temperature (out of sample)
-        table = pd.read_csv(out / f"evaluation_model_{kind}_summary.csv")
-        assert len(table) == len(TEMPS) * len(EXPOSURES)
-        assert table["PULL_STD"].between(0.8, 1.25).all(), table["PULL_STD"].tolist()
-        assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
-        assert table["PULL_MEAN"].abs().max() < 0.3  # edge bins are extrapolations
+        _check_evaluation(out, kind)
     dc = pd.read_csv(out / "dark_current_vs_temperature.csv")
     assert np.all(np.diff(dc["DC_MEDIAN"]) > 0) and (dc["DC_P95"] > dc["DC_MEDIAN"]).all()
     assert "DC_MEDIAN_E" in dc
@@ -156,16 +162,36 @@ def test_synthetic_modes(dark_run, tmp_path):
     assert np.allclose(frame.data, expected, rtol=1e-4, atol=0.05)
 
 
+#: The product each re-run mode must (re)write, in the order they run.
+MODE_PRODUCTS = {"evaluation_only": "evaluation_model_1d_summary.csv",
+                 "evaluate_dark_current": "dark_current_vs_temperature.csv",
+                 "fit_2d_model": "dark_model_2d/dark_model_2d.fits",
+                 "evaluate_2d_model": "evaluation_model_2d_summary.csv"}
+
+
 def test_evaluation_modes_reuse_masters(dark_run, dark_campaign):
-    _, out, _ = dark_run
+    campaign, out, _ = dark_run
     before = {p: p.stat().st_mtime_ns for p in (out / "dark_masters").glob("*.fits")}
-    for mode in ("evaluation_only", "evaluate_dark_current", "evaluate_2d_model"):
+    for mode, product in MODE_PRODUCTS.items():
+        written = (out / product).stat().st_mtime_ns
         assert run_pipeline.main(["--mode", mode, "--basepath", str(dark_campaign.root),
                                   "--output-dir", str(out), "--no-progress"]) == 0
+        # each mode does its own work (a mode that silently does nothing must fail here)
+        assert (out / product).stat().st_mtime_ns > written, f"{mode} did not write {product}"
+        assert json.loads((out / "summary.json").read_text())["mode"] == mode
     assert {p: p.stat().st_mtime_ns for p in (out / "dark_masters").glob("*.fits")} == before
-    table = pd.read_csv(out / "evaluation_model_1d_summary.csv")  # from evaluation_only
-    assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
-    assert table["PULL_STD"].between(0.8, 1.25).all()
+    for kind in ("1d", "2d"):
+        _check_evaluation(out, kind)
+    _check_two_d_pulls(campaign, out)
+    # dark current vs temperature against the truth: the median rate of each bin is the
+    # median of the true rates 2^((T - TREF) / T_d) A_true within 5 of its stated errors
+    truth, physics = campaign.maps(), campaign.physics
+    dc = pd.read_csv(out / "dark_current_vs_temperature.csv")
+    assert len(dc) == len(TEMPS) and (dc["NPIX"] == truth["dark_ref_adu"].size).all()
+    for row in dc.itertuples():
+        true = np.median(truth["dark_ref_adu"]) * 2.0 ** ((row.TAVG - physics.t_ref)
+                                                          / physics.doubling_temperature)
+        assert_close(row.DC_MEDIAN, true, row.DC_MEDIAN_ERR, what=f"DC median at {row.TAVG:.1f}")
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -233,10 +259,8 @@ def test_bias_model_option_is_used(dark_run, dark_campaign, tmp_path):
     assert not (tmp_path / "o" / "bias_masters").exists()
 
 
-def test_two_d_errors_include_the_shared_bias_error(dark_run):
-    # one bias model serves every master: its error is correlated between them and the 2-D
-    # parameter errors must include it, or the pulls of A, gamma and B come out ~1.4-1.6
-    campaign, out, _ = dark_run
+def _check_two_d_pulls(campaign, out) -> None:
+    """Pulls of the 2-D model's A, gamma and B against the truth."""
     truth, physics = campaign.maps(), campaign.physics
     maps, _ = _maps(out / "dark_model_2d" / "dark_model_2d.fits")
     good = (maps["FALLBACK"] == 0) & ~truth["hot_mask"]
@@ -246,3 +270,10 @@ def test_two_d_errors_include_the_shared_bias_error(dark_run):
                              (maps["PRIMARY"], maps["SIGMA_A"], truth["dark_ref_adu"])):
         pull = ((value - true) / err)[good]
         assert abs(pull.mean()) < 0.15 and 0.85 < pull.std() < 1.2
+
+
+def test_two_d_errors_include_the_shared_bias_error(dark_run):
+    # one bias model serves every master: its error is correlated between them and the 2-D
+    # parameter errors must include it, or the pulls of A, gamma and B come out ~1.4-1.6
+    campaign, out, _ = dark_run
+    _check_two_d_pulls(campaign, out)
