@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
-from statcheck import assert_close
+from statcheck import assert_close, assert_pulls
 
 from dark_pipeline import run_pipeline
 from utils.io.index import build_index, write_index
@@ -85,11 +85,14 @@ def test_doubling_temperature_and_slope_pulls(dark_run):
     b_true = math.log(2) / physics.doubling_temperature
     good = (maps["FALLBACK"] == 0) & ~truth["hot_mask"] & np.isfinite(maps["B"])
     assert good.mean() > 0.9
-    pull = ((maps["B"] - b_true) / maps["SIGMA_B"])[good]
-    # 5000 pixels: the pull std is known to ~1 %; the pooled noise model made it 1.00
-    assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1
+    # ~6000 pixels: pull mean and std within 5 of their standard errors (~0.013, ~0.009)
+    assert_pulls(((maps["B"] - b_true) / maps["SIGMA_B"])[good], what="1-D B")
     ea = maps["EA"][good]  # k_B B T^2 at 293.15 K: 0.857 eV for T_d = 6 degC
-    assert abs(np.median(ea) - 8.617333e-5 * b_true * 293.15 ** 2) < 0.02
+    k_t2 = 8.617333e-5 * 293.15 ** 2
+    # error of a median: 1.2533 sigma / sqrt(n) (measured +0.2 %, 1.9 sigma, on this seed)
+    assert_close(float(np.median(ea)), k_t2 * b_true,
+                 1.2533 * k_t2 * float(np.median(maps["SIGMA_B"][good])) / math.sqrt(good.sum()),
+                 what="median E_a [eV]")
 
 
 def test_rate_at_reference_temperature_within_3_percent(dark_run):
@@ -99,9 +102,12 @@ def test_rate_at_reference_temperature_within_3_percent(dark_run):
     assert head["TREF"] == campaign.physics.t_ref
     normal = ~truth["hot_mask"]
     ratio = np.median(maps["PRIMARY"][normal] / truth["dark_ref_adu"][normal])
-    assert abs(ratio - 1) < 0.03
+    rel_err = np.median((maps["SIGMA_A"] / maps["PRIMARY"])[normal])
+    # the median ratio within 5 errors of a median (~0.1 %: a 2.5 % high A is ~20 sigma)
+    assert_close(float(ratio), 1.0, 1.2533 * float(rel_err) / math.sqrt(normal.sum()),
+                 what="median A / true A at TREF")
     pull = ((maps["PRIMARY"] - truth["dark_ref_adu"]) / maps["SIGMA_A"])[normal]
-    assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1
+    assert_pulls(pull, what="1-D A at TREF")
 
 
 def test_hot_pixels_found(dark_run):
@@ -117,18 +123,25 @@ def test_hot_pixels_found(dark_run):
 
 def _check_evaluation(out, kind: str) -> None:
     """Out-of-sample pulls of every master against the model of ``kind`` ('1d' or '2d')."""
-    # pulls against the model fitted without the master's temperature (out of sample)
+    # pulls against the model fitted without the master's temperature (out of sample).  One
+    # row has ~6000 pixels: its pull std has a statistical error of ~0.01 and its mean ~0.013;
+    # measured pull stds 0.98-1.04 (1-D) and 0.92-1.07 (2-D), means within 0.085: the edge
+    # temperatures are extrapolations, whose model error is not Gaussian.  Bounds at ~10
+    # sigma: still failing errors 20 % off (pull std 0.83 or 1.2)
     table = pd.read_csv(out / f"evaluation_model_{kind}_summary.csv")
     assert len(table) == len(TEMPS) * len(EXPOSURES)
-    assert table["PULL_STD"].between(0.8, 1.25).all(), table["PULL_STD"].tolist()
+    assert table["PULL_STD"].between(0.9, 1.1).all(), table["PULL_STD"].tolist()
     assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
-    assert table["PULL_MEAN"].abs().max() < 0.3  # edge bins are extrapolations
+    assert table["PULL_MEAN"].abs().max() < 0.15, table["PULL_MEAN"].tolist()
 
 
 def test_gamma_and_two_d_evaluation(dark_run):
     _, out, _ = dark_run
     summary = json.loads((out / "summary.json").read_text())
-    assert abs(summary["gamma_median"] - 1) < 0.02
+    # the median of ~6000 per-pixel gammas has an error of 0.0008; it sits +0.0035 high (4
+    # sigma, a small bias of the per-pixel fits also seen in the population gamma, see
+    # test_radiation_regressions), hence 0.006 (7.5 sigma) rather than 5 sigma
+    assert abs(summary["gamma_median"] - 1) < 0.006
     for kind in ("1d", "2d"):
         _check_evaluation(out, kind)
     dc = pd.read_csv(out / "dark_current_vs_temperature.csv")
@@ -269,6 +282,10 @@ def _check_two_d_pulls(campaign, out) -> None:
                              (maps["GAMMA"], maps["SIGMA_GAMMA"], 1.0),
                              (maps["PRIMARY"], maps["SIGMA_A"], truth["dark_ref_adu"])):
         pull = ((value - true) / err)[good]
+        # ~6000 pixels (errors 0.013 of the mean, 0.009 of the std), but measured: A pull mean
+        # -0.12, gamma pull std 1.07 -- the 2-D errors are calibrated to ~7 % (the shared
+        # bias error enters through a linearised covariance), so these bounds are ~10-15
+        # sigma on purpose; they still fail the ~1.5 pull std of errors without that term
         assert abs(pull.mean()) < 0.15 and 0.85 < pull.std() < 1.2
 
 
