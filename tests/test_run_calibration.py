@@ -61,6 +61,22 @@ def check_models_against_truth(out: Path) -> None:
     assert np.array_equal(hot, truth["hot_mask"])  # every hot pixel found, none invented
     summary = json.loads((dark / "summary.json").read_text())
     assert summary["n_masters"] == 6 and summary["hot_pixels"] == int(truth["hot_mask"].sum())
+    # the dark model against the truth: A at TREF (pulls), the population T_d, and the dark
+    # current of each temperature bin (median within 5 of its stated errors)
+    physics = json.loads((out / "campaign" / "truth" / "truth.json").read_text())["physics"]
+    with fits.open(dark / "dark_model" / "dark_model.fits") as hdul:
+        assert hdul[0].header["TREF"] == physics["t_ref"]
+        a, err = hdul[0].data, hdul["SIGMA_A"].data
+    normal = ~truth["hot_mask"] & np.isfinite(a)
+    assert_pulls(((a - truth["dark_ref_adu"]) / err)[normal], what="demo dark A at TREF")
+    t_d = physics["doubling_temperature"]
+    assert_close(summary["doubling_temperature_degC"], t_d,
+                 summary["doubling_temperature_err_degC"], what="demo T_d")
+    dc = pd.read_csv(dark / "dark_current_vs_temperature.csv")
+    assert len(dc) == 3
+    for row in dc.itertuples():
+        true = np.median(truth["dark_ref_adu"]) * 2.0 ** ((row.TAVG - physics["t_ref"]) / t_d)
+        assert_close(row.DC_MEDIAN, true, row.DC_MEDIAN_ERR, what=f"demo DC at {row.TAVG:.1f}")
 
 
 def test_irradiation_stages_never_mixed(rad_calibration):
