@@ -55,7 +55,8 @@ TARGETS: dict[str, list[str]] = {
     "utils/stack/combine.py": _STACK,
     "utils/stack/kernels.py": _STACK,
     "utils/stack/stats.py": ["tests/utils/test_stats.py", "tests/utils/test_index.py"],
-    "utils/models/linear.py": ["tests/utils/test_fitting.py"],
+    "utils/models/linear.py": ["tests/utils/test_fitting.py",
+                               "tests/flat_pipeline/test_flat_models.py"],  # multi-linear fits
     "utils/models/nonlinear.py": _NONLINEAR,
     "utils/models/exp_kernels.py": _NONLINEAR,
     "utils/models/bias_model.py": _BIAS,
