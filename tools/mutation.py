@@ -70,7 +70,7 @@ TARGETS: dict[str, list[str]] = {
     "analysis/masters.py": ["tests/analysis/test_process_index.py"],
     # flat
     "utils/models/illumination.py": ["tests/flat_pipeline/test_flat_models.py"],
-    "utils/models/photon_transfer.py": _GAIN,
+    "utils/models/photon_transfer.py": [*_GAIN, "tests/flat_pipeline/test_flat_pipeline.py"],
     "utils/models/gain.py": _GAIN,
     "flat_pipeline/illumination.py": _FLAT,
     "flat_pipeline/prnu.py": _FLAT,
