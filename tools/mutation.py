@@ -338,8 +338,7 @@ def main(argv=None) -> int:
         finally:
             with lock:
                 free.append(repo)
-        key = f"{mutant.module}:{mutant.detail}"
-        if mutant.status == "survived" and key in equivalent:
+        if mutant.status == "survived" and _is_equivalent(mutant, equivalent):
             mutant.status = "equivalent"
         print(f"{mutant.status:>16}  {mutant.module}:{mutant.line} [{mutant.kind}] "
               f"{mutant.detail} ({mutant.seconds:.0f} s)", flush=True)
@@ -388,12 +387,18 @@ def merge(paths: list[str], out: Path | None) -> int:
         for row in json.loads(Path(path).read_text())["mutants"]:
             m = Mutant(**row)
             if m.status in ("survived", "equivalent"):
-                m.status = "equivalent" if f"{m.module}:{m.detail}" in equivalent \
-                    else "survived"
+                m.status = "equivalent" if _is_equivalent(m, equivalent) else "survived"
             by_key[(m.module, m.index)] = m
     results = list(by_key.values())
     modules = [m for m in TARGETS if any(r.module == m for r in results)]
     return report(results, modules, out)
+
+
+def _is_equivalent(m: Mutant, equivalent: dict) -> bool:
+    """Listed as ``module:line:detail`` (one mutant) or ``module:detail`` (every mutant of
+    that kind in that function)."""
+    return f"{m.module}:{m.line}:{m.detail}" in equivalent or \
+        f"{m.module}:{m.detail}" in equivalent
 
 
 def _equivalents() -> dict:
