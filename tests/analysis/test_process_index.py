@@ -278,3 +278,16 @@ def test_main_sigma_sets_the_clipping_threshold(processed, tmp_path):
     assert narrow["CLIPLO"] == narrow["CLIPHI"] == 2.0 and default["CLIPLO"] == 3.0
     # a 2-sigma clip rejects ~4.6 % of Gaussian samples, a 3-sigma one ~0.3 %
     assert narrow["NREJECT"] > 5 * default["NREJECT"]
+
+
+def test_nearest_master_tolerance_is_inclusive():
+    # "within 2 degC" includes 2 degC; among equally near masters the longest exposure wins
+    from analysis.masters import MasterRecord, _nearest
+
+    def dark(t, exptime):
+        return MasterRecord(GroupKey("", math.nan, "DARK", t, exptime), Path(f"d{t}_{exptime}"),
+                            "written")
+    flat = GroupKey("", math.nan, "FLAT", 25.0, 0.1)
+    records = [dark(23.0, 1.0), dark(27.0, 4.0), dark(30.0, 8.0)]
+    assert _nearest(records, flat, "DARK", 2.0).key.exptime == 4.0
+    assert _nearest(records, flat, "DARK", 1.999) is None

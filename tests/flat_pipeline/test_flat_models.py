@@ -144,6 +144,11 @@ def test_photon_transfer_gain_pulls_over_40_campaigns():
         result = fit_photon_transfer(pd.DataFrame(rows), bias_pairs=pd.DataFrame(bias_rows))
         assert result.measured and math.isfinite(result.saturation_adu)
         assert result.saturation_adu < result.saturation_next_adu
+        # the table's model curve is the fitted line: variance = intercept + mean x 16 / gain
+        # (stored 16-bit adu), at every level
+        levels = result.levels
+        np.testing.assert_allclose(levels["MODEL"], result.intercept
+                                   + levels["MEAN"] * 16 / result.gain, rtol=1e-9)
         pulls.append((result.gain - physics.gain) / result.gain_err)
         reads.append(result.read_noise_adu / 16)
     pulls = np.array(pulls)
