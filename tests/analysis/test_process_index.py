@@ -132,11 +132,17 @@ def test_bias_model_recovers_truth(processed):
 
 
 def test_flat_master_normalised_and_shows_prnu_vignetting(processed):
-    _, out, _, truth, _ = processed
+    ds, out, _, truth, _ = processed
     summary = _summary(out)
     row = summary[(summary.CALTYPE == "FLAT") & summary.ATTEMPT.isna()].iloc[0]
     ccd = CCDData.read(row["PATH"])
     assert abs(np.median(ccd.data[~ccd.mask]) - 1) < 1e-3
+    # FLATNORM is the level divided out [adu]: the frames' median minus bias and dark (2 %:
+    # the dark signal of 0.1 s and the median of per-frame medians, not statistics)
+    index = pd.read_csv(ds / "index.csv")
+    raw_level = float(np.median(index.loc[index.CALTYPE == "FLAT", "MEDIAN"]))
+    bias_level = float(np.median(truth["bias_a"] + truth["bias_b"] * ccd.header["TAVG"]))
+    assert ccd.header["FLATNORM"] == pytest.approx(raw_level - bias_level, rel=0.02)
     # a dark was subtracted (not "none"), scaled to the flat's exposure, from this run's masters
     assert ccd.header["DARKFILE"].startswith("master_dark_")
     assert ccd.header["DARKSCL"] == pytest.approx(ccd.header["EXPTIME"] / ccd.header["DARKEXP"])
