@@ -294,3 +294,17 @@ def test_two_d_errors_include_the_shared_bias_error(dark_run):
     # parameter errors must include it, or the pulls of A, gamma and B come out ~1.4-1.6
     campaign, out, _ = dark_run
     _check_two_d_pulls(campaign, out)
+
+
+def test_heat_maps_of_large_frames_are_block_means():
+    # frames wider than MAP_SIDE are shown as NaN-aware block means (the test campaigns are
+    # smaller, so this path is checked here)
+    from dark_pipeline.evaluation import MAP_SIDE, _reduce
+
+    image = np.arange(600 * 1030, dtype=np.float64).reshape(600, 1030)
+    image[0, 0] = np.nan
+    small = _reduce(image)
+    f = int(np.ceil(1030 / MAP_SIDE))
+    assert small.shape == (600 // f, 1030 // f) and max(small.shape) <= MAP_SIDE
+    expected = image[:600, :1029].reshape(200, 3, 343, 3)
+    np.testing.assert_allclose(small, np.nanmean(expected, axis=(1, 3)), rtol=1e-6)

@@ -204,3 +204,12 @@ def test_dark_signal_model_reads_both_dark_pipeline_models(tmp_path):
 
     with pytest.raises(InputPathError, match="not found"):
         DarkSignalModel.read(tmp_path / "missing.fits")
+
+
+def test_level_of_a_large_region_is_its_median():
+    # more values than max_samples: the median of a regular subsample, within the spread of
+    # a median of that many samples (0.7 = 5.6 sigma)
+    from flat_pipeline.quality import level_of
+
+    values = np.random.default_rng(4).normal(1000.0, 10.0, 100_000)
+    assert level_of(values, "median", max_samples=10_000) == pytest.approx(1000.0, abs=0.7)
