@@ -27,7 +27,7 @@ from typing import Sequence
 
 from analysis import radiation_analysis
 from utils import cli, plotting
-from utils.errors import InputPathError
+from utils.errors import ConfigError, InputPathError
 from utils.io.conversion import (
     STATUS_CONVERTED,
     STATUS_EXISTING,
@@ -36,7 +36,9 @@ from utils.io.conversion import (
     convert_sections,
 )
 from utils.io.discovery import campaign_sections
+from utils.io.fitsio import check_output_dir
 from utils.io.index import IndexSettings, build_index, write_index
+from utils.io.radiation_log import read_radiation_log
 from utils.stack.master import add_combine_options
 
 logger = logging.getLogger("run_radiation")
@@ -57,9 +59,14 @@ def run(basepath: Path, radiation_log: Path, out_dir: Path,
     if not radiation_log.is_file():
         raise InputPathError(f"{radiation_log}: radiation log not found; give the campaign's "
                              "radiationLogCompleto.csv")
+    # every input and the output folder checked before anything is converted or written:
+    # a bad log or output path must not leave a half-updated campaign behind
+    read_radiation_log(radiation_log)
+    check_output_dir(out_dir)
+    stages = campaign_sections(basepath, "irradiation")
     conversion = ConversionSettings(search_depth=search_depth, workers=workers)
     counts = {STATUS_CONVERTED: 0, STATUS_EXISTING: 0, STATUS_REJECTED: 0}
-    for stage in campaign_sections(basepath, "irradiation"):
+    for stage in stages:
         report = convert_sections(dict(stage.sections), conversion, index_dir=stage.root,
                                   progress_bar=progress_bar)
         for status in counts:
@@ -99,6 +106,11 @@ def build_parser() -> cli.ArgumentParser:
 def _main(args) -> int:
     args.group_by_dose = False
     settings = radiation_analysis.settings_from(args)
+    if args.search_depth < 0:
+        raise ConfigError(f"invalid option: --search-depth must be >= 0, not {args.search_depth}")
+    if args.convert_workers < 1:
+        raise ConfigError(f"invalid option: --convert-workers must be >= 1, not "
+                          f"{args.convert_workers}")
     summary = run(Path(args.basepath), Path(args.radiation_log), Path(args.output_dir),
                   settings, search_depth=args.search_depth, workers=args.convert_workers,
                   progress_bar=not args.no_progress)

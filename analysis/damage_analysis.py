@@ -54,7 +54,14 @@ from utils import adu, cli, plotting
 from utils import headers as kw
 from utils.errors import ConfigError, UserError
 from utils.io.dose import assign_doses
-from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
+from utils.io.fitsio import (
+    check_output_dir,
+    provenance_cards,
+    set_card,
+    write_csv,
+    write_product,
+    write_text,
+)
 from utils.io.index import DatasetIndex
 from utils.models.gain import Gain, resolve_gain
 from utils.models.regression import Regression
@@ -217,7 +224,7 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         Unreadable index or log, no dark frames, no group with a dark-current model in
         temperature (pre or post darks at two temperatures), or nothing measured.
     """
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)  # a file in the way: one line, before any work
     index = load_index(index_csv, radiation_log)
     table = index.table
     darks = table[(table["CALTYPE"] == "DARK") & ~table["BADFITS"].astype(bool)]

@@ -36,6 +36,7 @@ from analysis.timeseries.radiation import RADIATION_CHOICES
 from analysis.timeseries.transients import TransientSettings
 from utils import cli
 from utils.errors import ConfigError
+from utils.io.fitsio import check_output_dir
 
 logger = logging.getLogger("analysis.operation_analysis")
 
@@ -84,7 +85,9 @@ def settings_from(args) -> OperationSettings:
 
 
 def _main(args) -> int:
-    result = run(args.input_dir, args.output_dir, settings_from(args), datasets=args.datasets,
+    settings = settings_from(args)
+    check_output_dir(args.output_dir)  # a file in the way: one line, before any work
+    result = run(args.input_dir, args.output_dir, settings, datasets=args.datasets,
                  progress_bar=not args.no_progress)
     logger.info("%s", result.summary_line())
     return 0

@@ -37,7 +37,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from analysis.report_data import ReportData, collect
 from utils import cli
 from utils.errors import InputPathError
-from utils.io.fitsio import atomic_path, software_version, write_text
+from utils.io.fitsio import atomic_path, check_output_dir, software_version, write_text
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.report")
 
@@ -159,9 +159,14 @@ def run(results_dir: str | Path, out_dir: str | Path | None = None,
         raise InputPathError(f"{results_dir}: no such results folder; give the output folder "
                              "of run_calibration.py (its products/) or of "
                              "run_full_radiation_pipeline.py")
-    out_dir = Path(out_dir) if out_dir else results_dir / "report"
+    out_dir = check_output_dir(Path(out_dir) if out_dir else results_dir / "report",
+                               "report folder")
     t0 = time.perf_counter()
     data = collect(results_dir, title)
+    if not data.products:
+        raise InputPathError(f"{results_dir}: no pipeline products found; give the output "
+                             "folder of run_calibration.py (its products/) or of "
+                             "run_full_radiation_pipeline.py")
     page, _ = render(data, out_dir)
     measured = sum(e.measured for e in data.datasheet)
     logger.info("report: %d of %d datasheet numbers measured, %d figures, written to %s "

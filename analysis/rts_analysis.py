@@ -34,6 +34,7 @@ from analysis.timeseries.rts import RTSSettings
 from analysis.timeseries.rts_campaign import RTSRunSettings, run
 from utils import cli
 from utils.errors import ConfigError
+from utils.io.fitsio import check_output_dir
 
 logger = logging.getLogger("analysis.rts_analysis")
 
@@ -79,8 +80,9 @@ def settings_from(args) -> RTSRunSettings:
 
 
 def _main(args) -> int:
-    result = run(args.basepath, args.output_dir, settings_from(args),
-                 progress_bar=not args.no_progress)
+    settings = settings_from(args)
+    check_output_dir(args.output_dir)  # a file in the way: one line, before any work
+    result = run(args.basepath, args.output_dir, settings, progress_bar=not args.no_progress)
     logger.info("%s", result.summary_line())
     return 0
 

@@ -36,7 +36,7 @@ import pandas as pd
 
 from utils import adu, plotting
 from utils.errors import UserError
-from utils.io.fitsio import write_csv, write_text
+from utils.io.fitsio import check_output_dir, write_csv, write_text
 from utils.models.gain import Gain, resolve_gain, write_gain
 from utils.models.read_noise import frame_pairs
 from utils.progress import progress
@@ -207,7 +207,7 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
         Bad input (see :func:`check_inputs`), no flat passing the QC, or a mode that needs
         a product it cannot make (a flat model from a single master).
     """
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)  # a file in the way: one line, before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = check_inputs(basepath, out_dir, settings, progress_bar=progress_bar)
     dump_settings(out_dir, flat=settings, basepath=str(basepath or ""))

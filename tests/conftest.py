@@ -336,3 +336,16 @@ def rad_dark_models(rad_campaign, tmp_path_factory):
                                      str(out / stage), "--stage", stage, "--gain", RAD_GAIN,
                                      "--no-progress"])
     return out, runs
+
+
+def rad_calibration(rad_campaign, tmp_path_factory):
+    """``(campaign, products, status)`` of one ``run_calibration.py irradiation`` run on a copy
+    of ``rad_campaign`` (already converted: the converter finds every FITS there), whose pre
+    and post stages at 10, 20 and 30 degC get bias and dark models (read-only)."""
+    import run_calibration
+
+    campaign = _copy(rad_campaign[0], tmp_path_factory.mktemp("rad_calib") / "campaign")
+    out = campaign.root.parent / "products"
+    status = run_calibration.main(["irradiation", str(campaign.root), str(out), "--no-progress",
+                                   "--no-per-attempt"])
+    return campaign, out, status

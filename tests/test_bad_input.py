@@ -30,10 +30,22 @@ from conftest import assert_one_line_error, sha256_tree
 
 import run_calibration
 import run_full_radiation_pipeline
-from analysis import process_index
+import run_radiation
+from analysis import (
+    damage_analysis,
+    dose_analysis,
+    operation_analysis,
+    outgassing_analysis,
+    process_index,
+    radiation_analysis,
+    report,
+    rts_analysis,
+    structure_analysis,
+)
 from bias_pipeline import bias_temp_analysis, generate_bias
 from bias_pipeline import run_pipeline as bias_run
 from dark_pipeline import run_pipeline as dark_run
+from flat_pipeline import run_pipeline as flat_run
 from utils import index_dataset, raw_to_fits, simulate
 from utils.io.discovery import find_fits
 from utils.io.index import build_index, write_index
@@ -283,6 +295,16 @@ COMMANDS: dict[str, Callable] = {
     "generate_bias": generate_bias.main,
     "simulate": simulate.main,
     "full_radiation": run_full_radiation_pipeline.main,
+    "flat_pipeline": flat_run.main,
+    "run_radiation": run_radiation.main,
+    "radiation_analysis": radiation_analysis.main,
+    "dose_analysis": dose_analysis.main,
+    "damage_analysis": damage_analysis.main,
+    "operation_analysis": operation_analysis.main,
+    "structure_analysis": structure_analysis.main,
+    "outgassing_analysis": outgassing_analysis.main,
+    "rts_analysis": rts_analysis.main,
+    "report": report.main,
 }
 #: Files no command may modify (raw inputs, logs, configs, converted frames).
 _INPUT_SUFFIXES = (".raw", ".txt", ".fits")
@@ -317,6 +339,33 @@ class Env:
         shutil.copytree(self.request.getfixturevalue("indexed_standard"), root)
         return root
 
+    @cached_property
+    def rad(self) -> Path:
+        """A converted, indexed irradiation campaign (``rad_campaign``) with its radiation log."""
+        root = self.tmp / "rad"
+        shutil.copytree(self.request.getfixturevalue("rad_campaign")[0].root, root)
+        return root
+
+    @cached_property
+    def empty(self) -> Path:
+        """An empty folder."""
+        (self.tmp / "empty").mkdir()
+        return self.tmp / "empty"
+
+    @cached_property
+    def bad_csv(self) -> Path:
+        """A CSV no parser can read (an unclosed quote)."""
+        path = self.tmp / "bad.csv"
+        path.write_text('PATH,CALTYPE\n"unclosed,BIAS\n')
+        return path
+
+    @cached_property
+    def bad_log(self) -> Path:
+        """A radiation log without its Dose or RadiationLevel column."""
+        path = self.tmp / "radiationLog.csv"
+        path.write_text("garbage;columns\n1;2\n")
+        return path
+
     def sections(self, root: Path | None = None) -> list[str]:
         return sections_of(root or self.raw)
 
@@ -346,8 +395,8 @@ class Env:
         return self.request.getfixturevalue("dosedirs_copy").root
 
     def roots(self) -> list[Path]:
-        return [p for p in (self.__dict__.get(name) for name in ("raw", "conv", "irr", "dd"))
-                if p]
+        return [p for p in (self.__dict__.get(name) for name in ("raw", "conv", "irr", "dd",
+                                                                 "rad")) if p]
 
     def snapshot(self) -> dict[str, str]:
         """sha256 of every file of the copies in use."""
@@ -751,6 +800,115 @@ CASES: list[Case] = [
          lambda e: _after(_odd_sized_frame(e), [e.dd, e.out]), 2, "frames of 2 sizes"),
     Case("full radiation: --workers 0", "full_radiation",
          lambda e: [e.irr, e.out, "--workers", "0"], 2, "--workers must be >= 1"),
+    # --- flat pipeline --------------------------------------------------------------------------
+    Case("flat pipeline: missing folder", "flat_pipeline",
+         lambda e: ["--basepath", e.tmp / "none", "--output-dir", e.out], 2,
+         "none: no such folder or index CSV"),
+    Case("flat pipeline: empty folder", "flat_pipeline",
+         lambda e: ["--basepath", e.empty, "--output-dir", e.out], 2, "no FITS frames found"),
+    Case("flat pipeline: malformed index CSV", "flat_pipeline",
+         lambda e: ["--basepath", e.bad_csv, "--output-dir", e.out], 2, "not a readable CSV"),
+    Case("flat pipeline: output folder is a file", "flat_pipeline",
+         lambda e: ["--basepath", e.conv / "index.csv", "--output-dir", _file_at(e.out)], 2,
+         "the output folder is a file"),
+    Case("flat pipeline: --workers 0", "flat_pipeline",
+         lambda e: ["--basepath", e.conv / "index.csv", "--output-dir", e.out, "--workers", "0"],
+         2, "workers must be >= 1"),
+    Case("flat pipeline: unknown --mode", "flat_pipeline",
+         lambda e: ["--basepath", e.conv / "index.csv", "--output-dir", e.out, "--mode", "x"], 2,
+         "argument --mode: invalid choice: 'x'"),
+    # --- radiation ------------------------------------------------------------------------------
+    Case("run_radiation: missing folder", "run_radiation",
+         lambda e: [e.tmp / "none", e.rad / "radiationLogCompleto.csv", e.out], 2,
+         "dataset folder does not exist"),
+    Case("run_radiation: empty folder", "run_radiation",
+         lambda e: [e.empty, e.rad / "radiationLogCompleto.csv", e.out], 2,
+         "none of Preirradiation, Irradiation, Postirradiation"),
+    Case("run_radiation: malformed radiation log", "run_radiation",
+         lambda e: [e.rad, e.bad_log, e.out], 2, "no Dose or RadiationLevel column"),
+    Case("run_radiation: output folder is a file", "run_radiation",
+         lambda e: [e.rad, e.rad / "radiationLogCompleto.csv", _file_at(e.out)], 2,
+         "the output folder is a file"),
+    Case("run_radiation: unknown --stages", "run_radiation",
+         lambda e: [e.rad, e.rad / "radiationLogCompleto.csv", e.out, "--stages", "nonsense"], 2,
+         "unknown stage 'nonsense'"),
+    Case("run_radiation: --search-depth -1", "run_radiation",
+         lambda e: [e.rad, e.rad / "radiationLogCompleto.csv", e.out, "--search-depth", "-1"], 2,
+         "--search-depth must be >= 0, not -1"),
+    Case("radiation_analysis: missing index", "radiation_analysis",
+         lambda e: [e.tmp / "none.csv", e.rad / "radiationLogCompleto.csv", e.out], 2,
+         "index file does not exist"),
+    Case("radiation_analysis: a folder as the index", "radiation_analysis",
+         lambda e: [e.empty, e.rad / "radiationLogCompleto.csv", e.out], 2,
+         "is a folder, not an index CSV"),
+    Case("radiation_analysis: malformed index CSV", "radiation_analysis",
+         lambda e: [e.bad_csv, e.rad / "radiationLogCompleto.csv", e.out], 2,
+         "not a readable CSV"),
+    Case("radiation_analysis: malformed radiation log", "radiation_analysis",
+         lambda e: [e.rad / "index.csv", e.bad_log, e.out], 2,
+         "no Dose or RadiationLevel column"),
+    Case("radiation_analysis: output folder is a file", "radiation_analysis",
+         lambda e: [e.rad / "index.csv", e.rad / "radiationLogCompleto.csv", _file_at(e.out)], 2,
+         "a file is in the way of the folder"),
+    Case("radiation_analysis: unknown --stages", "radiation_analysis",
+         lambda e: [e.rad / "index.csv", e.rad / "radiationLogCompleto.csv", e.out, "--stages",
+                    "nonsense"], 2, "unknown stage 'nonsense'"),
+    Case("dose_analysis: missing index", "dose_analysis",
+         lambda e: [e.tmp / "none.csv", e.out], 2, "index file does not exist"),
+    Case("dose_analysis: malformed index CSV", "dose_analysis",
+         lambda e: [e.bad_csv, e.out], 2, "not a readable CSV"),
+    Case("dose_analysis: malformed radiation log", "dose_analysis",
+         lambda e: [e.rad / "index.csv", e.out, "--radiation-log", e.bad_log], 2,
+         "no Dose or RadiationLevel column"),
+    Case("dose_analysis: output folder is a file", "dose_analysis",
+         lambda e: [e.rad / "index.csv", _file_at(e.out)], 2,
+         "a file is in the way of the folder"),
+    Case("dose_analysis: --gain -2", "dose_analysis",
+         lambda e: [e.rad / "index.csv", e.out, "--gain", "-2"], 2,
+         "gain must be a finite number > 0"),
+    Case("damage_analysis: missing index", "damage_analysis",
+         lambda e: [e.tmp / "none.csv", e.out], 2, "index file does not exist"),
+    Case("damage_analysis: malformed index CSV", "damage_analysis",
+         lambda e: [e.bad_csv, e.out], 2, "not a readable CSV"),
+    Case("damage_analysis: output folder is a file", "damage_analysis",
+         lambda e: [e.rad / "index.csv", _file_at(e.out)], 2, "the output folder is a file"),
+    Case("damage_analysis: --pixel-pitch -1", "damage_analysis",
+         lambda e: [e.rad / "index.csv", e.out, "--pixel-pitch", "-1"], 2,
+         "pixel_pitch_um must be > 0"),
+    Case("damage_analysis: --hot-threshold nan", "damage_analysis",
+         lambda e: [e.rad / "index.csv", e.out, "--hot-threshold", "nan"], 2,
+         "invalid finite number value: 'nan'"),
+    # --- time series ----------------------------------------------------------------------------
+    Case("operation_analysis: missing folder", "operation_analysis",
+         lambda e: [e.tmp / "none", e.out], 2, "input folder does not exist"),
+    Case("operation_analysis: empty folder", "operation_analysis",
+         lambda e: [e.empty, e.out], 2, "no <x>kRads sub-folders"),
+    Case("operation_analysis: output folder is a file", "operation_analysis",
+         lambda e: [e.empty, _file_at(e.out)], 2, "the output folder is a file"),
+    Case("operation_analysis: --threshold -1", "operation_analysis",
+         lambda e: [e.empty, e.out, "--threshold", "-1"], 2, "must be > 0 sigma"),
+    *[case for name, main in (("structure", "structure_analysis"),
+                              ("outgassing", "outgassing_analysis"), ("rts", "rts_analysis"))
+      for case in (
+        Case(f"{main}: missing folder", main,
+             lambda e: [e.tmp / "none", "--output-dir", e.out], 2, "no such folder or index CSV"),
+        Case(f"{main}: empty folder", main,
+             lambda e: [e.empty, "--output-dir", e.out], 2, "no FITS frames found"),
+        Case(f"{main}: malformed index CSV", main,
+             lambda e: [e.bad_csv, "--output-dir", e.out], 2, "not a readable CSV"),
+        Case(f"{main}: output folder is a file", main,
+             lambda e: [e.rad / "index.csv", "--output-dir", _file_at(e.out)], 2,
+             "a file is in the way" if name != "rts" else "the output folder is a file"),
+        Case(f"{main}: --temp-bin -1", main,
+             lambda e: [e.rad / "index.csv", "--output-dir", e.out, "--temp-bin", "-1"], 2,
+             "temp_bin must be > 0"))],
+    # --- report ---------------------------------------------------------------------------------
+    Case("report: missing folder", "report", lambda e: [e.tmp / "none"], 2,
+         "no such results folder"),
+    Case("report: a folder without products", "report", lambda e: [e.empty], 2,
+         "no pipeline products found"),
+    Case("report: --output is a file", "report",
+         lambda e: [e.conv, "--output", _file_at(e.out)], 2, "the report folder is a file"),
 ]
 
 

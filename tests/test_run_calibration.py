@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
-from statcheck import assert_pulls
+from statcheck import assert_close, assert_pulls
 
 import run_calibration
 
@@ -101,14 +101,28 @@ def check_models_against_truth(out: Path) -> None:
     assert np.array_equal(hot, truth["hot_mask"])  # every hot pixel found, none invented
     summary = json.loads((dark / "summary.json").read_text())
     assert summary["n_masters"] == 6 and summary["hot_pixels"] == int(truth["hot_mask"].sum())
+    # the dark model against the truth: A at TREF (pulls), the population T_d, and the dark
+    # current of each temperature bin (median within 5 of its stated errors)
+    physics = json.loads((out / "campaign" / "truth" / "truth.json").read_text())["physics"]
+    with fits.open(dark / "dark_model" / "dark_model.fits") as hdul:
+        assert hdul[0].header["TREF"] == physics["t_ref"]
+        a, err = hdul[0].data, hdul["SIGMA_A"].data
+    normal = ~truth["hot_mask"] & np.isfinite(a)
+    assert_pulls(((a - truth["dark_ref_adu"]) / err)[normal], what="demo dark A at TREF")
+    t_d = physics["doubling_temperature"]
+    assert_close(summary["doubling_temperature_degC"], t_d,
+                 summary["doubling_temperature_err_degC"], what="demo T_d")
+    dc = pd.read_csv(dark / "dark_current_vs_temperature.csv")
+    assert len(dc) == 3
+    for row in dc.itertuples():
+        true = np.median(truth["dark_ref_adu"]) * 2.0 ** ((row.TAVG - physics["t_ref"]) / t_d)
+        assert_close(row.DC_MEDIAN, true, row.DC_MEDIAN_ERR, what=f"demo DC at {row.TAVG:.1f}")
 
 
-@pytest.mark.slow
-def test_irradiation_stages_never_mixed(tmp_path):
-    out = tmp_path / "irr"
-    assert run_calibration.main(["demo", str(out), "--demo-layout", "irradiation",
-                                 "--no-progress", "--no-per-attempt"]) == 0
-    summary = pd.read_csv(out / "products" / "masters_summary.csv")
+def test_irradiation_stages_never_mixed(rad_calibration):
+    campaign, out, status = rad_calibration
+    assert status == 0
+    summary = pd.read_csv(out / "masters_summary.csv")
     written = summary[summary["STATUS"].isin(["written", "existing"])]
     assert {"pre", "radiating", "post"} <= set(written["STAGE"])
     # the report's radiation section shows what the calibration products allow: the pre and
@@ -122,15 +136,11 @@ def test_irradiation_stages_never_mixed(tmp_path):
     assert not blocks["damage_slope"]["measured"] and blocks["damage_slope"]["missing"]
     assert (summary["STATUS"] != "refused").all(), summary[["PATH", "REASON"]]
     radiating = written[written["STAGE"] == "radiating"]
-    # one master per type and dose step: frames are grouped by their <dose>kRads step, not by
-    # the accumulated dose the logs give each frame (which ramps within a step)
-    assert sorted(radiating["DOSE"].unique()) == [10.0, 20.0]
-    assert radiating.groupby(["CALTYPE", "DOSE"]).size().eq(1).all()
-    index = pd.read_csv(out / "campaign" / "index.csv")
-    ramp = index[(index["STAGE"] == "radiating") & (index["CALTYPE"] == "DARK")]
-    assert ramp["FRAMEDOSE"].nunique() > ramp["DOSE"].nunique()
-    from astropy.io import fits
-
+    # one master per type, exposure and dose step (the grouping by <dose>kRads step rather than by
+    # the ramping FRAMEDOSE is checked on a ramp campaign in test_radiation_regressions)
+    assert sorted(radiating["DOSE"].unique()) == [10.0, 20.0, 30.0, 40.0]
+    assert radiating.groupby(["CALTYPE", "EXPTIME", "DOSE"]).size().eq(1).all()
+    assert len(radiating) == 4 * (1 + 2 + 1)  # bias, darks of 5 and 20 s, flat
     for path, stage in zip(written["PATH"], written["STAGE"]):
         with fits.open(path) as hdul:
             inputs = hdul["INPUTS"].data["PATH"]
@@ -141,6 +151,41 @@ def test_irradiation_stages_never_mixed(tmp_path):
         header = fits.getheader(path)
         if header.get("BIASFILE"):
             assert (Path(path).parent.parent / "bias" / header["BIASFILE"]).is_file()
+
+
+@pytest.mark.parametrize("stage", ["pre", "post"])
+def test_irradiation_pre_and_post_models_against_truth(rad_calibration, stage):
+    """The bias and dark pipelines ran on each of the pre and post stages (three temperatures
+    each) and recovered that stage's truth: post has the annealed damage's dark current and
+    the bias shift of its dose."""
+    campaign, out, _ = rad_calibration
+    truth, physics = campaign.maps(), campaign.physics
+    adu_per_e = float(np.median(truth["dark_ref_adu"] / truth["dark_ref"]))
+    if stage == "pre":
+        shift, dark_ref, hot = 0.0, truth["dark_ref_adu"], truth["hot_mask"]
+    else:
+        post = list(truth["damage_label"]).index("post")
+        shift = truth["damage_bias_shift"][post]
+        dark_ref = truth["damage_dark_ref"][post] * adu_per_e
+        hot = truth["hot_mask"] | truth["damage_hot_mask"][post]
+    with fits.open(out / "bias" / stage / "bias_model.fits") as hdul:
+        tref = hdul[0].header["TREF"]
+        normal = (hdul["MASK"].data == 0) & ~truth["noisy_mask"]
+        z_b = (hdul["B"].data - truth["bias_b"]) / hdul["SIGMA_B"].data
+        z_a = (hdul[0].data - truth["bias_a"] - truth["bias_b"] * tref - shift) \
+            / hdul["UNCERT"].data
+    assert_pulls(z_b[normal], what=f"{stage} bias slope")
+    assert_pulls(z_a[normal], what=f"{stage} bias at TREF")
+    dark = out / "dark" / stage
+    with fits.open(dark / "dark_model" / "dark_model.fits") as hdul:
+        a, err = hdul[0].data, hdul["SIGMA_A"].data
+    normal = ~hot & np.isfinite(a)
+    assert normal.mean() > 0.9
+    assert_pulls(((a - dark_ref) / err)[normal], what=f"{stage} dark A at TREF")
+    summary = json.loads((dark / "summary.json").read_text())
+    assert summary["temperatures_degC"] == pytest.approx([10, 20, 30], abs=0.5)
+    assert_close(summary["doubling_temperature_degC"], physics.doubling_temperature,
+                 summary["doubling_temperature_err_degC"], what=f"{stage} T_d")
 
 
 def test_runs_as_file_and_help(tmp_path):

@@ -43,23 +43,48 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Science modules and the tests that cover them (fast subsets where possible).
+_STACK = ["tests/utils/test_stacking.py", "-k", "not peak_memory"]  # the 18 s memory test
+_NONLINEAR = ["tests/utils/test_fitting_nonlinear.py"]
+_BIAS = ["tests/bias_pipeline/test_bias_pipeline.py"]
+_DARK = ["tests/dark_pipeline/test_dark_pipeline.py"]
+_FLAT = ["tests/flat_pipeline/test_flat_pipeline.py", "tests/flat_pipeline/test_flat_models.py"]
+_GAIN = ["tests/utils/test_gain.py", "tests/flat_pipeline/test_flat_models.py"]
+#: Science modules and the tests that cover them (fast subsets where possible: a subset is run
+#: once per mutant, so it decides the cost of the whole run).
 TARGETS: dict[str, list[str]] = {
-    "utils/stack/combine.py": ["tests/utils/test_stacking.py"],
-    "utils/stack/kernels.py": ["tests/utils/test_stacking.py"],
+    "utils/stack/combine.py": _STACK,
+    "utils/stack/kernels.py": _STACK,
     "utils/stack/stats.py": ["tests/utils/test_stats.py", "tests/utils/test_index.py"],
-    "utils/models/linear.py": ["tests/utils/test_fitting.py"],
-    "utils/models/nonlinear.py": ["tests/utils/test_fitting_nonlinear.py"],
-    "utils/models/exp_kernels.py": ["tests/utils/test_fitting_nonlinear.py"],
-    "utils/models/bias_model.py": ["tests/bias_pipeline/test_bias_pipeline.py"],
-    "utils/models/read_noise.py": ["tests/bias_pipeline/test_bias_pipeline.py"],
-    "dark_pipeline/rates.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
-    "dark_pipeline/temperature_model.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
-    "dark_pipeline/hot_pixels.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
-    "dark_pipeline/evaluation.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
-    "dark_pipeline/masters.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
-    "dark_pipeline/pipeline.py": ["tests/dark_pipeline/test_dark_pipeline.py"],
+    "utils/models/linear.py": ["tests/utils/test_fitting.py",
+                               "tests/flat_pipeline/test_flat_models.py"],  # multi-linear fits
+    "utils/models/nonlinear.py": _NONLINEAR,
+    "utils/models/exp_kernels.py": _NONLINEAR,
+    "utils/models/bias_model.py": _BIAS,
+    "utils/models/read_noise.py": _BIAS,
+    "dark_pipeline/rates.py": _DARK,
+    "dark_pipeline/temperature_model.py": _DARK,
+    "dark_pipeline/hot_pixels.py": _DARK,
+    "dark_pipeline/evaluation.py": _DARK,
+    "dark_pipeline/masters.py": _DARK,
+    "dark_pipeline/pipeline.py": _DARK,
     "analysis/masters.py": ["tests/analysis/test_process_index.py"],
+    # flat
+    "utils/models/illumination.py": ["tests/flat_pipeline/test_flat_models.py"],
+    "utils/models/photon_transfer.py": [*_GAIN, "tests/flat_pipeline/test_flat_pipeline.py"],
+    "utils/models/gain.py": _GAIN,
+    "flat_pipeline/illumination.py": _FLAT,
+    "flat_pipeline/prnu.py": _FLAT,
+    "flat_pipeline/master.py": _FLAT,
+    "flat_pipeline/reduction.py": _FLAT,
+    "flat_pipeline/flat_model.py": _FLAT,
+    "flat_pipeline/photon_transfer.py": _FLAT,
+    "flat_pipeline/quality.py": _FLAT,
+    "flat_pipeline/evaluation.py": _FLAT,
+    # radiation
+    "utils/models/population.py": ["tests/dark_pipeline/test_low_signal.py"],
+    "utils/io/dose.py": ["tests/analysis/test_radiation_dose_bookkeeping.py",
+                         "tests/utils/test_radiation_log.py"],
+    "analysis/damage.py": ["tests/analysis/test_radiation_damage.py"],
 }
 #: Functions never mutated (no number a user sees depends on them).
 SKIP_FUNCTIONS = {"warmup", "main", "build_parser", "settings_from", "summary_line",
@@ -245,18 +270,22 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="sampling seed")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
     parser.add_argument("--list", action="store_true", help="list the sampled mutants only")
+    parser.add_argument("--only", nargs="+", type=int, default=None, metavar="INDEX",
+                        help="run these candidate indices (of one module) instead of a sample")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="merge the results of earlier runs (chunks) into one report")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mutation.json"))
     args = parser.parse_args(argv)
-    equivalent = {}
-    eq_path = ROOT / "tools" / "mutation_equivalent.json"
-    if eq_path.is_file():
-        equivalent = json.loads(eq_path.read_text())
+    if args.merge:
+        return merge(args.merge, Path(args.output))
+    equivalent = _equivalents()
 
     plan = []
     for module in args.modules:
         tree, points = candidates(module)
         rng = random.Random(f"{args.seed}:{module}")
-        chosen = sorted(rng.sample(range(len(points)), min(args.per_module, len(points))))
+        chosen = sorted(rng.sample(range(len(points)), min(args.per_module, len(points)))) \
+            if args.only is None else sorted(args.only)
         for i in chosen:
             node, kind, detail, line = points[i]
             plan.append((module, tree, points[i],
@@ -273,20 +302,25 @@ def main(argv=None) -> int:
         repo = work / f"repo{k}"
         _scratch_copy(repo)
         slots.append(repo)
-    # baseline: unparsed originals must pass, and give the time budget per module
+    # baseline, once per test subset: the unparsed originals of every module it covers must
+    # pass, and give the time budget of a mutant
     budget = {}
-    for module in sorted({m for m, *_ in plan}):
+    modules = sorted({m for m, *_ in plan})
+    for tests in sorted({tuple(TARGETS[m]) for m in modules}):
+        covered = [m for m in modules if tuple(TARGETS[m]) == tests]
         repo = slots[0]
-        original = (ROOT / module).read_text(encoding="utf-8")
-        tree, _ = candidates(module)
-        (repo / module).write_text(ast.unparse(tree) + "\n", encoding="utf-8")
-        status, seconds = _run_tests(repo, TARGETS[module], timeout=1800)
-        (repo / module).write_text(original, encoding="utf-8")
+        originals = {m: (ROOT / m).read_text(encoding="utf-8") for m in covered}
+        for m in covered:
+            (repo / m).write_text(ast.unparse(candidates(m)[0]) + "\n", encoding="utf-8")
+        status, seconds = _run_tests(repo, list(tests), timeout=1800)
+        for m, text in originals.items():
+            (repo / m).write_text(text, encoding="utf-8")
         if status != "survived":
-            print(f"baseline FAILED for {module}: fix the tests first", flush=True)
+            print(f"baseline FAILED for {' '.join(tests)}: fix the tests first", flush=True)
             return 1
-        budget[module] = max(60.0, 3 * seconds)
-        print(f"baseline {module}: tests pass in {seconds:.1f} s", flush=True)
+        for m in covered:
+            budget[m] = max(60.0, 3 * seconds)
+        print(f"baseline {' '.join(tests)}: tests pass in {seconds:.1f} s", flush=True)
 
     free = list(slots)
     from threading import Lock
@@ -304,8 +338,7 @@ def main(argv=None) -> int:
         finally:
             with lock:
                 free.append(repo)
-        key = f"{mutant.module}:{mutant.detail}"
-        if mutant.status == "survived" and key in equivalent:
+        if mutant.status == "survived" and _is_equivalent(mutant, equivalent):
             mutant.status = "equivalent"
         print(f"{mutant.status:>16}  {mutant.module}:{mutant.line} [{mutant.kind}] "
               f"{mutant.detail} ({mutant.seconds:.0f} s)", flush=True)
@@ -315,9 +348,14 @@ def main(argv=None) -> int:
         results = list(pool.map(run, plan))
     shutil.rmtree(work, ignore_errors=True)
 
+    return report(results, args.modules, Path(args.output))
+
+
+def report(results: list[Mutant], modules: list[str], out: Path | None) -> int:
+    """Print the table per module and the summary line; write ``out`` (JSON)."""
     print("\nmodule                                   mutants  killed  equivalent  survived  rate")
     total = killed = eq = 0
-    for module in args.modules:
+    for module in modules:
         rows = [m for m in results if m.module == module]
         k = sum(m.status.startswith("killed") for m in rows)
         e = sum(m.status == "equivalent" for m in rows)
@@ -328,13 +366,44 @@ def main(argv=None) -> int:
     rate = killed / (total - eq) if total > eq else float("nan")
     summary = {"mutants": total, "killed": killed, "equivalent": eq,
                "survived": total - killed - eq, "kill_rate": rate,
+               "cpu_seconds": round(sum(m.seconds for m in results)),
                "survivors": [asdict(m) for m in results if m.status == "survived"]}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "mutants": [asdict(m) for m in results]},
-                              indent=1) + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"summary": summary, "mutants": [asdict(m) for m in results]},
+                                  indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "survivors"}))
+    for m in summary["survivors"]:
+        print(f"survived: {m['module']}:{m['line']} [{m['kind']}] {m['detail']}")
     return 0
+
+
+def merge(paths: list[str], out: Path | None) -> int:
+    """One report from the JSON files of several runs (chunks); a mutant rerun later (after
+    a test was added) replaces its earlier result, and equivalents are applied again."""
+    equivalent = _equivalents()
+    by_key: dict = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["mutants"]:
+            m = Mutant(**row)
+            if m.status in ("survived", "equivalent"):
+                m.status = "equivalent" if _is_equivalent(m, equivalent) else "survived"
+            by_key[(m.module, m.index)] = m
+    results = list(by_key.values())
+    modules = [m for m in TARGETS if any(r.module == m for r in results)]
+    return report(results, modules, out)
+
+
+def _is_equivalent(m: Mutant, equivalent: dict) -> bool:
+    """Listed as ``module:line:detail`` (one mutant) or ``module:detail`` (every mutant of
+    that kind in that function)."""
+    return f"{m.module}:{m.line}:{m.detail}" in equivalent or \
+        f"{m.module}:{m.detail}" in equivalent
+
+
+def _equivalents() -> dict:
+    path = ROOT / "tools" / "mutation_equivalent.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 if __name__ == "__main__":

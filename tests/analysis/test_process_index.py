@@ -133,11 +133,24 @@ def test_bias_model_recovers_truth(processed):
 
 
 def test_flat_master_normalised_and_shows_prnu_vignetting(processed):
-    _, out, _, truth, _ = processed
+    ds, out, _, truth, _ = processed
     summary = _summary(out)
     row = summary[(summary.CALTYPE == "FLAT") & summary.ATTEMPT.isna()].iloc[0]
     ccd = CCDData.read(row["PATH"])
     assert abs(np.median(ccd.data[~ccd.mask]) - 1) < 1e-3
+    # FLATNORM is the level divided out [adu]: the frames' median minus bias and dark (2 %:
+    # the dark signal of 0.1 s and the median of per-frame medians, not statistics)
+    index = pd.read_csv(ds / "index.csv")
+    raw_level = float(np.median(index.loc[index.CALTYPE == "FLAT", "MEDIAN"]))
+    bias_level = float(np.median(truth["bias_a"] + truth["bias_b"] * ccd.header["TAVG"]))
+    assert ccd.header["FLATNORM"] == pytest.approx(raw_level - bias_level, rel=0.02)
+    # NOISE is normalised like the data: the frames' temporal noise relative to the level,
+    # ~ 1 / sqrt(electrons) (gain 2 e-/ADC count, 16 stored adu per count) for shot noise;
+    # measured 0.958 of it (clipping trims a sample std by a few per cent), hence 10 %
+    electrons = ccd.header["FLATNORM"] / 16 * 2.0
+    with fits.open(row["PATH"]) as hdul:
+        noise = float(np.nanmedian(hdul["NOISE"].data))
+    assert noise == pytest.approx(1 / math.sqrt(electrons), rel=0.1)
     # a dark was subtracted (not "none"), scaled to the flat's exposure, from this run's masters
     assert ccd.header["DARKFILE"].startswith("master_dark_")
     assert ccd.header["DARKSCL"] == pytest.approx(ccd.header["EXPTIME"] / ccd.header["DARKEXP"])
@@ -279,3 +292,16 @@ def test_main_sigma_sets_the_clipping_threshold(processed, tmp_path):
     assert narrow["CLIPLO"] == narrow["CLIPHI"] == 2.0 and default["CLIPLO"] == 3.0
     # a 2-sigma clip rejects ~4.6 % of Gaussian samples, a 3-sigma one ~0.3 %
     assert narrow["NREJECT"] > 5 * default["NREJECT"]
+
+
+def test_nearest_master_tolerance_is_inclusive():
+    # "within 2 degC" includes 2 degC; among equally near masters the longest exposure wins
+    from analysis.masters import MasterRecord, _nearest
+
+    def dark(t, exptime):
+        return MasterRecord(GroupKey("", math.nan, "DARK", t, exptime), Path(f"d{t}_{exptime}"),
+                            "written")
+    flat = GroupKey("", math.nan, "FLAT", 25.0, 0.1)
+    records = [dark(23.0, 1.0), dark(27.0, 4.0), dark(30.0, 8.0)]
+    assert _nearest(records, flat, "DARK", 2.0).key.exptime == 4.0
+    assert _nearest(records, flat, "DARK", 1.999) is None

@@ -164,3 +164,16 @@ def test_index_dataset_cli_takes_the_log(converted_irradiation, tmp_path):
     table = DatasetIndex.from_csv(out).table
     assert table["FRAMEDOSE"].notna().all() and (table["DOSESRC"] != "").all()
     assert set(table["BEAM"]) <= {"on", "off"}
+
+
+@pytest.mark.parametrize("table", [pd.DataFrame({"PATH": ["a.fits"]}),
+                                   pd.DataFrame({"PATH": ["a.fits"], "DOSE": [np.nan]}),
+                                   pd.DataFrame({"PATH": ["a.fits"], "DOSE": ["none"]})],
+                         ids=["no DOSE column", "DOSE empty", "DOSE not a number"])
+def test_require_doses_refuses_an_index_without_dose_steps(table):
+    from utils.errors import UserError
+    from utils.io.dose import require_doses
+
+    with pytest.raises(UserError, match="no frame has a dose step"):
+        require_doses(table, "test")
+    require_doses(pd.DataFrame({"DOSE": [np.nan, 10.0]}), "test")  # one step is enough

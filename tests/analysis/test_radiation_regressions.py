@@ -17,6 +17,7 @@ import math
 
 import pandas as pd
 import pytest
+from astropy.io import fits
 
 from analysis import process_index
 from analysis.masters import MasterSettings
@@ -84,11 +85,33 @@ def test_process_index_comparisons_do_not_collide(converted_irradiation, tmp_pat
     assert len(built) > 10 and len(pngs) == len(built)
     stages = {p.relative_to(tmp_path / "out" / "comparisons").parts[0] for p in pngs}
     assert stages == {"pre", "radiating_D10kR", "radiating_D20kR", "post"}
+    # the frames' accumulated dose ramps within each step (beam on while measuring), yet
+    # there is one master per type and <dose>kRads step, from that stage's frames only
+    table = pd.read_csv(tmp_path / "index.csv")
+    ramp = table[(table["STAGE"] == "radiating") & (table["CALTYPE"] == "DARK")]
+    assert ramp["FRAMEDOSE"].nunique() > ramp["DOSE"].nunique()
+    summary = pd.read_csv(tmp_path / "out" / "masters_summary.csv")
+    written = summary[summary["STATUS"] == "written"]
+    radiating = written[written["STAGE"] == "radiating"]
+    assert sorted(radiating["DOSE"].unique()) == [10.0, 20.0]
+    assert radiating.groupby(["CALTYPE", "DOSE"]).size().eq(1).all()
+    folders = {"pre": "Preirradiation", "radiating": "Irradiation", "post": "Postirradiation"}
+    for path, stage in zip(written["PATH"], written["STAGE"]):
+        with fits.open(path) as hdul:
+            inputs = hdul["INPUTS"].data["PATH"]
+        assert all(f"/{folders[stage]}/" in str(p) for p in inputs), (path, inputs[:2])
 
 
 @pytest.fixture(scope="module")
-def dark_pre_post(rad_dark_models):
-    return rad_dark_models
+def dark_pre_post(rad_calibration):
+    """The dark pipeline's products for the pre and post stages of ``rad_campaign``, from the
+    session's ``run_calibration.py irradiation`` run (which runs it once per stage)."""
+    _, products, status = rad_calibration
+    assert status == 0
+    out = products / "dark"
+    runs = {stage: 0 if (out / stage / "summary.json").is_file() else 1
+            for stage in ("pre", "post")}
+    return out, runs
 
 
 @pytest.mark.parametrize("stage", ["pre", "post"])
@@ -116,7 +139,6 @@ def test_dark_model_unbiased_at_low_signal(dark_pre_post, rad_campaign, stage):
 def test_dark_model_errors_at_low_signal(dark_pre_post, rad_campaign):
     # the A map's errors are honest for the pixels that are not hot (pulls against truth)
     import numpy as np
-    from astropy.io import fits
 
     campaign, _ = rad_campaign
     out, _ = dark_pre_post

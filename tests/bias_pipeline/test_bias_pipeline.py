@@ -289,3 +289,15 @@ def test_t_ref_method_and_temp_bin_options(bias_campaign, tmp_path):
     normal = (maps["MASK"] == 0) & ~truth["noisy_mask"]
     z = ((maps["PRIMARY"] - (truth["bias_a"] + truth["bias_b"] * 20.0)) / maps["SIGMA_A"])[normal]
     assert_pulls(z, what="A at TREF 20 degC")
+
+
+def test_read_noise_table_in_electrons():
+    from types import SimpleNamespace
+
+    from utils.models.read_noise import read_noise_table
+
+    rn = SimpleNamespace(npairs=5, median=32.0, median_err=0.5, rms=33.0)
+    table = read_noise_table([(20.0, rn), (25.0, None)], to_electrons=0.125)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["RN_MEDIAN_E"], row["RN_MEDIAN_ERR_E"], row["RN_RMS_E"]) == (4.0, 0.0625, 4.125)

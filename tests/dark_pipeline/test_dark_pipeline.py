@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
+from statcheck import assert_close, assert_pulls
 
 from dark_pipeline import run_pipeline
 from utils.io.index import build_index, write_index
@@ -84,11 +85,14 @@ def test_doubling_temperature_and_slope_pulls(dark_run):
     b_true = math.log(2) / physics.doubling_temperature
     good = (maps["FALLBACK"] == 0) & ~truth["hot_mask"] & np.isfinite(maps["B"])
     assert good.mean() > 0.9
-    pull = ((maps["B"] - b_true) / maps["SIGMA_B"])[good]
-    # 5000 pixels: the pull std is known to ~1 %; the pooled noise model made it 1.00
-    assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1
+    # ~6000 pixels: pull mean and std within 5 of their standard errors (~0.013, ~0.009)
+    assert_pulls(((maps["B"] - b_true) / maps["SIGMA_B"])[good], what="1-D B")
     ea = maps["EA"][good]  # k_B B T^2 at 293.15 K: 0.857 eV for T_d = 6 degC
-    assert abs(np.median(ea) - 8.617333e-5 * b_true * 293.15 ** 2) < 0.02
+    k_t2 = 8.617333e-5 * 293.15 ** 2
+    # error of a median: 1.2533 sigma / sqrt(n) (measured +0.2 %, 1.9 sigma, on this seed)
+    assert_close(float(np.median(ea)), k_t2 * b_true,
+                 1.2533 * k_t2 * float(np.median(maps["SIGMA_B"][good])) / math.sqrt(good.sum()),
+                 what="median E_a [eV]")
 
 
 def test_rate_at_reference_temperature_within_3_percent(dark_run):
@@ -98,9 +102,12 @@ def test_rate_at_reference_temperature_within_3_percent(dark_run):
     assert head["TREF"] == campaign.physics.t_ref
     normal = ~truth["hot_mask"]
     ratio = np.median(maps["PRIMARY"][normal] / truth["dark_ref_adu"][normal])
-    assert abs(ratio - 1) < 0.03
+    rel_err = np.median((maps["SIGMA_A"] / maps["PRIMARY"])[normal])
+    # the median ratio within 5 errors of a median (~0.1 %: a 2.5 % high A is ~20 sigma)
+    assert_close(float(ratio), 1.0, 1.2533 * float(rel_err) / math.sqrt(normal.sum()),
+                 what="median A / true A at TREF")
     pull = ((maps["PRIMARY"] - truth["dark_ref_adu"]) / maps["SIGMA_A"])[normal]
-    assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1
+    assert_pulls(pull, what="1-D A at TREF")
 
 
 def test_hot_pixels_found(dark_run):
@@ -114,17 +121,29 @@ def test_hot_pixels_found(dark_run):
     assert len(counts) == len(TEMPS) and "THRESHOLD_E" in counts
 
 
+def _check_evaluation(out, kind: str) -> None:
+    """Out-of-sample pulls of every master against the model of ``kind`` ('1d' or '2d')."""
+    # pulls against the model fitted without the master's temperature (out of sample).  One
+    # row has ~6000 pixels: its pull std has a statistical error of ~0.01 and its mean ~0.013;
+    # measured pull stds 0.98-1.04 (1-D) and 0.92-1.07 (2-D), means within 0.085: the edge
+    # temperatures are extrapolations, whose model error is not Gaussian.  Bounds at ~10
+    # sigma: still failing errors 20 % off (pull std 0.83 or 1.2)
+    table = pd.read_csv(out / f"evaluation_model_{kind}_summary.csv")
+    assert len(table) == len(TEMPS) * len(EXPOSURES)
+    assert table["PULL_STD"].between(0.9, 1.1).all(), table["PULL_STD"].tolist()
+    assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
+    assert table["PULL_MEAN"].abs().max() < 0.15, table["PULL_MEAN"].tolist()
+
+
 def test_gamma_and_two_d_evaluation(dark_run):
     _, out, _ = dark_run
     summary = json.loads((out / "summary.json").read_text())
-    assert abs(summary["gamma_median"] - 1) < 0.02
+    # the median of ~6000 per-pixel gammas has an error of 0.0008; it sits +0.0035 high (4
+    # sigma, a small bias of the per-pixel fits also seen in the population gamma, see
+    # test_radiation_regressions), hence 0.006 (7.5 sigma) rather than 5 sigma
+    assert abs(summary["gamma_median"] - 1) < 0.006
     for kind in ("1d", "2d"):
-        # pulls against the model fitted without the master's temperature (out of sample)
-        table = pd.read_csv(out / f"evaluation_model_{kind}_summary.csv")
-        assert len(table) == len(TEMPS) * len(EXPOSURES)
-        assert table["PULL_STD"].between(0.8, 1.25).all(), table["PULL_STD"].tolist()
-        assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
-        assert table["PULL_MEAN"].abs().max() < 0.3  # edge bins are extrapolations
+        _check_evaluation(out, kind)
     dc = pd.read_csv(out / "dark_current_vs_temperature.csv")
     assert np.all(np.diff(dc["DC_MEDIAN"]) > 0) and (dc["DC_P95"] > dc["DC_MEDIAN"]).all()
     assert "DC_MEDIAN_E" in dc
@@ -156,16 +175,36 @@ def test_synthetic_modes(dark_run, tmp_path):
     assert np.allclose(frame.data, expected, rtol=1e-4, atol=0.05)
 
 
+#: The product each re-run mode must (re)write, in the order they run.
+MODE_PRODUCTS = {"evaluation_only": "evaluation_model_1d_summary.csv",
+                 "evaluate_dark_current": "dark_current_vs_temperature.csv",
+                 "fit_2d_model": "dark_model_2d/dark_model_2d.fits",
+                 "evaluate_2d_model": "evaluation_model_2d_summary.csv"}
+
+
 def test_evaluation_modes_reuse_masters(dark_run, dark_campaign):
-    _, out, _ = dark_run
+    campaign, out, _ = dark_run
     before = {p: p.stat().st_mtime_ns for p in (out / "dark_masters").glob("*.fits")}
-    for mode in ("evaluation_only", "evaluate_dark_current", "evaluate_2d_model"):
+    for mode, product in MODE_PRODUCTS.items():
+        written = (out / product).stat().st_mtime_ns
         assert run_pipeline.main(["--mode", mode, "--basepath", str(dark_campaign.root),
                                   "--output-dir", str(out), "--no-progress"]) == 0
+        # each mode does its own work (a mode that silently does nothing must fail here)
+        assert (out / product).stat().st_mtime_ns > written, f"{mode} did not write {product}"
+        assert json.loads((out / "summary.json").read_text())["mode"] == mode
     assert {p: p.stat().st_mtime_ns for p in (out / "dark_masters").glob("*.fits")} == before
-    table = pd.read_csv(out / "evaluation_model_1d_summary.csv")  # from evaluation_only
-    assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
-    assert table["PULL_STD"].between(0.8, 1.25).all()
+    for kind in ("1d", "2d"):
+        _check_evaluation(out, kind)
+    _check_two_d_pulls(campaign, out)
+    # dark current vs temperature against the truth: the median rate of each bin is the
+    # median of the true rates 2^((T - TREF) / T_d) A_true within 5 of its stated errors
+    truth, physics = campaign.maps(), campaign.physics
+    dc = pd.read_csv(out / "dark_current_vs_temperature.csv")
+    assert len(dc) == len(TEMPS) and (dc["NPIX"] == truth["dark_ref_adu"].size).all()
+    for row in dc.itertuples():
+        true = np.median(truth["dark_ref_adu"]) * 2.0 ** ((row.TAVG - physics.t_ref)
+                                                          / physics.doubling_temperature)
+        assert_close(row.DC_MEDIAN, true, row.DC_MEDIAN_ERR, what=f"DC median at {row.TAVG:.1f}")
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -233,10 +272,8 @@ def test_bias_model_option_is_used(dark_run, dark_campaign, tmp_path):
     assert not (tmp_path / "o" / "bias_masters").exists()
 
 
-def test_two_d_errors_include_the_shared_bias_error(dark_run):
-    # one bias model serves every master: its error is correlated between them and the 2-D
-    # parameter errors must include it, or the pulls of A, gamma and B come out ~1.4-1.6
-    campaign, out, _ = dark_run
+def _check_two_d_pulls(campaign, out) -> None:
+    """Pulls of the 2-D model's A, gamma and B against the truth."""
     truth, physics = campaign.maps(), campaign.physics
     maps, _ = _maps(out / "dark_model_2d" / "dark_model_2d.fits")
     good = (maps["FALLBACK"] == 0) & ~truth["hot_mask"]
@@ -245,4 +282,29 @@ def test_two_d_errors_include_the_shared_bias_error(dark_run):
                              (maps["GAMMA"], maps["SIGMA_GAMMA"], 1.0),
                              (maps["PRIMARY"], maps["SIGMA_A"], truth["dark_ref_adu"])):
         pull = ((value - true) / err)[good]
+        # ~6000 pixels (errors 0.013 of the mean, 0.009 of the std), but measured: A pull mean
+        # -0.12, gamma pull std 1.07 -- the 2-D errors are calibrated to ~7 % (the shared
+        # bias error enters through a linearised covariance), so these bounds are ~10-15
+        # sigma on purpose; they still fail the ~1.5 pull std of errors without that term
         assert abs(pull.mean()) < 0.15 and 0.85 < pull.std() < 1.2
+
+
+def test_two_d_errors_include_the_shared_bias_error(dark_run):
+    # one bias model serves every master: its error is correlated between them and the 2-D
+    # parameter errors must include it, or the pulls of A, gamma and B come out ~1.4-1.6
+    campaign, out, _ = dark_run
+    _check_two_d_pulls(campaign, out)
+
+
+def test_heat_maps_of_large_frames_are_block_means():
+    # frames wider than MAP_SIDE are shown as NaN-aware block means (the test campaigns are
+    # smaller, so this path is checked here)
+    from dark_pipeline.evaluation import MAP_SIDE, _reduce
+
+    image = np.arange(600 * 1030, dtype=np.float64).reshape(600, 1030)
+    image[0, 0] = np.nan
+    small = _reduce(image)
+    f = int(np.ceil(1030 / MAP_SIDE))
+    assert small.shape == (600 // f, 1030 // f) and max(small.shape) <= MAP_SIDE
+    expected = image[:600, :1029].reshape(200, 3, 343, 3)
+    np.testing.assert_allclose(small, np.nanmean(expected, axis=(1, 3)), rtol=1e-6)

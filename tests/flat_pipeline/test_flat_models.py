@@ -144,6 +144,11 @@ def test_photon_transfer_gain_pulls_over_40_campaigns():
         result = fit_photon_transfer(pd.DataFrame(rows), bias_pairs=pd.DataFrame(bias_rows))
         assert result.measured and math.isfinite(result.saturation_adu)
         assert result.saturation_adu < result.saturation_next_adu
+        # the table's model curve is the fitted line: variance = intercept + mean x 16 / gain
+        # (stored 16-bit adu), at every level
+        levels = result.levels
+        np.testing.assert_allclose(levels["MODEL"], result.intercept
+                                   + levels["MEAN"] * 16 / result.gain, rtol=1e-9)
         pulls.append((result.gain - physics.gain) / result.gain_err)
         reads.append(result.read_noise_adu / 16)
     pulls = np.array(pulls)
@@ -199,3 +204,12 @@ def test_dark_signal_model_reads_both_dark_pipeline_models(tmp_path):
 
     with pytest.raises(InputPathError, match="not found"):
         DarkSignalModel.read(tmp_path / "missing.fits")
+
+
+def test_level_of_a_large_region_is_its_median():
+    # more values than max_samples: the median of a regular subsample, within the spread of
+    # a median of that many samples (0.7 = 5.6 sigma)
+    from flat_pipeline.quality import level_of
+
+    values = np.random.default_rng(4).normal(1000.0, 10.0, 100_000)
+    assert level_of(values, "median", max_samples=10_000) == pytest.approx(1000.0, abs=0.7)
