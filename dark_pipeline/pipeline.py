@@ -203,8 +203,14 @@ def write_hot_pixels(rate: np.ndarray, out_dir: Path, settings: DarkSettings, ad
                      what: str, files: list):
     """Hot-pixel mask of ``rate`` [adu/s] (at TREF) to ``hot_pixels.fits``; returns it."""
     e = _e_per_adu(settings, adc_bits)
-    hot = find_hot_pixels(rate, n_sigma=settings.hot_threshold, e_per_adu=e,
-                          min_rate_e=settings.hot_min_rate)
+    try:
+        hot = find_hot_pixels(rate, n_sigma=settings.hot_threshold, e_per_adu=e,
+                              min_rate_e=settings.hot_min_rate)
+    except ValueError as err:
+        # e.g. sets smaller than the stacking's minimum: every pixel of their masters masked
+        raise UserError(f"{out_dir}: no hot-pixel test on the {what} rate map ({err}); check "
+                        "that the dark sets have enough frames for the stacking's "
+                        "--min-accepted and that their masters are not fully masked") from err
     header = fits.Header()
     for key, value, comment in provenance_cards("HOT_PIXELS"):
         set_card(header, key, value, comment)

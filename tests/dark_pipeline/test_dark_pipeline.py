@@ -308,3 +308,15 @@ def test_heat_maps_of_large_frames_are_block_means():
     assert small.shape == (600 // f, 1030 // f) and max(small.shape) <= MAP_SIDE
     expected = image[:600, :1029].reshape(200, 3, 343, 3)
     np.testing.assert_allclose(small, np.nanmean(expected, axis=(1, 3)), rtol=1e-6)
+
+
+def test_fully_masked_rate_map_is_a_user_error(tmp_path):
+    """Sets too small for the stacking leave every pixel masked: the hot-pixel test says so in
+    one line (a UserError the orchestrators report and skip), not a ValueError traceback."""
+    from dark_pipeline.pipeline import DarkSettings, write_hot_pixels
+    from utils.errors import UserError
+
+    rate = np.full((8, 8), np.nan)
+    with pytest.raises(UserError, match="no hot-pixel test.*min-accepted"):
+        write_hot_pixels(rate, tmp_path, DarkSettings(), 12, "2-D model at TREF", [])
+    assert not any(tmp_path.iterdir())
