@@ -338,6 +338,7 @@ def rad_dark_models(rad_campaign, tmp_path_factory):
     return out, runs
 
 
+@pytest.fixture(scope="session")
 def rad_calibration(rad_campaign, tmp_path_factory):
     """``(campaign, products, status)`` of one ``run_calibration.py irradiation`` run on a copy
     of ``rad_campaign`` (already converted: the converter finds every FITS there), whose pre
