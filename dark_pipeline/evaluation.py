@@ -68,7 +68,7 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     Parameters
     ----------
     stack : SignalStack
-        Measured bias-subtracted dark masters, loaded once.
+        Measured bias-subtracted dark masters, read one at a time.
     predict, predict_err : callable
         ``f(temperature [degC], exptime [s]) -> image [adu]``.
     exclude : numpy.ndarray of bool, optional
@@ -84,9 +84,11 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
         p_pull, e_pull = held if held is not None else (predict, predict_err)
         for i in idx_t:
             m = stack.masters[i]
-            real = stack.data[i].astype(np.float64)
-            meas_err = np.sqrt(stack.noise_err[i].astype(np.float64) ** 2
-                               + stack.suberr[i].astype(np.float64) ** 2)
+            data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
+            real = data.astype(np.float64)
+            meas_err = np.sqrt(noise_err.astype(np.float64) ** 2
+                               + suberr.astype(np.float64) ** 2)
+            del data, noise_err, suberr
             synth = predict(m.tavg, m.exptime).astype(np.float64)
             held_pred = p_pull(m.tavg, m.exptime).astype(np.float64)
             sigma = np.sqrt(meas_err ** 2 + e_pull(m.tavg, m.exptime).astype(np.float64) ** 2)

@@ -370,7 +370,8 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
             logger.info("dark products in %s are up to date (same masters and settings)",
                         out_dir)
             return DarkResult(out_dir, done, [out_dir / f for f in done["files"]])
-        stack = load_stack(masters)  # every later step works on these, nothing is re-read
+        # every later step reads the masters from it tile by tile, within the memory limit
+        stack = load_stack(masters, settings.combine.memory_limit)
         rates = rate_maps(stack, out_dir, adc_bits, files)
         summary.update(n_masters=len(masters),
                        temperatures_degC=[float(r.tavg) for r in rates],
@@ -441,7 +442,7 @@ def _exclusion(mask, amplitude=None) -> np.ndarray | None:
 
 
 def _check_model_shape(shape, stack) -> None:
-    frames = stack.data.shape[1:]
+    frames = tuple(stack.shape)
     if tuple(shape) != frames:
         raise UserError(f"the dark model is {shape[1]}x{shape[0]} but the dark frames are "
                         f"{frames[1]}x{frames[0]}")
