@@ -36,7 +36,7 @@ from utils import headers as kw
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.linear import fit_line_per_pixel
-from utils.stack.tiles import ProductRows, row_tiles, tile_rows
+from utils.stack.tiles import ProductRows, gather_sample, pixel_sample, row_tiles, tile_rows
 
 from .masters import DarkMaster
 
@@ -72,7 +72,8 @@ class RateMap:
     err_scale : float
         Frame-wide factor applied to the noise-model errors.
     nexp : numpy.ndarray or None
-        Exposures used per pixel (int8).  Where only one is valid (the longer ones
+        Exposures used per pixel (int8).  (The pipeline drops ``offset``, ``offset_err``,
+        ``chi2dof`` and ``nexp`` once the map is written.)  Where only one is valid (the longer ones
         saturated or masked) the rate is that master's signal / exposure, offset 0.
     """
 
@@ -202,6 +203,8 @@ class SignalStack:
         Planes of ``rows`` this stack holds (a :meth:`select` keeps the reader).
     memory_limit : float
         [byte] budget of one tile's working set.
+    pixels : numpy.ndarray or None
+        Flat indices in the frame of the pixels of a :meth:`sample` (shape ``(1, n)``).
     """
 
     masters: list[DarkMaster]
@@ -210,6 +213,7 @@ class SignalStack:
     noise: NoiseModel
     planes: list[int]
     memory_limit: float = 256e6
+    pixels: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -238,7 +242,7 @@ class SignalStack:
         keep = list(keep)
         return SignalStack([self.masters[i] for i in keep], [self.bias_keys[i] for i in keep],
                            self.rows, self.noise, [self.planes[i] for i in keep],
-                           self.memory_limit)
+                           self.memory_limit, self.pixels)
 
     def row_tiles(self, images: int = 3, planes: int | None = None):
         """``(r0, r1)`` tiles of the frame sized so ``images`` stacks of ``planes`` masters
@@ -270,6 +274,18 @@ class SignalStack:
                 err[js] = noise_model_errors(np.array([self.masters[idx[j]].exptime
                                                        for j in js]), noise[js], count[js])
         return data, err, suberr
+
+    def sample(self, max_pixels: int) -> tuple[SignalStack, np.ndarray]:
+        """A stride sample of at most ``max_pixels`` pixels of every master, in memory:
+        ``(stack of shape (1, n), flat pixel indices)`` (every pixel of a small frame)."""
+        idx = pixel_sample(self.shape, max_pixels)
+        rows = gather_sample(self.rows, _IMAGES, idx,
+                             tile_rows(len(self.rows), self.shape, self.memory_limit),
+                             fills={"MASK": 0.0, "NCOMB": 1.0, "SUBERR": 0.0})
+        noise = self.noise if self.noise.v0 is None else \
+            NoiseModel(self.noise.v0.reshape(-1)[idx].reshape(1, -1), self.noise.gain)
+        return SignalStack(self.masters, self.bias_keys, rows, noise, self.planes,
+                           self.memory_limit, idx), idx
 
     def read_master(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Master ``i`` whole: signal, noise-model error, subtracted-bias error, ``(H, W)``."""

@@ -394,22 +394,28 @@ class DarkModel2D:
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
 
 
-def _bias_error_structure(keys, temps, bias_model):
+def _bias_error_structure(keys, temps, bias_model, pixels=None):
     """How the subtracted bias's errors are shared between masters: ``(V, C)`` with
     ``cov(bias error of k, of l) = V_k C V_l^T`` per pixel, or ``(None, None)``.
 
     With the bias model, V_k = (1, T_k - TREF_bias) and C the covariance of (A, B); with bias
     masters, V is the indicator of the master used and C the diagonal of their variances.
     C is returned as ``C(r0, r1, suberr)``: its rows ``r0:r1`` (D, D, rows, W), float64,
-    given the masters' subtracted-bias errors ``suberr`` (K, rows, W) of those rows.
+    given the masters' subtracted-bias errors ``suberr`` (K, rows, W) of those rows
+    (``pixels``: the flat indices of a pixel sample, whose rows are ``(1, n)``).
     """
     if bias_model is not None and all(k.endswith("|bias(T)") for k in keys):
         design = np.stack([np.ones_like(temps), temps - bias_model.t_ref], axis=1)
 
+        def maps(name, r0, r1):
+            image = getattr(bias_model, name)
+            if pixels is not None:
+                image = image.reshape(-1)[pixels].reshape(1, -1)
+            return image[r0:r1]
+
         def model_cov(r0, r1, suberr):
-            rows = slice(r0, r1)
-            return np.stack([np.stack([bias_model.sigma_a[rows] ** 2, bias_model.cov_ab[rows]]),
-                             np.stack([bias_model.cov_ab[rows], bias_model.sigma_b[rows] ** 2])]
+            sa, sb, cab = (maps(n, r0, r1) for n in ("sigma_a", "sigma_b", "cov_ab"))
+            return np.stack([np.stack([sa ** 2, cab]), np.stack([cab, sb ** 2])]
                             ).astype(np.float64)
         return design, model_cov
     if not all(k.endswith("|bias") for k in keys):
@@ -587,7 +593,8 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     if np.unique(np.round(temps, 3)).size < 2 or np.unique(exps).size < 2:
         raise UserError("a 2-D dark model needs dark masters at two temperatures and two "
                         "exposure times at least")
-    design, shared_cov = _bias_error_structure(stack.bias_keys, temps, bias_model)
+    design, shared_cov = _bias_error_structure(stack.bias_keys, temps, bias_model,
+                                               stack.pixels)
     tiles = stack_tiles(stack, shared_cov)
     try:
         fit = fit_power_exponential_per_pixel(

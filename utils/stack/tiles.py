@@ -132,4 +132,51 @@ class ProductRows:
         return out
 
 
-__all__ = ["ProductRows", "tile_rows", "row_tiles", "BYTES_PER_SAMPLE"]
+class ArrayRows:
+    """In-memory stand-in of :class:`ProductRows`: ``{name: (K, H, W) array}``."""
+
+    def __init__(self, images: dict):
+        self.images = images
+        first = next(iter(images.values()))
+        self.shape = tuple(first.shape[1:])
+        self.paths = [f"<plane {k}>" for k in range(first.shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, name: str, r0: int, r1: int, fill: float = np.nan,
+             planes: Sequence[int] | None = None) -> np.ndarray:
+        """Rows ``r0:r1`` of image ``name`` of the planes (copy, float32)."""
+        planes = list(range(len(self.paths)) if planes is None else planes)
+        if name not in self.images:
+            return np.full((len(planes), r1 - r0, self.shape[1]), fill, np.float32)
+        return self.images[name][planes, r0:r1].astype(np.float32)
+
+
+def pixel_sample(shape: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Flat indices of a deterministic stride sample of at most ``max_pixels`` pixels
+    (every pixel when the frame has no more)."""
+    total = int(np.prod(shape))
+    return np.arange(0, total, max(1, -(-total // max_pixels)))
+
+
+def gather_sample(rows, names: Sequence[str], idx: np.ndarray, tile: int,
+                  fills: dict | None = None) -> ArrayRows:
+    """The pixels ``idx`` (flat) of every plane of ``rows``, read ``tile`` rows at a time,
+    as an :class:`ArrayRows` of shape ``(K, 1, len(idx))``."""
+    height, width = rows.shape
+    fills = fills or {}
+    out = {name: np.empty((len(rows), 1, idx.size), np.float32) for name in names}
+    for r0, r1 in row_tiles(height, tile):
+        lo, hi = np.searchsorted(idx, [r0 * width, r1 * width])
+        if hi == lo:
+            continue
+        sel = idx[lo:hi] - r0 * width
+        for name in names:
+            block = rows.read(name, r0, r1, fill=fills.get(name, np.nan))
+            out[name][:, 0, lo:hi] = block.reshape(block.shape[0], -1)[:, sel]
+    return ArrayRows(out)
+
+
+__all__ = ["ProductRows", "ArrayRows", "pixel_sample", "gather_sample", "tile_rows", "row_tiles",
+           "BYTES_PER_SAMPLE"]
