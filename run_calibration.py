@@ -38,7 +38,7 @@ from analysis import report as campaign_report
 from bias_pipeline import pipeline as bias_pipeline
 from dark_pipeline import pipeline as dark_pipeline
 from flat_pipeline import pipeline as flat_pipeline
-from utils import cli, sim
+from utils import cli, scheduler, sim
 from utils.errors import ConfigError, UserError
 from utils.io.conversion import (
     STATUS_CONVERTED,
@@ -201,6 +201,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="campaign simulated by the demo")
     parser.add_argument("--seed", type=int, default=1, help="seed of the demo campaign")
     process_index.add_master_options(parser)
+    scheduler.add_options(parser)
     return parser
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.masters import FEW_FRAMES, MasterRecord, MasterSettings, build_masters
-from utils import cli
+from utils import cli, scheduler
 from utils.errors import ConfigError, FrameError
 from utils.io.fitsio import (
     check_output_dir,
@@ -296,6 +296,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("index_csv", metavar="INDEX_CSV", help="index built by utils.index_dataset")
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for the products")
     add_master_options(parser)
+    scheduler.add_options(parser)
     return parser
 
 

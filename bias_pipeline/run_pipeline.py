@@ -29,7 +29,7 @@ import sys
 from typing import Sequence
 
 from bias_pipeline.pipeline import BiasSettings, run
-from utils import cli
+from utils import cli, scheduler
 from utils.errors import ConfigError
 from utils.io.index import parse_stage
 from utils.stack.master import add_combine_options, combine_settings
@@ -62,6 +62,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--dose", type=float, default=None,
                         help="[krad] dose step of the radiating stage to use (default: each)")
     add_combine_options(parser)
+    scheduler.add_options(parser)
     return parser
 
 

@@ -182,7 +182,13 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "verbose", 0), getattr(args, "log_level", None))
     try:
-        status = main(args)
+        if getattr(args, "scheduler", None) is None:
+            status = main(args)
+        else:  # --scheduler/--dask-address (utils.scheduler.add_options): tasks run there
+            from . import scheduler
+
+            with scheduler.using(scheduler.from_options(args.scheduler, args.dask_address)):
+                status = main(args)
     except UserError as err:
         logger.error("%s", " ".join(str(err).split("\n")))
         return EXIT_USER_ERROR

@@ -19,6 +19,7 @@ both give the same results.  Straight lines are in :mod:`utils.models.linear`.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import scheduler
 from ._parallel import HAVE_NUMBA, _float_array, _run_chunks
 from .exp_kernels import (
     _CONVERGED,
@@ -422,7 +424,13 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     fail = ValueError(
         f"no pixel is well measured ({what} with y/sigma >= min_snr={min_snr} and a "
         "converged fit), so there is no population value for the low-signal pixels")
-    for a, b in tiles.ranges:
+    if scheduler.current().remote:  # one task per tile on the cluster
+        task = functools.partial(_first_pass_tile, read=tiles.read, design=design, n=n,
+                                 fit=(min_snr, max_iter, tol))
+        for (a, b), (out, cand) in zip(tiles.ranges, scheduler.map_tasks(task, tiles.ranges)):
+            _store_tile(maps, out, a, b, P)
+            candidate[a:b] = cand
+    for a, b in ([] if scheduler.current().remote else tiles.ranges):
         y_t, s_t, _ = tiles.read(a, b)
         y_t = _float_array(y_t).reshape(n, -1)
         s_t = _float_array(s_t).reshape(n, -1)
@@ -466,6 +474,21 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         "population_err": joint.errors if joint is not None else np.full(q, np.nan),
         "population_median": [m for m, _ in pop],
     }
+
+
+def _first_pass_tile(tile, *, read, design, n, fit):
+    """First pass on the pixels ``tile = (a, b)`` (a scheduler task): the per-pixel fit's
+    maps of those pixels and whether each has enough points for the joint fit."""
+    a, b = tile
+    y_t, s_t, _ = read(a, b)
+    y_t = _float_array(y_t).reshape(n, -1)
+    s_t = _float_array(s_t).reshape(n, -1)
+    m, p, q = b - a, design.p, design.q
+    out = (np.empty(m, np.float32), np.empty((q, m), np.float32),
+           np.empty((p, p, m), np.float32), np.empty(m, np.float32), np.empty(m, np.int16),
+           np.empty(m, np.int8), np.empty(m, np.float32), np.empty((p, m), np.float32))
+    _first_pass_numba(design, y_t, s_t, fit[0], fit[1], fit[2], 1, out)
+    return out, (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= q + 2
 
 
 def _tile_outputs(maps, a, b, P):

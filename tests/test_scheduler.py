@@ -1,0 +1,95 @@
+"""A campaign run on a 2-worker Dask cluster writes the same products as the local run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+
+from utils import scheduler
+from utils.errors import ConfigError
+
+distributed = pytest.importorskip("distributed")
+
+#: Header keywords that record when, not what (the write time), and INHASH, the hash of the
+#: input paths (the local run, shared with other tests, lives under another temporary root).
+TIME_KEYS = {"DATE", "CHECKSUM", "DATASUM", "INHASH"}
+
+
+def _text(value, roots):
+    text = str(value)
+    for old, new in roots:
+        text = text.replace(old, new)
+    return text
+
+
+def _compare_fits(a: Path, b: Path, roots) -> None:
+    with fits.open(a) as ha, fits.open(b) as hb:
+        assert [h.name for h in ha] == [h.name for h in hb], a
+        for x, y in zip(ha, hb):
+            keys = [k for k in x.header if k not in TIME_KEYS]
+            assert keys == [k for k in y.header if k not in TIME_KEYS], (a, x.name)
+            for key in keys:
+                assert _text(x.header[key], roots) == str(y.header[key]), (a, x.name, key)
+            if isinstance(x, fits.BinTableHDU):
+                for col in x.columns.names:
+                    u, v = x.data[col], y.data[col]
+                    if u.dtype.kind in "SUO":
+                        assert [_text(s, roots) for s in u] == [str(s) for s in v], (a, col)
+                    else:
+                        np.testing.assert_array_equal(u, v, err_msg=f"{a} {col}")
+            elif x.data is not None:
+                np.testing.assert_array_equal(x.data, y.data, err_msg=f"{a} {x.name}")
+
+
+@pytest.mark.slow
+def test_campaign_on_a_dask_cluster_equals_the_local_run(demo_output, tmp_path):
+    import run_calibration
+
+    local, _ = demo_output
+    # the same folder names as the local run: only the temporary root differs
+    remote = tmp_path / local.parent.name / local.name
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        status = run_calibration.main(["demo", str(remote), "--no-progress", "--scheduler",
+                                       "dask", "--dask-address", cluster.scheduler_address])
+        assert status == 0
+        # the tasks did run on the cluster's workers (conversion, index, masters, fits)
+        ran = sum(len(w.log) for w in cluster.workers.values())
+        assert ran > 0
+    roots = [(str(local), str(remote))]
+    files = sorted(p.relative_to(local) for p in local.rglob("*")
+                   if p.suffix in (".fits", ".csv") and p.is_file())
+    assert len(files) > 50
+    assert files == sorted(p.relative_to(remote) for p in remote.rglob("*")
+                           if p.suffix in (".fits", ".csv") and p.is_file())
+    for rel in files:
+        if rel.suffix == ".fits":
+            _compare_fits(local / rel, remote / rel, roots)
+        else:
+            a = pd.read_csv(local / rel, dtype=str, keep_default_na=False)
+            b = pd.read_csv(remote / rel, dtype=str, keep_default_na=False)
+            assert list(a.columns) == list(b.columns), rel
+            assert a.map(lambda v: _text(v, roots)).equals(b), rel
+    summary = json.loads((remote / "products" / "dark" / "summary.json").read_text())
+    assert summary == json.loads(_text((local / "products" / "dark" / "summary.json")
+                                       .read_text(), [(json.dumps(str(local))[1:-1],
+                                                      json.dumps(str(remote))[1:-1])]))
+
+
+def test_scheduler_options_are_checked():
+    assert scheduler.from_options("local").map(abs, [-2, 3], workers=2) == [2, 3]
+    with pytest.raises(ConfigError, match="needs --scheduler dask"):
+        scheduler.from_options("local", "tcp://nowhere:8786")
+    with pytest.raises(ConfigError, match="scheduler"):
+        scheduler.from_options("spark")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        with scheduler.using(scheduler.from_options("dask", cluster.scheduler_address)) as s:
+            assert scheduler.current() is s and s.remote
+            assert scheduler.map_tasks(np.square, [1, 2, 3]) == [1, 4, 9]
+    assert not scheduler.current().remote
