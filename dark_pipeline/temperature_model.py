@@ -44,11 +44,11 @@ from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_exponential_fit, read_power_exponential_fit
 from utils.models.nonlinear import (
     ExponentialFit,
-    PixelTiles,
     PowerExponentialFit,
     fit_exponential_per_pixel,
     fit_power_exponential_per_pixel,
 )
+from utils.models.pixel_tiles import PixelTiles
 
 from .rates import total_err
 
@@ -522,7 +522,7 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
     subtracted bias whose error ``V_k delta`` (``cov(delta) = C``) is common to several
     points moves the parameters by ``G V delta`` with ``G = N^-1 J^T W`` (``N = J^T W J`` at
     the solution).  The part the weights already hold (the diagonal ``V_k C V_k^T``) is
-    removed.  ``tiles`` (:class:`utils.models.nonlinear.PixelTiles`) gives sigma and C of
+    removed.  ``tiles`` (:class:`utils.models.pixel_tiles.PixelTiles`) gives sigma and C of
     every pixel range.  Returns ``(3, 3, H, W)`` float32; 0 for fallback pixels.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -557,7 +557,7 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
 
 
 def stack_tiles(stack, shared_cov=None):
-    """:class:`utils.models.nonlinear.PixelTiles` of a dark stack: signal, total error
+    """:class:`utils.models.pixel_tiles.PixelTiles` of a dark stack: signal, total error
     (noise model and subtracted bias in quadrature) and the shared-error covariance
     ``shared_cov(r0, r1, suberr)`` of row tiles sized by the stack's memory limit."""
     height, width = stack.shape

@@ -20,7 +20,6 @@ both give the same results.  Straight lines are in :mod:`utils.models.linear`.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from .exp_kernels import (
     _nb_population,
 )
 from .linear import warmup as _warmup_line
-from .population import MAX_PIXELS as POPULATION_PIXELS
+from .pixel_tiles import PixelTiles, flat_cov, gather_sample, store_tile, tile_outputs
 from .population import joint_shape
 
 # ---------------------------------------------------------------------------
@@ -336,45 +335,6 @@ def _fallback_block(design, y, s, theta):
     return A, 1.0 / np.sqrt(swff), (w * r * r).sum(0)
 
 
-@dataclass(frozen=True)
-class PixelTiles:
-    """The points of a per-pixel fit, read a range of pixels at a time.
-
-    Lets a fit over many masters run in bounded memory: :meth:`read` gives the values and
-    errors of pixels ``a:b`` (flattened, e.g. rows of every master read with the
-    stacking engine's block reader), and the fit streams over :attr:`ranges`.  Per-pixel
-    results do not depend on the tiling (every pixel is fitted on its own; the population
-    steps see the same pixels in the same order), so a tiled fit equals an untiled one.
-
-    Attributes
-    ----------
-    n : int
-        Points per pixel.
-    shape : tuple of int
-        Shape of the pixel maps (e.g. ``(H, W)``).
-    ranges : list of (int, int)
-        Consecutive ``(a, b)`` flattened-pixel ranges covering every pixel.
-    read : callable
-        ``read(a, b) -> (y, sigma, shared_cov)``: ``(n, b - a)`` values and errors, and the
-        ``(D, D, b - a)`` covariance of the shared errors of those pixels (or None).
-    """
-
-    n: int
-    shape: tuple
-    ranges: list
-    read: object
-
-    @classmethod
-    def of_arrays(cls, y, sigma, shared_cov=None) -> PixelTiles:
-        """One tile holding in-memory ``(n, ...)`` arrays."""
-        y2 = y.reshape(y.shape[0], -1)
-        s2 = sigma.reshape(y.shape[0], -1)
-        c2 = None if shared_cov is None else \
-            shared_cov.reshape(shared_cov.shape[0], shared_cov.shape[1], -1)
-        return cls(y.shape[0], y.shape[1:], [(0, y2.shape[1])],
-                   lambda a, b: (y2[:, a:b], s2[:, a:b], None if c2 is None else c2[:, :, a:b]))
-
-
 def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None,
                    tiles: PixelTiles | None = None):
     """Shared driver: first pass (numba kernel, or numpy blocks), population, fallback pass.
@@ -406,7 +366,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         y2 = np.concatenate([_float_array(p[0]) for p in parts], axis=1)
         s2 = np.concatenate([_float_array(p[1]) for p in parts], axis=1)
         if shared is not None:
-            shared = (shared[0], np.concatenate([_flat_cov(p[2]) for p in parts], axis=2))
+            shared = (shared[0], np.concatenate([flat_cov(p[2]) for p in parts], axis=2))
         return _fit_exp_model_numpy(z, y2.reshape((n,) + tuple(tiles.shape)),
                                     s2.reshape((n,) + tuple(tiles.shape)), min_snr=min_snr,
                                     max_iter=max_iter, tol=tol, workers=workers, what=what,
@@ -428,15 +388,15 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         task = functools.partial(_first_pass_tile, read=tiles.read, design=design, n=n,
                                  fit=(min_snr, max_iter, tol))
         for (a, b), (out, cand) in zip(tiles.ranges, scheduler.map_tasks(task, tiles.ranges)):
-            _store_tile(maps, out, a, b, P)
+            store_tile(maps, out, a, b, P)
             candidate[a:b] = cand
     for a, b in ([] if scheduler.current().remote else tiles.ranges):
         y_t, s_t, _ = tiles.read(a, b)
         y_t = _float_array(y_t).reshape(n, -1)
         s_t = _float_array(s_t).reshape(n, -1)
-        out = _tile_outputs(maps, a, b, P)
+        out = tile_outputs(maps, a, b, P)
         _first_pass_numba(design, y_t, s_t, min_snr, max_iter, tol, workers, out)
-        _store_tile(maps, out, a, b, P)
+        store_tile(maps, out, a, b, P)
         candidate[a:b] = (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= q + 2
     well = status == _CONVERGED
     if q > 1 and workers > 1:  # the kernels release the GIL
@@ -445,7 +405,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     else:
         pop = [population_value(theta[j], well) for j in range(q)]
     # the joint fit's pixel sample (joint_shape's own stride over the candidates), gathered
-    y_s, s_s, c_s = _gather(tiles, candidate, n)
+    y_s, s_s, c_s = gather_sample(tiles, candidate, n)
     pop_theta, joint = _joint_population(z, y_s, s_s, pop, fail,
                                          None if shared is None else (shared[0], c_s))
     del y_s, s_s, c_s
@@ -459,12 +419,12 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         y_t, s_t, _ = tiles.read(a, b)
         y_t = _float_array(y_t).reshape(n, -1)
         s_t = _float_array(s_t).reshape(n, -1)
-        out = _tile_outputs(maps, a, b, P)
+        out = tile_outputs(maps, a, b, P)
         t_A, t_theta, t_cov, _, t_npts, t_status, t_chi2, t_errs = out
         _run_chunks(lambda i, j: _nb_fallback(y_t, s_t, i, j, t_status, t_npts, *fixed, t_A,
                                               t_theta, t_cov, t_chi2, t_errs),
                     b - a, _NL_CHUNK, workers)
-        _store_tile(maps, out, a, b, P)
+        store_tile(maps, out, a, b, P)
     return {
         "amplitude": A.reshape(shape), "amplitude_err": errs[0].reshape(shape),
         "theta": theta.reshape((q,) + shape), "theta_err": errs[1:].reshape((q,) + shape),
@@ -489,49 +449,6 @@ def _first_pass_tile(tile, *, read, design, n, fit):
            np.empty(m, np.int8), np.empty(m, np.float32), np.empty((p, m), np.float32))
     _first_pass_numba(design, y_t, s_t, fit[0], fit[1], fit[2], 1, out)
     return out, (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= q + 2
-
-
-def _tile_outputs(maps, a, b, P):
-    """Contiguous per-tile views (one tile: the maps themselves) or copies of ``maps``."""
-    if (a, b) == (0, P):
-        return maps
-    return tuple(np.ascontiguousarray(m[..., a:b]) for m in maps)
-
-
-def _store_tile(maps, out, a, b, P):
-    if (a, b) != (0, P):
-        for m, o in zip(maps, out):
-            m[..., a:b] = o
-
-
-def _gather(tiles: PixelTiles, candidate: np.ndarray, n: int):
-    """Values, errors and shared covariance of the joint fit's pixel sample: the same
-    deterministic stride over the candidate pixels as :func:`joint_shape` takes."""
-    idx = np.flatnonzero(candidate)
-    idx = idx[::max(1, math.ceil(idx.size / POPULATION_PIXELS))]
-    if len(tiles.ranges) == 1:
-        y_t, s_t, c_t = tiles.read(*tiles.ranges[0])
-        y_t, s_t = np.asarray(y_t).reshape(n, -1), np.asarray(s_t).reshape(n, -1)
-        return y_t[:, idx], s_t[:, idx], None if c_t is None else _flat_cov(c_t)[:, :, idx]
-    ys, ss, cs = [], [], []
-    for a, b in tiles.ranges:
-        sel = idx[(idx >= a) & (idx < b)] - a
-        if sel.size == 0:
-            continue
-        y_t, s_t, c_t = tiles.read(a, b)
-        ys.append(np.asarray(y_t).reshape(n, -1)[:, sel])
-        ss.append(np.asarray(s_t).reshape(n, -1)[:, sel])
-        if c_t is not None:
-            cs.append(_flat_cov(c_t)[:, :, sel])
-    if not ys:
-        return np.empty((n, 0)), np.empty((n, 0)), None
-    return (np.concatenate(ys, axis=1), np.concatenate(ss, axis=1),
-            np.concatenate(cs, axis=2) if cs else None)
-
-
-def _flat_cov(c):
-    c = np.asarray(c)
-    return c.reshape(c.shape[0], c.shape[1], -1)
 
 
 def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None):
