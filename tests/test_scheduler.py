@@ -31,8 +31,11 @@ def _compare_fits(a: Path, b: Path, roots) -> None:
     with fits.open(a) as ha, fits.open(b) as hb:
         assert [h.name for h in ha] == [h.name for h in hb], a
         for x, y in zip(ha, hb):
-            keys = [k for k in x.header if k not in TIME_KEYS]
-            assert keys == [k for k in y.header if k not in TIME_KEYS], (a, x.name)
+            skip = set(TIME_KEYS)
+            if isinstance(x, fits.BinTableHDU):  # string widths follow the paths' lengths
+                skip |= {"NAXIS1"} | {k for k in x.header if k.startswith("TFORM")}
+            keys = [k for k in x.header if k not in skip]
+            assert keys == [k for k in y.header if k not in skip], (a, x.name)
             for key in keys:
                 assert _text(x.header[key], roots) == str(y.header[key]), (a, x.name, key)
             if isinstance(x, fits.BinTableHDU):
@@ -58,9 +61,11 @@ def test_campaign_on_a_dask_cluster_equals_the_local_run(demo_output, tmp_path):
         status = run_calibration.main(["demo", str(remote), "--no-progress", "--scheduler",
                                        "dask", "--dask-address", cluster.scheduler_address])
         assert status == 0
-        # the tasks did run on the cluster's workers (conversion, index, masters, fits)
-        ran = sum(len(w.log) for w in cluster.workers.values())
-        assert ran > 0
+        # the tasks did run on the cluster: conversion per attempt, index statistics per
+        # frame, masters per set, the 2-D dark fit per tile
+        assert {"convert_attempt", "one", "set_task", "first_pass_tile"} <= set(
+            cluster.scheduler.task_prefixes)
+        assert all(w.state.executed_count > 0 for w in cluster.workers.values())
     roots = [(str(local), str(remote))]
     files = sorted(p.relative_to(local) for p in local.rglob("*")
                    if p.suffix in (".fits", ".csv") and p.is_file())
