@@ -21,7 +21,7 @@ TIME_KEYS = {"DATE", "CHECKSUM", "DATASUM", "INHASH"}
 
 
 def _text(value, roots):
-    text = str(value)
+    text = value.decode() if isinstance(value, bytes) else str(value)
     for old, new in roots:
         text = text.replace(old, new)
     return text
@@ -42,7 +42,8 @@ def _compare_fits(a: Path, b: Path, roots) -> None:
                 for col in x.columns.names:
                     u, v = x.data[col], y.data[col]
                     if u.dtype.kind in "SUO":
-                        assert [_text(s, roots) for s in u] == [str(s) for s in v], (a, col)
+                        assert [_text(s, roots) for s in u] == [_text(s, []) for s in v], \
+                            (a, col)
                     else:
                         np.testing.assert_array_equal(u, v, err_msg=f"{a} {col}")
             elif x.data is not None:

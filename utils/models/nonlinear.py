@@ -388,7 +388,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         task = functools.partial(_first_pass_tile, read=tiles.read, design=design, n=n,
                                  fit=(min_snr, max_iter, tol))
         for (a, b), (out, cand) in zip(tiles.ranges, scheduler.map_tasks(task, tiles.ranges)):
-            store_tile(maps, out, a, b, P)
+            for full, part in zip(maps, out):  # always a copy: the task's arrays are its own
+                full[..., a:b] = part
             candidate[a:b] = cand
     for a, b in ([] if scheduler.current().remote else tiles.ranges):
         y_t, s_t, _ = tiles.read(a, b)
