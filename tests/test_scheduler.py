@@ -99,3 +99,22 @@ def test_scheduler_options_are_checked():
             assert scheduler.current() is s and s.remote
             assert scheduler.map_tasks(np.square, [1, 2, 3]) == [1, 4, 9]
     assert not scheduler.current().remote
+
+
+def test_per_pixel_fit_on_a_dask_cluster_equals_the_local_fit():
+    from utils.models.nonlinear import fit_power_exponential_per_pixel
+
+    rng = np.random.default_rng(3)
+    temps = np.repeat([10.0, 20.0, 30.0], 2)
+    exps = np.tile([1.0, 4.0], 3)
+    amp = rng.lognormal(1.0, 0.5, (12, 9))
+    y = amp * exps[:, None, None] * np.exp(0.1 * (temps - 20.0))[:, None, None]
+    sigma = np.sqrt(1.0 + y)
+    y = y + rng.normal(0, 1, y.shape) * sigma
+    local = fit_power_exponential_per_pixel(temps, exps, y, sigma, t_ref=20.0)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        with scheduler.using(scheduler.from_options("dask", cluster.scheduler_address)):
+            remote = fit_power_exponential_per_pixel(temps, exps, y, sigma, t_ref=20.0)
+    for name in ("amplitude", "gamma", "rate", "covariance", "chi2", "npoints", "fallback"):
+        np.testing.assert_array_equal(getattr(local, name), getattr(remote, name), err_msg=name)
