@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -67,7 +68,9 @@ def test_campaign_on_a_dask_cluster_equals_the_local_run(demo_output, tmp_path):
         assert {"convert_attempt", "one", "set_task", "first_pass_tile"} <= set(
             cluster.scheduler.task_prefixes)
         assert all(w.state.executed_count > 0 for w in cluster.workers.values())
-    roots = [(str(local), str(remote))]
+    # paths appear as they are and, in FITS tables, percent-escaped (non-ASCII folder names)
+    roots = [(str(local), str(remote)),
+             (quote(str(local), safe="/ "), quote(str(remote), safe="/ "))]
     files = sorted(p.relative_to(local) for p in local.rglob("*")
                    if p.suffix in (".fits", ".csv") and p.is_file())
     assert len(files) > 50
