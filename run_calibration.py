@@ -41,7 +41,7 @@ from typing import Sequence
 from analysis import process_index
 from analysis import report as campaign_report
 from analysis.stage_pipelines import run_stage_pipelines
-from utils import cli, plotting, sim
+from utils import cli, plotting, scheduler, sim
 from utils.errors import ConfigError
 from utils.io.conversion import (
     STATUS_CONVERTED,
@@ -136,6 +136,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the demo campaign")
     process_index.add_master_options(parser)
     plotting.add_plots_option(parser)
+    scheduler.add_options(parser)
     return parser
 
 

@@ -14,6 +14,7 @@ other sets are built, as BANZAI isolates a bad frame.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from utils import adu
+from utils import adu, scheduler
 from utils import headers as kw
 from utils.errors import FrameError
 from utils.io.fitsio import read_header
@@ -258,18 +259,13 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
     records: list[MasterRecord] = []
     cache: dict = {}  # bias models, fitted once per stage
     for caltype in ("BIAS", "DARK", "FLAT"):
-        for key, rows in groups:
-            if key.caltype != caltype:
-                continue
-            good = rows[~bad.loc[rows.index]]
-            nbad = len(rows) - len(good)
+        sets = [(key, rows[~bad.loc[rows.index]], len(rows) - len(rows[~bad.loc[rows.index]]))
+                for key, rows in groups if key.caltype == caltype]
+        built = _build_sets(sets, records, out_dir, settings, progress_bar, cache)
+        for (key, good, nbad), rec in zip(sets, built):
+            records.append(rec)
             if good.empty:
-                records.append(MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS",
-                                            nbad=nbad))
                 continue
-            records.append(_isolated(key, good, nbad, records, out_dir, settings, progress_bar,
-                                     cache))
-            rec = records[-1]
             if rec.status == "refused":
                 logger.warning("%s master %s not built: %s", caltype.lower(), key.tag, rec.reason)
                 continue
@@ -305,6 +301,45 @@ def frame_shapes(rows: pd.DataFrame) -> dict[tuple[int, int], int]:
 def _shape_text(shapes: dict) -> str:
     return ", ".join(f"{w}x{h}: {n} frame{'s' if n > 1 else ''}"
                      for (w, h), n in sorted(shapes.items(), key=lambda item: -item[1]))
+
+
+def _build_sets(sets, records, out_dir, settings, progress_bar, cache) -> list[MasterRecord]:
+    """The masters of ``sets`` (``(key, good rows, nbad)`` of one calibration type), in order.
+
+    Locally one after the other; on a Dask scheduler (:mod:`utils.scheduler`) as one task
+    per set, after the first set of each stage was built here (it fits and writes the
+    stage's bias model, which the tasks then reuse from ``cache``)."""
+    def local(item):
+        key, good, nbad = item
+        if good.empty:
+            return MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS", nbad=nbad)
+        return _isolated(key, good, nbad, records + [d for d in done if d is not None], out_dir,
+                         settings, progress_bar, cache)
+    done: list[MasterRecord] = []
+    remote = scheduler.current().remote
+    todo = []
+    stages = set()
+    for i, item in enumerate(sets):
+        if not remote or (item[0].stage, item[0].dose) not in stages:
+            stages.add((item[0].stage, item[0].dose))
+            done.append(local(item))
+        else:
+            done.append(None)
+            todo.append(i)
+    if todo:
+        task = functools.partial(_set_task, records=list(records), out_dir=out_dir,
+                                 settings=settings, cache=dict(cache))
+        for i, rec in zip(todo, scheduler.map_tasks(task, [sets[i] for i in todo])):
+            done[i] = rec
+    return done
+
+
+def _set_task(item, *, records, out_dir, settings, cache) -> MasterRecord:
+    """One calibration set's master (a scheduler task; ``item = (key, good rows, nbad)``)."""
+    key, good, nbad = item
+    if good.empty:
+        return MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS", nbad=nbad)
+    return _isolated(key, good, nbad, records, out_dir, settings, False, cache)
 
 
 def _isolated(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],

@@ -38,7 +38,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.masters import FEW_FRAMES, MasterRecord, MasterSettings, build_masters
-from utils import cli, plotting
+from utils import cli, plotting, scheduler
 from utils.errors import ConfigError, FrameError
 from utils.io.fitsio import (
     check_output_dir,
@@ -307,6 +307,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for the products")
     add_master_options(parser)
     plotting.add_plots_option(parser)
+    scheduler.add_options(parser)
     return parser
 
 

@@ -140,7 +140,7 @@ def measure_stage(index: DatasetIndex, stage: str, dose: float, out_dir: Path,
     settings = replace(settings, stage=stage, dose=dose_opt)
     folder = Path(out_dir) / tag
     masters, bias, adc_bits = measure(index, folder, settings, [], progress_bar=progress_bar)
-    stack = load_stack(masters)
+    stack = load_stack(masters, settings.combine.memory_limit)  # read by row tiles
     rates: list[RateMap] = measure_rates(stack)
     out = StageMeasurement(stage, dose, tag, rates)
     if len({round(r.tavg, 3) for r in rates}) >= 2:

@@ -345,11 +345,11 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
     for k, t in enumerate(cv.temperatures):
         if not (save_fits or plotting.wants("all")):
             break  # per-temperature maps: figures at level 'all', FITS when asked
-        real = cv.master[k]
-        synth = real - cv.residual[k]
-        mae = np.abs(cv.residual[k])
+        residual, _, real = cv.held_out(k)  # one held-out master in memory at a time
+        synth = real - residual
+        mae = np.abs(residual)
         with np.errstate(divide="ignore", invalid="ignore"):
-            mape = 100 * np.abs(cv.residual[k] / real)
+            mape = 100 * np.abs(residual / real)
         tag = f"{labels[k]:.1f}C"
         for name, image, unit, label, symmetric in (
                 ("real_bias", real, adu.UNIT, "measured master", False),
@@ -492,7 +492,8 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
                            "NCOMBINE": [m.ncombine for m in masters]})
     model, cv = fit_bias_model(stack, t_ref=settings.t_ref, chi2_pvalue=settings.chi2_pvalue,
                                slope_nsigma=settings.slope_nsigma, exclude=exclude,
-                               adc_bits=adc_bits, inputs=inputs)
+                               adc_bits=adc_bits, inputs=inputs,
+                               memory_limit=settings.combine.memory_limit)
     model_file = model.write(out_dir / "bias_model.fits",
                              {"HOTMASK": (Path(settings.hot_pixel_mask).name or "none",
                                           "user mask of pixels without model")})

@@ -29,7 +29,7 @@ import sys
 from typing import Sequence
 
 from bias_pipeline.pipeline import BiasSettings, run
-from utils import cli, plotting
+from utils import cli, plotting, scheduler
 from utils.errors import ConfigError
 from utils.io.index import parse_stage
 from utils.stack.master import add_combine_options, combine_settings
@@ -63,6 +63,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="[krad] dose step of the radiating stage to use (default: each)")
     add_combine_options(parser)
     plotting.add_plots_option(parser)
+    scheduler.add_options(parser)
     return parser
 
 

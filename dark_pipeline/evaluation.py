@@ -33,7 +33,8 @@ from utils.stack.stats import MAD_TO_STD
 from .rates import SignalStack
 
 COLUMNS = ["Temperature (°C)", "Exposure (s)", "MAE [ADU]", "MAPE [%]", "PULL_MEAN", "PULL_STD",
-           "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE", "PULL_MODEL"]
+           "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE", "PULL_MODEL",
+           "NPIX_PULL"]
 
 
 #: Longest side of the residual maps kept for figures [pixel] (block-averaged down to it).
@@ -62,13 +63,14 @@ def _reduce(image: np.ndarray, side: int = MAP_SIDE) -> np.ndarray:
 
 
 def evaluate(stack: SignalStack, predict, predict_err, *,
-             exclude: np.ndarray | None = None, holdout=None, seed: int = 0) -> Evaluation:
+             exclude: np.ndarray | None = None, holdout=None, pull_pixels=None,
+             seed: int = 0) -> Evaluation:
     """Compare each master with ``predict(T, t)`` [adu] and its error ``predict_err(T, t)``.
 
     Parameters
     ----------
     stack : SignalStack
-        Measured bias-subtracted dark masters, loaded once.
+        Measured bias-subtracted dark masters, read one at a time.
     predict, predict_err : callable
         ``f(temperature [degC], exptime [s]) -> image [adu]``.
     exclude : numpy.ndarray of bool, optional
@@ -76,6 +78,9 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     holdout : callable, optional
         ``holdout(temperature_label) -> (predict, predict_err) or None``: the
         model fitted without that temperature bin, for the pulls.
+    pull_pixels : numpy.ndarray, optional
+        Flat indices of the pixels the held-out models predict (a deterministic sample,
+        :meth:`SignalStack.sample`); the pulls are taken over them.  Default: every pixel.
     """
     rng = np.random.default_rng(seed)
     rows, samples, maps = [], {}, {}
@@ -84,18 +89,24 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
         p_pull, e_pull = held if held is not None else (predict, predict_err)
         for i in idx_t:
             m = stack.masters[i]
-            real = stack.data[i].astype(np.float64)
-            meas_err = np.sqrt(stack.noise_err[i].astype(np.float64) ** 2
-                               + stack.suberr[i].astype(np.float64) ** 2)
+            data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
+            real = data.astype(np.float64)
+            meas_err = np.sqrt(noise_err.astype(np.float64) ** 2
+                               + suberr.astype(np.float64) ** 2)
+            del data, noise_err, suberr
             synth = predict(m.tavg, m.exptime).astype(np.float64)
-            held_pred = p_pull(m.tavg, m.exptime).astype(np.float64)
-            sigma = np.sqrt(meas_err ** 2 + e_pull(m.tavg, m.exptime).astype(np.float64) ** 2)
-            ok = (np.isfinite(real) & np.isfinite(synth) & np.isfinite(sigma) & (sigma > 0)
-                  & np.isfinite(held_pred))
+            ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(meas_err)
             if exclude is not None:
                 ok &= ~exclude
             diff = (real - synth)[ok]
-            pull = (real - held_pred)[ok] / sigma[ok]
+            # pulls against the held-out model, over its pixels (all, or the sample)
+            at = slice(None) if pull_pixels is None else pull_pixels
+            held_pred = _flat(p_pull(m.tavg, m.exptime), at, real.size)
+            held_err = _flat(e_pull(m.tavg, m.exptime), at, real.size)
+            real_p = real.reshape(-1)[at]
+            sigma = np.sqrt(meas_err.reshape(-1)[at] ** 2 + held_err ** 2)
+            ok_p = ok.reshape(-1)[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
+            pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
             strong = ok & (np.abs(real) >= 3 * meas_err)
             ape = 100 * np.abs((real - synth)[strong] / real[strong])
             rows.append({"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
@@ -108,7 +119,7 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
                          else math.nan,
                          "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()),
                          "PULL_MODEL": "leave-one-temperature-out" if held is not None
-                         else "in-sample"})
+                         else "in-sample", "NPIX_PULL": int(pull.size)})
             idx = np.flatnonzero(ok)
             if idx.size > 5000:
                 idx = rng.choice(idx, 5000, replace=False)
@@ -120,6 +131,12 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["Temperature (°C)",
                                                              "Exposure (s)"])
     return Evaluation(table.reset_index(drop=True), samples, maps)
+
+
+def _flat(image, at, full_size: int) -> np.ndarray:
+    """``image`` (a full frame, or already the pulled pixels) at the pixels ``at``, float64."""
+    flat = np.asarray(image, dtype=np.float64).reshape(-1)
+    return flat[at] if flat.size == full_size else flat
 
 
 def dark_current_table(rates, model=None, e_per_adu: float | None = None,

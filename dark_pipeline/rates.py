@@ -36,7 +36,7 @@ from utils import headers as kw
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.linear import fit_line_per_pixel
-from utils.stack.master import read_master
+from utils.stack.tiles import ProductRows, gather_sample, pixel_sample, row_tiles, tile_rows
 
 from .masters import DarkMaster
 
@@ -72,7 +72,8 @@ class RateMap:
     err_scale : float
         Frame-wide factor applied to the noise-model errors.
     nexp : numpy.ndarray or None
-        Exposures used per pixel (int8).  Where only one is valid (the longer ones
+        Exposures used per pixel (int8).  (The pipeline drops ``offset``, ``offset_err``,
+        ``chi2dof`` and ``nexp`` once the map is written.)  Where only one is valid (the longer ones
         saturated or masked) the rate is that master's signal / exposure, offset 0.
     """
 
@@ -158,29 +159,66 @@ except ImportError:  # pragma: no cover - numba is a dependency; plain Python st
     _variance_line = _variance_line_py
 
 
+#: Images of a dark master the fits read, tile by tile.
+_IMAGES = ("PRIMARY", "MASK", "NOISE", "NCOMB", "SUBERR")
+
+
+@dataclass
+class NoiseModel:
+    """Temporal noise of every master's pixels, as :func:`pooled_noise_errors` measured it.
+
+    Attributes
+    ----------
+    v0 : numpy.ndarray or None
+        [adu^2] read variance per pixel pooled over all masters (float64, (H, W)); None
+        when the masters show no signal range and each temperature bin has its own
+        variance line (:func:`noise_model_errors`).
+    gain : float
+        [adu per electron] shot-noise factor K of ``v = v0 + K S``.
+    """
+
+    v0: np.ndarray | None = None
+    gain: float = math.nan
+
+
 @dataclass
 class SignalStack:
-    """The dark masters loaded once for every step that needs their pixels.
+    """The dark masters, read tile by tile by every step that needs their pixels.
+
+    No ``(K, H, W)`` array is held: :meth:`tile` reads rows of every master with the
+    stacking engine's block reader (:class:`utils.stack.tiles.ProductRows`), and
+    :meth:`row_tiles` cuts the frame so a tile of all masters fits ``memory_limit``.
 
     Attributes
     ----------
     masters : list of DarkMaster
-        The masters, in the order of the arrays.
-    data : numpy.ndarray, shape (K, H, W)
-        Bias-subtracted dark signal [adu], NaN where a master is masked.
-    noise_err : numpy.ndarray, shape (K, H, W)
-        Noise-model error of each master [adu] (see :func:`noise_model_errors`).
-    suberr : numpy.ndarray, shape (K, H, W)
-        Error of the subtracted bias [adu].
+        The masters, in the order of the planes.
     bias_keys : list of str
         ``BIASFILE|SUBTRACT`` of each master: which bias it shares with others.
+    rows : ProductRows
+        Reader of the masters' images.
+    noise : NoiseModel
+        The noise model of every master's errors (measured over all masters).
+    planes : list of int
+        Planes of ``rows`` this stack holds (a :meth:`select` keeps the reader).
+    memory_limit : float
+        [byte] budget of one tile's working set.
+    pixels : numpy.ndarray or None
+        Flat indices in the frame of the pixels of a :meth:`sample` (shape ``(1, n)``).
     """
 
     masters: list[DarkMaster]
-    data: np.ndarray
-    noise_err: np.ndarray
-    suberr: np.ndarray
     bias_keys: list[str]
+    rows: ProductRows
+    noise: NoiseModel
+    planes: list[int]
+    memory_limit: float = 256e6
+    pixels: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of every master."""
+        return self.rows.shape
 
     @property
     def temps(self) -> np.ndarray:
@@ -192,10 +230,6 @@ class SignalStack:
         """[s] exposure time of each master."""
         return np.array([m.exptime for m in self.masters])
 
-    def total_err(self) -> np.ndarray:
-        """Noise-model and subtracted-bias errors in quadrature [adu], float32."""
-        return np.sqrt(self.noise_err * self.noise_err + self.suberr * self.suberr)
-
     def groups(self) -> dict[float, list[int]]:
         """Indices of the masters of each temperature bin, in increasing exposure time."""
         out: dict[float, list[int]] = {}
@@ -204,11 +238,111 @@ class SignalStack:
         return dict(sorted(out.items()))
 
     def select(self, keep) -> SignalStack:
-        """The masters ``keep`` (indices) only."""
+        """The masters ``keep`` (indices) only, with the same noise model."""
         keep = list(keep)
-        return SignalStack([self.masters[i] for i in keep], self.data[keep],
-                           self.noise_err[keep], self.suberr[keep],
-                           [self.bias_keys[i] for i in keep])
+        return SignalStack([self.masters[i] for i in keep], [self.bias_keys[i] for i in keep],
+                           self.rows, self.noise, [self.planes[i] for i in keep],
+                           self.memory_limit, self.pixels)
+
+    def row_tiles(self, images: int = 3, planes: int | None = None):
+        """``(r0, r1)`` tiles of the frame sized so ``images`` stacks of ``planes`` masters
+        (default: all of them) fit :attr:`memory_limit`."""
+        rows = tile_rows(len(self.planes) if planes is None else planes, self.shape,
+                         self.memory_limit, images=images)
+        return row_tiles(self.shape[0], rows)
+
+    def read(self, r0: int, r1: int, idx=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``r0:r1`` of the masters ``idx`` (default all): signal (NaN where masked),
+        noise-model error and subtracted-bias error [adu], each ``(K, r1 - r0, W)`` float32."""
+        idx = range(len(self.planes)) if idx is None else list(idx)
+        planes = [self.planes[i] for i in idx]
+        data = self.rows.read("PRIMARY", r0, r1, planes=planes)
+        mask = self.rows.read("MASK", r0, r1, fill=0.0, planes=planes)
+        data[mask != 0] = np.nan
+        del mask
+        noise = self.rows.read("NOISE", r0, r1, planes=planes)
+        count = self.rows.read("NCOMB", r0, r1, fill=1.0, planes=planes)
+        suberr = self.rows.read("SUBERR", r0, r1, fill=0.0, planes=planes)
+        if self.noise.v0 is not None:
+            err = _pooled_errors(data, noise, count, self.noise.v0[r0:r1], self.noise.gain)
+        else:
+            err = np.empty_like(data)
+            by_t: dict[float, list[int]] = {}
+            for j, i in enumerate(idx):
+                by_t.setdefault(self.masters[i].temperature, []).append(j)
+            for js in by_t.values():
+                err[js] = noise_model_errors(np.array([self.masters[idx[j]].exptime
+                                                       for j in js]), noise[js], count[js])
+        return data, err, suberr
+
+    def sample(self, max_pixels: int) -> tuple[SignalStack, np.ndarray]:
+        """A stride sample of at most ``max_pixels`` pixels of every master, in memory:
+        ``(stack of shape (1, n), flat pixel indices)`` (every pixel of a small frame)."""
+        idx = pixel_sample(self.shape, max_pixels)
+        rows = gather_sample(self.rows, _IMAGES, idx,
+                             tile_rows(len(self.rows), self.shape, self.memory_limit),
+                             fills={"MASK": 0.0, "NCOMB": 1.0, "SUBERR": 0.0})
+        noise = self.noise if self.noise.v0 is None else \
+            NoiseModel(self.noise.v0.reshape(-1)[idx].reshape(1, -1), self.noise.gain)
+        return SignalStack(self.masters, self.bias_keys, rows, noise, self.planes,
+                           self.memory_limit, idx), idx
+
+    def read_master(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Master ``i`` whole: signal, noise-model error, subtracted-bias error, ``(H, W)``."""
+        data, err, suberr = self.read(0, self.shape[0], [i])
+        return data[0], err[0], suberr[0]
+
+
+def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:
+    """Noise-model and subtracted-bias errors in quadrature [adu], float32."""
+    return np.sqrt(noise_err * noise_err + suberr * suberr)
+
+
+def _gain_candidates(data, noise, count):
+    """Pass 1 of :func:`pooled_noise_errors` on a tile: ``(usable pixels, ratios dV/dS)``."""
+    k_n = data.shape[0]
+    S = data.reshape(k_n, -1).astype(np.float64)
+    n2 = noise.reshape(k_n, -1).astype(np.float64) ** 2
+    cnt = count.reshape(k_n, -1).astype(np.float64)
+    ok = np.isfinite(S) & np.isfinite(n2) & (cnt > 1)
+    s_ok = np.where(ok, S, np.nan)
+    usable = ok.sum(0) >= 2
+    cols = np.flatnonzero(usable)
+    if cols.size == 0:
+        return 0, np.empty(0)
+    hi = np.nanargmax(s_ok[:, cols], 0)
+    lo = np.nanargmin(s_ok[:, cols], 0)
+    d_s = S[hi, cols] - S[lo, cols]
+    d_v = n2[hi, cols] - n2[lo, cols]
+    sel = d_s > 10.0 * np.sqrt(n2[lo, cols] / cnt[lo, cols])
+    return int(cols.size), d_v[sel] / d_s[sel]
+
+
+def _read_variance(data, noise, count, gain):
+    """Pass 2 of :func:`pooled_noise_errors` on a tile: pooled read variance per pixel."""
+    k_n = data.shape[0]
+    S = data.reshape(k_n, -1).astype(np.float64)
+    n2 = noise.reshape(k_n, -1).astype(np.float64) ** 2
+    cnt = count.reshape(k_n, -1).astype(np.float64)
+    ok = np.isfinite(S) & np.isfinite(n2) & (cnt > 1)
+    w = np.where(ok, cnt - 1.0, 0.0)
+    shot = gain * np.maximum(np.where(ok, S, 0.0), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v0 = np.sum(w * np.where(ok, n2 - shot, 0.0), 0) / np.sum(w, 0)
+    return v0.reshape(data.shape[1:])
+
+
+def _pooled_errors(data, noise, count, v0, gain):
+    """``sqrt((v0 + K S) / n)`` per master of a tile, NaN where a master has no valid pixel."""
+    k_n = data.shape[0]
+    S = data.reshape(k_n, -1).astype(np.float64)
+    n2 = noise.reshape(k_n, -1).astype(np.float64) ** 2
+    cnt = count.reshape(k_n, -1).astype(np.float64)
+    ok = np.isfinite(S) & np.isfinite(n2) & (cnt > 1)
+    shot = gain * np.maximum(np.where(ok, S, 0.0), 0.0)
+    err = np.sqrt((v0.reshape(1, -1) + shot) / np.maximum(cnt, 1.0))
+    err[~ok] = np.nan
+    return err.reshape(data.shape).astype(np.float32)
 
 
 def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
@@ -222,7 +356,8 @@ def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
     errors at least); v0 pools every master of the pixel (``n_k - 1`` weights).  Against a
     variance line per temperature bin (two parameters per pixel from that bin's few
     masters) this leaves one parameter per pixel estimated from every frame, so the weights
-    scatter far less and the errors are not heavy-tailed.
+    scatter far less and the errors are not heavy-tailed.  (In-memory form of what
+    :func:`load_stack` measures tile by tile.)
 
     Parameters
     ----------
@@ -235,126 +370,140 @@ def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
         ``sqrt(v / n)`` per master [adu] and K; None when K cannot be measured (fewer than
         ``min_pixels`` pixels with a signal range, or no shot noise seen).
     """
-    k_n = data.shape[0]
-    S = data.reshape(k_n, -1).astype(np.float64)
-    n2 = noise.reshape(k_n, -1).astype(np.float64) ** 2
-    cnt = count.reshape(k_n, -1).astype(np.float64)
-    ok = np.isfinite(S) & np.isfinite(n2) & (cnt > 1)
-    if k_n < 2 or not ok.any():
+    model = _noise_model(lambda r0, r1: (data[:, r0:r1], noise[:, r0:r1], count[:, r0:r1]),
+                         [(0, data.shape[1])], data.shape[0], min_pixels)
+    if model is None:
         return None
-    s_ok = np.where(ok, S, np.nan)
-    usable = ok.sum(0) >= 2
-    if usable.sum() < min_pixels:
+    return _pooled_errors(data, noise, count, model.v0, model.gain), model.gain
+
+
+def _noise_model(read, tiles, k_n: int, min_pixels: int = 100) -> NoiseModel | None:
+    """The pooled noise model measured in two passes over ``tiles`` (``read(r0, r1)`` gives
+    signal, noise and count of every master); None when K cannot be measured."""
+    if k_n < 2:
         return None
-    cols = np.flatnonzero(usable)
-    hi = np.nanargmax(s_ok[:, cols], 0)
-    lo = np.nanargmin(s_ok[:, cols], 0)
-    d_s = S[hi, cols] - S[lo, cols]
-    d_v = n2[hi, cols] - n2[lo, cols]
-    sel = d_s > 10.0 * np.sqrt(n2[lo, cols] / cnt[lo, cols])
-    if sel.sum() < min_pixels:
+    usable, ratios = 0, []
+    for r0, r1 in tiles:
+        n_use, ratio = _gain_candidates(*read(r0, r1))
+        usable += n_use
+        ratios.append(ratio)
+    ratios = np.concatenate(ratios)
+    if usable < min_pixels or ratios.size < min_pixels:
         return None
-    gain = float(np.median(d_v[sel] / d_s[sel]))
+    gain = float(np.median(ratios))
     if not gain > 0:
         return None
-    w = np.where(ok, cnt - 1.0, 0.0)
-    shot = gain * np.maximum(np.where(ok, S, 0.0), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        v0 = np.sum(w * np.where(ok, n2 - shot, 0.0), 0) / np.sum(w, 0)
+    v0 = np.concatenate([_read_variance(*read(r0, r1), gain) for r0, r1 in tiles])
     finite = np.isfinite(v0)
     if not finite.any():
         return None
     # a pooled read variance can come out <= 0 for a quiet pixel: floor it
-    v0 = np.maximum(v0, 0.1 * float(np.median(v0[finite])))
-    err = np.sqrt((v0 + shot) / np.maximum(cnt, 1.0))
-    err[~ok] = np.nan
-    return err.reshape(data.shape).astype(np.float32), gain
+    return NoiseModel(np.maximum(v0, 0.1 * float(np.median(v0[finite]))), gain)
 
 
-def load_stack(masters: list[DarkMaster]) -> SignalStack:
-    """Read every master once, with its noise-model errors.
+def load_stack(masters: list[DarkMaster], memory_limit: float = 256e6) -> SignalStack:
+    """Open every master for tile reads and measure the noise model of their errors.
 
     The errors come from one photon-transfer model per pixel over all masters
-    (:func:`pooled_noise_errors`) when the masters span a signal range; else from a
-    variance line per temperature bin (:func:`noise_model_errors`).
+    (:func:`pooled_noise_errors`, two passes over row tiles) when the masters span a
+    signal range; else from a variance line per temperature bin
+    (:func:`noise_model_errors`, per tile).  ``memory_limit`` [byte] sizes the tiles.
     """
     n = len(masters)
-    data = noise = count = suberr = None
-    keys = [""] * n
-    for i, m in enumerate(masters):
-        image = read_master(m.path)
-        if data is None:
-            shape = (n,) + image.data.shape
-            data, noise, count, suberr = (np.empty(shape, np.float32) for _ in range(4))
-        data[i], noise[i], count[i], suberr[i] = image.data, image.noise, image.count, \
-            image.suberr
-        keys[i] = (str(image.header.get(kw.BIASFILE, "")) + "|"
-                   + str(image.header.get(kw.SUBTRACT, "")))
-    pooled = pooled_noise_errors(data, noise, count)
-    if pooled is not None:
-        noise_err, gain = pooled
+    rows = ProductRows([m.path for m in masters], _IMAGES)
+    keys = []
+    for m in masters:
+        header = fits.getheader(m.path)
+        keys.append(str(header.get(kw.BIASFILE, "")) + "|" + str(header.get(kw.SUBTRACT, "")))
+
+    tiles = list(row_tiles(rows.shape[0], tile_rows(n, rows.shape, memory_limit, images=3)))
+    model = _noise_model(lambda r0, r1: _signal_noise_count(rows, r0, r1), tiles, n)
+    if model is not None:
         logger.info("dark noise model: read variance per pixel pooled over %d masters, shot "
-                    "noise %.3g adu per electron", n, gain)
+                    "noise %.3g adu per electron", n, model.gain)
     else:
-        noise_err = np.empty_like(data)
-        by_t: dict[float, list[int]] = {}
-        for i, m in enumerate(masters):
-            by_t.setdefault(m.temperature, []).append(i)
-        for idx in by_t.values():
-            noise_err[idx] = noise_model_errors(np.array([masters[i].exptime for i in idx]),
-                                                noise[idx], count[idx])
-    del noise, count
-    return SignalStack(list(masters), data, noise_err, suberr, keys)
+        model = NoiseModel()
+    return SignalStack(list(masters), keys, rows, model, list(range(n)), memory_limit)
+
+
+def _signal_noise_count(rows: ProductRows, r0: int, r1: int):
+    data = rows.read("PRIMARY", r0, r1)
+    data[rows.read("MASK", r0, r1, fill=0.0) != 0] = np.nan
+    return data, rows.read("NOISE", r0, r1), rows.read("NCOMB", r0, r1, fill=1.0)
 
 
 def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
-    """Rate map of the masters ``idx`` of one temperature bin (see module notes)."""
+    """Rate map of the masters ``idx`` of one temperature bin (see module notes), fitted
+    tile by tile."""
     masters = [stack.masters[i] for i in idx]
     exptimes = np.array([m.exptime for m in masters])
-    data = stack.data[idx]
-    sigma = stack.noise_err[idx]
     temps = np.array([m.tavg for m in masters])
     tavg = float(np.average(temps, weights=[m.ncombine for m in masters]))
-    shape = data.shape[1:]
-    if np.unique(exptimes).size < 2:
+    shape = stack.shape
+    width = shape[1]
+    single_exposure = np.unique(exptimes).size < 2
+    maps = {name: np.empty(shape, np.float32) for name in
+            ("slope", "slope_err", "intercept", "intercept_err", "chi2")}
+    nexp = np.empty(shape, np.int8)
+    full_npts = np.empty(shape, bool)
+    pick_err = None  # errors of the pixels measured from one exposure (not rescaled)
+    samples = []
+    for r0, r1 in stack.row_tiles(images=2, planes=len(idx)):
+        data, sigma, _ = stack.read(r0, r1, idx)
+        if single_exposure:
+            maps["slope"][r0:r1] = data[-1] / float(exptimes[-1])
+            maps["slope_err"][r0:r1] = sigma[-1] / float(exptimes[-1])
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fit = fit_line_per_pixel(exptimes, data, sigma, x_ref=0.0)
+        for name in maps:
+            maps[name][r0:r1] = getattr(fit, name)
+        valid = np.isfinite(data) & np.isfinite(sigma)
+        nexp[r0:r1] = valid.sum(0)
+        full_npts[r0:r1] = nexp[r0:r1] == exptimes.size
+        # the same pixels as a stride of 97 over the whole frame: tiles start anywhere
+        first = (-r0 * width) % 97
+        samples.append(sigma.reshape(sigma.shape[0], -1)[:, first::97])
+        single = nexp[r0:r1] == 1   # a line through one point is not a measurement
+        if single.any():
+            # the longer exposures saturated (a hot pixel) or were masked: the one valid
+            # master still measures the rate, with the offset taken as 0
+            k = np.argmax(valid, axis=0)
+            pick = np.take_along_axis(data, k[None], 0)[0] / exptimes[k]
+            pick_err_t = np.take_along_axis(sigma, k[None], 0)[0] / exptimes[k]
+            maps["slope"][r0:r1] = np.where(single, pick, maps["slope"][r0:r1])
+            if pick_err is None:
+                pick_err = np.full(shape, np.nan, np.float32)
+            pick_err[r0:r1] = np.where(single, pick_err_t, np.nan)
+    if single_exposure:
         t = float(exptimes[-1])
         logger.warning("dark %.1f degC: one exposure time (%gs); rate = signal / exposure, "
                        "residual bias would count as dark current", masters[0].temperature, t)
         zeros = np.zeros(shape, np.float32)
-        return RateMap(masters[0].temperature, tavg, (data[-1] / t).astype(np.float32),
-                       (sigma[-1] / t).astype(np.float32), zeros, zeros,
-                       np.full(shape, np.nan, np.float32), (t,), METHOD_SINGLE)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fit = fit_line_per_pixel(exptimes, data, sigma, x_ref=0.0)
+        return RateMap(masters[0].temperature, tavg, maps["slope"], maps["slope_err"], zeros,
+                       zeros, np.full(shape, np.nan, np.float32), (t,), METHOD_SINGLE)
+    chi2 = maps["chi2"]
     scale = 1.0
-    npts = (np.isfinite(data) & np.isfinite(sigma)).sum(0)
-    good = np.isfinite(fit.chi2) & (npts == exptimes.size)
+    good = np.isfinite(chi2) & full_npts
     if exptimes.size >= 3 and good.sum() >= 10:
-        scale = math.sqrt(float(np.median(fit.chi2[good])) / chi2_median_ratio(exptimes.size - 2))
+        scale = math.sqrt(float(np.median(chi2[good])) / chi2_median_ratio(exptimes.size - 2))
     s = np.float32(scale)
     # the slope is sum_k c_k S_k with sum_k c_k t_k = 1: it measures the rate at the temperature
     # sum_k c_k t_k T_k, which can differ from the plain mean by a few 0.01 degC
-    sample = sigma.reshape(sigma.shape[0], -1)[:, ::97]  # typical errors: a sample suffices
+    sample = np.concatenate(samples, axis=1)  # typical errors: a sample suffices
     w = 1.0 / np.nanmedian(sample, axis=1) ** 2
     t_w = np.sum(w * exptimes) / np.sum(w)
     c = w * (exptimes - t_w) / np.sum(w * (exptimes - t_w) ** 2)
     tavg = float(np.sum(c * exptimes * temps))
-    rate, rate_err = fit.slope, fit.slope_err * s
-    valid = np.isfinite(data) & np.isfinite(sigma)
-    nexp = valid.sum(0).astype(np.int8)
-    single = nexp == 1   # a line through one point is not a measurement
+    rate, rate_err = maps["slope"], maps["slope_err"]
+    single = nexp == 1
+    rate_err = rate_err * s
     if single.any():
-        # the longer exposures saturated (a hot pixel) or were masked: the one valid master
-        # still measures the rate, with the offset taken as 0
-        k = np.argmax(valid, axis=0)
-        pick = np.take_along_axis(data, k[None], 0)[0] / exptimes[k]
-        pick_err = np.take_along_axis(sigma, k[None], 0)[0] / exptimes[k]
-        rate = np.where(single, pick, rate).astype(np.float32)
         rate_err = np.where(single, pick_err, rate_err).astype(np.float32)
         logger.info("dark %.1f degC: %d pixels measured from one exposure only (the others "
                     "saturated or masked)", masters[0].temperature, int(single.sum()))
-    return RateMap(masters[0].temperature, tavg, rate, rate_err, fit.intercept,
-                   fit.intercept_err * s, fit.chi2 / (s * s), tuple(float(t) for t in exptimes),
+    return RateMap(masters[0].temperature, tavg, rate, rate_err, maps["intercept"],
+                   maps["intercept_err"] * s, chi2 / (s * s), tuple(float(t) for t in exptimes),
                    METHOD_SLOPE, scale, nexp)
 
 
@@ -394,6 +543,6 @@ def write_rate(rate: RateMap, path: Path, adc_bits: int = adu.DEFAULT_ADC_BITS) 
                                     else {})})
 
 
-__all__ = ["RateMap", "SignalStack", "load_stack", "measure_rate", "measure_rates",
-           "noise_model_errors", "pooled_noise_errors", "rate_file", "write_rate", "RATE_FOLDER", "METHOD_SLOPE",
-           "METHOD_SINGLE"]
+__all__ = ["RateMap", "SignalStack", "NoiseModel", "load_stack", "total_err", "measure_rate",
+           "measure_rates", "noise_model_errors", "pooled_noise_errors", "rate_file", "write_rate",
+           "RATE_FOLDER", "METHOD_SLOPE", "METHOD_SINGLE"]

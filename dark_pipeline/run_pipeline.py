@@ -32,7 +32,7 @@ import sys
 from typing import Sequence
 
 from dark_pipeline.pipeline import MODES, DarkSettings, run
-from utils import cli, plotting
+from utils import cli, plotting, scheduler
 from utils.errors import ConfigError
 from utils.io.index import parse_stage
 from utils.stack.master import add_combine_options, combine_settings
@@ -85,6 +85,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="[krad] dose step of the radiating stage to use (default: each)")
     add_combine_options(parser)
     plotting.add_plots_option(parser)
+    scheduler.add_options(parser)
     return parser
 
 

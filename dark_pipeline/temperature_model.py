@@ -48,6 +48,9 @@ from utils.models.nonlinear import (
     fit_exponential_per_pixel,
     fit_power_exponential_per_pixel,
 )
+from utils.models.pixel_tiles import PixelTiles
+
+from .rates import total_err
 
 logger = logging.getLogger(__name__)
 
@@ -391,27 +394,42 @@ class DarkModel2D:
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
 
 
-def _bias_error_structure(keys, temps, suberr, bias_model):
+def _bias_error_structure(keys, temps, bias_model, pixels=None):
     """How the subtracted bias's errors are shared between masters: ``(V, C)`` with
     ``cov(bias error of k, of l) = V_k C V_l^T`` per pixel, or ``(None, None)``.
 
     With the bias model, V_k = (1, T_k - TREF_bias) and C the covariance of (A, B); with bias
     masters, V is the indicator of the master used and C the diagonal of their variances.
+    C is returned as ``C(r0, r1, suberr)``: its rows ``r0:r1`` (D, D, rows, W), float64,
+    given the masters' subtracted-bias errors ``suberr`` (K, rows, W) of those rows
+    (``pixels``: the flat indices of a pixel sample, whose rows are ``(1, n)``).
     """
     if bias_model is not None and all(k.endswith("|bias(T)") for k in keys):
         design = np.stack([np.ones_like(temps), temps - bias_model.t_ref], axis=1)
-        cd = np.stack([np.stack([bias_model.sigma_a ** 2, bias_model.cov_ab]),
-                       np.stack([bias_model.cov_ab, bias_model.sigma_b ** 2])]).astype(np.float64)
-        return design, cd
+
+        def maps(name, r0, r1):
+            image = getattr(bias_model, name)
+            if pixels is not None:
+                image = image.reshape(-1)[pixels].reshape(1, -1)
+            return image[r0:r1]
+
+        def model_cov(r0, r1, suberr):
+            sa, sb, cab = (maps(n, r0, r1) for n in ("sigma_a", "sigma_b", "cov_ab"))
+            return np.stack([np.stack([sa ** 2, cab]), np.stack([cab, sb ** 2])]
+                            ).astype(np.float64)
+        return design, model_cov
     if not all(k.endswith("|bias") for k in keys):
         return None, None
     names = sorted(set(keys))
     design = np.array([[1.0 if k == n else 0.0 for n in names] for k in keys])
-    cd = np.zeros((len(names), len(names)) + suberr[0].shape)
-    for d, n in enumerate(names):
-        first = keys.index(n)
-        cd[d, d] = suberr[first].astype(np.float64) ** 2
-    return design, cd
+    first = [keys.index(n) for n in names]
+
+    def master_cov(r0, r1, suberr):
+        cd = np.zeros((len(names), len(names)) + suberr.shape[1:])
+        for d, k in enumerate(first):
+            cd[d, d] = suberr[k].astype(np.float64) ** 2
+        return cd
+    return design, master_cov
 
 
 def _correlated_kernel_py(a, g, b, lnt, dT, sig, design, cd, ok_in, out):
@@ -497,41 +515,62 @@ except ImportError:  # pragma: no cover - numba is a dependency; plain Python st
 
 
 def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exps: np.ndarray,
-                                sigma: np.ndarray, design: np.ndarray, cd: np.ndarray,
-                                block: int = 65536) -> np.ndarray:
+                                tiles, design: np.ndarray, block: int = 65536) -> np.ndarray:
     """Extra parameter covariance from an error shared between the points of the fit.
 
     The fit weighs each point with ``1/sigma_k^2``, treating the points as independent; a
     subtracted bias whose error ``V_k delta`` (``cov(delta) = C``) is common to several
     points moves the parameters by ``G V delta`` with ``G = N^-1 J^T W`` (``N = J^T W J`` at
     the solution).  The part the weights already hold (the diagonal ``V_k C V_k^T``) is
-    removed.  Returns ``(3, 3, H, W)``; 0 for fallback pixels.
+    removed.  ``tiles`` (:class:`utils.models.pixel_tiles.PixelTiles`) gives sigma and C of
+    every pixel range.  Returns ``(3, 3, H, W)`` float32; 0 for fallback pixels.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     shape = fit.amplitude.shape
     npix = int(np.prod(shape))
-    k = temps.size
-    out = np.zeros((3, 3, npix))
+    out = np.zeros((3, 3, npix), np.float32)
     a_all = fit.amplitude.reshape(-1).astype(np.float64)
     g_all = fit.gamma.reshape(-1).astype(np.float64)
     b_all = fit.rate.reshape(-1).astype(np.float64)
     ok_all = (~fit.fallback).reshape(-1) & np.isfinite(a_all) & (a_all != 0)
-    s_all = sigma.reshape(k, -1).astype(np.float64)
-    c_all = cd.reshape(cd.shape[0], cd.shape[1], -1)
-    from concurrent.futures import ThreadPoolExecutor
-
     lnt1, dT1 = np.log(exps).astype(np.float64), (temps - fit.t_ref).astype(np.float64)
     design = np.ascontiguousarray(design, dtype=np.float64)
+    for a, b in tiles.ranges:
+        if not ok_all[a:b].any():
+            continue
+        _, sigma, cd = tiles.read(a, b)
+        s_t = sigma.reshape(sigma.shape[0], -1).astype(np.float64)
+        c_t = cd.reshape(cd.shape[0], cd.shape[1], -1)
 
-    def one(start):
-        sl = slice(start, min(start + block, npix))
-        res = np.zeros((3, 3, sl.stop - sl.start))
-        _correlated_kernel(a_all[sl], g_all[sl], b_all[sl], lnt1, dT1,
-                           np.ascontiguousarray(s_all[:, sl]), design,
-                           np.ascontiguousarray(c_all[:, :, sl]), ok_all[sl], res)
-        out[:, :, sl] = res
-    with ThreadPoolExecutor(max_workers=2) as pool:  # the kernel releases the GIL
-        list(pool.map(one, range(0, npix, block)))
+        def one(start, a=a, b=b, s_t=s_t, c_t=c_t):
+            sl = slice(start, min(start + block, b - a))
+            gl = slice(a + sl.start, a + sl.stop)
+            res = np.zeros((3, 3, sl.stop - sl.start))
+            _correlated_kernel(a_all[gl], g_all[gl], b_all[gl], lnt1, dT1,
+                               np.ascontiguousarray(s_t[:, sl]), design,
+                               np.ascontiguousarray(c_t[:, :, sl]), ok_all[gl], res)
+            out[:, :, gl] = res
+        with ThreadPoolExecutor(max_workers=2) as pool:  # the kernel releases the GIL
+            list(pool.map(one, range(0, b - a, block)))
     return out.reshape((3, 3) + shape)
+
+
+def stack_tiles(stack, shared_cov=None):
+    """:class:`utils.models.pixel_tiles.PixelTiles` of a dark stack: signal, total error
+    (noise model and subtracted bias in quadrature) and the shared-error covariance
+    ``shared_cov(r0, r1, suberr)`` of row tiles sized by the stack's memory limit."""
+    height, width = stack.shape
+    k_n = len(stack.masters)
+    extra = 0 if shared_cov is None else 2  # C is (D, D) per pixel, D ~ a few, float64
+    ranges = [(r0 * width, r1 * width) for r0, r1 in stack.row_tiles(images=4 + extra)]
+
+    def read(a, b):
+        r0, r1 = a // width, b // width
+        data, noise_err, suberr = stack.read(r0, r1)
+        cd = None if shared_cov is None else shared_cov(r0, r1, suberr)
+        return data, total_err(noise_err, suberr), cd
+    return PixelTiles(k_n, (height, width), ranges, read)
 
 
 def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
@@ -554,19 +593,20 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     if np.unique(np.round(temps, 3)).size < 2 or np.unique(exps).size < 2:
         raise UserError("a 2-D dark model needs dark masters at two temperatures and two "
                         "exposure times at least")
-    sigma = stack.total_err()
-    design, cd = _bias_error_structure(stack.bias_keys, temps, stack.suberr, bias_model)
+    design, shared_cov = _bias_error_structure(stack.bias_keys, temps, bias_model,
+                                               stack.pixels)
+    tiles = stack_tiles(stack, shared_cov)
     try:
         fit = fit_power_exponential_per_pixel(
-            temps, exps, stack.data, sigma, t_ref=t_ref, min_snr=min_snr,
-            shared_errors=None if design is None else (design, cd))
+            temps, exps, None, None, t_ref=t_ref, min_snr=min_snr,
+            shared_errors=None if design is None else (design, None), tiles=tiles)
     except ValueError as err:
         raise UserError(f"2-D dark model: {err}") from err
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
     fit = _scaled(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
     if design is not None:
-        extra = correlated_error_covariance(fit, temps, exps, sigma, design, cd)
-        cov = fit.covariance + extra.astype(np.float32)
+        extra = correlated_error_covariance(fit, temps, exps, tiles, design)
+        cov = fit.covariance + extra
         fit = dataclasses.replace(
             fit, covariance=cov,
             amplitude_err=np.sqrt(np.maximum(cov[0, 0], 0)).astype(np.float32),

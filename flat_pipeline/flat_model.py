@@ -38,6 +38,7 @@ from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_model_maps
 from utils.models.linear import fit_linear_per_pixel
+from utils.stack.tiles import row_tiles, tile_rows
 
 from .master import model_error
 
@@ -49,7 +50,6 @@ NAMES = ("A", "B", "C")
 UNITS = {"A": "", "B": "1 / deg_C", "C": "1 / s"}
 EXTENSIONS = ("B", "C", "SIGMA_A", "SIGMA_B", "SIGMA_C", "COV_AB", "COV_AC", "COV_BC",
               "CHI2DOF", "NPTS")
-_BLOCK_ROWS = 256
 
 
 @dataclass
@@ -242,7 +242,7 @@ def read_rows(path: Path, start: int = 0, stop: int | None = None
 
 
 def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None = None,
-                   shape: tuple[int, int]) -> FlatModel:
+                   shape: tuple[int, int], memory_limit: float = 256e6) -> FlatModel:
     """Fit the model to masters (:class:`flat_pipeline.master.FlatMaster`; see module notes).
 
     Raises
@@ -272,8 +272,8 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     npts = np.zeros((h, w), np.int16)
     dropped: dict = {}
     readers = [reader(m.path) for m in masters]
-    for start in range(0, h, _BLOCK_ROWS):
-        stop = min(h, start + _BLOCK_ROWS)
+    # blocks of rows of every master within the memory budget (--memory-limit)
+    for start, stop in row_tiles(h, tile_rows(len(masters), shape, memory_limit, images=2)):
         blocks = [r.read(start, stop) for r in readers]
         y = np.stack([b[0] for b in blocks])
         s = np.stack([b[1] for b in blocks])

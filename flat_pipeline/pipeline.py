@@ -480,7 +480,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
     if mode in ("full", "full_no_vignetting", "fit_model"):
         try:
             model = fit_flat_model(masters, t_ref=settings.t_ref, exp_ref=settings.exp_ref,
-                                   shape=shape)
+                                   shape=shape, memory_limit=settings.combine.memory_limit)
         except UserError as err:
             if mode == "fit_model":
                 raise

@@ -36,7 +36,7 @@ from typing import Sequence
 
 from flat_pipeline.pipeline import FLAT_TYPES, MODES, FlatSettings, run
 from flat_pipeline.quality import NORM_METHODS
-from utils import cli, plotting
+from utils import cli, plotting, scheduler
 from utils.errors import ConfigError
 from utils.io.index import parse_stage
 from utils.stack.combine import METHODS
@@ -114,6 +114,7 @@ def build_parser() -> cli.ArgumentParser:
     for old in ("--lensfun-json", "--radial-json", "--empirical-json"):
         add(old, default="", help="ignored (old tool); the illumination model is fitted")
     plotting.add_plots_option(parser)
+    scheduler.add_options(parser)
     return parser
 
 

@@ -182,14 +182,22 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "verbose", 0), getattr(args, "log_level", None))
     try:
+        run = main
+        if getattr(args, "scheduler", None) is not None:
+            from . import scheduler
+
+            # --scheduler/--dask-address (utils.scheduler.add_options): tasks run there
+            def run(a, _main=main):
+                with scheduler.using(scheduler.from_options(a.scheduler, a.dask_address)):
+                    return _main(a)
         if getattr(args, "plots", None) is not None:
             from .plotting import figure_output
 
             # figures of the whole command rendered beside it, all written before it returns
             with figure_output(args.plots):
-                status = main(args)
+                status = run(args)
         else:
-            status = main(args)
+            status = run(args)
     except UserError as err:
         logger.error("%s", " ".join(str(err).split("\n")))
         return EXIT_USER_ERROR

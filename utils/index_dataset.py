@@ -24,7 +24,7 @@ import logging
 import sys
 from typing import Sequence
 
-from . import cli
+from . import cli, scheduler
 from .errors import ConfigError
 from .io.fitsio import check_output_file
 from .io.index import STAGES, IndexSettings, build_index, parse_stage, write_index
@@ -52,6 +52,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--radiation-log", default=None,
                         help="campaign radiation log joined to the frames by time stamp "
                              "(default: radiationLogCompleto.csv found in the --discover root)")
+    scheduler.add_options(parser)
     return parser
 
 

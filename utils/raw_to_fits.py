@@ -26,7 +26,7 @@ import logging
 import sys
 from typing import Sequence
 
-from utils import cli
+from utils import cli, scheduler
 from utils.errors import ConfigError
 from utils.io.conversion import (
     STATUS_CONVERTED,
@@ -57,6 +57,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="byte order of raw samples when the config does not say")
     parser.add_argument("--index-dir", default=None,
                         help="folder for fits_index.csv (default: common parent of the sections)")
+    scheduler.add_options(parser)
     return parser
 
 

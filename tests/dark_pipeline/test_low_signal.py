@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from dark_pipeline.pipeline import DarkSettings, measure
-from dark_pipeline.rates import load_stack, measure_rates
+from dark_pipeline.rates import load_stack, measure_rates, pooled_noise_errors
 from dark_pipeline.temperature_model import fit_model_2d, fit_temperature_model
 from utils.io.index import DatasetIndex, build_index
 from utils.sim import Physics, simulate_standard
@@ -19,7 +20,7 @@ T_D = 6.5
 
 
 @pytest.fixture(scope="module")
-def low_signal(tmp_path_factory):
+def low_signal_masters(tmp_path_factory):
     from conftest import convert_campaign
 
     root = tmp_path_factory.mktemp("low")
@@ -31,10 +32,46 @@ def low_signal(tmp_path_factory):
     convert_campaign(campaign)
     index = DatasetIndex(build_index([("", campaign.root)]))
     masters, bias, bits = measure(index, root / "o", DarkSettings(), [])
+    return campaign, masters, bias
+
+
+@pytest.fixture(scope="module")
+def low_signal(low_signal_masters):
+    campaign, masters, bias = low_signal_masters
     stack = load_stack(masters)
     model1 = fit_temperature_model(measure_rates(stack), 20.0, quiet=True)
     model2 = fit_model_2d(stack, 20.0, quiet=True, bias_model=bias.model)
     return campaign, model1, model2
+
+
+def test_fits_by_row_tiles_equal_fits_of_whole_frames(low_signal_masters):
+    """One-row tiles (memory limit of 1 byte) give the same rates, noise model and 2-D model,
+    bit for bit, as one tile holding every master whole."""
+    _, masters, bias = low_signal_masters
+    whole = load_stack(masters, memory_limit=1e12)
+    tiled = load_stack(masters, memory_limit=1)
+    assert len(list(whole.row_tiles())) == 1 and len(list(tiled.row_tiles())) == 48
+    np.testing.assert_array_equal(whole.noise.v0, tiled.noise.v0)
+    assert whole.noise.gain == tiled.noise.gain
+    for a, b in zip(measure_rates(whole), measure_rates(tiled), strict=True):
+        assert (a.tavg, a.err_scale) == (b.tavg, b.err_scale)
+        for name in ("rate", "rate_err", "offset", "offset_err", "chi2dof", "nexp"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    fits = [fit_model_2d(s, 20.0, quiet=True, bias_model=bias.model).fit for s in (whole, tiled)]
+    for name in ("amplitude", "gamma", "rate", "amplitude_err", "covariance", "chi2", "npoints",
+                 "fallback"):
+        np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name),
+                                      err_msg=name)
+    assert fits[0].fallback.any() and (~fits[0].fallback).any()  # both passes ran
+    assert (fits[0].population_gamma, fits[0].population_gamma_err) == \
+        (fits[1].population_gamma, fits[1].population_gamma_err)
+    # the in-memory form of the noise model gives the same errors
+    data, err, _ = whole.read(0, 48)
+    noise = whole.rows.read("NOISE", 0, 48)
+    count = whole.rows.read("NCOMB", 0, 48, fill=1.0)
+    pooled, gain = pooled_noise_errors(data, noise, count)
+    assert gain == whole.noise.gain
+    np.testing.assert_array_equal(pooled, err)
 
 
 def test_population_doubling_temperature_unbiased(low_signal):

@@ -284,6 +284,53 @@ def test_numba_kernel_equals_numpy_fallback(method, n, monkeypatch):
     assert fast.count.min() < n  # the NaNs did reach the kernels
 
 
+@pytest.mark.skipif(not stacking.HAVE_NUMBA, reason="numba not importable")
+@pytest.mark.parametrize("n", [3, 4, 9, 20, 33, 50])
+def test_vectorised_first_clip_equals_scalar_clipping(n):
+    """The pixel-vectorised first iteration changes no bit of the scalar clipping."""
+    rng = np.random.default_rng(n)
+    cases = 0
+    for quantised, guard, min_scale, maxiters in [(False, True, 0.0, 5), (True, True, 0.0, 5),
+                                                  (True, False, 32.0, 0), (True, True, 16.0, 1)]:
+        x = rng.normal(100.0, 2.0, (n, 3000))
+        if quantised:  # many ties: zero MADs, guards and widened bounds all happen
+            x = np.round(x / 2) * 16
+        hit = rng.random(x.shape) < 0.01
+        x[hit] += rng.integers(20, 2000, hit.sum()) * 16
+        x = x.astype(np.float32)
+        x[rng.random(x.shape) < 0.002] = np.inf  # missing samples take the scalar path
+        net_lo, net_hi = kernels.batcher_network(n)
+        outs = []
+        for fast in (True, False):
+            y = x.copy()
+            out = (np.empty(3000, np.float32), np.empty(3000, np.float32),
+                   np.empty(3000, np.int16))
+            nrej = kernels._combine_kernel(y, 3000, net_lo, net_hi, 2, 3.0, 3.0, maxiters,
+                                           min_scale, guard, 320, *out, fast)
+            outs.append((nrej, *out))
+        assert outs[0][0] == outs[1][0]
+        for a, b in zip(outs[0][1:], outs[1][1:]):
+            np.testing.assert_array_equal(a, b)
+        cases += outs[0][0] > 0
+    assert cases == 4  # every case did clip something
+
+
+def test_stored_uint16_read_equals_generic_read(tmp_path, monkeypatch):
+    """Stored FITS bytes prepared in one pass = read_rows + prepare, saturation and subtraction
+    included."""
+    frames = bias_like(7, shape=(33, 41), seed=3)
+    frames[2][5, :] = 65520
+    paths = write_frames(tmp_path, frames)
+    sub = np.random.default_rng(1).normal(5.0, 1.0, (33, 41))
+    kwargs = dict(saturation=65520, subtract=sub, scale=np.linspace(0.5, 2.0, 7), workers=2)
+    direct = stacking.combine(paths, **kwargs)
+    monkeypatch.setattr(stacking._FileSource, "unsigned16", property(lambda self: False))
+    generic = stacking.combine(paths, **kwargs)
+    assert_same_result(direct, generic, rtol=0)
+    np.testing.assert_array_equal(direct.inputs["NSAT"], generic.inputs["NSAT"])
+    assert direct.inputs["NSAT"].iloc[2] == 41
+
+
 def test_block_size_independence(caplog):
     frames = bias_like(9, shape=(37, 29), seed=9)
     ref = stacking.combine(frames)

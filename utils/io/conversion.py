@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import adu
+from .. import adu, scheduler
 from .. import headers as kw
 from ..errors import FrameError, InputPathError, OutputPathError
 from ..progress import progress
@@ -371,7 +371,21 @@ class ConversionReport:
         return sum(1 for r in self.rows if r["STATUS"] == status)
 
 
+def _convert_attempt(tasks: list[_FrameTask]) -> list[dict]:
+    """Convert the frames of one attempt (a scheduler task)."""
+    return [_convert_one(t) for t in tasks]
+
+
 def _run_tasks(tasks: list[_FrameTask], workers: int, desc: str, show: bool) -> list[dict]:
+    if scheduler.current().remote:  # one task per attempt (the folder holding frames/)
+        attempts: list[list[_FrameTask]] = []
+        for task in tasks:
+            folder = Path(task.raw_path).parent.parent
+            if not attempts or Path(attempts[-1][0].raw_path).parent.parent != folder:
+                attempts.append([])
+            attempts[-1].append(task)
+        done = scheduler.map_tasks(_convert_attempt, attempts)
+        return [row for rows in done for row in rows]
     if workers <= 1 or len(tasks) < 2:
         return [_convert_one(t) for t in progress(tasks, desc=desc, enabled=show)]
     chunk = max(1, min(16, len(tasks) // (workers * 4)))

@@ -31,7 +31,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .. import adu
+from .. import adu, scheduler
 from .. import headers as kw
 from ..errors import FrameError, InputPathError, TableError
 from ..progress import progress
@@ -325,9 +325,12 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
             return dict(cached, PATH=str(item[0]))
         return _frame_row(item[0], item[1], stage, vacuum, settings)
 
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-        rows = list(progress(pool.map(one, files), desc="index", total=len(files),
-                             enabled=progress_bar))
+    if scheduler.current().remote:  # one task per frame on the cluster
+        rows = scheduler.map_tasks(one, files)
+    else:
+        with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+            rows = list(progress(pool.map(one, files), desc="index", total=len(files),
+                                 enabled=progress_bar))
     rows = [r for r in rows if r]
     _note_pixel_types(rows)
     table = pd.DataFrame(rows, columns=INDEX_COLUMNS)

@@ -45,6 +45,7 @@ from .. import adu
 from .. import headers as kw
 from ..errors import InputPathError, UserError
 from ..io.fitsio import provenance_cards, read_image, set_card, write_product
+from ..stack.tiles import ProductRows, row_tiles, tile_rows
 from .linear import fit_line_per_pixel
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ MASK_NOFIT = 4         # fewer than two valid masters, or excluded by the user's
 #: Extension names of the model product, in order.
 EXTENSIONS = ("B", "SIGMA_A", "SIGMA_B", "COV_AB", "CHI2DOF", "NPTS")
 
-#: Rows per block of the streamed fit (x 6 masters x 3 images x 4 byte x width).
-_BLOCK_ROWS = 256
+#: Default working-memory budget of the streamed fit [byte] (rows of every master per block).
+MEMORY_LIMIT = 256e6
 
 
 def chi2_median_ratio(dof: float) -> float:
@@ -287,22 +288,18 @@ class MasterStack:
 
     def read_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(data, noise, count)`` of rows ``start:stop`` of every master, shape ``(M, rows, W)``;
-        masked pixels are NaN in ``data``."""
-        data, noise, count = [], [], []
-        for p in self.paths:
-            with fits.open(p, memmap=False, lazy_load_hdus=True) as hdul:
-                d = np.array(hdul[0].section[start:stop], dtype=np.float32)
-                names = [h.name for h in hdul]
-                if "MASK" in names:
-                    d[np.asarray(hdul["MASK"].section[start:stop]) != 0] = np.nan
-                n = np.array(hdul["NOISE"].section[start:stop], dtype=np.float32) \
-                    if "NOISE" in names else np.full(d.shape, np.nan, np.float32)
-                c = np.array(hdul["NCOMB"].section[start:stop], dtype=np.float32) \
-                    if "NCOMB" in names else np.ones(d.shape, np.float32)
-            data.append(d)
-            noise.append(n)
-            count.append(c)
-        return np.stack(data), np.stack(noise), np.stack(count)
+        masked pixels are NaN in ``data``.  Read with the stacking engine's block reader."""
+        return self.read_planes(start, stop)
+
+    def read_planes(self, start: int, stop: int, planes=None):
+        """:meth:`read_block` of the masters ``planes`` (indices; default all)."""
+        rows = getattr(self, "_rows", None)
+        if rows is None:
+            rows = self._rows = ProductRows(self.paths, ("PRIMARY", "MASK", "NOISE", "NCOMB"))
+        data = rows.read("PRIMARY", start, stop, planes=planes)
+        data[rows.read("MASK", start, stop, fill=0.0, planes=planes) != 0] = np.nan
+        return (data, rows.read("NOISE", start, stop, planes=planes),
+                rows.read("NCOMB", start, stop, fill=1.0, planes=planes))
 
 
 def pooled_errors(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -320,43 +317,81 @@ def pooled_errors(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
     numpy.ndarray, shape (M, ...)
         ``noise_pool / sqrt(count)`` (NaN where no master has two samples).
     """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _noise_pool(noise, count)[None] / np.sqrt(np.where(count > 0, count, np.nan))
+
+
+def _noise_pool(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """[adu] temporal noise per pixel pooled over the masters (``n_k - 1`` weights)."""
     dof = np.where(np.isfinite(noise) & (count > 1), count - 1.0, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        pooled = np.sqrt(np.nansum(dof * np.where(dof > 0, noise, 0.0) ** 2, axis=0)
-                         / dof.sum(axis=0))
-        return pooled[None] / np.sqrt(np.where(count > 0, count, np.nan))
+        return np.sqrt(np.nansum(dof * np.where(dof > 0, noise, 0.0) ** 2, axis=0)
+                       / dof.sum(axis=0))
 
 
 @dataclass
 class CrossValidation:
-    """Leave-one-temperature-out prediction of each master from the others.
+    """Leave-one-temperature-out prediction of each master from the others, by deletion.
+
+    The line is linear in its coefficients, so the refit without master ``k`` has a closed
+    form (the PRESS / hat-matrix identity): with the point's weight ``w = 1 / sigma_k^2``
+    and leverage ``h = w x_k^T C x_k`` (``C`` the coefficient covariance from the weights,
+    ``x_k = (1, T_k - TREF)``), the held-out residual is ``r_k / (1 - h)`` (``r_k`` the
+    full fit's) and its variance ``sigma_k^2 / (1 - h)`` (the master's error and the
+    held-out prediction's, ``sigma_k^2 h / (1 - h)``, in quadrature) -- what M refits
+    would give, to float rounding (tested), at the cost of none.  Computed per master on
+    demand from the full fit's maps, one master in memory at a time.
 
     Attributes
     ----------
     temperatures : numpy.ndarray
         [degC] of each held-out master.
-    residual : numpy.ndarray, shape (M, H, W)
-        Held-out master minus its prediction [adu] (NaN where not predictable).
-    sigma : numpy.ndarray, shape (M, H, W)
-        Predicted one-sigma error of that residual (master error and prediction
-        error in quadrature, scaled by ``err_scale``) [adu].
-    master : numpy.ndarray, shape (M, H, W)
-        The held-out masters [adu].
     """
 
     temperatures: np.ndarray
-    residual: np.ndarray
-    sigma: np.ndarray
-    master: np.ndarray
+    stack: MasterStack
+    t_ref: float
+    fit: dict              # full fit's maps: a, b, sa, sb, cov (from the weights), npts
+    noise_pool: np.ndarray  # [adu] pooled temporal noise per pixel (float64)
+    err_scale: float
+    predictable: np.ndarray  # per master: the others span two temperatures
+
+    def held_out(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(residual, sigma, master)`` of master ``k`` [adu], ``(H, W)`` float32: held-out
+        master minus its prediction from the others (NaN where not predictable), that
+        residual's one-sigma error (scaled by ``err_scale``), the master."""
+        data, _, count = self.stack.read_planes(0, self.stack.shape[0], [k])
+        y, n = data[0].astype(np.float64), count[0].astype(np.float64)
+        if not self.predictable[k]:
+            nan = np.full(y.shape, np.nan, np.float32)
+            return nan, nan.copy(), data[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sigma = self.noise_pool / np.sqrt(np.where(n > 0, n, np.nan))
+            sigma = np.where(np.isfinite(y), sigma, np.nan)
+            w = np.where(np.isfinite(sigma) & (sigma > 0), 1.0 / (sigma * sigma), 0.0)
+            f = self.fit
+            dx = float(self.temperatures[k]) - self.t_ref
+            sa, sb, cov = (f[name].astype(np.float64) for name in ("sa", "sb", "cov"))
+            lever = w * (sa * sa + dx * dx * sb * sb + 2 * dx * cov)
+            keep = 1.0 - lever
+            # the others must hold two points of the pixel for a line
+            ok = (f["npts"] - (w > 0)) >= 2
+            keep = np.where(ok & (keep > 1e-12), keep, np.nan)
+            pred = f["a"].astype(np.float64) + f["b"].astype(np.float64) * dx
+            residual = (y - pred) / keep
+            var = sigma * sigma / keep
+        return (residual.astype(np.float32),
+                (np.sqrt(var) * self.err_scale).astype(np.float32), data[0])
 
     def summary(self, valid: np.ndarray | None = None) -> pd.DataFrame:
         """One row per held-out temperature: MAE, MAPE, pull mean and std, over ``valid`` pixels."""
         rows = []
         for k, t in enumerate(self.temperatures):
-            ok = np.isfinite(self.residual[k]) & np.isfinite(self.sigma[k])
+            residual, sigma, master = self.held_out(k)
+            ok = np.isfinite(residual) & np.isfinite(sigma)
             if valid is not None:
                 ok &= valid
-            r, s, m = self.residual[k][ok], self.sigma[k][ok], self.master[k][ok]
+            r, s, m = residual[ok], sigma[ok], master[ok]
             pull = r / s
             with np.errstate(divide="ignore", invalid="ignore"):
                 ape = 100 * np.abs(r / m)
@@ -374,7 +409,7 @@ class CrossValidation:
 def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float = 1e-3,
                    slope_nsigma: float = 5.0, exclude: np.ndarray | None = None,
                    cross_validate: bool = True, adc_bits: int = adu.DEFAULT_ADC_BITS,
-                   inputs: pd.DataFrame | None = None
+                   inputs: pd.DataFrame | None = None, memory_limit: float = MEMORY_LIMIT
                    ) -> tuple[BiasModel, CrossValidation | None]:
     """Fit ``bias = A + B (T - t_ref)`` per pixel and (optionally) cross-validate it.
 
@@ -393,7 +428,11 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     exclude : numpy.ndarray of bool, optional
         User mask (e.g. hot pixels): True pixels get NaN A and B and :data:`MASK_NOFIT`.
     cross_validate : bool, optional
-        Also predict every master from the others (needs three temperatures).
+        Also predict every master from the others (needs three temperatures), by the
+        deletion formula (:class:`CrossValidation`), not by refits.
+    memory_limit : float, optional
+        [byte] working memory of one block of rows of every master (the fit streams by
+        row blocks; the full-frame maps come on top).
 
     Returns
     -------
@@ -418,12 +457,8 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
            for name in ("a", "b", "sa", "sb", "cov", "chi2")}
     npts = np.zeros((height, width), np.int16)
     do_cv = cross_validate and m >= 3
-    if do_cv:
-        cv_res = np.full((m, height, width), np.nan, np.float32)
-        cv_var = np.full((m, height, width), np.nan, np.float32)
-        cv_master = np.full((m, height, width), np.nan, np.float32)
-    for start in range(0, height, _BLOCK_ROWS):
-        stop = min(start + _BLOCK_ROWS, height)
+    noise_pool = np.full((height, width), np.nan) if do_cv else None
+    for start, stop in row_tiles(height, tile_rows(m, (height, width), memory_limit, images=3)):
         data, noise, count = stack.read_block(start, stop)
         sigma = pooled_errors(noise, count)
         sigma = np.where(np.isfinite(data), sigma, np.nan)
@@ -435,15 +470,7 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
         out["cov"][rows], out["chi2"][rows] = fit.covariance, fit.chi2
         npts[rows] = (np.isfinite(data) & np.isfinite(sigma) & (sigma > 0)).sum(0)
         if do_cv:
-            cv_master[:, rows] = data
-            for k in range(m):
-                keep = np.arange(m) != k
-                if np.unique(np.round(temps[keep], 3)).size < 2:
-                    continue
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    part = fit_line_per_pixel(temps[keep], data[keep], sigma[keep], x_ref=t_ref)
-                cv_res[k, rows] = data[k] - part.predict(temps[k])
-                cv_var[k, rows] = sigma[k] ** 2 + part.predict_err(temps[k]) ** 2
+            noise_pool[rows] = _noise_pool(noise, count)
 
     # one error scale for the frame: median reduced chi-square over its expected median
     dof = npts.astype(float) - 2
@@ -490,8 +517,12 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
                       inputs=table)
     cv = None
     if do_cv:
-        cv = CrossValidation(temperatures=temps.copy(), residual=cv_res,
-                             sigma=np.sqrt(cv_var) * s, master=cv_master)
+        predictable = np.array([np.unique(np.round(np.delete(temps, k), 3)).size >= 2
+                                for k in range(m)])
+        cv = CrossValidation(temps.copy(), stack, float(t_ref),
+                             {"a": out["a"], "b": out["b"], "sa": out["sa"], "sb": out["sb"],
+                              "cov": out["cov"], "npts": npts},
+                             noise_pool, float(s), predictable)
     return model, cv
 
 

@@ -19,12 +19,14 @@ both give the same results.  Straight lines are in :mod:`utils.models.linear`.
 
 from __future__ import annotations
 
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import scheduler
 from ._parallel import HAVE_NUMBA, _float_array, _run_chunks
 from .exp_kernels import (
     _CONVERGED,
@@ -38,6 +40,7 @@ from .exp_kernels import (
     _nb_population,
 )
 from .linear import warmup as _warmup_line
+from .pixel_tiles import PixelTiles, flat_cov, gather_sample, store_tile, tile_outputs
 from .population import joint_shape
 
 # ---------------------------------------------------------------------------
@@ -332,21 +335,126 @@ def _fallback_block(design, y, s, theta):
     return A, 1.0 / np.sqrt(swff), (w * r * r).sum(0)
 
 
-def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None):
+def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None,
+                   tiles: PixelTiles | None = None):
     """Shared driver: first pass (numba kernel, or numpy blocks), population, fallback pass.
 
-    Returns a dict of maps (float32 / bool / int16) and the population
-    median and spread of every theta.
+    With ``tiles`` (:class:`PixelTiles`; ``y``, ``sigma`` and the covariance of ``shared``
+    then None) the points are read tile by tile, three passes: first fits, the joint
+    population's pixel sample, fallback fits.  Returns a dict of maps (float32 / bool /
+    int16) and the population median and spread of every theta.
     """
     if not min_snr > 0:
         raise ValueError(f"min_snr must be > 0, not {min_snr}")
     if max_iter < 1 or not tol > 0:
         raise ValueError("max_iter must be >= 1 and tol > 0")
-    y = _float_array(y)
-    sigma = _float_array(sigma)
     n = z.shape[0]
-    if y.ndim < 1 or y.shape[0] != n or sigma.shape != y.shape:
-        raise ValueError(f"{n} points but y has shape {y.shape} and sigma {sigma.shape}")
+    if tiles is None:
+        y = _float_array(y)
+        sigma = _float_array(sigma)
+        if y.ndim < 1 or y.shape[0] != n or sigma.shape != y.shape:
+            raise ValueError(f"{n} points but y has shape {y.shape} and sigma {sigma.shape}")
+        if not HAVE_NUMBA:
+            return _fit_exp_model_numpy(z, y, sigma, min_snr=min_snr, max_iter=max_iter,
+                                        tol=tol, workers=workers, what=what, shared=shared)
+        tiles = PixelTiles.of_arrays(y, sigma, None if shared is None else
+                                     np.asarray(shared[1]))
+    elif tiles.n != n:
+        raise ValueError(f"{n} points but the tiles hold {tiles.n}")
+    elif not HAVE_NUMBA:  # the numpy path needs every pixel at once
+        parts = [tiles.read(a, b) for a, b in tiles.ranges]
+        y2 = np.concatenate([_float_array(p[0]) for p in parts], axis=1)
+        s2 = np.concatenate([_float_array(p[1]) for p in parts], axis=1)
+        if shared is not None:
+            shared = (shared[0], np.concatenate([flat_cov(p[2]) for p in parts], axis=2))
+        return _fit_exp_model_numpy(z, y2.reshape((n,) + tuple(tiles.shape)),
+                                    s2.reshape((n,) + tuple(tiles.shape)), min_snr=min_snr,
+                                    max_iter=max_iter, tol=tol, workers=workers, what=what,
+                                    shared=shared)
+    shape = tuple(tiles.shape)
+    P = int(np.prod(shape))
+    design = _Design(z)
+    p, q = design.p, design.q
+    maps = (np.empty(P, np.float32), np.empty((q, P), np.float32),
+            np.empty((p, p, P), np.float32), np.empty(P, np.float32), np.empty(P, np.int16),
+            np.empty(P, np.int8), np.empty(P, np.float32), np.empty((p, P), np.float32))
+    A, theta, cov, chi, npts, status, chi2, errs = maps
+    candidate = np.empty(P, bool)  # enough points for the joint population fit
+    workers = max(1, int(workers))
+    fail = ValueError(
+        f"no pixel is well measured ({what} with y/sigma >= min_snr={min_snr} and a "
+        "converged fit), so there is no population value for the low-signal pixels")
+    if scheduler.current().remote:  # one task per tile on the cluster
+        task = functools.partial(_first_pass_tile, read=tiles.read, design=design, n=n,
+                                 fit=(min_snr, max_iter, tol))
+        for (a, b), (out, cand) in zip(tiles.ranges, scheduler.map_tasks(task, tiles.ranges)):
+            for full, part in zip(maps, out):  # always a copy: the task's arrays are its own
+                full[..., a:b] = part
+            candidate[a:b] = cand
+    for a, b in ([] if scheduler.current().remote else tiles.ranges):
+        y_t, s_t, _ = tiles.read(a, b)
+        y_t = _float_array(y_t).reshape(n, -1)
+        s_t = _float_array(s_t).reshape(n, -1)
+        out = tile_outputs(maps, a, b, P)
+        _first_pass_numba(design, y_t, s_t, min_snr, max_iter, tol, workers, out)
+        store_tile(maps, out, a, b, P)
+        candidate[a:b] = (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= q + 2
+    well = status == _CONVERGED
+    if q > 1 and workers > 1:  # the kernels release the GIL
+        with ThreadPoolExecutor(max_workers=q) as pool:
+            pop = list(pool.map(lambda j: population_value(theta[j], well), range(q)))
+    else:
+        pop = [population_value(theta[j], well) for j in range(q)]
+    # the joint fit's pixel sample (joint_shape's own stride over the candidates), gathered
+    y_s, s_s, c_s = gather_sample(tiles, candidate, n)
+    pop_theta, joint = _joint_population(z, y_s, s_s, pop, fail,
+                                         None if shared is None else (shared[0], c_s))
+    del y_s, s_s, c_s
+    f = design.exp(pop_theta[:, None])[:, 0]
+    with np.errstate(all="ignore"):  # only for the float32 casts of overflowing values
+        fixed = (f, pop_theta.astype(np.float32),
+                 np.array([s ** 2 for _, s in pop], np.float32))
+    for a, b in tiles.ranges:
+        if well[a:b].all():
+            continue  # no fallback pixel: nothing to read
+        y_t, s_t, _ = tiles.read(a, b)
+        y_t = _float_array(y_t).reshape(n, -1)
+        s_t = _float_array(s_t).reshape(n, -1)
+        out = tile_outputs(maps, a, b, P)
+        t_A, t_theta, t_cov, _, t_npts, t_status, t_chi2, t_errs = out
+        _run_chunks(lambda i, j: _nb_fallback(y_t, s_t, i, j, t_status, t_npts, *fixed, t_A,
+                                              t_theta, t_cov, t_chi2, t_errs),
+                    b - a, _NL_CHUNK, workers)
+        store_tile(maps, out, a, b, P)
+    return {
+        "amplitude": A.reshape(shape), "amplitude_err": errs[0].reshape(shape),
+        "theta": theta.reshape((q,) + shape), "theta_err": errs[1:].reshape((q,) + shape),
+        "covariance": cov.reshape((p, p) + shape), "chi2": chi2.reshape(shape),
+        "npoints": npts.reshape(shape), "fallback": ~well.reshape(shape),
+        "population": [(float(v), spread) for v, (_, spread) in zip(pop_theta, pop)],
+        "population_err": joint.errors if joint is not None else np.full(q, np.nan),
+        "population_median": [m for m, _ in pop],
+    }
+
+
+def _first_pass_tile(tile, *, read, design, n, fit):
+    """First pass on the pixels ``tile = (a, b)`` (a scheduler task): the per-pixel fit's
+    maps of those pixels and whether each has enough points for the joint fit."""
+    a, b = tile
+    y_t, s_t, _ = read(a, b)
+    y_t = _float_array(y_t).reshape(n, -1)
+    s_t = _float_array(s_t).reshape(n, -1)
+    m, p, q = b - a, design.p, design.q
+    out = (np.empty(m, np.float32), np.empty((q, m), np.float32),
+           np.empty((p, p, m), np.float32), np.empty(m, np.float32), np.empty(m, np.int16),
+           np.empty(m, np.int8), np.empty(m, np.float32), np.empty((p, m), np.float32))
+    _first_pass_numba(design, y_t, s_t, fit[0], fit[1], fit[2], 1, out)
+    return out, (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= q + 2
+
+
+def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None):
+    """The driver without numba: vectorised numpy blocks over in-memory arrays."""
+    n = z.shape[0]
     shape = y.shape[1:]
     y2 = y.reshape(n, -1)
     s2 = sigma.reshape(n, -1)
@@ -363,44 +471,26 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     fail = ValueError(
         f"no pixel is well measured ({what} with y/sigma >= min_snr={min_snr} and a "
         "converged fit), so there is no population value for the low-signal pixels")
-    if HAVE_NUMBA:
-        chi2 = np.empty(P, np.float32)
-        errs = np.empty((p, P), np.float32)
-        _first_pass_numba(design, y2, s2, min_snr, max_iter, tol, workers,
-                          (A, theta, cov, chi, npts, status, chi2, errs))
-        well = status == _CONVERGED
-        if q > 1 and workers > 1:  # the kernels release the GIL
-            with ThreadPoolExecutor(max_workers=q) as pool:
-                pop = list(pool.map(lambda j: population_value(theta[j], well), range(q)))
-        else:
-            pop = [population_value(theta[j], well) for j in range(q)]
-        pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared)
-        f = design.exp(pop_theta[:, None])[:, 0]
-        with np.errstate(all="ignore"):  # only for the float32 casts of overflowing values
-            args = (status, npts, f, pop_theta.astype(np.float32),
-                    np.array([s ** 2 for _, s in pop], np.float32), A, theta, cov, chi2, errs)
-        _run_chunks(lambda a, b: _nb_fallback(y2, s2, a, b, *args), P, _NL_CHUNK, workers)
-    else:
-        _first_pass_numpy(design, y2, s2, min_snr, max_iter, tol, workers,
-                          (A, theta, cov, chi, npts, status))
-        well = status == _CONVERGED
-        with np.errstate(invalid="ignore", divide="ignore"):
-            chi2 = np.where(npts > p, chi / (npts - p), np.nan).astype(np.float32)
-        pop = [population_value(theta[j], well) for j in range(q)]
-        pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared)
-        fb = np.flatnonzero(~well)
-        theta[:, fb] = pop_theta[:, None]
-        cov[:, :, fb] = 0.0
-        for j in range(q):
-            cov[j + 1, j + 1, fb] = pop[j][1] ** 2
-        step = max(256, _BLOCK_SAMPLES // n)
-        with np.errstate(all="ignore"):  # pixels without any usable point give NaN
-            for a in range(0, fb.size, step):
-                ids = fb[a:a + step]
-                A_fb, err, chi_fb = _fallback_block(design, y2[:, ids], s2[:, ids], pop_theta)
-                A[ids], cov[0, 0, ids] = A_fb, err * err
-                chi2[ids] = np.where(npts[ids] > 1, chi_fb / (npts[ids] - 1), np.nan)
-        errs = np.sqrt(np.diagonal(cov).T)  # (p, P)
+    _first_pass_numpy(design, y2, s2, min_snr, max_iter, tol, workers,
+                      (A, theta, cov, chi, npts, status))
+    well = status == _CONVERGED
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = np.where(npts > p, chi / (npts - p), np.nan).astype(np.float32)
+    pop = [population_value(theta[j], well) for j in range(q)]
+    pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared)
+    fb = np.flatnonzero(~well)
+    theta[:, fb] = pop_theta[:, None]
+    cov[:, :, fb] = 0.0
+    for j in range(q):
+        cov[j + 1, j + 1, fb] = pop[j][1] ** 2
+    step = max(256, _BLOCK_SAMPLES // n)
+    with np.errstate(all="ignore"):  # pixels without any usable point give NaN
+        for a in range(0, fb.size, step):
+            ids = fb[a:a + step]
+            A_fb, err, chi_fb = _fallback_block(design, y2[:, ids], s2[:, ids], pop_theta)
+            A[ids], cov[0, 0, ids] = A_fb, err * err
+            chi2[ids] = np.where(npts[ids] > 1, chi_fb / (npts[ids] - 1), np.nan)
+    errs = np.sqrt(np.diagonal(cov).T)  # (p, P)
     return {
         "amplitude": A.reshape(shape), "amplitude_err": errs[0].reshape(shape),
         "theta": theta.reshape((q,) + shape), "theta_err": errs[1:].reshape((q,) + shape),
@@ -734,7 +824,8 @@ class PowerExponentialFit:
 def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: float,
                                     min_snr: float = 3.0, max_iter: int = 30,
                                     tol: float = 1e-6, workers: int = 2,
-                                    shared_errors=None) -> PowerExponentialFit:
+                                    shared_errors=None,
+                                    tiles: PixelTiles | None = None) -> PowerExponentialFit:
     """Weighted nonlinear fit of ``y = A t**gamma exp(rate (T - t_ref))`` for every pixel.
 
     Same scheme as :func:`fit_exponential_per_pixel` with three parameters:
@@ -765,7 +856,10 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
         Error shared between the points (e.g. one subtracted bias serving several
         masters): ``cov = V_k C V_l^T`` with V (n, D) and C (D, D, ...); used by the
         population fit (:func:`utils.models.population.joint_shape`), whose expectation
-        it would otherwise bias.
+        it would otherwise bias.  With ``tiles``, C is None (the tiles give it).
+    tiles : PixelTiles, optional
+        Read the points tile by tile instead of from ``y`` and ``sigma`` (then None):
+        memory bounded by the tile size, results identical.
 
     Returns
     -------
@@ -794,7 +888,7 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
     res = _fit_exp_model(z, y, sigma, min_snr=min_snr, max_iter=max_iter, tol=tol,
                          workers=workers,
                          what="three points spanning two temperatures and two exposure times",
-                         shared=shared_errors)
+                         shared=shared_errors, tiles=tiles)
     (g_pop, g_spread), (r_pop, r_spread) = res["population"]
     g_err, r_err = (float(v) for v in res["population_err"])
     g_med, r_med = (float(v) for v in res["population_median"])

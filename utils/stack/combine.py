@@ -64,7 +64,7 @@ import pandas as pd
 from astropy.io import fits
 
 from .. import headers as kw
-from ..errors import FrameError, InsufficientFramesError
+from ..errors import FrameError, InsufficientFramesError, UnreadableFrameError
 from ..io import fitsio
 from ..progress import progress
 from .kernels import (
@@ -74,6 +74,7 @@ from .kernels import (
     _combine_numpy,
     _prepare,
     _prepare_numpy,
+    _prepare_u16,
     batcher_network,
     warmup,
 )
@@ -307,6 +308,27 @@ class _FileSource:
         fd = self.fds[i] if self.fds is not None else None
         fitsio.read_rows(self.layouts[i], start, stop, fd=fd, out=out)
 
+    @property
+    def unsigned16(self) -> bool:
+        """Whether every input is stored as FITS unsigned 16-bit (BZERO 32768, BSCALE 1)."""
+        return all(lay.dtype == np.dtype(">i2") and lay.bscale == 1.0 and lay.bzero == 32768.0
+                   for lay in self.layouts)
+
+    def read_bytes(self, i: int, start: int, stop: int, buf: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` of input ``i`` as stored (uint8) into ``buf``; returns the view."""
+        lay = self.layouts[i]
+        nbytes = (stop - start) * lay.row_bytes
+        view = buf[:nbytes]
+        fd = self.fds[i] if self.fds is not None else os.open(lay.path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [view], lay.offset + start * lay.row_bytes)
+        finally:
+            if self.fds is None:
+                os.close(fd)
+        if got != nbytes:
+            raise UnreadableFrameError(lay.path, f"short read of rows {start}:{stop}")
+        return view
+
 
 class _ArraySource:
     """In-memory 2-D arrays (tests, small products)."""
@@ -487,6 +509,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
     empty_sub = np.empty(0, dtype=np.float64)
     empty_nsat = np.empty(0, dtype=np.int16)
     local = threading.local()
+    direct_u16 = use_numba and isinstance(source, _FileSource) and source.unsigned16
 
     def run_block(start: int) -> tuple[int, np.ndarray]:
         stop = min(start + plan.rows, nrows)
@@ -501,9 +524,15 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
         frame_sat = np.zeros(n, dtype=np.int64)
         if isinstance(subtract, np.ndarray):  # the same rows for every frame: convert once
             common_sub = np.ascontiguousarray(subtract[start:stop], dtype=np.float64).reshape(-1)
+        raw_buf = None
+        if direct_u16:  # stored bytes straight into the kernel's samples (one pass)
+            raw_buf = getattr(local, "raw", None)
+            if raw_buf is None or raw_buf.size < 2 * npix:
+                raw_buf = local.raw = np.empty(2 * plan.rows * width, dtype=np.uint8)
         for i in range(n):
             row = x[i, :npix]
-            source.read(i, start, stop, row.reshape(stop - start, width))
+            if raw_buf is None:
+                source.read(i, start, stop, row.reshape(stop - start, width))
             if subtract is None:
                 sub = empty_sub
             elif isinstance(subtract, np.ndarray):
@@ -515,8 +544,12 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
                                      f"{sub.shape}, expected {(stop - start, width)}")
                 sub = sub.reshape(-1)
             fscale = 1.0 if scale is None else float(scale[i])
-            prep = _prepare if use_numba else _prepare_numpy
-            frame_sat[i] = prep(row, sub, fscale, sat_level, block_nsat)
+            if raw_buf is not None:
+                frame_sat[i] = _prepare_u16(source.read_bytes(i, start, stop, raw_buf), row, sub,
+                                            fscale, sat_level, block_nsat)
+            else:
+                prep = _prepare if use_numba else _prepare_numpy
+                frame_sat[i] = prep(row, sub, fscale, sat_level, block_nsat)
         out_d = data[start:stop].reshape(-1)
         out_n = noise[start:stop].reshape(-1)
         out_c = count[start:stop].reshape(-1)

@@ -101,6 +101,39 @@ def _prepare_py(row, sub, scale, saturation, nsat):
     return count
 
 
+def _prepare_u16_py(raw, row, sub, scale, saturation, nsat):
+    """:func:`_prepare_py` reading big-endian FITS ``uint16`` bytes (BZERO 32768) directly.
+
+    ``raw`` is the uint8 view of the rows as stored (two bytes per sample,
+    most significant first, sign bit flipped by the BZERO convention); the
+    physical value ``((hi << 8) | lo) ^ 0x8000`` is exact in float32, so this
+    equals :func:`utils.io.fitsio.read_rows` followed by :func:`_prepare_py`, in
+    one pass over the bytes instead of three over the samples.
+    """
+    n = row.shape[0]
+    inf = np.float32(np.inf)
+    has_sub = sub.shape[0] == n
+    count = 0
+    if saturation < np.inf:
+        for p in range(n):
+            raw_v = np.float32(((np.uint16(raw[2 * p]) << 8) | np.uint16(raw[2 * p + 1]))
+                               ^ np.uint16(0x8000))
+            sat = raw_v >= saturation
+            v = np.float64(raw_v) - sub[p] if has_sub else np.float64(raw_v)
+            v32 = np.float32(v * scale)
+            row[p] = v32 if (abs(v32) < inf and not sat) else inf
+            nsat[p] += sat
+            count += sat
+    else:
+        for p in range(n):
+            raw_v = np.float32(((np.uint16(raw[2 * p]) << 8) | np.uint16(raw[2 * p + 1]))
+                               ^ np.uint16(0x8000))
+            v = np.float64(raw_v) - sub[p] if has_sub else np.float64(raw_v)
+            v32 = np.float32(v * scale)
+            row[p] = v32 if abs(v32) < inf else inf
+    return count
+
+
 def _sort_columns_py(x, lo, hi, p0, p1):
     """Apply the sorting network to the columns ``p0:p1`` of ``x`` (n, npix).
 
@@ -223,8 +256,175 @@ def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale, guard):
     return lo, hi
 
 
+#: Pixels per call of :func:`_first_clip_py` (its float64 scratch is ``(P, FIRST_SUB)``,
+#: ``P`` the power of two >= the frame count: 128 KiB at 64 frames, in L2); at 64 pixels
+#: the lane loops spent more on set-up than they saved in cache (measured).
+FIRST_SUB = 256
+
+
+def _select_pair_py(work, big, t, size, kth, nxt):
+    """Ranks ``t`` and ``t + 1`` (0-based) of the bitonic columns ``work[:big, :size]``.
+
+    A half-cleaner (compare-exchange of rows ``i`` and ``i + half``) leaves two
+    bitonic halves with every element of the lower one <= every element of the
+    upper one, so both ranks are found by descending into one half per level;
+    when they fall into different halves, rank ``t`` is the largest of the
+    lower half and ``t + 1`` the smallest of the upper.  ``big - 1``
+    compare-exchanges at most, each a loop over pixels (SIMD).  ``work`` is
+    overwritten.
+    """
+    base = 0
+    length = big
+    while length > 1:
+        half = length // 2
+        for i in range(half):
+            a = work[base + i, :size]
+            b = work[base + i + half, :size]
+            for q in range(size):
+                u = a[q]
+                v = b[q]
+                a[q] = min(u, v)
+                b[q] = max(u, v)
+        if t + 1 < half:
+            length = half
+        elif t >= half:
+            base += half
+            t -= half
+            length = half
+        else:
+            lo_row = work[base, :size]
+            hi_row = work[base + half, :size]
+            for q in range(size):
+                kth[q] = lo_row[q]
+                nxt[q] = hi_row[q]
+            for i in range(1, half):
+                a = work[base + i, :size]
+                b = work[base + half + i, :size]
+                for q in range(size):
+                    kth[q] = max(kth[q], a[q])
+                    nxt[q] = min(nxt[q], b[q])
+            return
+
+
+def _count_outside_py(x, p0, size, m, lower, upper, nlo, nhi):
+    """Sorted rows ``0:m``: ``nlo`` = samples below ``lower``, ``nhi`` = ``m`` - those above."""
+    for q in range(size):
+        nlo[q] = 0
+        nhi[q] = m
+    for k in range(m):
+        xr = x[k, p0:p0 + size]
+        for q in range(size):
+            v = np.float64(xr[q])
+            nlo[q] += np.int64(v < lower[q])
+            nhi[q] -= np.int64(v > upper[q])
+    for q in range(size):  # the scalar walk never crosses (only with negative sigmas)
+        nhi[q] = max(nhi[q], nlo[q])
+
+
+def _masked_sum_py(xr, k, ilo, ihi, tot):
+    """``tot += xr`` where ``ilo <= k < ihi`` (0.0 added elsewhere: the sum is unchanged)."""
+    for q in range(tot.shape[0]):
+        tot[q] += np.float64(xr[q]) if (k >= ilo[q]) & (k < ihi[q]) else 0.0
+
+
+def _masked_ss_py(xr, k, ilo, ihi, mean, ss):
+    """``ss += (xr - mean)**2`` where ``ilo <= k < ihi``."""
+    for q in range(ss.shape[0]):
+        d = np.float64(xr[q]) - mean[q]
+        ss[q] += d * d if (k >= ilo[q]) & (k < ihi[q]) else 0.0
+
+
+def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, ilo, ihi,
+                   state):
+    """First clipping iteration of the sorted columns ``p0:p0+size``, vectorised over pixels.
+
+    For pixels whose ``m`` samples are all valid (rows ``0:m`` sorted,
+    ``m >= 3``), the first iteration of :func:`_clip_range_py` with
+    ``(lo, hi) = (0, m)`` is computed with the same float64 operations in the
+    same order, but as loops over pixels (SIMD, no per-pixel branches or
+    gathers): the centre from two rows; the MAD by selecting ranks ``r`` and
+    ``r + 1`` of the distances ``|x - c|`` (from a sorted column they fall then
+    rise: a bitonic sequence, see :func:`_select_pair_py`); the rejected
+    samples by counting; the guard's standard deviation by masked sums.
+
+    Writes ``state[q]``: 0 where the iteration rejects nothing (the scalar
+    loop stops there: most pixels), 1 where it moved the range to
+    ``ilo[q]:ihi[q]`` (the caller continues with the scalar loop from there),
+    2 where the MAD is 0 on differing samples (the caller restarts the scalar
+    loop).  ``work`` is float64 scratch ``(P, size)``, ``P`` the power of two
+    ``>= m``; ``aux`` float64 ``(8, size)``.
+    """
+    big = 1
+    while big < m:
+        big *= 2
+    r = (m - 1) // 2
+    c = aux[0, :size]
+    kth = aux[1, :size]
+    nxt = aux[2, :size]
+    std = aux[3, :size]
+    lower = aux[4, :size]
+    upper = aux[5, :size]
+    tot = aux[6, :size]
+    ss = aux[7, :size]
+    xa = x[r, p0:p0 + size]
+    xb = x[m // 2, p0:p0 + size]
+    for q in range(size):
+        c[q] = 0.5 * (np.float64(xa[q]) + np.float64(xb[q]))
+    for k in range(big):
+        drow = work[k, :size]
+        if k < m:
+            xr = x[k, p0:p0 + size]
+            for q in range(size):
+                drow[q] = abs(np.float64(xr[q]) - c[q])
+        else:
+            for q in range(size):
+                drow[q] = np.inf
+    _select_pair(work, big, r, size, kth, nxt)
+    first = x[0, p0:p0 + size]
+    last = x[m - 1, p0:p0 + size]
+    even = m % 2 == 0
+    for q in range(size):
+        mad = 0.5 * (kth[q] + nxt[q]) if even else kth[q]
+        s = mad * MAD_TO_STD
+        state[q] = 2 if (s == 0.0) & (first[q] != last[q]) else 0
+        s = min_scale if s < min_scale else s
+        std[q] = s
+        lower[q] = c[q] - s * sig_lo
+        upper[q] = c[q] + s * sig_hi
+    _count_outside(x, p0, size, m, lower, upper, ilo, ihi)
+    if guard:
+        # std of the unflagged samples ilo:ihi, two passes as _range_std_py (adding 0.0
+        # outside the range leaves the float64 sums bit for bit the scalar ones)
+        for q in range(size):
+            tot[q] = 0.0
+            ss[q] = 0.0
+        for k in range(m):
+            _masked_sum(x[k, p0:p0 + size], k, ilo, ihi, tot)
+        for q in range(size):
+            tot[q] = tot[q] / max(ihi[q] - ilo[q], 1)
+        for k in range(m):
+            _masked_ss(x[k, p0:p0 + size], k, ilo, ihi, tot, ss)
+        widen = 0
+        for q in range(size):
+            k_in = ihi[q] - ilo[q]
+            flagged = (ilo[q] > 0) | (ihi[q] < m)
+            s_in = math.sqrt(ss[q] / max(k_in, 1)) * math.sqrt(k_in / (k_in - 1.0)) \
+                if k_in >= 2 else 0.0
+            s_in = min_scale if s_in < min_scale else s_in
+            wide = flagged & (k_in >= 2) & (s_in > std[q])
+            s = s_in if wide else std[q]
+            lower[q] = c[q] - s * sig_lo
+            upper[q] = c[q] + s * sig_hi
+            widen += wide
+        if widen:  # recount with the widened bounds (unchanged bounds give the same counts)
+            _count_outside(x, p0, size, m, lower, upper, ilo, ihi)
+    for q in range(size):
+        moved = (ilo[q] > 0) | (ihi[q] < m)
+        state[q] = state[q] if state[q] == 2 else np.uint8(moved)
+
+
 def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters, min_scale,
-                       guard, chunk, out_data, out_noise, out_count):
+                       guard, chunk, out_data, out_noise, out_count, fast=True):
     """Combine the block ``x[:, :npix]`` (n_frames rows of samples, +inf = missing).
 
     Writes ``out_data``, ``out_noise`` (float32) and ``out_count`` (int16),
@@ -242,6 +442,14 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
     tot = np.zeros(chunk, dtype=np.float64)
     ss = np.zeros(chunk, dtype=np.float64)
     shift = np.zeros(chunk, dtype=np.float64)
+    big = 1
+    while big < n:
+        big *= 2
+    work = np.empty((big, FIRST_SUB), dtype=np.float64)
+    aux = np.empty((8, FIRST_SUB), dtype=np.float64)
+    ilo = np.zeros(chunk, dtype=np.int64)
+    ihi = np.zeros(chunk, dtype=np.int64)
+    state = np.zeros(chunk, dtype=np.uint8)
     nrej = 0
     for p0 in range(0, npix, chunk):
         p1 = min(p0 + chunk, npix)
@@ -259,7 +467,27 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
                 hi_a[q] += 1 if row[q] < np.inf else 0
         if method == 2:
             for q in range(size):
+                state[q] = 2
+            if fast and n >= 3:
+                for s0 in range(0, size, FIRST_SUB):
+                    s1 = min(s0 + FIRST_SUB, size)
+                    _first_clip(x, p0 + s0, s1 - s0, n, sig_lo, sig_hi, min_scale, guard,
+                                work, aux, ilo[s0:s1], ihi[s0:s1], state[s0:s1])
+            for q in range(size):
                 m = hi_a[q]
+                if m == n and state[q] == 0:  # the first iteration kept every sample
+                    continue
+                if m == n and state[q] == 1:  # continue after the first iteration
+                    lo = ilo[q]
+                    hi = ihi[q]
+                    if maxiters != 1:
+                        lo, hi = _clip_range(x, p0 + q, lo, hi, sig_lo, sig_hi,
+                                             maxiters - 1 if maxiters > 0 else 0,
+                                             min_scale, guard)
+                    nrej += m - (hi - lo)
+                    lo_a[q] = lo
+                    hi_a[q] = hi
+                    continue
                 if m > 0:
                     lo, hi = _clip_range(x, p0 + q, 0, m, sig_lo, sig_hi, maxiters,
                                           min_scale, guard)
@@ -324,13 +552,22 @@ if HAVE_NUMBA:
     # (tuple returns) the clipping ran 1.6x slower
     _inline = njit(nogil=True, cache=True, inline="always")
     _prepare = _jit(_prepare_py)
+    _prepare_u16 = _jit(_prepare_u16_py)
     _sort_columns = _jit(_sort_columns_py)
     _kth_distance = _inline(_kth_distance_py)
     _range_std = _jit(_range_std_py)  # rare path: not worth inlining
     _clip_range = _inline(_clip_range_py)
+    # the lane loops are compiled as their own functions: inlined they stayed scalar
+    _select_pair = _jit(_select_pair_py)
+    _count_outside = _jit(_count_outside_py)
+    _masked_sum = _jit(_masked_sum_py)
+    _masked_ss = _jit(_masked_ss_py)
+    _first_clip = _jit(_first_clip_py)
     _combine_kernel = _jit(_combine_kernel_py)
 else:  # pragma: no cover
     _prepare = _sort_columns = _kth_distance = _range_std = _clip_range = _combine_kernel = None
+    _select_pair = _count_outside = _first_clip = _masked_sum = _masked_ss = None
+    _prepare_u16 = None
 
 
 def warmup() -> float:
@@ -347,6 +584,9 @@ def warmup() -> float:
     nsat = np.zeros(4, np.int16)
     _prepare(x[0], np.zeros(4), 1.0, np.inf, nsat)
     _prepare(x[1], np.empty(0), 1.0, np.inf, nsat)
+    raw = np.zeros(8, np.uint8)
+    _prepare_u16(raw, x[0], np.zeros(4), 1.0, np.inf, nsat)
+    _prepare_u16(raw, x[1], np.empty(0), 1.0, 65520.0, nsat)
     for method in (0, 1, 2):
         _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 0.0, True, 4,
                         np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, np.int16))

@@ -1,0 +1,127 @@
+"""A campaign run on a 2-worker Dask cluster writes the same products as the local run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+
+from utils import scheduler
+from utils.errors import ConfigError
+
+distributed = pytest.importorskip("distributed")
+
+#: Header keywords that record when, not what (the write time), and INHASH, the hash of the
+#: input paths (the local run, shared with other tests, lives under another temporary root).
+TIME_KEYS = {"DATE", "CHECKSUM", "DATASUM", "INHASH"}
+
+
+def _text(value, roots):
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    for old, new in roots:
+        text = text.replace(old, new)
+    return text
+
+
+def _compare_fits(a: Path, b: Path, roots) -> None:
+    with fits.open(a) as ha, fits.open(b) as hb:
+        assert [h.name for h in ha] == [h.name for h in hb], a
+        for x, y in zip(ha, hb):
+            skip = set(TIME_KEYS)
+            if isinstance(x, fits.BinTableHDU):  # string widths follow the paths' lengths
+                skip |= {"NAXIS1"} | {k for k in x.header if k.startswith("TFORM")}
+            keys = [k for k in x.header if k not in skip]
+            assert keys == [k for k in y.header if k not in skip], (a, x.name)
+            for key in keys:
+                u, v = _text(x.header[key], roots), str(y.header[key])
+                if isinstance(y.header[key], str) and max(len(u), len(v)) >= 68:
+                    # a path cut to the card's 68 characters: cut where the other root ends
+                    u, v = u[:min(len(u), len(v))], v[:min(len(u), len(v))]
+                assert u == v, (a, x.name, key)
+            if isinstance(x, fits.BinTableHDU):
+                for col in x.columns.names:
+                    u, v = x.data[col], y.data[col]
+                    if u.dtype.kind in "SUO":
+                        assert [_text(s, roots) for s in u] == [_text(s, []) for s in v], \
+                            (a, col)
+                    else:
+                        np.testing.assert_array_equal(u, v, err_msg=f"{a} {col}")
+            elif x.data is not None:
+                np.testing.assert_array_equal(x.data, y.data, err_msg=f"{a} {x.name}")
+
+
+@pytest.mark.slow
+def test_campaign_on_a_dask_cluster_equals_the_local_run(demo_output, tmp_path):
+    import run_calibration
+
+    local, _ = demo_output
+    # the same folder names as the local run: only the temporary root differs
+    remote = tmp_path / local.parent.name / local.name
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        status = run_calibration.main(["demo", str(remote), "--no-progress", "--scheduler",
+                                       "dask", "--dask-address", cluster.scheduler_address])
+        assert status == 0
+        # the tasks did run on the cluster: conversion per attempt, index statistics per
+        # frame, masters per set, the 2-D dark fit per tile
+        assert {"convert_attempt", "one", "set_task", "first_pass_tile"} <= set(
+            cluster.scheduler.task_prefixes)
+        assert all(w.state.executed_count > 0 for w in cluster.workers.values())
+    # paths appear as they are and, in FITS tables, percent-escaped (non-ASCII folder names)
+    roots = [(str(local), str(remote)),
+             (quote(str(local), safe="/ "), quote(str(remote), safe="/ "))]
+    files = sorted(p.relative_to(local) for p in local.rglob("*")
+                   if p.suffix in (".fits", ".csv") and p.is_file())
+    assert len(files) > 50
+    assert files == sorted(p.relative_to(remote) for p in remote.rglob("*")
+                           if p.suffix in (".fits", ".csv") and p.is_file())
+    for rel in files:
+        if rel.suffix == ".fits":
+            _compare_fits(local / rel, remote / rel, roots)
+        else:
+            a = pd.read_csv(local / rel, dtype=str, keep_default_na=False)
+            b = pd.read_csv(remote / rel, dtype=str, keep_default_na=False)
+            assert list(a.columns) == list(b.columns), rel
+            assert a.map(lambda v: _text(v, roots)).equals(b), rel
+    summary = json.loads((remote / "products" / "dark" / "summary.json").read_text())
+    assert summary == json.loads(_text((local / "products" / "dark" / "summary.json")
+                                       .read_text(), [(json.dumps(str(local))[1:-1],
+                                                      json.dumps(str(remote))[1:-1])]))
+
+
+def test_scheduler_options_are_checked():
+    assert scheduler.from_options("local").map(abs, [-2, 3], workers=2) == [2, 3]
+    with pytest.raises(ConfigError, match="needs --scheduler dask"):
+        scheduler.from_options("local", "tcp://nowhere:8786")
+    with pytest.raises(ConfigError, match="scheduler"):
+        scheduler.from_options("spark")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        with scheduler.using(scheduler.from_options("dask", cluster.scheduler_address)) as s:
+            assert scheduler.current() is s and s.remote
+            assert scheduler.map_tasks(np.square, [1, 2, 3]) == [1, 4, 9]
+    assert not scheduler.current().remote
+
+
+def test_per_pixel_fit_on_a_dask_cluster_equals_the_local_fit():
+    from utils.models.nonlinear import fit_power_exponential_per_pixel
+
+    rng = np.random.default_rng(3)
+    temps = np.repeat([10.0, 20.0, 30.0], 2)
+    exps = np.tile([1.0, 4.0], 3)
+    amp = rng.lognormal(1.0, 0.5, (12, 9))
+    y = amp * exps[:, None, None] * np.exp(0.1 * (temps - 20.0))[:, None, None]
+    sigma = np.sqrt(1.0 + y)
+    y = y + rng.normal(0, 1, y.shape) * sigma
+    local = fit_power_exponential_per_pixel(temps, exps, y, sigma, t_ref=20.0)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        with scheduler.using(scheduler.from_options("dask", cluster.scheduler_address)):
+            remote = fit_power_exponential_per_pixel(temps, exps, y, sigma, t_ref=20.0)
+    for name in ("amplitude", "gamma", "rate", "covariance", "chi2", "npoints", "fallback"):
+        np.testing.assert_array_equal(getattr(local, name), getattr(remote, name), err_msg=name)
