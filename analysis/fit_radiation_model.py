@@ -516,7 +516,7 @@ def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points:
         set_card(header, key, value, comment)
     set_card(header, "TREF", settings.t_ref, "[degC] reference temperature")
     set_card(header, "TDOUBLE", fit.settings.t_d if fit.settings.t_d else "none",
-             "[degC] doubling temperature used (none: no T term)")
+             "[degC] T_d used (none: no T term)")
     set_card(header, "NMASTERS", len(darks), "dark masters fitted per pixel")
     set_card(header, "BETAFIT", bool(maps.fitted[i1]), "beta_D fitted (dark masters at >1 dose)")
     if not maps.fitted[i1]:
