@@ -127,7 +127,7 @@ def test_irradiation_stages_never_mixed(rad_calibration):
     assert {"pre", "radiating", "post"} <= set(written["STAGE"])
     # the report's radiation section shows what the calibration products allow: the pre and
     # post stages' numbers side by side; the dose analyses' topics say what makes them
-    record = json.loads((out / "products" / "report" / "report.json").read_text())
+    record = json.loads((out / "report" / "report.json").read_text())
     blocks = {b["key"]: b for b in record["radiation"]["blocks"]}
     assert record["sections"]["radiation"] and blocks["stage_differences"]["measured"]
     prnu = next(r for r in blocks["stage_differences"]["tables"][0]["rows"]
