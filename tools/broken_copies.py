@@ -14,8 +14,8 @@ result through again.
 
 Usage (from the repository root; a few minutes per copy on an idle 2-core machine)::
 
-    python tools/broken_copies.py                 # all three
-    python tools/broken_copies.py dark --jobs 1   # one of them
+    python -m tools.broken_copies                 # all three
+    python -m tools.broken_copies dark --jobs 1   # one of them
 
 It prints, per copy, the killing tests and a final JSON line, and writes
 ``bench/results/broken_copies.json``.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,8 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutation import ROOT, _scratch_copy  # noqa: E402
+from tools.mutation import ROOT, _scratch_copy
+
+logger = logging.getLogger("tools.broken_copies")
 
 _DARK_MODES = ("dark_pipeline/pipeline.py",
                '    elif mode == "evaluate_dark_current":\n',
@@ -104,13 +106,14 @@ def run_tests(repo: Path, tests: list[str], timeout: float) -> tuple[int, list[s
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Example: python tools/broken_copies.py dark")
+                                     epilog="Example: python -m tools.broken_copies dark")
     parser.add_argument("copies", nargs="*", metavar="COPY",
                         help=f"broken copies to replay: {', '.join(BROKEN)} (default: all)")
     parser.add_argument("--timeout", type=float, default=1800, help="[s] per copy")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" /
                                                 "broken_copies.json"))
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     unknown = sorted(set(args.copies) - set(BROKEN))
     if unknown:
         parser.error(f"unknown broken copies {unknown}; choose from {list(BROKEN)}")
@@ -126,10 +129,9 @@ def main(argv=None) -> int:
             killed = code != 0
             results[name] = {"killed": killed, "exit": code, "killing_tests": failed,
                              "tests_run": tests, "seconds": round(seconds, 1)}
-            print(f"{name}: {'KILLED' if killed else 'SURVIVED'} in {seconds:.0f} s "
-                  f"(pytest exit {code})", flush=True)
-            for test in failed:
-                print(f"    {test}", flush=True)
+            logger.info("%s: %s in %.0f s (pytest exit %d)%s", name,
+                        "KILLED" if killed else "SURVIVED", seconds, code,
+                        "".join(f"\n    {test}" for test in failed))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.output)

@@ -17,8 +17,8 @@ sampled deterministically (``--per-module``, ``--seed``) from all candidates.
 This is slow (one test run per mutant, numba kernels recompiled when touched)
 and is not part of CI; run it on demand, e.g. on a quiet machine::
 
-    python tools/mutation.py --per-module 25 --jobs 2
-    python tools/mutation.py --modules utils/stack/combine.py --per-module 40
+    python -m tools.mutation --per-module 25 --jobs 2
+    python -m tools.mutation --modules utils/stack/combine.py --per-module 40
 
 It prints one line per mutant, a table per module and a final JSON line, and
 writes ``bench/results/mutation.json``.
@@ -30,6 +30,7 @@ import argparse
 import ast
 import copy
 import json
+import logging
 import os
 import random
 import shutil
@@ -40,6 +41,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+logger = logging.getLogger("tools.mutation")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -263,7 +266,7 @@ def _run_tests(repo: Path, tests: list[str], timeout: float) -> tuple[str, float
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Example: python tools/mutation.py --per-module 25")
+                                     epilog="Example: python -m tools.mutation --per-module 25")
     parser.add_argument("--modules", nargs="+", default=list(TARGETS),
                         help="science modules to mutate (default: all of TARGETS)")
     parser.add_argument("--per-module", type=int, default=25, help="mutants sampled per module")
@@ -276,6 +279,7 @@ def main(argv=None) -> int:
                         help="merge the results of earlier runs (chunks) into one report")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mutation.json"))
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.merge:
         return merge(args.merge, Path(args.output))
     equivalent = _equivalents()
@@ -290,7 +294,7 @@ def main(argv=None) -> int:
             node, kind, detail, line = points[i]
             plan.append((module, tree, points[i],
                          Mutant(module, i, detail.split(":")[0], line, kind, detail)))
-        print(f"{module}: {len(points)} candidate mutants, {len(chosen)} sampled", flush=True)
+        logger.info("%s: %d candidate mutants, %d sampled", module, len(points), len(chosen))
     if args.list:
         for _, _, _, m in plan:
             print(f"  {m.module}:{m.line} [{m.kind}] {m.detail}")
@@ -316,11 +320,11 @@ def main(argv=None) -> int:
         for m, text in originals.items():
             (repo / m).write_text(text, encoding="utf-8")
         if status != "survived":
-            print(f"baseline FAILED for {' '.join(tests)}: fix the tests first", flush=True)
+            logger.error("baseline FAILED for %s: fix the tests first", " ".join(tests))
             return 1
         for m in covered:
             budget[m] = max(60.0, 3 * seconds)
-        print(f"baseline {' '.join(tests)}: tests pass in {seconds:.1f} s", flush=True)
+        logger.info("baseline %s: tests pass in %.1f s", " ".join(tests), seconds)
 
     free = list(slots)
     from threading import Lock
@@ -340,8 +344,8 @@ def main(argv=None) -> int:
                 free.append(repo)
         if mutant.status == "survived" and _is_equivalent(mutant, equivalent):
             mutant.status = "equivalent"
-        print(f"{mutant.status:>16}  {mutant.module}:{mutant.line} [{mutant.kind}] "
-              f"{mutant.detail} ({mutant.seconds:.0f} s)", flush=True)
+        logger.info("%16s  %s:%d [%s] %s (%.0f s)", mutant.status, mutant.module, mutant.line,
+                    mutant.kind, mutant.detail, mutant.seconds)
         return mutant
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
