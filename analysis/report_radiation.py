@@ -145,6 +145,14 @@ def _step_label(stage, dose) -> str:
     return str(stage) if d is None or stage != "radiating" else f"radiating, {d:g} krad"
 
 
+def _add_summary_entry(block: Block, full: dict, key: str, quantity: str) -> None:
+    """Append the full radiation pipeline's ``summary.json`` number ``key`` to ``block``."""
+    entry = _from_summary(full["record"], key, key, quantity, full["source"],
+                          "run_full_radiation_pipeline.py summary")
+    if entry is not None:
+        block.entries.append(entry)
+
+
 def _from_summary(record: dict, key: str, entry_key: str, quantity: str, source: str,
                   method: str) -> Entry | None:
     """An entry from the full radiation pipeline's ``summary.json`` (``{value, err, unit}``)."""
@@ -198,11 +206,8 @@ def damage_block(damage: Product | None, full: dict, base: Path) -> Block:
              f"vs accumulated dose, with the weighted line [{unit} vs krad]."),
             ("damage_slope_map.png", f"Map of the per-pixel damage slope [{unit}/krad].")])
     elif full.get("record"):
-        entry = _from_summary(full["record"], "damage_slope", "damage_slope",
-                              "Damage slope: dark-current increase per krad", full["source"],
-                              "run_full_radiation_pipeline.py summary")
-        if entry is not None:
-            block.entries.append(entry)
+        _add_summary_entry(block, full, "damage_slope",
+                           "Damage slope: dark-current increase per krad")
     return block
 
 
@@ -245,11 +250,7 @@ def hot_pixel_block(damage: Product | None, full: dict, base: Path) -> Block:
     block = Block("hot_pixel_growth", "Hot-pixel growth",
                   missing="the damage analysis (python -m analysis.damage_analysis)")
     if full.get("record"):
-        entry = _from_summary(full["record"], "hot_pixel_growth", "hot_pixel_growth",
-                              "Hot-pixel growth", full["source"],
-                              "run_full_radiation_pipeline.py summary")
-        if entry is not None:
-            block.entries.append(entry)
+        _add_summary_entry(block, full, "hot_pixel_growth", "Hot-pixel growth")
     if damage is None:
         return block
     folder = damage.folder
@@ -302,11 +303,7 @@ def annealing_block(damage: Product | None, full: dict, base: Path) -> Block:
             ("annealing_map.png", "Per-pixel recovered fraction after annealing, where the "
              "dark-current increase is significant [1].")])
     elif full.get("record"):
-        entry = _from_summary(full["record"], "recovered_fraction", "recovered_fraction",
-                              "Recovered fraction after annealing", full["source"],
-                              "run_full_radiation_pipeline.py summary")
-        if entry is not None:
-            block.entries.append(entry)
+        _add_summary_entry(block, full, "recovered_fraction", "Recovered fraction after annealing")
     return block
 
 
