@@ -1,30 +1,33 @@
-"""The campaign simulator: physics (:mod:`.physics`), truth records (:mod:`.campaign`) and
-on-disk layouts (:mod:`.layouts`); the command line is :mod:`utils.simulate`."""
+"""The campaign simulator: physics (:mod:`.physics`), truth records (:mod:`.campaign`), the
+plan of a campaign (:mod:`.plan`) and its on-disk layouts (:mod:`.layouts`); the command line
+is :mod:`utils.simulate`."""
 
 from .campaign import AttemptTruth, Campaign, FrameTruth, load_campaign
 from .layouts import (
-                      CAMPAIGN_RADIATION_LOG,
-                      CAMPAIGN_START,
-                      DOSEDIR_LOG,
-                      RADIATION_LOG,
-                      TEMPERATURE_LOG,
-                      TRUNCATE_BYTES,
-                      simulate_dosedirs,
-                      simulate_irradiation,
-                      simulate_standard,
+    simulate_dosedirs,
+    simulate_irradiation,
+    simulate_standard,
 )
 from .physics import (
-                      Physics,
-                      Sensor,
-                      bias_level,
-                      damage_maps,
-                      dark_current,
-                      digitise,
-                      flat_illumination,
-                      make_sensor,
-                      radiation_model_truth,
-                      render_frame,
-                      truth_maps,
+    Physics,
+    Sensor,
+    bias_level,
+    damage_maps,
+    dark_current,
+    digitise,
+    flat_illumination,
+    make_sensor,
+    radiation_model_truth,
+    render_frame,
+    truth_maps,
+)
+from .plan import (
+    CAMPAIGN_RADIATION_LOG,
+    CAMPAIGN_START,
+    DOSEDIR_LOG,
+    RADIATION_LOG,
+    TEMPERATURE_LOG,
+    TRUNCATE_BYTES,
 )
 
 __all__ = [

@@ -51,27 +51,29 @@ from ..progress import progress
 from .campaign import Campaign, FrameTruth
 from .layouts import (
     _MAP_UNITS,
-    CAMPAIGN_START,
-    FRAME_OVERHEAD,
-    RADIATION_LOG,
-    SETTLE_GAP,
-    _Attempt,
     _attempt_truth,
-    _check_doses,
-    _check_size,
     _config_text,
     _fits_header,
-    _Frame,
-    _g,
     _log_text,
     _num,
     _prepare_root,
-    _schedule,
     _truth_document,
     _write_raw,
     _write_truth,
 )
 from .physics import Physics, make_sensor, render_frame, truth_maps
+from .plan import (
+    CAMPAIGN_START,
+    FRAME_OVERHEAD,
+    RADIATION_LOG,
+    SETTLE_GAP,
+    _Attempt,
+    _check_doses,
+    _check_size,
+    _Frame,
+    _g,
+    _schedule,
+)
 
 #: Power-log file name of the operation layout.
 POWER_LOG = "powerLog.csv"

@@ -46,23 +46,25 @@ from ..progress import progress
 from .campaign import Campaign, FrameTruth
 from .layouts import (
     _MAP_UNITS,
-    BIAS_EXPOSURE,
-    CAMPAIGN_START,
-    FRAME_JITTER,
-    FRAME_OVERHEAD,
-    _Attempt,
     _attempt_truth,
-    _check_doses,
-    _check_levels,
-    _check_size,
     _fits_header,
-    _Frame,
-    _g,
     _prepare_root,
     _truth_document,
     _write_truth,
 )
 from .physics import Physics, Sensor, make_sensor, render_frame, truth_maps
+from .plan import (
+    BIAS_EXPOSURE,
+    CAMPAIGN_START,
+    FRAME_JITTER,
+    FRAME_OVERHEAD,
+    _Attempt,
+    _check_doses,
+    _check_levels,
+    _check_size,
+    _Frame,
+    _g,
+)
 from .rts import RTS_UNITS, RTSParams, RTSProcess, draw_rts_population
 
 #: Time between two visits of the flat sequence [s] (one day).
