@@ -98,7 +98,9 @@ class DarkSettings:
                                            "gain.json (the flat pipeline's measured gain)")
     hot_threshold: float = field(5.0, "[sigma] hot-pixel threshold on ln(rate)")
     hot_min_rate: float = field(5.0, "[e-/s] hot pixels must also exceed this (with --gain)")
-    min_snr: float = field(3.0, "smallest rate/error of a point counted as signal")
+    min_snr: float = field(3.0, "smallest signal/error of a point counted as signal by the "
+                                "2-D model (the 1-D model fits every pixel with two positive "
+                                "rates)")
     stage: str = field("", "irradiation stage to use (default: each stage found, in "
                            "sub-folders)")
     dose: float | None = field(None, "[krad] dose step of the radiating stage to use (default: "
@@ -530,8 +532,7 @@ def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None):
         if len({round(r.tavg, 3) for r in rest}) < 2:
             return None
         try:
-            m = fit_temperature_model(rest, settings.t_ref, min_snr=settings.min_snr,
-                                      adc_bits=adc_bits, quiet=True)
+            m = fit_temperature_model(rest, settings.t_ref, adc_bits=adc_bits, quiet=True)
         except UserError:
             return None
         return (lambda t, x: m.rate(t) * x), (lambda t, x: m.rate_err(t) * x)
@@ -568,8 +569,7 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         raise UserError(f"dark frames at a single temperature ({rates[0].tavg:.1f} degC): "
                         f"masters, rate map and hot pixels written to {out_dir}, but the "
                         "dark-current model in temperature needs at least two")
-    model = fit_temperature_model(rates, settings.t_ref, min_snr=settings.min_snr,
-                                  adc_bits=adc_bits)
+    model = fit_temperature_model(rates, settings.t_ref, adc_bits=adc_bits)
     hot = write_hot_pixels(model.fit.amplitude, out_dir, settings, adc_bits,
                            f"1-D model A at TREF {settings.t_ref:g} degC", files)
     model.hot = hot.mask
