@@ -289,7 +289,8 @@ class CommonLawAmplitude:
 
 
 def common_law_amplitude(temps: np.ndarray, y: np.ndarray, s: np.ndarray, rate: float,
-                         t_ref: float, err_scale: float = 1.0) -> CommonLawAmplitude:
+                         t_ref: float, err_scale: float = 1.0,
+                         block_rows: int = 256) -> CommonLawAmplitude:
     """A of every pixel at the fixed rate B (see :class:`CommonLawAmplitude`).
 
     Parameters
@@ -304,27 +305,30 @@ def common_law_amplitude(temps: np.ndarray, y: np.ndarray, s: np.ndarray, rate: 
         [degC] reference temperature of A.
     err_scale : float
         Factor applied to the weight-based errors.
+    block_rows : int
+        Rows summed at a time (float64 work arrays of a block only, not of the frame).
     """
     shape = y.shape[1:]
-    sw_ff, sw_yf, sw_xff, sw_xyf = (np.zeros(shape) for _ in range(4))
-    for k, t in enumerate(temps):
-        x = float(t) - t_ref
-        f = math.exp(rate * x)
-        yk, sk = y[k].astype(np.float64), s[k].astype(np.float64)
+    out = CommonLawAmplitude(*(np.empty(shape, np.float32) for _ in range(3)))
+    x = np.asarray(temps, dtype=np.float64) - t_ref
+    f = np.exp(rate * x)
+    for r0 in range(0, shape[0], block_rows):
+        rows = slice(r0, min(r0 + block_rows, shape[0]))
+        yk, sk = y[:, rows].astype(np.float64), s[:, rows].astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             w = np.where(np.isfinite(yk) & np.isfinite(sk) & (sk > 0), 1.0 / (sk * sk), 0.0)
         wy = w * np.where(w > 0, yk, 0.0)
-        sw_ff += w * f * f
-        sw_yf += wy * f
-        sw_xff += w * x * f * f
-        sw_xyf += wy * x * f
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = sw_yf / sw_ff
-        err = err_scale / np.sqrt(sw_ff)
-        # d/dB of sum(w y f) / sum(w f^2), with df/dB = x f
-        slope = (sw_xyf - 2.0 * a * sw_xff) / sw_ff
-    return CommonLawAmplitude(a.astype(np.float32), err.astype(np.float32),
-                              slope.astype(np.float32))
+        fk = f.reshape((-1,) + (1,) * (y.ndim - 1))
+        xk = x.reshape(fk.shape)
+        sw_ff, sw_yf = (w * fk * fk).sum(0), (wy * fk).sum(0)
+        sw_xff, sw_xyf = (w * xk * fk * fk).sum(0), (wy * xk * fk).sum(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = sw_yf / sw_ff
+            out.amplitude[rows] = a
+            out.amplitude_err[rows] = err_scale / np.sqrt(sw_ff)
+            # d/dB of sum(w y f) / sum(w f^2), with df/dB = x f
+            out.slope[rows] = (sw_xyf - 2.0 * a * sw_xff) / sw_ff
+    return out
 
 
 #: Signal-to-noise a rate needs to count in the per-pixel fit's log-linear start and in its

@@ -164,3 +164,25 @@ def test_amplitude_pulls_on_nine_temperatures(tmp_path):
     pull = ((model.fit.amplitude - truth["dark_ref_adu"]) / model.fit.amplitude_err)[normal]
     # 3000 pixels: the std is known to ~2 %
     assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1
+
+
+def test_common_law_amplitude_is_the_linear_fit_at_the_population_rate():
+    """A at a fixed B: unbiased with calibrated errors on faint pixels (SNR ~1 per point),
+    dA/dB equal to the numerical derivative, the same by blocks of rows as whole."""
+    from dark_pipeline.temperature_model import common_law_amplitude
+
+    rng = np.random.default_rng(7)
+    temps = np.array([10.0, 20.0, 30.0])
+    b = math.log(2) / T_D
+    amp = rng.uniform(0.5, 2.0, (40, 50))
+    sigma = np.full((3, 40, 50), 1.0)
+    y = amp * np.exp(b * (temps - 20.0))[:, None, None] + rng.standard_normal(sigma.shape)
+    whole = common_law_amplitude(temps, y, sigma, b, 20.0, block_rows=1000)
+    assert_pulls((whole.amplitude - amp) / whole.amplitude_err, what="A at the true B")
+    rows = common_law_amplitude(temps, y, sigma, b, 20.0, block_rows=3)
+    for name in ("amplitude", "amplitude_err", "slope"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(rows, name))
+    h = 1e-5
+    numeric = (common_law_amplitude(temps, y, sigma, b + h, 20.0).amplitude.astype(np.float64)
+               - common_law_amplitude(temps, y, sigma, b - h, 20.0).amplitude) / (2 * h)
+    np.testing.assert_allclose(whole.slope, numeric, rtol=2e-3, atol=2e-2)
