@@ -144,8 +144,7 @@ def measure_stage(index: DatasetIndex, stage: str, dose: float, out_dir: Path,
     rates: list[RateMap] = measure_rates(stack)
     out = StageMeasurement(stage, dose, tag, rates)
     if len({round(r.tavg, 3) for r in rates}) >= 2:
-        out.model = fit_temperature_model(rates, settings.t_ref, min_snr=settings.min_snr,
-                                          adc_bits=adc_bits, quiet=True)
+        out.model = fit_temperature_model(rates, settings.t_ref, adc_bits=adc_bits, quiet=True)
     darks = select_frames(index, "DARK", stage, dose=dose_opt)
     try:
         bias_rows = select_frames(index, "BIAS", stage, dose=dose_opt)

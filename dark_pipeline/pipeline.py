@@ -51,7 +51,6 @@ from utils.run_record import StageRuns, completed_run, run_digest, write_run_sum
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
-from utils.stack.stats import median_with_error, spread_with_error
 
 from . import plots
 from .evaluation import dark_current_table, evaluate
@@ -98,7 +97,9 @@ class DarkSettings:
                                            "gain.json (the flat pipeline's measured gain)")
     hot_threshold: float = field(5.0, "[sigma] hot-pixel threshold on ln(rate)")
     hot_min_rate: float = field(5.0, "[e-/s] hot pixels must also exceed this (with --gain)")
-    min_snr: float = field(3.0, "smallest rate/error of a point counted as signal")
+    min_snr: float = field(3.0, "smallest signal/error of a point counted as signal by the "
+                                "2-D model (the 1-D model fits every pixel with two positive "
+                                "rates)")
     stage: str = field("", "irradiation stage to use (default: each stage found, in "
                            "sub-folders)")
     dose: float | None = field(None, "[krad] dose step of the radiating stage to use (default: "
@@ -530,8 +531,7 @@ def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None):
         if len({round(r.tavg, 3) for r in rest}) < 2:
             return None
         try:
-            m = fit_temperature_model(rest, settings.t_ref, min_snr=settings.min_snr,
-                                      adc_bits=adc_bits, quiet=True)
+            m = fit_temperature_model(rest, settings.t_ref, adc_bits=adc_bits, quiet=True)
         except UserError:
             return None
         return (lambda t, x: m.rate(t) * x), (lambda t, x: m.rate_err(t) * x)
@@ -568,8 +568,7 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         raise UserError(f"dark frames at a single temperature ({rates[0].tavg:.1f} degC): "
                         f"masters, rate map and hot pixels written to {out_dir}, but the "
                         "dark-current model in temperature needs at least two")
-    model = fit_temperature_model(rates, settings.t_ref, min_snr=settings.min_snr,
-                                  adc_bits=adc_bits)
+    model = fit_temperature_model(rates, settings.t_ref, adc_bits=adc_bits)
     hot = write_hot_pixels(model.fit.amplitude, out_dir, settings, adc_bits,
                            f"1-D model A at TREF {settings.t_ref:g} degC", files)
     model.hot = hot.mask
@@ -589,17 +588,15 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
                    b_median_per_degC=head["b_median_per_degC"],
                    fallback_pixels=head["fallback_pixels"], err_scale_1d=model.err_scale,
                    hot_pixels=hot.count, hot_threshold_adu_s=hot.threshold)
-    # every not-hot pixel: fallback pixels have their own A too (at the population B), and
-    # keeping only the individually fitted ones would select the brighter half
-    good = ~hot.mask & np.isfinite(model.fit.amplitude)
-    a = model.fit.amplitude[good]
-    # the typical pixel (median over pixels, hot ones excluded) with its standard error, and
-    # the dark-signal non-uniformity (spatial std with the fit errors removed, EMVA 1288)
-    median, median_err = median_with_error(a)
-    dsnu, dsnu_err = spread_with_error(a, model.fit.amplitude_err[good] * model.err_scale)
-    summary["dark_rate_at_t_ref_adu_s"] = {"median": median, "median_err": median_err,
-                                           "dsnu": dsnu, "dsnu_err": dsnu_err,
-                                           "p95": float(np.percentile(a, 95))}
+    # every not-hot pixel (choosing by the fit would select by noise): the typical pixel
+    # (median over pixels) with its standard error and the dark-signal non-uniformity
+    # (spatial std with the fit errors removed, EMVA 1288), both of A at the population B
+    summary["dark_rate_at_t_ref_adu_s"] = model.rate_statistics(
+        ~hot.mask & np.isfinite(model.fit.amplitude))
+    summary["dark_rate_at_t_ref_estimator"] = (
+        "A of each not-hot pixel fitted at the population B: median over pixels (error of a "
+        "median) and DSNU = spatial std with the fit errors removed; errors include the "
+        "population B's")
     summary["hot_pixels_ambiguous"] = _ambiguous_hot(model, hot)
     if e:
         # electrons: the values scale by e-/adu; their errors gain the gain's relative error

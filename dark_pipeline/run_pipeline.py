@@ -77,7 +77,8 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--t-ref", type=float, default=d.t_ref,
                         help="[degC] reference temperature of the models")
     parser.add_argument("--min-snr", type=float, default=d.min_snr,
-                        help="smallest rate/error counted as signal in the fits")
+                        help="smallest signal/error counted as signal by the 2-D model (the 1-D "
+                             "model fits every pixel with two positive rates)")
     parser.add_argument("--stage", default="",
                         help="irradiation stage to use (pre, radiating, post); default: each "
                              "(stage, dose step) found, in sub-folders of the output folder")

@@ -18,6 +18,7 @@ import math
 import pandas as pd
 import pytest
 from astropy.io import fits
+from statcheck import assert_pulls
 
 from analysis import process_index
 from analysis.masters import MasterSettings
@@ -122,8 +123,10 @@ def test_dark_model_unbiased_at_low_signal(dark_pre_post, rad_campaign, stage):
     summary = json.loads((out / stage / "summary.json").read_text())
     t_d = campaign.physics.doubling_temperature
     if stage == "pre":
-        # most pixels are too faint to be fitted on their own: what biased the old median
-        assert summary["fallback_pixels"] > 0.3 * campaign.width * campaign.height
+        # the faint pixels are fitted on their own (no rate/error cut, which chose them by
+        # their noise and biased A and the old median B): only those without two positive
+        # rates or a converged fit (~4 %) take the population B
+        assert 0 < summary["fallback_pixels"] < 0.1 * campaign.width * campaign.height
     # population values from the joint fit: within the acceptance, and within 3 of their errors
     assert abs(summary["doubling_temperature_degC"] - t_d) < 0.3
     assert abs(summary["doubling_temperature_degC"] - t_d) < \
@@ -147,9 +150,9 @@ def test_dark_model_errors_at_low_signal(dark_pre_post, rad_campaign):
         a, err = hdul[0].data, hdul["SIGMA_A"].data
     normal = ~truth["hot_mask"] & np.isfinite(a)
     pull = ((a - truth["dark_ref_adu"]) / err)[normal]
-    # 3000 pixels: the std of the pulls is known to ~2 %; the per-master noise of 8
-    # sigma-clipped frames is underestimated by ~10 % (utils.stack.combine notes)
-    assert abs(pull.mean()) < 0.15 and 0.85 < pull.std() < 1.2
+    # 3000 pixels: mean within 5 / sqrt(N) (0.09) of 0, std within 5 standard errors of 1
+    # (the rate/error >= 3 choice of the pixels fitted on their own gave A 3 % high)
+    assert_pulls(pull, what="pre-irradiation 1-D A at TREF")
 
 
 def test_index_rows_read_back_with_dose_columns(rad_campaign):

@@ -152,12 +152,14 @@ def test_radiation_numbers_agree_with_the_simulator(rad_report, rad_truth):
     assert rows["hot_pixels"]["value"] == maps["hot_mask"].sum()
     # the dark pipeline's own bias model (fitted from the tree) is not a bias product
     assert not rows["read_noise_adu"]["measured"] and not rows["read_noise_adu"]["source"]
-    # At 0.5 e-/s the dark pipeline's 1-D model A is 3 % high (its mean over the normal pixels
-    # is 8 standard errors above the truth's; the damage analysis's pre-step current is not):
-    # a systematic of that pipeline, allowed for here on top of the 3 sigma, not the report's.
-    dc = rows["dark_current_e_s"]
-    truth_dc = float(np.median(maps["dark_ref"][~maps["hot_mask"]]))
-    assert abs(dc["value"] - truth_dc) < 3 * dc["error"] + 0.03 * truth_dc, (dc, truth_dc)
+    # the typical pixel's dark current at TREF and the DSNU (A at the population B of every
+    # not-hot pixel), within 3 of their stated errors (once 3 % high, and the DSNU 0.136 +-
+    # 0.004 vs 0.158 e-/s, when the pixels fitted on their own were chosen by their noise)
+    normal = ~maps["hot_mask"]
+    for key, value in (("dark_current_e_s", float(np.median(maps["dark_ref"][normal]))),
+                       ("dsnu_e_s", float(np.std(maps["dark_ref"][normal])))):
+        row = rows[key]
+        assert abs(row["value"] - value) < 3 * row["error"], (key, row, value)
     currents = rad_truth(campaign)
     (table,) = _blocks(record)["hot_pixel_growth"]["tables"]
     for tag, row in zip(tags, table["rows"]):

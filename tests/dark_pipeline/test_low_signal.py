@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from statcheck import assert_close, assert_pulls
 
 from dark_pipeline.pipeline import DarkSettings, measure
 from dark_pipeline.rates import load_stack, measure_rates, pooled_noise_errors
@@ -77,13 +78,61 @@ def test_fits_by_row_tiles_equal_fits_of_whole_frames(low_signal_masters):
 def test_population_doubling_temperature_unbiased(low_signal):
     campaign, model1, model2 = low_signal
     head = model1.headline()
-    assert head["fallback_pixels"] > 0.5 * campaign.width * campaign.height
+    # every pixel with two positive rates is fitted on its own (no signal-to-noise cut,
+    # which selected by noise): ~15 % are left to the population B here
+    assert 0.05 < head["fallback_pixels"] / (campaign.width * campaign.height) < 0.3
     assert abs(head["doubling_temperature_degC"] - T_D) < 0.3
-    # 1-D population error ~0.03 degC: within 3 sigma
+    # 1-D population error ~0.05 degC: within 3 sigma
     assert abs(head["doubling_temperature_degC"] - T_D) < 3 * head[
         "doubling_temperature_err_degC"]
-    # the old estimator on the same fit: the median of the pixels fitted on their own
-    assert math.log(2) / head["b_median_per_degC"] - T_D > 0.5
+    # the old estimator on the same fit: the median of the pixels' own B, skewed at this
+    # signal (0.44 degC, 10 population errors, on this seed)
+    assert math.log(2) / head["b_median_per_degC"] - T_D > 0.3
+
+
+def _normal_pulls(campaign, model):
+    truth = campaign.maps()
+    normal = ~truth["hot_mask"] & np.isfinite(model.fit.amplitude)
+    a = (model.fit.amplitude - truth["dark_ref_adu"]) / (model.fit.amplitude_err
+                                                          * model.err_scale)
+    b = (model.fit.rate - math.log(2) / T_D) / (model.fit.rate_err * model.err_scale)
+    return truth, normal, a[normal], b[normal & ~model.fit.fallback]
+
+
+def test_amplitude_pulls_at_low_signal(low_signal):
+    """Per-pixel A at TREF over every normal pixel: mean within 5 / sqrt(N) of 0, std
+    within 5 standard errors of 1 (measured +0.073 and 0.96 on this seed; the former
+    choice of the pixels fitted on their own by rate/error >= 3 gave A 3 % high at 0.5
+    e-/s, mean pulls +0.05 to +0.10)."""
+    campaign, model1, _ = low_signal
+    _, _, a, _ = _normal_pulls(campaign, model1)
+    assert a.size > 3000
+    assert_pulls(a, what="1-D A at TREF, low signal")
+
+
+@pytest.mark.xfail(strict=True, reason="per-pixel B of faint pixels: mean pull -0.35 at ~1 "
+                                       "sigma per rate (the nonlinear fit's error depends on "
+                                       "its noisy amplitude); the population B is unbiased")
+def test_rate_pulls_at_low_signal(low_signal):
+    campaign, model1, _ = low_signal
+    _, _, _, b = _normal_pulls(campaign, model1)
+    assert_pulls(b, what="1-D B, low signal")
+
+
+def test_datasheet_dark_current_and_dsnu_at_low_signal(low_signal):
+    """The typical pixel's rate at TREF and the DSNU (A at the population B) within 5 of
+    their stated errors of the truth's median and spatial std (measured -1.5 and +0.7
+    sigma; the own fits' errors made the DSNU 8 sigma low)."""
+    campaign, model1, _ = low_signal
+    truth, normal, _, _ = _normal_pulls(campaign, model1)
+    stats = model1.rate_statistics(normal)
+    true = truth["dark_ref_adu"][normal]
+    assert_close(stats["median"], float(np.median(true)), stats["median_err"],
+                 what="median rate at TREF [adu/s]")
+    assert_close(stats["dsnu"], float(np.std(true)), stats["dsnu_err"], what="DSNU [adu/s]")
+    # errors of a few percent: a 5 % bias would be several sigma
+    assert stats["median_err"] < 0.02 * stats["median"] and stats["dsnu_err"] < 0.05 * stats[
+        "dsnu"]
 
 
 def test_population_gamma_unbiased(low_signal):
@@ -115,3 +164,25 @@ def test_amplitude_pulls_on_nine_temperatures(tmp_path):
     pull = ((model.fit.amplitude - truth["dark_ref_adu"]) / model.fit.amplitude_err)[normal]
     # 3000 pixels: the std is known to ~2 %
     assert abs(pull.mean()) < 0.1 and 0.9 < pull.std() < 1.1
+
+
+def test_common_law_amplitude_is_the_linear_fit_at_the_population_rate():
+    """A at a fixed B: unbiased with calibrated errors on faint pixels (SNR ~1 per point),
+    dA/dB equal to the numerical derivative, the same by blocks of rows as whole."""
+    from dark_pipeline.temperature_model import common_law_amplitude
+
+    rng = np.random.default_rng(7)
+    temps = np.array([10.0, 20.0, 30.0])
+    b = math.log(2) / T_D
+    amp = rng.uniform(0.5, 2.0, (40, 50))
+    sigma = np.full((3, 40, 50), 1.0)
+    y = amp * np.exp(b * (temps - 20.0))[:, None, None] + rng.standard_normal(sigma.shape)
+    whole = common_law_amplitude(temps, y, sigma, b, 20.0, block_rows=1000)
+    assert_pulls((whole.amplitude - amp) / whole.amplitude_err, what="A at the true B")
+    rows = common_law_amplitude(temps, y, sigma, b, 20.0, block_rows=3)
+    for name in ("amplitude", "amplitude_err", "slope"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(rows, name))
+    h = 1e-5
+    numeric = (common_law_amplitude(temps, y, sigma, b + h, 20.0).amplitude.astype(np.float64)
+               - common_law_amplitude(temps, y, sigma, b - h, 20.0).amplitude) / (2 * h)
+    np.testing.assert_allclose(whole.slope, numeric, rtol=2e-3, atol=2e-2)
