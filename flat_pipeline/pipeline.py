@@ -42,6 +42,7 @@ from utils.models.read_noise import frame_pairs
 from utils.progress import progress
 from utils.run_record import completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings
+from utils.stack.combine import clipped_error_factor
 from utils.stack.grouping import calibration_groups
 from utils.stack.master import read_master
 from utils.stack.references import bias_reference, select_frames
@@ -560,7 +561,8 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
                         column_nsigma=settings.column_nsigma,
                         column_min_dev=settings.column_min_dev)
     exclude = bits != 0
-    cross = CrossAccumulator([m.tag for m in masters], shape)
+    cross = CrossAccumulator([m.tag for m in masters], shape, noise_factors=[
+        clipped_error_factor(m.ncombine, settings.combine.method) for m in masters])
     readers = [flat_reader(m.path) for m in masters]
     for start in range(0, shape[0], 256):
         stop = min(shape[0], start + 256)

@@ -21,26 +21,16 @@ import math
 
 import numpy as np
 
+from utils.stack.combine import clipped_error_factor
+
 #: Default width of a bound, in standard errors of the checked statistic.
 K_SIGMA = 5.0
 
-#: Actual scatter / reported standard error of a sigma-clipped mean master of N Gaussian
-#: frames (3-sigma, 5 iterations, guard on): the MAD scale of few samples is noisy, so good
-#: samples get clipped and noise/sqrt(N) is low.  Measured by Monte Carlo (3 seeds x 24000
-#: pixels per N, spread 0.5 %) and documented in utils.stack.combine.
-CLIPPED_MEAN_ERROR_FACTOR = {8: 1.165, 10: 1.14, 16: 1.09, 20: 1.075, 40: 1.04, 60: 1.03}
-
 
 def clipped_factor(n_frames: int) -> float:
-    """:data:`CLIPPED_MEAN_ERROR_FACTOR` at ``n_frames``, interpolated in 1/N."""
-    keys = sorted(CLIPPED_MEAN_ERROR_FACTOR)
-    if n_frames <= keys[0]:
-        return CLIPPED_MEAN_ERROR_FACTOR[keys[0]]
-    if n_frames >= keys[-1]:
-        return CLIPPED_MEAN_ERROR_FACTOR[keys[-1]]
-    x = [1.0 / k for k in keys][::-1]
-    y = [CLIPPED_MEAN_ERROR_FACTOR[k] for k in keys][::-1]
-    return float(np.interp(1.0 / n_frames, x, y))
+    """Actual scatter / reported error of a sigma-clipped master of ``n_frames`` frames
+    (:func:`utils.stack.combine.clipped_error_factor`)."""
+    return clipped_error_factor(n_frames)
 
 
 def std_error_of_std(values: np.ndarray) -> float:

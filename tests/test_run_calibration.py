@@ -153,6 +153,37 @@ def test_irradiation_stages_never_mixed(rad_calibration):
             assert (Path(path).parent.parent / "bias" / header["BIASFILE"]).is_file()
 
 
+def test_irradiation_datasheet_against_truth(rad_calibration):
+    """The report's datasheet of the irradiation campaign (the sensor before irradiation: the
+    pre stage's products) against the simulator's truth, each number within 3 of its stated
+    errors; what one flat level cannot measure (gain, saturation, linearity) is said."""
+    campaign, out, status = rad_calibration
+    assert status == 0
+    record = json.loads((out / "report" / "report.json").read_text())
+    rows = {r["key"]: r for r in record["datasheet"]}
+    truth, physics = campaign.maps(), campaign.physics
+    bias = json.loads((out / "bias" / "pre" / "summary.json").read_text())
+    tref = bias["t_ref_degC"]
+    quant = 16 / np.sqrt(12)   # a measurement sees the ADC's quantisation noise too
+    normal = ~truth["hot_mask"]
+    expected = {
+        "read_noise_adu": float(np.hypot(np.median(truth["read_noise"]), quant)),
+        "bias_level_adu": float(np.median(truth["bias_a"] + truth["bias_b"] * tref)),
+        "bias_tempco_adu_per_degC": float(np.median(truth["bias_b"])),
+        "dark_current_adu_s": float(np.median(truth["dark_ref_adu"][normal])),
+        "doubling_temperature_degC": physics.doubling_temperature,
+        # a single flat master (one level): its own variance minus its temporal noise
+        "prnu_percent": float(100 * np.std(truth["prnu"])),
+    }
+    for key, value in expected.items():
+        assert rows[key]["measured"], (key, rows[key])
+        assert_close(rows[key]["value"], value, rows[key]["error"], k=3,
+                     what=f"irradiation datasheet {key}")
+    assert rows["hot_pixels"]["value"] == truth["hot_mask"].sum()
+    for key in ("gain_e_per_adc", "saturation_adu", "linearity_error_percent"):
+        assert not rows[key]["measured"], (key, rows[key])
+
+
 @pytest.mark.parametrize("stage", ["pre", "post"])
 def test_irradiation_pre_and_post_models_against_truth(rad_calibration, stage):
     """The bias and dark pipelines ran on each of the pre and post stages (three temperatures
