@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from statcheck import std_error_of_std
 
 from utils import adu, sim, simulate
 from utils import headers as kw
 from utils.errors import ConfigError, UserError
-
-from statcheck import std_error_of_std
 
 W, H = 40, 24  # default size: width != height so a transposed reader fails
 
