@@ -411,11 +411,12 @@ def rad_dark_models(rad_campaign, tmp_path_factory):
 def rad_calibration(rad_campaign, tmp_path_factory):
     """``(campaign, products, status)`` of one ``run_calibration.py irradiation`` run on a copy
     of ``rad_campaign`` (already converted: the converter finds every FITS there), whose pre
-    and post stages at 10, 20 and 30 degC get bias and dark models (read-only)."""
+    and post stages at 10, 20 and 30 degC get bias and dark models (read-only).  No figures
+    (``--plots none``): no test of it looks at one, and saving them was most of its time."""
     import run_calibration
 
     campaign = _copy(rad_campaign[0], tmp_path_factory.mktemp("rad_calib") / "campaign")
     out = campaign.root.parent / "products"
     status = run_calibration.main(["irradiation", str(campaign.root), str(out), "--no-progress",
-                                   "--no-per-attempt"])
+                                   "--no-per-attempt", "--plots", "none"])
     return campaign, out, status
