@@ -63,7 +63,7 @@ from analysis.dose.pipeline import run as dose_run
 from analysis.radiation_analysis import RadiationSettings
 from analysis.radiation_analysis import run as radiation_run
 from analysis.stage_pipelines import run_stage_pipelines
-from utils import cli
+from utils import cli, plotting
 from utils.errors import ConfigError
 from utils.io.fitsio import check_output_dir, write_text
 from utils.io.index import STAGES
@@ -162,6 +162,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="folder levels below each section to look for attempts")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes converting raw frames")
+    plotting.add_plots_option(parser)
     return parser
 
 

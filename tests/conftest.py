@@ -165,6 +165,73 @@ def browser_page():
     return open_page
 
 
+# --- one worker per shared campaign (pytest-xdist --dist loadgroup) -----------------------------
+
+#: Test files whose expensive session fixtures are shared run on one xdist worker, so each
+#: fixture is built once per run instead of once per worker that needs it.  Every other file
+#: is its own group (``--dist loadgroup`` then schedules like ``--dist loadfile``).
+SHARED_FIXTURE_GROUPS = {
+    # rad_dose, rad_analysis, rad_dark_models (dose, damage and radiation analyses, report)
+    "rad_products": ("tests/analysis/test_dose_analysis.py",
+                     "tests/analysis/test_radiation_damage.py",
+                     "tests/analysis/test_radiation_analysis.py",
+                     "tests/analysis/test_report_radiation.py"),
+    # demo_output and rad_calibration (run_calibration.py runs)
+    "calibration_runs": ("tests/test_run_calibration.py",
+                         "tests/analysis/test_radiation_regressions.py",
+                         "tests/analysis/test_report.py",
+                         "tests/test_scheduler.py"),
+}
+_GROUP_OF_FILE = {path: group for group, paths in SHARED_FIXTURE_GROUPS.items()
+                  for path in paths}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its ``xdist_group``: its file's shared group, else its file
+    (before pytest-xdist reads the marks)."""
+    root = Path(str(config.rootpath))
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = Path(str(item.path)).relative_to(root).as_posix()
+            item.add_marker(pytest.mark.xdist_group(_GROUP_OF_FILE.get(path, path)))
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def figures_rendered_in_process():
+    """Commands run in a test render their figures in the test's own process.
+
+    A command's default is one spawned renderer process when more than one CPU is available
+    (``utils.plotting.figure_output``): beside a run it overlaps drawing with computing, but
+    under pytest-xdist every core already runs a test, and each spawn re-imports numpy,
+    matplotlib and astropy (~1.6 s of CPU per command; a few hundred commands run in the
+    suite).  The renderer pool keeps its own tests (tests/utils/test_plotting.py) and one
+    end-to-end run (``demo_output``, through :func:`default_figure_renderer`).
+    """
+    from utils import plotting
+
+    original = plotting.figure_output
+
+    def in_process(level: str = "summary", workers: int | None = None):
+        return original(level, 0 if workers is None else workers)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plotting, "figure_output", in_process)
+        yield original
+
+
+@contextlib.contextmanager
+def default_figure_renderer(original):
+    """Within the block, commands choose their figure renderer as outside the tests."""
+    from utils import plotting
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plotting, "figure_output", original)
+        yield
+
+
 # --- session campaigns (read-only) ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -201,10 +268,11 @@ def converted_irradiation(irradiation_campaign, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_output(tmp_path_factory):
+def demo_output(tmp_path_factory, figures_rendered_in_process):
     """``(out, messages)``: one run of ``run_calibration.py demo`` shared by the end-to-end and
     report tests (read-only), with the log messages of that run.  It runs in a non-ASCII
-    folder, as these users' campaigns are named: every product must handle it."""
+    folder, as these users' campaigns are named: every product must handle it; and with the
+    commands' own figure renderer (a spawned process when there are two CPUs)."""
     import run_calibration
 
     class Keep(logging.Handler):
@@ -220,7 +288,8 @@ def demo_output(tmp_path_factory):
     root = logging.getLogger()
     root.addHandler(keep)
     try:
-        status = run_calibration.main(["demo", str(out), "--no-progress"])
+        with default_figure_renderer(figures_rendered_in_process):
+            status = run_calibration.main(["demo", str(out), "--no-progress"])
     finally:
         root.removeHandler(keep)
     assert status == 0, keep.messages[-5:]
@@ -342,11 +411,12 @@ def rad_dark_models(rad_campaign, tmp_path_factory):
 def rad_calibration(rad_campaign, tmp_path_factory):
     """``(campaign, products, status)`` of one ``run_calibration.py irradiation`` run on a copy
     of ``rad_campaign`` (already converted: the converter finds every FITS there), whose pre
-    and post stages at 10, 20 and 30 degC get bias and dark models (read-only)."""
+    and post stages at 10, 20 and 30 degC get bias and dark models (read-only).  No figures
+    (``--plots none``): no test of it looks at one, and saving them was most of its time."""
     import run_calibration
 
     campaign = _copy(rad_campaign[0], tmp_path_factory.mktemp("rad_calib") / "campaign")
     out = campaign.root.parent / "products"
     status = run_calibration.main(["irradiation", str(campaign.root), str(out), "--no-progress",
-                                   "--no-per-attempt"])
+                                   "--no-per-attempt", "--plots", "none"])
     return campaign, out, status

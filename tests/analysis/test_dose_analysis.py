@@ -221,7 +221,7 @@ def test_one_dose_step_and_no_pre_stage_are_said(rad_campaign, tmp_path):
                           lambda t: (t["STAGE"] == "radiating") & (t["DOSE"] == 20.0)
                           & (t["CALTYPE"] != "FLAT"))
     out = tmp_path / "out"
-    assert dose_analysis.main([index, str(out), "--no-progress"]) == 0
+    assert dose_analysis.main([index, str(out), "--no-progress", "--plots", "none"]) == 0
     fits_table = pd.read_csv(out / "fits.csv")
     dose_fits = fits_table[fits_table["ANALYSIS"] == "dose_model"]
     # one row per series (one dose step): skipped, with the reason
@@ -245,7 +245,7 @@ def test_gain_json_is_used_and_named(rad_campaign, tmp_path):
                           & (t["DOSE"] == 10.0))  # one step: the gain's naming is per product
     out = tmp_path / "out"
     assert dose_analysis.main([index, str(out), "--gain", str(gain), "--no-damage",
-                               "--no-progress"]) == 0
+                               "--no-progress", "--plots", "none"]) == 0
     record = json.loads((out / "dose_analysis_summary.json").read_text())
     assert record["gain_source"] == str(gain) and record["gain_e_per_adu"] == 0.125
     head = fits.getheader(out / "pixel_precision" / "mag_err_10kR.fits")

@@ -253,7 +253,8 @@ def test_main_method_and_temp_bin_give_that_master(processed, tmp_path, method, 
     ds, _, _, _, _ = processed
     out = tmp_path / method
     assert process_index.main([str(ds / "index.csv"), str(out), "--method", method,
-                               "--no-per-attempt", "--no-progress", *extra]) == 0
+                               "--no-per-attempt", "--no-progress", "--plots", "none",
+                               *extra]) == 0
     summary = _summary(out)
     assert summary["ATTEMPT"].isna().all()
     bias = summary[summary.CALTYPE == "BIAS"]
@@ -285,7 +286,7 @@ def test_main_sigma_sets_the_clipping_threshold(processed, tmp_path):
     ds, out0, _, _, _ = processed
     out = tmp_path / "narrow"
     assert process_index.main([str(ds / "index.csv"), str(out), "--sigma", "2",
-                               "--no-per-attempt", "--no-progress"]) == 0
+                               "--no-per-attempt", "--no-progress", "--plots", "none"]) == 0
     query = "CALTYPE == 'DARK' and EXPTIME == 2.0 and ATTEMPT != ATTEMPT"
     narrow = fits.getheader(_summary(out).query(query).iloc[0]["PATH"])
     default = fits.getheader(_summary(out0).query(query).iloc[0]["PATH"])

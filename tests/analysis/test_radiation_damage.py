@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
+from statcheck import assert_close, clipped_factor, std_error_of_std
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +48,31 @@ def test_damage_slope_map(damage):
     truth = campaign.physics.dark_damage * campaign.maps()["dark_ref"]
     pull = ((ccd.data - truth) / ccd.uncertainty.array)[normal]
     assert ccd.unit == "electron / s" and ccd.header["PERDOSE"] == "krad"
-    # per-pixel rate errors of 8-frame masters are ~15 % optimistic (stacking notes)
-    assert abs(pull.mean()) < 0.1 and 0.85 < pull.std() < 1.3
+    # per-pixel rate errors of 8-frame clipped-mean masters are optimistic by
+    # clipped_factor(8) = 1.165 (statcheck); the slope combines several such rates, and its
+    # pull std must lie between 1 and that factor (measured 1.11 +- 0.015, n = 3017), each
+    # end widened by 5 standard errors of the std
+    pull = pull[np.isfinite(pull)]
+    se = std_error_of_std(pull)
+    assert abs(pull.mean()) < 5 * pull.std() / np.sqrt(pull.size), pull.mean()
+    assert 1.0 - 5 * se < pull.std() < clipped_factor(8) + 5 * se, (pull.std(), se)
 
 
 def test_step_means_and_hot_pixel_counts_against_truth(damage, rad_truth):
-    campaign, _, _, table, normal = damage
+    campaign, d, _, table, normal = damage
     truth = rad_truth(campaign)
     for _, row in table.iterrows():
         t = truth[row["TAG"]]
-        assert row["DC_MEAN"] == pytest.approx(float(t[normal].mean()), rel=0.02), row["TAG"]
+        # DC_MEAN_ERR comes from the per-pixel errors, optimistic by clipped_factor(8)
+        assert_close(row["DC_MEAN"], float(t[normal].mean()),
+                     row["DC_MEAN_ERR"] * clipped_factor(8), what=f"DC_MEAN {row['TAG']}")
         true_hot = int((t > 5.0).sum())
         assert true_hot >= 10
-        assert abs(row["N_HOT"] - true_hot) <= 0.05 * true_hot, row["TAG"]
+        # only a pixel within 5 sigma of its rate from the 5 e-/s threshold may be classified
+        # the other way (none is, in this campaign: the count must then be exact)
+        err = CCDData.read(d / f"dark_current_{row['TAG']}.fits").uncertainty.array
+        ambiguous = int((np.abs(t - 5.0) < 5 * clipped_factor(8) * err).sum())
+        assert abs(row["N_HOT"] - true_hot) <= ambiguous, (row["TAG"], ambiguous)
     pre = table[table["STAGE"] == "pre"].iloc[0]
     last = table[table["TAG"] == "radiating_D40kR"].iloc[0]
     assert last["N_NEW"] == last["N_HOT"] - last["N_PREEXISTING"] and last["N_NEW"] > 0
@@ -79,14 +92,17 @@ def test_recovered_fraction_and_time_since_beam_off(damage):
     campaign, d, summary, _, _ = damage
     a = campaign.physics.annealing_fraction
     f, err = summary["recovered_fraction"], summary["recovered_fraction_err"]
-    assert abs(f - a) < 0.05
+    assert abs(f - a) < 0.05    # the acceptance; the statistical check is the next line
     assert abs(f - a) < 3 * err
     post_t = [r.since_beam_off for r in campaign.records if r.stage == "post" and r.kind == "dark"]
     assert summary["tanneal_s"] == pytest.approx(np.median(post_t), rel=0.01)
     ccd = CCDData.read(d / "annealing_fraction_map.fits")
     good = np.isfinite(ccd.data)
     assert good.mean() > 0.5
-    assert np.median(ccd.data[good]) == pytest.approx(a, abs=0.05)
+    # the error of a median: 1.2533 x the (robust) per-pixel spread / sqrt(n); 5 sigma
+    values = ccd.data[good]
+    spread = 1.4826 * np.median(np.abs(values - np.median(values)))
+    assert abs(np.median(values) - a) < 5 * 1.2533 * spread / np.sqrt(values.size)
 
 
 def test_bias_shift_per_krad_within_its_error(damage):
@@ -106,7 +122,8 @@ def test_doubling_temperature_pre_and_post(damage):
     campaign, d, summary, _, _ = damage
     for stage in ("pre", "post"):
         t_d = summary["doubling_temperature_degC"][stage]
-        assert abs(t_d - campaign.physics.doubling_temperature) < 0.3
+        assert_close(t_d, campaign.physics.doubling_temperature,
+                     summary["doubling_temperature_err_degC"][stage], what=f"T_d {stage}")
         assert (d / f"doubling_temperature_{stage}.fits").is_file()
 
 

@@ -184,7 +184,8 @@ def test_hot_pixel_mask_excludes_pixels(bias_campaign, tmp_path):
     out = tmp_path / "out"
     assert run_pipeline.main(["--basepath", str(bias_campaign.root / "TestSection1"),
                               "--output-dir", str(out), "--hot-pixel-mask",
-                              str(tmp_path / "hot.fits"), "--sigma", "2.5", "--no-progress"]) == 0
+                              str(tmp_path / "hot.fits"), "--sigma", "2.5", "--no-progress",
+                              "--plots", "none"]) == 0
     head = fits.getheader(out / "bias_grouped_by_temp" / "master_bias_12.5C.fits")
     assert head["CLIPLO"] == head["CLIPHI"] == 2.5 and head["COMBMETH"] == "sigclip"
     maps, _ = _model(out)
@@ -277,7 +278,7 @@ def test_t_ref_method_and_temp_bin_options(bias_campaign, tmp_path):
     out = tmp_path / "o"
     assert run_pipeline.main(["--basepath", str(bias_campaign.root / "TestSection1"),
                               "--output-dir", str(out), "--t-ref", "20", "--method", "median",
-                              "--temp-bin", "10", "--no-progress"]) == 0
+                              "--temp-bin", "10", "--no-progress", "--plots", "none"]) == 0
     masters = sorted((out / "bias_grouped_by_temp").glob("*.fits"))
     assert len(masters) == 3
     for path in masters:

@@ -235,7 +235,8 @@ def test_one_temperature_writes_masters_then_says_so(dark_campaign, tmp_path, ca
     csv = _index(dark_campaign, tmp_path, lambda t: (t["CALTYPE"] == "BIAS")
                  | (t["TEMP"].sub(15).abs() < 1))
     out = tmp_path / "o"
-    status = run_pipeline.main(["--basepath", csv, "--output-dir", str(out), "--no-progress"])
+    status = run_pipeline.main(["--basepath", csv, "--output-dir", str(out), "--no-progress",
+                                "--plots", "none"])
     assert status == 2
     one_line_error(caplog, capsys, "single temperature", "at least two")
     assert len(list((out / "dark_masters").glob("*.fits"))) == len(EXPOSURES)
@@ -246,7 +247,8 @@ def test_one_exposure_rate_is_flagged(dark_campaign, tmp_path):
     csv = _index(dark_campaign, tmp_path, lambda t: (t["CALTYPE"] == "BIAS")
                  | ((t["CALTYPE"] == "DARK") & (t["EXPTIME"].sub(4).abs() < 0.01)))
     out = tmp_path / "o"
-    assert run_pipeline.main(["--basepath", csv, "--output-dir", str(out), "--no-progress"]) == 0
+    assert run_pipeline.main(["--basepath", csv, "--output-dir", str(out), "--no-progress",
+                              "--plots", "none"]) == 0
     head = fits.getheader(next((out / "dark_rates").glob("dark_rate_T15*C.fits")))
     assert head["RATEMETH"] == "single exposure" and head["NEXP"] == 1
     assert (out / "dark_model" / "dark_model.fits").is_file()
@@ -265,7 +267,7 @@ def test_bias_model_option_is_used(dark_run, dark_campaign, tmp_path):
     status = run_pipeline.main(["--mode", "fit_2d_model", "--basepath",
                                 str(dark_campaign.root / "TestSection2"), "--bias-model",
                                 str(out / "bias_model.fits"), "--output-dir",
-                                str(tmp_path / "o"), "--no-progress"])
+                                str(tmp_path / "o"), "--no-progress", "--plots", "none"])
     assert status == 0
     head = fits.getheader(next((tmp_path / "o" / "dark_masters").glob("master_dark_T30*_E4s.fits")))
     assert head["BIASFILE"] == "bias_model.fits"

@@ -154,7 +154,10 @@ def test_photon_transfer_gain_pulls_over_40_campaigns():
     pulls = np.array(pulls)
     assert abs(pulls.mean()) < 0.5 and 0.75 < pulls.std() < 1.3
     expected = math.sqrt(0.99 * 4 + 0.01 * 64 + 1 / 12)  # rms read noise and quantisation
-    assert np.mean(reads) == pytest.approx(expected, rel=0.03)
+    # the mean of 40 campaigns' read noise is known to their spread / sqrt(40) (0.5 %, it
+    # includes each sensor's own share of noisy pixels); 5 sigma
+    se = np.std(reads) / math.sqrt(len(reads))
+    assert abs(np.mean(reads) - expected) < 5 * se, (np.mean(reads), expected, se)
 
 
 def test_photon_transfer_without_two_levels_says_why():
