@@ -61,6 +61,7 @@ TARGETS: dict[str, list[str]] = {
     "utils/models/linear.py": ["tests/utils/test_fitting.py",
                                "tests/flat_pipeline/test_flat_models.py"],  # multi-linear fits
     "utils/models/nonlinear.py": _NONLINEAR,
+    "utils/models/nonlinear_numpy.py": _NONLINEAR,
     "utils/models/exp_kernels.py": _NONLINEAR,
     "utils/models/bias_model.py": _BIAS,
     "utils/models/read_noise.py": _BIAS,
