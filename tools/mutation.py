@@ -276,6 +276,9 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the sampled mutants only")
     parser.add_argument("--only", nargs="+", type=int, default=None, metavar="INDEX",
                         help="run these candidate indices (of one module) instead of a sample")
+    parser.add_argument("--mutants", nargs="+", default=None, metavar="MODULE:INDEX",
+                        help="run these mutants (of any modules, e.g. to re-run the survivors "
+                             "of a merged report) instead of a sample")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="merge the results of earlier runs (chunks) into one report")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mutation.json"))
@@ -284,13 +287,19 @@ def main(argv=None) -> int:
     if args.merge:
         return merge(args.merge, Path(args.output))
     equivalent = _equivalents()
+    picked: dict[str, list[int]] = {}
+    for item in args.mutants or []:
+        module, _, index = item.rpartition(":")
+        picked.setdefault(module, []).append(int(index))
+    if picked:
+        args.modules = list(picked)
 
     plan = []
     for module in args.modules:
         tree, points = candidates(module)
         rng = random.Random(f"{args.seed}:{module}")
-        chosen = sorted(rng.sample(range(len(points)), min(args.per_module, len(points)))) \
-            if args.only is None else sorted(args.only)
+        chosen = sorted(picked[module]) if picked else sorted(args.only) if args.only else \
+            sorted(rng.sample(range(len(points)), min(args.per_module, len(points))))
         for i in chosen:
             node, kind, detail, line = points[i]
             plan.append((module, tree, points[i],
