@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _STACK = ["tests/utils/test_stacking.py", "-k", "not peak_memory"]  # the 18 s memory test
 _NONLINEAR = ["tests/utils/test_fitting_nonlinear.py"]
 _BIAS = ["tests/bias_pipeline/test_bias_pipeline.py"]
-_DARK = ["tests/dark_pipeline/test_dark_pipeline.py"]
+_DARK = ["tests/dark_pipeline/test_dark_pipeline.py", "tests/dark_pipeline/test_dark_mutants.py"]
 _FLAT = ["tests/flat_pipeline/test_flat_pipeline.py", "tests/flat_pipeline/test_flat_models.py"]
 _GAIN = ["tests/utils/test_gain.py", "tests/flat_pipeline/test_flat_models.py"]
 #: Science modules and the tests that cover them (fast subsets where possible: a subset is run

@@ -421,6 +421,26 @@ def test_fit_then_evaluate_model(flat_campaign, subset, tmp_path):
     assert abs(np.nanmedian(ccd.data / ccd.uncertainty.array)) < 0.2
 
 
+
+def test_flat_model_of_one_exposure_time(flat_campaign, subset, tmp_path):
+    """Flats at two temperatures and one exposure time: the C term is dropped (written as 0,
+    not fitted) and B -- 0 in the simulation -- is fitted with pulls unbiased."""
+    index = subset(lambda t: (t["CALTYPE"] != "FLAT") | (t["EXPTIME"].round(3) == 0.25))
+    out = tmp_path / "one_exposure"
+    assert _run("--mode", "fit_model", "--basepath", index, "--output-dir", str(out)) == 0
+    with fits.open(out / "flat_model_fits" / "flat_model.fits") as hdul:
+        head = hdul[0].header
+        b, s_b, c = (np.asarray(hdul[name].data) for name in ("B", "SIGMA_B", "C"))
+    assert head["DROPPED"].startswith("C:") and not head["DROPPED"].startswith("B:")
+    assert not np.any(c) and not fits.getheader(out / "flat_model_fits"
+                                                / "flat_C_map.fits")["FITTED"]
+    pull = (b / s_b)[np.isfinite(b) & (s_b > 0)]
+    assert pull.size > 0.9 * b.size
+    # two masters, two parameters: no chi-square, so no ERRSCALE; the pull mean within 5 of
+    # its standard errors (~0.013 for ~6000 pixels)
+    assert abs(pull.mean()) < 5 * pull.std() / math.sqrt(pull.size)
+
+
 def test_full_no_vignetting(flat_campaign, subset, tmp_path):
     index = subset(small)
     out = tmp_path / "nv"
