@@ -14,7 +14,8 @@ pixels) that stream over the inputs once per pass, a tile of pixels at a time
 in cache, with loops over pixels that LLVM vectorises; no full-frame float64
 temporaries are made.  Without numba the same algorithms run as numpy code
 vectorised over blocks of pixels (:mod:`utils.models.nonlinear_numpy`; slower, more
-memory); the tests check that both give the same results.  Straight lines are in :mod:`utils.models.linear`.
+memory); the tests check that both give the same results.  Straight lines are in
+:mod:`utils.models.linear`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .nonlinear_numpy import (
     _Design,
     _fit_exp_model_numpy,
     _joint_population,
+    fit_maps,
     population_median,
 )
 from .pixel_tiles import PixelTiles, flat_cov, gather_sample, store_tile, tile_outputs
@@ -154,15 +156,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
                                               t_theta, t_cov, t_chi2, t_errs),
                     b - a, _NL_CHUNK, workers)
         store_tile(maps, out, a, b, P)
-    return {
-        "amplitude": A.reshape(shape), "amplitude_err": errs[0].reshape(shape),
-        "theta": theta.reshape((q,) + shape), "theta_err": errs[1:].reshape((q,) + shape),
-        "covariance": cov.reshape((p, p) + shape), "chi2": chi2.reshape(shape),
-        "npoints": npts.reshape(shape), "fallback": ~well.reshape(shape),
-        "population": [(float(v), spread) for v, (_, spread) in zip(pop_theta, pop)],
-        "population_err": joint.errors if joint is not None else np.full(q, np.nan),
-        "population_median": [m for m, _ in pop],
-    }
+    return fit_maps(shape, (A, theta, cov, chi2, npts, errs), well, pop_theta, pop, joint)
 
 
 def _first_pass_tile(tile, *, read, design, n, fit):

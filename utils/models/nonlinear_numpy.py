@@ -340,6 +340,15 @@ def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, 
             A[ids], cov[0, 0, ids] = A_fb, err * err
             chi2[ids] = np.where(npts[ids] > 1, chi_fb / (npts[ids] - 1), np.nan)
     errs = np.sqrt(np.diagonal(cov).T)  # (p, P)
+    return fit_maps(shape, (A, theta, cov, chi2, npts, errs), well, pop_theta, pop, joint)
+
+
+def fit_maps(shape, maps, well, pop_theta, pop, joint) -> dict:
+    """The drivers' result: the flat per-pixel ``maps`` (amplitude, theta, covariance,
+    reduced chi-square, points, errors of every parameter) shaped as ``shape``, the
+    fallback flags (``~well``) and the population values (median, spread, error)."""
+    A, theta, cov, chi2, npts, errs = maps
+    p, q = cov.shape[0], theta.shape[0]
     return {
         "amplitude": A.reshape(shape), "amplitude_err": errs[0].reshape(shape),
         "theta": theta.reshape((q,) + shape), "theta_err": errs[1:].reshape((q,) + shape),
