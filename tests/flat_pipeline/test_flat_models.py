@@ -251,8 +251,9 @@ def test_usable_pairs_drops_the_pairs_with_a_frame_excluded_from_the_ptc():
 
 
 def test_illumination_residual_rms_is_the_prnu_in_percent():
-    """``RESIDUAL_RMS_PCT`` of ``illumination.csv`` is 100 x the robust rms of master / model
-    - 1, here the 1 % pixel PRNU (MAD-based std of n values: relative error 1.17 / sqrt(n))."""
+    """``RESIDUAL_RMS_PCT`` (and ``BINNED_RESIDUAL_RMS_PCT``) of ``illumination.csv`` are 100 x
+    the robust rms of master / model - 1 (of the binned image), here the 1 % pixel PRNU
+    (MAD-based std of n values: relative error 1.17 / sqrt(n))."""
     from flat_pipeline.illumination import fit_master
 
     rng = np.random.default_rng(7)
@@ -261,5 +262,11 @@ def test_illumination_residual_rms_is_the_prnu_in_percent():
     r2 = ((x - 100.0) ** 2 + (y - 60.0) ** 2) / (63.5 ** 2 + 95.5 ** 2)
     ill = fit_master("t", (1.3 * (1 - 0.15 * r2 - 0.05 * r2 ** 2)
                            * (1 + 0.01 * rng.standard_normal((h, w)))).astype(np.float32))
-    assert ill.row()["RESIDUAL_RMS_PCT"] == pytest.approx(100 * ill.residual_rms, rel=1e-12)
+    row = ill.row()
+    assert row["RESIDUAL_RMS_PCT"] == pytest.approx(100 * ill.residual_rms, rel=1e-12)
     assert abs(ill.residual_rms - 0.01) < 5 * 0.01 * 1.17 / math.sqrt(h * w)
+    # the model's own, on the binned image (no binning at this size): the same PRNU
+    model = ill.model
+    assert row["BINNED_RESIDUAL_RMS_PCT"] == pytest.approx(100 * model.residual_rms, rel=1e-12)
+    assert model.binning == row["BINNING"] == 1
+    assert abs(model.residual_rms - 0.01) < 5 * 0.01 * 1.17 / math.sqrt(model.n_points)
