@@ -130,6 +130,7 @@ def test_per_pixel_fit_on_a_dask_cluster_equals_the_local_fit():
     y = amp * exps[:, None, None] * np.exp(0.1 * (temps - 20.0))[:, None, None]
     sigma = np.sqrt(1.0 + y)
     y = y + rng.normal(0, 1, y.shape) * sigma
+    y[:2, ::3] = np.nan  # pixels with q + 2 = 4 points: just enough for the population fit
     local = fit_power_exponential_per_pixel(temps, exps, y, sigma, t_ref=20.0)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
@@ -137,3 +138,6 @@ def test_per_pixel_fit_on_a_dask_cluster_equals_the_local_fit():
             remote = fit_power_exponential_per_pixel(temps, exps, y, sigma, t_ref=20.0)
     for name in ("amplitude", "gamma", "rate", "covariance", "chi2", "npoints", "fallback"):
         np.testing.assert_array_equal(getattr(local, name), getattr(remote, name), err_msg=name)
+    for name in ("population_gamma", "population_rate", "population_gamma_err",
+                 "population_rate_err"):  # the same pixel sample on the cluster
+        assert getattr(local, name) == getattr(remote, name), name

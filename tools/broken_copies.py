@@ -67,15 +67,13 @@ BROKEN: dict[str, tuple[list[tuple[str, str, str]], list[str]]] = {
          "subtract=bias.subtractor(temps),",
          "subtract=bias.subtractor(temps + 0.35),"),
     ], ["tests/analysis/test_process_index.py"]),
-    "run_calibration": ([
-        ("run_calibration.py",
-         "    bias = run_bias_pipeline(layout, table, index_path, out_dir, "
-         "progress_bar=progress_bar)\n",
-         "    bias = []\n"),
-        ("run_calibration.py",
-         "    dark = run_dark_pipeline(layout, table, index_path, out_dir, "
-         "progress_bar=progress_bar)\n",
-         "    dark = []\n"),
+    "run_calibration": ([  # run_calibration runs the pipelines through stage_pipelines
+        ("analysis/stage_pipelines.py",
+         '    for stage, dose in groups_with(table, "BIAS", groups):\n',
+         "    for stage, dose in []:\n"),
+        ("analysis/stage_pipelines.py",
+         '    for stage, dose in groups_with(table, "DARK", groups):\n',
+         "    for stage, dose in []:\n"),
     ], ["tests/test_run_calibration.py"]),
 }
 

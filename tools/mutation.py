@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _STACK = ["tests/utils/test_stacking.py", "-k", "not peak_memory"]  # the 18 s memory test
 _NONLINEAR = ["tests/utils/test_fitting_nonlinear.py"]
 _BIAS = ["tests/bias_pipeline/test_bias_pipeline.py"]
-_DARK = ["tests/dark_pipeline/test_dark_pipeline.py"]
+_DARK = ["tests/dark_pipeline/test_dark_pipeline.py", "tests/dark_pipeline/test_dark_mutants.py"]
 _FLAT = ["tests/flat_pipeline/test_flat_pipeline.py", "tests/flat_pipeline/test_flat_models.py"]
 _GAIN = ["tests/utils/test_gain.py", "tests/flat_pipeline/test_flat_models.py"]
 #: Science modules and the tests that cover them (fast subsets where possible: a subset is run
@@ -60,7 +60,10 @@ TARGETS: dict[str, list[str]] = {
     "utils/stack/stats.py": ["tests/utils/test_stats.py", "tests/utils/test_index.py"],
     "utils/models/linear.py": ["tests/utils/test_fitting.py",
                                "tests/flat_pipeline/test_flat_models.py"],  # multi-linear fits
-    "utils/models/nonlinear.py": _NONLINEAR,
+    "utils/models/nonlinear.py": [*_NONLINEAR,  # its first pass on a cluster (one task a tile)
+                                  "tests/test_scheduler.py::"
+                                  "test_per_pixel_fit_on_a_dask_cluster_equals_the_local_fit"],
+    "utils/models/nonlinear_numpy.py": _NONLINEAR,
     "utils/models/exp_kernels.py": _NONLINEAR,
     "utils/models/bias_model.py": _BIAS,
     "utils/models/read_noise.py": _BIAS,
@@ -275,6 +278,9 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the sampled mutants only")
     parser.add_argument("--only", nargs="+", type=int, default=None, metavar="INDEX",
                         help="run these candidate indices (of one module) instead of a sample")
+    parser.add_argument("--mutants", nargs="+", default=None, metavar="MODULE:INDEX",
+                        help="run these mutants (of any modules, e.g. to re-run the survivors "
+                             "of a merged report) instead of a sample")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="merge the results of earlier runs (chunks) into one report")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mutation.json"))
@@ -283,13 +289,19 @@ def main(argv=None) -> int:
     if args.merge:
         return merge(args.merge, Path(args.output))
     equivalent = _equivalents()
+    picked: dict[str, list[int]] = {}
+    for item in args.mutants or []:
+        module, _, index = item.rpartition(":")
+        picked.setdefault(module, []).append(int(index))
+    if picked:
+        args.modules = list(picked)
 
     plan = []
     for module in args.modules:
         tree, points = candidates(module)
         rng = random.Random(f"{args.seed}:{module}")
-        chosen = sorted(rng.sample(range(len(points)), min(args.per_module, len(points)))) \
-            if args.only is None else sorted(args.only)
+        chosen = sorted(picked[module]) if picked else sorted(args.only) if args.only else \
+            sorted(rng.sample(range(len(points)), min(args.per_module, len(points))))
         for i in chosen:
             node, kind, detail, line = points[i]
             plan.append((module, tree, points[i],

@@ -48,6 +48,33 @@ def _summary(out):
     return pd.read_csv(out / "masters_summary.csv")
 
 
+def test_flat_master_error_budget(processed):
+    """A normalised flat master's UNCERT is normalised like its data: the stack's standard
+    error NOISE / sqrt(NCOMB) and, added once, the error of what was subtracted -- the bias
+    reference (the dark master's SUBERR, the same map) and the dark master scaled by DARKSCL
+    -- divided by the level FLATNORM [adu]."""
+    _, out, _, _, _ = processed
+    summary = _summary(out)
+    row = summary[(summary.CALTYPE == "FLAT") & summary.ATTEMPT.isna()].iloc[0]
+    with fits.open(row["PATH"]) as hdul:
+        head = hdul[0].header
+        uncert, noise, ncomb = (np.asarray(hdul[n].data, np.float64)
+                                for n in ("UNCERT", "NOISE", "NCOMB"))
+        good = ~np.asarray(hdul["MASK"].data, bool)
+    stack_err2 = noise ** 2 / ncomb
+    # the stack's own error is most of it (measured 98.8 % of UNCERT on this campaign)
+    ratio = np.median(np.sqrt(stack_err2[good]) / uncert[good])
+    assert 0.95 < ratio <= 1.0
+    with fits.open(Path(row["PATH"]).parent.parent / "dark" / head["DARKFILE"]) as hdul:
+        bias_err, dark_err = (np.asarray(hdul[n].data, np.float64) for n in ("SUBERR", "UNCERT"))
+    expected = bias_err ** 2 + (head["DARKSCL"] * dark_err) ** 2  # [adu^2]
+    # an identity up to the float32 rounding of the maps (the medians over the pixels agreed
+    # to 1e-5 on this campaign): 0.1 % resolves the dark's part (8 % of it, 0.2 x 10.8 adu
+    # against the bias reference's 7.2 adu)
+    sub2 = (uncert ** 2 - stack_err2) * head["FLATNORM"] ** 2
+    assert np.median(sub2[good]) == pytest.approx(np.median(expected[good]), rel=1e-3)
+
+
 def test_masters_per_group_and_names(processed):
     ds, out, result, _, _ = processed
     summary = _summary(out)

@@ -169,3 +169,25 @@ def test_no_temperature_model_is_one_line(dosedirs_campaign, tmp_path, caplog, c
     one_line_error(caplog, capsys, "two temperatures")
     assert not (tmp_path / "o" / "config_used.json").exists()
     assert not list((tmp_path / "o").rglob("*.tmp*"))
+
+
+def test_step_currents_without_a_gain_stay_in_adu():
+    """Without a gain the step currents are the groups' rates at T_ref as measured, in adu/s
+    (no factor); with one, those times the gain in e-/s (the campaign above runs with one)."""
+    from types import SimpleNamespace
+
+    from analysis.damage import step_currents
+
+    rate, err = np.array([[1.0, 2.5]]), np.array([[0.1, 0.2]])
+    fit = SimpleNamespace(rate=np.full((1, 2), 0.1, np.float32),
+                          rate_err=np.zeros((1, 2), np.float32))
+    group = SimpleNamespace(stage="pre", tag="pre", dose=np.nan, framedose=0.0, tanneal=np.nan,
+                            temperature=20.0, model=SimpleNamespace(fit=fit),
+                            rate_at=lambda t_ref, slope, slope_err: (rate, err))
+    (in_adu,) = step_currents([group], 20.0, None)
+    (in_e,) = step_currents([group], 20.0, 2.0)
+    assert in_adu.unit == "adu/s" and in_e.unit == "e-/s"
+    np.testing.assert_array_equal(in_adu.current, rate)
+    np.testing.assert_array_equal(in_adu.error, err)
+    np.testing.assert_array_equal(in_e.current, 2.0 * rate)
+    np.testing.assert_array_equal(in_e.error, 2.0 * err)

@@ -216,3 +216,60 @@ def test_level_of_a_large_region_is_its_median():
 
     values = np.random.default_rng(4).normal(1000.0, 10.0, 100_000)
     assert level_of(values, "median", max_samples=10_000) == pytest.approx(1000.0, abs=0.7)
+
+
+def test_noise_line_does_not_depend_on_the_units_of_the_flat():
+    """The noise line ``NOISE^2 = a + b F`` of a normalised master (F ~ 1, spread 0.5 %:
+    sum((F - mean)^2) ~ 0.25 over 10^4 pixels) is the line of the same master in adu scaled
+    by the level: a / L^2, b / L (least squares is scale-free; only a degenerate F with no
+    spread at all has no slope)."""
+    from flat_pipeline.master import noise_line
+
+    rng = np.random.default_rng(6)
+    n, frames, level = 10_000, 10, 20_000.0
+    flat = 1 + 0.005 * rng.standard_normal(n)
+    var = (2e-6 + 4e-4 * flat) * rng.chisquare(frames - 1, n) / (frames - 1)
+    count = np.full(n, frames, np.int16)
+    assert ((flat - flat.mean()) ** 2).sum() < 1
+    a_n, b_n = noise_line(flat, np.sqrt(var), count)
+    a_adu, b_adu = noise_line(flat * level, np.sqrt(var) * level, count)
+    assert b_n == pytest.approx(b_adu / level, rel=1e-6)
+    assert a_n == pytest.approx(a_adu / level ** 2, rel=1e-6)
+    # and it is the line: the slope within 5 of its least-squares errors of the truth
+    sxx = ((flat - flat.mean()) ** 2).sum()
+    s_b = math.sqrt(2 / (frames - 1)) * (2e-6 + 4e-4) / math.sqrt(sxx)
+    assert abs(b_n - 4e-4) < 5 * s_b
+
+
+def test_usable_pairs_drops_the_pairs_with_a_frame_excluded_from_the_ptc():
+    from flat_pipeline.photon_transfer import usable_pairs
+
+    pairs = pd.DataFrame({"PATH_A": ["a", "c", "e"], "PATH_B": ["b", "d", "f"],
+                          "TBIN": 20.0, "EXPTIME": [0.1, 0.2, 0.3], "MEAN": [1e3, 2e3, 3e3],
+                          "VAR": [70.0, 130.0, 190.0], "NPIX": 500, "SATFRACTION": 0.0})
+    qc = pd.DataFrame({"PATH": list("abcdef"), "PTC": [1, 1, 1, 0, 1, 1]})
+    pd.testing.assert_frame_equal(usable_pairs(pairs, qc), pairs.iloc[[0, 2]]
+                                  .reset_index(drop=True))
+    assert usable_pairs(pairs.iloc[:0], qc).empty
+
+
+def test_illumination_residual_rms_is_the_prnu_in_percent():
+    """``RESIDUAL_RMS_PCT`` (and ``BINNED_RESIDUAL_RMS_PCT``) of ``illumination.csv`` are 100 x
+    the robust rms of master / model - 1 (of the binned image), here the 1 % pixel PRNU
+    (MAD-based std of n values: relative error 1.17 / sqrt(n))."""
+    from flat_pipeline.illumination import fit_master
+
+    rng = np.random.default_rng(7)
+    h, w = 128, 192
+    y, x = np.indices((h, w), dtype=float)
+    r2 = ((x - 100.0) ** 2 + (y - 60.0) ** 2) / (63.5 ** 2 + 95.5 ** 2)
+    ill = fit_master("t", (1.3 * (1 - 0.15 * r2 - 0.05 * r2 ** 2)
+                           * (1 + 0.01 * rng.standard_normal((h, w)))).astype(np.float32))
+    row = ill.row()
+    assert row["RESIDUAL_RMS_PCT"] == pytest.approx(100 * ill.residual_rms, rel=1e-12)
+    assert abs(ill.residual_rms - 0.01) < 5 * 0.01 * 1.17 / math.sqrt(h * w)
+    # the model's own, on the binned image (no binning at this size): the same PRNU
+    model = ill.model
+    assert row["BINNED_RESIDUAL_RMS_PCT"] == pytest.approx(100 * model.residual_rms, rel=1e-12)
+    assert model.binning == row["BINNING"] == 1
+    assert abs(model.residual_rms - 0.01) < 5 * 0.01 * 1.17 / math.sqrt(model.n_points)

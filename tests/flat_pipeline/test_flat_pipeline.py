@@ -436,6 +436,35 @@ def test_fit_then_evaluate_model(flat_campaign, subset, tmp_path):
     assert abs(np.median(z)) < 5 * 1.2533 * z.std() / np.sqrt(z.size)
 
 
+
+@pytest.mark.parametrize("flats, dropped, fitted", [
+    (lambda t: t["EXPTIME"].round(3) == 0.25, "C", "B"),  # two temperatures, one exposure
+    (lambda t: (t["TEMP"].sub(25).abs() < 1) & t["EXPTIME"].round(3).isin([0.15, 0.35]),
+     "B", "C"),                                          # one temperature, two exposures
+], ids=["one-exposure", "two-exposures"])
+def test_flat_model_drops_only_the_unconstrained_term(flat_campaign, subset, tmp_path, flats,
+                                                      dropped, fitted):
+    """Masters at one exposure time (temperature) cannot constrain C (B): that term is
+    dropped (written as 0, not fitted); the other -- 0 in the simulation -- is fitted, its
+    pulls unbiased.  Two values are enough for a term."""
+    index = subset(lambda t: (t["CALTYPE"] != "FLAT") | flats(t))
+    out = tmp_path / "model"
+    assert _run("--mode", "fit_model", "--basepath", index, "--output-dir", str(out)) == 0
+    with fits.open(out / "flat_model_fits" / "flat_model.fits") as hdul:
+        head = hdul[0].header
+        value, err, gone = (np.asarray(hdul[name].data)
+                            for name in (fitted, f"SIGMA_{fitted}", dropped))
+    assert head["DROPPED"].startswith(f"{dropped}:") and f"{fitted}:" not in head["DROPPED"]
+    assert not np.any(gone) and not fits.getheader(out / "flat_model_fits"
+                                                   / f"flat_{dropped}_map.fits")["FITTED"]
+    assert fits.getheader(out / "flat_model_fits" / f"flat_{fitted}_map.fits")["FITTED"]
+    pull = (value / err)[np.isfinite(value) & (err > 0)]
+    assert pull.size > 0.9 * value.size
+    # two masters, two parameters: no chi-square, so no ERRSCALE; the pull mean within 5 of
+    # its standard errors (~0.013 for ~6000 pixels)
+    assert abs(pull.mean()) < 5 * pull.std() / math.sqrt(pull.size)
+
+
 def test_full_no_vignetting(flat_campaign, subset, tmp_path):
     index = subset(small)
     out = tmp_path / "nv"
