@@ -48,9 +48,9 @@ _DARK_ERRORS = ("dark_pipeline/temperature_model.py",
                 '    fit = _scaled(fit, scale, ("amplitude_err", "rate_err"))\n',
                 '    fit = _scaled(fit, scale * 1.2, ("amplitude_err", "rate_err"))\n')
 _DARK_AMPLITUDE = ("dark_pipeline/temperature_model.py",
-                   "    model = DarkModel1D(fit, scale, None, inputs, adc_bits)\n",
+                   "    model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)\n",
                    "    fit = dataclasses.replace(fit, amplitude=fit.amplitude * 1.025)\n"
-                   "    model = DarkModel1D(fit, scale, None, inputs, adc_bits)\n")
+                   "    model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)\n")
 _DARK_TESTS = ["tests/dark_pipeline"]
 
 #: ``name -> (edits, tests)``; an edit is ``(file, old text, new text)`` and ``old`` must occur
