@@ -38,6 +38,7 @@ from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_model_maps
 from utils.models.linear import fit_linear_per_pixel
+from utils.stack.stats import exact_median
 from utils.stack.tiles import row_tiles, tile_rows
 
 from .master import model_error
@@ -106,11 +107,11 @@ class FlatModel:
         out = {"t_ref_degC": self.t_ref, "exp_ref_s": self.exp_ref, "err_scale": self.err_scale,
                "dropped": dict(self.dropped), "masters": int(len(self.inputs))}
         for j, name in enumerate(NAMES):
-            out[f"{name}_median"] = float(np.median(coef[j][good])) if good.any() else math.nan
-            out[f"{name}_sigma_median"] = float(np.median(sigma[j][good])) if good.any() \
+            out[f"{name}_median"] = exact_median(coef[j][good]) if good.any() else math.nan
+            out[f"{name}_sigma_median"] = exact_median(sigma[j][good]) if good.any() \
                 else math.nan
         finite = np.isfinite(chi2)
-        out["chi2dof_median"] = float(np.median(chi2[finite])) if finite.any() else math.nan
+        out["chi2dof_median"] = exact_median(chi2[finite]) if finite.any() else math.nan
         return out
 
     def write(self, folder: Path) -> list[Path]:
@@ -298,9 +299,9 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     good = np.isfinite(chi2) & (dof > 0)
     scale = 1.0
     if good.sum() >= 10:
-        common = int(np.median(dof[good]))
+        common = int(exact_median(dof[good]))
         sel = good & (dof == common)
-        scale = math.sqrt(float(np.median(chi2[sel])) / chi2_median_ratio(common))
+        scale = math.sqrt(exact_median(chi2[sel]) / chi2_median_ratio(common))
     s = np.float32(scale)
     sigma *= s
     for k in cov:

@@ -43,7 +43,7 @@ import pandas as pd
 from astropy.io import fits
 
 from utils.io.fitsio import provenance_cards, set_card, write_product
-from utils.stack.stats import MAD_TO_STD
+from utils.stack.stats import MAD_TO_STD, exact_median
 
 PRNU_FOLDER = "prnu"
 DEAD, COLD, COLUMN = 1, 2, 4
@@ -88,7 +88,7 @@ def finish_combined(acc: np.ndarray, wsum: np.ndarray, tag: str) -> PrnuMap:
         data = acc / wsum
         err = 1.0 / np.sqrt(wsum)
     finite = data[np.isfinite(data)]
-    norm = float(np.median(finite)) if finite.size else 1.0
+    norm = exact_median(finite) if finite.size else 1.0
     return PrnuMap(tag, (data / norm).astype(np.float32), (err / norm).astype(np.float32))
 
 

@@ -37,7 +37,7 @@ from utils.io.fitsio import fits_layout, read_rows
 from utils.models.photon_transfer import pair_statistics
 from utils.models.read_noise import frame_pairs
 from utils.progress import progress
-from utils.stack.stats import MAD_TO_STD
+from utils.stack.stats import MAD_TO_STD, exact_median
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def level_of(values: np.ndarray, method: str, *, max_samples: int = 1 << 19) -> 
     if v.size == 0:
         return math.nan
     if method == "median":
-        return float(np.median(v))
+        return exact_median(v)
     if method == "mean":
         return float(np.mean(v))
     return float(np.max(v))
