@@ -541,7 +541,7 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
         out.add(write_illumination(ill, group_dir / ILLUMINATION_FOLDER /
                                    f"illumination_{m.tag}.fits", m.path))
         out.add(write_corrected(m.path, ill, group_dir / CORRECTED_FOLDER /
-                                f"{m.path.stem}_vigncorr.fits"))
+                                f"{m.path.stem}_vigncorr.fits", data))
         p = prnu_map(m.tag, data, err, ill.relative * np.float32(ill.model.value("c0")))
         norms.append(p.norm)
         several_t = len({x.key.temperature for x in masters}) > 1
