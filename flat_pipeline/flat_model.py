@@ -49,7 +49,6 @@ MODEL_FOLDER = "flat_model_fits"
 MODEL_FILE = "flat_model.fits"
 NAMES = ("A", "B", "C")
 UNITS = {"A": "", "B": "1 / deg_C", "C": "1 / s"}
-_MAX_BLOCK_ROWS = 256
 EXTENSIONS = ("B", "C", "SIGMA_A", "SIGMA_B", "SIGMA_C", "COV_AB", "COV_AC", "COV_BC",
               "CHI2DOF", "NPTS")
 
@@ -274,11 +273,9 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     npts = np.zeros((h, w), np.int16)
     dropped: dict = {}
     readers = [reader(m.path) for m in masters]
-    # blocks of rows of every master within the memory budget (--memory-limit), and never
-    # more than _MAX_BLOCK_ROWS: the budget is the stacking's (1 GB by default), and a
-    # whole-frame block at 2048^2 would add that much to the pipeline's other maps
-    rows = min(_MAX_BLOCK_ROWS, tile_rows(len(masters), shape, memory_limit, images=2))
-    for start, stop in row_tiles(h, rows):
+    # blocks of rows of every master within the memory budget (--memory-limit), at most
+    # utils.stack.tiles.MAX_TILE_ROWS
+    for start, stop in row_tiles(h, tile_rows(len(masters), shape, memory_limit, images=2)):
         blocks = [r.read(start, stop) for r in readers]
         y = np.stack([b[0] for b in blocks])
         s = np.stack([b[1] for b in blocks])
