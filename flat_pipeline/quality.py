@@ -119,9 +119,11 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
     for s in sets:
         paths = s.rows["PATH"].astype(str).tolist()
         index_of = {p: i for i, p in enumerate(paths)}
-        ordered = [p for pair in frame_pairs(s.rows) for p in pair]
+        set_pairs = frame_pairs(s.rows)
+        ordered = [p for pair in set_pairs for p in pair]
         ordered += [p for p in paths if p not in ordered]
-        partner = {b: a for a, b in frame_pairs(s.rows)}
+        partner = {b: a for a, b in set_pairs}
+        firsts = {a for a, _ in set_pairs}
         held: dict[str, tuple[np.ndarray, float]] = {}
         for path in ordered:
             next(ticks, None)
@@ -157,7 +159,7 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
                 pairs.append({"TBIN": s.key.temperature, "EXPTIME": s.key.exptime,
                               "PATH_A": partner[path], "PATH_B": path, **stats,
                               "SATFRACTION": max(first_sat, central_sat)})
-            elif any(path == a for a, _ in frame_pairs(s.rows)):
+            elif path in firsts:
                 held[path] = (biassub, central_sat)
     frames = pd.DataFrame(frames)
     for column in ("LEVEL", "LEVEL_RATE", "MEAN_BIASSUB", "CENTRAL_SATFRACTION"):
