@@ -31,9 +31,10 @@ from ..errors import UnreadableFrameError
 from ..io import fitsio
 
 #: Most rows of one tile, whatever the budget: the budget is the stacking's (``--memory-limit``,
-#: 1 GB by default), and a tile of that size on top of a fit's full-frame maps took the
-#: 2-D dark fit to 1.08 GB and the flat pipeline to 1.2 GB at 2048^2 (bench_pipeline_models,
-#: bench_flat); 256 rows of 2048 columns are large enough that per-tile costs do not show.
+#: 1 GB by default), and tiles of that size on top of a fit's full-frame maps took the flat
+#: pipeline to 1.2 GB and the 2-D dark fit past 1.08 GB at 2048^2 (bench_flat,
+#: bench_pipeline_models: its rate fits got whole-frame tiles); 256 rows of 2048 columns are
+#: large enough that per-tile costs do not show.
 MAX_TILE_ROWS = 256
 
 #: Working bytes per sample of one image in a tile: the float32 read, the float64 copies
