@@ -423,10 +423,10 @@ def _bias_reference(records: list[MasterRecord], key: GroupKey, rows: pd.DataFra
             min(temps) - tol <= key.temperature <= max(temps) + tol:
         model, path, _ = _bias_model(masters, out_dir, cache)
         # the same terms (and INHASH) as the dark pipeline's with this model: a campaign run
-        # hands these masters to it instead of stacking the frames again.  The per-attempt
-        # sets get their own reference: its error maps are cached by temperature in the order
-        # sets come, and the all-attempt sets must come in the dark pipeline's order
-        slot = ("reference", path, bool(key.attempt))
+        # hands these masters to it instead of stacking the frames again.  Its error maps
+        # depend on the set's temperature only, never on the sets built before (Dask tasks
+        # each start from a copy of this cache)
+        slot = ("reference", path)
         if slot not in cache:
             cache[slot] = BiasReference(model, [], tol, str(path))
         _, stderr, cards, refs = cache[slot].model_terms(rows)

@@ -44,10 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = (("convert", "run_calibration", "convert_sections"),
           ("index", "run_calibration", "build_index"),
           ("masters", "analysis.process_index", "run"),
-          ("bias", "run_calibration", "run_bias_pipeline"),
-          ("gain", "run_calibration", "run_flat_gain"),
-          ("dark", "run_calibration", "run_dark_pipeline"),
-          ("flat", "run_calibration", "run_flat_pipeline"),
+          ("bias", "bias_pipeline.pipeline", "run"),
+          ("gain", "flat_pipeline.pipeline", "measure_gain_only"),
+          ("dark", "dark_pipeline.pipeline", "run"),
+          ("flat", "flat_pipeline.pipeline", "run"),
           ("report", "analysis.report", "run"))
 
 # The driver runs in the measured subprocess: it wraps each stage function with a timer and

@@ -105,8 +105,9 @@ def _read(paths) -> None:
                 _ = hdul[name].data.astype("=f4" if name != "MASK" else "u1")
 
 
-def run_case(case: str, workdir: Path) -> dict:
-    """Time one case in this process."""
+def run_case(case: str, workdir: Path, memory_limit: float) -> dict:
+    """Time one case in this process (tiles sized by ``memory_limit`` [byte], as the
+    pipelines' ``--memory-limit``)."""
     from astropy.io import fits
 
     # imports first: the clock measures work, not module loading
@@ -125,11 +126,12 @@ def run_case(case: str, workdir: Path) -> dict:
         _read(darks)
     elif case == "fit_bias":
         stack = MasterStack(bias, [headers[p]["TAVG"] for p in bias])
-        fit_bias_model(stack, cross_validate=False)
+        fit_bias_model(stack, cross_validate=False, memory_limit=memory_limit)
     else:
         ms = [DarkMaster(headers[p]["TBIN"], headers[p]["TAVG"], headers[p]["EXPTIME"], p,
                          NFRAMES, False) for p in darks]
-        stack = load_stack(ms)  # the pipeline reads the masters once for every step
+        # the pipeline reads the masters once for every step
+        stack = load_stack(ms, memory_limit)
         if case == "rates_1d":
             fit_temperature_model(measure_rates(stack), 20.0)
         else:
@@ -144,23 +146,32 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "cmos_pm_bench"))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory-limit", type=float, default=None,
+                        help="tile budget [byte] (default: the pipelines' --memory-limit "
+                             "default)")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_limit is None:
+        from utils.stack.master import CombineSettings
+
+        args.memory_limit = CombineSettings().memory_limit
     workdir = Path(args.workdir) / str(args.size)
     if args.case:
-        print(json.dumps(run_case(args.case, workdir)))
+        print(json.dumps(run_case(args.case, workdir, args.memory_limit)))
         return 0
     make(workdir, args.size)
+    case_args = ["--size", str(args.size), "--workdir", args.workdir, "--memory-limit",
+                 str(args.memory_limit)]
     # warm numba caches and the page cache once
     for case in CASES:
-        subprocess.run([sys.executable, __file__, "--size", str(args.size), "--workdir",
-                        args.workdir, "--case", case], check=True, capture_output=True)
+        subprocess.run([sys.executable, __file__, *case_args, "--case", case], check=True,
+                       capture_output=True)
     results = {}
     for case in CASES:
         runs = []
         for _ in range(args.repeat):
-            out = subprocess.run([sys.executable, __file__, "--size", str(args.size), "--workdir",
-                                  args.workdir, "--case", case], check=True, capture_output=True,
+            out = subprocess.run([sys.executable, __file__, *case_args, "--case", case],
+                                 check=True, capture_output=True,
                                  text=True).stdout.strip().splitlines()[-1]
             runs.append(json.loads(out))
         best = min(runs, key=lambda r: r["seconds"])
@@ -173,7 +184,8 @@ def main(argv=None) -> int:
               "model_2d/read_dark": sec["model_2d"] / sec["read_dark"]}
     for key, value in ratios.items():
         print(f"{key:22s} {value:6.2f}")
-    print(json.dumps({"size": args.size, "results": results, "ratios": ratios}))
+    print(json.dumps({"size": args.size, "memory_limit": args.memory_limit, "results": results,
+                      "ratios": ratios}))
     return 0
 
 

@@ -38,6 +38,7 @@ from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_model_maps
 from utils.models.linear import fit_linear_per_pixel
+from utils.stack.stats import exact_median
 from utils.stack.tiles import row_tiles, tile_rows
 
 from .master import model_error
@@ -48,7 +49,6 @@ MODEL_FOLDER = "flat_model_fits"
 MODEL_FILE = "flat_model.fits"
 NAMES = ("A", "B", "C")
 UNITS = {"A": "", "B": "1 / deg_C", "C": "1 / s"}
-_MAX_BLOCK_ROWS = 256
 EXTENSIONS = ("B", "C", "SIGMA_A", "SIGMA_B", "SIGMA_C", "COV_AB", "COV_AC", "COV_BC",
               "CHI2DOF", "NPTS")
 
@@ -106,11 +106,11 @@ class FlatModel:
         out = {"t_ref_degC": self.t_ref, "exp_ref_s": self.exp_ref, "err_scale": self.err_scale,
                "dropped": dict(self.dropped), "masters": int(len(self.inputs))}
         for j, name in enumerate(NAMES):
-            out[f"{name}_median"] = float(np.median(coef[j][good])) if good.any() else math.nan
-            out[f"{name}_sigma_median"] = float(np.median(sigma[j][good])) if good.any() \
+            out[f"{name}_median"] = exact_median(coef[j][good]) if good.any() else math.nan
+            out[f"{name}_sigma_median"] = exact_median(sigma[j][good]) if good.any() \
                 else math.nan
         finite = np.isfinite(chi2)
-        out["chi2dof_median"] = float(np.median(chi2[finite])) if finite.any() else math.nan
+        out["chi2dof_median"] = exact_median(chi2[finite]) if finite.any() else math.nan
         return out
 
     def write(self, folder: Path) -> list[Path]:
@@ -273,11 +273,9 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     npts = np.zeros((h, w), np.int16)
     dropped: dict = {}
     readers = [reader(m.path) for m in masters]
-    # blocks of rows of every master within the memory budget (--memory-limit), and never
-    # more than _MAX_BLOCK_ROWS: the budget is the stacking's (1 GB by default), and a
-    # whole-frame block at 2048^2 would add that much to the pipeline's other maps
-    rows = min(_MAX_BLOCK_ROWS, tile_rows(len(masters), shape, memory_limit, images=2))
-    for start, stop in row_tiles(h, rows):
+    # blocks of rows of every master within the memory budget (--memory-limit), at most
+    # utils.stack.tiles.MAX_TILE_ROWS
+    for start, stop in row_tiles(h, tile_rows(len(masters), shape, memory_limit, images=2)):
         blocks = [r.read(start, stop) for r in readers]
         y = np.stack([b[0] for b in blocks])
         s = np.stack([b[1] for b in blocks])
@@ -298,9 +296,9 @@ def fit_flat_model(masters, *, t_ref: float | None = None, exp_ref: float | None
     good = np.isfinite(chi2) & (dof > 0)
     scale = 1.0
     if good.sum() >= 10:
-        common = int(np.median(dof[good]))
+        common = int(exact_median(dof[good]))
         sel = good & (dof == common)
-        scale = math.sqrt(float(np.median(chi2[sel])) / chi2_median_ratio(common))
+        scale = math.sqrt(exact_median(chi2[sel]) / chi2_median_ratio(common))
     s = np.float32(scale)
     sigma *= s
     for k in cov:

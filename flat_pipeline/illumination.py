@@ -152,10 +152,14 @@ def read_relative_illumination(path: str | Path, shape: tuple[int, int]) -> np.n
     return np.asarray(data, np.float32)
 
 
-def write_corrected(master_path: Path, ill: Illumination, path: Path) -> Path:
-    """``master / V`` with both errors in quadrature."""
+def write_corrected(master_path: Path, ill: Illumination, path: Path,
+                    master: np.ndarray | None = None) -> Path:
+    """``master / V`` with both errors in quadrature (``master``: the master's image, NaN
+    where masked, when already read)."""
     rd = reader(master_path)
-    master, _ = rd.read()
+    if master is None:
+        master = rd.image("PRIMARY", 0, rd.shape[0], np.nan)
+        master[rd.image("MASK", 0, rd.shape[0], 0.0) != 0] = np.nan
     stderr = rd.image("UNCERT", 0, rd.shape[0], np.nan)
     v = ill.relative
     data = master / v

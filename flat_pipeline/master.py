@@ -53,6 +53,7 @@ from utils.stack.master import (
     frame_metadata,
     inputs_hash,
 )
+from utils.stack.stats import exact_median
 
 from .quality import central_region, level_of
 
@@ -139,11 +140,14 @@ def stack_normalised(paths: list[str], rows: pd.DataFrame, subtract, scale: np.n
     if not norm > 0:
         raise ValueError("the stacked flat has no positive level in its central region")
     inv = np.float32(1.0 / norm)
-    suberr = (np.asarray(sub_err, np.float64) * float(np.median(scale)) / norm).astype(np.float32)
+    # float32 throughout (errors need no more than 7 digits; no full-frame float64 copies)
+    suberr = np.asarray(sub_err, np.float32) * np.float32(float(np.median(scale)) / norm)
     result.data *= inv
     result.noise *= inv
-    result.stderr = np.sqrt((result.stderr.astype(np.float64) * inv) ** 2
-                            + suberr.astype(np.float64) ** 2).astype(np.float32)
+    result.stderr *= inv
+    np.multiply(result.stderr, result.stderr, out=result.stderr)
+    result.stderr += suberr * suberr
+    np.sqrt(result.stderr, out=result.stderr)
     return result, norm, suberr
 
 
@@ -153,8 +157,8 @@ def clipped_mean(values: np.ndarray, sigma: float = 5.0) -> float:
     v = values[np.isfinite(values)].astype(np.float64)
     if v.size == 0:
         return math.nan
-    centre = float(np.median(v))
-    spread = 1.482602218505602 * float(np.median(np.abs(v - centre)))
+    centre = exact_median(v)
+    spread = 1.482602218505602 * exact_median(np.abs(v - centre))
     keep = np.abs(v - centre) <= sigma * spread if spread > 0 else np.ones(v.size, bool)
     return float(v[keep].mean())
 

@@ -103,6 +103,9 @@ from .settings import FLAT_TYPES, MASTER_MODES, MODES, FlatSettings
 
 logger = logging.getLogger(__name__)
 
+#: Record of the gain-only step (``photon_transfer/``): its hash, for re-runs.
+GAIN_RECORD = "gain_only_run.json"
+
 @dataclass
 class GroupResult:
     """What one (stage, dose step) produced."""
@@ -294,6 +297,14 @@ def _bias_pairs(index, group, shape, settings) -> pd.DataFrame | None:
     return _BIAS_PAIRS[key].copy()
 
 
+def _recorded(path: Path) -> str | None:
+    """The hash in a run record, None when there is none."""
+    try:
+        return json.loads(path.read_text()).get("inputs_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
               shape: tuple[int, int], adc_bits: int, *, progress_bar: bool = False,
               gain_only: bool = False, subfolder: bool = True) -> GroupResult:
@@ -314,6 +325,13 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
     digest = run_digest(settings, [], *sorted(f"{p}:{os.path.getmtime(p)}"
                                               for p in usable["PATH"].astype(str)),
                         bias.fingerprint, darks.fingerprint, str(gain_only))
+    # the gain step (before the dark pipeline) keeps its own record: it writes into the flat
+    # folder, and redoing it on a re-run would overwrite the full run's frame_qc.csv and
+    # photon-transfer tables with its bias-only ones while the full run is skipped
+    gain_record = group_dir / PTC_FOLDER / GAIN_RECORD
+    if gain_only and (group_dir / "gain.json").is_file() and _recorded(gain_record) == digest:
+        logger.info("photon-transfer gain of %s in %s is up to date", group.label, group_dir)
+        return GroupResult(group_dir, {}, [])
     done = completed_run(group_dir, digest)
     if done is not None and not gain_only:
         logger.info("flat products of %s in %s are up to date (same frames and settings)",
@@ -386,6 +404,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         out.figure(lambda: plots.plot_ptc(ptc, pairs), "ptc.png")
         out.figure(lambda: plots.plot_linearity(ptc), "linearity.png")
     if gain_only:
+        write_text(json.dumps({"inputs_hash": digest, "files": []}) + "\n", gain_record)
         return GroupResult(group_dir, summary, out.files)
     if gain_used is not None:
         summary["gain_used"] = {"gain_e_per_adc": gain_used.gain, "source": gain_used.source,
@@ -542,7 +561,7 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
         out.add(write_illumination(ill, group_dir / ILLUMINATION_FOLDER /
                                    f"illumination_{m.tag}.fits", m.path))
         out.add(write_corrected(m.path, ill, group_dir / CORRECTED_FOLDER /
-                                f"{m.path.stem}_vigncorr.fits"))
+                                f"{m.path.stem}_vigncorr.fits", data))
         p = prnu_map(m.tag, data, err, ill.relative * np.float32(ill.model.value("c0")))
         norms.append(p.norm)
         several_t = len({x.key.temperature for x in masters}) > 1

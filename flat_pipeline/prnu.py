@@ -46,7 +46,7 @@ import pandas as pd
 from astropy.io import fits
 
 from utils.io.fitsio import provenance_cards, set_card, write_product
-from utils.stack.stats import MAD_TO_STD
+from utils.stack.stats import MAD_TO_STD, exact_median
 
 PRNU_FOLDER = "prnu"
 DEAD, COLD, COLUMN = 1, 2, 4
@@ -91,7 +91,7 @@ def finish_combined(acc: np.ndarray, wsum: np.ndarray, tag: str) -> PrnuMap:
         data = acc / wsum
         err = 1.0 / np.sqrt(wsum)
     finite = data[np.isfinite(data)]
-    norm = float(np.median(finite)) if finite.size else 1.0
+    norm = exact_median(finite) if finite.size else 1.0
     return PrnuMap(tag, (data / norm).astype(np.float32), (err / norm).astype(np.float32))
 
 
@@ -167,19 +167,25 @@ class CrossAccumulator:
         """Rows ``start:start + rows`` of every map: ``data``, ``err`` (K, rows, W) and the
         common ``valid`` mask (rows, W)."""
         rows = data.shape[1]
-        for a in range(0, rows):
-            r = start + a
-            ok = valid[a]
-            s = r // self.rows_per
-            x = data[:, a][:, ok].astype(np.float64)
-            if x.shape[1]:
-                self.n[s] += x.shape[1]
-                self.s1[s] += x.sum(1)
-                self.s2[s] += x @ x.T
-                self.t2[s] += (err[:, a][:, ok].astype(np.float64) ** 2).sum(1)
-                self.rowmean[:, r] = x.mean(1)
-            self.colsum[s] += np.where(ok, data[:, a], 0.0)
-            self.colcnt[s] += ok
+        k = data.shape[0]
+        a = 0
+        while a < rows:  # the rows of one stripe at a time, summed as one array
+            s = (start + a) // self.rows_per
+            b = min(rows, (s + 1) * self.rows_per - start)
+            ok = valid[a:b]
+            x = np.where(ok, data[:, a:b], np.float32(0)).astype(np.float64)
+            e = np.where(ok, err[:, a:b], np.float32(0)).astype(np.float64)
+            count = ok.sum(1)
+            self.n[s] += count.sum()
+            self.s1[s] += x.sum((1, 2))
+            flat = x.reshape(k, -1)
+            self.s2[s] += flat @ flat.T
+            self.t2[s] += (e * e).sum((1, 2))
+            has = np.flatnonzero(count > 0)
+            self.rowmean[:, start + a + has] = x.sum(2)[:, has] / count[has]
+            self.colsum[s] += x.sum(1)
+            self.colcnt[s] += ok.sum(0)
+            a = b
 
     def _parts(self, pairs, leave: int | None) -> dict:
         keep = np.ones(self.n.size, bool)

@@ -37,7 +37,7 @@ from utils.io.fitsio import fits_layout, read_rows
 from utils.models.photon_transfer import pair_statistics
 from utils.models.read_noise import frame_pairs
 from utils.progress import progress
-from utils.stack.stats import MAD_TO_STD
+from utils.stack.stats import MAD_TO_STD, exact_median
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def level_of(values: np.ndarray, method: str, *, max_samples: int = 1 << 19) -> 
     if v.size == 0:
         return math.nan
     if method == "median":
-        return float(np.median(v))
+        return exact_median(v)
     if method == "mean":
         return float(np.mean(v))
     return float(np.max(v))
@@ -119,9 +119,11 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
     for s in sets:
         paths = s.rows["PATH"].astype(str).tolist()
         index_of = {p: i for i, p in enumerate(paths)}
-        ordered = [p for pair in frame_pairs(s.rows) for p in pair]
+        set_pairs = frame_pairs(s.rows)
+        ordered = [p for pair in set_pairs for p in pair]
         ordered += [p for p in paths if p not in ordered]
-        partner = {b: a for a, b in frame_pairs(s.rows)}
+        partner = {b: a for a, b in set_pairs}
+        firsts = {a for a, _ in set_pairs}
         held: dict[str, tuple[np.ndarray, float]] = {}
         for path in ordered:
             next(ticks, None)
@@ -157,7 +159,7 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
                 pairs.append({"TBIN": s.key.temperature, "EXPTIME": s.key.exptime,
                               "PATH_A": partner[path], "PATH_B": path, **stats,
                               "SATFRACTION": max(first_sat, central_sat)})
-            elif any(path == a for a, _ in frame_pairs(s.rows)):
+            elif path in firsts:
                 held[path] = (biassub, central_sat)
     frames = pd.DataFrame(frames)
     for column in ("LEVEL", "LEVEL_RATE", "MEAN_BIASSUB", "CENTRAL_SATFRACTION"):

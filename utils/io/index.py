@@ -47,6 +47,8 @@ INDEX_COLUMNS = ["PATH", "CALTYPE", "STAGE", "VACUUM", "TEMP", "ZEROFRACTION", "
                  "EXPTIME", "FRAMENUM", "TIMESTAMP", "DOSE", "ATTEMPT", "NAXIS1", "NAXIS2",
                  "SATFRACTION", "MEAN", "MEDIAN", "STD", "P16", "P84", "ADUSCALE", "FRAMEDOSE",
                  "REASON", "DOSERATE", "BEAM", "TANNEAL", "DOSESRC", "DOSEFLAG"]
+#: Columns a fresh index writes as integers.
+_INT_COLUMNS = ("NAXIS1", "NAXIS2", "ADUSCALE")
 CALTYPES = ("BIAS", "DARK", "FLAT")
 STAGES = ("pre", "radiating", "post")
 
@@ -316,7 +318,11 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
             if str(row["REASON"]).startswith("index:"):
                 continue  # a row flagged for its cells is measured again, not copied
             if path.is_file() and path.stat().st_mtime < since:
-                reuse[path.resolve()] = row
+                # integer columns come back as floats from a CSV with empty cells: written
+                # as a fresh index writes them ("40", not "40.0"), a re-run changes nothing
+                reuse[path.resolve()] = {
+                    k: int(v) if k in _INT_COLUMNS and isinstance(v, float) and v.is_integer()
+                    else v for k, v in row.items()}
 
     def one(item):
         cached = reuse.get(item[0].resolve())

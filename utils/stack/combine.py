@@ -79,6 +79,7 @@ from .kernels import (
     batcher_network,
     warmup,
 )
+from .stats import exact_median
 
 logger = logging.getLogger(__name__)
 
@@ -660,7 +661,7 @@ def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, s
     if valid.any():
         good = data[valid]  # float32 copy; float64 accumulators below
         card(kw.MEAN, float(good.mean(dtype=np.float64)), "mean of the master, valid pixels")
-        card(kw.MEDIAN, float(np.median(good)), "median of the master, valid pixels")
+        card(kw.MEDIAN, exact_median(good), "median of the master, valid pixels")
         card(kw.STD, float(good.std(dtype=np.float64)), "std of the master, valid pixels")
     for key, (kmin, kmax, kavg), unit in ((kw.TEMP, (kw.TMIN, kw.TMAX, kw.TAVG), "degC"),
                                           (kw.EXPTIME, (kw.EMIN, kw.EMAX, kw.EAVG), "s")):

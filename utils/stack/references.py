@@ -145,10 +145,12 @@ class BiasReference:
         cards = {kw.BIASFILE: (Path(self.source).name, "bias model A+B*(T-TREF) subtracted"),
                  kw.BIASTEMP: (mean_t, "[degC] mean frame temperature of the evaluation"),
                  kw.SUBTRACT: ("bias(T)", "bias model at each frame's TEMP")}
-        # the error at the set's mean temperature; within 0.25 degC it does not change
+        # the error at the set's mean temperature rounded to 0.25 degC (within that it does
+        # not change): evaluated at the rounded value, not at the first set's mean, so that it
+        # does not depend on which sets came before (a Dask task sees none of them)
         key = round(mean_t * 4) / 4
         if key not in self._errors:
-            self._errors[key] = self.model.predict_err(mean_t)
+            self._errors[key] = self.model.predict_err(key)
         return (self.model.subtractor(temps), self._errors[key], cards,
                 (self.fingerprint, "model"))
 

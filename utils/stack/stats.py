@@ -42,6 +42,43 @@ def _nanmedian_last(a: np.ndarray) -> np.ndarray:
     return np.where(ok, 0.5 * (lo + hi), np.nan)
 
 
+def exact_median(values: np.ndarray) -> float:
+    """``np.median`` of an array (flattened), the same number, faster on large arrays.
+
+    The two middle order statistics are bracketed from a regular subsample of ~65 000
+    values (a window of +-6 binomial sigma of the subsample's rank around the middle), the
+    values below the window counted and those inside it selected: one comparison pass
+    over the data and a partition of a small part, instead of a partition of a copy of
+    all of it (a 2048 x 2048 master: ~15 ms instead of ~60 ms).  Falls back to
+    ``np.median`` when the window misses (never for ordinary data) or the array is small.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=300001).astype(np.float32)
+    >>> exact_median(x) == np.median(x)
+    True
+    """
+    x = np.asarray(values).ravel()
+    n = x.size
+    if n < 1 << 18:
+        return float(np.median(x))
+    sample = np.sort(x[::n // (1 << 16)])
+    m = sample.size
+    half = 6.0 * math.sqrt(m) / 2.0 + 2
+    lo = sample[max(0, int((m - 1) / 2 - half))]
+    hi = sample[min(m - 1, int(math.ceil((m - 1) / 2 + half)))]
+    k_lo, k_hi = (n - 1) // 2, n // 2
+    below = int(np.count_nonzero(x < lo))
+    inside = x[(x >= lo) & (x <= hi)]
+    if not (below <= k_lo and k_hi < below + inside.size) or \
+            below + inside.size + int(np.count_nonzero(x > hi)) != n:  # missed, or NaN in x
+        return float(np.median(x))
+    part = np.partition(inside, (k_lo - below, k_hi - below))
+    # numpy's median: the mean (in the array's type) of the middle one or two values
+    return float(np.mean(part[[k_lo - below, k_hi - below]] if k_hi > k_lo
+                         else part[k_lo - below:k_lo - below + 1]))
+
+
 def mad_std(x, axis: int | None = None):
     """Robust standard deviation, ``1.482602218505602 x median(|x - median(x)|)``.
 

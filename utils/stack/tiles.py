@@ -30,14 +30,23 @@ from astropy.io import fits
 from ..errors import UnreadableFrameError
 from ..io import fitsio
 
+#: Most rows of one tile, whatever the budget: the budget is the stacking's (``--memory-limit``,
+#: 1 GB by default), and tiles of that size on top of a fit's full-frame maps took the flat
+#: pipeline to 1.2 GB and the 2-D dark fit past 1.08 GB at 2048^2 (bench_flat,
+#: bench_pipeline_models: its rate fits got whole-frame tiles); 256 rows of 2048 columns are
+#: large enough that per-tile costs do not show.
+MAX_TILE_ROWS = 256
+
 #: Working bytes per sample of one image in a tile: the float32 read, the float64 copies
 #: and temporaries the per-pixel fits make of it (measured on the dark 2-D fit: ~5).
 BYTES_PER_SAMPLE = 24
 
 
 def tile_rows(n_planes: int, shape: tuple[int, int], memory_limit: float, *,
-              images: int = 1, bytes_per_sample: int = BYTES_PER_SAMPLE) -> int:
-    """Rows per tile so ``images`` stacks of ``n_planes`` planes fit ``memory_limit``.
+              images: int = 1, bytes_per_sample: int = BYTES_PER_SAMPLE,
+              max_rows: int = MAX_TILE_ROWS) -> int:
+    """Rows per tile so ``images`` stacks of ``n_planes`` planes fit ``memory_limit``, and
+    never more than ``max_rows``.
 
     Parameters
     ----------
@@ -51,14 +60,16 @@ def tile_rows(n_planes: int, shape: tuple[int, int], memory_limit: float, *,
         Stacks read per tile (e.g. signal, noise and bias error: 3).
     bytes_per_sample : int, optional
         Working bytes per sample, temporaries included.
+    max_rows : int, optional
+        Cap on the rows (:data:`MAX_TILE_ROWS`).
 
     Returns
     -------
     int
-        At least 1, at most ``shape[0]``.
+        At least 1, at most ``min(shape[0], max_rows)``.
     """
     per_row = max(1, n_planes) * shape[1] * images * bytes_per_sample
-    return int(max(1, min(shape[0], memory_limit // per_row)))
+    return int(max(1, min(shape[0], max_rows, memory_limit // per_row)))
 
 
 def row_tiles(height: int, rows: int) -> Iterator[tuple[int, int]]:
