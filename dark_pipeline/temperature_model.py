@@ -227,7 +227,8 @@ class DarkModel1D:
 
     def write(self, path: Path) -> Path:
         """``dark_model.fits``: A (primary, UNCERT, MASK) and B, SIGMA_A, SIGMA_B, COV_AB,
-        CHI2DOF, NPTS, FALLBACK, TDOUBLE, EA, HOT."""
+        CHI2DOF, NPTS, FALLBACK, TDOUBLE, EA, HOT; with the common law, A_POP and SIGMA_A_POP
+        (A at the population B: what the summary's typical pixel, DSNU and p95 are of)."""
         f = self.fit
         head = self.headline()
         header = _header("DARK_MODEL_1D", "DC = A exp(B (T - TREF))", self.t_ref,
@@ -253,6 +254,9 @@ class DarkModel1D:
                   "EA": (self.activation_energy(), "eV"),
                   "HOT": ((self.hot if self.hot is not None
                            else np.zeros(f.rate.shape, bool)).astype(np.uint8), "")}
+        if self.common is not None:
+            images["A_POP"] = (self.common.amplitude, adu.RATE_UNIT)
+            images["SIGMA_A_POP"] = (self.common.amplitude_err, adu.RATE_UNIT)
         return write_product(path, f.amplitude, header, unit=adu.RATE_UNIT,
                              uncertainty=f.amplitude_err, mask=self.mask(), images=images,
                              tables={"INPUTS": self.inputs} if len(self.inputs.columns) else None)
