@@ -66,7 +66,7 @@ TARGETS: dict[str, list[str]] = {
     "utils/models/nonlinear_numpy.py": _NONLINEAR,
     "utils/models/exp_kernels.py": _NONLINEAR,
     "utils/models/bias_model.py": _BIAS,
-    "utils/models/read_noise.py": _BIAS,
+    "utils/models/read_noise.py": [*_BIAS, "tests/utils/test_stats.py"],
     "dark_pipeline/rates.py": _DARK,
     "dark_pipeline/temperature_model.py": _DARK,
     "dark_pipeline/hot_pixels.py": _DARK,

@@ -273,3 +273,22 @@ def test_illumination_residual_rms_is_the_prnu_in_percent():
     assert row["BINNED_RESIDUAL_RMS_PCT"] == pytest.approx(100 * model.residual_rms, rel=1e-12)
     assert model.binning == row["BINNING"] == 1
     assert abs(model.residual_rms - 0.01) < 5 * 0.01 * 1.17 / math.sqrt(model.n_points)
+
+
+def test_photon_transfer_read_noise_error_matches_its_scatter():
+    """The read noise from bias pairs and its stated error: over 400 draws of 4 pairs of 2000
+    pixels (true 30 adu), the read noise scatters as the error says (the std of 400 values is
+    known to 1/sqrt(800) = 3.5 %: 5 sigma) and is unbiased."""
+    one = pd.DataFrame([{"TBIN": 20.0, "EXPTIME": 0.2, "MEAN": 1000.0, "VAR": 600.0,
+                         "NPIX": 500, "SATFRACTION": 0.0}] * 3)
+    rng = np.random.default_rng(4)
+    values, errors = [], []
+    for _ in range(400):
+        bias_rows = [{"VAR": float(np.var(rng.normal(0.0, 30.0, 2000), ddof=1)), "NPIX": 2000}
+                     for _ in range(4)]
+        result = fit_photon_transfer(one, bias_pairs=pd.DataFrame(bias_rows))
+        values.append(result.read_noise_adu)
+        errors.append(result.read_noise_adu_err)
+    ratio = np.std(values, ddof=1) / np.median(errors)
+    assert abs(ratio - 1) < 5 / math.sqrt(800), ratio
+    assert abs(np.mean(values) - 30.0) < 5 * np.median(errors) / math.sqrt(400)

@@ -318,3 +318,20 @@ def test_population_sample_of_a_large_frame_with_sparse_pixels():
         slow = fit_exponential_per_pixel(TEMPS, y, sigma, x_ref=0.0)
     assert fast.population_rate == pytest.approx(slow.population_rate, rel=1e-9)
     assert fast.population_rate_err == pytest.approx(slow.population_rate_err, rel=1e-6)
+
+
+def test_radix_median_is_numpys_median():
+    """The radix-selection median (the fallback of the bracketed median, numba or not) equals
+    numpy's, for odd and even counts of distinct values (the even case averages two order
+    statistics), with and without the absolute deviation."""
+    from utils.models.exp_kernels import _nb_radix_median
+
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 7, 10, 1001, 1000):
+        values = rng.normal(0.0, 1.0, n)
+        mask = np.ones(n, bool)
+        assert _nb_radix_median(values, mask, 0.0, False) == np.median(values)
+        assert _nb_radix_median(values, mask, 0.3, True) == np.median(np.abs(values - 0.3))
+        keep = rng.random(n) < 0.7
+        keep[0] = True
+        assert _nb_radix_median(values, keep, 0.0, False) == np.median(values[keep])

@@ -150,3 +150,24 @@ def test_median_with_error_matches_the_error_of_a_median():
     assert abs(z.mean()) < 5 / math.sqrt(40) and 0.5 < z.std() < 1.5  # 40 draws: +-0.11 on the std
     assert stats.median_with_error([]) == pytest.approx((math.nan, math.nan), nan_ok=True)
     assert stats.median_with_error([7.0, 7.0, 7.0]) == (7.0, 0.0)
+
+
+def test_read_noise_below_one_adu_keeps_its_error():
+    """A 16-bit camera at high gain may have a read noise below 1 adu: the accumulator's
+    typical-pixel value and its error are still given (0.6 adu, 20 pairs of 4000 pixels: the
+    value is known to ~0.2 %), and the error matches the value's scatter over 60 draws."""
+    from utils.models.read_noise import ReadNoiseAccumulator
+
+    rng = np.random.default_rng(6)
+    values, errors = [], []
+    for _ in range(60):
+        acc = ReadNoiseAccumulator()
+        for _ in range(20):
+            acc.add(rng.normal(0.0, 0.6, (40, 100)), rng.normal(0.0, 0.6, (40, 100)))
+        result = acc.result()
+        values.append(result.median)
+        errors.append(result.median_err)
+    assert np.all(np.isfinite(errors)) and np.all(np.asarray(errors) > 0)
+    assert abs(np.mean(values) - 0.6) < 5 * np.median(errors) / math.sqrt(60)
+    ratio = np.std(values, ddof=1) / np.median(errors)
+    assert abs(ratio - 1) < 5 / math.sqrt(120), ratio

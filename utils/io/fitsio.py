@@ -302,6 +302,16 @@ def provenance_cards(product: str) -> list[tuple[str, object, str]]:
     ]
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array``: astropy byteswaps a writeable little-endian array *in
+    place* while writing it (and back after), so an array shared with another thread -- e.g.
+    one cached bias error map written as ``SUBERR`` by several masters at once -- could be
+    read, or written, byteswapped (garbage); of a read-only one it writes a swapped copy."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def write_product(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None, *,
                   unit: str, uncertainty: np.ndarray | None = None,
                   mask: np.ndarray | None = None,
@@ -333,11 +343,12 @@ def write_product(path: str | os.PathLike, data: np.ndarray, header: fits.Header
     data = np.asarray(data)
     if data.dtype.kind == "f":
         data = data.astype(np.float32, copy=False)
-    primary = fits.PrimaryHDU(data=data, header=header)
+    primary = fits.PrimaryHDU(data=_read_only(data), header=header)
     primary.header[kw.BUNIT] = (unit, "physical unit of the data")
     hdus = [primary]
     if uncertainty is not None:
-        hdu = fits.ImageHDU(np.asarray(uncertainty, dtype=np.float32), name="UNCERT")
+        hdu = fits.ImageHDU(_read_only(np.asarray(uncertainty, dtype=np.float32)),
+                            name="UNCERT")
         hdu.header["UTYPE"] = ("StdDevUncertainty", "astropy.nddata uncertainty class")
         hdu.header[kw.BUNIT] = (unit, "one-sigma uncertainty of the primary data")
         hdus.append(hdu)
@@ -351,7 +362,7 @@ def write_product(path: str | os.PathLike, data: np.ndarray, header: fits.Header
             array = array.astype(np.float32, copy=False)
         elif array.dtype.kind == "b":
             array = array.astype(np.uint8)
-        hdu = fits.ImageHDU(array, name=name)
+        hdu = fits.ImageHDU(_read_only(array), name=name)
         if bunit:
             hdu.header[kw.BUNIT] = bunit
         hdus.append(hdu)
