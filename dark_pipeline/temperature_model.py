@@ -293,8 +293,8 @@ class CommonLawAmplitude:
 
 
 def common_law_amplitude(temps: np.ndarray, y: np.ndarray, s: np.ndarray, rate: float,
-                         t_ref: float, err_scale: float = 1.0,
-                         block_rows: int = 256) -> CommonLawAmplitude:
+                         t_ref: float, err_scale: float = 1.0, block_rows: int = 256, *,
+                         point_scale: np.ndarray | None = None) -> CommonLawAmplitude:
     """A of every pixel at the fixed rate B (see :class:`CommonLawAmplitude`).
 
     Parameters
@@ -311,14 +311,19 @@ def common_law_amplitude(temps: np.ndarray, y: np.ndarray, s: np.ndarray, rate: 
         Factor applied to the weight-based errors.
     block_rows : int
         Rows summed at a time (float64 work arrays of a block only, not of the frame).
+    point_scale : numpy.ndarray, shape (K,), optional
+        Factor on the errors of each rate map (applied block by block: no scaled copy of
+        the whole error stack).
     """
     shape = y.shape[1:]
+    k_scale = np.ones(len(temps)) if point_scale is None else np.asarray(point_scale, float)
     out = CommonLawAmplitude(*(np.empty(shape, np.float32) for _ in range(3)))
     x = np.asarray(temps, dtype=np.float64) - t_ref
     f = np.exp(rate * x)
     for r0 in range(0, shape[0], block_rows):
         rows = slice(r0, min(r0 + block_rows, shape[0]))
-        yk, sk = y[:, rows].astype(np.float64), s[:, rows].astype(np.float64)
+        yk = y[:, rows].astype(np.float64)
+        sk = s[:, rows].astype(np.float64) * k_scale.reshape((-1,) + (1,) * (y.ndim - 1))
         with np.errstate(divide="ignore", invalid="ignore"):
             w = np.where(np.isfinite(yk) & np.isfinite(sk) & (sk > 0), 1.0 / (sk * sk), 0.0)
         wy = w * np.where(w > 0, yk, 0.0)
@@ -414,8 +419,8 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     inputs = pd.DataFrame({"TBIN": [r.temperature for r in rates], "TAVG": temps,
                            "RATEMETH": [r.method for r in rates],
                            "ERRSCALE": point_scale * scale})
-    common = common_law_amplitude(temps, y, s * point_scale[:, None, None],
-                                  float(fit.population_rate), t_ref, scale)
+    common = common_law_amplitude(temps, y, s, float(fit.population_rate), t_ref, scale,
+                                  point_scale=point_scale)
     model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)
     head = model.headline()
     (logger.debug if quiet else logger.info)(
