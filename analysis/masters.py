@@ -35,6 +35,7 @@ from utils.stack.combine import combine
 from utils.stack.grouping import GroupKey, calibration_groups
 from utils.stack.master import adc_bits_of, existing_product, frame_metadata, inputs_hash
 from utils.stack.references import BiasReference, read_master_error, scaled_dark
+from utils.stack.stats import exact_median, exact_nanmedian
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
             cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")
     if normalise:
         valid = ~result.mask & np.isfinite(result.data)
-        level = float(np.median(result.data[valid])) if valid.any() else math.nan
+        level = exact_median(result.data[valid]) if valid.any() else math.nan
         if not level > 0:
             record.status, record.reason, record.path = "refused", "flat level <= 0", None
             return record
@@ -194,10 +195,10 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         cards[kw.FLATNORM] = (level * float(np.median(1.0 / np.asarray(scale))) if scale is not None
                               else level, "[adu] median level divided out")
         good = result.data[valid] if valid.any() else np.array([math.nan])
-        for name, value in ((kw.MEAN, np.mean(good)), (kw.MEDIAN, np.median(good)),
+        for name, value in ((kw.MEAN, np.mean(good)), (kw.MEDIAN, exact_median(good)),
                             (kw.STD, np.std(good))):
             cards[name] = (float(value), "of the normalised master, valid pixels")
-    noise_med = float(np.nanmedian(result.noise)) if np.isfinite(result.noise).any() else math.nan
+    noise_med = exact_nanmedian(result.noise)
     cards.update({
         INHASH: (digest, "hash of inputs and settings"),
         "NOISEMED": (noise_med, f"[{unit or '1'}] median per-pixel noise of the inputs"),
@@ -507,7 +508,7 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
         logger.warning("flat %s: no dark master within %g degC; only bias subtracted",
                        key.tag, settings.dark_temp_tolerance)
     reference = bias.at(mean_t) if dark_image is None else bias.at(mean_t) + dark_image
-    ref_level = float(np.nanmedian(reference))
+    ref_level = exact_nanmedian(reference)
     medians = pd.to_numeric(rows["MEDIAN"], errors="coerce") if "MEDIAN" in rows else None
     if medians is None or medians.isna().any():
         from utils.stack.stats import frame_statistics

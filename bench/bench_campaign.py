@@ -15,8 +15,10 @@ each (520 frames, 1.04 GiB of raw) -- then, page cache warm:
   ``/proc`` (the run's process plus its figure-drawing children); the run's overall peak is
   ``getrusage(RUSAGE_CHILDREN)``.
 
-Prints one table, the ratio of the end-to-end wall time to the raw-read floor, and ends with
-one JSON line holding every number.
+Prints one table, the ratio of the end-to-end wall time to the raw-read floor, then the
+**write floor** (writing as many bytes as the run wrote -- products and converted frames -- as
+plain new files, :mod:`floors`) and the ratio to read + write floors, and ends with one JSON
+line holding every number.
 
 Run from the repository root, under the shared lock on a shared machine::
 
@@ -37,6 +39,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from floors import tree_bytes, write_floor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,10 +258,19 @@ def main(argv=None) -> int:
     ratio = run["wall_s"] / floor
     print(f"{'total':<10} {run['wall_s']:9.2f} {run['peak_rss_mb']:14.0f}   "
           f"(cpu {run['cpu_s']:.1f} s; {ratio:.0f}x the raw-read floor)")
+    # every file the run wrote: its products and the converted frames
+    wbytes = tree_bytes(out, *[p for p in dataset.rglob("fits") if p.is_dir()])
+    wfloor = write_floor(wbytes, out.parent / "write_floor")
+    io_ratio = run["wall_s"] / (floor + wfloor)
+    print(f"written: {wbytes / 2**30:.2f} GiB (products and converted frames); writing as many "
+          f"bytes takes {wfloor:.2f} s here, so read + write floor {floor + wfloor:.2f} s: the run "
+          f"is {io_ratio:.1f}x it")
     print(json.dumps({"size": args.size, "frames": len(files), "raw_bytes": nbytes,
                       "plots": args.plots or "default", "raw_read_floor_s": round(floor, 4),
                       "wall_s": round(run["wall_s"], 2), "cpu_s": round(run["cpu_s"], 2),
                       "peak_rss_mb": round(run["peak_rss_mb"]), "ratio_to_floor": round(ratio, 1),
+                      "written_bytes": wbytes, "write_floor_s": round(wfloor, 3),
+                      "ratio_to_io_floor": round(io_ratio, 2),
                       "stages": {n: {k: round(v, 2) for k, v in e.items()} for n, e in rows if e},
                       "cpus": os.cpu_count()}))
     return 0

@@ -80,7 +80,7 @@ if str(REPO) not in sys.path:
 
 from astropy.io import fits  # noqa: E402
 
-from utils.io.conversion import ConversionSettings, convert_sections
+from utils.io.conversion import ConversionSettings, convert_sections  # noqa: E402
 
 DEFAULT_WORKDIR = REPO / "bench" / "results" / "convert_campaign"
 EXPTIME_US = 12.0                                   # 1.2e-05 s

@@ -15,7 +15,12 @@ compilation are done before the clock starts, page cache warm):
   stacking engine);
 * ``flat_full``: ``flat_pipeline.run`` mode full with ``--bias-model`` and
   ``--dark-model`` on the index, figures included;
-* ``flat_full_noplots``: the same with ``--no-save-plots``.
+* ``flat_full_noplots``: the same with ``--no-save-plots``;
+* ``stack_floor``: the five level sets sigma-clip combined from the files as they are (no
+  reduction, nothing written): the stacking no flat pipeline can skip.
+
+Then the **write floor**: writing as many bytes as ``flat_full_noplots`` wrote, as plain new
+files (:mod:`floors`); the floor of the pipeline is read + stack + write.
 
 Run from the repository root (under the shared lock on a shared machine)::
 
@@ -37,10 +42,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from floors import tree_bytes, write_floor
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASES = ("read_astropy", "read_rows", "flat_full", "flat_full_noplots")
+CASES = ("read_astropy", "read_rows", "flat_full", "flat_full_noplots", "stack_floor")
 EXPOSURES = (0.1, 0.2, 0.3, 0.4, 0.5)
 NFRAMES = 10
 TEMP = 20.0
@@ -134,6 +141,11 @@ def run_case(case: str, workdir: Path) -> dict:
         for p in paths:
             lay = fits_layout(p)
             read_rows(lay, 0, lay.shape[0])
+    elif case == "stack_floor":
+        from utils.stack.combine import combine
+
+        for i in range(len(EXPOSURES)):
+            combine(paths[i * NFRAMES:(i + 1) * NFRAMES], method="sigclip", workers=2)
     else:
         out = workdir / f"out_{case}"
         shutil.rmtree(out, ignore_errors=True)
@@ -183,8 +195,17 @@ def main(argv=None) -> int:
     ratios.update({f"{c}/read_rows": sec[c] / sec["read_rows"] for c in CASES[2:]})
     for key, value in ratios.items():
         print(f"{key:32s} {value:7.2f}")
+    written = tree_bytes(workdir / "out_flat_full_noplots")
+    wfloor = write_floor(written, workdir / "write_floor")
+    floor = sec["read_astropy"] + sec["stack_floor"] + wfloor
+    ratios["flat_full_noplots/floor"] = sec["flat_full_noplots"] / floor
+    print(f"products written without figures: {written / 2**30:.2f} GiB, as plain files "
+          f"{wfloor:.2f} s here; floor read + stack + write {floor:.2f} s "
+          f"({floor / sec['read_astropy']:.1f}x the read); flat_full_noplots is "
+          f"{ratios['flat_full_noplots/floor']:.2f}x that floor")
     print(json.dumps({"size": args.size, "flats": len(EXPOSURES) * NFRAMES, "results": results,
-                      "ratios": ratios}))
+                      "written_bytes": written, "write_floor_s": wfloor,
+                      "floor_s": floor, "ratios": ratios}))
     return 0
 
 

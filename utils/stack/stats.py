@@ -55,7 +55,7 @@ def exact_median(values: np.ndarray) -> float:
     Examples
     --------
     >>> x = np.random.default_rng(0).normal(size=300001).astype(np.float32)
-    >>> exact_median(x) == np.median(x)
+    >>> bool(exact_median(x) == np.median(x))
     True
     """
     x = np.asarray(values).ravel()
@@ -77,6 +77,25 @@ def exact_median(values: np.ndarray) -> float:
     # numpy's median: the mean (in the array's type) of the middle one or two values
     return float(np.mean(part[[k_lo - below, k_hi - below]] if k_hi > k_lo
                          else part[k_lo - below:k_lo - below + 1]))
+
+
+def exact_nanmedian(values: np.ndarray) -> float:
+    """``np.nanmedian`` of an array (flattened), the same number, by :func:`exact_median`.
+
+    NaN where every value is NaN.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=300001).astype(np.float32)
+    >>> x[::7] = np.nan
+    >>> bool(exact_nanmedian(x) == np.nanmedian(x))
+    True
+    """
+    x = np.asarray(values).ravel()
+    keep = ~np.isnan(x)
+    if not keep.any():
+        return math.nan
+    return exact_median(x if keep.all() else x[keep])
 
 
 def mad_std(x, axis: int | None = None):
