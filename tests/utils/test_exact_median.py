@@ -1,0 +1,39 @@
+"""The exact medians of utils.stack.stats give numpy's numbers (the master MEDIAN and NOISEMED
+cards, the flat levels): odd and even sizes, quantised and heavy-tailed data, NaN."""
+
+import math
+
+import numpy as np
+import pytest
+
+from utils.stack.stats import exact_median, exact_nanmedian
+
+
+@pytest.mark.parametrize("n", [300_001, 300_002, 1 << 20])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_median_equals_numpy(n, dtype):
+    rng = np.random.default_rng(n)
+    cases = [rng.normal(1600.0, 32.0, n),                      # bias-like
+             np.rint(rng.normal(1600.0, 32.0, n) / 16) * 16,   # quantised: many ties
+             rng.standard_cauchy(n),                           # heavy tails
+             np.sort(rng.normal(size=n))]                      # ordered input
+    for x in cases:
+        x = x.astype(dtype)
+        assert exact_median(x) == float(np.median(x))
+
+
+def test_exact_median_small_and_2d():
+    x = np.random.default_rng(1).normal(size=(512, 700)).astype(np.float32)
+    assert exact_median(x) == float(np.median(x))
+    assert exact_median(x[:10, :10]) == float(np.median(x[:10, :10]))
+
+
+def test_exact_nanmedian_equals_numpy():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(700, 700)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    assert exact_nanmedian(x) == float(np.nanmedian(x))
+    x[:, :] = 5.0
+    x[::3] = np.nan
+    assert exact_nanmedian(x) == 5.0
+    assert math.isnan(exact_nanmedian(np.full(10, np.nan)))
