@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._parallel import HAVE_NUMBA, _default_workers, _run_chunks, njit
+
 #: Pixels of the sample the joint fit uses at most (a deterministic stride).
 MAX_PIXELS = 100_000
 #: Robust z of the amplitude beyond which a pixel is a bright outlier (hot), left out.
@@ -87,7 +89,10 @@ def _start(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def _profile(z, wy, w, theta, shared=None):
     """Per-pixel profile chi-square minus the constant ``sum w y^2``: ``-a^2 / b``; with
-    ``shared`` errors, plus the term that removes their theta-dependent expectation."""
+    ``shared`` errors, plus the term that removes their theta-dependent expectation.
+
+    The numpy form (and the definition): :func:`_profiles` evaluates it with the numba
+    kernel :func:`_profiles_kernel_py` when numba is importable."""
     f = np.exp(np.clip(z @ theta, -700, 700))
     a = f @ wy
     b = (f * f) @ w
@@ -101,12 +106,198 @@ def _profile(z, wy, w, theta, shared=None):
         return np.where(b > 0, value / b, 0.0)
 
 
+#: Pixels per tile of the profile kernel: the tile's accumulators stay in L1 while the
+#: rows of the points stream through.
+_TILE = 256
+#: Pixels per thread-pool task of the profile kernel.
+_CHUNK = 1 << 14
+
+
+def _profiles_kernel_py(F, wy, w, V, C, diag, shared, a0, a1, out):
+    """``out[j, p]`` = :func:`_profile` at the shape ``F[j] = exp(z . theta_j)`` (K, n) for
+    the pixels ``a0 <= p < a1``, fused: one pass over the points of a tile of pixels for
+    all K shapes, float64 sums in registers, no (n, P) temporary.  ``shared`` False: V, C
+    and diag are not read."""
+    K, n = F.shape
+    D = V.shape[1] if shared else 0
+    acc_a = np.empty((K, _TILE))
+    acc_b = np.empty((K, _TILE))
+    acc_t = np.empty((K, _TILE))
+    acc_h = np.empty((K, max(D, 1), _TILE))
+    for p0 in range(a0, a1, _TILE):
+        m = min(_TILE, a1 - p0)
+        acc_a[:] = 0.0
+        acc_b[:] = 0.0
+        acc_t[:] = 0.0
+        acc_h[:] = 0.0
+        for k in range(n):
+            wy_k = wy[k, p0:p0 + m]
+            w_k = w[k, p0:p0 + m]
+            for j in range(K):
+                f = F[j, k]
+                f2 = f * f
+                aj = acc_a[j]
+                bj = acc_b[j]
+                for i in range(m):  # the lanes: vectorised over pixels
+                    aj[i] += f * wy_k[i]
+                    bj[i] += f2 * w_k[i]
+                if shared:
+                    d_k = diag[k, p0:p0 + m]
+                    tj = acc_t[j]
+                    for i in range(m):  # (w f)^2 diag
+                        tj[i] += f2 * (w_k[i] * w_k[i]) * d_k[i]
+                    for d in range(D):
+                        vf = V[k, d] * f
+                        hd = acc_h[j, d]
+                        for i in range(m):  # h = V^T (w f)
+                            hd[i] += vf * w_k[i]
+        for j in range(K):
+            for i in range(m):
+                p = p0 + i
+                value = -acc_a[j, i] * acc_a[j, i]
+                if shared:
+                    quad = 0.0
+                    for d in range(D):
+                        row = 0.0
+                        for e in range(D):
+                            row += C[d, e, p] * acc_h[j, e, i]
+                        quad += acc_h[j, d, i] * row
+                    value += quad - acc_t[j, i]
+                b = acc_b[j, i]
+                out[j, p] = value / b if b > 0 else 0.0
+
+
+if HAVE_NUMBA:
+    _nb_profiles = njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"}
+                        )(_profiles_kernel_py)
+else:  # pragma: no cover
+    _nb_profiles = None
+
+
+def _profiles(z, wy, w, thetas, shared=None, workers=None):
+    """:func:`_profile` at each row of ``thetas`` (K, q): per-pixel values (K, P).
+
+    With numba one fused pass over the points serves all K shapes (the kernel
+    :func:`_profiles_kernel_py`, on ``workers`` threads, default the usable CPUs); without
+    it, :func:`_profile` once per shape."""
+    thetas = np.atleast_2d(np.asarray(thetas, dtype=np.float64))
+    if not HAVE_NUMBA:
+        return np.array([_profile(z, wy, w, t, shared) for t in thetas])
+    F = np.exp(np.clip(thetas @ z.T, -700, 700))              # (K, n)
+    P = wy.shape[1]
+    out = np.empty((thetas.shape[0], P))
+    if shared is None:
+        V = np.zeros((z.shape[0], 0))
+        C, diag = np.zeros((0, 0, 0)), np.zeros((0, 0))
+    else:
+        V, C, diag = shared
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    _run_chunks(lambda a, b: _nb_profiles(F, wy, w, V, C, diag, shared is not None, a, b,
+                                          out), P, _CHUNK, workers)
+    return out
+
+
+def _stencil(q: int, h: np.ndarray) -> np.ndarray:
+    """Offsets (K, q) of the central-difference stencil of :func:`_derivatives`: 0, then
+    +-h_i for every i, then (+-h_i, +-h_j) for every pair i < j (order ++, +-, -+, --)."""
+    rows = [np.zeros(q)]
+    for i in range(q):
+        e_i = np.zeros(q)
+        e_i[i] = h[i]
+        rows += [e_i, -e_i]
+    for i in range(q):
+        for j in range(i + 1, q):
+            e_i, e_j = np.zeros(q), np.zeros(q)
+            e_i[i], e_j[j] = h[i], h[j]
+            rows += [e_i + e_j, e_i - e_j, -e_i + e_j, -e_i - e_j]
+    return np.array(rows)
+
+
+def _derivatives(z, wy, w, theta, shared=None, *, full=False):
+    """Per-pixel gradient (q, P) of the profile chi-square and the Hessian (q, q) of its sum
+    (central differences; all stencil points in one pass of :func:`_profiles`).  With
+    ``full`` also the sum at ``theta`` and the summed gradient (q,)."""
+    q = theta.size
+    h = 1e-4 * np.maximum(np.abs(theta), 1e-2)
+    v = _profiles(z, wy, w, theta + _stencil(q, h), shared)
+    # per-pixel differences first, then the sums: no cancellation between large sums
+    grad = np.empty((q, wy.shape[1]))
+    H = np.empty((q, q))
+    for i in range(q):
+        up, down = v[1 + 2 * i], v[2 + 2 * i]
+        grad[i] = (up - down) / (2 * h[i])
+        H[i, i] = float((up - 2 * v[0] + down).sum()) / h[i] ** 2
+    r = 1 + 2 * q
+    for i in range(q):
+        for j in range(i + 1, q):
+            H[i, j] = H[j, i] = float((v[r] - v[r + 1] - v[r + 2] + v[r + 3]).sum()) \
+                / (4 * h[i] * h[j])
+            r += 4
+    if full:
+        return grad, H, float(v[0].sum()), grad.sum(1)
+    return grad, H
+
+
+def _total(z, wy, w, theta, shared=None) -> float:
+    """Sum of the profile chi-square over the pixels (inf where not finite)."""
+    value = float(_profiles(z, wy, w, np.atleast_1d(theta)[None], shared).sum())
+    return value if math.isfinite(value) else math.inf
+
+
+#: Newton iterations of :func:`_minimise` before it hands over to Nelder-Mead.
+_NEWTON_ITER = 30
+#: Newton stops once every step component is below this fraction of theta's error.
+_STEP_TOL = 1e-3
+
+
+def _newton(z, wy, w, theta0, shared=None):
+    """Newton steps on the finite-difference gradient and Hessian of the summed profile
+    chi-square, halving a step that does not lower it.  Stops when every component of the
+    step is below ``_STEP_TOL`` of theta's statistical error ``sqrt(diag 2 H^-1)`` and
+    returns theta plus that last step; None when the curvature is not positive definite,
+    no halving helps or it does not converge (the caller falls back to Nelder-Mead)."""
+    theta = np.asarray(theta0, dtype=np.float64).copy()
+    _, H, f0, g = _derivatives(z, wy, w, theta, shared, full=True)
+    for _ in range(_NEWTON_ITER):
+        if not (np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and math.isfinite(f0)):
+            return None
+        try:
+            L = np.linalg.cholesky(H)
+        except np.linalg.LinAlgError:
+            return None
+        step = -np.linalg.solve(H, g)
+        inv_diag = np.sum(np.linalg.inv(L) ** 2, axis=0)        # diag of H^-1
+        err = np.sqrt(2.0 * inv_diag)
+        if np.all(np.abs(step) < _STEP_TOL * err):
+            return theta + step
+        for _ in range(30):
+            trial = theta + step
+            _, H_t, f_t, g_t = _derivatives(z, wy, w, trial, shared, full=True)
+            # accept at most a rounding-level rise (a chi-square unit is 1): near the
+            # minimum the gain of a step is below the float rounding of the sum
+            if math.isfinite(f_t) and f_t <= f0 + 1e-6:
+                break
+            step = step / 2
+        else:
+            return None
+        theta, H, f0, g = trial, H_t, f_t, g_t
+    return None
+
+
 def _minimise(z, wy, w, theta0, shared=None):
+    """Minimum of the summed profile chi-square: :func:`_newton` from ``theta0``, else (it
+    failed) Brent (one parameter) or Nelder-Mead from there."""
+    theta = _newton(z, wy, w, theta0, shared)
+    if theta is not None:
+        return theta
+    return _minimise_simplex(z, wy, w, theta0, shared)
+
+
+def _minimise_simplex(z, wy, w, theta0, shared=None):
     from scipy.optimize import minimize, minimize_scalar
 
     def total(theta):
-        value = float(_profile(z, wy, w, np.atleast_1d(theta), shared).sum())
-        return value if math.isfinite(value) else math.inf
+        return _total(z, wy, w, theta, shared)
 
     if z.shape[1] == 1:
         t0 = float(theta0[0])
@@ -124,33 +315,6 @@ def _minimise(z, wy, w, theta0, shared=None):
     res = minimize(total, np.asarray(theta0, dtype=np.float64), method="Nelder-Mead",
                    options={"xatol": 1e-8, "fatol": 1e-4, "maxiter": 4000})
     return np.asarray(res.x, dtype=np.float64)
-
-
-def _derivatives(z, wy, w, theta, shared=None):
-    """Per-pixel gradient (q, P) of the profile chi-square and the Hessian (q, q) of its sum
-    (central differences)."""
-    q = theta.size
-    h = 1e-4 * np.maximum(np.abs(theta), 1e-2)
-
-    def each(t):
-        return _profile(z, wy, w, t, shared)
-
-    grad = np.empty((q, wy.shape[1]))
-    H = np.empty((q, q))
-    f0 = each(theta).sum()
-    for i in range(q):
-        e_i = np.zeros(q)
-        e_i[i] = h[i]
-        up, down = each(theta + e_i), each(theta - e_i)
-        grad[i] = (up - down) / (2 * h[i])
-        H[i, i] = (up.sum() - 2 * f0 + down.sum()) / h[i] ** 2
-        for j in range(i + 1, q):
-            e_j = np.zeros(q)
-            e_j[j] = h[j]
-            H[i, j] = H[j, i] = (each(theta + e_i + e_j).sum() - each(theta + e_i - e_j).sum()
-                                 - each(theta - e_i + e_j).sum()
-                                 + each(theta - e_i - e_j).sum()) / (4 * h[i] * h[j])
-    return grad, H
 
 
 def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PIXELS,
@@ -249,7 +413,7 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     for _ in range(3):
         wy = w * y
         theta = _minimise(z, wy, w, theta, shared)
-        chi = (wy * y).sum(0) + _profile(z, wy, w, theta)
+        chi = (wy * y).sum(0) + _profiles(z, wy, w, theta)[0]
         dof = np.count_nonzero(w, axis=0) - 1
         good = chi2_dist.sf(chi, np.maximum(dof, 1)) >= clip_pvalue
         if good.all():
@@ -258,11 +422,12 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
         if shared is not None:
             shared = (shared[0], shared[1][:, :, good], shared[2][:, good])
     wy = w * y
-    chi = (wy * y).sum(0) + _profile(z, wy, w, theta)
+    profile = _profiles(z, wy, w, theta)[0]
+    chi = (wy * y).sum(0) + profile
     dof_total = int((np.count_nonzero(w, axis=0) - 1).sum()) - q
     chi2dof = float(chi.sum() / max(dof_total, 1))
     # the amplitudes must be significant as a whole, or theta is fitted to noise
-    gain = -_profile(z, wy, w, theta).sum()      # sum_p a_p^2 / b_p, ~ P without signal
+    gain = -profile.sum()      # sum_p a_p^2 / b_p, ~ P without signal
     if gain - wy.shape[1] < 5.0 * math.sqrt(2.0 * wy.shape[1]):
         raise ValueError("no significant signal in the pixels: the joint fit cannot "
                          "determine the shape parameters")
