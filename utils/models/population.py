@@ -404,31 +404,36 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     # would outweigh all the rest: left out by a robust z of their amplitude far beyond any
     # ordinary pixel's (a cut inside the bulk would select by noise and bias theta)
     f0 = np.exp(np.clip(z @ theta, -700, 700))
+    wy = w * y
     with np.errstate(divide="ignore", invalid="ignore"):
-        amp = (f0 @ (w * y)) / ((f0 * f0) @ w)
+        amp = (f0 @ wy) / ((f0 * f0) @ w)
     ok = np.isfinite(amp)
     centre = float(np.median(amp[ok])) if ok.any() else 0.0
     spread = 1.4826 * float(np.median(np.abs(amp[ok] - centre))) if ok.any() else 0.0
     if spread > 0:
         keep = ok & ((amp - centre) / spread <= BRIGHT_Z)
-        y, w = y[:, keep], w[:, keep]
+        y, w, wy = y[:, keep], w[:, keep], wy[:, keep]
         if shared is not None:
             shared = (shared[0], shared[1][:, :, keep], shared[2][:, keep])
+    wyy = (wy * y).sum(0)                        # sum_k w y^2 per pixel
+    npts = np.count_nonzero(w, axis=0)
+    # p-value >= clip_pvalue <=> chi-square <= its isf at the pixel's dof (one per dof)
+    limit = chi2_dist.isf(clip_pvalue, np.arange(1, n + 1))
+    del y
     for _ in range(3):
-        wy = w * y
         theta = _minimise(z, wy, w, theta, shared)
-        chi = (wy * y).sum(0) + _profiles(z, wy, w, theta)[0]
-        dof = np.count_nonzero(w, axis=0) - 1
-        good = chi2_dist.sf(chi, np.maximum(dof, 1)) >= clip_pvalue
+        profile = _profiles(z, wy, w, theta)[0]
+        chi = wyy + profile
+        good = chi <= limit[np.clip(npts - 1, 1, n) - 1]
         if good.all():
             break
-        y, w = y[:, good], w[:, good]
+        wy, w, wyy, npts = wy[:, good], w[:, good], wyy[good], npts[good]
         if shared is not None:
             shared = (shared[0], shared[1][:, :, good], shared[2][:, good])
-    wy = w * y
-    profile = _profiles(z, wy, w, theta)[0]
-    chi = (wy * y).sum(0) + profile
-    dof_total = int((np.count_nonzero(w, axis=0) - 1).sum()) - q
+    else:  # clipped after the last search: the profile of the pixels kept
+        profile = _profiles(z, wy, w, theta)[0]
+        chi = wyy + profile
+    dof_total = int((npts - 1).sum()) - q
     chi2dof = float(chi.sum() / max(dof_total, 1))
     # the amplitudes must be significant as a whole, or theta is fitted to noise
     gain = -profile.sum()      # sum_p a_p^2 / b_p, ~ P without signal
