@@ -277,9 +277,10 @@ def _newton(z, wy, w, theta0, shared=None):
         for _ in range(30):
             trial = theta + step
             _, H_t, f_t, g_t = _derivatives(z, wy, w, trial, shared, full=True)
-            # accept at most a rounding-level rise (a chi-square unit is 1): near the
-            # minimum the gain of a step is below the float rounding of the sum
-            if math.isfinite(f_t) and f_t <= f0 + 1e-6:
+            # accept at most a rounding-level rise (a chi-square unit is 1; the sum over
+            # ~1e5 pixels rounds at ~1e-15 of its size): near the minimum the gain of a
+            # step is below the float rounding of the sum
+            if math.isfinite(f_t) and f_t <= f0 + 1e-6 + 1e-12 * abs(f0):
                 break
             step = step / 2
         else:
