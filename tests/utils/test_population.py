@@ -144,3 +144,26 @@ def test_refit_starts_from_the_given_population_values():
     a, b = fits
     assert abs(a.population_gamma - b.population_gamma) < 1e-3 * a.population_gamma_err
     assert abs(a.population_rate - b.population_rate) < 1e-3 * a.population_rate_err
+
+
+def test_stencil_derivatives_are_the_central_differences():
+    """Gradient and Hessian from the one-pass stencil equal central differences of the numpy
+    profile taken point by point (the covariance of the fit is built from them)."""
+    rng = np.random.default_rng(13)
+    z, y, s, shared = stack(rng, 3000)
+    wy, w, sh = prepared(z, y, s, shared)
+    theta = np.array([0.97, 0.071])
+    grad, H = pop._derivatives(z, wy, w, theta, sh)
+    h = 1e-4 * np.abs(theta)
+
+    def at(di, dj):
+        return pop._profile(z, wy, w, theta + np.array([di * h[0], dj * h[1]]), sh)
+    want_grad = np.array([(at(1, 0) - at(-1, 0)) / (2 * h[0]), (at(0, 1) - at(0, -1)) / (2 * h[1])])
+    want_H = np.array([
+        [(at(1, 0) - 2 * at(0, 0) + at(-1, 0)).sum() / h[0] ** 2,
+         (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1)).sum() / (4 * h[0] * h[1])],
+        [0.0, (at(0, 1) - 2 * at(0, 0) + at(0, -1)).sum() / h[1] ** 2]])
+    want_H[1, 0] = want_H[0, 1]
+    # differences of values ~1e2 over steps of ~1e-4: rounding ~1e-14 / 1e-4 of the value
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-8 * np.abs(want_grad).max())
+    np.testing.assert_allclose(H, want_H, rtol=1e-5)
