@@ -87,8 +87,8 @@ def test_newton_finds_the_nelder_mead_minimum_in_few_passes():
     for cols, start in (([0, 1], [0.9, 0.065]), ([1], [0.065])):
         zz = z[:, cols]
         with mock.patch.object(pop, "_profiles", wraps=pop._profiles) as calls:
-            theta = pop._newton(zz, wy, w, np.array(start), sh)
-        assert theta is not None and calls.call_count <= 8
+            theta, converged = pop._newton(zz, wy, w, np.array(start), sh)
+        assert converged and calls.call_count <= 8
         _, H = pop._derivatives(zz, wy, w, theta, sh)
         err = np.sqrt(np.diag(2 * np.linalg.inv(H)))
         assert np.all(np.abs(theta - start) > 10 * err)     # the start was far
