@@ -425,7 +425,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         sample, pixels = stack.sample(LOO_PIXELS)
         ev = evaluate(stack, model2.signal, model2.signal_err,
                       exclude=_exclusion(model2.hot, model2.fit.amplitude),
-                      holdout=_holdout_2d(sample, settings, adc_bits, bias.model, model2),
+                      holdout=_holdout_2d(sample, settings, adc_bits, bias.model),
                       pull_pixels=pixels)
         _evaluation_products(ev, "2d", out_dir, files)
         _scatter_plots(ev, out_dir, files)
@@ -538,18 +538,14 @@ def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None):
     return fit_without
 
 
-def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None, full=None):
+def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None):
     """``holdout(T)``: the 2-D model fitted without the masters of temperature bin T (on the
-    pixels of ``stack``: give a :meth:`~dark_pipeline.rates.SignalStack.sample`); its
-    population fit starts from the full model ``full``'s population gamma and rate (close:
-    fewer iterations)."""
-    start = None if full is None else (full.fit.population_gamma, full.fit.population_rate)
-
+    pixels of ``stack``: give a :meth:`~dark_pipeline.rates.SignalStack.sample`)."""
     def fit_without(label):
         rest = stack.select(i for i, m in enumerate(stack.masters) if m.temperature != label)
         try:
             m2 = fit_model_2d(rest, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
-                              quiet=True, bias_model=bias_model, population_start=start)
+                              quiet=True, bias_model=bias_model)
         except UserError:
             return None
         return m2.signal, m2.signal_err
@@ -624,7 +620,7 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
                          bias_model)
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
-                       holdout=_holdout_2d(sample, settings, adc_bits, bias_model, model2),
+                       holdout=_holdout_2d(sample, settings, adc_bits, bias_model),
                        pull_pixels=pixels)
         _evaluation_products(ev2, "2d", out_dir, files)
         _scatter_plots(ev2, out_dir, files)

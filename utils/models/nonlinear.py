@@ -66,14 +66,13 @@ def population_value(values, mask=None) -> tuple[float, float]:
 
 
 def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None,
-                   tiles: PixelTiles | None = None, start=None):
+                   tiles: PixelTiles | None = None):
     """Shared driver: first pass (numba kernel, or numpy blocks), population, fallback pass.
 
     With ``tiles`` (:class:`PixelTiles`; ``y``, ``sigma`` and the covariance of ``shared``
     then None) the points are read tile by tile, three passes: first fits, the joint
     population's pixel sample, fallback fits.  Returns a dict of maps (float32 / bool /
-    int16) and the population median and spread of every theta.  ``start`` (q,): where the
-    joint population fit starts (default: the medians of the first fits).
+    int16) and the population median and spread of every theta.
     """
     if not min_snr > 0:
         raise ValueError(f"min_snr must be > 0, not {min_snr}")
@@ -87,8 +86,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
             raise ValueError(f"{n} points but y has shape {y.shape} and sigma {sigma.shape}")
         if not HAVE_NUMBA:
             return _fit_exp_model_numpy(z, y, sigma, min_snr=min_snr, max_iter=max_iter,
-                                        tol=tol, workers=workers, what=what, shared=shared,
-                                        start=start)
+                                        tol=tol, workers=workers, what=what, shared=shared)
         tiles = PixelTiles.of_arrays(y, sigma, None if shared is None else
                                      np.asarray(shared[1]))
     elif tiles.n != n:
@@ -102,7 +100,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         return _fit_exp_model_numpy(z, y2.reshape((n,) + tuple(tiles.shape)),
                                     s2.reshape((n,) + tuple(tiles.shape)), min_snr=min_snr,
                                     max_iter=max_iter, tol=tol, workers=workers, what=what,
-                                    shared=shared, start=start)
+                                    shared=shared)
     shape = tuple(tiles.shape)
     P = int(np.prod(shape))
     design = _Design(z)
@@ -140,7 +138,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     # the joint fit's pixel sample (joint_shape's own stride over the candidates), gathered
     y_s, s_s, c_s = gather_sample(tiles, candidate, n)
     pop_theta, joint = _joint_population(z, y_s, s_s, pop, fail,
-                                         None if shared is None else (shared[0], c_s), start)
+                                         None if shared is None else (shared[0], c_s))
     del y_s, s_s, c_s
     f = design.exp(pop_theta[:, None])[:, 0]
     with np.errstate(all="ignore"):  # only for the float32 casts of overflowing values
@@ -446,8 +444,8 @@ class PowerExponentialFit:
 def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: float,
                                     min_snr: float = 3.0, max_iter: int = 30,
                                     tol: float = 1e-6, workers: int = 2,
-                                    shared_errors=None, tiles: PixelTiles | None = None,
-                                    population_start=None) -> PowerExponentialFit:
+                                    shared_errors=None,
+                                    tiles: PixelTiles | None = None) -> PowerExponentialFit:
     """Weighted nonlinear fit of ``y = A t**gamma exp(rate (T - t_ref))`` for every pixel.
 
     Same scheme as :func:`fit_exponential_per_pixel` with three parameters:
@@ -482,10 +480,6 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
     tiles : PixelTiles, optional
         Read the points tile by tile instead of from ``y`` and ``sigma`` (then None):
         memory bounded by the tile size, results identical.
-    population_start : tuple (gamma, rate), optional
-        Where the joint population fit starts (e.g. the population values of a fit of
-        more data, when refitting a subset); default: the medians of the well-measured
-        pixels.  The fit converges to the same minimum either way (to ~1e-3 of its error).
 
     Returns
     -------
@@ -514,7 +508,7 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
     res = _fit_exp_model(z, y, sigma, min_snr=min_snr, max_iter=max_iter, tol=tol,
                          workers=workers,
                          what="three points spanning two temperatures and two exposure times",
-                         shared=shared_errors, tiles=tiles, start=population_start)
+                         shared=shared_errors, tiles=tiles)
     (g_pop, g_spread), (r_pop, r_spread) = res["population"]
     g_err, r_err = (float(v) for v in res["population_err"])
     g_med, r_med = (float(v) for v in res["population_median"])

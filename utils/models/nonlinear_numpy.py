@@ -301,8 +301,7 @@ def _fallback_block(design, y, s, theta):
 
 
 
-def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None,
-                         start=None):
+def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None):
     """The driver without numba: vectorised numpy blocks over in-memory arrays."""
     n = z.shape[0]
     shape = y.shape[1:]
@@ -327,7 +326,7 @@ def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, 
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2 = np.where(npts > p, chi / (npts - p), np.nan).astype(np.float32)
     pop = [population_median(theta[j], well) for j in range(q)]
-    pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared, start)
+    pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared)
     fb = np.flatnonzero(~well)
     theta[:, fb] = pop_theta[:, None]
     cov[:, :, fb] = 0.0
@@ -361,17 +360,13 @@ def fit_maps(shape, maps, well, pop_theta, pop, joint) -> dict:
     }
 
 
-def _joint_population(z, y2, s2, pop, fail, shared=None, start=None):
+def _joint_population(z, y2, s2, pop, fail, shared=None):
     """Population shape: the joint fit of every pixel (:mod:`utils.models.population`), which
     the faint pixels do not bias; the median of the individually fitted pixels only when the
-    joint fit cannot be made.  The fit starts from ``start`` (q,) when given and finite (e.g.
-    a fit of more data), else from those medians.  Returns ``(theta, JointShape or None)``."""
+    joint fit cannot be made.  Returns ``(theta, JointShape or None)``."""
     medians = np.array([m for m, _ in pop])
-    theta0 = medians
-    if start is not None and np.all(np.isfinite(np.asarray(start, dtype=np.float64))):
-        theta0 = np.asarray(start, dtype=np.float64).reshape(-1)
     try:
-        joint = joint_shape(z, y2, s2, theta0 if np.all(np.isfinite(theta0)) else None,
+        joint = joint_shape(z, y2, s2, medians if np.all(np.isfinite(medians)) else None,
                             shared=shared)
     except ValueError:
         if not np.all(np.isfinite(medians)):

@@ -130,7 +130,6 @@ def _profiles_kernel_py(F, wy, w, V, C, diag, shared, a0, a1, out):
     acc_b = np.empty((K, _TILE))
     acc_t = np.empty((K, _TILE))
     acc_h = np.empty((K, max(D, 1), _TILE))
-    wwd = np.empty(_TILE)
     for p0 in range(a0, a1, _TILE):
         m = min(_TILE, a1 - p0)
         acc_a[:] = 0.0
@@ -140,10 +139,6 @@ def _profiles_kernel_py(F, wy, w, V, C, diag, shared, a0, a1, out):
         for k in range(n):
             wy_k = wy[k, p0:p0 + m]
             w_k = w[k, p0:p0 + m]
-            if shared:
-                d_k = diag[k, p0:p0 + m]
-                for i in range(m):  # (w f)^2 diag = f^2 (w^2 diag), the same for every shape
-                    wwd[i] = w_k[i] * w_k[i] * d_k[i]
             for j in range(K):
                 f = F[j, k]
                 f2 = f * f
@@ -153,9 +148,10 @@ def _profiles_kernel_py(F, wy, w, V, C, diag, shared, a0, a1, out):
                     aj[i] += f * wy_k[i]
                     bj[i] += f2 * w_k[i]
                 if shared:
+                    d_k = diag[k, p0:p0 + m]
                     tj = acc_t[j]
-                    for i in range(m):
-                        tj[i] += f2 * wwd[i]
+                    for i in range(m):  # (w f)^2 diag
+                        tj[i] += f2 * (w_k[i] * w_k[i]) * d_k[i]
                     for d in range(D):
                         vf = V[k, d] * f
                         hd = acc_h[j, d]
