@@ -1,5 +1,5 @@
 """Population joint shape fit (utils.models.population): the fused profile kernel against its
-numpy definition, the Newton minimiser against Nelder-Mead, the warm start of refits."""
+numpy definition, the Newton minimiser against Nelder-Mead."""
 
 from unittest import mock
 
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from statcheck import assert_close
 
-from utils.models import nonlinear_numpy
 from utils.models import population as pop
 
 TEMPS = np.repeat(np.linspace(-10.0, 30.0, 5), 3)        # degC
@@ -119,31 +118,6 @@ def test_failed_newton_falls_back_to_the_simplex():
     # Nelder-Mead stops at 1e-4 in chi-square: ~1e-2 of the error at most
     np.testing.assert_array_less(np.abs(slow.theta - fit.theta), 1e-2 * fit.errors)
     assert_close(fit.theta[1], TRUTH[1], fit.errors[1])
-
-
-def test_refit_starts_from_the_given_population_values():
-    """``population_start`` is where the joint fit starts, and the population values do not
-    depend on the start (beyond 1e-3 of their error)."""
-    from utils.models.nonlinear import fit_power_exponential_per_pixel
-
-    rng = np.random.default_rng(11)
-    z, y, s, _ = stack(rng, 4096, shared=False)
-    y, s = y.reshape(len(z), 64, 64), s.reshape(len(z), 64, 64)
-    fits = []
-    for start in (None, (0.95, 0.068)):
-        with mock.patch.object(nonlinear_numpy, "joint_shape",
-                               wraps=nonlinear_numpy.joint_shape) as joint:
-            fits.append(fit_power_exponential_per_pixel(TEMPS, EXPS, y, s, t_ref=20.0,
-                                                         population_start=start))
-        theta0 = joint.call_args.args[3]
-        if start is not None:
-            np.testing.assert_array_equal(theta0, start)
-        else:   # the medians of the well-measured pixels
-            np.testing.assert_array_equal(theta0, [fits[0].population_gamma_median,
-                                                   fits[0].population_rate_median])
-    a, b = fits
-    assert abs(a.population_gamma - b.population_gamma) < 1e-3 * a.population_gamma_err
-    assert abs(a.population_rate - b.population_rate) < 1e-3 * a.population_rate_err
 
 
 def test_stencil_derivatives_are_the_central_differences():
