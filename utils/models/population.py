@@ -122,7 +122,7 @@ _CHUNK = 1 << 14
 def _profiles_kernel_py(F, wy, w, V, C, diag, shared, a0, a1, out):
     """``out[j, p]`` = :func:`_profile` at the shape ``F[j] = exp(z . theta_j)`` (K, n) for
     the pixels ``a0 <= p < a1``, fused: one pass over the points of a tile of pixels for
-    all K shapes, float64 sums in registers, no (n, P) temporary.  ``shared`` False: V, C
+    all K shapes, float64 sums per tile (in L1), no (n, P) temporary.  ``shared`` False: V, C
     and diag are not read."""
     K, n = F.shape
     D = V.shape[1] if shared else 0
@@ -130,6 +130,7 @@ def _profiles_kernel_py(F, wy, w, V, C, diag, shared, a0, a1, out):
     acc_b = np.empty((K, _TILE))
     acc_t = np.empty((K, _TILE))
     acc_h = np.empty((K, max(D, 1), _TILE))
+    wwd = np.empty(_TILE)
     for p0 in range(a0, a1, _TILE):
         m = min(_TILE, a1 - p0)
         acc_a[:] = 0.0
@@ -139,6 +140,10 @@ def _profiles_kernel_py(F, wy, w, V, C, diag, shared, a0, a1, out):
         for k in range(n):
             wy_k = wy[k, p0:p0 + m]
             w_k = w[k, p0:p0 + m]
+            if shared:
+                d_k = diag[k, p0:p0 + m]
+                for i in range(m):  # (w f)^2 diag = f^2 (w^2 diag): w^2 diag once per point
+                    wwd[i] = w_k[i] * w_k[i] * d_k[i]
             for j in range(K):
                 f = F[j, k]
                 f2 = f * f
@@ -148,10 +153,9 @@ def _profiles_kernel_py(F, wy, w, V, C, diag, shared, a0, a1, out):
                     aj[i] += f * wy_k[i]
                     bj[i] += f2 * w_k[i]
                 if shared:
-                    d_k = diag[k, p0:p0 + m]
                     tj = acc_t[j]
-                    for i in range(m):  # (w f)^2 diag
-                        tj[i] += f2 * (w_k[i] * w_k[i]) * d_k[i]
+                    for i in range(m):
+                        tj[i] += f2 * wwd[i]
                     for d in range(D):
                         vf = V[k, d] * f
                         hd = acc_h[j, d]
