@@ -1,0 +1,143 @@
+"""Population joint shape fit (utils.models.population): the fused profile kernel against its
+numpy definition, the Newton minimiser against Nelder-Mead."""
+
+from unittest import mock
+
+import numpy as np
+import pytest
+from statcheck import assert_close
+
+from utils.models import population as pop
+
+TEMPS = np.repeat(np.linspace(-10.0, 30.0, 5), 3)        # degC
+EXPS = np.tile([2.0, 10.0, 40.0], 5)                     # s
+TRUTH = np.array([1.0, 0.07])                            # gamma, rate [1/degC]
+
+
+def stack(rng, pixels=6000, *, shared=True):
+    """Faint dark-like points ``A t^gamma exp(rate (T - 20))`` of ``pixels`` pixels with a
+    bias error shared by every point of a pixel (``V = (1, T - 10)``, covariance C)."""
+    z = np.column_stack([np.log(EXPS), TEMPS - 20.0])
+    amp = rng.lognormal(0.0, 0.5, pixels) * 0.2
+    truth = amp * np.exp(z @ TRUTH)[:, None]
+    sig = np.sqrt(4.0 + np.abs(truth))
+    V = np.column_stack([np.ones(len(z)), TEMPS - 10.0])
+    cov = np.array([[0.8 ** 2, 0.3 * 0.8 * 0.03], [0.3 * 0.8 * 0.03, 0.03 ** 2]])
+    C = np.repeat(cov[:, :, None], pixels, axis=2)
+    y = truth + sig * rng.standard_normal(truth.shape)
+    if shared:
+        y += V @ (np.linalg.cholesky(cov) @ rng.standard_normal((2, pixels)))
+        sig = np.sqrt(sig ** 2 + np.einsum("kd,dep,ke->kp", V, C, V))
+        return z, y, sig, (V, C)
+    return z, y, sig, None
+
+
+def prepared(z, y, s, shared):
+    """The weighted points and the shared-error triple as joint_shape hands them on."""
+    y, w = pop._prepare(y, s)
+    if shared is not None:
+        V, C = shared
+        shared = (V, C, np.einsum("kd,dep,ke->kp", V, C, V))
+    return w * y, w, shared
+
+
+def magnitude(z, wy, w, theta, shared):
+    """Per-pixel size of the terms of the profile chi-square (their absolute values): the
+    float rounding of any summation order is ~1e-16 of it (a value near 0 is a cancellation)."""
+    f = np.exp(z @ theta)
+    a = f @ np.abs(wy)
+    b = (f * f) @ w
+    total = a * a
+    if shared is not None:
+        V, C, diag = shared
+        h = np.abs(V).T @ (w * f[:, None])
+        total = total + np.einsum("dp,dep,ep->p", h, np.abs(C), h) \
+            + ((w * f[:, None]) ** 2 * diag).sum(0)
+    return np.where(b > 0, total / np.where(b > 0, b, 1.0), 0.0)
+
+
+@pytest.mark.skipif(not pop.HAVE_NUMBA, reason="numba not importable")
+@pytest.mark.parametrize("with_shared", [True, False])
+def test_profile_kernel_is_the_numpy_profile(with_shared):
+    """The fused kernel (several shapes in one pass, pixels not a multiple of its tile or
+    chunk, points of weight 0, a pixel without any point) equals the numpy definition."""
+    rng = np.random.default_rng(3)
+    z, y, s, shared = stack(rng, 2 * pop._CHUNK + 77, shared=with_shared)
+    s[rng.random(s.shape) < 0.05] = np.nan
+    s[:, 5] = 0.0                                          # no usable point: b = 0
+    wy, w, sh = prepared(z, y, s, shared)
+    thetas = TRUTH + np.array([[0.0, 0.0], [-0.3, 0.02], [0.2, -0.05]])
+    got = pop._profiles(z, wy, w, thetas, sh, workers=2)
+    want = np.array([pop._profile(z, wy, w, t, sh) for t in thetas])
+    assert got[:, 5].tolist() == [0.0] * 3
+    scale = np.array([magnitude(z, wy, w, t, sh) for t in thetas])
+    assert np.all(np.abs(got - want) <= 1e-12 * scale)
+    with mock.patch.object(pop, "HAVE_NUMBA", False):     # the fallback is the definition
+        np.testing.assert_array_equal(pop._profiles(z, wy, w, thetas, sh), want)
+
+
+def test_newton_finds_the_nelder_mead_minimum_in_few_passes():
+    """Newton from a start ~40 sigma off reaches the minimum a tightly converged Nelder-Mead
+    finds (to 1e-3 of theta's error) with a handful of passes over the pixels; one shape
+    parameter (the temperature rate alone) too."""
+    rng = np.random.default_rng(5)
+    z, y, s, shared = stack(rng)
+    wy, w, sh = prepared(z, y, s, shared)
+    for cols, start in (([0, 1], [0.9, 0.065]), ([1], [0.065])):
+        zz = z[:, cols]
+        with mock.patch.object(pop, "_profiles", wraps=pop._profiles) as calls:
+            theta, converged = pop._newton(zz, wy, w, np.array(start), sh)
+        assert converged and calls.call_count <= 8
+        _, H = pop._derivatives(zz, wy, w, theta, sh)
+        err = np.sqrt(np.diag(2 * np.linalg.inv(H)))
+        assert np.all(np.abs(theta - start) > 10 * err)     # the start was far
+        from scipy.optimize import minimize
+        ref = minimize(lambda t: pop._total(zz, wy, w, t, sh), np.array(start),
+                       method="Nelder-Mead",
+                       options={"xatol": 1e-12, "fatol": 1e-9, "maxiter": 20000}).x
+        assert np.all(np.abs(theta - ref) < 1e-3 * err), (theta - ref) / err
+
+
+def test_failed_newton_falls_back_to_the_simplex():
+    """A curvature that is not positive definite (here: forced on the first derivatives)
+    hands the search to Nelder-Mead, which finds the same joint fit."""
+    rng = np.random.default_rng(7)
+    z, y, s, shared = stack(rng)
+    fit = pop.joint_shape(z, y, s, [0.9, 0.065], shared=shared)
+    real = pop._derivatives
+    calls = []
+
+    def first_indefinite(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        return (out[0], -out[1]) + tuple(out[2:]) if len(calls) == 1 else out
+    with mock.patch.object(pop, "_derivatives", first_indefinite), \
+            mock.patch.object(pop, "_minimise_simplex", wraps=pop._minimise_simplex) as nm:
+        slow = pop.joint_shape(z, y, s, [0.9, 0.065], shared=shared)
+    assert nm.call_count == 1
+    # Nelder-Mead stops at 1e-4 in chi-square: ~1e-2 of the error at most
+    np.testing.assert_array_less(np.abs(slow.theta - fit.theta), 1e-2 * fit.errors)
+    assert_close(fit.theta[1], TRUTH[1], fit.errors[1])
+
+
+def test_stencil_derivatives_are_the_central_differences():
+    """Gradient and Hessian from the one-pass stencil equal central differences of the numpy
+    profile taken point by point (the covariance of the fit is built from them)."""
+    rng = np.random.default_rng(13)
+    z, y, s, shared = stack(rng, 3000)
+    wy, w, sh = prepared(z, y, s, shared)
+    theta = np.array([0.97, 0.071])
+    grad, H = pop._derivatives(z, wy, w, theta, sh)
+    h = 1e-4 * np.abs(theta)
+
+    def at(di, dj):
+        return pop._profile(z, wy, w, theta + np.array([di * h[0], dj * h[1]]), sh)
+    want_grad = np.array([(at(1, 0) - at(-1, 0)) / (2 * h[0]), (at(0, 1) - at(0, -1)) / (2 * h[1])])
+    want_H = np.array([
+        [(at(1, 0) - 2 * at(0, 0) + at(-1, 0)).sum() / h[0] ** 2,
+         (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1)).sum() / (4 * h[0] * h[1])],
+        [0.0, (at(0, 1) - 2 * at(0, 0) + at(0, -1)).sum() / h[1] ** 2]])
+    want_H[1, 0] = want_H[0, 1]
+    # differences of values ~1e2 over steps of ~1e-4: rounding ~1e-14 / 1e-4 of the value
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-8 * np.abs(want_grad).max())
+    np.testing.assert_allclose(H, want_H, rtol=1e-5)
