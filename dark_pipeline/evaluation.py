@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from utils.stack.stats import MAD_TO_STD
+from utils.stack.stats import MAD_TO_STD, exact_median
 
 from .rates import SignalStack
 
@@ -64,7 +64,7 @@ def _reduce(image: np.ndarray, side: int = MAP_SIDE) -> np.ndarray:
 
 def evaluate(stack: SignalStack, predict, predict_err, *,
              exclude: np.ndarray | None = None, holdout=None, pull_pixels=None,
-             seed: int = 0) -> Evaluation:
+             seed: int = 0, keep_maps: bool = True) -> Evaluation:
     """Compare each master with ``predict(T, t)`` [adu] and its error ``predict_err(T, t)``.
 
     Parameters
@@ -81,6 +81,9 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     pull_pixels : numpy.ndarray, optional
         Flat indices of the pixels the held-out models predict (a deterministic sample,
         :meth:`SignalStack.sample`); the pulls are taken over them.  Default: every pixel.
+    keep_maps : bool, optional
+        Keep the reduced MAE / APE maps of every master (:attr:`Evaluation.maps`; only
+        figures use them: 2 MB a master at 1024 x 1024); else ``maps`` is empty.
     """
     rng = np.random.default_rng(seed)
     rows, samples, maps = [], {}, {}
@@ -114,8 +117,8 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
                          "MAPE [%]": float(np.mean(ape)) if ape.size else math.nan,
                          "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
                          "PULL_STD": float(np.std(pull)) if pull.size else math.nan,
-                         "REAL_MEDIAN [ADU]": float(np.median(real[ok])) if ok.any() else math.nan,
-                         "SYNTH_MEDIAN [ADU]": float(np.median(synth[ok])) if ok.any()
+                         "REAL_MEDIAN [ADU]": exact_median(real[ok]) if ok.any() else math.nan,
+                         "SYNTH_MEDIAN [ADU]": exact_median(synth[ok]) if ok.any()
                          else math.nan,
                          "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()),
                          "PULL_MODEL": "leave-one-temperature-out" if held is not None
@@ -124,6 +127,8 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
             if idx.size > 5000:
                 idx = rng.choice(idx, 5000, replace=False)
             samples[(m.temperature, m.exptime)] = (real.ravel()[idx], synth.ravel()[idx])
+            if not keep_maps:
+                continue
             abs_err = np.where(ok, np.abs(real - synth), np.nan)
             ape_map = np.where(strong, 100 * np.abs((real - synth) / np.where(strong, real, 1)),
                                np.nan)
@@ -155,8 +160,8 @@ def dark_current_table(rates, model=None, e_per_adu: float | None = None,
         v = r.rate[ok].astype(np.float64)
         if v.size == 0:
             continue
-        med = float(np.median(v))
-        spread = MAD_TO_STD * float(np.median(np.abs(v - med)))
+        med = exact_median(v)
+        spread = MAD_TO_STD * exact_median(np.abs(v - med))
         row = {"TBIN": r.temperature, "TAVG": r.tavg, "NPIX": int(v.size), "DC_MEDIAN": med,
                "DC_MEDIAN_ERR": 1.2533 * spread / math.sqrt(v.size),
                "DC_P95": float(np.percentile(v, 95))}

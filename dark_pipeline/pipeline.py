@@ -411,7 +411,8 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         pixels = stack.sample(LOO_PIXELS)[1]
         ev = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                       exclude=_exclusion(model.mask()),
-                      holdout=_holdout_1d(rates, settings, adc_bits, pixels), pull_pixels=pixels)
+                      holdout=_holdout_1d(rates, settings, adc_bits, pixels), pull_pixels=pixels,
+                      keep_maps=plotting.wants("all"))
         _evaluation_products(ev, "1d", out_dir, files)
         summary["evaluation_1d"] = _eval_summary(ev)
     elif mode == "fit_2d_model":
@@ -426,7 +427,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         ev = evaluate(stack, model2.signal, model2.signal_err,
                       exclude=_exclusion(model2.hot, model2.fit.amplitude),
                       holdout=_holdout_2d(sample, settings, adc_bits, bias.model),
-                      pull_pixels=pixels)
+                      pull_pixels=pixels, keep_maps=plotting.wants("all"))
         _evaluation_products(ev, "2d", out_dir, files)
         _scatter_plots(ev, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev)
@@ -611,9 +612,10 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     sample, pixels = stack.sample(LOO_PIXELS)  # the leave-one-out refits' pixels
     ev1 = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                    exclude=exclude, holdout=_holdout_1d(rates, settings, adc_bits, pixels),
-                   pull_pixels=pixels)
+                   pull_pixels=pixels, keep_maps=plotting.wants("all"))
     _evaluation_products(ev1, "1d", out_dir, files)
     summary["evaluation_1d"] = _eval_summary(ev1)
+    del ev1  # its samples and maps are drawn: not held through the 2-D fit
     exposures = {m.exptime for m in stack.masters}
     if len(exposures) >= 2:
         model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot.mask, summary, files,
@@ -621,7 +623,7 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
                        holdout=_holdout_2d(sample, settings, adc_bits, bias_model),
-                       pull_pixels=pixels)
+                       pull_pixels=pixels, keep_maps=plotting.wants("all"))
         _evaluation_products(ev2, "2d", out_dir, files)
         _scatter_plots(ev2, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev2)

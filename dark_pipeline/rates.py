@@ -471,14 +471,24 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100) -> NoiseModel | N
     return NoiseModel(np.maximum(v0, 0.1 * float(np.median(v0[finite]))), gain)
 
 
-def load_stack(masters: list[DarkMaster], memory_limit: float = 256e6) -> SignalStack:
+#: Share of the run's memory budget (``--memory-limit``) one tile of the dark fits may take:
+#: the rest holds the interpreter with numba, astropy and pandas (~350 MB), the models'
+#: full-frame maps (~40 float32 maps at the 2-D fit: 700 MB at 2048^2) and the rate maps.
+#: A tile of the whole budget took the dark pipeline to 1.6 GB at 1024^2 (36 masters);
+#: smaller tiles cost nothing measurable (every pass reads each row once whatever the tile).
+TILE_SHARE = 0.25
+
+
+def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalStack:
     """Open every master for tile reads and measure the noise model of their errors.
 
     The errors come from one photon-transfer model per pixel over all masters
     (:func:`pooled_noise_errors`, two passes over row tiles) when the masters span a
     signal range; else from a variance line per temperature bin
-    (:func:`noise_model_errors`, per tile).  ``memory_limit`` [byte] sizes the tiles.
+    (:func:`noise_model_errors`, per tile).  ``memory_limit`` [byte] is the run's budget;
+    a tile's working set is sized to :data:`TILE_SHARE` of it.
     """
+    memory_limit = memory_limit * TILE_SHARE
     n = len(masters)
     rows = ProductRows([m.path for m in masters], _IMAGES)
     keys = []

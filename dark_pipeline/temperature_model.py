@@ -32,7 +32,6 @@ underestimates of the masters' noise do not pass into the model errors.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -83,12 +82,14 @@ def _err_scale(chi2: np.ndarray, npoints: np.ndarray, fallback: np.ndarray, npar
     return math.sqrt(float(np.median(chi2[sel])) / chi2_median_ratio(common))
 
 
-def _scaled(fit, s: float, error_fields: tuple[str, ...]):
+def _scale_in_place(fit, s: float, error_fields: tuple[str, ...]) -> None:
+    """Errors times ``s``, covariance times ``s^2``, chi2 over ``s^2``, in the fit's own
+    (float32) maps: no copies of the full-frame maps."""
     with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf maps of unfitted pixels
-        changes = {name: getattr(fit, name) * np.float32(s) for name in error_fields}
-        changes["covariance"] = fit.covariance * np.float32(s * s)
-        changes["chi2"] = fit.chi2 / np.float32(s * s)
-    return dataclasses.replace(fit, **changes)
+        for name in error_fields:
+            getattr(fit, name)[...] *= np.float32(s)
+        fit.covariance[...] *= np.float32(s * s)
+        fit.chi2[...] /= np.float32(s * s)
 
 
 def _mask(fit, hot: np.ndarray | None) -> np.ndarray:
@@ -415,7 +416,7 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
             break
         point_scale *= factors
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 2)
-    fit = _scaled(fit, scale, ("amplitude_err", "rate_err"))
+    _scale_in_place(fit, scale, ("amplitude_err", "rate_err"))
     inputs = pd.DataFrame({"TBIN": [r.temperature for r in rates], "TAVG": temps,
                            "RATEMETH": [r.method for r in rates],
                            "ERRSCALE": point_scale * scale})
@@ -642,7 +643,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; plain Python st
 
 
 def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exps: np.ndarray,
-                                tiles, design: np.ndarray, block: int = 65536) -> np.ndarray:
+                                tiles, design: np.ndarray, block: int = 16384, *,
+                                out: np.ndarray | None = None) -> np.ndarray:
     """Extra parameter covariance from an error shared between the points of the fit.
 
     The fit weighs each point with ``1/sigma_k^2``, treating the points as independent; a
@@ -650,16 +652,21 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
     points moves the parameters by ``G V delta`` with ``G = N^-1 J^T W`` (``N = J^T W J`` at
     the solution).  The part the weights already hold (the diagonal ``V_k C V_k^T``) is
     removed.  ``tiles`` (:class:`utils.models.pixel_tiles.PixelTiles`) gives sigma and C of
-    every pixel range.  Returns ``(3, 3, H, W)`` float32; 0 for fallback pixels.
+    every pixel range.  Returns ``(3, 3, H, W)`` float32; 0 for fallback pixels.  With
+    ``out`` (``(3, 3, H, W)`` float32, e.g. the fit's own covariance) the extra covariance
+    is added to it in place and ``out`` returned: no second full-frame covariance.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     shape = fit.amplitude.shape
     npix = int(np.prod(shape))
-    out = np.zeros((3, 3, npix), np.float32)
-    a_all = fit.amplitude.reshape(-1).astype(np.float64)
-    g_all = fit.gamma.reshape(-1).astype(np.float64)
-    b_all = fit.rate.reshape(-1).astype(np.float64)
+    # written in place: ``out`` itself when it is contiguous (reshape is then a view)
+    target = out if out is not None and out.flags.c_contiguous else \
+        np.zeros((3, 3) + shape, np.float32)
+    flat = target.reshape(3, 3, npix)
+    a_all = fit.amplitude.reshape(-1)
+    g_all = fit.gamma.reshape(-1)
+    b_all = fit.rate.reshape(-1)
     ok_all = (~fit.fallback).reshape(-1) & np.isfinite(a_all) & (a_all != 0)
     lnt1, dT1 = np.log(exps).astype(np.float64), (temps - fit.t_ref).astype(np.float64)
     design = np.ascontiguousarray(design, dtype=np.float64)
@@ -667,20 +674,27 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
         if not ok_all[a:b].any():
             continue
         _, sigma, cd = tiles.read(a, b)
-        s_t = sigma.reshape(sigma.shape[0], -1).astype(np.float64)
+        s_t = sigma.reshape(sigma.shape[0], -1)
         c_t = cd.reshape(cd.shape[0], cd.shape[1], -1)
 
         def one(start, a=a, b=b, s_t=s_t, c_t=c_t):
+            # float64 copies of a block only (the kernel's arithmetic), not of the frame
             sl = slice(start, min(start + block, b - a))
             gl = slice(a + sl.start, a + sl.stop)
             res = np.zeros((3, 3, sl.stop - sl.start))
-            _correlated_kernel(a_all[gl], g_all[gl], b_all[gl], lnt1, dT1,
-                               np.ascontiguousarray(s_t[:, sl]), design,
-                               np.ascontiguousarray(c_t[:, :, sl]), ok_all[gl], res)
-            out[:, :, gl] = res
+            _correlated_kernel(a_all[gl].astype(np.float64), g_all[gl].astype(np.float64),
+                               b_all[gl].astype(np.float64), lnt1, dT1,
+                               np.ascontiguousarray(s_t[:, sl], dtype=np.float64), design,
+                               np.ascontiguousarray(c_t[:, :, sl], dtype=np.float64),
+                               ok_all[gl], res)
+            flat[:, :, gl] += res.astype(np.float32)
         with ThreadPoolExecutor(max_workers=2) as pool:  # the kernel releases the GIL
             list(pool.map(one, range(0, b - a, block)))
-    return out.reshape((3, 3) + shape)
+        del sigma, cd, s_t, c_t
+    if out is not None and target is not out:
+        out += target
+        return out
+    return target
 
 
 def stack_tiles(stack, shared_cov=None):
@@ -730,15 +744,14 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     except ValueError as err:
         raise UserError(f"2-D dark model: {err}") from err
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
-    fit = _scaled(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
+    _scale_in_place(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
     if design is not None:
-        extra = correlated_error_covariance(fit, temps, exps, tiles, design)
-        cov = fit.covariance + extra
-        fit = dataclasses.replace(
-            fit, covariance=cov,
-            amplitude_err=np.sqrt(np.maximum(cov[0, 0], 0)).astype(np.float32),
-            gamma_err=np.sqrt(np.maximum(cov[1, 1], 0)).astype(np.float32),
-            rate_err=np.sqrt(np.maximum(cov[2, 2], 0)).astype(np.float32))
+        # added to the fit's own covariance in place (no second (3, 3, H, W) array)
+        cov = correlated_error_covariance(fit, temps, exps, tiles, design,
+                                          out=fit.covariance)
+        for name, i in (("amplitude_err", 0), ("gamma_err", 1), ("rate_err", 2)):
+            err = getattr(fit, name)
+            np.sqrt(np.maximum(cov[i, i], 0, out=err), out=err)
     inputs = pd.DataFrame({"TBIN": [m.temperature for m in stack.masters], "TAVG": temps,
                            "EXPTIME": exps, "PATH": [m.path.name for m in stack.masters]})
     model = DarkModel2D(fit, scale, None, inputs, adc_bits)
