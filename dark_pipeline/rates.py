@@ -288,9 +288,13 @@ class SignalStack:
                            self.memory_limit, idx), idx
 
     def read_master(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Master ``i`` whole: signal, noise-model error, subtracted-bias error, ``(H, W)``."""
-        data, err, suberr = self.read(0, self.shape[0], [i])
-        return data[0], err[0], suberr[0]
+        """Master ``i`` whole: signal, noise-model error, subtracted-bias error, ``(H, W)``
+        (read by row tiles: the mask, noise and count images are never whole in memory)."""
+        out = tuple(np.empty(self.shape, np.float32) for _ in range(3))
+        for r0, r1 in self.row_tiles(images=6, planes=1):
+            for full, part in zip(out, self.read(r0, r1, [i])):
+                full[r0:r1] = part[0]
+        return out
 
 
 def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:

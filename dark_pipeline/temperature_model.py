@@ -353,30 +353,54 @@ MIN_POINTS_PER_T_SCALE = 5
 
 
 def _point_scales(fit: ExponentialFit, temps: np.ndarray, y: np.ndarray, s: np.ndarray,
-                  t_ref: float) -> np.ndarray:
+                  t_ref: float, point_scale: np.ndarray | None = None,
+                  block: int = 1 << 18) -> np.ndarray:
     """Factor per point (temperature) by which its errors are too small: sqrt(median of
     r^2 / (sigma^2 (1 - h)) over the individually fitted pixels / median of chi2(1)),
-    with r the residual and h the point's leverage in the pixel's fit."""
-    good = ~fit.fallback & np.isfinite(fit.amplitude) & np.isfinite(fit.rate)
-    a = fit.amplitude[good].astype(np.float64)
-    b = fit.rate[good].astype(np.float64)
-    va = fit.amplitude_err[good].astype(np.float64) ** 2
-    vb = fit.rate_err[good].astype(np.float64) ** 2
-    cab = fit.covariance[good].astype(np.float64)
+    with r the residual and h the point's leverage in the pixel's fit.  The errors are
+    ``s`` times ``point_scale`` (per point; default 1); float64 work arrays of ``block``
+    pixels at a time, one float64 value per fitted pixel kept for the median."""
+    good = (~fit.fallback & np.isfinite(fit.amplitude) & np.isfinite(fit.rate)).reshape(-1)
     out = np.ones(len(temps))
-    if good.sum() < 50:
+    n_good = int(good.sum())
+    if n_good < 50:
         return out
+    k_scale = np.ones(len(temps)) if point_scale is None else np.asarray(point_scale, float)
+    maps = [m.reshape(-1) for m in (fit.amplitude, fit.rate, fit.amplitude_err, fit.rate_err,
+                                    fit.covariance)]
+    npix = good.size
     for k, t in enumerate(temps):
         d = t - t_ref
-        f = np.exp(b * d)
-        yk, sk = y[k][good].astype(np.float64), s[k][good].astype(np.float64)
-        # leverage: w J C J^T with J = (f, a f d)
-        h = (f * f * va + (a * f * d) ** 2 * vb + 2 * a * f * f * d * cab) / (sk * sk)
-        u = (yk - a * f) ** 2 / (sk * sk * np.clip(1 - h, 0.05, 1))
-        u = u[np.isfinite(u)]
+        yk_all, sk_all = y[k].reshape(-1), s[k].reshape(-1)
+        u_all = np.empty(n_good)
+        at = 0
+        for b0 in range(0, npix, block):
+            sel = good[b0:b0 + block]
+            a, b, va, vb, cab = (m[b0:b0 + block][sel].astype(np.float64) for m in maps)
+            va, vb = va ** 2, vb ** 2
+            f = np.exp(b * d)
+            yk = yk_all[b0:b0 + block][sel].astype(np.float64)
+            sk = sk_all[b0:b0 + block][sel].astype(np.float64) * k_scale[k]
+            # leverage: w J C J^T with J = (f, a f d)
+            h = (f * f * va + (a * f * d) ** 2 * vb + 2 * a * f * f * d * cab) / (sk * sk)
+            u_all[at:at + a.size] = (yk - a * f) ** 2 / (sk * sk * np.clip(1 - h, 0.05, 1))
+            at += a.size
+        u = u_all[np.isfinite(u_all)]
         if u.size >= 50:
             out[k] = math.sqrt(float(np.median(u)) / chi2_median_ratio(1))
     return out
+
+
+def _planes_of(maps: list[np.ndarray]) -> np.ndarray:
+    """``np.stack(maps)``, or without a copy the ``(K, H, W)`` array whose planes the maps
+    are (the rate maps of :func:`dark_pipeline.rates.measure_rates` share one)."""
+    base = maps[0].base
+    if (isinstance(base, np.ndarray) and base.ndim == 3 and base.shape[0] == len(maps)
+            and all(m.base is base and m.shape == base.shape[1:] and m.dtype == base.dtype
+                    and m.strides == base.strides[1:] and m.ctypes.data == base[i].ctypes.data
+                    for i, m in enumerate(maps))):
+        return base
+    return np.stack(maps)
 
 
 def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_ADC_BITS,
@@ -395,15 +419,17 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     if np.unique(np.round(temps, 3)).size < 2:
         raise UserError(f"dark frames at a single temperature ({temps[0]:.1f} degC): a dark-"
                         "current model in temperature needs at least two")
-    y = np.stack([r.rate for r in rates])
-    s = np.stack([r.rate_err for r in rates])
+    y = _planes_of([r.rate for r in rates])
+    s = _planes_of([r.rate_err for r in rates])
     point_scale = np.ones(len(rates))
     for attempt in range(3):
+        # unscaled errors go in as they are (the kernels read them as float64 either way)
+        sigma = s if np.all(point_scale == 1.0) else s * point_scale[:, None, None]
         try:
-            fit = fit_exponential_per_pixel(temps, y, s * point_scale[:, None, None],
-                                            x_ref=t_ref, min_snr=START_SNR)
+            fit = fit_exponential_per_pixel(temps, y, sigma, x_ref=t_ref, min_snr=START_SNR)
         except ValueError as err:
             raise UserError(f"dark-current model: {err}") from err
+        del sigma
         if len(rates) < MIN_POINTS_PER_T_SCALE or attempt == 2:
             break
         # the rate maps' errors come from few frames and are underestimated by an amount
@@ -411,10 +437,11 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
         # factor per temperature, from the fit's own residuals, calibrates them point by
         # point where a single frame-wide factor would leave the errors of A (at TREF)
         # and B wrong
-        factors = _point_scales(fit, temps, y, s * point_scale[:, None, None], t_ref)
+        factors = _point_scales(fit, temps, y, s, t_ref, point_scale)
         if np.all(np.abs(factors - 1) < 0.02):
             break
         point_scale *= factors
+        fit = None  # not held while the next fit runs
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 2)
     _scale_in_place(fit, scale, ("amplitude_err", "rate_err"))
     inputs = pd.DataFrame({"TBIN": [r.temperature for r in rates], "TAVG": temps,
@@ -520,6 +547,33 @@ class DarkModel2D:
         hot = (m["MASK"] & MASK_HOT) != 0
         return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), hot, m["INPUTS"],
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
+
+
+@dataclass(frozen=True)
+class BiasErrors:
+    """The parts of a bias model the dark fits read: the error maps of its A and B (the
+    2-D fit's shared-bias covariance), not its values (the masters are already
+    bias-subtracted) -- a third of the model's memory.
+
+    Attributes
+    ----------
+    t_ref : float
+        [degC] reference temperature of the bias model's A.
+    sigma_a, sigma_b, cov_ab : numpy.ndarray
+        [adu], [adu/degC], [adu^2/degC] errors and covariance of A and B per pixel.
+    """
+
+    t_ref: float
+    sigma_a: np.ndarray
+    sigma_b: np.ndarray
+    cov_ab: np.ndarray
+
+    @classmethod
+    def of(cls, model) -> BiasErrors | None:
+        """Those of ``model`` (a :class:`~utils.models.bias_model.BiasModel`, or None)."""
+        if model is None:
+            return None
+        return cls(model.t_ref, model.sigma_a, model.sigma_b, model.cov_ab)
 
 
 def _bias_error_structure(keys, temps, bias_model, pixels=None):
@@ -763,6 +817,6 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     return model
 
 
-__all__ = ["DarkModel1D", "DarkModel2D", "CommonLawAmplitude", "common_law_amplitude",
+__all__ = ["DarkModel1D", "DarkModel2D", "BiasErrors", "CommonLawAmplitude", "common_law_amplitude",
            "fit_temperature_model", "fit_model_2d",
            "K_BOLTZMANN_EV", "MASK_FALLBACK", "MASK_HOT", "MASK_NOFIT"]
