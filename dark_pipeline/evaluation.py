@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from utils.memory import release_free_memory
 from utils.stack.stats import MAD_TO_STD, exact_median
 
 from .rates import SignalStack
@@ -89,10 +90,11 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     rows, samples, maps = [], {}, {}
     for label, idx_t in stack.groups().items():
         held = holdout(label) if holdout is not None else None
+        release_free_memory()  # what the held-out refit freed, before the full-frame work
         p_pull, e_pull = held if held is not None else (predict, predict_err)
         for i in idx_t:
             m = stack.masters[i]
-            row, sample, reduced = _compare(stack, i, predict(m.tavg, m.exptime),
+            row, sample, reduced = _compare(stack, i, lambda: predict(m.tavg, m.exptime),
                                             p_pull(m.tavg, m.exptime), e_pull(m.tavg, m.exptime),
                                             exclude, pull_pixels, rng, keep_maps)
             row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
@@ -108,12 +110,12 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
 
 def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,
              keep_maps: bool):
-    """Master ``i`` against the prediction ``synth`` and the held-out model's prediction and
+    """Master ``i`` against the prediction ``synth()`` and the held-out model's prediction and
     error (full frames, or the pulled pixels): ``(table row, (measured, predicted) sample,
     reduced (|residual|, APE) maps or None)``.  Full-frame float64 work arrays are made one
-    after the other and dropped when done (~6 of them at a time at most)."""
+    after the other and dropped when done (4 of them at a time at most)."""
     m = stack.masters[i]
-    synth = np.asarray(synth).astype(np.float64)  # before the master: not on top of its read
+    synth = np.asarray(synth()).astype(np.float64)  # before the master: not on top of its read
     data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
     real = data.astype(np.float64)
     del data
@@ -130,7 +132,6 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(meas_err)
     if exclude is not None:
         ok &= ~exclude
-    resid = real - synth
     # pulls against the held-out model, over its pixels (all, or the sample)
     at = slice(None) if pull_pixels is None else pull_pixels
     held_pred = _flat(held_pred, at, real.size)
@@ -142,10 +143,12 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     del held_pred, held_err, real_p, sigma, ok_p
     strong = ok & (np.abs(real) >= 3 * meas_err)
     del meas_err
+    resid = real - synth
     ape = 100 * np.abs(resid[strong] / real[strong])
     diff = resid[ok]
+    np.abs(diff, out=diff)
     row = {"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
-           "MAE [ADU]": float(np.mean(np.abs(diff))) if diff.size else math.nan,
+           "MAE [ADU]": float(np.mean(diff)) if diff.size else math.nan,
            "MAPE [%]": float(np.mean(ape)) if ape.size else math.nan,
            "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
            "PULL_STD": float(np.std(pull)) if pull.size else math.nan,

@@ -45,6 +45,7 @@ from utils.io.fitsio import (
     write_text,
 )
 from utils.io.index import DatasetIndex, load_frames
+from utils.memory import release_free_memory
 from utils.models.bias_model import BiasModel
 from utils.models.gain import resolve_gain
 from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
@@ -411,6 +412,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         # every later step reads the masters from it tile by tile, within the memory limit
         stack = load_stack(masters, settings.combine.memory_limit)
         rates = rate_maps(stack, out_dir, adc_bits, files)
+        release_free_memory()  # the written rate maps' other images
         summary.update(n_masters=len(masters),
                        temperatures_degC=[float(r.tavg) for r in rates],
                        exposures_s=sorted({float(m.exptime) for m in masters}),
@@ -648,10 +650,12 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     _plots_1d(model, rates, counts, out_dir, files)
     rates.clear()
     model = None
+    release_free_memory()
     exposures = {m.exptime for m in stack.masters}
     if len(exposures) >= 2:
         model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot.mask, summary, files,
                          bias_model)
+        release_free_memory()  # the fit's tiles and work maps
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
                        holdout=_holdout_2d(sample, settings, adc_bits, bias_model),
