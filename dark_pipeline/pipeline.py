@@ -653,9 +653,10 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     release_free_memory()
     exposures = {m.exptime for m in stack.masters}
     if len(exposures) >= 2:
+        # written and summarised: the evaluation needs only the prediction's maps
         model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot.mask, summary, files,
-                         bias_model)
-        release_free_memory()  # the fit's tiles and work maps
+                         bias_model).prediction_only()
+        release_free_memory()  # the fit's tiles and work maps, the dropped maps
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
                        holdout=_holdout_2d(sample, settings, adc_bits, bias_model),

@@ -32,6 +32,7 @@ underestimates of the masters' noise do not pass into the model errors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -506,6 +507,14 @@ class DarkModel2D:
                 else math.nan,
                 "well_measured_pixels": int(good.sum()),
                 "fallback_pixels": int(self.fit.fallback.sum())}
+
+    def prediction_only(self) -> DarkModel2D:
+        """This model with only the maps :meth:`signal` and :meth:`signal_err` read (A, gamma,
+        B, covariance, fallback): the error, chi-square and point-count maps dropped (5 float32
+        maps: 84 MB at 2048^2), for the evaluation once the model is written."""
+        fit = dataclasses.replace(self.fit, amplitude_err=None, gamma_err=None, rate_err=None,
+                                  chi2=None, npoints=None)
+        return dataclasses.replace(self, fit=fit)
 
     def write(self, path: Path) -> Path:
         """``dark_model_2d.fits``: A (primary, UNCERT, MASK), GAMMA, B, their errors, the

@@ -49,7 +49,7 @@ _DARK_ERRORS = ("dark_pipeline/temperature_model.py",
                 '    _scale_in_place(fit, scale * 1.2, ("amplitude_err", "rate_err"))\n')
 _DARK_AMPLITUDE = ("dark_pipeline/temperature_model.py",
                    "    model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)\n",
-                   "    fit.amplitude[...] *= np.float32(1.025)\n"
+                   "    fit = dataclasses.replace(fit, amplitude=fit.amplitude * 1.025)\n"
                    "    model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)\n")
 _DARK_TESTS = ["tests/dark_pipeline"]
 
