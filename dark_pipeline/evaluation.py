@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from utils.stack.stats import MAD_TO_STD
+from utils.memory import release_free_memory
+from utils.stack.stats import MAD_TO_STD, exact_median
 
 from .rates import SignalStack
 
@@ -64,7 +65,7 @@ def _reduce(image: np.ndarray, side: int = MAP_SIDE) -> np.ndarray:
 
 def evaluate(stack: SignalStack, predict, predict_err, *,
              exclude: np.ndarray | None = None, holdout=None, pull_pixels=None,
-             seed: int = 0) -> Evaluation:
+             seed: int = 0, keep_maps: bool = True) -> Evaluation:
     """Compare each master with ``predict(T, t)`` [adu] and its error ``predict_err(T, t)``.
 
     Parameters
@@ -81,56 +82,90 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     pull_pixels : numpy.ndarray, optional
         Flat indices of the pixels the held-out models predict (a deterministic sample,
         :meth:`SignalStack.sample`); the pulls are taken over them.  Default: every pixel.
+    keep_maps : bool, optional
+        Keep the reduced MAE / APE maps of every master (:attr:`Evaluation.maps`; only
+        figures use them: 2 MB a master at 1024 x 1024); else ``maps`` is empty.
     """
     rng = np.random.default_rng(seed)
     rows, samples, maps = [], {}, {}
     for label, idx_t in stack.groups().items():
         held = holdout(label) if holdout is not None else None
+        release_free_memory()  # what the held-out refit freed, before the full-frame work
         p_pull, e_pull = held if held is not None else (predict, predict_err)
         for i in idx_t:
             m = stack.masters[i]
-            data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
-            real = data.astype(np.float64)
-            meas_err = np.sqrt(noise_err.astype(np.float64) ** 2
-                               + suberr.astype(np.float64) ** 2)
-            del data, noise_err, suberr
-            synth = predict(m.tavg, m.exptime).astype(np.float64)
-            ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(meas_err)
-            if exclude is not None:
-                ok &= ~exclude
-            diff = (real - synth)[ok]
-            # pulls against the held-out model, over its pixels (all, or the sample)
-            at = slice(None) if pull_pixels is None else pull_pixels
-            held_pred = _flat(p_pull(m.tavg, m.exptime), at, real.size)
-            held_err = _flat(e_pull(m.tavg, m.exptime), at, real.size)
-            real_p = real.reshape(-1)[at]
-            sigma = np.sqrt(meas_err.reshape(-1)[at] ** 2 + held_err ** 2)
-            ok_p = ok.reshape(-1)[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
-            pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
-            strong = ok & (np.abs(real) >= 3 * meas_err)
-            ape = 100 * np.abs((real - synth)[strong] / real[strong])
-            rows.append({"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
-                         "MAE [ADU]": float(np.mean(np.abs(diff))) if diff.size else math.nan,
-                         "MAPE [%]": float(np.mean(ape)) if ape.size else math.nan,
-                         "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
-                         "PULL_STD": float(np.std(pull)) if pull.size else math.nan,
-                         "REAL_MEDIAN [ADU]": float(np.median(real[ok])) if ok.any() else math.nan,
-                         "SYNTH_MEDIAN [ADU]": float(np.median(synth[ok])) if ok.any()
-                         else math.nan,
-                         "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()),
-                         "PULL_MODEL": "leave-one-temperature-out" if held is not None
-                         else "in-sample", "NPIX_PULL": int(pull.size)})
-            idx = np.flatnonzero(ok)
-            if idx.size > 5000:
-                idx = rng.choice(idx, 5000, replace=False)
-            samples[(m.temperature, m.exptime)] = (real.ravel()[idx], synth.ravel()[idx])
-            abs_err = np.where(ok, np.abs(real - synth), np.nan)
-            ape_map = np.where(strong, 100 * np.abs((real - synth) / np.where(strong, real, 1)),
-                               np.nan)
-            maps[(m.temperature, m.exptime)] = (_reduce(abs_err), _reduce(ape_map))
+            row, sample, reduced = _compare(stack, i, lambda: predict(m.tavg, m.exptime),
+                                            p_pull(m.tavg, m.exptime), e_pull(m.tavg, m.exptime),
+                                            exclude, pull_pixels, rng, keep_maps)
+            row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
+                else "in-sample"
+            rows.append(row)
+            samples[(m.temperature, m.exptime)] = sample
+            if keep_maps:
+                maps[(m.temperature, m.exptime)] = reduced
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["Temperature (°C)",
                                                              "Exposure (s)"])
     return Evaluation(table.reset_index(drop=True), samples, maps)
+
+
+def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,
+             keep_maps: bool):
+    """Master ``i`` against the prediction ``synth()`` and the held-out model's prediction and
+    error (full frames, or the pulled pixels): ``(table row, (measured, predicted) sample,
+    reduced (|residual|, APE) maps or None)``.  Full-frame float64 work arrays are made one
+    after the other and dropped when done (4 of them at a time at most)."""
+    m = stack.masters[i]
+    synth = np.asarray(synth()).astype(np.float64)  # before the master: not on top of its read
+    data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
+    real = data.astype(np.float64)
+    del data
+    # sqrt(noise_err^2 + suberr^2) in float64, without a temporary per term
+    meas_err = noise_err.astype(np.float64)
+    del noise_err
+    meas_err *= meas_err
+    sub2 = suberr.astype(np.float64)
+    del suberr
+    sub2 *= sub2
+    meas_err += sub2
+    del sub2
+    np.sqrt(meas_err, out=meas_err)
+    ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(meas_err)
+    if exclude is not None:
+        ok &= ~exclude
+    # pulls against the held-out model, over its pixels (all, or the sample)
+    at = slice(None) if pull_pixels is None else pull_pixels
+    held_pred = _flat(held_pred, at, real.size)
+    held_err = _flat(held_err, at, real.size)
+    real_p = real.reshape(-1)[at]
+    sigma = np.sqrt(meas_err.reshape(-1)[at] ** 2 + held_err ** 2)
+    ok_p = ok.reshape(-1)[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
+    pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
+    del held_pred, held_err, real_p, sigma, ok_p
+    strong = ok & (np.abs(real) >= 3 * meas_err)
+    del meas_err
+    resid = real - synth
+    ape = 100 * np.abs(resid[strong] / real[strong])
+    diff = resid[ok]
+    np.abs(diff, out=diff)
+    row = {"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
+           "MAE [ADU]": float(np.mean(diff)) if diff.size else math.nan,
+           "MAPE [%]": float(np.mean(ape)) if ape.size else math.nan,
+           "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
+           "PULL_STD": float(np.std(pull)) if pull.size else math.nan,
+           "REAL_MEDIAN [ADU]": exact_median(real[ok]) if diff.size else math.nan,
+           "SYNTH_MEDIAN [ADU]": exact_median(synth[ok]) if diff.size else math.nan,
+           "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()), "NPIX_PULL": int(pull.size)}
+    del diff, ape
+    idx = np.flatnonzero(ok)
+    if idx.size > 5000:
+        idx = rng.choice(idx, 5000, replace=False)
+    sample = (real.ravel()[idx], synth.ravel()[idx])
+    del synth
+    if not keep_maps:
+        return row, sample, None
+    abs_err = np.where(ok, np.abs(resid), np.nan)
+    ape_map = np.where(strong, 100 * np.abs(resid / np.where(strong, real, 1)), np.nan)
+    return row, sample, (_reduce(abs_err), _reduce(ape_map))
 
 
 def _flat(image, at, full_size: int) -> np.ndarray:
@@ -155,8 +190,8 @@ def dark_current_table(rates, model=None, e_per_adu: float | None = None,
         v = r.rate[ok].astype(np.float64)
         if v.size == 0:
             continue
-        med = float(np.median(v))
-        spread = MAD_TO_STD * float(np.median(np.abs(v - med)))
+        med = exact_median(v)
+        spread = MAD_TO_STD * exact_median(np.abs(v - med))
         row = {"TBIN": r.temperature, "TAVG": r.tavg, "NPIX": int(v.size), "DC_MEDIAN": med,
                "DC_MEDIAN_ERR": 1.2533 * spread / math.sqrt(v.size),
                "DC_P95": float(np.percentile(v, 95))}

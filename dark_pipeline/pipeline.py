@@ -45,6 +45,7 @@ from utils.io.fitsio import (
     write_text,
 )
 from utils.io.index import DatasetIndex, load_frames
+from utils.memory import release_free_memory
 from utils.models.bias_model import BiasModel
 from utils.models.gain import resolve_gain
 from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
@@ -64,9 +65,15 @@ from .masters import (
     dark_sets,
     masters_table,
 )
-from .rates import RATE_FOLDER, load_stack, measure_rates, rate_file, write_rate
+from .rates import RATE_FOLDER, load_stack, measure_rate, rate_file, write_rate
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
-from .temperature_model import DarkModel1D, DarkModel2D, fit_model_2d, fit_temperature_model
+from .temperature_model import (
+    BiasErrors,
+    DarkModel1D,
+    DarkModel2D,
+    fit_model_2d,
+    fit_temperature_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -193,12 +200,25 @@ def measure(index: DatasetIndex, out_dir: Path, settings: DarkSettings, files: l
 
 
 def rate_maps(stack, out_dir: Path, adc_bits: int, files: list):
-    """Rate map of every temperature bin (written to ``dark_rates/``)."""
-    rates = measure_rates(stack)
-    for r in rates:
+    """Rate map of every temperature bin (written to ``dark_rates/`` as it is measured).
+
+    Only rate and error are used from here on: the other written maps are dropped at
+    once, and rate and error kept as the planes of two ``(K, H, W)`` stacks, which the
+    1-D model fits without stacking them again.
+    """
+    out, stacks = [], None
+    groups = list(stack.groups().values())
+    for i, idx in enumerate(groups):
+        r = measure_rate(stack, idx)
         files.append(write_rate(r, rate_file(out_dir / RATE_FOLDER, r.temperature), adc_bits))
-    # only rate and error are used from here on: the written maps need not stay in memory
-    return [replace(r, offset=None, offset_err=None, chi2dof=None, nexp=None) for r in rates]
+        if stacks is None:
+            stacks = tuple(np.empty((len(groups),) + r.rate.shape, m.dtype)
+                           for m in (r.rate, r.rate_err))
+        stacks[0][i], stacks[1][i] = r.rate, r.rate_err
+        out.append(replace(r, rate=stacks[0][i], rate_err=stacks[1][i], offset=None,
+                           offset_err=None, chi2dof=None, nexp=None))
+        del r
+    return out
 
 
 def write_hot_pixels(rate: np.ndarray, out_dir: Path, settings: DarkSettings, adc_bits: int,
@@ -373,13 +393,17 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
                      "units": "stored 16-bit ADU (divide by adu_scale for ADC counts)",
                      "gain_e_per_adc_count": gain.gain if gain else None,
                      "gain_source": f"{gain.method}: {gain.source}" if gain else None}
-    masters = stack = rates = bias = digest = None
+    masters = stack = rates = bias_errors = digest = None
     adc_bits = adu.DEFAULT_ADC_BITS
     if mode in FRAME_MODES:
         masters, bias, adc_bits = measure(index, out_dir, settings, files,
                                           progress_bar=progress_bar)
         digest = run_digest(settings, [m.path for m in masters], bias.fingerprint,
                             repr(gain))
+        # the masters are made: the fits read only the bias model's error maps (the rest of
+        # the model and the reference's caches are released: 70 MB at 2048^2)
+        bias_errors = BiasErrors.of(bias.model)
+        del bias
         done = completed_run(out_dir, digest)
         if done is not None:
             logger.info("dark products in %s are up to date (same masters and settings)",
@@ -388,6 +412,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         # every later step reads the masters from it tile by tile, within the memory limit
         stack = load_stack(masters, settings.combine.memory_limit)
         rates = rate_maps(stack, out_dir, adc_bits, files)
+        release_free_memory()  # the written rate maps' other images
         summary.update(n_masters=len(masters),
                        temperatures_degC=[float(r.tavg) for r in rates],
                        exposures_s=sorted({float(m.exptime) for m in masters}),
@@ -400,7 +425,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
     e = _e_per_adu(settings, adc_bits)
 
     if mode == "full":
-        _full(stack, rates, out_dir, settings, adc_bits, summary, files, bias.model)
+        _full(stack, rates, out_dir, settings, adc_bits, summary, files, bias_errors)
     elif mode == "evaluate_dark_current":
         model = DarkModel1D.read(model_dir / MODEL_1D) if (model_dir / MODEL_1D).is_file() \
             else None
@@ -411,13 +436,15 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         pixels = stack.sample(LOO_PIXELS)[1]
         ev = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                       exclude=_exclusion(model.mask()),
-                      holdout=_holdout_1d(rates, settings, adc_bits, pixels), pull_pixels=pixels)
+                      holdout=_holdout_1d(rates, settings, adc_bits, pixels), pull_pixels=pixels,
+                      keep_maps=plotting.wants("all"))
         _evaluation_products(ev, "1d", out_dir, files)
         summary["evaluation_1d"] = _eval_summary(ev)
     elif mode == "fit_2d_model":
         hot = DarkModel1D.read(model_dir / MODEL_1D).hot if (model_dir / MODEL_1D).is_file() \
             else None
-        model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot, summary, files, bias.model)
+        model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot, summary, files,
+                         bias_errors)
         del model2
     elif mode == "evaluate_2d_model":
         model2 = DarkModel2D.read(model_dir / MODEL_2D)
@@ -425,8 +452,8 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         sample, pixels = stack.sample(LOO_PIXELS)
         ev = evaluate(stack, model2.signal, model2.signal_err,
                       exclude=_exclusion(model2.hot, model2.fit.amplitude),
-                      holdout=_holdout_2d(sample, settings, adc_bits, bias.model),
-                      pull_pixels=pixels)
+                      holdout=_holdout_2d(sample, settings, adc_bits, bias_errors),
+                      pull_pixels=pixels, keep_maps=plotting.wants("all"))
         _evaluation_products(ev, "2d", out_dir, files)
         _scatter_plots(ev, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev)
@@ -598,6 +625,7 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         "median) and DSNU = spatial std with the fit errors removed; errors include the "
         "population B's")
     summary["hot_pixels_ambiguous"] = _ambiguous_hot(model, hot)
+    model.common = None  # written and summarised: A at the population B is not used again
     if e:
         # electrons: the values scale by e-/adu; their errors gain the gain's relative error
         gain = resolve_gain(settings.gain)
@@ -611,23 +639,39 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     sample, pixels = stack.sample(LOO_PIXELS)  # the leave-one-out refits' pixels
     ev1 = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                    exclude=exclude, holdout=_holdout_1d(rates, settings, adc_bits, pixels),
-                   pull_pixels=pixels)
+                   pull_pixels=pixels, keep_maps=plotting.wants("all"))
     _evaluation_products(ev1, "1d", out_dir, files)
     summary["evaluation_1d"] = _eval_summary(ev1)
+    del ev1  # its samples and maps are drawn: not held through the 2-D fit
+    # the last uses of the rate maps and the 1-D model, before the 2-D stage: emptying the
+    # list (the caller's too) and dropping the model frees them (2 float32 maps per
+    # temperature and ~10 of the model: 170 + 170 MB at 2048^2 x 5 T)
+    _dark_current(rates, model, e, out_dir, summary, files, hot.mask)
+    _plots_1d(model, rates, counts, out_dir, files)
+    rates.clear()
+    model = None
+    release_free_memory()
     exposures = {m.exptime for m in stack.masters}
     if len(exposures) >= 2:
+        # written and summarised: the evaluation needs only the prediction's maps
         model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot.mask, summary, files,
-                         bias_model)
+                         bias_model).prediction_only()
+        release_free_memory()  # the fit's tiles and work maps, the dropped maps
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
                        holdout=_holdout_2d(sample, settings, adc_bits, bias_model),
-                       pull_pixels=pixels)
+                       pull_pixels=pixels, keep_maps=plotting.wants("all"))
         _evaluation_products(ev2, "2d", out_dir, files)
         _scatter_plots(ev2, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev2)
     else:
         logger.warning("one exposure time: no 2-D (temperature x exposure) model")
-    _dark_current(rates, model, e, out_dir, summary, files, hot.mask)
+
+
+def _plots_1d(model: DarkModel1D, rates, counts, out_dir: Path, files: list) -> None:
+    """Figures of the rate maps and the 1-D model."""
+    _save(lambda: plots.plot_pixel_rates(rates, model, _pixels(model)),
+          out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
     _save(lambda: plots.plot_hot_pixel_counts(counts),
           out_dir / "plots" / "hot_pixels_vs_temperature.png", files)
     for which, name in (("a", "dark_A_map.png"), ("b", "dark_B_map.png"),
@@ -636,8 +680,6 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         _save(lambda: plots.plot_model_map(model, which), out_dir / "plots" / name, files)
     _save(lambda: plots.plot_doubling_histogram(model),
           out_dir / "plots" / "doubling_temperature_hist.png", files)
-    _save(lambda: plots.plot_pixel_rates(rates, model, _pixels(model)),
-          out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
 
 
 def _bias_for_synthetic(settings: DarkSettings, model_dir: Path) -> BiasModel | None:

@@ -288,9 +288,13 @@ class SignalStack:
                            self.memory_limit, idx), idx
 
     def read_master(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Master ``i`` whole: signal, noise-model error, subtracted-bias error, ``(H, W)``."""
-        data, err, suberr = self.read(0, self.shape[0], [i])
-        return data[0], err[0], suberr[0]
+        """Master ``i`` whole: signal, noise-model error, subtracted-bias error, ``(H, W)``
+        (read by row tiles: the mask, noise and count images are never whole in memory)."""
+        out = tuple(np.empty(self.shape, np.float32) for _ in range(3))
+        for r0, r1 in self.row_tiles(images=6, planes=1):
+            for full, part in zip(out, self.read(r0, r1, [i])):
+                full[r0:r1] = part[0]
+        return out
 
 
 def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:
@@ -298,51 +302,121 @@ def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:
     return np.sqrt(noise_err * noise_err + suberr * suberr)
 
 
+def _gain_candidates_py(S, noise, count, ratios):
+    """Per pixel of a tile (``(K, P)`` float32 signal, noise, count): whether it has two
+    usable masters, and ``dV/dS`` between its brightest and faintest usable master written
+    to ``ratios`` where their signals differ by ten errors; returns ``(usable, written)``.
+    (Pass 1 of :func:`pooled_noise_errors`, float64 arithmetic, no temporaries.)"""
+    k_n, npix = S.shape
+    usable = 0
+    n_out = 0
+    for p in range(npix):
+        n_ok = 0
+        hi = lo = -1
+        s_hi = s_lo = 0.0
+        for k in range(k_n):
+            s = np.float64(S[k, p])
+            nz = np.float64(noise[k, p])
+            if np.isfinite(s) and np.isfinite(nz * nz) and count[k, p] > 1:
+                n_ok += 1
+                # the first of equal values, as nanargmax / nanargmin
+                if hi < 0 or s > s_hi:
+                    hi, s_hi = k, s
+                if lo < 0 or s < s_lo:
+                    lo, s_lo = k, s
+        if n_ok < 2:
+            continue
+        usable += 1
+        d_s = s_hi - s_lo
+        n_lo = np.float64(noise[lo, p])
+        n_hi = np.float64(noise[hi, p])
+        if d_s > 10.0 * np.sqrt(n_lo * n_lo / np.float64(count[lo, p])):
+            ratios[n_out] = (n_hi * n_hi - n_lo * n_lo) / d_s
+            n_out += 1
+    return usable, n_out
+
+
+def _read_variance_py(S, noise, count, gain, out):
+    """Pooled read variance of each pixel of a tile: ``sum_k (n_k - 1) (noise_k^2 -
+    K max(S_k, 0)) / sum_k (n_k - 1)`` over its usable masters (pass 2 of
+    :func:`pooled_noise_errors`), NaN without one."""
+    k_n, npix = S.shape
+    for p in range(npix):
+        num = 0.0
+        den = 0.0
+        for k in range(k_n):
+            s = np.float64(S[k, p])
+            nz = np.float64(noise[k, p])
+            c = np.float64(count[k, p])
+            n2 = nz * nz
+            if np.isfinite(s) and np.isfinite(n2) and c > 1:
+                w = c - 1.0
+                num += w * (n2 - gain * max(s, 0.0))
+                den += w
+        out[p] = num / den if den != 0 else np.nan
+
+
+def _pooled_errors_py(S, noise, count, v0, gain, out):
+    """``sqrt((v0 + K max(S, 0)) / n)`` of every master and pixel of a tile (float32), NaN
+    where the master's pixel is not usable."""
+    k_n, npix = S.shape
+    for k in range(k_n):
+        for p in range(npix):
+            s = np.float64(S[k, p])
+            nz = np.float64(noise[k, p])
+            c = np.float64(count[k, p])
+            if np.isfinite(s) and np.isfinite(nz * nz) and c > 1:
+                out[k, p] = np.sqrt((v0[p] + gain * max(s, 0.0)) / max(c, 1.0))
+            else:
+                out[k, p] = np.nan
+
+
+try:
+    from numba import njit
+
+    _gain_kernel = njit(nogil=True, cache=True)(_gain_candidates_py)
+    _read_variance_kernel = njit(nogil=True, cache=True)(_read_variance_py)
+    _pooled_kernel = njit(nogil=True, cache=True)(_pooled_errors_py)
+except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
+    _gain_kernel, _read_variance_kernel, _pooled_kernel = (
+        _gain_candidates_py, _read_variance_py, _pooled_errors_py)
+
+
+def _planes(*arrays):
+    """``(K, P)`` contiguous views of ``(K, ...)`` tiles (float32 or float64 kept as they
+    are: the kernels compute in float64 either way)."""
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float64)
+        out.append(np.ascontiguousarray(a).reshape(a.shape[0], -1))
+    return tuple(out)
+
+
 def _gain_candidates(data, noise, count):
     """Pass 1 of :func:`pooled_noise_errors` on a tile: ``(usable pixels, ratios dV/dS)``."""
-    k_n = data.shape[0]
-    S = data.reshape(k_n, -1).astype(np.float64)
-    n2 = noise.reshape(k_n, -1).astype(np.float64) ** 2
-    cnt = count.reshape(k_n, -1).astype(np.float64)
-    ok = np.isfinite(S) & np.isfinite(n2) & (cnt > 1)
-    s_ok = np.where(ok, S, np.nan)
-    usable = ok.sum(0) >= 2
-    cols = np.flatnonzero(usable)
-    if cols.size == 0:
-        return 0, np.empty(0)
-    hi = np.nanargmax(s_ok[:, cols], 0)
-    lo = np.nanargmin(s_ok[:, cols], 0)
-    d_s = S[hi, cols] - S[lo, cols]
-    d_v = n2[hi, cols] - n2[lo, cols]
-    sel = d_s > 10.0 * np.sqrt(n2[lo, cols] / cnt[lo, cols])
-    return int(cols.size), d_v[sel] / d_s[sel]
+    S, n, c = _planes(data, noise, count)
+    ratios = np.empty(S.shape[1])
+    usable, written = _gain_kernel(S, n, c, ratios)
+    return int(usable), ratios[:written].copy()
 
 
 def _read_variance(data, noise, count, gain):
     """Pass 2 of :func:`pooled_noise_errors` on a tile: pooled read variance per pixel."""
-    k_n = data.shape[0]
-    S = data.reshape(k_n, -1).astype(np.float64)
-    n2 = noise.reshape(k_n, -1).astype(np.float64) ** 2
-    cnt = count.reshape(k_n, -1).astype(np.float64)
-    ok = np.isfinite(S) & np.isfinite(n2) & (cnt > 1)
-    w = np.where(ok, cnt - 1.0, 0.0)
-    shot = gain * np.maximum(np.where(ok, S, 0.0), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        v0 = np.sum(w * np.where(ok, n2 - shot, 0.0), 0) / np.sum(w, 0)
-    return v0.reshape(data.shape[1:])
+    S, n, c = _planes(data, noise, count)
+    out = np.empty(S.shape[1])
+    _read_variance_kernel(S, n, c, float(gain), out)
+    return out.reshape(data.shape[1:])
 
 
 def _pooled_errors(data, noise, count, v0, gain):
     """``sqrt((v0 + K S) / n)`` per master of a tile, NaN where a master has no valid pixel."""
-    k_n = data.shape[0]
-    S = data.reshape(k_n, -1).astype(np.float64)
-    n2 = noise.reshape(k_n, -1).astype(np.float64) ** 2
-    cnt = count.reshape(k_n, -1).astype(np.float64)
-    ok = np.isfinite(S) & np.isfinite(n2) & (cnt > 1)
-    shot = gain * np.maximum(np.where(ok, S, 0.0), 0.0)
-    err = np.sqrt((v0.reshape(1, -1) + shot) / np.maximum(cnt, 1.0))
-    err[~ok] = np.nan
-    return err.reshape(data.shape).astype(np.float32)
+    S, n, c = _planes(data, noise, count)
+    out = np.empty(S.shape, np.float32)
+    _pooled_kernel(S, n, c, np.ascontiguousarray(v0, dtype=np.float64).reshape(-1),
+                   float(gain), out)
+    return out.reshape(data.shape)
 
 
 def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
@@ -401,14 +475,24 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100) -> NoiseModel | N
     return NoiseModel(np.maximum(v0, 0.1 * float(np.median(v0[finite]))), gain)
 
 
-def load_stack(masters: list[DarkMaster], memory_limit: float = 256e6) -> SignalStack:
+#: Share of the run's memory budget (``--memory-limit``) one tile of the dark fits may take:
+#: the rest holds the interpreter with numba, astropy and pandas (~350 MB), the models'
+#: full-frame maps (~40 float32 maps at the 2-D fit: 700 MB at 2048^2) and the rate maps.
+#: A tile of the whole budget took the dark pipeline to 1.6 GB at 1024^2 (36 masters);
+#: smaller tiles cost nothing measurable (every pass reads each row once whatever the tile).
+TILE_SHARE = 0.25
+
+
+def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalStack:
     """Open every master for tile reads and measure the noise model of their errors.
 
     The errors come from one photon-transfer model per pixel over all masters
     (:func:`pooled_noise_errors`, two passes over row tiles) when the masters span a
     signal range; else from a variance line per temperature bin
-    (:func:`noise_model_errors`, per tile).  ``memory_limit`` [byte] sizes the tiles.
+    (:func:`noise_model_errors`, per tile).  ``memory_limit`` [byte] is the run's budget;
+    a tile's working set is sized to :data:`TILE_SHARE` of it.
     """
+    memory_limit = memory_limit * TILE_SHARE
     n = len(masters)
     rows = ProductRows([m.path for m in masters], _IMAGES)
     keys = []

@@ -83,12 +83,14 @@ def _err_scale(chi2: np.ndarray, npoints: np.ndarray, fallback: np.ndarray, npar
     return math.sqrt(float(np.median(chi2[sel])) / chi2_median_ratio(common))
 
 
-def _scaled(fit, s: float, error_fields: tuple[str, ...]):
+def _scale_in_place(fit, s: float, error_fields: tuple[str, ...]) -> None:
+    """Errors times ``s``, covariance times ``s^2``, chi2 over ``s^2``, in the fit's own
+    (float32) maps: no copies of the full-frame maps."""
     with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf maps of unfitted pixels
-        changes = {name: getattr(fit, name) * np.float32(s) for name in error_fields}
-        changes["covariance"] = fit.covariance * np.float32(s * s)
-        changes["chi2"] = fit.chi2 / np.float32(s * s)
-    return dataclasses.replace(fit, **changes)
+        for name in error_fields:
+            getattr(fit, name)[...] *= np.float32(s)
+        fit.covariance[...] *= np.float32(s * s)
+        fit.chi2[...] /= np.float32(s * s)
 
 
 def _mask(fit, hot: np.ndarray | None) -> np.ndarray:
@@ -352,30 +354,54 @@ MIN_POINTS_PER_T_SCALE = 5
 
 
 def _point_scales(fit: ExponentialFit, temps: np.ndarray, y: np.ndarray, s: np.ndarray,
-                  t_ref: float) -> np.ndarray:
+                  t_ref: float, point_scale: np.ndarray | None = None,
+                  block: int = 1 << 18) -> np.ndarray:
     """Factor per point (temperature) by which its errors are too small: sqrt(median of
     r^2 / (sigma^2 (1 - h)) over the individually fitted pixels / median of chi2(1)),
-    with r the residual and h the point's leverage in the pixel's fit."""
-    good = ~fit.fallback & np.isfinite(fit.amplitude) & np.isfinite(fit.rate)
-    a = fit.amplitude[good].astype(np.float64)
-    b = fit.rate[good].astype(np.float64)
-    va = fit.amplitude_err[good].astype(np.float64) ** 2
-    vb = fit.rate_err[good].astype(np.float64) ** 2
-    cab = fit.covariance[good].astype(np.float64)
+    with r the residual and h the point's leverage in the pixel's fit.  The errors are
+    ``s`` times ``point_scale`` (per point; default 1); float64 work arrays of ``block``
+    pixels at a time, one float64 value per fitted pixel kept for the median."""
+    good = (~fit.fallback & np.isfinite(fit.amplitude) & np.isfinite(fit.rate)).reshape(-1)
     out = np.ones(len(temps))
-    if good.sum() < 50:
+    n_good = int(good.sum())
+    if n_good < 50:
         return out
+    k_scale = np.ones(len(temps)) if point_scale is None else np.asarray(point_scale, float)
+    maps = [m.reshape(-1) for m in (fit.amplitude, fit.rate, fit.amplitude_err, fit.rate_err,
+                                    fit.covariance)]
+    npix = good.size
     for k, t in enumerate(temps):
         d = t - t_ref
-        f = np.exp(b * d)
-        yk, sk = y[k][good].astype(np.float64), s[k][good].astype(np.float64)
-        # leverage: w J C J^T with J = (f, a f d)
-        h = (f * f * va + (a * f * d) ** 2 * vb + 2 * a * f * f * d * cab) / (sk * sk)
-        u = (yk - a * f) ** 2 / (sk * sk * np.clip(1 - h, 0.05, 1))
-        u = u[np.isfinite(u)]
+        yk_all, sk_all = y[k].reshape(-1), s[k].reshape(-1)
+        u_all = np.empty(n_good)
+        at = 0
+        for b0 in range(0, npix, block):
+            sel = good[b0:b0 + block]
+            a, b, va, vb, cab = (m[b0:b0 + block][sel].astype(np.float64) for m in maps)
+            va, vb = va ** 2, vb ** 2
+            f = np.exp(b * d)
+            yk = yk_all[b0:b0 + block][sel].astype(np.float64)
+            sk = sk_all[b0:b0 + block][sel].astype(np.float64) * k_scale[k]
+            # leverage: w J C J^T with J = (f, a f d)
+            h = (f * f * va + (a * f * d) ** 2 * vb + 2 * a * f * f * d * cab) / (sk * sk)
+            u_all[at:at + a.size] = (yk - a * f) ** 2 / (sk * sk * np.clip(1 - h, 0.05, 1))
+            at += a.size
+        u = u_all[np.isfinite(u_all)]
         if u.size >= 50:
             out[k] = math.sqrt(float(np.median(u)) / chi2_median_ratio(1))
     return out
+
+
+def _planes_of(maps: list[np.ndarray]) -> np.ndarray:
+    """``np.stack(maps)``, or without a copy the ``(K, H, W)`` array whose planes the maps
+    are (the rate maps of :func:`dark_pipeline.rates.measure_rates` share one)."""
+    base = maps[0].base
+    if (isinstance(base, np.ndarray) and base.ndim == 3 and base.shape[0] == len(maps)
+            and all(m.base is base and m.shape == base.shape[1:] and m.dtype == base.dtype
+                    and m.strides == base.strides[1:] and m.ctypes.data == base[i].ctypes.data
+                    for i, m in enumerate(maps))):
+        return base
+    return np.stack(maps)
 
 
 def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_ADC_BITS,
@@ -394,15 +420,17 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     if np.unique(np.round(temps, 3)).size < 2:
         raise UserError(f"dark frames at a single temperature ({temps[0]:.1f} degC): a dark-"
                         "current model in temperature needs at least two")
-    y = np.stack([r.rate for r in rates])
-    s = np.stack([r.rate_err for r in rates])
+    y = _planes_of([r.rate for r in rates])
+    s = _planes_of([r.rate_err for r in rates])
     point_scale = np.ones(len(rates))
     for attempt in range(3):
+        # unscaled errors go in as they are (the kernels read them as float64 either way)
+        sigma = s if np.all(point_scale == 1.0) else s * point_scale[:, None, None]
         try:
-            fit = fit_exponential_per_pixel(temps, y, s * point_scale[:, None, None],
-                                            x_ref=t_ref, min_snr=START_SNR)
+            fit = fit_exponential_per_pixel(temps, y, sigma, x_ref=t_ref, min_snr=START_SNR)
         except ValueError as err:
             raise UserError(f"dark-current model: {err}") from err
+        del sigma
         if len(rates) < MIN_POINTS_PER_T_SCALE or attempt == 2:
             break
         # the rate maps' errors come from few frames and are underestimated by an amount
@@ -410,12 +438,13 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
         # factor per temperature, from the fit's own residuals, calibrates them point by
         # point where a single frame-wide factor would leave the errors of A (at TREF)
         # and B wrong
-        factors = _point_scales(fit, temps, y, s * point_scale[:, None, None], t_ref)
+        factors = _point_scales(fit, temps, y, s, t_ref, point_scale)
         if np.all(np.abs(factors - 1) < 0.02):
             break
         point_scale *= factors
+        fit = None  # not held while the next fit runs
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 2)
-    fit = _scaled(fit, scale, ("amplitude_err", "rate_err"))
+    _scale_in_place(fit, scale, ("amplitude_err", "rate_err"))
     inputs = pd.DataFrame({"TBIN": [r.temperature for r in rates], "TAVG": temps,
                            "RATEMETH": [r.method for r in rates],
                            "ERRSCALE": point_scale * scale})
@@ -479,6 +508,14 @@ class DarkModel2D:
                 "well_measured_pixels": int(good.sum()),
                 "fallback_pixels": int(self.fit.fallback.sum())}
 
+    def prediction_only(self) -> DarkModel2D:
+        """This model with only the maps :meth:`signal` and :meth:`signal_err` read (A, gamma,
+        B, covariance, fallback): the error, chi-square and point-count maps dropped (5 float32
+        maps: 84 MB at 2048^2), for the evaluation once the model is written."""
+        fit = dataclasses.replace(self.fit, amplitude_err=None, gamma_err=None, rate_err=None,
+                                  chi2=None, npoints=None)
+        return dataclasses.replace(self, fit=fit)
+
     def write(self, path: Path) -> Path:
         """``dark_model_2d.fits``: A (primary, UNCERT, MASK), GAMMA, B, their errors, the
         covariances, CHI2DOF, NPTS, FALLBACK."""
@@ -519,6 +556,33 @@ class DarkModel2D:
         hot = (m["MASK"] & MASK_HOT) != 0
         return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), hot, m["INPUTS"],
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
+
+
+@dataclass(frozen=True)
+class BiasErrors:
+    """The parts of a bias model the dark fits read: the error maps of its A and B (the
+    2-D fit's shared-bias covariance), not its values (the masters are already
+    bias-subtracted) -- a third of the model's memory.
+
+    Attributes
+    ----------
+    t_ref : float
+        [degC] reference temperature of the bias model's A.
+    sigma_a, sigma_b, cov_ab : numpy.ndarray
+        [adu], [adu/degC], [adu^2/degC] errors and covariance of A and B per pixel.
+    """
+
+    t_ref: float
+    sigma_a: np.ndarray
+    sigma_b: np.ndarray
+    cov_ab: np.ndarray
+
+    @classmethod
+    def of(cls, model) -> BiasErrors | None:
+        """Those of ``model`` (a :class:`~utils.models.bias_model.BiasModel`, or None)."""
+        if model is None:
+            return None
+        return cls(model.t_ref, model.sigma_a, model.sigma_b, model.cov_ab)
 
 
 def _bias_error_structure(keys, temps, bias_model, pixels=None):
@@ -642,7 +706,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; plain Python st
 
 
 def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exps: np.ndarray,
-                                tiles, design: np.ndarray, block: int = 65536) -> np.ndarray:
+                                tiles, design: np.ndarray, block: int = 16384, *,
+                                out: np.ndarray | None = None) -> np.ndarray:
     """Extra parameter covariance from an error shared between the points of the fit.
 
     The fit weighs each point with ``1/sigma_k^2``, treating the points as independent; a
@@ -650,16 +715,21 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
     points moves the parameters by ``G V delta`` with ``G = N^-1 J^T W`` (``N = J^T W J`` at
     the solution).  The part the weights already hold (the diagonal ``V_k C V_k^T``) is
     removed.  ``tiles`` (:class:`utils.models.pixel_tiles.PixelTiles`) gives sigma and C of
-    every pixel range.  Returns ``(3, 3, H, W)`` float32; 0 for fallback pixels.
+    every pixel range.  Returns ``(3, 3, H, W)`` float32; 0 for fallback pixels.  With
+    ``out`` (``(3, 3, H, W)`` float32, e.g. the fit's own covariance) the extra covariance
+    is added to it in place and ``out`` returned: no second full-frame covariance.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     shape = fit.amplitude.shape
     npix = int(np.prod(shape))
-    out = np.zeros((3, 3, npix), np.float32)
-    a_all = fit.amplitude.reshape(-1).astype(np.float64)
-    g_all = fit.gamma.reshape(-1).astype(np.float64)
-    b_all = fit.rate.reshape(-1).astype(np.float64)
+    # written in place: ``out`` itself when it is contiguous (reshape is then a view)
+    target = out if out is not None and out.flags.c_contiguous else \
+        np.zeros((3, 3) + shape, np.float32)
+    flat = target.reshape(3, 3, npix)
+    a_all = fit.amplitude.reshape(-1)
+    g_all = fit.gamma.reshape(-1)
+    b_all = fit.rate.reshape(-1)
     ok_all = (~fit.fallback).reshape(-1) & np.isfinite(a_all) & (a_all != 0)
     lnt1, dT1 = np.log(exps).astype(np.float64), (temps - fit.t_ref).astype(np.float64)
     design = np.ascontiguousarray(design, dtype=np.float64)
@@ -667,20 +737,27 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
         if not ok_all[a:b].any():
             continue
         _, sigma, cd = tiles.read(a, b)
-        s_t = sigma.reshape(sigma.shape[0], -1).astype(np.float64)
+        s_t = sigma.reshape(sigma.shape[0], -1)
         c_t = cd.reshape(cd.shape[0], cd.shape[1], -1)
 
         def one(start, a=a, b=b, s_t=s_t, c_t=c_t):
+            # float64 copies of a block only (the kernel's arithmetic), not of the frame
             sl = slice(start, min(start + block, b - a))
             gl = slice(a + sl.start, a + sl.stop)
             res = np.zeros((3, 3, sl.stop - sl.start))
-            _correlated_kernel(a_all[gl], g_all[gl], b_all[gl], lnt1, dT1,
-                               np.ascontiguousarray(s_t[:, sl]), design,
-                               np.ascontiguousarray(c_t[:, :, sl]), ok_all[gl], res)
-            out[:, :, gl] = res
+            _correlated_kernel(a_all[gl].astype(np.float64), g_all[gl].astype(np.float64),
+                               b_all[gl].astype(np.float64), lnt1, dT1,
+                               np.ascontiguousarray(s_t[:, sl], dtype=np.float64), design,
+                               np.ascontiguousarray(c_t[:, :, sl], dtype=np.float64),
+                               ok_all[gl], res)
+            flat[:, :, gl] += res.astype(np.float32)
         with ThreadPoolExecutor(max_workers=2) as pool:  # the kernel releases the GIL
             list(pool.map(one, range(0, b - a, block)))
-    return out.reshape((3, 3) + shape)
+        del sigma, cd, s_t, c_t
+    if out is not None and target is not out:
+        out += target
+        return out
+    return target
 
 
 def stack_tiles(stack, shared_cov=None):
@@ -730,15 +807,14 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     except ValueError as err:
         raise UserError(f"2-D dark model: {err}") from err
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
-    fit = _scaled(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
+    _scale_in_place(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
     if design is not None:
-        extra = correlated_error_covariance(fit, temps, exps, tiles, design)
-        cov = fit.covariance + extra
-        fit = dataclasses.replace(
-            fit, covariance=cov,
-            amplitude_err=np.sqrt(np.maximum(cov[0, 0], 0)).astype(np.float32),
-            gamma_err=np.sqrt(np.maximum(cov[1, 1], 0)).astype(np.float32),
-            rate_err=np.sqrt(np.maximum(cov[2, 2], 0)).astype(np.float32))
+        # added to the fit's own covariance in place (no second (3, 3, H, W) array)
+        cov = correlated_error_covariance(fit, temps, exps, tiles, design,
+                                          out=fit.covariance)
+        for name, i in (("amplitude_err", 0), ("gamma_err", 1), ("rate_err", 2)):
+            err = getattr(fit, name)
+            np.sqrt(np.maximum(cov[i, i], 0, out=err), out=err)
     inputs = pd.DataFrame({"TBIN": [m.temperature for m in stack.masters], "TAVG": temps,
                            "EXPTIME": exps, "PATH": [m.path.name for m in stack.masters]})
     model = DarkModel2D(fit, scale, None, inputs, adc_bits)
@@ -750,6 +826,6 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     return model
 
 
-__all__ = ["DarkModel1D", "DarkModel2D", "CommonLawAmplitude", "common_law_amplitude",
+__all__ = ["DarkModel1D", "DarkModel2D", "BiasErrors", "CommonLawAmplitude", "common_law_amplitude",
            "fit_temperature_model", "fit_model_2d",
            "K_BOLTZMANN_EV", "MASK_FALLBACK", "MASK_HOT", "MASK_NOFIT"]

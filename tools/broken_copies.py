@@ -45,8 +45,8 @@ _DARK_MODES = ("dark_pipeline/pipeline.py",
                '        pass\n'
                '    elif mode == "evaluate_dark_current":\n')
 _DARK_ERRORS = ("dark_pipeline/temperature_model.py",
-                '    fit = _scaled(fit, scale, ("amplitude_err", "rate_err"))\n',
-                '    fit = _scaled(fit, scale * 1.2, ("amplitude_err", "rate_err"))\n')
+                '    _scale_in_place(fit, scale, ("amplitude_err", "rate_err"))\n',
+                '    _scale_in_place(fit, scale * 1.2, ("amplitude_err", "rate_err"))\n')
 _DARK_AMPLITUDE = ("dark_pipeline/temperature_model.py",
                    "    model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)\n",
                    "    fit = dataclasses.replace(fit, amplitude=fit.amplitude * 1.025)\n"

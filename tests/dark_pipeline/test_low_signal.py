@@ -5,6 +5,7 @@ fitted pixels -- the old population value -- is biased (they were selected by th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -186,3 +187,115 @@ def test_common_law_amplitude_is_the_linear_fit_at_the_population_rate():
     numeric = (common_law_amplitude(temps, y, sigma, b + h, 20.0).amplitude.astype(np.float64)
                - common_law_amplitude(temps, y, sigma, b - h, 20.0).amplitude) / (2 * h)
     np.testing.assert_allclose(whole.slope, numeric, rtol=2e-3, atol=2e-2)
+
+
+def _noise_model_reference(data, noise, count, gain, v0):
+    """The noise model's three per-tile steps as numpy formulas over (K, P) float64 copies
+    (what the numba kernels replaced): ``(usable, ratios, read variance, errors)``."""
+    k_n = data.shape[0]
+    S = data.reshape(k_n, -1).astype(np.float64)
+    n2 = noise.reshape(k_n, -1).astype(np.float64) ** 2
+    cnt = count.reshape(k_n, -1).astype(np.float64)
+    ok = np.isfinite(S) & np.isfinite(n2) & (cnt > 1)
+    cols = np.flatnonzero(ok.sum(0) >= 2)
+    s_ok = np.where(ok, S, np.nan)[:, cols]
+    hi, lo = np.nanargmax(s_ok, 0), np.nanargmin(s_ok, 0)
+    d_s = S[hi, cols] - S[lo, cols]
+    d_v = n2[hi, cols] - n2[lo, cols]
+    sel = d_s > 10.0 * np.sqrt(n2[lo, cols] / cnt[lo, cols])
+    w = np.where(ok, cnt - 1.0, 0.0)
+    shot = gain * np.maximum(np.where(ok, S, 0.0), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        read = np.sum(w * np.where(ok, n2 - shot, 0.0), 0) / np.sum(w, 0)
+    err = np.sqrt((v0.reshape(1, -1) + shot) / np.maximum(cnt, 1.0))
+    err[~ok] = np.nan
+    return cols.size, d_v[sel] / d_s[sel], read, err.astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_noise_model_kernels_equal_their_formulas(dtype):
+    """The compiled per-pixel steps of the pooled noise model give the numpy formulas' numbers
+    bit for bit: NaN signals and noises, counts of 0 and 1, equal signals (the first of
+    them is the brightest / faintest, as nanargmax / nanargmin)."""
+    from dark_pipeline import rates
+
+    rng = np.random.default_rng(7)
+    shape = (6, 20, 30)
+    data = rng.normal(50, 40, shape).astype(dtype)
+    data[rng.random(shape) < 0.05] = np.nan
+    data[:, 0, :4] = 3.0
+    noise = np.sqrt(10 + 0.2 * np.abs(np.nan_to_num(data)) + rng.random(shape)).astype(dtype)
+    noise[rng.random(shape) < 0.05] = np.nan
+    count = rng.integers(0, 6, shape).astype(dtype)
+    usable, ratios = rates._gain_candidates(data, noise, count)
+    gain = float(np.median(ratios))
+    v0 = np.maximum(rates._read_variance(data, noise, count, gain), 1.0)
+    ref = _noise_model_reference(data, noise, count, gain, v0)
+    assert usable == ref[0] and 0 < ratios.size < usable
+    np.testing.assert_array_equal(ratios, ref[1])
+    np.testing.assert_array_equal(rates._read_variance(data, noise, count, gain).reshape(-1),
+                                  ref[2])
+    np.testing.assert_array_equal(rates._pooled_errors(data, noise, count, v0, gain),
+                                  ref[3].reshape(shape))
+
+
+def test_memory_saving_paths_give_the_same_numbers(low_signal_masters, tmp_path):
+    """What the pipeline does to hold less memory changes no number: a master read by row
+    tiles, the rate maps kept as planes of one stack (fitted without a copy), the leverage
+    factors by pixel blocks, the shared-bias covariance added in place, evaluation without
+    its figure maps."""
+    from dark_pipeline.evaluation import evaluate
+    from dark_pipeline.pipeline import rate_maps
+    from dark_pipeline.temperature_model import (
+        BiasErrors,
+        _bias_error_structure,
+        _planes_of,
+        _point_scales,
+        correlated_error_covariance,
+        stack_tiles,
+    )
+
+    _, masters, bias = low_signal_masters
+    stack = load_stack(masters, memory_limit=1e5)  # tiles of a few rows
+    assert len(list(stack.row_tiles(images=6, planes=1))) > 1
+    for i in (0, len(masters) - 1):
+        whole = stack.read(0, stack.shape[0], [i])
+        for a, b in zip(stack.read_master(i), whole, strict=True):
+            np.testing.assert_array_equal(a, b[0])
+
+    kept = rate_maps(stack, tmp_path, 16, [])
+    assert _planes_of([r.rate for r in kept]) is kept[0].rate.base  # no copy
+    copies = [dataclasses.replace(r, rate=r.rate.copy(), rate_err=r.rate_err.copy())
+              for r in kept]
+    assert _planes_of([r.rate for r in copies]) is not kept[0].rate.base
+    m_kept = fit_temperature_model(kept, 20.0, quiet=True)
+    m_copies = fit_temperature_model(copies, 20.0, quiet=True)
+    for name in ("amplitude", "rate", "amplitude_err", "covariance", "chi2"):
+        np.testing.assert_array_equal(getattr(m_kept.fit, name), getattr(m_copies.fit, name))
+
+    temps = np.array([r.tavg for r in kept])
+    y, s = _planes_of([r.rate for r in kept]), _planes_of([r.rate_err for r in kept])
+    scale = np.array([1.0, 1.3, 0.8])
+    blocked = _point_scales(m_kept.fit, temps, y, s, 20.0, scale, block=7)
+    np.testing.assert_array_equal(blocked, _point_scales(m_kept.fit, temps, y, s, 20.0, scale))
+    np.testing.assert_array_equal(blocked, _point_scales(m_kept.fit, temps, y,
+                                                         s * scale[:, None, None], 20.0))
+    assert np.all(blocked != 1.0)
+
+    fit = fit_model_2d(stack, 20.0, quiet=True, bias_model=BiasErrors.of(bias.model)).fit
+    design, shared = _bias_error_structure(stack.bias_keys, stack.temps, bias.model)
+    tiles = stack_tiles(stack, shared)
+    extra = correlated_error_covariance(fit, stack.temps, stack.exptimes, tiles, design)
+    assert np.abs(extra).max() > 0
+    total = fit.covariance.copy()
+    out = correlated_error_covariance(fit, stack.temps, stack.exptimes, tiles, design,
+                                      out=total)
+    assert out is total
+    np.testing.assert_array_equal(total, fit.covariance + extra)
+
+    def run(keep):
+        return evaluate(stack, lambda t, x: m_kept.rate(t) * x,
+                        lambda t, x: m_kept.rate_err(t) * x, keep_maps=keep)
+    with_maps, without = run(True), run(False)
+    assert len(with_maps.maps) == len(masters) and not without.maps
+    assert with_maps.table.equals(without.table)
