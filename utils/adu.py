@@ -88,7 +88,9 @@ def detect_adc_bits(data: np.ndarray, default: int = DEFAULT_ADC_BITS) -> int:
 
 
 def adc_bits_from_bits(combined: int, default: int = DEFAULT_ADC_BITS) -> int:
-    """Converter depth from the bitwise OR of all 16-bit samples of a frame (see :func:`detect_adc_bits`).
+    """Converter depth from the bitwise OR of all 16-bit samples of a frame.
+
+    See :func:`detect_adc_bits`.
 
     Examples
     --------
