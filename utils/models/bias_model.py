@@ -55,6 +55,9 @@ MASK_NONLINEAR = 1     # chi-square too high for a straight line (p < chi2_pvalu
 MASK_SLOPE = 2         # slope far from the population (robust z > slope_nsigma)
 MASK_NOFIT = 4         # fewer than two valid masters, or excluded by the user's mask
 
+#: Pixels of one row block of the held-out predictions (float64 work arrays of 2 MB).
+BLOCK_PIXELS = 1 << 18
+
 #: Extension names of the model product, in order.
 EXTENSIONS = ("B", "SIGMA_A", "SIGMA_B", "COV_AB", "CHI2DOF", "NPTS")
 
@@ -361,27 +364,34 @@ class CrossValidation:
         master minus its prediction from the others (NaN where not predictable), that
         residual's one-sigma error (scaled by ``err_scale``), the master."""
         data, _, count = self.stack.read_planes(0, self.stack.shape[0], [k])
-        y, n = data[0].astype(np.float64), count[0].astype(np.float64)
         if not self.predictable[k]:
-            nan = np.full(y.shape, np.nan, np.float32)
+            nan = np.full(data[0].shape, np.nan, np.float32)
             return nan, nan.copy(), data[0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sigma = self.noise_pool / np.sqrt(np.where(n > 0, n, np.nan))
-            sigma = np.where(np.isfinite(y), sigma, np.nan)
-            w = np.where(np.isfinite(sigma) & (sigma > 0), 1.0 / (sigma * sigma), 0.0)
-            f = self.fit
-            dx = float(self.temperatures[k]) - self.t_ref
-            sa, sb, cov = (f[name].astype(np.float64) for name in ("sa", "sb", "cov"))
-            lever = w * (sa * sa + dx * dx * sb * sb + 2 * dx * cov)
-            keep = 1.0 - lever
-            # the others must hold two points of the pixel for a line
-            ok = (f["npts"] - (w > 0)) >= 2
-            keep = np.where(ok & (keep > 1e-12), keep, np.nan)
-            pred = f["a"].astype(np.float64) + f["b"].astype(np.float64) * dx
-            residual = (y - pred) / keep
-            var = sigma * sigma / keep
-        return (residual.astype(np.float32),
-                (np.sqrt(var) * self.err_scale).astype(np.float32), data[0])
+        residual = np.empty(data[0].shape, np.float32)
+        error = np.empty(data[0].shape, np.float32)
+        dx = float(self.temperatures[k]) - self.t_ref
+        f = self.fit
+        # by row blocks: every step is per pixel, so the numbers are those of one whole-frame
+        # pass, with ~10 float64 temporaries of a block instead of the frame (~400 MB at 2048^2)
+        step = max(1, BLOCK_PIXELS // max(1, data.shape[2]))
+        for r0 in range(0, data.shape[1], step):
+            r1 = min(r0 + step, data.shape[1])
+            y = data[0, r0:r1].astype(np.float64)
+            n = count[0, r0:r1].astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sigma = self.noise_pool[r0:r1] / np.sqrt(np.where(n > 0, n, np.nan))
+                sigma = np.where(np.isfinite(y), sigma, np.nan)
+                w = np.where(np.isfinite(sigma) & (sigma > 0), 1.0 / (sigma * sigma), 0.0)
+                sa, sb, cov = (f[name][r0:r1].astype(np.float64) for name in ("sa", "sb", "cov"))
+                lever = w * (sa * sa + dx * dx * sb * sb + 2 * dx * cov)
+                keep = 1.0 - lever
+                # the others must hold two points of the pixel for a line
+                ok = (f["npts"][r0:r1] - (w > 0)) >= 2
+                keep = np.where(ok & (keep > 1e-12), keep, np.nan)
+                pred = f["a"][r0:r1].astype(np.float64) + f["b"][r0:r1].astype(np.float64) * dx
+                residual[r0:r1] = (y - pred) / keep
+                error[r0:r1] = np.sqrt(sigma * sigma / keep) * self.err_scale
+        return residual, error, data[0]
 
     def summary(self, valid: np.ndarray | None = None) -> pd.DataFrame:
         """One row per held-out temperature: MAE, MAPE, pull mean and std, over ``valid`` pixels."""
