@@ -24,6 +24,7 @@ from bias_pipeline import pipeline as bias_pipeline
 from dark_pipeline import pipeline as dark_pipeline
 from flat_pipeline import pipeline as flat_pipeline
 from utils.errors import UserError
+from utils.memory import release_free_memory
 from utils.stack.grouping import stage_tag
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ def _attempt(result: StagePipelines, name: str, stage: str, dose: float, make):
         logger.warning("%s pipeline%s skipped: %s", name, f" ({label})" if label else "", err)
         result.skipped.setdefault(name, {})[label] = str(err)
         return None
+    finally:
+        # the next pipeline starts from what this one holds, not from what it freed
+        release_free_memory()
 
 
 def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tuple[str, float]],
