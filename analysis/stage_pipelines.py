@@ -12,6 +12,7 @@ temperature, no flats, ...) is reported in one warning and skipped: the others g
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -128,6 +129,10 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
             progress_bar=progress_bar))
         if run is not None:
             logger.info("%s", run.summary_line())
+            if getattr(run, "model", None) is not None:
+                # the later steps read the model from its file: its maps (~130 MB at 2048^2)
+                # are not carried through the dark and flat pipelines
+                run = dataclasses.replace(run, model=None)
             result.bias.append(run)
     for stage, dose in groups_with(table, "FLAT", groups):
         settings = flat_pipeline.FlatSettings(
