@@ -262,7 +262,7 @@ def run(index_csv: str | Path, out_dir: str | Path, settings: MasterSettings = M
     index["BADFITS"] = stats["BADFITS"].astype(bool)
     index["REASON"] = stats["REASON"]
     records = build_masters(index, out_dir, settings, progress_bar=progress_bar)
-    release_free_memory()  # the stacking buffers of 156 masters: not carried into later steps
+    release_free_memory()  # what the stacking of every set freed: not carried into later steps
     summary = pd.DataFrame([r.row() for r in records])
     write_csv(summary, out_dir / "masters_summary.csv")
     figures = write_trend_plots(stats, summary, out_dir)

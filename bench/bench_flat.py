@@ -66,7 +66,7 @@ def make(workdir: Path, size: int) -> None:
     import pandas as pd
     from astropy.io import fits
 
-    from dark_pipeline.temperature_model import DarkModel2D
+    from dark_pipeline.model_2d import DarkModel2D
     from utils.io.fitsio import write_hdul
     from utils.io.index import build_index, write_index
     from utils.models.bias_model import BiasModel

@@ -112,8 +112,9 @@ def run_case(case: str, workdir: Path, memory_limit: float) -> dict:
 
     # imports first: the clock measures work, not module loading
     from dark_pipeline.masters import DarkMaster
+    from dark_pipeline.model_2d import fit_model_2d
     from dark_pipeline.rates import load_stack, measure_rates
-    from dark_pipeline.temperature_model import fit_model_2d, fit_temperature_model
+    from dark_pipeline.temperature_model import fit_temperature_model
     from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 
     bias = sorted(workdir.glob("bias_+*.fits")) + sorted(workdir.glob("bias_-*.fits"))

@@ -65,15 +65,10 @@ from .masters import (
     dark_sets,
     masters_table,
 )
+from .model_2d import BiasErrors, DarkModel2D, fit_model_2d
 from .rates import RATE_FOLDER, load_stack, measure_rate, rate_file, write_rate
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
-from .temperature_model import (
-    BiasErrors,
-    DarkModel1D,
-    DarkModel2D,
-    fit_model_2d,
-    fit_temperature_model,
-)
+from .temperature_model import DarkModel1D, fit_temperature_model
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ import pandas as pd
 
 from utils.plotting import draw_image, finish_axes, new_axes, show_histogram, show_image
 
-from .temperature_model import DarkModel1D, DarkModel2D
+from .model_2d import DarkModel2D
+from .temperature_model import DarkModel1D
 
 __all__ = ["plot_error_maps", "plot_model_map", "plot_doubling_histogram", "plot_gamma_histogram",
            "plot_heatmap", "plot_scatter", "plot_dark_current", "plot_hot_pixel_counts",

@@ -24,7 +24,8 @@ from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import BiasModel
 
-from .temperature_model import DarkModel1D, DarkModel2D
+from .model_2d import DarkModel2D
+from .temperature_model import DarkModel1D
 
 logger = logging.getLogger(__name__)
 

@@ -69,6 +69,7 @@ TARGETS: dict[str, list[str]] = {
     "utils/models/read_noise.py": [*_BIAS, "tests/utils/test_stats.py"],
     "dark_pipeline/rates.py": _DARK,
     "dark_pipeline/temperature_model.py": _DARK,
+    "dark_pipeline/model_2d.py": _DARK,
     "dark_pipeline/hot_pixels.py": _DARK,
     "dark_pipeline/evaluation.py": _DARK,
     "dark_pipeline/masters.py": _DARK,

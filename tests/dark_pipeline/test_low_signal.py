@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from statcheck import assert_close, assert_pulls
 
+from dark_pipeline.model_2d import fit_model_2d
 from dark_pipeline.pipeline import DarkSettings, measure
 from dark_pipeline.rates import load_stack, measure_rates, pooled_noise_errors
-from dark_pipeline.temperature_model import fit_model_2d, fit_temperature_model
+from dark_pipeline.temperature_model import fit_temperature_model
 from utils.io.index import DatasetIndex, build_index
 from utils.sim import Physics, simulate_standard
 
@@ -245,15 +246,14 @@ def test_memory_saving_paths_give_the_same_numbers(low_signal_masters, tmp_path)
     factors by pixel blocks, the shared-bias covariance added in place, evaluation without
     its figure maps."""
     from dark_pipeline.evaluation import evaluate
-    from dark_pipeline.pipeline import rate_maps
-    from dark_pipeline.temperature_model import (
+    from dark_pipeline.model_2d import (
         BiasErrors,
         _bias_error_structure,
-        _planes_of,
-        _point_scales,
         correlated_error_covariance,
         stack_tiles,
     )
+    from dark_pipeline.pipeline import rate_maps
+    from dark_pipeline.temperature_model import _planes_of, _point_scales
 
     _, masters, bias = low_signal_masters
     stack = load_stack(masters, memory_limit=1e5)  # tiles of a few rows

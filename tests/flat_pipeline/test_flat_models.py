@@ -169,7 +169,8 @@ def test_photon_transfer_without_two_levels_says_why():
 
 
 def _write_dark_models(tmp_path, shape=(6, 8)):
-    from dark_pipeline.temperature_model import DarkModel1D, DarkModel2D
+    from dark_pipeline.model_2d import DarkModel2D
+    from dark_pipeline.temperature_model import DarkModel1D
     from utils.models.nonlinear import ExponentialFit, PowerExponentialFit
 
     rng = np.random.default_rng(4)

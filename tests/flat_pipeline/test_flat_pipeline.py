@@ -479,7 +479,7 @@ def test_full_no_vignetting(flat_campaign, subset, tmp_path):
 def test_dark_model_and_gain_json_options(flat_campaign, subset, tmp_path, flat_run):
     """A dark-pipeline 2-D model (here the simulator's truth written in its format) is
     evaluated at each frame's T and t; ``--gain`` takes a gain.json."""
-    from dark_pipeline.temperature_model import DarkModel2D
+    from dark_pipeline.model_2d import DarkModel2D
     from utils.models.nonlinear import PowerExponentialFit
 
     campaign, _ = flat_campaign

@@ -55,9 +55,6 @@ MASK_NONLINEAR = 1     # chi-square too high for a straight line (p < chi2_pvalu
 MASK_SLOPE = 2         # slope far from the population (robust z > slope_nsigma)
 MASK_NOFIT = 4         # fewer than two valid masters, or excluded by the user's mask
 
-#: Pixels of one row block of the held-out predictions (float64 work arrays of 2 MB).
-BLOCK_PIXELS = 1 << 18
-
 #: Extension names of the model product, in order.
 EXTENSIONS = ("B", "SIGMA_A", "SIGMA_B", "COV_AB", "CHI2DOF", "NPTS")
 
@@ -371,11 +368,10 @@ class CrossValidation:
         error = np.empty(data[0].shape, np.float32)
         dx = float(self.temperatures[k]) - self.t_ref
         f = self.fit
-        # by row blocks: every step is per pixel, so the numbers are those of one whole-frame
-        # pass, with ~10 float64 temporaries of a block instead of the frame (~400 MB at 2048^2)
-        step = max(1, BLOCK_PIXELS // max(1, data.shape[2]))
-        for r0 in range(0, data.shape[1], step):
-            r1 = min(r0 + step, data.shape[1])
+        # by row tiles: every step is per pixel, so the numbers are those of one whole-frame
+        # pass, with ~10 float64 temporaries of a tile instead of the frame (~400 MB at 2048^2)
+        rows = tile_rows(1, data.shape[1:], 32e6, images=10, bytes_per_sample=8)
+        for r0, r1 in row_tiles(data.shape[1], rows):
             y = data[0, r0:r1].astype(np.float64)
             n = count[0, r0:r1].astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):

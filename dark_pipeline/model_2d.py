@@ -1,0 +1,403 @@
+"""Per-pixel dark-signal model in temperature and exposure (2-D), fitted to the dark masters.
+
+``S(T, t) = A t^gamma exp(B (T - TREF))`` [adu], fitted jointly to the bias-subtracted dark
+*signal* masters of every (temperature, exposure) by weighted nonlinear least squares,
+vectorised over pixels and tile by tile
+(:func:`utils.models.nonlinear.fit_power_exponential_per_pixel`); gamma near 1 means the
+signal integrates linearly.  The shared error of one subtracted bias serving several masters
+is propagated into the coefficients' covariance (:func:`correlated_error_covariance`).
+Errors are calibrated by ``ERRSCALE`` as the 1-D model's
+(:mod:`dark_pipeline.temperature_model`, which holds the helpers both models share).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils import adu
+from utils import headers as kw
+from utils.errors import UserError
+from utils.io.fitsio import write_product
+from utils.models.dark_model import read_power_exponential_fit
+from utils.models.nonlinear import PowerExponentialFit, fit_power_exponential_per_pixel
+from utils.models.pixel_tiles import PixelTiles
+
+from .rates import total_err
+from .temperature_model import MASK_HOT, _err_scale, _header, _mask, _scale_in_place
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DarkModel2D:
+    """Per-pixel ``S(T, t) = A t^gamma exp(B (T - t_ref))`` [adu] with calibrated errors."""
+
+    fit: PowerExponentialFit
+    err_scale: float = 1.0
+    hot: np.ndarray | None = None
+    inputs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    adc_bits: int = adu.DEFAULT_ADC_BITS
+
+    @property
+    def t_ref(self) -> float:
+        """[degC] reference temperature."""
+        return self.fit.t_ref
+
+    def signal(self, temperature: float, exptime: float) -> np.ndarray:
+        """Dark signal [adu] after ``exptime`` [s] at ``temperature`` [degC]."""
+        return self.fit.predict(temperature, exptime)
+
+    def signal_err(self, temperature: float, exptime: float) -> np.ndarray:
+        """One-sigma error of :meth:`signal` [adu]."""
+        return self.fit.predict_err(temperature, exptime)
+
+    def headline(self) -> dict:
+        """Population gamma and B (joint fit of every pixel, unbiased at low signal) with
+        errors; median and percentiles of gamma over the individually fitted, not-hot pixels
+        (selected by signal, hence biased at low signal); counts."""
+        good = ~self.fit.fallback & np.isfinite(self.fit.gamma)
+        if self.hot is not None:
+            good &= ~self.hot
+        g = self.fit.gamma[good]
+        f = self.fit
+        b, b_err = float(f.population_rate), float(f.population_rate_err)
+        return {"gamma_population": float(f.population_gamma),
+                "gamma_population_err": float(f.population_gamma_err),
+                "gamma_median": float(np.median(g)) if g.size else math.nan,
+                "gamma_p16": float(np.percentile(g, 16)) if g.size else math.nan,
+                "gamma_p84": float(np.percentile(g, 84)) if g.size else math.nan,
+                "b_population_per_degC": b, "b_population_err_per_degC": b_err,
+                "b_median_per_degC": float(np.median(f.rate[good])) if good.any() else math.nan,
+                "doubling_temperature_degC": math.log(2) / b if b > 0 else math.nan,
+                "doubling_temperature_err_degC": math.log(2) * b_err / b ** 2 if b > 0
+                else math.nan,
+                "well_measured_pixels": int(good.sum()),
+                "fallback_pixels": int(self.fit.fallback.sum())}
+
+    def prediction_only(self) -> DarkModel2D:
+        """This model with only the maps :meth:`signal` and :meth:`signal_err` read (A, gamma,
+        B, covariance, fallback): the error, chi-square and point-count maps dropped (5 float32
+        maps: 84 MB at 2048^2), for the evaluation once the model is written."""
+        fit = dataclasses.replace(self.fit, amplitude_err=None, gamma_err=None, rate_err=None,
+                                  chi2=None, npoints=None)
+        return dataclasses.replace(self, fit=fit)
+
+    def write(self, path: Path) -> Path:
+        """``dark_model_2d.fits``: A (primary, UNCERT, MASK), GAMMA, B, their errors, the
+        covariances, CHI2DOF, NPTS, FALLBACK."""
+        f = self.fit
+        head = self.headline()
+        header = _header("DARK_MODEL_2D", "S = A t^GAMMA exp(B (T - TREF))", self.t_ref,
+                         self.err_scale, self.adc_bits, [
+                             ("GAMMAMED", head["gamma_median"],
+                              "median gamma of the fitted pixels"),
+                             ("POPGAMMA", head["gamma_population"],
+                              "population gamma (joint fit)"),
+                             ("POPGERR", head["gamma_population_err"], "error of POPGAMMA"),
+                             ("BMEDIAN", head["b_median_per_degC"],
+                              "[1/degC] median B of the fitted pixels"),
+                             ("POPB", head["b_population_per_degC"],
+                              "[1/degC] population B (joint fit)"),
+                             ("POPBERR", head["b_population_err_per_degC"],
+                              "[1/degC] error of POPB"),
+                             ("TDPOP", head["doubling_temperature_degC"], "[degC] ln 2 / POPB"),
+                             ("NFALLBCK", float(f.fallback.sum()), "pixels with population "
+                                                                   "gamma and B")])
+        c = f.covariance
+        images = {"GAMMA": (f.gamma, ""), "B": (f.rate, "1 / deg_C"),
+                  "SIGMA_A": (f.amplitude_err, adu.UNIT), "SIGMA_GAMMA": (f.gamma_err, ""),
+                  "SIGMA_B": (f.rate_err, "1 / deg_C"), "COV_AG": (c[0, 1], adu.UNIT),
+                  "COV_AB": (c[0, 2], f"{adu.UNIT} / deg_C"), "COV_GB": (c[1, 2], "1 / deg_C"),
+                  "CHI2DOF": (f.chi2, ""), "NPTS": (f.npoints.astype(np.int16), ""),
+                  "FALLBACK": (f.fallback.astype(np.uint8), "")}
+        return write_product(path, f.amplitude, header, unit=adu.UNIT,
+                             uncertainty=f.amplitude_err, mask=_mask(f, self.hot), images=images,
+                             tables={"INPUTS": self.inputs} if len(self.inputs.columns) else None)
+
+    @classmethod
+    def read(cls, path: Path) -> DarkModel2D:
+        """Load :meth:`write`'s product
+        (:func:`utils.models.dark_model.read_power_exponential_fit`)."""
+        fit, head, m = read_power_exponential_fit(path)
+        hot = (m["MASK"] & MASK_HOT) != 0
+        return cls(fit, kw.get_float(head, kw.ERRSCALE, 1.0), hot, m["INPUTS"],
+                   int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
+
+
+@dataclass(frozen=True)
+class BiasErrors:
+    """The parts of a bias model the dark fits read: the error maps of its A and B (the
+    2-D fit's shared-bias covariance), not its values (the masters are already
+    bias-subtracted) -- a third of the model's memory.
+
+    Attributes
+    ----------
+    t_ref : float
+        [degC] reference temperature of the bias model's A.
+    sigma_a, sigma_b, cov_ab : numpy.ndarray
+        [adu], [adu/degC], [adu^2/degC] errors and covariance of A and B per pixel.
+    """
+
+    t_ref: float
+    sigma_a: np.ndarray
+    sigma_b: np.ndarray
+    cov_ab: np.ndarray
+
+    @classmethod
+    def of(cls, model) -> BiasErrors | None:
+        """Those of ``model`` (a :class:`~utils.models.bias_model.BiasModel`, or None)."""
+        if model is None:
+            return None
+        return cls(model.t_ref, model.sigma_a, model.sigma_b, model.cov_ab)
+
+
+def _bias_error_structure(keys, temps, bias_model, pixels=None):
+    """How the subtracted bias's errors are shared between masters: ``(V, C)`` with
+    ``cov(bias error of k, of l) = V_k C V_l^T`` per pixel, or ``(None, None)``.
+
+    With the bias model, V_k = (1, T_k - TREF_bias) and C the covariance of (A, B); with bias
+    masters, V is the indicator of the master used and C the diagonal of their variances.
+    C is returned as ``C(r0, r1, suberr)``: its rows ``r0:r1`` (D, D, rows, W), float64,
+    given the masters' subtracted-bias errors ``suberr`` (K, rows, W) of those rows
+    (``pixels``: the flat indices of a pixel sample, whose rows are ``(1, n)``).
+    """
+    if bias_model is not None and all(k.endswith("|bias(T)") for k in keys):
+        design = np.stack([np.ones_like(temps), temps - bias_model.t_ref], axis=1)
+
+        def maps(name, r0, r1):
+            image = getattr(bias_model, name)
+            if pixels is not None:
+                image = image.reshape(-1)[pixels].reshape(1, -1)
+            return image[r0:r1]
+
+        def model_cov(r0, r1, suberr):
+            sa, sb, cab = (maps(n, r0, r1) for n in ("sigma_a", "sigma_b", "cov_ab"))
+            return np.stack([np.stack([sa ** 2, cab]), np.stack([cab, sb ** 2])]
+                            ).astype(np.float64)
+        return design, model_cov
+    if not all(k.endswith("|bias") for k in keys):
+        return None, None
+    names = sorted(set(keys))
+    design = np.array([[1.0 if k == n else 0.0 for n in names] for k in keys])
+    first = [keys.index(n) for n in names]
+
+    def master_cov(r0, r1, suberr):
+        cd = np.zeros((len(names), len(names)) + suberr.shape[1:])
+        for d, k in enumerate(first):
+            cd[d, d] = suberr[k].astype(np.float64) ** 2
+        return cd
+    return design, master_cov
+
+
+def _correlated_kernel_py(a, g, b, lnt, dT, sig, design, cd, ok_in, out):
+    """Per-pixel loop of :func:`correlated_error_covariance` (compiled with numba)."""
+    k_n = lnt.shape[0]
+    n_d = design.shape[1]
+    jac = np.empty((3, k_n))
+    wj = np.empty((3, k_n))
+    gain = np.empty((3, k_n))
+    gv = np.empty((3, n_d))
+    var_k = np.empty(k_n)
+    nrm = np.empty((3, 3))
+    inv = np.empty((3, 3))
+    for p in range(a.shape[0]):
+        if not ok_in[p]:
+            continue
+        for k in range(k_n):
+            f = a[p] * np.exp(g[p] * lnt[k] + b[p] * dT[k])
+            s = sig[k, p]
+            w = 1.0 / (s * s) if s > 0 and np.isfinite(s) else 0.0
+            jac[0, k] = f / a[p]
+            jac[1, k] = f * lnt[k]
+            jac[2, k] = f * dT[k]
+            for i in range(3):
+                wj[i, k] = w * jac[i, k]
+        for i in range(3):
+            for j in range(3):
+                acc = 0.0
+                for k in range(k_n):
+                    acc += wj[i, k] * jac[j, k]
+                nrm[i, j] = acc
+        c00 = nrm[1, 1] * nrm[2, 2] - nrm[1, 2] * nrm[2, 1]
+        c01 = nrm[1, 2] * nrm[2, 0] - nrm[1, 0] * nrm[2, 2]
+        c02 = nrm[1, 0] * nrm[2, 1] - nrm[1, 1] * nrm[2, 0]
+        det = nrm[0, 0] * c00 + nrm[0, 1] * c01 + nrm[0, 2] * c02
+        if not (det != 0 and np.isfinite(det)):
+            continue
+        inv[0, 0] = c00 / det
+        inv[0, 1] = (nrm[0, 2] * nrm[2, 1] - nrm[0, 1] * nrm[2, 2]) / det
+        inv[0, 2] = (nrm[0, 1] * nrm[1, 2] - nrm[0, 2] * nrm[1, 1]) / det
+        inv[1, 0] = c01 / det
+        inv[1, 1] = (nrm[0, 0] * nrm[2, 2] - nrm[0, 2] * nrm[2, 0]) / det
+        inv[1, 2] = (nrm[0, 2] * nrm[1, 0] - nrm[0, 0] * nrm[1, 2]) / det
+        inv[2, 0] = c02 / det
+        inv[2, 1] = (nrm[0, 1] * nrm[2, 0] - nrm[0, 0] * nrm[2, 1]) / det
+        inv[2, 2] = (nrm[0, 0] * nrm[1, 1] - nrm[0, 1] * nrm[1, 0]) / det
+        for i in range(3):
+            for k in range(k_n):
+                acc = 0.0
+                for j in range(3):
+                    acc += inv[i, j] * wj[j, k]
+                gain[i, k] = acc
+            for d in range(n_d):
+                acc = 0.0
+                for k in range(k_n):
+                    acc += gain[i, k] * design[k, d]
+                gv[i, d] = acc
+        for k in range(k_n):
+            acc = 0.0
+            for d in range(n_d):
+                for e in range(n_d):
+                    acc += design[k, d] * cd[d, e, p] * design[k, e]
+            var_k[k] = acc
+        for i in range(3):
+            for j in range(i, 3):
+                full = 0.0
+                for d in range(n_d):
+                    for e in range(n_d):
+                        full += gv[i, d] * cd[d, e, p] * gv[j, e]
+                diag = 0.0
+                for k in range(k_n):
+                    diag += gain[i, k] * gain[j, k] * var_k[k]
+                out[i, j, p] = full - diag
+                out[j, i, p] = full - diag
+
+
+try:
+    from numba import njit, prange  # noqa: F401
+
+    _correlated_kernel = njit(nogil=True, cache=True)(_correlated_kernel_py)
+except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
+    _correlated_kernel = _correlated_kernel_py
+
+
+def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exps: np.ndarray,
+                                tiles, design: np.ndarray, block: int = 16384, *,
+                                out: np.ndarray | None = None) -> np.ndarray:
+    """Extra parameter covariance from an error shared between the points of the fit.
+
+    The fit weighs each point with ``1/sigma_k^2``, treating the points as independent; a
+    subtracted bias whose error ``V_k delta`` (``cov(delta) = C``) is common to several
+    points moves the parameters by ``G V delta`` with ``G = N^-1 J^T W`` (``N = J^T W J`` at
+    the solution).  The part the weights already hold (the diagonal ``V_k C V_k^T``) is
+    removed.  ``tiles`` (:class:`utils.models.pixel_tiles.PixelTiles`) gives sigma and C of
+    every pixel range.  Returns ``(3, 3, H, W)`` float32; 0 for fallback pixels.  With
+    ``out`` (``(3, 3, H, W)`` float32, e.g. the fit's own covariance) the extra covariance
+    is added to it in place and ``out`` returned: no second full-frame covariance.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    shape = fit.amplitude.shape
+    npix = int(np.prod(shape))
+    # written in place: ``out`` itself when it is contiguous (reshape is then a view)
+    target = out if out is not None and out.flags.c_contiguous else \
+        np.zeros((3, 3) + shape, np.float32)
+    flat = target.reshape(3, 3, npix)
+    a_all = fit.amplitude.reshape(-1)
+    g_all = fit.gamma.reshape(-1)
+    b_all = fit.rate.reshape(-1)
+    ok_all = (~fit.fallback).reshape(-1) & np.isfinite(a_all) & (a_all != 0)
+    lnt1, dT1 = np.log(exps).astype(np.float64), (temps - fit.t_ref).astype(np.float64)
+    design = np.ascontiguousarray(design, dtype=np.float64)
+    for a, b in tiles.ranges:
+        if not ok_all[a:b].any():
+            continue
+        _, sigma, cd = tiles.read(a, b)
+        s_t = sigma.reshape(sigma.shape[0], -1)
+        c_t = cd.reshape(cd.shape[0], cd.shape[1], -1)
+
+        def one(start, a=a, b=b, s_t=s_t, c_t=c_t):
+            # float64 copies of a block only (the kernel's arithmetic), not of the frame
+            sl = slice(start, min(start + block, b - a))
+            gl = slice(a + sl.start, a + sl.stop)
+            res = np.zeros((3, 3, sl.stop - sl.start))
+            _correlated_kernel(a_all[gl].astype(np.float64), g_all[gl].astype(np.float64),
+                               b_all[gl].astype(np.float64), lnt1, dT1,
+                               np.ascontiguousarray(s_t[:, sl], dtype=np.float64), design,
+                               np.ascontiguousarray(c_t[:, :, sl], dtype=np.float64),
+                               ok_all[gl], res)
+            flat[:, :, gl] += res.astype(np.float32)
+        with ThreadPoolExecutor(max_workers=2) as pool:  # the kernel releases the GIL
+            list(pool.map(one, range(0, b - a, block)))
+        del sigma, cd, s_t, c_t
+    if out is not None and target is not out:
+        out += target
+        return out
+    return target
+
+
+def stack_tiles(stack, shared_cov=None):
+    """:class:`utils.models.pixel_tiles.PixelTiles` of a dark stack: signal, total error
+    (noise model and subtracted bias in quadrature) and the shared-error covariance
+    ``shared_cov(r0, r1, suberr)`` of row tiles sized by the stack's memory limit."""
+    height, width = stack.shape
+    k_n = len(stack.masters)
+    extra = 0 if shared_cov is None else 2  # C is (D, D) per pixel, D ~ a few, float64
+    ranges = [(r0 * width, r1 * width) for r0, r1 in stack.row_tiles(images=4 + extra)]
+
+    def read(a, b):
+        r0, r1 = a // width, b // width
+        data, noise_err, suberr = stack.read(r0, r1)
+        cd = None if shared_cov is None else shared_cov(r0, r1, suberr)
+        return data, total_err(noise_err, suberr), cd
+    return PixelTiles(k_n, (height, width), ranges, read)
+
+
+def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
+                 adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False,
+                 bias_model=None) -> DarkModel2D:
+    """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.rates.SignalStack`).
+
+    Each master's error is its noise-model error (see :mod:`dark_pipeline.rates`) and the
+    subtracted bias's error in quadrature.  One bias model (or bias master) serves several
+    masters, so its error is shared between them; the parameter covariance adds that
+    correlated part (:func:`correlated_error_covariance`), given ``bias_model`` (else the
+    bias masters named in the masters' ``BIASFILE``).
+
+    Raises
+    ------
+    UserError
+        Fewer than two temperatures or exposure times, or no pixel with enough signal.
+    """
+    temps, exps = stack.temps, stack.exptimes
+    if np.unique(np.round(temps, 3)).size < 2 or np.unique(exps).size < 2:
+        raise UserError("a 2-D dark model needs dark masters at two temperatures and two "
+                        "exposure times at least")
+    design, shared_cov = _bias_error_structure(stack.bias_keys, temps, bias_model,
+                                               stack.pixels)
+    tiles = stack_tiles(stack, shared_cov)
+    try:
+        fit = fit_power_exponential_per_pixel(
+            temps, exps, None, None, t_ref=t_ref, min_snr=min_snr,
+            shared_errors=None if design is None else (design, None), tiles=tiles)
+    except ValueError as err:
+        raise UserError(f"2-D dark model: {err}") from err
+    scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
+    _scale_in_place(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
+    if design is not None:
+        # added to the fit's own covariance in place (no second (3, 3, H, W) array)
+        cov = correlated_error_covariance(fit, temps, exps, tiles, design,
+                                          out=fit.covariance)
+        for name, i in (("amplitude_err", 0), ("gamma_err", 1), ("rate_err", 2)):
+            err = getattr(fit, name)
+            np.sqrt(np.maximum(cov[i, i], 0, out=err), out=err)
+    inputs = pd.DataFrame({"TBIN": [m.temperature for m in stack.masters], "TAVG": temps,
+                           "EXPTIME": exps, "PATH": [m.path.name for m in stack.masters]})
+    model = DarkModel2D(fit, scale, None, inputs, adc_bits)
+    head = model.headline()
+    (logger.debug if quiet else logger.info)(
+        "2-D dark model: population gamma %.3f +- %.3f, T_d %.2f degC (ERRSCALE %.2f)",
+        head["gamma_population"], head["gamma_population_err"],
+        head["doubling_temperature_degC"], scale)
+    return model
+
+
+__all__ = ["DarkModel2D", "BiasErrors", "correlated_error_covariance", "stack_tiles",
+           "fit_model_2d"]
