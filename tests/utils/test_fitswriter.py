@@ -16,6 +16,7 @@ from astropy.nddata import CCDData
 from astropy.table import Table
 
 from utils import headers as kw
+from utils.io import fitswriter
 from utils.io.fitsio import provenance_cards, set_card, write_hdul, write_product
 
 RNG_SEED = 20261202
@@ -229,3 +230,44 @@ def test_writing_a_large_image_allocates_a_bounded_chunk_not_a_copy(tmp_path):
     assert astropy >= image.nbytes, (astropy, image.nbytes)  # the check can see a copy
     assert (tmp_path / "direct.fits").read_bytes()[2880:] == \
         (tmp_path / "astropy.fits").read_bytes()[2880:]
+
+
+def _tables(rng):
+    """Tables written directly (plain columns) and through astropy (units, masks, meta...)."""
+    n = 7
+    plain = Table({"PATH": [f"/data/frame_{i:03d}.fits" for i in range(n)],
+                   "TEMP": rng.normal(20, 1, n), "GAIN": rng.normal(1, 0.1, n).astype(np.float32),
+                   "NSAT": rng.integers(0, 9, n), "J": rng.integers(-9, 9, n).astype(np.int32),
+                   "I": rng.integers(-9, 9, n).astype(np.int16),
+                   "B": rng.integers(0, 255, n).astype(np.uint8),
+                   "OK": rng.uniform(size=n) < 0.5, "RAW": np.array([b"ab", b"c"] * 3 + [b""])})
+    with_unit = plain.copy()
+    with_unit["TEMP"].unit = "deg_C"
+    masked = Table(plain, masked=True)
+    masked["NSAT"].mask[2] = True
+    with_meta = plain.copy()
+    with_meta.meta["ORIGIN"] = "test"
+    unsigned = Table({"U16": rng.integers(0, 60000, n).astype(np.uint16)})
+    return {"PLAIN": plain, "EMPTY": plain[:0], "UNIT": with_unit, "MASKED": masked,
+            "META": with_meta, "UNSIGNED": unsigned, "PANDAS": plain.to_pandas()}
+
+
+@pytest.mark.parametrize("which", ["PLAIN", "EMPTY", "UNIT", "MASKED", "META", "UNSIGNED",
+                                   "PANDAS"])
+def test_tables_are_byte_identical_to_astropy(tmp_path, which, fitsverify):
+    rng = np.random.default_rng(RNG_SEED)
+    table = _tables(rng)[which]
+    data = rng.normal(size=(8, 8))
+    reference = table if isinstance(table, Table) else Table.from_pandas(table)
+    direct = which in ("PLAIN", "EMPTY", "PANDAS")
+    assert (fitswriter.table_part(reference, which) is not None) == direct
+    header = _rich_header()
+    expected = _old_write_product(tmp_path / "astropy.fits", data, header, unit="adu",
+                                  tables={which: reference})
+    path = write_product(tmp_path / "direct.fits", data, header, unit="adu",
+                         tables={which: table})
+    assert path.read_bytes() == expected
+    errors, output = fitsverify(path)
+    assert errors == 0, output
+    back = Table.read(path, hdu=which)
+    assert back.colnames == reference.colnames and len(back) == len(reference)

@@ -401,7 +401,8 @@ def _product_parts(header: fits.Header, images: list, tables: list):
         head += [fitswriter.card(*item) for item in extra]
         parts.append(fitswriter.Part(fitswriter.header_bytes(head), array, store))
     for name, table in tables:
-        parts.append(fitswriter.Part(fitswriter.astropy_bytes(fits.BinTableHDU(table, name=name))))
+        parts.append(fitswriter.table_part(table, name) or fitswriter.Part(
+            fitswriter.astropy_bytes(fits.BinTableHDU(table, name=name))))
     return parts
 
 

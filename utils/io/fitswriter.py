@@ -128,9 +128,10 @@ def plain_header(header: fits.Header, *added: str) -> bool:
 
 
 def user_cards(header: fits.Header, key: str, value, comment: str) -> list[str]:
-    """Images of the cards of a header that is :func:`plain_header` (also of ``key``), verified as ``output_verify="exception"``
-    would, with ``header[key] = (value, comment)`` applied the way astropy applies it to a
-    header holding no ``key``: after the last card that is not COMMENT/HISTORY.
+    """Images of the cards of a :func:`plain_header` (also of ``key``), verified as
+    ``output_verify="exception"`` would, with ``header[key] = (value, comment)`` applied the
+    way astropy applies it to a header holding no ``key``: after the last card that is not
+    COMMENT/HISTORY.
 
     Raises
     ------
@@ -152,6 +153,76 @@ def header_bytes(cards: Iterable[str]) -> bytes:
     """Header text of card images: END card, blank-padded to a whole number of blocks."""
     text = "".join(cards) + f"{'END':80}"
     return (text + " " * (-len(text) % BLOCK)).encode("ascii")
+
+
+# --- binary tables ---------------------------------------------------------------------------
+
+#: TFORM of the column types written directly (others, e.g. unsigned or int8 needing TZERO,
+#: go through astropy).
+_TFORM = {"f8": "D", "f4": "E", "i8": "K", "i4": "J", "i2": "I", "u1": "B", "b1": "L"}
+
+
+def _column_format(column) -> tuple[str, np.ndarray] | None:
+    """(TFORM, big-endian values) of a plain table column, None for anything else."""
+    from astropy.table import Column
+
+    if type(column) is not Column or column.ndim != 1 or column.unit is not None \
+            or column.format is not None or column.description is not None or column.meta:
+        return None
+    values = column.value
+    kind = values.dtype.kind
+    if kind in "US":
+        width = values.dtype.itemsize // (4 if kind == "U" else 1)
+        if kind == "U":
+            try:
+                values = np.char.encode(values, "ascii") if len(values) else \
+                    values.astype(f"S{width}")
+            except UnicodeEncodeError:
+                return None
+        return f"{width}A", values.astype(f"S{width}")
+    code = f"{kind}{values.dtype.itemsize}"
+    if code not in _TFORM:
+        return None
+    if kind == "b":  # FITS logicals are the characters T and F
+        return "L", np.where(values, np.uint8(ord("T")), np.uint8(ord("F")))
+    return _TFORM[code], values.astype(values.dtype.newbyteorder(">"), copy=False)
+
+
+def table_part(table, name: str) -> Part | None:
+    """A binary table extension of ``table`` (an :class:`astropy.table.Table`), byte for byte
+    what ``fits.BinTableHDU(table, name=name)`` writes, for a plain table: no metadata,
+    one-dimensional columns of float, signed 16-64-bit or 8-bit unsigned integers, logicals
+    or ASCII strings, without units, formats, descriptions or masks.  None otherwise (astropy
+    then writes the table).
+    """
+    if table.meta or not len(table.columns) or table.has_masked_columns \
+            or not isinstance(name, str):
+        return None
+    columns = [(column.name, _column_format(column)) for column in table.itercols()]
+    if any(fmt is None for _, fmt in columns):
+        return None
+    dtype = np.dtype([(f"f{i}", values.dtype.newbyteorder(">") if values.dtype.itemsize > 1
+                       else values.dtype) for i, (_, (_, values)) in enumerate(columns)])
+    rows = np.empty(len(table), dtype=dtype)
+    for i, (_, (_, values)) in enumerate(columns):
+        rows[f"f{i}"] = values
+    if not fits.conf.extension_name_case_sensitive:
+        name = name.upper()
+    try:
+        cards = [card("XTENSION", "BINTABLE", "binary table extension"),
+                 card("BITPIX", 8, "array data type"),
+                 card("NAXIS", 2, "number of array dimensions"),
+                 card("NAXIS1", dtype.itemsize, "length of dimension 1"),
+                 card("NAXIS2", len(rows), "length of dimension 2"),
+                 card("PCOUNT", 0, "number of group parameters"),
+                 card("GCOUNT", 1, "number of groups"),
+                 card("TFIELDS", len(columns), "number of table fields")]
+        for i, (label, (tform, _)) in enumerate(columns, start=1):
+            cards += [card(f"TTYPE{i}", label), card(f"TFORM{i}", tform)]
+        cards.append(card("EXTNAME", name, "extension name"))
+    except ValueError:  # a name that is not printable ASCII: astropy says what is wrong
+        return None
+    return Part(header_bytes(cards), rows.view(np.uint8), np.dtype(np.uint8))
 
 
 # --- existing HDULists -----------------------------------------------------------------------
