@@ -6,7 +6,9 @@
 * :func:`write_product` writes a master-like product that
   ``astropy.nddata.CCDData.read`` opens: primary = data (with ``BUNIT``),
   ``UNCERT`` (standard deviation), ``MASK``, and further named image or table
-  extensions (noise map, accepted-sample counts, list of inputs).
+  extensions (noise map, accepted-sample counts, list of inputs).  Both write
+  through :mod:`utils.io.fitswriter` (the same bytes as astropy's writer, without
+  its per-HDU overhead or whole-image byteswapped copies).
 * :class:`FitsLayout` and :func:`read_rows` read a block of rows of an image
   straight from the file's data section, without loading the whole frame.
 """
@@ -298,9 +300,7 @@ def card_image(key: str, value, comment: str = "") -> str:
 
 def header_bytes(cards) -> bytes:
     """A complete primary header (END card and padding) from ``(key, value, comment)`` cards."""
-    text = "".join(card_image(k, v, c) for k, v, c in cards) + f"{'END':80}"
-    text += " " * ((-len(text)) % BLOCK)
-    return text.encode("ascii")
+    return fitswriter.header_bytes(card_image(k, v, c) for k, v, c in cards)
 
 
 def provenance_cards(product: str) -> list[tuple[str, object, str]]:
