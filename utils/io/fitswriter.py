@@ -236,8 +236,8 @@ def _direct(hdu) -> bool:
     data, header = hdu.data, hdu.header
     if data is None:
         return "BSCALE" not in header and "BZERO" not in header
-    if type(data) is not np.ndarray or data.dtype.name not in _BITPIX | PSEUDO_INT:
-        return False  # dask arrays, subclasses (memmaps of another file are fine: ndarray)
+    if type(data) not in (np.ndarray, np.memmap) or data.dtype.name not in _BITPIX | PSEUDO_INT:
+        return False  # dask arrays, masked arrays, matrices: astropy's writer
     if data.dtype.name in PSEUDO_INT:
         return header.get("BSCALE") == 1 and header.get("BZERO") == PSEUDO_INT[data.dtype.name][1]
     return "BSCALE" not in header and "BZERO" not in header
