@@ -1,4 +1,5 @@
-"""FITS image HDUs written directly: header text, then big-endian data in bounded chunks.
+"""FITS image HDUs (and plain binary tables) written directly: header text, then big-endian
+data in bounded chunks.
 
 astropy's ``HDUList.writeto`` costs, per product, a few milliseconds of HDU construction,
 verification and configuration look-ups per image, and byteswaps every little-endian image
@@ -10,8 +11,9 @@ module writes the same bytes itself:
 * the data are converted to big-endian (and, for unsigned integers, to the signed
   ``BZERO`` convention) :data:`CHUNK_BYTES` at a time, then padded with zeros to 2880 bytes.
 
-Binary tables and anything unusual (scaled or compressed images, random groups, data not
-loaded from a file yet) keep astropy's writer: a table extension is serialized by astropy
+Plain binary tables (:func:`table_part`: no units, masks or metadata) are written the same
+way.  Anything unusual (other tables, scaled or compressed images, random groups, data not
+loaded from a file yet) keeps astropy's writer: such an extension is serialized by astropy
 and copied into the file, an unusual primary HDU sends the whole list to astropy.  The
 resulting files are byte-identical to ``HDUList.writeto(..., output_verify="exception")``
 (tests/utils/test_fitswriter.py compares them).
@@ -41,7 +43,7 @@ CHUNK_BYTES = 2 << 20
 _BITPIX = {"uint8": 8, "int16": 16, "int32": 32, "int64": 64, "float32": -32, "float64": -64}
 #: dtypes stored with an offset (``BZERO``): (BITPIX, BZERO).
 PSEUDO_INT = {"int8": (8, -128), "uint16": (16, 2**15), "uint32": (32, 2**31),
-           "uint64": (64, 2**63)}
+              "uint64": (64, 2**63)}
 _COMMENTS = fits.ImageHDU.standard_keyword_comments
 #: Keywords astropy strips from a header given to a new HDU (Header.strip) or places itself.
 _STRUCTURAL = frozenset({"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT",
