@@ -6,7 +6,9 @@
 * :func:`write_product` writes a master-like product that
   ``astropy.nddata.CCDData.read`` opens: primary = data (with ``BUNIT``),
   ``UNCERT`` (standard deviation), ``MASK``, and further named image or table
-  extensions (noise map, accepted-sample counts, list of inputs).
+  extensions (noise map, accepted-sample counts, list of inputs).  Both write
+  through :mod:`utils.io.fitswriter` (the same bytes as astropy's writer, without
+  its per-HDU overhead or whole-image byteswapped copies).
 * :class:`FitsLayout` and :func:`read_rows` read a block of rows of an image
   straight from the file's data section, without loading the whole frame.
 """
@@ -32,10 +34,11 @@ from astropy.io import fits
 from .. import SOFTWARE_NAME, __version__
 from .. import headers as kw
 from ..errors import OutputPathError, UnreadableFrameError
+from . import fitswriter
+from .fitswriter import BLOCK
 
 logger = logging.getLogger(__name__)
 
-BLOCK = 2880  # bytes of a FITS block
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -208,9 +211,18 @@ def unescape_text(text: str) -> str:
 
 
 def write_hdul(hdul: fits.HDUList, path: str | os.PathLike) -> Path:
-    """Write ``hdul`` atomically to ``path`` (replacing any existing file)."""
+    """Write ``hdul`` atomically to ``path`` (replacing any existing file).
+
+    The file is byte for byte what ``hdul.writeto(output_verify="exception")`` writes; plain
+    image HDUs go through :mod:`utils.io.fitswriter` (no whole-image byteswapped copy, less
+    per-HDU overhead), anything else through astropy.
+    """
+    parts = fitswriter.hdul_parts(hdul)
     with atomic_path(path) as tmp:
-        hdul.writeto(tmp, overwrite=True, output_verify="exception")
+        if parts is None:
+            hdul.writeto(tmp, overwrite=True, output_verify="exception")
+        else:
+            fitswriter.write_parts(tmp, parts)
     return Path(path)
 
 
@@ -288,9 +300,7 @@ def card_image(key: str, value, comment: str = "") -> str:
 
 def header_bytes(cards) -> bytes:
     """A complete primary header (END card and padding) from ``(key, value, comment)`` cards."""
-    text = "".join(card_image(k, v, c) for k, v, c in cards) + f"{'END':80}"
-    text += " " * ((-len(text)) % BLOCK)
-    return text.encode("ascii")
+    return fitswriter.header_bytes(card_image(k, v, c) for k, v, c in cards)
 
 
 def provenance_cards(product: str) -> list[tuple[str, object, str]]:
@@ -339,44 +349,84 @@ def write_product(path: str | os.PathLike, data: np.ndarray, header: fits.Header
     tables : mapping, optional
         Extra binary tables, ``{EXTNAME: astropy.table.Table or DataFrame}``.
     """
-    header = fits.Header() if header is None else header.copy()
-    data = np.asarray(data)
-    if data.dtype.kind == "f":
-        data = data.astype(np.float32, copy=False)
-    primary = fits.PrimaryHDU(data=_read_only(data), header=header)
-    primary.header[kw.BUNIT] = (unit, "physical unit of the data")
-    hdus = [primary]
+    header = fits.Header() if header is None else header
+    planes = [(None, data, [(kw.BUNIT, unit, "physical unit of the data")])]
     if uncertainty is not None:
-        hdu = fits.ImageHDU(_read_only(np.asarray(uncertainty, dtype=np.float32)),
-                            name="UNCERT")
-        hdu.header["UTYPE"] = ("StdDevUncertainty", "astropy.nddata uncertainty class")
-        hdu.header[kw.BUNIT] = (unit, "one-sigma uncertainty of the primary data")
-        hdus.append(hdu)
+        planes.append(("UNCERT", uncertainty, [
+            ("UTYPE", "StdDevUncertainty", "astropy.nddata uncertainty class"),
+            (kw.BUNIT, unit, "one-sigma uncertainty of the primary data")]))
     if mask is not None:
-        hdu = fits.ImageHDU(np.asarray(mask).astype(np.uint8), name="MASK")
-        hdu.header["COMMENT"] = "non-zero = pixel not valid in the primary data"
-        hdus.append(hdu)
-    for name, (array, bunit) in (images or {}).items():
+        planes.append(("MASK", np.asarray(mask).astype(np.uint8), [
+            ("COMMENT", "non-zero = pixel not valid in the primary data", "")]))
+    planes += [(name, array, [(kw.BUNIT, bunit, "")] if bunit else [])
+               for name, (array, bunit) in (images or {}).items()]
+    # (EXTNAME, array, dtype written: float32 when floating point, uint8 when boolean,
+    # cards after the structural ones)
+    images = []
+    for name, array, cards in planes:
         array = np.asarray(array)
-        if array.dtype.kind == "f":
-            array = array.astype(np.float32, copy=False)
-        elif array.dtype.kind == "b":
-            array = array.astype(np.uint8)
-        hdu = fits.ImageHDU(_read_only(array), name=name)
-        if bunit:
-            hdu.header[kw.BUNIT] = bunit
-        hdus.append(hdu)
-    for name, table in (tables or {}).items():
-        from astropy.table import Table
+        store = (np.dtype(np.uint8) if array.dtype.kind == "b" else
+                 np.dtype(np.float32) if array.dtype.kind == "f" else array.dtype)
+        images.append((name, array, store, cards))
+    tables = [(name, _ascii_table(table)) for name, table in (tables or {}).items()]
+    parts = _product_parts(header, images, tables)
+    if parts is None:  # astropy builds (and checks) what this module does not
+        return write_hdul(_product_hdul(header, images, tables), path)
+    with atomic_path(path) as tmp:
+        fitswriter.write_parts(tmp, parts)
+    return Path(path)
 
-        if not isinstance(table, Table):
-            table = Table.from_pandas(table)
-        hdus.append(fits.BinTableHDU(_ascii_table(table), name=name))
-    return write_hdul(fits.HDUList(hdus), path)
+
+def _product_parts(header: fits.Header, images: list, tables: list):
+    """:func:`write_product`'s HDUs as :class:`~utils.io.fitswriter.Part`, byte for byte what
+    :func:`_product_hdul` writes, without building astropy HDUs; None for anything unusual
+    (a header with structural, repeated or ``BUNIT`` keywords, unsigned primary data, 0-d
+    arrays)."""
+    _, data, dtype, cards = images[0]
+    if not fitswriter.plain_header(header, cards[0][0]) or dtype.name in fitswriter.PSEUDO_INT:
+        return None
+    for name, array, store, _ in images:
+        if array.ndim == 0 or not (name is None or isinstance(name, str)):
+            return None
+        try:
+            fitswriter.stored_dtype(store)
+        except ValueError:
+            return None
+    primary = fitswriter.image_cards(data.shape, dtype, primary=True,
+                                     extend=len(images) + len(tables) > 1)
+    primary += fitswriter.user_cards(header, *cards[0])
+    parts = [fitswriter.Part(fitswriter.header_bytes(primary), data, dtype)]
+    for name, array, store, extra in images[1:]:
+        head = fitswriter.image_cards(array.shape, store, primary=False, name=name)
+        head += [fitswriter.card(*item) for item in extra]
+        parts.append(fitswriter.Part(fitswriter.header_bytes(head), array, store))
+    for name, table in tables:
+        parts.append(fitswriter.table_part(table, name) or fitswriter.Part(
+            fitswriter.astropy_bytes(fits.BinTableHDU(table, name=name))))
+    return parts
+
+
+def _product_hdul(header: fits.Header, images: list, tables: list) -> fits.HDUList:
+    """:func:`write_product`'s HDUs built by astropy."""
+    hdus = []
+    for name, array, store, cards in images:
+        array = _read_only(array.astype(store, copy=False))
+        hdu = fits.PrimaryHDU(array, header.copy()) if name is None else \
+            fits.ImageHDU(array, name=name)
+        for key, value, comment in cards:
+            hdu.header[key] = (value, comment)
+        hdus.append(hdu)
+    hdus += [fits.BinTableHDU(table, name=name) for name, table in tables]
+    return fits.HDUList(hdus)
 
 
 def _ascii_table(table):
-    """A copy of an astropy table whose text columns are :func:`fits_text`-escaped."""
+    """A copy of an astropy table (or DataFrame) whose text columns are
+    :func:`fits_text`-escaped."""
+    from astropy.table import Table
+
+    if not isinstance(table, Table):
+        table = Table.from_pandas(table)
     out = table.copy(copy_data=False)
     for name in out.colnames:
         column = out[name]
