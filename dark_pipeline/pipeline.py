@@ -282,11 +282,15 @@ def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
 def _ambiguous_hot(model: DarkModel1D, hot) -> int:
     """Pixels whose rate at TREF lies within one standard error of the hot-pixel threshold:
     the count of hot pixels is uncertain by about this many."""
-    a = model.fit.amplitude.astype(np.float64)
-    err = model.fit.amplitude_err.astype(np.float64) * model.err_scale
-    with np.errstate(invalid="ignore"):
-        near = np.abs(a - hot.threshold) < err
-    return int(np.count_nonzero(near & np.isfinite(a)))
+    count = 0
+    amplitude, error = (m.reshape(-1) for m in (model.fit.amplitude, model.fit.amplitude_err))
+    for b0 in range(0, amplitude.size, 1 << 18):  # float64 work arrays of a block only
+        a = amplitude[b0:b0 + (1 << 18)].astype(np.float64)
+        err = error[b0:b0 + (1 << 18)].astype(np.float64) * model.err_scale
+        with np.errstate(invalid="ignore"):
+            near = np.abs(a - hot.threshold) < err
+        count += int(np.count_nonzero(near & np.isfinite(a)))
+    return count
 
 
 def _pixels(model: DarkModel1D, count: int = 4) -> list[tuple[int, int]]:
@@ -600,6 +604,18 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
                                    "hot_pixels.fits": hot.mask.astype(np.uint8)},
                             {"A_map.fits": adu.RATE_UNIT, "B_map.fits": "1 / deg_C",
                              "hot_pixels.fits": ""})
+    # the last uses of the rate maps, made now so they are released before the statistics
+    # and the 1-D evaluation (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T): the
+    # leave-one-out refits' pixel sample, the dark-current table and the 1-D figures.
+    # Their files and summary entry keep their place after the evaluation.
+    sample, pixels = stack.sample(LOO_PIXELS)  # the leave-one-out refits' pixels
+    holdout_1d = _holdout_1d(rates, settings, adc_bits, pixels)
+    later: list[Path] = []
+    dark_current = _dark_current(rates, model, e, out_dir, {}, later, hot.mask)
+    _plots_1d(model, rates, counts, out_dir, later)
+    rates.clear()  # the caller's list too
+    model.fit.chi2 = model.fit.npoints = None  # written, summarised: not read again
+    release_free_memory()
     head = model.headline()
     summary.update(doubling_temperature_degC=head["doubling_temperature_degC"],
                    doubling_temperature_err_degC=head["doubling_temperature_err_degC"],
@@ -631,20 +647,15 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
             for k, v in in_adu.items()}
 
     exclude = hot.mask | ~np.isfinite(model.fit.amplitude)
-    sample, pixels = stack.sample(LOO_PIXELS)  # the leave-one-out refits' pixels
     ev1 = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
-                   exclude=exclude, holdout=_holdout_1d(rates, settings, adc_bits, pixels),
-                   pull_pixels=pixels, keep_maps=plotting.wants("all"))
+                   exclude=exclude, holdout=holdout_1d, pull_pixels=pixels,
+                   keep_maps=plotting.wants("all"))
     _evaluation_products(ev1, "1d", out_dir, files)
     summary["evaluation_1d"] = _eval_summary(ev1)
     del ev1  # its samples and maps are drawn: not held through the 2-D fit
-    # the last uses of the rate maps and the 1-D model, before the 2-D stage: emptying the
-    # list (the caller's too) and dropping the model frees them (2 float32 maps per
-    # temperature and ~10 of the model: 170 + 170 MB at 2048^2 x 5 T)
-    _dark_current(rates, model, e, out_dir, summary, files, hot.mask)
-    _plots_1d(model, rates, counts, out_dir, files)
-    rates.clear()
-    model = None
+    summary["dark_current"] = dark_current.to_dict("records")
+    files += later
+    model = holdout_1d = None  # ~8 float32 maps of the 1-D model: not held through the 2-D fit
     release_free_memory()
     exposures = {m.exptime for m in stack.masters}
     if len(exposures) >= 2:

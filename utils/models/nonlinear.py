@@ -277,8 +277,8 @@ class ExponentialFit:
 
 
 def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0,
-                              max_iter: int = 30, tol: float = 1e-6,
-                              workers: int = 2) -> ExponentialFit:
+                              max_iter: int = 30, tol: float = 1e-6, workers: int = 2,
+                              tiles: PixelTiles | None = None) -> ExponentialFit:
     """Weighted nonlinear least-squares exponential through every pixel of a stack.
 
     Fits ``y = amplitude * exp(rate * (x - x_ref))``, e.g. dark current
@@ -323,6 +323,9 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
         (1e-3 by default).
     workers : int
         Threads working on chunks of pixels (the kernels release the GIL).
+    tiles : PixelTiles, optional
+        Read the points tile by tile instead of from ``y`` and ``sigma`` (then None):
+        e.g. errors scaled tile by tile, without a full-size scaled copy; results identical.
 
     Returns
     -------
@@ -353,7 +356,7 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
     if np.unique(x[np.isfinite(x)]).size < 2 or not np.isfinite(x).all():
         raise ValueError("an exponential fit needs finite x with at least two distinct values")
     res = _fit_exp_model((x - x_ref)[:, None], y, sigma, min_snr=min_snr, max_iter=max_iter,
-                         tol=tol, workers=workers, what="two distinct x")
+                         tol=tol, workers=workers, what="two distinct x", tiles=tiles)
     (rate_pop, rate_spread), = res["population"]
     return ExponentialFit(res["amplitude"], res["theta"][0], res["amplitude_err"],
                           res["theta_err"][0], res["covariance"][0, 1].copy(), res["chi2"],
