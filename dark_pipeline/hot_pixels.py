@@ -75,23 +75,32 @@ def find_hot_pixels(rate: np.ndarray, *, n_sigma: float = 5.0,
     valid : numpy.ndarray of bool, optional
         Pixels that may be hot and define the population (default: finite rates).
     """
-    rate = np.asarray(rate, dtype=np.float64)
-    usable = np.isfinite(rate) & (rate > 0)
+    rate = np.asarray(rate)
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(rate) & (rate > 0)
     if valid is not None:
         usable &= valid
     if usable.sum() < 10:
         raise ValueError("fewer than 10 pixels with a positive dark rate: no hot-pixel "
                          "population to compare with")
-    logs = np.log(np.where(usable, rate, np.nan))
-    centre = float(np.nanmedian(logs))
-    spread = MAD_TO_STD * float(np.nanmedian(np.abs(logs - centre)))
+    # float64 work on the usable pixels only (no full-frame float64 copies; the same numbers
+    # as the NaN-filled frame's nanmedian)
+    values = rate[usable].astype(np.float64)
+    logs = np.log(values)
+    centre = float(np.median(logs))
+    spread = MAD_TO_STD * float(np.median(np.abs(logs - centre)))
     spread = max(spread, 1e-6)
-    z = (logs - centre) / spread
+    z_usable = (logs - centre) / spread
+    del logs
     floor = min_rate_e / e_per_adu if e_per_adu else 0.0
-    with np.errstate(invalid="ignore"):
-        mask = usable & (z > n_sigma) & (rate > floor)
+    mask = np.zeros(rate.shape, bool)
+    mask[usable] = (z_usable > n_sigma) & (values > floor)
+    del values
+    z = np.full(rate.shape, np.nan, np.float32)
+    z[usable] = z_usable
+    del z_usable
     threshold = max(math.exp(centre + n_sigma * spread), floor)
-    return HotPixels(mask, z.astype(np.float32), math.exp(centre), spread, threshold,
+    return HotPixels(mask, z, math.exp(centre), spread, threshold,
                      float(n_sigma), floor)
 
 
