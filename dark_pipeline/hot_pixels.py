@@ -86,19 +86,23 @@ def find_hot_pixels(rate: np.ndarray, *, n_sigma: float = 5.0,
     # float64 work on the usable pixels only (no full-frame float64 copies; the same numbers
     # as the NaN-filled frame's nanmedian)
     values = rate[usable].astype(np.float64)
-    logs = np.log(values)
-    centre = float(np.median(logs))
-    spread = MAD_TO_STD * float(np.median(np.abs(logs - centre)))
-    spread = max(spread, 1e-6)
-    z_usable = (logs - centre) / spread
-    del logs
     floor = min_rate_e / e_per_adu if e_per_adu else 0.0
-    mask = np.zeros(rate.shape, bool)
-    mask[usable] = (z_usable > n_sigma) & (values > floor)
+    above = values > floor
+    logs = np.log(values)
     del values
+    centre = float(np.median(logs))
+    dev = logs - centre
+    np.abs(dev, out=dev)
+    spread = MAD_TO_STD * float(np.median(dev, overwrite_input=True))
+    del dev
+    spread = max(spread, 1e-6)
+    logs -= centre  # now the z-scores (logs - centre) / spread, in place
+    logs /= spread
+    mask = np.zeros(rate.shape, bool)
+    mask[usable] = (logs > n_sigma) & above
     z = np.full(rate.shape, np.nan, np.float32)
-    z[usable] = z_usable
-    del z_usable
+    z[usable] = logs
+    del logs, above
     threshold = max(math.exp(centre + n_sigma * spread), floor)
     return HotPixels(mask, z, math.exp(centre), spread, threshold,
                      float(n_sigma), floor)

@@ -52,6 +52,7 @@ from utils.run_record import StageRuns, completed_run, run_digest, write_run_sum
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
+from utils.stack.tiles import pixel_sample
 
 from . import plots
 from .evaluation import dark_current_table, evaluate
@@ -432,7 +433,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
     elif mode == "evaluation_only":
         model = DarkModel1D.read(model_dir / MODEL_1D)
         _check_model_shape(model.fit.amplitude.shape, stack)
-        pixels = stack.sample(LOO_PIXELS)[1]
+        pixels = pixel_sample(stack.shape, LOO_PIXELS)
         ev = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                       exclude=_exclusion(model.mask()),
                       holdout=_holdout_1d(rates, settings, adc_bits, pixels), pull_pixels=pixels,
@@ -598,17 +599,19 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     hot = write_hot_pixels(model.fit.amplitude, out_dir, settings, adc_bits,
                            f"1-D model A at TREF {settings.t_ref:g} degC", files)
     model.hot = hot.mask
+    hot.zscore = None  # not read again: a float32 map held through the 2-D fit otherwise
     path = model.write(out_dir / MODEL_1D)
     files.append(path)
     files += _model_aliases(path, {"A_map.fits": model.fit.amplitude, "B_map.fits": model.fit.rate,
                                    "hot_pixels.fits": hot.mask.astype(np.uint8)},
                             {"A_map.fits": adu.RATE_UNIT, "B_map.fits": "1 / deg_C",
                              "hot_pixels.fits": ""})
+    release_free_memory()  # the written images' copies
     # the last uses of the rate maps, made now so they are released before the statistics
     # and the 1-D evaluation (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T): the
     # leave-one-out refits' pixel sample, the dark-current table and the 1-D figures.
     # Their files and summary entry keep their place after the evaluation.
-    sample, pixels = stack.sample(LOO_PIXELS)  # the leave-one-out refits' pixels
+    pixels = pixel_sample(stack.shape, LOO_PIXELS)  # the leave-one-out refits' pixels
     holdout_1d = _holdout_1d(rates, settings, adc_bits, pixels)
     later: list[Path] = []
     dark_current = _dark_current(rates, model, e, out_dir, {}, later, hot.mask)
@@ -663,6 +666,9 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot.mask, summary, files,
                          bias_model).prediction_only()
         release_free_memory()  # the fit's tiles and work maps, the dropped maps
+        # the leave-one-out refits' pixels (``pixels``: the same deterministic sample) of
+        # every master, in memory: gathered only now, not held through the 2-D fit
+        sample = stack.sample(LOO_PIXELS)[0]
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
                        holdout=_holdout_2d(sample, settings, adc_bits, bias_model),
