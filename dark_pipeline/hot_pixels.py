@@ -85,17 +85,22 @@ def find_hot_pixels(rate: np.ndarray, *, n_sigma: float = 5.0,
                          "population to compare with")
     # float64 work on the usable pixels only (no full-frame float64 copies; the same numbers
     # as the NaN-filled frame's nanmedian)
-    values = rate[usable].astype(np.float64)
     floor = min_rate_e / e_per_adu if e_per_adu else 0.0
-    above = values > floor
-    logs = np.log(values)
-    del values
-    centre = float(np.median(logs))
-    dev = logs - centre
-    np.abs(dev, out=dev)
-    spread = MAD_TO_STD * float(np.median(dev, overwrite_input=True))
-    del dev
+
+    def usable_values(log: bool) -> np.ndarray:
+        values = rate[usable].astype(np.float64)
+        return np.log(values, out=values) if log else values
+    above = usable_values(False) > floor
+    # the medians partition their input in place (the order does not change a median): no
+    # copies; the logs are taken again, in pixel order, for the z-scores
+    logs = usable_values(True)
+    centre = float(np.median(logs, overwrite_input=True))
+    logs -= centre
+    np.abs(logs, out=logs)
+    spread = MAD_TO_STD * float(np.median(logs, overwrite_input=True))
     spread = max(spread, 1e-6)
+    del logs
+    logs = usable_values(True)
     logs -= centre  # now the z-scores (logs - centre) / spread, in place
     logs /= spread
     mask = np.zeros(rate.shape, bool)
