@@ -214,6 +214,7 @@ def rate_maps(stack, out_dir: Path, adc_bits: int, files: list):
         out.append(replace(r, rate=stacks[0][i], rate_err=stacks[1][i], offset=None,
                            offset_err=None, chi2dof=None, nexp=None))
         del r
+        release_free_memory()  # the written maps: not kept resident under the next ones
     return out
 
 
