@@ -616,10 +616,11 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     holdout_1d = _holdout_1d(rates, settings, adc_bits, pixels)
     later: list[Path] = []
     dark_current = _dark_current(rates, model, e, out_dir, {}, later, hot.mask)
-    _plots_1d(model, rates, counts, out_dir, later)
+    _plots_rates(model, rates, counts, out_dir, later)
     rates.clear()  # the caller's list too
     model.fit.chi2 = model.fit.npoints = None  # written, summarised: not read again
     release_free_memory()
+    _plots_1d(model, out_dir, later)  # full-frame images drawn without the rate maps held
     head = model.headline()
     summary.update(doubling_temperature_degC=head["doubling_temperature_degC"],
                    doubling_temperature_err_degC=head["doubling_temperature_err_degC"],
@@ -681,12 +682,16 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         logger.warning("one exposure time: no 2-D (temperature x exposure) model")
 
 
-def _plots_1d(model: DarkModel1D, rates, counts, out_dir: Path, files: list) -> None:
-    """Figures of the rate maps and the 1-D model."""
+def _plots_rates(model: DarkModel1D, rates, counts, out_dir: Path, files: list) -> None:
+    """Figures of the rate maps (a few pixels' rates with the 1-D model; hot-pixel counts)."""
     _save(lambda: plots.plot_pixel_rates(rates, model, _pixels(model)),
           out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
     _save(lambda: plots.plot_hot_pixel_counts(counts),
           out_dir / "plots" / "hot_pixels_vs_temperature.png", files)
+
+
+def _plots_1d(model: DarkModel1D, out_dir: Path, files: list) -> None:
+    """Figures of the 1-D model's maps."""
     for which, name in (("a", "dark_A_map.png"), ("b", "dark_B_map.png"),
                         ("td", "doubling_temperature_map.png"),
                         ("ea", "activation_energy_map.png")):
