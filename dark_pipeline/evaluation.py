@@ -38,6 +38,9 @@ COLUMNS = ["Temperature (°C)", "Exposure (s)", "MAE [ADU]", "MAPE [%]", "PULL_M
            "NPIX_PULL"]
 
 
+#: Pixels per block of the comparisons' elementwise float64 work (2 MB arrays).
+BLOCK = 1 << 18
+
 #: Longest side of the residual maps kept for figures [pixel] (block-averaged down to it).
 MAP_SIDE = 512
 
@@ -119,16 +122,18 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
     real = data.astype(np.float64)
     del data
-    # sqrt(noise_err^2 + suberr^2) in float64, without a temporary per term
-    meas_err = noise_err.astype(np.float64)
-    del noise_err
-    meas_err *= meas_err
-    sub2 = suberr.astype(np.float64)
-    del suberr
-    sub2 *= sub2
-    meas_err += sub2
-    del sub2
-    np.sqrt(meas_err, out=meas_err)
+    # sqrt(noise_err^2 + suberr^2) in float64, by blocks of pixels (no full-frame temporary)
+    meas_err = np.empty(real.shape)
+    flat_err, flat_noise, flat_sub = (a.reshape(-1) for a in (meas_err, noise_err, suberr))
+    for b0 in range(0, flat_err.size, BLOCK):
+        at = slice(b0, b0 + BLOCK)
+        part = flat_noise[at].astype(np.float64)
+        part *= part
+        sub2 = flat_sub[at].astype(np.float64)
+        sub2 *= sub2
+        part += sub2
+        flat_err[at] = np.sqrt(part)
+    del noise_err, suberr, flat_noise, flat_sub, part, sub2
     ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(meas_err)
     if exclude is not None:
         ok &= ~exclude
@@ -141,28 +146,41 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     ok_p = ok.reshape(-1)[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
     pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
     del held_pred, held_err, real_p, sigma, ok_p
-    strong = ok & (np.abs(real) >= 3 * meas_err)
-    del meas_err
-    resid = real - synth
-    ape = 100 * np.abs(resid[strong] / real[strong])
-    diff = resid[ok]
+    strong = ok.copy()
+    flat_real, flat_strong = real.reshape(-1), strong.reshape(-1)
+    for b0 in range(0, flat_real.size, BLOCK):  # no full-frame temporaries for a mask
+        at = slice(b0, b0 + BLOCK)
+        flat_strong[at] &= np.abs(flat_real[at]) >= 3 * flat_err[at]
+    del meas_err, flat_err
+    # |residual| and APE of the pixels used, made in place from their values (the same
+    # numbers as from a full-frame residual map, without it)
+    ape = real[strong]
+    ape -= synth[strong]
+    ape /= real[strong]
+    np.abs(ape, out=ape)
+    ape *= 100
+    mape = float(np.mean(ape)) if ape.size else math.nan
+    del ape
+    diff = real[ok]
+    diff -= synth[ok]
     np.abs(diff, out=diff)
+    mae = float(np.mean(diff)) if diff.size else math.nan
+    del diff
     row = {"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
-           "MAE [ADU]": float(np.mean(diff)) if diff.size else math.nan,
-           "MAPE [%]": float(np.mean(ape)) if ape.size else math.nan,
+           "MAE [ADU]": mae, "MAPE [%]": mape,
            "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
            "PULL_STD": float(np.std(pull)) if pull.size else math.nan,
-           "REAL_MEDIAN [ADU]": exact_median(real[ok]) if diff.size else math.nan,
-           "SYNTH_MEDIAN [ADU]": exact_median(synth[ok]) if diff.size else math.nan,
+           "REAL_MEDIAN [ADU]": exact_median(real[ok]) if ok.any() else math.nan,
+           "SYNTH_MEDIAN [ADU]": exact_median(synth[ok]) if ok.any() else math.nan,
            "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()), "NPIX_PULL": int(pull.size)}
-    del diff, ape
     idx = np.flatnonzero(ok)
     if idx.size > 5000:
         idx = rng.choice(idx, 5000, replace=False)
     sample = (real.ravel()[idx], synth.ravel()[idx])
-    del synth
     if not keep_maps:
         return row, sample, None
+    resid = real - synth
+    del synth
     abs_err = np.where(ok, np.abs(resid), np.nan)
     ape_map = np.where(strong, 100 * np.abs(resid / np.where(strong, real, 1)), np.nan)
     return row, sample, (_reduce(abs_err), _reduce(ape_map))
@@ -191,13 +209,19 @@ def dark_current_table(rates, model=None, e_per_adu: float | None = None,
         if v.size == 0:
             continue
         med = exact_median(v)
-        spread = MAD_TO_STD * exact_median(np.abs(v - med))
+        dev = v - med
+        np.abs(dev, out=dev)
+        spread = MAD_TO_STD * exact_median(dev)
+        del dev
         row = {"TBIN": r.temperature, "TAVG": r.tavg, "NPIX": int(v.size), "DC_MEDIAN": med,
                "DC_MEDIAN_ERR": 1.2533 * spread / math.sqrt(v.size),
-               "DC_P95": float(np.percentile(v, 95))}
+               # v's last use: partitioned in place (the same order statistics, no copy)
+               "DC_P95": float(np.percentile(v, 95, overwrite_input=True))}
+        del v
         if model is not None:
             pred = model.rate(r.tavg)[ok]
-            row["MODEL_MEDIAN"] = float(np.nanmedian(pred))
+            row["MODEL_MEDIAN"] = float(np.nanmedian(pred, overwrite_input=True))
+            del pred
         if e_per_adu:
             for key in [k for k in row if k.startswith(("DC_", "MODEL_"))]:
                 row[key + "_E"] = row[key] * e_per_adu

@@ -75,23 +75,41 @@ def find_hot_pixels(rate: np.ndarray, *, n_sigma: float = 5.0,
     valid : numpy.ndarray of bool, optional
         Pixels that may be hot and define the population (default: finite rates).
     """
-    rate = np.asarray(rate, dtype=np.float64)
-    usable = np.isfinite(rate) & (rate > 0)
+    rate = np.asarray(rate)
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(rate) & (rate > 0)
     if valid is not None:
         usable &= valid
     if usable.sum() < 10:
         raise ValueError("fewer than 10 pixels with a positive dark rate: no hot-pixel "
                          "population to compare with")
-    logs = np.log(np.where(usable, rate, np.nan))
-    centre = float(np.nanmedian(logs))
-    spread = MAD_TO_STD * float(np.nanmedian(np.abs(logs - centre)))
-    spread = max(spread, 1e-6)
-    z = (logs - centre) / spread
+    # float64 work on the usable pixels only (no full-frame float64 copies; the same numbers
+    # as the NaN-filled frame's nanmedian)
     floor = min_rate_e / e_per_adu if e_per_adu else 0.0
-    with np.errstate(invalid="ignore"):
-        mask = usable & (z > n_sigma) & (rate > floor)
+
+    def usable_values(log: bool) -> np.ndarray:
+        values = rate[usable].astype(np.float64)
+        return np.log(values, out=values) if log else values
+    above = usable_values(False) > floor
+    # the medians partition their input in place (the order does not change a median): no
+    # copies; the logs are taken again, in pixel order, for the z-scores
+    logs = usable_values(True)
+    centre = float(np.median(logs, overwrite_input=True))
+    logs -= centre
+    np.abs(logs, out=logs)
+    spread = MAD_TO_STD * float(np.median(logs, overwrite_input=True))
+    spread = max(spread, 1e-6)
+    del logs
+    logs = usable_values(True)
+    logs -= centre  # now the z-scores (logs - centre) / spread, in place
+    logs /= spread
+    mask = np.zeros(rate.shape, bool)
+    mask[usable] = (logs > n_sigma) & above
+    z = np.full(rate.shape, np.nan, np.float32)
+    z[usable] = logs
+    del logs, above
     threshold = max(math.exp(centre + n_sigma * spread), floor)
-    return HotPixels(mask, z.astype(np.float32), math.exp(centre), spread, threshold,
+    return HotPixels(mask, z, math.exp(centre), spread, threshold,
                      float(n_sigma), floor)
 
 

@@ -52,6 +52,7 @@ from utils.run_record import StageRuns, completed_run, run_digest, write_run_sum
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
+from utils.stack.tiles import pixel_sample
 
 from . import plots
 from .evaluation import dark_current_table, evaluate
@@ -213,6 +214,7 @@ def rate_maps(stack, out_dir: Path, adc_bits: int, files: list):
         out.append(replace(r, rate=stacks[0][i], rate_err=stacks[1][i], offset=None,
                            offset_err=None, chi2dof=None, nexp=None))
         del r
+        release_free_memory()  # the written maps: not kept resident under the next ones
     return out
 
 
@@ -282,11 +284,15 @@ def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
 def _ambiguous_hot(model: DarkModel1D, hot) -> int:
     """Pixels whose rate at TREF lies within one standard error of the hot-pixel threshold:
     the count of hot pixels is uncertain by about this many."""
-    a = model.fit.amplitude.astype(np.float64)
-    err = model.fit.amplitude_err.astype(np.float64) * model.err_scale
-    with np.errstate(invalid="ignore"):
-        near = np.abs(a - hot.threshold) < err
-    return int(np.count_nonzero(near & np.isfinite(a)))
+    count = 0
+    amplitude, error = (m.reshape(-1) for m in (model.fit.amplitude, model.fit.amplitude_err))
+    for b0 in range(0, amplitude.size, 1 << 18):  # float64 work arrays of a block only
+        a = amplitude[b0:b0 + (1 << 18)].astype(np.float64)
+        err = error[b0:b0 + (1 << 18)].astype(np.float64) * model.err_scale
+        with np.errstate(invalid="ignore"):
+            near = np.abs(a - hot.threshold) < err
+        count += int(np.count_nonzero(near & np.isfinite(a)))
+    return count
 
 
 def _pixels(model: DarkModel1D, count: int = 4) -> list[tuple[int, int]]:
@@ -428,7 +434,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
     elif mode == "evaluation_only":
         model = DarkModel1D.read(model_dir / MODEL_1D)
         _check_model_shape(model.fit.amplitude.shape, stack)
-        pixels = stack.sample(LOO_PIXELS)[1]
+        pixels = pixel_sample(stack.shape, LOO_PIXELS)
         ev = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                       exclude=_exclusion(model.mask()),
                       holdout=_holdout_1d(rates, settings, adc_bits, pixels), pull_pixels=pixels,
@@ -594,12 +600,27 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     hot = write_hot_pixels(model.fit.amplitude, out_dir, settings, adc_bits,
                            f"1-D model A at TREF {settings.t_ref:g} degC", files)
     model.hot = hot.mask
+    hot.zscore = None  # not read again: a float32 map held through the 2-D fit otherwise
     path = model.write(out_dir / MODEL_1D)
     files.append(path)
     files += _model_aliases(path, {"A_map.fits": model.fit.amplitude, "B_map.fits": model.fit.rate,
                                    "hot_pixels.fits": hot.mask.astype(np.uint8)},
                             {"A_map.fits": adu.RATE_UNIT, "B_map.fits": "1 / deg_C",
                              "hot_pixels.fits": ""})
+    release_free_memory()  # the written images' copies
+    # the last uses of the rate maps, made now so they are released before the statistics
+    # and the 1-D evaluation (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T): the
+    # leave-one-out refits' pixel sample, the dark-current table and the 1-D figures.
+    # Their files and summary entry keep their place after the evaluation.
+    pixels = pixel_sample(stack.shape, LOO_PIXELS)  # the leave-one-out refits' pixels
+    holdout_1d = _holdout_1d(rates, settings, adc_bits, pixels)
+    later: list[Path] = []
+    dark_current = _dark_current(rates, model, e, out_dir, {}, later, hot.mask)
+    _plots_rates(model, rates, counts, out_dir, later)
+    rates.clear()  # the caller's list too
+    model.fit.chi2 = model.fit.npoints = None  # written, summarised: not read again
+    release_free_memory()
+    _plots_1d(model, out_dir, later)  # full-frame images drawn without the rate maps held
     head = model.headline()
     summary.update(doubling_temperature_degC=head["doubling_temperature_degC"],
                    doubling_temperature_err_degC=head["doubling_temperature_err_degC"],
@@ -631,20 +652,15 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
             for k, v in in_adu.items()}
 
     exclude = hot.mask | ~np.isfinite(model.fit.amplitude)
-    sample, pixels = stack.sample(LOO_PIXELS)  # the leave-one-out refits' pixels
     ev1 = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
-                   exclude=exclude, holdout=_holdout_1d(rates, settings, adc_bits, pixels),
-                   pull_pixels=pixels, keep_maps=plotting.wants("all"))
+                   exclude=exclude, holdout=holdout_1d, pull_pixels=pixels,
+                   keep_maps=plotting.wants("all"))
     _evaluation_products(ev1, "1d", out_dir, files)
     summary["evaluation_1d"] = _eval_summary(ev1)
     del ev1  # its samples and maps are drawn: not held through the 2-D fit
-    # the last uses of the rate maps and the 1-D model, before the 2-D stage: emptying the
-    # list (the caller's too) and dropping the model frees them (2 float32 maps per
-    # temperature and ~10 of the model: 170 + 170 MB at 2048^2 x 5 T)
-    _dark_current(rates, model, e, out_dir, summary, files, hot.mask)
-    _plots_1d(model, rates, counts, out_dir, files)
-    rates.clear()
-    model = None
+    summary["dark_current"] = dark_current.to_dict("records")
+    files += later
+    model = holdout_1d = None  # ~8 float32 maps of the 1-D model: not held through the 2-D fit
     release_free_memory()
     exposures = {m.exptime for m in stack.masters}
     if len(exposures) >= 2:
@@ -652,6 +668,9 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         model2 = _fit_2d(stack, out_dir, settings, adc_bits, hot.mask, summary, files,
                          bias_model).prediction_only()
         release_free_memory()  # the fit's tiles and work maps, the dropped maps
+        # the leave-one-out refits' pixels (``pixels``: the same deterministic sample) of
+        # every master, in memory: gathered only now, not held through the 2-D fit
+        sample = stack.sample(LOO_PIXELS)[0]
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
                        holdout=_holdout_2d(sample, settings, adc_bits, bias_model),
@@ -663,12 +682,16 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         logger.warning("one exposure time: no 2-D (temperature x exposure) model")
 
 
-def _plots_1d(model: DarkModel1D, rates, counts, out_dir: Path, files: list) -> None:
-    """Figures of the rate maps and the 1-D model."""
+def _plots_rates(model: DarkModel1D, rates, counts, out_dir: Path, files: list) -> None:
+    """Figures of the rate maps (a few pixels' rates with the 1-D model; hot-pixel counts)."""
     _save(lambda: plots.plot_pixel_rates(rates, model, _pixels(model)),
           out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
     _save(lambda: plots.plot_hot_pixel_counts(counts),
           out_dir / "plots" / "hot_pixels_vs_temperature.png", files)
+
+
+def _plots_1d(model: DarkModel1D, out_dir: Path, files: list) -> None:
+    """Figures of the 1-D model's maps."""
     for which, name in (("a", "dark_A_map.png"), ("b", "dark_B_map.png"),
                         ("td", "doubling_temperature_map.png"),
                         ("ea", "activation_energy_map.png")):

@@ -50,6 +50,7 @@ from utils.models.nonlinear import (
     ExponentialFit,
     fit_exponential_per_pixel,
 )
+from utils.models.pixel_tiles import PixelTiles
 from utils.stack.stats import median_with_error, spread_with_error
 
 logger = logging.getLogger(__name__)
@@ -192,11 +193,14 @@ class DarkModel1D:
         # the population B's error: every A moves by slope * dB at once
         db = float(self.fit.population_rate_err)
         if self.common is not None and math.isfinite(db) and db > 0:
-            up, down = a + slope * db, a - slope * db
-            median_err = math.hypot(median_err, 0.5 * abs(float(np.median(up))
-                                                          - float(np.median(down))))
-            dsnu_err = math.hypot(dsnu_err, 0.5 * abs(spread_with_error(up, err)[0]
-                                                      - spread_with_error(down, err)[0]))
+            shifted = []  # (median, DSNU) of A at B + dB and B - dB, one map at a time
+            for sign in (1.0, -1.0):
+                moved = a + sign * (slope * db)
+                shifted.append((float(np.median(moved)), spread_with_error(moved, err)[0]))
+                del moved
+            (m_up, d_up), (m_down, d_down) = shifted
+            median_err = math.hypot(median_err, 0.5 * abs(m_up - m_down))
+            dsnu_err = math.hypot(dsnu_err, 0.5 * abs(d_up - d_down))
         return {"median": median, "median_err": median_err, "dsnu": dsnu, "dsnu_err": dsnu_err,
                 "p95": float(np.percentile(a, 95)) if a.size else math.nan}
 
@@ -288,7 +292,7 @@ class CommonLawAmplitude:
 
 
 def common_law_amplitude(temps: np.ndarray, y: np.ndarray, s: np.ndarray, rate: float,
-                         t_ref: float, err_scale: float = 1.0, block_rows: int = 256, *,
+                         t_ref: float, err_scale: float = 1.0, block_rows: int = 32, *,
                          point_scale: np.ndarray | None = None) -> CommonLawAmplitude:
     """A of every pixel at the fixed rate B (see :class:`CommonLawAmplitude`).
 
@@ -397,6 +401,24 @@ def _planes_of(maps: list[np.ndarray]) -> np.ndarray:
     return np.stack(maps)
 
 
+#: Pixels per tile of the 1-D fit with scaled errors (float64 errors of a tile only: the
+#: whole scaled stack was 8 bytes per point, 300 MB at 2048^2 x 9 T).
+SCALED_TILE_PIXELS = 1 << 18
+
+
+def _scaled_tiles(y: np.ndarray, s: np.ndarray, point_scale: np.ndarray,
+                  pixels: int = SCALED_TILE_PIXELS) -> PixelTiles:
+    """The points ``y`` with errors ``s * point_scale`` (per point, float64 as
+    ``s * point_scale[:, None, None]`` gives them), computed tile by tile."""
+    k = y.shape[0]
+    y2, s2 = y.reshape(k, -1), s.reshape(k, -1)
+    scale = np.asarray(point_scale, dtype=np.float64)[:, None]
+    npix = y2.shape[1]
+    ranges = [(a, min(a + pixels, npix)) for a in range(0, npix, pixels)]
+    return PixelTiles(k, y.shape[1:], ranges,
+                      lambda a, b: (np.ascontiguousarray(y2[:, a:b]), s2[:, a:b] * scale, None))
+
+
 def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_ADC_BITS,
                           quiet: bool = False) -> DarkModel1D:
     """Fit the 1-D model to rate maps (:class:`dark_pipeline.rates.RateMap`) of several bins.
@@ -417,13 +439,16 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     s = _planes_of([r.rate_err for r in rates])
     point_scale = np.ones(len(rates))
     for attempt in range(3):
-        # unscaled errors go in as they are (the kernels read them as float64 either way)
-        sigma = s if np.all(point_scale == 1.0) else s * point_scale[:, None, None]
         try:
-            fit = fit_exponential_per_pixel(temps, y, sigma, x_ref=t_ref, min_snr=START_SNR)
+            if np.all(point_scale == 1.0):
+                # unscaled errors go in as they are (the kernels read float64 either way)
+                fit = fit_exponential_per_pixel(temps, y, s, x_ref=t_ref, min_snr=START_SNR)
+            else:
+                fit = fit_exponential_per_pixel(temps, None, None, x_ref=t_ref,
+                                                min_snr=START_SNR,
+                                                tiles=_scaled_tiles(y, s, point_scale))
         except ValueError as err:
             raise UserError(f"dark-current model: {err}") from err
-        del sigma
         if len(rates) < MIN_POINTS_PER_T_SCALE or attempt == 2:
             break
         # the rate maps' errors come from few frames and are underestimated by an amount

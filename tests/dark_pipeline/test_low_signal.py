@@ -299,3 +299,68 @@ def test_memory_saving_paths_give_the_same_numbers(low_signal_masters, tmp_path)
     with_maps, without = run(True), run(False)
     assert len(with_maps.maps) == len(masters) and not without.maps
     assert with_maps.table.equals(without.table)
+
+
+def test_block_paths_equal_whole_frame_formulas(low_signal, low_signal_masters, tmp_path,
+                                                monkeypatch):
+    """darkmem2's memory savings change no number: the 1-D fit with point-scaled errors
+    read tile by tile equals the fit of the whole float64 scaled stack; the models'
+    predictions by pixel blocks equal the whole-frame formulas; the hot-pixel test on the
+    usable pixels only equals the NaN-filled frame's."""
+    from dark_pipeline.hot_pixels import find_hot_pixels
+    from dark_pipeline.pipeline import rate_maps
+    from dark_pipeline.temperature_model import _planes_of, _scaled_tiles
+    from utils.models import nonlinear
+    from utils.models.nonlinear import fit_exponential_per_pixel
+    from utils.stack.stats import MAD_TO_STD
+
+    _, masters, _ = low_signal_masters
+    rates = rate_maps(load_stack(masters), tmp_path, 16, [])
+    temps = np.array([r.tavg for r in rates])
+    y, s = _planes_of([r.rate for r in rates]), _planes_of([r.rate_err for r in rates])
+    scale = np.array([1.0, 1.3, 0.8])
+    whole = fit_exponential_per_pixel(temps, y, s * scale[:, None, None], x_ref=20.0,
+                                      min_snr=1e-3)
+    tiled = fit_exponential_per_pixel(temps, None, None, x_ref=20.0, min_snr=1e-3,
+                                      tiles=_scaled_tiles(y, s, scale, pixels=500))
+    for name in ("amplitude", "rate", "amplitude_err", "rate_err", "covariance", "chi2",
+                 "npoints", "fallback"):
+        np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
+    assert tiled.population_rate == whole.population_rate
+    assert not np.array_equal(whole.amplitude_err,
+                              fit_exponential_per_pixel(temps, y, s, x_ref=20.0,
+                                                        min_snr=1e-3).amplitude_err)
+
+    _, model1, model2 = low_signal
+    f1, f2 = model1.fit, model2.fit
+    a1, r1 = f1.amplitude.astype(np.float64), f1.rate.astype(np.float64)
+    e1 = np.exp(r1 * 5.0)
+    var1 = f1.amplitude_err.astype(np.float64) ** 2 + (a1 * 5.0 * f1.rate_err) ** 2 \
+        + 2 * a1 * 5.0 * f1.covariance
+    a2 = f2.amplitude.astype(np.float64)
+    shape2 = np.exp(f2.gamma.astype(np.float64) * np.log(2.0)
+                    + f2.rate.astype(np.float64) * (25.0 - f2.t_ref))
+    u = (1.0, a2 * np.log(2.0), a2 * (25.0 - f2.t_ref))
+    var2 = sum(u[i] * u[j] * f2.covariance[i, j].astype(np.float64) for i in range(3)
+               for j in range(3))
+    monkeypatch.setattr(nonlinear, "PREDICT_BLOCK", 97)  # many blocks, a ragged last one
+    np.testing.assert_array_equal(f1.predict(25.0), (f1.amplitude * e1).astype(np.float32))
+    np.testing.assert_array_equal(f1.predict_err(25.0),
+                                  (e1 * np.sqrt(np.maximum(var1, 0))).astype(np.float32))
+    np.testing.assert_array_equal(f2.predict(25.0, 2.0),
+                                  (f2.amplitude * shape2).astype(np.float32))
+    np.testing.assert_array_equal(f2.predict_err(25.0, 2.0),
+                                  (shape2 * np.sqrt(np.maximum(var2, 0))).astype(np.float32))
+
+    rate = rates[-1].rate.astype(np.float64)
+    rate[0, :3] = (np.nan, -1.0, 0.0)
+    usable = np.isfinite(rate) & (rate > 0)
+    logs = np.log(np.where(usable, rate, np.nan))
+    centre = float(np.nanmedian(logs))
+    spread = max(MAD_TO_STD * float(np.nanmedian(np.abs(logs - centre))), 1e-6)
+    z = (logs - centre) / spread
+    hot = find_hot_pixels(rate.astype(np.float32), n_sigma=2.0)
+    np.testing.assert_array_equal(hot.zscore, z.astype(np.float32))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(hot.mask, usable & (z > 2.0))
+    assert hot.count > 0 and hot.spread_ln == spread

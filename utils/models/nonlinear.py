@@ -260,25 +260,58 @@ class ExponentialFit:
     def predict(self, x: float) -> np.ndarray:
         """Model value at ``x`` (float32 image; inf where a pixel's own law runs beyond float32
         far from its data)."""
-        with np.errstate(over="ignore"):
-            e = np.exp(self.rate.astype(np.float64) * (x - self.x_ref))
-            return (self.amplitude * e).astype(np.float32)
+        amplitude, rate = _flat(self.amplitude), _flat(self.rate)
+
+        def block(at):
+            with np.errstate(over="ignore"):
+                e = np.exp(rate[at].astype(np.float64) * (x - self.x_ref))
+                return (amplitude[at] * e).astype(np.float32)
+        return _by_blocks(self.amplitude.shape, block)
 
     def predict_err(self, x: float) -> np.ndarray:
         """One-sigma error of :meth:`predict` at ``x``, with the amplitude-rate covariance."""
         d = x - self.x_ref
-        a = self.amplitude.astype(np.float64)
-        # gradient (e, a d e): var = e^2 (s_a^2 + (a d s_r)^2 + 2 a d cov)
-        with np.errstate(over="ignore", invalid="ignore"):
-            e = np.exp(self.rate.astype(np.float64) * d)
-            var = self.amplitude_err.astype(np.float64) ** 2 + (a * d * self.rate_err) ** 2 \
-                + 2 * a * d * self.covariance
-            return (e * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        amplitude, rate, amplitude_err, rate_err, cov = (_flat(m) for m in (
+            self.amplitude, self.rate, self.amplitude_err, self.rate_err, self.covariance))
+
+        def block(at):
+            a = amplitude[at].astype(np.float64)
+            # gradient (e, a d e): var = e^2 (s_a^2 + (a d s_r)^2 + 2 a d cov)
+            with np.errstate(over="ignore", invalid="ignore"):
+                e = np.exp(rate[at].astype(np.float64) * d)
+                var = amplitude_err[at].astype(np.float64) ** 2 + (a * d * rate_err[at]) ** 2 \
+                    + 2 * a * d * cov[at]
+                return (e * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        return _by_blocks(self.amplitude.shape, block)
+
+
+#: Pixels per block of the predictions' float64 work arrays (a few MB, not full frames:
+#: a 2048 x 2048 prediction made ~4 float64 frames at once, 130 MB).
+PREDICT_BLOCK = 1 << 18
+
+
+def _flat(image: np.ndarray, lead: int = 0) -> np.ndarray:
+    """``image`` with its pixel axes (all but the ``lead`` first) flattened into one (a view
+    when contiguous)."""
+    image = np.asarray(image)
+    return image.reshape(image.shape[:lead] + (-1,))
+
+
+def _by_blocks(shape, block, size: int | None = None) -> np.ndarray:
+    """Float32 image of ``shape`` whose flattened pixels ``at`` are ``block(at)`` (a slice
+    of at most ``size`` pixels): elementwise work in float64 blocks, the same numbers as
+    on the whole frame."""
+    size = size or PREDICT_BLOCK
+    out = np.empty(shape, np.float32)
+    flat = out.reshape(-1)
+    for b0 in range(0, flat.size, size):
+        flat[b0:b0 + size] = block(slice(b0, b0 + size))
+    return out
 
 
 def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0,
-                              max_iter: int = 30, tol: float = 1e-6,
-                              workers: int = 2) -> ExponentialFit:
+                              max_iter: int = 30, tol: float = 1e-6, workers: int = 2,
+                              tiles: PixelTiles | None = None) -> ExponentialFit:
     """Weighted nonlinear least-squares exponential through every pixel of a stack.
 
     Fits ``y = amplitude * exp(rate * (x - x_ref))``, e.g. dark current
@@ -323,6 +356,9 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
         (1e-3 by default).
     workers : int
         Threads working on chunks of pixels (the kernels release the GIL).
+    tiles : PixelTiles, optional
+        Read the points tile by tile instead of from ``y`` and ``sigma`` (then None):
+        e.g. errors scaled tile by tile, without a full-size scaled copy; results identical.
 
     Returns
     -------
@@ -353,7 +389,7 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
     if np.unique(x[np.isfinite(x)]).size < 2 or not np.isfinite(x).all():
         raise ValueError("an exponential fit needs finite x with at least two distinct values")
     res = _fit_exp_model((x - x_ref)[:, None], y, sigma, min_snr=min_snr, max_iter=max_iter,
-                         tol=tol, workers=workers, what="two distinct x")
+                         tol=tol, workers=workers, what="two distinct x", tiles=tiles)
     (rate_pop, rate_spread), = res["population"]
     return ExponentialFit(res["amplitude"], res["theta"][0], res["amplitude_err"],
                           res["theta_err"][0], res["covariance"][0, 1].copy(), res["chi2"],
@@ -416,29 +452,38 @@ class PowerExponentialFit:
     population_gamma_median: float = float("nan")
     population_rate_median: float = float("nan")
 
-    def _shape(self, temperature: float, exptime: float) -> np.ndarray:
-        """t^gamma exp(rate (T - t_ref)) per pixel, float64."""
+    def _shape_at(self, at, temperature: float, exptime: float) -> np.ndarray:
+        """``t^gamma exp(rate (T - t_ref))`` of the flattened pixels ``at``, float64."""
         with np.errstate(over="ignore"):
-            return np.exp(self.gamma.astype(np.float64) * np.log(exptime)
-                          + self.rate.astype(np.float64) * (temperature - self.t_ref))
+            return np.exp(_flat(self.gamma)[at].astype(np.float64) * np.log(exptime)
+                          + _flat(self.rate)[at].astype(np.float64)
+                          * (temperature - self.t_ref))
 
     def predict(self, temperature: float, exptime: float) -> np.ndarray:
         """Model value at ``temperature`` [degC] and ``exptime`` [s] (float32 image; inf where a
         pixel's own law runs beyond float32 far from its data)."""
-        with np.errstate(over="ignore"):
-            return (self.amplitude * self._shape(temperature, exptime)).astype(np.float32)
+        amplitude = _flat(self.amplitude)
+
+        def block(at):
+            with np.errstate(over="ignore"):
+                return (amplitude[at] * self._shape_at(at, temperature, exptime)
+                        ).astype(np.float32)
+        return _by_blocks(self.amplitude.shape, block)
 
     def predict_err(self, temperature: float, exptime: float) -> np.ndarray:
         """One-sigma error of :meth:`predict`, with the full parameter covariance."""
-        f = self._shape(temperature, exptime)
-        a = self.amplitude.astype(np.float64)
-        # gradient f * (1, a ln t, a dT); var = f^2 * u^T C u
-        u = (1.0, a * np.log(exptime), a * (temperature - self.t_ref))
-        c = self.covariance
-        with np.errstate(over="ignore", invalid="ignore"):
-            var = sum(u[i] * u[j] * c[i, j].astype(np.float64) for i in range(3)
-                      for j in range(3))
-            return (f * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        amplitude, c = _flat(self.amplitude), _flat(self.covariance, lead=2)
+
+        def block(at):
+            f = self._shape_at(at, temperature, exptime)
+            a = amplitude[at].astype(np.float64)
+            # gradient f * (1, a ln t, a dT); var = f^2 * u^T C u
+            u = (1.0, a * np.log(exptime), a * (temperature - self.t_ref))
+            with np.errstate(over="ignore", invalid="ignore"):
+                var = sum(u[i] * u[j] * c[i, j, at].astype(np.float64) for i in range(3)
+                          for j in range(3))
+                return (f * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        return _by_blocks(self.amplitude.shape, block)
 
 
 def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: float,

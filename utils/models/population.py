@@ -75,9 +75,15 @@ class JointShape:
 
 def _prepare(y2, s2):
     y = np.array(y2, dtype=np.float64)
-    s = np.asarray(s2, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.where((s > 0) & np.isfinite(s) & np.isfinite(y), 1.0 / (s * s), 0.0)
+    w = np.array(s2, dtype=np.float64)
+    used = (w > 0) & np.isfinite(w) & np.isfinite(y)
+    # w = 1 / s^2 where used, else 0: in place (the same numbers as np.where(used,
+    # 1 / (s * s), 0), without its full-size temporaries)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        w *= w
+        np.divide(1.0, w, out=w)
+    w[~used] = 0.0
+    del used
     y[w == 0] = 0.0
     return y, w
 
@@ -424,7 +430,9 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     spread = 1.4826 * float(np.median(np.abs(amp[ok] - centre))) if ok.any() else 0.0
     if spread > 0:
         keep = ok & ((amp - centre) / spread <= BRIGHT_Z)
-        y, w, wy = y[:, keep], w[:, keep], wy[:, keep]
+        y = y[:, keep]  # one copy at a time
+        w = w[:, keep]
+        wy = wy[:, keep]
         if shared is not None:
             shared = (shared[0], shared[1][:, :, keep], shared[2][:, keep])
     wyy = (wy * y).sum(0)                        # sum_k w y^2 per pixel
