@@ -39,11 +39,12 @@ def write_floor(nbytes: int, folder: Path, chunk: int = 16 << 20) -> float:
     buf = np.random.default_rng(0).integers(0, 255, chunk, dtype=np.uint8).tobytes()
     t0 = time.perf_counter()
     written, i = 0, 0
-    while written < nbytes:
-        n = min(chunk, nbytes - written)
-        with open(folder / f"w{i:05d}.bin", "wb", buffering=0) as f:
-            f.write(buf[:n])
-        written, i = written + n, i + 1
-    wall = time.perf_counter() - t0
-    shutil.rmtree(folder, ignore_errors=True)
-    return wall
+    try:
+        while written < nbytes:
+            n = min(chunk, nbytes - written)
+            with open(folder / f"w{i:05d}.bin", "wb", buffering=0) as f:
+                f.write(buf[:n])
+            written, i = written + n, i + 1
+        return time.perf_counter() - t0
+    finally:  # also when the disk fills: never leave the floor's files behind
+        shutil.rmtree(folder, ignore_errors=True)
