@@ -30,6 +30,7 @@ import pandas as pd
 
 from utils.memory import release_free_memory
 from utils.stack.stats import MAD_TO_STD, exact_median
+from utils.stack.tiles import pixel_blocks
 
 from .rates import SignalStack
 
@@ -37,9 +38,6 @@ COLUMNS = ["Temperature (°C)", "Exposure (s)", "MAE [ADU]", "MAPE [%]", "PULL_M
            "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE", "PULL_MODEL",
            "NPIX_PULL"]
 
-
-#: Pixels per block of the comparisons' elementwise float64 work (2 MB arrays).
-BLOCK = 1 << 18
 
 #: Longest side of the residual maps kept for figures [pixel] (block-averaged down to it).
 MAP_SIDE = 512
@@ -125,8 +123,7 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     # sqrt(noise_err^2 + suberr^2) in float64, by blocks of pixels (no full-frame temporary)
     meas_err = np.empty(real.shape)
     flat_err, flat_noise, flat_sub = (a.reshape(-1) for a in (meas_err, noise_err, suberr))
-    for b0 in range(0, flat_err.size, BLOCK):
-        at = slice(b0, b0 + BLOCK)
+    for at in pixel_blocks(flat_err.size):
         part = flat_noise[at].astype(np.float64)
         part *= part
         sub2 = flat_sub[at].astype(np.float64)
@@ -148,8 +145,7 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     del held_pred, held_err, real_p, sigma, ok_p
     strong = ok.copy()
     flat_real, flat_strong = real.reshape(-1), strong.reshape(-1)
-    for b0 in range(0, flat_real.size, BLOCK):  # no full-frame temporaries for a mask
-        at = slice(b0, b0 + BLOCK)
+    for at in pixel_blocks(flat_real.size):  # no full-frame temporaries for a mask
         flat_strong[at] &= np.abs(flat_real[at]) >= 3 * flat_err[at]
     del meas_err, flat_err
     # |residual| and APE of the pixels used, made in place from their values (the same

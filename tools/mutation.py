@@ -288,7 +288,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.merge:
-        return merge(args.merge, Path(args.output))
+        print(merge(args.merge, Path(args.output)))  # the command's result, on stdout
+        return 0
     equivalent = _equivalents()
     picked: dict[str, list[int]] = {}
     for item in args.mutants or []:
@@ -309,8 +310,7 @@ def main(argv=None) -> int:
                          Mutant(module, i, detail.split(":")[0], line, kind, detail)))
         logger.info("%s: %d candidate mutants, %d sampled", module, len(points), len(chosen))
     if args.list:
-        for _, _, _, m in plan:
-            print(f"  {m.module}:{m.line} [{m.kind}] {m.detail}")
+        print("\n".join(f"  {m.module}:{m.line} [{m.kind}] {m.detail}" for _, _, _, m in plan))
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="mutation-"))
@@ -365,12 +365,14 @@ def main(argv=None) -> int:
         results = list(pool.map(run, plan))
     shutil.rmtree(work, ignore_errors=True)
 
-    return report(results, args.modules, Path(args.output))
+    print(report(results, args.modules, Path(args.output)))  # the command's result
+    return 0
 
 
-def report(results: list[Mutant], modules: list[str], out: Path | None) -> int:
-    """Print the table per module and the summary line; write ``out`` (JSON)."""
-    print("\nmodule                                   mutants  killed  equivalent  survived  rate")
+def report(results: list[Mutant], modules: list[str], out: Path | None) -> str:
+    """The table per module, the summary line and the survivors (text); writes ``out``
+    (JSON)."""
+    lines = ["", f"{'module':40s} mutants  killed  equivalent  survived  rate"]
     total = killed = eq = 0
     for module in modules:
         rows = [m for m in results if m.module == module]
@@ -378,7 +380,7 @@ def report(results: list[Mutant], modules: list[str], out: Path | None) -> int:
         e = sum(m.status == "equivalent" for m in rows)
         s = sum(m.status == "survived" for m in rows)
         rate = (k / (len(rows) - e)) if len(rows) > e else float("nan")
-        print(f"{module:40s} {len(rows):7d} {k:7d} {e:11d} {s:9d}  {100 * rate:5.1f} %")
+        lines.append(f"{module:40s} {len(rows):7d} {k:7d} {e:11d} {s:9d}  {100 * rate:5.1f} %")
         total, killed, eq = total + len(rows), killed + k, eq + e
     rate = killed / (total - eq) if total > eq else float("nan")
     summary = {"mutants": total, "killed": killed, "equivalent": eq,
@@ -389,13 +391,13 @@ def report(results: list[Mutant], modules: list[str], out: Path | None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"summary": summary, "mutants": [asdict(m) for m in results]},
                                   indent=1) + "\n")
-    print(json.dumps({k: v for k, v in summary.items() if k != "survivors"}))
-    for m in summary["survivors"]:
-        print(f"survived: {m['module']}:{m['line']} [{m['kind']}] {m['detail']}")
-    return 0
+    lines.append(json.dumps({k: v for k, v in summary.items() if k != "survivors"}))
+    lines += [f"survived: {m['module']}:{m['line']} [{m['kind']}] {m['detail']}"
+              for m in summary["survivors"]]
+    return "\n".join(lines)
 
 
-def merge(paths: list[str], out: Path | None) -> int:
+def merge(paths: list[str], out: Path | None) -> str:
     """One report from the JSON files of several runs (chunks); a mutant rerun later (after
     a test was added) replaces its earlier result, and equivalents are applied again."""
     equivalent = _equivalents()

@@ -356,7 +356,7 @@ def write_product(path: str | os.PathLike, data: np.ndarray, header: fits.Header
             ("UTYPE", "StdDevUncertainty", "astropy.nddata uncertainty class"),
             (kw.BUNIT, unit, "one-sigma uncertainty of the primary data")]))
     if mask is not None:
-        planes.append(("MASK", np.asarray(mask).astype(np.uint8), [
+        planes.append(("MASK", np.asarray(mask).astype(np.uint8, copy=False), [
             ("COMMENT", "non-zero = pixel not valid in the primary data", "")]))
     planes += [(name, array, [(kw.BUNIT, bunit, "")] if bunit else [])
                for name, (array, bunit) in (images or {}).items()]

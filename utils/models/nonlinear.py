@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import scheduler
+from ..stack.tiles import PIXEL_BLOCK, pixel_blocks
 from ._parallel import HAVE_NUMBA, _float_array, _run_chunks
 from .exp_kernels import _CONVERGED, _NL_CHUNK, _nb_fallback, _nb_nl_kernel, _nb_population
 from .linear import warmup as _warmup_line
@@ -287,7 +288,7 @@ class ExponentialFit:
 
 #: Pixels per block of the predictions' float64 work arrays (a few MB, not full frames:
 #: a 2048 x 2048 prediction made ~4 float64 frames at once, 130 MB).
-PREDICT_BLOCK = 1 << 18
+PREDICT_BLOCK = PIXEL_BLOCK
 
 
 def _flat(image: np.ndarray, lead: int = 0) -> np.ndarray:
@@ -301,11 +302,10 @@ def _by_blocks(shape, block, size: int | None = None) -> np.ndarray:
     """Float32 image of ``shape`` whose flattened pixels ``at`` are ``block(at)`` (a slice
     of at most ``size`` pixels): elementwise work in float64 blocks, the same numbers as
     on the whole frame."""
-    size = size or PREDICT_BLOCK
     out = np.empty(shape, np.float32)
     flat = out.reshape(-1)
-    for b0 in range(0, flat.size, size):
-        flat[b0:b0 + size] = block(slice(b0, b0 + size))
+    for at in pixel_blocks(flat.size, size or PREDICT_BLOCK):
+        flat[at] = block(at)
     return out
 
 

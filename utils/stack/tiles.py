@@ -72,6 +72,23 @@ def tile_rows(n_planes: int, shape: tuple[int, int], memory_limit: float, *,
     return int(max(1, min(shape[0], max_rows, memory_limit // per_row)))
 
 
+#: Pixels per block of elementwise float64 work on a flattened image (2 MB per float64
+#: array): full-frame temporaries would be ~34 MB each at 2048^2.
+PIXEL_BLOCK = 1 << 18
+
+
+def pixel_blocks(npix: int, size: int = PIXEL_BLOCK) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` pixels covering ``npix`` flattened pixels.
+
+    Elementwise work done block by block gives the same numbers as on the whole frame.
+
+    >>> [(b.start, b.stop) for b in pixel_blocks(5, 2)]
+    [(0, 2), (2, 4), (4, 6)]
+    """
+    for b0 in range(0, npix, size):
+        yield slice(b0, b0 + size)
+
+
 def row_tiles(height: int, rows: int) -> Iterator[tuple[int, int]]:
     """``(r0, r1)`` of consecutive tiles of ``rows`` rows covering ``height``."""
     for r0 in range(0, height, rows):
