@@ -33,7 +33,13 @@ from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.settings import field
 from utils.stack.combine import combine
 from utils.stack.grouping import GroupKey, calibration_groups
-from utils.stack.master import adc_bits_of, existing_product, frame_metadata, inputs_hash
+from utils.stack.master import (
+    adc_bits_of,
+    add_in_quadrature,
+    existing_product,
+    frame_metadata,
+    inputs_hash,
+)
 from utils.stack.references import BiasReference, read_master_error, scaled_dark
 from utils.stack.stats import exact_median, exact_nanmedian
 
@@ -178,8 +184,7 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
     images = None
     if sub_stderr is not None:
         # the subtracted master's own uncertainty is common to every frame: add it once
-        result.stderr = np.sqrt(result.stderr.astype(np.float64) ** 2
-                                + np.asarray(sub_stderr, np.float64) ** 2).astype(np.float32)
+        result.stderr = add_in_quadrature(result.stderr, sub_stderr)
         if not normalise:  # kept alone too, as utils.stack.master.make_master does
             images = {"SUBERR": (np.asarray(sub_stderr, np.float32), unit)}
             cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")

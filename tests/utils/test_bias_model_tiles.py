@@ -1,12 +1,14 @@
 """The bias model fitted by row blocks: the block size does not change it, and its
-leave-one-temperature-out evaluation by the deletion formula equals refits without each master."""
+leave-one-temperature-out evaluation by the deletion formula equals refits without each master;
+its error maps made by pixel blocks equal the whole-frame formulas."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from utils.models.bias_model import MasterStack, fit_bias_model, pooled_errors
+from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model, pooled_errors
 from utils.models.linear import fit_line_per_pixel
 from utils.stack.combine import combine
 
@@ -60,3 +62,48 @@ def test_deletion_formula_equals_refits_without_each_master(bias_masters):
         np.testing.assert_array_equal(master, data[k])
     table = cv.summary(model.mask == 0)
     assert len(table) == len(TEMPS) and table["PULL_STD"].between(0.5, 1.5).all()
+
+
+def test_error_maps_by_blocks_equal_whole_frame_formulas():
+    """BiasModel.predict_err, add_in_quadrature and the bias reference's error cache work by
+    pixel blocks (more than one block of utils.stack.tiles.PIXEL_BLOCK here, the last one
+    ragged) and give the whole-frame float64 formulas bit for bit."""
+    from utils.stack.master import add_in_quadrature
+    from utils.stack.references import ERROR_MAPS_KEPT, BiasReference
+    from utils.stack.tiles import PIXEL_BLOCK
+
+    rng = np.random.default_rng(7)
+    shape = (601, 500)
+    assert shape[0] * shape[1] > PIXEL_BLOCK
+    sa, sb = (rng.uniform(0.1, 2.0, shape).astype(np.float32) for _ in range(2))
+    cov = (rng.uniform(-0.9, 0.9, shape) * sa * sb).astype(np.float32)
+    zeros = np.zeros(shape, np.float32)
+    model = BiasModel(a=zeros + 1600, b=zeros + 8, sigma_a=sa, sigma_b=sb, cov_ab=cov,
+                      chi2dof=zeros, npts=np.full(shape, 5, np.int16),
+                      mask=np.zeros(shape, np.uint8), t_ref=0.0, t_min=-10.0, t_max=30.0)
+    for t in (-7.5, 0.0, 22.25):
+        d = np.float64(t)
+        whole = np.sqrt(np.maximum(sa.astype(np.float64) ** 2 + d * d * sb.astype(np.float64) ** 2
+                                   + 2 * d * cov, 0)).astype(np.float32)
+        np.testing.assert_array_equal(model.predict_err(t), whole)
+
+    for other in (rng.uniform(0, 3, shape), rng.uniform(0, 3, shape).astype(np.float32)):
+        err = rng.uniform(0, 3, shape).astype(np.float32)
+        whole = np.sqrt(err.astype(np.float64) ** 2
+                        + np.asarray(other, np.float64) ** 2).astype(np.float32)
+        out = add_in_quadrature(err, other, block=97)
+        assert out is err  # in place
+        np.testing.assert_array_equal(out, whole)
+    strided = rng.uniform(0, 3, (601, 1000)).astype(np.float32)[:, ::2]
+    np.testing.assert_array_equal(
+        add_in_quadrature(strided, sa),
+        np.sqrt(strided.astype(np.float64) ** 2 + sa.astype(np.float64) ** 2).astype(np.float32))
+
+    # the reference keeps the last few error maps only, and hands the same numbers back
+    ref = BiasReference(model, [], 2.0, "bias_model.fits")
+    for t in (0.0, 5.0, 10.0, 15.0, 0.0):
+        rows = pd.DataFrame({"TEMP": [t - 0.05, t + 0.05]})
+        _, err, _, _ = ref.model_terms(rows)
+        np.testing.assert_array_equal(err, model.predict_err(t))
+        assert len(ref._errors) <= ERROR_MAPS_KEPT
+    assert list(ref._errors) == [15.0, 0.0]

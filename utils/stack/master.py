@@ -26,6 +26,7 @@ from ..errors import FrameError
 from ..io.fitsio import atomic_path, is_complete_fits, read_header
 from ..settings import field
 from .combine import METHODS, combine
+from .tiles import pixel_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +189,37 @@ def frame_metadata(rows: pd.DataFrame) -> list[dict]:
     return [{kw.TEMP: t, kw.EXPTIME: e} for t, e in zip(rows["TEMP"], rows["EXPTIME"])]
 
 
+def add_in_quadrature(error: np.ndarray, other, *, block: int | None = None) -> np.ndarray:
+    """``sqrt(error**2 + other**2)`` in float64, stored into ``error`` (float32) in place.
+
+    Worked by pixel blocks, so no full-frame float64 temporaries (a 2048 x 2048 frame's
+    would be ~100 MB); the numbers are those of the whole-frame formula.
+
+    Parameters
+    ----------
+    error : numpy.ndarray
+        Error map, e.g. a master's ``UNCERT`` [its unit]; overwritten when it is a
+        writeable C-contiguous float32 array (else a float32 copy is made).
+    other : numpy.ndarray
+        Error of what was subtracted, same shape, any float dtype [same unit].
+    block : int, optional
+        Pixels per block (default :data:`utils.stack.tiles.PIXEL_BLOCK`).
+
+    Returns
+    -------
+    numpy.ndarray
+        The combined error (float32; ``error`` itself when it was overwritten).
+    """
+    if error.dtype != np.float32 or not error.flags.c_contiguous or not error.flags.writeable:
+        error = np.array(error, dtype=np.float32, order="C")
+    flat = error.reshape(-1)  # a view of error
+    other = np.ravel(np.asarray(other))
+    for blk in pixel_blocks(flat.size, *(() if block is None else (block,))):
+        flat[blk] = np.sqrt(flat[blk].astype(np.float64) ** 2
+                            + other[blk].astype(np.float64) ** 2)
+    return error
+
+
 def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSettings, *,
                 unit: str = adu.UNIT, product: str = "MASTER", subtract=None, scale=None,
                 extra: dict | None = None, refs: tuple = (), sub_stderr=None,
@@ -251,8 +283,7 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     images = None
     if sub_stderr is not None:
         sub_stderr = np.asarray(sub_stderr, dtype=np.float32)
-        result.stderr = np.sqrt(result.stderr.astype(np.float64) ** 2
-                                + sub_stderr.astype(np.float64) ** 2).astype(np.float32)
+        result.stderr = add_in_quadrature(result.stderr, sub_stderr)
         images = {"SUBERR": (sub_stderr, unit)}
         cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")
     written = result.write(path, unit=unit, extra_header=cards, extra_images=images)
@@ -289,4 +320,4 @@ def read_master(path: str | os.PathLike) -> MasterImages:
 __all__ = ["MasterImages", "read_master", "add_combine_options", "combine_settings",
            "find_masters", "reuse_product",
            "CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
-           "make_master"]
+           "make_master", "add_in_quadrature"]

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 #: Folder of the bias masters made from a tree's own bias frames.
 BIAS_FOLDER = "bias_masters"
 
+#: Bias-model error maps a :class:`BiasReference` keeps for the next sets (least recently
+#: used dropped first).
+ERROR_MAPS_KEPT = 2
+
 
 def select_frames(index: DatasetIndex, caltype: str, stage: str = "", *,
                   dose: float | None = None, purpose: str = "the dark pipeline") -> pd.DataFrame:
@@ -111,7 +115,9 @@ class BiasReference:
     def __init__(self, model: BiasModel | None, masters: list[tuple[float, Path]],
                  tolerance: float, source: str):
         self.model, self.masters, self.tolerance, self.source = model, masters, tolerance, source
-        self._errors: dict = {}   # model error maps by temperature (0.25 degC steps)
+        # model error maps by temperature (0.25 degC steps): the last few only, since sets
+        # come by temperature and every map is a full frame (16.8 MB at 2048 x 2048)
+        self._errors: dict = {}
         # what was subtracted, by content: a refitted model at the same path changes the masters
         # (the file name only, so that two output folders give the same masters' INHASH)
         digest = hashlib.sha1(Path(source).name.encode())
@@ -149,9 +155,13 @@ class BiasReference:
         # not change): evaluated at the rounded value, not at the first set's mean, so that it
         # does not depend on which sets came before (a Dask task sees none of them)
         key = round(mean_t * 4) / 4
-        if key not in self._errors:
-            self._errors[key] = self.model.predict_err(key)
-        return (self.model.subtractor(temps), self._errors[key], cards,
+        error = self._errors.pop(key, None)
+        if error is None:
+            error = self.model.predict_err(key)
+        self._errors[key] = error  # most recent last
+        while len(self._errors) > ERROR_MAPS_KEPT:
+            del self._errors[next(iter(self._errors))]
+        return (self.model.subtractor(temps), error, cards,
                 (self.fingerprint, "model"))
 
     def for_set(self, rows: pd.DataFrame, temperature: float):
