@@ -44,6 +44,7 @@ from utils.io.fitsio import (
     write_product,
 )
 from utils.io.index import DatasetIndex, load_frames
+from utils.memory import release_free_memory
 from utils.models.bias_model import (
     BiasModel,
     CrossValidation,
@@ -71,6 +72,7 @@ from utils.stack.master import (
     make_master,
 )
 from utils.stack.stats import median_with_error
+from utils.stack.tiles import TILE_SHARE
 
 from . import plots
 from .generate_bias import synthetic_bias_path, write_synthetic_bias
@@ -281,8 +283,11 @@ def measure_read_noise(masters: list[BiasMaster], out_dir: Path, gain: float | N
         pairs = all_pairs[m.temperature]
         acc = read_noise(pairs, progress_bar=progress_bar,
                          desc=f"read noise {m.temperature:.1f} degC")
-        per_bin.append((m.temperature, acc.result()))
+        result = acc.result()
+        per_bin.append((m.temperature, result.numbers_only() if result is not None else None))
         pooled.merge(acc)
+        del acc, result
+        release_free_memory()  # the bin's full-frame work arrays: not carried into the next
     rn = pooled.result()
     table = read_noise_table(per_bin + [(math.nan, rn)], e_per_adu)
     if rn is None:
@@ -493,7 +498,7 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
     model, cv = fit_bias_model(stack, t_ref=settings.t_ref, chi2_pvalue=settings.chi2_pvalue,
                                slope_nsigma=settings.slope_nsigma, exclude=exclude,
                                adc_bits=adc_bits, inputs=inputs,
-                               memory_limit=settings.combine.memory_limit)
+                               memory_limit=settings.combine.memory_limit * TILE_SHARE)
     model_file = model.write(out_dir / "bias_model.fits",
                              {"HOTMASK": (Path(settings.hot_pixel_mask).name or "none",
                                           "user mask of pixels without model")})

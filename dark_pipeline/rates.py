@@ -36,7 +36,14 @@ from utils import headers as kw
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.linear import fit_line_per_pixel
-from utils.stack.tiles import ProductRows, gather_sample, pixel_sample, row_tiles, tile_rows
+from utils.stack.tiles import (
+    TILE_SHARE,
+    ProductRows,
+    gather_sample,
+    pixel_sample,
+    row_tiles,
+    tile_rows,
+)
 
 from .masters import DarkMaster
 
@@ -475,12 +482,6 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100) -> NoiseModel | N
     return NoiseModel(np.maximum(v0, 0.1 * float(np.median(v0[finite]))), gain)
 
 
-#: Share of the run's memory budget (``--memory-limit``) one tile of the dark fits may take:
-#: the rest holds the interpreter with numba, astropy and pandas (~350 MB), the models'
-#: full-frame maps (~40 float32 maps at the 2-D fit: 700 MB at 2048^2) and the rate maps.
-#: A tile of the whole budget took the dark pipeline to 1.6 GB at 1024^2 (36 masters);
-#: smaller tiles cost nothing measurable (every pass reads each row once whatever the tile).
-TILE_SHARE = 0.25
 
 
 def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalStack:

@@ -404,17 +404,25 @@ class CrossValidation:
             if valid is not None:
                 ok &= valid
             r, s, m = residual[ok], sigma[ok], master[ok]
-            pull = r / s
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ape = 100 * np.abs(r / m)
-            rows.append({"TEMP": float(t), "NPIX": int(ok.sum()),
-                         "MAE_MEAN": float(np.mean(np.abs(r))) if r.size else math.nan,
-                         "MAE_STD": float(np.std(np.abs(r))) if r.size else math.nan,
-                         "MAPE_MEAN": float(np.nanmean(ape)) if r.size else math.nan,
-                         "MAPE_STD": float(np.nanstd(ape)) if r.size else math.nan,
-                         "PULL_MEAN": float(np.mean(pull)) if r.size else math.nan,
-                         "PULL_STD": float(np.std(pull)) if r.size else math.nan,
-                         "SIGMA_MEDIAN": float(np.median(s)) if r.size else math.nan})
+            del residual, sigma, master  # the full frames: only the valid pixels' values count
+            row = {"TEMP": float(t), "NPIX": int(ok.sum())}
+            if r.size:
+                # one full-frame-sized temporary at a time (each ~17 MB at 2048^2)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ape = np.abs(r / m)
+                del m
+                ape *= 100
+                row["MAPE_MEAN"], row["MAPE_STD"] = float(np.nanmean(ape)), float(np.nanstd(ape))
+                del ape
+                pull = r / s
+                row["PULL_MEAN"], row["PULL_STD"] = float(np.mean(pull)), float(np.std(pull))
+                del pull
+                np.abs(r, out=r)
+                row["MAE_MEAN"], row["MAE_STD"] = float(np.mean(r)), float(np.std(r))
+                row["SIGMA_MEDIAN"] = float(np.median(s))
+            rows.append({key: row.get(key, math.nan) for key in (
+                "TEMP", "NPIX", "MAE_MEAN", "MAE_STD", "MAPE_MEAN", "MAPE_STD", "PULL_MEAN",
+                "PULL_STD", "SIGMA_MEDIAN")})
         return pd.DataFrame(rows)
 
 

@@ -22,6 +22,7 @@ Frames are read two at a time: memory does not grow with their number.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from scipy import stats as sps
 from ..errors import FrameError
 from ..io.fitsio import read_image
 from ..progress import progress
+from ..stack.stats import exact_median
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,9 @@ class ReadNoise:
 
     Attributes
     ----------
-    variance : numpy.ndarray
-        Per-pixel variance estimate [adu^2] (NaN where no pair was usable).
+    variance : numpy.ndarray or None
+        Per-pixel variance estimate [adu^2] (NaN where no pair was usable); None once
+        dropped by :meth:`numbers_only`.
     npairs : int
         Frame pairs used.
     median : float
@@ -81,11 +84,16 @@ class ReadNoise:
         Root of the mean variance over pixels (noisy pixels included) [adu].
     """
 
-    variance: np.ndarray
+    variance: np.ndarray | None
     npairs: int
     median: float
     median_err: float
     rms: float
+
+    def numbers_only(self) -> "ReadNoise":
+        """The same summary without the per-pixel map (a full frame each: a table of
+        temperature bins needs only the numbers)."""
+        return dataclasses.replace(self, variance=None)
 
     @property
     def map(self) -> np.ndarray:
@@ -103,16 +111,23 @@ class ReadNoiseAccumulator:
 
     def __init__(self):
         self.sum_sq: np.ndarray | None = None
+        self._work: np.ndarray | None = None  # one pair's difference, reused
         self.npairs = 0
         self.skipped: list[str] = []
 
     def add(self, first: np.ndarray, second: np.ndarray) -> None:
         """Add one pair of frames (any numeric dtype) [adu]."""
-        diff = first.astype(np.float64) - second.astype(np.float64)
-        diff -= np.median(diff)
+        if self._work is None or self._work.shape != np.shape(first):
+            self._work = np.empty(np.shape(first), np.float64)
+        # in one reused float64 buffer: the numbers of (a - b) - median, squared, without
+        # four new full-frame float64 arrays per pair (~130 MB at 2048^2)
+        diff = self._work
+        np.subtract(first, second, out=diff, dtype=np.float64)
+        diff -= exact_median(diff)
         if self.sum_sq is None:
             self.sum_sq = np.zeros(diff.shape, np.float64)
-        self.sum_sq += diff * diff
+        np.multiply(diff, diff, out=diff)
+        self.sum_sq += diff
         self.npairs += 1
 
     def merge(self, other: "ReadNoiseAccumulator") -> None:
@@ -137,7 +152,7 @@ class ReadNoiseAccumulator:
         # scatter about the median (excess-noise pixels out; a mean, unlike a median, does not
         # snap to the lattice of values that 12-bit steps leave in the variances)
         n = self.npairs
-        cut = float(np.median(finite)) / chi2_median_ratio(n) * sps.chi2.ppf(0.999, n) / n
+        cut = exact_median(finite) / chi2_median_ratio(n) * sps.chi2.ppf(0.999, n) / n
         core = finite[finite <= cut]
         # E[X | X < a] = sigma^2 P(chi2_{n+2} < a) / P(chi2_n < a) for X = sigma^2 chi2_n / n
         a = sps.chi2.ppf(0.999, n)

@@ -37,6 +37,15 @@ from ..io import fitsio
 #: large enough that per-tile costs do not show.
 MAX_TILE_ROWS = 256
 
+#: Share of the run's memory budget (``--memory-limit``) one tile of a per-pixel model fit
+#: (bias, dark) may take: the rest holds the interpreter with numba, astropy and pandas
+#: (~350 MB), the models' full-frame maps (~40 float32 maps at the 2-D dark fit: 700 MB at
+#: 2048^2) and the rate maps.  A tile of the whole budget took the dark pipeline to 1.6 GB
+#: at 1024^2 (36 masters), and the bias fit's tiles of 256 rows of ten 2048-column masters
+#: ~370 MB; smaller tiles cost nothing measurable (every pass reads each row once whatever
+#: the tile).
+TILE_SHARE = 0.25
+
 #: Working bytes per sample of one image in a tile: the float32 read, the float64 copies
 #: and temporaries the per-pixel fits make of it (measured on the dark 2-D fit: ~5).
 BYTES_PER_SAMPLE = 24
@@ -206,5 +215,5 @@ def gather_sample(rows, names: Sequence[str], idx: np.ndarray, tile: int,
     return ArrayRows(out)
 
 
-__all__ = ["ProductRows", "ArrayRows", "pixel_sample", "gather_sample", "tile_rows", "row_tiles",
+__all__ = ["TILE_SHARE", "ProductRows", "ArrayRows", "pixel_sample", "gather_sample", "tile_rows", "row_tiles",
            "BYTES_PER_SAMPLE"]
