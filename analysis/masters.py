@@ -40,8 +40,9 @@ from utils.stack.master import (
     frame_metadata,
     inputs_hash,
 )
-from utils.stack.references import BiasReference, read_master_error, scaled_dark
+from utils.stack.references import BiasReference, scaled_dark_files
 from utils.stack.stats import exact_median, exact_nanmedian
+from utils.stack.tiles import pixel_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -447,6 +448,16 @@ def _bias_reference(records: list[MasterRecord], key: GroupKey, rows: pd.DataFra
     return _BiasReference(data, None, err, cards, (str(bias.path),))
 
 
+def _bias_dark_error(bias_err: np.ndarray, dark_err: np.ndarray) -> np.ndarray:
+    """[adu] error of bias + scaled dark, in quadrature: ``sqrt(bias_err**2 + dark_err**2)``
+    (the bias error squared in float32, the sum in float64), float64, by pixel blocks."""
+    out = np.empty(np.shape(bias_err), np.float64)
+    flat, b, d = out.reshape(-1), np.ravel(bias_err), np.ravel(dark_err)
+    for blk in pixel_blocks(flat.size):
+        flat[blk] = np.sqrt(b[blk] ** 2 + d[blk].astype(np.float64) ** 2)
+    return out
+
+
 def _reference_mismatch(rows: pd.DataFrame, shape: tuple, what: str) -> str:
     """Reason to refuse a set whose frames differ in shape from the reference subtracted."""
     shapes = frame_shapes(rows)
@@ -492,14 +503,13 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
                 and r.key.temperature == dark.key.temperature
                 and (r.key.dose == dark.key.dose
                      or (math.isnan(r.key.dose) and math.isnan(dark.key.dose)))]
-        scaled = scaled_dark([(r.key.exptime, *read_master_error(r.path)) for r in same],
-                             key.exptime)
+        scaled = scaled_dark_files([(r.key.exptime, r.path) for r in same], key.exptime)
         dark = next(r for r in same if r.key.exptime == scaled.source)
         mismatch = _reference_mismatch(rows, scaled.data.shape, "dark")
         if mismatch:
             return MasterRecord(key, None, "refused", nbad=nbad, reason=mismatch)
         dark_image = scaled.data
-        ref_err = np.sqrt(bias.stderr ** 2 + scaled.err.astype(np.float64) ** 2)
+        ref_err = _bias_dark_error(bias.stderr, scaled.err)
         refs += tuple(str(r.path) for r in same) + (key.exptime,)
         extra[kw.DARKFILE] = (dark.path.name, "master dark subtracted")
         extra[kw.DARKTEMP] = (dark.key.temperature, "[degC] temperature of that master dark")
@@ -524,7 +534,10 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
                             reason="a flat frame has no signal above bias+dark")
     # each frame normalised by its own level so lamp drifts do not bias the clipping
     scale = 1.0 / levels
+    level_scale = float(np.median(scale))
     return _build(key, rows, nbad, out_dir, settings, unit="",
                   subtract=bias.subtractor(temps, dark_image),
-                  sub_stderr=ref_err * float(np.median(scale)), scale=scale, extra=extra,
+                  sub_stderr=(ref_err * level_scale if ref_err is bias.stderr  # shared: a copy
+                              else np.multiply(ref_err, level_scale, out=ref_err)),
+                  scale=scale, extra=extra,
                   refs=refs, normalise=True, progress_bar=progress_bar)

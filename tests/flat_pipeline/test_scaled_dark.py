@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from analysis import process_index
 from utils.sim import simulate_standard
-from utils.stack.references import scaled_dark
+from utils.stack.references import scaled_dark, scaled_dark_files
 
 
 def test_scaled_dark_fills_holes_from_other_exposures_then_the_population():
@@ -28,6 +28,44 @@ def test_scaled_dark_fills_holes_from_other_exposures_then_the_population():
     assert out.data[0, 2] == pytest.approx(2.0 * np.median(rates))
     exact = scaled_dark([(2.0, long, err), (0.5, short, err)], 2.0)
     assert exact.scale == 1.0 and exact.data[0, 0] == 4.0
+
+
+def test_scaled_dark_from_files_equals_the_whole_frame_formula(tmp_path):
+    """Masters read one at a time and scaled by pixel blocks (more than one block of
+    utils.stack.tiles.PIXEL_BLOCK, the last ragged) give the whole-frame float64 formula of
+    scaled_dark bit for bit, holes filled from the next exposure, then the population."""
+    rng = np.random.default_rng(3)
+    shape = (601, 500)
+    masters, arrays = [], []
+    for t_d in (1.0, 4.0, 16.0):
+        data = (rng.uniform(5, 50, shape) * t_d).astype(np.float32)
+        err = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        mask = np.zeros(shape, np.uint8)
+        mask[rng.random(shape) < (0.002 if t_d < 16 else 0.01)] = 1
+        mask[:3, :3] = 1  # flagged in every master: the population's median rate
+        path = tmp_path / f"dark_{t_d:g}s.fits"
+        fits.HDUList([fits.PrimaryHDU(data), fits.ImageHDU(err, name="UNCERT"),
+                      fits.ImageHDU(mask, name="MASK")]).writeto(path)
+        masters.append((t_d, path))
+        arrays.append((t_d, np.where(mask != 0, np.nan, data), err))
+    out = scaled_dark_files(masters, 3.0)
+    # the former whole-frame formula
+    t0, d0, e0 = arrays[1]  # 4 s is nearest in ratio to 3 s
+    data, err = d0.astype(np.float64) * (3.0 / t0), e0.astype(np.float64) * (3.0 / t0)
+    missing = ~np.isfinite(data)
+    for t_d, d, e in (arrays[0], arrays[2]):
+        fill = missing & np.isfinite(d)
+        data[fill], err[fill] = d.astype(np.float64)[fill] * (3.0 / t_d), e[fill] * (3.0 / t_d)
+        missing &= ~fill
+    rates = np.concatenate([d[np.isfinite(d)].astype(np.float64) / t_d
+                            for t_d, d, _ in (arrays[1], arrays[0], arrays[2])])
+    data[missing], err[missing] = np.median(rates) * 3.0, np.std(rates) * 3.0
+    assert out.source == 4.0 and out.n_population == 9 and out.n_other > 100
+    np.testing.assert_array_equal(out.data, data.astype(np.float32))
+    np.testing.assert_array_equal(out.err, err.astype(np.float32))
+    same = scaled_dark(arrays, 3.0)
+    np.testing.assert_array_equal(same.data, out.data)
+    np.testing.assert_array_equal(same.err, out.err)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ flats), and by the index processing (darks scaled to a flat's exposure):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -33,6 +34,7 @@ from ..io.index import DatasetIndex
 from ..models.bias_model import BiasModel, MasterStack, fit_bias_model
 from .grouping import calibration_groups, check_one_dose_step, select_stage, stage_groups, stage_tag
 from .master import CombineSettings, existing_product, make_master
+from .tiles import pixel_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -326,35 +328,59 @@ def scaled_dark(candidates: list[tuple[float, np.ndarray, np.ndarray]],
     >>> s.data.tolist(), s.source, s.n_other
     ([[20.0, 200.0]], 1.0, 1)
     """
+    return _scaled_dark([(t_d, lambda d=d, e=e: (d, e)) for t_d, d, e in candidates], exptime)
+
+
+def scaled_dark_files(masters: list[tuple[float, str | Path]], exptime: float) -> ScaledDark:
+    """:func:`scaled_dark` of the dark masters ``(exptime [s], path)``, each read only when
+    needed: the nearest exposure's always, the others only for pixels it lacks (one at a
+    time) -- not every exposure's image and error at once (~34 MB each at 2048 x 2048)."""
+    return _scaled_dark([(t_d, functools.partial(read_master_error, path))
+                         for t_d, path in masters], exptime)
+
+
+def _scaled_dark(candidates, exptime: float) -> ScaledDark:
+    """:func:`scaled_dark` with each master's ``(data, err)`` given by a loader."""
     if not candidates:
         raise ValueError("no dark master to scale")
     order = sorted(candidates, key=lambda c: abs(math.log(c[0] / exptime)))
-    t0, d0, e0 = order[0]
-    data = np.asarray(d0, np.float64) * (exptime / t0)
-    err = np.asarray(e0, np.float64) * (exptime / t0)
+    t0, load = order[0]
+    d0, e0 = load()
+    # each pixel is float32(float64(master) x ratio) of the master it comes from: made by
+    # pixel blocks straight into the float32 results (no full-frame float64 images)
+    data, err = np.empty(np.shape(d0), np.float32), np.empty(np.shape(e0), np.float32)
+    for out, image in ((data, d0), (err, e0)):
+        flat, src = out.reshape(-1), np.ravel(image)
+        for blk in pixel_blocks(flat.size):
+            flat[blk] = src[blk].astype(np.float64) * (exptime / t0)
+    del d0, e0
     missing = ~np.isfinite(data) | ~np.isfinite(err)
     n_other = 0
-    for t_d, d, e in order[1:]:
+    for t_d, load in order[1:]:
         if not missing.any():
             break
+        d, e = load()
         fill = missing & np.isfinite(d) & np.isfinite(e)
         data[fill] = np.asarray(d, np.float64)[fill] * (exptime / t_d)
         err[fill] = np.asarray(e, np.float64)[fill] * (exptime / t_d)
         n_other += int(fill.sum())
         missing &= ~fill
+        del d, e
     n_pop = int(missing.sum())
     if n_pop:
-        rates = [np.asarray(d, np.float64)[np.isfinite(d)] / t_d for t_d, d, _ in order]
+        rates = []
+        for t_d, load in order:
+            d = np.asarray(load()[0], np.float64)
+            rates.append(d[np.isfinite(d)] / t_d)
         rates = np.concatenate(rates) if rates else np.zeros(1)
         rate = float(np.median(rates)) if rates.size else 0.0
         spread = float(np.std(rates)) if rates.size > 1 else 0.0
         data[missing] = rate * exptime
         err[missing] = spread * exptime  # a pixel of the population: its spread, not its error
-    return ScaledDark(data.astype(np.float32), err.astype(np.float32), exptime / t0, t0,
-                      n_other, n_pop)
+    return ScaledDark(data, err, exptime / t0, t0, n_other, n_pop)
 
 
 __all__ = ["select_frames", "BiasReference", "bias_reference", "build_dark_master",
            "resolve_bias_model",
            "read_master_error",
-           "ScaledDark", "scaled_dark", "BIAS_FOLDER"]
+           "ScaledDark", "scaled_dark", "scaled_dark_files", "BIAS_FOLDER"]

@@ -215,5 +215,6 @@ def gather_sample(rows, names: Sequence[str], idx: np.ndarray, tile: int,
     return ArrayRows(out)
 
 
-__all__ = ["TILE_SHARE", "ProductRows", "ArrayRows", "pixel_sample", "gather_sample", "tile_rows", "row_tiles",
+__all__ = ["TILE_SHARE", "ProductRows", "ArrayRows", "pixel_sample", "gather_sample", "tile_rows",
+           "row_tiles",
            "BYTES_PER_SAMPLE"]
