@@ -492,6 +492,10 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
         return BiasResult(out_dir, masters, BiasModel.read(out_dir / "bias_model.fits"), done,
                           [out_dir / f for f in done["files"]])
 
+    # the read noise first: its pair differences are full frames, and the model's maps
+    # (~200 MB at 2048^2 with the leave-one-out terms) need not be held under them
+    rn, rn_table, rn_path = measure_read_noise(masters, out_dir, settings.gain, adc_bits,
+                                               progress_bar=progress_bar)
     stack = MasterStack([m.path for m in masters], temps)
     inputs = pd.DataFrame({"PATH": [m.path.name for m in masters], "TEMP": temps,
                            "NCOMBINE": [m.ncombine for m in masters]})
@@ -505,8 +509,6 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
     files.append(model_file)
     files += write_model_maps(model, out_dir / "bias_model", model_file)
 
-    rn, rn_table, rn_path = measure_read_noise(masters, out_dir, settings.gain, adc_bits,
-                                               progress_bar=progress_bar)
     files.append(write_csv(rn_table, out_dir / "read_noise.csv"))
     if rn_path is not None:
         files.append(rn_path)

@@ -37,6 +37,20 @@ def test_show_image_limits_from_the_full_data_picture_from_the_copy():
     import matplotlib.pyplot as plt
 
     plt.close(ax.figure)
+    # exactly the float64 percentiles of the finite pixels, symmetric or not; input untouched
+    image[::7, ::3] = np.nan
+    image -= 100
+    before = image.copy()
+    finite = image[np.isfinite(image)].astype(np.float64)
+    for symmetric in (False, True):
+        ax = plotting.show_image(image, unit="adu", title="t", symmetric=symmetric)
+        lo, hi = ax.images[0].get_clim()
+        if symmetric:
+            assert -lo == hi == np.percentile(np.abs(finite), 99)
+        else:
+            assert (lo, hi) == tuple(np.percentile(finite, (1, 99)))
+        plt.close(ax.figure)
+    np.testing.assert_array_equal(image, before)
 
 
 def _line():
