@@ -175,16 +175,19 @@ class DarkSource:
     tolerance: float = 2.0
     files: list = field(default_factory=list)
     _cache: dict = field(default_factory=dict)
+    _identity: dict = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the darks (content of the model, or the masters' paths)."""
-        digest = hashlib.sha1(self.description.encode())
-        if self.model is not None:
-            digest.update(self.model.fingerprint)
-        for m in self.masters:
-            digest.update(str(m).encode())
-        return digest.hexdigest()[:16]
+        """Identity of the darks (content of the model, or the masters' paths); made once."""
+        if "fingerprint" not in self._identity:
+            digest = hashlib.sha1(self.description.encode())
+            if self.model is not None:
+                self.model.digest_into(digest)
+            for m in self.masters:
+                digest.update(str(m).encode())
+            self._identity["fingerprint"] = digest.hexdigest()[:16]
+        return self._identity["fingerprint"]
 
     def check_shape(self, shape: tuple[int, int]) -> None:
         """One-line error when a dark model does not match the flats' shape."""
