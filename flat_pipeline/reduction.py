@@ -51,6 +51,7 @@ from utils.stack.references import (
     scaled_dark,
     select_frames,
 )
+from utils.stack.tiles import PIXEL_BLOCK, pixel_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +378,19 @@ class Reference:
         return self.subtract(i, 0, height).astype(np.float32)
 
 
+def quadrature_sum(a: np.ndarray, b: np.ndarray, block: int = PIXEL_BLOCK) -> np.ndarray:
+    """``sqrt(a^2 + b^2)`` of two error images [adu] in float64, as float32; by blocks of
+    ``block`` pixels (elementwise: the numbers of the whole-frame formula, without its three
+    float64 frames)."""
+    a, b = np.asarray(a), np.asarray(b)
+    out = np.empty(a.shape, np.float32)
+    flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    for block in pixel_blocks(out.size, block):
+        flat_out[block] = np.sqrt(np.asarray(flat_a[block], np.float64) ** 2
+                                  + np.asarray(flat_b[block], np.float64) ** 2)
+    return out
+
+
 def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
                       darks: DarkSource) -> tuple[Reference | None, str]:
     """The :class:`Reference` of one flat set, or ``(None, reason)`` without a bias.
@@ -404,8 +418,7 @@ def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
     else:
         cards.update(dark.cards)
         cards[kw.SUBTRACT] = (str(cards[kw.SUBTRACT][0]) + "+dark", "subtracted per frame")
-        err = np.sqrt(np.asarray(stderr, np.float64) ** 2
-                      + np.asarray(dark.err, np.float64) ** 2).astype(np.float32)
+        err = quadrature_sum(stderr, dark.err)
         refs = tuple(refs) + (dark.ref,)
     return Reference(bias_rows, dark, why if dark is None else "", err, cards, tuple(refs)), ""
 
