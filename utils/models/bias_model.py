@@ -29,6 +29,7 @@ input masters.  The ADU convention is that of :mod:`utils.adu`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -66,6 +67,32 @@ MEMORY_LIMIT = 256e6
 def chi2_median_ratio(dof: float) -> float:
     """Median of ``chi2_dof / dof`` (Wilson-Hilferty), the expected median reduced chi-square."""
     return float(sps.chi2.median(dof) / dof)
+
+
+@contextlib.contextmanager
+def open_bias_model(path: str | os.PathLike, *, lazy: bool = True):
+    """The HDU list of a bias model product (``lazy``: HDUs read when used), checked.
+
+    Raises
+    ------
+    InputPathError
+        Missing or unreadable file, or a FITS file that is not a bias model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputPathError(f"{path}: bias model not found; make it with "
+                             "python bias_pipeline/run_pipeline.py")
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=lazy) as hdul:
+            missing = [n for n in EXTENSIONS if n not in {h.name for h in hdul}]
+            if missing:
+                raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} "
+                                     "extension); give the bias_model.fits of the bias "
+                                     "pipeline")
+            yield hdul
+    except OSError as err:
+        raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
+            from err
 
 
 def line_error(sigma_a: np.ndarray, sigma_b: np.ndarray, cov_ab: np.ndarray,
@@ -206,28 +233,15 @@ class BiasModel(_BiasLine):
         InputPathError
             Missing file, or a FITS file that is not a bias model.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise InputPathError(f"{path}: bias model not found; make it with "
-                                 "python bias_pipeline/run_pipeline.py")
-        try:
-            with fits.open(path, memmap=False) as hdul:
-                names = {h.name for h in hdul}
-                missing = [n for n in EXTENSIONS if n not in names]
-                if missing:
-                    raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} "
-                                         "extension); give the bias_model.fits of the bias "
-                                         "pipeline")
-                head = hdul[0].header
-                maps = {n: np.asarray(hdul[n].data) for n in EXTENSIONS}
-                mask = np.asarray(hdul["MASK"].data) if "MASK" in names else \
-                    np.zeros(maps["B"].shape, np.uint8)
-                inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in names \
-                    else pd.DataFrame()
-                a = np.asarray(hdul[0].data, dtype=np.float32)
-        except OSError as err:
-            raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
-                from err
+        with open_bias_model(path, lazy=False) as hdul:
+            names = {h.name for h in hdul}
+            head = hdul[0].header
+            maps = {n: np.asarray(hdul[n].data) for n in EXTENSIONS}
+            mask = np.asarray(hdul["MASK"].data) if "MASK" in names else \
+                np.zeros(maps["B"].shape, np.uint8)
+            inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in names \
+                else pd.DataFrame()
+            a = np.asarray(hdul[0].data, dtype=np.float32)
         for column in inputs.columns:
             if inputs[column].dtype.kind == "S":
                 inputs[column] = inputs[column].str.decode("ascii")
@@ -300,24 +314,11 @@ class BiasLineModel(_BiasLine):
     def read(cls, path: str | os.PathLike) -> "BiasLineModel":
         """Open a model written by :meth:`BiasModel.write` (its A and B read; the same checks
         and errors as :meth:`BiasModel.read`)."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputPathError(f"{path}: bias model not found; make it with "
-                                 "python bias_pipeline/run_pipeline.py")
-        try:
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-                index = {h.name: i for i, h in enumerate(hdul)}
-                missing = [n for n in EXTENSIONS if n not in index]
-                if missing:
-                    raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} "
-                                         "extension); give the bias_model.fits of the bias "
-                                         "pipeline")
-                head = hdul[0].header
-                a = np.asarray(hdul[0].data, dtype=np.float32)
-                b = np.asarray(hdul["B"].data).astype(np.float32)
-        except OSError as err:
-            raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
-                from err
+        with open_bias_model(path) as hdul:
+            index = {h.name: i for i, h in enumerate(hdul)}
+            head = hdul[0].header
+            a = np.asarray(hdul[0].data, dtype=np.float32)
+            b = np.asarray(hdul["B"].data).astype(np.float32)
         errors = {n: fitsio.fits_layout(path, index[n]) for n in ("SIGMA_A", "SIGMA_B", "COV_AB")}
         return cls(a, b, kw.get_float(head, "TREF", 0.0), kw.get_float(head, kw.TMIN),
                    kw.get_float(head, kw.TMAX), errors)
@@ -612,6 +613,6 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     return model, cv
 
 
-__all__ = ["BiasModel", "BiasLineModel", "line_error", "MasterStack", "CrossValidation",
-           "fit_bias_model", "pooled_errors",
+__all__ = ["BiasModel", "BiasLineModel", "line_error", "open_bias_model", "MasterStack",
+           "CrossValidation", "fit_bias_model", "pooled_errors",
            "chi2_median_ratio", "MASK_NONLINEAR", "MASK_SLOPE", "MASK_NOFIT", "EXTENSIONS"]
