@@ -125,28 +125,11 @@ def check_inputs(basepath, out_dir: Path, settings: FlatSettings, *,
 def _bias_model_shape(path: str) -> tuple[int, int]:
     """``(height, width)`` of a bias model file, from its headers (a one-line error when it
     is missing or not a bias model)."""
-    from astropy.io import fits
+    from utils.models.bias_model import open_bias_model
 
-    from utils.errors import InputPathError
-    from utils.models.bias_model import EXTENSIONS
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputPathError(f"{path}: bias model not found; make it with "
-                             "python bias_pipeline/run_pipeline.py")
-    try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            names = {h.name for h in hdul}
-            head = hdul[0].header
-            shape = (int(head.get("NAXIS2", 0)), int(head.get("NAXIS1", 0)))
-    except OSError as err:
-        raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
-            from err
-    missing = [n for n in EXTENSIONS if n not in names]
-    if missing:
-        raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} extension); "
-                             "give the bias_model.fits of the bias pipeline")
-    return shape
+    with open_bias_model(path) as hdul:
+        head = hdul[0].header
+        return int(head.get("NAXIS2", 0)), int(head.get("NAXIS1", 0))
 
 
 def model_path(out_dir: Path, settings: FlatSettings, group: FlatGroup) -> Path:

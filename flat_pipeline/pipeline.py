@@ -24,6 +24,7 @@ and ``config_used.json``, ``index.csv`` (a folder given) in ``OUT``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ import pandas as pd
 from utils import adu, plotting
 from utils.errors import UserError
 from utils.io.fitsio import check_output_dir, write_csv, write_text
+from utils.memory import release_free_memory
 from utils.models.gain import Gain, resolve_gain, write_gain
 from utils.models.read_noise import frame_pairs
 from utils.progress import progress
@@ -183,6 +185,10 @@ class _Outputs:
     def add(self, paths) -> None:
         self.files += [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
 
+    def wants(self, level: str = "summary") -> bool:
+        """Whether figures of ``level`` will be drawn (what only they need can be dropped)."""
+        return self.save_plots and plotting.wants(level)
+
     def figure(self, draw, name: str, level: str = "summary") -> None:
         """Draw and save ``plots/<name>`` when plots are on and ``level`` is wanted."""
         if not self.save_plots:
@@ -259,7 +265,7 @@ def _references(index, group, group_dir, settings, shape, progress_bar, need_dar
     bias = bias_reference(index, group_dir, model_path=settings.bias_model,
                           stage=group.key.stage, temp_bin=settings.temp_bin,
                           tolerance=settings.bias_temp_tolerance, combine=settings.combine,
-                          progress_bar=progress_bar, dose=dose, what="flats")
+                          progress_bar=progress_bar, dose=dose, what="flats", lean=True)
     bias.check_shape(shape, "flat frames")
     if not need_dark:
         return bias, DarkSource("none", "not needed (photon transfer only)")
@@ -482,6 +488,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
                                      key=group.key, cards=common, progress_bar=progress_bar))
         if mode != "vignetting_only":  # the bias and dark images are not needed any more
             used_sets, bias, darks = [], None, None
+            release_free_memory()
         reference = _reference_master(masters, summary, adc_bits)
         summary["reference_master"] = reference.tag
         out.figure(lambda: plots.plot_master(read_master(reference.path).data, reference.tag),
@@ -491,6 +498,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
     if mode == "full":
         _illumination_and_prnu(masters, reference, group_dir, settings, summary, out,
                                common)
+        release_free_memory()
     elif mode == "vignetting_only":
         _vignetting_only(used_sets, masters, group_dir, settings, shape, summary, out, common,
                          adc_bits)
@@ -508,6 +516,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
             summary["flat_model"] = {"note": str(err)}
         if model is not None:
             out.add(model.write(group_dir / MODEL_FOLDER))
+            release_free_memory()
             summary["flat_model"] = model.headline()
             for j, name in enumerate("ABC"):
                 out.figure(lambda j=j: plots.plot_model_map(model, j),
@@ -569,8 +578,12 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
             acc, wsum = sums.setdefault(key, (np.zeros(shape, np.float32),
                                               np.zeros(shape, np.float32)))
             accumulate(acc, wsum, p)
-        if m is reference:
+        if m is reference and out.wants():  # the figures' master and maps
             ref_data, ref_ill = data, ill
+        else:  # pass 2 evaluates the model by rows: the full-resolution maps are done with
+            fitted[-1] = dataclasses.replace(ill, relative=None, relative_err=None)
+        del data, err, ill, p
+        release_free_memory()
     out.add(write_csv(illumination_table(fitted), group_dir / ILLUMINATION_FOLDER /
                       "illumination.csv"))
     summary["illumination"] = illumination_table(fitted).to_dict("records")

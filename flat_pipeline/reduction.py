@@ -51,6 +51,7 @@ from utils.stack.references import (
     scaled_dark,
     select_frames,
 )
+from utils.stack.tiles import PIXEL_BLOCK, pixel_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -175,16 +176,19 @@ class DarkSource:
     tolerance: float = 2.0
     files: list = field(default_factory=list)
     _cache: dict = field(default_factory=dict)
+    _identity: dict = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the darks (content of the model, or the masters' paths)."""
-        digest = hashlib.sha1(self.description.encode())
-        if self.model is not None:
-            digest.update(self.model.fingerprint)
-        for m in self.masters:
-            digest.update(str(m).encode())
-        return digest.hexdigest()[:16]
+        """Identity of the darks (content of the model, or the masters' paths); made once."""
+        if "fingerprint" not in self._identity:
+            digest = hashlib.sha1(self.description.encode())
+            if self.model is not None:
+                self.model.digest_into(digest)
+            for m in self.masters:
+                digest.update(str(m).encode())
+            self._identity["fingerprint"] = digest.hexdigest()[:16]
+        return self._identity["fingerprint"]
 
     def check_shape(self, shape: tuple[int, int]) -> None:
         """One-line error when a dark model does not match the flats' shape."""
@@ -374,6 +378,19 @@ class Reference:
         return self.subtract(i, 0, height).astype(np.float32)
 
 
+def quadrature_sum(a: np.ndarray, b: np.ndarray, block: int = PIXEL_BLOCK) -> np.ndarray:
+    """``sqrt(a^2 + b^2)`` of two error images [adu] in float64, as float32; by blocks of
+    ``block`` pixels (elementwise: the numbers of the whole-frame formula, without its three
+    float64 frames)."""
+    a, b = np.asarray(a), np.asarray(b)
+    out = np.empty(a.shape, np.float32)
+    flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    for block in pixel_blocks(out.size, block):
+        flat_out[block] = np.sqrt(np.asarray(flat_a[block], np.float64) ** 2
+                                  + np.asarray(flat_b[block], np.float64) ** 2)
+    return out
+
+
 def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
                       darks: DarkSource) -> tuple[Reference | None, str]:
     """The :class:`Reference` of one flat set, or ``(None, reason)`` without a bias.
@@ -401,8 +418,7 @@ def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
     else:
         cards.update(dark.cards)
         cards[kw.SUBTRACT] = (str(cards[kw.SUBTRACT][0]) + "+dark", "subtracted per frame")
-        err = np.sqrt(np.asarray(stderr, np.float64) ** 2
-                      + np.asarray(dark.err, np.float64) ** 2).astype(np.float32)
+        err = quadrature_sum(stderr, dark.err)
         refs = tuple(refs) + (dark.ref,)
     return Reference(bias_rows, dark, why if dark is None else "", err, cards, tuple(refs)), ""
 

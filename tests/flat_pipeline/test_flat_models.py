@@ -293,3 +293,88 @@ def test_photon_transfer_read_noise_error_matches_its_scatter():
     ratio = np.std(values, ddof=1) / np.median(errors)
     assert abs(ratio - 1) < 5 / math.sqrt(800), ratio
     assert abs(np.mean(values) - 30.0) < 5 * np.median(errors) / math.sqrt(400)
+
+
+def test_block_paths_equal_whole_frame_formulas(tmp_path, monkeypatch):
+    # the flat pipeline evaluates the dark model, the bias model's error and the error of
+    # what a set subtracts by blocks read from the model files; with blocks of one row (and
+    # of 3 pixels) they give the whole-frame formulas' numbers bit for bit
+    import hashlib
+
+    from dark_pipeline.model_2d import DarkModel2D
+    from flat_pipeline.reduction import quadrature_sum
+    from utils.models import bias_model, dark_model
+    from utils.models.bias_model import BiasLineModel, BiasModel
+    from utils.models.nonlinear import PowerExponentialFit
+    from utils.stack.references import BiasReference
+
+    shape = (7, 8)
+    rng = np.random.default_rng(11)
+
+    def image(loc, scale):
+        return (loc + scale * rng.standard_normal(shape)).astype(np.float32)
+    amp, gamma, rate = image(50, 5), image(1.0, 0.02), image(0.1155, 0.005)
+    amp[0, 0], gamma[3, 4] = np.nan, np.nan          # pixels without a fit
+    errs = [np.abs(image(0, s)) for s in (1.0, 0.01, 0.001)]
+    cov = np.zeros((3, 3) + shape, np.float32)
+    for (i, j), s in (((0, 1), 0.003), ((0, 2), 0.0004), ((1, 2), 2e-6)):
+        cov[i, j] = cov[j, i] = image(0, s)
+    for i in range(3):
+        cov[i, i] = errs[i] ** 2
+    errs[0][5, 5] = np.nan                           # a non-finite error at a fitted pixel
+    fit = PowerExponentialFit(amp, gamma, rate, *errs, cov, np.zeros(shape, np.float32),
+                              np.full(shape, 6, np.int16), np.zeros(shape, bool), 20.0, 1.0,
+                              0.1155, 0.0, 0.0)
+    path = DarkModel2D(fit, inputs=pd.DataFrame({"TAVG": [10.0, 30.0]})).write(
+        tmp_path / "d2.fits")
+    # the whole-frame formulas (the model as it was evaluated with every map in memory)
+    maps, _ = dark_model.read_model_maps(path, dark_model.EXTENSIONS_2D)
+    m = {k: np.asarray(v, np.float32) for k, v in maps.items() if k != "INPUTS"}
+    bad = ~np.isfinite(m["PRIMARY"]) | ~np.isfinite(m["B"]) | ~np.isfinite(m["GAMMA"])
+    for name in ("PRIMARY", "GAMMA", "B"):
+        m[name][bad] = np.median(m[name][~bad])
+    for name in ("SIGMA_A", "SIGMA_GAMMA", "SIGMA_B", "COV_AG", "COV_AB", "COV_GB"):
+        m[name][bad & ~np.isfinite(m[name])] = 0.0
+    t, x = 23.7, 0.35
+    dt, lnt = np.float32(t - 20.0), np.float32(math.log(x))
+    signal = m["PRIMARY"] * np.exp(m["GAMMA"] * lnt + m["B"] * dt)
+    inv_a = np.where(m["PRIMARY"] != 0, 1.0 / m["PRIMARY"], 0.0).astype(np.float32)
+    var = (inv_a * m["SIGMA_A"]) ** 2 + (dt * m["SIGMA_B"]) ** 2 + 2 * inv_a * dt * m["COV_AB"]
+    var += (lnt * m["SIGMA_GAMMA"]) ** 2 + 2 * inv_a * lnt * m["COV_AG"] \
+        + 2 * lnt * dt * m["COV_GB"]
+    whole = [signal, signal * m["B"], signal * m["GAMMA"] / np.float32(x),
+             (np.abs(signal) * np.sqrt(np.maximum(var, 0))).astype(np.float32)]
+
+    monkeypatch.setattr(dark_model, "PIXEL_BLOCK", 5)    # one-row blocks
+    monkeypatch.setattr(bias_model, "PIXEL_BLOCK", 5)
+    model = DarkSignalModel.read(path)
+    assert model.n_filled == int(bad.sum()) == 2
+    blocks = [*model.linearised(t, x), model.signal_err(t, x)]
+    for got, want in zip(blocks, whole):
+        assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    digest = hashlib.sha1()
+    model.digest_into(digest)
+    assert digest.digest() == hashlib.sha1(m["PRIMARY"].tobytes()).digest()
+
+    # the bias line: its error by row blocks of the file == BiasModel's whole-frame one
+    zeros = np.zeros(shape, np.float32)
+    bias = BiasModel(image(3000, 20), image(2.0, 0.1), np.abs(image(0, 1.0)),
+                     np.abs(image(0, 0.05)), image(0, 0.01), zeros, np.full(shape, 5, np.int16),
+                     np.zeros(shape, np.uint8), t_ref=20.0, t_min=10.0, t_max=30.0)
+    bias_path = bias.write(tmp_path / "bias_model.fits")
+    full, line = BiasModel.read(bias_path), BiasLineModel.read(bias_path)
+    for temperature in (12.3, 20.0, 31.0):
+        assert line.predict_err(temperature).tobytes() == \
+            full.predict_err(temperature).tobytes()
+    rows = pd.DataFrame({"TEMP": [19.9, 20.4]})
+    refs = [BiasReference(mod, [], 2.0, str(bias_path)) for mod in (full, line)]
+    assert refs[0].fingerprint == refs[1].fingerprint
+    terms = [ref.model_terms(rows) for ref in refs]
+    assert terms[0][0](1, 2, 5).tobytes() == terms[1][0](1, 2, 5).tobytes()
+    assert terms[0][1].tobytes() == terms[1][1].tobytes()
+
+    # the error of bias + dark under a set
+    a, b = whole[3], terms[0][1]
+    want = np.sqrt(np.asarray(a, np.float64) ** 2 + np.asarray(b, np.float64) ** 2) \
+        .astype(np.float32)
+    assert quadrature_sum(a, b, block=3).tobytes() == want.tobytes()

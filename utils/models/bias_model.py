@@ -29,6 +29,7 @@ input masters.  The ADU convention is that of :mod:`utils.adu`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -44,8 +45,9 @@ from scipy import stats as sps
 from .. import adu
 from .. import headers as kw
 from ..errors import InputPathError, UserError
+from ..io import fitsio
 from ..io.fitsio import provenance_cards, read_image, set_card, write_product
-from ..stack.tiles import ProductRows, pixel_blocks, row_tiles, tile_rows
+from ..stack.tiles import PIXEL_BLOCK, ProductRows, pixel_blocks, row_tiles, tile_rows
 from .linear import fit_line_per_pixel
 
 logger = logging.getLogger(__name__)
@@ -67,8 +69,74 @@ def chi2_median_ratio(dof: float) -> float:
     return float(sps.chi2.median(dof) / dof)
 
 
+@contextlib.contextmanager
+def open_bias_model(path: str | os.PathLike, *, lazy: bool = True):
+    """The HDU list of a bias model product (``lazy``: HDUs read when used), checked.
+
+    Raises
+    ------
+    InputPathError
+        Missing or unreadable file, or a FITS file that is not a bias model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputPathError(f"{path}: bias model not found; make it with "
+                             "python bias_pipeline/run_pipeline.py")
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=lazy) as hdul:
+            missing = [n for n in EXTENSIONS if n not in {h.name for h in hdul}]
+            if missing:
+                raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} "
+                                     "extension); give the bias_model.fits of the bias "
+                                     "pipeline")
+            yield hdul
+    except OSError as err:
+        raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
+            from err
+
+
+def line_error(sigma_a: np.ndarray, sigma_b: np.ndarray, cov_ab: np.ndarray,
+               d: np.float64) -> np.ndarray:
+    """One-sigma error [adu] of ``A + B d`` per pixel from the errors of A [adu] and B
+    [adu/degC] and their covariance [adu^2/degC], ``d = T - TREF`` [degC]; float32."""
+    out = np.empty(np.shape(sigma_a), np.float32)
+    # float64 by pixel blocks: the numbers of the whole-frame formula, without its
+    # full-frame float64 temporaries (~170 MB at 2048 x 2048)
+    sa, sb, cov, flat = (np.ravel(m) for m in (sigma_a, sigma_b, cov_ab, out))
+    for blk in pixel_blocks(flat.size):
+        var = (sa[blk].astype(np.float64) ** 2 + d * d * sb[blk].astype(np.float64) ** 2
+               + 2 * d * cov[blk])
+        flat[blk] = np.sqrt(np.maximum(var, 0))
+    return out
+
+
+class _BiasLine:
+    """What every bias model evaluates from its ``a``, ``b`` maps [adu, adu/degC] and
+    ``t_ref``, ``t_min``, ``t_max`` [degC]."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` [pixel]."""
+        return self.a.shape
+
+    def subtractor(self, temperatures: Sequence[float]):
+        """``subtract(i, start, stop)`` for :func:`utils.stack.combine.combine`: the bias rows of
+        frame ``i`` at its own temperature (thread-safe, no full-frame copy)."""
+        temps = np.asarray(temperatures, dtype=np.float64)
+        if not np.all(np.isfinite(temps)):
+            raise ValueError("every frame needs a finite temperature to evaluate the bias model")
+
+        def rows(i: int, start: int, stop: int) -> np.ndarray:
+            return self.a[start:stop] + self.b[start:stop] * np.float32(temps[i] - self.t_ref)
+        return rows
+
+    def covers(self, temperature: float, margin: float = 0.0) -> bool:
+        """True when ``temperature`` lies within the fitted range (+- ``margin`` degC)."""
+        return self.t_min - margin <= temperature <= self.t_max + margin
+
+
 @dataclass
-class BiasModel:
+class BiasModel(_BiasLine):
     """Per-pixel bias line and its uncertainties (float32 maps of shape ``(H, W)``).
 
     Attributes
@@ -114,42 +182,14 @@ class BiasModel:
     adc_bits: int = adu.DEFAULT_ADC_BITS
     inputs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(height, width)`` [pixel]."""
-        return self.a.shape
-
     def predict(self, temperature: float) -> np.ndarray:
         """Bias image at ``temperature`` [degC], float32 [adu]."""
         return (self.a + self.b * np.float32(temperature - self.t_ref)).astype(np.float32)
 
     def predict_err(self, temperature: float) -> np.ndarray:
         """One-sigma error of :meth:`predict` [adu], with the a-b covariance."""
-        d = np.float64(temperature - self.t_ref)
-        out = np.empty(self.shape, np.float32)
-        # float64 by pixel blocks: the same numbers as on the whole frame, without its
-        # full-frame float64 temporaries (~170 MB at 2048 x 2048)
-        sa, sb, cov, flat = (np.ravel(m) for m in (self.sigma_a, self.sigma_b, self.cov_ab, out))
-        for blk in pixel_blocks(flat.size):
-            var = (sa[blk].astype(np.float64) ** 2 + d * d * sb[blk].astype(np.float64) ** 2
-                   + 2 * d * cov[blk])
-            flat[blk] = np.sqrt(np.maximum(var, 0))
-        return out
-
-    def subtractor(self, temperatures: Sequence[float]):
-        """``subtract(i, start, stop)`` for :func:`utils.stack.combine.combine`: the bias rows of
-        frame ``i`` at its own temperature (thread-safe, no full-frame copy)."""
-        temps = np.asarray(temperatures, dtype=np.float64)
-        if not np.all(np.isfinite(temps)):
-            raise ValueError("every frame needs a finite temperature to evaluate the bias model")
-
-        def rows(i: int, start: int, stop: int) -> np.ndarray:
-            return self.a[start:stop] + self.b[start:stop] * np.float32(temps[i] - self.t_ref)
-        return rows
-
-    def covers(self, temperature: float, margin: float = 0.0) -> bool:
-        """True when ``temperature`` lies within the fitted range (+- ``margin`` degC)."""
-        return self.t_min - margin <= temperature <= self.t_max + margin
+        return line_error(self.sigma_a, self.sigma_b, self.cov_ab,
+                          np.float64(temperature - self.t_ref))
 
     # --- product file ------------------------------------------------------------------------
     def header(self) -> fits.Header:
@@ -199,28 +239,15 @@ class BiasModel:
         InputPathError
             Missing file, or a FITS file that is not a bias model.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise InputPathError(f"{path}: bias model not found; make it with "
-                                 "python bias_pipeline/run_pipeline.py")
-        try:
-            with fits.open(path, memmap=False) as hdul:
-                names = {h.name for h in hdul}
-                missing = [n for n in EXTENSIONS if n not in names]
-                if missing:
-                    raise InputPathError(f"{path}: not a bias model (no {', '.join(missing)} "
-                                         "extension); give the bias_model.fits of the bias "
-                                         "pipeline")
-                head = hdul[0].header
-                maps = {n: np.asarray(hdul[n].data) for n in EXTENSIONS}
-                mask = np.asarray(hdul["MASK"].data) if "MASK" in names else \
-                    np.zeros(maps["B"].shape, np.uint8)
-                inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in names \
-                    else pd.DataFrame()
-                a = np.asarray(hdul[0].data, dtype=np.float32)
-        except OSError as err:
-            raise InputPathError(f"{path}: unreadable FITS ({err}); re-run the bias pipeline") \
-                from err
+        with open_bias_model(path, lazy=False) as hdul:
+            names = {h.name for h in hdul}
+            head = hdul[0].header
+            maps = {n: np.asarray(hdul[n].data) for n in EXTENSIONS}
+            mask = np.asarray(hdul["MASK"].data) if "MASK" in names else \
+                np.zeros(maps["B"].shape, np.uint8)
+            inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in names \
+                else pd.DataFrame()
+            a = np.asarray(hdul[0].data, dtype=np.float32)
         for column in inputs.columns:
             if inputs[column].dtype.kind == "S":
                 inputs[column] = inputs[column].str.decode("ascii")
@@ -259,6 +286,60 @@ class BiasModel:
                    npts=np.zeros(a.shape, np.int16), mask=np.zeros(a.shape, np.uint8),
                    t_ref=kw.get_float(a_head, "TREF", 0.0),
                    adc_bits=int(kw.get_float(a_head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
+
+
+@dataclass
+class BiasLineModel(_BiasLine):
+    """A bias model product opened for subtraction only: its A and B maps in memory,
+    the errors of the line read by row blocks from the file when asked.
+
+    What a stacking reference needs of :class:`BiasModel` (``subtractor``,
+    ``predict_err``, ``covers``, ``shape``, ``a`` and ``b``) with two of its eight
+    maps in memory (34 MB instead of 113 MB at 2048^2); :meth:`predict_err` gives the
+    numbers of :meth:`BiasModel.predict_err` (the same elementwise formula, by row
+    blocks).
+
+    Attributes
+    ----------
+    a, b : numpy.ndarray
+        Bias at ``t_ref`` [adu] and temperature coefficient [adu/degC], float32.
+    t_ref, t_min, t_max : float
+        [degC] reference temperature, coolest and warmest master fitted.
+    errors : dict
+        ``{"SIGMA_A" | "SIGMA_B" | "COV_AB": utils.io.fitsio.FitsLayout}``.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    t_ref: float
+    t_min: float
+    t_max: float
+    errors: dict
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "BiasLineModel":
+        """Open a model written by :meth:`BiasModel.write` (its A and B read; the same checks
+        and errors as :meth:`BiasModel.read`)."""
+        with open_bias_model(path) as hdul:
+            index = {h.name: i for i, h in enumerate(hdul)}
+            head = hdul[0].header
+            a = np.asarray(hdul[0].data, dtype=np.float32)
+            b = np.asarray(hdul["B"].data).astype(np.float32)
+        errors = {n: fitsio.fits_layout(path, index[n]) for n in ("SIGMA_A", "SIGMA_B", "COV_AB")}
+        return cls(a, b, kw.get_float(head, "TREF", 0.0), kw.get_float(head, kw.TMIN),
+                   kw.get_float(head, kw.TMAX), errors)
+
+    def predict_err(self, temperature: float) -> np.ndarray:
+        """One-sigma error of the bias at ``temperature`` [degC] [adu], float32, by row
+        blocks of the error maps."""
+        d = np.float64(temperature - self.t_ref)
+        height, width = self.shape
+        out = np.empty(self.shape, np.float32)
+        for r0, r1 in row_tiles(height, max(1, PIXEL_BLOCK // width)):
+            sa, sb, cov = (fitsio.read_rows(self.errors[n], r0, r1)
+                           for n in ("SIGMA_A", "SIGMA_B", "COV_AB"))
+            out[r0:r1] = line_error(sa, sb, cov, d)
+        return out
 
 
 @dataclass
@@ -552,5 +633,6 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     return model, cv
 
 
-__all__ = ["BiasModel", "MasterStack", "CrossValidation", "fit_bias_model", "pooled_errors",
+__all__ = ["BiasModel", "BiasLineModel", "line_error", "open_bias_model", "MasterStack",
+           "CrossValidation", "fit_bias_model", "pooled_errors",
            "chi2_median_ratio", "MASK_NONLINEAR", "MASK_SLOPE", "MASK_NOFIT", "EXTENSIONS"]

@@ -27,6 +27,7 @@ from .. import adu
 from .. import headers as kw
 from ..errors import InputPathError
 from ..io import fitsio
+from ..stack.tiles import PIXEL_BLOCK, row_tiles
 from .nonlinear import ExponentialFit, PowerExponentialFit
 
 #: Extensions of the 1-D and 2-D model products.
@@ -108,12 +109,15 @@ def read_power_exponential_fit(path: str | os.PathLike
 class DarkSignalModel:
     """Dark signal [adu] of a dark-pipeline model at any (T, t), lean in memory.
 
-    Only what the signal and its error need is kept, as float32 maps: ``amplitude``,
-    ``gamma`` (2-D; None for the 1-D rate model, whose signal is the rate times ``t``),
-    ``rate`` [1/degC], and the parameter errors and covariances in ``errors``
-    (``SIGMA_A, SIGMA_GAMMA, SIGMA_B, COV_AG, COV_AB, COV_GB``; the gamma terms absent in
-    1-D).  Pixels without a fit take the population values (median amplitude and
-    exponents), counted in ``n_filled``.
+    The model's maps stay in the file: what a flat set subtracts (:meth:`linearised`,
+    :meth:`signal_err`) is evaluated row block by row block from rows read straight from
+    the file's data sections (:func:`utils.io.fitsio.read_rows`), so the 6 (1-D) or 9
+    (2-D) float32 maps of the model (151 MB at 2048^2) are never all in memory.  The maps
+    used: ``PRIMARY`` (amplitude), ``GAMMA`` (2-D; the 1-D rate model's signal is the rate
+    times ``t``), ``B`` [1/degC], and the parameter errors and covariances
+    ``SIGMA_A, SIGMA_GAMMA, SIGMA_B, COV_AG, COV_AB, COV_GB`` (the gamma terms absent in
+    1-D).  Pixels without a fit (``bad``) take the population values (median amplitude and
+    exponents, ``fill``), counted in ``n_filled``; their non-finite errors are 0.
 
     Attributes
     ----------
@@ -121,6 +125,12 @@ class DarkSignalModel:
         The model file.
     kind : str
         ``"2d"`` (signal model) or ``"1d"`` (rate model).
+    layouts : dict
+        ``{map name: utils.io.fitsio.FitsLayout}`` of the maps used.
+    fill : dict
+        ``{"PRIMARY" | "GAMMA" | "B": float32}`` population value of pixels without a fit.
+    bad : numpy.ndarray or None
+        bool ``(H, W)``: pixels without a fit (None when every pixel has one).
     t_ref : float
         [degC] reference temperature.
     t_min, t_max : float
@@ -131,10 +141,9 @@ class DarkSignalModel:
 
     path: Path
     kind: str
-    amplitude: np.ndarray
-    gamma: np.ndarray | None
-    rate: np.ndarray
-    errors: dict
+    layouts: dict
+    fill: dict
+    bad: np.ndarray | None
     t_ref: float
     t_min: float = math.nan
     t_max: float = math.nan
@@ -144,7 +153,13 @@ class DarkSignalModel:
     @property
     def shape(self) -> tuple[int, int]:
         """``(height, width)`` [px]."""
-        return self.amplitude.shape
+        return self.layouts["PRIMARY"].shape
+
+    @property
+    def error_names(self) -> tuple[str, ...]:
+        """The error and covariance maps of the model's kind."""
+        return ("SIGMA_A", "SIGMA_GAMMA", "SIGMA_B", "COV_AG", "COV_AB", "COV_GB") \
+            if self.kind == "2d" else ("SIGMA_A", "SIGMA_B", "COV_AB")
 
     @staticmethod
     def check(path: str | os.PathLike) -> tuple[str, tuple[int, int]]:
@@ -178,7 +193,8 @@ class DarkSignalModel:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> DarkSignalModel:
-        """Load a 2-D (``GAMMA`` extension present) or 1-D dark model product.
+        """Open a 2-D (``GAMMA`` extension present) or 1-D dark model product: its headers,
+        the pixels without a fit and the population values (one map in memory at a time).
 
         Raises
         ------
@@ -187,44 +203,74 @@ class DarkSignalModel:
         """
         path = Path(path)
         kind, _ = cls.check(path)
-        err_names = ("SIGMA_A", "SIGMA_GAMMA", "SIGMA_B", "COV_AG", "COV_AB", "COV_GB") \
-            if kind == "2d" else ("SIGMA_A", "SIGMA_B", "COV_AB")
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             head = hdul[0].header.copy()
-            index = {h.name: i for i, h in enumerate(hdul)}
+            index = {("PRIMARY" if i == 0 else h.name): i for i, h in enumerate(hdul)}
             inputs = pd.DataFrame(np.asarray(hdul["INPUTS"].data)) if "INPUTS" in index \
                 else pd.DataFrame()
+        shaped = ("PRIMARY", "GAMMA", "B") if kind == "2d" else ("PRIMARY", "B")
+        err_names = ("SIGMA_A", "SIGMA_GAMMA", "SIGMA_B", "COV_AG", "COV_AB", "COV_GB") \
+            if kind == "2d" else ("SIGMA_A", "SIGMA_B", "COV_AB")
+        layouts = {n: fitsio.fits_layout(path, index[n]) for n in shaped + err_names}
 
         def image(name):
             # straight from the data section into native float32: no second copy in memory
-            lay = fitsio.fits_layout(path, index[name])
+            lay = layouts[name]
             return fitsio.read_rows(lay, 0, lay.shape[0])
-        amp = image("PRIMARY")
-        gamma = image("GAMMA") if kind == "2d" else None
-        rate = image("B")
-        errors = {n: image(n) for n in err_names}
-        bad = ~np.isfinite(amp) | ~np.isfinite(rate)
-        if gamma is not None:
-            bad |= ~np.isfinite(gamma)
+        bad = None
+        for name in shaped:
+            finite = np.isfinite(image(name))
+            bad = ~finite if bad is None else bad | ~finite
         if bad.all():
             raise InputPathError(f"{path}: the dark model has no fitted pixel")
+        fill = {}
         if bad.any():  # population values where a pixel has no fit: never NaN in a subtraction
-            for arr in (amp, gamma, rate):
-                if arr is not None:
-                    arr[bad] = np.median(arr[~bad])
-            for arr in errors.values():
-                arr[bad & ~np.isfinite(arr)] = 0.0
+            for name in shaped:
+                fill[name] = np.median(image(name)[~bad])
+        else:
+            bad = None
         temps = pd.to_numeric(inputs.get("TAVG", pd.Series(dtype=float)),
                               errors="coerce").dropna()
-        return cls(path, kind, amp, gamma, rate, errors, kw.get_float(head, kw.TREF, 20.0),
+        return cls(path, kind, layouts, fill, bad, kw.get_float(head, kw.TREF, 20.0),
                    float(temps.min()) if len(temps) else math.nan,
                    float(temps.max()) if len(temps) else math.nan,
-                   int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)), int(bad.sum()))
+                   int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)),
+                   0 if bad is None else int(bad.sum()))
 
-    @property
-    def fingerprint(self) -> bytes:
-        """Bytes identifying the model's content."""
-        return np.ascontiguousarray(self.amplitude).tobytes()
+    def maps(self, names, start: int = 0, stop: int | None = None) -> dict:
+        """Rows ``start:stop`` of the maps ``names`` (float32), population values filled in
+        (amplitude and exponents) and non-finite errors 0 where a pixel has no fit.
+
+        ``GAMMA`` of a 1-D model is None.
+        """
+        stop = self.shape[0] if stop is None else stop
+        bad = None if self.bad is None else self.bad[start:stop]
+        out = {}
+        for name in names:
+            if name not in self.layouts:
+                out[name] = None
+                continue
+            block = fitsio.read_rows(self.layouts[name], start, stop)
+            if bad is not None:
+                if name in self.fill:
+                    block[bad] = self.fill[name]
+                else:
+                    block[bad & ~np.isfinite(block)] = 0.0
+            out[name] = block
+        return out
+
+    def _tiles(self):
+        """Row ranges of the blocks the maps are evaluated by (``PIXEL_BLOCK`` pixels)."""
+        height, width = self.shape
+        return row_tiles(height, max(1, PIXEL_BLOCK // width))
+
+    def digest_into(self, digest) -> None:
+        """Feed the bytes of the filled amplitude map (native float32, C order) into the
+        ``hashlib`` object ``digest``, block by block: the model's content, as the whole
+        map's bytes would."""
+        for r0, r1 in self._tiles():
+            digest.update(np.ascontiguousarray(self.maps(("PRIMARY",), r0, r1)["PRIMARY"])
+                          .tobytes())
 
     def covers(self, temperature: float, margin: float = 0.0) -> bool:
         """True when ``temperature`` lies within the fitted range (+- ``margin`` degC), or the
@@ -233,16 +279,20 @@ class DarkSignalModel:
             return True
         return self.t_min - margin <= temperature <= self.t_max + margin
 
+    def _signal(self, m: dict, temperature: float, exptime: float) -> np.ndarray:
+        """The signal of :meth:`rows` from the maps ``m`` of some rows."""
+        dt = np.float32(temperature - self.t_ref)
+        if self.kind == "2d":
+            expo = m["GAMMA"] * np.float32(math.log(exptime)) + m["B"] * dt
+            return m["PRIMARY"] * np.exp(expo)
+        return m["PRIMARY"] * np.exp(m["B"] * dt) * np.float32(exptime)
+
     def rows(self, temperature: float, exptime: float, start: int = 0,
              stop: int | None = None) -> np.ndarray:
         """Dark signal [adu] of rows ``start:stop`` after ``exptime`` [s] at ``temperature``
         [degC], float32."""
-        sl = slice(start, stop)
-        dt = np.float32(temperature - self.t_ref)
-        if self.kind == "2d":
-            expo = self.gamma[sl] * np.float32(math.log(exptime)) + self.rate[sl] * dt
-            return self.amplitude[sl] * np.exp(expo)
-        return self.amplitude[sl] * np.exp(self.rate[sl] * dt) * np.float32(exptime)
+        return self._signal(self.maps(("PRIMARY", "GAMMA", "B"), start, stop), temperature,
+                            exptime)
 
     def signal(self, temperature: float, exptime: float) -> np.ndarray:
         """Dark signal image [adu] at (``temperature`` [degC], ``exptime`` [s]), float32."""
@@ -252,28 +302,37 @@ class DarkSignalModel:
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(S, dS/dT, dS/dt)`` at (``temperature``, ``exptime``) [adu, adu/degC, adu/s]:
         the signal of nearby (T, t) to first order, two multiply-adds per pixel instead of an
-        exponential (the frames of one set differ by ~0.1 degC and a few us)."""
-        signal = self.signal(temperature, exptime)
-        d_temp = signal * self.rate
-        d_time = signal * (self.gamma if self.gamma is not None else np.float32(1.0)) \
-            / np.float32(exptime)
-        return signal, d_temp, d_time
+        exponential (the frames of one set differ by ~0.1 degC and a few us).  Evaluated
+        by row blocks (elementwise: the numbers of one whole-frame evaluation)."""
+        out = tuple(np.empty(self.shape, np.float32) for _ in range(3))
+        for r0, r1 in self._tiles():
+            m = self.maps(("PRIMARY", "GAMMA", "B"), r0, r1)
+            signal = self._signal(m, temperature, exptime)
+            out[0][r0:r1] = signal
+            out[1][r0:r1] = signal * m["B"]
+            out[2][r0:r1] = signal * (m["GAMMA"] if m["GAMMA"] is not None
+                                      else np.float32(1.0)) / np.float32(exptime)
+        return out
 
     def signal_err(self, temperature: float, exptime: float) -> np.ndarray:
         """One-sigma error of :meth:`signal` [adu], float32: ``S sqrt(u^T C u)`` with
-        ``u = (1/A, ln t, T - TREF)`` (``(1/A, T - TREF)`` for 1-D)."""
-        e = self.errors
-        signal = self.signal(temperature, exptime)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv_a = np.where(self.amplitude != 0, 1.0 / self.amplitude, 0.0).astype(np.float32)
+        ``u = (1/A, ln t, T - TREF)`` (``(1/A, T - TREF)`` for 1-D); by row blocks."""
+        out = np.empty(self.shape, np.float32)
         dt = np.float32(temperature - self.t_ref)
-        var = (inv_a * e["SIGMA_A"]) ** 2 + (dt * e["SIGMA_B"]) ** 2 \
-            + 2 * inv_a * dt * e["COV_AB"]
-        if self.kind == "2d":
-            lnt = np.float32(math.log(exptime))
-            var += (lnt * e["SIGMA_GAMMA"]) ** 2 + 2 * inv_a * lnt * e["COV_AG"] \
-                + 2 * lnt * dt * e["COV_GB"]
-        return (np.abs(signal) * np.sqrt(np.maximum(var, 0))).astype(np.float32)
+        for r0, r1 in self._tiles():
+            e = self.maps(("PRIMARY", "GAMMA", "B") + self.error_names, r0, r1)
+            signal = self._signal(e, temperature, exptime)
+            amplitude = e["PRIMARY"]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv_a = np.where(amplitude != 0, 1.0 / amplitude, 0.0).astype(np.float32)
+            var = (inv_a * e["SIGMA_A"]) ** 2 + (dt * e["SIGMA_B"]) ** 2 \
+                + 2 * inv_a * dt * e["COV_AB"]
+            if self.kind == "2d":
+                lnt = np.float32(math.log(exptime))
+                var += (lnt * e["SIGMA_GAMMA"]) ** 2 + 2 * inv_a * lnt * e["COV_AG"] \
+                    + 2 * lnt * dt * e["COV_GB"]
+            out[r0:r1] = np.abs(signal) * np.sqrt(np.maximum(var, 0))
+        return out
 
 
 __all__ = ["DarkSignalModel", "read_model_maps", "read_exponential_fit",

@@ -31,7 +31,7 @@ from .. import headers as kw
 from ..errors import InputPathError, UserError
 from ..io.fitsio import read_header, read_image
 from ..io.index import DatasetIndex
-from ..models.bias_model import BiasModel, MasterStack, fit_bias_model
+from ..models.bias_model import BiasLineModel, BiasModel, MasterStack, fit_bias_model
 from .grouping import calibration_groups, check_one_dose_step, select_stage, stage_groups, stage_tag
 from .master import CombineSettings, existing_product, make_master
 from .tiles import pixel_blocks
@@ -104,8 +104,9 @@ class BiasReference:
 
     Parameters
     ----------
-    model : BiasModel or None
-        Per-pixel bias(T) model.
+    model : BiasModel or BiasLineModel or None
+        Per-pixel bias(T) model (what subtraction needs of it: ``a``, ``b``, ``shape``,
+        ``covers``, ``subtractor``, ``predict_err``).
     masters : list of (temperature [degC], path)
         Bias masters usable when the model does not cover a temperature.
     tolerance : float
@@ -203,12 +204,15 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
                    stage: str = "", temp_bin: float = 1.0, tolerance: float = 2.0,
                    combine: CombineSettings = CombineSettings(),
                    progress_bar: bool = False, dose: float | None = None,
-                   what: str = "darks", reuse=None) -> BiasReference:
+                   what: str = "darks", reuse=None, lean: bool = False) -> BiasReference:
     """The bias model given by the user, else one fitted from the tree's bias frames.
 
     Bias masters made from the tree go to ``out_dir/bias_masters/`` and a fitted model
     to ``out_dir/bias_model.fits``; ``reuse`` (``{INHASH: path}``, see
     :func:`utils.stack.master.find_masters`) gives masters already built from the same frames.
+    ``lean``: the model read as a :class:`~utils.models.bias_model.BiasLineModel` (A and B in
+    memory, its errors read by row blocks when a set asks), for callers that only subtract
+    it (the flat pipeline); the same numbers and fingerprint.
 
     Raises
     ------
@@ -218,7 +222,7 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
     if model_path:
         model_path = resolve_bias_model(model_path, stage_tag(stage, math.nan if dose is None
                                                               else dose))
-        model = BiasModel.read(model_path)
+        model = (BiasLineModel if lean else BiasModel).read(model_path)
         logger.info("bias: model %s (%.1f..%.1f degC)", model_path, model.t_min, model.t_max)
         return BiasReference(model, [], tolerance, str(model_path))
     rows = select_frames(index, "BIAS", stage, dose=dose,
@@ -244,11 +248,13 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
     digest = hashlib.sha1("".join(str(read_header(p).get(kw.INHASH, p))
                                   for _, p in masters).encode()).hexdigest()[:16]
     if existing_product(path, digest) is not None:  # same masters: the same model, kept
-        model = BiasModel.read(path)
+        model = (BiasLineModel if lean else BiasModel).read(path)
         logger.info("bias: model of the same %d masters kept: %s", len(masters), path)
         return BiasReference(model, masters, tolerance, str(path))
     model, _ = fit_bias_model(MasterStack([p for _, p in masters], temps), cross_validate=False)
     path = model.write(path, {kw.INHASH: (digest, "hash of the input masters")})
+    if lean:  # the written A and B (float32: the same bytes), the rest left in the file
+        model = BiasLineModel.read(path)
     logger.info("bias: model fitted from %d bias masters (%.1f..%.1f degC): %s", len(masters),
                 temps.min(), temps.max(), path)
     return BiasReference(model, masters, tolerance, str(path))
