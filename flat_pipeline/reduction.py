@@ -47,8 +47,7 @@ from utils.stack.master import CombineSettings
 from utils.stack.references import (
     BiasReference,
     build_dark_master,
-    read_master_error,
-    scaled_dark,
+    scaled_dark_files,
     select_frames,
 )
 from utils.stack.tiles import PIXEL_BLOCK, pixel_blocks
@@ -238,8 +237,7 @@ class DarkSource:
             key = (t_bin, round(float(exptime), 9))
             if key not in self._cache:
                 self._cache.clear()
-                self._cache[key] = scaled_dark([(m[2], *read_master_error(m[3])) for m in same_t],
-                                               exptime)
+                self._cache[key] = scaled_dark_files([(m[2], m[3]) for m in same_t], exptime)
             sd = self._cache[key]
             source = next(m for m in same_t if m[2] == sd.source)
             image = sd.data
