@@ -406,7 +406,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
                             repr(gain))
         # the masters are made: the fits read only the bias model's error maps (the rest of
         # the model and the reference's caches are released: 70 MB at 2048^2)
-        bias_errors = BiasErrors.of(bias.model)
+        bias_errors = BiasErrors.of(bias.model, bias.source)
         del bias
         done = completed_run(out_dir, digest)
         if done is not None:

@@ -427,3 +427,33 @@ def test_rate_maps_read_back_from_files_give_the_same_numbers(low_signal_masters
     for name in ("amplitude", "rate", "amplitude_err", "rate_err", "covariance", "chi2"):
         np.testing.assert_array_equal(getattr(model_files.fit, name),
                                       getattr(model_memory.fit, name))
+
+
+def test_bias_errors_read_from_the_model_file_give_the_same_numbers(low_signal_masters):
+    """darkmem3: the bias model's error maps are read by rows from its file, not held: the
+    rows, the leave-one-out sample's maps and the 2-D fit equal those of the maps in
+    memory, bit for bit."""
+    from dark_pipeline.model_2d import BiasErrors
+
+    _, masters, bias = low_signal_masters
+    in_memory = BiasErrors.of(bias.model)
+    from_file = BiasErrors.of(bias.model, bias.source)
+    assert in_memory.rows is None and from_file.rows is not None
+    assert from_file.sigma_a is None
+    for pixels in (None, np.arange(3, bias.model.sigma_a.size, 11)):
+        a, b = in_memory.reader(pixels), from_file.reader(pixels)
+        for r0, r1 in ((0, 1), (0, 5), (1, 3)) if pixels is not None else ((0, 48), (7, 19)):
+            for x, y in zip(a(r0, r1), b(r0, r1), strict=True):
+                assert x.dtype == y.dtype == np.float32
+                np.testing.assert_array_equal(x, y)
+    stack = load_stack(masters, memory_limit=1e5)
+    fits = [fit_model_2d(stack, 20.0, quiet=True, bias_model=e).fit
+            for e in (in_memory, from_file)]
+    assert np.abs(fits[0].covariance).max() > 0
+    for name in ("amplitude", "gamma", "rate", "amplitude_err", "covariance", "chi2"):
+        np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
+    sample = stack.sample(200)[0]
+    fits = [fit_model_2d(sample, 20.0, quiet=True, bias_model=e).fit
+            for e in (in_memory, from_file)]
+    for name in ("amplitude", "gamma", "rate", "covariance"):
+        np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
