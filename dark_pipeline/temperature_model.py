@@ -71,7 +71,8 @@ MASK_NOFIT = 4      # no usable point at all
 
 def _err_scale(chi2: np.ndarray, npoints: np.ndarray, fallback: np.ndarray, nparams: int) -> float:
     """sqrt(median reduced chi-square / its expected median) over well-measured pixels."""
-    dof = npoints.astype(int) - nparams
+    dof = npoints.astype(np.int32)  # small counts: no int64 full-frame copies
+    dof -= nparams
     good = ~fallback & np.isfinite(chi2) & (dof > 0)
     if good.sum() < 10:
         return 1.0
