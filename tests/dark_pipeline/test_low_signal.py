@@ -9,6 +9,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from statcheck import assert_close, assert_pulls
 
@@ -457,3 +458,28 @@ def test_bias_errors_read_from_the_model_file_give_the_same_numbers(low_signal_m
             for e in (in_memory, from_file)]
     for name in ("amplitude", "gamma", "rate", "covariance"):
         np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
+
+
+def test_evaluation_by_pixel_blocks_equals_whole(low_signal, low_signal_masters, monkeypatch):
+    """darkmem3: the evaluation's usable and 3-sigma masks made by blocks of pixels (here 7)
+    from float32 masters and predictions give the table of one whole-frame block, bit for
+    bit (in-sample and leave-one-out pulls over a pixel sample)."""
+    from dark_pipeline import evaluation
+    from utils.stack import tiles
+
+    _, masters, _ = low_signal_masters
+    _, model1, _ = low_signal
+    stack = load_stack(masters)
+    pixels = np.arange(0, stack.shape[0] * stack.shape[1], 5)
+
+    def run():
+        return evaluation.evaluate(stack, lambda t, x: model1.rate(t) * x,
+                                   lambda t, x: model1.rate_err(t) * x,
+                                   exclude=~np.isfinite(model1.fit.amplitude),
+                                   pull_pixels=pixels, keep_maps=False).table
+    monkeypatch.setattr(evaluation, "pixel_blocks", lambda n: tiles.pixel_blocks(n, 1 << 30))
+    whole = run()
+    monkeypatch.setattr(evaluation, "pixel_blocks", lambda n: tiles.pixel_blocks(n, 7))
+    blocks = run()
+    assert (whole["NPIX_MAPE"] > 0).all() and (whole["NPIX_PULL"] > 0).all()
+    pd.testing.assert_frame_equal(whole, blocks, check_exact=True)
