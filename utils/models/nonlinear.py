@@ -136,10 +136,10 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     else:
         pop = [population_value(theta[j], well) for j in range(q)]
     # the joint fit's pixel sample (joint_shape's own stride over the candidates), gathered
-    y_s, s_s, c_s = gather_sample(tiles, candidate, n)
-    pop_theta, joint = _joint_population(z, y_s, s_s, pop, fail,
-                                         None if shared is None else (shared[0], c_s))
-    del y_s, s_s, c_s
+    # by the joint fit itself: not held here while it runs (its float64 weights are)
+    pop_theta, joint = _joint_population(z, lambda: gather_sample(tiles, candidate, n), None,
+                                         pop, fail,
+                                         None if shared is None else (shared[0], None))
     f = design.exp(pop_theta[:, None])[:, 0]
     with np.errstate(all="ignore"):  # only for the float32 casts of overflowing values
         fixed = (f, pop_theta.astype(np.float32),

@@ -353,7 +353,9 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
         Design columns of the n points (e.g. ``T - T_ref``; ``ln t, T - T_ref``).
     y2, s2 : numpy.ndarray, shape (n, P)
         Values and one-sigma errors of every pixel (non-finite or non-positive errors
-        give the point weight 0).
+        give the point weight 0).  ``y2`` may instead be a callable ``() -> (y2, s2, C)``
+        (``s2`` then None, ``shared`` ``(V, None)``), called once: the fit alone then holds
+        the pixels' values and drops them once weighted.
     theta0 : array-like, optional
         Start (e.g. the median of the individual fits); default: a log-linear fit of the
         pixel-summed signal.
@@ -397,6 +399,11 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     if z.ndim == 1:
         z = z[:, None]
     n, q = z.shape
+    if callable(y2):  # made here: no caller holds the sample while the fit runs
+        y2, s2, c = y2()
+        if shared is not None:
+            shared = (shared[0], c)
+        del c
     y2 = np.asarray(y2)
     s2 = np.asarray(s2)
     y2 = y2.reshape(n, -1)
@@ -409,7 +416,11 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     if idx.size == 0:
         raise ValueError("no pixel with enough points for the joint shape fit")
     idx = idx[::max(1, math.ceil(idx.size / max_pixels))]
-    y, w = _prepare(y2[:, idx], s2[:, idx])
+    if idx.size == y2.shape[1]:  # every pixel (e.g. a sample already): no selected copies
+        y, w = _prepare(y2, s2)
+    else:
+        y, w = _prepare(y2[:, idx], s2[:, idx])
+    del y2, s2, valid, cand
     if shared is not None:
         V = np.asarray(shared[0], dtype=np.float64)
         C = np.asarray(shared[1]).reshape(V.shape[1], V.shape[1], -1)[:, :, idx]
