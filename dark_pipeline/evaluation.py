@@ -113,51 +113,49 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
              keep_maps: bool):
     """Master ``i`` against the prediction ``synth()`` and the held-out model's prediction and
     error (full frames, or the pulled pixels): ``(table row, (measured, predicted) sample,
-    reduced (|residual|, APE) maps or None)``.  Full-frame float64 work arrays are made one
-    after the other and dropped when done (4 of them at a time at most)."""
+    reduced (|residual|, APE) maps or None)``.
+
+    Measured and predicted frames stay float32 as read and predicted; the float64 values of
+    every statistic (the same numbers as from float64 copies of the frames: the conversion
+    is exact) are made by pixel blocks or of the pixels used only, so no full-frame float64
+    map is held (3 of them were, 100 MB at 2048^2)."""
     m = stack.masters[i]
-    synth = np.asarray(synth()).astype(np.float64)  # before the master: not on top of its read
+    synth = np.asarray(synth())  # before the master: not on top of its read
     data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
-    real = data.astype(np.float64)
-    del data
-    # sqrt(noise_err^2 + suberr^2) in float64, by blocks of pixels (no full-frame temporary)
-    meas_err = np.empty(real.shape)
-    flat_err, flat_noise, flat_sub = (a.reshape(-1) for a in (meas_err, noise_err, suberr))
-    for at in pixel_blocks(flat_err.size):
-        part = flat_noise[at].astype(np.float64)
-        part *= part
-        sub2 = flat_sub[at].astype(np.float64)
-        sub2 *= sub2
-        part += sub2
-        flat_err[at] = np.sqrt(part)
-    del noise_err, suberr, flat_noise, flat_sub, part, sub2
-    ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(meas_err)
-    if exclude is not None:
-        ok &= ~exclude
+    flat_real, flat_synth = data.reshape(-1), synth.reshape(-1)
+    flat_noise, flat_sub = noise_err.reshape(-1), suberr.reshape(-1)
+    # usable pixels, and those with a signal of 3 sigma at least, by blocks of pixels
+    ok = np.empty(data.shape, bool)
+    strong = np.empty(data.shape, bool)
+    flat_ok, flat_strong = ok.reshape(-1), strong.reshape(-1)
+    flat_excl = None if exclude is None else np.asarray(exclude).reshape(-1)
+    for at in pixel_blocks(flat_ok.size):
+        err = _measured_err(flat_noise, flat_sub, at)
+        real = flat_real[at].astype(np.float64)
+        good = np.isfinite(real) & np.isfinite(flat_synth[at]) & np.isfinite(err)
+        if flat_excl is not None:
+            good &= ~flat_excl[at]
+        flat_ok[at] = good
+        flat_strong[at] = good & (np.abs(real) >= 3 * err)
+    del err, real, good
     # pulls against the held-out model, over its pixels (all, or the sample)
     at = slice(None) if pull_pixels is None else pull_pixels
-    held_pred = _flat(held_pred, at, real.size)
-    held_err = _flat(held_err, at, real.size)
-    real_p = real.reshape(-1)[at]
-    sigma = np.sqrt(meas_err.reshape(-1)[at] ** 2 + held_err ** 2)
-    ok_p = ok.reshape(-1)[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
+    held_pred = _flat(held_pred, at, data.size)
+    held_err = _flat(held_err, at, data.size)
+    real_p = flat_real[at].astype(np.float64)
+    sigma = np.sqrt(_measured_err(flat_noise, flat_sub, at) ** 2 + held_err ** 2)
+    ok_p = flat_ok[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
     pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
-    del held_pred, held_err, real_p, sigma, ok_p
-    strong = ok.copy()
-    flat_real, flat_strong = real.reshape(-1), strong.reshape(-1)
-    for at in pixel_blocks(flat_real.size):  # no full-frame temporaries for a mask
-        flat_strong[at] &= np.abs(flat_real[at]) >= 3 * flat_err[at]
-    del meas_err, flat_err
-    # |residual| and APE of the pixels used, made in place from their values (the same
-    # numbers as from a full-frame residual map, without it)
-    ape = real[strong]
+    del held_pred, held_err, real_p, sigma, ok_p, noise_err, suberr, flat_noise, flat_sub
+    # |residual| and APE of the pixels used, made in place from their values
+    ape = data[strong].astype(np.float64)
     ape -= synth[strong]
-    ape /= real[strong]
+    ape /= data[strong]
     np.abs(ape, out=ape)
     ape *= 100
     mape = float(np.mean(ape)) if ape.size else math.nan
     del ape
-    diff = real[ok]
+    diff = data[ok].astype(np.float64)
     diff -= synth[ok]
     np.abs(diff, out=diff)
     mae = float(np.mean(diff)) if diff.size else math.nan
@@ -166,20 +164,34 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
            "MAE [ADU]": mae, "MAPE [%]": mape,
            "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
            "PULL_STD": float(np.std(pull)) if pull.size else math.nan,
-           "REAL_MEDIAN [ADU]": exact_median(real[ok]) if ok.any() else math.nan,
-           "SYNTH_MEDIAN [ADU]": exact_median(synth[ok]) if ok.any() else math.nan,
+           "REAL_MEDIAN [ADU]": exact_median(data[ok].astype(np.float64)) if ok.any()
+           else math.nan,
+           "SYNTH_MEDIAN [ADU]": exact_median(synth[ok].astype(np.float64)) if ok.any()
+           else math.nan,
            "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()), "NPIX_PULL": int(pull.size)}
     idx = np.flatnonzero(ok)
     if idx.size > 5000:
         idx = rng.choice(idx, 5000, replace=False)
-    sample = (real.ravel()[idx], synth.ravel()[idx])
+    sample = (flat_real[idx].astype(np.float64), flat_synth[idx].astype(np.float64))
     if not keep_maps:
         return row, sample, None
-    resid = real - synth
+    real = data.astype(np.float64)
+    resid = real - synth.astype(np.float64)
     del synth
     abs_err = np.where(ok, np.abs(resid), np.nan)
     ape_map = np.where(strong, 100 * np.abs(resid / np.where(strong, real, 1)), np.nan)
     return row, sample, (_reduce(abs_err), _reduce(ape_map))
+
+
+def _measured_err(noise_err: np.ndarray, suberr: np.ndarray, at) -> np.ndarray:
+    """``sqrt(noise_err^2 + suberr^2)`` [adu] in float64 of the flat pixels ``at`` of a
+    master's noise-model and subtracted-bias errors (float32 maps, flattened)."""
+    part = noise_err[at].astype(np.float64)
+    part *= part
+    sub2 = suberr[at].astype(np.float64)
+    sub2 *= sub2
+    part += sub2
+    return np.sqrt(part, out=part)
 
 
 def _flat(image, at, full_size: int) -> np.ndarray:

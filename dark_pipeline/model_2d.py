@@ -28,6 +28,7 @@ from utils.io.fitsio import write_product
 from utils.models.dark_model import read_power_exponential_fit
 from utils.models.nonlinear import PowerExponentialFit, fit_power_exponential_per_pixel
 from utils.models.pixel_tiles import PixelTiles
+from utils.stack.tiles import PIXEL_BLOCK, ProductRows, gather_sample
 
 from .rates import total_err
 from .temperature_model import MASK_HOT, _err_scale, _header, _mask, _scale_in_place
@@ -131,31 +132,68 @@ class DarkModel2D:
                    int(kw.get_float(head, kw.ADCBITS, adu.DEFAULT_ADC_BITS)))
 
 
+#: Error images of a bias model product the dark fits read (:class:`BiasErrors`).
+BIAS_ERROR_IMAGES = ("SIGMA_A", "SIGMA_B", "COV_AB")
+
+
 @dataclass(frozen=True)
 class BiasErrors:
     """The parts of a bias model the dark fits read: the error maps of its A and B (the
     2-D fit's shared-bias covariance), not its values (the masters are already
-    bias-subtracted) -- a third of the model's memory.
+    bias-subtracted) -- in memory, or rows read from the model's file when it holds the
+    same float32 maps (48 MB at 2048^2 not held through the 2-D fit and evaluation).
 
     Attributes
     ----------
     t_ref : float
         [degC] reference temperature of the bias model's A.
-    sigma_a, sigma_b, cov_ab : numpy.ndarray
-        [adu], [adu/degC], [adu^2/degC] errors and covariance of A and B per pixel.
+    sigma_a, sigma_b, cov_ab : numpy.ndarray or None
+        [adu], [adu/degC], [adu^2/degC] errors and covariance of A and B per pixel (None
+        when read from ``rows``).
+    rows : utils.stack.tiles.ProductRows or None
+        Reader of the model file's ``SIGMA_A``, ``SIGMA_B``, ``COV_AB`` rows.
     """
 
     t_ref: float
-    sigma_a: np.ndarray
-    sigma_b: np.ndarray
-    cov_ab: np.ndarray
+    sigma_a: np.ndarray | None
+    sigma_b: np.ndarray | None
+    cov_ab: np.ndarray | None
+    rows: ProductRows | None = None
 
     @classmethod
-    def of(cls, model) -> BiasErrors | None:
-        """Those of ``model`` (a :class:`~utils.models.bias_model.BiasModel`, or None)."""
+    def of(cls, model, path: str | Path | None = None) -> BiasErrors | None:
+        """Those of ``model`` (a :class:`~utils.models.bias_model.BiasModel`, or None); read
+        by rows from ``path``, the model's own file (read from or written to), when its maps
+        are float32 (the file then holds the same values)."""
         if model is None:
             return None
-        return cls(model.t_ref, model.sigma_a, model.sigma_b, model.cov_ab)
+        maps = (model.sigma_a, model.sigma_b, model.cov_ab)
+        if path and Path(path).is_file() and all(m.dtype == np.float32 for m in maps):
+            rows = ProductRows([path], BIAS_ERROR_IMAGES)
+            if all(rows.has(n)[0] for n in BIAS_ERROR_IMAGES) and rows.shape == maps[0].shape:
+                return cls(model.t_ref, None, None, None, rows)
+        return cls(model.t_ref, *maps)
+
+    def reader(self, pixels: np.ndarray | None = None):
+        """``read(r0, r1) -> (sigma_a, sigma_b, cov_ab)``: rows ``r0:r1`` of the maps, or of
+        the ``(1, n)`` maps of the flat pixels ``pixels`` (increasing; gathered once)."""
+        return _error_rows(self, pixels)
+
+
+def _error_rows(bias_model, pixels=None):
+    """:meth:`BiasErrors.reader` of a :class:`BiasErrors` or a bias model."""
+    rows = getattr(bias_model, "rows", None)
+    if rows is None:
+        images = [getattr(bias_model, n) for n in ("sigma_a", "sigma_b", "cov_ab")]
+        if pixels is not None:
+            images = [image.reshape(-1)[pixels].reshape(1, -1) for image in images]
+    elif pixels is not None:
+        sample = gather_sample(rows, BIAS_ERROR_IMAGES, pixels,
+                               max(1, PIXEL_BLOCK // rows.shape[1]))
+        images = [sample.images[n][0] for n in BIAS_ERROR_IMAGES]
+    else:
+        return lambda r0, r1: tuple(rows.read(n, r0, r1)[0] for n in BIAS_ERROR_IMAGES)
+    return lambda r0, r1: tuple(image[r0:r1] for image in images)
 
 
 def _bias_error_structure(keys, temps, bias_model, pixels=None):
@@ -170,15 +208,10 @@ def _bias_error_structure(keys, temps, bias_model, pixels=None):
     """
     if bias_model is not None and all(k.endswith("|bias(T)") for k in keys):
         design = np.stack([np.ones_like(temps), temps - bias_model.t_ref], axis=1)
-
-        def maps(name, r0, r1):
-            image = getattr(bias_model, name)
-            if pixels is not None:
-                image = image.reshape(-1)[pixels].reshape(1, -1)
-            return image[r0:r1]
+        maps = _error_rows(bias_model, pixels)
 
         def model_cov(r0, r1, suberr):
-            sa, sb, cab = (maps(n, r0, r1) for n in ("sigma_a", "sigma_b", "cov_ab"))
+            sa, sb, cab = maps(r0, r1)
             return np.stack([np.stack([sa ** 2, cab]), np.stack([cab, sb ** 2])]
                             ).astype(np.float64)
         return design, model_cov

@@ -67,7 +67,7 @@ from .masters import (
     masters_table,
 )
 from .model_2d import BiasErrors, DarkModel2D, fit_model_2d
-from .rates import RATE_FOLDER, load_stack, measure_rate, rate_file, write_rate
+from .rates import RATE_FOLDER, load_stack, measure_rate, rate_file, rate_sample, write_rate
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
 from .temperature_model import DarkModel1D, fit_temperature_model
 
@@ -196,26 +196,29 @@ def measure(index: DatasetIndex, out_dir: Path, settings: DarkSettings, files: l
 
 
 def rate_maps(stack, out_dir: Path, adc_bits: int, files: list):
-    """Rate map of every temperature bin (written to ``dark_rates/`` as it is measured).
+    """Rate map of every temperature bin, written to ``dark_rates/`` as it is measured.
 
-    Only rate and error are used from here on: the other written maps are dropped at
-    once, and rate and error kept as the planes of two ``(K, H, W)`` stacks, which the
-    1-D model fits without stacking them again.
+    The maps are dropped once written (their :attr:`~dark_pipeline.rates.RateMap.path`
+    kept): the 1-D model, the hot-pixel counts and the dark-current table read rate and
+    error back from the files, by rows or one map at a time (:meth:`RateMap.loaded
+    <dark_pipeline.rates.RateMap.loaded>`), so no ``(K, H, W)`` stack of them is held
+    (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T).
     """
-    out, stacks = [], None
-    groups = list(stack.groups().values())
-    for i, idx in enumerate(groups):
+    out = []
+    for idx in stack.groups().values():
         r = measure_rate(stack, idx)
-        files.append(write_rate(r, rate_file(out_dir / RATE_FOLDER, r.temperature), adc_bits))
-        if stacks is None:
-            stacks = tuple(np.empty((len(groups),) + r.rate.shape, m.dtype)
-                           for m in (r.rate, r.rate_err))
-        stacks[0][i], stacks[1][i] = r.rate, r.rate_err
-        out.append(replace(r, rate=stacks[0][i], rate_err=stacks[1][i], offset=None,
-                           offset_err=None, chi2dof=None, nexp=None))
+        path = write_rate(r, rate_file(out_dir / RATE_FOLDER, r.temperature), adc_bits)
+        files.append(path)
+        out.append(replace(r, rate=None, rate_err=None, offset=None, offset_err=None,
+                           chi2dof=None, nexp=None, path=path))
         del r
         release_free_memory()  # the written maps: not kept resident under the next ones
     return out
+
+
+def _loaded(rates):
+    """The rate maps with their rate and error in memory, one map at a time."""
+    return (r.loaded() for r in rates)
 
 
 def write_hot_pixels(rate: np.ndarray, out_dir: Path, settings: DarkSettings, adc_bits: int,
@@ -403,7 +406,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
                             repr(gain))
         # the masters are made: the fits read only the bias model's error maps (the rest of
         # the model and the reference's caches are released: 70 MB at 2048^2)
-        bias_errors = BiasErrors.of(bias.model)
+        bias_errors = BiasErrors.of(bias.model, bias.source)
         del bias
         done = completed_run(out_dir, digest)
         if done is not None:
@@ -504,7 +507,7 @@ def _eval_summary(ev) -> dict:
 
 def _dark_current(rates, model, e, out_dir: Path, summary: dict, files: list,
                   exclude=None) -> pd.DataFrame:
-    table = dark_current_table(rates, model, e, exclude)
+    table = dark_current_table(_loaded(rates), model, e, exclude)
     files.append(write_csv(table, out_dir / "dark_current_vs_temperature.csv"))
     _save(lambda: plots.plot_dark_current(table, electrons=bool(e)),
           out_dir / "dark_current_vs_temperature.png", files)
@@ -550,9 +553,7 @@ LOO_PIXELS = 65536
 def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None):
     """``holdout(T)``: the 1-D model fitted without temperature bin T (None if impossible),
     on the pixels ``pixels`` (flat indices; default every pixel)."""
-    if pixels is not None:
-        rates = [replace(r, rate=r.rate.reshape(-1)[pixels][None],
-                         rate_err=r.rate_err.reshape(-1)[pixels][None]) for r in rates]
+    rates = [r.loaded() for r in rates] if pixels is None else rate_sample(rates, pixels)
 
     def fit_without(label):
         rest = [r for r in rates if r.temperature != label]
@@ -583,12 +584,12 @@ def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None):
 def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, summary: dict,
           files: list, bias_model=None) -> None:
     e = _e_per_adu(settings, adc_bits)
-    counts = hot_pixel_counts(rates, n_sigma=settings.hot_threshold, e_per_adu=e,
+    counts = hot_pixel_counts(_loaded(rates), n_sigma=settings.hot_threshold, e_per_adu=e,
                               min_rate_e=settings.hot_min_rate)
     files.append(write_csv(counts, out_dir / "hot_pixels.csv"))
     if len(rates) < 2:
         # no temperature model: hot pixels and dark current at the one temperature measured
-        hot = write_hot_pixels(rates[0].rate, out_dir, settings, adc_bits,
+        hot = write_hot_pixels(rates[0].loaded().rate, out_dir, settings, adc_bits,
                                f"measured rate at {rates[0].tavg:.1f} degC", files)
         summary["hot_pixels"] = hot.count
         _dark_current(rates, None, e, out_dir, summary, files, hot.mask)
@@ -608,10 +609,9 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
                             {"A_map.fits": adu.RATE_UNIT, "B_map.fits": "1 / deg_C",
                              "hot_pixels.fits": ""})
     release_free_memory()  # the written images' copies
-    # the last uses of the rate maps, made now so they are released before the statistics
-    # and the 1-D evaluation (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T): the
-    # leave-one-out refits' pixel sample, the dark-current table and the 1-D figures.
-    # Their files and summary entry keep their place after the evaluation.
+    # the last uses of the rate maps (read back from their files): the leave-one-out refits'
+    # pixel sample, the dark-current table and the 1-D figures.  Their files and summary
+    # entry keep their place after the evaluation.
     pixels = pixel_sample(stack.shape, LOO_PIXELS)  # the leave-one-out refits' pixels
     holdout_1d = _holdout_1d(rates, settings, adc_bits, pixels)
     later: list[Path] = []
@@ -684,8 +684,17 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
 
 def _plots_rates(model: DarkModel1D, rates, counts, out_dir: Path, files: list) -> None:
     """Figures of the rate maps (a few pixels' rates with the 1-D model; hot-pixel counts)."""
-    _save(lambda: plots.plot_pixel_rates(rates, model, _pixels(model)),
-          out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
+    def pixel_rates():
+        pixels = _pixels(model)
+        flat = np.array([np.ravel_multi_index(p, model.fit.amplitude.shape) for p in pixels],
+                        dtype=np.int64)
+        order = np.argsort(flat)
+        at = rate_sample(rates, flat[order])  # those pixels only (read back from the files)
+        values, errors = (np.empty((len(rates), flat.size), np.float32) for _ in range(2))
+        for k, r in enumerate(at):
+            values[k, order], errors[k, order] = r.rate[0], r.rate_err[0]
+        return plots.plot_pixel_rates([r.tavg for r in rates], values, errors, model, pixels)
+    _save(pixel_rates, out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
     _save(lambda: plots.plot_hot_pixel_counts(counts),
           out_dir / "plots" / "hot_pixels_vs_temperature.png", files)
 

@@ -140,17 +140,19 @@ def plot_hot_pixel_counts(table: pd.DataFrame, *, ax=None):
                        "hot pixels vs temperature")
 
 
-def plot_pixel_rates(rates, model: DarkModel1D, pixels, *, ax=None):
-    """Measured rate vs temperature at a few pixels with error bars, and the 1-D model curve."""
+def plot_pixel_rates(temps, values, errors, model: DarkModel1D, pixels, *, ax=None):
+    """Measured rate vs temperature at a few pixels with error bars, and the 1-D model curve.
+
+    ``temps`` [degC] of the K rate maps; ``values``, ``errors`` [adu/s], shape (K, n): the
+    rate and its error of the n ``pixels`` ((row, column) each) in every map.
+    """
     ax = new_axes(ax, figsize=(7.2, 4.8))
-    temps = np.array([r.tavg for r in rates])
+    temps = np.asarray(temps)
     grid = np.linspace(temps.min() - 2, temps.max() + 2, 60)
     for n, (row, col) in enumerate(pixels):
-        values = np.array([r.rate[row, col] for r in rates])
-        errors = np.array([r.rate_err[row, col] for r in rates])
         a, b = float(model.fit.amplitude[row, col]), float(model.fit.rate[row, col])
-        ax.errorbar(temps, values, yerr=errors, fmt="o", ms=4, capsize=2, color=f"C{n}",
-                    label=f"pixel ({col}, {row}): T_d = {np.log(2) / b:.2f} degC"
+        ax.errorbar(temps, values[:, n], yerr=errors[:, n], fmt="o", ms=4, capsize=2,
+                    color=f"C{n}", label=f"pixel ({col}, {row}): T_d = {np.log(2) / b:.2f} degC"
                     if b > 0 else f"pixel ({col}, {row})")
         ax.plot(grid, a * np.exp(b * (grid - model.t_ref)), color=f"C{n}", lw=1)
     ax.set_yscale("symlog", linthresh=1.0)

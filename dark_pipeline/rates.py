@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.linear import fit_line_per_pixel
 from utils.stack.tiles import (
+    PIXEL_BLOCK,
     TILE_SHARE,
     ProductRows,
     gather_sample,
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 RATE_FOLDER = "dark_rates"
 METHOD_SLOPE = "slope vs exposure"
 METHOD_SINGLE = "single exposure"
+#: Images of a written rate map the models read back: the rate and its error.
+RATE_IMAGES = ("PRIMARY", "UNCERT")
 
 
 @dataclass
@@ -66,8 +69,9 @@ class RateMap:
     tavg : float
         [degC] temperature the rate refers to: the masters' mean temperatures weighted as
         the slope weights them (the plain mean with a single exposure).
-    rate, rate_err : numpy.ndarray
-        [adu/s] rate and its one-sigma error.
+    rate, rate_err : numpy.ndarray or None
+        [adu/s] rate and its one-sigma error (None once written and dropped: then read
+        back from :attr:`path`, see :meth:`loaded`, :func:`rate_rows`, :func:`rate_sample`).
     offset, offset_err : numpy.ndarray
         [adu] signal at zero exposure and its error (0 with one exposure).
     chi2dof : numpy.ndarray
@@ -82,6 +86,8 @@ class RateMap:
         Exposures used per pixel (int8).  (The pipeline drops ``offset``, ``offset_err``,
         ``chi2dof`` and ``nexp`` once the map is written.)  Where only one is valid (the longer ones
         saturated or masked) the rate is that master's signal / exposure, offset 0.
+    path : pathlib.Path or None
+        The written map (:func:`write_rate`), when it was written.
     """
 
     temperature: float
@@ -95,6 +101,35 @@ class RateMap:
     method: str
     err_scale: float = 1.0
     nexp: np.ndarray | None = None
+    path: Path | None = None
+
+    def loaded(self) -> RateMap:
+        """This map with ``rate`` and ``rate_err`` in memory: itself, or with the two read
+        back from :attr:`path` (float32 as written: the same values)."""
+        if self.rate is not None and self.rate_err is not None:
+            return self
+        rows = ProductRows([self.path], RATE_IMAGES)
+        height = rows.shape[0]
+        return replace(self, rate=rows.read("PRIMARY", 0, height)[0],
+                       rate_err=rows.read("UNCERT", 0, height)[0])
+
+
+def rate_rows(rates: list[RateMap]) -> ProductRows:
+    """Reader of rows of the written rate maps' rate (``PRIMARY``) and error (``UNCERT``),
+    one plane per map in the order of ``rates`` (the stacking engine's block reader)."""
+    return ProductRows([r.path for r in rates], RATE_IMAGES)
+
+
+def rate_sample(rates: list[RateMap], pixels: np.ndarray) -> list[RateMap]:
+    """The maps at the flat pixel indices ``pixels`` (increasing) only, as ``(1, n)`` maps:
+    taken from the maps in memory, or read back by rows from their files."""
+    if all(r.rate is not None and r.rate_err is not None for r in rates):
+        return [replace(r, rate=r.rate.reshape(-1)[pixels][None],
+                        rate_err=r.rate_err.reshape(-1)[pixels][None]) for r in rates]
+    rows = rate_rows(rates)
+    sample = gather_sample(rows, RATE_IMAGES, pixels, max(1, PIXEL_BLOCK // rows.shape[1]))
+    return [replace(r, rate=sample.images["PRIMARY"][k], rate_err=sample.images["UNCERT"][k])
+            for k, r in enumerate(rates)]
 
 
 def noise_model_errors(exptimes: np.ndarray, noise: np.ndarray,
@@ -630,4 +665,5 @@ def write_rate(rate: RateMap, path: Path, adc_bits: int = adu.DEFAULT_ADC_BITS) 
 
 __all__ = ["RateMap", "SignalStack", "NoiseModel", "load_stack", "total_err", "measure_rate",
            "measure_rates", "noise_model_errors", "pooled_noise_errors", "rate_file", "write_rate",
-           "RATE_FOLDER", "METHOD_SLOPE", "METHOD_SINGLE"]
+           "rate_rows", "rate_sample", "RATE_FOLDER", "RATE_IMAGES", "METHOD_SLOPE",
+           "METHOD_SINGLE"]

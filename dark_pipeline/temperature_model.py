@@ -52,6 +52,9 @@ from utils.models.nonlinear import (
 )
 from utils.models.pixel_tiles import PixelTiles
 from utils.stack.stats import median_with_error, spread_with_error
+from utils.stack.tiles import row_tiles
+
+from .rates import rate_rows
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +71,8 @@ MASK_NOFIT = 4      # no usable point at all
 
 def _err_scale(chi2: np.ndarray, npoints: np.ndarray, fallback: np.ndarray, nparams: int) -> float:
     """sqrt(median reduced chi-square / its expected median) over well-measured pixels."""
-    dof = npoints.astype(int) - nparams
+    dof = npoints.astype(np.int32)  # small counts: no int64 full-frame copies
+    dof -= nparams
     good = ~fallback & np.isfinite(chi2) & (dof > 0)
     if good.sum() < 10:
         return 1.0
@@ -291,9 +295,10 @@ class CommonLawAmplitude:
     slope: np.ndarray
 
 
-def common_law_amplitude(temps: np.ndarray, y: np.ndarray, s: np.ndarray, rate: float,
-                         t_ref: float, err_scale: float = 1.0, block_rows: int = 32, *,
-                         point_scale: np.ndarray | None = None) -> CommonLawAmplitude:
+def common_law_amplitude(temps: np.ndarray, y: np.ndarray | None, s: np.ndarray | None,
+                         rate: float, t_ref: float, err_scale: float = 1.0,
+                         block_rows: int = 32, *, point_scale: np.ndarray | None = None,
+                         points: RatePoints | None = None) -> CommonLawAmplitude:
     """A of every pixel at the fixed rate B (see :class:`CommonLawAmplitude`).
 
     Parameters
@@ -313,20 +318,24 @@ def common_law_amplitude(temps: np.ndarray, y: np.ndarray, s: np.ndarray, rate: 
     point_scale : numpy.ndarray, shape (K,), optional
         Factor on the errors of each rate map (applied block by block: no scaled copy of
         the whole error stack).
+    points : RatePoints, optional
+        The rates and errors read by blocks of rows from here instead (``y``, ``s`` None).
     """
-    shape = y.shape[1:]
+    points = RatePoints(y, s) if points is None else points
+    shape = points.shape[1:]
     k_scale = np.ones(len(temps)) if point_scale is None else np.asarray(point_scale, float)
     out = CommonLawAmplitude(*(np.empty(shape, np.float32) for _ in range(3)))
     x = np.asarray(temps, dtype=np.float64) - t_ref
     f = np.exp(rate * x)
     for r0 in range(0, shape[0], block_rows):
         rows = slice(r0, min(r0 + block_rows, shape[0]))
-        yk = y[:, rows].astype(np.float64)
-        sk = s[:, rows].astype(np.float64) * k_scale.reshape((-1,) + (1,) * (y.ndim - 1))
+        y_rows, s_rows = points.read(rows.start, rows.stop)
+        yk = y_rows.astype(np.float64)
+        sk = s_rows.astype(np.float64) * k_scale.reshape((-1,) + (1,) * (y_rows.ndim - 1))
         with np.errstate(divide="ignore", invalid="ignore"):
             w = np.where(np.isfinite(yk) & np.isfinite(sk) & (sk > 0), 1.0 / (sk * sk), 0.0)
         wy = w * np.where(w > 0, yk, 0.0)
-        fk = f.reshape((-1,) + (1,) * (y.ndim - 1))
+        fk = f.reshape((-1,) + (1,) * (y_rows.ndim - 1))
         xk = x.reshape(fk.shape)
         sw_ff, sw_yf = (w * fk * fk).sum(0), (wy * fk).sum(0)
         sw_xff, sw_xyf = (w * xk * fk * fk).sum(0), (wy * xk * fk).sum(0)
@@ -350,14 +359,15 @@ START_SNR = 1e-3
 MIN_POINTS_PER_T_SCALE = 5
 
 
-def _point_scales(fit: ExponentialFit, temps: np.ndarray, y: np.ndarray, s: np.ndarray,
+def _point_scales(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
                   t_ref: float, point_scale: np.ndarray | None = None,
                   block: int = 1 << 18) -> np.ndarray:
     """Factor per point (temperature) by which its errors are too small: sqrt(median of
     r^2 / (sigma^2 (1 - h)) over the individually fitted pixels / median of chi2(1)),
     with r the residual and h the point's leverage in the pixel's fit.  The errors are
-    ``s`` times ``point_scale`` (per point; default 1); float64 work arrays of ``block``
-    pixels at a time, one float64 value per fitted pixel kept for the median."""
+    the ``points``' errors times ``point_scale`` (per point; default 1); one map of the
+    points read at a time, float64 work arrays of ``block`` pixels at a time, one float64
+    value per fitted pixel kept for the median."""
     good = (~fit.fallback & np.isfinite(fit.amplitude) & np.isfinite(fit.rate)).reshape(-1)
     out = np.ones(len(temps))
     n_good = int(good.sum())
@@ -369,7 +379,7 @@ def _point_scales(fit: ExponentialFit, temps: np.ndarray, y: np.ndarray, s: np.n
     npix = good.size
     for k, t in enumerate(temps):
         d = t - t_ref
-        yk_all, sk_all = y[k].reshape(-1), s[k].reshape(-1)
+        yk_all, sk_all = (m.reshape(-1) for m in points.plane(k))
         u_all = np.empty(n_good)
         at = 0
         for b0 in range(0, npix, block):
@@ -401,22 +411,83 @@ def _planes_of(maps: list[np.ndarray]) -> np.ndarray:
     return np.stack(maps)
 
 
-#: Pixels per tile of the 1-D fit with scaled errors (float64 errors of a tile only: the
-#: whole scaled stack was 8 bytes per point, 300 MB at 2048^2 x 9 T).
+#: Pixels per tile of the 1-D fit with scaled errors, or read back from the rate maps' files
+#: (float64 errors of a tile only: the whole scaled stack was 8 bytes per point, 300 MB at
+#: 2048^2 x 9 T).
 SCALED_TILE_PIXELS = 1 << 18
+
+
+class RatePoints:
+    """Rate ``y`` and error ``s`` [adu/s] of every rate map, as ``(K, H, W)`` stacks in memory,
+    or read back by rows from the written maps (:func:`dark_pipeline.rates.rate_rows`): the
+    pipeline does not hold the two float32 stacks (300 MB at 2048^2 x 9 T) through the fit.
+
+    Parameters
+    ----------
+    y, s : numpy.ndarray, shape (K, H, W), optional
+        The stacks in memory.
+    rows : utils.stack.tiles.ProductRows, optional
+        Reader of the maps' ``PRIMARY`` (rate) and ``UNCERT`` (error) rows, instead.
+    """
+
+    def __init__(self, y: np.ndarray | None = None, s: np.ndarray | None = None, rows=None):
+        self.y, self.s, self.rows = y, s, rows
+        self.shape = tuple(y.shape) if rows is None else (len(rows),) + tuple(rows.shape)
+
+    @classmethod
+    def of(cls, rates) -> RatePoints:
+        """The rate maps' points: their planes in memory (without a copy when they share one
+        stack), or their files when the maps were dropped once written."""
+        if all(r.rate is not None and r.rate_err is not None for r in rates):
+            return cls(_planes_of([r.rate for r in rates]),
+                       _planes_of([r.rate_err for r in rates]))
+        return cls(rows=rate_rows(rates))
+
+    def read(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``r0:r1`` of every map, ``(K, r1 - r0, W)`` (views of the stacks in memory)."""
+        if self.rows is None:
+            return self.y[:, r0:r1], self.s[:, r0:r1]
+        return self.rows.read("PRIMARY", r0, r1), self.rows.read("UNCERT", r0, r1)
+
+    def plane(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rate and error of map ``k`` (``(H, W)``)."""
+        if self.rows is None:
+            return self.y[k], self.s[k]
+        height = self.shape[1]
+        return (self.rows.read("PRIMARY", 0, height, planes=[k])[0],
+                self.rows.read("UNCERT", 0, height, planes=[k])[0])
+
+    def tiles(self, point_scale: np.ndarray | None = None,
+              pixels: int = SCALED_TILE_PIXELS) -> PixelTiles:
+        """The points with errors ``s * point_scale`` (per map, float64 as
+        ``s * point_scale[:, None, None]`` gives them; ``s`` as it is without), tile by tile:
+        ``pixels`` pixels at a time in memory, whole rows of the files."""
+        k, height, width = self.shape
+        npix = height * width
+        scale = None if point_scale is None else \
+            np.asarray(point_scale, dtype=np.float64)[:, None]
+
+        def scaled(s2):
+            return s2 if scale is None else s2 * scale
+        if self.rows is None:
+            y2, s2 = self.y.reshape(k, -1), self.s.reshape(k, -1)
+            ranges = [(a, min(a + pixels, npix)) for a in range(0, npix, pixels)]
+            return PixelTiles(k, (height, width), ranges, lambda a, b: (
+                np.ascontiguousarray(y2[:, a:b]), scaled(s2[:, a:b]), None))
+        rows = max(1, pixels // width)
+        ranges = [(r0 * width, r1 * width) for r0, r1 in row_tiles(height, rows)]
+
+        def read(a, b):
+            y_t, s_t = self.read(a // width, b // width)
+            return y_t.reshape(k, -1), scaled(s_t.reshape(k, -1)), None
+        return PixelTiles(k, (height, width), ranges, read)
 
 
 def _scaled_tiles(y: np.ndarray, s: np.ndarray, point_scale: np.ndarray,
                   pixels: int = SCALED_TILE_PIXELS) -> PixelTiles:
     """The points ``y`` with errors ``s * point_scale`` (per point, float64 as
     ``s * point_scale[:, None, None]`` gives them), computed tile by tile."""
-    k = y.shape[0]
-    y2, s2 = y.reshape(k, -1), s.reshape(k, -1)
-    scale = np.asarray(point_scale, dtype=np.float64)[:, None]
-    npix = y2.shape[1]
-    ranges = [(a, min(a + pixels, npix)) for a in range(0, npix, pixels)]
-    return PixelTiles(k, y.shape[1:], ranges,
-                      lambda a, b: (np.ascontiguousarray(y2[:, a:b]), s2[:, a:b] * scale, None))
+    return RatePoints(y, s).tiles(point_scale, pixels)
 
 
 def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_ADC_BITS,
@@ -435,18 +506,19 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     if np.unique(np.round(temps, 3)).size < 2:
         raise UserError(f"dark frames at a single temperature ({temps[0]:.1f} degC): a dark-"
                         "current model in temperature needs at least two")
-    y = _planes_of([r.rate for r in rates])
-    s = _planes_of([r.rate_err for r in rates])
+    points = RatePoints.of(rates)  # in memory, or read back from the written maps
     point_scale = np.ones(len(rates))
     for attempt in range(3):
         try:
-            if np.all(point_scale == 1.0):
+            if np.all(point_scale == 1.0) and points.rows is None:
                 # unscaled errors go in as they are (the kernels read float64 either way)
-                fit = fit_exponential_per_pixel(temps, y, s, x_ref=t_ref, min_snr=START_SNR)
+                fit = fit_exponential_per_pixel(temps, points.y, points.s, x_ref=t_ref,
+                                                min_snr=START_SNR)
             else:
-                fit = fit_exponential_per_pixel(temps, None, None, x_ref=t_ref,
-                                                min_snr=START_SNR,
-                                                tiles=_scaled_tiles(y, s, point_scale))
+                # tile by tile (the same numbers): scaled errors, or rows of the files
+                fit = fit_exponential_per_pixel(
+                    temps, None, None, x_ref=t_ref, min_snr=START_SNR,
+                    tiles=points.tiles(None if np.all(point_scale == 1.0) else point_scale))
         except ValueError as err:
             raise UserError(f"dark-current model: {err}") from err
         if len(rates) < MIN_POINTS_PER_T_SCALE or attempt == 2:
@@ -456,7 +528,7 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
         # factor per temperature, from the fit's own residuals, calibrates them point by
         # point where a single frame-wide factor would leave the errors of A (at TREF)
         # and B wrong
-        factors = _point_scales(fit, temps, y, s, t_ref, point_scale)
+        factors = _point_scales(fit, temps, points, t_ref, point_scale)
         if np.all(np.abs(factors - 1) < 0.02):
             break
         point_scale *= factors
@@ -466,8 +538,8 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     inputs = pd.DataFrame({"TBIN": [r.temperature for r in rates], "TAVG": temps,
                            "RATEMETH": [r.method for r in rates],
                            "ERRSCALE": point_scale * scale})
-    common = common_law_amplitude(temps, y, s, float(fit.population_rate), t_ref, scale,
-                                  point_scale=point_scale)
+    common = common_law_amplitude(temps, None, None, float(fit.population_rate), t_ref, scale,
+                                  point_scale=point_scale, points=points)
     model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)
     head = model.headline()
     (logger.debug if quiet else logger.info)(

@@ -9,6 +9,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from statcheck import assert_close, assert_pulls
 
@@ -253,7 +254,7 @@ def test_memory_saving_paths_give_the_same_numbers(low_signal_masters, tmp_path)
         stack_tiles,
     )
     from dark_pipeline.pipeline import rate_maps
-    from dark_pipeline.temperature_model import _planes_of, _point_scales
+    from dark_pipeline.temperature_model import RatePoints, _planes_of, _point_scales
 
     _, masters, bias = low_signal_masters
     stack = load_stack(masters, memory_limit=1e5)  # tiles of a few rows
@@ -264,22 +265,31 @@ def test_memory_saving_paths_give_the_same_numbers(low_signal_masters, tmp_path)
             np.testing.assert_array_equal(a, b[0])
 
     kept = rate_maps(stack, tmp_path, 16, [])
-    assert _planes_of([r.rate for r in kept]) is kept[0].rate.base  # no copy
+    assert all(r.rate is None and r.path.is_file() for r in kept)  # dropped once written
+    loaded = [r.loaded() for r in kept]
+    y, s = np.stack([r.rate for r in loaded]), np.stack([r.rate_err for r in loaded])
+    planes = [dataclasses.replace(r, rate=y[k], rate_err=s[k]) for k, r in enumerate(loaded)]
+    assert _planes_of([r.rate for r in planes]) is y  # no copy
     copies = [dataclasses.replace(r, rate=r.rate.copy(), rate_err=r.rate_err.copy())
-              for r in kept]
-    assert _planes_of([r.rate for r in copies]) is not kept[0].rate.base
-    m_kept = fit_temperature_model(kept, 20.0, quiet=True)
+              for r in loaded]
+    assert _planes_of([r.rate for r in copies]) is not y
+    m_kept = fit_temperature_model(kept, 20.0, quiet=True)  # read back from the files
     m_copies = fit_temperature_model(copies, 20.0, quiet=True)
     for name in ("amplitude", "rate", "amplitude_err", "covariance", "chi2"):
         np.testing.assert_array_equal(getattr(m_kept.fit, name), getattr(m_copies.fit, name))
+    for name in ("amplitude", "amplitude_err", "slope"):
+        np.testing.assert_array_equal(getattr(m_kept.common, name),
+                                      getattr(m_copies.common, name))
 
     temps = np.array([r.tavg for r in kept])
-    y, s = _planes_of([r.rate for r in kept]), _planes_of([r.rate_err for r in kept])
     scale = np.array([1.0, 1.3, 0.8])
-    blocked = _point_scales(m_kept.fit, temps, y, s, 20.0, scale, block=7)
-    np.testing.assert_array_equal(blocked, _point_scales(m_kept.fit, temps, y, s, 20.0, scale))
-    np.testing.assert_array_equal(blocked, _point_scales(m_kept.fit, temps, y,
-                                                         s * scale[:, None, None], 20.0))
+    blocked = _point_scales(m_kept.fit, temps, RatePoints(y, s), 20.0, scale, block=7)
+    np.testing.assert_array_equal(blocked, _point_scales(m_kept.fit, temps, RatePoints(y, s),
+                                                         20.0, scale))
+    np.testing.assert_array_equal(blocked, _point_scales(m_kept.fit, temps,
+                                                         RatePoints.of(kept), 20.0, scale))
+    np.testing.assert_array_equal(blocked, _point_scales(
+        m_kept.fit, temps, RatePoints(y, s * scale[:, None, None]), 20.0))
     assert np.all(blocked != 1.0)
 
     fit = fit_model_2d(stack, 20.0, quiet=True, bias_model=BiasErrors.of(bias.model)).fit
@@ -315,7 +325,7 @@ def test_block_paths_equal_whole_frame_formulas(low_signal, low_signal_masters, 
     from utils.stack.stats import MAD_TO_STD
 
     _, masters, _ = low_signal_masters
-    rates = rate_maps(load_stack(masters), tmp_path, 16, [])
+    rates = [r.loaded() for r in rate_maps(load_stack(masters), tmp_path, 16, [])]
     temps = np.array([r.tavg for r in rates])
     y, s = _planes_of([r.rate for r in rates]), _planes_of([r.rate_err for r in rates])
     scale = np.array([1.0, 1.3, 0.8])
@@ -364,3 +374,112 @@ def test_block_paths_equal_whole_frame_formulas(low_signal, low_signal_masters, 
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(hot.mask, usable & (z > 2.0))
     assert hot.count > 0 and hot.spread_ln == spread
+
+
+def test_rate_maps_read_back_from_files_give_the_same_numbers(low_signal_masters, tmp_path):
+    """darkmem3: the rate maps are dropped once written and read back from their files.  The
+    maps read back are the measured ones; the 1-D fit over row tiles of the files (tiles of
+    2 rows, unscaled and point-scaled errors), the common-law A by blocks of 3 rows and the
+    pixel sample of the leave-one-out refits equal the whole in-memory stacks', bit for bit."""
+    from dark_pipeline.pipeline import rate_maps
+    from dark_pipeline.rates import rate_sample
+    from dark_pipeline.temperature_model import RatePoints, common_law_amplitude
+    from utils.models.nonlinear import fit_exponential_per_pixel
+
+    _, masters, _ = low_signal_masters
+    stack = load_stack(masters)
+    measured = measure_rates(stack)
+    kept = rate_maps(stack, tmp_path, 16, [])
+    for a, b in zip(measured, kept, strict=True):
+        assert b.rate is None and (a.temperature, a.tavg) == (b.temperature, b.tavg)
+        np.testing.assert_array_equal(a.rate, b.loaded().rate)
+        np.testing.assert_array_equal(a.rate_err, b.loaded().rate_err)
+    temps = np.array([r.tavg for r in kept])
+    y, s = np.stack([r.rate for r in measured]), np.stack([r.rate_err for r in measured])
+    files = RatePoints.of(kept)
+    assert files.rows is not None and files.shape == y.shape
+    width = y.shape[2]
+    for scale in (None, np.array([1.0, 1.3, 0.8])):
+        tiles = files.tiles(scale, pixels=2 * width)
+        assert len(tiles.ranges) == y.shape[1] // 2
+        errors = s if scale is None else s * scale[:, None, None]
+        whole = fit_exponential_per_pixel(temps, y, errors, x_ref=20.0, min_snr=1e-3)
+        tiled = fit_exponential_per_pixel(temps, None, None, x_ref=20.0, min_snr=1e-3,
+                                          tiles=tiles)
+        for name in ("amplitude", "rate", "amplitude_err", "rate_err", "covariance", "chi2",
+                     "npoints", "fallback"):
+            np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name))
+        assert tiled.population_rate == whole.population_rate
+        assert tiled.population_rate_err == whole.population_rate_err
+    b, scale = 0.1, np.array([1.0, 1.3, 0.8])
+    in_memory = common_law_amplitude(temps, y, s, b, 20.0, 1.2, block_rows=1000,
+                                     point_scale=scale)
+    read_back = common_law_amplitude(temps, None, None, b, 20.0, 1.2, block_rows=3,
+                                     point_scale=scale, points=files)
+    for name in ("amplitude", "amplitude_err", "slope"):
+        np.testing.assert_array_equal(getattr(in_memory, name), getattr(read_back, name))
+    pixels = np.arange(5, y[0].size, 7)
+    for a, b in zip(rate_sample(measured, pixels), rate_sample(kept, pixels), strict=True):
+        assert a.rate.shape == b.rate.shape == (1, pixels.size)
+        np.testing.assert_array_equal(a.rate, b.rate)
+        np.testing.assert_array_equal(a.rate_err, b.rate_err)
+    model_files = fit_temperature_model(kept, 20.0, quiet=True)
+    model_memory = fit_temperature_model(measured, 20.0, quiet=True)
+    for name in ("amplitude", "rate", "amplitude_err", "rate_err", "covariance", "chi2"):
+        np.testing.assert_array_equal(getattr(model_files.fit, name),
+                                      getattr(model_memory.fit, name))
+
+
+def test_bias_errors_read_from_the_model_file_give_the_same_numbers(low_signal_masters):
+    """darkmem3: the bias model's error maps are read by rows from its file, not held: the
+    rows, the leave-one-out sample's maps and the 2-D fit equal those of the maps in
+    memory, bit for bit."""
+    from dark_pipeline.model_2d import BiasErrors
+
+    _, masters, bias = low_signal_masters
+    in_memory = BiasErrors.of(bias.model)
+    from_file = BiasErrors.of(bias.model, bias.source)
+    assert in_memory.rows is None and from_file.rows is not None
+    assert from_file.sigma_a is None
+    for pixels in (None, np.arange(3, bias.model.sigma_a.size, 11)):
+        a, b = in_memory.reader(pixels), from_file.reader(pixels)
+        for r0, r1 in ((0, 1), (0, 5), (1, 3)) if pixels is not None else ((0, 48), (7, 19)):
+            for x, y in zip(a(r0, r1), b(r0, r1), strict=True):
+                assert x.dtype == y.dtype == np.float32
+                np.testing.assert_array_equal(x, y)
+    stack = load_stack(masters, memory_limit=1e5)
+    fits = [fit_model_2d(stack, 20.0, quiet=True, bias_model=e).fit
+            for e in (in_memory, from_file)]
+    assert np.abs(fits[0].covariance).max() > 0
+    for name in ("amplitude", "gamma", "rate", "amplitude_err", "covariance", "chi2"):
+        np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
+    sample = stack.sample(200)[0]
+    fits = [fit_model_2d(sample, 20.0, quiet=True, bias_model=e).fit
+            for e in (in_memory, from_file)]
+    for name in ("amplitude", "gamma", "rate", "covariance"):
+        np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
+
+
+def test_evaluation_by_pixel_blocks_equals_whole(low_signal, low_signal_masters, monkeypatch):
+    """darkmem3: the evaluation's usable and 3-sigma masks made by blocks of pixels (here 7)
+    from float32 masters and predictions give the table of one whole-frame block, bit for
+    bit (in-sample and leave-one-out pulls over a pixel sample)."""
+    from dark_pipeline import evaluation
+    from utils.stack import tiles
+
+    _, masters, _ = low_signal_masters
+    _, model1, _ = low_signal
+    stack = load_stack(masters)
+    pixels = np.arange(0, stack.shape[0] * stack.shape[1], 5)
+
+    def run():
+        return evaluation.evaluate(stack, lambda t, x: model1.rate(t) * x,
+                                   lambda t, x: model1.rate_err(t) * x,
+                                   exclude=~np.isfinite(model1.fit.amplitude),
+                                   pull_pixels=pixels, keep_maps=False).table
+    monkeypatch.setattr(evaluation, "pixel_blocks", lambda n: tiles.pixel_blocks(n, 1 << 30))
+    whole = run()
+    monkeypatch.setattr(evaluation, "pixel_blocks", lambda n: tiles.pixel_blocks(n, 7))
+    blocks = run()
+    assert (whole["NPIX_MAPE"] > 0).all() and (whole["NPIX_PULL"] > 0).all()
+    pd.testing.assert_frame_equal(whole, blocks, check_exact=True)

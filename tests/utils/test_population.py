@@ -141,3 +141,27 @@ def test_stencil_derivatives_are_the_central_differences():
     # differences of values ~1e2 over steps of ~1e-4: rounding ~1e-14 / 1e-4 of the value
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-8 * np.abs(want_grad).max())
     np.testing.assert_allclose(H, want_H, rtol=1e-5)
+
+
+def test_joint_shape_by_pixel_blocks_equals_whole(monkeypatch):
+    """darkmem3: the per-pixel sum w y^2 made by blocks of pixels (here 7) gives the joint
+    fit of one whole-array block bit for bit, with bright pixels cut and shared errors; so
+    does the sample handed over as a callable (made and dropped inside the fit)."""
+    from utils.stack import tiles
+
+    rng = np.random.default_rng(11)
+    z, y, s, shared = stack(rng, 3000)
+    y[:, :20] *= 200.0  # bright outliers: the cut of w, w y and the sums is taken
+    whole = pop.joint_shape(z, y, s, [0.9, 0.06], shared=shared)
+    handed = pop.joint_shape(z, lambda: (y.astype(np.float32), s.astype(np.float32), shared[1]),
+                             None, [0.9, 0.06], shared=(shared[0], None))
+    direct = pop.joint_shape(z, y.astype(np.float32), s.astype(np.float32), [0.9, 0.06],
+                             shared=shared)
+    np.testing.assert_array_equal(handed.theta, direct.theta)
+    np.testing.assert_array_equal(handed.covariance, direct.covariance)
+    monkeypatch.setattr(pop, "pixel_blocks", lambda n: tiles.pixel_blocks(n, 7))
+    blocks = pop.joint_shape(z, y, s, [0.9, 0.06], shared=shared)
+    assert whole.pixels == blocks.pixels < 3000
+    np.testing.assert_array_equal(whole.theta, blocks.theta)
+    np.testing.assert_array_equal(whole.covariance, blocks.covariance)
+    assert whole.chi2dof == blocks.chi2dof

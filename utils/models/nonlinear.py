@@ -106,10 +106,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     P = int(np.prod(shape))
     design = _Design(z)
     p, q = design.p, design.q
-    maps = (np.empty(P, np.float32), np.empty((q, P), np.float32),
-            np.empty((p, p, P), np.float32), np.empty(P, np.float32), np.empty(P, np.int16),
-            np.empty(P, np.int8), np.empty(P, np.float32), np.empty((p, P), np.float32))
-    A, theta, cov, chi, npts, status, chi2, errs = maps
+    maps = _new_maps(P, p, q)
+    A, theta, cov, npts, status, chi2 = maps
     candidate = np.empty(P, bool)  # enough points for the joint population fit
     workers = max(1, int(workers))
     fail = ValueError(
@@ -127,7 +125,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         y_t = _float_array(y_t).reshape(n, -1)
         s_t = _float_array(s_t).reshape(n, -1)
         out = tile_outputs(maps, a, b, P)
-        _first_pass_numba(design, y_t, s_t, min_snr, max_iter, tol, workers, out)
+        _first_pass_numba(design, y_t, s_t, min_snr, max_iter, tol, workers,
+                          _with_scratch(out, b - a, p))
         store_tile(maps, out, a, b, P)
         candidate[a:b] = (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= q + 2
     well = status == _CONVERGED
@@ -137,10 +136,10 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     else:
         pop = [population_value(theta[j], well) for j in range(q)]
     # the joint fit's pixel sample (joint_shape's own stride over the candidates), gathered
-    y_s, s_s, c_s = gather_sample(tiles, candidate, n)
-    pop_theta, joint = _joint_population(z, y_s, s_s, pop, fail,
-                                         None if shared is None else (shared[0], c_s))
-    del y_s, s_s, c_s
+    # by the joint fit itself: not held here while it runs (its float64 weights are)
+    pop_theta, joint = _joint_population(z, lambda: gather_sample(tiles, candidate, n), None,
+                                         pop, fail,
+                                         None if shared is None else (shared[0], None))
     f = design.exp(pop_theta[:, None])[:, 0]
     with np.errstate(all="ignore"):  # only for the float32 casts of overflowing values
         fixed = (f, pop_theta.astype(np.float32),
@@ -152,11 +151,18 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         y_t = _float_array(y_t).reshape(n, -1)
         s_t = _float_array(s_t).reshape(n, -1)
         out = tile_outputs(maps, a, b, P)
-        t_A, t_theta, t_cov, _, t_npts, t_status, t_chi2, t_errs = out
+        t_A, t_theta, t_cov, t_npts, t_status, t_chi2 = out
+        t_errs = np.empty((p, b - a), np.float32)  # made from the covariance below
         _run_chunks(lambda i, j: _nb_fallback(y_t, s_t, i, j, t_status, t_npts, *fixed, t_A,
                                               t_theta, t_cov, t_chi2, t_errs),
                     b - a, _NL_CHUNK, workers)
         store_tile(maps, out, a, b, P)
+    # the error maps: sqrt of the float32 covariance's diagonal, as both kernels compute them
+    # (made now, not held through the population and fallback passes: 3 maps at 2-D)
+    errs = np.empty((p, P), np.float32)
+    with np.errstate(invalid="ignore"):
+        for r in range(p):
+            np.sqrt(cov[r, r], out=errs[r])
     return fit_maps(shape, (A, theta, cov, chi2, npts, errs), well, pop_theta, pop, joint)
 
 
@@ -167,12 +173,27 @@ def _first_pass_tile(tile, *, read, design, n, fit):
     y_t, s_t, _ = read(a, b)
     y_t = _float_array(y_t).reshape(n, -1)
     s_t = _float_array(s_t).reshape(n, -1)
-    m, p, q = b - a, design.p, design.q
-    out = (np.empty(m, np.float32), np.empty((q, m), np.float32),
-           np.empty((p, p, m), np.float32), np.empty(m, np.float32), np.empty(m, np.int16),
-           np.empty(m, np.int8), np.empty(m, np.float32), np.empty((p, m), np.float32))
-    _first_pass_numba(design, y_t, s_t, fit[0], fit[1], fit[2], 1, out)
-    return out, (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= q + 2
+    m = b - a
+    out = _new_maps(m, design.p, design.q)
+    _first_pass_numba(design, y_t, s_t, fit[0], fit[1], fit[2], 1,
+                      _with_scratch(out, m, design.p))
+    return out, (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= design.q + 2
+
+
+def _new_maps(m: int, p: int, q: int) -> tuple:
+    """The per-pixel result maps of ``m`` pixels: amplitude, theta (q), covariance (p, p),
+    points, status, reduced chi-square."""
+    return (np.empty(m, np.float32), np.empty((q, m), np.float32),
+            np.empty((p, p, m), np.float32), np.empty(m, np.int16), np.empty(m, np.int8),
+            np.empty(m, np.float32))
+
+
+def _with_scratch(maps: tuple, m: int, p: int) -> tuple:
+    """The first-pass kernel's outputs: ``maps`` of ``m`` pixels with scratch maps of the
+    kernel's chi-square (read by no later step) and errors (made from the covariance once
+    every pass is done): one tile's, not full-frame maps held through the population and
+    fallback passes (4 float32 maps at 2-D, 64 MB at 2048^2)."""
+    return maps[:3] + (np.empty(m, np.float32),) + maps[3:] + (np.empty((p, m), np.float32),)
 
 
 def _design_groups(z):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..stack.tiles import pixel_blocks
 from ._parallel import HAVE_NUMBA, _default_workers, _run_chunks, njit
 
 #: Pixels of the sample the joint fit uses at most (a deterministic stride).
@@ -352,7 +353,9 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
         Design columns of the n points (e.g. ``T - T_ref``; ``ln t, T - T_ref``).
     y2, s2 : numpy.ndarray, shape (n, P)
         Values and one-sigma errors of every pixel (non-finite or non-positive errors
-        give the point weight 0).
+        give the point weight 0).  ``y2`` may instead be a callable ``() -> (y2, s2, C)``
+        (``s2`` then None, ``shared`` ``(V, None)``), called once: the fit alone then holds
+        the pixels' values and drops them once weighted.
     theta0 : array-like, optional
         Start (e.g. the median of the individual fits); default: a log-linear fit of the
         pixel-summed signal.
@@ -396,6 +399,11 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     if z.ndim == 1:
         z = z[:, None]
     n, q = z.shape
+    if callable(y2):  # made here: no caller holds the sample while the fit runs
+        y2, s2, c = y2()
+        if shared is not None:
+            shared = (shared[0], c)
+        del c
     y2 = np.asarray(y2)
     s2 = np.asarray(s2)
     y2 = y2.reshape(n, -1)
@@ -408,7 +416,11 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     if idx.size == 0:
         raise ValueError("no pixel with enough points for the joint shape fit")
     idx = idx[::max(1, math.ceil(idx.size / max_pixels))]
-    y, w = _prepare(y2[:, idx], s2[:, idx])
+    if idx.size == y2.shape[1]:  # every pixel (e.g. a sample already): no selected copies
+        y, w = _prepare(y2, s2)
+    else:
+        y, w = _prepare(y2[:, idx], s2[:, idx])
+    del y2, s2, valid, cand
     if shared is not None:
         V = np.asarray(shared[0], dtype=np.float64)
         C = np.asarray(shared[1]).reshape(V.shape[1], V.shape[1], -1)[:, :, idx]
@@ -422,7 +434,14 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     # would outweigh all the rest: left out by a robust z of their amplitude far beyond any
     # ordinary pixel's (a cut inside the bulk would select by noise and bias theta)
     f0 = np.exp(np.clip(z @ theta, -700, 700))
-    wy = w * y
+    # sum_k w y^2 per pixel ((w y) y, summed over k in order) by blocks of pixels, then y
+    # made w y in place: no full-size temporary, no y held beside w y
+    wyy = np.empty(y.shape[1])
+    for at in pixel_blocks(y.shape[1]):
+        wyy[at] = (w[:, at] * y[:, at] * y[:, at]).sum(0)
+    wy = y
+    wy *= w
+    del y
     with np.errstate(divide="ignore", invalid="ignore"):
         amp = (f0 @ wy) / ((f0 * f0) @ w)
     ok = np.isfinite(amp)
@@ -430,16 +449,14 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     spread = 1.4826 * float(np.median(np.abs(amp[ok] - centre))) if ok.any() else 0.0
     if spread > 0:
         keep = ok & ((amp - centre) / spread <= BRIGHT_Z)
-        y = y[:, keep]  # one copy at a time
-        w = w[:, keep]
+        w = w[:, keep]  # one copy at a time
         wy = wy[:, keep]
+        wyy = wyy[keep]
         if shared is not None:
             shared = (shared[0], shared[1][:, :, keep], shared[2][:, keep])
-    wyy = (wy * y).sum(0)                        # sum_k w y^2 per pixel
     npts = np.count_nonzero(w, axis=0)
     # p-value >= clip_pvalue <=> chi-square <= its isf at the pixel's dof (one per dof)
     limit = chi2_dist.isf(clip_pvalue, np.arange(1, n + 1))
-    del y
     for _ in range(3):
         theta = _minimise(z, wy, w, theta, shared)
         profile = _profiles(z, wy, w, theta)[0]

@@ -369,15 +369,22 @@ def median_with_error(values) -> tuple[float, float]:
     (True, True)
     """
     v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
+    finite = np.isfinite(v)
+    if not finite.all():  # (no copy of a map whose values are all finite)
+        v = v[finite]
+    del finite
     if v.size == 0:
         return math.nan, math.nan
     m = float(np.median(v))
-    spread = MAD_TO_STD * float(np.median(np.abs(v - m)))
+    # |v - m| made once, in place; its median partitions it in place (the order does not
+    # change a median or a count)
+    dev = v - m
+    np.abs(dev, out=dev)
+    spread = MAD_TO_STD * float(np.median(dev, overwrite_input=True))
     if spread == 0:
         return m, 0.0
     h = 0.3 * spread
-    density = np.count_nonzero(np.abs(v - m) <= h) / (v.size * 2 * h)
+    density = np.count_nonzero(dev <= h) / (v.size * 2 * h)
     return m, float(1.0 / (2.0 * math.sqrt(v.size) * density))
 
 
@@ -405,7 +412,9 @@ def spread_with_error(values, errors=None) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64).ravel()
     s = np.zeros(v.shape) if errors is None else np.asarray(errors, dtype=np.float64).ravel()
     ok = np.isfinite(v) & np.isfinite(s)
-    v, s = v[ok], s[ok]
+    if not ok.all():  # (no copies of maps whose values are all finite)
+        v, s = v[ok], s[ok]
+    del ok
     if v.size < 4:
         return math.nan, math.nan
     d = v - v.mean()
