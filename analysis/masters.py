@@ -35,10 +35,10 @@ from utils.stack.combine import combine
 from utils.stack.grouping import GroupKey, calibration_groups
 from utils.stack.master import (
     adc_bits_of,
-    add_in_quadrature,
     existing_product,
     frame_metadata,
     inputs_hash,
+    quadrature_sum,
 )
 from utils.stack.references import BiasReference, scaled_dark_files
 from utils.stack.stats import exact_median, exact_nanmedian
@@ -185,7 +185,7 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
     images = None
     if sub_stderr is not None:
         # the subtracted master's own uncertainty is common to every frame: add it once
-        result.stderr = add_in_quadrature(result.stderr, sub_stderr)
+        result.stderr = quadrature_sum(result.stderr, sub_stderr, out=result.stderr)
         if not normalise:  # kept alone too, as utils.stack.master.make_master does
             images = {"SUBERR": (np.asarray(sub_stderr, np.float32), unit)}
             cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")

@@ -43,14 +43,13 @@ from utils.io.fitsio import provenance_cards, read_image, set_card, write_produc
 from utils.io.index import DatasetIndex
 from utils.models.dark_model import DarkSignalModel
 from utils.stack.grouping import GroupKey, calibration_groups, text_column
-from utils.stack.master import CombineSettings
+from utils.stack.master import CombineSettings, quadrature_sum
 from utils.stack.references import (
     BiasReference,
     build_dark_master,
     scaled_dark_files,
     select_frames,
 )
-from utils.stack.tiles import PIXEL_BLOCK, pixel_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -374,19 +373,6 @@ class Reference:
     def image(self, i: int, height: int) -> np.ndarray:
         """The whole bias + dark image of frame ``i`` [adu], float32."""
         return self.subtract(i, 0, height).astype(np.float32)
-
-
-def quadrature_sum(a: np.ndarray, b: np.ndarray, block: int = PIXEL_BLOCK) -> np.ndarray:
-    """``sqrt(a^2 + b^2)`` of two error images [adu] in float64, as float32; by blocks of
-    ``block`` pixels (elementwise: the numbers of the whole-frame formula, without its three
-    float64 frames)."""
-    a, b = np.asarray(a), np.asarray(b)
-    out = np.empty(a.shape, np.float32)
-    flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
-    for block in pixel_blocks(out.size, block):
-        flat_out[block] = np.sqrt(np.asarray(flat_a[block], np.float64) ** 2
-                                  + np.asarray(flat_b[block], np.float64) ** 2)
-    return out
 
 
 def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,

@@ -302,10 +302,10 @@ def test_block_paths_equal_whole_frame_formulas(tmp_path, monkeypatch):
     import hashlib
 
     from dark_pipeline.model_2d import DarkModel2D
-    from flat_pipeline.reduction import quadrature_sum
     from utils.models import bias_model, dark_model
     from utils.models.bias_model import BiasLineModel, BiasModel
     from utils.models.nonlinear import PowerExponentialFit
+    from utils.stack.master import quadrature_sum
     from utils.stack.references import BiasReference
 
     shape = (7, 8)

@@ -65,10 +65,10 @@ def test_deletion_formula_equals_refits_without_each_master(bias_masters):
 
 
 def test_error_maps_by_blocks_equal_whole_frame_formulas():
-    """BiasModel.predict_err, add_in_quadrature and the bias reference's error cache work by
+    """BiasModel.predict_err, quadrature_sum and the bias reference's error cache work by
     pixel blocks (more than one block of utils.stack.tiles.PIXEL_BLOCK here, the last one
     ragged) and give the whole-frame float64 formulas bit for bit."""
-    from utils.stack.master import add_in_quadrature
+    from utils.stack.master import quadrature_sum
     from utils.stack.references import ERROR_MAPS_KEPT, BiasReference
     from utils.stack.tiles import PIXEL_BLOCK
 
@@ -91,13 +91,16 @@ def test_error_maps_by_blocks_equal_whole_frame_formulas():
         err = rng.uniform(0, 3, shape).astype(np.float32)
         whole = np.sqrt(err.astype(np.float64) ** 2
                         + np.asarray(other, np.float64) ** 2).astype(np.float32)
-        out = add_in_quadrature(err, other, block=97)
+        np.testing.assert_array_equal(quadrature_sum(err, other, block=97), whole)
+        out = quadrature_sum(err, other, out=err)
         assert out is err  # in place
         np.testing.assert_array_equal(out, whole)
     strided = rng.uniform(0, 3, (601, 1000)).astype(np.float32)[:, ::2]
     np.testing.assert_array_equal(
-        add_in_quadrature(strided, sa),
+        quadrature_sum(strided, sa),
         np.sqrt(strided.astype(np.float64) ** 2 + sa.astype(np.float64) ** 2).astype(np.float32))
+    with pytest.raises(ValueError):
+        quadrature_sum(sa, sb, out=strided)
 
     # the reference keeps the last few error maps only, and hands the same numbers back
     ref = BiasReference(model, [], 2.0, "bias_model.fits")

@@ -26,7 +26,7 @@ from ..errors import FrameError
 from ..io.fitsio import atomic_path, is_complete_fits, read_header
 from ..settings import field
 from .combine import METHODS, combine
-from .tiles import pixel_blocks
+from .tiles import PIXEL_BLOCK, pixel_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -189,35 +189,38 @@ def frame_metadata(rows: pd.DataFrame) -> list[dict]:
     return [{kw.TEMP: t, kw.EXPTIME: e} for t, e in zip(rows["TEMP"], rows["EXPTIME"])]
 
 
-def add_in_quadrature(error: np.ndarray, other, *, block: int | None = None) -> np.ndarray:
-    """``sqrt(error**2 + other**2)`` in float64, stored into ``error`` (float32) in place.
+def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None,
+                   block: int = PIXEL_BLOCK) -> np.ndarray:
+    """``sqrt(a**2 + b**2)`` of two error images in float64, stored as float32.
 
     Worked by pixel blocks, so no full-frame float64 temporaries (a 2048 x 2048 frame's
     would be ~100 MB); the numbers are those of the whole-frame formula.
 
     Parameters
     ----------
-    error : numpy.ndarray
-        Error map, e.g. a master's ``UNCERT`` [its unit]; overwritten when it is a
-        writeable C-contiguous float32 array (else a float32 copy is made).
-    other : numpy.ndarray
-        Error of what was subtracted, same shape, any float dtype [same unit].
+    a, b : numpy.ndarray
+        Error images of one shape, any float dtype [the same unit].
+    out : numpy.ndarray, optional
+        C-contiguous float32 image to write (may be ``a`` itself: in place); a new one
+        by default.
     block : int, optional
-        Pixels per block (default :data:`utils.stack.tiles.PIXEL_BLOCK`).
+        Pixels per block.
 
     Returns
     -------
     numpy.ndarray
-        The combined error (float32; ``error`` itself when it was overwritten).
+        ``out`` (float32).
     """
-    if error.dtype != np.float32 or not error.flags.c_contiguous or not error.flags.writeable:
-        error = np.array(error, dtype=np.float32, order="C")
-    flat = error.reshape(-1)  # a view of error
-    other = np.ravel(np.asarray(other))
-    for blk in pixel_blocks(flat.size, *(() if block is None else (block,))):
-        flat[blk] = np.sqrt(flat[blk].astype(np.float64) ** 2
-                            + other[blk].astype(np.float64) ** 2)
-    return error
+    a, b = np.asarray(a), np.asarray(b)
+    if out is None:
+        out = np.empty(a.shape, np.float32)
+    elif out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != a.shape:
+        raise ValueError("out must be a C-contiguous float32 image of the inputs' shape")
+    flat_a, flat_b, flat_out = np.ravel(a), np.ravel(b), out.reshape(-1)
+    for blk in pixel_blocks(out.size, block):
+        flat_out[blk] = np.sqrt(np.asarray(flat_a[blk], np.float64) ** 2
+                                + np.asarray(flat_b[blk], np.float64) ** 2)
+    return out
 
 
 def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSettings, *,
@@ -283,7 +286,7 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     images = None
     if sub_stderr is not None:
         sub_stderr = np.asarray(sub_stderr, dtype=np.float32)
-        result.stderr = add_in_quadrature(result.stderr, sub_stderr)
+        result.stderr = quadrature_sum(result.stderr, sub_stderr, out=result.stderr)
         images = {"SUBERR": (sub_stderr, unit)}
         cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")
     written = result.write(path, unit=unit, extra_header=cards, extra_images=images)
@@ -320,4 +323,4 @@ def read_master(path: str | os.PathLike) -> MasterImages:
 __all__ = ["MasterImages", "read_master", "add_combine_options", "combine_settings",
            "find_masters", "reuse_product",
            "CombineSettings", "inputs_hash", "existing_product", "adc_bits_of", "frame_metadata",
-           "make_master", "add_in_quadrature"]
+           "make_master", "quadrature_sum"]
