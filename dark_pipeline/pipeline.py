@@ -52,7 +52,7 @@ from utils.run_record import StageRuns, completed_run, run_digest, write_run_sum
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
-from utils.stack.tiles import pixel_sample
+from utils.stack.tiles import pixel_blocks, pixel_sample
 
 from . import plots
 from .evaluation import dark_current_table, evaluate
@@ -289,9 +289,9 @@ def _ambiguous_hot(model: DarkModel1D, hot) -> int:
     the count of hot pixels is uncertain by about this many."""
     count = 0
     amplitude, error = (m.reshape(-1) for m in (model.fit.amplitude, model.fit.amplitude_err))
-    for b0 in range(0, amplitude.size, 1 << 18):  # float64 work arrays of a block only
-        a = amplitude[b0:b0 + (1 << 18)].astype(np.float64)
-        err = error[b0:b0 + (1 << 18)].astype(np.float64) * model.err_scale
+    for blk in pixel_blocks(amplitude.size):  # float64 work arrays of a block only
+        a = amplitude[blk].astype(np.float64)
+        err = error[blk].astype(np.float64) * model.err_scale
         with np.errstate(invalid="ignore"):
             near = np.abs(a - hot.threshold) < err
         count += int(np.count_nonzero(near & np.isfinite(a)))

@@ -52,7 +52,7 @@ from utils.models.nonlinear import (
 )
 from utils.models.pixel_tiles import PixelTiles
 from utils.stack.stats import median_with_error, spread_with_error
-from utils.stack.tiles import row_tiles
+from utils.stack.tiles import PIXEL_BLOCK, row_tiles
 
 from .rates import rate_rows
 
@@ -414,7 +414,7 @@ def _planes_of(maps: list[np.ndarray]) -> np.ndarray:
 #: Pixels per tile of the 1-D fit with scaled errors, or read back from the rate maps' files
 #: (float64 errors of a tile only: the whole scaled stack was 8 bytes per point, 300 MB at
 #: 2048^2 x 9 T).
-SCALED_TILE_PIXELS = 1 << 18
+SCALED_TILE_PIXELS = PIXEL_BLOCK
 
 
 class RatePoints:

@@ -288,8 +288,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.merge:
-        print(merge(args.merge, Path(args.output)))  # the command's result, on stdout
-        return 0
+        result = merge(args.merge, Path(args.output))
+    else:
+        result = _run(args)
+        if result is None:
+            return 1
+    print(result)  # the command's result, on stdout (progress went to the log)
+    return 0
+
+
+def _run(args) -> str | None:
+    """Sample, run and report the mutants of ``args``: the report's text (the list of
+    sampled mutants with ``--list``), or None when the unmutated tests fail."""
     equivalent = _equivalents()
     picked: dict[str, list[int]] = {}
     for item in args.mutants or []:
@@ -310,8 +320,7 @@ def main(argv=None) -> int:
                          Mutant(module, i, detail.split(":")[0], line, kind, detail)))
         logger.info("%s: %d candidate mutants, %d sampled", module, len(points), len(chosen))
     if args.list:
-        print("\n".join(f"  {m.module}:{m.line} [{m.kind}] {m.detail}" for _, _, _, m in plan))
-        return 0
+        return "\n".join(f"  {m.module}:{m.line} [{m.kind}] {m.detail}" for _, _, _, m in plan)
 
     work = Path(tempfile.mkdtemp(prefix="mutation-"))
     slots = []
@@ -334,7 +343,7 @@ def main(argv=None) -> int:
             (repo / m).write_text(text, encoding="utf-8")
         if status != "survived":
             logger.error("baseline FAILED for %s: fix the tests first", " ".join(tests))
-            return 1
+            return None
         for m in covered:
             budget[m] = max(60.0, 3 * seconds)
         logger.info("baseline %s: tests pass in %.1f s", " ".join(tests), seconds)
@@ -365,8 +374,7 @@ def main(argv=None) -> int:
         results = list(pool.map(run, plan))
     shutil.rmtree(work, ignore_errors=True)
 
-    print(report(results, args.modules, Path(args.output)))  # the command's result
-    return 0
+    return report(results, args.modules, Path(args.output))
 
 
 def report(results: list[Mutant], modules: list[str], out: Path | None) -> str:

@@ -416,6 +416,11 @@ def _noise_pool(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
                        / dof.sum(axis=0))
 
 
+#: Columns of :meth:`CrossValidation.summary`, in order.
+_SUMMARY_COLUMNS = ("TEMP", "NPIX", "MAE_MEAN", "MAE_STD", "MAPE_MEAN", "MAPE_STD", "PULL_MEAN",
+                    "PULL_STD", "SIGMA_MEDIAN")
+
+
 @dataclass
 class CrossValidation:
     """Leave-one-temperature-out prediction of each master from the others, by deletion.
@@ -486,7 +491,8 @@ class CrossValidation:
                 ok &= valid
             r, s, m = residual[ok], sigma[ok], master[ok]
             del residual, sigma, master  # the full frames: only the valid pixels' values count
-            row = {"TEMP": float(t), "NPIX": int(ok.sum())}
+            row = dict.fromkeys(_SUMMARY_COLUMNS, math.nan)
+            row.update(TEMP=float(t), NPIX=int(ok.sum()))
             if r.size:
                 # one full-frame-sized temporary at a time (each ~17 MB at 2048^2)
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -501,9 +507,7 @@ class CrossValidation:
                 np.abs(r, out=r)
                 row["MAE_MEAN"], row["MAE_STD"] = float(np.mean(r)), float(np.std(r))
                 row["SIGMA_MEDIAN"] = float(np.median(s))
-            rows.append({key: row.get(key, math.nan) for key in (
-                "TEMP", "NPIX", "MAE_MEAN", "MAE_STD", "MAPE_MEAN", "MAPE_STD", "PULL_MEAN",
-                "PULL_STD", "SIGMA_MEDIAN")})
+            rows.append(row)
         return pd.DataFrame(rows)
 
 
