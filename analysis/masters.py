@@ -129,6 +129,19 @@ def master_path(out_dir: Path, key: GroupKey) -> Path:
     return folder / f"master_{key.caltype.lower()}_{key.tag}.fits"
 
 
+def _no_flat_level(result, level: float, saturation: float) -> str:
+    """Why a flat master has no level to normalise by: every pixel masked (saying how many
+    of the samples were saturated), or a median level <= 0 [adu]."""
+    if math.isfinite(level):
+        return (f"flat level {level:.4g} adu <= 0 after the bias/dark subtraction (check the "
+                "subtracted masters and the exposure)")
+    nsat = int(result.inputs["NSAT"].sum()) if "NSAT" in result.inputs else 0
+    samples = len(result.inputs) * result.data.size
+    return (f"no valid pixel: {nsat / samples:.0%} of the samples saturated (>= {saturation:g} "
+            "adu); a shorter exposure or a lower illumination is needed" if nsat
+            else "no valid pixel: every pixel masked")
+
+
 def _fill_from_header(record: MasterRecord, header: fits.Header) -> None:
     record.ncombine = int(header.get(kw.NCOMBINE, 0))
     record.mean = kw.get_float(header, kw.MEAN)
@@ -193,7 +206,8 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         valid = ~result.mask & np.isfinite(result.data)
         level = exact_median(result.data[valid]) if valid.any() else math.nan
         if not level > 0:
-            record.status, record.reason, record.path = "refused", "flat level <= 0", None
+            record.status, record.reason, record.path = "refused", _no_flat_level(
+                result, level, adu.saturation_level(adc_bits_of(rows))), None
             return record
         result.data = (result.data / level).astype(np.float32)
         result.stderr = (result.stderr / level).astype(np.float32)

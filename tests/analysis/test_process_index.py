@@ -260,6 +260,26 @@ def test_dark_refused_without_bias_in_tolerance(tmp_path):
     assert "no bias master within 2 degC" in refused[0].reason
 
 
+def test_saturated_flat_refused_with_its_reason(tmp_path):
+    # the 1.3 s flats saturate every pixel (the simulated campaign's top level): refused,
+    # saying so and what to do, while the 0.1 s set is built
+    campaign = sim.simulate_standard(tmp_path / "ds", seed=4, frames=3, attempts=1,
+                                     bias_temperatures=(25.0,), dark_temperatures=(25.0,),
+                                     dark_exposures=(0.5,), flat_temperatures=(25.0,),
+                                     flat_exposures=(0.1, 1.3), defects=False)
+    ds = campaign.root
+    convert_sections({"BIAS": ds / "TestSection1", "DARK": ds / "TestSection2",
+                      "FLAT": ds / "TestSection3"}, ConversionSettings())
+    write_index(build_index(discover=[ds]), ds / "index.csv")
+    result = process_index.run(ds / "index.csv", tmp_path / "out",
+                               MasterSettings(workers=1, per_attempt=False))
+    flats = {r.key.exptime: r for r in result.records if r.key.caltype == "FLAT"}
+    assert flats[0.1].status != "refused"
+    assert flats[1.3].status == "refused"
+    assert "no valid pixel: 100% of the samples saturated (>= " in flats[1.3].reason
+    assert "shorter exposure" in flats[1.3].reason
+
+
 def test_group_key_stage_dir():
     key = GroupKey("radiating", 10.0, "BIAS", 20.0)
     assert key.stage_dir == "radiating_D10kR" and key.tag == "T20.0C"
