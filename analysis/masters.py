@@ -29,6 +29,7 @@ from utils import adu, scheduler
 from utils import headers as kw
 from utils.errors import FrameError
 from utils.io.fitsio import read_header
+from utils.io.write_behind import WriteBehind
 from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.settings import field
 from utils.stack.combine import combine
@@ -172,7 +173,8 @@ def _nearest(records: list[MasterRecord], key: GroupKey, caltype: str, tolerance
 
 def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings: MasterSettings,
            *, unit: str, subtract=None, sub_stderr=None, scale=None, extra: dict | None = None,
-           refs: tuple = (), normalise: bool = False, progress_bar: bool = False) -> MasterRecord:
+           refs: tuple = (), normalise: bool = False, progress_bar: bool = False,
+           writer: WriteBehind | None = None) -> MasterRecord:
     path = master_path(out_dir, key)
     paths = rows["PATH"].tolist()
     digest = inputs_hash(paths, settings, *refs)
@@ -237,12 +239,18 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         cards[kw.ATTEMPT] = (key.attempt[:60], "attempt")
     for name, value, comment in adu.scaling_cards(adc_bits_of(rows)):
         cards.setdefault(name, (value, comment))
-    written = result.write(path, unit=unit, extra_header=cards, extra_images=images)
     record.status = "written"
-    header = read_header(written)
-    _fill_from_header(record, header)
-    record.bias_file = str(header.get(kw.BIASFILE, ""))
-    record.dark_file = str(header.get(kw.DARKFILE, ""))
+
+    def write() -> None:  # the record is complete once its file is
+        header = read_header(result.write(path, unit=unit, extra_header=cards,
+                                          extra_images=images))
+        _fill_from_header(record, header)
+        record.bias_file = str(header.get(kw.BIASFILE, ""))
+        record.dark_file = str(header.get(kw.DARKFILE, ""))
+    if writer is None:
+        write()
+    else:
+        writer.submit(write)
     return record
 
 
@@ -329,24 +337,29 @@ def _build_sets(sets, records, out_dir, settings, progress_bar, cache) -> list[M
 
     Locally one after the other; on a Dask scheduler (:mod:`utils.scheduler`) as one task
     per set, after the first set of each stage was built here (it fits and writes the
-    stage's bias model, which the tasks then reuse from ``cache``)."""
+    stage's bias model, which the tasks then reuse from ``cache``).
+
+    Each master's file is written while the next one is stacked (:class:`WriteBehind`); a
+    set only ever reads the masters of the calibration types built before its own, whose
+    files are complete (the writes are drained before this returns)."""
     def local(item):
         key, good, nbad = item
         if good.empty:
             return MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS", nbad=nbad)
         return _isolated(key, good, nbad, records + [d for d in done if d is not None], out_dir,
-                         settings, progress_bar, cache)
+                         settings, progress_bar, cache, writer=writer)
     done: list[MasterRecord] = []
     remote = scheduler.current().remote
     todo = []
     stages = set()
-    for i, item in enumerate(sets):
-        if not remote or (item[0].stage, item[0].dose) not in stages:
-            stages.add((item[0].stage, item[0].dose))
-            done.append(local(item))
-        else:
-            done.append(None)
-            todo.append(i)
+    with WriteBehind() as writer:
+        for i, item in enumerate(sets):
+            if not remote or (item[0].stage, item[0].dose) not in stages:
+                stages.add((item[0].stage, item[0].dose))
+                done.append(local(item))
+            else:
+                done.append(None)
+                todo.append(i)
     if todo:
         task = functools.partial(_set_task, records=list(records), out_dir=out_dir,
                                  settings=settings, cache=dict(cache))
@@ -365,16 +378,18 @@ def _set_task(item, *, records, out_dir, settings, cache) -> MasterRecord:
 
 def _isolated(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],
               out_dir: Path, settings: MasterSettings, progress_bar: bool,
-              cache: dict) -> MasterRecord:
+              cache: dict, *, writer: WriteBehind | None = None) -> MasterRecord:
     """Build one master; a set that cannot be combined is refused with the reason, so the
-    other sets are still built."""
+    other sets are still built.  With ``writer`` its file is written there (the record's
+    statistics are filled in once it is)."""
     shapes = frame_shapes(rows)
     if len(shapes) > 1:
         return MasterRecord(key, None, "refused", nbad=nbad,
                             reason=f"frames of different shapes ({_shape_text(shapes)}); "
                                    "remove the odd frames from the index or flag them BADFITS")
     try:
-        return _build_one(key, rows, nbad, records, out_dir, settings, progress_bar, cache)
+        return _build_one(key, rows, nbad, records, out_dir, settings, progress_bar, cache,
+                          writer=writer)
     except FrameError as err:  # a frame unreadable although the index said it was fine
         return MasterRecord(key, None, "refused", nbad=nbad,
                             reason=f"{err.path}: {err.reason}")
@@ -486,9 +501,10 @@ def _reference_mismatch(rows: pd.DataFrame, shape: tuple, what: str) -> str:
 
 def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],
                out_dir: Path, settings: MasterSettings, progress_bar: bool,
-               cache: dict) -> MasterRecord:
+               cache: dict, *, writer: WriteBehind | None = None) -> MasterRecord:
     if key.caltype == "BIAS":
-        return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT, progress_bar=progress_bar)
+        return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT, progress_bar=progress_bar,
+                      writer=writer)
     bias = _bias_reference(records, key, rows, out_dir, settings, cache)
     if bias is None:
         return MasterRecord(key, None, "refused", nbad=nbad,
@@ -503,7 +519,7 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
     if key.caltype == "DARK":
         return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT,
                       subtract=bias.subtractor(temps), sub_stderr=bias.stderr, extra=extra,
-                      refs=bias.refs, progress_bar=progress_bar)
+                      refs=bias.refs, progress_bar=progress_bar, writer=writer)
     dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance)
     mean_t = float(np.nanmean(temps))
     dark_image, ref_err, refs = None, bias.stderr, bias.refs
@@ -554,4 +570,4 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
                   sub_stderr=(ref_err * level_scale if ref_err is bias.stderr  # shared: a copy
                               else np.multiply(ref_err, level_scale, out=ref_err)),
                   scale=scale, extra=extra,
-                  refs=refs, normalise=True, progress_bar=progress_bar)
+                  refs=refs, normalise=True, progress_bar=progress_bar, writer=writer)

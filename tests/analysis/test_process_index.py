@@ -280,6 +280,34 @@ def test_saturated_flat_refused_with_its_reason(tmp_path):
     assert "shorter exposure" in flats[1.3].reason
 
 
+def test_failed_master_write_stops_the_run(tmp_path, monkeypatch):
+    # masters are written in the background while the next is stacked: a write that fails
+    # (disk full) still stops the run with its error, not a summary claiming the master
+    from utils.stack.combine import MasterResult
+
+    campaign = sim.simulate_standard(tmp_path / "ds", seed=5, frames=3, attempts=1,
+                                     bias_temperatures=(0.0, 10.0, 20.0),
+                                     dark_temperatures=(10.0,), dark_exposures=(0.5,),
+                                     flat_temperatures=(10.0,), flat_exposures=(0.1,),
+                                     defects=False)
+    ds = campaign.root
+    convert_sections({"BIAS": ds / "TestSection1", "DARK": ds / "TestSection2",
+                      "FLAT": ds / "TestSection3"}, ConversionSettings())
+    write_index(build_index(discover=[ds]), ds / "index.csv")
+    write, calls = MasterResult.write, []
+
+    def failing(self, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return write(self, path, **kwargs)
+    monkeypatch.setattr(MasterResult, "write", failing)
+    with pytest.raises(OSError, match="No space left"):
+        process_index.run(ds / "index.csv", tmp_path / "out",
+                          MasterSettings(workers=1, per_attempt=False))
+    assert len(calls) >= 2 and not calls[1].exists()
+
+
 def test_group_key_stage_dir():
     key = GroupKey("radiating", 10.0, "BIAS", 20.0)
     assert key.stage_dir == "radiating_D10kR" and key.tag == "T20.0C"
