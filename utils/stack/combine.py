@@ -395,7 +395,9 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
     -----
     NaN/inf samples (and subtraction/scale results that are not finite) count
     as missing.  See the module docstring for the deliberate differences from
-    ``ccdproc.combine``.
+    ``ccdproc.combine``.  This is the one-set case of :func:`combine_many`
+    (``combine_many(inputs, [range(len(inputs))], scales=[scale], ...)[0]``):
+    one block loop serves both.
     """
     n = len(inputs)
     if n == 0:
@@ -412,7 +414,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
 
 def _check_sets(sets, n_inputs: int) -> list[np.ndarray]:
     """``sets`` as int64 index arrays, each non-empty, in range and without repeats."""
-    if isinstance(sets, (str, bytes)) or len(sets) == 0:
+    if len(sets) == 0:
         raise ValueError("sets is empty: give at least one sequence of input indices")
     members = []
     for k, idx in enumerate(sets):
