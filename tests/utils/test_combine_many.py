@@ -197,6 +197,24 @@ def test_every_frame_is_read_once_per_block(tmp_path, frames, monkeypatch, direc
         np.testing.assert_array_equal(many[k].inputs["NSAT"], ref.inputs["NSAT"])
 
 
+def test_blocks_are_planned_on_all_sample_rows(frames, monkeypatch):
+    """The working blocks hold every set's samples: planned on the sum of the set sizes."""
+    seen = []
+    orig = stacking.plan_blocks
+
+    def spy(n_frames, shape, memory_limit, workers, **kw):
+        plan = orig(n_frames, shape, memory_limit, workers, **kw)
+        seen.append((n_frames, plan))
+        return plan
+
+    monkeypatch.setattr(stacking, "plan_blocks", spy)
+    inputs = [f.astype(np.float32) for f in frames]
+    stacking.combine_many(inputs, SETS, memory_limit=MEMORY, workers=2)
+    ((n_rows, plan),) = seen
+    assert n_rows == sum(len(s) for s in SETS)
+    assert plan.workers * plan.block_bytes <= MEMORY
+
+
 # ------------------------------------------------------------------ validation
 @pytest.mark.parametrize("sets, scales, match", [
     ([], None, "sets is empty"),
