@@ -244,15 +244,21 @@ def test_exposure_names_never_collide():
     assert [k.tag for k in keys] == ["T20.0C_E0.01s", "T20.0C_E0.04s"]
 
 
-def test_dark_refused_without_bias_in_tolerance(tmp_path):
-    campaign = sim.simulate_standard(tmp_path / "ds", seed=3, frames=3, attempts=1,
-                                          bias_temperatures=(0.0,), dark_temperatures=(25.0,),
-                                          dark_exposures=(0.5,), flat_temperatures=(25.0,),
-                                          flat_exposures=(0.1,), defects=False)
-    ds = campaign.root
+def _indexed_campaign(tmp_path, seed: int, **layout) -> Path:
+    """A small simulated standard campaign (3 frames, 1 attempt, no defects), converted and
+    indexed: its folder (``index.csv`` inside)."""
+    ds = sim.simulate_standard(tmp_path / "ds", seed=seed, frames=3, attempts=1, defects=False,
+                               **layout).root
     convert_sections({"BIAS": ds / "TestSection1", "DARK": ds / "TestSection2",
                       "FLAT": ds / "TestSection3"}, ConversionSettings())
     write_index(build_index(discover=[ds]), ds / "index.csv")
+    return ds
+
+
+def test_dark_refused_without_bias_in_tolerance(tmp_path):
+    ds = _indexed_campaign(tmp_path, 3, bias_temperatures=(0.0,), dark_temperatures=(25.0,),
+                           dark_exposures=(0.5,), flat_temperatures=(25.0,),
+                           flat_exposures=(0.1,))
     result = process_index.run(ds / "index.csv", tmp_path / "out",
                                MasterSettings(workers=1, per_attempt=False))
     refused = [r for r in result.records if r.status == "refused"]
@@ -263,14 +269,9 @@ def test_dark_refused_without_bias_in_tolerance(tmp_path):
 def test_saturated_flat_refused_with_its_reason(tmp_path):
     # the 1.3 s flats saturate every pixel (the simulated campaign's top level): refused,
     # saying so and what to do, while the 0.1 s set is built
-    campaign = sim.simulate_standard(tmp_path / "ds", seed=4, frames=3, attempts=1,
-                                     bias_temperatures=(25.0,), dark_temperatures=(25.0,),
-                                     dark_exposures=(0.5,), flat_temperatures=(25.0,),
-                                     flat_exposures=(0.1, 1.3), defects=False)
-    ds = campaign.root
-    convert_sections({"BIAS": ds / "TestSection1", "DARK": ds / "TestSection2",
-                      "FLAT": ds / "TestSection3"}, ConversionSettings())
-    write_index(build_index(discover=[ds]), ds / "index.csv")
+    ds = _indexed_campaign(tmp_path, 4, bias_temperatures=(25.0,), dark_temperatures=(25.0,),
+                           dark_exposures=(0.5,), flat_temperatures=(25.0,),
+                           flat_exposures=(0.1, 1.3))
     result = process_index.run(ds / "index.csv", tmp_path / "out",
                                MasterSettings(workers=1, per_attempt=False))
     flats = {r.key.exptime: r for r in result.records if r.key.caltype == "FLAT"}
@@ -285,15 +286,9 @@ def test_failed_master_write_stops_the_run(tmp_path, monkeypatch):
     # (disk full) still stops the run with its error, not a summary claiming the master
     from utils.stack.combine import MasterResult
 
-    campaign = sim.simulate_standard(tmp_path / "ds", seed=5, frames=3, attempts=1,
-                                     bias_temperatures=(0.0, 10.0, 20.0),
-                                     dark_temperatures=(10.0,), dark_exposures=(0.5,),
-                                     flat_temperatures=(10.0,), flat_exposures=(0.1,),
-                                     defects=False)
-    ds = campaign.root
-    convert_sections({"BIAS": ds / "TestSection1", "DARK": ds / "TestSection2",
-                      "FLAT": ds / "TestSection3"}, ConversionSettings())
-    write_index(build_index(discover=[ds]), ds / "index.csv")
+    ds = _indexed_campaign(tmp_path, 5, bias_temperatures=(0.0, 10.0, 20.0),
+                           dark_temperatures=(10.0,), dark_exposures=(0.5,),
+                           flat_temperatures=(10.0,), flat_exposures=(0.1,))
     write, calls = MasterResult.write, []
 
     def failing(self, path, **kwargs):
