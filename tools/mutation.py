@@ -46,8 +46,7 @@ logger = logging.getLogger("tools.mutation")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_STACK = ["tests/utils/test_stacking.py", "tests/utils/test_combine_many.py",
-          "-k", "not peak_memory"]  # the 18 s memory test
+_STACK = ["tests/utils/test_stacking.py", "-k", "not peak_memory"]  # the 18 s memory test
 _NONLINEAR = ["tests/utils/test_fitting_nonlinear.py"]
 _BIAS = ["tests/bias_pipeline/test_bias_pipeline.py"]
 _DARK = ["tests/dark_pipeline/test_dark_pipeline.py", "tests/dark_pipeline/test_dark_mutants.py"]
@@ -58,7 +57,6 @@ _GAIN = ["tests/utils/test_gain.py", "tests/flat_pipeline/test_flat_models.py"]
 TARGETS: dict[str, list[str]] = {
     "utils/stack/combine.py": _STACK,
     "utils/stack/kernels.py": _STACK,
-    "utils/stack/master_result.py": _STACK,
     "utils/stack/stats.py": ["tests/utils/test_stats.py", "tests/utils/test_index.py"],
     "utils/models/linear.py": ["tests/utils/test_fitting.py",
                                "tests/flat_pipeline/test_flat_models.py"],  # multi-linear fits

@@ -15,8 +15,8 @@ grouped by concern:
   dataset index (:mod:`~utils.io.index`);
 * :mod:`utils.stack`: robust statistics (:mod:`~utils.stack.stats`), calibration
   sets (:mod:`~utils.stack.grouping`), the streaming combine engine
-  (:mod:`~utils.stack.combine` with its kernels, its products in
-  :mod:`~utils.stack.master_result`) and master files (:mod:`~utils.stack.master`);
+  (:mod:`~utils.stack.combine` and its kernels) and master files
+  (:mod:`~utils.stack.master`);
 * :mod:`utils.models`: per-pixel fits (:mod:`~utils.models.linear`,
   :mod:`~utils.models.nonlinear`) and the calibration models built on them
   (bias model, read noise);

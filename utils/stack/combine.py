@@ -14,12 +14,6 @@ without ever holding whole input frames in memory:
 * per pixel, the samples are combined by the kernels of :mod:`utils.stack.kernels`
   (sorting network, sigma clipping on a contiguous range of sorted samples).
 
-:func:`combine_many` makes several masters from sets of one list of inputs
-(e.g. a calibration set and its attempts) while reading every frame's bytes
-once per row block, however many sets hold it; :func:`combine` is its one-set
-case.  The product side (:class:`MasterResult`, its header and inputs table)
-lives in :mod:`utils.stack.master_result`.
-
 A pure-numpy implementation of the same maths is used when numba cannot be
 imported; the tests use it to cross-check the kernel.
 
@@ -62,11 +56,15 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+from astropy.io import fits
 
+from .. import headers as kw
 from ..errors import FrameError, InsufficientFramesError, UnreadableFrameError
 from ..io import fitsio
 from ..progress import progress
@@ -81,7 +79,7 @@ from .kernels import (
     batcher_network,
     warmup,
 )
-from .master_result import MasterResult, _build_header, _inputs_table
+from .stats import exact_median
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +130,81 @@ MAX_OPEN_FILES = 256
 
 
 # --------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------
+@dataclass
+class MasterResult:
+    """A combined master frame and its companions.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        float32 master image, in the unit of the (scaled) inputs.
+    noise : numpy.ndarray
+        float32 per-pixel sample standard deviation (``ddof=1``) of the accepted
+        samples, same unit; NaN where fewer than 2 samples were accepted.
+    stderr : numpy.ndarray
+        float32 standard error of the master, ``noise / sqrt(count)``.
+    count : numpy.ndarray
+        int16 number of accepted samples per pixel.
+    flags : numpy.ndarray
+        uint8 bit plane: ``FLAG_FEW`` (1), ``FLAG_SATURATED`` (2), ``FLAG_NONFINITE`` (4),
+        ``FLAG_PARTSAT`` (8: saturated in some inputs, the mean of the rest biased low).
+    header : astropy.io.fits.Header
+        Combination keywords, master statistics and provenance.
+    inputs : pandas.DataFrame
+        One row per input: ``PATH`` and, when known, ``TEMP`` [degC],
+        ``EXPTIME`` [s], ``SCALE`` and ``NSAT`` (saturated samples).
+    """
+
+    data: np.ndarray
+    noise: np.ndarray
+    stderr: np.ndarray
+    count: np.ndarray
+    flags: np.ndarray
+    header: fits.Header
+    inputs: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Boolean mask, True where the master is not valid (any flag set)."""
+        return self.flags != 0
+
+    def write(self, path: str | os.PathLike, *, unit: str = "adu",
+              extra_header: fits.Header | Mapping | None = None,
+              extra_images: Mapping[str, tuple[np.ndarray, str]] | None = None) -> Path:
+        """Write the master as a ``CCDData``-readable FITS product, atomically.
+
+        Layout: primary = master (``BUNIT = unit``), ``UNCERT`` = ``stderr``,
+        ``MASK``, image extensions ``NOISE`` (unit ``unit``), ``NCOMB`` (count)
+        and ``FLAGS``, and the binary table ``INPUTS``.
+
+        Parameters
+        ----------
+        path : path-like
+            Destination file.
+        unit : str, optional
+            Physical unit of the master, e.g. ``"adu"`` or ``"adu / s"``.
+        extra_header : Header or mapping, optional
+            Cards added to (or overriding) :attr:`header`; mapping values may be
+            ``value`` or ``(value, comment)``.
+        extra_images : mapping, optional
+            More image extensions, ``{EXTNAME: (array, bunit)}``.
+        """
+        header = self.header.copy()
+        if isinstance(extra_header, fits.Header):
+            extra_header = {card.keyword: (card.value, card.comment) for card in extra_header.cards}
+        for key, value in (extra_header or {}).items():
+            value, comment = value if isinstance(value, tuple) else (value, "")
+            fitsio.set_card(header, key, value, comment)
+        return fitsio.write_product(
+            path, self.data, header, unit=unit, uncertainty=self.stderr, mask=self.mask,
+            images={"NOISE": (self.noise, unit), "NCOMB": (self.count, ""),
+                    "FLAGS": (self.flags, ""), **(extra_images or {})},
+            tables={"INPUTS": self.inputs} if len(self.inputs.columns) else None)
+
+
+# --------------------------------------------------------------------------------------
 # block planning
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -171,13 +244,12 @@ def plan_blocks(n_frames: int, shape: tuple[int, int], memory_limit: float,
     Parameters
     ----------
     n_frames : int
-        Number of samples per pixel in a block: the input frames of a
-        :func:`combine`, the sum of the set sizes of a :func:`combine_many`.
+        Number of input frames.
     shape : tuple of int
         ``(rows, columns)`` of every frame.
     memory_limit : float
         Budget for the working blocks of all workers together [byte]; the
-        full-frame outputs (about 15 byte per pixel per master) come on top.
+        full-frame outputs (about 15 byte per pixel) come on top.
     workers : int
         Threads asked for.
     numba_path : bool, optional
@@ -308,6 +380,18 @@ class _ArraySource:
 # --------------------------------------------------------------------------------------
 # combine
 # --------------------------------------------------------------------------------------
+def _finite_values(metadata, key):
+    vals = []
+    for meta in metadata or ():
+        try:
+            v = float(meta.get(key, math.nan))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            vals.append(v)
+    return vals
+
+
 def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0,
             sigma_high: float = 3.0, maxiters: int | None = 5, min_accepted: int = 3,
             scale: Sequence[float] | None = None,
@@ -395,165 +479,30 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
     -----
     NaN/inf samples (and subtraction/scale results that are not finite) count
     as missing.  See the module docstring for the deliberate differences from
-    ``ccdproc.combine``.  This is the one-set case of :func:`combine_many`
-    (``combine_many(inputs, [range(len(inputs))], scales=[scale], ...)[0]``):
-    one block loop serves both.
-    """
-    n = len(inputs)
-    if n == 0:
-        raise InsufficientFramesError("combine() got no input frame")
-    if scale is not None and np.size(scale) != n:
-        raise ValueError(f"scale has {np.size(scale)} factors for {n} inputs")
-    return combine_many(inputs, [range(n)], scales=None if scale is None else [scale],
-                        method=method, sigma_low=sigma_low, sigma_high=sigma_high,
-                        maxiters=maxiters, min_accepted=min_accepted, subtract=subtract,
-                        saturation=saturation, min_scale=min_scale, guard=guard,
-                        memory_limit=memory_limit, workers=workers, progress_bar=progress_bar,
-                        metadata=metadata, product=product)[0]
-
-
-def _check_sets(sets, n_inputs: int) -> list[np.ndarray]:
-    """``sets`` as int64 index arrays, each non-empty, in range and without repeats."""
-    if len(sets) == 0:
-        raise ValueError("sets is empty: give at least one sequence of input indices")
-    members = []
-    for k, idx in enumerate(sets):
-        idx = np.asarray(list(idx) if not isinstance(idx, np.ndarray) else idx)
-        if idx.ndim != 1:
-            raise ValueError(f"sets[{k}] must be a 1-D sequence of input indices, "
-                             f"got shape {idx.shape}")
-        if idx.size == 0:
-            raise ValueError(f"sets[{k}] is empty: every set needs at least one input")
-        if idx.dtype.kind not in "iu":
-            raise ValueError(f"sets[{k}] must hold integer indices into inputs, got dtype "
-                             f"{idx.dtype}")
-        bad = idx[(idx < 0) | (idx >= n_inputs)]
-        if bad.size:
-            raise ValueError(f"sets[{k}] has index {int(bad[0])} out of range for "
-                             f"{n_inputs} inputs (0...{n_inputs - 1})")
-        uniq, counts = np.unique(idx, return_counts=True)
-        if (counts > 1).any():
-            raise ValueError(f"sets[{k}] lists input {int(uniq[counts > 1][0])} more than "
-                             "once; indices must be unique within a set")
-        if idx.size > np.iinfo(np.int16).max:
-            raise ValueError(f"sets[{k}]: at most {np.iinfo(np.int16).max} inputs per set, "
-                             f"got {idx.size}")
-        members.append(idx.astype(np.int64))
-    return members
-
-
-def _check_scales(scales, members: list[np.ndarray]) -> list[np.ndarray | None]:
-    """Per-set float64 factors (or None), each aligned with its set's indices."""
-    if scales is None:
-        return [None] * len(members)
-    if len(scales) != len(members):
-        raise ValueError(f"scales has {len(scales)} entries for {len(members)} sets; give "
-                         "one per set (None or that set's per-frame factors)")
-    out = []
-    for k, (fac, idx) in enumerate(zip(scales, members)):
-        if fac is not None:
-            fac = np.asarray(fac, dtype=np.float64).ravel()
-            if fac.shape[0] != idx.size:
-                raise ValueError(f"scales[{k}] has {fac.shape[0]} factors for the "
-                                 f"{idx.size} frames of sets[{k}]")
-        out.append(fac)
-    return out
-
-
-def combine_many(inputs: Sequence, sets: Sequence[Sequence[int]], *,
-                 scales: Sequence[Sequence[float] | None] | None = None,
-                 method: str = "sigclip", sigma_low: float = 3.0, sigma_high: float = 3.0,
-                 maxiters: int | None = 5, min_accepted: int = 3,
-                 subtract: np.ndarray | Callable[[int, int, int], np.ndarray] | None = None,
-                 saturation: float | None = None, min_scale: float = 0.0, guard: bool = True,
-                 memory_limit: float = 1e9, workers: int | None = None,
-                 progress_bar: bool = False, metadata: Sequence[Mapping] | None = None,
-                 product: str = "MASTER") -> list[MasterResult]:
-    """Combine several sets of one list of inputs into one master each, reading every frame once.
-
-    A calibration set and its attempts (e.g. all 10 flats and the two halves
-    of 5) share their frames; stacking them with one :func:`combine` call each
-    would read every shared frame once per master.  Here every row block of
-    every input used by some set is read once, and its samples are prepared
-    (subtracted, scaled, saturation-checked) for each set holding it from
-    that one read.  Result ``k`` is bit for bit what
-    ``combine([inputs[i] for i in sets[k]], scale=scales[k], ...)`` gives
-    (with ``subtract`` and ``metadata`` taken for those frames).
-
-    Parameters
-    ----------
-    inputs : sequence of path-like or of numpy.ndarray
-        FITS files or 2-D arrays, all of one shape (checked for every input,
-        used or not); values are physical, e.g. stored ADU.  Inputs in no set
-        are never read.
-    sets : sequence of sequence of int
-        One index sequence into ``inputs`` per master, e.g.
-        ``[range(10), [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]``.  Each non-empty,
-        indices unique within a set; sets may overlap.  A set's frame order
-        is its master's input order (inputs table rows, ``scales``).
-    scales : sequence, optional
-        One entry per set: ``None`` or that set's per-frame multiplicative
-        factors, aligned with its indices (e.g. ``1/level`` [1/ADU] to
-        normalise flats by each set's own level: a frame may get a different
-        factor in each set).  ``None`` (default): no scaling anywhere.
-    method, sigma_low, sigma_high, maxiters, min_accepted, saturation, min_scale, guard
-        As in :func:`combine`, for every set.
-    subtract : numpy.ndarray or callable, optional
-        2-D array subtracted from every frame, or
-        ``subtract(i, row_start, row_stop) -> ndarray`` where ``i`` is the
-        GLOBAL index (position in ``inputs``); called once per used frame and
-        block, from worker threads (must be thread-safe), and its rows serve
-        every set holding that frame.
-    memory_limit : float, optional
-        Budget for the working blocks [byte]; blocks are planned on the total
-        number of sample rows (the sum of the set sizes, see
-        :func:`plan_blocks`).  The full-frame outputs come on top: about
-        15 byte/pixel per set (data, noise, stderr float32; count int16;
-        flags uint8), plus 2 byte/pixel per set with ``saturation``.
-    workers : int, optional
-        Threads; default ``os.cpu_count()``.
-    progress_bar : bool, optional
-        Show a progress bar over blocks.
-    metadata : sequence of mapping, optional
-        One mapping per input (global, aligned with ``inputs``); each master
-        gets its set's entries for its header statistics and inputs table.
-    product : str, optional
-        ``PRODUCT`` card of every master.
-
-    Returns
-    -------
-    list of MasterResult
-        One per set, in the order of ``sets``.
-
-    Raises
-    ------
-    InsufficientFramesError
-        When ``inputs`` is empty.
-    FrameError
-        When an input's shape differs from the first one's, or a FITS input
-        cannot be read.
-    ValueError
-        On an empty ``sets`` or set, an index out of range, not an integer or
-        repeated within a set, ``scales`` or ``metadata`` of the wrong length,
-        an unknown method.
+    ``ccdproc.combine``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    n_in = len(inputs)
-    if n_in == 0:
-        raise InsufficientFramesError("combine_many() got no input frame")
-    members = _check_sets(sets, n_in)
-    set_scales = _check_scales(scales, members)
-    if metadata is not None and len(metadata) != n_in:
-        raise ValueError(f"metadata has {len(metadata)} entries for {n_in} inputs")
+    n = len(inputs)
+    if n == 0:
+        raise InsufficientFramesError("combine() got no input frame")
+    if scale is not None:
+        scale = np.asarray(scale, dtype=np.float64).ravel()
+        if scale.shape[0] != n:
+            raise ValueError(f"scale has {scale.shape[0]} factors for {n} inputs")
+    if metadata is not None and len(metadata) != n:
+        raise ValueError(f"metadata has {len(metadata)} entries for {n} inputs")
     if min_accepted < 1:
         raise ValueError("min_accepted must be >= 1")
     maxiters = 0 if maxiters is None else int(maxiters)
+    if n > np.iinfo(np.int16).max:
+        raise ValueError(f"at most {np.iinfo(np.int16).max} inputs, got {n}")
 
     n_arrays = sum(isinstance(x, np.ndarray) for x in inputs)
-    if 0 < n_arrays < n_in:
+    if 0 < n_arrays < n:
         raise ValueError("inputs must be all FITS paths or all 2-D arrays, not a mix")
-    source = _ArraySource(inputs) if n_arrays == n_in else _FileSource(inputs)
+    arrays = n_arrays == n
+    source = _ArraySource(inputs) if arrays else _FileSource(inputs)
     nrows, width = source.shape
     if isinstance(subtract, np.ndarray) or (subtract is not None and not callable(subtract)):
         subtract = np.asarray(subtract)
@@ -561,138 +510,98 @@ def combine_many(inputs: Sequence, sets: Sequence[Sequence[int]], *,
             raise ValueError(f"subtract array shape {subtract.shape} differs from the "
                              f"inputs' {source.shape}")
 
-    # the sets' samples lie one after the other in each block buffer: set k owns the sample
-    # rows offsets[k]:offsets[k + 1], so each set's kernel gets a C-contiguous (n_k, stride) view
-    n_sets = len(members)
-    sizes = [int(m.size) for m in members]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    n_samples = offsets[-1]
-    # global frame -> the (set, position in set) pairs it fills; read in input order
-    uses: dict[int, list[tuple[int, int]]] = {}
-    for k, m in enumerate(members):
-        for j, g in enumerate(m.tolist()):
-            uses.setdefault(g, []).append((k, j))
-    frames = sorted(uses)
-
     use_numba = HAVE_NUMBA
     compile_s = warmup() if use_numba else 0.0
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    plan = plan_blocks(n_samples, source.shape, memory_limit, workers, numba_path=use_numba)
-    logger.debug("combine plan: %d set(s), %d frames read, %d sample rows of %dx%d, method=%s, "
-                 "%d rows/block, %d blocks, %.1f MB/block, %d workers, %s kernel "
-                 "(ready in %.2f s)", n_sets, len(frames), n_samples, nrows, width, method,
-                 plan.rows, plan.n_blocks, plan.block_bytes / 1e6, plan.workers,
-                 "numba" if use_numba else "numpy", compile_s)
+    plan = plan_blocks(n, source.shape, memory_limit, workers, numba_path=use_numba)
+    logger.debug("combine plan: %d x %dx%d frames, method=%s, %d rows/block, %d blocks, "
+                 "%.1f MB/block, %d workers, %s kernel (ready in %.2f s)",
+                 n, nrows, width, method, plan.rows, plan.n_blocks, plan.block_bytes / 1e6,
+                 plan.workers, "numba" if use_numba else "numpy", compile_s)
 
-    shape = source.shape
-    data = [np.empty(shape, dtype=np.float32) for _ in range(n_sets)]
-    noise = [np.empty(shape, dtype=np.float32) for _ in range(n_sets)]
-    count = [np.empty(shape, dtype=np.int16) for _ in range(n_sets)]
-    stderr = [np.empty(shape, dtype=np.float32) for _ in range(n_sets)]
-    flags = [np.empty(shape, dtype=np.uint8) for _ in range(n_sets)]
+    data = np.empty(source.shape, dtype=np.float32)
+    noise = np.empty(source.shape, dtype=np.float32)
+    count = np.empty(source.shape, dtype=np.int16)
+    stderr = np.empty(source.shape, dtype=np.float32)
+    flags = np.empty(source.shape, dtype=np.uint8)
     # np.full, not np.zeros: pages written now, not lazily mapped (see _prepare_py)
-    nsat = ([np.full(shape, 0, dtype=np.int16) for _ in range(n_sets)]
-            if saturation is not None else None)
+    nsat = np.full(source.shape, 0, dtype=np.int16) if saturation is not None else None
     sat_level = math.inf if saturation is None else float(saturation)
     code = _METHOD_CODE[method]
-    networks = [batcher_network(nk) for nk in sizes]
-    chunks = [max(16, (CHUNK_BYTES // (4 * nk)) // 16 * 16) for nk in sizes]
+    net_lo, net_hi = batcher_network(n)
+    chunk = max(16, (CHUNK_BYTES // (4 * n)) // 16 * 16)
     empty_sub = np.empty(0, dtype=np.float64)
     empty_nsat = np.empty(0, dtype=np.int16)
     local = threading.local()
     direct_u16 = use_numba and isinstance(source, _FileSource) and source.unsigned16
-    prep = _prepare if use_numba else _prepare_numpy
 
-    def finish_set(k: int, x: np.ndarray, start: int, stop: int, npix: int) -> int:
-        """Combine set ``k``'s prepared samples ``x`` (sorted in place) into its outputs."""
-        out_d = data[k][start:stop].reshape(-1)
-        out_n = noise[k][start:stop].reshape(-1)
-        out_c = count[k][start:stop].reshape(-1)
+    def run_block(start: int) -> tuple[int, np.ndarray]:
+        stop = min(start + plan.rows, nrows)
+        npix = (stop - start) * width
+        stride = _padded_stride(npix)
+        buf = getattr(local, "buf", None)
+        if buf is None or buf.size < n * stride:
+            buf = local.buf = np.empty(n * _padded_stride(plan.rows * width), dtype=np.float32)
+        # C-contiguous (n, stride) view: a single kernel signature whatever the block
+        x = buf[: n * stride].reshape(n, stride)
+        block_nsat = nsat[start:stop].reshape(-1) if nsat is not None else empty_nsat
+        frame_sat = np.zeros(n, dtype=np.int64)
+        if isinstance(subtract, np.ndarray):  # the same rows for every frame: convert once
+            common_sub = np.ascontiguousarray(subtract[start:stop], dtype=np.float64).reshape(-1)
+        raw_buf = None
+        if direct_u16:  # stored bytes straight into the kernel's samples (one pass)
+            raw_buf = getattr(local, "raw", None)
+            if raw_buf is None or raw_buf.size < 2 * npix:
+                raw_buf = local.raw = np.empty(2 * plan.rows * width, dtype=np.uint8)
+        for i in range(n):
+            row = x[i, :npix]
+            if raw_buf is None:
+                source.read(i, start, stop, row.reshape(stop - start, width))
+            if subtract is None:
+                sub = empty_sub
+            elif isinstance(subtract, np.ndarray):
+                sub = common_sub
+            else:
+                sub = np.ascontiguousarray(subtract(i, start, stop), dtype=np.float64)
+                if sub.shape != (stop - start, width):
+                    raise ValueError(f"subtract({i}, {start}, {stop}) returned shape "
+                                     f"{sub.shape}, expected {(stop - start, width)}")
+                sub = sub.reshape(-1)
+            fscale = 1.0 if scale is None else float(scale[i])
+            if raw_buf is not None:
+                frame_sat[i] = _prepare_u16(source.read_bytes(i, start, stop, raw_buf), row, sub,
+                                            fscale, sat_level, block_nsat)
+            else:
+                prep = _prepare if use_numba else _prepare_numpy
+                frame_sat[i] = prep(row, sub, fscale, sat_level, block_nsat)
+        out_d = data[start:stop].reshape(-1)
+        out_n = noise[start:stop].reshape(-1)
+        out_c = count[start:stop].reshape(-1)
         if use_numba:
-            nrej = _combine_kernel(x, npix, *networks[k], code, float(sigma_low),
+            nrej = _combine_kernel(x, npix, net_lo, net_hi, code, float(sigma_low),
                                    float(sigma_high), maxiters, float(min_scale), bool(guard),
-                                   chunks[k], out_d, out_n, out_c)
+                                   chunk, out_d, out_n, out_c)
         else:
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
                                   maxiters, out_d, out_n, out_c, float(min_scale), bool(guard))
         # per-block post-processing runs in the workers too (numpy releases the GIL)
         blk = slice(start, stop)
-        d, c, f = data[k][blk], count[k][blk], flags[k][blk]
-        f[...] = np.where(c < min_accepted, FLAG_FEW, 0)
+        flags[blk] = np.where(count[blk] < min_accepted, FLAG_FEW, 0)
         if nsat is not None:
-            ns = nsat[k][blk]
-            most = 2 * ns.astype(np.int32) > sizes[k]
-            f |= np.where(most, FLAG_SATURATED, 0).astype(np.uint8)
-            f |= np.where(~most & (ns > 0), FLAG_PARTSAT, 0).astype(np.uint8)
-        f |= np.where(np.isfinite(d), 0, FLAG_NONFINITE).astype(np.uint8)
+            most = 2 * nsat[blk].astype(np.int32) > n
+            flags[blk] |= np.where(most, FLAG_SATURATED, 0).astype(np.uint8)
+            flags[blk] |= np.where(~most & (nsat[blk] > 0), FLAG_PARTSAT, 0).astype(np.uint8)
+        flags[blk] |= np.where(np.isfinite(data[blk]), 0, FLAG_NONFINITE).astype(np.uint8)
         with np.errstate(invalid="ignore", divide="ignore"):
-            np.divide(noise[k][blk], np.sqrt(c.astype(np.float32)), out=stderr[k][blk])
+            np.divide(noise[blk], np.sqrt(count[blk].astype(np.float32)), out=stderr[blk])
         if code == 1:
             # a median is noisier than a mean: efficiency 2/pi for Gaussian samples
-            stderr[k][blk] *= np.float32(MEDIAN_ERROR_FACTOR)
-        return int(nrej)
-
-    def run_block(start: int) -> tuple[list[int], list[np.ndarray]]:
-        stop = min(start + plan.rows, nrows)
-        npix = (stop - start) * width
-        stride = _padded_stride(npix)
-        buf = getattr(local, "buf", None)
-        if buf is None or buf.size < n_samples * stride:
-            buf = local.buf = np.empty(n_samples * _padded_stride(plan.rows * width),
-                                       dtype=np.float32)
-        # C-contiguous (n_samples, stride) view: a single kernel signature whatever the block
-        x = buf[: n_samples * stride].reshape(n_samples, stride)
-        block_nsat = ([a[start:stop].reshape(-1) for a in nsat] if nsat is not None
-                      else [empty_nsat] * n_sets)
-        frame_sat = [np.zeros(nk, dtype=np.int64) for nk in sizes]
-        if isinstance(subtract, np.ndarray):  # the same rows for every frame: convert once
-            common_sub = np.ascontiguousarray(subtract[start:stop], dtype=np.float64).reshape(-1)
-        raw_buf = keep = None
-        if direct_u16:  # stored bytes straight into the kernel's samples (one pass per set)
-            raw_buf = getattr(local, "raw", None)
-            if raw_buf is None or raw_buf.size < 2 * npix:
-                raw_buf = local.raw = np.empty(2 * plan.rows * width, dtype=np.uint8)
-        elif n_samples > len(frames):  # some frame serves several sets: room for its raw row
-            keep = getattr(local, "keep", None)
-            if keep is None or keep.size < npix:
-                keep = local.keep = np.empty(plan.rows * width, dtype=np.float32)
-        for g in frames:
-            use = uses[g]
-            k0, j0 = use[0]
-            if raw_buf is not None:
-                raw = source.read_bytes(g, start, stop, raw_buf)
-            else:
-                first = x[offsets[k0] + j0, :npix]
-                source.read(g, start, stop, first.reshape(stop - start, width))
-                if len(use) > 1:  # the preparation works in place: keep the raw row for the others
-                    np.copyto(keep[:npix], first)
-            if subtract is None:
-                sub = empty_sub
-            elif isinstance(subtract, np.ndarray):
-                sub = common_sub
-            else:  # once per frame and block, whatever the number of sets holding it
-                sub = np.ascontiguousarray(subtract(g, start, stop), dtype=np.float64)
-                if sub.shape != (stop - start, width):
-                    raise ValueError(f"subtract({g}, {start}, {stop}) returned shape "
-                                     f"{sub.shape}, expected {(stop - start, width)}")
-                sub = sub.reshape(-1)
-            for u, (k, j) in enumerate(use):
-                row = x[offsets[k] + j, :npix]
-                fscale = 1.0 if set_scales[k] is None else float(set_scales[k][j])
-                if raw_buf is not None:
-                    frame_sat[k][j] = _prepare_u16(raw, row, sub, fscale, sat_level,
-                                                   block_nsat[k])
-                else:
-                    if u:
-                        np.copyto(row, keep[:npix])
-                    frame_sat[k][j] = prep(row, sub, fscale, sat_level, block_nsat[k])
-        nrej = [finish_set(k, x[offsets[k]:offsets[k + 1]], start, stop, npix)
-                for k in range(n_sets)]
-        return nrej, frame_sat
+            stderr[blk] *= np.float32(MEDIAN_ERROR_FACTOR)
+        return int(nrej), frame_sat
 
     t0 = time.perf_counter()
-    nreject = [0] * n_sets
-    sat_per_frame = [np.zeros(nk, dtype=np.int64) for nk in sizes]
+    nreject = 0
+    sat_per_frame = np.zeros(n, dtype=np.int64)
     starts = range(0, nrows, plan.rows)
     with source, ThreadPoolExecutor(max_workers=plan.workers) as pool:
         futures = [pool.submit(run_block, s) for s in starts]
@@ -700,37 +609,86 @@ def combine_many(inputs: Sequence, sets: Sequence[Sequence[int]], *,
             for fut in progress(as_completed(futures), desc="combine", total=len(futures),
                                 enabled=progress_bar, unit="block"):
                 nrej, fsat = fut.result()
-                for k in range(n_sets):
-                    nreject[k] += nrej[k]
-                    sat_per_frame[k] += fsat[k]
+                nreject += nrej
+                sat_per_frame += fsat
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
-    logger.debug("combined %d set(s) of %d frames in %.2f s", n_sets, len(frames),
-                 time.perf_counter() - t0)
+    logger.debug("combined %d frames in %.2f s", n, time.perf_counter() - t0)
 
-    results = []
-    for k, idx in enumerate(members):
-        meta = None if metadata is None else [metadata[g] for g in idx.tolist()]
-        header = _build_header(n=sizes[k], method=method, sigma_low=sigma_low,
-                               sigma_high=sigma_high, maxiters=maxiters,
-                               min_accepted=min_accepted, scale=set_scales[k],
-                               subtract=subtract, saturation=saturation, metadata=meta,
-                               data=data[k], flags=flags[k], nreject=nreject[k],
-                               product=product, min_scale=min_scale, guard=guard)
-        # arrays have no path: named by their position among this master's inputs, as the
-        # master's own combine() would name them
-        paths = ([source.paths[g] for g in idx.tolist()] if isinstance(source, _FileSource)
-                 else [f"<array {j}>" for j in range(sizes[k])])
-        table = _inputs_table(paths, meta, set_scales[k],
-                              sat_per_frame[k] if saturation is not None else None)
-        results.append(MasterResult(data=data[k], noise=noise[k], stderr=stderr[k],
-                                    count=count[k], flags=flags[k], header=header,
-                                    inputs=table))
-    return results
+    header = _build_header(n=n, method=method, sigma_low=sigma_low, sigma_high=sigma_high,
+                           maxiters=maxiters, min_accepted=min_accepted, scale=scale,
+                           subtract=subtract, saturation=saturation, metadata=metadata,
+                           data=data, flags=flags, nreject=nreject, product=product,
+                           min_scale=min_scale, guard=guard)
+    table = _inputs_table(source.paths, metadata, scale,
+                          sat_per_frame if saturation is not None else None)
+    return MasterResult(data=data, noise=noise, stderr=stderr, count=count, flags=flags,
+                        header=header, inputs=table)
 
 
-__all__ = ["combine", "combine_many", "MasterResult", "BlockPlan", "plan_blocks",
-           "clipped_error_factor", "warmup", "METHODS", "MAD_TO_STD", "FLAG_FEW",
-           "FLAG_SATURATED", "FLAG_NONFINITE", "FLAG_PARTSAT"]
+def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, scale,
+                  subtract, saturation, metadata, data, flags, nreject, product,
+                  min_scale=0.0, guard=False) -> fits.Header:
+    header = fits.Header()
+    for key, value, comment in fitsio.provenance_cards(product):
+        fitsio.set_card(header, key, value, comment)
+    card = lambda key, value, comment="": fitsio.set_card(header, key, value, comment)  # noqa: E731
+    card(kw.NCOMBINE, n, "frames combined")
+    card(kw.COMBMETH, method, "combination method")
+    if method == "sigclip":
+        card(kw.CLIPLO, float(sigma_low), "[sigma] lower clipping threshold")
+        card(kw.CLIPHI, float(sigma_high), "[sigma] upper clipping threshold")
+        card(kw.CLIPITER, int(maxiters), "max clipping iterations (0 = to convergence)")
+        card(kw.CLIPCEN, "median", "clipping centre estimator")
+        card(kw.CLIPDEV, "mad_std", "1.482602 x MAD (std where MAD = 0)")
+        if min_scale > 0:
+            card("CLIPMIN", float(min_scale), "smallest clipping scale (2 ADC steps)")
+        card("CLIPGRD", bool(guard), "flags confirmed by the unflagged samples' std")
+    card(kw.MINACC, int(min_accepted), "min accepted samples of a valid pixel")
+    if scale is not None:
+        card(kw.SCALEMTH, "per-frame factor", "frames multiplied by INPUTS.SCALE")
+    if subtract is not None:
+        what = ("array" if isinstance(subtract, np.ndarray)
+                else f"callable {getattr(subtract, '__qualname__', type(subtract).__name__)}")
+        card(kw.SUBTRACT, what, "subtracted from each frame before combining")
+    if saturation is not None:
+        card(kw.SATLEVEL, float(saturation), "[adu] raw samples >= this were excluded")
+    valid = (flags == 0) & np.isfinite(data)
+    card(kw.NMASKED, int(data.size - valid.sum()), "masked pixels (FLAGS != 0)")
+    card(kw.NREJECT, int(nreject), "samples rejected by clipping")
+    if valid.any():
+        good = data[valid]  # float32 copy; float64 accumulators below
+        card(kw.MEAN, float(good.mean(dtype=np.float64)), "mean of the master, valid pixels")
+        card(kw.MEDIAN, exact_median(good), "median of the master, valid pixels")
+        card(kw.STD, float(good.std(dtype=np.float64)), "std of the master, valid pixels")
+    for key, (kmin, kmax, kavg), unit in ((kw.TEMP, (kw.TMIN, kw.TMAX, kw.TAVG), "degC"),
+                                          (kw.EXPTIME, (kw.EMIN, kw.EMAX, kw.EAVG), "s")):
+        vals = _finite_values(metadata, key)
+        if vals:
+            card(kmin, min(vals), f"[{unit}] min {key} of inputs")
+            card(kmax, max(vals), f"[{unit}] max {key} of inputs")
+            card(kavg, float(np.mean(vals)), f"[{unit}] mean {key} of inputs")
+    return header
+
+
+def _inputs_table(paths, metadata, scale, sat_per_frame) -> pd.DataFrame:
+    table = pd.DataFrame({"PATH": [str(p) for p in paths]})
+    keys: list[str] = []
+    for meta in metadata or ():
+        for key in meta:
+            if key not in keys and key != "PATH":
+                keys.append(key)
+    for key in sorted(keys, key=lambda k: (k not in (kw.TEMP, kw.EXPTIME), keys.index(k))):
+        values = [meta.get(key) for meta in metadata]
+        if all(v is None or isinstance(v, (int, float, np.integer, np.floating, bool))
+               for v in values):
+            table[key] = np.array([math.nan if v is None else float(v) for v in values])
+        else:
+            table[key] = ["" if v is None else str(v) for v in values]
+    if scale is not None:
+        table["SCALE"] = scale
+    if sat_per_frame is not None:
+        table["NSAT"] = sat_per_frame
+    return table
