@@ -53,3 +53,18 @@ def test_depth_zero_writes_in_place():
     with WriteBehind(depth=0) as writer:
         writer.submit(lambda: seen.append(threading.get_ident()))
         assert seen == [caller]
+
+
+def test_the_blocks_error_wins_over_a_pending_writes():
+    # the block's own failure is what the caller sees; the pending write is still waited for
+    done = []
+
+    def fail_later():
+        time.sleep(0.02)
+        done.append("waited")
+        raise OSError("disk full")
+    with pytest.raises(ValueError, match="stacking failed"):
+        with WriteBehind() as writer:
+            writer.submit(fail_later)
+            raise ValueError("stacking failed")
+    assert done == ["waited"]

@@ -15,9 +15,12 @@ calling thread, as a write done in place would have.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
+
+logger = logging.getLogger(__name__)
 
 
 class WriteBehind:
@@ -76,8 +79,16 @@ class WriteBehind:
     def __enter__(self) -> "WriteBehind":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # the block failed: its error is the one to report; the pending writes still finish
+        # (each is atomic), a failure among them only logged
+        try:
+            self.close()
+        except BaseException as err:  # noqa: BLE001
+            logger.warning("a pending write failed too: %s: %s", type(err).__name__, err)
 
 
 __all__ = ["WriteBehind"]
