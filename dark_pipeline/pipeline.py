@@ -546,9 +546,12 @@ def _scatter_plots(ev, out_dir: Path, files: list) -> None:
 
 #: Pixels of the deterministic stride sample on which the leave-one-temperature-out models
 #: are refitted and the pulls taken (every pixel of a smaller frame): a pull standard
-#: deviation from 65536 pixels is known to 0.3 %, and the refits then cost ~1/60 of a
-#: 2048 x 2048 frame's (the nonlinear fits have no exact deletion formula, and a one-step
-#: update would leave the population values of the faint pixels at the full fit's).
+#: deviation from 65536 pixels is known to 1/sqrt(2N) = 0.3 %, and the refits then cost
+#: ~1/60 of a 2048 x 2048 frame's (the nonlinear fits have no exact deletion formula, and a
+#: one-step update would leave the population values of the faint pixels at the full
+#: fit's).  The refits are full fits of the held-out data, their population joint fit
+#: warm-started from the full model's population values (``population_start``: the same
+#: result within the search's tolerance, in ~3 passes over the pixels instead of 5-8).
 LOO_PIXELS = 65536
 
 
