@@ -35,6 +35,7 @@ from .. import headers as kw
 from ..errors import FrameError, InputPathError, OutputPathError
 from ..progress import progress
 from ..settings import field
+from ..stack.stats import frame_statistics, statistics_cards
 from .discovery import FRAMES_DIR, RAW_SUFFIXES, Attempt, check_distinct_sections, find_attempts
 from .fitsio import (
     BLOCK,
@@ -321,6 +322,13 @@ def _convert_one(task: _FrameTask) -> dict:
               (kw.RAWDTYPE, task.config.dtype_name, "sample type of the raw file"),
               (kw.BUNIT, adu.UNIT, "stored 16-bit ADU")]
     cards += adu.scaling_cards(adc_bits)
+    # the index's statistics, measured here on the pixels in memory so that it need not read
+    # every frame again; counted against the level the index will take from this header
+    first: dict = {}
+    for key, value, _ in cards:
+        first.setdefault(key, value)   # a reader sees a repeated keyword's first card
+    saturation = adu.frame_saturation(first)
+    cards += statistics_cards(frame_statistics(data, saturation=saturation), saturation)
     cards += provenance_cards("FRAME")
     write_frame_fits(task.fits_path, payload, frame_header_bytes(data.shape, cards))
     return {"STATUS": STATUS_CONVERTED, "REASON": "", "ADCBITS": adc_bits}

@@ -171,7 +171,7 @@ def discover_sections(root: str | os.PathLike, max_depth: int = 6) -> list[tuple
 
 def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
                settings: IndexSettings) -> dict:
-    from ..stack.stats import frame_statistics
+    from ..stack.stats import frame_statistics, recorded_statistics
 
     row: dict[str, object] = {"PATH": str(path)}
     try:
@@ -208,9 +208,15 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
                ATTEMPT=unescape_text(str(header.get(kw.ATTEMPT, path.parent.parent.name))),
                NAXIS1=header.get("NAXIS1"), NAXIS2=header.get("NAXIS2"),
                ADUSCALE=adu.adu_scale(adc_bits))
+    saturation = adu.frame_saturation(header)
+    # the converter records the statistics in the header: the pixels need not be read again,
+    # but the data unit must still be all there (a truncated file stays BADFITS)
+    stats = recorded_statistics(header, saturation) if row["_BITPIX"] == 16 else None
     try:
-        stats = frame_statistics(path, saturation=kw.get_float(
-            header, kw.SATLEVEL, adu.saturation_level(adc_bits)))
+        if stats is None:
+            stats = frame_statistics(path, saturation=saturation)
+        else:
+            fits_layout(path)
     except FrameError as err:
         logger.warning("%s: %s; flagged BADFITS", path, err.reason)
         row.update(BADFITS=True, REASON=err.reason)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import headers as kw
 from ..io import fitsio
 
 logger = logging.getLogger(__name__)
@@ -344,6 +345,92 @@ def frame_statistics(path_or_array, *, saturation: float | None = None,
                       p16=p16, p84=p84, min=vmin, max=vmax,
                       zero_fraction=n_zero / n_pixels if n_pixels else nan,
                       saturated_fraction=sat_frac)
+
+
+def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, object, str]]:
+    """Header cards recording the statistics of an integer frame (``FRNPIX``... ``FRMAX``).
+
+    The converter writes them so that the index need not read the pixels again
+    (:func:`recorded_statistics` reads them back).  Counts are written as integers and
+    every value is checked to read back bit for bit; when one would not (a float whose
+    text does not fit the 20 columns of a card, e.g. ``1.2345678901234567e-05``) no card
+    is returned and the index measures the frame instead.
+
+    Parameters
+    ----------
+    stats : FrameStats
+        From :func:`frame_statistics` of an integer frame (every pixel finite).
+    saturation : float
+        [stored ADU] The level ``stats.saturated_fraction`` was counted against.
+    """
+    from astropy.io.fits import Card
+
+    n = stats.n_pixels
+    if stats.n_finite != n or not n or not math.isfinite(saturation):
+        return []
+    cards = [
+        (kw.FRNPIX, n, "pixels the FR statistics cover"),
+        (kw.FRNZERO, round(stats.zero_fraction * n), "pixels exactly 0"),
+        (kw.FRNSAT, round(stats.saturated_fraction * n), "pixels >= FRSATLEV"),
+        (kw.FRSATLEV, float(saturation), "[adu] saturation level of FRNSAT"),
+        (kw.FRMEAN, stats.mean, "[adu] mean of the pixels"),
+        (kw.FRMEDIAN, stats.median, "[adu] median of the pixels"),
+        (kw.FRSTD, stats.std, "[adu] standard deviation of the pixels"),
+        (kw.FRP16, stats.p16, "[adu] 16th percentile of the pixels"),
+        (kw.FRP84, stats.p84, "[adu] 84th percentile of the pixels"),
+        (kw.FRMIN, stats.min, "[adu] smallest pixel"),
+        (kw.FRMAX, stats.max, "[adu] largest pixel"),
+    ]
+    for key, value, comment in cards:
+        if isinstance(value, float) and \
+                Card.fromstring(fitsio.card_image(key, value, comment)[:80]).value != value:
+            return []  # NaN, or rounded by the card's 20 columns
+    return cards
+
+
+def _card_int(header, key: str) -> int | None:
+    value = header.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _card_float(header, key: str) -> float | None:
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def recorded_statistics(header, saturation: float) -> FrameStats | None:
+    """The statistics :func:`statistics_cards` recorded in a frame's header, or None.
+
+    None (measure the pixels instead) unless every card is there and well-formed, the
+    pixel count is the header's ``NAXIS1 x NAXIS2``, the counts are within it and the
+    recorded saturation level is ``saturation``, the level the caller would measure with.
+    The result is the :class:`FrameStats` that :func:`frame_statistics` gave the
+    converter, every number bit for bit.
+
+    Parameters
+    ----------
+    header : mapping
+        The frame's primary header.
+    saturation : float
+        [stored ADU] Saturation level the caller counts against.
+    """
+    counts = [_card_int(header, key) for key in (kw.FRNPIX, kw.FRNZERO, kw.FRNSAT)]
+    values = [_card_float(header, key) for key in
+              (kw.FRSATLEV, kw.FRMEAN, kw.FRMEDIAN, kw.FRSTD, kw.FRP16, kw.FRP84, kw.FRMIN,
+               kw.FRMAX)]
+    shape = [_card_int(header, key) for key in ("NAXIS1", "NAXIS2")]
+    if None in counts or None in values or None in shape or header.get("NAXIS") != 2:
+        return None
+    n, n_zero, n_sat = counts
+    level, mean, median, std, p16, p84, vmin, vmax = values
+    if n != shape[0] * shape[1] or n <= 0 or not 0 <= n_zero <= n or not 0 <= n_sat <= n \
+            or level != saturation:
+        return None
+    return FrameStats(n_pixels=n, n_finite=n, mean=mean, median=median, std=std, p16=p16,
+                      p84=p84, min=vmin, max=vmax, zero_fraction=n_zero / n,
+                      saturated_fraction=n_sat / n)
 
 
 def median_with_error(values) -> tuple[float, float]:
