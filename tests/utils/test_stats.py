@@ -233,3 +233,29 @@ def test_malformed_statistics_cards_are_not_used(change):
         else:
             header[key] = value
     assert stats.recorded_statistics(header, 65520.0) is None
+
+
+@pytest.mark.parametrize("saturation", [65520.0, 4000.5, None])
+def test_histogram_counted_while_encoding_gives_frame_statistics(tmp_path, saturation):
+    from utils.io.conversion import encode_frame, frame_header_bytes, write_frame_fits
+
+    rng = np.random.default_rng(14)
+    data = (rng.integers(0, 4096, (97, 61)) * 16).astype(np.uint16)
+    data.flat[::17] = 0
+    data.flat[2::23] = 65520
+    hist = np.zeros(65536, dtype=np.int64)
+    payload, _ = encode_frame(data, hist)
+    np.testing.assert_array_equal(hist, np.bincount(data.ravel(), minlength=65536))
+    from utils.io import conversion
+
+    plain = np.zeros(65536, dtype=np.int64)           # without numba: the same bytes and counts
+    same, _ = conversion._encode_numpy(data, plain)
+    np.testing.assert_array_equal(plain, hist)
+    assert same.tobytes() == payload.tobytes()
+    path = tmp_path / "f.fits"
+    write_frame_fits(path, payload, frame_header_bytes(data.shape, []))
+    # what the index would measure from the file, bit for bit
+    assert stats.histogram_statistics(hist, saturation=saturation) == \
+        stats.frame_statistics(path, saturation=saturation)
+    with pytest.raises(ValueError, match="65536 bins"):
+        stats.histogram_statistics(hist[:100])

@@ -6,7 +6,10 @@
 * :func:`frame_statistics`: mean, exact median, percentiles, extremes and the
   fractions of zero and saturated pixels of one frame, in a single streaming
   pass over row blocks (used by the dataset index, where a large zero
-  fraction marks a bad file, and by per-frame statistics tables).
+  fraction marks a bad file, and by per-frame statistics tables);
+  :func:`histogram_statistics` the same from a 16-bit frame's histogram, and
+  :func:`statistics_cards` / :func:`recorded_statistics` write them into a
+  converted frame's header and read them back (the index then skips the pixels).
 
 None of these emit warnings on empty or all-NaN input: they return NaN.
 """
@@ -317,34 +320,73 @@ def frame_statistics(path_or_array, *, saturation: float | None = None,
     finally:
         if fd is not None:
             os.close(fd)
-    sat_frac = n_sat / n_pixels if saturation is not None else math.nan
-    nan = math.nan
     if hist is not None:
-        n_finite = int(hist.sum())
-        levels = np.arange(65536, dtype=np.float64) + offset
-        if n_finite:
-            cum = np.cumsum(hist)
-            mean = float((hist * levels).sum() / n_finite)
-            std = float(math.sqrt((hist * (levels - mean) ** 2).sum() / n_finite))
-            nz = np.flatnonzero(hist)
-            p16, med, p84 = (_hist_percentile(cum, levels, q) for q in _PERCENTILES)
-            vmin, vmax = float(levels[nz[0]]), float(levels[nz[-1]])
-        else:  # pragma: no cover - an integer frame of zero pixels
-            mean = std = p16 = med = p84 = vmin = vmax = nan
+        return _histogram_stats(hist, offset, n_pixels, n_zero, n_sat, saturation)
+    nan = math.nan
+    n_finite = n_fill
+    good = values[:n_fill]
+    if n_finite:
+        mean = float(good.mean(dtype=np.float64))
+        std = float(good.std(dtype=np.float64))
+        p16, med, p84 = (float(v) for v in np.percentile(good, _PERCENTILES))
+        vmin, vmax = float(good.min()), float(good.max())
     else:
-        n_finite = n_fill
-        good = values[:n_fill]
-        if n_finite:
-            mean = float(good.mean(dtype=np.float64))
-            std = float(good.std(dtype=np.float64))
-            p16, med, p84 = (float(v) for v in np.percentile(good, _PERCENTILES))
-            vmin, vmax = float(good.min()), float(good.max())
-        else:
-            mean = std = p16 = med = p84 = vmin = vmax = nan
+        mean = std = p16 = med = p84 = vmin = vmax = nan
     return FrameStats(n_pixels=n_pixels, n_finite=n_finite, mean=mean, median=med, std=std,
                       p16=p16, p84=p84, min=vmin, max=vmax,
                       zero_fraction=n_zero / n_pixels if n_pixels else nan,
-                      saturated_fraction=sat_frac)
+                      saturated_fraction=n_sat / n_pixels if saturation is not None else nan)
+
+
+def _histogram_stats(hist: np.ndarray, offset: int, n_pixels: int, n_zero: int, n_sat: int,
+                     saturation: float | None) -> FrameStats:
+    """:class:`FrameStats` of integer data from its 65536-bin histogram (bin 0 = ``offset``)."""
+    nan = math.nan
+    n_finite = int(hist.sum())
+    levels = np.arange(65536, dtype=np.float64) + offset
+    if n_finite:
+        cum = np.cumsum(hist)
+        mean = float((hist * levels).sum() / n_finite)
+        std = float(math.sqrt((hist * (levels - mean) ** 2).sum() / n_finite))
+        nz = np.flatnonzero(hist)
+        p16, med, p84 = (_hist_percentile(cum, levels, q) for q in _PERCENTILES)
+        vmin, vmax = float(levels[nz[0]]), float(levels[nz[-1]])
+    else:  # pragma: no cover - an integer frame of zero pixels
+        mean = std = p16 = med = p84 = vmin = vmax = nan
+    return FrameStats(n_pixels=n_pixels, n_finite=n_finite, mean=mean, median=med, std=std,
+                      p16=p16, p84=p84, min=vmin, max=vmax,
+                      zero_fraction=n_zero / n_pixels if n_pixels else nan,
+                      saturated_fraction=n_sat / n_pixels if saturation is not None else nan)
+
+
+def histogram_statistics(hist: np.ndarray, *, saturation: float | None = None) -> FrameStats:
+    """:func:`frame_statistics` of an unsigned 16-bit frame from its histogram, bit for bit.
+
+    The converter counts the histogram while it encodes the frame
+    (:func:`utils.io.conversion.encode_frame`), so the statistics cost no pass of their own.
+
+    Parameters
+    ----------
+    hist : numpy.ndarray
+        65536 bins, ``hist[v]`` = pixels of stored value ``v`` [adu].
+    saturation : float, optional
+        Saturation level [stored ADU].
+
+    Examples
+    --------
+    >>> data = np.array([[0, 16, 32], [48, 65520, 65520]], dtype=np.uint16)
+    >>> hist = np.bincount(data.ravel(), minlength=65536)
+    >>> histogram_statistics(hist, saturation=65520) == frame_statistics(data, saturation=65520)
+    True
+    """
+    hist = np.asarray(hist, dtype=np.int64)
+    if hist.shape != (65536,):
+        raise ValueError(f"hist must have 65536 bins, not shape {hist.shape}")
+    n_pixels = int(hist.sum())
+    # as frame_statistics counts them: pixels == 0, and pixels >= saturation
+    n_sat = 0 if saturation is None else \
+        int(hist[np.arange(65536, dtype=np.float64) >= saturation].sum())
+    return _histogram_stats(hist, 0, n_pixels, int(hist[0]), n_sat, saturation)
 
 
 def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, object, str]]:
