@@ -1,8 +1,8 @@
 """The dataset index: one row per FITS frame, a table you filter instead of globbing.
 
 :func:`build_index` scans campaign sections (or discovers them below a root),
-reads each frame once (header + one streaming statistics pass) and returns a
-pandas table.  :class:`DatasetIndex` loads such a table back from CSV,
+reads each frame's header (and, unless the converter recorded the statistics there,
+one streaming statistics pass over its pixels) and returns a pandas table.  :class:`DatasetIndex` loads such a table back from CSV,
 validates it, resolves paths and filters it.
 
 Columns, in order: ``PATH, CALTYPE, STAGE, VACUUM, TEMP, ZEROFRACTION,
