@@ -210,6 +210,12 @@ def test_statistics_cards_left_out_when_a_value_would_be_rounded():
     tiny = stats.FrameStats(**dict(exact.as_dict(), std=1.2345678901234567e-05))
     assert stats.statistics_cards(tiny, 65520.0) == []
     assert stats.statistics_cards(exact, math.nan) == []
+    # a level float32 cannot hold: the index (float32 pixels) would count against it rounded
+    data.flat[0] = 4000
+    odd = stats.frame_statistics(data, saturation=4000.0001)
+    assert odd.saturated_fraction != stats.frame_statistics(
+        data.astype(np.float32), saturation=4000.0001).saturated_fraction
+    assert stats.statistics_cards(odd, 4000.0001) == []
 
 
 @pytest.mark.parametrize("change", [

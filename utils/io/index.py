@@ -2,8 +2,9 @@
 
 :func:`build_index` scans campaign sections (or discovers them below a root),
 reads each frame's header (and, unless the converter recorded the statistics there,
-one streaming statistics pass over its pixels) and returns a pandas table.  :class:`DatasetIndex` loads such a table back from CSV,
-validates it, resolves paths and filters it.
+one streaming statistics pass over its pixels) and returns a pandas table.
+:class:`DatasetIndex` loads such a table back from CSV, validates it, resolves paths
+and filters it.
 
 Columns, in order: ``PATH, CALTYPE, STAGE, VACUUM, TEMP, ZEROFRACTION,
 BADFITS`` (the user's original seven), then ``EXPTIME, FRAMENUM, TIMESTAMP,

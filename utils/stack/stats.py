@@ -395,8 +395,9 @@ def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, ob
     The converter writes them so that the index need not read the pixels again
     (:func:`recorded_statistics` reads them back).  Counts are written as integers and
     every value is checked to read back bit for bit; when one would not (a float whose
-    text does not fit the 20 columns of a card, e.g. ``1.2345678901234567e-05``) no card
-    is returned and the index measures the frame instead.
+    text does not fit the 20 columns of a card, e.g. ``1.2345678901234567e-05``), or the
+    saturation level is not a float32 number (the index would count against it rounded),
+    no card is returned and the index measures the frame instead.
 
     Parameters
     ----------
@@ -408,7 +409,10 @@ def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, ob
     from astropy.io.fits import Card
 
     n = stats.n_pixels
-    if stats.n_finite != n or not n or not math.isfinite(saturation):
+    # the index compares float32 pixels with the level (in float32): a level float32 cannot
+    # hold (65520.001) could count other pixels than the converter did
+    if stats.n_finite != n or not n or not math.isfinite(saturation) \
+            or float(np.float32(saturation)) != saturation:
         return []
     cards = [
         (kw.FRNPIX, n, "pixels the FR statistics cover"),
