@@ -227,6 +227,8 @@ def test_statistics_cards_left_out_when_a_value_would_be_rounded():
     {kw.FRNZERO: 83 * 71 + 1},            # more zeros than pixels
     {kw.FRNSAT: -1},
     {kw.FRSATLEV: 65535.0},               # counted against another level
+    {kw.FRP16: 70000.0},                  # values out of order
+    {kw.FRSTD: -1.0},
     {"NAXIS1": 70},
 ])
 def test_malformed_statistics_cards_are_not_used(change):

@@ -402,7 +402,8 @@ def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, ob
     Parameters
     ----------
     stats : FrameStats
-        From :func:`frame_statistics` of an integer frame (every pixel finite).
+        From :func:`histogram_statistics` (or :func:`frame_statistics`) of an integer
+        frame (every pixel finite).
     saturation : float
         [stored ADU] The level ``stats.saturated_fraction`` was counted against.
     """
@@ -450,10 +451,11 @@ def recorded_statistics(header, saturation: float) -> FrameStats | None:
     """The statistics :func:`statistics_cards` recorded in a frame's header, or None.
 
     None (measure the pixels instead) unless every card is there and well-formed, the
-    pixel count is the header's ``NAXIS1 x NAXIS2``, the counts are within it and the
-    recorded saturation level is ``saturation``, the level the caller would measure with.
-    The result is the :class:`FrameStats` that :func:`frame_statistics` gave the
-    converter, every number bit for bit.
+    pixel count is the header's ``NAXIS1 x NAXIS2``, the counts are within it, the values
+    in order (min <= p16 <= median <= p84 <= max, the mean within the extremes, std >= 0)
+    and the recorded saturation level is ``saturation``, the level the caller would
+    measure with.  The result is the :class:`FrameStats` the converter recorded, every
+    number bit for bit what :func:`frame_statistics` of the file gives.
 
     Parameters
     ----------
@@ -472,7 +474,8 @@ def recorded_statistics(header, saturation: float) -> FrameStats | None:
     n, n_zero, n_sat = counts
     level, mean, median, std, p16, p84, vmin, vmax = values
     if n != shape[0] * shape[1] or n <= 0 or not 0 <= n_zero <= n or not 0 <= n_sat <= n \
-            or level != saturation:
+            or level != saturation or not vmin <= p16 <= median <= p84 <= vmax \
+            or not vmin <= mean <= vmax or std < 0:
         return None
     return FrameStats(n_pixels=n, n_finite=n, mean=mean, median=median, std=std, p16=p16,
                       p84=p84, min=vmin, max=vmax, zero_fraction=n_zero / n,
