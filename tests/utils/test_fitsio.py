@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from astropy.io import fits
 
 from utils.io.fitsio import write_product
@@ -31,3 +32,44 @@ def test_a_shared_array_written_by_threads_at_once_stays_intact(tmp_path):
         with fits.open(path) as hdul:
             assert np.array_equal(hdul["SUBERR"].data, before), path
             assert np.array_equal(hdul["UNCERT"].data, before), path
+
+
+def _astropy_layout(path, k):
+    with fits.open(path) as hdul:
+        header = hdul[k].header
+        return (hdul.fileinfo(k)["datLoc"], (header["NAXIS2"], header["NAXIS1"]),
+                header["BITPIX"], float(header.get("BSCALE", 1.0)),
+                float(header.get("BZERO", 0.0)))
+
+
+def test_fast_layout_finds_every_image_hdu_where_astropy_does(tmp_path):
+    """The card parser steps over HDUs of every kind (a long header, a table, a 3-D cube,
+    scaled integers) to the same data offsets as astropy, and leaves what is not a 2-D
+    image to it; a truncated extension is an error naming the file."""
+    from utils.errors import UnreadableFrameError
+    from utils.io import fitsio
+
+    rng = np.random.default_rng(3)
+    primary = fits.PrimaryHDU(rng.integers(0, 4000, (7, 5)).astype(np.uint16))
+    for i in range(120):  # a header of several 2880-byte blocks
+        primary.header[f"HIST{i:04d}"] = (i, "filler")
+    table = fits.BinTableHDU.from_columns([fits.Column("PATH", "20A", array=["a", "bb"])],
+                                          name="INPUTS")
+    cube = fits.ImageHDU(np.zeros((2, 3, 4), np.float32), name="CUBE")
+    scaled = fits.ImageHDU(rng.normal(size=(9, 11)).astype(np.float32), name="SCALED")
+    scaled.scale("int16", bscale=0.01, bzero=3.0)
+    image = fits.ImageHDU(rng.normal(size=(6, 13)).astype(np.float64), name="LAST")
+    path = tmp_path / "many.fits"
+    fits.HDUList([primary, table, cube, scaled, image]).writeto(path)
+    for k in (0, 3, 4):
+        assert fitsio._fast_layout(str(path), k) == _astropy_layout(path, k)
+        layout = fitsio.fits_layout(path, k)
+        with fits.open(path) as hdul:
+            np.testing.assert_array_equal(fitsio.read_rows(layout, 0, layout.shape[0]),
+                                          hdul[k].data.astype(np.float32))
+    for k in (1, 2, 5):  # a table, a cube, no such HDU: astropy decides
+        assert fitsio._fast_layout(str(path), k) is None
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(path.read_bytes()[:-2880])
+    with pytest.raises(UnreadableFrameError, match="truncated"):
+        fitsio.fits_layout(cut, 4)

@@ -484,40 +484,72 @@ def _astropy_warnings_as_errors(path: str):
         warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
 
 
-#: Primary-header cards the fast layout parser reads.
-_LAYOUT_KEYS = (b"SIMPLE", b"BITPIX", b"NAXIS", b"NAXIS1", b"NAXIS2", b"BSCALE", b"BZERO")
-#: Headers longer than this many blocks are left to astropy.
+#: Header cards the fast layout parser reads (NAXISn beyond NAXIS2 are read by prefix).
+_LAYOUT_KEYS = (b"SIMPLE", b"XTENSION", b"BITPIX", b"NAXIS", b"PCOUNT", b"GCOUNT", b"BSCALE",
+                b"BZERO")
+#: Headers longer than this many blocks, and files with more HDUs before the one asked for,
+#: are left to astropy.
 _FAST_BLOCKS = 64
 
 
-def _primary_layout(path: str) -> tuple[int, tuple[int, int], int, float, float] | None:
-    """``(offset, shape, bitpix, bscale, bzero)`` of a plain 2-D primary image, parsed from
-    its fixed-format cards; None when anything is unusual (astropy then decides).
+def _header_values(handle) -> tuple[dict[bytes, bytes], int] | None:
+    """The layout cards of the header starting at ``handle``'s position and the header's
+    length [byte]; None when the header is unusual (too long, cut short)."""
+    values: dict[bytes, bytes] = {}
+    for n in range(1, _FAST_BLOCKS + 1):
+        block = handle.read(BLOCK)
+        if len(block) < BLOCK:
+            return None
+        for i in range(0, BLOCK, 80):
+            card = block[i:i + 80]
+            key = card[:8].rstrip()
+            if key == b"END":
+                return values, n * BLOCK
+            if card[8:10] == b"= " and (key in _LAYOUT_KEYS or key.startswith(b"NAXIS")):
+                values.setdefault(key, card[10:].split(b"/", 1)[0].strip())
+            elif not values and key not in (b"SIMPLE", b"XTENSION"):
+                return None  # not a FITS header
+    return None
+
+
+def _fast_layout(path: str, hdu: int = 0
+                 ) -> tuple[int, tuple[int, int], int, float, float] | None:
+    """``(offset, shape, bitpix, bscale, bzero)`` of the plain 2-D image of HDU ``hdu``,
+    parsed from the fixed-format cards, stepping over the HDUs before it by their data
+    sizes; None when anything is unusual (astropy then decides).
 
     A campaign run locates every frame several times (index checks, every master it goes
-    into); astropy takes ~5-10 ms a file for this, the cards ~50 us.
+    into) and every extension of every master it fits; astropy takes ~5-10 ms a file for
+    this, the cards ~50 us.
     """
-    values: dict[bytes, bytes] = {}
     try:
         with open(path, "rb") as handle:
-            for n in range(1, _FAST_BLOCKS + 1):
-                block = handle.read(BLOCK)
-                if len(block) < BLOCK:
+            offset = 0
+            for k in range(hdu + 1):
+                parsed = _header_values(handle)
+                if parsed is None:
                     return None
-                for i in range(0, BLOCK, 80):
-                    card = block[i:i + 80]
-                    key = card[:8].rstrip()
-                    if key == b"END":
-                        if values.get(b"SIMPLE") != b"T" or values.get(b"NAXIS") != b"2":
-                            return None
-                        shape = (int(values[b"NAXIS2"]), int(values[b"NAXIS1"]))
-                        scale = float(values.get(b"BSCALE", b"1").replace(b"D", b"E"))
-                        zero = float(values.get(b"BZERO", b"0").replace(b"D", b"E"))
-                        return n * BLOCK, shape, int(values[b"BITPIX"]), scale, zero
-                    if key in _LAYOUT_KEYS and card[8:10] == b"= ":
-                        values[key] = card[10:].split(b"/", 1)[0].strip()
-                    elif not values and key != b"SIMPLE":
-                        return None  # not a FITS primary header
+                values, length = parsed
+                first = values.get(b"SIMPLE" if k == 0 else b"XTENSION")
+                if first is None or (k == 0 and first != b"T"):
+                    return None
+                bitpix = int(values[b"BITPIX"])
+                naxis = int(values[b"NAXIS"])
+                axes = [int(values[b"NAXIS%d" % j]) for j in range(1, naxis + 1)]
+                offset += length
+                if k == hdu:
+                    if naxis != 2 or (k > 0 and first.strip(b"' ") != b"IMAGE"):
+                        return None
+                    scale = float(values.get(b"BSCALE", b"1").replace(b"D", b"E"))
+                    zero = float(values.get(b"BZERO", b"0").replace(b"D", b"E"))
+                    return offset, (axes[1], axes[0]), bitpix, scale, zero
+                # data: |BITPIX|/8 x GCOUNT x (PCOUNT + NAXIS1 x ... x NAXISn), padded
+                size = 0
+                if naxis:
+                    size = abs(bitpix) // 8 * int(values.get(b"GCOUNT", b"1")) * (
+                        int(values.get(b"PCOUNT", b"0")) + int(np.prod(axes, dtype=np.int64)))
+                offset += -(-size // BLOCK) * BLOCK
+                handle.seek(offset)
     except (OSError, KeyError, ValueError):
         return None
     return None
@@ -533,7 +565,7 @@ def fits_layout(path: str | os.PathLike, hdu: int = 0) -> FitsLayout:
         its header says (truncated).
     """
     path = str(path)
-    fast = _primary_layout(path) if hdu == 0 else None
+    fast = _fast_layout(path, hdu)
     if fast is not None and fast[2] in _BITPIX:
         offset, shape, bitpix, bscale, bzero = fast
         dtype = np.dtype(_BITPIX[bitpix])
