@@ -37,3 +37,19 @@ def test_exact_nanmedian_equals_numpy():
     x[::3] = np.nan
     assert exact_nanmedian(x) == 5.0
     assert math.isnan(exact_nanmedian(np.full(10, np.nan)))
+
+
+def test_exact_median_column_structure_takes_the_window(monkeypatch):
+    # a bias-like 1024-wide image with a column pattern of period 16 (column ADCs): a
+    # power-of-two subsample stride would see only every 16th column, miss the window and
+    # fall back to a full np.median
+    rng = np.random.default_rng(3)
+    columns = rng.normal(0.0, 4.0, 1024).astype(np.float32)
+    columns[::16] += 60.0
+    x = (np.rint(rng.normal(3120.0, 8.0, (1024, 1024)) / 3.2) * 3.2).astype(np.float32) + columns
+    expected = float(np.median(x))
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("exact_median fell back to np.median")
+    monkeypatch.setattr(np, "median", no_fallback)
+    assert exact_median(x) == expected
