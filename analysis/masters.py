@@ -423,7 +423,7 @@ class _BiasReference:
         rows = self.model.subtractor(temperatures)
         if extra is None:
             return rows
-        return lambda i, start, stop: rows(i, start, stop) + extra[start:stop]
+        return rows.plus(extra)
 
 
 def _bias_model(masters: list[MasterRecord], out_dir: Path, cache: dict) -> tuple:
