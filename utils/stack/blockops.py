@@ -146,13 +146,24 @@ def _finish_block_numpy(data, noise, count, nsat, n_frames, min_accepted, median
         stderr *= np.float32(MEDIAN_ERROR_FACTOR)
 
 
+def _quadrature_py(a, b, out):
+    """``out = float32(sqrt(float64(a)**2 + float64(b)**2))`` (1-D, ``out`` may be ``a``)."""
+    for p in range(out.shape[0]):
+        x = np.float64(a[p])
+        y = np.float64(b[p])
+        out[p] = np.float32(math.sqrt(x * x + y * y))
+
+
 if HAVE_NUMBA:
     from numba import njit
+
+    _quadrature = njit(nogil=True, cache=True)(_quadrature_py)
 
     _linear_rows = njit(nogil=True, cache=True)(_linear_rows_py)
     # IEEE division (NaN or inf for a count of 0), not Python's ZeroDivisionError
     _finish_block = njit(nogil=True, cache=True, error_model="numpy")(_finish_block_py)
 else:  # pragma: no cover
+    _quadrature = None
     _linear_rows = _linear_rows_py
     _finish_block = _finish_block_numpy
 

@@ -25,6 +25,7 @@ from .. import headers as kw
 from ..errors import FrameError
 from ..io.fitsio import atomic_path, is_complete_fits, read_header
 from ..settings import field
+from .blockops import _quadrature
 from .combine import METHODS, combine
 from .tiles import PIXEL_BLOCK, pixel_blocks
 
@@ -189,6 +190,9 @@ def frame_metadata(rows: pd.DataFrame) -> list[dict]:
     return [{kw.TEMP: t, kw.EXPTIME: e} for t, e in zip(rows["TEMP"], rows["EXPTIME"])]
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None,
                    block: int = PIXEL_BLOCK) -> np.ndarray:
     """``sqrt(a**2 + b**2)`` of two error images in float64, stored as float32.
@@ -204,7 +208,7 @@ def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = Non
         C-contiguous float32 image to write (may be ``a`` itself: in place); a new one
         by default.
     block : int, optional
-        Pixels per block.
+        Pixels per block (without numba; with it, one pass over the pixels).
 
     Returns
     -------
@@ -217,6 +221,10 @@ def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = Non
     elif out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != a.shape:
         raise ValueError("out must be a C-contiguous float32 image of the inputs' shape")
     flat_a, flat_b, flat_out = np.ravel(a), np.ravel(b), out.reshape(-1)
+    if _quadrature is not None and flat_a.dtype in _FLOATS and flat_b.dtype in _FLOATS:
+        # one pass, the same float64 operations (~5 ms of numpy blocks at 1024 x 1024)
+        _quadrature(flat_a, flat_b, flat_out)
+        return out
     for blk in pixel_blocks(out.size, block):
         flat_out[blk] = np.sqrt(np.asarray(flat_a[blk], np.float64) ** 2
                                 + np.asarray(flat_b[blk], np.float64) ** 2)

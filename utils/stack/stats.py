@@ -50,6 +50,28 @@ def _prime_at_least(k: int) -> int:
     return k
 
 
+def _split_window_py(x, lo, hi, inside):
+    """One pass of :func:`exact_median`: values below ``lo``, those in ``[lo, hi]`` copied to
+    ``inside`` in their order, and those above ``hi`` (NaN in none); the counts."""
+    below = 0
+    above = 0
+    k = 0
+    for v in x:  # branch-free: which side a value falls is unpredictable
+        below += v < lo
+        above += v > hi
+        inside[k] = v  # kept only if k moves on; k < x.size always
+        k += (v >= lo) & (v <= hi)
+    return below, k, above
+
+
+try:  # three numpy comparison passes and a compress became one loop (~2 ms at 1024 x 1024)
+    from numba import njit
+
+    _split_window = njit(nogil=True, cache=True)(_split_window_py)
+except ImportError:  # pragma: no cover
+    _split_window = None
+
+
 def exact_median(values: np.ndarray) -> float:
     """``np.median`` of an array (flattened), the same number, faster on large arrays.
 
@@ -78,10 +100,16 @@ def exact_median(values: np.ndarray) -> float:
     lo = sample[max(0, int((m - 1) / 2 - half))]
     hi = sample[min(m - 1, int(math.ceil((m - 1) / 2 + half)))]
     k_lo, k_hi = (n - 1) // 2, n // 2
-    below = int(np.count_nonzero(x < lo))
-    inside = x[(x >= lo) & (x <= hi)]
+    if _split_window is not None and x.dtype in (np.float32, np.float64):
+        inside = np.empty(n, x.dtype)  # pages touched only as far as it is filled
+        below, n_inside, above = _split_window(x, lo, hi, inside)
+        inside = inside[:n_inside]
+    else:
+        below = int(np.count_nonzero(x < lo))
+        inside = x[(x >= lo) & (x <= hi)]
+        above = int(np.count_nonzero(x > hi))
     if not (below <= k_lo and k_hi < below + inside.size) or \
-            below + inside.size + int(np.count_nonzero(x > hi)) != n:  # missed, or NaN in x
+            below + inside.size + above != n:  # missed, or NaN in x
         return float(np.median(x))
     part = np.partition(inside, (k_lo - below, k_hi - below))
     # numpy's median: the mean (in the array's type) of the middle one or two values
