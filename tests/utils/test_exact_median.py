@@ -53,3 +53,19 @@ def test_exact_median_column_structure_takes_the_window(monkeypatch):
         raise AssertionError("exact_median fell back to np.median")
     monkeypatch.setattr(np, "median", no_fallback)
     assert exact_median(x) == expected
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_exact_median_window_split_with_and_without_numba(one_pass, monkeypatch):
+    from utils.stack import stats
+
+    if not one_pass:
+        monkeypatch.setattr(stats, "_split_window", None)
+    elif stats._split_window is None:
+        pytest.skip("numba not importable")
+    rng = np.random.default_rng(4)
+    for x in (rng.normal(5.0, 1.0, 400_001), np.rint(rng.normal(0, 3, 400_000)).astype(np.float32)):
+        assert exact_median(x) == float(np.median(x))
+        x[::1000] = np.nan  # NaN counts in no part of the split: np.median's NaN
+        assert math.isnan(exact_median(x))
+        assert exact_nanmedian(x) == float(np.nanmedian(x))
