@@ -116,3 +116,21 @@ def test_combine_with_linear_rows_equals_the_callable(numba_path, monkeypatch):
             assert getattr(fused, name).tobytes() == getattr(called, name).tobytes(), name
         assert fused.header[stacking.kw.NREJECT] == called.header[stacking.kw.NREJECT]
         assert (fused.flags & stacking.FLAG_PARTSAT).any()
+
+
+@pytest.mark.parametrize("numba_path", [True, False])
+def test_valid_values_is_the_boolean_selection(numba_path, monkeypatch):
+    if numba_path and not blockops.HAVE_NUMBA:
+        pytest.skip("numba not importable")
+    monkeypatch.setattr(blockops, "HAVE_NUMBA", numba_path and blockops.HAVE_NUMBA)
+    rng = np.random.default_rng(6)
+    data, _, count, _ = _block(rng, 30_000, 5)
+    data, flags = data.reshape(150, 200), (count < 2).astype(np.uint8).reshape(150, 200)
+    got = blockops.valid_values(data, flags)
+    want = data[(flags == 0) & np.isfinite(data)]
+    assert got.dtype == np.float32 and 0 < got.size < data.size
+    assert got.tobytes() == want.tobytes()
+    # the header statistics taken from it are numpy's on the boolean selection
+    assert got.mean(dtype=np.float64) == want.mean(dtype=np.float64)
+    assert got.std(dtype=np.float64) == want.std(dtype=np.float64)
+    assert blockops.valid_values(data, np.ones_like(flags)).size == 0

@@ -154,8 +154,30 @@ def _quadrature_py(a, b, out):
         out[p] = np.float32(math.sqrt(x * x + y * y))
 
 
+def _valid_values_py(data, flags, out):
+    """Copy ``data`` where ``flags == 0`` and it is finite into ``out`` (in order, branch-free);
+    return how many: ``data[(flags == 0) & isfinite(data)]`` is ``out[:count]``."""
+    k = 0
+    for p in range(data.shape[0]):
+        v = data[p]
+        out[k] = v
+        k += (flags[p] == 0) & np.isfinite(v)
+    return k
+
+
+def valid_values(data: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """``data[(flags == 0) & np.isfinite(data)]`` (a flattened copy), in one pass with numba."""
+    if not HAVE_NUMBA:
+        return data[(flags == 0) & np.isfinite(data)]
+    flat = np.ravel(data)
+    out = np.empty(flat.size, flat.dtype)  # pages touched only as far as it is filled
+    return out[:_valid_values(flat, np.ravel(flags), out)]
+
+
 if HAVE_NUMBA:
     from numba import njit
+
+    _valid_values = njit(nogil=True, cache=True)(_valid_values_py)
 
     _quadrature = njit(nogil=True, cache=True)(_quadrature_py)
 

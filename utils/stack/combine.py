@@ -77,6 +77,7 @@ from .blockops import (  # noqa: F401 - the flag bits and factor are re-exported
     LinearRows,
     _finish_block,
     _finish_block_numpy,
+    valid_values,
 )
 from .blockops import warmup as _warmup_blockops
 from .kernels import (
@@ -657,11 +658,10 @@ def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, s
         card(kw.SUBTRACT, what, "subtracted from each frame before combining")
     if saturation is not None:
         card(kw.SATLEVEL, float(saturation), "[adu] raw samples >= this were excluded")
-    valid = (flags == 0) & np.isfinite(data)
-    card(kw.NMASKED, int(data.size - valid.sum()), "masked pixels (FLAGS != 0)")
+    good = valid_values(data, flags)  # float32 copy; float64 accumulators below
+    card(kw.NMASKED, int(data.size - good.size), "masked pixels (FLAGS != 0)")
     card(kw.NREJECT, int(nreject), "samples rejected by clipping")
-    if valid.any():
-        good = data[valid]  # float32 copy; float64 accumulators below
+    if good.size:
         card(kw.MEAN, float(good.mean(dtype=np.float64)), "mean of the master, valid pixels")
         card(kw.MEDIAN, exact_median(good), "median of the master, valid pixels")
         card(kw.STD, float(good.std(dtype=np.float64)), "std of the master, valid pixels")
