@@ -385,14 +385,17 @@ def stack_tiles(stack, shared_cov=None):
 
 def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
                  adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False,
-                 bias_model=None) -> DarkModel2D:
+                 bias_model=None, population_start=None) -> DarkModel2D:
     """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.rates.SignalStack`).
 
     Each master's error is its noise-model error (see :mod:`dark_pipeline.rates`) and the
     subtracted bias's error in quadrature.  One bias model (or bias master) serves several
     masters, so its error is shared between them; the parameter covariance adds that
     correlated part (:func:`correlated_error_covariance`), given ``bias_model`` (else the
-    bias masters named in the masters' ``BIASFILE``).
+    bias masters named in the masters' ``BIASFILE``).  ``population_start`` (gamma, B
+    [1/degC]): a close start of the population joint fit (the full model's in a
+    leave-one-out refit): the same model within the fit's tolerance, faster
+    (:func:`utils.models.nonlinear.fit_power_exponential_per_pixel`).
 
     Raises
     ------
@@ -409,7 +412,8 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     try:
         fit = fit_power_exponential_per_pixel(
             temps, exps, None, None, t_ref=t_ref, min_snr=min_snr,
-            shared_errors=None if design is None else (design, None), tiles=tiles)
+            shared_errors=None if design is None else (design, None), tiles=tiles,
+            population_start=population_start)
     except ValueError as err:
         raise UserError(f"2-D dark model: {err}") from err
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)

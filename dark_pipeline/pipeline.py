@@ -440,7 +440,8 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         pixels = pixel_sample(stack.shape, LOO_PIXELS)
         ev = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                       exclude=_exclusion(model.mask()),
-                      holdout=_holdout_1d(rates, settings, adc_bits, pixels), pull_pixels=pixels,
+                      holdout=_holdout_1d(rates, settings, adc_bits, pixels,
+                                          model.fit.population_rate), pull_pixels=pixels,
                       keep_maps=plotting.wants("all"))
         _evaluation_products(ev, "1d", out_dir, files)
         summary["evaluation_1d"] = _eval_summary(ev)
@@ -456,7 +457,8 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         sample, pixels = stack.sample(LOO_PIXELS)
         ev = evaluate(stack, model2.signal, model2.signal_err,
                       exclude=_exclusion(model2.hot, model2.fit.amplitude),
-                      holdout=_holdout_2d(sample, settings, adc_bits, bias_errors),
+                      holdout=_holdout_2d(sample, settings, adc_bits, bias_errors,
+                                          _population_shape(model2)),
                       pull_pixels=pixels, keep_maps=plotting.wants("all"))
         _evaluation_products(ev, "2d", out_dir, files)
         _scatter_plots(ev, out_dir, files)
@@ -544,15 +546,19 @@ def _scatter_plots(ev, out_dir: Path, files: list) -> None:
 
 #: Pixels of the deterministic stride sample on which the leave-one-temperature-out models
 #: are refitted and the pulls taken (every pixel of a smaller frame): a pull standard
-#: deviation from 65536 pixels is known to 0.3 %, and the refits then cost ~1/60 of a
-#: 2048 x 2048 frame's (the nonlinear fits have no exact deletion formula, and a one-step
-#: update would leave the population values of the faint pixels at the full fit's).
+#: deviation from 65536 pixels is known to 1/sqrt(2N) = 0.3 %, and the refits then cost
+#: ~1/60 of a 2048 x 2048 frame's (the nonlinear fits have no exact deletion formula, and a
+#: one-step update would leave the population values of the faint pixels at the full
+#: fit's).  The refits are full fits of the held-out data, their population joint fit
+#: warm-started from the full model's population values (``population_start``: the same
+#: result within the search's tolerance, in ~3 passes over the pixels instead of 5-8).
 LOO_PIXELS = 65536
 
 
-def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None):
+def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None, start=None):
     """``holdout(T)``: the 1-D model fitted without temperature bin T (None if impossible),
-    on the pixels ``pixels`` (flat indices; default every pixel)."""
+    on the pixels ``pixels`` (flat indices; default every pixel); ``start``: the full
+    model's population B [1/degC], where the refit's population joint fit starts."""
     rates = [r.loaded() for r in rates] if pixels is None else rate_sample(rates, pixels)
 
     def fit_without(label):
@@ -560,25 +566,33 @@ def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None):
         if len({round(r.tavg, 3) for r in rest}) < 2:
             return None
         try:
-            m = fit_temperature_model(rest, settings.t_ref, adc_bits=adc_bits, quiet=True)
+            m = fit_temperature_model(rest, settings.t_ref, adc_bits=adc_bits, quiet=True,
+                                      population_start=start)
         except UserError:
             return None
         return (lambda t, x: m.rate(t) * x), (lambda t, x: m.rate_err(t) * x)
     return fit_without
 
 
-def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None):
+def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None, start=None):
     """``holdout(T)``: the 2-D model fitted without the masters of temperature bin T (on the
-    pixels of ``stack``: give a :meth:`~dark_pipeline.rates.SignalStack.sample`)."""
+    pixels of ``stack``: give a :meth:`~dark_pipeline.rates.SignalStack.sample`);
+    ``start``: the full model's population (gamma, B), where the refit's joint fit starts
+    (:func:`_population_shape`)."""
     def fit_without(label):
         rest = stack.select(i for i, m in enumerate(stack.masters) if m.temperature != label)
         try:
             m2 = fit_model_2d(rest, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
-                              quiet=True, bias_model=bias_model)
+                              quiet=True, bias_model=bias_model, population_start=start)
         except UserError:
             return None
         return m2.signal, m2.signal_err
     return fit_without
+
+
+def _population_shape(model2: DarkModel2D) -> tuple[float, float]:
+    """The population (gamma, B [1/degC]) of a 2-D model: its refits' warm start."""
+    return float(model2.fit.population_gamma), float(model2.fit.population_rate)
 
 
 def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, summary: dict,
@@ -613,7 +627,8 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     # pixel sample, the dark-current table and the 1-D figures.  Their files and summary
     # entry keep their place after the evaluation.
     pixels = pixel_sample(stack.shape, LOO_PIXELS)  # the leave-one-out refits' pixels
-    holdout_1d = _holdout_1d(rates, settings, adc_bits, pixels)
+    # the refits start their population fit from the full model's B (only that float held)
+    holdout_1d = _holdout_1d(rates, settings, adc_bits, pixels, float(model.fit.population_rate))
     later: list[Path] = []
     dark_current = _dark_current(rates, model, e, out_dir, {}, later, hot.mask)
     _plots_rates(model, rates, counts, out_dir, later)
@@ -673,7 +688,8 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         sample = stack.sample(LOO_PIXELS)[0]
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
-                       holdout=_holdout_2d(sample, settings, adc_bits, bias_model),
+                       holdout=_holdout_2d(sample, settings, adc_bits, bias_model,
+                                           _population_shape(model2)),
                        pull_pixels=pixels, keep_maps=plotting.wants("all"))
         _evaluation_products(ev2, "2d", out_dir, files)
         _scatter_plots(ev2, out_dir, files)

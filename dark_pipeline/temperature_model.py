@@ -491,11 +491,15 @@ def _scaled_tiles(y: np.ndarray, s: np.ndarray, point_scale: np.ndarray,
 
 
 def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_ADC_BITS,
-                          quiet: bool = False) -> DarkModel1D:
+                          quiet: bool = False,
+                          population_start: float | None = None) -> DarkModel1D:
     """Fit the 1-D model to rate maps (:class:`dark_pipeline.rates.RateMap`) of several bins.
 
     Every pixel with a positive rate at two temperatures is fitted on its own (no
     signal-to-noise cut, see the module notes); the others take the population B.
+    ``population_start`` [1/degC]: a close start of the population B's joint fit (the full
+    model's in a leave-one-out refit): the same model within the fit's tolerance, faster
+    (:func:`utils.models.nonlinear.fit_exponential_per_pixel`).
 
     Raises
     ------
@@ -513,12 +517,14 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
             if np.all(point_scale == 1.0) and points.rows is None:
                 # unscaled errors go in as they are (the kernels read float64 either way)
                 fit = fit_exponential_per_pixel(temps, points.y, points.s, x_ref=t_ref,
-                                                min_snr=START_SNR)
+                                                min_snr=START_SNR,
+                                                population_start=population_start)
             else:
                 # tile by tile (the same numbers): scaled errors, or rows of the files
                 fit = fit_exponential_per_pixel(
                     temps, None, None, x_ref=t_ref, min_snr=START_SNR,
-                    tiles=points.tiles(None if np.all(point_scale == 1.0) else point_scale))
+                    tiles=points.tiles(None if np.all(point_scale == 1.0) else point_scale),
+                    population_start=population_start)
         except ValueError as err:
             raise UserError(f"dark-current model: {err}") from err
         if len(rates) < MIN_POINTS_PER_T_SCALE or attempt == 2:

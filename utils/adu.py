@@ -61,6 +61,19 @@ def saturation_level(adc_bits: int) -> float:
     return float((2 ** int(adc_bits) - 1) * adu_scale(adc_bits))
 
 
+def frame_saturation(header) -> float:
+    """Saturation level [stored ADU] a frame's pixels are counted against: the header's
+    ``SATLEVEL``, else :func:`saturation_level` of its ``ADCBITS`` (12 bits when absent).
+
+    Examples
+    --------
+    >>> frame_saturation({"ADCBITS": 16}), frame_saturation({"SATLEVEL": 60000})
+    (65535.0, 60000.0)
+    """
+    bits = int(kw.get_float(header, kw.ADCBITS, DEFAULT_ADC_BITS))
+    return kw.get_float(header, kw.SATLEVEL, saturation_level(bits))
+
+
 def detect_adc_bits(data: np.ndarray, default: int = DEFAULT_ADC_BITS) -> int:
     """Infer the converter depth from the low bits of stored samples.
 

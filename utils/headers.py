@@ -40,6 +40,21 @@ RAWFILE = "RAWFILE"      # raw file name the frame came from
 RAWSIZE = "RAWSIZE"      # [byte] size of that raw file
 RAWDTYPE = "RAWDTYPE"    # sample type of the raw file, e.g. uint16le
 
+# --- pixel statistics of a converted frame: measured at conversion, read back by the index ---
+FRNPIX = "FRNPIX"        # pixels the statistics cover (NAXIS1 x NAXIS2)
+FRNZERO = "FRNZERO"      # pixels exactly 0
+FRNSAT = "FRNSAT"        # pixels >= FRSATLEV
+FRSATLEV = "FRSATLEV"    # [adu] saturation level FRNSAT counts against
+FRMEAN = "FRMEAN"        # [adu] mean of the pixels
+FRMEDIAN = "FRMEDIAN"    # [adu] median
+FRSTD = "FRSTD"          # [adu] standard deviation (ddof=0)
+FRP16 = "FRP16"          # [adu] 16th percentile
+FRP84 = "FRP84"          # [adu] 84th percentile
+FRMIN, FRMAX = "FRMIN", "FRMAX"  # [adu] smallest and largest pixel
+#: Every card of the frame statistics, in write order.
+FRAME_STATS = (FRNPIX, FRNZERO, FRNSAT, FRSATLEV, FRMEAN, FRMEDIAN, FRSTD, FRP16, FRP84,
+               FRMIN, FRMAX)
+
 # --- ADU convention (see utils.adu) ---------------------------------------------------------
 ADCBITS = "ADCBITS"
 ADUSCALE = "ADUSCALE"

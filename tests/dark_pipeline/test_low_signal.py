@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -483,3 +484,37 @@ def test_evaluation_by_pixel_blocks_equals_whole(low_signal, low_signal_masters,
     blocks = run()
     assert (whole["NPIX_MAPE"] > 0).all() and (whole["NPIX_PULL"] > 0).all()
     pd.testing.assert_frame_equal(whole, blocks, check_exact=True)
+
+
+def test_leave_one_out_refits_start_from_the_full_fit(low_signal, low_signal_masters):
+    """The leave-one-temperature-out refits (1-D and 2-D) start their population joint fit
+    from the full model's population values, and predict what cold refits predict within the
+    fits' tolerance: every prediction within 2e-3 of its error (the searches stop within 1e-3
+    of theta's error of the minimum)."""
+    from dark_pipeline.pipeline import _holdout_1d, _holdout_2d, _population_shape
+    from utils.models import nonlinear_numpy, population
+
+    _, masters, bias = low_signal_masters
+    _, model1, model2 = low_signal
+    stack = load_stack(masters)
+    rates = measure_rates(stack)
+    settings = DarkSettings()
+    sample = stack.sample(stack.shape[0] * stack.shape[1])[0]
+    starts = {"1d": float(model1.fit.population_rate), "2d": _population_shape(model2)}
+    assert starts["2d"] == (model2.fit.population_gamma, model2.fit.population_rate)
+    label, t, x = masters[0].temperature, masters[0].tavg, masters[0].exptime
+    for kind, make in (("1d", lambda s: _holdout_1d(rates, settings, 16, None, s)),
+                       ("2d", lambda s: _holdout_2d(sample, settings, 16, bias.model, s))):
+        out = []
+        for start in (None, starts[kind]):
+            with mock.patch.object(nonlinear_numpy, "joint_shape",
+                                   wraps=population.joint_shape) as joint:
+                predict, predict_err = make(start)(label)
+            assert joint.call_count >= 1
+            for call in joint.call_args_list:
+                np.testing.assert_array_equal(call.kwargs["start"], start)
+            out.append((predict(t, x), predict_err(t, x)))
+        (cold, err), (warm, _) = out
+        ok = np.isfinite(cold) & (err > 0)
+        assert ok.mean() > 0.99
+        assert np.abs((warm - cold)[ok] / err[ok]).max() < 2e-3, kind

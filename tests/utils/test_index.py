@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import utils.io.fitsio as fitsio_module
 import utils.io.index as index_module
+from utils import headers as kw
 from utils.index_dataset import main
 from utils.io.index import (
     INDEX_COLUMNS,
@@ -383,6 +385,8 @@ def test_previous_index_rereads_modified_frames(converted_standard_copy, tmp_pat
     from astropy.io import fits
     with fits.open(frame, mode="update") as hdul:
         hdul[0].data[:] = 0                                  # the frame changed since
+        for key in kw.FRAME_STATS:  # a tool that edits the pixels drops their statistics
+            del hdul[0].header[key]
     later = os.stat(csv).st_mtime + 10
     os.utime(frame, (later, later))
     again = build_index(discover=[root], previous=csv)
@@ -399,3 +403,76 @@ def test_malformed_previous_index_rebuilds(converted_standard, tmp_path, caplog)
     assert len(table) == len(campaign.select(kind="bias"))
     assert any("rebuilding the index" in r.getMessage() for r in caplog.records)
     assert np.isfinite(table["MEAN"]).all()
+
+
+# --- statistics recorded at conversion ------------------------------------------------------------
+
+def _strip_statistics_cards(root: Path) -> int:
+    """Remove the converter's statistics cards from every FITS below ``root``; how many had them."""
+    from astropy.io import fits
+
+    carded = 0
+    for path in sorted(root.rglob("*.fits")):
+        with fits.open(path, mode="update") as hdul:
+            if kw.FRNPIX in hdul[0].header:
+                carded += 1
+                for key in kw.FRAME_STATS:
+                    del hdul[0].header[key]
+    return carded
+
+
+def _no_pixel_reads(monkeypatch):
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("pixel data read although the header records the statistics")
+
+    monkeypatch.setattr(fitsio_module, "read_rows", must_not_read)
+
+
+def test_index_from_recorded_statistics_equals_measured(converted_standard_copy, monkeypatch):
+    root = converted_standard_copy.root
+    with monkeypatch.context() as patch:
+        _no_pixel_reads(patch)
+        recorded = build_index(discover=[root])
+    assert _strip_statistics_cards(root) == len(recorded) == \
+        len(converted_records(converted_standard_copy))
+    measured = build_index(discover=[root])
+    # every column, exactly: ZEROFRACTION and SATFRACTION included (the zero frame is BADFITS)
+    pd.testing.assert_frame_equal(recorded, measured, check_exact=True)
+    assert recorded["BADFITS"].sum() == 2 and (recorded["ZEROFRACTION"] == 1.0).any()
+
+
+def test_frame_truncated_after_conversion_is_badfits(converted_standard_copy, monkeypatch):
+    root = converted_standard_copy.root
+    frame = fits_of(converted_standard_copy, converted_records(converted_standard_copy)[0])
+    from astropy.io import fits
+    assert kw.FRNPIX in fits.getheader(frame)
+    head = fitsio_module.fits_layout(frame).offset
+    keep = head + 1000                                       # the header and part of the data
+    assert frame.stat().st_size > keep
+    with open(frame, "r+b") as handle:
+        handle.truncate(keep)
+    _no_pixel_reads(monkeypatch)
+    row = by_path(build_index(discover=[root]))[str(frame.resolve())]
+    assert bool(row["BADFITS"])
+    assert row["REASON"].startswith("truncated") and "re-convert" in row["REASON"]
+    assert math.isnan(row["MEAN"])
+    # a header reader that does not notice it (astropy warns on its own): the size is checked
+    monkeypatch.setattr(index_module, "read_header", lambda path: fits.Header.fromstring(
+        Path(path).read_bytes()[:head].decode("ascii")))
+    row = by_path(build_index(discover=[root]))[str(frame.resolve())]
+    assert bool(row["BADFITS"]) and math.isnan(row["MEAN"])
+    assert row["REASON"].startswith(f"truncated: {keep} bytes, header needs")
+
+
+def test_malformed_statistics_cards_measure_the_pixels(converted_standard_copy):
+    root = converted_standard_copy.root
+    frame = fits_of(converted_standard_copy, converted_records(converted_standard_copy)[0])
+    from astropy.io import fits
+    before = by_path(build_index(discover=[root]))[str(frame.resolve())]
+    with fits.open(frame, mode="update") as hdul:
+        hdul[0].header[kw.FRMEAN] = "unknown"
+        hdul[0].header[kw.FRSTD] = 1.0                       # well-formed, but not used either
+    row = by_path(build_index(discover=[root]))[str(frame.resolve())]
+    from utils.stack.stats import frame_statistics
+    assert row["MEAN"] == frame_statistics(frame).mean == before["MEAN"]
+    assert row["STD"] == before["STD"] > 1

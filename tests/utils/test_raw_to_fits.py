@@ -154,6 +154,9 @@ def test_headers_and_units(converted_standard):
         assert header["BUNIT"] == "adu", where
         assert header["ADCBITS"] == 12 and header["ADUSCALE"] == 16, where
         assert header["SATLEVEL"] == 65520.0, where
+        # the index's statistics, counted against that level (read back in tests/utils/test_index)
+        assert header["FRSATLEV"] == 65520.0, where
+        assert header["FRNPIX"] == campaign.width * campaign.height, where
         assert header["DATE-OBS"] == iso(record.timestamp), where
         assert header["TIMESTMP"] == pytest.approx(record.timestamp, abs=1e-6), where
         assert header["RAWFILE"] == raw.name, where

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from utils import headers as kw
 from utils.stack import stats
 
 
@@ -171,3 +172,98 @@ def test_read_noise_below_one_adu_keeps_its_error():
     assert abs(np.mean(values) - 0.6) < 5 * np.median(errors) / math.sqrt(60)
     ratio = np.std(values, ddof=1) / np.median(errors)
     assert abs(ratio - 1) < 5 / math.sqrt(120), ratio
+
+
+# --- statistics recorded in a converted frame's header ------------------------------------------
+
+def _carded_header(data, saturation):
+    """A frame header as the converter writes it, statistics cards included."""
+    from utils.io.conversion import frame_header_bytes
+
+    cards = stats.statistics_cards(stats.frame_statistics(data, saturation=saturation),
+                                   saturation)
+    return fits.Header.fromstring(frame_header_bytes(data.shape, cards).decode("ascii")), cards
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+def test_statistics_cards_read_back_bit_for_bit(dtype):
+    rng = np.random.default_rng(11)
+    top = 65520 if dtype == np.uint16 else 255
+    data = rng.integers(0, top + 1, (83, 71)).astype(dtype)
+    data.flat[::13] = 0
+    data.flat[3::29] = top
+    header, cards = _carded_header(data, float(top))
+    assert [c[0] for c in cards] == list(kw.FRAME_STATS)
+    # the very FrameStats the pixels give (dataclass equality: every number bit for bit)
+    assert stats.recorded_statistics(header, float(top)) == \
+        stats.frame_statistics(data, saturation=float(top))
+    assert header[kw.FRNZERO] == np.count_nonzero(data == 0)
+    assert header[kw.FRNSAT] == np.count_nonzero(data >= top)
+
+
+def test_statistics_cards_left_out_when_a_value_would_be_rounded():
+    rng = np.random.default_rng(12)
+    data = rng.integers(0, 4096, (40, 50)).astype(np.uint16)
+    exact = stats.frame_statistics(data, saturation=65520.0)
+    assert stats.statistics_cards(exact, 65520.0)
+    # a float whose text needs more than the card's 20 columns would come back rounded
+    tiny = stats.FrameStats(**dict(exact.as_dict(), std=1.2345678901234567e-05))
+    assert stats.statistics_cards(tiny, 65520.0) == []
+    assert stats.statistics_cards(exact, math.nan) == []
+    # a level float32 cannot hold: the index (float32 pixels) would count against it rounded
+    data.flat[0] = 4000
+    odd = stats.frame_statistics(data, saturation=4000.0001)
+    assert odd.saturated_fraction != stats.frame_statistics(
+        data.astype(np.float32), saturation=4000.0001).saturated_fraction
+    assert stats.statistics_cards(odd, 4000.0001) == []
+
+
+@pytest.mark.parametrize("change", [
+    {kw.FRSTD: None},                     # a card missing
+    {kw.FRMEAN: "high"},                  # not a number
+    {kw.FRNZERO: 3.0},                    # a count that is not an integer
+    {kw.FRNSAT: True},
+    {kw.FRNPIX: 83 * 70},                 # not NAXIS1 x NAXIS2
+    {kw.FRNZERO: 83 * 71 + 1},            # more zeros than pixels
+    {kw.FRNSAT: -1},
+    {kw.FRSATLEV: 65535.0},               # counted against another level
+    {kw.FRP16: 70000.0},                  # values out of order
+    {kw.FRSTD: -1.0},
+    {"NAXIS1": 70},
+])
+def test_malformed_statistics_cards_are_not_used(change):
+    data = np.random.default_rng(13).integers(0, 65521, (83, 71)).astype(np.uint16)
+    header, _ = _carded_header(data, 65520.0)
+    assert stats.recorded_statistics(header, 65520.0) is not None
+    for key, value in change.items():
+        if value is None:
+            del header[key]
+        else:
+            header[key] = value
+    assert stats.recorded_statistics(header, 65520.0) is None
+
+
+@pytest.mark.parametrize("saturation", [65520.0, 4000.5, None])
+def test_histogram_counted_while_encoding_gives_frame_statistics(tmp_path, saturation):
+    from utils.io.conversion import encode_frame, frame_header_bytes, write_frame_fits
+
+    rng = np.random.default_rng(14)
+    data = (rng.integers(0, 4096, (97, 61)) * 16).astype(np.uint16)
+    data.flat[::17] = 0
+    data.flat[2::23] = 65520
+    hist = np.zeros(65536, dtype=np.int64)
+    payload, _ = encode_frame(data, hist)
+    np.testing.assert_array_equal(hist, np.bincount(data.ravel(), minlength=65536))
+    from utils.io import conversion
+
+    plain = np.zeros(65536, dtype=np.int64)           # without numba: the same bytes and counts
+    same, _ = conversion._encode_numpy(data, plain)
+    np.testing.assert_array_equal(plain, hist)
+    assert same.tobytes() == payload.tobytes()
+    path = tmp_path / "f.fits"
+    write_frame_fits(path, payload, frame_header_bytes(data.shape, []))
+    # what the index would measure from the file, bit for bit
+    assert stats.histogram_statistics(hist, saturation=saturation) == \
+        stats.frame_statistics(path, saturation=saturation)
+    with pytest.raises(ValueError, match="65536 bins"):
+        stats.histogram_statistics(hist[:100])

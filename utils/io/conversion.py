@@ -35,6 +35,7 @@ from .. import headers as kw
 from ..errors import FrameError, InputPathError, OutputPathError
 from ..progress import progress
 from ..settings import field
+from ..stack.stats import histogram_statistics, statistics_cards
 from .discovery import FRAMES_DIR, RAW_SUFFIXES, Attempt, check_distinct_sections, find_attempts
 from .fitsio import (
     BLOCK,
@@ -247,40 +248,56 @@ def frame_header_bytes(shape: tuple[int, int], cards: Iterable) -> bytes:
     return header_bytes(list(structure) + list(cards))
 
 
-def _encode_numpy(data: np.ndarray) -> tuple[np.ndarray, int]:
+def _encode_numpy(data: np.ndarray, hist: np.ndarray) -> tuple[np.ndarray, int]:
     payload = data.astype(">u2")            # one copy, byte-swapped on little-endian hosts
     view = payload.view(np.uint16)
     np.bitwise_xor(view, np.frombuffer(b"\x80\x00", np.uint16)[0], out=view)
+    hist += np.bincount(data.ravel(), minlength=hist.size)
     return payload, int(np.bitwise_or.reduce(data, axis=None))
+
+
+def _histogram(hist: np.ndarray | None) -> np.ndarray:
+    if hist is None:
+        return np.zeros(1 << 16, dtype=np.int64)
+    if hist.shape != (1 << 16,) or hist.dtype != np.int64:
+        raise ValueError("hist must be an int64 array of 65536 bins")
+    return hist
 
 
 try:
     import numba
 
     @numba.njit(nogil=True, cache=True)
-    def _encode_kernel(src, dst):  # pragma: no cover - compiled
+    def _encode_kernel(src, dst, hist):  # pragma: no cover - compiled
         acc = np.uint16(0)
         s = src.ravel()
         o = dst.ravel()
         for i in range(s.size):
             v = s[i]
             acc |= v
+            hist[v] += 1
             w = v ^ np.uint16(0x8000)
             o[i] = np.uint16(((w >> 8) | (w << 8)) & 0xFFFF)
         return acc
 
-    def encode_frame(data: np.ndarray) -> tuple[np.ndarray, int]:
-        """FITS data bytes (big-endian ``value - 32768``) and the OR of all samples, one pass."""
+    def encode_frame(data: np.ndarray, hist: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """FITS data bytes (big-endian ``value - 32768``) and the OR of all samples, one pass.
+
+        ``hist`` (int64, 65536 bins), when given, gets each sample value counted in the same
+        pass (for :func:`utils.stack.stats.histogram_statistics`).
+        """
         data = np.ascontiguousarray(data, dtype=np.uint16)
+        hist = _histogram(hist)
         if sys.byteorder != "little":
-            return _encode_numpy(data)
+            return _encode_numpy(data, hist)
         out = np.empty_like(data)
-        acc = _encode_kernel(data, out)
+        acc = _encode_kernel(data, out, hist)
         return out.view(">u2"), int(acc)
-except ImportError:  # numba is optional: same bytes, three passes instead of one
-    def encode_frame(data: np.ndarray) -> tuple[np.ndarray, int]:
-        """FITS data bytes (big-endian ``value - 32768``) and the OR of all samples."""
-        return _encode_numpy(np.asarray(data, dtype=np.uint16))
+except ImportError:  # numba is optional: same bytes, four passes instead of one
+    def encode_frame(data: np.ndarray, hist: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """FITS data bytes (big-endian ``value - 32768``) and the OR of all samples
+        (``hist``, when given, counts each sample value)."""
+        return _encode_numpy(np.asarray(data, dtype=np.uint16), _histogram(hist))
 
 
 def write_frame_fits(path: str | os.PathLike, payload: np.ndarray, header: bytes) -> None:
@@ -312,7 +329,8 @@ def _convert_one(task: _FrameTask) -> dict:
         data = read_raw(raw_path, task.config)
     except FrameError as err:
         return {"STATUS": STATUS_REJECTED, "REASON": err.reason}
-    payload, bits = encode_frame(data)
+    hist = np.zeros(1 << 16, dtype=np.int64)
+    payload, bits = encode_frame(data, hist)
     adc_bits = 8 if data.dtype.itemsize == 1 else adu.adc_bits_from_bits(bits,
                                                                          task.default_adc_bits)
     cards = list(task.cards)
@@ -321,6 +339,13 @@ def _convert_one(task: _FrameTask) -> dict:
               (kw.RAWDTYPE, task.config.dtype_name, "sample type of the raw file"),
               (kw.BUNIT, adu.UNIT, "stored 16-bit ADU")]
     cards += adu.scaling_cards(adc_bits)
+    # the index's statistics, from the histogram counted while encoding, so that the index
+    # need not read every frame again; counted against the level it will take from this header
+    first: dict = {}
+    for key, value, _ in cards:
+        first.setdefault(key, value)   # a reader sees a repeated keyword's first card
+    saturation = adu.frame_saturation(first)
+    cards += statistics_cards(histogram_statistics(hist, saturation=saturation), saturation)
     cards += provenance_cards("FRAME")
     write_frame_fits(task.fits_path, payload, frame_header_bytes(data.shape, cards))
     return {"STATUS": STATUS_CONVERTED, "REASON": "", "ADCBITS": adc_bits}

@@ -1,9 +1,10 @@
 """The dataset index: one row per FITS frame, a table you filter instead of globbing.
 
 :func:`build_index` scans campaign sections (or discovers them below a root),
-reads each frame once (header + one streaming statistics pass) and returns a
-pandas table.  :class:`DatasetIndex` loads such a table back from CSV,
-validates it, resolves paths and filters it.
+reads each frame's header (and, unless the converter recorded the statistics there,
+one streaming statistics pass over its pixels) and returns a pandas table.
+:class:`DatasetIndex` loads such a table back from CSV, validates it, resolves paths
+and filters it.
 
 Columns, in order: ``PATH, CALTYPE, STAGE, VACUUM, TEMP, ZEROFRACTION,
 BADFITS`` (the user's original seven), then ``EXPTIME, FRAMENUM, TIMESTAMP,
@@ -171,7 +172,7 @@ def discover_sections(root: str | os.PathLike, max_depth: int = 6) -> list[tuple
 
 def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
                settings: IndexSettings) -> dict:
-    from ..stack.stats import frame_statistics
+    from ..stack.stats import frame_statistics, recorded_statistics
 
     row: dict[str, object] = {"PATH": str(path)}
     try:
@@ -208,9 +209,15 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
                ATTEMPT=unescape_text(str(header.get(kw.ATTEMPT, path.parent.parent.name))),
                NAXIS1=header.get("NAXIS1"), NAXIS2=header.get("NAXIS2"),
                ADUSCALE=adu.adu_scale(adc_bits))
+    saturation = adu.frame_saturation(header)
+    # the converter records the statistics in the header: the pixels need not be read again,
+    # but the data unit must still be all there (a truncated file stays BADFITS)
+    stats = recorded_statistics(header, saturation) if row["_BITPIX"] == 16 else None
     try:
-        stats = frame_statistics(path, saturation=kw.get_float(
-            header, kw.SATLEVEL, adu.saturation_level(adc_bits)))
+        if stats is None:
+            stats = frame_statistics(path, saturation=saturation)
+        else:
+            fits_layout(path)
     except FrameError as err:
         logger.warning("%s: %s; flagged BADFITS", path, err.reason)
         row.update(BADFITS=True, REASON=err.reason)

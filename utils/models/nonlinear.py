@@ -67,13 +67,15 @@ def population_value(values, mask=None) -> tuple[float, float]:
 
 
 def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None,
-                   tiles: PixelTiles | None = None):
+                   tiles: PixelTiles | None = None, population_start=None):
     """Shared driver: first pass (numba kernel, or numpy blocks), population, fallback pass.
 
     With ``tiles`` (:class:`PixelTiles`; ``y``, ``sigma`` and the covariance of ``shared``
     then None) the points are read tile by tile, three passes: first fits, the joint
-    population's pixel sample, fallback fits.  Returns a dict of maps (float32 / bool /
-    int16) and the population median and spread of every theta.
+    population's pixel sample, fallback fits.  ``population_start`` (q,): the population
+    joint fit's warm start (a leave-one-out refit starting from the full fit's population
+    theta; :func:`utils.models.population.joint_shape`).  Returns a dict of maps (float32 /
+    bool / int16) and the population median and spread of every theta.
     """
     if not min_snr > 0:
         raise ValueError(f"min_snr must be > 0, not {min_snr}")
@@ -87,7 +89,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
             raise ValueError(f"{n} points but y has shape {y.shape} and sigma {sigma.shape}")
         if not HAVE_NUMBA:
             return _fit_exp_model_numpy(z, y, sigma, min_snr=min_snr, max_iter=max_iter,
-                                        tol=tol, workers=workers, what=what, shared=shared)
+                                        tol=tol, workers=workers, what=what, shared=shared,
+                                        population_start=population_start)
         tiles = PixelTiles.of_arrays(y, sigma, None if shared is None else
                                      np.asarray(shared[1]))
     elif tiles.n != n:
@@ -101,7 +104,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         return _fit_exp_model_numpy(z, y2.reshape((n,) + tuple(tiles.shape)),
                                     s2.reshape((n,) + tuple(tiles.shape)), min_snr=min_snr,
                                     max_iter=max_iter, tol=tol, workers=workers, what=what,
-                                    shared=shared)
+                                    shared=shared, population_start=population_start)
     shape = tuple(tiles.shape)
     P = int(np.prod(shape))
     design = _Design(z)
@@ -139,7 +142,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     # by the joint fit itself: not held here while it runs (its float64 weights are)
     pop_theta, joint = _joint_population(z, lambda: gather_sample(tiles, candidate, n), None,
                                          pop, fail,
-                                         None if shared is None else (shared[0], None))
+                                         None if shared is None else (shared[0], None),
+                                         population_start)
     f = design.exp(pop_theta[:, None])[:, 0]
     with np.errstate(all="ignore"):  # only for the float32 casts of overflowing values
         fixed = (f, pop_theta.astype(np.float32),
@@ -332,7 +336,8 @@ def _by_blocks(shape, block, size: int | None = None) -> np.ndarray:
 
 def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0,
                               max_iter: int = 30, tol: float = 1e-6, workers: int = 2,
-                              tiles: PixelTiles | None = None) -> ExponentialFit:
+                              tiles: PixelTiles | None = None,
+                              population_start: float | None = None) -> ExponentialFit:
     """Weighted nonlinear least-squares exponential through every pixel of a stack.
 
     Fits ``y = amplitude * exp(rate * (x - x_ref))``, e.g. dark current
@@ -380,6 +385,11 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
     tiles : PixelTiles, optional
         Read the points tile by tile instead of from ``y`` and ``sigma`` (then None):
         e.g. errors scaled tile by tile, without a full-size scaled copy; results identical.
+    population_start : float, optional
+        [1/unit of x] a close start of the population rate's joint fit: the full fit's
+        population rate when refitting part of its data (leave-one-out); the same result
+        within the fit's tolerance (1e-3 of its error), in fewer passes over the pixels
+        (:func:`utils.models.population.joint_shape`, ``start``).
 
     Returns
     -------
@@ -410,7 +420,9 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
     if np.unique(x[np.isfinite(x)]).size < 2 or not np.isfinite(x).all():
         raise ValueError("an exponential fit needs finite x with at least two distinct values")
     res = _fit_exp_model((x - x_ref)[:, None], y, sigma, min_snr=min_snr, max_iter=max_iter,
-                         tol=tol, workers=workers, what="two distinct x", tiles=tiles)
+                         tol=tol, workers=workers, what="two distinct x", tiles=tiles,
+                         population_start=None if population_start is None
+                         else [population_start])
     (rate_pop, rate_spread), = res["population"]
     return ExponentialFit(res["amplitude"], res["theta"][0], res["amplitude_err"],
                           res["theta_err"][0], res["covariance"][0, 1].copy(), res["chi2"],
@@ -511,7 +523,8 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
                                     min_snr: float = 3.0, max_iter: int = 30,
                                     tol: float = 1e-6, workers: int = 2,
                                     shared_errors=None,
-                                    tiles: PixelTiles | None = None) -> PowerExponentialFit:
+                                    tiles: PixelTiles | None = None,
+                                    population_start=None) -> PowerExponentialFit:
     """Weighted nonlinear fit of ``y = A t**gamma exp(rate (T - t_ref))`` for every pixel.
 
     Same scheme as :func:`fit_exponential_per_pixel` with three parameters:
@@ -546,6 +559,9 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
     tiles : PixelTiles, optional
         Read the points tile by tile instead of from ``y`` and ``sigma`` (then None):
         memory bounded by the tile size, results identical.
+    population_start : tuple (gamma, rate), optional
+        A close start of the population joint fit (the full fit's population gamma and
+        rate in a leave-one-out refit), as in :func:`fit_exponential_per_pixel`.
 
     Returns
     -------
@@ -574,7 +590,7 @@ def fit_power_exponential_per_pixel(temperature, exptime, y, sigma, *, t_ref: fl
     res = _fit_exp_model(z, y, sigma, min_snr=min_snr, max_iter=max_iter, tol=tol,
                          workers=workers,
                          what="three points spanning two temperatures and two exposure times",
-                         shared=shared_errors, tiles=tiles)
+                         shared=shared_errors, tiles=tiles, population_start=population_start)
     (g_pop, g_spread), (r_pop, r_spread) = res["population"]
     g_err, r_err = (float(v) for v in res["population_err"])
     g_med, r_med = (float(v) for v in res["population_median"])

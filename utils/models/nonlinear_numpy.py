@@ -301,7 +301,8 @@ def _fallback_block(design, y, s, theta):
 
 
 
-def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None):
+def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared=None,
+                         population_start=None):
     """The driver without numba: vectorised numpy blocks over in-memory arrays."""
     n = z.shape[0]
     shape = y.shape[1:]
@@ -326,7 +327,7 @@ def _fit_exp_model_numpy(z, y, sigma, *, min_snr, max_iter, tol, workers, what, 
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2 = np.where(npts > p, chi / (npts - p), np.nan).astype(np.float32)
     pop = [population_median(theta[j], well) for j in range(q)]
-    pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared)
+    pop_theta, joint = _joint_population(z, y2, s2, pop, fail, shared, population_start)
     fb = np.flatnonzero(~well)
     theta[:, fb] = pop_theta[:, None]
     cov[:, :, fb] = 0.0
@@ -360,14 +361,16 @@ def fit_maps(shape, maps, well, pop_theta, pop, joint) -> dict:
     }
 
 
-def _joint_population(z, y2, s2, pop, fail, shared=None):
+def _joint_population(z, y2, s2, pop, fail, shared=None, start=None):
     """Population shape: the joint fit of every pixel (:mod:`utils.models.population`), which
     the faint pixels do not bias; the median of the individually fitted pixels only when the
-    joint fit cannot be made.  Returns ``(theta, JointShape or None)``."""
+    joint fit cannot be made.  ``start``: the joint fit's warm start (``joint_shape``'s
+    ``start``, e.g. the full fit's population theta in a leave-one-out refit).  Returns
+    ``(theta, JointShape or None)``."""
     medians = np.array([m for m, _ in pop])
     try:
         joint = joint_shape(z, y2, s2, medians if np.all(np.isfinite(medians)) else None,
-                            shared=shared)
+                            shared=shared, start=start)
     except ValueError:
         if not np.all(np.isfinite(medians)):
             raise fail from None

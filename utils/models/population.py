@@ -230,15 +230,29 @@ def _stencil(q: int, h: np.ndarray) -> np.ndarray:
     return np.array(rows)
 
 
-def _derivatives(z, wy, w, theta, shared=None, *, full=False):
+def _stencil_values(z, wy, w, theta, shared=None):
+    """One pass of :func:`_profiles` over the pixels at the stencil of :func:`_derivatives`
+    around ``theta``: its steps h (q,) and the per-pixel values (K, P), row 0 at ``theta``."""
+    h = 1e-4 * np.maximum(np.abs(theta), 1e-2)
+    return h, _profiles(z, wy, w, theta + _stencil(theta.size, h), shared)
+
+
+def _derivatives(z, wy, w, theta, shared=None, *, full=False, values=None, keep=False):
     """Per-pixel gradient (q, P) of the profile chi-square and the Hessian (q, q) of its sum
     (central differences; all stencil points in one pass of :func:`_profiles`).  With
-    ``full`` also the sum at ``theta`` and the summed gradient (q,)."""
-    q = theta.size
-    h = 1e-4 * np.maximum(np.abs(theta), 1e-2)
-    v = _profiles(z, wy, w, theta + _stencil(q, h), shared)
+    ``full`` also the sum at ``theta`` and the summed gradient (q,).  ``values``: the
+    stencil values at ``theta`` (:func:`_stencil_values`) if already made (kept from an
+    earlier pass: no pass then); with ``keep`` they are appended to the result."""
+    values = _stencil_values(z, wy, w, theta, shared) if values is None else values
+    out = _differences(*values, full=full)
+    return out + (values,) if keep else out
+
+
+def _differences(h, v, *, full=False):
+    """:func:`_derivatives` from the stencil steps h and values v (K, P)."""
+    q = h.size
     # per-pixel differences first, then the sums: no cancellation between large sums
-    grad = np.empty((q, wy.shape[1]))
+    grad = np.empty((q, v.shape[1]))
     H = np.empty((q, q))
     for i in range(q):
         up, down = v[1 + 2 * i], v[2 + 2 * i]
@@ -261,6 +275,15 @@ def _total(z, wy, w, theta, shared=None) -> float:
     return value if math.isfinite(value) else math.inf
 
 
+def _clip_profile(z, wy, w, theta, shared=None, values=None):
+    """Per-pixel profile chi-square (minus ``sum w y^2``) at ``theta`` without the
+    shared-error term: row 0 of the stencil ``values`` at theta when they hold it (no
+    shared errors), else one pass of :func:`_profiles`."""
+    if values is not None and shared is None:
+        return values[1][0]
+    return _profiles(z, wy, w, theta)[0]
+
+
 #: Newton iterations of :func:`_minimise` before it hands over to Nelder-Mead.
 _NEWTON_ITER = 30
 #: Newton stops once every step component is below this fraction of theta's error.
@@ -277,8 +300,19 @@ def _newton(z, wy, w, theta0, shared=None):
     Returns ``(theta, True)`` with theta plus that last step, or ``(theta, False)`` with the
     last point reached when the curvature is not positive definite, no halving lowers the
     chi-square or it does not converge (the caller goes on with Nelder-Mead from there)."""
+    theta, step, _, converged = _newton_steps(z, wy, w, theta0, shared)
+    return (theta + step, True) if converged else (theta, False)
+
+
+def _newton_steps(z, wy, w, theta0, shared=None, values=None):
+    """The iteration of :func:`_newton`: ``(theta, step, values, converged)`` with theta the
+    last point evaluated, ``values`` its stencil values (:func:`_stencil_values`) and
+    ``step`` the Newton step from there (below the tolerance when converged).  ``values``
+    given are those at ``theta0`` (no pass over the pixels for them)."""
     theta = np.asarray(theta0, dtype=np.float64).copy()
-    _, H, f0, g = _derivatives(z, wy, w, theta, shared, full=True)
+    _, H, f0, g, values = _derivatives(z, wy, w, theta, shared, full=True, values=values,
+                                       keep=True)
+    step = np.zeros_like(theta)
     for _ in range(_NEWTON_ITER):
         if not (np.all(np.isfinite(H)) and np.all(np.isfinite(g)) and math.isfinite(f0)):
             break
@@ -289,10 +323,11 @@ def _newton(z, wy, w, theta0, shared=None):
         step = -np.linalg.solve(H, g)
         err = np.sqrt(2.0 * np.sum(np.linalg.inv(L) ** 2, axis=0))   # sqrt(diag 2 H^-1)
         if np.all(np.abs(step) < _STEP_TOL * err):
-            return theta + step, True
+            return theta, step, values, True
         for _ in range(_HALVINGS):
             trial = theta + step
-            _, H_t, f_t, g_t = _derivatives(z, wy, w, trial, shared, full=True)
+            _, H_t, f_t, g_t, values_t = _derivatives(z, wy, w, trial, shared, full=True,
+                                                      keep=True)
             # accept at most a rounding-level rise (a chi-square unit is 1; the sum over
             # ~1e5 pixels rounds at ~1e-15 of its size): near the minimum the gain of a
             # step is below the float rounding of the sum
@@ -301,8 +336,8 @@ def _newton(z, wy, w, theta0, shared=None):
             step = step / 2
         else:
             break
-        theta, H, f0, g = trial, H_t, f_t, g_t
-    return theta, False
+        theta, H, f0, g, values = trial, H_t, f_t, g_t, values_t
+    return theta, step, values, False
 
 
 def _minimise(z, wy, w, theta0, shared=None):
@@ -313,6 +348,18 @@ def _minimise(z, wy, w, theta0, shared=None):
     if converged:
         return theta
     return _minimise_simplex(z, wy, w, theta, shared)
+
+
+def _minimise_kept(z, wy, w, theta0, shared=None, values=None):
+    """:func:`_minimise` for a close start (a refit from the full fit's theta): Newton's last
+    point evaluated, within ``_STEP_TOL`` of theta's error of the minimum, with its stencil
+    values (for the caller's next search and covariance: no pass over the pixels for them),
+    rather than that point plus the last step.  ``values``: those at ``theta0``, if made.
+    Returns ``(theta, values)``, values None after the derivative-free fallback."""
+    theta, _, values, converged = _newton_steps(z, wy, w, theta0, shared, values)
+    if converged:
+        return theta, values
+    return _minimise_simplex(z, wy, w, theta, shared), None
 
 
 def _minimise_simplex(z, wy, w, theta0, shared=None):
@@ -341,7 +388,7 @@ def _minimise_simplex(z, wy, w, theta0, shared=None):
 
 
 def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PIXELS,
-                clip_pvalue: float = 1e-4, shared=None) -> JointShape:
+                clip_pvalue: float = 1e-4, shared=None, start=None) -> JointShape:
     """Fit one shape ``theta`` to every pixel of a stack, each pixel with its own amplitude.
 
     Model ``y_pk = A_p exp(z_k . theta)``; see the module notes for why this is unbiased
@@ -372,6 +419,14 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
         (D, D, P); their diagonal must be included in ``s2``.  Correlated errors make
         the expected profile chi-square depend on theta (it leans towards the shape the
         shared error has); the term that removes that dependence is added.
+    start : array-like, optional
+        A close start of the search: the full fit's theta when refitting part of its data
+        (a leave-one-out refit).  The pixels are still chosen as without it (the bright
+        cut at ``theta0``, the clips on this fit's own chi-square): only the search
+        differs.  From there Newton needs fewer passes over the pixels, and each search
+        returns the last point it evaluated (within ``1e-3`` of theta's error of the
+        minimum, the stopping rule) so that the clip rounds and the covariance reuse that
+        pass.  Equal to the fit without it within that tolerance.
 
     Returns
     -------
@@ -457,9 +512,17 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     npts = np.count_nonzero(w, axis=0)
     # p-value >= clip_pvalue <=> chi-square <= its isf at the pixel's dof (one per dof)
     limit = chi2_dist.isf(clip_pvalue, np.arange(1, n + 1))
+    # a warm start (the pixels chosen above as without it): every search keeps its last pass
+    warm = start is not None and np.size(start) == q and bool(np.all(np.isfinite(start)))
+    if warm:
+        theta = np.asarray(start, dtype=np.float64).reshape(-1)
+    values = None  # the stencil values at theta of the pixels kept (warm searches)
     for _ in range(3):
-        theta = _minimise(z, wy, w, theta, shared)
-        profile = _profiles(z, wy, w, theta)[0]
+        if warm:
+            theta, values = _minimise_kept(z, wy, w, theta, shared, values)
+        else:
+            theta = _minimise(z, wy, w, theta, shared)
+        profile = _clip_profile(z, wy, w, theta, shared, values)
         chi = wyy + profile
         good = chi <= limit[np.clip(npts - 1, 1, n) - 1]
         if good.all():
@@ -467,8 +530,10 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
         wy, w, wyy, npts = wy[:, good], w[:, good], wyy[good], npts[good]
         if shared is not None:
             shared = (shared[0], shared[1][:, :, good], shared[2][:, good])
+        if values is not None:
+            values = (values[0], values[1][:, good])
     else:  # clipped after the last search: the profile of the pixels kept
-        profile = _profiles(z, wy, w, theta)[0]
+        profile = _clip_profile(z, wy, w, theta, shared, values)
         chi = wyy + profile
     dof_total = int((npts - 1).sum()) - q
     chi2dof = float(chi.sum() / max(dof_total, 1))
@@ -477,7 +542,7 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     if gain - wy.shape[1] < 5.0 * math.sqrt(2.0 * wy.shape[1]):
         raise ValueError("no significant signal in the pixels: the joint fit cannot "
                          "determine the shape parameters")
-    grad, H = _derivatives(z, wy, w, theta, shared)
+    grad, H = _derivatives(z, wy, w, theta, shared, values=values)
     if not (np.all(np.isfinite(H)) and np.all(np.linalg.eigvalsh(H) > 0)):
         raise ValueError("the joint shape fit does not determine the shape parameters "
                          "(flat or non-finite chi-square curvature)")

@@ -6,7 +6,10 @@
 * :func:`frame_statistics`: mean, exact median, percentiles, extremes and the
   fractions of zero and saturated pixels of one frame, in a single streaming
   pass over row blocks (used by the dataset index, where a large zero
-  fraction marks a bad file, and by per-frame statistics tables).
+  fraction marks a bad file, and by per-frame statistics tables);
+  :func:`histogram_statistics` the same from a 16-bit frame's histogram, and
+  :func:`statistics_cards` / :func:`recorded_statistics` write them into a
+  converted frame's header and read them back (the index then skips the pixels).
 
 None of these emit warnings on empty or all-NaN input: they return NaN.
 """
@@ -20,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import headers as kw
 from ..io import fitsio
 
 logger = logging.getLogger(__name__)
@@ -354,34 +358,166 @@ def frame_statistics(path_or_array, *, saturation: float | None = None,
     finally:
         if fd is not None:
             os.close(fd)
-    sat_frac = n_sat / n_pixels if saturation is not None else math.nan
-    nan = math.nan
     if hist is not None:
-        n_finite = int(hist.sum())
-        levels = np.arange(65536, dtype=np.float64) + offset
-        if n_finite:
-            cum = np.cumsum(hist)
-            mean = float((hist * levels).sum() / n_finite)
-            std = float(math.sqrt((hist * (levels - mean) ** 2).sum() / n_finite))
-            nz = np.flatnonzero(hist)
-            p16, med, p84 = (_hist_percentile(cum, levels, q) for q in _PERCENTILES)
-            vmin, vmax = float(levels[nz[0]]), float(levels[nz[-1]])
-        else:  # pragma: no cover - an integer frame of zero pixels
-            mean = std = p16 = med = p84 = vmin = vmax = nan
+        return _histogram_stats(hist, offset, n_pixels, n_zero, n_sat, saturation)
+    nan = math.nan
+    n_finite = n_fill
+    good = values[:n_fill]
+    if n_finite:
+        mean = float(good.mean(dtype=np.float64))
+        std = float(good.std(dtype=np.float64))
+        p16, med, p84 = (float(v) for v in np.percentile(good, _PERCENTILES))
+        vmin, vmax = float(good.min()), float(good.max())
     else:
-        n_finite = n_fill
-        good = values[:n_fill]
-        if n_finite:
-            mean = float(good.mean(dtype=np.float64))
-            std = float(good.std(dtype=np.float64))
-            p16, med, p84 = (float(v) for v in np.percentile(good, _PERCENTILES))
-            vmin, vmax = float(good.min()), float(good.max())
-        else:
-            mean = std = p16 = med = p84 = vmin = vmax = nan
+        mean = std = p16 = med = p84 = vmin = vmax = nan
     return FrameStats(n_pixels=n_pixels, n_finite=n_finite, mean=mean, median=med, std=std,
                       p16=p16, p84=p84, min=vmin, max=vmax,
                       zero_fraction=n_zero / n_pixels if n_pixels else nan,
-                      saturated_fraction=sat_frac)
+                      saturated_fraction=n_sat / n_pixels if saturation is not None else nan)
+
+
+def _histogram_stats(hist: np.ndarray, offset: int, n_pixels: int, n_zero: int, n_sat: int,
+                     saturation: float | None) -> FrameStats:
+    """:class:`FrameStats` of integer data from its 65536-bin histogram (bin 0 = ``offset``)."""
+    nan = math.nan
+    n_finite = int(hist.sum())
+    levels = np.arange(65536, dtype=np.float64) + offset
+    if n_finite:
+        cum = np.cumsum(hist)
+        mean = float((hist * levels).sum() / n_finite)
+        std = float(math.sqrt((hist * (levels - mean) ** 2).sum() / n_finite))
+        nz = np.flatnonzero(hist)
+        p16, med, p84 = (_hist_percentile(cum, levels, q) for q in _PERCENTILES)
+        vmin, vmax = float(levels[nz[0]]), float(levels[nz[-1]])
+    else:  # pragma: no cover - an integer frame of zero pixels
+        mean = std = p16 = med = p84 = vmin = vmax = nan
+    return FrameStats(n_pixels=n_pixels, n_finite=n_finite, mean=mean, median=med, std=std,
+                      p16=p16, p84=p84, min=vmin, max=vmax,
+                      zero_fraction=n_zero / n_pixels if n_pixels else nan,
+                      saturated_fraction=n_sat / n_pixels if saturation is not None else nan)
+
+
+def histogram_statistics(hist: np.ndarray, *, saturation: float | None = None) -> FrameStats:
+    """:func:`frame_statistics` of an unsigned 16-bit frame from its histogram, bit for bit.
+
+    The converter counts the histogram while it encodes the frame
+    (:func:`utils.io.conversion.encode_frame`), so the statistics cost no pass of their own.
+
+    Parameters
+    ----------
+    hist : numpy.ndarray
+        65536 bins, ``hist[v]`` = pixels of stored value ``v`` [adu].
+    saturation : float, optional
+        Saturation level [stored ADU].
+
+    Examples
+    --------
+    >>> data = np.array([[0, 16, 32], [48, 65520, 65520]], dtype=np.uint16)
+    >>> hist = np.bincount(data.ravel(), minlength=65536)
+    >>> histogram_statistics(hist, saturation=65520) == frame_statistics(data, saturation=65520)
+    True
+    """
+    hist = np.asarray(hist, dtype=np.int64)
+    if hist.shape != (65536,):
+        raise ValueError(f"hist must have 65536 bins, not shape {hist.shape}")
+    n_pixels = int(hist.sum())
+    # as frame_statistics counts them: pixels == 0, and pixels >= saturation
+    n_sat = 0 if saturation is None else \
+        int(hist[np.arange(65536, dtype=np.float64) >= saturation].sum())
+    return _histogram_stats(hist, 0, n_pixels, int(hist[0]), n_sat, saturation)
+
+
+def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, object, str]]:
+    """Header cards recording the statistics of an integer frame (``FRNPIX``... ``FRMAX``).
+
+    The converter writes them so that the index need not read the pixels again
+    (:func:`recorded_statistics` reads them back).  Counts are written as integers and
+    every value is checked to read back bit for bit; when one would not (a float whose
+    text does not fit the 20 columns of a card, e.g. ``1.2345678901234567e-05``), or the
+    saturation level is not a float32 number (the index would count against it rounded),
+    no card is returned and the index measures the frame instead.
+
+    Parameters
+    ----------
+    stats : FrameStats
+        From :func:`histogram_statistics` (or :func:`frame_statistics`) of an integer
+        frame (every pixel finite).
+    saturation : float
+        [stored ADU] The level ``stats.saturated_fraction`` was counted against.
+    """
+    from astropy.io.fits import Card
+
+    n = stats.n_pixels
+    # the index compares float32 pixels with the level (in float32): a level float32 cannot
+    # hold (65520.001) could count other pixels than the converter did
+    if stats.n_finite != n or not n or not math.isfinite(saturation) \
+            or float(np.float32(saturation)) != saturation:
+        return []
+    cards = [
+        (kw.FRNPIX, n, "pixels the FR statistics cover"),
+        (kw.FRNZERO, round(stats.zero_fraction * n), "pixels exactly 0"),
+        (kw.FRNSAT, round(stats.saturated_fraction * n), "pixels >= FRSATLEV"),
+        (kw.FRSATLEV, float(saturation), "[adu] saturation level of FRNSAT"),
+        (kw.FRMEAN, stats.mean, "[adu] mean of the pixels"),
+        (kw.FRMEDIAN, stats.median, "[adu] median of the pixels"),
+        (kw.FRSTD, stats.std, "[adu] standard deviation of the pixels"),
+        (kw.FRP16, stats.p16, "[adu] 16th percentile of the pixels"),
+        (kw.FRP84, stats.p84, "[adu] 84th percentile of the pixels"),
+        (kw.FRMIN, stats.min, "[adu] smallest pixel"),
+        (kw.FRMAX, stats.max, "[adu] largest pixel"),
+    ]
+    for key, value, comment in cards:
+        if isinstance(value, float) and \
+                Card.fromstring(fitsio.card_image(key, value, comment)[:80]).value != value:
+            return []  # NaN, or rounded by the card's 20 columns
+    return cards
+
+
+def _card_int(header, key: str) -> int | None:
+    value = header.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _card_float(header, key: str) -> float | None:
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def recorded_statistics(header, saturation: float) -> FrameStats | None:
+    """The statistics :func:`statistics_cards` recorded in a frame's header, or None.
+
+    None (measure the pixels instead) unless every card is there and well-formed, the
+    pixel count is the header's ``NAXIS1 x NAXIS2``, the counts are within it, the values
+    in order (min <= p16 <= median <= p84 <= max, the mean within the extremes, std >= 0)
+    and the recorded saturation level is ``saturation``, the level the caller would
+    measure with.  The result is the :class:`FrameStats` the converter recorded, every
+    number bit for bit what :func:`frame_statistics` of the file gives.
+
+    Parameters
+    ----------
+    header : mapping
+        The frame's primary header.
+    saturation : float
+        [stored ADU] Saturation level the caller counts against.
+    """
+    counts = [_card_int(header, key) for key in (kw.FRNPIX, kw.FRNZERO, kw.FRNSAT)]
+    values = [_card_float(header, key) for key in
+              (kw.FRSATLEV, kw.FRMEAN, kw.FRMEDIAN, kw.FRSTD, kw.FRP16, kw.FRP84, kw.FRMIN,
+               kw.FRMAX)]
+    shape = [_card_int(header, key) for key in ("NAXIS1", "NAXIS2")]
+    if None in counts or None in values or None in shape or header.get("NAXIS") != 2:
+        return None
+    n, n_zero, n_sat = counts
+    level, mean, median, std, p16, p84, vmin, vmax = values
+    if n != shape[0] * shape[1] or n <= 0 or not 0 <= n_zero <= n or not 0 <= n_sat <= n \
+            or level != saturation or not vmin <= p16 <= median <= p84 <= vmax \
+            or not vmin <= mean <= vmax or std < 0:
+        return None
+    return FrameStats(n_pixels=n, n_finite=n, mean=mean, median=median, std=std, p16=p16,
+                      p84=p84, min=vmin, max=vmax, zero_fraction=n_zero / n,
+                      saturated_fraction=n_sat / n)
 
 
 def median_with_error(values) -> tuple[float, float]:
