@@ -40,6 +40,7 @@ from utils.stack.master import (
     frame_metadata,
     inputs_hash,
     quadrature_sum,
+    real_paths,
 )
 from utils.stack.references import BiasReference, scaled_dark_files
 from utils.stack.stats import exact_median, exact_nanmedian
@@ -48,6 +49,8 @@ from utils.stack.tiles import pixel_blocks
 logger = logging.getLogger(__name__)
 
 INHASH = kw.INHASH
+#: Key of the ``{path: real path}`` of the index's frames in the stage cache of build_masters.
+REAL_PATHS = "real paths"
 
 
 @dataclass(frozen=True)
@@ -174,10 +177,10 @@ def _nearest(records: list[MasterRecord], key: GroupKey, caltype: str, tolerance
 def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings: MasterSettings,
            *, unit: str, subtract=None, sub_stderr=None, scale=None, extra: dict | None = None,
            refs: tuple = (), normalise: bool = False, progress_bar: bool = False,
-           writer: WriteBehind | None = None) -> MasterRecord:
+           writer: WriteBehind | None = None, real: dict | None = None) -> MasterRecord:
     path = master_path(out_dir, key)
     paths = rows["PATH"].tolist()
-    digest = inputs_hash(paths, settings, *refs)
+    digest = inputs_hash(paths, settings, *refs, real=real)
     record = MasterRecord(key, path, "existing", nbad=nbad)
     worst = rows["STD"].idxmax() if "STD" in rows and rows["STD"].notna().any() else rows.index[0]
     record.worst_frame = str(rows.loc[worst, "PATH"])
@@ -286,7 +289,8 @@ def build_masters(index: pd.DataFrame, out_dir: str | Path, settings: MasterSett
                                      exp_tolerance=settings.exp_tolerance,
                                      by_attempt=settings.per_attempt))
     records: list[MasterRecord] = []
-    cache: dict = {}  # bias models, fitted once per stage
+    # bias models, fitted once per stage; the frames' real paths (for INHASH), resolved once
+    cache: dict = {REAL_PATHS: real_paths(index["PATH"].astype(str))}
     for caltype in ("BIAS", "DARK", "FLAT"):
         sets = [(key, rows[~bad.loc[rows.index]], len(rows) - len(rows[~bad.loc[rows.index]]))
                 for key, rows in groups if key.caltype == caltype]
@@ -322,6 +326,13 @@ def frame_shapes(rows: pd.DataFrame) -> dict[tuple[int, int], int]:
     """``{(width, height): number of frames}`` of index rows (from ``NAXIS1``/``NAXIS2``)."""
     if "NAXIS1" not in rows or "NAXIS2" not in rows:
         return {}
+    width = pd.to_numeric(rows["NAXIS1"], errors="coerce").to_numpy(np.float64)
+    height = pd.to_numeric(rows["NAXIS2"], errors="coerce").to_numpy(np.float64)
+    known = ~(np.isnan(width) | np.isnan(height))
+    w, h = width[known], height[known]
+    if w.size and (w == w[0]).all() and (h == h[0]).all():
+        # the usual case, one shape: a plain count (a value_counts per set cost ~5 ms)
+        return {(int(w[0]), int(h[0])): int(w.size)}
     sizes = rows[["NAXIS1", "NAXIS2"]].apply(pd.to_numeric, errors="coerce").dropna()
     counts = sizes.value_counts()
     return {(int(w), int(h)): int(n) for (w, h), n in counts.items()}
@@ -373,6 +384,7 @@ def _set_task(item, *, records, out_dir, settings, cache) -> MasterRecord:
     key, good, nbad = item
     if good.empty:
         return MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS", nbad=nbad)
+    cache = {k: v for k, v in cache.items() if k != REAL_PATHS}  # resolved here, on the worker
     return _isolated(key, good, nbad, records, out_dir, settings, False, cache)
 
 
@@ -416,7 +428,7 @@ class _BiasReference:
         rows = self.model.subtractor(temperatures)
         if extra is None:
             return rows
-        return lambda i, start, stop: rows(i, start, stop) + extra[start:stop]
+        return rows.plus(extra)
 
 
 def _bias_model(masters: list[MasterRecord], out_dir: Path, cache: dict) -> tuple:
@@ -504,7 +516,7 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
                cache: dict, *, writer: WriteBehind | None = None) -> MasterRecord:
     if key.caltype == "BIAS":
         return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT, progress_bar=progress_bar,
-                      writer=writer)
+                      writer=writer, real=cache.get(REAL_PATHS))
     bias = _bias_reference(records, key, rows, out_dir, settings, cache)
     if bias is None:
         return MasterRecord(key, None, "refused", nbad=nbad,
@@ -519,7 +531,8 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
     if key.caltype == "DARK":
         return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT,
                       subtract=bias.subtractor(temps), sub_stderr=bias.stderr, extra=extra,
-                      refs=bias.refs, progress_bar=progress_bar, writer=writer)
+                      refs=bias.refs, progress_bar=progress_bar, writer=writer,
+                      real=cache.get(REAL_PATHS))
     dark = _nearest(records, key, "DARK", settings.dark_temp_tolerance)
     mean_t = float(np.nanmean(temps))
     dark_image, ref_err, refs = None, bias.stderr, bias.refs
@@ -570,4 +583,5 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
                   sub_stderr=(ref_err * level_scale if ref_err is bias.stderr  # shared: a copy
                               else np.multiply(ref_err, level_scale, out=ref_err)),
                   scale=scale, extra=extra,
-                  refs=refs, normalise=True, progress_bar=progress_bar, writer=writer)
+                  refs=refs, normalise=True, progress_bar=progress_bar, writer=writer,
+                  real=cache.get(REAL_PATHS))

@@ -48,6 +48,7 @@ from .. import headers as kw
 from ..errors import InputPathError, UserError
 from ..io import fitsio
 from ..io.fitsio import provenance_cards, read_image, set_card, write_product
+from ..stack.blockops import LinearRows
 from ..stack.tiles import PIXEL_BLOCK, ProductRows, pixel_blocks, row_tiles, tile_rows
 from .linear import fit_line_per_pixel
 
@@ -124,14 +125,13 @@ class _BiasLine:
 
     def subtractor(self, temperatures: Sequence[float]):
         """``subtract(i, start, stop)`` for :func:`utils.stack.combine.combine`: the bias rows of
-        frame ``i`` at its own temperature (thread-safe, no full-frame copy)."""
+        frame ``i`` at its own temperature, ``a + b * float32(T_i - TREF)`` (thread-safe, no
+        full-frame copy; a :class:`~utils.stack.blockops.LinearRows`, which combine evaluates
+        in one pass)."""
         temps = np.asarray(temperatures, dtype=np.float64)
         if not np.all(np.isfinite(temps)):
             raise ValueError("every frame needs a finite temperature to evaluate the bias model")
-
-        def rows(i: int, start: int, stop: int) -> np.ndarray:
-            return self.a[start:stop] + self.b[start:stop] * np.float32(temps[i] - self.t_ref)
-        return rows
+        return LinearRows(self.a, self.b, [np.float32(t - self.t_ref) for t in temps])
 
     def covers(self, temperature: float, margin: float = 0.0) -> bool:
         """True when ``temperature`` lies within the fitted range (+- ``margin`` degC)."""

@@ -68,6 +68,18 @@ from .. import headers as kw
 from ..errors import FrameError, InsufficientFramesError, UnreadableFrameError
 from ..io import fitsio
 from ..progress import progress
+from .blockops import (  # noqa: F401 - the flag bits and factor are re-exported here
+    FLAG_FEW,
+    FLAG_NONFINITE,
+    FLAG_PARTSAT,
+    FLAG_SATURATED,
+    MEDIAN_ERROR_FACTOR,
+    LinearRows,
+    _finish_block,
+    _finish_block_numpy,
+    valid_values,
+)
+from .blockops import warmup as _warmup_blockops
 from .kernels import (
     HAVE_NUMBA,
     MAD_TO_STD,  # noqa: F401 - re-exported with the engine's constants
@@ -83,10 +95,6 @@ from .stats import exact_median
 
 logger = logging.getLogger(__name__)
 
-#: Standard error of a median relative to sigma/sqrt(N), Gaussian samples: sqrt(pi/2).
-MEDIAN_ERROR_FACTOR = math.sqrt(math.pi / 2)
-
-#: Flag bits of :attr:`MasterResult.flags`.
 #: Actual scatter / reported standard error (``noise / sqrt(count)``) of a sigma-clipped mean
 #: of N Gaussian frames (3 sigma, 5 iterations, guard on), by N: the MAD scale of few samples
 #: is noisy, so good samples are clipped (the clipped mean scatters more than a mean and its
@@ -108,12 +116,6 @@ def clipped_error_factor(n_frames: int, method: str = "sigclip") -> float:
     y = [CLIPPED_MEAN_ERROR_FACTOR[k] for k in reversed(keys)]
     return float(np.interp(1.0 / n_frames, x, y))
 
-
-FLAG_FEW = 1         # fewer than ``min_accepted`` samples accepted
-FLAG_SATURATED = 2   # saturated in more than half of the inputs
-FLAG_NONFINITE = 4   # master value is not finite (e.g. no sample at all)
-FLAG_PARTSAT = 8     # saturated in some (at most half) of the inputs: the mean of the others is
-#                      biased low (the bright tail was cut), so the value is not valid either
 
 METHODS = ("mean", "median", "sigclip")
 _METHOD_CODE = {"mean": 0, "median": 1, "sigclip": 2}
@@ -512,6 +514,10 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
 
     use_numba = HAVE_NUMBA
     compile_s = warmup() if use_numba else 0.0
+    if use_numba:
+        _warmup_blockops()
+    # a bias model (+ dark) evaluated per frame: straight into the float64 rows, no temporaries
+    linear = use_numba and isinstance(subtract, LinearRows) and subtract.fusable(source.shape)
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     plan = plan_blocks(n, source.shape, memory_limit, workers, numba_path=use_numba)
     logger.debug("combine plan: %d x %dx%d frames, method=%s, %d rows/block, %d blocks, "
@@ -553,6 +559,10 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
             raw_buf = getattr(local, "raw", None)
             if raw_buf is None or raw_buf.size < 2 * npix:
                 raw_buf = local.raw = np.empty(2 * plan.rows * width, dtype=np.uint8)
+        if linear:
+            sub_buf = getattr(local, "sub", None)
+            if sub_buf is None or sub_buf.size < npix:
+                sub_buf = local.sub = np.empty(plan.rows * width, dtype=np.float64)
         for i in range(n):
             row = x[i, :npix]
             if raw_buf is None:
@@ -561,6 +571,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
                 sub = empty_sub
             elif isinstance(subtract, np.ndarray):
                 sub = common_sub
+            elif linear:
+                sub = subtract.evaluate(i, start, stop, sub_buf)
             else:
                 sub = np.ascontiguousarray(subtract(i, start, stop), dtype=np.float64)
                 if sub.shape != (stop - start, width):
@@ -584,19 +596,10 @@ def combine(inputs: Sequence, *, method: str = "sigclip", sigma_low: float = 3.0
         else:
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
                                   maxiters, out_d, out_n, out_c, float(min_scale), bool(guard))
-        # per-block post-processing runs in the workers too (numpy releases the GIL)
-        blk = slice(start, stop)
-        flags[blk] = np.where(count[blk] < min_accepted, FLAG_FEW, 0)
-        if nsat is not None:
-            most = 2 * nsat[blk].astype(np.int32) > n
-            flags[blk] |= np.where(most, FLAG_SATURATED, 0).astype(np.uint8)
-            flags[blk] |= np.where(~most & (nsat[blk] > 0), FLAG_PARTSAT, 0).astype(np.uint8)
-        flags[blk] |= np.where(np.isfinite(data[blk]), 0, FLAG_NONFINITE).astype(np.uint8)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            np.divide(noise[blk], np.sqrt(count[blk].astype(np.float32)), out=stderr[blk])
-        if code == 1:
-            # a median is noisier than a mean: efficiency 2/pi for Gaussian samples
-            stderr[blk] *= np.float32(MEDIAN_ERROR_FACTOR)
+        # flags and standard error of the block, in the workers too
+        finish = _finish_block if use_numba else _finish_block_numpy
+        finish(out_d, out_n, out_c, block_nsat, n, int(min_accepted), code == 1,
+               flags[start:stop].reshape(-1), stderr[start:stop].reshape(-1))
         return int(nrej), frame_sat
 
     t0 = time.perf_counter()
@@ -655,11 +658,10 @@ def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, s
         card(kw.SUBTRACT, what, "subtracted from each frame before combining")
     if saturation is not None:
         card(kw.SATLEVEL, float(saturation), "[adu] raw samples >= this were excluded")
-    valid = (flags == 0) & np.isfinite(data)
-    card(kw.NMASKED, int(data.size - valid.sum()), "masked pixels (FLAGS != 0)")
+    good = valid_values(data, flags)  # float32 copy; float64 accumulators below
+    card(kw.NMASKED, int(data.size - good.size), "masked pixels (FLAGS != 0)")
     card(kw.NREJECT, int(nreject), "samples rejected by clipping")
-    if valid.any():
-        good = data[valid]  # float32 copy; float64 accumulators below
+    if good.size:
         card(kw.MEAN, float(good.mean(dtype=np.float64)), "mean of the master, valid pixels")
         card(kw.MEDIAN, exact_median(good), "median of the master, valid pixels")
         card(kw.STD, float(good.std(dtype=np.float64)), "std of the master, valid pixels")

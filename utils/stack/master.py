@@ -25,6 +25,7 @@ from .. import headers as kw
 from ..errors import FrameError
 from ..io.fitsio import atomic_path, is_complete_fits, read_header
 from ..settings import field
+from .blockops import _quadrature
 from .combine import METHODS, combine
 from .tiles import PIXEL_BLOCK, pixel_blocks
 
@@ -102,16 +103,39 @@ def _identity(ref) -> str:
     return repr(ref)
 
 
-def inputs_hash(paths: Sequence[str | os.PathLike], settings, *refs) -> str:
+def real_paths(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """``{path: os.path.realpath(path)}``, each folder resolved once.
+
+    A path whose last component is not a symbolic link (nor ``.``/``..``) resolves to
+    its resolved folder joined with that name, which is what ``realpath`` computes one
+    ``lstat`` per component at a time (~10 per frame, a few ms a set on a VM).
+    """
+    folders: dict[str, str] = {}
+    real = {}
+    for path in map(os.fspath, paths):
+        head, tail = os.path.split(path)
+        if tail in ("", ".", "..") or os.path.islink(path):
+            real[path] = os.path.realpath(path)
+            continue
+        if head not in folders:
+            folders[head] = os.path.realpath(head or ".")
+        real[path] = os.path.join(folders[head], tail)
+    return real
+
+
+def inputs_hash(paths: Sequence[str | os.PathLike], settings, *refs,
+                real: Mapping[str, str] | None = None) -> str:
     """Short hash of the inputs, the combination settings and what was subtracted.
 
     Inputs count by their real path (``data/f.fits`` and ``/abs/data/f.fits`` are
-    the same frame); references (``refs``) by :func:`_identity`, so two output
-    folders built from the same inputs get the same hash and a re-run from another
-    working folder or with an absolute index path rebuilds nothing.
+    the same frame; ``real`` may give them, see :func:`real_paths`); references
+    (``refs``) by :func:`_identity`, so two output folders built from the same inputs
+    get the same hash and a re-run from another working folder or with an absolute
+    index path rebuilds nothing.
     """
+    real = real or {}
     digest = hashlib.sha1()
-    for p in sorted(os.path.realpath(p) for p in paths):
+    for p in sorted(real.get(os.fspath(p)) or os.path.realpath(p) for p in paths):
         digest.update(p.encode("utf-8", "surrogateescape"))
         digest.update(b"\0")
     digest.update(repr((settings.method, settings.sigma_low, settings.sigma_high,
@@ -189,6 +213,9 @@ def frame_metadata(rows: pd.DataFrame) -> list[dict]:
     return [{kw.TEMP: t, kw.EXPTIME: e} for t, e in zip(rows["TEMP"], rows["EXPTIME"])]
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None,
                    block: int = PIXEL_BLOCK) -> np.ndarray:
     """``sqrt(a**2 + b**2)`` of two error images in float64, stored as float32.
@@ -204,7 +231,7 @@ def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = Non
         C-contiguous float32 image to write (may be ``a`` itself: in place); a new one
         by default.
     block : int, optional
-        Pixels per block.
+        Pixels per block (without numba; with it, one pass over the pixels).
 
     Returns
     -------
@@ -217,6 +244,10 @@ def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = Non
     elif out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != a.shape:
         raise ValueError("out must be a C-contiguous float32 image of the inputs' shape")
     flat_a, flat_b, flat_out = np.ravel(a), np.ravel(b), out.reshape(-1)
+    if _quadrature is not None and flat_a.dtype in _FLOATS and flat_b.dtype in _FLOATS:
+        # one pass, the same float64 operations (~5 ms of numpy blocks at 1024 x 1024)
+        _quadrature(flat_a, flat_b, flat_out)
+        return out
     for blk in pixel_blocks(out.size, block):
         flat_out[blk] = np.sqrt(np.asarray(flat_a[blk], np.float64) ** 2
                                 + np.asarray(flat_b[blk], np.float64) ** 2)

@@ -1,0 +1,203 @@
+"""Per-block work of the combine engine around its kernel, in one pass each.
+
+* :class:`LinearRows`: a per-frame subtraction of the form ``a + b * c_i (+ offset)``
+  (a bias model evaluated at each frame's temperature, plus a dark), which
+  :func:`utils.stack.combine.combine` evaluates straight into its float64 rows
+  (:func:`_linear_rows`) instead of through numpy temporaries, with the same float32
+  operations in the same order: the same bits.
+* :func:`_finish_block`: the ``FLAGS`` plane and the standard error of a combined
+  block in one pass over its pixels; :func:`_finish_block_numpy` is the same in numpy
+  (the fallback without numba, and the test oracle).
+
+A 1024 x 1024 master of 5 frames spent ~4 ms of CPU in the numpy post-processing
+(full-block temporaries) and ~2 ms evaluating the bias model, against ~35 ms in
+the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .kernels import HAVE_NUMBA
+
+#: Standard error of a median relative to sigma/sqrt(N), Gaussian samples: sqrt(pi/2).
+MEDIAN_ERROR_FACTOR = math.sqrt(math.pi / 2)
+
+#: Flag bits of :attr:`utils.stack.combine.MasterResult.flags`.
+FLAG_FEW = 1         # fewer than ``min_accepted`` samples accepted
+FLAG_SATURATED = 2   # saturated in more than half of the inputs
+FLAG_NONFINITE = 4   # master value is not finite (e.g. no sample at all)
+FLAG_PARTSAT = 8     # saturated in some (at most half) of the inputs: the mean of the others is
+#                      biased low (the bright tail was cut), so the value is not valid either
+
+
+class LinearRows:
+    """``subtract(i, start, stop)`` of :func:`utils.stack.combine.combine`: rows of
+    ``a + b * coef[i]`` (plus ``offset``), in float32 as numpy evaluates it.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        2-D maps, e.g. a bias at the reference temperature [adu] and its temperature
+        coefficient [adu/degC].
+    coef : sequence of float
+        Per-frame factor of ``b``, e.g. ``T_i - TREF`` [degC]; taken as float32.
+    offset : numpy.ndarray, optional
+        2-D image added to every frame's rows (e.g. a scaled dark [adu]).
+
+    Notes
+    -----
+    Calling it gives ``a[start:stop] + b[start:stop] * float32(coef[i])``, then
+    ``+ offset[start:stop]``: the numbers of the closure it replaces.  :func:`combine`
+    evaluates the same float32 operations in one numba pass (:attr:`fusable`: float32,
+    C-contiguous maps) instead of calling it.
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, coef: Sequence[float],
+                 offset: np.ndarray | None = None):
+        self.a, self.b, self.offset = a, b, offset
+        self.coef = np.asarray(coef, dtype=np.float32)
+
+    def __call__(self, i: int, start: int, stop: int) -> np.ndarray:
+        rows = self.a[start:stop] + self.b[start:stop] * self.coef[i]
+        return rows if self.offset is None else rows + self.offset[start:stop]
+
+    def plus(self, offset: np.ndarray) -> "LinearRows":
+        """The same rows plus ``offset`` (a 2-D image): a new object."""
+        if self.offset is not None:
+            raise ValueError("LinearRows already has an offset")
+        return LinearRows(self.a, self.b, self.coef, offset)
+
+    def fusable(self, shape: tuple[int, int]) -> bool:
+        """Whether :func:`_linear_rows` gives the rows of frames of ``shape``: float32
+        C-contiguous maps of that shape (else :func:`combine` calls the object)."""
+        maps = (self.a, self.b) if self.offset is None else (self.a, self.b, self.offset)
+        return all(isinstance(m, np.ndarray) and m.dtype == np.float32 and m.shape == shape
+                   and m.flags.c_contiguous for m in maps)
+
+    def evaluate(self, i: int, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` of frame ``i`` as float64 into ``out`` (1-D, at least that
+        many pixels; needs numba and :attr:`fusable`); returns the filled part, flattened."""
+        width = self.a.shape[1]
+        npix = (stop - start) * width
+        dest = out[:npix]
+        offset = (self.offset[start:stop].reshape(-1) if self.offset is not None
+                  else _NO_OFFSET)
+        _linear_rows(self.a[start:stop].reshape(-1), self.b[start:stop].reshape(-1),
+                     self.coef[i], offset, dest)
+        return dest
+
+
+_NO_OFFSET = np.empty(0, dtype=np.float32)
+
+
+def _linear_rows_py(a, b, coef, offset, out):
+    """``out = float64(a + b * coef [+ offset])``, each operation rounded to float32 as
+    numpy does it on float32 arrays (``offset`` empty: none)."""
+    c = np.float32(coef)
+    if offset.shape[0] == a.shape[0]:
+        for p in range(a.shape[0]):
+            v = np.float32(a[p] + np.float32(b[p] * c))
+            out[p] = np.float64(np.float32(v + offset[p]))
+    else:
+        for p in range(a.shape[0]):
+            out[p] = np.float64(np.float32(a[p] + np.float32(b[p] * c)))
+
+
+def _finish_block_py(data, noise, count, nsat, n_frames, min_accepted, median, flags, stderr):
+    """``flags`` and ``stderr`` of a combined block (1-D views), in one pass.
+
+    ``FLAG_FEW`` where ``count < min_accepted``; ``FLAG_SATURATED`` where more than half
+    of the ``n_frames`` samples were saturated (``nsat``, int16; empty: no saturation
+    level), ``FLAG_PARTSAT`` where some (at most half) were; ``FLAG_NONFINITE`` where
+    ``data`` is not finite.  ``stderr = noise / sqrt(count)`` in float32, times
+    float32(:data:`MEDIAN_ERROR_FACTOR`) for a median.  The numbers of
+    :func:`_finish_block_numpy`.
+    """
+    has_nsat = nsat.shape[0] == data.shape[0]
+    factor = np.float32(MEDIAN_ERROR_FACTOR)
+    for p in range(data.shape[0]):
+        cnt = count[p]
+        f = FLAG_FEW if cnt < min_accepted else 0
+        if has_nsat:
+            s = np.int32(nsat[p])
+            f |= FLAG_SATURATED if 2 * s > n_frames else (FLAG_PARTSAT if s > 0 else 0)
+        f |= 0 if np.isfinite(data[p]) else FLAG_NONFINITE
+        flags[p] = np.uint8(f)
+        err = np.float32(noise[p] / np.sqrt(np.float32(cnt)))
+        stderr[p] = np.float32(err * factor) if median else err
+
+
+def _finish_block_numpy(data, noise, count, nsat, n_frames, min_accepted, median, flags, stderr):
+    """:func:`_finish_block_py` with numpy arrays (full-block temporaries)."""
+    flags[:] = np.where(count < min_accepted, FLAG_FEW, 0)
+    if nsat.shape[0] == data.shape[0]:
+        most = 2 * nsat.astype(np.int32) > n_frames
+        flags |= np.where(most, FLAG_SATURATED, 0).astype(np.uint8)
+        flags |= np.where(~most & (nsat > 0), FLAG_PARTSAT, 0).astype(np.uint8)
+    flags |= np.where(np.isfinite(data), 0, FLAG_NONFINITE).astype(np.uint8)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.divide(noise, np.sqrt(count.astype(np.float32)), out=stderr)
+    if median:
+        # a median is noisier than a mean: efficiency 2/pi for Gaussian samples
+        stderr *= np.float32(MEDIAN_ERROR_FACTOR)
+
+
+def _quadrature_py(a, b, out):
+    """``out = float32(sqrt(float64(a)**2 + float64(b)**2))`` (1-D, ``out`` may be ``a``)."""
+    for p in range(out.shape[0]):
+        x = np.float64(a[p])
+        y = np.float64(b[p])
+        out[p] = np.float32(math.sqrt(x * x + y * y))
+
+
+def _valid_values_py(data, flags, out):
+    """Copy ``data`` where ``flags == 0`` and it is finite into ``out`` (in order, branch-free);
+    return how many: ``data[(flags == 0) & isfinite(data)]`` is ``out[:count]``."""
+    k = 0
+    for p in range(data.shape[0]):
+        v = data[p]
+        out[k] = v
+        k += (flags[p] == 0) & np.isfinite(v)
+    return k
+
+
+def valid_values(data: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """``data[(flags == 0) & np.isfinite(data)]`` (a flattened copy), in one pass with numba."""
+    if not HAVE_NUMBA:
+        return data[(flags == 0) & np.isfinite(data)]
+    flat = np.ravel(data)
+    out = np.empty(flat.size, flat.dtype)  # pages touched only as far as it is filled
+    return out[:_valid_values(flat, np.ravel(flags), out)]
+
+
+if HAVE_NUMBA:
+    from numba import njit
+
+    _valid_values = njit(nogil=True, cache=True)(_valid_values_py)
+
+    _quadrature = njit(nogil=True, cache=True)(_quadrature_py)
+
+    _linear_rows = njit(nogil=True, cache=True)(_linear_rows_py)
+    # IEEE division (NaN or inf for a count of 0), not Python's ZeroDivisionError
+    _finish_block = njit(nogil=True, cache=True, error_model="numpy")(_finish_block_py)
+else:  # pragma: no cover
+    _quadrature = None
+    _linear_rows = _linear_rows_py
+    _finish_block = _finish_block_numpy
+
+
+def warmup() -> None:
+    """Compile (or load from numba's cache) this module's kernels for combine's types."""
+    if not HAVE_NUMBA:
+        return
+    a = np.zeros(4, np.float32)
+    out = np.empty(4, np.float64)
+    _linear_rows(a, a, np.float32(1.0), a, out)
+    _linear_rows(a, a, np.float32(1.0), _NO_OFFSET, out)
+    for nsat in (np.zeros(4, np.int16), np.empty(0, np.int16)):
+        _finish_block(a, a, np.zeros(4, np.int16), nsat, 3, 3, True, np.empty(4, np.uint8),
+                      np.empty(4, np.float32))
