@@ -18,6 +18,7 @@ import functools
 import hashlib
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -329,13 +330,9 @@ def frame_shapes(rows: pd.DataFrame) -> dict[tuple[int, int], int]:
     width = pd.to_numeric(rows["NAXIS1"], errors="coerce").to_numpy(np.float64)
     height = pd.to_numeric(rows["NAXIS2"], errors="coerce").to_numpy(np.float64)
     known = ~(np.isnan(width) | np.isnan(height))
-    w, h = width[known], height[known]
-    if w.size and (w == w[0]).all() and (h == h[0]).all():
-        # the usual case, one shape: a plain count (a value_counts per set cost ~5 ms)
-        return {(int(w[0]), int(h[0])): int(w.size)}
-    sizes = rows[["NAXIS1", "NAXIS2"]].apply(pd.to_numeric, errors="coerce").dropna()
-    counts = sizes.value_counts()
-    return {(int(w), int(h)): int(n) for (w, h), n in counts.items()}
+    # a plain count of a few pairs (a pandas value_counts per set cost ~5 ms)
+    return dict(Counter(zip(width[known].astype(int).tolist(),
+                            height[known].astype(int).tolist())))
 
 
 def _shape_text(shapes: dict) -> str:

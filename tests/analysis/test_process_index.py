@@ -376,3 +376,13 @@ def test_nearest_master_tolerance_is_inclusive():
     records = [dark(23.0, 1.0), dark(27.0, 4.0), dark(30.0, 8.0)]
     assert _nearest(records, flat, "DARK", 2.0).key.exptime == 4.0
     assert _nearest(records, flat, "DARK", 1.999) is None
+
+
+def test_frame_shapes_counts_each_shape_and_skips_unknown_sizes():
+    from analysis.masters import frame_shapes
+
+    rows = pd.DataFrame({"NAXIS1": [64, 64, 32, None, 64, "x"],
+                         "NAXIS2": [48, 48, 48, 48, 48, 48]})
+    assert frame_shapes(rows) == {(64, 48): 3, (32, 48): 1}
+    assert frame_shapes(rows.iloc[:2]) == {(64, 48): 2}
+    assert frame_shapes(rows.drop(columns="NAXIS2")) == {}
