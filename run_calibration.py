@@ -19,7 +19,9 @@ irradiation campaign; finally the campaign report OUTPUT_DIR/report/index.html (
 python -m analysis.report --help; for an irradiation campaign its radiation section
 compares the pre and post stages, and shows the damage, precision and model results
 once python -m analysis.dose_analysis has written them below OUTPUT_DIR) and the run's
-warnings in OUTPUT_DIR/warnings.log.
+warnings in OUTPUT_DIR/warnings.log.  The master options (--method, --sigma,
+--temp-bin, --exp-tolerance, ...) hold for every pipeline: they all group and
+combine as index processing did, and take its masters.
 Re-running finishes what is missing and leaves complete products alone.
 
 Example
@@ -89,11 +91,13 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
     table = build_index(discover=[dataset], settings=indexing, previous=index_path,
                         progress_bar=progress_bar)
     write_index(table, index_path)
-    result = process_index.run(index_path, out_dir, masters or process_index.MasterSettings(),
+    masters = masters or process_index.MasterSettings()
+    result = process_index.run(index_path, out_dir, masters,
                                progress_bar=progress_bar,
                                upstream_settings={"layout": layout, "dataset": str(dataset),
                                                   "conversion": conversion, "indexing": indexing})
-    pipes = run_pipelines(layout, table, index_path, out_dir, progress_bar=progress_bar)
+    pipes = run_pipelines(layout, table, index_path, out_dir, masters=masters,
+                          progress_bar=progress_bar)
     plotting.figures().wait()  # the report shows the figures: every one written first
     page, _ = campaign_report.run(out_dir, out_dir / "report")
     return {"converted": converted, "existing": existing, "rejected": rejected, "report": page,
@@ -110,14 +114,16 @@ def model_groups(layout: str) -> list[tuple[str, float]]:
     return [("pre", math.nan), ("post", math.nan)]
 
 
-def run_pipelines(layout: str, table, index_path: Path, out_dir: Path, *,
+def run_pipelines(layout: str, table, index_path: Path, out_dir: Path, *, masters=None,
                   progress_bar: bool = False):
     """The bias, photon-transfer gain, dark and flat pipelines (``analysis.stage_pipelines``)
-    into ``OUTPUT_DIR/<kind>/<stage>``; the bias and dark pipelines take index processing's
-    masters (``OUTPUT_DIR/masters``) instead of stacking the frames again."""
+    into ``OUTPUT_DIR/<kind>/<stage>``, grouping and combining as ``masters`` (the master
+    options); the bias and dark pipelines take index processing's masters
+    (``OUTPUT_DIR/masters``) instead of stacking the frames again."""
     return run_stage_pipelines(index_path, table, model_groups(layout),
                                lambda kind, stage, dose: out_dir / kind / stage,
-                               masters_from=out_dir / "masters", progress_bar=progress_bar)
+                               masters_from=out_dir / "masters", masters=masters,
+                               progress_bar=progress_bar)
 
 
 def build_parser() -> cli.ArgumentParser:

@@ -36,6 +36,7 @@ from utils.settings import field
 from utils.stack.combine import combine
 from utils.stack.grouping import GroupKey, calibration_groups
 from utils.stack.master import (
+    CombineSettings,
     adc_bits_of,
     existing_product,
     frame_metadata,
@@ -90,6 +91,14 @@ class MasterSettings:
             raise ValueError(f"workers must be >= 1, not {self.workers}")
         if not self.memory_limit >= 1e6:
             raise ValueError(f"memory_limit must be >= 1e6 byte, not {self.memory_limit:g}")
+
+    @property
+    def combine(self) -> CombineSettings:
+        """The combination part, as the pipelines' settings hold it (same INHASH)."""
+        return CombineSettings(method=self.method, sigma_low=self.sigma_low,
+                               sigma_high=self.sigma_high, maxiters=self.maxiters,
+                               min_accepted=self.min_accepted, memory_limit=self.memory_limit,
+                               workers=self.workers)
 
 
 @dataclass

@@ -28,6 +28,8 @@ from utils.errors import UserError
 from utils.memory import release_free_memory
 from utils.stack.grouping import stage_tag
 
+from .masters import MasterSettings
+
 logger = logging.getLogger(__name__)
 
 #: ``place(kind, stage, dose) -> folder`` of one pipeline's products (kind: bias, dark, flat).
@@ -92,6 +94,7 @@ def _attempt(result: StagePipelines, name: str, stage: str, dose: float, make):
 def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tuple[str, float]],
                         place: Place, *, gain: float | str | None = None,
                         masters_from: Path | None = None,
+                        masters: MasterSettings | None = None,
                         progress_bar: bool = False) -> StagePipelines:
     """Bias, photon-transfer gain, dark and flat pipelines for every group, in that order.
 
@@ -111,6 +114,11 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
     masters_from : pathlib.Path, optional
         Folder of masters already built by index processing: the bias and dark pipelines take
         a master of the same INHASH from there instead of stacking its frames again.
+    masters : MasterSettings, optional
+        How the orchestrator's index processing grouped and combined its masters (its
+        ``--sigma``, ``--method``, ``--temp-bin``...): every pipeline groups and combines the
+        same way, so that its masters are the ones index processing built (and found there)
+        and a model never rests on masters combined otherwise.  Default: the defaults.
     progress_bar : bool
         Show progress bars.
 
@@ -121,11 +129,14 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
     """
     result = StagePipelines()
     reuse = str(masters_from) if masters_from is not None else ""
+    m = masters or MasterSettings()
+    grouping = dict(temp_bin=m.temp_bin, combine=m.combine)
+    tolerances = dict(exp_tolerance=m.exp_tolerance, bias_temp_tolerance=m.bias_temp_tolerance)
     for stage, dose in groups_with(table, "BIAS", groups):
         run = _attempt(result, "bias", stage, dose, lambda: bias_pipeline.run(
             index_path, place("bias", stage, dose),
             bias_pipeline.BiasSettings(stage=stage, dose=_dose(stage, dose),
-                                       masters_from=reuse),
+                                       masters_from=reuse, **grouping),
             progress_bar=progress_bar))
         if run is not None:
             logger.info("%s", run.summary_line())
@@ -137,7 +148,8 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
     for stage, dose in groups_with(table, "FLAT", groups):
         settings = flat_pipeline.FlatSettings(
             stage=stage, dose=_dose(stage, dose),
-            bias_model=_if_file(place("bias", stage, dose) / "bias_model.fits"))
+            bias_model=_if_file(place("bias", stage, dose) / "bias_model.fits"),
+            dark_temp_tolerance=m.dark_temp_tolerance, **grouping, **tolerances)
         gains = _attempt(result, "photon-transfer gain", stage, dose,
                          lambda: flat_pipeline.measure_gain_only(
                              index_path, place("flat", stage, dose), settings,
@@ -152,7 +164,7 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
             stage=stage, dose=_dose(stage, dose),
             bias_model=_if_file(place("bias", stage, dose) / "bias_model.fits"),
             gain=gain if gain is not None else (str(measured) if measured.is_file() else None),
-            masters_from=reuse)
+            masters_from=reuse, **grouping, **tolerances)
         run = _attempt(result, "dark", stage, dose, lambda: dark_pipeline.run(
             index_path, place("dark", stage, dose), settings, progress_bar=progress_bar))
         if run is not None:
@@ -163,7 +175,8 @@ def run_stage_pipelines(index_path: Path, table: pd.DataFrame, groups: list[tupl
         settings = flat_pipeline.FlatSettings(
             stage=stage, dose=_dose(stage, dose),
             bias_model=_if_file(place("bias", stage, dose) / "bias_model.fits"),
-            dark_model=_if_file(dark_2d))
+            dark_model=_if_file(dark_2d), dark_temp_tolerance=m.dark_temp_tolerance,
+            **grouping, **tolerances)
         run = _attempt(result, "flat", stage, dose, lambda: flat_pipeline.run(
             index_path, place("flat", stage, dose), settings, progress_bar=progress_bar))
         if run is not None:
