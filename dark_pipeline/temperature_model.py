@@ -357,6 +357,11 @@ START_SNR = 1e-3
 #: Temperature bins from which each bin's rate errors are calibrated on its own (with fewer,
 #: the residual of one bin is too tied to the others': one frame-wide factor only).
 MIN_POINTS_PER_T_SCALE = 5
+#: Largest leverage of a pixel's point that still calibrates that point's errors: a point the
+#: pixel's fit nearly passes through (the brightest of a steep law with few exposures, where
+#: h reaches 0.97) has a residual that says almost nothing about its error, and dividing by
+#: a floored 1 - h made the warmest bin's factor 0.47 (its weight x4.5, T_d 4 sigma off).
+MAX_SCALE_LEVERAGE = 0.9
 
 
 def _point_scales(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
@@ -364,7 +369,8 @@ def _point_scales(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
                   block: int = 1 << 18) -> np.ndarray:
     """Factor per point (temperature) by which its errors are too small: sqrt(median of
     r^2 / (sigma^2 (1 - h)) over the individually fitted pixels / median of chi2(1)),
-    with r the residual and h the point's leverage in the pixel's fit.  The errors are
+    with r the residual and h the point's leverage in the pixel's fit (pixels where
+    h >= :data:`MAX_SCALE_LEVERAGE` left out; 1 with fewer than 50 left).  The errors are
     the ``points``' errors times ``point_scale`` (per point; default 1); one map of the
     points read at a time, float64 work arrays of ``block`` pixels at a time, one float64
     value per fitted pixel kept for the median."""
@@ -391,7 +397,9 @@ def _point_scales(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
             sk = sk_all[b0:b0 + block][sel].astype(np.float64) * k_scale[k]
             # leverage: w J C J^T with J = (f, a f d)
             h = (f * f * va + (a * f * d) ** 2 * vb + 2 * a * f * f * d * cab) / (sk * sk)
-            u_all[at:at + a.size] = (yk - a * f) ** 2 / (sk * sk * np.clip(1 - h, 0.05, 1))
+            u = (yk - a * f) ** 2 / (sk * sk * np.clip(1 - h, 0.05, 1))
+            u[~(h < MAX_SCALE_LEVERAGE)] = np.nan   # no say on this point's error
+            u_all[at:at + a.size] = u
             at += a.size
         u = u_all[np.isfinite(u_all)]
         if u.size >= 50:
