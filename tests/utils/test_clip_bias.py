@@ -12,11 +12,11 @@ import math
 
 import numpy as np
 import pytest
+from statcheck import assert_close
 
 from analysis import process_index
 from analysis.masters import MasterSettings
 from flat_pipeline import run_pipeline as flat_cli
-from statcheck import assert_close
 from utils import cli
 from utils.stack.combine import DEFAULT_CLIP_SIGMA, clipped_error_factor, combine
 from utils.stack.master import CombineSettings, add_combine_options
