@@ -33,7 +33,7 @@ from utils.io.fitsio import read_header
 from utils.io.write_behind import WriteBehind
 from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.settings import field
-from utils.stack.combine import combine
+from utils.stack.combine import DEFAULT_CLIP_SIGMA, combine
 from utils.stack.grouping import GroupKey, calibration_groups
 from utils.stack.master import (
     CombineSettings,
@@ -67,8 +67,8 @@ class MasterSettings:
                                    "within their temperature range (else the nearest master)")
     dark_temp_tolerance: float = field(2.0, "[degC] largest |T_flat - T_dark| for dark subtraction")
     method: str = field("sigclip", "combination: sigclip, median or mean")
-    sigma_low: float = field(3.0, "[sigma] lower clipping threshold")
-    sigma_high: float = field(3.0, "[sigma] upper clipping threshold")
+    sigma_low: float = field(DEFAULT_CLIP_SIGMA, "[sigma] lower clipping threshold")
+    sigma_high: float = field(DEFAULT_CLIP_SIGMA, "[sigma] upper clipping threshold")
     maxiters: int = field(5, "largest number of clipping iterations")
     min_accepted: int = field(3, "pixels with fewer accepted samples are masked")
     per_attempt: bool = field(True, "also write one master per attempt (stability check)")

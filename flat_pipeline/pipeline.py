@@ -593,8 +593,11 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
                         column_nsigma=settings.column_nsigma,
                         column_min_dev=settings.column_min_dev)
     exclude = bits != 0
+    comb = settings.combine
     cross = CrossAccumulator([m.tag for m in masters], shape, noise_factors=[
-        clipped_error_factor(m.ncombine, settings.combine.method) for m in masters])
+        clipped_error_factor(m.ncombine, comb.method, sigma_low=comb.sigma_low,
+                             sigma_high=comb.sigma_high, maxiters=comb.maxiters)
+        for m in masters])
     readers = [flat_reader(m.path) for m in masters]
     for start in range(0, shape[0], 256):
         stop = min(shape[0], start + 256)

@@ -139,8 +139,9 @@ def clip_floor(adc_bits: int, scale: float = 1.0) -> float:
     Quantised samples cannot resolve a spread below about one step; when over
     half of a pixel's samples share one value (or nearly: a per-frame bias
     subtraction shifts them by a fraction of a step), their MAD collapses and
-    a clip on it would reject good samples.  Two steps keep a 3-sigma clip at
-    least six steps wide, far below any cosmic ray or RTS jump.
+    a clip on it would reject good samples.  Two steps keep the default 4-sigma
+    clip at least eight steps wide (a 3-sigma one six), far below any cosmic ray
+    or RTS jump.
 
     Examples
     --------

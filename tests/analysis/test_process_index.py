@@ -360,8 +360,8 @@ def test_main_sigma_sets_the_clipping_threshold(processed, tmp_path):
     query = "CALTYPE == 'DARK' and EXPTIME == 2.0 and ATTEMPT != ATTEMPT"
     narrow = fits.getheader(_summary(out).query(query).iloc[0]["PATH"])
     default = fits.getheader(_summary(out0).query(query).iloc[0]["PATH"])
-    assert narrow["CLIPLO"] == narrow["CLIPHI"] == 2.0 and default["CLIPLO"] == 3.0
-    # a 2-sigma clip rejects ~4.6 % of Gaussian samples, a 3-sigma one ~0.3 %
+    assert narrow["CLIPLO"] == narrow["CLIPHI"] == 2.0 and default["CLIPLO"] == 4.0
+    # a 2-sigma clip rejects ~4.6 % of Gaussian samples, the default 4-sigma one ~0.006 %
     assert narrow["NREJECT"] > 5 * default["NREJECT"]
 
 

@@ -26,7 +26,7 @@ from ..errors import FrameError
 from ..io.fitsio import atomic_path, is_complete_fits, read_header
 from ..settings import field
 from .blockops import _quadrature
-from .combine import METHODS, combine
+from .combine import DEFAULT_CLIP_SIGMA, METHODS, combine
 from .tiles import PIXEL_BLOCK, pixel_blocks
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ class CombineSettings:
     """How the frames of one set are combined (see :func:`utils.stack.combine.combine`)."""
 
     method: str = field("sigclip", "combination: sigclip, median or mean")
-    sigma_low: float = field(3.0, "[sigma] lower clipping threshold")
-    sigma_high: float = field(3.0, "[sigma] upper clipping threshold")
+    sigma_low: float = field(DEFAULT_CLIP_SIGMA, "[sigma] lower clipping threshold")
+    sigma_high: float = field(DEFAULT_CLIP_SIGMA, "[sigma] upper clipping threshold")
     maxiters: int = field(5, "largest number of clipping iterations")
     min_accepted: int = field(3, "pixels with fewer accepted samples are masked")
     memory_limit: float = field(1e9, "[byte] working-memory budget of one combination")
