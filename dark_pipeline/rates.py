@@ -13,9 +13,12 @@ shot noise of the signal S with one sensor-wide K [adu per electron]; see
 frame, where the former variance line per temperature bin (:func:`noise_model_errors`,
 still used when the masters show no signal range) fitted two per pixel from a
 bin's few masters, and its scattered weights made the errors heavy-tailed (model
-pulls of 1.15 instead of 1).  With three or more exposures, one frame-wide factor
-``ERRSCALE`` = sqrt(median chi2/dof / its expected median) then calibrates the
-rate errors (as in the bias model).
+pulls of 1.15 instead of 1).  The S of a master's shot noise is the signal the other
+half of the masters (alternate temperature bins, :func:`halves_of`) predicts for it,
+not its own: an error that follows its point's noise gives the points that fell low
+more weight, the same way in every pixel (see :class:`NoiseModel`).  With three or more
+exposures, one frame-wide factor ``ERRSCALE`` = sqrt(median chi2/dof / its expected
+median) then calibrates the rate errors (as in the bias model).
 With a single exposure the rate is the bias-subtracted signal divided by the
 exposure (``RATEMETH = 'single exposure'``, offset assumed 0): flagged,
 because residual bias then counts as dark current.
