@@ -11,7 +11,7 @@ import pytest
 from astropy.io import fits
 
 from dark_pipeline import run_pipeline
-from dark_pipeline.rates import noise_model_errors
+from dark_pipeline.noise_model import noise_model_errors
 from utils.sim import simulate_standard
 
 

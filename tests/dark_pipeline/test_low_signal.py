@@ -15,8 +15,9 @@ import pytest
 from statcheck import assert_close, assert_pulls
 
 from dark_pipeline.model_2d import fit_model_2d
+from dark_pipeline.noise_model import pooled_noise_errors
 from dark_pipeline.pipeline import DarkSettings, measure
-from dark_pipeline.rates import load_stack, measure_rates, pooled_noise_errors
+from dark_pipeline.rates import load_stack, measure_rates
 from dark_pipeline.temperature_model import fit_temperature_model
 from utils.io.index import DatasetIndex, build_index
 from utils.sim import Physics, simulate_standard
@@ -229,7 +230,7 @@ def test_noise_model_kernels_equal_their_formulas(dtype):
     """The compiled per-pixel steps of the pooled noise model give the numpy formulas' numbers
     bit for bit: NaN signals and noises, counts of 0 and 1, equal signals (the first of
     them is the brightest / faintest, as nanargmax / nanargmin)."""
-    from dark_pipeline import rates
+    from dark_pipeline import noise_model
 
     rng = np.random.default_rng(7)
     shape = (6, 20, 30)
@@ -239,15 +240,15 @@ def test_noise_model_kernels_equal_their_formulas(dtype):
     noise = np.sqrt(10 + 0.2 * np.abs(np.nan_to_num(data)) + rng.random(shape)).astype(dtype)
     noise[rng.random(shape) < 0.05] = np.nan
     count = rng.integers(0, 6, shape).astype(dtype)
-    usable, ratios = rates._gain_candidates(data, noise, count)
+    usable, ratios = noise_model._gain_candidates(data, noise, count)
     gain = float(np.median(ratios))
-    v0 = np.maximum(rates._read_variance(data, noise, count, gain), 1.0)
+    v0 = np.maximum(noise_model._read_variance(data, noise, count, gain), 1.0)
     ref = _noise_model_reference(data, noise, count, gain, v0)
     assert usable == ref[0] and 0 < ratios.size < usable
     np.testing.assert_array_equal(ratios, ref[1])
-    np.testing.assert_array_equal(rates._read_variance(data, noise, count, gain).reshape(-1),
+    np.testing.assert_array_equal(noise_model._read_variance(data, noise, count, gain).reshape(-1),
                                   ref[2])
-    np.testing.assert_array_equal(rates._pooled_errors(data, noise, count, v0, gain),
+    np.testing.assert_array_equal(noise_model._pooled_errors(data, noise, count, v0, gain),
                                   ref[3].reshape(shape))
 
 

@@ -17,7 +17,8 @@ from astropy.io import fits
 
 from dark_pipeline import temperature_model
 from dark_pipeline.masters import DarkMaster
-from dark_pipeline.rates import halves_of, load_stack, measure_rates
+from dark_pipeline.noise_model import halves_of
+from dark_pipeline.rates import load_stack, measure_rates
 from dark_pipeline.temperature_model import fit_temperature_model
 
 T_D = 6.0
