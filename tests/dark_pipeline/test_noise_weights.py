@@ -68,8 +68,7 @@ def test_errors_from_the_other_half_leave_the_population_td_unbiased(tmp_path):
         exps=(1.0, 2.0, 4.0, 8.0), frames=10, v0=256.0, amplitude=20.0)
     stack = load_stack(masters)
     # the prediction is the signal to a few per cent, from data other than the master's own
-    predicted = stack.noise.amplitude[stack.noise.other][:, :, :] * \
-        stack.noise.shape[:, None, None]
+    predicted = stack.noise.amplitude[stack.noise.other] * stack.noise.shape[:, None, None]
     bright = signal > 50
     ratio = np.median(predicted[bright] / signal[bright])
     assert abs(ratio - 1) < 0.02, ratio
