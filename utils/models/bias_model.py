@@ -16,9 +16,10 @@ Each master ``k`` gets the per-pixel error ``sigma_k = s * noise_pool / sqrt(n_k
   median reduced chi-square of the fit over its expected median for a
   chi-square variable with that many degrees of freedom.  It absorbs what the
   noise map of a sigma-clipped master does not show (the clipped mean is
-  5-15 % noisier than sigma/sqrt(n) at 10-40 frames, the clipped noise
-  slightly low) and any common temporal noise; a value far above 1 means the
-  line does not describe most pixels and is logged as a warning.  With only
+  0.3-3.5 % noisier than sigma/sqrt(n) at 40-10 frames at the default 4 sigma,
+  4-13 % at 3 sigma, the clipped noise slightly low) and any common temporal
+  noise; a value far above 1 means the line does not describe most pixels and
+  is logged as a warning.  With only
   two temperatures there is no chi-square and ``s = 1``.
 
 The product (``bias_model.fits``) has the A map as primary image with its
