@@ -318,17 +318,18 @@ def _sample_stride(npix: int, width: int) -> int:
 def _half_amplitudes(S, noise, count, shape, halves):
     """Per pixel of a tile, the signal of each half of the masters over its population
     signal: ``sum_k S_k / sum_k shape_k`` over the half's usable masters of positive shape,
-    ``(2, ...)`` float32, NaN where a half has none."""
-    valid = np.isfinite(S) & np.isfinite(noise * noise) & (count > 1)
-    valid &= (shape > 0).reshape(-1, *([1] * (S.ndim - 1)))
-    out = np.full((2,) + S.shape[1:], np.nan, np.float32)
-    for h in (0, 1):
-        sel = halves == h
-        if not sel.any():
+    ``(2, ...)`` float32, NaN where a half has none.  (Summed master by master: no
+    temporary of the whole tile.)"""
+    num = np.zeros((2,) + S.shape[1:])
+    den = np.zeros((2,) + S.shape[1:])
+    for k in range(S.shape[0]):
+        if not shape[k] > 0:
             continue
-        num = np.where(valid[sel], S[sel], 0.0).sum(0, dtype=np.float64)
-        den = (valid[sel] * shape[sel].reshape(-1, *([1] * (S.ndim - 1)))).sum(0)
-        np.divide(num, den, out=out[h], where=den > 0)
+        ok = np.isfinite(S[k]) & np.isfinite(noise[k] * noise[k]) & (count[k] > 1)
+        num[halves[k]] += np.where(ok, S[k], 0.0)
+        den[halves[k]] += ok * shape[k]
+    out = np.full((2,) + S.shape[1:], np.nan, np.float32)
+    np.divide(num, den, out=out, where=den > 0)
     return out
 
 
@@ -369,7 +370,8 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
         if halves is not None:
             width = S.shape[-1]
             stride = stride or _sample_stride(tiles[-1][1] * width, width)
-            samples.append(S.reshape(k_n, -1)[:, (-r0 * width) % stride::stride])
+            # a copy: a view would keep every tile's signal alive until the last one
+            samples.append(S.reshape(k_n, -1)[:, (-r0 * width) % stride::stride].copy())
     ratios = np.concatenate(ratios)
     if usable < min_pixels or ratios.size < min_pixels:
         return None
