@@ -127,3 +127,40 @@ def test_shot_noise_factor_is_the_clipped_mean_not_the_median(frames):
     assert abs(shot_noise_factor(ratios) - K_TRUE) < 5 * err
     assert np.median(ratios) < K_TRUE * (0.8 if frames == 4 else 0.95)
     assert np.mean(ratios) > K_TRUE * 1.1   # the telegraph pixels, unclipped
+
+
+def test_a_point_most_fits_pass_through_is_not_calibrated(monkeypatch):
+    """5 temperatures 10 degC apart: the warmest rate's leverage is ~0.97 in a pixel's fit;
+    below the 0.9 cut there are only the few pixels whose warm rate is poorly measured (here
+    0.5 %, its error x3, as when a warm master is masked, and stated x2).  Such a tail set
+    the warmest factor of a 2048^2 campaign to 0.80 where its rate errors were right (rate
+    pulls std 0.997, T_d 3 sigma off); now a point is calibrated only when most pixels have a
+    say: the warmest stays exactly 1, and without the rule it is the tail's number."""
+    from dark_pipeline.rates import METHOD_SLOPE, RateMap
+
+    rng = np.random.default_rng(3)
+    shape = (300, 300)
+    amp = 40.0 * np.exp(0.3 * rng.standard_normal(shape))
+    tail = rng.random(shape) < 0.005
+    temps = (-10.0, 0.0, 10.0, 20.0, 30.0)
+    rates = []
+    for T in temps:
+        r = amp * 2.0 ** ((T - 20.0) / T_D)
+        # a rate from 1 s and 8 s masters of 10 frames: var = v(S_1) / 10 + v(S_8) / 10, / 7^2
+        err = np.sqrt((2 * 1024.0 + K_TRUE * 9 * r) / 10) / 7
+        stated = err
+        if T == temps[-1]:
+            err = np.where(tail, 3 * err, err)
+            stated = np.where(tail, 2 * err, err)
+        y = r + rng.standard_normal(shape) * err
+        rates.append(RateMap(T, T, y.astype(np.float32), stated.astype(np.float32), None, None,
+                             None, (1.0, 8.0), METHOD_SLOPE))
+
+    def factors():
+        model = fit_temperature_model(rates, 20.0, quiet=True)
+        return model.inputs["ERRSCALE"].to_numpy() / model.err_scale
+
+    calibrated = factors()
+    assert calibrated[-1] == 1.0 and np.all(np.abs(calibrated - 1) < 0.03)
+    monkeypatch.setattr(temperature_model, "MIN_SCALE_SHARE", 0.0)
+    assert factors()[-1] < 0.9   # the tail's verdict
