@@ -16,6 +16,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from utils.stack.stats import mad_std
+from utils.stack.tiles import pixel_sample
+
 
 def noise_model_errors(exptimes: np.ndarray, noise: np.ndarray,
                        count: np.ndarray) -> np.ndarray:
@@ -306,15 +309,6 @@ def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
 SHAPE_SAMPLE = 65536
 
 
-def _sample_stride(npix: int, width: int) -> int:
-    """A stride giving at most :data:`SHAPE_SAMPLE` pixels that does not divide the row
-    width (a divisor would sample the same few columns in every row)."""
-    stride = max(1, npix // SHAPE_SAMPLE)
-    while stride > 1 and math.gcd(stride, width) != 1:
-        stride += 1
-    return stride
-
-
 def _half_amplitudes(S, noise, count, shape, halves):
     """Per pixel of a tile, the signal of each half of the masters over its population
     signal: ``sum_k S_k / sum_k shape_k`` over the half's usable masters of positive shape,
@@ -343,7 +337,7 @@ def shot_noise_factor(ratios: np.ndarray) -> float:
     robust sigmas of their median.  (Their median is low by the skew of a sample variance:
     7 % with 10 frames, 25 % with 4.)"""
     med = float(np.median(ratios))
-    spread = 1.482602218505602 * float(np.median(np.abs(ratios - med)))
+    spread = float(mad_std(ratios))
     if not spread > 0:
         return med
     return float(np.mean(ratios[np.abs(ratios - med) <= GAIN_CLIP * spread]))
@@ -356,12 +350,12 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
 
     With ``halves`` (0 or 1 per master) the model also predicts each master's signal from
     the other half (:meth:`NoiseModel.errors`): the pixel's signal in that half over the
-    population's (pass 2), times the master's population signal, the median of a stride
-    sample (pass 1)."""
+    population's (pass 2), times the master's population signal, the median of the
+    stride sample :func:`utils.stack.tiles.pixel_sample` (pass 1)."""
     if k_n < 2:
         return None
     usable, ratios, samples = 0, [], []
-    stride = None
+    sample = None
     for r0, r1 in tiles:
         S, noise, count = read(r0, r1)
         n_use, ratio = _gain_candidates(S, noise, count)
@@ -369,9 +363,11 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
         ratios.append(ratio)
         if halves is not None:
             width = S.shape[-1]
-            stride = stride or _sample_stride(tiles[-1][1] * width, width)
-            # a copy: a view would keep every tile's signal alive until the last one
-            samples.append(S.reshape(k_n, -1)[:, (-r0 * width) % stride::stride].copy())
+            if sample is None:
+                sample = pixel_sample((tiles[-1][1], width), SHAPE_SAMPLE)
+            lo, hi = np.searchsorted(sample, [r0 * width, r1 * width])
+            # fancy indexing copies: a view would keep every tile alive until the last one
+            samples.append(S.reshape(k_n, -1)[:, sample[lo:hi] - r0 * width])
     ratios = np.concatenate(ratios)
     if usable < min_pixels or ratios.size < min_pixels:
         return None
