@@ -34,9 +34,12 @@ from utils.stack.tiles import pixel_blocks
 
 from .rates import SignalStack
 
+#: Columns of the evaluation tables: ``Temperature (°C)`` is the master's mean frame
+#: temperature, ``TBIN`` [degC] the label of its temperature bin (the grid's column: the
+#: masters of one bin differ by a few 0.01 degC in their means).
 COLUMNS = ["Temperature (°C)", "Exposure (s)", "MAE [ADU]", "MAPE [%]", "PULL_MEAN", "PULL_STD",
            "REAL_MEDIAN [ADU]", "SYNTH_MEDIAN [ADU]", "NPIX", "NPIX_MAPE", "PULL_MODEL",
-           "NPIX_PULL"]
+           "NPIX_PULL", "TBIN"]
 
 
 #: Longest side of the residual maps kept for figures [pixel] (block-averaged down to it).
@@ -168,7 +171,8 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
            else math.nan,
            "SYNTH_MEDIAN [ADU]": exact_median(synth[ok].astype(np.float64)) if ok.any()
            else math.nan,
-           "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()), "NPIX_PULL": int(pull.size)}
+           "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()), "NPIX_PULL": int(pull.size),
+           "TBIN": m.temperature}
     idx = np.flatnonzero(ok)
     if idx.size > 5000:
         idx = rng.choice(idx, 5000, replace=False)

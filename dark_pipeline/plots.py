@@ -52,12 +52,14 @@ def plot_gamma_histogram(model: DarkModel2D, *, ax=None):
 
 
 def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, ax=None):
-    """Heatmap of one evaluation column over the grid: exposures (rows) x temperatures."""
+    """Heatmap of one evaluation column over the grid: exposures (rows) x temperature bins
+    (``TBIN``; the masters' rounded mean temperatures for a table without it)."""
     ax = new_axes(ax, figsize=(7, 4.6))
-    grid = table.assign(T=table["Temperature (°C)"].round(1)).pivot_table(
+    columns = table["TBIN"] if "TBIN" in table else table["Temperature (°C)"].round(1)
+    grid = table.assign(T=columns).pivot_table(
         index="Exposure (s)", columns="T", values=column, aggfunc="mean")
     im = ax.imshow(grid.to_numpy(float), origin="lower", aspect="auto", cmap="viridis")
-    ax.set_xticks(range(grid.shape[1]), [f"{t:g}" for t in grid.columns])
+    ax.set_xticks(range(grid.shape[1]), [f"{t + 0.0:g}" for t in grid.columns])  # no "-0"
     ax.set_yticks(range(grid.shape[0]), [f"{e:g}" for e in grid.index])
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):

@@ -35,9 +35,12 @@ logger = logging.getLogger(__name__)
 
 #: Figure levels of ``--plots``, from fewest to most.
 LEVELS = ("none", "summary", "all")
-#: Largest side of an image as drawn [pixel]: a 2048 x 2048 master shows as 1024 x 1024
-#: blocks of 2 x 2 (a figure is ~700 pixels wide anyway).
-DISPLAY_PIXELS = 1024
+#: Largest side of an image as drawn [pixel]: a 1024 x 1024 master shows as 512 x 512
+#: blocks of 2 x 2, a 2048 x 2048 one as blocks of 4 x 4.  An image's axes are ~500 pixels
+#: wide at the figures' 110 dpi, so a larger copy would only be decimated again by the
+#: renderer (nearest neighbour: dropping pixels rather than averaging them), and it costs
+#: ~25 % more to render and 4x the bytes to pickle for the render pool.
+DISPLAY_PIXELS = 512
 #: Figures waiting for the renderer before :meth:`FigureWriter.save` waits for the oldest
 #: (bounds the memory the pickled figures hold).
 MAX_PENDING = 8

@@ -130,6 +130,9 @@ def _check_evaluation(out, kind: str) -> None:
     # sigma: still failing errors 20 % off (pull std 0.83 or 1.2)
     table = pd.read_csv(out / f"evaluation_model_{kind}_summary.csv")
     assert len(table) == len(TEMPS) * len(EXPOSURES)
+    # one column of the grid per temperature bin, whatever the masters' mean temperatures
+    assert (table.groupby("TBIN").size() == len(EXPOSURES)).all()
+    assert sorted(table["TBIN"].unique()) == list(TEMPS)
     assert table["PULL_STD"].between(0.9, 1.1).all(), table["PULL_STD"].tolist()
     assert (table["PULL_MODEL"] == "leave-one-temperature-out").all()
     assert table["PULL_MEAN"].abs().max() < 0.15, table["PULL_MEAN"].tolist()
@@ -322,3 +325,19 @@ def test_fully_masked_rate_map_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no hot-pixel test.*min-accepted"):
         write_hot_pixels(rate, tmp_path, DarkSettings(), 12, "2-D model at TREF", [])
     assert not any(tmp_path.iterdir())
+
+
+def test_heatmap_columns_are_temperature_bins():
+    """Masters of one bin whose mean temperatures differ (9.96, 10.05 degC) share a column."""
+    import matplotlib.pyplot as plt
+
+    from dark_pipeline.plots import plot_heatmap
+
+    table = pd.DataFrame({"Temperature (°C)": [-0.04, 0.02, 9.96, 10.05],
+                          "Exposure (s)": [1.0, 2.0, 1.0, 2.0], "MAE [ADU]": [1.0, 2.0, 3.0, 4.0],
+                          "TBIN": [0.0, 0.0, 10.0, 10.0]})
+    ax = plot_heatmap(table, "MAE [ADU]", title="MAE")
+    grid = ax.images[0].get_array()
+    assert grid.shape == (2, 2) and np.allclose(grid, [[1.0, 3.0], [2.0, 4.0]])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10"]
+    plt.close(ax.figure)

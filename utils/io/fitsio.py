@@ -242,11 +242,16 @@ def write_csv(frame, path: str | os.PathLike, **kwargs) -> Path:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+    """Save a matplotlib figure as PNG atomically and close it.
+
+    A figure with a layout engine (the project's are constrained-layout) already fits its
+    canvas; only one without is cropped to its artists (``bbox_inches="tight"``, which
+    costs a second layout pass: ~20 % of a figure's rendering)."""
     import matplotlib.pyplot as plt
 
+    tight = {} if fig.get_layout_engine() is not None else {"bbox_inches": "tight"}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, **tight)
     plt.close(fig)
     return Path(path)
 
