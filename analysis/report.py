@@ -88,9 +88,15 @@ def _environment() -> Environment:
     return env
 
 
-def _copy_figure(src: Path, folder: Path, taken: set[str]) -> str:
-    """Copy a figure next to the report (unique name); return its relative path."""
-    stem = "_".join(src.parts[-3:]).replace("/", "_")
+def _copy_figure(src: Path, folder: Path, taken: set[str], root: Path | None = None) -> str:
+    """Copy a figure next to the report, named after its path below the results folder
+    ``root`` (``dark/plots/x.png`` -> ``dark_plots_x.png``; its last three parts when it lies
+    elsewhere), unique; return its relative path."""
+    try:
+        parts = Path(src).resolve().relative_to(Path(root).resolve()).parts
+    except (TypeError, ValueError):  # no root, or a figure outside it
+        parts = src.parts[-3:]
+    stem = "_".join(parts)
     name = stem
     k = 1
     while name in taken:
@@ -105,7 +111,10 @@ def render(data: ReportData, out_dir: Path) -> tuple[Path, Path]:
     """Write ``index.html``, ``report.json`` and ``figures/`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    figs = [{"src": _copy_figure(f.path, out_dir / "figures", taken), "caption": f.caption}
+    def copy(figure) -> str:
+        return _copy_figure(figure.path, out_dir / "figures", taken, data.results_dir)
+
+    figs = [{"src": copy(f), "caption": f.caption}
             for f in data.figures if f.section == "calibration"]
     radiation_blocks = [{
         "key": block.key, "title": block.title, "entries": block.entries,
@@ -113,8 +122,7 @@ def render(data: ReportData, out_dir: Path) -> tuple[Path, Path]:
         "tables": [{"caption": t.caption, "columns": t.columns,
                     "rows": [[_cell(c) for c in row] for row in t.rows],
                     "classes": t.row_classes or [""] * len(t.rows)} for t in block.tables],
-        "figures": [{"src": _copy_figure(f.path, out_dir / "figures", taken),
-                     "caption": f.caption} for f in block.figures]}
+        "figures": [{"src": copy(f), "caption": f.caption} for f in block.figures]}
         for block in data.radiation or []]
     quality = data.quality
     counts = [(name, quality[key]) for key, name in (

@@ -25,6 +25,9 @@ def test_demo_report_as_a_person_sees_it(demo_output, browser_page, tmp_path):
         images = page.evaluate("Array.from(document.images).map("
                                "i => [i.getAttribute('src'), i.complete ? i.naturalWidth : 0])")
         assert len(images) >= 5 and all(width > 0 for _, width in images), images
+        # each copied figure named after its path below the results folder
+        assert {src for src, _ in images} >= {"figures/dark_dark_current_vs_temperature.png",
+                                              "figures/dark_plots_doubling_temperature_map.png"}
         rows = page.evaluate(
             "Array.from(document.querySelectorAll('#datasheet-table tbody tr')).map("
             "r => [r.className, r.dataset.key, Array.from(r.cells).map(c => c.innerText)])")
