@@ -81,8 +81,10 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     exclude : numpy.ndarray of bool, optional
         Pixels left out (hot pixels, no fit).
     holdout : callable, optional
-        ``holdout(temperature_label) -> (predict, predict_err) or None``: the
-        model fitted without that temperature bin, for the pulls.
+        ``holdout(temperature_label) -> (predict, predict_err[, shared_cov]) or None``: the
+        model fitted without that temperature bin, for the pulls; ``shared_cov(T, t)``
+        [adu^2], when given, is the covariance of its prediction's error with the master's
+        error (a subtracted bias model both carry), taken out of the pull's variance.
     pull_pixels : numpy.ndarray, optional
         Flat indices of the pixels the held-out models predict (a deterministic sample,
         :meth:`SignalStack.sample`); the pulls are taken over them.  Default: every pixel.
@@ -95,12 +97,13 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     for label, idx_t in stack.groups().items():
         held = holdout(label) if holdout is not None else None
         release_free_memory()  # what the held-out refit freed, before the full-frame work
-        p_pull, e_pull = held if held is not None else (predict, predict_err)
+        p_pull, e_pull, *c_pull = held if held is not None else (predict, predict_err)
         for i in idx_t:
             m = stack.masters[i]
             row, sample, reduced = _compare(stack, i, lambda: predict(m.tavg, m.exptime),
                                             p_pull(m.tavg, m.exptime), e_pull(m.tavg, m.exptime),
-                                            exclude, pull_pixels, rng, keep_maps)
+                                            exclude, pull_pixels, rng, keep_maps,
+                                            c_pull[0](m.tavg, m.exptime) if c_pull else None)
             row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
                 else "in-sample"
             rows.append(row)
@@ -113,10 +116,11 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
 
 
 def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,
-             keep_maps: bool):
-    """Master ``i`` against the prediction ``synth()`` and the held-out model's prediction and
-    error (full frames, or the pulled pixels): ``(table row, (measured, predicted) sample,
-    reduced (|residual|, APE) maps or None)``.
+             keep_maps: bool, held_cov=None):
+    """Master ``i`` against the prediction ``synth()`` and the held-out model's prediction,
+    error and covariance with the master's error (None: 0) (full frames, or the pulled
+    pixels): ``(table row, (measured, predicted) sample, reduced (|residual|, APE) maps or
+    None)``.
 
     Measured and predicted frames stay float32 as read and predicted; the float64 values of
     every statistic (the same numbers as from float64 copies of the frames: the conversion
@@ -146,7 +150,12 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     held_pred = _flat(held_pred, at, data.size)
     held_err = _flat(held_err, at, data.size)
     real_p = flat_real[at].astype(np.float64)
-    sigma = np.sqrt(_measured_err(flat_noise, flat_sub, at) ** 2 + held_err ** 2)
+    var = _measured_err(flat_noise, flat_sub, at) ** 2 + held_err ** 2
+    if held_cov is not None:
+        var -= 2 * _flat(held_cov, at, data.size)
+    with np.errstate(invalid="ignore"):
+        sigma = np.sqrt(var)  # NaN where the covariance would leave no variance: not pulled
+    del var
     ok_p = flat_ok[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
     pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
     del held_pred, held_err, real_p, sigma, ok_p, noise_err, suberr, flat_noise, flat_sub

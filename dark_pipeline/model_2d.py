@@ -45,6 +45,9 @@ class DarkModel2D:
     hot: np.ndarray | None = None
     inputs: pd.DataFrame = field(default_factory=pd.DataFrame)
     adc_bits: int = adu.DEFAULT_ADC_BITS
+    #: ``(3, 2, H * W)`` float32 ``G V``: how (A, gamma, B) follow the subtracted bias
+    #: model's (A, B) errors (kept only when asked: :func:`fit_model_2d`'s ``keep_gain``)
+    shared_gain: np.ndarray | None = None
 
     @property
     def t_ref(self) -> float:
@@ -229,8 +232,9 @@ def _bias_error_structure(keys, temps, bias_model, pixels=None):
     return design, master_cov
 
 
-def _correlated_kernel_py(a, g, b, lnt, dT, sig, design, cd, ok_in, out):
-    """Per-pixel loop of :func:`correlated_error_covariance` (compiled with numba)."""
+def _correlated_kernel_py(a, g, b, lnt, dT, sig, design, cd, ok_in, out, gv_out):
+    """Per-pixel loop of :func:`correlated_error_covariance` (compiled with numba); also
+    writes ``G V`` of every pixel to ``gv_out`` ``(3, D, P)`` unless it is empty."""
     k_n = lnt.shape[0]
     n_d = design.shape[1]
     jac = np.empty((3, k_n))
@@ -284,6 +288,8 @@ def _correlated_kernel_py(a, g, b, lnt, dT, sig, design, cd, ok_in, out):
                 for k in range(k_n):
                     acc += gain[i, k] * design[k, d]
                 gv[i, d] = acc
+                if gv_out.shape[2] > 0:
+                    gv_out[i, d, p] = acc
         for k in range(k_n):
             acc = 0.0
             for d in range(n_d):
@@ -313,7 +319,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; plain Python st
 
 def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exps: np.ndarray,
                                 tiles, design: np.ndarray, block: int = 16384, *,
-                                out: np.ndarray | None = None) -> np.ndarray:
+                                out: np.ndarray | None = None,
+                                gain_out: np.ndarray | None = None) -> np.ndarray:
     """Extra parameter covariance from an error shared between the points of the fit.
 
     The fit weighs each point with ``1/sigma_k^2``, treating the points as independent; a
@@ -323,7 +330,10 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
     removed.  ``tiles`` (:class:`utils.models.pixel_tiles.PixelTiles`) gives sigma and C of
     every pixel range.  Returns ``(3, 3, H, W)`` float32; 0 for fallback pixels.  With
     ``out`` (``(3, 3, H, W)`` float32, e.g. the fit's own covariance) the extra covariance
-    is added to it in place and ``out`` returned: no second full-frame covariance.
+    is added to it in place and ``out`` returned: no second full-frame covariance.  With
+    ``gain_out`` (``(3, D, H * W)`` float32) ``G V`` of every pixel is written there too (0
+    for fallback pixels): how the parameters follow the shared error, for
+    :func:`shared_bias_covariance`.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -351,12 +361,15 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
             sl = slice(start, min(start + block, b - a))
             gl = slice(a + sl.start, a + sl.stop)
             res = np.zeros((3, 3, sl.stop - sl.start))
+            gv = np.zeros((3, design.shape[1], 0 if gain_out is None else res.shape[2]))
             _correlated_kernel(a_all[gl].astype(np.float64), g_all[gl].astype(np.float64),
                                b_all[gl].astype(np.float64), lnt1, dT1,
                                np.ascontiguousarray(s_t[:, sl], dtype=np.float64), design,
                                np.ascontiguousarray(c_t[:, :, sl], dtype=np.float64),
-                               ok_all[gl], res)
+                               ok_all[gl], res, gv)
             flat[:, :, gl] += res.astype(np.float32)
+            if gain_out is not None:
+                gain_out[:, :, gl] = gv
         with ThreadPoolExecutor(max_workers=2) as pool:  # the kernel releases the GIL
             list(pool.map(one, range(0, b - a, block)))
         del sigma, cd, s_t, c_t
@@ -385,7 +398,8 @@ def stack_tiles(stack, shared_cov=None):
 
 def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
                  adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False,
-                 bias_model=None, population_start=None) -> DarkModel2D:
+                 bias_model=None, population_start=None, keep_gain: bool = False
+                 ) -> DarkModel2D:
     """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.rates.SignalStack`).
 
     Each master's error is its noise-model error (see :mod:`dark_pipeline.rates`) and the
@@ -395,7 +409,9 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     bias masters named in the masters' ``BIASFILE``).  ``population_start`` (gamma, B
     [1/degC]): a close start of the population joint fit (the full model's in a
     leave-one-out refit): the same model within the fit's tolerance, faster
-    (:func:`utils.models.nonlinear.fit_power_exponential_per_pixel`).
+    (:func:`utils.models.nonlinear.fit_power_exponential_per_pixel`).  ``keep_gain``: keep
+    how the parameters follow the bias model's errors (:attr:`DarkModel2D.shared_gain`, for
+    :func:`shared_bias_covariance`), when the masters were subtracted with the bias model.
 
     Raises
     ------
@@ -418,16 +434,20 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
         raise UserError(f"2-D dark model: {err}") from err
     scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 3)
     _scale_in_place(fit, scale, ("amplitude_err", "gamma_err", "rate_err"))
+    gain = None
     if design is not None:
+        if keep_gain and bias_model is not None and design.shape[1] == 2 \
+                and all(k.endswith("|bias(T)") for k in stack.bias_keys):
+            gain = np.zeros((3, 2, fit.amplitude.size), np.float32)
         # added to the fit's own covariance in place (no second (3, 3, H, W) array)
         cov = correlated_error_covariance(fit, temps, exps, tiles, design,
-                                          out=fit.covariance)
+                                          out=fit.covariance, gain_out=gain)
         for name, i in (("amplitude_err", 0), ("gamma_err", 1), ("rate_err", 2)):
             err = getattr(fit, name)
             np.sqrt(np.maximum(cov[i, i], 0, out=err), out=err)
     inputs = pd.DataFrame({"TBIN": [m.temperature for m in stack.masters], "TAVG": temps,
                            "EXPTIME": exps, "PATH": [m.path.name for m in stack.masters]})
-    model = DarkModel2D(fit, scale, None, inputs, adc_bits)
+    model = DarkModel2D(fit, scale, None, inputs, adc_bits, gain)
     head = model.headline()
     (logger.debug if quiet else logger.info)(
         "2-D dark model: population gamma %.3f +- %.3f, T_d %.2f degC (ERRSCALE %.2f)",
@@ -436,5 +456,36 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     return model
 
 
+def shared_bias_covariance(model: DarkModel2D, bias_model, temperature: float,
+                           exptime: float, pixels: np.ndarray | None = None) -> np.ndarray:
+    """``cov(S_model - S, e)`` [adu^2] per pixel: the covariance of the model's prediction
+    error at (``temperature`` [degC], ``exptime`` [s]) with the error ``e`` of a master
+    there bias-subtracted with the same bias model.
+
+    Both carry the bias model's errors: the master ``-V* delta`` (``V* = (1, T* - TREF)``),
+    the prediction ``-grad S G V delta`` through the masters it was fitted to.  So
+    ``cov = grad S (G V) C V*^T`` with ``C`` the covariance of the bias model's (A, B)
+    (``bias_model``: a :class:`BiasErrors` or bias model; ``pixels``: the flat indices the
+    model was fitted on, default every pixel).  A master at a temperature the model did
+    not see still shares it: the variance of their difference is ``var(S_model) + var(e) -
+    2 cov``.  Needs ``model.shared_gain`` (:func:`fit_model_2d` with ``keep_gain``).
+    """
+    f = model.fit
+    gv = model.shared_gain
+    a = f.amplitude.reshape(-1).astype(np.float64)
+    pred = f.predict(temperature, exptime).reshape(-1).astype(np.float64)
+    sa, sb, cab = (m.reshape(-1).astype(np.float64)
+                   for m in _error_rows(bias_model, pixels)(0, f.amplitude.shape[0]))
+    v1 = temperature - bias_model.t_ref
+    out = np.zeros_like(pred)
+    # fallback pixels (gain 0) and pixels without a model (NaN) come out 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        grad = (pred / a, pred * math.log(exptime), pred * (temperature - f.t_ref))
+        c_v = (sa ** 2 + cab * v1, cab + sb ** 2 * v1)  # C V*^T, per pixel
+        for i in range(3):
+            out += grad[i] * (gv[i, 0] * c_v[0] + gv[i, 1] * c_v[1])
+    return np.where(np.isfinite(out), out, 0.0).reshape(f.amplitude.shape)
+
+
 __all__ = ["DarkModel2D", "BiasErrors", "correlated_error_covariance", "stack_tiles",
-           "fit_model_2d"]
+           "fit_model_2d", "shared_bias_covariance"]
