@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.plotting import draw_image, finish_axes, new_axes
 from utils.stack.grouping import text_column
 
@@ -70,7 +71,7 @@ def _plot_vs_exposure(masters: pd.DataFrame, caltype: str, column: str, ax):
             [text_column(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
         part = part.sort_values("EXPTIME")
         ax.plot(part["EXPTIME"], part[column], "o-",
-                label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
+                label=f"{number_text(tbin, 'g')} degC, {_stage_label(stage, dose)}")
     return bool(len(rows))
 
 

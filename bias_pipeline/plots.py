@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.models.bias_model import BiasModel
 from utils.models.read_noise import ReadNoise
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
@@ -102,7 +103,7 @@ def plot_frame_means(values, temperature: float, *, ax=None):
     ax.axhline(mean, color="k", lw=1, label=f"mean {mean:.2f} adu")
     ax.axhspan(mean - std, mean + std, color="C1", alpha=0.2, label=f"+- std {std:.2f} adu")
     return finish_axes(ax, "frame (acquisition order)", "frame mean [adu]",
-                       f"bias frame means at {temperature:.1f} degC")
+                       f"bias frame means at {number_text(temperature)} degC")
 
 
 def plot_mean_vs_temperature(table: pd.DataFrame, *, ax=None):

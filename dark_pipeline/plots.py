@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.plotting import draw_image, finish_axes, new_axes, show_histogram, show_image
 
 from .model_2d import DarkModel2D
@@ -59,7 +60,7 @@ def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, ax=None):
     grid = table.assign(T=columns).pivot_table(
         index="Exposure (s)", columns="T", values=column, aggfunc="mean")
     im = ax.imshow(grid.to_numpy(float), origin="lower", aspect="auto", cmap="viridis")
-    ax.set_xticks(range(grid.shape[1]), [f"{t + 0.0:g}" for t in grid.columns])  # no "-0"
+    ax.set_xticks(range(grid.shape[1]), [number_text(t, "g") for t in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [f"{e:g}" for e in grid.index])
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
@@ -100,7 +101,7 @@ def plot_error_maps(maps: dict, which: int, *, title: str, unit: str, axes=None)
                 # a panel is ~200 pixels wide: 256-pixel display copies (limits from all)
                 im = draw_image(ax, maps[(t, x)][which], 256, vmin=0, vmax=top or 1.0,
                                 cmap="magma")
-            ax.set_title(f"{t + 0.0:.1f} degC, {x:g} s", fontsize=8)
+            ax.set_title(f"{number_text(t)} degC, {x:g} s", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
     if im is not None:

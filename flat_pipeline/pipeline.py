@@ -38,6 +38,7 @@ import pandas as pd
 from utils import adu, plotting
 from utils.errors import UserError
 from utils.io.fitsio import check_output_dir, write_csv, write_text
+from utils.io.tokens import number_text
 from utils.memory import release_free_memory
 from utils.models.gain import Gain, resolve_gain, write_gain
 from utils.models.read_noise import frame_pairs
@@ -614,7 +615,7 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
                        cards | {"NMASTERS": (len(masters), "PRNU maps combined")}))
     if len(sums) > 1:  # one map per temperature bin
         for t, (acc, wsum) in sorted(sums.items()):
-            per_t = finish_combined(acc, wsum, f"T{t:.1f}C")
+            per_t = finish_combined(acc, wsum, f"T{number_text(t)}C")
             row = next((r for r in rows if r["TAG"] == per_t.tag), {})
             out.add(write_prnu(per_t, folder / f"prnu_map_{per_t.tag}.fits", bits, row, cards))
     out.add(write_csv(pd.DataFrame(rows), folder / "prnu_summary.csv"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
 
 #: Longest side of an image drawn [px]: larger frames are block-averaged first (a figure
@@ -47,7 +48,7 @@ def plot_frame_levels(qc: pd.DataFrame, *, ax=None):
     for n, ((tbin, exptime), part) in enumerate(measured.groupby(["TBIN", "EXPTIME"])):
         used = part["STATUS"] == "used"
         ax.plot(part.index[used], part["LEVEL_RATE"][used], "o", ms=4, color=f"C{n % 10}",
-                label=f"{tbin:g} degC, {exptime:g} s")
+                label=f"{number_text(tbin, 'g')} degC, {exptime:g} s")
         ax.plot(part.index[~used], part["LEVEL_RATE"][~used], "x", ms=8, color="k",
                 label="excluded" if n == 0 else None)
     return finish_axes(ax, "frame (in set order) [index]", "level per second [adu/s]",
