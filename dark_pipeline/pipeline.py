@@ -275,7 +275,7 @@ def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
                                 ("REAL_MEDIAN [ADU]", "dark_real", "measured median signal [adu]"),
                                 ("SYNTH_MEDIAN [ADU]", "dark_synthetic",
                                  "model median signal [adu]")):
-        _save(lambda: plots.plot_heatmap(ev.table, column,
+        _save(lambda: plots.plot_heatmap(ev.table, column, label=title,
                                          title=f"{kind.upper()} model: {title}"),
               out_dir / f"heatmap_{name}_{kind}.png", files)
     for which, name, unit in ((0, "mae", "adu"), (1, "mape", "%")):

@@ -52,9 +52,15 @@ def plot_gamma_histogram(model: DarkModel2D, *, ax=None):
                           title="exposure-time power of the dark signal")
 
 
-def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, ax=None):
+def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, label: str | None = None,
+                 ax=None):
     """Heatmap of one evaluation column over the grid: exposures (rows) x temperature bins
-    (``TBIN``; the masters' rounded mean temperatures for a table without it)."""
+    (``TBIN``; the masters' rounded mean temperatures for a table without it).
+
+    Each cell is annotated with its value (whole numbers from 1000 on, not ``1.01e+03``), in
+    black on light colours and white on dark ones; ``label`` (quantity [unit]) names the
+    colour bar, ``column`` itself when None.
+    """
     ax = new_axes(ax, figsize=(7, 4.6))
     columns = table["TBIN"] if "TBIN" in table else table["Temperature (°C)"].round(1)
     grid = table.assign(T=columns).pivot_table(
@@ -66,8 +72,11 @@ def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, ax=None):
         for j in range(grid.shape[1]):
             v = grid.iat[i, j]
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
-    ax.figure.colorbar(im, ax=ax, label=column)
+                red, green, blue, _ = im.cmap(im.norm(v))
+                light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # perceived brightness
+                ax.text(j, i, f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}", ha="center",
+                        va="center", color="k" if light else "w", fontsize=8)
+    ax.figure.colorbar(im, ax=ax, label=label or column)
     ax.set_xlabel("temperature [degC]")
     ax.set_ylabel("exposure time [s]")
     ax.set_title(title)
