@@ -135,8 +135,8 @@ def plot_illumination_profile(master: np.ndarray, ill, *, ax=None, sample: int =
     fall, err = ill.model.corner_falloff()
     return finish_axes(ax, "distance to the optical centre [px]",
                        "relative illumination [1]",
-                       f"{ill.tag}: centre ({x0:.1f}, {y0:.1f}) px, corner fall-off "
-                       f"{fall:.2f} +- {err:.2f} %")
+                       f"{ill.tag}: centre ({x0:.1f}, {y0:.1f}) px\n"  # one line was clipped
+                       f"corner fall-off {fall:.2f} +- {err:.2f} %")
 
 
 def plot_illumination_map(ill, *, ax=None):
@@ -175,11 +175,13 @@ def plot_defects(bits: np.ndarray, *, ax=None):
 
 
 def plot_model_map(model, j: int, *, ax=None):
-    """Map of A [1], B [1/degC] or C [1/s] of the flat model."""
+    """Map of A [1], B [1/degC] or C [1/s] of the flat model (a term not fitted says why on a
+    second title line)."""
     name = "ABC"[j]
     unit = ("1", "1/degC", "1/s")[j]
-    what = ("flat at TREF, EXPREF", "temperature coefficient", "exposure-time coefficient")[j]
-    dropped = f" (not fitted: {model.dropped[name]})" if name in model.dropped else ""
+    what = (f"flat at {number_text(model.t_ref, '.2f')} degC, {model.exp_ref:g} s",
+            "temperature coefficient", "exposure-time coefficient")[j]
+    dropped = f"\nnot fitted: {model.dropped[name]}" if name in model.dropped else ""
     return _image(model.coef[j], ax=ax, unit=unit, label=name,
                   title=f"flat model {name}: {what}{dropped}", symmetric=j > 0)
 
