@@ -38,6 +38,7 @@ from analysis.report_data import ReportData, collect
 from utils import cli
 from utils.errors import InputPathError
 from utils.io.fitsio import atomic_path, check_output_dir, software_version, write_text
+from utils.io.tokens import error_decimals
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.report")
 
@@ -63,7 +64,7 @@ def _fmt_pair(value, error) -> tuple[str, str]:
     digits, the value to the same decimal place (``2.06``, ``0.076``)."""
     if value is None or error is None or not math.isfinite(float(error)) or float(error) <= 0:
         return _fmt(value), _fmt(error)
-    digits = max(0, 1 - int(math.floor(math.log10(abs(float(error))))))
+    digits = error_decimals(float(error))
     shown = f"{float(value):.{digits}f}"
     return (shown.lstrip("-") if float(shown) == 0 else shown), f"{float(error):.{digits}f}"
 

@@ -1,5 +1,6 @@
 """Values encoded in file and folder names: temperature, exposure time, dose, frame number
-(read from raw names; :func:`number_text` writes them into product names and labels).
+(read from raw names; :func:`number_text` and :func:`error_decimals` write numbers into
+product names and labels).
 
 The old toolkit ran its regular expressions over the whole absolute path, so
 an ``attempt0`` folder read as 0 degC and a temp-dir ``data9s...`` as a 9 s
@@ -59,6 +60,18 @@ def number_text(value: float, spec: str = ".1f") -> str:
     """
     text = format(float(value), spec)
     return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def error_decimals(error: float) -> int:
+    """Decimal places that show ``error`` to two significant digits (and its value to the
+    same place): 0.0035 -> 4, 0.076 -> 3, 2.6 -> 1, 51 -> 0.
+
+    Examples
+    --------
+    >>> error_decimals(0.0035), error_decimals(51.0)
+    (4, 0)
+    """
+    return max(0, 1 - math.floor(math.log10(abs(error))))
 
 
 def _to_float(text: str) -> float:
