@@ -131,8 +131,11 @@ def render(data: ReportData, out_dir: Path) -> tuple[Path, Path]:
         ("frames_indexed", "Frames indexed"), ("frames_flagged", "Frames flagged BADFITS"),
         ("masters_built", "Masters built"), ("masters_refused", "Masters refused"),
         ("warnings", "Warnings logged")) if key in quality]
+    # an empty CSV cell (no stage, a bias's exposure, all attempts) reads as NaN: a dash,
+    # as in the datasheet, not "nan"
     tables = [(name, {"columns": list(t.columns),
-                      "rows": [[_fmt(v) if isinstance(v, float) else v for v in row]
+                      "rows": [[_cell(None if isinstance(v, float) and math.isnan(v) else v)
+                                 for v in row]
                                for row in t.head(MAX_ROWS).itertuples(index=False)]})
               for name, t in quality.get("tables", {}).items()]
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
