@@ -311,6 +311,9 @@ def test_flat_model_pulls_against_truth_and_leave_one_out(flat_run):
     assert head["DROPPED"] == "none" and 1 - 5 * se < head["ERRSCALE"] < clipped_factor(10) + 5 * se
     table = pd.read_csv(out / "flat_evaluation" / "evaluation_summary.csv")
     assert len(table) == 12 and (table["PULL_MODEL"] == "leave-one-master-out").all()
+    # rows in grid order, temperature bin then exposure (not by mean reading TAVG)
+    grid = list(zip(table["TAVG"].round(), table["EXPTIME"]))
+    assert grid == sorted(grid), grid
     # the std of ~6000 pulls is known to 1/sqrt(2n) = 0.009: 5 sigma (measured within 0.016)
     assert ((table["PULL_STD"] - 1).abs() < 5 / np.sqrt(2 * table["NPIX_PULL"])).all(), \
         table["PULL_STD"].tolist()
