@@ -49,8 +49,12 @@ def plot_frame_levels(qc: pd.DataFrame, *, ax=None):
         used = part["STATUS"] == "used"
         ax.plot(part.index[used], part["LEVEL_RATE"][used], "o", ms=4, color=f"C{n % 10}",
                 label=f"{number_text(tbin, 'g')} degC, {exptime:g} s")
-        ax.plot(part.index[~used], part["LEVEL_RATE"][~used], "x", ms=8, color="k",
-                label="excluded" if n == 0 else None)
+    # after the sets, and only when there are any: an 'excluded' entry sat between the first
+    # two sets of the legend even when no frame was excluded
+    excluded = measured["STATUS"] != "used"
+    if excluded.any():
+        ax.plot(measured.index[excluded], measured["LEVEL_RATE"][excluded], "x", ms=8,
+                color="k", label="excluded")
     return finish_axes(ax, "frame (in set order) [index]", "level per second [adu/s]",
                        "flat levels by set (x: excluded by the frame QC)")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from flat_pipeline import plots
@@ -48,3 +49,16 @@ def test_flat_model_map_titles_fit_and_name_the_reference():
     assert "19.96 degC, 0.3 s" in a.get_title() and "TREF" not in a.get_title()
     b = plots.plot_model_map(model, 1)
     assert "masters at one temperature" in b.get_title() and _title_inside_figure(b)
+
+
+def test_frame_levels_legend_lists_excluded_frames_only_when_there_are_some():
+    """The legend showed an 'excluded' entry between the first two sets even when the frame
+    QC excluded nothing; now it is last, and only when a frame was excluded."""
+    qc = pd.DataFrame({"TBIN": 20.0, "EXPTIME": [0.05, 0.05, 0.15, 0.15],
+                       "LEVEL_RATE": [63170.0, 63180.0, 63190.0, 63000.0],
+                       "STATUS": ["used", "used", "used", "used"]})
+    labels = plots.plot_frame_levels(qc).get_legend_handles_labels()[1]
+    assert labels == ["20 degC, 0.05 s", "20 degC, 0.15 s"]
+    qc.loc[3, "STATUS"] = "excluded"
+    labels = plots.plot_frame_levels(qc).get_legend_handles_labels()[1]
+    assert labels == ["20 degC, 0.05 s", "20 degC, 0.15 s", "excluded"]
