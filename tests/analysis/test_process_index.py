@@ -259,6 +259,23 @@ def test_zero_degree_bin_is_not_labelled_minus_zero():
     assert dark_master_file(Path("m"), -0.0, 2.0).name == "master_dark_T0.0C_E2s.fits"
 
 
+def test_legends_name_the_stage_only_when_there_is_one():
+    """Masters of a campaign without irradiation stages: '1 s', not '1 s, all frames'; a
+    stage and dose are still named."""
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import plot_dark_rate_vs_temperature
+
+    masters = pd.DataFrame({"CALTYPE": "DARK", "ATTEMPT": np.nan, "STATUS": "written",
+                            "STAGE": [np.nan, np.nan, "radiating", "radiating"],
+                            "DOSE": [np.nan, np.nan, 10.0, 10.0], "TBIN": [0.0, 10.0] * 2,
+                            "TAVG": [0.02, 10.01] * 2, "EXPTIME": 1.0,
+                            "MEAN": [4.0, 8.0, 5.0, 9.0]})
+    ax = plot_dark_rate_vs_temperature(masters)
+    assert ax.get_legend_handles_labels()[1] == ["1 s", "1 s, radiating 10 krad"]
+    plt.close(ax.figure)
+
+
 def _indexed_campaign(tmp_path, seed: int, **layout) -> Path:
     """A small simulated standard campaign (3 frames, 1 attempt, no defects), converted and
     indexed: its folder (``index.csv`` inside)."""
