@@ -386,12 +386,15 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
                              zip(qc.loc[qc["STATUS"] != USED, "PATH"],
                                  qc.loc[qc["STATUS"] != USED, "REASON"])])
     excluded = qc[qc["STATUS"] != USED]
+    # the gain-only pass runs on the same frames before the full one, which warns: one
+    # warning per set in warnings.log and the report, not two
+    log = logger.info if gain_only else logger.warning
     for (_, _, _), part in excluded.groupby(
             [excluded["TBIN"].fillna(-999), excluded["EXPTIME"],
              excluded["REASON"].str.split(":").str[0]], sort=False):
-        logger.warning("%s%s: left out of the masters (%s)", Path(part["PATH"].iloc[0]).name,
-                       f" and {len(part) - 1} more of its set" if len(part) > 1 else "",
-                       part["REASON"].iloc[0])
+        log("%s%s: left out of the masters (%s)", Path(part["PATH"].iloc[0]).name,
+            f" and {len(part) - 1} more of its set" if len(part) > 1 else "",
+            part["REASON"].iloc[0])
     out.figure(lambda: plots.plot_frame_levels(qc), "frame_levels.png")
 
     # 2. photon transfer (gain.json) -- bias and flat pairs only
