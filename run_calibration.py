@@ -60,8 +60,10 @@ logger = logging.getLogger("run_calibration")
 
 
 def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, workers: int = 1,
-        masters=None, progress_bar: bool = False) -> dict:
-    """Conversion, indexing and index processing, in this order.
+        masters=None, progress_bar: bool = False,
+        warnings: cli.WarningCollector | None = None) -> dict:
+    """Conversion, indexing and index processing, in this order; ``warnings`` (the run's
+    collector) is written to ``warnings.log`` before the report, which lists them.
 
     Returns
     -------
@@ -99,6 +101,8 @@ def run(layout: str, dataset: Path, out_dir: Path, *, search_depth: int = 6, wor
     pipes = run_pipelines(layout, table, index_path, out_dir, masters=masters,
                           progress_bar=progress_bar)
     plotting.figures().wait()  # the report shows the figures: every one written first
+    if warnings is not None:  # and this run's warnings (it read the last run's, or none)
+        warnings.write(out_dir / "warnings.log")
     page, _ = campaign_report.run(out_dir, out_dir / "report")
     return {"converted": converted, "existing": existing, "rejected": rejected, "report": page,
             "indexed": len(table), "badfits": int(table["BADFITS"].sum()),
@@ -178,7 +182,7 @@ def _main(args) -> int:
     with cli.WarningCollector() as warnings:
         summary = run(layout, dataset, out_dir, search_depth=args.search_depth,
                       workers=args.convert_workers, masters=masters,
-                      progress_bar=not args.no_progress)
+                      progress_bar=not args.no_progress, warnings=warnings)
         warnings.write(out_dir / "warnings.log")
     result = summary["result"]
     models = ", ".join([str(r.out_dir / "bias_model.fits") for r in summary["bias"]]

@@ -75,8 +75,10 @@ logger = logging.getLogger("run_full_radiation_pipeline")
 
 def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
         settings: RadiationSettings = RadiationSettings(), gain: float | str | None = None,
-        search_depth: int = 6, workers: int = 1, progress_bar: bool = False) -> dict:
-    """Every step of the campaign's analysis, in order (see the module notes).
+        search_depth: int = 6, workers: int = 1, progress_bar: bool = False,
+        warnings: cli.WarningCollector | None = None) -> dict:
+    """Every step of the campaign's analysis, in order (see the module notes); ``warnings``
+    (the run's collector) is written to ``warnings.log`` before the report, which lists them.
 
     Returns
     -------
@@ -136,6 +138,8 @@ def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
                                pipes, damage, model, recon, checks, out_dir)
     files += model.files + recon.files + [checks.path, index_path]
     write_text(json.dumps(summary, indent=2, default=str) + "\n", out_dir / "summary.json")
+    if warnings is not None:  # the report lists this run's warnings (it read the last run's)
+        warnings.write(out_dir / "warnings.log")
     page, _ = campaign_report.run(out_dir, out_dir / "report")
     summary["report"] = str(page)
     write_run_summary(out_dir, summary, files, digest)
@@ -181,7 +185,7 @@ def _main(args) -> int:
     with cli.WarningCollector() as warnings:
         summary = run(dataset, log, out, settings=settings, gain=args.gain,
                       search_depth=args.search_depth, workers=args.workers,
-                      progress_bar=not args.no_progress)
+                      progress_bar=not args.no_progress, warnings=warnings)
         warnings.write(out / "warnings.log")
     logger.info("%s", summary_line(summary))
     return 0

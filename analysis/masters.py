@@ -30,6 +30,7 @@ from utils import adu, scheduler
 from utils import headers as kw
 from utils.errors import FrameError
 from utils.io.fitsio import read_header
+from utils.io.tokens import number_text
 from utils.io.write_behind import WriteBehind
 from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.settings import field
@@ -527,7 +528,7 @@ def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[Maste
     if bias is None:
         return MasterRecord(key, None, "refused", nbad=nbad,
                             reason=f"no bias master within {settings.bias_temp_tolerance:g} degC "
-                                   f"of {key.temperature:g} degC in stage "
+                                   f"of {number_text(key.temperature, 'g')} degC in stage "
                                    f"'{key.stage or 'none'}'")
     mismatch = _reference_mismatch(rows, np.shape(bias.stderr), "bias")
     if mismatch:

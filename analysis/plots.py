@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.plotting import draw_image, finish_axes, new_axes
 from utils.stack.grouping import text_column
 
@@ -25,10 +26,14 @@ def _built(masters: pd.DataFrame, caltype: str) -> pd.DataFrame:
 _finish = finish_axes
 
 
-def _stage_label(stage, dose) -> str:
+def _stage_label(text: str, stage, dose) -> str:
+    """``text`` with its irradiation stage (and dose) when there is one: a campaign without
+    stages read 'frames, all frames' and '1 s, all frames'."""
     if not stage:
-        return "all frames"
-    return f"{stage} {dose:g} krad" if isinstance(dose, float) and not math.isnan(dose) else stage
+        return text
+    if isinstance(dose, float) and not math.isnan(dose):
+        return f"{text}, {stage} {dose:g} krad"
+    return f"{text}, {stage}"
 
 
 def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, caltype: str,
@@ -52,7 +57,7 @@ def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, calty
     for (stage, dose), part in rows.groupby([text_column(rows["STAGE"]), rows["DOSE"]],
                                             dropna=False):
         ax.plot(part["TEMP"], part[metric], ".", alpha=0.5,
-                label=f"frames, {_stage_label(stage, dose)}")
+                label=_stage_label("frames", stage, dose))
     mrows = _built(masters, caltype)
     column = "NOISE" if metric == "STD" else "MEAN"
     if caltype == "BIAS" and len(mrows):
@@ -70,7 +75,7 @@ def _plot_vs_exposure(masters: pd.DataFrame, caltype: str, column: str, ax):
             [text_column(rows["STAGE"]), rows["DOSE"], "TBIN"], dropna=False):
         part = part.sort_values("EXPTIME")
         ax.plot(part["EXPTIME"], part[column], "o-",
-                label=f"{tbin:g} degC, {_stage_label(stage, dose)}")
+                label=_stage_label(f"{number_text(tbin, 'g')} degC", stage, dose))
     return bool(len(rows))
 
 
@@ -94,7 +99,7 @@ def plot_dark_rate_vs_temperature(masters: pd.DataFrame, *, ax=None):
             [text_column(rows["STAGE"]), rows["DOSE"], "EXPTIME"], dropna=False):
         part = part.sort_values("TBIN")
         ax.plot(part["TAVG"], part["RATE"], "o-",
-                label=f"{exptime:g} s, {_stage_label(stage, dose)}")
+                label=_stage_label(f"{exptime:g} s", stage, dose))
     if len(rows) and (rows["RATE"] > 0).all():
         ax.set_yscale("log")
     return _finish(ax, "sensor temperature [degC]", "mean dark rate [adu/s]",

@@ -45,6 +45,7 @@ from utils.errors import ConfigError, FrameError, UserError
 from utils.io.dose import assign_doses
 from utils.io.fitsio import read_image, write_csv
 from utils.io.index import STAGES, DatasetIndex, parse_stage
+from utils.io.tokens import number_text
 from utils.plotting import finish_axes, new_axes
 from utils.progress import progress
 from utils.settings import dump_settings, field
@@ -116,7 +117,7 @@ def _plot_vs_time(stats: pd.DataFrame, caltype: str, tag: str, t0: float):
         key = key if isinstance(key, tuple) else (key,)
         part = part.sort_values("TIMESTAMP")
         t = part["TIMESTAMP"].to_numpy(float) - t0
-        label = f"{key[0]:g} degC" + (f", {key[1]:g} s" if len(key) > 1 else "")
+        label = f"{number_text(key[0], 'g')} degC" + (f", {key[1]:g} s" if len(key) > 1 else "")
         ax.plot(t, part["MEAN"], "o-", label=label)
         ax.fill_between(t, part["MEAN"] - part["STD"], part["MEAN"] + part["STD"], alpha=0.2)
         name = label.replace(" degC", "C").replace(", ", "_").replace(" s", "s")

@@ -38,6 +38,7 @@ from analysis.report_data import ReportData, collect
 from utils import cli
 from utils.errors import InputPathError
 from utils.io.fitsio import atomic_path, check_output_dir, software_version, write_text
+from utils.io.tokens import error_decimals
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.report")
 
@@ -63,7 +64,7 @@ def _fmt_pair(value, error) -> tuple[str, str]:
     digits, the value to the same decimal place (``2.06``, ``0.076``)."""
     if value is None or error is None or not math.isfinite(float(error)) or float(error) <= 0:
         return _fmt(value), _fmt(error)
-    digits = max(0, 1 - int(math.floor(math.log10(abs(float(error))))))
+    digits = error_decimals(float(error))
     shown = f"{float(value):.{digits}f}"
     return (shown.lstrip("-") if float(shown) == 0 else shown), f"{float(error):.{digits}f}"
 
@@ -130,8 +131,11 @@ def render(data: ReportData, out_dir: Path) -> tuple[Path, Path]:
         ("frames_indexed", "Frames indexed"), ("frames_flagged", "Frames flagged BADFITS"),
         ("masters_built", "Masters built"), ("masters_refused", "Masters refused"),
         ("warnings", "Warnings logged")) if key in quality]
+    # an empty CSV cell (no stage, a bias's exposure, all attempts) reads as NaN: a dash,
+    # as in the datasheet, not "nan"
     tables = [(name, {"columns": list(t.columns),
-                      "rows": [[_fmt(v) if isinstance(v, float) else v for v in row]
+                      "rows": [[_cell(None if isinstance(v, float) and math.isnan(v) else v)
+                                 for v in row]
                                for row in t.head(MAX_ROWS).itertuples(index=False)]})
               for name, t in quality.get("tables", {}).items()]
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

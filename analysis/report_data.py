@@ -426,8 +426,10 @@ def quality(products: list[Product], base: Path) -> dict:
         refused = table[table["STATUS"] == "refused"]
         out["masters_built"] = int((table["STATUS"] != "refused").sum())
         out["masters_refused"] = int(len(refused))
+        # ATTEMPT: a set refused for all attempts and per attempt is three rows, identical
+        # without it
         out["tables"]["Masters refused"] = refused[[c for c in ("CALTYPE", "STAGE", "TBIN",
-                                                                "EXPTIME", "REASON")
+                                                                "EXPTIME", "ATTEMPT", "REASON")
                                                     if c in refused.columns]]
     config = _json(proc.folder / "config_used.json") if (proc.folder / "config_used.json"
                                                          ).is_file() else {}

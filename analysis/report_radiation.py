@@ -51,6 +51,7 @@ from analysis.report_data import (
     _number,
     _rel,
 )
+from utils.io.tokens import number_text
 
 logger = logging.getLogger(__name__)
 
@@ -445,7 +446,8 @@ def stage_block(products: list[Product], damage: Product | None, base: Path) -> 
     if radiation is not None:
         shown = _reference_difference(radiation.folder, t_ref)
         if shown is not None:
-            block.figures = [Figure(shown[0], f"Post minus pre dark master at {shown[1]:g} degC, "
+            block.figures = [Figure(shown[0], "Post minus pre dark master at "
+                                              f"{number_text(shown[1], 'g')} degC, "
                                               f"{shown[2]:g} s [adu].", "radiation")]
     dose = _first(products, "dose")
     if dose is not None and not block.figures:

@@ -30,6 +30,7 @@ from utils import adu, cli
 from utils import headers as kw
 from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.io.tokens import number_text
 from utils.models.bias_model import BiasModel
 
 logger = logging.getLogger("bias_pipeline.generate_bias")
@@ -37,7 +38,7 @@ logger = logging.getLogger("bias_pipeline.generate_bias")
 
 def synthetic_bias_path(folder: str | os.PathLike, temperature: float) -> Path:
     """``<folder>/synthetic_bias_<T:.1f>C.fits``."""
-    return Path(folder) / f"synthetic_bias_{temperature:.1f}C.fits"
+    return Path(folder) / f"synthetic_bias_{number_text(temperature)}C.fits"
 
 
 def write_synthetic_bias(model: BiasModel, temperature: float, path: str | os.PathLike,

@@ -44,6 +44,7 @@ from utils.io.fitsio import (
     write_product,
 )
 from utils.io.index import DatasetIndex, load_frames
+from utils.io.tokens import number_text
 from utils.memory import release_free_memory
 from utils.models.bias_model import (
     BiasModel,
@@ -140,8 +141,9 @@ class BiasResult:
         """One line: what was written where."""
         s = self.summary
         rn = s.get("read_noise_adu")
+        low, high = s["temperatures_degC"][0], s["temperatures_degC"][-1]
         text = (f"bias pipeline: {s['n_frames']} frames -> {len(self.masters)} masters "
-                f"({s['temperatures_degC'][0]:.1f}..{s['temperatures_degC'][-1]:.1f} degC)")
+                f"({number_text(low)}..{number_text(high)} degC)")
         if self.model is not None:
             text += (f", model median B {s['b_median_adu_per_degC']:.3f} adu/degC "
                      f"(ERRSCALE {s['err_scale']:.2f})")
@@ -229,7 +231,7 @@ MASTER_FOLDER = "bias_grouped_by_temp"
 
 def master_file(folder: Path, temperature: float) -> Path:
     """``<folder>/master_bias_<T:.1f>C.fits``."""
-    return Path(folder) / f"master_bias_{temperature:.1f}C.fits"
+    return Path(folder) / f"master_bias_{number_text(temperature)}C.fits"
 
 
 def build_masters(sets, folder: Path, settings: CombineSettings, *, reuse=None,
@@ -282,7 +284,7 @@ def measure_read_noise(masters: list[BiasMaster], out_dir: Path, gain: float | N
     for m in masters:
         pairs = all_pairs[m.temperature]
         acc = read_noise(pairs, progress_bar=progress_bar,
-                         desc=f"read noise {m.temperature:.1f} degC")
+                         desc=f"read noise {number_text(m.temperature)} degC")
         result = acc.result()
         per_bin.append((m.temperature, result.numbers_only() if result is not None else None))
         pooled.merge(acc)
@@ -355,7 +357,7 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
         mae = np.abs(residual)
         with np.errstate(divide="ignore", invalid="ignore"):
             mape = 100 * np.abs(residual / real)
-        tag = f"{labels[k]:.1f}C"
+        tag = f"{number_text(labels[k])}C"
         for name, image, unit, label, symmetric in (
                 ("real_bias", real, adu.UNIT, "measured master", False),
                 ("synthetic_bias", synth, adu.UNIT, "predicted from the other masters", False),
@@ -364,7 +366,7 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
             files.append(plotting.save(
                 lambda image=image, unit=unit, label=label, symmetric=symmetric, name=name, t=t:
                 plots.show_image(image, unit=unit, label=label, symmetric=symmetric,
-                                 title=f"{name.replace('_', ' ')} at {t:.1f} degC"),
+                                 title=f"{name.replace('_', ' ')} at {number_text(t)} degC"),
                 folder / f"{name}_{tag}.png", level="all"))
             if save_fits:
                 header = fits.Header()
@@ -478,8 +480,8 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
     files.append(write_csv(table, out_dir / "masters.csv"))
     temps = np.array([m.tavg for m in masters])
     if np.unique(np.round(temps, 3)).size < 2:
-        raise UserError(f"bias frames at a single temperature ({temps[0]:.1f} degC): masters "
-                        f"written to {out_dir / MASTER_FOLDER}, but a bias(T) model "
+        raise UserError(f"bias frames at a single temperature ({number_text(temps[0])} degC): "
+                        f"masters written to {out_dir / MASTER_FOLDER}, but a bias(T) model "
                         "needs at least two temperatures")
 
     digest = run_digest(settings, [m.path for m in masters],

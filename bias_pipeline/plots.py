@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
+from utils.io.tokens import error_decimals, number_text
 from utils.models.bias_model import BiasModel
 from utils.models.read_noise import ReadNoise
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
@@ -67,10 +69,20 @@ def plot_pixel_fits(model: BiasModel, temperatures: np.ndarray, series, *, ax=No
 
 
 def plot_read_noise(rn: ReadNoise, *, ax=None):
-    """Per-pixel read-noise map [adu]."""
-    return show_image(rn.map, ax=ax, unit="adu", label="read noise",
-                      title=f"read noise from {rn.npairs} frame pairs: typical pixel "
-                            f"{rn.median:.2f} +- {rn.median_err:.2f} adu")
+    """Per-pixel read-noise map [adu], coloured over the 99.8 % chi-square range of a
+    typical pixel's estimate (brightest: excess noise).
+
+    With the 1-99 % percentiles of the pixels the 1 % of noisy pixels set the top of the
+    scale at 3x the typical noise, and every normal pixel showed in one dark colour.
+    """
+    n = max(rn.npairs, 1)
+    digits = error_decimals(rn.median_err) if rn.median_err > 0 else 2
+    ax = show_image(rn.map, ax=ax, unit="adu", label="read noise",
+                    title=f"read noise from {rn.npairs} frame pairs: typical pixel "
+                          f"{rn.median:.{digits}f} +- {rn.median_err:.{digits}f} adu")
+    if np.isfinite(rn.median) and rn.median > 0:
+        ax.images[-1].set_clim(*(rn.median * np.sqrt(sps.chi2.ppf([0.001, 0.999], n) / n)))
+    return ax
 
 
 def plot_evaluation_summary(table: pd.DataFrame, *, axes=None):
@@ -102,7 +114,7 @@ def plot_frame_means(values, temperature: float, *, ax=None):
     ax.axhline(mean, color="k", lw=1, label=f"mean {mean:.2f} adu")
     ax.axhspan(mean - std, mean + std, color="C1", alpha=0.2, label=f"+- std {std:.2f} adu")
     return finish_axes(ax, "frame (acquisition order)", "frame mean [adu]",
-                       f"bias frame means at {temperature:.1f} degC")
+                       f"bias frame means at {number_text(temperature)} degC")
 
 
 def plot_mean_vs_temperature(table: pd.DataFrame, *, ax=None):

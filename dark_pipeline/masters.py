@@ -22,6 +22,7 @@ import pandas as pd
 from utils import headers as kw
 from utils.errors import InputPathError, UserError
 from utils.io.index import DatasetIndex
+from utils.io.tokens import number_text
 from utils.stack.grouping import GroupKey, calibration_groups, select_stage, stage_groups
 from utils.stack.master import CombineSettings
 from utils.stack.references import (
@@ -85,7 +86,7 @@ def dark_sets(rows: pd.DataFrame, temp_bin: float,
 
 def master_file(folder: Path, temperature: float, exptime: float) -> Path:
     """``<folder>/master_dark_T<T:.1f>C_E<t:g>s.fits``."""
-    return Path(folder) / f"master_dark_T{temperature:.1f}C_E{exptime:g}s.fits"
+    return Path(folder) / f"master_dark_T{number_text(temperature)}C_E{exptime:g}s.fits"
 
 
 def build_dark_masters(sets, bias: BiasReference, folder: Path, combine: CombineSettings, *,
@@ -104,7 +105,7 @@ def build_dark_masters(sets, bias: BiasReference, folder: Path, combine: Combine
                                  progress_bar=progress_bar)
         if made is None:
             reason = (f"dark set {key.tag}: no bias within {bias.tolerance:g} degC of "
-                      f"{key.temperature:g} degC; set skipped")
+                      f"{number_text(key.temperature, 'g')} degC; set skipped")
             logger.warning("%s", reason)
             refused.append(reason)
             continue

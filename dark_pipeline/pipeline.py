@@ -45,6 +45,7 @@ from utils.io.fitsio import (
     write_text,
 )
 from utils.io.index import DatasetIndex, load_frames
+from utils.io.tokens import number_text
 from utils.memory import release_free_memory
 from utils.models.bias_model import BiasModel
 from utils.models.gain import resolve_gain
@@ -274,7 +275,7 @@ def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
                                 ("REAL_MEDIAN [ADU]", "dark_real", "measured median signal [adu]"),
                                 ("SYNTH_MEDIAN [ADU]", "dark_synthetic",
                                  "model median signal [adu]")):
-        _save(lambda: plots.plot_heatmap(ev.table, column,
+        _save(lambda: plots.plot_heatmap(ev.table, column, label=title,
                                          title=f"{kind.upper()} model: {title}"),
               out_dir / f"heatmap_{name}_{kind}.png", files)
     for which, name, unit in ((0, "mae", "adu"), (1, "mape", "%")):
@@ -540,7 +541,7 @@ def _scatter_plots(ev, out_dir: Path, files: list) -> None:
     for (t, x), (real, synth) in ev.samples.items():
         tag = f"T{t:g}_E{x:g}".replace(".", "p")
         _save(lambda: plots.plot_scatter(real, synth,
-                                         title=f"2-D model at {t:g} degC, {x:g} s"),
+                                         title=f"2-D model at {number_text(t, 'g')} degC, {x:g} s"),
               out_dir / "plots_2d_comparison" / f"scatter_{tag}.png", files, level="all")
 
 
@@ -616,11 +617,11 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     if len(rates) < 2:
         # no temperature model: hot pixels and dark current at the one temperature measured
         hot = write_hot_pixels(rates[0].loaded().rate, out_dir, settings, adc_bits,
-                               f"measured rate at {rates[0].tavg:.1f} degC", files)
+                               f"measured rate at {number_text(rates[0].tavg)} degC", files)
         summary["hot_pixels"] = hot.count
         _dark_current(rates, None, e, out_dir, summary, files, hot.mask)
         write_text(json.dumps(summary, indent=2, default=_json) + "\n", out_dir / "summary.json")
-        raise UserError(f"dark frames at a single temperature ({rates[0].tavg:.1f} degC): "
+        raise UserError(f"dark frames at a single temperature ({number_text(rates[0].tavg)} degC): "
                         f"masters, rate map and hot pixels written to {out_dir}, but the "
                         "dark-current model in temperature needs at least two")
     model = fit_temperature_model(rates, settings.t_ref, adc_bits=adc_bits)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.plotting import draw_image, finish_axes, new_axes, show_histogram, show_image
 
 from .model_2d import DarkModel2D
@@ -51,22 +52,31 @@ def plot_gamma_histogram(model: DarkModel2D, *, ax=None):
                           title="exposure-time power of the dark signal")
 
 
-def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, ax=None):
+def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, label: str | None = None,
+                 ax=None):
     """Heatmap of one evaluation column over the grid: exposures (rows) x temperature bins
-    (``TBIN``; the masters' rounded mean temperatures for a table without it)."""
+    (``TBIN``; the masters' rounded mean temperatures for a table without it).
+
+    Each cell is annotated with its value (whole numbers from 1000 on, not ``1.01e+03``), in
+    black on light colours and white on dark ones; ``label`` (quantity [unit]) names the
+    colour bar, ``column`` itself when None.
+    """
     ax = new_axes(ax, figsize=(7, 4.6))
     columns = table["TBIN"] if "TBIN" in table else table["Temperature (°C)"].round(1)
     grid = table.assign(T=columns).pivot_table(
         index="Exposure (s)", columns="T", values=column, aggfunc="mean")
     im = ax.imshow(grid.to_numpy(float), origin="lower", aspect="auto", cmap="viridis")
-    ax.set_xticks(range(grid.shape[1]), [f"{t + 0.0:g}" for t in grid.columns])  # no "-0"
+    ax.set_xticks(range(grid.shape[1]), [number_text(t, "g") for t in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [f"{e:g}" for e in grid.index])
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             v = grid.iat[i, j]
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
-    ax.figure.colorbar(im, ax=ax, label=column)
+                red, green, blue, _ = im.cmap(im.norm(v))
+                light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # perceived brightness
+                ax.text(j, i, f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}", ha="center",
+                        va="center", color="k" if light else "w", fontsize=8)
+    ax.figure.colorbar(im, ax=ax, label=label or column)
     ax.set_xlabel("temperature [degC]")
     ax.set_ylabel("exposure time [s]")
     ax.set_title(title)
@@ -100,7 +110,7 @@ def plot_error_maps(maps: dict, which: int, *, title: str, unit: str, axes=None)
                 # a panel is ~200 pixels wide: 256-pixel display copies (limits from all)
                 im = draw_image(ax, maps[(t, x)][which], 256, vmin=0, vmax=top or 1.0,
                                 cmap="magma")
-            ax.set_title(f"{t + 0.0:.1f} degC, {x:g} s", fontsize=8)
+            ax.set_title(f"{number_text(t)} degC, {x:g} s", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
     if im is not None:

@@ -30,6 +30,7 @@ from astropy.io import fits
 from utils import adu
 from utils import headers as kw
 from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.io.tokens import number_text
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.linear import fit_line_per_pixel
 from utils.stack.tiles import (
@@ -370,7 +371,7 @@ def measure_rates(stack: SignalStack) -> list[RateMap]:
 
 def rate_file(folder: Path, temperature: float) -> Path:
     """``<folder>/dark_rate_T<T:.1f>C.fits``."""
-    return Path(folder) / f"dark_rate_T{temperature:.1f}C.fits"
+    return Path(folder) / f"dark_rate_T{number_text(temperature)}C.fits"
 
 
 def write_rate(rate: RateMap, path: Path, adc_bits: int = adu.DEFAULT_ADC_BITS) -> Path:

@@ -44,6 +44,7 @@ from utils import adu
 from utils import headers as kw
 from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.io.tokens import number_text
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_exponential_fit
 from utils.models.nonlinear import (
@@ -524,8 +525,8 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     """
     temps = np.array([r.tavg for r in rates])
     if np.unique(np.round(temps, 3)).size < 2:
-        raise UserError(f"dark frames at a single temperature ({temps[0]:.1f} degC): a dark-"
-                        "current model in temperature needs at least two")
+        raise UserError(f"dark frames at a single temperature ({number_text(temps[0])} degC): "
+                        "a dark-current model in temperature needs at least two")
     points = RatePoints.of(rates)  # in memory, or read back from the written maps
     point_scale = np.ones(len(rates))
     for attempt in range(3):

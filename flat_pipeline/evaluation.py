@@ -74,7 +74,9 @@ def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
     h, w = model.coef.shape[1:]
     f = max(1, int(np.ceil(max(h, w) / MAP_SIDE)))
     step = f * max(1, 256 // f)          # row blocks aligned with the figure's blocks
-    for m in masters:
+    # rows (and maps) in grid order, temperature bin then exposure: sorted on TAVG, a mean
+    # reading, the 0.15 s master came after 0.7 s when its set ran 0.013 degC warmer
+    for m in sorted(masters, key=lambda m: (m.key.temperature, m.exptime)):
         rd = reader(m.path)
         acc = dict.fromkeys(("n", "abs", "ape", "res", "np", "p", "p2"), 0.0)
         reduced = ([], [])
@@ -136,8 +138,7 @@ def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
                 images = {"PULL": (pull, "")} if suffix == "diff" else None
                 files.append(write_product(fits_dir / f"{stem}_{suffix}.fits", data, header,
                                            unit=unit, uncertainty=unc, mask=~ok, images=images))
-    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["TAVG", "EXPTIME"])
-    return Evaluation(table.reset_index(drop=True), maps), files
+    return Evaluation(pd.DataFrame(rows, columns=COLUMNS), maps), files
 
 
 def _reduce_rows(image: np.ndarray, f: int) -> np.ndarray:

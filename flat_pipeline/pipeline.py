@@ -38,6 +38,7 @@ import pandas as pd
 from utils import adu, plotting
 from utils.errors import UserError
 from utils.io.fitsio import check_output_dir, write_csv, write_text
+from utils.io.tokens import number_text
 from utils.memory import release_free_memory
 from utils.models.gain import Gain, resolve_gain, write_gain
 from utils.models.read_noise import frame_pairs
@@ -385,12 +386,15 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
                              zip(qc.loc[qc["STATUS"] != USED, "PATH"],
                                  qc.loc[qc["STATUS"] != USED, "REASON"])])
     excluded = qc[qc["STATUS"] != USED]
+    # the gain-only pass runs on the same frames before the full one, which warns: one
+    # warning per set in warnings.log and the report, not two
+    log = logger.info if gain_only else logger.warning
     for (_, _, _), part in excluded.groupby(
             [excluded["TBIN"].fillna(-999), excluded["EXPTIME"],
              excluded["REASON"].str.split(":").str[0]], sort=False):
-        logger.warning("%s%s: left out of the masters (%s)", Path(part["PATH"].iloc[0]).name,
-                       f" and {len(part) - 1} more of its set" if len(part) > 1 else "",
-                       part["REASON"].iloc[0])
+        log("%s%s: left out of the masters (%s)", Path(part["PATH"].iloc[0]).name,
+            f" and {len(part) - 1} more of its set" if len(part) > 1 else "",
+            part["REASON"].iloc[0])
     out.figure(lambda: plots.plot_frame_levels(qc), "frame_levels.png")
 
     # 2. photon transfer (gain.json) -- bias and flat pairs only
@@ -614,7 +618,7 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
                        cards | {"NMASTERS": (len(masters), "PRNU maps combined")}))
     if len(sums) > 1:  # one map per temperature bin
         for t, (acc, wsum) in sorted(sums.items()):
-            per_t = finish_combined(acc, wsum, f"T{t:.1f}C")
+            per_t = finish_combined(acc, wsum, f"T{number_text(t)}C")
             row = next((r for r in rows if r["TAG"] == per_t.tag), {})
             out.add(write_prnu(per_t, folder / f"prnu_map_{per_t.tag}.fits", bits, row, cards))
     out.add(write_csv(pd.DataFrame(rows), folder / "prnu_summary.csv"))

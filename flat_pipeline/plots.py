@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
 
 #: Longest side of an image drawn [px]: larger frames are block-averaged first (a figure
@@ -47,9 +48,13 @@ def plot_frame_levels(qc: pd.DataFrame, *, ax=None):
     for n, ((tbin, exptime), part) in enumerate(measured.groupby(["TBIN", "EXPTIME"])):
         used = part["STATUS"] == "used"
         ax.plot(part.index[used], part["LEVEL_RATE"][used], "o", ms=4, color=f"C{n % 10}",
-                label=f"{tbin:g} degC, {exptime:g} s")
-        ax.plot(part.index[~used], part["LEVEL_RATE"][~used], "x", ms=8, color="k",
-                label="excluded" if n == 0 else None)
+                label=f"{number_text(tbin, 'g')} degC, {exptime:g} s")
+    # after the sets, and only when there are any: an 'excluded' entry sat between the first
+    # two sets of the legend even when no frame was excluded
+    excluded = measured["STATUS"] != "used"
+    if excluded.any():
+        ax.plot(measured.index[excluded], measured["LEVEL_RATE"][excluded], "x", ms=8,
+                color="k", label="excluded")
     return finish_axes(ax, "frame (in set order) [index]", "level per second [adu/s]",
                        "flat levels by set (x: excluded by the frame QC)")
 
@@ -134,8 +139,8 @@ def plot_illumination_profile(master: np.ndarray, ill, *, ax=None, sample: int =
     fall, err = ill.model.corner_falloff()
     return finish_axes(ax, "distance to the optical centre [px]",
                        "relative illumination [1]",
-                       f"{ill.tag}: centre ({x0:.1f}, {y0:.1f}) px, corner fall-off "
-                       f"{fall:.2f} +- {err:.2f} %")
+                       f"{ill.tag}: centre ({x0:.1f}, {y0:.1f}) px\n"  # one line was clipped
+                       f"corner fall-off {fall:.2f} +- {err:.2f} %")
 
 
 def plot_illumination_map(ill, *, ax=None):
@@ -174,11 +179,13 @@ def plot_defects(bits: np.ndarray, *, ax=None):
 
 
 def plot_model_map(model, j: int, *, ax=None):
-    """Map of A [1], B [1/degC] or C [1/s] of the flat model."""
+    """Map of A [1], B [1/degC] or C [1/s] of the flat model (a term not fitted says why on a
+    second title line)."""
     name = "ABC"[j]
     unit = ("1", "1/degC", "1/s")[j]
-    what = ("flat at TREF, EXPREF", "temperature coefficient", "exposure-time coefficient")[j]
-    dropped = f" (not fitted: {model.dropped[name]})" if name in model.dropped else ""
+    what = (f"flat at {number_text(model.t_ref, '.2f')} degC, {model.exp_ref:g} s",
+            "temperature coefficient", "exposure-time coefficient")[j]
+    dropped = f"\nnot fitted: {model.dropped[name]}" if name in model.dropped else ""
     return _image(model.coef[j], ax=ax, unit=unit, label=name,
                   title=f"flat model {name}: {what}{dropped}", symmetric=j > 0)
 

@@ -47,6 +47,7 @@ import pandas as pd
 from astropy.io import fits
 
 from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.io.tokens import number_text
 from utils.stack.stats import MAD_TO_STD, exact_median
 
 PRNU_FOLDER = "prnu"
@@ -270,8 +271,8 @@ def cross_estimates(acc: CrossAccumulator, temperatures: list[float]) -> list[di
         idx = [i for i, ti in enumerate(temperatures) if ti == t]
         if len(idx) >= 2:
             pairs = [(i, j) for a, i in enumerate(idx) for j in idx[a + 1:]]
-            rows.append(acc.estimate(pairs, f"T{t:.1f}C", f"cross-covariance of {len(pairs)} "
-                                     "pairs at this temperature"))
+            rows.append(acc.estimate(pairs, f"T{number_text(t)}C",
+                                     f"cross-covariance of {len(pairs)} pairs at this temperature"))
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
     rows.append(acc.estimate(pairs, "combined", f"cross-covariance of {len(pairs)} pairs"))
     return rows

@@ -41,6 +41,7 @@ from utils import headers as kw
 from utils.errors import ConfigError, InputPathError, UserError
 from utils.io.fitsio import provenance_cards, read_image, set_card, write_product
 from utils.io.index import DatasetIndex
+from utils.io.tokens import number_text
 from utils.models.dark_model import DarkSignalModel
 from utils.stack.grouping import GroupKey, calibration_groups, text_column
 from utils.stack.master import CombineSettings, quadrature_sum
@@ -204,8 +205,9 @@ class DarkSource:
         if self.kind == "model":
             model = self.model
             if not model.covers(temperature, self.tolerance):
-                return None, (f"the dark model covers {model.t_min:.1f}..{model.t_max:.1f} degC, "
-                              f"not {temperature:g} degC (+- {self.tolerance:g})")
+                return None, (f"the dark model covers {number_text(model.t_min)}.."
+                              f"{number_text(model.t_max)} degC, not "
+                              f"{number_text(temperature, 'g')} degC (+- {self.tolerance:g})")
             t_mean, x_mean = float(np.mean(temps)), float(np.mean(exps))
             key = ("model", round(t_mean, 3), round(x_mean, 9))
             if key not in self._cache:
@@ -230,7 +232,7 @@ class DarkSource:
             if not near:
                 have = ", ".join(sorted({f"{m[0]:g}" for m in self.masters})) or "none"
                 return None, (f"no dark master within {self.tolerance:g} degC of "
-                              f"{temperature:g} degC (darks at {have} degC)")
+                              f"{number_text(temperature, 'g')} degC (darks at {have} degC)")
             t_bin = min(near, key=lambda m: abs(m[0] - temperature))[0]
             same_t = [m for m in near if m[0] == t_bin]
             key = (t_bin, round(float(exptime), 9))
@@ -384,7 +386,8 @@ def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
     stacked only with ``--allow-bias-only``."""
     ref = bias.for_set(rows, key.temperature)
     if ref is None:
-        return None, f"no bias within {bias.tolerance:g} degC of {key.temperature:g} degC"
+        return None, (f"no bias within {bias.tolerance:g} degC of "
+                      f"{number_text(key.temperature, 'g')} degC")
     sub, stderr, cards, refs = ref
     if callable(sub):
         bias_rows = sub

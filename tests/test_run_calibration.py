@@ -29,6 +29,11 @@ def test_demo_end_to_end_and_rerun_is_noop(demo_output, caplog):
     assert any("done:" in m and str(products) in m and "report" in m for m in messages)
     assert (products / "report" / "index.html").is_file()
     assert (products / "warnings.log").is_file()
+    # the report lists this run's warnings (it was written before warnings.log, and showed
+    # none: the saturated flat set, the rejected raw file were missing from it)
+    logged = (products / "warnings.log").read_text(encoding="utf-8").splitlines()
+    quality = json.loads((products / "report" / "report.json").read_text())["quality"]
+    assert logged and 0 < quality.get("warnings", 0) <= len(logged)
     # the truncated raw file is rejected, the zero frames are excluded as BADFITS
     index = pd.read_csv(out / "campaign" / "index.csv")
     assert index["BADFITS"].sum() >= 2

@@ -30,6 +30,7 @@ import pandas as pd
 
 from utils import adu
 from utils import headers as kw
+from utils.io.tokens import number_text
 from utils.stack.grouping import cluster, text_column
 from utils.stack.master import CombineSettings, make_master, read_master
 
@@ -64,7 +65,7 @@ def master_name(caltype: str, stage: str, dose: float, exptime: float,
     """
     name = f"master_{caltype.lower()}_{stage}_D{float(dose) + 0.0:g}kR_E{exposure_token(exptime)}"
     if temperature is not None:
-        name += f"_T{temperature:.1f}C"
+        name += f"_T{number_text(temperature)}C"
     return name + ".fits"
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.plotting import draw_image, finish_axes, new_axes
 
 from .flat_compare import FlatDifference
@@ -60,7 +61,7 @@ def plot_timeline(comparisons: pd.DataFrame, *, axes=None):
     done = comparisons[comparisons["STATUS"] == "compared"]
     for (tbin, exp), part in done.groupby(["TBIN", "EXPTIME"], dropna=False):
         hours = part["DT_S"].to_numpy(float) / 3600.0
-        label = f"{tbin:g} degC, {exp:g} s"
+        label = f"{number_text(tbin, 'g')} degC, {exp:g} s"
         axes[0].plot(hours, part["N_REGIONS"], "o-", ms=4, label=label)
         axes[1].plot(hours, part["AREA_PX"], "o-", ms=4, label=label)
     axes[0].set_ylabel("new structures [count]")
@@ -78,7 +79,8 @@ def plot_counts_vs(table: pd.DataFrame, x: str, *, xlabel: str, ax=None):
     ax = new_axes(ax)
     done = table[table["status"] == "compared"]
     for (kind, temp), part in done.groupby(["analysis_type", "approx_temp"], dropna=False):
-        name = "ignoring temperature" if kind == "ignore_temperature" else f"{temp:g} degC"
+        name = ("ignoring temperature" if kind == "ignore_temperature"
+                else f"{number_text(temp, 'g')} degC")
         ax.plot(part[x], part["n_outliers"], "o", ms=4, label=name)
     return finish_axes(ax, xlabel, "outlier pixels per flat",
                        f"outlier pixels vs {xlabel.split(' [')[0]}", legend=bool(len(done)))

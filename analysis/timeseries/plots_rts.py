@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import number_text
 from utils.plotting import finish_axes, new_axes, show_histogram
 
 __all__ = ["plot_counts", "plot_amplitudes", "plot_dwell_times", "plot_examples"]
@@ -20,7 +21,7 @@ def plot_counts(counts: pd.DataFrame, *, ax=None):
     for (tbin, exp), part in done.groupby(["TEMP", "EXPTIME"], dropna=False):
         x = part["DOSE"].fillna(0.0).to_numpy(float)
         ax.errorbar(x, 1e6 * part["FRACTION"], yerr=1e6 * part["FRACTION_ERR"], fmt="o-",
-                    capsize=3, label=f"{tbin:g} degC, {exp:g} s")
+                    capsize=3, label=f"{number_text(tbin, 'g')} degC, {exp:g} s")
         for xi, yi, stage in zip(x, 1e6 * part["FRACTION"], part["STAGE"]):
             ax.annotate(str(stage or ""), (xi, yi), textcoords="offset points", xytext=(4, 4),
                         fontsize="x-small")

@@ -46,6 +46,7 @@ from astropy.io import fits
 from utils import headers as kw
 from utils.errors import FrameError, InputPathError
 from utils.io.fitsio import provenance_cards, save_figure, set_card, write_csv, write_hdul
+from utils.io.tokens import number_text
 from utils.progress import progress
 from utils.run_record import write_run_summary
 from utils.settings import dump_settings, field
@@ -190,7 +191,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
     for (tbin, exp), part in progress(groups, desc="structure groups", enabled=progress_bar,
                                       unit="group"):
         part = part.sort_values(["TIMESTAMP", "PATH"], kind="stable")
-        folder = out_dir / "differences" / f"T{tbin:.1f}C_E{exp:.6g}s"
+        folder = out_dir / "differences" / f"T{number_text(tbin)}C_E{exp:.6g}s"
         reference = ref_image = None
         ref_note = ""
         for k, (_, row) in enumerate(part.iterrows()):
@@ -241,8 +242,8 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
                                    "DT_S": dt, "REGION": d["label"],
                                    **{k.upper(): d[k] for k in d if k != "label"}})
             title = (f"{Path(row['PATH']).name} - {Path(reference['PATH']).name}\n"
-                     f"T {tbin:g} degC, {exp:g} s, +{dt / 3600:.1f} h: {len(regions)} "
-                     f"structure(s) above {fd.threshold:.1f} sigma")
+                     f"T {number_text(tbin, 'g')} degC, {exp:g} s, +{dt / 3600:.1f} h: "
+                     f"{len(regions)} structure(s) above {fd.threshold:.1f} sigma")
             ax = plots.plot_difference(fd, title=title, labels=labels)
             files.append(save_figure(ax.figure, folder / f"diff_{k:02d}_{_stamp(row['TIMESTAMP'])}"
                                                           f".png"))

@@ -244,6 +244,38 @@ def test_exposure_names_never_collide():
     assert [k.tag for k in keys] == ["T20.0C_E0.01s", "T20.0C_E0.04s"]
 
 
+def test_zero_degree_bin_is_not_labelled_minus_zero():
+    """A bin whose median reading is -0.03 degC is the 0 degC bin: label +0.0 (TBIN cards,
+    CSV columns) and file names T0.0C, master_bias_0.0C (was T-0.0C, master_bias_-0.0C)."""
+    from bias_pipeline.pipeline import master_file
+    from dark_pipeline.masters import master_file as dark_master_file
+
+    table = pd.DataFrame({"PATH": list("abc"), "CALTYPE": "BIAS", "STAGE": "", "DOSE": np.nan,
+                          "TEMP": [-0.19, -0.03, 0.31], "EXPTIME": 1e-5, "ATTEMPT": "attempt0"})
+    (key, _), = calibration_groups(table)
+    assert key.temperature == 0.0 and math.copysign(1.0, key.temperature) == 1.0
+    assert key.tag == "T0.0C"
+    assert master_file(Path("m"), -0.03).name == "master_bias_0.0C.fits"
+    assert dark_master_file(Path("m"), -0.0, 2.0).name == "master_dark_T0.0C_E2s.fits"
+
+
+def test_legends_name_the_stage_only_when_there_is_one():
+    """Masters of a campaign without irradiation stages: '1 s', not '1 s, all frames'; a
+    stage and dose are still named."""
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import plot_dark_rate_vs_temperature
+
+    masters = pd.DataFrame({"CALTYPE": "DARK", "ATTEMPT": np.nan, "STATUS": "written",
+                            "STAGE": [np.nan, np.nan, "radiating", "radiating"],
+                            "DOSE": [np.nan, np.nan, 10.0, 10.0], "TBIN": [0.0, 10.0] * 2,
+                            "TAVG": [0.02, 10.01] * 2, "EXPTIME": 1.0,
+                            "MEAN": [4.0, 8.0, 5.0, 9.0]})
+    ax = plot_dark_rate_vs_temperature(masters)
+    assert ax.get_legend_handles_labels()[1] == ["1 s", "1 s, radiating 10 krad"]
+    plt.close(ax.figure)
+
+
 def _indexed_campaign(tmp_path, seed: int, **layout) -> Path:
     """A small simulated standard campaign (3 frames, 1 attempt, no defects), converted and
     indexed: its folder (``index.csv`` inside)."""

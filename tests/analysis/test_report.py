@@ -143,3 +143,28 @@ def test_partial_results_mark_sections_not_measured(demo_output, tmp_path, caplo
 def test_missing_results_folder_is_one_line(tmp_path, caplog, capsys, one_line_error):
     assert report.main([str(tmp_path / "nothing"), "--no-progress"]) == 2
     one_line_error(caplog, capsys, "nothing", "no such results folder")
+
+
+def test_refused_masters_are_told_apart(tmp_path):
+    """A saturated set refused for all attempts and for each attempt: three rows that read
+    identically ('FLAT nan 20 1.3 ...') without the ATTEMPT column; empty cells show a dash,
+    not 'nan'."""
+    import pandas as pd
+
+    results = tmp_path / "results"
+    results.mkdir()
+    reason = "no valid pixel: 100% of the samples saturated"
+    pd.DataFrame({"PATH": ["m.fits", None, None, None], "CALTYPE": "FLAT",
+                  "STAGE": np.nan, "DOSE": np.nan, "TBIN": 20.0, "EXPTIME": [0.7, 1.3, 1.3, 1.3],
+                  "ATTEMPT": [np.nan, np.nan, "attempt0", "attempt1"],
+                  "STATUS": ["written", "refused", "refused", "refused"],
+                  "REASON": [np.nan, reason, reason, reason]}
+                 ).to_csv(results / "masters_summary.csv", index=False)
+    assert report.main([str(results), "--no-progress"]) == 0
+    html = (results / "report" / "index.html").read_text(encoding="utf-8")
+    table = html[html.index("Masters refused (3)"):]
+    table = table[:table.index("</table>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)
+    cells = [re.findall(r"<td>(.*?)</td>", r) for r in rows[1:]]
+    assert [c[4] for c in cells] == ["\u2013", "attempt0", "attempt1"], cells
+    assert "nan" not in table

@@ -349,3 +349,21 @@ def test_heatmap_columns_are_temperature_bins():
     assert grid.shape == (2, 2) and np.allclose(grid, [[1.0, 3.0], [2.0, 4.0]])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10"]
     plt.close(ax.figure)
+
+
+def test_heatmap_cells_readable():
+    """Each cell's value is readable: black on the light (yellow) end of viridis, white on the
+    dark end (white on yellow was unreadable), no ``1.01e+03``; the colour bar names the
+    quantity, not the table column."""
+    import matplotlib.pyplot as plt
+
+    from dark_pipeline.plots import plot_heatmap
+
+    table = pd.DataFrame({"Exposure (s)": [1.0, 1.0], "TBIN": [-0.0, 30.0],
+                          "REAL_MEDIAN [ADU]": [1.29, 1010.6]})
+    ax = plot_heatmap(table, "REAL_MEDIAN [ADU]", title="measured", label="median signal [adu]")
+    cells = {t.get_text(): t.get_color() for t in ax.texts}
+    assert cells == {"1.29": "w", "1011": "k"}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "30"]
+    assert ax.figure.axes[-1].get_ylabel() == "median signal [adu]"
+    plt.close(ax.figure)

@@ -311,6 +311,9 @@ def test_flat_model_pulls_against_truth_and_leave_one_out(flat_run):
     assert head["DROPPED"] == "none" and 1 - 5 * se < head["ERRSCALE"] < clipped_factor(10) + 5 * se
     table = pd.read_csv(out / "flat_evaluation" / "evaluation_summary.csv")
     assert len(table) == 12 and (table["PULL_MODEL"] == "leave-one-master-out").all()
+    # rows in grid order, temperature bin then exposure (not by mean reading TAVG)
+    grid = list(zip(table["TAVG"].round(), table["EXPTIME"]))
+    assert grid == sorted(grid), grid
     # the std of ~6000 pulls is known to 1/sqrt(2n) = 0.009: 5 sigma (measured within 0.016)
     assert ((table["PULL_STD"] - 1).abs() < 5 / np.sqrt(2 * table["NPIX_PULL"])).all(), \
         table["PULL_STD"].tolist()
@@ -651,3 +654,20 @@ def test_dark_files_json_and_norm_method(flat_campaign, subset, tmp_path):
     assert _run("--mode", "make_master", "--basepath", flats_only, "--output-dir",
                 str(tmp_path / "k"), "--dark-files-json", str(bad)) == 2
     _nothing_written(tmp_path / "k")
+
+
+def test_gain_only_pass_leaves_the_exclusion_warnings_to_the_full_pass(flat_campaign, subset,
+                                                                         tmp_path, caplog):
+    """run_calibration measures the gain (gain-only pass) then runs the full flat pipeline
+    on the same frames: the saturated set's 'left out of the masters' warning appeared twice
+    in warnings.log and the report.  The gain-only pass now says it at INFO."""
+    from flat_pipeline.pipeline import measure_gain_only
+    from flat_pipeline.settings import FlatSettings
+
+    warm = subset(lambda t: (t["CALTYPE"] == "BIAS") | (
+        (t["CALTYPE"] == "FLAT") & (t["TEMP"].sub(25).abs() < 1)
+        & t["EXPTIME"].round(3).isin([0.15, 0.35, 1.3])))
+    caplog.set_level("INFO", logger="flat_pipeline")
+    measure_gain_only(warm, tmp_path / "g", FlatSettings())
+    left_out = [r for r in caplog.records if "left out of the masters" in r.getMessage()]
+    assert left_out and all(r.levelname == "INFO" for r in left_out)

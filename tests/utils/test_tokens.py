@@ -13,6 +13,7 @@ from utils.io.tokens import (
     folder_dose,
     folder_exposure,
     folder_temperature,
+    number_text,
     path_values,
 )
 
@@ -105,3 +106,12 @@ def test_file_frame_number_needs_a_word_boundary():
     # 'f' inside a word ('Buf3', 'Half2') is not a frame number
     assert file_frame_number("Buf3.raw") is None
     assert file_frame_number("Half2.raw") is None
+
+
+@pytest.mark.parametrize("value, spec, expected", [
+    (-0.03, ".1f", "0.0"), (-0.0, ".1f", "0.0"), (-0.0, "g", "0"), (-0.04, "g", "-0.04"),
+    (-5.0, ".1f", "-5.0"), (24.96, ".1f", "25.0"), (0.0, "g", "0"), (math.nan, ".1f", "nan"),
+])
+def test_number_text_has_no_negative_zero(value, spec, expected):
+    """A temperature label rounding to zero prints 0 (``T0.0C``), never -0."""
+    assert number_text(value, spec) == expected

@@ -1,4 +1,6 @@
-"""Values encoded in file and folder names: temperature, exposure time, dose, frame number.
+"""Values encoded in file and folder names: temperature, exposure time, dose, frame number
+(read from raw names; :func:`number_text` and :func:`error_decimals` write numbers into
+product names and labels).
 
 The old toolkit ran its regular expressions over the whole absolute path, so
 an ``attempt0`` folder read as 0 degC and a temp-dir ``data9s...`` as a 9 s
@@ -32,6 +34,44 @@ _FILE_EXP = re.compile(rf"exp_?({_UNUM})s", re.IGNORECASE | re.ASCII)
 _FILE_FRAME = re.compile(r"(?<![A-Za-z])(?:frame|f)_?(\d+)", re.IGNORECASE | re.ASCII)
 #: Longest frame number taken from a file name (more digits are not a frame counter).
 _FRAME_DIGITS = 9
+
+
+def number_text(value: float, spec: str = ".1f") -> str:
+    """``format(value, spec)`` without a negative zero.
+
+    A temperature bin whose median reading is -0.03 degC is the 0 degC bin: its file
+    names, legends and ticks read ``T0.0C`` and ``0``, not ``T-0.0C`` and ``-0``.
+
+    Parameters
+    ----------
+    value : float
+        The number (NaN prints as ``nan``).
+    spec : str, optional
+        Format specification. Default is ``.1f`` (temperature labels, 0.1 degC).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> number_text(-0.03), number_text(-0.0, "g"), number_text(-5.0), number_text(24.96, "g")
+    ('0.0', '0', '-5.0', '24.96')
+    """
+    text = format(float(value), spec)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def error_decimals(error: float) -> int:
+    """Decimal places that show ``error`` to two significant digits (and its value to the
+    same place): 0.0035 -> 4, 0.076 -> 3, 2.6 -> 1, 51 -> 0.
+
+    Examples
+    --------
+    >>> error_decimals(0.0035), error_decimals(51.0)
+    (4, 0)
+    """
+    return max(0, 1 - math.floor(math.log10(abs(error))))
 
 
 def _to_float(text: str) -> float:

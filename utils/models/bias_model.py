@@ -49,6 +49,7 @@ from .. import headers as kw
 from ..errors import InputPathError, UserError
 from ..io import fitsio
 from ..io.fitsio import provenance_cards, read_image, set_card, write_product
+from ..io.tokens import number_text
 from ..stack.blockops import LinearRows
 from ..stack.tiles import PIXEL_BLOCK, ProductRows, pixel_blocks, row_tiles, tile_rows
 from .linear import fit_line_per_pixel
@@ -555,8 +556,9 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     temps = stack.temperatures
     distinct = np.unique(np.round(temps, 3))
     if distinct.size < 2:
-        raise UserError(f"bias frames at a single temperature ({distinct[0]:g} degC): a bias(T) "
-                        "model needs at least two; add bias frames at other temperatures")
+        raise UserError(f"bias frames at a single temperature ({number_text(distinct[0], 'g')} "
+                        "degC): a bias(T) model needs at least two; add bias frames at other "
+                        "temperatures")
     height, width = stack.shape
     if exclude is not None and exclude.shape != (height, width):
         raise UserError(f"hot-pixel mask is {exclude.shape[1]}x{exclude.shape[0]} but the bias "

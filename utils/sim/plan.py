@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..io.tokens import number_text
 from .campaign import FrameTruth
 from .physics import _KIND_NAMES, Physics
 
@@ -106,7 +107,7 @@ _CONFIG_STYLES = (  # (file name, line format, lower-case keys)
 
 def _g(value: float) -> str:
     """Folder and file-name token of a number (``:g``, no negative zero)."""
-    return f"{float(value) + 0.0:g}"
+    return number_text(value, "g")
 
 
 def _check_levels(name: str, values: Sequence[float], *,

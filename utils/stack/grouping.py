@@ -19,6 +19,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from ..io.tokens import number_text
+
 
 def cluster(values: np.ndarray, width: float, *, relative: bool = False) -> np.ndarray:
     """Greedy 1-D clustering: a new cluster starts when a value exceeds the first one by ``width``.
@@ -129,7 +131,7 @@ class GroupKey:
     @property
     def tag(self) -> str:
         """File-name fragment: ``T-10.0C`` or ``T25.0C_E0.5s`` (distinct for 0.01 s and 0.04 s)."""
-        text = f"T{self.temperature:.1f}C"
+        text = f"T{number_text(self.temperature)}C"
         if not math.isnan(self.exptime):
             text += f"_E{self.exptime:.6g}s"
         if self.attempt:
@@ -150,7 +152,7 @@ def text_column(series: pd.Series) -> pd.Series:
 def _label(values: pd.Series, digits: int | None = None, significant: int | None = None) -> float:
     median = float(np.median(values))
     if digits is not None:
-        return round(median, digits)
+        return round(median, digits) + 0.0  # no -0.0 bin (a median of -0.03 degC)
     return float(f"{median:.{significant}g}")
 
 

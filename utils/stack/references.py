@@ -31,6 +31,7 @@ from .. import headers as kw
 from ..errors import InputPathError, UserError
 from ..io.fitsio import read_header, read_image
 from ..io.index import DatasetIndex
+from ..io.tokens import number_text
 from ..models.bias_model import BiasLineModel, BiasModel, MasterStack, fit_bias_model
 from .grouping import calibration_groups, check_one_dose_step, select_stage, stage_groups, stage_tag
 from .master import CombineSettings, existing_product, make_master
@@ -233,7 +234,7 @@ def bias_reference(index: DatasetIndex, out_dir: Path, *, model_path: str = "",
                         "pipeline (python bias_pipeline/run_pipeline.py)")
     masters = []
     for key, part in calibration_groups(rows, temp_width=temp_bin):
-        path = Path(out_dir) / BIAS_FOLDER / f"master_bias_{key.temperature:.1f}C.fits"
+        path = Path(out_dir) / BIAS_FOLDER / f"master_bias_{number_text(key.temperature)}C.fits"
         header, _ = make_master(part, path, combine, product="MASTER_BIAS",
                                 progress_bar=progress_bar, reuse=reuse,
                                 extra={kw.CALTYPE: ("BIAS", "calibration type"),
