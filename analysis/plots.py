@@ -65,7 +65,10 @@ def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, calty
                 label="masters (" + ("median pixel noise" if column == "NOISE" else "mean") + ")")
     names = {"MEAN": "frame mean", "MEDIAN": "frame median", "STD": "frame std (spatial)"}
     name = f"{caltype.lower()} {names.get(metric, metric)}"
-    return _finish(ax, "sensor temperature [degC]", f"{name} [adu]", f"{name} vs temperature")
+    # the bias masters' squares are a per-pixel temporal noise: the axis names both
+    ylabel = (f"{caltype.lower()} std: frames spatial, masters temporal [adu]"
+              if column == "NOISE" and caltype == "BIAS" and len(mrows) else f"{name} [adu]")
+    return _finish(ax, "sensor temperature [degC]", ylabel, f"{name} vs temperature")
 
 
 def _plot_vs_exposure(masters: pd.DataFrame, caltype: str, column: str, ax):

@@ -418,3 +418,23 @@ def test_frame_shapes_counts_each_shape_and_skips_unknown_sizes():
     assert frame_shapes(rows) == {(64, 48): 3, (32, 48): 1}
     assert frame_shapes(rows.iloc[:2]) == {(64, 48): 2}
     assert frame_shapes(rows.drop(columns="NAXIS2")) == {}
+
+
+def test_bias_std_axis_names_frames_and_masters():
+    """The frames' spatial std and the bias masters' per-pixel temporal noise share the axis:
+    its label names both (it said 'frame std (spatial)' for the masters' squares too)."""
+    import matplotlib.pyplot as plt
+
+    from analysis import plots
+
+    stats = pd.DataFrame({"CALTYPE": ["BIAS"] * 2, "BADFITS": [False] * 2, "STAGE": ["", ""],
+                          "DOSE": [np.nan] * 2, "TEMP": [0.0, 10.0], "STD": [70.0, 72.0]})
+    masters = pd.DataFrame({"CALTYPE": ["BIAS"], "STATUS": ["written"], "ATTEMPT": [""],
+                            "TAVG": [5.0],
+                            "NOISE": [31.0], "MEAN": [1600.0]})
+    ax = plots.plot_metric_vs_temperature(stats, masters, "BIAS", "STD")
+    assert ax.get_ylabel() == "bias std: frames spatial, masters temporal [adu]"
+    plt.close(ax.figure)
+    ax = plots.plot_metric_vs_temperature(stats, masters.iloc[:0], "BIAS", "STD")
+    assert ax.get_ylabel() == "bias frame std (spatial) [adu]"
+    plt.close(ax.figure)
