@@ -57,7 +57,8 @@ def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, label: str | N
     """Heatmap of one evaluation column over the grid: exposures (rows) x temperature bins
     (``TBIN``; the masters' rounded mean temperatures for a table without it).
 
-    Each cell is annotated with its value (whole numbers from 1000 on, not ``1.01e+03``), in
+    Each cell is annotated with its value to 3 significant digits, trailing zeros kept
+    (``1.00`` next to ``1.01``, not ``1``; whole numbers from 1000 on, not ``1.01e+03``), in
     black on light colours and white on dark ones; ``label`` (quantity [unit]) names the
     colour bar, ``column`` itself when None.
     """
@@ -74,7 +75,7 @@ def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, label: str | N
             if np.isfinite(v):
                 red, green, blue, _ = im.cmap(im.norm(v))
                 light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # perceived brightness
-                ax.text(j, i, f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}", ha="center",
+                ax.text(j, i, f"{v:.0f}" if abs(v) >= 1000 else f"{v:#.3g}", ha="center",
                         va="center", color="k" if light else "w", fontsize=8)
     ax.figure.colorbar(im, ax=ax, label=label or column)
     ax.set_xlabel("temperature [degC]")

@@ -359,11 +359,11 @@ def test_heatmap_cells_readable():
 
     from dark_pipeline.plots import plot_heatmap
 
-    table = pd.DataFrame({"Exposure (s)": [1.0, 1.0], "TBIN": [-0.0, 30.0],
-                          "REAL_MEDIAN [ADU]": [1.29, 1010.6]})
+    table = pd.DataFrame({"Exposure (s)": [1.0, 1.0, 2.0], "TBIN": [-0.0, 30.0, 30.0],
+                          "REAL_MEDIAN [ADU]": [1.0, 1010.6, 1.29]})
     ax = plot_heatmap(table, "REAL_MEDIAN [ADU]", title="measured", label="median signal [adu]")
     cells = {t.get_text(): t.get_color() for t in ax.texts}
-    assert cells == {"1.29": "w", "1011": "k"}
+    assert cells == {"1.00": "w", "1011": "k", "1.29": "w"}  # "1.00", not "1" next to "1.29"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "30"]
     assert ax.figure.axes[-1].get_ylabel() == "median signal [adu]"
     plt.close(ax.figure)
