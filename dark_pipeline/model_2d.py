@@ -177,6 +177,11 @@ class BiasErrors:
                 return cls(model.t_ref, None, None, None, rows)
         return cls(model.t_ref, *maps)
 
+    def at(self, pixels: np.ndarray) -> BiasErrors:
+        """These errors at the flat pixels ``pixels`` (increasing), as ``(1, n)`` maps in
+        memory (gathered once: a leave-one-out evaluation asks for them per master)."""
+        return BiasErrors(self.t_ref, *self.reader(pixels)(0, 1))
+
     def reader(self, pixels: np.ndarray | None = None):
         """``read(r0, r1) -> (sigma_a, sigma_b, cov_ab)``: rows ``r0:r1`` of the maps, or of
         the ``(1, n)`` maps of the flat pixels ``pixels`` (increasing; gathered once)."""

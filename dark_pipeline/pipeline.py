@@ -588,6 +588,8 @@ def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None, s
     Without it the held-out pulls of the warm, short exposures had std ~0.90 although the
     prediction's and the master's own errors were right against the simulator's truth (pull
     std 1.02-1.04 and 1.01-1.02; 256^2 bench campaign)."""
+    at_sample: list = []
+
     def fit_without(label):
         rest = stack.select(i for i, m in enumerate(stack.masters) if m.temperature != label)
         try:
@@ -598,8 +600,12 @@ def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None, s
             return None
         if m2.shared_gain is None:
             return m2.signal, m2.signal_err
+        if not at_sample:  # the bias model's errors at the sample's pixels, read once
+            errors = bias_model if isinstance(bias_model, BiasErrors) \
+                else BiasErrors.of(bias_model)
+            at_sample.append(errors.at(stack.pixels))
         return m2.signal, m2.signal_err, lambda temperature, exptime: shared_bias_covariance(
-            m2, bias_model, temperature, exptime, stack.pixels)
+            m2, at_sample[0], temperature, exptime)
     return fit_without
 
 
