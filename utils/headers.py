@@ -95,16 +95,18 @@ TREF = "TREF"            # [degC] reference temperature of a model
 ERRSCALE = "ERRSCALE"    # global factor applied to noise-map errors of a fit
 GAINUSED = "GAINUSED"    # [e-/ADC count] gain used for electron units
 
-# --- per-frame log columns -> (keyword, factor) ---------------------------------------------
-# Keys are lower-case column names.  ExpTime/RealExpTime are microseconds in the logs.
+# --- per-frame log columns -> (keyword, divisor) --------------------------------------------
+# Keys are lower-case column names.  ExpTime/RealExpTime are microseconds in the logs: the
+# value is divided by 1e6 (50000 / 1e6 is 0.05; 50000 * 1e-6 is 0.049999999999999996, which
+# then showed in every header, index and table of that set).
 LOG_COLUMNS: dict[str, tuple[str, float]] = {
     "framenum": (FRAMENUM, 1.0),
     "frame": (FRAMENUM, 1.0),
     "timestamp": (TIMESTAMP, 1.0),
     "time": (TIMESTAMP, 1.0),
     "exttemperature": (EQTEMP, 1.0),
-    "exptime": (EXPTIME, 1e-6),
-    "realexptime": (REXPTIME, 1e-6),
+    "exptime": (EXPTIME, 1e6),
+    "realexptime": (REXPTIME, 1e6),
     "expgain": (GAIN, 1.0),
     "gain": (GAIN, 1.0),
     "temperature": (TEMP, 1.0),
@@ -148,7 +150,8 @@ def fits_keyword(name: str) -> str:
 
 
 def log_column_keyword(column: str) -> tuple[str, float]:
-    """Map a per-frame log column to ``(keyword, factor)``; unknown columns keep their name."""
+    """Map a per-frame log column to ``(keyword, divisor)`` (the value in the header's unit is
+    the log's value / divisor); unknown columns keep their name."""
     known = LOG_COLUMNS.get(column.strip().lower())
     if known is not None:
         return known

@@ -27,8 +27,8 @@ def test_semicolon_delimiter_alias_column_and_microseconds(tmp_path):
     assert sorted(log.rows) == [0, 1]
     row = log.rows[1]
     assert row[kw.TEMP] == -10.25
-    assert row[kw.EXPTIME] == pytest.approx(0.5)          # microseconds -> seconds
-    assert row[kw.REXPTIME] == pytest.approx(0.5000029)
+    assert row[kw.EXPTIME] == 0.5                         # microseconds -> seconds
+    assert row[kw.REXPTIME] == 0.5000029
     assert row[kw.TIMESTAMP] == 1748764801.5
     assert row[kw.POWCONS] == 4.3
 
@@ -124,3 +124,15 @@ def test_find_frame_log_preference(tmp_path):
         write(tmp_path, "FrameNum\n0\n", name)
         assert find_frame_log(tmp_path).name == name
     assert find_frame_log(tmp_path).name == "temperatureLog.csv"
+
+
+@pytest.mark.parametrize("micro, seconds", [(50000, 0.05), (150000, 0.15), (12, 1.2e-05),
+                                            (700000, 0.7), (1300000, 1.3), (50003, 0.050003)])
+def test_microseconds_become_the_decimal_seconds(tmp_path, micro, seconds):
+    """ExpTime in microseconds becomes exactly the decimal number of seconds: multiplied by
+    1e-6, 50000 gave 0.049999999999999996 and 150000 0.15000000000000002 in every header,
+    index and table of those sets."""
+    log = read_frame_log(write(tmp_path, f"FrameNum,ExpTime,RealExpTime\n0,{micro},{micro}\n"))
+    assert log.rows[0][kw.EXPTIME] == seconds
+    assert log.rows[0][kw.REXPTIME] == seconds
+    assert repr(log.rows[0][kw.EXPTIME]) == repr(seconds)

@@ -257,7 +257,7 @@ def read_frame_log(path: str | os.PathLike) -> FrameLog:
         frame = int(number)
         values: dict[str, object] = {}
         bad: list[str] = []
-        for name, (key, factor), cell in zip(names, mapping, row):
+        for name, (key, divisor), cell in zip(names, mapping, row):
             cell = cell.strip()
             if key is None or key == kw.FRAMENUM or cell == "":
                 continue
@@ -269,7 +269,7 @@ def read_frame_log(path: str | os.PathLike) -> FrameLog:
                 what = "not a number" if value is None else "not a finite number"
                 bad.append(f"line {line_number}: {name}={cell!r} is {what}; ignored")
                 continue
-            values[key] = value * factor
+            values[key] = value / divisor
         if frame in log.rows:
             if values != log.rows[frame]:
                 message = (f"line {line_number}: frame {frame} appears again (first on line "
