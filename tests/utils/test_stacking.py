@@ -402,6 +402,21 @@ def test_header_metadata_and_inputs_table():
     assert kw.CLIPLO not in stacking.combine(frames, method="median").header
 
 
+@pytest.mark.parametrize("exptime", [0.15, 0.05, 0.35, 0.7])
+def test_mean_exposure_of_equal_inputs_is_their_value(exptime):
+    """Ten frames of 0.15 s give EAVG 0.15 (np.mean gave 0.14999999999999997, which the flat
+    pipeline's masters.csv showed as the set's exposure); unequal ones their mean within
+    [EMIN, EMAX]."""
+    frames = gaussian_frames(10)
+    res = stacking.combine(frames, metadata=[{kw.EXPTIME: exptime, kw.TEMP: 0.1}] * 10)
+    assert repr(res.header[kw.EAVG]) == repr(exptime)
+    assert repr(res.header[kw.TAVG]) == repr(0.1)
+    uneven = [{kw.EXPTIME: 0.1 + 1e-17 * i} for i in range(10)] + [{kw.EXPTIME: 0.3}]
+    res = stacking.combine(gaussian_frames(11), metadata=uneven)
+    assert 0.1 <= res.header[kw.EAVG] <= 0.3
+    assert res.header[kw.EAVG] == pytest.approx((10 * 0.1 + 0.3) / 11, rel=1e-15)
+
+
 def test_write_round_trips_through_ccddata(tmp_path):
     from astropy.nddata import CCDData, StdDevUncertainty
 

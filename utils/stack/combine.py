@@ -740,9 +740,13 @@ def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, s
                                           (kw.EXPTIME, (kw.EMIN, kw.EMAX, kw.EAVG), "s")):
         vals = _finite_values(metadata, key)
         if vals:
-            card(kmin, min(vals), f"[{unit}] min {key} of inputs")
-            card(kmax, max(vals), f"[{unit}] max {key} of inputs")
-            card(kavg, float(np.mean(vals)), f"[{unit}] mean {key} of inputs")
+            low, high = min(vals), max(vals)
+            # equal inputs give their value (np.mean of ten 0.15 s is 0.14999999999999997,
+            # which the tables then showed); else the correctly rounded sum over n
+            avg = low if low == high else min(high, max(low, math.fsum(vals) / len(vals)))
+            card(kmin, low, f"[{unit}] min {key} of inputs")
+            card(kmax, high, f"[{unit}] max {key} of inputs")
+            card(kavg, avg, f"[{unit}] mean {key} of inputs")
     return header
 
 
