@@ -1,4 +1,4 @@
-"""The whole irradiation campaign in one command: conversion, dose bookkeeping, per-stage
+r"""The whole irradiation campaign in one command: conversion, dose bookkeeping, per-stage
 calibration products, precision analyses, the radiation response model, reconstruction and
 procedure checks.
 
@@ -20,6 +20,12 @@ the campaign report (OUTPUT_DIR/report/).  Input files are never modified: FITS 
 added beside raw frames that have none, every listing goes to OUTPUT_DIR.  A re-run with
 the same inputs and settings keeps the complete products.
 
+The master options (--temp-bin, --exp-tolerance, --bias-temp-tolerance, --method, --sigma,
+--memory-limit) are those of run_calibration.py and reach every step that groups or
+combines frames (the radiation response model's masters stay mean-combined, by design);
+--scheduler dask sends conversion, index statistics and the per-pixel model fits to a
+Dask cluster.
+
 Example
 -------
 ::
@@ -27,17 +33,21 @@ Example
     python run_full_radiation_pipeline.py /data/irr out/irr --gain 2.0
     python run_full_radiation_pipeline.py /data/irr /data/irr/radiationLogCompleto.csv out/irr
     python run_full_radiation_pipeline.py /data/dosedirs out/dd --ignore-temp --verbose
+    python run_full_radiation_pipeline.py /data/irr out/irr --sigma 5 --memory-limit 5e8
+    python run_full_radiation_pipeline.py /shared/irr /shared/out --scheduler dask \
+        --dask-address tcp://labhost:8786
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from analysis import fit_radiation_model, procedure_checks, radiation_reconstruction
+from analysis import fit_radiation_model, procedure_checks, process_index, radiation_reconstruction
 from analysis import report as campaign_report
 from analysis.campaign_runs import (
     campaign_log,
@@ -63,7 +73,7 @@ from analysis.dose.pipeline import run as dose_run
 from analysis.radiation_analysis import RadiationSettings
 from analysis.radiation_analysis import run as radiation_run
 from analysis.stage_pipelines import run_stage_pipelines
-from utils import cli, plotting
+from utils import cli, plotting, scheduler
 from utils.errors import ConfigError
 from utils.io.fitsio import check_output_dir, write_text
 from utils.io.index import STAGES
@@ -74,11 +84,16 @@ logger = logging.getLogger("run_full_radiation_pipeline")
 
 
 def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
-        settings: RadiationSettings = RadiationSettings(), gain: float | str | None = None,
+        settings: RadiationSettings = RadiationSettings(),
+        masters: process_index.MasterSettings | None = None, gain: float | str | None = None,
         search_depth: int = 6, workers: int = 1, progress_bar: bool = False,
         warnings: cli.WarningCollector | None = None) -> dict:
     """Every step of the campaign's analysis, in order (see the module notes); ``warnings``
     (the run's collector) is written to ``warnings.log`` before the report, which lists them.
+    ``masters`` (the master options; default: those of ``settings``) sets how every step
+    groups and combines frames: the stage pipelines, the radiation and dose analyses, and the
+    grouping and memory budget of the radiation response model (whose masters are
+    mean-combined).
 
     Returns
     -------
@@ -92,6 +107,15 @@ def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
         missing or covers none of the frames, an output folder that cannot be written.
     """
     dataset, out_dir = Path(dataset), Path(out_dir)
+    c = settings.combine
+    m = masters or process_index.MasterSettings(
+        temp_bin=settings.temp_bin, exp_tolerance=settings.exp_tolerance,
+        bias_temp_tolerance=settings.bias_temp_tolerance, method=c.method,
+        sigma_low=c.sigma_low, sigma_high=c.sigma_high, maxiters=c.maxiters,
+        min_accepted=c.min_accepted, memory_limit=c.memory_limit, workers=c.workers)
+    grouping = dict(temp_bin=m.temp_bin, exp_tolerance=m.exp_tolerance)
+    settings = dataclasses.replace(settings, **grouping, bias_temp_tolerance=m.bias_temp_tolerance,
+                                   combine=m.combine)
     check_output_dir(out_dir)
     layout = detect_layout(dataset, search_depth=search_depth)
     logger.info("%s", layout.describe())
@@ -104,7 +128,7 @@ def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
                                                     progress_bar=progress_bar)
     check_frame_sizes(table, index_path)
     log_path, log_note = campaign_log(layout, out_dir, radiation_log, table)
-    digest = run_digest_of(table, log_path, settings, gain)
+    digest = run_digest_of(table, log_path, (settings, m), gain)
     previous = completed_run(out_dir, digest)
     if previous is not None:
         logger.info("nothing changed since the last complete run (%s): products kept",
@@ -116,20 +140,25 @@ def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
     pipes = run_stage_pipelines(
         index_path, table, groups,
         lambda kind, stage, dose: stage_folder(out_dir, stage, dose) / kind,
-        gain=gain, progress_bar=progress_bar)
+        gain=gain, masters=m, progress_bar=progress_bar)
     gain_used = gain if gain is not None else measured_gain(out_dir, pipes)
     precision = out_dir / "precision"
     rad = radiation_run(index_path, log_path, precision / "radiation_analysis", settings,
                         progress_bar=progress_bar)
-    dose = dose_run(index_path, precision, DoseSettings(), gain=gain_used,
-                    progress_bar=progress_bar)
+    dose = dose_run(index_path, precision,
+                    DoseSettings(**grouping, bias_temp_tolerance=m.bias_temp_tolerance,
+                                 combine=m.combine),
+                    gain=gain_used, progress_bar=progress_bar)
     files = intensity_series(rad, out_dir)
     damage = dose.damage.summary if dose.damage is not None else {}
     model = fit_radiation_model.run(
         index_path, out_dir / "radiation_model",
         fit_radiation_model.FitSettings(gain=gain_used,
                                         doubling_temperature=doubling_temperature(damage),
-                                        bias_slope=bias_slope(out_dir)),
+                                        bias_slope=bias_slope(out_dir), **grouping,
+                                        combine=dataclasses.replace(
+                                            fit_radiation_model.FitSettings().combine,
+                                            memory_limit=m.memory_limit, workers=m.workers)),
         progress_bar=progress_bar)
     recon = radiation_reconstruction.run(model, lambda tag: stage_folder(
         out_dir, *stage_of(tag)) / "reconstruction")
@@ -166,13 +195,16 @@ def build_parser() -> cli.ArgumentParser:
                         help="folder levels below each section to look for attempts")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes converting raw frames")
+    process_index.add_master_options(parser, per_attempt=False, workers=False)
     plotting.add_plots_option(parser)
+    scheduler.add_options(parser)
     return parser
 
 
 def _main(args) -> int:
     if len(args.paths) not in (2, 3):
         raise ConfigError("give DATASET_ROOT [RADIATION_LOG] OUTPUT_DIR")
+    masters = process_index.master_settings(args, workers=process_index.MasterSettings().workers)
     if args.workers < 1 or args.search_depth < 0:
         raise ConfigError("invalid option: --workers must be >= 1 and --search-depth >= 0")
     dataset, out = Path(args.paths[0]), Path(args.paths[-1])
@@ -183,7 +215,7 @@ def _main(args) -> int:
     except ValueError as err:
         raise ConfigError(f"invalid option: {err}") from err
     with cli.WarningCollector() as warnings:
-        summary = run(dataset, log, out, settings=settings, gain=args.gain,
+        summary = run(dataset, log, out, settings=settings, masters=masters, gain=args.gain,
                       search_depth=args.search_depth, workers=args.workers,
                       progress_bar=not args.no_progress, warnings=warnings)
         warnings.write(out / "warnings.log")

@@ -66,7 +66,7 @@ from utils.io.index import DatasetIndex
 from utils.models.gain import Gain, resolve_gain
 from utils.models.regression import Regression
 from utils.settings import dump_settings, field
-from utils.stack.master import adc_bits_of
+from utils.stack.master import CombineSettings, adc_bits_of, add_combine_options, combine_settings
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.damage_analysis")
 
@@ -88,6 +88,8 @@ class DamageAnalysisSettings:
     temp_bin: float = field(1.0, "[degC] largest temperature span of one master")
     exp_tolerance: float = field(0.01, "largest relative exposure-time span of one master")
     min_snr: float = field(3.0, "smallest rate/error counted as signal in the dark fits")
+    bias_temp_tolerance: float = field(2.0, "[degC] largest dark-bias temperature distance")
+    combine: CombineSettings = field(CombineSettings(), "combination of each master")
 
     def __post_init__(self):
         if not self.hot_threshold_e > 0 or not self.hot_nsigma > 0:
@@ -96,6 +98,9 @@ class DamageAnalysisSettings:
             raise ValueError("pixel_pitch_um must be > 0 um")
         if not math.isfinite(self.t_ref) or not self.min_significance > 0:
             raise ValueError("t_ref must be finite and min_significance > 0")
+        if not self.bias_temp_tolerance > 0:
+            raise ValueError(f"bias_temp_tolerance must be > 0 degC, not "
+                             f"{self.bias_temp_tolerance:g}")
 
     @property
     def damage(self) -> dmg.DamageSettings:
@@ -239,6 +244,8 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
                        "hot-pixel threshold in e-/s (the relative one is used)")
     dark_settings = DarkSettings(t_ref=settings.t_ref, temp_bin=settings.temp_bin,
                                  exp_tolerance=settings.exp_tolerance, min_snr=settings.min_snr,
+                                 bias_temp_tolerance=settings.bias_temp_tolerance,
+                                 combine=settings.combine,
                                  gain=g.gain if g is not None else None)
     measurements, failed = measure_campaign(index, out_dir / "models", dark_settings,
                                             progress_bar=progress_bar)
@@ -470,6 +477,7 @@ def build_parser() -> cli.ArgumentParser:
                         help="[um] pixel pitch, for the dark current in nA/cm^2")
     parser.add_argument("--temp-bin", type=float, default=d.temp_bin,
                         help="[degC] largest temperature span of one master")
+    add_combine_options(parser, d.combine)
     plotting.add_plots_option(parser)
     return parser
 
@@ -479,7 +487,8 @@ def settings_from(args) -> DamageAnalysisSettings:
     try:
         return DamageAnalysisSettings(t_ref=args.t_ref, hot_threshold_e=args.hot_threshold,
                                       hot_nsigma=args.hot_nsigma,
-                                      pixel_pitch_um=args.pixel_pitch, temp_bin=args.temp_bin)
+                                      pixel_pitch_um=args.pixel_pitch, temp_bin=args.temp_bin,
+                                      combine=combine_settings(args))
     except ValueError as err:
         raise ConfigError(f"invalid option: {err}") from err
 

@@ -270,8 +270,10 @@ def run(index_csv: str | Path, out_dir: str | Path, settings: MasterSettings = M
     return ProcessResult(out_dir, records, stats, figures)
 
 
-def add_master_options(parser) -> None:
-    """Options of :class:`MasterSettings` (shared with ``run_calibration.py``)."""
+def add_master_options(parser, *, per_attempt: bool = True, workers: bool = True) -> None:
+    """Options of :class:`MasterSettings` (shared with ``run_calibration.py`` and
+    ``run_full_radiation_pipeline.py``, which builds no per-attempt masters and whose
+    ``--workers`` converts: ``per_attempt``, ``workers`` False leave those two out)."""
     d = MasterSettings()
     parser.add_argument("--temp-bin", type=float, default=d.temp_bin,
                         help="[degC] largest temperature span of one master")
@@ -283,21 +285,27 @@ def add_master_options(parser) -> None:
                         help="combination method")
     parser.add_argument("--sigma", type=float, default=d.sigma_high,
                         help="[sigma] clipping threshold (both sides)")
-    parser.add_argument("--no-per-attempt", action="store_true",
-                        help="skip the per-attempt masters")
+    if per_attempt:
+        parser.add_argument("--no-per-attempt", action="store_true",
+                            help="skip the per-attempt masters")
     parser.add_argument("--memory-limit", type=float, default=d.memory_limit,
                         help="[byte] working-memory budget of one combination")
-    parser.add_argument("--workers", type=int, default=d.workers, help="threads per combination")
+    if workers:
+        parser.add_argument("--workers", type=int, default=d.workers,
+                            help="threads per combination")
 
 
-def master_settings(args) -> MasterSettings:
-    """Build validated settings from parsed options."""
+def master_settings(args, *, workers: int | None = None) -> MasterSettings:
+    """Build validated settings from parsed options (``workers``: the threads per
+    combination when the command has no such option)."""
+    d = MasterSettings()
     try:
         return MasterSettings(temp_bin=args.temp_bin, exp_tolerance=args.exp_tolerance,
                               bias_temp_tolerance=args.bias_temp_tolerance, method=args.method,
                               sigma_low=args.sigma, sigma_high=args.sigma,
-                              per_attempt=not args.no_per_attempt,
-                              memory_limit=args.memory_limit, workers=args.workers)
+                              per_attempt=not getattr(args, "no_per_attempt", not d.per_attempt),
+                              memory_limit=args.memory_limit,
+                              workers=args.workers if workers is None else workers)
     except ValueError as err:
         raise ConfigError(f"invalid option: {err}") from err
 

@@ -224,11 +224,11 @@ def test_frame_log_round_trip(frames, cells, fmt, order, temp_name, duplicate, d
         row, said = log.rows[frame], " ".join(log.bad_values.get(frame, []))
         assert row[kw.TIMESTAMP] == stamp
         assert row["OPERATOR"] == word
-        for cell, key, name, factor in ((temp, kw.TEMP, temp_name, 1.0),
-                                        (exp, kw.EXPTIME, "ExpTime", 1e-6)):
+        for cell, key, name, divisor in ((temp, kw.TEMP, temp_name, 1.0),
+                                         (exp, kw.EXPTIME, "ExpTime", 1e6)):  # us -> s
             kind, value = cell
             if kind == "number":
-                assert row[key] == value * factor         # exactly the logged value
+                assert row[key] == value / divisor        # exactly the logged value
             else:
                 assert key not in row                     # never a made-up value
                 if kind != "empty":                       # and said, by the file's column name

@@ -203,7 +203,10 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         try:
             damage = damage_analysis.run(index_csv, out / "damage",
                                          damage_analysis.DamageAnalysisSettings(
-                                             temp_bin=settings.temp_bin),
+                                             temp_bin=settings.temp_bin,
+                                             exp_tolerance=settings.exp_tolerance,
+                                             bias_temp_tolerance=settings.bias_temp_tolerance,
+                                             combine=settings.combine),
                                          gain=gain, radiation_log=radiation_log,
                                          progress_bar=progress_bar)
             w.files += damage.files

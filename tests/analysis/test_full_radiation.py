@@ -408,3 +408,49 @@ def test_fit_radiation_model_command_on_a_folder_of_frames(dd_run, tmp_path):
     assert table.loc["beta_D", "constrained"] and not table.loc["q_mean", "constrained"]
     assert (tmp_path / "m" / "dark_maps.fits").is_file()
     assert sha256_tree(campaign.root) == before
+
+
+def test_master_options_and_scheduler_reach_every_step(tmp_path):
+    """--sigma, --temp-bin and --memory-limit reach every step that groups or combines (the
+    stage pipelines, the radiation and dose analyses, the response model's budget), and
+    --scheduler dask runs conversion and index statistics on the cluster.  Before, the
+    orchestrator had none of these options: every step combined with the defaults."""
+    distributed = pytest.importorskip("distributed")
+    campaign = simulate_irradiation(tmp_path / "campaign", seed=13, width=24, height=16,
+                                    frames=4, doses=(20,), dark_exposures=(20.0,),
+                                    physics=FAST_PHYSICS)
+    out = tmp_path / "out"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        status = full.main([str(campaign.root), str(out), "--no-progress", "--plots", "none",
+                            "--gain", "2.0", "--sigma", "5", "--temp-bin", "2",
+                            "--memory-limit", "5e8", "--scheduler", "dask",
+                            "--dask-address", cluster.scheduler_address])
+        assert status == 0
+        assert {"convert_attempt", "one"} <= set(cluster.scheduler.task_prefixes)
+    clipped = {}
+    for path in out.rglob("*.fits"):
+        header = fits.getheader(path)
+        if "CLIPHI" in header:
+            clipped[path.relative_to(out).parts[0]] = clipped.get(
+                path.relative_to(out).parts[0], set()) | {header["CLIPHI"]}
+    # stage pipelines (pre, radiating, post) and the precision analyses, all at 5 sigma
+    assert {"pre", "radiating", "post", "precision"} <= set(clipped), clipped
+    assert all(values == {5.0} for values in clipped.values()), clipped
+    configs = [json.loads(p.read_text()) for p in out.rglob("config_used.json")]
+    budgets = [v for c in configs for v in _values(c, "memory_limit")]
+    bins = [v for c in configs for v in _values(c, "temp_bin")]
+    assert len(configs) >= 5 and budgets and bins
+    assert set(budgets) == {5e8} and set(bins) == {2.0}, (set(budgets), set(bins))
+
+
+def _values(tree, key):
+    """Every value of ``key`` anywhere in a JSON tree."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == key:
+                yield v
+            yield from _values(v, key)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _values(v, key)
