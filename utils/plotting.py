@@ -41,8 +41,9 @@ LEVELS = ("none", "summary", "all")
 #: renderer (nearest neighbour: dropping pixels rather than averaging them), and it costs
 #: ~25 % more to render and 4x the bytes to pickle for the render pool.
 DISPLAY_PIXELS = 512
-#: Figures waiting for the renderer before :meth:`FigureWriter.save` waits for the oldest
-#: (bounds the memory the pickled figures hold).
+#: Figures waiting for the renderer; with this many, :meth:`FigureWriter.save` renders the
+#: next one in its own process instead of queueing it (bounds the memory the pickled
+#: figures hold, and keeps the main process busy rather than waiting).
 MAX_PENDING = 8
 
 
@@ -279,6 +280,12 @@ class FigureWriter:
             return None
         if not self.workers:
             return self._render_here(fig, path, dpi)
+        while self._pending and self._pending[0][1].done():
+            self._collect(self._pending.pop(0))
+        if len(self._pending) >= MAX_PENDING:
+            # the renderer is behind: render this one here rather than wait for it idle
+            # (a burst of figures then takes both processes, not one)
+            return self._render_here(fig, path, dpi)
         try:
             payload = pickle.dumps(fig, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as err:  # noqa: BLE001 - an unpicklable artist: render it here
@@ -293,8 +300,6 @@ class FigureWriter:
             return self._render_here(fig, path, dpi)
         _close(fig)
         self._pending.append((path, future))
-        while len(self._pending) > MAX_PENDING:
-            self._collect(self._pending.pop(0))
         return path
 
     def _render_here(self, fig, path: Path, dpi: int) -> Path | None:

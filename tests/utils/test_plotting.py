@@ -97,6 +97,48 @@ def test_figures_rendered_by_a_process_pool(tmp_path):
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_busy_renderer_does_not_stop_the_main_process(tmp_path, monkeypatch):
+    """With MAX_PENDING figures queued and the renderer still on them, the next figure is
+    rendered in the calling process at once (it used to wait, idle, for the oldest: 8 s of
+    a 23 s irradiation run); once the renderer has finished one, figures queue again."""
+    import threading
+    from concurrent.futures import Future
+
+    class StuckPool:
+        def __init__(self):
+            self.futures = []
+
+        def submit(self, func, payload, path, dpi):
+            self.futures.append((Future(), func, payload, path, dpi))
+            return self.futures[-1][0]
+
+    monkeypatch.setattr(plotting, "MAX_PENDING", 2)
+    writer = plotting.FigureWriter("summary", workers=1)
+    pool = StuckPool()
+    monkeypatch.setattr(writer, "_executor", lambda: pool)
+    done = threading.Event()
+
+    def save_four():
+        for i in range(4):
+            writer.save(_line, tmp_path / f"f{i}.png")
+        done.set()
+
+    worker = threading.Thread(target=save_four, daemon=True)
+    worker.start()
+    assert done.wait(30), "save() waited for the busy renderer"
+    assert len(pool.futures) == 2                                   # queued: f0, f1
+    assert not (tmp_path / "f0.png").exists()
+    assert (tmp_path / "f2.png").is_file() and (tmp_path / "f3.png").is_file()  # here
+    first, func, payload, path, dpi = pool.futures[0]
+    first.set_result(func(payload, path, dpi))                      # the renderer frees one
+    writer.save(_line, tmp_path / "f4.png")
+    assert len(pool.futures) == 3 and not (tmp_path / "f4.png").exists()   # queued again
+    for future, func, payload, path, dpi in pool.futures[1:]:
+        future.set_result(func(payload, path, dpi))
+    writer.close()
+    assert writer.failed == [] and all((tmp_path / f"f{i}.png").is_file() for i in range(5))
+
+
 def test_plots_option_and_old_alias():
     from utils import cli
 
