@@ -371,8 +371,9 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
                        {f"{tag}_x": x for tag, (x, _) in curves.items()}
                        | {f"{tag}_above": a for tag, (_, a) in curves.items()})
     files += save_plot(plots.plot_hot_pixels(hot.table), pdir / "hot_pixels_vs_dose",
-                       {c.lower(): hot.table[c] for c in hot.table.columns
-                        if c not in ("STAGE", "TAG")} | {"tag": hot.table["TAG"].tolist()})
+                       {c.lower(): hot.table[c].to_numpy(float, na_value=np.nan)
+                        for c in hot.table.columns if c not in ("STAGE", "TAG")}
+                       | {"tag": hot.table["TAG"].tolist()})
     for value, fit, name, ylabel, title in (
             ("BIAS_LEVEL", bias_fit, "bias_shift", "bias at T_ref [adu]", "bias level vs dose"),
             ("READ_NOISE", rn_fit, "read_noise_vs_dose", "read noise [adu]",

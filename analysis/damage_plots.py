@@ -75,10 +75,12 @@ def plot_hot_pixels(table: pd.DataFrame, *, ax=None):
     """Hot-pixel counts per step vs accumulated dose: fixed and relative thresholds, new."""
     ax = new_axes(ax)
     x = table["FRAMEDOSE"]
-    ax.plot(x, table["N_HOT"], "o-", label="fixed threshold")
-    ax.plot(x, table["N_HOT_RELATIVE"], "s--", label="relative to pre")
-    if "N_NEW" in table:
-        ax.plot(x, table["N_NEW"], "^:", label="new (not hot at pre)")
+    for column, style, label in (("N_HOT", "C0o-", "fixed threshold"),
+                                 ("N_HOT_RELATIVE", "C1s--", "relative to pre"),
+                                 ("N_NEW", "C2^:", "new (not hot at pre)")):
+        # a count not measured (no fixed threshold without a gain) is no line of zeros
+        if column in table and table[column].notna().any():
+            ax.plot(x, pd.to_numeric(table[column]).astype(float), style, label=label)
     return finish_axes(ax, "accumulated dose [krad]", "hot pixels [count]",
                        "hot pixels per step")
 

@@ -192,3 +192,52 @@ def test_step_currents_without_a_gain_stay_in_adu():
     np.testing.assert_array_equal(in_adu.error, err)
     np.testing.assert_array_equal(in_e.current, 2.0 * rate)
     np.testing.assert_array_equal(in_e.error, 2.0 * err)
+
+
+def _steps(currents: dict):
+    """StepCurrents of a tiny 1 x n campaign: ``{tag: current}`` with stage from the tag."""
+    from analysis.damage import StepCurrent
+
+    steps = []
+    for i, (tag, current) in enumerate(currents.items()):
+        current = np.asarray(current, float)[None, :]
+        stage = tag.split("_")[0]
+        steps.append(StepCurrent(stage, tag, 10.0 * i if stage == "radiating" else np.nan,
+                                 10.0 * i, np.nan, 20.0, current, 0.05 * current, "adu/s"))
+    return steps
+
+
+def test_hot_pixel_counts_without_a_fixed_threshold_are_missing_not_zero(tmp_path):
+    """Without a gain there is no fixed e-/s threshold (inf): the counts that need it were
+    not measured.  hot_pixels.csv and the report showed 0 fixed-threshold, 0 new and 0
+    pre-existing hot pixels at every step (and the figure a line of zeros) next to 10-29
+    relative ones; now those cells are empty and the figure draws only the measured count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.damage import find_hot_pixels
+    from analysis.damage_plots import plot_hot_pixels
+
+    rng = np.random.default_rng(3)
+    base = rng.lognormal(3.0, 0.2, 200)
+    hotter = base.copy()
+    hotter[:5] *= 100.0
+    steps = _steps({"pre": base, "radiating_D10kR": hotter, "post": hotter})
+    hot = find_hot_pixels(steps, np.inf, 5.0)
+    table = hot.table
+    for column in ("N_HOT", "N_NEW", "N_PREEXISTING"):
+        assert table[column].isna().all(), table[column]
+    assert table.loc[table["STAGE"] == "post", "N_RECOVERED"].isna().all()
+    assert table["N_HOT_RELATIVE"].tolist() == [0, 5, 5]
+    path = tmp_path / "hot.csv"
+    table.to_csv(path, index=False)
+    back = pd.read_csv(path)
+    assert back["N_HOT"].isna().all() and back["N_HOT_RELATIVE"].tolist() == [0, 5, 5]
+    labels = plot_hot_pixels(table).get_legend_handles_labels()[1]
+    assert labels == ["relative to pre"]
+    # with a fixed threshold the counts are integers, written without ".0"
+    table = find_hot_pixels(steps, 1000.0, 5.0).table
+    assert table["N_HOT"].tolist() == [0, 5, 5] and table["N_NEW"].tolist() == [0, 5, 5]
+    assert table.to_csv(index=False).splitlines()[-1].endswith(",200,5,0,0,5")  # not "0.0,5.0"
+    labels = plot_hot_pixels(table).get_legend_handles_labels()[1]
+    assert labels == ["fixed threshold", "relative to pre", "new (not hot at pre)"]
