@@ -63,6 +63,7 @@ from utils.io.fitsio import (
     write_text,
 )
 from utils.io.index import DatasetIndex
+from utils.io.tokens import value_error_text
 from utils.models.gain import Gain, resolve_gain
 from utils.models.regression import Regression
 from utils.settings import dump_settings, field
@@ -122,14 +123,14 @@ class DamageResult:
         s = self.summary
         parts = [f"damage analysis: {s['steps']} steps"]
         if s.get("damage_slope") is not None:
-            parts.append(f"dark current +{s['damage_slope']:.4g} +- {s['damage_slope_err']:.2g} "
-                         f"{s['unit']}/krad")
+            parts.append("dark current +" + value_error_text(
+                s["damage_slope"], s["damage_slope_err"], f"{s['unit']}/krad"))
         if s.get("recovered_fraction") is not None:
-            parts.append(f"recovered fraction {s['recovered_fraction']:.3f} +- "
-                         f"{s['recovered_fraction_err']:.3f}")
+            parts.append("recovered fraction " + value_error_text(
+                s["recovered_fraction"], s["recovered_fraction_err"]))
         if s.get("bias_shift_adu_per_krad") is not None:
-            parts.append(f"bias shift {s['bias_shift_adu_per_krad']:.3g} +- "
-                         f"{s['bias_shift_err_adu_per_krad']:.2g} adu/krad")
+            parts.append("bias shift " + value_error_text(
+                s["bias_shift_adu_per_krad"], s["bias_shift_err_adu_per_krad"], "adu/krad"))
         return ", ".join(parts) + f"; {len(self.files)} files in {self.out_dir}"
 
 

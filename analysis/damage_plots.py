@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import value_error_text
 from utils.models.regression import Regression
 from utils.plotting import finish_axes, new_axes, show_histogram
 
@@ -17,7 +18,7 @@ def _fit_line(ax, fit: Regression, x: np.ndarray, label: str) -> None:
     if fit.ok and len(x):
         xs = np.linspace(0.0, float(np.nanmax(x)), 50)
         slope, err = fit.value("slope"), fit.error("slope")
-        ax.plot(xs, fit.predict(xs), "k--", lw=1, label=f"{label}: {slope:.4g} +- {err:.2g}")
+        ax.plot(xs, fit.predict(xs), "k--", lw=1, label=f"{label}: {value_error_text(slope, err)}")
 
 
 def plot_dark_current_vs_dose(table: pd.DataFrame, fit: Regression, unit: str, *, ax=None):

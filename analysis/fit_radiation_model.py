@@ -66,6 +66,7 @@ from utils.errors import ConfigError, UserError
 from utils.io.dose import RAD_PER_KRAD, assign_doses
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
 from utils.io.index import STAGES, DatasetIndex, load_frames
+from utils.io.tokens import value_error_text
 from utils.models import radiation_response as rr
 from utils.models.gain import resolve_gain
 from utils.models.regression import fit_line
@@ -140,7 +141,7 @@ class RadiationModelResult:
         parts = []
         for _, r in self.fit.parameters.iterrows():
             if r["constrained"]:
-                parts.append(f"{r['param']} {r['value']:.4g} +- {r['err']:.2g} {r['unit']}")
+                parts.append(f"{r['param']} {value_error_text(r['value'], r['err'], r['unit'])}")
             else:
                 parts.append(f"{r['param']} not constrained")
         return (f"radiation model on {len(self.points)} masters ({int(self.pixels.sum())} "

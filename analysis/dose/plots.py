@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from utils.io.tokens import value_error_text
 from utils.models.regression import Regression
 from utils.plotting import finish_axes, new_axes
 
@@ -19,8 +20,8 @@ def _line(ax, fit: Regression, x, label: str, **kw) -> None:
     x = x[np.isfinite(x)]
     if fit.ok and x.size:
         xs = np.linspace(x.min(), x.max(), 50)
-        ax.plot(xs, fit.predict(xs), label=f"{label}: slope {fit.coef[1]:.4g} +- "
-                                           f"{fit.err[1]:.2g}", **kw)
+        ax.plot(xs, fit.predict(xs),
+                label=f"{label}: slope {value_error_text(fit.coef[1], fit.err[1])}", **kw)
 
 
 def plot_series(points: dict, *, xlabel: str, ylabel: str, title: str, ax=None):

@@ -267,3 +267,30 @@ def test_dose_fits_products_verify(rad_dose, fitsverify):
     for path in paths:
         errors, report = fitsverify(path)
         assert errors == 0, f"{path}: {report}"
+
+
+def test_fit_legends_show_the_slope_to_its_error_and_never_nan():
+    """A fit with no degree of freedom (2 points, 2 coefficients) has no error: the STD-model
+    legend read 'not irradiating: slope 0.01394 +- nan'; a slope 0.009469 +- 0.02 showed
+    four digits more than its error allows.  Now 'slope 0.0139 (no error)', '0.009 +- 0.020'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.dose.plots import plot_std_model
+    from utils.models.regression import fit_line
+
+    rng = np.random.default_rng(5)
+    mean = np.array([3356.0, 3357.0, 3388.0, 3420.0, 3447.0])
+    std = 28.7 + 0.0108 * mean + rng.normal(0, 0.05, mean.size)
+    irr = np.array([False, True, True, True, False])
+    fit_ir = fit_line(mean[irr], std[irr], np.full(3, 0.05))
+    fit_no = fit_line(mean[~irr], std[~irr])
+    assert fit_no.ok and not (np.isfinite(fit_no.err[1]) and fit_no.err[1] > 0)
+    top, _ = plot_std_model(mean, std, fit_ir, fit_no, irr, title="bias")
+    labels = top.get_legend_handles_labels()[1]
+    assert not any("nan" in label for label in labels), labels
+    assert any(label.endswith("(no error)") for label in labels), labels
+    (ir,) = [label for label in labels if label.startswith("irradiating: slope")]
+    value, err = ir.split("slope ")[1].split(" +- ")
+    assert len(err.replace(".", "").lstrip("0")) == 2          # two significant digits
+    assert len(value.split(".")[-1]) == len(err.split(".")[-1])  # the value to the same place

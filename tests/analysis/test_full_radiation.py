@@ -408,3 +408,22 @@ def test_fit_radiation_model_command_on_a_folder_of_frames(dd_run, tmp_path):
     assert table.loc["beta_D", "constrained"] and not table.loc["q_mean", "constrained"]
     assert (tmp_path / "m" / "dark_maps.fits").is_file()
     assert sha256_tree(campaign.root) == before
+
+
+def test_summary_line_rounds_values_to_their_errors():
+    """The final log line printed 'B0 3.36e+03 +- 0.17 adu' (the value rounded to 4 adu, 25
+    times its error) and 'recovered fraction 0.384 +- 0.006 1'; now each value to the decimal
+    place of its two-digit error, and no unit '1'."""
+    summary = {"indexed": 45, "converted": 45, "rejected": 0, "uncovered": 0,
+               "index": "/x/index.csv",
+               "damage_slope": {"value": 3.0092749, "err": 0.26134, "unit": "adu/s/krad"},
+               "recovered_fraction": {"value": 0.384195, "err": 0.0059560, "unit": "1"},
+               "hot_pixel_growth": {"value": 19, "err": None, "unit": "pixels"},
+               "model_parameters": {"B0": {"value": 3355.650265, "err": 0.1680664,
+                                           "unit": "adu"}, "sigma_q": None},
+               "procedure_checks": {"pass": 6, "warn": 11}}
+    line = full.summary_line(summary)
+    assert "damage slope 3.01 +- 0.26 adu/s/krad;" in line
+    assert "recovered fraction 0.3842 +- 0.0060;" in line
+    assert "hot-pixel growth 19 pixels;" in line
+    assert "B0 3355.65 +- 0.17 adu," in line and "sigma_q not constrained" in line
