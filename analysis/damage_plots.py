@@ -13,10 +13,17 @@ from utils.io.tokens import value_error_text
 from utils.models.regression import Regression
 from utils.plotting import finish_axes, new_axes, show_histogram
 
+#: Stages whose steps the dose-response lines are fitted to (post is annealed: shown apart).
+FITTED_STAGES = ("pre", "radiating")
 
-def _fit_line(ax, fit: Regression, x: np.ndarray, label: str) -> None:
-    if fit.ok and len(x):
-        xs = np.linspace(0.0, float(np.nanmax(x)), 50)
+
+def _fit_line(ax, fit: Regression, table: pd.DataFrame, label: str) -> None:
+    """The fitted line over the doses of the steps it was fitted to, not beyond (the post
+    step sits at the last dose after annealing: a line drawn to it reads as a bad fit)."""
+    x = table.loc[table["STAGE"].isin(FITTED_STAGES), "FRAMEDOSE"].to_numpy(float)
+    x = x[np.isfinite(x)]
+    if fit.ok and x.size:
+        xs = np.linspace(float(x.min()), float(x.max()), 50)
         slope, err = fit.value("slope"), fit.error("slope")
         ax.plot(xs, fit.predict(xs), "k--", lw=1, label=f"{label}: {value_error_text(slope, err)}")
 
@@ -30,7 +37,7 @@ def plot_dark_current_vs_dose(table: pd.DataFrame, fit: Regression, unit: str, *
         if len(part):
             ax.errorbar(part["FRAMEDOSE"], part["DC_MEAN"], part["DC_MEAN_ERR"], fmt=marker,
                         capsize=3, label=stage)
-    _fit_line(ax, fit, table["FRAMEDOSE"].to_numpy(float), f"slope [{unit}/krad]")
+    _fit_line(ax, fit, table, f"slope [{unit}/krad]")
     return finish_axes(ax, "accumulated dose [krad]", f"mean dark current [{unit}]",
                        "dark current at T_ref vs dose (normal pixels)")
 
@@ -44,7 +51,7 @@ def plot_level_trend(table: pd.DataFrame, value: str, error: str, fit: Regressio
         if len(part):
             ax.errorbar(part["FRAMEDOSE"], part[value], part[error], fmt=marker, capsize=3,
                         label=stage)
-    _fit_line(ax, fit, table["FRAMEDOSE"].to_numpy(float), f"slope [{unit}/krad]")
+    _fit_line(ax, fit, table, f"slope [{unit}/krad]")
     return finish_axes(ax, "accumulated dose [krad]", ylabel, title)
 
 

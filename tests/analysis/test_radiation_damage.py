@@ -241,3 +241,29 @@ def test_hot_pixel_counts_without_a_fixed_threshold_are_missing_not_zero(tmp_pat
     assert table.to_csv(index=False).splitlines()[-1].endswith(",200,5,0,0,5")  # not "0.0,5.0"
     labels = plot_hot_pixels(table).get_legend_handles_labels()[1]
     assert labels == ["fixed threshold", "relative to pre", "new (not hot at pre)"]
+
+
+def test_damage_lines_end_at_the_last_fitted_step():
+    """The damage slope and the bias and read-noise lines are fitted to the pre and
+    radiating steps; the line was drawn on to the post step's dose (40 krad, 10 krad past
+    the last fitted point) where the annealed post mean sits far below it.  Now the line
+    spans the fitted steps' doses only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.damage_plots import plot_dark_current_vs_dose, plot_level_trend
+    from utils.models.regression import fit_line
+
+    rng = np.random.default_rng(11)
+    table = pd.DataFrame({"STAGE": ["pre", "radiating", "radiating", "radiating", "post"],
+                          "FRAMEDOSE": [0.0, 5.0, 15.0, 30.0, 40.0]})
+    table["DC_MEAN"] = 41.0 + 3.0 * table["FRAMEDOSE"] + rng.normal(0, 0.4, 5)
+    table.loc[4, "DC_MEAN"] = 99.5                          # annealed
+    table["DC_MEAN_ERR"] = 0.4
+    fitted = table[table["STAGE"] != "post"]
+    fit = fit_line(fitted["FRAMEDOSE"], fitted["DC_MEAN"], fitted["DC_MEAN_ERR"])
+    for ax in (plot_dark_current_vs_dose(table, fit, "adu/s"),
+               plot_level_trend(table, "DC_MEAN", "DC_MEAN_ERR", fit, ylabel="y [adu]",
+                                title="t", unit="adu")):
+        (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert line.get_xdata().min() == 0.0 and line.get_xdata().max() == 30.0
