@@ -275,8 +275,11 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
     rn_fit = dmg.level_trend(bias, "READ_NOISE", "READ_NOISE_ERR", "read noise vs dose")
 
     # --- tables -------------------------------------------------------------------------------
-    summary_table = means.merge(hot.table.drop(columns=["STAGE", "DOSE", "FRAMEDOSE"]),
-                                on="TAG", how="left")
+    # both tables count pixels: the normal ones averaged, the finite ones the hot pixels are
+    # counted among (merged as they were, they read N_PIXELS_x and N_PIXELS_y)
+    summary_table = means.rename(columns={"N_PIXELS": "N_PIXELS_NORMAL"}).merge(
+        hot.table.drop(columns=["STAGE", "DOSE", "FRAMEDOSE"])
+        .rename(columns={"N_PIXELS": "N_PIXELS_FINITE"}), on="TAG", how="left")
     summary_table = summary_table.merge(
         bias[["TAG", "BIAS_LEVEL", "BIAS_LEVEL_ERR", "READ_NOISE", "READ_NOISE_ERR"]],
         on="TAG", how="left")

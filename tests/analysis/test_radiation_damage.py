@@ -141,6 +141,10 @@ def test_distribution_products(damage):
         assert (d / "plots" / f"{name}.png").is_file(), name
         with np.load(d / "plots" / f"{name}.npz") as data:
             assert data.files, name
+    # one name per column, none a merge suffix (N_PIXELS_x, N_PIXELS_y before)
+    assert not [c for c in table.columns if c.endswith(("_x", "_y"))], list(table.columns)
+    assert (table["N_PIXELS_NORMAL"] < table["N_PIXELS_FINITE"]).all()
+    assert (table["N_PIXELS_FINITE"] == pct["N_PIXELS"]).all()
     fits_table = pd.read_csv(d / "damage_fits.csv")
     assert set(fits_table["STATUS"]) == {"ok"}
     assert {"SLOPE", "SLOPE_ERR", "INTERCEPT", "INTERCEPT_ERR"} <= set(fits_table.columns)
