@@ -11,7 +11,7 @@ import pandas as pd
 
 from utils.io.tokens import value_error_text
 from utils.models.regression import Regression
-from utils.plotting import finish_axes, new_axes, show_histogram
+from utils.plotting import STAGE_COLOURS, finish_axes, new_axes, show_histogram
 
 #: Stages whose steps the dose-response lines are fitted to (post is annealed: shown apart).
 FITTED_STAGES = ("pre", "radiating")
@@ -36,7 +36,7 @@ def plot_dark_current_vs_dose(table: pd.DataFrame, fit: Regression, unit: str, *
         part = table[table["STAGE"] == stage]
         if len(part):
             ax.errorbar(part["FRAMEDOSE"], part["DC_MEAN"], part["DC_MEAN_ERR"], fmt=marker,
-                        capsize=3, label=stage)
+                        capsize=3, label=stage, color=STAGE_COLOURS[stage])
     _fit_line(ax, fit, table, f"slope [{unit}/krad]")
     return finish_axes(ax, "accumulated dose [krad]", f"mean dark current [{unit}]",
                        "dark current at T_ref vs dose (normal pixels)")
@@ -50,7 +50,7 @@ def plot_level_trend(table: pd.DataFrame, value: str, error: str, fit: Regressio
         part = table[table["STAGE"] == stage]
         if len(part):
             ax.errorbar(part["FRAMEDOSE"], part[value], part[error], fmt=marker, capsize=3,
-                        label=stage)
+                        label=stage, color=STAGE_COLOURS[stage])
     _fit_line(ax, fit, table, f"slope [{unit}/krad]")
     return finish_axes(ax, "accumulated dose [krad]", ylabel, title)
 

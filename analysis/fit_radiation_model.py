@@ -65,12 +65,12 @@ from utils import headers as kw
 from utils.errors import ConfigError, UserError
 from utils.io.dose import RAD_PER_KRAD, assign_doses
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
-from utils.io.index import STAGES, DatasetIndex, load_frames
+from utils.io.index import STAGES, DatasetIndex, by_stage, load_frames
 from utils.io.tokens import value_error_text
 from utils.models import radiation_response as rr
 from utils.models.gain import resolve_gain
 from utils.models.regression import fit_line
-from utils.plotting import finish_axes, new_axes, show_image
+from utils.plotting import STAGE_COLOURS, finish_axes, new_axes, show_image
 from utils.run_record import run_digest, write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import GroupKey, calibration_groups, text_column
@@ -433,8 +433,9 @@ def write_results(out: Path, fit: rr.ResponseFit, points: pd.DataFrame, pixels: 
 def plot_mean_residuals(points: pd.DataFrame, caltype: str, ax=None):
     """Mean residual (data - model) [adu] with its error vs dose, per stage."""
     ax = new_axes(ax)
-    for stage, part in points.groupby("STAGE", sort=False):
+    for stage, part in by_stage(points):
         ax.errorbar(part["DOSE"], part["MEAN_RESID"], part["MEAN_ERR"], fmt="o",
+                    color=STAGE_COLOURS.get(stage),
                     label=f"{stage}" + ("" if part["FITTED"].all() else " (predicted only)"))
     ax.axhline(0, color="k", lw=0.8)
     finish_axes(ax, "accumulated dose [krad]", "mean - model [adu]",

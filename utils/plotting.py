@@ -33,6 +33,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: Colour of each irradiation stage in every figure that shows stages (the same stage reads
+#: the same in the damage, dose and radiation-model figures).
+STAGE_COLOURS = {"pre": "C0", "radiating": "C1", "post": "C2"}
 #: Figure levels of ``--plots``, from fewest to most.
 LEVELS = ("none", "summary", "all")
 #: Largest side of an image as drawn [pixel]: a 1024 x 1024 master shows as 512 x 512

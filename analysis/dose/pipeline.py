@@ -39,6 +39,7 @@ from analysis.products import p_form, save_plot, write_npz
 from analysis.stage_differences import difference, plot_difference, write_difference
 from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
+from utils.io.index import by_stage
 from utils.models.gain import Gain, resolve_gain
 from utils.models.regression import Regression
 from utils.settings import dump_settings, field
@@ -229,7 +230,7 @@ def _per_type_plots(w: _Writer, rows: pd.DataFrame) -> None:
         sfx = _suffix(cal, exp)
         name = f"{cal.lower()}{'' if not sfx else ' ' + sfx[2:]}"
         data, pts = {}, {}
-        for stage, sp in part.groupby("STAGE", sort=False):
+        for stage, sp in by_stage(part):
             sp = sp.sort_values("DOSE")
             data.update({f"{stage}_dose": sp["DOSE"], f"{stage}_mean": sp["MEAN"],
                          f"{stage}_std": sp["STD"]})
@@ -539,7 +540,7 @@ def _relative(w: _Writer, rows, fs, scale, ref_exp) -> None:
                          ("relative_mag_err_vs_dose_16", "MAG16_DIFF"),
                          ("relative_mag_err_vs_dose_12", "MAG12_DIFF")):
         pts, data = {}, {}
-        for stage, part in table.groupby("STAGE", sort=False):
+        for stage, part in by_stage(table):
             pts[stage] = (part["DOSE"], part[metric], None)
             data[f"{stage}_dose"] = part["DOSE"]
             data[f"{stage}_{metric}"] = part[metric]

@@ -10,7 +10,7 @@ import numpy as np
 
 from utils.io.tokens import value_error_text
 from utils.models.regression import Regression
-from utils.plotting import finish_axes, new_axes
+from utils.plotting import STAGE_COLOURS, finish_axes, new_axes
 
 DOSE = "dose [krad]"
 
@@ -25,11 +25,12 @@ def _line(ax, fit: Regression, x, label: str, **kw) -> None:
 
 
 def plot_series(points: dict, *, xlabel: str, ylabel: str, title: str, ax=None):
-    """``points = {label: (x, y, yerr or None)}`` as error-bar lines."""
+    """``points = {label: (x, y, yerr or None)}`` as error-bar lines (a stage label in its
+    colour, :data:`utils.plotting.STAGE_COLOURS`)."""
     ax = new_axes(ax)
     for label, (x, y, e) in points.items():
         if len(np.atleast_1d(x)):
-            ax.errorbar(x, y, e, fmt="o-", capsize=3, label=label)
+            ax.errorbar(x, y, e, fmt="o-", capsize=3, label=label, color=STAGE_COLOURS.get(label))
     return finish_axes(ax, xlabel, ylabel, title)
 
 

@@ -427,3 +427,41 @@ def test_summary_line_rounds_values_to_their_errors():
     assert "recovered fraction 0.3842 +- 0.0060;" in line
     assert "hot-pixel growth 19 pixels;" in line
     assert "B0 3355.65 +- 0.17 adu," in line and "sigma_q not constrained" in line
+
+
+def test_stage_legends_in_campaign_order_and_colours():
+    """The radiation-model residuals and the dose analysis's per-stage figures listed the
+    stages in the rows' order (sorted by tag: post, pre, radiating) with the colour cycle in
+    that order, so pre was orange there and blue in the damage figures.  Now every figure
+    lists pre, radiating, post, each in its STAGE_COLOURS colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from analysis.damage_plots import plot_level_trend
+    from analysis.dose.plots import plot_series
+    from utils.io.index import by_stage
+    from utils.models.regression import fit_line
+    from utils.plotting import STAGE_COLOURS
+
+    points = pd.DataFrame({"STAGE": ["post", "pre", "radiating", "radiating"],
+                           "DOSE": [40.0, 0.0, 5.0, 15.0], "FRAMEDOSE": [40.0, 0.0, 5.0, 15.0],
+                           "MEAN_RESID": [-40.0, 0.1, -0.2, 0.3], "MEAN_ERR": [0.4] * 4,
+                           "FITTED": [False, True, True, True]})
+    want = {"pre": to_hex(STAGE_COLOURS["pre"]), "radiating": to_hex(STAGE_COLOURS["radiating"]),
+            "post": to_hex(STAGE_COLOURS["post"])}
+
+    def legend(ax):
+        handles, labels = ax.get_legend_handles_labels()
+        return [(label.split(" ")[0], to_hex(h.lines[0].get_color())) for h, label in
+                zip(handles, labels) if hasattr(h, "lines")]
+
+    ax, _ = frm.plot_mean_residuals(points, "BIAS")
+    assert legend(ax) == list(want.items())
+    pts = {stage: (part["DOSE"], part["MEAN_RESID"], None) for stage, part in by_stage(points)}
+    assert legend(plot_series(pts, xlabel="x", ylabel="y", title="t")) == list(want.items())
+    fit = fit_line([0.0, 5.0, 15.0], [0.1, -0.2, 0.3], [0.4] * 3)
+    level = plot_level_trend(points[points["STAGE"] != "pre"], "MEAN_RESID", "MEAN_ERR", fit,
+                             ylabel="y", title="t", unit="adu")
+    assert legend(level) == [("radiating", want["radiating"]), ("post", want["post"])]

@@ -649,6 +649,22 @@ def stage_order(stage: str) -> int:
     return STAGES.index(stage) if stage in STAGES else len(STAGES)
 
 
+def by_stage(table: pd.DataFrame, column: str = "STAGE"):
+    """``(stage, rows)`` of ``table`` in campaign order (pre, radiating, post, then any other
+    in the order first seen), so legends and colours follow the campaign, not the rows'
+    order (rows sorted by tag put post first).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"STAGE": ["post", "pre", "radiating", "pre"], "V": [4, 1, 2, 3]})
+    >>> [(s, rows["V"].tolist()) for s, rows in by_stage(t)]
+    [('pre', [1, 3]), ('radiating', [2]), ('post', [4])]
+    """
+    groups = dict(tuple(table.groupby(column, sort=False)))
+    for stage in sorted(groups, key=stage_order):
+        yield stage, groups[stage]
+
+
 def parse_stage(text: str) -> str:
     """Accept ``pre/radiating/post`` and the old word ``during``; raise ValueError otherwise."""
     word = re.sub(r"[^a-z0-9]", "", text.lower())
@@ -659,4 +675,4 @@ def parse_stage(text: str) -> str:
 
 __all__ = ["DatasetIndex", "IndexSettings", "build_index", "write_index", "infer_stage",
            "infer_vacuum", "infer_dose", "discover_sections", "section_type", "INDEX_COLUMNS",
-           "STAGES", "CALTYPES", "stage_order", "parse_stage", "load_frames"]
+           "STAGES", "CALTYPES", "stage_order", "by_stage", "parse_stage", "load_frames"]
