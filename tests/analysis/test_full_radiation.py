@@ -465,3 +465,19 @@ def test_stage_legends_in_campaign_order_and_colours():
     level = plot_level_trend(points[points["STAGE"] != "pre"], "MEAN_RESID", "MEAN_ERR", fit,
                              ylabel="y", title="t", unit="adu")
     assert legend(level) == [("radiating", want["radiating"]), ("post", want["post"])]
+
+
+def test_undefined_sigma_q_and_sigma_read_have_no_value():
+    """When the fitted <q>^2 + sigma_q^2 is below <q>^2 (or sigma_read^2 <= 0) the parameter
+    is not defined: fit_results.csv wrote 'sigma_q, 0.0, , ..., False' (a measured zero to a
+    reader) where every other unconstrained parameter has no value.  Now NaN, with the
+    reason."""
+    truth = {"B0": 3200.0, "alpha_D": 3.2, "b_T": 8.0, "DC0": 4.0, "beta_D": 0.2,
+             "q_mean": 1600.0, "sigma_read2": -50.0, "kappa": 1600.0 ** 2 - 5.0e4}
+    pts, s = _points(**truth)
+    table = rr.fit_response(pts, s).parameters.set_index("param")
+    for name, why in (("sigma_q", "sigma_q not defined"), ("sigma_read", "sigma_read^2")):
+        assert not table.loc[name, "constrained"], name
+        assert math.isnan(table.loc[name, "value"]) and math.isnan(table.loc[name, "err"])
+        assert why in table.loc[name, "reason"]
+    assert table.loc["q_mean", "value"] == pytest.approx(1600.0, rel=1e-6)
