@@ -65,7 +65,7 @@ from utils import headers as kw
 from utils.errors import ConfigError, UserError
 from utils.io.dose import RAD_PER_KRAD, assign_doses
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
-from utils.io.index import STAGES, DatasetIndex, by_stage, load_frames
+from utils.io.index import STAGES, DatasetIndex, by_stage, load_frames, sort_by_stage
 from utils.io.tokens import value_error_text
 from utils.models import radiation_response as rr
 from utils.models.gain import resolve_gain
@@ -414,7 +414,8 @@ def write_results(out: Path, fit: rr.ResponseFit, points: pd.DataFrame, pixels: 
     """fit_results.csv|json, masters.csv and the residual and QQ figures."""
     files = [write_csv(fit.parameters[["param", "value", "err", "R2", "unit", "constrained",
                                        "reason"]], out / "fit_results.csv"),
-             write_csv(points, out / "masters.csv")]
+             write_csv(sort_by_stage(points, ["STAGE", "DOSE", "CALTYPE", "EXPTIME", "TEMP"]),
+                       out / "masters.csv")]
     record = fit_record(fit, points, pixels, info, settings)
     files.append(write_text(json.dumps(record, indent=2, default=str) + "\n",
                             out / "fit_results.json"))

@@ -39,7 +39,7 @@ from analysis.products import p_form, save_plot, write_npz
 from analysis.stage_differences import difference, plot_difference, write_difference
 from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
-from utils.io.index import by_stage
+from utils.io.index import by_stage, sort_by_stage
 from utils.models.gain import Gain, resolve_gain
 from utils.models.regression import Regression
 from utils.settings import dump_settings, field
@@ -172,7 +172,9 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
                             bias_tolerance=settings.bias_temp_tolerance,
                             progress_bar=progress_bar)
     w = _Writer(out)
-    w.csv(summary, "dose_summary.csv")
+    # rows in campaign order per calibration type (pre, radiating, post; not alphabetical)
+    w.csv(sort_by_stage(summary, ["CALTYPE", "STAGE", "DOSE", "EXPTIME", "TEMP"]),
+          "dose_summary.csv")
     rows = summary[summary["USED"]].copy()
     gain_note = {"gain_e_per_adu": e_per_adu,
                  "gain_source": g.source if g is not None else "assumed 1 e-/adu (no gain)",

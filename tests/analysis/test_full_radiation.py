@@ -175,6 +175,15 @@ def test_products_per_stage(irr_run):
         assert list(series.columns[:3]) == ["TIME", "MEAN", "STD"] and len(series) == 4 * (
             2 if stage == "radiating" else 1)
     assert (out / "precision" / "dose_summary.csv").is_file()
+    # product tables list the stages in campaign order (they were alphabetical: post first)
+    rank = {"pre": 0, "radiating": 1, "post": 2}
+    for table, within in (("precision/dose_summary.csv", "CALTYPE"),
+                          ("radiation_model/masters.csv", None),
+                          ("radiation_model/reconstruction_stats.csv", None)):
+        rows = pd.read_csv(out / table)
+        for _, part in (rows.groupby(within) if within else [(None, rows)]):
+            order = part["STAGE"].map(rank).tolist()
+            assert order == sorted(order) and order[0] == 0, (table, part["STAGE"].tolist())
     assert (out / "precision" / "radiation_analysis" / "pre" / "stats_dark.csv").is_file()
     assert (out / "conversion" / "Preirradiation" / "fits_index.csv").is_file()
 
