@@ -428,7 +428,8 @@ def _dose_rate_model(w: _Writer, rows) -> None:
                 "std": b.predict(part["DOSE"], part["DOSE_RATE"]) if b.ok
                 else np.full(len(part), np.nan)}
         meas = {"mean": part["MEAN"], "std": part["STD"]}
-        w.plot(plots.plot_predicted(meas, pred, title=f"{cal.lower()} dose-rate model"),
+        w.plot(plots.plot_predicted(meas, pred, title=f"{cal.lower()} dose-rate model",
+                                    fits={"mean": a, "std": b}),
                f"analysis/dose_rate_model_{cal.lower()}{_suffix(cal, exp)}",
                {"dose": part["DOSE"], "dose_rate": part["DOSE_RATE"], "mean": part["MEAN"],
                 "std": part["STD"], "mean_pred": pred["mean"], "std_pred": pred["std"],

@@ -83,17 +83,22 @@ def plot_dose_rate_effect(data: dict, fits: dict, *, title: str):
     return axes
 
 
-def plot_predicted(measured: dict, predicted: dict, *, title: str):
-    """Measured vs predicted MEAN and STD (dose-rate model)."""
+def plot_predicted(measured: dict, predicted: dict, *, title: str, fits: dict | None = None):
+    """Measured vs predicted MEAN and STD (dose-rate model).  A fit with no degree of
+    freedom (``fits = {"mean": Regression, "std": ...}``) meets every point by construction:
+    its panel says so (the points on the 1:1 line test nothing)."""
     axes = new_axes(None, ncols=2, figsize=(10.0, 4.2))
     for ax, q in zip(axes, ("mean", "std")):
+        fit = (fits or {}).get(q)
+        note = (f" (exact: {fit.npoints} points, {fit.npoints} coefficients)"
+                if fit is not None and fit.ok and fit.dof == 0 else "")
         m, p = np.asarray(measured[q], float), np.asarray(predicted[q], float)
         ax.plot(m, p, "o", label=q.upper())
         finite = np.concatenate([m[np.isfinite(m)], p[np.isfinite(p)]])
         if finite.size:
             ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], "k:",
                     label="1:1")
-        finish_axes(ax, f"measured {q} [adu]", f"predicted {q} [adu]", f"{title}: {q}")
+        finish_axes(ax, f"measured {q} [adu]", f"predicted {q} [adu]", f"{title}: {q}{note}")
     return axes
 
 

@@ -294,3 +294,28 @@ def test_fit_legends_show_the_slope_to_its_error_and_never_nan():
     value, err = ir.split("slope ")[1].split(" +- ")
     assert len(err.replace(".", "").lstrip("0")) == 2          # two significant digits
     assert len(value.split(".")[-1]) == len(err.split(".")[-1])  # the value to the same place
+
+
+def test_dose_rate_model_with_no_degree_of_freedom_says_it_is_exact():
+    """Three dose steps fitted with three coefficients put every point on the 1:1 line of
+    the measured-vs-predicted figure by construction; the panel looked like a perfect model.
+    Now its title says it is exact (3 points, 3 coefficients); a fit with freedom is not
+    marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.dose.plots import plot_predicted
+    from utils.models.regression import fit_linear
+
+    rng = np.random.default_rng(2)
+    dose, rate = np.array([10.0, 20.0, 40.0]), np.array([0.0041, 0.0041, 0.0083])
+    mean = 41.0 + 2.7 * dose + 1800.0 * rate + rng.normal(0, 0.5, 3)
+    exact = fit_linear(mean, {"dose": dose, "rate": rate})
+    assert exact.ok and exact.dof == 0
+    free = fit_linear(mean, {"dose": dose})
+    meas = {"mean": mean, "std": mean}
+    pred = {"mean": exact.predict(dose, rate), "std": free.predict(dose)}
+    left, right = plot_predicted(meas, pred, title="dark dose-rate model",
+                                 fits={"mean": exact, "std": free})
+    assert left.get_title() == "dark dose-rate model: mean (exact: 3 points, 3 coefficients)"
+    assert right.get_title() == "dark dose-rate model: std"
