@@ -117,7 +117,16 @@ def new_axes(ax=None, ncols: int = 1, nrows: int = 1, figsize=(6.4, 4.2)):
 
 
 def finish_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
-    """Label the axes (units in brackets), add a light grid and a legend."""
+    """Label the axes (units in brackets), add a light grid and a legend.
+
+    Tick labels carry whole values: no offset text in the corner (times 12043-12047 s since
+    the first frame read '3.5 ... 7.5' and '+1.204e4' under the axis, easily missed)."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
