@@ -319,3 +319,29 @@ def test_dose_rate_model_with_no_degree_of_freedom_says_it_is_exact():
                                  fits={"mean": exact, "std": free})
     assert left.get_title() == "dark dose-rate model: mean (exact: 3 points, 3 coefficients)"
     assert right.get_title() == "dark dose-rate model: std"
+
+
+def test_symlog_difference_colour_bar_labels_do_not_overlap():
+    """The symmetric-log difference maps (*_log.png) printed '10^-2', '0' and '-10^-2' over
+    each other at the middle of the colour bar (decade ticks inside the linear part); now
+    the ticks are 0 and the decades beyond the linear part, and no two labels overlap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.stage_differences import plot_difference
+
+    rng = np.random.default_rng(4)
+    image = rng.normal(1.0, 1.5, (48, 64))
+    image[5, 5] = 5.0
+    ax = plot_difference(image, title="bias post vs last (symlog)", unit="%", log=True)
+    fig = ax.figure
+    fig.canvas.draw()
+    bar = fig.axes[-1]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in bar.get_yticklabels()
+             if t.get_text() and t.get_visible()]
+    assert len(boxes) >= 3
+    for a, b in zip(boxes, boxes[1:]):
+        assert not a.overlaps(b), (a, b)
+    lin = 0.01 * np.abs(image).max()
+    assert all(t == 0 or abs(t) >= lin for t in bar.get_yticks())
