@@ -252,7 +252,8 @@ def _per_type_plots(w: _Writer, rows: pd.DataFrame) -> None:
                          f"slope_{tag}_err": _err(r, 1), f"intercept_{tag}_err": _err(r, 0),
                          f"status_{tag}": r.status})
         w.plot(plots.plot_mean_std_vs_dose(p["DOSE"], p["MEAN"], p["STD"], fit_ir, fit_no,
-                                           title=f"{name}: mean and std vs dose"),
+                                           title=f"{name}: mean and std vs dose",
+                                           stage=p["STAGE"].to_numpy()),
                f"plots/{cal.lower()}_mean_std_vs_dose{sfx}", data)
         irr = models.irradiating(p).to_numpy()
         w.plot(plots.plot_std_model(p["MEAN"], p["STD"], fit_ir, fit_no, irr,

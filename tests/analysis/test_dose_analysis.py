@@ -345,3 +345,40 @@ def test_symlog_difference_colour_bar_labels_do_not_overlap():
         assert not a.overlaps(b), (a, b)
     lin = 0.01 * np.abs(image).max()
     assert all(t == 0 or abs(t) >= lin for t in bar.get_yticks())
+
+
+def test_std_model_predictions_only_at_the_points_each_fit_was_fitted_to():
+    """STD = a MEAN + b is fitted to the radiating steps and, apart, to pre and post.  The
+    mean-and-std figure drew both fits as lines over every point (the irradiating one over
+    pre and post) and joined the MEAN line from the last step to post at the same dose (a
+    vertical segment at 40 krad); the STD-model figure drew each line over every mean.  Now
+    each stage is its own line and each fit is marked at, or spans, its own points only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.dose.plots import plot_mean_std_vs_dose, plot_std_model
+    from utils.models.regression import fit_line
+
+    stage = np.array(["pre", "radiating", "radiating", "radiating", "post"], dtype=object)
+    dose = np.array([0.0, 10.0, 20.0, 40.0, 40.0])
+    mean = np.array([3356.0, 3357.0, 3388.0, 3420.0, 3447.0])
+    rng = np.random.default_rng(8)
+    std = 28.7 + 0.0108 * mean + rng.normal(0, 0.05, 5)
+    irr = stage == "radiating"
+    fit_ir, fit_no = fit_line(mean[irr], std[irr]), fit_line(mean[~irr], std[~irr])
+    ax = plot_mean_std_vs_dose(dose, mean, std, fit_ir, fit_no, title="bias", stage=stage)
+    twin = [a for a in ax.figure.axes if a is not ax][0]
+    for line in ax.get_lines():            # no MEAN line joins two stages (40 -> 40 krad)
+        x = line.get_xdata()
+        assert len(x) < 2 or np.all(np.diff(x) > 0), x
+    marks = {line.get_label(): line for line in twin.get_lines()
+             if line.get_label().startswith("STD = ")}
+    (ir,) = [v for k, v in marks.items() if k.endswith("(irradiating)")]
+    (no,) = [v for k, v in marks.items() if k.endswith("(not irradiating)")]
+    assert list(ir.get_xdata()) == [10.0, 20.0, 40.0] and ir.get_linestyle() == "None"
+    assert sorted(no.get_xdata()) == [0.0, 40.0] and no.get_linestyle() == "None"
+    top, _ = plot_std_model(mean, std, fit_ir, fit_no, irr, title="bias")
+    spans = {line.get_label().split(":")[0]: line.get_xdata() for line in top.get_lines()
+             if line.get_linestyle() == "--"}
+    assert min(spans["irradiating"]) == 3357.0 and max(spans["irradiating"]) == 3420.0
+    assert min(spans["not irradiating"]) == 3356.0 and max(spans["not irradiating"]) == 3447.0
