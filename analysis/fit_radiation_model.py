@@ -524,13 +524,17 @@ def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points:
     set_card(header, "BETAFIT", bool(maps.fitted[i1]), "beta_D fitted (dark masters at >1 dose)")
     if not maps.fitted[i1]:
         set_card(header, "BETAWHY", maps.dropped.get("beta_D", ""), "why beta_D is not fitted")
-    files = [write_product(out / "dark_maps.fits", maps.coef[i0], header, unit="adu/s",
+    # BUNIT 'adu/s/krad' read as adu per second per kilo-RADIAN (astropy's krad, with a
+    # UnitsWarning for the two slashes): the per-krad maps say so in PERDOSE instead, as the
+    # damage analysis's slope map does
+    set_card(header, "PERDOSE", "krad", "BETA_D, BETA_ERR are per krad (krad is no FITS unit)")
+    files = [write_product(out / "dark_maps.fits", maps.coef[i0], header, unit="adu / s",
                            uncertainty=maps.err[i0], mask=~np.isfinite(maps.coef[i0]),
                            images={"BETA_D": (maps.coef[i1] if maps.fitted[i1] else
-                                              np.full(maps.coef[i1].shape, np.nan), "adu/s/krad"),
+                                              np.full(maps.coef[i1].shape, np.nan), "adu / s"),
                                    "BETA_ERR": (maps.err[i1] if maps.fitted[i1] else
                                                 np.full(maps.coef[i1].shape, np.nan),
-                                                "adu/s/krad"),
+                                                "adu / s"),
                                    "CHI2DOF": (maps.chi2, ""), "NPTS": (maps.npoints, "")})]
     files += save_plot(show_image(maps.coef[i0], unit="adu/s", label="DC0",
                                   title=f"dark current at {settings.t_ref:g} degC before "

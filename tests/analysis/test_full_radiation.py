@@ -416,6 +416,18 @@ def test_fit_radiation_model_command_on_a_folder_of_frames(dd_run, tmp_path):
     table = pd.read_csv(tmp_path / "m" / "fit_results.csv").set_index("param")
     assert table.loc["beta_D", "constrained"] and not table.loc["q_mean", "constrained"]
     assert (tmp_path / "m" / "dark_maps.fits").is_file()
+    # units astropy reads as written: BETA_D's BUNIT was 'adu/s/krad' (per kilo-radian, with
+    # a UnitsWarning); now adu / s with PERDOSE = 'krad', as the damage slope map
+    import warnings
+
+    from astropy.nddata import CCDData
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        beta = CCDData.read(tmp_path / "m" / "dark_maps.fits", hdu="BETA_D")
+        dc0 = CCDData.read(tmp_path / "m" / "dark_maps.fits")
+    assert beta.unit == "adu / s" and dc0.unit == "adu / s"
+    assert fits.getheader(tmp_path / "m" / "dark_maps.fits")["PERDOSE"] == "krad"
     assert sha256_tree(campaign.root) == before
 
 
