@@ -12,6 +12,7 @@ from astropy.io import fits
 
 from analysis.campaign_runs import stage_folder
 from utils.io.index import STAGES
+from utils.io.tokens import value_error_text
 from utils.run_record import run_digest
 from utils.stack.grouping import parse_stage_tag
 
@@ -114,12 +115,12 @@ def campaign_summary(layout, conversion, table, dose_report, log_path, log_note,
 
 def summary_line(summary: dict) -> str:
     """The final log line: key results and where everything is."""
-    def fmt(item, digits=3):
+    def fmt(item):
         if not item:
             return "n/a"
-        err = item.get("err")
-        text = f"{item['value']:.{digits}g}"
-        return text + (f" +- {err:.2g}" if err is not None else "") + f" {item['unit']}"
+        if item.get("err") is None and float(item["value"]).is_integer():   # a count
+            return f"{int(item['value'])} {item['unit']}"
+        return value_error_text(item["value"], item.get("err"), item["unit"])
     params = summary.get("model_parameters") or {}
     checks = summary.get("procedure_checks") or {}
     counts = ", ".join(f"{checks[k]} {k}" for k in ("pass", "warn", "fail", "not_logged")

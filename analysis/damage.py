@@ -175,7 +175,9 @@ def find_hot_pixels(steps: list[StepCurrent], threshold_fixed: float,
 
     A pixel is new at a step when it is hot there but was not at pre; post-irradiation
     rows count the pixels hot at the last radiating step that are not hot any more
-    (recovered by annealing).
+    (recovered by annealing).  Without a fixed threshold (``inf``: no gain) the counts that
+    need it (``N_HOT``, ``N_NEW``, ``N_PREEXISTING``, ``N_RECOVERED``, ``RECOVERED_OF``)
+    are missing, not 0: no pixel was tested against it.
     """
     pre = next((s for s in steps if s.stage == "pre"), None)
     rel = relative_threshold(pre.current, n_sigma) if pre is not None else math.nan
@@ -199,7 +201,17 @@ def find_hot_pixels(steps: list[StepCurrent], threshold_fixed: float,
             row["N_RECOVERED"] = int((was & ~fixed[s.tag]).sum())
             row["RECOVERED_OF"] = int(was.sum())
         rows.append(row)
-    return HotPixels(fixed, relative, float(threshold_fixed), float(rel), pd.DataFrame(rows))
+    table = pd.DataFrame(rows)
+    for column in _FIXED_COUNTS:
+        if column in table:
+            # nullable integers: counts stay "3" in the CSV and a missing one is an empty cell
+            table[column] = (table[column] if math.isfinite(threshold_fixed)
+                             else pd.Series(pd.NA, index=table.index)).astype("Int64")
+    return HotPixels(fixed, relative, float(threshold_fixed), float(rel), table)
+
+
+#: Hot-pixel counts that need the fixed threshold.
+_FIXED_COUNTS = ("N_HOT", "N_NEW", "N_PREEXISTING", "N_RECOVERED", "RECOVERED_OF")
 
 
 # --- dose response ------------------------------------------------------------------------------

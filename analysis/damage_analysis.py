@@ -63,6 +63,7 @@ from utils.io.fitsio import (
     write_text,
 )
 from utils.io.index import DatasetIndex
+from utils.io.tokens import value_error_text
 from utils.models.gain import Gain, resolve_gain
 from utils.models.regression import Regression
 from utils.settings import dump_settings, field
@@ -127,14 +128,14 @@ class DamageResult:
         s = self.summary
         parts = [f"damage analysis: {s['steps']} steps"]
         if s.get("damage_slope") is not None:
-            parts.append(f"dark current +{s['damage_slope']:.4g} +- {s['damage_slope_err']:.2g} "
-                         f"{s['unit']}/krad")
+            parts.append("dark current +" + value_error_text(
+                s["damage_slope"], s["damage_slope_err"], f"{s['unit']}/krad"))
         if s.get("recovered_fraction") is not None:
-            parts.append(f"recovered fraction {s['recovered_fraction']:.3f} +- "
-                         f"{s['recovered_fraction_err']:.3f}")
+            parts.append("recovered fraction " + value_error_text(
+                s["recovered_fraction"], s["recovered_fraction_err"]))
         if s.get("bias_shift_adu_per_krad") is not None:
-            parts.append(f"bias shift {s['bias_shift_adu_per_krad']:.3g} +- "
-                         f"{s['bias_shift_err_adu_per_krad']:.2g} adu/krad")
+            parts.append("bias shift " + value_error_text(
+                s["bias_shift_adu_per_krad"], s["bias_shift_err_adu_per_krad"], "adu/krad"))
         return ", ".join(parts) + f"; {len(self.files)} files in {self.out_dir}"
 
 
@@ -281,8 +282,11 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
     rn_fit = dmg.level_trend(bias, "READ_NOISE", "READ_NOISE_ERR", "read noise vs dose")
 
     # --- tables -------------------------------------------------------------------------------
-    summary_table = means.merge(hot.table.drop(columns=["STAGE", "DOSE", "FRAMEDOSE"]),
-                                on="TAG", how="left")
+    # both tables count pixels: the normal ones averaged, the finite ones the hot pixels are
+    # counted among (merged as they were, they read N_PIXELS_x and N_PIXELS_y)
+    summary_table = means.rename(columns={"N_PIXELS": "N_PIXELS_NORMAL"}).merge(
+        hot.table.drop(columns=["STAGE", "DOSE", "FRAMEDOSE"])
+        .rename(columns={"N_PIXELS": "N_PIXELS_FINITE"}), on="TAG", how="left")
     summary_table = summary_table.merge(
         bias[["TAG", "BIAS_LEVEL", "BIAS_LEVEL_ERR", "READ_NOISE", "READ_NOISE_ERR"]],
         on="TAG", how="left")
@@ -378,8 +382,9 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
                        {f"{tag}_x": x for tag, (x, _) in curves.items()}
                        | {f"{tag}_above": a for tag, (_, a) in curves.items()})
     files += save_plot(plots.plot_hot_pixels(hot.table), pdir / "hot_pixels_vs_dose",
-                       {c.lower(): hot.table[c] for c in hot.table.columns
-                        if c not in ("STAGE", "TAG")} | {"tag": hot.table["TAG"].tolist()})
+                       {c.lower(): hot.table[c].to_numpy(float, na_value=np.nan)
+                        for c in hot.table.columns if c not in ("STAGE", "TAG")}
+                       | {"tag": hot.table["TAG"].tolist()})
     for value, fit, name, ylabel, title in (
             ("BIAS_LEVEL", bias_fit, "bias_shift", "bias at T_ref [adu]", "bias level vs dose"),
             ("READ_NOISE", rn_fit, "read_noise_vs_dose", "read noise [adu]",

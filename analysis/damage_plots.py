@@ -9,15 +9,23 @@ import math
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import value_error_text
 from utils.models.regression import Regression
-from utils.plotting import finish_axes, new_axes, show_histogram
+from utils.plotting import STAGE_COLOURS, finish_axes, new_axes, show_histogram
+
+#: Stages whose steps the dose-response lines are fitted to (post is annealed: shown apart).
+FITTED_STAGES = ("pre", "radiating")
 
 
-def _fit_line(ax, fit: Regression, x: np.ndarray, label: str) -> None:
-    if fit.ok and len(x):
-        xs = np.linspace(0.0, float(np.nanmax(x)), 50)
+def _fit_line(ax, fit: Regression, table: pd.DataFrame, label: str) -> None:
+    """The fitted line over the doses of the steps it was fitted to, not beyond (the post
+    step sits at the last dose after annealing: a line drawn to it reads as a bad fit)."""
+    x = table.loc[table["STAGE"].isin(FITTED_STAGES), "FRAMEDOSE"].to_numpy(float)
+    x = x[np.isfinite(x)]
+    if fit.ok and x.size:
+        xs = np.linspace(float(x.min()), float(x.max()), 50)
         slope, err = fit.value("slope"), fit.error("slope")
-        ax.plot(xs, fit.predict(xs), "k--", lw=1, label=f"{label}: {slope:.4g} +- {err:.2g}")
+        ax.plot(xs, fit.predict(xs), "k--", lw=1, label=f"{label}: {value_error_text(slope, err)}")
 
 
 def plot_dark_current_vs_dose(table: pd.DataFrame, fit: Regression, unit: str, *, ax=None):
@@ -28,8 +36,8 @@ def plot_dark_current_vs_dose(table: pd.DataFrame, fit: Regression, unit: str, *
         part = table[table["STAGE"] == stage]
         if len(part):
             ax.errorbar(part["FRAMEDOSE"], part["DC_MEAN"], part["DC_MEAN_ERR"], fmt=marker,
-                        capsize=3, label=stage)
-    _fit_line(ax, fit, table["FRAMEDOSE"].to_numpy(float), f"slope [{unit}/krad]")
+                        capsize=3, label=stage, color=STAGE_COLOURS[stage])
+    _fit_line(ax, fit, table, f"slope [{unit}/krad]")
     return finish_axes(ax, "accumulated dose [krad]", f"mean dark current [{unit}]",
                        "dark current at T_ref vs dose (normal pixels)")
 
@@ -42,8 +50,8 @@ def plot_level_trend(table: pd.DataFrame, value: str, error: str, fit: Regressio
         part = table[table["STAGE"] == stage]
         if len(part):
             ax.errorbar(part["FRAMEDOSE"], part[value], part[error], fmt=marker, capsize=3,
-                        label=stage)
-    _fit_line(ax, fit, table["FRAMEDOSE"].to_numpy(float), f"slope [{unit}/krad]")
+                        label=stage, color=STAGE_COLOURS[stage])
+    _fit_line(ax, fit, table, f"slope [{unit}/krad]")
     return finish_axes(ax, "accumulated dose [krad]", ylabel, title)
 
 
@@ -75,10 +83,12 @@ def plot_hot_pixels(table: pd.DataFrame, *, ax=None):
     """Hot-pixel counts per step vs accumulated dose: fixed and relative thresholds, new."""
     ax = new_axes(ax)
     x = table["FRAMEDOSE"]
-    ax.plot(x, table["N_HOT"], "o-", label="fixed threshold")
-    ax.plot(x, table["N_HOT_RELATIVE"], "s--", label="relative to pre")
-    if "N_NEW" in table:
-        ax.plot(x, table["N_NEW"], "^:", label="new (not hot at pre)")
+    for column, style, label in (("N_HOT", "C0o-", "fixed threshold"),
+                                 ("N_HOT_RELATIVE", "C1s--", "relative to pre"),
+                                 ("N_NEW", "C2^:", "new (not hot at pre)")):
+        # a count not measured (no fixed threshold without a gain) is no line of zeros
+        if column in table and table[column].notna().any():
+            ax.plot(x, pd.to_numeric(table[column]).astype(float), style, label=label)
     return finish_axes(ax, "accumulated dose [krad]", "hot pixels [count]",
                        "hot pixels per step")
 

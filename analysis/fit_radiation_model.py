@@ -65,11 +65,12 @@ from utils import headers as kw
 from utils.errors import ConfigError, UserError
 from utils.io.dose import RAD_PER_KRAD, assign_doses
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
-from utils.io.index import STAGES, DatasetIndex, load_frames
+from utils.io.index import STAGES, DatasetIndex, by_stage, load_frames, sort_by_stage
+from utils.io.tokens import value_error_text
 from utils.models import radiation_response as rr
 from utils.models.gain import resolve_gain
 from utils.models.regression import fit_line
-from utils.plotting import finish_axes, new_axes, show_image
+from utils.plotting import STAGE_COLOURS, finish_axes, new_axes, show_image
 from utils.run_record import run_digest, write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import GroupKey, calibration_groups, text_column
@@ -140,7 +141,7 @@ class RadiationModelResult:
         parts = []
         for _, r in self.fit.parameters.iterrows():
             if r["constrained"]:
-                parts.append(f"{r['param']} {r['value']:.4g} +- {r['err']:.2g} {r['unit']}")
+                parts.append(f"{r['param']} {value_error_text(r['value'], r['err'], r['unit'])}")
             else:
                 parts.append(f"{r['param']} not constrained")
         return (f"radiation model on {len(self.points)} masters ({int(self.pixels.sum())} "
@@ -413,7 +414,8 @@ def write_results(out: Path, fit: rr.ResponseFit, points: pd.DataFrame, pixels: 
     """fit_results.csv|json, masters.csv and the residual and QQ figures."""
     files = [write_csv(fit.parameters[["param", "value", "err", "R2", "unit", "constrained",
                                        "reason"]], out / "fit_results.csv"),
-             write_csv(points, out / "masters.csv")]
+             write_csv(sort_by_stage(points, ["STAGE", "DOSE", "CALTYPE", "EXPTIME", "TEMP"]),
+                       out / "masters.csv")]
     record = fit_record(fit, points, pixels, info, settings)
     files.append(write_text(json.dumps(record, indent=2, default=str) + "\n",
                             out / "fit_results.json"))
@@ -432,8 +434,9 @@ def write_results(out: Path, fit: rr.ResponseFit, points: pd.DataFrame, pixels: 
 def plot_mean_residuals(points: pd.DataFrame, caltype: str, ax=None):
     """Mean residual (data - model) [adu] with its error vs dose, per stage."""
     ax = new_axes(ax)
-    for stage, part in points.groupby("STAGE", sort=False):
+    for stage, part in by_stage(points):
         ax.errorbar(part["DOSE"], part["MEAN_RESID"], part["MEAN_ERR"], fmt="o",
+                    color=STAGE_COLOURS.get(stage),
                     label=f"{stage}" + ("" if part["FITTED"].all() else " (predicted only)"))
     ax.axhline(0, color="k", lw=0.8)
     finish_axes(ax, "accumulated dose [krad]", "mean - model [adu]",
@@ -521,13 +524,17 @@ def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points:
     set_card(header, "BETAFIT", bool(maps.fitted[i1]), "beta_D fitted (dark masters at >1 dose)")
     if not maps.fitted[i1]:
         set_card(header, "BETAWHY", maps.dropped.get("beta_D", ""), "why beta_D is not fitted")
-    files = [write_product(out / "dark_maps.fits", maps.coef[i0], header, unit="adu/s",
+    # BUNIT 'adu/s/krad' read as adu per second per kilo-RADIAN (astropy's krad, with a
+    # UnitsWarning for the two slashes): the per-krad maps say so in PERDOSE instead, as the
+    # damage analysis's slope map does
+    set_card(header, "PERDOSE", "krad", "BETA_D, BETA_ERR are per krad (krad is no FITS unit)")
+    files = [write_product(out / "dark_maps.fits", maps.coef[i0], header, unit="adu / s",
                            uncertainty=maps.err[i0], mask=~np.isfinite(maps.coef[i0]),
                            images={"BETA_D": (maps.coef[i1] if maps.fitted[i1] else
-                                              np.full(maps.coef[i1].shape, np.nan), "adu/s/krad"),
+                                              np.full(maps.coef[i1].shape, np.nan), "adu / s"),
                                    "BETA_ERR": (maps.err[i1] if maps.fitted[i1] else
                                                 np.full(maps.coef[i1].shape, np.nan),
-                                                "adu/s/krad"),
+                                                "adu / s"),
                                    "CHI2DOF": (maps.chi2, ""), "NPTS": (maps.npoints, "")})]
     files += save_plot(show_image(maps.coef[i0], unit="adu/s", label="DC0",
                                   title=f"dark current at {settings.t_ref:g} degC before "

@@ -33,6 +33,7 @@ from astropy.io import fits
 
 from analysis.products import save_plot
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product
+from utils.io.index import sort_by_stage
 from utils.models import radiation_response as rr
 from utils.plotting import show_image
 from utils.stack.master import read_master
@@ -191,7 +192,8 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
     for folder, part in per_folder.items():
         files.append(write_csv(pd.DataFrame(part), folder / "residual_stats.csv"))
     table = pd.DataFrame(rows)
-    path = write_csv(table, model.out_dir / "reconstruction_stats.csv")
+    path = write_csv(sort_by_stage(table, ["STAGE", "DOSE", "CALTYPE", "EXPTIME", "TEMP"]),
+                     model.out_dir / "reconstruction_stats.csv")
     files.append(path)
     return Reconstruction(table, files, path)
 

@@ -59,6 +59,21 @@ logger = logging.getLogger(__name__)
 MAX_DIFFERENCES = 60
 #: Figures of the radiation response model shown at most.
 MAX_MODEL_FIGURES = 4
+#: The radiation response model's figures in the report, in order, with their captions (they
+#: were its first PNGs by name, captioned from the file name: 'beta d map', no unit).
+MODEL_FIGURES = (
+    ("bias_residuals.png", "Mean of each bias master minus the model's prediction vs "
+     "accumulated dose, per stage; post-irradiation masters predicted, not fitted "
+     "[adu vs krad]."),
+    ("dark_current_residuals.png", "Mean of each dark master minus the model's prediction vs "
+     "accumulated dose, per stage; post-irradiation masters predicted, not fitted "
+     "[adu vs krad]."),
+    ("dc0_map.png", "Per-pixel dark current at T_ref before irradiation, DC0 [adu/s]."),
+    ("beta_d_map.png", "Per-pixel dark-current increase per krad, beta_D [adu/s/krad]."),
+    ("variance_residuals.png", "Temporal variance of each master minus the model's "
+     "prediction vs accumulated dose [adu^2 vs krad]."),
+    ("qq_plot.png", "Pulls (residual / error) of the fitted masters' means and variances "
+     "against standard normal quantiles [1]."))
 
 
 @dataclass
@@ -504,10 +519,7 @@ def model_block(full: dict, base: Path) -> Block:
         table = _correlation_table(record.get("correlation"))
         if table is not None:
             block.tables.append(table)
-        block.figures = [Figure(p, f"Radiation response model: {p.stem.replace('_', ' ')} "
-                                   f"({_rel(p, base)}).", "radiation")
-                         for p in sorted((folder / "radiation_model").glob("*.png"))
-                         [:MAX_MODEL_FIGURES]]
+        block.figures = _figures(folder / "radiation_model", MODEL_FIGURES)[:MAX_MODEL_FIGURES]
     elif isinstance((full.get("record") or {}).get("model_parameters"), dict):
         params = full["record"]["model_parameters"]
         if "value" in params:      # one parameter

@@ -96,18 +96,41 @@ def plot_difference(image: np.ndarray, *, title: str, unit: str, log: bool = Fal
     finite = v[np.isfinite(v)]
     top = float(np.max(np.abs(finite))) if finite.size else 1.0
     top = top or 1.0
+    ticks = None
     if log:
         from matplotlib.colors import SymLogNorm
 
-        norm = SymLogNorm(linthresh=0.01 * top + 1e-9, vmin=-top, vmax=top)
+        linthresh = 0.01 * top + 1e-9
+        norm = SymLogNorm(linthresh=linthresh, vmin=-top, vmax=top)
         im = draw_image(ax, v, cmap="RdBu_r", norm=norm)  # limits above from every pixel
+        ticks = symlog_ticks(linthresh, top)
     else:
         im = draw_image(ax, v, cmap="RdBu_r", vmin=-top, vmax=top)
     ax.set_title(title)
     ax.set_xlabel("column [px]")
     ax.set_ylabel("row [px]")
-    ax.figure.colorbar(im, ax=ax, label=f"difference [{unit}]", shrink=0.85)
+    bar = ax.figure.colorbar(im, ax=ax, label=f"difference [{unit}]", shrink=0.85)
+    if ticks is not None:
+        bar.set_ticks(ticks)
     return ax
 
 
-__all__ = ["Difference", "difference", "write_difference", "plot_difference"]
+def symlog_ticks(linthresh: float, top: float) -> list[float]:
+    """Colour-bar ticks of a symmetric-log scale: 0 and the decades from ``linthresh`` to
+    ``top`` on either side.  Matplotlib's own put decades inside the linear part too, where
+    they crowd 0 ('10^-2', '0' and '-10^-2' printed over each other).
+
+    Examples
+    --------
+    >>> symlog_ticks(0.05, 5.0)
+    [-1.0, -0.1, 0.0, 0.1, 1.0]
+    """
+    first = math.ceil(math.log10(linthresh))
+    last = math.floor(math.log10(top))
+    decades = [10.0 ** k for k in range(first, last + 1)]
+    if not decades:
+        return [-top, 0.0, top]
+    return [-d for d in reversed(decades)] + [0.0] + decades
+
+
+__all__ = ["Difference", "difference", "write_difference", "plot_difference", "symlog_ticks"]

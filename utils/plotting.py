@@ -33,6 +33,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: Colour of each irradiation stage in every figure that shows stages (the same stage reads
+#: the same in the damage, dose and radiation-model figures).
+STAGE_COLOURS = {"pre": "C0", "radiating": "C1", "post": "C2"}
 #: Figure levels of ``--plots``, from fewest to most.
 LEVELS = ("none", "summary", "all")
 #: Largest side of an image as drawn [pixel]: a 1024 x 1024 master shows as 512 x 512
@@ -115,7 +118,16 @@ def new_axes(ax=None, ncols: int = 1, nrows: int = 1, figsize=(6.4, 4.2)):
 
 
 def finish_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
-    """Label the axes (units in brackets), add a light grid and a legend."""
+    """Label the axes (units in brackets), add a light grid and a legend.
+
+    Tick labels carry whole values: no offset text in the corner (times 12043-12047 s since
+    the first frame read '3.5 ... 7.5' and '+1.204e4' under the axis, easily missed)."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -39,6 +39,7 @@ from analysis.products import p_form, save_plot, write_npz
 from analysis.stage_differences import difference, plot_difference, write_difference
 from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
+from utils.io.index import by_stage, sort_by_stage
 from utils.models.gain import Gain, resolve_gain
 from utils.models.regression import Regression
 from utils.settings import dump_settings, field
@@ -171,7 +172,9 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
                             bias_tolerance=settings.bias_temp_tolerance,
                             progress_bar=progress_bar)
     w = _Writer(out)
-    w.csv(summary, "dose_summary.csv")
+    # rows in campaign order per calibration type (pre, radiating, post; not alphabetical)
+    w.csv(sort_by_stage(summary, ["CALTYPE", "STAGE", "DOSE", "EXPTIME", "TEMP"]),
+          "dose_summary.csv")
     rows = summary[summary["USED"]].copy()
     gain_note = {"gain_e_per_adu": e_per_adu,
                  "gain_source": g.source if g is not None else "assumed 1 e-/adu (no gain)",
@@ -232,7 +235,7 @@ def _per_type_plots(w: _Writer, rows: pd.DataFrame) -> None:
         sfx = _suffix(cal, exp)
         name = f"{cal.lower()}{'' if not sfx else ' ' + sfx[2:]}"
         data, pts = {}, {}
-        for stage, sp in part.groupby("STAGE", sort=False):
+        for stage, sp in by_stage(part):
             sp = sp.sort_values("DOSE")
             data.update({f"{stage}_dose": sp["DOSE"], f"{stage}_mean": sp["MEAN"],
                          f"{stage}_std": sp["STD"]})
@@ -252,7 +255,8 @@ def _per_type_plots(w: _Writer, rows: pd.DataFrame) -> None:
                          f"slope_{tag}_err": _err(r, 1), f"intercept_{tag}_err": _err(r, 0),
                          f"status_{tag}": r.status})
         w.plot(plots.plot_mean_std_vs_dose(p["DOSE"], p["MEAN"], p["STD"], fit_ir, fit_no,
-                                           title=f"{name}: mean and std vs dose"),
+                                           title=f"{name}: mean and std vs dose",
+                                           stage=p["STAGE"].to_numpy()),
                f"plots/{cal.lower()}_mean_std_vs_dose{sfx}", data)
         irr = models.irradiating(p).to_numpy()
         w.plot(plots.plot_std_model(p["MEAN"], p["STD"], fit_ir, fit_no, irr,
@@ -428,7 +432,8 @@ def _dose_rate_model(w: _Writer, rows) -> None:
                 "std": b.predict(part["DOSE"], part["DOSE_RATE"]) if b.ok
                 else np.full(len(part), np.nan)}
         meas = {"mean": part["MEAN"], "std": part["STD"]}
-        w.plot(plots.plot_predicted(meas, pred, title=f"{cal.lower()} dose-rate model"),
+        w.plot(plots.plot_predicted(meas, pred, title=f"{cal.lower()} dose-rate model",
+                                    fits={"mean": a, "std": b}),
                f"analysis/dose_rate_model_{cal.lower()}{_suffix(cal, exp)}",
                {"dose": part["DOSE"], "dose_rate": part["DOSE_RATE"], "mean": part["MEAN"],
                 "std": part["STD"], "mean_pred": pred["mean"], "std_pred": pred["std"],
@@ -542,7 +547,7 @@ def _relative(w: _Writer, rows, fs, scale, ref_exp) -> None:
                          ("relative_mag_err_vs_dose_16", "MAG16_DIFF"),
                          ("relative_mag_err_vs_dose_12", "MAG12_DIFF")):
         pts, data = {}, {}
-        for stage, part in table.groupby("STAGE", sort=False):
+        for stage, part in by_stage(table):
             pts[stage] = (part["DOSE"], part[metric], None)
             data[f"{stage}_dose"] = part["DOSE"]
             data[f"{stage}_{metric}"] = part[metric]

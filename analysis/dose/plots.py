@@ -8,8 +8,11 @@ import math
 
 import numpy as np
 
+from analysis.dose.summary import IRRADIATING
+from utils.io.index import stage_order
+from utils.io.tokens import value_error_text
 from utils.models.regression import Regression
-from utils.plotting import finish_axes, new_axes
+from utils.plotting import STAGE_COLOURS, finish_axes, new_axes
 
 DOSE = "dose [krad]"
 
@@ -19,32 +22,40 @@ def _line(ax, fit: Regression, x, label: str, **kw) -> None:
     x = x[np.isfinite(x)]
     if fit.ok and x.size:
         xs = np.linspace(x.min(), x.max(), 50)
-        ax.plot(xs, fit.predict(xs), label=f"{label}: slope {fit.coef[1]:.4g} +- "
-                                           f"{fit.err[1]:.2g}", **kw)
+        ax.plot(xs, fit.predict(xs),
+                label=f"{label}: slope {value_error_text(fit.coef[1], fit.err[1])}", **kw)
 
 
 def plot_series(points: dict, *, xlabel: str, ylabel: str, title: str, ax=None):
-    """``points = {label: (x, y, yerr or None)}`` as error-bar lines."""
+    """``points = {label: (x, y, yerr or None)}`` as error-bar lines (a stage label in its
+    colour, :data:`utils.plotting.STAGE_COLOURS`)."""
     ax = new_axes(ax)
     for label, (x, y, e) in points.items():
         if len(np.atleast_1d(x)):
-            ax.errorbar(x, y, e, fmt="o-", capsize=3, label=label)
+            ax.errorbar(x, y, e, fmt="o-", capsize=3, label=label, color=STAGE_COLOURS.get(label))
     return finish_axes(ax, xlabel, ylabel, title)
 
 
 def plot_mean_std_vs_dose(dose, mean, std, fit_ir: Regression, fit_no: Regression, *,
-                          title: str, ax=None):
-    """MEAN and STD vs dose on twin axes; the two STD = a MEAN + b lines as STD predictions."""
+                          title: str, stage=None, ax=None):
+    """MEAN and STD vs dose on twin axes, a line per stage (``stage``: each point's; the
+    stages are not joined: post and the last step share a dose); each STD = a MEAN + b fit's
+    prediction marked at the points it was fitted to (irradiating: the radiating stage)."""
     ax = new_axes(ax)
     dose, mean, std = (np.asarray(v, dtype=float) for v in (dose, mean, std))
-    order = np.argsort(dose)
-    ax.plot(dose[order], mean[order], "o-", color="C0", label="MEAN")
+    stage = np.asarray(stage if stage is not None else ["radiating"] * dose.size, dtype=object)
     ax.set_ylabel("mean [adu]", color="C0")
     twin = ax.twinx()
-    twin.plot(dose[order], std[order], "s-", color="C1", label="STD")
-    for fit, name, style in ((fit_ir, "irradiating", "--"), (fit_no, "not irradiating", ":")):
-        if fit.ok:
-            twin.plot(dose[order], fit.predict(mean[order]), style, color="C3",
+    for i, name in enumerate(sorted(set(stage), key=stage_order)):
+        sel = np.flatnonzero(stage == name)
+        sel = sel[np.argsort(dose[sel])]
+        ax.plot(dose[sel], mean[sel], "o-", color="C0", label="MEAN" if i == 0 else None)
+        twin.plot(dose[sel], std[sel], "s-", color="C1", label="STD" if i == 0 else None)
+    fitted = np.isin(stage, list(IRRADIATING))
+    for fit, name, marker, sel in ((fit_ir, "irradiating", "x", fitted),
+                                   (fit_no, "not irradiating", "+", ~fitted)):
+        if fit.ok and sel.any():
+            twin.plot(dose[sel], fit.predict(mean[sel]), marker, ms=9, mew=1.5, color="C3",
                       label=f"STD = {fit.coef[1]:.3g} MEAN + {fit.coef[0]:.3g} ({name})")
     twin.set_ylabel("std [adu]", color="C1")
     twin.legend(fontsize="small", loc="lower right")
@@ -59,7 +70,7 @@ def plot_std_model(mean, std, fit_ir: Regression, fit_no: Regression, irr, *, ti
     top.plot(mean[irr], std[irr], "o", label="irradiating")
     top.plot(mean[~irr], std[~irr], "s", label="not irradiating")
     for fit, name, m in ((fit_ir, "irradiating", irr), (fit_no, "not irradiating", ~irr)):
-        _line(top, fit, mean, name, ls="--")
+        _line(top, fit, mean[m], name, ls="--")     # over the means it was fitted to
         if fit.ok and m.any():
             bottom.plot(mean[m], std[m] - fit.predict(mean[m]), "o", label=name)
     finish_axes(top, "mean [adu]", "std [adu]", title)
@@ -81,17 +92,22 @@ def plot_dose_rate_effect(data: dict, fits: dict, *, title: str):
     return axes
 
 
-def plot_predicted(measured: dict, predicted: dict, *, title: str):
-    """Measured vs predicted MEAN and STD (dose-rate model)."""
+def plot_predicted(measured: dict, predicted: dict, *, title: str, fits: dict | None = None):
+    """Measured vs predicted MEAN and STD (dose-rate model).  A fit with no degree of
+    freedom (``fits = {"mean": Regression, "std": ...}``) meets every point by construction:
+    its panel says so (the points on the 1:1 line test nothing)."""
     axes = new_axes(None, ncols=2, figsize=(10.0, 4.2))
     for ax, q in zip(axes, ("mean", "std")):
+        fit = (fits or {}).get(q)
+        note = (f" (exact: {fit.npoints} points, {fit.npoints} coefficients)"
+                if fit is not None and fit.ok and fit.dof == 0 else "")
         m, p = np.asarray(measured[q], float), np.asarray(predicted[q], float)
         ax.plot(m, p, "o", label=q.upper())
         finite = np.concatenate([m[np.isfinite(m)], p[np.isfinite(p)]])
         if finite.size:
             ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], "k:",
                     label="1:1")
-        finish_axes(ax, f"measured {q} [adu]", f"predicted {q} [adu]", f"{title}: {q}")
+        finish_axes(ax, f"measured {q} [adu]", f"predicted {q} [adu]", f"{title}: {q}{note}")
     return axes
 
 

@@ -267,3 +267,118 @@ def test_dose_fits_products_verify(rad_dose, fitsverify):
     for path in paths:
         errors, report = fitsverify(path)
         assert errors == 0, f"{path}: {report}"
+
+
+def test_fit_legends_show_the_slope_to_its_error_and_never_nan():
+    """A fit with no degree of freedom (2 points, 2 coefficients) has no error: the STD-model
+    legend read 'not irradiating: slope 0.01394 +- nan'; a slope 0.009469 +- 0.02 showed
+    four digits more than its error allows.  Now 'slope 0.0139 (no error)', '0.009 +- 0.020'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.dose.plots import plot_std_model
+    from utils.models.regression import fit_line
+
+    rng = np.random.default_rng(5)
+    mean = np.array([3356.0, 3357.0, 3388.0, 3420.0, 3447.0])
+    std = 28.7 + 0.0108 * mean + rng.normal(0, 0.05, mean.size)
+    irr = np.array([False, True, True, True, False])
+    fit_ir = fit_line(mean[irr], std[irr], np.full(3, 0.05))
+    fit_no = fit_line(mean[~irr], std[~irr])
+    assert fit_no.ok and not (np.isfinite(fit_no.err[1]) and fit_no.err[1] > 0)
+    top, _ = plot_std_model(mean, std, fit_ir, fit_no, irr, title="bias")
+    labels = top.get_legend_handles_labels()[1]
+    assert not any("nan" in label for label in labels), labels
+    assert any(label.endswith("(no error)") for label in labels), labels
+    (ir,) = [label for label in labels if label.startswith("irradiating: slope")]
+    value, err = ir.split("slope ")[1].split(" +- ")
+    assert len(err.replace(".", "").lstrip("0")) == 2          # two significant digits
+    assert len(value.split(".")[-1]) == len(err.split(".")[-1])  # the value to the same place
+
+
+def test_dose_rate_model_with_no_degree_of_freedom_says_it_is_exact():
+    """Three dose steps fitted with three coefficients put every point on the 1:1 line of
+    the measured-vs-predicted figure by construction; the panel looked like a perfect model.
+    Now its title says it is exact (3 points, 3 coefficients); a fit with freedom is not
+    marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.dose.plots import plot_predicted
+    from utils.models.regression import fit_linear
+
+    rng = np.random.default_rng(2)
+    dose, rate = np.array([10.0, 20.0, 40.0]), np.array([0.0041, 0.0041, 0.0083])
+    mean = 41.0 + 2.7 * dose + 1800.0 * rate + rng.normal(0, 0.5, 3)
+    exact = fit_linear(mean, {"dose": dose, "rate": rate})
+    assert exact.ok and exact.dof == 0
+    free = fit_linear(mean, {"dose": dose})
+    meas = {"mean": mean, "std": mean}
+    pred = {"mean": exact.predict(dose, rate), "std": free.predict(dose)}
+    left, right = plot_predicted(meas, pred, title="dark dose-rate model",
+                                 fits={"mean": exact, "std": free})
+    assert left.get_title() == "dark dose-rate model: mean (exact: 3 points, 3 coefficients)"
+    assert right.get_title() == "dark dose-rate model: std"
+
+
+def test_symlog_difference_colour_bar_labels_do_not_overlap():
+    """The symmetric-log difference maps (*_log.png) printed '10^-2', '0' and '-10^-2' over
+    each other at the middle of the colour bar (decade ticks inside the linear part); now
+    the ticks are 0 and the decades beyond the linear part, and no two labels overlap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.stage_differences import plot_difference
+
+    rng = np.random.default_rng(4)
+    image = rng.normal(1.0, 1.5, (48, 64))
+    image[5, 5] = 5.0
+    ax = plot_difference(image, title="bias post vs last (symlog)", unit="%", log=True)
+    fig = ax.figure
+    fig.canvas.draw()
+    bar = fig.axes[-1]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in bar.get_yticklabels()
+             if t.get_text() and t.get_visible()]
+    assert len(boxes) >= 3
+    for a, b in zip(boxes, boxes[1:]):
+        assert not a.overlaps(b), (a, b)
+    lin = 0.01 * np.abs(image).max()
+    assert all(t == 0 or abs(t) >= lin for t in bar.get_yticks())
+
+
+def test_std_model_predictions_only_at_the_points_each_fit_was_fitted_to():
+    """STD = a MEAN + b is fitted to the radiating steps and, apart, to pre and post.  The
+    mean-and-std figure drew both fits as lines over every point (the irradiating one over
+    pre and post) and joined the MEAN line from the last step to post at the same dose (a
+    vertical segment at 40 krad); the STD-model figure drew each line over every mean.  Now
+    each stage is its own line and each fit is marked at, or spans, its own points only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.dose.plots import plot_mean_std_vs_dose, plot_std_model
+    from utils.models.regression import fit_line
+
+    stage = np.array(["pre", "radiating", "radiating", "radiating", "post"], dtype=object)
+    dose = np.array([0.0, 10.0, 20.0, 40.0, 40.0])
+    mean = np.array([3356.0, 3357.0, 3388.0, 3420.0, 3447.0])
+    rng = np.random.default_rng(8)
+    std = 28.7 + 0.0108 * mean + rng.normal(0, 0.05, 5)
+    irr = stage == "radiating"
+    fit_ir, fit_no = fit_line(mean[irr], std[irr]), fit_line(mean[~irr], std[~irr])
+    ax = plot_mean_std_vs_dose(dose, mean, std, fit_ir, fit_no, title="bias", stage=stage)
+    twin = [a for a in ax.figure.axes if a is not ax][0]
+    for line in ax.get_lines():            # no MEAN line joins two stages (40 -> 40 krad)
+        x = line.get_xdata()
+        assert len(x) < 2 or np.all(np.diff(x) > 0), x
+    marks = {line.get_label(): line for line in twin.get_lines()
+             if line.get_label().startswith("STD = ")}
+    (ir,) = [v for k, v in marks.items() if k.endswith("(irradiating)")]
+    (no,) = [v for k, v in marks.items() if k.endswith("(not irradiating)")]
+    assert list(ir.get_xdata()) == [10.0, 20.0, 40.0] and ir.get_linestyle() == "None"
+    assert sorted(no.get_xdata()) == [0.0, 40.0] and no.get_linestyle() == "None"
+    top, _ = plot_std_model(mean, std, fit_ir, fit_no, irr, title="bias")
+    spans = {line.get_label().split(":")[0]: line.get_xdata() for line in top.get_lines()
+             if line.get_linestyle() == "--"}
+    assert min(spans["irradiating"]) == 3357.0 and max(spans["irradiating"]) == 3420.0
+    assert min(spans["not irradiating"]) == 3356.0 and max(spans["not irradiating"]) == 3447.0

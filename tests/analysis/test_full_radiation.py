@@ -175,6 +175,15 @@ def test_products_per_stage(irr_run):
         assert list(series.columns[:3]) == ["TIME", "MEAN", "STD"] and len(series) == 4 * (
             2 if stage == "radiating" else 1)
     assert (out / "precision" / "dose_summary.csv").is_file()
+    # product tables list the stages in campaign order (they were alphabetical: post first)
+    rank = {"pre": 0, "radiating": 1, "post": 2}
+    for table, within in (("precision/dose_summary.csv", "CALTYPE"),
+                          ("radiation_model/masters.csv", None),
+                          ("radiation_model/reconstruction_stats.csv", None)):
+        rows = pd.read_csv(out / table)
+        for _, part in (rows.groupby(within) if within else [(None, rows)]):
+            order = part["STAGE"].map(rank).tolist()
+            assert order == sorted(order) and order[0] == 0, (table, part["STAGE"].tolist())
     assert (out / "precision" / "radiation_analysis" / "pre" / "stats_dark.csv").is_file()
     assert (out / "conversion" / "Preirradiation" / "fits_index.csv").is_file()
 
@@ -407,6 +416,18 @@ def test_fit_radiation_model_command_on_a_folder_of_frames(dd_run, tmp_path):
     table = pd.read_csv(tmp_path / "m" / "fit_results.csv").set_index("param")
     assert table.loc["beta_D", "constrained"] and not table.loc["q_mean", "constrained"]
     assert (tmp_path / "m" / "dark_maps.fits").is_file()
+    # units astropy reads as written: BETA_D's BUNIT was 'adu/s/krad' (per kilo-radian, with
+    # a UnitsWarning); now adu / s with PERDOSE = 'krad', as the damage slope map
+    import warnings
+
+    from astropy.nddata import CCDData
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        beta = CCDData.read(tmp_path / "m" / "dark_maps.fits", hdu="BETA_D")
+        dc0 = CCDData.read(tmp_path / "m" / "dark_maps.fits")
+    assert beta.unit == "adu / s" and dc0.unit == "adu / s"
+    assert fits.getheader(tmp_path / "m" / "dark_maps.fits")["PERDOSE"] == "krad"
     assert sha256_tree(campaign.root) == before
 
 
@@ -454,3 +475,76 @@ def _values(tree, key):
     elif isinstance(tree, list):
         for v in tree:
             yield from _values(v, key)
+
+
+def test_summary_line_rounds_values_to_their_errors():
+    """The final log line printed 'B0 3.36e+03 +- 0.17 adu' (the value rounded to 4 adu, 25
+    times its error) and 'recovered fraction 0.384 +- 0.006 1'; now each value to the decimal
+    place of its two-digit error, and no unit '1'."""
+    summary = {"indexed": 45, "converted": 45, "rejected": 0, "uncovered": 0,
+               "index": "/x/index.csv",
+               "damage_slope": {"value": 3.0092749, "err": 0.26134, "unit": "adu/s/krad"},
+               "recovered_fraction": {"value": 0.384195, "err": 0.0059560, "unit": "1"},
+               "hot_pixel_growth": {"value": 19, "err": None, "unit": "pixels"},
+               "model_parameters": {"B0": {"value": 3355.650265, "err": 0.1680664,
+                                           "unit": "adu"}, "sigma_q": None},
+               "procedure_checks": {"pass": 6, "warn": 11}}
+    line = full.summary_line(summary)
+    assert "damage slope 3.01 +- 0.26 adu/s/krad;" in line
+    assert "recovered fraction 0.3842 +- 0.0060;" in line
+    assert "hot-pixel growth 19 pixels;" in line
+    assert "B0 3355.65 +- 0.17 adu," in line and "sigma_q not constrained" in line
+
+
+def test_stage_legends_in_campaign_order_and_colours():
+    """The radiation-model residuals and the dose analysis's per-stage figures listed the
+    stages in the rows' order (sorted by tag: post, pre, radiating) with the colour cycle in
+    that order, so pre was orange there and blue in the damage figures.  Now every figure
+    lists pre, radiating, post, each in its STAGE_COLOURS colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from analysis.damage_plots import plot_level_trend
+    from analysis.dose.plots import plot_series
+    from utils.io.index import by_stage
+    from utils.models.regression import fit_line
+    from utils.plotting import STAGE_COLOURS
+
+    points = pd.DataFrame({"STAGE": ["post", "pre", "radiating", "radiating"],
+                           "DOSE": [40.0, 0.0, 5.0, 15.0], "FRAMEDOSE": [40.0, 0.0, 5.0, 15.0],
+                           "MEAN_RESID": [-40.0, 0.1, -0.2, 0.3], "MEAN_ERR": [0.4] * 4,
+                           "FITTED": [False, True, True, True]})
+    want = {"pre": to_hex(STAGE_COLOURS["pre"]), "radiating": to_hex(STAGE_COLOURS["radiating"]),
+            "post": to_hex(STAGE_COLOURS["post"])}
+
+    def legend(ax):
+        handles, labels = ax.get_legend_handles_labels()
+        return [(label.split(" ")[0], to_hex(h.lines[0].get_color())) for h, label in
+                zip(handles, labels) if hasattr(h, "lines")]
+
+    ax, _ = frm.plot_mean_residuals(points, "BIAS")
+    assert legend(ax) == list(want.items())
+    pts = {stage: (part["DOSE"], part["MEAN_RESID"], None) for stage, part in by_stage(points)}
+    assert legend(plot_series(pts, xlabel="x", ylabel="y", title="t")) == list(want.items())
+    fit = fit_line([0.0, 5.0, 15.0], [0.1, -0.2, 0.3], [0.4] * 3)
+    level = plot_level_trend(points[points["STAGE"] != "pre"], "MEAN_RESID", "MEAN_ERR", fit,
+                             ylabel="y", title="t", unit="adu")
+    assert legend(level) == [("radiating", want["radiating"]), ("post", want["post"])]
+
+
+def test_undefined_sigma_q_and_sigma_read_have_no_value():
+    """When the fitted <q>^2 + sigma_q^2 is below <q>^2 (or sigma_read^2 <= 0) the parameter
+    is not defined: fit_results.csv wrote 'sigma_q, 0.0, , ..., False' (a measured zero to a
+    reader) where every other unconstrained parameter has no value.  Now NaN, with the
+    reason."""
+    truth = {"B0": 3200.0, "alpha_D": 3.2, "b_T": 8.0, "DC0": 4.0, "beta_D": 0.2,
+             "q_mean": 1600.0, "sigma_read2": -50.0, "kappa": 1600.0 ** 2 - 5.0e4}
+    pts, s = _points(**truth)
+    table = rr.fit_response(pts, s).parameters.set_index("param")
+    for name, why in (("sigma_q", "sigma_q not defined"), ("sigma_read", "sigma_read^2")):
+        assert not table.loc[name, "constrained"], name
+        assert math.isnan(table.loc[name, "value"]) and math.isnan(table.loc[name, "err"])
+        assert why in table.loc[name, "reason"]
+    assert table.loc["q_mean", "value"] == pytest.approx(1600.0, rel=1e-6)

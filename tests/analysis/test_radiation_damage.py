@@ -141,6 +141,10 @@ def test_distribution_products(damage):
         assert (d / "plots" / f"{name}.png").is_file(), name
         with np.load(d / "plots" / f"{name}.npz") as data:
             assert data.files, name
+    # one name per column, none a merge suffix (N_PIXELS_x, N_PIXELS_y before)
+    assert not [c for c in table.columns if c.endswith(("_x", "_y"))], list(table.columns)
+    assert (table["N_PIXELS_NORMAL"] < table["N_PIXELS_FINITE"]).all()
+    assert (table["N_PIXELS_FINITE"] == pct["N_PIXELS"]).all()
     fits_table = pd.read_csv(d / "damage_fits.csv")
     assert set(fits_table["STATUS"]) == {"ok"}
     assert {"SLOPE", "SLOPE_ERR", "INTERCEPT", "INTERCEPT_ERR"} <= set(fits_table.columns)
@@ -192,3 +196,78 @@ def test_step_currents_without_a_gain_stay_in_adu():
     np.testing.assert_array_equal(in_adu.error, err)
     np.testing.assert_array_equal(in_e.current, 2.0 * rate)
     np.testing.assert_array_equal(in_e.error, 2.0 * err)
+
+
+def _steps(currents: dict):
+    """StepCurrents of a tiny 1 x n campaign: ``{tag: current}`` with stage from the tag."""
+    from analysis.damage import StepCurrent
+
+    steps = []
+    for i, (tag, current) in enumerate(currents.items()):
+        current = np.asarray(current, float)[None, :]
+        stage = tag.split("_")[0]
+        steps.append(StepCurrent(stage, tag, 10.0 * i if stage == "radiating" else np.nan,
+                                 10.0 * i, np.nan, 20.0, current, 0.05 * current, "adu/s"))
+    return steps
+
+
+def test_hot_pixel_counts_without_a_fixed_threshold_are_missing_not_zero(tmp_path):
+    """Without a gain there is no fixed e-/s threshold (inf): the counts that need it were
+    not measured.  hot_pixels.csv and the report showed 0 fixed-threshold, 0 new and 0
+    pre-existing hot pixels at every step (and the figure a line of zeros) next to 10-29
+    relative ones; now those cells are empty and the figure draws only the measured count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.damage import find_hot_pixels
+    from analysis.damage_plots import plot_hot_pixels
+
+    rng = np.random.default_rng(3)
+    base = rng.lognormal(3.0, 0.2, 200)
+    hotter = base.copy()
+    hotter[:5] *= 100.0
+    steps = _steps({"pre": base, "radiating_D10kR": hotter, "post": hotter})
+    hot = find_hot_pixels(steps, np.inf, 5.0)
+    table = hot.table
+    for column in ("N_HOT", "N_NEW", "N_PREEXISTING"):
+        assert table[column].isna().all(), table[column]
+    assert table.loc[table["STAGE"] == "post", "N_RECOVERED"].isna().all()
+    assert table["N_HOT_RELATIVE"].tolist() == [0, 5, 5]
+    path = tmp_path / "hot.csv"
+    table.to_csv(path, index=False)
+    back = pd.read_csv(path)
+    assert back["N_HOT"].isna().all() and back["N_HOT_RELATIVE"].tolist() == [0, 5, 5]
+    labels = plot_hot_pixels(table).get_legend_handles_labels()[1]
+    assert labels == ["relative to pre"]
+    # with a fixed threshold the counts are integers, written without ".0"
+    table = find_hot_pixels(steps, 1000.0, 5.0).table
+    assert table["N_HOT"].tolist() == [0, 5, 5] and table["N_NEW"].tolist() == [0, 5, 5]
+    assert table.to_csv(index=False).splitlines()[-1].endswith(",200,5,0,0,5")  # not "0.0,5.0"
+    labels = plot_hot_pixels(table).get_legend_handles_labels()[1]
+    assert labels == ["fixed threshold", "relative to pre", "new (not hot at pre)"]
+
+
+def test_damage_lines_end_at_the_last_fitted_step():
+    """The damage slope and the bias and read-noise lines are fitted to the pre and
+    radiating steps; the line was drawn on to the post step's dose (40 krad, 10 krad past
+    the last fitted point) where the annealed post mean sits far below it.  Now the line
+    spans the fitted steps' doses only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.damage_plots import plot_dark_current_vs_dose, plot_level_trend
+    from utils.models.regression import fit_line
+
+    rng = np.random.default_rng(11)
+    table = pd.DataFrame({"STAGE": ["pre", "radiating", "radiating", "radiating", "post"],
+                          "FRAMEDOSE": [0.0, 5.0, 15.0, 30.0, 40.0]})
+    table["DC_MEAN"] = 41.0 + 3.0 * table["FRAMEDOSE"] + rng.normal(0, 0.4, 5)
+    table.loc[4, "DC_MEAN"] = 99.5                          # annealed
+    table["DC_MEAN_ERR"] = 0.4
+    fitted = table[table["STAGE"] != "post"]
+    fit = fit_line(fitted["FRAMEDOSE"], fitted["DC_MEAN"], fitted["DC_MEAN_ERR"])
+    for ax in (plot_dark_current_vs_dose(table, fit, "adu/s"),
+               plot_level_trend(table, "DC_MEAN", "DC_MEAN_ERR", fit, ylabel="y [adu]",
+                                title="t", unit="adu")):
+        (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert line.get_xdata().min() == 0.0 and line.get_xdata().max() == 30.0

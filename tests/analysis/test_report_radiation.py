@@ -302,3 +302,20 @@ def test_standard_campaign_has_no_radiation_section(tmp_path):
     data = collect(tmp_path / "r")
     assert data.radiation is None and data.sections()["radiation"] is False
     assert data.as_json()["radiation"] is None
+
+
+def test_model_figures_have_captions_with_units(tmp_path):
+    """The radiation model's figures were its first four PNGs by name, captioned from the file
+    name ('Radiation response model: beta d map (...)', no unit); now the residuals first,
+    then the maps, each with a caption that says what is drawn and in which unit."""
+    results = _full_pipeline_results(tmp_path / "results")
+    for name in ("beta_d_map", "bias_residuals", "dark_current_residuals", "dc0_map",
+                 "qq_plot", "variance_residuals"):
+        (results / "radiation_model" / f"{name}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    blocks = {b.key: b for b in collect(results).radiation}
+    figures = blocks["model_parameters"].figures
+    assert [f.path.name for f in figures] == ["bias_residuals.png", "dark_current_residuals.png",
+                                              "dc0_map.png", "beta_d_map.png"]
+    for f in figures:
+        assert f.caption.endswith("].") and "map (" not in f.caption, f.caption
+    assert "[adu/s/krad]" in figures[3].caption and "predicted, not fitted" in figures[0].caption

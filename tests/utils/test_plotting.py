@@ -148,3 +148,27 @@ def test_plots_option_and_old_alias():
     assert parser.parse_args(["--plots", "all"]).plots == "all"
     assert parser.parse_args(["--no-save-plots"]).plots == "none"
     assert parser.parse_args(["--no_save_plots"]).plots == "none"
+
+
+def test_finish_axes_ticks_carry_whole_values_without_an_offset():
+    """Frames 12043.4-12047.4 s after the campaign's first one were labelled 3.5 ... 7.5 with
+    '+1.204e4' in the axis corner (matplotlib's offset); now the ticks read 12043.5 ..."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from utils.plotting import finish_axes, new_axes
+
+    ax = new_axes()
+    ax.plot(12040.0 + np.array([3.4, 5.4, 7.4]), 3356.0 + np.array([0.1, 0.2, 0.15]), "o-")
+    finish_axes(ax, "time since the campaign's first frame [s]", "mean [adu]", "t")
+    ax.figure.canvas.draw()
+    assert ax.xaxis.get_offset_text().get_text() == ""
+    assert ax.yaxis.get_offset_text().get_text() == ""
+    ticks = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_xticklabels()
+             if t.get_text()]
+    assert min(ticks) > 12000.0
+    # a log axis (another formatter) is left as it is
+    ax = new_axes()
+    ax.plot([1.0, 10.0, 100.0], [1.0, 2.0, 3.0])
+    ax.set_xscale("log")
+    finish_axes(ax, "x [adu]", "y [adu]", "t")

@@ -15,6 +15,7 @@ from utils.io.tokens import (
     folder_temperature,
     number_text,
     path_values,
+    value_error_text,
 )
 
 
@@ -115,3 +116,17 @@ def test_file_frame_number_needs_a_word_boundary():
 def test_number_text_has_no_negative_zero(value, spec, expected):
     """A temperature label rounding to zero prints 0 (``T0.0C``), never -0."""
     assert number_text(value, spec) == expected
+
+
+@pytest.mark.parametrize("value, error, unit, expected", [
+    (0.009468982, 0.020147, "", "0.009 +- 0.020"),          # read-noise slope legend
+    (3355.6503, 0.16807, "adu", "3355.65 +- 0.17 adu"),     # B0 was '3.36e+03 +- 0.17 adu'
+    (0.38419, 0.005956, "1", "0.3842 +- 0.0060"),           # was '0.384 +- 0.006 1'
+    (0.0139435, math.nan, "", "0.01394 (no error)"),        # was '0.01394 +- nan'
+    (2.0, 0.0, "adu", "2 (no error) adu"),
+    (-0.0004, 0.02, "", "0.000 +- 0.020"),                  # no '-0.000'
+    (65.76, 164.2, "adu/krad", "66 +- 164 adu/krad"),
+])
+def test_value_error_text_rounds_the_value_to_its_error(value, error, unit, expected):
+    """The value to the decimal place of its two-digit error; no 'nan' error, no unit '1'."""
+    assert value_error_text(value, error, unit) == expected

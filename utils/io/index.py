@@ -649,6 +649,39 @@ def stage_order(stage: str) -> int:
     return STAGES.index(stage) if stage in STAGES else len(STAGES)
 
 
+def by_stage(table: pd.DataFrame, column: str = "STAGE"):
+    """``(stage, rows)`` of ``table`` in campaign order (pre, radiating, post, then any other
+    in the order first seen), so legends and colours follow the campaign, not the rows'
+    order (rows sorted by tag put post first).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"STAGE": ["post", "pre", "radiating", "pre"], "V": [4, 1, 2, 3]})
+    >>> [(s, rows["V"].tolist()) for s, rows in by_stage(t)]
+    [('pre', [1, 3]), ('radiating', [2]), ('post', [4])]
+    """
+    groups = dict(tuple(table.groupby(column, sort=False)))
+    for stage in sorted(groups, key=stage_order):
+        yield stage, groups[stage]
+
+
+def sort_by_stage(table: pd.DataFrame, columns=("STAGE",)) -> pd.DataFrame:
+    """A copy of ``table`` sorted by ``columns`` (stable), ``STAGE`` in campaign order (pre,
+    radiating, post), not alphabetical (post, pre, radiating): the order a product table is
+    read in.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"STAGE": ["post", "pre", "radiating", "radiating"],
+    ...                   "DOSE": [40.0, 0.0, 20.0, 5.0]})
+    >>> sort_by_stage(t, ["STAGE", "DOSE"])["DOSE"].tolist()
+    [0.0, 5.0, 20.0, 40.0]
+    """
+    return table.sort_values(
+        list(columns), kind="stable",
+        key=lambda s: s.map(stage_order) if s.name == "STAGE" else s).reset_index(drop=True)
+
+
 def parse_stage(text: str) -> str:
     """Accept ``pre/radiating/post`` and the old word ``during``; raise ValueError otherwise."""
     word = re.sub(r"[^a-z0-9]", "", text.lower())
@@ -659,4 +692,5 @@ def parse_stage(text: str) -> str:
 
 __all__ = ["DatasetIndex", "IndexSettings", "build_index", "write_index", "infer_stage",
            "infer_vacuum", "infer_dose", "discover_sections", "section_type", "INDEX_COLUMNS",
-           "STAGES", "CALTYPES", "stage_order", "parse_stage", "load_frames"]
+           "STAGES", "CALTYPES", "stage_order", "by_stage", "sort_by_stage", "parse_stage",
+           "load_frames"]

@@ -1,6 +1,6 @@
 """Values encoded in file and folder names: temperature, exposure time, dose, frame number
-(read from raw names; :func:`number_text` and :func:`error_decimals` write numbers into
-product names and labels).
+(read from raw names; :func:`number_text`, :func:`error_decimals` and
+:func:`value_error_text` write numbers into product names and labels).
 
 The old toolkit ran its regular expressions over the whole absolute path, so
 an ``attempt0`` folder read as 0 degC and a temp-dir ``data9s...`` as a 9 s
@@ -72,6 +72,34 @@ def error_decimals(error: float) -> int:
     (4, 0)
     """
     return max(0, 1 - math.floor(math.log10(abs(error))))
+
+
+def value_error_text(value: float, error: float | None, unit: str = "") -> str:
+    """``value +- error`` with the error to two significant digits and the value to the
+    same decimal place (:func:`error_decimals`), for legends, log lines and tables.
+
+    A value alone, 4 significant digits and ``(no error)``, when the error is unknown
+    (None, NaN: e.g. a fit with no degree of freedom) or not positive; a unit of ``1`` or
+    ``""`` is not written.
+
+    Examples
+    --------
+    >>> value_error_text(0.009468982, 0.020147), value_error_text(3355.6503, 0.16807, "adu")
+    ('0.009 +- 0.020', '3355.65 +- 0.17 adu')
+    >>> value_error_text(0.0139435, float("nan")), value_error_text(0.38419, 0.005956, "1")
+    ('0.01394 (no error)', '0.3842 +- 0.0060')
+    """
+    suffix = f" {unit}" if unit not in ("", "1") else ""
+    value = float(value)
+    if not math.isfinite(value):
+        return f"{value}{suffix}"
+    if error is None or not math.isfinite(float(error)) or float(error) <= 0:
+        return f"{number_text(value, '.4g')} (no error){suffix}"
+    error = float(error)
+    if abs(value) >= 1e6 or error >= 1e6 or (value and abs(value) < 1e-4 and error < 1e-4):
+        return f"{number_text(value, '.3e')} +- {error:.2g}{suffix}"
+    d = error_decimals(error)
+    return f"{number_text(value, f'.{d}f')} +- {error:.{d}f}{suffix}"
 
 
 def _to_float(text: str) -> float:

@@ -331,7 +331,8 @@ def fit_response(points: pd.DataFrame, settings: ModelSettings = ModelSettings()
                 derived_grad[param] = grad
                 record(param, math.sqrt(s2), float(math.sqrt(grad @ cov @ grad)), True, "", r2)
             else:
-                record(param, 0.0, math.nan, False, f"sigma_read^2 = {s2:.3g} <= 0", r2)
+                # no value (NaN, as every parameter not constrained): a 0 reads as measured
+                record(param, math.nan, math.nan, False, f"sigma_read^2 = {s2:.3g} <= 0", r2)
             continue
         if param == "sigma_q":
             if "kappa" in why or "q_mean" in why:
@@ -350,7 +351,7 @@ def fit_response(points: pd.DataFrame, settings: ModelSettings = ModelSettings()
                 grad[names.index("kappa")] = 1.0
                 grad[names.index("q_mean")] = -2 * q
                 e2 = float(math.sqrt(grad @ cov @ grad))
-                record(param, 0.0, math.nan, False,
+                record(param, math.nan, math.nan, False,
                        f"<q>^2 + sigma_q^2 - <q>^2 = {s2:.3g} +- {e2:.2g} adu^2/krad <= 0: "
                        "sigma_q not defined (more than one hit per pixel per krad, or no "
                        "spread)", r2)
