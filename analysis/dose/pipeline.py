@@ -419,7 +419,8 @@ def _dose_rate_model(w: _Writer, rows) -> None:
     records = []
     for cal, exp, part in models.series(ir):
         a, b = models.dose_rate_model(part, f"{cal.lower()}{_suffix(cal, exp)}")
-        rec = {"CALTYPE": cal, "EXPTIME": exp, "N": a.npoints}
+        dose, column = models.received_dose(part)
+        rec = {"CALTYPE": cal, "EXPTIME": exp, "N": a.npoints, "DOSE_COLUMN": column}
         for prefix, r in (("A", a), ("B", b)):
             for i in range(3):
                 rec[f"{prefix}{i}"] = _coef(r, i)
@@ -427,15 +428,16 @@ def _dose_rate_model(w: _Writer, rows) -> None:
             rec[f"STATUS_{prefix}"] = r.status
             w.fit("dose_rate_model", cal, exp, "MEAN" if prefix == "A" else "STD", r)
         records.append(rec)
-        pred = {"mean": a.predict(part["DOSE"], part["DOSE_RATE"]) if a.ok
+        pred = {"mean": a.predict(dose, part["DOSE_RATE"]) if a.ok
                 else np.full(len(part), np.nan),
-                "std": b.predict(part["DOSE"], part["DOSE_RATE"]) if b.ok
+                "std": b.predict(dose, part["DOSE_RATE"]) if b.ok
                 else np.full(len(part), np.nan)}
         meas = {"mean": part["MEAN"], "std": part["STD"]}
         w.plot(plots.plot_predicted(meas, pred, title=f"{cal.lower()} dose-rate model",
                                     fits={"mean": a, "std": b}),
                f"analysis/dose_rate_model_{cal.lower()}{_suffix(cal, exp)}",
-               {"dose": part["DOSE"], "dose_rate": part["DOSE_RATE"], "mean": part["MEAN"],
+               {"dose": dose, "dose_step": part["DOSE"], "dose_rate": part["DOSE_RATE"],
+                "mean": part["MEAN"],
                 "std": part["STD"], "mean_pred": pred["mean"], "std_pred": pred["std"],
                 "A": a.coef, "A_err": a.err, "B": b.coef, "B_err": b.err})
     w.csv(pd.DataFrame(records), "analysis/dose_rate_model.csv")
@@ -445,19 +447,22 @@ def _dose_model(w: _Writer, rows) -> None:
     ir = rows[rows["STAGE"].isin(IRRADIATING)]
     records = []
     for cal, exp, part in models.series(ir):
-        part = part.sort_values("DOSE")
+        dose, column = models.received_dose(part)
+        part = part.assign(_X=dose).sort_values("_X")
         r = models.dose_model(part, f"{cal.lower()}{_suffix(cal, exp)}")
-        w.fit("dose_model", cal, exp, "MEAN vs DOSE", r)
+        w.fit("dose_model", cal, exp, f"MEAN vs {column}", r)
         records.append({"CALTYPE": cal, "SLOPE": _coef(r, 1), "INTERCEPT": _coef(r, 0),
                         "EXPTIME": exp, "SLOPE_ERR": _err(r, 1), "INTERCEPT_ERR": _err(r, 0),
-                        "N": r.npoints, "CHI2DOF": r.chi2dof, "STATUS": r.status})
-        w.plot(plots.plot_fit_with_residuals(part["DOSE"], part["MEAN"], part["MEAN_ERR"], r,
-                                             xlabel=plots.DOSE, ylabel="mean [adu]",
+                        "N": r.npoints, "CHI2DOF": r.chi2dof, "STATUS": r.status,
+                        "DOSE_COLUMN": column})
+        w.plot(plots.plot_fit_with_residuals(part["_X"], part["MEAN"], part["MEAN_ERR"], r,
+                                             xlabel=plots.dose_axis(column), ylabel="mean [adu]",
                                              title=f"{cal.lower()} mean vs dose"),
                f"analysis/dose_model_{cal.lower()}{_suffix(cal, exp)}",
-               {"dose": part["DOSE"], "mean": part["MEAN"], "mean_err": part["MEAN_ERR"],
+               {"dose": part["_X"], "dose_step": part["DOSE"], "mean": part["MEAN"],
+                "mean_err": part["MEAN_ERR"],
                 "slope": _coef(r, 1), "intercept": _coef(r, 0), "slope_err": _err(r, 1),
-                "intercept_err": _err(r, 0), "residual": part["MEAN"] - r.predict(part["DOSE"])
+                "intercept_err": _err(r, 0), "residual": part["MEAN"] - r.predict(part["_X"])
                 if r.ok else np.full(len(part), np.nan)})
     w.csv(pd.DataFrame(records), "analysis/dose_model.csv")
 
@@ -468,24 +473,32 @@ def _base_level(w: _Writer, rows) -> None:
     for cal, exp, part in models.series(ir):
         if cal not in per_cal:
             continue
-        level = part.groupby("DOSE")[["MEAN", "MEAN_ERR"]].mean().reset_index()
+        # one point per step; FRAMEDOSE of a step NaN when one of its rows has none
+        level = part.groupby("DOSE").agg(
+            MEAN=("MEAN", "mean"), MEAN_ERR=("MEAN_ERR", "mean"),
+            FRAMEDOSE=("FRAMEDOSE", lambda v: v.mean(skipna=False))).reset_index()
         r = models.dose_model(level, f"{cal.lower()} base level{_suffix(cal, exp)}")
-        w.fit("base_level_trend", cal, exp, "MEAN vs DOSE", r)
+        dose, column = models.received_dose(level)
+        level["_X"] = dose
+        w.fit("base_level_trend", cal, exp, f"MEAN vs {column}", r)
         records.append({"CALTYPE": cal, "SLOPE": _coef(r, 1), "INTERCEPT": _coef(r, 0),
                         "EXPTIME": exp, "SLOPE_ERR": _err(r, 1), "INTERCEPT_ERR": _err(r, 0),
-                        "STATUS": r.status})
+                        "STATUS": r.status, "DOSE_COLUMN": column})
         per_cal[cal][exp] = (level, r)
     w.csv(pd.DataFrame(records), "analysis/base_level_trend.csv")
     for cal, series in per_cal.items():
-        pts, data = {}, {}
+        pts, data, columns = {}, {}, set()
         for exp, (level, r) in series.items():
             label = "bias" if cal == "BIAS" else f"{exp:g} s"
-            pts[label] = (level["DOSE"], level["MEAN"], level["MEAN_ERR"])
+            pts[label] = (level["_X"], level["MEAN"], level["MEAN_ERR"])
+            columns.add(models.received_dose(level)[1])
             key = "" if cal == "BIAS" else f"_E{p_form(exp)}s"
-            data.update({f"dose{key}": level["DOSE"], f"mean{key}": level["MEAN"],
+            data.update({f"dose{key}": level["_X"], f"dose_step{key}": level["DOSE"],
+                         f"mean{key}": level["MEAN"],
                          f"slope{key}": _coef(r, 1), f"intercept{key}": _coef(r, 0),
                          f"slope_err{key}": _err(r, 1), f"intercept_err{key}": _err(r, 0)})
-        w.plot(plots.plot_series(pts, xlabel=plots.DOSE, ylabel="base level [adu]",
+        axis = plots.dose_axis(columns.pop()) if len(columns) == 1 else plots.DOSE
+        w.plot(plots.plot_series(pts, xlabel=axis, ylabel="base level [adu]",
                                  title=f"{cal.lower()} base level vs dose (per exposure)"),
                f"analysis/base_level_trend_{cal.lower()}", data)
 

@@ -14,7 +14,15 @@ from utils.io.tokens import value_error_text
 from utils.models.regression import Regression
 from utils.plotting import STAGE_COLOURS, finish_axes, new_axes
 
-DOSE = "dose [krad]"
+#: Axis of a dose step (its label: the dose at the step's end).
+DOSE = "dose step [krad]"
+#: Axis of the dose the frames received (their mean FRAMEDOSE), the dose-response fits' x.
+RECEIVED = "dose received [krad]"
+
+
+def dose_axis(column: str) -> str:
+    """The axis label of :func:`analysis.dose.models.received_dose`'s column."""
+    return RECEIVED if column == "FRAMEDOSE" else DOSE
 
 
 def _line(ax, fit: Regression, x, label: str, **kw) -> None:

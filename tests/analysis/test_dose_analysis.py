@@ -382,3 +382,35 @@ def test_std_model_predictions_only_at_the_points_each_fit_was_fitted_to():
              if line.get_linestyle() == "--"}
     assert min(spans["irradiating"]) == 3357.0 and max(spans["irradiating"]) == 3420.0
     assert min(spans["not irradiating"]) == 3356.0 and max(spans["not irradiating"]) == 3447.0
+
+
+def test_dose_model_regresses_on_the_dose_the_frames_received(tmp_path):
+    """With the beam on while measuring (a ramp: the frames of the 10, 20 and 40 krad steps
+    received ~0-10, 10-20 and 20-40 krad), MEAN against the steps' labels put the bias shift
+    at 2.0 +- 0.4 adu/krad for a true 3.2 (chi2/dof 472); against the frames' mean FRAMEDOSE
+    it is within 3 of its errors (and the step label stays in the table)."""
+    from conftest import convert_campaign
+
+    from analysis.dose.pipeline import DoseSettings
+    from analysis.dose.pipeline import run as dose_run
+    from utils.io.index import build_index, write_index
+    from utils.sim import simulate_irradiation
+
+    campaign = simulate_irradiation(tmp_path / "c", seed=21, width=32, height=24, frames=6,
+                                    doses=(10, 20, 40), dose_profile="ramp")
+    convert_campaign(campaign)
+    index = campaign.root / "index.csv"
+    write_index(build_index(discover=[campaign.root]), index)
+    dose_run(index, tmp_path / "out", DoseSettings(damage=False))
+    summary = pd.read_csv(tmp_path / "out" / "dose_summary.csv")
+    ir = summary[(summary["STAGE"] == "radiating") & (summary["CALTYPE"] == "BIAS")]
+    assert (ir["FRAMEDOSE"] < ir["DOSE"] - 1.0).all()         # the frames before the label
+    model = pd.read_csv(tmp_path / "out" / "analysis" / "dose_model.csv")
+    bias = model[model["CALTYPE"] == "BIAS"].iloc[0]
+    truth = campaign.physics.bias_shift * 16
+    assert bias["DOSE_COLUMN"] == "FRAMEDOSE" and bias["STATUS"] == "ok"
+    assert bias["SLOPE_ERR"] < 0.1 * truth                     # precise enough to tell
+    assert abs(bias["SLOPE"] - truth) < 3 * bias["SLOPE_ERR"], (bias["SLOPE"], truth)
+    with np.load(tmp_path / "out" / "analysis" / "dose_model_bias.npz") as data:
+        np.testing.assert_allclose(np.sort(data["dose"]), np.sort(ir["FRAMEDOSE"]))
+        assert sorted(data["dose_step"]) == sorted(ir["DOSE"])
