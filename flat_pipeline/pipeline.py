@@ -600,7 +600,8 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
     comb = settings.combine
     cross = CrossAccumulator([m.tag for m in masters], shape, noise_factors=[
         clipped_error_factor(m.ncombine, comb.method, sigma_low=comb.sigma_low,
-                             sigma_high=comb.sigma_high, maxiters=comb.maxiters)
+                             sigma_high=comb.sigma_high, maxiters=comb.maxiters,
+                             min_accepted=comb.min_accepted)
         for m in masters])
     readers = [flat_reader(m.path) for m in masters]
     for start in range(0, shape[0], 256):
