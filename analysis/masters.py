@@ -201,12 +201,13 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         record.bias_file = str(header.get(kw.BIASFILE, ""))
         record.dark_file = str(header.get(kw.DARKFILE, ""))
         return record
+    step_scale = float(np.median(scale)) if scale is not None else 1.0
     result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
                      sigma_high=settings.sigma_high, maxiters=settings.maxiters,
                      min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
                      saturation=adu.saturation_level(adc_bits_of(rows)),
-                     min_scale=adu.clip_floor(adc_bits_of(rows), float(np.median(scale))
-                                              if scale is not None else 1.0),
+                     min_scale=adu.clip_floor(adc_bits_of(rows), step_scale),
+                     quantum=adu.quantum(adc_bits_of(rows), step_scale),
                      memory_limit=settings.memory_limit,
                      workers=settings.workers, metadata=frame_metadata(rows),
                      product=f"MASTER_{key.caltype}", progress_bar=progress_bar)

@@ -131,6 +131,7 @@ def stack_normalised(paths: list[str], rows: pd.DataFrame, subtract, scale: np.n
                      min_accepted=min(settings.min_accepted, n), scale=scale,
                      subtract=subtract, saturation=adu.saturation_level(bits),
                      min_scale=adu.clip_floor(bits, float(np.median(scale))),
+                     quantum=adu.quantum(bits, float(np.median(scale))),
                      memory_limit=settings.memory_limit, workers=settings.workers,
                      metadata=frame_metadata(rows), product="MASTER_FLAT",
                      progress_bar=progress_bar)

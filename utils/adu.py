@@ -133,6 +133,17 @@ def electrons_per_adu(gain: float, adc_bits: int) -> float:
     return float(gain) / adu_scale(adc_bits)
 
 
+def quantum(adc_bits: int, scale: float = 1.0) -> float:
+    """One ADC step in stored ADU, times the frames' ``scale`` [stored ADU x scale].
+
+    Examples
+    --------
+    >>> quantum(12), quantum(12, 0.5)
+    (16.0, 8.0)
+    """
+    return float(adu_scale(adc_bits)) * abs(float(scale))
+
+
 def clip_floor(adc_bits: int, scale: float = 1.0) -> float:
     """Smallest meaningful clipping scale of stacked samples: two ADC steps [stored ADU x scale].
 
@@ -148,7 +159,7 @@ def clip_floor(adc_bits: int, scale: float = 1.0) -> float:
     >>> clip_floor(12)
     32.0
     """
-    return 2.0 * adu_scale(adc_bits) * abs(float(scale))
+    return 2.0 * quantum(adc_bits, scale)
 
 
 def scaling_cards(adc_bits: int) -> list[tuple[str, object, str]]:

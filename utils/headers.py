@@ -82,6 +82,7 @@ EMIN, EMAX, EAVG = "EMIN", "EMAX", "EAVG"  # [s] input exposure times
 MEAN, MEDIAN, STD = "MEAN", "MEDIAN", "STD"  # statistics of the master image (valid pixels)
 NMASKED = "NMASKED"      # masked pixels in the master
 NREJECT = "NREJECT"      # samples rejected by clipping, all pixels
+NOISEMIN = "NOISEMIN"    # [adu] NOISE of a pixel whose accepted samples are all equal
 BIASFILE = "BIASFILE"    # master bias subtracted
 BIASTEMP = "BIASTEMP"    # [degC] temperature of that master bias
 DARKFILE = "DARKFILE"    # master dark subtracted

@@ -478,6 +478,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             scale: Sequence[float] | None = None,
             subtract: np.ndarray | Callable[[int, int, int], np.ndarray] | None = None,
             saturation: float | None = None, min_scale: float = 0.0, guard: bool = True,
+            quantum: float = 0.0,
             memory_limit: float = 1e9,
             workers: int | None = None, progress_bar: bool = False,
             metadata: Sequence[Mapping] | None = None, product: str = "MASTER") -> MasterResult:
@@ -521,6 +522,12 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         quantisation steps of the ADC, :func:`utils.adu.clip_floor`): a MAD
         collapsed onto tied quantised values says nothing about the spread.
         Default 0.
+    quantum : float, optional
+        Quantisation step of the prepared samples (one ADC step, :func:`utils.adu.quantum`).
+        A pixel whose accepted samples (two or more) are all equal gets ``noise =
+        quantum / sqrt(12)`` instead of 0: their spread is below one step, not zero, and an
+        error of 0 gave such a pixel infinite weight in a fit and pulls of 10^6 (3-frame
+        bias masters quantised in 16-adu steps).  Default 0: no floor.
     guard : bool, optional
         Confirm each clipping decision: a sample flagged by the MAD scale is
         rejected only if it also lies outside the thresholds set by the
@@ -620,6 +627,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
     empty_sub = np.empty(0, dtype=np.float64)
     empty_nsat = np.empty(0, dtype=np.int16)
     local = threading.local()
+    noise_floor = np.float32(quantum / math.sqrt(12.0)) if quantum > 0 else np.float32(0)
     direct_u16 = use_numba and isinstance(source, _FileSource) and source.unsigned16
 
     def run_block(start: int) -> tuple[int, np.ndarray]:
@@ -677,6 +685,10 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         else:
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
                                   maxiters, out_d, out_n, out_c, float(min_scale), bool(guard))
+        if quantum > 0:  # identical quantised samples: a spread below one step, not 0
+            tied = (out_n == 0) & (out_c >= 2)
+            if tied.any():
+                out_n[tied] = noise_floor
         # flags and standard error of the block, in the workers too
         finish = _finish_block if use_numba else _finish_block_numpy
         finish(out_d, out_n, out_c, block_nsat, n, int(min_accepted), code == 1,
@@ -705,7 +717,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
                            maxiters=maxiters, min_accepted=min_accepted, scale=scale,
                            subtract=subtract, saturation=saturation, metadata=metadata,
                            data=data, flags=flags, nreject=nreject, product=product,
-                           min_scale=min_scale, guard=guard)
+                           min_scale=min_scale, guard=guard, noise_floor=float(noise_floor))
     table = _inputs_table(source.paths, metadata, scale,
                           sat_per_frame if saturation is not None else None)
     return MasterResult(data=data, noise=noise, stderr=stderr, count=count, flags=flags,
@@ -714,7 +726,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
 
 def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, scale,
                   subtract, saturation, metadata, data, flags, nreject, product,
-                  min_scale=0.0, guard=False) -> fits.Header:
+                  min_scale=0.0, guard=False, noise_floor=0.0) -> fits.Header:
     header = fits.Header()
     for key, value, comment in fitsio.provenance_cards(product):
         fitsio.set_card(header, key, value, comment)
@@ -731,6 +743,8 @@ def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, s
             card("CLIPMIN", float(min_scale), "smallest clipping scale (2 ADC steps)")
         card("CLIPGRD", bool(guard), "flags confirmed by the unflagged samples' std")
     card(kw.MINACC, int(min_accepted), "min accepted samples of a valid pixel")
+    if noise_floor > 0:
+        card(kw.NOISEMIN, noise_floor, "NOISE where accepted samples all equal (step/sqrt12)")
     if scale is not None:
         card(kw.SCALEMTH, "per-frame factor", "frames multiplied by INPUTS.SCALE")
     if subtract is not None:

@@ -123,6 +123,12 @@ def real_paths(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
     return real
 
 
+#: Bumped when the engine's products change for the same inputs and settings, so that a
+#: re-run rebuilds the masters it made before (2: NOISE floor of identical quantised
+#: samples, ``combine(quantum=)``).
+ENGINE_REVISION = 2
+
+
 def inputs_hash(paths: Sequence[str | os.PathLike], settings, *refs,
                 real: Mapping[str, str] | None = None) -> str:
     """Short hash of the inputs, the combination settings and what was subtracted.
@@ -140,7 +146,7 @@ def inputs_hash(paths: Sequence[str | os.PathLike], settings, *refs,
         digest.update(b"\0")
     digest.update(repr((settings.method, settings.sigma_low, settings.sigma_high,
                         settings.maxiters, settings.min_accepted,
-                        tuple(_identity(r) for r in refs))).encode())
+                        tuple(_identity(r) for r in refs), ENGINE_REVISION)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -301,12 +307,13 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     if header is not None:
         return header, True
     bits = adc_bits_of(rows)
+    step_scale = float(np.median(scale)) if scale is not None else 1.0
     result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
                      sigma_high=settings.sigma_high, maxiters=settings.maxiters,
                      min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
                      saturation=adu.saturation_level(bits),
-                     min_scale=adu.clip_floor(bits, float(np.median(scale)) if scale is not None
-                                              else 1.0),
+                     min_scale=adu.clip_floor(bits, step_scale),
+                     quantum=adu.quantum(bits, step_scale),
                      memory_limit=settings.memory_limit,
                      workers=settings.workers, metadata=frame_metadata(rows), product=product,
                      progress_bar=progress_bar)
