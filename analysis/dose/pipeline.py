@@ -117,8 +117,10 @@ class _Writer:
         rec.update(r.record())
         self.fits.append(rec)
         if r.status != "ok":
-            logger.warning("%s", r.status)
-            self.notes.append(r.status)
+            # a dose rate outside irradiation is 0 by definition: that skip is expected
+            expected = analysis == "dose_rate_effect" and "not irradiating" in r.status
+            logger.log(logging.INFO if expected else logging.WARNING, "%s", r.message)
+            self.notes.append(r.message)
 
 
 def _suffix(caltype: str, exptime: float) -> str:

@@ -5,6 +5,7 @@ said, not fatal; the fixes (gain, full scale, exposures kept apart)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -414,3 +415,26 @@ def test_dose_model_regresses_on_the_dose_the_frames_received(tmp_path):
     with np.load(tmp_path / "out" / "analysis" / "dose_model_bias.npz") as data:
         np.testing.assert_allclose(np.sort(data["dose"]), np.sort(ir["FRAMEDOSE"]))
         assert sorted(data["dose_step"]) == sorted(ir["DOSE"])
+
+
+def test_fit_log_lines_read_as_sentences_and_expected_skips_are_info(tmp_path, caplog):
+    """Every run warned 'ok (bias STD vs MEAN (not irradiating): 2 points for 2
+    coefficients, ...)' (six lines starting 'ok (' in warnings.log and the report) and
+    'skipped: every dose rate is 0' for pre/post, where the beam is off by definition."""
+    from analysis.dose.pipeline import _Writer
+    from utils.models.regression import fit_line
+
+    caplog.set_level(logging.INFO, logger="analysis.dose.pipeline")
+    w = _Writer(tmp_path)
+    exact = fit_line([1.0, 2.0], [3.0, 5.0], what="bias STD vs MEAN (not irradiating)")
+    no_beam = fit_line([0.0, 0.0, 0.0], [1.0, 2.0, 3.0],
+                       what="bias MEAN vs dose rate (not irradiating)", xname="dose rate")
+    w.fit("std_model", "BIAS", math.nan, "STD vs MEAN", exact)
+    w.fit("dose_rate_effect", "BIAS", math.nan, "MEAN", no_beam)
+    records = {r.getMessage(): r.levelno for r in caplog.records}
+    assert records == {
+        "bias STD vs MEAN (not irradiating): 2 points for 2 coefficients, no degree of "
+        "freedom: errors unknown": logging.WARNING,
+        no_beam.status: logging.INFO}, records
+    assert not any(n.startswith("ok (") for n in w.notes)
+    assert {f["STATUS"] for f in w.fits} == {exact.status, no_beam.status}  # table unchanged

@@ -66,6 +66,23 @@ class Regression:
         an exact fit without weights and without a degree of freedom says so)."""
         return self.status.startswith("ok")
 
+    @property
+    def message(self) -> str:
+        """What a log line says of the fit: '' when ok, else the status as a sentence (the
+        wrapper of ``ok (...)`` removed: a log line reading 'ok (... errors unknown)' read
+        as a contradiction).
+
+        Examples
+        --------
+        >>> fit_line([1.0, 2.0], [3.0, 5.0], what="y vs x").message
+        'y vs x: 2 points for 2 coefficients, no degree of freedom: errors unknown'
+        """
+        if self.status == "ok":
+            return ""
+        if self.status.startswith("ok (") and self.status.endswith(")"):
+            return self.status[4:-1]
+        return self.status
+
     def value(self, name: str) -> float:
         """Coefficient ``name``."""
         return float(self.coef[self.names.index(name)])
