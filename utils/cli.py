@@ -242,8 +242,27 @@ class WarningCollector(logging.Handler):
     def __exit__(self, *exc):
         logging.getLogger().removeHandler(self)
 
+    def distinct(self) -> list[str]:
+        """The collected lines once each, in first-seen order, a repeated one ending in
+        ``(N times)``: steps that measure the same group say the same thing (an irradiation
+        run's warnings.log held 63 lines, 10 of them one photon-transfer message).
+
+        Examples
+        --------
+        >>> w = WarningCollector()
+        >>> w.lines = ["WARNING a: x", "WARNING b: y", "WARNING a: x"]
+        >>> w.distinct()
+        ['WARNING a: x (2 times)', 'WARNING b: y']
+        """
+        counts: dict[str, int] = {}
+        for line in self.lines:
+            line = line.replace("\n", " ")
+            counts[line] = counts.get(line, 0) + 1
+        return [line if n == 1 else f"{line} ({n} times)" for line, n in counts.items()]
+
     def write(self, path) -> None:
-        """Write the collected lines atomically to ``path`` (an empty file when none)."""
+        """Write the distinct lines (:meth:`distinct`) atomically to ``path`` (an empty file
+        when none)."""
         from .io.fitsio import write_text
 
-        write_text("".join(line.replace("\n", " ") + "\n" for line in self.lines), path)
+        write_text("".join(line + "\n" for line in self.distinct()), path)
