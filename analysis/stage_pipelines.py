@@ -24,6 +24,7 @@ import pandas as pd
 from bias_pipeline import pipeline as bias_pipeline
 from dark_pipeline import pipeline as dark_pipeline
 from flat_pipeline import pipeline as flat_pipeline
+from utils import cli
 from utils.errors import UserError
 from utils.memory import release_free_memory
 from utils.stack.grouping import stage_tag
@@ -80,7 +81,8 @@ def _label(stage: str, dose: float) -> str:
 
 def _attempt(result: StagePipelines, name: str, stage: str, dose: float, make):
     try:
-        return make()
+        with cli.log_context(_label(stage, dose)):  # warnings.log names the group
+            return make()
     except UserError as err:
         label = _label(stage, dose)
         logger.warning("%s pipeline%s skipped: %s", name, f" ({label})" if label else "", err)

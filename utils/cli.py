@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import errno
 import logging
 import math
@@ -218,6 +220,22 @@ def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.A
     return int(status or 0)
 
 
+#: What the running step works on (e.g. ``radiating_D20kR``), named by collected warnings.
+_CONTEXT: contextvars.ContextVar[str] = contextvars.ContextVar("log_context", default="")
+
+
+@contextlib.contextmanager
+def log_context(label: str):
+    """Warnings collected inside the block (in this thread) name ``label``: the same
+    pipeline run for every (stage, dose step) says the same words, and warnings.log could
+    not tell the ten 'no photon-transfer gain' lines of an irradiation run apart."""
+    token = _CONTEXT.set(label)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
 class WarningCollector(logging.Handler):
     """Keeps every WARNING (and worse) record of a run, to write them next to its products.
 
@@ -231,7 +249,9 @@ class WarningCollector(logging.Handler):
 
     def emit(self, record):
         try:
-            self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+            where = _CONTEXT.get()
+            self.lines.append(f"{record.levelname} {record.name}: "
+                              + (f"[{where}] " if where else "") + record.getMessage())
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 

@@ -69,3 +69,22 @@ def test_master_settings_hash_as_the_pipelines_combine_settings():
     paths = [Path("/data/a.fits"), Path("/data/b.fits")]
     assert inputs_hash(paths, masters) == inputs_hash(paths, masters.combine)
     assert inputs_hash(paths, masters) != inputs_hash(paths, CombineSettings())
+
+
+def test_warnings_name_the_group_a_pipeline_ran_for(tmp_path):
+    """The stage pipelines run once per (stage, dose step) and say the same words each
+    time; each collected warning now names its group (not outside a group)."""
+    import logging
+
+    from analysis.stage_pipelines import StagePipelines, _attempt
+    from utils import cli
+
+    log = logging.getLogger("qa.groups")
+    result = StagePipelines()
+    with cli.WarningCollector() as collector:
+        for stage, dose in (("pre", float("nan")), ("radiating", 20.0)):
+            _attempt(result, "flat", stage, dose, lambda: log.warning("no gain"))
+        log.warning("outside")
+    assert collector.distinct() == ["WARNING qa.groups: [pre] no gain",
+                                    "WARNING qa.groups: [radiating_D20kR] no gain",
+                                    "WARNING qa.groups: outside"]

@@ -26,3 +26,4 @@ def test_repeated_warnings_are_written_once_with_their_count(tmp_path):
         "WARNING qa.warnings: dark 19.9 degC: one exposure time (2 times)",
         "ERROR qa.warnings: a line broken in two"]
     assert len(collector.lines) == 13          # every record kept in memory
+
