@@ -23,6 +23,7 @@ import pandas as pd
 from dark_pipeline.pipeline import DarkSettings, measure
 from dark_pipeline.rates import RateMap, load_stack, measure_rates
 from dark_pipeline.temperature_model import DarkModel1D, fit_temperature_model
+from utils import cli
 from utils.errors import UserError
 from utils.io.index import DatasetIndex
 from utils.models.read_noise import ReadNoise, frame_pairs, read_noise
@@ -197,8 +198,9 @@ def measure_campaign(index: DatasetIndex, out_dir: Path, settings: DarkSettings,
         if not len(select_stage(darks, stage, None if math.isnan(dose) else dose)):
             continue
         try:
-            done.append(measure_stage(index, stage, dose, out_dir, settings,
-                                      progress_bar=progress_bar))
+            with cli.log_context(tag):  # its warnings name the group, as the pipelines' do
+                done.append(measure_stage(index, stage, dose, out_dir, settings,
+                                          progress_bar=progress_bar))
             logger.info("%s: %d rate map(s)%s", tag, len(done[-1].rates),
                         ", 1-D dark model" if done[-1].model is not None else "")
         except UserError as err:

@@ -88,3 +88,31 @@ def test_warnings_name_the_group_a_pipeline_ran_for(tmp_path):
     assert collector.distinct() == ["WARNING qa.groups: [pre] no gain",
                                     "WARNING qa.groups: [radiating_D20kR] no gain",
                                     "WARNING qa.groups: outside"]
+
+
+def test_damage_measurements_name_their_group_in_warnings(monkeypatch):
+    """The damage analysis measures every (stage, dose step) again: its warnings name the
+    group as the stage pipelines' do, so that warnings.log counts them together."""
+    import logging
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analysis import stage_models
+    from utils import cli
+
+    def fake(index, stage, dose, out_dir, settings, progress_bar=False):
+        logging.getLogger("dark_pipeline.rates").warning("one exposure time")
+        return SimpleNamespace(rates=[], model=None)
+
+    monkeypatch.setattr(stage_models, "measure_stage", fake)
+    table = pd.DataFrame({"CALTYPE": ["DARK"] * 3, "BADFITS": [False] * 3,
+                          "STAGE": ["pre", "radiating", "post"], "DOSE": [0.0, 10.0, 10.0],
+                          "PATH": ["a", "b", "c"]})
+    with cli.WarningCollector() as collector:
+        done, failed = stage_models.measure_campaign(SimpleNamespace(table=table), None, None)
+    assert len(done) == 3 and not failed
+    assert collector.distinct() == [
+        "WARNING dark_pipeline.rates: [pre] one exposure time",
+        "WARNING dark_pipeline.rates: [radiating_D10kR] one exposure time",
+        "WARNING dark_pipeline.rates: [post] one exposure time"]
