@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -49,7 +48,7 @@ from utils.io.tokens import number_text
 from utils.memory import release_free_memory
 from utils.models.bias_model import BiasModel
 from utils.models.gain import resolve_gain
-from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
+from utils.run_record import StageRuns, completed_run, json_text, run_digest, write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
@@ -626,7 +625,7 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
                                f"measured rate at {number_text(rates[0].tavg)} degC", files)
         summary["hot_pixels"] = hot.count
         _dark_current(rates, None, e, out_dir, summary, files, hot.mask)
-        write_text(json.dumps(summary, indent=2, default=_json) + "\n", out_dir / "summary.json")
+        write_text(json_text(summary, _json), out_dir / "summary.json")
         raise UserError(f"dark frames at a single temperature ({number_text(rates[0].tavg)} degC): "
                         f"masters, rate map and hot pixels written to {out_dir}, but the "
                         "dark-current model in temperature needs at least two")
