@@ -387,8 +387,9 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
     model_dir = Path(settings.model_dir) if settings.model_dir else out_dir
     needed = _MODEL_OF_MODE.get(mode)
     if needed and not (model_dir / needed).is_file():
+        makers = "mode full" if needed == MODEL_1D else "mode full or fit_2d_model"
         raise InputPathError(f"{model_dir / needed}: dark model not found; run the dark pipeline "
-                             "(mode full or fit_2d_model) first, or give --model-dir")
+                             f"({makers}) first, or give --model-dir")
     files: list[Path] = []
     summary: dict = {"mode": mode, "output_dir": str(out_dir), "t_ref_degC": settings.t_ref,
                      "stage": settings.stage, "dose_krad": settings.dose,

@@ -273,6 +273,16 @@ def test_model_mode_without_model(tmp_path, caplog, capsys, one_line_error):
     one_line_error(caplog, capsys, "dark_model_2d.fits", "not found")
 
 
+def test_1d_model_mode_without_model_names_the_mode_that_writes_it(tmp_path, caplog, capsys,
+                                                                   one_line_error):
+    """fit_2d_model writes no 1-D model: the error sent users to it (qamodes review)."""
+    status = run_pipeline.main(["--mode", "synthetic_only", "--output-dir", str(tmp_path / "o"),
+                                "--no-progress"])
+    assert status == 2
+    one_line_error(caplog, capsys, "dark_model.fits", "not found", "(mode full)")
+    assert "fit_2d_model" not in caplog.text
+
+
 def test_bias_model_option_is_used(dark_run, dark_campaign, tmp_path):
     _, out, _ = dark_run
     status = run_pipeline.main(["--mode", "fit_2d_model", "--basepath",
