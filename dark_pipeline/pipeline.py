@@ -52,6 +52,7 @@ from utils.run_record import StageRuns, completed_run, json_text, run_digest, wr
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
+from utils.stack.references import resolve_bias_model
 from utils.stack.tiles import pixel_blocks, pixel_sample
 
 from . import plots
@@ -399,6 +400,9 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
                      "gain_e_per_adc_count": gain.gain if gain else None,
                      "gain_source": f"{gain.method}: {gain.source}" if gain else None}
     masters = stack = rates = bias_errors = digest = None
+    # a --bias-model given to a synthetic mode must exist: it was passed over silently
+    synthetic_bias = _bias_for_synthetic(settings, model_dir, summary["stage_tag"]) \
+        if mode not in FRAME_MODES else None
     adc_bits = adu.DEFAULT_ADC_BITS
     if mode in FRAME_MODES:
         masters, bias, adc_bits = measure(index, out_dir, settings, files,
@@ -465,7 +469,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         _scatter_plots(ev, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev)
     else:
-        _synthetic(mode, model_dir, out_dir, settings, summary, files)
+        _synthetic(mode, model_dir, out_dir, settings, summary, files, synthetic_bias)
 
     files += [out_dir / "config_used.json", out_dir / "summary.json"]
     # written last: with its hash and file list it marks the run complete for a re-run
@@ -744,16 +748,18 @@ def _plots_1d(model: DarkModel1D, out_dir: Path, files: list) -> None:
           out_dir / "plots" / "doubling_temperature_hist.png", files)
 
 
-def _bias_for_synthetic(settings: DarkSettings, model_dir: Path) -> BiasModel | None:
-    for candidate in (settings.bias_model, model_dir / "bias_model.fits"):
-        if candidate and Path(candidate).is_file():
-            return BiasModel.read(candidate)
-    return None
+def _bias_for_synthetic(settings: DarkSettings, model_dir: Path, tag: str) -> BiasModel | None:
+    """The bias model added to synthetic darks: ``--bias-model`` (a file, or the bias
+    pipeline's output folder), which must exist, else the model folder's
+    ``bias_model.fits`` when there is one, else None (dark signal only)."""
+    if settings.bias_model:
+        return BiasModel.read(resolve_bias_model(settings.bias_model, tag))
+    candidate = model_dir / "bias_model.fits"
+    return BiasModel.read(candidate) if candidate.is_file() else None
 
 
 def _synthetic(mode: str, model_dir: Path, out_dir: Path, settings: DarkSettings, summary: dict,
-               files: list) -> None:
-    bias = _bias_for_synthetic(settings, model_dir)
+               files: list, bias: BiasModel | None) -> None:
     summary["bias_included"] = bias is not None
     if mode == "synthetic_only":
         model = DarkModel1D.read(model_dir / MODEL_1D)
