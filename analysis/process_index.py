@@ -37,8 +37,15 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.masters import FEW_FRAMES, MasterRecord, MasterSettings, build_masters
+from analysis.masters import (
+    FEW_FRAMES,
+    MasterRecord,
+    MasterSettings,
+    build_masters,
+    master_path,
+)
 from utils import cli, plotting, scheduler
+from utils import headers as kw
 from utils.errors import ConfigError, FrameError
 from utils.io.fitsio import (
     check_output_dir,
@@ -48,8 +55,10 @@ from utils.io.fitsio import (
 )
 from utils.io.index import DatasetIndex
 from utils.memory import release_free_memory
+from utils.models.bias_model import BiasModel
 from utils.progress import progress
 from utils.settings import dump_settings
+from utils.stack.grouping import GroupKey
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.process_index")
 
@@ -209,29 +218,55 @@ def write_comparisons(records: list[MasterRecord], out_dir: Path) -> list[Path]:
         if rec.status == "existing" and target.is_file():
             figures.append(target)
             continue
-        saved = plotting.save(lambda r=rec, t=target: _draw_comparison(r, by_name), target,
-                              level="all")
+        saved = plotting.save(lambda r=rec, t=target: _draw_comparison(r, by_name, out_dir),
+                              target, level="all")
         if saved is not None:
             figures.append(saved)
     return figures
 
 
-def _draw_comparison(rec: MasterRecord, by_name: dict):
+def _subtracted(name: str, rec: MasterRecord, by_name: dict, out_dir: Path,
+                frame_header) -> np.ndarray | None:
+    """The image a master's inputs had subtracted under ``name`` (its BIASFILE or DARKFILE),
+    for this frame: a master of this run, or the bias model ``bias_model.fits`` next to the
+    bias masters of the same stage and dose, evaluated at the frame's temperature."""
+    ref = by_name.get(name)
+    if ref is not None:
+        return read_image(ref.path)[0]
+    if name != "bias_model.fits":
+        return None
+    path = master_path(out_dir, GroupKey(rec.key.stage, rec.key.dose, "BIAS", 0.0)).with_name(name)
+    temperature = frame_header.get(kw.TEMP)
+    if not path.is_file() or temperature is None:
+        return None
+    return BiasModel.read(path).predict(float(temperature))
+
+
+def _draw_comparison(rec: MasterRecord, by_name: dict, out_dir: Path):
     """Master vs its noisiest input frame, the frame reduced like the master's inputs."""
+    master, frame, header = comparison_images(rec, by_name, out_dir)
+    return plots.plot_master_comparison(
+        master, frame, unit=str(header.get("BUNIT", "")),
+        title=f"{rec.path.stem} vs {Path(rec.worst_frame).name}")
+
+
+def comparison_images(rec: MasterRecord, by_name: dict, out_dir: Path):
+    """``(master, frame, master header)`` of a comparison figure: the noisiest input frame
+    reduced like the master's inputs (bias, scaled dark, flat level), float32."""
     master, header = read_image(rec.path)
-    frame, _ = read_image(rec.worst_frame)
+    frame, frame_header = read_image(rec.worst_frame)
     frame = frame.astype(np.float32)
     # reduce the frame like the master's inputs so the difference shows only noise/defects
-    for key in ("BIASFILE", "DARKFILE"):
-        ref = by_name.get(str(header.get(key, "")))
-        if ref is not None:
-            frame = frame - read_image(ref.path)[0]
+    # (a master made with the bias model had its frames' bias left in the figure: a dark's
+    # 'frame - master' read +3300 adu everywhere)
+    for key, scale in (("BIASFILE", 1.0), ("DARKFILE", float(header.get("DARKSCL", 1.0)))):
+        image = _subtracted(str(header.get(key, "")), rec, by_name, out_dir, frame_header)
+        if image is not None:
+            frame = frame - np.float32(scale) * image
     if rec.key.caltype == "FLAT":
         level = float(np.nanmedian(frame))
         frame = frame / level if level > 0 else frame
-    return plots.plot_master_comparison(
-        np.asarray(master, dtype=np.float32), frame, unit=str(header.get("BUNIT", "")),
-        title=f"{rec.path.stem} vs {Path(rec.worst_frame).name}")
+    return np.asarray(master, dtype=np.float32), frame, header
 
 
 def run(index_csv: str | Path, out_dir: str | Path, settings: MasterSettings = MasterSettings(),

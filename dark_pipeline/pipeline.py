@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -49,10 +48,11 @@ from utils.io.tokens import number_text
 from utils.memory import release_free_memory
 from utils.models.bias_model import BiasModel
 from utils.models.gain import resolve_gain
-from utils.run_record import StageRuns, completed_run, run_digest, write_run_summary
+from utils.run_record import StageRuns, completed_run, json_text, run_digest, write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
+from utils.stack.references import resolve_bias_model
 from utils.stack.tiles import pixel_blocks, pixel_sample
 
 from . import plots
@@ -388,8 +388,9 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
     model_dir = Path(settings.model_dir) if settings.model_dir else out_dir
     needed = _MODEL_OF_MODE.get(mode)
     if needed and not (model_dir / needed).is_file():
+        makers = "mode full" if needed == MODEL_1D else "mode full or fit_2d_model"
         raise InputPathError(f"{model_dir / needed}: dark model not found; run the dark pipeline "
-                             "(mode full or fit_2d_model) first, or give --model-dir")
+                             f"({makers}) first, or give --model-dir")
     files: list[Path] = []
     summary: dict = {"mode": mode, "output_dir": str(out_dir), "t_ref_degC": settings.t_ref,
                      "stage": settings.stage, "dose_krad": settings.dose,
@@ -399,6 +400,9 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
                      "gain_e_per_adc_count": gain.gain if gain else None,
                      "gain_source": f"{gain.method}: {gain.source}" if gain else None}
     masters = stack = rates = bias_errors = digest = None
+    # a --bias-model given to a synthetic mode must exist: it was passed over silently
+    synthetic_bias = _bias_for_synthetic(settings, model_dir, summary["stage_tag"]) \
+        if mode not in FRAME_MODES else None
     adc_bits = adu.DEFAULT_ADC_BITS
     if mode in FRAME_MODES:
         masters, bias, adc_bits = measure(index, out_dir, settings, files,
@@ -465,7 +469,7 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         _scatter_plots(ev, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev)
     else:
-        _synthetic(mode, model_dir, out_dir, settings, summary, files)
+        _synthetic(mode, model_dir, out_dir, settings, summary, files, synthetic_bias)
 
     files += [out_dir / "config_used.json", out_dir / "summary.json"]
     # written last: with its hash and file list it marks the run complete for a re-run
@@ -626,7 +630,7 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
                                f"measured rate at {number_text(rates[0].tavg)} degC", files)
         summary["hot_pixels"] = hot.count
         _dark_current(rates, None, e, out_dir, summary, files, hot.mask)
-        write_text(json.dumps(summary, indent=2, default=_json) + "\n", out_dir / "summary.json")
+        write_text(json_text(summary, _json), out_dir / "summary.json")
         raise UserError(f"dark frames at a single temperature ({number_text(rates[0].tavg)} degC): "
                         f"masters, rate map and hot pixels written to {out_dir}, but the "
                         "dark-current model in temperature needs at least two")
@@ -744,16 +748,18 @@ def _plots_1d(model: DarkModel1D, out_dir: Path, files: list) -> None:
           out_dir / "plots" / "doubling_temperature_hist.png", files)
 
 
-def _bias_for_synthetic(settings: DarkSettings, model_dir: Path) -> BiasModel | None:
-    for candidate in (settings.bias_model, model_dir / "bias_model.fits"):
-        if candidate and Path(candidate).is_file():
-            return BiasModel.read(candidate)
-    return None
+def _bias_for_synthetic(settings: DarkSettings, model_dir: Path, tag: str) -> BiasModel | None:
+    """The bias model added to synthetic darks: ``--bias-model`` (a file, or the bias
+    pipeline's output folder), which must exist, else the model folder's
+    ``bias_model.fits`` when there is one, else None (dark signal only)."""
+    if settings.bias_model:
+        return BiasModel.read(resolve_bias_model(settings.bias_model, tag))
+    candidate = model_dir / "bias_model.fits"
+    return BiasModel.read(candidate) if candidate.is_file() else None
 
 
 def _synthetic(mode: str, model_dir: Path, out_dir: Path, settings: DarkSettings, summary: dict,
-               files: list) -> None:
-    bias = _bias_for_synthetic(settings, model_dir)
+               files: list, bias: BiasModel | None) -> None:
     summary["bias_included"] = bias is not None
     if mode == "synthetic_only":
         model = DarkModel1D.read(model_dir / MODEL_1D)

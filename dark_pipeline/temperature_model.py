@@ -44,7 +44,7 @@ from utils import adu
 from utils import headers as kw
 from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_product
-from utils.io.tokens import number_text
+from utils.io.tokens import number_text, value_error_text
 from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_exponential_fit
 from utils.models.nonlinear import (
@@ -566,9 +566,10 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)
     head = model.headline()
     (logger.debug if quiet else logger.info)(
-        "1-D dark model: population T_d %.2f +- %.2f degC, E_a %.3f eV, %d pixels with "
-        "population B (ERRSCALE %.2f)", head["doubling_temperature_degC"],
-        head["doubling_temperature_err_degC"], head["activation_energy_eV"],
+        "1-D dark model: population T_d %s, E_a %s, %d pixels with population B "
+        "(ERRSCALE %.2f)", value_error_text(head["doubling_temperature_degC"],
+                                            head["doubling_temperature_err_degC"], "degC"),
+        value_error_text(head["activation_energy_eV"], head["activation_energy_err_eV"], "eV"),
         head["fallback_pixels"], scale)
     return model
 

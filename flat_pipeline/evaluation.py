@@ -53,6 +53,11 @@ def _eval_header(tag: str, what: str) -> fits.Header:
     return header
 
 
+#: PULL_MODEL of a master whose every pixel has leverage 1: as many masters as fitted terms,
+#: the model passes through each master and its residuals (MAE ~1e-8) are float rounding
+EXACT_FIT = "none: exact fit (as many masters as terms)"
+
+
 def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
              fits_dir: Path | None = None) -> tuple[Evaluation, list[Path]]:
     """Compare the model with every master (see module notes), row block by row block.
@@ -123,7 +128,8 @@ def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
                      "PULL_STD": math.sqrt(max(acc["p2"] / n_p - mean_p ** 2, 0)) if n_p
                      else math.nan,
                      "NPIX_PULL": int(n_p),
-                     "PULL_MODEL": "leave-one-master-out" if n_p else "not available",
+                     "PULL_MODEL": "leave-one-master-out" if n_p else
+                     EXACT_FIT if n else "not available",
                      "RESIDUAL_MEAN": acc["res"] / n if n else math.nan})
         maps[m.tag] = (np.concatenate(reduced[0]), np.concatenate(reduced[1]))
         if full is not None:

@@ -1192,3 +1192,28 @@ def test_a_frame_error_reaching_the_top_is_one_line(caplog, capsys):
 
     assert cli.run_cli(main, cli.make_parser("python -m x", "x"), []) == 2
     assert "truncated" in assert_one_line_error(caplog, capsys, "/data/f0.fits")
+
+
+@pytest.mark.parametrize("main, argv, fragment", [
+    (dark_run.main, ["--mode", "fit_1d", "--output-dir", "o"], "invalid choice: 'fit_1d'"),
+    (flat_run.main, ["--mode", "bogus", "--output-dir", "o"], "invalid choice: 'bogus'"),
+    (bias_run.main, ["--output-dir", "o"], "required: --basepath"),
+])
+def test_usage_error_is_one_line(main, argv, fragment, capsys):
+    """A wrong mode name or a missing option: one line naming it and --help, exit 2; argparse
+    printed the whole usage block first (28-40 lines for the pipelines; qamodes review)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert fragment in err and err.rstrip().endswith("--help)") and "usage:" not in err
+
+
+def test_help_shows_no_empty_default(capsys):
+    """'--basepath ... (default: )' for options whose default is the empty string."""
+    for main in (dark_run.main, flat_run.main, bias_run.main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: )" not in text and "--output-dir" in text

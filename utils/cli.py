@@ -55,7 +55,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         # no "(default: None)" after a help text that already says what the default is, and
         # none for flags and unset options
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+        if "default" in text.lower() or action.default in (None, False, "", argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
 
@@ -70,6 +70,11 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        """One line, exit status 2: the usage block argparse prints first (up to 40 lines for
+        the pipelines) pushed the message to the end of a screenful."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def add_argument(self, *names, **kwargs):  # noqa: D102 - same contract as argparse
         extra = [n.replace("-", "_").replace("__", "--", 1) for n in names

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -46,16 +47,44 @@ def completed_run(out_dir: str | os.PathLike, digest: str) -> dict | None:
     return summary
 
 
+def json_ready(obj, default=str):
+    """``obj`` with every non-finite float (NaN, inf) as None, recursively, numpy scalars as
+    Python numbers, and anything else JSON cannot hold through ``default``: strict JSON
+    (``NaN`` is not JSON; ``jq`` and browsers refuse a file holding it)."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v, default) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v, default) for v in obj]
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        obj = obj.item()  # numpy scalar
+        if isinstance(obj, (bool, str)):
+            return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return json_ready(default(obj), default)
+
+
+def json_text(record, default=str) -> str:
+    """``record`` as indented strict JSON (non-finite numbers written as null), one final
+    newline."""
+    return json.dumps(json_ready(record, default), indent=2, allow_nan=False) + "\n"
+
+
 def write_run_summary(out_dir: str | os.PathLike, summary: dict, files: Iterable[Path],
                       digest: str | None, default=str) -> Path:
-    """Write ``summary.json`` (atomically) with the hash and the files below ``out_dir``."""
+    """Write ``summary.json`` (atomically) with the hash and the files below ``out_dir``;
+    undefined numbers (NaN: e.g. the error of a fit with no degree of freedom) as null."""
     out_dir = Path(out_dir).resolve()
     record = dict(summary)
     if digest is not None:
         record["inputs_hash"] = digest
     record["files"] = sorted({Path(p).resolve().relative_to(out_dir).as_posix() for p in files
                               if Path(p).resolve().is_relative_to(out_dir)} | {SUMMARY})
-    return write_text(json.dumps(record, indent=2, default=default) + "\n", out_dir / SUMMARY)
+    return write_text(json_text(record, default), out_dir / SUMMARY)
 
 
 class StageRuns:

@@ -266,11 +266,40 @@ def test_one_exposure_rate_is_flagged(dark_campaign, tmp_path):
     assert not (out / "dark_model_2d").exists()
 
 
+def test_synthetic_mode_refuses_a_missing_bias_model(dark_run, tmp_path, caplog, capsys,
+                                                      one_line_error):
+    """A --bias-model that does not exist was passed over: the synthetic dark was written
+    without bias (BIASINCL F, a warning) and the run ended with status 0 (qamodes review).
+    Now a one-line error, nothing written; a bias-pipeline output folder is accepted."""
+    _, out, _ = dark_run
+    target = tmp_path / "o"
+    argv = ["--mode", "synthetic_2d_single", "--model-dir", str(out), "--output-dir",
+            str(target), "--no-progress"]
+    assert run_pipeline.main([*argv, "--bias-model", str(tmp_path / "missing.fits")]) == 2
+    one_line_error(caplog, capsys, "missing.fits", "not found")
+    assert not target.exists()
+    folder = tmp_path / "bias_out"
+    folder.mkdir()
+    (folder / "bias_model.fits").write_bytes((out / "bias_model.fits").read_bytes())
+    assert run_pipeline.main([*argv, "--bias-model", str(folder)]) == 0
+    assert fits.getheader(target / "synthetic_2d_dark_T20.00_E10.00.fits")["BIASINCL"]
+
+
 def test_model_mode_without_model(tmp_path, caplog, capsys, one_line_error):
     status = run_pipeline.main(["--mode", "synthetic_2d_single", "--output-dir",
                                 str(tmp_path / "o"), "--no-progress"])
     assert status == 2
     one_line_error(caplog, capsys, "dark_model_2d.fits", "not found")
+
+
+def test_1d_model_mode_without_model_names_the_mode_that_writes_it(tmp_path, caplog, capsys,
+                                                                   one_line_error):
+    """fit_2d_model writes no 1-D model: the error sent users to it (qamodes review)."""
+    status = run_pipeline.main(["--mode", "synthetic_only", "--output-dir", str(tmp_path / "o"),
+                                "--no-progress"])
+    assert status == 2
+    one_line_error(caplog, capsys, "dark_model.fits", "not found", "(mode full)")
+    assert "fit_2d_model" not in caplog.text
 
 
 def test_bias_model_option_is_used(dark_run, dark_campaign, tmp_path):

@@ -530,3 +530,17 @@ def test_leave_one_out_refits_start_from_the_full_fit(low_signal, low_signal_mas
         ok = np.isfinite(cold) & (err > 0)
         assert ok.mean() > 0.99
         assert np.abs((warm - cold)[ok] / err[ok]).max() < 2e-3, kind
+
+
+def test_two_temperature_model_logs_no_nan(low_signal_masters, caplog):
+    """Two temperatures leave the 1-D population fit no degree of freedom: its errors are
+    undefined, and the log line read 'population T_d 6.71 +- nan degC' (qamodes review); it
+    says '(no error)' now."""
+    _, masters, _ = low_signal_masters
+    stack = load_stack(masters)
+    two = stack.select(i for i, m in enumerate(stack.masters) if m.temperature < 25.0)
+    with caplog.at_level("INFO", logger="dark_pipeline.temperature_model"):
+        head = fit_temperature_model(measure_rates(two), 20.0).headline()
+    assert not math.isfinite(head["doubling_temperature_err_degC"])
+    line = next(r.getMessage() for r in caplog.records if "1-D dark model" in r.getMessage())
+    assert "nan" not in line.lower() and "(no error) degC" in line and " eV" in line

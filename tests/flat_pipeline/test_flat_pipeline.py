@@ -671,3 +671,28 @@ def test_gain_only_pass_leaves_the_exclusion_warnings_to_the_full_pass(flat_camp
     measure_gain_only(warm, tmp_path / "g", FlatSettings())
     left_out = [r for r in caplog.records if "left out of the masters" in r.getMessage()]
     assert left_out and all(r.levelname == "INFO" for r in left_out)
+
+
+def test_exact_fit_evaluation_says_so(subset, tmp_path):
+    """Two masters at one temperature: the model (A, C; B dropped) passes through both, the
+    residuals are float rounding (MAE ~4e-8) and no pull exists. PULL_MODEL read 'not
+    available' and the figure showed the rounding as the model's error (qamodes review)."""
+    from flat_pipeline.evaluation import EXACT_FIT
+
+    def two(table):
+        return small(table) & ~((table["CALTYPE"] == "FLAT")
+                                & (table["EXPTIME"].round(3) == 0.35))
+
+    out = tmp_path / "o"
+    assert run_pipeline.main(["--mode", "fit_model", "--basepath", subset(two), "--output-dir",
+                              str(out), "--no-progress", "--plots", "none"]) == 0
+    assert run_pipeline.main(["--mode", "evaluate_model", "--basepath", subset(two),
+                              "--output-dir", str(out), "--no-progress", "--plots",
+                              "none"]) == 0
+    table = pd.read_csv(out / "flat_evaluation" / "evaluation_summary.csv")
+    assert len(table) == 2 and (table["PULL_MODEL"] == EXACT_FIT).all()
+    assert table["PULL_STD"].isna().all() and (table["MAE"] < 1e-5).all()
+    from flat_pipeline.plots import plot_evaluation
+
+    ax, _ = plot_evaluation(table)
+    assert "exact fit" in ax.get_title()
