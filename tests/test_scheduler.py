@@ -68,7 +68,7 @@ def test_campaign_on_a_dask_cluster_equals_the_local_run(demo_output, tmp_path):
     # the same folder names as the local run: only the temporary root differs
     remote = tmp_path / local.parent.name / local.name
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         status = run_calibration.main(["demo", str(remote), "--no-progress", "--scheduler",
                                        "dask", "--dask-address", cluster.scheduler_address])
         assert status == 0
@@ -112,7 +112,7 @@ def test_scheduler_options_are_checked():
     with pytest.raises(ConfigError, match="scheduler"):
         scheduler.from_options("spark")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         with scheduler.using(scheduler.from_options("dask", cluster.scheduler_address)) as s:
             assert scheduler.current() is s and s.remote
             assert scheduler.map_tasks(np.square, [1, 2, 3]) == [1, 4, 9]
@@ -132,7 +132,7 @@ def test_per_pixel_fit_on_a_dask_cluster_equals_the_local_fit():
     y[:2, ::3] = np.nan  # pixels with q + 2 = 4 points: just enough for the population fit
     local = fit_power_exponential_per_pixel(temps, exps, y, sigma, t_ref=20.0)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         with scheduler.using(scheduler.from_options("dask", cluster.scheduler_address)):
             remote = fit_power_exponential_per_pixel(temps, exps, y, sigma, t_ref=20.0)
     for name in ("amplitude", "gamma", "rate", "covariance", "chi2", "npoints", "fallback"):

@@ -442,7 +442,7 @@ def test_master_options_and_scheduler_reach_every_step(tmp_path):
                                     physics=FAST_PHYSICS)
     out = tmp_path / "out"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         status = full.main([str(campaign.root), str(out), "--no-progress", "--plots", "none",
                             "--gain", "2.0", "--sigma", "5", "--temp-bin", "2",
                             "--memory-limit", "5e8", "--scheduler", "dask",
