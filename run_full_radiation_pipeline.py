@@ -41,7 +41,6 @@ Example
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -75,7 +74,7 @@ from analysis.radiation_analysis import run as radiation_run
 from analysis.stage_pipelines import run_stage_pipelines
 from utils import cli, plotting, scheduler
 from utils.errors import ConfigError
-from utils.io.fitsio import check_output_dir, write_text
+from utils.io.fitsio import check_output_dir, write_json
 from utils.io.index import STAGES
 from utils.run_record import completed_run, write_run_summary
 from utils.stack.grouping import stage_groups
@@ -166,7 +165,7 @@ def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
     summary = campaign_summary(layout, conversion, table, dose_report, log_path, log_note,
                                pipes, damage, model, recon, checks, out_dir)
     files += model.files + recon.files + [checks.path, index_path]
-    write_text(json.dumps(summary, indent=2, default=str) + "\n", out_dir / "summary.json")
+    write_json(summary, out_dir / "summary.json")
     if warnings is not None:  # the report lists this run's warnings (it read the last run's)
         warnings.write(out_dir / "warnings.log")
     page, _ = campaign_report.run(out_dir, out_dir / "report")

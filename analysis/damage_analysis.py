@@ -32,7 +32,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -59,8 +58,8 @@ from utils.io.fitsio import (
     provenance_cards,
     set_card,
     write_csv,
+    write_json,
     write_product,
-    write_text,
 )
 from utils.io.index import DatasetIndex
 from utils.io.tokens import value_error_text
@@ -448,8 +447,7 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
                                           for k, v in td.items()},
         "adc_bits": adc_bits, "adu_scale": adu.adu_scale(adc_bits),
     }
-    files.append(write_text(json.dumps(summary, indent=2, default=_json) + "\n",
-                            out_dir / "damage_summary.json"))
+    files.append(write_json(summary, out_dir / "damage_summary.json", _json))
     files.append(out_dir / "config_used.json")
     return DamageResult(out_dir, summary, files, steps, hot, slope, anneal, summary_table)
 

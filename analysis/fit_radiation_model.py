@@ -45,7 +45,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -64,7 +63,13 @@ from utils import adu, cli
 from utils import headers as kw
 from utils.errors import ConfigError, UserError
 from utils.io.dose import RAD_PER_KRAD, assign_doses
-from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
+from utils.io.fitsio import (
+    provenance_cards,
+    set_card,
+    write_csv,
+    write_json,
+    write_product,
+)
 from utils.io.index import STAGES, DatasetIndex, by_stage, load_frames, sort_by_stage
 from utils.io.tokens import value_error_text
 from utils.models import radiation_response as rr
@@ -417,8 +422,7 @@ def write_results(out: Path, fit: rr.ResponseFit, points: pd.DataFrame, pixels: 
              write_csv(sort_by_stage(points, ["STAGE", "DOSE", "CALTYPE", "EXPTIME", "TEMP"]),
                        out / "masters.csv")]
     record = fit_record(fit, points, pixels, info, settings)
-    files.append(write_text(json.dumps(record, indent=2, default=str) + "\n",
-                            out / "fit_results.json"))
+    files.append(write_json(record, out / "fit_results.json"))
     for cal, name in (("BIAS", "bias_residuals"), ("DARK", "dark_current_residuals")):
         part = points[points["CALTYPE"] == cal]
         if not part.empty:

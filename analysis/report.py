@@ -23,7 +23,6 @@ Example
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import shutil
@@ -37,7 +36,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from analysis.report_data import ReportData, collect
 from utils import cli
 from utils.errors import InputPathError
-from utils.io.fitsio import atomic_path, check_output_dir, software_version, write_text
+from utils.io.fitsio import atomic_path, check_output_dir, software_version, write_json, write_text
 from utils.io.tokens import error_decimals
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.report")
@@ -152,8 +151,7 @@ def render(data: ReportData, out_dir: Path) -> tuple[Path, Path]:
         if stale.name not in taken:
             stale.unlink()
     record = dict(data.as_json(), generated=generated, software=software_version())
-    numbers = write_text(json.dumps(record, indent=1, default=str) + "\n",
-                         out_dir / "report.json")
+    numbers = write_json(record, out_dir / "report.json", indent=1)
     return page, numbers
 
 

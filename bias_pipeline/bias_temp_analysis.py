@@ -19,7 +19,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import pandas as pd
 from bias_pipeline import plots
 from bias_pipeline.pipeline import build_masters, select_bias_frames, temperature_sets
 from utils import cli
-from utils.io.fitsio import check_output_dir, save_figure, write_csv, write_text
+from utils.io.fitsio import check_output_dir, save_figure, write_csv, write_json
 from utils.io.index import load_frames
 from utils.stack.master import CombineSettings, add_combine_options, combine_settings
 
@@ -76,7 +75,7 @@ def run(basepath, out_dir, combine: CombineSettings = CombineSettings(), *, temp
                                "mean_adu": r.MEAN_ADU, "std_adu": r.STD_ADU, "sem_adu": r.SEM_ADU,
                                "n_frames": r.NFRAMES, "values": r.VALUES}
              for r in table.itertuples()}
-    moved.append(write_text(json.dumps(stats, indent=2) + "\n", out_dir / "bias_stats.json"))
+    moved.append(write_json(stats, out_dir / "bias_stats.json"))
     moved.append(write_csv(table.drop(columns="VALUES"), out_dir / "bias_stats.csv"))
     for r in table.itertuples():
         ax = plots.plot_frame_means(r.VALUES, r.TBIN)

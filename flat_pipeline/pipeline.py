@@ -37,7 +37,7 @@ import pandas as pd
 
 from utils import adu, plotting
 from utils.errors import UserError
-from utils.io.fitsio import check_output_dir, write_csv, write_text
+from utils.io.fitsio import check_output_dir, write_csv, write_json
 from utils.io.tokens import number_text
 from utils.memory import release_free_memory
 from utils.models.gain import Gain, resolve_gain, write_gain
@@ -229,10 +229,10 @@ def run(basepath: str | os.PathLike | None, out_dir: str | os.PathLike,
                                        progress_bar=progress_bar,
                                        subfolder=len(inputs.groups) > 1))
     if any(g.out_dir != out_dir for g in result.groups):
-        write_text(json.dumps(_clean({"mode": settings.mode, "groups": [
+        write_json(_clean({"mode": settings.mode, "groups": [
             {"group": g.summary.get("group"), "folder": g.out_dir.name,
              "summary": (g.out_dir / "summary.json").name} for g in result.groups]}),
-            indent=2) + "\n", out_dir / "summary.json")
+            out_dir / "summary.json")
     return result
 
 
@@ -351,8 +351,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
                      "adu_scale": adu.adu_scale(adc_bits), "bias": bias.source,
                      "dark": darks.description}
     if darks.kind == "masters" and not settings.dark_files_json:
-        out.add(write_text(json.dumps(darks.files, indent=2) + "\n",
-                           group_dir / "auto_dark_files.json"))
+        out.add(write_json(darks.files, group_dir / "auto_dark_files.json"))
 
     # 1. references per set, one pass over the central regions, frame QC; one set's
     # reference (bias and dark images) in memory at a time
@@ -414,7 +413,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         out.figure(lambda: plots.plot_ptc(ptc, pairs), "ptc.png")
         out.figure(lambda: plots.plot_linearity(ptc), "linearity.png")
     if gain_only:
-        write_text(json.dumps({"inputs_hash": digest, "files": []}) + "\n", gain_record)
+        write_json({"inputs_hash": digest, "files": []}, gain_record)
         return GroupResult(group_dir, summary, out.files)
     if gain_used is not None:
         summary["gain_used"] = {"gain_e_per_adc": gain_used.gain, "source": gain_used.source,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -71,6 +72,18 @@ def run_fitsverify(path: str | os.PathLike) -> tuple[int, str]:
         return 0, output
     match = re.search(r"(\d+)\s+error", output)
     return (int(match.group(1)) if match else max(proc.returncode, 1)), output
+
+
+def strict_json_files(root: str | os.PathLike) -> list[Path]:
+    """Every ``*.json`` below ``root``, each parsed as strict JSON (a bare ``NaN``,
+    ``Infinity`` or ``-Infinity`` token fails with the file's name)."""
+    def refuse(token):
+        raise AssertionError(f"{path}: non-JSON token {token}")
+
+    paths = sorted(Path(root).rglob("*.json"))
+    for path in paths:
+        json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+    return paths
 
 
 def convert_campaign(campaign: Campaign, **settings) -> list:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
+from conftest import strict_json_files
 from statcheck import assert_close, assert_pulls
 
 import run_calibration
@@ -38,6 +39,10 @@ def test_demo_end_to_end_and_rerun_is_noop(demo_output, caplog):
     index = pd.read_csv(out / "campaign" / "index.csv")
     assert index["BADFITS"].sum() >= 2
     check_models_against_truth(out)
+    # every product JSON is strict JSON (the demo's 2-temperature dark model has undefined
+    # errors); config_used, summaries, gain, report
+    names = {p.name for p in strict_json_files(products)}
+    assert {"config_used.json", "summary.json", "gain.json", "report.json"} <= names
     before = {p: p.stat().st_mtime_ns for p in products.rglob("*.fits")}
     caplog.clear()
     assert run_calibration.main(["demo", str(out), "--no-progress"]) == 0

@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Iterable
 
 from . import headers as kw
-from .io.fitsio import read_header, write_text
+from .io.fitsio import json_text, read_header, write_text
 
 SUMMARY = "summary.json"
 
@@ -45,33 +44,6 @@ def completed_run(out_dir: str | os.PathLike, digest: str) -> dict | None:
     if not all((out_dir / f).is_file() for f in summary.get("files", [])):
         return None
     return summary
-
-
-def json_ready(obj, default=str):
-    """``obj`` with every non-finite float (NaN, inf) as None, recursively, numpy scalars as
-    Python numbers, and anything else JSON cannot hold through ``default``: strict JSON
-    (``NaN`` is not JSON; ``jq`` and browsers refuse a file holding it)."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v, default) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v, default) for v in obj]
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
-        obj = obj.item()  # numpy scalar
-        if isinstance(obj, (bool, str)):
-            return obj
-    if isinstance(obj, int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return json_ready(default(obj), default)
-
-
-def json_text(record, default=str) -> str:
-    """``record`` as indented strict JSON (non-finite numbers written as null), one final
-    newline."""
-    return json.dumps(json_ready(record, default), indent=2, allow_nan=False) + "\n"
 
 
 def write_run_summary(out_dir: str | os.PathLike, summary: dict, files: Iterable[Path],

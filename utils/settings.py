@@ -9,13 +9,12 @@ outputs so a product can always be traced to the settings that made it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .io.fitsio import software_version, utc_now, write_text
+from .io.fitsio import software_version, utc_now, write_json
 
 
 def field(default: Any, doc: str, **kwargs):
@@ -58,8 +57,7 @@ def dump_settings(out_dir: str | os.PathLike, **sections) -> Path:
     """
     payload = {"software": software_version(), "written": utc_now()}
     payload.update({name: to_dict(value) for name, value in sections.items()})
-    return write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n",
-                      Path(out_dir) / "config_used.json")
+    return write_json(payload, Path(out_dir) / "config_used.json", sort_keys=True)
 
 
 def replace_checked(settings, **changes):

@@ -24,7 +24,6 @@ twin of the same base name)::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -38,7 +37,13 @@ from astropy.io import fits
 from analysis.products import p_form, save_plot, write_npz
 from analysis.stage_differences import difference, plot_difference, write_difference
 from utils.errors import UserError
-from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product, write_text
+from utils.io.fitsio import (
+    provenance_cards,
+    set_card,
+    write_csv,
+    write_json,
+    write_product,
+)
 from utils.io.index import by_stage, sort_by_stage
 from utils.models.gain import Gain, resolve_gain
 from utils.models.regression import Regression
@@ -223,8 +228,7 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
     record = {"groups": len(summary), "used_rows": int(len(rows)), "reference_dark_exposure_s":
               ref_exp, "notes": w.notes, **gain_note,
               "damage": None if damage is None else damage.summary}
-    w.files.append(write_text(json.dumps(record, indent=2, default=str) + "\n",
-                              out / "dose_analysis_summary.json"))
+    w.files.append(write_json(record, out / "dose_analysis_summary.json"))
     w.files.append(out / "config_used.json")
     return DoseResult(out, summary, fits_table, w.files, w.notes, g, damage)
 

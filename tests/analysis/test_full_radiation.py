@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.io import fits
-from conftest import convert_campaign, sha256_tree
+from conftest import convert_campaign, sha256_tree, strict_json_files
 
 import run_full_radiation_pipeline as full
 from analysis import fit_radiation_model as frm
@@ -111,6 +111,8 @@ def test_contract_files(name, request):
                                    "reason"]
     assert list(table["param"]) == list(PARAMS)
     record = json.loads((out / "radiation_model" / "fit_results.json").read_text())
+    # every JSON product strict (undefined numbers null, never the bare NaN token)
+    assert len(strict_json_files(out)) > 10
     assert {"parameters", "correlation", "n_masters"} <= set(record)
     assert [p["param"] for p in record["parameters"]] == list(PARAMS)
     for p in record["parameters"]:

@@ -19,7 +19,9 @@ import contextlib
 import datetime as _dt
 import errno
 import functools
+import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -231,6 +233,41 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def json_ready(obj, default=str):
+    """``obj`` with every non-finite float (NaN, inf) as None, recursively, numpy scalars as
+    Python numbers, and anything else JSON cannot hold through ``default``: strict JSON
+    (``NaN`` is not JSON; ``jq`` and browsers refuse a file holding it)."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v, default) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v, default) for v in obj]
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        obj = obj.item()  # numpy scalar
+        if isinstance(obj, (bool, str)):
+            return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return json_ready(default(obj), default)
+
+
+def json_text(record, default=str, *, indent: int = 2, sort_keys: bool = False) -> str:
+    """``record`` as indented strict JSON (non-finite numbers written as null), one final
+    newline."""
+    return json.dumps(json_ready(record, default), indent=indent, sort_keys=sort_keys,
+                      allow_nan=False) + "\n"
+
+
+def write_json(record, path: str | os.PathLike, default=str, *, indent: int = 2,
+               sort_keys: bool = False) -> Path:
+    """Write ``record`` atomically as strict JSON (:func:`json_text`): every product JSON
+    file goes through here, so none holds the bare ``NaN`` token."""
+    return write_text(json_text(record, default, indent=indent, sort_keys=sort_keys), path)
 
 
 def write_csv(frame, path: str | os.PathLike, **kwargs) -> Path:

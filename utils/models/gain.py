@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import adu
 from .. import headers as kw
 from ..errors import ConfigError, InputPathError
-from ..io.fitsio import software_version, utc_now, write_text
+from ..io.fitsio import software_version, utc_now, write_json
 
 #: File name of the product.
 GAIN_FILE = "gain.json"
@@ -84,9 +84,7 @@ def write_gain(gain: Gain, path: str | os.PathLike) -> Path:
     record = asdict(gain)
     record.update(unit="e-/ADC count", e_per_adu=gain.e_per_adu, adu_scale=adu.adu_scale(
         gain.adc_bits), software=software_version(), written=utc_now())
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-             for k, v in record.items()}
-    return write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", path)
+    return write_json(record, path, sort_keys=True)
 
 
 def read_gain(path: str | os.PathLike) -> Gain:
