@@ -121,13 +121,18 @@ def finish_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
     """Label the axes (units in brackets), add a light grid and a legend.
 
     Tick labels carry whole values: no offset text in the corner (times 12043-12047 s since
-    the first frame read '3.5 ... 7.5' and '+1.204e4' under the axis, easily missed)."""
-    from matplotlib.ticker import ScalarFormatter
+    the first frame read '3.5 ... 7.5' and '+1.204e4' under the axis, easily missed).  A y
+    axis of counts (``ylabel`` ending in ``[count]``) has whole-number ticks from 0: hot
+    pixels of 2, 3, 3 drew ticks at 2.2, 2.4 ... and a 50 % rise as a wall."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     for axis in (ax.xaxis, ax.yaxis):
         formatter = axis.get_major_formatter()
         if isinstance(formatter, ScalarFormatter):
             formatter.set_useOffset(False)
+    if ylabel.endswith("[count]") and ax.get_yscale() == "linear":
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -172,3 +172,25 @@ def test_finish_axes_ticks_carry_whole_values_without_an_offset():
     ax.plot([1.0, 10.0, 100.0], [1.0, 2.0, 3.0])
     ax.set_xscale("log")
     finish_axes(ax, "x [adu]", "y [adu]", "t")
+
+
+def test_count_axis_has_whole_number_ticks_from_zero():
+    """Hot pixels 2, 3, 3 at three temperatures were drawn with ticks 2.0, 2.2 ... 3.0 (a
+    count of 2.2 pixels, and a 50 % rise filling the axis); a ``[count]`` axis now ticks
+    whole numbers from 0.  Other axes keep matplotlib's ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from utils.plotting import finish_axes, new_axes
+
+    ax = new_axes()
+    ax.plot([5.0, 15.0, 25.0], [2, 3, 3], "o-")
+    finish_axes(ax, "sensor temperature [degC]", "hot pixels [count]", "t")
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert ax.get_ylim()[0] == 0 and ticks[0] == 0
+    assert all(float(t).is_integer() for t in ticks) and len(ticks) >= 2
+    ax = new_axes()
+    ax.plot([5.0, 15.0, 25.0], [2, 3, 3], "o-")
+    finish_axes(ax, "sensor temperature [degC]", "mean [adu]", "t")
+    assert not all(float(t).is_integer() for t in ax.get_yticks())
