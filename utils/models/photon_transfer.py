@@ -209,7 +209,8 @@ class PhotonTransfer:
         def clean(v):
             return None if isinstance(v, float) and not math.isfinite(v) else v
         out = {"gain_e_per_adc": self.gain, "gain_err_e_per_adc": self.gain_err,
-               "intercept_adu2": self.intercept, "chi2dof": self.chi2dof,
+               "intercept_adu2": self.intercept, "intercept_err_adu2": self.intercept_err,
+               "chi2dof": self.chi2dof,
                "err_scale": self.err_scale, "read_noise_adu": self.read_noise_adu,
                "read_noise_adu_err": self.read_noise_adu_err,
                "read_noise_source": self.read_noise_source, "read_noise_e": self.read_noise_e,
