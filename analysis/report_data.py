@@ -287,6 +287,16 @@ def _dark_entries(p: Product | None, base: Path) -> list[Entry]:
     ]
 
 
+#: How the row and column parts of the PRNU are estimated (flat_pipeline.prnu): not the std
+#: of the row (column) means, which holds the pixel part / sqrt(width) too, but the std of
+#: the pattern once that share is removed -- a variance difference, reported as a signed
+#: square root, so it is negative when there is no pattern above the pixel noise (it read
+#: "std of row means" next to -0.057 +- 0.013 %).
+PRNU_PART_METHOD = ("std of the {part} pattern: variance of the {means} minus the pixel "
+                    "part / {other}, signed square root (negative: no {part} pattern above "
+                    "the pixel noise; the error is on this signed scale)")
+
+
 def _flat_entries(p: Product | None, base: Path) -> list[Entry]:
     s = p.summary if p else {}
     src = _rel(p.folder / "summary.json", base) if p else ""
@@ -307,10 +317,12 @@ def _flat_entries(p: Product | None, base: Path) -> list[Entry]:
         Entry("prnu_pixel_percent", "PRNU, pixel component", _number(prnu.get("PRNU_PIXEL_PCT")),
               _number(prnu.get("PRNU_PIXEL_ERR_PCT")), "%", "after row and column means", src),
         Entry("prnu_row_percent", "PRNU, row component", _number(prnu.get("PRNU_ROW_PCT")),
-              _number(prnu.get("PRNU_ROW_ERR_PCT")), "%", "std of row means", src),
+              _number(prnu.get("PRNU_ROW_ERR_PCT")), "%", PRNU_PART_METHOD.format(
+                  part="row", means="row means", other="width"), src),
         Entry("prnu_column_percent", "PRNU, column component",
               _number(prnu.get("PRNU_COLUMN_PCT")), _number(prnu.get("PRNU_COLUMN_ERR_PCT")), "%",
-              "std of column means", src),
+              PRNU_PART_METHOD.format(part="column", means="column means", other="height"),
+              src),
         Entry("cold_pixels", "Cold and dead pixels",
               None if not defects else _number(defects.get("cold", 0) + defects.get("dead", 0)),
               None, "pixels", "response < 80 % of the local smooth response", src),

@@ -188,8 +188,8 @@ def bias_pair_statistics(pairs: list[tuple[str, str]], shape: tuple[int, int], *
             continue
         stats = pair_statistics(fa, fb, match_levels=False, clip=clip)
         out.append({"PATH_A": a, "PATH_B": b, **stats})
-    return pd.DataFrame(out, columns=["PATH_A", "PATH_B", "MEAN", "VAR", "NPIX", "RATIO",
-                                      "NCLIP"])
+    return pd.DataFrame(out, columns=["PATH_A", "PATH_B", "MEAN", "VAR", "VAR_ERR", "NPIX",
+                                      "RATIO", "NCLIP"])
 
 
 def assess(frames: pd.DataFrame, index_rows: pd.DataFrame, dark_missing: dict, *,

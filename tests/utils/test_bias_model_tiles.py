@@ -110,3 +110,23 @@ def test_error_maps_by_blocks_equal_whole_frame_formulas():
         np.testing.assert_array_equal(err, model.predict_err(t))
         assert len(ref._errors) <= ERROR_MAPS_KEPT
     assert list(ref._errors) == [15.0, 0.0]
+
+
+def test_header_bmedian_is_the_summarys_median_of_unmasked_pixels():
+    """bias_model.fits BMEDIAN was the median over every pixel, masked ones included, and
+    disagreed with summary.json's b_median_adu_per_degC (unmasked pixels; 7.98833 vs
+    7.98841 adu/degC in a standard campaign); both are the unmasked pixels' median now."""
+    from utils.stack.stats import median_with_error
+
+    rng = np.random.default_rng(4)
+    shape = (20, 30)
+    zeros = np.zeros(shape, np.float32)
+    b = rng.normal(8.0, 0.5, shape).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    mask[:4] = 1                      # nonlinear pixels, with slopes far off the rest
+    b[:4] += 30.0
+    model = BiasModel(a=zeros + 3000, b=b, sigma_a=zeros + 1, sigma_b=zeros + 0.1,
+                      cov_ab=zeros, chi2dof=zeros + 1, npts=np.full(shape, 4, np.int16),
+                      mask=mask)
+    expected, _ = median_with_error(b[mask == 0])
+    assert model.header()["BMEDIAN"] == pytest.approx(expected, rel=1e-7)

@@ -203,6 +203,7 @@ class BiasModel(_BiasLine):
         for key, value, comment in provenance_cards("BIAS_MODEL"):
             set_card(header, key, value, comment)
         finite = np.isfinite(self.chi2dof) & (self.mask == 0)
+        usable = np.isfinite(self.b) & (self.mask == 0)
         for key, value, comment in (
                 ("MODEL", "bias = A + B (T - TREF)", "per pixel, weighted least squares"),
                 ("TREF", float(self.t_ref), "[degC] reference temperature of A"),
@@ -212,8 +213,10 @@ class BiasModel(_BiasLine):
                 ("ERRSCALE", float(self.err_scale), "noise-map errors multiplied by this"),
                 ("CHI2MED", float(np.median(self.chi2dof[finite])) if finite.any() else "NAN",
                  "median reduced chi-square, unmasked pixels"),
-                ("BMEDIAN", float(np.nanmedian(self.b)) if np.isfinite(self.b).any() else "NAN",
-                 "[adu/degC] median temperature coefficient"),
+                # over the unmasked pixels, as summary.json's b_median_adu_per_degC: over
+                # every pixel (masked nonlinear ones too) the two disagreed (7.98833 vs 7.98841)
+                ("BMEDIAN", float(np.median(self.b[usable])) if usable.any() else "NAN",
+                 "[adu/degC] median temperature coefficient, unmasked pixels"),
                 (kw.NMASKED, int((self.mask != 0).sum()), "pixels with MASK != 0"),
                 ("MASKBITS", "1 nonlinear, 2 slope outlier, 4 no fit", "MASK bit meanings")):
             set_card(header, key, value, comment)

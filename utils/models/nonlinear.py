@@ -41,6 +41,7 @@ from .nonlinear_numpy import (
     population_median,
 )
 from .pixel_tiles import PixelTiles, flat_cov, gather_sample, store_tile, tile_outputs
+from .population import joint_candidates
 
 # The numpy engine (without numba), the design's moment features and the population step
 # are in :mod:`utils.models.nonlinear_numpy`; the numba kernels in
@@ -131,7 +132,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         _first_pass_numba(design, y_t, s_t, min_snr, max_iter, tol, workers,
                           _with_scratch(out, b - a, p))
         store_tile(maps, out, a, b, P)
-        candidate[a:b] = (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= q + 2
+        candidate[a:b] = joint_candidates((np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0))
     well = status == _CONVERGED
     if q > 1 and workers > 1:  # the kernels release the GIL
         with ThreadPoolExecutor(max_workers=q) as pool:
@@ -181,7 +182,7 @@ def _first_pass_tile(tile, *, read, design, n, fit):
     out = _new_maps(m, design.p, design.q)
     _first_pass_numba(design, y_t, s_t, fit[0], fit[1], fit[2], 1,
                       _with_scratch(out, m, design.p))
-    return out, (np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0) >= design.q + 2
+    return out, joint_candidates((np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0))
 
 
 def _new_maps(m: int, p: int, q: int) -> tuple:
