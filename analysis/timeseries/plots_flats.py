@@ -78,12 +78,28 @@ def plot_counts_vs(table: pd.DataFrame, x: str, *, xlabel: str, ax=None):
     """Outlier pixels per compared flat vs ``x`` (time [h] or temperature [degC]), per analysis."""
     ax = new_axes(ax)
     done = table[table["status"] == "compared"]
-    for (kind, temp), part in done.groupby(["analysis_type", "approx_temp"], dropna=False):
-        name = ("ignoring temperature" if kind == "ignore_temperature"
-                else f"{number_text(temp, 'g')} degC")
+    for name, part in _count_series(done):
         ax.plot(part[x], part["n_outliers"], "o", ms=4, label=name)
     return finish_axes(ax, xlabel, "outlier pixels per flat",
                        f"outlier pixels vs {xlabel.split(' [')[0]}", legend=bool(len(done)))
+
+
+def _count_series(done: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The series of :func:`plot_counts_vs`: one per temperature bin (and exposure group) of
+    the by-temperature comparisons, then one for every comparison ignoring temperature (its
+    rows carry each flat's own temperature, which is not a series)."""
+    series = []
+    by_temp = done[done["analysis_type"] != "ignore_temperature"]
+    label = by_temp["label"] if "label" in by_temp else pd.Series("", index=by_temp.index)
+    for (temp, lab), part in by_temp.groupby([by_temp["approx_temp"], label.fillna("")],
+                                            sort=True, dropna=False):
+        exposure = lab.split("_E", 1)[1].removesuffix("s") if "_E" in lab else ""
+        series.append((f"{number_text(temp, 'g')} degC" + (f", {exposure} s" if exposure
+                                                            else ""), part))
+    ignore = done[done["analysis_type"] == "ignore_temperature"]
+    if len(ignore):
+        series.append(("ignoring temperature", ignore))
+    return series
 
 
 def plot_mean_std_vs(table: pd.DataFrame, x: str, *, xlabel: str, ax=None):
