@@ -109,6 +109,13 @@ def _frame_stats(path: str, bias: np.ndarray | None) -> tuple[float, float]:
     return float(data[ok].mean()), float(data[ok].std())
 
 
+def _step_dose(rows: pd.DataFrame) -> float:
+    """[krad] The dose step of a set's frames (the index's ``DOSE``: 0 before irradiation, the
+    last step's dose after it), NaN when no frame has one."""
+    dose = pd.to_numeric(rows["DOSE"], errors="coerce").to_numpy(float)
+    return float(np.median(dose[np.isfinite(dose)])) if np.isfinite(dose).any() else math.nan
+
+
 def _plot_vs_time(stats: pd.DataFrame, caltype: str, tag: str, t0: float):
     ax = new_axes(None)
     keys = ["TEMP_BIN"] + (["T_EXP"] if caltype == "DARK" else [])
@@ -248,7 +255,7 @@ def _one_group(part: pd.DataFrame, folder: Path, tag: str, gid: int, settings, m
                             if set_stats else math.nan,
                             "STD_VAL": float(np.mean([s["STD"] for s in set_stats]))
                             if set_stats else math.nan,
-                            "TAG": tag, "DOSE": key.dose, "TBIN": key.temperature,
+                            "TAG": tag, "DOSE": _step_dose(rows), "TBIN": key.temperature,
                             "EXPTIME": key.exptime, "NFRAMES": len(rows),
                             "FRAMEDOSE": float(np.nanmean(rows["FRAMEDOSE"]))
                             if rows["FRAMEDOSE"].notna().any() else math.nan})

@@ -36,6 +36,11 @@ def test_products_per_stage_and_dose_step(rad_run):
         summary = pd.read_csv(out / tag / "group_summary.csv")
         assert list(summary.columns[:6]) == ["STAGE", "CALTYPE", "GROUP", "MEAN_RAD", "MEAN_VAL",
                                              "STD_VAL"]
+        # the dose step of every group, pre (0) and post (the last step) included: it was
+        # empty for them (the grouping key has a dose for radiating steps only)
+        step = {"pre": 0.0, "post": 40.0}[tag] if tag in ("pre", "post") \
+            else float(tag[len("radiating_D"):-2])
+        assert np.allclose(summary["DOSE"], step), (tag, summary["DOSE"].tolist())
         for caltype in ("bias", "dark"):
             assert (out / tag / f"mean_std_{caltype}_vs_time.png").is_file()
             with np.load(out / tag / f"mean_std_{caltype}_vs_time.npz") as data:
