@@ -156,3 +156,19 @@ def test_commands_have_help_with_example(module, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "Example" in out and "--verbose" in out
+
+
+def test_run_radiation_refuses_a_log_without_time_before_converting(
+        irradiation_copy, tmp_path, caplog, capsys, one_line_error):
+    """A log that cannot be joined by time was refused only after every raw frame had been
+    converted into the campaign's folders."""
+    import run_radiation
+
+    root = irradiation_copy.root
+    log = pd.read_csv(root / "radiationLogCompleto.csv")
+    bad = tmp_path / "no_time.csv"
+    log.drop(columns=["TimeStamp"]).to_csv(bad, index=False)
+    status = run_radiation.main([str(root), str(bad), str(tmp_path / "out"), "--no-progress"])
+    assert status == 2
+    one_line_error(caplog, capsys, "no_time.csv", "no time column")
+    assert not list(root.rglob("*.fits")) and not (root / "index.csv").exists()
