@@ -76,7 +76,7 @@ def run(basepath: Path, radiation_log: Path, out_dir: Path,
                         previous=index_path, radiation_log=radiation_log,
                         progress_bar=progress_bar)
     write_index(table, index_path)
-    result = radiation_analysis.run(index_path, radiation_log, out_dir, settings,
+    result = radiation_analysis.run(index_path, radiation_log, out_dir, settings, joined=True,
                                     progress_bar=progress_bar)
     return {"converted": counts[STATUS_CONVERTED], "existing": counts[STATUS_EXISTING],
             "rejected": counts[STATUS_REJECTED], "indexed": len(table), "index": index_path,

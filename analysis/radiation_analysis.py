@@ -137,11 +137,18 @@ def _plot_vs_time(stats: pd.DataFrame, caltype: str, tag: str, t0: float):
 
 def run(index_csv: str | os.PathLike, radiation_log: str | os.PathLike,
         out_dir: str | os.PathLike, settings: RadiationSettings = RadiationSettings(), *,
-        progress_bar: bool = False) -> RadiationResult:
+        joined: bool = False, progress_bar: bool = False) -> RadiationResult:
     """Run the radiation analysis (see the module notes).
 
     Order: index + log join -> per (stage, dose step): bias masters, dark masters,
     per-frame statistics, time figures, group summary -> differences between groups.
+
+    Parameters
+    ----------
+    joined : bool, optional
+        The index was just built with ``radiation_log`` joined (``run_radiation.py``): its dose
+        columns are used as they are, not joined a second time (which repeated every warning
+        about the log and the bookkeeping line). Default is False.
 
     Raises
     ------
@@ -151,9 +158,12 @@ def run(index_csv: str | os.PathLike, radiation_log: str | os.PathLike,
     """
     out = Path(out_dir)
     index = DatasetIndex.from_csv(index_csv)
-    table, report = assign_doses(index.table, radiation_log=radiation_log,
-                                 root=Path(index_csv).resolve().parent)
-    logger.info("%s", report.summary())
+    if joined:
+        table = index.table.copy()
+    else:
+        table, report = assign_doses(index.table, radiation_log=radiation_log,
+                                     root=Path(index_csv).resolve().parent)
+        logger.info("%s", report.summary())
     table["STAGE"] = text_column(table["STAGE"])
     rows = table[table["STAGE"].isin(settings.stages) & table["CALTYPE"].isin(["BIAS", "DARK"])
                  & ~table["BADFITS"].astype(bool)]

@@ -158,6 +158,25 @@ def test_commands_have_help_with_example(module, capsys):
     assert "Example" in out and "--verbose" in out
 
 
+def test_run_radiation_joins_the_log_once(irradiation_copy, tmp_path, caplog):
+    """The index is built with the log joined; the analysis used to join it again, so every
+    warning about the log and the bookkeeping line came twice."""
+    import logging
+
+    import run_radiation
+
+    root = irradiation_copy.root
+    log = pd.read_csv(root / "radiationLogCompleto.csv")
+    constant = tmp_path / "constant.csv"
+    log.assign(Dose=0.0).to_csv(constant, index=False)
+    with caplog.at_level(logging.INFO):
+        assert run_radiation.main([str(root), str(constant), str(tmp_path / "out"),
+                                   "--no-progress", "--plots", "none", "--stages", "pre"]) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("dose bookkeeping" in m for m in messages) == 1, messages
+    assert sum("its Dose column is constant" in m for m in messages) == 1, messages
+
+
 def test_run_radiation_refuses_a_log_without_time_before_converting(
         irradiation_copy, tmp_path, caplog, capsys, one_line_error):
     """A log that cannot be joined by time was refused only after every raw frame had been
