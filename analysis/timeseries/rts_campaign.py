@@ -196,7 +196,10 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
                                     out_dir / f"rts_{name}.fits"))
         if result.examples:
             times = stamps - stamps[0] if np.isfinite(stamps).all() else None
-            axes = plots.plot_examples(result.examples, times)
+            axes = plots.plot_examples(
+                result.examples, times,
+                title=f"RTS pixels of {name} ({len(part)} frames): signal and fitted levels "
+                      "(dashed)")
             files.append(save_figure(axes[0].figure, out_dir / f"rts_examples_{name}.png"))
     pixels = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     count_table = pd.DataFrame(counts)

@@ -184,3 +184,21 @@ def test_three_levels_and_white_noise():
     # (0.0076, i.e. 0.25 %); 5 sigma
     se = 1.2533 * sigma.std() / np.sqrt(sigma.size)
     assert (z > -5).all() and abs(np.median(sigma) - 3.0) < 5 * se, (np.median(sigma), se)
+
+
+def test_example_figure_says_which_sequence_it_draws():
+    """rts_examples_<group>.png had panel titles 'pixel (row r, col c)' only: the figure did not
+    say which sequence (stage, dose step, temperature, exposure) its pixels come from."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_rts import plot_examples
+
+    rng = np.random.default_rng(3)
+    examples = {(0, 5): (rng.normal(0, 1, 50) + 8 * (np.arange(50) % 20 < 10), [0.0, 8.0])}
+    axes = plot_examples(examples, np.arange(50.0),
+                         title="RTS pixels of pre_T20.0C_E0.1s (50 frames): signal and fitted "
+                               "levels (dashed)")
+    fig = axes[0].figure
+    assert fig.get_suptitle().startswith("RTS pixels of pre_T20.0C_E0.1s")
+    assert axes[0].get_ylabel().endswith("[adu]") and axes[-1].get_xlabel().endswith("[s]")
+    plt.close(fig)
