@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import value_error_text
 from utils.models.correlation import Correlation, LineFit
 from utils.plotting import finish_axes, new_axes, show_image
 
@@ -107,15 +108,23 @@ def plot_rad_vs_outliers(x: np.ndarray, counts: dict, correlations: dict, fits: 
             if f.is_fallback:
                 label = f"{f.method} (constant {f.intercept:.3g})"
             else:
-                label = (f"fit: ({f.slope:.3g} ± {f.slope_err:.2g}) x + "
-                         f"({f.intercept:.3g} ± {f.intercept_err:.2g})")
+                unit = xlabel.rsplit("[", 1)[1].rstrip("]") if xlabel.endswith("]") else ""
+                label = (f"line fit: slope {value_error_text(f.slope, f.slope_err)}"
+                         + (f" per {unit}" if unit else "")
+                         + f", intercept {value_error_text(f.intercept, f.intercept_err)}")
             ax.plot(xs, f.predict(xs), "--", color="C3", label=label)
         if np.isfinite(c.r):
-            title = (f"{name}: Pearson r = {c.r:.3f} ± {c.stderr:.3f} (n = {c.n}, "
-                     f"p = {c.p_value:.2g})")
+            title = (f"{name} vs radiation\nPearson r = {c.r:.3f} ± {c.stderr:.3f} "
+                     f"(n = {c.n}, p = {c.p_value:.2g})")
         else:
-            title = f"{name}: Pearson r undefined ({c.reason})"
-        finish_axes(ax, xlabel, f"{name} per frame", title)
+            title = f"{name} vs radiation\nPearson r undefined ({c.reason})"
+        finish_axes(ax, xlabel, f"{name} per frame", title, legend=False)
+        if ax.get_legend_handles_labels()[0]:
+            # room above the points for the legend (the fit's line is long): it hid the
+            # top frames under 'best' placement
+            low, high = ax.get_ylim()
+            ax.set_ylim(low, high + 0.3 * (high - low))
+            ax.legend(fontsize="small", loc="upper left")
     return axes
 
 

@@ -315,3 +315,30 @@ def test_commands_run_as_file_and_as_module(command, how):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert "Example" in proc.stdout and "--verbose" in proc.stdout
+
+
+def test_correlation_figure_legend_writes_values_to_their_errors():
+    """The line fit's legend read 'fit: (64.4 ± 5.9) x + (-0.4 ± 0.57)': the intercept to one
+    decimal place less than its error, and the slope without its unit."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_operation import plot_rad_vs_outliers
+    from utils.models.correlation import fit_line, pearson
+
+    rng = np.random.default_rng(5)
+    x = np.repeat([0.0, 0.04, 0.09, 0.14], 10)
+    y = rng.poisson(64.0 * x).astype(float)
+    fit, corr = fit_line(x, y), pearson(x, y)
+    axes = plot_rad_vs_outliers(x, {"transients": y}, {"transients": corr},
+                                {"transients": fit},
+                                xlabel="RadiationLevel at frame time [krad/s]")
+    label = [t.get_text() for t in axes[0].get_legend().get_texts()][1]
+    from utils.io.tokens import value_error_text
+
+    assert label == (f"line fit: slope {value_error_text(fit.slope, fit.slope_err)} per krad/s, "
+                     f"intercept {value_error_text(fit.intercept, fit.intercept_err)}"), label
+    # the long legend gets room above the points; the title (r, n, p) is on its own line
+    low, high = axes[0].get_ylim()
+    assert y.max() <= low + (high - low) / 1.3 + 1e-9
+    assert axes[0].get_title().split("\n")[1].startswith("Pearson r = ")
+    plt.close(axes[0].figure)
