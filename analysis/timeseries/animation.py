@@ -119,14 +119,20 @@ def write_animation(images: np.ndarray, captions: Sequence[str], path: str | os.
 
 def write_animations(images: np.ndarray, captions: Sequence[str], gif_path: str | os.PathLike,
                      **kwargs) -> list[Path]:
-    """The GIF, and the MP4 beside it when ffmpeg is available (else a log note)."""
+    """The GIF, and the MP4 beside it when ffmpeg is available (the caller says once per run
+    when it is not: :func:`note_missing_ffmpeg`)."""
     written = [write_animation(images, captions, gif_path, **kwargs)]
-    mp4 = Path(gif_path).with_suffix(".mp4")
     if ffmpeg_available():
-        written.append(write_animation(images, captions, mp4, **kwargs))
-    else:
-        logger.info("no ffmpeg executable: %s skipped (the GIF has the same frames)", mp4.name)
+        written.append(write_animation(images, captions, Path(gif_path).with_suffix(".mp4"),
+                                       **kwargs))
     return written
 
 
-__all__ = ["write_animation", "write_animations", "ffmpeg_available"]
+def note_missing_ffmpeg() -> None:
+    """One log line when there is no ffmpeg: the animations are GIFs only."""
+    if not ffmpeg_available():
+        logger.info("no ffmpeg executable: animations written as GIF only (no .mp4; the GIFs "
+                    "have the same frames)")
+
+
+__all__ = ["write_animation", "write_animations", "ffmpeg_available", "note_missing_ffmpeg"]

@@ -63,7 +63,7 @@ from utils.settings import dump_settings
 from utils.settings import field as sfield
 
 from . import plots_operation as plots
-from .animation import write_animations
+from .animation import note_missing_ffmpeg, write_animations
 from .radiation import RADIATION_CHOICES, power_on_frame_axis, radiation_at_frames
 from .sequence import FrameSequence, read_sequence
 from .transients import TransientResult, TransientSettings, find_transients
@@ -398,6 +398,10 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
     return DatasetResult(ds.name, "analysed", row["REASON"], row, files)
 
 
+#: Whole-number columns of the summary table (pandas makes them float next to a failed row).
+COUNT_SUMMARY_COLUMNS = ("N_FRAMES", "N_COVERED", "N_OUTLIER_PIXELS")
+
+
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         settings: OperationSettings = OperationSettings(), *, datasets=None,
         progress_bar: bool = False) -> OperationResult:
@@ -417,10 +421,11 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     for d in checked:
         if d.problem:
             logger.warning("%s: %s; flagged in %s", d.folder, d.problem, SUMMARY_CSV)
-        if d.log is None:
+        elif d.log is None:  # a folder without frames is not analysed: its log is moot
             logger.warning("%s: no radiation log (radiationLog*.csv); outliers are analysed, "
                            "the correlation with radiation is not", d.folder)
     dump_settings(out_dir, operation=settings, input_dir=str(Path(input_dir).resolve()))
+    note_missing_ffmpeg()
     results = []
     for d in checked:
         if d.problem:
@@ -434,7 +439,11 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                                        "REASON": r.reason} for r in results]
     for row, r in zip(rows, results):
         row["STATUS"] = r.status
-    write_csv(pd.DataFrame(rows), out_dir / SUMMARY_CSV)
+    table = pd.DataFrame(rows)
+    for column in COUNT_SUMMARY_COLUMNS:  # counts stay whole beside a failed row's blanks
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    write_csv(table, out_dir / SUMMARY_CSV)
     return OperationResult(out_dir, results)
 
 

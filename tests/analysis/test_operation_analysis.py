@@ -342,3 +342,28 @@ def test_correlation_figure_legend_writes_values_to_their_errors():
     assert y.max() <= low + (high - low) / 1.3 + 1e-9
     assert axes[0].get_title().split("\n")[1].startswith("Pearson r = ")
     plt.close(axes[0].figure)
+
+
+def test_run_log_and_summary_with_a_folder_without_frames(tmp_path, caplog, monkeypatch):
+    """Without ffmpeg the run said 'no ffmpeg executable: ... skipped' twice per sequence; a
+    folder without frames was also warned for having no radiation log; and next to its empty
+    row the summary wrote every sequence's N_FRAMES as 40.0."""
+    import logging
+
+    from analysis.timeseries import animation
+
+    monkeypatch.setattr(animation, "ffmpeg_available", lambda: False)
+    campaign = simulate_operation(tmp_path / "Operation", seed=6, frames=8, width=24, height=16,
+                                  doses=(1.0, 2.0), raw=False)
+    (campaign.root / "3kRads" / "fits").mkdir(parents=True)
+    with caplog.at_level(logging.INFO):
+        assert operation_analysis.main([str(campaign.root), str(tmp_path / "out"),
+                                        "--no-progress", "--animation-frames", "4"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("ffmpeg" in m for m in said) == 1, said
+    about_empty = [m for m in said if "3kRads" in m and r"kRads:" in m and "analysis:" not in m]
+    assert len(about_empty) == 1 and "no frames" in about_empty[0], about_empty
+    text = (tmp_path / "out" / "operation_summary.csv").read_text().splitlines()
+    summary = pd.read_csv(tmp_path / "out" / "operation_summary.csv")
+    assert summary["STATUS"].tolist() == ["analysed", "analysed", "failed"]
+    assert text[1].split(",")[3] == "8" and text[2].split(",")[3] == "8", text[1:3]
