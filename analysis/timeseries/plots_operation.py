@@ -167,8 +167,14 @@ def plot_cumulative_outliers(outlier_frames: np.ndarray, n_frames: int, *, ax=No
     shown = block_reduce(outlier_frames.astype(np.float32), factor, np.max)
     title = (f"cumulative outliers: {int((outlier_frames > 0).sum())} pixels in {n_frames} "
              f"frames" + (f" (max over {factor}x{factor} blocks)" if factor > 1 else ""))
-    ax = show_image(shown, ax=ax, unit="frames", label="outlier in", percentiles=(0, 100),
-                    cmap="magma", title=title)
+    ax = show_image(shown, ax=ax, unit="count", label="frames with the pixel an outlier",
+                    percentiles=(0, 100), cmap="magma", title=title)
+    colorbar = ax.images[0].colorbar
+    if colorbar is not None:  # a count: whole ticks (they were 0.5, 1.0, 1.5 ...)
+        from matplotlib.ticker import MaxNLocator
+
+        colorbar.locator = MaxNLocator(integer=True)
+        colorbar.update_ticks()
     if factor > 1:
         ax.images[0].set_extent(_extent(outlier_frames.shape, factor))
     return ax

@@ -367,3 +367,21 @@ def test_run_log_and_summary_with_a_folder_without_frames(tmp_path, caplog, monk
     summary = pd.read_csv(tmp_path / "out" / "operation_summary.csv")
     assert summary["STATUS"].tolist() == ["analysed", "analysed", "failed"]
     assert text[1].split(",")[3] == "8" and text[2].split(",")[3] == "8", text[1:3]
+
+
+def test_cumulative_outlier_figure_counts_frames_in_whole_numbers():
+    """Its colour bar read 'outlier in [frames]' with ticks 0.5, 1.0, 1.5 ... for a count."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_operation import plot_cumulative_outliers
+
+    counts = np.zeros((16, 24), np.int32)
+    counts[3, 4], counts[10, 12], counts[5, 20] = 1, 4, 2
+    ax = plot_cumulative_outliers(counts, 40)
+    colorbar = ax.images[0].colorbar
+    ax.figure.canvas.draw()
+    ticks = [t for t in colorbar.get_ticks() if 0 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert colorbar.ax.get_ylabel() == "frames with the pixel an outlier [count]"
+    assert ax.get_title() == "cumulative outliers: 3 pixels in 40 frames"
+    plt.close(ax.figure)
