@@ -371,7 +371,7 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
     files += write_animations(result.display_frames, cap_frames, target / "frames.gif",
                               unit=adu.UNIT, label="signal", title=f"{ds.name} frames",
                               vmin=float(lo), vmax=float(max(hi, lo + 1)), **common)
-    top = float(max(np.nanmax(result.display_outliers, initial=0.0), 2 * result.threshold))
+    top = outlier_colour_limit(result.display_outliers, result.threshold)
     files += write_animations(result.display_outliers, cap_outliers, target / "outliers.gif",
                               unit="sigma", label="|x - mean| / sigma of outliers",
                               title=f"{ds.name} outlier pixels", vmin=0.0, vmax=top,
@@ -396,6 +396,25 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
            "P_PIXELS": c_px.p_value}
     write_run_summary(target, {"dataset": ds.name, "row": row}, files, digest)
     return DatasetResult(ds.name, "analysed", row["REASON"], row, files)
+
+
+def outlier_colour_limit(outliers: np.ndarray, threshold: float) -> float:
+    """Upper colour limit of the outlier animation [sigma]: the 90th percentile of the outlier
+    pixels' ``|z|``, at least twice the threshold.
+
+    The brightest hits (hundreds of sigma) then saturate instead of setting the scale, where
+    the typical hit of 10-100 sigma was drawn nearly black.
+
+    Examples
+    --------
+    >>> z = np.zeros(1000); z[:99] = 20.0; z[99] = 850.0
+    >>> outlier_colour_limit(z, 5.0)
+    20.0
+    """
+    values = np.asarray(outliers, dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    top = float(np.percentile(values, 90)) if values.size else 0.0
+    return max(top, 2.0 * float(threshold))
 
 
 #: Whole-number columns of the summary table (pandas makes them float next to a failed row).
@@ -447,5 +466,5 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     return OperationResult(out_dir, results)
 
 
-__all__ = ["OperationSettings", "OperationResult", "run", "find_datasets", "inspect_dataset",
-           "analyse_dataset", "correlate", "SUMMARY_CSV"]
+__all__ = ["OperationSettings", "OperationResult", "run", "outlier_colour_limit", "find_datasets",
+           "inspect_dataset", "analyse_dataset", "correlate", "SUMMARY_CSV"]

@@ -385,3 +385,18 @@ def test_cumulative_outlier_figure_counts_frames_in_whole_numbers():
     assert colorbar.ax.get_ylabel() == "frames with the pixel an outlier [count]"
     assert ax.get_title() == "cumulative outliers: 3 pixels in 40 frames"
     plt.close(ax.figure)
+
+
+def test_outlier_animation_scale_shows_the_typical_hit():
+    """The outlier animation's colour scale ran to the brightest |z| of the run (850 sigma on the
+    64 x 48 campaign), so the typical hit of 10-100 sigma was drawn nearly black."""
+    from analysis.timeseries.operation import outlier_colour_limit
+
+    rng = np.random.default_rng(2)
+    z = np.zeros((40, 16, 24))
+    hits = rng.random(z.shape) < 0.01
+    z[hits] = rng.lognormal(np.log(40.0), 0.6, hits.sum())
+    z[0, 0, 0] = 850.0
+    top = outlier_colour_limit(z, 5.0)
+    assert np.percentile(z[hits], 50) < top < 200
+    assert outlier_colour_limit(np.zeros((2, 3, 3)), 5.0) == 10.0   # nothing: 2 x threshold
