@@ -62,8 +62,13 @@ def plot_timeline(comparisons: pd.DataFrame, *, axes=None):
     for (tbin, exp), part in done.groupby(["TBIN", "EXPTIME"], dropna=False):
         hours = part["DT_S"].to_numpy(float) / 3600.0
         label = f"{number_text(tbin, 'g')} degC, {exp:g} s"
-        axes[0].plot(hours, part["N_REGIONS"], "o-", ms=4, label=label)
-        axes[1].plot(hours, part["AREA_PX"], "o-", ms=4, label=label)
+        # a count holds from one comparison to the next: steps, not slopes between them
+        axes[0].plot(hours, part["N_REGIONS"], "o-", ms=4, label=label, drawstyle="steps-post")
+        axes[1].plot(hours, part["AREA_PX"], "o-", ms=4, label=label, drawstyle="steps-post")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:  # counts of structures and of pixels: whole-number ticks
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("new structures [count]")
     axes[0].set_title("structures vs the earliest flat of each temperature bin")
     axes[0].grid(alpha=0.3)

@@ -172,3 +172,22 @@ def test_single_flat_per_bin(tmp_path, caplog, capsys, one_line_error):
                                     "--no-progress"]) == 2
     one_line_error(caplog, capsys, "single valid flat", "at least two")
     assert not (tmp_path / "out").exists()              # nothing written, not even the index
+
+
+def test_timeline_draws_counts_as_steps_with_whole_ticks():
+    """timeline.png joined the comparisons by slopes (a structure found 48 h after the
+    reference read as growing from 0 at 0 h) and labelled its counts 0.0, 0.2 ... 1.0."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_flats import plot_timeline
+
+    table = pd.DataFrame({"STATUS": ["reference", "compared", "compared", "compared"],
+                          "TBIN": 20.0, "EXPTIME": 0.5, "DT_S": [0.0, 1.5, 172800.0, 345600.0],
+                          "N_REGIONS": [np.nan, 0, 1, 1], "AREA_PX": [np.nan, 0, 49, 50]})
+    axes = plot_timeline(table)
+    axes[0].figure.canvas.draw()
+    for ax in axes:
+        assert ax.lines[0].get_drawstyle() == "steps-post"
+        ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+        assert all(float(t).is_integer() for t in ticks), ticks
+    plt.close(axes[0].figure)
