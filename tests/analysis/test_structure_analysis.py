@@ -133,6 +133,12 @@ def test_products_verify_and_suspicious_frames_go_to_the_output(planted, tmp_pat
     assert masters and fitsverify(masters[0])[0] == 0
     with fits.open(out / "structure_counts.fits") as hdul:
         assert hdul[0].data.max() >= 1 and hdul[0].header["NCOMPARE"] == 10
+        # provenance: the settings and the comparisons behind the map (it had neither)
+        head, inputs = hdul[0].header, hdul["INPUTS"].data
+        assert head["SEEDTHR"] == 5.0 and head["MINAREA"] == 2 and head["REDUCED"] is True
+        assert len(inputs) == 10 and hdul["INPUTS"].columns["DT_S"].unit == "s"
+        assert inputs["N_REGIONS"].sum() == int(hdul[0].data.max() > 0) * len(
+            pd.read_csv(out / "structures.csv"))
     assert len(list((out / "differences").rglob("*.png"))) == 10
     assert (out / "timeline.png").is_file()
     # an all-zero frame is listed in the output folder, never in the working directory
