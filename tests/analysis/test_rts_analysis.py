@@ -100,8 +100,13 @@ def test_rts_map_verifies(long_run, fitsverify):
     assert errors == 0, report
     with fits.open(path) as hdul:
         mask = hdul[0].data
-        assert [h.name for h in hdul[1:]] == ["AMPLITUDE", "SIGMA", "ZETA"]
+        assert [h.name for h in hdul[1:]] == ["AMPLITUDE", "SIGMA", "ZETA", "INPUTS"]
         assert hdul[0].header["NFRAMES"] == 1500 and hdul[0].header["FRMINTVL"] == 1.0
+        # provenance: the search settings and the frames searched (the map had neither)
+        assert hdul[0].header["KAMPL"] == 2.5 and hdul[0].header["MINTRANS"] == 4
+        inputs = hdul["INPUTS"].data
+        assert len(inputs) == 1500 and inputs["TIME"][0] == 0.0
+        assert hdul["INPUTS"].columns["TIME"].unit == "s"
         sigma = hdul["SIGMA"].data
     maps = campaign.maps()
     quiet = (mask == 0) & ~maps["noisy_mask"] & ~maps["hot_mask"]
