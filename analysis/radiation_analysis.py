@@ -8,9 +8,11 @@ group's bias master; old columns PATH, FRAME, GROUP, TEMP, [T_EXP,] MEAN, STD),
 mean +- std vs time figures (with .npz twins), sigma-clipped masters per
 temperature bin (and exposure for darks: exposures are never averaged
 together) and group_summary.csv (STAGE, CALTYPE, GROUP, MEAN_RAD, MEAN_VAL,
-STD_VAL).  Between consecutive groups (pre -> first step -> ... -> post) and
-pre -> post, every master present in both gives a difference map (FITS with
-UNCERT and a SIGNIF = diff/sigma extension, PNG and .npz with key ``diff``).
+STD_VAL, then TAG, DOSE, TBIN, EXPTIME, NFRAMES, FRAMEDOSE and MEAN_VAL_ERR, the
+standard error of MEAN_VAL from the frames' scatter).  Between consecutive groups
+(pre -> first step -> ... -> post) and pre -> post, every master present in
+both gives a difference map (FITS with UNCERT and a SIGNIF = diff/sigma
+extension, PNG and .npz with key ``diff``).
 GROUP is the index of the (stage, dose step) in campaign order.  --ignore-temp
 (and --group-by-dose, kept for the old command line) put all temperatures of a
 group into one master per exposure; dose steps are never merged.
@@ -114,6 +116,13 @@ def _step_dose(rows: pd.DataFrame) -> float:
     last step's dose after it), NaN when no frame has one."""
     dose = pd.to_numeric(rows["DOSE"], errors="coerce").to_numpy(float)
     return float(np.median(dose[np.isfinite(dose)])) if np.isfinite(dose).any() else math.nan
+
+
+def _mean_error(values: list[float]) -> float:
+    """[adu] Standard error of the mean of per-frame means: their sample standard deviation
+    over sqrt(N) (frame-to-frame scatter: temporal noise, offsets, drifts); NaN below 2."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size >= 2 else math.nan
 
 
 def _plot_vs_time(stats: pd.DataFrame, caltype: str, tag: str, t0: float):
@@ -268,7 +277,8 @@ def _one_group(part: pd.DataFrame, folder: Path, tag: str, gid: int, settings, m
                             "TAG": tag, "DOSE": _step_dose(rows), "TBIN": key.temperature,
                             "EXPTIME": key.exptime, "NFRAMES": len(rows),
                             "FRAMEDOSE": float(np.nanmean(rows["FRAMEDOSE"]))
-                            if rows["FRAMEDOSE"].notna().any() else math.nan})
+                            if rows["FRAMEDOSE"].notna().any() else math.nan,
+                            "MEAN_VAL_ERR": _mean_error([s["MEAN"] for s in set_stats])})
     for caltype in ("BIAS", "DARK"):
         table = pd.DataFrame(stats[caltype])
         if table.empty:

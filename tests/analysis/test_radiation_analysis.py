@@ -41,6 +41,13 @@ def test_products_per_stage_and_dose_step(rad_run):
         step = {"pre": 0.0, "post": 40.0}[tag] if tag in ("pre", "post") \
             else float(tag[len("radiating_D"):-2])
         assert np.allclose(summary["DOSE"], step), (tag, summary["DOSE"].tolist())
+        # the mean level has its error: the frames' scatter / sqrt(N) (it had none)
+        for _, row in summary.iterrows():
+            stats = bias if row["CALTYPE"] == "BIAS" else dark
+            means = stats[(stats["TEMP_BIN"] == row["TBIN"]) & (
+                True if row["CALTYPE"] == "BIAS" else stats["T_EXP"] == row["EXPTIME"])]["MEAN"]
+            assert len(means) == row["NFRAMES"]
+            assert row["MEAN_VAL_ERR"] == pytest.approx(means.std(ddof=1) / np.sqrt(len(means)))
         for caltype in ("bias", "dark"):
             assert (out / tag / f"mean_std_{caltype}_vs_time.png").is_file()
             with np.load(out / tag / f"mean_std_{caltype}_vs_time.npz") as data:
