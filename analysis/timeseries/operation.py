@@ -332,7 +332,8 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
         return DatasetResult(ds.name, "failed", f"{err.path}: {err.reason}", {})
     table = result.table
     table.insert(0, "INDEX", np.arange(len(seq)))
-    table.insert(1, "FRAME", seq.frame_numbers)
+    # frame numbers are whole (a frame without FRAMENUM stays empty): '0', not '0.0'
+    table.insert(1, "FRAME", pd.Series(np.round(seq.frame_numbers)).astype("Int64"))
     table.insert(2, "PATH", [str(p) for p in seq.paths])
     table.insert(3, "TIMESTAMP", seq.timestamps)
     table.insert(4, "TIME", seq.times)

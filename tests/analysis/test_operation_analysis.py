@@ -118,6 +118,9 @@ def test_frame_times_are_relative_to_the_first_frame(raw_run):
     assert frames["TIME"].max() < 1e4                      # not the absolute clock (old bug)
     assert frames["RAD_COVERED"].all()                     # the per-frame log covers them all
     assert frames["INDEX"].tolist() == list(range(len(frames)))
+    # the frame numbers are written whole ('0.0', '1.0' ... before)
+    text = (out / "5kRads" / "frame_metrics.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in text[1:4]] == ["0", "1", "2"]
 
 
 def test_sampled_log_is_interpolated_on_the_frames_zero_point(fits_run):
