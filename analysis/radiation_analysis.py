@@ -134,13 +134,14 @@ def _plot_vs_time(stats: pd.DataFrame, caltype: str, tag: str, t0: float):
         part = part.sort_values("TIMESTAMP")
         t = part["TIMESTAMP"].to_numpy(float) - t0
         label = f"{number_text(key[0], 'g')} degC" + (f", {key[1]:g} s" if len(key) > 1 else "")
-        ax.plot(t, part["MEAN"], "o-", label=label)
-        ax.fill_between(t, part["MEAN"] - part["STD"], part["MEAN"] + part["STD"], alpha=0.2)
+        line, = ax.plot(t, part["MEAN"], "o-", label=f"{label}: frame mean")
+        ax.fill_between(t, part["MEAN"] - part["STD"], part["MEAN"] + part["STD"], alpha=0.2,
+                        color=line.get_color(), label=f"{label}: ± spatial std")
         name = label.replace(" degC", "C").replace(", ", "_").replace(" s", "s")
         data.update({f"{name}_time": t, f"{name}_mean": part["MEAN"],
                      f"{name}_std": part["STD"]})
-    finish_axes(ax, "time since the campaign's first frame [s]", "mean [adu]",
-                f"{tag}: {caltype.lower()} mean +- std vs time")
+    finish_axes(ax, "time since the campaign's first frame [s]", "frame mean [adu]",
+                f"{tag}: {caltype.lower()} frames, mean and spatial std vs time")
     return ax, data
 
 

@@ -198,3 +198,19 @@ def test_run_radiation_refuses_a_log_without_time_before_converting(
     assert status == 2
     one_line_error(caplog, capsys, "no_time.csv", "no time column")
     assert not list(root.rglob("*.fits")) and not (root / "index.csv").exists()
+
+
+def test_time_figure_says_the_band_is_the_spatial_std():
+    """mean_std_<type>_vs_time.png titled 'bias mean +- std' with an unlabelled band: nothing said
+    the band is the frame's spatial standard deviation (fixed pattern and hot pixels), not an
+    error of the mean."""
+    import matplotlib.pyplot as plt
+
+    stats = pd.DataFrame({"TEMP_BIN": 20.1, "TIMESTAMP": [10.0, 12.0, 14.0],
+                          "MEAN": [3357.0, 3354.0, 3358.0], "STD": [66.0, 65.5, 66.2]})
+    ax, data = radiation_analysis._plot_vs_time(stats, "BIAS", "pre", 10.0)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["20.1 degC: frame mean", "20.1 degC: ± spatial std"]
+    assert "spatial std" in ax.get_title() and ax.get_ylabel() == "frame mean [adu]"
+    assert list(data) == ["20.1C_time", "20.1C_mean", "20.1C_std"]
+    plt.close(ax.figure)
