@@ -182,6 +182,9 @@ def test_run_radiation_joins_the_log_once(irradiation_copy, tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert sum("dose bookkeeping" in m for m in messages) == 1, messages
     assert sum("its Dose column is constant" in m for m in messages) == 1, messages
+    # the file named once: not 'constant.csv: not used (constant.csv: its Dose ...)'
+    (line,) = [m for m in messages if "its Dose column is constant" in m]
+    assert line == f"{constant}: not used (its Dose column is constant)", line
 
 
 def test_run_radiation_refuses_a_log_without_time_before_converting(

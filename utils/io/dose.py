@@ -367,6 +367,9 @@ def assign_doses(table: pd.DataFrame, *, radiation_log: str | os.PathLike | None
     if path is not None:
         campaign, why = _read(path, settings, strict=given)
         if campaign is None:
+            # the reason may start with the file's name, already said at the line's start
+            for prefix in (f"{path}: ", f"{path.name}: "):
+                why = why[len(prefix):] if why.startswith(prefix) else why
             logger.warning("%s: not used (%s)", path, why)
         else:
             report.campaign_log = path
