@@ -403,3 +403,34 @@ def test_outlier_animation_scale_shows_the_typical_hit():
     top = outlier_colour_limit(z, 5.0)
     assert np.percentile(z[hits], 50) < top < 200
     assert outlier_colour_limit(np.zeros((2, 3, 3)), 5.0) == 10.0   # nothing: 2 x threshold
+
+
+def test_metrics_figure_draws_only_series_with_data():
+    """metrics.png had six panels whatever the logs: without a power log (or a radiation log)
+    two (or four) of them were empty but for 'no power log'; the radiation panels' legends
+    read 'Radiation (Dose)' and 'Sensor Rad'."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_operation import plot_metrics
+    from analysis.timeseries.radiation import RadiationSeries
+
+    frames = pd.DataFrame({"TIME": [0.0, 1.5, 3.0], "TEMP": [20.0, 20.1, 19.9],
+                           "N_OUTLIERS": [0, 5, 1], "N_EVENTS": [0, 2, 1],
+                           "N_TRANSIENTS": [0, 2, 1]})
+    axes = plot_metrics(frames, RadiationSeries(), None)
+    assert len(axes) == 2                        # temperature and the counts, nothing empty
+    assert axes[0].get_title() == ("operation metrics vs time (no dose log, no radiation log, "
+                                   "no power log)")
+    assert all(ax.lines for ax in axes)
+    plt.close(axes[0].figure)
+    log = RadiationSeries(name="RadiationLevel", unit="krad/s",
+                          log_time=np.array([-1.0, 0.0, 1.0, 2.0, 3.0]),
+                          log_values=np.array([0.0, 0.1, 0.1, 0.1, 0.0]),
+                          log_dose=np.array([0.0, 0.0, 0.1, 0.2, 0.3]))
+    power = pd.DataFrame({"TIME": [0.0, 1.0, 2.0], "CURRENT": [0.45, 0.47, 0.45],
+                          "VOLTAGE": [5.0, 5.01, 5.0]})
+    axes = plot_metrics(frames, log, power)
+    assert len(axes) == 6 and axes[0].get_title() == "operation metrics vs time"
+    legends = [ax.get_legend().get_texts()[0].get_text() for ax in axes[:2]]
+    assert legends == ["dose (radiation log)", "RadiationLevel (radiation log)"]
+    plt.close(axes[0].figure)
