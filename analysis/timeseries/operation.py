@@ -18,7 +18,8 @@ take times since the first frame; check the radiation and power logs; then
        OUT/<x>kRads/correlation.csv          r, its errors, p, fit with errors
        OUT/<x>kRads/cumulative_outliers.fits union of outlier masks (uint8) + NOUTLIER,
                                              TMEAN, TSIGMA, NACCEPT extensions
-       OUT/<x>kRads/cumulative_outliers.png, metrics.png, rad_vs_outliers.png,
+       OUT/<x>kRads/cumulative_outliers.png, metrics.png, rad_vs_outliers.png (when a
+       radiation log covers frames),
        intensity_stats.png, first_last.png, frames.gif, outliers.gif (+ .mp4 with ffmpeg)
        OUT/operation_summary.csv             one row per folder, with status and reason
        OUT/config_used.json
@@ -355,9 +356,13 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
     files.append(save_figure(axes[0].figure, target / "metrics.png"))
     xlabel = (f"{radiation.name} at frame time [{radiation.unit}]" if radiation.name
               else "radiation [n/a]")
-    axes = plots.plot_rad_vs_outliers(x, {k: table[c].to_numpy(float) for k, c in
-                                          COUNT_COLUMNS.items()}, corrs, fits_, xlabel=xlabel)
-    files.append(save_figure(axes[0].figure, target / "rad_vs_outliers.png"))
+    if np.isfinite(x).any():
+        axes = plots.plot_rad_vs_outliers(x, {k: table[c].to_numpy(float) for k, c in
+                                              COUNT_COLUMNS.items()}, corrs, fits_,
+                                          xlabel=xlabel)
+        files.append(save_figure(axes[0].figure, target / "rad_vs_outliers.png"))
+    else:  # no radiation value at any frame: three empty panels say nothing (the log says why)
+        (target / "rad_vs_outliers.png").unlink(missing_ok=True)
     files.append(save_figure(plots.plot_intensity_stats(table).figure,
                              target / "intensity_stats.png"))
     times = seq.times

@@ -262,6 +262,9 @@ def test_missing_or_non_covering_log_is_a_flagged_row(flagged_run):
     assert summary.loc["2kRads", "N_COVERED"] == 0
     for name in ("1kRads", "2kRads"):
         assert math.isnan(summary.loc[name, "R_TRANSIENTS"])
+        # no radiation value at any frame: no figure of three empty panels
+        assert not (out / name / "rad_vs_outliers.png").exists()
+        assert (out / name / "metrics.png").is_file()
         corr = pd.read_csv(out / name / "correlation.csv")
         assert corr["FIT_METHOD"].str.startswith("fallback").all()
         assert corr["NOTE"].notna().all()
