@@ -141,11 +141,11 @@ class OperationResult:
                          + (f"{r:.3f} ± {d.row.get('R_TRANSIENTS_ERR', math.nan):.3f}"
                             if isinstance(r, float) and math.isfinite(r) else "n/a"))
         text = f"operation analysis: {len(done)} sequence(s) analysed"
-        if failed:
-            flagged = "; ".join(f"{d.name}: {d.reason}" for d in failed)
-            text += f", {len(failed)} flagged ({flagged})"
         if parts:
             text += " (" + "; ".join(parts) + ")"
+        if failed:  # after the analysed ones: '(...) (...)' read as one list
+            flagged = "; ".join(f"{d.name}: {d.reason}" for d in failed)
+            text += f"; {len(failed)} flagged ({flagged})"
         return text + f"; products in {self.out_dir}"
 
 

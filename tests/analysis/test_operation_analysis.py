@@ -373,6 +373,10 @@ def test_run_log_and_summary_with_a_folder_without_frames(tmp_path, caplog, monk
     summary = pd.read_csv(tmp_path / "out" / "operation_summary.csv")
     assert summary["STATUS"].tolist() == ["analysed", "analysed", "failed"]
     assert text[1].split(",")[3] == "8" and text[2].split(",")[3] == "8", text[1:3]
+    # the summary line: the analysed sequences, then the flagged one, each list once
+    last = said[-1]
+    assert last.startswith("operation analysis: 2 sequence(s) analysed (1kRads: 8 frames"), last
+    assert "; 1 flagged (3kRads: no frames" in last and last.count(") (") == 0, last
 
 
 def test_cumulative_outlier_figure_counts_frames_in_whole_numbers():
