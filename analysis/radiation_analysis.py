@@ -284,6 +284,8 @@ def _one_group(part: pd.DataFrame, folder: Path, tag: str, gid: int, settings, m
         table = pd.DataFrame(stats[caltype])
         if table.empty:
             continue
+        # frame numbers are whole (empty without FRAMENUM): '0', not '0.0'
+        table["FRAME"] = pd.to_numeric(table["FRAME"], errors="coerce").round().astype("Int64")
         files.append(write_csv(table, folder / f"stats_{caltype.lower()}.csv"))
         ax, data = _plot_vs_time(table, caltype, tag, t0)
         files += save_plot(ax, folder / f"mean_std_{caltype.lower()}_vs_time", data)

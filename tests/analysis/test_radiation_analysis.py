@@ -33,6 +33,9 @@ def test_products_per_stage_and_dose_step(rad_run):
         assert list(dark.columns[:7]) == ["PATH", "FRAME", "GROUP", "TEMP", "T_EXP", "MEAN",
                                           "STD"]
         assert (bias["GROUP"] == gid).all() and set(dark["T_EXP"]) == {5.0, 20.0}
+        # frame numbers written whole ('0.0' before)
+        first = (out / tag / "stats_bias.csv").read_text().splitlines()[1]
+        assert first.split(",")[1].isdigit(), first
         summary = pd.read_csv(out / tag / "group_summary.csv")
         assert list(summary.columns[:6]) == ["STAGE", "CALTYPE", "GROUP", "MEAN_RAD", "MEAN_VAL",
                                              "STD_VAL"]
