@@ -95,7 +95,8 @@ def write_animation(images: np.ndarray, captions: Sequence[str], path: str | os.
     ax.set_xlabel("column [px]")
     ax.set_ylabel("row [px]")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, label=f"{label} [{unit}]", shrink=0.85)
+    fig.colorbar(im, ax=ax, label=f"{label} [{unit}]", shrink=0.85,
+                 extend=colour_extend(images, vmin, vmax))
     text = ax.text(0.02, 0.97, captions[0], transform=ax.transAxes, va="top", ha="left",
                    color="yellow", fontsize=8, animated=True,
                    bbox=dict(facecolor="black", alpha=0.6, edgecolor="none"))
@@ -117,6 +118,26 @@ def write_animation(images: np.ndarray, captions: Sequence[str], path: str | os.
     return path
 
 
+def colour_extend(images: np.ndarray, vmin: float, vmax: float) -> str:
+    """Matplotlib ``extend`` of a colour bar: which ends the data pass (values there are
+    drawn in the end colour, and the bar's arrow says so).
+
+    Examples
+    --------
+    >>> colour_extend(np.array([0.0, 5.0, 900.0]), 0.0, 150.0)
+    'max'
+    >>> colour_extend(np.array([-1.0, 5.0]), 0.0, 150.0), colour_extend(np.ones(2), 0.0, 2.0)
+    ('min', 'neither')
+    """
+    finite = np.asarray(images, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return "neither"
+    low, high = bool(finite.min() < vmin), bool(finite.max() > vmax)
+    return {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
+        (low, high), "neither")
+
+
 def write_animations(images: np.ndarray, captions: Sequence[str], gif_path: str | os.PathLike,
                      **kwargs) -> list[Path]:
     """The GIF, and the MP4 beside it when ffmpeg is available (the caller says once per run
@@ -135,4 +156,5 @@ def note_missing_ffmpeg() -> None:
                     "have the same frames)")
 
 
-__all__ = ["write_animation", "write_animations", "ffmpeg_available", "note_missing_ffmpeg"]
+__all__ = ["write_animation", "write_animations", "ffmpeg_available", "note_missing_ffmpeg",
+           "colour_extend"]

@@ -441,3 +441,31 @@ def test_metrics_figure_draws_only_series_with_data():
     legends = [ax.get_legend().get_texts()[0].get_text() for ax in axes[:2]]
     assert legends == ["dose (radiation log)", "RadiationLevel (radiation log)"]
     plt.close(axes[0].figure)
+
+
+def test_animation_colour_bar_says_values_beyond_its_end(tmp_path, monkeypatch):
+    """With the outlier scale ending at the 90th percentile, the brightest hits are drawn in the
+    end colour: the colour bar must say so (an arrow, extend='max'), as must the frames' 1-99 %
+    scale at both ends."""
+    import matplotlib.figure
+
+    from analysis.timeseries.animation import write_animation
+
+    seen = []
+    original = matplotlib.figure.Figure.colorbar
+
+    def spy(self, mappable, *args, **kwargs):
+        seen.append(kwargs.get("extend"))
+        return original(self, mappable, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "colorbar", spy)
+    images = np.zeros((3, 8, 10), np.float32)
+    images[1, 2, 3] = 850.0
+    write_animation(images, ["a", "b", "c"], tmp_path / "o.gif", fps=4, unit="sigma",
+                    label="|z|", title="t", vmin=0.0, vmax=150.0)
+    images[2, 0, 0] = -5.0
+    write_animation(images, ["a", "b", "c"], tmp_path / "f.gif", fps=4, unit="adu",
+                    label="signal", title="t", vmin=0.0, vmax=150.0)
+    write_animation(np.ones((2, 4, 4)), ["a", "b"], tmp_path / "n.gif", fps=4, unit="adu",
+                    label="signal", title="t", vmin=0.0, vmax=2.0)
+    assert seen == ["max", "both", "neither"]
