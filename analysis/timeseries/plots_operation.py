@@ -17,6 +17,10 @@ __all__ = ["plot_metrics", "plot_rad_vs_outliers", "plot_intensity_stats", "plot
            "plot_cumulative_outliers"]
 
 
+#: Legends of the stacked time series: right of each panel, never over its points.
+_OUTSIDE = dict(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def plot_metrics(frames: pd.DataFrame, radiation: RadiationSeries, power: pd.DataFrame | None,
                  *, axes=None):
     """Stacked time series: dose, radiation level, temperature, current, voltage, outliers.
@@ -41,12 +45,12 @@ def plot_metrics(frames: pd.DataFrame, radiation: RadiationSeries, power: pd.Dat
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(len(panels) + 1, 1, figsize=(7.5, 1.8 * len(panels) + 2.2),
+        _, axes = plt.subplots(len(panels) + 1, 1, figsize=(9.5, 1.8 * len(panels) + 2.2),
                                sharex=True, layout="constrained", squeeze=False)
         axes = axes[:, 0]
     for ax, (ylabel, label, x, y, style) in zip(axes, panels):
         ax.plot(x, y, style, ms=3, lw=0.8, label=label)
-        ax.legend(fontsize="small", loc="upper left")
+        ax.legend(**_OUTSIDE)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax = axes[len(panels)]
@@ -55,7 +59,7 @@ def plot_metrics(frames: pd.DataFrame, radiation: RadiationSeries, power: pd.Dat
     ax.plot(t, frames["N_TRANSIENTS"], ".-", ms=3, lw=0.8, label="transients (new events)")
     ax.set_xlabel("time since first frame [s]")
     ax.set_ylabel("count per frame")
-    ax.legend(fontsize="small", loc="upper left")
+    ax.legend(**_OUTSIDE)
     ax.grid(alpha=0.3)
     axes[0].set_title("operation metrics vs time"
                       + (f" (no {', no '.join(missing)})" if missing else ""))

@@ -440,6 +440,10 @@ def test_metrics_figure_draws_only_series_with_data():
     assert len(axes) == 6 and axes[0].get_title() == "operation metrics vs time"
     legends = [ax.get_legend().get_texts()[0].get_text() for ax in axes[:2]]
     assert legends == ["dose (radiation log)", "RadiationLevel (radiation log)"]
+    # legends right of their panels, never over the points (they sat upper left on the data)
+    axes[0].figure.canvas.draw()
+    for ax in axes:
+        assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
     plt.close(axes[0].figure)
 
 
