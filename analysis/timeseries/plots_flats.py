@@ -123,10 +123,14 @@ def plot_sensor_plane(outliers: pd.DataFrame, shape: tuple[int, int], *, title: 
     ax = new_axes(ax, figsize=(6.4, 5.2))
     for name, colour in CLASS_COLOURS.items():
         part = outliers[outliers["classification"] == name]
-        ax.scatter(part["col"], part["row"], s=12 + 10 * part["num_occurrences"],
+        ax.scatter(part["col"], part["row"],
+                   s=12.0 + 10.0 * part["num_occurrences"].to_numpy(dtype=float),
                    color=colour, alpha=0.7, label=f"{name} ({len(part)})", edgecolors="k",
                    linewidths=0.3)
     ax.set_xlim(-0.5, shape[1] - 0.5)
     ax.set_ylim(-0.5, shape[0] - 0.5)
     ax.set_aspect("equal")
-    return finish_axes(ax, "column [px]", "row [px]", title)
+    if not len(outliers):  # a result, not a missing figure: say it on the plane
+        ax.text(0.5, 0.5, "no outlier pixel", transform=ax.transAxes, ha="center",
+                va="center", color="0.3")
+    return finish_axes(ax, "column [px]", "row [px]", title, legend=bool(len(outliers)))

@@ -196,3 +196,19 @@ def test_counts_figure_has_one_series_per_bin_and_one_ignoring_temperature():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["-0.1 degC, 0.5 s",
                                                                   "-0.1 degC, 2 s"]
     plt.close(ax.figure)
+
+
+def test_stable_sequence_without_outliers_runs(tmp_path, caplog, capsys):
+    """A stable sequence (no outlier pixel: the good case) ended in a traceback: the empty
+    outlier table had untyped columns and the sensor-plane figure refused them."""
+    campaign = simulate_flat_sequence(tmp_path / "seq", seed=22, visits=4, width=24, height=20)
+    out = tmp_path / "out"
+    assert outgassing_analysis.main([str(campaign.root), "--output-dir", str(out),
+                                     "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    table = pd.read_csv(out / "analysis_outliers.csv")
+    assert len(table) == 0 and list(table.columns[:5]) == ["pixel", "row", "col",
+                                                           "num_occurrences", "temp_labels"]
+    assert (out / "sensor_plane_outliers" / "all_outliers_sensor_plane.png").is_file()
+    assert "0 outlier pixels" in caplog.text
