@@ -473,3 +473,14 @@ def test_animation_colour_bar_says_values_beyond_its_end(tmp_path, monkeypatch):
     write_animation(np.ones((2, 4, 4)), ["a", "b"], tmp_path / "n.gif", fps=4, unit="adu",
                     label="signal", title="t", vmin=0.0, vmax=2.0)
     assert seen == ["max", "both", "neither"]
+
+
+def test_line_fit_through_constant_counts_has_unknown_errors():
+    """No transient in any frame (beam off, or hits below threshold): the line through the
+    zero counts had slope 0.0 +- 0.0 in correlation.csv, an exact slope claimed from no
+    scatter at all."""
+    fit = fit_line(np.linspace(0.0, 0.14, 20), np.zeros(20))
+    assert fit.slope == 0.0 and fit.method == "least squares"
+    assert math.isnan(fit.slope_err) and math.isnan(fit.intercept_err)
+    noisy = fit_line(np.linspace(0.0, 0.14, 20), np.arange(20) % 3)
+    assert noisy.slope_err > 0                           # ordinary scatter: errors as before
