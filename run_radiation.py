@@ -36,9 +36,9 @@ from utils.io.conversion import (
     convert_sections,
 )
 from utils.io.discovery import campaign_sections
+from utils.io.dose import check_radiation_log
 from utils.io.fitsio import check_output_dir
 from utils.io.index import IndexSettings, build_index, write_index
-from utils.io.radiation_log import read_radiation_log
 from utils.stack.master import add_combine_options
 
 logger = logging.getLogger("run_radiation")
@@ -61,7 +61,7 @@ def run(basepath: Path, radiation_log: Path, out_dir: Path,
                              "radiationLogCompleto.csv")
     # every input and the output folder checked before anything is converted or written:
     # a bad log or output path must not leave a half-updated campaign behind
-    read_radiation_log(radiation_log)
+    check_radiation_log(radiation_log)
     check_output_dir(out_dir)
     stages = campaign_sections(basepath, "irradiation")
     conversion = ConversionSettings(search_depth=search_depth, workers=workers)
@@ -76,7 +76,7 @@ def run(basepath: Path, radiation_log: Path, out_dir: Path,
                         previous=index_path, radiation_log=radiation_log,
                         progress_bar=progress_bar)
     write_index(table, index_path)
-    result = radiation_analysis.run(index_path, radiation_log, out_dir, settings,
+    result = radiation_analysis.run(index_path, radiation_log, out_dir, settings, joined=True,
                                     progress_bar=progress_bar)
     return {"converted": counts[STATUS_CONVERTED], "existing": counts[STATUS_EXISTING],
             "rejected": counts[STATUS_REJECTED], "indexed": len(table), "index": index_path,

@@ -12,9 +12,9 @@ point; Pearson r (with its error, 95 % interval and p-value) and a line fit
 with standard errors of the counts vs the dose rate; power-log current and
 voltage.  Outputs per folder in OUTPUT_DIR/<x>kRads/: frame_metrics.csv,
 correlation.csv, cumulative_outliers.fits|png, metrics.png,
-rad_vs_outliers.png, intensity_stats.png, first_last.png, frames.gif,
-outliers.gif (.mp4 too when ffmpeg is installed); OUTPUT_DIR/
-operation_summary.csv and config_used.json.
+rad_vs_outliers.png (with a radiation log), intensity_stats.png,
+first_last.png, frames.gif, outliers.gif (.mp4 too when ffmpeg is
+installed); OUTPUT_DIR/operation_summary.csv and config_used.json.
 
 Example
 -------

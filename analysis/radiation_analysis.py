@@ -8,9 +8,11 @@ group's bias master; old columns PATH, FRAME, GROUP, TEMP, [T_EXP,] MEAN, STD),
 mean +- std vs time figures (with .npz twins), sigma-clipped masters per
 temperature bin (and exposure for darks: exposures are never averaged
 together) and group_summary.csv (STAGE, CALTYPE, GROUP, MEAN_RAD, MEAN_VAL,
-STD_VAL).  Between consecutive groups (pre -> first step -> ... -> post) and
-pre -> post, every master present in both gives a difference map (FITS with
-UNCERT and a SIGNIF = diff/sigma extension, PNG and .npz with key ``diff``).
+STD_VAL, then TAG, DOSE, TBIN, EXPTIME, NFRAMES, FRAMEDOSE and MEAN_VAL_ERR, the
+standard error of MEAN_VAL from the frames' scatter).  Between consecutive groups
+(pre -> first step -> ... -> post) and pre -> post, every master present in
+both gives a difference map (FITS with UNCERT and a SIGNIF = diff/sigma
+extension, PNG and .npz with key ``diff``).
 GROUP is the index of the (stage, dose step) in campaign order.  --ignore-temp
 (and --group-by-dose, kept for the old command line) put all temperatures of a
 group into one master per exposure; dose steps are never merged.
@@ -109,6 +111,20 @@ def _frame_stats(path: str, bias: np.ndarray | None) -> tuple[float, float]:
     return float(data[ok].mean()), float(data[ok].std())
 
 
+def _step_dose(rows: pd.DataFrame) -> float:
+    """[krad] The dose step of a set's frames (the index's ``DOSE``: 0 before irradiation, the
+    last step's dose after it), NaN when no frame has one."""
+    dose = pd.to_numeric(rows["DOSE"], errors="coerce").to_numpy(float)
+    return float(np.median(dose[np.isfinite(dose)])) if np.isfinite(dose).any() else math.nan
+
+
+def _mean_error(values: list[float]) -> float:
+    """[adu] Standard error of the mean of per-frame means: their sample standard deviation
+    over sqrt(N) (frame-to-frame scatter: temporal noise, offsets, drifts); NaN below 2."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size >= 2 else math.nan
+
+
 def _plot_vs_time(stats: pd.DataFrame, caltype: str, tag: str, t0: float):
     ax = new_axes(None)
     keys = ["TEMP_BIN"] + (["T_EXP"] if caltype == "DARK" else [])
@@ -118,23 +134,31 @@ def _plot_vs_time(stats: pd.DataFrame, caltype: str, tag: str, t0: float):
         part = part.sort_values("TIMESTAMP")
         t = part["TIMESTAMP"].to_numpy(float) - t0
         label = f"{number_text(key[0], 'g')} degC" + (f", {key[1]:g} s" if len(key) > 1 else "")
-        ax.plot(t, part["MEAN"], "o-", label=label)
-        ax.fill_between(t, part["MEAN"] - part["STD"], part["MEAN"] + part["STD"], alpha=0.2)
+        line, = ax.plot(t, part["MEAN"], "o-", label=f"{label}: frame mean")
+        ax.fill_between(t, part["MEAN"] - part["STD"], part["MEAN"] + part["STD"], alpha=0.2,
+                        color=line.get_color(), label=f"{label}: ± spatial std")
         name = label.replace(" degC", "C").replace(", ", "_").replace(" s", "s")
         data.update({f"{name}_time": t, f"{name}_mean": part["MEAN"],
                      f"{name}_std": part["STD"]})
-    finish_axes(ax, "time since the campaign's first frame [s]", "mean [adu]",
-                f"{tag}: {caltype.lower()} mean +- std vs time")
+    finish_axes(ax, "time since the campaign's first frame [s]", "frame mean [adu]",
+                f"{tag}: {caltype.lower()} frames, mean and spatial std vs time")
     return ax, data
 
 
 def run(index_csv: str | os.PathLike, radiation_log: str | os.PathLike,
         out_dir: str | os.PathLike, settings: RadiationSettings = RadiationSettings(), *,
-        progress_bar: bool = False) -> RadiationResult:
+        joined: bool = False, progress_bar: bool = False) -> RadiationResult:
     """Run the radiation analysis (see the module notes).
 
     Order: index + log join -> per (stage, dose step): bias masters, dark masters,
     per-frame statistics, time figures, group summary -> differences between groups.
+
+    Parameters
+    ----------
+    joined : bool, optional
+        The index was just built with ``radiation_log`` joined (``run_radiation.py``): its dose
+        columns are used as they are, not joined a second time (which repeated every warning
+        about the log and the bookkeeping line). Default is False.
 
     Raises
     ------
@@ -144,9 +168,12 @@ def run(index_csv: str | os.PathLike, radiation_log: str | os.PathLike,
     """
     out = Path(out_dir)
     index = DatasetIndex.from_csv(index_csv)
-    table, report = assign_doses(index.table, radiation_log=radiation_log,
-                                 root=Path(index_csv).resolve().parent)
-    logger.info("%s", report.summary())
+    if joined:
+        table = index.table.copy()
+    else:
+        table, report = assign_doses(index.table, radiation_log=radiation_log,
+                                     root=Path(index_csv).resolve().parent)
+        logger.info("%s", report.summary())
     table["STAGE"] = text_column(table["STAGE"])
     rows = table[table["STAGE"].isin(settings.stages) & table["CALTYPE"].isin(["BIAS", "DARK"])
                  & ~table["BADFITS"].astype(bool)]
@@ -248,14 +275,17 @@ def _one_group(part: pd.DataFrame, folder: Path, tag: str, gid: int, settings, m
                             if set_stats else math.nan,
                             "STD_VAL": float(np.mean([s["STD"] for s in set_stats]))
                             if set_stats else math.nan,
-                            "TAG": tag, "DOSE": key.dose, "TBIN": key.temperature,
+                            "TAG": tag, "DOSE": _step_dose(rows), "TBIN": key.temperature,
                             "EXPTIME": key.exptime, "NFRAMES": len(rows),
                             "FRAMEDOSE": float(np.nanmean(rows["FRAMEDOSE"]))
-                            if rows["FRAMEDOSE"].notna().any() else math.nan})
+                            if rows["FRAMEDOSE"].notna().any() else math.nan,
+                            "MEAN_VAL_ERR": _mean_error([s["MEAN"] for s in set_stats])})
     for caltype in ("BIAS", "DARK"):
         table = pd.DataFrame(stats[caltype])
         if table.empty:
             continue
+        # frame numbers are whole (empty without FRAMENUM): '0', not '0.0'
+        table["FRAME"] = pd.to_numeric(table["FRAME"], errors="coerce").round().astype("Int64")
         files.append(write_csv(table, folder / f"stats_{caltype.lower()}.csv"))
         ax, data = _plot_vs_time(table, caltype, tag, t0)
         files += save_plot(ax, folder / f"mean_std_{caltype.lower()}_vs_time", data)

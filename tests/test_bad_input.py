@@ -237,6 +237,8 @@ def test_empty_folder_given_to_indexer(tmp_path, caplog, capsys, option):
     message = assert_one_line_error(caplog, capsys, empty)
     assert "no FITS frames found" in message
     assert not out.exists()
+    # the error alone, not also a warning saying the same ('nothing_here: no FITS files')
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == []
 
 
 def test_missing_folder_given_to_indexer(tmp_path, caplog, capsys):

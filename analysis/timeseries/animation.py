@@ -95,7 +95,8 @@ def write_animation(images: np.ndarray, captions: Sequence[str], path: str | os.
     ax.set_xlabel("column [px]")
     ax.set_ylabel("row [px]")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, label=f"{label} [{unit}]", shrink=0.85)
+    fig.colorbar(im, ax=ax, label=f"{label} [{unit}]", shrink=0.85,
+                 extend=colour_extend(images, vmin, vmax))
     text = ax.text(0.02, 0.97, captions[0], transform=ax.transAxes, va="top", ha="left",
                    color="yellow", fontsize=8, animated=True,
                    bbox=dict(facecolor="black", alpha=0.6, edgecolor="none"))
@@ -117,16 +118,43 @@ def write_animation(images: np.ndarray, captions: Sequence[str], path: str | os.
     return path
 
 
+def colour_extend(images: np.ndarray, vmin: float, vmax: float) -> str:
+    """Matplotlib ``extend`` of a colour bar: which ends the data pass (values there are
+    drawn in the end colour, and the bar's arrow says so).
+
+    Examples
+    --------
+    >>> colour_extend(np.array([0.0, 5.0, 900.0]), 0.0, 150.0)
+    'max'
+    >>> colour_extend(np.array([-1.0, 5.0]), 0.0, 150.0), colour_extend(np.ones(2), 0.0, 2.0)
+    ('min', 'neither')
+    """
+    finite = np.asarray(images, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return "neither"
+    low, high = bool(finite.min() < vmin), bool(finite.max() > vmax)
+    return {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
+        (low, high), "neither")
+
+
 def write_animations(images: np.ndarray, captions: Sequence[str], gif_path: str | os.PathLike,
                      **kwargs) -> list[Path]:
-    """The GIF, and the MP4 beside it when ffmpeg is available (else a log note)."""
+    """The GIF, and the MP4 beside it when ffmpeg is available (the caller says once per run
+    when it is not: :func:`note_missing_ffmpeg`)."""
     written = [write_animation(images, captions, gif_path, **kwargs)]
-    mp4 = Path(gif_path).with_suffix(".mp4")
     if ffmpeg_available():
-        written.append(write_animation(images, captions, mp4, **kwargs))
-    else:
-        logger.info("no ffmpeg executable: %s skipped (the GIF has the same frames)", mp4.name)
+        written.append(write_animation(images, captions, Path(gif_path).with_suffix(".mp4"),
+                                       **kwargs))
     return written
 
 
-__all__ = ["write_animation", "write_animations", "ffmpeg_available"]
+def note_missing_ffmpeg() -> None:
+    """One log line when there is no ffmpeg: the animations are GIFs only."""
+    if not ffmpeg_available():
+        logger.info("no ffmpeg executable: animations written as GIF only (no .mp4; the GIFs "
+                    "have the same frames)")
+
+
+__all__ = ["write_animation", "write_animations", "ffmpeg_available", "note_missing_ffmpeg",
+           "colour_extend"]

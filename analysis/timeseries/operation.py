@@ -18,7 +18,8 @@ take times since the first frame; check the radiation and power logs; then
        OUT/<x>kRads/correlation.csv          r, its errors, p, fit with errors
        OUT/<x>kRads/cumulative_outliers.fits union of outlier masks (uint8) + NOUTLIER,
                                              TMEAN, TSIGMA, NACCEPT extensions
-       OUT/<x>kRads/cumulative_outliers.png, metrics.png, rad_vs_outliers.png,
+       OUT/<x>kRads/cumulative_outliers.png, metrics.png, rad_vs_outliers.png (when a
+       radiation log covers frames),
        intensity_stats.png, first_last.png, frames.gif, outliers.gif (+ .mp4 with ffmpeg)
        OUT/operation_summary.csv             one row per folder, with status and reason
        OUT/config_used.json
@@ -63,7 +64,7 @@ from utils.settings import dump_settings
 from utils.settings import field as sfield
 
 from . import plots_operation as plots
-from .animation import write_animations
+from .animation import note_missing_ffmpeg, write_animations
 from .radiation import RADIATION_CHOICES, power_on_frame_axis, radiation_at_frames
 from .sequence import FrameSequence, read_sequence
 from .transients import TransientResult, TransientSettings, find_transients
@@ -140,11 +141,11 @@ class OperationResult:
                          + (f"{r:.3f} ± {d.row.get('R_TRANSIENTS_ERR', math.nan):.3f}"
                             if isinstance(r, float) and math.isfinite(r) else "n/a"))
         text = f"operation analysis: {len(done)} sequence(s) analysed"
-        if failed:
-            flagged = "; ".join(f"{d.name}: {d.reason}" for d in failed)
-            text += f", {len(failed)} flagged ({flagged})"
         if parts:
             text += " (" + "; ".join(parts) + ")"
+        if failed:  # after the analysed ones: '(...) (...)' read as one list
+            flagged = "; ".join(f"{d.name}: {d.reason}" for d in failed)
+            text += f"; {len(failed)} flagged ({flagged})"
         return text + f"; products in {self.out_dir}"
 
 
@@ -332,7 +333,8 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
         return DatasetResult(ds.name, "failed", f"{err.path}: {err.reason}", {})
     table = result.table
     table.insert(0, "INDEX", np.arange(len(seq)))
-    table.insert(1, "FRAME", seq.frame_numbers)
+    # frame numbers are whole (a frame without FRAMENUM stays empty): '0', not '0.0'
+    table.insert(1, "FRAME", pd.Series(np.round(seq.frame_numbers)).astype("Int64"))
     table.insert(2, "PATH", [str(p) for p in seq.paths])
     table.insert(3, "TIMESTAMP", seq.timestamps)
     table.insert(4, "TIME", seq.times)
@@ -354,9 +356,13 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
     files.append(save_figure(axes[0].figure, target / "metrics.png"))
     xlabel = (f"{radiation.name} at frame time [{radiation.unit}]" if radiation.name
               else "radiation [n/a]")
-    axes = plots.plot_rad_vs_outliers(x, {k: table[c].to_numpy(float) for k, c in
-                                          COUNT_COLUMNS.items()}, corrs, fits_, xlabel=xlabel)
-    files.append(save_figure(axes[0].figure, target / "rad_vs_outliers.png"))
+    if np.isfinite(x).any():
+        axes = plots.plot_rad_vs_outliers(x, {k: table[c].to_numpy(float) for k, c in
+                                              COUNT_COLUMNS.items()}, corrs, fits_,
+                                          xlabel=xlabel)
+        files.append(save_figure(axes[0].figure, target / "rad_vs_outliers.png"))
+    else:  # no radiation value at any frame: three empty panels say nothing (the log says why)
+        (target / "rad_vs_outliers.png").unlink(missing_ok=True)
     files.append(save_figure(plots.plot_intensity_stats(table).figure,
                              target / "intensity_stats.png"))
     times = seq.times
@@ -371,7 +377,7 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
     files += write_animations(result.display_frames, cap_frames, target / "frames.gif",
                               unit=adu.UNIT, label="signal", title=f"{ds.name} frames",
                               vmin=float(lo), vmax=float(max(hi, lo + 1)), **common)
-    top = float(max(np.nanmax(result.display_outliers, initial=0.0), 2 * result.threshold))
+    top = outlier_colour_limit(result.display_outliers, result.threshold)
     files += write_animations(result.display_outliers, cap_outliers, target / "outliers.gif",
                               unit="sigma", label="|x - mean| / sigma of outliers",
                               title=f"{ds.name} outlier pixels", vmin=0.0, vmax=top,
@@ -398,6 +404,29 @@ def analyse_dataset(ds: Dataset, out_dir: Path, settings: OperationSettings, *,
     return DatasetResult(ds.name, "analysed", row["REASON"], row, files)
 
 
+def outlier_colour_limit(outliers: np.ndarray, threshold: float) -> float:
+    """Upper colour limit of the outlier animation [sigma]: the 90th percentile of the outlier
+    pixels' ``|z|``, at least twice the threshold.
+
+    The brightest hits (hundreds of sigma) then saturate instead of setting the scale, where
+    the typical hit of 10-100 sigma was drawn nearly black.
+
+    Examples
+    --------
+    >>> z = np.zeros(1000); z[:99] = 20.0; z[99] = 850.0
+    >>> outlier_colour_limit(z, 5.0)
+    20.0
+    """
+    values = np.asarray(outliers, dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    top = float(np.percentile(values, 90)) if values.size else 0.0
+    return max(top, 2.0 * float(threshold))
+
+
+#: Whole-number columns of the summary table (pandas makes them float next to a failed row).
+COUNT_SUMMARY_COLUMNS = ("N_FRAMES", "N_COVERED", "N_OUTLIER_PIXELS")
+
+
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         settings: OperationSettings = OperationSettings(), *, datasets=None,
         progress_bar: bool = False) -> OperationResult:
@@ -417,10 +446,11 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     for d in checked:
         if d.problem:
             logger.warning("%s: %s; flagged in %s", d.folder, d.problem, SUMMARY_CSV)
-        if d.log is None:
+        elif d.log is None:  # a folder without frames is not analysed: its log is moot
             logger.warning("%s: no radiation log (radiationLog*.csv); outliers are analysed, "
                            "the correlation with radiation is not", d.folder)
     dump_settings(out_dir, operation=settings, input_dir=str(Path(input_dir).resolve()))
+    note_missing_ffmpeg()
     results = []
     for d in checked:
         if d.problem:
@@ -434,9 +464,13 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                                        "REASON": r.reason} for r in results]
     for row, r in zip(rows, results):
         row["STATUS"] = r.status
-    write_csv(pd.DataFrame(rows), out_dir / SUMMARY_CSV)
+    table = pd.DataFrame(rows)
+    for column in COUNT_SUMMARY_COLUMNS:  # counts stay whole beside a failed row's blanks
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    write_csv(table, out_dir / SUMMARY_CSV)
     return OperationResult(out_dir, results)
 
 
-__all__ = ["OperationSettings", "OperationResult", "run", "find_datasets", "inspect_dataset",
-           "analyse_dataset", "correlate", "SUMMARY_CSV"]
+__all__ = ["OperationSettings", "OperationResult", "run", "outlier_colour_limit", "find_datasets",
+           "inspect_dataset", "analyse_dataset", "correlate", "SUMMARY_CSV"]

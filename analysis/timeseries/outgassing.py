@@ -164,9 +164,13 @@ class _Outliers:
                          "times": ";".join(f"{t:.3f}" for t in sorted(set(times))),
                          "n_conditions": len(conditions), "n_times": len(set(times)),
                          "classification": classify(labels, times)})
+        # typed even when empty: a stable sequence has no outlier pixel, and untyped (object)
+        # columns made the sensor-plane figure fail with a traceback
         return pd.DataFrame(rows, columns=["pixel", "row", "col", "num_occurrences",
                                            "temp_labels", "times", "n_conditions", "n_times",
-                                           "classification"])
+                                           "classification"]).astype(
+            {"row": "int64", "col": "int64", "num_occurrences": "int64",
+             "n_conditions": "int64", "n_times": "int64"})
 
 
 def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,

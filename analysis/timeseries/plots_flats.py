@@ -62,8 +62,13 @@ def plot_timeline(comparisons: pd.DataFrame, *, axes=None):
     for (tbin, exp), part in done.groupby(["TBIN", "EXPTIME"], dropna=False):
         hours = part["DT_S"].to_numpy(float) / 3600.0
         label = f"{number_text(tbin, 'g')} degC, {exp:g} s"
-        axes[0].plot(hours, part["N_REGIONS"], "o-", ms=4, label=label)
-        axes[1].plot(hours, part["AREA_PX"], "o-", ms=4, label=label)
+        # a count holds from one comparison to the next: steps, not slopes between them
+        axes[0].plot(hours, part["N_REGIONS"], "o-", ms=4, label=label, drawstyle="steps-post")
+        axes[1].plot(hours, part["AREA_PX"], "o-", ms=4, label=label, drawstyle="steps-post")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:  # counts of structures and of pixels: whole-number ticks
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("new structures [count]")
     axes[0].set_title("structures vs the earliest flat of each temperature bin")
     axes[0].grid(alpha=0.3)
@@ -78,12 +83,28 @@ def plot_counts_vs(table: pd.DataFrame, x: str, *, xlabel: str, ax=None):
     """Outlier pixels per compared flat vs ``x`` (time [h] or temperature [degC]), per analysis."""
     ax = new_axes(ax)
     done = table[table["status"] == "compared"]
-    for (kind, temp), part in done.groupby(["analysis_type", "approx_temp"], dropna=False):
-        name = ("ignoring temperature" if kind == "ignore_temperature"
-                else f"{number_text(temp, 'g')} degC")
+    for name, part in _count_series(done):
         ax.plot(part[x], part["n_outliers"], "o", ms=4, label=name)
     return finish_axes(ax, xlabel, "outlier pixels per flat",
                        f"outlier pixels vs {xlabel.split(' [')[0]}", legend=bool(len(done)))
+
+
+def _count_series(done: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The series of :func:`plot_counts_vs`: one per temperature bin (and exposure group) of
+    the by-temperature comparisons, then one for every comparison ignoring temperature (its
+    rows carry each flat's own temperature, which is not a series)."""
+    series = []
+    by_temp = done[done["analysis_type"] != "ignore_temperature"]
+    label = by_temp["label"] if "label" in by_temp else pd.Series("", index=by_temp.index)
+    for (temp, lab), part in by_temp.groupby([by_temp["approx_temp"], label.fillna("")],
+                                            sort=True, dropna=False):
+        exposure = lab.split("_E", 1)[1].removesuffix("s") if "_E" in lab else ""
+        series.append((f"{number_text(temp, 'g')} degC" + (f", {exposure} s" if exposure
+                                                            else ""), part))
+    ignore = done[done["analysis_type"] == "ignore_temperature"]
+    if len(ignore):
+        series.append(("ignoring temperature", ignore))
+    return series
 
 
 def plot_mean_std_vs(table: pd.DataFrame, x: str, *, xlabel: str, ax=None):
@@ -102,10 +123,14 @@ def plot_sensor_plane(outliers: pd.DataFrame, shape: tuple[int, int], *, title: 
     ax = new_axes(ax, figsize=(6.4, 5.2))
     for name, colour in CLASS_COLOURS.items():
         part = outliers[outliers["classification"] == name]
-        ax.scatter(part["col"], part["row"], s=12 + 10 * part["num_occurrences"],
+        ax.scatter(part["col"], part["row"],
+                   s=12.0 + 10.0 * part["num_occurrences"].to_numpy(dtype=float),
                    color=colour, alpha=0.7, label=f"{name} ({len(part)})", edgecolors="k",
                    linewidths=0.3)
     ax.set_xlim(-0.5, shape[1] - 0.5)
     ax.set_ylim(-0.5, shape[0] - 0.5)
     ax.set_aspect("equal")
-    return finish_axes(ax, "column [px]", "row [px]", title)
+    if not len(outliers):  # a result, not a missing figure: say it on the plane
+        ax.text(0.5, 0.5, "no outlier pixel", transform=ax.transAxes, ha="center",
+                va="center", color="0.3")
+    return finish_axes(ax, "column [px]", "row [px]", title, legend=bool(len(outliers)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from utils.io.tokens import value_error_text
 from utils.models.correlation import Correlation, LineFit
 from utils.plotting import finish_axes, new_axes, show_image
 
@@ -16,66 +17,81 @@ __all__ = ["plot_metrics", "plot_rad_vs_outliers", "plot_intensity_stats", "plot
            "plot_cumulative_outliers"]
 
 
-def _no_data(ax, what: str):
-    ax.text(0.5, 0.5, f"no {what}", transform=ax.transAxes, ha="center", va="center",
-            color="0.5")
+#: Legends of the stacked time series: right of each panel, never over its points.
+_OUTSIDE = dict(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def plot_metrics(frames: pd.DataFrame, radiation: RadiationSeries, power: pd.DataFrame | None,
                  *, axes=None):
     """Stacked time series: dose, radiation level, temperature, current, voltage, outliers.
 
+    Only the series with data get a panel (a sequence without a power log had two panels
+    saying 'no power log'); the title names what is missing.
+
     Parameters
     ----------
     frames : pandas.DataFrame
         Per-frame table (``TIME`` [s since the first frame], ``TEMP`` [degC],
-        ``N_OUTLIERS``, ``N_EVENTS``).
+        ``N_OUTLIERS``, ``N_EVENTS``, ``N_TRANSIENTS``).
     radiation : RadiationSeries
         The radiation log on the frames' time axis.
     power : pandas.DataFrame or None
         Power log with ``TIME`` relative to the first frame, ``CURRENT`` [A], ``VOLTAGE`` [V].
+    axes : sequence of matplotlib axes, optional
+        One per drawn panel (see :func:`metric_panels`).
     """
+    t = frames["TIME"].to_numpy(float)
+    panels, missing = metric_panels(frames, radiation, power)
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(6, 1, figsize=(7.5, 11), sharex=True, layout="constrained")
-    t = frames["TIME"].to_numpy(float)
-    lt = radiation.log_time
-    panels = [
-        ("accumulated dose [krad]", "Radiation (Dose)", lt, radiation.log_dose, "dose log"),
-        (f"{radiation.name or 'radiation'} [{radiation.unit or '-'}]", "Sensor Rad", lt,
-         radiation.log_values, "radiation log"),
-        ("temperature [degC]", "sensor temperature", t, frames["TEMP"].to_numpy(float),
-         "temperature"),
-    ]
-    for ax, (ylabel, label, x, y, what) in zip(axes[:3], panels):
-        y = np.asarray(y, dtype=float)
-        if y.size and np.isfinite(y).any():
-            ax.plot(x, y, ".-", ms=3, lw=0.8, label=label)
-            ax.legend(fontsize="small", loc="upper left")
-        else:
-            _no_data(ax, what)
+        _, axes = plt.subplots(len(panels) + 1, 1, figsize=(9.5, 1.8 * len(panels) + 2.2),
+                               sharex=True, layout="constrained", squeeze=False)
+        axes = axes[:, 0]
+    for ax, (ylabel, label, x, y, style) in zip(axes, panels):
+        ax.plot(x, y, style, ms=3, lw=0.8, label=label)
+        ax.legend(**_OUTSIDE)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    for ax, column, ylabel in ((axes[3], "CURRENT", "current [A]"),
-                               (axes[4], "VOLTAGE", "voltage [V]")):
-        if power is not None and power[column].notna().any():
-            ax.plot(power["TIME"], power[column], "-", lw=0.8, label=column.lower())
-            ax.legend(fontsize="small", loc="upper left")
-        else:
-            _no_data(ax, "power log")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    ax = axes[5]
+    ax = axes[len(panels)]
     ax.plot(t, frames["N_OUTLIERS"], ".-", ms=3, lw=0.8, label="outlier pixels")
     ax.plot(t, frames["N_EVENTS"], ".-", ms=3, lw=0.8, label="events (connected groups)")
     ax.plot(t, frames["N_TRANSIENTS"], ".-", ms=3, lw=0.8, label="transients (new events)")
     ax.set_xlabel("time since first frame [s]")
     ax.set_ylabel("count per frame")
-    ax.legend(fontsize="small", loc="upper left")
+    ax.legend(**_OUTSIDE)
     ax.grid(alpha=0.3)
-    axes[0].set_title("operation metrics vs time")
+    axes[0].set_title("operation metrics vs time"
+                      + (f" (no {', no '.join(missing)})" if missing else ""))
     return axes
+
+
+def metric_panels(frames: pd.DataFrame, radiation: RadiationSeries,
+                  power: pd.DataFrame | None) -> tuple[list[tuple], list[str]]:
+    """The time-series panels of :func:`plot_metrics` that have data, as ``(ylabel, legend,
+    x, y, style)``, and the names of the series left out."""
+    t = frames["TIME"].to_numpy(float)
+    candidates = [
+        ("accumulated dose [krad]", "dose (radiation log)", radiation.log_time,
+         radiation.log_dose, ".-", "dose log"),
+        (f"{radiation.name or 'radiation'} [{radiation.unit or '-'}]",
+         f"{radiation.name or 'radiation'} (radiation log)", radiation.log_time,
+         radiation.log_values, ".-", "radiation log"),
+        ("temperature [degC]", "sensor temperature", t, frames["TEMP"], ".-", "temperature"),
+    ]
+    for column, ylabel in (("CURRENT", "current [A]"), ("VOLTAGE", "voltage [V]")):
+        have = power is not None and column in power
+        candidates.append((ylabel, f"{column.lower()} (power log)",
+                           power["TIME"] if have else np.zeros(0),
+                           power[column] if have else np.zeros(0), "-", "power log"))
+    panels, missing = [], []
+    for ylabel, label, x, y, style, what in candidates:
+        y = np.asarray(y, dtype=float)
+        if y.size and np.isfinite(y).any():
+            panels.append((ylabel, label, np.asarray(x, dtype=float), y, style))
+        elif what not in missing:
+            missing.append(what)
+    return panels, missing
 
 
 def plot_rad_vs_outliers(x: np.ndarray, counts: dict, correlations: dict, fits: dict, *,
@@ -107,15 +123,23 @@ def plot_rad_vs_outliers(x: np.ndarray, counts: dict, correlations: dict, fits: 
             if f.is_fallback:
                 label = f"{f.method} (constant {f.intercept:.3g})"
             else:
-                label = (f"fit: ({f.slope:.3g} ± {f.slope_err:.2g}) x + "
-                         f"({f.intercept:.3g} ± {f.intercept_err:.2g})")
+                unit = xlabel.rsplit("[", 1)[1].rstrip("]") if xlabel.endswith("]") else ""
+                label = (f"line fit: slope {value_error_text(f.slope, f.slope_err)}"
+                         + (f" per {unit}" if unit else "")
+                         + f", intercept {value_error_text(f.intercept, f.intercept_err)}")
             ax.plot(xs, f.predict(xs), "--", color="C3", label=label)
         if np.isfinite(c.r):
-            title = (f"{name}: Pearson r = {c.r:.3f} ± {c.stderr:.3f} (n = {c.n}, "
-                     f"p = {c.p_value:.2g})")
+            title = (f"{name} vs radiation\nPearson r = {c.r:.3f} ± {c.stderr:.3f} "
+                     f"(n = {c.n}, p = {c.p_value:.2g})")
         else:
-            title = f"{name}: Pearson r undefined ({c.reason})"
-        finish_axes(ax, xlabel, f"{name} per frame", title)
+            title = f"{name} vs radiation\nPearson r undefined ({c.reason})"
+        finish_axes(ax, xlabel, f"{name} per frame", title, legend=False)
+        if ax.get_legend_handles_labels()[0]:
+            # room above the points for the legend (the fit's line is long): it hid the
+            # top frames under 'best' placement
+            low, high = ax.get_ylim()
+            ax.set_ylim(low, high + 0.3 * (high - low))
+            ax.legend(fontsize="small", loc="upper left")
     return axes
 
 
@@ -158,8 +182,14 @@ def plot_cumulative_outliers(outlier_frames: np.ndarray, n_frames: int, *, ax=No
     shown = block_reduce(outlier_frames.astype(np.float32), factor, np.max)
     title = (f"cumulative outliers: {int((outlier_frames > 0).sum())} pixels in {n_frames} "
              f"frames" + (f" (max over {factor}x{factor} blocks)" if factor > 1 else ""))
-    ax = show_image(shown, ax=ax, unit="frames", label="outlier in", percentiles=(0, 100),
-                    cmap="magma", title=title)
+    ax = show_image(shown, ax=ax, unit="count", label="frames with the pixel an outlier",
+                    percentiles=(0, 100), cmap="magma", title=title)
+    colorbar = ax.images[0].colorbar
+    if colorbar is not None:  # a count: whole ticks (they were 0.5, 1.0, 1.5 ...)
+        from matplotlib.ticker import MaxNLocator
+
+        colorbar.locator = MaxNLocator(integer=True)
+        colorbar.update_ticks()
     if factor > 1:
         ax.images[0].set_extent(_extent(outlier_frames.shape, factor))
     return ax

@@ -52,8 +52,9 @@ def plot_dwell_times(table: pd.DataFrame, unit: str, *, ax=None):
                        legend=bool(len(rts)))
 
 
-def plot_examples(examples: dict, times: np.ndarray | None, *, axes=None):
-    """Time series of a few RTS pixels [adu] with their fitted levels."""
+def plot_examples(examples: dict, times: np.ndarray | None, *, title: str = "", axes=None):
+    """Time series of a few RTS pixels [adu] with their fitted levels; ``title`` (the
+    sequence drawn) over the figure."""
     n = max(1, len(examples))
     if axes is None:
         import matplotlib.pyplot as plt
@@ -71,4 +72,6 @@ def plot_examples(examples: dict, times: np.ndarray | None, *, axes=None):
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("time since the first frame [s]" if times is not None else
                         "frame index")
+    if title:
+        axes[0].figure.suptitle(title, fontsize="medium")
     return axes

@@ -89,8 +89,14 @@ def group_name(key) -> str:
     return f"{key.stage_dir}_{key.tag}" if key.stage_dir else key.tag
 
 
-def write_rts_fits(result: RTSResult, key, n_frames: int, adc_bits: int, path: Path) -> Path:
-    """``rts_<group>.fits``: class map and per-pixel maps of one sequence."""
+def write_rts_fits(result: RTSResult, key, frames: pd.DataFrame, adc_bits: int, path: Path,
+                   settings: RTSSettings = RTSSettings()) -> Path:
+    """``rts_<group>.fits``: class map and per-pixel maps of one sequence, with the search
+    settings in the header and the frames searched (``INPUTS``: file, time since the first
+    [s]) for provenance."""
+    from astropy.table import Table
+
+    n_frames = len(frames)
     header = fits.Header()
     for k, value, comment in provenance_cards("RTS_MAP"):
         set_card(header, k, value, comment)
@@ -106,6 +112,13 @@ def write_rts_fits(result: RTSResult, key, n_frames: int, adc_bits: int, path: P
                               ("FRMINTVL", result.interval if math.isfinite(result.interval)
                                else "NAN", "[s] median frame interval")):
         set_card(header, k, value, comment)
+    for k, value, comment in (
+            ("KAMPL", settings.k_amplitude, "RTS levels at least this many noise sigma apart"),
+            ("ZTHRESH", settings.z_threshold, "[sigma] von Neumann significance of a candidate"),
+            ("MINTRANS", settings.min_transitions, "fewer switches make a step"),
+            ("MAXLEVEL", settings.max_levels, "largest number of levels tried"),
+            ("COMMODE", settings.common_mode, "each frame's median offset removed")):
+        set_card(header, k, value, comment)
     set_card(header, "COMMENT", "primary: 1 = RTS pixel, 2 = step (few switches), 0 = neither")
     for k, value, comment in adu.scaling_cards(adc_bits):
         set_card(header, k, value, comment)
@@ -119,6 +132,11 @@ def write_rts_fits(result: RTSResult, key, n_frames: int, adc_bits: int, path: P
         hdu = fits.ImageHDU(data.astype(np.float32), name=name)
         hdu.header[kw.BUNIT] = (unit, comment)
         hdus.append(hdu)
+    stamps = frames["TIMESTAMP"].to_numpy(float)
+    inputs = Table({"FILE": [Path(p).name for p in frames["PATH"]],
+                    "TIME": stamps - (stamps[0] if len(stamps) else 0.0)})
+    inputs["TIME"].unit = "s"
+    hdus.append(fits.BinTableHDU(inputs, name="INPUTS"))
     return write_hdul(fits.HDUList(hdus), path)
 
 
@@ -192,11 +210,14 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
                        "MEDIAN_AMP_SIGMA": float(np.median(
                            table.loc[table["CLASS"] == "rts", "AMP_SIGMA"]))
                        if result.n_rts else math.nan})
-        files.append(write_rts_fits(result, key, len(part), adc_bits_of(part),
-                                    out_dir / f"rts_{name}.fits"))
+        files.append(write_rts_fits(result, key, part, adc_bits_of(part),
+                                    out_dir / f"rts_{name}.fits", settings.rts))
         if result.examples:
             times = stamps - stamps[0] if np.isfinite(stamps).all() else None
-            axes = plots.plot_examples(result.examples, times)
+            axes = plots.plot_examples(
+                result.examples, times,
+                title=f"RTS pixels of {name} ({len(part)} frames): signal and fitted levels "
+                      "(dashed)")
             files.append(save_figure(axes[0].figure, out_dir / f"rts_examples_{name}.png"))
     pixels = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     count_table = pd.DataFrame(counts)

@@ -132,16 +132,35 @@ def _mark_persistence(rows: list[dict], radius: float) -> None:
                                   <= radius for o in items)
 
 
-def write_counts_fits(counts: np.ndarray, n_comparisons: int, path: Path) -> Path:
-    """``structure_counts.fits``: comparisons in which each pixel belonged to a detection."""
+def write_counts_fits(counts: np.ndarray, comparisons: pd.DataFrame,
+                      settings: StructureSettings, path: Path) -> Path:
+    """``structure_counts.fits``: comparisons in which each pixel belonged to a detection.
+
+    The header records the detection settings, and the ``INPUTS`` table every comparison made
+    (flat, its reference, time since it [s], detections), so the map can be traced back."""
+    from astropy.table import Table
+
+    done = comparisons[comparisons["STATUS"] == "compared"]
     header = fits.Header()
     for key, value, comment in provenance_cards("STRUCTURE_COUNTS"):
         set_card(header, key, value, comment)
-    set_card(header, "NCOMPARE", int(n_comparisons), "flat comparisons made")
+    set_card(header, "NCOMPARE", len(done), "flat comparisons made")
+    c = settings.compare
+    set_card(header, "SEEDTHR", c.seed_threshold, "[sigma] smallest seed significance")
+    set_card(header, "FALSEALM", c.false_alarm, "false-alarm chance per comparison")
+    set_card(header, "GROWTHR", c.grow_threshold, "[sigma] region growth threshold")
+    set_card(header, "MINAREA", c.min_area, "[pixel] smallest detection")
+    set_card(header, "BACKSUB", c.background, "smooth background removed from differences")
+    set_card(header, "REDUCED", settings.reduce, "flats minus dark/bias masters (--reduce)")
     set_card(header, "COMMENT", "value = comparisons in which the pixel was in a detected region")
     hdu = fits.PrimaryHDU(counts.astype(np.int32), header)
     hdu.header[kw.BUNIT] = ("", "count of comparisons")
-    return write_hdul(fits.HDUList([hdu]), path)
+    inputs = Table({"FILE": [Path(p).name for p in done["FILE"]],
+                    "REFERENCE": [Path(p).name for p in done["REFERENCE"]],
+                    "DT_S": done["DT_S"].to_numpy(float),
+                    "N_REGIONS": done["N_REGIONS"].to_numpy(np.int64)})
+    inputs["DT_S"].unit = "s"
+    return write_hdul(fits.HDUList([hdu, fits.BinTableHDU(inputs, name="INPUTS")]), path)
 
 
 def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
@@ -259,7 +278,7 @@ def run(basepath: str | os.PathLike, output_dir: str | os.PathLike,
     files.append(save_figure(axes[0].figure, out_dir / "timeline.png"))
     n_done = int((comp["STATUS"] == "compared").sum())
     if counts is not None:
-        files.append(write_counts_fits(counts, n_done, out_dir / "structure_counts.fits"))
+        files.append(write_counts_fits(counts, comp, settings, out_dir / "structure_counts.fits"))
     summary = {"comparisons": n_done, "detections": len(structures),
                "persistent": int(structures["PERSISTENT"].eq(True).sum()),
                "suspicious_frames": len(suspicious), "invalid_flats":

@@ -118,6 +118,9 @@ def test_frame_times_are_relative_to_the_first_frame(raw_run):
     assert frames["TIME"].max() < 1e4                      # not the absolute clock (old bug)
     assert frames["RAD_COVERED"].all()                     # the per-frame log covers them all
     assert frames["INDEX"].tolist() == list(range(len(frames)))
+    # the frame numbers are written whole ('0.0', '1.0' ... before)
+    text = (out / "5kRads" / "frame_metrics.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in text[1:4]] == ["0", "1", "2"]
 
 
 def test_sampled_log_is_interpolated_on_the_frames_zero_point(fits_run):
@@ -259,6 +262,9 @@ def test_missing_or_non_covering_log_is_a_flagged_row(flagged_run):
     assert summary.loc["2kRads", "N_COVERED"] == 0
     for name in ("1kRads", "2kRads"):
         assert math.isnan(summary.loc[name, "R_TRANSIENTS"])
+        # no radiation value at any frame: no figure of three empty panels
+        assert not (out / name / "rad_vs_outliers.png").exists()
+        assert (out / name / "metrics.png").is_file()
         corr = pd.read_csv(out / name / "correlation.csv")
         assert corr["FIT_METHOD"].str.startswith("fallback").all()
         assert corr["NOTE"].notna().all()
@@ -315,3 +321,166 @@ def test_commands_run_as_file_and_as_module(command, how):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert "Example" in proc.stdout and "--verbose" in proc.stdout
+
+
+def test_correlation_figure_legend_writes_values_to_their_errors():
+    """The line fit's legend read 'fit: (64.4 ± 5.9) x + (-0.4 ± 0.57)': the intercept to one
+    decimal place less than its error, and the slope without its unit."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_operation import plot_rad_vs_outliers
+    from utils.models.correlation import fit_line, pearson
+
+    rng = np.random.default_rng(5)
+    x = np.repeat([0.0, 0.04, 0.09, 0.14], 10)
+    y = rng.poisson(64.0 * x).astype(float)
+    fit, corr = fit_line(x, y), pearson(x, y)
+    axes = plot_rad_vs_outliers(x, {"transients": y}, {"transients": corr},
+                                {"transients": fit},
+                                xlabel="RadiationLevel at frame time [krad/s]")
+    label = [t.get_text() for t in axes[0].get_legend().get_texts()][1]
+    from utils.io.tokens import value_error_text
+
+    assert label == (f"line fit: slope {value_error_text(fit.slope, fit.slope_err)} per krad/s, "
+                     f"intercept {value_error_text(fit.intercept, fit.intercept_err)}"), label
+    # the long legend gets room above the points; the title (r, n, p) is on its own line
+    low, high = axes[0].get_ylim()
+    assert y.max() <= low + (high - low) / 1.3 + 1e-9
+    assert axes[0].get_title().split("\n")[1].startswith("Pearson r = ")
+    plt.close(axes[0].figure)
+
+
+def test_run_log_and_summary_with_a_folder_without_frames(tmp_path, caplog, monkeypatch):
+    """Without ffmpeg the run said 'no ffmpeg executable: ... skipped' twice per sequence; a
+    folder without frames was also warned for having no radiation log; and next to its empty
+    row the summary wrote every sequence's N_FRAMES as 40.0."""
+    import logging
+
+    from analysis.timeseries import animation
+
+    monkeypatch.setattr(animation, "ffmpeg_available", lambda: False)
+    campaign = simulate_operation(tmp_path / "Operation", seed=6, frames=8, width=24, height=16,
+                                  doses=(1.0, 2.0), raw=False)
+    (campaign.root / "3kRads" / "fits").mkdir(parents=True)
+    with caplog.at_level(logging.INFO):
+        assert operation_analysis.main([str(campaign.root), str(tmp_path / "out"),
+                                        "--no-progress", "--animation-frames", "4"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("ffmpeg" in m for m in said) == 1, said
+    about_empty = [m for m in said if "3kRads" in m and r"kRads:" in m and "analysis:" not in m]
+    assert len(about_empty) == 1 and "no frames" in about_empty[0], about_empty
+    text = (tmp_path / "out" / "operation_summary.csv").read_text().splitlines()
+    summary = pd.read_csv(tmp_path / "out" / "operation_summary.csv")
+    assert summary["STATUS"].tolist() == ["analysed", "analysed", "failed"]
+    assert text[1].split(",")[3] == "8" and text[2].split(",")[3] == "8", text[1:3]
+    # the summary line: the analysed sequences, then the flagged one, each list once
+    last = said[-1]
+    assert last.startswith("operation analysis: 2 sequence(s) analysed (1kRads: 8 frames"), last
+    assert "; 1 flagged (3kRads: no frames" in last and last.count(") (") == 0, last
+
+
+def test_cumulative_outlier_figure_counts_frames_in_whole_numbers():
+    """Its colour bar read 'outlier in [frames]' with ticks 0.5, 1.0, 1.5 ... for a count."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_operation import plot_cumulative_outliers
+
+    counts = np.zeros((16, 24), np.int32)
+    counts[3, 4], counts[10, 12], counts[5, 20] = 1, 4, 2
+    ax = plot_cumulative_outliers(counts, 40)
+    colorbar = ax.images[0].colorbar
+    ax.figure.canvas.draw()
+    ticks = [t for t in colorbar.get_ticks() if 0 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert colorbar.ax.get_ylabel() == "frames with the pixel an outlier [count]"
+    assert ax.get_title() == "cumulative outliers: 3 pixels in 40 frames"
+    plt.close(ax.figure)
+
+
+def test_outlier_animation_scale_shows_the_typical_hit():
+    """The outlier animation's colour scale ran to the brightest |z| of the run (850 sigma on the
+    64 x 48 campaign), so the typical hit of 10-100 sigma was drawn nearly black."""
+    from analysis.timeseries.operation import outlier_colour_limit
+
+    rng = np.random.default_rng(2)
+    z = np.zeros((40, 16, 24))
+    hits = rng.random(z.shape) < 0.01
+    z[hits] = rng.lognormal(np.log(40.0), 0.6, hits.sum())
+    z[0, 0, 0] = 850.0
+    top = outlier_colour_limit(z, 5.0)
+    assert np.percentile(z[hits], 50) < top < 200
+    assert outlier_colour_limit(np.zeros((2, 3, 3)), 5.0) == 10.0   # nothing: 2 x threshold
+
+
+def test_metrics_figure_draws_only_series_with_data():
+    """metrics.png had six panels whatever the logs: without a power log (or a radiation log)
+    two (or four) of them were empty but for 'no power log'; the radiation panels' legends
+    read 'Radiation (Dose)' and 'Sensor Rad'."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_operation import plot_metrics
+    from analysis.timeseries.radiation import RadiationSeries
+
+    frames = pd.DataFrame({"TIME": [0.0, 1.5, 3.0], "TEMP": [20.0, 20.1, 19.9],
+                           "N_OUTLIERS": [0, 5, 1], "N_EVENTS": [0, 2, 1],
+                           "N_TRANSIENTS": [0, 2, 1]})
+    axes = plot_metrics(frames, RadiationSeries(), None)
+    assert len(axes) == 2                        # temperature and the counts, nothing empty
+    assert axes[0].get_title() == ("operation metrics vs time (no dose log, no radiation log, "
+                                   "no power log)")
+    assert all(ax.lines for ax in axes)
+    plt.close(axes[0].figure)
+    log = RadiationSeries(name="RadiationLevel", unit="krad/s",
+                          log_time=np.array([-1.0, 0.0, 1.0, 2.0, 3.0]),
+                          log_values=np.array([0.0, 0.1, 0.1, 0.1, 0.0]),
+                          log_dose=np.array([0.0, 0.0, 0.1, 0.2, 0.3]))
+    power = pd.DataFrame({"TIME": [0.0, 1.0, 2.0], "CURRENT": [0.45, 0.47, 0.45],
+                          "VOLTAGE": [5.0, 5.01, 5.0]})
+    axes = plot_metrics(frames, log, power)
+    assert len(axes) == 6 and axes[0].get_title() == "operation metrics vs time"
+    legends = [ax.get_legend().get_texts()[0].get_text() for ax in axes[:2]]
+    assert legends == ["dose (radiation log)", "RadiationLevel (radiation log)"]
+    # legends right of their panels, never over the points (they sat upper left on the data)
+    axes[0].figure.canvas.draw()
+    for ax in axes:
+        assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+    plt.close(axes[0].figure)
+
+
+def test_animation_colour_bar_says_values_beyond_its_end(tmp_path, monkeypatch):
+    """With the outlier scale ending at the 90th percentile, the brightest hits are drawn in the
+    end colour: the colour bar must say so (an arrow, extend='max'), as must the frames' 1-99 %
+    scale at both ends."""
+    import matplotlib.figure
+
+    from analysis.timeseries.animation import write_animation
+
+    seen = []
+    original = matplotlib.figure.Figure.colorbar
+
+    def spy(self, mappable, *args, **kwargs):
+        seen.append(kwargs.get("extend"))
+        return original(self, mappable, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "colorbar", spy)
+    images = np.zeros((3, 8, 10), np.float32)
+    images[1, 2, 3] = 850.0
+    write_animation(images, ["a", "b", "c"], tmp_path / "o.gif", fps=4, unit="sigma",
+                    label="|z|", title="t", vmin=0.0, vmax=150.0)
+    images[2, 0, 0] = -5.0
+    write_animation(images, ["a", "b", "c"], tmp_path / "f.gif", fps=4, unit="adu",
+                    label="signal", title="t", vmin=0.0, vmax=150.0)
+    write_animation(np.ones((2, 4, 4)), ["a", "b"], tmp_path / "n.gif", fps=4, unit="adu",
+                    label="signal", title="t", vmin=0.0, vmax=2.0)
+    assert seen == ["max", "both", "neither"]
+
+
+def test_line_fit_through_constant_counts_has_unknown_errors():
+    """No transient in any frame (beam off, or hits below threshold): the line through the
+    zero counts had slope 0.0 +- 0.0 in correlation.csv, an exact slope claimed from no
+    scatter at all."""
+    fit = fit_line(np.linspace(0.0, 0.14, 20), np.zeros(20))
+    assert fit.slope == 0.0 and fit.method == "least squares"
+    assert math.isnan(fit.slope_err) and math.isnan(fit.intercept_err)
+    noisy = fit_line(np.linspace(0.0, 0.14, 20), np.arange(20) % 3)
+    assert noisy.slope_err > 0                           # ordinary scatter: errors as before

@@ -165,3 +165,50 @@ def test_empty_and_single_flat(tmp_path, caplog, capsys, one_line_error):
                                      "--no-progress"]) == 2
     one_line_error(caplog, capsys, "1 valid flat(s)", "at least two")
     assert not (tmp_path / "o").exists()                # nothing written, not even the index
+
+
+def test_counts_figure_has_one_series_per_bin_and_one_ignoring_temperature():
+    """The ignore-temperature comparisons are one series: their rows carry each flat's own
+    temperature reading, and grouping by it drew one legend entry per flat (9 entries
+    'ignoring temperature' in different colours on the 6-visit sequence)."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_flats import plot_counts_vs
+
+    temps = [-0.13, 20.02, -0.08, 19.97, 0.04, 20.11]
+    rows = [{"analysis_type": "by_temperature", "approx_temp": tb, "status": "compared",
+             "n_outliers": i, "time_h": float(i), "label": f"T{tb:.1f}"}
+            for i, tb in enumerate([-0.1, 20.0, -0.1, 20.0])]
+    rows += [{"analysis_type": "ignore_temperature", "approx_temp": round(t, 1),
+              "status": "compared", "n_outliers": i, "time_h": float(i), "label": "IgnoreTemp"}
+             for i, t in enumerate(temps)]
+    rows.append({"analysis_type": "by_temperature", "approx_temp": -0.1, "status": "reference",
+                 "n_outliers": float("nan"), "time_h": 0.0, "label": float("nan")})
+    ax = plot_counts_vs(pd.DataFrame(rows), "time_h", xlabel="time since the first flat [h]")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["-0.1 degC", "20 degC", "ignoring temperature"]
+    assert len(ax.lines) == 3 and len(ax.lines[2].get_xdata()) == len(temps)
+    assert len({line.get_color() for line in ax.lines}) == 3
+    plt.close(ax.figure)
+    # two exposures in a bin: the exposure is part of the series name
+    two = pd.DataFrame([{**rows[0], "label": "T-0.1_E0.5s"}, {**rows[0], "label": "T-0.1_E2s"}])
+    ax = plot_counts_vs(two, "time_h", xlabel="time since the first flat [h]")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["-0.1 degC, 0.5 s",
+                                                                  "-0.1 degC, 2 s"]
+    plt.close(ax.figure)
+
+
+def test_stable_sequence_without_outliers_runs(tmp_path, caplog, capsys):
+    """A stable sequence (no outlier pixel: the good case) ended in a traceback: the empty
+    outlier table had untyped columns and the sensor-plane figure refused them."""
+    campaign = simulate_flat_sequence(tmp_path / "seq", seed=22, visits=4, width=24, height=20)
+    out = tmp_path / "out"
+    assert outgassing_analysis.main([str(campaign.root), "--output-dir", str(out),
+                                     "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    table = pd.read_csv(out / "analysis_outliers.csv")
+    assert len(table) == 0 and list(table.columns[:5]) == ["pixel", "row", "col",
+                                                           "num_occurrences", "temp_labels"]
+    assert (out / "sensor_plane_outliers" / "all_outliers_sensor_plane.png").is_file()
+    assert "0 outlier pixels" in caplog.text

@@ -33,9 +33,24 @@ def test_products_per_stage_and_dose_step(rad_run):
         assert list(dark.columns[:7]) == ["PATH", "FRAME", "GROUP", "TEMP", "T_EXP", "MEAN",
                                           "STD"]
         assert (bias["GROUP"] == gid).all() and set(dark["T_EXP"]) == {5.0, 20.0}
+        # frame numbers written whole ('0.0' before)
+        first = (out / tag / "stats_bias.csv").read_text().splitlines()[1]
+        assert first.split(",")[1].isdigit(), first
         summary = pd.read_csv(out / tag / "group_summary.csv")
         assert list(summary.columns[:6]) == ["STAGE", "CALTYPE", "GROUP", "MEAN_RAD", "MEAN_VAL",
                                              "STD_VAL"]
+        # the dose step of every group, pre (0) and post (the last step) included: it was
+        # empty for them (the grouping key has a dose for radiating steps only)
+        step = {"pre": 0.0, "post": 40.0}[tag] if tag in ("pre", "post") \
+            else float(tag[len("radiating_D"):-2])
+        assert np.allclose(summary["DOSE"], step), (tag, summary["DOSE"].tolist())
+        # the mean level has its error: the frames' scatter / sqrt(N) (it had none)
+        for _, row in summary.iterrows():
+            stats = bias if row["CALTYPE"] == "BIAS" else dark
+            means = stats[(stats["TEMP_BIN"] == row["TBIN"]) & (
+                True if row["CALTYPE"] == "BIAS" else stats["T_EXP"] == row["EXPTIME"])]["MEAN"]
+            assert len(means) == row["NFRAMES"]
+            assert row["MEAN_VAL_ERR"] == pytest.approx(means.std(ddof=1) / np.sqrt(len(means)))
         for caltype in ("bias", "dark"):
             assert (out / tag / f"mean_std_{caltype}_vs_time.png").is_file()
             with np.load(out / tag / f"mean_std_{caltype}_vs_time.npz") as data:
@@ -151,3 +166,57 @@ def test_commands_have_help_with_example(module, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "Example" in out and "--verbose" in out
+
+
+def test_run_radiation_joins_the_log_once(irradiation_copy, tmp_path, caplog):
+    """The index is built with the log joined; the analysis used to join it again, so every
+    warning about the log and the bookkeeping line came twice."""
+    import logging
+
+    import run_radiation
+
+    root = irradiation_copy.root
+    log = pd.read_csv(root / "radiationLogCompleto.csv")
+    constant = tmp_path / "constant.csv"
+    log.assign(Dose=0.0).to_csv(constant, index=False)
+    with caplog.at_level(logging.INFO):
+        assert run_radiation.main([str(root), str(constant), str(tmp_path / "out"),
+                                   "--no-progress", "--plots", "none", "--stages", "pre"]) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("dose bookkeeping" in m for m in messages) == 1, messages
+    assert sum("its Dose column is constant" in m for m in messages) == 1, messages
+    # the file named once: not 'constant.csv: not used (constant.csv: its Dose ...)'
+    (line,) = [m for m in messages if "its Dose column is constant" in m]
+    assert line == f"{constant}: not used (its Dose column is constant)", line
+
+
+def test_run_radiation_refuses_a_log_without_time_before_converting(
+        irradiation_copy, tmp_path, caplog, capsys, one_line_error):
+    """A log that cannot be joined by time was refused only after every raw frame had been
+    converted into the campaign's folders."""
+    import run_radiation
+
+    root = irradiation_copy.root
+    log = pd.read_csv(root / "radiationLogCompleto.csv")
+    bad = tmp_path / "no_time.csv"
+    log.drop(columns=["TimeStamp"]).to_csv(bad, index=False)
+    status = run_radiation.main([str(root), str(bad), str(tmp_path / "out"), "--no-progress"])
+    assert status == 2
+    one_line_error(caplog, capsys, "no_time.csv", "no time column")
+    assert not list(root.rglob("*.fits")) and not (root / "index.csv").exists()
+
+
+def test_time_figure_says_the_band_is_the_spatial_std():
+    """mean_std_<type>_vs_time.png titled 'bias mean +- std' with an unlabelled band: nothing said
+    the band is the frame's spatial standard deviation (fixed pattern and hot pixels), not an
+    error of the mean."""
+    import matplotlib.pyplot as plt
+
+    stats = pd.DataFrame({"TEMP_BIN": 20.1, "TIMESTAMP": [10.0, 12.0, 14.0],
+                          "MEAN": [3357.0, 3354.0, 3358.0], "STD": [66.0, 65.5, 66.2]})
+    ax, data = radiation_analysis._plot_vs_time(stats, "BIAS", "pre", 10.0)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["20.1 degC: frame mean", "20.1 degC: ± spatial std"]
+    assert "spatial std" in ax.get_title() and ax.get_ylabel() == "frame mean [adu]"
+    assert list(data) == ["20.1C_time", "20.1C_mean", "20.1C_std"]
+    plt.close(ax.figure)

@@ -100,8 +100,13 @@ def test_rts_map_verifies(long_run, fitsverify):
     assert errors == 0, report
     with fits.open(path) as hdul:
         mask = hdul[0].data
-        assert [h.name for h in hdul[1:]] == ["AMPLITUDE", "SIGMA", "ZETA"]
+        assert [h.name for h in hdul[1:]] == ["AMPLITUDE", "SIGMA", "ZETA", "INPUTS"]
         assert hdul[0].header["NFRAMES"] == 1500 and hdul[0].header["FRMINTVL"] == 1.0
+        # provenance: the search settings and the frames searched (the map had neither)
+        assert hdul[0].header["KAMPL"] == 2.5 and hdul[0].header["MINTRANS"] == 4
+        inputs = hdul["INPUTS"].data
+        assert len(inputs) == 1500 and inputs["TIME"][0] == 0.0
+        assert hdul["INPUTS"].columns["TIME"].unit == "s"
         sigma = hdul["SIGMA"].data
     maps = campaign.maps()
     quiet = (mask == 0) & ~maps["noisy_mask"] & ~maps["hot_mask"]
@@ -184,3 +189,21 @@ def test_three_levels_and_white_noise():
     # (0.0076, i.e. 0.25 %); 5 sigma
     se = 1.2533 * sigma.std() / np.sqrt(sigma.size)
     assert (z > -5).all() and abs(np.median(sigma) - 3.0) < 5 * se, (np.median(sigma), se)
+
+
+def test_example_figure_says_which_sequence_it_draws():
+    """rts_examples_<group>.png had panel titles 'pixel (row r, col c)' only: the figure did not
+    say which sequence (stage, dose step, temperature, exposure) its pixels come from."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_rts import plot_examples
+
+    rng = np.random.default_rng(3)
+    examples = {(0, 5): (rng.normal(0, 1, 50) + 8 * (np.arange(50) % 20 < 10), [0.0, 8.0])}
+    axes = plot_examples(examples, np.arange(50.0),
+                         title="RTS pixels of pre_T20.0C_E0.1s (50 frames): signal and fitted "
+                               "levels (dashed)")
+    fig = axes[0].figure
+    assert fig.get_suptitle().startswith("RTS pixels of pre_T20.0C_E0.1s")
+    assert axes[0].get_ylabel().endswith("[adu]") and axes[-1].get_xlabel().endswith("[s]")
+    plt.close(fig)

@@ -133,6 +133,12 @@ def test_products_verify_and_suspicious_frames_go_to_the_output(planted, tmp_pat
     assert masters and fitsverify(masters[0])[0] == 0
     with fits.open(out / "structure_counts.fits") as hdul:
         assert hdul[0].data.max() >= 1 and hdul[0].header["NCOMPARE"] == 10
+        # provenance: the settings and the comparisons behind the map (it had neither)
+        head, inputs = hdul[0].header, hdul["INPUTS"].data
+        assert head["SEEDTHR"] == 5.0 and head["MINAREA"] == 2 and head["REDUCED"] is True
+        assert len(inputs) == 10 and hdul["INPUTS"].columns["DT_S"].unit == "s"
+        assert inputs["N_REGIONS"].sum() == int(hdul[0].data.max() > 0) * len(
+            pd.read_csv(out / "structures.csv"))
     assert len(list((out / "differences").rglob("*.png"))) == 10
     assert (out / "timeline.png").is_file()
     # an all-zero frame is listed in the output folder, never in the working directory
@@ -172,3 +178,22 @@ def test_single_flat_per_bin(tmp_path, caplog, capsys, one_line_error):
                                     "--no-progress"]) == 2
     one_line_error(caplog, capsys, "single valid flat", "at least two")
     assert not (tmp_path / "out").exists()              # nothing written, not even the index
+
+
+def test_timeline_draws_counts_as_steps_with_whole_ticks():
+    """timeline.png joined the comparisons by slopes (a structure found 48 h after the
+    reference read as growing from 0 at 0 h) and labelled its counts 0.0, 0.2 ... 1.0."""
+    import matplotlib.pyplot as plt
+
+    from analysis.timeseries.plots_flats import plot_timeline
+
+    table = pd.DataFrame({"STATUS": ["reference", "compared", "compared", "compared"],
+                          "TBIN": 20.0, "EXPTIME": 0.5, "DT_S": [0.0, 1.5, 172800.0, 345600.0],
+                          "N_REGIONS": [np.nan, 0, 1, 1], "AREA_PX": [np.nan, 0, 49, 50]})
+    axes = plot_timeline(table)
+    axes[0].figure.canvas.draw()
+    for ax in axes:
+        assert ax.lines[0].get_drawstyle() == "steps-post"
+        ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+        assert all(float(t).is_integer() for t in ticks), ticks
+    plt.close(axes[0].figure)

@@ -15,6 +15,9 @@ from statcheck import std_error_of_std
 from utils import adu, sim, simulate
 from utils import headers as kw
 from utils.errors import ConfigError, UserError
+from utils.sim.operation import simulate_operation
+from utils.sim.rts import RTSParams
+from utils.sim.sequences import FlatStructure, simulate_dark_sequence, simulate_flat_sequence
 
 W, H = 40, 24  # default size: width != height so a transposed reader fails
 
@@ -433,3 +436,36 @@ def test_cli_dosedirs_layout(tmp_path):
     doses = [float(line.split(",")[2]) for line in log[1:]]
     # --constant-dose-log no: the log carries the true dose, ramping from 5 to 10 krad
     assert np.all(np.diff(doses) > 0) and doses[0] == 5.0 and doses[-1] == 10.0
+
+
+@pytest.mark.parametrize("layout, argv, api", [
+    ("operation", ["--frames", "6", "--doses", "1", "2", "--no-raw"],
+     lambda out: simulate_operation(out, width=16, height=12, frames=6, doses=(1.0, 2.0),
+                                    raw=False)),
+    ("flatseq", ["--visits", "4", "--structure", "5", "6", "2", "0.2", "2", "--pixel-classes"],
+     lambda out: simulate_flat_sequence(out, width=16, height=12, visits=4, pixel_classes=True,
+                                        structure=FlatStructure(5.0, 6.0, 2.0, 0.2, 2))),
+    ("darkseq", ["--frames", "20", "--doses", "10", "--rts-per-krad", "0.01"],
+     lambda out: simulate_dark_sequence(out, width=16, height=12, frames=20, doses=(10.0,),
+                                        rts=RTSParams(per_krad=0.01))),
+])
+def test_cli_writes_the_secondary_analyses_layouts(tmp_path, layout, argv, api):
+    """The operation, flat-sequence and dark-sequence layouts (inputs of the operation,
+    structure, outgassing and RTS analyses) could be written from Python only: a user of the
+    command line had no synthetic input for four commands. Same files as the Python API."""
+    out = tmp_path / "cli"
+    assert simulate.main([layout, str(out), "--width", "16", "--height", "12",
+                          "--no-progress", *argv]) == 0
+    ref = api(tmp_path / "api")
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(ref.root) for p in ref.root.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (ref.root / f).read_bytes() for f in files)
+    assert sim.load_campaign(out).layout == layout
+
+
+def test_cli_secondary_layout_options_are_checked(tmp_path, caplog):
+    assert simulate.main(["standard", str(tmp_path / "a"), "--rts-per-krad", "0.1"]) == 2
+    assert "--rts-per-krad do(es) not apply to the standard layout" in caplog.text
+    assert simulate.main(["flatseq", str(tmp_path / "b"), "--structure", "1", "2", "3", "0.2",
+                          "2.5"]) == 2
+    assert simulate.main(["flatseq", str(tmp_path / "c"), "--frames", "3"]) == 2

@@ -277,8 +277,10 @@ class _Join:
         return dose, rate, time_since_beam_off(times, self.offs)
 
 
-def _read(path: Path, settings: DoseSettings, *, strict: bool) -> tuple[_Join | None, str]:
-    """A joinable log, or None and why not (``strict``: raise instead, for a given log)."""
+def _read(path: Path, settings: DoseSettings, *, strict: bool,
+          warn: bool = True) -> tuple[_Join | None, str]:
+    """A joinable log, or None and why not (``strict``: raise instead, for a given log;
+    ``warn``: log the reader's problems with the rows)."""
     try:
         log = read_radiation_log(path)
         if strict:
@@ -296,9 +298,26 @@ def _read(path: Path, settings: DoseSettings, *, strict: bool) -> tuple[_Join | 
             raise TableError(f"{path}: {why}; give a radiation log with a time column and "
                              "the accumulated Dose")
         return None, f"{path.name}: {why}"
-    for line in log.problems[:3]:
+    for line in log.problems[:3] if warn else ():
         logger.warning("%s: %s", path, line)
     return _Join(log, note, settings), ""
+
+
+def check_radiation_log(path: str | os.PathLike,
+                        settings: DoseSettings = DoseSettings()) -> None:
+    """Raise what :func:`assign_doses` would raise for this given log before any frame is read.
+
+    Every check that needs no frame: the file is readable, has a time and a Dose (or
+    RadiationLevel) column and its time goes forward. Whether it covers the frames' time
+    stamps needs the frames. A constant Dose column is accepted, as :func:`assign_doses`
+    does (with a warning).
+
+    Raises
+    ------
+    TableError
+        As :func:`assign_doses` for a given log.
+    """
+    _read(Path(path), settings, strict=True, warn=False)  # the join that follows warns
 
 
 def assign_doses(table: pd.DataFrame, *, radiation_log: str | os.PathLike | None = None,
@@ -348,6 +367,9 @@ def assign_doses(table: pd.DataFrame, *, radiation_log: str | os.PathLike | None
     if path is not None:
         campaign, why = _read(path, settings, strict=given)
         if campaign is None:
+            # the reason may start with the file's name, already said at the line's start
+            for prefix in (f"{path}: ", f"{path.name}: "):
+                why = why[len(prefix):] if why.startswith(prefix) else why
             logger.warning("%s: not used (%s)", path, why)
         else:
             report.campaign_log = path
@@ -489,4 +511,5 @@ def require_doses(table: pd.DataFrame, what: str) -> None:
 
 __all__ = ["DoseSettings", "DoseReport", "assign_doses", "step_doses", "step_folder",
            "dose_rate_at", "beam_off_times", "time_since_beam_off", "find_campaign_log",
-           "check_time_order", "require_doses", "DOSE_COLUMNS", "RAD_PER_KRAD"]
+           "check_time_order", "check_radiation_log", "require_doses", "DOSE_COLUMNS",
+           "RAD_PER_KRAD"]

@@ -298,19 +298,22 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
             jobs.append(("", root))
     files: list[tuple[Path, str]] = []
     seen: set[Path] = set()
+    empty: list[Path] = []
     for cal, root in jobs:
         frames = find_fits(root, settings.search_depth + 2)
         if not frames:
-            logger.warning("%s: no FITS files; convert the raw frames first "
-                           "(python -m utils.raw_to_fits)", root)
+            empty.append(root)
         for path in frames:
             resolved = path.resolve()
             if resolved not in seen:  # each file once, even if two sections overlap
                 seen.add(resolved)
                 files.append((path, cal))
-    if not files:
+    if not files:  # the error alone: a warning per empty folder before it said it twice
         raise InputPathError("no FITS frames found in " + ", ".join(str(r) for _, r in jobs)
                              + "; convert the raw frames first or check the paths")
+    for root in empty:
+        logger.warning("%s: no FITS files; convert the raw frames first "
+                       "(python -m utils.raw_to_fits)", root)
 
     reuse: dict[Path, dict] = {}
     if previous is not None and Path(previous).is_file():

@@ -152,7 +152,8 @@ def fit_line(x, y, sigma=None) -> LineFit:
     LineFit
         With ``method = 'fallback: ...'`` (slope 0, intercept mean(y), NaN errors) when
         fewer than 3 points or a constant x make a line meaningless; with one point the
-        intercept is that point.
+        intercept is that point. Unweighted, with every point on the line (zero residual
+        scatter, e.g. constant y), the errors are NaN: unknown, not 0.
 
     Examples
     --------
@@ -161,6 +162,9 @@ def fit_line(x, y, sigma=None) -> LineFit:
     (1.98, 1.03, True)
     >>> fit_line([2, 2, 2], [1, 2, 3]).method
     'fallback: x is constant'
+    >>> f = fit_line([0.0, 0.1, 0.2], [0, 0, 0])   # on the line: no scatter, errors unknown
+    >>> f.slope, math.isnan(f.slope_err)
+    (0.0, True)
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -190,6 +194,10 @@ def fit_line(x, y, sigma=None) -> LineFit:
     resid = y - intercept - slope * x
     chi2 = float((w * resid ** 2).sum() / (n - 2))
     var_scale = chi2 if s is None else 1.0
+    if s is None and chi2 == 0.0:
+        # every point on the line (e.g. no transient in any frame): the scatter is zero, so
+        # it cannot give the errors; 0 +- 0 would claim an exact slope
+        var_scale = nan
     slope_var = var_scale / sxx
     intercept_var = var_scale * (1.0 / sw + xm * xm / sxx)
     cov = -xm * var_scale / sxx
