@@ -110,14 +110,24 @@ def temperature_slope(measurements) -> tuple[np.ndarray, np.ndarray, str]:
                      "temperatures at least are needed to refer dark currents to T_ref)")
 
 
-def step_currents(measurements, t_ref: float, e_per_adu: float | None) -> list[StepCurrent]:
-    """Dark current at ``t_ref`` of every measured group (see module notes)."""
+def step_currents(measurements, t_ref: float, e_per_adu: float | None,
+                  bias_shift: tuple | None = None) -> list[StepCurrent]:
+    """Dark current at ``t_ref`` of every measured group (see module notes).
+
+    ``bias_shift`` is ``(value, error)`` of the bias shift per krad [adu/krad]: a group whose
+    dark frames received more dose than its bias frames (the beam on while measuring) had a
+    higher bias in its darks than the bias subtracted; a rate from one exposure would count
+    that as dark current (``StageMeasurement.rate_at``), so it is taken out.
+    """
     slope, slope_err, _ = temperature_slope(measurements)
     unit = "e-/s" if e_per_adu else "adu/s"
     k = e_per_adu or 1.0
     out = []
     for m in measurements:
-        rate, err = m.rate_at(t_ref, slope, slope_err)
+        if bias_shift is None:
+            rate, err = m.rate_at(t_ref, slope, slope_err)
+        else:
+            rate, err = m.rate_at(t_ref, slope, slope_err, bias_drift=m.bias_drift(*bias_shift))
         out.append(StepCurrent(m.stage, m.tag, m.dose, m.framedose, m.tanneal, m.temperature,
                                rate * k, err * k, unit))
     return out

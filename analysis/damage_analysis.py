@@ -205,12 +205,12 @@ def _bias_table(measurements, t_ref, slope_map, e_per_adu):
     return pd.DataFrame(rows)
 
 
-def _bias_slope_map(measurements, shape):
+def _bias_slope_map(measurements):
     for stage in ("pre", "post"):
         for m in measurements:
             if m.stage == stage and m.bias_model is not None:
                 return np.asarray(m.bias_model.b, np.float64), f"{m.tag} bias model"
-    return np.zeros(shape), "none (no bias model at two temperatures): no temperature correction"
+    return 0.0, "none (no bias model at two temperatures): no temperature correction"
 
 
 def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
@@ -252,8 +252,15 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
     if not measurements:
         raise UserError("damage analysis: no (stage, dose step) could be measured ("
                         + "; ".join(f"{k}: {v}" for k, v in failed.items()) + ")")
+    # the bias first: its shift per krad takes out of a step's dark current the bias its
+    # darks gained over its bias frames while the beam was on (one-exposure rates)
+    bias_b, bias_src = _bias_slope_map(measurements)
+    bias = _bias_table(measurements, settings.t_ref, bias_b, e_per_adu)
+    bias_fit = dmg.level_trend(bias, "BIAS_LEVEL", "BIAS_LEVEL_ERR", "bias shift vs dose")
+    rn_fit = dmg.level_trend(bias, "READ_NOISE", "READ_NOISE_ERR", "read noise vs dose")
+    shift = (bias_fit.value("slope"), bias_fit.error("slope")) if bias_fit.ok else None
     try:
-        steps = dmg.step_currents(measurements, settings.t_ref, e_per_adu)
+        steps = dmg.step_currents(measurements, settings.t_ref, e_per_adu, bias_shift=shift)
         slope_b, _, slope_src = dmg.temperature_slope(measurements)
     except ValueError as err:
         raise UserError(f"damage analysis: {err}") from err
@@ -274,11 +281,6 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
     anneal = dmg.annealing(steps, normal, settings.min_significance)
     means = dmg.step_means(steps, normal)
     dist, hists, curves = _distribution(steps, settings.damage.percentiles)
-    shape = steps[0].current.shape
-    bias_b, bias_src = _bias_slope_map(measurements, shape)
-    bias = _bias_table(measurements, settings.t_ref, bias_b, e_per_adu)
-    bias_fit = dmg.level_trend(bias, "BIAS_LEVEL", "BIAS_LEVEL_ERR", "bias shift vs dose")
-    rn_fit = dmg.level_trend(bias, "READ_NOISE", "READ_NOISE_ERR", "read noise vs dose")
 
     # --- tables -------------------------------------------------------------------------------
     # both tables count pixels: the normal ones averaged, the finite ones the hot pixels are

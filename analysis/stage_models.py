@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dark_pipeline.pipeline import DarkSettings, measure
-from dark_pipeline.rates import RateMap, load_stack, measure_rates
+from dark_pipeline.rates import METHOD_SINGLE, RateMap, load_stack, measure_rates
 from dark_pipeline.temperature_model import DarkModel1D, fit_temperature_model
 from utils import cli
 from utils.errors import UserError
@@ -94,7 +94,7 @@ class StageMeasurement:
             [r.tavg for r in self.rates])) if self.rates else math.nan
 
     def rate_at(self, t_ref: float, slope: np.ndarray, slope_err: np.ndarray | float = 0.0,
-                max_correction: float = MAX_CORRECTION):
+                max_correction: float = MAX_CORRECTION, bias_drift: tuple = (0.0, 0.0)):
         """Dark rate [adu/s] and its error at ``t_ref`` [degC].
 
         The rate map nearest in temperature, brought to ``t_ref`` with the per-pixel
@@ -104,6 +104,12 @@ class StageMeasurement:
         that map is more than ``max_correction`` degC away, the group's own 1-D model
         at TREF (its A is then an extrapolation-free interpolation; at low signal the
         A of pixels fitted on their own is biased up, as they were selected by noise).
+
+        ``bias_drift`` is ``(value, error)`` [adu]: how much higher the bias was during the
+        dark frames than during the bias frames subtracted from them (e.g. the bias shift
+        per krad times the dose received between the two, when the beam is on while
+        measuring).  A rate measured from one exposure holds it as dark current, so it is
+        taken out there (drift / exposure); a slope over exposures has it in its offset.
         """
         if not self.rates:
             raise UserError(f"{self.tag}: no dark rate map ({self.reason or 'no darks'})")
@@ -114,10 +120,27 @@ class StageMeasurement:
                     self.model.fit.amplitude_err.astype(np.float64))
         d = t_ref - r.tavg
         factor = np.exp(np.asarray(slope, dtype=np.float64) * d)
-        rate = r.rate.astype(np.float64) * factor
-        err = np.sqrt((r.rate_err.astype(np.float64) * factor) ** 2
+        measured = r.rate.astype(np.float64)
+        measured_err = r.rate_err.astype(np.float64)
+        drift, drift_err = (float(v) for v in bias_drift)
+        if r.method == METHOD_SINGLE and (drift or drift_err):
+            t = float(r.exptimes[-1])
+            measured = measured - drift / t
+            measured_err = np.sqrt(measured_err ** 2 + (drift_err / t) ** 2)
+        rate = measured * factor
+        err = np.sqrt((measured_err * factor) ** 2
                       + (rate * d * np.asarray(slope_err, dtype=np.float64)) ** 2)
         return rate, err
+
+    def bias_drift(self, shift_per_krad: float, shift_err: float = 0.0) -> tuple:
+        """``(value, error)`` [adu] of the bias during the dark frames minus that of the bias
+        frames, from the bias shift per krad [adu/krad] and the dose received between them
+        (their mean FRAMEDOSE); (0, 0) when either dose or the shift is unknown."""
+        delta = self.framedose - self.framedose_bias
+        if not (math.isfinite(delta) and math.isfinite(shift_per_krad)) or delta == 0:
+            return 0.0, 0.0
+        err = abs(delta) * shift_err if math.isfinite(shift_err) else 0.0
+        return shift_per_krad * delta, err
 
 
 def _mean_of(rows: pd.DataFrame, column: str, how=np.nanmean) -> float:
