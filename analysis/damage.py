@@ -232,6 +232,25 @@ def dose_points(steps: list[StepCurrent]) -> list[StepCurrent]:
     return sorted(pts, key=lambda s: s.framedose)
 
 
+def normal_masks(hot: HotPixels) -> tuple[dict, str]:
+    """The hot-pixel masks that exclude pixels from the normal ones, and which criterion.
+
+    The relative one (an outlier of the pre-irradiation distribution of ln(current)) when
+    there is a pre stage: whatever the unit, it removes the distribution's tail only.  The
+    fixed threshold (e-/s) cuts into the population itself when the typical pixel is near
+    it -- a sensor of 5 e-/s at T_ref, or one whose damage brings it there -- leaving as
+    normal only the pixels measured low at every step (a biased, sometimes empty, set); it
+    is used only without a pre stage (no relative threshold) and with a gain.
+    """
+    if math.isfinite(hot.threshold_relative):
+        return hot.relative, (f"not above the relative threshold ({hot.threshold_relative:.4g},"
+                              " pre-irradiation outliers) at any step")
+    if math.isfinite(hot.threshold_fixed):
+        return hot.fixed, f"not above {hot.threshold_fixed:g} e-/s at any step (no pre stage)"
+    none = {tag: np.zeros(m.shape, bool) for tag, m in hot.fixed.items()}
+    return none, "every measured pixel (no threshold: no pre stage and no gain)"
+
+
 def normal_pixels(steps: list[StepCurrent], hot: HotPixels) -> np.ndarray:
     """Pixels finite at every step and hot (fixed threshold) at none."""
     ok = np.ones(steps[0].current.shape, bool)
@@ -385,5 +404,6 @@ def level_trend(table: pd.DataFrame, value: str, error: str, what: str) -> Regre
 
 __all__ = ["DamageSettings", "StepCurrent", "HotPixels", "DamageSlope", "Annealing",
            "temperature_slope", "step_currents", "to_na_per_cm2", "relative_threshold",
-           "find_hot_pixels", "dose_points", "normal_pixels", "step_means", "damage_slope",
+           "find_hot_pixels", "dose_points", "normal_masks", "normal_pixels", "step_means",
+           "damage_slope",
            "recovered_fraction", "annealing", "level_trend", "ELEMENTARY_CHARGE"]

@@ -274,7 +274,7 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
 
     threshold = settings.hot_threshold_e if e_per_adu else math.inf
     hot = dmg.find_hot_pixels(steps, threshold, settings.hot_nsigma)
-    masks = hot.fixed if e_per_adu else hot.relative
+    masks, normal_rule = dmg.normal_masks(hot)
     normal = dmg.normal_pixels(steps, dmg.HotPixels(masks, masks, threshold,
                                                     hot.threshold_relative, hot.table))
     slope = dmg.damage_slope(steps, normal)
@@ -420,7 +420,8 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         "gain": None if g is None else {"e_per_adc_count": g.gain, "source": g.source,
                                          "method": g.method},
         "temperature_slope_from": slope_src, "bias_temperature_slope_from": bias_src,
-        "normal_pixels": int(normal.sum()), "not_measured": failed,
+        "normal_pixels": int(normal.sum()), "normal_pixels_criterion": normal_rule,
+        "not_measured": failed,
         "damage_slope": slope.fit.value("slope") if slope.fit.ok else None,
         "damage_slope_err": slope.fit.error("slope") if slope.fit.ok else None,
         "damage_slope_status": slope.fit.status,
@@ -432,7 +433,7 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         "hot_threshold": threshold if math.isfinite(threshold) else None,
         "hot_threshold_relative": hot.threshold_relative,
         # Without a gain there is no fixed e-/s threshold: the counts are the pre-relative ones
-        # (the same masks that define the normal pixels), and the summary says which.
+        # (the masks that define the normal pixels), and the summary says which.
         "hot_pixels": dict(zip(hot.table["TAG"], hot.table[
             "N_HOT" if e_per_adu else "N_HOT_RELATIVE"].astype(int).tolist())),
         "hot_pixels_criterion": (f"> {settings.hot_threshold_e:g} e-/s at t_ref" if e_per_adu
