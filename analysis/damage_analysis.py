@@ -347,7 +347,8 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         header = _image_header("ANNEALING_FRACTION", [
             ("MODEL", "(I_last - I_post) / (I_last - I_pre)", "recovered fraction"),
             ("LASTTAG", anneal.last_tag, "last irradiated step"),
-            ("TANNEAL", anneal.tanneal, "[s] median time since beam-off of post darks")])
+            ("TANNEAL", anneal.tanneal, "[s] median time since beam-off of post darks"),
+            ("ENDDOSE", anneal.end_dose, "[krad] dose of I_last (the post darks')")])
         files.append(write_product(out_dir / "annealing_fraction_map.fits", anneal.fraction_map,
                                    header, unit="", uncertainty=anneal.fraction_map_err,
                                    mask=~np.isfinite(anneal.fraction_map)))
@@ -429,6 +430,7 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         "damage_slope_median_pixel_err": slope.median_slope_err,
         "recovered_fraction": anneal.fraction if anneal.status == "ok" else None,
         "recovered_fraction_err": anneal.fraction_err if anneal.status == "ok" else None,
+        "recovered_fraction_end_dose_krad": anneal.end_dose if anneal.status == "ok" else None,
         "annealing_status": anneal.status, "tanneal_s": anneal.tanneal,
         "hot_threshold": threshold if math.isfinite(threshold) else None,
         "hot_threshold_relative": hot.threshold_relative,

@@ -101,3 +101,55 @@ def masks_as_hot(hot, masks):
     from analysis.damage import HotPixels
 
     return HotPixels(masks, masks, hot.threshold_fixed, hot.threshold_relative, hot.table)
+
+
+def test_recovered_fraction_refers_the_irradiated_current_to_the_final_dose():
+    """The recovered fraction (I_last - I_post) / (I_last - I_pre) took I_last from the last
+    step's darks at their mean dose, while the post darks carry the final dose: with the beam
+    on while measuring (a ramp from 20 to 40 krad) the last step's darks received 30 krad, so
+    f compared damage at two doses (true annealing 0.30: 2/30 = 0.07 expected, 0.38 +- 0.006
+    measured on the simulated campaign with the bias drift added).  Now I_last is the last
+    step's current brought to the post's dose along the damage line, its error propagated
+    through the slope: over 300 seeded campaigns the pulls are N(0, 1)."""
+    from analysis.damage import StepCurrent, annealing
+
+    a, k = 0.30, 0.05
+    pulls, per_pixel = [], []
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        base = 5.0 * np.exp(0.3 * rng.standard_normal((6, 8)))
+        steps = _damage_steps(rng, base, k, (5.0, 15.0, 30.0), noise=0.3)
+        post = base * (1.0 + k * 40.0 * (1 - a))
+        steps.append(StepCurrent("post", "post", math.nan, 40.0, 3600.0, 20.0,
+                                 post + 0.3 * rng.standard_normal(base.shape),
+                                 np.full(base.shape, 0.3), "e-/s"))
+        result = annealing(steps, np.ones(base.shape, bool))
+        assert result.status == "ok" and result.end_dose == 40.0
+        pulls.append((result.fraction - a) / result.fraction_err)
+        ok = np.isfinite(result.fraction_map)
+        per_pixel.append(((result.fraction_map - a) / result.fraction_map_err)[ok])
+    pulls, per_pixel = np.array(pulls), np.concatenate(per_pixel)
+    # 300 pulls: mean within 4 / sqrt(300) = 0.23, std within 4 standard errors (0.041 each)
+    assert abs(pulls.mean()) < 0.23, pulls.mean()
+    assert abs(pulls.std() - 1.0) < 0.17, pulls.std()
+    # per pixel (f = ratio of noisy numbers: use robust statistics of 14400 pulls)
+    assert abs(np.median(per_pixel)) < 0.1
+    assert abs(1.4826 * np.median(np.abs(per_pixel - np.median(per_pixel))) - 1.0) < 0.1
+
+
+def test_recovered_fraction_unchanged_when_the_last_step_carries_the_final_dose():
+    """Beam off while measuring: the last step's darks carry the final dose, as the post's;
+    the recovered fraction is the plain ratio of the three means (as before)."""
+    from analysis.damage import StepCurrent, annealing, recovered_fraction, step_means
+
+    rng = np.random.default_rng(5)
+    base = 5.0 * np.exp(0.3 * rng.standard_normal((6, 8)))
+    steps = _damage_steps(rng, base, 0.05, (10.0, 20.0, 40.0), noise=0.3)
+    steps.append(StepCurrent("post", "post", math.nan, 40.0, 3600.0, 20.0, base * 2.4,
+                             np.full(base.shape, 0.3), "e-/s"))
+    normal = np.ones(base.shape, bool)
+    result = annealing(steps, normal)
+    table = step_means([steps[0], steps[3], steps[4]], normal)
+    m, e = table["DC_MEAN"].to_numpy(), table["DC_MEAN_ERR"].to_numpy()
+    f, f_err = recovered_fraction(m[0], m[1], m[2], e[0], e[1], e[2])
+    assert result.fraction == float(f) and result.fraction_err == float(f_err)
