@@ -128,7 +128,10 @@ def step_currents(measurements, t_ref: float, e_per_adu: float | None,
             rate, err = m.rate_at(t_ref, slope, slope_err)
         else:
             rate, err = m.rate_at(t_ref, slope, slope_err, bias_drift=m.bias_drift(*bias_shift))
-        out.append(StepCurrent(m.stage, m.tag, m.dose, m.framedose, m.tanneal, m.temperature,
+        # the temperature of the map measured (a stage with darks at several temperatures
+        # has its mean in m.temperature: 15 degC for 0..30, while 20.2 was measured)
+        out.append(StepCurrent(m.stage, m.tag, m.dose, m.framedose, m.tanneal,
+                               m.rate_temperature(t_ref),
                                rate * k, err * k, unit))
     return out
 

@@ -93,6 +93,17 @@ class StageMeasurement:
         return self.rates[0].tavg if len(self.rates) == 1 else float(np.mean(
             [r.tavg for r in self.rates])) if self.rates else math.nan
 
+    def rate_temperature(self, t_ref: float, max_correction: float = MAX_CORRECTION) -> float:
+        """[degC] temperature of the rate :meth:`rate_at` refers to ``t_ref``: the map nearest
+        ``t_ref`` (``t_ref`` itself when the group's own model gives the rate there)."""
+        if not self.rates:
+            return math.nan
+        r = min(self.rates, key=lambda m: abs(m.tavg - t_ref))
+        if abs(r.tavg - t_ref) > max_correction and self.model is not None \
+                and math.isclose(self.model.t_ref, t_ref):
+            return float(t_ref)
+        return float(r.tavg)
+
     def rate_at(self, t_ref: float, slope: np.ndarray, slope_err: np.ndarray | float = 0.0,
                 max_correction: float = MAX_CORRECTION, bias_drift: tuple = (0.0, 0.0)):
         """Dark rate [adu/s] and its error at ``t_ref`` [degC].

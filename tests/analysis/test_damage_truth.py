@@ -153,3 +153,21 @@ def test_recovered_fraction_unchanged_when_the_last_step_carries_the_final_dose(
     m, e = table["DC_MEAN"].to_numpy(), table["DC_MEAN_ERR"].to_numpy()
     f, f_err = recovered_fraction(m[0], m[1], m[2], e[0], e[1], e[2])
     assert result.fraction == float(f) and result.fraction_err == float(f_err)
+
+
+def test_step_temperature_is_that_of_the_rate_measured():
+    """damage_summary.csv TEMP and the dark-current maps' TMEAS ('temperature of the measured
+    rate') gave the mean of a stage's temperature bins: 15.0 degC for pre darks at 0, 10, 20
+    and 30 degC, while the current at 20 degC came from the 20.2 degC map.  Now the
+    temperature of the map used."""
+    rng = np.random.default_rng(2)
+    truth = np.full((4, 5), 40.0)
+    group = _single_exposure_group(rng, "pre", 0.0, 0.0, 0.0, truth, 0.0, noise=1.0)
+    maps = []
+    for tavg in (0.1, 9.8, 20.2, 30.0):
+        maps.append(RateMap(round(tavg), tavg, truth.astype(np.float32),
+                            np.ones(truth.shape, np.float32), truth * 0, truth * 0, truth * 0,
+                            (1.0,), METHOD_SINGLE))
+    group.rates = maps
+    (step,) = step_currents([group], 20.0, None)
+    assert step.temperature == 20.2
