@@ -111,13 +111,15 @@ def temperature_slope(measurements) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def step_currents(measurements, t_ref: float, e_per_adu: float | None,
-                  bias_shift: tuple | None = None) -> list[StepCurrent]:
+                  bias_shift: tuple | None = None, bias_slope=0.0) -> list[StepCurrent]:
     """Dark current at ``t_ref`` of every measured group (see module notes).
 
     ``bias_shift`` is ``(value, error)`` of the bias shift per krad [adu/krad]: a group whose
     dark frames received more dose than its bias frames (the beam on while measuring) had a
     higher bias in its darks than the bias subtracted; a rate from one exposure would count
-    that as dark current (``StageMeasurement.rate_at``), so it is taken out.
+    that as dark current (``StageMeasurement.rate_at``), so it is taken out; likewise the
+    bias temperature coefficient ``bias_slope`` [adu/degC] times the temperature difference
+    between the darks and the bias master of a group without a bias model.
     """
     slope, slope_err, _ = temperature_slope(measurements)
     unit = "e-/s" if e_per_adu else "adu/s"
@@ -127,7 +129,8 @@ def step_currents(measurements, t_ref: float, e_per_adu: float | None,
         if bias_shift is None:
             rate, err = m.rate_at(t_ref, slope, slope_err)
         else:
-            rate, err = m.rate_at(t_ref, slope, slope_err, bias_drift=m.bias_drift(*bias_shift))
+            drift = m.bias_drift(*bias_shift, t_ref=t_ref, bias_slope=bias_slope)
+            rate, err = m.rate_at(t_ref, slope, slope_err, bias_drift=drift)
         # the temperature of the map measured (a stage with darks at several temperatures
         # has its mean in m.temperature: 15 degC for 0..30, while 20.2 was measured)
         out.append(StepCurrent(m.stage, m.tag, m.dose, m.framedose, m.tanneal,

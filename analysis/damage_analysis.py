@@ -258,9 +258,10 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
     bias = _bias_table(measurements, settings.t_ref, bias_b, e_per_adu)
     bias_fit = dmg.level_trend(bias, "BIAS_LEVEL", "BIAS_LEVEL_ERR", "bias shift vs dose")
     rn_fit = dmg.level_trend(bias, "READ_NOISE", "READ_NOISE_ERR", "read noise vs dose")
-    shift = (bias_fit.value("slope"), bias_fit.error("slope")) if bias_fit.ok else None
+    shift = (bias_fit.value("slope"), bias_fit.error("slope")) if bias_fit.ok else (0.0, 0.0)
     try:
-        steps = dmg.step_currents(measurements, settings.t_ref, e_per_adu, bias_shift=shift)
+        steps = dmg.step_currents(measurements, settings.t_ref, e_per_adu, bias_shift=shift,
+                                  bias_slope=bias_b)
         slope_b, _, slope_src = dmg.temperature_slope(measurements)
     except ValueError as err:
         raise UserError(f"damage analysis: {err}") from err

@@ -133,8 +133,8 @@ class StageMeasurement:
         factor = np.exp(np.asarray(slope, dtype=np.float64) * d)
         measured = r.rate.astype(np.float64)
         measured_err = r.rate_err.astype(np.float64)
-        drift, drift_err = (float(v) for v in bias_drift)
-        if r.method == METHOD_SINGLE and (drift or drift_err):
+        drift, drift_err = (np.asarray(v, dtype=np.float64) for v in bias_drift)
+        if r.method == METHOD_SINGLE and (np.any(drift != 0) or np.any(drift_err != 0)):
             t = float(r.exptimes[-1])
             measured = measured - drift / t
             measured_err = np.sqrt(measured_err ** 2 + (drift_err / t) ** 2)
@@ -143,15 +143,28 @@ class StageMeasurement:
                       + (rate * d * np.asarray(slope_err, dtype=np.float64)) ** 2)
         return rate, err
 
-    def bias_drift(self, shift_per_krad: float, shift_err: float = 0.0) -> tuple:
+    def bias_drift(self, shift_per_krad: float, shift_err: float = 0.0, *,
+                   t_ref: float | None = None, bias_slope=0.0) -> tuple:
         """``(value, error)`` [adu] of the bias during the dark frames minus that of the bias
-        frames, from the bias shift per krad [adu/krad] and the dose received between them
-        (their mean FRAMEDOSE); (0, 0) when either dose or the shift is unknown."""
+        master subtracted from them.
+
+        From the bias shift per krad [adu/krad] and the dose received between them (their
+        mean FRAMEDOSE; nothing when either is unknown) and, for a group without a bias
+        model (its darks had the bias master nearest in temperature subtracted, not the
+        model at their temperature), ``bias_slope`` [adu/degC, per pixel or one value] times
+        the temperature of the rate used at ``t_ref`` minus that of the master.
+        """
+        value, err = np.float64(0.0), 0.0
         delta = self.framedose - self.framedose_bias
-        if not (math.isfinite(delta) and math.isfinite(shift_per_krad)) or delta == 0:
-            return 0.0, 0.0
-        err = abs(delta) * shift_err if math.isfinite(shift_err) else 0.0
-        return shift_per_krad * delta, err
+        if math.isfinite(delta) and math.isfinite(shift_per_krad) and delta != 0:
+            value = value + shift_per_krad * delta
+            err = abs(delta) * shift_err if math.isfinite(shift_err) else 0.0
+        if t_ref is not None and self.bias_model is None and self.bias_masters and self.rates:
+            temp = self.rate_temperature(t_ref)
+            t_bias = min((t for t, _ in self.bias_masters), key=lambda t: abs(t - temp))
+            if math.isfinite(temp) and math.isfinite(t_bias):
+                value = value + np.asarray(bias_slope, dtype=np.float64) * (temp - t_bias)
+        return value, err
 
 
 def _mean_of(rows: pd.DataFrame, column: str, how=np.nanmean) -> float:
