@@ -47,7 +47,7 @@ from astropy.io import fits
 from analysis import damage as dmg
 from analysis import damage_plots as plots
 from analysis.products import save_plot
-from analysis.stage_models import bias_level_at, measure_campaign
+from analysis.stage_models import bias_level_at, measure_campaign, nofit_pixels
 from dark_pipeline.pipeline import DarkSettings
 from utils import adu, cli, plotting
 from utils import headers as kw
@@ -209,7 +209,10 @@ def _bias_slope_map(measurements):
     for stage in ("pre", "post"):
         for m in measurements:
             if m.stage == stage and m.bias_model is not None:
-                return np.asarray(m.bias_model.b, np.float64), f"{m.tag} bias model"
+                # no coefficient where the model could not fit the pixel (its b is noise)
+                nofit = nofit_pixels(m.bias_model)
+                return (np.where(nofit, np.nan, np.asarray(m.bias_model.b, np.float64)),
+                        f"{m.tag} bias model")
     return 0.0, "none (no bias model at two temperatures): no temperature correction"
 
 

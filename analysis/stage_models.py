@@ -26,6 +26,7 @@ from dark_pipeline.temperature_model import DarkModel1D, fit_temperature_model
 from utils import cli
 from utils.errors import UserError
 from utils.io.index import DatasetIndex
+from utils.models.bias_model import MASK_NOFIT
 from utils.models.read_noise import ReadNoise, frame_pairs, read_noise
 from utils.stack.grouping import select_stage, stage_groups, stage_tag
 from utils.stack.master import read_master
@@ -211,6 +212,14 @@ def measure_stage(index: DatasetIndex, stage: str, dose: float, out_dir: Path,
     return out
 
 
+def nofit_pixels(model) -> np.ndarray | bool:
+    """Pixels a bias model could not fit (``MASK_NOFIT``: fewer than two masters), whose
+    line is noise; False when the model carries no mask."""
+    mask = getattr(model, "mask", None)
+    return False if mask is None else (np.asarray(mask) & MASK_NOFIT) != 0
+
+
+
 def bias_level_at(measurement: StageMeasurement, t_ref: float, slope: np.ndarray):
     """Bias [adu] and its error per pixel at ``t_ref`` [degC] for one group.
 
@@ -220,8 +229,10 @@ def bias_level_at(measurement: StageMeasurement, t_ref: float, slope: np.ndarray
     """
     model = getattr(measurement, "bias_model", None)
     if model is not None and model.covers(t_ref, 2.0):
-        return model.predict(t_ref).astype(np.float64), model.predict_err(t_ref).astype(
-            np.float64)
+        # a pixel the model could not fit (MASK_NOFIT: fewer than two masters) has no level
+        nofit = nofit_pixels(model)
+        return (np.where(nofit, np.nan, model.predict(t_ref).astype(np.float64)),
+                np.where(nofit, np.nan, model.predict_err(t_ref).astype(np.float64)))
     if not measurement.bias_masters:
         raise UserError(f"{measurement.tag}: no bias master")
     t, path = min(measurement.bias_masters, key=lambda m: abs(m[0] - t_ref))
@@ -257,4 +268,4 @@ def measure_campaign(index: DatasetIndex, out_dir: Path, settings: DarkSettings,
 
 
 __all__ = ["StageMeasurement", "measure_stage", "measure_campaign", "bias_level_at",
-           "BIAS_FOLDER"]
+           "nofit_pixels", "BIAS_FOLDER"]

@@ -225,3 +225,32 @@ def test_dose_summary_means_without_the_bias_drift():
     assert abs(fit.value("slope") - k) < 4 * fit.error("slope"), (fit.value("slope"), note)
     assert np.allclose(dark["BIAS_DRIFT"], alpha * np.array([5.0, 5.0, 10.0]), rtol=0.05)
     assert (table.loc[table["CALTYPE"] == "BIAS", "BIAS_DRIFT"] == 0).all()
+
+
+def test_bias_level_leaves_out_pixels_the_bias_model_could_not_fit():
+    """A pixel the pre bias model could not fit (MASK_NOFIT: one valid master of four) has a
+    line of noise (b = -387071 adu/degC, SIGMA_A 1.6e9 in a seeded default campaign): the
+    damage analysis averaged it into the pre bias level (839.7 +- 5.2e9 adu for a true
+    3361.4) and moved the dose steps' bias masters to T_ref with it (-8.9, +5.5, +2.9 adu:
+    pulls -25, +15, +8; bias shift 3.79 +- 0.34 for 3.2).  Now such pixels have no level
+    and no temperature coefficient."""
+    from analysis.damage_analysis import _bias_slope_map
+    from analysis.stage_models import bias_level_at
+    from utils.models.bias_model import MASK_NOFIT
+
+    shape = (4, 5)
+    a = np.full(shape, 3200.0)
+    b = np.full(shape, 8.0)
+    a[1, 2], b[1, 2] = -539.0, -387071.0
+    mask = np.zeros(shape, np.uint8)
+    mask[1, 2] = MASK_NOFIT
+    model = SimpleNamespace(a=a, b=b, mask=mask, t_ref=0.0,
+                            covers=lambda t, margin=0.0: True,
+                            predict=lambda t: (a + b * t).astype(np.float32),
+                            predict_err=lambda t: np.where(mask > 0, 1.6e9, 0.5))
+    group = StageMeasurement("pre", math.nan, "pre", bias_model=model)
+    level, err = bias_level_at(group, 20.0, b)
+    ok = np.isfinite(level) & np.isfinite(err)
+    assert ok.sum() == 19 and float(level[ok].mean()) == 3360.0
+    slope, _ = _bias_slope_map([group])
+    assert np.isnan(slope[1, 2]) and np.nanmax(slope) == 8.0
