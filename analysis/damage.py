@@ -258,7 +258,8 @@ def normal_masks(hot: HotPixels) -> tuple[dict, str]:
 
 
 def normal_pixels(steps: list[StepCurrent], hot: HotPixels) -> np.ndarray:
-    """Pixels finite at every step and hot (fixed threshold) at none."""
+    """Pixels finite at every step and hot at none (``hot.fixed``: the masks passed, see
+    :func:`normal_masks`)."""
     ok = np.ones(steps[0].current.shape, bool)
     for s in steps:
         ok &= np.isfinite(s.current) & np.isfinite(s.error) & ~hot.fixed[s.tag]
