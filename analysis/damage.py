@@ -110,15 +110,31 @@ def temperature_slope(measurements) -> tuple[np.ndarray, np.ndarray, str]:
                      "temperatures at least are needed to refer dark currents to T_ref)")
 
 
-def step_currents(measurements, t_ref: float, e_per_adu: float | None) -> list[StepCurrent]:
-    """Dark current at ``t_ref`` of every measured group (see module notes)."""
+def step_currents(measurements, t_ref: float, e_per_adu: float | None,
+                  bias_shift: tuple | None = None, bias_slope=0.0) -> list[StepCurrent]:
+    """Dark current at ``t_ref`` of every measured group (see module notes).
+
+    ``bias_shift`` is ``(value, error)`` of the bias shift per krad [adu/krad]: a group whose
+    dark frames received more dose than its bias frames (the beam on while measuring) had a
+    higher bias in its darks than the bias subtracted; a rate from one exposure would count
+    that as dark current (``StageMeasurement.rate_at``), so it is taken out; likewise the
+    bias temperature coefficient ``bias_slope`` [adu/degC] times the temperature difference
+    between the darks and the bias master of a group without a bias model.
+    """
     slope, slope_err, _ = temperature_slope(measurements)
     unit = "e-/s" if e_per_adu else "adu/s"
     k = e_per_adu or 1.0
     out = []
     for m in measurements:
-        rate, err = m.rate_at(t_ref, slope, slope_err)
-        out.append(StepCurrent(m.stage, m.tag, m.dose, m.framedose, m.tanneal, m.temperature,
+        if bias_shift is None:
+            rate, err = m.rate_at(t_ref, slope, slope_err)
+        else:
+            drift = m.bias_drift(*bias_shift, t_ref=t_ref, bias_slope=bias_slope)
+            rate, err = m.rate_at(t_ref, slope, slope_err, bias_drift=drift)
+        # the temperature of the map measured (a stage with darks at several temperatures
+        # has its mean in m.temperature: 15 degC for 0..30, while 20.2 was measured)
+        out.append(StepCurrent(m.stage, m.tag, m.dose, m.framedose, m.tanneal,
+                               m.rate_temperature(t_ref),
                                rate * k, err * k, unit))
     return out
 
@@ -222,8 +238,28 @@ def dose_points(steps: list[StepCurrent]) -> list[StepCurrent]:
     return sorted(pts, key=lambda s: s.framedose)
 
 
+def normal_masks(hot: HotPixels) -> tuple[dict, str]:
+    """The hot-pixel masks that exclude pixels from the normal ones, and which criterion.
+
+    The relative one (an outlier of the pre-irradiation distribution of ln(current)) when
+    there is a pre stage: whatever the unit, it removes the distribution's tail only.  The
+    fixed threshold (e-/s) cuts into the population itself when the typical pixel is near
+    it -- a sensor of 5 e-/s at T_ref, or one whose damage brings it there -- leaving as
+    normal only the pixels measured low at every step (a biased, sometimes empty, set); it
+    is used only without a pre stage (no relative threshold) and with a gain.
+    """
+    if math.isfinite(hot.threshold_relative):
+        return hot.relative, (f"not above the relative threshold ({hot.threshold_relative:.4g},"
+                              " pre-irradiation outliers) at any step")
+    if math.isfinite(hot.threshold_fixed):
+        return hot.fixed, f"not above {hot.threshold_fixed:g} e-/s at any step (no pre stage)"
+    none = {tag: np.zeros(m.shape, bool) for tag, m in hot.fixed.items()}
+    return none, "every measured pixel (no threshold: no pre stage and no gain)"
+
+
 def normal_pixels(steps: list[StepCurrent], hot: HotPixels) -> np.ndarray:
-    """Pixels finite at every step and hot (fixed threshold) at none."""
+    """Pixels finite at every step and hot at none (``hot.fixed``: the masks passed, see
+    :func:`normal_masks`)."""
     ok = np.ones(steps[0].current.shape, bool)
     for s in steps:
         ok &= np.isfinite(s.current) & np.isfinite(s.error) & ~hot.fixed[s.tag]
@@ -309,6 +345,11 @@ class Annealing:
         [s] median time since beam-off of the post measurements.
     last_tag : str
         Step taken as "last".
+    status : str
+        ``ok`` or why it was skipped.
+    end_dose : float
+        [krad] accumulated dose the irradiated current ``I_last`` refers to: the post
+        measurements' (the final dose); the last step's darks when they carry it.
     """
 
     fraction: float
@@ -318,6 +359,7 @@ class Annealing:
     tanneal: float
     last_tag: str
     status: str = "ok"
+    end_dose: float = math.nan
 
 
 def recovered_fraction(pre, last, post, err_pre=0.0, err_last=0.0, err_post=0.0):
@@ -353,16 +395,68 @@ def annealing(steps: list[StepCurrent], normal: np.ndarray, min_significance: fl
         return Annealing(math.nan, math.nan, nan, nan.copy(), math.nan, "",
                          f"skipped: no {missing} measurement")
     last = max(rad, key=lambda s: s.framedose if math.isfinite(s.framedose) else s.dose)
-    table = step_means([pre, last, post], normal)
-    m, e = table["DC_MEAN"].to_numpy(), table["DC_MEAN_ERR"].to_numpy()
-    f, f_err = recovered_fraction(m[0], m[1], m[2], e[0], e[1], e[2])
-    fmap, ferr = recovered_fraction(pre.current, last.current, post.current, pre.error,
-                                    last.error, post.error)
-    increase_err = np.sqrt(pre.error ** 2 + last.error ** 2)
-    weak = ~((last.current - pre.current) >= min_significance * increase_err)
+    pts = dose_points(steps)
+    gap = post.framedose - last.framedose
+    ids = [id(p) for p in pts]
+    if id(pre) in ids and id(last) in ids and math.isfinite(gap) and abs(gap) > 1e-6 \
+            and len({round(p.framedose, 9) for p in pts}) >= 2:
+        # the last step's darks received less than the final dose the post measurements carry
+        # (the beam on while measuring: on a ramp, the mean of the step's frames): the
+        # irradiated current is the last step's brought to the final dose along the damage
+        # line, or f would compare damage at two doses (0.38 +- 0.006 for a true 0.30)
+        x = np.array([p.framedose for p in pts])
+        table = step_means(pts + [post], normal)
+        y, e = table["DC_MEAN"].to_numpy(), table["DC_MEAN_ERR"].to_numpy()
+        chi2 = fit_line(x, y[:-1], e[:-1]).chi2dof
+        scale = math.sqrt(chi2) if math.isfinite(chi2) and chi2 > 1 else 1.0
+        k_pre, k_last = ids.index(id(pre)), ids.index(id(last))
+        f, f_err = _fraction_at(x, y[:-1], e[:-1] * scale, k_pre, k_last, gap, y[-1], e[-1])
+        fmap, ferr, increase, increase_err = _fraction_at(
+            x, np.stack([p.current for p in pts]), np.stack([p.error for p in pts]), k_pre,
+            k_last, gap, post.current, post.error, with_increase=True)
+        end = post.framedose
+    else:
+        table = step_means([pre, last, post], normal)
+        m, e = table["DC_MEAN"].to_numpy(), table["DC_MEAN_ERR"].to_numpy()
+        f, f_err = recovered_fraction(m[0], m[1], m[2], e[0], e[1], e[2])
+        fmap, ferr = recovered_fraction(pre.current, last.current, post.current, pre.error,
+                                        last.error, post.error)
+        increase = last.current - pre.current
+        increase_err = np.sqrt(pre.error ** 2 + last.error ** 2)
+        end = last.framedose
+    weak = ~(increase >= min_significance * increase_err)
     fmap = np.where(weak, np.nan, fmap).astype(np.float32)
     ferr = np.where(weak, np.nan, ferr).astype(np.float32)
-    return Annealing(float(f), float(f_err), fmap, ferr, post.tanneal, last.tag)
+    return Annealing(float(f), float(f_err), fmap, ferr, post.tanneal, last.tag,
+                     end_dose=float(end))
+
+
+def _fraction_at(x, y, s, k_pre, k_last, gap, post, s_post, with_increase=False):
+    """Recovered fraction with the irradiated current ``y[k_last] + slope * gap`` (slope of
+    the weighted line through the points ``(x, y +- s)``), its error propagated from every
+    point's (first order; the points and ``post`` independent).  ``y``, ``s``: ``(K, ...)``.
+    """
+    x = np.asarray(x, float).reshape((-1,) + (1,) * (np.ndim(y) - 1))
+    y, s = np.asarray(y, float), np.asarray(s, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = 1.0 / s ** 2
+        xbar = np.sum(w * x, axis=0) / np.sum(w, axis=0)
+        sxx = np.sum(w * (x - xbar) ** 2, axis=0)
+        c = w * (x - xbar) / sxx                       # slope = sum_k c_k y_k
+        end = y[k_last] + gap * np.sum(c * y, axis=0)
+        d = end - y[k_pre]
+        f = (end - post) / d
+        d_end, d_pre, d_post = (post - y[k_pre]) / d ** 2, (end - post) / d ** 2, -1.0 / d
+        grad = d_end * gap * c
+        grad[k_last] = grad[k_last] + d_end
+        grad[k_pre] = grad[k_pre] + d_pre
+        var = np.sum((grad * s) ** 2, axis=0) + (d_post * s_post) ** 2
+        if not with_increase:
+            return f, np.sqrt(var)
+        g_inc = gap * c
+        g_inc[k_last] = g_inc[k_last] + 1.0
+        g_inc[k_pre] = g_inc[k_pre] - 1.0
+        return f, np.sqrt(var), d, np.sqrt(np.sum((g_inc * s) ** 2, axis=0))
 
 
 # --- bias and read noise ----------------------------------------------------------------------
@@ -375,5 +469,6 @@ def level_trend(table: pd.DataFrame, value: str, error: str, what: str) -> Regre
 
 __all__ = ["DamageSettings", "StepCurrent", "HotPixels", "DamageSlope", "Annealing",
            "temperature_slope", "step_currents", "to_na_per_cm2", "relative_threshold",
-           "find_hot_pixels", "dose_points", "normal_pixels", "step_means", "damage_slope",
+           "find_hot_pixels", "dose_points", "normal_masks", "normal_pixels", "step_means",
+           "damage_slope",
            "recovered_fraction", "annealing", "level_trend", "ELEMENTARY_CHARGE"]

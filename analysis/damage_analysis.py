@@ -47,7 +47,7 @@ from astropy.io import fits
 from analysis import damage as dmg
 from analysis import damage_plots as plots
 from analysis.products import save_plot
-from analysis.stage_models import bias_level_at, measure_campaign
+from analysis.stage_models import bias_level_at, measure_campaign, nofit_pixels
 from dark_pipeline.pipeline import DarkSettings
 from utils import adu, cli, plotting
 from utils import headers as kw
@@ -205,12 +205,15 @@ def _bias_table(measurements, t_ref, slope_map, e_per_adu):
     return pd.DataFrame(rows)
 
 
-def _bias_slope_map(measurements, shape):
+def _bias_slope_map(measurements):
     for stage in ("pre", "post"):
         for m in measurements:
             if m.stage == stage and m.bias_model is not None:
-                return np.asarray(m.bias_model.b, np.float64), f"{m.tag} bias model"
-    return np.zeros(shape), "none (no bias model at two temperatures): no temperature correction"
+                # no coefficient where the model could not fit the pixel (its b is noise)
+                nofit = nofit_pixels(m.bias_model)
+                return (np.where(nofit, np.nan, np.asarray(m.bias_model.b, np.float64)),
+                        f"{m.tag} bias model")
+    return 0.0, "none (no bias model at two temperatures): no temperature correction"
 
 
 def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
@@ -252,8 +255,16 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
     if not measurements:
         raise UserError("damage analysis: no (stage, dose step) could be measured ("
                         + "; ".join(f"{k}: {v}" for k, v in failed.items()) + ")")
+    # the bias first: its shift per krad takes out of a step's dark current the bias its
+    # darks gained over its bias frames while the beam was on (one-exposure rates)
+    bias_b, bias_src = _bias_slope_map(measurements)
+    bias = _bias_table(measurements, settings.t_ref, bias_b, e_per_adu)
+    bias_fit = dmg.level_trend(bias, "BIAS_LEVEL", "BIAS_LEVEL_ERR", "bias shift vs dose")
+    rn_fit = dmg.level_trend(bias, "READ_NOISE", "READ_NOISE_ERR", "read noise vs dose")
+    shift = (bias_fit.value("slope"), bias_fit.error("slope")) if bias_fit.ok else (0.0, 0.0)
     try:
-        steps = dmg.step_currents(measurements, settings.t_ref, e_per_adu)
+        steps = dmg.step_currents(measurements, settings.t_ref, e_per_adu, bias_shift=shift,
+                                  bias_slope=bias_b)
         slope_b, _, slope_src = dmg.temperature_slope(measurements)
     except ValueError as err:
         raise UserError(f"damage analysis: {err}") from err
@@ -267,18 +278,13 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
 
     threshold = settings.hot_threshold_e if e_per_adu else math.inf
     hot = dmg.find_hot_pixels(steps, threshold, settings.hot_nsigma)
-    masks = hot.fixed if e_per_adu else hot.relative
+    masks, normal_rule = dmg.normal_masks(hot)
     normal = dmg.normal_pixels(steps, dmg.HotPixels(masks, masks, threshold,
                                                     hot.threshold_relative, hot.table))
     slope = dmg.damage_slope(steps, normal)
     anneal = dmg.annealing(steps, normal, settings.min_significance)
     means = dmg.step_means(steps, normal)
     dist, hists, curves = _distribution(steps, settings.damage.percentiles)
-    shape = steps[0].current.shape
-    bias_b, bias_src = _bias_slope_map(measurements, shape)
-    bias = _bias_table(measurements, settings.t_ref, bias_b, e_per_adu)
-    bias_fit = dmg.level_trend(bias, "BIAS_LEVEL", "BIAS_LEVEL_ERR", "bias shift vs dose")
-    rn_fit = dmg.level_trend(bias, "READ_NOISE", "READ_NOISE_ERR", "read noise vs dose")
 
     # --- tables -------------------------------------------------------------------------------
     # both tables count pixels: the normal ones averaged, the finite ones the hot pixels are
@@ -345,7 +351,8 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         header = _image_header("ANNEALING_FRACTION", [
             ("MODEL", "(I_last - I_post) / (I_last - I_pre)", "recovered fraction"),
             ("LASTTAG", anneal.last_tag, "last irradiated step"),
-            ("TANNEAL", anneal.tanneal, "[s] median time since beam-off of post darks")])
+            ("TANNEAL", anneal.tanneal, "[s] median time since beam-off of post darks"),
+            ("ENDDOSE", anneal.end_dose, "[krad] dose of I_last (the post darks')")])
         files.append(write_product(out_dir / "annealing_fraction_map.fits", anneal.fraction_map,
                                    header, unit="", uncertainty=anneal.fraction_map_err,
                                    mask=~np.isfinite(anneal.fraction_map)))
@@ -418,7 +425,8 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         "gain": None if g is None else {"e_per_adc_count": g.gain, "source": g.source,
                                          "method": g.method},
         "temperature_slope_from": slope_src, "bias_temperature_slope_from": bias_src,
-        "normal_pixels": int(normal.sum()), "not_measured": failed,
+        "normal_pixels": int(normal.sum()), "normal_pixels_criterion": normal_rule,
+        "not_measured": failed,
         "damage_slope": slope.fit.value("slope") if slope.fit.ok else None,
         "damage_slope_err": slope.fit.error("slope") if slope.fit.ok else None,
         "damage_slope_status": slope.fit.status,
@@ -426,11 +434,12 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
         "damage_slope_median_pixel_err": slope.median_slope_err,
         "recovered_fraction": anneal.fraction if anneal.status == "ok" else None,
         "recovered_fraction_err": anneal.fraction_err if anneal.status == "ok" else None,
+        "recovered_fraction_end_dose_krad": anneal.end_dose if anneal.status == "ok" else None,
         "annealing_status": anneal.status, "tanneal_s": anneal.tanneal,
         "hot_threshold": threshold if math.isfinite(threshold) else None,
         "hot_threshold_relative": hot.threshold_relative,
         # Without a gain there is no fixed e-/s threshold: the counts are the pre-relative ones
-        # (the same masks that define the normal pixels), and the summary says which.
+        # (the masks that define the normal pixels), and the summary says which.
         "hot_pixels": dict(zip(hot.table["TAG"], hot.table[
             "N_HOT" if e_per_adu else "N_HOT_RELATIVE"].astype(int).tolist())),
         "hot_pixels_criterion": (f"> {settings.hot_threshold_e:g} e-/s at t_ref" if e_per_adu

@@ -486,7 +486,8 @@ def plot_qq(points: pd.DataFrame, ax=None):
 def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points: pd.DataFrame,
                     fit: rr.ResponseFit, settings: FitSettings) -> list[Path]:
     """Per-pixel DC0 and beta_D from the fitted dark masters (bias of the same group
-    subtracted, the population's beam charge removed), where they allow it."""
+    subtracted and brought to the dark's temperature and dose with b_T and alpha_D, the
+    population's beam charge removed), where they allow it."""
     darks, errs, rows = [], [], []
     for m in masters:
         if m.key.caltype != "DARK" or m.key.stage not in settings.fit_stages:
@@ -497,6 +498,12 @@ def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points:
         d, b = images[m.path], images[bias.path]
         b_t = fit.coef.get("b_T", math.nan)
         shift = (b_t if math.isfinite(b_t) else 0.0) * (m.point["TEMP"] - bias.point["TEMP"])
+        # the bias moves with dose as with temperature: with the beam on while measuring the
+        # darks received more dose than the bias frames before them (alpha_D dD more bias)
+        alpha = fit.coef.get("alpha_D", math.nan)
+        dose_gap = m.point["DOSE"] - bias.point["DOSE"]
+        if math.isfinite(alpha) and math.isfinite(dose_gap):
+            shift += alpha * dose_gap
         darks.append(d.data - b.data - shift)
         # a pixel's mean under the beam scatters by the hits it happened to get, which its
         # own few samples do not show: the population's beam variance over the frames

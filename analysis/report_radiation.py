@@ -309,11 +309,15 @@ def annealing_block(damage: Product | None, full: dict, base: Path) -> Block:
         t = _number(s.get("tanneal_s"))
         when = f", post darks {t / 3600:.3g} h after beam-off (median)" if t is not None else ""
         status = s.get("annealing_status", "")
+        end = _number(s.get("recovered_fraction_end_dose_krad"))
+        at = (f", I_last the irradiated current at {end:g} krad (the last step's brought to "
+              "the post darks' dose along the damage line when they received less)"
+              if end is not None else "")
         block.entries.append(Entry(
             "recovered_fraction", "Recovered fraction after annealing",
             _number(s.get("recovered_fraction")), _number(s.get("recovered_fraction_err")), "1",
             "(I_last - I_post) / (I_last - I_pre) of the normal pixels' mean dark currents"
-            + when + ("" if status in ("", "ok") else f"; {status}"),
+            + at + when + ("" if status in ("", "ok") else f"; {status}"),
             _rel(folder / "damage_summary.json", base)))
         block.figures = _figures(folder / "plots", [
             ("annealing_map.png", "Per-pixel recovered fraction after annealing, where the "

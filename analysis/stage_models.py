@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 
 from dark_pipeline.pipeline import DarkSettings, measure
-from dark_pipeline.rates import RateMap, load_stack, measure_rates
+from dark_pipeline.rates import METHOD_SINGLE, RateMap, load_stack, measure_rates
 from dark_pipeline.temperature_model import DarkModel1D, fit_temperature_model
 from utils import cli
 from utils.errors import UserError
 from utils.io.index import DatasetIndex
+from utils.models.bias_model import MASK_NOFIT
 from utils.models.read_noise import ReadNoise, frame_pairs, read_noise
 from utils.stack.grouping import select_stage, stage_groups, stage_tag
 from utils.stack.master import read_master
@@ -93,8 +94,19 @@ class StageMeasurement:
         return self.rates[0].tavg if len(self.rates) == 1 else float(np.mean(
             [r.tavg for r in self.rates])) if self.rates else math.nan
 
+    def rate_temperature(self, t_ref: float, max_correction: float = MAX_CORRECTION) -> float:
+        """[degC] temperature of the rate :meth:`rate_at` refers to ``t_ref``: the map nearest
+        ``t_ref`` (``t_ref`` itself when the group's own model gives the rate there)."""
+        if not self.rates:
+            return math.nan
+        r = min(self.rates, key=lambda m: abs(m.tavg - t_ref))
+        if abs(r.tavg - t_ref) > max_correction and self.model is not None \
+                and math.isclose(self.model.t_ref, t_ref):
+            return float(t_ref)
+        return float(r.tavg)
+
     def rate_at(self, t_ref: float, slope: np.ndarray, slope_err: np.ndarray | float = 0.0,
-                max_correction: float = MAX_CORRECTION):
+                max_correction: float = MAX_CORRECTION, bias_drift: tuple = (0.0, 0.0)):
         """Dark rate [adu/s] and its error at ``t_ref`` [degC].
 
         The rate map nearest in temperature, brought to ``t_ref`` with the per-pixel
@@ -104,6 +116,12 @@ class StageMeasurement:
         that map is more than ``max_correction`` degC away, the group's own 1-D model
         at TREF (its A is then an extrapolation-free interpolation; at low signal the
         A of pixels fitted on their own is biased up, as they were selected by noise).
+
+        ``bias_drift`` is ``(value, error)`` [adu]: how much higher the bias was during the
+        dark frames than during the bias frames subtracted from them (e.g. the bias shift
+        per krad times the dose received between the two, when the beam is on while
+        measuring).  A rate measured from one exposure holds it as dark current, so it is
+        taken out there (drift / exposure); a slope over exposures has it in its offset.
         """
         if not self.rates:
             raise UserError(f"{self.tag}: no dark rate map ({self.reason or 'no darks'})")
@@ -114,10 +132,40 @@ class StageMeasurement:
                     self.model.fit.amplitude_err.astype(np.float64))
         d = t_ref - r.tavg
         factor = np.exp(np.asarray(slope, dtype=np.float64) * d)
-        rate = r.rate.astype(np.float64) * factor
-        err = np.sqrt((r.rate_err.astype(np.float64) * factor) ** 2
+        measured = r.rate.astype(np.float64)
+        measured_err = r.rate_err.astype(np.float64)
+        drift, drift_err = (np.asarray(v, dtype=np.float64) for v in bias_drift)
+        if r.method == METHOD_SINGLE and (np.any(drift != 0) or np.any(drift_err != 0)):
+            t = float(r.exptimes[-1])
+            measured = measured - drift / t
+            measured_err = np.sqrt(measured_err ** 2 + (drift_err / t) ** 2)
+        rate = measured * factor
+        err = np.sqrt((measured_err * factor) ** 2
                       + (rate * d * np.asarray(slope_err, dtype=np.float64)) ** 2)
         return rate, err
+
+    def bias_drift(self, shift_per_krad: float, shift_err: float = 0.0, *,
+                   t_ref: float | None = None, bias_slope=0.0) -> tuple:
+        """``(value, error)`` [adu] of the bias during the dark frames minus that of the bias
+        master subtracted from them.
+
+        From the bias shift per krad [adu/krad] and the dose received between them (their
+        mean FRAMEDOSE; nothing when either is unknown) and, for a group without a bias
+        model (its darks had the bias master nearest in temperature subtracted, not the
+        model at their temperature), ``bias_slope`` [adu/degC, per pixel or one value] times
+        the temperature of the rate used at ``t_ref`` minus that of the master.
+        """
+        value, err = np.float64(0.0), 0.0
+        delta = self.framedose - self.framedose_bias
+        if math.isfinite(delta) and math.isfinite(shift_per_krad) and delta != 0:
+            value = value + shift_per_krad * delta
+            err = abs(delta) * shift_err if math.isfinite(shift_err) else 0.0
+        if t_ref is not None and self.bias_model is None and self.bias_masters and self.rates:
+            temp = self.rate_temperature(t_ref)
+            t_bias = min((t for t, _ in self.bias_masters), key=lambda t: abs(t - temp))
+            if math.isfinite(temp) and math.isfinite(t_bias):
+                value = value + np.asarray(bias_slope, dtype=np.float64) * (temp - t_bias)
+        return value, err
 
 
 def _mean_of(rows: pd.DataFrame, column: str, how=np.nanmean) -> float:
@@ -164,6 +212,14 @@ def measure_stage(index: DatasetIndex, stage: str, dose: float, out_dir: Path,
     return out
 
 
+def nofit_pixels(model) -> np.ndarray | bool:
+    """Pixels a bias model could not fit (``MASK_NOFIT``: fewer than two masters), whose
+    line is noise; False when the model carries no mask."""
+    mask = getattr(model, "mask", None)
+    return False if mask is None else (np.asarray(mask) & MASK_NOFIT) != 0
+
+
+
 def bias_level_at(measurement: StageMeasurement, t_ref: float, slope: np.ndarray):
     """Bias [adu] and its error per pixel at ``t_ref`` [degC] for one group.
 
@@ -173,8 +229,10 @@ def bias_level_at(measurement: StageMeasurement, t_ref: float, slope: np.ndarray
     """
     model = getattr(measurement, "bias_model", None)
     if model is not None and model.covers(t_ref, 2.0):
-        return model.predict(t_ref).astype(np.float64), model.predict_err(t_ref).astype(
-            np.float64)
+        # a pixel the model could not fit (MASK_NOFIT: fewer than two masters) has no level
+        nofit = nofit_pixels(model)
+        return (np.where(nofit, np.nan, model.predict(t_ref).astype(np.float64)),
+                np.where(nofit, np.nan, model.predict_err(t_ref).astype(np.float64)))
     if not measurement.bias_masters:
         raise UserError(f"{measurement.tag}: no bias master")
     t, path = min(measurement.bias_masters, key=lambda m: abs(m[0] - t_ref))
@@ -210,4 +268,4 @@ def measure_campaign(index: DatasetIndex, out_dir: Path, settings: DarkSettings,
 
 
 __all__ = ["StageMeasurement", "measure_stage", "measure_campaign", "bias_level_at",
-           "BIAS_FOLDER"]
+           "nofit_pixels", "BIAS_FOLDER"]

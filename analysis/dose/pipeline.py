@@ -52,7 +52,7 @@ from utils.stack.master import CombineSettings, read_master
 
 from . import dynamic_range as drm
 from . import models, plots, precision
-from .summary import IRRADIATING, build_summary, full_scale, group_frames
+from .summary import IRRADIATING, build_summary, full_scale, group_frames, take_out_bias_drift
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,9 @@ def run(index_csv: str | os.PathLike, out_dir: str | os.PathLike,
     summary = build_summary(groups, out, settings.combine, temp_bin=settings.temp_bin,
                             bias_tolerance=settings.bias_temp_tolerance,
                             progress_bar=progress_bar)
+    summary, drift_note = take_out_bias_drift(summary)
     w = _Writer(out)
+    w.notes.append(drift_note)
     # rows in campaign order per calibration type (pre, radiating, post; not alphabetical)
     w.csv(sort_by_stage(summary, ["CALTYPE", "STAGE", "DOSE", "EXPTIME", "TEMP"]),
           "dose_summary.csv")

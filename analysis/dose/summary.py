@@ -16,6 +16,13 @@ dose rate the radiation log gives during each frame (index ``DOSERATE``), or,
 without it, the old rule (dose difference over time difference between
 consecutive frames); ``USED`` marks the rows at the analysis temperature that the
 dose-response analyses take.
+
+``BIAS_FRAMEDOSE`` [krad] is the mean accumulated dose of the bias frames whose master a
+dark or flat row had subtracted, and ``BIAS_DRIFT`` [adu] what the bias moved between them
+and the row's frames (:func:`take_out_bias_drift`: the bias shift per krad of the bias rows
+times the dose difference), already taken out of that row's ``MEAN`` (its error added to
+``MEAN_ERR``): with the beam on while measuring, a step's darks and flats come after its
+bias frames and carry more bias than the master subtracted.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ["STAGE", "CALTYPE", "DOSE", "EXPTIME", "MEAN", "STD", "DOSE_RATE",
                    "DOSE_RATE_STD", "TEMP", "NFRAMES", "FRAMEDOSE", "MEAN_ERR", "NOISE",
-                   "SPATIAL_STD", "MASTER", "DOSE_RATE_SRC", "USED"]
+                   "SPATIAL_STD", "MASTER", "DOSE_RATE_SRC", "USED", "BIAS_FRAMEDOSE",
+                   "BIAS_DRIFT"]
 IRRADIATING = ("radiating", "during")
 
 
@@ -208,7 +216,7 @@ def build_summary(groups, out_dir: Path, combine: CombineSettings, *, temp_bin: 
                     records.append(_row(k, rows, math.nan, math.nan, math.nan, math.nan,
                                         math.nan, "", t_an, temp_bin, "no bias master"))
                     continue
-                _, bpath = min(cands, key=lambda c: abs(c[0] - k.temperature))
+                _, (bpath, bias_dose) = min(cands, key=lambda c: abs(c[0] - k.temperature))
                 bias = read_master(bpath)
                 subtract, stderr = bias.data, bias.stderr
                 extra[kw.BIASFILE] = (bpath.name, "master bias subtracted")
@@ -218,7 +226,9 @@ def build_summary(groups, out_dir: Path, combine: CombineSettings, *, temp_bin: 
             make_master(rows, path, combine, product=f"MASTER_{caltype}", subtract=subtract,
                         sub_stderr=stderr, extra=extra, refs=refs, progress_bar=progress_bar)
             if caltype == "BIAS":
-                bias_masters[(k.stage, k.dose, k.temperature)] = path
+                fd = pd.to_numeric(rows["FRAMEDOSE"], errors="coerce")
+                bias_masters[(k.stage, k.dose, k.temperature)] = (
+                    path, float(fd.mean()) if fd.notna().any() else math.nan)
             image = read_master(path)
             ok = np.isfinite(image.data)
             mean = float(np.mean(image.data[ok])) if ok.any() else math.nan
@@ -237,7 +247,8 @@ def build_summary(groups, out_dir: Path, combine: CombineSettings, *, temp_bin: 
                 src = "consecutive frames (no log rate)"
             rec = _row(k, rows, mean, std, rate, rate_std, mean_err,
                        path.relative_to(out_dir).as_posix(), t_an, temp_bin, src)
-            rec.update(NOISE=noise, SPATIAL_STD=spatial)
+            rec.update(NOISE=noise, SPATIAL_STD=spatial,
+                       BIAS_FRAMEDOSE=bias_dose if caltype != "BIAS" else math.nan)
             records.append(rec)
     table = pd.DataFrame(records, columns=SUMMARY_COLUMNS + ["FLAG"])
     return table
@@ -254,7 +265,47 @@ def _row(k: GroupKey, rows, mean, std, rate, rate_std, mean_err, master, t_an, t
             "FRAMEDOSE": float(fd.mean()) if fd.notna().any() else math.nan,
             "MEAN_ERR": mean_err, "NOISE": math.nan, "SPATIAL_STD": math.nan, "MASTER": master,
             "DOSE_RATE_SRC": src if math.isfinite(mean) else "",
-            "USED": bool(used), "FLAG": "" if math.isfinite(mean) else src}
+            "USED": bool(used), "FLAG": "" if math.isfinite(mean) else src,
+            "BIAS_FRAMEDOSE": math.nan, "BIAS_DRIFT": 0.0}
+
+
+def take_out_bias_drift(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Dark and flat rows' ``MEAN`` without the bias their frames gained over the bias frames
+    of the master they had subtracted, and a note saying what was done.
+
+    The bias shift per krad is the weighted line of the used pre and irradiating bias rows'
+    ``MEAN`` vs ``FRAMEDOSE`` (post rows carry annealed damage); each dark or flat row gets
+    ``BIAS_DRIFT = shift (FRAMEDOSE - BIAS_FRAMEDOSE)`` subtracted from ``MEAN`` and
+    ``|FRAMEDOSE - BIAS_FRAMEDOSE|`` times the shift's error added to ``MEAN_ERR``.  Nothing
+    changes when the shift cannot be fitted or the doses are equal or unknown.
+    """
+    from utils.models.regression import fit_line
+
+    out = summary.copy()
+    bias = out[(out["CALTYPE"] == "BIAS") & out["USED"].astype(bool)
+               & out["STAGE"].isin(("pre",) + IRRADIATING)
+               & np.isfinite(pd.to_numeric(out["FRAMEDOSE"], errors="coerce"))
+               & np.isfinite(out["MEAN"])]
+    if bias["FRAMEDOSE"].nunique() < 2:
+        return out, "bias drift not taken out: bias rows at fewer than two doses"
+    sigma = bias["MEAN_ERR"] if (bias["MEAN_ERR"] > 0).all() else None
+    fit = fit_line(bias["FRAMEDOSE"], bias["MEAN"], sigma, what="bias shift for the drift")
+    if not fit.ok:
+        return out, f"bias drift not taken out: {fit.message}"
+    shift, shift_err = fit.value("slope"), fit.error("slope")
+    if not math.isfinite(shift_err):
+        shift_err = 0.0
+    gap = pd.to_numeric(out["FRAMEDOSE"], errors="coerce") - pd.to_numeric(
+        out["BIAS_FRAMEDOSE"], errors="coerce")
+    which = out["CALTYPE"].isin(("DARK", "FLAT")) & np.isfinite(gap) & (gap != 0)
+    drift = (shift * gap).where(which, 0.0)
+    out["BIAS_DRIFT"] = drift
+    out["MEAN"] = out["MEAN"] - drift
+    out.loc[which, "MEAN_ERR"] = np.hypot(out.loc[which, "MEAN_ERR"],
+                                          shift_err * gap[which].abs())
+    return out, (f"dark and flat means without the bias drift: {shift:.4g} +- {shift_err:.2g} "
+                 f"adu/krad times the dose between their frames and their bias frames "
+                 f"({int(which.sum())} rows)")
 
 
 def full_scale(rows: pd.DataFrame) -> tuple[float, int]:
@@ -268,4 +319,4 @@ def full_scale(rows: pd.DataFrame) -> tuple[float, int]:
 
 __all__ = ["SUMMARY_COLUMNS", "GroupKey", "group_frames", "build_summary", "master_name",
            "exposure_token", "dose_rates_by_sequence", "group_rate", "analysis_temperature",
-           "pooled_std", "full_scale", "IRRADIATING"]
+           "pooled_std", "full_scale", "take_out_bias_drift", "IRRADIATING"]

@@ -255,6 +255,23 @@ def test_old_dose_folder_example(tmp_path):
     assert sorted(p.name for p in campaign.root.iterdir()) == ["5kRads", "truth"]
 
 
+def test_dose_step_darks_are_reconstructed_without_the_bias_drift(dd_run):
+    """The per-pixel dark maps (dark_maps.fits, which the reconstruction uses) subtracted from
+    each dark master the bias master of its group brought to the dark's temperature, not to
+    its dose: when the darks received more dose than the bias frames before them (here an
+    equal increment before every frame, the bias frames first), they held alpha_D dD more
+    bias, counted as dark current, so beta_D per pixel was too high and the darks of the
+    dose steps over-predicted: mean residuals -6.6, -9.8, -15.7 adu (+-0.6, 0.8, 1.0) here,
+    -6.5, -18.4, -32.8 on a 64x48 default ramp campaign.  Now +0.27, +0.14, -0.17.  The mean
+    residual of every fitted dark master must lie within 5 of its errors."""
+    _, out, _ = dd_run
+    stats = pd.read_csv(out / "radiation_model" / "reconstruction_stats.csv")
+    fitted = stats[stats["FITTED"] & (stats["CALTYPE"] == "DARK")]
+    assert len(fitted) == 3
+    pulls = fitted["MEAN_RESID"] / fitted["MEAN_RESID_ERR"]
+    assert (pulls.abs() < 5).all(), fitted[["TAG", "MASTER", "MEAN_RESID", "MEAN_RESID_ERR"]]
+
+
 def test_beam_off_campaign_reports_q_unconstrained(dd_run):
     _, out, _ = dd_run
     table = pd.read_csv(out / "radiation_model" / "fit_results.csv").set_index("param")

@@ -188,7 +188,8 @@ def test_step_currents_without_a_gain_stay_in_adu():
                           rate_err=np.zeros((1, 2), np.float32))
     group = SimpleNamespace(stage="pre", tag="pre", dose=np.nan, framedose=0.0, tanneal=np.nan,
                             temperature=20.0, model=SimpleNamespace(fit=fit),
-                            rate_at=lambda t_ref, slope, slope_err: (rate, err))
+                            rate_at=lambda t_ref, slope, slope_err: (rate, err),
+                            rate_temperature=lambda t_ref: 20.0)
     (in_adu,) = step_currents([group], 20.0, None)
     (in_e,) = step_currents([group], 20.0, 2.0)
     assert in_adu.unit == "adu/s" and in_e.unit == "e-/s"
