@@ -271,7 +271,8 @@ def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalSt
         header = fits.getheader(m.path)
         keys.append(str(header.get(kw.BIASFILE, "")) + "|" + str(header.get(kw.SUBTRACT, "")))
 
-    tiles = list(row_tiles(rows.shape[0], tile_rows(n, rows.shape, memory_limit, images=3)))
+    # signal, noise, count and (pass 2) the subtracted bias's error of every master
+    tiles = list(row_tiles(rows.shape[0], tile_rows(n, rows.shape, memory_limit, images=4)))
     model = _noise_model(lambda r0, r1: _signal_noise_count(rows, r0, r1), tiles, n,
                          halves=halves_of([m.temperature for m in masters],
                                           [m.exptime for m in masters]),
