@@ -4,7 +4,8 @@ A master's variance is modelled by photon transfer over every master of the run,
 ``v = v0 + K S`` (:class:`NoiseModel`, :func:`pooled_noise_errors`): the pixel's read
 variance v0 pooled over all its masters, one sensor-wide shot-noise factor K [adu per
 electron], and for S the signal the other half of the masters predicts
-(:func:`halves_of`), so that no error follows its own point's noise.  Without a signal
+(:func:`halves_of`), so that no error follows its own point's noise -- nor through v0,
+whose shot-noise subtraction for a half's errors uses no signal of that half.  Without a signal
 range in the masters, a variance line per temperature bin (:func:`noise_model_errors`).
 The kernels are numba-compiled, with plain-Python fallbacks of the same arithmetic.
 """
@@ -102,11 +103,23 @@ class NoiseModel:
     each master's own signal).  (Predicting v0 from the other half as well was tried: it
     halves v0's degrees of freedom and the noisier weights cost more than they remove.)
 
+    v0 pools the sample variances of *every* master (they are independent of the masters'
+    means), but the shot variance it removes, ``K S``, must not take S from the masters whose
+    errors it serves: a master that fell high would lower v0, hence its own error, and gain
+    weight.  A fit of levels (the 2-D model) then leans towards the points that fell high;
+    the faint 0 degC points of a two-temperature campaign, ~11 adu of noise on 2-8 adu,
+    came out ~3 % high and the 2-D T_d 1 % high (pulls +2.0, +2.0, +3.3 in three seeds of the
+    standard campaign; the 1-D model's slopes, differences of a bin's masters, hardly feel
+    it).  So with halves there is one v0 per half: for the errors of half h, the shot
+    variance of the other half's masters from their own signal and of half h's from the
+    signal the other half predicts (:func:`_read_variance_halves_py`).
+
     Attributes
     ----------
     v0 : numpy.ndarray or None
-        [adu^2] read variance per pixel pooled over all masters (float64, (H, W)); None
-        when the masters show no signal range and each temperature bin has its own
+        [adu^2] read variance per pixel pooled over all masters: (H, W) float64, or with
+        halves (``amplitude`` given) (2, H, W) float32, the one the errors of each half use;
+        None when the masters show no signal range and each temperature bin has its own
         variance line (:func:`noise_model_errors`).
     gain : float
         [adu per electron] shot-noise factor K of ``v = v0 + K S``.
@@ -131,15 +144,16 @@ class NoiseModel:
         if self.amplitude is None:
             return _pooled_errors(data, noise, count, self.v0[r0:r1], self.gain)
         planes = np.asarray(planes, dtype=np.intp)
-        return _pooled_errors(data, noise, count, self.v0[r0:r1], self.gain,
+        return _pooled_errors(data, noise, count, self.v0[:, r0:r1], self.gain,
                               self.amplitude[:, r0:r1], self.shape[planes], self.other[planes])
 
     def at(self, pixels: np.ndarray) -> NoiseModel:
         """The model at the flat pixel indices ``pixels`` only, as ``(1, n)`` maps."""
         def pick(a):
             return None if a is None else a.reshape(a.shape[0], -1)[:, pixels][:, None]
-        return replace(self, v0=self.v0.reshape(-1)[pixels].reshape(1, -1),
-                       amplitude=pick(self.amplitude))
+        v0 = self.v0.reshape(-1)[pixels].reshape(1, -1) if self.amplitude is None \
+            else pick(self.v0)
+        return replace(self, v0=v0, amplitude=pick(self.amplitude))
 
 
 def _gain_candidates_py(S, noise, count, ratios):
@@ -196,13 +210,43 @@ def _read_variance_py(S, noise, count, gain, out):
         out[p] = num / den if den != 0 else np.nan
 
 
+def _read_variance_halves_py(S, noise, count, gain, amp, shape, other, out):
+    """Pooled read variance of each pixel of a tile for the errors of each half ``h``
+    (``out`` ``(2, P)``): as :func:`_read_variance_py`, but the shot variance removed from
+    a master of half h is ``K max(S', 0)`` with ``S' = amp[other[k]] shape[k]`` (the signal
+    the other half predicts, as its error; its own signal where that is not finite), and
+    from the other half's masters ``K max(S_k, 0)`` of their own signal: no mean of half h
+    enters the v0 of its errors.  NaN without a usable master."""
+    k_n, npix = S.shape
+    for h in range(2):
+        for p in range(npix):
+            num = 0.0
+            den = 0.0
+            for k in range(k_n):
+                s = np.float64(S[k, p])
+                nz = np.float64(noise[k, p])
+                c = np.float64(count[k, p])
+                n2 = nz * nz
+                if np.isfinite(s) and np.isfinite(n2) and c > 1:
+                    if 1 - other[k] == h:
+                        q = np.float64(amp[other[k], p]) * shape[k]
+                        if np.isfinite(q):
+                            s = q
+                    w = c - 1.0
+                    num += w * (n2 - gain * max(s, 0.0))
+                    den += w
+            out[h, p] = num / den if den != 0 else np.nan
+
+
 def _pooled_errors_py(S, noise, count, v0, amp, shape, other, gain, out):
     """``sqrt((v0 + K max(S', 0)) / n)`` of every master and pixel of a tile (float32), NaN
     where the master's pixel is not usable; ``S' = amp[other[k]] shape[k]`` (the signal the
-    other half predicts) where that is finite, else the master's own signal."""
+    other half predicts) where that is finite, else the master's own signal; v0 ``(R, P)``,
+    the row of master k's half (``1 - other[k]``) when R is 2, else its only row."""
     k_n, npix = S.shape
     for k in range(k_n):
         row = other[k]
+        vrow = 1 - row if v0.shape[0] == 2 else 0
         for p in range(npix):
             s = np.float64(S[k, p])
             nz = np.float64(noise[k, p])
@@ -211,7 +255,7 @@ def _pooled_errors_py(S, noise, count, v0, amp, shape, other, gain, out):
                 q = np.float64(amp[row, p]) * shape[k]
                 if np.isfinite(q):
                     s = q
-                out[k, p] = np.sqrt((v0[p] + gain * max(s, 0.0)) / max(c, 1.0))
+                out[k, p] = np.sqrt((v0[vrow, p] + gain * max(s, 0.0)) / max(c, 1.0))
             else:
                 out[k, p] = np.nan
 
@@ -222,9 +266,10 @@ try:
     _gain_kernel = njit(nogil=True, cache=True)(_gain_candidates_py)
     _read_variance_kernel = njit(nogil=True, cache=True)(_read_variance_py)
     _pooled_kernel = njit(nogil=True, cache=True)(_pooled_errors_py)
+    _read_variance_halves_kernel = njit(nogil=True, cache=True)(_read_variance_halves_py)
 except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
-    _gain_kernel, _read_variance_kernel, _pooled_kernel = (
-        _gain_candidates_py, _read_variance_py, _pooled_errors_py)
+    _gain_kernel, _read_variance_kernel, _pooled_kernel, _read_variance_halves_kernel = (
+        _gain_candidates_py, _read_variance_py, _pooled_errors_py, _read_variance_halves_py)
 
 
 def _planes(*arrays):
@@ -255,17 +300,32 @@ def _read_variance(data, noise, count, gain):
     return out.reshape(data.shape[1:])
 
 
+def _read_variance_halves(data, noise, count, gain, amp, shape, other):
+    """Pass 3 of :func:`pooled_noise_errors` on a tile: the pooled read variance of each
+    half's errors (:func:`_read_variance_halves_py`), ``(2, rows, ...)``."""
+    S, n, c = _planes(data, noise, count)
+    out = np.empty((2, S.shape[1]))
+    _read_variance_halves_kernel(S, n, c, float(gain),
+                                 np.ascontiguousarray(amp).reshape(2, -1),
+                                 np.asarray(shape, dtype=np.float64),
+                                 np.asarray(other, dtype=np.intp), out)
+    return out.reshape((2,) + data.shape[1:])
+
+
 def _pooled_errors(data, noise, count, v0, gain, amp=None, shape=None, other=None):
     """``sqrt((v0 + K S) / n)`` per master of a tile, NaN where a master has no valid pixel;
-    S predicted as in :func:`_pooled_errors_py` (``amp`` a ``(2, rows, ...)`` tile), or
-    without ``amp`` every master's own signal."""
+    S predicted as in :func:`_pooled_errors_py` (``amp`` a ``(2, rows, ...)`` tile, ``v0``
+    then ``(2, rows, ...)``: each half's), or without ``amp`` every master's own signal."""
     S, n, c = _planes(data, noise, count)
     if amp is None:
         amp = np.full((1, S.shape[1]), np.nan, np.float32)
         shape = np.ones(S.shape[0])
         other = np.zeros(S.shape[0], np.intp)
+        v0 = np.ascontiguousarray(v0, dtype=np.float64).reshape(1, -1)
+    else:
+        v0 = np.ascontiguousarray(v0, dtype=np.float64).reshape(2, -1)
     out = np.empty(S.shape, np.float32)
-    _pooled_kernel(S, n, c, np.ascontiguousarray(v0, dtype=np.float64).reshape(-1),
+    _pooled_kernel(S, n, c, v0,
                    np.ascontiguousarray(amp).reshape(amp.shape[0], -1),
                    np.asarray(shape, dtype=np.float64), np.asarray(other, dtype=np.intp),
                    float(gain), out)
@@ -273,7 +333,8 @@ def _pooled_errors(data, noise, count, v0, gain, amp=None, shape=None, other=Non
 
 
 def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
-                        min_pixels: int = 100, halves: np.ndarray | None = None
+                        min_pixels: int = 100, halves: np.ndarray | None = None,
+                        suberr: np.ndarray | None = None, groups=None
                         ) -> tuple[np.ndarray, float] | None:
     """Per-master errors from one photon-transfer model per pixel over *all* masters.
 
@@ -291,6 +352,11 @@ def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
     ----------
     data, noise, count : numpy.ndarray, shape (K, H, W)
         Masters' signal [adu], per-pixel sample std of their inputs [adu], accepted inputs.
+    halves : numpy.ndarray, optional
+        Half (0 or 1) of each master (:func:`halves_of`): its shot noise from the other's.
+    suberr : numpy.ndarray, shape (K, H, W), optional
+        [adu] error of the bias subtracted from each master, shared by the masters of one
+        ``groups`` id (default: none shared): part of the halves' amplitude noise.
 
     Returns
     -------
@@ -299,7 +365,8 @@ def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
         ``min_pixels`` pixels with a signal range, or no shot noise seen).
     """
     model = _noise_model(lambda r0, r1: (data[:, r0:r1], noise[:, r0:r1], count[:, r0:r1]),
-                         [(0, data.shape[1])], data.shape[0], min_pixels, halves)
+                         [(0, data.shape[1])], data.shape[0], min_pixels, halves,
+                         None if suberr is None else (lambda r0, r1: suberr[:, r0:r1]), groups)
     if model is None:
         return None
     return model.errors(data, noise, count, 0, data.shape[1], range(data.shape[0])), model.gain
@@ -309,15 +376,19 @@ def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
 SHAPE_SAMPLE = 65536
 
 
-def _half_amplitudes(S, noise, count, shape, halves):
+def _half_amplitudes(S, noise, count, shape, halves, suberr=None, groups=None):
     """Per pixel of a tile, the signal of each half of the masters over its population
     signal: ``sum_k S_k / sum_k shape_k`` over the half's usable masters of positive shape,
     ``(2, ...)`` float32, NaN where a half has none, and its variance from the masters'
-    noise, ``sum_k noise_k^2 / n_k / (sum_k shape_k)^2`` (``(2, ...)`` float32).  (Summed
-    master by master: no temporary of the whole tile.)"""
+    noise, ``sum_k noise_k^2 / n_k / (sum_k shape_k)^2`` (``(2, ...)`` float32), plus, given
+    the subtracted bias's errors ``suberr`` (``(K, ...)``), theirs: one error shared by the
+    masters of a group (``groups``, an id per master: those subtracted with one bias value),
+    ``sum_g (sum_{k in g} suberr_k)^2 / (sum_k shape_k)^2``, the groups independent.
+    (Summed master by master: no temporary of the whole tile.)"""
     num = np.zeros((2,) + S.shape[1:])
     den = np.zeros((2,) + S.shape[1:])
     var = np.zeros((2,) + S.shape[1:])
+    shared: dict = {}
     for k in range(S.shape[0]):
         if not shape[k] > 0:
             continue
@@ -326,6 +397,12 @@ def _half_amplitudes(S, noise, count, shape, halves):
         den[halves[k]] += ok * shape[k]
         var[halves[k]] += np.where(ok, noise[k].astype(np.float64) ** 2
                                    / np.maximum(count[k], 1), 0.0)
+        if suberr is not None:
+            key = (int(halves[k]), k if groups is None else groups[k])
+            e = np.where(ok & np.isfinite(suberr[k]), suberr[k].astype(np.float64), 0.0)
+            shared[key] = shared[key] + e if key in shared else e
+    for (h, _), e in shared.items():
+        var[h] += e * e
     out = np.full((2,) + S.shape[1:], np.nan, np.float32)
     np.divide(num, den, out=out, where=den > 0)
     out_var = np.full((2,) + S.shape[1:], np.nan, np.float32)
@@ -351,7 +428,13 @@ def shrink_amplitudes(amplitude: np.ndarray, variance: np.ndarray) -> np.ndarray
     predicted shot variance ~26 % high, the 25 degC rate errors 14-17 % high and the DSNU
     2.6 % low (removing too much noise).  The shrunk amplitude is the best linear predictor
     of the pixel's true one from that half; where the half measures the pixel well (var <<
-    tau^2) it is its own measurement."""
+    tau^2) it is its own measurement.  ``var`` must hold every noise of the amplitude: the
+    subtracted bias's error too (:func:`_half_amplitudes`), ~6.5 adu at 0 degC in the
+    standard campaign against 2-8 adu of signal.  Without it that error counted as true
+    spread, the 0 degC amplitude was shrunk too little, and the 25 degC masters' errors
+    followed the 0 degC bias error, which the bias model correlates with the 25 degC one,
+    an offset common to both exposures: the 2-D gamma came out high (pulls +0.75 +- 0.18
+    over 17 seeds; +0.19 +- 0.19 with it, +0.21 with the true errors)."""
     for h in range(amplitude.shape[0]):
         a, v = amplitude[h], variance[h]
         ok = np.isfinite(a) & np.isfinite(v)
@@ -386,14 +469,20 @@ def shot_noise_factor(ratios: np.ndarray) -> float:
 
 
 def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
-                 halves: np.ndarray | None = None) -> NoiseModel | None:
+                 halves: np.ndarray | None = None, read_suberr=None,
+                 groups=None) -> NoiseModel | None:
     """The pooled noise model measured in two passes over ``tiles`` (``read(r0, r1)`` gives
-    signal, noise and count of every master); None when K cannot be measured.
+    signal, noise and count of every master), three with ``halves``; None when K cannot be
+    measured.
 
     With ``halves`` (0 or 1 per master) the model also predicts each master's signal from
     the other half (:meth:`NoiseModel.errors`): the pixel's signal in that half over the
     population's (pass 2), times the master's population signal, the median of the
-    stride sample :func:`utils.stack.tiles.pixel_sample` (pass 1)."""
+    stride sample :func:`utils.stack.tiles.pixel_sample` (pass 1); and each half's errors
+    get their own v0 (pass 3, once the amplitudes are shrunk: :class:`NoiseModel`).
+    ``read_suberr(r0, r1)`` (the masters' subtracted-bias errors) and ``groups`` (an id per
+    master: those sharing one subtracted bias value) add the bias's error to the halves'
+    amplitude variance the shrinkage uses (:func:`_half_amplitudes`)."""
     if k_n < 2:
         return None
     usable, ratios, samples = 0, [], []
@@ -427,23 +516,34 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
     variance = None
     for r0, r1 in tiles:
         S, noise, count = read(r0, r1)
-        v0.append(_read_variance(S, noise, count, gain))
-        if halves is not None:
-            if amplitude is None:
-                amplitude = np.empty((2, tiles[-1][1]) + S.shape[2:], np.float32)
-                variance = np.empty_like(amplitude)
-            amplitude[:, r0:r1], variance[:, r0:r1] = _half_amplitudes(S, noise, count, shape,
-                                                                       halves)
+        if halves is None:
+            v0.append(_read_variance(S, noise, count, gain))
+            continue
+        if amplitude is None:
+            amplitude = np.empty((2, tiles[-1][1]) + S.shape[2:], np.float32)
+            variance = np.empty_like(amplitude)
+        suberr = None if read_suberr is None else read_suberr(r0, r1)
+        amplitude[:, r0:r1], variance[:, r0:r1] = _half_amplitudes(S, noise, count, shape,
+                                                                   halves, suberr, groups)
+        del suberr
     if amplitude is not None:
         shrink_amplitudes(amplitude, variance)
         del variance
-    v0 = np.concatenate(v0)
+        # pass 3: each half's v0, its shot variance from signals that are not the half's
+        v0 = np.empty_like(amplitude)
+        for r0, r1 in tiles:
+            S, noise, count = read(r0, r1)
+            v0[:, r0:r1] = _read_variance_halves(S, noise, count, gain, amplitude[:, r0:r1],
+                                                 shape, other)
+    else:
+        v0 = np.concatenate(v0)
     finite = np.isfinite(v0)
     if not finite.any():
         return None
     # a pooled read variance can come out <= 0 for a quiet pixel: floor it
-    return NoiseModel(np.maximum(v0, 0.1 * float(np.median(v0[finite]))), gain, amplitude,
-                      shape, other)
+    floor = 0.1 * float(np.median(v0[finite]))
+    return NoiseModel(np.maximum(v0, floor, out=v0 if amplitude is not None else None), gain,
+                      amplitude, shape, other)
 
 
 def halves_of(temperatures, exptimes) -> np.ndarray:

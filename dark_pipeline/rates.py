@@ -257,8 +257,8 @@ def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:
 def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalStack:
     """Open every master for tile reads and measure the noise model of their errors.
 
-    The errors come from one photon-transfer model per pixel over all masters (two passes
-    over row tiles, :mod:`dark_pipeline.noise_model`) when the masters span a signal range;
+    The errors come from one photon-transfer model per pixel over all masters (two or three
+    passes over row tiles, :mod:`dark_pipeline.noise_model`) when the masters span a signal range;
     else from a variance line per temperature bin (per tile).  ``memory_limit`` [byte] is
     the run's budget;
     a tile's working set is sized to :data:`TILE_SHARE` of it.
@@ -271,16 +271,26 @@ def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalSt
         header = fits.getheader(m.path)
         keys.append(str(header.get(kw.BIASFILE, "")) + "|" + str(header.get(kw.SUBTRACT, "")))
 
-    tiles = list(row_tiles(rows.shape[0], tile_rows(n, rows.shape, memory_limit, images=3)))
+    # signal, noise, count and (pass 2) the subtracted bias's error of every master
+    tiles = list(row_tiles(rows.shape[0], tile_rows(n, rows.shape, memory_limit, images=4)))
     model = _noise_model(lambda r0, r1: _signal_noise_count(rows, r0, r1), tiles, n,
                          halves=halves_of([m.temperature for m in masters],
-                                          [m.exptime for m in masters]))
+                                          [m.exptime for m in masters]),
+                         read_suberr=lambda r0, r1: rows.read("SUBERR", r0, r1, fill=0.0),
+                         groups=bias_groups(keys, [m.temperature for m in masters]))
     if model is not None:
         logger.info("dark noise model: read variance per pixel pooled over %d masters, shot "
                     "noise %.3g adu per electron", n, model.gain)
     else:
         model = NoiseModel()
     return SignalStack(list(masters), keys, rows, model, list(range(n)), memory_limit)
+
+
+def bias_groups(keys: list[str], temperatures) -> list:
+    """Which masters share one subtracted bias value (so one error): those subtracted with
+    one bias master (``BIASFILE|bias``), or with the bias model at one temperature bin."""
+    return [key if key.endswith("|bias") else (key, float(t))
+            for key, t in zip(keys, temperatures)]
 
 
 def _signal_noise_count(rows: ProductRows, r0: int, r1: int):

@@ -17,7 +17,7 @@ from statcheck import assert_close, assert_pulls
 from dark_pipeline.model_2d import fit_model_2d
 from dark_pipeline.noise_model import pooled_noise_errors
 from dark_pipeline.pipeline import DarkSettings, measure
-from dark_pipeline.rates import load_stack, measure_rates
+from dark_pipeline.rates import bias_groups, load_stack, measure_rates
 from dark_pipeline.temperature_model import fit_temperature_model
 from utils.io.index import DatasetIndex, build_index
 from utils.sim import Physics, simulate_standard
@@ -75,7 +75,10 @@ def test_fits_by_row_tiles_equal_fits_of_whole_frames(low_signal_masters):
     data, err, _ = whole.read(0, 48)
     noise = whole.rows.read("NOISE", 0, 48)
     count = whole.rows.read("NCOMB", 0, 48, fill=1.0)
-    pooled, gain = pooled_noise_errors(data, noise, count, halves=1 - whole.noise.other)
+    suberr = whole.rows.read("SUBERR", 0, 48, fill=0.0)
+    groups = bias_groups(whole.bias_keys, [m.temperature for m in whole.masters])
+    pooled, gain = pooled_noise_errors(data, noise, count, halves=1 - whole.noise.other,
+                                       suberr=suberr, groups=groups)
     assert gain == whole.noise.gain
     np.testing.assert_array_equal(pooled, err)
     np.testing.assert_array_equal(whole.noise.amplitude, tiled.noise.amplitude)
