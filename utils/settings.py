@@ -63,11 +63,12 @@ def dump_settings(out_dir: str | os.PathLike, **sections) -> Path:
         ``name=settings_or_dict`` pairs, e.g. ``conversion=ConversionSettings()``.
     """
     # the run starts writing here (inputs checked): the temporaries a killed run left in
-    # this folder tree go first, once the figures still being rendered are written (a
-    # figure of an earlier step may be on its way into a sub-folder)
+    # this folder tree go first, once the figures still being rendered into it are written
+    # (a figure of an earlier step may be on its way into a sub-folder; figures bound
+    # elsewhere keep rendering behind the computation)
     from . import plotting
 
-    plotting.figures().wait()
+    plotting.figures().wait_under(out_dir)
     removed = remove_stale_temporaries(out_dir, recursive=True)
     if removed:
         logger.info("removed %d temporary files of an interrupted run in %s", removed, out_dir)

@@ -40,3 +40,21 @@ def test_structure_analysis_rerun_removes_leftovers(tmp_path):
     assert structure_analysis.main([str(campaign.root), "--output-dir", str(out),
                                     "--no-progress"]) == 0
     assert not any(p.exists() for p in leftovers)
+
+
+def test_config_dump_waits_only_for_figures_bound_below_its_folder(tmp_path):
+    """Cleaning a folder waits for the figures still rendering into it (their temporaries
+    must not be deleted), not for those of other folders, which keep rendering behind the
+    computation (a wait for every figure at each pipeline's start cost the overlap)."""
+    from concurrent.futures import Future
+
+    from utils.plotting import FigureWriter
+
+    writer = FigureWriter("summary")
+    inside, outside = Future(), Future()
+    inside.set_result("ok")
+    writer._pending = [(tmp_path / "out" / "plots" / "a.png", inside),
+                       (tmp_path / "elsewhere" / "b.png", outside)]
+    writer.wait_under(tmp_path / "out")
+    assert [p for p, _ in writer._pending] == [tmp_path / "elsewhere" / "b.png"]
+    assert not outside.done()
