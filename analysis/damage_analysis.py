@@ -127,7 +127,7 @@ class DamageResult:
         s = self.summary
         parts = [f"damage analysis: {s['steps']} steps"]
         if s.get("damage_slope") is not None:
-            parts.append("dark current +" + value_error_text(
+            parts.append("damage slope " + value_error_text(
                 s["damage_slope"], s["damage_slope_err"], f"{s['unit']}/krad"))
         if s.get("recovered_fraction") is not None:
             parts.append("recovered fraction " + value_error_text(

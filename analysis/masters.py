@@ -34,6 +34,7 @@ from utils.io.tokens import number_text
 from utils.io.write_behind import WriteBehind
 from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.settings import field
+from utils.stack.blockops import FLAG_FEW
 from utils.stack.combine import DEFAULT_CLIP_SIGMA, combine
 from utils.stack.grouping import GroupKey, calibration_groups
 from utils.stack.master import (
@@ -221,6 +222,10 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
             cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")
     if normalise:
         valid = ~result.mask & np.isfinite(result.data)
+        if not valid.any():
+            # a set of fewer than min_accepted frames has every pixel flagged FLAG_FEW (and
+            # masked), yet its level is measured: it is written flagged, as bias and darks are
+            valid = np.isfinite(result.data) & ((result.flags & ~np.uint8(FLAG_FEW)) == 0)
         level = exact_median(result.data[valid]) if valid.any() else math.nan
         if not level > 0:
             record.status, record.reason, record.path = "refused", _no_flat_level(

@@ -36,7 +36,14 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from analysis.report_data import ReportData, collect
 from utils import cli
 from utils.errors import InputPathError
-from utils.io.fitsio import atomic_path, check_output_dir, software_version, write_json, write_text
+from utils.io.fitsio import (
+    atomic_path,
+    check_output_dir,
+    remove_stale_temporaries,
+    software_version,
+    write_json,
+    write_text,
+)
 from utils.io.tokens import error_decimals
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.report")
@@ -177,6 +184,7 @@ def run(results_dir: str | Path, out_dir: str | Path | None = None,
         raise InputPathError(f"{results_dir}: no pipeline products found; give the output "
                              "folder of run_calibration.py (its products/) or of "
                              "run_full_radiation_pipeline.py")
+    remove_stale_temporaries(out_dir, recursive=True)  # left by a killed run
     page, _ = render(data, out_dir)
     measured = sum(e.measured for e in data.datasheet)
     logger.info("report: %d of %d datasheet numbers measured, %d figures, written to %s "

@@ -411,7 +411,12 @@ def _load_mask(path: str) -> np.ndarray:
     except FrameError as err:
         raise InputPathError(f"{path}: hot-pixel mask cannot be read ({err.reason}); give a FITS "
                              "image whose non-zero pixels are to be left out") from err
-    return np.asarray(data) != 0
+    exclude = np.asarray(data) != 0
+    if exclude.size and exclude.all():
+        raise UserError(f"{path}: hot-pixel mask leaves out every pixel ({exclude.size} of "
+                        f"{exclude.size} non-zero), so no pixel would get a model; give a FITS "
+                        "image that is 0 except at the pixels to leave out")
+    return exclude
 
 
 def run(basepath: str | os.PathLike, out_dir: str | os.PathLike,

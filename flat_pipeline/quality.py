@@ -165,8 +165,12 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
     for column in ("LEVEL", "LEVEL_RATE", "MEAN_BIASSUB", "CENTRAL_SATFRACTION"):
         if column not in frames:
             frames[column] = math.nan
+    # typed even when empty (a set of one frame has no pair): an untyped empty table made the
+    # concatenated pairs of every set 'object' and the photon-transfer fit a TypeError
     pairs = pd.DataFrame(pairs, columns=["TBIN", "EXPTIME", "PATH_A", "PATH_B", "MEAN", "VAR",
-                                         "NPIX", "RATIO", "NCLIP", "SATFRACTION"])
+                                         "NPIX", "RATIO", "NCLIP", "SATFRACTION"]).astype(
+        {"TBIN": float, "EXPTIME": float, "MEAN": float, "VAR": float, "NPIX": "int64",
+         "RATIO": float, "NCLIP": "int64", "SATFRACTION": float})
     return frames, pairs
 
 

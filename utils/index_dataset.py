@@ -24,10 +24,10 @@ import logging
 import sys
 from typing import Sequence
 
-from . import cli, scheduler
-from .errors import ConfigError
-from .io.fitsio import check_output_file
-from .io.index import STAGES, IndexSettings, build_index, parse_stage, write_index
+from utils import cli, scheduler
+from utils.errors import ConfigError
+from utils.io.fitsio import check_output_file
+from utils.io.index import STAGES, IndexSettings, build_index, parse_stage, write_index
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "utils.index_dataset")
 

@@ -355,6 +355,19 @@ class FigureWriter:
         while self._pending:
             self._collect(self._pending.pop(0))
 
+    def wait_under(self, folder: str | os.PathLike) -> None:
+        """Wait until every figure submitted so far below ``folder`` is written (or failed);
+        the others keep rendering."""
+        folder = Path(folder).resolve()
+        others = []
+        for item in self._pending:
+            path = Path(item[0]).resolve()
+            if path == folder or folder in path.parents:
+                self._collect(item)
+            else:
+                others.append(item)
+        self._pending = others
+
     def close(self) -> None:
         """Wait for the pending figures and stop the pool."""
         self.wait()

@@ -48,9 +48,15 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("flat", metavar="FLAT", help="flat section (e.g. TestSection3)")
     parser.add_argument("--search-depth", type=int, default=6,
                         help="folder levels below each section to look for attempts")
-    parser.add_argument("--skip-bias", action="store_true", help="do not convert the bias section")
-    parser.add_argument("--skip-dark", action="store_true", help="do not convert the dark section")
-    parser.add_argument("--skip-flat", action="store_true", help="do not convert the flat section")
+    parser.add_argument("--skip-bias", action="store_true",
+                        help="do not convert the bias section (its rows of an earlier "
+                        "fits_index.csv are kept)")
+    parser.add_argument("--skip-dark", action="store_true",
+                        help="do not convert the dark section (its rows of an earlier "
+                        "fits_index.csv are kept)")
+    parser.add_argument("--skip-flat", action="store_true",
+                        help="do not convert the flat section (its rows of an earlier "
+                        "fits_index.csv are kept)")
     parser.add_argument("--workers", type=int, default=1, help="parallel conversion processes")
     parser.add_argument("--overwrite", action="store_true", help="re-convert existing FITS files")
     parser.add_argument("--byte-order", choices=["little", "big"], default="little",
@@ -85,7 +91,8 @@ def _main(args) -> int:
     if not sections:
         raise ConfigError("every section is skipped; nothing to convert")
     index_dir = args.index_dir
-    report = convert_sections(sections, settings, index_dir=index_dir,
+    skipped = [cal for cal in ("BIAS", "DARK", "FLAT") if cal not in sections]
+    report = convert_sections(sections, settings, index_dir=index_dir, keep=skipped,
                               progress_bar=not args.no_progress)
     logger.info("%s", summary_line(report))
     return 0

@@ -9,12 +9,15 @@ outputs so a product can always be traced to the settings that made it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .io.fitsio import software_version, utc_now, write_json
+from .io.fitsio import remove_stale_temporaries, software_version, utc_now, write_json
+
+logger = logging.getLogger(__name__)
 
 
 def field(default: Any, doc: str, **kwargs):
@@ -48,6 +51,10 @@ def to_dict(settings) -> dict[str, Any]:
 def dump_settings(out_dir: str | os.PathLike, **sections) -> Path:
     """Write ``config_used.json`` in ``out_dir`` with each named settings object.
 
+    Every command calls it once its inputs are checked, before its first product, so it
+    also deletes the ``.<name>.<random>.tmp`` files a killed run left below ``out_dir``
+    (:func:`~utils.io.fitsio.remove_stale_temporaries`).
+
     Parameters
     ----------
     out_dir : path-like
@@ -55,6 +62,16 @@ def dump_settings(out_dir: str | os.PathLike, **sections) -> Path:
     **sections
         ``name=settings_or_dict`` pairs, e.g. ``conversion=ConversionSettings()``.
     """
+    # the run starts writing here (inputs checked): the temporaries a killed run left in
+    # this folder tree go first, once the figures still being rendered into it are written
+    # (a figure of an earlier step may be on its way into a sub-folder; figures bound
+    # elsewhere keep rendering behind the computation)
+    from . import plotting
+
+    plotting.figures().wait_under(out_dir)
+    removed = remove_stale_temporaries(out_dir, recursive=True)
+    if removed:
+        logger.info("removed %d temporary files of an interrupted run in %s", removed, out_dir)
     payload = {"software": software_version(), "written": utc_now()}
     payload.update({name: to_dict(value) for name, value in sections.items()})
     return write_json(payload, Path(out_dir) / "config_used.json", sort_keys=True)

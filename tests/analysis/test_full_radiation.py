@@ -567,3 +567,33 @@ def test_undefined_sigma_q_and_sigma_read_have_no_value():
         assert math.isnan(table.loc[name, "value"]) and math.isnan(table.loc[name, "err"])
         assert why in table.loc[name, "reason"]
     assert table.loc["q_mean", "value"] == pytest.approx(1600.0, rel=1e-6)
+
+
+def test_collinear_dose_and_dark_terms_are_not_reported_as_measured():
+    """One dose folder (`fit_radiation_model dd/5kRads/fits`): a bias and a dark master at
+    two mean frame doses, one exposure, no gain.  alpha_D and DC0 are then collinear; DC0 was
+    dropped and alpha_D kept, reported constrained with the dark signal read as dose damage
+    (31.7 +- 0.35 adu/krad for a true 3.2 on the simulator's folder), and B0 extrapolated
+    with it.  Now B0, alpha_D and DC0 are not constrained (NaN, 'confounded with'), and the
+    fitted combination still predicts the masters."""
+    s = rr.ModelSettings(t_ref=20.0, t_d=6.5)
+    pts = pd.DataFrame({"CALTYPE": ["BIAS", "DARK"], "DOSE": [1.5625, 4.0625],
+                        "RATE": [0.0, 0.0], "EXPTIME": [1.2e-5, 1.0], "TEMP": [20.0, 20.0],
+                        "MEAN_ERR": [0.5, 0.5], "VAR_ERR": [60.0, 60.0]})
+    truth = {"B0": 3348.0, "alpha_D": 3.2, "DC0": 72.0, "sigma_read2": 1190.0,
+             "shot_DC0": 500.0}
+    c = np.array([truth.get(n, 0.0) for n in rr.COEFFICIENTS])
+    mean, var = rr.design_rows(pts, s)
+    pts = pts.assign(MEAN=mean @ c, VAR=var @ c)
+    fit = rr.fit_response(pts, s)
+    table = fit.parameters.set_index("param")
+    for name in ("B0", "alpha_D", "DC0"):
+        assert not table.loc[name, "constrained"], name
+        assert math.isnan(table.loc[name, "value"]) and math.isnan(table.loc[name, "err"])
+    assert "confounded with" in table.loc["alpha_D", "reason"]
+    assert "DC0" in table.loc["alpha_D", "reason"]
+    pred_mean, _ = rr.predict(pts, fit)
+    assert pred_mean == pytest.approx(pts["MEAN"].to_numpy(), abs=1e-6)
+    # a design that separates them is untouched
+    pts2, s2 = _points(B0=3200.0, alpha_D=3.2, DC0=4.0, sigma_read2=1100.0)
+    assert rr.fit_response(pts2, s2).value("alpha_D") == pytest.approx(3.2, rel=1e-6)

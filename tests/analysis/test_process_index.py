@@ -462,3 +462,25 @@ def test_comparison_frame_is_reduced_like_the_masters_inputs(processed, caltype)
         good = np.isfinite(frame - master)
         slope = np.polyfit(master[good] - 1.0, (frame - master)[good], 1)[0]
         assert abs(slope) < 0.15, slope
+
+
+def test_flat_set_of_one_frame_is_written_flagged(tmp_path):
+    """README (Errors and re-runs): a set of fewer than 3 frames gets its master written, with a
+    warning and every pixel flagged.  A flat set of one frame was refused instead ('no valid
+    pixel: every pixel masked'): its level was taken over the unmasked pixels only, and the
+    'too few samples' flag masks them all.  The level now comes from the pixels flagged for
+    nothing else."""
+    ds = _indexed_campaign(tmp_path, 5, bias_temperatures=(25.0,), dark_temperatures=(25.0,),
+                           dark_exposures=(0.1,), flat_temperatures=(25.0,),
+                           flat_exposures=(0.1,))
+    table = pd.read_csv(ds / "index.csv")
+    flats = table.index[table["CALTYPE"] == "FLAT"]
+    table.drop(flats[1:]).to_csv(ds / "index.csv", index=False)
+    result = process_index.run(ds / "index.csv", tmp_path / "out",
+                               MasterSettings(workers=1, per_attempt=False))
+    flat = [r for r in result.records if r.key.caltype == "FLAT"]
+    assert len(flat) == 1 and flat[0].status != "refused", flat[0].reason
+    assert "too few frames: 1" in flat[0].reason
+    with fits.open(flat[0].path) as hdul:
+        assert hdul[0].header["FLATNORM"] > 0 and hdul["MASK"].data.all()
+        assert np.nanmedian(hdul[0].data) == pytest.approx(1.0, abs=1e-6)

@@ -272,3 +272,14 @@ def test_damage_lines_end_at_the_last_fitted_step():
                                 title="t", unit="adu")):
         (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
         assert line.get_xdata().min() == 0.0 and line.get_xdata().max() == 30.0
+
+
+def test_summary_line_states_a_negative_damage_slope_once_signed(tmp_path):
+    """The final line printed 'dark current +-0.015 +- 0.041 e-/s/krad' for a slope below 0
+    (a '+' prefixed to the signed value); it reads 'damage slope -0.015 +- 0.041 e-/s/krad'."""
+    from analysis.damage_analysis import DamageResult
+
+    summary = {"steps": 4, "damage_slope": -0.015, "damage_slope_err": 0.041, "unit": "e-/s"}
+    line = DamageResult(tmp_path, summary, [], [], None, None, None,
+                        pd.DataFrame()).summary_line()
+    assert "damage slope -0.015 +- 0.041 e-/s/krad" in line and "+-0.015" not in line

@@ -258,6 +258,21 @@ def test_hot_pixel_mask_of_wrong_shape(bias_campaign, tmp_path, caplog, capsys, 
     one_line_error(caplog, capsys, "hot.fits", "10x10", "48x32")
 
 
+def test_hot_pixel_mask_leaving_out_every_pixel(bias_campaign, tmp_path, caplog, capsys,
+                                                one_line_error):
+    """A mask non-zero everywhere (e.g. a master bias given by mistake) left no pixel to model
+    and the run ended in a traceback (summary line formatting a None median B) after writing
+    its masters; it is refused in one line before anything is written."""
+    fits.writeto(tmp_path / "hot.fits", np.full((32, 48), 3000, np.uint16))
+    out = tmp_path / "o"
+    status = run_pipeline.main(["--basepath", str(bias_campaign.root / "TestSection1"),
+                                "--output-dir", str(out), "--hot-pixel-mask",
+                                str(tmp_path / "hot.fits"), "--no-progress", "--plots", "none"])
+    assert status == 2
+    one_line_error(caplog, capsys, "hot.fits", "every pixel", "1536 of 1536")
+    assert not (out / "config_used.json").exists()
+
+
 def test_script_runs_as_a_file(bias_campaign, tmp_path):
     import subprocess
     import sys

@@ -500,6 +500,25 @@ def test_cli_skip_flags_leave_those_sections_alone(standard_copy):
     assert set(index["CALTYPE"]) == {"DARK"}
 
 
+def test_cli_skip_flag_keeps_the_skipped_sections_rows_of_the_listing(standard_copy):
+    """A re-run with --skip-flat after a full conversion rewrote fits_index.csv with the bias
+    and dark rows only: the flats (converted, their NOTES and rejected rows) vanished from the
+    listing.  The skipped section's earlier rows are kept, with paths still relative to it."""
+    root = standard_copy.root
+    assert main([*sections_of(root), "--no-progress"]) == 0
+    before = read_index(root / "fits_index.csv")
+    assert main([*sections_of(root), "--skip-flat", "--no-progress"]) == 0
+    after = read_index(root / "fits_index.csv")
+    flats = before[before["CALTYPE"] == "FLAT"]
+    assert len(flats) and len(after) == len(before)
+    kept = after[after["CALTYPE"] == "FLAT"].set_index("RAWPATH")
+    for _, row in flats.iterrows():
+        assert kept.loc[row["RAWPATH"], "STATUS"] == row["STATUS"]
+        assert str(kept.loc[row["RAWPATH"], "PATH"]) == str(row["PATH"])
+        if isinstance(row["PATH"], str):
+            assert (root / row["PATH"]).is_file()
+
+
 def test_cli_overwrite_rewrites_every_frame(standard_copy):
     root = standard_copy.root
     assert main([*sections_of(root), "--skip-dark", "--skip-flat", "--no-progress"]) == 0

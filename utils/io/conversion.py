@@ -421,6 +421,7 @@ def _run_tasks(tasks: list[_FrameTask], workers: int, desc: str, show: bool) -> 
 
 def convert_sections(sections: dict[str, str | os.PathLike], settings: ConversionSettings,
                      *, index_dir: str | os.PathLike | None = None,
+                     keep: Sequence[str] = (),
                      progress_bar: bool = False) -> ConversionReport:
     """Convert every attempt of the given sections and write ``fits_index.csv``.
 
@@ -432,6 +433,9 @@ def convert_sections(sections: dict[str, str | os.PathLike], settings: Conversio
         Conversion settings.
     index_dir : path-like, optional
         Folder of ``fits_index.csv``; default is the common parent of the sections.
+    keep : sequence of str
+        Frame types (``CALTYPE``) of sections not converted this time (``--skip-flat``):
+        their rows of an existing ``fits_index.csv`` are kept, not dropped from the listing.
     progress_bar : bool
         Show one progress bar per section.
 
@@ -478,8 +482,29 @@ def convert_sections(sections: dict[str, str | os.PathLike], settings: Conversio
     index_path = None
     if all_rows:
         index_path = Path(index_dir) / FITS_INDEX_NAME
-        write_fits_index(all_rows, index_path)
+        kept = _kept_rows(index_path, keep) if keep else []
+        write_fits_index(all_rows + kept, index_path)
     return ConversionReport(all_rows, index_path)
+
+
+def _kept_rows(index_path: Path, caltypes: Sequence[str]) -> list[dict]:
+    """Rows of an existing listing whose ``CALTYPE`` is in ``caltypes``, paths absolute."""
+    if not index_path.is_file():
+        return []
+    try:
+        table = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        logger.warning("%s: earlier listing unreadable (%s); the skipped sections' rows are not "
+                       "kept", index_path, err)
+        return []
+    if "CALTYPE" not in table:
+        return []
+    table = table[table["CALTYPE"].str.upper().isin([c.upper() for c in caltypes])].copy()
+    base = index_path.parent
+    for column in ("PATH", "RAWPATH"):
+        if column in table:
+            table[column] = table[column].map(lambda p: str(base / p) if p else "")
+    return table.to_dict("records")
 
 
 def check_writable_attempts(tasks: list[_FrameTask]) -> None:

@@ -355,6 +355,48 @@ def constrained_terms(design, names=None, rtol: float = 1e-9) -> tuple[list[int]
     return kept, dropped
 
 
+def confounded_terms(design, kept, rtol: float = 1e-9) -> list[int]:
+    """Kept columns of ``design`` whose coefficient the points do not determine.
+
+    :func:`constrained_terms` keeps a column when it raises the rank of those before it, so
+    with two collinear columns the first is kept and fitted in place of both: its value is
+    their combination.  A coefficient is determined only when leaving its column out lowers
+    the rank of the whole design (every column, dropped ones included).
+
+    Parameters
+    ----------
+    design : array_like, shape (n, p)
+        Every candidate column.
+    kept : list of int
+        The columns fitted (as returned by :func:`constrained_terms`).
+    rtol : float
+        Relative rank tolerance, as in :func:`constrained_terms`.
+
+    Returns
+    -------
+    list of int
+        The kept columns whose fitted value stands for a combination with dropped ones.
+
+    Examples
+    --------
+    >>> d = np.array([[1.0, 1.0, 0.0], [1.0, 4.0, 1.0]])
+    >>> kept, _ = constrained_terms(d)
+    >>> kept, confounded_terms(d, kept)
+    ([0, 1], [0, 1])
+    """
+    design = np.asarray(design, dtype=np.float64)
+    scale = np.abs(design).max(axis=0)
+    scaled = design / np.where(scale > 0, scale, 1.0)
+    tol = rtol * max(scaled.shape)
+    full = np.linalg.matrix_rank(scaled, tol=tol)
+    out = []
+    for j in kept:
+        rest = np.delete(scaled, j, axis=1)
+        if rest.shape[1] and np.linalg.matrix_rank(rest, tol=tol) == full:
+            out.append(j)
+    return out
+
+
 def fit_linear_per_pixel(design, y, sigma=None, *, names=None,
                          workers: int | None = None) -> MultiLinearFit:
     """Weighted least squares ``y = sum_j c_j x_j`` for every pixel of an image stack.

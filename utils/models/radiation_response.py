@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .linear import constrained_terms, fit_linear_per_pixel
+from .linear import confounded_terms, constrained_terms, fit_linear_per_pixel
 
 #: Linear coefficients of the joint fit, in order.
 COEFFICIENTS = ("B0", "alpha_D", "b_T", "DC0", "beta_D", "q_mean", "sigma_read2", "kappa",
@@ -52,6 +52,9 @@ UNITS = {"B0": "adu", "alpha_D": "adu/krad", "b_T": "adu/degC", "DC0": "adu/s",
          "beta_D": "adu/s/krad", "q_mean": "adu/krad", "sigma_q": "adu/krad",
          "sigma_read": "adu", "sigma_read2": "adu^2", "kappa": "adu^2/krad",
          "shot_DC0": "adu^2/s", "shot_beta_D": "adu^2/s/krad", "adu_per_e": "adu/e-"}
+#: Start of the reason of a coefficient that is fitted but stands for a combination with
+#: coefficients left out: it keeps the predictions right and is reported as not constrained.
+NUISANCE = "not constrained: confounded with "
 #: Columns of the masters' table the model needs.
 POINT_COLUMNS = ("CALTYPE", "DOSE", "RATE", "EXPTIME", "TEMP", "MEAN", "MEAN_ERR", "VAR",
                  "VAR_ERR")
@@ -203,6 +206,14 @@ def identify(points: pd.DataFrame, settings: ModelSettings) -> dict:
     candidates = [j for j, name in enumerate(COEFFICIENTS) if name not in why]
     kept, dropped = constrained_terms(rows[:, candidates], [COEFFICIENTS[j] for j in candidates])
     why.update(dropped)
+    if dropped:
+        # a kept column collinear with a dropped one is fitted in place of both: its value
+        # is their combination (e.g. one dose folder: bias and darks at two mean frame doses
+        # and one exposure make alpha_D and DC0, and B0, a single combination)
+        others = ", ".join(dropped)
+        for k in confounded_terms(rows[:, candidates], kept):
+            name = COEFFICIENTS[candidates[k]]
+            why[name] = NUISANCE + f"{others}: only their combination is fitted"
     return why
 
 
@@ -290,7 +301,8 @@ def fit_response(points: pd.DataFrame, settings: ModelSettings = ModelSettings()
                      "(set-point jitter): large error, correlated with B0")
     if settings.t_d is None:
         notes.append("no doubling temperature: the dark current has no temperature term")
-    fit_idx = [j for j, name in enumerate(COEFFICIENTS) if name not in why]
+    fit_idx = [j for j, name in enumerate(COEFFICIENTS)
+               if name not in why or why[name].startswith(NUISANCE)]
     rows = np.vstack([mean_rows, var_rows])[:, fit_idx]
     y = np.concatenate([y_mean, points["VAR"].to_numpy(float)])
     sigma = np.concatenate([s_mean, points["VAR_ERR"].to_numpy(float)])
