@@ -608,3 +608,20 @@ def test_undefined_sigma_q_and_sigma_read_have_no_value():
         assert math.isnan(table.loc[name, "value"]) and math.isnan(table.loc[name, "err"])
         assert why in table.loc[name, "reason"]
     assert table.loc["q_mean", "value"] == pytest.approx(1600.0, rel=1e-6)
+
+
+def test_master_variance_follows_the_model_not_the_pixel():
+    """The error of a beam-on master's pixel: read variance + g (DC0 + beta_D D) f t + kappa
+    Ddot t over its frames, whatever the pixel's own sample error (hits make it large)."""
+    truth = {"B0": 3200.0, "alpha_D": 3.2, "b_T": 8.0, "DC0": 4.0, "beta_D": 0.2,
+             "q_mean": 1600.0, "sigma_read2": 1089.0, "kappa": 3.2e6}
+    pts, settings = _points(**truth)
+    fit = rr.fit_response(pts, settings)
+    point = {"DOSE": 20.0, "RATE": 0.008, "EXPTIME": 20.0, "TEMP": 20.0}
+    read = np.array([[900.0, 1300.0]])
+    own = np.array([[30.0, 900.0]])  # a pixel the beam missed, one it hit
+    var = rr.master_variance(point, fit, read, np.array([[4, 4]]), own)
+    expect = (read + 8.0 * (4.0 + 0.2 * 20.0) * 20.0 + 3.2e6 * 0.008 * 20.0) / 4
+    assert np.allclose(var, expect, rtol=1e-6)
+    # without a read-variance map (no bias master): the master's own error
+    assert np.allclose(rr.master_variance(point, fit, None, np.array([[4, 4]]), own), own ** 2)
