@@ -9,8 +9,10 @@ with ``B0_i`` the pixel's own bias: the bias master of the earliest group (pre-i
 else the first dose step) nearest T_ref, brought to T_ref and dose 0 with the model's
 ``b_T`` and ``alpha_D``; ``DC0_i`` and ``beta_i`` the per-pixel dark maps of the model
 where they were fitted, else the population's values.  Coefficients the masters could not
-constrain count as 0.  Residual = master - prediction, with the master's standard error
-and the reference bias master's in quadrature.  Post-irradiation masters are predicted from
+constrain count as 0.  Residual = master - prediction, with the error the model expects
+of the master and of the reference bias master (the pixel's read variance pooled over the
+bias masters, the dark shot noise, the beam's variance: ``rr.master_variance``) and of the
+dark maps, in quadrature.  Post-irradiation masters are predicted from
 the final dose: their residuals show the recovery (annealing) the model does not describe.
 
 Per master, in the folder the caller gives for its (stage, dose step):
@@ -73,7 +75,9 @@ def _reference_bias(model) -> tuple[np.ndarray, np.ndarray, dict] | None:
     p = first.point
     b0 = img.data - _coef(fit, "alpha_D") * p["DOSE"] \
         - _coef(fit, "b_T") * (p["TEMP"] - fit.settings.t_ref)
-    return b0, img.stderr, p
+    var = rr.master_variance(p, fit, getattr(model, "read_variance", None), img.count,
+                             img.stderr)
+    return b0, np.sqrt(var), p
 
 
 def _dark_maps(model) -> dict:
@@ -146,6 +150,7 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
         logger.warning("reconstruction skipped: the model has no bias master")
         return Reconstruction(pd.DataFrame())
     b0, b0_err, ref_point = ref
+    read_var = getattr(model, "read_variance", None)
     maps = _dark_maps(model)
     fit = model.fit
     rows, files, per_folder = [], [], {}
@@ -154,13 +159,12 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
         pred = predict_master(m.point, b0, maps, fit)
         diff = img.data - pred
         same = m.point["MASTER"] == ref_point["MASTER"] and m.point["TAG"] == ref_point["TAG"]
-        # under the beam a pixel's mean scatters by the hits it happened to get, which its own
-        # few samples do not show (a pixel the beam missed has a small sample noise): the
-        # model's beam variance over the frames is added
-        beam_var = max(_coef(fit, "kappa"), 0.0) * m.point["RATE"] * m.point["EXPTIME"] \
-            / m.point["NFRAMES"]
-        error = np.sqrt(img.stderr.astype(np.float64) ** 2 + beam_var
-                        + (0.0 if same else b0_err.astype(np.float64) ** 2)
+        # the variance the model expects of the master (the pixel's read noise, the dark shot
+        # noise, the beam's variance over the frames), not the pixel's sample variance: under
+        # the beam that follows the hits the pixel happened to get (with the beam variance
+        # added on top of it the pulls' spread was 0.2-0.6)
+        var = rr.master_variance(m.point, fit, read_var, img.count, img.stderr)
+        error = np.sqrt(var + (0.0 if same else b0_err.astype(np.float64) ** 2)
                         + prediction_error(m.point, maps, fit) ** 2)
         folder = folder_of(m.key.stage_dir)
         stem = m.path.stem + "_diff"
@@ -173,8 +177,8 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
         set_card(header, "DOSERATE", m.point["RATE"], "[krad/s] mean dose rate while exposing")
         set_card(header, "BIASREF", f"{ref_point['TAG']}/{ref_point['MASTER']}",
                  "pixel bias taken from this master")
-        header["COMMENT"] = ("data = master - model prediction; UNCERT = master, bias "
-                             "reference and beam variance in quadrature")
+        header["COMMENT"] = ("data = master - model prediction; UNCERT = expected error "
+                             "of master, bias reference and dark maps in quadrature")
         files.append(write_product(folder / f"{stem}.fits", diff, header, unit="adu",
                                    uncertainty=error, mask=~np.isfinite(diff),
                                    images={"PREDICT": (pred, "adu")}))

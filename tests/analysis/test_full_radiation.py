@@ -202,6 +202,47 @@ def test_model_recovers_the_truth(irr_run):
     assert all(abs(z) < 3 for z in pulls.values()), pulls
 
 
+def test_beam_on_darks_are_reconstructed_without_bias(irr_run):
+    """The per-pixel dark maps weighed each point by the pixel's own master error, which grows
+    with the beam hits the pixel happened to get: the fit leaned away from the hit pixels'
+    points and the beam-on darks' mean residual was +24 +- 12 and +72 +- 6 adu (20, 40 krad).
+    With the error the model expects (read noise, shot noise, beam variance), 0 within a few
+    standard errors of the mean residual."""
+    _, out, _ = irr_run
+    stats = pd.read_csv(out / "radiation_model" / "reconstruction_stats.csv")
+    beam = stats[(stats["CALTYPE"] == "DARK") & (stats["RATE"] > 0)]
+    assert len(beam) == 2
+    z = beam["MEAN_RESID"] / beam["MEAN_RESID_ERR"]
+    assert (z.abs() < 4).all(), beam[["TAG", "MEAN_RESID", "MEAN_RESID_ERR"]]
+    # the predicted-only post darks (no fit, so no leverage): pulls of unit spread (0.58
+    # with the beam variance added to the pixel's own error)
+    post = stats[(stats["CALTYPE"] == "DARK") & (stats["STAGE"] == "post")]
+    assert ((post["PULL_STD"] > 0.8) & (post["PULL_STD"] < 1.2)).all(), post["PULL_STD"]
+
+
+def test_dark_maps_pulls_against_the_truth(irr_run):
+    """Per-pixel DC0 and beta_D against the simulator's maps, over the model's pixels without
+    radiation hot pixels (~750): pulls of mean 0 and spread 1.  Weighted by each pixel's own
+    master error they were DC0 std 1.36 (four-frame sample variances as weights) and beta_D
+    mean -0.37 +- 0.02, std 0.61."""
+    campaign, out, _ = irr_run
+    maps = campaign.maps()
+    physics = campaign.physics
+    pixels = fits.getdata(out / "radiation_model" / "pixels.fits").astype(bool)
+    pixels &= ~(maps["rad_hot_threshold"] <= 40)
+    dc0 = maps["dark_ref_adu"].astype(float)  # T_ref = the simulator's 20 degC
+    with fits.open(out / "radiation_model" / "dark_maps.fits") as hdul:
+        for name, value, err, true in (
+                ("DC0", hdul[0].data, hdul["UNCERT"].data, dc0),
+                ("beta_D", hdul["BETA_D"].data, hdul["BETA_ERR"].data,
+                 physics.dark_damage * dc0)):
+            pull = ((value - true) / err)[pixels]
+            assert pull.size > 500
+            se = pull.std() / math.sqrt(pull.size)
+            assert abs(pull.mean()) < 4 * se, (name, pull.mean(), se)
+            assert 0.85 < pull.std() < 1.15, (name, pull.std())
+
+
 def test_procedure_checks_of_a_ramp_campaign(irr_run):
     _, out, _ = irr_run
     checks = pd.read_csv(out / "procedure_checks.csv")
@@ -597,3 +638,20 @@ def test_collinear_dose_and_dark_terms_are_not_reported_as_measured():
     # a design that separates them is untouched
     pts2, s2 = _points(B0=3200.0, alpha_D=3.2, DC0=4.0, sigma_read2=1100.0)
     assert rr.fit_response(pts2, s2).value("alpha_D") == pytest.approx(3.2, rel=1e-6)
+
+
+def test_master_variance_follows_the_model_not_the_pixel():
+    """The error of a beam-on master's pixel: read variance + g (DC0 + beta_D D) f t + kappa
+    Ddot t over its frames, whatever the pixel's own sample error (hits make it large)."""
+    truth = {"B0": 3200.0, "alpha_D": 3.2, "b_T": 8.0, "DC0": 4.0, "beta_D": 0.2,
+             "q_mean": 1600.0, "sigma_read2": 1089.0, "kappa": 3.2e6}
+    pts, settings = _points(**truth)
+    fit = rr.fit_response(pts, settings)
+    point = {"DOSE": 20.0, "RATE": 0.008, "EXPTIME": 20.0, "TEMP": 20.0}
+    read = np.array([[900.0, 1300.0]])
+    own = np.array([[30.0, 900.0]])  # a pixel the beam missed, one it hit
+    var = rr.master_variance(point, fit, read, np.array([[4, 4]]), own)
+    expect = (read + 8.0 * (4.0 + 0.2 * 20.0) * 20.0 + 3.2e6 * 0.008 * 20.0) / 4
+    assert np.allclose(var, expect, rtol=1e-6)
+    # without a read-variance map (no bias master): the master's own error
+    assert np.allclose(rr.master_variance(point, fit, None, np.array([[4, 4]]), own), own ** 2)

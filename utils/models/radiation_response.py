@@ -405,6 +405,120 @@ def predict(points: pd.DataFrame, fit: ResponseFit) -> tuple[np.ndarray, np.ndar
     return mean_rows @ c, var_rows @ c
 
 
+def pooled_read_variance(noise, count) -> np.ndarray:
+    """Per-pixel temporal variance of bias frames [adu^2], pooled over bias masters.
+
+    ``sum((n_k - 1) s_k^2) / sum(n_k - 1)`` over the masters ``k`` with the per-pixel
+    sample standard deviation ``s_k`` of their ``n_k`` accepted frames: the pixel's read
+    noise (quantisation included) with the degrees of freedom of every bias frame of the
+    campaign, not the two or three of one master.  Bias frames expose for ~0 s, so the
+    beam leaves no charge in them.
+
+    Parameters
+    ----------
+    noise, count : sequence of numpy.ndarray, shape (H, W)
+        Per-pixel sample standard deviation [adu] and number of frames of each bias master.
+
+    Returns
+    -------
+    numpy.ndarray
+        Pooled variance [adu^2]; NaN where no master has two frames of the pixel.
+
+    Examples
+    --------
+    >>> v = pooled_read_variance([np.full((1, 1), 2.0), np.full((1, 1), 4.0)],
+    ...                          [np.full((1, 1), 3), np.full((1, 1), 2)])
+    >>> round(float(v[0, 0]), 6)  # (2 * 4 + 1 * 16) / 3
+    8.0
+    """
+    num = den = 0.0
+    for s, n in zip(noise, count):
+        dof = np.maximum(np.asarray(n, np.float64) - 1.0, 0.0)
+        s2 = np.asarray(s, np.float64) ** 2
+        use = np.isfinite(s2) & (dof > 0)
+        num = num + np.where(use, dof * s2, 0.0)
+        den = den + np.where(use, dof, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.asarray(den) > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def frame_variance(point, fit: ResponseFit, read_var=None) -> np.ndarray | float:
+    """Expected temporal variance of one frame of a master, pixel by pixel [adu^2].
+
+    ``read_var + g (DC0 + beta_D D) f(T) t + (<q>^2 + sigma_q^2) Ddot t``: the pixel's read
+    variance (``read_var``, e.g. :func:`pooled_read_variance`; the model's ``sigma_read^2``
+    without it) plus the model's dark shot noise and beam variance for the master's dose,
+    dose rate, exposure and temperature (terms not constrained, or negative, count as 0).
+    It does not depend on the charge the beam happened to leave in a pixel: a weight or an
+    error built from it does not follow a pixel's own hits (a pixel's sample variance does,
+    and a fit weighted by it leans away from the pixels the beam hit).
+
+    Parameters
+    ----------
+    point : mapping
+        ``DOSE`` [krad], ``RATE`` [krad/s], ``EXPTIME`` [s], ``TEMP`` [degC] of the master.
+    fit : ResponseFit
+        The fitted model.
+    read_var : numpy.ndarray or float, optional
+        Read variance per pixel [adu^2].
+
+    Returns
+    -------
+    numpy.ndarray or float
+        Variance of one frame [adu^2].
+    """
+    row = pd.DataFrame([{k: float(point[k]) for k in ("DOSE", "RATE", "EXPTIME", "TEMP")}])
+    _, var_row = design_rows(row, fit.settings)
+    extra = 0.0
+    for name in ("DC0", "beta_D", "shot_DC0", "shot_beta_D", "kappa"):
+        c = fit.coef.get(name, math.nan)
+        j = COEFFICIENTS.index(name)
+        if math.isfinite(c) and var_row[0, j]:
+            extra += c * var_row[0, j]
+    extra = max(extra, 0.0)
+    if read_var is None:
+        s2 = fit.coef.get("sigma_read2", math.nan)
+        read_var = s2 if math.isfinite(s2) and s2 > 0 else 0.0
+    return np.asarray(read_var, np.float64) + extra if np.ndim(read_var) else \
+        float(read_var) + extra
+
+
+def master_variance(point, fit: ResponseFit, read_var, count, stderr=None) -> np.ndarray:
+    """Variance of a master's per-pixel mean [adu^2] expected from the model.
+
+    :func:`frame_variance` (the pixel's read variance, the model's dark shot noise and beam
+    variance) over the pixel's number of frames -- never the pixel's own sample variance:
+    under the beam that grows with the hits the pixel happened to get, and weights or pulls
+    built from it follow them.
+
+    Parameters
+    ----------
+    point : mapping
+        ``DOSE``, ``RATE``, ``EXPTIME``, ``TEMP`` of the master.
+    fit : ResponseFit
+        The fitted model.
+    read_var : numpy.ndarray or None
+        Pixel read variance [adu^2] (:func:`pooled_read_variance`); None: ``stderr`` is
+        used instead (no bias master to measure it).
+    count : numpy.ndarray
+        Frames combined per pixel.
+    stderr : numpy.ndarray, optional
+        The master's own standard error [adu] (the fallback).
+
+    Returns
+    -------
+    numpy.ndarray
+        Variance [adu^2]; NaN where the pixel has no frame.
+    """
+    if read_var is None:
+        if stderr is None:
+            raise ValueError("no read variance and no standard error of the master")
+        return np.asarray(stderr, np.float64) ** 2
+    n = np.asarray(count, np.float64)
+    n = np.where(n > 0, n, np.nan)
+    return frame_variance(point, fit, read_var) / n
+
+
 def pixel_dark_maps(dark: np.ndarray, dark_err: np.ndarray, points: pd.DataFrame,
                     settings: ModelSettings, q_mean: float = 0.0):
     """Per-pixel ``DC0`` and ``beta_D`` from bias-subtracted dark masters.
@@ -412,7 +526,9 @@ def pixel_dark_maps(dark: np.ndarray, dark_err: np.ndarray, points: pd.DataFrame
     Parameters
     ----------
     dark, dark_err : numpy.ndarray, shape (n, H, W)
-        Bias-subtracted dark masters [adu] and their one-sigma errors.
+        Bias-subtracted dark masters [adu] and their one-sigma errors: errors that do not
+        follow the pixel's own beam hits (:func:`master_variance`), else the fit leans
+        away from the points of the pixels the beam hit and the maps are biased low.
     points : pandas.DataFrame
         ``DOSE``, ``RATE``, ``EXPTIME``, ``TEMP`` of each master (n rows).
     settings : ModelSettings
@@ -484,5 +600,6 @@ def linear_fit(x, y) -> LineFit:
 
 
 __all__ = ["ModelSettings", "ResponseFit", "fit_response", "identify", "predict",
-           "design_rows", "temperature_factor", "pixel_dark_maps", "linear_fit", "LineFit",
+           "design_rows", "temperature_factor", "pixel_dark_maps", "pooled_read_variance",
+           "frame_variance", "master_variance", "linear_fit", "LineFit",
            "COEFFICIENTS", "PARAMETERS", "UNITS"]
