@@ -161,13 +161,18 @@ def test_noise_and_stderr_match_input_sigma():
                  what="median stderr")
     assert_close(float(np.std(res.data)), sigma / math.sqrt(n),
                  sigma / math.sqrt(n) / math.sqrt(2 * npix), what="master scatter")
-    # sigma clipping trims the tails: the accepted samples' std is low, and the master's
-    # actual scatter exceeds its reported error by the documented factor
-    clipped = stacking.combine(frames, method="sigclip")
-    assert np.median(clipped.noise) < expected
-    ratio = np.std(clipped.data) / np.sqrt(np.mean(clipped.stderr.astype(np.float64) ** 2))
-    assert_close(float(ratio), clipped_factor(n), ratio / math.sqrt(2 * npix),
-                 what="sigclip scatter / reported error")
+    # sigma clipping against each pixel's own scale trims the tails: the accepted samples'
+    # std is low, and the master's actual scatter exceeds its reported error by the
+    # documented factor; with the row's pooled scale as a floor (default) almost nothing is
+    # clipped and the factor is ~1.001
+    for pooled in (False, True):
+        clipped = stacking.combine(frames, method="sigclip", pooled_floor=pooled)
+        if not pooled:
+            assert np.median(clipped.noise) < expected
+        ratio = np.std(clipped.data) / np.sqrt(np.mean(clipped.stderr.astype(np.float64) ** 2))
+        factor = stacking.clipped_error_factor(n, pooled_floor=pooled)
+        assert_close(float(ratio), factor, ratio / math.sqrt(2 * npix),
+                     what=f"sigclip scatter / reported error, pooled_floor={pooled}")
 
 
 def test_scale_and_subtract_array_and_callable():
@@ -217,7 +222,7 @@ def test_sigclip_matches_astropy_cumulative_clipping():
         ref = sigma_clip(cube, sigma=3, maxiters=None, cenfunc=np.nanmedian, stdfunc=mad,
                          axis=0, masked=True)
     res = stacking.combine(frames, method="sigclip", sigma_low=3.0, sigma_high=3.0,
-                           maxiters=None, guard=False)
+                           maxiters=None, guard=False, pooled_floor=False)
     np.testing.assert_array_equal(res.count, (~ref.mask).sum(axis=0))
     np.testing.assert_allclose(res.data, ref.mean(axis=0).filled(np.nan), rtol=1e-6)
     np.testing.assert_allclose(res.noise, ref.std(axis=0, ddof=1).filled(np.nan), rtol=1e-5)
@@ -471,7 +476,7 @@ def test_equivalent_to_ccdproc_combine(tmp_path, method):
                                   sigma_clip_high_thresh=3, sigma_clip_func=np.ma.median,
                                   sigma_clip_dev_func=mad_std)
     ours = stacking.combine(paths, method=method, sigma_low=3.0, sigma_high=3.0, maxiters=1,
-                            guard=False)
+                            guard=False, pooled_floor=False)
     same = np.ones(ours.data.shape, bool)
     if method == "sigclip":
         assert ours.header[kw.NREJECT] > 0  # the clipping did something to compare
@@ -554,8 +559,11 @@ def test_min_scale_stops_clipping_collapse_on_quantised_near_ties():
 
     def sub(i, start, stop):
         return np.full((stop - start, shape[1]), shift[i], np.float32)
-    bare = stacking.combine(frames, subtract=sub, workers=1)
-    floored = stacking.combine(frames, subtract=sub, workers=1, min_scale=32.0)
+    bare = stacking.combine(frames, subtract=sub, workers=1, pooled_floor=False)
+    floored = stacking.combine(frames, subtract=sub, workers=1, min_scale=32.0,
+                               pooled_floor=False)
+    pooled = stacking.combine(frames, subtract=sub, workers=1)  # the row's scale: no collapse
+    assert (pooled.noise < 1).mean() < (bare.noise < 1).mean() / 5
     assert (bare.noise < 1).mean() > 0.005          # collapsed noise without the floor
     assert (floored.noise < 1).mean() < (bare.noise < 1).mean() / 5  # left: truly tied samples
     assert floored.count.mean() > bare.count.mean()
@@ -566,8 +574,9 @@ def test_guard_keeps_good_samples_and_still_rejects_outliers():
     rng = np.random.default_rng(11)
     frames = [rng.standard_normal((120, 200)).astype(np.float32) for _ in range(10)]
     frames[3][10, 10], frames[6][20, 20] = 40.0, -25.0
-    plain = stacking.combine(frames, guard=False, workers=1)
-    guarded = stacking.combine(frames, workers=1)
+    # the own-scale rule, where the guard matters (with the pooled floor it rarely acts)
+    plain = stacking.combine(frames, guard=False, workers=1, pooled_floor=False)
+    guarded = stacking.combine(frames, workers=1, pooled_floor=False)
     assert guarded.header["CLIPGRD"] and not plain.header["CLIPGRD"]
     # fewer good samples clipped, so the master scatters less about the truth (0)
     assert guarded.count.mean() > plain.count.mean()
@@ -577,7 +586,7 @@ def test_guard_keeps_good_samples_and_still_rejects_outliers():
         import unittest.mock as mock
 
         with mock.patch.object(stacking, "HAVE_NUMBA", False):
-            slow = stacking.combine(frames, workers=1)
+            slow = stacking.combine(frames, workers=1, pooled_floor=False)
         assert_same_result(guarded, slow)
 
 

@@ -646,15 +646,19 @@ def pooled_scale_floor(x: np.ndarray, n_rows: int, width: int) -> np.ndarray:
     npix = n_rows * width
     if n < 2 or npix == 0:
         return np.empty(0, dtype=np.float64)
-    v = x[:, :npix].reshape(n, n_rows, width).astype(np.float64)
-    full = np.isfinite(v).all(axis=0)
-    with np.errstate(invalid="ignore"):
-        var = np.where(full, v.var(axis=0, ddof=1), np.nan)
     cons = 2.0 * gammaincinv(0.5 * (n - 1), 0.5) / (n - 1)
-    enough = full.sum(axis=1) >= POOL_MIN_PIXELS
     med = np.zeros(n_rows)
-    if enough.any():
-        med[enough] = np.nanmedian(var[enough], axis=1)
+    # a few rows at a time: float64 temporaries of ~1 MB, not several times the block
+    step = max(1, 2**17 // max(1, n * width))
+    for r0 in range(0, n_rows, step):
+        r1 = min(r0 + step, n_rows)
+        v = x[:, r0 * width:r1 * width].reshape(n, r1 - r0, width).astype(np.float64)
+        full = np.isfinite(v).all(axis=0)
+        with np.errstate(invalid="ignore"):
+            var = np.where(full, v.var(axis=0, ddof=1), np.nan)
+        enough = full.sum(axis=1) >= POOL_MIN_PIXELS
+        if enough.any():
+            med[r0:r1][enough] = np.nanmedian(var[enough], axis=1)
     return np.repeat(np.sqrt(np.maximum(med, 0.0) / cons), width)
 
 
