@@ -296,8 +296,10 @@ def test_vectorised_first_clip_equals_scalar_clipping(n):
     """The pixel-vectorised first iteration changes no bit of the scalar clipping."""
     rng = np.random.default_rng(n)
     cases = 0
-    for quantised, guard, min_scale, maxiters in [(False, True, 0.0, 5), (True, True, 0.0, 5),
-                                                  (True, False, 32.0, 0), (True, True, 16.0, 1)]:
+    for quantised, guard, min_scale, maxiters, floored in [
+            (False, True, 0.0, 5, False), (True, True, 0.0, 5, False),
+            (True, False, 32.0, 0, False), (True, True, 16.0, 1, False),
+            (False, True, 0.0, 5, True), (True, True, 16.0, 0, True)]:
         x = rng.normal(100.0, 2.0, (n, 3000))
         if quantised:  # many ties: zero MADs, guards and widened bounds all happen
             x = np.round(x / 2) * 16
@@ -306,19 +308,21 @@ def test_vectorised_first_clip_equals_scalar_clipping(n):
         x = x.astype(np.float32)
         x[rng.random(x.shape) < 0.002] = np.inf  # missing samples take the scalar path
         net_lo, net_hi = kernels.batcher_network(n)
+        # per-pixel scale floors around the typical scale (the pooled floor's role)
+        floor = rng.uniform(0.0, 3.0, 3000) * (8 if quantised else 1) if floored else np.empty(0)
         outs = []
         for fast in (True, False):
             y = x.copy()
             out = (np.empty(3000, np.float32), np.empty(3000, np.float32),
                    np.empty(3000, np.int16))
             nrej = kernels._combine_kernel(y, 3000, net_lo, net_hi, 2, 3.0, 3.0, maxiters,
-                                           min_scale, np.empty(0), guard, 320, *out, fast)
+                                           min_scale, floor, guard, 320, *out, fast)
             outs.append((nrej, *out))
         assert outs[0][0] == outs[1][0]
         for a, b in zip(outs[0][1:], outs[1][1:]):
             np.testing.assert_array_equal(a, b)
         cases += outs[0][0] > 0
-    assert cases == 4  # every case did clip something
+    assert cases == 6  # every case did clip something
 
 
 def test_stored_uint16_read_equals_generic_read(tmp_path, monkeypatch):
