@@ -662,3 +662,25 @@ def test_pooled_floor_keeps_noisy_pixels_own_scale():
     assert np.all(new.count[hot] >= old.count[hot])
     # the floor (~1/4 of a hot pixel's sigma) helps little there: ~10.6 % vs 13 % clipped
     assert np.mean(new.count[hot] < n) > 0.05
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("n", [2, 3, 5, 12])
+def test_pooled_floor_numba_equals_numpy(n):
+    """The row-variance medians of the pooled floor: numba and numpy bit for bit, and equal
+    (to rounding) to numpy's var/median over the pixels with every sample valid."""
+    rng = np.random.default_rng(n)
+    rows, width = 9, 57
+    x = (1000 + 30 * rng.standard_normal((n, rows * width + 5))).astype(np.float32)
+    x[rng.random(x.shape) < 0.04] = np.inf
+    x[:, 2 * width:3 * width][:, 30:] = np.inf  # a row with too few valid pixels
+    fast, slow = np.zeros(rows), np.zeros(rows)
+    kernels._row_var_median(x, rows, width, 32, fast)
+    kernels._row_var_median_numpy(x, rows, width, 32, slow)
+    np.testing.assert_array_equal(fast, slow)
+    v = x[:, :rows * width].reshape(n, rows, width).astype(np.float64)
+    full = np.isfinite(v).all(axis=0)
+    ref = [np.median(v[:, r][:, full[r]].var(axis=0, ddof=1)) if full[r].sum() >= 32 else 0.0
+           for r in range(rows)]
+    np.testing.assert_allclose(fast, ref, rtol=1e-12)
+    assert fast[2] == 0.0

@@ -601,6 +601,7 @@ def warmup() -> float:
     raw = np.zeros(8, np.uint8)
     _prepare_u16(raw, x[0], np.zeros(4), 1.0, np.inf, nsat)
     _prepare_u16(raw, x[1], np.empty(0), 1.0, 65520.0, nsat)
+    _row_var_median(np.zeros((3, 64), np.float32), 2, 32, 32, np.zeros(2))
     for method in (0, 1, 2):
         _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 0.0, np.empty(0), True, 4,
                         np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, np.int16))
@@ -648,18 +649,68 @@ def pooled_scale_floor(x: np.ndarray, n_rows: int, width: int) -> np.ndarray:
         return np.empty(0, dtype=np.float64)
     cons = 2.0 * gammaincinv(0.5 * (n - 1), 0.5) / (n - 1)
     med = np.zeros(n_rows)
-    # a few rows at a time: float64 temporaries of ~1 MB, not several times the block
-    step = max(1, 2**17 // max(1, n * width))
-    for r0 in range(0, n_rows, step):
-        r1 = min(r0 + step, n_rows)
-        v = x[:, r0 * width:r1 * width].reshape(n, r1 - r0, width).astype(np.float64)
-        full = np.isfinite(v).all(axis=0)
-        with np.errstate(invalid="ignore"):
-            var = np.where(full, v.var(axis=0, ddof=1), np.nan)
-        enough = full.sum(axis=1) >= POOL_MIN_PIXELS
-        if enough.any():
-            med[r0:r1][enough] = np.nanmedian(var[enough], axis=1)
+    if HAVE_NUMBA:
+        _row_var_median(x, n_rows, width, POOL_MIN_PIXELS, med)
+    else:  # pragma: no cover - the same sums in the same order (bit for bit, tested)
+        _row_var_median_numpy(x, n_rows, width, POOL_MIN_PIXELS, med)
     return np.repeat(np.sqrt(np.maximum(med, 0.0) / cons), width)
+
+
+def _row_var_median_py(x, n_rows, width, min_pixels, med):
+    """``med[r]`` = median over row ``r``'s pixels with every sample finite of their sample
+    variance (``ddof=1``, two passes in float64, frames summed in order); rows with fewer
+    than ``min_pixels`` such pixels are left as they are."""
+    n = x.shape[0]
+    tot = np.empty(width, dtype=np.float64)
+    ss = np.empty(width, dtype=np.float64)
+    var = np.empty(width, dtype=np.float64)
+    for r in range(n_rows):
+        p0 = r * width
+        for q in range(width):
+            tot[q] = 0.0
+            ss[q] = 0.0
+        for k in range(n):
+            xr = x[k, p0:p0 + width]
+            for q in range(width):
+                tot[q] += np.float64(xr[q])
+        for q in range(width):
+            tot[q] = tot[q] / n
+        for k in range(n):
+            xr = x[k, p0:p0 + width]
+            for q in range(width):
+                d = np.float64(xr[q]) - tot[q]
+                ss[q] += d * d
+        m = 0
+        for q in range(width):
+            v = ss[q] / (n - 1)
+            if v < np.inf:  # NaN (inf - inf) or inf: a missing sample
+                var[m] = v
+                m += 1
+        if m >= min_pixels:
+            med[r] = np.median(var[:m])
+
+
+_row_var_median = _jit(_row_var_median_py) if HAVE_NUMBA else None
+
+
+def _row_var_median_numpy(x, n_rows, width, min_pixels, med):
+    """:func:`_row_var_median_py` vectorised with numpy (same operations, same order)."""
+    n = x.shape[0]
+    v = x[:, :n_rows * width].reshape(n, n_rows, width)
+    tot = np.zeros((n_rows, width))
+    for k in range(n):
+        tot += v[k].astype(np.float64)
+    tot /= n
+    ss = np.zeros((n_rows, width))
+    with np.errstate(invalid="ignore"):
+        for k in range(n):
+            d = v[k].astype(np.float64) - tot
+            ss += d * d
+        var = ss / (n - 1)
+    ok = var < np.inf
+    for r in range(n_rows):
+        if ok[r].sum() >= min_pixels:
+            med[r] = np.median(var[r][ok[r]])
 
 
 # --------------------------------------------------------------------------------------
