@@ -125,8 +125,9 @@ def real_paths(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
 
 #: Bumped when the engine's products change for the same inputs and settings, so that a
 #: re-run rebuilds the masters it made before (2: NOISE floor of identical quantised
-#: samples, ``combine(quantum=)``).
-ENGINE_REVISION = 2
+#: samples, ``combine(quantum=)``; 3: sigma clipping against the larger of the pixel's own
+#: scale and its image row's pooled scale, ``combine(pooled_floor=)``).
+ENGINE_REVISION = 3
 
 
 def inputs_hash(paths: Sequence[str | os.PathLike], settings, *refs,
