@@ -8,7 +8,8 @@ Run: ``PYTHONPATH=$PWD python bench/fewclip_measure.py``.
 """
 import numpy as np
 
-from utils.stack.combine import clipped_error_factor, combine
+from utils.stack.combine import combine
+from utils.stack.error_factor import clipped_error_factor
 
 SIG, NY, NX = 30.0, 200, 200
 

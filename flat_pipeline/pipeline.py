@@ -45,7 +45,7 @@ from utils.models.read_noise import frame_pairs
 from utils.progress import progress
 from utils.run_record import completed_run, run_digest, write_run_summary
 from utils.settings import dump_settings
-from utils.stack.combine import clipped_error_factor
+from utils.stack.error_factor import clipped_error_factor
 from utils.stack.grouping import calibration_groups
 from utils.stack.master import read_master
 from utils.stack.references import bias_reference, select_frames

@@ -22,7 +22,7 @@ pairs: all pairs for the stage, pairs with master ``k`` for master ``k``, pairs 
 temperature for that temperature.  With a single master: its own variance minus the mean
 squared noise-model error, scaled to the stack's actual scatter (a sigma-clipped mean of
 few frames scatters more than its error map says: x 1.16 at 8 frames and 3 sigma, x 1.05
-at the default 4 sigma, see :func:`utils.stack.combine.clipped_error_factor`; left as is,
+at the default 4 sigma, see :func:`utils.stack.error_factor.clipped_error_factor`; left as is,
 at 3 sigma it biased a single master's PRNU high, 1.12 % for a true 1.02 % at 8 frames of
 1600 e-).  Errors: jackknife over row
 stripes of the frame.  The maps are streamed by row blocks, all masters together, so
@@ -143,7 +143,7 @@ class CrossAccumulator:
         Row stripes of the jackknife.
     noise_factors : list of float, optional
         Per master, its actual temporal scatter over its error map
-        (:func:`utils.stack.combine.clipped_error_factor`); used only for a single master,
+        (:func:`utils.stack.error_factor.clipped_error_factor`); used only for a single master,
         whose own variance minus its temporal noise is the estimate.  Default 1.
     """
 

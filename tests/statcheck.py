@@ -21,7 +21,8 @@ import math
 
 import numpy as np
 
-from utils.stack.combine import DEFAULT_CLIP_SIGMA, clipped_error_factor
+from utils.stack.combine import DEFAULT_CLIP_SIGMA
+from utils.stack.error_factor import clipped_error_factor
 
 #: Default width of a bound, in standard errors of the checked statistic.
 K_SIGMA = 5.0
@@ -29,7 +30,7 @@ K_SIGMA = 5.0
 
 def clipped_factor(n_frames: int, sigma: float = DEFAULT_CLIP_SIGMA) -> float:
     """Actual scatter / reported error of a sigma-clipped master of ``n_frames`` frames,
-    clipped at ``sigma`` both sides (:func:`utils.stack.combine.clipped_error_factor`)."""
+    clipped at ``sigma`` both sides (:func:`utils.stack.error_factor.clipped_error_factor`)."""
     return clipped_error_factor(n_frames, sigma_low=sigma, sigma_high=sigma)
 
 

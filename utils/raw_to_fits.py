@@ -48,15 +48,10 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("flat", metavar="FLAT", help="flat section (e.g. TestSection3)")
     parser.add_argument("--search-depth", type=int, default=6,
                         help="folder levels below each section to look for attempts")
-    parser.add_argument("--skip-bias", action="store_true",
-                        help="do not convert the bias section (its rows of an earlier "
-                        "fits_index.csv are kept)")
-    parser.add_argument("--skip-dark", action="store_true",
-                        help="do not convert the dark section (its rows of an earlier "
-                        "fits_index.csv are kept)")
-    parser.add_argument("--skip-flat", action="store_true",
-                        help="do not convert the flat section (its rows of an earlier "
-                        "fits_index.csv are kept)")
+    for section in ("bias", "dark", "flat"):
+        parser.add_argument(f"--skip-{section}", action="store_true",
+                            help=f"do not convert the {section} section (its rows of an "
+                            "earlier fits_index.csv are kept)")
     parser.add_argument("--workers", type=int, default=1, help="parallel conversion processes")
     parser.add_argument("--overwrite", action="store_true", help="re-convert existing FITS files")
     parser.add_argument("--byte-order", choices=["little", "big"], default="little",

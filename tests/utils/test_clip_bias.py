@@ -18,7 +18,8 @@ from analysis import process_index
 from analysis.masters import MasterSettings
 from flat_pipeline import run_pipeline as flat_cli
 from utils import cli
-from utils.stack.combine import DEFAULT_CLIP_SIGMA, clipped_error_factor, combine
+from utils.stack.combine import DEFAULT_CLIP_SIGMA, combine
+from utils.stack.error_factor import clipped_error_factor
 from utils.stack.master import CombineSettings, add_combine_options
 
 #: The 3-sigma table the engine used before the factor was computed (Monte Carlo, 3 seeds

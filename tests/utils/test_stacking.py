@@ -23,7 +23,8 @@ from statcheck import assert_close, clipped_factor
 from utils import headers as kw
 from utils.errors import FrameError, InsufficientFramesError
 from utils.stack import combine as stacking
-from utils.stack import kernels
+from utils.stack import kernels, pooled_floor
+from utils.stack.error_factor import clipped_error_factor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,7 +171,7 @@ def test_noise_and_stderr_match_input_sigma():
         if not pooled:
             assert np.median(clipped.noise) < expected
         ratio = np.std(clipped.data) / np.sqrt(np.mean(clipped.stderr.astype(np.float64) ** 2))
-        factor = stacking.clipped_error_factor(n, pooled_floor=pooled)
+        factor = clipped_error_factor(n, pooled_floor=pooled)
         assert_close(float(ratio), factor, ratio / math.sqrt(2 * npix),
                      what=f"sigclip scatter / reported error, pooled_floor={pooled}")
 
@@ -675,8 +676,8 @@ def test_pooled_floor_numba_equals_numpy(n):
     x[rng.random(x.shape) < 0.04] = np.inf
     x[:, 2 * width:3 * width][:, 30:] = np.inf  # a row with too few valid pixels
     fast, slow = np.zeros(rows), np.zeros(rows)
-    kernels._row_var_median(x, rows, width, 32, fast)
-    kernels._row_var_median_numpy(x, rows, width, 32, slow)
+    pooled_floor._row_var_median(x, rows, width, 32, fast)
+    pooled_floor._row_var_median_numpy(x, rows, width, 32, slow)
     np.testing.assert_array_equal(fast, slow)
     v = x[:, :rows * width].reshape(n, rows, width).astype(np.float64)
     full = np.isfinite(v).all(axis=0)

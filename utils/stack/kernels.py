@@ -601,116 +601,13 @@ def warmup() -> float:
     raw = np.zeros(8, np.uint8)
     _prepare_u16(raw, x[0], np.zeros(4), 1.0, np.inf, nsat)
     _prepare_u16(raw, x[1], np.empty(0), 1.0, 65520.0, nsat)
+    from .pooled_floor import _row_var_median  # the clipping floor's kernel
+
     _row_var_median(np.zeros((3, 64), np.float32), 2, 32, 32, np.zeros(2))
     for method in (0, 1, 2):
         _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 0.0, np.empty(0), True, 4,
                         np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, np.int16))
     return time.perf_counter() - t0
-
-
-#: Fewest pixels of an image row with every sample valid for :func:`pooled_scale_floor` to
-#: pool their scale (fewer: no floor on that row).
-POOL_MIN_PIXELS = 32
-
-
-def pooled_scale_floor(x: np.ndarray, n_rows: int, width: int) -> np.ndarray:
-    """Per-pixel clipping-scale floor: the typical noise of the pixel's image row.
-
-    The MAD of a few samples is very noisy (with 3 it is their smaller gap), so clipping
-    against each pixel's own scale alone rejected genuine Gaussian samples in 25 % of the
-    pixels at 3 frames, 13 % at 5, 4 % at 10 (4 sigma, guard on).  Pooled over the row's
-    pixels the scale is known to a few per cent; a pixel is then clipped against the larger
-    of its own scale and this floor, so only samples beyond ~4 typical sigmas can go.
-    Pixels noisier than the row (hot, bright) keep their own larger scale.  Computed per
-    image row (not per block) so a master does not depend on the block plan.
-
-    Parameters
-    ----------
-    x : numpy.ndarray
-        Prepared samples ``(n_frames, >= n_rows * width)`` of ``n_rows`` whole image rows,
-        +inf where missing.
-    n_rows, width : int
-        Rows in ``x`` and pixels per row.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 ``(n_rows * width,)``: per row, ``sqrt(median(s^2) / m)`` over the row's
-        pixels with every sample valid (``s^2`` their sample variance, ``ddof=1``; ``m`` the
-        median of chi^2_(n-1) / (n-1), which makes it the Gaussian sigma), repeated over the
-        row; 0 on rows with fewer than :data:`POOL_MIN_PIXELS` such pixels.  Empty for fewer
-        than 2 frames.  Same unit as ``x``.
-    """
-    from scipy.special import gammaincinv
-
-    n = x.shape[0]
-    npix = n_rows * width
-    if n < 2 or npix == 0:
-        return np.empty(0, dtype=np.float64)
-    cons = 2.0 * gammaincinv(0.5 * (n - 1), 0.5) / (n - 1)
-    med = np.zeros(n_rows)
-    if HAVE_NUMBA:
-        _row_var_median(x, n_rows, width, POOL_MIN_PIXELS, med)
-    else:  # pragma: no cover - the same sums in the same order (bit for bit, tested)
-        _row_var_median_numpy(x, n_rows, width, POOL_MIN_PIXELS, med)
-    return np.repeat(np.sqrt(np.maximum(med, 0.0) / cons), width)
-
-
-def _row_var_median_py(x, n_rows, width, min_pixels, med):
-    """``med[r]`` = median over row ``r``'s pixels with every sample finite of their sample
-    variance (``ddof=1``, two passes in float64, frames summed in order); rows with fewer
-    than ``min_pixels`` such pixels are left as they are."""
-    n = x.shape[0]
-    tot = np.empty(width, dtype=np.float64)
-    ss = np.empty(width, dtype=np.float64)
-    var = np.empty(width, dtype=np.float64)
-    for r in range(n_rows):
-        p0 = r * width
-        for q in range(width):
-            tot[q] = 0.0
-            ss[q] = 0.0
-        for k in range(n):
-            xr = x[k, p0:p0 + width]
-            for q in range(width):
-                tot[q] += np.float64(xr[q])
-        for q in range(width):
-            tot[q] = tot[q] / n
-        for k in range(n):
-            xr = x[k, p0:p0 + width]
-            for q in range(width):
-                d = np.float64(xr[q]) - tot[q]
-                ss[q] += d * d
-        m = 0
-        for q in range(width):
-            v = ss[q] / (n - 1)
-            if v < np.inf:  # NaN (inf - inf) or inf: a missing sample
-                var[m] = v
-                m += 1
-        if m >= min_pixels:
-            med[r] = np.median(var[:m])
-
-
-_row_var_median = _jit(_row_var_median_py) if HAVE_NUMBA else None
-
-
-def _row_var_median_numpy(x, n_rows, width, min_pixels, med):
-    """:func:`_row_var_median_py` vectorised with numpy (same operations, same order)."""
-    n = x.shape[0]
-    v = x[:, :n_rows * width].reshape(n, n_rows, width)
-    tot = np.zeros((n_rows, width))
-    for k in range(n):
-        tot += v[k].astype(np.float64)
-    tot /= n
-    ss = np.zeros((n_rows, width))
-    with np.errstate(invalid="ignore"):
-        for k in range(n):
-            d = v[k].astype(np.float64) - tot
-            ss += d * d
-        var = ss / (n - 1)
-    ok = var < np.inf
-    for r in range(n_rows):
-        if ok[r].sum() >= min_pixels:
-            med[r] = np.median(var[r][ok[r]])
 
 
 # --------------------------------------------------------------------------------------
