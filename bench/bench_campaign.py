@@ -216,6 +216,7 @@ def run_campaign(dataset: Path, out: Path, args) -> dict:
     repo = args.repo.resolve()
     env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time() - 1.0  # file times may be truncated to the second
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _DRIVER,
                            json.dumps([STAGES, argv, str(stage_json), args.profile or ""])],
@@ -227,7 +228,7 @@ def run_campaign(dataset: Path, out: Path, args) -> dict:
         raise SystemExit(f"run_calibration failed (exit {proc.returncode})")
     result = json.loads(stage_json.read_text())
     log = proc.stderr.strip().splitlines()
-    return {"wall_s": wall, "cpu_s": (after.ru_utime + after.ru_stime)
+    return {"started": started, "wall_s": wall, "cpu_s": (after.ru_utime + after.ru_stime)
             - (before.ru_utime + before.ru_stime),
             "peak_rss_mb": after.ru_maxrss / 1024.0, "stages": result["stages"],
             "last_log_line": log[-1] if log else ""}
@@ -286,11 +287,14 @@ def main(argv=None) -> int:
               f"{len(masters)} masters once ({mbytes / 2**30:.2f} GiB, {mfloor:.3f} s, page "
               "cache warm)")
         dark.update(masters_read_floor_s=mfloor, ratio_to_masters_read=dark["wall_s"] / mfloor)
-    # every file the run wrote: its products and the converted frames
-    wbytes = tree_bytes(out, *[p for p in dataset.rglob("fits") if p.is_dir()])
+    # every file the run wrote: its products and the converted frames (not those reused with
+    # --keep-fits: only files modified since the run started)
+    wbytes = tree_bytes(out, *[p for p in dataset.rglob("fits") if p.is_dir()],
+                        since=run["started"])
     wfloor = write_floor(wbytes, out.parent / "write_floor")
     io_ratio = run["wall_s"] / (floor + wfloor)
-    print(f"written: {wbytes / 2**30:.2f} GiB (products and converted frames); writing as many "
+    print(f"written: {wbytes / 2**30:.2f} GiB (products, and converted frames unless reused); "
+          "writing as many "
           f"bytes takes {wfloor:.2f} s here, so read + write floor {floor + wfloor:.2f} s: the run "
           f"is {io_ratio:.1f}x it")
     print(json.dumps({"size": args.size, "frames": len(files), "raw_bytes": nbytes,

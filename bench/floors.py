@@ -16,12 +16,16 @@ from pathlib import Path
 import numpy as np
 
 
-def tree_bytes(*roots: Path) -> int:
-    """Bytes of every file under ``roots`` (hard links counted once)."""
+def tree_bytes(*roots: Path, since: float | None = None) -> int:
+    """Bytes of every file under ``roots`` (hard links counted once); with ``since`` (a
+    ``time.time()`` stamp) only files modified at or after it, i.e. written by a run that
+    started then (files it reused are not part of its bill)."""
     seen, total = set(), 0
     for root in roots:
         for p in Path(root).rglob("*"):
             st = p.lstat()
+            if since is not None and st.st_mtime < since:
+                continue
             if p.is_file() and (st.st_dev, st.st_ino) not in seen:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_size
