@@ -47,7 +47,7 @@ from utils.stack.master import (
     real_paths,
 )
 from utils.stack.references import BiasReference, scaled_dark_files
-from utils.stack.stats import exact_median, exact_nanmedian
+from utils.stack.stats import exact_median, exact_nanmedian, typical_noise
 from utils.stack.tiles import pixel_blocks
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class MasterRecord:
     mean: float = math.nan      # [unit] of the master over valid pixels
     median: float = math.nan
     std: float = math.nan
-    noise: float = math.nan     # median per-pixel noise of the inputs [unit]
+    noise: float = math.nan     # typical input noise [unit] (stats.typical_noise)
     tavg: float = math.nan
     bias_file: str = ""
     dark_file: str = ""
@@ -240,10 +240,10 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         for name, value in ((kw.MEAN, np.mean(good)), (kw.MEDIAN, exact_median(good)),
                             (kw.STD, np.std(good))):
             cards[name] = (float(value), "of the normalised master, valid pixels")
-    noise_med = exact_nanmedian(result.noise)
+    noise_med = typical_noise(result.noise, result.count)
     cards.update({
         INHASH: (digest, "hash of inputs and settings"),
-        "NOISEMED": (noise_med, f"[{unit or '1'}] median per-pixel noise of the inputs"),
+        "NOISEMED": (noise_med, f"[{unit or '1'}] typical input noise (stats.typical_noise)"),
         kw.TBIN: (key.temperature, "[degC] temperature bin label"),
         kw.TBINW: (settings.temp_bin, "[degC] temperature bin width"),
         kw.STAGE: (key.stage or "none", "irradiation stage"),

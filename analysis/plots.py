@@ -62,7 +62,7 @@ def plot_metric_vs_temperature(stats: pd.DataFrame, masters: pd.DataFrame, calty
     column = "NOISE" if metric == "STD" else "MEAN"
     if caltype == "BIAS" and len(mrows):
         ax.plot(mrows["TAVG"], mrows[column], "ks", mfc="none",
-                label="masters (" + ("median pixel noise" if column == "NOISE" else "mean") + ")")
+                label="masters (" + ("typical pixel noise" if column == "NOISE" else "mean") + ")")
     names = {"MEAN": "frame mean", "MEDIAN": "frame median", "STD": "frame std (spatial)"}
     name = f"{caltype.lower()} {names.get(metric, metric)}"
     # the bias masters' squares are a per-pixel temporal noise: the axis names both

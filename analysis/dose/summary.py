@@ -10,8 +10,9 @@ columns) then ``TEMP, NFRAMES, FRAMEDOSE, MEAN_ERR, NOISE, SPATIAL_STD, MASTER,
 DOSE_RATE_SRC, USED``.  ``MEAN`` [adu] is the master's mean over valid pixels and
 ``MEAN_ERR`` its error from the per-pixel errors; ``STD`` [adu] the pooled
 standard deviation of every input pixel value around that mean (the old
-definition: temporal and spatial together); ``NOISE`` the median per-pixel
-temporal noise; ``DOSE_RATE`` [krad/s] the mean over the group's frames of the
+definition: temporal and spatial together); ``NOISE`` the typical per-pixel
+temporal noise (``utils.stack.stats.typical_noise``: a Gaussian sigma, whatever the
+number of frames); ``DOSE_RATE`` [krad/s] the mean over the group's frames of the
 dose rate the radiation log gives during each frame (index ``DOSERATE``), or,
 without it, the old rule (dose difference over time difference between
 consecutive frames); ``USED`` marks the rows at the analysis temperature that the
@@ -40,6 +41,7 @@ from utils import headers as kw
 from utils.io.tokens import number_text
 from utils.stack.grouping import cluster, text_column
 from utils.stack.master import CombineSettings, make_master, read_master
+from utils.stack.stats import typical_noise
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +237,7 @@ def build_summary(groups, out_dir: Path, combine: CombineSettings, *, temp_bin: 
             mean_err = float(np.sqrt(np.nansum(image.stderr[ok] ** 2)) / ok.sum()) \
                 if ok.any() else math.nan
             std = pooled_std(image.data, image.noise, image.count)
-            noise = float(np.nanmedian(image.noise)) if np.isfinite(image.noise).any() \
-                else math.nan
+            noise = typical_noise(image.noise, image.count)
             spatial = float(np.std(image.data[ok])) if ok.any() else math.nan
             if have_rates:
                 rate, rate_std = group_rate(pd.to_numeric(rows["DOSERATE"], errors="coerce")

@@ -484,3 +484,29 @@ def test_flat_set_of_one_frame_is_written_flagged(tmp_path):
     with fits.open(flat[0].path) as hdul:
         assert hdul[0].header["FLATNORM"] > 0 and hdul["MASK"].data.all()
         assert np.nanmedian(hdul[0].data) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_summary_noise_is_the_typical_noise_of_the_noise_map(processed):
+    """masters_summary NOISE (and the NOISEMED card) is the Gaussian sigma of the master's
+    NOISE map for its own counts (utils.stack.stats.typical_noise), so the 10-frame attempt
+    masters and the 20-frame group master of one bias set agree with each other and with
+    the truth; the plain median of sample stds put the attempts ~2 % below the group."""
+    from utils.stack.stats import typical_noise
+
+    _, out, _, truth, _ = processed
+    summary = _summary(out)
+    rows = summary[(summary.CALTYPE == "BIAS") & (summary.TBIN.round() == 25.0)]
+    assert len(rows) == 3  # two attempts and the set
+    quant = 16 / math.sqrt(12)
+    expected = float(np.median(np.hypot(truth["read_noise"], quant)))
+    for _, row in rows.iterrows():
+        with fits.open(row["PATH"]) as hdul:
+            value = typical_noise(hdul["NOISE"].data, hdul["NCOMB"].data)
+            n = int(np.median(hdul["NCOMB"].data))
+            assert hdul[0].header["NOISEMED"] == pytest.approx(value, rel=1e-12)
+        assert row["NOISE"] == pytest.approx(value, rel=1e-9)
+        # median of a variance over the pixels: ~1.25 sqrt(2 / (n - 1) / pixels), halved for
+        # a sigma; 4 standard errors, plus the spread of the sensor's read noise (its own
+        # median vs this estimator's) and the clipping's few per mille
+        se = 1.2533 * math.sqrt(2 / (n - 1) / truth["read_noise"].size) / 2
+        assert row["NOISE"] == pytest.approx(expected, rel=4 * se + 0.01), row["PATH"]
