@@ -260,7 +260,7 @@ def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:
 def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalStack:
     """Open every master for tile reads and measure the noise model of their errors.
 
-    The errors come from one photon-transfer model per pixel over all masters (two or three
+    The errors come from one photon-transfer model per pixel over all masters (three
     passes over row tiles, :mod:`dark_pipeline.noise_model`) when the masters span a signal range;
     else from a variance line per temperature bin (per tile).  ``memory_limit`` [byte] is
     the run's budget;
