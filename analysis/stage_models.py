@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dark_pipeline.model_2d import rate_bias_errors
 from dark_pipeline.pipeline import DarkSettings, measure
 from dark_pipeline.rates import METHOD_SINGLE, RateMap, load_stack, measure_rates
 from dark_pipeline.temperature_model import DarkModel1D, fit_temperature_model
@@ -193,7 +194,10 @@ def measure_stage(index: DatasetIndex, stage: str, dose: float, out_dir: Path,
     rates: list[RateMap] = measure_rates(stack)
     out = StageMeasurement(stage, dose, tag, rates)
     if len({round(r.tavg, 3) for r in rates}) >= 2:
-        out.model = fit_temperature_model(rates, settings.t_ref, adc_bits=adc_bits, quiet=True)
+        # one-exposure rates share the subtracted bias model's error between temperatures
+        out.model = fit_temperature_model(rates, settings.t_ref, adc_bits=adc_bits, quiet=True,
+                                          shared_errors=rate_bias_errors(stack, rates,
+                                                                         bias.model))
     darks = select_frames(index, "DARK", stage, dose=dose_opt)
     try:
         bias_rows = select_frames(index, "BIAS", stage, dose=dose_opt)

@@ -30,7 +30,7 @@ from utils.models.nonlinear import PowerExponentialFit, fit_power_exponential_pe
 from utils.models.pixel_tiles import PixelTiles
 from utils.stack.tiles import PIXEL_BLOCK, ProductRows, gather_sample
 
-from .rates import total_err
+from .rates import METHOD_SINGLE, total_err
 from .temperature_model import MASK_HOT, _err_scale, _header, _mask, _scale_in_place
 
 logger = logging.getLogger(__name__)
@@ -235,6 +235,33 @@ def _bias_error_structure(keys, temps, bias_model, pixels=None):
             cd[d, d] = suberr[k].astype(np.float64) ** 2
         return cd
     return design, master_cov
+
+
+def rate_bias_errors(stack, rates, bias_model=None):
+    """How the subtracted bias's errors are shared between the rate maps ``rates`` of
+    ``stack`` (:func:`dark_pipeline.rates.measure_rates`), for the 1-D model's
+    ``shared_errors``: ``(V, cov)`` with V ``(K, D)`` per rate map and ``cov(r0, r1)`` the
+    rows of C ``(D, D, rows, W)`` (:func:`_bias_error_structure`), or None.
+
+    A rate measured from one exposure is its master over the exposure, so it carries that
+    master's bias error over the exposure (its row of V); a slope over exposures carries
+    none (the bias is in its offset: a row of zeros).  With the bias model the error is
+    ``delta A + delta B (T - TREF)`` at every temperature, one line per pixel; ignored, the
+    1-D population fit read its constant part as a flatter temperature law.
+    """
+    design, cov = _bias_error_structure(stack.bias_keys, stack.temps, bias_model, stack.pixels)
+    if design is None:
+        return None
+    v = np.zeros((len(rates), design.shape[1]))
+    for j, (idx, r) in enumerate(zip(stack.groups().values(), rates)):
+        if r.method == METHOD_SINGLE:  # the longest exposure's master (measure_rate's)
+            v[j] = design[idx[-1]] / float(r.exptimes[-1])
+    if not v.any():
+        return None
+
+    def read(r0, r1):
+        return cov(r0, r1, stack.rows.read("SUBERR", r0, r1, fill=0.0, planes=stack.planes))
+    return v, read
 
 
 def _correlated_kernel_py(a, g, b, lnt, dT, sig, design, cd, ok_in, out, gv_out):
@@ -493,4 +520,4 @@ def shared_bias_covariance(model: DarkModel2D, bias_model, temperature: float,
 
 
 __all__ = ["DarkModel2D", "BiasErrors", "correlated_error_covariance", "stack_tiles",
-           "fit_model_2d", "shared_bias_covariance"]
+           "fit_model_2d", "shared_bias_covariance", "rate_bias_errors"]

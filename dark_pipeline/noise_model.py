@@ -156,36 +156,32 @@ class NoiseModel:
         return replace(self, v0=v0, amplitude=pick(self.amplitude))
 
 
-def _gain_candidates_py(S, noise, count, ratios):
+def _gain_terms_py(S, noise, count, hi, lo, num, den):
     """Per pixel of a tile (``(K, P)`` float32 signal, noise, count): whether it has two
-    usable masters, and ``dV/dS`` between its brightest and faintest usable master written
-    to ``ratios`` where their signals differ by ten errors; returns ``(usable, written)``.
-    (Pass 1 of :func:`pooled_noise_errors`, float64 arithmetic, no temporaries.)"""
+    usable masters, and where masters ``hi`` and ``lo`` (the brightest and faintest of the
+    population) are both usable, their variance difference ``noise_hi^2 - noise_lo^2``
+    written to ``num`` and signal difference ``S_hi - S_lo`` to ``den``; returns
+    ``(usable, written)``.  (Pass 2 of :func:`pooled_noise_errors`, float64 arithmetic.)"""
     k_n, npix = S.shape
     usable = 0
     n_out = 0
     for p in range(npix):
         n_ok = 0
-        hi = lo = -1
-        s_hi = s_lo = 0.0
         for k in range(k_n):
-            s = np.float64(S[k, p])
-            nz = np.float64(noise[k, p])
-            if np.isfinite(s) and np.isfinite(nz * nz) and count[k, p] > 1:
+            if np.isfinite(np.float64(S[k, p])) and np.isfinite(
+                    np.float64(noise[k, p]) * np.float64(noise[k, p])) and count[k, p] > 1:
                 n_ok += 1
-                # the first of equal values, as nanargmax / nanargmin
-                if hi < 0 or s > s_hi:
-                    hi, s_hi = k, s
-                if lo < 0 or s < s_lo:
-                    lo, s_lo = k, s
         if n_ok < 2:
             continue
         usable += 1
-        d_s = s_hi - s_lo
-        n_lo = np.float64(noise[lo, p])
+        s_hi = np.float64(S[hi, p])
+        s_lo = np.float64(S[lo, p])
         n_hi = np.float64(noise[hi, p])
-        if d_s > 10.0 * np.sqrt(n_lo * n_lo / np.float64(count[lo, p])):
-            ratios[n_out] = (n_hi * n_hi - n_lo * n_lo) / d_s
+        n_lo = np.float64(noise[lo, p])
+        if (np.isfinite(s_hi) and np.isfinite(s_lo) and np.isfinite(n_hi * n_hi)
+                and np.isfinite(n_lo * n_lo) and count[hi, p] > 1 and count[lo, p] > 1):
+            num[n_out] = n_hi * n_hi - n_lo * n_lo
+            den[n_out] = s_hi - s_lo
             n_out += 1
     return usable, n_out
 
@@ -263,13 +259,13 @@ def _pooled_errors_py(S, noise, count, v0, amp, shape, other, gain, out):
 try:
     from numba import njit
 
-    _gain_kernel = njit(nogil=True, cache=True)(_gain_candidates_py)
+    _gain_kernel = njit(nogil=True, cache=True)(_gain_terms_py)
     _read_variance_kernel = njit(nogil=True, cache=True)(_read_variance_py)
     _pooled_kernel = njit(nogil=True, cache=True)(_pooled_errors_py)
     _read_variance_halves_kernel = njit(nogil=True, cache=True)(_read_variance_halves_py)
 except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
     _gain_kernel, _read_variance_kernel, _pooled_kernel, _read_variance_halves_kernel = (
-        _gain_candidates_py, _read_variance_py, _pooled_errors_py, _read_variance_halves_py)
+        _gain_terms_py, _read_variance_py, _pooled_errors_py, _read_variance_halves_py)
 
 
 def _planes(*arrays):
@@ -284,12 +280,14 @@ def _planes(*arrays):
     return tuple(out)
 
 
-def _gain_candidates(data, noise, count):
-    """Pass 1 of :func:`pooled_noise_errors` on a tile: ``(usable pixels, ratios dV/dS)``."""
+def _gain_terms(data, noise, count, hi: int, lo: int):
+    """Pass 2 of :func:`pooled_noise_errors` on a tile: ``(usable pixels, dV, dS)`` between
+    masters ``hi`` and ``lo`` (:func:`_gain_terms_py`)."""
     S, n, c = _planes(data, noise, count)
-    ratios = np.empty(S.shape[1])
-    usable, written = _gain_kernel(S, n, c, ratios)
-    return int(usable), ratios[:written].copy()
+    num = np.empty(S.shape[1])
+    den = np.empty(S.shape[1])
+    usable, written = _gain_kernel(S, n, c, int(hi), int(lo), num, den)
+    return int(usable), num[:written].copy(), den[:written].copy()
 
 
 def _read_variance(data, noise, count, gain):
@@ -340,9 +338,9 @@ def pooled_noise_errors(data: np.ndarray, noise: np.ndarray, count: np.ndarray,
 
     The temporal variance of a pixel is ``v0 + K S`` (read noise plus shot noise of the
     signal S [adu]); K [adu per electron] is common to the sensor, v0 is the pixel's own.
-    K is the clipped mean (:func:`shot_noise_factor`) over pixels of the variance difference
-    between their brightest and faintest master divided by the signal difference (pixels
-    whose signals differ by ten errors at least); v0 pools every master of the pixel
+    K is the ratio of the summed variance differences to the summed signal differences
+    between the population's brightest and faintest masters over every pixel
+    (:func:`shot_noise_fit`: no pixel chosen by its own noise); v0 pools every master of the pixel
     (``n_k - 1`` weights).  Against a variance line per temperature bin (two parameters per
     pixel from that bin's few masters) this leaves one parameter per pixel estimated from
     every frame, so the weights scatter far less and the errors are not heavy-tailed.
@@ -452,72 +450,119 @@ def shrink_amplitudes(amplitude: np.ndarray, variance: np.ndarray) -> np.ndarray
     return amplitude
 
 
-#: Robust sigmas (MAD) of the pixels' dV/dS beyond which a pixel is left out of K (a noisy or
-#: telegraph pixel); wide, because the ratio of a few frames' variances is skewed.
+#: Robust sigmas beyond which a pixel is left out of K: of the population's signal difference
+#: (a hot pixel, whose variance difference is noisy enough to outweigh the rest), and of the
+#: residual ``dV - K dS`` (a noisy or telegraph pixel).  Cuts far outside the bulk, never in it.
+GAIN_BRIGHT_Z = 20.0
 GAIN_CLIP = 10.0
 
 
-def shot_noise_factor(ratios: np.ndarray) -> float:
-    """K [adu per electron]: the mean of the pixels' ``dV/dS`` within :data:`GAIN_CLIP`
-    robust sigmas of their median.  (Their median is low by the skew of a sample variance:
-    7 % with 10 frames, 25 % with 4.)"""
-    med = float(np.median(ratios))
-    spread = float(mad_std(ratios))
-    if not spread > 0:
-        return med
-    return float(np.mean(ratios[np.abs(ratios - med) <= GAIN_CLIP * spread]))
+def shot_noise_factor(num: np.ndarray, den: np.ndarray) -> float:
+    """K [adu per electron] (:func:`shot_noise_fit` without its error)."""
+    return shot_noise_fit(num, den)[0]
+
+
+def shot_noise_fit(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
+    """K [adu per electron]: ``sum dV / sum dS`` over the pixels, between the two masters of
+    the largest and smallest population signal, ``dV = noise_hi^2 - noise_lo^2`` the
+    difference of their sample variances and ``dS`` of their signals.  Pixels whose ``dS`` is
+    beyond :data:`GAIN_BRIGHT_Z` robust sigmas of the population's (hot pixels) are left
+    out, then those whose residual ``dV - K dS`` is beyond :data:`GAIN_CLIP` (three rounds).
+
+    No pixel is chosen by its own noise: the mean of per-pixel ratios over the pixels whose
+    signal difference was ten times the faint master's own error selected pixels whose
+    faint variance (subtracted) came out low and whose signal difference came out high --
+    K 12.6 for 8 with 3-frame masters (9.1 with 8 frames), the faint masters' errors too
+    small, the bright ones' too large, and a 1-D T_d from one-exposure darks high (pulls
+    +5 over 10^5 pixels).  A sample variance is unbiased, so ``sum dV`` estimates ``K sum dS``
+    whatever the number of frames.  Returns ``(K, its standard error)`` (a ratio estimator's:
+    ``sqrt(sum r^2) / sum dS`` over the pixels kept); NaN without a pixel."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    if den.size == 0:
+        return math.nan, math.nan
+    centre = float(np.median(den))
+    spread = float(mad_std(den))
+    if spread > 0:
+        keep = np.abs(den - centre) <= GAIN_BRIGHT_Z * spread
+        num, den = num[keep], den[keep]
+    total = float(den.sum())
+    k = float(num.sum()) / total if total > 0 else math.nan
+    for _ in range(3):
+        if not math.isfinite(k) or den.size == 0:
+            break
+        r = num - k * den
+        spread = float(mad_std(r))
+        if not spread > 0:
+            break
+        keep = np.abs(r - float(np.median(r))) <= GAIN_CLIP * spread
+        if keep.all():
+            break
+        num, den = num[keep], den[keep]
+        total = float(den.sum())
+        k = float(num.sum()) / total if total > 0 else math.nan
+    if not math.isfinite(k):
+        return math.nan, math.nan
+    return k, math.sqrt(float(np.sum((num - k * den) ** 2))) / total
+
+
+#: K over its standard error below which the masters show no shot noise (no signal range:
+#: the errors then come from a variance line per temperature bin).
+MIN_GAIN_SNR = 5.0
 
 
 def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
                  halves: np.ndarray | None = None, read_suberr=None,
                  groups=None) -> NoiseModel | None:
-    """The pooled noise model measured in two passes over ``tiles`` (``read(r0, r1)`` gives
-    signal, noise and count of every master), three with ``halves``; None when K cannot be
-    measured.
+    """The pooled noise model measured in three passes over ``tiles`` (``read(r0, r1)`` gives
+    signal, noise and count of every master); None when K cannot be measured.
 
+    Pass 1: each master's population signal, the median of the stride sample
+    :func:`utils.stack.tiles.pixel_sample`, which names the brightest and faintest masters;
+    pass 2: K from their variance and signal differences over the pixels
+    (:func:`shot_noise_factor`); pass 3: the pooled read variance v0.
     With ``halves`` (0 or 1 per master) the model also predicts each master's signal from
     the other half (:meth:`NoiseModel.errors`): the pixel's signal in that half over the
-    population's (pass 2), times the master's population signal, the median of the
-    stride sample :func:`utils.stack.tiles.pixel_sample` (pass 1); and each half's errors
+    population's (pass 2), times the master's population signal; and each half's errors
     get their own v0 (pass 3, once the amplitudes are shrunk: :class:`NoiseModel`).
     ``read_suberr(r0, r1)`` (the masters' subtracted-bias errors) and ``groups`` (an id per
     master: those sharing one subtracted bias value) add the bias's error to the halves'
     amplitude variance the shrinkage uses (:func:`_half_amplitudes`)."""
     if k_n < 2:
         return None
-    usable, ratios, samples = 0, [], []
+    samples = []
     sample = None
     for r0, r1 in tiles:
         S, noise, count = read(r0, r1)
-        n_use, ratio = _gain_candidates(S, noise, count)
-        usable += n_use
-        ratios.append(ratio)
-        if halves is not None:
-            width = S.shape[-1]
-            if sample is None:
-                sample = pixel_sample((tiles[-1][1], width), SHAPE_SAMPLE)
-            lo, hi = np.searchsorted(sample, [r0 * width, r1 * width])
-            # fancy indexing copies: a view would keep every tile alive until the last one
-            samples.append(S.reshape(k_n, -1)[:, sample[lo:hi] - r0 * width])
-    ratios = np.concatenate(ratios)
-    if usable < min_pixels or ratios.size < min_pixels:
+        width = S.shape[-1]
+        if sample is None:
+            sample = pixel_sample((tiles[-1][1], width), SHAPE_SAMPLE)
+        lo, hi = np.searchsorted(sample, [r0 * width, r1 * width])
+        at = sample[lo:hi] - r0 * width
+        # fancy indexing copies: a view would keep every tile alive until the last one
+        samples.append(S.reshape(k_n, -1)[:, at])
+        del S, noise, count
+    with np.errstate(all="ignore"):
+        levels = np.nanmedian(np.concatenate(samples, axis=1), axis=1).astype(np.float64)
+    del samples
+    if not np.isfinite(levels).sum() >= 2:
         return None
-    gain = shot_noise_factor(ratios)
-    if not gain > 0:
-        return None
-    shape = other = amplitude = None
+    hi_k = int(np.nanargmax(levels))
+    lo_k = int(np.nanargmin(levels))
+    shape = other = amplitude = variance = None
     if halves is not None:
         halves = np.asarray(halves, dtype=np.intp)
-        with np.errstate(all="ignore"):
-            shape = np.nanmedian(np.concatenate(samples, axis=1), axis=1).astype(np.float64)
+        shape = levels.copy()
         shape[~(shape > 0)] = np.nan   # no positive signal: the master's own is used
         other = 1 - halves
-    v0 = []
-    variance = None
+    usable, nums, dens = 0, [], []
     for r0, r1 in tiles:
         S, noise, count = read(r0, r1)
+        n_use, num, den = _gain_terms(S, noise, count, hi_k, lo_k)
+        usable += n_use
+        nums.append(num)
+        dens.append(den)
         if halves is None:
-            v0.append(_read_variance(S, noise, count, gain))
             continue
         if amplitude is None:
             amplitude = np.empty((2, tiles[-1][1]) + S.shape[2:], np.float32)
@@ -526,6 +571,14 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
         amplitude[:, r0:r1], variance[:, r0:r1] = _half_amplitudes(S, noise, count, shape,
                                                                    halves, suberr, groups)
         del suberr
+    num, den = np.concatenate(nums), np.concatenate(dens)
+    del nums, dens
+    if usable < min_pixels or num.size < min_pixels:
+        return None
+    gain, gain_err = shot_noise_fit(num, den)
+    del num, den
+    if not gain > MIN_GAIN_SNR * gain_err:   # no signal range, no shot noise seen
+        return None
     if amplitude is not None:
         shrink_amplitudes(amplitude, variance)
         del variance
@@ -536,7 +589,7 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
             v0[:, r0:r1] = _read_variance_halves(S, noise, count, gain, amplitude[:, r0:r1],
                                                  shape, other)
     else:
-        v0 = np.concatenate(v0)
+        v0 = np.concatenate([_read_variance(*read(r0, r1), gain) for r0, r1 in tiles])
     finite = np.isfinite(v0)
     if not finite.any():
         return None
@@ -562,4 +615,5 @@ def halves_of(temperatures, exptimes) -> np.ndarray:
     return halves
 
 
-__all__ = ["NoiseModel", "halves_of", "noise_model_errors", "pooled_noise_errors"]
+__all__ = ["NoiseModel", "halves_of", "noise_model_errors", "pooled_noise_errors",
+           "shot_noise_factor", "shot_noise_fit"]

@@ -67,7 +67,13 @@ from .masters import (
     dark_sets,
     masters_table,
 )
-from .model_2d import BiasErrors, DarkModel2D, fit_model_2d, shared_bias_covariance
+from .model_2d import (
+    BiasErrors,
+    DarkModel2D,
+    fit_model_2d,
+    rate_bias_errors,
+    shared_bias_covariance,
+)
 from .rates import RATE_FOLDER, load_stack, measure_rate, rate_file, rate_sample, write_rate
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
 from .temperature_model import DarkModel1D, fit_temperature_model
@@ -634,7 +640,9 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         raise UserError(f"dark frames at a single temperature ({number_text(rates[0].tavg)} degC): "
                         f"masters, rate map and hot pixels written to {out_dir}, but the "
                         "dark-current model in temperature needs at least two")
-    model = fit_temperature_model(rates, settings.t_ref, adc_bits=adc_bits)
+    # one-exposure rates share the subtracted bias model's error between temperatures
+    model = fit_temperature_model(rates, settings.t_ref, adc_bits=adc_bits,
+                                  shared_errors=rate_bias_errors(stack, rates, bias_model))
     hot = write_hot_pixels(model.fit.amplitude, out_dir, settings, adc_bits,
                            f"1-D model A at TREF {settings.t_ref:g} degC", files)
     model.hot = hot.mask

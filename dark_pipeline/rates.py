@@ -14,7 +14,10 @@ factor ``ERRSCALE`` = sqrt(median chi2/dof / its expected median) then calibrate
 rate errors (as in the bias model).
 With a single exposure the rate is the bias-subtracted signal divided by the
 exposure (``RATEMETH = 'single exposure'``, offset assumed 0): flagged,
-because residual bias then counts as dark current.
+because residual bias then counts as dark current.  Its error is then the master's and
+the subtracted bias's (``SUBERR``) in quadrature, over the exposure; the bias error is
+shared between temperature bins subtracted with one bias model, which the 1-D model's
+population fit takes into account (:func:`dark_pipeline.model_2d.rate_bias_errors`).
 """
 
 from __future__ import annotations
@@ -257,7 +260,7 @@ def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:
 def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalStack:
     """Open every master for tile reads and measure the noise model of their errors.
 
-    The errors come from one photon-transfer model per pixel over all masters (two or three
+    The errors come from one photon-transfer model per pixel over all masters (three
     passes over row tiles, :mod:`dark_pipeline.noise_model`) when the masters span a signal range;
     else from a variance line per temperature bin (per tile).  ``memory_limit`` [byte] is
     the run's budget;
@@ -316,10 +319,12 @@ def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
     pick_err = None  # errors of the pixels measured from one exposure (not rescaled)
     samples = []
     for r0, r1 in stack.row_tiles(images=2, planes=len(idx)):
-        data, sigma, _ = stack.read(r0, r1, idx)
+        data, sigma, suberr = stack.read(r0, r1, idx)
         if single_exposure:
+            # signal / exposure holds the subtracted bias's error as well as the master's
+            # noise (a slope over exposures does not: the bias is in its offset)
             maps["slope"][r0:r1] = data[-1] / float(exptimes[-1])
-            maps["slope_err"][r0:r1] = sigma[-1] / float(exptimes[-1])
+            maps["slope_err"][r0:r1] = total_err(sigma[-1], suberr[-1]) / float(exptimes[-1])
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
             fit = fit_line_per_pixel(exptimes, data, sigma, x_ref=0.0)
@@ -337,7 +342,8 @@ def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
             # master still measures the rate, with the offset taken as 0
             k = np.argmax(valid, axis=0)
             pick = np.take_along_axis(data, k[None], 0)[0] / exptimes[k]
-            pick_err_t = np.take_along_axis(sigma, k[None], 0)[0] / exptimes[k]
+            pick_err_t = np.take_along_axis(total_err(sigma, suberr), k[None], 0)[0] \
+                / exptimes[k]
             maps["slope"][r0:r1] = np.where(single, pick, maps["slope"][r0:r1])
             if pick_err is None:
                 pick_err = np.full(shape, np.nan, np.float32)

@@ -51,7 +51,7 @@ from utils.models.nonlinear import (
     ExponentialFit,
     fit_exponential_per_pixel,
 )
-from utils.models.pixel_tiles import PixelTiles
+from utils.models.pixel_tiles import PixelTiles, flat_cov
 from utils.stack.stats import median_with_error, spread_with_error
 from utils.stack.tiles import PIXEL_BLOCK, row_tiles
 
@@ -475,10 +475,12 @@ class RatePoints:
                 self.rows.read("UNCERT", 0, height, planes=[k])[0])
 
     def tiles(self, point_scale: np.ndarray | None = None,
-              pixels: int = SCALED_TILE_PIXELS) -> PixelTiles:
+              pixels: int = SCALED_TILE_PIXELS, shared_cov=None) -> PixelTiles:
         """The points with errors ``s * point_scale`` (per map, float64 as
         ``s * point_scale[:, None, None]`` gives them; ``s`` as it is without), tile by tile:
-        ``pixels`` pixels at a time in memory, whole rows of the files."""
+        ``pixels`` pixels at a time in memory, whole rows of the files (or of the maps in
+        memory, with ``shared_cov(r0, r1)``: the ``(D, D, r1 - r0, W)`` covariance of the
+        errors the points share, read with each tile)."""
         k, height, width = self.shape
         npix = height * width
         scale = None if point_scale is None else \
@@ -486,7 +488,7 @@ class RatePoints:
 
         def scaled(s2):
             return s2 if scale is None else s2 * scale
-        if self.rows is None:
+        if self.rows is None and shared_cov is None:
             y2, s2 = self.y.reshape(k, -1), self.s.reshape(k, -1)
             ranges = [(a, min(a + pixels, npix)) for a in range(0, npix, pixels)]
             return PixelTiles(k, (height, width), ranges, lambda a, b: (
@@ -495,8 +497,10 @@ class RatePoints:
         ranges = [(r0 * width, r1 * width) for r0, r1 in row_tiles(height, rows)]
 
         def read(a, b):
-            y_t, s_t = self.read(a // width, b // width)
-            return y_t.reshape(k, -1), scaled(s_t.reshape(k, -1)), None
+            r0, r1 = a // width, b // width
+            y_t, s_t = self.read(r0, r1)
+            cov = None if shared_cov is None else flat_cov(shared_cov(r0, r1))
+            return y_t.reshape(k, -1), scaled(s_t.reshape(k, -1)), cov
         return PixelTiles(k, (height, width), ranges, read)
 
 
@@ -509,7 +513,8 @@ def _scaled_tiles(y: np.ndarray, s: np.ndarray, point_scale: np.ndarray,
 
 def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_ADC_BITS,
                           quiet: bool = False,
-                          population_start: float | None = None) -> DarkModel1D:
+                          population_start: float | None = None,
+                          shared_errors=None) -> DarkModel1D:
     """Fit the 1-D model to rate maps (:class:`dark_pipeline.rates.RateMap`) of several bins.
 
     Every pixel with a positive rate at two temperatures is fitted on its own (no
@@ -517,6 +522,13 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
     ``population_start`` [1/degC]: a close start of the population B's joint fit (the full
     model's in a leave-one-out refit): the same model within the fit's tolerance, faster
     (:func:`utils.models.nonlinear.fit_exponential_per_pixel`).
+    ``shared_errors`` ``(V, cov)``: the error the rate maps share, ``cov(e_k, e_l) = V_k
+    C V_l^T`` with V ``(K, D)`` (one row per rate map, in their order) and ``cov(r0, r1)``
+    giving rows ``r0:r1`` of C ``(D, D, rows, W)`` -- the subtracted bias model's error in
+    rates measured from one exposure (:func:`dark_pipeline.model_2d.rate_bias_errors`).
+    The population fit then takes it into account: an offset common to the temperatures
+    is otherwise read as a flatter law (T_d 1.5-3 % high, pulls +1.6..+3.3, with one 1 s
+    dark at 0..30 degC and 3 frames per master).
 
     Raises
     ------
@@ -529,9 +541,13 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
                         "a dark-current model in temperature needs at least two")
     points = RatePoints.of(rates)  # in memory, or read back from the written maps
     point_scale = np.ones(len(rates))
+    v_shared, shared_cov = (None, None) if shared_errors is None else shared_errors
     for attempt in range(3):
+        # the shared error scales with its points' errors
+        shared = None if shared_cov is None else \
+            (np.asarray(v_shared, dtype=np.float64) * point_scale[:, None], None)
         try:
-            if np.all(point_scale == 1.0) and points.rows is None:
+            if np.all(point_scale == 1.0) and points.rows is None and shared_cov is None:
                 # unscaled errors go in as they are (the kernels read float64 either way)
                 fit = fit_exponential_per_pixel(temps, points.y, points.s, x_ref=t_ref,
                                                 min_snr=START_SNR,
@@ -540,8 +556,9 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
                 # tile by tile (the same numbers): scaled errors, or rows of the files
                 fit = fit_exponential_per_pixel(
                     temps, None, None, x_ref=t_ref, min_snr=START_SNR,
-                    tiles=points.tiles(None if np.all(point_scale == 1.0) else point_scale),
-                    population_start=population_start)
+                    tiles=points.tiles(None if np.all(point_scale == 1.0) else point_scale,
+                                       shared_cov=shared_cov),
+                    population_start=population_start, shared_errors=shared)
         except ValueError as err:
             raise UserError(f"dark-current model: {err}") from err
         if len(rates) < MIN_POINTS_PER_T_SCALE or attempt == 2:

@@ -338,7 +338,8 @@ def _by_blocks(shape, block, size: int | None = None) -> np.ndarray:
 def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0,
                               max_iter: int = 30, tol: float = 1e-6, workers: int = 2,
                               tiles: PixelTiles | None = None,
-                              population_start: float | None = None) -> ExponentialFit:
+                              population_start: float | None = None,
+                              shared_errors=None) -> ExponentialFit:
     """Weighted nonlinear least-squares exponential through every pixel of a stack.
 
     Fits ``y = amplitude * exp(rate * (x - x_ref))``, e.g. dark current
@@ -391,6 +392,13 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
         population rate when refitting part of its data (leave-one-out); the same result
         within the fit's tolerance (1e-3 of its error), in fewer passes over the pixels
         (:func:`utils.models.population.joint_shape`, ``start``).
+    shared_errors : tuple (V, C), optional
+        Error shared between the points (e.g. one subtracted bias model serving every
+        point measured from one exposure), ``cov(e_k, e_l) = V_k C_p V_l^T``; its diagonal
+        must be in ``sigma``.  Taken into account by the population fit
+        (:func:`utils.models.population.joint_shape`), whose expectation otherwise leans
+        towards the shape of the shared error.  ``C`` (D, D, ...) per pixel, or None with
+        ``tiles`` (whose reads then give it).
 
     Returns
     -------
@@ -423,7 +431,7 @@ def fit_exponential_per_pixel(x, y, sigma, *, x_ref: float, min_snr: float = 3.0
     res = _fit_exp_model((x - x_ref)[:, None], y, sigma, min_snr=min_snr, max_iter=max_iter,
                          tol=tol, workers=workers, what="two distinct x", tiles=tiles,
                          population_start=None if population_start is None
-                         else [population_start])
+                         else [population_start], shared=shared_errors)
     (rate_pop, rate_spread), = res["population"]
     return ExponentialFit(res["amplitude"], res["theta"][0], res["amplitude_err"],
                           res["theta_err"][0], res["covariance"][0, 1].copy(), res["chi2"],
