@@ -73,3 +73,45 @@ def test_fast_layout_finds_every_image_hdu_where_astropy_does(tmp_path):
     cut.write_bytes(path.read_bytes()[:-2880])
     with pytest.raises(UnreadableFrameError, match="truncated"):
         fitsio.fits_layout(cut, 4)
+
+
+def test_truncated_header_reads_are_flagged_from_many_threads(tmp_path):
+    """Indexing reads headers in a thread pool. ``warnings.catch_warnings`` swaps the
+    process-wide filters, so one thread leaving its capture while another was inside it
+    let astropy's 'may have been truncated' warning escape the other (as an exception under
+    an 'error' filter, or printed and the file taken as good): an occasional test failure,
+    and in a run a truncated frame not flagged.  Every read must give UnreadableFrameError,
+    whatever the other threads do."""
+    import threading
+    import warnings
+
+    from astropy.io import fits
+
+    from utils.errors import UnreadableFrameError
+    from utils.io.fitsio import read_header
+
+    path = tmp_path / "cut.fits"
+    fits.PrimaryHDU(np.zeros((48, 64), np.uint16)).writeto(path)
+    path.write_bytes(path.read_bytes()[:2 * 2880])  # header and part of the data
+    outcomes, lock = [], threading.Lock()
+
+    def reader():
+        for _ in range(150):
+            try:
+                read_header(path)
+                result = "read"
+            except UnreadableFrameError:
+                result = "flagged"
+            except Exception as err:  # noqa: BLE001 - what escaped is the finding
+                result = type(err).__name__
+            with lock:
+                outcomes.append(result)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # like the test suite's configuration
+        threads = [threading.Thread(target=reader) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert set(outcomes) == {"flagged"}, {o: outcomes.count(o) for o in set(outcomes)}

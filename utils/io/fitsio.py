@@ -25,6 +25,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -512,12 +513,29 @@ class FitsLayout:
 _BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
+#: ``warnings.catch_warnings`` swaps the process-wide filters: two threads capturing at once
+#: restore each other's, and a warning escapes the capture (a truncated frame read as good,
+#: or the warning raised where an "error" filter is in force).  Captures take turns.
+_CAPTURE_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _astropy_warnings_as_errors(path: str):
-    """Turn astropy's 'file may have been truncated' style warnings into a frame error."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
+    """Turn astropy's 'file may have been truncated' style warnings into a frame error.
+
+    One capture at a time in the process (:data:`_CAPTURE_LOCK`); a warning that still
+    arrives as an exception (filters another library's thread set) is judged the same way.
+    """
+    with _CAPTURE_LOCK:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        except Warning as err:
+            if isinstance(err, UserWarning) and "truncated" in str(err):
+                raise UnreadableFrameError(path, f"truncated ({err}); re-convert or remove "
+                                                 "the file") from err
+            raise
     for item in caught:
         if issubclass(item.category, (UserWarning,)) and "truncated" in str(item.message):
             raise UnreadableFrameError(path, f"truncated ({item.message}); re-convert or "
