@@ -35,6 +35,12 @@ dark_current_residuals.png, variance_residuals.png, qq_plot.png (each with its
 allow) with dc0_map.png and beta_d_map.png, pixels.fits (the pixel set), masters/,
 reconstruction_stats.csv (with the full pipeline), config_used.json, summary.json.
 
+Memory: the masters are never held together.  The pixel set, the points, the pooled read
+variance and the dark maps are computed from row tiles of every master read with the
+stacking engine's block reader, tiles sized from a quarter of ``--memory-limit``
+(analysis/radiation_tiles.py); per-pixel maps are the same bit for bit whatever the tile,
+the points the same to float64 rounding.
+
 Example
 -------
 ::
@@ -59,6 +65,14 @@ import pandas as pd
 from astropy.io import fits
 
 from analysis.products import save_plot
+from analysis.radiation_tiles import (
+    MasterRows,
+    dark_map_inputs,
+    dark_maps,
+    measure_points,
+    read_variance,
+    select_pixels,
+)
 from utils import adu, cli
 from utils import headers as kw
 from utils.errors import ConfigError, UserError
@@ -79,13 +93,9 @@ from utils.plotting import STAGE_COLOURS, finish_axes, new_axes, show_image
 from utils.run_record import run_digest, write_run_summary
 from utils.settings import dump_settings, field
 from utils.stack.grouping import GroupKey, calibration_groups, text_column
-from utils.stack.master import CombineSettings, make_master, read_master
-from utils.stack.stats import mad_std
+from utils.stack.master import CombineSettings, make_master
 
 logger = logging.getLogger(__name__ if __name__ != "__main__" else "analysis.fit_radiation_model")
-
-#: Robust sigma above the population of a bias-subtracted dark master that makes a pixel hot.
-HOT_NSIGMA = 5.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,8 @@ class FitSettings:
                                       "constrains b_T")
     combine: CombineSettings = field(CombineSettings(method="mean"),
                                      "combination of each model master (mean: unbiased "
-                                     "mean and variance)")
+                                     "mean and variance); its memory_limit also sizes the "
+                                     "row tiles of the model's pixel work")
 
     def __post_init__(self):
         if any(s not in STAGES for s in self.fit_stages) or not self.fit_stages:
@@ -219,63 +230,6 @@ def build_model_masters(rows: pd.DataFrame, out: Path, settings: FitSettings, *,
     return masters
 
 
-def _nearest_bias(masters: list[ModelMaster], m: ModelMaster) -> ModelMaster | None:
-    same = [b for b in masters if b.key.caltype == "BIAS" and b.key.stage_dir == m.key.stage_dir]
-    return min(same, key=lambda b: abs(b.key.temperature - m.key.temperature)) if same else None
-
-
-def select_pixels(masters: list[ModelMaster], images: dict) -> np.ndarray:
-    """Pixels measured in every master and hot in no dark master (bias subtracted)."""
-    first = next(iter(images.values()))
-    good = np.ones(first.data.shape, bool)
-    for img in images.values():
-        good &= np.isfinite(img.data) & np.isfinite(img.noise) & (img.count >= 2)
-    for m in masters:
-        bias = _nearest_bias(masters, m) if m.key.caltype == "DARK" else None
-        if bias is None:
-            continue
-        diff = images[m.path].data - images[bias.path].data
-        ok = np.isfinite(diff)
-        centre = np.median(diff[ok])
-        scale = float(mad_std(diff[ok])) or float(np.std(diff[ok]))
-        excess = diff - centre
-        # a hot pixel is high in every frame; a pixel the beam hit once is high on average
-        # but with a temporal noise as large as its excess: leaving those out would select
-        # the pixels the beam missed and bias <q> low
-        good &= ~((excess > HOT_NSIGMA * scale) & (excess > 3 * images[m.path].noise))
-    return good
-
-
-def _variance_error(noise2: np.ndarray, n: np.ndarray) -> float:
-    """Standard error of the mean temporal variance over pixels: the larger of the Gaussian
-    sampling error (var(s^2) = 2 s^4/(n + 1) per pixel) and the pixels' own scatter of s^2 /
-    sqrt(N) (beam hits make s^2 heavy-tailed, which the Gaussian formula underestimates;
-    the scatter also holds the pixels' true differences, so it errs on the safe side)."""
-    gaussian = math.sqrt(float(np.sum(2 * noise2 ** 2 / (n + 1)))) / noise2.size
-    scatter = float(np.std(noise2, ddof=1)) / math.sqrt(noise2.size) if noise2.size > 1 \
-        else math.nan
-    return max(gaussian, scatter) if math.isfinite(scatter) else gaussian
-
-
-def measure_points(masters: list[ModelMaster], images: dict, pixels: np.ndarray) -> pd.DataFrame:
-    """Mean and temporal variance of each master over ``pixels``, with their errors."""
-    n_pix = int(pixels.sum())
-    out = []
-    for m in masters:
-        img = images[m.path]
-        n = img.count[pixels].astype(np.float64)
-        noise2 = img.noise[pixels].astype(np.float64) ** 2
-        se2 = noise2 / n
-        point = dict(m.point)
-        point.update(MEAN=float(np.mean(img.data[pixels], dtype=np.float64)),
-                     MEAN_ERR=math.sqrt(float(np.sum(se2))) / n_pix,
-                     VAR=float(np.mean(noise2)),
-                     VAR_ERR=_variance_error(noise2, n),
-                     NPIX=n_pix)
-        out.append(point)
-    return pd.DataFrame(out)
-
-
 def measure_doubling_temperature(points: pd.DataFrame, t_ref: float) -> tuple[float, float]:
     """Population T_d [degC] from the pre-irradiation darks at two temperatures or more:
     weighted line of ln((dark - bias) / t) vs T.  ``(nan, nan)`` when they do not allow it."""
@@ -357,7 +311,8 @@ def run(source: str | os.PathLike, out_dir: str | os.PathLike,
         raise UserError(f"{source}: no bias or dark master of the stages "
                         f"{', '.join(settings.fit_stages)} with two frames or more")
     digest = run_digest(settings, [m.path for m in masters], str(radiation_log))
-    images = {m.path: read_master(m.path) for m in masters}
+    # rows of every master read tile by tile within the budget, never every master at once
+    images = MasterRows.of_paths([m.path for m in masters], settings.combine.memory_limit)
     pixels = select_pixels(masters, images)
     points = measure_points(masters, images, pixels)
     adc_bits = int(round(16 - math.log2(float(np.nanmedian(rows["ADUSCALE"]))))) \
@@ -385,21 +340,14 @@ def run(source: str | os.PathLike, out_dir: str | os.PathLike,
     header["COMMENT"] = "1 = pixel of the model's population (measured everywhere, never hot)"
     files.append(write_product(out / "pixels.fits", pixels.astype(np.uint8), header, unit=""))
     read_var = read_variance(masters, images)
-    files += write_dark_maps(out, masters, images, points, fit, settings, read_var)
+    maps, n_darks = fit_dark_maps(masters, images, points, fit, settings, read_var)
+    files += write_dark_maps(out, maps, n_darks, fit, settings)
+    del maps
     files.append(out / "config_used.json")
     write_run_summary(out, {"n_masters": int(use.sum()), "pixels": int(pixels.sum())}, files,
                       digest)
     return RadiationModelResult(out, fit, points, masters, pixels, files,
                                 read_variance=read_var)
-
-
-def read_variance(masters: list[ModelMaster], images: dict) -> np.ndarray | None:
-    """Per-pixel read variance [adu^2] pooled over every bias master
-    (:func:`utils.models.radiation_response.pooled_read_variance`); None without one."""
-    biases = [images[m.path] for m in masters if m.key.caltype == "BIAS"]
-    if not biases:
-        return None
-    return rr.pooled_read_variance([b.noise for b in biases], [b.count for b in biases])
 
 
 def fit_record(fit: rr.ResponseFit, points: pd.DataFrame, pixels: np.ndarray, info: dict,
@@ -496,49 +444,38 @@ def plot_qq(points: pd.DataFrame, ax=None):
     return ax, {"normal_quantile": quant, "pull": pulls}
 
 
-def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points: pd.DataFrame,
-                    fit: rr.ResponseFit, settings: FitSettings,
-                    read_var: np.ndarray | None = None) -> list[Path]:
+def fit_dark_maps(masters: list[ModelMaster], images: MasterRows, points: pd.DataFrame,
+                  fit: rr.ResponseFit, settings: FitSettings,
+                  read_var: np.ndarray | None = None):
     """Per-pixel DC0 and beta_D from the fitted dark masters (bias of the same group
     subtracted and brought to the dark's temperature and dose with b_T and alpha_D, the
-    population's beam charge removed), where they allow it.  Each point weighs by the
-    variance the model expects for it (``rr.master_variance`` of the dark and of the bias
-    subtracted, from the pixel's pooled read variance ``read_var``), not by the pixel's own
-    sample variance, which under the beam follows the pixel's own hits."""
-    darks, errs, rows = [], [], []
-    for m in masters:
-        if m.key.caltype != "DARK" or m.key.stage not in settings.fit_stages:
-            continue
-        bias = _nearest_bias(masters, m)
-        if bias is None:
-            continue
-        d, b = images[m.path], images[bias.path]
-        b_t = fit.coef.get("b_T", math.nan)
-        shift = (b_t if math.isfinite(b_t) else 0.0) * (m.point["TEMP"] - bias.point["TEMP"])
-        # the bias moves with dose as with temperature: with the beam on while measuring the
-        # darks received more dose than the bias frames before them (alpha_D dD more bias)
-        alpha = fit.coef.get("alpha_D", math.nan)
-        dose_gap = m.point["DOSE"] - bias.point["DOSE"]
-        if math.isfinite(alpha) and math.isfinite(dose_gap):
-            shift += alpha * dose_gap
-        darks.append(d.data - b.data - shift)
-        # the expected variance, not the pixel's own: under the beam a pixel's sample
-        # variance grows with the hits it got, and a fit weighted by it leans away from
-        # the hit pixels' points (mean reconstruction residual +72 +- 6 adu on a 40 krad
-        # step of 20 s darks)
-        errs.append(np.sqrt(rr.master_variance(m.point, fit, read_var, d.count, d.stderr)
-                            + rr.master_variance(bias.point, fit, read_var, b.count, b.stderr)))
-        rows.append(points[(points["MASTER"] == m.path.name)
-                           & (points["TAG"] == m.key.stage_dir)].iloc[0])
-    if len(darks) < 1:
-        return []
-    table = pd.DataFrame(rows)
-    q = fit.coef.get("q_mean", math.nan)
+    population's beam charge removed), where they allow it, tile by tile
+    (:func:`analysis.radiation_tiles.dark_maps`).  Each point weighs by the variance the
+    model expects for it (``rr.master_variance`` of the dark and of the bias subtracted,
+    from the pixel's pooled read variance ``read_var``), not by the pixel's own sample
+    variance, which under the beam follows the pixel's own hits.
+
+    Returns
+    -------
+    tuple
+        ``(maps, n_darks)``: a :class:`utils.models.linear.MultiLinearFit` (None when no
+        dark master allows it) and the number of dark masters fitted per pixel.
+    """
+    inputs = dark_map_inputs(masters, points, fit, settings.fit_stages)
+    if not inputs:
+        return None, 0
     try:
-        maps = rr.pixel_dark_maps(np.array(darks), np.array(errs), table, fit.settings,
-                                  q if math.isfinite(q) else 0.0)
+        return dark_maps(masters, images, inputs, fit, read_var), len(inputs)
     except ValueError as err:
         logger.warning("per-pixel dark maps not made: %s", err)
+        return None, 0
+
+
+def write_dark_maps(out: Path, maps, n_darks: int, fit: rr.ResponseFit,
+                    settings: FitSettings) -> list[Path]:
+    """dark_maps.fits (DC0 with UNCERT, BETA_D, BETA_ERR, CHI2DOF, NPTS), dc0_map.png and
+    beta_d_map.png from :func:`fit_dark_maps`' maps (nothing when None)."""
+    if maps is None:
         return []
     i0, i1 = maps.term("DC0"), maps.term("beta_D")
     header = fits.Header()
@@ -547,7 +484,7 @@ def write_dark_maps(out: Path, masters: list[ModelMaster], images: dict, points:
     set_card(header, "TREF", settings.t_ref, "[degC] reference temperature")
     set_card(header, "TDOUBLE", fit.settings.t_d if fit.settings.t_d else "none",
              "[degC] T_d used (none: no T term)")
-    set_card(header, "NMASTERS", len(darks), "dark masters fitted per pixel")
+    set_card(header, "NMASTERS", n_darks, "dark masters fitted per pixel")
     set_card(header, "BETAFIT", bool(maps.fitted[i1]), "beta_D fitted (dark masters at >1 dose)")
     if not maps.fitted[i1]:
         set_card(header, "BETAWHY", maps.dropped.get("beta_D", ""), "why beta_D is not fitted")
@@ -602,6 +539,11 @@ def build_parser() -> cli.ArgumentParser:
                         help="stages whose masters are fitted (the others are predicted)")
     parser.add_argument("--temp-bin", type=cli.finite_float, default=d.temp_bin,
                         help="[degC] largest temperature span of one master")
+    parser.add_argument("--memory-limit", type=cli.finite_float,
+                        default=d.combine.memory_limit,
+                        help="[byte] working-memory budget of each master's combination; the "
+                             "model's pixel work reads row tiles of every master within a "
+                             "quarter of it")
     return parser
 
 
@@ -611,7 +553,9 @@ def settings_from(args) -> FitSettings:
         return FitSettings(t_ref=args.t_ref, doubling_temperature=args.doubling_temperature,
                            gain=args.gain, bias_slope=tuple(args.bias_slope)
                            if args.bias_slope else None, fit_stages=tuple(args.fit_stages),
-                           temp_bin=args.temp_bin)
+                           temp_bin=args.temp_bin,
+                           combine=CombineSettings(method="mean",
+                                                   memory_limit=args.memory_limit))
     except ValueError as err:
         raise ConfigError(f"invalid option: {err}") from err
 
