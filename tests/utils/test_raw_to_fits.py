@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import shutil
 import signal
@@ -567,3 +568,23 @@ def test_rerun_converts_again_what_its_log_config_or_raw_file_changed(standard_c
     assert third.count("converted") == 1
     assert [r["RAWPATH"] for r in third.rows if r["STATUS"] == "converted"] == [str(other)]
     assert convert_sections(sections, ConversionSettings()).count("converted") == 0
+
+
+def test_log_without_a_temperature_column_is_said(standard_copy, caplog):
+    """A temperatureLog.csv whose temperature column was lost (a spreadsheet export of some
+    columns) gave every frame of the attempt its set point from the file name, with no word
+    about it but TEMPSRC=filename in the listing.  One warning now names the log."""
+    record = next(r for r in good_records(standard_copy)
+                  if (raw_of(standard_copy, r).parent.parent / "temperatureLog.csv")
+                  .read_text().startswith("FrameNum,"))
+    log_path = raw_of(standard_copy, record).parent.parent / "temperatureLog.csv"
+    log = pd.read_csv(log_path)
+    log.drop(columns=[c for c in log.columns if c == "Temperature"]).to_csv(log_path,
+                                                                            index=False)
+    caplog.set_level(logging.WARNING, logger="utils.io.conversion")
+    report = convert_sections(standard_sections(standard_copy.root), ConversionSettings())
+    said = [r.getMessage() for r in caplog.records if "no sensor temperature column" in
+            r.getMessage()]
+    assert len(said) == 1 and str(log_path) in said[0] and "\n" not in said[0]
+    rows = [r for r in report.rows if r["RAWPATH"] == str(raw_of(standard_copy, record))]
+    assert rows[0]["TEMPSRC"] == "filename" and math.isfinite(rows[0]["TEMP"])

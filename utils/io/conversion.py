@@ -387,6 +387,11 @@ def plan_attempt(attempt: Attempt, caltype: str, settings: ConversionSettings):
     else:
         for problem in log.problems:
             logger.warning("%s: %s", log.path, problem)
+        if log.rows and kw.TEMP not in log.columns.values():
+            shown = ", ".join(log.columns)[:120]
+            logger.warning("%s: no sensor temperature column (columns: %s); TEMP comes from the "
+                           "file and folder names (set points, see TEMPSRC); add the column "
+                           "and re-run to use the sensor's readings", log.path, shown)
     raws = attempt.raw_files()
     if not raws:
         logger.warning("%s: frames/ holds no raw files", attempt.path)
