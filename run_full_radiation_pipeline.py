@@ -77,6 +77,7 @@ from utils.errors import ConfigError
 from utils.io.fitsio import check_output_dir, write_json
 from utils.io.index import STAGES
 from utils.run_record import completed_run, write_run_summary
+from utils.settings import remove_interrupted_writes
 from utils.stack.grouping import stage_groups
 
 logger = logging.getLogger("run_full_radiation_pipeline")
@@ -120,6 +121,9 @@ def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
     logger.info("%s", layout.describe())
     if radiation_log is not None:
         check_log(radiation_log)   # before anything is converted
+    # a killed run's leftovers: the step pipelines clean their own folders, not what this
+    # command writes itself (index.csv, summary.json, <stage>/plots/, procedure_checks.csv)
+    remove_interrupted_writes(out_dir)
     conversion = convert_campaign(layout, out_dir, search_depth=search_depth, workers=workers,
                                   progress_bar=progress_bar)
     index_path, table, dose_report = index_campaign(layout, out_dir, radiation_log,

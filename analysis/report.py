@@ -34,7 +34,7 @@ from typing import Sequence
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from analysis.report_data import ReportData, collect
-from utils import cli
+from utils import cli, plotting
 from utils.errors import InputPathError
 from utils.io.fitsio import (
     atomic_path,
@@ -179,6 +179,10 @@ def run(results_dir: str | Path, out_dir: str | Path | None = None,
     out_dir = check_output_dir(Path(out_dir) if out_dir else results_dir / "report",
                                "report folder")
     t0 = time.perf_counter()
+    # the report shows the products' figures: those still being rendered (a pipeline of this
+    # process, e.g. the radiation model just before) are written first, else which figures it
+    # shows would depend on the renderer's timing
+    plotting.figures().wait_under(results_dir)
     data = collect(results_dir, title)
     if not data.products:
         raise InputPathError(f"{results_dir}: no pipeline products found; give the output "

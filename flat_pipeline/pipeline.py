@@ -304,12 +304,21 @@ def _bias_pairs(index, group, shape, settings) -> pd.DataFrame | None:
     return _BIAS_PAIRS[key].copy()
 
 
-def _recorded(path: Path) -> str | None:
-    """The hash in a run record, None when there is none."""
+def _gain_pass_done(record: Path, group_dir: Path, digest: str) -> bool:
+    """Whether the gain-only pass recorded in ``record`` had these inputs and its files are
+    all still there.  The record lists what the pass wrote (``written``, relative to
+    ``group_dir``): a pass that measured no gain wrote no ``gain.json`` and is complete too.
+    A record of an older version (no ``written``) is complete only with a ``gain.json``."""
     try:
-        return json.loads(path.read_text()).get("inputs_hash")
-    except (OSError, ValueError, AttributeError):
-        return None
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("inputs_hash") != digest:
+        return False
+    written = data.get("written")
+    if not isinstance(written, list):
+        return (group_dir / "gain.json").is_file()
+    return all((group_dir / str(f)).is_file() for f in written)
 
 
 def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
@@ -336,7 +345,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
     # folder, and redoing it on a re-run would overwrite the full run's frame_qc.csv and
     # photon-transfer tables with its bias-only ones while the full run is skipped
     gain_record = group_dir / PTC_FOLDER / GAIN_RECORD
-    if gain_only and (group_dir / "gain.json").is_file() and _recorded(gain_record) == digest:
+    if gain_only and _gain_pass_done(gain_record, group_dir, digest):
         logger.info("photon-transfer gain of %s in %s is up to date", group.label, group_dir)
         return GroupResult(group_dir, {}, [])
     done = completed_run(group_dir, digest)
@@ -413,7 +422,10 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         out.figure(lambda: plots.plot_ptc(ptc, pairs), "ptc.png")
         out.figure(lambda: plots.plot_linearity(ptc), "linearity.png")
     if gain_only:
-        write_json({"inputs_hash": digest, "files": []}, gain_record)
+        root = group_dir.resolve()
+        written = sorted({Path(f).resolve().relative_to(root).as_posix() for f in out.files
+                          if Path(f).resolve().is_relative_to(root)})
+        write_json({"inputs_hash": digest, "files": [], "written": written}, gain_record)
         return GroupResult(group_dir, summary, out.files)
     if gain_used is not None:
         summary["gain_used"] = {"gain_e_per_adc": gain_used.gain, "source": gain_used.source,

@@ -17,9 +17,10 @@ from utils.errors import ConfigError
 
 distributed = pytest.importorskip("distributed")
 
-#: Header keywords that record when, not what (the write time), and INHASH, the hash of the
-#: input paths (the local run, shared with other tests, lives under another temporary root).
-TIME_KEYS = {"DATE", "CHECKSUM", "DATASUM", "INHASH"}
+#: Header keywords that record when, not what (the write time), INHASH, the hash of the
+#: input paths (the local run, shared with other tests, lives under another temporary root),
+#: and CNVHASH, which holds the raw files' modification times (another simulated campaign).
+TIME_KEYS = {"DATE", "CHECKSUM", "DATASUM", "INHASH", "CNVHASH"}
 
 
 def _text(value, roots):

@@ -39,6 +39,7 @@ ATTEMPT = "ATTEMPT"      # attempt folder name
 RAWFILE = "RAWFILE"      # raw file name the frame came from
 RAWSIZE = "RAWSIZE"      # [byte] size of that raw file
 RAWDTYPE = "RAWDTYPE"    # sample type of the raw file, e.g. uint16le
+CNVHASH = "CNVHASH"      # hash of what a conversion used: raw size and time, config, log values
 
 # --- pixel statistics of a converted frame: measured at conversion, read back by the index ---
 FRNPIX = "FRNPIX"        # pixels the statistics cover (NAXIS1 x NAXIS2)

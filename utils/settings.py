@@ -48,6 +48,27 @@ def to_dict(settings) -> dict[str, Any]:
     return convert(settings)
 
 
+def remove_interrupted_writes(out_dir: str | os.PathLike) -> int:
+    """Delete the ``.<name>.<random>.tmp`` files a killed run left below ``out_dir``, once
+    the figures still being rendered into it are written (a figure of an earlier step may be
+    on its way into a sub-folder; figures bound elsewhere keep rendering behind the
+    computation).  Every command calls it (through :func:`dump_settings`, or itself when it
+    writes no ``config_used.json``) once its inputs are checked.
+
+    Returns
+    -------
+    int
+        The number of files removed.
+    """
+    from . import plotting
+
+    plotting.figures().wait_under(out_dir)
+    removed = remove_stale_temporaries(out_dir, recursive=True)
+    if removed:
+        logger.info("removed %d temporary files of an interrupted run in %s", removed, out_dir)
+    return removed
+
+
 def dump_settings(out_dir: str | os.PathLike, **sections) -> Path:
     """Write ``config_used.json`` in ``out_dir`` with each named settings object.
 
@@ -63,15 +84,8 @@ def dump_settings(out_dir: str | os.PathLike, **sections) -> Path:
         ``name=settings_or_dict`` pairs, e.g. ``conversion=ConversionSettings()``.
     """
     # the run starts writing here (inputs checked): the temporaries a killed run left in
-    # this folder tree go first, once the figures still being rendered into it are written
-    # (a figure of an earlier step may be on its way into a sub-folder; figures bound
-    # elsewhere keep rendering behind the computation)
-    from . import plotting
-
-    plotting.figures().wait_under(out_dir)
-    removed = remove_stale_temporaries(out_dir, recursive=True)
-    if removed:
-        logger.info("removed %d temporary files of an interrupted run in %s", removed, out_dir)
+    # this folder tree go first
+    remove_interrupted_writes(out_dir)
     payload = {"software": software_version(), "written": utc_now()}
     payload.update({name: to_dict(value) for name, value in sections.items()})
     return write_json(payload, Path(out_dir) / "config_used.json", sort_keys=True)

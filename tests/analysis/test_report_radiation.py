@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -319,3 +320,35 @@ def test_model_figures_have_captions_with_units(tmp_path):
     for f in figures:
         assert f.caption.endswith("].") and "map (" not in f.caption, f.caption
     assert "[adu/s/krad]" in figures[3].caption and "predicted, not fitted" in figures[0].caption
+
+
+def test_report_waits_for_the_figures_still_rendering(tmp_path, monkeypatch):
+    """run_full_radiation_pipeline.py built the report while the figure process was still
+    writing the radiation model's PNGs: which four figures the report showed depended on
+    the timing (a resumed run showed qq_plot and variance_residuals where the uninterrupted
+    one showed dc0_map and beta_d_map).  The report now waits for the figures pending below
+    its results folder."""
+    import matplotlib.pyplot as plt
+
+    from utils import plotting
+
+    results = _full_pipeline_results(tmp_path / "results")
+    model = results / "radiation_model"
+    for name in ("beta_d_map", "bias_residuals", "dark_current_residuals", "qq_plot",
+                 "variance_residuals"):
+        plt.imsave(model / f"{name}.png", np.zeros((2, 2)))
+    pending = model / "dc0_map.png"   # submitted to the renderer, not written yet
+
+    class Rendering(plotting.FigureWriter):
+        def wait(self):
+            plt.imsave(pending, np.zeros((2, 2)))
+
+        def wait_under(self, folder):
+            if pending.resolve().is_relative_to(Path(folder).resolve()):
+                self.wait()
+
+    monkeypatch.setattr(plotting, "_ACTIVE", [Rendering("summary")])
+    _, data = report.run(results)
+    blocks = {b.key: b for b in data.radiation}
+    assert [f.path.name for f in blocks["model_parameters"].figures] == [
+        "bias_residuals.png", "dark_current_residuals.png", "dc0_map.png", "beta_d_map.png"]

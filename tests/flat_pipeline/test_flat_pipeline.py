@@ -696,3 +696,30 @@ def test_exact_fit_evaluation_says_so(subset, tmp_path):
 
     ax, _ = plot_evaluation(table)
     assert "exact fit" in ax.get_title()
+
+
+def test_rerun_of_the_gain_pass_keeps_the_full_pass_frame_qc_without_a_gain(subset, tmp_path):
+    """Flats at one level measure no gain (no gain.json).  The gain-only pass counted as up
+    to date only with a gain.json, so every re-run (run_calibration.py, a resumed
+    run_full_radiation_pipeline.py) redid it and overwrote the full pass's frame_qc.csv and
+    photon-transfer tables with its bias-only ones (DARKSRC 'none (bias only)', levels off
+    by the dark) while the full pass, up to date, was skipped.  The gain pass's record now
+    lists what it wrote, and a re-run with the same inputs leaves every file as it was."""
+    from flat_pipeline.pipeline import measure_gain_only
+    from flat_pipeline.settings import FlatSettings
+
+    one_level = subset(lambda t: small(t) & ~((t["CALTYPE"] == "FLAT")
+                                              & (t["EXPTIME"].round(3) != 0.25)))
+    out = tmp_path / "flat"
+    assert measure_gain_only(one_level, out, FlatSettings()) == []
+    assert not (out / "gain.json").exists()
+    argv = ["--mode", "full", "--basepath", one_level, "--output-dir", str(out),
+            "--no-progress", "--plots", "none"]
+    assert run_pipeline.main(argv) == 0
+    full = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.csv")}
+    full_qc = pd.read_csv(out / "frame_qc.csv")
+    assert not full_qc["DARKSRC"].astype(str).str.contains("bias only").any()
+    # the re-run, as run_calibration.py does it: gain pass, then the full pass (up to date)
+    assert measure_gain_only(one_level, out, FlatSettings()) == []
+    assert run_pipeline.main(argv) == 0
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.csv")} == full

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import shutil
 import signal
@@ -529,3 +530,61 @@ def test_cli_overwrite_rewrites_every_frame(standard_copy):
     assert main([*sections_of(root), "--skip-dark", "--skip-flat", "--overwrite",
                  "--no-progress"]) == 0
     assert all(p.stat().st_ino != inodes[p] for p in outputs)      # rewritten
+
+
+def test_rerun_converts_again_what_its_log_config_or_raw_file_changed(standard_copy):
+    """A warning says 'fix the temperature log and re-convert'; a user who did and ran the
+    converter (or run_calibration.py) again got fits_index.csv with the new temperature but
+    kept the FITS with the old one (or none): frames whose FITS was complete were never
+    converted again.  The FITS now records what it was made from (CNVHASH: the raw file's
+    size and time, the config, the log's values); a frame whose inputs changed is
+    converted again, the others are kept."""
+    sections = standard_sections(standard_copy.root)
+    first = convert_sections(sections, ConversionSettings())
+    n = first.count("converted")
+
+    def comma_log(record):
+        log = raw_of(standard_copy, record).parent.parent / "temperatureLog.csv"
+        return log.is_file() and log.read_text().startswith("FrameNum,") \
+            and "Temperature," in log.read_text().splitlines()[0]
+    record = next(r for r in good_records(standard_copy) if comma_log(r))
+    raw = raw_of(standard_copy, record)
+    target = fits_path(raw)
+    frame = fits.getheader(target)["FRAMENUM"]
+    log_path = raw.parent.parent / "temperatureLog.csv"
+    log = pd.read_csv(log_path)
+    log.loc[log["FrameNum"] == frame, "Temperature"] = 31.25   # the log fixed by hand
+    log.to_csv(log_path, index=False)
+    second = convert_sections(sections, ConversionSettings())
+    assert second.count("converted") == 1 and second.count("existing") == n - 1
+    assert fits.getheader(target)["TEMP"] == 31.25
+    rows = read_index(second.index_path)
+    assert rows.loc[rows["PATH"].str.endswith(target.name), "TEMP"].tolist() == [31.25]
+
+    other = raw_of(standard_copy, next(r for r in good_records(standard_copy)
+                                       if raw_of(standard_copy, r).parent != raw.parent))
+    os.utime(other, ns=(other.stat().st_atime_ns, other.stat().st_mtime_ns + 10**9))  # re-copied
+    third = convert_sections(sections, ConversionSettings())
+    assert third.count("converted") == 1
+    assert [r["RAWPATH"] for r in third.rows if r["STATUS"] == "converted"] == [str(other)]
+    assert convert_sections(sections, ConversionSettings()).count("converted") == 0
+
+
+def test_log_without_a_temperature_column_is_said(standard_copy, caplog):
+    """A temperatureLog.csv whose temperature column was lost (a spreadsheet export of some
+    columns) gave every frame of the attempt its set point from the file name, with no word
+    about it but TEMPSRC=filename in the listing.  One warning now names the log."""
+    record = next(r for r in good_records(standard_copy)
+                  if (raw_of(standard_copy, r).parent.parent / "temperatureLog.csv")
+                  .read_text().startswith("FrameNum,"))
+    log_path = raw_of(standard_copy, record).parent.parent / "temperatureLog.csv"
+    log = pd.read_csv(log_path)
+    log.drop(columns=[c for c in log.columns if c == "Temperature"]).to_csv(log_path,
+                                                                            index=False)
+    caplog.set_level(logging.WARNING, logger="utils.io.conversion")
+    report = convert_sections(standard_sections(standard_copy.root), ConversionSettings())
+    said = [r.getMessage() for r in caplog.records if "no sensor temperature column" in
+            r.getMessage()]
+    assert len(said) == 1 and str(log_path) in said[0] and "\n" not in said[0]
+    rows = [r for r in report.rows if r["RAWPATH"] == str(raw_of(standard_copy, record))]
+    assert rows[0]["TEMPSRC"] == "filename" and math.isfinite(rows[0]["TEMP"])

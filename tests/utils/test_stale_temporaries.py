@@ -58,3 +58,23 @@ def test_config_dump_waits_only_for_figures_bound_below_its_folder(tmp_path):
     writer.wait_under(tmp_path / "out")
     assert [p for p, _ in writer._pending] == [tmp_path / "elsewhere" / "b.png"]
     assert not outside.done()
+
+
+def test_full_radiation_rerun_removes_its_own_leftovers(tmp_path):
+    """run_full_radiation_pipeline.py writes index.csv, summary.json, procedure_checks.csv
+    and <stage>/plots/ itself, outside every step pipeline's folder: a run killed while
+    writing them left '.bias_intensity.png.<random>.tmp' (seen after a SIGKILL at 80 % of a
+    64x48 campaign) that no re-run removed, also when the re-run found nothing to redo."""
+    import run_full_radiation_pipeline as full
+    from utils.sim import simulate_dosedirs
+
+    campaign = simulate_dosedirs(tmp_path / "campaign", seed=5, width=16, height=12, frames=3,
+                                 doses=(5, 10), with_log=(False,), dose_profile="increments")
+    out = tmp_path / "out"
+    argv = [str(campaign.root), str(out), "--no-progress", "--plots", "none"]
+    early = [_plant(out), _plant(out / "pre" / "plots")]
+    assert full.main(argv) == 0
+    assert not any(p.exists() for p in early)
+    late = [_plant(out), _plant(out / "radiating" / "plots")]   # a later run, killed
+    assert full.main(argv) == 0                                  # nothing to redo
+    assert not any(p.exists() for p in late)

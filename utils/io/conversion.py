@@ -18,6 +18,7 @@ line is :mod:`utils.raw_to_fits`.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import math
 import os
@@ -108,6 +109,7 @@ class _FrameTask:
     cards: list            # (key, value, comment) in write order
     default_adc_bits: int
     write: bool
+    fingerprint: str = ""  # what the FITS is made from (:func:`conversion_fingerprint`)
 
 
 def _config_cards(config: CameraConfig) -> list[tuple[str, object, str]]:
@@ -310,6 +312,19 @@ def write_frame_fits(path: str | os.PathLike, payload: np.ndarray, header: bytes
             handle.write(b"\0" * pad)
 
 
+def conversion_fingerprint(raw_path: Path, config: CameraConfig, cards: list,
+                           default_adc_bits: int) -> str:
+    """Short hash of everything a frame's FITS is made from: the raw file's size and
+    modification time, the sample layout, and the header cards from the config, the
+    per-frame log and the file and folder names.  A FITS whose ``CNVHASH`` differs (the log
+    or config fixed after a warning, the raw file re-copied) is converted again."""
+    stat = raw_path.stat()
+    digest = hashlib.sha1(repr((stat.st_size, stat.st_mtime_ns, config.width, config.height,
+                                config.dtype_name, default_adc_bits,
+                                [tuple(c) for c in cards])).encode())
+    return digest.hexdigest()[:16]
+
+
 def _convert_one(task: _FrameTask) -> dict:
     """Convert one frame (runs in a worker process); returns ADU/provenance fields."""
     raw_path = Path(task.raw_path)
@@ -321,10 +336,15 @@ def _convert_one(task: _FrameTask) -> dict:
                     "REASON": f"size {size} bytes, expected {task.config.frame_bytes}"}
         # the listing keeps what the first conversion measured (ADCBITS), read from the header
         try:
-            bits = read_header(task.fits_path).get(kw.ADCBITS)
+            header = read_header(task.fits_path)
         except FrameError:
-            bits = None
-        return {"STATUS": STATUS_EXISTING, "REASON": "", "ADCBITS": bits}
+            header = {}
+        if not task.fingerprint or header.get(kw.CNVHASH) == task.fingerprint:
+            return {"STATUS": STATUS_EXISTING, "REASON": "", "ADCBITS": header.get(kw.ADCBITS)}
+        # made from another raw file, config or log (or by a version without CNVHASH): the
+        # FITS would disagree with fits_index.csv, which lists the current values
+        logger.info("%s: its raw file, config or log changed since it was converted; "
+                    "converting again", task.fits_path)
     try:
         data = read_raw(raw_path, task.config)
     except FrameError as err:
@@ -337,6 +357,9 @@ def _convert_one(task: _FrameTask) -> dict:
     cards += [(kw.RAWFILE, raw_path.name[:60], "raw file converted"),
               (kw.RAWSIZE, raw_path.stat().st_size, "[byte] size of the raw file"),
               (kw.RAWDTYPE, task.config.dtype_name, "sample type of the raw file"),
+              (kw.CNVHASH, task.fingerprint or conversion_fingerprint(
+                  raw_path, task.config, task.cards, task.default_adc_bits),
+               "hash of raw file, config and log values used"),
               (kw.BUNIT, adu.UNIT, "stored 16-bit ADU")]
     cards += adu.scaling_cards(adc_bits)
     # the index's statistics, from the histogram counted while encoding, so that the index
@@ -364,6 +387,11 @@ def plan_attempt(attempt: Attempt, caltype: str, settings: ConversionSettings):
     else:
         for problem in log.problems:
             logger.warning("%s: %s", log.path, problem)
+        if log.rows and kw.TEMP not in log.columns.values():
+            shown = ", ".join(log.columns)[:120]
+            logger.warning("%s: no sensor temperature column (columns: %s); TEMP comes from the "
+                           "file and folder names (set points, see TEMPSRC); add the column "
+                           "and re-run to use the sensor's readings", log.path, shown)
     raws = attempt.raw_files()
     if not raws:
         logger.warning("%s: frames/ holds no raw files", attempt.path)
@@ -377,8 +405,13 @@ def plan_attempt(attempt: Attempt, caltype: str, settings: ConversionSettings):
         merged = {}
         for key, value, comment in base_cards + cards:   # log/frame cards override config cards
             merged[key] = (key, value, comment)
-        tasks.append(_FrameTask(str(raw), str(out), caltype, config, list(merged.values()),
-                                settings.default_adc_bits, write))
+        cards = list(merged.values())
+        try:
+            fingerprint = conversion_fingerprint(raw, config, cards, settings.default_adc_bits)
+        except OSError:   # gone or unreadable: the conversion says so
+            fingerprint = ""
+        tasks.append(_FrameTask(str(raw), str(out), caltype, config, cards,
+                                settings.default_adc_bits, write, fingerprint))
         row.update(PATH=str(out), RAWPATH=str(raw))
         rows.append(row)
     return tasks, rows
