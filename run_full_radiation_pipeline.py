@@ -61,7 +61,7 @@ from analysis.campaign_runs import (
 from analysis.campaign_summary import (
     bias_slope,
     campaign_summary,
-    doubling_temperature,
+    doubling_temperature_and_error,
     measured_gain,
     run_digest_of,
     stage_of,
@@ -154,10 +154,11 @@ def run(dataset: Path, radiation_log: Path | None, out_dir: Path, *,
                     gain=gain_used, progress_bar=progress_bar)
     files = intensity_series(rad, out_dir)
     damage = dose.damage.summary if dose.damage is not None else {}
+    t_d, t_d_err = doubling_temperature_and_error(damage)
     model = fit_radiation_model.run(
         index_path, out_dir / "radiation_model",
-        fit_radiation_model.FitSettings(gain=gain_used,
-                                        doubling_temperature=doubling_temperature(damage),
+        fit_radiation_model.FitSettings(gain=gain_used, doubling_temperature=t_d,
+                                        doubling_temperature_err=t_d_err,
                                         bias_slope=bias_slope(out_dir), **grouping,
                                         combine=dataclasses.replace(
                                             fit_radiation_model.FitSettings().combine,

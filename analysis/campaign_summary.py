@@ -40,12 +40,21 @@ def measured_gain(out_dir: Path, pipes) -> str | None:
 
 def doubling_temperature(damage: dict) -> float | None:
     """The damage analysis's population T_d, pre-irradiation first."""
+    return doubling_temperature_and_error(damage)[0]
+
+
+def doubling_temperature_and_error(damage: dict) -> tuple[float | None, float | None]:
+    """The damage analysis's population T_d and its error [degC], pre-irradiation first;
+    the error None when not given or not finite."""
     values = damage.get("doubling_temperature_degC") or {}
+    errors = damage.get("doubling_temperature_err_degC") or {}
     for stage in ("pre", "post"):
         value = values.get(stage)
         if value is not None and math.isfinite(value) and value > 0:
-            return float(value)
-    return None
+            err = errors.get(stage)
+            ok = err is not None and math.isfinite(err) and err >= 0
+            return float(value), float(err) if ok else None
+    return None, None
 
 
 def bias_slope(out_dir: Path) -> tuple | None:
@@ -65,13 +74,16 @@ def _param(model, name: str) -> dict | None:
     if not model.fit.constrained(name):
         return None
     row = model.fit.parameters[model.fit.parameters["param"] == name].iloc[0]
-    return {"value": float(row["value"]), "err": float(row["err"]), "unit": row["unit"]}
+    return {"value": float(row["value"]), "err": float(row["err"]),
+            "err_stat": float(row["err_stat"]), "err_td": float(row["err_td"]),
+            "unit": row["unit"]}
 
 
 def campaign_summary(layout, conversion, table, dose_report, log_path, log_note, pipes, damage,
                      model, recon, checks, out_dir: Path) -> dict:
     """``summary.json``: counts, the damage analysis's key numbers and the model's parameters
-    as ``{value, err, unit}`` (null when not measured or not constrained), the checks, the
+    as ``{value, err, unit}`` (the model's also ``err_stat``, ``err_td``: see
+    ``fit_results.json``; null when not measured or not constrained), the checks, the
     folders."""
     hot = damage.get("hot_pixels") or {}
     growth = None
@@ -136,5 +148,6 @@ def summary_line(summary: dict) -> str:
             f"(summary.json, procedure_checks.csv, report/index.html)")
 
 
-__all__ = ["run_digest_of", "stage_of", "measured_gain", "doubling_temperature", "bias_slope",
+__all__ = ["run_digest_of", "stage_of", "measured_gain", "doubling_temperature",
+           "doubling_temperature_and_error", "bias_slope",
            "campaign_summary", "summary_line"]

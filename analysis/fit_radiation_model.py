@@ -24,10 +24,13 @@ Before fitting, every parameter is checked: one the masters cannot constrain (th
 beam off during every master leaves <q> and sigma_q free, one dose leaves alpha_D
 and beta_D free, temperatures within 2 degC leave b_T free, which then takes a
 measured value when one is given) is written with constrained = false and the
-reason.  Errors are scaled by sqrt(chi2/dof) when that exceeds 1.
+reason.  Errors are scaled by sqrt(chi2/dof) when that exceeds 1.  T_d's error (the
+measured one, or --doubling-temperature-err) is propagated: the model is refitted at
+T_d -+ its error and half the difference (err_td) is added in quadrature to the fit's
+own error (err_stat) to make err.
 
-Outputs in OUTPUT_DIR: fit_results.csv (param, value, err, R2, unit, constrained,
-reason), fit_results.json (the same records as "parameters", "correlation",
+Outputs in OUTPUT_DIR: fit_results.csv (param, value, err, err_stat, err_td, R2, unit,
+constrained, reason), fit_results.json (the same records as "parameters", "correlation",
 "n_masters", chi2/dof, the pixel set, the fixed inputs, notes), masters.csv (every
 master's point, prediction, residual and pull), bias_residuals.png,
 dark_current_residuals.png, variance_residuals.png, qq_plot.png (each with its
@@ -106,6 +109,9 @@ class FitSettings:
     doubling_temperature: float | None = field(
         None, "[degC] T_d of the dark current (default: measured from the pre-irradiation "
               "darks when they span two temperatures, else no temperature term)")
+    doubling_temperature_err: float | None = field(
+        None, "[degC] standard error of a given T_d, propagated into the parameters' errors "
+              "(a measured T_d brings its own; none with a given T_d: taken as exact)")
     gain: float | str | None = field(None, "[e-/ADC count] gain, or a gain.json; none: the "
                                            "variance's dark terms are fitted on their own")
     bias_slope: tuple | None = field(None, "(value, error) [adu/degC] bias temperature "
@@ -126,6 +132,10 @@ class FitSettings:
             raise ValueError(f"fit_stages must be among {', '.join(STAGES)}")
         if self.doubling_temperature is not None and not self.doubling_temperature > 0:
             raise ValueError("doubling_temperature must be > 0 degC")
+        if self.doubling_temperature_err is not None and \
+                not (self.doubling_temperature_err >= 0 and self.doubling_temperature is not None):
+            raise ValueError("doubling_temperature_err must be >= 0 degC, with a "
+                             "doubling_temperature")
         if not self.temp_bin > 0 or not math.isfinite(self.t_ref):
             raise ValueError("temp_bin must be > 0 and t_ref finite")
 
@@ -264,21 +274,22 @@ def model_settings(points: pd.DataFrame, settings: FitSettings, adc_bits: int
                    ) -> tuple[rr.ModelSettings, dict]:
     """The model's fixed inputs: T_d (given or measured), adu per electron, b_T fallback."""
     info = {}
-    t_d = settings.doubling_temperature
+    t_d, t_d_err = settings.doubling_temperature, settings.doubling_temperature_err
     if t_d is None:
         t_d, t_d_err = measure_doubling_temperature(points, settings.t_ref)
         info["doubling_temperature_source"] = "measured from the pre-irradiation darks" \
             if math.isfinite(t_d) else "none (no temperature term)"
         info["doubling_temperature_err"] = t_d_err if math.isfinite(t_d) else None
-        t_d = t_d if math.isfinite(t_d) else None
+        t_d, t_d_err = (t_d, t_d_err) if math.isfinite(t_d) else (None, None)
     else:
         info["doubling_temperature_source"] = "given"
+        info["doubling_temperature_err"] = t_d_err
     info["doubling_temperature"] = t_d
     g = resolve_gain(settings.gain, adc_bits)
     info["gain"] = None if g is None else {"e_per_adc_count": g.gain, "source": g.source}
     per_e = None if g is None else 1.0 / g.e_per_adu
     info["adu_per_e"] = per_e
-    return rr.ModelSettings(t_ref=settings.t_ref, t_d=t_d, adu_per_e=per_e,
+    return rr.ModelSettings(t_ref=settings.t_ref, t_d=t_d, t_d_err=t_d_err, adu_per_e=per_e,
                             b_t=settings.bias_slope, min_temp_span=settings.min_temp_span), info
 
 
@@ -358,7 +369,7 @@ def fit_record(fit: rr.ResponseFit, points: pd.DataFrame, pixels: np.ndarray, in
     params = [{k: clean(v) if not isinstance(v, (np.bool_, bool)) else bool(v)
                for k, v in rec.items()} for rec in fit.parameters.to_dict("records")]
     for rec in params:
-        for k in ("value", "err", "R2"):
+        for k in ("value", "err", "err_stat", "err_td", "R2"):
             rec[k] = clean(float(rec[k])) if rec[k] is not None else None
     return {"parameters": params, "correlation": fit.correlation,
             "n_masters": int(points["FITTED"].sum()), "n_predicted": int(len(points)),
@@ -368,6 +379,12 @@ def fit_record(fit: rr.ResponseFit, points: pd.DataFrame, pixels: np.ndarray, in
             "estimator": "joint weighted least squares on the masters' mean and mean temporal "
                          "variance over a fixed pixel set; errors scaled by sqrt(chi2/dof) when "
                          "it exceeds 1",
+            "errors": {"err": "total standard error: err_stat and err_td in quadrature",
+                       "err_stat": "the fit's own (the masters' errors, T_d fixed)",
+                       "err_td": "from T_d's error (doubling_temperature_err): half the "
+                                 "difference of refits at T_d -+ its error; 0 when T_d is "
+                                 "taken as exact",
+                       "correlation": "statistical (T_d fixed)"},
             "model": {"mean": "B0 + alpha_D D + b_T (T - T_ref) + (DC0 + beta_D D) "
                               "2^((T - T_ref)/T_d) t + q_mean Ddot t",
                       "variance": "sigma_read^2 + g (DC0 + beta_D D) 2^((T - T_ref)/T_d) t + "
@@ -378,8 +395,9 @@ def fit_record(fit: rr.ResponseFit, points: pd.DataFrame, pixels: np.ndarray, in
 def write_results(out: Path, fit: rr.ResponseFit, points: pd.DataFrame, pixels: np.ndarray,
                   info: dict, settings: FitSettings) -> list[Path]:
     """fit_results.csv|json, masters.csv and the residual and QQ figures."""
-    files = [write_csv(fit.parameters[["param", "value", "err", "R2", "unit", "constrained",
-                                       "reason"]], out / "fit_results.csv"),
+    files = [write_csv(fit.parameters[["param", "value", "err", "err_stat", "err_td", "R2",
+                                       "unit", "constrained", "reason"]],
+                       out / "fit_results.csv"),
              write_csv(sort_by_stage(points, ["STAGE", "DOSE", "CALTYPE", "EXPTIME", "TEMP"]),
                        out / "masters.csv")]
     record = fit_record(fit, points, pixels, info, settings)
@@ -474,7 +492,9 @@ def fit_dark_maps(masters: list[ModelMaster], images: MasterRows, points: pd.Dat
 def write_dark_maps(out: Path, maps, n_darks: int, fit: rr.ResponseFit,
                     settings: FitSettings) -> list[Path]:
     """dark_maps.fits (DC0 with UNCERT, BETA_D, BETA_ERR, CHI2DOF, NPTS), dc0_map.png and
-    beta_d_map.png from :func:`fit_dark_maps`' maps (nothing when None)."""
+    beta_d_map.png from :func:`fit_dark_maps`' maps (nothing when None).  UNCERT and
+    BETA_ERR are the pixels' statistical errors; T_d's error, common to every pixel, is
+    in the header (TDERR and the population's DC0TDERR, BETATDER)."""
     if maps is None:
         return []
     i0, i1 = maps.term("DC0"), maps.term("beta_D")
@@ -484,6 +504,15 @@ def write_dark_maps(out: Path, maps, n_darks: int, fit: rr.ResponseFit,
     set_card(header, "TREF", settings.t_ref, "[degC] reference temperature")
     set_card(header, "TDOUBLE", fit.settings.t_d if fit.settings.t_d else "none",
              "[degC] T_d used (none: no T term)")
+    if fit.settings.t_d:
+        # the per-pixel errors are statistical; T_d's error moves every pixel alike
+        rows = fit.parameters.set_index("param")["err_td"]
+        set_card(header, "TDERR", fit.settings.t_d_err or 0.0,
+                 "[degC] T_d's error (0: exact), not in UNCERT/BETA_ERR")
+        set_card(header, "DC0TDERR", float(rows.get("DC0", math.nan)),
+                 "[adu/s] population DC0's error from TDERR")
+        set_card(header, "BETATDER", float(rows.get("beta_D", math.nan)),
+                 "[adu/s/krad] population beta_D's error from TDERR")
     set_card(header, "NMASTERS", n_darks, "dark masters fitted per pixel")
     set_card(header, "BETAFIT", bool(maps.fitted[i1]), "beta_D fitted (dark masters at >1 dose)")
     if not maps.fitted[i1]:
@@ -531,6 +560,9 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--doubling-temperature", type=cli.finite_float, default=None,
                         help="[degC] T_d of the dark current (default: measured from the "
                              "pre-irradiation darks, else no temperature term)")
+    parser.add_argument("--doubling-temperature-err", type=cli.finite_float, default=None,
+                        help="[degC] standard error of --doubling-temperature, propagated "
+                             "into the parameters' errors (default: taken as exact)")
     parser.add_argument("--bias-slope", type=cli.finite_float, nargs=2, default=None,
                         metavar=("VALUE", "ERROR"),
                         help="[adu/degC] bias temperature coefficient used when the masters "
@@ -551,6 +583,7 @@ def settings_from(args) -> FitSettings:
     """Validated settings from parsed options."""
     try:
         return FitSettings(t_ref=args.t_ref, doubling_temperature=args.doubling_temperature,
+                           doubling_temperature_err=args.doubling_temperature_err,
                            gain=args.gain, bias_slope=tuple(args.bias_slope)
                            if args.bias_slope else None, fit_stages=tuple(args.fit_stages),
                            temp_bin=args.temp_bin,

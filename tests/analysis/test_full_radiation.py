@@ -107,8 +107,8 @@ def test_rerun_keeps_every_product(name, request):
 def test_contract_files(name, request):
     _, out, _ = request.getfixturevalue(name)
     table = pd.read_csv(out / "radiation_model" / "fit_results.csv")
-    assert list(table.columns) == ["param", "value", "err", "R2", "unit", "constrained",
-                                   "reason"]
+    assert list(table.columns) == ["param", "value", "err", "err_stat", "err_td", "R2", "unit",
+                                   "constrained", "reason"]
     assert list(table["param"]) == list(PARAMS)
     record = json.loads((out / "radiation_model" / "fit_results.json").read_text())
     # every JSON product strict (undefined numbers null, never the bare NaN token)
@@ -116,7 +116,8 @@ def test_contract_files(name, request):
     assert {"parameters", "correlation", "n_masters"} <= set(record)
     assert [p["param"] for p in record["parameters"]] == list(PARAMS)
     for p in record["parameters"]:
-        assert set(p) == {"param", "value", "err", "R2", "unit", "constrained", "reason"}
+        assert set(p) == {"param", "value", "err", "err_stat", "err_td", "R2", "unit",
+                          "constrained", "reason"}
         # never a silent NaN: a missing value has constrained = false and a reason
         assert (p["value"] is not None and p["err"] is not None) or \
             (not p["constrained"] and p["reason"])
@@ -128,7 +129,7 @@ def test_contract_files(name, request):
     for key in ("damage_slope", "recovered_fraction", "hot_pixel_growth", "model_parameters"):
         assert key in summary
     for value in summary["model_parameters"].values():
-        assert value is None or set(value) == {"value", "err", "unit"}
+        assert value is None or set(value) == {"value", "err", "err_stat", "err_td", "unit"}
     assert (out / "report" / "index.html").is_file()
     # the report shows the model (every parameter, constrained or said not to be) and the checks
     report = json.loads((out / "report" / "report.json").read_text())
@@ -389,6 +390,89 @@ def test_joint_fit_recovers_exact_points():
     assert fit.correlation["q_mean"]["q_mean"] == pytest.approx(1.0)
 
 
+def _td_campaign_points(rng, t_d=6.0):
+    """Noisy model points like the irradiation campaign's (bias and 1 s darks at 0, 10, 20,
+    30 degC before and after 10, 20, 40 krad, beam off; 40 adu/s at 20 degC)."""
+    truth = {"B0": 3355.0, "alpha_D": 3.2, "b_T": 8.0, "DC0": 40.0, "beta_D": 2.0,
+             "sigma_read2": 1190.0}
+    s = rr.ModelSettings(t_ref=20.0, t_d=t_d, adu_per_e=2.0)
+    rows = [{"CALTYPE": cal, "DOSE": float(dose), "RATE": 0.0, "EXPTIME": t, "TEMP": temp,
+             "MEAN_ERR": 0.3, "VAR_ERR": 15.0}
+            for dose in (0, 10, 20, 40) for temp in (0.0, 10.0, 20.0, 30.0)
+            for cal, t in (("BIAS", 0.0), ("DARK", 1.0))]
+    pts = pd.DataFrame(rows)
+    c = np.array([truth.get(n, 0.0) for n in rr.COEFFICIENTS])
+    mean, var = rr.design_rows(pts, s)
+    return pts.assign(MEAN=mean @ c + rng.normal(0.0, 0.3, len(pts)),
+                      VAR=var @ c + rng.normal(0.0, 15.0, len(pts))), truth
+
+
+def test_doubling_temperature_error_is_propagated():
+    """DC0 (at T_ref, from masters at 0-30 degC) moves with the fixed T_d by several of
+    its own errors per T_d error (2.2 on the irradiation campaign).  With T_d drawn about
+    its truth by its stated error (as the damage analysis measures it), DC0's and beta_D's
+    pulls over 300 seeds follow N(0, 1) with the total error (err: err_stat and err_td in
+    quadrature), not with the fit's own error (err_stat), and err_td is dDC0/dT_d * sigma."""
+    n, sigma = 300, 0.05
+    rng = np.random.default_rng(2026)
+    pulls = {"DC0": ([], []), "beta_D": ([], [])}
+    ratio = []
+    for _ in range(n):
+        pts, truth = _td_campaign_points(rng)
+        t_d = 6.0 + rng.normal(0.0, sigma)
+        fit = rr.fit_response(pts, rr.ModelSettings(t_ref=20.0, t_d=t_d, t_d_err=sigma,
+                                                    adu_per_e=2.0))
+        rows = fit.parameters.set_index("param")
+        for name, (total, stat) in pulls.items():
+            r = rows.loc[name]
+            assert r["err"] == pytest.approx(math.hypot(r["err_stat"], r["err_td"]))
+            total.append((r["value"] - truth[name]) / r["err"])
+            stat.append((r["value"] - truth[name]) / r["err_stat"])
+        ratio.append(rows.loc["DC0", "err_td"] / rows.loc["DC0", "err_stat"])
+    # err_td is the derivative times sigma: DC0's shift per unit T_d, from two refits
+    high = rr.fit_response(pts, rr.ModelSettings(t_ref=20.0, t_d=t_d + 1e-4, adu_per_e=2.0))
+    low = rr.fit_response(pts, rr.ModelSettings(t_ref=20.0, t_d=t_d - 1e-4, adu_per_e=2.0))
+    slope = (high.value("DC0") - low.value("DC0")) / 2e-4
+    assert rows.loc["DC0", "err_td"] == pytest.approx(abs(slope) * sigma, rel=0.01)
+    assert np.median(ratio) > 1.5, np.median(ratio)      # T_d's error dominates (3.8 here)
+    se_mean, se_std = 1 / math.sqrt(n), 1 / math.sqrt(2 * (n - 1))
+    for name, (total, stat) in pulls.items():
+        total, stat = np.array(total), np.array(stat)
+        assert abs(total.mean()) < 4 * se_mean, (name, total.mean())
+        assert abs(total.std(ddof=1) - 1) < 4 * se_std, (name, total.std(ddof=1))
+        if name == "DC0":       # the fit's own error alone: pulls ~2.4 wide
+            assert stat.std(ddof=1) > 1 + 8 * se_std, (name, stat.std(ddof=1))
+    # without an error T_d is taken as exact (err_td 0), and said when it is propagated
+    exact = rr.fit_response(pts, rr.ModelSettings(t_ref=20.0, t_d=t_d, adu_per_e=2.0))
+    assert (exact.parameters["err_td"].fillna(0) == 0).all()
+    assert exact.error("DC0") == rows.loc["DC0", "err_stat"]
+    assert any("T_d's error" in note for note in fit.notes)
+
+
+def test_doubling_temperature_error_reaches_the_model():
+    """The full pipeline hands the damage analysis's T_d *and its error* to the model; a
+    given T_d without an error is taken as exact; a measured one brings its own."""
+    from analysis.campaign_summary import doubling_temperature_and_error
+    damage = {"doubling_temperature_degC": {"pre": 5.93, "post": 6.01},
+              "doubling_temperature_err_degC": {"pre": 0.053, "post": 0.024}}
+    assert doubling_temperature_and_error(damage) == (5.93, 0.053)
+    assert doubling_temperature_and_error({}) == (None, None)
+    pts, _ = _td_campaign_points(np.random.default_rng(1))
+    pts = pts[pts["DOSE"] == 0].assign(STAGE="pre", MEAN_ERR=0.01)
+    given = frm.FitSettings(doubling_temperature=5.93, doubling_temperature_err=0.053)
+    model, info = frm.model_settings(pts, given, 16)
+    assert model.t_d_err == 0.053 and info["doubling_temperature_err"] == 0.053
+    model, info = frm.model_settings(pts, frm.FitSettings(doubling_temperature=5.93), 16)
+    assert model.t_d_err is None
+    model, info = frm.model_settings(pts, frm.FitSettings(), 16)
+    assert model.t_d == pytest.approx(6.0, abs=0.05) and 0 < model.t_d_err < 0.05
+    assert info["doubling_temperature_err"] == model.t_d_err
+    with pytest.raises(ValueError, match="doubling_temperature_err"):
+        frm.FitSettings(doubling_temperature_err=0.1)
+    args = frm.build_parser().parse_args(["i", "o", "--doubling-temperature", "6",
+                                          "--doubling-temperature-err", "0.05"])
+    assert frm.settings_from(args).doubling_temperature_err == 0.05
+
 def test_identifiability_reasons():
     pts, s = _points(B0=3200.0, DC0=4.0, sigma_read2=1100.0)
     off = pts.assign(RATE=0.0)
@@ -472,10 +556,17 @@ def test_model_pulls_over_seeds(seed, tmp_path):
 def test_fit_radiation_model_command_on_a_folder_of_frames(dd_run, tmp_path):
     campaign, _, _ = dd_run
     before = sha256_tree(campaign.root)
-    assert frm.main([str(campaign.root), str(tmp_path / "m"), "--no-progress"]) == 0
+    assert frm.main([str(campaign.root), str(tmp_path / "m"), "--no-progress",
+                     "--doubling-temperature", "6.5", "--doubling-temperature-err", "0.1"]) == 0
     table = pd.read_csv(tmp_path / "m" / "fit_results.csv").set_index("param")
     assert table.loc["beta_D", "constrained"] and not table.loc["q_mean", "constrained"]
     assert (tmp_path / "m" / "dark_maps.fits").is_file()
+    # a given T_d's error reaches the parameters' errors and the maps' header
+    dc0 = table.loc["DC0"]
+    assert dc0["err_td"] > 0 and dc0["err"] == pytest.approx(math.hypot(dc0["err_stat"],
+                                                                        dc0["err_td"]))
+    head = fits.getheader(tmp_path / "m" / "dark_maps.fits")
+    assert head["TDERR"] == 0.1 and head["DC0TDERR"] == pytest.approx(dc0["err_td"])
     # units astropy reads as written: BETA_D's BUNIT was 'adu/s/krad' (per kilo-radian, with
     # a UnitsWarning); now adu / s with PERDOSE = 'krad', as the damage slope map
     import warnings

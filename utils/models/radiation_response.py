@@ -35,7 +35,7 @@ filtered length).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -71,6 +71,9 @@ class ModelSettings:
     t_d : float or None
         Doubling temperature of the dark current [degC] (measured); None: no temperature
         term (``f = 1``), said in the result.
+    t_d_err : float or None
+        Standard error of ``t_d`` [degC], propagated into every parameter (see
+        :func:`fit_response`); None or 0: ``t_d`` taken as exact.
     adu_per_e : float or None
         Stored adu per electron (``ADUSCALE / gain``); None: the variance's dark terms
         are fitted on their own.
@@ -83,6 +86,7 @@ class ModelSettings:
 
     t_ref: float = 20.0
     t_d: float | None = None
+    t_d_err: float | None = None
     adu_per_e: float | None = None
     b_t: tuple | None = None
     min_temp_span: float = 2.0
@@ -95,16 +99,20 @@ class ResponseFit:
     Attributes
     ----------
     parameters : pandas.DataFrame
-        One row per reported parameter: ``param, value, err, R2, unit, constrained,
-        reason``.
+        One row per reported parameter: ``param, value, err, err_stat, err_td, R2, unit,
+        constrained, reason``: ``err`` the total standard error, ``err_stat`` the fit's
+        own (the masters' errors), ``err_td`` the part from the doubling temperature's
+        error (0 when ``t_d`` is taken as exact), ``err^2 = err_stat^2 + err_td^2``.
     coefficients : tuple of str
         Linear coefficients fitted.
     coef : dict
         ``{name: value}`` of every linear coefficient (fixed ones included).
     covariance : numpy.ndarray
-        Covariance of the fitted coefficients (order of ``coefficients``).
+        Covariance of the fitted coefficients (order of ``coefficients``), statistical
+        (T_d fixed).
     correlation : dict
-        ``{a: {b: r}}`` between the fitted coefficients and derived parameters.
+        ``{a: {b: r}}`` between the fitted coefficients and derived parameters
+        (statistical, T_d fixed).
     chi2dof : float
         Reduced chi-square of the joint fit.
     dof : int
@@ -131,7 +139,7 @@ class ResponseFit:
         return float(row["value"].iloc[0]) if len(row) else math.nan
 
     def error(self, name: str) -> float:
-        """Standard error of reported parameter ``name``."""
+        """Total standard error of reported parameter ``name`` (T_d's error included)."""
         row = self.parameters[self.parameters["param"] == name]
         return float(row["err"].iloc[0]) if len(row) else math.nan
 
@@ -265,6 +273,15 @@ def fit_response(points: pd.DataFrame, settings: ModelSettings = ModelSettings()
         Parameters with errors (scaled by sqrt(chi2/dof) when that exceeds 1), the reason
         of every parameter not constrained, correlations.
 
+    Notes
+    -----
+    ``T_d`` is fixed in the fit, so the fit's own errors (``err_stat``) leave its error
+    out; every dark-current coefficient is referred to ``T_ref`` through ``2^(dT/T_d)``
+    and moves with it (DC0 by about twice its own error per T_d error on a 0-30 degC
+    campaign).  With ``settings.t_d_err`` the model is refitted at ``T_d -+ t_d_err``
+    and each parameter's half difference (linear propagation, ``dp/dT_d * sigma``) is
+    ``err_td``; ``err`` is their sum in quadrature.
+
     Examples
     --------
     >>> pts = pd.DataFrame({"CALTYPE": ["BIAS", "DARK", "BIAS", "DARK"], "DOSE": [0, 0, 10, 10],
@@ -275,6 +292,9 @@ def fit_response(points: pd.DataFrame, settings: ModelSettings = ModelSettings()
     >>> round(fit.value("alpha_D"), 6), round(fit.value("beta_D"), 6), fit.constrained("q_mean")
     (1.0, 0.5, False)
     """
+    if settings.t_d is not None and math.isfinite(settings.t_d) and \
+            settings.t_d_err is not None and settings.t_d_err > 0:
+        return _propagate_t_d(points, settings)
     points = _usable(points)
     notes: list[str] = []
     if points.empty:
@@ -326,7 +346,8 @@ def fit_response(points: pd.DataFrame, settings: ModelSettings = ModelSettings()
     records = []
 
     def record(param, value, error, constrained, reason, r2):
-        records.append({"param": param, "value": value, "err": error, "R2": r2,
+        records.append({"param": param, "value": value, "err": error, "err_stat": error,
+                        "err_td": 0.0 if math.isfinite(error) else math.nan, "R2": r2,
                         "unit": UNITS[param], "constrained": bool(constrained),
                         "reason": reason})
 
@@ -394,6 +415,45 @@ def fit_response(points: pd.DataFrame, settings: ModelSettings = ModelSettings()
         values.setdefault(name, math.nan)
     return ResponseFit(pd.DataFrame(records), names, values, cov, correlation, chi2dof, dof,
                        settings, notes)
+
+
+def _propagate_t_d(points: pd.DataFrame, settings: ModelSettings) -> ResponseFit:
+    """:func:`fit_response` at ``settings.t_d`` with its error ``settings.t_d_err``
+    propagated linearly: refits at ``t_d -+ t_d_err``, ``err_td = |p(+) - p(-)| / 2``."""
+    t_d, sigma = settings.t_d, settings.t_d_err
+    fit = fit_response(points, replace(settings, t_d_err=None))
+    fit.settings = settings
+    shifted = []
+    if sigma < t_d:
+        try:
+            shifted = [fit_response(points, replace(settings, t_d=t_d + s, t_d_err=None))
+                       for s in (-sigma, sigma)]
+        except ValueError:
+            shifted = []
+    params = fit.parameters
+    if len(shifted) == 2:
+        low, high = (f.parameters.set_index("param")["value"] for f in shifted)
+        names = params["param"]
+        err_td = (high.reindex(names).to_numpy(float)
+                  - low.reindex(names).to_numpy(float)) / 2
+        err_td = np.abs(err_td)
+        ok = params["constrained"].to_numpy(bool) & np.isfinite(err_td)
+        stat = params["err_stat"].to_numpy(float)
+        params["err_td"] = np.where(ok, err_td, np.where(params["constrained"], math.nan,
+                                                          params["err_td"]))
+        params["err"] = np.where(ok, np.hypot(stat, err_td), stat)
+        notes = (f"T_d's error ({sigma:.3g} degC) propagated: each parameter refitted at "
+                 f"T_d -+ {sigma:.3g} degC, half the difference (err_td) added in quadrature "
+                 "to the fit's error (err_stat)")
+        if not ok[params["constrained"].to_numpy(bool)].all():
+            notes += ("; not for " + ", ".join(params["param"][params["constrained"] & ~ok])
+                      + " (not constrained at the shifted T_d)")
+    else:
+        notes = (f"T_d's error ({sigma:.3g} degC) not propagated: the model cannot be refitted "
+                 f"at T_d -+ {sigma:.3g} degC; err is the fit's error only")
+        params["err_td"] = np.where(params["constrained"], math.nan, params["err_td"])
+    fit.notes.append(notes)
+    return fit
 
 
 def predict(points: pd.DataFrame, fit: ResponseFit) -> tuple[np.ndarray, np.ndarray]:
