@@ -468,9 +468,21 @@ def shot_noise_factor(ratios: np.ndarray) -> float:
     return float(np.mean(ratios[np.abs(ratios - med) <= GAIN_CLIP * spread]))
 
 
+def _map_tiles(func, tiles, workers: int):
+    """``func(tile)`` of every tile, in tile order, ``workers`` at a time (threads)."""
+    if workers <= 1 or len(tiles) < 2:
+        for tile in tiles:
+            yield func(tile)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(func, tiles)
+
+
 def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
                  halves: np.ndarray | None = None, read_suberr=None,
-                 groups=None) -> NoiseModel | None:
+                 groups=None, workers: int = 1) -> NoiseModel | None:
     """The pooled noise model measured in two passes over ``tiles`` (``read(r0, r1)`` gives
     signal, noise and count of every master), three with ``halves``; None when K cannot be
     measured.
@@ -482,23 +494,32 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
     get their own v0 (pass 3, once the amplitudes are shrunk: :class:`NoiseModel`).
     ``read_suberr(r0, r1)`` (the masters' subtracted-bias errors) and ``groups`` (an id per
     master: those sharing one subtracted bias value) add the bias's error to the halves'
-    amplitude variance the shrinkage uses (:func:`_half_amplitudes`)."""
+    amplitude variance the shrinkage uses (:func:`_half_amplitudes`).
+
+    ``workers`` tiles are read and measured at a time (threads: the reads and kernels
+    release the GIL); each tile's result lands where the serial loop puts it (ratios and
+    samples concatenated in tile order), so the model is the same for any ``workers``."""
     if k_n < 2:
         return None
-    usable, ratios, samples = 0, [], []
-    sample = None
-    for r0, r1 in tiles:
+
+    def pass1(tile):
+        r0, r1 = tile
         S, noise, count = read(r0, r1)
         n_use, ratio = _gain_candidates(S, noise, count)
+        if halves is None:
+            return n_use, ratio, None, S.shape[2:]
+        width = S.shape[-1]
+        sample = pixel_sample((tiles[-1][1], width), SHAPE_SAMPLE)
+        lo, hi = np.searchsorted(sample, [r0 * width, r1 * width])
+        # fancy indexing copies: a view would keep every tile alive until the last one
+        return n_use, ratio, S.reshape(k_n, -1)[:, sample[lo:hi] - r0 * width], S.shape[2:]
+
+    usable, ratios, samples = 0, [], []
+    for n_use, ratio, part, tail in _map_tiles(pass1, tiles, workers):
         usable += n_use
         ratios.append(ratio)
-        if halves is not None:
-            width = S.shape[-1]
-            if sample is None:
-                sample = pixel_sample((tiles[-1][1], width), SHAPE_SAMPLE)
-            lo, hi = np.searchsorted(sample, [r0 * width, r1 * width])
-            # fancy indexing copies: a view would keep every tile alive until the last one
-            samples.append(S.reshape(k_n, -1)[:, sample[lo:hi] - r0 * width])
+        if part is not None:
+            samples.append(part)
     ratios = np.concatenate(ratios)
     if usable < min_pixels or ratios.size < min_pixels:
         return None
@@ -512,29 +533,35 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
             shape = np.nanmedian(np.concatenate(samples, axis=1), axis=1).astype(np.float64)
         shape[~(shape > 0)] = np.nan   # no positive signal: the master's own is used
         other = 1 - halves
-    v0 = []
-    variance = None
-    for r0, r1 in tiles:
+        amplitude = np.empty((2, tiles[-1][1]) + tail, np.float32)
+        variance = np.empty_like(amplitude)
+    del samples
+
+    def pass2(tile):
+        r0, r1 = tile
         S, noise, count = read(r0, r1)
         if halves is None:
-            v0.append(_read_variance(S, noise, count, gain))
-            continue
-        if amplitude is None:
-            amplitude = np.empty((2, tiles[-1][1]) + S.shape[2:], np.float32)
-            variance = np.empty_like(amplitude)
+            return _read_variance(S, noise, count, gain)
         suberr = None if read_suberr is None else read_suberr(r0, r1)
         amplitude[:, r0:r1], variance[:, r0:r1] = _half_amplitudes(S, noise, count, shape,
                                                                    halves, suberr, groups)
-        del suberr
-    if amplitude is not None:
+        return None
+
+    v0 = list(_map_tiles(pass2, tiles, workers))
+    if halves is not None:
         shrink_amplitudes(amplitude, variance)
         del variance
         # pass 3: each half's v0, its shot variance from signals that are not the half's
         v0 = np.empty_like(amplitude)
-        for r0, r1 in tiles:
+
+        def pass3(tile):
+            r0, r1 = tile
             S, noise, count = read(r0, r1)
             v0[:, r0:r1] = _read_variance_halves(S, noise, count, gain, amplitude[:, r0:r1],
                                                  shape, other)
+
+        for _ in _map_tiles(pass3, tiles, workers):
+            pass
     else:
         v0 = np.concatenate(v0)
     finite = np.isfinite(v0)
