@@ -104,7 +104,6 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
             else None
         for g, (label, idx_t) in enumerate(groups):
             held = refit.result() if refit is not None else None
-            release_free_memory()  # what the refit freed, before the next one and the frames
             refit = ahead.submit(holdout, groups[g + 1][0]) \
                 if holdout is not None and g + 1 < len(groups) else None
             _compare_bin(stack, idx_t, held, predict, predict_err, exclude, pull_pixels, rng,
@@ -119,6 +118,7 @@ def _compare_bin(stack, idx_t, held, predict, predict_err, exclude, pull_pixels,
     """The masters ``idx_t`` of one temperature bin against the model (``held``: the
     held-out model's ``(predict, predict_err[, shared_cov])`` or None), appended to
     ``rows``, ``samples`` and ``maps``."""
+    release_free_memory()  # what the held-out refit freed, before the full-frame work
     p_pull, e_pull, *c_pull = held if held is not None else (predict, predict_err)
     for i in idx_t:
         m = stack.masters[i]
