@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,43 +94,25 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     """
     rng = np.random.default_rng(seed)
     rows, samples, maps = [], {}, {}
-    groups = list(stack.groups().items())
-    with ThreadPoolExecutor(max_workers=1) as ahead:
-        # the next bin's held-out refit (on the pixel sample: a few MB) runs in a thread
-        # while this bin's masters are compared (single-threaded numpy, mostly): the same
-        # refits, called one at a time in bin order, each as without it
-        refit = ahead.submit(holdout, groups[0][0]) if holdout is not None and groups \
-            else None
-        for g, (label, idx_t) in enumerate(groups):
-            held = refit.result() if refit is not None else None
-            refit = ahead.submit(holdout, groups[g + 1][0]) \
-                if holdout is not None and g + 1 < len(groups) else None
-            _compare_bin(stack, idx_t, held, predict, predict_err, exclude, pull_pixels, rng,
-                         keep_maps, rows, samples, maps)
+    for label, idx_t in stack.groups().items():
+        held = holdout(label) if holdout is not None else None
+        release_free_memory()  # what the held-out refit freed, before the full-frame work
+        p_pull, e_pull, *c_pull = held if held is not None else (predict, predict_err)
+        for i in idx_t:
+            m = stack.masters[i]
+            row, sample, reduced = _compare(stack, i, lambda: predict(m.tavg, m.exptime),
+                                            p_pull(m.tavg, m.exptime), e_pull(m.tavg, m.exptime),
+                                            exclude, pull_pixels, rng, keep_maps,
+                                            c_pull[0](m.tavg, m.exptime) if c_pull else None)
+            row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
+                else "in-sample"
+            rows.append(row)
+            samples[(m.temperature, m.exptime)] = sample
+            if keep_maps:
+                maps[(m.temperature, m.exptime)] = reduced
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["Temperature (°C)",
                                                              "Exposure (s)"])
     return Evaluation(table.reset_index(drop=True), samples, maps)
-
-
-def _compare_bin(stack, idx_t, held, predict, predict_err, exclude, pull_pixels, rng,
-                 keep_maps, rows, samples, maps) -> None:
-    """The masters ``idx_t`` of one temperature bin against the model (``held``: the
-    held-out model's ``(predict, predict_err[, shared_cov])`` or None), appended to
-    ``rows``, ``samples`` and ``maps``."""
-    release_free_memory()  # what the held-out refit freed, before the full-frame work
-    p_pull, e_pull, *c_pull = held if held is not None else (predict, predict_err)
-    for i in idx_t:
-        m = stack.masters[i]
-        row, sample, reduced = _compare(stack, i, lambda: predict(m.tavg, m.exptime),
-                                        p_pull(m.tavg, m.exptime), e_pull(m.tavg, m.exptime),
-                                        exclude, pull_pixels, rng, keep_maps,
-                                        c_pull[0](m.tavg, m.exptime) if c_pull else None)
-        row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
-            else "in-sample"
-        rows.append(row)
-        samples[(m.temperature, m.exptime)] = sample
-        if keep_maps:
-            maps[(m.temperature, m.exptime)] = reduced
 
 
 def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,

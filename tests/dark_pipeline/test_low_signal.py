@@ -583,54 +583,6 @@ def test_dark_current_table_model_is_the_population_law():
         cold["MODEL_MEDIAN"], truth, cold["DC_MEDIAN_ERR"])
 
 
-def test_evaluation_refits_ahead_give_the_serial_evaluation(low_signal, low_signal_masters):
-    """darkspeed: the next temperature bin's held-out refit runs in a thread while the bin
-    before it is compared.  The refits are still called one at a time, in bin order, and the
-    table and scatter samples (one random generator, drawn in master order) are bit for bit
-    those of refitting each bin just before its comparisons."""
-    import threading
-
-    from dark_pipeline import evaluation
-    from dark_pipeline.pipeline import _holdout_2d, _population_shape
-
-    _, masters, bias = low_signal_masters
-    _, _, model2 = low_signal
-    stack = load_stack(masters)
-    sample, pixels = stack.sample(4096)
-    holdout = _holdout_2d(sample, DarkSettings(), 16, bias.model, _population_shape(model2))
-    calls, active, lock = [], [0], threading.Lock()
-
-    def watched(label):
-        with lock:
-            active[0] += 1
-            assert active[0] == 1  # never two refits at once
-        try:
-            calls.append(label)
-            return holdout(label)
-        finally:
-            with lock:
-                active[0] -= 1
-    exclude = ~np.isfinite(model2.fit.amplitude)
-    ev = evaluation.evaluate(stack, model2.signal, model2.signal_err, exclude=exclude,
-                             holdout=watched, pull_pixels=pixels, keep_maps=False)
-    groups = stack.groups()
-    assert calls == list(groups)
-    # the serial order: each bin refitted, then its masters compared
-    rng = np.random.default_rng(0)
-    rows, samples = [], {}
-    for label, idx in groups.items():
-        evaluation._compare_bin(stack, idx, holdout(label), model2.signal, model2.signal_err,
-                                exclude, pixels, rng, False, rows, samples, {})
-    serial = pd.DataFrame(rows, columns=evaluation.COLUMNS).sort_values(
-        ["Temperature (°C)", "Exposure (s)"]).reset_index(drop=True)
-    assert (serial["PULL_MODEL"] == "leave-one-temperature-out").all()
-    pd.testing.assert_frame_equal(ev.table, serial, check_exact=True)
-    assert samples.keys() == ev.samples.keys()
-    for key, (real, synth) in samples.items():
-        np.testing.assert_array_equal(ev.samples[key][0], real)
-        np.testing.assert_array_equal(ev.samples[key][1], synth)
-
-
 def test_compare_statistics_equal_the_plain_formulas(low_signal, low_signal_masters):
     """darkspeed: the evaluation takes each masked selection of a master once; MAE, MAPE,
     the medians and the counts are bit for bit the plain formulas on float64 copies of the
