@@ -160,28 +160,36 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
     del held_pred, held_err, real_p, sigma, ok_p, noise_err, suberr, flat_noise, flat_sub
     # |residual| and APE of the pixels used, made in place from their values
-    ape = data[strong].astype(np.float64)
+    # (each masked selection made once: the float32 values, in pixel order, that every
+    # statistic below takes)
+    real_strong = data[strong]
+    ape = real_strong.astype(np.float64)
     ape -= synth[strong]
-    ape /= data[strong]
+    ape /= real_strong
+    del real_strong
     np.abs(ape, out=ape)
     ape *= 100
+    n_strong = ape.size
     mape = float(np.mean(ape)) if ape.size else math.nan
     del ape
-    diff = data[ok].astype(np.float64)
-    diff -= synth[ok]
+    real_ok, synth_ok = data[ok], synth[ok]
+    diff = real_ok.astype(np.float64)
+    diff -= synth_ok
     np.abs(diff, out=diff)
     mae = float(np.mean(diff)) if diff.size else math.nan
     del diff
+    n_ok = real_ok.size
     row = {"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
            "MAE [ADU]": mae, "MAPE [%]": mape,
            "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
            "PULL_STD": float(np.std(pull)) if pull.size else math.nan,
-           "REAL_MEDIAN [ADU]": exact_median(data[ok].astype(np.float64)) if ok.any()
+           "REAL_MEDIAN [ADU]": exact_median(real_ok.astype(np.float64)) if n_ok
            else math.nan,
-           "SYNTH_MEDIAN [ADU]": exact_median(synth[ok].astype(np.float64)) if ok.any()
+           "SYNTH_MEDIAN [ADU]": exact_median(synth_ok.astype(np.float64)) if n_ok
            else math.nan,
-           "NPIX": int(ok.sum()), "NPIX_MAPE": int(strong.sum()), "NPIX_PULL": int(pull.size),
+           "NPIX": int(n_ok), "NPIX_MAPE": int(n_strong), "NPIX_PULL": int(pull.size),
            "TBIN": m.temperature}
+    del real_ok, synth_ok
     idx = np.flatnonzero(ok)
     if idx.size > 5000:
         idx = rng.choice(idx, 5000, replace=False)

@@ -511,9 +511,21 @@ def shot_noise_fit(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
 MIN_GAIN_SNR = 5.0
 
 
+def _map_tiles(func, tiles, workers: int):
+    """``func(tile)`` of every tile, in tile order, ``workers`` at a time (threads)."""
+    if workers <= 1 or len(tiles) < 2:
+        for tile in tiles:
+            yield func(tile)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(func, tiles)
+
+
 def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
                  halves: np.ndarray | None = None, read_suberr=None,
-                 groups=None) -> NoiseModel | None:
+                 groups=None, workers: int = 1) -> NoiseModel | None:
     """The pooled noise model measured in three passes over ``tiles`` (``read(r0, r1)`` gives
     signal, noise and count of every master); None when K cannot be measured.
 
@@ -527,21 +539,26 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
     get their own v0 (pass 3, once the amplitudes are shrunk: :class:`NoiseModel`).
     ``read_suberr(r0, r1)`` (the masters' subtracted-bias errors) and ``groups`` (an id per
     master: those sharing one subtracted bias value) add the bias's error to the halves'
-    amplitude variance the shrinkage uses (:func:`_half_amplitudes`)."""
+    amplitude variance the shrinkage uses (:func:`_half_amplitudes`).
+
+    ``workers`` tiles are read and measured at a time (threads: the reads and kernels
+    release the GIL); each tile's result lands where the serial loop puts it (samples and
+    K terms concatenated in tile order), so the model is the same for any ``workers``."""
     if k_n < 2:
         return None
-    samples = []
-    sample = None
-    for r0, r1 in tiles:
-        S, noise, count = read(r0, r1)
+
+    def pass1(tile):
+        r0, r1 = tile
+        S = read(r0, r1)[0]
         width = S.shape[-1]
-        if sample is None:
-            sample = pixel_sample((tiles[-1][1], width), SHAPE_SAMPLE)
+        sample = pixel_sample((tiles[-1][1], width), SHAPE_SAMPLE)
         lo, hi = np.searchsorted(sample, [r0 * width, r1 * width])
-        at = sample[lo:hi] - r0 * width
         # fancy indexing copies: a view would keep every tile alive until the last one
-        samples.append(S.reshape(k_n, -1)[:, at])
-        del S, noise, count
+        return S.reshape(k_n, -1)[:, sample[lo:hi] - r0 * width], S.shape[2:]
+
+    samples, tail = [], ()
+    for part, tail in _map_tiles(pass1, tiles, workers):
+        samples.append(part)
     with np.errstate(all="ignore"):
         levels = np.nanmedian(np.concatenate(samples, axis=1), axis=1).astype(np.float64)
     del samples
@@ -555,22 +572,24 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
         shape = levels.copy()
         shape[~(shape > 0)] = np.nan   # no positive signal: the master's own is used
         other = 1 - halves
-    usable, nums, dens = 0, [], []
-    for r0, r1 in tiles:
+        amplitude = np.empty((2, tiles[-1][1]) + tail, np.float32)
+        variance = np.empty_like(amplitude)
+
+    def pass2(tile):
+        r0, r1 = tile
         S, noise, count = read(r0, r1)
-        n_use, num, den = _gain_terms(S, noise, count, hi_k, lo_k)
+        terms = _gain_terms(S, noise, count, hi_k, lo_k)
+        if halves is not None:
+            suberr = None if read_suberr is None else read_suberr(r0, r1)
+            amplitude[:, r0:r1], variance[:, r0:r1] = _half_amplitudes(
+                S, noise, count, shape, halves, suberr, groups)
+        return terms
+
+    usable, nums, dens = 0, [], []
+    for n_use, num, den in _map_tiles(pass2, tiles, workers):
         usable += n_use
         nums.append(num)
         dens.append(den)
-        if halves is None:
-            continue
-        if amplitude is None:
-            amplitude = np.empty((2, tiles[-1][1]) + S.shape[2:], np.float32)
-            variance = np.empty_like(amplitude)
-        suberr = None if read_suberr is None else read_suberr(r0, r1)
-        amplitude[:, r0:r1], variance[:, r0:r1] = _half_amplitudes(S, noise, count, shape,
-                                                                   halves, suberr, groups)
-        del suberr
     num, den = np.concatenate(nums), np.concatenate(dens)
     del nums, dens
     if usable < min_pixels or num.size < min_pixels:
@@ -584,12 +603,18 @@ def _noise_model(read, tiles, k_n: int, min_pixels: int = 100,
         del variance
         # pass 3: each half's v0, its shot variance from signals that are not the half's
         v0 = np.empty_like(amplitude)
-        for r0, r1 in tiles:
+
+        def pass3(tile):
+            r0, r1 = tile
             S, noise, count = read(r0, r1)
             v0[:, r0:r1] = _read_variance_halves(S, noise, count, gain, amplitude[:, r0:r1],
                                                  shape, other)
+
+        for _ in _map_tiles(pass3, tiles, workers):
+            pass
     else:
-        v0 = np.concatenate([_read_variance(*read(r0, r1), gain) for r0, r1 in tiles])
+        v0 = np.concatenate(list(_map_tiles(lambda t: _read_variance(*read(*t), gain),
+                                            tiles, workers)))
     finite = np.isfinite(v0)
     if not finite.any():
         return None

@@ -133,6 +133,9 @@ def rate_sample(rates: list[RateMap], pixels: np.ndarray) -> list[RateMap]:
             for k, r in enumerate(rates)]
 
 
+#: Tiles the noise model measures at a time (threads), each of that share of the budget.
+NOISE_WORKERS = 2
+
 #: Images of a dark master the fits read, tile by tile.
 _IMAGES = ("PRIMARY", "MASK", "NOISE", "NCOMB", "SUBERR")
 
@@ -274,13 +277,16 @@ def load_stack(masters: list[DarkMaster], memory_limit: float = 1e9) -> SignalSt
         header = fits.getheader(m.path)
         keys.append(str(header.get(kw.BIASFILE, "")) + "|" + str(header.get(kw.SUBTRACT, "")))
 
-    # signal, noise, count and (pass 2) the subtracted bias's error of every master
-    tiles = list(row_tiles(rows.shape[0], tile_rows(n, rows.shape, memory_limit, images=4)))
+    # signal, noise, count and (pass 2) the subtracted bias's error of every master, by
+    # tiles of half the budget, two at a time (the same model as one at a time)
+    tiles = list(row_tiles(rows.shape[0], tile_rows(n, rows.shape,
+                                                    memory_limit / NOISE_WORKERS, images=4)))
     model = _noise_model(lambda r0, r1: _signal_noise_count(rows, r0, r1), tiles, n,
                          halves=halves_of([m.temperature for m in masters],
                                           [m.exptime for m in masters]),
                          read_suberr=lambda r0, r1: rows.read("SUBERR", r0, r1, fill=0.0),
-                         groups=bias_groups(keys, [m.temperature for m in masters]))
+                         groups=bias_groups(keys, [m.temperature for m in masters]),
+                         workers=NOISE_WORKERS)
     if model is not None:
         logger.info("dark noise model: read variance per pixel pooled over %d masters, shot "
                     "noise %.3g adu per electron", n, model.gain)

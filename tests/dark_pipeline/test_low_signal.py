@@ -579,3 +579,34 @@ def test_dark_current_table_model_is_the_population_law():
     truth = float(np.median(amp)) * 2.0 ** (-20.0 / 6.0)
     assert abs(cold["MODEL_MEDIAN"] - truth) < 3 * cold["DC_MEDIAN_ERR"], (
         cold["MODEL_MEDIAN"], truth, cold["DC_MEDIAN_ERR"])
+
+
+def test_compare_statistics_equal_the_plain_formulas(low_signal, low_signal_masters):
+    """darkspeed: the evaluation takes each masked selection of a master once; MAE, MAPE,
+    the medians and the counts are bit for bit the plain formulas on float64 copies of the
+    used (and 3-sigma) pixels, as they were computed before."""
+    from dark_pipeline import evaluation
+    from utils.stack.stats import exact_median
+
+    _, masters, _ = low_signal_masters
+    _, _, model2 = low_signal
+    stack = load_stack(masters)
+    exclude = ~np.isfinite(model2.fit.amplitude)
+    exclude[::7, ::5] = True
+    for i, m in enumerate(stack.masters):
+        synth = model2.signal(m.tavg, m.exptime)
+        row, _, _ = evaluation._compare(stack, i, lambda: synth, synth,
+                                        model2.signal_err(m.tavg, m.exptime), exclude, None,
+                                        np.random.default_rng(0), False)
+        data, noise, sub = stack.read_master(i)
+        err = np.sqrt(noise.astype(np.float64) ** 2 + sub.astype(np.float64) ** 2)
+        real = data.astype(np.float64)
+        ok = np.isfinite(real) & np.isfinite(synth) & np.isfinite(err) & ~exclude
+        strong = ok & (np.abs(real) >= 3 * err)
+        assert 0 < strong.sum() < ok.sum()
+        assert row["MAE [ADU]"] == float(np.mean(np.abs(real[ok] - synth[ok])))
+        assert row["MAPE [%]"] == float(np.mean(
+            np.abs((real[strong] - synth[strong]) / real[strong]) * 100))
+        assert row["REAL_MEDIAN [ADU]"] == exact_median(real[ok])
+        assert row["SYNTH_MEDIAN [ADU]"] == exact_median(synth[ok].astype(np.float64))
+        assert (row["NPIX"], row["NPIX_MAPE"]) == (int(ok.sum()), int(strong.sum()))

@@ -346,3 +346,38 @@ def test_one_exposure_rates_share_the_bias_model_error(tmp_path):
     assert shared is not None and shared[0].shape == (4, 2)
     assert abs(pull(shared)) < 3
     assert pull(None) > 5   # the test sees the bias: the shared error ignored
+
+
+def test_noise_model_tiles_in_parallel_equal_the_serial_pass():
+    """The noise model measured two tiles at a time (``workers=2``, as load_stack does, by
+    tiles of half the budget) is bit for bit the one measured tile by tile and the one of
+    the whole frame at once: every tile's ratios and samples are concatenated in tile order
+    and the other passes are per pixel."""
+    from dark_pipeline.noise_model import _noise_model
+
+    rng = np.random.default_rng(5)
+    shape, frames, v0 = (61, 48), 8, 1045.0
+    temps = np.repeat([0.0, 10.0, 25.0], 2)
+    exps = np.tile([0.5, 2.0], 3)
+    amp = 40.0 * np.exp(0.3 * rng.standard_normal(shape))
+    truth = np.array([amp * 2.0 ** ((T - 20.0) / T_D) * t for T, t in zip(temps, exps)])
+    var = v0 + K_TRUE * truth
+    data = (truth + rng.standard_normal(truth.shape) * np.sqrt(var / frames)).astype(np.float32)
+    data[1, 3, 4] = np.nan
+    noise = np.sqrt(var * rng.chisquare(frames - 1, truth.shape) / (frames - 1)
+                    ).astype(np.float32)
+    count = np.full(truth.shape, frames, np.float32)
+    suberr = rng.uniform(5.0, 7.0, truth.shape).astype(np.float32)
+
+    def model(tiles, workers):
+        return _noise_model(lambda r0, r1: (data[:, r0:r1], noise[:, r0:r1], count[:, r0:r1]),
+                            tiles, len(temps), halves=halves_of(temps, exps),
+                            read_suberr=lambda r0, r1: suberr[:, r0:r1],
+                            groups=[float(t) for t in temps], workers=workers)
+
+    tiles = [(0, 7), (7, 20), (20, 21), (21, 45), (45, 61)]
+    whole = model([(0, shape[0])], 1)
+    for m in (model(tiles, 1), model(tiles, 2), model(tiles, 3)):
+        assert m.gain == whole.gain
+        for name in ("v0", "amplitude", "shape", "other"):
+            assert np.array_equal(getattr(m, name), getattr(whole, name), equal_nan=True), name
