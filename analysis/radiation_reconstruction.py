@@ -129,7 +129,7 @@ class _Variances:
         self.fit, self.read_var = model.fit, read_var
         self.own = (maps["dc0"], maps["beta"]) if maps else None
         self.inmap = np.isfinite(maps["dc0"]) if maps else None
-        self.var = {}
+        self.var, self.keep, self.ref = {}, set(), None
         self.pairs = list(getattr(model, "dark_map_pairs", ()) or ()) if maps else []
         if not self.pairs:
             return
@@ -144,18 +144,25 @@ class _Variances:
             sigma.append(np.sqrt(
                 rr.master_variance(d.point, self.fit, read_var, di.count, di.stderr)
                 + rr.master_variance(b.point, self.fit, read_var, bi.count, bi.stderr)))
-            y.append(di.data.astype(np.float64) - bi.data)
-        self.sigma, self.y = np.array(sigma), np.array(y)
+            y.append(np.isfinite(di.data) & np.isfinite(bi.data))
+        # float32 and a mask: held for the whole run, one map per point of the maps' fit
+        self.sigma = np.array(sigma, np.float32)
+        self.y = np.where(np.array(y), 0.0, np.nan).astype(np.float32)
+        self.keep = {id(m) for pair in self.pairs for m in pair}
 
     def of(self, master, img=None) -> np.ndarray:
         """Expected variance of ``master`` [adu^2], the dark shot noise of each pixel's own
-        dark current."""
+        dark current (kept only for the masters of the maps' fit and the reference bias:
+        the memory grows with those, not with every master)."""
         key = id(master)
-        if key not in self.var:
-            img = img if img is not None else read_master(master.path)
-            self.var[key] = rr.master_variance(master.point, self.fit, self.read_var,
-                                               img.count, img.stderr, pixel_dark=self.own)
-        return self.var[key]
+        if key in self.var:
+            return self.var[key]
+        img = img if img is not None else read_master(master.path)
+        var = rr.master_variance(master.point, self.fit, self.read_var, img.count,
+                                 img.stderr, pixel_dark=self.own)
+        if key in self.keep or key == self.ref:
+            self.var[key] = var
+        return var
 
     def weights(self, point: dict) -> np.ndarray | None:
         """``a_k`` of every map point in the per-pixel prediction at ``point`` (0 where the
@@ -169,8 +176,9 @@ class _Variances:
     def residual(self, master, img, ref) -> tuple[np.ndarray, np.ndarray | None]:
         """Variance of ``master - prediction`` [adu^2] (reference bias master ``ref``) and
         the master's leverage where it is a point of the maps' fit (else None)."""
+        self.ref = id(ref)
+        own = self.of(master, img)
         terms = {id(master): (master, 1.0)}
-        self.of(master, img)
         if ref is not master:
             terms[id(ref)] = (ref, -1.0)
         a = self.weights(master.point)
@@ -184,7 +192,7 @@ class _Variances:
         var = 0.0
         for m, c in terms.values():
             c = np.asarray(c, np.float64)
-            var = var + np.where(c != 0, c * c * self.of(m), 0.0)
+            var = var + np.where(c != 0, c * c * (own if m is master else self.of(m)), 0.0)
         if lev is not None:
             # a point the maps' line goes through (as many points as terms at the pixel:
             # leverage 1): its residual is 0 by construction and carries no information
