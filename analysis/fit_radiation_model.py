@@ -163,6 +163,9 @@ class RadiationModelResult:
     skipped: bool = False
     #: Per-pixel read variance [adu^2] pooled over the bias masters (None: not measured).
     read_variance: np.ndarray | None = None
+    #: ``(dark, bias)`` ModelMasters of every point of the per-pixel dark maps' fit (the
+    #: dark minus that bias), empty without the maps: the reconstruction's leverage.
+    dark_map_pairs: tuple = ()
 
     def summary_line(self) -> str:
         """One line: the parameters and where they are."""
@@ -353,12 +356,15 @@ def run(source: str | os.PathLike, out_dir: str | os.PathLike,
     read_var = read_variance(masters, images)
     maps, n_darks = fit_dark_maps(masters, images, points, fit, settings, read_var)
     files += write_dark_maps(out, maps, n_darks, fit, settings)
+    pairs = tuple((d, b) for d, b, *_ in dark_map_inputs(masters, points, fit,
+                                                         settings.fit_stages)) \
+        if maps is not None else ()
     del maps
     files.append(out / "config_used.json")
     write_run_summary(out, {"n_masters": int(use.sum()), "pixels": int(pixels.sum())}, files,
                       digest)
     return RadiationModelResult(out, fit, points, masters, pixels, files,
-                                read_variance=read_var)
+                                read_variance=read_var, dark_map_pairs=pairs)
 
 
 def fit_record(fit: rr.ResponseFit, points: pd.DataFrame, pixels: np.ndarray, info: dict,

@@ -9,10 +9,20 @@ with ``B0_i`` the pixel's own bias: the bias master of the earliest group (pre-i
 else the first dose step) nearest T_ref, brought to T_ref and dose 0 with the model's
 ``b_T`` and ``alpha_D``; ``DC0_i`` and ``beta_i`` the per-pixel dark maps of the model
 where they were fitted, else the population's values.  Coefficients the masters could not
-constrain count as 0.  Residual = master - prediction, with the error the model expects
-of the master and of the reference bias master (the pixel's read variance pooled over the
-bias masters, the dark shot noise, the beam's variance: ``rr.master_variance``) and of the
-dark maps, in quadrature.  Post-irradiation masters are predicted from
+constrain count as 0.  Residual = master - prediction.
+
+Its error: the residual is a linear combination of masters -- the master, minus the
+reference bias master, minus ``sum_k a_k (dark_k - bias_k)`` over the points of the dark maps'
+per-pixel weighted fit, ``a_k`` the weight of point k in the prediction
+(``utils.models.linear.prediction_weights``, from the same design and weights the maps fit
+used) -- so its variance is ``sum c_m^2 var_m`` over the distinct masters, each master's
+variance the one the model expects (``rr.master_variance``: the pixel's read variance pooled
+over the bias masters, the beam's variance, and the dark shot noise of the pixel's own dark
+current from the maps; the population's where the maps have none).  For a dark master the maps
+were fitted to (``MAPFIT``) ``a_k`` at its own point is its leverage ``h_kk`` and the residual
+variance ~ ``sigma^2 (1 - h_kk)`` (plus the bias terms): adding the maps' prediction error to
+``sigma^2`` instead gave pulls of spread 0.03-0.5; for any other master it is
+``sigma^2 + x^T Cov x`` (covariance included).  Post-irradiation masters are predicted from
 the final dose: their residuals show the recovery (annealing) the model does not describe.
 
 Per master, in the folder the caller gives for its (stage, dose step):
@@ -37,6 +47,7 @@ from analysis.products import save_plot
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product
 from utils.io.index import sort_by_stage
 from utils.models import radiation_response as rr
+from utils.models.linear import constrained_terms, prediction_weights
 from utils.plotting import show_image
 from utils.stack.master import read_master
 from utils.stack.stats import mad_std
@@ -61,9 +72,9 @@ def _coef(fit: rr.ResponseFit, name: str) -> float:
     return value if math.isfinite(value) else 0.0
 
 
-def _reference_bias(model) -> tuple[np.ndarray, np.ndarray, dict] | None:
+def _reference_bias(model) -> tuple | None:
     """The pixel bias at T_ref and dose 0, from the earliest group's bias master nearest
-    T_ref, with its error."""
+    T_ref, with its error, its point and the master."""
     fit = model.fit
     biases = [m for m in model.masters if m.key.caltype == "BIAS"]
     if not biases:
@@ -77,7 +88,7 @@ def _reference_bias(model) -> tuple[np.ndarray, np.ndarray, dict] | None:
         - _coef(fit, "b_T") * (p["TEMP"] - fit.settings.t_ref)
     var = rr.master_variance(p, fit, getattr(model, "read_variance", None), img.count,
                              img.stderr)
-    return b0, np.sqrt(var), p
+    return b0, np.sqrt(var), p, first
 
 
 def _dark_maps(model) -> dict:
@@ -101,6 +112,92 @@ def prediction_error(point: dict, maps: dict, fit: rr.ResponseFit) -> np.ndarray
     dc0 = np.where(np.isfinite(maps["dc0_err"]), maps["dc0_err"], 0.0)
     beta = np.where(np.isfinite(maps["beta_err"]), maps["beta_err"], 0.0)
     return np.hypot(ft * dc0, ft * point["DOSE"] * beta)
+
+
+def _map_design(points: list, fit: rr.ResponseFit) -> np.ndarray:
+    """Rows ``[f(T) t, D f(T) t]`` of the dark maps' per-pixel fit (``rr.pixel_dark_maps``)."""
+    ft = np.array([float(rr.temperature_factor(p["TEMP"], fit.settings)) * p["EXPTIME"]
+                   for p in points])
+    return np.column_stack([ft, np.array([p["DOSE"] for p in points], float) * ft])
+
+
+class _Variances:
+    """The terms of the residuals' variance: each master's expected variance and the
+    weights of the dark maps' fit (see the module notes)."""
+
+    def __init__(self, model, maps: dict, read_var):
+        self.fit, self.read_var = model.fit, read_var
+        self.own = (maps["dc0"], maps["beta"]) if maps else None
+        self.inmap = np.isfinite(maps["dc0"]) if maps else None
+        self.var, self.keep, self.ref = {}, set(), None
+        self.pairs = list(getattr(model, "dark_map_pairs", ()) or ()) if maps else []
+        if not self.pairs:
+            return
+        design = _map_design([d.point for d, _ in self.pairs], self.fit)
+        self.kept, _ = constrained_terms(design, ["DC0", "beta_D"])
+        self.design = design[:, self.kept]
+        sigma, y = [], []
+        for d, b in self.pairs:
+            di, bi = read_master(d.path), read_master(b.path)
+            # the weights the maps' fit used (radiation_tiles.dark_maps): the population's
+            # dark shot noise
+            sigma.append(np.sqrt(
+                rr.master_variance(d.point, self.fit, read_var, di.count, di.stderr)
+                + rr.master_variance(b.point, self.fit, read_var, bi.count, bi.stderr)))
+            y.append(np.isfinite(di.data) & np.isfinite(bi.data))
+        # float32 and a mask: held for the whole run, one map per point of the maps' fit
+        self.sigma = np.array(sigma, np.float32)
+        self.y = np.where(np.array(y), 0.0, np.nan).astype(np.float32)
+        self.keep = {id(m) for pair in self.pairs for m in pair}
+
+    def of(self, master, img=None) -> np.ndarray:
+        """Expected variance of ``master`` [adu^2], the dark shot noise of each pixel's own
+        dark current (kept only for the masters of the maps' fit and the reference bias:
+        the memory grows with those, not with every master)."""
+        key = id(master)
+        if key in self.var:
+            return self.var[key]
+        img = img if img is not None else read_master(master.path)
+        var = rr.master_variance(master.point, self.fit, self.read_var, img.count,
+                                 img.stderr, pixel_dark=self.own)
+        if key in self.keep or key == self.ref:
+            self.var[key] = var
+        return var
+
+    def weights(self, point: dict) -> np.ndarray | None:
+        """``a_k`` of every map point in the per-pixel prediction at ``point`` (0 where the
+        prediction does not use the maps); None without the maps' fit."""
+        if not self.pairs:
+            return None
+        row = _map_design([point], self.fit)[0, self.kept]
+        a = prediction_weights(self.design, row, self.sigma, self.y)
+        return np.where(self.inmap & np.isfinite(a), a, 0.0)
+
+    def residual(self, master, img, ref) -> tuple[np.ndarray, np.ndarray | None]:
+        """Variance of ``master - prediction`` [adu^2] (reference bias master ``ref``) and
+        the master's leverage where it is a point of the maps' fit (else None)."""
+        self.ref = id(ref)
+        own = self.of(master, img)
+        terms = {id(master): (master, 1.0)}
+        if ref is not master:
+            terms[id(ref)] = (ref, -1.0)
+        a = self.weights(master.point)
+        lev = None
+        for k, (d, b) in enumerate(self.pairs if a is not None else ()):
+            for m, sign in ((d, -1.0), (b, 1.0)):
+                old = terms.get(id(m), (m, 0.0))[1]
+                terms[id(m)] = (m, old + sign * a[k])
+            if d is master:
+                lev = a[k]
+        var = 0.0
+        for m, c in terms.values():
+            c = np.asarray(c, np.float64)
+            var = var + np.where(c != 0, c * c * (own if m is master else self.of(m)), 0.0)
+        if lev is not None:
+            # a point the maps' line goes through (as many points as terms at the pixel:
+            # leverage 1): its residual is 0 by construction and carries no information
+            var = np.where(np.abs(1.0 - lev) > 1e-6, var, np.nan)
+        return var, lev
 
 
 def predict_master(point: dict, b0: np.ndarray, maps: dict, fit: rr.ResponseFit) -> np.ndarray:
@@ -149,23 +246,25 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
     if ref is None:
         logger.warning("reconstruction skipped: the model has no bias master")
         return Reconstruction(pd.DataFrame())
-    b0, b0_err, ref_point = ref
+    b0, _, ref_point, ref_master = ref
     read_var = getattr(model, "read_variance", None)
     maps = _dark_maps(model)
     fit = model.fit
+    variances = _Variances(model, maps, read_var)
+    in_maps = {id(d) for d, _ in variances.pairs}
     rows, files, per_folder = [], [], {}
     for m in model.masters:
         img = read_master(m.path)
         pred = predict_master(m.point, b0, maps, fit)
         diff = img.data - pred
-        same = m.point["MASTER"] == ref_point["MASTER"] and m.point["TAG"] == ref_point["TAG"]
-        # the variance the model expects of the master (the pixel's read noise, the dark shot
-        # noise, the beam's variance over the frames), not the pixel's sample variance: under
-        # the beam that follows the hits the pixel happened to get (with the beam variance
-        # added on top of it the pulls' spread was 0.2-0.6)
-        var = rr.master_variance(m.point, fit, read_var, img.count, img.stderr)
-        error = np.sqrt(var + (0.0 if same else b0_err.astype(np.float64) ** 2)
-                        + prediction_error(m.point, maps, fit) ** 2)
+        # the variance the model expects of the masters in the residual (the pixel's read
+        # noise, its dark shot noise, the beam's variance over the frames), not the pixel's
+        # sample variance: under the beam that follows the hits the pixel happened to get;
+        # with the maps' leverage for the masters they were fitted to (the maps' prediction
+        # error added to the master's instead gave pulls of spread 0.03-0.5 for those)
+        var, lev = variances.residual(m, img, ref_master)
+        error = np.sqrt(var)
+        mapfit = id(m) in in_maps
         folder = folder_of(m.key.stage_dir)
         stem = m.path.stem + "_diff"
         header = fits.Header()
@@ -177,8 +276,12 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
         set_card(header, "DOSERATE", m.point["RATE"], "[krad/s] mean dose rate while exposing")
         set_card(header, "BIASREF", f"{ref_point['TAG']}/{ref_point['MASTER']}",
                  "pixel bias taken from this master")
-        header["COMMENT"] = ("data = master - model prediction; UNCERT = expected error "
-                             "of master, bias reference and dark maps in quadrature")
+        set_card(header, "MAPFIT", mapfit, "master is a point of the dark maps' fit")
+        header["COMMENT"] = ("data = master - model prediction; UNCERT = expected error of "
+                             "the residual: master, bias reference and dark maps with their "
+                             "covariance (for a MAPFIT master its leverage in the maps' "
+                             "per-pixel fit: ~sigma^2 (1 - h)), each pixel's own dark shot "
+                             "noise")
         files.append(write_product(folder / f"{stem}.fits", diff, header, unit="adu",
                                    uncertainty=error, mask=~np.isfinite(diff),
                                    images={"PREDICT": (pred, "adu")}))
@@ -190,6 +293,9 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
                  "CALTYPE": m.key.caltype, "TEMP": m.point["TEMP"],
                  "EXPTIME": m.point["EXPTIME"], "DOSE": m.point["DOSE"], "RATE": m.point["RATE"],
                  "FITTED": m.key.stage in model.points.loc[model.points["FITTED"], "STAGE"].values,
+                 "MAPFIT": mapfit,
+                 "LEVERAGE": float(np.nanmean(lev[model.pixels])) if lev is not None
+                 else math.nan,
                  **residual_statistics(diff, error, model.pixels)}
         rows.append(stats)
         per_folder.setdefault(folder, []).append(stats)

@@ -27,6 +27,7 @@ from analysis.campaign_runs import convert_campaign as convert_layout
 from analysis.campaign_runs import detect_layout
 from utils.errors import TableError
 from utils.io.index import build_index, write_index
+from utils.models import linear as lin
 from utils.models import radiation_response as rr
 from utils.sim import Physics, radiation_model_truth, simulate_dosedirs, simulate_irradiation
 
@@ -219,6 +220,55 @@ def test_beam_on_darks_are_reconstructed_without_bias(irr_run):
     # with the beam variance added to the pixel's own error)
     post = stats[(stats["CALTYPE"] == "DARK") & (stats["STAGE"] == "post")]
     assert ((post["PULL_STD"] > 0.8) & (post["PULL_STD"] < 1.2)).all(), post["PULL_STD"]
+
+
+def test_pulls_of_the_masters_the_maps_were_fitted_to(irr_run):
+    """The dark masters the per-pixel maps were fitted to (3 points, 2 terms per pixel:
+    mean leverage 2/3): their residual's variance is sigma^2 (1 - h), not sigma^2 plus the
+    maps' prediction error.  With the latter PULL_STD was 0.03 / 0.88 / 0.23 (pre, 20, 40
+    krad, 64x48 of this campaign); now 1 within 4 standard errors of a sample standard
+    deviation over the pixel set (from the pulls' own kurtosis), and the table says which
+    masters were in the maps' fit (MAPFIT) with their mean leverage."""
+    _, out, _ = irr_run
+    stats = pd.read_csv(out / "radiation_model" / "reconstruction_stats.csv")
+    darks = stats[(stats["CALTYPE"] == "DARK") & stats["FITTED"]]
+    assert len(darks) == 3
+    pixels = fits.getdata(out / "radiation_model" / "pixels.fits").astype(bool)
+    for _, row in darks.iterrows():
+        folder = out / (row["TAG"] if row["STAGE"] != "radiating" else f"radiating/{row['TAG']}")
+        pull = np.load(folder / "reconstruction" /
+                       (row["MASTER"].removesuffix(".fits") + "_diff.npz"))["pull"][pixels]
+        pull = pull[np.isfinite(pull)]
+        kurt = np.mean((pull - pull.mean()) ** 4) / np.var(pull) ** 2
+        tol = 4 * math.sqrt(max(kurt - 1, 2.0) / (4 * pull.size))
+        assert abs(row["PULL_STD"] - 1) < tol, (row["TAG"], row["PULL_STD"], tol)
+    assert list(stats["MAPFIT"]) == list((stats["CALTYPE"] == "DARK") & stats["FITTED"])
+    # the leverages of a pixel's points add up to its 2 terms (the weighted hat's trace)
+    assert darks["LEVERAGE"].sum() == pytest.approx(2.0, abs=0.01)
+
+
+def test_residual_variance_terms():
+    """prediction_weights at a point's own row is the hat matrix's diagonal (leverage), and
+    the dark shot noise follows the pixel's own dark current where it is given."""
+    rng = np.random.default_rng(3)
+    x = np.column_stack([np.ones(4), [0.0, 1.0, 2.0, 5.0]])
+    sigma = rng.uniform(0.5, 2.0, (4, 2, 3))
+    for k in range(4):
+        a = lin.prediction_weights(x, x[k], sigma)
+        for i, j in np.ndindex(2, 3):
+            w = np.diag(1 / sigma[:, i, j] ** 2)
+            hat = x @ np.linalg.inv(x.T @ w @ x) @ x.T @ w
+            assert np.allclose(a[:, i, j], hat[k], atol=1e-12)
+    truth = {"B0": 3200.0, "alpha_D": 3.2, "b_T": 8.0, "DC0": 4.0, "beta_D": 0.2,
+             "q_mean": 1600.0, "sigma_read2": 1089.0, "kappa": 3.2e6}
+    pts, settings = _points(**truth)
+    fit = rr.fit_response(pts, settings)
+    point = {"DOSE": 20.0, "RATE": 0.0, "EXPTIME": 20.0, "TEMP": 20.0}
+    read = np.full((1, 3), 900.0)
+    own = (np.array([[4.0, 400.0, np.nan]]), np.array([[0.2, 0.2, np.nan]]))
+    var = rr.frame_variance(point, fit, read, own)
+    expect = 900.0 + 8.0 * (np.array([4.0, 400.0, 4.0]) + 0.2 * 20.0) * 20.0
+    assert np.allclose(var, expect, rtol=1e-6)
 
 
 def test_dark_maps_pulls_against_the_truth(irr_run):

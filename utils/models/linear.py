@@ -653,5 +653,55 @@ def _multi_numpy(x, y, s, coef, cov, chi2, npts):
     npts[...] = cnt
 
 
+def prediction_weights(design, row, sigma, y=None) -> np.ndarray:
+    """How much each point of a per-pixel weighted least-squares fit enters its prediction.
+
+    For the fit of :func:`fit_linear_per_pixel` (``design`` X, weights ``W = 1/sigma^2``)
+    the prediction at regressors ``row`` (x) is ``x^T (X^T W X)^-1 X^T W y = sum_k a_k y_k``;
+    this returns ``a`` per pixel.  At a fitted point's own row ``a_k`` is the leverage
+    ``h_kk`` (the hat matrix's diagonal); the variance of any linear combination of the
+    points' errors follows from ``a`` (e.g. a residual ``y_k - sum_j a_j y_j``).
+
+    Parameters
+    ----------
+    design : array-like, shape (n, p)
+        Regressors of the fitted terms (the columns the fit kept).
+    row : array-like, shape (p,)
+        Regressors of the prediction.
+    sigma : array-like, shape (n, ...)
+        One-sigma errors the fit weighed by; non-finite or non-positive give weight 0.
+    y : array-like, shape (n, ...), optional
+        The fitted images: NaN points get weight 0 as in the fit.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, ...)
+        ``a`` (dimensionless); NaN at pixels with fewer weighted points than terms or a
+        singular system (where the fit has no coefficients).
+
+    Examples
+    --------
+    >>> X = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0]])
+    >>> a = prediction_weights(X, X[0], np.ones((3, 1)))
+    >>> [round(float(v), 6) for v in a[:, 0]]  # leverage 5/6 of the end point
+    [0.833333, 0.333333, -0.166667]
+    """
+    x = np.asarray(design, np.float64)
+    sv = np.asarray(sigma, np.float64)
+    shape = sv.shape[1:]
+    sv = sv.reshape(x.shape[0], -1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        w = np.where(np.isfinite(sv) & (sv > 0), 1.0 / sv ** 2, 0.0)
+    if y is not None:
+        w = np.where(np.isfinite(np.asarray(y).reshape(sv.shape)), w, 0.0)
+    q = x.shape[1]
+    nrm = np.einsum("ki,kj,kp->pij", x, x, w)
+    ok = ((w > 0).sum(0) >= q) & (np.linalg.det(nrm) > 0)
+    inv = np.linalg.inv(np.where(ok[:, None, None], nrm, np.eye(q)))
+    a = np.einsum("i,pij,kj->kp", np.asarray(row, np.float64), inv, x) * w
+    a[:, ~ok] = np.nan
+    return a.reshape(x.shape[0], *shape)
+
+
 __all__ = ["LinearFit", "fit_line_per_pixel", "warmup", "MultiLinearFit",
-           "fit_linear_per_pixel", "constrained_terms"]
+           "fit_linear_per_pixel", "constrained_terms", "prediction_weights"]

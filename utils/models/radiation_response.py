@@ -502,7 +502,8 @@ def pooled_read_variance(noise, count) -> np.ndarray:
         return np.where(np.asarray(den) > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def frame_variance(point, fit: ResponseFit, read_var=None) -> np.ndarray | float:
+def frame_variance(point, fit: ResponseFit, read_var=None, pixel_dark=None
+                   ) -> np.ndarray | float:
     """Expected temporal variance of one frame of a master, pixel by pixel [adu^2].
 
     ``read_var + g (DC0 + beta_D D) f(T) t + (<q>^2 + sigma_q^2) Ddot t``: the pixel's read
@@ -521,6 +522,12 @@ def frame_variance(point, fit: ResponseFit, read_var=None) -> np.ndarray | float
         The fitted model.
     read_var : numpy.ndarray or float, optional
         Read variance per pixel [adu^2].
+    pixel_dark : tuple of numpy.ndarray, optional
+        ``(DC0_i, beta_i)`` [adu/s, adu/s/krad]: the pixel's own dark current (e.g. the
+        per-pixel dark maps).  Each dark shot term is then scaled by the pixel's component
+        over the population's (``g DC0_i f t`` with a gain), so a hot pixel gets its own
+        shot noise; NaN pixels (or a population value <= 0) keep the population's term.
+        Without it every pixel gets the population's dark shot noise.
 
     Returns
     -------
@@ -529,21 +536,30 @@ def frame_variance(point, fit: ResponseFit, read_var=None) -> np.ndarray | float
     """
     row = pd.DataFrame([{k: float(point[k]) for k in ("DOSE", "RATE", "EXPTIME", "TEMP")}])
     _, var_row = design_rows(row, fit.settings)
+    own = dict(zip(("DC0", "beta_D"), pixel_dark)) if pixel_dark is not None else {}
     extra = 0.0
     for name in ("DC0", "beta_D", "shot_DC0", "shot_beta_D", "kappa"):
         c = fit.coef.get(name, math.nan)
         j = COEFFICIENTS.index(name)
         if math.isfinite(c) and var_row[0, j]:
-            extra += c * var_row[0, j]
-    extra = max(extra, 0.0)
+            term = c * var_row[0, j]
+            pop = fit.coef.get(name.removeprefix("shot_"), math.nan)
+            mine = own.get(name.removeprefix("shot_"))
+            if mine is not None and math.isfinite(pop) and pop > 0:
+                mine = np.asarray(mine, np.float64)
+                term = np.where(np.isfinite(mine), term * mine / pop, term)
+            extra = extra + term
+    extra = np.maximum(extra, 0.0) if np.ndim(extra) else max(extra, 0.0)
     if read_var is None:
         s2 = fit.coef.get("sigma_read2", math.nan)
         read_var = s2 if math.isfinite(s2) and s2 > 0 else 0.0
-    return np.asarray(read_var, np.float64) + extra if np.ndim(read_var) else \
-        float(read_var) + extra
+    if np.ndim(read_var) or np.ndim(extra):
+        return np.asarray(read_var, np.float64) + extra
+    return float(read_var) + extra
 
 
-def master_variance(point, fit: ResponseFit, read_var, count, stderr=None) -> np.ndarray:
+def master_variance(point, fit: ResponseFit, read_var, count, stderr=None,
+                    pixel_dark=None) -> np.ndarray:
     """Variance of a master's per-pixel mean [adu^2] expected from the model.
 
     :func:`frame_variance` (the pixel's read variance, the model's dark shot noise and beam
@@ -564,6 +580,9 @@ def master_variance(point, fit: ResponseFit, read_var, count, stderr=None) -> np
         Frames combined per pixel.
     stderr : numpy.ndarray, optional
         The master's own standard error [adu] (the fallback).
+    pixel_dark : tuple of numpy.ndarray, optional
+        The pixel's own ``(DC0_i, beta_i)`` for the dark shot noise
+        (:func:`frame_variance`).
 
     Returns
     -------
@@ -576,7 +595,7 @@ def master_variance(point, fit: ResponseFit, read_var, count, stderr=None) -> np
         return np.asarray(stderr, np.float64) ** 2
     n = np.asarray(count, np.float64)
     n = np.where(n > 0, n, np.nan)
-    return frame_variance(point, fit, read_var) / n
+    return frame_variance(point, fit, read_var, pixel_dark) / n
 
 
 def pixel_dark_maps(dark: np.ndarray, dark_err: np.ndarray, points: pd.DataFrame,
