@@ -83,3 +83,19 @@ def test_temperature_label_falls_back_to_all_rows_and_has_no_negative_zero():
     assert temperature_label(rows) == 0.0
     assert str(temperature_label(rows)) == "0.0"
     assert temperature_label(rows[["TEMP"]]) == 0.0
+
+
+def test_flats_without_exposure_time_do_not_move_the_label():
+    """Flats without a (positive) exposure time belong to no set; the flat pipeline drops
+    them before grouping, index processing groups them: they must not move the name."""
+    index = _index()
+    flats = index[index.CALTYPE == "FLAT"]
+    extra = flats.iloc[:6].assign(BADFITS=False, EXPTIME=[np.nan, np.nan, np.nan, 0.0, 0.0, -1],
+                                  TEMP=25.4, PATH=[f"x{i}.fits" for i in range(6)])
+    index = pd.concat([flats[~flats["BADFITS"]], extra], ignore_index=True)
+    usable = index[~index["BADFITS"] & index["TEMP"].notna() & (index["EXPTIME"] > 0)]
+    assert round(float(np.median(index["TEMP"])), 1) == 25.1  # precondition
+    by_index = [k for k, _ in calibration_groups(index) if k.exptime == 0.1]
+    by_pipeline = [k for k, _ in flat_sets(usable, 1.0, 0.01)]
+    assert len(by_index) == len(by_pipeline) == 1
+    assert by_index[0].tag == by_pipeline[0].tag == "T25.0C_E0.1s"

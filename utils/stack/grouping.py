@@ -3,14 +3,16 @@
 Frames are grouped by stage (and dose), calibration type, a temperature *bin*
 and, for darks and flats, an exposure time within a tolerance.  Temperature
 bins are built around the readings actually present: sorted readings are
-clustered greedily so that each bin spans at most ``temp_width`` degC, and the
-bin is labelled by :func:`temperature_label`: the median reading of its *usable*
-frames (not ``BADFITS``) to 0.1 degC, as the tags print it.  Every pipeline names a
-set by that one rule, so index processing (which also sees the bad frames) and
-the bias/dark/flat pipelines (which see only the usable ones) give the same set
-the same name.  This keeps a 12.5 degC
-set point with +-0.2 degC jitter in one bin (rounding to whole degrees would
-split it in two) while never merging set points further apart than the width.
+clustered greedily so that each bin spans at most ``temp_width`` degC.  This
+keeps a 12.5 degC set point with +-0.2 degC jitter in one bin (rounding to whole
+degrees would split it in two) while never merging set points further apart than
+the width.
+
+A bin is labelled by :func:`temperature_label`: the median reading of its
+*usable* frames (not ``BADFITS``; darks and flats with an exposure time) to
+0.1 degC, as the tags print it.  Every pipeline names a set by that one rule, so
+index processing (which also sees the bad frames) and the bias/dark/flat
+pipelines (which see only the usable ones) give the same set the same name.
 """
 
 from __future__ import annotations
@@ -163,15 +165,17 @@ def _label(values: pd.Series, digits: int | None = None, significant: int | None
 def temperature_label(rows: pd.DataFrame) -> float:
     """[degC] label of one temperature bin: the rule every pipeline names a set by.
 
-    The median ``TEMP`` of the bin's usable rows (``BADFITS`` false; all rows when the
-    column is absent or none is usable), rounded to 0.1 degC as :attr:`GroupKey.tag`
-    prints it.  Bad frames never go into a master, so they do not move its name: index
-    processing (all rows) and a pipeline given the usable rows only label a bin alike.
+    The median ``TEMP`` of the bin's usable rows (``BADFITS`` false and, for darks and
+    flats, a positive ``EXPTIME``; all rows when none is usable), rounded to 0.1 degC as
+    :attr:`GroupKey.tag` prints it.  Bad frames never go into a master, so they do not move
+    its name: index processing (all rows) and a pipeline given the usable rows only label a
+    bin alike.
 
     Parameters
     ----------
     rows : pandas.DataFrame
-        Rows of one temperature bin, with ``TEMP`` [degC] (and ``BADFITS``).
+        Rows of one temperature bin, with ``TEMP`` [degC] (and ``BADFITS``, ``CALTYPE``,
+        ``EXPTIME`` [s]; a missing column excludes nothing).
 
     Returns
     -------
@@ -187,11 +191,14 @@ def temperature_label(rows: pd.DataFrame) -> float:
     ...                                 "BADFITS": [False, False, True]}))
     25.1
     """
-    temps = rows["TEMP"]
+    good = pd.Series(True, index=rows.index)
     if "BADFITS" in rows:
-        good = ~rows["BADFITS"].fillna(False).astype(bool)
-        if good.any():
-            temps = temps[good]
+        good &= ~rows["BADFITS"].fillna(False).astype(bool)
+    if "EXPTIME" in rows and "CALTYPE" in rows:
+        # a dark or flat without a positive exposure time belongs to no set
+        exptime = pd.to_numeric(rows["EXPTIME"], errors="coerce")
+        good &= (rows["CALTYPE"] == "BIAS") | (exptime > 0)
+    temps = rows["TEMP"][good] if good.any() else rows["TEMP"]
     return _label(temps, digits=1)
 
 
