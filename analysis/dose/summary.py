@@ -39,7 +39,7 @@ import pandas as pd
 from utils import adu
 from utils import headers as kw
 from utils.io.tokens import number_text
-from utils.stack.grouping import cluster, text_column
+from utils.stack.grouping import cluster, temperature_label, text_column
 from utils.stack.master import CombineSettings, make_master, read_master
 from utils.stack.stats import typical_noise
 
@@ -143,7 +143,7 @@ def group_frames(table: pd.DataFrame, temp_bin: float = 1.0,
         tl = cluster(part["TEMP"].to_numpy(float), temp_bin)
         for t_id in sorted(set(tl) - {-1}):
             tpart = part[tl == t_id]
-            temp = round(float(np.median(tpart["TEMP"])), 1)
+            temp = temperature_label(tpart)
             if caltype == "BIAS":
                 out.append((GroupKey(stage, caltype, float(dose), math.nan, temp), tpart))
                 continue

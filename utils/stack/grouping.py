@@ -3,10 +3,16 @@
 Frames are grouped by stage (and dose), calibration type, a temperature *bin*
 and, for darks and flats, an exposure time within a tolerance.  Temperature
 bins are built around the readings actually present: sorted readings are
-clustered greedily so that each bin spans at most ``temp_width`` degC, and the
-bin is labelled by its median reading to 0.1 degC.  This keeps a 12.5 degC
-set point with +-0.2 degC jitter in one bin (rounding to whole degrees would
-split it in two) while never merging set points further apart than the width.
+clustered greedily so that each bin spans at most ``temp_width`` degC.  This
+keeps a 12.5 degC set point with +-0.2 degC jitter in one bin (rounding to whole
+degrees would split it in two) while never merging set points further apart than
+the width.
+
+A bin is labelled by :func:`temperature_label`: the median reading of its
+*usable* frames (not ``BADFITS``; darks and flats with an exposure time) to
+0.1 degC, as the tags print it.  Every pipeline names a set by that one rule, so
+index processing (which also sees the bad frames) and the bias/dark/flat
+pipelines (which see only the usable ones) give the same set the same name.
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ class GroupKey:
     caltype : str
         ``BIAS``, ``DARK`` or ``FLAT``.
     temperature : float
-        [degC] bin label (median reading, 0.1 degC).
+        [degC] bin label (:func:`temperature_label`: median usable reading, 0.1 degC).
     exptime : float
         [s] exposure label (NaN for bias).
     attempt : str
@@ -156,6 +162,46 @@ def _label(values: pd.Series, digits: int | None = None, significant: int | None
     return float(f"{median:.{significant}g}")
 
 
+def temperature_label(rows: pd.DataFrame) -> float:
+    """[degC] label of one temperature bin: the rule every pipeline names a set by.
+
+    The median ``TEMP`` of the bin's usable rows (``BADFITS`` false and, for darks and
+    flats, a positive ``EXPTIME``; all rows when none is usable), rounded to 0.1 degC as
+    :attr:`GroupKey.tag` prints it.  Bad frames never go into a master, so they do not move
+    its name: index processing (all rows) and a pipeline given the usable rows only label a
+    bin alike.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        Rows of one temperature bin, with ``TEMP`` [degC] (and ``BADFITS``, ``CALTYPE``,
+        ``EXPTIME`` [s]; a missing column excludes nothing).
+
+    Returns
+    -------
+    float
+        [degC] the label (never -0.0).
+
+    Examples
+    --------
+    >>> rows = pd.DataFrame({"TEMP": [25.02, 25.04, 25.2], "BADFITS": [False, False, True]})
+    >>> temperature_label(rows), temperature_label(rows[["TEMP"]])
+    (25.0, 25.0)
+    >>> temperature_label(pd.DataFrame({"TEMP": [25.02, 25.16, 25.2],
+    ...                                 "BADFITS": [False, False, True]}))
+    25.1
+    """
+    good = pd.Series(True, index=rows.index)
+    if "BADFITS" in rows:
+        good &= ~rows["BADFITS"].fillna(False).astype(bool)
+    if "EXPTIME" in rows and "CALTYPE" in rows:
+        # a dark or flat without a positive exposure time belongs to no set
+        exptime = pd.to_numeric(rows["EXPTIME"], errors="coerce")
+        good &= (rows["CALTYPE"] == "BIAS") | (exptime > 0)
+    temps = rows["TEMP"][good] if good.any() else rows["TEMP"]
+    return _label(temps, digits=1)
+
+
 def calibration_groups(table: pd.DataFrame, *, temp_width: float = 1.0,
                        exp_tolerance: float = 0.01, by_attempt: bool = False
                        ) -> Iterator[tuple[GroupKey, pd.DataFrame]]:
@@ -189,7 +235,7 @@ def calibration_groups(table: pd.DataFrame, *, temp_width: float = 1.0,
         t_labels = cluster(part["TEMP"].to_numpy(float), temp_width)
         for t_id in sorted(set(t_labels) - {-1}):
             t_part = part[t_labels == t_id]
-            temperature = _label(t_part["TEMP"], digits=1)
+            temperature = temperature_label(t_part)
             if caltype == "BIAS":
                 e_parts = [(math.nan, t_part)]
             else:
@@ -263,5 +309,5 @@ def check_one_dose_step(rows: pd.DataFrame, what: str) -> None:
                         "with --stage and --dose, or give neither to model each step apart")
 
 
-__all__ = ["cluster", "GroupKey", "calibration_groups", "text_column", "stage_tag",
-           "parse_stage_tag", "stage_groups", "select_stage", "check_one_dose_step"]
+__all__ = ["cluster", "GroupKey", "calibration_groups", "temperature_label", "text_column",
+           "stage_tag", "parse_stage_tag", "stage_groups", "select_stage", "check_one_dose_step"]
