@@ -31,6 +31,7 @@ underestimates of the masters' noise do not pass into the model errors.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from astropy.io import fits
+from scipy.stats import chi2 as _sps_chi2
 
 from utils import adu
 from utils import headers as kw
@@ -146,6 +148,9 @@ class DarkModel1D:
     inputs: pd.DataFrame = field(default_factory=pd.DataFrame)
     adc_bits: int = adu.DEFAULT_ADC_BITS
     common: CommonLawAmplitude | None = None
+    #: the A/B errors hold the subtracted bias's error shared between the rate maps
+    #: (:func:`fit_temperature_model`'s ``shared_errors``; sandwich covariance)
+    shared_errors: bool = False
 
     @property
     def t_ref(self) -> float:
@@ -249,6 +254,9 @@ class DarkModel1D:
                              ("NFALLBCK", float(f.fallback.sum()), "pixels with population B"),
                              ("NHOT", float(self.hot.sum()) if self.hot is not None else 0.0,
                               "hot pixels")])
+        if self.shared_errors:
+            set_card(header, kw.ERRSHARE, True,
+                     "SIGMA_A/B, COV_AB, SIGMA_A_POP: sandwich with shared bias err")
         images = {"B": (f.rate, "1 / deg_C"), "SIGMA_A": (f.amplitude_err, adu.RATE_UNIT),
                   "SIGMA_B": (f.rate_err, "1 / deg_C"),
                   "COV_AB": (f.covariance, f"{adu.RATE_UNIT} / deg_C"),
@@ -299,7 +307,7 @@ class CommonLawAmplitude:
 def common_law_amplitude(temps: np.ndarray, y: np.ndarray | None, s: np.ndarray | None,
                          rate: float, t_ref: float, err_scale: float = 1.0,
                          block_rows: int = 32, *, point_scale: np.ndarray | None = None,
-                         points: RatePoints | None = None) -> CommonLawAmplitude:
+                         points: RatePoints | None = None, shared=None) -> CommonLawAmplitude:
     """A of every pixel at the fixed rate B (see :class:`CommonLawAmplitude`).
 
     Parameters
@@ -321,6 +329,10 @@ def common_law_amplitude(temps: np.ndarray, y: np.ndarray | None, s: np.ndarray 
         the whole error stack).
     points : RatePoints, optional
         The rates and errors read by blocks of rows from here instead (``y``, ``s`` None).
+    shared : tuple (V, cov), optional
+        An error the rate maps share, ``V C V^T`` (V ``(K, D)`` on the errors as scaled,
+        ``cov(r0, r1)`` rows of C ``(D, D, rows, W)``): the error of A is then the sandwich
+        (:func:`shared_error_covariance_1d`), not ``1 / sqrt(sum(w f^2))``.
     """
     points = RatePoints(y, s) if points is None else points
     shape = points.shape[1:]
@@ -343,7 +355,15 @@ def common_law_amplitude(temps: np.ndarray, y: np.ndarray | None, s: np.ndarray 
         with np.errstate(divide="ignore", invalid="ignore"):
             a = sw_yf / sw_ff
             out.amplitude[rows] = a
-            out.amplitude_err[rows] = err_scale / np.sqrt(sw_ff)
+            if shared is None:
+                out.amplitude_err[rows] = err_scale / np.sqrt(sw_ff)
+            else:
+                g = shared_gain_1d(a, np.full(a.shape, float(rate)), np.zeros(a.shape, bool),
+                                   x, sk, w > 0)
+                extra = shared_error_covariance_1d(g[:1], shared[0],
+                                                   shared[1](rows.start, rows.stop))[0, 0]
+                out.amplitude_err[rows] = err_scale * np.sqrt(np.maximum(1.0 / sw_ff + extra,
+                                                                         0.0))
             # d/dB of sum(w y f) / sum(w f^2), with df/dB = x f
             out.slope[rows] = (sw_xyf - 2.0 * a * sw_xff) / sw_ff
     return out
@@ -504,6 +524,119 @@ class RatePoints:
         return PixelTiles(k, (height, width), ranges, read)
 
 
+def shared_gain_1d(a: np.ndarray, b: np.ndarray, own: np.ndarray, x: np.ndarray,
+                   s: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``G = N^-1 J^T W`` ``(2, K, ...)`` of the 1-D fit per pixel: how (A, B) follow the
+    rates' errors at the solution (``J = (f, A x f)``, ``f = exp(B x)``, ``W = 1/s^2`` on the
+    ``valid`` points); where ``own`` is False (population B) only A is fitted, linearly:
+    ``G_A = w f / sum(w f^2)``, ``G_B = 0``.  ``a, b, own`` ``(...)``, ``x`` ``(K,)``
+    [degC from TREF], ``s, valid`` ``(K, ...)``; float64."""
+    xk = x.reshape((-1,) + (1,) * a.ndim)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        w = np.where(valid, 1.0 / (s * s), 0.0)
+        f = np.exp(b * xk)
+        j0, j1 = f, a * xk * f
+        n00, n01, n11 = (w * j0 * j0).sum(0), (w * j0 * j1).sum(0), (w * j1 * j1).sum(0)
+        det = n00 * n11 - n01 * n01
+        g = np.empty((2,) + s.shape)
+        g[0] = np.where(own, (n11 * w * j0 - n01 * w * j1) / det, w * j0 / n00)
+        g[1] = np.where(own, (n00 * w * j1 - n01 * w * j0) / det, 0.0)
+    return g
+
+
+def shared_error_covariance_1d(g: np.ndarray, v: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Extra covariance ``(2, 2, ...)`` of (A, B) from an error shared between the points:
+    ``G (V C V^T) G^T - G diag(V C V^T) G^T`` (the diagonal is already in the weights,
+    whose ``N^-1 = G diag(s^2) G^T`` the fit reports), so that ``N^-1`` + this is the
+    sandwich ``G (diag(s^2) + V C V^T - diag(V C V^T)) G^T`` of the points' true
+    covariance.  ``g`` ``(2, K, ...)`` (:func:`shared_gain_1d`), ``v`` ``(K, D)``, ``c``
+    ``(D, D, ...)`` per pixel."""
+    gv = np.einsum("ik...,kd->id...", g, v)
+    var_k = np.einsum("kd,de...,ke->k...", v, c, v)
+    full = np.einsum("id...,de...,je...->ij...", gv, c, gv)
+    diag = np.einsum("ik...,jk...,k...->ij...", g, g, var_k)
+    return full - diag
+
+
+_NU_GRID = np.linspace(0.05, 40.0, 800)
+
+
+@functools.cache
+def _chi2_median_table() -> np.ndarray:
+    return np.asarray(_sps_chi2.median(_NU_GRID), dtype=np.float64)
+
+
+def _chi2_median(nu: np.ndarray) -> np.ndarray:
+    """Median of chi2(nu) for real ``nu`` (interpolated in a table of scipy's, 0.05-40)."""
+    return np.interp(nu, _NU_GRID, _chi2_median_table(), left=np.nan, right=np.nan)
+
+
+def _add_shared_errors(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
+                       t_ref: float, point_scale: np.ndarray, v: np.ndarray, shared_cov,
+                       pixels: int = SCALED_TILE_PIXELS) -> np.ndarray:
+    """The per-pixel A/B errors and covariance of ``fit`` (weights ``1 / (s point_scale)^2``)
+    made the sandwich with the error ``v C v^T`` the rate maps share
+    (:func:`shared_error_covariance_1d`), in place, row tile by row tile (float64 work
+    arrays of a tile).  The fit's own pixels get A, B and COV_AB; the population-B pixels
+    A only (their SIGMA_B is the population spread).
+
+    Returns the map ``(H, W)`` float32 of each pixel's expected median reduced chi-square
+    under the shared error over that of chi2(n - 2) (1 where not computed): the residuals
+    are ``(I - H) e`` (``H = J G``), the chi-square a sum of ``lambda_i chi2(1)`` over the
+    eigenvalues of ``W (I - H) Sigma (I - H)^T``, its median taken as that of ``c chi2(nu)``
+    of the same mean and variance.  The fit's law absorbs much of the shared line, so its
+    chi-square runs below chi2(n - 2), and ERRSCALE (median chi-square over its
+    expectation) must not read that as errors too large (0.81-0.82 for right errors)."""
+    height, width = points.shape[1:]
+    expect = np.ones((height, width), np.float32)
+    x = np.asarray(temps, dtype=np.float64) - t_ref
+    k_scale = np.asarray(point_scale, dtype=np.float64)[:, None, None]
+    for r0, r1 in row_tiles(height, max(1, pixels // width)):
+        y_t, s_t = points.read(r0, r1)
+        s = s_t.astype(np.float64) * k_scale
+        valid = np.isfinite(y_t) & np.isfinite(s) & (s > 0)
+        a = fit.amplitude[r0:r1].astype(np.float64)
+        b = fit.rate[r0:r1].astype(np.float64)
+        own = ~fit.fallback[r0:r1]
+        g = shared_gain_1d(a, b, own, x, s, valid)
+        c = shared_cov(r0, r1)
+        extra = shared_error_covariance_1d(g, v, c)
+        ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(extra).all((0, 1))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # residual map I - J G; Sigma = diag(s^2) + the shared part off the diagonal
+            w = np.where(valid, 1.0 / (s * s), 0.0)
+            xk = x.reshape((-1, 1, 1))
+            f = np.exp(b * xk)
+            jac = np.stack([f, a * xk * f])                      # (2, K, ...)
+            res = -np.einsum("ik...,il...->kl...", jac, g)       # -(J G)_kl
+            kk = np.arange(len(x))
+            res[kk, kk] += 1.0
+            sigma = np.einsum("kd,de...,le->kl...", v, c, v)
+            sigma[kk, kk] = np.where(valid, s * s, 0.0)
+            # chi2 = sum of lambda_i chi2(1), lambda the eigenvalues of M = W R Sigma R^T:
+            # its median as that of c chi2(nu) with the same mean and variance
+            # (Satterthwaite: nu = tr(M)^2 / tr(M^2), c = tr(M^2) / tr(M))
+            m = w[:, None] * np.einsum("km...,mn...,ln...->kl...", res, sigma, res)
+            tr1 = np.einsum("kk...->...", m)
+            tr2 = np.einsum("kl...,lk...->...", m, m)
+            dof = valid.sum(0) - 2
+            nu = tr1 * tr1 / tr2
+            e_red = (tr2 / tr1) * _chi2_median(nu) / dof   # expected median reduced chi2
+        use = ok & own & (dof > 0) & np.isfinite(e_red) & (e_red > 0)
+        # over the median reduced chi-square of chi2(dof), which _err_scale divides by
+        ratio = np.array([1.0] + [chi2_median_ratio(d) for d in range(1, len(x) + 1)])
+        expect[r0:r1] = np.where(use, e_red / ratio[np.clip(dof, 0, len(x))], 1.0)
+        va = fit.amplitude_err[r0:r1].astype(np.float64) ** 2 + extra[0, 0]
+        vb = fit.rate_err[r0:r1].astype(np.float64) ** 2 + extra[1, 1]
+        cab = fit.covariance[r0:r1].astype(np.float64) + extra[0, 1]
+        fit.amplitude_err[r0:r1] = np.where(ok, np.sqrt(np.maximum(va, 0.0)),
+                                            fit.amplitude_err[r0:r1])
+        mine = ok & own
+        fit.rate_err[r0:r1] = np.where(mine, np.sqrt(np.maximum(vb, 0.0)), fit.rate_err[r0:r1])
+        fit.covariance[r0:r1] = np.where(mine, cab, fit.covariance[r0:r1])
+    return expect
+
+
 def _scaled_tiles(y: np.ndarray, s: np.ndarray, point_scale: np.ndarray,
                   pixels: int = SCALED_TILE_PIXELS) -> PixelTiles:
     """The points ``y`` with errors ``s * point_scale`` (per point, float64 as
@@ -573,14 +706,25 @@ def fit_temperature_model(rates, t_ref: float, *, adc_bits: int = adu.DEFAULT_AD
             break
         point_scale *= factors
         fit = None  # not held while the next fit runs
-    scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 2)
+    if shared_cov is None:
+        v_scaled = None
+        scale = _err_scale(fit.chi2, fit.npoints, fit.fallback, 2)
+    else:
+        # the per-pixel errors with the shared error's covariance (sandwich), then ERRSCALE
+        # from the chi-squares over their expectation under that covariance
+        v_scaled = np.asarray(v_shared, dtype=np.float64) * point_scale[:, None]
+        expect = _add_shared_errors(fit, temps, points, t_ref, point_scale, v_scaled,
+                                    shared_cov)
+        scale = _err_scale(fit.chi2 / expect, fit.npoints, fit.fallback, 2)
+        del expect
     _scale_in_place(fit, scale, ("amplitude_err", "rate_err"))
     inputs = pd.DataFrame({"TBIN": [r.temperature for r in rates], "TAVG": temps,
                            "RATEMETH": [r.method for r in rates],
                            "ERRSCALE": point_scale * scale})
     common = common_law_amplitude(temps, None, None, float(fit.population_rate), t_ref, scale,
-                                  point_scale=point_scale, points=points)
-    model = DarkModel1D(fit, scale, None, inputs, adc_bits, common)
+                                  point_scale=point_scale, points=points,
+                                  shared=None if shared_cov is None else (v_scaled, shared_cov))
+    model = DarkModel1D(fit, scale, None, inputs, adc_bits, common, shared_cov is not None)
     head = model.headline()
     (logger.debug if quiet else logger.info)(
         "1-D dark model: population T_d %s, E_a %s, %d pixels with population B "

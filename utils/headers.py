@@ -95,6 +95,7 @@ TBINW = "TBINW"          # [degC] width of that bin
 INHASH = "INHASH"        # hash of a product's inputs and settings (skip unchanged on re-runs)
 TREF = "TREF"            # [degC] reference temperature of a model
 ERRSCALE = "ERRSCALE"    # global factor applied to noise-map errors of a fit
+ERRSHARE = "ERRSHARE"    # model errors hold an error shared between its points (sandwich)
 GAINUSED = "GAINUSED"    # [e-/ADC count] gain used for electron units
 
 # --- per-frame log columns -> (keyword, divisor) --------------------------------------------
