@@ -103,17 +103,6 @@ def _dark_maps(model) -> dict:
                 "beta_err": np.asarray(hdul["BETA_ERR"].data, float)}
 
 
-def prediction_error(point: dict, maps: dict, fit: rr.ResponseFit) -> np.ndarray | float:
-    """Error of the per-pixel dark prediction [adu] from the maps' errors (their covariance
-    left out: it is negative for a line through dose 0, so this errs on the safe side)."""
-    if not maps:
-        return 0.0
-    ft = float(rr.temperature_factor(point["TEMP"], fit.settings)) * point["EXPTIME"]
-    dc0 = np.where(np.isfinite(maps["dc0_err"]), maps["dc0_err"], 0.0)
-    beta = np.where(np.isfinite(maps["beta_err"]), maps["beta_err"], 0.0)
-    return np.hypot(ft * dc0, ft * point["DOSE"] * beta)
-
-
 def _map_design(points: list, fit: rr.ResponseFit) -> np.ndarray:
     """Rows ``[f(T) t, D f(T) t]`` of the dark maps' per-pixel fit (``rr.pixel_dark_maps``)."""
     ft = np.array([float(rr.temperature_factor(p["TEMP"], fit.settings)) * p["EXPTIME"]
@@ -308,5 +297,5 @@ def run(model, folder_of: Callable[[str], Path]) -> Reconstruction:
     return Reconstruction(table, files, path)
 
 
-__all__ = ["Reconstruction", "run", "predict_master", "prediction_error",
+__all__ = ["Reconstruction", "run", "predict_master",
            "residual_statistics", "PULL_LIMIT"]
