@@ -112,7 +112,7 @@ class NoiseModel:
     standard campaign; the 1-D model's slopes, differences of a bin's masters, hardly feel
     it).  So with halves there is one v0 per half: for the errors of half h, the shot
     variance of the other half's masters from their own signal and of half h's from the
-    signal the other half predicts (:func:`_read_variance_halves_py`).
+    signal the other half predicts (:func:`_read_variance_py`).
 
     Attributes
     ----------
@@ -186,35 +186,18 @@ def _gain_terms_py(S, noise, count, hi, lo, num, den):
     return usable, n_out
 
 
-def _read_variance_py(S, noise, count, gain, out):
-    """Pooled read variance of each pixel of a tile: ``sum_k (n_k - 1) (noise_k^2 -
-    K max(S_k, 0)) / sum_k (n_k - 1)`` over its usable masters (pass 2 of
-    :func:`pooled_noise_errors`), NaN without one."""
+def _read_variance_py(S, noise, count, gain, amp, shape, other, out):
+    """Pooled read variance of each pixel of a tile, ``sum_k (n_k - 1) (noise_k^2 -
+    K max(S_k, 0)) / sum_k (n_k - 1)`` over its usable masters, NaN without one; one row
+    of ``out`` ``(1, P)`` (pass 2 of :func:`pooled_noise_errors`, ``amp`` of width 0), or
+    one per half ``h`` for that half's errors (``out`` ``(2, P)``): the shot variance
+    removed from a master of half h is then ``K max(S', 0)`` with ``S' = amp[other[k]]
+    shape[k]`` (the signal the other half predicts, as its error; its own signal where that
+    is not finite), and from the other half's masters ``K max(S_k, 0)`` of their own
+    signal: no mean of half h enters the v0 of its errors."""
     k_n, npix = S.shape
-    for p in range(npix):
-        num = 0.0
-        den = 0.0
-        for k in range(k_n):
-            s = np.float64(S[k, p])
-            nz = np.float64(noise[k, p])
-            c = np.float64(count[k, p])
-            n2 = nz * nz
-            if np.isfinite(s) and np.isfinite(n2) and c > 1:
-                w = c - 1.0
-                num += w * (n2 - gain * max(s, 0.0))
-                den += w
-        out[p] = num / den if den != 0 else np.nan
-
-
-def _read_variance_halves_py(S, noise, count, gain, amp, shape, other, out):
-    """Pooled read variance of each pixel of a tile for the errors of each half ``h``
-    (``out`` ``(2, P)``): as :func:`_read_variance_py`, but the shot variance removed from
-    a master of half h is ``K max(S', 0)`` with ``S' = amp[other[k]] shape[k]`` (the signal
-    the other half predicts, as its error; its own signal where that is not finite), and
-    from the other half's masters ``K max(S_k, 0)`` of their own signal: no mean of half h
-    enters the v0 of its errors.  NaN without a usable master."""
-    k_n, npix = S.shape
-    for h in range(2):
+    predicted = amp.shape[1] > 0
+    for h in range(out.shape[0]):
         for p in range(npix):
             num = 0.0
             den = 0.0
@@ -224,7 +207,7 @@ def _read_variance_halves_py(S, noise, count, gain, amp, shape, other, out):
                 c = np.float64(count[k, p])
                 n2 = nz * nz
                 if np.isfinite(s) and np.isfinite(n2) and c > 1:
-                    if 1 - other[k] == h:
+                    if predicted and 1 - other[k] == h:
                         q = np.float64(amp[other[k], p]) * shape[k]
                         if np.isfinite(q):
                             s = q
@@ -262,10 +245,9 @@ try:
     _gain_kernel = njit(nogil=True, cache=True)(_gain_terms_py)
     _read_variance_kernel = njit(nogil=True, cache=True)(_read_variance_py)
     _pooled_kernel = njit(nogil=True, cache=True)(_pooled_errors_py)
-    _read_variance_halves_kernel = njit(nogil=True, cache=True)(_read_variance_halves_py)
 except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
-    _gain_kernel, _read_variance_kernel, _pooled_kernel, _read_variance_halves_kernel = (
-        _gain_terms_py, _read_variance_py, _pooled_errors_py, _read_variance_halves_py)
+    _gain_kernel, _read_variance_kernel, _pooled_kernel = (
+        _gain_terms_py, _read_variance_py, _pooled_errors_py)
 
 
 def _planes(*arrays):
@@ -293,17 +275,18 @@ def _gain_terms(data, noise, count, hi: int, lo: int):
 def _read_variance(data, noise, count, gain):
     """Pass 2 of :func:`pooled_noise_errors` on a tile: pooled read variance per pixel."""
     S, n, c = _planes(data, noise, count)
-    out = np.empty(S.shape[1])
-    _read_variance_kernel(S, n, c, float(gain), out)
+    out = np.empty((1, S.shape[1]))
+    _read_variance_kernel(S, n, c, float(gain), np.empty((2, 0), np.float32),
+                          np.empty(0), np.zeros(S.shape[0], np.intp), out)
     return out.reshape(data.shape[1:])
 
 
 def _read_variance_halves(data, noise, count, gain, amp, shape, other):
     """Pass 3 of :func:`pooled_noise_errors` on a tile: the pooled read variance of each
-    half's errors (:func:`_read_variance_halves_py`), ``(2, rows, ...)``."""
+    half's errors (:func:`_read_variance_py`), ``(2, rows, ...)``."""
     S, n, c = _planes(data, noise, count)
     out = np.empty((2, S.shape[1]))
-    _read_variance_halves_kernel(S, n, c, float(gain),
+    _read_variance_kernel(S, n, c, float(gain),
                                  np.ascontiguousarray(amp).reshape(2, -1),
                                  np.asarray(shape, dtype=np.float64),
                                  np.asarray(other, dtype=np.intp), out)
