@@ -128,11 +128,9 @@ class _Variances:
         sigma, y = [], []
         for d, b in self.pairs:
             di, bi = read_master(d.path), read_master(b.path)
-            # the weights the maps' fit used (radiation_tiles.dark_maps): the population's
-            # dark shot noise
-            sigma.append(np.sqrt(
-                rr.master_variance(d.point, self.fit, read_var, di.count, di.stderr)
-                + rr.master_variance(b.point, self.fit, read_var, bi.count, bi.stderr)))
+            # the weights the maps' fit used (radiation_tiles.dark_maps)
+            sigma.append(rr.dark_point_error(d.point, b.point, self.fit, read_var, di.count,
+                                             di.stderr, bi.count, bi.stderr))
             y.append(np.isfinite(di.data) & np.isfinite(bi.data))
         # float32 and a mask: held for the whole run, one map per point of the maps' fit
         self.sigma = np.array(sigma, np.float32)

@@ -330,8 +330,8 @@ def dark_maps(masters: list, rows: MasterRows, inputs: list[tuple], fit: rr.Resp
         for d, b, shift, _ in inputs:
             jd, jb = at[plane[id(d)]], at[plane[id(b)]]
             darks.append(data[jd] - data[jb] - shift)
-            errs.append(np.sqrt(rr.master_variance(d.point, fit, rv, count[jd], stderr[jd])
-                                + rr.master_variance(b.point, fit, rv, count[jb], stderr[jb])))
+            errs.append(rr.dark_point_error(d.point, b.point, fit, rv, count[jd], stderr[jd],
+                                            count[jb], stderr[jb]))
         del data, count, stderr
         part = rr.pixel_dark_maps(np.array(darks), np.array(errs), table, fit.settings, q)
         del darks, errs

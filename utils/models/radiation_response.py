@@ -598,6 +598,16 @@ def master_variance(point, fit: ResponseFit, read_var, count, stderr=None,
     return frame_variance(point, fit, read_var, pixel_dark) / n
 
 
+def dark_point_error(dark_point, bias_point, fit: ResponseFit, read_var, dark_count,
+                     dark_stderr, bias_count, bias_stderr) -> np.ndarray:
+    """Error [adu] of one point of the per-pixel dark maps' fit, a dark master minus its bias
+    master: the square root of the two masters' :func:`master_variance` (the population's
+    dark shot noise).  The weights of :func:`pixel_dark_maps` in the model fit, and the same
+    weights where the reconstruction computes the leverage of its points."""
+    return np.sqrt(master_variance(dark_point, fit, read_var, dark_count, dark_stderr)
+                   + master_variance(bias_point, fit, read_var, bias_count, bias_stderr))
+
+
 def pixel_dark_maps(dark: np.ndarray, dark_err: np.ndarray, points: pd.DataFrame,
                     settings: ModelSettings, q_mean: float = 0.0):
     """Per-pixel ``DC0`` and ``beta_D`` from bias-subtracted dark masters.
@@ -680,5 +690,5 @@ def linear_fit(x, y) -> LineFit:
 
 __all__ = ["ModelSettings", "ResponseFit", "fit_response", "identify", "predict",
            "design_rows", "temperature_factor", "pixel_dark_maps", "pooled_read_variance",
-           "frame_variance", "master_variance", "linear_fit", "LineFit",
+           "frame_variance", "master_variance", "dark_point_error", "linear_fit", "LineFit",
            "COEFFICIENTS", "PARAMETERS", "UNITS"]
