@@ -34,8 +34,8 @@ from utils import adu
 from utils import headers as kw
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.io.tokens import number_text
-from utils.models.bias_model import chi2_median_ratio
 from utils.models.linear import fit_line_per_pixel
+from utils.stack.stats import chi2_median_ratio
 from utils.stack.tiles import (
     PIXEL_BLOCK,
     TILE_SHARE,

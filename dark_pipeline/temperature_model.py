@@ -31,7 +31,6 @@ underestimates of the masters' noise do not pass into the model errors.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -40,21 +39,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from astropy.io import fits
-from scipy.stats import chi2 as _sps_chi2
 
 from utils import adu
 from utils import headers as kw
 from utils.errors import UserError
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.io.tokens import number_text, value_error_text
-from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_exponential_fit
 from utils.models.nonlinear import (
     ExponentialFit,
     fit_exponential_per_pixel,
 )
 from utils.models.pixel_tiles import PixelTiles, flat_cov
-from utils.stack.stats import median_with_error, spread_with_error
+from utils.stack.stats import chi2_median_ratio, median_with_error, spread_with_error
 from utils.stack.tiles import PIXEL_BLOCK, row_tiles
 
 from .rates import rate_rows
@@ -558,19 +555,6 @@ def shared_error_covariance_1d(g: np.ndarray, v: np.ndarray, c: np.ndarray) -> n
     return full - diag
 
 
-_NU_GRID = np.linspace(0.05, 40.0, 800)
-
-
-@functools.cache
-def _chi2_median_table() -> np.ndarray:
-    return np.asarray(_sps_chi2.median(_NU_GRID), dtype=np.float64)
-
-
-def _chi2_median(nu: np.ndarray) -> np.ndarray:
-    """Median of chi2(nu) for real ``nu`` (interpolated in a table of scipy's, 0.05-40)."""
-    return np.interp(nu, _NU_GRID, _chi2_median_table(), left=np.nan, right=np.nan)
-
-
 def _add_shared_errors(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
                        t_ref: float, point_scale: np.ndarray, v: np.ndarray, shared_cov,
                        pixels: int = SCALED_TILE_PIXELS) -> np.ndarray:
@@ -621,7 +605,7 @@ def _add_shared_errors(fit: ExponentialFit, temps: np.ndarray, points: RatePoint
             tr2 = np.einsum("kl...,lk...->...", m, m)
             dof = valid.sum(0) - 2
             nu = tr1 * tr1 / tr2
-            e_red = (tr2 / tr1) * _chi2_median(nu) / dof   # expected median reduced chi2
+            e_red = (tr2 / tr1) * nu * chi2_median_ratio(nu) / dof  # expected median red. chi2
         use = ok & own & (dof > 0) & np.isfinite(e_red) & (e_red > 0)
         # over the median reduced chi-square of chi2(dof), which _err_scale divides by
         ratio = np.array([1.0] + [chi2_median_ratio(d) for d in range(1, len(x) + 1)])

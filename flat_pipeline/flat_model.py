@@ -35,10 +35,9 @@ from utils import headers as kw
 from utils.errors import InputPathError, UserError
 from utils.io import fitsio
 from utils.io.fitsio import provenance_cards, set_card, write_product
-from utils.models.bias_model import chi2_median_ratio
 from utils.models.dark_model import read_model_maps
 from utils.models.linear import fit_linear_per_pixel
-from utils.stack.stats import exact_median
+from utils.stack.stats import chi2_median_ratio, exact_median
 from utils.stack.tiles import row_tiles, tile_rows
 
 from .master import model_error

@@ -31,7 +31,6 @@ input masters.  The ADU convention is that of :mod:`utils.adu`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -51,6 +50,7 @@ from ..io import fitsio
 from ..io.fitsio import provenance_cards, read_image, set_card, write_product
 from ..io.tokens import number_text
 from ..stack.blockops import LinearRows
+from ..stack.stats import chi2_median_ratio
 from ..stack.tiles import PIXEL_BLOCK, ProductRows, pixel_blocks, row_tiles, tile_rows
 from .linear import fit_line_per_pixel
 
@@ -66,13 +66,6 @@ EXTENSIONS = ("B", "SIGMA_A", "SIGMA_B", "COV_AB", "CHI2DOF", "NPTS")
 
 #: Default working-memory budget of the streamed fit [byte] (rows of every master per block).
 MEMORY_LIMIT = 256e6
-
-
-@functools.lru_cache(maxsize=256)
-def chi2_median_ratio(dof: float) -> float:
-    """Median of ``chi2_dof / dof``, the expected median reduced chi-square (cached: scipy's
-    quantile costs ~3 ms a call, and the fits ask for a few degrees of freedom many times)."""
-    return float(sps.chi2.median(dof) / dof)
 
 
 @contextlib.contextmanager

@@ -144,7 +144,7 @@ class ReadNoiseAccumulator:
         """The read noise of the pairs added, or None without any pair."""
         if self.sum_sq is None or self.npairs == 0:
             return None
-        from .bias_model import chi2_median_ratio
+        from ..stack.stats import chi2_median_ratio
 
         variance = (self.sum_sq / (2 * self.npairs)).astype(np.float32)
         finite = variance[np.isfinite(variance)].astype(np.float64)

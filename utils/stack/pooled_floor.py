@@ -12,6 +12,7 @@ import numpy as np
 
 from . import kernels
 from .kernels import HAVE_NUMBA
+from .stats import chi2_median_ratio
 
 #: Fewest pixels of an image row with every sample valid for :func:`pooled_scale_floor` to
 #: pool their scale (fewer: no floor on that row).
@@ -46,13 +47,11 @@ def pooled_scale_floor(x: np.ndarray, n_rows: int, width: int) -> np.ndarray:
         row; 0 on rows with fewer than :data:`POOL_MIN_PIXELS` such pixels.  Empty for fewer
         than 2 frames.  Same unit as ``x``.
     """
-    from scipy.special import gammaincinv
-
     n = x.shape[0]
     npix = n_rows * width
     if n < 2 or npix == 0:
         return np.empty(0, dtype=np.float64)
-    cons = 2.0 * gammaincinv(0.5 * (n - 1), 0.5) / (n - 1)
+    cons = chi2_median_ratio(n - 1)
     med = np.zeros(n_rows)
     if HAVE_NUMBA:
         _row_var_median(x, n_rows, width, POOL_MIN_PIXELS, med)

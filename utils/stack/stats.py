@@ -140,6 +140,26 @@ def exact_nanmedian(values: np.ndarray) -> float:
     return exact_median(x if keep.all() else x[keep])
 
 
+def chi2_median_ratio(dof):
+    """Median of ``chi^2_dof / dof``: the expected median of a reduced chi-square, and the
+    factor from the median of sample variances to a Gaussian variance.
+
+    ``dof`` real and > 0, a number (float returned) or an array (array returned); the same
+    numbers as ``scipy.stats.chi2.median(dof) / dof`` (which calls ``gammaincinv`` through
+    its distribution machinery, ~3 ms a call).
+
+    Examples
+    --------
+    >>> round(chi2_median_ratio(1), 6), round(chi2_median_ratio(10), 6)
+    (0.454936, 0.934182)
+    """
+    from scipy.special import gammaincinv
+
+    nu = np.asarray(dof, dtype=np.float64)
+    ratio = 2.0 * gammaincinv(0.5 * nu, 0.5) / nu
+    return float(ratio) if ratio.ndim == 0 else ratio
+
+
 def typical_noise(noise: np.ndarray, count: np.ndarray) -> float:
     """Typical per-pixel temporal noise of a master's inputs, as a Gaussian sigma.
 
@@ -164,15 +184,12 @@ def typical_noise(noise: np.ndarray, count: np.ndarray) -> float:
         Sigma in the unit of ``noise``; NaN where no pixel has a finite noise from two or
         more samples.
     """
-    from scipy.special import gammaincinv
-
     s = np.asarray(noise).ravel()
     n = np.asarray(count).ravel()
     hi = int(n.max()) if n.size else 0
     if hi < 2:
         return math.nan
-    k = np.arange(1, hi, dtype=np.float64)
-    med_chi2 = 2.0 * gammaincinv(0.5 * k, 0.5) / k  # median of chi^2_k / k, k = 1..hi-1
+    med_chi2 = chi2_median_ratio(np.arange(1, hi))  # for k = 1..hi-1
     # float32 (a summary to a few digits), scaled for the usual count in place; the few
     # pixels that lost samples to clipping, or have fewer than 2 (NaN), rescaled after
     var = np.square(s, dtype=np.float32)
