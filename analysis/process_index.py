@@ -50,7 +50,6 @@ from utils.errors import ConfigError, FrameError
 from utils.io.fitsio import (
     check_output_dir,
     read_image,
-    remove_stale_temporaries,
     write_csv,
 )
 from utils.io.index import DatasetIndex
@@ -286,10 +285,8 @@ def run(index_csv: str | Path, out_dir: str | Path, settings: MasterSettings = M
         raise ConfigError(f"{index_csv}: the index has no rows; nothing to process")
     for message in loaded.check_files():
         logger.warning("%s; flagged BADFITS", message)
-    # inputs checked: only now does the output folder get anything
-    removed = remove_stale_temporaries(out_dir, recursive=True)
-    if removed:
-        logger.info("removed %d temporary files of an interrupted run in %s", removed, out_dir)
+    # inputs checked: only now does the output folder get anything (dump_settings first
+    # removes the temporaries a killed run left)
     dump_settings(out_dir, masters=settings, index_csv=str(Path(index_csv).resolve()),
                   **(upstream_settings or {}))
     stats = mark_unusable(frame_stats_table(index, progress_bar=progress_bar))

@@ -38,7 +38,6 @@ from utils.io.fitsio import (
     check_output_dir,
     provenance_cards,
     read_image,
-    remove_stale_temporaries,
     set_card,
     write_csv,
     write_product,
@@ -462,7 +461,6 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
     rows, excluded = select_bias_frames(index, settings.stage, settings.dose)
     # written once the inputs are checked: a command that fails on its input leaves none
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir, recursive=True)  # of a killed run
     dump_settings(out_dir, bias=settings, basepath=str(Path(basepath).resolve()))
     files = [out_dir / "index.csv"] if Path(basepath).is_dir() and \
         (out_dir / "index.csv").is_file() else []

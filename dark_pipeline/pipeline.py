@@ -37,7 +37,6 @@ from utils.errors import ConfigError, InputPathError, UserError
 from utils.io.fitsio import (
     check_output_dir,
     provenance_cards,
-    remove_stale_temporaries,
     set_card,
     write_csv,
     write_product,
@@ -435,7 +434,6 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
                        adc_bits=adc_bits, adu_scale=adu.adu_scale(adc_bits))
     # written once the inputs are checked: a command that fails on its input leaves none
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir, recursive=True)  # of a killed run
     dump_settings(out_dir, dark=settings, basepath=str(basepath or ""))
     e = _e_per_adu(settings, adc_bits)
 
