@@ -47,7 +47,7 @@ from analysis.products import save_plot
 from utils.io.fitsio import provenance_cards, set_card, write_csv, write_product
 from utils.io.index import sort_by_stage
 from utils.models import radiation_response as rr
-from utils.models.linear import constrained_terms, prediction_weights
+from utils.models.linear import PredictionWeights, constrained_terms
 from utils.plotting import show_image
 from utils.stack.master import read_master
 from utils.stack.stats import mad_std
@@ -132,9 +132,10 @@ class _Variances:
             sigma.append(rr.dark_point_error(d.point, b.point, self.fit, read_var, di.count,
                                              di.stderr, bi.count, bi.stderr))
             y.append(np.isfinite(di.data) & np.isfinite(bi.data))
-        # float32 and a mask: held for the whole run, one map per point of the maps' fit
-        self.sigma = np.array(sigma, np.float32)
-        self.y = np.where(np.array(y), 0.0, np.nan).astype(np.float32)
+        # the per-pixel inverse normal matrices of the maps' fit, once for every master
+        self.predict = PredictionWeights(self.design, np.array(sigma, np.float32),
+                                         np.where(np.array(y), 0.0, np.nan))
+        del sigma, y
         self.keep = {id(m) for pair in self.pairs for m in pair}
 
     def of(self, master, img=None) -> np.ndarray:
@@ -157,7 +158,7 @@ class _Variances:
         if not self.pairs:
             return None
         row = _map_design([point], self.fit)[0, self.kept]
-        a = prediction_weights(self.design, row, self.sigma, self.y)
+        a = self.predict(row)
         return np.where(self.inmap & np.isfinite(a), a, 0.0)
 
     def residual(self, master, img, ref) -> tuple[np.ndarray, np.ndarray | None]:

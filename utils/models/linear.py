@@ -686,22 +686,38 @@ def prediction_weights(design, row, sigma, y=None) -> np.ndarray:
     >>> [round(float(v), 6) for v in a[:, 0]]  # leverage 5/6 of the end point
     [0.833333, 0.333333, -0.166667]
     """
-    x = np.asarray(design, np.float64)
-    sv = np.asarray(sigma, np.float64)
-    shape = sv.shape[1:]
-    sv = sv.reshape(x.shape[0], -1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        w = np.where(np.isfinite(sv) & (sv > 0), 1.0 / sv ** 2, 0.0)
-    if y is not None:
-        w = np.where(np.isfinite(np.asarray(y).reshape(sv.shape)), w, 0.0)
-    q = x.shape[1]
-    nrm = np.einsum("ki,kj,kp->pij", x, x, w)
-    ok = ((w > 0).sum(0) >= q) & (np.linalg.det(nrm) > 0)
-    inv = np.linalg.inv(np.where(ok[:, None, None], nrm, np.eye(q)))
-    a = np.einsum("i,pij,kj->kp", np.asarray(row, np.float64), inv, x) * w
-    a[:, ~ok] = np.nan
-    return a.reshape(x.shape[0], *shape)
+    return PredictionWeights(design, sigma, y)(row)
+
+
+class PredictionWeights:
+    """:func:`prediction_weights` of one fit at any number of rows: the per-pixel inverse
+    normal matrices are computed once (the costly part) and applied to each row.
+
+    Parameters are those of :func:`prediction_weights` without ``row``; call the object
+    with a row.
+    """
+
+    def __init__(self, design, sigma, y=None):
+        x = np.asarray(design, np.float64)
+        sv = np.asarray(sigma, np.float64)
+        self.shape = sv.shape[1:]
+        sv = sv.reshape(x.shape[0], -1)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            w = np.where(np.isfinite(sv) & (sv > 0), 1.0 / sv ** 2, 0.0)
+        if y is not None:
+            w = np.where(np.isfinite(np.asarray(y).reshape(sv.shape)), w, 0.0)
+        q = x.shape[1]
+        nrm = np.einsum("ki,kj,kp->pij", x, x, w)
+        self.ok = ((w > 0).sum(0) >= q) & (np.linalg.det(nrm) > 0)
+        self.inv = np.linalg.inv(np.where(self.ok[:, None, None], nrm, np.eye(q)))
+        self.x, self.w = x, w
+
+    def __call__(self, row) -> np.ndarray:
+        a = np.einsum("i,pij,kj->kp", np.asarray(row, np.float64), self.inv, self.x) * self.w
+        a[:, ~self.ok] = np.nan
+        return a.reshape(self.x.shape[0], *self.shape)
 
 
 __all__ = ["LinearFit", "fit_line_per_pixel", "warmup", "MultiLinearFit",
-           "fit_linear_per_pixel", "constrained_terms", "prediction_weights"]
+           "fit_linear_per_pixel", "constrained_terms", "prediction_weights",
+           "PredictionWeights"]
