@@ -354,3 +354,39 @@ def test_population_rate_from_two_temperatures_is_the_joint_fit():
     assert np.isfinite(fit.population_rate_err) and fit.population_rate_err > 0
     # 20 seeds: pulls mean -0.6, std 1.03 (error 0.0017, i.e. 1.5 % of B)
     assert abs(fit.population_rate - true_rate) < 4 * fit.population_rate_err
+
+
+@pytest.mark.skipif(not fitting.HAVE_NUMBA, reason="the tiled passes are the numba path's")
+def test_one_small_tile_is_read_once_with_the_same_fit(monkeypatch):
+    """popspeed: a fit over one small tile (a leave-one-out refit's pixel sample) reads it
+    once for its three passes (first fits, the joint fit's sample, fallback fits): a dark
+    stack computes the errors from its noise model at every read.  The fit is, bit for bit,
+    the one that reads the tile at every pass."""
+    from utils.models.pixel_tiles import PixelTiles
+
+    rng = np.random.default_rng(23)
+    temps, times, _, _, y, sigma = power_stack(rng)
+    n = y.shape[0]
+    y2, s2 = y.reshape(n, -1), sigma.reshape(n, -1)
+    reads = []
+
+    def read(a, b):
+        reads.append((a, b))
+        return y2[:, a:b].copy(), s2[:, a:b].copy(), None
+    tiles = PixelTiles(n, y.shape[1:], [(0, y2.shape[1])], read)
+
+    def fit():
+        reads.clear()
+        return fit_power_exponential_per_pixel(temps, times, None, None, t_ref=10.0,
+                                               tiles=tiles)
+    once = fit()
+    assert len(reads) == 1 and once.fallback.any()     # the fallback pass needed the points
+    monkeypatch.setattr(fitting, "_KEEP_SAMPLES", 0)
+    every = fit()
+    assert len(reads) == 3
+    for name in ("amplitude", "gamma", "rate", "amplitude_err", "gamma_err", "rate_err",
+                 "covariance", "chi2", "npoints", "fallback"):
+        np.testing.assert_array_equal(getattr(once, name), getattr(every, name), name)
+    for name in ("population_gamma", "population_rate", "population_gamma_err",
+                 "population_rate_err"):
+        assert getattr(once, name) == getattr(every, name), name

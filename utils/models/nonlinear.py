@@ -106,6 +106,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
                                     s2.reshape((n,) + tuple(tiles.shape)), min_snr=min_snr,
                                     max_iter=max_iter, tol=tol, workers=workers, what=what,
                                     shared=shared, population_start=population_start)
+    tiles = _read_once(tiles)
     shape = tuple(tiles.shape)
     P = int(np.prod(shape))
     design = _Design(z)
@@ -169,6 +170,27 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         for r in range(p):
             np.sqrt(cov[r, r], out=errs[r])
     return fit_maps(shape, (A, theta, cov, chi2, npts, errs), well, pop_theta, pop, joint)
+
+
+#: Largest single tile (points x pixels) that :func:`_read_once` keeps in memory between
+#: the fit's passes: a leave-one-out refit's pixel sample (32 points x 65536 pixels of the
+#: 2-D model), not a whole frame.
+_KEEP_SAMPLES = 1 << 22
+
+
+def _read_once(tiles: PixelTiles) -> PixelTiles:
+    """``tiles`` whose one small tile (a pixel sample) is read once for the fit's three
+    passes (first fits, the joint fit's sample, fallback fits), not three times: a tile read
+    can be costly (a dark stack's errors are computed from its noise model at each read).
+    The same arrays, so the same results; larger or several tiles are read as they come."""
+    if len(tiles.ranges) != 1 or tiles.n * (tiles.ranges[0][1] - tiles.ranges[0][0]) \
+            > _KEEP_SAMPLES:
+        return tiles
+    (a0, b0), = tiles.ranges
+    kept = tiles.read(a0, b0)
+
+    return PixelTiles(tiles.n, tiles.shape, tiles.ranges,
+                      lambda a, b: kept if (a, b) == (a0, b0) else tiles.read(a, b))
 
 
 def _first_pass_tile(tile, *, read, design, n, fit):
