@@ -390,3 +390,48 @@ def test_one_small_tile_is_read_once_with_the_same_fit(monkeypatch):
     for name in ("population_gamma", "population_rate", "population_gamma_err",
                  "population_rate_err"):
         assert getattr(once, name) == getattr(every, name), name
+
+
+@pytest.mark.skipif(not fitting.HAVE_NUMBA, reason="the tiled passes are the numba path's")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_joint_sample_gathered_in_the_first_pass(sparse, monkeypatch):
+    """popspeed: over several tiles the joint fit's pixel sample is gathered while the first
+    pass reads them, at the stride of every pixel being a candidate, so the tiles are not
+    read again for it; the fit is, bit for bit, the one that gathers the sample in a pass of
+    its own.  With many pixels left out (``sparse``: another stride) the fit gathers it in
+    its own pass as before, with the same result, and reads every tile once more."""
+    from utils.models import pixel_tiles
+    from utils.models.pixel_tiles import PixelTiles
+
+    rng = np.random.default_rng(29)
+    temps, times, _, _, y, sigma = power_stack(rng, shape=(60, 50))
+    n = y.shape[0]
+    if sparse:  # a third of the pixels without points: fewer candidates, another stride
+        sigma[:, rng.random(y.shape[1:]) < 0.35] = np.nan
+    y2, s2 = y.reshape(n, -1), sigma.reshape(n, -1)
+    cov = np.tile(np.array([[0.04, 0.001], [0.001, 0.002]])[:, :, None], (1, 1, y2.shape[1]))
+    v = np.column_stack([np.ones(n), temps - 10.0])
+    reads = []
+
+    def read(a, b):
+        reads.append((a, b))
+        return y2[:, a:b].copy(), s2[:, a:b].copy(), cov[:, :, a:b].copy()
+    tiles = PixelTiles(n, y.shape[1:], [(a, min(a + 700, 3000)) for a in range(0, 3000, 700)],
+                       read)
+    for module in (fitting, pixel_tiles):  # a stride of 3 over 3000 pixels
+        monkeypatch.setattr(module, "POPULATION_PIXELS", 1000)
+
+    def fit():
+        reads.clear()
+        return fit_power_exponential_per_pixel(temps, times, None, None, t_ref=10.0,
+                                               tiles=tiles, shared_errors=(v, None))
+    ahead = fit()
+    ahead_reads = len(reads)
+    with mock.patch.object(fitting._SampleAhead, "take", lambda self, count: None):
+        gathered = fit()
+    assert ahead_reads == len(reads) - (0 if sparse else len(tiles.ranges))
+    for name in ("amplitude", "gamma", "rate", "covariance", "chi2", "fallback"):
+        np.testing.assert_array_equal(getattr(ahead, name), getattr(gathered, name), name)
+    for name in ("population_gamma", "population_rate", "population_gamma_err",
+                 "population_rate_err"):
+        assert getattr(ahead, name) == getattr(gathered, name), name
