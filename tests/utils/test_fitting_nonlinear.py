@@ -396,10 +396,11 @@ def test_one_small_tile_is_read_once_with_the_same_fit(monkeypatch):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_joint_sample_gathered_in_the_first_pass(sparse, monkeypatch):
     """popspeed: over several tiles the joint fit's pixel sample is gathered while the first
-    pass reads them, at the stride of every pixel being a candidate, so the tiles are not
-    read again for it; the fit is, bit for bit, the one that gathers the sample in a pass of
-    its own.  With many pixels left out (``sparse``: another stride) the fit gathers it in
-    its own pass as before, with the same result, and reads every tile once more."""
+    pass reads them, at the stride of every pixel being a candidate, and the fallback
+    pixels' points are kept from it, so the tiles are read once; the fit is, bit for bit,
+    the one that gathers the sample in a pass of its own and reads the fallback pixels'
+    tiles again.  With many pixels left out (``sparse``: another stride) the fit gathers
+    the sample in its own pass as before, with the same result."""
     from utils.models import pixel_tiles
     from utils.models.pixel_tiles import PixelTiles
 
@@ -427,9 +428,16 @@ def test_joint_sample_gathered_in_the_first_pass(sparse, monkeypatch):
                                                tiles=tiles, shared_errors=(v, None))
     ahead = fit()
     ahead_reads = len(reads)
+    assert ahead.fallback.any()
+    # the former passes: the sample gathered in a pass of its own, the fallback pixels'
+    # tiles read again
+    monkeypatch.setattr(fitting, "_KEEP_SAMPLES", 0)
     with mock.patch.object(fitting._SampleAhead, "take", lambda self, count: None):
         gathered = fit()
-    assert ahead_reads == len(reads) - (0 if sparse else len(tiles.ranges))
+    fallback_tiles = sum(bool(ahead.fallback.reshape(-1)[a:b].any()) for a, b in tiles.ranges)
+    assert len(reads) == 2 * len(tiles.ranges) + fallback_tiles
+    # the first pass's reads only; with another stride, the sample's pass as well
+    assert ahead_reads == len(tiles.ranges) * (2 if sparse else 1)
     for name in ("amplitude", "gamma", "rate", "covariance", "chi2", "fallback"):
         np.testing.assert_array_equal(getattr(ahead, name), getattr(gathered, name), name)
     for name in ("population_gamma", "population_rate", "population_gamma_err",

@@ -134,6 +134,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
                 full[..., a:b] = part
             candidate[a:b] = cand
     ahead = _SampleAhead(P, n) if len(tiles.ranges) > 1 else None
+    kept = _FallbackPoints()  # the points of the pixels the fallback pass will fit
     for a, b in ([] if scheduler.current().remote else tiles.ranges):
         y_raw, s_raw, c_raw = tiles.read(a, b)
         y_t = _float_array(y_raw).reshape(n, -1)
@@ -145,6 +146,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         candidate[a:b] = joint_candidates((np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0))
         if ahead is not None:
             ahead.add(y_raw, s_raw, c_raw, candidate[a:b])
+            kept.add(a, b, y_t, s_t, out[4], out[3])
         del y_raw, s_raw, c_raw
     well = status == _CONVERGED
     if q > 1 and workers > 1:  # the kernels release the GIL
@@ -167,6 +169,16 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     for a, b in tiles.ranges:
         if well[a:b].all():
             continue  # no fallback pixel: nothing to read
+        if (a, b) in kept.tiles:  # their points kept from the first pass: no read
+            at, y_c, s_c, c_status, c_npts = kept.tiles.pop((a, b))
+            c_out = (np.empty(at.size, np.float32), np.empty((q, at.size), np.float32),
+                     np.empty((p, p, at.size), np.float32), np.empty(at.size, np.float32),
+                     np.empty((p, at.size), np.float32))
+            _run_chunks(lambda i, j: _nb_fallback(y_c, s_c, i, j, c_status, c_npts, *fixed,
+                                                  *c_out), at.size, _NL_CHUNK, workers)
+            at = at + a
+            A[at], theta[:, at], cov[:, :, at], chi2[at] = c_out[:4]
+            continue
         y_t, s_t, _ = tiles.read(a, b)
         y_t = _float_array(y_t).reshape(n, -1)
         s_t = _float_array(s_t).reshape(n, -1)
@@ -205,6 +217,25 @@ def _read_once(tiles: PixelTiles) -> PixelTiles:
 
     return PixelTiles(tiles.n, tiles.shape, tiles.ranges,
                       lambda a, b: kept if (a, b) == (a0, b0) else tiles.read(a, b))
+
+
+class _FallbackPoints:
+    """The points of the pixels of a tile left to the fallback pass (not converged), kept
+    from the first pass (C order, as read) while they stay below :data:`_KEEP_SAMPLES`
+    in all: the fallback pass then fits them without reading the tile again.  Per-pixel
+    fits, so the same numbers as on the whole tile."""
+
+    def __init__(self):
+        self.tiles: dict = {}
+        self.samples = 0
+
+    def add(self, a, b, y_t, s_t, status, npts) -> None:
+        at = np.flatnonzero(status != _CONVERGED)
+        if at.size == 0 or self.samples + y_t.shape[0] * at.size > _KEEP_SAMPLES:
+            return
+        self.samples += y_t.shape[0] * at.size
+        self.tiles[(a, b)] = (at, np.take(y_t, at, axis=1), np.take(s_t, at, axis=1),
+                              status[at], npts[at])
 
 
 class _SampleAhead:
