@@ -51,7 +51,12 @@ from utils.models.nonlinear import (
     fit_exponential_per_pixel,
 )
 from utils.models.pixel_tiles import PixelTiles, flat_cov
-from utils.stack.stats import chi2_median_ratio, median_with_error, spread_with_error
+from utils.stack.stats import (
+    chi2_median_ratio,
+    exact_median,
+    median_with_error,
+    spread_with_error,
+)
 from utils.stack.tiles import PIXEL_BLOCK, row_tiles
 
 from .rates import rate_rows
@@ -396,7 +401,9 @@ def _point_scales(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
     :data:`MIN_SCALE_SHARE` of the fitted pixels, are left).  The errors are
     the ``points``' errors times ``point_scale`` (per point; default 1); one map of the
     points read at a time, float64 work arrays of ``block`` pixels at a time, one float64
-    value per fitted pixel kept for the median."""
+    value per fitted pixel kept for the median (exact, linear time:
+    :func:`~utils.stack.stats.exact_median`) and the fitted pixels' five parameter maps
+    (float32) gathered once for all the points."""
     good = (~fit.fallback & np.isfinite(fit.amplitude) & np.isfinite(fit.rate)).reshape(-1)
     out = np.ones(len(temps))
     n_good = int(good.sum())
@@ -406,14 +413,16 @@ def _point_scales(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
     maps = [m.reshape(-1) for m in (fit.amplitude, fit.rate, fit.amplitude_err, fit.rate_err,
                                     fit.covariance)]
     npix = good.size
+    # the fitted pixels' parameters (float32, as in the maps), gathered once for every point
+    blocks = [(b0, good[b0:b0 + block]) for b0 in range(0, npix, block)]
+    params = [[m[b0:b0 + block][sel] for m in maps] for b0, sel in blocks]
     for k, t in enumerate(temps):
         d = t - t_ref
         yk_all, sk_all = (m.reshape(-1) for m in points.plane(k))
         u_all = np.empty(n_good)
         at = 0
-        for b0 in range(0, npix, block):
-            sel = good[b0:b0 + block]
-            a, b, va, vb, cab = (m[b0:b0 + block][sel].astype(np.float64) for m in maps)
+        for (b0, sel), chosen in zip(blocks, params):
+            a, b, va, vb, cab = (m.astype(np.float64) for m in chosen)
             va, vb = va ** 2, vb ** 2
             f = np.exp(b * d)
             yk = yk_all[b0:b0 + block][sel].astype(np.float64)
@@ -429,7 +438,7 @@ def _point_scales(fit: ExponentialFit, temps: np.ndarray, points: RatePoints,
         # passes through the point set the warmest bin of a 5 x 4 grid at 2048^2 to 0.80,
         # where its errors were right (rate pulls std 0.997)
         if u.size >= max(50, MIN_SCALE_SHARE * n_good):
-            out[k] = math.sqrt(float(np.median(u)) / chi2_median_ratio(1))
+            out[k] = math.sqrt(exact_median(u) / chi2_median_ratio(1))
     return out
 
 

@@ -451,3 +451,73 @@ def test_one_exposure_pixel_errors_hold_the_shared_bias_error(tmp_path, seed):
     assert after[3].shared_errors and not before[3].shared_errors
     path = after[3].write(tmp_path / "dark_model.fits")
     assert fits.getheader(path)["ERRSHARE"] is True
+
+
+def _point_scales_before(fit, temps, points, t_ref, point_scale=None, block=1 << 18):
+    """``_point_scales`` before popspeed: the fitted pixels' parameters gathered again for
+    every point, ``np.median`` of the float64 values."""
+    from dark_pipeline.temperature_model import (
+        MAX_SCALE_LEVERAGE,
+        MIN_SCALE_SHARE,
+        chi2_median_ratio,
+    )
+    good = (~fit.fallback & np.isfinite(fit.amplitude) & np.isfinite(fit.rate)).reshape(-1)
+    out = np.ones(len(temps))
+    n_good = int(good.sum())
+    k_scale = np.ones(len(temps)) if point_scale is None else np.asarray(point_scale, float)
+    maps = [m.reshape(-1) for m in (fit.amplitude, fit.rate, fit.amplitude_err, fit.rate_err,
+                                    fit.covariance)]
+    for k, t in enumerate(temps):
+        d = t - t_ref
+        yk_all, sk_all = (m.reshape(-1) for m in points.plane(k))
+        u_all = np.empty(n_good)
+        at = 0
+        for b0 in range(0, good.size, block):
+            sel = good[b0:b0 + block]
+            a, b, va, vb, cab = (m[b0:b0 + block][sel].astype(np.float64) for m in maps)
+            va, vb = va ** 2, vb ** 2
+            f = np.exp(b * d)
+            yk = yk_all[b0:b0 + block][sel].astype(np.float64)
+            sk = sk_all[b0:b0 + block][sel].astype(np.float64) * k_scale[k]
+            h = (f * f * va + (a * f * d) ** 2 * vb + 2 * a * f * f * d * cab) / (sk * sk)
+            u = (yk - a * f) ** 2 / (sk * sk * np.clip(1 - h, 0.05, 1))
+            u[~(h < MAX_SCALE_LEVERAGE)] = np.nan
+            u_all[at:at + a.size] = u
+            at += a.size
+        u = u_all[np.isfinite(u_all)]
+        if u.size >= max(50, MIN_SCALE_SHARE * n_good):
+            out[k] = math.sqrt(float(np.median(u)) / chi2_median_ratio(1))
+    return out
+
+
+@pytest.mark.parametrize("pixels", [(640, 600), (9, 11)])
+def test_point_scales_are_the_former_computation_bit_for_bit(pixels):
+    """popspeed: the per-point error factors with the fitted pixels' parameters gathered once
+    (not again for each point) and the exact linear-time median are the former numbers bit
+    for bit: blocks of pixels, fallback and non-finite pixels, leverage cuts, an even and an
+    odd count of values, a frame above the fast median's size (2^18) and a small one."""
+    from dark_pipeline.temperature_model import RatePoints, _point_scales
+    from utils.models.nonlinear import ExponentialFit
+
+    rng = np.random.default_rng(31)
+    temps = np.array([-10.0, 0.0, 10.0, 20.0, 30.0])
+    amp = rng.lognormal(1.0, 0.4, pixels)
+    rate = rng.normal(0.1, 0.005, pixels)
+    truth = amp * np.exp(rate * (temps[:, None, None] - 20.0))
+    s = np.sqrt(0.3 + 0.05 * truth)
+    y = truth + s * rng.standard_normal(truth.shape) * rng.uniform(0.8, 1.6, (5, 1, 1))
+    f32 = np.float32
+    fit = ExponentialFit(amp.astype(f32), rate.astype(f32), (0.05 * amp).astype(f32),
+                         np.full(pixels, 0.004, f32), (-1e-4 * amp).astype(f32),
+                         np.ones(pixels, f32), np.full(pixels, 5, np.int16),
+                         rng.random(pixels) < 0.05, 20.0, 0.1, 0.005)
+    fit.amplitude[rng.random(pixels) < 0.01] = np.nan
+    fit.amplitude_err[rng.random(pixels) < 0.1] *= 30.0       # leverage cuts
+    points = RatePoints(y.astype(f32), s.astype(f32))
+    scale = np.array([1.0, 1.2, 0.9, 1.1, 1.0])
+    large = pixels[0] > 100
+    for block in (1 << 18, 1 << 16 if large else 7):
+        got = _point_scales(fit, temps, points, 20.0, scale, block=block)
+        np.testing.assert_array_equal(got, _point_scales_before(fit, temps, points, 20.0,
+                                                                scale, block=block))
+        assert np.all(got != 1.0) or not large

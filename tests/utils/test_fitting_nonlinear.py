@@ -354,3 +354,92 @@ def test_population_rate_from_two_temperatures_is_the_joint_fit():
     assert np.isfinite(fit.population_rate_err) and fit.population_rate_err > 0
     # 20 seeds: pulls mean -0.6, std 1.03 (error 0.0017, i.e. 1.5 % of B)
     assert abs(fit.population_rate - true_rate) < 4 * fit.population_rate_err
+
+
+@pytest.mark.skipif(not fitting.HAVE_NUMBA, reason="the tiled passes are the numba path's")
+def test_one_small_tile_is_read_once_with_the_same_fit(monkeypatch):
+    """popspeed: a fit over one small tile (a leave-one-out refit's pixel sample) reads it
+    once for its three passes (first fits, the joint fit's sample, fallback fits): a dark
+    stack computes the errors from its noise model at every read.  The fit is, bit for bit,
+    the one that reads the tile at every pass."""
+    from utils.models.pixel_tiles import PixelTiles
+
+    rng = np.random.default_rng(23)
+    temps, times, _, _, y, sigma = power_stack(rng)
+    n = y.shape[0]
+    y2, s2 = y.reshape(n, -1), sigma.reshape(n, -1)
+    reads = []
+
+    def read(a, b):
+        reads.append((a, b))
+        return y2[:, a:b].copy(), s2[:, a:b].copy(), None
+    tiles = PixelTiles(n, y.shape[1:], [(0, y2.shape[1])], read)
+
+    def fit():
+        reads.clear()
+        return fit_power_exponential_per_pixel(temps, times, None, None, t_ref=10.0,
+                                               tiles=tiles)
+    once = fit()
+    assert len(reads) == 1 and once.fallback.any()     # the fallback pass needed the points
+    monkeypatch.setattr(fitting, "_KEEP_SAMPLES", 0)
+    every = fit()
+    assert len(reads) == 3
+    for name in ("amplitude", "gamma", "rate", "amplitude_err", "gamma_err", "rate_err",
+                 "covariance", "chi2", "npoints", "fallback"):
+        np.testing.assert_array_equal(getattr(once, name), getattr(every, name), name)
+    for name in ("population_gamma", "population_rate", "population_gamma_err",
+                 "population_rate_err"):
+        assert getattr(once, name) == getattr(every, name), name
+
+
+@pytest.mark.skipif(not fitting.HAVE_NUMBA, reason="the tiled passes are the numba path's")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_joint_sample_gathered_in_the_first_pass(sparse, monkeypatch):
+    """popspeed: over several tiles the joint fit's pixel sample is gathered while the first
+    pass reads them, at the stride of every pixel being a candidate, and the fallback
+    pixels' points are kept from it, so the tiles are read once; the fit is, bit for bit,
+    the one that gathers the sample in a pass of its own and reads the fallback pixels'
+    tiles again.  With many pixels left out (``sparse``: another stride) the fit gathers
+    the sample in its own pass as before, with the same result."""
+    from utils.models import pixel_tiles
+    from utils.models.pixel_tiles import PixelTiles
+
+    rng = np.random.default_rng(29)
+    temps, times, _, _, y, sigma = power_stack(rng, shape=(60, 50))
+    n = y.shape[0]
+    if sparse:  # a third of the pixels without points: fewer candidates, another stride
+        sigma[:, rng.random(y.shape[1:]) < 0.35] = np.nan
+    y2, s2 = y.reshape(n, -1), sigma.reshape(n, -1)
+    cov = np.tile(np.array([[0.04, 0.001], [0.001, 0.002]])[:, :, None], (1, 1, y2.shape[1]))
+    v = np.column_stack([np.ones(n), temps - 10.0])
+    reads = []
+
+    def read(a, b):
+        reads.append((a, b))
+        return y2[:, a:b].copy(), s2[:, a:b].copy(), cov[:, :, a:b].copy()
+    tiles = PixelTiles(n, y.shape[1:], [(a, min(a + 700, 3000)) for a in range(0, 3000, 700)],
+                       read)
+    for module in (fitting, pixel_tiles):  # a stride of 3 over 3000 pixels
+        monkeypatch.setattr(module, "POPULATION_PIXELS", 1000)
+
+    def fit():
+        reads.clear()
+        return fit_power_exponential_per_pixel(temps, times, None, None, t_ref=10.0,
+                                               tiles=tiles, shared_errors=(v, None))
+    ahead = fit()
+    ahead_reads = len(reads)
+    assert ahead.fallback.any()
+    # the former passes: the sample gathered in a pass of its own, the fallback pixels'
+    # tiles read again
+    monkeypatch.setattr(fitting, "_KEEP_SAMPLES", 0)
+    with mock.patch.object(fitting._SampleAhead, "take", lambda self, count: None):
+        gathered = fit()
+    fallback_tiles = sum(bool(ahead.fallback.reshape(-1)[a:b].any()) for a, b in tiles.ranges)
+    assert len(reads) == 2 * len(tiles.ranges) + fallback_tiles
+    # the first pass's reads only; with another stride, the sample's pass as well
+    assert ahead_reads == len(tiles.ranges) * (2 if sparse else 1)
+    for name in ("amplitude", "gamma", "rate", "covariance", "chi2", "fallback"):
+        np.testing.assert_array_equal(getattr(ahead, name), getattr(gathered, name), name)
+    for name in ("population_gamma", "population_rate", "population_gamma_err",
+                 "population_rate_err"):
+        assert getattr(ahead, name) == getattr(gathered, name), name

@@ -197,3 +197,73 @@ def test_warm_started_refit_equals_the_cold_refit_in_fewer_passes(with_shared):
     # the refit moved: the start is not already the answer (else no search is tested)
     assert np.any(np.abs(cold.theta - full.theta) > 0.05 * cold.errors)
     assert passes[1] < passes[0], passes
+
+
+def test_columns_are_the_fancy_selection_in_c_order():
+    """:func:`pop._columns` selects like ``a[..., sel]`` (which is column-major for the last
+    axis), in C order, for masks and indices of 2-D and 3-D arrays."""
+    rng = np.random.default_rng(5)
+    for a in (rng.random((7, 300)), rng.random((2, 2, 300)),
+              np.asfortranarray(rng.random((7, 300)))):
+        for sel in (rng.random(300) > 0.3, np.arange(0, 300, 7)):
+            got = pop._columns(a, sel)
+            assert got.flags.c_contiguous
+            np.testing.assert_array_equal(got, a[..., sel])
+
+
+def _profiles_as_before(z, wy, w, thetas, shared=None, workers=None):
+    """``_profiles`` before the C-order copies: the kernel on the arrays as they come (the
+    column-major selections of joint_shape; numba compiles a strided variant)."""
+    thetas = np.atleast_2d(np.asarray(thetas, dtype=np.float64))
+    F = np.exp(np.clip(thetas @ z.T, -700, 700))
+    out = np.empty((thetas.shape[0], wy.shape[1]))
+    if shared is None:
+        V, C, diag = np.zeros((z.shape[0], 0)), np.zeros((0, 0, 0)), np.zeros((0, 0))
+    else:
+        V, C, diag = shared
+    pop._run_chunks(lambda a, b: pop._nb_profiles(F, wy, w, V, C, diag, shared is not None,
+                                                  a, b, out), wy.shape[1], pop._CHUNK, 2)
+    return out
+
+
+@pytest.mark.skipif(not pop.HAVE_NUMBA, reason="numba not importable")
+@pytest.mark.parametrize("with_shared", [True, False])
+def test_c_order_copies_give_the_strided_fit_bit_for_bit(with_shared, monkeypatch):
+    """popspeed: joint_shape hands the profile kernel C-order arrays (its selections of pixels
+    were column-major, where the kernel's loops along a row's pixels are strided: ~3x slower
+    on the dark model's leave-one-out samples).  Same sums in the same order per pixel: the
+    fit of a column-major sample (as gather_sample makes it) equals, bit for bit, the fit with
+    the former plain selections and the kernel on the strided arrays."""
+    rng = np.random.default_rng(17)
+    z, y, s, shared = stack(rng, 9000, shared=with_shared)
+    y[:, :15] *= 200.0                           # bright outliers: the cut selects pixels
+    idx = np.arange(0, 9000, 2)
+    ys, ss = y[:, idx], s[:, idx]                # column-major, as a one-tile sample
+    assert not ys.flags.c_contiguous
+    sub = None if shared is None else (shared[0], shared[1][:, :, idx])
+    start = [0.9, 0.06] if with_shared else None
+    if not with_shared:
+        z = z[:, 1:]
+    kernel, layouts = pop._nb_profiles, set()
+
+    def recorded(F, wy, w, V, C, diag, *args):
+        layouts.update(a.flags.c_contiguous for a in (wy, w, C, diag))
+        return kernel(F, wy, w, V, C, diag, *args)
+    monkeypatch.setattr(pop, "_nb_profiles", recorded)
+    new = pop.joint_shape(z, ys, ss, [0.9, 0.06][-z.shape[1]:], shared=sub)
+    warm = pop.joint_shape(z, ys, ss, [0.9, 0.06][-z.shape[1]:], shared=sub,
+                           start=start or [0.06])
+    assert layouts == {True}
+    monkeypatch.setattr(pop, "_columns", lambda a, sel: a[..., sel])
+    monkeypatch.setattr(pop, "_c_order", lambda a: a)
+    monkeypatch.setattr(pop, "_profiles", _profiles_as_before)
+    layouts.clear()
+    old = pop.joint_shape(z, ys, ss, [0.9, 0.06][-z.shape[1]:], shared=sub)
+    old_warm = pop.joint_shape(z, ys, ss, [0.9, 0.06][-z.shape[1]:], shared=sub,
+                               start=start or [0.06])
+    assert False in layouts                      # the strided kernel ran
+    for a, b in ((new, old), (warm, old_warm)):
+        assert a.pixels == b.pixels < idx.size
+        np.testing.assert_array_equal(a.theta, b.theta)
+        np.testing.assert_array_equal(a.covariance, b.covariance)
+        assert a.chi2dof == b.chi2dof

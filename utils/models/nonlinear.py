@@ -21,6 +21,7 @@ memory); the tests check that both give the same results.  Straight lines are in
 from __future__ import annotations
 
 import functools
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +41,14 @@ from .nonlinear_numpy import (
     fit_maps,
     population_median,
 )
-from .pixel_tiles import PixelTiles, flat_cov, gather_sample, store_tile, tile_outputs
+from .pixel_tiles import (
+    POPULATION_PIXELS,
+    PixelTiles,
+    flat_cov,
+    gather_sample,
+    store_tile,
+    tile_outputs,
+)
 from .population import joint_candidates
 
 # The numpy engine (without numba), the design's moment features and the population step
@@ -106,6 +114,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
                                     s2.reshape((n,) + tuple(tiles.shape)), min_snr=min_snr,
                                     max_iter=max_iter, tol=tol, workers=workers, what=what,
                                     shared=shared, population_start=population_start)
+    tiles = _read_once(tiles)
     shape = tuple(tiles.shape)
     P = int(np.prod(shape))
     design = _Design(z)
@@ -124,15 +133,21 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
             for full, part in zip(maps, out):  # always a copy: the task's arrays are its own
                 full[..., a:b] = part
             candidate[a:b] = cand
+    ahead = _SampleAhead(P, n) if len(tiles.ranges) > 1 else None
+    kept = _FallbackPoints()  # the points of the pixels the fallback pass will fit
     for a, b in ([] if scheduler.current().remote else tiles.ranges):
-        y_t, s_t, _ = tiles.read(a, b)
-        y_t = _float_array(y_t).reshape(n, -1)
-        s_t = _float_array(s_t).reshape(n, -1)
+        y_raw, s_raw, c_raw = tiles.read(a, b)
+        y_t = _float_array(y_raw).reshape(n, -1)
+        s_t = _float_array(s_raw).reshape(n, -1)
         out = tile_outputs(maps, a, b, P)
         _first_pass_numba(design, y_t, s_t, min_snr, max_iter, tol, workers,
                           _with_scratch(out, b - a, p))
         store_tile(maps, out, a, b, P)
         candidate[a:b] = joint_candidates((np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0))
+        if ahead is not None:
+            ahead.add(y_raw, s_raw, c_raw, candidate[a:b])
+            kept.add(a, b, y_t, s_t, out[4], out[3])
+        del y_raw, s_raw, c_raw
     well = status == _CONVERGED
     if q > 1 and workers > 1:  # the kernels release the GIL
         with ThreadPoolExecutor(max_workers=q) as pool:
@@ -141,8 +156,10 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         pop = [population_value(theta[j], well) for j in range(q)]
     # the joint fit's pixel sample (joint_shape's own stride over the candidates), gathered
     # by the joint fit itself: not held here while it runs (its float64 weights are)
-    pop_theta, joint = _joint_population(z, lambda: gather_sample(tiles, candidate, n), None,
-                                         pop, fail,
+    def sample():
+        got = None if ahead is None else ahead.take(int(candidate.sum()))
+        return gather_sample(tiles, candidate, n) if got is None else got
+    pop_theta, joint = _joint_population(z, sample, None, pop, fail,
                                          None if shared is None else (shared[0], None),
                                          population_start)
     f = design.exp(pop_theta[:, None])[:, 0]
@@ -152,6 +169,16 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
     for a, b in tiles.ranges:
         if well[a:b].all():
             continue  # no fallback pixel: nothing to read
+        if (a, b) in kept.tiles:  # their points kept from the first pass: no read
+            at, y_c, s_c, c_status, c_npts = kept.tiles.pop((a, b))
+            c_out = (np.empty(at.size, np.float32), np.empty((q, at.size), np.float32),
+                     np.empty((p, p, at.size), np.float32), np.empty(at.size, np.float32),
+                     np.empty((p, at.size), np.float32))
+            _run_chunks(lambda i, j: _nb_fallback(y_c, s_c, i, j, c_status, c_npts, *fixed,
+                                                  *c_out), at.size, _NL_CHUNK, workers)
+            at = at + a
+            A[at], theta[:, at], cov[:, :, at], chi2[at] = c_out[:4]
+            continue
         y_t, s_t, _ = tiles.read(a, b)
         y_t = _float_array(y_t).reshape(n, -1)
         s_t = _float_array(s_t).reshape(n, -1)
@@ -169,6 +196,91 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         for r in range(p):
             np.sqrt(cov[r, r], out=errs[r])
     return fit_maps(shape, (A, theta, cov, chi2, npts, errs), well, pop_theta, pop, joint)
+
+
+#: Largest single tile (points x pixels) that :func:`_read_once` keeps in memory between
+#: the fit's passes: a leave-one-out refit's pixel sample (32 points x 65536 pixels of the
+#: 2-D model), not a whole frame.
+_KEEP_SAMPLES = 1 << 22
+
+
+def _read_once(tiles: PixelTiles) -> PixelTiles:
+    """``tiles`` whose one small tile (a pixel sample) is read once for the fit's three
+    passes (first fits, the joint fit's sample, fallback fits), not three times: a tile read
+    can be costly (a dark stack's errors are computed from its noise model at each read).
+    The same arrays, so the same results; larger or several tiles are read as they come."""
+    if len(tiles.ranges) != 1 or tiles.n * (tiles.ranges[0][1] - tiles.ranges[0][0]) \
+            > _KEEP_SAMPLES:
+        return tiles
+    (a0, b0), = tiles.ranges
+    kept = tiles.read(a0, b0)
+
+    return PixelTiles(tiles.n, tiles.shape, tiles.ranges,
+                      lambda a, b: kept if (a, b) == (a0, b0) else tiles.read(a, b))
+
+
+class _FallbackPoints:
+    """The points of the pixels of a tile left to the fallback pass (not converged), kept
+    from the first pass (C order, as read) while they stay below :data:`_KEEP_SAMPLES`
+    in all: the fallback pass then fits them without reading the tile again.  Per-pixel
+    fits, so the same numbers as on the whole tile."""
+
+    def __init__(self):
+        self.tiles: dict = {}
+        self.samples = 0
+
+    def add(self, a, b, y_t, s_t, status, npts) -> None:
+        at = np.flatnonzero(status != _CONVERGED)
+        if at.size == 0 or self.samples + y_t.shape[0] * at.size > _KEEP_SAMPLES:
+            return
+        self.samples += y_t.shape[0] * at.size
+        self.tiles[(a, b)] = (at, np.take(y_t, at, axis=1), np.take(s_t, at, axis=1),
+                              status[at], npts[at])
+
+
+class _SampleAhead:
+    """The joint fit's pixel sample of a fit over several tiles, gathered during the first
+    pass, as :func:`~utils.models.pixel_tiles.gather_sample` would gather it after it (the
+    same arrays: the same selections of the same reads, concatenated alike), so that the
+    tiles are not read again for it (a dark stack's read computes its errors from the noise
+    model: ~0.6 s for the 1024^2 2-D fit).
+
+    The sample is the candidates (enough points) at a stride that depends on their count,
+    known only after the pass: the stride of all the pixels being candidates is taken (the
+    usual case) and, should the count give another, :meth:`take` returns None (the caller
+    gathers then: no change of result, one read of the tiles more, as before).
+    """
+
+    def __init__(self, pixels: int, n: int):
+        self.step = max(1, math.ceil(pixels / POPULATION_PIXELS))
+        self.n = n
+        self.seen = 0  # candidates in the tiles so far
+        self.parts: tuple[list, list, list] | None = ([], [], [])
+
+    def add(self, y_t, s_t, c_t, candidate: np.ndarray) -> None:
+        """Keep the sample's pixels of one tile (its read, in order of the tiles)."""
+        at = np.flatnonzero(candidate)
+        sel = at[(self.seen + np.arange(at.size)) % self.step == 0]
+        self.seen += at.size
+        if sel.size == 0 or self.parts is None:
+            return
+        ys, ss, cs = self.parts
+        ys.append(np.asarray(y_t).reshape(self.n, -1)[:, sel])
+        ss.append(np.asarray(s_t).reshape(self.n, -1)[:, sel])
+        if c_t is not None:
+            cs.append(flat_cov(c_t)[:, :, sel])
+
+    def take(self, candidates: int):
+        """``(y, s, C)`` of the sample as gather_sample makes it, or None when ``candidates``
+        (their count) gives another stride; dropped from here either way."""
+        parts, self.parts = self.parts, None
+        if parts is None or max(1, math.ceil(candidates / POPULATION_PIXELS)) != self.step:
+            return None
+        ys, ss, cs = parts
+        if not ys:
+            return np.empty((self.n, 0)), np.empty((self.n, 0)), None
+        return (np.concatenate(ys, axis=1), np.concatenate(ss, axis=1),
+                np.concatenate(cs, axis=2) if cs else None)
 
 
 def _first_pass_tile(tile, *, read, design, n, fit):

@@ -102,6 +102,21 @@ def _prepare(y2, s2):
     return y, w
 
 
+def _columns(a: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """``a[..., sel]`` (``sel`` a bool mask or indices of the last axis) in C order: fancy
+    indexing of the last axis makes it column-major, where the profile kernel's loops along
+    the pixels of a row are strided (not vectorised, ~3x slower on the dark fits' samples)."""
+    sel = np.asarray(sel)
+    if sel.dtype == bool:
+        return np.compress(sel, a, axis=-1)
+    return np.take(a, sel, axis=-1)
+
+
+def _c_order(a: np.ndarray) -> np.ndarray:
+    """``a`` in C order (no copy when it is): what the profile kernel runs fastest on."""
+    return np.ascontiguousarray(a)
+
+
 def _start(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Log-linear fit of the pixel-summed signal of each point (a start for the search)."""
     total = (w * y).sum(1) / np.maximum(w.sum(1), 1e-300)
@@ -214,13 +229,14 @@ def _profiles(z, wy, w, thetas, shared=None, workers=None):
     if not HAVE_NUMBA:
         return np.array([_profile(z, wy, w, t, shared) for t in thetas])
     F = np.exp(np.clip(thetas @ z.T, -700, 700))              # (K, n)
+    wy, w = _c_order(wy), _c_order(w)  # no copies when they are
     P = wy.shape[1]
     out = np.empty((thetas.shape[0], P))
     if shared is None:
         V = np.zeros((z.shape[0], 0))
         C, diag = np.zeros((0, 0, 0)), np.zeros((0, 0))
     else:
-        V, C, diag = shared
+        V, C, diag = (_c_order(a) for a in shared)
     workers = _default_workers() if workers is None else max(1, int(workers))
     _run_chunks(lambda a, b: _nb_profiles(F, wy, w, V, C, diag, shared is not None, a, b,
                                           out), P, _CHUNK, workers)
@@ -493,7 +509,10 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
         V = np.asarray(shared[0], dtype=np.float64)
         C = np.asarray(shared[1]).reshape(V.shape[1], V.shape[1], -1)[:, :, idx]
         C = C.astype(np.float64)
-        shared = (V, C, np.einsum("kd,dep,ke->kp", V, C, V))
+        diag = np.einsum("kd,dep,ke->kp", V, C, V)
+        # C order for the profile kernel (the selection above is column-major)
+        shared = (V, _c_order(C), _c_order(diag))
+        del diag
     theta = np.asarray(theta0, dtype=np.float64).reshape(-1) if theta0 is not None \
         else np.full(q, np.nan)
     if theta.size != q or not np.all(np.isfinite(theta)):
@@ -517,11 +536,11 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
     spread = 1.4826 * float(np.median(np.abs(amp[ok] - centre))) if ok.any() else 0.0
     if spread > 0:
         keep = ok & ((amp - centre) / spread <= BRIGHT_Z)
-        w = w[:, keep]  # one copy at a time
-        wy = wy[:, keep]
+        w = _columns(w, keep)  # one copy at a time
+        wy = _columns(wy, keep)
         wyy = wyy[keep]
         if shared is not None:
-            shared = (shared[0], shared[1][:, :, keep], shared[2][:, keep])
+            shared = (shared[0], _columns(shared[1], keep), _columns(shared[2], keep))
     npts = np.count_nonzero(w, axis=0)
     # p-value >= clip_pvalue <=> chi-square <= its isf at the pixel's dof (one per dof)
     limit = chi2_dist.isf(clip_pvalue, np.arange(1, n + 1))
@@ -540,11 +559,11 @@ def joint_shape(z, y2, s2, theta0=None, *, usable=None, max_pixels: int = MAX_PI
         good = chi <= limit[np.clip(npts - 1, 1, n) - 1]
         if good.all():
             break
-        wy, w, wyy, npts = wy[:, good], w[:, good], wyy[good], npts[good]
+        wy, w, wyy, npts = _columns(wy, good), _columns(w, good), wyy[good], npts[good]
         if shared is not None:
-            shared = (shared[0], shared[1][:, :, good], shared[2][:, good])
+            shared = (shared[0], _columns(shared[1], good), _columns(shared[2], good))
         if values is not None:
-            values = (values[0], values[1][:, good])
+            values = (values[0], _columns(values[1], good))
     else:  # clipped after the last search: the profile of the pixels kept
         profile = _clip_profile(z, wy, w, theta, shared, values)
         chi = wyy + profile
