@@ -271,3 +271,34 @@ def test_render_time_of_each_figure_is_logged(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any("pool.png rendered in" in m and "s CPU" in m for m in messages)
     assert any("here.png rendered here in" in m for m in messages)
+
+
+def _decorated(fig, axes):
+    """Titles, labels, a log axis, an image with a colour bar on the given axes."""
+    axes = np.ravel(axes)
+    rng = np.random.default_rng(2)
+    for n, ax in enumerate(axes):
+        if n % 2:
+            ax.hist(rng.lognormal(size=3000), bins=50, log=True)
+        else:
+            fig.colorbar(ax.imshow(rng.normal(size=(30, 40))), ax=ax, label="value [adu]")
+        plotting.finish_axes(ax, "column [px]", "count", f"panel {n}\nsecond line", legend=False)
+    fig.suptitle("figure")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, {}), (2, 1, {"sharex": True}), (2, 3, {})])
+def test_subplots_titles_at_a_fixed_height_draw_the_same_pixels(tmp_path, shape):
+    """Titles not re-placed at each layout pass and draw (they stay where matplotlib would put
+    them: nothing above the axes)."""
+    import matplotlib.pyplot as plt
+
+    nrows, ncols, kwargs = shape
+    fig, axes = plotting.subplots(nrows, ncols, figsize=(7, 5), **kwargs)
+    assert all(ax._autotitlepos is False for ax in np.ravel(axes))
+    _decorated(fig, axes)
+    plotting.write_png(fig, tmp_path / "fixed.png")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7, 5), layout="constrained", **kwargs)
+    _decorated(fig, axes)
+    plotting.write_png(fig, tmp_path / "auto.png")
+    np.testing.assert_array_equal(_decoded(tmp_path / "fixed.png")[0],
+                                  _decoded(tmp_path / "auto.png")[0])
