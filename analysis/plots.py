@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from utils.io.tokens import number_text
-from utils.plotting import draw_image, finish_axes, new_axes
+from utils.plotting import draw_image, finish_axes, new_axes, subplots
 from utils.stack.grouping import text_column
 
 
@@ -131,12 +131,7 @@ def plot_master_comparison(master: np.ndarray, frame: np.ndarray, *, unit: str, 
         Figure title.
     """
     if axes is None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
+        fig, axes = subplots(1, 3, figsize=(13, 4))
         fig.suptitle(title)
     finite = master[np.isfinite(master)]
     lo, hi = (np.percentile(finite, [5, 95]) if finite.size else (0.0, 1.0))

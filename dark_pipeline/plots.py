@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from utils.io.tokens import number_text
-from utils.plotting import draw_image, finish_axes, new_axes, show_histogram, show_image
+from utils.plotting import draw_image, finish_axes, new_axes, show_histogram, show_image, subplots
 
 from .model_2d import DarkModel2D
 from .temperature_model import DarkModel1D
@@ -92,14 +92,8 @@ def plot_error_maps(maps: dict, which: int, *, title: str, unit: str, axes=None)
     temps = sorted({t for t, _ in maps})
     exps = sorted({x for _, x in maps})
     if axes is None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        _, axes = plt.subplots(len(exps), len(temps), figsize=(2.6 * len(temps) + 1,
-                                                               2.3 * len(exps) + 0.6),
-                               layout="constrained", squeeze=False)
+        _, axes = subplots(len(exps), len(temps), figsize=(2.6 * len(temps) + 1,
+                                                           2.3 * len(exps) + 0.6), squeeze=False)
     values = np.concatenate([v[which][np.isfinite(v[which])].ravel() for v in maps.values()]
                             or [np.zeros(1)])
     top = float(np.percentile(values, 99)) if values.size else 1.0

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from utils.io.tokens import number_text
-from utils.plotting import finish_axes, new_axes, show_histogram, show_image
+from utils.plotting import finish_axes, new_axes, show_histogram, show_image, subplots
 
 #: Longest side of an image drawn [px]: larger frames are block-averaged first (a figure
 #: shows no more, and resampling a 2048 x 2048 image costs more than the rest of it).
@@ -62,13 +62,7 @@ def plot_frame_levels(qc: pd.DataFrame, *, ax=None):
 def plot_ptc(ptc, pairs: pd.DataFrame | None = None, *, axes=None):
     """Photon-transfer curve: temporal variance vs mean signal, fit and level pulls."""
     if axes is None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        _, axes = plt.subplots(2, 1, figsize=(7.2, 6.4), layout="constrained", sharex=True,
-                               height_ratios=(3, 1))
+        _, axes = subplots(2, 1, figsize=(7.2, 6.4), sharex=True, height_ratios=(3, 1))
     ax, axp = axes
     levels = ptc.levels
     if pairs is not None and len(pairs):
@@ -96,13 +90,7 @@ def plot_ptc(ptc, pairs: pd.DataFrame | None = None, *, axes=None):
 def plot_linearity(ptc, *, axes=None):
     """Mean signal vs exposure time with its straight line, and the deviations [%]."""
     if axes is None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        _, axes = plt.subplots(2, 1, figsize=(7.2, 6.0), layout="constrained", sharex=True,
-                               height_ratios=(3, 1))
+        _, axes = subplots(2, 1, figsize=(7.2, 6.0), sharex=True, height_ratios=(3, 1))
     ax, axd = axes
     lin = ptc.linearity
     if len(lin):
@@ -193,12 +181,7 @@ def plot_model_map(model, j: int, *, ax=None):
 def plot_evaluation(table: pd.DataFrame, *, axes=None):
     """MAE [1] and pull standard deviation of every master."""
     if axes is None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        _, axes = plt.subplots(2, 1, figsize=(7.2, 6.0), layout="constrained", sharex=True)
+        _, axes = subplots(2, 1, figsize=(7.2, 6.0), sharex=True)
     ax, axp = axes
     x = np.arange(len(table))
     ax.bar(x, table["MAE"], color="C0", label="MAE")
@@ -224,13 +207,8 @@ def plot_error_maps(maps: dict, which: int, *, title: str, unit: str, axes=None)
     ncol = min(4, max(1, len(tags)))
     nrow = -(-len(tags) // ncol)
     if axes is None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        _, axes = plt.subplots(nrow, ncol, figsize=(2.8 * ncol + 1, 2.4 * nrow + 0.6),
-                               layout="constrained", squeeze=False)
+        _, axes = subplots(nrow, ncol, figsize=(2.8 * ncol + 1, 2.4 * nrow + 0.6),
+                           squeeze=False)
     values = np.concatenate([v[which][np.isfinite(v[which])].ravel() for v in maps.values()]
                             or [np.zeros(1)])
     top = float(np.percentile(values, 99)) if values.size else 1.0

@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -104,17 +105,44 @@ def draw_image(ax, image: np.ndarray, max_pixels: int = DISPLAY_PIXELS, **kwargs
     return ax.imshow(shown, **kwargs)
 
 
-def new_axes(ax=None, ncols: int = 1, nrows: int = 1, figsize=(6.4, 4.2)):
-    """``ax`` itself, or new axes on a new constrained-layout figure."""
-    if ax is not None:
-        return ax
+def subplots(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.2), **kwargs):
+    """``plt.subplots`` on a new constrained-layout figure (Agg), its axes' titles at a fixed
+    height.
+
+    matplotlib places a title at the top of its axes unless tick labels or an offset text sit
+    there, and checks this in each layout pass and at the draw by measuring the whole y axis
+    again (~8 % of a figure's rendering); the project's figures have their x ticks at the
+    bottom and no offset text (:func:`finish_axes`), so the title is drawn where it would
+    be (the same pixels), without the checks.
+
+    Parameters
+    ----------
+    nrows, ncols : int, optional
+        Grid of axes. Default is 1 x 1.
+    figsize : (float, float), optional
+        [inch]. Default is (6.4, 4.2).
+    **kwargs
+        More ``plt.subplots`` options (``squeeze``, ``sharex``, ``height_ratios``...).
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, axes)
+        As ``plt.subplots``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    _, ax = plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", squeeze=True)
-    return ax
+    with matplotlib.rc_context({"axes.titley": 1.0}):
+        return plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", **kwargs)
+
+
+def new_axes(ax=None, ncols: int = 1, nrows: int = 1, figsize=(6.4, 4.2)):
+    """``ax`` itself, or new axes on a new constrained-layout figure (:func:`subplots`)."""
+    if ax is not None:
+        return ax
+    return subplots(nrows, ncols, figsize=figsize, squeeze=True)[1]
 
 
 def finish_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
@@ -210,14 +238,80 @@ def _figure_of(drawn):
     return first.figure
 
 
-def _render(payload: bytes, path: str, dpi: int) -> str:
-    """Worker side: unpickle a figure and save it as PNG (atomically)."""
+#: zlib level of the PNGs (PIL's default is 6): level 3 writes files as small (7.95 MB for
+#: the 47 figures of the 1024^2 bench campaign against 7.97 MB) in half the time (0.85 s
+#: against 1.6 s); the figures are mostly flat colour, which a faster match search finds.
+PNG_COMPRESS_LEVEL = 3
+
+
+def write_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Render ``fig`` to a PNG at ``dpi`` (atomically) and close it; the same pixels as
+    :func:`utils.io.fitsio.save_figure`, in about 20 % less time.
+
+    ``fig.savefig`` of a constrained-layout figure draws it twice: once with drawing
+    disabled, only so that the layout runs (and every tick, label and line is computed for
+    nothing), then for real.  Here the layout engine runs on its own, then one draw; the
+    image (opaque: RGB, a quarter fewer bytes) is encoded at :data:`PNG_COMPRESS_LEVEL`.
+    A figure without a layout engine, or not opaque, goes through ``save_figure`` (cropped
+    to its artists).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure (closed afterwards, also on error).
+    path : str or os.PathLike
+        The PNG written.
+    dpi : int, optional
+        Resolution [dot/inch]. Default is 110.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image, PngImagePlugin
+
+    from .io.fitsio import atomic_path, save_figure
+
+    engine = fig.get_layout_engine()
+    if engine is None:
+        return save_figure(fig, path, dpi=dpi)
+    canvas = fig.canvas  # pyplot's Agg canvas: plt.close finds the figure through it
+    if not isinstance(canvas, FigureCanvasAgg):
+        canvas = FigureCanvasAgg(fig)
+    try:
+        fig.set_dpi(dpi)
+        engine.execute(fig)  # what savefig's first, disabled draw is for
+        fig.set_layout_engine("none")
+        canvas.draw()
+        rgba = np.asarray(canvas.buffer_rgba())
+        if not (rgba[..., 3] == 255).all():  # a transparent figure: as matplotlib writes it
+            fig.set_layout_engine(engine)
+            return save_figure(fig, path, dpi=dpi)
+        image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", f"Matplotlib version{matplotlib.__version__}, "
+                                  "https://matplotlib.org/")
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="png", dpi=(dpi, dpi), pnginfo=info,
+                       compress_level=PNG_COMPRESS_LEVEL)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _render(payload: bytes, path: str, dpi: int) -> tuple[str, float]:
+    """Worker side: unpickle a figure and save it as PNG (atomically); the path and the
+    CPU time it took [s] (logged by the parent: a worker's log goes nowhere)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from .io.fitsio import save_figure
-
-    return str(save_figure(pickle.loads(payload), path, dpi=dpi))
+    start = time.process_time()
+    written = write_png(pickle.loads(payload), path, dpi=dpi)
+    return str(written), time.process_time() - start
 
 
 def _warm() -> int:
@@ -320,10 +414,12 @@ class FigureWriter:
         return path
 
     def _render_here(self, fig, path: Path, dpi: int) -> Path | None:
-        from .io.fitsio import save_figure
-
+        start = time.process_time()
         try:
-            return save_figure(fig, path, dpi=dpi)
+            written = write_png(fig, path, dpi=dpi)
+            logger.debug("figure %s rendered here in %.3f s CPU", path,
+                         time.process_time() - start)
+            return written
         except Exception as err:  # noqa: BLE001
             _close(fig)
             logger.warning("figure %s not rendered: %s: %s", path, type(err).__name__, err)
@@ -345,7 +441,8 @@ class FigureWriter:
     def _collect(self, item) -> None:
         path, future = item
         try:
-            future.result()
+            _, seconds = future.result()
+            logger.debug("figure %s rendered in %.3f s CPU", path, seconds)
         except Exception as err:  # noqa: BLE001
             logger.warning("figure %s not rendered: %s: %s", path, type(err).__name__, err)
             self.failed.append(path)

@@ -194,3 +194,111 @@ def test_count_axis_has_whole_number_ticks_from_zero():
     ax.plot([5.0, 15.0, 25.0], [2, 3, 3], "o-")
     finish_axes(ax, "sensor temperature [degC]", "mean [adu]", "t")
     assert not all(float(t).is_integer() for t in ax.get_yticks())
+
+
+def _decoded(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB")), image.info.get("dpi")
+
+
+def _figures():
+    """A line plot, a log histogram, an image with a colour bar, a grid of panels (each the
+    same figure at every call)."""
+    def rng():
+        return np.random.default_rng(5)
+
+    yield _line
+    yield lambda: plotting.show_histogram(rng().lognormal(size=5000), xlabel="x [adu]",
+                                          title="h", markers={"median": 1.0})
+    yield lambda: plotting.show_image(rng().normal(size=(700, 600)), unit="adu", title="i\nj")
+
+    def grid():
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(2, 3, layout="constrained", figsize=(8, 5))
+        values = rng().normal(size=(20, 30))
+        for n, ax in enumerate(axes.flat):
+            im = ax.imshow(values * n)
+            plotting.finish_axes(ax, "column [px]", "row [px]", f"panel {n}")
+        fig.colorbar(im, ax=axes, label="value [1]")
+        fig.suptitle("grid")
+        return axes
+    yield grid
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_write_png_draws_the_pixels_of_savefig(tmp_path, n):
+    """One layout pass and one draw instead of savefig's two draws; zlib level 3 and RGB:
+    the same pixels and resolution as :func:`utils.io.fitsio.save_figure`."""
+    import matplotlib.pyplot as plt
+
+    from utils.io.fitsio import save_figure
+
+    draw = list(_figures())[n]
+    open_before = len(plt.get_fignums())
+    save_figure(plotting._figure_of(draw()), tmp_path / "old.png", dpi=110)
+    plotting.write_png(plotting._figure_of(draw()), tmp_path / "new.png", dpi=110)
+    old, old_dpi = _decoded(tmp_path / "old.png")
+    new, new_dpi = _decoded(tmp_path / "new.png")
+    assert old.shape == new.shape and old.shape[0] > 300
+    np.testing.assert_array_equal(new, old)
+    assert new_dpi == pytest.approx(old_dpi)
+    assert len(plt.get_fignums()) == open_before  # both closed
+
+
+def test_write_png_without_layout_engine_is_cropped_like_savefig(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from utils.io.fitsio import save_figure
+
+    for name, save in (("old.png", save_figure), ("new.png", plotting.write_png)):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [2, 3])
+        ax.set_xlabel("x [s]")
+        save(fig, tmp_path / name, dpi=110)
+    np.testing.assert_array_equal(_decoded(tmp_path / "new.png")[0],
+                                  _decoded(tmp_path / "old.png")[0])
+
+
+def test_render_time_of_each_figure_is_logged(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="utils.plotting")
+    with plotting.figure_output("summary", workers=1):
+        plotting.save(_line, tmp_path / "pool.png")
+    with plotting.figure_output("summary", workers=0):
+        plotting.save(_line, tmp_path / "here.png")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("pool.png rendered in" in m and "s CPU" in m for m in messages)
+    assert any("here.png rendered here in" in m for m in messages)
+
+
+def _decorated(fig, axes):
+    """Titles, labels, a log axis, an image with a colour bar on the given axes."""
+    axes = np.ravel(axes)
+    rng = np.random.default_rng(2)
+    for n, ax in enumerate(axes):
+        if n % 2:
+            ax.hist(rng.lognormal(size=3000), bins=50, log=True)
+        else:
+            fig.colorbar(ax.imshow(rng.normal(size=(30, 40))), ax=ax, label="value [adu]")
+        plotting.finish_axes(ax, "column [px]", "count", f"panel {n}\nsecond line", legend=False)
+    fig.suptitle("figure")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, {}), (2, 1, {"sharex": True}), (2, 3, {})])
+def test_subplots_titles_at_a_fixed_height_draw_the_same_pixels(tmp_path, shape):
+    """Titles not re-placed at each layout pass and draw (they stay where matplotlib would put
+    them: nothing above the axes)."""
+    import matplotlib.pyplot as plt
+
+    nrows, ncols, kwargs = shape
+    fig, axes = plotting.subplots(nrows, ncols, figsize=(7, 5), **kwargs)
+    assert all(ax._autotitlepos is False for ax in np.ravel(axes))
+    _decorated(fig, axes)
+    plotting.write_png(fig, tmp_path / "fixed.png")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7, 5), layout="constrained", **kwargs)
+    _decorated(fig, axes)
+    plotting.write_png(fig, tmp_path / "auto.png")
+    np.testing.assert_array_equal(_decoded(tmp_path / "fixed.png")[0],
+                                  _decoded(tmp_path / "auto.png")[0])
