@@ -1,0 +1,69 @@
+"""Speed changes of the bias step give the numbers of the code they replaced (bit for bit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from utils.io.fitsio import read_image
+from utils.models.read_noise import ReadNoiseAccumulator, read_noise
+
+
+@pytest.mark.parametrize("kind", ["uint16", "int16", "float32", "int32", "float64"])
+def test_read_noise_of_files_bit_for_bit_astropy_reads(tmp_path, kind):
+    rng = np.random.default_rng(5)
+    paths = []
+    for k in range(4):
+        data = 3000 + rng.normal(0, 30, (24, 40))
+        if kind == "float32":
+            data = data.astype(np.float32)
+        elif kind == "float64":
+            data = data + 1e-7 * k  # not float32-exact: read through astropy
+        else:
+            data = np.round(data).astype(kind)
+        path = tmp_path / f"b{k}.fits"
+        fits.PrimaryHDU(data).writeto(path)
+        paths.append(str(path))
+    pairs = [(paths[0], paths[1]), (paths[2], paths[3])]
+    want = ReadNoiseAccumulator()
+    for a, b in pairs:  # the old reader: astropy, whatever dtype it gives
+        want.add(read_image(a)[0], read_image(b)[0])
+    got = read_noise(pairs)
+    assert got.npairs == want.npairs == 2
+    np.testing.assert_array_equal(got.sum_sq, want.sum_sq)
+
+
+def test_model_medians_bit_for_bit_numpy(tmp_path):
+    """The model's and the summary's medians (now by exact_median) are numpy's numbers, the
+    spread of the slopes in float32 as before."""
+    import math
+
+    import pandas as pd
+
+    from bias_pipeline.pipeline import BiasMaster, BiasSettings, _summary
+    from utils.models.bias_model import BiasModel
+
+    rng = np.random.default_rng(9)
+    shape = (600, 500)  # 300 000 pixels: exact_median's fast path
+    f = {name: rng.normal(loc, scale, shape).astype(np.float32) for name, loc, scale in
+         (("a", 3000, 20), ("b", 8, 0.5), ("sa", 1, 0.1), ("sb", 0.05, 0.01), ("cov", 0, 0.01),
+          ("chi2", 1, 0.3))}
+    f["chi2"][::7, ::3] = np.nan
+    mask = (rng.random(shape) < 0.01).astype(np.uint8)
+    model = BiasModel(a=f["a"], b=f["b"], sigma_a=f["sa"], sigma_b=f["sb"], cov_ab=f["cov"],
+                      chi2dof=f["chi2"], npts=np.full(shape, 10, np.int16), mask=mask)
+    head = model.header()
+    finite = np.isfinite(model.chi2dof) & (mask == 0)
+    usable = np.isfinite(model.b) & (mask == 0)
+    assert head["CHI2MED"] == float(np.median(model.chi2dof[finite]))
+    assert head["BMEDIAN"] == float(np.median(model.b[usable]))
+    masters = [BiasMaster(t, t, tmp_path / f"m{t}.fits", 10, False) for t in (10.0, 20.0)]
+    s = _summary(pd.DataFrame({"PATH": ["x"] * 20}), masters, model, None, None,
+                 BiasSettings(), 12, tmp_path)
+    valid = (mask == 0) & np.isfinite(model.b)
+    b = model.b[valid]
+    assert s["b_spread_adu_per_degC"] == float(1.4826 * np.median(np.abs(b - np.median(b))))
+    assert s["sigma_b_median_adu_per_degC"] == float(np.median(model.sigma_b[valid]))
+    want = float(np.nanmedian(model.chi2dof[valid]))
+    assert s["chi2dof_median"] == want and not math.isnan(want)
