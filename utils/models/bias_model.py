@@ -50,7 +50,7 @@ from ..io import fitsio
 from ..io.fitsio import provenance_cards, read_image, set_card, write_product
 from ..io.tokens import number_text
 from ..stack.blockops import LinearRows
-from ..stack.stats import chi2_median_ratio
+from ..stack.stats import chi2_median_ratio, exact_median
 from ..stack.tiles import PIXEL_BLOCK, ProductRows, pixel_blocks, row_tiles, tile_rows
 from .linear import fit_line_per_pixel
 
@@ -204,11 +204,11 @@ class BiasModel(_BiasLine):
                 (kw.TMAX, float(self.t_max), "[degC] warmest master fitted"),
                 ("NMASTERS", int(len(self.inputs)), "bias masters fitted"),
                 ("ERRSCALE", float(self.err_scale), "noise-map errors multiplied by this"),
-                ("CHI2MED", float(np.median(self.chi2dof[finite])) if finite.any() else "NAN",
+                ("CHI2MED", exact_median(self.chi2dof[finite]) if finite.any() else "NAN",
                  "median reduced chi-square, unmasked pixels"),
                 # over the unmasked pixels, as summary.json's b_median_adu_per_degC: over
                 # every pixel (masked nonlinear ones too) the two disagreed (7.98833 vs 7.98841)
-                ("BMEDIAN", float(np.median(self.b[usable])) if usable.any() else "NAN",
+                ("BMEDIAN", exact_median(self.b[usable]) if usable.any() else "NAN",
                  "[adu/degC] median temperature coefficient, unmasked pixels"),
                 (kw.NMASKED, int((self.mask != 0).sum()), "pixels with MASK != 0"),
                 ("MASKBITS", "1 nonlinear, 2 slope outlier, 4 no fit", "MASK bit meanings")):
@@ -507,7 +507,7 @@ class CrossValidation:
                 del pull
                 np.abs(r, out=r)
                 row["MAE_MEAN"], row["MAE_STD"] = float(np.mean(r)), float(np.std(r))
-                row["SIGMA_MEDIAN"] = float(np.median(s))
+                row["SIGMA_MEDIAN"] = exact_median(s)
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -584,9 +584,9 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     good = np.isfinite(out["chi2"]) & (dof > 0)
     err_scale = 1.0
     if good.sum() >= 10:
-        common = int(np.median(dof[good]))
+        common = int(exact_median(dof[good]))
         sel = good & (dof == common)
-        err_scale = math.sqrt(float(np.median(out["chi2"][sel])) / chi2_median_ratio(common))
+        err_scale = math.sqrt(exact_median(out["chi2"][sel]) / chi2_median_ratio(common))
         if err_scale > 1.5:
             logger.warning("bias model: median reduced chi-square is %.2f times its expected "
                            "value; a straight line does not describe most pixels (errors scaled "
@@ -609,8 +609,8 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     b = out["b"]
     finite_b = np.isfinite(b) & (mask == 0)
     if finite_b.sum() >= 10:
-        centre = float(np.median(b[finite_b]))
-        spread = 1.482602218505602 * float(np.median(np.abs(b[finite_b] - centre)))
+        centre = exact_median(b[finite_b])
+        spread = 1.482602218505602 * exact_median(np.abs(b[finite_b] - centre))
         with np.errstate(invalid="ignore", divide="ignore"):
             far = np.abs(b - centre) > slope_nsigma * max(spread, 1e-12)
             significant = np.abs(b - centre) > slope_nsigma * sigma_b
