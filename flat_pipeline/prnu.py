@@ -170,6 +170,7 @@ class CrossAccumulator:
         common ``valid`` mask (rows, W)."""
         rows = data.shape[1]
         k = data.shape[0]
+        self.__dict__.pop("_bases", None)  # sums change: the estimates' shared parts too
         a = 0
         while a < rows:  # the rows of one stripe at a time, summed as one array
             s = (start + a) // self.rows_per
@@ -189,14 +190,16 @@ class CrossAccumulator:
             self.colcnt[s] += ok.sum(0)
             a = b
 
-    def _parts(self, pairs, leave: int | None) -> dict:
+    def _base(self, leave: int | None) -> dict:
+        """The sums without row stripe ``leave`` (None: all), shared by every pair of masters
+        (kept until the next :meth:`add`: each estimate asks for the same ones)."""
+        cache = self.__dict__.setdefault("_bases", {})
+        if leave in cache:
+            return cache[leave]
         keep = np.ones(self.n.size, bool)
         if leave is not None:
             keep[leave] = False
         n = self.n[keep].sum()
-        s1 = self.s1[keep].sum(0)
-        s2 = self.s2[keep].sum(0)
-        t2 = self.t2[keep].sum(0)
         cnt = self.colcnt[keep].sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             colmean = self.colsum[keep].sum(0) / cnt
@@ -204,23 +207,46 @@ class CrossAccumulator:
         row_ok = np.isfinite(self.rowmean).all(0)
         if leave is not None:
             row_ok &= (np.arange(self.shape[0]) // self.rows_per) != leave
-        mu = s1 / n
-        h_eff, w_eff = n / max(cols.sum(), 1), n / max(row_ok.sum(), 1)
+        base = {"n": n, "s2": self.s2[keep].sum(0), "t2": self.t2[keep].sum(0),
+                "mu": self.s1[keep].sum(0) / n, "colmean": colmean, "cols": cols,
+                "row_ok": row_ok, "ncols": cols.sum(), "nrows": row_ok.sum(), "pairs": {}}
+        cache[leave] = base
+        return base
+
+    def _pair(self, base: dict, k: int, j: int) -> tuple[float, float, float, float]:
+        """Covariance, column and row terms and mean of masters ``(k, j)`` (in that order:
+        the sums are not symmetric to the last bit) from the sums of :meth:`_base`."""
+        if (k, j) in base["pairs"]:
+            return base["pairs"][(k, j)]
+        n, mu = base["n"], base["mu"]
+        cov = (base["s2"][k, j] - n * mu[k] * mu[j]) / (n - 1)
+        if k == j:
+            # a single map: minus its temporal noise (its error map, scaled to the
+            # actual scatter of the stack that made it)
+            cov -= base["t2"][k] / n * self.noise_factors[k] ** 2
+        cols, row_ok = base["cols"], base["row_ok"]
+        ck, cj = base["colmean"][k, cols], base["colmean"][j, cols]
+        rk, rj = self.rowmean[k, row_ok], self.rowmean[j, row_ok]
+        terms = (cov,
+                 float(np.mean((ck - ck.mean()) * (cj - cj.mean()))) * ck.size /
+                 max(ck.size - 1, 1),
+                 float(np.mean((rk - rk.mean()) * (rj - rj.mean()))) * rk.size /
+                 max(rk.size - 1, 1),
+                 math.sqrt(abs(mu[k] * mu[j])))
+        base["pairs"][(k, j)] = terms
+        return terms
+
+    def _parts(self, pairs, leave: int | None) -> dict:
+        base = self._base(leave)
+        n = base["n"]
+        h_eff, w_eff = n / max(base["ncols"], 1), n / max(base["nrows"], 1)
         acc = {"s2": 0.0, "col": 0.0, "row": 0.0, "mean": 0.0}
         for k, j in pairs:
-            cov = (s2[k, j] - n * mu[k] * mu[j]) / (n - 1)
-            if k == j:
-                # a single map: minus its temporal noise (its error map, scaled to the
-                # actual scatter of the stack that made it)
-                cov -= t2[k] / n * self.noise_factors[k] ** 2
-            ck, cj = colmean[k, cols], colmean[j, cols]
-            rk, rj = self.rowmean[k, row_ok], self.rowmean[j, row_ok]
+            cov, col, row, mean = self._pair(base, k, j)
             acc["s2"] += cov
-            acc["col"] += float(np.mean((ck - ck.mean()) * (cj - cj.mean()))) * ck.size / \
-                max(ck.size - 1, 1)
-            acc["row"] += float(np.mean((rk - rk.mean()) * (rj - rj.mean()))) * rk.size / \
-                max(rk.size - 1, 1)
-            acc["mean"] += math.sqrt(abs(mu[k] * mu[j]))
+            acc["col"] += col
+            acc["row"] += row
+            acc["mean"] += mean
         m = {key: v / len(pairs) for key, v in acc.items()}
         pix = (m["s2"] - m["col"] - m["row"]) / (1.0 - 1.0 / h_eff - 1.0 / w_eff)
         col = m["col"] - pix / h_eff

@@ -133,3 +133,104 @@ def test_flat_pairs_measured_once_per_process_same_numbers(tmp_path, monkeypatch
                            (40, 48), **kwargs)
     assert len(calls) == 2
     quality._PAIRS.clear()
+
+
+def _parts_reference(self, pairs, leave):
+    """``CrossAccumulator._parts`` before its per-stripe sums and per-pair terms were shared
+    between the estimates."""
+    keep = np.ones(self.n.size, bool)
+    if leave is not None:
+        keep[leave] = False
+    n = self.n[keep].sum()
+    s1 = self.s1[keep].sum(0)
+    s2 = self.s2[keep].sum(0)
+    t2 = self.t2[keep].sum(0)
+    cnt = self.colcnt[keep].sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        colmean = self.colsum[keep].sum(0) / cnt
+    cols = cnt > 0
+    row_ok = np.isfinite(self.rowmean).all(0)
+    if leave is not None:
+        row_ok &= (np.arange(self.shape[0]) // self.rows_per) != leave
+    mu = s1 / n
+    h_eff, w_eff = n / max(cols.sum(), 1), n / max(row_ok.sum(), 1)
+    acc = {"s2": 0.0, "col": 0.0, "row": 0.0, "mean": 0.0}
+    for k, j in pairs:
+        cov = (s2[k, j] - n * mu[k] * mu[j]) / (n - 1)
+        if k == j:
+            cov -= t2[k] / n * self.noise_factors[k] ** 2
+        ck, cj = colmean[k, cols], colmean[j, cols]
+        rk, rj = self.rowmean[k, row_ok], self.rowmean[j, row_ok]
+        acc["s2"] += cov
+        acc["col"] += float(np.mean((ck - ck.mean()) * (cj - cj.mean()))) * ck.size / \
+            max(ck.size - 1, 1)
+        acc["row"] += float(np.mean((rk - rk.mean()) * (rj - rj.mean()))) * rk.size / \
+            max(rk.size - 1, 1)
+        acc["mean"] += math.sqrt(abs(mu[k] * mu[j]))
+    m = {key: v / len(pairs) for key, v in acc.items()}
+    pix = (m["s2"] - m["col"] - m["row"]) / (1.0 - 1.0 / h_eff - 1.0 / w_eff)
+    col = m["col"] - pix / h_eff
+    row = m["row"] - pix / w_eff
+    return {"pix": pix, "col": col, "row": row, "total": pix + col + row,
+            "mean": m["mean"], "npix": n}
+
+
+@pytest.mark.parametrize("temps", [[20.0], [20.0, 20.0], [10.0, 10.0, 20.0, 20.0, 30.0, 30.0]])
+def test_prnu_cross_estimates_bit_for_bit_the_old_sums(temps, monkeypatch):
+    from flat_pipeline.prnu import CrossAccumulator, cross_estimates
+
+    rng = np.random.default_rng(len(temps))
+    k, h, w = len(temps), 70, 90
+    common = 1 + 0.01 * rng.standard_normal((h, w)) + 0.003 * rng.standard_normal(w)
+    data = (common + 0.002 * rng.standard_normal((k, h, w))).astype(np.float32)
+    err = np.full((k, h, w), 0.002, np.float32)
+    valid = rng.random((h, w)) > 0.01
+    valid[5] = False  # a row without valid pixels
+
+    def estimates():
+        acc = CrossAccumulator([f"m{i}" for i in range(k)], (h, w),
+                               noise_factors=[1.05] * k)
+        for start in range(0, h, 32):
+            stop = min(h, start + 32)
+            acc.add(start, data[:, start:stop], err[:, start:stop], valid[start:stop])
+        return cross_estimates(acc, temps)
+
+    got = estimates()
+    monkeypatch.setattr(CrossAccumulator, "_parts", _parts_reference)
+    want = estimates()
+    assert got == want
+
+
+def test_illumination_clustered_covariance_bit_for_bit_add_at():
+    """The cluster sums by bincount are np.add.at's (same additions in the same order)."""
+    from utils.models import illumination
+
+    rng = np.random.default_rng(11)
+    n, k = 4000, 6
+    xs = rng.integers(0, 64, n) * 4 + 1.5
+    ys = rng.integers(0, 48, n) * 4 + 1.5
+    jac = rng.standard_normal((n, k))
+    res = 0.01 * rng.standard_normal(n)
+    bread = np.linalg.inv(jac.T @ jac)
+    s2 = float(res @ res) / (n - k)
+
+    def reference(jac, res, xs, ys, bread, s2):
+        score = jac * res[:, None]
+
+        def meat(labels):
+            _, inverse = np.unique(labels, return_inverse=True)
+            g = np.zeros((inverse.max() + 1, jac.shape[1]))
+            np.add.at(g, inverse, score)
+            n_g = g.shape[0]
+            return g.T @ g * (n_g / max(n_g - 1, 1))
+        m = res.size
+        middle = meat(np.round(xs, 3)) + meat(np.round(ys, 3)) - score.T @ score * (m / (m - 1))
+        clustered = bread @ middle @ bread
+        iid = s2 * bread
+        if np.any(np.linalg.eigvalsh(0.5 * (clustered + clustered.T)) < 0):
+            return iid
+        scale = np.sqrt(np.maximum(np.diag(clustered), np.diag(iid)) / np.diag(clustered))
+        return clustered * np.outer(scale, scale)
+
+    got = illumination._clustered_covariance(jac, res, xs, ys, bread, s2)
+    np.testing.assert_array_equal(got, reference(jac, res, xs, ys, bread, s2))
