@@ -67,3 +67,45 @@ def test_model_medians_bit_for_bit_numpy(tmp_path):
     assert s["sigma_b_median_adu_per_degC"] == float(np.median(model.sigma_b[valid]))
     want = float(np.nanmedian(model.chi2dof[valid]))
     assert s["chi2dof_median"] == want and not math.isnan(want)
+
+
+def test_held_out_kernel_bit_for_bit_the_array_path(monkeypatch):
+    """The leave-one-out residuals and errors of the numba pass are the array path's."""
+    from utils.models import bias_model
+
+    if not bias_model.HAVE_NUMBA:
+        pytest.skip("numba not installed: the array path is the only one")
+    rng = np.random.default_rng(13)
+    m, shape = 5, (70, 90)
+    temps = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+    data = (3000 + 8 * temps[:, None, None] + rng.normal(0, 3, (m,) + shape)).astype(np.float32)
+    data[1, 3, 4] = np.nan
+    count = np.full((m,) + shape, 12, np.float32)
+    count[2, 5, 6] = 0
+    count[3, 7, 8] = 1
+
+    class Stack:
+        def __init__(self):
+            self.shape = shape
+
+        def read_planes(self, start, stop, planes=None):
+            idx = list(range(m)) if planes is None else list(planes)
+            return data[idx, start:stop], None, count[idx, start:stop]
+
+    fit = {name: rng.normal(loc, sc, shape).astype(np.float32) for name, loc, sc in
+           (("a", 3000, 1), ("b", 8, 0.1), ("sa", 0.5, 0.05), ("sb", 0.02, 0.002),
+            ("cov", -0.005, 0.001))}
+    fit["sa"][10, 10] = np.nan
+    fit["npts"] = np.full(shape, m, np.int16)
+    fit["npts"][11, 11] = 2
+    noise_pool = rng.uniform(2, 4, shape)
+    noise_pool[12, 12] = np.nan
+    cv = bias_model.CrossValidation(temps, Stack(), 20.0, fit, noise_pool, 1.07,
+                                    np.ones(m, bool))
+    got = [cv.held_out(k) for k in range(m)]
+    monkeypatch.setattr(bias_model, "HAVE_NUMBA", False)
+    want = [cv.held_out(k) for k in range(m)]
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            np.testing.assert_array_equal(a, b)
+    assert np.isnan(got[1][0][3, 4]) and np.isfinite(got[0][0]).sum() > 1000

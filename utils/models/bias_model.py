@@ -52,6 +52,7 @@ from ..io.tokens import number_text
 from ..stack.blockops import LinearRows
 from ..stack.stats import chi2_median_ratio, exact_median
 from ..stack.tiles import PIXEL_BLOCK, ProductRows, pixel_blocks, row_tiles, tile_rows
+from ._parallel import HAVE_NUMBA, njit
 from .linear import fit_line_per_pixel
 
 logger = logging.getLogger(__name__)
@@ -417,6 +418,34 @@ def _noise_pool(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
                        / dof.sum(axis=0))
 
 
+def _held_out_py(y, count, noise_pool, sa, sb, cov, a, b, npts, dx, err_scale, residual,
+                 error):
+    """:meth:`CrossValidation.held_out`'s per-pixel numbers in one pass (numba): each step
+    the float64 operation of the array path, in its order, so the same numbers."""
+    h, w_ = y.shape
+    for r in range(h):
+        for c in range(w_):
+            yy = np.float64(y[r, c])
+            n = np.float64(count[r, c])
+            sigma = noise_pool[r, c] / math.sqrt(n) if n > 0 else np.nan
+            if not math.isfinite(yy):
+                sigma = np.nan
+            wt = 1.0 / (sigma * sigma) if math.isfinite(sigma) and sigma > 0 else 0.0
+            s_a = np.float64(sa[r, c])
+            s_b = np.float64(sb[r, c])
+            lever = wt * (s_a * s_a + dx * dx * s_b * s_b + 2 * dx * np.float64(cov[r, c]))
+            keep = 1.0 - lever
+            ok = (npts[r, c] - (1 if wt > 0 else 0)) >= 2
+            if not (ok and keep > 1e-12):
+                keep = np.nan
+            pred = np.float64(a[r, c]) + np.float64(b[r, c]) * dx
+            residual[r, c] = (yy - pred) / keep
+            error[r, c] = math.sqrt(sigma * sigma / keep) * err_scale
+
+
+_held_out_numba = njit(nogil=True, cache=True)(_held_out_py) if HAVE_NUMBA else None
+
+
 #: Columns of :meth:`CrossValidation.summary`, in order.
 _SUMMARY_COLUMNS = ("TEMP", "NPIX", "MAE_MEAN", "MAE_STD", "MAPE_MEAN", "MAPE_STD", "PULL_MEAN",
                     "PULL_STD", "SIGMA_MEDIAN")
@@ -463,6 +492,11 @@ class CrossValidation:
         f = self.fit
         # by row tiles: every step is per pixel, so the numbers are those of one whole-frame
         # pass, with ~10 float64 temporaries of a tile instead of the frame (~400 MB at 2048^2)
+        if HAVE_NUMBA:  # one pass per pixel, no temporaries: the same operations in order
+            _held_out_numba(data[0], count[0], self.noise_pool, f["sa"], f["sb"], f["cov"],
+                            f["a"], f["b"], f["npts"], float(dx), float(self.err_scale),
+                            residual, error)
+            return residual, error, data[0]
         rows = tile_rows(1, data.shape[1:], 32e6, images=10, bytes_per_sample=8)
         for r0, r1 in row_tiles(data.shape[1], rows):
             y = data[0, r0:r1].astype(np.float64)
