@@ -199,7 +199,7 @@ def _statistics_cards(result) -> dict:
     valid = ~result.mask.ravel()[::step] & np.isfinite(data)
     good = data[valid] if valid.any() else np.array([math.nan])
     what = "of the normalised master, valid pixels (sampled)"
-    return {kw.MEAN: (float(np.mean(good)), what), kw.MEDIAN: (float(np.median(good)), what),
+    return {kw.MEAN: (float(np.mean(good)), what), kw.MEDIAN: (exact_median(good), what),
             kw.STD: (float(np.std(good)), what)}
 
 

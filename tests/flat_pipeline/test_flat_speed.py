@@ -234,3 +234,25 @@ def test_illumination_clustered_covariance_bit_for_bit_add_at():
 
     got = illumination._clustered_covariance(jac, res, xs, ys, bread, s2)
     np.testing.assert_array_equal(got, reference(jac, res, xs, ys, bread, s2))
+
+
+@pytest.mark.parametrize("rows", [7, 8, 300, 1024, 1025])
+def test_column_nanmedian_bit_for_bit_numpy(rows):
+    import warnings
+
+    from flat_pipeline.prnu import column_nanmedian
+
+    rng = np.random.default_rng(rows)
+    image = (1 + 0.01 * rng.standard_normal((rows, 60))).astype(np.float32)
+    image[rng.random(image.shape) < 0.1] = np.nan
+    image[:, 3] = np.nan          # a column without values
+    image[: rows // 2, 4] = np.nan
+    image[0, 5] = np.inf          # numpy keeps infinities in a median
+    image[1, 6] = -np.inf
+    image[:, 7] = 0.5             # ties
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanmedian(image, axis=0)
+    got = column_nanmedian(image)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
