@@ -109,3 +109,16 @@ def test_held_out_kernel_bit_for_bit_the_array_path(monkeypatch):
         for a, b in zip(g, w):
             np.testing.assert_array_equal(a, b)
     assert np.isnan(got[1][0][3, 4]) and np.isfinite(got[0][0]).sum() > 1000
+
+
+def test_chdtrc_is_chi2_sf_bit_for_bit():
+    """The non-linearity p-values: scipy.special.chdtrc gives scipy.stats.chi2.sf's numbers
+    for the arguments the bias fit passes (x >= 0, 0 included; dof >= 1)."""
+    from scipy import special
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(17)
+    dof = rng.integers(1, 40, 200000).astype(float)
+    x = (rng.chisquare(dof) * rng.uniform(0.2, 3, dof.size)).astype(np.float32) * dof
+    x[:100] = 0.0
+    np.testing.assert_array_equal(special.chdtrc(dof, x), sps.chi2.sf(x, dof))

@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from astropy.io import fits
-from scipy import stats as sps
+from scipy import special
 
 from .. import adu
 from .. import headers as kw
@@ -636,8 +636,10 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
         rows = slice(start, stop)
         dof_rows = dof[rows].astype(float)
         with np.errstate(invalid="ignore"):
-            pvalue = np.where(good[rows], sps.chi2.sf(chi2[rows] * dof_rows,
-                                                      np.maximum(dof_rows, 1)), 1.0)
+            # chdtrc is what scipy.stats.chi2.sf evaluates for these arguments (x >= 0,
+            # dof >= 1; NaN where not good), without its per-call argument machinery
+            pvalue = np.where(good[rows], special.chdtrc(np.maximum(dof_rows, 1),
+                                                         chi2[rows] * dof_rows), 1.0)
         mask[rows][pvalue < chi2_pvalue] |= MASK_NONLINEAR
     del dof, good
     b = out["b"]
