@@ -256,3 +256,37 @@ def test_column_nanmedian_bit_for_bit_numpy(rows):
     got = column_nanmedian(image)
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
+
+
+def test_master_reader_reads_uncert_only_without_a_noise_line(tmp_path, monkeypatch):
+    """MasterReader.read: the same rows and errors, UNCERT read only when the header has no
+    noise line (then it is the error)."""
+    from astropy.io import fits
+
+    from flat_pipeline import flat_model
+
+    rng = np.random.default_rng(21)
+    data = (1 + 0.01 * rng.standard_normal((30, 40))).astype(np.float32)
+    uncert = np.full((30, 40), 0.003, np.float32)
+    ncomb = np.full((30, 40), 10.0, np.float32)
+    for line in (True, False):
+        path = tmp_path / f"m{line}.fits"
+        head = fits.Header()
+        if line:
+            head["NOISEA"], head["NOISEB"] = 1e-5, 2e-5
+        fits.HDUList([fits.PrimaryHDU(data, head), fits.ImageHDU(uncert, name="UNCERT"),
+                      fits.ImageHDU(ncomb, name="NCOMB")]).writeto(path)
+        reader = flat_model.MasterReader(path)
+        read = []
+        real = reader.image
+        monkeypatch.setattr(reader, "image", lambda name, *a: read.append(name) or real(name, *a))
+        rows, err = reader.read(5, 25)
+        np.testing.assert_array_equal(rows, data[5:25])
+        if line:
+            want = np.sqrt(np.maximum(np.float32(1e-5) + np.float32(2e-5) * data[5:25], 0)
+                           / ncomb[5:25]).astype(np.float32)
+            assert "UNCERT" not in read
+        else:
+            want = uncert[5:25]
+            assert "UNCERT" in read
+        np.testing.assert_array_equal(err, want)
