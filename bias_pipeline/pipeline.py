@@ -71,7 +71,7 @@ from utils.stack.master import (
     inputs_hash,
     make_master,
 )
-from utils.stack.stats import median_with_error
+from utils.stack.stats import exact_median, exact_nanmedian, median_with_error
 from utils.stack.tiles import TILE_SHARE
 
 from . import plots
@@ -570,11 +570,12 @@ def _summary(rows, masters, model, rn, cv_table, settings, adc_bits, out_dir) ->
         "a_median_err_adu": a_med_err if valid.any() else None,
         "b_median_adu_per_degC": b_med if b.size else None,
         "b_median_err_adu_per_degC": b_med_err if b.size else None,
-        "b_spread_adu_per_degC": float(1.4826 * np.median(np.abs(b - np.median(b))))
-        if b.size else None,
-        "sigma_b_median_adu_per_degC": float(np.median(model.sigma_b[valid])) if b.size else None,
+        # (in float32, as the median of the float32 slopes it scales always was)
+        "b_spread_adu_per_degC": float(1.4826 * np.float32(exact_median(
+            np.abs(b - exact_median(b))))) if b.size else None,
+        "sigma_b_median_adu_per_degC": exact_median(model.sigma_b[valid]) if b.size else None,
         "err_scale": float(model.err_scale),
-        "chi2dof_median": float(np.nanmedian(model.chi2dof[valid])) if valid.any() else None,
+        "chi2dof_median": exact_nanmedian(model.chi2dof[valid]) if valid.any() else None,
         "masked_pixels": {"nonlinear": int(((model.mask & 1) != 0).sum()),
                           "slope_outlier": int(((model.mask & 2) != 0).sum()),
                           "no_fit": int(((model.mask & 4) != 0).sum())},

@@ -220,9 +220,12 @@ class MasterReader:
         stop = self.shape[0] if stop is None else stop
         data = self.image("PRIMARY", start, stop, np.nan)
         data[self.image("MASK", start, stop, 0.0) != 0] = np.nan
+        # UNCERT only for a master without a noise line (model_error's fallback): the
+        # masters are read block by block four times a run
+        line = all(math.isfinite(kw.get_float(self.header, k)) for k in ("NOISEA", "NOISEB"))
         err = model_error(data, self.image("NCOMB", start, stop, 1.0),
                           self.image("SUBERR", start, stop, 0.0), self.header,
-                          self.image("UNCERT", start, stop, np.nan))
+                          None if line else self.image("UNCERT", start, stop, np.nan))
         return data, err
 
 

@@ -34,7 +34,7 @@ from utils import headers as kw
 from utils.errors import InputPathError
 from utils.io.fitsio import provenance_cards, read_image, set_card, write_product
 from utils.models.illumination import IlluminationModel, fit_illumination
-from utils.stack.stats import MAD_TO_STD
+from utils.stack.stats import MAD_TO_STD, exact_median
 
 from .flat_model import reader
 
@@ -92,7 +92,7 @@ def fit_master(tag: str, data: np.ndarray, exclude: np.ndarray | None = None, *,
     relative, err = model.evaluate(relative=True, with_error=True)
     ratio = data / (relative * np.float32(model.value("c0"))) - 1.0
     good = ratio[~bad & np.isfinite(ratio)][::max(1, data.size // 500000)]
-    rms = MAD_TO_STD * float(np.median(np.abs(good - np.median(good)))) if good.size else math.nan
+    rms = MAD_TO_STD * exact_median(np.abs(good - exact_median(good))) if good.size else math.nan
     x0, y0 = model.centre
     logger.info("illumination %s: optical centre (%.2f +- %.2f, %.2f +- %.2f) px, corner "
                 "fall-off %.2f %%, residual rms %.2f %%", tag, x0, model.error("x0"), y0,

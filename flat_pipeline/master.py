@@ -183,9 +183,9 @@ def noise_line(data: np.ndarray, noise: np.ndarray, count: np.ndarray) -> tuple[
 
 
 def model_error(data: np.ndarray, count: np.ndarray, suberr: np.ndarray, header,
-                uncert: np.ndarray) -> np.ndarray:
+                uncert: np.ndarray | None) -> np.ndarray:
     """Smooth one-sigma error of a master's pixels [1] from its noise line (module notes);
-    ``uncert`` (the master's ``UNCERT``) when the header has no line."""
+    ``uncert`` (the master's ``UNCERT``) when the header has no line (only then needed)."""
     a, b = kw.get_float(header, "NOISEA"), kw.get_float(header, "NOISEB")
     if not (math.isfinite(a) and math.isfinite(b)):
         return np.asarray(uncert, np.float32)
@@ -199,7 +199,7 @@ def _statistics_cards(result) -> dict:
     valid = ~result.mask.ravel()[::step] & np.isfinite(data)
     good = data[valid] if valid.any() else np.array([math.nan])
     what = "of the normalised master, valid pixels (sampled)"
-    return {kw.MEAN: (float(np.mean(good)), what), kw.MEDIAN: (float(np.median(good)), what),
+    return {kw.MEAN: (float(np.mean(good)), what), kw.MEDIAN: (exact_median(good), what),
             kw.STD: (float(np.std(good)), what)}
 
 

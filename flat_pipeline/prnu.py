@@ -39,7 +39,6 @@ medians and ``column_min_dev``.  ``defects.fits`` is their bit mask (1 dead, 2 c
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +71,7 @@ def prnu_map(tag: str, master: np.ndarray, master_err: np.ndarray, model: np.nda
         ratio = master / model
         finite = ratio.ravel()[::max(1, ratio.size // 500000)]
         finite = finite[np.isfinite(finite)]
-        norm = float(np.median(finite)) if finite.size else 1.0
+        norm = exact_median(finite) if finite.size else 1.0
         data = (ratio / norm).astype(np.float32)
         err = (np.abs(master_err / model) / norm).astype(np.float32)
     return PrnuMap(tag, data, err, norm)
@@ -97,6 +96,22 @@ def finish_combined(acc: np.ndarray, wsum: np.ndarray, tag: str) -> PrnuMap:
     return PrnuMap(tag, (data / norm).astype(np.float32), (err / norm).astype(np.float32))
 
 
+def column_nanmedian(image: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(image, axis=0)``, the same numbers (NaN for a column without a value):
+    every column sorted at once (NaN last) and its middle value, or the mean of its two
+    middle values in the array's type, as numpy takes them -- not numpy's loop over the
+    columns (~1000 separate medians of a frame)."""
+    image = np.asarray(image)
+    counts = (~np.isnan(image)).sum(0)
+    ordered = np.sort(image, axis=0)
+    cols = np.arange(image.shape[1])
+    lo = ordered[np.maximum((counts - 1) // 2, 0), cols]
+    hi = ordered[np.maximum(counts // 2, 0), cols]
+    with np.errstate(invalid="ignore", over="ignore"):
+        mid = np.where(counts % 2 == 1, lo, (lo + hi) / image.dtype.type(2))
+    return np.where(counts > 0, mid, image.dtype.type(np.nan))
+
+
 def find_defects(p: PrnuMap, *, dead_threshold: float = 0.1, cold_threshold: float = 0.8,
                  column_nsigma: float = 5.0, column_min_dev: float = 0.02) -> np.ndarray:
     """Defect bits (:data:`DEAD`, :data:`COLD`, :data:`COLUMN`) of a PRNU map (uint8)."""
@@ -105,9 +120,7 @@ def find_defects(p: PrnuMap, *, dead_threshold: float = 0.1, cold_threshold: flo
     finite = np.isfinite(data)
     bits[finite & (data < dead_threshold)] |= DEAD
     bits[finite & (data >= dead_threshold) & (data < cold_threshold)] |= COLD
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no median
-        cols = np.nanmedian(np.where(bits == 0, data, np.nan), axis=0)
+    cols = column_nanmedian(np.where(bits == 0, data, np.float32(np.nan)))
     ok = np.isfinite(cols)
     if ok.sum() >= 5:
         centre = float(np.median(cols[ok]))
@@ -170,6 +183,7 @@ class CrossAccumulator:
         common ``valid`` mask (rows, W)."""
         rows = data.shape[1]
         k = data.shape[0]
+        self.__dict__.pop("_bases", None)  # sums change: the estimates' shared parts too
         a = 0
         while a < rows:  # the rows of one stripe at a time, summed as one array
             s = (start + a) // self.rows_per
@@ -189,14 +203,16 @@ class CrossAccumulator:
             self.colcnt[s] += ok.sum(0)
             a = b
 
-    def _parts(self, pairs, leave: int | None) -> dict:
+    def _base(self, leave: int | None) -> dict:
+        """The sums without row stripe ``leave`` (None: all), shared by every pair of masters
+        (kept until the next :meth:`add`: each estimate asks for the same ones)."""
+        cache = self.__dict__.setdefault("_bases", {})
+        if leave in cache:
+            return cache[leave]
         keep = np.ones(self.n.size, bool)
         if leave is not None:
             keep[leave] = False
         n = self.n[keep].sum()
-        s1 = self.s1[keep].sum(0)
-        s2 = self.s2[keep].sum(0)
-        t2 = self.t2[keep].sum(0)
         cnt = self.colcnt[keep].sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             colmean = self.colsum[keep].sum(0) / cnt
@@ -204,23 +220,46 @@ class CrossAccumulator:
         row_ok = np.isfinite(self.rowmean).all(0)
         if leave is not None:
             row_ok &= (np.arange(self.shape[0]) // self.rows_per) != leave
-        mu = s1 / n
-        h_eff, w_eff = n / max(cols.sum(), 1), n / max(row_ok.sum(), 1)
+        base = {"n": n, "s2": self.s2[keep].sum(0), "t2": self.t2[keep].sum(0),
+                "mu": self.s1[keep].sum(0) / n, "colmean": colmean, "cols": cols,
+                "row_ok": row_ok, "ncols": cols.sum(), "nrows": row_ok.sum(), "pairs": {}}
+        cache[leave] = base
+        return base
+
+    def _pair(self, base: dict, k: int, j: int) -> tuple[float, float, float, float]:
+        """Covariance, column and row terms and mean of masters ``(k, j)`` (in that order:
+        the sums are not symmetric to the last bit) from the sums of :meth:`_base`."""
+        if (k, j) in base["pairs"]:
+            return base["pairs"][(k, j)]
+        n, mu = base["n"], base["mu"]
+        cov = (base["s2"][k, j] - n * mu[k] * mu[j]) / (n - 1)
+        if k == j:
+            # a single map: minus its temporal noise (its error map, scaled to the
+            # actual scatter of the stack that made it)
+            cov -= base["t2"][k] / n * self.noise_factors[k] ** 2
+        cols, row_ok = base["cols"], base["row_ok"]
+        ck, cj = base["colmean"][k, cols], base["colmean"][j, cols]
+        rk, rj = self.rowmean[k, row_ok], self.rowmean[j, row_ok]
+        terms = (cov,
+                 float(np.mean((ck - ck.mean()) * (cj - cj.mean()))) * ck.size /
+                 max(ck.size - 1, 1),
+                 float(np.mean((rk - rk.mean()) * (rj - rj.mean()))) * rk.size /
+                 max(rk.size - 1, 1),
+                 math.sqrt(abs(mu[k] * mu[j])))
+        base["pairs"][(k, j)] = terms
+        return terms
+
+    def _parts(self, pairs, leave: int | None) -> dict:
+        base = self._base(leave)
+        n = base["n"]
+        h_eff, w_eff = n / max(base["ncols"], 1), n / max(base["nrows"], 1)
         acc = {"s2": 0.0, "col": 0.0, "row": 0.0, "mean": 0.0}
         for k, j in pairs:
-            cov = (s2[k, j] - n * mu[k] * mu[j]) / (n - 1)
-            if k == j:
-                # a single map: minus its temporal noise (its error map, scaled to the
-                # actual scatter of the stack that made it)
-                cov -= t2[k] / n * self.noise_factors[k] ** 2
-            ck, cj = colmean[k, cols], colmean[j, cols]
-            rk, rj = self.rowmean[k, row_ok], self.rowmean[j, row_ok]
+            cov, col, row, mean = self._pair(base, k, j)
             acc["s2"] += cov
-            acc["col"] += float(np.mean((ck - ck.mean()) * (cj - cj.mean()))) * ck.size / \
-                max(ck.size - 1, 1)
-            acc["row"] += float(np.mean((rk - rk.mean()) * (rj - rj.mean()))) * rk.size / \
-                max(rk.size - 1, 1)
-            acc["mean"] += math.sqrt(abs(mu[k] * mu[j]))
+            acc["col"] += col
+            acc["row"] += row
+            acc["mean"] += mean
         m = {key: v / len(pairs) for key, v in acc.items()}
         pix = (m["s2"] - m["col"] - m["row"]) / (1.0 - 1.0 / h_eff - 1.0 / w_eff)
         col = m["col"] - pix / h_eff

@@ -9,7 +9,10 @@ the file, :func:`utils.io.fitsio.read_rows`), two frames in memory at most, and 
   bias-subtracted frame and the saturated fraction of the region;
 * per pair of consecutive frames of a set: the photon-transfer statistics
   (:func:`utils.models.photon_transfer.pair_statistics` on the bias-subtracted frames,
-  saturated pixels included, so the curve turns over at saturation).
+  saturated pixels included, so the curve turns over at saturation).  They need the bias
+  only, so a campaign's gain step and its full flat run (dark subtracted) share them: a
+  pair already measured in this process with the same files, bias and region is not
+  measured again (:data:`_PAIRS`).
 
 :func:`assess` then decides which frames go into the masters, with the reason of each
 exclusion in ``frame_qc.csv``: bad file (index ``BADFITS``), no temperature or
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +97,33 @@ class SetToMeasure:
     reference: object      # flat_pipeline.reduction.Reference
 
 
+#: Photon-transfer statistics of the flat pairs measured in this process, by pair (files and
+#: their times, frame temperatures, bias identity, region, saturation level); the gain step
+#: of a campaign fills it and the full flat run after the dark pipeline takes them.
+_PAIRS: dict = {}
+#: Most pairs kept (a campaign's stage has a few dozen).
+_PAIRS_KEPT = 4096
+
+
+def _pair_key(reference, rows: pd.DataFrame, i: int, j: int, region, sat_level: float):
+    """What one pair's statistics depend on, or None when it cannot be told (no bias
+    identity)."""
+    bias = getattr(reference, "bias_refs", ())
+    if not bias:
+        return None
+    # a master named by its path: with its time too (rewritten in place, it is another bias)
+    bias = tuple((r, os.stat(r).st_mtime_ns) if isinstance(r, str) and os.path.isfile(r)
+                 else r for r in bias)
+    files = []
+    for k in (i, j):
+        path = str(rows["PATH"].iloc[k])
+        try:
+            files.append((path, os.stat(path).st_mtime_ns, float(rows["TEMP"].iloc[k])))
+        except OSError:
+            return None
+    return (tuple(files), bias, region, float(sat_level))
+
+
 def _read_region(path: str, rows: slice, cols: slice) -> np.ndarray:
     layout = fits_layout(path)
     return read_rows(layout, rows.start, rows.stop)[:, cols]
@@ -116,6 +147,7 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
     total = sum(len(s.rows) for s in sets)
     bar = progress(range(total), desc="flat levels", enabled=progress_bar)
     ticks = iter(bar)
+    region = (rows_sl.start, rows_sl.stop, cols_sl.start, cols_sl.stop)
     for s in sets:
         paths = s.rows["PATH"].astype(str).tolist()
         index_of = {p: i for i, p in enumerate(paths)}
@@ -123,8 +155,13 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
         ordered = [p for pair in set_pairs for p in pair]
         ordered += [p for p in paths if p not in ordered]
         partner = {b: a for a, b in set_pairs}
-        firsts = {a for a, _ in set_pairs}
-        held: dict[str, tuple[np.ndarray, float]] = {}
+        # statistics of this set's pairs measured before (the gain step's): their first
+        # frames need not be held, nor the pairs measured again
+        known = {}
+        for a, b in set_pairs:
+            key = _pair_key(s.reference, s.rows, index_of[a], index_of[b], region, sat_level)
+            known[a] = (key, _PAIRS.get(key) if key is not None else None)
+        held: dict[str, tuple[np.ndarray | None, float]] = {}
         for path in ordered:
             next(ticks, None)
             i = index_of[path]
@@ -154,13 +191,20 @@ def measure_frames(sets: list[SetToMeasure], shape: tuple[int, int], *, norm_met
             frames.append(record)
             central_sat = float(sat.mean())
             if path in partner and partner[path] in held:
-                first, first_sat = held.pop(partner[path])
-                stats = pair_statistics(first, biassub)
+                first_path = partner[path]
+                first, first_sat = held.pop(first_path)
+                key, stats = known[first_path]
+                if stats is None:
+                    stats = pair_statistics(first, biassub)
+                    if key is not None:
+                        if len(_PAIRS) >= _PAIRS_KEPT:
+                            _PAIRS.clear()
+                        _PAIRS[key] = stats
                 pairs.append({"TBIN": s.key.temperature, "EXPTIME": s.key.exptime,
-                              "PATH_A": partner[path], "PATH_B": path, **stats,
+                              "PATH_A": first_path, "PATH_B": path, **stats,
                               "SATFRACTION": max(first_sat, central_sat)})
-            elif path in firsts:
-                held[path] = (biassub, central_sat)
+            elif path in known:
+                held[path] = (None if known[path][1] is not None else biassub, central_sat)
     frames = pd.DataFrame(frames)
     for column in ("LEVEL", "LEVEL_RATE", "MEAN_BIASSUB", "CENTRAL_SATFRACTION"):
         if column not in frames:

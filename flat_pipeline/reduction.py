@@ -356,6 +356,8 @@ class Reference:
         Header cards saying what was subtracted.
     refs : tuple
         Identities of what was subtracted (for the masters' hash).
+    bias_refs : tuple
+        Identities of the bias alone (what the photon-transfer pairs depend on).
     """
 
     bias_rows: object
@@ -364,6 +366,7 @@ class Reference:
     err: np.ndarray
     cards: dict
     refs: tuple
+    bias_refs: tuple = ()
 
     def subtract(self, i: int, start: int, stop: int) -> np.ndarray:
         """Bias + dark rows of frame ``i`` [adu] (thread-safe)."""
@@ -398,6 +401,7 @@ def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
             return image[start:stop]
     dark, why = darks.for_set(rows, key.temperature, key.exptime)
     cards = dict(cards)
+    bias_refs = tuple(refs)
     if dark is None:
         cards[kw.DARKFILE] = ("none", "no dark: bias only (--allow-bias-only)")
         cards["DARKSRC"] = ("none", "dark current not removed")
@@ -407,7 +411,8 @@ def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
         cards[kw.SUBTRACT] = (str(cards[kw.SUBTRACT][0]) + "+dark", "subtracted per frame")
         err = quadrature_sum(stderr, dark.err)
         refs = tuple(refs) + (dark.ref,)
-    return Reference(bias_rows, dark, why if dark is None else "", err, cards, tuple(refs)), ""
+    return Reference(bias_rows, dark, why if dark is None else "", err, cards, tuple(refs),
+                     bias_refs), ""
 
 
 # --- frames written one by one ------------------------------------------------------------------

@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from astropy.io import fits
-from scipy import stats as sps
+from scipy import special
 
 from .. import adu
 from .. import headers as kw
@@ -50,8 +50,9 @@ from ..io import fitsio
 from ..io.fitsio import provenance_cards, read_image, set_card, write_product
 from ..io.tokens import number_text
 from ..stack.blockops import LinearRows
-from ..stack.stats import chi2_median_ratio
+from ..stack.stats import chi2_median_ratio, exact_median
 from ..stack.tiles import PIXEL_BLOCK, ProductRows, pixel_blocks, row_tiles, tile_rows
+from ._parallel import HAVE_NUMBA, njit
 from .linear import fit_line_per_pixel
 
 logger = logging.getLogger(__name__)
@@ -204,11 +205,11 @@ class BiasModel(_BiasLine):
                 (kw.TMAX, float(self.t_max), "[degC] warmest master fitted"),
                 ("NMASTERS", int(len(self.inputs)), "bias masters fitted"),
                 ("ERRSCALE", float(self.err_scale), "noise-map errors multiplied by this"),
-                ("CHI2MED", float(np.median(self.chi2dof[finite])) if finite.any() else "NAN",
+                ("CHI2MED", exact_median(self.chi2dof[finite]) if finite.any() else "NAN",
                  "median reduced chi-square, unmasked pixels"),
                 # over the unmasked pixels, as summary.json's b_median_adu_per_degC: over
                 # every pixel (masked nonlinear ones too) the two disagreed (7.98833 vs 7.98841)
-                ("BMEDIAN", float(np.median(self.b[usable])) if usable.any() else "NAN",
+                ("BMEDIAN", exact_median(self.b[usable]) if usable.any() else "NAN",
                  "[adu/degC] median temperature coefficient, unmasked pixels"),
                 (kw.NMASKED, int((self.mask != 0).sum()), "pixels with MASK != 0"),
                 ("MASKBITS", "1 nonlinear, 2 slope outlier, 4 no fit", "MASK bit meanings")):
@@ -417,6 +418,34 @@ def _noise_pool(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
                        / dof.sum(axis=0))
 
 
+def _held_out_py(y, count, noise_pool, sa, sb, cov, a, b, npts, dx, err_scale, residual,
+                 error):
+    """:meth:`CrossValidation.held_out`'s per-pixel numbers in one pass (numba): each step
+    the float64 operation of the array path, in its order, so the same numbers."""
+    h, w_ = y.shape
+    for r in range(h):
+        for c in range(w_):
+            yy = np.float64(y[r, c])
+            n = np.float64(count[r, c])
+            sigma = noise_pool[r, c] / math.sqrt(n) if n > 0 else np.nan
+            if not math.isfinite(yy):
+                sigma = np.nan
+            wt = 1.0 / (sigma * sigma) if math.isfinite(sigma) and sigma > 0 else 0.0
+            s_a = np.float64(sa[r, c])
+            s_b = np.float64(sb[r, c])
+            lever = wt * (s_a * s_a + dx * dx * s_b * s_b + 2 * dx * np.float64(cov[r, c]))
+            keep = 1.0 - lever
+            ok = (npts[r, c] - (1 if wt > 0 else 0)) >= 2
+            if not (ok and keep > 1e-12):
+                keep = np.nan
+            pred = np.float64(a[r, c]) + np.float64(b[r, c]) * dx
+            residual[r, c] = (yy - pred) / keep
+            error[r, c] = math.sqrt(sigma * sigma / keep) * err_scale
+
+
+_held_out_numba = njit(nogil=True, cache=True)(_held_out_py) if HAVE_NUMBA else None
+
+
 #: Columns of :meth:`CrossValidation.summary`, in order.
 _SUMMARY_COLUMNS = ("TEMP", "NPIX", "MAE_MEAN", "MAE_STD", "MAPE_MEAN", "MAPE_STD", "PULL_MEAN",
                     "PULL_STD", "SIGMA_MEDIAN")
@@ -463,6 +492,11 @@ class CrossValidation:
         f = self.fit
         # by row tiles: every step is per pixel, so the numbers are those of one whole-frame
         # pass, with ~10 float64 temporaries of a tile instead of the frame (~400 MB at 2048^2)
+        if HAVE_NUMBA:  # one pass per pixel, no temporaries: the same operations in order
+            _held_out_numba(data[0], count[0], self.noise_pool, f["sa"], f["sb"], f["cov"],
+                            f["a"], f["b"], f["npts"], float(dx), float(self.err_scale),
+                            residual, error)
+            return residual, error, data[0]
         rows = tile_rows(1, data.shape[1:], 32e6, images=10, bytes_per_sample=8)
         for r0, r1 in row_tiles(data.shape[1], rows):
             y = data[0, r0:r1].astype(np.float64)
@@ -507,7 +541,7 @@ class CrossValidation:
                 del pull
                 np.abs(r, out=r)
                 row["MAE_MEAN"], row["MAE_STD"] = float(np.mean(r)), float(np.std(r))
-                row["SIGMA_MEDIAN"] = float(np.median(s))
+                row["SIGMA_MEDIAN"] = exact_median(s)
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -584,9 +618,9 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     good = np.isfinite(out["chi2"]) & (dof > 0)
     err_scale = 1.0
     if good.sum() >= 10:
-        common = int(np.median(dof[good]))
+        common = int(exact_median(dof[good]))
         sel = good & (dof == common)
-        err_scale = math.sqrt(float(np.median(out["chi2"][sel])) / chi2_median_ratio(common))
+        err_scale = math.sqrt(exact_median(out["chi2"][sel]) / chi2_median_ratio(common))
         if err_scale > 1.5:
             logger.warning("bias model: median reduced chi-square is %.2f times its expected "
                            "value; a straight line does not describe most pixels (errors scaled "
@@ -602,15 +636,17 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
         rows = slice(start, stop)
         dof_rows = dof[rows].astype(float)
         with np.errstate(invalid="ignore"):
-            pvalue = np.where(good[rows], sps.chi2.sf(chi2[rows] * dof_rows,
-                                                      np.maximum(dof_rows, 1)), 1.0)
+            # chdtrc is what scipy.stats.chi2.sf evaluates for these arguments (x >= 0,
+            # dof >= 1; NaN where not good), without its per-call argument machinery
+            pvalue = np.where(good[rows], special.chdtrc(np.maximum(dof_rows, 1),
+                                                         chi2[rows] * dof_rows), 1.0)
         mask[rows][pvalue < chi2_pvalue] |= MASK_NONLINEAR
     del dof, good
     b = out["b"]
     finite_b = np.isfinite(b) & (mask == 0)
     if finite_b.sum() >= 10:
-        centre = float(np.median(b[finite_b]))
-        spread = 1.482602218505602 * float(np.median(np.abs(b[finite_b] - centre)))
+        centre = exact_median(b[finite_b])
+        spread = 1.482602218505602 * exact_median(np.abs(b[finite_b] - centre))
         with np.errstate(invalid="ignore", divide="ignore"):
             far = np.abs(b - centre) > slope_nsigma * max(spread, 1e-12)
             significant = np.abs(b - centre) > slope_nsigma * sigma_b

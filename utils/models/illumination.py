@@ -217,9 +217,11 @@ def _clustered_covariance(jac: np.ndarray, res: np.ndarray, xs: np.ndarray, ys: 
 
     def meat(labels):
         _, inverse = np.unique(labels, return_inverse=True)
-        g = np.zeros((inverse.max() + 1, jac.shape[1]))
-        np.add.at(g, inverse, score)
-        n_g = g.shape[0]
+        # per-cluster sums: bincount adds each column's points in their order from 0, as
+        # np.add.at did (the same numbers), ~10x faster
+        n_g = int(inverse.max()) + 1
+        g = np.stack([np.bincount(inverse, weights=score[:, c], minlength=n_g)
+                      for c in range(jac.shape[1])], axis=1)
         return g.T @ g * (n_g / max(n_g - 1, 1))
     n = res.size
     middle = meat(np.round(xs, 3)) + meat(np.round(ys, 3)) - score.T @ score * (n / (n - 1))

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from .. import adu
-from ..stack.stats import MAD_TO_STD
+from ..stack.stats import MAD_TO_STD, exact_median
 from .gain import Gain
 
 #: Method string of a measured gain.
@@ -83,7 +83,8 @@ def pair_statistics(a: np.ndarray, b: np.ndarray, *, clip: float = 5.0,
     ok = np.isfinite(a) & np.isfinite(b)
     if valid is not None:
         ok &= np.asarray(valid, bool).ravel()
-    a, b = a[ok], b[ok]
+    if not ok.all():  # (a copy of every value is the same numbers: none made then)
+        a, b = a[ok], b[ok]
     if a.size < 10:
         return {"MEAN": math.nan, "VAR": math.nan, "NPIX": int(a.size), "RATIO": math.nan,
                 "NCLIP": 0}
@@ -93,16 +94,19 @@ def pair_statistics(a: np.ndarray, b: np.ndarray, *, clip: float = 5.0,
     # robust starting centre and scale from at most ~2e5 differences (a regular subsample):
     # they only place the first cut, the variance itself uses every difference kept
     sample = d[::max(1, d.size // 200000)]
-    centre = float(np.median(sample))
-    spread = MAD_TO_STD * float(np.median(np.abs(sample - centre)))
+    centre = exact_median(sample)
+    spread = MAD_TO_STD * exact_median(np.abs(sample - centre))
     keep = np.abs(d - centre) <= clip * spread if spread > 0 else np.ones(d.size, bool)
+    # the kept differences, once per cut (``d`` itself when none is cut: the same numbers
+    # in the same order, so the same sums)
+    dk = d if keep.all() else d[keep]
     for _ in range(3):  # the mean of the kept differences, not the median, centres the cut
-        centre = float(d[keep].mean())
-        new = np.abs(d - centre) <= clip * float(d[keep].std()) if spread > 0 else keep
+        centre = float(dk.mean())
+        new = np.abs(d - centre) <= clip * float(dk.std()) if spread > 0 else keep
         if np.array_equal(new, keep):
             break
         keep = new
-    dk = d[keep]
+        dk = d if keep.all() else d[keep]
     var = float(dk.var(ddof=1)) / (1.0 + ratio * ratio)
     # its error given the region's pixels, each with its own noise s_p (noisy pixels, x 4
     # in 1 %): Var(mean d^2) = 2 mean(s_p^4) / N, and E d^4 = 3 s_p^4 for a Gaussian d; the
@@ -111,6 +115,9 @@ def pair_statistics(a: np.ndarray, b: np.ndarray, *, clip: float = 5.0,
     # spatial scatter of d^2 would count the spread of s_p^2 too, which is not noise)
     c4 = float(np.mean((dk - dk.mean()) ** 4))
     var_err = math.sqrt(2.0 / 3.0 * c4 / dk.size) / (1.0 + ratio * ratio)
+    if dk is d:  # nothing clipped: the means of every value, already taken
+        return {"MEAN": 0.5 * (ma + mb), "VAR": var, "VAR_ERR": var_err, "NPIX": int(d.size),
+                "RATIO": ratio, "NCLIP": 0}
     return {"MEAN": 0.5 * (float(a[keep].mean()) + float(b[keep].mean())), "VAR": var,
             "VAR_ERR": var_err, "NPIX": int(keep.sum()), "RATIO": ratio,
             "NCLIP": int((~keep).sum())}

@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..errors import FrameError
-from ..io.fitsio import read_image
+from ..io.fitsio import fits_layout, read_image, read_rows
 from ..progress import progress
 from ..stack.stats import exact_median
 
@@ -164,6 +164,19 @@ class ReadNoiseAccumulator:
                          rms=math.sqrt(float(np.mean(finite))))
 
 
+def _read_frame(path) -> np.ndarray:
+    """A frame's pixels: its rows straight from the file (float32) when float32 holds them
+    exactly -- 8- and 16-bit integers (unsigned by ``BZERO`` 32768 too), unscaled float32 --
+    else through astropy.  The differences are then the same numbers, read ~4x faster."""
+    layout = fits_layout(path)
+    integer = layout.dtype.kind in "iu" and layout.dtype.itemsize <= 2 and \
+        layout.bzero in (0.0, 32768.0)
+    if layout.bscale == 1.0 and (integer or (layout.dtype == np.dtype(">f4")
+                                             and layout.bzero == 0.0)):
+        return read_rows(layout, 0, layout.shape[0])
+    return read_image(path)[0]
+
+
 def read_noise(pairs: Iterable[tuple[str, str]], *, progress_bar: bool = False,
                desc: str = "read noise") -> ReadNoiseAccumulator:
     """Accumulate frame pairs from files, two frames in memory at a time.
@@ -175,8 +188,7 @@ def read_noise(pairs: Iterable[tuple[str, str]], *, progress_bar: bool = False,
     pairs = list(pairs)
     for first, second in progress(pairs, desc=desc, enabled=progress_bar):
         try:
-            a, _ = read_image(first)
-            b, _ = read_image(second)
+            a, b = _read_frame(first), _read_frame(second)
         except FrameError as err:
             logger.warning("%s; pair skipped from the read noise", err)
             acc.skipped.append(str(err.path))

@@ -1,0 +1,124 @@
+"""Speed changes of the bias step give the numbers of the code they replaced (bit for bit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from utils.io.fitsio import read_image
+from utils.models.read_noise import ReadNoiseAccumulator, read_noise
+
+
+@pytest.mark.parametrize("kind", ["uint16", "int16", "float32", "int32", "float64"])
+def test_read_noise_of_files_bit_for_bit_astropy_reads(tmp_path, kind):
+    rng = np.random.default_rng(5)
+    paths = []
+    for k in range(4):
+        data = 3000 + rng.normal(0, 30, (24, 40))
+        if kind == "float32":
+            data = data.astype(np.float32)
+        elif kind == "float64":
+            data = data + 1e-7 * k  # not float32-exact: read through astropy
+        else:
+            data = np.round(data).astype(kind)
+        path = tmp_path / f"b{k}.fits"
+        fits.PrimaryHDU(data).writeto(path)
+        paths.append(str(path))
+    pairs = [(paths[0], paths[1]), (paths[2], paths[3])]
+    want = ReadNoiseAccumulator()
+    for a, b in pairs:  # the old reader: astropy, whatever dtype it gives
+        want.add(read_image(a)[0], read_image(b)[0])
+    got = read_noise(pairs)
+    assert got.npairs == want.npairs == 2
+    np.testing.assert_array_equal(got.sum_sq, want.sum_sq)
+
+
+def test_model_medians_bit_for_bit_numpy(tmp_path):
+    """The model's and the summary's medians (now by exact_median) are numpy's numbers, the
+    spread of the slopes in float32 as before."""
+    import math
+
+    import pandas as pd
+
+    from bias_pipeline.pipeline import BiasMaster, BiasSettings, _summary
+    from utils.models.bias_model import BiasModel
+
+    rng = np.random.default_rng(9)
+    shape = (600, 500)  # 300 000 pixels: exact_median's fast path
+    f = {name: rng.normal(loc, scale, shape).astype(np.float32) for name, loc, scale in
+         (("a", 3000, 20), ("b", 8, 0.5), ("sa", 1, 0.1), ("sb", 0.05, 0.01), ("cov", 0, 0.01),
+          ("chi2", 1, 0.3))}
+    f["chi2"][::7, ::3] = np.nan
+    mask = (rng.random(shape) < 0.01).astype(np.uint8)
+    model = BiasModel(a=f["a"], b=f["b"], sigma_a=f["sa"], sigma_b=f["sb"], cov_ab=f["cov"],
+                      chi2dof=f["chi2"], npts=np.full(shape, 10, np.int16), mask=mask)
+    head = model.header()
+    finite = np.isfinite(model.chi2dof) & (mask == 0)
+    usable = np.isfinite(model.b) & (mask == 0)
+    assert head["CHI2MED"] == float(np.median(model.chi2dof[finite]))
+    assert head["BMEDIAN"] == float(np.median(model.b[usable]))
+    masters = [BiasMaster(t, t, tmp_path / f"m{t}.fits", 10, False) for t in (10.0, 20.0)]
+    s = _summary(pd.DataFrame({"PATH": ["x"] * 20}), masters, model, None, None,
+                 BiasSettings(), 12, tmp_path)
+    valid = (mask == 0) & np.isfinite(model.b)
+    b = model.b[valid]
+    assert s["b_spread_adu_per_degC"] == float(1.4826 * np.median(np.abs(b - np.median(b))))
+    assert s["sigma_b_median_adu_per_degC"] == float(np.median(model.sigma_b[valid]))
+    want = float(np.nanmedian(model.chi2dof[valid]))
+    assert s["chi2dof_median"] == want and not math.isnan(want)
+
+
+def test_held_out_kernel_bit_for_bit_the_array_path(monkeypatch):
+    """The leave-one-out residuals and errors of the numba pass are the array path's."""
+    from utils.models import bias_model
+
+    if not bias_model.HAVE_NUMBA:
+        pytest.skip("numba not installed: the array path is the only one")
+    rng = np.random.default_rng(13)
+    m, shape = 5, (70, 90)
+    temps = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+    data = (3000 + 8 * temps[:, None, None] + rng.normal(0, 3, (m,) + shape)).astype(np.float32)
+    data[1, 3, 4] = np.nan
+    count = np.full((m,) + shape, 12, np.float32)
+    count[2, 5, 6] = 0
+    count[3, 7, 8] = 1
+
+    class Stack:
+        def __init__(self):
+            self.shape = shape
+
+        def read_planes(self, start, stop, planes=None):
+            idx = list(range(m)) if planes is None else list(planes)
+            return data[idx, start:stop], None, count[idx, start:stop]
+
+    fit = {name: rng.normal(loc, sc, shape).astype(np.float32) for name, loc, sc in
+           (("a", 3000, 1), ("b", 8, 0.1), ("sa", 0.5, 0.05), ("sb", 0.02, 0.002),
+            ("cov", -0.005, 0.001))}
+    fit["sa"][10, 10] = np.nan
+    fit["npts"] = np.full(shape, m, np.int16)
+    fit["npts"][11, 11] = 2
+    noise_pool = rng.uniform(2, 4, shape)
+    noise_pool[12, 12] = np.nan
+    cv = bias_model.CrossValidation(temps, Stack(), 20.0, fit, noise_pool, 1.07,
+                                    np.ones(m, bool))
+    got = [cv.held_out(k) for k in range(m)]
+    monkeypatch.setattr(bias_model, "HAVE_NUMBA", False)
+    want = [cv.held_out(k) for k in range(m)]
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            np.testing.assert_array_equal(a, b)
+    assert np.isnan(got[1][0][3, 4]) and np.isfinite(got[0][0]).sum() > 1000
+
+
+def test_chdtrc_is_chi2_sf_bit_for_bit():
+    """The non-linearity p-values: scipy.special.chdtrc gives scipy.stats.chi2.sf's numbers
+    for the arguments the bias fit passes (x >= 0, 0 included; dof >= 1)."""
+    from scipy import special
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(17)
+    dof = rng.integers(1, 40, 200000).astype(float)
+    x = (rng.chisquare(dof) * rng.uniform(0.2, 3, dof.size)).astype(np.float32) * dof
+    x[:100] = 0.0
+    np.testing.assert_array_equal(special.chdtrc(dof, x), sps.chi2.sf(x, dof))
