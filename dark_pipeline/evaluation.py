@@ -136,7 +136,7 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     ok = np.empty(data.shape, bool)
     strong = np.empty(data.shape, bool)
     flat_ok, flat_strong = ok.reshape(-1), strong.reshape(-1)
-    flat_excl = np.zeros(0, bool) if exclude is None else \
+    flat_excl = np.zeros(data.size, bool) if exclude is None else \
         np.ascontiguousarray(exclude, dtype=bool).reshape(-1)
     n_ok, n_strong = _usable(flat_real, flat_synth, flat_noise, flat_sub, flat_excl, flat_ok,
                              flat_strong)
@@ -157,18 +157,18 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     # the float64 values every statistic takes, of the pixels used in pixel order (as
     # boolean selections give them), one array at a time: numpy's mean and exact_median of
     # the same arrays, so the same numbers
-    ape = np.empty(n_strong)
-    _gather(flat_real, flat_synth, flat_strong, _APE, ape)
-    mape = float(np.mean(ape)) if ape.size else math.nan
-    del ape
-    values = np.empty(n_ok)
-    _gather(flat_real, flat_synth, flat_ok, _ABS_DIFF, values)
-    mae = float(np.mean(values)) if values.size else math.nan
-    _gather(flat_real, flat_synth, flat_ok, _REAL, values)
+    buffer = np.empty(n_strong + 1)
+    _gather(flat_real, flat_synth, flat_strong, _APE, buffer)
+    mape = float(np.mean(buffer[:n_strong])) if n_strong else math.nan
+    buffer = np.empty(n_ok + 1)
+    values = buffer[:n_ok]
+    _gather(flat_real, flat_synth, flat_ok, _ABS_DIFF, buffer)
+    mae = float(np.mean(values)) if n_ok else math.nan
+    _gather(flat_real, flat_synth, flat_ok, _REAL, buffer)
     real_median = exact_median(values) if n_ok else math.nan
-    _gather(flat_real, flat_synth, flat_ok, _SYNTH, values)
+    _gather(flat_real, flat_synth, flat_ok, _SYNTH, buffer)
     synth_median = exact_median(values) if n_ok else math.nan
-    del values
+    del buffer, values
     row = {"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
            "MAE [ADU]": mae, "MAPE [%]": mape,
            "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
@@ -192,21 +192,18 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
 
 def _usable_py(real, synth, noise, sub, exclude, ok, strong):
     """Per flat pixel of a master: usable (signal, prediction and error finite, not
-    excluded: ``exclude`` of width 0 excludes none) to ``ok``, and usable with a signal of
-    3 sigma at least to ``strong``; returns their counts.  The error is
-    ``sqrt(noise^2 + sub^2)`` in float64 (:func:`_measured_err`'s arithmetic)."""
+    ``exclude``) to ``ok``, and usable with a signal of 3 sigma at least to ``strong``;
+    returns their counts.  The error is ``sqrt(noise^2 + sub^2)`` in float64
+    (:func:`_measured_err`'s arithmetic).  No branch per pixel: the loop is vectorised."""
     n_ok = 0
     n_strong = 0
-    excluding = exclude.size > 0
     for p in range(real.size):
         r = np.float64(real[p])
         n = np.float64(noise[p])
         e = np.float64(sub[p])
         err = np.sqrt(n * n + e * e)
-        good = np.isfinite(r) and np.isfinite(synth[p]) and np.isfinite(err)
-        if excluding and exclude[p]:
-            good = False
-        big = good and abs(r) >= 3 * err
+        good = np.isfinite(r) & np.isfinite(synth[p]) & np.isfinite(err) & ~exclude[p]
+        big = good & (abs(r) >= 3 * err)
         ok[p] = good
         strong[p] = big
         n_ok += good
@@ -222,28 +219,36 @@ def _gather_py(real, synth, mask, what, out):
     """``out[j]`` of the j-th pixel of ``mask`` (in pixel order), float64: its absolute
     percentage error ``|(real - synth) / real| 100`` (``what`` :data:`_APE`), absolute
     residual ``|real - synth|`` (:data:`_ABS_DIFF`), ``real`` or ``synth`` -- the
-    arithmetic of the former in-place numpy steps on the masked float64 values."""
+    arithmetic of the former in-place numpy steps on the masked float64 values.  ``out``
+    has one element more than ``mask`` selects: every pixel's value is written at the next
+    place, which advances only for a selected pixel (no branch per pixel)."""
     j = 0
-    for p in range(mask.size):
-        if not mask[p]:
-            continue
-        r = np.float64(real[p])
-        if what == 0:
+    if what == 0:
+        for p in range(mask.size):
+            r = np.float64(real[p])
             out[j] = abs((r - np.float64(synth[p])) / r) * 100
-        elif what == 1:
-            out[j] = abs(r - np.float64(synth[p]))
-        elif what == 2:
-            out[j] = r
-        else:
+            j += mask[p]
+    elif what == 1:
+        for p in range(mask.size):
+            out[j] = abs(np.float64(real[p]) - np.float64(synth[p]))
+            j += mask[p]
+    elif what == 2:
+        for p in range(mask.size):
+            out[j] = np.float64(real[p])
+            j += mask[p]
+    else:
+        for p in range(mask.size):
             out[j] = np.float64(synth[p])
-        j += 1
+            j += mask[p]
+    return j
 
 
 try:
     from numba import njit
 
     _usable = njit(nogil=True, cache=True)(_usable_py)
-    _gather = njit(nogil=True, cache=True)(_gather_py)
+    # every pixel's APE is computed, unselected zero signals too: IEEE division, as numpy's
+    _gather = njit(nogil=True, cache=True, error_model="numpy")(_gather_py)
 except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
     _usable, _gather = _usable_py, _gather_py
 

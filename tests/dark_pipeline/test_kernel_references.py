@@ -108,8 +108,33 @@ def _reference_correlated(a, g, b, lnt, dT, sig, design, cd, ok_in, out, gv_out)
                 out[j, i, p] = full - diag
 
 
+def _reference_read_variance(S, noise, count, gain, amp, shape, other, out):
+    """The loop over k per pixel of ``_read_variance_py`` before it was vectorised."""
+    k_n, npix = S.shape
+    predicted = amp.shape[1] > 0
+    for h in range(out.shape[0]):
+        for p in range(npix):
+            num = 0.0
+            den = 0.0
+            for k in range(k_n):
+                s = np.float64(S[k, p])
+                nz = np.float64(noise[k, p])
+                c = np.float64(count[k, p])
+                n2 = nz * nz
+                if np.isfinite(s) and np.isfinite(n2) and c > 1:
+                    if predicted and 1 - other[k] == h:
+                        q = np.float64(amp[other[k], p]) * shape[k]
+                        if np.isfinite(q):
+                            s = q
+                    w = c - 1.0
+                    num += w * (n2 - gain * max(s, 0.0))
+                    den += w
+            out[h, p] = num / den if den != 0 else np.nan
+
+
 _pooled_ref = numba.njit(nogil=True)(_reference_pooled_errors)
 _correlated_ref = numba.njit(nogil=True)(_reference_correlated)
+_read_variance_ref = numba.njit(nogil=True)(_reference_read_variance)
 
 
 def _same(a, b):
@@ -118,8 +143,7 @@ def _same(a, b):
         a.view(np.uint8), b.view(np.uint8))
 
 
-@pytest.mark.parametrize("halves", [True, False])
-def test_pooled_errors_kernel_matches_reference(halves):
+def _pooled_tile(halves):
     rng = np.random.default_rng(7)
     k_n, npix = 12, 20011
     S = rng.normal(20, 40, (k_n, npix)).astype(np.float32)
@@ -142,6 +166,13 @@ def test_pooled_errors_kernel_matches_reference(halves):
         amp = np.full((1, npix), np.nan, np.float32)
         shape = np.ones(k_n)
         other = np.zeros(k_n, np.intp)
+    return S, noise, count, v0, amp, shape, other
+
+
+@pytest.mark.parametrize("halves", [True, False])
+def test_pooled_errors_kernel_matches_reference(halves):
+    S, noise, count, v0, amp, shape, other = _pooled_tile(halves)
+    k_n, npix = S.shape
     got = np.empty((k_n, npix), np.float32)
     want = np.empty((k_n, npix), np.float32)
     noise_model._pooled_kernel(S, noise, count, v0, amp, shape, other, 3.7, got)
@@ -183,3 +214,18 @@ def test_correlated_kernel_matches_reference(n_d, keep_gain):
     assert np.count_nonzero(results[1][0] != 0.25) > npix  # the reference wrote most pixels
     assert _same(results[0][0], results[1][0])
     assert _same(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("halves", [True, False])
+def test_read_variance_kernel_matches_reference(halves):
+    S, noise, count, _, amp, shape, other = _pooled_tile(halves)
+    count[:, ::29] = 1.0  # pixels without a usable master: NaN
+    if not halves:
+        amp = np.empty((2, 0), np.float32)
+    rows = 2 if halves else 1
+    got = np.empty((rows, S.shape[1]))
+    want = np.empty((rows, S.shape[1]))
+    noise_model._read_variance_kernel(S, noise, count, 3.7, amp, shape, other, got)
+    _read_variance_ref(S, noise, count, 3.7, amp, shape, other, want)
+    assert np.isnan(want).any() and np.isfinite(want).any()
+    assert _same(got, want)
