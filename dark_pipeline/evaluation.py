@@ -310,17 +310,25 @@ def dark_current_table(rates, model=None, e_per_adu: float | None = None,
         if common is not None:
             pred = common.amplitude[ok].astype(np.float64) * math.exp(
                 float(model.fit.population_rate) * (r.tavg - model.t_ref))
-            row["MODEL_MEDIAN"] = float(np.nanmedian(pred, overwrite_input=True))
+            row["MODEL_MEDIAN"] = _nanmedian(pred)
             del pred
         elif model is not None:
             pred = model.rate(r.tavg)[ok]
-            row["MODEL_MEDIAN"] = float(np.nanmedian(pred, overwrite_input=True))
+            row["MODEL_MEDIAN"] = _nanmedian(pred)
             del pred
         if e_per_adu:
             for key in [k for k in row if k.startswith(("DC_", "MODEL_"))]:
                 row[key + "_E"] = row[key] * e_per_adu
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _nanmedian(values: np.ndarray) -> float:
+    """``np.nanmedian`` of a 1-D array: :func:`~utils.stack.stats.exact_median` (numpy's
+    median, the same number) of its values that are not NaN, as nanmedian takes them; NaN
+    when there is none."""
+    kept = values[~np.isnan(values)]
+    return exact_median(kept) if kept.size else math.nan
 
 
 __all__ = ["Evaluation", "evaluate", "dark_current_table", "COLUMNS"]

@@ -196,3 +196,16 @@ def test_gathered_values_match_numpy_steps(synth_dtype):
         got = np.empty(int(mask.sum()) + 1)
         assert evaluation._gather(real, synth, mask, what, got) == want.size
         assert np.array_equal(got[:-1].view(np.int64), want.view(np.int64)), what
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [10, 1001, 300001, 1 << 20])
+def test_nanmedian_matches_numpy(dtype, n):
+    """The dark-current table's model median: numpy's nanmedian, the same number."""
+    x = np.random.default_rng(n).lognormal(1, 1, n).astype(dtype)
+    x[::17] = np.nan
+    x[::1001] = np.inf
+    got = evaluation._nanmedian(x)
+    assert type(got) is float
+    assert got == float(np.nanmedian(x))
+    assert math.isnan(evaluation._nanmedian(np.full(4, np.nan, dtype)))
