@@ -30,7 +30,6 @@ import pandas as pd
 
 from utils.memory import release_free_memory
 from utils.stack.stats import MAD_TO_STD, exact_median
-from utils.stack.tiles import pixel_blocks
 
 from .rates import SignalStack
 
@@ -122,29 +121,25 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     pixels): ``(table row, (measured, predicted) sample, reduced (|residual|, APE) maps or
     None)``.
 
-    Measured and predicted frames stay float32 as read and predicted; the float64 values of
-    every statistic (the same numbers as from float64 copies of the frames: the conversion
-    is exact) are made by pixel blocks or of the pixels used only, so no full-frame float64
-    map is held (3 of them were, 100 MB at 2048^2)."""
+    Measured and predicted frames stay float32 as read and predicted; the masks come from one
+    compiled pass over the pixels (:func:`_usable_py`) and the float64 values of every
+    statistic (the same numbers as from float64 copies of the frames: the conversion is
+    exact) are gathered of the pixels used only, one array at a time (:func:`_gather_py`),
+    so no full-frame float64 map is held (3 of them were, 100 MB at 2048^2) and the frame
+    is not passed over once per mask, selection and conversion (~30 ms a 1024^2 master)."""
     m = stack.masters[i]
     synth = np.asarray(synth())  # before the master: not on top of its read
     data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
     flat_real, flat_synth = data.reshape(-1), synth.reshape(-1)
     flat_noise, flat_sub = noise_err.reshape(-1), suberr.reshape(-1)
-    # usable pixels, and those with a signal of 3 sigma at least, by blocks of pixels
+    # usable pixels, and those with a signal of 3 sigma at least: one compiled pass
     ok = np.empty(data.shape, bool)
     strong = np.empty(data.shape, bool)
     flat_ok, flat_strong = ok.reshape(-1), strong.reshape(-1)
-    flat_excl = None if exclude is None else np.asarray(exclude).reshape(-1)
-    for at in pixel_blocks(flat_ok.size):
-        err = _measured_err(flat_noise, flat_sub, at)
-        real = flat_real[at].astype(np.float64)
-        good = np.isfinite(real) & np.isfinite(flat_synth[at]) & np.isfinite(err)
-        if flat_excl is not None:
-            good &= ~flat_excl[at]
-        flat_ok[at] = good
-        flat_strong[at] = good & (np.abs(real) >= 3 * err)
-    del err, real, good
+    flat_excl = np.zeros(data.size, bool) if exclude is None else \
+        np.ascontiguousarray(exclude, dtype=bool).reshape(-1)
+    n_ok, n_strong = _usable(flat_real, flat_synth, flat_noise, flat_sub, flat_excl, flat_ok,
+                             flat_strong)
     # pulls against the held-out model, over its pixels (all, or the sample)
     at = slice(None) if pull_pixels is None else pull_pixels
     held_pred = _flat(held_pred, at, data.size)
@@ -159,37 +154,28 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     ok_p = flat_ok[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
     pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
     del held_pred, held_err, real_p, sigma, ok_p, noise_err, suberr, flat_noise, flat_sub
-    # |residual| and APE of the pixels used, made in place from their values
-    # (each masked selection made once: the float32 values, in pixel order, that every
-    # statistic below takes)
-    real_strong = data[strong]
-    ape = real_strong.astype(np.float64)
-    ape -= synth[strong]
-    ape /= real_strong
-    del real_strong
-    np.abs(ape, out=ape)
-    ape *= 100
-    n_strong = ape.size
-    mape = float(np.mean(ape)) if ape.size else math.nan
-    del ape
-    real_ok, synth_ok = data[ok], synth[ok]
-    diff = real_ok.astype(np.float64)
-    diff -= synth_ok
-    np.abs(diff, out=diff)
-    mae = float(np.mean(diff)) if diff.size else math.nan
-    del diff
-    n_ok = real_ok.size
+    # the float64 values every statistic takes, of the pixels used in pixel order (as
+    # boolean selections give them), one array at a time: numpy's mean and exact_median of
+    # the same arrays, so the same numbers
+    buffer = np.empty(n_strong + 1)
+    _gather(flat_real, flat_synth, flat_strong, _APE, buffer)
+    mape = float(np.mean(buffer[:n_strong])) if n_strong else math.nan
+    buffer = np.empty(n_ok + 1)
+    values = buffer[:n_ok]
+    _gather(flat_real, flat_synth, flat_ok, _ABS_DIFF, buffer)
+    mae = float(np.mean(values)) if n_ok else math.nan
+    _gather(flat_real, flat_synth, flat_ok, _REAL, buffer)
+    real_median = exact_median(values) if n_ok else math.nan
+    _gather(flat_real, flat_synth, flat_ok, _SYNTH, buffer)
+    synth_median = exact_median(values) if n_ok else math.nan
+    del buffer, values
     row = {"Temperature (°C)": m.tavg, "Exposure (s)": m.exptime,
            "MAE [ADU]": mae, "MAPE [%]": mape,
            "PULL_MEAN": float(np.mean(pull)) if pull.size else math.nan,
            "PULL_STD": float(np.std(pull)) if pull.size else math.nan,
-           "REAL_MEDIAN [ADU]": exact_median(real_ok.astype(np.float64)) if n_ok
-           else math.nan,
-           "SYNTH_MEDIAN [ADU]": exact_median(synth_ok.astype(np.float64)) if n_ok
-           else math.nan,
+           "REAL_MEDIAN [ADU]": real_median, "SYNTH_MEDIAN [ADU]": synth_median,
            "NPIX": int(n_ok), "NPIX_MAPE": int(n_strong), "NPIX_PULL": int(pull.size),
            "TBIN": m.temperature}
-    del real_ok, synth_ok
     idx = np.flatnonzero(ok)
     if idx.size > 5000:
         idx = rng.choice(idx, 5000, replace=False)
@@ -202,6 +188,69 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     abs_err = np.where(ok, np.abs(resid), np.nan)
     ape_map = np.where(strong, 100 * np.abs(resid / np.where(strong, real, 1)), np.nan)
     return row, sample, (_reduce(abs_err), _reduce(ape_map))
+
+
+def _usable_py(real, synth, noise, sub, exclude, ok, strong):
+    """Per flat pixel of a master: usable (signal, prediction and error finite, not
+    ``exclude``) to ``ok``, and usable with a signal of 3 sigma at least to ``strong``;
+    returns their counts.  The error is ``sqrt(noise^2 + sub^2)`` in float64
+    (:func:`_measured_err`'s arithmetic).  No branch per pixel: the loop is vectorised."""
+    n_ok = 0
+    n_strong = 0
+    for p in range(real.size):
+        r = np.float64(real[p])
+        n = np.float64(noise[p])
+        e = np.float64(sub[p])
+        err = np.sqrt(n * n + e * e)
+        good = np.isfinite(r) & np.isfinite(synth[p]) & np.isfinite(err) & ~exclude[p]
+        big = good & (abs(r) >= 3 * err)
+        ok[p] = good
+        strong[p] = big
+        n_ok += good
+        n_strong += big
+    return n_ok, n_strong
+
+
+#: What :func:`_gather_py` writes of each selected pixel.
+_APE, _ABS_DIFF, _REAL, _SYNTH = 0, 1, 2, 3
+
+
+def _gather_py(real, synth, mask, what, out):
+    """``out[j]`` of the j-th pixel of ``mask`` (in pixel order), float64: its absolute
+    percentage error ``|(real - synth) / real| 100`` (``what`` :data:`_APE`), absolute
+    residual ``|real - synth|`` (:data:`_ABS_DIFF`), ``real`` or ``synth`` -- the
+    arithmetic of the former in-place numpy steps on the masked float64 values.  ``out``
+    has one element more than ``mask`` selects: every pixel's value is written at the next
+    place, which advances only for a selected pixel (no branch per pixel)."""
+    j = 0
+    if what == 0:
+        for p in range(mask.size):
+            r = np.float64(real[p])
+            out[j] = abs((r - np.float64(synth[p])) / r) * 100
+            j += mask[p]
+    elif what == 1:
+        for p in range(mask.size):
+            out[j] = abs(np.float64(real[p]) - np.float64(synth[p]))
+            j += mask[p]
+    elif what == 2:
+        for p in range(mask.size):
+            out[j] = np.float64(real[p])
+            j += mask[p]
+    else:
+        for p in range(mask.size):
+            out[j] = np.float64(synth[p])
+            j += mask[p]
+    return j
+
+
+try:
+    from numba import njit
+
+    _usable = njit(nogil=True, cache=True)(_usable_py)
+    # every pixel's APE is computed, unselected zero signals too: IEEE division, as numpy's
+    _gather = njit(nogil=True, cache=True, error_model="numpy")(_gather_py)
+except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
+    _usable, _gather = _usable_py, _gather_py
 
 
 def _measured_err(noise_err: np.ndarray, suberr: np.ndarray, at) -> np.ndarray:
@@ -261,17 +310,25 @@ def dark_current_table(rates, model=None, e_per_adu: float | None = None,
         if common is not None:
             pred = common.amplitude[ok].astype(np.float64) * math.exp(
                 float(model.fit.population_rate) * (r.tavg - model.t_ref))
-            row["MODEL_MEDIAN"] = float(np.nanmedian(pred, overwrite_input=True))
+            row["MODEL_MEDIAN"] = _nanmedian(pred)
             del pred
         elif model is not None:
             pred = model.rate(r.tavg)[ok]
-            row["MODEL_MEDIAN"] = float(np.nanmedian(pred, overwrite_input=True))
+            row["MODEL_MEDIAN"] = _nanmedian(pred)
             del pred
         if e_per_adu:
             for key in [k for k in row if k.startswith(("DC_", "MODEL_"))]:
                 row[key + "_E"] = row[key] * e_per_adu
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _nanmedian(values: np.ndarray) -> float:
+    """``np.nanmedian`` of a 1-D array: :func:`~utils.stack.stats.exact_median` (numpy's
+    median, the same number) of its values that are not NaN, as nanmedian takes them; NaN
+    when there is none."""
+    kept = values[~np.isnan(values)]
+    return exact_median(kept) if kept.size else math.nan
 
 
 __all__ = ["Evaluation", "evaluate", "dark_current_table", "COLUMNS"]

@@ -266,77 +266,110 @@ def rate_bias_errors(stack, rates, bias_model=None):
 
 def _correlated_kernel_py(a, g, b, lnt, dT, sig, design, cd, ok_in, out, gv_out):
     """Per-pixel loop of :func:`correlated_error_covariance` (compiled with numba); also
-    writes ``G V`` of every pixel to ``gv_out`` ``(3, D, P)`` unless it is empty."""
+    writes ``G V`` of every pixel to ``gv_out`` ``(3, D, P)`` unless it is empty.
+
+    Every sum over the points runs in increasing k from 0.0, as a plain loop per sum
+    would; the independent sums of one pixel (the 9 normal-matrix entries, G V, the
+    diagonal terms) advance together in one loop over k, in scalars: the same numbers,
+    without one chain of dependent additions per entry (the loop was bound by their
+    latency: 1.3 us a pixel for 36 points, now 0.9, of which 36 exponentials 0.23)."""
     k_n = lnt.shape[0]
     n_d = design.shape[1]
-    jac = np.empty((3, k_n))
     wj = np.empty((3, k_n))
     gain = np.empty((3, k_n))
     gv = np.empty((3, n_d))
     var_k = np.empty(k_n)
-    nrm = np.empty((3, 3))
-    inv = np.empty((3, 3))
+    keep_gv = gv_out.shape[2] > 0
     for p in range(a.shape[0]):
         if not ok_in[p]:
             continue
+        ap, gp, bp = a[p], g[p], b[p]
+        n00 = n01 = n02 = n10 = n11 = n12 = n20 = n21 = n22 = 0.0
         for k in range(k_n):
-            f = a[p] * np.exp(g[p] * lnt[k] + b[p] * dT[k])
+            f = ap * np.exp(gp * lnt[k] + bp * dT[k])
             s = sig[k, p]
             w = 1.0 / (s * s) if s > 0 and np.isfinite(s) else 0.0
-            jac[0, k] = f / a[p]
-            jac[1, k] = f * lnt[k]
-            jac[2, k] = f * dT[k]
-            for i in range(3):
-                wj[i, k] = w * jac[i, k]
-        for i in range(3):
-            for j in range(3):
-                acc = 0.0
-                for k in range(k_n):
-                    acc += wj[i, k] * jac[j, k]
-                nrm[i, j] = acc
-        c00 = nrm[1, 1] * nrm[2, 2] - nrm[1, 2] * nrm[2, 1]
-        c01 = nrm[1, 2] * nrm[2, 0] - nrm[1, 0] * nrm[2, 2]
-        c02 = nrm[1, 0] * nrm[2, 1] - nrm[1, 1] * nrm[2, 0]
-        det = nrm[0, 0] * c00 + nrm[0, 1] * c01 + nrm[0, 2] * c02
+            j0 = f / ap
+            j1 = f * lnt[k]
+            j2 = f * dT[k]
+            w0 = w * j0
+            w1 = w * j1
+            w2 = w * j2
+            wj[0, k] = w0
+            wj[1, k] = w1
+            wj[2, k] = w2
+            n00 += w0 * j0
+            n01 += w0 * j1
+            n02 += w0 * j2
+            n10 += w1 * j0
+            n11 += w1 * j1
+            n12 += w1 * j2
+            n20 += w2 * j0
+            n21 += w2 * j1
+            n22 += w2 * j2
+        c00 = n11 * n22 - n12 * n21
+        c01 = n12 * n20 - n10 * n22
+        c02 = n10 * n21 - n11 * n20
+        det = n00 * c00 + n01 * c01 + n02 * c02
         if not (det != 0 and np.isfinite(det)):
             continue
-        inv[0, 0] = c00 / det
-        inv[0, 1] = (nrm[0, 2] * nrm[2, 1] - nrm[0, 1] * nrm[2, 2]) / det
-        inv[0, 2] = (nrm[0, 1] * nrm[1, 2] - nrm[0, 2] * nrm[1, 1]) / det
-        inv[1, 0] = c01 / det
-        inv[1, 1] = (nrm[0, 0] * nrm[2, 2] - nrm[0, 2] * nrm[2, 0]) / det
-        inv[1, 2] = (nrm[0, 2] * nrm[1, 0] - nrm[0, 0] * nrm[1, 2]) / det
-        inv[2, 0] = c02 / det
-        inv[2, 1] = (nrm[0, 1] * nrm[2, 0] - nrm[0, 0] * nrm[2, 1]) / det
-        inv[2, 2] = (nrm[0, 0] * nrm[1, 1] - nrm[0, 1] * nrm[1, 0]) / det
-        for i in range(3):
+        i00 = c00 / det
+        i01 = (n02 * n21 - n01 * n22) / det
+        i02 = (n01 * n12 - n02 * n11) / det
+        i10 = c01 / det
+        i11 = (n00 * n22 - n02 * n20) / det
+        i12 = (n02 * n10 - n00 * n12) / det
+        i20 = c02 / det
+        i21 = (n01 * n20 - n00 * n21) / det
+        i22 = (n00 * n11 - n01 * n10) / det
+        for k in range(k_n):
+            w0, w1, w2 = wj[0, k], wj[1, k], wj[2, k]
+            # (0.0 + x: the first term of a sum from 0.0, as the loop over j made it)
+            gain[0, k] = ((0.0 + i00 * w0) + i01 * w1) + i02 * w2
+            gain[1, k] = ((0.0 + i10 * w0) + i11 * w1) + i12 * w2
+            gain[2, k] = ((0.0 + i20 * w0) + i21 * w1) + i22 * w2
+        for d in range(n_d):
+            g0 = g1 = g2 = 0.0
             for k in range(k_n):
-                acc = 0.0
-                for j in range(3):
-                    acc += inv[i, j] * wj[j, k]
-                gain[i, k] = acc
-            for d in range(n_d):
-                acc = 0.0
-                for k in range(k_n):
-                    acc += gain[i, k] * design[k, d]
-                gv[i, d] = acc
-                if gv_out.shape[2] > 0:
-                    gv_out[i, d, p] = acc
+                v = design[k, d]
+                g0 += gain[0, k] * v
+                g1 += gain[1, k] * v
+                g2 += gain[2, k] * v
+            gv[0, d] = g0
+            gv[1, d] = g1
+            gv[2, d] = g2
+            if keep_gv:
+                gv_out[0, d, p] = g0
+                gv_out[1, d, p] = g1
+                gv_out[2, d, p] = g2
         for k in range(k_n):
             acc = 0.0
             for d in range(n_d):
                 for e in range(n_d):
                     acc += design[k, d] * cd[d, e, p] * design[k, e]
             var_k[k] = acc
+        q00 = q01 = q02 = q11 = q12 = q22 = 0.0
+        for k in range(k_n):
+            v = var_k[k]
+            h0, h1, h2 = gain[0, k], gain[1, k], gain[2, k]
+            q00 += h0 * h0 * v
+            q01 += h0 * h1 * v
+            q02 += h0 * h2 * v
+            q11 += h1 * h1 * v
+            q12 += h1 * h2 * v
+            q22 += h2 * h2 * v
         for i in range(3):
             for j in range(i, 3):
                 full = 0.0
                 for d in range(n_d):
                     for e in range(n_d):
                         full += gv[i, d] * cd[d, e, p] * gv[j, e]
-                diag = 0.0
-                for k in range(k_n):
-                    diag += gain[i, k] * gain[j, k] * var_k[k]
+                if i == 0:
+                    diag = q00 if j == 0 else (q01 if j == 1 else q02)
+                elif i == 1:
+                    diag = q11 if j == 1 else q12
+                else:
+                    diag = q22
                 out[i, j, p] = full - diag
                 out[j, i, p] = full - diag
 

@@ -474,13 +474,20 @@ def test_bias_errors_read_from_the_model_file_give_the_same_numbers(low_signal_m
         np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
 
 
-def test_evaluation_by_pixel_blocks_equals_whole(low_signal, low_signal_masters, monkeypatch):
-    """darkmem3: the evaluation's usable and 3-sigma masks made by blocks of pixels (here 7)
-    from float32 masters and predictions give the table of one whole-frame block, bit for
+def test_evaluation_equals_former_numpy_steps(low_signal, low_signal_masters, monkeypatch):
+    """darkmem3, darkspeed2: the evaluation's usable and 3-sigma masks and its statistics'
+    values from compiled passes over the float32 masters and predictions give the table of
+    the former numpy steps (block by block; kept in test_evaluation_reference.py), bit for
     bit (in-sample and leave-one-out pulls over a pixel sample)."""
-    from dark_pipeline import evaluation
-    from utils.stack import tiles
+    import importlib.util
+    from pathlib import Path
 
+    from dark_pipeline import evaluation
+
+    spec = importlib.util.spec_from_file_location(
+        "_evaluation_reference", Path(__file__).with_name("test_evaluation_reference.py"))
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
     _, masters, _ = low_signal_masters
     _, model1, _ = low_signal
     stack = load_stack(masters)
@@ -491,12 +498,11 @@ def test_evaluation_by_pixel_blocks_equals_whole(low_signal, low_signal_masters,
                                    lambda t, x: model1.rate_err(t) * x,
                                    exclude=~np.isfinite(model1.fit.amplitude),
                                    pull_pixels=pixels, keep_maps=False).table
-    monkeypatch.setattr(evaluation, "pixel_blocks", lambda n: tiles.pixel_blocks(n, 1 << 30))
-    whole = run()
-    monkeypatch.setattr(evaluation, "pixel_blocks", lambda n: tiles.pixel_blocks(n, 7))
-    blocks = run()
-    assert (whole["NPIX_MAPE"] > 0).all() and (whole["NPIX_PULL"] > 0).all()
-    pd.testing.assert_frame_equal(whole, blocks, check_exact=True)
+    compiled = run()
+    monkeypatch.setattr(evaluation, "_compare", reference._reference_compare)
+    former = run()
+    assert (former["NPIX_MAPE"] > 0).all() and (former["NPIX_PULL"] > 0).all()
+    pd.testing.assert_frame_equal(compiled, former, check_exact=True)
 
 
 def test_leave_one_out_refits_start_from_the_full_fit(low_signal, low_signal_masters):
