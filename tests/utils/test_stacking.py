@@ -24,6 +24,7 @@ from utils import headers as kw
 from utils.errors import FrameError, InsufficientFramesError
 from utils.stack import combine as stacking
 from utils.stack import kernels, pooled_floor
+from utils.stack import stats as stack_stats
 from utils.stack.error_factor import clipped_error_factor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -685,3 +686,82 @@ def test_pooled_floor_numba_equals_numpy(n):
            for r in range(rows)]
     np.testing.assert_allclose(fast, ref, rtol=1e-12)
     assert fast[2] == 0.0
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 33])
+def test_fused_pooled_floor_equals_separate_pass(n):
+    """The kernel's own row-by-row pooled floor (pool_width) gives bit for bit the masters of
+    the separate pass (pooled_scale_floor, then the kernel with that floor): quantised and
+    continuous samples, missing ones, cosmic rays, a row with too few valid pixels, odd and
+    even numbers of valid pixels per row."""
+    rng = np.random.default_rng(100 + n)
+    for quantised, width, rows in ((True, 64, 7), (False, 57, 9), (True, 200, 3)):
+        npix = rows * width
+        x = rng.normal(100.0, 2.0, (n, npix + 16))
+        if quantised:
+            x = np.round(x / 2) * 16
+        hit = rng.random(x.shape) < 0.01
+        x[hit] += rng.integers(20, 2000, hit.sum()) * 16
+        x = x.astype(np.float32)
+        x[rng.random(x.shape) < 0.01] = np.inf
+        x[:, width:2 * width][:, 20:] = np.inf  # a row with too few valid pixels: no floor
+        net_lo, net_hi = kernels.batcher_network(n)
+        outs = []
+        for fused in (True, False):
+            y = x.copy()
+            out = (np.empty(npix, np.float32), np.empty(npix, np.float32),
+                   np.empty(npix, np.int16))
+            floor = np.empty(0) if fused else pooled_floor.pooled_scale_floor(y, rows, width)
+            nrej = kernels._combine_kernel(y, npix, net_lo, net_hi, 2, 4.0, 4.0, 5, 8.0, floor,
+                                           True, 48, *out, True,
+                                           width if fused else 0,
+                                           stack_stats.chi2_median_ratio(n - 1), 32)
+            outs.append((nrej, *out))
+        assert outs[0][0] == outs[1][0]
+        for a, b in zip(outs[0][1:], outs[1][1:]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="needs numba")
+def test_pooled_floor_median_equals_numpy():
+    """The branch-free selection of the fused floor gives np.median's number: ties, sorted
+    and reversed input, odd and even sizes, 1 to 400 values."""
+    rng = np.random.default_rng(5)
+    for t in range(3000):
+        m = int(rng.integers(1, 400))
+        kind = t % 4
+        v = (rng.normal(size=m) if kind == 0 else rng.integers(0, 5, m).astype(float)
+             if kind == 1 else np.round(rng.chisquare(3, m) * 4) / 4 if kind == 2
+             else np.sort(rng.normal(size=m))[::1 if t % 8 == 3 else -1].copy())
+        assert pooled_floor._median(v.copy(), m, np.empty(m)) == np.median(v)
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("n", [3, 5, 10])
+@pytest.mark.parametrize("rate", [0.0005, 0.004, 0.05])
+def test_first_clip_scalar_handover_equals_scalar_clipping(n, rate):
+    """Rare zero-MAD or flagged pixels handed to the scalar loop (state 2) and frequent ones
+    done in the vectorised pass give the scalar loop's numbers: sparse and dense outliers,
+    quantised samples with a few or many zero MADs, with and without the pooled floor."""
+    rng = np.random.default_rng(int(n + 1000 * rate))
+    npix = 4096
+    for quantised, floored in ((False, False), (True, False), (True, True)):
+        x = rng.normal(100.0, 3.0 if quantised else 2.0, (n, npix))
+        if quantised:
+            x = np.round(x / 16) * 16
+        hit = rng.random(x.shape) < rate
+        x[hit] += rng.integers(20, 2000, hit.sum()) * 16
+        x = x.astype(np.float32)
+        net_lo, net_hi = kernels.batcher_network(n)
+        floor = rng.uniform(0.0, 3.0, npix) if floored else np.empty(0)
+        outs = []
+        for fast in (True, False):
+            y = x.copy()
+            out = (np.empty(npix, np.float32), np.empty(npix, np.float32),
+                   np.empty(npix, np.int16))
+            outs.append((kernels._combine_kernel(y, npix, net_lo, net_hi, 2, 4.0, 4.0, 5, 4.0,
+                                                 floor, True, 1024, *out, fast), *out))
+        assert outs[0][0] == outs[1][0]
+        for a, b in zip(outs[0][1:], outs[1][1:]):
+            np.testing.assert_array_equal(a, b)

@@ -113,8 +113,8 @@ from .kernels import (
     batcher_network,
     warmup,
 )
-from .pooled_floor import pooled_scale_floor
-from .stats import exact_median
+from .pooled_floor import POOL_MIN_PIXELS, pooled_scale_floor
+from .stats import chi2_median_ratio, exact_median
 
 logger = logging.getLogger(__name__)
 
@@ -567,6 +567,9 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
     local = threading.local()
     noise_floor = np.float32(quantum / math.sqrt(12.0)) if quantum > 0 else np.float32(0)
     direct_u16 = use_numba and isinstance(source, _FileSource) and source.unsigned16
+    # the pooled clipping floor (pooled_floor.py): its row width, 0 for none
+    pool_width = width if code == 2 and pooled_floor and n >= 2 else 0
+    pool_cons = chi2_median_ratio(n - 1) if pool_width else 1.0
 
     def run_block(start: int) -> tuple[int, np.ndarray]:
         stop = min(start + plan.rows, nrows)
@@ -616,13 +619,13 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         out_d = data[start:stop].reshape(-1)
         out_n = noise[start:stop].reshape(-1)
         out_c = count[start:stop].reshape(-1)
-        floor = (pooled_scale_floor(x, stop - start, width) if code == 2 and pooled_floor
-                 else empty_sub)
-        if use_numba:
+        if use_numba:  # the pooled floor, if any, is computed by the kernel, row by row
             nrej = _combine_kernel(x, npix, net_lo, net_hi, code, float(sigma_low),
-                                   float(sigma_high), maxiters, float(min_scale), floor,
-                                   bool(guard), chunk, out_d, out_n, out_c)
+                                   float(sigma_high), maxiters, float(min_scale), empty_sub,
+                                   bool(guard), chunk, out_d, out_n, out_c, True,
+                                   pool_width, pool_cons, POOL_MIN_PIXELS)
         else:
+            floor = (pooled_scale_floor(x, stop - start, width) if pool_width else empty_sub)
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
                                   maxiters, out_d, out_n, out_c, float(min_scale), bool(guard),
                                   floor)

@@ -256,6 +256,11 @@ def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale, guard):
     return lo, hi
 
 
+#: :func:`_first_clip_py` leaves pixels needing more than its plain iteration (a zero MAD on
+#: differing samples, flags to confirm) to the scalar loop when at most 1/SCALAR_FEW of its
+#: pixels do, instead of extra passes over all of them (measured break-even ~1/10).
+SCALAR_FEW = 16
+
 #: Pixels per call of :func:`_first_clip_py` (its float64 scratch is ``(P, FIRST_SUB)``,
 #: ``P`` the power of two >= the frame count: 128 KiB at 64 frames, in L2); at 64 pixels
 #: the lane loops spent more on set-up than they saved in cache (measured).
@@ -351,9 +356,12 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
     Writes ``state[q]``: 0 where the iteration rejects nothing (the scalar
     loop stops there: most pixels), 1 where it moved the range to
     ``ilo[q]:ihi[q]`` (the caller continues with the scalar loop from there),
-    2 where the MAD is 0 on differing samples (the caller restarts the scalar
-    loop).  ``work`` is float64 scratch ``(P, size)``, ``P`` the power of two
-    ``>= m``; ``aux`` float64 ``(8, size)``.
+    2 where the caller restarts the scalar loop: pixels whose MAD is 0 on
+    differing samples, or (``guard``) with a flagged sample, when at most
+    ``size // SCALAR_FEW`` pixels are such; when more, this function does
+    it for all of them (the standard deviation of the samples as the scale,
+    the guard's masked sums), the same numbers.  ``work`` is float64 scratch
+    ``(P, size)``, ``P`` the power of two ``>= m``; ``aux`` float64 ``(8, size)``.
     """
     big = 1
     while big < m:
@@ -384,16 +392,51 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
     first = x[0, p0:p0 + size]
     last = x[m - 1, p0:p0 + size]
     even = m % 2 == 0
+    degenerate = 0
     for q in range(size):
         mad = 0.5 * (kth[q] + nxt[q]) if even else kth[q]
         s = mad * MAD_TO_STD
-        state[q] = 2 if (s == 0.0) & (first[q] != last[q]) else 0
+        std[q] = s
+        state[q] = 0
+        degenerate += (s == 0.0) & (first[q] != last[q])
+    if 0 < degenerate <= size // SCALAR_FEW:  # a few: the scalar loop restarts them
+        for q in range(size):
+            state[q] = 2 if (std[q] == 0.0) & (first[q] != last[q]) else 0
+    elif degenerate:
+        # a zero MAD on differing samples (quantised data, few frames: 8-17 % of the pixels
+        # of 5-frame masters): the std of all m samples instead, _range_std_py's two passes
+        # over the rows in order (the same float64 sums), instead of the scalar loop
+        for q in range(size):
+            tot[q] = 0.0
+            ss[q] = 0.0
+        for k in range(m):
+            xr = x[k, p0:p0 + size]
+            for q in range(size):
+                tot[q] += np.float64(xr[q])
+        for q in range(size):
+            tot[q] = tot[q] / m
+        for k in range(m):
+            xr = x[k, p0:p0 + size]
+            for q in range(size):
+                d = np.float64(xr[q]) - tot[q]
+                ss[q] += d * d
+        for q in range(size):
+            zero = (std[q] == 0.0) & (first[q] != last[q])
+            std[q] = math.sqrt(ss[q] / m) if zero else std[q]
+    for q in range(size):
+        s = std[q]
         s = min_scale[q] if s < min_scale[q] else s
         std[q] = s
         lower[q] = c[q] - s * sig_lo
         upper[q] = c[q] + s * sig_hi
     _count_outside(x, p0, size, m, lower, upper, ilo, ihi)
-    if guard:
+    flagged = 0
+    for q in range(size):
+        flagged += ((ilo[q] > 0) | (ihi[q] < m)) & (state[q] != 2)
+    # the guard confirms flags; with a few flagged pixels (0.1-0.3 % of the pixels of the
+    # campaign's masters) the scalar loop restarts them instead of two masked passes here
+    restart = guard and flagged <= size // SCALAR_FEW
+    if guard and not restart:
         # std of the unflagged samples ilo:ihi, two passes as _range_std_py (adding 0.0
         # outside the range leaves the float64 sums bit for bit the scalar ones)
         for q in range(size):
@@ -421,11 +464,12 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
             _count_outside(x, p0, size, m, lower, upper, ilo, ihi)
     for q in range(size):
         moved = (ilo[q] > 0) | (ihi[q] < m)
-        state[q] = state[q] if state[q] == 2 else np.uint8(moved)
+        state[q] = 2 if (state[q] == 2) | (moved & restart) else np.uint8(moved)
 
 
 def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters, min_scale,
-                       floor, guard, chunk, out_data, out_noise, out_count, fast=True):
+                       floor, guard, chunk, out_data, out_noise, out_count, fast=True,
+                       pool_width=0, pool_cons=1.0, pool_min=32):
     """Combine the block ``x[:, :npix]`` (n_frames rows of samples, +inf = missing).
 
     Writes ``out_data``, ``out_noise`` (float32) and ``out_count`` (int16),
@@ -435,7 +479,12 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
 
     Each pixel's clipping scale is never below ``max(min_scale, floor[p])``
     (``floor``: float64, one value per pixel, the pooled scale of
-    :func:`pooled_scale_floor`; empty: ``min_scale`` alone).
+    :func:`pooled_scale_floor`; empty: ``min_scale`` alone).  With ``pool_width > 0``
+    (``npix`` a multiple of it, the image row width) that floor is computed here instead,
+    row by row (:func:`utils.stack.pooled_floor._row_floor`, ``pool_cons`` the median of
+    chi^2_(n-1) / (n-1), ``pool_min`` :data:`~utils.stack.pooled_floor.POOL_MIN_PIXELS`):
+    the same numbers as passing :func:`pooled_scale_floor` as ``floor``, and ``floor`` is
+    then ignored.
 
     Work goes chunk by chunk of ``chunk`` pixels (sized to stay in L2):
     sorting network, valid counts, sums and squared deviations are loops over
@@ -458,100 +507,115 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
     msa = np.zeros(chunk, dtype=np.float64)
     has_floor = floor.shape[0] > 0
     nrej = 0
-    for p0 in range(0, npix, chunk):
-        p1 = min(p0 + chunk, npix)
-        size = p1 - p0
-        if method != 0:
-            _sort_columns(x, net_lo, net_hi, p0, p1)
-        for q in range(size):
-            lo_a[q] = 0
-            hi_a[q] = 0
-            tot[q] = 0.0
-            ss[q] = 0.0
-        for k in range(n):  # valid (finite) samples per pixel
-            row = x[k, p0:p1]
+    # pooled floor computed here, row by row (pool_width = the row width): from the
+    # row's samples before they are sorted, while they are in cache (one pass less over
+    # the block than pooled_scale_floor, the same sums in the same order)
+    seg = pool_width if pool_width > 0 else npix
+    pw = max(pool_width, 1)
+    ptot = np.empty(pw, dtype=np.float64)
+    pss = np.empty(pw, dtype=np.float64)
+    pvar = np.empty(pw, dtype=np.float64)
+    pbuf = np.empty(pw, dtype=np.float64)
+    row_floor = 0.0
+    for r0 in range(0, npix, seg):
+        r1 = min(r0 + seg, npix)
+        if pool_width > 0:
+            row_floor = _row_floor(x, r0, r1 - r0, pool_min, pool_cons, ptot, pss, pvar, pbuf)
+        for p0 in range(r0, r1, chunk):
+            p1 = min(p0 + chunk, r1)
+            size = p1 - p0
+            if method != 0:
+                _sort_columns(x, net_lo, net_hi, p0, p1)
             for q in range(size):
-                hi_a[q] += 1 if row[q] < np.inf else 0
-        if method == 2:
-            for q in range(size):
-                state[q] = 2
-                f = floor[p0 + q] if has_floor else min_scale
-                msa[q] = f if f > min_scale else min_scale
-            if fast and n >= 3:
-                for s0 in range(0, size, FIRST_SUB):
-                    s1 = min(s0 + FIRST_SUB, size)
-                    _first_clip(x, p0 + s0, s1 - s0, n, sig_lo, sig_hi, msa[s0:s1], guard,
-                                work, aux, ilo[s0:s1], ihi[s0:s1], state[s0:s1])
-            for q in range(size):
-                m = hi_a[q]
-                if m == n and state[q] == 0:  # the first iteration kept every sample
-                    continue
-                if m == n and state[q] == 1:  # continue after the first iteration
-                    lo = ilo[q]
-                    hi = ihi[q]
-                    if maxiters != 1:
-                        lo, hi = _clip_range(x, p0 + q, lo, hi, sig_lo, sig_hi,
-                                             maxiters - 1 if maxiters > 0 else 0,
-                                             msa[q], guard)
-                    nrej += m - (hi - lo)
-                    lo_a[q] = lo
-                    hi_a[q] = hi
-                    continue
-                if m > 0:
-                    lo, hi = _clip_range(x, p0 + q, 0, m, sig_lo, sig_hi, maxiters,
-                                          msa[q], guard)
-                    nrej += m - (hi - lo)
-                    lo_a[q] = lo
-                    hi_a[q] = hi
-        # mean and variance of the accepted samples, vectorised over pixels
-        if method == 0:  # unsorted: select by value, classic two passes
-            for k in range(n):
+                lo_a[q] = 0
+                hi_a[q] = 0
+                tot[q] = 0.0
+                ss[q] = 0.0
+            for k in range(n):  # valid (finite) samples per pixel
                 row = x[k, p0:p1]
                 for q in range(size):
-                    v = row[q]
-                    tot[q] += np.float64(v) if v < np.inf else 0.0
-            for q in range(size):
-                cnt = hi_a[q] - lo_a[q]
-                tot[q] = tot[q] / cnt if cnt > 0 else np.nan  # now the mean
-            for k in range(n):
-                row = x[k, p0:p1]
+                    hi_a[q] += 1 if row[q] < np.inf else 0
+            if method == 2:
                 for q in range(size):
-                    d = np.float64(row[q]) - tot[q]
-                    ss[q] += d * d if row[q] < np.inf else 0.0
-        else:
-            # sorted: select by rank range, one pass of sums shifted by the range's
-            # median sample, which keeps sum(d^2) - sum(d)^2/n free of cancellation
-            for q in range(size):
-                cnt = hi_a[q] - lo_a[q]
-                shift[q] = np.float64(x[lo_a[q] + (cnt - 1) // 2, p0 + q]) if cnt > 0 else 0.0
-            for k in range(n):
-                row = x[k, p0:p1]
+                    state[q] = 2
+                    f = row_floor if pool_width > 0 else (
+                        floor[p0 + q] if has_floor else min_scale)
+                    msa[q] = f if f > min_scale else min_scale
+                if fast and n >= 3:
+                    for s0 in range(0, size, FIRST_SUB):
+                        s1 = min(s0 + FIRST_SUB, size)
+                        _first_clip(x, p0 + s0, s1 - s0, n, sig_lo, sig_hi, msa[s0:s1], guard,
+                                    work, aux, ilo[s0:s1], ihi[s0:s1], state[s0:s1])
                 for q in range(size):
-                    d = np.float64(row[q]) - shift[q] if lo_a[q] <= k < hi_a[q] else 0.0
-                    tot[q] += d
-                    ss[q] += d * d
-            for q in range(size):
-                cnt = hi_a[q] - lo_a[q]
-                if cnt > 0:
-                    dev = ss[q] - tot[q] * tot[q] / cnt
-                    ss[q] = dev if dev > 0.0 else 0.0
-                    tot[q] = shift[q] + tot[q] / cnt  # now the mean
-                else:
-                    tot[q] = np.nan
-        for q in range(size):
-            p = p0 + q
-            lo = lo_a[q]
-            cnt = hi_a[q] - lo
-            out_count[p] = cnt
-            std = math.sqrt(ss[q] / (cnt - 1)) if cnt > 1 else np.nan
-            out_noise[p] = np.float32(std)
-            if cnt == 0:
-                out_data[p] = np.float32(np.nan)
-            elif method == 1:
-                out_data[p] = np.float32(0.5 * (np.float64(x[lo + (cnt - 1) // 2, p])
-                                                + np.float64(x[lo + cnt // 2, p])))
+                    m = hi_a[q]
+                    if m == n and state[q] == 0:  # the first iteration kept every sample
+                        continue
+                    if m == n and state[q] == 1:  # continue after the first iteration
+                        lo = ilo[q]
+                        hi = ihi[q]
+                        if maxiters != 1:
+                            lo, hi = _clip_range(x, p0 + q, lo, hi, sig_lo, sig_hi,
+                                                 maxiters - 1 if maxiters > 0 else 0,
+                                                 msa[q], guard)
+                        nrej += m - (hi - lo)
+                        lo_a[q] = lo
+                        hi_a[q] = hi
+                        continue
+                    if m > 0:
+                        lo, hi = _clip_range(x, p0 + q, 0, m, sig_lo, sig_hi, maxiters,
+                                              msa[q], guard)
+                        nrej += m - (hi - lo)
+                        lo_a[q] = lo
+                        hi_a[q] = hi
+            # mean and variance of the accepted samples, vectorised over pixels
+            if method == 0:  # unsorted: select by value, classic two passes
+                for k in range(n):
+                    row = x[k, p0:p1]
+                    for q in range(size):
+                        v = row[q]
+                        tot[q] += np.float64(v) if v < np.inf else 0.0
+                for q in range(size):
+                    cnt = hi_a[q] - lo_a[q]
+                    tot[q] = tot[q] / cnt if cnt > 0 else np.nan  # now the mean
+                for k in range(n):
+                    row = x[k, p0:p1]
+                    for q in range(size):
+                        d = np.float64(row[q]) - tot[q]
+                        ss[q] += d * d if row[q] < np.inf else 0.0
             else:
-                out_data[p] = np.float32(tot[q])
+                # sorted: select by rank range, one pass of sums shifted by the range's
+                # median sample, which keeps sum(d^2) - sum(d)^2/n free of cancellation
+                for q in range(size):
+                    cnt = hi_a[q] - lo_a[q]
+                    shift[q] = np.float64(x[lo_a[q] + (cnt - 1) // 2, p0 + q]) if cnt > 0 else 0.0
+                for k in range(n):
+                    row = x[k, p0:p1]
+                    for q in range(size):
+                        d = np.float64(row[q]) - shift[q] if lo_a[q] <= k < hi_a[q] else 0.0
+                        tot[q] += d
+                        ss[q] += d * d
+                for q in range(size):
+                    cnt = hi_a[q] - lo_a[q]
+                    if cnt > 0:
+                        dev = ss[q] - tot[q] * tot[q] / cnt
+                        ss[q] = dev if dev > 0.0 else 0.0
+                        tot[q] = shift[q] + tot[q] / cnt  # now the mean
+                    else:
+                        tot[q] = np.nan
+            for q in range(size):
+                p = p0 + q
+                lo = lo_a[q]
+                cnt = hi_a[q] - lo
+                out_count[p] = cnt
+                std = math.sqrt(ss[q] / (cnt - 1)) if cnt > 1 else np.nan
+                out_noise[p] = np.float32(std)
+                if cnt == 0:
+                    out_data[p] = np.float32(np.nan)
+                elif method == 1:
+                    out_data[p] = np.float32(0.5 * (np.float64(x[lo + (cnt - 1) // 2, p])
+                                                    + np.float64(x[lo + cnt // 2, p])))
+                else:
+                    out_data[p] = np.float32(tot[q])
     return nrej
 
 
@@ -577,6 +641,8 @@ if HAVE_NUMBA:
     _masked_sum = _jit(_masked_sum_py)
     _masked_ss = _jit(_masked_ss_py)
     _first_clip = _jit(_first_clip_py)
+    from .pooled_floor import _row_floor  # noqa: E402 - the fused pooled floor of one row
+
     _combine_kernel = _jit(_combine_kernel_py)
 else:  # pragma: no cover
     _prepare = _sort_columns = _kth_distance = _range_std = _clip_range = _combine_kernel = None
@@ -601,12 +667,12 @@ def warmup() -> float:
     raw = np.zeros(8, np.uint8)
     _prepare_u16(raw, x[0], np.zeros(4), 1.0, np.inf, nsat)
     _prepare_u16(raw, x[1], np.empty(0), 1.0, 65520.0, nsat)
-    from .pooled_floor import _row_var_median  # the clipping floor's kernel
-
-    _row_var_median(np.zeros((3, 64), np.float32), 2, 32, 32, np.zeros(2))
     for method in (0, 1, 2):
         _combine_kernel(x.copy(), 4, lo, hi, method, 3.0, 3.0, 5, 0.0, np.empty(0), True, 4,
                         np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, np.int16))
+    _combine_kernel(x.copy(), 4, lo, hi, 2, 3.0, 3.0, 5, 0.0, np.empty(0), True, 4,
+                    np.empty(4, np.float32), np.empty(4, np.float32), np.empty(4, np.int16),
+                    True, 2, 1.0, 32)
     return time.perf_counter() - t0
 
 
