@@ -67,36 +67,43 @@ def pooled_scale_floor(x: np.ndarray, n_rows: int, width: int) -> np.ndarray:
     return np.repeat(np.sqrt(np.maximum(med, 0.0) / cons), width)
 
 
+def _row_variances_py(x, p0, width, tot, ss, var):
+    """The sample variances (``ddof=1``, two passes in float64, frames summed in order) of
+    the pixels ``p0:p0+width`` of the samples ``x`` that have every sample finite, in pixel
+    order, into ``var[:m]``; returns ``m``.  ``tot``, ``ss``, ``var``: float64 scratch of
+    ``width`` values."""
+    n = x.shape[0]
+    for q in range(width):
+        tot[q] = 0.0
+        ss[q] = 0.0
+    for k in range(n):
+        xr = x[k, p0:p0 + width]
+        for q in range(width):
+            tot[q] += np.float64(xr[q])
+    for q in range(width):
+        tot[q] = tot[q] / n
+    for k in range(n):
+        xr = x[k, p0:p0 + width]
+        for q in range(width):
+            d = np.float64(xr[q]) - tot[q]
+            ss[q] += d * d
+    m = 0
+    for q in range(width):  # branch-free compaction of the finite variances, in order
+        v = ss[q] / (n - 1)
+        var[m] = v
+        m += v < np.inf  # NaN (inf - inf) or inf: a missing sample
+    return m
+
+
 def _row_var_median_py(x, n_rows, width, min_pixels, med):
     """``med[r]`` = median over row ``r``'s pixels with every sample finite of their sample
-    variance (``ddof=1``, two passes in float64, frames summed in order); rows with fewer
-    than ``min_pixels`` such pixels are left as they are."""
-    n = x.shape[0]
+    variance (:func:`_row_variances_py`); rows with fewer than ``min_pixels`` such pixels
+    are left as they are."""
     tot = np.empty(width, dtype=np.float64)
     ss = np.empty(width, dtype=np.float64)
     var = np.empty(width, dtype=np.float64)
     for r in range(n_rows):
-        p0 = r * width
-        for q in range(width):
-            tot[q] = 0.0
-            ss[q] = 0.0
-        for k in range(n):
-            xr = x[k, p0:p0 + width]
-            for q in range(width):
-                tot[q] += np.float64(xr[q])
-        for q in range(width):
-            tot[q] = tot[q] / n
-        for k in range(n):
-            xr = x[k, p0:p0 + width]
-            for q in range(width):
-                d = np.float64(xr[q]) - tot[q]
-                ss[q] += d * d
-        m = 0
-        for q in range(width):
-            v = ss[q] / (n - 1)
-            if v < np.inf:  # NaN (inf - inf) or inf: a missing sample
-                var[m] = v
-                m += 1
+        m = _row_variances(x, r * width, width, tot, ss, var)
         if m >= min_pixels:
             med[r] = np.median(var[:m])
 
@@ -174,30 +181,11 @@ def _median_py(v, m, buf):
 
 def _row_floor_py(x, p0, width, min_pixels, cons, tot, ss, var, buf):
     """The pooled floor of one image row, pixels ``p0:p0+width`` of the samples ``x``
-    (frames in their order, before any sorting): :func:`_row_var_median_py`'s sums in the
+    (frames in their order, before any sorting): :func:`_row_variances_py`'s sums in the
     same order and the same median, then ``sqrt(max(median, 0) / cons)`` as
     :func:`pooled_scale_floor`; 0 with fewer than ``min_pixels`` pixels with every sample
     valid.  ``tot``, ``ss``, ``var``, ``buf``: float64 scratch of ``width`` values."""
-    n = x.shape[0]
-    for q in range(width):
-        tot[q] = 0.0
-        ss[q] = 0.0
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            tot[q] += np.float64(xr[q])
-    for q in range(width):
-        tot[q] = tot[q] / n
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            d = np.float64(xr[q]) - tot[q]
-            ss[q] += d * d
-    m = 0
-    for q in range(width):  # branch-free compaction of the finite variances, in order
-        v = ss[q] / (n - 1)
-        var[m] = v
-        m += v < np.inf  # NaN (inf - inf) or inf: a missing sample
+    m = _row_variances(x, p0, width, tot, ss, var)
     if m < min_pixels:
         return 0.0
     med = _median(var, m, buf)
@@ -206,11 +194,12 @@ def _row_floor_py(x, p0, width, min_pixels, cons, tot, ss, var, buf):
 
 if HAVE_NUMBA:
     _njit = njit(nogil=True, cache=True, error_model="numpy")
+    _row_variances = _njit(_row_variances_py)
     _row_var_median = _njit(_row_var_median_py)
     _median = _njit(_median_py)
     _row_floor = _njit(_row_floor_py)
 else:  # pragma: no cover
-    _row_var_median = _median = _row_floor = None
+    _row_variances = _row_var_median = _median = _row_floor = None
 
 
 def _row_var_median_numpy(x, n_rows, width, min_pixels, med):
