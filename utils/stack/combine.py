@@ -106,13 +106,12 @@ from .kernels import (
     HAVE_NUMBA,
     MAD_TO_STD,  # noqa: F401 - re-exported with the engine's constants
     _combine_kernel,
-    _combine_numpy,
     _prepare,
-    _prepare_numpy,
     _prepare_u16,
     batcher_network,
     warmup,
 )
+from .kernels_numpy import _combine_numpy, _prepare_numpy
 from .pooled_floor import POOL_MIN_PIXELS, pooled_scale_floor
 from .stats import chi2_median_ratio, exact_median
 

@@ -4,7 +4,7 @@ With a handful of frames a pixel's own MAD is too noisy a clipping scale; the en
 each pixel against the larger of its own scale and the typical scale of its image row,
 computed here (a numba kernel and its numpy twin, bit for bit the same sums in the same
 order).  The engine's numba kernel computes the same floor itself, row by row while the row's
-samples are in cache (:func:`_row_floor`, the same sums in the same order and the same median:
+samples are in cache (:func:`utils.stack.kernels._row_floor`, the same sums and median:
 the same bits, tested), instead of in a separate pass over the block.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import _median, _median_py, _row_variances, _row_variances_py  # noqa: F401
 from .stats import chi2_median_ratio
 
 try:  # numba is a hard dependency, but keep a working (slower) path without it
@@ -67,34 +68,6 @@ def pooled_scale_floor(x: np.ndarray, n_rows: int, width: int) -> np.ndarray:
     return np.repeat(np.sqrt(np.maximum(med, 0.0) / cons), width)
 
 
-def _row_variances_py(x, p0, width, tot, ss, var):
-    """The sample variances (``ddof=1``, two passes in float64, frames summed in order) of
-    the pixels ``p0:p0+width`` of the samples ``x`` that have every sample finite, in pixel
-    order, into ``var[:m]``; returns ``m``.  ``tot``, ``ss``, ``var``: float64 scratch of
-    ``width`` values."""
-    n = x.shape[0]
-    for q in range(width):
-        tot[q] = 0.0
-        ss[q] = 0.0
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            tot[q] += np.float64(xr[q])
-    for q in range(width):
-        tot[q] = tot[q] / n
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            d = np.float64(xr[q]) - tot[q]
-            ss[q] += d * d
-    m = 0
-    for q in range(width):  # branch-free compaction of the finite variances, in order
-        v = ss[q] / (n - 1)
-        var[m] = v
-        m += v < np.inf  # NaN (inf - inf) or inf: a missing sample
-    return m
-
-
 def _row_var_median_py(x, n_rows, width, min_pixels, med):
     """``med[r]`` = median over row ``r``'s pixels with every sample finite of their sample
     variance (:func:`_row_variances_py`); rows with fewer than ``min_pixels`` such pixels
@@ -108,98 +81,12 @@ def _row_var_median_py(x, n_rows, width, min_pixels, med):
             med[r] = np.median(var[:m])
 
 
-def _median_py(v, m, buf):
-    """``np.median(v[:m])`` (float64, no NaN, ``m >= 1``), the same number, by a three-way
-    quickselect whose partitions are branch-free loops; ``v[:m]`` and ``buf[:m]`` are
-    overwritten.
-
-    numba's ``np.median`` copies its input and partitions it with data-dependent branches:
-    ~16 us for the 1024 row variances of a 1024-wide image, against ~3 us here.  Ranks
-    ``(m - 1) // 2`` and ``m // 2`` are found; an even ``m`` gives ``(a + b) / 2`` as
-    numba's and numpy's medians do.
-    """
-    k_lo = (m - 1) // 2
-    k_hi = m // 2
-    src = v[:m]
-    dst = buf[:m]
-    off = 0  # rank of src[0]'s segment within the whole
-    size = m
-    upper = np.inf  # smallest value known to lie above the segment
-    while size > 16:
-        a0 = src[0]
-        a1 = src[size >> 1]
-        a2 = src[size - 1]
-        piv = max(min(a0, a1), min(max(a0, a1), a2))  # median of three
-        nb = 0
-        na = 0
-        for i in range(size):
-            val = src[i]
-            # below from the front, above from the back (never over a committed slot:
-            # at most the slot just committed, with the same value)
-            dst[nb] = val
-            dst[size - 1 - na] = val
-            nb += val < piv
-            na += val > piv
-        ne = size - nb - na
-        lo_r = k_lo - off
-        hi_r = k_hi - off
-        if lo_r < nb or lo_r < nb + ne:
-            # the value above rank lo_r, when it is not in the segment kept: the pivot, or
-            # the smallest value above it (a min() inside the loop above cost 3x its time)
-            if hi_r >= nb + ne or (lo_r < nb and hi_r >= nb and ne == 0):
-                for i in range(size - na, size):
-                    upper = dst[i] if dst[i] < upper else upper
-            elif lo_r < nb and hi_r >= nb:
-                upper = piv
-        if lo_r < nb:
-            tmp = src
-            src = dst[:nb]
-            dst = tmp
-            size = nb
-        elif lo_r < nb + ne:
-            b = piv if hi_r < nb + ne else upper
-            return (piv + b) / 2 if k_hi > k_lo else piv
-        else:
-            off += nb + ne
-            tmp = src
-            src = dst[size - na:size]
-            dst = tmp
-            size = na
-    for i in range(1, size):  # insertion sort of the last few
-        val = src[i]
-        j = i - 1
-        while j >= 0 and src[j] > val:
-            src[j + 1] = src[j]
-            j -= 1
-        src[j + 1] = val
-    a = src[k_lo - off]
-    if k_hi == k_lo:
-        return a
-    b = src[k_hi - off] if k_hi - off < size else upper
-    return (a + b) / 2
-
-
-def _row_floor_py(x, p0, width, min_pixels, cons, tot, ss, var, buf):
-    """The pooled floor of one image row, pixels ``p0:p0+width`` of the samples ``x``
-    (frames in their order, before any sorting): :func:`_row_variances_py`'s sums in the
-    same order and the same median, then ``sqrt(max(median, 0) / cons)`` as
-    :func:`pooled_scale_floor`; 0 with fewer than ``min_pixels`` pixels with every sample
-    valid.  ``tot``, ``ss``, ``var``, ``buf``: float64 scratch of ``width`` values."""
-    m = _row_variances(x, p0, width, tot, ss, var)
-    if m < min_pixels:
-        return 0.0
-    med = _median(var, m, buf)
-    return np.sqrt(max(med, 0.0) / cons)
-
-
 if HAVE_NUMBA:
-    _njit = njit(nogil=True, cache=True, error_model="numpy")
-    _row_variances = _njit(_row_variances_py)
-    _row_var_median = _njit(_row_var_median_py)
-    _median = _njit(_median_py)
-    _row_floor = _njit(_row_floor_py)
+    # not cached: it calls the kernels' compiled row variances (another file), and it is
+    # the numpy pass's test oracle only (the engine computes the floor in its kernel)
+    _row_var_median = njit(nogil=True, error_model="numpy")(_row_var_median_py)
 else:  # pragma: no cover
-    _row_variances = _row_var_median = _median = _row_floor = None
+    _row_var_median = None
 
 
 def _row_var_median_numpy(x, n_rows, width, min_pixels, med):
