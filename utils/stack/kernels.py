@@ -327,6 +327,25 @@ def _count_outside_py(x, p0, size, m, lower, upper, nlo, nhi):
         nhi[q] = max(nhi[q], nlo[q])
 
 
+def _column_sums_py(x, p0, width, n, tot, ss):
+    """Two-pass float64 sums of the first ``n`` samples of pixels ``p0:p0+width``, frames in
+    order: ``tot`` their means, ``ss`` the sums of squared deviations from them."""
+    for q in range(width):
+        tot[q] = 0.0
+        ss[q] = 0.0
+    for k in range(n):
+        xr = x[k, p0:p0 + width]
+        for q in range(width):
+            tot[q] += np.float64(xr[q])
+    for q in range(width):
+        tot[q] = tot[q] / n
+    for k in range(n):
+        xr = x[k, p0:p0 + width]
+        for q in range(width):
+            d = np.float64(xr[q]) - tot[q]
+            ss[q] += d * d
+
+
 def _masked_sum_py(xr, k, ilo, ihi, tot):
     """``tot += xr`` where ``ilo <= k < ihi`` (0.0 added elsewhere: the sum is unchanged)."""
     for q in range(tot.shape[0]):
@@ -407,20 +426,7 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
         # a zero MAD on differing samples (quantised data, few frames: 8-17 % of the pixels
         # of 5-frame masters): the std of all m samples instead, _range_std_py's two passes
         # over the rows in order (the same float64 sums), instead of the scalar loop
-        for q in range(size):
-            tot[q] = 0.0
-            ss[q] = 0.0
-        for k in range(m):
-            xr = x[k, p0:p0 + size]
-            for q in range(size):
-                tot[q] += np.float64(xr[q])
-        for q in range(size):
-            tot[q] = tot[q] / m
-        for k in range(m):
-            xr = x[k, p0:p0 + size]
-            for q in range(size):
-                d = np.float64(xr[q]) - tot[q]
-                ss[q] += d * d
+        _column_sums(x, p0, size, m, tot, ss)
         for q in range(size):
             zero = (std[q] == 0.0) & (first[q] != last[q])
             std[q] = math.sqrt(ss[q] / m) if zero else std[q]
@@ -632,20 +638,7 @@ def _row_variances_py(x, p0, width, tot, ss, var):
     order, into ``var[:m]``; returns ``m``.  ``tot``, ``ss``, ``var``: float64 scratch of
     ``width`` values."""
     n = x.shape[0]
-    for q in range(width):
-        tot[q] = 0.0
-        ss[q] = 0.0
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            tot[q] += np.float64(xr[q])
-    for q in range(width):
-        tot[q] = tot[q] / n
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            d = np.float64(xr[q]) - tot[q]
-            ss[q] += d * d
+    _column_sums(x, p0, width, n, tot, ss)
     m = 0
     for q in range(width):  # branch-free compaction of the finite variances, in order
         v = ss[q] / (n - 1)
@@ -757,6 +750,7 @@ if HAVE_NUMBA:
     # the lane loops are compiled as their own functions: inlined they stayed scalar
     _select_pair = _jit(_select_pair_py)
     _count_outside = _jit(_count_outside_py)
+    _column_sums = _jit(_column_sums_py)
     _masked_sum = _jit(_masked_sum_py)
     _masked_ss = _jit(_masked_ss_py)
     _first_clip = _jit(_first_clip_py)
@@ -768,7 +762,7 @@ if HAVE_NUMBA:
 else:  # pragma: no cover
     _prepare = _sort_columns = _kth_distance = _range_std = _clip_range = _combine_kernel = None
     _select_pair = _count_outside = _first_clip = _masked_sum = _masked_ss = None
-    _prepare_u16 = _row_variances = _median = _row_floor = None
+    _prepare_u16 = _row_variances = _median = _row_floor = _column_sums = None
 
 
 def warmup() -> float:
