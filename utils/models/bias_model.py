@@ -50,7 +50,7 @@ from ..io import fitsio
 from ..io.fitsio import provenance_cards, read_image, set_card, write_product
 from ..io.tokens import number_text
 from ..stack.blockops import LinearRows
-from ..stack.stats import chi2_median_ratio, exact_median
+from ..stack.stats import MAD_TO_STD, chi2_median_ratio, exact_median
 from ..stack.tiles import PIXEL_BLOCK, ProductRows, pixel_blocks, row_tiles, tile_rows
 from ._parallel import HAVE_NUMBA, njit
 from .linear import fit_line_per_pixel
@@ -646,7 +646,7 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     finite_b = np.isfinite(b) & (mask == 0)
     if finite_b.sum() >= 10:
         centre = exact_median(b[finite_b])
-        spread = 1.482602218505602 * exact_median(np.abs(b[finite_b] - centre))
+        spread = MAD_TO_STD * exact_median(np.abs(b[finite_b] - centre))
         with np.errstate(invalid="ignore", divide="ignore"):
             far = np.abs(b - centre) > slope_nsigma * max(spread, 1e-12)
             significant = np.abs(b - centre) > slope_nsigma * sigma_b
