@@ -44,6 +44,7 @@ from .nonlinear_numpy import (
 from .pixel_tiles import (
     POPULATION_PIXELS,
     PixelTiles,
+    SampleParts,
     flat_cov,
     gather_sample,
     store_tile,
@@ -253,22 +254,16 @@ class _SampleAhead:
 
     def __init__(self, pixels: int, n: int):
         self.step = max(1, math.ceil(pixels / POPULATION_PIXELS))
-        self.n = n
         self.seen = 0  # candidates in the tiles so far
-        self.parts: tuple[list, list, list] | None = ([], [], [])
+        self.parts: SampleParts | None = SampleParts(n)
 
     def add(self, y_t, s_t, c_t, candidate: np.ndarray) -> None:
         """Keep the sample's pixels of one tile (its read, in order of the tiles)."""
         at = np.flatnonzero(candidate)
         sel = at[(self.seen + np.arange(at.size)) % self.step == 0]
         self.seen += at.size
-        if sel.size == 0 or self.parts is None:
-            return
-        ys, ss, cs = self.parts
-        ys.append(np.asarray(y_t).reshape(self.n, -1)[:, sel])
-        ss.append(np.asarray(s_t).reshape(self.n, -1)[:, sel])
-        if c_t is not None:
-            cs.append(flat_cov(c_t)[:, :, sel])
+        if sel.size and self.parts is not None:
+            self.parts.add(y_t, s_t, c_t, sel)
 
     def take(self, candidates: int):
         """``(y, s, C)`` of the sample as gather_sample makes it, or None when ``candidates``
@@ -276,11 +271,7 @@ class _SampleAhead:
         parts, self.parts = self.parts, None
         if parts is None or max(1, math.ceil(candidates / POPULATION_PIXELS)) != self.step:
             return None
-        ys, ss, cs = parts
-        if not ys:
-            return np.empty((self.n, 0)), np.empty((self.n, 0)), None
-        return (np.concatenate(ys, axis=1), np.concatenate(ss, axis=1),
-                np.concatenate(cs, axis=2) if cs else None)
+        return parts.result()
 
 
 def _first_pass_tile(tile, *, read, design, n, fit):

@@ -78,20 +78,37 @@ def gather_sample(tiles: PixelTiles, candidate: np.ndarray, n: int):
         y_t, s_t, c_t = tiles.read(*tiles.ranges[0])
         y_t, s_t = np.asarray(y_t).reshape(n, -1), np.asarray(s_t).reshape(n, -1)
         return y_t[:, idx], s_t[:, idx], None if c_t is None else flat_cov(c_t)[:, :, idx]
-    ys, ss, cs = [], [], []
+    parts = SampleParts(n)
     for a, b in tiles.ranges:
         sel = idx[(idx >= a) & (idx < b)] - a
-        if sel.size == 0:
-            continue
-        y_t, s_t, c_t = tiles.read(a, b)
-        ys.append(np.asarray(y_t).reshape(n, -1)[:, sel])
-        ss.append(np.asarray(s_t).reshape(n, -1)[:, sel])
+        if sel.size:
+            parts.add(*tiles.read(a, b), sel)
+    return parts.result()
+
+
+class SampleParts:
+    """The joint fit's sample gathered tile by tile: each tile's selected pixels (values,
+    errors, shared covariance), concatenated in the order of the tiles."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.ys: list = []
+        self.ss: list = []
+        self.cs: list = []
+
+    def add(self, y_t, s_t, c_t, sel: np.ndarray) -> None:
+        """Keep pixels ``sel`` (indices within the tile) of one tile's read."""
+        self.ys.append(np.asarray(y_t).reshape(self.n, -1)[:, sel])
+        self.ss.append(np.asarray(s_t).reshape(self.n, -1)[:, sel])
         if c_t is not None:
-            cs.append(flat_cov(c_t)[:, :, sel])
-    if not ys:
-        return np.empty((n, 0)), np.empty((n, 0)), None
-    return (np.concatenate(ys, axis=1), np.concatenate(ss, axis=1),
-            np.concatenate(cs, axis=2) if cs else None)
+            self.cs.append(flat_cov(c_t)[:, :, sel])
+
+    def result(self):
+        """``(y, s, C or None)`` of every pixel kept."""
+        if not self.ys:
+            return np.empty((self.n, 0)), np.empty((self.n, 0)), None
+        return (np.concatenate(self.ys, axis=1), np.concatenate(self.ss, axis=1),
+                np.concatenate(self.cs, axis=2) if self.cs else None)
 
 
 def flat_cov(c):
@@ -99,4 +116,5 @@ def flat_cov(c):
     return c.reshape(c.shape[0], c.shape[1], -1)
 
 
-__all__ = ["PixelTiles", "tile_outputs", "store_tile", "gather_sample", "flat_cov"]
+__all__ = ["PixelTiles", "tile_outputs", "store_tile", "gather_sample", "flat_cov",
+           "SampleParts"]
