@@ -2,9 +2,14 @@
 compiled function it calls from another file is built into the cached code, and a later change
 to that file is not seen (numba's documented cache limitation), so an editable install updated
 by ``git pull`` would keep running the old callee.  Every cached kernel of the project must
-therefore call compiled functions of its own file only."""
+therefore call compiled functions of its own file only, or declare the other file in its
+module's ``NUMBA_DEPENDS`` (``{file name: first 16 hex digits of its SHA-256}``, checked here):
+a change to the callee's file then has to change the caller's file as well, which
+invalidates its cache."""
 
+import hashlib
 import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +20,10 @@ from numba.core.registry import CPUDispatcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("utils", "bias_pipeline", "dark_pipeline", "flat_pipeline", "analysis")
-#: Known cross-file calls, not yet moved: the shared moment loop of the linear and exponential
-#: fits (``utils.models._parallel._moment_py``, inlined into both files' kernels).  A change
-#: to it needs the ``__pycache__`` of ``utils/models`` cleared.
-KNOWN = {"_nb_moment"}
+
+
+def _stamp(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _modules():
@@ -42,10 +47,11 @@ def _cached_kernels():
     return list(seen.values())
 
 
-def test_cached_kernels_call_compiled_functions_of_their_own_file_only():
+def test_cached_kernels_call_compiled_functions_of_their_own_file_or_declared_ones():
     kernels = _cached_kernels()
     assert len(kernels) > 20  # the stacking, fitting and dark-model kernels were found
     wrong = []
+    declared = 0
     for kernel in kernels:
         func = kernel.py_func
         home = func.__code__.co_filename
@@ -53,8 +59,29 @@ def test_cached_kernels_call_compiled_functions_of_their_own_file_only():
         for code in codes:
             for name in code.co_names:
                 callee = func.__globals__.get(name)
-                if isinstance(callee, CPUDispatcher) and name not in KNOWN and \
-                        callee.py_func.__code__.co_filename != home:
-                    wrong.append(f"{func.__module__}.{func.__name__} -> "
-                                 f"{callee.py_func.__module__}.{name}")
+                if not isinstance(callee, CPUDispatcher):
+                    continue
+                other = callee.py_func.__code__.co_filename
+                if other == home:
+                    continue
+                depends = getattr(sys.modules[func.__module__], "NUMBA_DEPENDS", {})
+                if depends.get(Path(other).name) == _stamp(other):
+                    declared += 1
+                    continue
+                wrong.append(f"{func.__module__}.{func.__name__} -> "
+                             f"{callee.py_func.__module__}.{name}: put the callee in the "
+                             f"caller's file, or set NUMBA_DEPENDS[{Path(other).name!r}] = "
+                             f"{_stamp(other)!r} in the caller's module")
     assert not wrong, wrong
+    assert declared >= 2  # the linear and exponential fits' shared moment loop
+
+
+def test_numba_depends_stamps_are_current():
+    """A stale stamp fails even where no kernel is found calling the file (numba absent)."""
+    stale = []
+    for module in _modules():
+        for name, stamp in getattr(module, "NUMBA_DEPENDS", {}).items():
+            path = Path(module.__file__).with_name(name)
+            if _stamp(path) != stamp:
+                stale.append(f"{module.__name__}: NUMBA_DEPENDS[{name!r}] = {_stamp(path)!r}")
+    assert not stale, stale

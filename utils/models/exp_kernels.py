@@ -13,6 +13,11 @@ import numpy as np
 
 from ._parallel import HAVE_NUMBA, _nb_moment, njit
 
+#: numba caches this file's kernels keyed by this file alone, but they inline ``_nb_moment``
+#: from ``_parallel.py``: the file's hash here (checked by tests/utils/test_numba_cache.py)
+#: makes every change there change this file too, which invalidates the cached kernels.
+NUMBA_DEPENDS = {"_parallel.py": "8b686c8afe861f94"}
+
 _LAMBDA0 = 1e-3            # initial damping (relative to diag N)
 _LAMBDA_MAX = 1e12         # damping beyond which a pixel is declared stuck (not converged)
 _EXP_MAX = 700.0           # |exponent| clip: keeps exp finite for absurd trial steps

@@ -24,6 +24,11 @@ import numpy as np
 
 from ._parallel import HAVE_NUMBA, _default_workers, _float_array, _nb_moment, _run_chunks, njit
 
+#: numba caches this file's kernels keyed by this file alone, but they inline ``_nb_moment``
+#: from ``_parallel.py``: the file's hash here (checked by tests/utils/test_numba_cache.py)
+#: makes every change there change this file too, which invalidates the cached kernels.
+NUMBA_DEPENDS = {"_parallel.py": "8b686c8afe861f94"}
+
 
 @dataclass
 class LinearFit:
