@@ -83,7 +83,9 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
         ``holdout(temperature_label) -> (predict, predict_err[, shared_cov]) or None``: the
         model fitted without that temperature bin, for the pulls; ``shared_cov(T, t)``
         [adu^2], when given, is the covariance of its prediction's error with the master's
-        error (a subtracted bias model both carry), taken out of the pull's variance.
+        error (a subtracted bias model both carry), taken out of the pull's variance.  Or
+        a :class:`HeldOut` of it over the stack's temperature bins (its refits already
+        started; closed when the evaluation ends).
     pull_pixels : numpy.ndarray, optional
         Flat indices of the pixels the held-out models predict (a deterministic sample,
         :meth:`SignalStack.sample`); the pulls are taken over them.  Default: every pixel.
@@ -94,7 +96,9 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     rng = np.random.default_rng(seed)
     rows, samples, maps = [], {}, {}
     groups = list(stack.groups().items())
-    with HeldOut(holdout, [label for label, _ in groups]) as held_out:
+    held_out = holdout if isinstance(holdout, HeldOut) else \
+        HeldOut(holdout, [label for label, _ in groups])
+    with held_out:
         for label, idx_t in groups:
             held = held_out.take(label)
             release_free_memory()  # what the held-out refit freed, before the full-frame work

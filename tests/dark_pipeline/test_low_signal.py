@@ -623,7 +623,8 @@ def test_evaluation_with_refits_ahead_equals_refits_in_turn(low_signal, low_sign
     """darkspeed3: the leave-one-temperature-out refits run one ahead in a background thread
     (evaluation.HeldOut) while the masters of the bin before are compared: the same refits in
     the same order, so the 1-D and 2-D evaluations' tables and samples equal those of refits
-    made in turn in the loop, bit for bit."""
+    made in turn in the loop, bit for bit (the 1-D refits started before the evaluation, as
+    the pipeline starts them beside the 1-D model's products)."""
     from dark_pipeline import evaluation
     from dark_pipeline.pipeline import _holdout_1d, _holdout_2d, _population_shape
 
@@ -648,8 +649,10 @@ def test_evaluation_with_refits_ahead_equals_refits_in_turn(low_signal, low_sign
         ev1 = evaluation.evaluate(
             stack, lambda t, x: model1.rate(t) * x, lambda t, x: model1.rate_err(t) * x,
             exclude=~np.isfinite(model1.fit.amplitude), pull_pixels=pixels, keep_maps=True,
-            holdout=recorded(_holdout_1d(rates, settings, 16, pixels,
-                                         float(model1.fit.population_rate))))
+            # as the pipeline gives it: refits started before the evaluation
+            holdout=evaluation.HeldOut(recorded(_holdout_1d(
+                rates, settings, 16, pixels, float(model1.fit.population_rate))),
+                list(stack.groups())))
         ev2 = evaluation.evaluate(
             stack, model2.signal, model2.signal_err, exclude=~np.isfinite(model2.fit.amplitude),
             pull_pixels=pixels, keep_maps=False,
