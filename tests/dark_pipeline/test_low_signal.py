@@ -616,3 +616,97 @@ def test_compare_statistics_equal_the_plain_formulas(low_signal, low_signal_mast
         assert row["REAL_MEDIAN [ADU]"] == exact_median(real[ok])
         assert row["SYNTH_MEDIAN [ADU]"] == exact_median(synth[ok].astype(np.float64))
         assert (row["NPIX"], row["NPIX_MAPE"]) == (int(ok.sum()), int(strong.sum()))
+
+
+def test_evaluation_with_refits_ahead_equals_refits_in_turn(low_signal, low_signal_masters,
+                                                            monkeypatch):
+    """darkspeed3: the leave-one-temperature-out refits run one ahead in a background thread
+    (evaluation.HeldOut) while the masters of the bin before are compared: the same refits in
+    the same order, so the 1-D and 2-D evaluations' tables and samples equal those of refits
+    made in turn in the loop, bit for bit (the 1-D refits started before the evaluation, as
+    the pipeline starts them beside the 1-D model's products)."""
+    from dark_pipeline import evaluation
+    from dark_pipeline.pipeline import _holdout_1d, _holdout_2d, _population_shape
+
+    _, masters, bias = low_signal_masters
+    _, model1, model2 = low_signal
+    stack = load_stack(masters)
+    rates = measure_rates(stack)
+    settings = DarkSettings()
+    pixels = np.arange(0, stack.shape[0] * stack.shape[1], 3)
+    sample = stack.sample(pixels.size)[0]
+    pixels = sample.pixels
+    calls = []
+
+    def recorded(holdout):
+        def fit(label):
+            calls.append(label)
+            return holdout(label)
+        return fit
+
+    def run():
+        calls.clear()
+        ev1 = evaluation.evaluate(
+            stack, lambda t, x: model1.rate(t) * x, lambda t, x: model1.rate_err(t) * x,
+            exclude=~np.isfinite(model1.fit.amplitude), pull_pixels=pixels, keep_maps=True,
+            # as the pipeline gives it: refits started before the evaluation
+            holdout=evaluation.HeldOut(recorded(_holdout_1d(
+                rates, settings, 16, pixels, float(model1.fit.population_rate))),
+                list(stack.groups())))
+        ev2 = evaluation.evaluate(
+            stack, model2.signal, model2.signal_err, exclude=~np.isfinite(model2.fit.amplitude),
+            pull_pixels=pixels, keep_maps=False,
+            holdout=recorded(_holdout_2d(sample, settings, 16, bias.model,
+                                         _population_shape(model2))))
+        return ev1, ev2, list(calls)
+
+    ahead = run()
+
+    class InTurn(evaluation.HeldOut):
+        def __init__(self, holdout, labels):
+            super().__init__(None, labels)
+            self._holdout = holdout
+
+    monkeypatch.setattr(evaluation, "HeldOut", InTurn)
+    in_turn = run()
+    labels = list(stack.groups())
+    assert ahead[2] == in_turn[2] == labels + labels
+    for a, b in zip(ahead[:2], in_turn[:2]):
+        assert (a.table["PULL_MODEL"] == "leave-one-temperature-out").all()
+        pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
+        assert a.samples.keys() == b.samples.keys()
+        for key in a.samples:
+            for x, y in zip(a.samples[key], b.samples[key]):
+                np.testing.assert_array_equal(x, y)
+        for key in a.maps:
+            for x, y in zip(a.maps[key], b.maps[key]):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_held_out_models_taken_in_order():
+    """evaluation.HeldOut: refits in the labels' order, at most one ahead, an error of a refit
+    raised where it is taken, a label out of order refused."""
+    from dark_pipeline.evaluation import HeldOut
+
+    started = []
+
+    def holdout(label):
+        started.append(label)
+        if label == "c":
+            raise RuntimeError("no fit")
+        return label * 2
+
+    with HeldOut(holdout, ["a", "b", "c"]) as held:
+        assert held.take("a") == "aa"
+        held._ahead[1].result()  # "b" refitted ahead, "c" not yet started
+        assert started == ["a", "b"]
+        with pytest.raises(ValueError, match="in order"):
+            held.take("c")
+        assert held.take("b") == "bb"
+        with pytest.raises(RuntimeError, match="no fit"):
+            held.take("c")
+    assert started == ["a", "b", "c"]
+    with HeldOut(None, ["a", "b"]) as held:
+        assert held.take("a") is None
+    with HeldOut(holdout, ["a"]) as held:
+        assert held.take("a") == "aa"
