@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from utils.io.tokens import error_decimals, number_text
 from utils.models.bias_model import BiasModel
-from utils.models.read_noise import ReadNoise
+from utils.models.read_noise import ReadNoise, chi2_ppf
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
 
 __all__ = ["plot_model_map", "plot_slope_histogram", "plot_pixel_fits", "plot_read_noise",
@@ -81,7 +80,7 @@ def plot_read_noise(rn: ReadNoise, *, ax=None):
                     title=f"read noise from {rn.npairs} frame pairs: typical pixel "
                           f"{rn.median:.{digits}f} +- {rn.median_err:.{digits}f} adu")
     if np.isfinite(rn.median) and rn.median > 0:
-        ax.images[-1].set_clim(*(rn.median * np.sqrt(sps.chi2.ppf([0.001, 0.999], n) / n)))
+        ax.images[-1].set_clim(*(rn.median * np.sqrt(chi2_ppf([0.001, 0.999], n) / n)))
     return ax
 
 
