@@ -212,3 +212,23 @@ def test_noise_pool_is_the_nansum_pool():
             pooled_errors(noise, count), want[None] / np.sqrt(np.where(count > 0, count, np.nan)),
             strict=True)
         np.testing.assert_array_equal(_errors_of_pool(want, count), pooled_errors(noise, count))
+
+
+def test_read_noise_kernels_bit_for_bit_the_array_path(monkeypatch):
+    """The compiled difference and squared-sum passes give the sums of numpy's casting
+    subtract, median removal, square and add (float32 frames, float64, mixed)."""
+    import utils.models.read_noise as rn
+
+    rng = np.random.default_rng(8)
+    frames = [np.round(3000 + rng.normal(0, 20, (48, 70))).astype(np.float32) for _ in range(4)]
+    frames += [rng.normal(0, 1, (48, 70)), rng.normal(0, 1, (48, 70)).astype(np.float32)]
+    pairs = [(frames[0], frames[1]), (frames[2], frames[3]), (frames[4], frames[5]),
+             (frames[5], frames[4])]
+    got = rn.ReadNoiseAccumulator()
+    for a, b in pairs:
+        got.add(a, b)
+    monkeypatch.setattr(rn, "_difference", None)
+    want = rn.ReadNoiseAccumulator()
+    for a, b in pairs:
+        want.add(a, b)
+    np.testing.assert_array_equal(got.sum_sq, want.sum_sq, strict=True)

@@ -106,6 +106,31 @@ class ReadNoise:
         return (self.map / math.sqrt(2 * max(self.npairs, 1))).astype(np.float32)
 
 
+def _difference_py(first, second, out):
+    """``out = float64(first) - float64(second)``, element by element (numba)."""
+    a, b, o = first.ravel(), second.ravel(), out.ravel()
+    for i in range(o.size):
+        o[i] = np.float64(a[i]) - np.float64(b[i])
+
+
+def _add_squares_py(diff, centre, sum_sq):
+    """``sum_sq += (diff - centre) ** 2`` element by element, each step the float64 operation
+    of the array path (subtract, multiply, add), so the same numbers (numba)."""
+    d, s = diff.ravel(), sum_sq.ravel()
+    for i in range(s.size):
+        x = d[i] - centre
+        s[i] += x * x
+
+
+try:  # one pass each instead of numpy's casting subtract and three full-frame passes
+    from numba import njit
+
+    _difference = njit(nogil=True, cache=True)(_difference_py)
+    _add_squares = njit(nogil=True, cache=True)(_add_squares_py)
+except ImportError:  # pragma: no cover
+    _difference = _add_squares = None
+
+
 class ReadNoiseAccumulator:
     """Streams frame pairs into per-pixel sums of squared differences."""
 
@@ -122,12 +147,22 @@ class ReadNoiseAccumulator:
         # in one reused float64 buffer: the numbers of (a - b) - median, squared, without
         # four new full-frame float64 arrays per pair (~130 MB at 2048^2)
         diff = self._work
-        np.subtract(first, second, out=diff, dtype=np.float64)
-        diff -= exact_median(diff)
+        compiled = _difference is not None and all(
+            isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64)
+            and x.flags.c_contiguous for x in (first, second))
+        if compiled:
+            _difference(first, second, diff)
+        else:
+            np.subtract(first, second, out=diff, dtype=np.float64)
+        centre = exact_median(diff)
         if self.sum_sq is None:
             self.sum_sq = np.zeros(diff.shape, np.float64)
-        np.multiply(diff, diff, out=diff)
-        self.sum_sq += diff
+        if compiled:
+            _add_squares(diff, centre, self.sum_sq)
+        else:
+            diff -= centre
+            np.multiply(diff, diff, out=diff)
+            self.sum_sq += diff
         self.npairs += 1
 
     def merge(self, other: "ReadNoiseAccumulator") -> None:
