@@ -542,7 +542,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         defects = summary.get("_defect_mask")
         ev, files = evaluate(model, masters, exclude=defects,
                              fits_dir=group_dir / EVAL_FOLDER if settings.save_eval_fits
-                             else None)
+                             else None, maps=out.wants("all"))  # (only those figures)
         out.add(files)
         out.add(write_csv(ev.table, group_dir / EVAL_FOLDER / "evaluation_summary.csv"))
         summary["evaluation"] = ev.table.to_dict("records")
