@@ -161,3 +161,31 @@ def test_primary_cards_give_what_astropy_reads_or_none(tmp_path):
     text.write_bytes(b"not a FITS file " * 200)
     assert primary_cards(text, ("CNVHASH",)) is None
     assert primary_cards(tmp_path / "missing.fits", ("CNVHASH",)) is None
+
+
+def test_find_masters_by_the_cards_is_find_masters_by_astropy(tmp_path, monkeypatch):
+    """find_masters reads each product's INHASH from its cards: the same {INHASH: path} as
+    astropy's headers give, including a product without INHASH, one whose INHASH astropy
+    must read (a quote inside), a repeated hash (the first path) and an incomplete file."""
+    import utils.stack.master as master
+
+    def product(name, inhash=None):
+        header = fits.Header()
+        if inhash is not None:
+            header["INHASH"] = inhash
+        path = tmp_path / "masters" / name
+        path.parent.mkdir(exist_ok=True)
+        fits.HDUList([fits.PrimaryHDU(np.zeros((4, 5), np.float32), header),
+                      fits.ImageHDU(np.ones((4, 5), np.float32), name="UNCERT")]).writeto(path)
+        return path
+    product("a.fits", "0123456789abcdef")
+    product("b.fits", "fedcba9876543210")
+    product("c.fits", "0123456789abcdef")    # the same inputs again: a.fits is kept
+    product("d.fits")                        # no hash
+    product("e.fits", "it's odd")            # astropy reads this one
+    (tmp_path / "masters" / "f.fits").write_bytes(b"SIMPLE  = " + b" " * 100)  # incomplete
+    got = master.find_masters(tmp_path / "masters")
+    monkeypatch.setattr(master, "primary_cards", lambda path, keys: None)
+    want = master.find_masters(tmp_path / "masters")
+    assert got == want and set(got) == {"0123456789abcdef", "fedcba9876543210", "it's odd"}
+    assert got["0123456789abcdef"].name == "a.fits"
