@@ -576,11 +576,19 @@ def write_fits_index(rows: list[dict], path: Path) -> Path:
         if column not in table:
             table[column] = None
     base = path.parent.resolve()
+    folders: dict[str, str] = {}
 
     def relative(p):
         if not p:
             return ""
-        return os.path.relpath(Path(p).resolve(), base)
+        p = os.fspath(p)
+        if os.path.islink(p):  # a linked file resolves to its target
+            return os.path.relpath(Path(p).resolve(), base)
+        # else Path(p).resolve() is its folder resolved (once per folder) and its name
+        folder, name = os.path.split(p)
+        if folder not in folders:
+            folders[folder] = str(Path(folder).resolve())
+        return os.path.relpath(os.path.join(folders[folder], name), base)
 
     table["PATH"] = table["PATH"].map(relative)
     table["RAWPATH"] = table["RAWPATH"].map(relative)
