@@ -10,6 +10,7 @@ from utils.io.tokens import error_decimals, number_text
 from utils.models.bias_model import BiasModel
 from utils.models.read_noise import ReadNoise, chi2_ppf
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
+from utils.stack.stats import exact_median
 
 __all__ = ["plot_model_map", "plot_slope_histogram", "plot_pixel_fits", "plot_read_noise",
            "plot_frame_means", "plot_mean_vs_temperature",
@@ -29,7 +30,8 @@ def plot_slope_histogram(model: BiasModel, *, ax=None):
     """Histogram of B over unmasked pixels, with its median and the flagged outliers' range."""
     valid = (model.mask == 0) & np.isfinite(model.b)
     b = model.b[valid]
-    markers = {f"median {np.median(b):.3f}": float(np.median(b))} if b.size else {}
+    median = exact_median(b) if b.size else None  # numpy's median, one selection not two
+    markers = {f"median {median:.3f}": median} if b.size else {}
     return show_histogram(b, ax=ax, xlabel="B [adu/degC]", markers=markers,
                           title=f"bias temperature coefficient ({valid.sum()} pixels)")
 
