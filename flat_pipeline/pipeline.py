@@ -547,10 +547,16 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         out.add(write_csv(ev.table, group_dir / EVAL_FOLDER / "evaluation_summary.csv"))
         summary["evaluation"] = ev.table.to_dict("records")
         out.figure(lambda: plots.plot_evaluation(ev.table), "flat_model_evaluation.png")
-        out.figure(lambda: plots.plot_error_maps(ev.maps, 0, title="|master - model|",
+
+        def error_maps(ev=ev, masters=masters, defects=defects):
+            if not ev.maps:  # not made above (figures of level all not wanted then)
+                ev.maps.update(evaluate(model, masters, exclude=defects)[0].maps)
+            return ev.maps
+        out.figure(lambda: plots.plot_error_maps(error_maps(), 0, title="|master - model|",
                                                  unit="1"), "mae_maps.png", level="all")
-        out.figure(lambda: plots.plot_error_maps(ev.maps, 1, title="absolute percentage error",
-                                                 unit="%"), "mape_maps.png", level="all")
+        out.figure(lambda: plots.plot_error_maps(error_maps(), 1,
+                                                 title="absolute percentage error", unit="%"),
+                   "mape_maps.png", level="all")
     summary.pop("_defect_mask", None)
     out.add(write_run_summary(group_dir, _clean(summary), out.files, digest, default=_json))
     return GroupResult(group_dir, _clean(summary), out.files)
