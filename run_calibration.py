@@ -43,7 +43,7 @@ from typing import Sequence
 from analysis import process_index
 from analysis import report as campaign_report
 from analysis.stage_pipelines import run_stage_pipelines
-from utils import cli, plotting, scheduler, sim
+from utils import cli, plotting, scheduler
 from utils.errors import ConfigError
 from utils.io.conversion import (
     STATUS_CONVERTED,
@@ -163,6 +163,8 @@ def _main(args) -> int:
         out = Path(args.paths[0] if args.paths else "demo_output")
         dataset, layout = out / "campaign", args.demo_layout
         check_output_dir(out)
+        from utils import sim  # (the simulator: only the demo needs it)
+
         if (dataset / "truth" / "truth.json").is_file():
             logger.info("demo campaign already simulated in %s", dataset)
         elif layout == "standard":

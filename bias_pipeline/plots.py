@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from utils.io.tokens import error_decimals, number_text
 from utils.models.bias_model import BiasModel
-from utils.models.read_noise import ReadNoise
+from utils.models.read_noise import ReadNoise, chi2_ppf
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image
+from utils.stack.stats import exact_median
 
 __all__ = ["plot_model_map", "plot_slope_histogram", "plot_pixel_fits", "plot_read_noise",
            "plot_frame_means", "plot_mean_vs_temperature",
@@ -30,7 +30,8 @@ def plot_slope_histogram(model: BiasModel, *, ax=None):
     """Histogram of B over unmasked pixels, with its median and the flagged outliers' range."""
     valid = (model.mask == 0) & np.isfinite(model.b)
     b = model.b[valid]
-    markers = {f"median {np.median(b):.3f}": float(np.median(b))} if b.size else {}
+    median = exact_median(b) if b.size else None  # numpy's median, one selection not two
+    markers = {f"median {median:.3f}": median} if b.size else {}
     return show_histogram(b, ax=ax, xlabel="B [adu/degC]", markers=markers,
                           title=f"bias temperature coefficient ({valid.sum()} pixels)")
 
@@ -81,7 +82,7 @@ def plot_read_noise(rn: ReadNoise, *, ax=None):
                     title=f"read noise from {rn.npairs} frame pairs: typical pixel "
                           f"{rn.median:.{digits}f} +- {rn.median_err:.{digits}f} adu")
     if np.isfinite(rn.median) and rn.median > 0:
-        ax.images[-1].set_clim(*(rn.median * np.sqrt(sps.chi2.ppf([0.001, 0.999], n) / n)))
+        ax.images[-1].set_clim(*(rn.median * np.sqrt(chi2_ppf([0.001, 0.999], n) / n)))
     return ax
 
 

@@ -59,7 +59,8 @@ EXACT_FIT = "none: exact fit (as many masters as terms)"
 
 
 def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
-             fits_dir: Path | None = None) -> tuple[Evaluation, list[Path]]:
+             fits_dir: Path | None = None, maps: bool = True
+             ) -> tuple[Evaluation, list[Path]]:
     """Compare the model with every master (see module notes), row block by row block.
 
     Parameters
@@ -73,8 +74,12 @@ def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
     fits_dir : pathlib.Path, optional
         Also write ``<master>_diff.fits`` (residual with ``UNCERT`` and the ``PULL``
         image), ``_mae.fits`` and ``_mape.fits`` per master there (``--save-eval-fits``).
+    maps : bool, optional
+        Also the reduced ``|r|`` and APE maps (only figures of level ``all`` draw them);
+        without, ``Evaluation.maps`` is empty and the table the same.
     """
-    rows, maps, files = [], {}, []
+    want_maps, maps = maps, {}
+    rows, files = [], []
     s = model.err_scale if model.err_scale > 0 else 1.0
     h, w = model.coef.shape[1:]
     f = max(1, int(np.ceil(max(h, w) / MAP_SIDE)))
@@ -110,10 +115,12 @@ def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
             acc["np"] += p_ok.sum()
             acc["p"] += float(pull[p_ok].sum(dtype=np.float64))
             acc["p2"] += float((pull[p_ok].astype(np.float64) ** 2).sum())
-            abs_r = np.where(ok, np.abs(resid), np.float32(np.nan))
-            ape_map = np.where(ok, ape, np.float32(np.nan))
-            reduced[0].append(_reduce_rows(abs_r, f))
-            reduced[1].append(_reduce_rows(ape_map, f))
+            if want_maps or full is not None:
+                ape_map = np.where(ok, ape, np.float32(np.nan))
+            if want_maps:
+                abs_r = np.where(ok, np.abs(resid), np.float32(np.nan))
+                reduced[0].append(_reduce_rows(abs_r, f))
+                reduced[1].append(_reduce_rows(ape_map, f))
             if full is not None:
                 total = np.sqrt(err * err + quad)
                 for store, value in zip(full, (np.where(ok, resid, np.nan), total, ape_map,
@@ -131,7 +138,8 @@ def evaluate(model: FlatModel, masters, *, exclude: np.ndarray | None = None,
                      "PULL_MODEL": "leave-one-master-out" if n_p else
                      EXACT_FIT if n else "not available",
                      "RESIDUAL_MEAN": acc["res"] / n if n else math.nan})
-        maps[m.tag] = (np.concatenate(reduced[0]), np.concatenate(reduced[1]))
+        if want_maps:
+            maps[m.tag] = (np.concatenate(reduced[0]), np.concatenate(reduced[1]))
         if full is not None:
             resid, total, ape_map, pull = (np.concatenate(v) for v in full)
             ok = np.isfinite(resid)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from utils.io.tokens import number_text
 from utils.plotting import finish_axes, new_axes, show_histogram, show_image, subplots
+from utils.stack.stats import exact_nanmedian
 
 #: Longest side of an image drawn [px]: larger frames are block-averaged first (a figure
 #: shows no more, and resampling a 2048 x 2048 image costs more than the rest of it).
@@ -153,7 +154,7 @@ def plot_prnu_histogram(prnu, stats: dict, *, ax=None):
     ax = show_histogram(values[np.isfinite(values)], ax=ax, xlabel="response - 1 [%]",
                         title=f"PRNU {stats.get('PRNU_PCT', np.nan):.3f} +- "
                               f"{stats.get('PRNU_ERR_PCT', np.nan):.3f} % (EMVA 1288)",
-                        markers={"median": float(np.nanmedian(values))})
+                        markers={"median": exact_nanmedian(values)})  # np.nanmedian's
     ax.set_ylabel("pixels [count]")
     return ax
 

@@ -140,14 +140,29 @@ def flat_sets(rows: pd.DataFrame, temp_bin: float, exp_tolerance: float
 
 # --- darks --------------------------------------------------------------------------------------
 
+def _evaluated(holder, name: str) -> np.ndarray:
+    """``holder.<name>``, an array or a callable giving it: called once, when first needed
+    (the frame QC pass needs no errors: ~0.3 s of dark-model error maps not made there)."""
+    value = getattr(holder, name)
+    if callable(value):
+        value = value()
+        setattr(holder, name, value)
+    return value
+
+
 @dataclass
 class DarkForSet:
     """The dark under one flat set."""
 
     rows: object                 # callable (i, start, stop) -> rows [adu], float64
-    err: np.ndarray              # [adu] one-sigma error of the subtracted dark
+    error: object                # [adu] its one-sigma error: array, or callable giving it
     cards: dict
     ref: str                     # identity (for the masters' hash)
+
+    @property
+    def err(self) -> np.ndarray:
+        """[adu] one-sigma error of the subtracted dark (made when first asked for)."""
+        return _evaluated(self, "error")
 
 
 @dataclass
@@ -212,9 +227,14 @@ class DarkSource:
             key = ("model", round(t_mean, 3), round(x_mean, 9))
             if key not in self._cache:
                 self._cache.clear()  # one set's maps at a time: memory must not grow with sets
-                self._cache[key] = (model.linearised(t_mean, x_mean),
-                                    model.signal_err(t_mean, x_mean))
-            (signal, d_temp, d_time), err = self._cache[key]
+                self._cache[key] = [model.linearised(t_mean, x_mean), None]
+            entry = self._cache[key]
+            (signal, d_temp, d_time) = entry[0]
+
+            def err(entry=entry, t_mean=t_mean, x_mean=x_mean):
+                if entry[1] is None:  # the error map once per set, and only when used
+                    entry[1] = model.signal_err(t_mean, x_mean)
+                return entry[1]
             d_t = (temps - t_mean).astype(np.float32)
             d_x = (exps - x_mean).astype(np.float32)
 
@@ -350,8 +370,9 @@ class Reference:
         The dark (None: bias only).
     no_dark : str
         Why there is no dark ('' when there is one).
-    err : numpy.ndarray
-        [adu] one-sigma error of bias + dark, in quadrature.
+    error : numpy.ndarray or callable
+        [adu] one-sigma error of bias + dark, in quadrature (:attr:`err`), or what gives it
+        when first asked for.
     cards : dict
         Header cards saying what was subtracted.
     refs : tuple
@@ -363,10 +384,15 @@ class Reference:
     bias_rows: object
     dark: DarkForSet | None
     no_dark: str
-    err: np.ndarray
+    error: object
     cards: dict
     refs: tuple
     bias_refs: tuple = ()
+
+    @property
+    def err(self) -> np.ndarray:
+        """[adu] one-sigma error of bias + dark (made when first asked for)."""
+        return _evaluated(self, "error")
 
     def subtract(self, i: int, start: int, stop: int) -> np.ndarray:
         """Bias + dark rows of frame ``i`` [adu] (thread-safe)."""
@@ -409,7 +435,8 @@ def reference_for_set(rows: pd.DataFrame, key: GroupKey, bias: BiasReference,
     else:
         cards.update(dark.cards)
         cards[kw.SUBTRACT] = (str(cards[kw.SUBTRACT][0]) + "+dark", "subtracted per frame")
-        err = quadrature_sum(stderr, dark.err)
+        def err(stderr=stderr, dark=dark):
+            return quadrature_sum(stderr, dark.err)
         refs = tuple(refs) + (dark.ref,)
     return Reference(bias_rows, dark, why if dark is None else "", err, cards, tuple(refs),
                      bias_refs), ""

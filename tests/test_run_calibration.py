@@ -238,3 +238,17 @@ def test_runs_as_file_and_help(tmp_path):
                          cwd=Path(__file__).resolve().parents[1])
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and "does not exist" in bad.stderr
+
+
+def test_command_start_imports_neither_the_simulator_nor_scipy_stats():
+    """Every run starts by importing run_calibration: the simulator (only the demo uses it)
+    and scipy.stats (~0.7 s; the read noise takes its chi-square numbers from scipy.special)
+    are not imported then."""
+    import subprocess
+    import sys
+
+    code = ("import sys, run_calibration; "
+            "print('utils.sim' in sys.modules, 'scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -177,3 +177,24 @@ def test_require_doses_refuses_an_index_without_dose_steps(table):
     with pytest.raises(UserError, match="no frame has a dose step"):
         require_doses(table, "test")
     require_doses(pd.DataFrame({"DOSE": [np.nan, 10.0]}), "test")  # one step is enough
+
+
+@pytest.mark.parametrize("fixture", ["dosedirs", "converted_irradiation"])
+def test_dose_lookups_per_folder_are_those_per_frame(fixture, request, monkeypatch):
+    """The dose-step folder and the local logs of a frame are looked up once per folder of
+    frames: the same table as looking them up for every frame."""
+    import os
+    import types
+
+    from utils.io import dose
+
+    campaign = request.getfixturevalue(fixture)
+    root = campaign[0].root if isinstance(campaign, tuple) else campaign.root
+    table = build_index(discover=[root])
+    got, _ = assign_doses(table, root=root)
+    per_frame = types.SimpleNamespace(path=types.SimpleNamespace(dirname=lambda p: p),
+                                      fspath=os.fspath)  # every frame its own "folder"
+    monkeypatch.setattr(dose, "os", per_frame)
+    want, _ = assign_doses(table, root=root)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert got["DOSE"].notna().any()

@@ -25,3 +25,37 @@ def test_read_noise_map_shows_the_normal_pixels():
     assert 0.5 * 32 < lo < 32 < hi < 1.5 * 32
     assert "32.3500 +- 0.0035 adu" in ax.get_title()
     plt.close(ax.figure)
+
+
+def test_histogram_medians_are_numpys():
+    """The slope and PRNU histograms mark numpy's median (np.median / np.nanmedian of the
+    float32 values) with the same label, now by one exact selection."""
+    import matplotlib.pyplot as plt
+
+    from bias_pipeline.plots import plot_slope_histogram
+    from flat_pipeline.plots import plot_prnu_histogram
+    from utils.models.bias_model import BiasModel
+
+    rng = np.random.default_rng(4)
+    shape = (120, 90)
+    b = rng.normal(2.0, 0.3, shape).astype(np.float32)
+    b[::7, ::5] = np.nan
+    mask = (rng.random(shape) < 0.05).astype(np.uint8)
+    zeros = np.zeros(shape, np.float32)
+    model = BiasModel(zeros + 3000, b, zeros + 1, zeros + 0.1, zeros, zeros,
+                      np.full(shape, 5, np.int16), mask, t_ref=20.0, t_min=10.0, t_max=30.0)
+    ax = plot_slope_histogram(model)
+    values = b[(mask == 0) & np.isfinite(b)]
+    want = {f"median {np.median(values):.3f}": float(np.median(values))}
+    lines = {ln.get_label(): ln.get_xdata()[0] for ln in ax.get_lines()}
+    assert lines == want
+    plt.close(ax.figure)
+
+    class Prnu:
+        data = (1 + 0.01 * rng.standard_normal(shape)).astype(np.float32)
+    Prnu.data[::11] = np.nan
+    ax = plot_prnu_histogram(Prnu, {"PRNU_PCT": 1.0, "PRNU_ERR_PCT": 0.01})
+    values = 100.0 * (Prnu.data - 1.0)
+    lines = {ln.get_label(): ln.get_xdata()[0] for ln in ax.get_lines()}
+    assert lines == {"median": float(np.nanmedian(values))}
+    plt.close(ax.figure)

@@ -122,3 +122,113 @@ def test_chdtrc_is_chi2_sf_bit_for_bit():
     x = (rng.chisquare(dof) * rng.uniform(0.2, 3, dof.size)).astype(np.float32) * dof
     x[:100] = 0.0
     np.testing.assert_array_equal(special.chdtrc(dof, x), sps.chi2.sf(x, dof))
+
+
+def test_read_noise_chi2_without_scipy_stats_bit_for_bit():
+    """The read noise's (and its figure's) chi-square quantiles and CDF come from
+    scipy.special, not from scipy.stats (~0.7 s of every command's start): the same
+    numbers and type, and a result whose median is the formula's with scipy.stats."""
+    import math
+    import subprocess
+    import sys
+
+    from scipy import stats as sps
+
+    from utils.models.read_noise import chi2_cdf, chi2_ppf
+
+    for n in range(1, 300):
+        a = sps.chi2.ppf(0.999, n)
+        assert chi2_ppf(0.999, n) == a and type(chi2_ppf(0.999, n)) is type(a)
+        np.testing.assert_array_equal(chi2_ppf([0.001, 0.999], n),
+                                      sps.chi2.ppf([0.001, 0.999], n), strict=True)
+        assert chi2_cdf(a, n + 2) == sps.chi2.cdf(a, n + 2)
+    rng = np.random.default_rng(3)
+    acc = ReadNoiseAccumulator()
+    for _ in range(5):
+        acc.add(rng.normal(0, 5, (64, 80)), rng.normal(0, 5, (64, 80)))
+    rn = acc.result()
+    from utils.stack.stats import chi2_median_ratio, exact_median
+
+    finite = rn.variance[np.isfinite(rn.variance)].astype(np.float64)
+    cut = exact_median(finite) / chi2_median_ratio(5) * sps.chi2.ppf(0.999, 5) / 5
+    core = finite[finite <= cut]
+    centre = float(np.mean(core)) * 0.999 / sps.chi2.cdf(sps.chi2.ppf(0.999, 5), 7)
+    assert rn.median == math.sqrt(centre)
+    # and the commands' modules do not import scipy.stats
+    code = ("import sys, run_calibration, bias_pipeline.plots, flat_pipeline.plots; "
+            "print('scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("pvalue", [1e-3, 0.5, 1e-12])
+def test_nonlinear_flags_are_those_of_every_p_value(pvalue):
+    """The non-linear flags by the threshold of each dof (p-values only near it) are the
+    flags of comparing every pixel's chdtrc p-value, also at the threshold itself, one float32
+    step either side of it and across the band where the p-values are evaluated."""
+    from scipy import special
+
+    from utils.models.bias_model import _nonlinear
+
+    rng = np.random.default_rng(11)
+    n = 200_000
+    dof = rng.integers(-1, 9, n).astype(float)
+    chi2 = (rng.chisquare(np.maximum(dof, 1)) / np.maximum(dof, 1)).astype(np.float32)
+    chi2 *= rng.choice([1, 1, 1, 3, 30], n).astype(np.float32)
+    for d in range(1, 9):
+        xc = special.chdtri(d, pvalue)
+        idx = np.flatnonzero(dof == d)[:60]
+        chi2[idx[:50]] = (xc * (1 + np.linspace(-2e-4, 2e-4, 50)) / d).astype(np.float32)
+        at = np.float32(xc / d)
+        chi2[idx[50:]] = [at, at, np.nextafter(at, np.float32(9)), np.nextafter(at, np.float32(0)),
+                          at, at, at, at, at, at]
+    chi2[::997] = np.nan
+    good = np.isfinite(chi2) & (dof > 0)
+    with np.errstate(invalid="ignore"):
+        want = np.where(good, special.chdtrc(np.maximum(dof, 1), chi2 * dof), 1.0) < pvalue
+    got = _nonlinear(chi2, dof, good, pvalue)
+    assert want.any() and np.array_equal(got, want)
+    assert not _nonlinear(chi2, dof, np.zeros(n, bool), pvalue).any()
+
+
+def test_noise_pool_is_the_nansum_pool():
+    """The pooled noise by a plain sum is the NaN-summed one (no NaN term can occur), bit
+    for bit, with NaN, inf, one-sample and empty masters."""
+    from utils.models.bias_model import _errors_of_pool, _noise_pool, pooled_errors
+
+    rng = np.random.default_rng(2)
+    noise = rng.gamma(4.0, 2.0, (7, 30, 40)).astype(np.float32)
+    count = rng.integers(0, 12, (7, 30, 40))
+    noise[rng.random(noise.shape) < 0.05] = np.nan
+    noise[0, 0, :3] = np.inf
+    count[:, 1, :5] = 1
+    dof = np.where(np.isfinite(noise) & (count > 1), count - 1.0, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = np.sqrt(np.nansum(dof * np.where(dof > 0, noise, 0.0) ** 2, axis=0)
+                       / dof.sum(axis=0))
+        np.testing.assert_array_equal(_noise_pool(noise, count), want, strict=True)
+        np.testing.assert_array_equal(
+            pooled_errors(noise, count), want[None] / np.sqrt(np.where(count > 0, count, np.nan)),
+            strict=True)
+        np.testing.assert_array_equal(_errors_of_pool(want, count), pooled_errors(noise, count))
+
+
+def test_read_noise_kernels_bit_for_bit_the_array_path(monkeypatch):
+    """The compiled difference and squared-sum passes give the sums of numpy's casting
+    subtract, median removal, square and add (float32 frames, float64, mixed)."""
+    import utils.models.read_noise as rn
+
+    rng = np.random.default_rng(8)
+    frames = [np.round(3000 + rng.normal(0, 20, (48, 70))).astype(np.float32) for _ in range(4)]
+    frames += [rng.normal(0, 1, (48, 70)), rng.normal(0, 1, (48, 70)).astype(np.float32)]
+    pairs = [(frames[0], frames[1]), (frames[2], frames[3]), (frames[4], frames[5]),
+             (frames[5], frames[4])]
+    got = rn.ReadNoiseAccumulator()
+    for a, b in pairs:
+        got.add(a, b)
+    monkeypatch.setattr(rn, "_difference", None)
+    want = rn.ReadNoiseAccumulator()
+    for a, b in pairs:
+        want.add(a, b)
+    np.testing.assert_array_equal(got.sum_sq, want.sum_sq, strict=True)

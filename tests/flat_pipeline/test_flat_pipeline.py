@@ -723,3 +723,37 @@ def test_rerun_of_the_gain_pass_keeps_the_full_pass_frame_qc_without_a_gain(subs
     assert measure_gain_only(one_level, out, FlatSettings()) == []
     assert run_pipeline.main(argv) == 0
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.csv")} == full
+
+
+def test_evaluation_without_figure_maps_gives_the_same_table_and_files(subset, tmp_path):
+    """The reduced residual maps are made only for the figures that draw them (level all):
+    without them the evaluation table and the --save-eval-fits products are the same."""
+    from astropy.io import fits
+
+    from flat_pipeline.evaluation import evaluate
+    from flat_pipeline.flat_model import MODEL_FOLDER, FlatModel
+    from flat_pipeline.master import FlatMaster
+    from utils.stack.grouping import GroupKey
+
+    out = tmp_path / "o"
+    assert run_pipeline.main(["--mode", "fit_model", "--basepath", subset(small),
+                              "--output-dir", str(out), "--no-progress", "--plots",
+                              "none"]) == 0
+    model = FlatModel.read(out / MODEL_FOLDER / "flat_model.fits")
+    masters = []
+    for path in sorted((out / "master_flat").glob("*.fits")):
+        header = fits.getheader(path)
+        key = GroupKey("", math.nan, "FLAT", header["TBIN"], header["EXPTIME"])
+        masters.append(FlatMaster.from_header(key, path, header, False))
+    exclude = np.zeros(model.coef.shape[1:], bool)
+    exclude[3:5, 7] = True
+    with_maps, files_a = evaluate(model, masters, exclude=exclude, fits_dir=tmp_path / "a")
+    without, files_b = evaluate(model, masters, exclude=exclude, fits_dir=tmp_path / "b",
+                                maps=False)
+    assert len(masters) == 3 and len(with_maps.maps) == 3 and without.maps == {}
+    pd.testing.assert_frame_equal(with_maps.table, without.table, check_exact=True)
+    assert [p.name for p in files_a] == [p.name for p in files_b]
+    for a, b in zip(files_a, files_b):
+        with fits.open(a) as ha, fits.open(b) as hb:
+            for x, y in zip(ha, hb):
+                assert np.array_equal(x.data, y.data, equal_nan=True)

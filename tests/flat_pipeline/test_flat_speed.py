@@ -290,3 +290,47 @@ def test_master_reader_reads_uncert_only_without_a_noise_line(tmp_path, monkeypa
             want = uncert[5:25]
             assert "UNCERT" in read
         np.testing.assert_array_equal(err, want)
+
+
+def test_reference_errors_made_when_first_used_are_the_eager_ones(tmp_path, monkeypatch):
+    """A set's bias + dark error map is made when first asked for (the frame-QC pass needs
+    none): the same bytes as quadrature_sum(bias error, dark-model error) made at once, the
+    dark-model error evaluated once per set, and the references and their rows unchanged."""
+    import pandas as pd
+
+    from flat_pipeline.reduction import DarkSource, reference_for_set
+    from tests.flat_pipeline.test_flat_models import _write_dark_models
+    from utils.models.dark_model import DarkSignalModel
+    from utils.stack.grouping import GroupKey
+    from utils.stack.master import quadrature_sum
+
+    _, _, path = _write_dark_models(tmp_path)
+    model = DarkSignalModel.read(path)
+    calls = []
+    original = DarkSignalModel.signal_err
+    monkeypatch.setattr(DarkSignalModel, "signal_err",
+                        lambda self, t, x: calls.append((t, x)) or original(self, t, x))
+    rng = np.random.default_rng(0)
+    bias = rng.normal(1000, 5, model.shape).astype(np.float32)
+    stderr = np.abs(rng.normal(0, 0.3, model.shape)).astype(np.float32)
+
+    class Bias:
+        tolerance = 2.0
+
+        def for_set(self, rows, temperature):
+            return bias, stderr, {"SUBTRACT": ("bias", "")}, ["bias.fits"]
+
+    darks = DarkSource("model", "dark model", model=model)
+    rows = pd.DataFrame({"TEMP": [19.9, 20.3, 20.1], "EXPTIME": [0.5, 0.5, 0.5]})
+    key = GroupKey("", math.nan, "FLAT", 20.0, 0.5)
+    ref, why = reference_for_set(rows, key, Bias(), darks)
+    assert why == "" and calls == []
+    sub = ref.subtract(1, 0, model.shape[0])
+    err = ref.err
+    assert len(calls) == 1 and ref.err is err
+    want = quadrature_sum(stderr, original(model, float(np.mean(rows["TEMP"])), 0.5))
+    assert err.dtype == want.dtype and err.tobytes() == want.tobytes()
+    again, _ = reference_for_set(rows, key, Bias(), darks)  # the same set again (masters step)
+    assert again.err.tobytes() == want.tobytes() and len(calls) == 1
+    assert again.subtract(1, 0, model.shape[0]).tobytes() == sub.tobytes()
+    assert again.refs == ref.refs and again.cards == ref.cards

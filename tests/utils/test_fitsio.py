@@ -115,3 +115,77 @@ def test_truncated_header_reads_are_flagged_from_many_threads(tmp_path):
         for t in threads:
             t.join()
     assert set(outcomes) == {"flagged"}, {o: outcomes.count(o) for o in set(outcomes)}
+
+
+def test_primary_cards_give_what_astropy_reads_or_none(tmp_path):
+    """The re-run's check of converted frames (CNVHASH, ADCBITS) reads the cards without
+    astropy: every value it gives is astropy's ``Header.get`` (same value and type, the first
+    of a repeated key, None for a key absent); whatever it cannot tell (a quote inside a
+    string, a float, a long string, a file cut short, not FITS) is None, for astropy."""
+    from utils.io.fitsio import primary_cards
+
+    header = fits.Header()
+    header["CNVHASH"] = ("0123456789abcdef", "hash")
+    header["ADCBITS"] = (12, "bits")
+    header["NEG"] = -7
+    header["FLAG"] = True
+    header["OFF"] = False
+    header["EMPTY"] = ""
+    header["SPACED"] = "  lead and trail  "
+    header["DUP"] = 1
+    header.append(("DUP", 2))
+    for i in range(60):  # the keys asked for on the header's second block
+        header[f"PAD{i}"] = i
+    header["LATE"] = "second block"
+    path = tmp_path / "a.fits"
+    fits.PrimaryHDU(np.zeros((4, 5), np.int16), header).writeto(path)
+    keys = ("CNVHASH", "ADCBITS", "NEG", "FLAG", "OFF", "EMPTY", "SPACED", "DUP", "LATE",
+            "NAXIS1", "BITPIX", "SIMPLE", "ABSENT")
+    got = primary_cards(path, keys)
+    read = fits.getheader(path)
+    assert got is not None
+    for key in keys:
+        assert got[key] == read.get(key) and type(got[key]) is type(read.get(key)), key
+
+    for key, value in (("QUOTE", "it's"), ("REAL", 1.5), ("LONG", "x" * 100)):
+        odd = header.copy()
+        odd[key] = value
+        odd_path = tmp_path / f"{key}.fits"
+        fits.PrimaryHDU(np.zeros((4, 5), np.int16), odd).writeto(odd_path)
+        assert primary_cards(odd_path, ("CNVHASH", key)) is None
+        assert primary_cards(odd_path, ("CNVHASH",)) == {"CNVHASH": "0123456789abcdef"}
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(path.read_bytes()[:2880])  # the header's END is in the second block
+    assert primary_cards(cut, ("CNVHASH",)) is None
+    text = tmp_path / "text.fits"
+    text.write_bytes(b"not a FITS file " * 200)
+    assert primary_cards(text, ("CNVHASH",)) is None
+    assert primary_cards(tmp_path / "missing.fits", ("CNVHASH",)) is None
+
+
+def test_find_masters_by_the_cards_is_find_masters_by_astropy(tmp_path, monkeypatch):
+    """find_masters reads each product's INHASH from its cards: the same {INHASH: path} as
+    astropy's headers give, including a product without INHASH, one whose INHASH astropy
+    must read (a quote inside), a repeated hash (the first path) and an incomplete file."""
+    import utils.stack.master as master
+
+    def product(name, inhash=None):
+        header = fits.Header()
+        if inhash is not None:
+            header["INHASH"] = inhash
+        path = tmp_path / "masters" / name
+        path.parent.mkdir(exist_ok=True)
+        fits.HDUList([fits.PrimaryHDU(np.zeros((4, 5), np.float32), header),
+                      fits.ImageHDU(np.ones((4, 5), np.float32), name="UNCERT")]).writeto(path)
+        return path
+    product("a.fits", "0123456789abcdef")
+    product("b.fits", "fedcba9876543210")
+    product("c.fits", "0123456789abcdef")    # the same inputs again: a.fits is kept
+    product("d.fits")                        # no hash
+    product("e.fits", "it's odd")            # astropy reads this one
+    (tmp_path / "masters" / "f.fits").write_bytes(b"SIMPLE  = " + b" " * 100)  # incomplete
+    got = master.find_masters(tmp_path / "masters")
+    monkeypatch.setattr(master, "primary_cards", lambda path, keys: None)
+    want = master.find_masters(tmp_path / "masters")
+    assert got == want and set(got) == {"0123456789abcdef", "fedcba9876543210", "it's odd"}
+    assert got["0123456789abcdef"].name == "a.fits"

@@ -588,3 +588,34 @@ def test_log_without_a_temperature_column_is_said(standard_copy, caplog):
     assert len(said) == 1 and str(log_path) in said[0] and "\n" not in said[0]
     rows = [r for r in report.rows if r["RAWPATH"] == str(raw_of(standard_copy, record))]
     assert rows[0]["TEMPSRC"] == "filename" and math.isfinite(rows[0]["TEMP"])
+
+
+def test_fits_index_paths_resolved_per_folder_are_resolved_per_file(tmp_path, monkeypatch):
+    """fits_index.csv's relative paths, resolved once per folder (a linked file by itself):
+    the same as resolving every path (linked files and folders, '..', a bare name, a
+    missing file, an empty path)."""
+    import os
+    from pathlib import Path
+
+    from utils.io.conversion import write_fits_index
+
+    (tmp_path / "a" / "frames").mkdir(parents=True)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x.raw").write_bytes(b"1")
+    (tmp_path / "a" / "frames" / "f.raw").write_bytes(b"1")
+    os.symlink(tmp_path / "real" / "x.raw", tmp_path / "a" / "frames" / "link.raw")
+    os.symlink(tmp_path / "real", tmp_path / "linked_dir")
+    os.symlink(tmp_path / "a", tmp_path / "linked_a")
+    monkeypatch.chdir(tmp_path / "a" / "frames")
+    frames = tmp_path / "a" / "frames"
+    paths = [str(frames / "f.raw"), str(frames / "link.raw"),
+             str(tmp_path / "linked_dir" / "x.raw"), str(frames / ".." / "frames" / "f.raw"),
+             str(tmp_path / "linked_a" / "frames" / "f.raw"), "", str(frames / "missing.raw"),
+             "f.raw", "link.raw"]
+    out = tmp_path / "index" / "fits_index.csv"
+    out.parent.mkdir()
+    write_fits_index([{"PATH": p, "RAWPATH": p} for p in paths], out)
+    table = pd.read_csv(out, keep_default_na=False)
+    base = out.parent.resolve()
+    want = [os.path.relpath(Path(p).resolve(), base) if p else "" for p in paths]
+    assert table["PATH"].tolist() == want and table["RAWPATH"].tolist() == want

@@ -44,6 +44,7 @@ from .fitsio import (
     check_output_dir,
     header_bytes,
     is_complete_fits,
+    primary_cards,
     provenance_cards,
     read_header,
     remove_stale_temporaries,
@@ -335,10 +336,12 @@ def _convert_one(task: _FrameTask) -> dict:
             return {"STATUS": STATUS_REJECTED,
                     "REASON": f"size {size} bytes, expected {task.config.frame_bytes}"}
         # the listing keeps what the first conversion measured (ADCBITS), read from the header
-        try:
-            header = read_header(task.fits_path)
-        except FrameError:
-            header = {}
+        header = primary_cards(task.fits_path, (kw.CNVHASH, kw.ADCBITS))
+        if header is None:  # an unusual header: astropy reads it
+            try:
+                header = read_header(task.fits_path)
+            except FrameError:
+                header = {}
         if not task.fingerprint or header.get(kw.CNVHASH) == task.fingerprint:
             return {"STATUS": STATUS_EXISTING, "REASON": "", "ADCBITS": header.get(kw.ADCBITS)}
         # made from another raw file, config or log (or by a version without CNVHASH): the
@@ -573,11 +576,19 @@ def write_fits_index(rows: list[dict], path: Path) -> Path:
         if column not in table:
             table[column] = None
     base = path.parent.resolve()
+    folders: dict[str, str] = {}
 
     def relative(p):
         if not p:
             return ""
-        return os.path.relpath(Path(p).resolve(), base)
+        p = os.fspath(p)
+        if os.path.islink(p):  # a linked file resolves to its target
+            return os.path.relpath(Path(p).resolve(), base)
+        # else Path(p).resolve() is its folder resolved (once per folder) and its name
+        folder, name = os.path.split(p)
+        if folder not in folders:
+            folders[folder] = str(Path(folder).resolve())
+        return os.path.relpath(os.path.join(folders[folder], name), base)
 
     table["PATH"] = table["PATH"].map(relative)
     table["RAWPATH"] = table["RAWPATH"].map(relative)

@@ -207,6 +207,19 @@ def step_folder(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def _step_folders(paths) -> list[Path | None]:
+    """:func:`step_folder` of every path, looked up once per folder holding frames (a
+    campaign's ~500 frames sit in ~100 folders; each lookup parses every parent's name)."""
+    by_folder: dict[str, Path | None] = {}
+    out = []
+    for p in paths:
+        folder = os.path.dirname(os.fspath(p))
+        if folder not in by_folder:
+            by_folder[folder] = step_folder(p)
+        out.append(by_folder[folder])
+    return out
+
+
 def step_doses(table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     """Dose step [krad] of every row and the reason where it is unknown.
 
@@ -215,7 +228,7 @@ def step_doses(table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     """
     stage = table["STAGE"].astype(object).fillna("").astype(str).to_numpy()
     dose = np.array([folder_dose(p.name) if p is not None else math.nan
-                     for p in (step_folder(x) for x in table["PATH"])], dtype=float)
+                     for p in _step_folders(table["PATH"])], dtype=float)
     reasons = [""] * len(table)
     dose[stage == "pre"] = 0.0
     radiating = dose[(stage == "radiating") & np.isfinite(dose)]
@@ -385,10 +398,15 @@ def assign_doses(table: pd.DataFrame, *, radiation_log: str | os.PathLike | None
 
     # logs next to the frames, for what the campaign log did not cover
     cache: dict[Path, tuple[_Join | None, str]] = {}
+    logs_by_folder: dict[str, list[Path]] = {}  # the logs next to a frame: per its folder
     for i in np.flatnonzero(np.isnan(framedose)):
         if not np.isfinite(times[i]):
             continue
-        for log_path in _local_logs(out.at[i, "PATH"]):
+        frame = out.at[i, "PATH"]
+        folder = os.path.dirname(os.fspath(frame))
+        if folder not in logs_by_folder:
+            logs_by_folder[folder] = _local_logs(frame)
+        for log_path in logs_by_folder[folder]:
             if log_path not in cache:
                 cache[log_path] = _read(log_path, settings, strict=False)
             join, why = cache[log_path]
@@ -456,8 +474,7 @@ def _spread_dose_folders(out, times, step, framedose, source, flag, cache, repor
                          settings) -> None:
     """The old dose-folder rule for ``<dose>kRads`` folders without a usable log of their own."""
     folders: dict[Path, list[int]] = {}
-    for i, p in enumerate(out["PATH"]):
-        folder = step_folder(p)
+    for i, folder in enumerate(_step_folders(out["PATH"])):
         if folder is not None:
             folders.setdefault(folder, []).append(i)
     previous = 0.0

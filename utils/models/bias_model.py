@@ -406,16 +406,50 @@ def pooled_errors(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
     numpy.ndarray, shape (M, ...)
         ``noise_pool / sqrt(count)`` (NaN where no master has two samples).
     """
+    return _errors_of_pool(_noise_pool(noise, count), count)
+
+
+def _errors_of_pool(pool: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """:func:`pooled_errors` from the pooled noise (:func:`_noise_pool`) already taken."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _noise_pool(noise, count)[None] / np.sqrt(np.where(count > 0, count, np.nan))
+        return pool[None] / np.sqrt(np.where(count > 0, count, np.nan))
 
 
 def _noise_pool(noise: np.ndarray, count: np.ndarray) -> np.ndarray:
     """[adu] temporal noise per pixel pooled over the masters (``n_k - 1`` weights)."""
     dof = np.where(np.isfinite(noise) & (count > 1), count - 1.0, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sqrt(np.nansum(dof * np.where(dof > 0, noise, 0.0) ** 2, axis=0)
+        # a plain sum: every term is finite or inf (noise is finite where dof > 0, and 0.0
+        # stands in elsewhere), so np.nansum's NaN-replaced copy was the same numbers
+        return np.sqrt(np.sum(dof * np.where(dof > 0, noise, 0.0) ** 2, axis=0)
                        / dof.sum(axis=0))
+
+
+def _nonlinear(chi2: np.ndarray, dof: np.ndarray, good: np.ndarray,
+               pvalue: float) -> np.ndarray:
+    """Pixels among ``good`` whose chi-square ``chi2 * dof`` (``dof`` whole numbers >= 1
+    there, as floats) has a p-value ``chdtrc(dof, chi2 * dof)`` (``scipy.stats.chi2.sf``)
+    below ``pvalue``: the same pixels as comparing every p-value, which costs ~0.1 us a pixel.
+    The survival function falls with x, so a pixel whose x is more than 1e-4 (relative)
+    above or below its dof's threshold ``chdtri(dof, pvalue)`` is decided by that comparison
+    (over that band the p-value moves by orders of magnitude more than its rounding); the
+    few inside the band, and a dof whose threshold is not a finite positive number, are
+    evaluated as before."""
+    flag = np.zeros(chi2.shape, bool)
+    if not good.any():
+        return flag
+    x = chi2 * dof  # float64, as the p-values' argument always was
+    d = np.where(good, dof, 1.0).astype(np.int64)
+    table = special.chdtri(np.arange(max(int(d.max()), 1) + 1, dtype=np.float64), pvalue)
+    table[~(np.isfinite(table) & (table > 0))] = np.nan  # (dof 0: not used)
+    xc = table[d]
+    with np.errstate(invalid="ignore"):
+        np.greater(x, xc, out=flag)
+        near = good & ~(np.abs(x - xc) > 1e-4 * xc)  # in the band, or no threshold
+    flag &= good
+    if near.any():
+        flag[near] = special.chdtrc(np.maximum(dof[near], 1), x[near]) < pvalue
+    return flag
 
 
 def _held_out_py(y, count, noise_pool, sa, sb, cov, a, b, npts, dx, err_scale, residual,
@@ -601,7 +635,8 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
     noise_pool = np.full((height, width), np.nan) if do_cv else None
     for start, stop in row_tiles(height, tile_rows(m, (height, width), memory_limit, images=3)):
         data, noise, count = stack.read_block(start, stop)
-        sigma = pooled_errors(noise, count)
+        pool = _noise_pool(noise, count)
+        sigma = _errors_of_pool(pool, count)
         sigma = np.where(np.isfinite(data), sigma, np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             fit = fit_line_per_pixel(temps, data, sigma, x_ref=t_ref)
@@ -611,7 +646,7 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
         out["cov"][rows], out["chi2"][rows] = fit.covariance, fit.chi2
         npts[rows] = (np.isfinite(data) & np.isfinite(sigma) & (sigma > 0)).sum(0)
         if do_cv:
-            noise_pool[rows] = _noise_pool(noise, count)
+            noise_pool[rows] = pool
 
     # one error scale for the frame: median reduced chi-square over its expected median
     dof = npts.astype(np.int32) - 2
@@ -637,10 +672,9 @@ def fit_bias_model(stack: MasterStack, *, t_ref: float = 0.0, chi2_pvalue: float
         dof_rows = dof[rows].astype(float)
         with np.errstate(invalid="ignore"):
             # chdtrc is what scipy.stats.chi2.sf evaluates for these arguments (x >= 0,
-            # dof >= 1; NaN where not good), without its per-call argument machinery
-            pvalue = np.where(good[rows], special.chdtrc(np.maximum(dof_rows, 1),
-                                                         chi2[rows] * dof_rows), 1.0)
-        mask[rows][pvalue < chi2_pvalue] |= MASK_NONLINEAR
+            # dof >= 1), compared with the threshold first (_nonlinear)
+            flag = _nonlinear(chi2[rows], dof_rows, good[rows], chi2_pvalue)
+        mask[rows][flag] |= MASK_NONLINEAR
     del dof, good
     b = out["b"]
     finite_b = np.isfinite(b) & (mask == 0)
