@@ -53,6 +53,11 @@ from utils.stack.tiles import pixel_blocks
 logger = logging.getLogger(__name__)
 
 INHASH = kw.INHASH
+#: Masters finished and written behind at most (statistics, header, file; each holds its
+#: images, ~20 byte per pixel): two, because a 5-frame master is stacked faster than the
+#: previous one is finished and written, a 10-frame one slower -- with one the stacking
+#: waited for the writer, then the writer for the stacking, each with one core idle.
+WRITE_DEPTH = 2
 #: Key of the ``{path: real path}`` of the index's frames in the stage cache of build_masters.
 REAL_PATHS = "real paths"
 
@@ -383,7 +388,7 @@ def _build_sets(sets, records, out_dir, settings, progress_bar, cache) -> list[M
     remote = scheduler.current().remote
     todo = []
     stages = set()
-    with WriteBehind() as writer:
+    with WriteBehind(depth=WRITE_DEPTH) as writer:
         for i, item in enumerate(sets):
             if not remote or (item[0].stage, item[0].dose) not in stages:
                 stages.add((item[0].stage, item[0].dose))

@@ -518,7 +518,6 @@ def test_masters_finished_behind_equal_masters_finished_in_place(tmp_path, monke
     # same records (statistics, a refused saturated flat) as when each is finished in place
     from analysis import masters
     from utils.io.index import DatasetIndex
-    from utils.io.write_behind import WriteBehind
 
     ds = _indexed_campaign(tmp_path, 6, bias_temperatures=(0.0, 25.0), dark_temperatures=(25.0,),
                            dark_exposures=(0.5, 2.0), flat_temperatures=(25.0,),
@@ -527,7 +526,7 @@ def test_masters_finished_behind_equal_masters_finished_in_place(tmp_path, monke
     index = DatasetIndex.from_csv(ds / "index.csv").table
     index["BADFITS"] = False
     behind = masters.build_masters(index.copy(), tmp_path / "behind", settings)
-    monkeypatch.setattr(masters, "WriteBehind", lambda: WriteBehind(depth=0))
+    monkeypatch.setattr(masters, "WRITE_DEPTH", 0)
     in_place = masters.build_masters(index.copy(), tmp_path / "in_place", settings)
     assert {r.status for r in behind} == {"written", "refused"}
     for a, b in zip(behind, in_place, strict=True):
