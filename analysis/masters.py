@@ -53,6 +53,11 @@ from utils.stack.tiles import pixel_blocks
 logger = logging.getLogger(__name__)
 
 INHASH = kw.INHASH
+#: Masters finished and written behind at most (statistics, header, file; each holds its
+#: images, ~20 byte per pixel): two, because a 5-frame master is stacked faster than the
+#: previous one is finished and written, a 10-frame one slower -- with one the stacking
+#: waited for the writer, then the writer for the stacking, each with one core idle.
+WRITE_DEPTH = 2
 #: Key of the ``{path: real path}`` of the index's frames in the stage cache of build_masters.
 REAL_PATHS = "real paths"
 
@@ -202,75 +207,82 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         record.bias_file = str(header.get(kw.BIASFILE, ""))
         record.dark_file = str(header.get(kw.DARKFILE, ""))
         return record
+    bits = adc_bits_of(rows)
     step_scale = float(np.median(scale)) if scale is not None else 1.0
-    result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
-                     sigma_high=settings.sigma_high, maxiters=settings.maxiters,
-                     min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
-                     saturation=adu.saturation_level(adc_bits_of(rows)),
-                     min_scale=adu.clip_floor(adc_bits_of(rows), step_scale),
-                     quantum=adu.quantum(adc_bits_of(rows), step_scale),
-                     memory_limit=settings.memory_limit,
-                     workers=settings.workers, metadata=frame_metadata(rows),
-                     product=f"MASTER_{key.caltype}", progress_bar=progress_bar)
-    cards = dict(extra or {})
-    images = None
-    if sub_stderr is not None:
-        # the subtracted master's own uncertainty is common to every frame: add it once
-        result.stderr = quadrature_sum(result.stderr, sub_stderr, out=result.stderr)
-        if not normalise:  # kept alone too, as utils.stack.master.make_master does
-            images = {"SUBERR": (np.asarray(sub_stderr, np.float32), unit)}
-            cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")
-    if normalise:
-        valid = ~result.mask & np.isfinite(result.data)
-        if not valid.any():
-            # a set of fewer than min_accepted frames has every pixel flagged FLAG_FEW (and
-            # masked), yet its level is measured: it is written flagged, as bias and darks are
-            valid = np.isfinite(result.data) & ((result.flags & ~np.uint8(FLAG_FEW)) == 0)
-        level = exact_median(result.data[valid]) if valid.any() else math.nan
-        if not level > 0:
-            record.status, record.reason, record.path = "refused", _no_flat_level(
-                result, level, adu.saturation_level(adc_bits_of(rows))), None
-            return record
-        result.data = (result.data / level).astype(np.float32)
-        result.stderr = (result.stderr / level).astype(np.float32)
-        result.noise = (result.noise / level).astype(np.float32)
-        cards[kw.FLATNORM] = (level * float(np.median(1.0 / np.asarray(scale))) if scale is not None
-                              else level, "[adu] median level divided out")
-        good = result.data[valid] if valid.any() else np.array([math.nan])
-        for name, value in ((kw.MEAN, np.mean(good)), (kw.MEDIAN, exact_median(good)),
-                            (kw.STD, np.std(good))):
-            cards[name] = (float(value), "of the normalised master, valid pixels")
-    noise_med = typical_noise(result.noise, result.count)
-    cards.update({
-        INHASH: (digest, "hash of inputs and settings"),
-        "NOISEMED": (noise_med, f"[{unit or '1'}] typical input noise (stats.typical_noise)"),
-        kw.TBIN: (key.temperature, "[degC] temperature bin label"),
-        kw.TBINW: (settings.temp_bin, "[degC] temperature bin width"),
-        kw.STAGE: (key.stage or "none", "irradiation stage"),
-        kw.CALTYPE: (key.caltype, "calibration type"),
-        kw.IMAGETYP: (f"MASTER {key.caltype}", "frame type"),
-        "NBADFITS": (nbad, "frames of the set excluded as BADFITS"),
-    })
-    if not math.isnan(key.exptime):
-        cards[kw.EXPTIME] = (key.exptime, "[s] exposure time of the set")
-    if not math.isnan(key.dose):
-        cards[kw.DOSE] = (key.dose, "[krad] dose step")
-    if key.attempt:
-        cards[kw.ATTEMPT] = (key.attempt[:60], "attempt")
-    for name, value, comment in adu.scaling_cards(adc_bits_of(rows)):
-        cards.setdefault(name, (value, comment))
+    stacked = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
+                      sigma_high=settings.sigma_high, maxiters=settings.maxiters,
+                      min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
+                      saturation=adu.saturation_level(bits),
+                      min_scale=adu.clip_floor(bits, step_scale),
+                      quantum=adu.quantum(bits, step_scale),
+                      memory_limit=settings.memory_limit,
+                      workers=settings.workers, metadata=frame_metadata(rows),
+                      product=f"MASTER_{key.caltype}", progress_bar=progress_bar, deferred=True)
     record.status = "written"
 
-    def write() -> None:  # the record is complete once its file is
+    def finish() -> None:
+        # the master's statistics, header and file: single-threaded work, done behind (in
+        # the writer's thread) while the next master is stacked; the record is complete
+        # once its file is
+        result = stacked.finish()
+        cards = dict(extra or {})
+        images = None
+        if sub_stderr is not None:
+            # the subtracted master's own uncertainty is common to every frame: add it once
+            result.stderr = quadrature_sum(result.stderr, sub_stderr, out=result.stderr)
+            if not normalise:  # kept alone too, as utils.stack.master.make_master does
+                images = {"SUBERR": (np.asarray(sub_stderr, np.float32), unit)}
+                cards["SUBERR"] = (True, "UNCERT includes the SUBERR of the subtracted image")
+        if normalise:
+            valid = ~result.mask & np.isfinite(result.data)
+            if not valid.any():
+                # a set of fewer than min_accepted frames has every pixel flagged FLAG_FEW
+                # (and masked), yet its level is measured: it is written flagged, as bias
+                # and darks are
+                valid = np.isfinite(result.data) & ((result.flags & ~np.uint8(FLAG_FEW)) == 0)
+            level = exact_median(result.data[valid]) if valid.any() else math.nan
+            if not level > 0:
+                record.status, record.reason, record.path = "refused", _no_flat_level(
+                    result, level, adu.saturation_level(bits)), None
+                return
+            result.data = (result.data / level).astype(np.float32)
+            result.stderr = (result.stderr / level).astype(np.float32)
+            result.noise = (result.noise / level).astype(np.float32)
+            cards[kw.FLATNORM] = (level * float(np.median(1.0 / np.asarray(scale)))
+                                  if scale is not None else level,
+                                  "[adu] median level divided out")
+            good = result.data[valid] if valid.any() else np.array([math.nan])
+            for name, value in ((kw.MEAN, np.mean(good)), (kw.MEDIAN, exact_median(good)),
+                                (kw.STD, np.std(good))):
+                cards[name] = (float(value), "of the normalised master, valid pixels")
+        noise_med = typical_noise(result.noise, result.count)
+        cards.update({
+            INHASH: (digest, "hash of inputs and settings"),
+            "NOISEMED": (noise_med, f"[{unit or '1'}] typical input noise (stats.typical_noise)"),
+            kw.TBIN: (key.temperature, "[degC] temperature bin label"),
+            kw.TBINW: (settings.temp_bin, "[degC] temperature bin width"),
+            kw.STAGE: (key.stage or "none", "irradiation stage"),
+            kw.CALTYPE: (key.caltype, "calibration type"),
+            kw.IMAGETYP: (f"MASTER {key.caltype}", "frame type"),
+            "NBADFITS": (nbad, "frames of the set excluded as BADFITS"),
+        })
+        if not math.isnan(key.exptime):
+            cards[kw.EXPTIME] = (key.exptime, "[s] exposure time of the set")
+        if not math.isnan(key.dose):
+            cards[kw.DOSE] = (key.dose, "[krad] dose step")
+        if key.attempt:
+            cards[kw.ATTEMPT] = (key.attempt[:60], "attempt")
+        for name, value, comment in adu.scaling_cards(bits):
+            cards.setdefault(name, (value, comment))
         header = read_header(result.write(path, unit=unit, extra_header=cards,
                                           extra_images=images))
         _fill_from_header(record, header)
         record.bias_file = str(header.get(kw.BIASFILE, ""))
         record.dark_file = str(header.get(kw.DARKFILE, ""))
     if writer is None:
-        write()
+        finish()
     else:
-        writer.submit(write)
+        writer.submit(finish)
     return record
 
 
@@ -376,7 +388,7 @@ def _build_sets(sets, records, out_dir, settings, progress_bar, cache) -> list[M
     remote = scheduler.current().remote
     todo = []
     stages = set()
-    with WriteBehind() as writer:
+    with WriteBehind(depth=WRITE_DEPTH) as writer:
         for i, item in enumerate(sets):
             if not remote or (item[0].stage, item[0].dose) not in stages:
                 stages.add((item[0].stage, item[0].dose))

@@ -510,3 +510,35 @@ def test_summary_noise_is_the_typical_noise_of_the_noise_map(processed):
         # median vs this estimator's) and the clipping's few per mille
         se = 1.2533 * math.sqrt(2 / (n - 1) / truth["read_noise"].size) / 2
         assert row["NOISE"] == pytest.approx(expected, rel=4 * se + 0.01), row["PATH"]
+
+
+def test_masters_finished_behind_equal_masters_finished_in_place(tmp_path, monkeypatch):
+    # each master's statistics, header and file are made in the writer's thread while the
+    # next master is stacked: the same files (every HDU's cards but DATE, and data) and the
+    # same records (statistics, a refused saturated flat) as when each is finished in place
+    from analysis import masters
+    from utils.io.index import DatasetIndex
+
+    ds = _indexed_campaign(tmp_path, 6, bias_temperatures=(0.0, 25.0), dark_temperatures=(25.0,),
+                           dark_exposures=(0.5, 2.0), flat_temperatures=(25.0,),
+                           flat_exposures=(0.1, 1.3))
+    settings = MasterSettings(workers=2, per_attempt=False)
+    index = DatasetIndex.from_csv(ds / "index.csv").table
+    index["BADFITS"] = False
+    behind = masters.build_masters(index.copy(), tmp_path / "behind", settings)
+    monkeypatch.setattr(masters, "WRITE_DEPTH", 0)
+    in_place = masters.build_masters(index.copy(), tmp_path / "in_place", settings)
+    assert {r.status for r in behind} == {"written", "refused"}
+    for a, b in zip(behind, in_place, strict=True):
+        assert (a.status, a.reason, a.ncombine) == (b.status, b.reason, b.ncombine)
+        np.testing.assert_array_equal([a.mean, a.median, a.std, a.noise, a.level, a.tavg],
+                                      [b.mean, b.median, b.std, b.noise, b.level, b.tavg])
+        assert (a.path is None) == (b.path is None)
+        if a.path is None:
+            continue
+        with fits.open(a.path) as ha, fits.open(b.path) as hb:
+            assert len(ha) == len(hb)
+            for x, y in zip(ha, hb):
+                assert [c.image for c in x.header.cards if c.keyword != "DATE"] == \
+                    [c.image for c in y.header.cards if c.keyword != "DATE"]
+                assert x.data.tobytes() == y.data.tobytes()

@@ -765,3 +765,43 @@ def test_first_clip_scalar_handover_equals_scalar_clipping(n, rate):
         assert outs[0][0] == outs[1][0]
         for a, b in zip(outs[0][1:], outs[1][1:]):
             np.testing.assert_array_equal(a, b)
+
+
+class _LevelModel:
+    """A subtract callable that is an object (the header names its class)."""
+
+    def __init__(self, level):
+        self.level = level
+
+    def __call__(self, i, start, stop):
+        return np.full((stop - start, 41), self.level + i)
+
+
+@pytest.mark.parametrize("subtract", [None, "array", "function", "object"])
+def test_deferred_finish_equals_combine(subtract):
+    # combine(deferred=True) stacks now and computes the header statistics and inputs table
+    # in finish(): the same images, cards (but DATE) and table as combine() bit for bit
+    rng = np.random.default_rng(11)
+    frames = [np.round(rng.normal(3000, 20, (33, 41)) / 16).astype(np.float32) * 16
+              for _ in range(6)]
+    frames[2][5, 7] = 70000.0  # saturated, counted in INPUTS.NSAT
+    sub = {None: None, "array": np.full((33, 41), 100.0),
+           "function": lambda i, start, stop: np.full((stop - start, 41), 90.0 + i),
+           "object": _LevelModel(95.0)}[subtract]
+    kwargs = dict(method="sigclip", subtract=sub, scale=np.linspace(0.9, 1.1, 6),
+                  saturation=65520.0, quantum=16.0, min_scale=32.0, workers=2,
+                  memory_limit=6 * 41 * 8 * 4, metadata=[{kw.TEMP: 20.0 + 0.1 * i,
+                                                          kw.EXPTIME: 1.0} for i in range(6)],
+                  product="MASTER_TEST")
+    direct = stacking.combine(frames, **kwargs)
+    stacked = stacking.combine(frames, deferred=True, **kwargs)
+    assert isinstance(stacked, stacking.StackedMaster)
+    later = stacked.finish()
+    for name in ("data", "noise", "stderr", "count", "flags"):
+        a, b = getattr(direct, name), getattr(later, name)
+        assert a.dtype == b.dtype
+        assert a.tobytes() == b.tobytes(), name
+    images = [c.image for c in direct.header.cards if c.keyword != kw.DATE]
+    assert images == [c.image for c in later.header.cards if c.keyword != kw.DATE]
+    assert kw.MEDIAN in later.header and (subtract is None) == (kw.SUBTRACT not in later.header)
+    assert direct.inputs.equals(later.inputs)

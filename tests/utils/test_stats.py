@@ -295,3 +295,24 @@ def test_typical_noise_is_the_gaussian_sigma_whatever_the_number_of_frames(n_fra
     count[:, :64] = 1
     assert stats.typical_noise(res.noise, count) == pytest.approx(got, rel=8 * se_var / 2)
     assert math.isnan(stats.typical_noise(res.noise, np.ones_like(res.count)))
+
+
+@pytest.mark.parametrize("size, hi, seed", [(1000, 5, 0), (300_000, 10, 1), (1 << 20, 20, 2),
+                                            (5000, 2, 3)])
+def test_typical_noise_one_pass_equals_numpy_steps(size, hi, seed):
+    # the numba pass (square, scale, rescale the other counts, drop NaN) gives the numpy
+    # steps' number bit for bit: counts 0..hi (NaN below 2), NaN and inf noise
+    rng = np.random.default_rng(seed)
+    noise = rng.gamma(4.0, 3.0, size).astype(np.float32)
+    count = np.full(size, hi, np.int16)
+    other = rng.random(size) < 0.2
+    count[other] = rng.integers(0, hi + 1, other.sum())
+    noise[rng.random(size) < 0.01] = np.nan
+    noise[rng.random(size) < 0.001] = np.inf
+    med_chi2 = stats.chi2_median_ratio(np.arange(1, hi))
+    got = stats.typical_noise(noise, count)
+    assert got == stats._typical_noise_numpy(noise, count, hi, med_chi2)
+    # as read from a FITS file (big-endian) or in float64: the numpy steps themselves
+    assert stats.typical_noise(noise.astype(">f4"), count.astype(">i2")) == got
+    noise[:] = np.nan
+    assert math.isnan(stats.typical_noise(noise, count))

@@ -411,7 +411,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             pooled_floor: bool = True, quantum: float = 0.0,
             memory_limit: float = 1e9,
             workers: int | None = None, progress_bar: bool = False,
-            metadata: Sequence[Mapping] | None = None, product: str = "MASTER") -> MasterResult:
+            metadata: Sequence[Mapping] | None = None, product: str = "MASTER",
+            deferred: bool = False) -> MasterResult | StackedMaster:
     """Combine frames into a master, streaming row blocks from every input.
 
     Parameters
@@ -487,10 +488,16 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         statistics (``TMIN``... ``EAVG``) and the ``inputs`` table.
     product : str, optional
         Value of the ``PRODUCT`` provenance card (e.g. ``"MASTER_BIAS"``).
+    deferred : bool, optional
+        Return once the images are stacked, as a :class:`StackedMaster` whose
+        :meth:`~StackedMaster.finish` computes the header (with the master's statistics) and
+        the inputs table: a caller that writes masters behind (``analysis.masters``) lets
+        that single-threaded work run while the next master is stacked.  Default False.
 
     Returns
     -------
     MasterResult
+        (a :class:`StackedMaster` with ``deferred``)
 
     Raises
     ------
@@ -656,16 +663,49 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             raise
     logger.debug("combined %d frames in %.2f s", n, time.perf_counter() - t0)
 
-    header = _build_header(n=n, method=method, sigma_low=sigma_low, sigma_high=sigma_high,
-                           maxiters=maxiters, min_accepted=min_accepted, scale=scale,
-                           subtract=subtract, saturation=saturation, metadata=metadata,
-                           data=data, flags=flags, nreject=nreject, product=product,
-                           min_scale=min_scale, guard=guard, noise_floor=float(noise_floor),
-                           pooled_floor=pooled_floor)
-    table = _inputs_table(source.paths, metadata, scale,
-                          sat_per_frame if saturation is not None else None)
-    return MasterResult(data=data, noise=noise, stderr=stderr, count=count, flags=flags,
-                        header=header, inputs=table)
+    paths = source.paths
+    # the header only names what was subtracted: a deferred result keeps no reference to it
+    # (a full-frame float64 image, or a callable holding some)
+    subtract = None if subtract is None else (
+        np.empty(0) if isinstance(subtract, np.ndarray) else _Named(subtract))
+
+    def finish() -> MasterResult:
+        header = _build_header(n=n, method=method, sigma_low=sigma_low, sigma_high=sigma_high,
+                               maxiters=maxiters, min_accepted=min_accepted, scale=scale,
+                               subtract=subtract, saturation=saturation, metadata=metadata,
+                               data=data, flags=flags, nreject=nreject, product=product,
+                               min_scale=min_scale, guard=guard, noise_floor=float(noise_floor),
+                               pooled_floor=pooled_floor)
+        table = _inputs_table(paths, metadata, scale,
+                              sat_per_frame if saturation is not None else None)
+        return MasterResult(data=data, noise=noise, stderr=stderr, count=count, flags=flags,
+                            header=header, inputs=table)
+    return StackedMaster(finish) if deferred else finish()
+
+
+class _Named:
+    """What :func:`_build_header` reads of a ``subtract`` callable: its name."""
+
+    def __init__(self, subtract):
+        self.__qualname__ = getattr(subtract, "__qualname__", type(subtract).__name__)
+
+
+class StackedMaster:
+    """A master whose images are stacked (:func:`combine` with ``deferred=True``) but whose
+    header statistics (``MEAN``, ``MEDIAN``, ``STD`` of the valid pixels) and inputs table
+    are not computed yet.
+
+    :meth:`finish` computes them, once, in any thread, and returns the
+    :class:`MasterResult` :func:`combine` would have returned (the same numbers).
+    """
+
+    def __init__(self, finish: Callable[[], MasterResult]):
+        self._finish = finish
+
+    def finish(self) -> MasterResult:
+        """The :class:`MasterResult` (header and inputs table computed now)."""
+        result, self._finish = self._finish(), None
+        return result
 
 
 def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, scale,

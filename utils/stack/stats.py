@@ -68,12 +68,30 @@ def _split_window_py(x, lo, hi, inside):
     return below, k, above
 
 
+def _scaled_variances_py(s, n, hi, scale, ratio, out):
+    """One pass of :func:`typical_noise`: each pixel's ``s**2 * scale`` (float32), times
+    ``ratio[count]`` where its count is not ``hi`` (NaN below 2 samples), the non-NaN ones
+    copied to ``out`` in their order; their number."""
+    k = 0
+    for i in range(s.size):
+        v = s[i] * s[i]
+        v *= scale
+        c = n[i]
+        if c != hi:
+            v = v * ratio[c] if c >= 2 else np.float32(np.nan)
+        out[k] = v  # kept only if k moves on
+        k += not np.isnan(v)
+    return k
+
+
 try:  # three numpy comparison passes and a compress became one loop (~2 ms at 1024 x 1024)
     from numba import njit
 
     _split_window = njit(nogil=True, cache=True)(_split_window_py)
+    # typical_noise: square, scale, rescale the other counts and drop NaN in one loop
+    _scaled_variances = njit(nogil=True, cache=True)(_scaled_variances_py)
 except ImportError:  # pragma: no cover
-    _split_window = None
+    _split_window = _scaled_variances = None
 
 
 def exact_median(values: np.ndarray) -> float:
@@ -190,6 +208,19 @@ def typical_noise(noise: np.ndarray, count: np.ndarray) -> float:
     if hi < 2:
         return math.nan
     med_chi2 = chi2_median_ratio(np.arange(1, hi))  # for k = 1..hi-1
+    if _scaled_variances is not None and s.dtype == np.float32 and n.dtype.kind in "iu" \
+            and n.dtype.isnative and s.dtype.isnative and n.size == s.size:
+        # the numbers of the numpy steps below, in one pass (~4.7 -> ~2.5 ms at 1024 x 1024)
+        ratio = np.full(hi + 1, np.nan, np.float32)  # by count; NaN below 2 samples
+        ratio[2:] = (med_chi2[hi - 2] / med_chi2[:hi - 1]).astype(np.float32)
+        out = np.empty(s.size, np.float32)  # pages touched only as far as it is filled
+        k = _scaled_variances(s, n, hi, np.float32(1.0 / med_chi2[hi - 2]), ratio, out)
+        return math.sqrt(exact_median(out[:k])) if k else math.nan
+    return _typical_noise_numpy(s, n, hi, med_chi2)
+
+
+def _typical_noise_numpy(s: np.ndarray, n: np.ndarray, hi: int, med_chi2: np.ndarray) -> float:
+    """:func:`typical_noise` in numpy steps (without numba, and for other dtypes)."""
     # float32 (a summary to a few digits), scaled for the usual count in place; the few
     # pixels that lost samples to clipping, or have fewer than 2 (NaN), rescaled after
     var = np.square(s, dtype=np.float32)
