@@ -246,14 +246,15 @@ PNG_COMPRESS_LEVEL = 3
 
 def write_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Render ``fig`` to a PNG at ``dpi`` (atomically) and close it; the same pixels as
-    :func:`utils.io.fitsio.save_figure`, in about 20 % less time.
+    ``fig.savefig``, in about 20 % less time.  Every PNG of the project is written here
+    (also through :func:`utils.io.fitsio.save_figure`).
 
     ``fig.savefig`` of a constrained-layout figure draws it twice: once with drawing
     disabled, only so that the layout runs (and every tick, label and line is computed for
     nothing), then for real.  Here the layout engine runs on its own, then one draw; the
     image (opaque: RGB, a quarter fewer bytes) is encoded at :data:`PNG_COMPRESS_LEVEL`.
-    A figure without a layout engine, or not opaque, goes through ``save_figure`` (cropped
-    to its artists).
+    A figure without a layout engine, or not opaque, goes through ``savefig`` (a figure
+    without a layout engine cropped to its artists).
 
     Parameters
     ----------
@@ -274,11 +275,11 @@ def write_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image, PngImagePlugin
 
-    from .io.fitsio import atomic_path, save_figure
+    from .io.atomic import atomic_path  # not utils.io.fitsio: the renderer needs no astropy
 
     engine = fig.get_layout_engine()
     if engine is None:
-        return save_figure(fig, path, dpi=dpi)
+        return _savefig(fig, path, dpi)
     canvas = fig.canvas  # pyplot's Agg canvas: plt.close finds the figure through it
     if not isinstance(canvas, FigureCanvasAgg):
         canvas = FigureCanvasAgg(fig)
@@ -290,7 +291,7 @@ def write_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
         rgba = np.asarray(canvas.buffer_rgba())
         if not (rgba[..., 3] == 255).all():  # a transparent figure: as matplotlib writes it
             fig.set_layout_engine(engine)
-            return save_figure(fig, path, dpi=dpi)
+            return _savefig(fig, path, dpi)
         image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", f"Matplotlib version{matplotlib.__version__}, "
@@ -298,6 +299,22 @@ def write_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
         with atomic_path(path) as tmp:
             image.save(tmp, format="png", dpi=(dpi, dpi), pnginfo=info,
                        compress_level=PNG_COMPRESS_LEVEL)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _savefig(fig, path: str | os.PathLike, dpi: int) -> Path:
+    """``fig.savefig`` as PNG (atomically), cropped to its artists when it has no layout
+    engine (``bbox_inches="tight"``: a second layout pass), then closed."""
+    import matplotlib.pyplot as plt
+
+    from .io.atomic import atomic_path
+
+    tight = {} if fig.get_layout_engine() is not None else {"bbox_inches": "tight"}
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, **tight)
     finally:
         plt.close(fig)
     return Path(path)
