@@ -300,6 +300,17 @@ def test_rendering_a_figure_imports_no_astropy(tmp_path):
     assert (tmp_path / "a.png").is_file()
 
 
+def test_render_process_runs_at_a_lower_priority(tmp_path):
+    """The computation wins the cores over the figures."""
+    import os
+
+    with plotting.figure_output("summary", workers=1) as writer:
+        worker = writer._executor().submit(os.nice, 0).result()
+        plotting.save(_line, tmp_path / "pool.png")
+    assert worker == min(os.nice(0) + plotting.RENDER_NICENESS, 19)
+    assert (tmp_path / "pool.png").is_file()
+
+
 def test_render_time_of_each_figure_is_logged(tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="utils.plotting")
     with plotting.figure_output("summary", workers=1):
