@@ -173,7 +173,9 @@ def finish_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     if legend and ax.get_legend_handles_labels()[0]:  # nothing labelled (e.g. no usable frame)
-        ax.legend(fontsize="small")
+        # placed inside the axes ("best"), so the layout need not measure it nor search its
+        # place in each of its passes
+        ax.legend(fontsize="small").set_in_layout(False)
     return ax
 
 

@@ -267,6 +267,21 @@ def test_write_png_without_layout_engine_is_cropped_like_savefig(tmp_path):
                                   _decoded(tmp_path / "old.png")[0])
 
 
+def test_legend_inside_the_axes_left_out_of_the_layout_same_pixels(tmp_path):
+    """finish_axes's legend (placed inside the axes) is not measured by the layout passes;
+    the same pixels as when it is."""
+    images = []
+    for in_layout in (False, True):
+        ax = _line()
+        ax.plot([0, 1], [1, 0], label="b")
+        plotting.finish_axes(ax, "x [s]", "y [adu]", "line")
+        assert ax.get_legend().get_in_layout() is False
+        ax.get_legend().set_in_layout(in_layout)
+        plotting.write_png(ax.figure, tmp_path / f"{in_layout}.png")
+        images.append(_decoded(tmp_path / f"{in_layout}.png")[0])
+    np.testing.assert_array_equal(images[0], images[1])
+
+
 def test_save_figure_renders_through_write_png(tmp_path, monkeypatch):
     """The analyses that save their figures directly (bias per temperature, time series) get
     the one-draw rendering too, with the pixels of ``savefig``."""
