@@ -282,6 +282,22 @@ def test_legend_inside_the_axes_left_out_of_the_layout_same_pixels(tmp_path):
     np.testing.assert_array_equal(images[0], images[1])
 
 
+def test_edge_spines_left_out_of_the_layout_moved_spine_kept():
+    """Spines on the axes' edges (and a colour bar's outline) are not measured by the layout
+    (test_write_png_draws_the_pixels_of_savefig: the same pixels); a moved one still is."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plotting.subplots()
+    fig.colorbar(ax.imshow(np.arange(4.0).reshape(2, 2)), ax=ax)
+    ax.spines["left"].set_position(("outward", 10))
+    plotting._edge_spines_out_of_layout(fig)
+    kept = [(name, spine.spine_type) for a in fig.axes for name, spine in a.spines.items()
+            if spine.get_in_layout()]
+    assert kept == [("left", "left")]
+    assert len(fig.axes) == 2 and fig.axes[1].spines["outline"].get_in_layout() is False
+    plt.close(fig)
+
+
 def test_save_figure_renders_through_write_png(tmp_path, monkeypatch):
     """The analyses that save their figures directly (bias per temperature, time series) get
     the one-draw rendering too, with the pixels of ``savefig``."""
