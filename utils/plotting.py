@@ -23,6 +23,7 @@ Figures are off the critical path of a run:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -56,6 +57,12 @@ MAX_PENDING = 8
 #: 1024^2 bench campaign on 2 cores: 44.1, 44.4 s -> 42.6, 41.7 s wall, figures written as
 #: before, none rendered in the main process).
 RENDER_NICENESS = 19
+#: Garbage-collection thresholds of the rendering process (Python's are 700, 10, 10): a
+#: figure allocates ~10^5 objects, so the default collected ~14 times a figure, walking
+#: matplotlib's long-lived objects each time (0.46 s of the 47 campaign figures' 8 s; 0.18 s
+#: with these, the process's peak RSS 136 -> 144 MB).  Closed figures are freed by reference
+#: counting either way.
+RENDER_GC_THRESHOLDS = (50_000, 50, 100)
 
 
 def display_copy(image: np.ndarray, max_pixels: int = DISPLAY_PIXELS
@@ -362,12 +369,14 @@ def _render(payload: bytes, path: str, dpi: int) -> tuple[str, float]:
 
 
 def _warm() -> int:
-    """Worker start-up: lower the process's priority (:data:`RENDER_NICENESS`) and import
-    matplotlib once, before the first figure arrives."""
+    """Worker start-up: lower the process's priority (:data:`RENDER_NICENESS`), collect its
+    garbage less often (:data:`RENDER_GC_THRESHOLDS`) and import matplotlib once, before
+    the first figure arrives."""
     import matplotlib
 
     with contextlib.suppress(OSError):  # a platform or sandbox without nice: as before
         os.nice(RENDER_NICENESS)
+    gc.set_threshold(*RENDER_GC_THRESHOLDS)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401

@@ -332,13 +332,17 @@ def test_rendering_a_figure_imports_no_astropy(tmp_path):
 
 
 def test_render_process_runs_at_a_lower_priority(tmp_path):
-    """The computation wins the cores over the figures."""
+    """The computation wins the cores over the figures; the renderer collects garbage less
+    often."""
+    import gc
     import os
 
     with plotting.figure_output("summary", workers=1) as writer:
         worker = writer._executor().submit(os.nice, 0).result()
+        thresholds = writer._executor().submit(gc.get_threshold).result()
         plotting.save(_line, tmp_path / "pool.png")
     assert worker == min(os.nice(0) + plotting.RENDER_NICENESS, 19)
+    assert thresholds == plotting.RENDER_GC_THRESHOLDS
     assert (tmp_path / "pool.png").is_file()
 
 
