@@ -75,8 +75,9 @@ def plot_heatmap(table: pd.DataFrame, column: str, *, title: str, label: str | N
             if np.isfinite(v):
                 red, green, blue, _ = im.cmap(im.norm(v))
                 light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # perceived brightness
+                # clipped to the axes (inside them anyway): the layout does not measure it
                 ax.text(j, i, f"{v:.0f}" if abs(v) >= 1000 else f"{v:#.3g}", ha="center",
-                        va="center", color="k" if light else "w", fontsize=8)
+                        va="center", color="k" if light else "w", fontsize=8, clip_on=True)
     ax.figure.colorbar(im, ax=ax, label=label or column)
     ax.set_xlabel("temperature [degC]")
     ax.set_ylabel("exposure time [s]")

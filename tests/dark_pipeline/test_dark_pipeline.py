@@ -380,6 +380,29 @@ def test_heatmap_columns_are_temperature_bins():
     plt.close(ax.figure)
 
 
+def test_heatmap_cell_values_not_measured_by_the_layout_same_pixels(tmp_path):
+    """The cell values are clipped to the axes, so the constrained layout skips them (~10 % of
+    a heatmap's rendering); they sit inside the axes: the same pixels as unclipped."""
+    from PIL import Image
+
+    from dark_pipeline.plots import plot_heatmap
+    from utils.plotting import write_png
+
+    table = pd.DataFrame({"Exposure (s)": [1.0, 1.0, 2.0, 2.0], "TBIN": [0.0, 30.0, 0.0, 30.0],
+                          "MAE [ADU]": [1.0, 1010.6, 1.29, 55.5]})
+    images = []
+    for clipped in (True, False):
+        ax = plot_heatmap(table, "MAE [ADU]", title="MAE")
+        assert len(ax.texts) == 4
+        assert all(t._fully_clipped_to_axes() for t in ax.texts)
+        for t in ax.texts:
+            t.set_clip_on(clipped)
+        write_png(ax.figure, tmp_path / f"{clipped}.png")
+        with Image.open(tmp_path / f"{clipped}.png") as image:
+            images.append(np.asarray(image.convert("RGB")))
+    np.testing.assert_array_equal(images[0], images[1])
+
+
 def test_heatmap_cells_readable():
     """Each cell's value is readable: black on the light (yellow) end of viridis, white on the
     dark end (white on yellow was unreadable), no ``1.01e+03``; the colour bar names the

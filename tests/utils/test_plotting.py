@@ -203,6 +203,15 @@ def _decoded(path):
         return np.asarray(image.convert("RGB")), image.info.get("dpi")
 
 
+def _savefig(fig, path, dpi=110):
+    """The reference: matplotlib's own ``savefig`` (cropped when there is no layout engine)."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, format="png", dpi=dpi,
+                **({} if fig.get_layout_engine() is not None else {"bbox_inches": "tight"}))
+    plt.close(fig)
+
+
 def _figures():
     """A line plot, a log histogram, an image with a colour bar, a grid of panels (each the
     same figure at every call)."""
@@ -231,14 +240,12 @@ def _figures():
 @pytest.mark.parametrize("n", range(4))
 def test_write_png_draws_the_pixels_of_savefig(tmp_path, n):
     """One layout pass and one draw instead of savefig's two draws; zlib level 3 and RGB:
-    the same pixels and resolution as :func:`utils.io.fitsio.save_figure`."""
+    the same pixels and resolution as ``fig.savefig``."""
     import matplotlib.pyplot as plt
-
-    from utils.io.fitsio import save_figure
 
     draw = list(_figures())[n]
     open_before = len(plt.get_fignums())
-    save_figure(plotting._figure_of(draw()), tmp_path / "old.png", dpi=110)
+    _savefig(plotting._figure_of(draw()), tmp_path / "old.png", dpi=110)
     plotting.write_png(plotting._figure_of(draw()), tmp_path / "new.png", dpi=110)
     old, old_dpi = _decoded(tmp_path / "old.png")
     new, new_dpi = _decoded(tmp_path / "new.png")
@@ -251,15 +258,92 @@ def test_write_png_draws_the_pixels_of_savefig(tmp_path, n):
 def test_write_png_without_layout_engine_is_cropped_like_savefig(tmp_path):
     import matplotlib.pyplot as plt
 
-    from utils.io.fitsio import save_figure
-
-    for name, save in (("old.png", save_figure), ("new.png", plotting.write_png)):
+    for name, save in (("old.png", _savefig), ("new.png", plotting.write_png)):
         fig, ax = plt.subplots()
         ax.plot([0, 1], [2, 3])
         ax.set_xlabel("x [s]")
         save(fig, tmp_path / name, dpi=110)
     np.testing.assert_array_equal(_decoded(tmp_path / "new.png")[0],
                                   _decoded(tmp_path / "old.png")[0])
+
+
+def test_legend_inside_the_axes_left_out_of_the_layout_same_pixels(tmp_path):
+    """finish_axes's legend (placed inside the axes) is not measured by the layout passes;
+    the same pixels as when it is."""
+    images = []
+    for in_layout in (False, True):
+        ax = _line()
+        ax.plot([0, 1], [1, 0], label="b")
+        plotting.finish_axes(ax, "x [s]", "y [adu]", "line")
+        assert ax.get_legend().get_in_layout() is False
+        ax.get_legend().set_in_layout(in_layout)
+        plotting.write_png(ax.figure, tmp_path / f"{in_layout}.png")
+        images.append(_decoded(tmp_path / f"{in_layout}.png")[0])
+    np.testing.assert_array_equal(images[0], images[1])
+
+
+def test_edge_spines_left_out_of_the_layout_moved_spine_kept():
+    """Spines on the axes' edges (and a colour bar's outline) are not measured by the layout
+    (test_write_png_draws_the_pixels_of_savefig: the same pixels); a moved one still is."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plotting.subplots()
+    fig.colorbar(ax.imshow(np.arange(4.0).reshape(2, 2)), ax=ax)
+    ax.spines["left"].set_position(("outward", 10))
+    plotting._edge_spines_out_of_layout(fig)
+    kept = [(name, spine.spine_type) for a in fig.axes for name, spine in a.spines.items()
+            if spine.get_in_layout()]
+    assert kept == [("left", "left")]
+    assert len(fig.axes) == 2 and fig.axes[1].spines["outline"].get_in_layout() is False
+    plt.close(fig)
+
+
+def test_save_figure_renders_through_write_png(tmp_path, monkeypatch):
+    """The analyses that save their figures directly (bias per temperature, time series) get
+    the one-draw rendering too, with the pixels of ``savefig``."""
+    from utils.io.fitsio import save_figure
+
+    calls = []
+    write_png = plotting.write_png
+    monkeypatch.setattr(plotting, "write_png",
+                        lambda fig, path, dpi=110: calls.append(path) or write_png(fig, path, dpi))
+    assert save_figure(_line().figure, tmp_path / "new.png") == tmp_path / "new.png"
+    assert calls == [tmp_path / "new.png"]
+    _savefig(_line().figure, tmp_path / "old.png")
+    np.testing.assert_array_equal(_decoded(tmp_path / "new.png")[0],
+                                  _decoded(tmp_path / "old.png")[0])
+
+
+def test_rendering_a_figure_imports_no_astropy(tmp_path):
+    """The render process writes PNGs without importing astropy (~0.25 s CPU a run)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from utils import plotting; "
+            "ax = plotting.new_axes(); ax.plot([0, 1]); "
+            f"plotting.write_png(ax.figure, {str(tmp_path / 'a.png')!r}); "
+            "assert 'astropy' not in sys.modules, 'astropy imported'")
+    root = str(Path(plotting.__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path),
+                   env={**os.environ, "PYTHONPATH": root})
+    assert (tmp_path / "a.png").is_file()
+
+
+def test_render_process_runs_at_a_lower_priority(tmp_path):
+    """The computation wins the cores over the figures; the renderer collects garbage less
+    often."""
+    import gc
+    import os
+
+    with plotting.figure_output("summary", workers=1) as writer:
+        worker = writer._executor().submit(os.nice, 0).result()
+        thresholds = writer._executor().submit(gc.get_threshold).result()
+        plotting.save(_line, tmp_path / "pool.png")
+    assert worker == min(os.nice(0) + plotting.RENDER_NICENESS, 19)
+    assert thresholds == plotting.RENDER_GC_THRESHOLDS
+    assert (tmp_path / "pool.png").is_file()
 
 
 def test_render_time_of_each_figure_is_logged(tmp_path, caplog):

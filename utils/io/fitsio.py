@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import functools
 import json
 import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from astropy.io import fits
@@ -38,12 +36,10 @@ from .. import SOFTWARE_NAME, __version__
 from .. import headers as kw
 from ..errors import OutputPathError, UnreadableFrameError
 from . import fitswriter
+from .atomic import atomic_path
 from .fitswriter import BLOCK
 
 logger = logging.getLogger(__name__)
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def software_version() -> str:
@@ -54,10 +50,6 @@ def software_version() -> str:
 def utc_now() -> str:
     """Current UTC time as an ISO string (seconds), for ``DATE``."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-#: errno values of a folder the user must fix (a file in the way, no permission, read-only).
-_FOLDER_ERRNOS = {errno.EEXIST, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def _first_existing(path: Path) -> Path:
@@ -101,48 +93,6 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
         raise OutputPathError(f"{path}: the {what} is a folder; give a file name")
     check_output_dir(path.parent, f"folder of the {what}")
     return path
-
-
-def _folder_error(path: Path, err: OSError) -> OutputPathError:
-    reason = {errno.EEXIST: "a file is in the way of the folder",
-              errno.ENOTDIR: "a file is in the way of the folder",
-              errno.EROFS: "the file system is read-only"}.get(err.errno, "permission denied")
-    return OutputPathError(f"{path.parent}: cannot write {path.name} ({reason}); give another "
-                           "output folder or fix its permissions")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
-
-    On any exception the temporary file is removed and ``path`` is untouched.
-    ``keep_suffix`` ends the temporary name with ``path``'s own suffix (``.tmp.gif``),
-    for writers that choose the format from the file name (matplotlib's animation writers).
-    A folder that cannot hold ``path`` (a file in its place, no permission)
-    raises :class:`~utils.errors.OutputPathError`, a one-line user error.
-    """
-    path = Path(path)
-    suffix = ".tmp" + (path.suffix if keep_suffix else "")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    except OSError as err:
-        if err.errno in _FOLDER_ERRNOS:
-            raise _folder_error(path, err) from err
-        raise
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; products are shared
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        try:
-            os.replace(tmp, path)
-        except IsADirectoryError as err:
-            raise OutputPathError(f"{path}: is a folder, cannot be replaced by a file; move it "
-                                  "away or choose another output") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 #: Name of an :func:`atomic_path` temporary file: ``.<name>.<random characters>.tmp``
@@ -280,18 +230,12 @@ def write_csv(frame, path: str | os.PathLike, **kwargs) -> Path:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it.
+    """Save a matplotlib figure as PNG atomically and close it: :func:`utils.plotting.write_png`
+    (one layout pass and one draw for a constrained-layout figure; one without a layout
+    engine is cropped to its artists)."""
+    from ..plotting import write_png
 
-    A figure with a layout engine (the project's are constrained-layout) already fits its
-    canvas; only one without is cropped to its artists (``bbox_inches="tight"``, which
-    costs a second layout pass: ~20 % of a figure's rendering)."""
-    import matplotlib.pyplot as plt
-
-    tight = {} if fig.get_layout_engine() is not None else {"bbox_inches": "tight"}
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, **tight)
-    plt.close(fig)
-    return Path(path)
+    return write_png(fig, path, dpi=dpi)
 
 
 def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
