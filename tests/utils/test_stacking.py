@@ -821,7 +821,7 @@ def test_compiled_kernel_equals_its_python_source(n, monkeypatch):
         compiled.append((nrej, x, *out))
     for name in ("_sort_columns", "_kth_distance", "_range_std", "_clip_range", "_select_pair",
                  "_count_outside", "_column_sums", "_masked_sum", "_masked_ss", "_first_clip",
-                 "_row_variances", "_median", "_row_floor", "_combine_kernel"):
+                 "_row_variances", "_median", "_row_floor", "_finish_chunk", "_combine_kernel"):
         monkeypatch.setattr(kernels, name, getattr(kernels, name + "_py"))
     for (method, guard, pool, fast), (nrej, xc, *outc) in zip(cases, compiled):
         x = x0.copy()

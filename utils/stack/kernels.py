@@ -498,6 +498,22 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
         state[q] = 2 if (state[q] == 2) | (moved & restart) else np.uint8(moved)
 
 
+def _finish_chunk_py(lo_a, hi_a, tot, size, ss, out_count, out_noise, out_data):
+    """Outputs of ``size`` pixels: count ``hi_a - lo_a``, noise ``sqrt(ss / (count - 1))``
+    (NaN below 2 samples) and data ``tot`` (the mean; NaN where the count is 0), in float32.
+
+    One branch-free loop (SIMD) of its own: with the median's gather in it, it stayed
+    scalar.  The count minus one goes to float64 through int32 (exact: counts < 2**15),
+    which AVX2 converts 4 at a time (int64 it cannot).
+    """
+    for q in range(size):
+        cnt = hi_a[q] - lo_a[q]
+        out_count[q] = cnt
+        std = math.sqrt(ss[q] / np.float64(np.int32(cnt - 1))) if cnt > 1 else np.nan
+        out_noise[q] = np.float32(std)
+        out_data[q] = np.float32(tot[q])
+
+
 def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters, min_scale,
                        floor, guard, chunk, out_data, out_noise, out_count, fast=True,
                        pool_width=0, pool_cons=1.0, pool_min=32):
@@ -633,20 +649,16 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
                     dev = ss[q] - t * t / div
                     ss[q] = dev if dev > 0.0 else 0.0
                     tot[q] = shift[q] + t / div if cnt > 0 else np.nan  # now the mean
-            for q in range(size):
-                p = p0 + q
-                lo = lo_a[q]
-                cnt = hi_a[q] - lo
-                out_count[p] = cnt
-                std = math.sqrt(ss[q] / (cnt - 1)) if cnt > 1 else np.nan
-                out_noise[p] = np.float32(std)
-                if cnt == 0:
-                    out_data[p] = np.float32(np.nan)
-                elif method == 1:
-                    out_data[p] = np.float32(0.5 * (np.float64(x[lo + (cnt - 1) // 2, p])
-                                                    + np.float64(x[lo + cnt // 2, p])))
-                else:
-                    out_data[p] = np.float32(tot[q])
+            _finish_chunk(lo_a, hi_a, tot, size, ss, out_count[p0:p1], out_noise[p0:p1],
+                          out_data[p0:p1])
+            if method == 1:  # the median of the accepted range (a gather: its own loop)
+                for q in range(size):
+                    p = p0 + q
+                    lo = lo_a[q]
+                    cnt = hi_a[q] - lo
+                    if cnt > 0:
+                        out_data[p] = np.float32(0.5 * (np.float64(x[lo + (cnt - 1) // 2, p])
+                                                        + np.float64(x[lo + cnt // 2, p])))
     return nrej
 
 
@@ -782,11 +794,13 @@ if HAVE_NUMBA:
     _median = _jit(_median_py)
     _row_floor = _jit(_row_floor_py)
 
+    _finish_chunk = _jit(_finish_chunk_py)
     _combine_kernel = _jit(_combine_kernel_py)
 else:  # pragma: no cover
     _prepare = _sort_columns = _kth_distance = _range_std = _clip_range = _combine_kernel = None
     _select_pair = _count_outside = _first_clip = _masked_sum = _masked_ss = None
     _prepare_u16 = _row_variances = _median = _row_floor = _column_sums = None
+    _finish_chunk = None
 
 
 def warmup() -> float:
