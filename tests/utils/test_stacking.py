@@ -268,10 +268,11 @@ def test_pruned_batcher_network_sorts(n):
     x = rng.integers(0, 4, size=(n, 500)).astype(np.float32)   # many ties
     x[:, :3] = np.inf
     ref = np.sort(x, axis=0)
+    tmp = np.empty(x.shape[1], np.float32)
     if stacking.HAVE_NUMBA:
-        kernels._sort_columns(x, lo, hi, 0, x.shape[1])
+        kernels._sort_columns(x, lo, hi, 0, x.shape[1], tmp)
     else:  # pragma: no cover
-        kernels._sort_columns_py(x, lo, hi, 0, x.shape[1])
+        kernels._sort_columns_py(x, lo, hi, 0, x.shape[1], tmp)
     np.testing.assert_array_equal(x, ref)
 
 
@@ -805,3 +806,71 @@ def test_deferred_finish_equals_combine(subtract):
     assert images == [c.image for c in later.header.cards if c.keyword != kw.DATE]
     assert kw.MEDIAN in later.header and (subtract is None) == (kw.SUBTRACT not in later.header)
     assert direct.inputs.equals(later.inputs)
+
+
+def _edge_samples(n, npix, seed):
+    """float32 samples with ties, signed zeros, +inf (missing), all-missing and one-sample
+    pixels and outliers: the cases where a changed compare-exchange or select would show."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (n, npix)).astype(np.float32) * 16
+    x[rng.random(x.shape) < 0.15] = -0.0
+    x[:, npix // 2:] = rng.normal(0.0, 1.0, (n, npix - npix // 2)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] *= 1000
+    x[rng.random(x.shape) < 0.05] = np.inf
+    x[:, 3] = np.inf
+    x[1:, 4] = np.inf
+    return x
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 50])
+def test_sorting_network_is_the_plain_compare_exchange(n):
+    """The network with its scratch store gives the numbers of the plain compare-exchange
+    ``lo = a if a < b else b``, ``hi = b if a < b else a``, bit for bit (signed zeros
+    included)."""
+    x = _edge_samples(n, 300, n)
+    ref = x.copy()
+    lo, hi = kernels.batcher_network(n)
+    for a, b in zip(lo, hi):
+        u, v = ref[a].copy(), ref[b].copy()
+        ref[a], ref[b] = np.where(u < v, u, v), np.where(u < v, v, u)
+    sort = kernels._sort_columns if kernels.HAVE_NUMBA else kernels._sort_columns_py
+    sort(x, lo, hi, 0, x.shape[1], np.empty(x.shape[1], np.float32))
+    np.testing.assert_array_equal(x.view(np.int32), ref.view(np.int32))
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 50])
+def test_compiled_kernel_equals_its_python_source(n, monkeypatch):
+    """The compiled combine kernel gives the numbers of its own Python source run by the
+    interpreter (every helper replaced by its ``_py`` function), bit for bit: every method,
+    with and without the guard, the pooled floor and the vectorised first iteration, on
+    edge-case samples (ties, signed zeros, missing and one-sample pixels, outliers)."""
+    width, rows = 24, 2
+    npix = width * rows
+    x0 = _edge_samples(n, npix, 100 + n)
+    lo, hi = kernels.batcher_network(n)
+    cases = [(method, guard, pool, fast) for method in (0, 1, 2) for guard in (True, False)
+             for pool in (0, width) for fast in (True, False)
+             if method == 2 or (guard and not pool and fast)]
+    compiled = []
+    for method, guard, pool, fast in cases:
+        x = x0.copy()
+        out = (np.empty(npix, np.float32), np.empty(npix, np.float32), np.empty(npix, np.int16))
+        nrej = kernels._combine_kernel(x, npix, lo, hi, method, 3.0, 2.5, 5, 0.5, np.empty(0),
+                                       guard, 16, *out, fast, pool if n >= 2 else 0, 0.9, 4)
+        compiled.append((nrej, x, *out))
+    for name in ("_sort_columns", "_kth_distance", "_range_std", "_clip_range", "_select_pair",
+                 "_count_outside", "_column_sums", "_masked_sum", "_masked_ss", "_first_clip",
+                 "_row_variances", "_median", "_row_floor", "_finish_chunk", "_combine_kernel"):
+        monkeypatch.setattr(kernels, name, getattr(kernels, name + "_py"))
+    for (method, guard, pool, fast), (nrej, xc, *outc) in zip(cases, compiled):
+        x = x0.copy()
+        out = (np.empty(npix, np.float32), np.empty(npix, np.float32), np.empty(npix, np.int16))
+        with np.errstate(all="ignore"):
+            ref = kernels._combine_kernel(x, npix, lo, hi, method, 3.0, 2.5, 5, 0.5,
+                                          np.empty(0), guard, 16, *out, fast,
+                                          pool if n >= 2 else 0, 0.9, 4)
+        assert nrej == ref
+        np.testing.assert_array_equal(xc.view(np.int32), x.view(np.int32))
+        for a, b in zip(outc, out):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))

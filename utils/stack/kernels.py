@@ -10,6 +10,17 @@ again (SIMD).  The kernels are numba functions compiled with ``nogil=True``;
 a pure-numpy implementation of the same maths
 (:func:`utils.stack.kernels_numpy._combine_numpy`) is the
 fallback without numba and the kernels' test oracle.
+
+Masked stores: LLVM (>= 17, AVX2 target) folds ``a[p] = u if cond else a[p]``, and any
+``a[p] = select(cond, a[p], v)`` such as a min/max written back over one of its
+operands, into a ``vmaskmovps/pd`` store of ``v`` where ``not cond``.  On AMD Zen those
+masked stores are microcoded (one per ~10-20 cycles): the sorting network ran 3x slower
+than with plain stores (n = 10 and 50 frames), and the lane loops of the first clipping
+iteration likewise.  The loops below therefore never store a select over the value
+loaded from the same place: either the new value goes to another array, or a store to
+a scratch array sits between the load and the store (which blocks the fold; the numbers
+stored are the same).  ``tests/utils/test_stacking.py`` checks the compiled code for
+masked stores.
 """
 
 from __future__ import annotations
@@ -135,11 +146,14 @@ def _prepare_u16_py(raw, row, sub, scale, saturation, nsat):
     return count
 
 
-def _sort_columns_py(x, lo, hi, p0, p1):
+def _sort_columns_py(x, lo, hi, p0, p1, tmp):
     """Apply the sorting network to the columns ``p0:p1`` of ``x`` (n, npix).
 
     The pixel loop is innermost, over 0-based slices, so LLVM turns the
     compare-exchange into SIMD min/max (3-4x faster than indexing ``x[i, p]``).
+    ``tmp`` is float32 scratch of at least ``p1 - p0`` values: the minimum is also
+    stored there, before the two stores into ``x`` (see the module notes on masked
+    stores).
     """
     for c in range(lo.shape[0]):
         a_row = x[lo[c], p0:p1]
@@ -147,8 +161,10 @@ def _sort_columns_py(x, lo, hi, p0, p1):
         for p in range(p1 - p0):
             a = a_row[p]
             b = b_row[p]
-            a_row[p] = a if a < b else b
+            small = a if a < b else b
+            tmp[p] = small
             b_row[p] = b if a < b else a
+            a_row[p] = small
 
 
 def _kth_distance_py(x, p, half, lo, hi, c, r):
@@ -268,7 +284,7 @@ SCALAR_FEW = 16
 FIRST_SUB = 256
 
 
-def _select_pair_py(work, big, t, size, kth, nxt):
+def _select_pair_py(work, big, t, size, kth, nxt, tmp):
     """Ranks ``t`` and ``t + 1`` (0-based) of the bitonic columns ``work[:big, :size]``.
 
     A half-cleaner (compare-exchange of rows ``i`` and ``i + half``) leaves two
@@ -277,7 +293,7 @@ def _select_pair_py(work, big, t, size, kth, nxt):
     when they fall into different halves, rank ``t`` is the largest of the
     lower half and ``t + 1`` the smallest of the upper.  ``big - 1``
     compare-exchanges at most, each a loop over pixels (SIMD).  ``work`` is
-    overwritten.
+    overwritten; ``tmp``: float64 scratch of ``size`` values.
     """
     base = 0
     length = big
@@ -289,8 +305,10 @@ def _select_pair_py(work, big, t, size, kth, nxt):
             for q in range(size):
                 u = a[q]
                 v = b[q]
-                a[q] = min(u, v)
+                small = min(u, v)
+                tmp[q] = small  # blocks the masked-store fold (module notes)
                 b[q] = max(u, v)
+                a[q] = small
         if t + 1 < half:
             length = half
         elif t >= half:
@@ -307,8 +325,11 @@ def _select_pair_py(work, big, t, size, kth, nxt):
                 a = work[base + i, :size]
                 b = work[base + half + i, :size]
                 for q in range(size):
-                    kth[q] = max(kth[q], a[q])
-                    nxt[q] = min(nxt[q], b[q])
+                    big_q = max(kth[q], a[q])
+                    small_q = min(nxt[q], b[q])
+                    tmp[q] = big_q  # blocks the masked-store fold (module notes)
+                    kth[q] = big_q
+                    nxt[q] = small_q
             return
 
 
@@ -316,15 +337,16 @@ def _count_outside_py(x, p0, size, m, lower, upper, nlo, nhi):
     """Sorted rows ``0:m``: ``nlo`` = samples below ``lower``, ``nhi`` = ``m`` - those above."""
     for q in range(size):
         nlo[q] = 0
-        nhi[q] = m
+        nhi[q] = 0  # first the count above
     for k in range(m):
         xr = x[k, p0:p0 + size]
         for q in range(size):
             v = np.float64(xr[q])
             nlo[q] += np.int64(v < lower[q])
-            nhi[q] -= np.int64(v > upper[q])
+            nhi[q] += np.int64(v > upper[q])
     for q in range(size):  # the scalar walk never crosses (only with negative sigmas)
-        nhi[q] = max(nhi[q], nlo[q])
+        end = m - nhi[q]  # not max(nhi[q], .) over itself: a masked store (module notes)
+        nhi[q] = end if end > nlo[q] else nlo[q]
 
 
 def _column_sums_py(x, p0, width, n, tot, ss):
@@ -408,7 +430,7 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
         else:
             for q in range(size):
                 drow[q] = np.inf
-    _select_pair(work, big, r, size, kth, nxt)
+    _select_pair(work, big, r, size, kth, nxt, ss)  # ss: scratch until used below
     first = x[0, p0:p0 + size]
     last = x[m - 1, p0:p0 + size]
     even = m % 2 == 0
@@ -419,6 +441,7 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
         std[q] = s
         state[q] = 0
         degenerate += (s == 0.0) & (first[q] != last[q])
+    scale = std  # the clipping scale before the floor: the MAD's, or kth below
     if 0 < degenerate <= size // SCALAR_FEW:  # a few: the scalar loop restarts them
         for q in range(size):
             state[q] = 2 if (std[q] == 0.0) & (first[q] != last[q]) else 0
@@ -427,15 +450,16 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
         # of 5-frame masters): the std of all m samples instead, _range_std_py's two passes
         # over the rows in order (the same float64 sums), instead of the scalar loop
         _column_sums(x, p0, size, m, tot, ss)
-        for q in range(size):
+        for q in range(size):  # into kth (free now), not over std (module notes)
             zero = (std[q] == 0.0) & (first[q] != last[q])
-            std[q] = math.sqrt(ss[q] / m) if zero else std[q]
+            kth[q] = math.sqrt(ss[q] / m) if zero else std[q]
+        scale = kth
     for q in range(size):
-        s = std[q]
+        s = scale[q]
         s = min_scale[q] if s < min_scale[q] else s
-        std[q] = s
         lower[q] = c[q] - s * sig_lo
         upper[q] = c[q] + s * sig_hi
+        std[q] = s  # after the other stores: not folded into a masked store
     _count_outside(x, p0, size, m, lower, upper, ilo, ihi)
     flagged = 0
     for q in range(size):
@@ -474,6 +498,22 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
         state[q] = 2 if (state[q] == 2) | (moved & restart) else np.uint8(moved)
 
 
+def _finish_chunk_py(lo_a, hi_a, tot, size, ss, out_count, out_noise, out_data):
+    """Outputs of ``size`` pixels: count ``hi_a - lo_a``, noise ``sqrt(ss / (count - 1))``
+    (NaN below 2 samples) and data ``tot`` (the mean; NaN where the count is 0), in float32.
+
+    One branch-free loop (SIMD) of its own: with the median's gather in it, it stayed
+    scalar.  The count minus one goes to float64 through int32 (exact: counts < 2**15),
+    which AVX2 converts 4 at a time (int64 it cannot).
+    """
+    for q in range(size):
+        cnt = hi_a[q] - lo_a[q]
+        out_count[q] = cnt
+        std = math.sqrt(ss[q] / np.float64(np.int32(cnt - 1))) if cnt > 1 else np.nan
+        out_noise[q] = np.float32(std)
+        out_data[q] = np.float32(tot[q])
+
+
 def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters, min_scale,
                        floor, guard, chunk, out_data, out_noise, out_count, fast=True,
                        pool_width=0, pool_cons=1.0, pool_min=32):
@@ -503,6 +543,7 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
     tot = np.zeros(chunk, dtype=np.float64)
     ss = np.zeros(chunk, dtype=np.float64)
     shift = np.zeros(chunk, dtype=np.float64)
+    stmp = np.empty(chunk, dtype=np.float32)
     big = 1
     while big < n:
         big *= 2
@@ -532,7 +573,7 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
             p1 = min(p0 + chunk, r1)
             size = p1 - p0
             if method != 0:
-                _sort_columns(x, net_lo, net_hi, p0, p1)
+                _sort_columns(x, net_lo, net_hi, p0, p1, stmp)
             for q in range(size):
                 lo_a[q] = 0
                 hi_a[q] = 0
@@ -601,28 +642,23 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
                         d = np.float64(row[q]) - shift[q] if lo_a[q] <= k < hi_a[q] else 0.0
                         tot[q] += d
                         ss[q] += d * d
-                for q in range(size):
+                for q in range(size):  # no conditional stores (module notes)
                     cnt = hi_a[q] - lo_a[q]
+                    div = cnt if cnt > 0 else 1  # cnt = 0: sums 0, the values unused
+                    t = tot[q]
+                    dev = ss[q] - t * t / div
+                    ss[q] = dev if dev > 0.0 else 0.0
+                    tot[q] = shift[q] + t / div if cnt > 0 else np.nan  # now the mean
+            _finish_chunk(lo_a, hi_a, tot, size, ss, out_count[p0:p1], out_noise[p0:p1],
+                          out_data[p0:p1])
+            if method == 1:  # the median of the accepted range (a gather: its own loop)
+                for q in range(size):
+                    p = p0 + q
+                    lo = lo_a[q]
+                    cnt = hi_a[q] - lo
                     if cnt > 0:
-                        dev = ss[q] - tot[q] * tot[q] / cnt
-                        ss[q] = dev if dev > 0.0 else 0.0
-                        tot[q] = shift[q] + tot[q] / cnt  # now the mean
-                    else:
-                        tot[q] = np.nan
-            for q in range(size):
-                p = p0 + q
-                lo = lo_a[q]
-                cnt = hi_a[q] - lo
-                out_count[p] = cnt
-                std = math.sqrt(ss[q] / (cnt - 1)) if cnt > 1 else np.nan
-                out_noise[p] = np.float32(std)
-                if cnt == 0:
-                    out_data[p] = np.float32(np.nan)
-                elif method == 1:
-                    out_data[p] = np.float32(0.5 * (np.float64(x[lo + (cnt - 1) // 2, p])
-                                                    + np.float64(x[lo + cnt // 2, p])))
-                else:
-                    out_data[p] = np.float32(tot[q])
+                        out_data[p] = np.float32(0.5 * (np.float64(x[lo + (cnt - 1) // 2, p])
+                                                        + np.float64(x[lo + cnt // 2, p])))
     return nrej
 
 
@@ -758,11 +794,13 @@ if HAVE_NUMBA:
     _median = _jit(_median_py)
     _row_floor = _jit(_row_floor_py)
 
+    _finish_chunk = _jit(_finish_chunk_py)
     _combine_kernel = _jit(_combine_kernel_py)
 else:  # pragma: no cover
     _prepare = _sort_columns = _kth_distance = _range_std = _clip_range = _combine_kernel = None
     _select_pair = _count_outside = _first_clip = _masked_sum = _masked_ss = None
     _prepare_u16 = _row_variances = _median = _row_floor = _column_sums = None
+    _finish_chunk = None
 
 
 def warmup() -> float:
