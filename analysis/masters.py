@@ -35,16 +35,16 @@ from utils.io.write_behind import WriteBehind
 from utils.models.bias_model import BiasModel, MasterStack, fit_bias_model
 from utils.settings import field
 from utils.stack.blockops import FLAG_FEW
-from utils.stack.combine import DEFAULT_CLIP_SIGMA, combine
+from utils.stack.combine import DEFAULT_CLIP_SIGMA
 from utils.stack.grouping import GroupKey, calibration_groups
 from utils.stack.master import (
     CombineSettings,
     adc_bits_of,
     existing_product,
-    frame_metadata,
     inputs_hash,
     quadrature_sum,
     real_paths,
+    stack_rows,
 )
 from utils.stack.references import BiasReference, scaled_dark_files
 from utils.stack.stats import exact_median, exact_nanmedian, typical_noise
@@ -208,16 +208,9 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         record.dark_file = str(header.get(kw.DARKFILE, ""))
         return record
     bits = adc_bits_of(rows)
-    step_scale = float(np.median(scale)) if scale is not None else 1.0
-    stacked = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
-                      sigma_high=settings.sigma_high, maxiters=settings.maxiters,
-                      min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
-                      saturation=adu.saturation_level(bits),
-                      min_scale=adu.clip_floor(bits, step_scale),
-                      quantum=adu.quantum(bits, step_scale),
-                      memory_limit=settings.memory_limit,
-                      workers=settings.workers, metadata=frame_metadata(rows),
-                      product=f"MASTER_{key.caltype}", progress_bar=progress_bar, deferred=True)
+    stacked = stack_rows(rows, settings, scale=scale, subtract=subtract,
+                         product=f"MASTER_{key.caltype}", progress_bar=progress_bar,
+                         deferred=True)
     record.status = "written"
 
     def finish() -> None:

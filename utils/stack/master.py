@@ -226,6 +226,23 @@ def frame_metadata(rows: pd.DataFrame) -> list[dict]:
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def stack_rows(rows: pd.DataFrame, settings: CombineSettings, *, scale=None, subtract=None,
+               product: str = "", progress_bar: bool = False, deferred: bool = False):
+    """Stack the frames of index ``rows`` with ``settings``: :func:`utils.stack.combine.combine`
+    with the saturation level, clipping floor and quantum of the frames' ADC bits (at the
+    median of ``scale``).  Returns what ``combine`` returns (``deferred``: to finish later)."""
+    bits = adc_bits_of(rows)
+    step_scale = float(np.median(scale)) if scale is not None else 1.0
+    return combine(rows["PATH"].astype(str).tolist(), method=settings.method,
+                   sigma_low=settings.sigma_low, sigma_high=settings.sigma_high,
+                   maxiters=settings.maxiters, min_accepted=settings.min_accepted, scale=scale,
+                   subtract=subtract, saturation=adu.saturation_level(bits),
+                   min_scale=adu.clip_floor(bits, step_scale),
+                   quantum=adu.quantum(bits, step_scale), memory_limit=settings.memory_limit,
+                   workers=settings.workers, metadata=frame_metadata(rows), product=product,
+                   progress_bar=progress_bar, deferred=deferred)
+
+
 def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None,
                    block: int = PIXEL_BLOCK) -> np.ndarray:
     """``sqrt(a**2 + b**2)`` of two error images in float64, stored as float32.
@@ -311,16 +328,8 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
     if header is not None:
         return header, True
     bits = adc_bits_of(rows)
-    step_scale = float(np.median(scale)) if scale is not None else 1.0
-    result = combine(paths, method=settings.method, sigma_low=settings.sigma_low,
-                     sigma_high=settings.sigma_high, maxiters=settings.maxiters,
-                     min_accepted=settings.min_accepted, scale=scale, subtract=subtract,
-                     saturation=adu.saturation_level(bits),
-                     min_scale=adu.clip_floor(bits, step_scale),
-                     quantum=adu.quantum(bits, step_scale),
-                     memory_limit=settings.memory_limit,
-                     workers=settings.workers, metadata=frame_metadata(rows), product=product,
-                     progress_bar=progress_bar)
+    result = stack_rows(rows, settings, scale=scale, subtract=subtract, product=product,
+                        progress_bar=progress_bar)
     cards = dict(extra or {})
     cards[kw.INHASH] = (digest, "hash of inputs and settings")
     for name, value, comment in adu.scaling_cards(bits):
