@@ -83,9 +83,7 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
         ``holdout(temperature_label) -> (predict, predict_err[, shared_cov]) or None``: the
         model fitted without that temperature bin, for the pulls; ``shared_cov(T, t)``
         [adu^2], when given, is the covariance of its prediction's error with the master's
-        error (a subtracted bias model both carry), taken out of the pull's variance.  Or
-        a :class:`HeldOut` of it over the stack's temperature bins (its refits already
-        started; closed when the evaluation ends).
+        error (a subtracted bias model both carry), taken out of the pull's variance.
     pull_pixels : numpy.ndarray, optional
         Flat indices of the pixels the held-out models predict (a deterministic sample,
         :meth:`SignalStack.sample`); the pulls are taken over them.  Default: every pixel.
@@ -95,92 +93,25 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     """
     rng = np.random.default_rng(seed)
     rows, samples, maps = [], {}, {}
-    groups = list(stack.groups().items())
-    held_out = holdout if isinstance(holdout, HeldOut) else \
-        HeldOut(holdout, [label for label, _ in groups])
-    with held_out:
-        for label, idx_t in groups:
-            held = held_out.take(label)
-            release_free_memory()  # what the held-out refit freed, before the full-frame work
-            _compare_group(stack, idx_t, held, predict, predict_err, exclude, pull_pixels,
-                           rng, keep_maps, rows, samples, maps)
-            del held  # not held while the next one is refitted
+    for label, idx_t in stack.groups().items():
+        held = holdout(label) if holdout is not None else None
+        release_free_memory()  # what the held-out refit freed, before the full-frame work
+        p_pull, e_pull, *c_pull = held if held is not None else (predict, predict_err)
+        for i in idx_t:
+            m = stack.masters[i]
+            row, sample, reduced = _compare(stack, i, lambda: predict(m.tavg, m.exptime),
+                                            p_pull(m.tavg, m.exptime), e_pull(m.tavg, m.exptime),
+                                            exclude, pull_pixels, rng, keep_maps,
+                                            c_pull[0](m.tavg, m.exptime) if c_pull else None)
+            row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
+                else "in-sample"
+            rows.append(row)
+            samples[(m.temperature, m.exptime)] = sample
+            if keep_maps:
+                maps[(m.temperature, m.exptime)] = reduced
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["Temperature (°C)",
                                                              "Exposure (s)"])
     return Evaluation(table.reset_index(drop=True), samples, maps)
-
-
-class HeldOut:
-    """The held-out models ``holdout(label)`` of ``labels``, taken in this order, each
-    refitted in one background thread while the caller compares the masters with the one
-    before (the refits of 65536 pixels use the pools' threads only in part, the
-    comparisons one core).
-
-    At most one refit runs ahead, so at most two refitted models are held (as before: the
-    previous one was held while the next was fitted); the refits are the same calls with
-    the same arguments in the same order (the same models), run one at a time.  Use as a
-    context manager: leaving it waits for a refit still running.
-    """
-
-    def __init__(self, holdout, labels):
-        self._holdout, self._labels = holdout, list(labels)
-        self._pool = None
-        self._ahead = None  # (label, future) of the refit running ahead
-        if holdout is not None and len(self._labels) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="holdout")
-            self._submit(0)
-
-    def _submit(self, k: int) -> None:
-        if self._pool is not None and k < len(self._labels):
-            self._ahead = (self._labels[k], self._pool.submit(self._holdout, self._labels[k]))
-        else:
-            self._ahead = None
-
-    def take(self, label):
-        """``holdout(label)`` (None without ``holdout``), the next label's refit started."""
-        if self._holdout is None:
-            return None
-        if self._pool is None:
-            return self._holdout(label)
-        if self._ahead is None or self._ahead[0] != label:
-            raise ValueError(f"held-out models are taken in order: {label!r} is not next")
-        held = self._ahead[1].result()
-        self._submit(self._labels.index(label) + 1)
-        return held
-
-    def close(self) -> None:
-        """Wait for a refit still running (its result dropped) and stop the thread."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = self._ahead = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _compare_group(stack, idx_t, held, predict, predict_err, exclude, pull_pixels, rng,
-                   keep_maps, rows, samples, maps) -> None:
-    """:func:`_compare` of the masters ``idx_t`` of one temperature bin, pulls against
-    ``held`` (the held-out model; None: the model itself), appended to ``rows``,
-    ``samples`` and ``maps``."""
-    p_pull, e_pull, *c_pull = held if held is not None else (predict, predict_err)
-    for i in idx_t:
-        m = stack.masters[i]
-        row, sample, reduced = _compare(stack, i, lambda: predict(m.tavg, m.exptime),
-                                        p_pull(m.tavg, m.exptime), e_pull(m.tavg, m.exptime),
-                                        exclude, pull_pixels, rng, keep_maps,
-                                        c_pull[0](m.tavg, m.exptime) if c_pull else None)
-        row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
-            else "in-sample"
-        rows.append(row)
-        samples[(m.temperature, m.exptime)] = sample
-        if keep_maps:
-            maps[(m.temperature, m.exptime)] = reduced
 
 
 def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,
