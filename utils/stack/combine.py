@@ -548,7 +548,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
     compile_s = warmup() if use_numba else 0.0
     if use_numba:
         _warmup_blockops()
-    # a bias model (+ dark) evaluated per frame: straight into the float64 rows, no temporaries
+    # a bias model (+ dark) evaluated per frame: per pixel while the stored bytes are prepared
+    # (unsigned 16-bit inputs), else straight into the float64 rows, no temporaries
     linear = use_numba and isinstance(subtract, LinearRows) and subtract.fusable(source.shape)
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     plan = plan_blocks(n, source.shape, memory_limit, workers, numba_path=use_numba)
@@ -595,7 +596,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             raw_buf = getattr(local, "raw", None)
             if raw_buf is None or raw_buf.size < 2 * npix:
                 raw_buf = local.raw = np.empty(2 * plan.rows * width, dtype=np.uint8)
-        if linear:
+        if linear and raw_buf is None:  # (stored bytes: the rows are evaluated per pixel)
             sub_buf = getattr(local, "sub", None)
             if sub_buf is None or sub_buf.size < npix:
                 sub_buf = local.sub = np.empty(plan.rows * width, dtype=np.float64)
@@ -603,6 +604,12 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             row = x[i, :npix]
             if raw_buf is None:
                 source.read(i, start, stop, row.reshape(stop - start, width))
+            fscale = 1.0 if scale is None else float(scale[i])
+            if linear and raw_buf is not None:  # bytes, bias model (+ dark), scale: one pass
+                frame_sat[i] = subtract.prepare_u16(i, start, stop,
+                                                    source.read_bytes(i, start, stop, raw_buf),
+                                                    row, fscale, sat_level, block_nsat)
+                continue
             if subtract is None:
                 sub = empty_sub
             elif isinstance(subtract, np.ndarray):
@@ -615,7 +622,6 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
                     raise ValueError(f"subtract({i}, {start}, {stop}) returned shape "
                                      f"{sub.shape}, expected {(stop - start, width)}")
                 sub = sub.reshape(-1)
-            fscale = 1.0 if scale is None else float(scale[i])
             if raw_buf is not None:
                 frame_sat[i] = _prepare_u16(source.read_bytes(i, start, stop, raw_buf), row, sub,
                                             fscale, sat_level, block_nsat)
@@ -635,14 +641,11 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
                                   maxiters, out_d, out_n, out_c, float(min_scale), bool(guard),
                                   floor)
-        if quantum > 0:  # identical quantised samples: a spread below one step, not 0
-            tied = (out_n == 0) & (out_c >= 2)
-            if tied.any():
-                out_n[tied] = noise_floor
-        # flags and standard error of the block, in the workers too
+        # flags and standard error of the block, in the workers too; identical quantised
+        # samples (noise 0, count >= 2) get noise_floor first: a spread below one step, not 0
         finish = _finish_block if use_numba else _finish_block_numpy
         finish(out_d, out_n, out_c, block_nsat, n, int(min_accepted), code == 1,
-               flags[start:stop].reshape(-1), stderr[start:stop].reshape(-1))
+               flags[start:stop].reshape(-1), stderr[start:stop].reshape(-1), noise_floor)
         return int(nrej), frame_sat
 
     t0 = time.perf_counter()
