@@ -72,12 +72,13 @@ Differences from ``ccdproc.combine`` (deliberate)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -412,7 +413,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             memory_limit: float = 1e9,
             workers: int | None = None, progress_bar: bool = False,
             metadata: Sequence[Mapping] | None = None, product: str = "MASTER",
-            deferred: bool = False) -> MasterResult | StackedMaster:
+            deferred: bool = False,
+            executor: Executor | None = None) -> MasterResult | StackedMaster:
     """Combine frames into a master, streaming row blocks from every input.
 
     Parameters
@@ -493,6 +495,13 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         :meth:`~StackedMaster.finish` computes the header (with the master's statistics) and
         the inputs table: a caller that writes masters behind (``analysis.masters``) lets
         that single-threaded work run while the next master is stacked.  Default False.
+    executor : concurrent.futures.Executor, optional
+        Thread pool of ``workers`` threads to run the blocks in, shared by successive
+        combines; with ``deferred``, this returns as soon as the blocks are queued and
+        :meth:`~StackedMaster.finish` waits for them (and raises a block's error, e.g. an
+        unreadable input), so the next master's blocks are queued behind this one's and no
+        worker waits for the caller between masters.  A plan that fits fewer threads in
+        ``memory_limit`` runs in its own pool, as without.  Default: a pool of this call.
 
     Returns
     -------
@@ -571,7 +580,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
     chunk = max(16, (CHUNK_BYTES // (4 * n)) // 16 * 16)
     empty_sub = np.empty(0, dtype=np.float64)
     empty_nsat = np.empty(0, dtype=np.int16)
-    local = threading.local()
+    local = _BUFFERS  # per thread, reused by the blocks of every combine the thread runs
     noise_floor = np.float32(quantum / math.sqrt(12.0)) if quantum > 0 else np.float32(0)
     direct_u16 = use_numba and isinstance(source, _FileSource) and source.unsigned16
     # the pooled clipping floor (pooled_floor.py): its row width, 0 for none
@@ -649,33 +658,42 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         return int(nrej), frame_sat
 
     t0 = time.perf_counter()
-    nreject = 0
-    sat_per_frame = np.zeros(n, dtype=np.int64)
     starts = range(0, nrows, plan.rows)
-    with source, ThreadPoolExecutor(max_workers=plan.workers) as pool:
-        futures = [pool.submit(run_block, s) for s in starts]
-        try:
-            for fut in progress(as_completed(futures), desc="combine", total=len(futures),
-                                enabled=progress_bar, unit="block"):
-                nrej, fsat = fut.result()
-                nreject += nrej
-                sat_per_frame += fsat
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    logger.debug("combined %d frames in %.2f s", n, time.perf_counter() - t0)
+    # a shared pool unless the memory budget asked for fewer threads than it has
+    shared = executor is not None and plan.workers >= workers
+    if shared:
+        futures = []
+        with contextlib.ExitStack() as undo:  # closes the inputs unless the blocks are queued
+            undo.enter_context(source)
+            undo.callback(_settle, futures)
+            futures.extend(executor.submit(run_block, s) for s in starts)
+            undo.pop_all()
+
+        def gather() -> tuple[int, np.ndarray]:
+            try:
+                return _gather(futures, n, progress_bar)
+            finally:  # every block settled (_gather): the inputs can be closed
+                source.__exit__(None, None, None)
+                futures.clear()
+        totals = None if deferred else gather()
+    else:
+        with source, ThreadPoolExecutor(max_workers=plan.workers) as pool:
+            totals = _gather([pool.submit(run_block, s) for s in starts], n, progress_bar)
+    if totals is not None:
+        logger.debug("combined %d frames in %.2f s", n, time.perf_counter() - t0)
 
     paths = source.paths
     # the header only names what was subtracted: a deferred result keeps no reference to it
-    # (a full-frame float64 image, or a callable holding some)
-    subtract = None if subtract is None else (
+    # (a full-frame float64 image, or a callable holding some); another name than
+    # ``subtract``, which blocks still queued read
+    named = None if subtract is None else (
         np.empty(0) if isinstance(subtract, np.ndarray) else _Named(subtract))
 
     def finish() -> MasterResult:
+        nreject, sat_per_frame = totals if totals is not None else gather()
         header = _build_header(n=n, method=method, sigma_low=sigma_low, sigma_high=sigma_high,
                                maxiters=maxiters, min_accepted=min_accepted, scale=scale,
-                               subtract=subtract, saturation=saturation, metadata=metadata,
+                               subtract=named, saturation=saturation, metadata=metadata,
                                data=data, flags=flags, nreject=nreject, product=product,
                                min_scale=min_scale, guard=guard, noise_floor=float(noise_floor),
                                pooled_floor=pooled_floor)
@@ -684,6 +702,37 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         return MasterResult(data=data, noise=noise, stderr=stderr, count=count, flags=flags,
                             header=header, inputs=table)
     return StackedMaster(finish) if deferred else finish()
+
+
+#: Block buffers of each thread (samples, stored bytes, subtraction rows), reused by every
+#: combine the thread works for: a pool shared by successive combines holds one set per
+#: thread, not one per combine in flight.
+_BUFFERS = threading.local()
+
+
+def _settle(futures: list[Future]) -> None:
+    """Cancel the blocks not started and wait for the running ones (they read the inputs,
+    which may only be closed after)."""
+    for fut in futures:
+        fut.cancel()
+    wait(futures)
+
+
+def _gather(futures: list[Future], n: int, progress_bar: bool) -> tuple[int, np.ndarray]:
+    """Rejected samples and saturated samples per frame of a combine's blocks, once all are
+    done; the first error is raised after every block settled."""
+    nreject = 0
+    sat_per_frame = np.zeros(n, dtype=np.int64)
+    try:
+        for fut in progress(as_completed(futures), desc="combine", total=len(futures),
+                            enabled=progress_bar, unit="block"):
+            nrej, fsat = fut.result()
+            nreject += nrej
+            sat_per_frame += fsat
+    except BaseException:
+        _settle(futures)
+        raise
+    return int(nreject), sat_per_frame
 
 
 class _Named:
