@@ -542,3 +542,43 @@ def test_masters_finished_behind_equal_masters_finished_in_place(tmp_path, monke
                 assert [c.image for c in x.header.cards if c.keyword != "DATE"] == \
                     [c.image for c in y.header.cards if c.keyword != "DATE"]
                 assert x.data.tobytes() == y.data.tobytes()
+
+
+def test_frame_unreadable_while_stacked_refuses_its_set_as_before(tmp_path, monkeypatch):
+    # the blocks of every master run in one shared pool and a master's finish job waits for
+    # them, so a frame that turns out unreadable while its blocks are read raises there, in
+    # the writer's thread: its set is still refused with the reason (and the others built),
+    # the same records as when the stacking raises in the main thread (no shared pool)
+    from analysis import masters
+    from utils.errors import UnreadableFrameError
+    from utils.io.index import DatasetIndex
+    from utils.stack import combine as stacking
+
+    ds = _indexed_campaign(tmp_path, 7, bias_temperatures=(0.0, 25.0), dark_temperatures=(25.0,),
+                           dark_exposures=(0.5, 2.0), flat_temperatures=(25.0,),
+                           flat_exposures=(0.1,))
+    settings = MasterSettings(workers=2, per_attempt=False)
+    index = DatasetIndex.from_csv(ds / "index.csv").table
+    index["BADFITS"] = False
+    bad = Path(index[(index.CALTYPE == "DARK") & (index.EXPTIME == 2.0)].PATH.iloc[1]).name
+    read_bytes = stacking._FileSource.read_bytes
+
+    def failing(self, i, start, stop, buf):
+        if Path(self.paths[i]).name == bad and stop == self.shape[0]:  # one block: the last
+            raise UnreadableFrameError(self.paths[i], f"short read of rows {start}:{stop}")
+        return read_bytes(self, i, start, stop, buf)
+    monkeypatch.setattr(stacking._FileSource, "read_bytes", failing)
+    shared = masters.build_masters(index.copy(), tmp_path / "shared", settings)
+    stack_rows = masters.stack_rows
+    monkeypatch.setattr(masters, "stack_rows",
+                        lambda *a, **k: stack_rows(*a, **{**k, "executor": None}))
+    alone = masters.build_masters(index.copy(), tmp_path / "alone", settings)
+    refused = [r for r in shared if r.status == "refused"]
+    assert len(refused) == 1 and refused[0].key.exptime == 2.0
+    assert bad in refused[0].reason and "short read of rows" in refused[0].reason
+    assert sum(r.status == "written" for r in shared) == len(shared) - 1
+    for a, b in zip(shared, alone, strict=True):
+        assert (a.status, a.reason, a.path is None, a.worst_frame, a.ncombine) == \
+            (b.status, b.reason, b.path is None, b.worst_frame, b.ncombine)
+        np.testing.assert_array_equal([a.mean, a.median, a.std, a.noise, a.level],
+                                      [b.mean, b.median, b.std, b.noise, b.level])

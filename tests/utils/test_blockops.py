@@ -27,23 +27,46 @@ def _block(rng, npix, n_frames):
     return data, noise, count, nsat
 
 
+def _finish_reference(data, noise, count, nsat, n_frames, min_accepted, median, flags, stderr,
+                      noise_floor):
+    """What combine's blocks did before the noise floor moved into the finish: the numpy
+    floor of tied samples, then the finish without it."""
+    if noise_floor > 0:
+        tied = (noise == 0) & (count >= 2)
+        if tied.any():
+            noise[tied] = noise_floor
+    blockops._finish_block_numpy(data, noise, count, nsat, n_frames, min_accepted, median,
+                                 flags, stderr, 0.0)
+
+
 @needs_numba
 @pytest.mark.parametrize("n_frames", [1, 4, 5, 10])
 @pytest.mark.parametrize("median", [False, True])
 @pytest.mark.parametrize("with_nsat", [False, True])
-def test_fused_finish_equals_numpy_formula(n_frames, median, with_nsat):
+@pytest.mark.parametrize("noise_floor", [0.0, 4.6188])
+def test_fused_finish_equals_numpy_formula(n_frames, median, with_nsat, noise_floor):
     rng = np.random.default_rng(n_frames + 10 * median + 100 * with_nsat)
     data, noise, count, nsat = _block(rng, 20_011, n_frames)
+    noise[rng.random(noise.size) < 0.1] = 0.0  # identical quantised samples (any count)
+    noise[rng.random(noise.size) < 0.01] = -0.0
     if not with_nsat:
         nsat = np.empty(0, np.int16)
+    floor = np.float32(noise_floor)
     outs = []
-    for finish in (blockops._finish_block, blockops._finish_block_numpy):
+    for finish in (blockops._finish_block, blockops._finish_block_numpy, _finish_reference):
         flags, stderr = np.full(data.size, 255, np.uint8), np.full(data.size, -1, np.float32)
-        finish(data, noise, count, nsat, n_frames, 3, median, flags, stderr)
-        outs.append((flags, stderr))
-    (f_fast, e_fast), (f_ref, e_ref) = outs
+        out_noise = noise.copy()
+        finish(data, out_noise, count, nsat, n_frames, 3, median, flags, stderr, floor)
+        outs.append((flags, stderr, out_noise))
+    (f_fast, e_fast, n_fast), (f_np, e_np, n_np), (f_ref, e_ref, n_ref) = outs
     np.testing.assert_array_equal(f_fast, f_ref)
-    assert e_fast.tobytes() == e_ref.tobytes()  # bit for bit, NaN included
+    np.testing.assert_array_equal(f_np, f_ref)
+    # bit for bit, NaN included
+    assert e_fast.tobytes() == e_ref.tobytes() and e_np.tobytes() == e_ref.tobytes()
+    assert n_fast.tobytes() == n_ref.tobytes() and n_np.tobytes() == n_ref.tobytes()
+    floored = (noise == 0) & (count >= 2)
+    assert floored.any() == (n_frames >= 2)
+    assert (n_ref[floored] == (floor if noise_floor else 0)).all()
     # every flag bit (and both saturation cases) occurred, so each branch was compared
     seen = np.bitwise_or.reduce(f_ref)
     assert seen & stacking.FLAG_FEW and seen & stacking.FLAG_NONFINITE
@@ -93,6 +116,74 @@ def test_linear_rows_evaluate_equals_call_bit_for_bit():
     assert not as_f64.fusable(model.shape)  # other types are called, not fused
 
 
+@needs_numba
+def test_prepare_u16_linear_equals_evaluate_then_prepare():
+    """The fused preparation (stored bytes - bias model rows [+ dark], scaled) has the bits
+    of the two passes it replaced: LinearRows.evaluate into float64 rows, then _prepare_u16."""
+    from utils.stack import kernels
+
+    model = _model(shape=(12, 53), seed=7)
+    model.a[0, :4] = [np.inf, np.nan, 3e38, -3e38]  # non-finite and overflowing rows
+    model.b[0, :4] = [1.0, 2.0, 3e38, 3e38]
+    rng = np.random.default_rng(8)
+    dark = rng.normal(5.0, 100.0, model.shape).astype(np.float32)
+    values = rng.integers(0, 65536, model.a.size).astype(np.uint16)
+    start, stop = 3, 11
+    first = start * model.shape[1]
+    values[first:first + 6] = [0, 65535, 65520, 65519, 32768, 1]
+    raw = (values ^ np.uint16(0x8000)).astype(">u2").view(np.uint8)  # FITS BZERO 32768
+    npix = (stop - start) * model.shape[1]
+    raw_rows = raw[2 * start * model.shape[1]: 2 * stop * model.shape[1]]
+    temps = rng.normal(0.0, 20.0, 4)
+    for rows in (model.subtractor(temps), model.subtractor(temps).plus(dark)):
+        for scale in (1.0, 0.37, 1e38):
+            for saturation in (np.inf, 65520.0):
+                for i in range(len(temps)):
+                    want, got = np.empty(npix, np.float32), np.empty(npix, np.float32)
+                    nsat_w, nsat_g = np.full(npix, 2, np.int16), np.full(npix, 2, np.int16)
+                    sub = rows.evaluate(i, start, stop, np.empty(npix))
+                    n_w = kernels._prepare_u16(raw_rows, want, sub, scale, saturation, nsat_w)
+                    n_g = rows.prepare_u16(i, start, stop, raw_rows, got, scale, saturation,
+                                           nsat_g)
+                    assert got.tobytes() == want.tobytes()
+                    assert n_g == n_w and nsat_g.tobytes() == nsat_w.tobytes()
+                    assert (n_w > 0) == (saturation < np.inf)
+
+
+def _write_u16(path, image):
+    from astropy.io import fits
+
+    fits.PrimaryHDU(image.astype(np.uint16)).writeto(path)  # stored int16, BZERO 32768
+    return str(path)
+
+
+@needs_numba
+@pytest.mark.parametrize("quantum", [0.0, 16.0])
+def test_combine_u16_files_with_linear_rows_equals_the_callable(tmp_path, quantum):
+    """Unsigned 16-bit FITS inputs minus the bias model (+ dark), fused into the preparation
+    of the stored bytes: the bits of the same rows subtracted through a plain callable (the
+    unfused path), saturation, scale and the quantised noise floor included."""
+    model = _model(shape=(41, 33), seed=9)
+    rng = np.random.default_rng(10)
+    frames = []
+    for k in range(7):
+        image = np.round((model.a + rng.normal(60.0, 8.0, model.shape)) / 16.0) * 16.0
+        image[k, :5] = 65535.0  # saturated samples
+        frames.append(_write_u16(tmp_path / f"f{k}.fits", image))
+    temps = rng.normal(20.0, 0.3, len(frames))
+    dark = rng.normal(3.0, 1.0, model.shape).astype(np.float32)
+    kwargs = dict(saturation=65520.0, scale=np.linspace(0.9, 1.1, len(frames)), workers=2,
+                  memory_limit=2e5, quantum=quantum, min_scale=quantum / 2)
+    for rows in (model.subtractor(temps), model.subtractor(temps).plus(dark)):
+        fused = stacking.combine(frames, subtract=rows, **kwargs)
+        called = stacking.combine(frames, subtract=lambda i, s, e, r=rows: r(i, s, e), **kwargs)
+        for name in ("data", "noise", "stderr", "count", "flags"):
+            assert getattr(fused, name).tobytes() == getattr(called, name).tobytes(), name
+        assert fused.header[stacking.kw.NREJECT] == called.header[stacking.kw.NREJECT]
+        assert fused.inputs["NSAT"].tolist() == called.inputs["NSAT"].tolist()
+        assert (fused.flags & stacking.FLAG_PARTSAT).any()
+
+
 @pytest.mark.parametrize("numba_path", [True, False])
 def test_combine_with_linear_rows_equals_the_callable(numba_path, monkeypatch):
     """A master subtracting the fused bias model (+ dark) has the bits of one subtracting the
@@ -134,3 +225,34 @@ def test_valid_values_is_the_boolean_selection(numba_path, monkeypatch):
     assert got.mean(dtype=np.float64) == want.mean(dtype=np.float64)
     assert got.std(dtype=np.float64) == want.std(dtype=np.float64)
     assert blockops.valid_values(data, np.ones_like(flags)).size == 0
+
+
+_MASKED_STORES = """
+import re
+from numba.core.registry import CPUDispatcher
+from utils.stack import blockops
+blockops.warmup()
+store = re.compile(r"vmaskmovp[sd]\\s+%[xy]mm\\d+,\\s*%[xy]mm\\d+,\\s*\\S*\\(")
+for name, obj in sorted(vars(blockops).items()):
+    if isinstance(obj, CPUDispatcher) and obj.signatures:
+        print(name, len(store.findall("".join(obj.inspect_asm().values()))))
+"""
+
+
+@needs_numba
+def test_compiled_blockops_have_no_masked_stores(tmp_path):
+    """As the stacking kernels (tests/utils/test_stacking.py): no ``vmaskmovps/pd`` store,
+    which AMD Zen microcodes, in the compiled block work -- the finish writes the floored
+    noise back over the value it loaded.  Compiled afresh in a subprocess (empty cache)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _MASKED_STORES], capture_output=True,
+                         text=True, env=env, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    counts = {name: int(n) for name, n in (line.split() for line in out.stdout.splitlines())}
+    assert {"_finish_block", "_prepare_u16_linear", "_linear_rows"} <= set(counts)
+    assert not any(counts.values()), counts

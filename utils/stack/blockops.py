@@ -5,6 +5,9 @@
   :func:`utils.stack.combine.combine` evaluates straight into its float64 rows
   (:func:`_linear_rows`) instead of through numpy temporaries, with the same float32
   operations in the same order: the same bits.
+  For inputs stored as FITS unsigned 16-bit it is fused into the preparation of the
+  samples (:meth:`LinearRows.prepare_u16`, :func:`_prepare_u16_linear`): the stored bytes,
+  the subtraction and the scale in one pass, no float64 rows at all.
 * :func:`_finish_block`: the ``FLAGS`` plane and the standard error of a combined
   block in one pass over its pixels; :func:`_finish_block_numpy` is the same in numpy
   (the fallback without numba, and the test oracle).
@@ -91,6 +94,23 @@ class LinearRows:
         return dest
 
 
+    def prepare_u16(self, i: int, start: int, stop: int, raw: np.ndarray, row: np.ndarray,
+                    scale: float, saturation: float, nsat: np.ndarray) -> int:
+        """:func:`utils.stack.kernels._prepare_u16` of rows ``start:stop`` of frame ``i`` with
+        these rows subtracted, evaluated on the fly (needs numba and :attr:`fusable`).
+
+        ``raw``: the stored big-endian uint16 bytes of the rows; ``row``: float32 samples
+        out (as many pixels); ``scale``, ``saturation``, ``nsat``: as ``_prepare_u16``.
+        The same numbers as :meth:`evaluate` followed by ``_prepare_u16``, in one pass.
+        Returns the number of saturated samples.
+        """
+        offset = (self.offset[start:stop].reshape(-1) if self.offset is not None
+                  else _NO_OFFSET)
+        return _prepare_u16_linear(raw, row, self.a[start:stop].reshape(-1),
+                                   self.b[start:stop].reshape(-1), self.coef[i], offset,
+                                   scale, saturation, nsat)
+
+
 _NO_OFFSET = np.empty(0, dtype=np.float32)
 
 
@@ -107,8 +127,63 @@ def _linear_rows_py(a, b, coef, offset, out):
             out[p] = np.float64(np.float32(a[p] + np.float32(b[p] * c)))
 
 
-def _finish_block_py(data, noise, count, nsat, n_frames, min_accepted, median, flags, stderr):
+def _prepare_u16_linear_py(raw, row, a, b, coef, offset, scale, saturation, nsat):
+    """``_prepare_u16(raw, row, sub, ...)`` with ``sub`` = :func:`_linear_rows_py`'s rows
+    (``a + b * coef [+ offset]``, float32 operations) computed per pixel instead of read.
+
+    The same float32 roundings, then ``float64(raw) - float64(rows)``, scaled and rounded
+    to float32: the bits of the two passes, without their float64 rows (8 byte per pixel
+    written and read again per frame).  Loops written out per case (offset, saturation)
+    so that each stays a plain vectorisable loop.
+    """
+    n = row.shape[0]
+    inf = np.float32(np.inf)
+    c = np.float32(coef)
+    count = 0
+    if offset.shape[0] == n and saturation < np.inf:
+        for p in range(n):
+            raw_v = np.float32(((np.uint16(raw[2 * p]) << 8) | np.uint16(raw[2 * p + 1]))
+                               ^ np.uint16(0x8000))
+            sat = raw_v >= saturation
+            s = np.float32(np.float32(a[p] + np.float32(b[p] * c)) + offset[p])
+            v32 = np.float32((np.float64(raw_v) - np.float64(s)) * scale)
+            row[p] = v32 if (abs(v32) < inf and not sat) else inf
+            nsat[p] += sat
+            count += sat
+    elif offset.shape[0] == n:
+        for p in range(n):
+            raw_v = np.float32(((np.uint16(raw[2 * p]) << 8) | np.uint16(raw[2 * p + 1]))
+                               ^ np.uint16(0x8000))
+            s = np.float32(np.float32(a[p] + np.float32(b[p] * c)) + offset[p])
+            v32 = np.float32((np.float64(raw_v) - np.float64(s)) * scale)
+            row[p] = v32 if abs(v32) < inf else inf
+    elif saturation < np.inf:
+        for p in range(n):
+            raw_v = np.float32(((np.uint16(raw[2 * p]) << 8) | np.uint16(raw[2 * p + 1]))
+                               ^ np.uint16(0x8000))
+            sat = raw_v >= saturation
+            s = np.float32(a[p] + np.float32(b[p] * c))
+            v32 = np.float32((np.float64(raw_v) - np.float64(s)) * scale)
+            row[p] = v32 if (abs(v32) < inf and not sat) else inf
+            nsat[p] += sat
+            count += sat
+    else:
+        for p in range(n):
+            raw_v = np.float32(((np.uint16(raw[2 * p]) << 8) | np.uint16(raw[2 * p + 1]))
+                               ^ np.uint16(0x8000))
+            s = np.float32(a[p] + np.float32(b[p] * c))
+            v32 = np.float32((np.float64(raw_v) - np.float64(s)) * scale)
+            row[p] = v32 if abs(v32) < inf else inf
+    return count
+
+
+def _finish_block_py(data, noise, count, nsat, n_frames, min_accepted, median, flags, stderr,
+                     noise_floor):
     """``flags`` and ``stderr`` of a combined block (1-D views), in one pass.
+
+    First, where ``noise_floor > 0`` (float32: one quantisation step / sqrt(12)), a
+    ``noise`` of 0 with at least 2 accepted samples (identical quantised samples) becomes
+    ``noise_floor``, in place (``stderr`` is then computed from it).
 
     ``FLAG_FEW`` where ``count < min_accepted``; ``FLAG_SATURATED`` where more than half
     of the ``n_frames`` samples were saturated (``nsat``, int16; empty: no saturation
@@ -119,20 +194,32 @@ def _finish_block_py(data, noise, count, nsat, n_frames, min_accepted, median, f
     """
     has_nsat = nsat.shape[0] == data.shape[0]
     factor = np.float32(MEDIAN_ERROR_FACTOR)
+    floor = np.float32(noise_floor)
+    use_floor = floor > 0
     for p in range(data.shape[0]):
         cnt = count[p]
+        nz = noise[p]
+        nz = floor if (use_floor and nz == 0 and cnt >= 2) else nz
         f = FLAG_FEW if cnt < min_accepted else 0
         if has_nsat:
             s = np.int32(nsat[p])
             f |= FLAG_SATURATED if 2 * s > n_frames else (FLAG_PARTSAT if s > 0 else 0)
         f |= 0 if np.isfinite(data[p]) else FLAG_NONFINITE
         flags[p] = np.uint8(f)
-        err = np.float32(noise[p] / np.sqrt(np.float32(cnt)))
+        err = np.float32(nz / np.sqrt(np.float32(cnt)))
         stderr[p] = np.float32(err * factor) if median else err
+        # stored after the other stores: a select written straight back over the value it
+        # loaded would compile to a masked store (see utils.stack.kernels' notes)
+        noise[p] = nz
 
 
-def _finish_block_numpy(data, noise, count, nsat, n_frames, min_accepted, median, flags, stderr):
+def _finish_block_numpy(data, noise, count, nsat, n_frames, min_accepted, median, flags, stderr,
+                        noise_floor):
     """:func:`_finish_block_py` with numpy arrays (full-block temporaries)."""
+    if noise_floor > 0:  # identical quantised samples: a spread below one step, not 0
+        tied = (noise == 0) & (count >= 2)
+        if tied.any():
+            noise[tied] = np.float32(noise_floor)
     flags[:] = np.where(count < min_accepted, FLAG_FEW, 0)
     if nsat.shape[0] == data.shape[0]:
         most = 2 * nsat.astype(np.int32) > n_frames
@@ -182,11 +269,13 @@ if HAVE_NUMBA:
     _quadrature = njit(nogil=True, cache=True)(_quadrature_py)
 
     _linear_rows = njit(nogil=True, cache=True)(_linear_rows_py)
+    _prepare_u16_linear = njit(nogil=True, cache=True)(_prepare_u16_linear_py)
     # IEEE division (NaN or inf for a count of 0), not Python's ZeroDivisionError
     _finish_block = njit(nogil=True, cache=True, error_model="numpy")(_finish_block_py)
 else:  # pragma: no cover
     _quadrature = None
     _linear_rows = _linear_rows_py
+    _prepare_u16_linear = _prepare_u16_linear_py
     _finish_block = _finish_block_numpy
 
 
@@ -198,6 +287,9 @@ def warmup() -> None:
     out = np.empty(4, np.float64)
     _linear_rows(a, a, np.float32(1.0), a, out)
     _linear_rows(a, a, np.float32(1.0), _NO_OFFSET, out)
+    raw, nsat16 = np.zeros(8, np.uint8), np.zeros(4, np.int16)
+    for offset in (a, _NO_OFFSET):
+        _prepare_u16_linear(raw, a.copy(), a, a, np.float32(1.0), offset, 1.0, np.inf, nsat16)
     for nsat in (np.zeros(4, np.int16), np.empty(0, np.int16)):
-        _finish_block(a, a, np.zeros(4, np.int16), nsat, 3, 3, True, np.empty(4, np.uint8),
-                      np.empty(4, np.float32))
+        _finish_block(a, a.copy(), np.zeros(4, np.int16), nsat, 3, 3, True,
+                      np.empty(4, np.uint8), np.empty(4, np.float32), np.float32(0.5))

@@ -72,12 +72,13 @@ Differences from ``ccdproc.combine`` (deliberate)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -86,7 +87,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from .. import headers as kw
+from .. import headers as kw  # noqa: F401 - callers read the keywords from here
 from ..errors import FrameError, InsufficientFramesError, UnreadableFrameError
 from ..io import fitsio
 from ..progress import progress
@@ -112,8 +113,9 @@ from .kernels import (
     warmup,
 )
 from .kernels_numpy import _combine_numpy, _prepare_numpy
+from .master_header import _build_header, _inputs_table
 from .pooled_floor import POOL_MIN_PIXELS, pooled_scale_floor
-from .stats import chi2_median_ratio, exact_median
+from .stats import chi2_median_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -390,18 +392,6 @@ class _ArraySource:
 # --------------------------------------------------------------------------------------
 # combine
 # --------------------------------------------------------------------------------------
-def _finite_values(metadata, key):
-    vals = []
-    for meta in metadata or ():
-        try:
-            v = float(meta.get(key, math.nan))
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(v):
-            vals.append(v)
-    return vals
-
-
 def combine(inputs: Sequence, *, method: str = "sigclip",
             sigma_low: float = DEFAULT_CLIP_SIGMA, sigma_high: float = DEFAULT_CLIP_SIGMA,
             maxiters: int | None = 5, min_accepted: int = 3,
@@ -412,7 +402,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             memory_limit: float = 1e9,
             workers: int | None = None, progress_bar: bool = False,
             metadata: Sequence[Mapping] | None = None, product: str = "MASTER",
-            deferred: bool = False) -> MasterResult | StackedMaster:
+            deferred: bool = False,
+            executor: Executor | None = None) -> MasterResult | StackedMaster:
     """Combine frames into a master, streaming row blocks from every input.
 
     Parameters
@@ -493,6 +484,13 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         :meth:`~StackedMaster.finish` computes the header (with the master's statistics) and
         the inputs table: a caller that writes masters behind (``analysis.masters``) lets
         that single-threaded work run while the next master is stacked.  Default False.
+    executor : concurrent.futures.Executor, optional
+        Thread pool of ``workers`` threads to run the blocks in, shared by successive
+        combines; with ``deferred``, this returns as soon as the blocks are queued and
+        :meth:`~StackedMaster.finish` waits for them (and raises a block's error, e.g. an
+        unreadable input), so the next master's blocks are queued behind this one's and no
+        worker waits for the caller between masters.  A plan that fits fewer threads in
+        ``memory_limit`` runs in its own pool, as without.  Default: a pool of this call.
 
     Returns
     -------
@@ -548,7 +546,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
     compile_s = warmup() if use_numba else 0.0
     if use_numba:
         _warmup_blockops()
-    # a bias model (+ dark) evaluated per frame: straight into the float64 rows, no temporaries
+    # a bias model (+ dark) evaluated per frame: per pixel while the stored bytes are prepared
+    # (unsigned 16-bit inputs), else straight into the float64 rows, no temporaries
     linear = use_numba and isinstance(subtract, LinearRows) and subtract.fusable(source.shape)
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     plan = plan_blocks(n, source.shape, memory_limit, workers, numba_path=use_numba)
@@ -570,7 +569,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
     chunk = max(16, (CHUNK_BYTES // (4 * n)) // 16 * 16)
     empty_sub = np.empty(0, dtype=np.float64)
     empty_nsat = np.empty(0, dtype=np.int16)
-    local = threading.local()
+    local = _BUFFERS  # per thread, reused by the blocks of every combine the thread runs
     noise_floor = np.float32(quantum / math.sqrt(12.0)) if quantum > 0 else np.float32(0)
     direct_u16 = use_numba and isinstance(source, _FileSource) and source.unsigned16
     # the pooled clipping floor (pooled_floor.py): its row width, 0 for none
@@ -595,7 +594,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             raw_buf = getattr(local, "raw", None)
             if raw_buf is None or raw_buf.size < 2 * npix:
                 raw_buf = local.raw = np.empty(2 * plan.rows * width, dtype=np.uint8)
-        if linear:
+        if linear and raw_buf is None:  # (stored bytes: the rows are evaluated per pixel)
             sub_buf = getattr(local, "sub", None)
             if sub_buf is None or sub_buf.size < npix:
                 sub_buf = local.sub = np.empty(plan.rows * width, dtype=np.float64)
@@ -603,6 +602,12 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             row = x[i, :npix]
             if raw_buf is None:
                 source.read(i, start, stop, row.reshape(stop - start, width))
+            fscale = 1.0 if scale is None else float(scale[i])
+            if linear and raw_buf is not None:  # bytes, bias model (+ dark), scale: one pass
+                frame_sat[i] = subtract.prepare_u16(i, start, stop,
+                                                    source.read_bytes(i, start, stop, raw_buf),
+                                                    row, fscale, sat_level, block_nsat)
+                continue
             if subtract is None:
                 sub = empty_sub
             elif isinstance(subtract, np.ndarray):
@@ -615,7 +620,6 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
                     raise ValueError(f"subtract({i}, {start}, {stop}) returned shape "
                                      f"{sub.shape}, expected {(stop - start, width)}")
                 sub = sub.reshape(-1)
-            fscale = 1.0 if scale is None else float(scale[i])
             if raw_buf is not None:
                 frame_sat[i] = _prepare_u16(source.read_bytes(i, start, stop, raw_buf), row, sub,
                                             fscale, sat_level, block_nsat)
@@ -635,44 +639,50 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
                                   maxiters, out_d, out_n, out_c, float(min_scale), bool(guard),
                                   floor)
-        if quantum > 0:  # identical quantised samples: a spread below one step, not 0
-            tied = (out_n == 0) & (out_c >= 2)
-            if tied.any():
-                out_n[tied] = noise_floor
-        # flags and standard error of the block, in the workers too
+        # flags and standard error of the block, in the workers too; identical quantised
+        # samples (noise 0, count >= 2) get noise_floor first: a spread below one step, not 0
         finish = _finish_block if use_numba else _finish_block_numpy
         finish(out_d, out_n, out_c, block_nsat, n, int(min_accepted), code == 1,
-               flags[start:stop].reshape(-1), stderr[start:stop].reshape(-1))
+               flags[start:stop].reshape(-1), stderr[start:stop].reshape(-1), noise_floor)
         return int(nrej), frame_sat
 
     t0 = time.perf_counter()
-    nreject = 0
-    sat_per_frame = np.zeros(n, dtype=np.int64)
     starts = range(0, nrows, plan.rows)
-    with source, ThreadPoolExecutor(max_workers=plan.workers) as pool:
-        futures = [pool.submit(run_block, s) for s in starts]
-        try:
-            for fut in progress(as_completed(futures), desc="combine", total=len(futures),
-                                enabled=progress_bar, unit="block"):
-                nrej, fsat = fut.result()
-                nreject += nrej
-                sat_per_frame += fsat
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    logger.debug("combined %d frames in %.2f s", n, time.perf_counter() - t0)
+    # a shared pool unless the memory budget asked for fewer threads than it has
+    shared = executor is not None and plan.workers >= workers
+    if shared:
+        futures = []
+        with contextlib.ExitStack() as undo:  # closes the inputs unless the blocks are queued
+            undo.enter_context(source)
+            undo.callback(_settle, futures)
+            futures.extend(executor.submit(run_block, s) for s in starts)
+            undo.pop_all()
+
+        def gather() -> tuple[int, np.ndarray]:
+            try:
+                return _gather(futures, n, progress_bar)
+            finally:  # every block settled (_gather): the inputs can be closed
+                source.__exit__(None, None, None)
+                futures.clear()
+        totals = None if deferred else gather()
+    else:
+        with source, ThreadPoolExecutor(max_workers=plan.workers) as pool:
+            totals = _gather([pool.submit(run_block, s) for s in starts], n, progress_bar)
+    if totals is not None:
+        logger.debug("combined %d frames in %.2f s", n, time.perf_counter() - t0)
 
     paths = source.paths
     # the header only names what was subtracted: a deferred result keeps no reference to it
-    # (a full-frame float64 image, or a callable holding some)
-    subtract = None if subtract is None else (
+    # (a full-frame float64 image, or a callable holding some); another name than
+    # ``subtract``, which blocks still queued read
+    named = None if subtract is None else (
         np.empty(0) if isinstance(subtract, np.ndarray) else _Named(subtract))
 
     def finish() -> MasterResult:
+        nreject, sat_per_frame = totals if totals is not None else gather()
         header = _build_header(n=n, method=method, sigma_low=sigma_low, sigma_high=sigma_high,
                                maxiters=maxiters, min_accepted=min_accepted, scale=scale,
-                               subtract=subtract, saturation=saturation, metadata=metadata,
+                               subtract=named, saturation=saturation, metadata=metadata,
                                data=data, flags=flags, nreject=nreject, product=product,
                                min_scale=min_scale, guard=guard, noise_floor=float(noise_floor),
                                pooled_floor=pooled_floor)
@@ -681,6 +691,37 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         return MasterResult(data=data, noise=noise, stderr=stderr, count=count, flags=flags,
                             header=header, inputs=table)
     return StackedMaster(finish) if deferred else finish()
+
+
+#: Block buffers of each thread (samples, stored bytes, subtraction rows), reused by every
+#: combine the thread works for: a pool shared by successive combines holds one set per
+#: thread, not one per combine in flight.
+_BUFFERS = threading.local()
+
+
+def _settle(futures: list[Future]) -> None:
+    """Cancel the blocks not started and wait for the running ones (they read the inputs,
+    which may only be closed after)."""
+    for fut in futures:
+        fut.cancel()
+    wait(futures)
+
+
+def _gather(futures: list[Future], n: int, progress_bar: bool) -> tuple[int, np.ndarray]:
+    """Rejected samples and saturated samples per frame of a combine's blocks, once all are
+    done; the first error is raised after every block settled."""
+    nreject = 0
+    sat_per_frame = np.zeros(n, dtype=np.int64)
+    try:
+        for fut in progress(as_completed(futures), desc="combine", total=len(futures),
+                            enabled=progress_bar, unit="block"):
+            nrej, fsat = fut.result()
+            nreject += nrej
+            sat_per_frame += fsat
+    except BaseException:
+        _settle(futures)
+        raise
+    return int(nreject), sat_per_frame
 
 
 class _Named:
@@ -706,76 +747,3 @@ class StackedMaster:
         """The :class:`MasterResult` (header and inputs table computed now)."""
         result, self._finish = self._finish(), None
         return result
-
-
-def _build_header(*, n, method, sigma_low, sigma_high, maxiters, min_accepted, scale,
-                  subtract, saturation, metadata, data, flags, nreject, product,
-                  min_scale=0.0, guard=False, noise_floor=0.0,
-                  pooled_floor=False) -> fits.Header:
-    header = fits.Header()
-    for key, value, comment in fitsio.provenance_cards(product):
-        fitsio.set_card(header, key, value, comment)
-    card = lambda key, value, comment="": fitsio.set_card(header, key, value, comment)  # noqa: E731
-    card(kw.NCOMBINE, n, "frames combined")
-    card(kw.COMBMETH, method, "combination method")
-    if method == "sigclip":
-        card(kw.CLIPLO, float(sigma_low), "[sigma] lower clipping threshold")
-        card(kw.CLIPHI, float(sigma_high), "[sigma] upper clipping threshold")
-        card(kw.CLIPITER, int(maxiters), "max clipping iterations (0 = to convergence)")
-        card(kw.CLIPCEN, "median", "clipping centre estimator")
-        card(kw.CLIPDEV, "mad_std", "1.482602 x MAD (std where MAD = 0)")
-        if min_scale > 0:
-            card("CLIPMIN", float(min_scale), "smallest clipping scale (2 ADC steps)")
-        card("CLIPGRD", bool(guard), "flags confirmed by the unflagged samples' std")
-        card("CLIPPOOL", bool(pooled_floor), "scale >= pooled scale of the image row")
-    card(kw.MINACC, int(min_accepted), "min accepted samples of a valid pixel")
-    if noise_floor > 0:
-        card(kw.NOISEMIN, noise_floor, "NOISE where accepted samples all equal (step/sqrt12)")
-    if scale is not None:
-        card(kw.SCALEMTH, "per-frame factor", "frames multiplied by INPUTS.SCALE")
-    if subtract is not None:
-        what = ("array" if isinstance(subtract, np.ndarray)
-                else f"callable {getattr(subtract, '__qualname__', type(subtract).__name__)}")
-        card(kw.SUBTRACT, what, "subtracted from each frame before combining")
-    if saturation is not None:
-        card(kw.SATLEVEL, float(saturation), "[adu] raw samples >= this were excluded")
-    good = valid_values(data, flags)  # float32 copy; float64 accumulators below
-    card(kw.NMASKED, int(data.size - good.size), "masked pixels (FLAGS != 0)")
-    card(kw.NREJECT, int(nreject), "samples rejected by clipping")
-    if good.size:
-        card(kw.MEAN, float(good.mean(dtype=np.float64)), "mean of the master, valid pixels")
-        card(kw.MEDIAN, exact_median(good), "median of the master, valid pixels")
-        card(kw.STD, float(good.std(dtype=np.float64)), "std of the master, valid pixels")
-    for key, (kmin, kmax, kavg), unit in ((kw.TEMP, (kw.TMIN, kw.TMAX, kw.TAVG), "degC"),
-                                          (kw.EXPTIME, (kw.EMIN, kw.EMAX, kw.EAVG), "s")):
-        vals = _finite_values(metadata, key)
-        if vals:
-            low, high = min(vals), max(vals)
-            # equal inputs give their value (np.mean of ten 0.15 s is 0.14999999999999997,
-            # which the tables then showed); else the correctly rounded sum over n
-            avg = low if low == high else min(high, max(low, math.fsum(vals) / len(vals)))
-            card(kmin, low, f"[{unit}] min {key} of inputs")
-            card(kmax, high, f"[{unit}] max {key} of inputs")
-            card(kavg, avg, f"[{unit}] mean {key} of inputs")
-    return header
-
-
-def _inputs_table(paths, metadata, scale, sat_per_frame) -> pd.DataFrame:
-    table = pd.DataFrame({"PATH": [str(p) for p in paths]})
-    keys: list[str] = []
-    for meta in metadata or ():
-        for key in meta:
-            if key not in keys and key != "PATH":
-                keys.append(key)
-    for key in sorted(keys, key=lambda k: (k not in (kw.TEMP, kw.EXPTIME), keys.index(k))):
-        values = [meta.get(key) for meta in metadata]
-        if all(v is None or isinstance(v, (int, float, np.integer, np.floating, bool))
-               for v in values):
-            table[key] = np.array([math.nan if v is None else float(v) for v in values])
-        else:
-            table[key] = ["" if v is None else str(v) for v in values]
-    if scale is not None:
-        table["SCALE"] = scale
-    if sat_per_frame is not None:
-        table["NSAT"] = sat_per_frame
-    return table

@@ -227,11 +227,14 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def stack_rows(rows: pd.DataFrame, settings: CombineSettings, *, scale=None, subtract=None,
-               product: str = "", progress_bar: bool = False, deferred: bool = False):
+               product: str = "", progress_bar: bool = False, deferred: bool = False,
+               executor=None, bits: int | None = None):
     """Stack the frames of index ``rows`` with ``settings``: :func:`utils.stack.combine.combine`
     with the saturation level, clipping floor and quantum of the frames' ADC bits (at the
-    median of ``scale``).  Returns what ``combine`` returns (``deferred``: to finish later)."""
-    bits = adc_bits_of(rows)
+    median of ``scale``).  Returns what ``combine`` returns (``deferred``: to finish later;
+    ``executor``: combine's shared block pool; ``bits``: :func:`adc_bits_of` of ``rows``
+    when the caller has it already)."""
+    bits = adc_bits_of(rows) if bits is None else bits
     step_scale = float(np.median(scale)) if scale is not None else 1.0
     return combine(rows["PATH"].astype(str).tolist(), method=settings.method,
                    sigma_low=settings.sigma_low, sigma_high=settings.sigma_high,
@@ -240,7 +243,7 @@ def stack_rows(rows: pd.DataFrame, settings: CombineSettings, *, scale=None, sub
                    min_scale=adu.clip_floor(bits, step_scale),
                    quantum=adu.quantum(bits, step_scale), memory_limit=settings.memory_limit,
                    workers=settings.workers, metadata=frame_metadata(rows), product=product,
-                   progress_bar=progress_bar, deferred=deferred)
+                   progress_bar=progress_bar, deferred=deferred, executor=executor)
 
 
 def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None,
@@ -329,7 +332,7 @@ def make_master(rows: pd.DataFrame, path: str | os.PathLike, settings: CombineSe
         return header, True
     bits = adc_bits_of(rows)
     result = stack_rows(rows, settings, scale=scale, subtract=subtract, product=product,
-                        progress_bar=progress_bar)
+                        progress_bar=progress_bar, bits=bits)
     cards = dict(extra or {})
     cards[kw.INHASH] = (digest, "hash of inputs and settings")
     for name, value, comment in adu.scaling_cards(bits):
