@@ -93,6 +93,7 @@ def test_combine_key_path_equals_float_path(tmp_path, monkeypatch, n, top):
     statistics) and the saturated counts per input; with and without a saturation level,
     with samples of 65535 (no level: the block falls back to the float path; ``top``
     65534: none, the key path runs)."""
+    monkeypatch.setattr(stacking, "KEY_MIN_FRAMES", 1)
     paths = _write_frames(tmp_path, n, n, top)
     option_sets = [dict(method="median"), dict(method="sigclip"),
                    dict(method="sigclip", saturation=65520, quantum=16.0, min_scale=8.0),
@@ -116,9 +117,10 @@ def test_combine_key_path_equals_float_path(tmp_path, monkeypatch, n, top):
 
 
 def test_key_path_is_taken_only_where_identical(tmp_path, monkeypatch):
-    """Raw uint16 frames with a saturation level (the bias masters) take the key path; a
-    subtraction, a scale other than 1, the mean, and a 65535 sample without saturation
-    level (ambiguous with the missing key) do not."""
+    """Raw uint16 frames with a saturation level (the bias masters), at least KEY_MIN_FRAMES
+    of them, take the key path; fewer frames, a subtraction, a scale other than 1, the
+    mean, and a 65535 sample without saturation level (ambiguous with the missing key) do
+    not."""
     calls = []
     real = keysort._combine_keys
 
@@ -127,16 +129,18 @@ def test_key_path_is_taken_only_where_identical(tmp_path, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(stacking, "_combine_keys", spy)
-    paths = _write_frames(tmp_path, 5, 7, 65534)
+    nf = stacking.KEY_MIN_FRAMES
+    paths = _write_frames(tmp_path, nf, 7, 65534)
     stacking.combine(paths, method="sigclip", saturation=65520)
     assert calls
     n_blocks = len(calls)
+    stacking.combine(paths[1:], method="sigclip", saturation=65520)
     stacking.combine(paths, method="sigclip", subtract=np.zeros((12, 70)))
-    stacking.combine(paths, method="sigclip", scale=[1.0, 1.0, 1.0, 1.0, 2.0])
+    stacking.combine(paths, method="sigclip", scale=[1.0] * (nf - 1) + [2.0])
     stacking.combine(paths, method="mean")
-    frames = [np.full((12, 70), 1600, np.uint16) for _ in range(5)]
-    for i, frame in enumerate(frames):
+    for i in range(nf):
+        frame = np.full((12, 70), 1600, np.uint16)
         frame[:, i] = 65535  # in every block, valid without a saturation level
         fits.PrimaryHDU(frame).writeto(tmp_path / f"top{i}.fits")
-    stacking.combine([tmp_path / f"top{i}.fits" for i in range(5)], method="sigclip")
+    stacking.combine([tmp_path / f"top{i}.fits" for i in range(nf)], method="sigclip")
     assert len(calls) == n_blocks
