@@ -110,8 +110,14 @@ from .kernels import (
     _prepare_u16,
     batcher_network,
 )
+from .kernels import warmup as _warmup_kernels
 from .kernels_numpy import _combine_numpy, _prepare_numpy
-from .keysort import _combine_keys, read_keys, warmup  # warmup: every kernel of combine
+from .keysort import (
+    _combine_keys,
+    read_keys,
+    warmup,  # noqa: F401 - every kernel of combine (benchmarks time it)
+    warmup_keys,
+)
 from .pooled_floor import POOL_MIN_PIXELS, pooled_scale_floor
 from .stats import chi2_median_ratio, exact_median
 
@@ -551,7 +557,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
                              f"inputs' {source.shape}")
 
     use_numba = HAVE_NUMBA
-    compile_s = warmup() if use_numba else 0.0
+    compile_s = _warmup_kernels() if use_numba else 0.0
     if use_numba:
         _warmup_blockops()
     # a bias model (+ dark) evaluated per frame: straight into the float64 rows, no temporaries
@@ -586,6 +592,8 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
     # the pooled clipping floor (pooled_floor.py): its row width, 0 for none
     pool_width = width if code == 2 and pooled_floor and n >= 2 else 0
     pool_cons = chi2_median_ratio(n - 1) if pool_width else 1.0
+    if keyed:
+        warmup_keys()
 
     def run_block(start: int) -> tuple[int, np.ndarray]:
         stop = min(start + plan.rows, nrows)

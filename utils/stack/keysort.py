@@ -162,16 +162,21 @@ else:  # pragma: no cover
 
 def warmup() -> float:
     """Compile (or load from numba's cache) the kernels of :mod:`utils.stack.kernels` and of
-    the key path; return the seconds taken (0 without numba).
-
-    :func:`utils.stack.combine.combine` calls this itself; benchmarks call it first to
-    time the one-off compilation separately.
-    """
+    the key path; return the seconds taken (0 without numba).  Benchmarks call this first
+    to time the one-off compilation separately."""
     if not HAVE_NUMBA:
         return 0.0
     t0 = time.perf_counter()
     _warmup_kernels()
+    warmup_keys()
+    return time.perf_counter() - t0
 
+
+def warmup_keys() -> None:
+    """Compile (or load from numba's cache) the key path's kernels (:func:`combine` calls this
+    only when it takes the key path)."""
+    if not HAVE_NUMBA:
+        return
     keys = np.zeros((3, 64), dtype=np.uint16)
     nsat = np.zeros(64, np.int16)
     raw = np.zeros(128, np.uint8)
@@ -182,4 +187,3 @@ def warmup() -> float:
     for method, pool in ((1, 0), (2, 0), (2, 32)):
         _combine_keys(keys.copy(), 64, 32, lo, hi, method, 3.0, 3.0, 5, 0.0, True, 16, *out,
                       pool, 1.0, 4)
-    return time.perf_counter() - t0
