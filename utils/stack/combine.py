@@ -110,9 +110,15 @@ from .kernels import (
     _prepare,
     _prepare_u16,
     batcher_network,
-    warmup,
 )
+from .kernels import warmup as _warmup_kernels
 from .kernels_numpy import _combine_numpy, _prepare_numpy
+from .keysort import (
+    _combine_keys,
+    read_keys,
+    warmup,  # noqa: F401 - every kernel of combine (benchmarks time it)
+    warmup_keys,
+)
 from .master_header import _build_header, _inputs_table
 from .pooled_floor import POOL_MIN_PIXELS, pooled_scale_floor
 from .stats import chi2_median_ratio
@@ -139,6 +145,12 @@ BLOCK_CAP_BYTES = 32 * 2**20
 CHUNK_BYTES = 64 * 2**10
 #: Keep file descriptors open for the whole combine up to this many inputs.
 MAX_OPEN_FILES = 256
+#: Sort raw 16-bit frames as stored integers where that gives the same numbers
+#: (:mod:`utils.stack.keysort`) and there are at least KEY_MIN_FRAMES of them (1024-wide rows,
+#: prepare + kernel: 5 frames 32 -> 35 ns/px, 10 frames 48 -> 49, 16 frames 70 -> 62, 50
+#: frames 243 -> 202 at 2048); KEY_SORT False: always the float32 samples (tests' reference).
+KEY_SORT = True
+KEY_MIN_FRAMES = 12
 
 
 # --------------------------------------------------------------------------------------
@@ -543,7 +555,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
                              f"inputs' {source.shape}")
 
     use_numba = HAVE_NUMBA
-    compile_s = warmup() if use_numba else 0.0
+    compile_s = _warmup_kernels() if use_numba else 0.0
     if use_numba:
         _warmup_blockops()
     # a bias model (+ dark) evaluated per frame: per pixel while the stored bytes are prepared
@@ -572,20 +584,58 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
     local = _BUFFERS  # per thread, reused by the blocks of every combine the thread runs
     noise_floor = np.float32(quantum / math.sqrt(12.0)) if quantum > 0 else np.float32(0)
     direct_u16 = use_numba and isinstance(source, _FileSource) and source.unsigned16
+    # raw frames combined as stored: sort the 16-bit values themselves (keysort.py), the
+    # same numbers; not for the mean (nothing sorted)
+    keyed = (KEY_SORT and n >= KEY_MIN_FRAMES and direct_u16 and code != 0 and subtract is None
+             and (scale is None or bool(np.all(scale == 1.0))))
     # the pooled clipping floor (pooled_floor.py): its row width, 0 for none
     pool_width = width if code == 2 and pooled_floor and n >= 2 else 0
     pool_cons = chi2_median_ratio(n - 1) if pool_width else 1.0
+    if keyed:
+        warmup_keys()
 
     def run_block(start: int) -> tuple[int, np.ndarray]:
         stop = min(start + plan.rows, nrows)
         npix = (stop - start) * width
+        out_d = data[start:stop].reshape(-1)
+        out_n = noise[start:stop].reshape(-1)
+        out_c = count[start:stop].reshape(-1)
+        block_nsat = nsat[start:stop].reshape(-1) if nsat is not None else empty_nsat
+        done = run_keys(start, stop, npix, out_d, out_n, out_c, block_nsat) if keyed else None
+        nrej, frame_sat = done or run_samples(start, stop, npix, out_d, out_n, out_c,
+                                              block_nsat)
+        # flags and standard error of the block, in the workers too; identical quantised
+        # samples (noise 0, count >= 2) get noise_floor first: a spread below one step, not 0
+        finish = _finish_block if use_numba else _finish_block_numpy
+        finish(out_d, out_n, out_c, block_nsat, n, int(min_accepted), code == 1,
+               flags[start:stop].reshape(-1), stderr[start:stop].reshape(-1), noise_floor)
+        return int(nrej), frame_sat
+
+    def run_keys(start, stop, npix, out_d, out_n, out_c, block_nsat):
+        # the stored 16-bit values sorted as integers (keysort.py); None: the float path
+        kstride = -(-npix // 32) * 32 + 32
+        keys = getattr(local, "keys", None)
+        if keys is None or keys.size < n * kstride:
+            keys = local.keys = np.empty(n * (-(-plan.rows * width // 32) * 32 + 32), np.uint16)
+        raw_buf = getattr(local, "raw", None)
+        if raw_buf is None or raw_buf.size < 2 * npix:
+            raw_buf = local.raw = np.empty(2 * plan.rows * width, dtype=np.uint8)
+        keys = keys[: n * kstride].reshape(n, kstride)
+        frame_sat = read_keys(source, start, stop, keys, raw_buf, sat_level, block_nsat)
+        if frame_sat is None:
+            return None
+        return _combine_keys(keys, npix, width, net_lo, net_hi, code, float(sigma_low),
+                             float(sigma_high), maxiters, float(min_scale), bool(guard), chunk,
+                             out_d, out_n, out_c, pool_width, pool_cons,
+                             POOL_MIN_PIXELS), frame_sat
+
+    def run_samples(start, stop, npix, out_d, out_n, out_c, block_nsat):
         stride = _padded_stride(npix)
         buf = getattr(local, "buf", None)
         if buf is None or buf.size < n * stride:
             buf = local.buf = np.empty(n * _padded_stride(plan.rows * width), dtype=np.float32)
         # C-contiguous (n, stride) view: a single kernel signature whatever the block
         x = buf[: n * stride].reshape(n, stride)
-        block_nsat = nsat[start:stop].reshape(-1) if nsat is not None else empty_nsat
         frame_sat = np.zeros(n, dtype=np.int64)
         if isinstance(subtract, np.ndarray):  # the same rows for every frame: convert once
             common_sub = np.ascontiguousarray(subtract[start:stop], dtype=np.float64).reshape(-1)
@@ -626,9 +676,6 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             else:
                 prep = _prepare if use_numba else _prepare_numpy
                 frame_sat[i] = prep(row, sub, fscale, sat_level, block_nsat)
-        out_d = data[start:stop].reshape(-1)
-        out_n = noise[start:stop].reshape(-1)
-        out_c = count[start:stop].reshape(-1)
         if use_numba:  # the pooled floor, if any, is computed by the kernel, row by row
             nrej = _combine_kernel(x, npix, net_lo, net_hi, code, float(sigma_low),
                                    float(sigma_high), maxiters, float(min_scale), empty_sub,
@@ -639,12 +686,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             nrej = _combine_numpy(x[:, :npix], code, float(sigma_low), float(sigma_high),
                                   maxiters, out_d, out_n, out_c, float(min_scale), bool(guard),
                                   floor)
-        # flags and standard error of the block, in the workers too; identical quantised
-        # samples (noise 0, count >= 2) get noise_floor first: a spread below one step, not 0
-        finish = _finish_block if use_numba else _finish_block_numpy
-        finish(out_d, out_n, out_c, block_nsat, n, int(min_accepted), code == 1,
-               flags[start:stop].reshape(-1), stderr[start:stop].reshape(-1), noise_floor)
-        return int(nrej), frame_sat
+        return nrej, frame_sat
 
     t0 = time.perf_counter()
     starts = range(0, nrows, plan.rows)
