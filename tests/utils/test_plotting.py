@@ -239,7 +239,7 @@ def _figures():
 
 @pytest.mark.parametrize("n", range(4))
 def test_write_png_draws_the_pixels_of_savefig(tmp_path, n):
-    """One layout pass and one draw instead of savefig's two draws; zlib level 3 and RGB:
+    """One layout pass and one draw instead of savefig's two draws; unfiltered RGB rows:
     the same pixels and resolution as ``fig.savefig``."""
     import matplotlib.pyplot as plt
 
