@@ -255,6 +255,29 @@ def test_write_png_draws_the_pixels_of_savefig(tmp_path, n):
     assert len(plt.get_fignums()) == open_before  # both closed
 
 
+def test_write_png_shares_a_renderer_per_size_with_the_same_pixels(tmp_path, monkeypatch):
+    """Figures of one size drawn one after the other share an Agg renderer (its cached text
+    sizes); each has the pixels of ``savefig`` (a fresh renderer), whatever was drawn before
+    with the shared one (text, image, colour bar)."""
+    import matplotlib.pyplot as plt
+
+    plotting._RENDERERS.by_key = {}
+    renderers = []
+    share = plotting._share_renderer
+    monkeypatch.setattr(plotting, "_share_renderer",
+                        lambda canvas: share(canvas) or renderers.append(canvas.get_renderer()))
+    drawn = list(_figures())
+    for n in (2, 0, 2, 0, 3):
+        plotting.write_png(plotting._figure_of(drawn[n]()), tmp_path / f"new{n}.png", dpi=110)
+        _savefig(plotting._figure_of(drawn[n]()), tmp_path / f"old{n}.png", dpi=110)
+        np.testing.assert_array_equal(_decoded(tmp_path / f"new{n}.png")[0],
+                                      _decoded(tmp_path / f"old{n}.png")[0])
+    assert renderers[2] is renderers[0] and renderers[3] is renderers[1]
+    assert renderers[0] is not renderers[1]  # 6.4 x 4.8 and 6.4 x 4.2 inch
+    assert len(plotting._RENDERERS.by_key) == 3
+    plt.close("all")
+
+
 def test_write_png_without_layout_engine_is_cropped_like_savefig(tmp_path):
     import matplotlib.pyplot as plt
 
