@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import types
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -502,7 +503,7 @@ class FigureWriter:
             self.workers = 0
             return self._render_here(fig, path, dpi)
         _close(fig)
-        self._pending.append((path, future))
+        self._pending.append((path, future, payload, dpi))
         return path
 
     def _render_here(self, fig, path: Path, dpi: int) -> Path | None:
@@ -531,7 +532,7 @@ class FigureWriter:
         return self._pool
 
     def _collect(self, item) -> None:
-        path, future = item
+        path, future = item[:2]
         try:
             _, seconds = future.result()
             logger.debug("figure %s rendered in %.3f s CPU", path, seconds)
@@ -540,9 +541,33 @@ class FigureWriter:
             self.failed.append(path)
 
     def wait(self) -> None:
-        """Wait until every figure submitted so far is written (or has failed)."""
+        """Wait until every figure submitted so far is written (or has failed).
+
+        While waiting, this process renders the figures queued last that the renderer has
+        not taken yet (cancelled there first), so the two share the backlog: the run's end
+        waits for the flat pipeline's last figures with nothing else to do.
+        """
         while self._pending:
+            if not self._pending[0][1].done():
+                self._render_queued_here()
             self._collect(self._pending.pop(0))
+
+    def _render_queued_here(self) -> None:
+        """Render here, last first, the pending figures that the pool has not started."""
+        for n in range(len(self._pending) - 1, 0, -1):
+            if len(self._pending[n]) < 4 or self._pending[n][1].done():
+                continue  # rendered here already, or by the pool
+            path, future, payload, dpi = self._pending[n]
+            if not future.cancel():  # already handed to the renderer: so are those before
+                return
+            done: Future = Future()
+            try:
+                done.set_result(_render(payload, str(path), dpi))
+            except Exception as err:  # noqa: BLE001 - reported by _collect as from the pool
+                done.set_exception(err)
+            self._pending[n] = (path, done)
+            if self._pending[0][1].done():
+                return
 
     def wait_under(self, folder: str | os.PathLike) -> None:
         """Wait until every figure submitted so far below ``folder`` is written (or failed);

@@ -97,6 +97,48 @@ def test_figures_rendered_by_a_process_pool(tmp_path):
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_wait_renders_here_the_figures_the_renderer_has_not_started(tmp_path, monkeypatch):
+    """At wait() (the end of a run), the figures still queued for the renderer are taken
+    back (cancelled there) and rendered by the waiting process, last first, with the pixels
+    the renderer writes; the one the renderer is on is waited for."""
+    import threading
+    from concurrent.futures import Future
+
+    class BusyPool:
+        def __init__(self):
+            self.futures = []
+
+        def submit(self, func, payload, path, dpi):
+            self.futures.append((Future(), func, payload, path, dpi))
+            return self.futures[-1][0]
+
+    writer = plotting.FigureWriter("summary", workers=1)
+    pool = BusyPool()
+    monkeypatch.setattr(writer, "_executor", lambda: pool)
+    for i in range(4):
+        writer.save(_line, tmp_path / f"f{i}.png")
+    assert len(pool.futures) == 4 and not list(tmp_path.glob("*.png"))
+    first, func, payload, path, dpi = pool.futures[0]
+    assert first.set_running_or_notify_cancel()                     # the renderer is on f0
+    waiting = threading.Thread(target=writer.wait, daemon=True)
+    waiting.start()
+    for _ in range(300):
+        if all(f[0].cancelled() for f in pool.futures[1:]) and \
+                (tmp_path / "f1.png").is_file():
+            break
+        waiting.join(0.1)
+    assert [f[0].cancelled() for f in pool.futures] == [False, True, True, True]
+    assert all((tmp_path / f"f{i}.png").is_file() for i in (1, 2, 3))
+    assert waiting.is_alive()                                       # f0 is still the pool's
+    first.set_result(func(payload, path, dpi))
+    waiting.join(30)
+    assert not waiting.is_alive() and writer.failed == [] and not writer._pending
+    plotting.write_png(plotting._figure_of(_line()), tmp_path / "direct.png")
+    for i in range(4):
+        np.testing.assert_array_equal(_decoded(tmp_path / f"f{i}.png")[0],
+                                      _decoded(tmp_path / "direct.png")[0])
+
+
 def test_a_busy_renderer_does_not_stop_the_main_process(tmp_path, monkeypatch):
     """With MAX_PENDING figures queued and the renderer still on them, the next figure is
     rendered in the calling process at once (it used to wait, idle, for the oldest: 8 s of
