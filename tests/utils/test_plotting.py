@@ -97,6 +97,48 @@ def test_figures_rendered_by_a_process_pool(tmp_path):
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_wait_renders_here_the_figures_the_renderer_has_not_started(tmp_path, monkeypatch):
+    """At wait() (the end of a run), the figures still queued for the renderer are taken
+    back (cancelled there) and rendered by the waiting process, last first, with the pixels
+    the renderer writes; the one the renderer is on is waited for."""
+    import threading
+    from concurrent.futures import Future
+
+    class BusyPool:
+        def __init__(self):
+            self.futures = []
+
+        def submit(self, func, payload, path, dpi):
+            self.futures.append((Future(), func, payload, path, dpi))
+            return self.futures[-1][0]
+
+    writer = plotting.FigureWriter("summary", workers=1)
+    pool = BusyPool()
+    monkeypatch.setattr(writer, "_executor", lambda: pool)
+    for i in range(4):
+        writer.save(_line, tmp_path / f"f{i}.png")
+    assert len(pool.futures) == 4 and not list(tmp_path.glob("*.png"))
+    first, func, payload, path, dpi = pool.futures[0]
+    assert first.set_running_or_notify_cancel()                     # the renderer is on f0
+    waiting = threading.Thread(target=writer.wait, daemon=True)
+    waiting.start()
+    for _ in range(300):
+        if all(f[0].cancelled() for f in pool.futures[1:]) and \
+                (tmp_path / "f1.png").is_file():
+            break
+        waiting.join(0.1)
+    assert [f[0].cancelled() for f in pool.futures] == [False, True, True, True]
+    assert all((tmp_path / f"f{i}.png").is_file() for i in (1, 2, 3))
+    assert waiting.is_alive()                                       # f0 is still the pool's
+    first.set_result(func(payload, path, dpi))
+    waiting.join(30)
+    assert not waiting.is_alive() and writer.failed == [] and not writer._pending
+    plotting.write_png(plotting._figure_of(_line()), tmp_path / "direct.png")
+    for i in range(4):
+        np.testing.assert_array_equal(_decoded(tmp_path / f"f{i}.png")[0],
+                                      _decoded(tmp_path / "direct.png")[0])
+
+
 def test_a_busy_renderer_does_not_stop_the_main_process(tmp_path, monkeypatch):
     """With MAX_PENDING figures queued and the renderer still on them, the next figure is
     rendered in the calling process at once (it used to wait, idle, for the oldest: 8 s of
@@ -239,7 +281,7 @@ def _figures():
 
 @pytest.mark.parametrize("n", range(4))
 def test_write_png_draws_the_pixels_of_savefig(tmp_path, n):
-    """One layout pass and one draw instead of savefig's two draws; zlib level 3 and RGB:
+    """One layout pass and one draw instead of savefig's two draws; unfiltered RGB rows:
     the same pixels and resolution as ``fig.savefig``."""
     import matplotlib.pyplot as plt
 
@@ -253,6 +295,29 @@ def test_write_png_draws_the_pixels_of_savefig(tmp_path, n):
     np.testing.assert_array_equal(new, old)
     assert new_dpi == pytest.approx(old_dpi)
     assert len(plt.get_fignums()) == open_before  # both closed
+
+
+def test_write_png_shares_a_renderer_per_size_with_the_same_pixels(tmp_path, monkeypatch):
+    """Figures of one size drawn one after the other share an Agg renderer (its cached text
+    sizes); each has the pixels of ``savefig`` (a fresh renderer), whatever was drawn before
+    with the shared one (text, image, colour bar)."""
+    import matplotlib.pyplot as plt
+
+    plotting._RENDERERS.by_key = {}
+    renderers = []
+    share = plotting._share_renderer
+    monkeypatch.setattr(plotting, "_share_renderer",
+                        lambda canvas: share(canvas) or renderers.append(canvas.get_renderer()))
+    drawn = list(_figures())
+    for n in (2, 0, 2, 0, 3):
+        plotting.write_png(plotting._figure_of(drawn[n]()), tmp_path / f"new{n}.png", dpi=110)
+        _savefig(plotting._figure_of(drawn[n]()), tmp_path / f"old{n}.png", dpi=110)
+        np.testing.assert_array_equal(_decoded(tmp_path / f"new{n}.png")[0],
+                                      _decoded(tmp_path / f"old{n}.png")[0])
+    assert renderers[2] is renderers[0] and renderers[3] is renderers[1]
+    assert renderers[0] is not renderers[1]  # 6.4 x 4.8 and 6.4 x 4.2 inch
+    assert len(plotting._RENDERERS.by_key) == 3
+    plt.close("all")
 
 
 def test_write_png_without_layout_engine_is_cropped_like_savefig(tmp_path):
