@@ -249,10 +249,24 @@ class SignalStack:
         """Master ``i`` whole: signal, noise-model error, subtracted-bias error, ``(H, W)``
         (read by row tiles: the mask, noise and count images are never whole in memory)."""
         out = tuple(np.empty(self.shape, np.float32) for _ in range(3))
-        for r0, r1 in self.row_tiles(images=6, planes=1):
-            for full, part in zip(out, self.read(r0, r1, [i])):
-                full[r0:r1] = part[0]
+        for r0, r1 in self.master_tiles():
+            for full, part in zip(out, self.read_master_rows(i, r0, r1)):
+                full[r0:r1] = part
         return out
+
+    def master_tiles(self, min_tiles: int = 1) -> list[tuple[int, int]]:
+        """``(r0, r1)`` row tiles in which one master is read (:meth:`read_master_rows`),
+        at least ``min_tiles`` of them when the frame has as many rows (so threads can
+        share them)."""
+        rows = tile_rows(1, self.shape, self.memory_limit, images=6)
+        rows = max(1, min(rows, -(-self.shape[0] // max(1, min_tiles))))
+        return list(row_tiles(self.shape[0], rows))
+
+    def read_master_rows(self, i: int, r0: int, r1: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``r0:r1`` of master ``i``: signal, noise-model error, subtracted-bias error,
+        each ``(r1 - r0, W)`` float32 (thread-safe: every read opens its own descriptor)."""
+        return tuple(part[0] for part in self.read(r0, r1, [i]))
 
 
 def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:
