@@ -22,15 +22,13 @@ percentile, in adu/s and, with a gain, e-/s.
 from __future__ import annotations
 
 import math
-import os
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from utils.jobs import Jobs
 from utils.memory import release_free_memory
 from utils.stack.stats import MAD_TO_STD, exact_median
 from utils.stack.tiles import PIXEL_BLOCK
@@ -97,7 +95,7 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     """
     rng = np.random.default_rng(seed)
     rows, samples, maps = [], {}, {}
-    with _Tasks() as tasks:
+    with Jobs() as tasks:
         for label, idx_t in stack.groups().items():
             if holdout is not None:
                 # the compares' frames freed in the helper thread's malloc arena, which the
@@ -124,74 +122,8 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     return Evaluation(table.reset_index(drop=True), samples, maps)
 
 
-class _Tasks:
-    """Runs lists of independent jobs on the calling thread and ``helpers`` helper threads
-    (default: one per usable CPU beyond the first, at most one): each job once, the next
-    free thread taking the next job in list order.  Use as a context manager (the helper
-    threads stop on leaving it)."""
-
-    def __init__(self, helpers: int | None = None):
-        if helpers is None:
-            try:
-                cpus = len(os.sched_getaffinity(0))
-            except AttributeError:  # pragma: no cover - not Linux
-                cpus = os.cpu_count() or 1
-            helpers = min(1, cpus - 1)
-        self.helpers = max(0, helpers)
-        self._pool = ThreadPoolExecutor(self.helpers, thread_name_prefix="evaluation") \
-            if self.helpers else None
-
-    def run(self, jobs: list, own: int = 0) -> list:
-        """``[job() for job in jobs]``, the jobs shared among the threads, but the first
-        ``own`` run by the calling thread (its allocations stay in its malloc arena); the
-        first error raised once every thread stopped (no job is started after an error)."""
-        results = [None] * len(jobs)
-        order = iter(range(own, len(jobs)))
-        lock = threading.Lock()
-        errors: list = []
-
-        def work(first=()) -> None:
-            for k in first:
-                if not run_one(k):
-                    return
-            while True:
-                with lock:
-                    k = None if errors else next(order, None)
-                if k is None or not run_one(k):
-                    return
-
-        def run_one(k: int) -> bool:
-            try:
-                results[k] = jobs[k]()
-            except BaseException as err:  # re-raised on the calling thread
-                with lock:
-                    errors.append(err)
-                return False
-            return True
-        helpers = [self._pool.submit(work)
-                   for _ in range(min(self.helpers, len(jobs) - own))] \
-            if self._pool is not None else []
-        work(range(own))
-        for helper in helpers:
-            helper.result()
-        if errors:
-            raise errors[0]
-        return results
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,
-             keep_maps: bool, held_cov=None, tasks: _Tasks | None = None):
+             keep_maps: bool, held_cov=None, tasks: Jobs | None = None):
     """Master ``i`` against the prediction ``synth()`` and the held-out model's prediction,
     error and covariance with the master's error (None: 0) (full frames, or the pulled
     pixels; arrays, or callables returning them): ``(table row, (measured, predicted)
@@ -241,7 +173,7 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     # threads, and small work arrays in the helper's malloc arena (whose freed pages the
     # calling thread does not reuse); the full-frame prediction made by the calling thread
     tiles = stack.master_tiles(min_tiles=max(8, -(-size // PIXEL_BLOCK)))
-    done = (tasks or _Tasks(helpers=0)).run(
+    done = (tasks or Jobs(helpers=0)).run(
         jobs + [lambda r0=r0, r1=r1: read_tile(r0, r1) for r0, r1 in tiles], own=1)
     synth, held_pred, held_err = np.asarray(done[0]), done[1], done[2]
     held_cov = None if held_cov is None else done[3]

@@ -35,7 +35,7 @@ from utils import headers as kw
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.io.tokens import number_text
 from utils.models.linear import fit_line_per_pixel
-from utils.stack.stats import chi2_median_ratio
+from utils.stack.stats import chi2_median_ratio, exact_median
 from utils.stack.tiles import (
     PIXEL_BLOCK,
     TILE_SHARE,
@@ -353,9 +353,10 @@ def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
         valid = np.isfinite(data) & np.isfinite(sigma)
         nexp[r0:r1] = valid.sum(0)
         full_npts[r0:r1] = nexp[r0:r1] == exptimes.size
-        # the same pixels as a stride of 97 over the whole frame: tiles start anywhere
+        # the same pixels as a stride of 97 over the whole frame: tiles start anywhere (a
+        # copy: a view kept every tile's errors alive, all of them, 64 MB at 2048^2)
         first = (-r0 * width) % 97
-        samples.append(sigma.reshape(sigma.shape[0], -1)[:, first::97])
+        samples.append(sigma.reshape(sigma.shape[0], -1)[:, first::97].copy())
         single = nexp[r0:r1] == 1   # a line through one point is not a measurement
         if single.any():
             # the longer exposures saturated (a hot pixel) or were masked: the one valid
@@ -379,7 +380,7 @@ def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
     scale = 1.0
     good = np.isfinite(chi2) & full_npts
     if exptimes.size >= 3 and good.sum() >= 10:
-        scale = math.sqrt(float(np.median(chi2[good])) / chi2_median_ratio(exptimes.size - 2))
+        scale = math.sqrt(exact_median(chi2[good]) / chi2_median_ratio(exptimes.size - 2))
     s = np.float32(scale)
     # the slope is sum_k c_k S_k with sum_k c_k t_k = 1: it measures the rate at the temperature
     # sum_k c_k t_k T_k, which can differ from the plain mean by a few 0.01 degC

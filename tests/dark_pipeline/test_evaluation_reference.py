@@ -12,6 +12,7 @@ import pytest
 
 from dark_pipeline import evaluation
 from dark_pipeline.evaluation import _flat, _measured_err, _reduce, exact_median
+from utils.jobs import Jobs
 from utils.stack.tiles import pixel_blocks
 
 
@@ -162,7 +163,7 @@ def test_compare_matches_reference(synth_dtype, exclude_some, pulled, keep_maps,
     if pixels is None:
         held, held_err, held_cov = (a.reshape(shape) for a in (held, held_err, held_cov))
     stack = _Stack(frames)
-    with evaluation._Tasks(helpers=helpers) as tasks:
+    with Jobs(helpers=helpers) as tasks:
         got = evaluation._compare(stack, 0, lambda: synth.copy(), held, held_err, exclude,
                                   pixels, np.random.default_rng(5), keep_maps, held_cov, tasks)
     want = _reference_compare(stack, 0, lambda: synth.copy(), held, held_err, exclude, pixels,
