@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from utils.jobs import Jobs
 from utils.memory import release_free_memory
 from utils.stack.stats import MAD_TO_STD, exact_median
+from utils.stack.tiles import PIXEL_BLOCK
 
 from .rates import SignalStack
 
@@ -93,67 +95,106 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     """
     rng = np.random.default_rng(seed)
     rows, samples, maps = [], {}, {}
-    for label, idx_t in stack.groups().items():
-        held = holdout(label) if holdout is not None else None
-        release_free_memory()  # what the held-out refit freed, before the full-frame work
-        p_pull, e_pull, *c_pull = held if held is not None else (predict, predict_err)
-        for i in idx_t:
-            m = stack.masters[i]
-            row, sample, reduced = _compare(stack, i, lambda: predict(m.tavg, m.exptime),
-                                            p_pull(m.tavg, m.exptime), e_pull(m.tavg, m.exptime),
-                                            exclude, pull_pixels, rng, keep_maps,
-                                            c_pull[0](m.tavg, m.exptime) if c_pull else None)
-            row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
-                else "in-sample"
-            rows.append(row)
-            samples[(m.temperature, m.exptime)] = sample
-            if keep_maps:
-                maps[(m.temperature, m.exptime)] = reduced
+    with Jobs() as tasks:
+        for label, idx_t in stack.groups().items():
+            if holdout is not None:
+                # the compares' frames freed in the helper thread's malloc arena, which the
+                # refit's threads do not reuse: returned first (+36 MB at 2048^2 without)
+                release_free_memory()
+            held = holdout(label) if holdout is not None else None
+            release_free_memory()  # what the held-out refit freed, before the full-frame work
+            p_pull, e_pull, *c_pull = held if held is not None else (predict, predict_err)
+            for i in idx_t:
+                m = stack.masters[i]
+                t, x = m.tavg, m.exptime
+                row, sample, reduced = _compare(
+                    stack, i, lambda: predict(t, x), lambda: p_pull(t, x),
+                    lambda: e_pull(t, x), exclude, pull_pixels, rng, keep_maps,
+                    (lambda: c_pull[0](t, x)) if c_pull else None, tasks)
+                row["PULL_MODEL"] = "leave-one-temperature-out" if held is not None \
+                    else "in-sample"
+                rows.append(row)
+                samples[(m.temperature, m.exptime)] = sample
+                if keep_maps:
+                    maps[(m.temperature, m.exptime)] = reduced
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values(["Temperature (°C)",
                                                              "Exposure (s)"])
     return Evaluation(table.reset_index(drop=True), samples, maps)
 
 
 def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,
-             keep_maps: bool, held_cov=None):
+             keep_maps: bool, held_cov=None, tasks: Jobs | None = None):
     """Master ``i`` against the prediction ``synth()`` and the held-out model's prediction,
     error and covariance with the master's error (None: 0) (full frames, or the pulled
-    pixels): ``(table row, (measured, predicted) sample, reduced (|residual|, APE) maps or
-    None)``.
+    pixels; arrays, or callables returning them): ``(table row, (measured, predicted)
+    sample, reduced (|residual|, APE) maps or None)``.
 
-    Measured and predicted frames stay float32 as read and predicted; the masks come from one
-    compiled pass over the pixels (:func:`_usable_py`) and the float64 values of every
-    statistic (the same numbers as from float64 copies of the frames: the conversion is
-    exact) are gathered of the pixels used only, one array at a time (:func:`_gather_py`),
-    so no full-frame float64 map is held (3 of them were, 100 MB at 2048^2) and the frame
-    is not passed over once per mask, selection and conversion (~30 ms a 1024^2 master)."""
+    The predictions and the master's row tiles are independent jobs, run by ``tasks`` (the
+    calling thread and a helper thread; in turn without it): the compares were one core's
+    work beside an idle one.  Each tile's masks are made as it is read (:func:`_usable_py`;
+    the prediction's finiteness is applied once it is there, :func:`_finish_usable_py`)
+    and only its noise-model and subtracted-bias errors at the pulled pixels are kept, so
+    the two error maps are never whole in memory (32 MB at 2048^2).
+
+    Measured and predicted frames stay float32 as read and predicted; the float64 values of
+    every statistic (the same numbers as from float64 copies of the frames: the conversion
+    is exact) are gathered of the pixels used only, one array at a time
+    (:func:`_gather_py`), so no full-frame float64 map is held (3 of them were, 100 MB at
+    2048^2) and the frame is not passed over once per mask, selection and conversion."""
     m = stack.masters[i]
-    synth = np.asarray(synth())  # before the master: not on top of its read
-    data, noise_err, suberr = stack.read_master(i)  # one master in memory at a time
-    flat_real, flat_synth = data.reshape(-1), synth.reshape(-1)
-    flat_noise, flat_sub = noise_err.reshape(-1), suberr.reshape(-1)
-    # usable pixels, and those with a signal of 3 sigma at least: one compiled pass
+    height, width = stack.shape
+    size = height * width
+    data = np.empty((height, width), np.float32)
     ok = np.empty(data.shape, bool)
     strong = np.empty(data.shape, bool)
-    flat_ok, flat_strong = ok.reshape(-1), strong.reshape(-1)
-    flat_excl = np.zeros(data.size, bool) if exclude is None else \
+    flat_real, flat_ok, flat_strong = data.reshape(-1), ok.reshape(-1), strong.reshape(-1)
+    flat_excl = np.zeros(size, bool) if exclude is None else \
         np.ascontiguousarray(exclude, dtype=bool).reshape(-1)
-    n_ok, n_strong = _usable(flat_real, flat_synth, flat_noise, flat_sub, flat_excl, flat_ok,
-                             flat_strong)
-    # pulls against the held-out model, over its pixels (all, or the sample)
     at = slice(None) if pull_pixels is None else pull_pixels
-    held_pred = _flat(held_pred, at, data.size)
-    held_err = _flat(held_err, at, data.size)
+    # sqrt(noise^2 + suberr^2) [adu] in float64 at the pulled pixels, filled tile by tile
+    measured = np.empty(size if pull_pixels is None else len(pull_pixels))
+
+    def read_tile(r0: int, r1: int) -> None:
+        signal, noise, suberr = stack.read_master_rows(i, r0, r1)
+        p0, p1 = r0 * width, r1 * width
+        data[r0:r1] = signal
+        noise, suberr = noise.reshape(-1), suberr.reshape(-1)
+        _usable(signal.reshape(-1), noise, suberr, flat_excl[p0:p1], flat_ok[p0:p1],
+                flat_strong[p0:p1])
+        if pull_pixels is None:
+            measured[p0:p1] = _measured_err(noise, suberr, slice(None))
+        else:
+            lo, hi = np.searchsorted(pull_pixels, [p0, p1])
+            measured[lo:hi] = _measured_err(noise, suberr, pull_pixels[lo:hi] - p0)
+
+    jobs = [synth, held_pred, held_err] + ([] if held_cov is None else [held_cov])
+    jobs = [job if callable(job) else (lambda value=job: value) for job in jobs]
+    # tiles of an eighth of the frame and 2^18 pixels at most: shared evenly between the
+    # threads, and small work arrays in the helper's malloc arena (whose freed pages the
+    # calling thread does not reuse); the full-frame prediction made by the calling thread
+    tiles = stack.master_tiles(min_tiles=max(8, -(-size // PIXEL_BLOCK)))
+    done = (tasks or Jobs(helpers=0)).run(
+        jobs + [lambda r0=r0, r1=r1: read_tile(r0, r1) for r0, r1 in tiles], own=1)
+    synth, held_pred, held_err = np.asarray(done[0]), done[1], done[2]
+    held_cov = None if held_cov is None else done[3]
+    del done
+    flat_synth = synth.reshape(-1)
+    # usable: signal, prediction and error finite, not excluded; strong: and >= 3 sigma
+    n_ok, n_strong = _finish_usable(flat_synth, flat_ok, flat_strong)
+    # pulls against the held-out model, over its pixels (all, or the sample)
+    held_pred = _flat(held_pred, at, size)
+    held_err = _flat(held_err, at, size)
     real_p = flat_real[at].astype(np.float64)
-    var = _measured_err(flat_noise, flat_sub, at) ** 2 + held_err ** 2
+    var = measured ** 2 + held_err ** 2
     if held_cov is not None:
-        var -= 2 * _flat(held_cov, at, data.size)
+        var -= 2 * _flat(held_cov, at, size)
     with np.errstate(invalid="ignore"):
         sigma = np.sqrt(var)  # NaN where the covariance would leave no variance: not pulled
     del var
+    measured = None  # the read_tile closure holds the name
     ok_p = flat_ok[at] & np.isfinite(held_pred) & np.isfinite(sigma) & (sigma > 0)
     pull = (real_p - held_pred)[ok_p] / sigma[ok_p]
-    del held_pred, held_err, real_p, sigma, ok_p, noise_err, suberr, flat_noise, flat_sub
+    del held_pred, held_err, real_p, sigma, ok_p, held_cov
     # the float64 values every statistic takes, of the pixels used in pixel order (as
     # boolean selections give them), one array at a time: numpy's mean and exact_median of
     # the same arrays, so the same numbers
@@ -190,20 +231,30 @@ def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pu
     return row, sample, (_reduce(abs_err), _reduce(ape_map))
 
 
-def _usable_py(real, synth, noise, sub, exclude, ok, strong):
-    """Per flat pixel of a master: usable (signal, prediction and error finite, not
-    ``exclude``) to ``ok``, and usable with a signal of 3 sigma at least to ``strong``;
-    returns their counts.  The error is ``sqrt(noise^2 + sub^2)`` in float64
-    (:func:`_measured_err`'s arithmetic).  No branch per pixel: the loop is vectorised."""
-    n_ok = 0
-    n_strong = 0
+def _usable_py(real, noise, sub, exclude, ok, strong):
+    """Per flat pixel of (part of) a master: usable (signal and error finite, not
+    ``exclude``) to ``ok``, and usable with a signal of 3 sigma at least to ``strong``.
+    The error is ``sqrt(noise^2 + sub^2)`` in float64 (:func:`_measured_err`'s
+    arithmetic).  No branch per pixel: the loop is vectorised."""
     for p in range(real.size):
         r = np.float64(real[p])
         n = np.float64(noise[p])
         e = np.float64(sub[p])
         err = np.sqrt(n * n + e * e)
-        good = np.isfinite(r) & np.isfinite(synth[p]) & np.isfinite(err) & ~exclude[p]
-        big = good & (abs(r) >= 3 * err)
+        good = np.isfinite(r) & np.isfinite(err) & ~exclude[p]
+        ok[p] = good
+        strong[p] = good & (abs(r) >= 3 * err)
+
+
+def _finish_usable_py(synth, ok, strong):
+    """``ok`` and ``strong`` of :func:`_usable_py` (whole frame) also where the prediction
+    ``synth`` is finite; returns their counts."""
+    n_ok = 0
+    n_strong = 0
+    for p in range(synth.size):
+        finite = np.isfinite(synth[p])
+        good = ok[p] & finite
+        big = strong[p] & finite
         ok[p] = good
         strong[p] = big
         n_ok += good
@@ -247,10 +298,11 @@ try:
     from numba import njit
 
     _usable = njit(nogil=True, cache=True)(_usable_py)
+    _finish_usable = njit(nogil=True, cache=True)(_finish_usable_py)
     # every pixel's APE is computed, unselected zero signals too: IEEE division, as numpy's
     _gather = njit(nogil=True, cache=True, error_model="numpy")(_gather_py)
 except ImportError:  # pragma: no cover - numba is a dependency; plain Python still works
-    _usable, _gather = _usable_py, _gather_py
+    _usable, _finish_usable, _gather = _usable_py, _finish_usable_py, _gather_py
 
 
 def _measured_err(noise_err: np.ndarray, suberr: np.ndarray, at) -> np.ndarray:

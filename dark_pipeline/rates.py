@@ -35,7 +35,7 @@ from utils import headers as kw
 from utils.io.fitsio import provenance_cards, set_card, write_product
 from utils.io.tokens import number_text
 from utils.models.linear import fit_line_per_pixel
-from utils.stack.stats import chi2_median_ratio
+from utils.stack.stats import chi2_median_ratio, exact_median
 from utils.stack.tiles import (
     PIXEL_BLOCK,
     TILE_SHARE,
@@ -249,10 +249,24 @@ class SignalStack:
         """Master ``i`` whole: signal, noise-model error, subtracted-bias error, ``(H, W)``
         (read by row tiles: the mask, noise and count images are never whole in memory)."""
         out = tuple(np.empty(self.shape, np.float32) for _ in range(3))
-        for r0, r1 in self.row_tiles(images=6, planes=1):
-            for full, part in zip(out, self.read(r0, r1, [i])):
-                full[r0:r1] = part[0]
+        for r0, r1 in self.master_tiles():
+            for full, part in zip(out, self.read_master_rows(i, r0, r1)):
+                full[r0:r1] = part
         return out
+
+    def master_tiles(self, min_tiles: int = 1) -> list[tuple[int, int]]:
+        """``(r0, r1)`` row tiles in which one master is read (:meth:`read_master_rows`),
+        at least ``min_tiles`` of them when the frame has as many rows (so threads can
+        share them)."""
+        rows = tile_rows(1, self.shape, self.memory_limit, images=6)
+        rows = max(1, min(rows, -(-self.shape[0] // max(1, min_tiles))))
+        return list(row_tiles(self.shape[0], rows))
+
+    def read_master_rows(self, i: int, r0: int, r1: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``r0:r1`` of master ``i``: signal, noise-model error, subtracted-bias error,
+        each ``(r1 - r0, W)`` float32 (thread-safe: every read opens its own descriptor)."""
+        return tuple(part[0] for part in self.read(r0, r1, [i]))
 
 
 def total_err(noise_err: np.ndarray, suberr: np.ndarray) -> np.ndarray:
@@ -339,9 +353,10 @@ def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
         valid = np.isfinite(data) & np.isfinite(sigma)
         nexp[r0:r1] = valid.sum(0)
         full_npts[r0:r1] = nexp[r0:r1] == exptimes.size
-        # the same pixels as a stride of 97 over the whole frame: tiles start anywhere
+        # the same pixels as a stride of 97 over the whole frame: tiles start anywhere (a
+        # copy: a view kept every tile's errors alive, all of them, 64 MB at 2048^2)
         first = (-r0 * width) % 97
-        samples.append(sigma.reshape(sigma.shape[0], -1)[:, first::97])
+        samples.append(sigma.reshape(sigma.shape[0], -1)[:, first::97].copy())
         single = nexp[r0:r1] == 1   # a line through one point is not a measurement
         if single.any():
             # the longer exposures saturated (a hot pixel) or were masked: the one valid
@@ -365,7 +380,7 @@ def measure_rate(stack: SignalStack, idx: list[int]) -> RateMap:
     scale = 1.0
     good = np.isfinite(chi2) & full_npts
     if exptimes.size >= 3 and good.sum() >= 10:
-        scale = math.sqrt(float(np.median(chi2[good])) / chi2_median_ratio(exptimes.size - 2))
+        scale = math.sqrt(exact_median(chi2[good]) / chi2_median_ratio(exptimes.size - 2))
     s = np.float32(scale)
     # the slope is sum_k c_k S_k with sum_k c_k t_k = 1: it measures the rate at the temperature
     # sum_k c_k t_k T_k, which can differ from the plain mean by a few 0.01 degC

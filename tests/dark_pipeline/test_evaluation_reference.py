@@ -12,6 +12,7 @@ import pytest
 
 from dark_pipeline import evaluation
 from dark_pipeline.evaluation import _flat, _measured_err, _reduce, exact_median
+from utils.jobs import Jobs
 from utils.stack.tiles import pixel_blocks
 
 
@@ -22,8 +23,23 @@ class _Stack:
         self.frames = frames
         self.masters = [SimpleNamespace(tavg=20.013, exptime=4.0, temperature=20.0)]
 
+    @property
+    def shape(self):
+        return self.frames[0].shape
+
     def read_master(self, i):
         return tuple(f.copy() for f in self.frames)
+
+    def master_tiles(self, min_tiles=1):
+        # uneven tiles: the pulled pixels and masks are assembled across tile edges
+        height = self.shape[0]
+        edges = sorted({0, height, *(height * k // (min_tiles + 1) + k for k in
+                                     range(1, min_tiles + 1) if height * k // (min_tiles + 1)
+                                     + k < height)})
+        return list(zip(edges[:-1], edges[1:]))
+
+    def read_master_rows(self, i, r0, r1):
+        return tuple(f[r0:r1].copy() for f in self.frames)
 
 
 def _reference_compare(stack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,
@@ -129,7 +145,10 @@ def _same(a, b):
 @pytest.mark.parametrize("exclude_some", [True, False])
 @pytest.mark.parametrize("pulled", ["all", "sample"])
 @pytest.mark.parametrize("keep_maps", [True, False])
-def test_compare_matches_reference(synth_dtype, exclude_some, pulled, keep_maps):
+@pytest.mark.parametrize("helpers", [0, 1])
+def test_compare_matches_reference(synth_dtype, exclude_some, pulled, keep_maps, helpers):
+    """darkpar: also with the predictions and the master's row tiles run as jobs on two
+    threads (the masks and the pulled pixels' errors assembled tile by tile)."""
     rng = np.random.default_rng(3)
     shape = (211, 733)  # > 2^17 pixels: exact_median's fast path
     frames = _frames(rng, shape)
@@ -144,8 +163,9 @@ def test_compare_matches_reference(synth_dtype, exclude_some, pulled, keep_maps)
     if pixels is None:
         held, held_err, held_cov = (a.reshape(shape) for a in (held, held_err, held_cov))
     stack = _Stack(frames)
-    got = evaluation._compare(stack, 0, lambda: synth.copy(), held, held_err, exclude, pixels,
-                              np.random.default_rng(5), keep_maps, held_cov)
+    with Jobs(helpers=helpers) as tasks:
+        got = evaluation._compare(stack, 0, lambda: synth.copy(), held, held_err, exclude,
+                                  pixels, np.random.default_rng(5), keep_maps, held_cov, tasks)
     want = _reference_compare(stack, 0, lambda: synth.copy(), held, held_err, exclude, pixels,
                               np.random.default_rng(5), keep_maps, held_cov)
     assert set(got[0]) == set(want[0])
