@@ -625,3 +625,90 @@ def test_compare_statistics_equal_the_plain_formulas(low_signal, low_signal_mast
         assert row["REAL_MEDIAN [ADU]"] == exact_median(real[ok])
         assert row["SYNTH_MEDIAN [ADU]"] == exact_median(synth[ok].astype(np.float64))
         assert (row["NPIX"], row["NPIX_MAPE"]) == (int(ok.sum()), int(strong.sum()))
+
+
+def test_evaluation_with_refits_ahead_equals_refits_in_turn(low_signal, low_signal_masters):
+    """darkeval: the 1-D leave-one-temperature-out refits made ahead in a background thread
+    (evaluation.RefitsAhead, as the pipeline starts them beside the 1-D model's products)
+    are the same refits in the same order: the evaluation's table, samples and maps equal
+    those of refits made in turn in the loop, bit for bit."""
+    from dark_pipeline import evaluation
+    from dark_pipeline.pipeline import _holdout_1d
+
+    _, masters, _ = low_signal_masters
+    _, model1, _ = low_signal
+    stack = load_stack(masters)
+    rates = measure_rates(stack)
+    pixels = stack.sample(stack.shape[0] * stack.shape[1] // 3)[0].pixels
+    labels = list(stack.groups())
+    calls = []
+
+    def run(ahead: bool):
+        calls.clear()
+        fit = _holdout_1d(rates, DarkSettings(), 16, pixels, float(model1.fit.population_rate))
+
+        def recorded(label):
+            calls.append(label)
+            return fit(label)
+        holdout = evaluation.RefitsAhead(recorded, labels) if ahead else recorded
+        try:
+            ev = evaluation.evaluate(
+                stack, lambda t, x: model1.rate(t) * x, lambda t, x: model1.rate_err(t) * x,
+                exclude=~np.isfinite(model1.fit.amplitude), pull_pixels=pixels,
+                keep_maps=True, holdout=holdout)
+        finally:
+            if ahead:
+                holdout.close()
+        return ev, list(calls)
+
+    (a, calls_a), (b, calls_b) = run(True), run(False)
+    assert calls_a == calls_b == labels
+    assert (a.table["PULL_MODEL"] == "leave-one-temperature-out").all()
+    pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
+    assert a.samples.keys() == b.samples.keys() and a.maps.keys() == b.maps.keys()
+    for got, want in ((a.samples, b.samples), (a.maps, b.maps)):
+        for key in got:
+            for x, y in zip(got[key], want[key]):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_refits_ahead_in_order_errors_where_taken():
+    """evaluation.RefitsAhead: every label refitted once, in order, in one background
+    thread; a refit's error raised where its model is taken; closing cancels the rest."""
+    import threading
+
+    from dark_pipeline.evaluation import RefitsAhead
+
+    started, threads = [], set()
+    gate = threading.Event()
+
+    def holdout(label):
+        started.append(label)
+        threads.add(threading.get_ident())
+        if label == "c":
+            raise RuntimeError("no fit")
+        if label == "e":
+            gate.wait(5)
+        return label * 2
+
+    with RefitsAhead(holdout, ["a", "b", "c", "d"]) as refits:
+        assert refits("b") == "bb" and refits("a") == "aa"
+        with pytest.raises(RuntimeError, match="no fit"):
+            refits("c")
+        assert refits("d") == "dd"
+    assert started == ["a", "b", "c", "d"]
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    started.clear()
+    refits = RefitsAhead(holdout, ["e", "f"])
+    later = refits._futures["f"]
+    while not started:
+        gate.wait(0.01)
+    closing = threading.Thread(target=refits.close)  # "e" running: waited for
+    closing.start()
+    for _ in range(500):
+        if later.cancelled():  # "f" not started: cancelled
+            break
+        closing.join(0.01)
+    gate.set()
+    closing.join()
+    assert later.cancelled() and started == ["e"]
