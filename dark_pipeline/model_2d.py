@@ -29,9 +29,9 @@ from utils.models.dark_model import read_power_exponential_fit
 from utils.models.nonlinear import PowerExponentialFit, fit_power_exponential_per_pixel
 from utils.models.pixel_tiles import PixelTiles
 from utils.stack.stats import exact_median
-from utils.stack.tiles import PIXEL_BLOCK, ProductRows, gather_sample
+from utils.stack.tiles import ProductRows
 
-from .rates import METHOD_SINGLE, total_err
+from .rates import METHOD_SINGLE, gather_pixels, total_err
 from .temperature_model import MASK_HOT, _err_scale, _header, _mask, _scale_in_place
 
 logger = logging.getLogger(__name__)
@@ -197,8 +197,7 @@ def _error_rows(bias_model, pixels=None):
         if pixels is not None:
             images = [image.reshape(-1)[pixels].reshape(1, -1) for image in images]
     elif pixels is not None:
-        sample = gather_sample(rows, BIAS_ERROR_IMAGES, pixels,
-                               max(1, PIXEL_BLOCK // rows.shape[1]))
+        sample = gather_pixels(rows, BIAS_ERROR_IMAGES, pixels)
         images = [sample.images[n][0] for n in BIAS_ERROR_IMAGES]
     else:
         return lambda r0, r1: tuple(rows.read(n, r0, r1)[0] for n in BIAS_ERROR_IMAGES)

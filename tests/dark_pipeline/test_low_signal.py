@@ -712,3 +712,44 @@ def test_refits_ahead_in_order_errors_where_taken():
     gate.set()
     closing.join()
     assert later.cancelled() and started == ["e"]
+
+
+def test_pixel_samples_read_by_pixels_equal_the_rows_read(low_signal_masters, tmp_path):
+    """darkeval: rates.gather_pixels (only the sampled pixels read, fitsio.read_pixels) gives
+    the stride sample of the masters, of the rate maps read back from their files and of
+    the bias model's errors that tiles.gather_sample (rows read whole) gave, bit for bit."""
+    from dark_pipeline import rates as rates_module
+    from dark_pipeline.model_2d import BIAS_ERROR_IMAGES, BiasErrors, _error_rows
+    from dark_pipeline.rates import _IMAGES, RATE_IMAGES, gather_pixels, rate_rows
+    from utils.stack.tiles import gather_sample
+
+    _, masters, bias = low_signal_masters
+    stack = load_stack(masters, memory_limit=1)  # one-row tiles for the former reads
+    fills = {"MASK": 0.0, "NCOMB": 1.0, "SUBERR": 0.0}
+    for count in (stack.shape[0] * stack.shape[1], 1000):
+        sample, pixels = stack.sample(count)
+        former = gather_sample(stack.rows, _IMAGES, pixels, 1, fills=fills)
+        assert sample.rows.images.keys() == former.images.keys()
+        for name in _IMAGES:
+            assert sample.rows.images[name].tobytes() == former.images[name].tobytes(), name
+        # an in-memory stack (the fallback): the same again
+        again = gather_pixels(former, _IMAGES, np.arange(pixels.size), fills)
+        for name in _IMAGES:
+            assert again.images[name].tobytes() == former.images[name].tobytes(), name
+    written = []
+    for r in measure_rates(stack):
+        path = rates_module.write_rate(r, rates_module.rate_file(tmp_path / "r", r.temperature),
+                                       16)
+        written.append(dataclasses.replace(r, rate=None, rate_err=None, path=path))
+    pixels = np.arange(0, stack.shape[0] * stack.shape[1], 5)
+    got = rates_module.rate_sample(written, pixels)
+    former = gather_sample(rate_rows(written), RATE_IMAGES, pixels, 2)
+    for k, r in enumerate(got):
+        assert r.rate.tobytes() == former.images["PRIMARY"][k].tobytes()
+        assert r.rate_err.tobytes() == former.images["UNCERT"][k].tobytes()
+    errors = BiasErrors.of(bias.model, bias.source)
+    assert errors.rows is not None  # read from the model's file
+    got = _error_rows(errors, pixels)(0, 1)
+    former = gather_sample(errors.rows, BIAS_ERROR_IMAGES, pixels, 3)
+    for g, name in zip(got, BIAS_ERROR_IMAGES):
+        assert g.tobytes() == former.images[name][0].tobytes()
