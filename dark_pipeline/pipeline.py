@@ -73,7 +73,7 @@ from .model_2d import (
     rate_bias_errors,
     shared_bias_covariance,
 )
-from .rates import RATE_FOLDER, load_stack, measure_rate, rate_file, rate_sample, write_rate
+from .rates import load_stack, rate_maps, rate_sample
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
 from .temperature_model import DarkModel1D, fit_temperature_model
 
@@ -199,27 +199,6 @@ def measure(index: DatasetIndex, out_dir: Path, settings: DarkSettings, files: l
     files += [m.path for m in masters]
     files.append(write_csv(masters_table(masters, out_dir), out_dir / "masters.csv"))
     return masters, bias, adc_bits
-
-
-def rate_maps(stack, out_dir: Path, adc_bits: int, files: list):
-    """Rate map of every temperature bin, written to ``dark_rates/`` as it is measured.
-
-    The maps are dropped once written (their :attr:`~dark_pipeline.rates.RateMap.path`
-    kept): the 1-D model, the hot-pixel counts and the dark-current table read rate and
-    error back from the files, by rows or one map at a time (:meth:`RateMap.loaded
-    <dark_pipeline.rates.RateMap.loaded>`), so no ``(K, H, W)`` stack of them is held
-    (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T).
-    """
-    out = []
-    for idx in stack.groups().values():
-        r = measure_rate(stack, idx)
-        path = write_rate(r, rate_file(out_dir / RATE_FOLDER, r.temperature), adc_bits)
-        files.append(path)
-        out.append(replace(r, rate=None, rate_err=None, offset=None, offset_err=None,
-                           chi2dof=None, nexp=None, path=path))
-        del r
-        release_free_memory()  # the written maps: not kept resident under the next ones
-    return out
 
 
 def _loaded(rates):

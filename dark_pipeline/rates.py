@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from utils import adu
 from utils import headers as kw
 from utils.io.fitsio import provenance_cards, read_pixels, set_card, write_product
 from utils.io.tokens import number_text
+from utils.memory import release_free_memory
 from utils.models.linear import fit_line_per_pixel
 from utils.stack.stats import chi2_median_ratio, exact_median
 from utils.stack.tiles import (
@@ -459,6 +461,43 @@ def write_rate(rate: RateMap, path: Path, adc_bits: int = adu.DEFAULT_ADC_BITS) 
                                     else {})})
 
 
+def rate_maps(stack: SignalStack, out_dir: Path, adc_bits: int, files: list) -> list[RateMap]:
+    """Rate map of every temperature bin, written to ``dark_rates/`` as it is measured.
+
+    The maps are dropped once written (their :attr:`RateMap.path` kept): the 1-D model, the
+    hot-pixel counts and the dark-current table read rate and error back from the files, by
+    rows or one map at a time (:meth:`RateMap.loaded`), so no ``(K, H, W)`` stack of them
+    is held (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T).  Each map is written
+    by one background thread while the next is measured (the writes were one core's work
+    beside an idle one: ~1.2 s at 2048^2), so at most two maps are held, the one written
+    and the one measured; the files and the list keep the bins' order.
+    """
+    out: list[RateMap] = []
+
+    def written(r: RateMap, writing) -> None:
+        path = writing.result()
+        files.append(path)
+        out.append(replace(r, rate=None, rate_err=None, offset=None, offset_err=None,
+                           chi2dof=None, nexp=None, path=path))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="ratewrite") as writer:
+        pending = None
+        for idx in stack.groups().values():
+            r = measure_rate(stack, idx)
+            if pending is not None:
+                written(*pending)
+                pending = None
+                release_free_memory()  # the written maps: not kept resident under the next
+            pending = (r, writer.submit(write_rate, r, rate_file(out_dir / RATE_FOLDER,
+                                                                 r.temperature), adc_bits))
+            del r
+        if pending is not None:
+            written(*pending)
+            pending = None
+            release_free_memory()
+    return out
+
+
 __all__ = ["RateMap", "SignalStack", "load_stack", "total_err", "measure_rate",
-           "measure_rates", "rate_file", "write_rate", "rate_rows", "rate_sample", "RATE_FOLDER",
-           "RATE_IMAGES", "METHOD_SLOPE", "METHOD_SINGLE"]
+           "measure_rates", "rate_file", "write_rate", "rate_maps", "rate_rows", "rate_sample",
+           "RATE_FOLDER", "RATE_IMAGES", "METHOD_SLOPE", "METHOD_SINGLE"]

@@ -753,3 +753,40 @@ def test_pixel_samples_read_by_pixels_equal_the_rows_read(low_signal_masters, tm
     former = gather_sample(errors.rows, BIAS_ERROR_IMAGES, pixels, 3)
     for g, name in zip(got, BIAS_ERROR_IMAGES):
         assert g.tobytes() == former.images[name][0].tobytes()
+
+
+def test_rate_maps_written_behind_equal_maps_written_in_turn(low_signal_masters, tmp_path):
+    """darkeval: rates.rate_maps writes each map in a background thread while the next is
+    measured: the same files (every HDU's data and cards but DATE), in the bins' order, as
+    measuring and writing each map in turn; maps dropped once written; a write's error
+    raised by rate_maps."""
+    from astropy.io import fits
+
+    from dark_pipeline import rates as rates_module
+
+    _, masters, _ = low_signal_masters
+    stack = load_stack(masters)
+    files = []
+    kept = rates_module.rate_maps(stack, tmp_path / "behind", 16, files)
+    in_turn = []
+    for idx in stack.groups().values():
+        r = rates_module.measure_rate(stack, idx)
+        in_turn.append(rates_module.write_rate(
+            r, rates_module.rate_file(tmp_path / "turn" / rates_module.RATE_FOLDER,
+                                      r.temperature), 16))
+    assert [p.name for p in files] == [p.name for p in in_turn] == [r.path.name for r in kept]
+    assert [r.temperature for r in kept] == list(stack.groups())
+    assert all(r.rate is None and r.offset is None for r in kept)
+    for a, b in zip(files, in_turn):
+        with fits.open(a) as ha, fits.open(b) as hb:
+            assert len(ha) == len(hb)
+            for x, y in zip(ha, hb):
+                assert [tuple(c) for c in x.header.cards if c.keyword != "DATE"] == \
+                    [tuple(c) for c in y.header.cards if c.keyword != "DATE"]
+                assert x.data.tobytes() == y.data.tobytes()
+
+    def failing(*args):
+        raise OSError("disk full")
+    with mock.patch.object(rates_module, "write_rate", failing), \
+            pytest.raises(OSError, match="disk full"):
+        rates_module.rate_maps(stack, tmp_path / "fail", 16, [])
