@@ -122,6 +122,45 @@ def evaluate(stack: SignalStack, predict, predict_err, *,
     return Evaluation(table.reset_index(drop=True), samples, maps)
 
 
+class RefitsAhead:
+    """``holdout(label)`` of every label of ``labels``, made in this order, one at a time, in
+    one background thread from construction on; ``refits(label)`` waits for that model and
+    returns it (the refit's own exception raised there), dropping it from the object.
+
+    For the 1-D model's leave-one-temperature-out refits: the pipeline starts them as soon
+    as the model is fitted, beside the main thread's one-core work on its products (dark
+    current table, figures, statistics: ~2 s at 1024^2) and then its comparisons.  The
+    refits are the same calls with the same arguments in the same order, so the same
+    models.  Their memory does not grow with the frame (65536-pixel samples: the 9 1-D
+    models held are ~20 MB) and is held where the stage is far below its peak (the 2-D
+    fit); the 2-D refits (~130 MB of work arrays each beside a comparison) are not run this
+    way.  Use as a context manager: leaving it cancels the refits not started and waits for
+    the running one.
+    """
+
+    def __init__(self, holdout, labels):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="refits")
+        self._futures = {label: self._pool.submit(holdout, label) for label in labels}
+
+    def __call__(self, label):
+        return self._futures.pop(label).result()
+
+    def close(self) -> None:
+        """Cancel the refits not started, wait for the running one; results dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._futures.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def _compare(stack: SignalStack, i: int, synth, held_pred, held_err, exclude, pull_pixels, rng,
              keep_maps: bool, held_cov=None, tasks: Jobs | None = None):
     """Master ``i`` against the prediction ``synth()`` and the held-out model's prediction,
@@ -383,4 +422,4 @@ def _nanmedian(values: np.ndarray) -> float:
     return exact_median(kept) if kept.size else math.nan
 
 
-__all__ = ["Evaluation", "evaluate", "dark_current_table", "COLUMNS"]
+__all__ = ["Evaluation", "evaluate", "RefitsAhead", "dark_current_table", "COLUMNS"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from utils.stack.stats import MAD_TO_STD
+from utils.stack.stats import MAD_TO_STD, exact_median
 
 
 @dataclass
@@ -91,13 +91,13 @@ def find_hot_pixels(rate: np.ndarray, *, n_sigma: float = 5.0,
         values = rate[usable].astype(np.float64)
         return np.log(values, out=values) if log else values
     above = usable_values(False) > floor
-    # the medians partition their input in place (the order does not change a median): no
-    # copies; the logs are taken again, in pixel order, for the z-scores
+    # exact_median: np.median's number without partitioning a copy of all of it (~4x
+    # faster on a full frame); the logs are taken again, in pixel order, for the z-scores
     logs = usable_values(True)
-    centre = float(np.median(logs, overwrite_input=True))
+    centre = exact_median(logs)
     logs -= centre
     np.abs(logs, out=logs)
-    spread = MAD_TO_STD * float(np.median(logs, overwrite_input=True))
+    spread = MAD_TO_STD * exact_median(logs)
     spread = max(spread, 1e-6)
     del logs
     logs = usable_values(True)

@@ -28,9 +28,10 @@ from utils.io.fitsio import write_product
 from utils.models.dark_model import read_power_exponential_fit
 from utils.models.nonlinear import PowerExponentialFit, fit_power_exponential_per_pixel
 from utils.models.pixel_tiles import PixelTiles
-from utils.stack.tiles import PIXEL_BLOCK, ProductRows, gather_sample
+from utils.stack.stats import exact_median
+from utils.stack.tiles import ProductRows
 
-from .rates import METHOD_SINGLE, total_err
+from .rates import METHOD_SINGLE, gather_pixels, total_err
 from .temperature_model import MASK_HOT, _err_scale, _header, _mask, _scale_in_place
 
 logger = logging.getLogger(__name__)
@@ -74,11 +75,11 @@ class DarkModel2D:
         b, b_err = float(f.population_rate), float(f.population_rate_err)
         return {"gamma_population": float(f.population_gamma),
                 "gamma_population_err": float(f.population_gamma_err),
-                "gamma_median": float(np.median(g)) if g.size else math.nan,
+                "gamma_median": exact_median(g) if g.size else math.nan,
                 "gamma_p16": float(np.percentile(g, 16)) if g.size else math.nan,
                 "gamma_p84": float(np.percentile(g, 84)) if g.size else math.nan,
                 "b_population_per_degC": b, "b_population_err_per_degC": b_err,
-                "b_median_per_degC": float(np.median(f.rate[good])) if good.any() else math.nan,
+                "b_median_per_degC": exact_median(f.rate[good]) if good.any() else math.nan,
                 "doubling_temperature_degC": math.log(2) / b if b > 0 else math.nan,
                 "doubling_temperature_err_degC": math.log(2) * b_err / b ** 2 if b > 0
                 else math.nan,
@@ -196,8 +197,7 @@ def _error_rows(bias_model, pixels=None):
         if pixels is not None:
             images = [image.reshape(-1)[pixels].reshape(1, -1) for image in images]
     elif pixels is not None:
-        sample = gather_sample(rows, BIAS_ERROR_IMAGES, pixels,
-                               max(1, PIXEL_BLOCK // rows.shape[1]))
+        sample = gather_pixels(rows, BIAS_ERROR_IMAGES, pixels)
         images = [sample.images[n][0] for n in BIAS_ERROR_IMAGES]
     else:
         return lambda r0, r1: tuple(rows.read(n, r0, r1)[0] for n in BIAS_ERROR_IMAGES)

@@ -55,7 +55,7 @@ from utils.stack.references import resolve_bias_model
 from utils.stack.tiles import pixel_blocks, pixel_sample
 
 from . import plots
-from .evaluation import dark_current_table, evaluate
+from .evaluation import RefitsAhead, dark_current_table, evaluate
 from .hot_pixels import find_hot_pixels, hot_pixel_counts
 from .masters import (
     MASTER_FOLDER,
@@ -73,7 +73,7 @@ from .model_2d import (
     rate_bias_errors,
     shared_bias_covariance,
 )
-from .rates import RATE_FOLDER, load_stack, measure_rate, rate_file, rate_sample, write_rate
+from .rates import load_stack, rate_maps, rate_sample
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
 from .temperature_model import DarkModel1D, fit_temperature_model
 
@@ -199,27 +199,6 @@ def measure(index: DatasetIndex, out_dir: Path, settings: DarkSettings, files: l
     files += [m.path for m in masters]
     files.append(write_csv(masters_table(masters, out_dir), out_dir / "masters.csv"))
     return masters, bias, adc_bits
-
-
-def rate_maps(stack, out_dir: Path, adc_bits: int, files: list):
-    """Rate map of every temperature bin, written to ``dark_rates/`` as it is measured.
-
-    The maps are dropped once written (their :attr:`~dark_pipeline.rates.RateMap.path`
-    kept): the 1-D model, the hot-pixel counts and the dark-current table read rate and
-    error back from the files, by rows or one map at a time (:meth:`RateMap.loaded
-    <dark_pipeline.rates.RateMap.loaded>`), so no ``(K, H, W)`` stack of them is held
-    (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T).
-    """
-    out = []
-    for idx in stack.groups().values():
-        r = measure_rate(stack, idx)
-        path = write_rate(r, rate_file(out_dir / RATE_FOLDER, r.temperature), adc_bits)
-        files.append(path)
-        out.append(replace(r, rate=None, rate_err=None, offset=None, offset_err=None,
-                           chi2dof=None, nexp=None, path=path))
-        del r
-        release_free_memory()  # the written maps: not kept resident under the next ones
-    return out
 
 
 def _loaded(rates):
@@ -656,49 +635,56 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     # pixel sample, the dark-current table and the 1-D figures.  Their files and summary
     # entry keep their place after the evaluation.
     pixels = pixel_sample(stack.shape, LOO_PIXELS)  # the leave-one-out refits' pixels
-    # the refits start their population fit from the full model's B (only that float held)
-    holdout_1d = _holdout_1d(rates, settings, adc_bits, pixels, float(model.fit.population_rate))
-    later: list[Path] = []
-    dark_current = _dark_current(rates, model, e, out_dir, {}, later, hot.mask)
-    _plots_rates(model, rates, counts, out_dir, later)
-    rates.clear()  # the caller's list too
-    model.fit.chi2 = model.fit.npoints = None  # written, summarised: not read again
-    release_free_memory()
-    _plots_1d(model, out_dir, later)  # full-frame images drawn without the rate maps held
-    head = model.headline()
-    summary.update(doubling_temperature_degC=head["doubling_temperature_degC"],
-                   doubling_temperature_err_degC=head["doubling_temperature_err_degC"],
-                   activation_energy_eV=head["activation_energy_eV"],
-                   activation_energy_err_eV=head["activation_energy_err_eV"],
-                   b_population_per_degC=head["b_population_per_degC"],
-                   b_population_err_per_degC=head["b_population_err_per_degC"],
-                   b_median_per_degC=head["b_median_per_degC"],
-                   fallback_pixels=head["fallback_pixels"], err_scale_1d=model.err_scale,
-                   hot_pixels=hot.count, hot_threshold_adu_s=hot.threshold)
-    # every not-hot pixel (choosing by the fit would select by noise): the typical pixel
-    # (median over pixels) with its standard error and the dark-signal non-uniformity
-    # (spatial std with the fit errors removed, EMVA 1288), both of A at the population B
-    summary["dark_rate_at_t_ref_adu_s"] = model.rate_statistics(
-        ~hot.mask & np.isfinite(model.fit.amplitude))
-    summary["dark_rate_at_t_ref_estimator"] = (
-        "A of each not-hot pixel fitted at the population B: median over pixels (error of a "
-        "median) and DSNU = spatial std with the fit errors removed; errors include the "
-        "population B's")
-    summary["hot_pixels_ambiguous"] = _ambiguous_hot(model, hot)
-    model.common = None  # written and summarised: A at the population B is not used again
-    if e:
-        # electrons: the values scale by e-/adu; their errors gain the gain's relative error
-        gain = resolve_gain(settings.gain)
-        rel = gain.gain_err / gain.gain if math.isfinite(gain.gain_err) else 0.0
-        in_adu = summary["dark_rate_at_t_ref_adu_s"]
-        summary["dark_rate_at_t_ref_e_s"] = {
-            k: (math.hypot(v, in_adu[k[:-4]] * rel) if k.endswith("_err") else v) * e
-            for k, v in in_adu.items()}
+    # the refits start their population fit from the full model's B (only that float held);
+    # made in a background thread from now on, beside the main thread's one-core work on
+    # the model's products and then its comparisons (the same refits in the same order)
+    holdout_1d = RefitsAhead(_holdout_1d(rates, settings, adc_bits, pixels,
+                                         float(model.fit.population_rate)),
+                             list(stack.groups()))
+    try:
+        later: list[Path] = []
+        dark_current = _dark_current(rates, model, e, out_dir, {}, later, hot.mask)
+        _plots_rates(model, rates, counts, out_dir, later)
+        rates.clear()  # the caller's list too
+        model.fit.chi2 = model.fit.npoints = None  # written, summarised: not read again
+        release_free_memory()
+        _plots_1d(model, out_dir, later)  # full-frame images drawn without the rate maps held
+        head = model.headline()
+        summary.update(doubling_temperature_degC=head["doubling_temperature_degC"],
+                       doubling_temperature_err_degC=head["doubling_temperature_err_degC"],
+                       activation_energy_eV=head["activation_energy_eV"],
+                       activation_energy_err_eV=head["activation_energy_err_eV"],
+                       b_population_per_degC=head["b_population_per_degC"],
+                       b_population_err_per_degC=head["b_population_err_per_degC"],
+                       b_median_per_degC=head["b_median_per_degC"],
+                       fallback_pixels=head["fallback_pixels"], err_scale_1d=model.err_scale,
+                       hot_pixels=hot.count, hot_threshold_adu_s=hot.threshold)
+        # every not-hot pixel (choosing by the fit would select by noise): the typical pixel
+        # (median over pixels) with its standard error and the dark-signal non-uniformity
+        # (spatial std with the fit errors removed, EMVA 1288), both of A at the population B
+        summary["dark_rate_at_t_ref_adu_s"] = model.rate_statistics(
+            ~hot.mask & np.isfinite(model.fit.amplitude))
+        summary["dark_rate_at_t_ref_estimator"] = (
+            "A of each not-hot pixel fitted at the population B: median over pixels (error of a "
+            "median) and DSNU = spatial std with the fit errors removed; errors include the "
+            "population B's")
+        summary["hot_pixels_ambiguous"] = _ambiguous_hot(model, hot)
+        model.common = None  # written and summarised: A at the population B is not used again
+        if e:
+            # electrons: the values scale by e-/adu; their errors gain the gain's relative error
+            gain = resolve_gain(settings.gain)
+            rel = gain.gain_err / gain.gain if math.isfinite(gain.gain_err) else 0.0
+            in_adu = summary["dark_rate_at_t_ref_adu_s"]
+            summary["dark_rate_at_t_ref_e_s"] = {
+                k: (math.hypot(v, in_adu[k[:-4]] * rel) if k.endswith("_err") else v) * e
+                for k, v in in_adu.items()}
 
-    exclude = hot.mask | ~np.isfinite(model.fit.amplitude)
-    ev1 = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
-                   exclude=exclude, holdout=holdout_1d, pull_pixels=pixels,
-                   keep_maps=plotting.wants("all"))
+        exclude = hot.mask | ~np.isfinite(model.fit.amplitude)
+        ev1 = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
+                       exclude=exclude, holdout=holdout_1d, pull_pixels=pixels,
+                       keep_maps=plotting.wants("all"))
+    finally:
+        holdout_1d.close()
     _evaluation_products(ev1, "1d", out_dir, files)
     summary["evaluation_1d"] = _eval_summary(ev1)
     del ev1  # its samples and maps are drawn: not held through the 2-D fit

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,13 +33,15 @@ from astropy.io import fits
 
 from utils import adu
 from utils import headers as kw
-from utils.io.fitsio import provenance_cards, set_card, write_product
+from utils.io.fitsio import provenance_cards, read_pixels, set_card, write_product
 from utils.io.tokens import number_text
+from utils.memory import release_free_memory
 from utils.models.linear import fit_line_per_pixel
 from utils.stack.stats import chi2_median_ratio, exact_median
 from utils.stack.tiles import (
     PIXEL_BLOCK,
     TILE_SHARE,
+    ArrayRows,
     ProductRows,
     gather_sample,
     pixel_sample,
@@ -121,14 +124,36 @@ def rate_rows(rates: list[RateMap]) -> ProductRows:
     return ProductRows([r.path for r in rates], RATE_IMAGES)
 
 
+def gather_pixels(rows, names, pixels: np.ndarray, fills: dict | None = None) -> ArrayRows:
+    """The flat pixels ``pixels`` (increasing) of the images ``names`` of every plane of
+    ``rows``, as an :class:`~utils.stack.tiles.ArrayRows` of shape ``(K, 1, n)`` (``fills``:
+    the value of an image a product lacks, default NaN): what
+    :func:`~utils.stack.tiles.gather_sample` gives, the same values.  Of files
+    (:class:`~utils.stack.tiles.ProductRows`) only those pixels are read
+    (:func:`~utils.io.fitsio.read_pixels`): a stride sample holds pixels of every row, whose
+    full reading was ~4x the time (1 s of the dark stage's one-core time at 2048^2)."""
+    fills = fills or {}
+    if not isinstance(rows, ProductRows):
+        return gather_sample(rows, names, pixels, max(1, PIXEL_BLOCK // rows.shape[1]),
+                             fills=fills)
+    out = {}
+    for name in names:
+        out[name] = np.empty((len(rows), 1, pixels.size), np.float32)
+        for k, lay in enumerate(rows.layouts[name]):
+            if lay is None:
+                out[name][k, 0] = fills.get(name, np.nan)
+            else:
+                read_pixels(lay, pixels, out=out[name][k, 0])
+    return ArrayRows(out)
+
+
 def rate_sample(rates: list[RateMap], pixels: np.ndarray) -> list[RateMap]:
     """The maps at the flat pixel indices ``pixels`` (increasing) only, as ``(1, n)`` maps:
     taken from the maps in memory, or read back by rows from their files."""
     if all(r.rate is not None and r.rate_err is not None for r in rates):
         return [replace(r, rate=r.rate.reshape(-1)[pixels][None],
                         rate_err=r.rate_err.reshape(-1)[pixels][None]) for r in rates]
-    rows = rate_rows(rates)
-    sample = gather_sample(rows, RATE_IMAGES, pixels, max(1, PIXEL_BLOCK // rows.shape[1]))
+    sample = gather_pixels(rate_rows(rates), RATE_IMAGES, pixels)
     return [replace(r, rate=sample.images["PRIMARY"][k], rate_err=sample.images["UNCERT"][k])
             for k, r in enumerate(rates)]
 
@@ -238,8 +263,7 @@ class SignalStack:
         """A stride sample of at most ``max_pixels`` pixels of every master, in memory:
         ``(stack of shape (1, n), flat pixel indices)`` (every pixel of a small frame)."""
         idx = pixel_sample(self.shape, max_pixels)
-        rows = gather_sample(self.rows, _IMAGES, idx,
-                             tile_rows(len(self.rows), self.shape, self.memory_limit),
+        rows = gather_pixels(self.rows, _IMAGES, idx,
                              fills={"MASK": 0.0, "NCOMB": 1.0, "SUBERR": 0.0})
         noise = self.noise if self.noise.v0 is None else self.noise.at(idx)
         return SignalStack(self.masters, self.bias_keys, rows, noise, self.planes,
@@ -437,6 +461,43 @@ def write_rate(rate: RateMap, path: Path, adc_bits: int = adu.DEFAULT_ADC_BITS) 
                                     else {})})
 
 
+def rate_maps(stack: SignalStack, out_dir: Path, adc_bits: int, files: list) -> list[RateMap]:
+    """Rate map of every temperature bin, written to ``dark_rates/`` as it is measured.
+
+    The maps are dropped once written (their :attr:`RateMap.path` kept): the 1-D model, the
+    hot-pixel counts and the dark-current table read rate and error back from the files, by
+    rows or one map at a time (:meth:`RateMap.loaded`), so no ``(K, H, W)`` stack of them
+    is held (2 float32 maps per temperature: 300 MB at 2048^2 x 9 T).  Each map is written
+    by one background thread while the next is measured (the writes were one core's work
+    beside an idle one: ~1.2 s at 2048^2), so at most two maps are held, the one written
+    and the one measured; the files and the list keep the bins' order.
+    """
+    out: list[RateMap] = []
+
+    def written(r: RateMap, writing) -> None:
+        path = writing.result()
+        files.append(path)
+        out.append(replace(r, rate=None, rate_err=None, offset=None, offset_err=None,
+                           chi2dof=None, nexp=None, path=path))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="ratewrite") as writer:
+        pending = None
+        for idx in stack.groups().values():
+            r = measure_rate(stack, idx)
+            if pending is not None:
+                written(*pending)
+                pending = None
+                release_free_memory()  # the written maps: not kept resident under the next
+            pending = (r, writer.submit(write_rate, r, rate_file(out_dir / RATE_FOLDER,
+                                                                 r.temperature), adc_bits))
+            del r
+        if pending is not None:
+            written(*pending)
+            pending = None
+            release_free_memory()
+    return out
+
+
 __all__ = ["RateMap", "SignalStack", "load_stack", "total_err", "measure_rate",
-           "measure_rates", "rate_file", "write_rate", "rate_rows", "rate_sample", "RATE_FOLDER",
-           "RATE_IMAGES", "METHOD_SLOPE", "METHOD_SINGLE"]
+           "measure_rates", "rate_file", "write_rate", "rate_maps", "rate_rows", "rate_sample",
+           "RATE_FOLDER", "RATE_IMAGES", "METHOD_SLOPE", "METHOD_SINGLE"]

@@ -81,9 +81,9 @@ def _err_scale(chi2: np.ndarray, npoints: np.ndarray, fallback: np.ndarray, npar
     good = ~fallback & np.isfinite(chi2) & (dof > 0)
     if good.sum() < 10:
         return 1.0
-    common = int(np.median(dof[good]))
+    common = int(exact_median(dof[good]))
     sel = good & (dof == common)
-    return math.sqrt(float(np.median(chi2[sel])) / chi2_median_ratio(common))
+    return math.sqrt(exact_median(chi2[sel]) / chi2_median_ratio(common))
 
 
 def _scale_in_place(fit, s: float, error_fields: tuple[str, ...]) -> None:
@@ -208,7 +208,7 @@ class DarkModel1D:
             shifted = []  # (median, DSNU) of A at B + dB and B - dB, one map at a time
             for sign in (1.0, -1.0):
                 moved = a + sign * (slope * db)
-                shifted.append((float(np.median(moved)), spread_with_error(moved, err)[0]))
+                shifted.append((exact_median(moved), spread_with_error(moved, err)[0]))
                 del moved
             (m_up, d_up), (m_down, d_down) = shifted
             median_err = math.hypot(median_err, 0.5 * abs(m_up - m_down))
@@ -223,7 +223,7 @@ class DarkModel1D:
         good = ~self.fit.fallback & np.isfinite(self.fit.rate)
         if self.hot is not None:
             good &= ~self.hot
-        med = float(np.median(self.fit.rate[good])) if good.any() else math.nan
+        med = exact_median(self.fit.rate[good]) if good.any() else math.nan
         b, b_err = float(self.fit.population_rate), float(self.fit.population_rate_err)
         t_k = self.t_ref + ZERO_CELSIUS_K
         return {"b_population_per_degC": b, "b_population_err_per_degC": b_err,

@@ -625,3 +625,168 @@ def test_compare_statistics_equal_the_plain_formulas(low_signal, low_signal_mast
         assert row["REAL_MEDIAN [ADU]"] == exact_median(real[ok])
         assert row["SYNTH_MEDIAN [ADU]"] == exact_median(synth[ok].astype(np.float64))
         assert (row["NPIX"], row["NPIX_MAPE"]) == (int(ok.sum()), int(strong.sum()))
+
+
+def test_evaluation_with_refits_ahead_equals_refits_in_turn(low_signal, low_signal_masters):
+    """darkeval: the 1-D leave-one-temperature-out refits made ahead in a background thread
+    (evaluation.RefitsAhead, as the pipeline starts them beside the 1-D model's products)
+    are the same refits in the same order: the evaluation's table, samples and maps equal
+    those of refits made in turn in the loop, bit for bit."""
+    from dark_pipeline import evaluation
+    from dark_pipeline.pipeline import _holdout_1d
+
+    _, masters, _ = low_signal_masters
+    _, model1, _ = low_signal
+    stack = load_stack(masters)
+    rates = measure_rates(stack)
+    pixels = stack.sample(stack.shape[0] * stack.shape[1] // 3)[0].pixels
+    labels = list(stack.groups())
+    calls = []
+
+    def run(ahead: bool):
+        calls.clear()
+        fit = _holdout_1d(rates, DarkSettings(), 16, pixels, float(model1.fit.population_rate))
+
+        def recorded(label):
+            calls.append(label)
+            return fit(label)
+        holdout = evaluation.RefitsAhead(recorded, labels) if ahead else recorded
+        try:
+            ev = evaluation.evaluate(
+                stack, lambda t, x: model1.rate(t) * x, lambda t, x: model1.rate_err(t) * x,
+                exclude=~np.isfinite(model1.fit.amplitude), pull_pixels=pixels,
+                keep_maps=True, holdout=holdout)
+        finally:
+            if ahead:
+                holdout.close()
+        return ev, list(calls)
+
+    (a, calls_a), (b, calls_b) = run(True), run(False)
+    assert calls_a == calls_b == labels
+    assert (a.table["PULL_MODEL"] == "leave-one-temperature-out").all()
+    pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
+    assert a.samples.keys() == b.samples.keys() and a.maps.keys() == b.maps.keys()
+    for got, want in ((a.samples, b.samples), (a.maps, b.maps)):
+        for key in got:
+            for x, y in zip(got[key], want[key]):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_refits_ahead_in_order_errors_where_taken():
+    """evaluation.RefitsAhead: every label refitted once, in order, in one background
+    thread; a refit's error raised where its model is taken; closing cancels the rest."""
+    import threading
+
+    from dark_pipeline.evaluation import RefitsAhead
+
+    started, threads = [], set()
+    gate = threading.Event()
+
+    def holdout(label):
+        started.append(label)
+        threads.add(threading.get_ident())
+        if label == "c":
+            raise RuntimeError("no fit")
+        if label == "e":
+            gate.wait(5)
+        return label * 2
+
+    with RefitsAhead(holdout, ["a", "b", "c", "d"]) as refits:
+        assert refits("b") == "bb" and refits("a") == "aa"
+        with pytest.raises(RuntimeError, match="no fit"):
+            refits("c")
+        assert refits("d") == "dd"
+    assert started == ["a", "b", "c", "d"]
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    started.clear()
+    refits = RefitsAhead(holdout, ["e", "f"])
+    later = refits._futures["f"]
+    while not started:
+        gate.wait(0.01)
+    closing = threading.Thread(target=refits.close)  # "e" running: waited for
+    closing.start()
+    for _ in range(500):
+        if later.cancelled():  # "f" not started: cancelled
+            break
+        closing.join(0.01)
+    gate.set()
+    closing.join()
+    assert later.cancelled() and started == ["e"]
+
+
+def test_pixel_samples_read_by_pixels_equal_the_rows_read(low_signal_masters, tmp_path):
+    """darkeval: rates.gather_pixels (only the sampled pixels read, fitsio.read_pixels) gives
+    the stride sample of the masters, of the rate maps read back from their files and of
+    the bias model's errors that tiles.gather_sample (rows read whole) gave, bit for bit."""
+    from dark_pipeline import rates as rates_module
+    from dark_pipeline.model_2d import BIAS_ERROR_IMAGES, BiasErrors, _error_rows
+    from dark_pipeline.rates import _IMAGES, RATE_IMAGES, gather_pixels, rate_rows
+    from utils.stack.tiles import gather_sample
+
+    _, masters, bias = low_signal_masters
+    stack = load_stack(masters, memory_limit=1)  # one-row tiles for the former reads
+    fills = {"MASK": 0.0, "NCOMB": 1.0, "SUBERR": 0.0}
+    for count in (stack.shape[0] * stack.shape[1], 1000):
+        sample, pixels = stack.sample(count)
+        former = gather_sample(stack.rows, _IMAGES, pixels, 1, fills=fills)
+        assert sample.rows.images.keys() == former.images.keys()
+        for name in _IMAGES:
+            assert sample.rows.images[name].tobytes() == former.images[name].tobytes(), name
+        # an in-memory stack (the fallback): the same again
+        again = gather_pixels(former, _IMAGES, np.arange(pixels.size), fills)
+        for name in _IMAGES:
+            assert again.images[name].tobytes() == former.images[name].tobytes(), name
+    written = []
+    for r in measure_rates(stack):
+        path = rates_module.write_rate(r, rates_module.rate_file(tmp_path / "r", r.temperature),
+                                       16)
+        written.append(dataclasses.replace(r, rate=None, rate_err=None, path=path))
+    pixels = np.arange(0, stack.shape[0] * stack.shape[1], 5)
+    got = rates_module.rate_sample(written, pixels)
+    former = gather_sample(rate_rows(written), RATE_IMAGES, pixels, 2)
+    for k, r in enumerate(got):
+        assert r.rate.tobytes() == former.images["PRIMARY"][k].tobytes()
+        assert r.rate_err.tobytes() == former.images["UNCERT"][k].tobytes()
+    errors = BiasErrors.of(bias.model, bias.source)
+    assert errors.rows is not None  # read from the model's file
+    got = _error_rows(errors, pixels)(0, 1)
+    former = gather_sample(errors.rows, BIAS_ERROR_IMAGES, pixels, 3)
+    for g, name in zip(got, BIAS_ERROR_IMAGES):
+        assert g.tobytes() == former.images[name][0].tobytes()
+
+
+def test_rate_maps_written_behind_equal_maps_written_in_turn(low_signal_masters, tmp_path):
+    """darkeval: rates.rate_maps writes each map in a background thread while the next is
+    measured: the same files (every HDU's data and cards but DATE), in the bins' order, as
+    measuring and writing each map in turn; maps dropped once written; a write's error
+    raised by rate_maps."""
+    from astropy.io import fits
+
+    from dark_pipeline import rates as rates_module
+
+    _, masters, _ = low_signal_masters
+    stack = load_stack(masters)
+    files = []
+    kept = rates_module.rate_maps(stack, tmp_path / "behind", 16, files)
+    in_turn = []
+    for idx in stack.groups().values():
+        r = rates_module.measure_rate(stack, idx)
+        in_turn.append(rates_module.write_rate(
+            r, rates_module.rate_file(tmp_path / "turn" / rates_module.RATE_FOLDER,
+                                      r.temperature), 16))
+    assert [p.name for p in files] == [p.name for p in in_turn] == [r.path.name for r in kept]
+    assert [r.temperature for r in kept] == list(stack.groups())
+    assert all(r.rate is None and r.offset is None for r in kept)
+    for a, b in zip(files, in_turn):
+        with fits.open(a) as ha, fits.open(b) as hb:
+            assert len(ha) == len(hb)
+            for x, y in zip(ha, hb):
+                assert [tuple(c) for c in x.header.cards if c.keyword != "DATE"] == \
+                    [tuple(c) for c in y.header.cards if c.keyword != "DATE"]
+                assert x.data.tobytes() == y.data.tobytes()
+
+    def failing(*args):
+        raise OSError("disk full")
+    with mock.patch.object(rates_module, "write_rate", failing), \
+            pytest.raises(OSError, match="disk full"):
+        rates_module.rate_maps(stack, tmp_path / "fail", 16, [])

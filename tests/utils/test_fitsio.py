@@ -189,3 +189,39 @@ def test_find_masters_by_the_cards_is_find_masters_by_astropy(tmp_path, monkeypa
     want = master.find_masters(tmp_path / "masters")
     assert got == want and set(got) == {"0123456789abcdef", "fedcba9876543210", "it's odd"}
     assert got["0123456789abcdef"].name == "a.fits"
+
+
+def test_read_pixels_equals_the_rows_read(tmp_path):
+    """darkeval: ``read_pixels`` (the image mapped, only the pixels asked for converted) gives
+    what ``read_rows`` gives those pixels, bit for bit: uint16 (BZERO 32768), scaled int16,
+    float32 with NaN, float64, an image past a large header (offset not page-aligned), no
+    pixel, and a file shorter than its header says is an error naming it."""
+    from utils.errors import UnreadableFrameError
+    from utils.io import fitsio
+
+    rng = np.random.default_rng(5)
+    primary = fits.PrimaryHDU(rng.integers(0, 65535, (37, 41)).astype(np.uint16))
+    for i in range(50):
+        primary.header[f"HIST{i:04d}"] = (i, "filler")
+    scaled = fits.ImageHDU(rng.normal(size=(29, 31)).astype(np.float32), name="SCALED")
+    scaled.scale("int16", bscale=0.01, bzero=3.0)
+    floats = rng.normal(size=(300, 257)).astype(np.float32)
+    floats.flat[::11] = np.nan
+    hdus = [primary, scaled, fits.ImageHDU(floats, name="F32"),
+            fits.ImageHDU(rng.normal(size=(13, 17)), name="F64")]
+    path = tmp_path / "pixels.fits"
+    fits.HDUList(hdus).writeto(path)
+    for k in range(4):
+        layout = fitsio.fits_layout(path, k)
+        whole = fitsio.read_rows(layout, 0, layout.shape[0]).reshape(-1)
+        for pixels in (np.arange(0, whole.size, 7), np.array([0, whole.size - 1]),
+                       np.arange(whole.size), np.array([], np.int64)):
+            got = fitsio.read_pixels(layout, pixels)
+            assert got.dtype == np.float32
+            assert got.tobytes() == whole[pixels].tobytes()
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(path.read_bytes()[:fitsio.fits_layout(path, 2).offset + 1000])
+    layout = fitsio.FitsLayout(str(cut), fitsio.fits_layout(path, 2).offset, (300, 257),
+                               np.dtype(">f4"))
+    with pytest.raises(UnreadableFrameError, match="cut.fits"):
+        fitsio.read_pixels(layout, np.arange(5))

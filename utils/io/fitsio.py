@@ -10,7 +10,8 @@
   through :mod:`utils.io.fitswriter` (the same bytes as astropy's writer, without
   its per-HDU overhead or whole-image byteswapped copies).
 * :class:`FitsLayout` and :func:`read_rows` read a block of rows of an image
-  straight from the file's data section, without loading the whole frame.
+  straight from the file's data section, without loading the whole frame;
+  :func:`read_pixels` a sample of its pixels.
 """
 
 from __future__ import annotations
@@ -693,6 +694,11 @@ def read_rows(layout: FitsLayout, start: int, stop: int, *, fd: int | None = Non
     raw = np.frombuffer(buf, dtype=layout.dtype).reshape(nrows, layout.shape[1])
     if out is None:
         out = np.empty((nrows, layout.shape[1]), dtype=np.float32)
+    return _physical(raw, layout, out)
+
+
+def _physical(raw: np.ndarray, layout: FitsLayout, out: np.ndarray) -> np.ndarray:
+    """``raw`` stored samples as float32 physical values in ``out`` (elementwise)."""
     if layout.dtype == np.dtype(">i2") and layout.bscale == 1.0 and layout.bzero == 32768.0:
         # unsigned 16-bit convention: flipping the sign bit is exact and fast
         np.copyto(out, (raw.view(">u2") ^ np.uint16(0x8000)), casting="unsafe")
@@ -703,6 +709,37 @@ def read_rows(layout: FitsLayout, start: int, stop: int, *, fd: int | None = Non
         if layout.bzero != 0.0:
             out += np.float32(layout.bzero)
     return out
+
+
+def read_pixels(layout: FitsLayout, pixels: np.ndarray, *,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Float32 physical values of the flat pixel indices ``pixels`` of an image: the values
+    :func:`read_rows` gives those pixels (the same elementwise conversion).
+
+    The image's bytes are mapped (``mmap``, read-only) and only the pixels asked for are
+    copied and converted, not every row that holds one: a stride sample of a frame is
+    ~4x faster than reading its rows (the mapped pages count in the resident size only
+    until the call returns: one image at most).
+    """
+    import mmap
+
+    pixels = np.asarray(pixels, dtype=np.intp)
+    if out is None:
+        out = np.empty(pixels.size, np.float32)
+    count = layout.shape[0] * layout.shape[1]
+    start = layout.offset - layout.offset % mmap.ALLOCATIONGRANULARITY
+    length = layout.offset - start + count * layout.dtype.itemsize
+    with open(layout.path, "rb") as f:
+        try:
+            mapped = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start)
+        except (ValueError, OSError) as err:  # e.g. a file shorter than its header says
+            raise UnreadableFrameError(layout.path, f"cannot map the image ({err})") from err
+    try:
+        raw = np.frombuffer(mapped, dtype=layout.dtype, count=count,
+                            offset=layout.offset - start)[pixels]
+    finally:
+        mapped.close()
+    return _physical(raw, layout, out)
 
 
 def read_image(path: str | os.PathLike, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:
