@@ -71,6 +71,16 @@ REAL_PATHS = "real paths"
 #: (:func:`utils.stack.subsets.combine_subsets`) where they are prepared alike; False: one
 #: combine each (the same products, each frame read and prepared once per master).
 SHARE_READS = True
+#: Largest size of the images of the masters stacked from one read, twice (the unit being
+#: finished and the next one being stacked) [byte], at :data:`MASTER_IMAGE_BYTES` per pixel
+#: each: about six masters' images exist at once instead of two when stacked in turn.
+#: 1024 x 1024 with 2 attempts (2 x 3 masters, 94 MB) shares its reads; 2048 x 2048 (377 MB)
+#: stacks in turn, its peak unchanged (with units of 3 finished one master at a time, four
+#: masters' images: its darks stage alone 616 -> 727 MB resident).
+SHARE_IMAGE_BYTES = 100e6
+#: Bytes per pixel of a master's images while stacked: data, noise, stderr (float32),
+#: count (int16), flags (uint8).
+MASTER_IMAGE_BYTES = 15
 
 
 @dataclass(frozen=True)
@@ -294,7 +304,10 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         _fill_from_header(record, header)
         record.bias_file = str(header.get(kw.BIASFILE, ""))
         record.dark_file = str(header.get(kw.DARKFILE, ""))
-    return _Pending(record, stack_request(rows, settings, **args), stack, finish)
+    shapes = frame_shapes(rows)
+    pixels = next(iter(shapes))[0] * next(iter(shapes))[1] if len(shapes) == 1 else 0
+    return _Pending(record, stack_request(rows, settings, **args), stack, finish,
+                    pixels if pixels > 0 else 10**12)
 
 
 @dataclass
@@ -307,11 +320,14 @@ class _Pending:
     request: dict
     stack: Callable
     finish: Callable
+    pixels: int  # of one frame (unknown: huge, never shared)
 
 
 def _joins(group: list[_Pending], pending: _Pending) -> bool:
     """Whether ``pending``'s frames are frames of ``group[0]``'s set prepared alike, none of
     them in another member of ``group`` (:func:`utils.stack.subsets.combine_subsets`)."""
+    if 2 * (len(group) + 1) * MASTER_IMAGE_BYTES * pending.pixels > SHARE_IMAGE_BYTES:
+        return False
     whole = group[0].request
     index = subset_index(whole["inputs"], pending.request["inputs"])
     if index is None or not shareable(whole, pending.request, index):
@@ -323,11 +339,17 @@ def _joins(group: list[_Pending], pending: _Pending) -> bool:
 def _stack(group: list[_Pending], out: list, writer: WriteBehind | None, executor) -> None:
     """Stack the masters of ``group`` (from one read of their frames when they share them)
     and finish each, in order (behind, with ``writer``).  A frame whose layout cannot be read
-    refuses its master (its record in ``out`` replaced), as ``_isolated`` does."""
+    refuses its master (its record in ``out`` replaced), as ``_isolated`` does.
+
+    Masters stacked from one read are finished by one writer job: the next unit's blocks
+    are queued while the writer finishes this unit's masters (finished one by one, their
+    images would wait for the writer instead: two units' images, at most
+    ``SHARE_IMAGE_BYTES``, against the pool idle while this unit's attempts are written)."""
     shared = None
     if SHARE_READS and len(group) > 1:
         shared = combine_subsets([p.request for p in group],
                                  executor=executor if writer is not None else None)
+    jobs = []
     for k, pending in enumerate(group):
         if shared is not None:
             stacked = shared[k]
@@ -341,10 +363,20 @@ def _stack(group: list[_Pending], out: list, writer: WriteBehind | None, executo
                 continue
         pending.record.status = "written"
         job = functools.partial(pending.finish, stacked)
-        if writer is None:
+        if shared is not None:
+            jobs.append(job)
+        elif writer is None:
             job()
         else:
             writer.submit(job)
+    if jobs:
+        def finish_all() -> None:
+            for job in jobs:
+                job()
+        if writer is None:
+            finish_all()
+        else:
+            writer.submit(finish_all)
 
 
 def _load(record: MasterRecord) -> tuple[np.ndarray, np.ndarray]:

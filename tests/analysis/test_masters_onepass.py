@@ -81,6 +81,13 @@ def test_each_bias_and_dark_block_read_once_same_products(tmp_path, monkeypatch)
     apart = masters.build_masters(index.copy(), tmp_path / "apart", settings)
     assert {v for k, v in reads.items() if kinds[k[0]] in ("BIAS", "DARK")} == {2}
     _same_records(one, apart)
+    # frames too large for the images of three masters at once: stacked in turn
+    reads.clear()
+    monkeypatch.setattr(masters, "SHARE_READS", True)
+    monkeypatch.setattr(masters, "SHARE_IMAGE_BYTES", 2 * 15 * 40 * 24)
+    big = masters.build_masters(index.copy(), tmp_path / "big", settings)
+    assert {v for k, v in reads.items() if kinds[k[0]] in ("BIAS", "DARK")} == {2}
+    _same_records(one, big)
 
 
 def test_frame_unreadable_while_stacked_refuses_the_masters_holding_it(tmp_path, monkeypatch):
