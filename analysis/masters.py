@@ -22,6 +22,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -45,10 +46,12 @@ from utils.stack.master import (
     inputs_hash,
     quadrature_sum,
     real_paths,
+    stack_request,
     stack_rows,
 )
 from utils.stack.references import BiasReference, scaled_dark_files
 from utils.stack.stats import exact_median, exact_nanmedian, typical_noise
+from utils.stack.subsets import combine_subsets, shareable, subset_index
 from utils.stack.tiles import pixel_blocks
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,20 @@ INHASH = kw.INHASH
 WRITE_DEPTH = 1
 #: Key of the ``{path: real path}`` of the index's frames in the stage cache of build_masters.
 REAL_PATHS = "real paths"
+#: Stack a set's master and its attempts' masters from one read of the frames
+#: (:func:`utils.stack.subsets.combine_subsets`) where they are prepared alike; False: one
+#: combine each (the same products, each frame read and prepared once per master).
+SHARE_READS = True
+#: Largest size of the images of the masters stacked from one read, twice (the unit being
+#: finished and the next one being stacked) [byte], at :data:`MASTER_IMAGE_BYTES` per pixel
+#: each: about six masters' images exist at once instead of two when stacked in turn.
+#: 1024 x 1024 with 2 attempts (2 x 3 masters, 94 MB) shares its reads; 2048 x 2048 (377 MB)
+#: stacks in turn, its peak unchanged (with units of 3 finished one master at a time, four
+#: masters' images: its darks stage alone 616 -> 727 MB resident).
+SHARE_IMAGE_BYTES = 100e6
+#: Bytes per pixel of a master's images while stacked: data, noise, stderr (float32),
+#: count (int16), flags (uint8).
+MASTER_IMAGE_BYTES = 15
 
 
 @dataclass(frozen=True)
@@ -199,7 +216,9 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
            *, unit: str, subtract=None, sub_stderr=None, scale=None, extra: dict | None = None,
            refs: tuple = (), normalise: bool = False, progress_bar: bool = False,
            writer: WriteBehind | None = None, real: dict | None = None,
-           executor=None) -> MasterRecord:
+           executor=None) -> MasterRecord | _Pending:
+    """The master of one set, set up: its record when it exists already, else a
+    :class:`_Pending` to stack and finish (:func:`_stack`)."""
     path = master_path(out_dir, key)
     paths = rows["PATH"].tolist()
     digest = inputs_hash(paths, settings, *refs, real=real)
@@ -213,13 +232,14 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         record.dark_file = str(header.get(kw.DARKFILE, ""))
         return record
     bits = adc_bits_of(rows)
-    stacked = stack_rows(rows, settings, scale=scale, subtract=subtract,
-                         product=f"MASTER_{key.caltype}", progress_bar=progress_bar,
-                         deferred=True, executor=executor if writer is not None else None,
-                         bits=bits)
-    record.status = "written"
+    args = dict(scale=scale, subtract=subtract, product=f"MASTER_{key.caltype}",
+                progress_bar=progress_bar, bits=bits)
 
-    def finish() -> None:
+    def stack():
+        return stack_rows(rows, settings, deferred=True,
+                          executor=executor if writer is not None else None, **args)
+
+    def finish(stacked) -> None:
         # the master's statistics, header and file: single-threaded work, done behind (in
         # the writer's thread) while the next master is stacked; the record is complete
         # once its file is
@@ -284,11 +304,79 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
         _fill_from_header(record, header)
         record.bias_file = str(header.get(kw.BIASFILE, ""))
         record.dark_file = str(header.get(kw.DARKFILE, ""))
-    if writer is None:
-        finish()
-    else:
-        writer.submit(finish)
-    return record
+    shapes = frame_shapes(rows)
+    pixels = next(iter(shapes))[0] * next(iter(shapes))[1] if len(shapes) == 1 else 0
+    return _Pending(record, stack_request(rows, settings, **args), stack, finish,
+                    pixels if pixels > 0 else 10**12)
+
+
+@dataclass
+class _Pending:
+    """A master set up to be stacked: its record (complete once ``finish`` ran), the
+    arguments of its combine, ``stack()`` (its own combine, deferred) and ``finish(stacked)``
+    (statistics, header, file)."""
+
+    record: MasterRecord
+    request: dict
+    stack: Callable
+    finish: Callable
+    pixels: int  # of one frame (unknown: huge, never shared)
+
+
+def _joins(group: list[_Pending], pending: _Pending) -> bool:
+    """Whether ``pending``'s frames are frames of ``group[0]``'s set prepared alike, none of
+    them in another member of ``group`` (:func:`utils.stack.subsets.combine_subsets`)."""
+    if 2 * (len(group) + 1) * MASTER_IMAGE_BYTES * pending.pixels > SHARE_IMAGE_BYTES:
+        return False
+    whole = group[0].request
+    index = subset_index(whole["inputs"], pending.request["inputs"])
+    if index is None or not shareable(whole, pending.request, index):
+        return False
+    taken = {p for member in group[1:] for p in member.request["inputs"]}
+    return not taken.intersection(pending.request["inputs"])
+
+
+def _stack(group: list[_Pending], out: list, writer: WriteBehind | None, executor) -> None:
+    """Stack the masters of ``group`` (from one read of their frames when they share them)
+    and finish each, in order (behind, with ``writer``).  A frame whose layout cannot be read
+    refuses its master (its record in ``out`` replaced), as ``_isolated`` does.
+
+    Masters stacked from one read are finished by one writer job: the next unit's blocks
+    are queued while the writer finishes this unit's masters (finished one by one, their
+    images would wait for the writer instead: two units' images, at most
+    ``SHARE_IMAGE_BYTES``, against the pool idle while this unit's attempts are written)."""
+    shared = None
+    if SHARE_READS and len(group) > 1:
+        shared = combine_subsets([p.request for p in group],
+                                 executor=executor if writer is not None else None)
+    jobs = []
+    for k, pending in enumerate(group):
+        if shared is not None:
+            stacked = shared[k]
+        else:
+            try:
+                stacked = pending.stack()
+            except FrameError as err:  # a frame unreadable although the index said it was fine
+                rec = pending.record
+                out[out.index(rec)] = MasterRecord(rec.key, None, "refused", nbad=rec.nbad,
+                                                   reason=f"{err.path}: {err.reason}")
+                continue
+        pending.record.status = "written"
+        job = functools.partial(pending.finish, stacked)
+        if shared is not None:
+            jobs.append(job)
+        elif writer is None:
+            job()
+        else:
+            writer.submit(job)
+    if jobs:
+        def finish_all() -> None:
+            for job in jobs:
+                job()
+        if writer is None:
+            finish_all()
+        else:
+            writer.submit(finish_all)
 
 
 def _load(record: MasterRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -373,23 +461,38 @@ def _shape_text(shapes: dict) -> str:
                      for (w, h), n in sorted(shapes.items(), key=lambda item: -item[1]))
 
 
+def _units(sets: list) -> list[list]:
+    """``sets`` (``(key, good rows, nbad)`` in the order of :func:`calibration_groups`) cut
+    into units: a set followed by its attempts' sets (stacked from one read of the frames)."""
+    units: list[list] = []
+    for item in sets:
+        key = item[0]
+        base = units[-1][0][0] if units else None
+        if key.attempt and base is not None and not base.attempt and base.tag == \
+                key.without_attempt().tag and (base.stage, base.caltype) == (
+                key.stage, key.caltype) and base.stage_dir == key.stage_dir:
+            units[-1].append(item)
+        else:
+            units.append([item])
+    return units
+
+
 def _build_sets(sets, records, out_dir, settings, progress_bar, cache) -> list[MasterRecord]:
     """The masters of ``sets`` (``(key, good rows, nbad)`` of one calibration type), in order.
 
-    Locally one after the other; on a Dask scheduler (:mod:`utils.scheduler`) as one task
-    per set, after the first set of each stage was built here (it fits and writes the
-    stage's bias model, which the tasks then reuse from ``cache``).
+    Locally one unit (a set and its attempts, :func:`_units`) after the other; on a Dask
+    scheduler (:mod:`utils.scheduler`) as one task per unit, after the first unit of each
+    stage was built here (it fits and writes the stage's bias model, which the tasks then
+    reuse from ``cache``).
 
     Each master's file is written while the next one is stacked (:class:`WriteBehind`); a
     set only ever reads the masters of the calibration types built before its own, whose
     files are complete (the writes are drained before this returns)."""
-    def local(item):
-        key, good, nbad = item
-        if good.empty:
-            return MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS", nbad=nbad)
-        return _isolated(key, good, nbad, records + [d for d in done if d is not None], out_dir,
-                         settings, progress_bar, cache, writer=writer, executor=pool)
-    done: list[MasterRecord] = []
+    def local(unit):
+        return _build_unit(unit, records + [r for d in done if d is not None for r in d],
+                           out_dir, settings, progress_bar, cache, writer=writer, executor=pool)
+    units = _units(sets)
+    done: list[list[MasterRecord] | None] = []
     remote = scheduler.current().remote
     todo = []
     stages = set()
@@ -397,37 +500,70 @@ def _build_sets(sets, records, out_dir, settings, progress_bar, cache) -> list[M
     # one's while the finish jobs wait for theirs (the pool shuts down after the writes)
     with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="stack") as pool, \
             WriteBehind(depth=WRITE_DEPTH) as writer:
-        for i, item in enumerate(sets):
-            if not remote or (item[0].stage, item[0].dose) not in stages:
-                stages.add((item[0].stage, item[0].dose))
-                done.append(local(item))
+        for i, unit in enumerate(units):
+            if not remote or (unit[0][0].stage, unit[0][0].dose) not in stages:
+                stages.add((unit[0][0].stage, unit[0][0].dose))
+                done.append(local(unit))
             else:
                 done.append(None)
                 todo.append(i)
     if todo:
         task = functools.partial(_set_task, records=list(records), out_dir=out_dir,
                                  settings=settings, cache=dict(cache))
-        for i, rec in zip(todo, scheduler.map_tasks(task, [sets[i] for i in todo])):
-            done[i] = rec
-    return done
+        for i, recs in zip(todo, scheduler.map_tasks(task, [units[i] for i in todo])):
+            done[i] = recs
+    return [r for recs in done for r in recs]
 
 
-def _set_task(item, *, records, out_dir, settings, cache) -> MasterRecord:
-    """One calibration set's master (a scheduler task; ``item = (key, good rows, nbad)``)."""
-    key, good, nbad = item
-    if good.empty:
-        return MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS", nbad=nbad)
+def _set_task(unit, *, records, out_dir, settings, cache) -> list[MasterRecord]:
+    """The masters of one unit (a set and its attempts' sets; a scheduler task; each item
+    ``(key, good rows, nbad)``)."""
     cache = {k: v for k, v in cache.items() if k != REAL_PATHS}  # resolved here, on the worker
-    return _isolated(key, good, nbad, records, out_dir, settings, False, cache)
+    return _build_unit(unit, records, out_dir, settings, False, cache)
+
+
+def _build_unit(unit, records: list[MasterRecord], out_dir: Path, settings: MasterSettings,
+                progress_bar: bool, cache: dict, *, writer: WriteBehind | None = None,
+                executor=None) -> list[MasterRecord]:
+    """The masters of a set and of its attempts (``unit``), in order.  Those set up to be
+    stacked whose frames are prepared alike (the attempts' frames are the set's, with the
+    same bias reference: bias and darks) are stacked from one read of the frames; as soon as
+    one is not (a flat set normalised by its own level), each from there on is stacked alone,
+    so the finish jobs stay in order."""
+    out: list[MasterRecord] = []
+    group: list[_Pending] = []
+    alone = False
+    for key, good, nbad in unit:
+        if good.empty:
+            out.append(MasterRecord(key, None, "refused", f"all {nbad} frames are BADFITS",
+                                    nbad=nbad))
+            continue
+        built = _isolated(key, good, nbad, records, out_dir, settings, progress_bar, cache,
+                          writer=writer, executor=executor)
+        if isinstance(built, MasterRecord):
+            out.append(built)
+            continue
+        out.append(built.record)
+        if not alone and (not group or _joins(group, built)):
+            group.append(built)
+            continue
+        alone = True
+        if group:
+            _stack(group, out, writer, executor)
+            group = []
+        _stack([built], out, writer, executor)
+    if group:
+        _stack(group, out, writer, executor)
+    return out
 
 
 def _isolated(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],
               out_dir: Path, settings: MasterSettings, progress_bar: bool,
               cache: dict, *, writer: WriteBehind | None = None,
-              executor=None) -> MasterRecord:
-    """Build one master; a set that cannot be combined is refused with the reason, so the
-    other sets are still built.  With ``writer`` its file is written there (the record's
-    statistics are filled in once it is)."""
+              executor=None) -> MasterRecord | _Pending:
+    """Set up one master (:func:`_build`); a set that cannot be combined is refused with the
+    reason, so the other sets are still built.  With ``writer`` its file is written there
+    (the record's statistics are filled in once it is)."""
     shapes = frame_shapes(rows)
     if len(shapes) > 1:
         return MasterRecord(key, None, "refused", nbad=nbad,
@@ -548,7 +684,7 @@ def _reference_mismatch(rows: pd.DataFrame, shape: tuple, what: str) -> str:
 def _build_one(key: GroupKey, rows: pd.DataFrame, nbad: int, records: list[MasterRecord],
                out_dir: Path, settings: MasterSettings, progress_bar: bool,
                cache: dict, *, writer: WriteBehind | None = None,
-               executor=None) -> MasterRecord:
+               executor=None) -> MasterRecord | _Pending:
     if key.caltype == "BIAS":
         return _build(key, rows, nbad, out_dir, settings, unit=adu.UNIT, progress_bar=progress_bar,
                       writer=writer, real=cache.get(REAL_PATHS), executor=executor)

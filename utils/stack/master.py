@@ -226,6 +226,23 @@ def frame_metadata(rows: pd.DataFrame) -> list[dict]:
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def stack_request(rows: pd.DataFrame, settings: CombineSettings, *, scale=None, subtract=None,
+                  product: str = "", progress_bar: bool = False,
+                  bits: int | None = None) -> dict:
+    """The keyword arguments of :func:`utils.stack.combine.combine` that :func:`stack_rows`
+    stacks ``rows`` with (for :func:`utils.stack.subsets.combine_subsets`)."""
+    bits = adc_bits_of(rows) if bits is None else bits
+    step_scale = float(np.median(scale)) if scale is not None else 1.0
+    return dict(inputs=rows["PATH"].astype(str).tolist(), method=settings.method,
+                sigma_low=settings.sigma_low, sigma_high=settings.sigma_high,
+                maxiters=settings.maxiters, min_accepted=settings.min_accepted, scale=scale,
+                subtract=subtract, saturation=adu.saturation_level(bits),
+                min_scale=adu.clip_floor(bits, step_scale),
+                quantum=adu.quantum(bits, step_scale), memory_limit=settings.memory_limit,
+                workers=settings.workers, metadata=frame_metadata(rows), product=product,
+                progress_bar=progress_bar)
+
+
 def stack_rows(rows: pd.DataFrame, settings: CombineSettings, *, scale=None, subtract=None,
                product: str = "", progress_bar: bool = False, deferred: bool = False,
                executor=None, bits: int | None = None):
@@ -234,16 +251,9 @@ def stack_rows(rows: pd.DataFrame, settings: CombineSettings, *, scale=None, sub
     median of ``scale``).  Returns what ``combine`` returns (``deferred``: to finish later;
     ``executor``: combine's shared block pool; ``bits``: :func:`adc_bits_of` of ``rows``
     when the caller has it already)."""
-    bits = adc_bits_of(rows) if bits is None else bits
-    step_scale = float(np.median(scale)) if scale is not None else 1.0
-    return combine(rows["PATH"].astype(str).tolist(), method=settings.method,
-                   sigma_low=settings.sigma_low, sigma_high=settings.sigma_high,
-                   maxiters=settings.maxiters, min_accepted=settings.min_accepted, scale=scale,
-                   subtract=subtract, saturation=adu.saturation_level(bits),
-                   min_scale=adu.clip_floor(bits, step_scale),
-                   quantum=adu.quantum(bits, step_scale), memory_limit=settings.memory_limit,
-                   workers=settings.workers, metadata=frame_metadata(rows), product=product,
-                   progress_bar=progress_bar, deferred=deferred, executor=executor)
+    return combine(**stack_request(rows, settings, scale=scale, subtract=subtract,
+                                   product=product, progress_bar=progress_bar, bits=bits),
+                   deferred=deferred, executor=executor)
 
 
 def quadrature_sum(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None,
