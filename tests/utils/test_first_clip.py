@@ -1,6 +1,7 @@
-"""The vectorised first clipping iteration of the stacking kernels (utils/stack/kernels.py):
-the MAD's rank selection (:func:`kernels._mad_pair`) and the vectorised iteration's hand-over
-to the scalar loop on blocks with missing samples, bit for bit against the scalar clipping."""
+"""Lane loops of the stacking kernels (utils/stack/kernels.py), bit for bit against plain
+references: the first clipping iteration's MAD rank selection (:func:`kernels._mad_pair`), its
+hand-over to the scalar loop on blocks with missing samples, and the four-rows-per-pass valid
+counts and range sums."""
 
 import numpy as np
 import pytest
@@ -77,3 +78,39 @@ def test_first_clip_with_missing_samples_equals_scalar_clipping(n, missing):
         assert outs[0][0] == outs[1][0]
         for a, b in zip(outs[0][1:], outs[1][1:]):
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 50])
+def test_four_row_counts_and_sums_equal_the_row_by_row_loops(n):
+    """:func:`kernels._count_valid` and :func:`kernels._range_sums` (four rows per pass, the
+    rest one by one) equal the row-by-row loops they replaced, bit for bit: the float64
+    ``tot += d``, ``ss += d * d`` in frame order, 0.0 added outside ``lo <= k < hi``."""
+    rng = np.random.default_rng(n)
+    npix = 203
+    x = rng.normal(0.0, 1.0, (n, npix)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] *= 1e5
+    x[rng.random(x.shape) < 0.1] = -0.0
+    x[rng.random(x.shape) < 0.1] = np.inf
+    x = np.sort(x, axis=0)
+    lo = rng.integers(0, n + 1, npix)
+    hi = np.minimum(n, lo + rng.integers(0, n + 1, npix))
+    lo[:3], hi[:3] = 0, n
+    shift = rng.normal(0.0, 1.0, npix)
+    shift[3] = 0.0
+    cnt = np.full(npix, 5, np.int64)
+    kernels._count_valid(x, 0, npix, cnt)
+    np.testing.assert_array_equal(cnt, 5 + np.isfinite(x).sum(axis=0))
+    tot, ss = np.zeros(npix), np.zeros(npix)
+    ref_tot, ref_ss = np.zeros(npix), np.zeros(npix)
+    with np.errstate(invalid="ignore"):
+        for k in range(n):
+            d = np.where((lo <= k) & (k < hi), x[k].astype(np.float64) - shift, 0.0)
+            ref_tot += d
+            ref_ss += d * d
+    kernels._range_sums(x, 0, npix, lo, hi, shift, tot, ss)
+    np.testing.assert_array_equal(tot.view(np.int64), ref_tot.view(np.int64))
+    np.testing.assert_array_equal(ss.view(np.int64), ref_ss.view(np.int64))
+    # a sub-range of the columns, as the kernel calls them
+    tot[:], ss[:] = 0.0, 0.0
+    kernels._range_sums(x, 50, 100, lo[50:150], hi[50:150], shift[50:150], tot, ss)
+    np.testing.assert_array_equal(tot[:100].view(np.int64), ref_tot[50:150].view(np.int64))
