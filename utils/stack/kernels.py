@@ -30,6 +30,22 @@ import time
 
 import numpy as np
 
+from .lanes import (  # noqa: F401  (the _py functions: the interpreted kernels' helpers)
+    _column_sums,
+    _column_sums_py,
+    _count_outside,
+    _count_outside_py,
+    _count_valid,
+    _count_valid_py,
+    _mad_pair,
+    _mad_pair_py,
+    _masked_ss,
+    _masked_ss_py,
+    _masked_sum,
+    _masked_sum_py,
+    _range_sums,
+    _range_sums_py,
+)
 from .networks import batcher_network  # noqa: F401  (re-exported: the kernels' comparators)
 
 try:  # numba is a hard dependency, but keep a working (slower) path without it
@@ -42,6 +58,10 @@ except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_NUMBA
 #: Factor from median absolute deviation to Gaussian sigma, ``1/Phi^-1(3/4)``
 #: (astropy's constant, so clipping bounds agree with ``astropy.stats``).
 MAD_TO_STD = 1.482602218505602
+
+#: The compiled kernels call the lane loops of lanes.py (see ``tests/utils/test_numba_cache.py``):
+#: that file's stamp here invalidates this file's numba cache when it changes.
+NUMBA_DEPENDS = {"lanes.py": "aa239c9a93fbc6be"}
 
 
 # --------------------------------------------------------------------------------------
@@ -249,161 +269,6 @@ SCALAR_FEW = 16
 #: Pixels per call of :func:`_first_clip_py` (its float64 scratch is ``(8, FIRST_SUB)``); at
 #: 64 pixels the lane loops spent more on set-up than they saved in cache (measured).
 FIRST_SUB = 256
-
-
-def _mad_pair_py(x, p0, size, m, c, kth, nxt, tmp):
-    """Ranks ``r = (m - 1) // 2`` and ``r + 1`` (0-based) of the distances ``|x[:m, p] - c[q]|``
-    of the sorted columns ``p = p0 + q``, ``q < size``, into ``kth`` and ``nxt``.
-
-    ``c`` is the median, so the distances are two ascending sequences, the left
-    ``L[t] = |x[h-1-t] - c|`` and the right ``R[t] = |x[h+t] - c|`` (``h = m // 2``), and
-    rank ``j`` of their union is ``min over a of max(L[a-1], R[j-a])`` (``a`` taken from
-    the left; ``L[-1] = R[-1] = -inf``, ``a`` such that both indices exist): an element of
-    the union, the one any selection finds (zeros are +0.0 after ``abs``).  The row indices
-    depend on ``a`` only, so each step is a loop over pixels (SIMD) of three row loads,
-    without scratch rows: at 50 frames it replaced writing 64 rows of distances and a
-    63-exchange selection network (~20 of ~130 ns per pixel).  Pixels with a missing
-    (+inf) sample get meaningless values (the caller discards them).  ``tmp``: float64
-    scratch of ``size`` values.
-    """
-    h = m // 2
-    r = (m - 1) // 2
-    nr = m - h  # length of the right sequence
-    inf = np.inf
-    for q in range(size):
-        kth[q] = inf
-        nxt[q] = inf
-    for a in range(max(0, r + 1 - nr), min(h, r + 2) + 1):
-        use_l = a >= 1
-        ik = h + r - a  # R[r - a]; h - 1 (unused) when a = r + 1
-        in_ = h + r + 1 - a  # R[r + 1 - a]; h - 1 (unused) when a = r + 2
-        ok_k = a <= r + 1  # a >= r + 1 - nr holds from the loop start
-        ok_n = a >= r + 2 - nr
-        use_rk = a <= r
-        use_rn = a <= r + 1
-        xl = x[h - a if use_l else 0, p0:p0 + size]
-        xk = x[ik if ok_k else 0, p0:p0 + size]
-        xn = x[in_ if ok_n else 0, p0:p0 + size]
-        for q in range(size):
-            cq = c[q]
-            lv = abs(np.float64(xl[q]) - cq) if use_l else -inf
-            rk = abs(np.float64(xk[q]) - cq) if use_rk else -inf
-            rn = abs(np.float64(xn[q]) - cq) if use_rn else -inf
-            tk = max(lv, rk) if ok_k else inf
-            tn = max(lv, rn) if ok_n else inf
-            new_k = min(kth[q], tk)
-            new_n = min(nxt[q], tn)
-            tmp[q] = new_k  # blocks the masked-store fold (module notes)
-            kth[q] = new_k
-            nxt[q] = new_n
-
-
-def _count_outside_py(x, p0, size, m, lower, upper, nlo, nhi):
-    """Sorted rows ``0:m``: ``nlo`` = samples below ``lower``, ``nhi`` = ``m`` - those above."""
-    for q in range(size):
-        nlo[q] = 0
-        nhi[q] = 0  # first the count above
-    for k in range(m):
-        xr = x[k, p0:p0 + size]
-        for q in range(size):
-            v = np.float64(xr[q])
-            nlo[q] += np.int64(v < lower[q])
-            nhi[q] += np.int64(v > upper[q])
-    for q in range(size):  # the scalar walk never crosses (only with negative sigmas)
-        end = m - nhi[q]  # not max(nhi[q], .) over itself: a masked store (module notes)
-        nhi[q] = end if end > nlo[q] else nlo[q]
-
-
-def _column_sums_py(x, p0, width, n, tot, ss):
-    """Two-pass float64 sums of the first ``n`` samples of pixels ``p0:p0+width``, frames in
-    order: ``tot`` their means, ``ss`` the sums of squared deviations from them."""
-    for q in range(width):
-        tot[q] = 0.0
-        ss[q] = 0.0
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            tot[q] += np.float64(xr[q])
-    for q in range(width):
-        tot[q] = tot[q] / n
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            d = np.float64(xr[q]) - tot[q]
-            ss[q] += d * d
-
-
-def _masked_sum_py(xr, k, ilo, ihi, tot):
-    """``tot += xr`` where ``ilo <= k < ihi`` (0.0 added elsewhere: the sum is unchanged)."""
-    for q in range(tot.shape[0]):
-        tot[q] += np.float64(xr[q]) if (k >= ilo[q]) & (k < ihi[q]) else 0.0
-
-
-def _masked_ss_py(xr, k, ilo, ihi, mean, ss):
-    """``ss += (xr - mean)**2`` where ``ilo <= k < ihi``."""
-    for q in range(ss.shape[0]):
-        d = np.float64(xr[q]) - mean[q]
-        ss[q] += d * d if (k >= ilo[q]) & (k < ihi[q]) else 0.0
-
-
-def _count_valid_py(x, p0, size, cnt):
-    """``cnt[q] +=`` the finite samples of pixel ``p0 + q``, four rows per pass over ``cnt``
-    (integer adds: any order)."""
-    n = x.shape[0]
-    k = 0
-    while k + 4 <= n:
-        r0 = x[k, p0:p0 + size]
-        r1 = x[k + 1, p0:p0 + size]
-        r2 = x[k + 2, p0:p0 + size]
-        r3 = x[k + 3, p0:p0 + size]
-        for q in range(size):
-            cnt[q] += ((r0[q] < np.inf) + (r1[q] < np.inf)) + ((r2[q] < np.inf) + (r3[q] < np.inf))
-        k += 4
-    for j in range(k, n):
-        xr = x[j, p0:p0 + size]
-        for q in range(size):
-            cnt[q] += xr[q] < np.inf
-
-
-def _range_sums_py(x, p0, size, lo_a, hi_a, shift, tot, ss):
-    """``tot += d``, ``ss += d * d`` with ``d = x[k, p] - shift`` for the rows ``lo_a <= k <
-    hi_a`` of pixel ``p = p0 + q`` (0.0 added for the others), frames in order: the adds of
-    one row after another, but four rows per pass over ``tot`` and ``ss`` (the same float64
-    operations in the same order per pixel, fewer loads and stores)."""
-    n = x.shape[0]
-    k = 0
-    while k + 4 <= n:
-        r0 = x[k, p0:p0 + size]
-        r1 = x[k + 1, p0:p0 + size]
-        r2 = x[k + 2, p0:p0 + size]
-        r3 = x[k + 3, p0:p0 + size]
-        for q in range(size):
-            lo = lo_a[q]
-            hi = hi_a[q]
-            sh = shift[q]
-            d0 = np.float64(r0[q]) - sh if lo <= k < hi else 0.0
-            d1 = np.float64(r1[q]) - sh if lo <= k + 1 < hi else 0.0
-            d2 = np.float64(r2[q]) - sh if lo <= k + 2 < hi else 0.0
-            d3 = np.float64(r3[q]) - sh if lo <= k + 3 < hi else 0.0
-            t = tot[q]
-            u = ss[q]
-            t += d0
-            u += d0 * d0
-            t += d1
-            u += d1 * d1
-            t += d2
-            u += d2 * d2
-            t += d3
-            u += d3 * d3
-            tot[q] = t
-            ss[q] = u
-        k += 4
-    for j in range(k, n):
-        xr = x[j, p0:p0 + size]
-        for q in range(size):
-            d = np.float64(xr[q]) - shift[q] if lo_a[q] <= j < hi_a[q] else 0.0
-            tot[q] += d
-            ss[q] += d * d
 
 
 def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, aux, ilo, ihi, state):
@@ -782,15 +647,8 @@ if HAVE_NUMBA:
     _kth_distance = _inline(_kth_distance_py)
     _range_std = _jit(_range_std_py)  # rare path: not worth inlining
     _clip_range = _inline(_clip_range_py)
-    # the lane loops are compiled as their own functions: inlined they stayed scalar
-    _mad_pair = _jit(_mad_pair_py)
-    _count_outside = _jit(_count_outside_py)
-    _column_sums = _jit(_column_sums_py)
-    _masked_sum = _jit(_masked_sum_py)
-    _masked_ss = _jit(_masked_ss_py)
+    # the lane loops (lanes.py) are compiled as their own functions: inlined they stayed scalar
     _first_clip = _jit(_first_clip_py)
-    _count_valid = _jit(_count_valid_py)
-    _range_sums = _jit(_range_sums_py)
     _row_variances = _jit(_row_variances_py)
     _median = _jit(_median_py)
     _row_floor = _jit(_row_floor_py)
@@ -799,9 +657,8 @@ if HAVE_NUMBA:
     _combine_kernel = _jit(_combine_kernel_py)
 else:  # pragma: no cover
     _prepare = _sort_columns = _kth_distance = _range_std = _clip_range = _combine_kernel = None
-    _mad_pair = _count_outside = _first_clip = _masked_sum = _masked_ss = None
-    _prepare_u16 = _row_variances = _median = _row_floor = _column_sums = None
-    _finish_chunk = _count_valid = _range_sums = None
+    _first_clip = _prepare_u16 = _row_variances = _median = _row_floor = None
+    _finish_chunk = None
 
 
 def warmup() -> float:

@@ -33,7 +33,7 @@ from .kernels import warmup as _warmup_kernels
 
 #: This module's compiled code calls :mod:`utils.stack.kernels` (see
 #: ``tests/utils/test_numba_cache.py``): the stamp of that file invalidates the cache.
-NUMBA_DEPENDS = {"kernels.py": "b70c995d10e9e5f3"}
+NUMBA_DEPENDS = {"kernels.py": "6e555e9c32d0f4e0"}
 
 #: The key of a missing (saturated) sample.
 KEY_MISSING = 0xFFFF
