@@ -111,8 +111,9 @@ def _key_row_floor_py(keys, c0, width, min_pixels, cons, isum, miss, tot, ss, va
     converting them to float32 first.
 
     The float path's first pass adds integers in float64 (exact: sums < 2**53 in any
-    order), so here they are added as int32 (8 lanes per AVX2 vector instead of 4), the
-    missing keys counted apart; its second pass (squared deviations from the mean, frames
+    order), so here they are added as int32 (8 lanes per AVX2 vector instead of 4; no
+    overflow below 2**15 frames, the int16 counts' limit anyway), the missing keys counted
+    apart; its second pass (squared deviations from the mean, frames
     in order) is the same float64 arithmetic on the same values.  Pixels with a missing
     sample are left out of the median as there (where +inf made the variance inf or NaN).
     ``isum``, ``miss``: int32 scratch, ``tot``, ``ss``, ``var``, ``buf``: float64 scratch,
