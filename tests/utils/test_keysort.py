@@ -144,3 +144,39 @@ def test_key_path_is_taken_only_where_identical(tmp_path, monkeypatch):
         fits.PrimaryHDU(frame).writeto(tmp_path / f"top{i}.fits")
     stacking.combine([tmp_path / f"top{i}.fits" for i in range(nf)], method="sigclip")
     assert len(calls) == n_blocks
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 12, 33, 50])
+def test_key_sort_equals_the_float_network(n):
+    """:func:`keysort._sort_keys` (no scratch store) sorts the key columns as numpy does, and
+    their samples are the float network's sorted samples bit for bit."""
+    keys = _edge_keys(n, 300, 7 * n)
+    lo, hi = kernels.batcher_network(n)
+    x = _samples(keys)
+    kernels._sort_columns(x, lo, hi, 0, 300, np.empty(300, np.float32))
+    got = keys.copy()
+    keysort._sort_keys(got, lo, hi, 0, 300)
+    np.testing.assert_array_equal(got, np.sort(keys, axis=0))
+    np.testing.assert_array_equal(_samples(got).view(np.int32), x.view(np.int32))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 11, 12, 33, 50])
+@pytest.mark.parametrize("missing", [0.0, 0.05, 0.5])
+def test_key_row_floor_equals_the_float_row_floor(n, missing):
+    """The pooled floor from the keys (:func:`keysort._key_row_floor`: integer first pass,
+    missing keys counted apart) is :func:`kernels._row_floor` of their float32 samples, bit
+    for bit: ties, wide values, 0 and 65534, missing samples (pixels left out, down to
+    fewer than ``min_pixels`` complete pixels: 0), odd and even pixel counts."""
+    rng = np.random.default_rng(n + int(100 * missing))
+    for width in (37, 64):
+        keys = _edge_keys(n, width, 3 * n + width)
+        keys[keys == keysort.KEY_MISSING] = 1600
+        keys[rng.random(keys.shape) < missing / n] = keysort.KEY_MISSING
+        keys[:, 3] = keysort.KEY_MISSING
+        x = _samples(keys)
+        scratch = [np.empty(width) for _ in range(4)]
+        iscr = [np.empty(width, np.int32) for _ in range(2)]
+        for min_pixels in (1, 4, 30):
+            ref = kernels._row_floor(x, 0, width, min_pixels, 0.93, *scratch)
+            got = keysort._key_row_floor(keys, 0, width, min_pixels, 0.93, *iscr, *scratch)
+            assert np.float64(got).view(np.int64) == np.float64(ref).view(np.int64)

@@ -859,7 +859,7 @@ def test_compiled_kernel_equals_its_python_source(n, monkeypatch):
         nrej = kernels._combine_kernel(x, npix, lo, hi, method, 3.0, 2.5, 5, 0.5, np.empty(0),
                                        guard, 16, *out, fast, pool if n >= 2 else 0, 0.9, 4)
         compiled.append((nrej, x, *out))
-    for name in ("_sort_columns", "_kth_distance", "_range_std", "_clip_range", "_select_pair",
+    for name in ("_sort_columns", "_kth_distance", "_range_std", "_clip_range", "_mad_pair",
                  "_count_outside", "_column_sums", "_masked_sum", "_masked_ss", "_first_clip",
                  "_row_variances", "_median", "_row_floor", "_finish_chunk", "_combine_kernel"):
         monkeypatch.setattr(kernels, name, getattr(kernels, name + "_py"))

@@ -30,6 +30,22 @@ import time
 
 import numpy as np
 
+from .lanes import (  # noqa: F401  (the _py functions: the interpreted kernels' helpers)
+    _column_sums,
+    _column_sums_py,
+    _count_outside,
+    _count_outside_py,
+    _count_valid,
+    _count_valid_py,
+    _mad_pair,
+    _mad_pair_py,
+    _masked_ss,
+    _masked_ss_py,
+    _masked_sum,
+    _masked_sum_py,
+    _range_sums,
+    _range_sums_py,
+)
 from .networks import batcher_network  # noqa: F401  (re-exported: the kernels' comparators)
 
 try:  # numba is a hard dependency, but keep a working (slower) path without it
@@ -42,6 +58,10 @@ except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_NUMBA
 #: Factor from median absolute deviation to Gaussian sigma, ``1/Phi^-1(3/4)``
 #: (astropy's constant, so clipping bounds agree with ``astropy.stats``).
 MAD_TO_STD = 1.482602218505602
+
+#: The compiled kernels call the lane loops of lanes.py (see ``tests/utils/test_numba_cache.py``):
+#: that file's stamp here invalidates this file's numba cache when it changes.
+NUMBA_DEPENDS = {"lanes.py": "aa239c9a93fbc6be"}
 
 
 # --------------------------------------------------------------------------------------
@@ -246,111 +266,12 @@ def _clip_range_py(x, p, lo, hi, sig_lo, sig_hi, maxiters, min_scale, guard):
 #: pixels do, instead of extra passes over all of them (measured break-even ~1/10).
 SCALAR_FEW = 16
 
-#: Pixels per call of :func:`_first_clip_py` (its float64 scratch is ``(P, FIRST_SUB)``,
-#: ``P`` the power of two >= the frame count: 128 KiB at 64 frames, in L2); at 64 pixels
-#: the lane loops spent more on set-up than they saved in cache (measured).
+#: Pixels per call of :func:`_first_clip_py` (its float64 scratch is ``(8, FIRST_SUB)``); at
+#: 64 pixels the lane loops spent more on set-up than they saved in cache (measured).
 FIRST_SUB = 256
 
 
-def _select_pair_py(work, big, t, size, kth, nxt, tmp):
-    """Ranks ``t`` and ``t + 1`` (0-based) of the bitonic columns ``work[:big, :size]``.
-
-    A half-cleaner (compare-exchange of rows ``i`` and ``i + half``) leaves two
-    bitonic halves with every element of the lower one <= every element of the
-    upper one, so both ranks are found by descending into one half per level;
-    when they fall into different halves, rank ``t`` is the largest of the
-    lower half and ``t + 1`` the smallest of the upper.  ``big - 1``
-    compare-exchanges at most, each a loop over pixels (SIMD).  ``work`` is
-    overwritten; ``tmp``: float64 scratch of ``size`` values.
-    """
-    base = 0
-    length = big
-    while length > 1:
-        half = length // 2
-        for i in range(half):
-            a = work[base + i, :size]
-            b = work[base + i + half, :size]
-            for q in range(size):
-                u = a[q]
-                v = b[q]
-                small = min(u, v)
-                tmp[q] = small  # blocks the masked-store fold (module notes)
-                b[q] = max(u, v)
-                a[q] = small
-        if t + 1 < half:
-            length = half
-        elif t >= half:
-            base += half
-            t -= half
-            length = half
-        else:
-            lo_row = work[base, :size]
-            hi_row = work[base + half, :size]
-            for q in range(size):
-                kth[q] = lo_row[q]
-                nxt[q] = hi_row[q]
-            for i in range(1, half):
-                a = work[base + i, :size]
-                b = work[base + half + i, :size]
-                for q in range(size):
-                    big_q = max(kth[q], a[q])
-                    small_q = min(nxt[q], b[q])
-                    tmp[q] = big_q  # blocks the masked-store fold (module notes)
-                    kth[q] = big_q
-                    nxt[q] = small_q
-            return
-
-
-def _count_outside_py(x, p0, size, m, lower, upper, nlo, nhi):
-    """Sorted rows ``0:m``: ``nlo`` = samples below ``lower``, ``nhi`` = ``m`` - those above."""
-    for q in range(size):
-        nlo[q] = 0
-        nhi[q] = 0  # first the count above
-    for k in range(m):
-        xr = x[k, p0:p0 + size]
-        for q in range(size):
-            v = np.float64(xr[q])
-            nlo[q] += np.int64(v < lower[q])
-            nhi[q] += np.int64(v > upper[q])
-    for q in range(size):  # the scalar walk never crosses (only with negative sigmas)
-        end = m - nhi[q]  # not max(nhi[q], .) over itself: a masked store (module notes)
-        nhi[q] = end if end > nlo[q] else nlo[q]
-
-
-def _column_sums_py(x, p0, width, n, tot, ss):
-    """Two-pass float64 sums of the first ``n`` samples of pixels ``p0:p0+width``, frames in
-    order: ``tot`` their means, ``ss`` the sums of squared deviations from them."""
-    for q in range(width):
-        tot[q] = 0.0
-        ss[q] = 0.0
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            tot[q] += np.float64(xr[q])
-    for q in range(width):
-        tot[q] = tot[q] / n
-    for k in range(n):
-        xr = x[k, p0:p0 + width]
-        for q in range(width):
-            d = np.float64(xr[q]) - tot[q]
-            ss[q] += d * d
-
-
-def _masked_sum_py(xr, k, ilo, ihi, tot):
-    """``tot += xr`` where ``ilo <= k < ihi`` (0.0 added elsewhere: the sum is unchanged)."""
-    for q in range(tot.shape[0]):
-        tot[q] += np.float64(xr[q]) if (k >= ilo[q]) & (k < ihi[q]) else 0.0
-
-
-def _masked_ss_py(xr, k, ilo, ihi, mean, ss):
-    """``ss += (xr - mean)**2`` where ``ilo <= k < ihi``."""
-    for q in range(ss.shape[0]):
-        d = np.float64(xr[q]) - mean[q]
-        ss[q] += d * d if (k >= ilo[q]) & (k < ihi[q]) else 0.0
-
-
-def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, ilo, ihi,
-                   state):
+def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, aux, ilo, ihi, state):
     # ``min_scale`` is here a float64 array, the smallest clipping scale of each pixel
     """First clipping iteration of the sorted columns ``p0:p0+size``, vectorised over pixels.
 
@@ -358,10 +279,10 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
     ``m >= 3``), the first iteration of :func:`_clip_range_py` with
     ``(lo, hi) = (0, m)`` is computed with the same float64 operations in the
     same order, but as loops over pixels (SIMD, no per-pixel branches or
-    gathers): the centre from two rows; the MAD by selecting ranks ``r`` and
-    ``r + 1`` of the distances ``|x - c|`` (from a sorted column they fall then
-    rise: a bitonic sequence, see :func:`_select_pair_py`); the rejected
-    samples by counting; the guard's standard deviation by masked sums.
+    gathers): the centre from two rows; the MAD from ranks ``r`` and ``r + 1`` of
+    the distances ``|x - c|`` (two sorted sequences either side of the centre, see
+    :func:`_mad_pair_py`); the rejected samples by counting; the guard's standard
+    deviation by masked sums.
 
     Writes ``state[q]``: 0 where the iteration rejects nothing (the scalar
     loop stops there: most pixels), 1 where it moved the range to
@@ -370,12 +291,8 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
     differing samples, or (``guard``) with a flagged sample, when at most
     ``size // SCALAR_FEW`` pixels are such; when more, this function does
     it for all of them (the standard deviation of the samples as the scale,
-    the guard's masked sums), the same numbers.  ``work`` is float64 scratch
-    ``(P, size)``, ``P`` the power of two ``>= m``; ``aux`` float64 ``(8, size)``.
+    the guard's masked sums), the same numbers.  ``aux``: float64 scratch ``(8, size)``.
     """
-    big = 1
-    while big < m:
-        big *= 2
     r = (m - 1) // 2
     c = aux[0, :size]
     kth = aux[1, :size]
@@ -389,16 +306,7 @@ def _first_clip_py(x, p0, size, m, sig_lo, sig_hi, min_scale, guard, work, aux, 
     xb = x[m // 2, p0:p0 + size]
     for q in range(size):
         c[q] = 0.5 * (np.float64(xa[q]) + np.float64(xb[q]))
-    for k in range(big):
-        drow = work[k, :size]
-        if k < m:
-            xr = x[k, p0:p0 + size]
-            for q in range(size):
-                drow[q] = abs(np.float64(xr[q]) - c[q])
-        else:
-            for q in range(size):
-                drow[q] = np.inf
-    _select_pair(work, big, r, size, kth, nxt, ss)  # ss: scratch until used below
+    _mad_pair(x, p0, size, m, c, kth, nxt, ss)  # ss: scratch until used below
     first = x[0, p0:p0 + size]
     last = x[m - 1, p0:p0 + size]
     even = m % 2 == 0
@@ -512,10 +420,6 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
     ss = np.zeros(chunk, dtype=np.float64)
     shift = np.zeros(chunk, dtype=np.float64)
     stmp = np.empty(chunk, dtype=np.float32)
-    big = 1
-    while big < n:
-        big *= 2
-    work = np.empty((big, FIRST_SUB), dtype=np.float64)
     aux = np.empty((8, FIRST_SUB), dtype=np.float64)
     ilo = np.zeros(chunk, dtype=np.int64)
     ihi = np.zeros(chunk, dtype=np.int64)
@@ -547,10 +451,7 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
                 hi_a[q] = 0
                 tot[q] = 0.0
                 ss[q] = 0.0
-            for k in range(n):  # valid (finite) samples per pixel
-                row = x[k, p0:p1]
-                for q in range(size):
-                    hi_a[q] += 1 if row[q] < np.inf else 0
+            _count_valid(x, p0, size, hi_a)  # valid (finite) samples per pixel
             if method == 2:
                 for q in range(size):
                     state[q] = 2
@@ -561,7 +462,7 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
                     for s0 in range(0, size, FIRST_SUB):
                         s1 = min(s0 + FIRST_SUB, size)
                         _first_clip(x, p0 + s0, s1 - s0, n, sig_lo, sig_hi, msa[s0:s1], guard,
-                                    work, aux, ilo[s0:s1], ihi[s0:s1], state[s0:s1])
+                                    aux, ilo[s0:s1], ihi[s0:s1], state[s0:s1])
                 for q in range(size):
                     m = hi_a[q]
                     if m == n and state[q] == 0:  # the first iteration kept every sample
@@ -604,12 +505,7 @@ def _combine_kernel_py(x, npix, net_lo, net_hi, method, sig_lo, sig_hi, maxiters
                 for q in range(size):
                     cnt = hi_a[q] - lo_a[q]
                     shift[q] = np.float64(x[lo_a[q] + (cnt - 1) // 2, p0 + q]) if cnt > 0 else 0.0
-                for k in range(n):
-                    row = x[k, p0:p1]
-                    for q in range(size):
-                        d = np.float64(row[q]) - shift[q] if lo_a[q] <= k < hi_a[q] else 0.0
-                        tot[q] += d
-                        ss[q] += d * d
+                _range_sums(x, p0, size, lo_a, hi_a, shift, tot, ss)
                 for q in range(size):  # no conditional stores (module notes)
                     cnt = hi_a[q] - lo_a[q]
                     div = cnt if cnt > 0 else 1  # cnt = 0: sums 0, the values unused
@@ -751,12 +647,7 @@ if HAVE_NUMBA:
     _kth_distance = _inline(_kth_distance_py)
     _range_std = _jit(_range_std_py)  # rare path: not worth inlining
     _clip_range = _inline(_clip_range_py)
-    # the lane loops are compiled as their own functions: inlined they stayed scalar
-    _select_pair = _jit(_select_pair_py)
-    _count_outside = _jit(_count_outside_py)
-    _column_sums = _jit(_column_sums_py)
-    _masked_sum = _jit(_masked_sum_py)
-    _masked_ss = _jit(_masked_ss_py)
+    # the lane loops (lanes.py) are compiled as their own functions: inlined they stayed scalar
     _first_clip = _jit(_first_clip_py)
     _row_variances = _jit(_row_variances_py)
     _median = _jit(_median_py)
@@ -766,8 +657,7 @@ if HAVE_NUMBA:
     _combine_kernel = _jit(_combine_kernel_py)
 else:  # pragma: no cover
     _prepare = _sort_columns = _kth_distance = _range_std = _clip_range = _combine_kernel = None
-    _select_pair = _count_outside = _first_clip = _masked_sum = _masked_ss = None
-    _prepare_u16 = _row_variances = _median = _row_floor = _column_sums = None
+    _first_clip = _prepare_u16 = _row_variances = _median = _row_floor = None
     _finish_chunk = None
 
 

@@ -28,12 +28,12 @@ import time
 
 import numpy as np
 
-from .kernels import HAVE_NUMBA, _combine_kernel, _row_floor, _sort_columns, batcher_network
+from .kernels import HAVE_NUMBA, _combine_kernel, _median, batcher_network
 from .kernels import warmup as _warmup_kernels
 
 #: This module's compiled code calls :mod:`utils.stack.kernels` (see
 #: ``tests/utils/test_numba_cache.py``): the stamp of that file invalidates the cache.
-NUMBA_DEPENDS = {"kernels.py": "9d06e58365e30d07"}
+NUMBA_DEPENDS = {"kernels.py": "6e555e9c32d0f4e0"}
 
 #: The key of a missing (saturated) sample.
 KEY_MISSING = 0xFFFF
@@ -86,6 +86,67 @@ def _keys_to_samples_py(keys, c0, c1, xs, off):
             xr[q] = np.float32(v) if v != KEY_MISSING else inf
 
 
+def _sort_keys_py(keys, lo, hi, c0, c1):
+    """Apply the sorting network (``lo[c] < hi[c]``, in order) to the columns ``c0:c1`` of
+    ``keys`` (uint16, frames in rows).
+
+    :func:`utils.stack.kernels._sort_columns_py` without its scratch store: AVX2 has no
+    masked store of 16-bit lanes, so the min/max written back over their operands stay
+    plain stores (two per compare-exchange instead of three); integers sort to the same
+    columns whatever the network's execution.
+    """
+    for c in range(lo.shape[0]):
+        a_row = keys[lo[c], c0:c1]
+        b_row = keys[hi[c], c0:c1]
+        for q in range(c1 - c0):
+            a = a_row[q]
+            b = b_row[q]
+            a_row[q] = min(a, b)
+            b_row[q] = max(a, b)
+
+
+def _key_row_floor_py(keys, c0, width, min_pixels, cons, isum, miss, tot, ss, var, buf):
+    """:func:`utils.stack.kernels._row_floor_py` of the samples the keys
+    ``keys[:, c0:c0+width]`` (frames in order, unsorted) stand for, the same number, without
+    converting them to float32 first.
+
+    The float path's first pass adds integers in float64 (exact: sums < 2**53 in any
+    order), so here they are added as int32 (8 lanes per AVX2 vector instead of 4; no
+    overflow below 2**15 frames, the int16 counts' limit anyway), the missing keys counted
+    apart; its second pass (squared deviations from the mean, frames
+    in order) is the same float64 arithmetic on the same values.  Pixels with a missing
+    sample are left out of the median as there (where +inf made the variance inf or NaN).
+    ``isum``, ``miss``: int32 scratch, ``tot``, ``ss``, ``var``, ``buf``: float64 scratch,
+    each of ``width`` values.
+    """
+    n = keys.shape[0]
+    for q in range(width):
+        isum[q] = 0
+        miss[q] = 0
+        ss[q] = 0.0
+    for k in range(n):
+        kr = keys[k, c0:c0 + width]
+        for q in range(width):
+            v = kr[q]
+            isum[q] += np.int32(v)
+            miss[q] += np.int32(v == KEY_MISSING)
+    for q in range(width):
+        tot[q] = np.float64(isum[q]) / n
+    for k in range(n):
+        kr = keys[k, c0:c0 + width]
+        for q in range(width):
+            d = np.float64(kr[q]) - tot[q]
+            ss[q] += d * d
+    m = 0
+    for q in range(width):  # branch-free compaction, in pixel order (as _row_variances_py)
+        var[m] = ss[q] / (n - 1)
+        m += miss[q] == 0
+    if m < min_pixels:
+        return 0.0
+    med = _median(var, m, buf)
+    return np.sqrt(max(med, 0.0) / cons)
+
+
 def _combine_keys_py(keys, npix, width, net_lo, net_hi, method, sig_lo, sig_hi, maxiters,
                      min_scale, guard, chunk, out_data, out_noise, out_count, pool_width,
                      pool_cons, pool_min):
@@ -106,11 +167,16 @@ def _combine_keys_py(keys, npix, width, net_lo, net_hi, method, sig_lo, sig_hi, 
     seg = pool_width if pool_width > 0 else max(1, width // chunk) * chunk
     stride = -(-seg // 16) * 16 + 16
     xs = np.empty((n, stride), dtype=np.float32)
-    kchunk = max(32, (KEY_CHUNK_BYTES // (2 * n)) // 32 * 32)
-    ktmp = np.empty(kchunk, dtype=np.uint16)
+    # sorting chunks: the row cut into equal parts of at most KEY_CHUNK_BYTES of keys
+    cmax = max(32, KEY_CHUNK_BYTES // (2 * n))
+    parts = -(-seg // cmax)
+    kchunk = -(-seg // parts)
+    kchunk = -(-kchunk // 16) * 16
     no_net = np.empty(0, dtype=np.int64)
     floor = np.empty(seg if pool_width > 0 else 0, dtype=np.float64)
     pw = max(pool_width, 1)
+    isum = np.empty(pw, dtype=np.int32)
+    miss = np.empty(pw, dtype=np.int32)
     ptot = np.empty(pw, dtype=np.float64)
     pss = np.empty(pw, dtype=np.float64)
     pvar = np.empty(pw, dtype=np.float64)
@@ -119,14 +185,14 @@ def _combine_keys_py(keys, npix, width, net_lo, net_hi, method, sig_lo, sig_hi, 
     for r0 in range(0, npix, seg):
         r1 = min(r0 + seg, npix)
         size = r1 - r0
-        if pool_width > 0:  # the samples in frame order, as the kernel's own row floor
-            _keys_to_samples(keys, r0, r1, xs, 0)
-            f = _row_floor(xs, 0, size, pool_min, pool_cons, ptot, pss, pvar, pbuf)
+        if pool_width > 0:  # from the samples in frame order, as the kernel's own row floor
+            f = _key_row_floor(keys, r0, size, pool_min, pool_cons, isum, miss, ptot, pss,
+                               pvar, pbuf)
             for q in range(size):
                 floor[q] = f
         for c0 in range(r0, r1, kchunk):
             c1 = min(c0 + kchunk, r1)
-            _sort_columns(keys, net_lo, net_hi, c0, c1, ktmp)
+            _sort_keys(keys, net_lo, net_hi, c0, c1)
             _keys_to_samples(keys, c0, c1, xs, c0 - r0)
         nrej += _combine_kernel(xs, size, no_net, no_net, method, sig_lo, sig_hi, maxiters,
                                 min_scale, floor[:size], guard, chunk, out_data[r0:r1],
@@ -155,9 +221,11 @@ if HAVE_NUMBA:
     _jit = njit(nogil=True, cache=True, error_model="numpy")
     _prepare_keys = _jit(_prepare_keys_py)
     _keys_to_samples = _jit(_keys_to_samples_py)
+    _sort_keys = _jit(_sort_keys_py)
+    _key_row_floor = _jit(_key_row_floor_py)
     _combine_keys = _jit(_combine_keys_py)
 else:  # pragma: no cover
-    _prepare_keys = _keys_to_samples = _combine_keys = None
+    _prepare_keys = _keys_to_samples = _combine_keys = _sort_keys = _key_row_floor = None
 
 
 def warmup() -> float:
