@@ -35,8 +35,10 @@ def _index(tmp_path, seed):
 
 def _same_records(a_list, b_list):
     for a, b in zip(a_list, b_list, strict=True):
-        assert (a.key.caltype, a.key.tag, a.status, a.reason, a.path is None, a.worst_frame, a.ncombine) == \
-            (b.key.caltype, b.key.tag, b.status, b.reason, b.path is None, b.worst_frame, b.ncombine)
+        def fields(r):
+            return (r.key.caltype, r.key.tag, r.status, r.reason, r.path is None,
+                    r.worst_frame, r.ncombine)
+        assert fields(a) == fields(b)
         np.testing.assert_array_equal([a.mean, a.median, a.std, a.noise, a.level, a.tavg],
                                       [b.mean, b.median, b.std, b.noise, b.level, b.tavg])
         if a.path is None:
