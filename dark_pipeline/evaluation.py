@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,8 +140,6 @@ class RefitsAhead:
     """
 
     def __init__(self, holdout, labels):
-        from concurrent.futures import ThreadPoolExecutor
-
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="refits")
         self._futures = {label: self._pool.submit(holdout, label) for label in labels}
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from utils import adu
 from utils import headers as kw
 from utils.io.fitsio import provenance_cards, read_pixels, set_card, write_product
 from utils.io.tokens import number_text
+from utils.io.write_behind import WriteBehind
 from utils.memory import release_free_memory
 from utils.models.linear import fit_line_per_pixel
 from utils.stack.stats import chi2_median_ratio, exact_median
@@ -474,27 +474,21 @@ def rate_maps(stack: SignalStack, out_dir: Path, adc_bits: int, files: list) -> 
     """
     out: list[RateMap] = []
 
-    def written(r: RateMap, writing) -> None:
-        path = writing.result()
+    def write(r: RateMap) -> None:  # in the writer's thread, one map after the other
+        path = write_rate(r, rate_file(out_dir / RATE_FOLDER, r.temperature), adc_bits)
         files.append(path)
         out.append(replace(r, rate=None, rate_err=None, offset=None, offset_err=None,
                            chi2dof=None, nexp=None, path=path))
 
-    with ThreadPoolExecutor(1, thread_name_prefix="ratewrite") as writer:
-        pending = None
+    with WriteBehind(depth=1) as writer:
         for idx in stack.groups().values():
             r = measure_rate(stack, idx)
-            if pending is not None:
-                written(*pending)
-                pending = None
-                release_free_memory()  # the written maps: not kept resident under the next
-            pending = (r, writer.submit(write_rate, r, rate_file(out_dir / RATE_FOLDER,
-                                                                 r.temperature), adc_bits))
+            writer.drain()  # the previous map written (its error raised here) ...
+            release_free_memory()  # ... and its memory returned before this one is held
+            writer.submit(lambda r=r: write(r))
             del r
-        if pending is not None:
-            written(*pending)
-            pending = None
-            release_free_memory()
+        writer.drain()
+    release_free_memory()
     return out
 
 
