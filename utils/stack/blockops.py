@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .kernels import HAVE_NUMBA
+from .kernels import HAVE_NUMBA, _prepare, _prepare_u16
 
 #: Standard error of a median relative to sigma/sqrt(N), Gaussian samples: sqrt(pi/2).
 MEDIAN_ERROR_FACTOR = math.sqrt(math.pi / 2)
@@ -112,6 +112,47 @@ class LinearRows:
 
 
 _NO_OFFSET = np.empty(0, dtype=np.float32)
+
+
+_NO_ROWS = np.empty(0, dtype=np.float64)
+
+
+def prepare_frame(source, i: int, start: int, stop: int, row: np.ndarray, *, raw_buf,
+                  subtract, common_sub, sub_buf, linear: bool, scale: float,
+                  saturation: float, nsat: np.ndarray, prepare=None) -> int:
+    """Rows ``start:stop`` of input ``i`` of ``source`` into the kernel's samples ``row``
+    (float32: minus the subtracted rows, times ``scale``; saturated or missing = +inf);
+    returns the frame's saturated samples (counted per pixel into ``nsat`` too).
+
+    The one preparation of a frame's block, for :func:`utils.stack.combine.combine` and
+    :func:`utils.stack.subsets.combine_subsets`.  ``raw_buf``: a byte buffer when the stored
+    unsigned 16-bit bytes are converted straight into ``row`` (None: ``source.read``);
+    ``subtract``: None, an image (its rows ``common_sub``, float64, converted once per
+    block), a :class:`LinearRows` (``linear``: evaluated per pixel in the conversion, or
+    into ``sub_buf``) or a callable ``subtract(i, start, stop)``; ``prepare``: the float
+    preparation (default the compiled one)."""
+    width = source.shape[1]
+    if raw_buf is None:
+        source.read(i, start, stop, row.reshape(stop - start, width))
+    elif linear:  # bytes, bias model (+ dark), scale: one pass
+        return subtract.prepare_u16(i, start, stop, source.read_bytes(i, start, stop, raw_buf),
+                                    row, scale, saturation, nsat)
+    if subtract is None:
+        sub = _NO_ROWS
+    elif isinstance(subtract, np.ndarray):
+        sub = common_sub
+    elif linear:
+        sub = subtract.evaluate(i, start, stop, sub_buf)
+    else:
+        sub = np.ascontiguousarray(subtract(i, start, stop), dtype=np.float64)
+        if sub.shape != (stop - start, width):
+            raise ValueError(f"subtract({i}, {start}, {stop}) returned shape "
+                             f"{sub.shape}, expected {(stop - start, width)}")
+        sub = sub.reshape(-1)
+    if raw_buf is not None:
+        return _prepare_u16(source.read_bytes(i, start, stop, raw_buf), row, sub, scale,
+                            saturation, nsat)
+    return (prepare or _prepare)(row, sub, scale, saturation, nsat)
 
 
 def _linear_rows_py(a, b, coef, offset, out):

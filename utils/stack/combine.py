@@ -100,6 +100,7 @@ from .blockops import (  # noqa: F401 - the flag bits and factor are re-exported
     LinearRows,
     _finish_block,
     _finish_block_numpy,
+    prepare_frame,
     valid_values,
 )
 from .blockops import warmup as _warmup_blockops
@@ -108,7 +109,6 @@ from .kernels import (
     MAD_TO_STD,  # noqa: F401 - re-exported with the engine's constants
     _combine_kernel,
     _prepare,
-    _prepare_u16,
     batcher_network,
 )
 from .kernels import warmup as _warmup_kernels
@@ -637,6 +637,7 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
         # C-contiguous (n, stride) view: a single kernel signature whatever the block
         x = buf[: n * stride].reshape(n, stride)
         frame_sat = np.zeros(n, dtype=np.int64)
+        common_sub = sub_buf = None
         if isinstance(subtract, np.ndarray):  # the same rows for every frame: convert once
             common_sub = np.ascontiguousarray(subtract[start:stop], dtype=np.float64).reshape(-1)
         raw_buf = None
@@ -648,34 +649,13 @@ def combine(inputs: Sequence, *, method: str = "sigclip",
             sub_buf = getattr(local, "sub", None)
             if sub_buf is None or sub_buf.size < npix:
                 sub_buf = local.sub = np.empty(plan.rows * width, dtype=np.float64)
+        prep = _prepare if use_numba else _prepare_numpy
         for i in range(n):
-            row = x[i, :npix]
-            if raw_buf is None:
-                source.read(i, start, stop, row.reshape(stop - start, width))
-            fscale = 1.0 if scale is None else float(scale[i])
-            if linear and raw_buf is not None:  # bytes, bias model (+ dark), scale: one pass
-                frame_sat[i] = subtract.prepare_u16(i, start, stop,
-                                                    source.read_bytes(i, start, stop, raw_buf),
-                                                    row, fscale, sat_level, block_nsat)
-                continue
-            if subtract is None:
-                sub = empty_sub
-            elif isinstance(subtract, np.ndarray):
-                sub = common_sub
-            elif linear:
-                sub = subtract.evaluate(i, start, stop, sub_buf)
-            else:
-                sub = np.ascontiguousarray(subtract(i, start, stop), dtype=np.float64)
-                if sub.shape != (stop - start, width):
-                    raise ValueError(f"subtract({i}, {start}, {stop}) returned shape "
-                                     f"{sub.shape}, expected {(stop - start, width)}")
-                sub = sub.reshape(-1)
-            if raw_buf is not None:
-                frame_sat[i] = _prepare_u16(source.read_bytes(i, start, stop, raw_buf), row, sub,
-                                            fscale, sat_level, block_nsat)
-            else:
-                prep = _prepare if use_numba else _prepare_numpy
-                frame_sat[i] = prep(row, sub, fscale, sat_level, block_nsat)
+            frame_sat[i] = prepare_frame(
+                source, i, start, stop, x[i, :npix], raw_buf=raw_buf, subtract=subtract,
+                common_sub=common_sub, sub_buf=sub_buf, linear=linear,
+                scale=1.0 if scale is None else float(scale[i]), saturation=sat_level,
+                nsat=block_nsat, prepare=prep)
         if use_numba:  # the pooled floor, if any, is computed by the kernel, row by row
             nrej = _combine_kernel(x, npix, net_lo, net_hi, code, float(sigma_low),
                                    float(sigma_high), maxiters, float(min_scale), empty_sub,

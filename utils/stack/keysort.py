@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from ..errors import FrameError
 from .kernels import HAVE_NUMBA, _combine_kernel, _median, batcher_network
 from .kernels import warmup as _warmup_kernels
 
@@ -200,16 +201,30 @@ def _combine_keys_py(keys, npix, width, net_lo, net_hi, method, sig_lo, sig_hi, 
     return nrej
 
 
-def read_keys(source, start, stop, keys, raw_buf, saturation, nsat):
+def read_keys(source, start, stop, keys, raw_buf, saturation, nsat, failed=None):
     """Rows ``start:stop`` of every input of ``source`` (``read_bytes(i, start, stop, buf)``,
     FITS ``uint16``) into ``keys[i, :npix]`` by :func:`_prepare_keys`; returns the saturated
     samples per input (int64), or None when a valid sample equals ``KEY_MISSING`` (the
     block must then be stacked by the float path; ``nsat`` is untouched in that case, as
-    nothing saturates with a level above 65535)."""
+    nothing saturates with a level above 65535).
+
+    ``nsat``: the per-pixel saturation counts of every input, or a list of one count array
+    per input (:func:`utils.stack.subsets.combine_subsets` counts each input in its
+    subset's).  ``failed``: when a dict, the :class:`~utils.errors.FrameError` of an input
+    that cannot be read is kept there under its index and the input skipped (0 saturated);
+    else it is raised."""
     frame_sat = np.zeros(keys.shape[0], dtype=np.int64)
+    per_input = isinstance(nsat, list)
     for i in range(keys.shape[0]):
-        raw = source.read_bytes(i, start, stop, raw_buf)
-        frame_sat[i], clash = _prepare_keys(raw, keys[i, :raw.shape[0] // 2], saturation, nsat)
+        try:
+            raw = source.read_bytes(i, start, stop, raw_buf)
+        except FrameError as err:
+            if failed is None:
+                raise
+            failed[i] = err
+            continue
+        frame_sat[i], clash = _prepare_keys(raw, keys[i, :raw.shape[0] // 2], saturation,
+                                            nsat[i] if per_input else nsat)
         if clash:
             return None
     return frame_sat

@@ -34,11 +34,11 @@ import numpy as np
 from ..errors import FrameError
 from ..progress import progress
 from . import combine as _stacking
-from .blockops import LinearRows, _finish_block
+from .blockops import LinearRows, _finish_block, prepare_frame
 from .blockops import warmup as _warmup_blockops
-from .kernels import HAVE_NUMBA, _combine_kernel, _prepare, _prepare_u16, batcher_network
+from .kernels import HAVE_NUMBA, _combine_kernel, batcher_network
 from .kernels import warmup as _warmup_kernels
-from .keysort import _combine_keys, _keys_to_samples, _prepare_keys, warmup_keys
+from .keysort import _combine_keys, _keys_to_samples, read_keys, warmup_keys
 from .master_header import _build_header, _inputs_table
 from .pooled_floor import POOL_MIN_PIXELS
 from .stats import chi2_median_ratio
@@ -313,7 +313,7 @@ class _Shared:
         return [item[1] for item in out]
 
     def _read_keys(self, start, stop, npix, nsat, frame_sat, failed):
-        # keysort.read_keys, frame by frame, each frame's saturation counted in its class
+        # keysort.read_keys, each frame's saturation counted in its class
         local = _stacking._BUFFERS
         n, width = self.n, self.width
         kstride = -(-npix // 32) * 32 + 32
@@ -324,17 +324,12 @@ class _Shared:
         raw_buf = self._raw(npix)
         keys = keys[: n * kstride].reshape(n, kstride)
         empty = np.empty(0, dtype=np.int16)
-        for i in range(n):
-            try:
-                raw = self.source.read_bytes(i, start, stop, raw_buf)
-            except FrameError as err:
-                failed[i] = err
-                continue
-            frame_sat[i], clash = _prepare_keys(
-                raw, keys[i, :npix], self.sat_level,
-                nsat[self.owner[i]] if nsat is not None else empty)
-            if clash:  # a valid 65535: the float path (nothing saturates then)
-                return None
+        counts = [nsat[self.owner[i]] if nsat is not None else empty for i in range(n)]
+        done = read_keys(self.source, start, stop, keys, raw_buf, self.sat_level, counts,
+                         failed)
+        if done is None:  # a valid 65535: the float path (nothing saturates then)
+            return None
+        frame_sat[:] = done
         return keys
 
     def _raw(self, npix):
@@ -355,6 +350,7 @@ class _Shared:
                                        dtype=np.float32)
         x = buf[: n * stride].reshape(n, stride)
         subtract = self.subtract
+        common_sub = sub_buf = None
         if isinstance(subtract, np.ndarray):
             common_sub = np.ascontiguousarray(subtract[start:stop], dtype=np.float64).reshape(-1)
         raw_buf = self._raw(npix) if self.direct_u16 else None
@@ -362,36 +358,17 @@ class _Shared:
             sub_buf = getattr(local, "sub", None)
             if sub_buf is None or sub_buf.size < npix:
                 sub_buf = local.sub = np.empty(self.plan.rows * width, dtype=np.float64)
-        empty_sub = np.empty(0, dtype=np.float64)
         empty = np.empty(0, dtype=np.int16)
         for i in range(n):
-            row = x[i, :npix]
-            block_nsat = nsat[self.owner[i]] if nsat is not None else empty
-            fscale = 1.0 if self.scale is None else float(self.scale[i])
             try:
-                if raw_buf is None:
-                    self.source.read(i, start, stop, row.reshape(stop - start, width))
-                else:
-                    raw = self.source.read_bytes(i, start, stop, raw_buf)
+                frame_sat[i] = prepare_frame(
+                    self.source, i, start, stop, x[i, :npix], raw_buf=raw_buf,
+                    subtract=subtract, common_sub=common_sub, sub_buf=sub_buf,
+                    linear=self.linear, scale=1.0 if self.scale is None else float(self.scale[i]),
+                    saturation=self.sat_level,
+                    nsat=nsat[self.owner[i]] if nsat is not None else empty)
             except FrameError as err:
                 failed[i] = err
-                continue
-            if self.linear and raw_buf is not None:
-                frame_sat[i] = subtract.prepare_u16(i, start, stop, raw, row, fscale,
-                                                    self.sat_level, block_nsat)
-                continue
-            if subtract is None:
-                sub = empty_sub
-            elif isinstance(subtract, np.ndarray):
-                sub = common_sub
-            elif self.linear:
-                sub = subtract.evaluate(i, start, stop, sub_buf)
-            else:  # (not fusable) rows of the callable, as combine calls it
-                sub = np.ascontiguousarray(subtract(i, start, stop), dtype=np.float64).reshape(-1)
-            if raw_buf is not None:
-                frame_sat[i] = _prepare_u16(raw, row, sub, fscale, self.sat_level, block_nsat)
-            else:
-                frame_sat[i] = _prepare(row, sub, fscale, self.sat_level, block_nsat)
         return x
 
     def _kernel(self, m, x, npix, out_d, out_n, out_c):
