@@ -13,7 +13,10 @@ each (520 frames, 1.04 GiB of raw) -- then, page cache warm:
   stage: conversion, index, masters (``analysis.process_index``), bias pipeline, gain,
   dark pipeline, flat pipeline, report.  Stage peaks are sampled every 20 ms from
   ``/proc``: the run's own process, and it with its figure-drawing children; the run's
-  overall peak is ``getrusage(RUSAGE_CHILDREN)`` (its largest process).
+  overall peak is ``getrusage(RUSAGE_CHILDREN)`` (its largest process).  Each stage's CPU
+  time [s] too: the run's process (all its threads), and it with the figure process's work
+  done during the stage (user + system, from ``/proc``), which shows how busy the two cores
+  were (CPU / wall).
 
 Prints one table, the ratio of the end-to-end wall time to the raw-read floor, then the
 **write floor** (writing as many bytes as the run wrote -- products and converted frames -- as
@@ -84,6 +87,29 @@ def rss_tree():
             pass
     return total
 
+def cpu_tree():
+    # user + system CPU [s] of this process and its live children (the figure process)
+    total = 0
+    pids = [os.getpid()]
+    seen = set()
+    while pids:
+        pid = pids.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / TICKS
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
 def rss_main():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
@@ -103,13 +129,15 @@ numbers = {}
 def timed(name, fn):
     def wrapper(*args, **kwargs):
         state["peak"], state["main"] = rss_tree(), rss_main()
-        t0 = time.perf_counter()
+        t0, c0, m0 = time.perf_counter(), cpu_tree(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
-            entry = numbers.setdefault(name, {"wall_s": 0.0, "peak_rss_mb": 0.0,
-                                              "peak_main_mb": 0.0})
+            entry = numbers.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0, "cpu_main_s": 0.0,
+                                              "peak_rss_mb": 0.0, "peak_main_mb": 0.0})
             entry["wall_s"] += time.perf_counter() - t0
+            entry["cpu_s"] += cpu_tree() - c0
+            entry["cpu_main_s"] += time.process_time() - m0
             entry["peak_rss_mb"] = max(entry["peak_rss_mb"], state["peak"] / 2**20)
             entry["peak_main_mb"] = max(entry["peak_main_mb"], state["main"] / 2**20)
     return wrapper
@@ -271,11 +299,14 @@ def main(argv=None) -> int:
     run = run_campaign(dataset, out, args)
     rows = [(name, run["stages"].get(name, {})) for name, _, _ in STAGES]
     # peak RSS of the run's own process, and of it with its children (the figure renderer)
-    print(f"{'stage':<10} {'wall [s]':>9} {'peak RSS [MB]':>14} {'with children':>14}")
+    # CPU: the run's process (all threads), and with the figure process's work in the stage
+    print(f"{'stage':<10} {'wall [s]':>9} {'peak RSS [MB]':>14} {'with children':>14} "
+          f"{'CPU [s]':>8} {'with children':>14}")
     for name, entry in rows:
         if entry:
             print(f"{name:<10} {entry['wall_s']:9.2f} {entry.get('peak_main_mb', 0):14.0f} "
-                  f"{entry['peak_rss_mb']:14.0f}")
+                  f"{entry['peak_rss_mb']:14.0f} {entry.get('cpu_main_s', 0):8.1f} "
+                  f"{entry.get('cpu_s', 0):14.1f}")
     ratio = run["wall_s"] / floor
     print(f"{'total':<10} {run['wall_s']:9.2f} {run['peak_rss_mb']:14.0f}   "
           f"(cpu {run['cpu_s']:.1f} s; {ratio:.0f}x the raw-read floor)")
