@@ -76,7 +76,12 @@ SHARE_READS = True
 #: each: about six masters' images exist at once instead of two when stacked in turn.
 #: 1024 x 1024 with 2 attempts (2 x 3 masters, 94 MB) shares its reads; 2048 x 2048 (377 MB)
 #: stacks in turn, its peak unchanged (with units of 3 finished one master at a time, four
-#: masters' images: its darks stage alone 616 -> 727 MB resident).
+#: masters' images: its darks stage alone 616 -> 727 MB resident).  Not tied to
+#: ``memory_limit`` (1e9: 2048 x 2048 would share): at 2048 x 2048 the stage is bound by the
+#: write-behind thread (~35 of ~42 s busy: FITS writes 18-20 s, header statistics 8-10 s), so
+#: one read per unit saved no CPU or time there (page cache warm), only cost memory or time:
+#: two units in flight 757-789 -> 883 MB (stage alone); units stacked once at most one master
+#: before them is unwritten (k + 1 masters' images) +2..+8 s wall, +35-50 MB (session 34).
 SHARE_IMAGE_BYTES = 100e6
 #: Bytes per pixel of a master's images while stacked: data, noise, stderr (float32),
 #: count (int16), flags (uint8).
