@@ -136,8 +136,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
             candidate[a:b] = cand
     ahead = _SampleAhead(P, n) if len(tiles.ranges) > 1 else None
     kept = _FallbackPoints()  # the points of the pixels the fallback pass will fit
-    for a, b in ([] if scheduler.current().remote else tiles.ranges):
-        y_raw, s_raw, c_raw = tiles.read(a, b)
+    for (a, b), (y_raw, s_raw, c_raw) in read_ahead(
+            tiles, [] if scheduler.current().remote else tiles.ranges):
         y_t = _float_array(y_raw).reshape(n, -1)
         s_t = _float_array(s_raw).reshape(n, -1)
         out = tile_outputs(maps, a, b, P)
@@ -176,7 +176,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
                      np.empty((p, p, at.size), np.float32), np.empty(at.size, np.float32),
                      np.empty((p, at.size), np.float32))
             _run_chunks(lambda i, j: _nb_fallback(y_c, s_c, i, j, c_status, c_npts, *fixed,
-                                                  *c_out), at.size, _NL_CHUNK, workers)
+                                                  *c_out), at.size,
+                        balanced_chunk(at.size, _NL_CHUNK, workers), workers)
             at = at + a
             A[at], theta[:, at], cov[:, :, at], chi2[at] = c_out[:4]
             continue
@@ -188,7 +189,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         t_errs = np.empty((p, b - a), np.float32)  # made from the covariance below
         _run_chunks(lambda i, j: _nb_fallback(y_t, s_t, i, j, t_status, t_npts, *fixed, t_A,
                                               t_theta, t_cov, t_chi2, t_errs),
-                    b - a, _NL_CHUNK, workers)
+                    b - a, balanced_chunk(b - a, _NL_CHUNK, workers), workers)
         store_tile(maps, out, a, b, P)
     # the error maps: sqrt of the float32 covariance's diagonal, as both kernels compute them
     # (made now, not held through the population and fallback passes: 3 maps at 2-D)
@@ -331,7 +332,41 @@ def _first_pass_numba(design, y2, s2, min_snr, max_iter, tol, workers, outputs):
     _run_chunks(lambda a, b: _nb_nl_kernel(y2, s2, a, b, z, zz, gid, uz, ngrp, umax, fact,
                                            float(min_snr), int(max_iter), float(tol),
                                            A, theta, cov, chi, npts, status, chi2, errs),
-                y2.shape[1], _NL_CHUNK, workers)
+                y2.shape[1], balanced_chunk(y2.shape[1], _NL_CHUNK, workers), workers)
+
+
+def balanced_chunk(total: int, chunk: int, workers: int) -> int:
+    """Chunk size for ``total`` pixels on ``workers`` threads: at most ``chunk``, for a
+    multiple of ``workers`` chunks of (nearly) equal size, so that no thread runs the last
+    chunk alone (a row tile of the 2-D fit, 49152 pixels, was 3 chunks of 16384 on 2
+    threads: one thread idle for a third of the tile).  Per-pixel kernels give the same
+    numbers whatever the chunks."""
+    if total <= 0:
+        return max(1, chunk)
+    workers = max(1, int(workers))
+    count = -(-total // max(1, chunk))
+    count = -(-count // workers) * workers
+    return max(1, -(-total // count))
+
+
+def read_ahead(tiles: PixelTiles, ranges=None):
+    """``((a, b), tiles.read(a, b))`` of every range of ``ranges`` (default the tiles'), in
+    order, the next range read by one helper thread while the caller works on the current
+    one (at most two tiles' points held: the one yielded and the one being read).  One
+    range: read by the calling thread.  A tile read (masters' rows, their noise-model
+    errors) was one core's work between the fit kernels' two-thread passes."""
+    ranges = list(tiles.ranges if ranges is None else ranges)
+    if len(ranges) < 2:
+        for a, b in ranges:
+            yield (a, b), tiles.read(a, b)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="tile-read") as pool:
+        pending = pool.submit(tiles.read, *ranges[0])
+        for i, at in enumerate(ranges):
+            got = pending.result()
+            pending = pool.submit(tiles.read, *ranges[i + 1]) if i + 1 < len(ranges) else None
+            yield at, got
+            del got
 
 
 @dataclass
