@@ -31,7 +31,7 @@ from utils.models.nonlinear import (
     PowerExponentialFit,
     balanced_chunk,
     fit_power_exponential_per_pixel,
-    read_ahead,
+    read_beside,
 )
 from utils.models.pixel_tiles import PixelTiles
 from utils.stack.stats import exact_median
@@ -420,14 +420,13 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
     design = np.ascontiguousarray(design, dtype=np.float64)
     workers = 2
     ranges = [(a, b) for a, b in tiles.ranges if ok_all[a:b].any()]
+    fixed = (a_all, g_all, b_all, ok_all, lnt1, dT1, design)
     # one pool for every tile; the next tile read while this one's blocks run; blocks of
     # equal size, a multiple of the threads (a 49152-pixel tile was 3 blocks on 2 threads)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # the kernel releases the GIL
-        for (a, b), (_, sigma, cd) in read_ahead(tiles, ranges):
-            _covariance_tile(pool, a, b, sigma, cd, balanced_chunk(b - a, block, workers),
-                             (a_all, g_all, b_all, ok_all, lnt1, dT1, design), flat,
-                             gain_out)
-            del sigma, cd
+        read_beside(tiles, ranges, lambda at, got: _covariance_tile(
+            pool, at[0], at[1], got[1], got[2], balanced_chunk(at[1] - at[0], block, workers),
+            fixed, flat, gain_out))
     if out is not None and target is not out:
         out += target
         return out

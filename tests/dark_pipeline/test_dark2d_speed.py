@@ -1,8 +1,8 @@
 """dark2d (session 34): the 2-D fit's and its leave-one-temperature-out refits' speed-ups
 give the former numbers bit for bit: the refits' points read once for all of them
 (:class:`dark_pipeline.model_2d.SamplePoints`), balanced kernel chunks
-(:func:`utils.models.nonlinear.balanced_chunk`) and the next tile read ahead
-(:func:`utils.models.nonlinear.read_ahead`)."""
+(:func:`utils.models.nonlinear.balanced_chunk`) and the next tile read beside the kernels'
+pass on the one before (:func:`utils.models.nonlinear.read_beside`)."""
 
 from __future__ import annotations
 
@@ -110,35 +110,46 @@ def test_fits_do_not_depend_on_the_kernel_chunks(masters_and_bias, monkeypatch):
                                           err_msg=name)
 
 
-def test_read_ahead_reads_every_range_once_in_order():
-    """The reads of the ranges, in order, each once; the next one by the helper thread (of
-    several ranges), at most one ahead of the range the caller holds."""
+def test_read_beside_reads_every_range_once_in_order():
+    """Every range read once, in order, by the calling thread; its work done by the helper
+    thread and its result handed back in order; the next range read before the work on the
+    one before is collected (at most two tiles held)."""
     y = np.arange(40.0).reshape(2, 20)
     log = []
-    held = []
+    caller = threading.current_thread().name
 
     def read(a, b):
-        log.append((a, b, threading.current_thread().name, len(held)))
+        log.append(("read", a, threading.current_thread().name))
         return y[:, a:b], y[:, a:b] + 1, None
-    ranges = [(0, 5), (5, 9), (9, 20)]
-    tiles = PixelTiles(2, (20,), ranges, read)
+
+    def work(at, got):
+        log.append(("work", at[0], threading.current_thread().name))
+        return float(got[0].sum() + got[1].sum())
+
     got = []
-    for at, (yt, st, ct) in nonlinear.read_ahead(tiles):
-        held.append(at)
-        got.append((at, yt.copy(), st.copy(), ct))
-        held.pop()
+
+    def after(at, points, result):
+        log.append(("after", at[0], threading.current_thread().name))
+        got.append((at, points[0].copy(), result))
+    ranges = [(0, 5), (5, 9), (9, 20)]
+    nonlinear.read_beside(PixelTiles(2, (20,), ranges, read), ranges, work, after)
     assert [g[0] for g in got] == ranges
-    for (a, b), yt, st, ct in got:
+    for (a, b), yt, result in got:
         np.testing.assert_array_equal(yt, y[:, a:b])
-        np.testing.assert_array_equal(st, y[:, a:b] + 1)
-        assert ct is None
-    assert [entry[:2] for entry in log] == ranges
-    assert all(name.startswith("tile-read") for _, _, name, _ in log)
-    one = PixelTiles(2, (20,), [(0, 20)], read)
+        assert result == y[:, a:b].sum() * 2 + y[:, a:b].size
+    assert [e[:2] for e in log if e[0] == "read"] == [("read", a) for a, _ in ranges]
+    assert all(e[2] == caller for e in log if e[0] != "work")
+    assert all(e[2].startswith("tile-work") for e in log if e[0] == "work")
+    reads = [i for i, e in enumerate(log) if e[0] == "read"]
+    afters = [i for i, e in enumerate(log) if e[0] == "after"]
+    assert reads[1] < afters[0] and reads[2] < afters[1]  # one read ahead, not more
+    assert afters[0] < reads[2]
     log.clear()
-    assert [at for at, _ in nonlinear.read_ahead(one)] == [(0, 20)]
-    assert log[0][2] == threading.current_thread().name
-    # an error of a read is raised to the caller
-    bad = PixelTiles(2, (20,), ranges, lambda a, b: 1 / 0)
+    nonlinear.read_beside(PixelTiles(2, (20,), [(0, 20)], read), [(0, 20)], work, after)
+    assert all(e[2] == caller for e in log)
+    # an error of a read or of a work is raised to the caller
     with pytest.raises(ZeroDivisionError):
-        list(nonlinear.read_ahead(bad))
+        nonlinear.read_beside(PixelTiles(2, (20,), ranges, lambda a, b: 1 / 0), ranges, work)
+    with pytest.raises(ZeroDivisionError):
+        nonlinear.read_beside(PixelTiles(2, (20,), ranges, read), ranges,
+                              lambda at, got: 1 / 0)

@@ -136,19 +136,24 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
             candidate[a:b] = cand
     ahead = _SampleAhead(P, n) if len(tiles.ranges) > 1 else None
     kept = _FallbackPoints()  # the points of the pixels the fallback pass will fit
-    for (a, b), (y_raw, s_raw, c_raw) in read_ahead(
-            tiles, [] if scheduler.current().remote else tiles.ranges):
-        y_t = _float_array(y_raw).reshape(n, -1)
-        s_t = _float_array(s_raw).reshape(n, -1)
+
+    def first_pass(at, got):  # the kernels' pass over a tile, in a helper thread
+        a, b = at
+        y_t = _float_array(got[0]).reshape(n, -1)
+        s_t = _float_array(got[1]).reshape(n, -1)
         out = tile_outputs(maps, a, b, P)
         _first_pass_numba(design, y_t, s_t, min_snr, max_iter, tol, workers,
                           _with_scratch(out, b - a, p))
+        return y_t, s_t, out
+
+    def keep(at, got, result):  # its results and sample kept by the calling thread
+        (a, b), (y_t, s_t, out) = at, result
         store_tile(maps, out, a, b, P)
         candidate[a:b] = joint_candidates((np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0))
         if ahead is not None:
-            ahead.add(y_raw, s_raw, c_raw, candidate[a:b])
+            ahead.add(*got, candidate[a:b])
             kept.add(a, b, y_t, s_t, out[4], out[3])
-        del y_raw, s_raw, c_raw
+    read_beside(tiles, [] if scheduler.current().remote else tiles.ranges, first_pass, keep)
     well = status == _CONVERGED
     if q > 1 and workers > 1:  # the kernels release the GIL
         with ThreadPoolExecutor(max_workers=q) as pool:
@@ -349,24 +354,36 @@ def balanced_chunk(total: int, chunk: int, workers: int) -> int:
     return max(1, -(-total // count))
 
 
-def read_ahead(tiles: PixelTiles, ranges=None):
-    """``((a, b), tiles.read(a, b))`` of every range of ``ranges`` (default the tiles'), in
-    order, the next range read by one helper thread while the caller works on the current
-    one (at most two tiles' points held: the one yielded and the one being read).  One
-    range: read by the calling thread.  A tile read (masters' rows, their noise-model
-    errors) was one core's work between the fit kernels' two-thread passes."""
-    ranges = list(tiles.ranges if ranges is None else ranges)
+def read_beside(tiles: PixelTiles, ranges, work, after=None) -> None:
+    """For every range ``at`` of ``ranges``, in order: ``got = tiles.read(*at)`` by the
+    calling thread, ``result = work(at, got)`` by one helper thread (e.g. a fit kernel's
+    pass on its own pool), then ``after(at, got, result)`` by the calling thread; the next
+    range is read while ``work`` runs on the one before (at most two tiles' points held).
+    A tile read (masters' rows, their noise-model errors) was one core's work between the
+    kernels' two-thread passes.  The reads' arrays are allocated by the calling thread (in
+    its malloc arena, which the later steps reuse; a helper thread's freed memory stays
+    resident in its own).  One range: all by the calling thread."""
+    ranges = list(ranges)
+    after = after or (lambda at, got, result: None)
     if len(ranges) < 2:
-        for a, b in ranges:
-            yield (a, b), tiles.read(a, b)
+        for at in ranges:
+            got = tiles.read(*at)
+            after(at, got, work(at, got))
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="tile-read") as pool:
-        pending = pool.submit(tiles.read, *ranges[0])
-        for i, at in enumerate(ranges):
-            got = pending.result()
-            pending = pool.submit(tiles.read, *ranges[i + 1]) if i + 1 < len(ranges) else None
-            yield at, got
+    with ThreadPoolExecutor(1, thread_name_prefix="tile-work") as pool:
+        previous = None
+        for at in ranges:
+            got = tiles.read(*at)
+            if previous is not None:
+                p_at, p_got, p_work = previous
+                previous = None
+                after(p_at, p_got, p_work.result())
+                del p_got
+            previous = (at, got, pool.submit(work, at, got))
             del got
+        p_at, p_got, p_work = previous
+        del previous
+        after(p_at, p_got, p_work.result())
 
 
 @dataclass
