@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,12 @@ from utils import headers as kw
 from utils.errors import UserError
 from utils.io.fitsio import write_product
 from utils.models.dark_model import read_power_exponential_fit
-from utils.models.nonlinear import PowerExponentialFit, fit_power_exponential_per_pixel
+from utils.models.nonlinear import (
+    PowerExponentialFit,
+    balanced_chunk,
+    fit_power_exponential_per_pixel,
+    read_beside,
+)
 from utils.models.pixel_tiles import PixelTiles
 from utils.stack.stats import exact_median
 from utils.stack.tiles import ProductRows
@@ -400,8 +406,6 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
     for fallback pixels): how the parameters follow the shared error, for
     :func:`shared_bias_covariance`.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     shape = fit.amplitude.shape
     npix = int(np.prod(shape))
     # written in place: ``out`` itself when it is contiguous (reshape is then a view)
@@ -414,42 +418,61 @@ def correlated_error_covariance(fit: PowerExponentialFit, temps: np.ndarray, exp
     ok_all = (~fit.fallback).reshape(-1) & np.isfinite(a_all) & (a_all != 0)
     lnt1, dT1 = np.log(exps).astype(np.float64), (temps - fit.t_ref).astype(np.float64)
     design = np.ascontiguousarray(design, dtype=np.float64)
-    for a, b in tiles.ranges:
-        if not ok_all[a:b].any():
-            continue
-        _, sigma, cd = tiles.read(a, b)
-        s_t = sigma.reshape(sigma.shape[0], -1)
-        c_t = cd.reshape(cd.shape[0], cd.shape[1], -1)
-
-        def one(start, a=a, b=b, s_t=s_t, c_t=c_t):
-            # float64 copies of a block only (the kernel's arithmetic), not of the frame
-            sl = slice(start, min(start + block, b - a))
-            gl = slice(a + sl.start, a + sl.stop)
-            res = np.zeros((3, 3, sl.stop - sl.start))
-            gv = np.zeros((3, design.shape[1], 0 if gain_out is None else res.shape[2]))
-            _correlated_kernel(a_all[gl].astype(np.float64), g_all[gl].astype(np.float64),
-                               b_all[gl].astype(np.float64), lnt1, dT1,
-                               np.ascontiguousarray(s_t[:, sl], dtype=np.float64), design,
-                               np.ascontiguousarray(c_t[:, :, sl], dtype=np.float64),
-                               ok_all[gl], res, gv)
-            flat[:, :, gl] += res.astype(np.float32)
-            if gain_out is not None:
-                gain_out[:, :, gl] = gv
-        with ThreadPoolExecutor(max_workers=2) as pool:  # the kernel releases the GIL
-            list(pool.map(one, range(0, b - a, block)))
-        del sigma, cd, s_t, c_t
+    workers = 2
+    ranges = [(a, b) for a, b in tiles.ranges if ok_all[a:b].any()]
+    fixed = (a_all, g_all, b_all, ok_all, lnt1, dT1, design)
+    # one pool for every tile; the next tile read while this one's blocks run; blocks of
+    # equal size, a multiple of the threads (a 49152-pixel tile was 3 blocks on 2 threads)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # the kernel releases the GIL
+        read_beside(tiles, ranges, lambda at, got: _covariance_tile(
+            pool, at[0], at[1], got[1], got[2], balanced_chunk(at[1] - at[0], block, workers),
+            fixed, flat, gain_out))
     if out is not None and target is not out:
         out += target
         return out
     return target
 
 
-def stack_tiles(stack, shared_cov=None):
+def _covariance_tile(pool, a, b, sigma, cd, block, fixed, flat, gain_out) -> None:
+    """:func:`correlated_error_covariance` of the pixels ``a:b`` (a tile's errors ``sigma``
+    and shared covariance ``cd``), by blocks of ``block`` pixels on ``pool``'s threads."""
+    a_all, g_all, b_all, ok_all, lnt1, dT1, design = fixed
+    s_t = sigma.reshape(sigma.shape[0], -1)
+    c_t = cd.reshape(cd.shape[0], cd.shape[1], -1)
+
+    def one(start):
+        # float64 copies of a block only (the kernel's arithmetic), not of the frame
+        sl = slice(start, min(start + block, b - a))
+        gl = slice(a + sl.start, a + sl.stop)
+        res = np.zeros((3, 3, sl.stop - sl.start))
+        gv = np.zeros((3, design.shape[1], 0 if gain_out is None else res.shape[2]))
+        _correlated_kernel(a_all[gl].astype(np.float64), g_all[gl].astype(np.float64),
+                           b_all[gl].astype(np.float64), lnt1, dT1,
+                           np.ascontiguousarray(s_t[:, sl], dtype=np.float64), design,
+                           np.ascontiguousarray(c_t[:, :, sl], dtype=np.float64),
+                           ok_all[gl], res, gv)
+        flat[:, :, gl] += res.astype(np.float32)
+        if gain_out is not None:
+            gain_out[:, :, gl] = gv
+    list(pool.map(one, range(0, b - a, block)))
+
+
+def stack_tiles(stack, shared_cov=None, points=None):
     """:class:`utils.models.pixel_tiles.PixelTiles` of a dark stack: signal, total error
     (noise model and subtracted bias in quadrature) and the shared-error covariance
-    ``shared_cov(r0, r1, suberr)`` of row tiles sized by the stack's memory limit."""
+    ``shared_cov(r0, r1, suberr)`` of row tiles sized by the stack's memory limit.
+
+    ``points``: the :class:`SamplePoints` of the stack's masters, already read (a pixel
+    sample: one tile); every read then gives the same arrays, the covariance made once."""
     height, width = stack.shape
     k_n = len(stack.masters)
+    if points is not None:
+        if points.signal.shape != (k_n, height, width):
+            raise ValueError(f"points of shape {points.signal.shape} for a stack of {k_n} "
+                             f"masters of {height} x {width} pixels")
+        cd = None if shared_cov is None else shared_cov(0, height, points.suberr)
+        kept = (points.signal, points.total_err, cd)
+        return PixelTiles(k_n, (height, width), [(0, height * width)], lambda a, b: kept)
     extra = 0 if shared_cov is None else 2  # C is (D, D) per pixel, D ~ a few, float64
     ranges = [(r0 * width, r1 * width) for r0, r1 in stack.row_tiles(images=4 + extra)]
 
@@ -461,10 +484,42 @@ def stack_tiles(stack, shared_cov=None):
     return PixelTiles(k_n, (height, width), ranges, read)
 
 
+@dataclass(frozen=True)
+class SamplePoints:
+    """The points of a pixel sample's masters (:meth:`dark_pipeline.rates.SignalStack.sample`),
+    read once: signal (NaN where masked), total error (noise model and subtracted bias in
+    quadrature) and subtracted-bias error [adu], each ``(K, 1, n)`` float32.
+
+    The leave-one-temperature-out refits each fit a subset of the same masters at the same
+    pixels: :meth:`select` gives theirs (the same values as a read of those masters: every
+    master's errors are its own), instead of one read (noise-model errors recomputed) per
+    refit and one more for its covariance pass.
+    """
+
+    signal: np.ndarray
+    total_err: np.ndarray
+    suberr: np.ndarray
+
+    @classmethod
+    def read(cls, stack) -> SamplePoints:
+        """Every master of ``stack`` (a one-tile pixel sample) at its pixels."""
+        height = stack.shape[0]
+        data, noise_err, suberr = stack.read(0, height)
+        total = total_err(noise_err, suberr)
+        del noise_err
+        return cls(data, total, suberr)
+
+    def select(self, idx) -> SamplePoints:
+        """The points of the masters ``idx`` (indices in the stack's order), in that order:
+        copies (a fit may not change the points another one takes)."""
+        idx = np.asarray(list(idx), dtype=np.intp)
+        return SamplePoints(self.signal[idx], self.total_err[idx], self.suberr[idx])
+
+
 def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
                  adc_bits: int = adu.DEFAULT_ADC_BITS, quiet: bool = False,
-                 bias_model=None, population_start=None, keep_gain: bool = False
-                 ) -> DarkModel2D:
+                 bias_model=None, population_start=None, keep_gain: bool = False,
+                 points: SamplePoints | None = None) -> DarkModel2D:
     """Fit the 2-D model to the dark signal masters (:class:`dark_pipeline.rates.SignalStack`).
 
     Each master's error is its noise-model error (see :mod:`dark_pipeline.rates`) and the
@@ -477,6 +532,8 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
     (:func:`utils.models.nonlinear.fit_power_exponential_per_pixel`).  ``keep_gain``: keep
     how the parameters follow the bias model's errors (:attr:`DarkModel2D.shared_gain`, for
     :func:`shared_bias_covariance`), when the masters were subtracted with the bias model.
+    ``points``: the stack's points already read (a one-tile pixel sample's
+    :class:`SamplePoints`): the fit and its covariance pass take them, no read.
 
     Raises
     ------
@@ -489,7 +546,7 @@ def fit_model_2d(stack, t_ref: float, *, min_snr: float = 3.0,
                         "exposure times at least")
     design, shared_cov = _bias_error_structure(stack.bias_keys, temps, bias_model,
                                                stack.pixels)
-    tiles = stack_tiles(stack, shared_cov)
+    tiles = stack_tiles(stack, shared_cov, points)
     try:
         fit = fit_power_exponential_per_pixel(
             temps, exps, None, None, t_ref=t_ref, min_snr=min_snr,
@@ -552,5 +609,5 @@ def shared_bias_covariance(model: DarkModel2D, bias_model, temperature: float,
     return np.where(np.isfinite(out), out, 0.0).reshape(f.amplitude.shape)
 
 
-__all__ = ["DarkModel2D", "BiasErrors", "correlated_error_covariance", "stack_tiles",
-           "fit_model_2d", "shared_bias_covariance", "rate_bias_errors"]
+__all__ = ["DarkModel2D", "BiasErrors", "SamplePoints", "correlated_error_covariance",
+           "stack_tiles", "fit_model_2d", "shared_bias_covariance", "rate_bias_errors"]

@@ -52,7 +52,7 @@ from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
 from utils.stack.references import resolve_bias_model
-from utils.stack.tiles import pixel_blocks, pixel_sample
+from utils.stack.tiles import ArrayRows, pixel_blocks, pixel_sample
 
 from . import plots
 from .evaluation import RefitsAhead, dark_current_table, evaluate
@@ -69,6 +69,7 @@ from .masters import (
 from .model_2d import (
     BiasErrors,
     DarkModel2D,
+    SamplePoints,
     fit_model_2d,
     rate_bias_errors,
     shared_bias_covariance,
@@ -564,7 +565,8 @@ def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None, start
 
 def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None, start=None):
     """``holdout(T)``: the 2-D model fitted without the masters of temperature bin T (on the
-    pixels of ``stack``: give a :meth:`~dark_pipeline.rates.SignalStack.sample`);
+    pixels of ``stack``: give a :meth:`~dark_pipeline.rates.SignalStack.sample`, which is
+    not used after this call);
     ``start``: the full model's population (gamma, B), where the refit's joint fit starts
     (:func:`_population_shape`).
 
@@ -574,25 +576,37 @@ def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None, s
     model's errors), which the evaluation takes out of the variance of their difference.
     Without it the held-out pulls of the warm, short exposures had std ~0.90 although the
     prediction's and the master's own errors were right against the simulator's truth (pull
-    std 1.02-1.04 and 1.01-1.02; 256^2 bench campaign)."""
-    at_sample: list = []
+    std 1.02-1.04 and 1.01-1.02; 256^2 bench campaign).
+
+    The sample's masters are read once here (:class:`~dark_pipeline.model_2d.SamplePoints`:
+    signal, total and subtracted-bias errors, 28 MB for 36 masters of 65536 pixels) and
+    the sample's own images dropped (the 5 images of every master, 47 MB): each refit
+    takes its masters' points from them (the same values as its own read), and the bias
+    model's errors at the sample's pixels, gathered once too."""
+    if stack.pixels is None:
+        raise ValueError("the leave-one-out refits take a pixel sample (SignalStack.sample)")
+    points = SamplePoints.read(stack)
+    at_sample = None
+    if bias_model is not None:  # the bias model's errors at the sample's pixels, read once
+        errors = bias_model if isinstance(bias_model, BiasErrors) else BiasErrors.of(bias_model)
+        at_sample = errors.at(stack.pixels)
+    # read: the sample's images are not held through the evaluation; the refits' bias
+    # errors are the sample's own (1, n) maps (no pixel indices to take them at)
+    stack = replace(stack, rows=ArrayRows({"SUBERR": points.suberr}), pixels=None)
 
     def fit_without(label):
-        rest = stack.select(i for i, m in enumerate(stack.masters) if m.temperature != label)
+        keep = [i for i, m in enumerate(stack.masters) if m.temperature != label]
+        rest = stack.select(keep)
         try:
             m2 = fit_model_2d(rest, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
-                              quiet=True, bias_model=bias_model, population_start=start,
-                              keep_gain=True)
+                              quiet=True, bias_model=at_sample, population_start=start,
+                              keep_gain=True, points=points.select(keep))
         except UserError:
             return None
         if m2.shared_gain is None:
             return m2.signal, m2.signal_err
-        if not at_sample:  # the bias model's errors at the sample's pixels, read once
-            errors = bias_model if isinstance(bias_model, BiasErrors) \
-                else BiasErrors.of(bias_model)
-            at_sample.append(errors.at(stack.pixels))
         return m2.signal, m2.signal_err, lambda temperature, exptime: shared_bias_covariance(
-            m2, at_sample[0], temperature, exptime)
+            m2, at_sample, temperature, exptime)
     return fit_without
 
 
@@ -699,13 +713,15 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
                          bias_model).prediction_only()
         release_free_memory()  # the fit's tiles and work maps, the dropped maps
         # the leave-one-out refits' pixels (``pixels``: the same deterministic sample) of
-        # every master, in memory: gathered only now, not held through the 2-D fit
-        sample = stack.sample(LOO_PIXELS)[0]
+        # every master, in memory: gathered only now, not held through the 2-D fit; read
+        # once by _holdout_2d, which keeps only the points (not the sample's images)
+        holdout_2d = _holdout_2d(stack.sample(LOO_PIXELS)[0], settings, adc_bits, bias_model,
+                                 _population_shape(model2))
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
-                       holdout=_holdout_2d(sample, settings, adc_bits, bias_model,
-                                           _population_shape(model2)),
-                       pull_pixels=pixels, keep_maps=plotting.wants("all"))
+                       holdout=holdout_2d, pull_pixels=pixels,
+                       keep_maps=plotting.wants("all"))
+        holdout_2d = None
         _evaluation_products(ev2, "2d", out_dir, files)
         _scatter_plots(ev2, out_dir, files)
         summary["evaluation_2d"] = _eval_summary(ev2)

@@ -136,19 +136,24 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
             candidate[a:b] = cand
     ahead = _SampleAhead(P, n) if len(tiles.ranges) > 1 else None
     kept = _FallbackPoints()  # the points of the pixels the fallback pass will fit
-    for a, b in ([] if scheduler.current().remote else tiles.ranges):
-        y_raw, s_raw, c_raw = tiles.read(a, b)
-        y_t = _float_array(y_raw).reshape(n, -1)
-        s_t = _float_array(s_raw).reshape(n, -1)
+
+    def first_pass(at, got):  # the kernels' pass over a tile, in a helper thread
+        a, b = at
+        y_t = _float_array(got[0]).reshape(n, -1)
+        s_t = _float_array(got[1]).reshape(n, -1)
         out = tile_outputs(maps, a, b, P)
         _first_pass_numba(design, y_t, s_t, min_snr, max_iter, tol, workers,
                           _with_scratch(out, b - a, p))
+        return y_t, s_t, out
+
+    def keep(at, got, result):  # its results and sample kept by the calling thread
+        (a, b), (y_t, s_t, out) = at, result
         store_tile(maps, out, a, b, P)
         candidate[a:b] = joint_candidates((np.isfinite(y_t) & np.isfinite(s_t) & (s_t > 0)).sum(0))
         if ahead is not None:
-            ahead.add(y_raw, s_raw, c_raw, candidate[a:b])
+            ahead.add(*got, candidate[a:b])
             kept.add(a, b, y_t, s_t, out[4], out[3])
-        del y_raw, s_raw, c_raw
+    read_beside(tiles, [] if scheduler.current().remote else tiles.ranges, first_pass, keep)
     well = status == _CONVERGED
     if q > 1 and workers > 1:  # the kernels release the GIL
         with ThreadPoolExecutor(max_workers=q) as pool:
@@ -176,7 +181,8 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
                      np.empty((p, p, at.size), np.float32), np.empty(at.size, np.float32),
                      np.empty((p, at.size), np.float32))
             _run_chunks(lambda i, j: _nb_fallback(y_c, s_c, i, j, c_status, c_npts, *fixed,
-                                                  *c_out), at.size, _NL_CHUNK, workers)
+                                                  *c_out), at.size,
+                        balanced_chunk(at.size, _NL_CHUNK, workers), workers)
             at = at + a
             A[at], theta[:, at], cov[:, :, at], chi2[at] = c_out[:4]
             continue
@@ -188,7 +194,7 @@ def _fit_exp_model(z, y, sigma, *, min_snr, max_iter, tol, workers, what, shared
         t_errs = np.empty((p, b - a), np.float32)  # made from the covariance below
         _run_chunks(lambda i, j: _nb_fallback(y_t, s_t, i, j, t_status, t_npts, *fixed, t_A,
                                               t_theta, t_cov, t_chi2, t_errs),
-                    b - a, _NL_CHUNK, workers)
+                    b - a, balanced_chunk(b - a, _NL_CHUNK, workers), workers)
         store_tile(maps, out, a, b, P)
     # the error maps: sqrt of the float32 covariance's diagonal, as both kernels compute them
     # (made now, not held through the population and fallback passes: 3 maps at 2-D)
@@ -331,7 +337,53 @@ def _first_pass_numba(design, y2, s2, min_snr, max_iter, tol, workers, outputs):
     _run_chunks(lambda a, b: _nb_nl_kernel(y2, s2, a, b, z, zz, gid, uz, ngrp, umax, fact,
                                            float(min_snr), int(max_iter), float(tol),
                                            A, theta, cov, chi, npts, status, chi2, errs),
-                y2.shape[1], _NL_CHUNK, workers)
+                y2.shape[1], balanced_chunk(y2.shape[1], _NL_CHUNK, workers), workers)
+
+
+def balanced_chunk(total: int, chunk: int, workers: int) -> int:
+    """Chunk size for ``total`` pixels on ``workers`` threads: at most ``chunk``, for a
+    multiple of ``workers`` chunks of (nearly) equal size, so that no thread runs the last
+    chunk alone (a row tile of the 2-D fit, 49152 pixels, was 3 chunks of 16384 on 2
+    threads: one thread idle for a third of the tile).  Per-pixel kernels give the same
+    numbers whatever the chunks."""
+    if total <= 0:
+        return max(1, chunk)
+    workers = max(1, int(workers))
+    count = -(-total // max(1, chunk))
+    count = -(-count // workers) * workers
+    return max(1, -(-total // count))
+
+
+def read_beside(tiles: PixelTiles, ranges, work, after=None) -> None:
+    """For every range ``at`` of ``ranges``, in order: ``got = tiles.read(*at)`` by the
+    calling thread, ``result = work(at, got)`` by one helper thread (e.g. a fit kernel's
+    pass on its own pool), then ``after(at, got, result)`` by the calling thread; the next
+    range is read while ``work`` runs on the one before (at most two tiles' points held).
+    A tile read (masters' rows, their noise-model errors) was one core's work between the
+    kernels' two-thread passes.  The reads' arrays are allocated by the calling thread (in
+    its malloc arena, which the later steps reuse; a helper thread's freed memory stays
+    resident in its own).  One range: all by the calling thread."""
+    ranges = list(ranges)
+    after = after or (lambda at, got, result: None)
+    if len(ranges) < 2:
+        for at in ranges:
+            got = tiles.read(*at)
+            after(at, got, work(at, got))
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="tile-work") as pool:
+        previous = None
+        for at in ranges:
+            got = tiles.read(*at)
+            if previous is not None:
+                p_at, p_got, p_work = previous
+                previous = None
+                after(p_at, p_got, p_work.result())
+                del p_got
+            previous = (at, got, pool.submit(work, at, got))
+            del got
+        p_at, p_got, p_work = previous
+        del previous
+        after(p_at, p_got, p_work.result())
 
 
 @dataclass
