@@ -57,10 +57,15 @@ LEVELS = ("none", "summary", "all")
 #: renderer (nearest neighbour: dropping pixels rather than averaging them), and it costs
 #: ~25 % more to render and 4x the bytes to pickle for the render pool.
 DISPLAY_PIXELS = 512
-#: Figures waiting for the renderer; with this many, :meth:`FigureWriter.save` renders the
-#: next one in its own process instead of queueing it (bounds the memory the pickled
-#: figures hold, and keeps the main process busy rather than waiting).
-MAX_PENDING = 8
+#: Figures waiting for the renderer; with this many, or :data:`MAX_PENDING_BYTES` of them,
+#: :meth:`FigureWriter.save` renders the next one in its own process instead of queueing it
+#: (bounds the memory the pickled figures hold, and keeps the main process busy rather than
+#: waiting).  Drawings are small (a heatmap's 5 kB): with the renderer drawing them too, a
+#: burst of 10 (the dark heatmaps) queues rather than taking the main process's time.
+MAX_PENDING = 24
+#: Bytes of the figures waiting for the renderer that make :meth:`FigureWriter.save`
+#: render the next one here (8 figures of a 1 MB display copy: the former bound of 8).
+MAX_PENDING_BYTES = 8 * 2**20
 #: Niceness added to the rendering process (the lowest priority): on a machine whose cores
 #: the computation keeps busy, the kernel gives them to it first and the figures take the
 #: idle moments; the run waits for the last of them at its end, when nothing else runs (the
@@ -619,7 +624,8 @@ class FigureWriter:
             return self._render_here(subject, path, dpi)
         while self._pending and self._pending[0][1].done():
             self._collect(self._pending.pop(0))
-        if len(self._pending) >= MAX_PENDING:
+        if len(self._pending) >= MAX_PENDING or sum(
+                len(item[2]) for item in self._pending if len(item) > 2) >= MAX_PENDING_BYTES:
             # the renderer is behind: render this one here rather than wait for it idle
             # (a burst of figures then takes both processes, not one)
             return self._render_here(subject, path, dpi)

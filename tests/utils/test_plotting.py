@@ -597,3 +597,37 @@ def test_a_drawing_that_fails_is_logged_and_loses_nothing(tmp_path, caplog):
             assert any(str(out / name) in m and "not drawn" in m for m in messages), (workers,
                                                                                      messages)
         caplog.clear()
+
+
+def test_small_drawings_queue_where_bytes_of_figures_render_here(tmp_path, monkeypatch):
+    """The renderer, now drawing too, falls behind in bursts (ten dark heatmaps, nine index
+    trends): small drawings queue (up to MAX_PENDING) instead of being drawn and rendered by
+    the main process; MAX_PENDING_BYTES of queued payloads still make the next one render
+    here (the memory bound of the former 8 figures)."""
+    from concurrent.futures import Future
+
+    class StuckPool:
+        def __init__(self):
+            self.futures = []
+
+        def submit(self, func, payload, path, dpi):
+            self.futures.append((Future(), func, payload, path, dpi))
+            return self.futures[-1][0]
+
+    hist = plotting.histogram(np.random.default_rng(1).normal(size=1000))
+    small = plotting.drawing(plotting.show_histogram, hist, xlabel="x [adu]", title="h")
+    writer = plotting.FigureWriter("summary", workers=1)
+    pool = StuckPool()
+    monkeypatch.setattr(writer, "_executor", lambda: pool)
+    for i in range(12):
+        writer.save(small, tmp_path / f"s{i}.png")
+    assert len(pool.futures) == 12 and not list(tmp_path.glob("*.png"))  # all queued
+    payload = len(pool.futures[0][2])
+    monkeypatch.setattr(plotting, "MAX_PENDING_BYTES", 13 * payload)
+    writer.save(small, tmp_path / "s12.png")                            # 12 < 13: queued
+    writer.save(small, tmp_path / "s13.png")                            # 13 queued: here
+    assert len(pool.futures) == 13 and [p.name for p in tmp_path.glob("*.png")] == ["s13.png"]
+    for future, func, payload, path, dpi in pool.futures:
+        future.set_result(func(payload, path, dpi))
+    writer.close()
+    assert writer.failed == [] and len(list(tmp_path.glob("*.png"))) == 14
