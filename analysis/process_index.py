@@ -175,23 +175,34 @@ def mark_unusable(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+#: Columns of the frame statistics and of the masters' summary that the trend figures draw
+#: from: sent to the render process without the paths and reasons (~5x fewer bytes).
+TREND_STATS_COLUMNS = ("CALTYPE", "STAGE", "DOSE", "TEMP", "MEAN", "MEDIAN", "STD", "BADFITS")
+TREND_MASTERS_COLUMNS = ("CALTYPE", "STAGE", "DOSE", "TBIN", "EXPTIME", "ATTEMPT", "STATUS",
+                         "TAVG", "MEAN", "NOISE", "LEVEL")
+
+
 def write_trend_plots(stats: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Draw and save the trend figures into ``out_dir/plots`` (level ``summary``)."""
+    """Draw and save the trend figures into ``out_dir/plots`` (level ``summary``); drawn where
+    they are rendered, from the tables' columns they show."""
     drawings = []
     plot_dir = out_dir / "plots"
+    frames = stats[[c for c in TREND_STATS_COLUMNS if c in stats]]
+    masters = summary[[c for c in TREND_MASTERS_COLUMNS if c in summary]]
     for caltype in ("BIAS", "DARK", "FLAT"):
         if not (stats["CALTYPE"] == caltype).any():
             continue
         for metric in ("MEAN", "STD"):
-            drawings.append((lambda c=caltype, m=metric: plots.plot_metric_vs_temperature(
-                stats, summary, c, m), f"{caltype.lower()}_{metric.lower()}_vs_temperature.png"))
+            drawings.append((plotting.drawing(plots.plot_metric_vs_temperature, frames,
+                                              masters, caltype, metric),
+                             f"{caltype.lower()}_{metric.lower()}_vs_temperature.png"))
     if (summary["CALTYPE"] == "DARK").any():
-        drawings.append((lambda: plots.plot_dark_vs_exposure(summary),
+        drawings.append((plotting.drawing(plots.plot_dark_vs_exposure, masters),
                          "dark_signal_vs_exposure.png"))
-        drawings.append((lambda: plots.plot_dark_rate_vs_temperature(summary),
+        drawings.append((plotting.drawing(plots.plot_dark_rate_vs_temperature, masters),
                          "dark_rate_vs_temperature.png"))
     if (summary["CALTYPE"] == "FLAT").any():
-        drawings.append((lambda: plots.plot_flat_level_vs_exposure(summary),
+        drawings.append((plotting.drawing(plots.plot_flat_level_vs_exposure, masters),
                          "flat_level_vs_exposure.png"))
     saved = [plotting.save(draw, plot_dir / name) for draw, name in drawings]
     return [p for p in saved if p is not None]

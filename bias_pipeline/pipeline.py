@@ -346,7 +346,7 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
     table = cv.summary(valid)
     table.insert(0, "TBIN", labels)
     files = [write_csv(table, folder / "evaluation_summary.csv")]
-    files.append(plotting.save(lambda: plots.plot_evaluation_summary(table),
+    files.append(plotting.save(plotting.drawing(plots.plot_evaluation_summary, table),
                                folder / "evaluation_summary.png"))
     for k, t in enumerate(cv.temperatures):
         if not (save_fits or plotting.wants("all")):
@@ -364,7 +364,8 @@ def evaluation_products(cv: CrossValidation, model: BiasModel, out_dir: Path, sa
                 ("mape", mape, "%", "|measured - predicted| / measured", False)):
             files.append(plotting.save(
                 lambda image=image, unit=unit, label=label, symmetric=symmetric, name=name, t=t:
-                plots.show_image(image, unit=unit, label=label, symmetric=symmetric,
+                plotting.drawing(plots.show_image, plots.image_view(image, symmetric=symmetric),
+                                 unit=unit, label=label,
                                  title=f"{name.replace('_', ' ')} at {number_text(t)} degC"),
                 folder / f"{name}_{tag}.png", level="all"))
             if save_fits:
@@ -531,15 +532,21 @@ def _run_one(index: DatasetIndex, basepath, out_dir: Path, settings: BiasSetting
             files.append(write_synthetic_bias(model, m.temperature, synthetic_bias_path(
                 out_dir / "bias_masks_by_temp", m.temperature), str(model_file)))
 
+    # drawn in the render process from what they show (data reduced here when wanted)
     figures = {
-        "bias_a_map.png": lambda: plots.plot_model_map(model, "a"),
-        "bias_b_map.png": lambda: plots.plot_model_map(model, "b"),
-        "bias_b_histogram.png": lambda: plots.plot_slope_histogram(model),
-        "bias_vs_temperature_pixels.png": lambda: plots.plot_pixel_fits(
-            model, temps, _pixel_series(model, stack, settings.pixels_to_plot)),
+        "bias_a_map.png": lambda: plotting.drawing(plots.plot_model_map_data,
+                                                   plots.model_map_data(model, "a")),
+        "bias_b_map.png": lambda: plotting.drawing(plots.plot_model_map_data,
+                                                   plots.model_map_data(model, "b")),
+        "bias_b_histogram.png": lambda: plotting.drawing(plots.plot_slope_histogram_data,
+                                                         plots.slope_histogram_data(model)),
+        "bias_vs_temperature_pixels.png": lambda: plotting.drawing(
+            plots.plot_pixel_fits_data, plots.pixel_fits_data(
+                model, temps, _pixel_series(model, stack, settings.pixels_to_plot))),
     }
     if rn is not None:
-        figures["read_noise_map.png"] = lambda: plots.plot_read_noise(rn)
+        figures["read_noise_map.png"] = lambda: plotting.drawing(plots.plot_read_noise_data,
+                                                                 plots.read_noise_data(rn))
     for name, draw in figures.items():
         files.append(plotting.save(draw, out_dir / "plots" / name))
     files = [f for f in files if f is not None]  # figures not drawn (level, failure)

@@ -1,5 +1,8 @@
 """Figures of the bias pipeline.  Each ``plot_*`` takes computed results and an optional
-``ax``; it draws and returns the axes, and never saves (the pipeline does)."""
+``ax``; it draws and returns the axes, and never saves (the pipeline does).  A figure of
+full-frame maps is also split in two: ``*_data`` reduces the result to what is drawn (in
+the main process), ``plot_*_data`` draws that (in the render process; see
+:func:`utils.plotting.FigureWriter.save`)."""
 
 from __future__ import annotations
 
@@ -9,31 +12,86 @@ import pandas as pd
 from utils.io.tokens import error_decimals, number_text
 from utils.models.bias_model import BiasModel
 from utils.models.read_noise import ReadNoise, chi2_ppf
-from utils.plotting import finish_axes, new_axes, show_histogram, show_image
+from utils.plotting import finish_axes, histogram, image_view, new_axes, show_histogram, show_image
 from utils.stack.stats import exact_median
 
 __all__ = ["plot_model_map", "plot_slope_histogram", "plot_pixel_fits", "plot_read_noise",
            "plot_frame_means", "plot_mean_vs_temperature",
-           "plot_evaluation_summary", "show_image"]
+           "plot_evaluation_summary", "show_image", "image_view", "model_map_data",
+           "plot_model_map_data", "slope_histogram_data", "plot_slope_histogram_data",
+           "pixel_fits_data", "plot_pixel_fits_data", "read_noise_data", "plot_read_noise_data"]
+
+
+def model_map_data(model: BiasModel, which: str) -> dict:
+    """What :func:`plot_model_map` draws (an :class:`~utils.plotting.ImageView` of the map):
+    small, for :func:`plot_model_map_data` in the render process."""
+    if which == "a":
+        return {"image": image_view(model.a), "unit": "adu", "label": "A",
+                "title": f"bias at {model.t_ref:g} degC (A)"}
+    return {"image": image_view(model.b), "unit": "adu/degC", "label": "B",
+            "title": "bias temperature coefficient (B)"}
+
+
+def plot_model_map_data(data: dict, *, ax=None):
+    """The map of :func:`model_map_data`."""
+    return show_image(ax=ax, **data)
 
 
 def plot_model_map(model: BiasModel, which: str, *, ax=None):
     """Map of A (bias at TREF) [adu] or B (temperature coefficient) [adu/degC]."""
-    if which == "a":
-        return show_image(model.a, ax=ax, unit="adu", label="A",
-                          title=f"bias at {model.t_ref:g} degC (A)")
-    return show_image(model.b, ax=ax, unit="adu/degC", label="B",
-                      title="bias temperature coefficient (B)")
+    return plot_model_map_data(model_map_data(model, which), ax=ax)
 
 
-def plot_slope_histogram(model: BiasModel, *, ax=None):
-    """Histogram of B over unmasked pixels, with its median and the flagged outliers' range."""
+def slope_histogram_data(model: BiasModel) -> dict:
+    """What :func:`plot_slope_histogram` draws (a :class:`~utils.plotting.Histogram`)."""
     valid = (model.mask == 0) & np.isfinite(model.b)
     b = model.b[valid]
     median = exact_median(b) if b.size else None  # numpy's median, one selection not two
     markers = {f"median {median:.3f}": median} if b.size else {}
-    return show_histogram(b, ax=ax, xlabel="B [adu/degC]", markers=markers,
-                          title=f"bias temperature coefficient ({valid.sum()} pixels)")
+    return {"values": histogram(b), "xlabel": "B [adu/degC]", "markers": markers,
+            "title": f"bias temperature coefficient ({valid.sum()} pixels)"}
+
+
+def plot_slope_histogram_data(data: dict, *, ax=None):
+    """The histogram of :func:`slope_histogram_data`."""
+    return show_histogram(ax=ax, **data)
+
+
+def plot_slope_histogram(model: BiasModel, *, ax=None):
+    """Histogram of B over unmasked pixels, with its median and the flagged outliers' range."""
+    return plot_slope_histogram_data(slope_histogram_data(model), ax=ax)
+
+
+def pixel_fits_data(model: BiasModel, temperatures: np.ndarray, series) -> dict:
+    """What :func:`plot_pixel_fits` draws: the series and the model's fit at their pixels."""
+    fits = [{name: float(getattr(model, name)[row, col])
+             for name in ("a", "b", "sigma_a", "sigma_b", "cov_ab", "chi2dof")}
+            for (row, col), _, _ in series]
+    return {"temperatures": temperatures, "series": list(series), "fits": fits,
+            "t_ref": model.t_ref}
+
+
+def plot_pixel_fits_data(data: dict, *, ax=None):
+    """The figure of :func:`pixel_fits_data`."""
+    ax = new_axes(ax, figsize=(7.2, 4.8))
+    temperatures = data["temperatures"]
+    grid = np.linspace(float(np.min(temperatures)) - 2, float(np.max(temperatures)) + 2, 50)
+    for n, (((row, col), values, errors), fit) in enumerate(zip(data["series"], data["fits"])):
+        colour = f"C{n}"
+        d = grid - data["t_ref"]
+        a, b = fit["a"], fit["b"]
+        sa, sb, cov = fit["sigma_a"], fit["sigma_b"], fit["cov_ab"]
+        line = a + b * d
+        band = np.sqrt(np.maximum(sa ** 2 + d * d * sb ** 2 + 2 * d * cov, 0))
+        offset = float(np.nanmedian(values))  # pixels differ by hundreds of adu
+        ax.errorbar(temperatures, values - offset, yerr=errors, fmt="o", color=colour, ms=4,
+                    capsize=2, label=f"pixel ({col}, {row}): B = {b:.3f} +- {sb:.3f} adu/degC, "
+                                     f"chi2/dof {fit['chi2dof']:.2f}")
+        ax.plot(grid, line - offset, color=colour, lw=1)
+        ax.fill_between(grid, line - offset - band, line - offset + band, color=colour, alpha=0.2)
+    return finish_axes(ax, "sensor temperature [degC]",
+                       "master bias minus its median over T [adu]",
+                       "bias vs temperature at representative pixels")
 
 
 def plot_pixel_fits(model: BiasModel, temperatures: np.ndarray, series, *, ax=None):
@@ -48,25 +106,27 @@ def plot_pixel_fits(model: BiasModel, temperatures: np.ndarray, series, *, ax=No
     series : list of ((row, col), values, errors)
         Master values [adu] and their errors at each pixel.
     """
-    ax = new_axes(ax, figsize=(7.2, 4.8))
-    grid = np.linspace(float(np.min(temperatures)) - 2, float(np.max(temperatures)) + 2, 50)
-    for n, ((row, col), values, errors) in enumerate(series):
-        colour = f"C{n}"
-        d = grid - model.t_ref
-        a, b = float(model.a[row, col]), float(model.b[row, col])
-        sa, sb, cov = (float(model.sigma_a[row, col]), float(model.sigma_b[row, col]),
-                       float(model.cov_ab[row, col]))
-        line = a + b * d
-        band = np.sqrt(np.maximum(sa ** 2 + d * d * sb ** 2 + 2 * d * cov, 0))
-        offset = float(np.nanmedian(values))  # pixels differ by hundreds of adu
-        ax.errorbar(temperatures, values - offset, yerr=errors, fmt="o", color=colour, ms=4,
-                    capsize=2, label=f"pixel ({col}, {row}): B = {b:.3f} +- {sb:.3f} adu/degC, "
-                                     f"chi2/dof {float(model.chi2dof[row, col]):.2f}")
-        ax.plot(grid, line - offset, color=colour, lw=1)
-        ax.fill_between(grid, line - offset - band, line - offset + band, color=colour, alpha=0.2)
-    return finish_axes(ax, "sensor temperature [degC]",
-                       "master bias minus its median over T [adu]",
-                       "bias vs temperature at representative pixels")
+    return plot_pixel_fits_data(pixel_fits_data(model, temperatures, series), ax=ax)
+
+
+def read_noise_data(rn: ReadNoise) -> dict:
+    """What :func:`plot_read_noise` draws (an :class:`~utils.plotting.ImageView` of the map
+    and the colour limits of the typical pixel's chi-square range)."""
+    n = max(rn.npairs, 1)
+    digits = error_decimals(rn.median_err) if rn.median_err > 0 else 2
+    clim = (rn.median * np.sqrt(chi2_ppf([0.001, 0.999], n) / n)
+            if np.isfinite(rn.median) and rn.median > 0 else None)
+    return {"image": image_view(rn.map), "clim": clim,
+            "title": f"read noise from {rn.npairs} frame pairs: typical pixel "
+                     f"{rn.median:.{digits}f} +- {rn.median_err:.{digits}f} adu"}
+
+
+def plot_read_noise_data(data: dict, *, ax=None):
+    """The map of :func:`read_noise_data`."""
+    ax = show_image(data["image"], ax=ax, unit="adu", label="read noise", title=data["title"])
+    if data["clim"] is not None:
+        ax.images[-1].set_clim(*data["clim"])
+    return ax
 
 
 def plot_read_noise(rn: ReadNoise, *, ax=None):
@@ -76,14 +136,7 @@ def plot_read_noise(rn: ReadNoise, *, ax=None):
     With the 1-99 % percentiles of the pixels the 1 % of noisy pixels set the top of the
     scale at 3x the typical noise, and every normal pixel showed in one dark colour.
     """
-    n = max(rn.npairs, 1)
-    digits = error_decimals(rn.median_err) if rn.median_err > 0 else 2
-    ax = show_image(rn.map, ax=ax, unit="adu", label="read noise",
-                    title=f"read noise from {rn.npairs} frame pairs: typical pixel "
-                          f"{rn.median:.{digits}f} +- {rn.median_err:.{digits}f} adu")
-    if np.isfinite(rn.median) and rn.median > 0:
-        ax.images[-1].set_clim(*(rn.median * np.sqrt(chi2_ppf([0.001, 0.999], n) / n)))
-    return ax
+    return plot_read_noise_data(read_noise_data(rn), ax=ax)
 
 
 def plot_evaluation_summary(table: pd.DataFrame, *, axes=None):

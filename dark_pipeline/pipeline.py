@@ -165,7 +165,8 @@ class DarkResult:
 
 
 def _save(draw, path: Path, files: list, level: str = "summary") -> None:
-    """Draw (``draw()``) and save a figure of ``level``; listed in ``files`` when saved."""
+    """Save a figure of ``level`` (``draw``: a drawing, drawn where the figure is rendered,
+    or a callable, see :func:`utils.plotting.save`); listed in ``files`` when saved."""
     saved = plotting.save(draw, path, level=level)
     if saved is not None:
         files.append(saved)
@@ -260,13 +261,14 @@ def _evaluation_products(ev, kind: str, out_dir: Path, files: list) -> None:
                                 ("REAL_MEDIAN [ADU]", "dark_real", "measured median signal [adu]"),
                                 ("SYNTH_MEDIAN [ADU]", "dark_synthetic",
                                  "model median signal [adu]")):
-        _save(lambda: plots.plot_heatmap(ev.table, column, label=title,
-                                         title=f"{kind.upper()} model: {title}"),
+        _save(plotting.drawing(plots.plot_heatmap, ev.table, column, label=title,
+                               title=f"{kind.upper()} model: {title}"),
               out_dir / f"heatmap_{name}_{kind}.png", files)
     for which, name, unit in ((0, "mae", "adu"), (1, "mape", "%")):
-        _save(lambda: plots.plot_error_maps(ev.maps, which, unit=unit,
-                                            title=f"{kind.upper()} model {name.upper()} per "
-                                                  "pixel"),
+        _save(lambda: plotting.drawing(plots.plot_error_maps_data,
+                                       plots.error_maps_data(ev.maps, which), which=which,
+                                       unit=unit,
+                                       title=f"{kind.upper()} model {name.upper()} per pixel"),
               out_dir / f"{name}_maps_{kind}.png", files, level="all")
 
 
@@ -500,7 +502,7 @@ def _dark_current(rates, model, e, out_dir: Path, summary: dict, files: list,
                   exclude=None) -> pd.DataFrame:
     table = dark_current_table(_loaded(rates), model, e, exclude)
     files.append(write_csv(table, out_dir / "dark_current_vs_temperature.csv"))
-    _save(lambda: plots.plot_dark_current(table, electrons=bool(e)),
+    _save(plotting.drawing(plots.plot_dark_current, table, electrons=bool(e)),
           out_dir / "dark_current_vs_temperature.png", files)
     summary["dark_current"] = table.to_dict("records")
     return table
@@ -518,7 +520,8 @@ def _fit_2d(stack, out_dir: Path, settings: DarkSettings, adc_bits: int, hot, su
                                    "GAMMA_map_2D.fits": model2.fit.gamma},
                             {"A_map_2D.fits": adu.UNIT, "B_map_2D.fits": "1 / deg_C",
                              "GAMMA_map_2D.fits": ""})
-    _save(lambda: plots.plot_gamma_histogram(model2),
+    _save(lambda: plotting.drawing(plots.plot_gamma_histogram_data,
+                                   plots.gamma_histogram_data(model2)),
           out_dir / "plots" / "gamma_histogram_2d.png", files)
     summary.update({k: v for k, v in model2.headline().items() if k.startswith("gamma")})
     summary["model_2d"] = model2.headline()
@@ -528,8 +531,8 @@ def _fit_2d(stack, out_dir: Path, settings: DarkSettings, adc_bits: int, hot, su
 def _scatter_plots(ev, out_dir: Path, files: list) -> None:
     for (t, x), (real, synth) in ev.samples.items():
         tag = f"T{t:g}_E{x:g}".replace(".", "p")
-        _save(lambda: plots.plot_scatter(real, synth,
-                                         title=f"2-D model at {number_text(t, 'g')} degC, {x:g} s"),
+        _save(plotting.drawing(plots.plot_scatter, real, synth,
+                               title=f"2-D model at {number_text(t, 'g')} degC, {x:g} s"),
               out_dir / "plots_2d_comparison" / f"scatter_{tag}.png", files, level="all")
 
 
@@ -740,9 +743,11 @@ def _plots_rates(model: DarkModel1D, rates, counts, out_dir: Path, files: list) 
         values, errors = (np.empty((len(rates), flat.size), np.float32) for _ in range(2))
         for k, r in enumerate(at):
             values[k, order], errors[k, order] = r.rate[0], r.rate_err[0]
-        return plots.plot_pixel_rates([r.tavg for r in rates], values, errors, model, pixels)
+        return plotting.drawing(plots.plot_pixel_rates_data,
+                                plots.pixel_rates_data([r.tavg for r in rates], values, errors,
+                                                       model, pixels))
     _save(pixel_rates, out_dir / "plots" / "dark_rate_vs_temperature_pixels.png", files)
-    _save(lambda: plots.plot_hot_pixel_counts(counts),
+    _save(plotting.drawing(plots.plot_hot_pixel_counts, counts),
           out_dir / "plots" / "hot_pixels_vs_temperature.png", files)
 
 
@@ -751,8 +756,11 @@ def _plots_1d(model: DarkModel1D, out_dir: Path, files: list) -> None:
     for which, name in (("a", "dark_A_map.png"), ("b", "dark_B_map.png"),
                         ("td", "doubling_temperature_map.png"),
                         ("ea", "activation_energy_map.png")):
-        _save(lambda: plots.plot_model_map(model, which), out_dir / "plots" / name, files)
-    _save(lambda: plots.plot_doubling_histogram(model),
+        _save(lambda: plotting.drawing(plots.plot_model_map_data,
+                                       plots.model_map_data(model, which)),
+              out_dir / "plots" / name, files)
+    _save(lambda: plotting.drawing(plots.plot_doubling_histogram_data,
+                                   plots.doubling_histogram_data(model)),
           out_dir / "plots" / "doubling_temperature_hist.png", files)
 
 

@@ -191,7 +191,8 @@ class _Outputs:
         return self.save_plots and plotting.wants(level)
 
     def figure(self, draw, name: str, level: str = "summary") -> None:
-        """Draw and save ``plots/<name>`` when plots are on and ``level`` is wanted."""
+        """Draw and save ``plots/<name>`` when plots are on and ``level`` is wanted (``draw``:
+        a drawing or a callable, see :func:`utils.plotting.save`)."""
         if not self.save_plots:
             return
         saved = plotting.save(draw, self.dir / "plots" / name, level=level)
@@ -403,7 +404,7 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         log("%s%s: left out of the masters (%s)", Path(part["PATH"].iloc[0]).name,
             f" and {len(part) - 1} more of its set" if len(part) > 1 else "",
             part["REASON"].iloc[0])
-    out.figure(lambda: plots.plot_frame_levels(qc), "frame_levels.png")
+    out.figure(plotting.drawing(plots.plot_frame_levels, qc), "frame_levels.png")
 
     # 2. photon transfer (gain.json) -- bias and flat pairs only
     gain_used = resolve_gain(settings.gain, adc_bits)
@@ -419,8 +420,8 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
             measured = ptc.to_gain(str(group_dir / "gain.json"))
             out.add(write_gain(measured, group_dir / "gain.json"))
             gain_used = gain_used or measured
-        out.figure(lambda: plots.plot_ptc(ptc, pairs), "ptc.png")
-        out.figure(lambda: plots.plot_linearity(ptc), "linearity.png")
+        out.figure(plotting.drawing(plots.plot_ptc, ptc, pairs), "ptc.png")
+        out.figure(plotting.drawing(plots.plot_linearity, ptc), "linearity.png")
     if gain_only:
         root = group_dir.resolve()
         written = sorted({Path(f).resolve().relative_to(root).as_posix() for f in out.files
@@ -506,8 +507,8 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
             release_free_memory()
         reference = _reference_master(masters, summary, adc_bits)
         summary["reference_master"] = reference.tag
-        out.figure(lambda: plots.plot_master(read_master(reference.path).data, reference.tag),
-                   "master_flat.png")
+        out.figure(lambda: plotting.drawing(plots.plot_master_data, plots.master_data(
+            read_master(reference.path).data, reference.tag)), "master_flat.png")
 
     # 5. illumination, vignetting correction, PRNU and defects
     if mode == "full":
@@ -534,7 +535,8 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
             release_free_memory()
             summary["flat_model"] = model.headline()
             for j, name in enumerate("ABC"):
-                out.figure(lambda j=j: plots.plot_model_map(model, j),
+                out.figure(lambda j=j: plotting.drawing(plots.plot_model_map_data,
+                                                        plots.model_map_data(model, j)),
                            f"flat_model_{name}.png")
     if mode == "evaluate_model":
         model = FlatModel.read(model_path(out_dir, settings, group))
@@ -546,7 +548,8 @@ def run_group(index, group: FlatGroup, out_dir: Path, settings: FlatSettings,
         out.add(files)
         out.add(write_csv(ev.table, group_dir / EVAL_FOLDER / "evaluation_summary.csv"))
         summary["evaluation"] = ev.table.to_dict("records")
-        out.figure(lambda: plots.plot_evaluation(ev.table), "flat_model_evaluation.png")
+        out.figure(plotting.drawing(plots.plot_evaluation, ev.table),
+                   "flat_model_evaluation.png")
 
         def error_maps(ev=ev, masters=masters, defects=defects):
             if not ev.maps:  # not made above (figures of level all not wanted then)
@@ -648,12 +651,20 @@ def _illumination_and_prnu(masters, reference, group_dir, settings, summary, out
     summary["defects"] = {r["DEFECT"]: int(r["COUNT"]) for r in defects.to_dict("records")}
     summary["defect_columns"] = defects.loc[defects["DEFECT"] == "column", "COLUMNS"].iloc[0]
     summary["_defect_mask"] = exclude
-    out.figure(lambda: plots.plot_illumination_profile(ref_data, ref_ill),
+    # drawn in the render process from what they show (reduced here when wanted)
+    out.figure(lambda: plotting.drawing(plots.plot_illumination_profile_data,
+                                        plots.illumination_profile_data(ref_data, ref_ill)),
                "illumination_profile.png")
-    out.figure(lambda: plots.plot_illumination_map(ref_ill), "illumination_map.png")
-    out.figure(lambda: plots.plot_prnu_map(combined), "prnu_map.png")
-    out.figure(lambda: plots.plot_prnu_histogram(combined, stats), "prnu_histogram.png")
-    out.figure(lambda: plots.plot_defects(bits), "defects_map.png")
+    out.figure(lambda: plotting.drawing(plots.plot_illumination_map_data,
+                                        plots.illumination_map_data(ref_ill)),
+               "illumination_map.png")
+    out.figure(lambda: plotting.drawing(plots.plot_prnu_map_data, plots.prnu_map_data(combined)),
+               "prnu_map.png")
+    out.figure(lambda: plotting.drawing(plots.plot_prnu_histogram_data,
+                                        plots.prnu_histogram_data(combined, stats)),
+               "prnu_histogram.png")
+    out.figure(lambda: plotting.drawing(plots.plot_defects_data, plots.defects_data(bits)),
+               "defects_map.png")
 
 
 def _vignetting_only(used_sets, masters, group_dir, settings, shape, summary, out, cards,

@@ -1,5 +1,8 @@
 """Figures of the flat pipeline.  Each ``plot_*`` takes computed results and an optional ``ax``;
-it draws, labels both axes with units and returns the axes; the pipeline saves."""
+it draws, labels both axes with units and returns the axes; the pipeline saves.  A figure of
+full-frame maps is also split in two: ``*_data`` reduces the result to what is drawn (in the
+main process), ``plot_*_data`` draws that (in the render process; see
+:func:`utils.plotting.FigureWriter.save`)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,15 @@ import numpy as np
 import pandas as pd
 
 from utils.io.tokens import number_text
-from utils.plotting import finish_axes, new_axes, show_histogram, show_image, subplots
+from utils.plotting import (
+    finish_axes,
+    histogram,
+    image_view,
+    new_axes,
+    show_histogram,
+    show_image,
+    subplots,
+)
 from utils.stack.stats import exact_nanmedian
 
 #: Longest side of an image drawn [px]: larger frames are block-averaged first (a figure
@@ -15,9 +26,11 @@ from utils.stack.stats import exact_nanmedian
 DISPLAY_SIDE = 512
 
 
-def _image(image: np.ndarray, *, reduce=np.nanmean, **kwargs):
-    """:func:`utils.plotting.show_image` of ``image`` block-reduced to ``DISPLAY_SIDE``, with
-    the axes still in the frame's pixel coordinates."""
+def image_data(image: np.ndarray, *, reduce=np.nanmean, percentiles=(1.0, 99.0),
+               symmetric: bool = False) -> dict:
+    """What :func:`_image` draws of ``image``: the :class:`~utils.plotting.ImageView` of the
+    image block-reduced to ``DISPLAY_SIDE`` (colour limits from the reduced image), and the
+    reduced frame's size [px] (None when not reduced) -- small, for the render process."""
     image = np.asarray(image, dtype=np.float32)
     h, w = image.shape
     f = max(1, int(np.ceil(max(h, w) / DISPLAY_SIDE)))
@@ -29,8 +42,19 @@ def _image(image: np.ndarray, *, reduce=np.nanmean, **kwargs):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
             small = reduce(image[:hh, :ww].reshape(hh // f, f, ww // f, f), axis=(1, 3))
-    ax = show_image(small, **kwargs)
-    if f > 1:
+    return {"view": image_view(small, percentiles=percentiles, symmetric=symmetric),
+            "frame": (hh, ww) if f > 1 else None}
+
+
+def _image(image, *, reduce=np.nanmean, percentiles=(1.0, 99.0), symmetric: bool = False,
+           **kwargs):
+    """:func:`utils.plotting.show_image` of ``image`` block-reduced to ``DISPLAY_SIDE`` (or of
+    its :func:`image_data`), with the axes still in the frame's pixel coordinates."""
+    data = image if isinstance(image, dict) else image_data(
+        image, reduce=reduce, percentiles=percentiles, symmetric=symmetric)
+    ax = show_image(data["view"], **kwargs)
+    if data["frame"] is not None:
+        hh, ww = data["frame"]
         ax.images[-1].set_extent((-0.5, ww - 0.5, -0.5, hh - 0.5))
         ax.set_xlim(-0.5, ww - 0.5)
         ax.set_ylim(-0.5, hh - 0.5)
@@ -39,7 +63,12 @@ def _image(image: np.ndarray, *, reduce=np.nanmean, **kwargs):
 
 __all__ = ["plot_frame_levels", "plot_ptc", "plot_linearity", "plot_illumination_profile",
            "plot_illumination_map", "plot_prnu_map", "plot_prnu_histogram", "plot_defects",
-           "plot_model_map", "plot_evaluation", "plot_error_maps", "plot_master"]
+           "plot_model_map", "plot_evaluation", "plot_error_maps", "plot_master", "image_data",
+           "illumination_profile_data", "plot_illumination_profile_data",
+           "illumination_map_data", "plot_illumination_map_data", "prnu_map_data",
+           "plot_prnu_map_data", "prnu_histogram_data", "plot_prnu_histogram_data",
+           "defects_data", "plot_defects_data", "model_map_data", "plot_model_map_data",
+           "master_data", "plot_master_data"]
 
 
 def plot_frame_levels(qc: pd.DataFrame, *, ax=None):
@@ -106,11 +135,10 @@ def plot_linearity(ptc, *, axes=None):
     return axes
 
 
-def plot_illumination_profile(master: np.ndarray, ill, *, ax=None, sample: int = 20000,
-                              seed: int = 0):
-    """Relative illumination of a pixel sample vs distance to the optical centre, with the
-    model's."""
-    ax = new_axes(ax)
+def illumination_profile_data(master: np.ndarray, ill, *, sample: int = 20000,
+                              seed: int = 0) -> dict:
+    """What :func:`plot_illumination_profile` draws: the sampled pixels' distances, data and
+    model values, and the texts."""
     h, w = master.shape
     x0, y0 = ill.model.centre
     c0 = ill.model.value("c0")
@@ -122,61 +150,127 @@ def plot_illumination_profile(master: np.ndarray, ill, *, ax=None, sample: int =
     # the distance of the plotted pixels only (full-frame index grids: ~200 MB at 2048^2)
     y, x = np.divmod(ok, w)
     r = np.hypot(x - x0, y - y0)
-    ax.plot(r, data[ok], ".", ms=1.5, alpha=0.3, color="0.5", label="master / C0 (pixels)")
     order = np.argsort(r)
-    ax.plot(r[order], model[ok[order]], "-", color="C3", lw=1, label="model V")
     fall, err = ill.model.corner_falloff()
+    return {"r": r, "data": data[ok], "r_sorted": r[order], "model_sorted": model[ok[order]],
+            "title": f"{ill.tag}: centre ({x0:.1f}, {y0:.1f}) px\n"  # one line was clipped
+                     f"corner fall-off {fall:.2f} +- {err:.2f} %"}
+
+
+def plot_illumination_profile_data(data: dict, *, ax=None):
+    """The figure of :func:`illumination_profile_data`."""
+    ax = new_axes(ax)
+    ax.plot(data["r"], data["data"], ".", ms=1.5, alpha=0.3, color="0.5",
+            label="master / C0 (pixels)")
+    ax.plot(data["r_sorted"], data["model_sorted"], "-", color="C3", lw=1, label="model V")
     return finish_axes(ax, "distance to the optical centre [px]",
-                       "relative illumination [1]",
-                       f"{ill.tag}: centre ({x0:.1f}, {y0:.1f}) px\n"  # one line was clipped
-                       f"corner fall-off {fall:.2f} +- {err:.2f} %")
+                       "relative illumination [1]", data["title"])
 
 
-def plot_illumination_map(ill, *, ax=None):
-    """The relative illumination V with the optical centre."""
-    ax = _image(ill.relative, ax=ax, unit="1", label="V",
-                title=f"illumination relative to the optical centre ({ill.tag})")
-    x0, y0 = ill.model.centre
+def plot_illumination_profile(master: np.ndarray, ill, *, ax=None, sample: int = 20000,
+                              seed: int = 0):
+    """Relative illumination of a pixel sample vs distance to the optical centre, with the
+    model's."""
+    return plot_illumination_profile_data(
+        illumination_profile_data(master, ill, sample=sample, seed=seed), ax=ax)
+
+
+def illumination_map_data(ill) -> dict:
+    """What :func:`plot_illumination_map` draws."""
+    return {"image": image_data(ill.relative), "centre": tuple(ill.model.centre),
+            "tag": ill.tag}
+
+
+def plot_illumination_map_data(data: dict, *, ax=None):
+    """The map of :func:`illumination_map_data`."""
+    ax = _image(data["image"], ax=ax, unit="1", label="V",
+                title=f"illumination relative to the optical centre ({data['tag']})")
+    x0, y0 = data["centre"]
     ax.plot([x0], [y0], "r+", ms=12, label="optical centre")
     ax.legend(fontsize="small")
     return ax
 
 
-def plot_prnu_map(prnu, *, ax=None):
-    """Combined PRNU map (response relative to the smooth illumination)."""
-    return _image(prnu.data, ax=ax, unit="1", label="response",
+def plot_illumination_map(ill, *, ax=None):
+    """The relative illumination V with the optical centre."""
+    return plot_illumination_map_data(illumination_map_data(ill), ax=ax)
+
+
+def prnu_map_data(prnu) -> dict:
+    """What :func:`plot_prnu_map` draws."""
+    return {"image": image_data(prnu.data)}
+
+
+def plot_prnu_map_data(data: dict, *, ax=None):
+    """The map of :func:`prnu_map_data`."""
+    return _image(data["image"], ax=ax, unit="1", label="response",
                   title="photo-response non-uniformity (master / illumination model)")
 
 
-def plot_prnu_histogram(prnu, stats: dict, *, ax=None):
-    """Histogram of the response deviations [%], with the EMVA PRNU."""
+def plot_prnu_map(prnu, *, ax=None):
+    """Combined PRNU map (response relative to the smooth illumination)."""
+    return plot_prnu_map_data(prnu_map_data(prnu), ax=ax)
+
+
+def prnu_histogram_data(prnu, stats: dict) -> dict:
+    """What :func:`plot_prnu_histogram` draws (a :class:`~utils.plotting.Histogram`)."""
     values = 100.0 * (prnu.data - 1.0)
-    ax = show_histogram(values[np.isfinite(values)], ax=ax, xlabel="response - 1 [%]",
-                        title=f"PRNU {stats.get('PRNU_PCT', np.nan):.3f} +- "
-                              f"{stats.get('PRNU_ERR_PCT', np.nan):.3f} % (EMVA 1288)",
-                        markers={"median": exact_nanmedian(values)})  # np.nanmedian's
+    return {"values": histogram(values[np.isfinite(values)]), "xlabel": "response - 1 [%]",
+            "title": f"PRNU {stats.get('PRNU_PCT', np.nan):.3f} +- "
+                     f"{stats.get('PRNU_ERR_PCT', np.nan):.3f} % (EMVA 1288)",
+            "markers": {"median": exact_nanmedian(values)}}  # np.nanmedian's
+
+
+def plot_prnu_histogram_data(data: dict, *, ax=None):
+    """The histogram of :func:`prnu_histogram_data`."""
+    ax = show_histogram(ax=ax, **data)
     ax.set_ylabel("pixels [count]")
     return ax
 
 
+def plot_prnu_histogram(prnu, stats: dict, *, ax=None):
+    """Histogram of the response deviations [%], with the EMVA PRNU."""
+    return plot_prnu_histogram_data(prnu_histogram_data(prnu, stats), ax=ax)
+
+
+def defects_data(bits: np.ndarray) -> dict:
+    """What :func:`plot_defects` draws."""
+    return {"image": image_data(bits.astype(float), reduce=np.nanmax, percentiles=(0.0, 100.0)),
+            "count": int((bits != 0).sum())}
+
+
+def plot_defects_data(data: dict, *, ax=None):
+    """The map of :func:`defects_data`."""
+    return _image(data["image"], ax=ax, unit="bits 1 dead, 2 cold, 4 column", label="defect",
+                  title=f"response defects ({data['count']} pixels)", cmap="magma")
+
+
 def plot_defects(bits: np.ndarray, *, ax=None):
     """Defect map: dead, cold, column defect bits."""
-    return _image(bits.astype(float), reduce=np.nanmax, ax=ax,
-                  unit="bits 1 dead, 2 cold, 4 column", label="defect",
-                  title=f"response defects ({int((bits != 0).sum())} pixels)",
-                  percentiles=(0.0, 100.0), cmap="magma")
+    return plot_defects_data(defects_data(bits), ax=ax)
+
+
+def model_map_data(model, j: int) -> dict:
+    """What :func:`plot_model_map` draws."""
+    name = "ABC"[j]
+    what = (f"flat at {number_text(model.t_ref, '.2f')} degC, {model.exp_ref:g} s",
+            "temperature coefficient", "exposure-time coefficient")[j]
+    dropped = f"\nnot fitted: {model.dropped[name]}" if name in model.dropped else ""
+    return {"image": image_data(model.coef[j], symmetric=j > 0),
+            "unit": ("1", "1/degC", "1/s")[j], "label": name,
+            "title": f"flat model {name}: {what}{dropped}"}
+
+
+def plot_model_map_data(data: dict, *, ax=None):
+    """The map of :func:`model_map_data`."""
+    return _image(data["image"], ax=ax, unit=data["unit"], label=data["label"],
+                  title=data["title"])
 
 
 def plot_model_map(model, j: int, *, ax=None):
     """Map of A [1], B [1/degC] or C [1/s] of the flat model (a term not fitted says why on a
     second title line)."""
-    name = "ABC"[j]
-    unit = ("1", "1/degC", "1/s")[j]
-    what = (f"flat at {number_text(model.t_ref, '.2f')} degC, {model.exp_ref:g} s",
-            "temperature coefficient", "exposure-time coefficient")[j]
-    dropped = f"\nnot fitted: {model.dropped[name]}" if name in model.dropped else ""
-    return _image(model.coef[j], ax=ax, unit=unit, label=name,
-                  title=f"flat model {name}: {what}{dropped}", symmetric=j > 0)
+    return plot_model_map_data(model_map_data(model, j), ax=ax)
 
 
 def plot_evaluation(table: pd.DataFrame, *, axes=None):
@@ -230,6 +324,17 @@ def plot_error_maps(maps: dict, which: int, *, title: str, unit: str, axes=None)
     return axes
 
 
+def master_data(data: np.ndarray, tag: str) -> dict:
+    """What :func:`plot_master` draws."""
+    return {"image": image_data(data), "tag": tag}
+
+
+def plot_master_data(data: dict, *, ax=None):
+    """The map of :func:`master_data`."""
+    return _image(data["image"], ax=ax, unit="1", label="flat",
+                  title=f"master flat {data['tag']}")
+
+
 def plot_master(data: np.ndarray, tag: str, *, ax=None):
     """A normalised master flat."""
-    return _image(data, ax=ax, unit="1", label="flat", title=f"master flat {tag}")
+    return plot_master_data(master_data(data, tag), ax=ax)

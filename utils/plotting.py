@@ -2,7 +2,10 @@
 
 Plot functions take computed results and an optional ``ax``, draw, and return
 the axes; they never save (pipelines do, through :func:`save` or
-:func:`utils.io.fitsio.save_figure`).  matplotlib is imported lazily with the
+:func:`utils.io.fitsio.save_figure`).  A figure of a large result has two halves: a
+``*_data`` function reducing the result to what is drawn (here, in the main process) and a
+``plot_*_data`` function drawing that (wherever the figure is rendered); ``plot_*`` of the
+result is the one after the other.  matplotlib is imported lazily with the
 non-interactive Agg backend.
 
 Figures are off the critical path of a run:
@@ -10,9 +13,12 @@ Figures are off the critical path of a run:
 * images are drawn from a display copy (:func:`display_copy`: block averages, at most
   :data:`DISPLAY_PIXELS` a side) while their colour limits come from the full data;
 * inside :func:`figure_output` (the commands open one from their ``--plots`` option) a
-  drawn figure is pickled -- small: its images are display copies -- and rendered to PNG
-  by a separate process at the lowest priority while the run goes on; the pool is drained
-  when the block ends;
+  figure is rendered to PNG by a separate process at the lowest priority while the run
+  goes on; the pool is drained when the block ends.  The pipelines send it a *drawing*
+  (:class:`functools.partial` of a ``plot_*`` function and the small data it draws: an
+  :class:`ImageView` of a map, a :class:`Histogram` of values, a table), and the figure is
+  built there too; a figure drawn here (a lambda's) is pickled and sent -- small either
+  way: images are display copies;
 * ``--plots`` chooses how many are drawn (:data:`LEVELS`): ``summary`` (the default) the
   figures a report needs, ``all`` also one figure per master or per (T, t) set, ``none``
   nothing;
@@ -23,6 +29,7 @@ Figures are off the critical path of a run:
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -33,6 +40,7 @@ import time
 import types
 from concurrent.futures import Future
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,10 +57,15 @@ LEVELS = ("none", "summary", "all")
 #: renderer (nearest neighbour: dropping pixels rather than averaging them), and it costs
 #: ~25 % more to render and 4x the bytes to pickle for the render pool.
 DISPLAY_PIXELS = 512
-#: Figures waiting for the renderer; with this many, :meth:`FigureWriter.save` renders the
-#: next one in its own process instead of queueing it (bounds the memory the pickled
-#: figures hold, and keeps the main process busy rather than waiting).
-MAX_PENDING = 8
+#: Figures waiting for the renderer; with this many, or :data:`MAX_PENDING_BYTES` of them,
+#: :meth:`FigureWriter.save` renders the next one in its own process instead of queueing it
+#: (bounds the memory the pickled figures hold, and keeps the main process busy rather than
+#: waiting).  Drawings are small (a heatmap's 5 kB): with the renderer drawing them too, a
+#: burst of 10 (the dark heatmaps) queues rather than taking the main process's time.
+MAX_PENDING = 24
+#: Bytes of the figures waiting for the renderer that make :meth:`FigureWriter.save`
+#: render the next one here (8 figures of a 1 MB display copy: the former bound of 8).
+MAX_PENDING_BYTES = 8 * 2**20
 #: Niceness added to the rendering process (the lowest priority): on a machine whose cores
 #: the computation keeps busy, the kernel gives them to it first and the figures take the
 #: idle moments; the run waits for the last of them at its end, when nothing else runs (the
@@ -188,14 +201,67 @@ def finish_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
     return ax
 
 
-def show_image(image: np.ndarray, *, ax=None, unit: str, title: str, label: str = "",
+class ImageView(NamedTuple):
+    """What an image figure draws of an image (:func:`image_view`): small enough to send to
+    the render process (a 2048 x 2048 map's view is 1 MB, the map 16 MB)."""
+
+    #: Display copy (:func:`display_copy`, float32).
+    shown: np.ndarray
+    #: ``imshow`` extent in the full image's pixels (None: not reduced).
+    extent: tuple[float, float, float, float] | None
+    #: Colour limits from every finite pixel of the full image.
+    vmin: float
+    vmax: float
+    #: Whether the limits are centred on 0 (and the colour map diverging).
+    symmetric: bool = False
+
+
+def colour_limits(image: np.ndarray, percentiles=(1.0, 99.0), symmetric: bool = False
+                  ) -> tuple[float, float]:
+    """Colour limits of ``image``: the ``percentiles`` of its finite pixels (float64), or
+    +- the upper one of their absolute values when ``symmetric``; (0, 1) when none is finite,
+    a span of 1 when they coincide."""
+    image = np.asarray(image)
+    # limits from the finite pixels in float64, partitioned in place: one float64 copy of
+    # them, not three (a 2048^2 map's would be ~100 MB)
+    finite = image[np.isfinite(image)].astype(np.float64, copy=False)
+    if finite.size == 0:
+        return 0.0, 1.0
+    if symmetric:
+        hi = float(np.percentile(np.abs(finite, out=finite), percentiles[1],
+                                 overwrite_input=True)) or 1.0
+        return -hi, hi
+    lo, hi = (float(v) for v in np.percentile(finite, percentiles, overwrite_input=True))
+    return lo, (lo + 1.0 if hi <= lo else hi)
+
+
+def image_view(image: np.ndarray, *, percentiles=(1.0, 99.0), symmetric: bool = False,
+               max_pixels: int = DISPLAY_PIXELS) -> ImageView:
+    """The :class:`ImageView` of ``image``: colour limits from every pixel
+    (:func:`colour_limits`), the picture from the display copy -- what :func:`show_image`
+    draws of it.  Made where the image is (the main process), drawn where the figure is
+    rendered.
+
+    Examples
+    --------
+    >>> view = image_view(np.arange(16.0).reshape(4, 4), percentiles=(0, 100), max_pixels=2)
+    >>> view.shown.tolist(), view.extent, (view.vmin, view.vmax)
+    ([[2.5, 4.5], [10.5, 12.5]], (-0.5, 3.5, -0.5, 3.5), (0.0, 15.0))
+    """
+    lo, hi = colour_limits(image, percentiles, symmetric)
+    shown, extent = display_copy(image, max_pixels)
+    return ImageView(shown, extent, lo, hi, bool(symmetric))
+
+
+def show_image(image, *, ax=None, unit: str, title: str, label: str = "",
                percentiles=(1.0, 99.0), symmetric: bool = False, cmap: str | None = None):
     """Image with a colour bar, scaled to the given percentiles of its finite pixels.
 
     Parameters
     ----------
-    image : numpy.ndarray
-        2-D image.
+    image : numpy.ndarray or ImageView
+        2-D image, or its :func:`image_view` (then ``percentiles`` and ``symmetric`` are
+        the view's: the same figure).
     unit : str
         Unit of the colour bar, e.g. ``adu``.
     title : str
@@ -208,24 +274,13 @@ def show_image(image: np.ndarray, *, ax=None, unit: str, title: str, label: str 
         Centre the colour scale on 0 (residuals, differences).
     """
     ax = new_axes(ax, figsize=(6.4, 4.8))
-    image = np.asarray(image)
-    # limits from the finite pixels in float64, partitioned in place: one float64 copy of
-    # them, not three (a 2048^2 map's would be ~100 MB)
-    finite = image[np.isfinite(image)].astype(np.float64, copy=False)
-    if finite.size == 0:
-        lo, hi = 0.0, 1.0
-    elif symmetric:
-        hi = float(np.percentile(np.abs(finite, out=finite), percentiles[1],
-                                 overwrite_input=True)) or 1.0
-        lo = -hi
-    else:
-        lo, hi = (float(v) for v in np.percentile(finite, percentiles, overwrite_input=True))
-        if hi <= lo:
-            hi = lo + 1.0
-    del finite
+    view = image if isinstance(image, ImageView) else image_view(
+        image, percentiles=percentiles, symmetric=symmetric)
     # colour limits from every pixel, the picture from the display copy
-    im = draw_image(ax, image, vmin=lo, vmax=hi,
-                    cmap=cmap or ("RdBu_r" if symmetric else "viridis"))
+    kwargs = {} if view.extent is None else {"extent": view.extent}
+    im = ax.imshow(view.shown, vmin=view.vmin, vmax=view.vmax, origin="lower",
+                   interpolation="nearest",
+                   cmap=cmap or ("RdBu_r" if view.symmetric else "viridis"), **kwargs)
     ax.set_title(title)
     ax.set_xlabel("column [px]")
     ax.set_ylabel("row [px]")
@@ -233,13 +288,40 @@ def show_image(image: np.ndarray, *, ax=None, unit: str, title: str, label: str 
     return ax
 
 
-def show_histogram(values: np.ndarray, *, ax=None, xlabel: str, title: str, bins: int = 100,
-                   log: bool = True, markers: dict | None = None):
-    """Histogram of the finite values, with optional vertical markers ``{label: x}``."""
-    ax = new_axes(ax)
+class Histogram(NamedTuple):
+    """Counts and bin edges of the finite values (:func:`histogram`): what
+    :func:`show_histogram` draws, without the values."""
+
+    counts: np.ndarray
+    edges: np.ndarray
+
+
+def histogram(values: np.ndarray, bins: int = 100) -> Histogram:
+    """The :class:`Histogram` of the finite ``values``: ``bins`` bins over their range, as
+    ``ax.hist`` makes them (the same counts and edges).
+
+    Examples
+    --------
+    >>> histogram(np.array([0.0, 1.0, np.nan, 1.0]), bins=2)
+    Histogram(counts=array([1, 2]), edges=array([0. , 0.5, 1. ]))
+    """
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
-    ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.7, log=log, label="pixels")
+    # ax.hist's range: min and max of the data (None, then numpy's (0, 1), when empty)
+    span = (np.nanmin(values), np.nanmax(values)) if values.size else None
+    counts, edges = np.histogram(values, bins, range=span)
+    return Histogram(counts, edges)
+
+
+def show_histogram(values, *, ax=None, xlabel: str, title: str, bins: int = 100,
+                   log: bool = True, markers: dict | None = None):
+    """Histogram of the finite values (or their :func:`histogram`), with optional vertical
+    markers ``{label: x}``."""
+    ax = new_axes(ax)
+    hist = values if isinstance(values, Histogram) else histogram(values, bins)
+    # each bin's left edge weighted by its count: ax.hist's own bins and tops
+    ax.hist(hist.edges[:-1], bins=hist.edges, weights=hist.counts, histtype="stepfilled",
+            alpha=0.7, log=log, label="pixels")
     for name, x in (markers or {}).items():
         ax.axvline(x, ls="--", lw=1, label=name, color="k" if "median" in name else "C3")
     return finish_axes(ax, xlabel, "pixels", title)
@@ -390,14 +472,56 @@ def _savefig(fig, path: str | os.PathLike, dpi: int) -> Path:
     return Path(path)
 
 
+def drawing(plot, /, *args, **kwargs) -> functools.partial:
+    """A drawing for :func:`save`: ``plot(*args, **kwargs)``, called in the process that
+    renders the figure.
+
+    ``plot`` must be a module-level function (picklable) and the arguments small: what the
+    figure shows, not the result it was computed from (see :class:`ImageView`,
+    :class:`Histogram`).
+
+    Examples
+    --------
+    >>> drawing(show_histogram, histogram([1.0, 2.0]), xlabel="x [s]", title="t").func.__name__
+    'show_histogram'
+    """
+    return functools.partial(plot, *args, **kwargs)
+
+
+class NotDrawn(Exception):
+    """A drawing (:class:`functools.partial`) failed in the process rendering it."""
+
+
+def _drawn_figure(draw):
+    """The figure ``draw()`` draws; a figure it leaves half drawn when it fails is closed
+    (the render process draws hundreds)."""
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    try:
+        return _figure_of(draw())
+    except Exception:
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
+        raise
+
+
 def _render(payload: bytes, path: str, dpi: int) -> tuple[str, float]:
-    """Worker side: unpickle a figure and save it as PNG (atomically); the path and the
-    CPU time it took [s] (logged by the parent: a worker's log goes nowhere)."""
+    """Worker side: unpickle a figure, or a drawing (:class:`functools.partial`) and draw
+    it, and save it as PNG (atomically); the path and the CPU time it took [s] (logged by
+    the parent: a worker's log goes nowhere).  A drawing that fails raises
+    :class:`NotDrawn`."""
     import matplotlib
 
     matplotlib.use("Agg")
     start = time.process_time()
-    written = write_png(pickle.loads(payload), path, dpi=dpi)
+    fig = pickle.loads(payload)
+    if isinstance(fig, functools.partial):
+        try:
+            fig = _drawn_figure(fig)
+        except Exception as err:  # noqa: BLE001 - told to the parent, which logs it
+            raise NotDrawn(f"{type(err).__name__}: {err}") from None
+    written = write_png(fig, path, dpi=dpi)
     return str(written), time.process_time() - start
 
 
@@ -465,11 +589,23 @@ class FigureWriter:
 
     def save(self, draw, path: str | os.PathLike, *, level: str = "summary",
              dpi: int = 110) -> Path | None:
-        """Draw (``draw()``, or already drawn axes / figure) and save ``path`` as PNG.
+        """Draw and save ``path`` as PNG.
 
-        Returns the path, or None when the level is not wanted or drawing failed (logged
-        as a warning: a figure never stops a run).  In a pool the PNG is written a little
-        later; :meth:`close` waits for it.
+        ``draw`` is one of:
+
+        * a drawing, :class:`functools.partial` of a module-level ``plot_*`` function and
+          the small data it draws (an :class:`ImageView` rather than a full map, a
+          :class:`Histogram` rather than the values): pickled as it is and drawn in the
+          render process, so the figure is built off the critical path;
+        * a callable (a lambda, built here): ``draw()`` returns the drawn axes or figure --
+          or a drawing, then sent as above (data prepared here only when ``level`` is
+          wanted);
+        * already drawn axes or a figure.
+
+        Returns the path, or None when the level is not wanted or drawing here failed
+        (logged as a warning: a figure never stops a run).  In a pool the PNG is written a
+        little later (a drawing that fails there is logged the same way); :meth:`close`
+        waits for it.
         """
         if not self.wants(level):
             if not callable(draw):
@@ -477,44 +613,58 @@ class FigureWriter:
             return None
         path = Path(path)
         try:
-            fig = _figure_of(draw() if callable(draw) else draw)
+            drawn = draw if isinstance(draw, functools.partial) else (
+                draw() if callable(draw) else draw)
+            subject = drawn if isinstance(drawn, functools.partial) else _figure_of(drawn)
         except Exception as err:  # noqa: BLE001 - a figure must never lose a product
             logger.warning("figure %s not drawn: %s: %s", path, type(err).__name__, err)
             self.failed.append(path)
             return None
         if not self.workers:
-            return self._render_here(fig, path, dpi)
+            return self._render_here(subject, path, dpi)
         while self._pending and self._pending[0][1].done():
             self._collect(self._pending.pop(0))
-        if len(self._pending) >= MAX_PENDING:
+        if len(self._pending) >= MAX_PENDING or sum(
+                len(item[2]) for item in self._pending if len(item) > 2) >= MAX_PENDING_BYTES:
             # the renderer is behind: render this one here rather than wait for it idle
             # (a burst of figures then takes both processes, not one)
-            return self._render_here(fig, path, dpi)
+            return self._render_here(subject, path, dpi)
         try:
-            payload = pickle.dumps(fig, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(subject, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as err:  # noqa: BLE001 - an unpicklable artist: render it here
             logger.debug("figure %s rendered in the main process: %s", path, err)
-            return self._render_here(fig, path, dpi)
+            return self._render_here(subject, path, dpi)
         try:
             future = self._executor().submit(_render, payload, str(path), dpi)
         except Exception as err:  # noqa: BLE001 - a dead renderer: draw here from now on
             logger.warning("figure renderer unavailable (%s: %s); figures are rendered in the "
                            "main process", type(err).__name__, err)
             self.workers = 0
-            return self._render_here(fig, path, dpi)
-        _close(fig)
+            return self._render_here(subject, path, dpi)
+        logger.debug("figure %s sent to the renderer: %s, %d bytes", path,
+                     "drawing" if isinstance(subject, functools.partial) else "figure",
+                     len(payload))
+        _close(subject)
         self._pending.append((path, future, payload, dpi))
         return path
 
-    def _render_here(self, fig, path: Path, dpi: int) -> Path | None:
+    def _render_here(self, subject, path: Path, dpi: int) -> Path | None:
+        """Draw (a drawing) and render ``subject`` in this process."""
+        if isinstance(subject, functools.partial):
+            try:
+                subject = _drawn_figure(subject)
+            except Exception as err:  # noqa: BLE001 - a figure must never lose a product
+                logger.warning("figure %s not drawn: %s: %s", path, type(err).__name__, err)
+                self.failed.append(path)
+                return None
         start = time.process_time()
         try:
-            written = write_png(fig, path, dpi=dpi)
+            written = write_png(subject, path, dpi=dpi)
             logger.debug("figure %s rendered here in %.3f s CPU", path,
                          time.process_time() - start)
             return written
         except Exception as err:  # noqa: BLE001
-            _close(fig)
+            _close(subject)
             logger.warning("figure %s not rendered: %s: %s", path, type(err).__name__, err)
             self.failed.append(path)
             return None
@@ -536,6 +686,9 @@ class FigureWriter:
         try:
             _, seconds = future.result()
             logger.debug("figure %s rendered in %.3f s CPU", path, seconds)
+        except NotDrawn as err:
+            logger.warning("figure %s not drawn: %s", path, err)
+            self.failed.append(path)
         except Exception as err:  # noqa: BLE001
             logger.warning("figure %s not rendered: %s: %s", path, type(err).__name__, err)
             self.failed.append(path)
@@ -591,7 +744,7 @@ class FigureWriter:
 
 
 def _close(drawn) -> None:
-    if drawn is None:
+    if drawn is None or isinstance(drawn, functools.partial):
         return
     import matplotlib.pyplot as plt
 

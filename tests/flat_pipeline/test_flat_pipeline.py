@@ -12,6 +12,7 @@ campaigns in test_flat_models.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -106,6 +107,8 @@ def flat_run(flat_campaign, tmp_path_factory):
 
     def recording(draw, path, *args, **kwargs):
         drawn = draw() if callable(draw) else draw
+        if isinstance(drawn, functools.partial):  # a drawing (for the render process)
+            drawn = drawn()
         figures[Path(path).name] = _axes_labels(np.ravel(drawn)[0].figure)
         return original(drawn, path, *args, **kwargs)
     with pytest.MonkeyPatch.context() as mp:

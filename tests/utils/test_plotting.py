@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -451,3 +452,182 @@ def test_subplots_titles_at_a_fixed_height_draw_the_same_pixels(tmp_path, shape)
     plotting.write_png(fig, tmp_path / "auto.png")
     np.testing.assert_array_equal(_decoded(tmp_path / "fixed.png")[0],
                                   _decoded(tmp_path / "auto.png")[0])
+
+
+# --- drawings: figures built in the render process ----------------------------------------------
+
+def _old_show_image(image, *, unit, title, percentiles=(1.0, 99.0), symmetric=False):
+    """show_image before ImageView (the reference): limits, then draw_image of the image."""
+    ax = plotting.new_axes(None, figsize=(6.4, 4.8))
+    finite = image[np.isfinite(image)].astype(np.float64)
+    if symmetric:
+        hi = float(np.percentile(np.abs(finite), percentiles[1])) or 1.0
+        lo = -hi
+    else:
+        lo, hi = (float(v) for v in np.percentile(finite, percentiles))
+    im = plotting.draw_image(ax, image, vmin=lo, vmax=hi,
+                             cmap="RdBu_r" if symmetric else "viridis")
+    ax.set_title(title)
+    ax.set_xlabel("column [px]")
+    ax.set_ylabel("row [px]")
+    ax.figure.colorbar(im, ax=ax, label=f" [{unit}]".strip(), shrink=0.85)
+    return ax
+
+
+def _old_show_histogram(values, *, xlabel, title, markers):
+    """show_histogram before Histogram (the reference): ax.hist of the values."""
+    ax = plotting.new_axes()
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    ax.hist(values, bins=100, histtype="stepfilled", alpha=0.7, log=True, label="pixels")
+    for name, x in markers.items():
+        ax.axvline(x, ls="--", lw=1, label=name, color="k" if "median" in name else "C3")
+    return plotting.finish_axes(ax, xlabel, "pixels", title)
+
+
+def _png(ax, path):
+    plotting.write_png(plotting._figure_of(ax), path)
+    return path.read_bytes()
+
+
+def test_image_view_and_histogram_draw_the_bytes_of_the_full_data(tmp_path):
+    """A figure drawn from an ImageView (display copy, limits from every pixel) or a Histogram
+    (counts and edges) is the PNG, byte for byte, of the one drawn from the full data -- as
+    show_image and show_histogram drew it before -- and sends far fewer bytes."""
+    import pickle
+
+    rng = np.random.default_rng(7)
+    image = rng.normal(100.0, 5.0, (1030, 700)).astype(np.float32)
+    image[::9, ::5] = np.nan
+    for symmetric in (False, True):
+        old = _png(_old_show_image(image - 100, unit="adu", title="t", symmetric=symmetric),
+                   tmp_path / "old.png")
+        view = plotting.image_view(image - 100, symmetric=symmetric)
+        new = _png(plotting.show_image(view, unit="adu", title="t"), tmp_path / "new.png")
+        assert new == old
+        assert _png(plotting.show_image(image - 100, unit="adu", title="t",
+                                        symmetric=symmetric), tmp_path / "direct.png") == old
+        assert len(pickle.dumps(view)) < image.nbytes / 3.5      # 515 x 350 float32
+    values = rng.lognormal(size=20000)
+    values[::50] = np.inf
+    for data in (values, values[:1], values[:0], np.full(7, 3.0)):
+        markers = {"median": 1.0}
+        with warnings.catch_warnings():  # no data: 'cannot be log-scaled', both
+            warnings.simplefilter("ignore", UserWarning)
+            old = _png(_old_show_histogram(data, xlabel="x [adu]", title="h", markers=markers),
+                       tmp_path / "old.png")
+            new = _png(plotting.show_histogram(plotting.histogram(data), xlabel="x [adu]",
+                                               title="h", markers=markers), tmp_path / "new.png")
+        assert new == old, data.size
+    assert len(pickle.dumps(plotting.histogram(values))) < 2500
+
+
+def _drawings(rng):
+    """(name, drawing) pairs: an image map, a histogram, a lambda that returns a drawing."""
+    image = rng.normal(size=(1100, 900))
+    view = plotting.image_view(image)
+    hist = plotting.histogram(rng.lognormal(size=5000))
+    return [("map.png", plotting.drawing(plotting.show_image, view, unit="adu", title="m")),
+            ("hist.png", plotting.drawing(plotting.show_histogram, hist, xlabel="x [adu]",
+                                          title="h")),
+            ("lazy.png", lambda: plotting.drawing(plotting.show_histogram, hist,
+                                                  xlabel="y [adu]", title="l"))]
+
+
+def test_drawings_are_drawn_in_the_render_process_with_the_same_bytes(tmp_path, monkeypatch,
+                                                                       caplog):
+    """A drawing (functools.partial) is pickled as it is and drawn by the renderer: the main
+    process builds no figure (its axes factory raises here) and the PNGs are those drawn in
+    the process (workers=0); the bytes sent are logged."""
+    import matplotlib.pyplot as plt
+
+    here = tmp_path / "here"
+    with plotting.figure_output("summary", workers=0) as writer:
+        for name, draw in _drawings(np.random.default_rng(4)):
+            assert plotting.save(draw, here / name) == here / name
+    assert writer.failed == []
+    caplog.set_level(logging.DEBUG, logger="utils.plotting")
+    pool = tmp_path / "pool"
+    with plotting.figure_output("summary", workers=1) as writer:
+        writer._executor()  # started before the main process's matplotlib is broken
+        open_before = plt.get_fignums()
+
+        def no_figures_here(*args, **kwargs):
+            raise AssertionError("figure built in the main process")
+        monkeypatch.setattr(plotting, "new_axes", no_figures_here)
+        for name, draw in _drawings(np.random.default_rng(4)):
+            assert plotting.save(draw, pool / name) == pool / name
+        assert plt.get_fignums() == open_before
+        sent = [r.getMessage() for r in caplog.records if "sent to the renderer" in r.getMessage()]
+        assert len(sent) == 3 and all("drawing" in m for m in sent)
+        monkeypatch.undo()
+    assert writer.failed == []
+    for name in ("map.png", "hist.png", "lazy.png"):
+        assert (pool / name).read_bytes() == (here / name).read_bytes(), name
+
+
+def _failing_image():
+    return plotting.drawing(plotting.show_image, np.array(["not", "numbers"]), unit="adu",
+                            title="x")
+
+
+def test_a_drawing_that_fails_is_logged_and_loses_nothing(tmp_path, caplog):
+    """A drawing that fails in the render process (or here, in-process) is a warning naming
+    the figure and the error; the figures before and after it are written, no figure is
+    left open; so is a drawing that cannot be pickled (drawn here instead)."""
+    import matplotlib.pyplot as plt
+
+    caplog.set_level(logging.WARNING)
+    for workers in (1, 0):
+        out = tmp_path / f"w{workers}"
+        open_before = plt.get_fignums()
+        with plotting.figure_output("summary", workers=workers) as writer:
+            plotting.save(_line, out / "before.png")
+            saved = plotting.save(_failing_image(), out / "bad.png")
+            assert saved == (out / "bad.png" if workers else None)
+            plotting.save(lambda: _failing_image(), out / "bad_lazy.png")
+            # not picklable (a local function in the arguments): drawn here
+            plotting.save(plotting.drawing(lambda: _line()), out / "local.png")
+            plotting.save(_line, out / "after.png")
+        assert sorted(p.name for p in writer.failed) == ["bad.png", "bad_lazy.png"]
+        assert sorted(p.name for p in out.iterdir()) == ["after.png", "before.png", "local.png"]
+        assert plt.get_fignums() == open_before
+        messages = [r.getMessage() for r in caplog.records]
+        for name in ("bad.png", "bad_lazy.png"):
+            assert any(str(out / name) in m and "not drawn" in m for m in messages), (workers,
+                                                                                     messages)
+        caplog.clear()
+
+
+def test_small_drawings_queue_where_bytes_of_figures_render_here(tmp_path, monkeypatch):
+    """The renderer, now drawing too, falls behind in bursts (ten dark heatmaps, nine index
+    trends): small drawings queue (up to MAX_PENDING) instead of being drawn and rendered by
+    the main process; MAX_PENDING_BYTES of queued payloads still make the next one render
+    here (the memory bound of the former 8 figures)."""
+    from concurrent.futures import Future
+
+    class StuckPool:
+        def __init__(self):
+            self.futures = []
+
+        def submit(self, func, payload, path, dpi):
+            self.futures.append((Future(), func, payload, path, dpi))
+            return self.futures[-1][0]
+
+    hist = plotting.histogram(np.random.default_rng(1).normal(size=1000))
+    small = plotting.drawing(plotting.show_histogram, hist, xlabel="x [adu]", title="h")
+    writer = plotting.FigureWriter("summary", workers=1)
+    pool = StuckPool()
+    monkeypatch.setattr(writer, "_executor", lambda: pool)
+    for i in range(12):
+        writer.save(small, tmp_path / f"s{i}.png")
+    assert len(pool.futures) == 12 and not list(tmp_path.glob("*.png"))  # all queued
+    payload = len(pool.futures[0][2])
+    monkeypatch.setattr(plotting, "MAX_PENDING_BYTES", 13 * payload)
+    writer.save(small, tmp_path / "s12.png")                            # 12 < 13: queued
+    writer.save(small, tmp_path / "s13.png")                            # 13 queued: here
+    assert len(pool.futures) == 13 and [p.name for p in tmp_path.glob("*.png")] == ["s13.png"]
+    for future, func, payload, path, dpi in pool.futures:
+        future.set_result(func(payload, path, dpi))
+    writer.close()
+    assert writer.failed == [] and len(list(tmp_path.glob("*.png"))) == 14
