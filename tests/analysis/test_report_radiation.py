@@ -330,7 +330,7 @@ def test_report_waits_for_the_figures_still_rendering(tmp_path, monkeypatch):
     its results folder."""
     import matplotlib.pyplot as plt
 
-    from utils import plotting
+    from utils import plotting, rendering
 
     results = _full_pipeline_results(tmp_path / "results")
     model = results / "radiation_model"
@@ -347,7 +347,7 @@ def test_report_waits_for_the_figures_still_rendering(tmp_path, monkeypatch):
             if pending.resolve().is_relative_to(Path(folder).resolve()):
                 self.wait()
 
-    monkeypatch.setattr(plotting, "_ACTIVE", [Rendering("summary")])
+    monkeypatch.setattr(rendering, "_ACTIVE", [Rendering("summary")])
     _, data = report.run(results)
     blocks = {b.key: b for b in data.radiation}
     assert [f.path.name for f in blocks["model_parameters"].figures] == [

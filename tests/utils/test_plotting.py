@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from utils import plotting
+from utils import plotting, rendering
 
 
 def test_display_copy_block_means_with_nan_and_partial_blocks():
@@ -134,7 +134,7 @@ def test_wait_renders_here_the_figures_the_renderer_has_not_started(tmp_path, mo
     first.set_result(func(payload, path, dpi))
     waiting.join(30)
     assert not waiting.is_alive() and writer.failed == [] and not writer._pending
-    plotting.write_png(plotting._figure_of(_line()), tmp_path / "direct.png")
+    plotting.write_png(rendering._figure_of(_line()), tmp_path / "direct.png")
     for i in range(4):
         np.testing.assert_array_equal(_decoded(tmp_path / f"f{i}.png")[0],
                                       _decoded(tmp_path / "direct.png")[0])
@@ -155,7 +155,7 @@ def test_a_busy_renderer_does_not_stop_the_main_process(tmp_path, monkeypatch):
             self.futures.append((Future(), func, payload, path, dpi))
             return self.futures[-1][0]
 
-    monkeypatch.setattr(plotting, "MAX_PENDING", 2)
+    monkeypatch.setattr(rendering, "MAX_PENDING", 2)
     writer = plotting.FigureWriter("summary", workers=1)
     pool = StuckPool()
     monkeypatch.setattr(writer, "_executor", lambda: pool)
@@ -288,8 +288,8 @@ def test_write_png_draws_the_pixels_of_savefig(tmp_path, n):
 
     draw = list(_figures())[n]
     open_before = len(plt.get_fignums())
-    _savefig(plotting._figure_of(draw()), tmp_path / "old.png", dpi=110)
-    plotting.write_png(plotting._figure_of(draw()), tmp_path / "new.png", dpi=110)
+    _savefig(rendering._figure_of(draw()), tmp_path / "old.png", dpi=110)
+    plotting.write_png(rendering._figure_of(draw()), tmp_path / "new.png", dpi=110)
     old, old_dpi = _decoded(tmp_path / "old.png")
     new, new_dpi = _decoded(tmp_path / "new.png")
     assert old.shape == new.shape and old.shape[0] > 300
@@ -304,20 +304,20 @@ def test_write_png_shares_a_renderer_per_size_with_the_same_pixels(tmp_path, mon
     with the shared one (text, image, colour bar)."""
     import matplotlib.pyplot as plt
 
-    plotting._RENDERERS.by_key = {}
+    rendering._RENDERERS.by_key = {}
     renderers = []
-    share = plotting._share_renderer
-    monkeypatch.setattr(plotting, "_share_renderer",
+    share = rendering._share_renderer
+    monkeypatch.setattr(rendering, "_share_renderer",
                         lambda canvas: share(canvas) or renderers.append(canvas.get_renderer()))
     drawn = list(_figures())
     for n in (2, 0, 2, 0, 3):
-        plotting.write_png(plotting._figure_of(drawn[n]()), tmp_path / f"new{n}.png", dpi=110)
-        _savefig(plotting._figure_of(drawn[n]()), tmp_path / f"old{n}.png", dpi=110)
+        plotting.write_png(rendering._figure_of(drawn[n]()), tmp_path / f"new{n}.png", dpi=110)
+        _savefig(rendering._figure_of(drawn[n]()), tmp_path / f"old{n}.png", dpi=110)
         np.testing.assert_array_equal(_decoded(tmp_path / f"new{n}.png")[0],
                                       _decoded(tmp_path / f"old{n}.png")[0])
     assert renderers[2] is renderers[0] and renderers[3] is renderers[1]
     assert renderers[0] is not renderers[1]  # 6.4 x 4.8 and 6.4 x 4.2 inch
-    assert len(plotting._RENDERERS.by_key) == 3
+    assert len(rendering._RENDERERS.by_key) == 3
     plt.close("all")
 
 
@@ -356,7 +356,7 @@ def test_edge_spines_left_out_of_the_layout_moved_spine_kept():
     fig, ax = plotting.subplots()
     fig.colorbar(ax.imshow(np.arange(4.0).reshape(2, 2)), ax=ax)
     ax.spines["left"].set_position(("outward", 10))
-    plotting._edge_spines_out_of_layout(fig)
+    rendering._edge_spines_out_of_layout(fig)
     kept = [(name, spine.spine_type) for a in fig.axes for name, spine in a.spines.items()
             if spine.get_in_layout()]
     assert kept == [("left", "left")]
@@ -370,8 +370,8 @@ def test_save_figure_renders_through_write_png(tmp_path, monkeypatch):
     from utils.io.fitsio import save_figure
 
     calls = []
-    write_png = plotting.write_png
-    monkeypatch.setattr(plotting, "write_png",
+    write_png = rendering.write_png
+    monkeypatch.setattr(rendering, "write_png",
                         lambda fig, path, dpi=110: calls.append(path) or write_png(fig, path, dpi))
     assert save_figure(_line().figure, tmp_path / "new.png") == tmp_path / "new.png"
     assert calls == [tmp_path / "new.png"]
@@ -407,13 +407,13 @@ def test_render_process_runs_at_a_lower_priority(tmp_path):
         worker = writer._executor().submit(os.nice, 0).result()
         thresholds = writer._executor().submit(gc.get_threshold).result()
         plotting.save(_line, tmp_path / "pool.png")
-    assert worker == min(os.nice(0) + plotting.RENDER_NICENESS, 19)
-    assert thresholds == plotting.RENDER_GC_THRESHOLDS
+    assert worker == min(os.nice(0) + rendering.RENDER_NICENESS, 19)
+    assert thresholds == rendering.RENDER_GC_THRESHOLDS
     assert (tmp_path / "pool.png").is_file()
 
 
 def test_render_time_of_each_figure_is_logged(tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="utils.plotting")
+    caplog.set_level(logging.DEBUG, logger="utils.rendering")
     with plotting.figure_output("summary", workers=1):
         plotting.save(_line, tmp_path / "pool.png")
     with plotting.figure_output("summary", workers=0):
@@ -486,7 +486,7 @@ def _old_show_histogram(values, *, xlabel, title, markers):
 
 
 def _png(ax, path):
-    plotting.write_png(plotting._figure_of(ax), path)
+    plotting.write_png(rendering._figure_of(ax), path)
     return path.read_bytes()
 
 
@@ -546,7 +546,7 @@ def test_drawings_are_drawn_in_the_render_process_with_the_same_bytes(tmp_path, 
         for name, draw in _drawings(np.random.default_rng(4)):
             assert plotting.save(draw, here / name) == here / name
     assert writer.failed == []
-    caplog.set_level(logging.DEBUG, logger="utils.plotting")
+    caplog.set_level(logging.DEBUG, logger="utils.rendering")
     pool = tmp_path / "pool"
     with plotting.figure_output("summary", workers=1) as writer:
         writer._executor()  # started before the main process's matplotlib is broken
@@ -623,7 +623,7 @@ def test_small_drawings_queue_where_bytes_of_figures_render_here(tmp_path, monke
         writer.save(small, tmp_path / f"s{i}.png")
     assert len(pool.futures) == 12 and not list(tmp_path.glob("*.png"))  # all queued
     payload = len(pool.futures[0][2])
-    monkeypatch.setattr(plotting, "MAX_PENDING_BYTES", 13 * payload)
+    monkeypatch.setattr(rendering, "MAX_PENDING_BYTES", 13 * payload)
     writer.save(small, tmp_path / "s12.png")                            # 12 < 13: queued
     writer.save(small, tmp_path / "s13.png")                            # 13 queued: here
     assert len(pool.futures) == 13 and [p.name for p in tmp_path.glob("*.png")] == ["s13.png"]

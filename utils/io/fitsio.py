@@ -231,10 +231,10 @@ def write_csv(frame, path: str | os.PathLike, **kwargs) -> Path:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it: :func:`utils.plotting.write_png`
+    """Save a matplotlib figure as PNG atomically and close it: :func:`utils.rendering.write_png`
     (one layout pass and one draw for a constrained-layout figure; one without a layout
     engine is cropped to its artists)."""
-    from ..plotting import write_png
+    from ..rendering import write_png
 
     return write_png(fig, path, dpi=dpi)
 
