@@ -6,14 +6,18 @@ the main process), ``plot_*_data`` draws that (in the render process; see
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
 from utils.io.tokens import error_decimals, number_text
-from utils.models.bias_model import BiasModel
-from utils.models.read_noise import ReadNoise, chi2_ppf
 from utils.plotting import finish_axes, histogram, image_view, new_axes, show_histogram, show_image
-from utils.stack.stats import exact_median
+
+if TYPE_CHECKING:  # annotations only: the render process imports this module to draw, and
+    # the models' modules would bring numba, scipy and astropy into it (~120 MB resident)
+    from utils.models.bias_model import BiasModel
+    from utils.models.read_noise import ReadNoise
 
 __all__ = ["plot_model_map", "plot_slope_histogram", "plot_pixel_fits", "plot_read_noise",
            "plot_frame_means", "plot_mean_vs_temperature",
@@ -44,6 +48,8 @@ def plot_model_map(model: BiasModel, which: str, *, ax=None):
 
 def slope_histogram_data(model: BiasModel) -> dict:
     """What :func:`plot_slope_histogram` draws (a :class:`~utils.plotting.Histogram`)."""
+    from utils.stack.stats import exact_median  # made here, in the main process
+
     valid = (model.mask == 0) & np.isfinite(model.b)
     b = model.b[valid]
     median = exact_median(b) if b.size else None  # numpy's median, one selection not two
@@ -112,6 +118,8 @@ def plot_pixel_fits(model: BiasModel, temperatures: np.ndarray, series, *, ax=No
 def read_noise_data(rn: ReadNoise) -> dict:
     """What :func:`plot_read_noise` draws (an :class:`~utils.plotting.ImageView` of the map
     and the colour limits of the typical pixel's chi-square range)."""
+    from utils.models.read_noise import chi2_ppf  # made here, in the main process
+
     n = max(rn.npairs, 1)
     digits = error_decimals(rn.median_err) if rn.median_err > 0 else 2
     clim = (rn.median * np.sqrt(chi2_ppf([0.001, 0.999], n) / n)

@@ -6,6 +6,8 @@ the main process), ``plot_*_data`` draws that (in the render process; see
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
@@ -21,8 +23,10 @@ from utils.plotting import (
     subplots,
 )
 
-from .model_2d import DarkModel2D
-from .temperature_model import DarkModel1D
+if TYPE_CHECKING:  # annotations only: the render process imports this module to draw, and
+    # the models' modules would bring numba, scipy and astropy into it (~120 MB resident)
+    from .model_2d import DarkModel2D
+    from .temperature_model import DarkModel1D
 
 __all__ = ["plot_error_maps", "plot_model_map", "plot_doubling_histogram", "plot_gamma_histogram",
            "plot_heatmap", "plot_scatter", "plot_dark_current", "plot_hot_pixel_counts",

@@ -19,7 +19,6 @@ from utils.plotting import (
     show_image,
     subplots,
 )
-from utils.stack.stats import exact_nanmedian
 
 #: Longest side of an image drawn [px]: larger frames are block-averaged first (a figure
 #: shows no more, and resampling a 2048 x 2048 image costs more than the rest of it).
@@ -214,6 +213,8 @@ def plot_prnu_map(prnu, *, ax=None):
 
 def prnu_histogram_data(prnu, stats: dict) -> dict:
     """What :func:`plot_prnu_histogram` draws (a :class:`~utils.plotting.Histogram`)."""
+    from utils.stack.stats import exact_nanmedian  # made here, in the main process
+
     values = 100.0 * (prnu.data - 1.0)
     return {"values": histogram(values[np.isfinite(values)]), "xlabel": "response - 1 [%]",
             "title": f"PRNU {stats.get('PRNU_PCT', np.nan):.3f} +- "

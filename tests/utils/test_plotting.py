@@ -397,6 +397,25 @@ def test_rendering_a_figure_imports_no_astropy(tmp_path):
     assert (tmp_path / "a.png").is_file()
 
 
+@pytest.mark.parametrize("module", ["dark_pipeline.plots", "bias_pipeline.plots",
+                                    "flat_pipeline.plots", "analysis.plots"])
+def test_plot_modules_import_no_models_into_the_render_process(tmp_path, module):
+    """The render process imports a drawing's plot module to draw it.  The dark and bias
+    plot modules imported their models' modules (numba, scipy, astropy) for annotations and
+    main-process helpers: ~120 MB resident in the render process beside the run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (f"import sys, {module}; "
+            "heavy = [m for m in ('astropy', 'numba', 'scipy') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    root = str(Path(plotting.__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path),
+                   env={**os.environ, "PYTHONPATH": root})
+
+
 def test_render_process_runs_at_a_lower_priority(tmp_path):
     """The computation wins the cores over the figures; the renderer collects garbage less
     often."""
