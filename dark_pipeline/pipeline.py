@@ -52,8 +52,9 @@ from utils.settings import dump_settings, field
 from utils.stack.grouping import stage_tag
 from utils.stack.master import CombineSettings, adc_bits_of, find_masters
 from utils.stack.references import resolve_bias_model
-from utils.stack.tiles import ArrayRows, pixel_blocks, pixel_sample
+from utils.stack.tiles import pixel_blocks, pixel_sample
 
+from . import holdout as refits
 from . import plots
 from .evaluation import RefitsAhead, dark_current_table, evaluate
 from .hot_pixels import find_hot_pixels, hot_pixel_counts
@@ -69,10 +70,8 @@ from .masters import (
 from .model_2d import (
     BiasErrors,
     DarkModel2D,
-    SamplePoints,
     fit_model_2d,
     rate_bias_errors,
-    shared_bias_covariance,
 )
 from .rates import load_stack, rate_maps, rate_sample
 from .synthetic import grid_path, single_path, write_rate_map, write_synthetic_frame
@@ -431,8 +430,8 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         pixels = pixel_sample(stack.shape, LOO_PIXELS)
         ev = evaluate(stack, lambda t, x: model.rate(t) * x, lambda t, x: model.rate_err(t) * x,
                       exclude=_exclusion(model.mask()),
-                      holdout=_holdout_1d(rates, settings, adc_bits, pixels,
-                                          model.fit.population_rate), pull_pixels=pixels,
+                      holdout=refits.holdout_1d(rates, settings, adc_bits, pixels,
+                                                model.fit.population_rate), pull_pixels=pixels,
                       keep_maps=plotting.wants("all"))
         _evaluation_products(ev, "1d", out_dir, files)
         summary["evaluation_1d"] = _eval_summary(ev)
@@ -448,8 +447,8 @@ def _run_one(index, basepath, out_dir: Path, settings: DarkSettings,
         sample, pixels = stack.sample(LOO_PIXELS)
         ev = evaluate(stack, model2.signal, model2.signal_err,
                       exclude=_exclusion(model2.hot, model2.fit.amplitude),
-                      holdout=_holdout_2d(sample, settings, adc_bits, bias_errors,
-                                          _population_shape(model2)),
+                      holdout=refits.holdout_2d(sample, settings, adc_bits, bias_errors,
+                                                refits.population_shape(model2)),
                       pull_pixels=pixels, keep_maps=plotting.wants("all"))
         _evaluation_products(ev, "2d", out_dir, files)
         _scatter_plots(ev, out_dir, files)
@@ -547,77 +546,6 @@ def _scatter_plots(ev, out_dir: Path, files: list) -> None:
 LOO_PIXELS = 65536
 
 
-def _holdout_1d(rates, settings: DarkSettings, adc_bits: int, pixels=None, start=None):
-    """``holdout(T)``: the 1-D model fitted without temperature bin T (None if impossible),
-    on the pixels ``pixels`` (flat indices; default every pixel); ``start``: the full
-    model's population B [1/degC], where the refit's population joint fit starts."""
-    rates = [r.loaded() for r in rates] if pixels is None else rate_sample(rates, pixels)
-
-    def fit_without(label):
-        rest = [r for r in rates if r.temperature != label]
-        if len({round(r.tavg, 3) for r in rest}) < 2:
-            return None
-        try:
-            m = fit_temperature_model(rest, settings.t_ref, adc_bits=adc_bits, quiet=True,
-                                      population_start=start)
-        except UserError:
-            return None
-        return (lambda t, x: m.rate(t) * x), (lambda t, x: m.rate_err(t) * x)
-    return fit_without
-
-
-def _holdout_2d(stack, settings: DarkSettings, adc_bits: int, bias_model=None, start=None):
-    """``holdout(T)``: the 2-D model fitted without the masters of temperature bin T (on the
-    pixels of ``stack``: give a :meth:`~dark_pipeline.rates.SignalStack.sample`, which is
-    not used after this call);
-    ``start``: the full model's population (gamma, B), where the refit's joint fit starts
-    (:func:`_population_shape`).
-
-    With a bias model it returns a third function, ``cov(T, t)``: the covariance of the
-    prediction's error with the error of a master there subtracted with the same bias
-    model (:func:`~dark_pipeline.model_2d.shared_bias_covariance`; both carry the bias
-    model's errors), which the evaluation takes out of the variance of their difference.
-    Without it the held-out pulls of the warm, short exposures had std ~0.90 although the
-    prediction's and the master's own errors were right against the simulator's truth (pull
-    std 1.02-1.04 and 1.01-1.02; 256^2 bench campaign).
-
-    The sample's masters are read once here (:class:`~dark_pipeline.model_2d.SamplePoints`:
-    signal, total and subtracted-bias errors, 28 MB for 36 masters of 65536 pixels) and
-    the sample's own images dropped (the 5 images of every master, 47 MB): each refit
-    takes its masters' points from them (the same values as its own read), and the bias
-    model's errors at the sample's pixels, gathered once too."""
-    if stack.pixels is None:
-        raise ValueError("the leave-one-out refits take a pixel sample (SignalStack.sample)")
-    points = SamplePoints.read(stack)
-    at_sample = None
-    if bias_model is not None:  # the bias model's errors at the sample's pixels, read once
-        errors = bias_model if isinstance(bias_model, BiasErrors) else BiasErrors.of(bias_model)
-        at_sample = errors.at(stack.pixels)
-    # read: the sample's images are not held through the evaluation; the refits' bias
-    # errors are the sample's own (1, n) maps (no pixel indices to take them at)
-    stack = replace(stack, rows=ArrayRows({"SUBERR": points.suberr}), pixels=None)
-
-    def fit_without(label):
-        keep = [i for i, m in enumerate(stack.masters) if m.temperature != label]
-        rest = stack.select(keep)
-        try:
-            m2 = fit_model_2d(rest, settings.t_ref, min_snr=settings.min_snr, adc_bits=adc_bits,
-                              quiet=True, bias_model=at_sample, population_start=start,
-                              keep_gain=True, points=points.select(keep))
-        except UserError:
-            return None
-        if m2.shared_gain is None:
-            return m2.signal, m2.signal_err
-        return m2.signal, m2.signal_err, lambda temperature, exptime: shared_bias_covariance(
-            m2, at_sample, temperature, exptime)
-    return fit_without
-
-
-def _population_shape(model2: DarkModel2D) -> tuple[float, float]:
-    """The population (gamma, B [1/degC]) of a 2-D model: its refits' warm start."""
-    return float(model2.fit.population_gamma), float(model2.fit.population_rate)
-
-
 def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, summary: dict,
           files: list, bias_model=None) -> None:
     e = _e_per_adu(settings, adc_bits)
@@ -655,7 +583,7 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
     # the refits start their population fit from the full model's B (only that float held);
     # made in a background thread from now on, beside the main thread's one-core work on
     # the model's products and then its comparisons (the same refits in the same order)
-    holdout_1d = RefitsAhead(_holdout_1d(rates, settings, adc_bits, pixels,
+    holdout_1d = RefitsAhead(refits.holdout_1d(rates, settings, adc_bits, pixels,
                                          float(model.fit.population_rate)),
                              list(stack.groups()))
     try:
@@ -717,9 +645,9 @@ def _full(stack, rates, out_dir: Path, settings: DarkSettings, adc_bits: int, su
         release_free_memory()  # the fit's tiles and work maps, the dropped maps
         # the leave-one-out refits' pixels (``pixels``: the same deterministic sample) of
         # every master, in memory: gathered only now, not held through the 2-D fit; read
-        # once by _holdout_2d, which keeps only the points (not the sample's images)
-        holdout_2d = _holdout_2d(stack.sample(LOO_PIXELS)[0], settings, adc_bits, bias_model,
-                                 _population_shape(model2))
+        # once by refits.holdout_2d, which keeps only the points (not the sample's images)
+        holdout_2d = refits.holdout_2d(stack.sample(LOO_PIXELS)[0], settings, adc_bits,
+                                       bias_model, refits.population_shape(model2))
         ev2 = evaluate(stack, model2.signal, model2.signal_err,
                        exclude=exclude | ~np.isfinite(model2.fit.amplitude),
                        holdout=holdout_2d, pull_pixels=pixels,

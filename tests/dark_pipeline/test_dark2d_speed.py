@@ -11,8 +11,9 @@ import threading
 import numpy as np
 import pytest
 
+from dark_pipeline.holdout import holdout_2d
 from dark_pipeline.model_2d import BiasErrors, fit_model_2d, shared_bias_covariance
-from dark_pipeline.pipeline import DarkSettings, _holdout_2d, measure
+from dark_pipeline.pipeline import DarkSettings, measure
 from dark_pipeline.rates import load_stack
 from utils.io.index import DatasetIndex, build_index
 from utils.models import nonlinear
@@ -60,7 +61,7 @@ def test_refits_from_points_read_once_equal_former_refits(masters_and_bias):
     start = (float(full.fit.population_gamma), float(full.fit.population_rate))
     sample = stack.sample(700)[0]  # a stride sample, not every pixel
     assert 0 < sample.pixels.size < stack.shape[0] * stack.shape[1]
-    new = _holdout_2d(stack.sample(700)[0], settings, 16, bias.model, start)
+    new = holdout_2d(stack.sample(700)[0], settings, 16, bias.model, start)
     old = _former_holdout(sample, settings, bias.model, start)
     for label in stack.groups():
         a, b = new(label), old(label)
@@ -72,7 +73,7 @@ def test_refits_from_points_read_once_equal_former_refits(masters_and_bias):
                 np.testing.assert_array_equal(x, y)
     # the sample stack's images are not read after the set-up
     with pytest.raises(ValueError, match="pixel sample"):
-        _holdout_2d(stack, settings, 16, bias.model, start)
+        holdout_2d(stack, settings, 16, bias.model, start)
 
 
 def test_balanced_chunk():

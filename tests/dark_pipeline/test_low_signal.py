@@ -519,7 +519,7 @@ def test_leave_one_out_refits_start_from_the_full_fit(low_signal, low_signal_mas
     from the full model's population values, and predict what cold refits predict within the
     fits' tolerance: every prediction within 2e-3 of its error (the searches stop within 1e-3
     of theta's error of the minimum)."""
-    from dark_pipeline.pipeline import _holdout_1d, _holdout_2d, _population_shape
+    from dark_pipeline.holdout import holdout_1d, holdout_2d, population_shape
     from utils.models import nonlinear_numpy, population
 
     _, masters, bias = low_signal_masters
@@ -528,11 +528,11 @@ def test_leave_one_out_refits_start_from_the_full_fit(low_signal, low_signal_mas
     rates = measure_rates(stack)
     settings = DarkSettings()
     sample = stack.sample(stack.shape[0] * stack.shape[1])[0]
-    starts = {"1d": float(model1.fit.population_rate), "2d": _population_shape(model2)}
+    starts = {"1d": float(model1.fit.population_rate), "2d": population_shape(model2)}
     assert starts["2d"] == (model2.fit.population_gamma, model2.fit.population_rate)
     label, t, x = masters[0].temperature, masters[0].tavg, masters[0].exptime
-    for kind, make in (("1d", lambda s: _holdout_1d(rates, settings, 16, None, s)),
-                       ("2d", lambda s: _holdout_2d(sample, settings, 16, bias.model, s))):
+    for kind, make in (("1d", lambda s: holdout_1d(rates, settings, 16, None, s)),
+                       ("2d", lambda s: holdout_2d(sample, settings, 16, bias.model, s))):
         out = []
         for start in (None, starts[kind]):
             with mock.patch.object(nonlinear_numpy, "joint_shape",
@@ -633,7 +633,7 @@ def test_evaluation_with_refits_ahead_equals_refits_in_turn(low_signal, low_sign
     are the same refits in the same order: the evaluation's table, samples and maps equal
     those of refits made in turn in the loop, bit for bit."""
     from dark_pipeline import evaluation
-    from dark_pipeline.pipeline import _holdout_1d
+    from dark_pipeline.holdout import holdout_1d
 
     _, masters, _ = low_signal_masters
     _, model1, _ = low_signal
@@ -645,7 +645,7 @@ def test_evaluation_with_refits_ahead_equals_refits_in_turn(low_signal, low_sign
 
     def run(ahead: bool):
         calls.clear()
-        fit = _holdout_1d(rates, DarkSettings(), 16, pixels, float(model1.fit.population_rate))
+        fit = holdout_1d(rates, DarkSettings(), 16, pixels, float(model1.fit.population_rate))
 
         def recorded(label):
             calls.append(label)
