@@ -68,27 +68,10 @@ import run_calibration
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-def rss_tree():
-    total = 0
-    pids = [os.getpid()]
-    seen = set()
-    while pids:
-        pid = pids.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    pids += [int(p) for p in f.read().split()]
-        except (OSError, ValueError):
-            pass
-    return total
+TICKS = os.sysconf("SC_CLK_TCK")
 
-def cpu_tree():
-    # user + system CPU [s] of this process and its live children (the figure process)
+def tree_sum(value):
+    # value(pid) summed over this process and its live children (the figure process)
     total = 0
     pids = [os.getpid()]
     seen = set()
@@ -98,21 +81,32 @@ def cpu_tree():
             continue
         seen.add(pid)
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            total += value(pid)
             for task in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{task}/children") as f:
                     pids += [int(p) for p in f.read().split()]
         except (OSError, ValueError, IndexError):
             pass
-    return total / TICKS
+    return total
 
-TICKS = os.sysconf("SC_CLK_TCK")
+def rss_of(pid):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+def cpu_of(pid):
+    # user + system CPU [s]
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+def rss_tree():
+    return tree_sum(rss_of)
+
+def cpu_tree():
+    return tree_sum(cpu_of)
 
 def rss_main():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
+    return rss_of(os.getpid())
 
 state = {"peak": 0, "main": 0}
 stop = threading.Event()
