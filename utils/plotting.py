@@ -103,7 +103,12 @@ def display_copy(image: np.ndarray, max_pixels: int = DISPLAY_PIXELS
 
 def draw_image(ax, image: np.ndarray, max_pixels: int = DISPLAY_PIXELS, **kwargs):
     """``ax.imshow`` of the display copy of ``image`` (axes in full-image pixels)."""
-    shown, extent = display_copy(image, max_pixels)
+    return _imshow_copy(ax, *display_copy(image, max_pixels), **kwargs)
+
+
+def _imshow_copy(ax, shown: np.ndarray, extent, **kwargs):
+    """``ax.imshow`` of a display copy ``shown`` whose ``extent`` (None: not reduced) is
+    in full-image pixels."""
     kwargs.setdefault("origin", "lower")
     kwargs.setdefault("interpolation", "nearest")
     if extent is not None:
@@ -254,10 +259,8 @@ def show_image(image, *, ax=None, unit: str, title: str, label: str = "",
     view = image if isinstance(image, ImageView) else image_view(
         image, percentiles=percentiles, symmetric=symmetric)
     # colour limits from every pixel, the picture from the display copy
-    kwargs = {} if view.extent is None else {"extent": view.extent}
-    im = ax.imshow(view.shown, vmin=view.vmin, vmax=view.vmax, origin="lower",
-                   interpolation="nearest",
-                   cmap=cmap or ("RdBu_r" if view.symmetric else "viridis"), **kwargs)
+    im = _imshow_copy(ax, view.shown, view.extent, vmin=view.vmin, vmax=view.vmax,
+                      cmap=cmap or ("RdBu_r" if view.symmetric else "viridis"))
     ax.set_title(title)
     ax.set_xlabel("column [px]")
     ax.set_ylabel("row [px]")
