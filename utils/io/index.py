@@ -38,6 +38,7 @@ from ..errors import FrameError, InputPathError, TableError
 from ..progress import progress
 from ..settings import field
 from .discovery import check_distinct_sections, find_fits, subfolders
+from .fastheader import PrimaryHeader, UnusualCard, read_primary
 from .fitsio import fits_layout, read_header, unescape_text, write_csv
 from .frame_log import decode_text, parse_number, sniff_delimiter
 from .tokens import folder_dose
@@ -172,16 +173,31 @@ def discover_sections(root: str | os.PathLike, max_depth: int = 6) -> list[tuple
 
 def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
                settings: IndexSettings) -> dict:
-    from ..stack.stats import frame_statistics, recorded_statistics
-
-    row: dict[str, object] = {"PATH": str(path)}
+    # the header read without astropy (~0.1 ms, astropy ~1.5 ms); anything it cannot answer
+    # as astropy would (UnusualCard) and any unusual file: the row is made from astropy's
+    header = read_primary(path)
+    if header is not None:
+        try:
+            return _header_row(path, header, caltype, stage, vacuum, settings)
+        except UnusualCard as err:
+            logger.debug("%s: card %s read by astropy", path, err)
     try:
         header = read_header(path)
     except FrameError as err:
         logger.warning("%s: %s; flagged BADFITS", path, err.reason)
-        row.update(CALTYPE=caltype, STAGE=stage or infer_stage(path),
-                   VACUUM=vacuum or infer_vacuum(path), BADFITS=True, REASON=err.reason)
-        return row
+        return {"PATH": str(path), "CALTYPE": caltype, "STAGE": stage or infer_stage(path),
+                "VACUUM": vacuum or infer_vacuum(path), "BADFITS": True, "REASON": err.reason}
+    return _header_row(path, header, caltype, stage, vacuum, settings)
+
+
+def _header_row(path: Path, header, caltype: str, stage: str | None, vacuum: str | None,
+                settings: IndexSettings) -> dict:
+    """The index row of the frame ``path`` from its primary ``header`` (an astropy Header or a
+    :class:`PrimaryHeader`: every card is read before the file is, so an UnusualCard leaves
+    nothing half done)."""
+    from ..stack.stats import frame_statistics, recorded_statistics
+
+    row: dict[str, object] = {"PATH": str(path)}
     if header.get(kw.PRODUCT, "FRAME") not in ("FRAME", ""):
         return {}  # a product of this toolkit (master, model), not a raw frame
     if not caltype:
@@ -216,7 +232,7 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
     try:
         if stats is None:
             stats = frame_statistics(path, saturation=saturation)
-        else:
+        elif not isinstance(header, PrimaryHeader):  # read_primary saw the whole data unit
             fits_layout(path)
     except FrameError as err:
         logger.warning("%s: %s; flagged BADFITS", path, err.reason)
