@@ -278,6 +278,34 @@ def test_infer_dose_and_section_type():
         parse_stage("later")
 
 
+def test_folder_labels_are_the_frames():
+    """The per-folder labels the index caches are infer_stage/vacuum/dose of each frame."""
+    paths = ["/c/Preirradiation/Bias/T20/attempt0/fits/f0.fits", "/c/TVAC/10kRads/f.fits",
+             "/c/no_vac/Postirradiation/20kRads/x.fits", "/c/20kRads.fits", "rel/5kRads/f.fits",
+             "f.fits", "/vacuum/air/pre/f.fits"]
+    for path in paths:
+        stage, vacuum, dose = index_module._folder_labels(Path(path).parent)
+        assert (stage, vacuum) == (infer_stage(path), infer_vacuum(path)), path
+        assert dose == infer_dose(path) or math.isnan(dose) and math.isnan(infer_dose(path))
+
+
+def test_resolved_paths_are_path_resolve(tmp_path, monkeypatch):
+    """The index resolves each folder once: the same paths as Path.resolve, symlinked files
+    and folders, relative paths, '..' and missing files included."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "sub" / "f.fits").write_bytes(b"x")
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "sub" / "g.fits").symlink_to(tmp_path / "real" / "sub" / "f.fits")
+    (tmp_path / "real" / "up.fits").symlink_to(Path("sub") / "f.fits")
+    monkeypatch.chdir(tmp_path / "real")
+    paths = [tmp_path / "real" / "sub" / "f.fits", tmp_path / "linked" / "sub" / "f.fits",
+             tmp_path / "linked" / "sub" / "g.fits", tmp_path / "linked" / "up.fits",
+             Path("sub/f.fits"), Path("sub/../sub/g.fits"), Path("f.fits"), Path(".."),
+             tmp_path / "linked" / "sub" / "missing.fits", Path("sub") / ".." / "..",
+             str(tmp_path / "linked" / "sub" / "f.fits")]
+    assert index_module._resolved(paths) == [Path(p).resolve() for p in paths]
+
+
 # --- dose directories ---------------------------------------------------------------------------
 
 def test_dosedirs_types_from_headers(dosedirs_copy, tmp_path, checksums):
