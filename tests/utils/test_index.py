@@ -278,6 +278,34 @@ def test_infer_dose_and_section_type():
         parse_stage("later")
 
 
+def test_folder_labels_are_the_frames():
+    """The per-folder labels the index caches are infer_stage/vacuum/dose of each frame."""
+    paths = ["/c/Preirradiation/Bias/T20/attempt0/fits/f0.fits", "/c/TVAC/10kRads/f.fits",
+             "/c/no_vac/Postirradiation/20kRads/x.fits", "/c/20kRads.fits", "rel/5kRads/f.fits",
+             "f.fits", "/vacuum/air/pre/f.fits"]
+    for path in paths:
+        stage, vacuum, dose = index_module._folder_labels(Path(path).parent)
+        assert (stage, vacuum) == (infer_stage(path), infer_vacuum(path)), path
+        assert dose == infer_dose(path) or math.isnan(dose) and math.isnan(infer_dose(path))
+
+
+def test_resolved_paths_are_path_resolve(tmp_path, monkeypatch):
+    """The index resolves each folder once: the same paths as Path.resolve, symlinked files
+    and folders, relative paths, '..' and missing files included."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "sub" / "f.fits").write_bytes(b"x")
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "sub" / "g.fits").symlink_to(tmp_path / "real" / "sub" / "f.fits")
+    (tmp_path / "real" / "up.fits").symlink_to(Path("sub") / "f.fits")
+    monkeypatch.chdir(tmp_path / "real")
+    paths = [tmp_path / "real" / "sub" / "f.fits", tmp_path / "linked" / "sub" / "f.fits",
+             tmp_path / "linked" / "sub" / "g.fits", tmp_path / "linked" / "up.fits",
+             Path("sub/f.fits"), Path("sub/../sub/g.fits"), Path("f.fits"), Path(".."),
+             tmp_path / "linked" / "sub" / "missing.fits", Path("sub") / ".." / "..",
+             str(tmp_path / "linked" / "sub" / "f.fits")]
+    assert index_module._resolved(paths) == [Path(p).resolve() for p in paths]
+
+
 # --- dose directories ---------------------------------------------------------------------------
 
 def test_dosedirs_types_from_headers(dosedirs_copy, tmp_path, checksums):
@@ -476,3 +504,64 @@ def test_malformed_statistics_cards_measure_the_pixels(converted_standard_copy):
     from utils.stack.stats import frame_statistics
     assert row["MEAN"] == frame_statistics(frame).mean == before["MEAN"]
     assert row["STD"] == before["STD"] > 1
+
+
+# --- the header read without astropy (utils.io.fastheader) ---------------------------------------
+
+def test_converted_headers_read_without_astropy_as_astropy(converted_standard):
+    """Every converted frame's header is read by the fast reader; every key the index asks
+    for (and every card of the header) is answered as astropy's Header.get answers it."""
+    from astropy.io import fits
+
+    from tests.utils.test_fastheader import INDEX_KEYS, answers, assert_answers_as_astropy
+    from utils.io.fastheader import read_primary
+
+    frames = sorted(converted_standard[0].root.rglob("*.fits"))
+    assert len(frames) >= len(converted_records(converted_standard[0]))
+    for frame in frames:
+        fast = read_primary(frame)
+        astro = fits.getheader(frame)
+        assert fast is not None, frame
+        assert all(answers(fast, key) is not None for key in INDEX_KEYS), frame
+        keys = list(INDEX_KEYS) + list(astro.keys()) + [k.lower() for k in INDEX_KEYS]
+        assert assert_answers_as_astropy(fast, astro, keys) >= len(INDEX_KEYS)
+
+
+def _replace_card(path: Path, key: str, image: str, after: bool = False) -> None:
+    """Overwrite the card ``key`` (or the card after it) with ``image`` in place."""
+    raw = bytearray(path.read_bytes())
+    at = next(i for i in range(0, 2880 * 8, 80) if raw[i:i + 8] == key.ljust(8).encode())
+    at += 80 if after else 0
+    raw[at:at + 80] = image.ljust(80).encode("ascii")
+    path.write_bytes(bytes(raw))
+
+
+def test_index_without_astropy_headers_identical(converted_standard_copy, monkeypatch):
+    """The index read with the fast header reader is the one read with astropy, bit for bit,
+    also for frames whose cards it leaves to astropy (a HIERARCH key asked for, a CONTINUE
+    card, a D exponent, a truncated data unit); converted frames never need astropy."""
+    from utils.io import fitsio
+
+    root = converted_standard_copy.root
+    frames = [fits_of(converted_standard_copy, r)
+              for r in converted_records(converted_standard_copy)]
+    with monkeypatch.context() as patch:  # plain converted frames: no astropy header at all
+        patch.setattr(index_module, "read_header", lambda path: pytest.fail(f"{path} by astropy"))
+        build_index(discover=[root])
+    _replace_card(frames[0], kw.EXPTIME, "HIERARCH EXPTIME = 8.0")
+    _replace_card(frames[1], kw.ATTEMPT, "CONTINUE  'more'", after=True)
+    from astropy.io import fits
+    mean = fits.getheader(frames[2])[kw.FRMEAN]
+    _replace_card(frames[2], kw.FRMEAN, f"FRMEAN  = {mean:.17E}".replace("E", "D"))
+    _replace_card(frames[3], kw.TEMP, f"TEMP    = {'(1, 2)':>20}")
+    keep = fitsio.fits_layout(frames[4]).offset + 100
+    with open(frames[4], "r+b") as handle:
+        handle.truncate(keep)
+    fast = build_index(discover=[root])
+    monkeypatch.setattr(index_module, "read_primary", lambda path: None)
+    astro = build_index(discover=[root])
+    pd.testing.assert_frame_equal(fast, astro, check_exact=True)
+    rows = by_path(fast)
+    assert rows[str(frames[2].resolve())]["MEAN"] == mean
+    assert rows[str(frames[4].resolve())]["REASON"].startswith("truncated")
+    assert rows[str(frames[4].resolve())]["BADFITS"]

@@ -19,6 +19,7 @@ joined by time stamp (:mod:`utils.io.dose`).  Indexing never writes to the frame
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -38,6 +39,7 @@ from ..errors import FrameError, InputPathError, TableError
 from ..progress import progress
 from ..settings import field
 from .discovery import check_distinct_sections, find_fits, subfolders
+from .fastheader import PrimaryHeader, UnusualCard, read_primary
 from .fitsio import fits_layout, read_header, unescape_text, write_csv
 from .frame_log import decode_text, parse_number, sniff_delimiter
 from .tokens import folder_dose
@@ -132,6 +134,15 @@ def infer_dose(path: str | os.PathLike) -> float:
     return math.nan
 
 
+@functools.lru_cache(maxsize=4096)
+def _folder_labels(folder: Path) -> tuple[str, str, float]:
+    """:func:`infer_stage`, :func:`infer_vacuum` and :func:`infer_dose` of a frame in
+    ``folder`` (they read the folder names only: the frames of a folder share them, and the
+    index works them out once, not ~0.1 ms per frame)."""
+    frame = folder / "frame.fits"
+    return infer_stage(frame), infer_vacuum(frame), infer_dose(frame)
+
+
 def section_type(name: str) -> str:
     """CALTYPE a section folder name stands for (``Bias``, ``Darks``, ``TestSection2``...)
     or ''."""
@@ -172,16 +183,31 @@ def discover_sections(root: str | os.PathLike, max_depth: int = 6) -> list[tuple
 
 def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
                settings: IndexSettings) -> dict:
-    from ..stack.stats import frame_statistics, recorded_statistics
-
-    row: dict[str, object] = {"PATH": str(path)}
+    # the header read without astropy (~0.1 ms, astropy ~1.5 ms); anything it cannot answer
+    # as astropy would (UnusualCard) and any unusual file: the row is made from astropy's
+    header = read_primary(path)
+    if header is not None:
+        try:
+            return _header_row(path, header, caltype, stage, vacuum, settings)
+        except UnusualCard as err:
+            logger.debug("%s: card %s read by astropy", path, err)
     try:
         header = read_header(path)
     except FrameError as err:
         logger.warning("%s: %s; flagged BADFITS", path, err.reason)
-        row.update(CALTYPE=caltype, STAGE=stage or infer_stage(path),
-                   VACUUM=vacuum or infer_vacuum(path), BADFITS=True, REASON=err.reason)
-        return row
+        return {"PATH": str(path), "CALTYPE": caltype, "STAGE": stage or infer_stage(path),
+                "VACUUM": vacuum or infer_vacuum(path), "BADFITS": True, "REASON": err.reason}
+    return _header_row(path, header, caltype, stage, vacuum, settings)
+
+
+def _header_row(path: Path, header, caltype: str, stage: str | None, vacuum: str | None,
+                settings: IndexSettings) -> dict:
+    """The index row of the frame ``path`` from its primary ``header`` (an astropy Header or a
+    :class:`PrimaryHeader`: every card is read before the file is, so an UnusualCard leaves
+    nothing half done)."""
+    from ..stack.stats import frame_statistics, recorded_statistics
+
+    row: dict[str, object] = {"PATH": str(path)}
     if header.get(kw.PRODUCT, "FRAME") not in ("FRAME", ""):
         return {}  # a product of this toolkit (master, model), not a raw frame
     if not caltype:
@@ -194,15 +220,15 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
     # grouping; the accumulated dose the log gives each frame ramps within a step, and
     # grouping by it would make one group per frame (the old toolkit's mistake)
     frame_dose = kw.dose(header)
-    dose = infer_dose(path)
-    stage = stage or infer_stage(path)
+    folder_stage, folder_vacuum, dose = _folder_labels(path.parent)
+    stage = stage or folder_stage
     if stage == "pre" and math.isnan(dose):
         dose = 0.0  # nothing has irradiated the sensor yet
     if math.isnan(dose) and stage != "post":
         dose = frame_dose
     adc_bits = int(kw.get_float(header, kw.ADCBITS, adu.DEFAULT_ADC_BITS))
     row["_BITPIX"] = header.get("BITPIX")
-    row.update(CALTYPE=caltype, STAGE=stage, VACUUM=vacuum or infer_vacuum(path),
+    row.update(CALTYPE=caltype, STAGE=stage, VACUUM=vacuum or folder_vacuum,
                TEMP=kw.sensor_temperature(header), EXPTIME=kw.exptime(header),
                FRAMENUM=kw.frame_number(header), TIMESTAMP=kw.timestamp(header), DOSE=dose,
                FRAMEDOSE=frame_dose,
@@ -216,7 +242,7 @@ def _frame_row(path: Path, caltype: str, stage: str | None, vacuum: str | None,
     try:
         if stats is None:
             stats = frame_statistics(path, saturation=saturation)
-        else:
+        elif not isinstance(header, PrimaryHeader):  # read_primary saw the whole data unit
             fits_layout(path)
     except FrameError as err:
         logger.warning("%s: %s; flagged BADFITS", path, err.reason)
@@ -298,15 +324,16 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
             jobs.append(("", root))
     files: list[tuple[Path, str]] = []
     seen: set[Path] = set()
+    resolved_of: dict[Path, Path] = {}
     empty: list[Path] = []
     for cal, root in jobs:
         frames = find_fits(root, settings.search_depth + 2)
         if not frames:
             empty.append(root)
-        for path in frames:
-            resolved = path.resolve()
+        for path, resolved in zip(frames, _resolved(frames)):
             if resolved not in seen:  # each file once, even if two sections overlap
                 seen.add(resolved)
+                resolved_of[path] = resolved
                 files.append((path, cal))
     if not files:  # the error alone: a warning per empty folder before it said it twice
         raise InputPathError("no FITS frames found in " + ", ".join(str(r) for _, r in jobs)
@@ -323,19 +350,20 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
         except TableError as err:
             logger.warning("%s; rebuilding the index from scratch", err)
             old = pd.DataFrame(columns=INDEX_COLUMNS)
-        for row in old.to_dict("records"):
+        rows = old.to_dict("records")
+        for row, resolved in zip(rows, _resolved(row["PATH"] for row in rows)):
             path = Path(row["PATH"])
             if str(row["REASON"]).startswith("index:"):
                 continue  # a row flagged for its cells is measured again, not copied
             if path.is_file() and path.stat().st_mtime < since:
                 # integer columns come back as floats from a CSV with empty cells: written
                 # as a fresh index writes them ("40", not "40.0"), a re-run changes nothing
-                reuse[path.resolve()] = {
+                reuse[resolved] = {
                     k: int(v) if k in _INT_COLUMNS and isinstance(v, float) and v.is_integer()
                     else v for k, v in row.items()}
 
     def one(item):
-        cached = reuse.get(item[0].resolve())
+        cached = reuse.get(resolved_of[item[0]]) if reuse else None
         if cached is not None and (not item[1] or cached["CALTYPE"] == item[1]) \
                 and (stage is None or cached["STAGE"] == stage):
             return dict(cached, PATH=str(item[0]))
@@ -358,6 +386,22 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
     if report.campaign_log or report.local_logs or report.spread_folders:
         logger.info("%s", report.summary())
     return table[INDEX_COLUMNS]
+
+
+def _resolved(paths: Iterable) -> list[Path]:
+    """``Path(p).resolve()`` of each of ``paths``, each folder resolved once: a folder holds
+    many frames, and resolving a path looks up every folder above it (~0.1 ms a frame)."""
+    folders: dict[Path, Path] = {}
+    out = []
+    for path in map(Path, paths):
+        if path.name in ("", "..") or path.is_symlink():
+            out.append(path.resolve())
+            continue
+        folder = folders.get(path.parent)
+        if folder is None:
+            folder = folders[path.parent] = path.parent.resolve()
+        out.append(folder / path.name)
+    return out
 
 
 def _common_parent(paths) -> Path | None:
@@ -391,7 +435,7 @@ def write_index(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     base = path.parent.resolve()
     out = table.copy()
-    out["PATH"] = [os.path.relpath(Path(p).resolve(), base) for p in out["PATH"]]
+    out["PATH"] = [os.path.relpath(p, base) for p in _resolved(out["PATH"])]
     return write_csv(out, path)
 
 
