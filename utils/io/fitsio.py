@@ -245,6 +245,11 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
     Long strings go through astropy's CONTINUE convention for normal keywords;
     HIERARCH cards cannot use it, so their values are cut to fit.
     """
+    header[key] = _card_fields(key, value, comment)
+
+
+def _card_fields(key: str, value, comment: str) -> tuple[object, str]:
+    """The value and comment :func:`set_card` writes (FITS types, printable, cut to fit)."""
     if isinstance(value, (bool, np.bool_)):
         value = bool(value)
     elif isinstance(value, np.integer):
@@ -270,7 +275,17 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
             comment = comment[: max(0, 80 - 10 - width - 3)]
     else:
         comment = comment[:47]  # numbers and logicals take 20 columns
-    header[key] = (value, comment)
+    return value, comment
+
+
+#: Keywords a Header splits into several cards (set_card of them goes through a Header).
+_COMMENTARY = frozenset(("", "COMMENT", "HISTORY", "END"))
+#: A keyword a Card writes as it is (no HIERARCH, no record-valued ``A.B`` form).
+_PLAIN_KEY = re.compile(r"[A-Z0-9_-]{1,8}\Z")
+try:  # astropy's text of a card value (its Card formats values through it)
+    from astropy.io.fits.card import _format_value as _value_text
+except ImportError:  # pragma: no cover - another astropy: every card through a Header
+    _value_text = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -279,10 +294,19 @@ def card_image(key: str, value, comment: str = "") -> str:
 
     Building a whole :class:`astropy.io.fits.Header` per frame costs more than
     reading the frame; most cards repeat from frame to frame, so their images
-    are formatted once.
+    are formatted once.  A new number, logical or one-card string under a plain
+    keyword (~10 a converted frame: statistics, file name, hash) is laid out as a
+    Card lays it out (``KEYWORD= value / comment``, the value's text from astropy),
+    at a tenth of a Card's cost; anything else goes through a Header.
     """
+    value, comment = _card_fields(key, value, comment)
+    if _value_text is not None and type(value) in (int, float, bool, str) \
+            and _PLAIN_KEY.match(key) and key not in _COMMENTARY:
+        image = f"{key:8}= {_value_text(value)}" + (f" / {comment}" if comment else "")
+        if len(image) <= 80:
+            return f"{image:80}"
     header = fits.Header()
-    set_card(header, key, value, comment)
+    header[key] = (value, comment)
     return header.tostring(endcard=False, padding=False)
 
 
