@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from utils.io.fitsio import card_image, set_card
+from utils.io.fitsio import _card_image, card_image, set_card
 
 
 def header_image(key, value, comment):
@@ -49,7 +49,7 @@ def test_card_image_equals_the_header_path(key):
             comment = COMMENTS[i % len(COMMENTS)]
             if key in ("COMMENT", "HISTORY") and not isinstance(value, str):
                 continue
-            assert card_image.__wrapped__(key, value, comment) == \
+            assert _card_image(key, value, comment) == \
                 header_image(key, value, comment), (key, value, comment)
             seen += 1
     assert seen > 20
@@ -80,3 +80,12 @@ def test_saturated_count_equals_the_mask_count(level):
     stats = histogram_statistics(hist, saturation=level)
     mask = int(hist[np.arange(65536, dtype=np.float64) >= level].sum())
     assert stats.saturated_fraction == mask / hist.sum()
+
+
+@pytest.mark.parametrize("first,second", [(1.0, 1), (1, 1.0), (True, 1), (1, True),
+                                          (0.0, -0.0), (-0.0, 0.0), (False, 0), (2.0, np.int64(2))])
+def test_equal_values_of_other_types_keep_their_own_image(first, second):
+    """The cache does not hand one value the image of an equal one written otherwise."""
+    key = f"EQ{abs(hash((repr(first), repr(second)))) % 10 ** 6}"   # a key not cached yet
+    card_image(key, first, "c")
+    assert card_image(key, second, "c") == header_image(key, second, "c")

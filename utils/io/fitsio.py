@@ -288,7 +288,6 @@ except ImportError:  # pragma: no cover - another astropy: every card through a 
     _value_text = None
 
 
-@functools.lru_cache(maxsize=4096)
 def card_image(key: str, value, comment: str = "") -> str:
     """The 80-column image(s) of one card, as :func:`set_card` would write it (cached).
 
@@ -299,6 +298,19 @@ def card_image(key: str, value, comment: str = "") -> str:
     Card lays it out (``KEYWORD= value / comment``, the value's text from astropy),
     at a tenth of a Card's cost; anything else goes through a Header.
     """
+    # the cache tells apart values that compare equal but are written differently: 1, 1.0
+    # and True (typed), 0.0 and -0.0 (the sign); else the first one formatted (on two
+    # threads, whichever came first) would be written for all
+    negative_zero = type(value) is float and value == 0.0 and math.copysign(1.0, value) < 0
+    return _cached_image(key, value, comment, negative_zero)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _cached_image(key: str, value, comment: str, negative_zero: bool) -> str:
+    return _card_image(key, value, comment)
+
+
+def _card_image(key: str, value, comment: str) -> str:
     value, comment = _card_fields(key, value, comment)
     if _value_text is not None and type(value) in (int, float, bool, str) \
             and _PLAIN_KEY.match(key) and key not in _COMMENTARY:
