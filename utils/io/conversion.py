@@ -505,7 +505,11 @@ def local_threads() -> int:
     """Threads converting frames when no worker processes are asked for: two where there are
     two cores (reading, encoding and writing a frame release the GIL; the header cards,
     ~20 % of a frame's time, do not, so more threads gain little)."""
-    return min(2, os.cpu_count() or 1)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return min(2, cores)
 
 
 def _run_tasks(tasks: list[_FrameTask], workers: int, desc: str, show: bool) -> list[dict]:

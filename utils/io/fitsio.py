@@ -278,45 +278,27 @@ def _card_fields(key: str, value, comment: str) -> tuple[object, str]:
     return value, comment
 
 
-#: Keywords a Header splits into several cards (set_card of them goes through a Header).
-_COMMENTARY = frozenset(("", "COMMENT", "HISTORY", "END"))
-#: A keyword a Card writes as it is (no HIERARCH, no record-valued ``A.B`` form).
-_PLAIN_KEY = re.compile(r"[A-Z0-9_-]{1,8}\Z")
-try:  # astropy's text of a card value (its Card formats values through it)
-    from astropy.io.fits.card import _format_value as _value_text
-except ImportError:  # pragma: no cover - another astropy: every card through a Header
-    _value_text = None
-
-
 def card_image(key: str, value, comment: str = "") -> str:
     """The 80-column image(s) of one card, as :func:`set_card` would write it (cached).
 
     Building a whole :class:`astropy.io.fits.Header` per frame costs more than
     reading the frame; most cards repeat from frame to frame, so their images
-    are formatted once.  A new number, logical or one-card string under a plain
-    keyword (~10 a converted frame: statistics, file name, hash) is laid out as a
-    Card lays it out (``KEYWORD= value / comment``, the value's text from astropy),
-    at a tenth of a Card's cost; anything else goes through a Header.
+    are formatted once (a new one by :func:`utils.io.fitswriter.plain_card` where it can).
+    The cache tells apart equal values written differently (1, 1.0, True; 0.0, -0.0).
     """
-    # the cache tells apart values that compare equal but are written differently: 1, 1.0
-    # and True (typed), 0.0 and -0.0 (the sign); else the first one formatted (on two
-    # threads, whichever came first) would be written for all
     negative_zero = type(value) is float and value == 0.0 and math.copysign(1.0, value) < 0
     return _cached_image(key, value, comment, negative_zero)
 
 
-@functools.lru_cache(maxsize=4096, typed=True)
-def _cached_image(key: str, value, comment: str, negative_zero: bool) -> str:
-    return _card_image(key, value, comment)
+_cached_image = functools.lru_cache(maxsize=4096, typed=True)(
+    lambda key, value, comment, negative_zero: _card_image(key, value, comment))
 
 
 def _card_image(key: str, value, comment: str) -> str:
     value, comment = _card_fields(key, value, comment)
-    if _value_text is not None and type(value) in (int, float, bool, str) \
-            and _PLAIN_KEY.match(key) and key not in _COMMENTARY:
-        image = f"{key:8}= {_value_text(value)}" + (f" / {comment}" if comment else "")
-        if len(image) <= 80:
-            return f"{image:80}"
+    image = fitswriter.plain_card(key, value, comment)
+    if image is not None:
+        return image
     header = fits.Header()
     header[key] = (value, comment)
     return header.tostring(endcard=False, padding=False)
