@@ -140,7 +140,8 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--search-depth", type=int, default=6,
                         help="folder levels below each section to look for attempts")
     parser.add_argument("--convert-workers", type=int, default=1,
-                        help="processes converting raw frames")
+                        help="processes converting raw frames (1: this process, on two "
+                             "threads where there are two cores)")
     parser.add_argument("--demo-layout", choices=["standard", "irradiation"], default="standard",
                         help="campaign simulated by the demo")
     parser.add_argument("--seed", type=int, default=1, help="seed of the demo campaign")

@@ -198,7 +198,8 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--search-depth", type=int, default=6,
                         help="folder levels below each section to look for attempts")
     parser.add_argument("--workers", type=int, default=1,
-                        help="processes converting raw frames")
+                        help="processes converting raw frames (1: this process, on two "
+                             "threads where there are two cores)")
     process_index.add_master_options(parser, per_attempt=False, workers=False)
     plotting.add_plots_option(parser)
     scheduler.add_options(parser)

@@ -52,7 +52,9 @@ def build_parser() -> cli.ArgumentParser:
         parser.add_argument(f"--skip-{section}", action="store_true",
                             help=f"do not convert the {section} section (its rows of an "
                             "earlier fits_index.csv are kept)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel conversion processes")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes converting raw frames (1: this process, on two "
+                             "threads where there are two cores)")
     parser.add_argument("--overwrite", action="store_true", help="re-convert existing FITS files")
     parser.add_argument("--byte-order", choices=["little", "big"], default="little",
                         help="byte order of raw samples when the config does not say")

@@ -73,6 +73,14 @@ def iso(stamp: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
 
 
+def without_date_card(data: bytes) -> bytes:
+    """A FITS file's bytes less its DATE card (the time it was written)."""
+    cards = [data[i:i + 80] for i in range(0, data.index(b"END" + b" " * 77) + 80, 80)]
+    dates = [i for i, card in enumerate(cards) if card.startswith(b"DATE    = ")]
+    assert len(dates) == 1
+    return data[:dates[0] * 80] + data[dates[0] * 80 + 80:]
+
+
 def header_without_date(path) -> list[tuple]:
     header = fits.getheader(path)
     return [(c.keyword, c.value, c.comment) for c in header.cards if c.keyword != "DATE"]
@@ -302,6 +310,9 @@ def test_interrupted_run_then_rerun_is_complete(standard_copy, monkeypatch, fits
         done.append(path)
 
     monkeypatch.setattr(r2f, "write_frame_fits", crashing)
+    # one thread: the exception stands for the whole process dying (a second thread would
+    # finish the frame it is writing)
+    monkeypatch.setattr(r2f, "local_threads", lambda: 1)
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert_sections(sections, ConversionSettings())
     leftovers = list(standard_copy.root.rglob(".*.tmp"))
@@ -319,6 +330,29 @@ def test_interrupted_run_then_rerun_is_complete(standard_copy, monkeypatch, fits
     assert len(find_fits(standard_copy.root)) == len(good)
     for i, record in enumerate(good):
         assert_complete_frame(standard_copy, record, fitsverify if i % 10 == 0 else None)
+
+
+def test_a_failed_frame_stops_the_threads(standard_copy, monkeypatch):
+    """On two threads, a frame that raises stops the frames not yet begun (the frame the
+    other thread is at is finished, complete)."""
+    real = r2f.write_frame_fits
+    done, crashed = [], []
+
+    def crashing(path, data, header):
+        if len(done) >= 3 and not crashed:   # not == 3: the two threads may pass 3 together
+            crashed.append(path)
+            raise RuntimeError("simulated crash")
+        real(path, data, header)
+        done.append(path)
+
+    monkeypatch.setattr(r2f, "write_frame_fits", crashing)
+    monkeypatch.setattr(r2f, "local_threads", lambda: 2)
+    dark = {"DARK": standard_sections(standard_copy.root)["DARK"]}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        convert_sections(dark, ConversionSettings())
+    darks = list(Path(dark["DARK"]).rglob("frames/*.raw"))
+    assert 3 <= len(find_fits(standard_copy.root)) <= 6 < len(darks) - 4
+    assert not list(standard_copy.root.rglob("*.tmp"))
 
 
 def test_sigkill_midway_then_rerun(tmp_path, fitsverify):
@@ -390,6 +424,26 @@ def test_workers_two_gives_same_files(standard_copy, tmp_path):
         assert header_without_date(pa) == header_without_date(pb), pa
         np.testing.assert_array_equal(fits.getdata(pa), fits.getdata(pb))
         assert pa.stat().st_size == pb.stat().st_size
+    assert (standard_copy.root / "fits_index.csv").read_bytes() == \
+        (other.root / "fits_index.csv").read_bytes()
+
+
+def test_threads_give_the_rows_and_files_of_one_thread(standard_copy, tmp_path, monkeypatch):
+    """workers=1 converts on two threads (where there are two cores): same listing (its rows
+    in the same order) and the same files as one frame at a time."""
+    other = load_campaign(shutil.copytree(standard_copy.root, tmp_path / "threads"))
+    monkeypatch.setattr(r2f, "local_threads", lambda: 1)
+    one = convert_sections(standard_sections(standard_copy.root), ConversionSettings())
+    monkeypatch.setattr(r2f, "local_threads", lambda: 2)
+    two = convert_sections(standard_sections(other.root), ConversionSettings())
+    assert one.count("converted") == two.count("converted") > 0 and one.count("rejected")
+    strip = [{k: v for k, v in r.items() if k not in ("PATH", "RAWPATH")} for r in one.rows]
+    assert strip == [{k: v for k, v in r.items() if k not in ("PATH", "RAWPATH")}
+                     for r in two.rows]
+    a, b = find_fits(standard_copy.root), find_fits(other.root)
+    assert [p.relative_to(standard_copy.root) for p in a] == [p.relative_to(other.root) for p in b]
+    for pa, pb in zip(a, b):
+        assert without_date_card(pa.read_bytes()) == without_date_card(pb.read_bytes()), pa
     assert (standard_copy.root / "fits_index.csv").read_bytes() == \
         (other.root / "fits_index.csv").read_bytes()
 

@@ -245,6 +245,11 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
     Long strings go through astropy's CONTINUE convention for normal keywords;
     HIERARCH cards cannot use it, so their values are cut to fit.
     """
+    header[key] = _card_fields(key, value, comment)
+
+
+def _card_fields(key: str, value, comment: str) -> tuple[object, str]:
+    """The value and comment :func:`set_card` writes (FITS types, printable, cut to fit)."""
     if isinstance(value, (bool, np.bool_)):
         value = bool(value)
     elif isinstance(value, np.integer):
@@ -270,19 +275,32 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
             comment = comment[: max(0, 80 - 10 - width - 3)]
     else:
         comment = comment[:47]  # numbers and logicals take 20 columns
-    header[key] = (value, comment)
+    return value, comment
 
 
-@functools.lru_cache(maxsize=4096)
 def card_image(key: str, value, comment: str = "") -> str:
     """The 80-column image(s) of one card, as :func:`set_card` would write it (cached).
 
     Building a whole :class:`astropy.io.fits.Header` per frame costs more than
     reading the frame; most cards repeat from frame to frame, so their images
-    are formatted once.
+    are formatted once (a new one by :func:`utils.io.fitswriter.plain_card` where it can).
+    The cache tells apart equal values written differently (1, 1.0, True; 0.0, -0.0).
     """
+    negative_zero = type(value) is float and value == 0.0 and math.copysign(1.0, value) < 0
+    return _cached_image(key, value, comment, negative_zero)
+
+
+_cached_image = functools.lru_cache(maxsize=4096, typed=True)(
+    lambda key, value, comment, negative_zero: _card_image(key, value, comment))
+
+
+def _card_image(key: str, value, comment: str) -> str:
+    value, comment = _card_fields(key, value, comment)
+    image = fitswriter.plain_card(key, value, comment)
+    if image is not None:
+        return image
     header = fits.Header()
-    set_card(header, key, value, comment)
+    header[key] = (value, comment)
     return header.tostring(endcard=False, padding=False)
 
 

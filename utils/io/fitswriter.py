@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
@@ -149,6 +150,29 @@ def user_cards(header: fits.Header, key: str, value, comment: str) -> list[str]:
         at -= 1
     images.insert(at, card(key, value, comment))
     return images
+
+
+#: Keywords a Header splits into several cards.
+_COMMENTARY = frozenset(("", "COMMENT", "HISTORY", "END"))
+#: A keyword a Card writes as it is (no HIERARCH, no record-valued ``A.B`` form).
+_PLAIN_KEY = re.compile(r"[A-Z0-9_-]{1,8}\Z")
+try:  # astropy's text of a card value (its Card formats values through it)
+    from astropy.io.fits.card import _format_value as _value_text
+except ImportError:  # pragma: no cover - another astropy: every card through a Header
+    _value_text = None
+
+
+def plain_card(key: str, value, comment: str) -> str | None:
+    """The 80-column image :class:`astropy.io.fits.Card` gives a number, logical or string
+    under a plain keyword (``KEYWORD= value / comment``, the value's text from astropy), at
+    a tenth of a Card's cost; None for anything else (HIERARCH, commentary, a value needing
+    CONTINUE cards or not fitting): ask astropy.  ``value`` and ``comment`` are as
+    :func:`utils.io.fitsio.set_card` leaves them (Python types, printable text)."""
+    if _value_text is None or type(value) not in (int, float, bool, str) \
+            or not _PLAIN_KEY.match(key) or key in _COMMENTARY:
+        return None
+    image = f"{key:8}= {_value_text(value)}" + (f" / {comment}" if comment else "")
+    return f"{image:80}" if len(image) <= 80 else None
 
 
 def header_bytes(cards: Iterable[str]) -> bytes:

@@ -190,8 +190,20 @@ def read_camera_config(folder: str | os.PathLike, *, byteorder: str = "<") -> Ca
     return CameraConfig(width, height, bit_depth, order, entries, path, tuple(problems))
 
 
-def read_raw(path: str | os.PathLike, config: CameraConfig) -> np.ndarray:
+def read_raw(path: str | os.PathLike, config: CameraConfig,
+             buffer: np.ndarray | None = None) -> np.ndarray:
     """Read one raw frame as a native-endian ``(height, width)`` array.
+
+    Parameters
+    ----------
+    path : path-like
+        The raw file.
+    config : CameraConfig
+        Its geometry and sample type.
+    buffer : numpy.ndarray, optional
+        C-contiguous array of ``config.frame_bytes`` bytes to read into (the result is a
+        view of it, for a native byte order): a converter reusing one buffer from frame to
+        frame saves the page faults of a fresh array per frame.
 
     Raises
     ------
@@ -210,13 +222,33 @@ def read_raw(path: str | os.PathLike, config: CameraConfig) -> np.ndarray:
             path, f"size {size} bytes, expected {config.frame_bytes} "
                   f"({config.width}x{config.height} {config.dtype_name}); "
                   "check WIDTH/HEIGHT/BIT_DEPTH in the config or re-copy the file")
+    if buffer is not None and (buffer.nbytes != size or not buffer.flags.c_contiguous
+                               or not buffer.flags.writeable):
+        raise ValueError(f"buffer must be a writeable C-contiguous array of {size} bytes")
     try:
-        data = np.fromfile(path, dtype=config.dtype)
+        if buffer is None:
+            data = np.fromfile(path, dtype=config.dtype)
+            got = data.size * data.itemsize
+        else:
+            data = buffer.reshape(-1).view(config.dtype)
+            got = _read_into(path, memoryview(data).cast("B"))
     except OSError as err:
         raise UnreadableFrameError(path, f"cannot read ({err})") from err
-    if data.size * data.itemsize != size:
+    if got != size:
         raise UnreadableFrameError(path, "short read")
     data = data.reshape(config.height, config.width)
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="), copy=False)
     return data
+
+
+def _read_into(path: Path, view: memoryview) -> int:
+    """Fill ``view`` from the start of the file; bytes read (fewer at a short file)."""
+    got = 0
+    with open(path, "rb", buffering=0) as handle:
+        while got < len(view):
+            n = handle.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    return got

@@ -471,12 +471,17 @@ def frame_statistics(path_or_array, *, saturation: float | None = None,
                       saturated_fraction=n_sat / n_pixels if saturation is not None else nan)
 
 
+#: Stored value of each histogram bin [adu] (read-only: shared by every call).
+_LEVELS = np.arange(65536, dtype=np.float64)
+_LEVELS.flags.writeable = False
+
+
 def _histogram_stats(hist: np.ndarray, offset: int, n_pixels: int, n_zero: int, n_sat: int,
                      saturation: float | None) -> FrameStats:
     """:class:`FrameStats` of integer data from its 65536-bin histogram (bin 0 = ``offset``)."""
     nan = math.nan
     n_finite = int(hist.sum())
-    levels = np.arange(65536, dtype=np.float64) + offset
+    levels = _LEVELS if offset == 0 else _LEVELS + offset
     if n_finite:
         cum = np.cumsum(hist)
         mean = float((hist * levels).sum() / n_finite)
@@ -517,9 +522,31 @@ def histogram_statistics(hist: np.ndarray, *, saturation: float | None = None) -
         raise ValueError(f"hist must have 65536 bins, not shape {hist.shape}")
     n_pixels = int(hist.sum())
     # as frame_statistics counts them: pixels == 0, and pixels >= saturation
-    n_sat = 0 if saturation is None else \
-        int(hist[np.arange(65536, dtype=np.float64) >= saturation].sum())
+    n_sat = 0 if saturation is None else int(hist[_first_at_least(saturation):].sum())
     return _histogram_stats(hist, 0, n_pixels, int(hist[0]), n_sat, saturation)
+
+
+def _first_at_least(level: float) -> int:
+    """The first of the bins 0..65535 whose value is >= ``level`` (65536 when none is)."""
+    if math.isnan(level) or level > 65535:
+        return 65536
+    return 0 if level <= 0 else math.ceil(level)
+
+
+def _reads_back(key: str, value: float, comment: str) -> bool:
+    """Whether the card :func:`utils.io.fitsio.card_image` writes for a float reads back as
+    ``value`` bit for bit (as :class:`astropy.io.fits.Card` reads it)."""
+    image = fitsio.card_image(key, value, comment)
+    if len(key) <= 8 and image.startswith(f"{key:8}= ") and image[30:33] in ("   ", " / "):
+        # one plain card: its value is columns 11-30, the text of a float (a '.' or an 'E'),
+        # which astropy reads with float(); a Card.fromstring costs 50 us
+        try:
+            return float(image[10:30]) == value
+        except ValueError:   # NaN or inf, written as text
+            return False
+    from astropy.io.fits import Card
+
+    return Card.fromstring(image[:80]).value == value
 
 
 def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, object, str]]:
@@ -540,8 +567,6 @@ def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, ob
     saturation : float
         [stored ADU] The level ``stats.saturated_fraction`` was counted against.
     """
-    from astropy.io.fits import Card
-
     n = stats.n_pixels
     # the index compares float32 pixels with the level (in float32): a level float32 cannot
     # hold (65520.001) could count other pixels than the converter did
@@ -562,8 +587,7 @@ def statistics_cards(stats: FrameStats, saturation: float) -> list[tuple[str, ob
         (kw.FRMAX, stats.max, "[adu] largest pixel"),
     ]
     for key, value, comment in cards:
-        if isinstance(value, float) and \
-                Card.fromstring(fitsio.card_image(key, value, comment)[:80]).value != value:
+        if isinstance(value, float) and not _reads_back(key, value, comment):
             return []  # NaN, or rounded by the card's 20 columns
     return cards
 
