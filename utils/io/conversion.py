@@ -38,7 +38,14 @@ from ..errors import FrameError, InputPathError, OutputPathError
 from ..progress import progress
 from ..settings import field
 from ..stack.stats import histogram_statistics, statistics_cards
-from .discovery import FRAMES_DIR, RAW_SUFFIXES, Attempt, check_distinct_sections, find_attempts
+from .discovery import (
+    FRAMES_DIR,
+    RAW_SUFFIXES,
+    Attempt,
+    check_distinct_sections,
+    find_attempts,
+    real_paths,
+)
 from .fitsio import (
     BLOCK,
     atomic_path,
@@ -661,19 +668,11 @@ def write_fits_index(rows: list[dict], path: Path) -> Path:
         if column not in table:
             table[column] = None
     base = path.parent.resolve()
-    folders: dict[str, str] = {}
+    # each folder resolved once (a linked file by itself)
+    real = real_paths(os.fspath(p) for column in ("PATH", "RAWPATH") for p in table[column] if p)
 
     def relative(p):
-        if not p:
-            return ""
-        p = os.fspath(p)
-        if os.path.islink(p):  # a linked file resolves to its target
-            return os.path.relpath(Path(p).resolve(), base)
-        # else Path(p).resolve() is its folder resolved (once per folder) and its name
-        folder, name = os.path.split(p)
-        if folder not in folders:
-            folders[folder] = str(Path(folder).resolve())
-        return os.path.relpath(os.path.join(folders[folder], name), base)
+        return os.path.relpath(real[os.fspath(p)], base) if p else ""
 
     table["PATH"] = table["PATH"].map(relative)
     table["RAWPATH"] = table["RAWPATH"].map(relative)

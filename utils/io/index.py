@@ -38,7 +38,7 @@ from .. import headers as kw
 from ..errors import FrameError, InputPathError, TableError
 from ..progress import progress
 from ..settings import field
-from .discovery import check_distinct_sections, find_fits, subfolders
+from .discovery import check_distinct_sections, find_fits, real_paths, subfolders
 from .fastheader import PrimaryHeader, UnusualCard, read_primary
 from .fitsio import fits_layout, read_header, unescape_text, write_csv
 from .frame_log import decode_text, parse_number, sniff_delimiter
@@ -389,19 +389,11 @@ def build_index(sections: Iterable[tuple[str, str | os.PathLike]] = (),
 
 
 def _resolved(paths: Iterable) -> list[Path]:
-    """``Path(p).resolve()`` of each of ``paths``, each folder resolved once: a folder holds
-    many frames, and resolving a path looks up every folder above it (~0.1 ms a frame)."""
-    folders: dict[Path, Path] = {}
-    out = []
-    for path in map(Path, paths):
-        if path.name in ("", "..") or path.is_symlink():
-            out.append(path.resolve())
-            continue
-        folder = folders.get(path.parent)
-        if folder is None:
-            folder = folders[path.parent] = path.parent.resolve()
-        out.append(folder / path.name)
-    return out
+    """``Path(p).resolve()`` of each of ``paths``, each folder resolved once
+    (:func:`~utils.io.discovery.real_paths`)."""
+    paths = [os.fspath(p) for p in paths]
+    real = real_paths(paths)
+    return [Path(real[p]) for p in paths]
 
 
 def _common_parent(paths) -> Path | None:

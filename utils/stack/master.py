@@ -23,6 +23,7 @@ from astropy.io import fits
 from .. import adu
 from .. import headers as kw
 from ..errors import FrameError
+from ..io.discovery import real_paths  # noqa: F401 - also imported from here
 from ..io.fitsio import atomic_path, is_complete_fits, primary_cards, read_header
 from ..settings import field
 from .blockops import _quadrature
@@ -101,26 +102,6 @@ def _identity(ref) -> str:
                 content.update(chunk)
         return f"SHA1 {content.hexdigest()}"
     return repr(ref)
-
-
-def real_paths(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
-    """``{path: os.path.realpath(path)}``, each folder resolved once.
-
-    A path whose last component is not a symbolic link (nor ``.``/``..``) resolves to
-    its resolved folder joined with that name, which is what ``realpath`` computes one
-    ``lstat`` per component at a time (~10 per frame, a few ms a set on a VM).
-    """
-    folders: dict[str, str] = {}
-    real = {}
-    for path in map(os.fspath, paths):
-        head, tail = os.path.split(path)
-        if tail in ("", ".", "..") or os.path.islink(path):
-            real[path] = os.path.realpath(path)
-            continue
-        if head not in folders:
-            folders[head] = os.path.realpath(head or ".")
-        real[path] = os.path.join(folders[head], tail)
-    return real
 
 
 #: Bumped when the engine's products change for the same inputs and settings, so that a
