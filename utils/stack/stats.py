@@ -536,14 +536,15 @@ def _first_at_least(level: float) -> int:
 def _reads_back(key: str, value: float, comment: str) -> bool:
     """Whether the card :func:`utils.io.fitsio.card_image` writes for a float reads back as
     ``value`` bit for bit (as :class:`astropy.io.fits.Card` reads it)."""
+    from ..io.fastheader import plain_value
+
     image = fitsio.card_image(key, value, comment)
-    if len(key) <= 8 and image.startswith(f"{key:8}= ") and image[30:33] in ("   ", " / "):
-        # one plain card: its value is columns 11-30, the text of a float (a '.' or an 'E'),
-        # which astropy reads with float(); a Card.fromstring costs 50 us
-        try:
-            return float(image[10:30]) == value
-        except ValueError:   # NaN or inf, written as text
-            return False
+    if len(image) == 80 and image.startswith(f"{key:8}= "):
+        # one plain card, read as astropy reads it (a Card.fromstring costs 50 us); NaN or
+        # inf are written as text, which reads back as a string
+        read = plain_value(image[10:].encode("ascii"))
+        if read is not None:
+            return read == value
     from astropy.io.fits import Card
 
     return Card.fromstring(image[:80]).value == value
