@@ -14,6 +14,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 class Jobs:
     """Runs lists of independent jobs on the calling thread and ``helpers`` helper threads
     (default: one per usable CPU beyond the first, at most one): each job once, the next
@@ -22,11 +30,7 @@ class Jobs:
 
     def __init__(self, helpers: int | None = None):
         if helpers is None:
-            try:
-                cpus = len(os.sched_getaffinity(0))
-            except AttributeError:  # pragma: no cover - not Linux
-                cpus = os.cpu_count() or 1
-            helpers = min(1, cpus - 1)
+            helpers = min(1, usable_cpus() - 1)
         self.helpers = max(0, helpers)
         self._pool = ThreadPoolExecutor(self.helpers, thread_name_prefix="jobs") \
             if self.helpers else None
@@ -80,4 +84,4 @@ class Jobs:
         self.close()
 
 
-__all__ = ["Jobs"]
+__all__ = ["Jobs", "usable_cpus"]

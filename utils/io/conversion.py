@@ -35,6 +35,7 @@ import pandas as pd
 from .. import adu, scheduler
 from .. import headers as kw
 from ..errors import FrameError, InputPathError, OutputPathError
+from ..jobs import usable_cpus
 from ..progress import progress
 from ..settings import field
 from ..stack.stats import histogram_statistics, statistics_cards
@@ -512,11 +513,7 @@ def local_threads() -> int:
     """Threads converting frames when no worker processes are asked for: two where there are
     two cores (reading, encoding and writing a frame release the GIL; its statistics and
     header cards, ~30 % of its time, hold it, so more threads gain little)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    return min(2, cores)
+    return min(2, usable_cpus())
 
 
 def _run_tasks(tasks: list[_FrameTask], workers: int, desc: str, show: bool) -> list[dict]:

@@ -290,8 +290,11 @@ def card_image(key: str, value, comment: str = "") -> str:
     return _cached_image(key, value, comment, negative_zero)
 
 
-_cached_image = functools.lru_cache(maxsize=4096, typed=True)(
-    lambda key, value, comment, negative_zero: _card_image(key, value, comment))
+@functools.lru_cache(maxsize=4096, typed=True)
+def _cached_image(key: str, value, comment: str, negative_zero: bool) -> str:
+    # typed: 1, 1.0 and True are cached apart; negative_zero: -0.0 apart from 0.0 (they
+    # compare and hash equal)
+    return _card_image(key, value, comment)
 
 
 def _card_image(key: str, value, comment: str) -> str:
