@@ -31,6 +31,7 @@ from astropy.io import fits
 from utils import adu, scheduler
 from utils import headers as kw
 from utils.errors import FrameError
+from utils.io.fastheader import PrimaryHeader, UnusualCard, read_primary
 from utils.io.fitsio import read_header
 from utils.io.tokens import number_text
 from utils.io.write_behind import WriteBehind
@@ -189,7 +190,7 @@ def _no_flat_level(result, level: float, saturation: float) -> str:
             else "no valid pixel: every pixel masked")
 
 
-def _fill_from_header(record: MasterRecord, header: fits.Header) -> None:
+def _fill_from_header(record: MasterRecord, header: fits.Header | PrimaryHeader) -> None:
     record.ncombine = int(header.get(kw.NCOMBINE, 0))
     record.mean = kw.get_float(header, kw.MEAN)
     record.median = kw.get_float(header, kw.MEDIAN)
@@ -197,6 +198,21 @@ def _fill_from_header(record: MasterRecord, header: fits.Header) -> None:
     record.tavg = kw.get_float(header, kw.TAVG)
     record.noise = kw.get_float(header, "NOISEMED")
     record.level = kw.get_float(header, kw.FLATNORM)
+    record.bias_file = str(header.get(kw.BIASFILE, ""))
+    record.dark_file = str(header.get(kw.DARKFILE, ""))
+
+
+def _fill_from_file(record: MasterRecord, path: Path) -> None:
+    """:func:`_fill_from_header` from the master just written, its cards as they read back
+    (without astropy where the header is plain; ~0.1 ms instead of ~1 ms a master)."""
+    header = read_primary(path)
+    if header is not None:
+        try:
+            _fill_from_header(record, header)
+            return
+        except UnusualCard:
+            pass
+    _fill_from_header(record, read_header(path))
 
 
 def _nearest(records: list[MasterRecord], key: GroupKey, caltype: str, tolerance: float,
@@ -233,8 +249,6 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
     header = existing_product(path, digest)
     if header is not None:
         _fill_from_header(record, header)
-        record.bias_file = str(header.get(kw.BIASFILE, ""))
-        record.dark_file = str(header.get(kw.DARKFILE, ""))
         return record
     bits = adc_bits_of(rows)
     args = dict(scale=scale, subtract=subtract, product=f"MASTER_{key.caltype}",
@@ -304,11 +318,8 @@ def _build(key: GroupKey, rows: pd.DataFrame, nbad: int, out_dir: Path, settings
             cards[kw.ATTEMPT] = (key.attempt[:60], "attempt")
         for name, value, comment in adu.scaling_cards(bits):
             cards.setdefault(name, (value, comment))
-        header = read_header(result.write(path, unit=unit, extra_header=cards,
-                                          extra_images=images))
-        _fill_from_header(record, header)
-        record.bias_file = str(header.get(kw.BIASFILE, ""))
-        record.dark_file = str(header.get(kw.DARKFILE, ""))
+        _fill_from_file(record, result.write(path, unit=unit, extra_header=cards,
+                                             extra_images=images))
     shapes = frame_shapes(rows)
     pixels = next(iter(shapes))[0] * next(iter(shapes))[1] if len(shapes) == 1 else 0
     return _Pending(record, stack_request(rows, settings, **args), stack, finish,

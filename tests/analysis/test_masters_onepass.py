@@ -4,6 +4,7 @@ master, and a frame unreadable while stacked refuses exactly the masters holding
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -119,3 +120,33 @@ def test_frame_unreadable_while_stacked_refuses_the_masters_holding_it(tmp_path,
     monkeypatch.setattr(masters, "stack_rows",
                         lambda *a, **k: stack_rows(*a, **{**k, "executor": None}))
     _same_records(shared, masters.build_masters(index.copy(), tmp_path / "alone", settings))
+
+
+def test_record_of_a_written_master_is_the_one_astropy_reads(tmp_path):
+    """A master's record is filled from its file's cards read without astropy: the same
+    values and types as from astropy's header, and astropy's when a card is unusual (a
+    long BIASFILE in CONTINUE cards, a HIERARCH card)."""
+    from utils.io.fitsio import read_header
+    from utils.stack.grouping import GroupKey
+
+    def record_fields(record):
+        return [(type(v), v) for v in (record.ncombine, record.mean, record.median, record.std,
+                                       record.tavg, record.noise, record.bias_file,
+                                       record.dark_file)] + [math.isnan(record.level)]
+
+    key = GroupKey("", math.nan, "DARK", 20.0, 1.0)
+    for i, biasfile in enumerate(("bias_model.fits", "b" * 90 + ".fits")):
+        header = fits.Header()
+        for name, value in (("NCOMBINE", 10), ("MEAN", 1.7121811479019915),
+                            ("MEDIAN", 1.3624999523162842), ("STD", 13.920401183415283),
+                            ("TAVG", -10.081999999999999), ("NOISEMED", 32.60305550888789),
+                            ("BIASFILE", biasfile), ("HIERARCH LONG KEYWORD", 1)):
+            header[name] = value
+        path = tmp_path / f"m{i}.fits"
+        fits.PrimaryHDU(np.zeros((4, 5), np.float32), header).writeto(path)
+        fast = masters.MasterRecord(key, path, "written")
+        masters._fill_from_file(fast, path)
+        want = masters.MasterRecord(key, path, "written")
+        masters._fill_from_header(want, read_header(path))
+        assert record_fields(fast) == record_fields(want)
+        assert fast.bias_file == biasfile and fast.ncombine == 10
